@@ -1,0 +1,182 @@
+"""Split a streamed model reply into visible ``content`` and ``thinking``.
+
+The model's reasoning arrives inline as ``<thinking>...</thinking>`` or
+``<think>...</think>`` blocks (native provider reasoning is wrapped the same
+way before it gets here).  :class:`ThinkingSplitter` separates the two while
+the reply is streamed chunk by chunk; :func:`split_thinking` does the same for
+a whole text.
+
+Deliberate choices:
+
+* Tags are exact and lowercase: ``<thinking>`` / ``<think>`` open a block and
+  only the matching close tag (``</thinking>`` resp. ``</think>``) ends it.
+  ``<THINK>``, ``<think >`` or ``<thinkingX>`` are not tags.
+* Inside a block, everything up to the matching close tag is thinking,
+  including other tag-like text (``<think>`` inside ``<thinking>`` does not
+  nest, ``</thinking>`` inside ``<think>`` does not close it).
+* Outside a block, stray closing tags and any other ``<...>`` text
+  (``a < b``, ``<div>``) are ordinary content.
+* Tags may be split across chunks at any position; the result is always
+  identical to feeding the whole text at once.  Only the shortest tail that
+  could still become a relevant tag is held back (outside a block: a proper
+  prefix of an open tag; inside: a proper prefix of the matching close tag).
+  A tail such as ``</thi`` outside a block or ``< `` is emitted immediately.
+* An unclosed block at the end of the stream: everything after its open tag is
+  thinking.  A partial tag left at the end of the stream (e.g. ``<thin``) is
+  emitted on :meth:`ThinkingSplitter.finish` as literal text of whichever
+  section it was in.
+* Whitespace: content is kept exactly as written (``"A <thinking>x</thinking>
+  B"`` gives ``"A  B"``); only the final content is stripped at its two ends,
+  after :meth:`~ThinkingSplitter.finish`.  Each block's inside is stripped,
+  empty blocks are dropped, and the rest are joined with ``"\\n\\n"``.
+* Stripping removes ASCII whitespace only (space, ``\\t``, ``\\n``, ``\\r``,
+  ``\\v``, ``\\f``), so non-ASCII characters, including U+2028 and NBSP, always
+  pass through unchanged, even at the ends.  Nothing is split into lines.
+* Cost: each :meth:`~ThinkingSplitter.feed` is O(len(chunk)) amortised; the
+  held-back tail is at most ``len("</thinking>") - 1`` characters, and text is
+  accumulated in lists that are joined lazily (and compacted) when the
+  properties are read.
+* Feeding after :meth:`~ThinkingSplitter.finish` raises :class:`RuntimeError`;
+  ``finish()`` itself is idempotent.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ThinkingSplitter", "split_thinking"]
+
+# Open tag -> the only close tag that ends a block it opened.
+_TAGS: dict[str, str] = {"<thinking>": "</thinking>", "<think>": "</think>"}
+_MAX_OPEN_LEN = max(len(tag) for tag in _TAGS)
+_ASCII_WS = " \t\n\r\x0b\x0c"
+
+
+def _join_compact(parts: list[str]) -> str:
+    """Join ``parts`` and replace them by the single joined string."""
+    if len(parts) == 1:
+        return parts[0]
+    joined = "".join(parts)
+    parts[:] = [joined] if joined else []
+    return joined
+
+
+def _could_open(tail: str) -> bool:
+    """True if ``tail`` is a proper prefix of some open tag."""
+    return len(tail) < _MAX_OPEN_LEN and any(tag.startswith(tail) and tag != tail for tag in _TAGS)
+
+
+class ThinkingSplitter:
+    """Incremental splitter: feed() chunks as they arrive, finish() once at the end."""
+
+    __slots__ = ("_block", "_blocks", "_close", "_content", "_finished", "_pending")
+
+    def __init__(self) -> None:
+        self._content: list[str] = []
+        self._blocks: list[str] = []  # finished blocks: stripped, non-empty
+        self._block: list[str] = []  # inside of the block currently open
+        self._close: str | None = None  # close tag awaited, None outside a block
+        self._pending = ""  # held-back tail that may still become a tag
+        self._finished = False
+
+    def feed(self, chunk: str) -> None:
+        """Process the next chunk of the stream."""
+        if self._finished:
+            raise RuntimeError("feed() called after finish()")
+        if not chunk:
+            return
+        text = self._pending + chunk if self._pending else chunk
+        self._pending = ""
+        n = len(text)
+        start = 0  # start of text not yet emitted
+        search = 0  # where to look for the next '<' (outside a block)
+        while start < n:
+            close = self._close
+            if close is None:
+                lt = text.find("<", search)
+                if lt == -1:
+                    self._content.append(text[start:])
+                    return
+                for open_tag, close_tag in _TAGS.items():
+                    if text.startswith(open_tag, lt):
+                        if lt > start:
+                            self._content.append(text[start:lt])
+                        self._close = close_tag
+                        self._block = []
+                        start = search = lt + len(open_tag)
+                        break
+                else:
+                    if _could_open(text[lt:]):
+                        if lt > start:
+                            self._content.append(text[start:lt])
+                        self._pending = text[lt:]
+                        return
+                    search = lt + 1  # a literal '<': keep it in this content run
+            else:
+                idx = text.find(close, start)
+                if idx != -1:
+                    if idx > start:
+                        self._block.append(text[start:idx])
+                    self._end_block()
+                    start = search = idx + len(close)
+                    continue
+                # Only the last '<' can begin a proper prefix of the close tag.
+                lt = text.rfind("<", max(start, n - len(close) + 1))
+                if lt != -1 and close.startswith(text[lt:]):
+                    if lt > start:
+                        self._block.append(text[start:lt])
+                    self._pending = text[lt:]
+                else:
+                    self._block.append(text[start:])
+                return
+
+    def finish(self) -> None:
+        """End the stream: flush any partial tag and close an open block.
+
+        Idempotent.
+        """
+        if self._finished:
+            return
+        self._finished = True
+        pending, self._pending = self._pending, ""
+        if self._close is None:
+            if pending:
+                self._content.append(pending)
+        else:
+            if pending:
+                self._block.append(pending)
+            self._end_block()
+        content = "".join(self._content).strip(_ASCII_WS)
+        self._content = [content] if content else []
+
+    @property
+    def content(self) -> str:
+        """Visible text so far; after finish(): leading/trailing whitespace stripped."""
+        return _join_compact(self._content)
+
+    @property
+    def thinking(self) -> str:
+        """Insides of the blocks so far (an open block's text included).
+
+        Each block's inside is stripped, empty blocks are dropped, and the rest
+        are joined with a blank line.
+        """
+        blocks = self._blocks
+        if self._close is not None:
+            current = _join_compact(self._block).strip(_ASCII_WS)
+            if current:
+                blocks = [*blocks, current]
+        return "\n\n".join(blocks)
+
+    def _end_block(self) -> None:
+        inside = "".join(self._block).strip(_ASCII_WS)
+        if inside:
+            self._blocks.append(inside)
+        self._block = []
+        self._close = None
+
+
+def split_thinking(text: str) -> tuple[str, str]:
+    """Return ``(content, thinking)`` for a whole text."""
+    splitter = ThinkingSplitter()
+    splitter.feed(text)
+    splitter.finish()
+    return splitter.content, splitter.thinking

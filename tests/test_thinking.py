@@ -1,0 +1,386 @@
+from __future__ import annotations
+
+import itertools
+import random
+import re
+import time
+
+import pytest
+
+from assistant.thinking import ThinkingSplitter, split_thinking
+
+
+def feed_all(chunks: list[str]) -> tuple[str, str]:
+    splitter = ThinkingSplitter()
+    for chunk in chunks:
+        splitter.feed(chunk)
+    splitter.finish()
+    return splitter.content, splitter.thinking
+
+
+# --- whole-text behaviour ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "content", "thinking"),
+    [
+        pytest.param("", "", "", id="empty"),
+        pytest.param("hello", "hello", "", id="plain"),
+        pytest.param("<thinking>plan</thinking>Answer", "Answer", "plan", id="thinking-start"),
+        pytest.param("<think>plan</think>Answer", "Answer", "plan", id="think-start"),
+        pytest.param("A <thinking>x</thinking> B", "A  B", "x", id="middle-keeps-spaces"),
+        pytest.param("Answer<think>later</think>", "Answer", "later", id="block-at-end"),
+        pytest.param(
+            "Intro <think>one</think> mid <thinking>two</thinking> outro",
+            "Intro  mid  outro",
+            "one\n\ntwo",
+            id="several-blocks",
+        ),
+        pytest.param(
+            "<think>a</think><think>b</think><thinking>c</thinking>X",
+            "X",
+            "a\n\nb\n\nc",
+            id="adjacent-blocks",
+        ),
+        pytest.param(
+            "<thinking>\n  step 1\n  step 2\n</thinking>\n\nDone.\n",
+            "Done.",
+            "step 1\n  step 2",
+            id="strip-block-and-content-ends",
+        ),
+        pytest.param(
+            "  lead <think>x</think>\n\n  inner  \n\n<think>y</think> trail  ",
+            "lead \n\n  inner  \n\n trail",
+            "x\n\ny",
+            id="internal-whitespace-kept",
+        ),
+        pytest.param("<think></think>A<thinking>  \n </thinking>B", "AB", "", id="empty-blocks"),
+        pytest.param(
+            "<think> </think>A<think>real</think>B<think>\n</think>",
+            "AB",
+            "real",
+            id="empty-blocks-dropped-between",
+        ),
+    ],
+)
+def test_split(text: str, content: str, thinking: str) -> None:
+    assert split_thinking(text) == (content, thinking)
+
+
+@pytest.mark.parametrize(
+    ("text", "content", "thinking"),
+    [
+        pytest.param(
+            "<thinking>a <think>b</think> c</thinking>D",
+            "D",
+            "a <think>b</think> c",
+            id="think-inside-thinking",
+        ),
+        pytest.param(
+            "<think>a </thinking> b</think>C",
+            "C",
+            "a </thinking> b",
+            id="thinking-close-inside-think",
+        ),
+        pytest.param(
+            "<thinking>a </think> b</thinking>C",
+            "C",
+            "a </think> b",
+            id="think-close-inside-thinking",
+        ),
+        pytest.param(
+            "<think>if a < b and <div>x</div></think>ok",
+            "ok",
+            "if a < b and <div>x</div>",
+            id="tag-like-inside",
+        ),
+        pytest.param(
+            "<thinking><thinking>x</thinking>y</thinking>",
+            "y</thinking>",
+            "<thinking>x",
+            id="no-nesting",
+        ),
+        pytest.param(
+            "<think><</think>x",
+            "x",
+            "<",
+            id="lone-lt-inside",
+        ),
+    ],
+)
+def test_inside_block_tag_like_text_is_thinking(text: str, content: str, thinking: str) -> None:
+    assert split_thinking(text) == (content, thinking)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a < b",
+        "a<b",
+        "x <div>y</div>",
+        "<thinkingX>",
+        "<thinkX>",
+        "<thinkin>",
+        "<think >x</think >",
+        "<THINKING>x</THINKING>",
+        "<Think>x</Think>",
+        "</thinking> stray",
+        "stray </think>",
+        "<thinking/>",
+        "<<>>",
+        "<",
+        "1 <2 and 3> 2",
+        "<t",
+    ],
+)
+def test_outside_block_non_tags_are_content(text: str) -> None:
+    assert split_thinking(text) == (text.strip(), "")
+
+
+@pytest.mark.parametrize(
+    ("text", "content", "thinking"),
+    [
+        pytest.param("Answer <thinking>still going", "Answer", "still going", id="unclosed"),
+        pytest.param("<think>only thoughts", "", "only thoughts", id="unclosed-only"),
+        pytest.param(
+            "<think>a</think>B<thinking>c </think> d",
+            "B",
+            "a\n\nc </think> d",
+            id="unclosed-after-closed",
+        ),
+        pytest.param("<think>a</thi", "", "a</thi", id="partial-close-at-end"),
+        pytest.param("<thinking>a</thinking", "", "a</thinking", id="almost-closed"),
+        pytest.param("<thinking>", "", "", id="open-tag-only"),
+        pytest.param("Answer <thin", "Answer <thin", "", id="partial-open-at-end"),
+        pytest.param("Answer <thinking", "Answer <thinking", "", id="open-missing-gt"),
+        pytest.param("Answer <", "Answer <", "", id="lt-at-end"),
+        pytest.param("<think>x</think>y <t", "y <t", "x", id="partial-open-after-block"),
+    ],
+)
+def test_end_of_stream(text: str, content: str, thinking: str) -> None:
+    assert split_thinking(text) == (content, thinking)
+
+
+@pytest.mark.parametrize(
+    ("text", "content", "thinking"),
+    [
+        pytest.param("héllo wörld ✓ 日本語", "héllo wörld ✓ 日本語", "", id="non-ascii"),
+        pytest.param("a\u2028b<think>c\u2028d</think>e", "a\u2028be", "c\u2028d", id="u2028"),
+        pytest.param("\u2028x\u2028", "\u2028x\u2028", "", id="u2028-at-ends-kept"),
+        pytest.param("\u00a0x\u00a0", "\u00a0x\u00a0", "", id="nbsp-at-ends-kept"),
+        pytest.param("<think>\u2029思考\u2029</think>答え", "答え", "\u2029思考\u2029", id="cjk"),
+        pytest.param("emoji 😀<think>🤔</think>🎉", "emoji 😀🎉", "🤔", id="emoji"),
+        pytest.param("a\r\nb\x85c", "a\r\nb\x85c", "", id="line-breaks-kept"),
+    ],
+)
+def test_non_ascii_passes_through(text: str, content: str, thinking: str) -> None:
+    assert split_thinking(text) == (content, thinking)
+
+
+# --- randomised comparison with a simple reference -------------------------
+
+_OPEN_RE = re.compile(r"<think(?:ing)?>")
+_WS = " \t\n\r\x0b\x0c"
+
+
+def reference_split(text: str) -> tuple[str, str]:
+    """Straightforward whole-text reference for the rules."""
+    content: list[str] = []
+    blocks: list[str] = []
+    pos = 0
+    while True:
+        match = _OPEN_RE.search(text, pos)
+        if match is None:
+            content.append(text[pos:])
+            break
+        content.append(text[pos : match.start()])
+        close = "</" + match.group()[1:]
+        end = text.find(close, match.end())
+        inside = text[match.end() :] if end == -1 else text[match.end() : end]
+        blocks.append(inside.strip(_WS))
+        if end == -1:
+            break
+        pos = end + len(close)
+    return "".join(content).strip(_WS), "\n\n".join(b for b in blocks if b)
+
+
+_PIECES = [
+    "<thinking>", "</thinking>", "<think>", "</think>", "<", ">", "/", "t", "hink", "ing",
+    "<thi", "</thi", "a", " ", "\n", "\u2028", "é", "<think ", "<THINK>",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_texts_match_reference_and_any_chunking(seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(50):
+        text = "".join(rng.choice(_PIECES) for _ in range(rng.randint(0, 25)))
+        expected = reference_split(text)
+        assert split_thinking(text) == expected, text
+        cuts = sorted(rng.randint(0, len(text)) for _ in range(rng.randint(1, 6)))
+        chunks = [text[a:b] for a, b in itertools.pairwise([0, *cuts, len(text)])]
+        assert feed_all(chunks) == expected, chunks
+        assert feed_all(list(text)) == expected, text
+
+
+# --- chunking ------------------------------------------------------------------
+
+SAMPLES = [
+    "Intro <thinking>plan A</thinking> middle <think>plan B</think> end",
+    "<thinking>x</thinking><think>y</think>",
+    "a < b <div> </thinking> <thinkingX> <think >z",
+    "<thinking>a <think>b</think> </thin c</thinking>D</think>",
+    "<think>x </thinking> y</think>Z <thinking>unclosed </thin",
+    "text ending in <thin",
+    "<<think>>x</think>> <<thinking>",
+    "é\u2028<think>日本\u2028</think>😀 <",
+    "  <think>\n  s  \n</think>\n  A  <thinking></thinking>  ",
+    "<thinkin<think>x</think",
+]
+
+
+@pytest.mark.parametrize("text", SAMPLES)
+def test_every_two_way_split_matches_single_feed(text: str) -> None:
+    expected = split_thinking(text)
+    for i in range(len(text) + 1):
+        assert feed_all([text[:i], text[i:]]) == expected, i
+
+
+@pytest.mark.parametrize("text", SAMPLES)
+def test_every_three_way_split_matches_single_feed(text: str) -> None:
+    expected = split_thinking(text)
+    for i, j in itertools.combinations_with_replacement(range(len(text) + 1), 2):
+        assert feed_all([text[:i], text[i:j], text[j:]]) == expected, (i, j)
+
+
+@pytest.mark.parametrize("text", SAMPLES)
+def test_char_by_char_matches_single_feed(text: str) -> None:
+    assert feed_all(list(text)) == split_thinking(text)
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        ["<thi", "nking>x</thinking>A"],
+        ["<", "/think", "ing>"],
+        ["<thinking>x<", "/think", "ing>A"],
+        ["<", "t", "h", "i", "n", "k", ">", "x", "<", "/", "think", ">", "A"],
+        ["A <think", "ing", ">b</", "thinking", ">", " C"],
+        ["", "<think>", "", "x", "", "</think>", "", "A", ""],
+    ],
+)
+def test_tags_split_across_chunks(chunks: list[str]) -> None:
+    assert feed_all(chunks) == split_thinking("".join(chunks))
+
+
+# --- hold-back: only the shortest tail that could still become a tag ----------
+
+
+@pytest.mark.parametrize(
+    ("chunk", "visible"),
+    [
+        pytest.param("abc<", "abc", id="lt"),
+        pytest.param("abc<t", "abc", id="lt-t"),
+        pytest.param("abc<thi", "abc", id="lt-thi"),
+        pytest.param("abc<think", "abc", id="lt-think"),
+        pytest.param("abc<thinki", "abc", id="lt-thinki"),
+        pytest.param("abc<thinking", "abc", id="lt-thinking"),
+        pytest.param("a < b", "a < b", id="lt-space"),
+        pytest.param("a<b", "a<b", id="lt-b"),
+        pytest.param("x<div", "x<div", id="div"),
+        pytest.param("x</think", "x</think", id="close-outside"),
+        pytest.param("x<thinkingX", "x<thinkingX", id="thinkingX"),
+        pytest.param("x<think ", "x<think ", id="think-space"),
+        pytest.param("x<<", "x<", id="double-lt"),
+        pytest.param("x<thi<th", "x<thi", id="two-candidates"),
+    ],
+)
+def test_hold_back_outside_block(chunk: str, visible: str) -> None:
+    splitter = ThinkingSplitter()
+    splitter.feed(chunk)
+    assert splitter.content == visible
+    assert splitter.thinking == ""
+
+
+@pytest.mark.parametrize(
+    ("chunk", "visible_thinking"),
+    [
+        pytest.param("<think>abc</thi", "abc", id="partial-close"),
+        pytest.param("<think>abc<", "abc", id="lt"),
+        pytest.param("<think>abc</", "abc", id="lt-slash"),
+        pytest.param("<think>abc</think", "abc", id="close-missing-gt"),
+        pytest.param("<think>abc</thinking", "abc</thinking", id="wrong-close"),
+        pytest.param("<thinking>abc</think>", "abc</think>", id="short-close-in-thinking"),
+        pytest.param("<thinking>abc</thinking", "abc", id="thinking-close-missing-gt"),
+        pytest.param("<think>a<b", "a<b", id="lt-b"),
+        pytest.param("<think>a<think", "a<think", id="open-inside"),
+    ],
+)
+def test_hold_back_inside_block(chunk: str, visible_thinking: str) -> None:
+    splitter = ThinkingSplitter()
+    splitter.feed(chunk)
+    assert splitter.content == ""
+    assert splitter.thinking == visible_thinking
+
+
+@pytest.mark.parametrize("text", SAMPLES)
+def test_held_back_tail_is_bounded(text: str) -> None:
+    splitter = ThinkingSplitter()
+    for ch in text:
+        splitter.feed(ch)
+        assert len(splitter._pending) < len("</thinking>")
+
+
+# --- incremental properties and lifecycle -------------------------------------
+
+
+def test_properties_progress_while_streaming() -> None:
+    splitter = ThinkingSplitter()
+    splitter.feed("  Hello ")
+    assert splitter.content == "  Hello "  # not stripped before finish()
+    splitter.feed("<think> step one ")
+    assert splitter.thinking == "step one"
+    splitter.feed("</think> world ")
+    assert splitter.content == "  Hello  world "
+    splitter.feed("<thinking>two")
+    assert splitter.thinking == "step one\n\ntwo"
+    splitter.finish()
+    assert splitter.content == "Hello  world"
+    assert splitter.thinking == "step one\n\ntwo"
+
+
+def test_finish_is_idempotent() -> None:
+    splitter = ThinkingSplitter()
+    splitter.feed("  A <thinking> x </thinking> B <thi")
+    splitter.finish()
+    first = (splitter.content, splitter.thinking)
+    splitter.finish()
+    splitter.finish()
+    assert (splitter.content, splitter.thinking) == first == ("A  B <thi", "x")
+
+
+def test_feed_after_finish_raises() -> None:
+    splitter = ThinkingSplitter()
+    splitter.finish()
+    with pytest.raises(RuntimeError):
+        splitter.feed("x")
+
+
+def test_reading_properties_does_not_change_result() -> None:
+    text = SAMPLES[0] + SAMPLES[3]
+    splitter = ThinkingSplitter()
+    for ch in text:
+        splitter.feed(ch)
+        _ = splitter.content, splitter.thinking
+    splitter.finish()
+    assert (splitter.content, splitter.thinking) == split_thinking(text)
+
+
+def test_many_small_chunks_is_linear() -> None:
+    unit = "word < x <thi <think>reason </thi more</think> ok "
+    chunks = [unit[i : i + 3] for i in range(0, len(unit), 3)] * 10_000
+    started = time.perf_counter()
+    content, thinking = feed_all(chunks)
+    elapsed = time.perf_counter() - started
+    assert (content, thinking) == split_thinking("".join(chunks))
+    assert elapsed < 5.0
