@@ -42,7 +42,7 @@ Deliberate choices:
 
 from __future__ import annotations
 
-__all__ = ["ThinkingSplitter", "split_thinking"]
+__all__ = ["ThinkingSplitter", "ThinkingTagger", "split_thinking"]
 
 # Open tag -> the only close tag that ends a block it opened.
 _TAGS: dict[str, str] = {"<thinking>": "</thinking>", "<think>": "</think>"}
@@ -180,3 +180,26 @@ def split_thinking(text: str) -> tuple[str, str]:
     splitter.feed(text)
     splitter.finish()
     return splitter.content, splitter.thinking
+
+
+class ThinkingTagger:
+    """Wraps native reasoning deltas in ``<thinking>`` tags, so all providers look alike.
+
+    The open tag goes in front of the first thinking piece and the close tag in
+    front of the first text piece after it, so a tag never travels alone while
+    the model writes; :meth:`close` gives the close tag for a reply that ends
+    while thinking.
+    """
+
+    def __init__(self) -> None:
+        self._open = False
+
+    def wrap(self, is_thinking: bool, text: str) -> str:
+        if is_thinking == self._open:
+            return text
+        self._open = is_thinking
+        return ("<thinking>" if is_thinking else "</thinking>") + text
+
+    def close(self) -> str:
+        was_open, self._open = self._open, False
+        return "</thinking>" if was_open else ""
