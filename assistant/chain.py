@@ -1,0 +1,178 @@
+"""The provider chain: try providers in order, fall through only before text.
+
+Rules (CONTRACT §4):
+- Before a provider's first chunk, any failure (connect, timeout, 4xx/5xx,
+  an error event, an empty stream) moves on to the next provider silently.
+- After it, the provider is committed: a failure ends the reply with an
+  error, never a retry elsewhere, because the user has already seen its text.
+  A JSON caller has seen nothing until the end, so in `commit_on_first_chunk=
+  False` mode even a late failure falls through; `Restart` tells the reply to
+  drop the failed attempt's text.
+- Native thinking deltas become text wrapped in `<thinking>` tags here, so
+  everything downstream sees one format.
+
+The chain runs on the I/O loop and hands what it produces to `emit`, a
+thread-safe callable. Its attributes (attempts, provider, model, ...) are
+written only on the loop; the reply reads them after `finished` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import httpx
+
+from . import aio
+from .config import Timeouts
+from .providers.base import (
+    Prompt,
+    Provider,
+    ProviderError,
+    StreamEnd,
+    ThinkingDelta,
+    Usage,
+    translate_http_error,
+)
+from .thinking import ThinkingTagger
+
+
+@dataclass(frozen=True)
+class Chunk:
+    text: str
+
+
+@dataclass(frozen=True)
+class Restart:
+    """JSON mode only: the attempt that sent the chunks so far failed; drop them."""
+
+
+@dataclass(frozen=True)
+class ChainFailed:
+    """Every provider failed (committed=False), or the committed one did."""
+
+    error: ProviderError | None  # None when every provider failed before text
+    committed: bool
+
+
+@dataclass(frozen=True)
+class ChainSucceeded:
+    pass
+
+
+Item = Chunk | Restart | ChainFailed | ChainSucceeded
+
+
+@dataclass
+class Attempt:
+    provider: str
+    outcome: str  # "ok", "client_gone" or a ProviderError code
+    ms: int
+    status: int | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        entry: dict[str, object] = {
+            "provider": self.provider,
+            "outcome": self.outcome,
+            "ms": self.ms,
+        }
+        if self.status is not None:
+            entry["status"] = self.status
+        return entry
+
+
+@dataclass
+class Chain:
+    providers: Sequence[Provider]
+    prompt: Prompt
+    timeouts: Timeouts
+    emit: Callable[[Item], None]
+    commit_on_first_chunk: bool = True
+    on_attempt: Callable[[Attempt, ProviderError | None], None] = lambda attempt, error: None
+    attempts: list[Attempt] = field(default_factory=list)
+    provider: str | None = None
+    model: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    stop_reason: str | None = None
+    first_chunk_at: float | None = None
+    finished: threading.Event = field(default_factory=threading.Event)
+
+    async def run(self) -> None:
+        try:
+            self.emit(await self._run())
+        finally:
+            self.finished.set()
+
+    async def _run(self) -> ChainFailed | ChainSucceeded:
+        for provider in self.providers:
+            progress = _Progress(provider, time.monotonic())
+            try:
+                await self._attempt(progress)
+            except ProviderError as error:
+                self._record(progress, error.code, error)
+                if progress.shown and self.commit_on_first_chunk:
+                    return ChainFailed(error, committed=True)
+                if progress.shown:
+                    self.emit(Restart())
+                continue
+            except asyncio.CancelledError:
+                self._record(progress, "client_gone", None)
+                raise
+            self._record(progress, "ok", None)
+            return ChainSucceeded()
+        return ChainFailed(None, committed=False)
+
+    async def _attempt(self, progress: _Progress) -> None:
+        """One provider, to its end; any failure comes out as a ProviderError."""
+        provider = progress.provider
+        tagger = ThinkingTagger()
+        stream = provider.stream(aio.http_client(self.timeouts), self.prompt)
+        try:
+            async with asyncio.timeout(self.timeouts.first_chunk) as first_chunk_deadline:
+                async for event in stream:
+                    if isinstance(event, StreamEnd):
+                        self._finish(provider, event)
+                        break
+                    if not progress.shown:
+                        progress.shown = True
+                        first_chunk_deadline.reschedule(None)  # from here only idle gaps count
+                        self._commit(provider)
+                    self.emit(Chunk(tagger.wrap(isinstance(event, ThinkingDelta), event.text)))
+            if not progress.shown:
+                raise ProviderError("upstream_empty", "stream ended with no text")
+            closing = tagger.close()
+            if closing:
+                self.emit(Chunk(closing))
+        except TimeoutError:
+            detail = f"no text within {self.timeouts.first_chunk}s"
+            raise ProviderError("upstream_timeout", detail) from None
+        except httpx.HTTPError as exc:
+            raise translate_http_error(exc) from None
+        finally:
+            await stream.aclose()
+
+    def _commit(self, provider: Provider) -> None:
+        self.first_chunk_at = self.first_chunk_at or time.monotonic()
+        self.provider = provider.name
+        self.model = provider.model
+
+    def _finish(self, provider: Provider, end: StreamEnd) -> None:
+        self.model = end.model or provider.model
+        self.usage = end.usage
+        self.stop_reason = end.stop_reason
+
+    def _record(self, progress: _Progress, outcome: str, error: ProviderError | None) -> None:
+        ms = round((time.monotonic() - progress.started) * 1000)
+        attempt = Attempt(progress.provider.name, outcome, ms, error.status if error else None)
+        self.attempts.append(attempt)
+        self.on_attempt(attempt, error)
+
+
+@dataclass
+class _Progress:
+    provider: Provider
+    started: float
+    shown: bool = False

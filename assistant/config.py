@@ -1,0 +1,155 @@
+"""Every setting, read from the environment by small functions with defaults.
+
+`Settings.from_env()` is called once per request, on purpose: it costs a few
+microseconds, and it means a test (or an operator) that changes the
+environment sees the change at once, with no cache to clear. Nothing per
+chunk reads the environment. The README's configuration table lists every
+name read here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+PROVIDER_NAMES = ("anthropic", "openai", "gemini", "ollama")
+
+DEFAULT_BASE_URLS = {
+    "anthropic": "https://api.anthropic.com",
+    "openai": "https://api.openai.com",
+    "gemini": "https://generativelanguage.googleapis.com",
+    "ollama": "",  # no public default: set OLLAMA_BASE_URL to use it
+}
+
+DEFAULT_MODELS = {
+    "anthropic": "claude-sonnet-4-5",
+    "openai": "gpt-4.1-mini",
+    "gemini": "gemini-2.5-flash",
+    "ollama": "llama3.2",
+}
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used; the message names it."""
+
+
+def _text(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, "").strip()
+    return value or default
+
+
+def _number(env: Mapping[str, str], name: str, default: float, minimum: float = 0) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {raw!r}")
+    return value
+
+
+def _integer(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    value = _number(env, name, default, minimum)
+    if value != int(value):
+        raise ConfigError(f"{name} must be a whole number, got {env.get(name)!r}")
+    return int(value)
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _names(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in _text(env, name, default).split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    """One provider's model settings; the key itself is fetched by the secrets module."""
+
+    name: str
+    base_url: str
+    model: str
+    key_name: str  # env var / Secret Manager secret holding the key ("" = needs none)
+    max_tokens: int
+    temperature: float | None
+    thinking: bool
+    thinking_budget: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], name: str) -> ProviderSettings:
+        prefix = name.upper()
+        raw_temperature = env.get(f"{prefix}_TEMPERATURE", "").strip()
+        return cls(
+            name=name,
+            base_url=_text(env, f"{prefix}_BASE_URL", DEFAULT_BASE_URLS[name]).rstrip("/"),
+            model=_text(env, f"{prefix}_MODEL", DEFAULT_MODELS[name]),
+            key_name=""
+            if name == "ollama"
+            else _text(env, f"{prefix}_KEY_NAME", f"{prefix}_API_KEY"),
+            max_tokens=_integer(env, f"{prefix}_MAX_TOKENS", 4096, minimum=1),
+            temperature=_number(env, f"{prefix}_TEMPERATURE", 0) if raw_temperature else None,
+            thinking=_flag(env, f"{prefix}_THINKING", False),
+            thinking_budget=_integer(env, f"{prefix}_THINKING_BUDGET", 2048, minimum=1024),
+        )
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float  # TCP + TLS to the provider
+    first_chunk: float  # request sent -> first text or thinking delta
+    idle: float  # longest silence on the upstream socket once it is streaming
+
+
+@dataclass(frozen=True)
+class Settings:
+    provider_order: tuple[str, ...]
+    providers: dict[str, ProviderSettings]
+    timeouts: Timeouts
+    heartbeat_seconds: float
+    max_body_bytes: int
+    max_input_chars: int
+    max_history_messages: int
+    cors_origins: tuple[str, ...]
+    project_id: str
+    collection: str
+    persist_timeout_seconds: float
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        order = _names(env, "ASSISTANT_PROVIDERS", ",".join(PROVIDER_NAMES))
+        unknown = [name for name in order if name not in PROVIDER_NAMES]
+        if unknown:
+            raise ConfigError(
+                f"ASSISTANT_PROVIDERS names unknown providers {unknown}; "
+                f"known: {', '.join(PROVIDER_NAMES)}"
+            )
+        return cls(
+            provider_order=order,
+            providers={name: ProviderSettings.from_env(env, name) for name in order},
+            timeouts=Timeouts(
+                connect=_number(env, "CONNECT_TIMEOUT_SECONDS", 5, minimum=0.01),
+                first_chunk=_number(env, "FIRST_CHUNK_TIMEOUT_SECONDS", 30, minimum=0.01),
+                idle=_number(env, "IDLE_TIMEOUT_SECONDS", 60, minimum=0.01),
+            ),
+            heartbeat_seconds=_number(env, "HEARTBEAT_SECONDS", 15, minimum=0.01),
+            max_body_bytes=_integer(env, "MAX_BODY_BYTES", 1024 * 1024, minimum=1),
+            max_input_chars=_integer(env, "MAX_INPUT_CHARS", 32_000, minimum=1),
+            max_history_messages=_integer(env, "MAX_HISTORY_MESSAGES", 200, minimum=0),
+            cors_origins=_names(env, "CORS_ORIGINS", "*"),
+            project_id=_text(env, "GOOGLE_CLOUD_PROJECT", env.get("GCP_PROJECT", "")),
+            collection=_text(env, "FIRESTORE_COLLECTION", "assistants"),
+            persist_timeout_seconds=_number(env, "PERSIST_TIMEOUT_SECONDS", 5, minimum=0.01),
+        )

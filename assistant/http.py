@@ -1,0 +1,228 @@
+"""Routes, the Accept branch, status codes, CORS and JSON errors.
+
+Everything a request can be refused for is checked here, in order, before
+any provider is called or anything is written: route (404/405), assistant id
+(400), size (413), media type (415), JSON and fields (400), providers (409).
+
+The SSE route holds its status until the first chunk or HEARTBEAT_SECONDS,
+whichever comes first, so a chain that fails fast gets a real 502.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import select
+import socket
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flask
+
+from . import __version__
+from .chain import ChainFailed
+from .config import ConfigError, Settings
+from .providers import configured_providers
+from .reply import Reply
+from .request import RequestError, build_request, check_assistant_id, parse_body
+from .store import Author, MessageStore
+from .tracing import RequestLog, new_trace_id, process_log, trace_id_from_headers
+
+_ASSISTANT_ROUTE = re.compile(r"/vac/assistant/(?P<id>.*?)(?P<sse>/sse)?")
+_ALLOWED_METHODS = "POST, OPTIONS"
+_ALLOWED_HEADERS = "Content-Type, Accept, Authorization, traceparent, X-Cloud-Trace-Context"
+
+SSE_HEADERS = {
+    "Cache-Control": "no-cache, no-transform",
+    "X-Accel-Buffering": "no",
+}
+
+
+def handle(request: flask.Request) -> flask.Response:
+    started = time.monotonic()
+    trace_id = trace_id_from_headers(request.headers) or new_trace_id()
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        process_log().error("config.invalid", reason=str(exc))
+        return _error(500, "config_error", "The service is misconfigured.", trace_id)
+    log = RequestLog(trace_id, settings.project_id)
+    cors = _cors_headers(request.headers, settings.cors_origins)
+    try:
+        response = _route(request, settings, trace_id, log, started)
+    except RequestError as exc:
+        log.info("request.refused", status=exc.status, code=exc.code, reason=exc.message)
+        response = _error(exc.status, exc.code, exc.message, trace_id)
+    except Exception:
+        log.exception("request.crashed")
+        response = _error(500, "internal_error", "The request failed on our side.", trace_id)
+    response.headers.update(cors)
+    return response
+
+
+def _route(
+    request: flask.Request, settings: Settings, trace_id: str, log: RequestLog, started: float
+) -> flask.Response:
+    if request.path == "/health":
+        if request.method not in ("GET", "HEAD"):
+            return _method_not_allowed("GET, HEAD", trace_id)
+        return _json(200, {"status": "ok", "version": __version__})
+    match = _ASSISTANT_ROUTE.fullmatch(request.path)
+    if match is None:
+        return _error(404, "not_found", f"no route for {request.path[:200]}", trace_id)
+    if request.method == "OPTIONS":
+        return _preflight(request.headers, settings.cors_origins)
+    if request.method != "POST":
+        return _method_not_allowed(_ALLOWED_METHODS, trace_id)
+
+    assistant_id = check_assistant_id(match["id"])
+    body = parse_body(
+        _read_body(request, settings.max_body_bytes), request.content_type, settings.max_body_bytes
+    )
+    assistant_request = build_request(
+        assistant_id,
+        body,
+        max_input_chars=settings.max_input_chars,
+        max_history_messages=settings.max_history_messages,
+    )
+    if assistant_request.trace_id and assistant_request.trace_id != trace_id:
+        trace_id = assistant_request.trace_id
+        log = RequestLog(trace_id, settings.project_id)
+
+    providers, skipped = configured_providers(settings)
+    if not providers:
+        log.error("request.no_provider", skipped=skipped)
+        return _error(409, "no_provider", "No model provider is configured.", trace_id)
+
+    streaming = bool(match["sse"]) or _wants_event_stream(request)
+    log.info(
+        "request.accepted",
+        assistant_id=assistant_id,
+        streaming=streaming,
+        input_chars=len(assistant_request.user_input),
+        history_turns=len(assistant_request.chat_history),
+        providers=[provider.name for provider in providers],
+    )
+    reply = Reply(
+        assistant_request,
+        trace_id=trace_id,
+        settings=settings,
+        providers=providers,
+        store=_store_for(assistant_request.save_to_history),
+        author=_author(assistant_request),
+        log=log,
+        streaming=streaming,
+        client_gone=_client_gone_probe(request.environ),
+        started=started,
+    )
+    reply.start()
+    if not streaming:
+        status, payload = reply.json_answer()
+        return _json(status, payload, trace_id)
+
+    first = reply.first_item(timeout=settings.heartbeat_seconds)
+    if isinstance(first, ChainFailed) and not first.committed:
+        return _json(502, reply.failure_body(first), trace_id)
+    return flask.Response(
+        reply.sse_frames(first),
+        status=200,
+        content_type="text/event-stream; charset=utf-8",
+        headers={**SSE_HEADERS, "X-Trace-Id": trace_id},
+        direct_passthrough=True,
+    )
+
+
+def _store_for(save_to_history: bool) -> MessageStore | None:
+    # Firestore arrives with issue #3; until then nothing is saved.
+    return None
+
+
+def _author(assistant_request: Any) -> Author:
+    user = assistant_request.user
+    return Author(user_id=user.email, email=user.email, name=user.display_name)
+
+
+def _read_body(request: flask.Request, limit: int) -> bytes:
+    """At most limit+1 bytes: enough to know the body is too big, never more."""
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestError(f"request body is larger than {limit} bytes", 413, "payload_too_large")
+    return request.stream.read(limit + 1)
+
+
+def _wants_event_stream(request: flask.Request) -> bool:
+    """True only when Accept names text/event-stream itself (`*/*` is not a request for it)."""
+    return any(
+        value.lower() == "text/event-stream" and quality > 0
+        for value, quality in request.accept_mimetypes
+    )
+
+
+def _client_gone_probe(environ: Mapping[str, Any]) -> Callable[[], bool]:
+    """A check that the client closed its connection, without writing to it.
+
+    Under gunicorn a closed client is otherwise noticed only on the second
+    write after the close; peeking at the socket notices it between writes.
+    """
+    sock = environ.get("gunicorn.socket")
+    if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket):
+        return lambda: False
+
+    def gone() -> bool:
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            return bool(readable) and sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except (OSError, ValueError):
+            return True
+
+    return gone
+
+
+def _cors_headers(headers: Mapping[str, str], origins: tuple[str, ...]) -> dict[str, str]:
+    origin = headers.get("Origin")
+    if not origin:
+        return {}
+    if "*" in origins:
+        # A wildcard never comes with credentials.
+        return {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": "X-Trace-Id"}
+    if origin in origins:
+        return {
+            "Access-Control-Allow-Origin": origin,
+            "Access-Control-Allow-Credentials": "true",
+            "Access-Control-Expose-Headers": "X-Trace-Id",
+            "Vary": "Origin",
+        }
+    return {}
+
+
+def _preflight(headers: Mapping[str, str], origins: tuple[str, ...]) -> flask.Response:
+    response = flask.Response(status=204)
+    if _cors_headers(headers, origins):
+        response.headers["Access-Control-Allow-Methods"] = _ALLOWED_METHODS
+        response.headers["Access-Control-Allow-Headers"] = _ALLOWED_HEADERS
+        response.headers["Access-Control-Max-Age"] = "3600"
+    return response
+
+
+def _method_not_allowed(allowed: str, trace_id: str) -> flask.Response:
+    response = _error(405, "method_not_allowed", f"use {allowed}", trace_id)
+    response.headers["Allow"] = allowed
+    return response
+
+
+def _error(status: int, code: str, message: str, trace_id: str) -> flask.Response:
+    return _json(status, {"error": message, "code": code, "trace_id": trace_id}, trace_id)
+
+
+def _json(status: int, payload: dict[str, Any], trace_id: str | None = None) -> flask.Response:
+    response = flask.Response(
+        json.dumps(payload, ensure_ascii=False, separators=(",", ":")),
+        status=status,
+        content_type="application/json",
+    )
+    if trace_id:
+        response.headers["X-Trace-Id"] = trace_id
+    return response

@@ -1,0 +1,131 @@
+"""What every provider yields and raises, so the chain can treat them alike.
+
+A provider's `stream()` is an async iterator of events: `TextDelta` and
+`ThinkingDelta` as the model writes, then exactly one `StreamEnd` when the
+upstream said it was finished. Every failure is a `ProviderError`:
+
+    ProviderError              code + a message safe to show + detail for the log
+      (codes) upstream_unreachable  connect failed
+              upstream_timeout      connect / first chunk / idle timeout
+              upstream_status       a 4xx / 5xx answer (status set)
+              upstream_error        an error event inside a 200 stream
+              upstream_empty        the stream ended with no text at all
+              upstream_incomplete   the stream ended without its end marker
+              upstream_protocol     a body we could not read
+
+httpx errors are translated in one place (`translate_http_error`), so the
+chain never sees a third-party exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import httpx
+
+from ..request import Turn
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class ThinkingDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Usage:
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    thinking_tokens: int | None = None  # only where the provider reports it apart
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: value for name, value in vars(self).items() if value is not None}
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    stop_reason: str | None
+    usage: Usage = field(default_factory=Usage)
+    model: str | None = None
+
+
+Event = TextDelta | ThinkingDelta | StreamEnd
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What every provider sends, in its own wire format."""
+
+    system: str | None
+    turns: tuple[Turn, ...]  # oldest first; the last one is the user's new message
+
+
+_SAFE_MESSAGES = {
+    "upstream_unreachable": "The model provider could not be reached.",
+    "upstream_timeout": "The model provider took too long to answer.",
+    "upstream_status": "The model provider refused the request.",
+    "upstream_error": "The model provider reported an error.",
+    "upstream_empty": "The model provider sent an empty reply.",
+    "upstream_incomplete": "The model provider's reply was cut off.",
+    "upstream_protocol": "The model provider sent a reply that could not be read.",
+}
+
+
+class ProviderError(Exception):
+    """A provider failed. `message` is safe to show; `detail` is for the log only."""
+
+    def __init__(self, code: str, detail: str = "", status: int | None = None) -> None:
+        super().__init__(f"{code}: {detail}" if detail else code)
+        self.code = code
+        self.message = _SAFE_MESSAGES[code]
+        self.detail = detail
+        self.status = status
+
+
+def translate_http_error(exc: httpx.HTTPError) -> ProviderError:
+    """The one place where httpx's exceptions become ours."""
+    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+        return ProviderError("upstream_timeout", "connect timeout")
+    if isinstance(exc, httpx.TimeoutException):
+        return ProviderError("upstream_timeout", "no data within the idle timeout")
+    if isinstance(exc, httpx.ConnectError):
+        return ProviderError("upstream_unreachable", type(exc).__name__)
+    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
+        return ProviderError("upstream_incomplete", f"connection dropped: {type(exc).__name__}")
+    return ProviderError("upstream_protocol", type(exc).__name__)
+
+
+class Provider(Protocol):
+    name: str
+    model: str
+
+    def stream(self, client: httpx.AsyncClient, prompt: Prompt) -> AsyncIterator[Event]:
+        """Events of one reply; raises ProviderError on any failure."""
+        ...
+
+
+def merged_turns(turns: tuple[Turn, ...]) -> list[Turn]:
+    """Consecutive turns of one role joined, since providers want them alternating."""
+    merged: list[Turn] = []
+    for turn in turns:
+        if merged and merged[-1].role == turn.role:
+            merged[-1] = Turn(turn.role, f"{merged[-1].content}\n\n{turn.content}")
+        else:
+            merged.append(turn)
+    return merged
+
+
+async def read_error_body(response: httpx.Response, limit: int = 2048) -> str:
+    """The start of an error body, for the log only (it may echo our request)."""
+    body = b""
+    async for piece in response.aiter_bytes():
+        body += piece
+        if len(body) >= limit:
+            break
+    return body[:limit].decode("utf-8", "replace")

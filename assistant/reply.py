@@ -1,0 +1,283 @@
+"""One reply: the chain's output turned into SSE frames or a JSON answer.
+
+The chain runs on the I/O loop and puts items on a queue; this side, on the
+request thread, waits on the queue with a timeout. The wait is what gives
+heartbeats while the upstream is silent, and what lets us notice a client
+that left (a failed write raises GeneratorExit; `client_gone` peeks at the
+socket between waits) and cancel the upstream request at once.
+
+Every stream ends with exactly one terminal frame (final answer or error)
+and `[DONE]`, whatever happens; the record of what arrived is handed to the
+store once, before the terminal frame, or in `finally` when the client left.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import queue
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from . import aio, sse
+from .chain import Chain, ChainFailed, ChainSucceeded, Chunk, Item, Restart
+from .config import Settings
+from .providers.base import Prompt, Provider
+from .request import AssistantRequest, Turn
+from .saving import Saver
+from .store import AssistantMessage, Author, MessageStore, UserMessage
+from .thinking import ThinkingSplitter
+from .tracing import RequestLog
+
+# How often a waiting reply checks that its client is still there.
+CLIENT_POLL_SECONDS = 1.0
+
+ALL_FAILED_MESSAGE = "No model provider could answer right now. Please try again."
+INTERNAL_ERROR_MESSAGE = "The reply failed on our side."
+
+
+class _ClientGone(Exception):
+    pass
+
+
+class Reply:
+    def __init__(
+        self,
+        request: AssistantRequest,
+        *,
+        trace_id: str,
+        settings: Settings,
+        providers: Sequence[Provider],
+        store: MessageStore | None,
+        author: Author,
+        log: RequestLog,
+        streaming: bool,
+        client_gone: Callable[[], bool] = lambda: False,
+        started: float | None = None,
+    ) -> None:
+        self._request = request
+        self._trace_id = trace_id
+        self._settings = settings
+        self._log = log
+        self._author = author
+        self._client_gone = client_gone
+        self._started = started or time.monotonic()
+        self._items: queue.SimpleQueue[Item] = queue.SimpleQueue()
+        self._parts: list[str] = []
+        self._splitter = ThinkingSplitter()
+        self._saver = Saver(store, settings.persist_timeout_seconds, log) if store else None
+        turns = (*request.chat_history, Turn("user", request.user_input))
+        self._chain = Chain(
+            providers=providers,
+            prompt=Prompt(system=request.instructions, turns=turns),
+            timeouts=settings.timeouts,
+            emit=self._items.put,
+            commit_on_first_chunk=streaming,
+            on_attempt=self._log_attempt,
+        )
+        self._future: concurrent.futures.Future[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        if self._saver and not self._request.user_message_already_saved:
+            self._saver.start_user_message(
+                UserMessage(
+                    assistant_id=self._request.assistant_id,
+                    trace_id=self._trace_id,
+                    thread_id=self._request.thread_id,
+                    author=self._author,
+                    content=self._request.user_input,
+                )
+            )
+        self._future = aio.submit(self._chain.run())
+
+    def first_item(self, timeout: float) -> Item | None:
+        """The chain's first item, or None if it has none within `timeout`."""
+        try:
+            return self._items.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    # -- SSE ---------------------------------------------------------------
+
+    def sse_frames(self, first: Item | None) -> Iterator[bytes]:
+        """Frames from `first` (None: the status window passed with nothing) to [DONE]."""
+        concluded = False
+        try:
+            if first is None:
+                yield sse.PING
+            for item in self._wait(first, heartbeat=self._settings.heartbeat_seconds):
+                if item is None:
+                    yield sse.PING
+                elif isinstance(item, Chunk):
+                    self._add(item.text)
+                    yield sse.chunk_frame(item.text)
+                elif isinstance(item, ChainSucceeded | ChainFailed):
+                    final = self._conclude(item)
+                    concluded = True
+                    yield sse.frame(final)
+                    yield sse.DONE
+                    return
+        except _ClientGone:
+            pass
+        except Exception:
+            if concluded:
+                raise
+            self._log.exception("reply.internal_error")
+            concluded = True
+            yield sse.frame(self._conclude(None))
+            yield sse.DONE
+        finally:
+            if not concluded:
+                self._abandon()
+
+    # -- JSON --------------------------------------------------------------
+
+    def json_answer(self) -> tuple[int, dict[str, Any]]:
+        """Wait for the whole reply: (200, answer) or (502, providers_failed)."""
+        try:
+            for item in self._wait(None, heartbeat=None):
+                if isinstance(item, Restart):
+                    self._parts.clear()
+                    self._splitter = ThinkingSplitter()
+                elif isinstance(item, Chunk):
+                    self._add(item.text)
+                elif isinstance(item, ChainSucceeded | ChainFailed):
+                    final = self._conclude(item)
+                    if "answer" in final:
+                        return 200, final
+                    return 502, self._error_body(final)
+        except _ClientGone:
+            self._abandon()
+            raise
+        raise AssertionError("the chain always ends with a terminal item")
+
+    def failure_body(self, failed: ChainFailed) -> dict[str, Any]:
+        """The 502 body for a chain that failed inside the status window."""
+        return self._error_body(self._conclude(failed))
+
+    def _error_body(self, final: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "error": final["error"],
+            "code": final["code"],
+            "trace_id": self._trace_id,
+            "attempts": final["metadata"]["attempts"],
+        }
+
+    # -- internals ---------------------------------------------------------
+
+    def _wait(self, first: Item | None, heartbeat: float | None) -> Iterator[Item | None]:
+        """Items as they come; None when a heartbeat is due. Raises _ClientGone."""
+        if first is not None:
+            yield first
+        last_sent = time.monotonic()
+        while True:
+            now = time.monotonic()
+            wait = CLIENT_POLL_SECONDS
+            if heartbeat is not None:
+                wait = min(wait, max(0.0, last_sent + heartbeat - now))
+            try:
+                item = self._items.get(timeout=wait)
+            except queue.Empty:
+                if self._client_gone():
+                    raise _ClientGone() from None
+                if heartbeat is not None and time.monotonic() - last_sent >= heartbeat:
+                    last_sent = time.monotonic()
+                    yield None
+                continue
+            last_sent = time.monotonic()
+            yield item
+
+    def _add(self, text: str) -> None:
+        self._parts.append(text)
+        self._splitter.feed(text)
+
+    def _text(self) -> str:
+        return "".join(self._parts)
+
+    def _conclude(self, item: ChainSucceeded | ChainFailed | None) -> dict[str, Any]:
+        """Save what arrived and build the terminal payload. `None`: our own failure."""
+        self._splitter.finish()
+        complete = isinstance(item, ChainSucceeded)
+        ids, persist_failed = self._save(complete)
+        metadata = self._metadata(ids, persist_failed)
+        text = self._text()
+        if complete:
+            self._log.info("reply.finished", status="complete", chars=len(text), **self._summary())
+            return {"answer": text, "metadata": metadata}
+        if item is None:
+            code, message = "internal_error", INTERNAL_ERROR_MESSAGE
+        elif item.error is None:
+            code, message = "providers_failed", ALL_FAILED_MESSAGE
+        else:
+            code, message = item.error.code, item.error.message
+        self._log.warning("reply.failed", code=code, chars=len(text), **self._summary())
+        return {"error": message, "code": code, "partial": text, "metadata": metadata}
+
+    def _abandon(self) -> None:
+        """The client left: stop the upstream at once, then save what arrived."""
+        if self._future is not None:
+            self._future.cancel()
+            self._chain.finished.wait(timeout=1.0)
+        self._splitter.finish()
+        self._save(complete=False)
+        self._log.info("reply.client_gone", chars=len(self._text()), **self._summary())
+
+    def _save(self, complete: bool) -> tuple[dict[str, str] | None, bool]:
+        if self._saver is None:
+            return None, False
+        message = None
+        if complete or self._parts:  # nothing arrived: no assistant message to keep
+            message = AssistantMessage(
+                assistant_id=self._request.assistant_id,
+                trace_id=self._trace_id,
+                thread_id=self._request.thread_id,
+                author=self._author,
+                content=self._splitter.content,
+                thinking_content=self._splitter.thinking,
+                status="complete" if complete else "incomplete",
+                provider=self._chain.provider,
+                model=self._chain.model,
+                usage=self._chain.usage.as_dict(),
+                stop_reason=self._chain.stop_reason,
+            )
+        ids, failed = self._saver.finish(message)
+        return ids or None, failed
+
+    def _metadata(self, message_ids: dict[str, str] | None, persist_failed: bool) -> dict[str, Any]:
+        chain = self._chain
+        first_chunk_ms = None
+        if chain.first_chunk_at is not None:
+            first_chunk_ms = round((chain.first_chunk_at - self._started) * 1000)
+        return {
+            "trace_id": self._trace_id,
+            "structured_output": None,
+            "tools_to_use": [],
+            "thinking_content": self._splitter.thinking,
+            "provider": chain.provider,
+            "model": chain.model,
+            "usage": chain.usage.as_dict(),
+            "stop_reason": chain.stop_reason,
+            "attempts": [attempt.as_dict() for attempt in chain.attempts],
+            "timing": {
+                "first_chunk_ms": first_chunk_ms,
+                "total_ms": round((time.monotonic() - self._started) * 1000),
+            },
+            "message_ids": message_ids,
+            "persist_failed": persist_failed,
+        }
+
+    def _summary(self) -> dict[str, Any]:
+        return {
+            "provider": self._chain.provider,
+            "model": self._chain.model,
+            "attempts": [attempt.as_dict() for attempt in self._chain.attempts],
+        }
+
+    def _log_attempt(self, attempt: Any, error: Any) -> None:
+        fields = attempt.as_dict()
+        if error is not None:
+            self._log.warning("provider.failed", detail=error.detail[:300], **fields)
+        else:
+            self._log.info("provider.attempt", **fields)

@@ -1,0 +1,228 @@
+"""The request model: one validated, normalised `AssistantRequest` from raw bytes.
+
+Everything a provider or the store will use is checked here, before any of
+them is touched, so bad input costs nothing but a 4xx. Unknown fields are
+ignored; known fields with the wrong type are refused, naming the field.
+
+Deliberate choices (see README):
+- `chat_history` accepts `{role, content}`, `{name: Human|AI, content}` and
+  `{sender, text}` items; roles are normalised to `user` / `assistant`.
+  Items whose text is empty after stripping are dropped, not refused.
+- Booleans must be JSON booleans (`"false"` is a string, not false); `null`
+  means "use the default" for every optional field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .tracing import TRACE_ID_PATTERN
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
+DEFAULT_HISTORY_LIMIT = 50
+MAX_HISTORY_LIMIT = 500
+
+_ROLE_ALIASES = {
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "ai": "assistant",
+    "model": "assistant",
+    "bot": "assistant",
+}
+
+
+class RequestError(ValueError):
+    """Input we refuse: an HTTP status, a machine code and a message naming the problem."""
+
+    def __init__(self, message: str, status: int = 400, code: str = "invalid_request") -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str  # "user" | "assistant"
+    content: str
+
+
+@dataclass(frozen=True)
+class CurrentUser:
+    email: str | None = None
+    display_name: str | None = None
+
+
+@dataclass(frozen=True)
+class AssistantRequest:
+    assistant_id: str
+    user_input: str
+    chat_history: tuple[Turn, ...] = ()
+    save_to_history: bool = False
+    user_message_already_saved: bool = False
+    read_from_history: bool = False
+    history_limit: int = DEFAULT_HISTORY_LIMIT
+    thread_id: str | None = None
+    trace_id: str | None = None
+    instructions: str | None = None
+    assistant_name: str | None = None
+    tools: tuple[str, ...] = ()
+    tool_configs: dict[str, Any] = field(default_factory=dict)
+    user: CurrentUser = CurrentUser()
+
+
+def is_valid_id(value: str) -> bool:
+    """Ids become Firestore document ids: no `/`, no dots, no reserved `__x__` names."""
+    return bool(ID_PATTERN.fullmatch(value)) and not (
+        value.startswith("__") and value.endswith("__")
+    )
+
+
+def check_assistant_id(assistant_id: str) -> str:
+    if not is_valid_id(assistant_id):
+        raise RequestError(
+            "assistant id must be 1-128 characters of A-Z, a-z, 0-9, '_' or '-', "
+            "and not of the form __name__"
+        )
+    return assistant_id
+
+
+def parse_body(raw: bytes, content_type: str | None, max_bytes: int) -> dict[str, Any]:
+    """Bytes to a JSON object, or the 413 / 415 / 400 that says why not."""
+    if len(raw) > max_bytes:
+        raise RequestError(
+            f"request body is larger than {max_bytes} bytes", 413, "payload_too_large"
+        )
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise RequestError(
+            f"Content-Type must be application/json, got {media_type or 'none'}",
+            415,
+            "unsupported_media_type",
+        )
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RequestError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise RequestError("request body must be a JSON object")
+    return body
+
+
+_KIND_NAMES = {
+    bool: "a boolean",
+    int: "an integer",
+    str: "a string",
+    list: "a list",
+    dict: "an object",
+}
+
+
+def _optional(body: Mapping[str, Any], name: str, kind: type, label: str | None = None) -> Any:
+    """`body[name]` if present and of `kind`; None when absent or null."""
+    value = body.get(name)
+    if value is None:
+        return None
+    # bool is an int in Python; a JSON true is never a valid number here.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise RequestError(f"{label or name} must be {_KIND_NAMES[kind]}")
+    return value
+
+
+def _checked_id(body: Mapping[str, Any], name: str, valid: Any, charset: str) -> str | None:
+    value = _optional(body, name, str)
+    if value is not None and not valid(value):
+        raise RequestError(f"{name} must be 1-128 characters of {charset}")
+    return value
+
+
+def _history(items: Any, max_messages: int) -> tuple[Turn, ...]:
+    if items is None:
+        return ()
+    if not isinstance(items, list):
+        raise RequestError("chat_history must be a list")
+    if len(items) > max_messages:
+        raise RequestError(f"chat_history has {len(items)} items; at most {max_messages} allowed")
+    turns = []
+    for index, item in enumerate(items):
+        turn = _turn(item, f"chat_history[{index}]")
+        if turn.content.strip():
+            turns.append(turn)
+    return tuple(turns)
+
+
+def _turn(item: Any, label: str) -> Turn:
+    if not isinstance(item, dict):
+        raise RequestError(f"{label} must be an object")
+    who = next((item[k] for k in ("role", "name", "sender") if item.get(k) is not None), None)
+    if not isinstance(who, str):
+        raise RequestError(f"{label} needs a role (or name / sender) string")
+    role = _ROLE_ALIASES.get(who.strip().lower())
+    if role is None:
+        raise RequestError(f"{label} role {who[:40]!r} is not user or assistant")
+    text = item.get("content", item.get("text"))
+    if not isinstance(text, str):
+        raise RequestError(f"{label} needs a content (or text) string")
+    return Turn(role, text)
+
+
+def _current_user(config: Mapping[str, Any]) -> CurrentUser:
+    user = _optional(config, "currentUser", dict, "emissaryConfig.currentUser") or {}
+    return CurrentUser(
+        email=_optional(user, "email", str, "emissaryConfig.currentUser.email"),
+        display_name=_optional(user, "displayName", str, "emissaryConfig.currentUser.displayName"),
+    )
+
+
+def build_request(
+    assistant_id: str,
+    body: Mapping[str, Any],
+    *,
+    max_input_chars: int,
+    max_history_messages: int,
+) -> AssistantRequest:
+    """A parsed JSON body to a validated request, or a RequestError naming the field."""
+    user_input = body.get("user_input")
+    if user_input is None:
+        raise RequestError("user_input is required")
+    if not isinstance(user_input, str):
+        raise RequestError("user_input must be a string")
+    if not user_input.strip():
+        raise RequestError("user_input must not be empty")
+    if len(user_input) > max_input_chars:
+        raise RequestError(f"user_input is longer than {max_input_chars} characters")
+
+    config = _optional(body, "emissaryConfig", dict, "emissaryConfig") or {}
+    save = _optional(config, "save_to_history", bool, "emissaryConfig.save_to_history")
+    if save is None:
+        save = _optional(body, "save_to_history", bool)
+    limit = _optional(body, "history_limit", int)
+    if limit is not None and not 1 <= limit <= MAX_HISTORY_LIMIT:
+        raise RequestError(f"history_limit must be between 1 and {MAX_HISTORY_LIMIT}")
+    tools = _optional(config, "tools", list, "emissaryConfig.tools") or []
+    if not all(isinstance(tool, str) for tool in tools):
+        raise RequestError("emissaryConfig.tools must be a list of strings")
+
+    return AssistantRequest(
+        assistant_id=check_assistant_id(assistant_id),
+        user_input=user_input,
+        chat_history=_history(body.get("chat_history"), max_history_messages),
+        save_to_history=bool(save),
+        user_message_already_saved=bool(_optional(body, "user_message_already_saved", bool)),
+        read_from_history=bool(_optional(body, "read_from_history", bool)),
+        history_limit=limit or DEFAULT_HISTORY_LIMIT,
+        thread_id=_checked_id(body, "thread_id", is_valid_id, "A-Z a-z 0-9 _ -, not __name__"),
+        trace_id=_checked_id(body, "trace_id", TRACE_ID_PATTERN.fullmatch, "A-Z a-z 0-9 _ . : -"),
+        instructions=_optional(
+            config, "initialInstructions", str, "emissaryConfig.initialInstructions"
+        ),
+        assistant_name=_optional(config, "name", str, "emissaryConfig.name"),
+        tools=tuple(tools),
+        tool_configs=_optional(config, "toolConfigs", dict, "emissaryConfig.toolConfigs") or {},
+        user=_current_user(config),
+    )
