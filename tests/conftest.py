@@ -1,0 +1,88 @@
+"""Shared fixtures: an isolated environment, fake upstreams on loopback, the app.
+
+Provider traffic always goes to a real HTTP server on 127.0.0.1
+(devtools/fake_upstream.py); nothing of ours is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import functions_framework
+import pytest
+
+from devtools.fake_upstream import FakeUpstream, Script
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Settings that could leak in from the developer's shell (see assistant/config.py).
+_SETTING_PREFIXES = ("ANTHROPIC_", "OPENAI_", "GEMINI_", "OLLAMA_", "MAX_")
+_SETTING_NAMES = {
+    "ASSISTANT_PROVIDERS",
+    "CONNECT_TIMEOUT_SECONDS",
+    "FIRST_CHUNK_TIMEOUT_SECONDS",
+    "IDLE_TIMEOUT_SECONDS",
+    "HEARTBEAT_SECONDS",
+    "CORS_ORIGINS",
+    "GOOGLE_CLOUD_PROJECT",
+    "GCP_PROJECT",
+    "FIRESTORE_COLLECTION",
+    "PERSIST_TIMEOUT_SECONDS",
+}
+
+
+@pytest.fixture(autouse=True)
+def isolated_env() -> Iterator[None]:
+    """Each test starts from the same environment and cannot leak changes into the next."""
+    saved = dict(os.environ)
+    for name in list(os.environ):
+        if name in _SETTING_NAMES or name.startswith(_SETTING_PREFIXES):
+            del os.environ[name]
+    os.environ["ASSISTANT_PROVIDERS"] = "anthropic"
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeUpstream]:
+    """A fake Anthropic API on loopback, wired into the environment."""
+    with FakeUpstream(default=Script()) as upstream:
+        os.environ["ANTHROPIC_BASE_URL"] = upstream.url
+        os.environ["ANTHROPIC_API_KEY"] = "test-key"
+        yield upstream
+
+
+@pytest.fixture(scope="session")
+def app() -> Any:
+    return functions_framework.create_app(target="assistant", source=str(ROOT / "main.py"))
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
+def sse_events(body: bytes) -> list[Any]:
+    """The frames of an SSE body: parsed JSON payloads, "[DONE]", or ": ping" comments."""
+    events: list[Any] = []
+    for block in body.decode("utf-8").split("\n\n"):
+        if not block:
+            continue
+        if block.startswith(":"):
+            events.append(block)
+            continue
+        assert block.startswith("data: "), block
+        data = block[len("data: ") :]
+        events.append(data if data == "[DONE]" else json.loads(data))
+    return events
+
+
+def ask(
+    client: Any, text: str = "Hello?", path: str = "/vac/assistant/test-assistant/sse", **body: Any
+) -> Any:
+    return client.post(path, json={"user_input": text, **body})

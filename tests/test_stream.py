@@ -1,0 +1,305 @@
+"""The endpoint end to end through functions-framework: frames, status hold, failures."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import pytest
+
+from devtools.fake_upstream import FakeUpstream, Script
+
+from .conftest import ask, sse_events
+
+
+def test_sse_streams_chunks_then_one_final_answer_then_done(client, fake: FakeUpstream) -> None:
+    fake.push(Script(tokens=["Here ", "is ", "the answer."], thinking=["weighing ", "options"]))
+    response = ask(client)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "text/event-stream; charset=utf-8"
+    assert response.headers["Cache-Control"] == "no-cache, no-transform"
+    assert response.headers["X-Accel-Buffering"] == "no"
+    assert "Content-Length" not in response.headers
+    assert "Connection" not in response.headers
+
+    events = sse_events(response.get_data())
+    chunks = [event["chunk"] for event in events[:-2]]
+    assert chunks == ["<thinking>weighing ", "options", "</thinking>Here ", "is ", "the answer."]
+    final, done = events[-2:]
+    assert done == "[DONE]"
+    assert final["answer"] == "<thinking>weighing options</thinking>Here is the answer."
+    metadata = final["metadata"]
+    assert metadata["thinking_content"] == "weighing options"
+    assert metadata["provider"] == "anthropic"
+    assert metadata["model"] == "fake-claude"
+    assert metadata["usage"] == {"input_tokens": 12, "output_tokens": 5}
+    assert metadata["stop_reason"] == "end_turn"
+    assert metadata["structured_output"] is None
+    assert metadata["tools_to_use"] == []
+    assert metadata["persist_failed"] is False
+    assert metadata["message_ids"] is None
+    assert [(a["provider"], a["outcome"]) for a in metadata["attempts"]] == [("anthropic", "ok")]
+    assert metadata["timing"]["first_chunk_ms"] <= metadata["timing"]["total_ms"]
+    assert metadata["trace_id"] == response.headers["X-Trace-Id"]
+
+
+def test_frames_are_data_lines_only_with_compact_utf8_json(client, fake: FakeUpstream) -> None:
+    fake.push(Script(tokens=["héllo\u2028", "line\nbreak"]))
+    body = ask(client).get_data()
+    assert b"event:" not in body
+    assert 'data: {"chunk":"héllo\u2028"}\n\n'.encode() in body
+    assert b'data: {"chunk":"line\\nbreak"}\n\n' in body
+    assert body.endswith(b"data: [DONE]\n\n")
+
+
+def test_chunks_leave_as_they_arrive(client, fake: FakeUpstream) -> None:
+    fake.push(Script(tokens=["one ", "two ", "three"], interval=0.3))
+    response = ask(client)
+    arrivals = []
+    for frame in response.response:
+        arrivals.append((time.monotonic(), frame))
+    chunk_times = [t for t, frame in arrivals if frame.startswith(b'data: {"chunk"')]
+    assert len(chunk_times) == 3
+    # Three chunks 0.3 s apart upstream arrive spread out, not in one batch at the end.
+    assert chunk_times[2] - chunk_times[0] > 0.3
+
+
+def test_heartbeats_while_the_upstream_is_silent(client, fake: FakeUpstream) -> None:
+    os.environ["HEARTBEAT_SECONDS"] = "0.2"
+    fake.push(Script(tokens=["late ", "answer"], ttft=0.9))
+    response = ask(client)
+    assert response.status_code == 200  # the status window passed without text
+    events = sse_events(response.get_data())
+    first_chunk = next(i for i, e in enumerate(events) if isinstance(e, dict) and "chunk" in e)
+    assert events[0] == ": ping"
+    assert events[:first_chunk].count(": ping") >= 3
+    assert events[-2]["answer"] == "late answer"
+
+
+def test_heartbeats_between_chunks(client, fake: FakeUpstream) -> None:
+    os.environ["HEARTBEAT_SECONDS"] = "0.15"
+    fake.push(Script(tokens=["a", "b"], interval=0.6))
+    events = sse_events(ask(client).get_data())
+    first = events.index({"chunk": "a"})
+    second = events.index({"chunk": "b"})
+    assert ": ping" in events[first:second]
+
+
+def test_no_heartbeat_when_text_flows(client, fake: FakeUpstream) -> None:
+    os.environ["HEARTBEAT_SECONDS"] = "5"
+    fake.push(Script(tokens=["a", "b", "c"], interval=0.01))
+    assert ": ping" not in sse_events(ask(client).get_data())
+
+
+def test_failure_before_first_chunk_is_a_real_502(client, fake: FakeUpstream) -> None:
+    fake.push(Script(fail="500"))
+    response = ask(client)
+    assert response.status_code == 502
+    body = response.get_json()
+    assert body["code"] == "providers_failed"
+    assert body["trace_id"] == response.headers["X-Trace-Id"]
+    assert [(a["provider"], a["outcome"], a["status"]) for a in body["attempts"]] == [
+        ("anthropic", "upstream_status", 500)
+    ]
+    assert "api_error" not in response.get_data(as_text=True)  # no raw upstream body
+
+
+@pytest.mark.parametrize("fail", ["error_event", "empty", "no_text", "429", "401"])
+def test_each_pre_text_failure_is_a_502(client, fake: FakeUpstream, fail: str) -> None:
+    fake.push(Script(fail=fail))
+    response = ask(client)
+    assert response.status_code == 502
+    assert response.get_json()["code"] == "providers_failed"
+
+
+def test_failure_after_the_status_window_ends_the_stream_with_an_error_frame(
+    client, fake: FakeUpstream
+) -> None:
+    os.environ["HEARTBEAT_SECONDS"] = "0.2"
+    fake.push(Script(ttft=0.6, fail="error_event"))
+    response = ask(client)
+    assert response.status_code == 200
+    events = sse_events(response.get_data())
+    assert events[0] == ": ping"
+    error, done = events[-2:]
+    assert done == "[DONE]"
+    assert error["code"] == "providers_failed"
+    assert error["partial"] == ""
+    assert error["metadata"]["attempts"][0]["outcome"] == "upstream_error"
+
+
+@pytest.mark.parametrize(
+    ("mode", "code"),
+    [
+        ("error_event", "upstream_error"),
+        ("cut", "upstream_incomplete"),
+        ("no_stop", "upstream_incomplete"),
+    ],
+)
+def test_mid_stream_failure_sends_partial_text_in_one_error_frame(
+    client, fake: FakeUpstream, mode: str, code: str
+) -> None:
+    fake.push(Script(tokens=["Half ", "an ", "answer"], fail_after=2, fail_mode=mode))
+    response = ask(client)
+    assert response.status_code == 200
+    events = sse_events(response.get_data())
+    assert events[:2] == [{"chunk": "Half "}, {"chunk": "an "}]
+    error, done = events[2:]
+    assert done == "[DONE]"
+    assert error["code"] == code
+    assert error["partial"] == "Half an "
+    assert error["error"] and "Traceback" not in error["error"]
+    assert error["metadata"]["provider"] == "anthropic"
+    assert len(fake.requests) == 1  # committed: never retried
+
+
+def test_idle_gap_after_first_chunk_ends_with_timeout_error(client, fake: FakeUpstream) -> None:
+    os.environ["IDLE_TIMEOUT_SECONDS"] = "0.3"
+    fake.push(Script(tokens=["start ", "never"], fail_after=1, fail_mode="hang"))
+    events = sse_events(ask(client).get_data())
+    assert events[0] == {"chunk": "start "}
+    assert events[-2]["code"] == "upstream_timeout"
+    assert events[-2]["partial"] == "start "
+
+
+def test_first_chunk_timeout_falls_to_502(client, fake: FakeUpstream) -> None:
+    os.environ["FIRST_CHUNK_TIMEOUT_SECONDS"] = "0.3"
+    fake.push(Script(fail="hang", ping_every=0.05))  # pings keep the socket busy, no text
+    response = ask(client)
+    assert response.status_code == 502
+    assert response.get_json()["attempts"][0]["outcome"] == "upstream_timeout"
+
+
+def test_a_long_live_generation_is_not_cut(client, fake: FakeUpstream) -> None:
+    os.environ.update(FIRST_CHUNK_TIMEOUT_SECONDS="0.5", IDLE_TIMEOUT_SECONDS="0.5")
+    fake.push(Script(tokens=[f"t{i} " for i in range(8)], interval=0.2))  # 1.6 s in all
+    events = sse_events(ask(client).get_data())
+    assert events[-2]["answer"] == "".join(f"t{i} " for i in range(8))
+
+
+def test_unclosed_native_thinking_is_closed_and_split(client, fake: FakeUpstream) -> None:
+    fake.push(Script(thinking=["only ", "thinking"], tokens=[]))
+    events = sse_events(ask(client).get_data())
+    final = events[-2]
+    assert final["answer"] == "<thinking>only thinking</thinking>"
+    assert final["metadata"]["thinking_content"] == "only thinking"
+
+
+def test_inline_thinking_streams_unchanged(client, fake: FakeUpstream) -> None:
+    fake.push(Script(thinking=["a plan"], thinking_mode="inline", tokens=["Done."]))
+    final = sse_events(ask(client).get_data())[-2]
+    assert final["answer"] == "<thinking>a plan</thinking>Done."
+    assert final["metadata"]["thinking_content"] == "a plan"
+
+
+def test_no_provider_configured_is_409_and_nothing_is_called(client, fake: FakeUpstream) -> None:
+    del os.environ["ANTHROPIC_API_KEY"]
+    response = ask(client)
+    assert response.status_code == 409
+    assert response.get_json()["code"] == "no_provider"
+    assert fake.requests == []
+
+
+def test_legacy_route_answers_json_without_event_stream_accept(client, fake: FakeUpstream) -> None:
+    fake.push(Script(tokens=["plain ", "answer"]))
+    response = client.post(
+        "/vac/assistant/test-assistant",
+        json={"user_input": "hi"},
+        headers={"Accept": "application/json, */*"},
+    )
+    assert response.status_code == 200
+    assert response.content_type == "application/json"
+    body = response.get_json()
+    assert body["answer"] == "plain answer"
+    assert body["metadata"]["trace_id"] == response.headers["X-Trace-Id"]
+
+
+def test_legacy_route_streams_when_accept_asks_for_it(client, fake: FakeUpstream) -> None:
+    response = client.post(
+        "/vac/assistant/test-assistant",
+        json={"user_input": "hi"},
+        headers={"Accept": "text/event-stream"},
+    )
+    assert response.headers["Content-Type"].startswith("text/event-stream")
+    assert sse_events(response.get_data())[-1] == "[DONE]"
+
+
+def test_legacy_json_failure_is_502_with_attempts(client, fake: FakeUpstream) -> None:
+    fake.push(Script(tokens=["a", "b", "c"], fail_after=1, fail_mode="error_event"))
+    response = client.post("/vac/assistant/x", json={"user_input": "hi"})
+    assert response.status_code == 502
+    body = response.get_json()
+    assert body["code"] == "providers_failed"
+    assert body["attempts"][0]["outcome"] == "upstream_error"
+
+
+def test_client_disconnect_closes_the_upstream(client, fake: FakeUpstream) -> None:
+    fake.push(Script(tokens=[f"w{i} " for i in range(200)], interval=0.05))
+    response = ask(client)
+    frames = iter(response.response)
+    assert next(frames).startswith(b'data: {"chunk"')
+    response.close()  # the client goes away: GeneratorExit in the reply
+    upstream_request = fake.wait_for_requests(1)[0]
+    assert upstream_request.client_closed.wait(timeout=3), "upstream request left running"
+
+
+def test_client_disconnect_while_upstream_is_silent(client, fake: FakeUpstream) -> None:
+    os.environ["HEARTBEAT_SECONDS"] = "0.2"
+    fake.push(Script(tokens=["first ", "never"], fail_after=1, fail_mode="hang"))
+    response = ask(client)
+    frames = iter(response.response)
+    assert next(frames) == b'data: {"chunk":"first "}\n\n'
+    assert next(frames) == b": ping\n\n"
+    response.close()
+    assert fake.wait_for_requests(1)[0].client_closed.wait(timeout=3)
+
+
+def test_trace_id_from_body_wins_and_is_on_header_metadata_and_logs(client, fake, capfd) -> None:
+    os.environ["GOOGLE_CLOUD_PROJECT"] = "demo-project"
+    response = client.post(
+        "/vac/assistant/a/sse",
+        json={"user_input": "hi", "trace_id": "frontend.trace:42"},
+        headers={"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+    )
+    assert response.headers["X-Trace-Id"] == "frontend.trace:42"
+    assert sse_events(response.get_data())[-2]["metadata"]["trace_id"] == "frontend.trace:42"
+    lines = [line for line in capfd.readouterr().out.splitlines() if line.startswith("{")]
+    assert lines and all('"trace_id": "frontend.trace:42"' in line for line in lines)
+    assert all(
+        '"logging.googleapis.com/trace": "projects/demo-project/traces/frontend.trace:42"' in line
+        for line in lines
+    )
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        (
+            {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+            "0af7651916cd43dd8448eb211c80319c",
+        ),
+        (
+            {"X-Cloud-Trace-Context": "105445AA7843BC8BF206B12000100000/1;o=1"},
+            "105445aa7843bc8bf206b12000100000",
+        ),
+    ],
+)
+def test_trace_id_from_headers(client, fake, headers: dict[str, str], expected: str) -> None:
+    response = client.post("/vac/assistant/a/sse", json={"user_input": "hi"}, headers=headers)
+    assert response.headers["X-Trace-Id"] == expected
+    assert sse_events(response.get_data())[-2]["metadata"]["trace_id"] == expected
+
+
+def test_new_trace_id_when_none_is_given(client, fake) -> None:
+    response = ask(client)
+    assert re.fullmatch(r"[0-9a-f]{32}", response.headers["X-Trace-Id"])
+
+
+def test_logs_hold_no_key_and_no_prompt(client, fake, capfd) -> None:
+    ask(client, "my secret question").get_data()
+    fake.push(Script(fail="401"))
+    ask(client, "my secret question").get_data()
+    out = capfd.readouterr().out
+    assert "test-key" not in out
+    assert "my secret question" not in out
