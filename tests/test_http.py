@@ -1,0 +1,234 @@
+"""Routes, bad input, CORS: every refusal is a 4xx naming the problem, with no upstream call."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from devtools.fake_upstream import FakeUpstream
+
+from .conftest import ask, sse_events
+
+
+def test_health_is_ok_with_version_and_no_io(client) -> None:
+    response = client.get("/health")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["status"] == "ok"
+    assert body["version"]
+    assert set(body) == {"status", "version"}
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/vac/other", "/", "/vac/assistant"])
+def test_unknown_paths_are_404_json(client, path: str) -> None:
+    response = client.post(path, json={"user_input": "hi"})
+    assert response.status_code == 404
+    assert response.get_json()["code"] == "not_found"
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
+def test_other_methods_are_405_json(client, fake: FakeUpstream, method: str) -> None:
+    response = client.open("/vac/assistant/abc/sse", method=method)
+    assert response.status_code == 405
+    assert response.get_json()["code"] == "method_not_allowed"
+    assert "POST" in response.headers["Allow"]
+    assert fake.requests == []
+
+
+def test_health_refuses_post(client) -> None:
+    assert client.post("/health").status_code == 405
+
+
+def _refused(response, status: int, code: str, fake: FakeUpstream, mentions: str) -> None:
+    assert response.status_code == status, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["code"] == code
+    assert mentions in body["error"]
+    assert body["trace_id"] == response.headers["X-Trace-Id"]
+    assert fake.requests == []  # no provider was called
+
+
+@pytest.mark.parametrize(
+    "assistant_id",
+    ["__reserved__", "a" * 129, "has.dot", "..", "sp ace", "a/b", "%2F", "ü"],
+)
+def test_bad_assistant_ids_are_400(client, fake: FakeUpstream, assistant_id: str) -> None:
+    response = client.post(f"/vac/assistant/{assistant_id}/sse", json={"user_input": "hi"})
+    _refused(response, 400, "invalid_request", fake, "assistant id")
+
+
+def test_encoded_slash_in_id_never_reaches_a_document_id(client, fake: FakeUpstream) -> None:
+    response = client.post("/vac/assistant/a%2Fb/sse", json={"user_input": "hi"})
+    _refused(response, 400, "invalid_request", fake, "assistant id")
+
+
+@pytest.mark.parametrize(
+    ("body", "mentions"),
+    [
+        ({}, "user_input is required"),
+        ({"user_input": ""}, "user_input must not be empty"),
+        ({"user_input": "  \n "}, "user_input must not be empty"),
+        ({"user_input": 42}, "user_input must be a string"),
+        ({"user_input": "hi", "chat_history": "nope"}, "chat_history must be a list"),
+        ({"user_input": "hi", "chat_history": [1]}, "chat_history[0] must be an object"),
+        (
+            {"user_input": "hi", "chat_history": [{"role": "user"}]},
+            "chat_history[0] needs a content",
+        ),
+        ({"user_input": "hi", "chat_history": [{"content": "x"}]}, "chat_history[0] needs a role"),
+        (
+            {"user_input": "hi", "chat_history": [{"role": "system", "content": "x"}]},
+            "chat_history[0] role",
+        ),
+        (
+            {"user_input": "hi", "chat_history": [{"role": "user", "content": ["x"]}]},
+            "chat_history[0] needs a content",
+        ),
+        ({"user_input": "hi", "save_to_history": "yes"}, "save_to_history must be a boolean"),
+        ({"user_input": "hi", "read_from_history": 1}, "read_from_history must be a boolean"),
+        ({"user_input": "hi", "history_limit": "5"}, "history_limit must be an integer"),
+        ({"user_input": "hi", "history_limit": True}, "history_limit must be an integer"),
+        ({"user_input": "hi", "history_limit": 0}, "history_limit must be between"),
+        ({"user_input": "hi", "thread_id": "a/b"}, "thread_id must be"),
+        ({"user_input": "hi", "thread_id": "__x__"}, "thread_id must be"),
+        ({"user_input": "hi", "trace_id": "has space"}, "trace_id must be"),
+        ({"user_input": "hi", "trace_id": 7}, "trace_id must be a string"),
+        ({"user_input": "hi", "emissaryConfig": []}, "emissaryConfig must be an object"),
+        (
+            {"user_input": "hi", "emissaryConfig": {"initialInstructions": 3}},
+            "emissaryConfig.initialInstructions",
+        ),
+        (
+            {"user_input": "hi", "emissaryConfig": {"currentUser": "me"}},
+            "emissaryConfig.currentUser",
+        ),
+        ({"user_input": "hi", "emissaryConfig": {"tools": "x"}}, "emissaryConfig.tools"),
+        (
+            {"user_input": "hi", "emissaryConfig": {"save_to_history": "no"}},
+            "emissaryConfig.save_to_history",
+        ),
+    ],
+)
+def test_bad_fields_are_400_naming_the_field(
+    client, fake: FakeUpstream, body: dict, mentions: str
+) -> None:
+    response = client.post("/vac/assistant/abc/sse", json=body)
+    _refused(response, 400, "invalid_request", fake, mentions)
+
+
+def test_body_that_is_not_an_object_is_400(client, fake: FakeUpstream) -> None:
+    response = client.post("/vac/assistant/abc/sse", data="[1, 2]", content_type="application/json")
+    _refused(response, 400, "invalid_request", fake, "JSON object")
+
+
+def test_invalid_json_is_400(client, fake: FakeUpstream) -> None:
+    response = client.post(
+        "/vac/assistant/abc/sse", data="{not json", content_type="application/json"
+    )
+    _refused(response, 400, "invalid_request", fake, "not valid JSON")
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_non_json_media_type_is_415(client, fake: FakeUpstream, content_type: str | None) -> None:
+    response = client.post(
+        "/vac/assistant/abc/sse", data='{"user_input": "hi"}', content_type=content_type
+    )
+    _refused(response, 415, "unsupported_media_type", fake, "application/json")
+
+
+def test_oversize_body_is_413(client, fake: FakeUpstream) -> None:
+    os.environ["MAX_BODY_BYTES"] = "1000"
+    body = json.dumps({"user_input": "x" * 2000})
+    response = client.post("/vac/assistant/abc/sse", data=body, content_type="application/json")
+    _refused(response, 413, "payload_too_large", fake, "1000 bytes")
+
+
+def test_default_body_limit_is_one_mebibyte(client, fake: FakeUpstream) -> None:
+    body = json.dumps({"user_input": "hi", "padding": "x" * (1024 * 1024)})
+    response = client.post("/vac/assistant/abc/sse", data=body, content_type="application/json")
+    _refused(response, 413, "payload_too_large", fake, "1048576 bytes")
+
+
+def test_user_input_length_limit(client, fake: FakeUpstream) -> None:
+    os.environ["MAX_INPUT_CHARS"] = "10"
+    _refused(ask(client, "x" * 11), 400, "invalid_request", fake, "longer than 10")
+
+
+def test_history_length_limit(client, fake: FakeUpstream) -> None:
+    os.environ["MAX_HISTORY_MESSAGES"] = "2"
+    history = [{"role": "user", "content": "x"}] * 3
+    _refused(ask(client, chat_history=history), 400, "invalid_request", fake, "at most 2")
+
+
+def test_unknown_fields_are_ignored(client, fake: FakeUpstream) -> None:
+    response = ask(client, surprise={"nested": True}, emissaryConfig={"extra": 1, "name": "Bot"})
+    assert response.status_code == 200
+    assert sse_events(response.get_data())[-1] == "[DONE]"
+
+
+def test_chat_history_formats_are_normalised_for_the_provider(client, fake: FakeUpstream) -> None:
+    history = [
+        {"role": "user", "content": "first question"},
+        {"name": "AI", "content": "first answer"},
+        {"name": "Human", "content": "second question"},
+        {"sender": "assistant", "text": "second answer"},
+        {"sender": "user", "text": "   "},  # empty: dropped
+    ]
+    response = ask(
+        client,
+        "third question",
+        chat_history=history,
+        emissaryConfig={"initialInstructions": "Be brief."},
+    )
+    assert response.status_code == 200
+    response.get_data()
+    sent = fake.wait_for_requests(1)[0].body
+    assert sent["system"] == "Be brief."
+    assert sent["messages"] == [
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "first answer"},
+        {"role": "user", "content": "second question"},
+        {"role": "assistant", "content": "second answer"},
+        {"role": "user", "content": "third question"},
+    ]
+
+
+def test_misconfiguration_is_a_500_naming_no_secret(client, fake: FakeUpstream) -> None:
+    os.environ["HEARTBEAT_SECONDS"] = "soon"
+    response = ask(client)
+    assert response.status_code == 500
+    assert response.get_json()["code"] == "config_error"
+    assert fake.requests == []
+
+
+def test_preflight_with_wildcard_origins(client) -> None:
+    response = client.options(
+        "/vac/assistant/abc/sse",
+        headers={"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST"},
+    )
+    assert response.status_code == 204
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert "POST" in response.headers["Access-Control-Allow-Methods"]
+    assert "Content-Type" in response.headers["Access-Control-Allow-Headers"]
+    assert "Access-Control-Allow-Credentials" not in response.headers
+
+
+def test_cors_with_listed_origins_echoes_origin_with_credentials(
+    client, fake: FakeUpstream
+) -> None:
+    os.environ["CORS_ORIGINS"] = "https://chat.example.com, https://admin.example.com"
+    allowed = client.options("/vac/assistant/abc", headers={"Origin": "https://chat.example.com"})
+    assert allowed.headers["Access-Control-Allow-Origin"] == "https://chat.example.com"
+    assert allowed.headers["Access-Control-Allow-Credentials"] == "true"
+    assert allowed.headers["Vary"] == "Origin"
+    refused = client.options("/vac/assistant/abc", headers={"Origin": "https://evil.example.com"})
+    assert "Access-Control-Allow-Origin" not in refused.headers
+    streamed = client.post(
+        "/vac/assistant/abc/sse",
+        json={"user_input": "hi"},
+        headers={"Origin": "https://chat.example.com"},
+    )
+    assert streamed.headers["Access-Control-Allow-Origin"] == "https://chat.example.com"
+    assert "X-Trace-Id" in streamed.headers["Access-Control-Expose-Headers"]
