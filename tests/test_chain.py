@@ -1,0 +1,139 @@
+"""The provider chain's fall-through and commit rules, with two real upstreams on loopback.
+
+Two Anthropic-speaking fake servers stand in for two providers, so the rules
+are exercised over real HTTP without waiting for the other provider modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from assistant.config import ProviderSettings, Settings
+from assistant.providers.anthropic import AnthropicProvider
+from assistant.reply import Reply
+from assistant.request import AssistantRequest
+from assistant.store import Author
+from assistant.tracing import RequestLog
+from devtools.fake_upstream import FakeUpstream, Script
+
+from .conftest import sse_events
+
+
+@pytest.fixture
+def upstreams() -> Iterator[tuple[FakeUpstream, FakeUpstream]]:
+    with (
+        FakeUpstream(default=Script(text="from first")) as first,
+        FakeUpstream(default=Script(text="from second")) as second,
+    ):
+        yield first, second
+
+
+def _provider(upstream: FakeUpstream, name: str) -> AnthropicProvider:
+    settings = ProviderSettings.from_env({"ANTHROPIC_BASE_URL": upstream.url}, "anthropic")
+    provider = AnthropicProvider(settings, "test-key")
+    provider.name = name  # two instances of one wire format, told apart in attempts
+    return provider
+
+
+def _reply(upstreams, *, streaming: bool, env: dict[str, str] | None = None) -> Reply:
+    first, second = upstreams
+    return Reply(
+        AssistantRequest(assistant_id="chain-test", user_input="hi"),
+        trace_id="trace-chain",
+        settings=Settings.from_env({"HEARTBEAT_SECONDS": "5", **(env or {})}),
+        providers=[_provider(first, "primary"), _provider(second, "secondary")],
+        store=None,
+        author=Author(None, None, None),
+        log=RequestLog("trace-chain"),
+        streaming=streaming,
+    )
+
+
+def _stream(reply: Reply) -> list:
+    reply.start()
+    first = reply.first_item(timeout=5)
+    return sse_events(b"".join(reply.sse_frames(first)))
+
+
+@pytest.mark.parametrize("fail", ["500", "429", "error_event", "empty", "no_text"])
+def test_failure_before_first_chunk_falls_through_silently(upstreams, fail: str) -> None:
+    first, _ = upstreams
+    first.push(Script(fail=fail))
+    events = _stream(_reply(upstreams, streaming=True))
+    assert all("error" not in event for event in events if isinstance(event, dict))
+    final = events[-2]
+    assert final["answer"] == "from second"
+    assert final["metadata"]["provider"] == "secondary"
+    outcomes = [(a["provider"], a["outcome"]) for a in final["metadata"]["attempts"]]
+    assert outcomes[0][0] == "primary" and outcomes[0][1] != "ok"
+    assert outcomes[1] == ("secondary", "ok")
+
+
+def test_first_chunk_timeout_falls_through(upstreams) -> None:
+    first, _ = upstreams
+    first.push(Script(fail="hang"))
+    events = _stream(_reply(upstreams, streaming=True, env={"FIRST_CHUNK_TIMEOUT_SECONDS": "0.3"}))
+    assert events[-2]["answer"] == "from second"
+    assert events[-2]["metadata"]["attempts"][0]["outcome"] == "upstream_timeout"
+    assert first.requests[0].client_closed.wait(timeout=3)  # the hung request was closed
+
+
+def test_unreachable_provider_falls_through() -> None:
+    with FakeUpstream(default=Script(text="from second")) as second:
+        dead = FakeUpstream().start()
+        dead.stop()  # nothing listens on its port any more
+        events = _stream(_reply((dead, second), streaming=True))
+    assert events[-2]["answer"] == "from second"
+    assert events[-2]["metadata"]["attempts"][0]["outcome"] == "upstream_unreachable"
+
+
+def test_no_fall_through_after_the_first_chunk(upstreams) -> None:
+    first, second = upstreams
+    first.push(Script(tokens=["partial ", "text ", "more"], fail_after=2, fail_mode="error_event"))
+    events = _stream(_reply(upstreams, streaming=True))
+    assert events[:2] == [{"chunk": "partial "}, {"chunk": "text "}]
+    error = events[2]
+    assert error["code"] == "upstream_error"
+    assert error["partial"] == "partial text "
+    assert events[3:] == ["[DONE]"]
+    assert second.requests == []  # the user would have seen text twice
+
+
+def test_every_provider_failing_before_text_is_reported_with_attempts(upstreams) -> None:
+    first, second = upstreams
+    first.push(Script(fail="500"))
+    second.push(Script(fail="error_event"))
+    reply = _reply(upstreams, streaming=True)
+    reply.start()
+    failed = reply.first_item(timeout=5)
+    body = reply.failure_body(failed)
+    assert body["code"] == "providers_failed"
+    assert [(a["provider"], a["outcome"]) for a in body["attempts"]] == [
+        ("primary", "upstream_status"),
+        ("secondary", "upstream_error"),
+    ]
+
+
+def test_json_caller_falls_through_even_after_text(upstreams) -> None:
+    first, _ = upstreams
+    first.push(Script(tokens=["doomed ", "text"], fail_after=1, fail_mode="cut"))
+    reply = _reply(upstreams, streaming=False)
+    reply.start()
+    status, body = reply.json_answer()
+    assert status == 200
+    assert body["answer"] == "from second"  # the failed attempt's text is dropped
+    assert [a["outcome"] for a in body["metadata"]["attempts"]] == ["upstream_incomplete", "ok"]
+
+
+def test_json_caller_gets_502_when_all_fail(upstreams) -> None:
+    first, second = upstreams
+    first.push(Script(fail="500"))
+    second.push(Script(tokens=["a", "b"], fail_after=1, fail_mode="error_event"))
+    reply = _reply(upstreams, streaming=False)
+    reply.start()
+    status, body = reply.json_answer()
+    assert status == 502
+    assert body["code"] == "providers_failed"
+    assert len(body["attempts"]) == 2
