@@ -1,0 +1,110 @@
+"""The service as it runs: functions-framework + gunicorn in a subprocess, real sockets.
+
+What only a real server shows: chunks crossing TCP as they arrive, and a
+client that hangs up while the upstream is silent being noticed (socket peek)
+so that the upstream request is closed and the worker thread freed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from devtools.fake_upstream import FakeUpstream, Script
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def server(fake: FakeUpstream) -> Iterator[str]:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "THREADS": "1",  # one thread: a second request is served only if the first freed it
+        "HEARTBEAT_SECONDS": "30",  # no pings: a hang-up can only be noticed by the peek
+        "PYTHONUNBUFFERED": "1",
+    }
+    functions_framework = Path(sys.executable).parent / "functions-framework"
+    process = subprocess.Popen(
+        [
+            str(functions_framework),
+            "--target=assistant",
+            "--source=main.py",
+            "--host=127.0.0.1",
+            f"--port={port}",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("functions-framework did not start")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_chunks_cross_the_socket_as_they_arrive(server: str, fake: FakeUpstream) -> None:
+    fake.push(Script(tokens=["one ", "two ", "three"], interval=0.3))
+    arrivals: list[tuple[float, str]] = []
+    with httpx.stream(
+        "POST", f"{server}/vac/assistant/live/sse", json={"user_input": "hi"}, timeout=10
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["transfer-encoding"] == "chunked"
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                arrivals.append((time.monotonic(), line))
+    chunk_times = [t for t, line in arrivals if line.startswith('data: {"chunk"')]
+    assert len(chunk_times) == 3
+    assert chunk_times[2] - chunk_times[0] > 0.3  # spread out, as the upstream sent them
+    assert arrivals[-1][1] == "data: [DONE]"
+
+
+def test_hang_up_while_upstream_is_silent_closes_it_and_frees_the_thread(
+    server: str, fake: FakeUpstream
+) -> None:
+    fake.push(Script(tokens=["first ", "never"], fail_after=1, fail_mode="hang"))
+    host, port = server.removeprefix("http://").split(":")
+    body = b'{"user_input": "hi"}'
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(
+            b"POST /vac/assistant/live/sse HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        received = b""
+        while b'"chunk"' not in received:
+            received += sock.recv(4096)
+    # The client is gone; the upstream is silent, so only the socket peek can notice.
+    upstream = fake.wait_for_requests(1)[0]
+    assert upstream.client_closed.wait(timeout=5), "upstream request left running"
+    # With THREADS=1, this answers only once the abandoned stream let go of the thread.
+    assert httpx.get(f"{server}/health", timeout=5).status_code == 200
