@@ -54,9 +54,14 @@ POLL = 0.05  # seconds between client-gone / server-stopping checks while waitin
 PING = {"type": "ping"}
 OVERLOADED = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
 ERROR_TYPES = {
-    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
-    500: "api_error", 529: "overloaded_error",
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
 }
 FAILS = ("error_event", "hang", "hang_headers", "empty", "no_text", "cut", "no_stop")
 FAIL_MODES = ("error_event", "cut", "hang", "no_stop")
@@ -122,8 +127,10 @@ def split_words(text: str) -> list[str]:
 
 
 def error_body(status: int, message: str) -> dict[str, Any]:
-    return {"type": "error", "error": {"type": ERROR_TYPES.get(status, "api_error"),
-                                       "message": message}}
+    return {
+        "type": "error",
+        "error": {"type": ERROR_TYPES.get(status, "api_error"), "message": message},
+    }
 
 
 def last_user_text(body: dict[str, Any]) -> str:
@@ -132,8 +139,11 @@ def last_user_text(body: dict[str, Any]) -> str:
             content = msg.get("content")
             if isinstance(content, str):
                 return content
-            return "".join(b.get("text", "") for b in content or []
-                           if isinstance(b, dict) and b.get("type") == "text")
+            return "".join(
+                b.get("text", "")
+                for b in content or []
+                if isinstance(b, dict) and b.get("type") == "text"
+            )
     return ""
 
 
@@ -239,8 +249,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- routing ----------------------------------------------------------------------
     def do_GET(self) -> None:
-        self._route({"/_fake/requests": self._list_requests,
-                     "/_fake/health": lambda: self._send_json(200, {"status": "ok"})})
+        self._route(
+            {
+                "/_fake/requests": self._list_requests,
+                "/_fake/health": lambda: self._send_json(200, {"status": "ok"}),
+            }
+        )
 
     def do_POST(self) -> None:
         self._route({"/v1/messages": self._messages, "/_fake/scripts": self._push_scripts})
@@ -254,8 +268,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _list_requests(self) -> None:
         reqs = list(self.server.upstream.requests)
-        self._send_json(200, [{"path": r.path, "headers": r.headers, "body": r.body}
-                              for r in reqs])
+        self._send_json(200, [{"path": r.path, "headers": r.headers, "body": r.body} for r in reqs])
 
     def _push_scripts(self) -> None:
         try:
@@ -315,10 +328,22 @@ class _Handler(BaseHTTPRequestHandler):
             return self._end()
         if s.fail == "empty":
             return self._end()
-        self._event("message_start", {"type": "message_start", "message": {
-            "id": f"msg_fake_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
-            "model": s.model, "content": [], "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": s.input_tokens, "output_tokens": 1}}})
+        self._event(
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": f"msg_fake_{uuid.uuid4().hex[:24]}",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": s.model,
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": s.input_tokens, "output_tokens": 1},
+                },
+            },
+        )
         self._event("ping", PING)
         if s.fail:
             self._wait(s.ttft)
@@ -339,8 +364,12 @@ class _Handler(BaseHTTPRequestHandler):
         elif s.thinking:
             pieces = ["<thinking>", *s.thinking, "</thinking>", *pieces]
         if pieces:  # an empty reply has no text block at all
-            blocks.append(({"type": "text", "text": ""},
-                           [({"type": "text_delta", "text": p}, True) for p in pieces]))
+            blocks.append(
+                (
+                    {"type": "text", "text": ""},
+                    [({"type": "text_delta", "text": p}, True) for p in pieces],
+                )
+            )
         sent = 0
         for index, (block, deltas) in enumerate(blocks):
             for n, (delta, counted) in enumerate(deltas):
@@ -350,19 +379,28 @@ class _Handler(BaseHTTPRequestHandler):
                         return self._fail(s.fail_mode, sent)
                     sent += 1
                 if n == 0:
-                    self._event("content_block_start", {"type": "content_block_start",
-                                                        "index": index, "content_block": block})
-                self._event("content_block_delta",
-                            {"type": "content_block_delta", "index": index, "delta": delta})
+                    self._event(
+                        "content_block_start",
+                        {"type": "content_block_start", "index": index, "content_block": block},
+                    )
+                self._event(
+                    "content_block_delta",
+                    {"type": "content_block_delta", "index": index, "delta": delta},
+                )
             self._event("content_block_stop", {"type": "content_block_stop", "index": index})
         if sent == s.fail_after:
             return self._fail(s.fail_mode, sent)
         self._finish_message(sent)
 
     def _finish_message(self, sent: int) -> None:
-        self._event("message_delta", {
-            "type": "message_delta", "usage": {"output_tokens": sent},
-            "delta": {"stop_reason": self.script.stop_reason, "stop_sequence": None}})
+        self._event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "usage": {"output_tokens": sent},
+                "delta": {"stop_reason": self.script.stop_reason, "stop_sequence": None},
+            },
+        )
         self._event("message_stop", {"type": "message_stop"})
         self._end()
 
@@ -411,8 +449,14 @@ class _Server(ThreadingHTTPServer):
 class FakeUpstream:
     """The fake provider; `start()`/`stop()` or use it as a context manager."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, default: Script | None = None,
-                 *, verbose: bool = False) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        default: Script | None = None,
+        *,
+        verbose: bool = False,
+    ) -> None:
         self.host, self.port = host, port
         self.default = default or Script()
         self.verbose = verbose
@@ -429,8 +473,12 @@ class FakeUpstream:
         self._stopping.clear()
         self._server = _Server((self.host, self.port), self)
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(POLL,),
-                                        name=f"fake-upstream-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            args=(POLL,),
+            name=f"fake-upstream-{self.port}",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -490,8 +538,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--thinking", help='thinking pieces, "|"-separated')
     parser.add_argument("--echo", action="store_true")
     args = parser.parse_args(argv)
-    default = Script(ttft=args.ttft, interval=args.interval, echo=args.echo,
-                     thinking=args.thinking.split("|") if args.thinking else None)
+    default = Script(
+        ttft=args.ttft,
+        interval=args.interval,
+        echo=args.echo,
+        thinking=args.thinking.split("|") if args.thinking else None,
+    )
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())

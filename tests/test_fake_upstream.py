@@ -19,8 +19,12 @@ from httpx_sse import EventSource
 
 from devtools.fake_upstream import FakeUpstream, RecordedRequest, Script
 
-BODY = {"model": "claude-x", "max_tokens": 64, "stream": True,
-        "messages": [{"role": "user", "content": "hi there"}]}
+BODY = {
+    "model": "claude-x",
+    "max_tokens": 64,
+    "stream": True,
+    "messages": [{"role": "user", "content": "hi there"}],
+}
 HEADERS = {"x-api-key": "test-key", "anthropic-version": "2023-06-01"}
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,8 +48,7 @@ def read_events(response: httpx.Response) -> Events:
 
 
 def stream(client: httpx.Client, up: FakeUpstream, body: dict[str, Any] | None = None) -> Events:
-    with client.stream("POST", f"{up.url}/v1/messages", json=body or BODY,
-                       headers=HEADERS) as r:
+    with client.stream("POST", f"{up.url}/v1/messages", json=body or BODY, headers=HEADERS) as r:
         assert r.status_code == 200
         return read_events(r)
 
@@ -67,30 +70,40 @@ def expect_client_closed(rec: RecordedRequest) -> None:
     assert rec.finished.wait(2)
 
 
-def test_normal_stream_matches_anthropic_wire_format(upstream: FakeUpstream,
-                                                     client: httpx.Client) -> None:
-    with client.stream("POST", f"{upstream.url}/v1/messages", json=BODY,
-                       headers=HEADERS) as r:
+def test_normal_stream_matches_anthropic_wire_format(
+    upstream: FakeUpstream, client: httpx.Client
+) -> None:
+    with client.stream("POST", f"{upstream.url}/v1/messages", json=BODY, headers=HEADERS) as r:
         assert r.headers["content-type"] == "text/event-stream; charset=utf-8"
         assert r.headers["cache-control"] == "no-cache"
         assert r.headers["transfer-encoding"] == "chunked"
         events = read_events(r)
     assert names(events) == ["message_start", "ping", "content_block_start"] + [
-        "content_block_delta"] * 5 + ["content_block_stop", "message_delta", "message_stop"]
+        "content_block_delta"
+    ] * 5 + ["content_block_stop", "message_delta", "message_stop"]
     message = events[0][1]["message"]
     assert message["id"].startswith("msg_")
     assert {k: message[k] for k in ("type", "role", "model", "content", "stop_reason")} == {
-        "type": "message", "role": "assistant", "model": "fake-claude", "content": [],
-        "stop_reason": None}
+        "type": "message",
+        "role": "assistant",
+        "model": "fake-claude",
+        "content": [],
+        "stop_reason": None,
+    }
     assert message["usage"] == {"input_tokens": 12, "output_tokens": 1}
-    assert events[2][1] == {"type": "content_block_start", "index": 0,
-                            "content_block": {"type": "text", "text": ""}}
-    assert [d["text"] for d in deltas(events)] == ["Hello ", "from ", "the ", "fake ",
-                                                   "upstream."]
+    assert events[2][1] == {
+        "type": "content_block_start",
+        "index": 0,
+        "content_block": {"type": "text", "text": ""},
+    }
+    assert [d["text"] for d in deltas(events)] == ["Hello ", "from ", "the ", "fake ", "upstream."]
     assert all(d["type"] == "text_delta" for d in deltas(events))
     assert events[-3][1] == {"type": "content_block_stop", "index": 0}
-    assert events[-2][1] == {"type": "message_delta", "usage": {"output_tokens": 5},
-                             "delta": {"stop_reason": "end_turn", "stop_sequence": None}}
+    assert events[-2][1] == {
+        "type": "message_delta",
+        "usage": {"output_tokens": 5},
+        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+    }
     assert events[-1][1] == {"type": "message_stop"}
     (rec,) = upstream.wait_for_requests(1)
     assert rec.path == "/v1/messages"
@@ -100,8 +113,9 @@ def test_normal_stream_matches_anthropic_wire_format(upstream: FakeUpstream,
 
 
 def test_tokens_model_and_stop_reason(upstream: FakeUpstream, client: httpx.Client) -> None:
-    upstream.push(Script(tokens=["é", "🙂", " x"], model="m2", input_tokens=3,
-                         stop_reason="max_tokens"))
+    upstream.push(
+        Script(tokens=["é", "🙂", " x"], model="m2", input_tokens=3, stop_reason="max_tokens")
+    )
     events = stream(client, upstream)
     assert text_of(events) == "é🙂 x"
     assert events[0][1]["message"]["model"] == "m2"
@@ -134,11 +148,18 @@ def test_inline_thinking(upstream: FakeUpstream, client: httpx.Client) -> None:
     assert [d["index"] for n, d in events if n == "content_block_start"] == [0]
 
 
-@pytest.mark.parametrize(("status", "error_type"), [
-    ("429", "rate_limit_error"), ("500", "api_error"), ("401", "authentication_error"),
-    ("529", "overloaded_error")])
-def test_fail_http_status(upstream: FakeUpstream, client: httpx.Client, status: str,
-                          error_type: str) -> None:
+@pytest.mark.parametrize(
+    ("status", "error_type"),
+    [
+        ("429", "rate_limit_error"),
+        ("500", "api_error"),
+        ("401", "authentication_error"),
+        ("529", "overloaded_error"),
+    ],
+)
+def test_fail_http_status(
+    upstream: FakeUpstream, client: httpx.Client, status: str, error_type: str
+) -> None:
     upstream.push(Script(fail=status))
     r = client.post(f"{upstream.url}/v1/messages", json=BODY, headers=HEADERS)
     assert r.status_code == int(status)
@@ -151,16 +172,20 @@ def test_fail_error_event(upstream: FakeUpstream, client: httpx.Client) -> None:
     upstream.push(Script(fail="error_event"))
     events = stream(client, upstream)
     assert names(events) == ["message_start", "ping", "error"]
-    assert events[-1][1] == {"type": "error",
-                             "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    assert events[-1][1] == {
+        "type": "error",
+        "error": {"type": "overloaded_error", "message": "Overloaded"},
+    }
 
 
 def test_fail_hang_until_client_leaves(upstream: FakeUpstream) -> None:
     upstream.push(Script(fail="hang"))
     seen: list[str] = []
-    with httpx.Client(timeout=httpx.Timeout(5.0, read=0.3)) as c, pytest.raises(
-            httpx.ReadTimeout), c.stream("POST", f"{upstream.url}/v1/messages", json=BODY,
-                                         headers=HEADERS) as r:
+    with (
+        httpx.Client(timeout=httpx.Timeout(5.0, read=0.3)) as c,
+        pytest.raises(httpx.ReadTimeout),
+        c.stream("POST", f"{upstream.url}/v1/messages", json=BODY, headers=HEADERS) as r,
+    ):
         seen.extend(sse.event for sse in EventSource(r).iter_sse())
     assert seen == ["message_start", "ping"]
     expect_client_closed(upstream.requests[0])
@@ -168,8 +193,7 @@ def test_fail_hang_until_client_leaves(upstream: FakeUpstream) -> None:
 
 def test_fail_hang_headers(upstream: FakeUpstream) -> None:
     upstream.push(Script(fail="hang_headers"))
-    with httpx.Client(timeout=httpx.Timeout(5.0, read=0.3)) as c, pytest.raises(
-            httpx.ReadTimeout):
+    with httpx.Client(timeout=httpx.Timeout(5.0, read=0.3)) as c, pytest.raises(httpx.ReadTimeout):
         c.post(f"{upstream.url}/v1/messages", json=BODY, headers=HEADERS)
     expect_client_closed(upstream.wait_for_requests(1)[0])
 
@@ -199,8 +223,10 @@ def test_fail_after_error_event(upstream: FakeUpstream, client: httpx.Client) ->
 def test_fail_after_cut(upstream: FakeUpstream, client: httpx.Client) -> None:
     upstream.push(Script(fail_after=2, fail_mode="cut"))
     seen: Events = []
-    with pytest.raises(httpx.RemoteProtocolError), client.stream(
-            "POST", f"{upstream.url}/v1/messages", json=BODY, headers=HEADERS) as r:
+    with (
+        pytest.raises(httpx.RemoteProtocolError),
+        client.stream("POST", f"{upstream.url}/v1/messages", json=BODY, headers=HEADERS) as r,
+    ):
         seen.extend((s.event, json.loads(s.data)) for s in EventSource(r).iter_sse())
     assert text_of(seen) == "Hello from "
     assert names(seen)[-1] == "content_block_delta"
@@ -219,17 +245,21 @@ def test_fail_after_hang_keeps_pinging(upstream: FakeUpstream, client: httpx.Cli
     expect_client_closed(upstream.requests[0])
 
 
-def test_fail_after_no_stop_counts_thinking(upstream: FakeUpstream,
-                                            client: httpx.Client) -> None:
+def test_fail_after_no_stop_counts_thinking(upstream: FakeUpstream, client: httpx.Client) -> None:
     upstream.push(Script(thinking=["t1", "t2"], fail_after=3, fail_mode="no_stop"))
     events = stream(client, upstream)  # the body ends cleanly, no exception
     assert [d.get("thinking", d.get("text")) for d in deltas(events)] == [
-        "t1", "t2", None, "Hello "]
+        "t1",
+        "t2",
+        None,
+        "Hello ",
+    ]
     assert "message_stop" not in names(events) and "error" not in names(events)
 
 
-def test_fail_after_all_deltas_fires_before_message_delta(upstream: FakeUpstream,
-                                                          client: httpx.Client) -> None:
+def test_fail_after_all_deltas_fires_before_message_delta(
+    upstream: FakeUpstream, client: httpx.Client
+) -> None:
     upstream.push(Script(tokens=["a", "b"], fail_after=2, fail_mode="no_stop"))
     assert names(stream(client, upstream))[-2:] == ["content_block_delta", "content_block_stop"]
 
@@ -254,8 +284,7 @@ def test_small_writes_are_not_delayed(upstream: FakeUpstream, client: httpx.Clie
     stream(client, upstream)  # warm up: the connection is reused from here on
     gaps = []
     for _ in range(3):
-        with client.stream("POST", f"{upstream.url}/v1/messages", json=BODY,
-                           headers=HEADERS) as r:
+        with client.stream("POST", f"{upstream.url}/v1/messages", json=BODY, headers=HEADERS) as r:
             started = time.monotonic()
             events = EventSource(r).iter_sse()
             next(events)
@@ -277,7 +306,12 @@ def test_push_is_fifo_then_default(client: httpx.Client) -> None:
         up.push(Script(text="one"), Script(text="two"))
         up.push(Script(text="three"))
         assert [text_of(stream(client, up)) for _ in range(5)] == [
-            "one", "two", "three", "default", "default"]
+            "one",
+            "two",
+            "three",
+            "default",
+            "default",
+        ]
         assert len(up.wait_for_requests(5)) == 5
         with pytest.raises(TimeoutError):
             up.wait_for_requests(6, timeout=0.1)
@@ -286,18 +320,30 @@ def test_push_is_fifo_then_default(client: httpx.Client) -> None:
 def test_echo_string_and_blocks(upstream: FakeUpstream, client: httpx.Client) -> None:
     upstream.push(Script(echo=True), Script(echo=True))
     assert text_of(stream(client, upstream)) == "You said: hi there"
-    body = dict(BODY, messages=[
-        {"role": "user", "content": "old"}, {"role": "assistant", "content": "reply"},
-        {"role": "user", "content": [{"type": "text", "text": "new "},
-                                     {"type": "image", "source": {}},
-                                     {"type": "text", "text": "question"}]}])
+    body = dict(
+        BODY,
+        messages=[
+            {"role": "user", "content": "old"},
+            {"role": "assistant", "content": "reply"},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "new "},
+                    {"type": "image", "source": {}},
+                    {"type": "text", "text": "question"},
+                ],
+            },
+        ],
+    )
     assert text_of(stream(client, upstream, body)) == "You said: new question"
 
 
 def test_control_endpoints(upstream: FakeUpstream, client: httpx.Client) -> None:
     assert client.get(f"{upstream.url}/_fake/health").json() == {"status": "ok"}
-    r = client.post(f"{upstream.url}/_fake/scripts",
-                    json=[{"tokens": ["A", "B"]}, {"raw": ["event: x\n", "data: {}\n\n"]}])
+    r = client.post(
+        f"{upstream.url}/_fake/scripts",
+        json=[{"tokens": ["A", "B"]}, {"raw": ["event: x\n", "data: {}\n\n"]}],
+    )
     assert r.status_code == 204
     assert text_of(stream(client, upstream)) == "AB"
     with client.stream("POST", f"{upstream.url}/v1/messages", json=BODY, headers=HEADERS) as r:
@@ -316,8 +362,9 @@ def test_request_validation(upstream: FakeUpstream, client: httpx.Client) -> Non
     r = client.post(f"{upstream.url}/v1/messages", json=BODY)
     assert r.status_code == 401
     assert r.json()["error"]["type"] == "authentication_error"
-    r = client.post(f"{upstream.url}/v1/messages", json={"model": "m", "messages": []},
-                    headers=HEADERS)
+    r = client.post(
+        f"{upstream.url}/v1/messages", json={"model": "m", "messages": []}, headers=HEADERS
+    )
     assert r.status_code == 400
     assert r.json()["error"]["type"] == "invalid_request_error"
     r = client.post(f"{upstream.url}/v1/messages", content=b"not json", headers=HEADERS)
@@ -363,17 +410,28 @@ def test_stop_does_not_hang_on_hanging_handlers(client: httpx.Client) -> None:
 
 def test_cli_serves_until_sigterm() -> None:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "devtools.fake_upstream", "--port", "0", "--echo",
-           "--thinking", "p1|p2"]
-    with subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True) as proc:
+    cmd = [
+        sys.executable,
+        "-m",
+        "devtools.fake_upstream",
+        "--port",
+        "0",
+        "--echo",
+        "--thinking",
+        "p1|p2",
+    ]
+    with subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
         try:
             assert proc.stdout is not None and proc.stderr is not None
             line = proc.stdout.readline().strip()
             assert line.startswith("fake upstream listening on http://127.0.0.1:")
             url = line.rsplit(" ", 1)[1]
-            with httpx.Client(timeout=5.0) as c, c.stream(
-                    "POST", f"{url}/v1/messages", json=BODY, headers=HEADERS) as r:
+            with (
+                httpx.Client(timeout=5.0) as c,
+                c.stream("POST", f"{url}/v1/messages", json=BODY, headers=HEADERS) as r,
+            ):
                 events = read_events(r)
             assert [d.get("thinking") for d in deltas(events)][:2] == ["p1", "p2"]
             assert text_of(events) == "You said: hi there"

@@ -388,7 +388,10 @@ def test_many_small_chunks_give_the_whole_text_result() -> None:
     [
         ([(False, "a"), (False, "b")], "ab"),
         ([(True, "t1"), (True, "t2"), (False, "x")], "<thinking>t1t2</thinking>x"),
-        ([(False, "a"), (True, "t"), (False, "b"), (True, "u")], "a<thinking>t</thinking>b<thinking>u"),
+        (
+            [(False, "a"), (True, "t"), (False, "b"), (True, "u")],
+            "a<thinking>t</thinking>b<thinking>u",
+        ),
     ],
 )
 def test_tagger_wraps_native_thinking(pieces: list[tuple[bool, str]], expected: str) -> None:
