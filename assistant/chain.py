@@ -63,7 +63,15 @@ class ChainSucceeded:
     pass
 
 
-Item = Chunk | Restart | ChainFailed | ChainSucceeded
+@dataclass(frozen=True)
+class ChainCrashed:
+    """A bug of ours, not a provider failure: the reply ends with internal_error."""
+
+    exception: Exception
+
+
+Item = Chunk | Restart | ChainFailed | ChainSucceeded | ChainCrashed
+Outcome = ChainFailed | ChainSucceeded | ChainCrashed
 
 
 @dataclass
@@ -102,9 +110,14 @@ class Chain:
 
     async def run(self) -> None:
         try:
-            self.emit(await self._run())
+            outcome: ChainSucceeded | ChainFailed | ChainCrashed = await self._run()
+        except asyncio.CancelledError:
+            raise  # the client left: nobody waits for an outcome
+        except Exception as exc:
+            outcome = ChainCrashed(exc)  # never leave the reply waiting
         finally:
             self.finished.set()
+        self.emit(outcome)
 
     async def _run(self) -> ChainFailed | ChainSucceeded:
         for provider in self.providers:
@@ -151,6 +164,11 @@ class Chain:
             raise ProviderError("upstream_timeout", detail) from None
         except httpx.HTTPError as exc:
             raise translate_http_error(exc) from None
+        except (ProviderError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            # A body our parser choked on: this provider failed, the next may not.
+            raise ProviderError("upstream_protocol", f"{type(exc).__name__}: {exc}") from exc
         finally:
             await stream.aclose()
 

@@ -25,7 +25,7 @@ from . import __version__
 from .chain import ChainFailed
 from .config import ConfigError, Settings
 from .providers import configured_providers
-from .reply import Reply
+from .reply import ClientGone, Reply
 from .request import RequestError, build_request, check_assistant_id, parse_body
 from .store import Author, MessageStore
 from .tracing import RequestLog, new_trace_id, process_log, trace_id_from_headers
@@ -118,11 +118,14 @@ def _route(
         started=started,
     )
     reply.start()
-    if not streaming:
-        status, payload = reply.json_answer()
-        return _json(status, payload, trace_id)
-
-    first = reply.first_item(timeout=settings.heartbeat_seconds)
+    try:
+        if not streaming:
+            status, payload = reply.json_answer()
+            return _json(status, payload, trace_id)
+        first = reply.first_item(timeout=settings.heartbeat_seconds)
+    except ClientGone:
+        # Nobody will read this; 499 is the conventional "client closed request" in logs.
+        return _error(499, "client_gone", "The client closed the connection.", trace_id)
     if isinstance(first, ChainFailed) and not first.committed:
         return _json(502, reply.failure_body(first), trace_id)
     return flask.Response(

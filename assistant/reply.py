@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from . import aio, sse
-from .chain import Chain, ChainFailed, ChainSucceeded, Chunk, Item, Restart
+from .chain import Chain, ChainCrashed, ChainFailed, ChainSucceeded, Chunk, Item, Outcome, Restart
 from .config import Settings
 from .providers.base import Prompt, Provider
 from .request import AssistantRequest, Turn
@@ -36,8 +36,8 @@ ALL_FAILED_MESSAGE = "No model provider could answer right now. Please try again
 INTERNAL_ERROR_MESSAGE = "The reply failed on our side."
 
 
-class _ClientGone(Exception):
-    pass
+class ClientGone(Exception):
+    """The client closed its connection; the reply was abandoned and what arrived saved."""
 
 
 class Reply:
@@ -95,9 +95,10 @@ class Reply:
     def first_item(self, timeout: float) -> Item | None:
         """The chain's first item, or None if it has none within `timeout`."""
         try:
-            return self._items.get(timeout=timeout)
-        except queue.Empty:
-            return None
+            return next(self._wait(None, heartbeat=timeout))
+        except ClientGone:
+            self._abandon()
+            raise
 
     # -- SSE ---------------------------------------------------------------
 
@@ -113,20 +114,20 @@ class Reply:
                 elif isinstance(item, Chunk):
                     self._add(item.text)
                     yield sse.chunk_frame(item.text)
-                elif isinstance(item, ChainSucceeded | ChainFailed):
+                elif isinstance(item, Outcome):
                     final = self._conclude(item)
                     concluded = True
                     yield sse.frame(final)
                     yield sse.DONE
                     return
-        except _ClientGone:
-            pass
+        except ClientGone:
+            pass  # `finally` abandons the reply; nobody is left to write to
         except Exception:
             if concluded:
                 raise
             self._log.exception("reply.internal_error")
             concluded = True
-            yield sse.frame(self._conclude(None))
+            yield sse.frame(self._conclude(ChainCrashed(RuntimeError("reply failed"))))
             yield sse.DONE
         finally:
             if not concluded:
@@ -143,12 +144,12 @@ class Reply:
                     self._splitter = ThinkingSplitter()
                 elif isinstance(item, Chunk):
                     self._add(item.text)
-                elif isinstance(item, ChainSucceeded | ChainFailed):
+                elif isinstance(item, Outcome):
                     final = self._conclude(item)
                     if "answer" in final:
                         return 200, final
                     return 502, self._error_body(final)
-        except _ClientGone:
+        except ClientGone:
             self._abandon()
             raise
         raise AssertionError("the chain always ends with a terminal item")
@@ -168,7 +169,7 @@ class Reply:
     # -- internals ---------------------------------------------------------
 
     def _wait(self, first: Item | None, heartbeat: float | None) -> Iterator[Item | None]:
-        """Items as they come; None when a heartbeat is due. Raises _ClientGone."""
+        """Items as they come; None when a heartbeat is due. Raises ClientGone."""
         if first is not None:
             yield first
         last_sent = time.monotonic()
@@ -181,7 +182,7 @@ class Reply:
                 item = self._items.get(timeout=wait)
             except queue.Empty:
                 if self._client_gone():
-                    raise _ClientGone() from None
+                    raise ClientGone() from None
                 if heartbeat is not None and time.monotonic() - last_sent >= heartbeat:
                     last_sent = time.monotonic()
                     yield None
@@ -196,8 +197,8 @@ class Reply:
     def _text(self) -> str:
         return "".join(self._parts)
 
-    def _conclude(self, item: ChainSucceeded | ChainFailed | None) -> dict[str, Any]:
-        """Save what arrived and build the terminal payload. `None`: our own failure."""
+    def _conclude(self, item: Outcome) -> dict[str, Any]:
+        """Save what arrived and build the terminal payload."""
         self._splitter.finish()
         complete = isinstance(item, ChainSucceeded)
         ids, persist_failed = self._save(complete)
@@ -206,7 +207,8 @@ class Reply:
         if complete:
             self._log.info("reply.finished", status="complete", chars=len(text), **self._summary())
             return {"answer": text, "metadata": metadata}
-        if item is None:
+        if isinstance(item, ChainCrashed):
+            self._log.exception("reply.chain_crashed", exc=item.exception)
             code, message = "internal_error", INTERNAL_ERROR_MESSAGE
         elif item.error is None:
             code, message = "providers_failed", ALL_FAILED_MESSAGE

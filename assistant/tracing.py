@@ -89,7 +89,9 @@ class RequestLog:
                 f"projects/{project_id}/traces/{trace_id}"
             )
 
-    def _log(self, level: int, message: str, fields: dict[str, Any], exc: bool = False) -> None:
+    def _log(
+        self, level: int, message: str, fields: dict[str, Any], exc: BaseException | bool = False
+    ) -> None:
         _logger.log(level, message, extra={"fields": {**self._fields, **fields}}, exc_info=exc)
 
     def info(self, message: str, **fields: Any) -> None:
@@ -101,9 +103,9 @@ class RequestLog:
     def error(self, message: str, **fields: Any) -> None:
         self._log(logging.ERROR, message, fields)
 
-    def exception(self, message: str, **fields: Any) -> None:
-        """An unexpected failure: the stack goes to the log, never to the client."""
-        self._log(logging.ERROR, message, fields, exc=True)
+    def exception(self, message: str, exc: BaseException | None = None, **fields: Any) -> None:
+        """An unexpected failure (the current one, or `exc`): the stack goes to the log only."""
+        self._log(logging.ERROR, message, fields, exc=exc or True)
 
 
 def process_log() -> RequestLog:

@@ -137,3 +137,15 @@ def test_json_caller_gets_502_when_all_fail(upstreams) -> None:
     assert status == 502
     assert body["code"] == "providers_failed"
     assert len(body["attempts"]) == 2
+
+
+def test_a_body_the_parser_chokes_on_is_that_providers_failure(upstreams) -> None:
+    first, _ = upstreams
+    malformed = (
+        b'event: message_start\ndata: {"type":"message_start","message":{}}\n\n'
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":"not an object"}\n\n'
+    )
+    first.push(Script(raw=[malformed]))
+    events = _stream(_reply(upstreams, streaming=True))
+    assert events[-2]["answer"] == "from second"
+    assert events[-2]["metadata"]["attempts"][0]["outcome"] == "upstream_protocol"
