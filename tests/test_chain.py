@@ -143,7 +143,8 @@ def test_a_body_the_parser_chokes_on_is_that_providers_failure(upstreams) -> Non
     first, _ = upstreams
     malformed = (
         b'event: message_start\ndata: {"type":"message_start","message":{}}\n\n'
-        b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":"not an object"}\n\n'
+        b"event: content_block_delta\n"
+        b'data: {"type":"content_block_delta","delta":"not an object"}\n\n'
     )
     first.push(Script(raw=[malformed]))
     events = _stream(_reply(upstreams, streaming=True))
