@@ -10,6 +10,7 @@ whichever comes first, so a chain that fails fast gets a real 502.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import select
@@ -26,8 +27,15 @@ from .chain import ChainFailed
 from .config import ConfigError, Settings
 from .providers import configured_providers
 from .reply import ClientGone, Reply
-from .request import RequestError, build_request, check_assistant_id, parse_body
-from .store import Author, MessageStore
+from .request import (
+    AssistantRequest,
+    RequestError,
+    build_request,
+    check_assistant_id,
+    parse_body,
+)
+from .saving import load_history
+from .store import Author, FirestoreStore, MessageStore
 from .tracing import RequestLog, new_trace_id, process_log, trace_id_from_headers
 
 _ASSISTANT_ROUTE = re.compile(r"/vac/assistant/(?P<id>.*?)(?P<sse>/sse)?")
@@ -96,6 +104,14 @@ def _route(
         log.error("request.no_provider", skipped=skipped)
         return _error(409, "no_provider", "No model provider is configured.", trace_id)
 
+    author = _author(assistant_request)
+    store = _store_for(assistant_request, settings)
+    if store and assistant_request.read_from_history and not assistant_request.chat_history:
+        history = load_history(
+            store, assistant_request, author, trace_id, settings.persist_timeout_seconds, log
+        )
+        assistant_request = dataclasses.replace(assistant_request, chat_history=history)
+
     streaming = bool(match["sse"]) or _wants_event_stream(request)
     log.info(
         "request.accepted",
@@ -110,8 +126,8 @@ def _route(
         trace_id=trace_id,
         settings=settings,
         providers=providers,
-        store=_store_for(assistant_request.save_to_history),
-        author=_author(assistant_request),
+        store=store if assistant_request.save_to_history else None,
+        author=author,
         log=log,
         streaming=streaming,
         client_gone=_client_gone_probe(request.environ),
@@ -137,12 +153,13 @@ def _route(
     )
 
 
-def _store_for(save_to_history: bool) -> MessageStore | None:
-    # Firestore arrives with issue #3; until then nothing is saved.
-    return None
+def _store_for(assistant_request: AssistantRequest, settings: Settings) -> MessageStore | None:
+    if not (assistant_request.save_to_history or assistant_request.read_from_history):
+        return None
+    return FirestoreStore(settings.collection, settings.persist_timeout_seconds)
 
 
-def _author(assistant_request: Any) -> Author:
+def _author(assistant_request: AssistantRequest) -> Author:
     user = assistant_request.user
     return Author(user_id=user.email, email=user.email, name=user.display_name)
 

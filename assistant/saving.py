@@ -13,7 +13,8 @@ from __future__ import annotations
 import concurrent.futures
 import time
 
-from .store import AssistantMessage, MessageStore, UserMessage
+from .request import AssistantRequest, Turn
+from .store import AssistantMessage, Author, MessageStore, UserMessage
 from .tracing import RequestLog
 
 _pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="store")
@@ -49,3 +50,39 @@ class Saver:
                 failed = True
                 self._log.error("persist.failed", role=role, reason=f"{type(exc).__name__}: {exc}")
         return ids, failed
+
+
+def load_history(
+    store: MessageStore,
+    request: AssistantRequest,
+    author: Author,
+    trace_id: str,
+    timeout: float,
+    log: RequestLog,
+) -> tuple[Turn, ...]:
+    """Earlier turns for `read_from_history`, or none if they cannot be had in time.
+
+    A reply without its history is better than no reply: a failure here is
+    logged and the request goes on.
+    """
+    if author.user_id is None:
+        log.warning("history.skipped", reason="no user to read the history of")
+        return ()
+    future = _pool.submit(
+        store.recent_turns,
+        request.assistant_id,
+        author.user_id,
+        request.thread_id,
+        request.history_limit,
+        trace_id,
+    )
+    try:
+        turns = future.result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+        log.error("history.timeout", timeout_s=timeout)
+        return ()
+    except Exception as exc:  # any store failure: logged, the reply goes on without history
+        log.error("history.failed", reason=f"{type(exc).__name__}: {exc}")
+        return ()
+    log.info("history.loaded", turns=len(turns))
+    return turns

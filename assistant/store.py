@@ -13,8 +13,13 @@ is written and no message ids are reported.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from .request import Turn
 
 
 @dataclass(frozen=True)
@@ -68,3 +73,127 @@ class MessageStore(Protocol):
     def save_assistant_message(self, message: AssistantMessage) -> str:
         """Write (or overwrite) the assistant message; returns its id. Raises on failure."""
         ...
+
+    def recent_turns(
+        self, assistant_id: str, user_id: str, thread_id: str | None, limit: int, trace_id: str
+    ) -> tuple[Turn, ...]:
+        """The user's last `limit` turns, oldest first. Raises on failure."""
+        ...
+
+
+class FirestoreStore:
+    """Messages in `{collection}/{assistantId}/messages/{messageId}` on Firestore.
+
+    The client library is imported and its client created on first use, once
+    per process: a request that saves nothing never pays for them. Each call
+    carries a deadline, so a pool thread is never held longer than `timeout`.
+    """
+
+    def __init__(self, collection: str, timeout: float) -> None:
+        self._collection = collection
+        self._timeout = timeout
+
+    def _messages(self, assistant_id: str) -> Any:
+        return (
+            _firestore_client()
+            .collection(self._collection)
+            .document(assistant_id)
+            .collection("messages")
+        )
+
+    def _call_options(self) -> dict[str, Any]:
+        from google.api_core.retry import Retry
+
+        return {
+            "retry": Retry(initial=0.1, maximum=1.0, multiplier=2.0, timeout=self._timeout),
+            "timeout": self._timeout,
+        }
+
+    def save_user_message(self, message: UserMessage) -> str:
+        from google.api_core.exceptions import AlreadyExists
+        from google.cloud.firestore import SERVER_TIMESTAMP
+
+        document = {
+            "role": "user",
+            "content": message.content,
+            "status": "complete",
+            "createdAt": SERVER_TIMESTAMP,
+            **_common_fields(message.trace_id, message.thread_id, message.author),
+        }
+        reference = self._messages(message.assistant_id).document(message.message_id)
+        # A retried request: the first write stands, with its createdAt.
+        with contextlib.suppress(AlreadyExists):
+            reference.create(document, **self._call_options())
+        return message.message_id
+
+    def save_assistant_message(self, message: AssistantMessage) -> str:
+        from google.cloud.firestore import SERVER_TIMESTAMP
+
+        document = {
+            "role": "assistant",
+            "content": message.content,
+            "thinkingContent": message.thinking_content,
+            "status": message.status,
+            "provider": message.provider,
+            "model": message.model,
+            "usage": message.usage,
+            "stopReason": message.stop_reason,
+            "structuredOutput": message.structured_output,
+            "toolsToUse": list(message.tools_to_use),
+            "createdAt": SERVER_TIMESTAMP,
+            **_common_fields(message.trace_id, message.thread_id, message.author),
+        }
+        # set(), not create(): a retried request replaces its earlier reply.
+        reference = self._messages(message.assistant_id).document(message.message_id)
+        reference.set(document, **self._call_options())
+        return message.message_id
+
+    def recent_turns(
+        self, assistant_id: str, user_id: str, thread_id: str | None, limit: int, trace_id: str
+    ) -> tuple[Turn, ...]:
+        """This user's last `limit` messages (of the thread, if given), oldest first.
+
+        Messages of `trace_id` itself are left out: on a retried request they
+        would repeat the question being asked now.
+        """
+        from google.cloud.firestore import FieldFilter, Query
+
+        query = self._messages(assistant_id).where(filter=FieldFilter("userId", "==", user_id))
+        if thread_id is not None:
+            query = query.where(filter=FieldFilter("threadId", "==", thread_id))
+        query = query.order_by("createdAt", direction=Query.DESCENDING).limit(limit)
+        turns = [
+            Turn(data["role"], data.get("content") or "")
+            for data in (snapshot.to_dict() for snapshot in query.stream(**self._call_options()))
+            if data.get("traceId") != trace_id and data.get("role") in ("user", "assistant")
+        ]
+        return tuple(reversed(turns))
+
+
+def _common_fields(trace_id: str, thread_id: str | None, author: Author) -> dict[str, Any]:
+    return {
+        "traceId": trace_id,
+        "threadId": thread_id,
+        "userId": author.user_id,
+        "userEmail": author.email,
+        "userName": author.name,
+    }
+
+
+_clients: dict[tuple[str | None, str | None], Any] = {}
+_clients_lock = threading.Lock()
+
+
+def _firestore_client() -> Any:
+    """One client per process (per project and emulator host, so tests can switch)."""
+    key = (os.environ.get("GOOGLE_CLOUD_PROJECT"), os.environ.get("FIRESTORE_EMULATOR_HOST"))
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            from google.cloud import firestore
+
+            client = firestore.Client(
+                project=key[0] or None, database=os.environ.get("FIRESTORE_DATABASE") or None
+            )
+            _clients[key] = client
+        return client

@@ -17,6 +17,8 @@ import pytest
 
 from devtools.fake_upstream import FakeUpstream, Script
 
+from .emulator import PROJECT, EmulatorUnavailable, FirestoreEmulator
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Settings that could leak in from the developer's shell (see assistant/config.py).
@@ -32,6 +34,8 @@ _SETTING_NAMES = {
     "GCP_PROJECT",
     "FIRESTORE_COLLECTION",
     "PERSIST_TIMEOUT_SECONDS",
+    "FIRESTORE_EMULATOR_HOST",
+    "FIRESTORE_DATABASE",
 }
 
 
@@ -86,3 +90,25 @@ def ask(
     client: Any, text: str = "Hello?", path: str = "/vac/assistant/test-assistant/sse", **body: Any
 ) -> Any:
     return client.post(path, json={"user_input": text, **body})
+
+
+@pytest.fixture(scope="session")
+def firestore_emulator() -> Iterator[FirestoreEmulator]:
+    emulator = FirestoreEmulator()
+    try:
+        emulator.start()
+    except EmulatorUnavailable as exc:
+        pytest.fail(f"Firestore emulator unavailable: {exc}", pytrace=False)
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def firestore(firestore_emulator: FirestoreEmulator) -> Iterator[Any]:
+    """A clean emulator database, and the environment that points the service at it."""
+    firestore_emulator.reset()
+    os.environ["FIRESTORE_EMULATOR_HOST"] = firestore_emulator.host
+    os.environ["GOOGLE_CLOUD_PROJECT"] = PROJECT
+    from google.cloud import firestore as firestore_client
+
+    yield firestore_client.Client(project=PROJECT)

@@ -1,0 +1,302 @@
+"""Persistence against the real Firestore emulator (CONTRACT §2, §6)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from devtools.fake_upstream import FakeUpstream, Script
+
+from .conftest import ask, sse_events
+
+USER = {"email": "ada@example.com", "displayName": "Ada"}
+SAVE = {"save_to_history": True, "emissaryConfig": {"currentUser": USER}}
+
+
+def _messages(db: Any, assistant_id: str = "test-assistant") -> dict[str, dict[str, Any]]:
+    collection = db.collection("assistants").document(assistant_id).collection("messages")
+    return {snapshot.id: snapshot.to_dict() for snapshot in collection.stream()}
+
+
+def test_both_messages_are_saved_with_every_field(client, fake: FakeUpstream, firestore) -> None:
+    fake.push(Script(thinking=["consider ", "it"], tokens=["The ", "answer."]))
+    response = ask(client, "What now?", trace_id="trace-1", thread_id="thread-9", **SAVE)
+    final = sse_events(response.get_data())[-2]
+    assert final["metadata"]["message_ids"] == {
+        "user": "trace-1-user",
+        "assistant": "trace-1-assistant",
+    }
+    assert final["metadata"]["persist_failed"] is False
+
+    saved = _messages(firestore)
+    assert set(saved) == {"trace-1-user", "trace-1-assistant"}
+    user, reply = saved["trace-1-user"], saved["trace-1-assistant"]
+    assert user["role"] == "user"
+    assert user["content"] == "What now?"
+    assert reply["role"] == "assistant"
+    assert reply["content"] == "The answer."  # no thinking in the visible text
+    assert reply["thinkingContent"] == "consider it"
+    assert reply["status"] == "complete"
+    assert reply["provider"] == "anthropic"
+    assert reply["model"] == "fake-claude"
+    assert reply["usage"] == {"input_tokens": 12, "output_tokens": 4}
+    assert reply["stopReason"] == "end_turn"
+    assert reply["structuredOutput"] is None
+    assert reply["toolsToUse"] == []
+    for message in (user, reply):
+        assert message["traceId"] == "trace-1"
+        assert message["threadId"] == "thread-9"
+        assert message["userId"] == "ada@example.com"
+        assert message["userEmail"] == "ada@example.com"
+        assert message["userName"] == "Ada"
+        assert isinstance(message["createdAt"], datetime.datetime)  # a server timestamp
+    assert user["createdAt"] <= reply["createdAt"]
+
+
+def test_user_message_is_written_while_the_provider_runs(
+    client, fake: FakeUpstream, firestore
+) -> None:
+    fake.push(Script(tokens=["late"], ttft=1.5))
+    seen_at: list[float] = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not seen_at:
+            if "t-par-user" in _messages(firestore):
+                seen_at.append(time.monotonic())
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    response = ask(client, trace_id="t-par", **SAVE)  # returns with the first chunk
+    first_chunk_at = time.monotonic()
+    watcher.join()
+    response.get_data()
+    assert seen_at and seen_at[0] < first_chunk_at
+
+
+def test_user_message_already_saved_is_not_written_again(client, fake, firestore) -> None:
+    ask(client, trace_id="t-2", user_message_already_saved=True, **SAVE).get_data()
+    assert set(_messages(firestore)) == {"t-2-assistant"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"save_to_history": False},
+        {"save_to_history": True, "emissaryConfig": {"save_to_history": False}},
+    ],
+)
+def test_nothing_is_written_unless_asked(client, fake, firestore, body: dict) -> None:
+    final = sse_events(ask(client, trace_id="t-3", **body).get_data())[-2]
+    assert final["metadata"]["message_ids"] is None
+    assert _messages(firestore) == {}
+
+
+def test_emissary_config_save_flag_wins(client, fake, firestore) -> None:
+    body = {
+        "save_to_history": False,
+        "emissaryConfig": {"save_to_history": True, "currentUser": USER},
+    }
+    ask(client, trace_id="t-4", **body).get_data()
+    assert set(_messages(firestore)) == {"t-4-user", "t-4-assistant"}
+
+
+def test_a_retried_request_never_duplicates(client, fake, firestore) -> None:
+    for _ in range(3):
+        ask(client, "same question", trace_id="t-retry", **SAVE).get_data()
+    saved = _messages(firestore)
+    assert set(saved) == {"t-retry-user", "t-retry-assistant"}
+
+
+def test_legacy_json_route_saves_too(client, fake, firestore) -> None:
+    response = client.post(
+        "/vac/assistant/test-assistant", json={"user_input": "hi", "trace_id": "t-json", **SAVE}
+    )
+    assert response.get_json()["metadata"]["message_ids"]["assistant"] == "t-json-assistant"
+    assert _messages(firestore)["t-json-assistant"]["status"] == "complete"
+
+
+def test_mid_stream_failure_saves_the_partial_reply(client, fake: FakeUpstream, firestore) -> None:
+    fake.push(Script(tokens=["Half ", "of ", "it"], fail_after=2, fail_mode="cut"))
+    error = sse_events(ask(client, trace_id="t-5", **SAVE).get_data())[-2]
+    assert error["partial"] == "Half of "
+    assert error["metadata"]["message_ids"]["assistant"] == "t-5-assistant"
+    reply = _messages(firestore)["t-5-assistant"]
+    assert reply["status"] == "incomplete"
+    assert reply["content"] == "Half of"
+
+
+def test_client_that_leaves_still_gets_its_partial_saved(
+    client, fake: FakeUpstream, firestore
+) -> None:
+    fake.push(Script(thinking=["hmm"], tokens=[f"w{i} " for i in range(100)], interval=0.05))
+    response = ask(client, trace_id="t-6", **SAVE)
+    frames = iter(response.response)
+    next(frames)
+    next(frames)
+    response.close()
+    reply = _messages(firestore)["t-6-assistant"]
+    assert reply["status"] == "incomplete"
+    assert reply["thinkingContent"] == "hmm"
+    assert reply["content"].startswith("w0")
+
+
+def test_all_providers_failing_keeps_the_user_message(
+    client, fake: FakeUpstream, firestore
+) -> None:
+    fake.push(Script(fail="500"))
+    assert ask(client, trace_id="t-7", **SAVE).status_code == 502
+    assert set(_messages(firestore)) == {"t-7-user"}
+
+
+def test_bad_input_writes_nothing(client, fake, firestore) -> None:
+    response = client.post("/vac/assistant/test-assistant/sse", json={"user_input": "", **SAVE})
+    assert response.status_code == 400
+    assert _messages(firestore) == {}
+
+
+@pytest.fixture
+def black_hole() -> Iterator[str]:
+    """A server that accepts connections and never answers: a Firestore that hangs."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for sock in held:
+        sock.close()
+    listener.close()
+
+
+def _closed_port() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("database", ["unreachable", "hanging"])
+def test_a_failing_database_never_breaks_the_stream(
+    client, fake, firestore, black_hole, capsys, database
+) -> None:
+    os.environ["FIRESTORE_EMULATOR_HOST"] = (
+        _closed_port() if database == "unreachable" else black_hole
+    )
+    os.environ["PERSIST_TIMEOUT_SECONDS"] = "1"
+    fake.push(Script(tokens=["still ", "here"]))
+    events = sse_events(ask(client, trace_id=f"t-down-{database}", **SAVE).get_data())
+    final = events[-2]
+    assert final["answer"] == "still here"
+    assert final["metadata"]["persist_failed"] is True
+    assert events[-1] == "[DONE]"
+    logged = capsys.readouterr().out
+    assert '"message": "persist.failed"' in logged or '"message": "persist.timeout"' in logged
+
+
+def _seed(
+    db: Any,
+    message_id: str,
+    role: str,
+    content: str,
+    user: str,
+    seconds: int,
+    thread: str | None = None,
+) -> None:
+    db.collection("assistants").document("test-assistant").collection("messages").document(
+        message_id
+    ).set(
+        {
+            "role": role,
+            "content": content,
+            "userId": user,
+            "threadId": thread,
+            "traceId": message_id.rsplit("-", 1)[0],
+            "createdAt": datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+            + datetime.timedelta(seconds=seconds),
+        }
+    )
+
+
+@pytest.fixture
+def history(firestore) -> Any:
+    _seed(firestore, "old-user", "user", "very first", USER["email"], 1)
+    _seed(firestore, "a-user", "user", "question one", USER["email"], 2)
+    _seed(firestore, "a-assistant", "assistant", "answer one", USER["email"], 3)
+    _seed(firestore, "other-user", "user", "someone else's", "bob@example.com", 4)
+    _seed(firestore, "b-user", "user", "thread question", USER["email"], 5, thread="th-1")
+    _seed(firestore, "b-assistant", "assistant", "thread answer", USER["email"], 6, thread="th-1")
+    return firestore
+
+
+def _sent_messages(fake: FakeUpstream) -> list[tuple[str, str]]:
+    return [(m["role"], m["content"]) for m in fake.wait_for_requests(1)[0].body["messages"]]
+
+
+def test_read_from_history_loads_this_users_last_turns(client, fake, history) -> None:
+    body = {"read_from_history": True, "history_limit": 4, "emissaryConfig": {"currentUser": USER}}
+    ask(client, "new question", **body).get_data()
+    assert _sent_messages(fake) == [
+        ("user", "question one"),
+        ("assistant", "answer one"),
+        ("user", "thread question"),
+        ("assistant", "thread answer"),
+        ("user", "new question"),
+    ]
+
+
+def test_read_from_history_filters_by_thread(client, fake, history) -> None:
+    body = {"read_from_history": True, "thread_id": "th-1", "emissaryConfig": {"currentUser": USER}}
+    ask(client, "follow-up", **body).get_data()
+    assert _sent_messages(fake) == [
+        ("user", "thread question"),
+        ("assistant", "thread answer"),
+        ("user", "follow-up"),
+    ]
+
+
+def test_history_is_not_read_when_chat_history_is_given(client, fake, history) -> None:
+    body = {
+        "read_from_history": True,
+        "chat_history": [{"role": "user", "content": "from the client"}],
+        "emissaryConfig": {"currentUser": USER},
+    }
+    ask(client, "next", **body).get_data()
+    assert _sent_messages(fake) == [("user", "from the client\n\nnext")]
+
+
+def test_history_skips_the_retried_requests_own_messages(client, fake, history) -> None:
+    body = {"read_from_history": True, "trace_id": "b", "emissaryConfig": {"currentUser": USER}}
+    ask(client, "thread question", **body).get_data()
+    assert ("user", "thread question") not in _sent_messages(fake)[:-1]
+
+
+def test_history_unavailable_still_answers(client, fake, firestore, capsys) -> None:
+    os.environ["FIRESTORE_EMULATOR_HOST"] = _closed_port()
+    os.environ["PERSIST_TIMEOUT_SECONDS"] = "1"
+    body = {"read_from_history": True, "emissaryConfig": {"currentUser": USER}}
+    final = sse_events(ask(client, "hello", **body).get_data())[-2]
+    assert "answer" in final
+    assert _sent_messages(fake) == [("user", "hello")]
+    assert "history." in capsys.readouterr().out
