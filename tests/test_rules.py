@@ -1,0 +1,267 @@
+"""firestore.rules, proved against the real Cloud Firestore emulator over REST.
+
+Requests carrying an unsigned end-user JWT are judged by the rules; requests
+with ``Authorization: Bearer owner`` bypass them, which is how each test seeds
+its data (and the last tests show that path is not what is under test).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.emulator import PROJECT, FirestoreEmulator
+
+ASSISTANT = "a1"
+ALICE = "alice"
+BOB = "bob"
+OWNER = {"Authorization": "Bearer owner"}
+MESSAGES = f"assistants/{ASSISTANT}/messages"
+
+
+def _b64(data: dict[str, Any]) -> str:
+    raw = json.dumps(data, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def token(uid: str) -> str:
+    """An unsigned Firebase ID token for ``uid``; the emulator accepts it as that user."""
+    now = int(time.time())
+    payload = {
+        "sub": uid,
+        "user_id": uid,
+        "iat": now,
+        "exp": now + 3600,
+        "aud": PROJECT,
+        "iss": f"https://securetoken.google.com/{PROJECT}",
+        "auth_time": now,
+        "firebase": {"sign_in_provider": "custom", "identities": {}},
+    }
+    return f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(payload)}."
+
+
+def as_user(uid: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(uid)}"}
+
+
+def fields(**values: str) -> dict[str, Any]:
+    """A Firestore REST document body with string fields."""
+    return {"fields": {name: {"stringValue": value} for name, value in values.items()}}
+
+
+def message(user_id: str, role: str = "user", content: str = "hi") -> dict[str, Any]:
+    body = fields(role=role, content=content, userId=user_id, traceId=f"trace-{user_id}")
+    body["fields"]["createdAt"] = {"timestampValue": "2024-01-01T00:00:00Z"}
+    return body
+
+
+def plain(document: dict[str, Any]) -> dict[str, str]:
+    """The string fields of a REST document, unwrapped."""
+    return {
+        name: value["stringValue"]
+        for name, value in document["fields"].items()
+        if "stringValue" in value
+    }
+
+
+class Rest:
+    """The emulator's Firestore REST API, rooted at the default database's documents."""
+
+    def __init__(self, host: str) -> None:
+        self.base = f"http://{host}/v1/projects/{PROJECT}/databases/(default)/documents"
+        self.http = httpx.Client(timeout=10)
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
+        return self.http.get(f"{self.base}/{path}", headers=headers or {})
+
+    def create(
+        self, collection: str, doc_id: str, body: dict[str, Any], headers: dict[str, str] | None
+    ) -> httpx.Response:
+        return self.http.post(
+            f"{self.base}/{collection}",
+            params={"documentId": doc_id},
+            json=body,
+            headers=headers or {},
+        )
+
+    def patch(
+        self, path: str, body: dict[str, Any], headers: dict[str, str] | None
+    ) -> httpx.Response:
+        return self.http.patch(f"{self.base}/{path}", json=body, headers=headers or {})
+
+    def delete(self, path: str, headers: dict[str, str] | None) -> httpx.Response:
+        return self.http.delete(f"{self.base}/{path}", headers=headers or {})
+
+    def run_query(
+        self, parent: str, query: dict[str, Any], headers: dict[str, str] | None
+    ) -> httpx.Response:
+        return self.http.post(
+            f"{self.base}/{parent}:runQuery",
+            json={"structuredQuery": query},
+            headers=headers or {},
+        )
+
+    def seed(self, path: str, body: dict[str, Any]) -> None:
+        """Write a document as the owner (bypassing the rules)."""
+        response = self.patch(path, body, OWNER)
+        assert response.status_code == 200, response.text
+
+
+def messages_query(user_id: str | None = None) -> dict[str, Any]:
+    query: dict[str, Any] = {"from": [{"collectionId": "messages"}]}
+    if user_id is not None:
+        query["where"] = {
+            "fieldFilter": {
+                "field": {"fieldPath": "userId"},
+                "op": "EQUAL",
+                "value": {"stringValue": user_id},
+            }
+        }
+    return query
+
+
+@pytest.fixture
+def rest(firestore_emulator: FirestoreEmulator) -> Iterator[Rest]:
+    """A clean emulator holding two of Alice's messages and one of Bob's."""
+    firestore_emulator.reset()
+    client = Rest(firestore_emulator.host)
+    client.seed(f"{MESSAGES}/alice-1", message(ALICE, content="first"))
+    client.seed(f"{MESSAGES}/alice-2", message(ALICE, role="assistant", content="reply"))
+    client.seed(f"{MESSAGES}/bob-1", message(BOB, content="bob's"))
+    yield client
+    client.http.close()
+
+
+# --- reads ---------------------------------------------------------------
+
+
+def test_user_reads_own_message(rest: Rest) -> None:
+    response = rest.get(f"{MESSAGES}/alice-1", as_user(ALICE))
+    assert response.status_code == 200, response.text
+    assert plain(response.json())["content"] == "first"
+
+
+def test_user_cannot_read_another_users_message(rest: Rest) -> None:
+    response = rest.get(f"{MESSAGES}/bob-1", as_user(ALICE))
+    assert response.status_code == 403, response.text
+
+
+# --- lists and queries ----------------------------------------------------
+
+
+def test_query_filtered_on_own_user_id_returns_only_theirs(rest: Rest) -> None:
+    response = rest.run_query(f"assistants/{ASSISTANT}", messages_query(ALICE), as_user(ALICE))
+    assert response.status_code == 200, response.text
+    documents = [entry["document"] for entry in response.json() if "document" in entry]
+    names = sorted(doc["name"].rsplit("/", 1)[-1] for doc in documents)
+    assert names == ["alice-1", "alice-2"]
+    assert {plain(doc)["userId"] for doc in documents} == {ALICE}
+
+
+def test_query_filtered_on_another_user_id_is_denied(rest: Rest) -> None:
+    response = rest.run_query(f"assistants/{ASSISTANT}", messages_query(BOB), as_user(ALICE))
+    assert response.status_code == 403, response.text
+
+
+def test_unfiltered_query_is_denied(rest: Rest) -> None:
+    response = rest.run_query(f"assistants/{ASSISTANT}", messages_query(), as_user(ALICE))
+    assert response.status_code == 403, response.text
+
+
+def test_unfiltered_list_is_denied(rest: Rest) -> None:
+    response = rest.get(MESSAGES, as_user(ALICE))
+    assert response.status_code == 403, response.text
+
+
+# --- creates --------------------------------------------------------------
+
+
+def test_user_creates_own_user_message(rest: Rest) -> None:
+    response = rest.create(MESSAGES, "new", message(ALICE), as_user(ALICE))
+    assert response.status_code == 200, response.text
+    stored = rest.get(f"{MESSAGES}/new", OWNER)
+    assert stored.status_code == 200
+    assert plain(stored.json())["userId"] == ALICE
+
+
+def test_user_cannot_create_assistant_message(rest: Rest) -> None:
+    response = rest.create(MESSAGES, "new", message(ALICE, role="assistant"), as_user(ALICE))
+    assert response.status_code == 403, response.text
+    assert rest.get(f"{MESSAGES}/new", OWNER).status_code == 404
+
+
+def test_user_cannot_create_message_as_someone_else(rest: Rest) -> None:
+    response = rest.create(MESSAGES, "new", message(BOB), as_user(ALICE))
+    assert response.status_code == 403, response.text
+    assert rest.get(f"{MESSAGES}/new", OWNER).status_code == 404
+
+
+# --- messages are a record ------------------------------------------------
+
+
+def test_author_cannot_update_own_message(rest: Rest) -> None:
+    response = rest.patch(f"{MESSAGES}/alice-1", message(ALICE, content="edited"), as_user(ALICE))
+    assert response.status_code == 403, response.text
+    stored = rest.get(f"{MESSAGES}/alice-1", OWNER)
+    assert plain(stored.json())["content"] == "first"
+
+
+def test_author_cannot_delete_own_message(rest: Rest) -> None:
+    response = rest.delete(f"{MESSAGES}/alice-1", as_user(ALICE))
+    assert response.status_code == 403, response.text
+    assert rest.get(f"{MESSAGES}/alice-1", OWNER).status_code == 200
+
+
+# --- unauthenticated ------------------------------------------------------
+
+
+def test_unauthenticated_read_is_denied(rest: Rest) -> None:
+    assert rest.get(f"{MESSAGES}/alice-1").status_code == 403
+
+
+def test_unauthenticated_list_is_denied(rest: Rest) -> None:
+    assert rest.get(MESSAGES).status_code == 403
+    query = rest.run_query(f"assistants/{ASSISTANT}", messages_query(ALICE), None)
+    assert query.status_code == 403, query.text
+
+
+def test_unauthenticated_create_is_denied(rest: Rest) -> None:
+    response = rest.create(MESSAGES, "new", message(ALICE), None)
+    assert response.status_code == 403, response.text
+    assert rest.get(f"{MESSAGES}/new", OWNER).status_code == 404
+
+
+# --- everything else is closed --------------------------------------------
+
+
+def test_assistant_document_itself_is_denied(rest: Rest) -> None:
+    rest.seed(f"assistants/{ASSISTANT}", fields(name="helper"))
+    assert rest.get(f"assistants/{ASSISTANT}", as_user(ALICE)).status_code == 403
+    response = rest.patch(f"assistants/{ASSISTANT}", fields(name="mine"), as_user(ALICE))
+    assert response.status_code == 403, response.text
+
+
+def test_other_collections_are_denied(rest: Rest) -> None:
+    rest.seed("other/x", fields(userId=ALICE))
+    assert rest.get("other/x", as_user(ALICE)).status_code == 403
+    response = rest.create("other", "y", fields(userId=ALICE, role="user"), as_user(ALICE))
+    assert response.status_code == 403, response.text
+
+
+# --- the owner bypass used for seeding --------------------------------------
+
+
+def test_owner_bypass_reads_and_writes_anything(rest: Rest) -> None:
+    assert rest.get(f"{MESSAGES}/bob-1", OWNER).status_code == 200
+    assert rest.get(MESSAGES, OWNER).status_code == 200
+    edited = rest.patch(f"{MESSAGES}/alice-1", message(ALICE, content="edited"), OWNER)
+    assert edited.status_code == 200, edited.text
+    assert rest.create("other", "z", fields(role="assistant"), OWNER).status_code == 200
+    assert rest.delete(f"{MESSAGES}/bob-1", OWNER).status_code == 200
+    assert rest.get(f"{MESSAGES}/bob-1", OWNER).status_code == 404
