@@ -1,0 +1,463 @@
+"""AnthropicProvider over real HTTP, against devtools.fake_upstream on loopback.
+
+Three layers:
+- recorded-style streams (tests/fixtures/anthropic/*.sse, written from
+  Anthropic's documented streaming format) replayed byte for byte through the
+  fake's `raw` script, split at awkward places, into `AnthropicProvider.stream`;
+- the fake's normal scripts: what the provider sends, status codes, thinking;
+- the provider inside `assistant.chain.Chain` on the app's I/O loop, where the
+  connect / first-chunk / idle timeouts live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+import time
+from collections.abc import Iterator
+from itertools import pairwise
+from pathlib import Path
+
+import httpx
+import pytest
+
+from assistant import aio
+from assistant.chain import Attempt, Chain, ChainFailed, ChainSucceeded, Chunk, Item
+from assistant.config import ProviderSettings, Timeouts
+from assistant.providers.anthropic import AnthropicProvider
+from assistant.providers.base import (
+    Event,
+    Prompt,
+    ProviderError,
+    StreamEnd,
+    TextDelta,
+    ThinkingDelta,
+    Usage,
+)
+from assistant.request import Turn
+from devtools.fake_upstream import FakeUpstream, Script
+
+FIXTURES = Path(__file__).parent / "fixtures" / "anthropic"
+SONNET = "claude-sonnet-4-5-20250929"
+PROMPT = Prompt(system="Be brief.", turns=(Turn("user", "Hi there"),))
+
+
+@pytest.fixture
+def upstream() -> Iterator[FakeUpstream]:
+    with FakeUpstream(default=Script()) as fake:
+        yield fake
+
+
+def settings_for(url: str, **changes: object) -> ProviderSettings:
+    base = ProviderSettings(
+        name="anthropic",
+        base_url=url,
+        model="claude-test",
+        key_name="ANTHROPIC_API_KEY",
+        max_tokens=1024,
+        temperature=None,
+        thinking=False,
+        thinking_budget=2048,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def run_provider(
+    settings: ProviderSettings, prompt: Prompt = PROMPT
+) -> tuple[list[Event], ProviderError | None]:
+    """Everything the provider yielded, and the ProviderError it ended with (if any)."""
+
+    async def collect() -> tuple[list[Event], ProviderError | None]:
+        events: list[Event] = []
+        async with httpx.AsyncClient(timeout=5) as client:
+            try:
+                async for event in AnthropicProvider(settings, "test-key").stream(client, prompt):
+                    events.append(event)
+            except ProviderError as error:
+                return events, error
+        return events, None
+
+    return asyncio.run(collect())
+
+
+# -- a. recorded-style streams -----------------------------------------------------------
+
+
+def awkward_chunks(data: bytes) -> list[bytes]:
+    """The bytes cut mid-line, between CR and LF, inside a UTF-8 character, and mid-file."""
+    cuts = {data.index(b"data: ") + 3, len(data) // 2, len(data) - 5}
+    if b"\r\n" in data:
+        cuts.add(data.index(b"\r\n") + 1)
+    first_multibyte = next((i for i, byte in enumerate(data) if byte >= 0xC0), None)
+    if first_multibyte is not None:
+        cuts.add(first_multibyte + 1)
+    bounds = [0, *sorted(cut for cut in cuts if 0 < cut < len(data)), len(data)]
+    return [data[start:end] for start, end in pairwise(bounds)]
+
+
+REPLAYS: dict[str, tuple[list[Event], str | None]] = {
+    "text_basic.sse": (
+        [
+            TextDelta("Hello"),
+            TextDelta(", café € 😀"),
+            TextDelta(" line\u2028sep\u2029end."),
+            StreamEnd("end_turn", Usage(input_tokens=25, output_tokens=15), SONNET),
+        ],
+        None,
+    ),
+    "thinking.sse": (
+        [
+            ThinkingDelta("I need the GCD of 1071 and 462.\n\n1071 = 2 \u00d7 462 + 147"),
+            ThinkingDelta("\n462 = 3 \u00d7 147 + 21\n147 = 7 \u00d7 21 \u2192 GCD is 21."),
+            TextDelta("The greatest common divisor "),
+            TextDelta("of 1071 and 462 is **21**."),
+            StreamEnd(
+                "end_turn", Usage(input_tokens=58, output_tokens=184), "claude-opus-4-1-20250805"
+            ),
+        ],
+        None,
+    ),
+    "error_overloaded.sse": ([], "upstream_error"),
+    "error_after_text.sse": ([TextDelta("Partial answer, ")], "upstream_error"),
+    "incomplete.sse": ([TextDelta("Cut "), TextDelta("short")], "upstream_incomplete"),
+    "pings.sse": (
+        [
+            TextDelta("Still "),
+            TextDelta("here."),
+            StreamEnd("end_turn", Usage(input_tokens=9, output_tokens=3), SONNET),
+        ],
+        None,
+    ),
+    "unknown_event.sse": (
+        [
+            TextDelta("Known "),
+            TextDelta("text."),
+            StreamEnd("end_turn", Usage(input_tokens=11, output_tokens=2), SONNET),
+        ],
+        None,
+    ),
+    "tool_use.sse": (
+        [
+            TextDelta("Okay, let's check "),
+            TextDelta("the weather for San Francisco, CA:"),
+            StreamEnd("tool_use", Usage(input_tokens=472, output_tokens=89), SONNET),
+        ],
+        None,
+    ),
+    # output_tokens is cumulative: 25 is the total, not 10 + 25.
+    "usage_cumulative.sse": (
+        [
+            TextDelta("One, "),
+            TextDelta("two"),
+            StreamEnd("max_tokens", Usage(input_tokens=20, output_tokens=25), SONNET),
+        ],
+        None,
+    ),
+    # input_tokens is the whole input: uncached 12 + cache written 2048 + cache read 1024.
+    "cache_usage.sse": (
+        [
+            TextDelta("Cached."),
+            StreamEnd("end_turn", Usage(input_tokens=12 + 2048 + 1024, output_tokens=7), SONNET),
+        ],
+        None,
+    ),
+}
+
+
+def test_every_fixture_has_an_expectation() -> None:
+    assert sorted(path.name for path in FIXTURES.glob("*.sse")) == sorted(REPLAYS)
+
+
+def test_crlf_fixture_really_has_crlf_line_ends() -> None:
+    # Guards against an editor or git normalising the file.
+    data = (FIXTURES / "thinking.sse").read_bytes()
+    assert data.count(b"\n") == data.count(b"\r\n") == data.count(b"\r") > 10
+
+
+@pytest.mark.parametrize("name", sorted(REPLAYS))
+def test_fixture_replay(upstream: FakeUpstream, name: str) -> None:
+    data = (FIXTURES / name).read_bytes()
+    chunks = awkward_chunks(data)
+    assert b"".join(chunks) == data and len(chunks) >= 3
+    upstream.push(Script(raw=chunks, interval=0.01))  # a pause so each piece is its own read
+
+    events, error = run_provider(settings_for(upstream.url))
+
+    expected_events, expected_code = REPLAYS[name]
+    assert events == expected_events
+    assert (error.code if error else None) == expected_code
+    if error is not None:
+        assert error.message and "overloaded_error" not in error.message
+
+
+def test_fixture_replay_one_byte_per_http_chunk(upstream: FakeUpstream) -> None:
+    data = (FIXTURES / "thinking.sse").read_bytes()
+    upstream.push(Script(raw=[data[i : i + 1] for i in range(len(data))]))
+    events, error = run_provider(settings_for(upstream.url))
+    assert error is None
+    assert events == REPLAYS["thinking.sse"][0]
+
+
+# -- b. the request, statuses and scripted streams ----------------------------------------
+
+
+def test_request_body_and_headers(upstream: FakeUpstream) -> None:
+    prompt = Prompt(
+        system="You are terse.",
+        turns=(
+            Turn("user", "first"),
+            Turn("user", "second"),
+            Turn("assistant", "a1"),
+            Turn("assistant", "a2"),
+            Turn("user", "now"),
+        ),
+    )
+    settings = settings_for(upstream.url, model="claude-x", max_tokens=777, temperature=0.3)
+    events, error = run_provider(settings, prompt)
+    assert error is None and isinstance(events[-1], StreamEnd)
+
+    (request,) = upstream.requests
+    assert request.path == "/v1/messages"
+    assert request.headers["x-api-key"] == "test-key"
+    assert request.headers["anthropic-version"] == "2023-06-01"
+    assert request.headers["content-type"] == "application/json"
+    assert request.body == {
+        "model": "claude-x",
+        "max_tokens": 777,
+        "stream": True,
+        "system": "You are terse.",
+        "temperature": 0.3,
+        "messages": [
+            {"role": "user", "content": "first\n\nsecond"},
+            {"role": "assistant", "content": "a1\n\na2"},
+            {"role": "user", "content": "now"},
+        ],
+    }
+
+
+def test_no_system_field_without_a_system_prompt(upstream: FakeUpstream) -> None:
+    run_provider(settings_for(upstream.url), Prompt(system=None, turns=(Turn("user", "hi"),)))
+    body = upstream.requests[0].body
+    assert body is not None
+    assert "system" not in body and "temperature" not in body and "thinking" not in body
+
+
+def test_thinking_setting_sends_a_budget_and_no_temperature(upstream: FakeUpstream) -> None:
+    env = {
+        "ANTHROPIC_BASE_URL": upstream.url + "/",
+        "ANTHROPIC_MODEL": "claude-opus-4-1",
+        "ANTHROPIC_MAX_TOKENS": "8000",
+        "ANTHROPIC_TEMPERATURE": "0.7",
+        "ANTHROPIC_THINKING": "true",
+        "ANTHROPIC_THINKING_BUDGET": "3000",
+    }
+    settings = ProviderSettings.from_env(env, "anthropic")
+    events, error = run_provider(settings)
+    assert error is None and events
+
+    body = upstream.requests[0].body
+    assert body is not None
+    assert body["thinking"] == {"type": "enabled", "budget_tokens": 3000}
+    assert body["max_tokens"] == 8000 and body["model"] == "claude-opus-4-1"
+    assert "temperature" not in body
+    assert upstream.requests[0].path == "/v1/messages"  # trailing slash of the base URL dropped
+
+
+def test_thinking_budget_stays_below_max_tokens(upstream: FakeUpstream) -> None:
+    run_provider(settings_for(upstream.url, thinking=True, thinking_budget=4096, max_tokens=2000))
+    body = upstream.requests[0].body
+    assert body is not None
+    assert body["thinking"] == {"type": "enabled", "budget_tokens": 1999}
+
+
+@pytest.mark.parametrize("status", [429, 500, 401, 529])
+def test_error_status(upstream: FakeUpstream, status: int) -> None:
+    upstream.push(Script(fail=str(status)))
+    events, error = run_provider(settings_for(upstream.url))
+    assert events == []
+    assert error is not None
+    assert error.code == "upstream_status"
+    assert error.status == status
+    assert error.message == "The model provider refused the request."
+    assert "fake upstream failure" not in error.message
+    assert "fake upstream failure" in error.detail  # kept for the log only
+
+
+def test_scripted_text_stream(upstream: FakeUpstream) -> None:
+    upstream.push(Script(tokens=["Hel", "lo ", "wörld"], model="fake-claude", input_tokens=30))
+    events, error = run_provider(settings_for(upstream.url))
+    assert error is None
+    assert events == [
+        TextDelta("Hel"),
+        TextDelta("lo "),
+        TextDelta("wörld"),
+        StreamEnd("end_turn", Usage(input_tokens=30, output_tokens=3), "fake-claude"),
+    ]
+
+
+def test_empty_stream_is_incomplete(upstream: FakeUpstream) -> None:
+    upstream.push(Script(fail="empty"))
+    events, error = run_provider(settings_for(upstream.url))
+    assert events == []
+    assert error is not None and error.code == "upstream_incomplete"
+
+
+def test_stream_without_text_ends_with_no_deltas(upstream: FakeUpstream) -> None:
+    # The provider reports a clean end; the chain (below) is what calls it empty.
+    upstream.push(Script(fail="no_text", stop_reason="max_tokens"))
+    events, error = run_provider(settings_for(upstream.url))
+    assert error is None
+    assert events == [
+        StreamEnd("max_tokens", Usage(input_tokens=12, output_tokens=0), "fake-claude")
+    ]
+
+
+@pytest.mark.parametrize(
+    "fail_mode, code",
+    [("error_event", "upstream_error"), ("no_stop", "upstream_incomplete")],
+)
+def test_failure_after_text_keeps_the_text(
+    upstream: FakeUpstream, fail_mode: str, code: str
+) -> None:
+    upstream.push(Script(tokens=["a ", "b ", "c "], fail_after=2, fail_mode=fail_mode))
+    events, error = run_provider(settings_for(upstream.url))
+    assert events == [TextDelta("a "), TextDelta("b ")]
+    assert error is not None and error.code == code
+
+
+def test_native_thinking(upstream: FakeUpstream) -> None:
+    upstream.push(Script(thinking=["Let me ", "think."], tokens=["Answer", "!"]))
+    events, error = run_provider(settings_for(upstream.url))
+    assert error is None
+    assert events == [
+        ThinkingDelta("Let me "),
+        ThinkingDelta("think."),
+        TextDelta("Answer"),
+        TextDelta("!"),
+        StreamEnd("end_turn", Usage(input_tokens=12, output_tokens=4), "fake-claude"),
+    ]
+
+
+def test_inline_thinking_passes_through_as_text(upstream: FakeUpstream) -> None:
+    upstream.push(Script(thinking=["hmm"], thinking_mode="inline", tokens=["Answer"]))
+    events, error = run_provider(settings_for(upstream.url))
+    assert error is None
+    assert events[:-1] == [
+        TextDelta("<thinking>"),
+        TextDelta("hmm"),
+        TextDelta("</thinking>"),
+        TextDelta("Answer"),
+    ]
+    assert not any(isinstance(event, ThinkingDelta) for event in events)
+
+
+# -- c. through the chain, on the I/O loop ------------------------------------------------
+
+
+@dataclasses.dataclass
+class ChainRun:
+    items: list[Item]
+    chain: Chain
+    errors: list[ProviderError | None]
+    seconds: float
+
+    @property
+    def outcomes(self) -> list[str]:
+        return [attempt.outcome for attempt in self.chain.attempts]
+
+    @property
+    def text(self) -> str:
+        return "".join(item.text for item in self.items if isinstance(item, Chunk))
+
+
+def run_chain(providers: list[AnthropicProvider], timeouts: Timeouts, wait: float = 10) -> ChainRun:
+    items: list[Item] = []
+    errors: list[ProviderError | None] = []
+
+    def on_attempt(attempt: Attempt, error: ProviderError | None) -> None:
+        errors.append(error)
+
+    chain = Chain(providers, PROMPT, timeouts, items.append, on_attempt=on_attempt)
+    started = time.monotonic()
+    aio.submit(chain.run()).result(timeout=wait)
+    return ChainRun(items, chain, errors, time.monotonic() - started)
+
+
+def provider_at(url: str, name: str = "anthropic") -> AnthropicProvider:
+    provider = AnthropicProvider(settings_for(url), "test-key")
+    provider.name = name
+    return provider
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        pytest.param(Script(fail="hang"), id="silent-after-message-start"),
+        pytest.param(Script(fail="hang", ping_every=0.05), id="pings-but-no-text"),
+        pytest.param(Script(fail="hang_headers"), id="no-headers"),
+    ],
+)
+def test_no_first_chunk_in_time_is_a_timeout(upstream: FakeUpstream, script: Script) -> None:
+    upstream.push(script)
+    run = run_chain([provider_at(upstream.url)], Timeouts(connect=1, first_chunk=0.3, idle=5))
+
+    assert run.items == [ChainFailed(None, committed=False)]
+    assert run.outcomes == ["upstream_timeout"]
+    assert 250 <= run.chain.attempts[0].ms < 1500
+    assert run.seconds < 2
+    # The upstream request was closed, not left running.
+    assert upstream.requests[0].client_closed.wait(2)
+
+
+def test_slow_but_live_stream_is_not_cut(upstream: FakeUpstream) -> None:
+    tokens = [f"t{i} " for i in range(10)]
+    upstream.push(Script(tokens=tokens, interval=0.2))
+    run = run_chain([provider_at(upstream.url)], Timeouts(connect=1, first_chunk=0.5, idle=1))
+
+    assert run.items[-1] == ChainSucceeded()
+    assert run.text == "".join(tokens)
+    assert run.outcomes == ["ok"]
+    assert run.seconds >= 1.7  # well past first_chunk: only gaps between chunks count
+    assert run.chain.usage == Usage(input_tokens=12, output_tokens=10)
+    assert run.chain.stop_reason == "end_turn"
+
+
+def test_closed_port_is_unreachable() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    run = run_chain([provider_at(f"http://127.0.0.1:{port}")], Timeouts(1, 1, 1))
+    assert run.items == [ChainFailed(None, committed=False)]
+    assert run.outcomes == ["upstream_unreachable"]
+
+
+def test_idle_gap_after_the_first_chunk_fails_committed(upstream: FakeUpstream) -> None:
+    upstream.push(Script(tokens=["one ", "two ", "three "], fail_after=2, fail_mode="hang"))
+    run = run_chain([provider_at(upstream.url)], Timeouts(connect=1, first_chunk=5, idle=0.3))
+
+    assert run.items[:-1] == [Chunk("one "), Chunk("two ")]
+    failed = run.items[-1]
+    assert isinstance(failed, ChainFailed) and failed.committed
+    assert failed.error is not None and failed.error.code == "upstream_timeout"
+    assert run.outcomes == ["upstream_timeout"]
+    assert run.seconds < 2
+    assert upstream.requests[0].client_closed.wait(2)
+
+
+def test_failure_before_text_falls_through(upstream: FakeUpstream) -> None:
+    upstream.push(Script(fail="500"), Script(fail="no_text"), Script(tokens=["from ", "third"]))
+    providers = [provider_at(upstream.url, name) for name in ("first", "second", "third")]
+    run = run_chain(providers, Timeouts(connect=1, first_chunk=2, idle=2))
+
+    assert run.items == [Chunk("from "), Chunk("third"), ChainSucceeded()]
+    assert run.outcomes == ["upstream_status", "upstream_empty", "ok"]
+    assert [attempt.status for attempt in run.chain.attempts] == [500, None, None]
+    assert run.chain.provider == "third"
+
+
+def test_native_thinking_is_tagged_by_the_chain(upstream: FakeUpstream) -> None:
+    upstream.push(Script(thinking=["weigh ", "options"], tokens=["Done."]))
+    run = run_chain([provider_at(upstream.url)], Timeouts(connect=1, first_chunk=2, idle=2))
+    assert run.text == "<thinking>weigh options</thinking>Done."
+    assert run.items[-1] == ChainSucceeded()

@@ -1,0 +1,289 @@
+"""iter_sse / json_object: the upstream SSE decoding every provider stands on.
+
+Each case feeds a sequence of byte reads through a real `httpx.Response` (its
+`stream` is a tiny `httpx.AsyncByteStream`), so httpx's own text decoding and
+httpx-sse's line and event decoding both run, exactly as on a live socket.
+Read boundaries are the point: a CR that ends one read and the LF that starts
+the next are one line end, and a UTF-8 character may arrive in pieces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from assistant.providers.base import ProviderError
+from assistant.providers.sse_events import iter_sse, json_object
+
+SSE = "text/event-stream"
+
+Seen = tuple[str, str, str, int | None]  # (event, data, id, retry)
+
+
+class ChunkStream(httpx.AsyncByteStream):
+    """The body arrives in exactly these reads."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self._chunks = chunks
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self._chunks:
+            yield chunk
+
+
+def decode(chunks: list[bytes], content_type: str | None = SSE) -> list[Seen]:
+    headers = {"content-type": content_type} if content_type is not None else {}
+
+    async def collect() -> list[Seen]:
+        response = httpx.Response(200, headers=headers, stream=ChunkStream(chunks))
+        return [(e.event, e.data, e.id, e.retry) async for e in iter_sse(response)]
+
+    return asyncio.run(collect())
+
+
+def ev(data: str, event: str = "message", id: str = "", retry: int | None = None) -> Seen:
+    return (event, data, id, retry)
+
+
+def one_byte_reads(text: str) -> list[bytes]:
+    raw = text.encode()
+    return [raw[i : i + 1] for i in range(len(raw))]
+
+
+# -- line endings ---------------------------------------------------------------------
+
+STREAM = "event: greet\ndata: one\ndata: two\n\n: note\ndata: three\n\n"
+STREAM_EVENTS = [ev("one\ntwo", event="greet"), ev("three")]
+
+
+@pytest.mark.parametrize("eol", ["\n", "\r\n", "\r"], ids=["lf", "crlf", "cr"])
+@pytest.mark.parametrize("reads", ["one_read", "byte_by_byte"])
+def test_every_line_ending_gives_the_same_events(eol: str, reads: str) -> None:
+    text = STREAM.replace("\n", eol)
+    chunks = [text.encode()] if reads == "one_read" else one_byte_reads(text)
+    assert decode(chunks) == STREAM_EVENTS
+
+
+@pytest.mark.parametrize(
+    "chunks, expected",
+    [
+        # Read as two line ends, "a" and "b" would come out as two events.
+        pytest.param([b"data: a\r", b"\ndata: b\r\n\r\n"], [ev("a\nb")], id="cr|lf-one-line-end"),
+        pytest.param(
+            [b"data: a\r", b"\n", b"data: b\r", b"\n\r", b"\n"], [ev("a\nb")], id="cr|lf-repeated"
+        ),
+        pytest.param(
+            [b"", b"data: a\r", b"\n\r\ndata: b\r\nd", b"ata: c\r\n\r\n"],
+            [ev("a"), ev("b\nc")],
+            id="httpx-style-boundaries",
+        ),
+        # CR then CR: a line end and then an empty line, which dispatches.
+        pytest.param([b"data: a\r", b"\r"], [ev("a")], id="cr|cr-dispatches"),
+        pytest.param([b"data: a\r\r", b"data: b\n\r\n"], [ev("a"), ev("b")], id="mixed"),
+    ],
+)
+def test_cr_at_the_end_of_a_read(chunks: list[bytes], expected: list[Seen]) -> None:
+    assert decode(chunks) == expected
+
+
+# -- fields ---------------------------------------------------------------------------
+
+FIELD_CASES = [
+    pytest.param("data: a\ndata: b\ndata: c\n\n", [ev("a\nb\nc")], id="multi-line-data"),
+    pytest.param("data:\n\n", [ev("")], id="one-empty-data-line"),
+    pytest.param("data: a\ndata:\ndata: b\n\n", [ev("a\n\nb")], id="empty-data-line-inside"),
+    pytest.param("data\n\n", [ev("")], id="data-without-colon"),
+    pytest.param("data: a\ndata: \n\n", [ev("a\n")], id="trailing-empty-data-line"),
+    pytest.param(
+        ": ping\n\ndata: a\n: in the middle\ndata: b\n\n:\n\n", [ev("a\nb")], id="comments"
+    ),
+    pytest.param("\n\n\ndata: a\n\n\n\n\ndata: b\n\n\n\n", [ev("a"), ev("b")], id="blank-lines"),
+    pytest.param(
+        "id: 42\ndata: a\n\ndata: b\n\nid: 43\ndata: c\n\nid:\ndata: d\n\n",
+        [ev("a", id="42"), ev("b", id="42"), ev("c", id="43"), ev("d", id="")],
+        id="id-kept-across-events",
+    ),
+    pytest.param(
+        "id: 1\ndata: a\n\nid: x\0y\ndata: b\n\n",
+        [ev("a", id="1"), ev("b", id="1")],
+        id="id-with-nul-ignored",
+    ),
+    pytest.param(
+        "retry: 2500\ndata: a\n\ndata: b\n\n",
+        [ev("a", retry=2500), ev("b")],
+        id="retry",
+    ),
+    pytest.param("retry: soon\ndata: a\n\n", [ev("a")], id="retry-not-a-number"),
+    pytest.param(
+        "foo: bar\nevent: x\nEvent: y\nDATA: no\nbaz\ndata: a\n\n",
+        [ev("a", event="x")],
+        id="unknown-fields-ignored",
+    ),
+    pytest.param(
+        'event: error\ndata: {"type":"error","error":{"type":"overloaded_error"}}\n\n',
+        [ev('{"type":"error","error":{"type":"overloaded_error"}}', event="error")],
+        id="event-error",
+    ),
+    pytest.param("event: one\ndata: a\n\ndata: b\n\n", [ev("a", "one"), ev("b")], id="event-reset"),
+    pytest.param("data:a\n\n", [ev("a")], id="no-space-after-colon"),
+    pytest.param("event:ping\ndata:  a \n\n", [ev(" a ", "ping")], id="only-one-space-removed"),
+    pytest.param("data: a: b:c\n\n", [ev("a: b:c")], id="colons-in-value"),
+]
+
+
+@pytest.mark.parametrize("text, expected", FIELD_CASES)
+def test_fields(text: str, expected: list[Seen]) -> None:
+    assert decode([text.encode()]) == expected
+    assert decode(one_byte_reads(text)) == expected
+
+
+# -- UTF-8 and line separators that are not line ends -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "chunks, expected",
+    [
+        pytest.param([b"data: caf\xc3", b"\xa9\n\n"], "café", id="e-acute-two-reads"),
+        pytest.param([b"data: \xe2", b"\x82", b"\xac\n\n"], "€", id="euro-three-reads"),
+        pytest.param([b"data: \xf0\x9f", b"\x98", b"\x80!\n\n"], "😀!", id="emoji-three-reads"),
+        pytest.param([b"data: \xf0", b"\x9f", b"\x98", b"\x80\n\n"], "😀", id="emoji-four-reads"),
+        pytest.param(
+            [b"data: \xe2\x82\xac\xe2", b"\x82\xac\xe2\x82", b"\xac\n\n"], "€€€", id="in-a-row"
+        ),
+    ],
+)
+def test_utf8_split_across_reads(chunks: list[bytes], expected: str) -> None:
+    assert decode(chunks) == [ev(expected)]
+
+
+@pytest.mark.parametrize(
+    "separator",
+    ["\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e"],
+    ids=["U+2028", "U+2029", "NEL", "VT", "FF", "FS", "GS", "RS"],
+)
+def test_only_cr_and_lf_end_lines(separator: str) -> None:
+    # str.splitlines() would split on each of these; model text can contain them.
+    text = f"data: a{separator}b\ndata: c{separator}\n\n"
+    assert decode([text.encode()]) == [ev(f"a{separator}b\nc{separator}")]
+    assert decode(one_byte_reads(text)) == [ev(f"a{separator}b\nc{separator}")]
+
+
+# -- read sizes and the end of the stream ----------------------------------------------
+
+
+def test_many_events_in_one_read() -> None:
+    text = "".join(f"event: e{i}\ndata: {i}\n\n" for i in range(200))
+    assert decode([text.encode()]) == [ev(str(i), event=f"e{i}") for i in range(200)]
+
+
+def test_one_event_across_many_reads() -> None:
+    text = 'event: message_start\ndata: {"text": "héllo € 😀"}\r\n\r\n'
+    assert decode(one_byte_reads(text)) == [ev('{"text": "héllo € 😀"}', "message_start")]
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        pytest.param([b"data: a\n\ndata: b"], id="no-line-end"),
+        pytest.param([b"data: a\n\ndata: b\n"], id="no-blank-line"),
+        pytest.param([b"data: a\n\ndata: b\r\n"], id="no-blank-line-crlf"),
+        pytest.param([b"data: a\n\n", b"event: x\r"], id="held-cr"),
+        pytest.param([b"data: a\n\nevent: error\ndata: {}", b"\n"], id="error-event-cut"),
+    ],
+)
+def test_unterminated_final_event_is_dropped(chunks: list[bytes]) -> None:
+    assert [seen[1] for seen in decode(chunks)] == ["a"]
+
+
+def test_empty_body_gives_no_events() -> None:
+    assert decode([]) == []
+    assert decode([b""]) == []
+
+
+# -- deviations from the SSE spec (WHATWG HTML §9.2.6), inherited from httpx-sse ---------
+
+
+@pytest.mark.xfail(
+    reason="iter_sse dispatches an event with data '' for a blank line whose data buffer is "
+    "empty (httpx-sse 0.4.3 SSEDecoder counts a set last-event-id / event name as "
+    "content); the spec dispatches nothing",
+    strict=True,
+)
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        pytest.param(
+            "id: 1\ndata: a\n\n\n\ndata: b\n\n",
+            [ev("a", id="1"), ev("b", id="1")],
+            id="blank-lines-after-an-id",
+        ),
+        pytest.param("event: ping\n\ndata: a\n\n", [ev("a")], id="event-without-data"),
+    ],
+)
+def test_blank_line_without_data_dispatches_nothing(text: str, expected: list[Seen]) -> None:
+    assert decode([text.encode()]) == expected
+
+
+@pytest.mark.xfail(
+    reason="the spec strips one leading UTF-8 BOM; iter_sse keeps it, so the first field "
+    "name becomes '\\ufeffdata' and the first event is lost",
+    strict=True,
+)
+def test_leading_bom_is_stripped() -> None:
+    assert decode([b"\xef\xbb\xbfdata: a\n\n"]) == [ev("a")]
+
+
+# -- content type ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content_type", [SSE, "text/event-stream; charset=utf-8"])
+def test_event_stream_content_types_are_read(content_type: str) -> None:
+    assert decode([b"data: a\n\n"], content_type) == [ev("a")]
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "text/plain", "text/html; charset=utf-8", None]
+)
+def test_other_content_types_are_a_protocol_error(content_type: str | None) -> None:
+    with pytest.raises(ProviderError) as caught:
+        decode([b'{"type":"error","error":{"message":"secret body"}}'], content_type)
+    assert caught.value.code == "upstream_protocol"
+    assert "secret body" not in caught.value.message
+    assert caught.value.message == "The model provider sent a reply that could not be read."
+
+
+# -- json_object -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        ('{"type": "ping"}', {"type": "ping"}),
+        ('{"text": "caf\\u00e9 \u2028"}', {"text": "café \u2028"}),
+        ("  {}\n", {}),
+    ],
+)
+def test_json_object_reads_objects(data: str, expected: dict[str, object]) -> None:
+    assert json_object(data) == expected
+
+
+@pytest.mark.parametrize(
+    "data",
+    ["", "not json", '{"open": ', "[DONE]", "{'single': 1}", "NaN}"],
+)
+def test_json_object_refuses_invalid_json(data: str) -> None:
+    with pytest.raises(ProviderError) as caught:
+        json_object(data)
+    assert caught.value.code == "upstream_protocol"
+    assert caught.value.detail == "event data is not JSON"
+
+
+@pytest.mark.parametrize("data", ["[1, 2]", "1", "null", '"text"', "true", "[]"])
+def test_json_object_refuses_non_objects(data: str) -> None:
+    with pytest.raises(ProviderError) as caught:
+        json_object(data)
+    assert caught.value.code == "upstream_protocol"
+    assert caught.value.detail == "event data is not a JSON object"
