@@ -424,6 +424,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 256  # benchmarks open many streams at once; the default 5 resets them
 
     def __init__(self, address: tuple[str, int], upstream: FakeUpstream) -> None:
         self.upstream = upstream
