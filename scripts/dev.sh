@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# Run the assistant locally: the one command for a fresh machine.
+#
+#   scripts/dev.sh            # then, in another terminal: scripts/smoke.sh http://127.0.0.1:1956
+#
+# 1. Creates .venv (python3) if missing and installs requirements-dev.txt, only
+#    when the requirements files changed since the last install (a hash is kept
+#    in .venv/.requirements.sha256).
+# 2. Starts the Firestore emulator (scripts/firestore-emulator.sh) and points
+#    the service at it with FIRESTORE_EMULATOR_HOST and GOOGLE_CLOUD_PROJECT
+#    (default demo-local).
+# 3. If none of ANTHROPIC_API_KEY, OPENAI_API_KEY, GEMINI_API_KEY,
+#    OLLAMA_BASE_URL is set, starts the fake upstream (devtools.fake_upstream)
+#    and routes the anthropic provider to it: replies are canned text.
+# 4. Serves the function on http://127.0.0.1:$PORT (default 1956) with
+#    THREADS (default 16) gunicorn threads.
+#
+# Ctrl-C (or SIGTERM/SIGHUP to this script) stops the server, the fake
+# upstream and the emulator this script started. The server runs as a
+# background child that this script waits on, rather than in the foreground:
+# bash defers traps until a foreground child exits, so a SIGTERM sent to this
+# script alone would otherwise leave everything running.
+#
+# Env: PORT (1956), THREADS (16), GOOGLE_CLOUD_PROJECT (demo-local),
+#      FIRESTORE_EMULATOR_PORT (8686), FAKE_UPSTREAM_PORT (1957), and any
+#      setting the service reads (see README).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+PORT="${PORT:-1956}"
+THREADS="${THREADS:-16}"
+FAKE_UPSTREAM_PORT="${FAKE_UPSTREAM_PORT:-1957}"
+FIRESTORE_EMULATOR_PORT="${FIRESTORE_EMULATOR_PORT:-8686}"
+RUN_DIR=.run
+VENV=.venv
+STAMP="$VENV/.requirements.sha256"
+
+say() { echo "dev: $*" >&2; }
+die() { say "$*"; exit 1; }
+
+for name in PORT THREADS FAKE_UPSTREAM_PORT FIRESTORE_EMULATOR_PORT; do
+    [[ "${!name}" =~ ^[0-9]+$ ]] || die "$name must be a number, got '${!name}'"
+done
+command -v curl >/dev/null || die "curl not found: install curl"
+
+# 0: nothing listens on the port; 1: something does.
+port_free() {
+    local rc=0
+    curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$1/" 2>/dev/null || rc=$?
+    [[ $rc -eq 7 ]]
+}
+
+# ---------------------------------------------------------------- processes
+
+server_pid=""
+fake_pid=""
+owns_emulator=0
+
+# Stop one child: signal it, give it GRACE seconds, then SIGKILL its own
+# children (gunicorn workers, looked up first) and it. gunicorn's quick
+# shutdown (SIGINT) still waits for open streams to finish, and a dev server
+# has no reason to: an open stream is cut after the grace period.
+# shellcheck disable=SC2317  # reached only from the EXIT trap
+stop_child() {
+    local pid="$1" name="$2" sig="$3" grace="$4" children i
+    kill -0 "$pid" 2>/dev/null || return 0
+    children="$(pgrep -P "$pid" 2>/dev/null || true)"
+    kill "-$sig" "$pid" 2>/dev/null || true
+    for ((i = 0; i < grace * 10; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        say "$name (pid $pid) still running after ${grace}s; killing it"
+        kill_workers "$children"
+        sleep 0.5
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+    kill_workers "$children"  # orphaned ones, if any
+}
+
+# SIGKILL the given pids that are still functions-framework processes.
+# shellcheck disable=SC2317  # reached only from the EXIT trap
+kill_workers() {
+    local child
+    for child in $1; do
+        if ps -p "$child" -o args= 2>/dev/null | grep -q functions-framework; then
+            kill -KILL "$child" 2>/dev/null || true
+        fi
+    done
+}
+
+# shellcheck disable=SC2317  # reached only from the EXIT trap
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM HUP
+    set +e
+    local emulator_stop=""
+    if ((owns_emulator)); then  # the JVM takes ~2 s to stop: overlap it with the rest
+        scripts/firestore-emulator.sh stop &
+        emulator_stop=$!
+    fi
+    [[ -n "$fake_pid" ]] && kill -TERM "$fake_pid" 2>/dev/null  # it takes ~2 s too: start now
+    [[ -n "$server_pid" ]] && stop_child "$server_pid" server INT 5
+    [[ -n "$fake_pid" ]] && stop_child "$fake_pid" "fake upstream" TERM 5
+    [[ -n "$emulator_stop" ]] && wait "$emulator_stop"
+    say "stopped"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+# ---------------------------------------------------------------- venv
+
+hash_files() {
+    if command -v sha256sum >/dev/null; then
+        cat "$@" | sha256sum
+    elif command -v shasum >/dev/null; then
+        cat "$@" | shasum -a 256
+    else
+        cat "$@" | cksum
+    fi
+}
+
+command -v python3 >/dev/null || die "python3 not found: install Python 3.11+"
+if ! "$VENV/bin/python" -c '' 2>/dev/null; then
+    say "creating $VENV"
+    python3 -m venv --clear "$VENV" || die "python3 -m venv failed (on Debian/Ubuntu: apt-get install python3-venv)"
+fi
+want_hash="$(hash_files requirements.txt requirements-dev.txt)"
+want_hash="${want_hash%% *}"
+if [[ "$(cat "$STAMP" 2>/dev/null || true)" != "$want_hash" ]]; then
+    say "installing requirements-dev.txt into $VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements-dev.txt \
+        || die "pip install -r requirements-dev.txt failed (see the messages above)"
+    echo "$want_hash" >"$STAMP"
+fi
+[[ -x "$VENV/bin/functions-framework" ]] || die "$VENV/bin/functions-framework missing: delete $STAMP and run again"
+
+port_free "$PORT" || die "port $PORT is already in use (is another dev.sh running? set PORT to use another)"
+mkdir -p "$RUN_DIR"
+
+# ---------------------------------------------------------------- Firestore emulator
+
+export FIRESTORE_EMULATOR_PORT
+if port_free "$FIRESTORE_EMULATOR_PORT"; then
+    owns_emulator=1  # set before starting, so a Ctrl-C during startup still stops it
+fi
+emulator_line="$(scripts/firestore-emulator.sh start)"
+export FIRESTORE_EMULATOR_HOST="${emulator_line#export FIRESTORE_EMULATOR_HOST=}"
+export GOOGLE_CLOUD_PROJECT="${GOOGLE_CLOUD_PROJECT:-demo-local}"
+
+# ---------------------------------------------------------------- fake upstream
+
+if [[ -z "${ANTHROPIC_API_KEY:-}${OPENAI_API_KEY:-}${GEMINI_API_KEY:-}${OLLAMA_BASE_URL:-}" ]]; then
+    fake_url="http://127.0.0.1:$FAKE_UPSTREAM_PORT"
+    if curl -sf -o /dev/null --max-time 2 "$fake_url/_fake/health"; then
+        say "a fake upstream already answers at $fake_url; reusing it"
+    else
+        port_free "$FAKE_UPSTREAM_PORT" \
+            || die "port $FAKE_UPSTREAM_PORT is in use by something that is not the fake upstream (set FAKE_UPSTREAM_PORT)"
+        "$VENV/bin/python" -m devtools.fake_upstream --port "$FAKE_UPSTREAM_PORT" --echo \
+            --ttft 0.3 --interval 0.04 --thinking "Reading the question. |Planning a short answer." \
+            </dev/null >"$RUN_DIR/fake-upstream.log" 2>&1 &
+        fake_pid=$!
+        deadline=$((SECONDS + 15))
+        until curl -sf -o /dev/null --max-time 2 "$fake_url/_fake/health"; do
+            kill -0 "$fake_pid" 2>/dev/null || die "fake upstream exited during startup; see $RUN_DIR/fake-upstream.log"
+            ((SECONDS < deadline)) || die "fake upstream did not answer at $fake_url within 15s; see $RUN_DIR/fake-upstream.log"
+            sleep 0.1
+        done
+    fi
+    export ANTHROPIC_BASE_URL="$fake_url"
+    export ANTHROPIC_API_KEY=fake-local-key
+    export ASSISTANT_PROVIDERS=anthropic
+    echo
+    echo "NO PROVIDER KEY SET: replies come from the fake upstream at $fake_url (canned text, not a real model)"
+    echo "  (set ANTHROPIC_API_KEY, OPENAI_API_KEY, GEMINI_API_KEY or OLLAMA_BASE_URL to use a real one; fake log: $RUN_DIR/fake-upstream.log)"
+fi
+
+# ---------------------------------------------------------------- server
+
+export THREADS
+url="http://127.0.0.1:$PORT"
+cat <<EOF
+
+Assistant on $url  (Firestore emulator $FIRESTORE_EMULATOR_HOST, project $GOOGLE_CLOUD_PROJECT, THREADS=$THREADS)
+  curl -N -H 'Content-Type: application/json' -d '{"user_input":"Hello there"}' $url/vac/assistant/demo/sse
+  scripts/smoke.sh $url
+Ctrl-C stops everything.
+
+EOF
+
+"$VENV/bin/functions-framework" --target=assistant --source=main.py --host=127.0.0.1 --port="$PORT" &
+server_pid=$!
+
+deadline=$((SECONDS + 30))
+until curl -sf -o /dev/null --max-time 2 "$url/health"; do
+    kill -0 "$server_pid" 2>/dev/null || break
+    if ((SECONDS >= deadline)); then
+        say "server not answering $url/health after 30s; still waiting on it"
+        break
+    fi
+    sleep 0.2
+done
+if kill -0 "$server_pid" 2>/dev/null && curl -sf -o /dev/null --max-time 2 "$url/health"; then
+    say "ready: $url"
+fi
+
+status=0
+wait "$server_pid" || status=$?
+server_pid=""
+say "server exited with status $status"
+exit "$status"
