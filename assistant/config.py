@@ -91,7 +91,7 @@ class ProviderSettings:
     def from_env(cls, env: Mapping[str, str], name: str) -> ProviderSettings:
         prefix = name.upper()
         raw_temperature = env.get(f"{prefix}_TEMPERATURE", "").strip()
-        return cls(
+        settings = cls(
             name=name,
             base_url=_text(env, f"{prefix}_BASE_URL", DEFAULT_BASE_URLS[name]).rstrip("/"),
             model=_text(env, f"{prefix}_MODEL", DEFAULT_MODELS[name]),
@@ -103,6 +103,13 @@ class ProviderSettings:
             thinking=_flag(env, f"{prefix}_THINKING", False),
             thinking_budget=_integer(env, f"{prefix}_THINKING_BUDGET", 2048, minimum=1024),
         )
+        if settings.thinking and settings.max_tokens <= settings.thinking_budget:
+            # Providers refuse a thinking budget that leaves no room for the answer.
+            raise ConfigError(
+                f"{prefix}_MAX_TOKENS ({settings.max_tokens}) must be larger than "
+                f"{prefix}_THINKING_BUDGET ({settings.thinking_budget}) when thinking is on"
+            )
+        return settings
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import pytest
 
 from assistant import aio
 from assistant.chain import Attempt, Chain, ChainFailed, ChainSucceeded, Chunk, Item
-from assistant.config import ProviderSettings, Timeouts
+from assistant.config import ConfigError, ProviderSettings, Timeouts
 from assistant.providers.anthropic import AnthropicProvider
 from assistant.providers.base import (
     Event,
@@ -264,11 +264,12 @@ def test_thinking_setting_sends_a_budget_and_no_temperature(upstream: FakeUpstre
     assert upstream.requests[0].path == "/v1/messages"  # trailing slash of the base URL dropped
 
 
-def test_thinking_budget_stays_below_max_tokens(upstream: FakeUpstream) -> None:
-    run_provider(settings_for(upstream.url, thinking=True, thinking_budget=4096, max_tokens=2000))
-    body = upstream.requests[0].body
-    assert body is not None
-    assert body["thinking"] == {"type": "enabled", "budget_tokens": 1999}
+def test_a_thinking_budget_without_room_for_the_answer_is_a_config_error() -> None:
+    env = {"ANTHROPIC_THINKING": "true", "ANTHROPIC_THINKING_BUDGET": "4096"}
+    with pytest.raises(ConfigError, match=r"ANTHROPIC_MAX_TOKENS \(2000\) must be larger than"):
+        ProviderSettings.from_env({**env, "ANTHROPIC_MAX_TOKENS": "2000"}, "anthropic")
+    settings = ProviderSettings.from_env({**env, "ANTHROPIC_MAX_TOKENS": "5000"}, "anthropic")
+    assert settings.thinking_budget == 4096
 
 
 @pytest.mark.parametrize("status", [429, 500, 401, 529])

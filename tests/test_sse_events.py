@@ -206,12 +206,6 @@ def test_empty_body_gives_no_events() -> None:
 # -- deviations from the SSE spec (WHATWG HTML §9.2.6), inherited from httpx-sse ---------
 
 
-@pytest.mark.xfail(
-    reason="iter_sse dispatches an event with data '' for a blank line whose data buffer is "
-    "empty (httpx-sse 0.4.3 SSEDecoder counts a set last-event-id / event name as "
-    "content); the spec dispatches nothing",
-    strict=True,
-)
 @pytest.mark.parametrize(
     "text, expected",
     [
@@ -227,11 +221,6 @@ def test_blank_line_without_data_dispatches_nothing(text: str, expected: list[Se
     assert decode([text.encode()]) == expected
 
 
-@pytest.mark.xfail(
-    reason="the spec strips one leading UTF-8 BOM; iter_sse keeps it, so the first field "
-    "name becomes '\\ufeffdata' and the first event is lost",
-    strict=True,
-)
 def test_leading_bom_is_stripped() -> None:
     assert decode([b"\xef\xbb\xbfdata: a\n\n"]) == [ev("a")]
 

@@ -125,9 +125,8 @@ class AnthropicProvider:
         if prompt.system:
             body["system"] = prompt.system
         if self.settings.thinking:
-            # Extended thinking needs max_tokens above the budget and no temperature.
-            budget = min(self.settings.thinking_budget, self.settings.max_tokens - 1)
-            body["thinking"] = {"type": "enabled", "budget_tokens": budget}
+            # Extended thinking takes no temperature; config keeps max_tokens above the budget.
+            body["thinking"] = {"type": "enabled", "budget_tokens": self.settings.thinking_budget}
         elif self.settings.temperature is not None:
             body["temperature"] = self.settings.temperature
         return body
