@@ -3,9 +3,8 @@
 #
 #   scripts/dev.sh            # then, in another terminal: scripts/smoke.sh http://127.0.0.1:1956
 #
-# 1. Creates .venv (python3) if missing and installs requirements-dev.txt, only
-#    when the requirements files changed since the last install (a hash is kept
-#    in .venv/.requirements.sha256).
+# 1. Creates .venv and installs requirements-dev.txt when they changed
+#    (scripts/venv.sh).
 # 2. Starts the Firestore emulator (scripts/firestore-emulator.sh) and points
 #    the service at it with FIRESTORE_EMULATOR_HOST and GOOGLE_CLOUD_PROJECT
 #    (default demo-local).
@@ -34,7 +33,6 @@ FAKE_UPSTREAM_PORT="${FAKE_UPSTREAM_PORT:-1957}"
 FIRESTORE_EMULATOR_PORT="${FIRESTORE_EMULATOR_PORT:-8686}"
 RUN_DIR=.run
 VENV=.venv
-STAMP="$VENV/.requirements.sha256"
 
 say() { echo "dev: $*" >&2; }
 die() { say "$*"; exit 1; }
@@ -116,30 +114,7 @@ trap 'exit 129' HUP
 
 # ---------------------------------------------------------------- venv
 
-hash_files() {
-    if command -v sha256sum >/dev/null; then
-        cat "$@" | sha256sum
-    elif command -v shasum >/dev/null; then
-        cat "$@" | shasum -a 256
-    else
-        cat "$@" | cksum
-    fi
-}
-
-command -v python3 >/dev/null || die "python3 not found: install Python 3.11+"
-if ! "$VENV/bin/python" -c '' 2>/dev/null; then
-    say "creating $VENV"
-    python3 -m venv --clear "$VENV" || die "python3 -m venv failed (on Debian/Ubuntu: apt-get install python3-venv)"
-fi
-want_hash="$(hash_files requirements.txt requirements-dev.txt)"
-want_hash="${want_hash%% *}"
-if [[ "$(cat "$STAMP" 2>/dev/null || true)" != "$want_hash" ]]; then
-    say "installing requirements-dev.txt into $VENV"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements-dev.txt \
-        || die "pip install -r requirements-dev.txt failed (see the messages above)"
-    echo "$want_hash" >"$STAMP"
-fi
-[[ -x "$VENV/bin/functions-framework" ]] || die "$VENV/bin/functions-framework missing: delete $STAMP and run again"
+scripts/venv.sh
 
 port_free "$PORT" || die "port $PORT is already in use (is another dev.sh running? set PORT to use another)"
 mkdir -p "$RUN_DIR"
