@@ -31,25 +31,36 @@ class Saver:
         self._user = _pool.submit(self._store.save_user_message, message)
 
     def finish(self, reply: AssistantMessage | None) -> tuple[dict[str, str], bool]:
-        """Wait for the user message, write the reply; returns (message ids, failed)."""
+        """Wait for the user message, then write the reply; returns (message ids, failed).
+
+        The reply is written only after the user message landed, so its
+        server timestamp comes later and a history read keeps the two in order.
+        """
         deadline = time.monotonic() + self._timeout
         ids: dict[str, str] = {}
-        failed = False
-        writes = [("user", self._user)]
+        ok = True
+        if self._user is not None:
+            ok = self._wait("user", self._user, deadline, ids)
         if reply is not None:
-            writes.append(("assistant", _pool.submit(self._store.save_assistant_message, reply)))
-        for role, future in writes:
-            if future is None:
-                continue
-            try:
-                ids[role] = future.result(timeout=max(0.0, deadline - time.monotonic()))
-            except concurrent.futures.TimeoutError:
-                failed = True
-                self._log.error("persist.timeout", role=role, timeout_s=self._timeout)
-            except Exception as exc:  # any store failure: reported, never raised into the stream
-                failed = True
-                self._log.error("persist.failed", role=role, reason=f"{type(exc).__name__}: {exc}")
-        return ids, failed
+            future = _pool.submit(self._store.save_assistant_message, reply)
+            ok = self._wait("assistant", future, deadline, ids) and ok
+        return ids, not ok
+
+    def _wait(
+        self,
+        role: str,
+        future: concurrent.futures.Future[str],
+        deadline: float,
+        ids: dict[str, str],
+    ) -> bool:
+        try:
+            ids[role] = future.result(timeout=max(0.0, deadline - time.monotonic()))
+            return True
+        except concurrent.futures.TimeoutError:
+            self._log.error("persist.timeout", role=role, timeout_s=self._timeout)
+        except Exception as exc:  # any store failure: reported, never raised into the stream
+            self._log.error("persist.failed", role=role, reason=f"{type(exc).__name__}: {exc}")
+        return False
 
 
 def load_history(
