@@ -100,6 +100,7 @@ def _route(
         log = RequestLog(trace_id, settings.project_id)
 
     providers, skipped = configured_providers(settings)
+    _announce_providers(settings, [provider.name for provider in providers], skipped)
     if not providers:
         log.error("request.no_provider", skipped=skipped)
         return _error(409, "no_provider", "No model provider is configured.", trace_id)
@@ -151,6 +152,26 @@ def _route(
         headers={**SSE_HEADERS, "X-Trace-Id": trace_id},
         direct_passthrough=True,
     )
+
+
+_announced: tuple[object, ...] | None = None
+
+
+def _announce_providers(settings: Settings, names: list[str], skipped: dict[str, str]) -> None:
+    """One log line per process (and per change) saying which providers answer, and where.
+
+    Locally this is where a run against the fake upstream shows: its base URL
+    is on 127.0.0.1.
+    """
+    global _announced
+    used = {
+        name: f"{settings.providers[name].model} @ {settings.providers[name].base_url}"
+        for name in names
+    }
+    summary = (tuple(used.items()), tuple(skipped.items()))
+    if summary != _announced:
+        _announced = summary
+        process_log().info("providers.configured", order=used, skipped=skipped)
 
 
 def _store_for(assistant_request: AssistantRequest, settings: Settings) -> MessageStore | None:

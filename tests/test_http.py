@@ -232,3 +232,18 @@ def test_cors_with_listed_origins_echoes_origin_with_credentials(
     )
     assert streamed.headers["Access-Control-Allow-Origin"] == "https://chat.example.com"
     assert "X-Trace-Id" in streamed.headers["Access-Control-Expose-Headers"]
+
+
+def test_history_opening_with_the_assistant_starts_at_the_first_user_turn(client, fake) -> None:
+    history = [
+        {"role": "assistant", "content": "Hi! How can I help?"},
+        {"role": "user", "content": "a question"},
+        {"role": "user", "content": "and another"},
+        {"role": "assistant", "content": "an answer"},
+    ]
+    ask(client, "next", chat_history=history).get_data()
+    assert fake.wait_for_requests(1)[0].body["messages"] == [
+        {"role": "user", "content": "a question\n\nand another"},
+        {"role": "assistant", "content": "an answer"},
+        {"role": "user", "content": "next"},
+    ]

@@ -264,7 +264,11 @@ def test_trace_id_from_body_wins_and_is_on_header_metadata_and_logs(client, fake
     )
     assert response.headers["X-Trace-Id"] == "frontend.trace:42"
     assert sse_events(response.get_data())[-2]["metadata"]["trace_id"] == "frontend.trace:42"
-    lines = [line for line in capfd.readouterr().out.splitlines() if line.startswith("{")]
+    lines = [
+        line
+        for line in capfd.readouterr().out.splitlines()
+        if line.startswith("{") and "providers.configured" not in line  # a process line
+    ]
     assert lines and all('"trace_id": "frontend.trace:42"' in line for line in lines)
     assert all(
         '"logging.googleapis.com/trace": "projects/demo-project/traces/frontend.trace:42"' in line
@@ -303,3 +307,15 @@ def test_logs_hold_no_key_and_no_prompt(client, fake, capfd) -> None:
     out = capfd.readouterr().out
     assert "test-key" not in out
     assert "my secret question" not in out
+
+
+def test_the_providers_in_use_are_logged_once_with_their_base_url(client, fake, capfd) -> None:
+    os.environ["ANTHROPIC_MODEL"] = "model-for-this-test"
+    ask(client).get_data()
+    ask(client).get_data()
+    announced = [
+        line for line in capfd.readouterr().out.splitlines() if "providers.configured" in line
+    ]
+    assert len(announced) == 1
+    assert f"model-for-this-test @ {fake.url}" in announced[0]
+    assert "test-key" not in announced[0]

@@ -111,9 +111,16 @@ class Provider(Protocol):
 
 
 def merged_turns(turns: tuple[Turn, ...]) -> list[Turn]:
-    """Consecutive turns of one role joined, since providers want them alternating."""
+    """Turns as providers want them: alternating, and starting with the user.
+
+    Consecutive turns of one role are joined. Leading assistant turns (a UI's
+    greeting, or a history window that starts after a question) are dropped:
+    providers refuse a conversation that opens with the assistant.
+    """
     merged: list[Turn] = []
     for turn in turns:
+        if not merged and turn.role == "assistant":
+            continue
         if merged and merged[-1].role == turn.role:
             merged[-1] = Turn(turn.role, f"{merged[-1].content}\n\n{turn.content}")
         else:
