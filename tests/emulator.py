@@ -44,7 +44,7 @@ def _jar() -> Path:
     return jar
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -52,7 +52,7 @@ def _free_port() -> int:
 
 class FirestoreEmulator:
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self._log = (ROOT / ".run").joinpath(f"test-firestore-{self.port}.log")
         self._process: subprocess.Popen[bytes] | None = None

@@ -20,18 +20,14 @@ import pytest
 
 from devtools.fake_upstream import FakeUpstream, Script
 
+from .emulator import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
 def server(fake: FakeUpstream) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "THREADS": "1",  # one thread: a second request is served only if the first freed it

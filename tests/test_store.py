@@ -15,6 +15,7 @@ import pytest
 from devtools.fake_upstream import FakeUpstream, Script
 
 from .conftest import ask, sse_events
+from .emulator import free_port
 
 USER = {"email": "ada@example.com", "displayName": "Ada"}
 SAVE = {"save_to_history": True, "emissaryConfig": {"currentUser": USER}}
@@ -192,9 +193,7 @@ def black_hole() -> Iterator[str]:
 
 
 def _closed_port() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{sock.getsockname()[1]}"
+    return f"127.0.0.1:{free_port()}"  # nothing listens there once the probe socket closed
 
 
 @pytest.mark.parametrize("database", ["unreachable", "hanging"])
