@@ -145,13 +145,15 @@ def _route(
         return _error(499, "client_gone", "The client closed the connection.", trace_id)
     if isinstance(first, ChainFailed) and not first.committed:
         return _json(502, reply.failure_body(first), trace_id)
-    return flask.Response(
+    response = flask.Response(
         reply.sse_frames(first),
         status=200,
         content_type="text/event-stream; charset=utf-8",
         headers={**SSE_HEADERS, "X-Trace-Id": trace_id},
         direct_passthrough=True,
     )
+    response.call_on_close(reply.close)
+    return response
 
 
 _announced: tuple[object, ...] | None = None

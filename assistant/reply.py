@@ -20,9 +20,19 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from . import aio, sse
-from .chain import Chain, ChainCrashed, ChainFailed, ChainSucceeded, Chunk, Item, Outcome, Restart
+from .chain import (
+    Attempt,
+    Chain,
+    ChainCrashed,
+    ChainFailed,
+    ChainSucceeded,
+    Chunk,
+    Item,
+    Outcome,
+    Restart,
+)
 from .config import Settings
-from .providers.base import Prompt, Provider
+from .providers.base import Prompt, Provider, ProviderError
 from .request import AssistantRequest, Turn
 from .saving import Saver
 from .store import AssistantMessage, Author, MessageStore, UserMessage
@@ -76,6 +86,7 @@ class Reply:
             on_attempt=self._log_attempt,
         )
         self._future: concurrent.futures.Future[None] | None = None
+        self._done = False  # concluded or abandoned: the record went to the store
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -92,6 +103,15 @@ class Reply:
             )
         self._future = aio.submit(self._chain.run())
 
+    def close(self) -> None:
+        """Called when the response is closed: a reply that did not end is abandoned.
+
+        This also covers a stream the server closed before reading a frame,
+        where the generator's own `finally` never runs.
+        """
+        if not self._done:
+            self._abandon()
+
     def first_item(self, timeout: float) -> Item | None:
         """The chain's first item, or None if it has none within `timeout`."""
         try:
@@ -104,7 +124,6 @@ class Reply:
 
     def sse_frames(self, first: Item | None) -> Iterator[bytes]:
         """Frames from `first` (None: the status window passed with nothing) to [DONE]."""
-        concluded = False
         try:
             if first is None:
                 yield sse.PING
@@ -116,22 +135,19 @@ class Reply:
                     yield sse.chunk_frame(item.text)
                 elif isinstance(item, Outcome):
                     final = self._conclude(item)
-                    concluded = True
                     yield sse.frame(final)
                     yield sse.DONE
                     return
         except ClientGone:
             pass  # `finally` abandons the reply; nobody is left to write to
         except Exception:
-            if concluded:
+            if self._done:
                 raise
             self._log.exception("reply.internal_error")
-            concluded = True
             yield sse.frame(self._conclude(ChainCrashed(RuntimeError("reply failed"))))
             yield sse.DONE
         finally:
-            if not concluded:
-                self._abandon()
+            self.close()
 
     # -- JSON --------------------------------------------------------------
 
@@ -199,6 +215,7 @@ class Reply:
 
     def _conclude(self, item: Outcome) -> dict[str, Any]:
         """Save what arrived and build the terminal payload."""
+        self._done = True
         self._splitter.finish()
         complete = isinstance(item, ChainSucceeded)
         ids, persist_failed = self._save(complete)
@@ -219,6 +236,7 @@ class Reply:
 
     def _abandon(self) -> None:
         """The client left: stop the upstream at once, then save what arrived."""
+        self._done = True
         if self._future is not None:
             self._future.cancel()
             self._chain.finished.wait(timeout=1.0)
@@ -277,7 +295,7 @@ class Reply:
             "attempts": [attempt.as_dict() for attempt in self._chain.attempts],
         }
 
-    def _log_attempt(self, attempt: Any, error: Any) -> None:
+    def _log_attempt(self, attempt: Attempt, error: ProviderError | None) -> None:
         fields = attempt.as_dict()
         if error is not None:
             self._log.warning("provider.failed", detail=error.detail[:300], **fields)

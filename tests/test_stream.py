@@ -319,3 +319,10 @@ def test_the_providers_in_use_are_logged_once_with_their_base_url(client, fake, 
     assert len(announced) == 1
     assert f"model-for-this-test @ {fake.url}" in announced[0]
     assert "test-key" not in announced[0]
+
+
+def test_a_response_closed_before_any_frame_was_read_closes_the_upstream(client, fake) -> None:
+    fake.push(Script(tokens=[f"w{i} " for i in range(200)], interval=0.05))
+    response = ask(client)  # the status came with the first chunk; no frame read yet
+    response.close()
+    assert fake.wait_for_requests(1)[0].client_closed.wait(timeout=3)
