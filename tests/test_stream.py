@@ -321,7 +321,7 @@ def test_the_providers_in_use_are_logged_once_with_their_base_url(client, fake, 
     assert "test-key" not in announced[0]
 
 
-def test_a_response_closed_before_any_frame_was_read_closes_the_upstream(client, fake) -> None:
+def test_closing_right_after_the_status_closes_the_upstream(client, fake) -> None:
     fake.push(Script(tokens=[f"w{i} " for i in range(200)], interval=0.05))
     response = ask(client)  # the status came with the first chunk; no frame read yet
     response.close()
