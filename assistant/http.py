@@ -23,7 +23,7 @@ from typing import Any
 import flask
 
 from . import __version__
-from .chain import ChainFailed
+from .chain import ChainCrashed, ChainFailed
 from .config import ConfigError, Settings
 from .providers import configured_providers
 from .reply import ClientGone, Reply
@@ -84,7 +84,18 @@ def _route(
         return _preflight(request.headers, settings.cors_origins)
     if request.method != "POST":
         return _method_not_allowed(_ALLOWED_METHODS, trace_id)
+    return _assistant(request, match, settings, trace_id, log, started)
 
+
+def _assistant(
+    request: flask.Request,
+    match: re.Match[str],
+    settings: Settings,
+    trace_id: str,
+    log: RequestLog,
+    started: float,
+) -> flask.Response:
+    """POST on an assistant route: every refusal first, then the reply."""
     assistant_id = check_assistant_id(match["id"])
     body = parse_body(
         _read_body(request, settings.max_body_bytes), request.content_type, settings.max_body_bytes
@@ -136,15 +147,25 @@ def _route(
     )
     reply.start()
     try:
-        if not streaming:
-            status, payload = reply.json_answer()
-            return _json(status, payload, trace_id)
-        first = reply.first_item(timeout=settings.heartbeat_seconds)
+        return (
+            _json_reply(reply, trace_id) if not streaming else _sse_reply(reply, settings, trace_id)
+        )
     except ClientGone:
         # Nobody will read this; 499 is the conventional "client closed request" in logs.
         return _error(499, "client_gone", "The client closed the connection.", trace_id)
-    if isinstance(first, ChainFailed) and not first.committed:
-        return _json(502, reply.failure_body(first), trace_id)
+
+
+def _json_reply(reply: Reply, trace_id: str) -> flask.Response:
+    status, payload = reply.json_answer()
+    return _json(status, payload, trace_id)
+
+
+def _sse_reply(reply: Reply, settings: Settings, trace_id: str) -> flask.Response:
+    """The status waits for the first chunk, or HEARTBEAT_SECONDS, whichever comes first."""
+    first = reply.first_item(timeout=settings.heartbeat_seconds)
+    if isinstance(first, ChainFailed | ChainCrashed):  # failed before any text: a real status
+        status = 500 if isinstance(first, ChainCrashed) else 502
+        return _json(status, reply.failure_body(first), trace_id)
     response = flask.Response(
         reply.sse_frames(first),
         status=200,
@@ -152,6 +173,8 @@ def _route(
         headers={**SSE_HEADERS, "X-Trace-Id": trace_id},
         direct_passthrough=True,
     )
+    # Belt and braces: a response closed before its first frame never runs the
+    # generator's `finally`; this abandons the reply all the same.
     response.call_on_close(reply.close)
     return response
 

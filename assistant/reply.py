@@ -170,8 +170,8 @@ class Reply:
             raise
         raise AssertionError("the chain always ends with a terminal item")
 
-    def failure_body(self, failed: ChainFailed) -> dict[str, Any]:
-        """The 502 body for a chain that failed inside the status window."""
+    def failure_body(self, failed: ChainFailed | ChainCrashed) -> dict[str, Any]:
+        """The error body for a chain that failed inside the status window."""
         return self._error_body(self._conclude(failed))
 
     def _error_body(self, final: dict[str, Any]) -> dict[str, Any]:
