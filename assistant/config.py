@@ -132,6 +132,10 @@ class Settings:
     project_id: str
     collection: str
     persist_timeout_seconds: float
+    secret_manager: bool  # read keys from Secret Manager (env vars still win)
+    secrets_project: str
+    key_cache_seconds: float
+    secret_timeout_seconds: float
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -143,6 +147,7 @@ class Settings:
                 f"ASSISTANT_PROVIDERS names unknown providers {unknown}; "
                 f"known: {', '.join(PROVIDER_NAMES)}"
             )
+        project_id = _text(env, "GOOGLE_CLOUD_PROJECT", env.get("GCP_PROJECT", ""))
         return cls(
             provider_order=order,
             providers={name: ProviderSettings.from_env(env, name) for name in order},
@@ -156,7 +161,13 @@ class Settings:
             max_input_chars=_integer(env, "MAX_INPUT_CHARS", 32_000, minimum=1),
             max_history_messages=_integer(env, "MAX_HISTORY_MESSAGES", 200, minimum=0),
             cors_origins=_names(env, "CORS_ORIGINS", "*"),
-            project_id=_text(env, "GOOGLE_CLOUD_PROJECT", env.get("GCP_PROJECT", "")),
+            project_id=project_id,
             collection=_text(env, "FIRESTORE_COLLECTION", "assistants"),
             persist_timeout_seconds=_number(env, "PERSIST_TIMEOUT_SECONDS", 5, minimum=0.01),
+            # On Cloud Run (K_SERVICE is set) keys come from Secret Manager by
+            # default; locally from env vars only, so no cloud is needed.
+            secret_manager=_flag(env, "SECRET_MANAGER", bool(env.get("K_SERVICE"))),
+            secrets_project=_text(env, "SECRETS_PROJECT", project_id),
+            key_cache_seconds=_number(env, "KEY_CACHE_SECONDS", 300, minimum=0),
+            secret_timeout_seconds=_number(env, "SECRET_TIMEOUT_SECONDS", 3, minimum=0.01),
         )
