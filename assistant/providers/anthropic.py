@@ -16,9 +16,9 @@ from typing import Any
 
 import httpx
 
-from ..config import ProviderSettings
 from .base import (
     Event,
+    HttpProvider,
     Prompt,
     ProviderError,
     StreamEnd,
@@ -26,11 +26,19 @@ from .base import (
     ThinkingDelta,
     Usage,
     merged_turns,
-    read_error_body,
+    normalised_stop_reason,
 )
 from .sse_events import iter_sse, json_object
 
 API_VERSION = "2023-06-01"
+
+_STOP_REASONS = {
+    "end_turn": "end_turn",
+    "max_tokens": "max_tokens",
+    "stop_sequence": "stop_sequence",
+    "tool_use": "tool_use",
+    "refusal": "content_filter",
+}
 
 
 @dataclass
@@ -105,13 +113,8 @@ _HANDLERS: dict[str, Callable[[dict[str, Any], _State], None]] = {
 }
 
 
-class AnthropicProvider:
+class AnthropicProvider(HttpProvider):
     name = "anthropic"
-
-    def __init__(self, settings: ProviderSettings, api_key: str) -> None:
-        self.settings = settings
-        self.model = settings.model
-        self._api_key = api_key
 
     def _body(self, prompt: Prompt) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -133,16 +136,13 @@ class AnthropicProvider:
 
     async def stream(self, client: httpx.AsyncClient, prompt: Prompt) -> AsyncIterator[Event]:
         headers = {
-            "x-api-key": self._api_key,
+            "x-api-key": self.api_key,
             "anthropic-version": API_VERSION,
             "accept": "text/event-stream",
         }
         url = f"{self.settings.base_url}/v1/messages"
-        async with client.stream("POST", url, json=self._body(prompt), headers=headers) as response:
-            if response.status_code != 200:
-                detail = await read_error_body(response)
-                raise ProviderError("upstream_status", detail, status=response.status_code)
-            state = _State(model=self.settings.model)
+        state = _State(model=self.settings.model)
+        async with self._post(client, url, self._body(prompt), headers) as response:
             async for event in iter_sse(response):
                 handler = _HANDLERS.get(event.event)
                 if handler is None:
@@ -156,4 +156,5 @@ class AnthropicProvider:
         if not state.finished:
             raise ProviderError("upstream_incomplete", "stream ended without message_stop")
         usage = Usage(input_tokens=state.input_tokens, output_tokens=state.output_tokens)
-        yield StreamEnd(stop_reason=state.stop_reason, usage=usage, model=state.model)
+        stop_reason = normalised_stop_reason(state.stop_reason, _STOP_REASONS)
+        yield StreamEnd(stop_reason=stop_reason, usage=usage, model=state.model)

@@ -20,11 +20,13 @@ chain never sees a third-party exception.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 
+from ..config import ProviderSettings
 from ..request import Turn
 
 
@@ -104,10 +106,45 @@ def translate_http_error(exc: httpx.HTTPError) -> ProviderError:
 class Provider(Protocol):
     name: str
     model: str
+    settings: ProviderSettings
+    api_key: str
 
     def stream(self, client: httpx.AsyncClient, prompt: Prompt) -> AsyncIterator[Event]:
         """Events of one reply; raises ProviderError on any failure."""
         ...
+
+
+class HttpProvider:
+    """What every provider module shares: its settings, its key, one POST that streams."""
+
+    name = ""
+
+    def __init__(self, settings: ProviderSettings, api_key: str) -> None:
+        self.settings = settings
+        self.model = settings.model
+        self.api_key = api_key  # never logged; the class has no repr that shows it
+
+    @asynccontextmanager
+    async def _post(
+        self, client: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> AsyncIterator[httpx.Response]:
+        """The streaming response, or upstream_status for anything but a 200."""
+        async with client.stream("POST", url, json=body, headers=headers) as response:
+            if response.status_code != 200:
+                detail = await read_error_body(response)
+                raise ProviderError("upstream_status", detail, status=response.status_code)
+            yield response
+
+
+# The stop reasons every provider's own are mapped to (metadata `stop_reason`).
+STOP_REASONS = ("end_turn", "max_tokens", "stop_sequence", "tool_use", "content_filter", "other")
+
+
+def normalised_stop_reason(raw: str | None, table: dict[str, str]) -> str | None:
+    """A provider's stop reason in our vocabulary; None while the reply has none."""
+    if raw is None:
+        return None
+    return table.get(raw, "other")
 
 
 def merged_turns(turns: tuple[Turn, ...]) -> list[Turn]:

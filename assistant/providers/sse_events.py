@@ -23,40 +23,58 @@ from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 
 from .base import ProviderError
 
+_FIELDS = frozenset({"data", "event", "id", "retry"})
 
-async def iter_sse(response: httpx.Response) -> AsyncIterator[ServerSentEvent]:
+
+async def iter_sse(
+    response: httpx.Response, unframed: list[str] | None = None
+) -> AsyncIterator[ServerSentEvent]:
     """Events of a `text/event-stream` response; anything else is a protocol error.
 
     Two spec rules httpx-sse 0.4.3 misses are kept here: a leading BOM is
     dropped, and an event with no `data:` line is not dispatched (its decoder
     would dispatch one with data "" after an `id:` or `event:` line).
+
+    Lines that are no SSE field at all (Gemini may end a stream with a bare
+    JSON error) are ignored, as the spec says, and also appended to
+    `unframed` when the caller wants to read them.
     """
     content_type = response.headers.get("content-type", "").partition(";")[0].strip()
     if content_type != "text/event-stream":
         raise ProviderError("upstream_protocol", f"content-type {content_type or 'none'}")
-    text_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # SSE is always UTF-8
-    line_decoder = SSELineDecoder()
     event_decoder = SSEDecoder()
     has_data = False
+    async for line in _lines(response):
+        field = line.partition(":")[0]
+        has_data = has_data or field == "data"
+        if unframed is not None and line and field and field not in _FIELDS:
+            unframed.append(line)
+        event = event_decoder.decode(line)
+        if event is not None:
+            if has_data:
+                yield event
+            has_data = False
+
+
+async def _lines(response: httpx.Response) -> AsyncIterator[str]:
+    """The body's lines: always UTF-8 (per spec), one leading BOM dropped.
+
+    A last line with no line end is yielded too; with no blank line after it,
+    its event is never dispatched: an unterminated event at EOF is dropped.
+    """
+    text_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    line_decoder = SSELineDecoder()
     first = True
     async for raw in response.aiter_bytes():
         text = text_decoder.decode(raw)
         if first and text:
             text, first = text.removeprefix("\ufeff"), False
-        for line in line_decoder.decode(text) if text else ():
-            has_data = has_data or line.partition(":")[0] == "data"
-            event = event_decoder.decode(line)
-            if event is not None:
-                if has_data:
-                    yield event
-                has_data = False
-    # A CR held back at the end ends a real line; a last line with no line end
-    # is read too, but without a blank line after it no event is dispatched:
-    # an unterminated event at EOF is dropped, per spec.
-    for line in line_decoder.flush():
-        event = event_decoder.decode(line)
-        if event is not None and has_data:
-            yield event
+        if text:
+            for line in line_decoder.decode(text):
+                yield line
+    tail = text_decoder.decode(b"", final=True)
+    for line in (line_decoder.decode(tail) if tail else []) + line_decoder.flush():
+        yield line
 
 
 def json_object(data: str) -> dict[str, Any]:
