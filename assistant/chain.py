@@ -8,6 +8,8 @@ Rules (CONTRACT §4):
   A JSON caller has seen nothing until the end, so in `commit_on_first_chunk=
   False` mode even a late failure falls through; `Restart` tells the reply to
   drop the failed attempt's text.
+- A 401 before any text re-reads that provider's key once (it may have been
+  rotated) and tries the provider again before moving on.
 - Native thinking deltas become text wrapped in `<thinking>` tags here, so
   everything downstream sees one format.
 
@@ -100,6 +102,8 @@ class Chain:
     emit: Callable[[Item], None]
     commit_on_first_chunk: bool = True
     on_attempt: Callable[[Attempt, ProviderError | None], None] = lambda attempt, error: None
+    # After a 401: the provider again with a freshly read key, or None if the key is unchanged.
+    refresh_key: Callable[[Provider], Provider | None] | None = None
     attempts: list[Attempt] = field(default_factory=list)
     provider: str | None = None
     model: str | None = None
@@ -121,22 +125,35 @@ class Chain:
 
     async def _run(self) -> ChainFailed | ChainSucceeded:
         for provider in self.providers:
-            progress = _Progress(provider, time.monotonic())
-            try:
-                await self._attempt(progress)
-            except ProviderError as error:
-                self._record(progress, error.code, error)
-                if progress.shown and self.commit_on_first_chunk:
-                    return ChainFailed(error, committed=True)
-                if progress.shown:
-                    self.emit(Restart())
-                continue
-            except asyncio.CancelledError:
-                self._record(progress, "client_gone", None)
-                raise
-            self._record(progress, "ok", None)
-            return ChainSucceeded()
+            outcome = await self._try(provider)
+            if outcome is not None:
+                return outcome
         return ChainFailed(None, committed=False)
+
+    async def _try(
+        self, provider: Provider, key_refreshed: bool = False
+    ) -> ChainFailed | ChainSucceeded | None:
+        """One provider; None means "fall through to the next one"."""
+        progress = _Progress(provider, time.monotonic())
+        try:
+            await self._attempt(progress)
+        except ProviderError as error:
+            self._record(progress, error.code, error)
+            if progress.shown and self.commit_on_first_chunk:
+                return ChainFailed(error, committed=True)
+            if progress.shown:
+                self.emit(Restart())
+            if error.status == 401 and not key_refreshed and self.refresh_key is not None:
+                # A rotated key: read it again once (a blocking call, so off the loop).
+                fresh = await asyncio.to_thread(self.refresh_key, provider)
+                if fresh is not None:
+                    return await self._try(fresh, key_refreshed=True)
+            return None
+        except asyncio.CancelledError:
+            self._record(progress, "client_gone", None)
+            raise
+        self._record(progress, "ok", None)
+        return ChainSucceeded()
 
     async def _attempt(self, progress: _Progress) -> None:
         """One provider, to its end; any failure comes out as a ProviderError."""

@@ -17,7 +17,7 @@ PROVIDER_NAMES = ("anthropic", "openai", "gemini", "ollama")
 
 DEFAULT_BASE_URLS = {
     "anthropic": "https://api.anthropic.com",
-    "openai": "https://api.openai.com",
+    "openai": "https://api.openai.com/v1",  # with the version path, as OpenAI's SDK has it
     "gemini": "https://generativelanguage.googleapis.com",
     "ollama": "",  # no public default: set OLLAMA_BASE_URL to use it
 }

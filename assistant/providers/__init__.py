@@ -1,7 +1,7 @@
 """One module per provider; each speaks its own wire format natively over httpx.
 
 `configured_providers()` turns the settings into the ordered list the chain
-tries, skipping providers that have no key (or no base URL) or no module yet.
+tries, skipping providers that have no key (or no base URL).
 A new provider drops in as one module and one line in `_FACTORIES`.
 """
 
@@ -13,9 +13,15 @@ from ..config import ProviderSettings, Settings
 from ..keys import provider_key
 from .anthropic import AnthropicProvider
 from .base import Provider
+from .gemini import GeminiProvider
+from .ollama import OllamaProvider
+from .openai import OpenAIProvider
 
 _FACTORIES: dict[str, Callable[[ProviderSettings, str], Provider]] = {
     "anthropic": AnthropicProvider,
+    "openai": OpenAIProvider,
+    "gemini": GeminiProvider,
+    "ollama": OllamaProvider,
 }
 
 
@@ -25,14 +31,11 @@ def configured_providers(settings: Settings) -> tuple[list[Provider], dict[str, 
     skipped: dict[str, str] = {}
     for name in settings.provider_order:
         provider_settings = settings.providers[name]
-        factory = _FACTORIES.get(name)
         key = provider_key(provider_settings) if provider_settings.key_name else ""
-        if factory is None:
-            skipped[name] = "not implemented yet"
-        elif key is None:
+        if key is None:
             skipped[name] = f"no key ({provider_settings.key_name} is not set)"
         elif not provider_settings.base_url:
             skipped[name] = f"no base URL ({name.upper()}_BASE_URL is not set)"
         else:
-            providers.append(factory(provider_settings, key))
+            providers.append(_FACTORIES[name](provider_settings, key))
     return providers, skipped
