@@ -11,6 +11,7 @@ whichever comes first, so a chain that fails fast gets a real 502.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 import select
@@ -25,7 +26,7 @@ import flask
 from . import __version__
 from .chain import ChainCrashed, ChainFailed
 from .config import ConfigError, Settings
-from .providers import configured_providers
+from .providers import configured_providers, with_fresh_key
 from .reply import ClientGone, Reply
 from .request import (
     AssistantRequest,
@@ -143,6 +144,7 @@ def _assistant(
         log=log,
         streaming=streaming,
         client_gone=_client_gone_probe(request.environ),
+        refresh_key=functools.partial(with_fresh_key, settings),
         started=started,
     )
     reply.start()

@@ -251,19 +251,8 @@ def key_store(settings: Settings) -> KeyStore:
         return _store
 
 
-def provider_key(
-    settings: Settings | ProviderSettings, provider: ProviderSettings | None = None
-) -> str | None:
-    """This provider's key; "" when it needs none, None when it has none (it is then skipped).
-
-    Called as `provider_key(settings, provider)`. The one-argument form
-    `provider_key(provider)` is the old environment-only call, kept only until
-    assistant/providers/__init__.py passes the settings; remove it then.
-    """
-    if provider is None:
-        assert isinstance(settings, ProviderSettings)
-        return _env_key(settings.key_name) if settings.key_name else ""
-    assert isinstance(settings, Settings)
+def provider_key(settings: Settings, provider: ProviderSettings) -> str | None:
+    """This provider's key; "" when it needs none, None when it has none (it is then skipped)."""
     if not provider.key_name:
         return ""
     return key_store(settings).get(provider.key_name)

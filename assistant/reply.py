@@ -63,6 +63,7 @@ class Reply:
         log: RequestLog,
         streaming: bool,
         client_gone: Callable[[], bool] = lambda: False,
+        refresh_key: Callable[[Provider], Provider | None] | None = None,
         started: float | None = None,
     ) -> None:
         self._request = request
@@ -84,6 +85,7 @@ class Reply:
             emit=self._items.put,
             commit_on_first_chunk=streaming,
             on_attempt=self._log_attempt,
+            refresh_key=refresh_key,
         )
         self._future: concurrent.futures.Future[None] | None = None
         self._done = False  # concluded or abandoned: the record went to the store

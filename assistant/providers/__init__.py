@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..config import ProviderSettings, Settings
-from ..keys import provider_key
+from ..keys import key_store, provider_key
 from .anthropic import AnthropicProvider
 from .base import Provider
 from .gemini import GeminiProvider
@@ -31,7 +31,7 @@ def configured_providers(settings: Settings) -> tuple[list[Provider], dict[str, 
     skipped: dict[str, str] = {}
     for name in settings.provider_order:
         provider_settings = settings.providers[name]
-        key = provider_key(provider_settings) if provider_settings.key_name else ""
+        key = provider_key(settings, provider_settings)
         if key is None:
             skipped[name] = f"no key ({provider_settings.key_name} is not set)"
         elif not provider_settings.base_url:
@@ -39,3 +39,16 @@ def configured_providers(settings: Settings) -> tuple[list[Provider], dict[str, 
         else:
             providers.append(_FACTORIES[name](provider_settings, key))
     return providers, skipped
+
+
+def with_fresh_key(settings: Settings, provider: Provider) -> Provider | None:
+    """After a 401: the same provider with its key read again, or None if it did not change.
+
+    Blocking (it may call Secret Manager): the chain runs it off the I/O loop.
+    """
+    if not provider.settings.key_name:
+        return None
+    key = key_store(settings).refresh(provider.settings.key_name)
+    if not key or key == provider.api_key:
+        return None
+    return type(provider)(provider.settings, key)

@@ -1,0 +1,113 @@
+"""Keys from Secret Manager through the whole endpoint: rotation on 401, outages.
+
+Only the Secret Manager client object is replaced (there is no emulator);
+the provider is the fake upstream over real HTTP.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from google.api_core import exceptions
+
+import assistant.keys
+from devtools.fake_upstream import FakeUpstream, Script
+
+from .conftest import ask, sse_events
+
+
+class FakeSecretClient:
+    """Stands in for SecretManagerServiceClient: answers from a list, records the names read."""
+
+    def __init__(self, *answers: str | Exception) -> None:
+        self.answers = list(answers)
+        self.names: list[str] = []
+
+    def access_secret_version(self, request: dict[str, str], timeout: float, retry: Any) -> Any:
+        self.names.append(request["name"])
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return SimpleNamespace(payload=SimpleNamespace(data=answer.encode()))
+
+
+@pytest.fixture
+def secrets(fake: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Keys from Secret Manager only: no key in the environment."""
+    del os.environ["ANTHROPIC_API_KEY"]
+    os.environ.update(SECRET_MANAGER="true", SECRETS_PROJECT="demo-secrets")
+    monkeypatch.setattr(assistant.keys, "_store", None)  # a fresh cache for each test
+    yield
+
+
+def _use(monkeypatch: pytest.MonkeyPatch, client: FakeSecretClient) -> FakeSecretClient:
+    monkeypatch.setattr(assistant.keys, "_client", client)
+    return client
+
+
+def test_key_is_read_from_secret_manager(client, fake, secrets, monkeypatch) -> None:
+    secret_client = _use(monkeypatch, FakeSecretClient("sm-key"))
+    final = sse_events(ask(client).get_data())[-2]
+    assert "answer" in final
+    assert fake.requests[0].headers["x-api-key"] == "sm-key"
+    assert "projects/demo-secrets/secrets/ANTHROPIC_API_KEY/versions/latest" in secret_client.names
+
+
+def test_a_401_reads_the_rotated_key_and_retries_once(
+    client, fake, secrets, monkeypatch, capfd
+) -> None:
+    _use(monkeypatch, FakeSecretClient("old-key", "new-key"))
+    fake.push(Script(fail="401"), Script(tokens=["fresh ", "answer"]))
+    response = ask(client)
+    final = sse_events(response.get_data())[-2]
+    assert final["answer"] == "fresh answer"
+    assert [r.headers["x-api-key"] for r in fake.requests] == ["old-key", "new-key"]
+    assert [(a["outcome"], a.get("status")) for a in final["metadata"]["attempts"]] == [
+        ("upstream_status", 401),
+        ("ok", None),
+    ]
+    shown = response.get_data(as_text=True) + capfd.readouterr().out
+    assert "old-key" not in shown and "new-key" not in shown
+
+
+def test_an_unchanged_key_after_401_is_not_retried(client, fake, secrets, monkeypatch) -> None:
+    _use(monkeypatch, FakeSecretClient("same-key"))
+    fake.push(Script(fail="401"))
+    response = ask(client)
+    assert response.status_code == 502
+    assert len(fake.requests) == 1
+
+
+def test_secret_manager_down_with_no_key_is_409(client, fake, secrets, monkeypatch) -> None:
+    _use(monkeypatch, FakeSecretClient(exceptions.ServiceUnavailable("unreachable")))
+    response = ask(client)
+    assert response.status_code == 409
+    assert response.get_json()["code"] == "no_provider"
+    assert fake.requests == []
+
+
+def test_a_key_already_read_survives_a_secret_manager_outage(
+    client, fake, secrets, monkeypatch
+) -> None:
+    os.environ["KEY_CACHE_SECONDS"] = "0"  # every request goes back to Secret Manager
+    _use(monkeypatch, FakeSecretClient("cached-key", exceptions.ServiceUnavailable("down")))
+    assert "answer" in sse_events(ask(client).get_data())[-2]
+    assert "answer" in sse_events(ask(client).get_data())[-2]
+    assert [r.headers["x-api-key"] for r in fake.requests] == ["cached-key", "cached-key"]
+
+
+def test_a_missing_secret_skips_that_provider(client, fake, secrets, monkeypatch) -> None:
+    _use(monkeypatch, FakeSecretClient(exceptions.NotFound("no such secret")))
+    assert ask(client).status_code == 409
+
+
+def test_an_env_var_wins_over_secret_manager(client, fake, secrets, monkeypatch) -> None:
+    secret_client = _use(monkeypatch, FakeSecretClient("sm-key"))
+    os.environ["ANTHROPIC_API_KEY"] = "env-key"
+    ask(client).get_data()
+    assert fake.requests[0].headers["x-api-key"] == "env-key"
+    assert secret_client.names == []
