@@ -8,7 +8,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,9 @@ def upstream() -> Iterator[FakeUpstream]:
         yield up
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def client() -> Iterator[httpx.Client]:
+    """One client for the module: creating one costs ~40 ms (its SSL context)."""
     with httpx.Client(timeout=5.0) as c:
         yield c
 
@@ -441,3 +443,430 @@ def test_cli_serves_until_sigterm() -> None:
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+# -- the other wire formats -------------------------------------------------------------------
+OPENAI = "/v1/chat/completions"
+OPENAI_BODY = {
+    "model": "gpt-x",
+    "stream": True,
+    "stream_options": {"include_usage": True},
+    "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "old"},
+        {"role": "assistant", "content": "reply"},
+        {"role": "user", "content": "hi there"},
+    ],
+}
+GEMINI = "/v1beta/models/gemini-x:streamGenerateContent?alt=sse"
+GEMINI_BODY = {
+    "systemInstruction": {"parts": [{"text": "Be brief."}]},
+    "contents": [
+        {"role": "user", "parts": [{"text": "old"}]},
+        {"role": "model", "parts": [{"text": "reply"}]},
+        {"role": "user", "parts": [{"text": "hi "}, {"text": "there"}]},
+    ],
+}
+OLLAMA = "/api/chat"
+OLLAMA_BODY = {"model": "llama-x", "messages": [{"role": "user", "content": "hi there"}]}
+WIRES: dict[str, tuple[str, dict[str, Any], dict[str, str]]] = {
+    "anthropic": ("/v1/messages", BODY, HEADERS),
+    "openai": (OPENAI, OPENAI_BODY, {"authorization": "Bearer sk-test"}),
+    "gemini": (GEMINI, GEMINI_BODY, {"x-goog-api-key": "g-test"}),
+    "ollama": (OLLAMA, OLLAMA_BODY, {}),
+}
+GEMINI_TAIL = (
+    b'[{\n  "error": {\n    "code": 503,\n'
+    b'    "message": "The model is overloaded. Please try again later.",\n'
+    b'    "status": "UNAVAILABLE"\n  }\n}\n]'
+)
+every_wire = pytest.mark.parametrize("wire", list(WIRES))
+
+
+def iter_frames(wire: str, response: httpx.Response) -> Iterator[Any]:
+    """The decoded frames: SSE data (with "[DONE]" kept as a string) or NDJSON lines."""
+    if wire == "ollama":
+        yield from (json.loads(line) for line in response.iter_lines() if line)
+        return
+    for sse in EventSource(response).iter_sse():
+        yield sse.data if sse.data == "[DONE]" else json.loads(sse.data)
+
+
+def post(client: httpx.Client, up: FakeUpstream, wire: str, **kwargs: Any) -> httpx.Response:
+    path, body, headers = WIRES[wire]
+    return client.post(f"{up.url}{path}", **({"json": body, "headers": headers} | kwargs))
+
+
+def generate(client: httpx.Client, up: FakeUpstream, wire: str, body: Any = None) -> list[Any]:
+    path, default, headers = WIRES[wire]
+    with client.stream("POST", f"{up.url}{path}", json=body or default, headers=headers) as r:
+        assert r.status_code == 200
+        return list(iter_frames(wire, r))
+
+
+# wire -> frame -> [(kind, piece or None)]
+PIECES: dict[str, Callable[[dict[str, Any]], list[tuple[str, Any]]]] = {
+    "anthropic": lambda f: [
+        (k, f["delta"].get(k)) for k in ("thinking", "text") if f["type"] == "content_block_delta"
+    ],
+    "openai": lambda f: [
+        (k, c["delta"].get(field))
+        for c in f.get("choices", [])
+        for k, field in (("thinking", "reasoning_content"), ("text", "content"))
+    ],
+    "gemini": lambda f: [
+        ("thinking" if p.get("thought") else "text", p["text"])
+        for c in f.get("candidates", [])
+        for p in c["content"].get("parts", [])
+    ],
+    "ollama": lambda f: [
+        (kind, f["message"].get(field))
+        for kind, field in (("thinking", "thinking"), ("text", "content"))
+        if "message" in f
+    ],
+}
+# wire -> frame -> the stop / finish reason it carries, if any
+STOPS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "anthropic": lambda f: f.get("delta", {}).get("stop_reason"),
+    "openai": lambda f: f["choices"][0]["finish_reason"] if f.get("choices") else None,
+    "gemini": lambda f: f["candidates"][0].get("finishReason") if "candidates" in f else None,
+    "ollama": lambda f: f.get("done_reason"),
+}
+
+
+def pieces(wire: str, frames: list[Any]) -> list[tuple[str, str]]:
+    """(kind, piece) for every thinking / text delta, whatever the format."""
+    found = [kp for f in frames if isinstance(f, dict) for kp in PIECES[wire](f)]
+    return [(kind, piece) for kind, piece in found if piece]
+
+
+def stop_of(wire: str, frames: list[Any]) -> str | None:
+    """The finish / stop reason the stream ended with, or None when it never said."""
+    reasons = [STOPS[wire](f) for f in frames if isinstance(f, dict)]
+    return next((r for r in reasons if r), None)
+
+
+@every_wire
+def test_every_format_native_and_inline_thinking(
+    upstream: FakeUpstream, client: httpx.Client, wire: str
+) -> None:
+    upstream.push(
+        Script(thinking=["t1", "t2"], tokens=["A", "B"]),
+        Script(thinking=["t"], thinking_mode="inline", echo=True),
+    )
+    native = generate(client, upstream, wire)
+    assert pieces(wire, native) == [
+        ("thinking", "t1"),
+        ("thinking", "t2"),
+        ("text", "A"),
+        ("text", "B"),
+    ]
+    inline = pieces(wire, generate(client, upstream, wire))
+    assert inline == [
+        ("text", p) for p in ["<thinking>", "t", "</thinking>", "You ", "said: ", "hi ", "there"]
+    ]
+
+
+@pytest.mark.parametrize(
+    ("wire", "stops"),
+    [
+        ("anthropic", ("end_turn", "max_tokens")),
+        ("openai", ("stop", "length")),
+        ("gemini", ("STOP", "MAX_TOKENS")),
+        ("ollama", ("stop", "length")),
+    ],
+)
+def test_every_format_stop_reasons_and_no_stop(
+    upstream: FakeUpstream, client: httpx.Client, wire: str, stops: tuple[str, str]
+) -> None:
+    upstream.push(
+        Script(),
+        Script(stop_reason="max_tokens"),
+        Script(fail="no_text"),
+        Script(fail_after=2, fail_mode="no_stop"),
+        Script(fail="no_stop"),
+    )
+    assert stop_of(wire, generate(client, upstream, wire)) == stops[0]
+    assert stop_of(wire, generate(client, upstream, wire)) == stops[1]
+    no_text = generate(client, upstream, wire)
+    assert pieces(wire, no_text) == [] and stop_of(wire, no_text) == stops[0]
+    cut_short = generate(client, upstream, wire)  # ends cleanly, but with no stop
+    assert [p for _, p in pieces(wire, cut_short)] == ["Hello ", "from "]
+    assert stop_of(wire, cut_short) is None and "[DONE]" not in cut_short
+    assert stop_of(wire, generate(client, upstream, wire)) is None
+
+
+@every_wire
+def test_every_format_empty_raw_and_status(
+    upstream: FakeUpstream, client: httpx.Client, wire: str
+) -> None:
+    upstream.push(
+        Script(fail="empty"), Script(raw=[b"a", b"b\n"], interval=0.02), Script(fail="429")
+    )
+    content_type = {"ollama": "application/x-ndjson"}.get(wire, "text/event-stream")
+    r = post(client, upstream, wire)
+    assert (r.status_code, r.content) == (200, b"")
+    assert r.headers["content-type"].startswith(content_type)
+    path, body, headers = WIRES[wire]
+    with client.stream("POST", f"{upstream.url}{path}", json=body, headers=headers) as r:
+        assert r.headers["content-type"].startswith(content_type)
+        assert list(r.iter_raw()) == [b"a", b"b\n"]
+    r = post(client, upstream, wire)
+    assert r.status_code == 429 and r.headers["content-type"] == "application/json"
+    error = r.json()["error"]
+    assert {
+        "anthropic": lambda: error["type"] == "rate_limit_error",
+        "openai": lambda: error["code"] == "rate_limit_exceeded" and "message" in error,
+        "gemini": lambda: (error["code"], error["status"]) == (429, "RESOURCE_EXHAUSTED"),
+        "ollama": lambda: error == "fake upstream failure 429",
+    }[wire]()
+
+
+@every_wire
+def test_every_format_cut_and_hang(upstream: FakeUpstream, wire: str) -> None:
+    upstream.push(Script(fail_after=1, fail_mode="cut"), Script(fail_after=1, fail_mode="hang"))
+    path, body, headers = WIRES[wire]
+    for error in (httpx.RemoteProtocolError, httpx.ReadTimeout):
+        seen: list[Any] = []
+        with (
+            httpx.Client(timeout=httpx.Timeout(5.0, read=0.2)) as c,
+            pytest.raises(error),
+            c.stream("POST", f"{upstream.url}{path}", json=body, headers=headers) as r,
+        ):
+            seen.extend(iter_frames(wire, r))
+        assert pieces(wire, seen) == [("text", "Hello ")]
+    assert not upstream.requests[0].client_closed.is_set()
+    expect_client_closed(upstream.requests[1])
+
+
+@every_wire
+def test_every_format_ttft_and_interval(
+    upstream: FakeUpstream, client: httpx.Client, wire: str
+) -> None:
+    upstream.push(Script(tokens=["a", "b"], ttft=0.15, interval=0.08))
+    path, body, headers = WIRES[wire]
+    started, stamps = time.monotonic(), []
+    with client.stream("POST", f"{upstream.url}{path}", json=body, headers=headers) as r:
+        for frame in iter_frames(wire, r):
+            if pieces(wire, [frame]):
+                stamps.append(time.monotonic() - started)
+    assert len(stamps) == 2
+    assert 0.14 < stamps[0] < 0.4 and 0.07 < stamps[1] - stamps[0] < 0.3
+
+
+@pytest.mark.parametrize(
+    ("wire", "refused", "status"),
+    [
+        ("anthropic", {"headers": {}}, 401),
+        ("openai", {"headers": {}}, 401),
+        ("openai", {"headers": {"authorization": "Basic sk-test"}}, 401),
+        ("openai", {"json": {"model": "m"}}, 400),
+        ("gemini", {"headers": {}}, 403),
+        ("gemini", {"json": {"systemInstruction": {}}}, 400),
+        ("ollama", {"json": {"messages": []}}, 400),
+        ("ollama", {"content": b"not json"}, 400),
+    ],
+)
+def test_every_format_refuses_without_using_a_script(
+    upstream: FakeUpstream, client: httpx.Client, wire: str, refused: dict[str, Any], status: int
+) -> None:
+    upstream.push(Script(tokens=["kept"]))
+    r = post(client, upstream, wire, **refused)
+    assert r.status_code == status and r.headers["content-type"] == "application/json"
+    assert "error" in r.json()
+    assert pieces(wire, generate(client, upstream, wire)) == [("text", "kept")]
+    assert all(rec.finished.wait(1) for rec in upstream.wait_for_requests(2))
+
+
+def test_openai_stream_shape_and_usage(upstream: FakeUpstream, client: httpx.Client) -> None:
+    upstream.push(Script(thinking=["hm"], tokens=["Hi", "!"], input_tokens=7, model="gpt-fake"))
+    with client.stream(
+        "POST", f"{upstream.url}{OPENAI}", json=OPENAI_BODY, headers=WIRES["openai"][2]
+    ) as r:
+        assert r.headers["content-type"] == "text/event-stream; charset=utf-8"
+        sses = list(EventSource(r).iter_sse())
+    assert {s.event for s in sses} == {"message"}  # no event: lines
+    chunks = [json.loads(s.data) for s in sses[:-1]]
+    assert sses[-1].data == "[DONE]"
+    assert len({c["id"] for c in chunks}) == 1 and chunks[0]["id"].startswith("chatcmpl-")
+    assert all(c["object"] == "chat.completion.chunk" and c["model"] == "gpt-fake" for c in chunks)
+    assert all(isinstance(c["created"], int) for c in chunks)
+    assert [c["choices"][0]["delta"] for c in chunks[:-1]] == [
+        {"role": "assistant", "content": ""},
+        {"reasoning_content": "hm"},
+        {"content": "Hi"},
+        {"content": "!"},
+        {},
+    ]
+    assert [c["choices"][0]["finish_reason"] for c in chunks[:-1]] == [None] * 4 + ["stop"]
+    assert all(c["usage"] is None for c in chunks[:-1])
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"] == {
+        "prompt_tokens": 7,
+        "completion_tokens": 3,
+        "total_tokens": 10,
+        "completion_tokens_details": {"reasoning_tokens": 1},
+    }
+    (rec,) = upstream.wait_for_requests(1)
+    assert (rec.path, rec.model, rec.body) == (OPENAI, "gpt-x", OPENAI_BODY)
+    assert rec.headers["authorization"] == "Bearer sk-test"
+
+
+def test_openai_without_include_usage_and_echo_of_parts(
+    upstream: FakeUpstream, client: httpx.Client
+) -> None:
+    upstream.push(Script(echo=True))
+    body = dict(OPENAI_BODY, stream_options=None)
+    body["messages"] = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "new "},
+                {"type": "image_url"},
+                {"type": "text", "text": "one"},
+            ],
+        }
+    ]
+    frames = generate(client, upstream, "openai", body)
+    assert frames[-1] == "[DONE]" and frames[-2]["choices"][0]["finish_reason"] == "stop"
+    assert all("usage" not in f for f in frames[:-1])
+    assert "".join(p for _, p in pieces("openai", frames)) == "You said: new one"
+
+
+def test_openai_errors_and_keep_alive(upstream: FakeUpstream, client: httpx.Client) -> None:
+    upstream.push(
+        Script(fail="error_event"),
+        Script(fail_after=1, fail_mode="error_event"),
+        Script(tokens=["a"], ttft=0.2, ping_every=0.05),
+    )
+    error = {"error": {"message": "The server had an error", "type": "server_error"}}
+    first = generate(client, upstream, "openai")
+    assert first[1:] == [error] and first[0]["choices"][0]["delta"]["role"] == "assistant"
+    later = generate(client, upstream, "openai")
+    assert pieces("openai", later) == [("text", "Hello ")] and later[-1] == error
+    r = post(client, upstream, "openai")
+    assert r.content.count(b"\n\n: keep-alive\n\n") >= 2
+    assert r.content.endswith(b"data: [DONE]\n\n")
+    r = post(client, upstream, "openai", headers={})
+    assert r.json()["error"]["code"] == "invalid_api_key"
+    assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_gemini_stream_shape(upstream: FakeUpstream, client: httpx.Client) -> None:
+    upstream.push(Script(thinking=["hm"], tokens=["Hi", "!"], input_tokens=5, model="gem-fake"))
+    r = post(client, upstream, "gemini")
+    assert r.headers["content-type"] == "text/event-stream"
+    raw = r.content.split(b"\r\n\r\n")
+    assert raw[-1] == b"" and all(e.startswith(b"data: {") and b"\n" not in e for e in raw[:-1])
+    events = [json.loads(e[len(b"data: ") :]) for e in raw[:-1]]
+    assert [e["candidates"][0]["content"].get("parts") for e in events] == [
+        [{"text": "hm", "thought": True}],
+        [{"text": "Hi"}],
+        [{"text": "!"}],
+        None,
+    ]
+    assert all(e["modelVersion"] == "gem-fake" for e in events)
+    assert len({e["responseId"] for e in events}) == 1
+    assert all("finishReason" not in e["candidates"][0] for e in events[:-1])
+    assert events[-1]["candidates"][0] == {
+        "content": {"role": "model"},
+        "finishReason": "STOP",
+        "index": 0,
+    }
+    assert events[-1]["usageMetadata"] == {
+        "promptTokenCount": 5,
+        "candidatesTokenCount": 2,
+        "thoughtsTokenCount": 1,
+        "totalTokenCount": 8,
+    }
+    (rec,) = upstream.wait_for_requests(1)
+    assert (rec.path, rec.model, rec.body) == (GEMINI, "gemini-x", GEMINI_BODY)
+    assert rec.headers["x-goog-api-key"] == "g-test"
+
+
+def test_gemini_errors_and_no_keep_alive(upstream: FakeUpstream, client: httpx.Client) -> None:
+    upstream.push(
+        Script(fail_after=2, fail_mode="error_event"),
+        Script(fail_after=1, fail_mode="error_data"),
+        Script(fail="error_event"),
+        Script(tokens=["a"], ttft=0.2, ping_every=0.03),
+        Script(echo=True),
+    )
+    r = post(client, upstream, "gemini")
+    assert r.status_code == 200 and r.content.endswith(b"\r\n\r\n" + GEMINI_TAIL)
+    assert r.content.count(b"data: ") == 2
+    framed = generate(client, upstream, "gemini")
+    assert framed[-1] == {
+        "error": {
+            "code": 503,
+            "message": "The model is overloaded. Please try again later.",
+            "status": "UNAVAILABLE",
+        }
+    }
+    assert post(client, upstream, "gemini").content == GEMINI_TAIL
+    assert post(client, upstream, "gemini").content.count(b"data: ") == 2  # no pings
+    assert (
+        "".join(p for _, p in pieces("gemini", generate(client, upstream, "gemini")))
+        == "You said: hi there"
+    )
+    r = post(client, upstream, "gemini", headers={})
+    assert r.status_code == 403
+    assert r.json()["error"]["code"] == 403 and r.json()["error"]["status"] == "PERMISSION_DENIED"
+    no_sse = client.post(
+        f"{upstream.url}{GEMINI.split('?')[0]}", json=GEMINI_BODY, headers=WIRES["gemini"][2]
+    )
+    assert no_sse.status_code == 400 and no_sse.json()["error"]["status"] == "INVALID_ARGUMENT"
+
+
+def test_ollama_stream_shape_and_errors(upstream: FakeUpstream, client: httpx.Client) -> None:
+    upstream.push(
+        Script(
+            thinking=["hm"],
+            tokens=["Hi"],
+            input_tokens=4,
+            model="llama-fake",
+            stop_reason="max_tokens",
+        ),
+        Script(fail_after=1, fail_mode="error_event"),
+    )
+    r = post(client, upstream, "ollama")
+    assert r.headers["content-type"] == "application/x-ndjson"
+    assert r.content.endswith(b"}\n") and r.content.count(b"\n") == 3
+    lines = [json.loads(line) for line in r.content.splitlines()]
+    assert all(line["model"] == "llama-fake" for line in lines)
+    assert all(datetime.fromisoformat(line["created_at"]) for line in lines)
+    assert [(line["message"], line["done"]) for line in lines[:2]] == [
+        ({"role": "assistant", "content": "", "thinking": "hm"}, False),
+        ({"role": "assistant", "content": "Hi"}, False),
+    ]
+    last = lines[-1]
+    assert last["message"] == {"role": "assistant", "content": ""}
+    counts = ("done", "done_reason", "prompt_eval_count", "eval_count")
+    assert {k: last[k] for k in counts} == dict(zip(counts, (True, "length", 4, 2), strict=True))
+    durations = ("total_duration", "load_duration", "prompt_eval_duration", "eval_duration")
+    assert all(isinstance(last[k], int) and last[k] >= 0 for k in durations)
+    assert last["total_duration"] >= last["prompt_eval_duration"] + last["eval_duration"] > 0
+    failed = generate(client, upstream, "ollama")
+    assert failed[-1] == {"error": "model runner has unexpectedly stopped"}
+    assert pieces("ollama", failed) == [("text", "Hello ")]
+    first = upstream.wait_for_requests(2)[0]
+    assert (first.path, first.model, first.body) == (OLLAMA, "llama-x", OLLAMA_BODY)
+    assert "authorization" not in first.headers
+
+
+@every_wire
+def test_error_data_differs_from_error_event_only_for_gemini(
+    upstream: FakeUpstream, client: httpx.Client, wire: str
+) -> None:
+    upstream.push(*(Script(fail_after=1, fail_mode=m) for m in ("error_event", "error_data")))
+    event, data = (generate(client, upstream, wire) for _ in range(2))
+    assert "error" in data[-1]
+    assert (event[-1] == data[-1]) == (wire != "gemini")  # Gemini's error_event is unframed
+
+
+def test_requests_listing_has_the_model(upstream: FakeUpstream, client: httpx.Client) -> None:
+    for wire in WIRES:
+        generate(client, upstream, wire)
+    listed = client.get(f"{upstream.url}/_fake/requests").json()
+    assert [r["model"] for r in listed] == ["claude-x", "gpt-x", "gemini-x", "llama-x"]
+    assert Script.from_dict({"fail": "error_data", "fail_mode": "error_data"}).fail == "error_data"
