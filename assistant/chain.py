@@ -8,8 +8,9 @@ Rules (CONTRACT §4):
   A JSON caller has seen nothing until the end, so in `commit_on_first_chunk=
   False` mode even a late failure falls through; `Restart` tells the reply to
   drop the failed attempt's text.
-- A 401 before any text re-reads that provider's key once (it may have been
-  rotated) and tries the provider again before moving on.
+- A refused key (401; Gemini's 400 API_KEY_INVALID) re-reads that
+  provider's key once (it may have been rotated) and tries the provider again
+  before moving on.
 - Native thinking deltas become text wrapped in `<thinking>` tags here, so
   everything downstream sees one format.
 
@@ -143,7 +144,7 @@ class Chain:
                 return ChainFailed(error, committed=True)
             if progress.shown:
                 self.emit(Restart())
-            if error.status == 401 and not key_refreshed and self.refresh_key is not None:
+            if error.key_refused and not key_refreshed and self.refresh_key is not None:
                 # A rotated key: read it again once (a blocking call, so off the loop).
                 fresh = await asyncio.to_thread(self.refresh_key, provider)
                 if fresh is not None:

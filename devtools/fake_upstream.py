@@ -123,6 +123,7 @@ class Script:
     input_tokens: int = 12
     stop_reason: str = "end_turn"
     raw: list[bytes] | None = None
+    error_body: dict[str, Any] | None = None  # with a numeric `fail`: this body, not the format's
 
     def __post_init__(self) -> None:
         if self.fail is not None and not (self.fail.isdigit() or self.fail in FAILS):
@@ -735,7 +736,7 @@ class _Handler(BaseHTTPRequestHandler):
         if s.fail and s.fail.isdigit():
             status = int(s.fail)
             message = f"fake upstream failure {status}"
-            return self._send_json(status, fmt.error_json(status, message))
+            return self._send_json(status, s.error_body or fmt.error_json(status, message))
         if s.fail == "hang_headers":
             return self._wait(math.inf, ping=False)
         self._start_stream(fmt.content_type)

@@ -111,3 +111,25 @@ def test_an_env_var_wins_over_secret_manager(client, fake, secrets, monkeypatch)
     ask(client).get_data()
     assert fake.requests[0].headers["x-api-key"] == "env-key"
     assert secret_client.names == []
+
+
+def test_geminis_invalid_key_answer_also_rereads_the_key(
+    client, fake, secrets, monkeypatch
+) -> None:
+    os.environ.update(ASSISTANT_PROVIDERS="gemini", GEMINI_BASE_URL=fake.url)
+    _use(monkeypatch, FakeSecretClient("old-gemini-key", "new-gemini-key"))
+    invalid_key = {
+        "error": {
+            "code": 400,
+            "message": "API key not valid. Please pass a valid API key.",
+            "status": "INVALID_ARGUMENT",
+            "details": [{"reason": "API_KEY_INVALID", "domain": "googleapis.com"}],
+        }
+    }
+    fake.push(Script(fail="400", error_body=invalid_key))
+    final = sse_events(ask(client).get_data())[-2]
+    assert [r.headers["x-goog-api-key"] for r in fake.requests] == [
+        "old-gemini-key",
+        "new-gemini-key",
+    ]
+    assert "answer" in final

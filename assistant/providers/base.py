@@ -82,12 +82,15 @@ _SAFE_MESSAGES = {
 class ProviderError(Exception):
     """A provider failed. `message` is safe to show; `detail` is for the log only."""
 
-    def __init__(self, code: str, detail: str = "", status: int | None = None) -> None:
+    def __init__(
+        self, code: str, detail: str = "", status: int | None = None, key_refused: bool = False
+    ) -> None:
         super().__init__(f"{code}: {detail}" if detail else code)
         self.code = code
         self.message = _SAFE_MESSAGES[code]
         self.detail = detail
         self.status = status
+        self.key_refused = key_refused  # the provider refused our key: worth re-reading it
 
 
 def translate_http_error(exc: httpx.HTTPError) -> ProviderError:
@@ -132,8 +135,18 @@ class HttpProvider:
         async with client.stream("POST", url, json=body, headers=headers) as response:
             if response.status_code != 200:
                 detail = await read_error_body(response)
-                raise ProviderError("upstream_status", detail, status=response.status_code)
+                raise ProviderError(
+                    "upstream_status",
+                    detail,
+                    status=response.status_code,
+                    key_refused=_key_refused(response.status_code, detail),
+                )
             yield response
+
+
+def _key_refused(status: int, detail: str) -> bool:
+    # 401 everywhere; Gemini says a bad key with 400 API_KEY_INVALID.
+    return status == 401 or (status == 400 and "API_KEY_INVALID" in detail)
 
 
 # The stop reasons every provider's own are mapped to (metadata `stop_reason`).
