@@ -80,6 +80,7 @@ class GeminiProvider(HttpProvider):
         unframed: list[str] = []
         async with self._post(client, url, self._body(prompt), headers) as response:
             async for event in iter_sse(response, unframed):
+                unframed.clear()  # only what follows the last event can be the tail
                 chunk = json_object(event.data)
                 _raise_if_error(chunk)
                 model = chunk.get("modelVersion") or model
