@@ -254,15 +254,6 @@ def test_a_line_that_is_not_a_json_object_is_a_protocol_error(
     assert code_of(error) == "upstream_protocol"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG assistant/providers/ndjson.py:28-29: a body that ends cleanly in the middle of a "
-        "line is parsed as a last line and fails as upstream_protocol ('event data is not "
-        "JSON'); it is a stream that ended without done:true, i.e. upstream_incomplete "
-        "(CONTRACT §4), as the same cut gives for the SSE providers"
-    ),
-)
 def test_a_body_cut_in_the_middle_of_a_line_is_incomplete(upstream: FakeUpstream) -> None:
     data = (FIXTURES / "text_basic.ndjson").read_bytes()
     cut = data.index(b"\n") + 1 + 40  # inside the second line
