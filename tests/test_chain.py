@@ -6,7 +6,10 @@ are exercised over real HTTP without waiting for the other provider modules.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 
@@ -150,3 +153,31 @@ def test_a_body_the_parser_chokes_on_is_that_providers_failure(upstreams) -> Non
     events = _stream(_reply(upstreams, streaming=True))
     assert events[-2]["answer"] == "from second"
     assert events[-2]["metadata"]["attempts"][0]["outcome"] == "upstream_protocol"
+
+
+@pytest.fixture
+def full_backlog() -> Iterator[SimpleNamespace]:
+    """A port whose accept queue is full: the kernel drops new SYNs, so connecting hangs."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    yield SimpleNamespace(url=f"http://127.0.0.1:{port}")  # all _provider() needs
+    for sock in [*fillers, listener]:
+        sock.close()
+
+
+def test_connect_timeout_falls_through(full_backlog, upstreams, capsys) -> None:
+    _, second = upstreams
+    env = {"CONNECT_TIMEOUT_SECONDS": "0.3", "FIRST_CHUNK_TIMEOUT_SECONDS": "10"}
+    events = _stream(_reply((full_backlog, second), streaming=True, env=env))
+    assert events[-2]["answer"] == "from second"
+    assert events[-2]["metadata"]["attempts"][0]["outcome"] == "upstream_timeout"
+    assert '"detail": "connect timeout"' in capsys.readouterr().out
