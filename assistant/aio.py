@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import importlib
 import os
 import threading
 from collections.abc import Coroutine
@@ -24,6 +26,16 @@ import httpx
 from .config import Timeouts
 
 T = TypeVar("T")
+
+# The first request should not pay for what every request needs: the CA bundle
+# (~50 ms to load) and the async HTTP stack that httpx and anyio import lazily
+# (~40 ms). Both are done here, at import, before gunicorn forks its worker.
+_TLS = httpx.create_ssl_context()
+for _module in ("httpcore", "h11", "anyio.abc", "anyio.streams.tls", "anyio._backends._asyncio"):
+    with contextlib.suppress(
+        ImportError
+    ):  # a warm-up only: a renamed module costs time, not function
+        importlib.import_module(_module)
 
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
@@ -53,6 +65,7 @@ def http_client(timeouts: Timeouts) -> httpx.AsyncClient:
     client = _clients.get(timeouts)
     if client is None:
         client = httpx.AsyncClient(
+            verify=_TLS,
             timeout=httpx.Timeout(
                 connect=timeouts.connect,
                 read=timeouts.idle,  # any byte, ping included, proves the upstream alive
