@@ -11,89 +11,36 @@ Three layers:
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
+import functools
 import socket
-import time
-from collections.abc import Iterator
-from itertools import pairwise
 from pathlib import Path
 
-import httpx
 import pytest
 
-from assistant import aio
-from assistant.chain import Attempt, Chain, ChainFailed, ChainSucceeded, Chunk, Item
+from assistant.chain import ChainFailed, ChainSucceeded, Chunk
 from assistant.config import ConfigError, ProviderSettings, Timeouts
 from assistant.providers.anthropic import AnthropicProvider
-from assistant.providers.base import (
-    Event,
-    Prompt,
-    ProviderError,
-    StreamEnd,
-    TextDelta,
-    ThinkingDelta,
-    Usage,
-)
+from assistant.providers.base import Event, Prompt, StreamEnd, TextDelta, ThinkingDelta, Usage
 from assistant.request import Turn
 from devtools.fake_upstream import FakeUpstream, Script
 
+from .provider_support import (
+    anthropic_at,
+    awkward_sse_chunks,
+    one_byte_reads,
+    run_chain,
+    stream_events,
+)
+from .provider_support import anthropic_settings as settings_for
+from .provider_support import upstream_fixture as upstream_fixture  # the `upstream` fixture
+
 FIXTURES = Path(__file__).parent / "fixtures" / "anthropic"
 SONNET = "claude-sonnet-4-5-20250929"
-PROMPT = Prompt(system="Be brief.", turns=(Turn("user", "Hi there"),))
-
-
-@pytest.fixture
-def upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream(default=Script()) as fake:
-        yield fake
-
-
-def settings_for(url: str, **changes: object) -> ProviderSettings:
-    base = ProviderSettings(
-        name="anthropic",
-        base_url=url,
-        model="claude-test",
-        key_name="ANTHROPIC_API_KEY",
-        max_tokens=1024,
-        temperature=None,
-        thinking=False,
-        thinking_budget=2048,
-    )
-    return dataclasses.replace(base, **changes)
-
-
-def run_provider(
-    settings: ProviderSettings, prompt: Prompt = PROMPT
-) -> tuple[list[Event], ProviderError | None]:
-    """Everything the provider yielded, and the ProviderError it ended with (if any)."""
-
-    async def collect() -> tuple[list[Event], ProviderError | None]:
-        events: list[Event] = []
-        async with httpx.AsyncClient(timeout=5) as client:
-            try:
-                async for event in AnthropicProvider(settings, "test-key").stream(client, prompt):
-                    events.append(event)
-            except ProviderError as error:
-                return events, error
-        return events, None
-
-    return asyncio.run(collect())
+# Everything an AnthropicProvider yielded, and the ProviderError it ended with (if any).
+run_provider = functools.partial(stream_events, AnthropicProvider)
 
 
 # -- a. recorded-style streams -----------------------------------------------------------
-
-
-def awkward_chunks(data: bytes) -> list[bytes]:
-    """The bytes cut mid-line, between CR and LF, inside a UTF-8 character, and mid-file."""
-    cuts = {data.index(b"data: ") + 3, len(data) // 2, len(data) - 5}
-    if b"\r\n" in data:
-        cuts.add(data.index(b"\r\n") + 1)
-    first_multibyte = next((i for i, byte in enumerate(data) if byte >= 0xC0), None)
-    if first_multibyte is not None:
-        cuts.add(first_multibyte + 1)
-    bounds = [0, *sorted(cut for cut in cuts if 0 < cut < len(data)), len(data)]
-    return [data[start:end] for start, end in pairwise(bounds)]
 
 
 REPLAYS: dict[str, tuple[list[Event], str | None]] = {
@@ -178,7 +125,7 @@ def test_crlf_fixture_really_has_crlf_line_ends() -> None:
 @pytest.mark.parametrize("name", sorted(REPLAYS))
 def test_fixture_replay(upstream: FakeUpstream, name: str) -> None:
     data = (FIXTURES / name).read_bytes()
-    chunks = awkward_chunks(data)
+    chunks = awkward_sse_chunks(data)
     assert b"".join(chunks) == data and len(chunks) >= 3
     upstream.push(Script(raw=chunks, interval=0.01))  # a pause so each piece is its own read
 
@@ -193,7 +140,7 @@ def test_fixture_replay(upstream: FakeUpstream, name: str) -> None:
 
 def test_fixture_replay_one_byte_per_http_chunk(upstream: FakeUpstream) -> None:
     data = (FIXTURES / "thinking.sse").read_bytes()
-    upstream.push(Script(raw=[data[i : i + 1] for i in range(len(data))]))
+    upstream.push(Script(raw=one_byte_reads(data)))
     events, error = run_provider(settings_for(upstream.url))
     assert error is None
     assert events == REPLAYS["thinking.sse"][0]
@@ -356,41 +303,6 @@ def test_inline_thinking_passes_through_as_text(upstream: FakeUpstream) -> None:
 # -- c. through the chain, on the I/O loop ------------------------------------------------
 
 
-@dataclasses.dataclass
-class ChainRun:
-    items: list[Item]
-    chain: Chain
-    errors: list[ProviderError | None]
-    seconds: float
-
-    @property
-    def outcomes(self) -> list[str]:
-        return [attempt.outcome for attempt in self.chain.attempts]
-
-    @property
-    def text(self) -> str:
-        return "".join(item.text for item in self.items if isinstance(item, Chunk))
-
-
-def run_chain(providers: list[AnthropicProvider], timeouts: Timeouts, wait: float = 10) -> ChainRun:
-    items: list[Item] = []
-    errors: list[ProviderError | None] = []
-
-    def on_attempt(attempt: Attempt, error: ProviderError | None) -> None:
-        errors.append(error)
-
-    chain = Chain(providers, PROMPT, timeouts, items.append, on_attempt=on_attempt)
-    started = time.monotonic()
-    aio.submit(chain.run()).result(timeout=wait)
-    return ChainRun(items, chain, errors, time.monotonic() - started)
-
-
-def provider_at(url: str, name: str = "anthropic") -> AnthropicProvider:
-    provider = AnthropicProvider(settings_for(url), "test-key")
-    provider.name = name
-    return provider
-
-
 @pytest.mark.parametrize(
     "script",
     [
@@ -401,7 +313,7 @@ def provider_at(url: str, name: str = "anthropic") -> AnthropicProvider:
 )
 def test_no_first_chunk_in_time_is_a_timeout(upstream: FakeUpstream, script: Script) -> None:
     upstream.push(script)
-    run = run_chain([provider_at(upstream.url)], Timeouts(connect=1, first_chunk=0.3, idle=5))
+    run = run_chain([anthropic_at(upstream.url)], Timeouts(connect=1, first_chunk=0.3, idle=5))
 
     assert run.items == [ChainFailed(None, committed=False)]
     assert run.outcomes == ["upstream_timeout"]
@@ -414,7 +326,7 @@ def test_no_first_chunk_in_time_is_a_timeout(upstream: FakeUpstream, script: Scr
 def test_slow_but_live_stream_is_not_cut(upstream: FakeUpstream) -> None:
     tokens = [f"t{i} " for i in range(10)]
     upstream.push(Script(tokens=tokens, interval=0.2))
-    run = run_chain([provider_at(upstream.url)], Timeouts(connect=1, first_chunk=0.5, idle=1))
+    run = run_chain([anthropic_at(upstream.url)], Timeouts(connect=1, first_chunk=0.5, idle=1))
 
     assert run.items[-1] == ChainSucceeded()
     assert run.text == "".join(tokens)
@@ -428,14 +340,14 @@ def test_closed_port_is_unreachable() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    run = run_chain([provider_at(f"http://127.0.0.1:{port}")], Timeouts(1, 1, 1))
+    run = run_chain([anthropic_at(f"http://127.0.0.1:{port}")], Timeouts(1, 1, 1))
     assert run.items == [ChainFailed(None, committed=False)]
     assert run.outcomes == ["upstream_unreachable"]
 
 
 def test_idle_gap_after_the_first_chunk_fails_committed(upstream: FakeUpstream) -> None:
     upstream.push(Script(tokens=["one ", "two ", "three "], fail_after=2, fail_mode="hang"))
-    run = run_chain([provider_at(upstream.url)], Timeouts(connect=1, first_chunk=5, idle=0.3))
+    run = run_chain([anthropic_at(upstream.url)], Timeouts(connect=1, first_chunk=5, idle=0.3))
 
     assert run.items[:-1] == [Chunk("one "), Chunk("two ")]
     failed = run.items[-1]
@@ -448,7 +360,7 @@ def test_idle_gap_after_the_first_chunk_fails_committed(upstream: FakeUpstream) 
 
 def test_failure_before_text_falls_through(upstream: FakeUpstream) -> None:
     upstream.push(Script(fail="500"), Script(fail="no_text"), Script(tokens=["from ", "third"]))
-    providers = [provider_at(upstream.url, name) for name in ("first", "second", "third")]
+    providers = [anthropic_at(upstream.url, name) for name in ("first", "second", "third")]
     run = run_chain(providers, Timeouts(connect=1, first_chunk=2, idle=2))
 
     assert run.items == [Chunk("from "), Chunk("third"), ChainSucceeded()]
@@ -459,6 +371,6 @@ def test_failure_before_text_falls_through(upstream: FakeUpstream) -> None:
 
 def test_native_thinking_is_tagged_by_the_chain(upstream: FakeUpstream) -> None:
     upstream.push(Script(thinking=["weigh ", "options"], tokens=["Done."]))
-    run = run_chain([provider_at(upstream.url)], Timeouts(connect=1, first_chunk=2, idle=2))
+    run = run_chain([anthropic_at(upstream.url)], Timeouts(connect=1, first_chunk=2, idle=2))
     assert run.text == "<thinking>weigh options</thinking>Done."
     assert run.items[-1] == ChainSucceeded()

@@ -13,92 +13,46 @@ Three layers, as in test_anthropic.py:
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import ssl
+import functools
 import time
-from collections.abc import Iterator
-from itertools import pairwise
 from pathlib import Path
 
-import httpx
 import pytest
 
-from assistant import aio
-from assistant.chain import Attempt, Chain, ChainFailed, ChainSucceeded, Chunk, Item
+from assistant.chain import ChainFailed, ChainSucceeded, Chunk
 from assistant.config import ProviderSettings, Timeouts
-from assistant.providers.anthropic import AnthropicProvider
-from assistant.providers.base import (
-    Event,
-    Prompt,
-    Provider,
-    ProviderError,
-    StreamEnd,
-    TextDelta,
-    ThinkingDelta,
-    Usage,
-    translate_http_error,
-)
+from assistant.providers.base import Event, Prompt, StreamEnd, TextDelta, ThinkingDelta, Usage
 from assistant.providers.gemini import GeminiProvider
 from assistant.request import Turn
 from devtools.fake_upstream import FakeUpstream, Script
 
+from .provider_support import (
+    anthropic_at,
+    first_multibyte,
+    named,
+    one_byte_reads,
+    provider_settings,
+    run_chain,
+    split_at,
+    sse_cuts,
+    stream_events,
+)
+from .provider_support import upstream_fixture as upstream_fixture  # the `upstream` fixture
+
 FIXTURES = Path(__file__).parent / "fixtures" / "gemini"
 FLASH_20 = "gemini-2.0-flash"
 FLASH_25 = "gemini-2.5-flash"
-PROMPT = Prompt(system="Be brief.", turns=(Turn("user", "Hi there"),))
-# Built once: loading the CA bundle for every client would cost ~40 ms per test (loopback is HTTP).
-TLS = ssl.create_default_context()
 SAFE_STATUS_MESSAGE = "The model provider refused the request."
 SAFE_ERROR_MESSAGE = "The model provider reported an error."
 
 
-@pytest.fixture
-def upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream(default=Script()) as fake:
-        yield fake
-
-
 def settings_for(url: str, **changes: object) -> ProviderSettings:
-    base = ProviderSettings(
-        name="gemini",
-        base_url=url,
-        model="gemini-test",
-        key_name="GEMINI_API_KEY",
-        max_tokens=1024,
-        temperature=None,
-        thinking=False,
-        thinking_budget=2048,
-    )
-    return dataclasses.replace(base, **changes)
+    return provider_settings("gemini", url, "gemini-test", "GEMINI_API_KEY", **changes)
 
 
-def run_provider(
-    settings: ProviderSettings,
-    prompt: Prompt = PROMPT,
-    key: str = "test-key",
-    read_timeout: float = 5,
-) -> tuple[list[Event], ProviderError | None]:
-    """Everything the provider yielded, and the ProviderError it ended with (if any).
-
-    httpx errors escape a provider on purpose (the chain translates them in one
-    place); they are translated here the same way.
-    """
-
-    async def collect() -> tuple[list[Event], ProviderError | None]:
-        events: list[Event] = []
-        timeout = httpx.Timeout(5, read=read_timeout)
-        async with httpx.AsyncClient(timeout=timeout, verify=TLS) as client:
-            try:
-                async for event in GeminiProvider(settings, key).stream(client, prompt):
-                    events.append(event)
-            except ProviderError as error:
-                return events, error
-            except httpx.HTTPError as exc:
-                return events, translate_http_error(exc)
-        return events, None
-
-    return asyncio.run(collect())
+# Everything a GeminiProvider yielded, and the ProviderError it ended with (if any).
+run_provider = functools.partial(stream_events, GeminiProvider)
 
 
 # -- a. recorded-style streams -----------------------------------------------------------
@@ -106,18 +60,17 @@ def run_provider(
 
 def awkward_chunks(data: bytes) -> list[bytes]:
     """The bytes cut mid-field, inside CR LF CR LF, inside a UTF-8 character, in the tail."""
-    cuts = {data.index(b"data: ") + 3, len(data) // 2, len(data) - 5}
+    cuts = sse_cuts(data)
     separator = data.find(b"\r\n\r\n")
     if separator >= 0:
         cuts |= {separator + 1, separator + 2, separator + 3}  # CR|LF, CRLF|CRLF, CR|LF
-    first_multibyte = next((i for i, byte in enumerate(data) if byte >= 0xC0), None)
-    if first_multibyte is not None:
-        cuts |= {first_multibyte + 1, first_multibyte + 2}
+    start = first_multibyte(data)
+    if start is not None:
+        cuts |= {start + 1, start + 2}
     tail = data.find(b'"error"')
     if tail >= 0:
         cuts.add(tail + 4)
-    bounds = [0, *sorted(cut for cut in cuts if 0 < cut < len(data)), len(data)]
-    return [data[start:end] for start, end in pairwise(bounds)]
+    return split_at(data, cuts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,7 +221,7 @@ def test_error_detail_names_the_upstream_reason(
 @pytest.mark.parametrize("name", ["thinking.sse", "error_tail.sse", "text_basic.sse"])
 def test_fixture_replay_one_byte_per_http_chunk(upstream: FakeUpstream, name: str) -> None:
     data = (FIXTURES / name).read_bytes()
-    upstream.push(Script(raw=[data[i : i + 1] for i in range(len(data))]))
+    upstream.push(Script(raw=one_byte_reads(data)))
     events, error = run_provider(settings_for(upstream.url))
     assert events == REPLAYS[name].events
     assert (error.code if error else None) == REPLAYS[name].code
@@ -568,44 +521,8 @@ def test_fail_after_beyond_the_reply_never_fires(upstream: FakeUpstream) -> None
 # -- c. through the chain, on the I/O loop ------------------------------------------------
 
 
-@dataclasses.dataclass
-class ChainRun:
-    items: list[Item]
-    chain: Chain
-    errors: list[ProviderError | None]
-    seconds: float
-
-    @property
-    def outcomes(self) -> list[str]:
-        return [attempt.outcome for attempt in self.chain.attempts]
-
-    @property
-    def text(self) -> str:
-        return "".join(item.text for item in self.items if isinstance(item, Chunk))
-
-
-def run_chain(providers: list[Provider], timeouts: Timeouts, wait: float = 10) -> ChainRun:
-    items: list[Item] = []
-    errors: list[ProviderError | None] = []
-
-    def on_attempt(attempt: Attempt, error: ProviderError | None) -> None:
-        errors.append(error)
-
-    chain = Chain(providers, PROMPT, timeouts, items.append, on_attempt=on_attempt)
-    started = time.monotonic()
-    aio.submit(chain.run()).result(timeout=wait)
-    return ChainRun(items, chain, errors, time.monotonic() - started)
-
-
 def gemini_at(url: str, name: str = "gemini") -> GeminiProvider:
-    provider = GeminiProvider(settings_for(url), "test-key")
-    provider.name = name
-    return provider
-
-
-def anthropic_at(url: str) -> AnthropicProvider:
-    settings = settings_for(url, name="anthropic", model="claude-test", key_name="X")
-    return AnthropicProvider(settings, "test-key")
+    return named(GeminiProvider(settings_for(url), "test-key"), name)
 
 
 @pytest.mark.parametrize(

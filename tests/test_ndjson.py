@@ -10,32 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import pytest
 
 from assistant.providers.base import ProviderError
 from assistant.providers.ndjson import iter_ndjson
 
+from .provider_support import chunked_response, one_byte_reads, utf8_split_cases
+
 NDJSON = "application/x-ndjson"
-
-
-class ChunkStream(httpx.AsyncByteStream):
-    """The body arrives in exactly these reads."""
-
-    def __init__(self, chunks: list[bytes]) -> None:
-        self._chunks = chunks
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for chunk in self._chunks:
-            yield chunk
 
 
 def decode(chunks: list[bytes]) -> list[dict[str, Any]]:
     async def collect() -> list[dict[str, Any]]:
-        response = httpx.Response(200, headers={"content-type": NDJSON}, stream=ChunkStream(chunks))
+        response = chunked_response(chunks, NDJSON)
         return [obj async for obj in iter_ndjson(response)]
 
     return asyncio.run(collect())
@@ -46,17 +35,13 @@ def decode_until_error(chunks: list[bytes]) -> tuple[list[dict[str, Any]], Provi
     seen: list[dict[str, Any]] = []
 
     async def collect() -> None:
-        response = httpx.Response(200, headers={"content-type": NDJSON}, stream=ChunkStream(chunks))
+        response = chunked_response(chunks, NDJSON)
         async for obj in iter_ndjson(response):
             seen.append(obj)
 
     with pytest.raises(ProviderError) as caught:
         asyncio.run(collect())
     return seen, caught.value
-
-
-def one_byte_reads(raw: bytes) -> list[bytes]:
-    return [raw[i : i + 1] for i in range(len(raw))]
 
 
 def line(obj: dict[str, Any]) -> bytes:
@@ -112,18 +97,7 @@ def test_empty_reads_are_harmless() -> None:
 # -- UTF-8 and characters that are not line ends ----------------------------------------
 
 
-@pytest.mark.parametrize(
-    "chunks, expected",
-    [
-        pytest.param([b'{"t":"caf\xc3', b'\xa9"}\n'], "café", id="e-acute-two-reads"),
-        pytest.param([b'{"t":"\xe2', b"\x82", b'\xac"}\n'], "€", id="euro-three-reads"),
-        pytest.param([b'{"t":"\xf0\x9f', b"\x98", b'\x80!"}\n'], "😀!", id="emoji-three-reads"),
-        pytest.param([b'{"t":"\xf0', b"\x9f", b"\x98", b'\x80"}\n'], "😀", id="emoji-four-reads"),
-        pytest.param(
-            [b'{"t":"\xe2\x82\xac\xe2', b"\x82\xac\xe2\x82", b'\xac"}\n'], "€€€", id="in-a-row"
-        ),
-    ],
-)
+@pytest.mark.parametrize("chunks, expected", utf8_split_cases(b'{"t":"', b'"}\n'))
 def test_utf8_split_across_reads(chunks: list[bytes], expected: str) -> None:
     assert decode(chunks) == [{"t": expected}]
 

@@ -13,89 +13,54 @@ Four layers:
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import functools
 import os
-import time
-from collections.abc import Callable, Iterator
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from assistant import aio
-from assistant.chain import Chain, ChainFailed, ChainSucceeded, Chunk, Item
+from assistant.chain import ChainFailed, ChainSucceeded, Chunk
 from assistant.config import ProviderSettings, Settings, Timeouts
 from assistant.providers import configured_providers, with_fresh_key
-from assistant.providers.anthropic import AnthropicProvider
 from assistant.providers.base import (
     Event,
     Prompt,
-    Provider,
     ProviderError,
     StreamEnd,
     TextDelta,
     ThinkingDelta,
     Usage,
-    translate_http_error,
 )
 from assistant.providers.ollama import OllamaProvider
 from assistant.request import Turn
 from devtools.fake_upstream import FAIL_MODES, FakeUpstream, Script
 
 from .conftest import ask, sse_events
+from .provider_support import (
+    FAIL_CODES,
+    FAIL_MODE_CODES,
+    FAKE_MODEL,
+    anthropic_at,
+    first_multibyte,
+    named,
+    one_byte_reads,
+    provider_settings,
+    run_chain,
+    split_at,
+    stream_events,
+)
+from .provider_support import upstream_fixture as upstream_fixture  # the `upstream` fixture
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ollama"
-PROMPT = Prompt(system="Be brief.", turns=(Turn("user", "Hi there"),))
-FAKE_MODEL = "fake-claude"  # what every script reports unless it says otherwise
-
-
-@pytest.fixture
-def upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream(default=Script()) as fake:
-        yield fake
 
 
 def settings_for(url: str, **changes: object) -> ProviderSettings:
-    base = ProviderSettings(
-        name="ollama",
-        base_url=url,
-        model="llama3.2",
-        key_name="",
-        max_tokens=1024,
-        temperature=None,
-        thinking=False,
-        thinking_budget=2048,
-    )
-    return dataclasses.replace(base, **changes)
+    return provider_settings("ollama", url, "llama3.2", "", **changes)
 
 
-def run_provider(
-    settings: ProviderSettings, prompt: Prompt = PROMPT, read_timeout: float = 5
-) -> tuple[list[Event], ProviderError | None]:
-    """Everything the provider yielded, and the ProviderError it ended with (if any).
-
-    httpx's own exceptions (a dropped connection, a read timeout) leave the provider
-    as they are; the chain translates them with `translate_http_error`, and so does this.
-    """
-
-    async def collect() -> tuple[list[Event], ProviderError | None]:
-        events: list[Event] = []
-        timeout = httpx.Timeout(5, read=read_timeout)
-        async with httpx.AsyncClient(timeout=timeout) as client:
-            try:
-                async for event in OllamaProvider(settings, "").stream(client, prompt):
-                    events.append(event)
-            except ProviderError as error:
-                return events, error
-            except httpx.HTTPError as exc:
-                return events, translate_http_error(exc)
-        return events, None
-
-    return asyncio.run(collect())
+# Everything an OllamaProvider (no key) yielded, and the ProviderError it ended with (if any).
+run_provider = functools.partial(stream_events, OllamaProvider, key="")
 
 
 def code_of(error: ProviderError | None) -> str | None:
@@ -114,13 +79,12 @@ def awkward_chunks(data: bytes) -> list[bytes]:
         len(data) // 2,
         len(data) - 5,
     }
-    first_multibyte = next((i for i, byte in enumerate(data) if byte >= 0xC0), None)
-    if first_multibyte is not None:
-        cuts.add(first_multibyte + 1)
+    start = first_multibyte(data)
+    if start is not None:
+        cuts.add(start + 1)
     if b"\xe2\x80\xa8" in data:  # U+2028, cut inside it
         cuts.add(data.index(b"\xe2\x80\xa8") + 2)
-    bounds = [0, *sorted(cut for cut in cuts if 0 < cut < len(data)), len(data)]
-    return [data[start:end] for start, end in pairwise(bounds)]
+    return split_at(data, cuts)
 
 
 REPLAYS: dict[str, tuple[list[Event], str | None]] = {
@@ -211,7 +175,7 @@ def test_the_upstream_error_text_is_kept_for_the_log_only(upstream: FakeUpstream
 
 def test_fixture_replay_one_byte_per_http_chunk(upstream: FakeUpstream) -> None:
     data = (FIXTURES / "thinking.ndjson").read_bytes()
-    upstream.push(Script(raw=[data[i : i + 1] for i in range(len(data))]))
+    upstream.push(Script(raw=one_byte_reads(data)))
     events, error = run_provider(settings_for(upstream.url))
     assert error is None
     assert events == REPLAYS["thinking.ndjson"][0]
@@ -409,15 +373,9 @@ def test_inline_thinking_passes_through_as_text(upstream: FakeUpstream) -> None:
 
 # Every `fail` the fake knows, before any piece. hang / hang_headers end on the read timeout.
 FAILS_BEFORE_TEXT: dict[str, tuple[list[Event], str | None]] = {
-    "error_event": ([], "upstream_error"),
-    "error_data": ([], "upstream_error"),
-    "hang": ([], "upstream_timeout"),
-    "hang_headers": ([], "upstream_timeout"),
-    "empty": ([], "upstream_incomplete"),
+    **{fail: ([], code) for fail, code in FAIL_CODES.items()},
     # A clean end with no text: the provider reports it; the chain calls it empty.
     "no_text": ([StreamEnd("end_turn", Usage(12, 0), FAKE_MODEL)], None),
-    "cut": ([], "upstream_incomplete"),
-    "no_stop": ([], "upstream_incomplete"),
 }
 
 
@@ -436,21 +394,12 @@ def test_failure_before_text(upstream: FakeUpstream, fail: str) -> None:
     assert code_of(error) == expected_code
 
 
-MODE_CODES = {
-    "error_event": "upstream_error",
-    "error_data": "upstream_error",
-    "cut": "upstream_incomplete",
-    "hang": "upstream_timeout",
-    "no_stop": "upstream_incomplete",
-}
-
-
 def test_every_fail_mode_is_covered() -> None:
-    assert sorted(MODE_CODES) == sorted(FAIL_MODES)
+    assert sorted(FAIL_MODE_CODES) == sorted(FAIL_MODES)
 
 
 @pytest.mark.parametrize("fail_after", [0, 2, 3], ids=["before-any", "mid", "after-last"])
-@pytest.mark.parametrize("fail_mode", sorted(MODE_CODES))
+@pytest.mark.parametrize("fail_mode", sorted(FAIL_MODE_CODES))
 def test_failure_after_text_keeps_the_text(
     upstream: FakeUpstream, fail_mode: str, fail_after: int
 ) -> None:
@@ -458,7 +407,7 @@ def test_failure_after_text_keeps_the_text(
     upstream.push(Script(tokens=tokens, fail_after=fail_after, fail_mode=fail_mode))
     events, error = run_provider(settings_for(upstream.url), read_timeout=0.2)
     assert events == [TextDelta(token) for token in tokens[:fail_after]]
-    assert code_of(error) == MODE_CODES[fail_mode]
+    assert code_of(error) == FAIL_MODE_CODES[fail_mode]
 
 
 def test_fail_after_counts_thinking_pieces(upstream: FakeUpstream) -> None:
@@ -482,44 +431,8 @@ def test_fail_after_beyond_the_reply_never_fires(upstream: FakeUpstream) -> None
 # -- c. through the chain, on the I/O loop ------------------------------------------------
 
 
-@dataclasses.dataclass
-class ChainRun:
-    items: list[Item]
-    chain: Chain
-    seconds: float
-
-    @property
-    def outcomes(self) -> list[str]:
-        return [attempt.outcome for attempt in self.chain.attempts]
-
-    @property
-    def text(self) -> str:
-        return "".join(item.text for item in self.items if isinstance(item, Chunk))
-
-
-def run_chain(
-    providers: list[Provider],
-    timeouts: Timeouts,
-    refresh_key: Callable[[Provider], Provider | None] | None = None,
-) -> ChainRun:
-    items: list[Item] = []
-    chain = Chain(providers, PROMPT, timeouts, items.append, refresh_key=refresh_key)
-    started = time.monotonic()
-    aio.submit(chain.run()).result(timeout=10)
-    return ChainRun(items, chain, time.monotonic() - started)
-
-
 def ollama_at(url: str, name: str = "ollama") -> OllamaProvider:
-    provider = OllamaProvider(settings_for(url), "")
-    provider.name = name
-    return provider
-
-
-def anthropic_at(url: str) -> AnthropicProvider:
-    settings = dataclasses.replace(
-        settings_for(url), name="anthropic", model="claude-test", key_name="ANTHROPIC_API_KEY"
-    )
-    return AnthropicProvider(settings, "test-key")
+    return named(OllamaProvider(settings_for(url), ""), name)
 
 
 @pytest.mark.parametrize(

@@ -16,105 +16,52 @@ Three layers, as in tests/test_anthropic.py:
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
-import time
-from collections.abc import Iterator
-from itertools import pairwise
+import functools
 from pathlib import Path
 
-import httpx
 import pytest
 
-from assistant import aio
-from assistant.chain import Attempt, Chain, ChainFailed, ChainSucceeded, Chunk, Item
+from assistant.chain import ChainFailed, ChainSucceeded, Chunk
 from assistant.config import ProviderSettings, Timeouts
-from assistant.providers.anthropic import AnthropicProvider
 from assistant.providers.base import (
     Event,
     Prompt,
     Provider,
-    ProviderError,
     StreamEnd,
     TextDelta,
     ThinkingDelta,
     Usage,
-    translate_http_error,
 )
 from assistant.providers.openai import OpenAIProvider
 from assistant.request import Turn
 from devtools.fake_upstream import FAIL_MODES, FAILS, FakeUpstream, Script
 
+from .provider_support import (
+    FAIL_CODES,
+    FAIL_MODE_CODES,
+    FAKE_MODEL,
+    anthropic_at,
+    awkward_sse_chunks,
+    named,
+    one_byte_reads,
+    provider_settings,
+    run_chain,
+    stream_events,
+)
+from .provider_support import upstream_fixture as upstream_fixture  # the `upstream` fixture
+
 FIXTURES = Path(__file__).parent / "fixtures" / "openai"
-PROMPT = Prompt(system="Be brief.", turns=(Turn("user", "Hi there"),))
-FAKE_MODEL = "fake-claude"  # what the fake reports unless a script says otherwise
-
-
-@pytest.fixture
-def upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream(default=Script()) as fake:
-        yield fake
 
 
 def settings_for(url: str, **changes: object) -> ProviderSettings:
-    base = ProviderSettings(
-        name="openai",
-        base_url=f"{url}/v1",
-        model="gpt-test",
-        key_name="OPENAI_API_KEY",
-        max_tokens=1024,
-        temperature=None,
-        thinking=False,
-        thinking_budget=2048,
-    )
-    return dataclasses.replace(base, **changes)
+    return provider_settings("openai", f"{url}/v1", "gpt-test", "OPENAI_API_KEY", **changes)
 
 
-def run_provider(
-    settings: ProviderSettings,
-    prompt: Prompt = PROMPT,
-    key: str = "test-key",
-    read_timeout: float = 5,
-) -> tuple[list[Event], ProviderError | None]:
-    """Everything the provider yielded, and the ProviderError it ended with (if any).
-
-    httpx errors escape a provider by design (the chain translates them), so
-    they are translated here the same way.
-    """
-
-    async def collect() -> tuple[list[Event], ProviderError | None]:
-        events: list[Event] = []
-        timeout = httpx.Timeout(5, read=read_timeout)
-        # Plain HTTP on loopback: no certificate store to load (it costs ~50 ms a client).
-        async with httpx.AsyncClient(timeout=timeout, verify=False) as client:
-            try:
-                async for event in OpenAIProvider(settings, key).stream(client, prompt):
-                    events.append(event)
-            except ProviderError as error:
-                return events, error
-            except httpx.HTTPError as exc:
-                return events, translate_http_error(exc)
-        return events, None
-
-    return asyncio.run(collect())
+# Everything an OpenAIProvider yielded, and the ProviderError it ended with (if any).
+run_provider = functools.partial(stream_events, OpenAIProvider)
 
 
 # -- a. recorded-style streams -----------------------------------------------------------
-
-
-def awkward_chunks(data: bytes) -> list[bytes]:
-    """The bytes cut mid-line, between CR and LF, inside a UTF-8 character, inside
-    `[DONE]`, and mid-file."""
-    cuts = {data.index(b"data: ") + 3, len(data) // 2, len(data) - 5}
-    if b"\r\n" in data:
-        cuts.add(data.index(b"\r\n") + 1)
-    first_multibyte = next((i for i, byte in enumerate(data) if byte >= 0xC0), None)
-    if first_multibyte is not None:
-        cuts.add(first_multibyte + 1)
-    if b"[DONE]" in data:
-        cuts.add(data.index(b"[DONE]") + 3)
-    bounds = [0, *sorted(cut for cut in cuts if 0 < cut < len(data)), len(data)]
-    return [data[start:end] for start, end in pairwise(bounds)]
 
 
 REPLAYS: dict[str, tuple[list[Event], str | None]] = {
@@ -262,7 +209,7 @@ def test_crlf_fixture_really_has_crlf_line_ends() -> None:
 @pytest.mark.parametrize("name", sorted(REPLAYS))
 def test_fixture_replay(upstream: FakeUpstream, name: str) -> None:
     data = (FIXTURES / name).read_bytes()
-    chunks = awkward_chunks(data)
+    chunks = awkward_sse_chunks(data)
     assert b"".join(chunks) == data and len(chunks) >= 3
     upstream.push(Script(raw=chunks, interval=0.01))  # a pause so each piece is its own read
 
@@ -286,7 +233,7 @@ def test_fixture_replay(upstream: FakeUpstream, name: str) -> None:
 @pytest.mark.parametrize("name", ["text_crlf.sse", "reasoning_openrouter.sse"])
 def test_fixture_replay_one_byte_per_http_chunk(upstream: FakeUpstream, name: str) -> None:
     data = (FIXTURES / name).read_bytes()
-    upstream.push(Script(raw=[data[i : i + 1] for i in range(len(data))]))
+    upstream.push(Script(raw=one_byte_reads(data)))
     events, error = run_provider(settings_for(upstream.url))
     assert error is None
     assert events == REPLAYS[name][0]
@@ -490,11 +437,7 @@ def test_inline_thinking_passes_through_as_text(upstream: FakeUpstream) -> None:
 # Every `fail` of the fake, before any text (the fake has sent its role chunk already,
 # except for hang_headers and empty). Hangs meet the client's read timeout.
 FAIL_EXPECTATIONS: dict[str, tuple[list[Event], str | None]] = {
-    "error_event": ([], "upstream_error"),
-    "error_data": ([], "upstream_error"),
-    "hang": ([], "upstream_timeout"),
-    "hang_headers": ([], "upstream_timeout"),
-    "empty": ([], "upstream_incomplete"),
+    **{fail: ([], code) for fail, code in FAIL_CODES.items()},
     # A clean end with no deltas: the provider reports it; the chain calls it empty.
     "no_text": (
         [
@@ -504,8 +447,6 @@ FAIL_EXPECTATIONS: dict[str, tuple[list[Event], str | None]] = {
         ],
         None,
     ),
-    "cut": ([], "upstream_incomplete"),
-    "no_stop": ([], "upstream_incomplete"),
 }
 
 
@@ -522,21 +463,14 @@ def test_fake_failure(upstream: FakeUpstream, fail: str) -> None:
     assert (error.code if error else None) == expected_code
 
 
-MODE_CODES = {
-    "error_event": "upstream_error",
-    "error_data": "upstream_error",
-    "cut": "upstream_incomplete",
-    "hang": "upstream_timeout",
-    "no_stop": "upstream_incomplete",
-}
 TOKENS = ["a ", "b ", "c "]
 
 
 def test_every_fail_mode_has_an_expectation() -> None:
-    assert sorted(MODE_CODES) == sorted(FAIL_MODES)
+    assert sorted(FAIL_MODE_CODES) == sorted(FAIL_MODES)
 
 
-@pytest.mark.parametrize("fail_mode", sorted(MODE_CODES))
+@pytest.mark.parametrize("fail_mode", sorted(FAIL_MODE_CODES))
 @pytest.mark.parametrize("fail_after", [0, 2, 3, 4])
 def test_fail_after(upstream: FakeUpstream, fail_after: int, fail_mode: str) -> None:
     upstream.push(Script(tokens=TOKENS, fail_after=fail_after, fail_mode=fail_mode))
@@ -549,7 +483,7 @@ def test_fail_after(upstream: FakeUpstream, fail_after: int, fail_mode: str) -> 
         assert events == [*texts, StreamEnd("end_turn", usage, FAKE_MODEL)]
     else:  # fail_after == len(TOKENS) fires after the last delta, before the finish
         assert events == texts[:fail_after]
-        assert error is not None and error.code == MODE_CODES[fail_mode]
+        assert error is not None and error.code == FAIL_MODE_CODES[fail_mode]
 
 
 def test_failure_after_thinking_keeps_the_thinking(upstream: FakeUpstream) -> None:
@@ -562,46 +496,8 @@ def test_failure_after_thinking_keeps_the_thinking(upstream: FakeUpstream) -> No
 # -- c. through the chain, on the I/O loop ------------------------------------------------
 
 
-@dataclasses.dataclass
-class ChainRun:
-    items: list[Item]
-    chain: Chain
-    errors: list[ProviderError | None]
-    seconds: float
-
-    @property
-    def outcomes(self) -> list[str]:
-        return [attempt.outcome for attempt in self.chain.attempts]
-
-    @property
-    def text(self) -> str:
-        return "".join(item.text for item in self.items if isinstance(item, Chunk))
-
-
-def run_chain(providers: list[Provider], timeouts: Timeouts, wait: float = 10) -> ChainRun:
-    items: list[Item] = []
-    errors: list[ProviderError | None] = []
-
-    def on_attempt(attempt: Attempt, error: ProviderError | None) -> None:
-        errors.append(error)
-
-    chain = Chain(providers, PROMPT, timeouts, items.append, on_attempt=on_attempt)
-    started = time.monotonic()
-    aio.submit(chain.run()).result(timeout=wait)
-    return ChainRun(items, chain, errors, time.monotonic() - started)
-
-
 def provider_at(url: str, name: str = "openai") -> OpenAIProvider:
-    provider = OpenAIProvider(settings_for(url), "test-key")
-    provider.name = name
-    return provider
-
-
-def anthropic_at(url: str) -> AnthropicProvider:
-    settings = dataclasses.replace(
-        settings_for(url), name="anthropic", base_url=url, key_name="ANTHROPIC_API_KEY"
-    )
-    return AnthropicProvider(settings, "test-key")
+    return named(OpenAIProvider(settings_for(url), "test-key"), name)
 
 
 @pytest.mark.parametrize(
@@ -719,7 +615,7 @@ def test_native_thinking_is_tagged_by_the_chain(upstream: FakeUpstream) -> None:
 
 def test_recorded_reasoning_stream_through_the_chain(upstream: FakeUpstream) -> None:
     data = (FIXTURES / "reasoning_content.sse").read_bytes()
-    upstream.push(Script(raw=awkward_chunks(data), interval=0.01))
+    upstream.push(Script(raw=awkward_sse_chunks(data), interval=0.01))
     run = run_chain([provider_at(upstream.url)], Timeouts(connect=1, first_chunk=2, idle=2))
 
     assert run.items[-1] == ChainSucceeded()

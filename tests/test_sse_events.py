@@ -10,35 +10,22 @@ the next are one line end, and a UTF-8 character may arrive in pieces.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 
 from assistant.providers.base import ProviderError
 from assistant.providers.sse_events import iter_sse, json_object
+
+from .provider_support import chunked_response, one_byte_reads, utf8_split_cases
 
 SSE = "text/event-stream"
 
 Seen = tuple[str, str, str, int | None]  # (event, data, id, retry)
 
 
-class ChunkStream(httpx.AsyncByteStream):
-    """The body arrives in exactly these reads."""
-
-    def __init__(self, chunks: list[bytes]) -> None:
-        self._chunks = chunks
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for chunk in self._chunks:
-            yield chunk
-
-
 def decode(chunks: list[bytes], content_type: str | None = SSE) -> list[Seen]:
-    headers = {"content-type": content_type} if content_type is not None else {}
-
     async def collect() -> list[Seen]:
-        response = httpx.Response(200, headers=headers, stream=ChunkStream(chunks))
+        response = chunked_response(chunks, content_type)
         return [(e.event, e.data, e.id, e.retry) async for e in iter_sse(response)]
 
     return asyncio.run(collect())
@@ -46,11 +33,6 @@ def decode(chunks: list[bytes], content_type: str | None = SSE) -> list[Seen]:
 
 def ev(data: str, event: str = "message", id: str = "", retry: int | None = None) -> Seen:
     return (event, data, id, retry)
-
-
-def one_byte_reads(text: str) -> list[bytes]:
-    raw = text.encode()
-    return [raw[i : i + 1] for i in range(len(raw))]
 
 
 # -- line endings ---------------------------------------------------------------------
@@ -143,18 +125,7 @@ def test_fields(text: str, expected: list[Seen]) -> None:
 # -- UTF-8 and line separators that are not line ends -----------------------------------
 
 
-@pytest.mark.parametrize(
-    "chunks, expected",
-    [
-        pytest.param([b"data: caf\xc3", b"\xa9\n\n"], "café", id="e-acute-two-reads"),
-        pytest.param([b"data: \xe2", b"\x82", b"\xac\n\n"], "€", id="euro-three-reads"),
-        pytest.param([b"data: \xf0\x9f", b"\x98", b"\x80!\n\n"], "😀!", id="emoji-three-reads"),
-        pytest.param([b"data: \xf0", b"\x9f", b"\x98", b"\x80\n\n"], "😀", id="emoji-four-reads"),
-        pytest.param(
-            [b"data: \xe2\x82\xac\xe2", b"\x82\xac\xe2\x82", b"\xac\n\n"], "€€€", id="in-a-row"
-        ),
-    ],
-)
+@pytest.mark.parametrize("chunks, expected", utf8_split_cases(b"data: ", b"\n\n"))
 def test_utf8_split_across_reads(chunks: list[bytes], expected: str) -> None:
     assert decode(chunks) == [ev(expected)]
 
