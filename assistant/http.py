@@ -268,9 +268,13 @@ def _cors_headers(headers: Mapping[str, str], origins: tuple[str, ...]) -> dict[
 
 def _preflight(headers: Mapping[str, str], origins: tuple[str, ...]) -> flask.Response:
     response = flask.Response(status=204)
+    del response.headers["Content-Type"]  # no body, so no type
     if _cors_headers(headers, origins):
+        # An allowed origin may send the headers it asks for (a frontend's own
+        # tracing headers, say); the origin list is the gate, not this one.
+        asked = headers.get("Access-Control-Request-Headers", "")
         response.headers["Access-Control-Allow-Methods"] = _ALLOWED_METHODS
-        response.headers["Access-Control-Allow-Headers"] = _ALLOWED_HEADERS
+        response.headers["Access-Control-Allow-Headers"] = asked or _ALLOWED_HEADERS
         response.headers["Access-Control-Max-Age"] = "3600"
     return response
 

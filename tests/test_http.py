@@ -247,3 +247,16 @@ def test_history_opening_with_the_assistant_starts_at_the_first_user_turn(client
         {"role": "assistant", "content": "an answer"},
         {"role": "user", "content": "next"},
     ]
+
+
+def test_preflight_allows_the_headers_the_frontend_asks_for(client) -> None:
+    response = client.options(
+        "/vac/assistant/abc/sse",
+        headers={
+            "Origin": "http://localhost:3000",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type, x-frontend-trace",
+        },
+    )
+    assert response.headers["Access-Control-Allow-Headers"] == "content-type, x-frontend-trace"
+    assert "Content-Type" not in response.headers
