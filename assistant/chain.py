@@ -85,8 +85,9 @@ class Attempt:
     status: int | None = None
 
     def as_dict(self) -> dict[str, object]:
+        # "name", as CONTRACT §3 words it: each provider tried, its name, outcome and ms.
         entry: dict[str, object] = {
-            "provider": self.provider,
+            "name": self.provider,
             "outcome": self.outcome,
             "ms": self.ms,
         }

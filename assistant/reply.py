@@ -298,8 +298,10 @@ class Reply:
         }
 
     def _log_attempt(self, attempt: Attempt, error: ProviderError | None) -> None:
-        fields = attempt.as_dict()
+        fields = {"provider": attempt.provider, "outcome": attempt.outcome, "ms": attempt.ms}
         if error is not None:
-            self._log.warning("provider.failed", detail=error.detail[:300], **fields)
+            self._log.warning(
+                "provider.failed", status=error.status, detail=error.detail[:300], **fields
+            )
         else:
             self._log.info("provider.attempt", **fields)

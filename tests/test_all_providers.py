@@ -91,7 +91,7 @@ def test_the_chain_falls_through_every_format_in_order(client, all_four) -> None
     )
     final = sse_events(ask(client).get_data())[-2]
     assert final["answer"] == "from ollama"
-    assert [(a["provider"], a["outcome"]) for a in final["metadata"]["attempts"]] == [
+    assert [(a["name"], a["outcome"]) for a in final["metadata"]["attempts"]] == [
         ("anthropic", "upstream_status"),
         ("openai", "upstream_error"),
         ("gemini", "upstream_incomplete"),  # no finishReason ever came
@@ -109,7 +109,7 @@ def test_every_provider_failing_is_a_502_listing_all_four(client, all_four) -> N
     all_four.push(Script(fail="429"), Script(fail="500"), Script(fail="503"), Script(fail="500"))
     response = ask(client)
     assert response.status_code == 502
-    assert [a["provider"] for a in response.get_json()["attempts"]] == list(PROVIDERS)
+    assert [a["name"] for a in response.get_json()["attempts"]] == list(PROVIDERS)
 
 
 def test_providers_without_key_or_url_are_skipped(client, all_four) -> None:
@@ -118,7 +118,7 @@ def test_providers_without_key_or_url_are_skipped(client, all_four) -> None:
     del os.environ["OLLAMA_BASE_URL"]
     final = sse_events(ask(client).get_data())[-2]
     assert final["metadata"]["provider"] == "gemini"
-    assert [a["provider"] for a in final["metadata"]["attempts"]] == ["gemini"]
+    assert [a["name"] for a in final["metadata"]["attempts"]] == ["gemini"]
 
 
 def test_the_system_prompt_reaches_every_format(client, all_four) -> None:

@@ -69,7 +69,7 @@ def test_failure_before_first_chunk_falls_through_silently(upstreams, fail: str)
     final = events[-2]
     assert final["answer"] == "from second"
     assert final["metadata"]["provider"] == "secondary"
-    outcomes = [(a["provider"], a["outcome"]) for a in final["metadata"]["attempts"]]
+    outcomes = [(a["name"], a["outcome"]) for a in final["metadata"]["attempts"]]
     assert outcomes[0][0] == "primary" and outcomes[0][1] != "ok"
     assert outcomes[1] == ("secondary", "ok")
 
@@ -113,7 +113,7 @@ def test_every_provider_failing_before_text_is_reported_with_attempts(upstreams)
     failed = reply.first_item(timeout=5)
     body = reply.failure_body(failed)
     assert body["code"] == "providers_failed"
-    assert [(a["provider"], a["outcome"]) for a in body["attempts"]] == [
+    assert [(a["name"], a["outcome"]) for a in body["attempts"]] == [
         ("primary", "upstream_status"),
         ("secondary", "upstream_error"),
     ]

@@ -607,7 +607,7 @@ def test_endpoint_streams_from_ollama_without_any_key(client, upstream: FakeUpst
     assert metadata["model"] == "qwen3"
     assert metadata["usage"] == {"input_tokens": 12, "output_tokens": 4}
     assert metadata["stop_reason"] == "end_turn"
-    assert [(a["provider"], a["outcome"]) for a in metadata["attempts"]] == [("ollama", "ok")]
+    assert [(a["name"], a["outcome"]) for a in metadata["attempts"]] == [("ollama", "ok")]
 
     (request,) = upstream.requests
     assert request.path == "/api/chat"
@@ -635,7 +635,7 @@ def test_endpoint_falls_through_to_ollama(client, upstream: FakeUpstream) -> Non
 
     final = sse_events(ask(client).get_data())[-2]
     assert final["answer"] == "local"
-    assert [(a["provider"], a["outcome"]) for a in final["metadata"]["attempts"]] == [
+    assert [(a["name"], a["outcome"]) for a in final["metadata"]["attempts"]] == [
         ("anthropic", "upstream_status"),
         ("ollama", "ok"),
     ]
@@ -650,7 +650,5 @@ def test_endpoint_ollama_error_line_before_text_is_a_502(client, upstream: FakeU
     assert response.status_code == 502
     body = response.get_json()
     assert body["code"] == "providers_failed"
-    assert [(a["provider"], a["outcome"]) for a in body["attempts"]] == [
-        ("ollama", "upstream_error")
-    ]
+    assert [(a["name"], a["outcome"]) for a in body["attempts"]] == [("ollama", "upstream_error")]
     assert "model runner" not in response.get_data(as_text=True)

@@ -39,7 +39,7 @@ def test_sse_streams_chunks_then_one_final_answer_then_done(client, fake: FakeUp
     assert metadata["tools_to_use"] == []
     assert metadata["persist_failed"] is False
     assert metadata["message_ids"] is None
-    assert [(a["provider"], a["outcome"]) for a in metadata["attempts"]] == [("anthropic", "ok")]
+    assert [(a["name"], a["outcome"]) for a in metadata["attempts"]] == [("anthropic", "ok")]
     assert metadata["timing"]["first_chunk_ms"] <= metadata["timing"]["total_ms"]
     assert metadata["trace_id"] == response.headers["X-Trace-Id"]
 
@@ -99,7 +99,7 @@ def test_failure_before_first_chunk_is_a_real_502(client, fake: FakeUpstream) ->
     body = response.get_json()
     assert body["code"] == "providers_failed"
     assert body["trace_id"] == response.headers["X-Trace-Id"]
-    assert [(a["provider"], a["outcome"], a["status"]) for a in body["attempts"]] == [
+    assert [(a["name"], a["outcome"], a["status"]) for a in body["attempts"]] == [
         ("anthropic", "upstream_status", 500)
     ]
     assert "api_error" not in response.get_data(as_text=True)  # no raw upstream body
