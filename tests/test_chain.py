@@ -13,10 +13,13 @@ from types import SimpleNamespace
 
 import pytest
 
+from assistant import aio
+from assistant.chain import Attempt, Chain, ChainCrashed
 from assistant.config import ProviderSettings, Settings
 from assistant.providers.anthropic import AnthropicProvider
+from assistant.providers.base import Prompt, ProviderError
 from assistant.reply import Reply
-from assistant.request import AssistantRequest
+from assistant.request import AssistantRequest, Turn
 from assistant.store import Author
 from assistant.tracing import RequestLog
 from devtools.fake_upstream import FakeUpstream, Script
@@ -181,3 +184,38 @@ def test_connect_timeout_falls_through(full_backlog, upstreams, capsys) -> None:
     assert events[-2]["answer"] == "from second"
     assert events[-2]["metadata"]["attempts"][0]["outcome"] == "upstream_timeout"
     assert '"detail": "connect timeout"' in capsys.readouterr().out
+
+
+def test_a_bug_in_the_chain_still_ends_the_reply(upstreams) -> None:
+    """Whatever breaks inside the chain, the reply gets a terminal item, never silence."""
+    first, _ = upstreams
+
+    def broken_hook(attempt: Attempt, error: ProviderError | None) -> None:
+        raise RuntimeError("a bug of ours")
+
+    items: list = []
+    chain = Chain(
+        providers=[_provider(first, "primary")],
+        prompt=Prompt(system=None, turns=(Turn("user", "hi"),)),
+        timeouts=Settings.from_env({}).timeouts,
+        emit=items.append,
+        on_attempt=broken_hook,
+    )
+    aio.submit(chain.run()).result(timeout=10)
+    assert isinstance(items[-1], ChainCrashed)
+    assert chain.finished.is_set()
+
+
+def test_a_bug_after_text_ends_the_stream_with_an_internal_error_frame(upstreams) -> None:
+    reply = _reply(upstreams, streaming=True)
+
+    def broken_hook(attempt: Attempt, error: ProviderError | None) -> None:
+        raise RuntimeError("a bug of ours")
+
+    reply._chain.on_attempt = broken_hook  # the one seam: a bug where no provider is at fault
+    events = _stream(reply)
+    assert events[0] == {"chunk": "from "}
+    assert events[-2]["code"] == "internal_error"
+    assert events[-2]["partial"] == "from first"
+    assert "bug" not in events[-2]["error"]
+    assert events[-1] == "[DONE]"
