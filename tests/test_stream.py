@@ -73,7 +73,7 @@ def test_heartbeats_while_the_upstream_is_silent(client, fake: FakeUpstream) -> 
     events = sse_events(response.get_data())
     first_chunk = next(i for i, e in enumerate(events) if isinstance(e, dict) and "chunk" in e)
     assert events[0] == ": ping"
-    assert events[:first_chunk].count(": ping") >= 3
+    assert events[:first_chunk].count(": ping") >= 2  # 4 due; a loaded machine may merge some
     assert events[-2]["answer"] == "late answer"
 
 
