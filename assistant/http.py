@@ -98,9 +98,7 @@ def _assistant(
 ) -> flask.Response:
     """POST on an assistant route: every refusal first, then the reply."""
     assistant_id = check_assistant_id(match["id"])
-    body = parse_body(
-        _read_body(request, settings.max_body_bytes), request.content_type, settings.max_body_bytes
-    )
+    body = parse_body(_read_body(request, settings.max_body_bytes), request.content_type)
     assistant_request = build_request(
         assistant_id,
         body,
@@ -213,10 +211,14 @@ def _author(assistant_request: AssistantRequest) -> Author:
 
 
 def _read_body(request: flask.Request, limit: int) -> bytes:
-    """At most limit+1 bytes: enough to know the body is too big, never more."""
+    """The body, or 413. Never reads more than limit+1 bytes, even with no Content-Length."""
+    too_large = RequestError(f"request body is larger than {limit} bytes", 413, "payload_too_large")
     if request.content_length is not None and request.content_length > limit:
-        raise RequestError(f"request body is larger than {limit} bytes", 413, "payload_too_large")
-    return request.stream.read(limit + 1)
+        raise too_large
+    raw = request.stream.read(limit + 1)
+    if len(raw) > limit:  # chunked, with no Content-Length to refuse up front
+        raise too_large
+    return raw
 
 
 def _wants_event_stream(request: flask.Request) -> bool:

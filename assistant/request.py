@@ -92,12 +92,8 @@ def check_assistant_id(assistant_id: str) -> str:
     return assistant_id
 
 
-def parse_body(raw: bytes, content_type: str | None, max_bytes: int) -> dict[str, Any]:
-    """Bytes to a JSON object, or the 413 / 415 / 400 that says why not."""
-    if len(raw) > max_bytes:
-        raise RequestError(
-            f"request body is larger than {max_bytes} bytes", 413, "payload_too_large"
-        )
+def parse_body(raw: bytes, content_type: str | None) -> dict[str, Any]:
+    """Bytes (already within the size limit) to a JSON object, or the 415 / 400 saying why not."""
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise RequestError(
@@ -186,7 +182,11 @@ def build_request(
     max_input_chars: int,
     max_history_messages: int,
 ) -> AssistantRequest:
-    """A parsed JSON body to a validated request, or a RequestError naming the field."""
+    """A parsed JSON body to a validated request, or a RequestError naming the field.
+
+    `assistant_id` comes already checked (`check_assistant_id`): the route
+    refuses a bad id before it reads the body.
+    """
     user_input = body.get("user_input")
     if user_input is None:
         raise RequestError("user_input is required")
@@ -209,7 +209,7 @@ def build_request(
         raise RequestError("emissaryConfig.tools must be a list of strings")
 
     return AssistantRequest(
-        assistant_id=check_assistant_id(assistant_id),
+        assistant_id=assistant_id,
         user_input=user_input,
         chat_history=_history(body.get("chat_history"), max_history_messages),
         save_to_history=bool(save),

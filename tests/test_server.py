@@ -83,19 +83,29 @@ def test_chunks_cross_the_socket_as_they_arrive(server: str, fake: FakeUpstream)
     assert arrivals[-1][1] == "data: [DONE]"
 
 
+def _open_raw(server: str, path: str, body: bytes, chunked: bool = False) -> socket.socket:
+    """A request written by hand, so the test decides when the client hangs up."""
+    host, port = server.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    framing = (
+        b"Transfer-Encoding: chunked\r\n\r\n"
+        + f"{len(body):x}\r\n".encode()
+        + body
+        + b"\r\n0\r\n\r\n"
+        if chunked
+        else f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+    )
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode() + framing
+    )
+    return sock
+
+
 def test_hang_up_while_upstream_is_silent_closes_it_and_frees_the_thread(
     server: str, fake: FakeUpstream
 ) -> None:
     fake.push(Script(tokens=["first ", "never"], fail_after=1, fail_mode="hang"))
-    host, port = server.removeprefix("http://").split(":")
-    body = b'{"user_input": "hi"}'
-    with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(
-            b"POST /vac/assistant/live/sse HTTP/1.1\r\nHost: x\r\n"
-            b"Content-Type: application/json\r\n"
-            + f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
+    with _open_raw(server, "/vac/assistant/live/sse", b'{"user_input": "hi"}') as sock:
         received = b""
         while b'"chunk"' not in received:
             received += sock.recv(4096)
@@ -104,3 +114,30 @@ def test_hang_up_while_upstream_is_silent_closes_it_and_frees_the_thread(
     assert upstream.client_closed.wait(timeout=5), "upstream request left running"
     # With THREADS=1, this answers only once the abandoned stream let go of the thread.
     assert httpx.get(f"{server}/health", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/vac/assistant/live/sse", "/vac/assistant/live"],
+    ids=["sse-before-its-status", "json-caller"],
+)
+def test_hang_up_before_any_byte_was_sent_closes_the_upstream(
+    server: str, fake: FakeUpstream, path: str
+) -> None:
+    """The SSE status is still held (30 s window) / a JSON caller waits for the end:
+    the service has written nothing, yet notices the hang-up."""
+    fake.push(Script(fail="hang"))
+    sock = _open_raw(server, path, b'{"user_input": "hi"}')
+    upstream = fake.wait_for_requests(1)[0]
+    sock.close()
+    assert upstream.client_closed.wait(timeout=5), "upstream request left running"
+    assert httpx.get(f"{server}/health", timeout=5).status_code == 200
+
+
+def test_oversize_chunked_body_without_length_is_413(server: str, fake: FakeUpstream) -> None:
+    body = b'{"user_input": "' + b"x" * (1024 * 1024) + b'"}'
+    with _open_raw(server, "/vac/assistant/live/sse", body, chunked=True) as sock:
+        head = sock.recv(4096)
+    assert head.startswith(b"HTTP/1.1 413")
+    assert b"payload_too_large" in head
+    assert fake.requests == []
