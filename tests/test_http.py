@@ -260,4 +260,3 @@ def test_preflight_allows_the_headers_the_frontend_asks_for(client) -> None:
     )
     assert response.headers["Access-Control-Allow-Headers"] == "content-type, x-frontend-trace"
     assert "Content-Type" not in response.headers
-

@@ -247,3 +247,16 @@ def test_json_object_refuses_non_objects(data: str) -> None:
         json_object(data)
     assert caught.value.code == "upstream_protocol"
     assert caught.value.detail == "event data is not a JSON object"
+
+
+def test_unframed_holds_the_lines_after_the_last_event() -> None:
+    """A stray line mid-stream is forgotten at the next event; a bare tail at EOF is kept."""
+    body = b'stray line\ndata: {"a": 1}\n\n[{\n  "error": {"code": 503}\n}\n]\n'
+    unframed: list[str] = []
+
+    async def run() -> list[str]:
+        response = chunked_response([body], SSE)
+        return [event.data async for event in iter_sse(response, unframed)]
+
+    assert asyncio.run(run()) == ['{"a": 1}']
+    assert unframed == ["[{", '  "error": {"code": 503}', "}", "]"]

@@ -139,14 +139,13 @@ class HttpProvider:
                     "upstream_status",
                     detail,
                     status=response.status_code,
-                    key_refused=_key_refused(response.status_code, detail),
+                    key_refused=self._refuses_key(response.status_code, detail),
                 )
             yield response
 
-
-def _key_refused(status: int, detail: str) -> bool:
-    # 401 everywhere; Gemini says a bad key with 400 API_KEY_INVALID.
-    return status == 401 or (status == 400 and "API_KEY_INVALID" in detail)
+    def _refuses_key(self, status: int, body: str) -> bool:
+        """Whether an error answer means "your key is wrong" (worth re-reading it)."""
+        return status == 401
 
 
 # The stop reasons every provider's own are mapped to (metadata `stop_reason`).

@@ -47,6 +47,10 @@ _STOP_REASONS = {
 class GeminiProvider(HttpProvider):
     name = "gemini"
 
+    def _refuses_key(self, status: int, body: str) -> bool:
+        # Gemini answers a bad key with 400 INVALID_ARGUMENT, reason API_KEY_INVALID.
+        return status == 401 or (status == 400 and "API_KEY_INVALID" in body)
+
     def _body(self, prompt: Prompt) -> dict[str, Any]:
         body: dict[str, Any] = {
             "contents": [
@@ -80,7 +84,6 @@ class GeminiProvider(HttpProvider):
         unframed: list[str] = []
         async with self._post(client, url, self._body(prompt), headers) as response:
             async for event in iter_sse(response, unframed):
-                unframed.clear()  # only what follows the last event can be the tail
                 chunk = json_object(event.data)
                 _raise_if_error(chunk)
                 model = chunk.get("modelVersion") or model
@@ -97,7 +100,7 @@ class GeminiProvider(HttpProvider):
                                 else TextDelta(text)
                             )
         if unframed:
-            _raise_if_error(_bare_json("\n".join(unframed)))
+            _raise_if_error(_bare_json("\n".join(unframed)))  # the lines after the last event
         if raw_stop is None:
             raise ProviderError("upstream_incomplete", "stream ended without a finishReason")
         yield StreamEnd(normalised_stop_reason(raw_stop, _STOP_REASONS), usage, model)

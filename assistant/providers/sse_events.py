@@ -36,8 +36,9 @@ async def iter_sse(
     would dispatch one with data "" after an `id:` or `event:` line).
 
     Lines that are no SSE field at all (Gemini may end a stream with a bare
-    JSON error) are ignored, as the spec says, and also appended to
-    `unframed` when the caller wants to read them.
+    JSON error) are ignored, as the spec says. When the caller passes
+    `unframed`, it holds those lines since the last event dispatched: at the
+    end of the stream, that is the unframed tail.
     """
     content_type = response.headers.get("content-type", "").partition(";")[0].strip()
     if content_type != "text/event-stream":
@@ -52,6 +53,8 @@ async def iter_sse(
         event = event_decoder.decode(line)
         if event is not None:
             if has_data:
+                if unframed:
+                    unframed.clear()
                 yield event
             has_data = False
 
