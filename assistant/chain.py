@@ -68,7 +68,7 @@ class ChainSucceeded:
 
 @dataclass(frozen=True)
 class ChainCrashed:
-    """A bug of ours, not a provider failure: the reply ends with internal_error."""
+    """A bug of ours (in the chain or the reply), not a provider failure: internal_error."""
 
     exception: Exception
 

@@ -142,11 +142,11 @@ class Reply:
                     return
         except ClientGone:
             pass  # `finally` abandons the reply; nobody is left to write to
-        except Exception:
+        except Exception as exc:
             if self._done:
                 raise
-            self._log.exception("reply.internal_error")
-            yield sse.frame(self._conclude(ChainCrashed(RuntimeError("reply failed"))))
+            # Our own bug, on this side of the queue: it ends the reply like a chain crash.
+            yield sse.frame(self._conclude(ChainCrashed(exc)))
             yield sse.DONE
         finally:
             self.close()
@@ -227,7 +227,7 @@ class Reply:
             self._log.info("reply.finished", status="complete", chars=len(text), **self._summary())
             return {"answer": text, "metadata": metadata}
         if isinstance(item, ChainCrashed):
-            self._log.exception("reply.chain_crashed", exc=item.exception)
+            self._log.exception("reply.crashed", exc=item.exception)
             code, message = "internal_error", INTERNAL_ERROR_MESSAGE
         elif item.error is None:
             code, message = "providers_failed", ALL_FAILED_MESSAGE

@@ -219,3 +219,17 @@ def test_a_bug_after_text_ends_the_stream_with_an_internal_error_frame(upstreams
     assert events[-2]["partial"] == "from first"
     assert "bug" not in events[-2]["error"]
     assert events[-1] == "[DONE]"
+
+
+def test_a_bug_on_the_reply_side_ends_the_stream_with_one_logged_error(upstreams, capsys) -> None:
+    reply = _reply(upstreams, streaming=True)
+
+    def broken_add(text: str) -> None:
+        raise ValueError("a bug of ours")
+
+    reply._add = broken_add  # the one seam: a bug while turning a chunk into a frame
+    events = _stream(reply)
+    assert events[-2]["code"] == "internal_error"
+    assert events[-1] == "[DONE]"
+    logged = [line for line in capsys.readouterr().out.splitlines() if "reply.crashed" in line]
+    assert len(logged) == 1 and "ValueError: a bug of ours" in logged[0]
