@@ -20,10 +20,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import itertools
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,17 +31,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from devtools.fake_upstream import FakeUpstream, Script  # noqa: E402
+from devtools.service import running_service  # noqa: E402
 
 TOKENS = [f"token{i} " for i in range(40)]
 # One client for the whole run: a new client per stream would time TLS-context
 # creation, not streaming.
 CLIENT = httpx.Client(timeout=60, limits=httpx.Limits(max_connections=None))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _timed_stream(
@@ -121,45 +113,30 @@ def main() -> int:
     fake = FakeUpstream(
         default=Script(tokens=TOKENS, ttft=args.ttft, interval=args.interval)
     ).start()
-    port = _free_port()
     env = {
-        **os.environ,
         "THREADS": str(max(args.threads, max(levels))),
         "ANTHROPIC_API_KEY": "bench-key",
         "ANTHROPIC_BASE_URL": fake.url,
         "ASSISTANT_PROVIDERS": "anthropic",
     }
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "functions-framework"), "--target=assistant",
-         "--source=main.py", "--host=127.0.0.1", f"--port={port}"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(200):
-            try:
-                httpx.get(f"{url}/health", timeout=1)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        _stream_through_service(url)  # warm-up: first request creates the loop and pool
-        print(f"upstream: ttft {args.ttft * 1000:.0f} ms, {len(TOKENS)} tokens every "
-              f"{args.interval * 1000:.0f} ms; THREADS={env['THREADS']}")  # fmt: skip
-        print(
-            f"{'streams':>7} | {'first chunk via service p50/p95/max ms':>40} | "
-            f"{'direct p50/p95 ms':>18} | {'max gap ms':>10} | {'RSS MB':>6}"
-        )
-        for level in levels:
-            direct, _ = _run_level(_stream_direct, fake.url, level)
-            first, gaps = _run_level(_stream_through_service, url, level)
+        with running_service(env) as service:
+            _stream_through_service(service.url)  # warm-up: the loop and the connection pool
+            print(f"upstream: ttft {args.ttft * 1000:.0f} ms, {len(TOKENS)} tokens every "
+                  f"{args.interval * 1000:.0f} ms; THREADS={env['THREADS']}")  # fmt: skip
             print(
-                f"{level:>7} | {_ms(first, 50)} {_ms(first, 95)} {max(first) * 1000:7.1f}"
-                f"{'':>17} | {_ms(direct, 50)} {_ms(direct, 95)}   | "
-                f"{max(gaps) * 1000:10.1f} | {_rss_mb(server.pid):6.0f}"
+                f"{'streams':>7} | {'first chunk via service p50/p95/max ms':>40} | "
+                f"{'direct p50/p95 ms':>18} | {'max gap ms':>10} | {'RSS MB':>6}"
             )
+            for level in levels:
+                direct, _ = _run_level(_stream_direct, fake.url, level)
+                first, gaps = _run_level(_stream_through_service, service.url, level)
+                print(
+                    f"{level:>7} | {_ms(first, 50)} {_ms(first, 95)} {max(first) * 1000:7.1f}"
+                    f"{'':>17} | {_ms(direct, 50)} {_ms(direct, 95)}   | "
+                    f"{max(gaps) * 1000:10.1f} | {_rss_mb(service.process.pid):6.0f}"
+                )
     finally:
-        server.terminate()
-        server.wait(timeout=10)
         fake.stop()
     return 0
 

@@ -8,12 +8,13 @@ gcloud or the emulator jar is missing, the failure says which in one line.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
+
+from devtools.service import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "demo-test"
@@ -42,12 +43,6 @@ def _jar() -> Path:
             "(gcloud component cloud-firestore-emulator)"
         )
     return jar
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class FirestoreEmulator:

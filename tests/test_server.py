@@ -7,63 +7,25 @@ so that the upstream request is closed and the worker thread freed.
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from devtools.fake_upstream import FakeUpstream, Script
-
-from .emulator import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
+from devtools.service import running_service
 
 
 @pytest.fixture
 def server(fake: FakeUpstream) -> Iterator[str]:
-    port = free_port()
     env = {
-        **os.environ,
         "THREADS": "1",  # one thread: a second request is served only if the first freed it
         "HEARTBEAT_SECONDS": "30",  # no pings: a hang-up can only be noticed by the peek
-        "PYTHONUNBUFFERED": "1",
     }
-    functions_framework = Path(sys.executable).parent / "functions-framework"
-    process = subprocess.Popen(
-        [
-            str(functions_framework),
-            "--target=assistant",
-            "--source=main.py",
-            "--host=127.0.0.1",
-            f"--port={port}",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("functions-framework did not start")
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    with running_service(env) as service:
+        yield service.url
 
 
 def test_chunks_cross_the_socket_as_they_arrive(server: str, fake: FakeUpstream) -> None:

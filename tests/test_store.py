@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from devtools.fake_upstream import FakeUpstream, Script
+from devtools.service import free_port
 
 from .conftest import ask, sse_events
-from .emulator import free_port
 
 USER = {"email": "ada@example.com", "displayName": "Ada"}
 SAVE = {"save_to_history": True, "emissaryConfig": {"currentUser": USER}}
