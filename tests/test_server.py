@@ -63,6 +63,15 @@ def _open_raw(server: str, path: str, body: bytes, chunked: bool = False) -> soc
     return sock
 
 
+def _read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes (head and body can come in separate reads)."""
+    sock.settimeout(10)
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
 def test_hang_up_while_upstream_is_silent_closes_it_and_frees_the_thread(
     server: str, fake: FakeUpstream
 ) -> None:
@@ -99,7 +108,7 @@ def test_hang_up_before_any_byte_was_sent_closes_the_upstream(
 def test_oversize_chunked_body_without_length_is_413(server: str, fake: FakeUpstream) -> None:
     body = b'{"user_input": "' + b"x" * (1024 * 1024) + b'"}'
     with _open_raw(server, "/vac/assistant/live/sse", body, chunked=True) as sock:
-        head = sock.recv(4096)
-    assert head.startswith(b"HTTP/1.1 413")
-    assert b"payload_too_large" in head
+        answer = _read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert b"payload_too_large" in answer
     assert fake.requests == []
