@@ -14,6 +14,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 PROVIDER_NAMES = ("anthropic", "openai", "gemini", "ollama")
+AUTH_MODES = ("firebase", "iam", "none")
+FIREBASE_CERTS_URL = (
+    "https://www.googleapis.com/robot/v1/metadata/x509/securetoken@system.gserviceaccount.com"
+)
+MAX_CLOCK_SKEW_SECONDS = 60
 
 DEFAULT_BASE_URLS = {
     "anthropic": "https://api.anthropic.com",
@@ -120,6 +125,53 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
+class AuthSettings:
+    """Who may call (CONTRACT §9). `mode` is firebase, iam or none."""
+
+    mode: str
+    project_id: str  # the Firebase project: the token's `aud`, and its `iss` suffix
+    certs_url: str
+    emulator_host: str  # FIREBASE_AUTH_EMULATOR_HOST: accept its unsigned tokens
+    clock_skew_seconds: float
+    max_streams_per_user: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], project_id: str) -> AuthSettings:
+        on_cloud_run = bool(env.get("K_SERVICE"))
+        mode = _text(env, "AUTH_MODE", "firebase" if on_cloud_run else "none").lower()
+        if mode not in AUTH_MODES:
+            raise ConfigError(f"AUTH_MODE must be one of {', '.join(AUTH_MODES)}, got {mode!r}")
+        settings = cls(
+            mode=mode,
+            project_id=_text(env, "FIREBASE_PROJECT_ID", project_id),
+            certs_url=_text(env, "FIREBASE_CERTS_URL", FIREBASE_CERTS_URL),
+            emulator_host=_text(env, "FIREBASE_AUTH_EMULATOR_HOST", ""),
+            clock_skew_seconds=_number(env, "AUTH_CLOCK_SKEW_SECONDS", 10),
+            max_streams_per_user=_integer(env, "MAX_STREAMS_PER_USER", 4, minimum=1),
+        )
+        if settings.clock_skew_seconds > MAX_CLOCK_SKEW_SECONDS:
+            raise ConfigError(
+                f"AUTH_CLOCK_SKEW_SECONDS must be at most {MAX_CLOCK_SKEW_SECONDS}, "
+                f"got {settings.clock_skew_seconds:g}"
+            )
+        # A deployed service must never run open by accident: these two are
+        # for local runs, and on Cloud Run every request is refused instead.
+        if on_cloud_run and mode == "none":
+            raise ConfigError(
+                "AUTH_MODE=none is for local runs only; on Cloud Run use firebase or iam"
+            )
+        if on_cloud_run and settings.emulator_host:
+            raise ConfigError(
+                "FIREBASE_AUTH_EMULATOR_HOST is set on Cloud Run: it would accept unsigned tokens"
+            )
+        if mode == "firebase" and not settings.project_id:
+            raise ConfigError(
+                "AUTH_MODE=firebase needs FIREBASE_PROJECT_ID (or GOOGLE_CLOUD_PROJECT) set"
+            )
+        return settings
+
+
+@dataclass(frozen=True)
 class Settings:
     provider_order: tuple[str, ...]
     providers: dict[str, ProviderSettings]
@@ -136,6 +188,7 @@ class Settings:
     secrets_project: str
     key_cache_seconds: float
     secret_timeout_seconds: float
+    auth: AuthSettings
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -170,4 +223,5 @@ class Settings:
             secrets_project=_text(env, "SECRETS_PROJECT", project_id),
             key_cache_seconds=_number(env, "KEY_CACHE_SECONDS", 300, minimum=0),
             secret_timeout_seconds=_number(env, "SECRET_TIMEOUT_SECONDS", 3, minimum=0.01),
+            auth=AuthSettings.from_env(env, project_id),
         )

@@ -1,8 +1,10 @@
 """Routes, the Accept branch, status codes, CORS and JSON errors.
 
-Everything a request can be refused for is checked here, in order, before
-any provider is called or anything is written: route (404/405), assistant id
-(400), size (413), media type (415), JSON and fields (400), providers (409).
+Everything a request can be refused for is checked here, in the order of
+CONTRACT §9, before any provider is called or anything is read or written:
+route (404/405), preflight, auth (401/503), the user's replies in flight
+(429), size (413), media type (415), assistant id, JSON and fields (400),
+providers (409).
 
 The SSE route holds its status until the first chunk or HEARTBEAT_SECONDS,
 whichever comes first, so a chain that fails fast gets a real 502.
@@ -18,14 +20,16 @@ import select
 import socket
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import flask
 
 from . import __version__
+from .auth import caller
 from .chain import ChainCrashed, ChainFailed
 from .config import ConfigError, Settings
+from .limits import Slot, user_replies
 from .providers import configured_providers, with_fresh_key
 from .reply import ClientGone, Reply
 from .request import (
@@ -64,6 +68,7 @@ def handle(request: flask.Request) -> flask.Response:
     except RequestError as exc:
         log.info("request.refused", status=exc.status, code=exc.code, reason=exc.message)
         response = _error(exc.status, exc.code, exc.message, trace_id)
+        response.headers.update(exc.headers)
     except Exception:
         log.exception("request.crashed")
         response = _error(500, "internal_error", "The request failed on our side.", trace_id)
@@ -96,15 +101,66 @@ def _assistant(
     log: RequestLog,
     started: float,
 ) -> flask.Response:
-    """POST on an assistant route: every refusal first, then the reply."""
-    assistant_id = check_assistant_id(match["id"])
-    body = parse_body(_read_body(request, settings.max_body_bytes), request.content_type)
-    assistant_request = build_request(
-        assistant_id,
-        body,
+    """POST on an assistant route: every refusal first, in the order of §9, then the reply.
+
+    A verified caller (firebase) takes their slot before the body is read; in
+    iam / none the body names the user, so it is checked first. The slot is
+    held until the response is closed, however the reply ends.
+    """
+    verified = caller(request.headers, settings.auth)
+    limit = settings.auth.max_streams_per_user
+    slot = user_replies.take(verified.user_id, limit) if verified else None
+    try:
+        assistant_request = _checked_request(request, match["id"], settings)
+        author = verified or _author(assistant_request)
+        if slot is None:
+            slot = user_replies.take(author.user_id, limit)
+        response = _answer(
+            request, match, assistant_request, author, settings, trace_id, log, started
+        )
+    except BaseException:
+        if slot is not None:
+            slot.release()
+        raise
+    if response.is_streamed:
+        response.response = _release_at_end(response.response, slot)
+        response.call_on_close(slot.release)  # also when the stream is closed before it starts
+    else:
+        slot.release()
+    return response
+
+
+def _release_at_end(frames: Iterable[bytes], slot: Slot) -> Iterator[bytes]:
+    """The frames, then the slot released: the reply ended (or its client left)."""
+    try:
+        yield from frames
+    finally:
+        slot.release()
+
+
+def _checked_request(
+    request: flask.Request, assistant_id: str, settings: Settings
+) -> AssistantRequest:
+    """The validated request, or the 400 / 413 / 415 that says what is wrong."""
+    return build_request(
+        check_assistant_id(assistant_id),
+        parse_body(_read_body(request, settings.max_body_bytes), request.content_type),
         max_input_chars=settings.max_input_chars,
         max_history_messages=settings.max_history_messages,
     )
+
+
+def _answer(
+    request: flask.Request,
+    match: re.Match[str],
+    assistant_request: AssistantRequest,
+    author: Author,
+    settings: Settings,
+    trace_id: str,
+    log: RequestLog,
+    started: float,
+) -> flask.Response:
+    """The reply to a request that passed every check: 409, or the stream / JSON answer."""
     if assistant_request.trace_id and assistant_request.trace_id != trace_id:
         trace_id = assistant_request.trace_id
         log = RequestLog(trace_id, settings.project_id)
@@ -115,7 +171,6 @@ def _assistant(
         log.error("request.no_provider", skipped=skipped)
         return _error(409, "no_provider", "No model provider is configured.", trace_id)
 
-    author = _author(assistant_request)
     store = _store_for(assistant_request, settings)
     if store and assistant_request.read_from_history and not assistant_request.chat_history:
         history = load_history(
@@ -126,7 +181,7 @@ def _assistant(
     streaming = bool(match["sse"]) or _wants_event_stream(request)
     log.info(
         "request.accepted",
-        assistant_id=assistant_id,
+        assistant_id=assistant_request.assistant_id,
         streaming=streaming,
         input_chars=len(assistant_request.user_input),
         history_turns=len(assistant_request.chat_history),

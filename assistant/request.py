@@ -39,11 +39,18 @@ _ROLE_ALIASES = {
 class RequestError(ValueError):
     """Input we refuse: an HTTP status, a machine code and a message naming the problem."""
 
-    def __init__(self, message: str, status: int = 400, code: str = "invalid_request") -> None:
+    def __init__(
+        self,
+        message: str,
+        status: int = 400,
+        code: str = "invalid_request",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.code = code
+        self.headers = dict(headers or {})  # e.g. WWW-Authenticate, Retry-After
 
 
 @dataclass(frozen=True)

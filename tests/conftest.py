@@ -22,7 +22,7 @@ from .emulator import PROJECT, EmulatorUnavailable, FirestoreEmulator
 ROOT = Path(__file__).resolve().parent.parent
 
 # Settings that could leak in from the developer's shell (see assistant/config.py).
-_SETTING_PREFIXES = ("ANTHROPIC_", "OPENAI_", "GEMINI_", "OLLAMA_", "MAX_")
+_SETTING_PREFIXES = ("ANTHROPIC_", "OPENAI_", "GEMINI_", "OLLAMA_", "MAX_", "AUTH_", "FIREBASE_")
 _SETTING_NAMES = {
     "ASSISTANT_PROVIDERS",
     "CONNECT_TIMEOUT_SECONDS",
@@ -52,6 +52,10 @@ def isolated_env() -> Iterator[None]:
         if name in _SETTING_NAMES or name.startswith(_SETTING_PREFIXES):
             del os.environ[name]
     os.environ["ASSISTANT_PROVIDERS"] = "anthropic"
+    # Requests without a user share one bucket of replies in flight, and the
+    # Flask test client never closes a streamed response whose body a test
+    # did not read; the tests of the limit set their own.
+    os.environ["MAX_STREAMS_PER_USER"] = "100000"
     yield
     os.environ.clear()
     os.environ.update(saved)

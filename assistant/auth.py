@@ -1,0 +1,147 @@
+"""Who is calling (CONTRACT §9): a verified Firebase user, or the user the body names.
+
+- `firebase`: `Authorization: Bearer <Firebase ID token>`, verified here with
+  google-auth's JWT code (no firebase-admin). The claims are checked first,
+  by us, on the unverified payload: google-auth checks `aud`, `iat` and `exp`
+  but not `iss`, `sub` or `auth_time`, and checking all of them in one place
+  gives one clear reason per refusal, and means a token that is plainly
+  wrong (expired, another project) costs no certs fetch. Then the RS256
+  signature is checked by `google.auth.jwt.decode` against the cert of the
+  token's key id (certs.py fetches and caches them), with `aud`/`iat`/`exp`
+  checked again on the way. With FIREBASE_AUTH_EMULATOR_HOST set, the Auth
+  emulator's unsigned tokens (`alg: none`) pass the same claim checks and
+  no signature check.
+- `iam` and `none`: the caller is not checked here (Cloud Run IAM did it, or
+  this is a local run); the body's `currentUser` names the user.
+
+A refusal never echoes the token, nor google-auth's messages (they can quote
+it): the client and the log get a fixed reason.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from google.auth import exceptions as google_auth_errors
+from google.auth import jwt
+
+from .certs import CertsUnavailable, cert_cache
+from .config import AuthSettings
+from .request import RequestError
+from .store import Author
+
+MAX_TOKEN_CHARS = 16 * 1024  # real ID tokens are about 1 KB
+MAX_UID_CHARS = 128
+ISSUER_PREFIX = "https://securetoken.google.com/"
+
+_CHALLENGE = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+_DECODE_ERRORS = (ValueError, TypeError, google_auth_errors.GoogleAuthError)
+
+
+class InvalidToken(ValueError):
+    """The token is refused; the message is a fixed reason, safe to show and log."""
+
+
+def caller(headers: Mapping[str, str], auth: AuthSettings) -> Author | None:
+    """The verified user in `firebase` mode; None in `iam` / `none`, where the body names them.
+
+    Raises RequestError: 401 `unauthenticated`, or 503 `auth_unavailable`.
+    """
+    if auth.mode != "firebase":
+        return None
+    try:
+        claims = verify_id_token(bearer_token(headers.get("Authorization")), auth)
+    except InvalidToken as exc:
+        raise RequestError(str(exc), 401, "unauthenticated", headers=_CHALLENGE) from None
+    except CertsUnavailable:  # certs.py logged why
+        raise RequestError(
+            "Sign-in cannot be checked right now. Please try again shortly.",
+            503,
+            "auth_unavailable",
+            headers={"Retry-After": "5"},
+        ) from None
+    return Author(
+        user_id=claims["sub"],
+        email=_optional_text(claims, "email"),
+        name=_optional_text(claims, "name"),
+    )
+
+
+def bearer_token(authorization: str | None) -> str:
+    if not authorization or not authorization.strip():
+        raise InvalidToken("sign-in required: send Authorization: Bearer <Firebase ID token>")
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise InvalidToken("the Authorization header must be: Bearer <Firebase ID token>")
+    if len(token) > MAX_TOKEN_CHARS or not token.isascii() or any(c.isspace() for c in token):
+        raise InvalidToken("the ID token is not a JWT")
+    return token
+
+
+def verify_id_token(token: str, auth: AuthSettings) -> Mapping[str, Any]:
+    """The token's claims once every check of §9 passed; InvalidToken saying which did not.
+
+    Raises CertsUnavailable when the signature cannot be checked for lack of certs.
+    """
+    try:
+        header = jwt.decode_header(token)
+        claims = jwt.decode(token, verify=False)
+    except _DECODE_ERRORS:
+        raise InvalidToken("the ID token is not a JWT") from None
+    check_claims(claims, auth, now=time.time())
+
+    algorithm = header.get("alg")
+    if algorithm == "none":
+        if not auth.emulator_host:
+            raise InvalidToken("the ID token is unsigned")
+        return claims  # the local Auth emulator's token: claims checked, nothing to verify
+    if algorithm != "RS256":
+        raise InvalidToken("the ID token must be signed with RS256")
+    key_id = header.get("kid")
+    if not isinstance(key_id, str) or not key_id:
+        raise InvalidToken("the ID token names no signing key (kid)")
+    cert = cert_cache(auth.certs_url).cert_for(key_id)
+    if cert is None:
+        raise InvalidToken("the ID token names an unknown signing key (kid)")
+    try:
+        jwt.decode(
+            token,
+            certs={key_id: cert},
+            audience=auth.project_id,
+            clock_skew_in_seconds=int(auth.clock_skew_seconds),
+        )
+    except _DECODE_ERRORS:
+        raise InvalidToken("the ID token's signature does not verify") from None
+    return claims
+
+
+def check_claims(claims: Mapping[str, Any], auth: AuthSettings, now: float) -> None:
+    """Every claim check of §9 (the ones google-auth makes too, and those it leaves to us)."""
+    skew = auth.clock_skew_seconds
+    if claims.get("aud") != auth.project_id:
+        raise InvalidToken("the ID token is for another Firebase project (aud)")
+    if claims.get("iss") != ISSUER_PREFIX + auth.project_id:
+        raise InvalidToken("the ID token has the wrong issuer (iss)")
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not 1 <= len(subject) <= MAX_UID_CHARS:
+        raise InvalidToken(f"the ID token's sub must be 1-{MAX_UID_CHARS} characters")
+    if _time_claim(claims, "exp") + skew < now:
+        raise InvalidToken("the ID token has expired")
+    for name in ("iat", "auth_time"):
+        if _time_claim(claims, name) - skew > now:
+            raise InvalidToken(f"the ID token's {name} is in the future")
+
+
+def _time_claim(claims: Mapping[str, Any], name: str) -> float:
+    value = claims.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidToken(f"the ID token has no {name} time")
+    return float(value)
+
+
+def _optional_text(claims: Mapping[str, Any], name: str) -> str | None:
+    value = claims.get(name)
+    return value if isinstance(value, str) else None

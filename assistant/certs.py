@@ -1,0 +1,150 @@
+"""The public certificates that Firebase ID tokens are signed with, fetched and cached.
+
+Google publishes them as a JSON map `{key id: X.509 PEM}` with a
+`Cache-Control: max-age`. Each certs URL has one cache per process, so a
+fetch happens once per max-age, never per request:
+
+- Expired (or never fetched): fetched again, by one request while the others
+  wait for it (the lock). If that fetch fails, the certs already held keep
+  working (stale beats refusing every user), and the fetch is not tried
+  again for `RETRY_AFTER_FAILURE_SECONDS`.
+- A token naming a key id we do not hold may mean Google rotated its keys
+  before our max-age ran out: that earns one early re-fetch, at most once per
+  `EARLY_REFETCH_SECONDS`, so a flood of forged key ids cannot make us hammer
+  the endpoint.
+- No certs at all and none to be had: `CertsUnavailable` (the caller's 503).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+
+from .tracing import process_log
+
+FETCH_TIMEOUT_SECONDS = 5.0
+EARLY_REFETCH_SECONDS = 60.0
+RETRY_AFTER_FAILURE_SECONDS = 1.0
+DEFAULT_MAX_AGE_SECONDS = 3600.0  # when the response names none
+MIN_MAX_AGE_SECONDS = 1.0  # `max-age=0` must not mean a fetch per request
+
+_MAX_AGE = re.compile(r"(?:^|[,\s])max-age\s*=\s*(\d+)", re.IGNORECASE)
+
+
+class CertsUnavailable(RuntimeError):
+    """No certificates could be fetched and none are cached."""
+
+
+def max_age(cache_control: str | None) -> float:
+    match = _MAX_AGE.search(cache_control or "")
+    if match is None:
+        return DEFAULT_MAX_AGE_SECONDS
+    return max(MIN_MAX_AGE_SECONDS, float(match.group(1)))
+
+
+def fetch_certs(url: str) -> tuple[dict[str, str], float]:
+    """(certs by key id, seconds they may be kept). Raises CertsUnavailable saying why."""
+    try:
+        response = _http().get(url)
+    except httpx.HTTPError as exc:
+        raise CertsUnavailable(f"{type(exc).__name__} fetching the token certs") from exc
+    if response.status_code != 200:
+        raise CertsUnavailable(f"the token certs endpoint answered HTTP {response.status_code}")
+    try:
+        certs = json.loads(response.content)
+    except ValueError:
+        certs = None
+    if not (
+        isinstance(certs, dict)
+        and certs
+        and all(isinstance(kid, str) and isinstance(pem, str) for kid, pem in certs.items())
+    ):
+        raise CertsUnavailable("the token certs endpoint did not answer a {key id: PEM} map")
+    return certs, max_age(response.headers.get("Cache-Control"))
+
+
+_client: httpx.Client | None = None
+_client_lock = threading.Lock()
+
+
+def _http() -> httpx.Client:
+    """One client per process, made on first use (most processes never verify a token)."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            _client = httpx.Client(timeout=FETCH_TIMEOUT_SECONDS, follow_redirects=False)
+        return _client
+
+
+class CertCache:
+    def __init__(
+        self,
+        url: str,
+        fetch: Callable[[str], tuple[dict[str, str], float]] = fetch_certs,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.url = url
+        self._fetch = fetch
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._certs: dict[str, str] = {}
+        self._expires_at = 0.0
+        self._next_try_at = 0.0  # after a failed fetch, no new try before this
+        self._early_refetch_at = -EARLY_REFETCH_SECONDS  # when the last early re-fetch ran
+        self.fetches = 0  # attempts, for the log and the tests
+
+    def cert_for(self, key_id: str) -> str | None:
+        """The PEM certificate for `key_id`, or None if Google has no such key.
+
+        Raises CertsUnavailable when no certs are cached and none can be fetched.
+        """
+        with self._lock:
+            now = self._clock()
+            fetched_now = False
+            if now >= self._expires_at:
+                fetched_now = self._refresh(now)
+            if not self._certs:
+                raise CertsUnavailable("no token certs fetched yet")
+            if (
+                key_id not in self._certs
+                and not fetched_now
+                and now - self._early_refetch_at >= EARLY_REFETCH_SECONDS
+            ):
+                self._early_refetch_at = now
+                self._refresh(now)
+            return self._certs.get(key_id)
+
+    def _refresh(self, now: float) -> bool:
+        """Fetch again unless a failure was too recent; True when new certs arrived."""
+        if now < self._next_try_at:
+            return False
+        self.fetches += 1
+        try:
+            certs, keep_for = self._fetch(self.url)
+        except CertsUnavailable as exc:
+            self._next_try_at = now + RETRY_AFTER_FAILURE_SECONDS
+            process_log().error("auth.certs_failed", reason=str(exc), kept=len(self._certs))
+            if not self._certs:
+                raise
+            return False  # keep the certs we have
+        self._certs = certs
+        self._expires_at = now + keep_for
+        return True
+
+
+_caches: dict[str, CertCache] = {}
+_caches_lock = threading.Lock()
+
+
+def cert_cache(url: str) -> CertCache:
+    """The process's cache for `url`."""
+    with _caches_lock:
+        cache = _caches.get(url)
+        if cache is None:
+            cache = _caches[url] = CertCache(url)
+        return cache

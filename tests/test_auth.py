@@ -1,0 +1,251 @@
+"""Firebase ID tokens on the production path (CONTRACT §9): RS256 tokens signed here,
+certs served from loopback like Google's securetoken endpoint, the real
+Firestore emulator to prove that a refused request writes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from devtools.fake_upstream import FakeUpstream, Script
+
+from .conftest import sse_events
+from .firebase_tokens import (
+    PROJECT,
+    CertsServer,
+    SigningKey,
+    claims,
+    hs256_with_cert_as_secret,
+    unsigned,
+)
+
+KID = "key-1"
+# Everything a refused request must not touch: a save, a history read.
+SAVING = {"save_to_history": True, "read_from_history": True}
+
+
+@pytest.fixture(scope="module")
+def key() -> SigningKey:
+    return SigningKey(KID)
+
+
+@pytest.fixture(scope="module")
+def impostor() -> SigningKey:
+    """Another key that claims the same key id."""
+    return SigningKey(KID)
+
+
+@pytest.fixture
+def certs(key: SigningKey) -> Iterator[CertsServer]:
+    """A fresh certs endpoint (so a fresh cache: the service keeps one per URL), firebase mode."""
+    with CertsServer(key) as server:
+        os.environ["AUTH_MODE"] = "firebase"
+        os.environ["FIREBASE_CERTS_URL"] = server.url
+        os.environ["FIREBASE_PROJECT_ID"] = PROJECT
+        yield server
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def post(client: Any, headers: dict[str, str], text: str = "Hello?", **body: Any) -> Any:
+    return client.post(
+        "/vac/assistant/test-assistant/sse", json={"user_input": text, **body}, headers=headers
+    )
+
+
+def _messages(db: Any) -> list[dict[str, Any]]:
+    collection = db.collection("assistants").document("test-assistant").collection("messages")
+    return [snapshot.to_dict() for snapshot in collection.stream()]
+
+
+def test_a_valid_token_streams_and_saves_as_its_uid(
+    client, fake: FakeUpstream, firestore, certs: CertsServer, key: SigningKey
+) -> None:
+    fake.push(Script(tokens=["Hi ", "there."]))
+    body = {"save_to_history": True, "emissaryConfig": {"currentUser": {"email": "eve@evil.test"}}}
+    response = post(client, bearer(key.sign(claims("uid-ada"))), **body)
+    assert response.status_code == 200
+    assert sse_events(response.get_data())[-2]["answer"] == "Hi there."
+    saved = _messages(firestore)
+    assert len(saved) == 2
+    for message in saved:  # the token says who the user is; the body's currentUser does not
+        assert message["userId"] == "uid-ada"
+        assert message["userEmail"] == "uid-ada@example.com"
+        assert message["userName"] == "User uid-ada"
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+# name -> how to make the Authorization header from (key, impostor)
+BAD_CREDENTIALS: dict[str, Callable[[SigningKey, SigningKey], dict[str, str]]] = {
+    "no header": lambda key, other: {},
+    "empty bearer": lambda key, other: {"Authorization": "Bearer "},
+    "basic scheme": lambda key, other: {"Authorization": "Basic dXNlcjpwYXNz"},
+    "not a jwt": lambda key, other: bearer("not-a-token"),
+    "garbage segments": lambda key, other: bearer("a.b.c"),
+    "expired": lambda key, other: bearer(key.sign(claims(exp=_now() - 120, iat=_now() - 4000))),
+    "wrong aud": lambda key, other: bearer(key.sign(claims(aud="another-project"))),
+    "wrong iss": lambda key, other: bearer(
+        key.sign(claims(iss="https://securetoken.google.com/another-project"))
+    ),
+    "empty sub": lambda key, other: bearer(key.sign(claims(sub=""))),
+    "no sub": lambda key, other: bearer(key.sign(claims(sub=None))),
+    "sub too long": lambda key, other: bearer(key.sign(claims(sub="u" * 129))),
+    "iat in the future": lambda key, other: bearer(key.sign(claims(iat=_now() + 120))),
+    "auth_time in the future": lambda key, other: bearer(key.sign(claims(auth_time=_now() + 120))),
+    "no auth_time": lambda key, other: bearer(key.sign(claims(auth_time=None))),
+    "exp not a number": lambda key, other: bearer(key.sign(claims(exp="tomorrow"))),
+    "forged: other key, same kid": lambda key, other: bearer(other.sign(claims())),
+    "unknown kid": lambda key, other: bearer(key.sign(claims(), kid="no-such-key")),
+    "hs256 keyed with the cert": lambda key, other: bearer(
+        hs256_with_cert_as_secret(key, claims())
+    ),
+    "alg none without the emulator": lambda key, other: bearer(unsigned(claims())),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_CREDENTIALS))
+def test_a_bad_token_is_401_and_touches_nothing(
+    client, fake: FakeUpstream, firestore, certs, key, impostor, capsys, name: str
+) -> None:
+    headers = BAD_CREDENTIALS[name](key, impostor)
+    response = post(client, headers, **SAVING)
+    assert response.status_code == 401, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["code"] == "unauthenticated"
+    assert body["trace_id"] == response.headers["X-Trace-Id"]
+    assert response.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+    assert fake.requests == []
+    assert _messages(firestore) == []
+    # The token is in no log line and in no error body.
+    token = headers.get("Authorization", "").partition(" ")[2]
+    if token:
+        for secret in {token, *(part for part in token.split(".") if len(part) > 8)}:
+            assert secret not in response.get_data(as_text=True)
+            assert secret not in "".join(capsys.readouterr())
+
+
+def test_a_bad_token_is_refused_before_the_body_is_looked_at(
+    client, fake: FakeUpstream, certs
+) -> None:
+    for response in (
+        client.post("/vac/assistant/test-assistant/sse", data=b"{not json", headers={}),
+        client.post("/vac/assistant/__bad__/sse", data=b"x", content_type="image/png", headers={}),
+        client.post("/vac/assistant/a/sse", data=b"x" * (2 * 1024 * 1024), headers={}),
+    ):
+        assert response.status_code == 401
+        assert response.get_json()["code"] == "unauthenticated"
+    assert fake.requests == []
+
+
+def test_health_and_preflight_need_no_token(client, certs) -> None:
+    assert client.get("/health").status_code == 200
+    preflight = client.options(
+        "/vac/assistant/abc/sse",
+        headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert preflight.status_code == 204
+
+
+def test_clock_skew_tolerates_a_token_issued_a_few_seconds_ahead(
+    client, fake: FakeUpstream, certs, key
+) -> None:
+    ahead = claims(iat=_now() + 5, auth_time=_now() + 5)
+    assert post(client, bearer(key.sign(ahead))).status_code == 200
+
+
+def test_a_valid_token_passes_google_auths_checks_too(client, fake, certs, key) -> None:
+    """A token with a float `exp` in range: our checks and google-auth's agree."""
+    token = key.sign(claims(exp=_now() + 30.5))
+    assert post(client, bearer(token)).status_code == 200
+
+
+def test_certs_are_fetched_once_for_many_requests(
+    client, fake: FakeUpstream, certs: CertsServer, key
+) -> None:
+    for index in range(8):
+        fake.push(Script(tokens=["ok"]))
+        response = post(client, bearer(key.sign(claims(f"user-{index}"))))
+        assert response.status_code == 200
+        response.get_data()
+    assert certs.fetches == 1
+
+
+def test_a_flood_of_unknown_key_ids_earns_one_early_refetch(
+    client, fake: FakeUpstream, certs: CertsServer, key
+) -> None:
+    assert post(client, bearer(key.sign(claims()))).status_code == 200
+    for index in range(20):
+        token = key.sign(claims(), kid=f"forged-{index}")
+        assert post(client, bearer(token)).status_code == 401
+    assert certs.fetches == 2  # the first fetch, then one early re-fetch, then no more
+
+
+def test_a_rotated_key_is_picked_up_before_max_age(
+    client, fake: FakeUpstream, certs: CertsServer, key
+) -> None:
+    assert post(client, bearer(key.sign(claims()))).status_code == 200
+    rotated = SigningKey("key-2")
+    certs.certs[rotated.kid] = rotated.cert_pem
+    assert post(client, bearer(rotated.sign(claims()))).status_code == 200
+    assert certs.fetches == 2
+
+
+@pytest.mark.parametrize("failure", ["down", "500"])
+def test_certs_unreachable_with_none_cached_is_503(
+    client, fake: FakeUpstream, firestore, certs: CertsServer, key, failure: str
+) -> None:
+    if failure == "down":
+        certs.stop()
+    else:
+        certs.status = 500
+    response = post(client, bearer(key.sign(claims())), **SAVING)
+    assert response.status_code == 503
+    assert response.get_json()["code"] == "auth_unavailable"
+    assert "Retry-After" in response.headers
+    assert fake.requests == []
+    assert _messages(firestore) == []
+
+
+def test_a_plainly_bad_token_costs_no_certs_fetch(client, certs: CertsServer, key) -> None:
+    """Expired, or for another project: refused on its claims, before any fetch."""
+    post(client, bearer(key.sign(claims(exp=_now() - 600, iat=_now() - 4000))))
+    post(client, bearer(key.sign(claims(aud="elsewhere"))))
+    assert certs.fetches == 0
+
+
+def test_history_is_the_token_users_not_the_bodys(
+    client, fake: FakeUpstream, firestore, certs, key
+) -> None:
+    messages = firestore.collection("assistants").document("test-assistant").collection("messages")
+    for message_id, user_id, content in [
+        ("mine-user", "uid-ada", "my earlier question"),
+        ("theirs-user", "bob@example.com", "bob's secret question"),
+    ]:
+        messages.document(message_id).set(
+            {
+                "role": "user",
+                "content": content,
+                "userId": user_id,
+                "threadId": None,
+                "traceId": message_id,
+                "createdAt": datetime.datetime.now(datetime.UTC),
+            }
+        )
+    body = {
+        "read_from_history": True,
+        "emissaryConfig": {"currentUser": {"email": "bob@example.com"}},
+    }
+    post(client, bearer(key.sign(claims("uid-ada"))), "new question", **body).get_data()
+    sent = fake.wait_for_requests(1)[0].body["messages"]
+    assert [m["content"] for m in sent] == ["my earlier question\n\nnew question"]
