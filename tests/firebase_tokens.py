@@ -96,20 +96,22 @@ def hs256_with_cert_as_secret(key: SigningKey, payload: dict[str, Any]) -> str:
 class CertsServer:
     """Serves `{kid: cert PEM}` like Google's securetoken endpoint; counts its fetches.
 
-    `status` other than 200 makes it answer that status instead.
+    `status` other than 200 makes it answer that status instead; `raw_body`
+    replaces the JSON map with any bytes.
     """
 
     def __init__(self, *keys: SigningKey, max_age: int = 3600) -> None:
         self.certs = {key.kid: key.cert_pem for key in keys}
         self.max_age = max_age
         self.status = 200
+        self.raw_body: bytes | None = None
         self.fetches = 0
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 server.fetches += 1
-                body = json.dumps(server.certs).encode()
+                body = server.raw_body or json.dumps(server.certs).encode()
                 if server.status != 200:
                     body = b"unavailable"
                 self.send_response(server.status)

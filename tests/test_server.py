@@ -23,6 +23,7 @@ def server(fake: FakeUpstream) -> Iterator[str]:
     env = {
         "THREADS": "1",  # one thread: a second request is served only if the first freed it
         "HEARTBEAT_SECONDS": "30",  # no pings: a hang-up can only be noticed by the peek
+        "MAX_STREAMS_PER_USER": "1",  # a reply that keeps its slot shows as a 429
     }
     with running_service(env) as service:
         yield service.url
@@ -85,6 +86,12 @@ def test_hang_up_while_upstream_is_silent_closes_it_and_frees_the_thread(
     assert upstream.client_closed.wait(timeout=5), "upstream request left running"
     # With THREADS=1, this answers only once the abandoned stream let go of the thread.
     assert httpx.get(f"{server}/health", timeout=5).status_code == 200
+    # ...and of its place in the (anonymous) user's replies in flight.
+    fake.push(Script(tokens=["next"]))
+    next_reply = httpx.post(
+        f"{server}/vac/assistant/live/sse", json={"user_input": "hi"}, timeout=10
+    )
+    assert next_reply.status_code == 200
 
 
 @pytest.mark.parametrize(

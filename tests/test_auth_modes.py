@@ -1,0 +1,230 @@
+"""Auth modes and the per-user limit (CONTRACT §9): the Cloud Run refusals, `iam` and
+`none` taking the body's user, and replies in flight counted per user.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from devtools.fake_upstream import FakeUpstream, Script
+
+from .conftest import sse_events
+from .firebase_tokens import PROJECT, CertsServer, SigningKey, claims
+
+ADA = {"email": "ada@example.com", "displayName": "Ada"}
+
+
+def post(client: Any, headers: dict[str, str] | None = None, **body: Any) -> Any:
+    return client.post(
+        "/vac/assistant/test-assistant/sse",
+        json={"user_input": "Hello?", **body},
+        headers=headers or {},
+    )
+
+
+def as_user(user: dict[str, str], **body: Any) -> dict[str, Any]:
+    return {"emissaryConfig": {"currentUser": user}, **body}
+
+
+# -- configuration -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "reason"),
+    [
+        ({"K_SERVICE": "assistant", "AUTH_MODE": "none"}, "AUTH_MODE=none is for local runs"),
+        (
+            {"K_SERVICE": "assistant", "FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:9099"},
+            "FIREBASE_AUTH_EMULATOR_HOST is set on Cloud Run",
+        ),
+        (
+            {"K_SERVICE": "assistant", "AUTH_MODE": "iam", "FIREBASE_AUTH_EMULATOR_HOST": "x:1"},
+            "FIREBASE_AUTH_EMULATOR_HOST is set on Cloud Run",
+        ),
+        ({"AUTH_MODE": "open"}, "AUTH_MODE must be one of firebase, iam, none"),
+        ({"AUTH_MODE": "firebase", "GOOGLE_CLOUD_PROJECT": ""}, "FIREBASE_PROJECT_ID"),
+        ({"AUTH_CLOCK_SKEW_SECONDS": "61"}, "AUTH_CLOCK_SKEW_SECONDS must be at most 60"),
+        ({"MAX_STREAMS_PER_USER": "0"}, "MAX_STREAMS_PER_USER must be at least 1"),
+    ],
+    ids=[
+        "none-on-cloud-run",
+        "emulator-on-cloud-run",
+        "emulator-with-iam",
+        "unknown-mode",
+        "firebase-without-project",
+        "skew-too-large",
+        "no-streams",
+    ],
+)
+def test_unsafe_or_broken_auth_config_refuses_every_request(
+    client, fake: FakeUpstream, capsys, env: dict[str, str], reason: str
+) -> None:
+    os.environ["GOOGLE_CLOUD_PROJECT"] = PROJECT
+    os.environ.update(env)
+    for response in (post(client, **as_user(ADA)), client.get("/health")):
+        assert response.status_code == 500
+        assert response.get_json()["code"] == "config_error"
+        assert reason not in response.get_data(as_text=True)  # the why is for the log only
+    assert fake.requests == []
+    log = capsys.readouterr().out
+    assert log.count('"config.invalid"') == 2
+    assert reason in log
+
+
+def test_on_cloud_run_the_default_mode_is_firebase(client, fake: FakeUpstream) -> None:
+    os.environ.update({"K_SERVICE": "assistant", "GOOGLE_CLOUD_PROJECT": PROJECT})
+    response = post(client, **as_user(ADA))
+    assert response.status_code == 401
+    assert response.get_json()["code"] == "unauthenticated"
+    assert fake.requests == []
+
+
+def test_locally_the_default_mode_is_none(client, fake: FakeUpstream) -> None:
+    fake.push(Script(tokens=["hi"]))
+    assert post(client).status_code == 200
+
+
+@pytest.mark.parametrize("mode", ["iam", "none"])
+def test_iam_and_none_take_the_bodys_user(client, fake: FakeUpstream, firestore, mode: str) -> None:
+    os.environ["AUTH_MODE"] = mode
+    response = post(client, **as_user(ADA, save_to_history=True))
+    assert "answer" in sse_events(response.get_data())[-2]
+    collection = firestore.collection("assistants/test-assistant/messages")
+    saved = [snapshot.to_dict() for snapshot in collection.stream()]
+    assert len(saved) == 2
+    assert {message["userId"] for message in saved} == {"ada@example.com"}
+    assert {message["userName"] for message in saved} == {"Ada"}
+
+
+def test_iam_ignores_a_bearer_token(client, fake: FakeUpstream) -> None:
+    """Cloud Run IAM checked the caller's Google identity token; the service does not."""
+    os.environ["AUTH_MODE"] = "iam"
+    fake.push(Script(tokens=["hi"]))
+    assert post(client, {"Authorization": "Bearer google-identity-token"}).status_code == 200
+
+
+# -- the per-user limit ------------------------------------------------------------
+
+
+@pytest.fixture
+def one_each() -> None:
+    os.environ["MAX_STREAMS_PER_USER"] = "1"
+    os.environ["HEARTBEAT_SECONDS"] = "0.2"  # the status window: a stream answers 200 early
+
+
+@pytest.fixture(scope="module")
+def key() -> SigningKey:
+    return SigningKey("limit-key")
+
+
+@pytest.fixture
+def firebase(key: SigningKey) -> Iterator[None]:
+    with CertsServer(key) as certs:
+        os.environ.update(
+            {
+                "AUTH_MODE": "firebase",
+                "FIREBASE_CERTS_URL": certs.url,
+                "FIREBASE_PROJECT_ID": PROJECT,
+            }
+        )
+        yield
+
+
+def token_for(key: SigningKey, uid: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key.sign(claims(uid))}"}
+
+
+def hanging() -> Script:
+    """A reply that shows one chunk and then stays in flight."""
+    return Script(tokens=["first ", "never"], fail_after=1, fail_mode="hang")
+
+
+def assert_rate_limited(response: Any) -> None:
+    assert response.status_code == 429
+    assert response.get_json()["code"] == "rate_limited"
+    assert int(response.headers["Retry-After"]) > 0
+
+
+def test_a_users_second_reply_in_flight_is_429_and_others_are_unaffected(
+    client, fake: FakeUpstream, firebase, one_each, key
+) -> None:
+    fake.push(hanging())
+    first = post(client, token_for(key, "ada"))
+    assert first.status_code == 200
+    assert_rate_limited(post(client, token_for(key, "ada")))
+    # The limit is checked before the body: even a bad body is a 429 here.
+    assert_rate_limited(post(client, token_for(key, "ada"), user_input=""))
+    assert len(fake.requests) == 1  # the refused ones called no provider
+
+    fake.push(Script(tokens=["for bob"]))
+    other = post(client, token_for(key, "bob"))
+    assert other.status_code == 200
+    other.get_data()
+
+    first.close()  # ada's client goes away: her slot is free again
+    fake.push(Script(tokens=["again"]))
+    again = post(client, token_for(key, "ada"))
+    assert again.status_code == 200
+    again.get_data()
+
+
+def test_the_body_cannot_change_whose_slot_it_is(
+    client, fake: FakeUpstream, firebase, one_each, key
+) -> None:
+    fake.push(hanging())
+    first = post(client, token_for(key, "ada"), **as_user({"email": "x@example.com"}))
+    assert first.status_code == 200
+    second = post(client, token_for(key, "ada"), **as_user({"email": "y@example.com"}))
+    assert_rate_limited(second)
+    first.close()
+
+
+@pytest.mark.parametrize(
+    "script",
+    [Script(tokens=["done"]), Script(tokens=["half"], fail_after=1, fail_mode="cut")],
+    ids=["answered", "failed-mid-stream"],
+)
+def test_a_slot_is_freed_when_the_reply_ends(
+    client, fake: FakeUpstream, firebase, one_each, key, script: Script
+) -> None:
+    for _ in range(3):
+        fake.push(script)
+        response = post(client, token_for(key, "ada"))
+        assert response.status_code == 200
+        assert sse_events(response.get_data())[-1] == "[DONE]"
+
+
+def test_a_slot_is_freed_when_no_provider_answers(
+    client, fake: FakeUpstream, firebase, one_each, key
+) -> None:
+    for _ in range(2):
+        fake.push(Script(fail="500"))
+        assert post(client, token_for(key, "ada")).status_code == 502
+
+
+def test_a_slot_is_freed_after_a_refused_body(client, fake: FakeUpstream, firebase, one_each, key):
+    assert post(client, token_for(key, "ada"), user_input="").status_code == 400
+    fake.push(Script(tokens=["fine"]))
+    assert post(client, token_for(key, "ada")).status_code == 200
+
+
+def test_iam_counts_per_body_user_and_the_anonymous_share_one_bucket(
+    client, fake: FakeUpstream, one_each
+) -> None:
+    os.environ["AUTH_MODE"] = "iam"
+    fake.push(hanging())
+    held = post(client, **as_user(ADA))
+    assert held.status_code == 200
+    assert_rate_limited(post(client, **as_user(ADA)))
+
+    fake.push(hanging())
+    anonymous = post(client)
+    assert anonymous.status_code == 200
+    assert_rate_limited(post(client))
+    assert_rate_limited(post(client, **as_user({"displayName": "no email"})))
+    held.close()
+    anonymous.close()
