@@ -1,0 +1,71 @@
+"""What a deploy uploads (`gcloud run deploy --source .`), as gcloud itself lists it.
+
+`gcloud meta list-files-for-upload` applies `.gcloudignore` exactly as a
+deploy does, offline. Only the function may go up: `main.py`,
+`requirements.txt` and the `assistant` package; never tests, venvs,
+node_modules, run files, or anything that looks like a `.env` file.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FORBIDDEN_PARTS = {"tests", ".venv", "node_modules", ".run", "__pycache__", "bench", "devtools"}
+
+
+def uploaded(directory: Path) -> set[str]:
+    gcloud = shutil.which("gcloud")
+    if gcloud is None:
+        pytest.fail("gcloud is not installed: it decides what a deploy uploads", pytrace=False)
+    listing = subprocess.run(
+        [gcloud, "meta", "list-files-for-upload"],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return {line.strip() for line in listing.stdout.splitlines() if line.strip()}
+
+
+def looks_like_env_file(path: str) -> bool:
+    name = path.rsplit("/", 1)[-1]
+    return name == ".env" or name.startswith(".env.") or name.endswith(".env")
+
+
+def test_the_project_uploads_exactly_the_function() -> None:
+    files = uploaded(ROOT)
+    package = {
+        path.relative_to(ROOT).as_posix()
+        for path in (ROOT / "assistant").rglob("*.py")
+        if "__pycache__" not in path.parts
+    }
+    assert files == {"main.py", "requirements.txt", *package}
+    for path in files:
+        assert not FORBIDDEN_PARTS & set(path.split("/")), path
+        assert not looks_like_env_file(path), path
+
+
+def test_the_ignore_rules_hold_for_files_that_may_appear_later(tmp_path: Path) -> None:
+    shutil.copy(ROOT / ".gcloudignore", tmp_path)
+    present = [
+        "main.py", "requirements.txt", "assistant/__init__.py", "assistant/providers/x.py",
+        "assistant/__pycache__/x.cpython-311.pyc", "assistant/.env", "assistant/.env.local",
+        "assistant/prod.env", ".env", ".env.production", "secrets.env", "tests/test_x.py",
+        ".venv/lib/site.py", "node_modules/firebase-tools/index.js", ".run/auth.log",
+        "package.json", "package-lock.json", "firebase.json", "notes.md", "scratch.py",
+    ]  # fmt: skip
+    for name in present:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    assert uploaded(tmp_path) == {
+        "main.py",
+        "requirements.txt",
+        "assistant/__init__.py",
+        "assistant/providers/x.py",
+    }
