@@ -2,13 +2,21 @@
 # Smoke-test a running assistant endpoint with curl only (no python, no jq).
 #
 #   scripts/smoke.sh http://127.0.0.1:1956
-#   AUTH_TOKEN=... scripts/smoke.sh https://REGION-PROJECT.cloudfunctions.net/assistant
+#   AUTH_TOKEN="$FIREBASE_ID_TOKEN" scripts/smoke.sh https://assistant-xyz.a.run.app   # AUTH_MODE=firebase
+#   AUTH_TOKEN="$(gcloud auth print-identity-token)" scripts/smoke.sh https://...        # AUTH_MODE=iam
 #
-# Env: ASSISTANT_ID (smoke-test), SMOKE_QUESTION, AUTH_TOKEN (sent as
-# "Authorization: Bearer ..."), SMOKE_TIMEOUT (120 s, per request).
+# Env: AUTH_TOKEN (sent as "Authorization: Bearer ..."), REQUIRE_AUTH (1: the
+# endpoint must refuse a call without a token), ASSISTANT_ID (smoke-test),
+# SMOKE_QUESTION, SMOKE_TIMEOUT (120 s, per request).
 #
 # Checks, each printing one "ok:" line or one "FAIL:" line and exiting 1:
 #   health       GET /health is 200 with "status":"ok"
+#   no token     a POST without Authorization (and with an empty user_input, so
+#                an open endpoint answers 400 and calls no model) is a 401
+#                unauthenticated with WWW-Authenticate (AUTH_MODE=firebase), a
+#                403 from Cloud Run (iam), or a 400 (an open, local endpoint);
+#                with REQUIRE_AUTH=1 only the 401 / 403 pass
+#   -- without AUTH_TOKEN, an endpoint that refused the call stops here --
 #   bad request  {"user_input": ""} to the SSE route is 400 invalid_request
 #   stream       the SSE route streams chunk frames, ends with exactly one
 #                {"answer":...} frame and then [DONE], and its X-Trace-Id
@@ -43,6 +51,8 @@ JSON_URL="$BASE/vac/assistant/$ASSISTANT_ID"
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/smoke.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 
+REQUIRE_AUTH="${REQUIRE_AUTH:-0}"
+[[ "$REQUIRE_AUTH" =~ ^[01]$ ]] || fail "REQUIRE_AUTH must be 0 or 1, got '$REQUIRE_AUTH'"
 auth=()
 if [[ -n "${AUTH_TOKEN:-}" ]]; then
     auth=(-H "Authorization: Bearer $AUTH_TOKEN")
@@ -61,10 +71,18 @@ json_escape() {
 # request NAME URL [curl args...]: runs curl with the body in $tmp/NAME.body and
 # the headers in $tmp/NAME.headers; sets $status to the HTTP status and $timing
 # to "time_starttransfer time_total". A transport error (no HTTP status) fails.
+# `request` sends the Authorization header when AUTH_TOKEN is set;
+# `unauthenticated_request` never does.
 request() {
+    curl_to "$@" ${auth[@]+"${auth[@]}"}
+}
+unauthenticated_request() {
+    curl_to "$@"
+}
+curl_to() {
     local name="$1" url="$2" out rc=0
     shift 2
-    out="$(curl -sS --max-time "$SMOKE_TIMEOUT" ${auth[@]+"${auth[@]}"} "$@" \
+    out="$(curl -sS --max-time "$SMOKE_TIMEOUT" "$@" \
         -D "$tmp/$name.headers" -o "$tmp/$name.body" \
         -w '%{http_code} %{time_starttransfer} %{time_total}' "$url" 2>"$tmp/$name.err")" || rc=$?
     if [[ $rc -ne 0 ]]; then
@@ -99,7 +117,33 @@ grep -Eq '"status" *: *"ok"' "$tmp/health.body" \
     || fail "health: GET $BASE/health body has no \"status\":\"ok\": $(excerpt "$tmp/health.body")"
 ok "health: GET /health is 200 $(excerpt "$tmp/health.body")"
 
-# ---------------------------------------------------------------- (b) bad request
+# ---------------------------------------------------------------- (b) no token
+unauthenticated_request no_token "$SSE_URL" -X POST -H 'Content-Type: application/json' \
+    -H 'Accept: text/event-stream' --data '{"user_input": ""}'
+tr -d '\r' <"$tmp/no_token.headers" >"$tmp/no_token.h"
+refused=1
+case "$status" in
+    401)
+        grep -Eq '"code" *: *"unauthenticated"' "$tmp/no_token.body" \
+            || fail "no token: 401 body lacks \"code\":\"unauthenticated\": $(excerpt "$tmp/no_token.body")"
+        grep -Eiq '^www-authenticate: *Bearer' "$tmp/no_token.h" \
+            || fail "no token: the 401 has no WWW-Authenticate: Bearer header"
+        ok "no token: a POST without Authorization is 401 unauthenticated (the service checks tokens)"
+        ;;
+    403) ok "no token: a POST without Authorization is 403 (Cloud Run IAM refuses it)" ;;
+    400)
+        ((REQUIRE_AUTH == 0)) || fail "no token: the endpoint answered a call without a token (HTTP 400, want 401): it is open"
+        refused=0
+        ok "no token: the endpoint is open (AUTH_MODE=none or a trusted network): 400 for the empty input"
+        ;;
+    *) fail "no token: a POST without Authorization returned HTTP $status, want 401 (or 403 / 400): $(excerpt "$tmp/no_token.body")" ;;
+esac
+if ((refused)) && [[ -z "${AUTH_TOKEN:-}" ]]; then
+    echo "ok: smoke passed against $BASE (health and the refusal only: set AUTH_TOKEN to check a stream)"
+    exit 0
+fi
+
+# ---------------------------------------------------------------- (c) bad request
 request bad_request "$SSE_URL" -X POST -H 'Content-Type: application/json' -H 'Accept: text/event-stream' \
     --data '{"user_input": ""}'
 [[ "$status" == 400 ]] || fail "bad request: empty user_input to $SSE_URL returned HTTP $status, want 400: $(excerpt "$tmp/bad_request.body")"
@@ -107,7 +151,7 @@ grep -Eq '"code" *: *"invalid_request"' "$tmp/bad_request.body" \
     || fail "bad request: 400 body lacks \"code\":\"invalid_request\": $(excerpt "$tmp/bad_request.body")"
 ok "bad request: empty user_input is 400 invalid_request"
 
-# ---------------------------------------------------------------- (c) stream
+# ---------------------------------------------------------------- (d) stream
 payload="{\"user_input\":\"$(json_escape "$SMOKE_QUESTION")\"}"
 request stream "$SSE_URL" -N -X POST -H 'Content-Type: application/json' -H 'Accept: text/event-stream' \
     --data "$payload"
@@ -143,7 +187,7 @@ read -r first_byte total <<<"$timing"
 first_chunk_ms="$(json_number first_chunk_ms "$terminal")"
 ok "stream: 200 text/event-stream, $chunks chunk frames, one answer frame, then [DONE]; trace_id $meta_trace"
 
-# ---------------------------------------------------------------- (d) legacy JSON
+# ---------------------------------------------------------------- (e) legacy JSON
 request legacy "$JSON_URL" -X POST -H 'Content-Type: application/json' --data "$payload"
 [[ "$status" == 200 ]] || fail "legacy: POST $JSON_URL (JSON) returned HTTP $status, want 200: $(excerpt "$tmp/legacy.body")"
 grep -Eq '"answer" *:' "$tmp/legacy.body" \
