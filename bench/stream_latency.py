@@ -118,6 +118,9 @@ def main() -> int:
         "ANTHROPIC_API_KEY": "bench-key",
         "ANTHROPIC_BASE_URL": fake.url,
         "ASSISTANT_PROVIDERS": "anthropic",
+        # Every benchmark stream is the same anonymous user (AUTH_MODE none):
+        # the per-user limit would otherwise refuse all but a few.
+        "MAX_STREAMS_PER_USER": str(max(levels)),
     }
     try:
         with running_service(env) as service:
