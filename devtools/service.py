@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -35,15 +36,20 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_service(env: dict[str, str], timeout: float = 30) -> Iterator[RunningService]:
-    """The service on 127.0.0.1 with `env` on top of this process's environment."""
+def running_service(
+    env: dict[str, str], timeout: float = 30, output: IO[bytes] | None = None
+) -> Iterator[RunningService]:
+    """The service on 127.0.0.1 with `env` on top of this process's environment.
+
+    Its stdout and stderr (the log lines) go to `output`, or nowhere.
+    """
     port = free_port()
     started = time.perf_counter()
+    sink = output or subprocess.DEVNULL
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "functions-framework"), "--target=assistant",
          "--source=main.py", "--host=127.0.0.1", f"--port={port}"],
-        cwd=ROOT, env={**os.environ, **env},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT, env={**os.environ, **env}, stdout=sink, stderr=sink,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:

@@ -11,9 +11,11 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from devtools.fake_upstream import FakeUpstream, Script
+from devtools.service import running_service
 
 from .conftest import sse_events
 from .firebase_tokens import (
@@ -249,3 +251,37 @@ def test_history_is_the_token_users_not_the_bodys(
     post(client, bearer(key.sign(claims("uid-ada"))), "new question", **body).get_data()
     sent = fake.wait_for_requests(1)[0].body["messages"]
     assert [m["content"] for m in sent] == ["my earlier question\n\nnew question"]
+
+
+def test_the_real_server_logs_no_token(fake: FakeUpstream, key, impostor, tmp_path) -> None:
+    """Whatever the server and gunicorn print, for good and bad tokens alike."""
+    tokens = [
+        key.sign(claims("logged-user")),
+        key.sign(claims(exp=_now() - 600, iat=_now() - 4000)),
+        impostor.sign(claims()),
+        unsigned(claims()),
+        "not.a-token",
+    ]
+    log_path = tmp_path / "server.log"
+    with CertsServer(key) as certs, log_path.open("wb") as log:
+        env = {"AUTH_MODE": "firebase", "FIREBASE_CERTS_URL": certs.url,
+               "FIREBASE_PROJECT_ID": PROJECT}  # fmt: skip
+        with running_service(env, output=log) as service:
+            statuses = []
+            for token in tokens:
+                fake.push(Script(tokens=["ok"]))
+                response = httpx.post(
+                    f"{service.url}/vac/assistant/logs/sse",
+                    json={"user_input": "hi"},
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=10,
+                )
+                statuses.append(response.status_code)
+                assert token not in response.text
+    assert statuses == [200, 401, 401, 401, 401]
+    logged = log_path.read_text()
+    assert '"request.refused"' in logged  # the log was captured
+    for token in tokens:
+        for part in token.split("."):
+            if len(part) > 8:
+                assert part not in logged
