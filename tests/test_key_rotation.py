@@ -1,6 +1,7 @@
 """Keys from Secret Manager through the whole endpoint: rotation on 401, outages.
 
-Only the Secret Manager client object is replaced (there is no emulator);
+Only the Secret Manager client object is replaced (there is no emulator), with
+pytest-mock, by a stand-in that has the real client's spec;
 the provider is the fake upstream over real HTTP.
 """
 
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 from google.api_core import exceptions
+from pytest_mock import MockerFixture
 
 import assistant.keys
 from devtools.fake_upstream import FakeUpstream, Script
@@ -20,47 +22,52 @@ from devtools.fake_upstream import FakeUpstream, Script
 from .conftest import ask, sse_events
 
 
-class FakeSecretClient:
-    """Stands in for SecretManagerServiceClient: answers from a list, records the names read."""
+def _use(mocker: MockerFixture, *answers: str | Exception) -> Any:
+    """The process's Secret Manager client replaced by one with the real client's spec,
+    answering from `answers` in turn (the last one again and again)."""
+    from google.cloud.secretmanager import SecretManagerServiceClient
 
-    def __init__(self, *answers: str | Exception) -> None:
-        self.answers = list(answers)
-        self.names: list[str] = []
+    pending = list(answers)
 
-    def access_secret_version(self, request: dict[str, str], timeout: float, retry: Any) -> Any:
-        self.names.append(request["name"])
-        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+    def access_secret_version(request: dict[str, str], timeout: float, retry: Any) -> Any:
+        answer = pending.pop(0) if len(pending) > 1 else pending[0]
         if isinstance(answer, Exception):
             raise answer
         return SimpleNamespace(payload=SimpleNamespace(data=answer.encode()))
 
+    secret_client = mocker.create_autospec(SecretManagerServiceClient, instance=True)
+    secret_client.access_secret_version.side_effect = access_secret_version
+    mocker.patch.object(assistant.keys, "_client", secret_client)
+    return secret_client
+
+
+def _names_read(secret_client: Any) -> list[str]:
+    return [
+        call.kwargs["request"]["name"] for call in secret_client.access_secret_version.mock_calls
+    ]
+
 
 @pytest.fixture
-def secrets(fake: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def secrets(fake: FakeUpstream, mocker: MockerFixture) -> Iterator[None]:
     """Keys from Secret Manager only: no key in the environment."""
     del os.environ["ANTHROPIC_API_KEY"]
     os.environ.update(SECRET_MANAGER="true", SECRETS_PROJECT="demo-secrets")
-    monkeypatch.setattr(assistant.keys, "_store", None)  # a fresh cache for each test
+    mocker.patch.object(assistant.keys, "_store", None)  # a fresh cache for each test
     yield
 
 
-def _use(monkeypatch: pytest.MonkeyPatch, client: FakeSecretClient) -> FakeSecretClient:
-    monkeypatch.setattr(assistant.keys, "_client", client)
-    return client
-
-
-def test_key_is_read_from_secret_manager(client, fake, secrets, monkeypatch) -> None:
-    secret_client = _use(monkeypatch, FakeSecretClient("sm-key"))
+def test_key_is_read_from_secret_manager(client, fake, secrets, mocker) -> None:
+    secret_client = _use(mocker, "sm-key")
     final = sse_events(ask(client).get_data())[-2]
     assert "answer" in final
     assert fake.requests[0].headers["x-api-key"] == "sm-key"
-    assert "projects/demo-secrets/secrets/ANTHROPIC_API_KEY/versions/latest" in secret_client.names
+    assert "projects/demo-secrets/secrets/ANTHROPIC_API_KEY/versions/latest" in _names_read(
+        secret_client
+    )
 
 
-def test_a_401_reads_the_rotated_key_and_retries_once(
-    client, fake, secrets, monkeypatch, capfd
-) -> None:
-    _use(monkeypatch, FakeSecretClient("old-key", "new-key"))
+def test_a_401_reads_the_rotated_key_and_retries_once(client, fake, secrets, mocker, capfd) -> None:
+    _use(mocker, "old-key", "new-key")
     fake.push(Script(fail="401"), Script(tokens=["fresh ", "answer"]))
     response = ask(client)
     final = sse_events(response.get_data())[-2]
@@ -74,50 +81,46 @@ def test_a_401_reads_the_rotated_key_and_retries_once(
     assert "old-key" not in shown and "new-key" not in shown
 
 
-def test_an_unchanged_key_after_401_is_not_retried(client, fake, secrets, monkeypatch) -> None:
-    _use(monkeypatch, FakeSecretClient("same-key"))
+def test_an_unchanged_key_after_401_is_not_retried(client, fake, secrets, mocker) -> None:
+    _use(mocker, "same-key")
     fake.push(Script(fail="401"))
     response = ask(client)
     assert response.status_code == 502
     assert len(fake.requests) == 1
 
 
-def test_secret_manager_down_with_no_key_is_409(client, fake, secrets, monkeypatch) -> None:
-    _use(monkeypatch, FakeSecretClient(exceptions.ServiceUnavailable("unreachable")))
+def test_secret_manager_down_with_no_key_is_409(client, fake, secrets, mocker) -> None:
+    _use(mocker, exceptions.ServiceUnavailable("unreachable"))
     response = ask(client)
     assert response.status_code == 409
     assert response.get_json()["code"] == "no_provider"
     assert fake.requests == []
 
 
-def test_a_key_already_read_survives_a_secret_manager_outage(
-    client, fake, secrets, monkeypatch
-) -> None:
+def test_a_key_already_read_survives_a_secret_manager_outage(client, fake, secrets, mocker) -> None:
     os.environ["KEY_CACHE_SECONDS"] = "0"  # every request goes back to Secret Manager
-    _use(monkeypatch, FakeSecretClient("cached-key", exceptions.ServiceUnavailable("down")))
+    _use(mocker, "cached-key", exceptions.ServiceUnavailable("down"))
     assert "answer" in sse_events(ask(client).get_data())[-2]
     assert "answer" in sse_events(ask(client).get_data())[-2]
     assert [r.headers["x-api-key"] for r in fake.requests] == ["cached-key", "cached-key"]
 
 
-def test_a_missing_secret_skips_that_provider(client, fake, secrets, monkeypatch) -> None:
-    _use(monkeypatch, FakeSecretClient(exceptions.NotFound("no such secret")))
+def test_a_missing_secret_skips_that_provider(client, fake, secrets, mocker) -> None:
+    _use(mocker, exceptions.NotFound("no such secret"))
     assert ask(client).status_code == 409
 
 
-def test_an_env_var_wins_over_secret_manager(client, fake, secrets, monkeypatch) -> None:
-    secret_client = _use(monkeypatch, FakeSecretClient("sm-key"))
+def test_an_env_var_wins_over_secret_manager(client, fake, secrets, mocker) -> None:
+    secret_client = _use(mocker, "sm-key")
     os.environ["ANTHROPIC_API_KEY"] = "env-key"
     ask(client).get_data()
     assert fake.requests[0].headers["x-api-key"] == "env-key"
-    assert secret_client.names == []
+    assert _names_read(secret_client) == []
 
 
-def test_geminis_invalid_key_answer_also_rereads_the_key(
-    client, fake, secrets, monkeypatch
-) -> None:
+def test_geminis_invalid_key_answer_also_rereads_the_key(client, fake, secrets, mocker) -> None:
     os.environ.update(ASSISTANT_PROVIDERS="gemini", GEMINI_BASE_URL=fake.url)
-    _use(monkeypatch, FakeSecretClient("old-gemini-key", "new-gemini-key"))
+    _use(mocker, "old-gemini-key", "new-gemini-key")
     invalid_key = {
         "error": {
             "code": 400,
