@@ -8,21 +8,29 @@
 # 2. Starts the Firestore emulator (scripts/firestore-emulator.sh) and points
 #    the service at it with FIRESTORE_EMULATOR_HOST and GOOGLE_CLOUD_PROJECT
 #    (default demo-local).
-# 3. If none of ANTHROPIC_API_KEY, OPENAI_API_KEY, GEMINI_API_KEY,
+# 3. Only with AUTH_MODE=firebase: starts the Firebase Auth emulator
+#    (scripts/auth-emulator.sh, which needs Node.js 20+ and installs
+#    firebase-tools into node_modules), exports FIREBASE_AUTH_EMULATOR_HOST
+#    and FIREBASE_PROJECT_ID (= GOOGLE_CLOUD_PROJECT, which must then start
+#    with demo-), creates the user dev@example.com (password dev-password) and
+#    prints the curl commands that get its ID token and stream with it.
+#    Without AUTH_MODE, or with none / iam, Node is not needed.
+# 4. If none of ANTHROPIC_API_KEY, OPENAI_API_KEY, GEMINI_API_KEY,
 #    OLLAMA_BASE_URL is set, starts the fake upstream (devtools.fake_upstream)
 #    and routes the anthropic provider to it: replies are canned text.
-# 4. Serves the function on http://127.0.0.1:$PORT (default 1956) with
+# 5. Serves the function on http://127.0.0.1:$PORT (default 1956) with
 #    THREADS (default 16) gunicorn threads.
 #
 # Ctrl-C (or SIGTERM/SIGHUP to this script) stops the server, the fake
-# upstream and the emulator this script started. The server runs as a
+# upstream and the emulators this script started. The server runs as a
 # background child that this script waits on, rather than in the foreground:
 # bash defers traps until a foreground child exits, so a SIGTERM sent to this
 # script alone would otherwise leave everything running.
 #
 # Env: PORT (1956), THREADS (16), GOOGLE_CLOUD_PROJECT (demo-local),
-#      FIRESTORE_EMULATOR_PORT (8686), FAKE_UPSTREAM_PORT (1957), and any
-#      setting the service reads (see README).
+#      FIRESTORE_EMULATOR_PORT (8686), FAKE_UPSTREAM_PORT (1957), AUTH_MODE,
+#      AUTH_EMULATOR_PORT (9099, with AUTH_MODE=firebase), and any setting
+#      the service reads (see README).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -54,6 +62,7 @@ port_free() {
 server_pid=""
 fake_pid=""
 owns_emulator=0
+owns_auth_emulator=0
 
 # Stop one child: signal it, give it GRACE seconds, then SIGKILL its own
 # children (gunicorn workers, looked up first) and it. gunicorn's quick
@@ -95,15 +104,20 @@ cleanup() {
     local status=$?
     trap - EXIT INT TERM HUP
     set +e
-    local emulator_stop=""
+    local emulator_stop="" auth_emulator_stop=""
     if ((owns_emulator)); then  # the JVM takes ~2 s to stop: overlap it with the rest
         scripts/firestore-emulator.sh stop &
         emulator_stop=$!
+    fi
+    if ((owns_auth_emulator)); then  # node takes ~2 s too
+        scripts/auth-emulator.sh stop &
+        auth_emulator_stop=$!
     fi
     [[ -n "$fake_pid" ]] && kill -TERM "$fake_pid" 2>/dev/null  # it takes ~2 s too: start now
     [[ -n "$server_pid" ]] && stop_child "$server_pid" server INT 5
     [[ -n "$fake_pid" ]] && stop_child "$fake_pid" "fake upstream" TERM 5
     [[ -n "$emulator_stop" ]] && wait "$emulator_stop"
+    [[ -n "$auth_emulator_stop" ]] && wait "$auth_emulator_stop"
     say "stopped"
     exit "$status"
 }
@@ -128,6 +142,31 @@ fi
 emulator_line="$(scripts/firestore-emulator.sh start)"
 export FIRESTORE_EMULATOR_HOST="${emulator_line#export FIRESTORE_EMULATOR_HOST=}"
 export GOOGLE_CLOUD_PROJECT="${GOOGLE_CLOUD_PROJECT:-demo-local}"
+
+# ---------------------------------------------------------------- Auth emulator (AUTH_MODE=firebase)
+
+auth_mode="${AUTH_MODE:-}"
+auth_mode="${auth_mode,,}"
+if [[ "$auth_mode" == firebase ]]; then
+    AUTH_EMULATOR_PORT="${AUTH_EMULATOR_PORT:-9099}"
+    [[ "$AUTH_EMULATOR_PORT" =~ ^[0-9]+$ ]] || die "AUTH_EMULATOR_PORT must be a number, got '$AUTH_EMULATOR_PORT'"
+    export AUTH_EMULATOR_PORT
+    if port_free "$AUTH_EMULATOR_PORT"; then
+        owns_auth_emulator=1  # set before starting, so a Ctrl-C during startup still stops it
+    fi
+    auth_emulator_line="$(scripts/auth-emulator.sh start)"
+    export FIREBASE_AUTH_EMULATOR_HOST="${auth_emulator_line#export FIREBASE_AUTH_EMULATOR_HOST=}"
+    export FIREBASE_PROJECT_ID="$GOOGLE_CLOUD_PROJECT"
+    auth_url="http://$FIREBASE_AUTH_EMULATOR_HOST/identitytoolkit.googleapis.com/v1/accounts"
+    dev_user='{"email":"dev@example.com","password":"dev-password","returnSecureToken":true}'
+    sign_up="$(curl -s --max-time 10 "$auth_url:signUp?key=any" -H 'Content-Type: application/json' -d "$dev_user")" \
+        || die "the Auth emulator at $FIREBASE_AUTH_EMULATOR_HOST did not answer the sign-up of dev@example.com"
+    if [[ "$sign_up" == *'"idToken"'* ]]; then
+        say "created user dev@example.com in the Auth emulator"
+    elif [[ "$sign_up" != *EMAIL_EXISTS* ]]; then
+        die "the Auth emulator refused to create dev@example.com: $sign_up"
+    fi
+fi
 
 # ---------------------------------------------------------------- fake upstream
 
@@ -164,8 +203,21 @@ url="http://127.0.0.1:$PORT"
 cat <<EOF
 
 Assistant on $url  (Firestore emulator $FIRESTORE_EMULATOR_HOST, project $GOOGLE_CLOUD_PROJECT, THREADS=$THREADS)
+EOF
+if [[ "$auth_mode" == firebase ]]; then
+    cat <<EOF
+AUTH_MODE=firebase: Auth emulator $FIREBASE_AUTH_EMULATOR_HOST, user dev@example.com / dev-password
+  TOKEN="\$(curl -s '$auth_url:signInWithPassword?key=any' -H 'Content-Type: application/json' -d '$dev_user' | sed -n 's/.*"idToken": *"\([^"]*\)".*/\1/p')"
+  curl -N -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' -d '{"user_input":"Hello there"}' $url/vac/assistant/demo/sse
+  AUTH_TOKEN="\$TOKEN" scripts/smoke.sh $url
+EOF
+else
+    cat <<EOF
   curl -N -H 'Content-Type: application/json' -d '{"user_input":"Hello there"}' $url/vac/assistant/demo/sse
   scripts/smoke.sh $url
+EOF
+fi
+cat <<EOF
 Ctrl-C stops everything.
 
 EOF
