@@ -17,6 +17,7 @@ import pytest
 
 from devtools.fake_upstream import FakeUpstream, Script
 
+from .auth_emulator import AuthEmulator
 from .emulator import PROJECT, EmulatorUnavailable, FirestoreEmulator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,3 +122,35 @@ def firestore(firestore_emulator: FirestoreEmulator) -> Iterator[Any]:
     from google.cloud import firestore as firestore_client
 
     yield firestore_client.Client(project=PROJECT)
+
+
+# The Auth emulator takes 15-40 s to start: launched as soon as the run is
+# known to need it, it boots while the other tests run.
+_auth_emulator: AuthEmulator | None = None
+_auth_emulator_error: EmulatorUnavailable | None = None
+
+
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    global _auth_emulator, _auth_emulator_error
+    if any("auth_emulator" in getattr(item, "fixturenames", ()) for item in items):
+        try:
+            _auth_emulator = AuthEmulator().start()
+        except EmulatorUnavailable as exc:
+            _auth_emulator_error = exc
+
+
+def pytest_sessionfinish() -> None:
+    if _auth_emulator is not None:
+        _auth_emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def auth_emulator() -> AuthEmulator:
+    """The real Firebase Auth emulator (project demo-test), started at collection."""
+    try:
+        if _auth_emulator_error is not None:
+            raise _auth_emulator_error
+        return (_auth_emulator or AuthEmulator().start()).wait_ready()
+    except EmulatorUnavailable as exc:
+        pytest.fail(f"Firebase Auth emulator unavailable: {exc}", pytrace=False)
