@@ -34,11 +34,15 @@ CONFIG="$RUN_DIR/firebase.json"
 FIREBASE=node_modules/.bin/firebase
 READY_SECONDS=90
 MATCH="emulators:start --only auth"
+NAME="the Auth emulator"
 
 say() { echo "auth-emulator: $*" >&2; }
 die() { say "$*"; exit 1; }
 
 usage() { die "usage: $0 start|stop"; }
+
+# shellcheck source=scripts/lib/daemon.sh
+. scripts/lib/daemon.sh
 
 # 0 when the Auth emulator answers on its root URL; 1 when nothing listens;
 # 2 when something else answers there.
@@ -70,16 +74,6 @@ free_port_after() {
     return 1
 }
 
-running_pid() {
-    # The pid from the pid file, if that process is alive and is the emulator.
-    local pid
-    [[ -f "$PID_FILE" ]] || return 1
-    pid="$(cat "$PID_FILE")"
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    ps -p "$pid" -o args= 2>/dev/null | grep -qF -- "$MATCH" || return 1
-    echo "$pid"
-}
-
 start() {
     [[ "$PORT" =~ ^[0-9]+$ ]] || die "AUTH_EMULATOR_PORT must be a port number, got '$PORT'"
     [[ "$PROJECT" == demo-* ]] \
@@ -97,12 +91,6 @@ start() {
     fi
 
     scripts/node-tools.sh
-
-    local old_pid
-    if old_pid="$(running_pid)"; then
-        die "an emulator from $PID_FILE (pid $old_pid) is running but does not answer on port $PORT; run '$0 stop' first"
-    fi
-    rm -f "$PID_FILE"
     mkdir -p "$RUN_DIR"
 
     local hub_port logging_port
@@ -121,57 +109,10 @@ start() {
 }
 EOF
 
-    # Its own session where available, so signals aimed at the caller's terminal
-    # (Ctrl-C, hang-up) do not reach it half-way; the caller stops it through the
-    # pid file. Without job control the child is not a group leader, so setsid
-    # does not fork and $! stays the node pid.
-    local launcher=()
-    if command -v setsid >/dev/null; then
-        launcher=(setsid)
-    fi
-    FIREBASE_DEBUG_PATH="$DEBUG_LOG" ${launcher[@]+"${launcher[@]}"} \
-        "$FIREBASE" emulators:start --only auth --project "$PROJECT" --config "$CONFIG" \
-        </dev/null >"$LOG_FILE" 2>&1 &
-    local pid=$!
-    echo "$pid" >"$PID_FILE"
-    say "starting on 127.0.0.1:$PORT for project $PROJECT (hub $hub_port, logging $logging_port; pid $pid, log $LOG_FILE)"
-
-    local deadline=$((SECONDS + READY_SECONDS))
-    until probe; do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            rm -f "$PID_FILE"
-            die "emulator exited during startup; see $LOG_FILE"
-        fi
-        if ((SECONDS >= deadline)); then
-            kill "$pid" 2>/dev/null || true
-            rm -f "$PID_FILE"
-            die "emulator did not answer on port $PORT within ${READY_SECONDS}s; see $LOG_FILE"
-        fi
-        sleep 0.25
-    done
-    say "ready"
+    say "project $PROJECT, hub port $hub_port, logging port $logging_port"
+    FIREBASE_DEBUG_PATH="$DEBUG_LOG" launch \
+        "$FIREBASE" emulators:start --only auth --project "$PROJECT" --config "$CONFIG"
     echo "export FIREBASE_AUTH_EMULATOR_HOST=127.0.0.1:$PORT"
-}
-
-stop() {
-    local pid
-    if ! pid="$(running_pid)"; then
-        rm -f "$PID_FILE"
-        say "not running (no live emulator in $PID_FILE)"
-        return 0
-    fi
-    kill "$pid" 2>/dev/null || true
-    local i
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.2
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        say "pid $pid ignored SIGTERM for 10s; sending SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    rm -f "$PID_FILE"
-    say "stopped (pid $pid)"
 }
 
 [[ $# -eq 1 ]] || usage

@@ -23,11 +23,16 @@ PID_FILE="$RUN_DIR/firestore-emulator.pid"
 LOG_FILE="$RUN_DIR/firestore-emulator.log"
 READY_SECONDS=30
 MAIN_CLASS=com.google.cloud.datastore.emulator.firestore.CloudFirestore
+MATCH="$MAIN_CLASS"
+NAME="the Firestore emulator"
 
 say() { echo "firestore-emulator: $*" >&2; }
 die() { say "$*"; exit 1; }
 
 usage() { die "usage: $0 start|stop"; }
+
+# shellcheck source=scripts/lib/daemon.sh
+. scripts/lib/daemon.sh
 
 # 0 when the emulator answers "Ok" on its root URL; 1 when nothing listens;
 # 2 when something else answers there.
@@ -41,16 +46,6 @@ probe() {
     else
         return 2
     fi
-}
-
-running_pid() {
-    # The pid from the pid file, if that process is alive and is the emulator.
-    local pid
-    [[ -f "$PID_FILE" ]] || return 1
-    pid="$(cat "$PID_FILE")"
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    ps -p "$pid" -o args= 2>/dev/null | grep -q "$MAIN_CLASS" || return 1
-    echo "$pid"
 }
 
 start() {
@@ -75,68 +70,13 @@ start() {
     jar="$sdk_root/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar"
     [[ -f "$jar" ]] || die "emulator jar missing at $jar: run 'gcloud components install cloud-firestore-emulator' (or apt-get install google-cloud-cli-firestore-emulator)"
 
-    local old_pid
-    if old_pid="$(running_pid)"; then
-        die "an emulator from $PID_FILE (pid $old_pid) is running but does not answer on port $PORT; run '$0 stop' first"
-    fi
-    rm -f "$PID_FILE"
-    mkdir -p "$RUN_DIR"
-
     local args=(start --host=127.0.0.1 "--port=$PORT")
     if [[ -f firestore.rules ]]; then
         args+=(--rules=firestore.rules)
     fi
 
-    # Its own session where available, so signals aimed at the caller's terminal
-    # (Ctrl-C, hang-up) do not reach it half-way; the caller stops it through the
-    # pid file. Without job control the child is not a group leader, so setsid
-    # does not fork and $! stays the java pid.
-    local launcher=()
-    if command -v setsid >/dev/null; then
-        launcher=(setsid)
-    fi
-    ${launcher[@]+"${launcher[@]}"} java -Duser.language=en -cp "$jar" "$MAIN_CLASS" "${args[@]}" \
-        </dev/null >"$LOG_FILE" 2>&1 &
-    local pid=$!
-    echo "$pid" >"$PID_FILE"
-    say "starting on 127.0.0.1:$PORT (pid $pid, log $LOG_FILE)"
-
-    local deadline=$((SECONDS + READY_SECONDS))
-    until probe; do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            rm -f "$PID_FILE"
-            die "emulator exited during startup; see $LOG_FILE"
-        fi
-        if ((SECONDS >= deadline)); then
-            kill "$pid" 2>/dev/null || true
-            rm -f "$PID_FILE"
-            die "emulator did not answer on port $PORT within ${READY_SECONDS}s; see $LOG_FILE"
-        fi
-        sleep 0.25
-    done
-    say "ready"
+    launch java -Duser.language=en -cp "$jar" "$MAIN_CLASS" "${args[@]}"
     echo "export FIRESTORE_EMULATOR_HOST=127.0.0.1:$PORT"
-}
-
-stop() {
-    local pid
-    if ! pid="$(running_pid)"; then
-        rm -f "$PID_FILE"
-        say "not running (no live emulator in $PID_FILE)"
-        return 0
-    fi
-    kill "$pid" 2>/dev/null || true
-    local i
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.2
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        say "pid $pid ignored SIGTERM for 10s; sending SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    rm -f "$PID_FILE"
-    say "stopped (pid $pid)"
 }
 
 [[ $# -eq 1 ]] || usage
