@@ -29,6 +29,18 @@ class RunningService:
     ready_after: float  # seconds from start to the first answer of /health
 
 
+def stop_process(process: subprocess.Popen[bytes] | None, grace: float = 10) -> None:
+    """SIGTERM, up to `grace` seconds to exit, then SIGKILL."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -64,5 +76,4 @@ def running_service(
             time.sleep(0.02)
         yield RunningService(url, process, time.perf_counter() - started)
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        stop_process(process)

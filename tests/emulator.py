@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from devtools.service import free_port
+from devtools.service import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "demo-test"
@@ -80,10 +80,4 @@ class FirestoreEmulator:
         httpx.delete(url, timeout=10).raise_for_status()
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        stop_process(self._process)
