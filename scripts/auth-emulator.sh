@@ -34,6 +34,7 @@ CONFIG="$RUN_DIR/firebase.json"
 FIREBASE=node_modules/.bin/firebase
 READY_SECONDS=90
 MATCH="emulators:start --only auth"
+READY_BODY='*"authEmulator"*'
 NAME="the Auth emulator"
 
 say() { echo "auth-emulator: $*" >&2; }
@@ -43,20 +44,6 @@ usage() { die "usage: $0 start|stop"; }
 
 # shellcheck source=scripts/lib/daemon.sh
 . scripts/lib/daemon.sh
-
-# 0 when the Auth emulator answers on its root URL; 1 when nothing listens;
-# 2 when something else answers there.
-probe() {
-    local body rc=0
-    body="$(curl -s --max-time 2 "http://127.0.0.1:$PORT/" 2>/dev/null)" || rc=$?
-    if [[ $rc -eq 0 && "$body" == *'"authEmulator"'* ]]; then
-        return 0
-    elif [[ $rc -eq 7 || $rc -eq 28 ]]; then
-        return 1
-    else
-        return 2
-    fi
-}
 
 # 0 when nothing listens on 127.0.0.1:$1.
 port_free() {

@@ -24,6 +24,7 @@ LOG_FILE="$RUN_DIR/firestore-emulator.log"
 READY_SECONDS=30
 MAIN_CLASS=com.google.cloud.datastore.emulator.firestore.CloudFirestore
 MATCH="$MAIN_CLASS"
+READY_BODY='Ok*'
 NAME="the Firestore emulator"
 
 say() { echo "firestore-emulator: $*" >&2; }
@@ -33,20 +34,6 @@ usage() { die "usage: $0 start|stop"; }
 
 # shellcheck source=scripts/lib/daemon.sh
 . scripts/lib/daemon.sh
-
-# 0 when the emulator answers "Ok" on its root URL; 1 when nothing listens;
-# 2 when something else answers there.
-probe() {
-    local body rc=0
-    body="$(curl -s --max-time 2 "http://127.0.0.1:$PORT/" 2>/dev/null)" || rc=$?
-    if [[ $rc -eq 0 && "$body" == Ok* ]]; then
-        return 0
-    elif [[ $rc -eq 7 || $rc -eq 28 ]]; then
-        return 1
-    else
-        return 2
-    fi
-}
 
 start() {
     [[ "$PORT" =~ ^[0-9]+$ ]] || die "FIRESTORE_EMULATOR_PORT must be a port number, got '$PORT'"

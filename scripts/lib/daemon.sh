@@ -5,8 +5,23 @@
 #
 # The sourcing script sets NAME (for messages), PID_FILE, LOG_FILE, PORT,
 # MATCH (a fixed string its command line contains, so a recycled pid is never
-# taken for it), READY_SECONDS, and defines say, die and probe (0: it
-# answers; 1: nothing listens; 2: something else answers).
+# taken for it), READY_BODY (a glob its root URL's answer matches once it is
+# ready), READY_SECONDS, and defines say and die.
+
+# 0 when the server answers READY_BODY on its root URL; 1 when nothing
+# listens; 2 when something else answers there.
+probe() {
+    local body rc=0
+    body="$(curl -s --max-time 2 "http://127.0.0.1:$PORT/" 2>/dev/null)" || rc=$?
+    # shellcheck disable=SC2053  # READY_BODY is a glob on purpose
+    if [[ $rc -eq 0 && "$body" == $READY_BODY ]]; then
+        return 0
+    elif [[ $rc -eq 7 || $rc -eq 28 ]]; then
+        return 1
+    else
+        return 2
+    fi
+}
 
 # The pid from the pid file, if that process is alive and is the server.
 running_pid() {
