@@ -100,21 +100,106 @@ def check_assistant_id(assistant_id: str) -> str:
 
 
 def parse_body(raw: bytes, content_type: str | None) -> dict[str, Any]:
-    """Bytes (already within the size limit) to a JSON object, or the 415 / 400 saying why not."""
+    """Bytes (already within the size limit) to a JSON object, or the 415 / 400 saying why not.
+
+    `text/plain` is taken as JSON too: it is what a preflight-free `fetch` or
+    `sendBeacon` sends. Whatever the shape of the JSON, a bad body is a 400:
+    nesting deeper than MAX_JSON_DEPTH, numbers longer than MAX_NUMBER_CHARS
+    (Python would otherwise spend quadratic time on a huge integer, or give up
+    with a ValueError), NaN / Infinity, and text that cannot be encoded (a
+    lone UTF-16 surrogate such as "\\ud800", which no provider and no
+    database would take), named by its field.
+    """
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
-    if media_type != "application/json" and not media_type.endswith("+json"):
+    if media_type not in ("application/json", "text/plain") and not media_type.endswith("+json"):
         raise RequestError(
-            f"Content-Type must be application/json, got {media_type or 'none'}",
+            f"Content-Type must be application/json (or text/plain holding JSON), "
+            f"got {media_type or 'none'}",
             415,
             "unsupported_media_type",
         )
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = raw.decode("utf-8-sig")  # a leading BOM is tolerated, as JSON parsers do
+    except UnicodeDecodeError as exc:
+        raise RequestError(f"request body is not UTF-8: invalid byte at {exc.start}") from None
+    try:
+        body = json.loads(
+            text, parse_int=_bounded_int, parse_float=_bounded_float, parse_constant=_no_constant
+        )
+    except json.JSONDecodeError as exc:
         raise RequestError(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:  # the C parser recurses once per level, and says so in time
+        raise RequestError(_TOO_DEEP) from None
     if not isinstance(body, dict):
         raise RequestError("request body must be a JSON object")
+    _check_values(body)
     return body
+
+
+MAX_JSON_DEPTH = 64
+MAX_NUMBER_CHARS = 40
+MAX_JSON_VALUES = 50_000  # far above any real request; bounds the walk below
+_TOO_DEEP = f"request body is nested more than {MAX_JSON_DEPTH} levels deep"
+
+
+def _bounded_int(literal: str) -> int:
+    if len(literal) > MAX_NUMBER_CHARS:
+        raise RequestError(f"request body has a number longer than {MAX_NUMBER_CHARS} digits")
+    return int(literal)
+
+
+def _bounded_float(literal: str) -> float:
+    if len(literal) > MAX_NUMBER_CHARS:
+        raise RequestError(f"request body has a number longer than {MAX_NUMBER_CHARS} characters")
+    value = float(literal)
+    if value in (float("inf"), float("-inf")):
+        raise RequestError("request body has a number too large to represent")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise RequestError(f"request body has {name}, which is not JSON")
+
+
+def _check_values(body: dict[str, Any]) -> None:
+    """Nesting within MAX_JSON_DEPTH, at most MAX_JSON_VALUES values, every key and
+    string encodable as UTF-8.
+
+    Iterative, so no depth can make it recurse; the message names the field.
+    """
+    pending: list[tuple[str, int, Any]] = [("", 0, body)]
+    seen = 0
+    while pending:
+        path, depth, value = pending.pop()
+        if isinstance(value, str):
+            if not value.isascii() and not _encodable(value):
+                raise RequestError(
+                    f"{path or 'a key'} contains text that cannot be encoded "
+                    "(a lone UTF-16 surrogate)"
+                )
+        elif isinstance(value, dict | list):
+            if depth >= MAX_JSON_DEPTH:
+                raise RequestError(_TOO_DEEP)
+            seen += len(value)
+            if seen > MAX_JSON_VALUES:
+                raise RequestError(f"request body has more than {MAX_JSON_VALUES} values")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str):
+                    key_text = key.encode("utf-8", "backslashreplace").decode("utf-8")
+                    key_path = f"{path}.{key_text}" if path else key_text
+                    pending.append((key_path, depth + 1, key))
+                else:
+                    key_path = f"{path}[{key}]"
+                pending.append((key_path, depth + 1, item))
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 _KIND_NAMES = {

@@ -130,7 +130,7 @@ def test_invalid_json_is_400(client, fake: FakeUpstream) -> None:
     _refused(response, 400, "invalid_request", fake, "not valid JSON")
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/html", None])
 def test_non_json_media_type_is_415(client, fake: FakeUpstream, content_type: str | None) -> None:
     response = client.post(
         "/vac/assistant/abc/sse", data='{"user_input": "hi"}', content_type=content_type
@@ -260,3 +260,60 @@ def test_preflight_allows_the_headers_the_frontend_asks_for(client) -> None:
     )
     assert response.headers["Access-Control-Allow-Headers"] == "content-type, x-frontend-trace"
     assert "Content-Type" not in response.headers
+
+
+def test_json_sent_as_text_plain_is_accepted(client, fake: FakeUpstream) -> None:
+    """What a preflight-free fetch or sendBeacon sends."""
+    response = client.post(
+        "/vac/assistant/abc/sse",
+        data='{"user_input": "hi"}',
+        content_type="text/plain;charset=UTF-8",
+    )
+    assert response.status_code == 200
+    assert sse_events(response.get_data())[-1] == "[DONE]"
+
+
+@pytest.mark.parametrize(
+    ("body", "mentions"),
+    [
+        pytest.param(b'{"a":' * 100_000, "nested more than 64 levels", id="deep-100000"),
+        pytest.param(b'{"user_input": "hi", "x": ' + b"[" * 70 + b"]" * 70 + b"}",
+                     "nested more than 64 levels", id="deep-70"),
+        pytest.param(b'{"user_input": "hi", "n": ' + b"9" * 5000 + b"}",
+                     "number longer than 40 digits", id="huge-integer"),
+        pytest.param(b'{"user_input": "hi", "n": 1e999}', "too large", id="float-overflow"),
+        pytest.param(b'{"user_input": "hi", "n": NaN}', "NaN", id="nan"),
+        pytest.param(b'{"user_input": "hi", "x": [' + b"0," * 60_000 + b"0]}",
+                     "more than 50000 values", id="too-many-values"),
+        pytest.param(b'{"user_input": "\xff"}', "not UTF-8", id="not-utf8"),
+    ],
+)  # fmt: skip
+def test_bad_json_of_any_shape_is_400(client, fake: FakeUpstream, body: bytes, mentions: str):
+    response = client.post("/vac/assistant/abc/sse", data=body, content_type="application/json")
+    _refused(response, 400, "invalid_request", fake, mentions)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"user_input": "hi \ud800"}, "user_input"),
+        ({"user_input": "hi", "chat_history": [{"role": "user", "content": "a\udfff"}]},
+         "chat_history[0].content"),
+        ({"user_input": "hi", "emissaryConfig": {"initialInstructions": "\ud800"}},
+         "emissaryConfig.initialInstructions"),
+        ({"user_input": "hi", "emissaryConfig": {"currentUser": {"email": "a\ud800@x"}}},
+         "emissaryConfig.currentUser.email"),
+        ({"user_input": "hi", "emissaryConfig": {"currentUser": {"displayName": "\udc00"}}},
+         "emissaryConfig.currentUser.displayName"),
+        ({"user_input": "hi", "unknown": {"\ud800": 1}}, "unknown.\\ud800"),
+    ],
+)  # fmt: skip
+def test_a_lone_surrogate_is_400_naming_the_field(
+    client, fake: FakeUpstream, firestore, body: dict, field: str
+) -> None:
+    raw = json.dumps({**body, "save_to_history": True}).encode()  # \uXXXX escapes survive
+    response = client.post("/vac/assistant/abc/sse", data=raw, content_type="application/json")
+    _refused(
+        response, 400, "invalid_request", fake, f"{field} contains text that cannot be encoded"
+    )
+    assert list(firestore.collection("assistants/abc/messages").stream()) == []
