@@ -124,6 +124,15 @@ class Timeouts:
     idle: float  # longest silence on the upstream socket once it is streaming
 
 
+def _default_max_streams(env: Mapping[str, str]) -> int:
+    """Two threads fewer than gunicorn has, so `/health` and preflights always find one.
+
+    THREADS defaults as functions-framework's does: four per CPU.
+    """
+    threads = _integer(env, "THREADS", (os.cpu_count() or 1) * 4, minimum=1)
+    return max(1, threads - 2)
+
+
 @dataclass(frozen=True)
 class AuthSettings:
     """Who may call (CONTRACT §9). `mode` is firebase, iam or none."""
@@ -189,6 +198,7 @@ class Settings:
     key_cache_seconds: float
     secret_timeout_seconds: float
     auth: AuthSettings
+    max_streams: int  # replies in flight on this instance; below THREADS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -224,4 +234,5 @@ class Settings:
             key_cache_seconds=_number(env, "KEY_CACHE_SECONDS", 300, minimum=0),
             secret_timeout_seconds=_number(env, "SECRET_TIMEOUT_SECONDS", 3, minimum=0.01),
             auth=AuthSettings.from_env(env, project_id),
+            max_streams=_integer(env, "MAX_STREAMS", _default_max_streams(env), minimum=1),
         )

@@ -2,9 +2,9 @@
 
 Everything a request can be refused for is checked here, in the order of
 CONTRACT §9, before any provider is called or anything is read or written:
-route (404/405), preflight, auth (401/503), the user's replies in flight
-(429), size (413), media type (415), assistant id, JSON and fields (400),
-providers (409).
+route (404/405), preflight, auth (401/503), the user's and the instance's
+replies in flight (429 / 503), size (413), media type (415), assistant id,
+JSON and fields (400), providers (409).
 
 The SSE route holds its status until the first chunk or HEARTBEAT_SECONDS,
 whichever comes first, so a chain that fails fast gets a real 502.
@@ -29,7 +29,7 @@ from . import __version__
 from .auth import caller
 from .chain import ChainCrashed, ChainFailed
 from .config import ConfigError, Settings
-from .limits import Slot, user_replies
+from .limits import Slot, replies_in_flight
 from .providers import configured_providers, with_fresh_key
 from .reply import ClientGone, Reply
 from .request import (
@@ -108,13 +108,13 @@ def _assistant(
     held until the response is closed, however the reply ends.
     """
     verified = caller(request.headers, settings.auth)
-    limit = settings.auth.max_streams_per_user
-    slot = user_replies.take(verified.user_id, limit) if verified else None
+    limits = (settings.auth.max_streams_per_user, settings.max_streams)
+    slot = replies_in_flight.take(verified.user_id, *limits) if verified else None
     try:
         assistant_request = _checked_request(request, match["id"], settings)
         author = verified or _author(assistant_request)
         if slot is None:
-            slot = user_replies.take(author.user_id, limit)
+            slot = replies_in_flight.take(author.user_id, *limits)
         response = _answer(
             request, match, assistant_request, author, settings, trace_id, log, started
         )

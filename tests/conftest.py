@@ -55,8 +55,9 @@ def isolated_env() -> Iterator[None]:
     os.environ["ASSISTANT_PROVIDERS"] = "anthropic"
     # Requests without a user share one bucket of replies in flight, and the
     # Flask test client never closes a streamed response whose body a test
-    # did not read; the tests of the limit set their own.
+    # did not read; the tests of the limits set their own.
     os.environ["MAX_STREAMS_PER_USER"] = "100000"
+    os.environ["MAX_STREAMS"] = "100000"
     yield
     os.environ.clear()
     os.environ.update(saved)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from assistant.config import Settings
 from devtools.fake_upstream import FakeUpstream, Script
 
 from .conftest import sse_events
@@ -228,3 +229,32 @@ def test_iam_counts_per_body_user_and_the_anonymous_share_one_bucket(
     assert_rate_limited(post(client, **as_user({"displayName": "no email"})))
     held.close()
     anonymous.close()
+
+
+def test_past_max_streams_the_instance_answers_503_overloaded(
+    client, fake: FakeUpstream, one_each
+) -> None:
+    os.environ.update(MAX_STREAMS="2", MAX_STREAMS_PER_USER="10")
+    held = []
+    for _ in range(2):
+        fake.push(hanging())
+        held.append(post(client))
+        assert held[-1].status_code == 200
+    response = post(client, **as_user(ADA))
+    assert response.status_code == 503
+    assert response.get_json()["code"] == "overloaded"
+    assert int(response.headers["Retry-After"]) > 0
+    assert len(fake.requests) == 2
+    assert client.get("/health").status_code == 200
+    held.pop().close()
+    fake.push(Script(tokens=["room again"]))
+    assert post(client, **as_user(ADA)).status_code == 200
+    held.pop().close()
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [({"THREADS": "32"}, 30), ({"THREADS": "2"}, 1), ({"THREADS": "8", "MAX_STREAMS": "5"}, 5)],
+)
+def test_max_streams_defaults_below_threads(env: dict[str, str], expected: int) -> None:
+    assert Settings.from_env(env).max_streams == expected
