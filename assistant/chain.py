@@ -80,7 +80,7 @@ Outcome = ChainFailed | ChainSucceeded | ChainCrashed
 @dataclass
 class Attempt:
     provider: str
-    outcome: str  # "ok", "client_gone" or a ProviderError code
+    outcome: str  # "ok", "client_gone", "reply_too_long" or a ProviderError code
     ms: int
     status: int | None = None
 
@@ -113,10 +113,20 @@ class Chain:
     stop_reason: str | None = None
     first_chunk_at: float | None = None
     finished: threading.Event = field(default_factory=threading.Event)
+    _reply_deadline: asyncio.Timeout = field(init=False, repr=False)
 
     async def run(self) -> None:
         try:
-            outcome: ChainSucceeded | ChainFailed | ChainCrashed = await self._run()
+            outcome: ChainSucceeded | ChainFailed | ChainCrashed
+            try:
+                async with asyncio.timeout(self.timeouts.reply) as self._reply_deadline:
+                    outcome = await self._run()
+            except TimeoutError:
+                # Even a live stream ends here (pings from an upstream that never
+                # finishes count as life for the idle timeout).
+                detail = f"longer than {self.timeouts.reply}s in all"
+                error = ProviderError("reply_too_long", detail)
+                outcome = ChainFailed(error, committed=self.first_chunk_at is not None)
         except asyncio.CancelledError:
             raise  # the client left: nobody waits for an outcome
         except Exception as exc:
@@ -152,7 +162,8 @@ class Chain:
                     return await self._try(fresh, key_refreshed=True)
             return None
         except asyncio.CancelledError:
-            self._record(progress, "client_gone", None)
+            deadline = self._reply_deadline
+            self._record(progress, "reply_too_long" if deadline.expired() else "client_gone", None)
             raise
         self._record(progress, "ok", None)
         return ChainSucceeded()

@@ -122,6 +122,7 @@ class Timeouts:
     connect: float  # TCP + TLS to the provider
     first_chunk: float  # request sent -> first text or thinking delta
     idle: float  # longest silence on the upstream socket once it is streaming
+    reply: float = 900.0  # the whole reply, every provider tried (MAX_REPLY_SECONDS)
 
 
 def _default_max_streams(env: Mapping[str, str]) -> int:
@@ -218,6 +219,7 @@ class Settings:
                 connect=_number(env, "CONNECT_TIMEOUT_SECONDS", 5, minimum=0.01),
                 first_chunk=_number(env, "FIRST_CHUNK_TIMEOUT_SECONDS", 30, minimum=0.01),
                 idle=_number(env, "IDLE_TIMEOUT_SECONDS", 60, minimum=0.01),
+                reply=_number(env, "MAX_REPLY_SECONDS", 900, minimum=0.01),
             ),
             heartbeat_seconds=_number(env, "HEARTBEAT_SECONDS", 15, minimum=0.01),
             max_body_bytes=_integer(env, "MAX_BODY_BYTES", 1024 * 1024, minimum=1),

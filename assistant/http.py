@@ -31,7 +31,7 @@ from .chain import ChainCrashed, ChainFailed
 from .config import ConfigError, Settings
 from .limits import Slot, replies_in_flight
 from .providers import configured_providers, with_fresh_key
-from .reply import ClientGone, Reply
+from .reply import ClientGone, Reply, failure_status
 from .request import (
     AssistantRequest,
     RequestError,
@@ -219,8 +219,7 @@ def _sse_reply(reply: Reply, settings: Settings, trace_id: str) -> flask.Respons
     """The status waits for the first chunk, or HEARTBEAT_SECONDS, whichever comes first."""
     first = reply.first_item(timeout=settings.heartbeat_seconds)
     if isinstance(first, ChainFailed | ChainCrashed):  # failed before any text: a real status
-        status = 500 if isinstance(first, ChainCrashed) else 502
-        return _json(status, reply.failure_body(first), trace_id)
+        return _json(failure_status(first), reply.failure_body(first), trace_id)
     response = flask.Response(
         reply.sse_frames(first),
         status=200,

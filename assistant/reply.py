@@ -46,6 +46,15 @@ ALL_FAILED_MESSAGE = "No model provider could answer right now. Please try again
 INTERNAL_ERROR_MESSAGE = "The reply failed on our side."
 
 
+def failure_status(outcome: ChainFailed | ChainCrashed) -> int:
+    """The HTTP status of a reply that failed before anything was shown (SSE) or at all (JSON)."""
+    if isinstance(outcome, ChainCrashed):
+        return 500
+    if outcome.error is not None and outcome.error.code == "reply_too_long":
+        return 504
+    return 502
+
+
 class ClientGone(Exception):
     """The client closed its connection; the reply was abandoned and what arrived saved."""
 
@@ -154,7 +163,7 @@ class Reply:
     # -- JSON --------------------------------------------------------------
 
     def json_answer(self) -> tuple[int, dict[str, Any]]:
-        """Wait for the whole reply: (200, answer) or (502, providers_failed)."""
+        """Wait for the whole reply: (200, answer), or the failure's status and error body."""
         try:
             for item in self._wait(None, heartbeat=None):
                 if isinstance(item, Restart):
@@ -162,11 +171,10 @@ class Reply:
                     self._splitter = ThinkingSplitter()
                 elif isinstance(item, Chunk):
                     self._add(item.text)
-                elif isinstance(item, Outcome):
-                    final = self._conclude(item)
-                    if "answer" in final:
-                        return 200, final
-                    return 502, self._error_body(final)
+                elif isinstance(item, ChainSucceeded):
+                    return 200, self._conclude(item)
+                elif isinstance(item, ChainFailed | ChainCrashed):
+                    return failure_status(item), self._error_body(self._conclude(item))
         except ClientGone:
             self._abandon()
             raise
@@ -190,7 +198,7 @@ class Reply:
         """Items as they come; None when a heartbeat is due. Raises ClientGone."""
         if first is not None:
             yield first
-        last_sent = time.monotonic()
+        last_sent = last_check = time.monotonic()
         while True:
             now = time.monotonic()
             wait = CLIENT_POLL_SECONDS
@@ -199,14 +207,20 @@ class Reply:
             try:
                 item = self._items.get(timeout=wait)
             except queue.Empty:
+                item = None
+            now = time.monotonic()
+            # Once a second whether or not items flow: a JSON caller is never
+            # written to before the end, so only this notices that it left.
+            if now - last_check >= CLIENT_POLL_SECONDS:
+                last_check = now
                 if self._client_gone():
-                    raise ClientGone() from None
-                if heartbeat is not None and time.monotonic() - last_sent >= heartbeat:
-                    last_sent = time.monotonic()
-                    yield None
-                continue
-            last_sent = time.monotonic()
-            yield item
+                    raise ClientGone()
+            if item is not None:
+                last_sent = now
+                yield item
+            elif heartbeat is not None and now - last_sent >= heartbeat:
+                last_sent = now
+                yield None
 
     def _add(self, text: str) -> None:
         self._parts.append(text)

@@ -76,6 +76,8 @@ _SAFE_MESSAGES = {
     "upstream_empty": "The model provider sent an empty reply.",
     "upstream_incomplete": "The model provider's reply was cut off.",
     "upstream_protocol": "The model provider sent a reply that could not be read.",
+    # Not the provider's fault, but ends its stream the same way (MAX_REPLY_SECONDS).
+    "reply_too_long": "The reply took longer than this service allows and was stopped.",
 }
 
 
