@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -102,6 +102,9 @@ class Chain:
     prompt: Prompt
     timeouts: Timeouts
     emit: Callable[[Item], None]
+    # Awaited before each chunk: returns when the reply has room for more
+    # (back-pressure; outbox.py). Until then the upstream is not read further.
+    room: Callable[[], Awaitable[None]] | None = None
     commit_on_first_chunk: bool = True
     on_attempt: Callable[[Attempt, ProviderError | None], None] = lambda attempt, error: None
     # After a 401: the provider again with a freshly read key, or None if the key is unchanged.
@@ -183,6 +186,8 @@ class Chain:
                         progress.shown = True
                         first_chunk_deadline.reschedule(None)  # from here only idle gaps count
                         self._commit(provider)
+                    if self.room is not None:
+                        await self.room()
                     self.emit(Chunk(tagger.wrap(isinstance(event, ThinkingDelta), event.text)))
             if not progress.shown:
                 raise ProviderError("upstream_empty", "stream ended with no text")

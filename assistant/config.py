@@ -200,6 +200,7 @@ class Settings:
     secret_timeout_seconds: float
     auth: AuthSettings
     max_streams: int  # replies in flight on this instance; below THREADS
+    send_timeout_seconds: float  # a client that accepts no write this long is gone
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -237,4 +238,5 @@ class Settings:
             secret_timeout_seconds=_number(env, "SECRET_TIMEOUT_SECONDS", 3, minimum=0.01),
             auth=AuthSettings.from_env(env, project_id),
             max_streams=_integer(env, "MAX_STREAMS", _default_max_streams(env), minimum=1),
+            send_timeout_seconds=_number(env, "SEND_TIMEOUT_SECONDS", 30, minimum=0.01),
         )

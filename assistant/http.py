@@ -200,6 +200,7 @@ def _answer(
         refresh_key=functools.partial(with_fresh_key, settings),
         started=started,
     )
+    _bound_send_time(request.environ, settings.send_timeout_seconds)
     reply.start()
     try:
         return (
@@ -281,6 +282,20 @@ def _wants_event_stream(request: flask.Request) -> bool:
         value.lower() == "text/event-stream" and quality > 0
         for value, quality in request.accept_mimetypes
     )
+
+
+def _bound_send_time(environ: Mapping[str, Any], seconds: float) -> None:
+    """A client that accepts no write for `seconds` is a client that left.
+
+    gunicorn writes each frame with one `sendall`; with a socket timeout, a
+    write the client does not take within it raises, gunicorn closes the
+    response, and the reply is abandoned like any other (upstream cancelled,
+    what arrived saved `incomplete`). gunicorn sets the socket back to
+    blocking for its next request, so the bound lasts this response only.
+    """
+    sock = environ.get("gunicorn.socket")
+    if isinstance(sock, socket.socket):
+        sock.settimeout(seconds)
 
 
 def _client_gone_probe(environ: Mapping[str, Any]) -> Callable[[], bool]:

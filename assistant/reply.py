@@ -1,7 +1,8 @@
 """One reply: the chain's output turned into SSE frames or a JSON answer.
 
-The chain runs on the I/O loop and puts items on a queue; this side, on the
-request thread, waits on the queue with a timeout. The wait is what gives
+The chain runs on the I/O loop and puts items in a bounded outbox (outbox.py:
+past its limit the chain stops reading the upstream); this side, on the
+request thread, waits on it with a timeout. The wait is what gives
 heartbeats while the upstream is silent, and what lets us notice a client
 that left (a failed write raises GeneratorExit; `client_gone` peeks at the
 socket between waits) and cancel the upstream request at once.
@@ -32,6 +33,7 @@ from .chain import (
     Restart,
 )
 from .config import Settings
+from .outbox import Outbox
 from .providers.base import Prompt, Provider, ProviderError
 from .request import AssistantRequest, Turn
 from .saving import Saver
@@ -82,7 +84,7 @@ class Reply:
         self._author = author
         self._client_gone = client_gone
         self._started = started or time.monotonic()
-        self._items: queue.SimpleQueue[Item] = queue.SimpleQueue()
+        self._items = Outbox()
         self._parts: list[str] = []
         self._splitter = ThinkingSplitter()
         self._saver = Saver(store, settings.persist_timeout_seconds, log) if store else None
@@ -92,6 +94,7 @@ class Reply:
             prompt=Prompt(system=request.instructions, turns=turns),
             timeouts=settings.timeouts,
             emit=self._items.put,
+            room=self._items.room,
             commit_on_first_chunk=streaming,
             on_attempt=self._log_attempt,
             refresh_key=refresh_key,

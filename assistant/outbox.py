@@ -1,0 +1,64 @@
+"""What the chain produced and the request thread has not yet taken: bounded.
+
+The chain (on the I/O loop) puts items; the request thread takes them and
+writes them to the client. When the client reads slowly, or not at all, the
+request thread is stuck in a write and items pile up here. Past `limit`
+characters of unsent chunk text the chain waits (`room()`) before it reads
+the upstream any further, so the provider's own socket fills and TCP slows
+it down: a reply holds at most about `limit` characters here, whatever the
+client does (CONTRACT §4, back-pressure). A client that never reads again is
+ended by the send timeout on the request thread, which cancels the chain
+while it waits here.
+
+Outcomes and other items are never held back: only text counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+
+from .chain import Chunk, Item
+
+DEFAULT_LIMIT_CHARS = 64 * 1024
+
+
+class Outbox:
+    def __init__(self, limit_chars: int = DEFAULT_LIMIT_CHARS) -> None:
+        self._items: queue.SimpleQueue[Item] = queue.SimpleQueue()
+        self._limit = limit_chars
+        self._lock = threading.Lock()
+        self._chars = 0  # chunk text put and not yet taken
+        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+
+    def put(self, item: Item) -> None:
+        """Any thread; never blocks (the chain calls `room()` first when it can wait)."""
+        if isinstance(item, Chunk):
+            with self._lock:
+                self._chars += len(item.text)
+        self._items.put(item)
+
+    async def room(self) -> None:
+        """On the loop: return once fewer than `limit` characters are waiting to be sent."""
+        while True:
+            with self._lock:
+                if self._chars < self._limit:
+                    return
+                event = asyncio.Event()
+                self._waiter = (asyncio.get_running_loop(), event)
+            await event.wait()
+
+    def get(self, timeout: float) -> Item:
+        """The request thread: the next item; queue.Empty after `timeout` seconds."""
+        item = self._items.get(timeout=timeout)
+        if isinstance(item, Chunk):
+            with self._lock:
+                self._chars -= len(item.text)
+                waiter = self._waiter if self._chars < self._limit else None
+                if waiter is not None:
+                    self._waiter = None
+            if waiter is not None:
+                loop, event = waiter
+                loop.call_soon_threadsafe(event.set)
+        return item

@@ -1,0 +1,78 @@
+"""Clients that stop reading (CONTRACT §4): back-pressure and the send timeout, on the
+real server. The client here sets a small receive buffer and never reads.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from devtools.fake_upstream import FakeUpstream, Script
+from devtools.service import running_service
+
+PIECE = "x" * 1000
+HUGE = Script(tokens=[PIECE] * 20_000)  # 20 MB as fast as the service will read it
+
+
+def open_stream_and_never_read(url: str, body: bytes) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    sock.sendall(
+        b"POST /vac/assistant/test-assistant/sse HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    return sock
+
+
+@pytest.fixture
+def service(fake: FakeUpstream) -> Iterator[str]:
+    with running_service({"THREADS": "4", "SEND_TIMEOUT_SECONDS": "60"}) as running:
+        yield running.url
+
+
+def test_a_stuck_client_stops_the_upstream_being_read(service: str, fake: FakeUpstream) -> None:
+    fake.push(HUGE)
+    with open_stream_and_never_read(service, b'{"user_input": "hi"}'):
+        upstream = fake.wait_for_requests(1)[0]
+        time.sleep(3)  # unbounded, the service would have read all 20 MB by now
+        assert not upstream.finished.is_set(), "the upstream was read with nobody to send to"
+        assert not upstream.client_closed.is_set()
+        assert httpx.get(f"{service}/health", timeout=5).status_code == 200
+    assert upstream.client_closed.wait(5)  # the client left: noticed, upstream closed
+
+
+def test_a_client_that_accepts_no_write_is_treated_as_gone(
+    fake: FakeUpstream, tmp_path: Path
+) -> None:
+    """The upstream is cancelled and the reply abandoned like any client that left.
+
+    (What arrived is then saved `incomplete`, as for every abandoned reply; here it
+    is megabytes, as much as the kernel's socket buffers took, too big for one
+    Firestore document, so the log is what shows it.)
+    """
+    fake.push(HUGE)
+    log_path = tmp_path / "server.log"
+    env = {"THREADS": "4", "SEND_TIMEOUT_SECONDS": "1"}
+    with (
+        log_path.open("wb") as log,
+        running_service(env, output=log) as service,
+        open_stream_and_never_read(service.url, b'{"user_input": "hi"}'),
+    ):
+        upstream = fake.wait_for_requests(1)[0]
+        assert upstream.client_closed.wait(15), "a stuck client kept the upstream open"
+        assert httpx.get(f"{service.url}/health", timeout=5).status_code == 200
+    gone = [json.loads(line) for line in log_path.read_text().splitlines()
+            if '"reply.client_gone"' in line]  # fmt: skip
+    assert len(gone) == 1
+    assert gone[0]["chars"] > 0
+    assert gone[0]["attempts"][0]["outcome"] == "client_gone"
