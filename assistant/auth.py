@@ -21,7 +21,7 @@ it): the client and the log get a fixed reason.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from google.auth import exceptions as google_auth_errors
@@ -38,6 +38,10 @@ ISSUER_PREFIX = "https://securetoken.google.com/"
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 _DECODE_ERRORS = (ValueError, TypeError, google_auth_errors.GoogleAuthError)
+
+# google-auth ships without type hints; these say what its JWT functions return.
+_decode_header: Callable[[str], Mapping[str, Any]] = jwt.decode_header
+_decode: Callable[..., Mapping[str, Any]] = jwt.decode
 
 
 class InvalidToken(ValueError):
@@ -87,8 +91,8 @@ def verify_id_token(token: str, auth: AuthSettings) -> Mapping[str, Any]:
     Raises CertsUnavailable when the signature cannot be checked for lack of certs.
     """
     try:
-        header = jwt.decode_header(token)
-        claims = jwt.decode(token, verify=False)
+        header = _decode_header(token)
+        claims = _decode(token, verify=False)
     except _DECODE_ERRORS:
         raise InvalidToken("the ID token is not a JWT") from None
     check_claims(claims, auth, now=time.time())
@@ -107,7 +111,7 @@ def verify_id_token(token: str, auth: AuthSettings) -> Mapping[str, Any]:
     if cert is None:
         raise InvalidToken("the ID token names an unknown signing key (kid)")
     try:
-        jwt.decode(
+        _decode(
             token,
             certs={key_id: cert},
             audience=auth.project_id,

@@ -20,8 +20,8 @@ import select
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, cast
 
 import flask
 
@@ -55,14 +55,16 @@ SSE_HEADERS = {
 
 def handle(request: flask.Request) -> flask.Response:
     started = time.monotonic()
-    trace_id = trace_id_from_headers(request.headers) or new_trace_id()
+    # werkzeug's Headers: a case-insensitive lookup, though not a registered Mapping.
+    headers = cast("Mapping[str, str]", request.headers)
+    trace_id = trace_id_from_headers(headers) or new_trace_id()
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
         process_log().error("config.invalid", reason=str(exc))
         return _error(500, "config_error", "The service is misconfigured.", trace_id)
     log = RequestLog(trace_id, settings.project_id)
-    cors = _cors_headers(request.headers, settings.cors_origins)
+    cors = _cors_headers(headers, settings.cors_origins)
     try:
         response = _route(request, settings, trace_id, log, started)
     except RequestError as exc:
@@ -87,7 +89,7 @@ def _route(
     if match is None:
         return _error(404, "not_found", f"no route for {request.path[:200]}", trace_id)
     if request.method == "OPTIONS":
-        return _preflight(request.headers, settings.cors_origins)
+        return _preflight(cast("Mapping[str, str]", request.headers), settings.cors_origins)
     if request.method != "POST":
         return _method_not_allowed(_ALLOWED_METHODS, trace_id)
     return _assistant(request, match, settings, trace_id, log, started)
@@ -107,7 +109,7 @@ def _assistant(
     iam / none the body names the user, so it is checked first. The slot is
     held until the response is closed, however the reply ends.
     """
-    verified = caller(request.headers, settings.auth)
+    verified = caller(cast("Mapping[str, str]", request.headers), settings.auth)
     limits = (settings.auth.max_streams_per_user, settings.max_streams)
     slot = replies_in_flight.take(verified.user_id, *limits) if verified else None
     try:
@@ -116,26 +118,15 @@ def _assistant(
         if slot is None:
             slot = replies_in_flight.take(author.user_id, *limits)
         response = _answer(
-            request, match, assistant_request, author, settings, trace_id, log, started
+            request, match, assistant_request, author, slot, settings, trace_id, log, started
         )
     except BaseException:
         if slot is not None:
             slot.release()
         raise
-    if response.is_streamed:
-        response.response = _release_at_end(response.response, slot)
-        response.call_on_close(slot.release)  # also when the stream is closed before it starts
-    else:
+    if not response.is_streamed:  # a stream's reply releases the slot when it ends
         slot.release()
     return response
-
-
-def _release_at_end(frames: Iterable[bytes], slot: Slot) -> Iterator[bytes]:
-    """The frames, then the slot released: the reply ended (or its client left)."""
-    try:
-        yield from frames
-    finally:
-        slot.release()
 
 
 def _checked_request(
@@ -155,6 +146,7 @@ def _answer(
     match: re.Match[str],
     assistant_request: AssistantRequest,
     author: Author,
+    slot: Slot,
     settings: Settings,
     trace_id: str,
     log: RequestLog,
@@ -199,6 +191,7 @@ def _answer(
         client_gone=_client_gone_probe(request.environ),
         refresh_key=functools.partial(with_fresh_key, settings),
         started=started,
+        on_end=slot.release,
     )
     _bound_send_time(request.environ, settings.send_timeout_seconds)
     reply.start()

@@ -76,6 +76,7 @@ class Reply:
         client_gone: Callable[[], bool] = lambda: False,
         refresh_key: Callable[[Provider], Provider | None] | None = None,
         started: float | None = None,
+        on_end: Callable[[], None] = lambda: None,
     ) -> None:
         self._request = request
         self._trace_id = trace_id
@@ -84,6 +85,7 @@ class Reply:
         self._author = author
         self._client_gone = client_gone
         self._started = started or time.monotonic()
+        self._on_end = on_end  # the reply's place in the limits, given back when it ends
         self._items = Outbox()
         self._parts: list[str] = []
         self._splitter = ThinkingSplitter()
@@ -118,13 +120,15 @@ class Reply:
         self._future = aio.submit(self._chain.run())
 
     def close(self) -> None:
-        """Called when the response is closed: a reply that did not end is abandoned.
+        """Called when the response is closed: a reply that did not end is abandoned,
+        and its place in the limits is given back.
 
         This also covers a stream the server closed before reading a frame,
         where the generator's own `finally` never runs.
         """
         if not self._done:
             self._abandon()
+        self._on_end()
 
     def first_item(self, timeout: float) -> Item | None:
         """The chain's first item, or None if it has none within `timeout`."""
@@ -240,7 +244,7 @@ class Reply:
         ids, persist_failed = self._save(complete)
         metadata = self._metadata(ids, persist_failed)
         text = self._text()
-        if complete:
+        if isinstance(item, ChainSucceeded):
             self._log.info("reply.finished", status="complete", chars=len(text), **self._summary())
             return {"answer": text, "metadata": metadata}
         if isinstance(item, ChainCrashed):

@@ -223,7 +223,7 @@ def _optional(body: Mapping[str, Any], name: str, kind: type, label: str | None 
 
 
 def _checked_id(body: Mapping[str, Any], name: str, valid: Any, charset: str) -> str | None:
-    value = _optional(body, name, str)
+    value: str | None = _optional(body, name, str)
     if value is not None and not valid(value):
         raise RequestError(f"{name} must be 1-128 characters of {charset}")
     return value

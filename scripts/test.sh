@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up (venv + pinned packages, Node tools from package-lock.json) and run
-# the whole test suite: lint, then pytest. The suite starts its own Firestore
+# the whole test suite: lint and type check, then pytest. The suite starts its own Firestore
 # and Firebase Auth emulators. This is the README's test command and what CI
 # runs (.ci/run).
 set -euo pipefail
@@ -14,4 +14,5 @@ wait "$node_tools" || { echo "test: installing the Node tools failed (see above)
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/mypy
 .venv/bin/python -m pytest "$@"

@@ -51,4 +51,4 @@ def with_fresh_key(settings: Settings, provider: Provider) -> Provider | None:
     key = key_store(settings).refresh(provider.settings.key_name)
     if not key or key == provider.api_key:
         return None
-    return type(provider)(provider.settings, key)
+    return _FACTORIES[provider.name](provider.settings, key)

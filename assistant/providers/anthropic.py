@@ -10,7 +10,7 @@ added.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,7 +134,9 @@ class AnthropicProvider(HttpProvider):
             body["temperature"] = self.settings.temperature
         return body
 
-    async def stream(self, client: httpx.AsyncClient, prompt: Prompt) -> AsyncIterator[Event]:
+    async def stream(
+        self, client: httpx.AsyncClient, prompt: Prompt
+    ) -> AsyncGenerator[Event, None]:
         headers = {
             "x-api-key": self.api_key,
             "anthropic-version": API_VERSION,

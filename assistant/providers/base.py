@@ -19,7 +19,7 @@ chain never sees a third-party exception.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -114,8 +114,9 @@ class Provider(Protocol):
     settings: ProviderSettings
     api_key: str
 
-    def stream(self, client: httpx.AsyncClient, prompt: Prompt) -> AsyncIterator[Event]:
-        """Events of one reply; raises ProviderError on any failure."""
+    def stream(self, client: httpx.AsyncClient, prompt: Prompt) -> AsyncGenerator[Event, None]:
+        """Events of one reply; raises ProviderError on any failure. The caller
+        closes it (`aclose`), which closes the upstream response."""
         ...
 
 

@@ -13,7 +13,7 @@ are failures. A prompt blocked by safety settings has no candidates and a
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -74,7 +74,9 @@ class GeminiProvider(HttpProvider):
             }
         return body
 
-    async def stream(self, client: httpx.AsyncClient, prompt: Prompt) -> AsyncIterator[Event]:
+    async def stream(
+        self, client: httpx.AsyncClient, prompt: Prompt
+    ) -> AsyncGenerator[Event, None]:
         headers = {"x-goog-api-key": self.api_key, "accept": "text/event-stream"}
         url = (
             f"{self.settings.base_url}/v1beta/models/{self.settings.model}"

@@ -10,7 +10,7 @@ Ollama needs no key: it is configured by `OLLAMA_BASE_URL` alone.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -51,7 +51,9 @@ class OllamaProvider(HttpProvider):
             body["think"] = True
         return body
 
-    async def stream(self, client: httpx.AsyncClient, prompt: Prompt) -> AsyncIterator[Event]:
+    async def stream(
+        self, client: httpx.AsyncClient, prompt: Prompt
+    ) -> AsyncGenerator[Event, None]:
         url = f"{self.settings.base_url}/api/chat"
         async with self._post(client, url, self._body(prompt), {}) as response:
             async for line in iter_ndjson(response):

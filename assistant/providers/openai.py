@@ -12,7 +12,7 @@ content. `{"error": ...}` inside the 200 stream is a failure.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -66,7 +66,9 @@ class OpenAIProvider(HttpProvider):
             body["temperature"] = self.settings.temperature
         return body
 
-    async def stream(self, client: httpx.AsyncClient, prompt: Prompt) -> AsyncIterator[Event]:
+    async def stream(
+        self, client: httpx.AsyncClient, prompt: Prompt
+    ) -> AsyncGenerator[Event, None]:
         headers = {"authorization": f"Bearer {self.api_key}", "accept": "text/event-stream"}
         url = f"{self.settings.base_url}/chat/completions"
         model, raw_stop, usage, finished = self.settings.model, None, Usage(), False
