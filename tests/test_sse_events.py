@@ -1,8 +1,8 @@
 """iter_sse / json_object: the upstream SSE decoding every provider stands on.
 
 Each case feeds a sequence of byte reads through a real `httpx.Response` (its
-`stream` is a tiny `httpx.AsyncByteStream`), so httpx's own text decoding and
-httpx-sse's line and event decoding both run, exactly as on a live socket.
+`stream` is a tiny `httpx.AsyncByteStream`), so the UTF-8 decoding and our
+spec decoder (sse_decoder.py) both run, exactly as on a live socket.
 Read boundaries are the point: a CR that ends one read and the LF that starts
 the next are one line end, and a UTF-8 character may arrive in pieces.
 """
@@ -174,7 +174,28 @@ def test_empty_body_gives_no_events() -> None:
     assert decode([b""]) == []
 
 
-# -- deviations from the SSE spec (WHATWG HTML §9.2.6), inherited from httpx-sse ---------
+# -- the spec's own examples (WHATWG HTML, "Server-sent events", §9.2.6) ----------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        pytest.param("data: YHOO\ndata: +2\ndata: 10\n\n", [ev("YHOO\n+2\n10")], id="stock-ticker"),
+        pytest.param(
+            ": test stream\n\ndata: first event\nid: 1\n\n"
+            "data:second event\nid\n\ndata:  third event\n",
+            [ev("first event", id="1"), ev("second event", id="")],  # the third never ends
+            id="ids-and-comments",
+        ),
+        pytest.param("data\n\ndata\ndata\n\ndata:", [ev(""), ev("\n")], id="empty-data"),
+        pytest.param("data:test\n\ndata: test\n\n", [ev("test"), ev("test")], id="one-space"),
+    ],
+)
+def test_the_specs_examples(text: str, expected: list[Seen]) -> None:
+    assert decode([text.encode()]) == expected
+
+
+# -- where httpx-sse 0.4.3 strayed from the spec, and our decoder does not ---------------
 
 
 @pytest.mark.parametrize(
