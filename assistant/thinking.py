@@ -3,8 +3,7 @@
 The model's reasoning arrives inline as ``<thinking>...</thinking>`` or
 ``<think>...</think>`` blocks (native provider reasoning is wrapped the same
 way before it gets here).  :class:`ThinkingSplitter` separates the two while
-the reply is streamed chunk by chunk; :func:`split_thinking` does the same for
-a whole text.
+the reply is streamed chunk by chunk.
 
 Deliberate choices:
 
@@ -42,7 +41,7 @@ Deliberate choices:
 
 from __future__ import annotations
 
-__all__ = ["ThinkingSplitter", "ThinkingTagger", "split_thinking"]
+__all__ = ["ThinkingSplitter", "ThinkingTagger"]
 
 # Open tag -> the only close tag that ends a block it opened.
 _TAGS: dict[str, str] = {"<thinking>": "</thinking>", "<think>": "</think>"}
@@ -172,14 +171,6 @@ class ThinkingSplitter:
             self._blocks.append(inside)
         self._block = []
         self._close = None
-
-
-def split_thinking(text: str) -> tuple[str, str]:
-    """Return ``(content, thinking)`` for a whole text."""
-    splitter = ThinkingSplitter()
-    splitter.feed(text)
-    splitter.finish()
-    return splitter.content, splitter.thinking
 
 
 class ThinkingTagger:

@@ -6,7 +6,15 @@ import re
 
 import pytest
 
-from assistant.thinking import ThinkingSplitter, ThinkingTagger, split_thinking
+from assistant.thinking import ThinkingSplitter, ThinkingTagger
+
+
+def split_thinking(text: str) -> tuple[str, str]:
+    """(content, thinking) for a whole text fed at once: what every chunking must equal."""
+    splitter = ThinkingSplitter()
+    splitter.feed(text)
+    splitter.finish()
+    return splitter.content, splitter.thinking
 
 
 def feed_all(chunks: list[str]) -> tuple[str, str]:

@@ -21,6 +21,7 @@ from .base import (
     HttpProvider,
     Prompt,
     ProviderError,
+    StopReason,
     StreamEnd,
     TextDelta,
     ThinkingDelta,
@@ -32,7 +33,7 @@ from .sse_events import iter_sse, json_object
 
 API_VERSION = "2023-06-01"
 
-_STOP_REASONS = {
+_STOP_REASONS: dict[str, StopReason] = {
     "end_turn": "end_turn",
     "max_tokens": "max_tokens",
     "stop_sequence": "stop_sequence",

@@ -19,15 +19,20 @@ chain never sees a third-party exception.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import httpx
 
 from ..config import ProviderSettings
 from ..request import Turn
+
+# The stop reasons every provider's own are mapped to (metadata `stop_reason`).
+StopReason = Literal[
+    "end_turn", "max_tokens", "stop_sequence", "tool_use", "content_filter", "other"
+]
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,7 @@ class Usage:
 
 @dataclass(frozen=True)
 class StreamEnd:
-    stop_reason: str | None
+    stop_reason: StopReason | None
     usage: Usage = field(default_factory=Usage)
     model: str | None = None
 
@@ -151,11 +156,7 @@ class HttpProvider:
         return status == 401
 
 
-# The stop reasons every provider's own are mapped to (metadata `stop_reason`).
-STOP_REASONS = ("end_turn", "max_tokens", "stop_sequence", "tool_use", "content_filter", "other")
-
-
-def normalised_stop_reason(raw: str | None, table: dict[str, str]) -> str | None:
+def normalised_stop_reason(raw: str | None, table: Mapping[str, StopReason]) -> StopReason | None:
     """A provider's stop reason in our vocabulary; None while the reply has none."""
     if raw is None:
         return None

@@ -23,6 +23,7 @@ from .base import (
     HttpProvider,
     Prompt,
     ProviderError,
+    StopReason,
     StreamEnd,
     TextDelta,
     ThinkingDelta,
@@ -32,7 +33,7 @@ from .base import (
 )
 from .sse_events import iter_sse, json_object
 
-_STOP_REASONS = {
+_STOP_REASONS: dict[str, StopReason] = {
     "STOP": "end_turn",
     "MAX_TOKENS": "max_tokens",
     "SAFETY": "content_filter",

@@ -20,6 +20,7 @@ from .base import (
     HttpProvider,
     Prompt,
     ProviderError,
+    StopReason,
     StreamEnd,
     TextDelta,
     ThinkingDelta,
@@ -29,7 +30,7 @@ from .base import (
 )
 from .ndjson import iter_ndjson
 
-_STOP_REASONS = {"stop": "end_turn", "length": "max_tokens"}
+_STOP_REASONS: dict[str, StopReason] = {"stop": "end_turn", "length": "max_tokens"}
 
 
 class OllamaProvider(HttpProvider):

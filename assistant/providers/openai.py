@@ -22,6 +22,7 @@ from .base import (
     HttpProvider,
     Prompt,
     ProviderError,
+    StopReason,
     StreamEnd,
     TextDelta,
     ThinkingDelta,
@@ -31,7 +32,7 @@ from .base import (
 )
 from .sse_events import iter_sse, json_object
 
-_STOP_REASONS = {
+_STOP_REASONS: dict[str, StopReason] = {
     "stop": "end_turn",
     "length": "max_tokens",
     "tool_calls": "tool_use",
