@@ -29,7 +29,7 @@ from google.auth import jwt
 
 from .certs import CertsUnavailable, cert_cache
 from .config import AuthSettings
-from .request import RequestError
+from .errors import MESSAGES, RequestError
 from .store import Author
 
 MAX_TOKEN_CHARS = 16 * 1024  # real ID tokens are about 1 KB
@@ -61,7 +61,7 @@ def caller(headers: Mapping[str, str], auth: AuthSettings) -> Author | None:
         raise RequestError(str(exc), 401, "unauthenticated", headers=_CHALLENGE) from None
     except CertsUnavailable:  # certs.py logged why
         raise RequestError(
-            "Sign-in cannot be checked right now. Please try again shortly.",
+            MESSAGES["auth_unavailable"],
             503,
             "auth_unavailable",
             headers={"Retry-After": "5"},

@@ -29,12 +29,12 @@ from . import __version__
 from .auth import caller
 from .chain import ChainCrashed, ChainFailed
 from .config import ConfigError, Settings
+from .errors import MESSAGES, ErrorCode, RequestError
 from .limits import Slot, replies_in_flight
 from .providers import configured_providers, with_fresh_key
 from .reply import ClientGone, Reply, failure_status
 from .request import (
     AssistantRequest,
-    RequestError,
     build_request,
     check_assistant_id,
     parse_body,
@@ -62,7 +62,7 @@ def handle(request: flask.Request) -> flask.Response:
         settings = Settings.from_env()
     except ConfigError as exc:
         process_log().error("config.invalid", reason=str(exc))
-        return _error(500, "config_error", "The service is misconfigured.", trace_id)
+        return _error(500, "config_error", MESSAGES["config_error"], trace_id)
     log = RequestLog(trace_id, settings.project_id)
     cors = _cors_headers(headers, settings.cors_origins)
     try:
@@ -73,7 +73,7 @@ def handle(request: flask.Request) -> flask.Response:
         response.headers.update(exc.headers)
     except Exception:
         log.exception("request.crashed")
-        response = _error(500, "internal_error", "The request failed on our side.", trace_id)
+        response = _error(500, "internal_error", MESSAGES["internal_error"], trace_id)
     response.headers.update(cors)
     return response
 
@@ -161,7 +161,7 @@ def _answer(
     _announce_providers(settings, [provider.name for provider in providers], skipped)
     if not providers:
         log.error("request.no_provider", skipped=skipped)
-        return _error(409, "no_provider", "No model provider is configured.", trace_id)
+        return _error(409, "no_provider", MESSAGES["no_provider"], trace_id)
 
     store = _store_for(assistant_request, settings)
     if store and assistant_request.read_from_history and not assistant_request.chat_history:
@@ -201,7 +201,7 @@ def _answer(
         )
     except ClientGone:
         # Nobody will read this; 499 is the conventional "client closed request" in logs.
-        return _error(499, "client_gone", "The client closed the connection.", trace_id)
+        return _error(499, "client_gone", MESSAGES["client_gone"], trace_id)
 
 
 def _json_reply(reply: Reply, trace_id: str) -> flask.Response:
@@ -349,7 +349,7 @@ def _method_not_allowed(allowed: str, trace_id: str) -> flask.Response:
     return response
 
 
-def _error(status: int, code: str, message: str, trace_id: str) -> flask.Response:
+def _error(status: int, code: ErrorCode, message: str, trace_id: str) -> flask.Response:
     return _json(status, {"error": message, "code": code, "trace_id": trace_id}, trace_id)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from .request import RequestError
+from .errors import MESSAGES, RequestError
 
 RETRY_AFTER_SECONDS = 5  # a user's own replies take seconds to end
 OVERLOADED_RETRY_AFTER_SECONDS = 2  # another instance, or this one soon, will have room
@@ -60,7 +60,7 @@ class InFlight:
                 )
             if self._total >= total:
                 raise RequestError(
-                    "This server is streaming as many replies as it can. Please try again.",
+                    MESSAGES["overloaded"],
                     503,
                     "overloaded",
                     headers={"Retry-After": str(OVERLOADED_RETRY_AFTER_SECONDS)},

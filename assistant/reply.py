@@ -33,6 +33,7 @@ from .chain import (
     Restart,
 )
 from .config import Settings
+from .errors import MESSAGES, ErrorCode
 from .outbox import Outbox
 from .providers.base import Prompt, Provider, ProviderError
 from .request import AssistantRequest, Turn
@@ -43,9 +44,6 @@ from .tracing import RequestLog
 
 # How often a waiting reply checks that its client is still there.
 CLIENT_POLL_SECONDS = 1.0
-
-ALL_FAILED_MESSAGE = "No model provider could answer right now. Please try again."
-INTERNAL_ERROR_MESSAGE = "The reply failed on our side."
 
 
 def failure_status(outcome: ChainFailed | ChainCrashed) -> int:
@@ -247,13 +245,15 @@ class Reply:
         if isinstance(item, ChainSucceeded):
             self._log.info("reply.finished", status="complete", chars=len(text), **self._summary())
             return {"answer": text, "metadata": metadata}
+        code: ErrorCode
         if isinstance(item, ChainCrashed):
             self._log.exception("reply.crashed", exc=item.exception)
-            code, message = "internal_error", INTERNAL_ERROR_MESSAGE
+            code = "internal_error"
         elif item.error is None:
-            code, message = "providers_failed", ALL_FAILED_MESSAGE
+            code = "providers_failed"
         else:
-            code, message = item.error.code, item.error.message
+            code = item.error.code
+        message = MESSAGES[code]
         self._log.warning("reply.failed", code=code, chars=len(text), **self._summary())
         return {"error": message, "code": code, "partial": text, "metadata": metadata}
 

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import RequestError
 from .tracing import TRACE_ID_PATTERN
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -34,23 +35,6 @@ _ROLE_ALIASES = {
     "model": "assistant",
     "bot": "assistant",
 }
-
-
-class RequestError(ValueError):
-    """Input we refuse: an HTTP status, a machine code and a message naming the problem."""
-
-    def __init__(
-        self,
-        message: str,
-        status: int = 400,
-        code: str = "invalid_request",
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.code = code
-        self.headers = dict(headers or {})  # e.g. WWW-Authenticate, Retry-After
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from typing import Any, Literal, Protocol
 import httpx
 
 from ..config import ProviderSettings
+from ..errors import MESSAGES, UpstreamCode
 from ..request import Turn
 
 # The stop reasons every provider's own are mapped to (metadata `stop_reason`).
@@ -73,28 +74,19 @@ class Prompt:
     turns: tuple[Turn, ...]  # oldest first; the last one is the user's new message
 
 
-_SAFE_MESSAGES = {
-    "upstream_unreachable": "The model provider could not be reached.",
-    "upstream_timeout": "The model provider took too long to answer.",
-    "upstream_status": "The model provider refused the request.",
-    "upstream_error": "The model provider reported an error.",
-    "upstream_empty": "The model provider sent an empty reply.",
-    "upstream_incomplete": "The model provider's reply was cut off.",
-    "upstream_protocol": "The model provider sent a reply that could not be read.",
-    # Not the provider's fault, but ends its stream the same way (MAX_REPLY_SECONDS).
-    "reply_too_long": "The reply took longer than this service allows and was stopped.",
-}
-
-
 class ProviderError(Exception):
     """A provider failed. `message` is safe to show; `detail` is for the log only."""
 
     def __init__(
-        self, code: str, detail: str = "", status: int | None = None, key_refused: bool = False
+        self,
+        code: UpstreamCode,
+        detail: str = "",
+        status: int | None = None,
+        key_refused: bool = False,
     ) -> None:
         super().__init__(f"{code}: {detail}" if detail else code)
-        self.code = code
-        self.message = _SAFE_MESSAGES[code]
+        self.code: UpstreamCode = code
+        self.message = MESSAGES[code]
         self.detail = detail
         self.status = status
         self.key_refused = key_refused  # the provider refused our key: worth re-reading it
