@@ -16,12 +16,14 @@ Rules (CONTRACT §4):
 
 The chain runs on the I/O loop and hands what it produces to `emit`, a
 thread-safe callable. Its attributes (attempts, provider, model, ...) are
-written only on the loop; the reply reads them after `finished` is set.
+written only on the loop; its outcome carries a `ChainReport` of them, and
+a reply whose client left reads `report()` once `finished` is set.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -35,6 +37,7 @@ from .providers.base import (
     Prompt,
     Provider,
     ProviderError,
+    StopReason,
     StreamEnd,
     ThinkingDelta,
     Usage,
@@ -49,35 +52,6 @@ class Chunk:
 
 
 @dataclass(frozen=True)
-class Restart:
-    """JSON mode only: the attempt that sent the chunks so far failed; drop them."""
-
-
-@dataclass(frozen=True)
-class ChainFailed:
-    """Every provider failed (committed=False), or the committed one did."""
-
-    error: ProviderError | None  # None when every provider failed before text
-    committed: bool
-
-
-@dataclass(frozen=True)
-class ChainSucceeded:
-    pass
-
-
-@dataclass(frozen=True)
-class ChainCrashed:
-    """A bug of ours (in the chain or the reply), not a provider failure: internal_error."""
-
-    exception: Exception
-
-
-Item = Chunk | Restart | ChainFailed | ChainSucceeded | ChainCrashed
-Outcome = ChainFailed | ChainSucceeded | ChainCrashed
-
-
-@dataclass
 class Attempt:
     provider: str
     outcome: str  # "ok", "client_gone", "reply_too_long" or a ProviderError code
@@ -94,6 +68,52 @@ class Attempt:
         if self.status is not None:
             entry["status"] = self.status
         return entry
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """What the chain learned, as it stood when it ended: handed over with its outcome."""
+
+    provider: str | None = None  # the provider committed to (None: none showed text)
+    model: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    stop_reason: StopReason | None = None
+    attempts: tuple[Attempt, ...] = ()
+    first_chunk_at: float | None = None  # time.monotonic() of the first chunk
+
+
+@dataclass(frozen=True)
+class Restart:
+    """JSON mode only: the attempt that sent the chunks so far failed; drop them."""
+
+
+# Outcomes compare by what happened, not by their report (timings differ run to run).
+
+
+@dataclass(frozen=True)
+class ChainFailed:
+    """Every provider failed (committed=False), or the committed one did."""
+
+    error: ProviderError | None  # None when every provider failed before text
+    committed: bool
+    report: ChainReport = field(default_factory=ChainReport, compare=False)
+
+
+@dataclass(frozen=True)
+class ChainSucceeded:
+    report: ChainReport = field(default_factory=ChainReport, compare=False)
+
+
+@dataclass(frozen=True)
+class ChainCrashed:
+    """A bug of ours (in the chain or the reply), not a provider failure: internal_error."""
+
+    exception: Exception
+    report: ChainReport = field(default_factory=ChainReport, compare=False)
+
+
+Item = Chunk | Restart | ChainFailed | ChainSucceeded | ChainCrashed
+Outcome = ChainFailed | ChainSucceeded | ChainCrashed
 
 
 @dataclass
@@ -113,7 +133,7 @@ class Chain:
     provider: str | None = None
     model: str | None = None
     usage: Usage = field(default_factory=Usage)
-    stop_reason: str | None = None
+    stop_reason: StopReason | None = None
     first_chunk_at: float | None = None
     finished: threading.Event = field(default_factory=threading.Event)
     _reply_deadline: asyncio.Timeout = field(init=False, repr=False)
@@ -136,7 +156,18 @@ class Chain:
             outcome = ChainCrashed(exc)  # never leave the reply waiting
         finally:
             self.finished.set()
-        self.emit(outcome)
+        self.emit(dataclasses.replace(outcome, report=self.report()))
+
+    def report(self) -> ChainReport:
+        """What the chain knows now; once `finished` is set, what it learned in all."""
+        return ChainReport(
+            provider=self.provider,
+            model=self.model,
+            usage=self.usage,
+            stop_reason=self.stop_reason,
+            attempts=tuple(self.attempts),
+            first_chunk_at=self.first_chunk_at,
+        )
 
     async def _run(self) -> ChainFailed | ChainSucceeded:
         for provider in self.providers:

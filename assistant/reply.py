@@ -20,12 +20,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from . import aio, sse
+from . import aio, record, sse
 from .chain import (
     Attempt,
     Chain,
     ChainCrashed,
     ChainFailed,
+    ChainReport,
     ChainSucceeded,
     Chunk,
     Item,
@@ -38,7 +39,7 @@ from .outbox import Outbox
 from .providers.base import Prompt, Provider, ProviderError
 from .request import AssistantRequest, Turn
 from .saving import Saver
-from .store import AssistantMessage, Author, MessageStore, UserMessage
+from .store import Author, MessageStore, UserMessage
 from .thinking import ThinkingSplitter
 from .tracing import RequestLog
 
@@ -238,12 +239,15 @@ class Reply:
         """Save what arrived and build the terminal payload."""
         self._done = True
         self._splitter.finish()
-        complete = isinstance(item, ChainSucceeded)
-        ids, persist_failed = self._save(complete)
-        metadata = self._metadata(ids, persist_failed)
+        report = item.report
+        ids, persist_failed = self._save(report, complete=isinstance(item, ChainSucceeded))
+        metadata = record.metadata(
+            self._trace_id, self._splitter, report, self._started, ids, persist_failed
+        )
         text = self._text()
+        summary = record.log_summary(report)
         if isinstance(item, ChainSucceeded):
-            self._log.info("reply.finished", status="complete", chars=len(text), **self._summary())
+            self._log.info("reply.finished", status="complete", chars=len(text), **summary)
             return {"answer": text, "metadata": metadata}
         code: ErrorCode
         if isinstance(item, ChainCrashed):
@@ -254,7 +258,7 @@ class Reply:
         else:
             code = item.error.code
         message = MESSAGES[code]
-        self._log.warning("reply.failed", code=code, chars=len(text), **self._summary())
+        self._log.warning("reply.failed", code=code, chars=len(text), **summary)
         return {"error": message, "code": code, "partial": text, "metadata": metadata}
 
     def _abandon(self) -> None:
@@ -264,59 +268,21 @@ class Reply:
             self._future.cancel()
             self._chain.finished.wait(timeout=1.0)
         self._splitter.finish()
-        self._save(complete=False)
-        self._log.info("reply.client_gone", chars=len(self._text()), **self._summary())
+        report = self._chain.report()  # the chain has stopped: its last word
+        self._save(report, complete=False)
+        self._log.info("reply.client_gone", chars=len(self._text()), **record.log_summary(report))
 
-    def _save(self, complete: bool) -> tuple[dict[str, str] | None, bool]:
+    def _save(self, report: ChainReport, complete: bool) -> tuple[dict[str, str] | None, bool]:
+        """(message ids, persist failed); nothing arrived means no assistant message to keep."""
         if self._saver is None:
             return None, False
         message = None
-        if complete or self._parts:  # nothing arrived: no assistant message to keep
-            message = AssistantMessage(
-                assistant_id=self._request.assistant_id,
-                trace_id=self._trace_id,
-                thread_id=self._request.thread_id,
-                author=self._author,
-                content=self._splitter.content,
-                thinking_content=self._splitter.thinking,
-                status="complete" if complete else "incomplete",
-                provider=self._chain.provider,
-                model=self._chain.model,
-                usage=self._chain.usage.as_dict(),
-                stop_reason=self._chain.stop_reason,
+        if complete or self._parts:
+            message = record.assistant_message(
+                self._request, self._trace_id, self._author, self._splitter, report, complete
             )
         ids, failed = self._saver.finish(message)
         return ids or None, failed
-
-    def _metadata(self, message_ids: dict[str, str] | None, persist_failed: bool) -> dict[str, Any]:
-        chain = self._chain
-        first_chunk_ms = None
-        if chain.first_chunk_at is not None:
-            first_chunk_ms = round((chain.first_chunk_at - self._started) * 1000)
-        return {
-            "trace_id": self._trace_id,
-            "structured_output": None,
-            "tools_to_use": [],
-            "thinking_content": self._splitter.thinking,
-            "provider": chain.provider,
-            "model": chain.model,
-            "usage": chain.usage.as_dict(),
-            "stop_reason": chain.stop_reason,
-            "attempts": [attempt.as_dict() for attempt in chain.attempts],
-            "timing": {
-                "first_chunk_ms": first_chunk_ms,
-                "total_ms": round((time.monotonic() - self._started) * 1000),
-            },
-            "message_ids": message_ids,
-            "persist_failed": persist_failed,
-        }
-
-    def _summary(self) -> dict[str, Any]:
-        return {
-            "provider": self._chain.provider,
-            "model": self._chain.model,
-            "attempts": [attempt.as_dict() for attempt in self._chain.attempts],
-        }
 
     def _log_attempt(self, attempt: Attempt, error: ProviderError | None) -> None:
         fields = {"provider": attempt.provider, "outcome": attempt.outcome, "ms": attempt.ms}

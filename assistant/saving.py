@@ -30,7 +30,7 @@ class Saver:
     def start_user_message(self, message: UserMessage) -> None:
         self._user = _pool.submit(self._store.save_user_message, message)
 
-    def finish(self, reply: AssistantMessage | None) -> tuple[dict[str, str], bool]:
+    def finish(self, assistant_message: AssistantMessage | None) -> tuple[dict[str, str], bool]:
         """Wait for the user message, then write the reply; returns (message ids, failed).
 
         The reply is written only after the user message landed, so its
@@ -41,8 +41,8 @@ class Saver:
         ok = True
         if self._user is not None:
             ok = self._wait("user", self._user, deadline, ids)
-        if reply is not None:
-            future = _pool.submit(self._store.save_assistant_message, reply)
+        if assistant_message is not None:
+            future = _pool.submit(self._store.save_assistant_message, assistant_message)
             ok = self._wait("assistant", future, deadline, ids) and ok
         return ids, not ok
 
