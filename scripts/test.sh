@@ -15,4 +15,5 @@ wait "$node_tools" || { echo "test: installing the Node tools failed (see above)
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-.venv/bin/python -m pytest "$@"
+# Coverage of assistant/ (line and branch) is reported, not gated.
+.venv/bin/python -m pytest --cov --cov-report=term "$@"
