@@ -240,3 +240,26 @@ class Settings:
             max_streams=_integer(env, "MAX_STREAMS", _default_max_streams(env), minimum=1),
             send_timeout_seconds=_number(env, "SEND_TIMEOUT_SECONDS", 30, minimum=0.01),
         )
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The gunicorn level (assistant/server.py, assistant/worker.py).
+
+    Unlike `Settings`, read once, when the server starts: a value that cannot
+    be used stops the start instead of failing each request.
+    """
+
+    request_read_timeout_seconds: float  # time a request may take to arrive (head and body)
+    project_id: str  # for the trace link of the worker's own log lines
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServerSettings:
+        env = os.environ if env is None else env
+        return cls(
+            # Below a second an honest client on a slow link would be dropped.
+            request_read_timeout_seconds=_number(
+                env, "REQUEST_READ_TIMEOUT_SECONDS", 10, minimum=1
+            ),
+            project_id=_text(env, "GOOGLE_CLOUD_PROJECT", env.get("GCP_PROJECT", "")),
+        )

@@ -32,6 +32,8 @@ UpstreamCode = Literal[
 ErrorCode = Literal[
     UpstreamCode,
     "invalid_request",
+    "uri_too_long",  # 414, from the worker: the request line is over its limit
+    "headers_too_large",  # 431, from the worker: a header or all of them are over their limit
     "unauthenticated",
     "not_found",
     "method_not_allowed",

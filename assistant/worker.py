@@ -1,0 +1,519 @@
+"""The gunicorn worker the service runs in: gthread, hardened against slow and broken clients.
+
+functions-framework runs gunicorn's gthread worker; assistant/server.py makes
+it run this subclass instead. Four things differ from gthread as gunicorn
+27.0.1 ships it (issue 8 measured the first three):
+
+1. **A request head costs no thread until it is all there.** gthread hands
+   each new connection to a pool thread at once, which waits up to 5 s for
+   a first byte and then reads the request line and headers with blocking
+   reads: a client that sends nothing, or a byte a second, holds a thread,
+   and a few dozen of them hold every thread (`/health` waits too). Here the
+   head is read on the main loop's poller, as gthread already does for idle
+   keep-alive connections, and a connection goes to the thread pool only
+   once its blank line (or HEAD_BUFFER_BYTES, or a bare LF, which the parser
+   refuses) has arrived. The bytes read are handed to gunicorn's parser, so
+   parsing and its limits are gunicorn's.
+2. **A request must arrive within REQUEST_READ_TIMEOUT_SECONDS** of waiting
+   for its client. The clock runs while the head is awaited on the poller
+   (a head not complete in time: the connection is closed), and again
+   whenever the app is inside a read of `wsgi.input` (the body). One
+   watchdog thread per worker shuts down (SHUT_RDWR) the socket of a
+   request whose time ran out in a read: the blocked recv() returns at once,
+   gunicorn and the app see a client that left, and the thread is free.
+   - The app's own time (auth, a certificate fetch, the provider, a reply
+     that streams for minutes) is never on the clock, nor is time spent
+     queued for a thread: nothing the server does can make the deadline cut
+     an honest request. And the app has nothing to call: the worker sees
+     the body being read through the `wsgi.input` it hands the app.
+   - A watchdog and shutdown(), not socket timeouts: a per-read timeout does
+     not bound a client that sends a byte just before each one expires, and
+     shutdown() ends whichever read is blocked (gunicorn reads the body, chunk
+     sizes and trailers in several places). The socket's own timeout stays
+     the app's (http.py bounds its writes with one).
+   - The connection is dropped, not answered with a 408: a client this slow
+     is broken, gone, or attacking.
+3. **No 2 s stall per `Connection: close` client.** gthread closes such a
+   connection gracefully (RFC 9112 §9.6: send FIN, then read until the
+   client's FIN, for up to 2 s) on the worker's main thread, one socket at a
+   time: every client that does not close its end stops accept() and all
+   keep-alive connections for 2 s. Here the FIN goes out the same way, and
+   the wait for the client's FIN is one more socket on the poller.
+4. **gunicorn's own refusals are our JSON errors** (`refusal()`): a
+   malformed or oversize request line or header, a bad Content-Length, an
+   unsupported Transfer-Encoding get `{"error", "code", "trace_id"}` with
+   a 400, 414 or 431 instead of gunicorn's HTML page, and a
+   `request.refused` log line like the app's.
+
+This serves plain HTTP/1.1, which is what functions-framework configures and
+Cloud Run speaks to a container; with TLS or cleartext HTTP/2 turned on the
+worker refuses to start rather than read bytes it cannot parse.
+"""
+
+# gunicorn ships no type information: its classes are Any to mypy, and
+# subclassing them is what this module is for.
+# mypy: disallow-subclassing-any=False
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import math
+import re
+import selectors
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from http import HTTPStatus
+from typing import Any, cast
+
+from gunicorn import util  # type: ignore[import-untyped]
+from gunicorn.config import Config  # type: ignore[import-untyped]
+from gunicorn.http import errors  # type: ignore[import-untyped]
+from gunicorn.workers.gthread import TConn, ThreadWorker  # type: ignore[import-untyped]
+from werkzeug.datastructures import Headers
+
+from .config import ServerSettings
+from .errors import MESSAGES, ErrorCode
+from .tracing import RequestLog, new_trace_id, process_log, trace_id_from_headers
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+# A head is read on the poller up to this size; a larger one (legal up to
+# gunicorn's header limits) is read on by its thread, on the clock. It bounds
+# what a connection that has not sent a whole head can make us hold.
+HEAD_BUFFER_BYTES = 32 * 1024
+
+# The graceful close as gunicorn's util.close_graceful does it: wait this long
+# for the client's FIN, reading at most this much it still sends.
+LINGER_SECONDS = 2.0
+LINGER_MAX_BYTES = 65536
+
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+# A header name short enough, and shaped like one (gunicorn upper-cases the
+# names it parsed), to be named in an error without echoing a stray line.
+_HEADER_NAME = re.compile(r"[A-Z0-9!#$%&'*+.^_`|~-]{1,40}")
+
+
+# -- the read clock
+
+
+class _ReadClock:
+    """One request's time left waiting for its client, counted down by the watchdog."""
+
+    def __init__(self, watchdog: _Watchdog, conn: TConn, remaining: float) -> None:
+        self.watchdog = watchdog
+        self.conn = conn
+        self.remaining = remaining
+        self.expires = math.inf  # while running; read and written under the watchdog's lock
+        self.reading = "head"  # for the log line: "head" until the app runs, then "body"
+
+    def run(self) -> None:
+        self.watchdog.run(self)
+
+    def stop(self) -> None:
+        self.watchdog.stop(self)
+
+
+class _Watchdog:
+    """Shuts down the socket of each request whose read clock ran out (one thread per worker)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._running: set[_ReadClock] = set()
+        self._changed = threading.Condition()
+        self._wake_at = math.inf
+
+    def start(self) -> None:
+        threading.Thread(target=self._watch, name="read-deadlines", daemon=True).start()
+
+    def run(self, clock: _ReadClock) -> None:
+        with self._changed:
+            clock.expires = time.monotonic() + clock.remaining
+            self._running.add(clock)
+            if clock.expires < self._wake_at:  # else the watchdog wakes in time anyway
+                self._changed.notify()
+
+    def stop(self, clock: _ReadClock) -> None:
+        """Stopped, with the time left kept; once this returns, the socket is never shut down."""
+        with self._changed:
+            if clock in self._running:
+                self._running.remove(clock)
+                clock.remaining = max(0.0, clock.expires - time.monotonic())
+
+    def _watch(self) -> None:
+        while True:
+            with self._changed:
+                now = time.monotonic()
+                expired = [clock for clock in self._running if clock.expires <= now]
+                for clock in expired:
+                    self._running.remove(clock)
+                    clock.remaining = 0.0
+                    # Under the lock: a clock stopped a moment ago is never shut down.
+                    with contextlib.suppress(OSError):
+                        clock.conn.sock.shutdown(socket.SHUT_RDWR)
+                self._wake_at = min((clock.expires for clock in self._running), default=math.inf)
+                if not expired:
+                    wait = self._wake_at - now
+                    self._changed.wait(None if wait == math.inf else wait)
+                    continue
+            for clock in expired:
+                process_log().warning(
+                    "request.read_timeout", reading=clock.reading, seconds=self.seconds
+                )
+
+
+class _ClockedInput:
+    """The request body as the app reads it: the read clock runs inside each read, only."""
+
+    def __init__(self, stream: Any, clock: _ReadClock) -> None:
+        self._stream = stream
+        self._clock = clock
+
+    def read(self, size: int | None = None) -> bytes:
+        data: bytes = self._timed(self._stream.read, size)
+        return data
+
+    def readline(self, size: int | None = None) -> bytes:
+        line: bytes = self._timed(self._stream.readline, size)
+        return line
+
+    def readlines(self, hint: int | None = None) -> list[bytes]:
+        lines: list[bytes] = self._timed(self._stream.readlines, hint)
+        return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        while line := self.readline():
+            yield line
+
+    def _timed(self, read: Callable[[int | None], Any], size: int | None) -> Any:
+        self._clock.run()
+        try:
+            return read(size)
+        finally:
+            self._clock.stop()
+
+
+# -- connections
+
+
+@dataclass(eq=False)
+class _HeadWait:
+    """A connection on the poller until its request head has arrived."""
+
+    conn: _Connection
+    since: float
+    data: bytearray = field(default_factory=bytearray)
+    done: bool = False
+
+
+@dataclass(eq=False)
+class _Linger:
+    """A closing connection on the poller until the client's FIN."""
+
+    sock: socket.socket
+    until: float
+    drained: int = 0
+    done: bool = False
+
+
+class _Connection(TConn):
+    """gthread's connection, with the head the poller read; its graceful close is the worker's."""
+
+    def __init__(self, linger: Callable[[socket.socket], None], *args: Any) -> None:
+        super().__init__(*args)
+        self._linger = linger
+        self.head: bytes | None = None  # read on the poller, for the parser
+        self.head_wait = 0.0  # seconds that took
+
+    def close(self, graceful: bool = False) -> None:
+        if graceful:
+            self._linger(self.sock)
+        else:
+            super().close()
+
+
+class Worker(ThreadWorker):
+    """gthread with heads read on the poller, a read deadline, a non-blocking close, JSON errors."""
+
+    wsgi: WsgiApp  # set by gunicorn's load_wsgi(); wrapped by ours
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.cfg.is_ssl or self.cfg.http2_cleartext != "off":
+            raise RuntimeError("assistant.worker.Worker serves plain HTTP/1.1 only")
+        # Already read (and checked) once by the application at startup.
+        self.server_settings = ServerSettings.from_env()
+        self._read_timeout = self.server_settings.request_read_timeout_seconds
+        self._watchdog = _Watchdog(self._read_timeout)
+        self._serving = threading.local()  # the read clock of the request this thread serves
+        # Both in the order they time out: every wait lasts as long.
+        self._heads: deque[_HeadWait] = deque()
+        self._lingering: deque[_Linger] = deque()
+
+    def run(self) -> None:
+        self._watchdog.start()  # here, in the worker process: a thread does not survive a fork
+        try:
+            super().run()
+        finally:
+            for wait in self._heads:
+                util.close(wait.conn.sock)
+            for linger in self._lingering:
+                util.close(linger.sock)
+
+    # -- heads, on the poller (main thread)
+
+    def accept(self, listener: socket.socket) -> None:
+        """gthread's accept(), except that the connection waits for its head on the poller."""
+        try:
+            client_sock, client_addr = listener.accept()
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        # (TConn makes the socket non-blocking; a thread makes it blocking again.)
+        conn = _Connection(self._linger, self.cfg, client_sock, client_addr, listener.getsockname())
+        self._await_head(conn)
+
+    def on_client_socket_readable(self, conn: _Connection, client: socket.socket) -> None:
+        """A kept-alive connection's next request: its head is awaited on the poller too."""
+        self.poller.unregister(client)
+        self.keepalived_conns.remove(conn)
+        self._await_head(conn)
+
+    def _await_head(self, conn: _Connection) -> None:
+        wait = _HeadWait(conn, time.monotonic())
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._read_head, wait))
+        self._heads.append(wait)
+
+    def _read_head(self, wait: _HeadWait, _sock: socket.socket) -> None:
+        try:
+            data = wait.conn.sock.recv(HEAD_BUFFER_BYTES - len(wait.data))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the client left before its request was complete
+            self._end_head_wait(wait)
+            self.nr_conns -= 1
+            wait.conn.close()
+            return
+        # Only the new bytes (and the three before them) are searched: a head
+        # sent a byte at a time must not cost time quadratic in its size.
+        searched = max(0, len(wait.data) - 3)
+        wait.data += data
+        if (
+            wait.data.find(b"\r\n\r\n", searched) >= 0
+            or _BARE_LF.search(wait.data, searched) is not None  # the parser refuses it: now
+            or len(wait.data) >= HEAD_BUFFER_BYTES
+        ):
+            self._end_head_wait(wait)
+            wait.conn.head = bytes(wait.data)
+            wait.conn.head_wait = time.monotonic() - wait.since
+            self.enqueue_req(wait.conn)
+
+    def _end_head_wait(self, wait: _HeadWait) -> None:
+        wait.done = True
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.poller.unregister(wait.conn.sock)
+
+    def murder_pending(self) -> None:
+        """gthread's sweep of deferred connections, then ours of heads and closes that timed out.
+
+        The main loop calls it on every turn, at least once a second.
+        """
+        super().murder_pending()
+        now = time.monotonic()
+        while self._heads and (
+            self._heads[0].done or self._heads[0].since + self._read_timeout <= now
+        ):
+            wait = self._heads.popleft()
+            if not wait.done:
+                self._end_head_wait(wait)
+                self.nr_conns -= 1
+                wait.conn.close()
+                process_log().warning(
+                    "request.read_timeout", reading="head", seconds=self._read_timeout
+                )
+        while self._lingering and (self._lingering[0].done or self._lingering[0].until <= now):
+            self._end_linger(self._lingering.popleft())
+
+    # -- the read deadline (pool threads)
+
+    def handle(self, conn: _Connection) -> Any:
+        clock = _ReadClock(self._watchdog, conn, max(0.0, self._read_timeout - conn.head_wait))
+        self._serving.clock = clock
+        clock.run()  # for a head longer than HEAD_BUFFER_BYTES, or pipelined requests
+        try:
+            if conn.head is not None:
+                # The parser reads what the poller read first; gthread's handle()
+                # then finds the connection initialized and does not wait for data.
+                conn.init()
+                conn.parser.unreader.unread(conn.head)
+                conn.head, conn.head_wait = None, 0.0
+            return super().handle(conn)
+        finally:
+            clock.stop()
+            self._serving.clock = None
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        self.wsgi = self._clocked(self.wsgi)
+
+    def _clocked(self, app: WsgiApp) -> WsgiApp:
+        def clocked_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            clock: _ReadClock | None = getattr(self._serving, "clock", None)
+            if clock is not None:
+                clock.stop()  # the head is in; the app's own time is not the client's
+                clock.reading = "body"
+                environ["wsgi.input"] = _ClockedInput(environ["wsgi.input"], clock)
+            return app(environ, start_response)
+
+        return clocked_app
+
+    # -- the graceful close, on the poller (main thread)
+
+    def _linger(self, sock: socket.socket) -> None:
+        """Close the way util.close_graceful does, without waiting for the client here.
+
+        Our FIN goes out now; the socket then waits on the poller until the
+        client's FIN, LINGER_MAX_BYTES of leftovers, or LINGER_SECONDS.
+        Closing with request bytes unread would send a reset, which can cut
+        the response short for the client.
+        """
+        linger = _Linger(sock, time.monotonic() + LINGER_SECONDS)
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            sock.setblocking(False)
+            self.poller.register(sock, selectors.EVENT_READ, partial(self._drain, linger))
+        except (OSError, ValueError, KeyError):
+            util.close(sock)
+            return
+        self._lingering.append(linger)
+
+    def _drain(self, linger: _Linger, _sock: socket.socket) -> None:
+        try:
+            data = linger.sock.recv(LINGER_MAX_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        linger.drained += len(data)
+        if not data or linger.drained >= LINGER_MAX_BYTES:
+            self._end_linger(linger)
+
+    def _end_linger(self, linger: _Linger) -> None:
+        if linger.done:
+            return
+        linger.done = True
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.poller.unregister(linger.sock)
+        util.close(linger.sock)
+
+    # -- refusals
+
+    def handle_error(self, req: Any, client: socket.socket, addr: Any, exc: BaseException) -> None:
+        """Our JSON error instead of gunicorn's HTML page, then the connection closes."""
+        status, code, message = refusal(exc, self.cfg)
+        parsed = getattr(req, "headers", None) or getattr(getattr(exc, "req", None), "headers", [])
+        headers = cast("Mapping[str, str]", Headers(parsed))  # gets names in any case
+        trace_id = trace_id_from_headers(headers) or new_trace_id()
+        log = RequestLog(trace_id, self.server_settings.project_id)
+        if (status, code, message) == _INTERNAL:
+            log.exception("request.crashed", exc)
+        else:
+            log.info("request.refused", status=status, code=code, reason=message)
+        body = json.dumps(
+            {"error": message, "code": code, "trace_id": trace_id},
+            ensure_ascii=False,
+            separators=(",", ":"),
+        ).encode()
+        head = (
+            f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+            "Connection: close\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            f"X-Trace-Id: {trace_id}\r\n\r\n"
+        )
+        with contextlib.suppress(Exception):  # the client may be gone; nothing else to do
+            util.write_nonblock(client, head.encode("latin-1") + body)
+
+
+_INTERNAL: tuple[int, ErrorCode, str] = (500, "internal_error", MESSAGES["internal_error"])
+
+_MALFORMED: dict[type[BaseException], str] = {
+    errors.InvalidRequestLine: "the request line is malformed",
+    errors.InvalidRequestMethod: "the request method is invalid",
+    errors.InvalidHTTPVersion: "the HTTP version is not supported",
+    errors.InvalidHeaderName: "a header name is invalid",
+    errors.ObsoleteFolding: "a header is folded over several lines",
+    errors.InvalidSchemeHeaders: "the scheme headers contradict each other",
+    errors.InvalidChunkSize: "the chunked body is malformed",
+    errors.ChunkMissingTerminator: "the chunked body is malformed",
+    errors.InvalidChunkExtension: "the chunked body is malformed",
+}
+
+
+def refusal(exc: BaseException, cfg: Config) -> tuple[int, ErrorCode, str]:
+    """(status, code, message) for an error gunicorn raised before the app ran.
+
+    414 `uri_too_long` for the request line (RFC 9112 §3 says MUST), 431
+    `headers_too_large` for a header or all of them (RFC 6585), else 400
+    `invalid_request`, also where gunicorn would say 501 (a transfer coding
+    other than chunked: one answer for every framing we refuse) or 417 (an
+    Expect other than 100-continue, which RFC 9110 lets us refuse with any
+    4xx). Messages are fixed sentences that name the problem; they never
+    repeat what the client sent beyond a header name.
+    """
+    if isinstance(exc, errors.LimitRequestLine):
+        return (
+            414,
+            "uri_too_long",
+            f"the request line is longer than {cfg.limit_request_line} bytes",
+        )
+    if isinstance(exc, errors.LimitRequestHeaders):
+        return 431, "headers_too_large", _headers_too_large(str(exc), cfg)
+    if isinstance(exc, errors.InvalidResponseHeader | errors.InvalidResponseHeaderName):
+        return _INTERNAL  # a header the app tried to send: our fault
+    if isinstance(exc, errors.InvalidHeader):
+        return 400, "invalid_request", _invalid_header(exc)
+    if isinstance(exc, errors.UnsupportedTransferCoding):
+        return 400, "invalid_request", "Transfer-Encoding must be chunked"
+    if isinstance(exc, errors.ExpectationFailed):
+        return 400, "invalid_request", "the only Expect understood is 100-continue"
+    if isinstance(exc, errors.ConfigurationProblem):
+        return _INTERNAL
+    if isinstance(exc, errors.ParseException):
+        return 400, "invalid_request", _MALFORMED.get(type(exc), "the request is malformed")
+    return _INTERNAL
+
+
+def _headers_too_large(detail: str, cfg: Config) -> str:
+    if detail == "limit request headers fields":
+        return f"more than {cfg.limit_request_fields} header fields"
+    if detail == "limit request headers fields size":
+        return f"a header field is longer than {cfg.limit_request_field_size} bytes"
+    return "the request headers are too large"
+
+
+def _invalid_header(exc: errors.InvalidHeader) -> str:
+    name = str(exc.hdr)
+    if name == "CONTENT-LENGTH":
+        names = [field for field, _ in getattr(exc.req, "headers", [])]
+        if "TRANSFER-ENCODING" in names:
+            return "Content-Length and Transfer-Encoding must not both be sent"
+        if names.count("CONTENT-LENGTH") > 1:
+            return "Content-Length must be sent once"
+        return "Content-Length must be a whole number of bytes"
+    if name == "TRANSFER-ENCODING":
+        return "Transfer-Encoding must be chunked, sent once, on HTTP/1.1"
+    if _HEADER_NAME.fullmatch(name):
+        return f"the {name.title()} header is invalid"
+    return "a header line is malformed"
