@@ -3,7 +3,10 @@
 import flask
 import functions_framework
 
+from assistant import server
 from assistant.http import handle
+
+server.install()  # our gunicorn worker and limits; functions-framework starts the server next
 
 
 @functions_framework.http

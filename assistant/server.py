@@ -1,0 +1,90 @@
+"""Our gunicorn settings and worker under functions-framework: the one private import.
+
+functions-framework is the entry point, locally and on Cloud Run. Its CLI
+imports main.py, then builds
+`functions_framework._http.gunicorn.GunicornApplication(app, host, port,
+debug)` itself and runs it. Nothing public reaches that call: it passes no
+options, and GUNICORN_CMD_ARGS and gunicorn.conf.py are read only by
+gunicorn's own `Application`, not by the `BaseApplication` it builds on.
+
+So `install()`, called from main.py before the server exists, replaces that
+class *in its private module* by a subclass whose `load_config()` sets, on
+top of what functions-framework set:
+
+- `worker_class`: `assistant.worker.Worker` (read deadline, no 2 s close on
+  the main thread, JSON refusals), also when THREADS=1, where gunicorn would
+  otherwise pick its sync worker;
+- `limit_request_line` 8190 (functions-framework sets 0, unlimited, and
+  gunicorn's parsing time grows with the square of the line: 8 MB took 8 s),
+  `limit_request_fields` 100 and `limit_request_field_size` 8190 (gunicorn's
+  defaults, set here so that they are ours to change).
+
+Everything else stays functions-framework's: bind, WORKERS, THREADS,
+timeout, log level. REQUEST_READ_TIMEOUT_SECONDS is read here once, so a bad
+value stops the start (gunicorn prints it and exits) instead of each request.
+
+If a functions-framework upgrade moves or reshapes that class, importing this
+module raises, main.py with it, and the server does not start; and
+tests/test_slow_clients.py checks that the server functions-framework builds
+is ours. Neither fails silently. Only `--debug` (Flask's own server, never
+used here) is out of reach.
+"""
+
+# gunicorn (and so functions-framework's application class) has no type
+# information: subclassing it is what this module is for.
+# mypy: disallow-subclassing-any=False
+
+from __future__ import annotations
+
+from typing import Any
+
+import gunicorn.app.base  # type: ignore[import-untyped]
+
+from .config import ConfigError, ServerSettings
+from .tracing import process_log
+from .worker import Worker
+
+try:
+    from functions_framework._http import gunicorn as _ff_gunicorn
+
+    _FunctionsFrameworkApplication: type[Any] = _ff_gunicorn.GunicornApplication
+except (ImportError, AttributeError) as exc:  # pragma: no cover - only on an upgrade
+    raise ImportError(
+        "functions-framework no longer has functions_framework._http.gunicorn."
+        "GunicornApplication: assistant/server.py cannot apply our gunicorn settings"
+    ) from exc
+if not (
+    isinstance(_FunctionsFrameworkApplication, type)
+    and issubclass(_FunctionsFrameworkApplication, gunicorn.app.base.BaseApplication)
+):  # pragma: no cover - only on an upgrade
+    raise ImportError(
+        "functions_framework._http.gunicorn.GunicornApplication is no longer a gunicorn "
+        "application: assistant/server.py cannot apply our gunicorn settings"
+    )
+
+GUNICORN_OPTIONS: dict[str, Any] = {
+    "worker_class": Worker,
+    "limit_request_line": 8190,
+    "limit_request_fields": 100,
+    "limit_request_field_size": 8190,
+}
+
+
+class Application(_FunctionsFrameworkApplication):
+    """functions-framework's gunicorn application, with GUNICORN_OPTIONS on top."""
+
+    def load_config(self) -> None:
+        super().load_config()
+        try:
+            ServerSettings.from_env()
+        except ConfigError as exc:
+            process_log().error("config.invalid", reason=str(exc))
+            raise
+        for name, value in GUNICORN_OPTIONS.items():
+            self.cfg.set(name, value)
+
+
+def install() -> None:
+    """Make functions-framework build `Application` when it starts the server."""
+    # mypy: "cannot assign to a type"; replacing that class is the point.
+    _ff_gunicorn.GunicornApplication = Application  # type: ignore[misc]
