@@ -1,0 +1,326 @@
+"""Slow and broken clients against the real server (assistant/worker.py, assistant/server.py).
+
+Run with THREADS=4 and REQUEST_READ_TIMEOUT_SECONDS=1, so that eight slow
+clients would hold every thread if nothing stopped them. Time bounds are
+generous upper bounds (a loaded 2-core machine must pass): where the server
+without these fixes would keep /health waiting for the attackers' whole run
+(15 s here), the test allows 5 s. The one lower bound checks that a slow
+client is not dropped before its time is up.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import functions_framework._http
+import httpx
+import pytest
+from gunicorn.app.base import BaseApplication
+
+from assistant import server
+from assistant.worker import Worker
+from devtools.fake_upstream import FakeUpstream, Script
+from devtools.service import running_service
+
+THREADS = 4
+ATTACKERS = 2 * THREADS
+READ_TIMEOUT = 1.0
+ATTACK_SECONDS = 15.0  # how long an attacker keeps trickling if the server lets it
+
+HEAD = (
+    b"POST /vac/assistant/slow/sse HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    + b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 20) for i in range(20))
+)
+BODY = json.dumps({"user_input": "hi " * 100}).encode()
+
+
+@pytest.fixture
+def service(fake: FakeUpstream) -> Iterator[str]:
+    env = {"THREADS": str(THREADS), "REQUEST_READ_TIMEOUT_SECONDS": str(READ_TIMEOUT)}
+    with running_service(env) as running:
+        yield running.url
+
+
+def _connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)))
+
+
+def _closed_by_server(sock: socket.socket, wait: float) -> bool:
+    readable, _, _ = select.select([sock], [], [], wait)
+    if not readable:
+        return False
+    try:
+        return sock.recv(65536) == b""
+    except OSError:
+        return True
+
+
+class Trickler(threading.Thread):
+    """Sends `first` at once, then `drip` a byte every 0.2 s, until the server drops it."""
+
+    def __init__(self, url: str, first: bytes, drip: bytes, warm_up: bool = False) -> None:
+        super().__init__(daemon=True)
+        self.url, self.first, self.drip, self.warm_up = url, first, drip, warm_up
+        self.dropped_after: float | None = None
+
+    def run(self) -> None:
+        with _connect(self.url) as sock:
+            if self.warm_up:  # one whole request first: the slow one is a kept-alive request
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                _read_response(sock)
+            started = time.monotonic()
+            try:
+                sock.sendall(self.first)
+                for byte in self.drip:
+                    sock.sendall(bytes([byte]))
+                    if _closed_by_server(sock, 0.2):
+                        break
+                    if time.monotonic() - started > ATTACK_SECONDS:
+                        return
+                else:
+                    while not _closed_by_server(sock, 0.2):
+                        if time.monotonic() - started > ATTACK_SECONDS:
+                            return
+            except OSError:
+                pass
+            self.dropped_after = time.monotonic() - started
+
+
+def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One whole response with a Content-Length: status, headers (lower-case names), body."""
+    sock.settimeout(10)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before a whole head: {data!r}"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {
+        name.lower(): value.strip() for name, value in (line.split(":", 1) for line in lines)
+    }
+    while len(body) < int(headers["content-length"]):
+        chunk = sock.recv(65536)
+        assert chunk, "closed before the whole body"
+        body += chunk
+    return int(status_line.split()[1]), headers, body
+
+
+def _health_seconds(url: str) -> float:
+    started = time.monotonic()
+    assert httpx.get(f"{url}/health", timeout=ATTACK_SECONDS + 5).status_code == 200
+    return time.monotonic() - started
+
+
+def _attack(url: str, first: bytes, drip: bytes, warm_up: bool = False) -> list[Trickler]:
+    attackers = [Trickler(url, first, drip, warm_up) for _ in range(ATTACKERS)]
+    for attacker in attackers:
+        attacker.start()
+    time.sleep(0.3)  # all of them connected and trickling
+    return attackers
+
+
+def _assert_all_dropped_in_time(attackers: list[Trickler]) -> None:
+    for attacker in attackers:
+        attacker.join(timeout=ATTACK_SECONDS + 5)
+    dropped = [attacker.dropped_after for attacker in attackers]
+    assert all(after is not None for after in dropped), f"not dropped: {dropped}"
+    assert all(READ_TIMEOUT - 0.1 <= after <= 5 for after in dropped if after), dropped
+
+
+@pytest.mark.parametrize("warm_up", [False, True], ids=["new-connection", "kept-alive"])
+def test_slow_headers_are_dropped_and_cost_no_thread(
+    service: str, fake: FakeUpstream, warm_up: bool
+) -> None:
+    attackers = _attack(service, b"", HEAD + b"\r\n", warm_up)
+    assert _health_seconds(service) < 5  # gthread as shipped: until the attackers give up
+    _assert_all_dropped_in_time(attackers)
+    assert fake.requests == []
+
+
+def test_silent_connections_are_dropped_and_cost_no_thread(
+    service: str, fake: FakeUpstream
+) -> None:
+    attackers = _attack(service, b"", b"")
+    assert _health_seconds(service) < 5
+    _assert_all_dropped_in_time(attackers)
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_slow_bodies_are_dropped_and_free_their_threads(
+    service: str, fake: FakeUpstream, chunked: bool
+) -> None:
+    if chunked:
+        first = HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + f"{len(BODY):x}\r\n".encode()
+    else:
+        first = HEAD + f"Content-Length: {len(BODY)}\r\n\r\n".encode()
+    attackers = _attack(service, first, BODY)
+    # Every thread is reading a body: /health waits for the first one to be dropped.
+    assert _health_seconds(service) < 5
+    _assert_all_dropped_in_time(attackers)
+    assert fake.requests == []
+
+
+def test_a_reply_that_streams_longer_than_the_read_timeout_is_not_cut(
+    service: str, fake: FakeUpstream
+) -> None:
+    # The first token comes after the read timeout too: waiting for it (the
+    # SSE status is held meanwhile) is the app's time, not the client's.
+    fake.push(Script(tokens=["one ", "two ", "three ", "four"], ttft=1.5, interval=0.5))
+    with _connect(service) as sock:
+        sock.sendall(HEAD + f"Content-Length: {len(BODY)}\r\n\r\n".encode() + BODY)
+        sock.settimeout(10)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+            if b"data: [DONE]" in received:
+                break
+    assert received.startswith(b"HTTP/1.1 200")
+    assert received.count(b'data: {"chunk"') == 4
+    assert b"data: [DONE]" in received
+
+
+def test_idle_connection_close_clients_do_not_stall_the_server(service: str) -> None:
+    """Each gets its answer and our FIN; /health does not wait ~2 s per idle client."""
+    idle = [_connect(service) for _ in range(10)]
+    try:
+        for sock in idle:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        time.sleep(0.3)  # every answer written, every graceful close begun
+        assert _health_seconds(service) < 5  # gthread as shipped: ~2 s per idle socket
+        for sock in idle:
+            status, headers, _ = _read_response(sock)
+            assert (status, headers["connection"]) == (200, "close")
+            assert _closed_by_server(sock, 5)  # our FIN came, though the client never closed
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+LONG_LINE = b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+BIG_HEADER = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9_000 + b"\r\n\r\n"
+MANY_HEADERS = (
+    b"GET /health HTTP/1.1\r\nHost: x\r\n"
+    + b"".join(b"X-%d: 1\r\n" % i for i in range(200))
+    + b"\r\n"
+)
+POST = b"POST /vac/assistant/x/sse HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code", "message"),
+    [
+        (LONG_LINE, 414, "uri_too_long", "the request line is longer than 8190 bytes"),
+        (BIG_HEADER, 431, "headers_too_large", "a header field is longer than 8190 bytes"),
+        (MANY_HEADERS, 431, "headers_too_large", "more than 100 header fields"),
+        (
+            POST + b"Content-Length: -1\r\n\r\n",
+            400,
+            "invalid_request",
+            "Content-Length must be a whole number of bytes",
+        ),
+        (
+            POST + b"Content-Length: 1e3\r\n\r\n",
+            400,
+            "invalid_request",
+            "Content-Length must be a whole number of bytes",
+        ),
+        (
+            POST + b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{}",
+            400,
+            "invalid_request",
+            "Content-Length and Transfer-Encoding must not both be sent",
+        ),
+        (
+            POST + b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+            400,
+            "invalid_request",
+            "Content-Length must be sent once",
+        ),
+        (
+            POST + b"Transfer-Encoding: gzip\r\n\r\n",
+            400,
+            "invalid_request",
+            "Transfer-Encoding must be chunked, sent once, on HTTP/1.1",
+        ),
+        (
+            POST + b"Transfer-Encoding: zstd, chunked\r\n\r\n",
+            400,
+            "invalid_request",
+            "Transfer-Encoding must be chunked",
+        ),
+        (
+            b"GET /health HTTP/1.1\nHost: x\n\n",
+            400,
+            "invalid_request",
+            "the request line is malformed",
+        ),
+        (
+            b"GET /health HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+            400,
+            "invalid_request",
+            "the Host header is invalid",
+        ),
+    ],
+    ids=[
+        "long-request-line",
+        "big-header",
+        "many-headers",
+        "negative-length",
+        "non-numeric-length",
+        "length-and-chunked",
+        "two-lengths",
+        "gzip-coding",
+        "unknown-coding",
+        "bare-lf",
+        "two-hosts",
+    ],
+)
+def test_requests_gunicorn_refuses_get_our_json_error(
+    service: str,
+    fake: FakeUpstream,
+    request_bytes: bytes,
+    status: int,
+    code: str,
+    message: str,
+) -> None:
+    with _connect(service) as sock:
+        sock.sendall(request_bytes)
+        got_status, headers, body = _read_response(sock)
+    assert got_status == status
+    assert headers["content-type"] == "application/json"
+    assert headers["connection"] == "close"
+    payload = json.loads(body)
+    assert payload == {"error": message, "code": code, "trace_id": headers["x-trace-id"]}
+    assert fake.requests == []
+    assert httpx.get(f"{service}/health", timeout=5).status_code == 200
+
+
+def test_functions_framework_builds_our_server(
+    app: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """main.py (imported by the `app` fixture) installed it: the server functions-framework's
+    CLI creates is ours, with our worker even at THREADS=1, where gunicorn would pick sync."""
+    monkeypatch.setenv("THREADS", "1")
+    assert functions_framework._http.create_server(app, False).server_class is server.Application
+    gunicorn_app = server.Application(app, "127.0.0.1", 0, False)
+    assert isinstance(gunicorn_app, BaseApplication)
+    assert gunicorn_app.cfg.worker_class is Worker
+    assert gunicorn_app.cfg.limit_request_line == 8190
+    assert gunicorn_app.cfg.limit_request_fields == 100
+    assert gunicorn_app.cfg.limit_request_field_size == 8190
+
+
+def test_a_bad_read_timeout_stops_the_start(
+    app: object, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("REQUEST_READ_TIMEOUT_SECONDS", "soon")
+    with pytest.raises(SystemExit):
+        server.Application(app, "127.0.0.1", 0, False)
+    assert "REQUEST_READ_TIMEOUT_SECONDS must be a number" in capsys.readouterr().err
