@@ -237,6 +237,40 @@ def awkward_sse_chunks(data: bytes) -> list[bytes]:
     return split_at(data, sse_cuts(data))
 
 
+def awkward_gemini_chunks(data: bytes) -> list[bytes]:
+    """A Gemini body cut as `sse_cuts` does, and inside CR LF CR LF, inside a UTF-8
+    character once more, and in a bare JSON error tail."""
+    cuts = sse_cuts(data)
+    separator = data.find(b"\r\n\r\n")
+    if separator >= 0:
+        cuts |= {separator + 1, separator + 2, separator + 3}  # CR|LF, CRLF|CRLF, CR|LF
+    start = first_multibyte(data)
+    if start is not None:
+        cuts |= {start + 1, start + 2}
+    tail = data.find(b'"error"')
+    if tail >= 0:
+        cuts.add(tail + 4)
+    return split_at(data, cuts)
+
+
+def awkward_ndjson_chunks(data: bytes) -> list[bytes]:
+    """An NDJSON body cut mid-line, between `}` and its LF, inside UTF-8 characters, and
+    mid-file."""
+    cuts = {
+        data.find(b'"content"') + 4,
+        data.index(b"\n"),  # the first line's LF starts the second read
+        data.index(b"\n") + 1,
+        len(data) // 2,
+        len(data) - 5,
+    }
+    start = first_multibyte(data)
+    if start is not None:
+        cuts.add(start + 1)
+    if b"\xe2\x80\xa8" in data:  # U+2028, cut inside it
+        cuts.add(data.index(b"\xe2\x80\xa8") + 2)
+    return split_at(data, cuts)
+
+
 def one_byte_reads(data: bytes | str) -> list[bytes]:
     """The bytes of `data` (UTF-8, if text), one a read."""
     raw = data.encode() if isinstance(data, str) else data

@@ -1,18 +1,448 @@
-"""All four providers through the whole endpoint, each in its own wire format.
+"""What every provider must do, tested once and parametrised over the four of them.
 
-One fake upstream serves every format (each on its own path), so the chain
-falls through real Anthropic, OpenAI, Gemini and Ollama streams in one request.
+Each scenario runs for Anthropic, OpenAI, Gemini and Ollama, each in its own wire
+format, against devtools.fake_upstream on loopback; what differs between them
+(paths, headers, bodies, stop-reason tables, usage figures, recorded streams) is
+data, in tests/provider_cases.py. Four layers:
+- recorded streams (tests/fixtures/<provider>/) replayed byte for byte through the
+  fake's `raw` script, split at awkward places, into the provider's `stream`;
+- the fake's scripts: what the provider sends, statuses, stop reasons, thinking,
+  every `fail` and every `fail_mode` after every number of pieces;
+- the provider inside `assistant.chain.Chain` on the app's I/O loop, where the
+  connect / first-chunk / idle timeouts and the fall-through rules live;
+- the whole endpoint: one fake serves every format (each on its own path), so the
+  chain falls through real Anthropic, OpenAI, Gemini and Ollama streams in one
+  request.
+A provider's own quirks stay in its file (test_anthropic.py, test_openai.py, ...).
 """
 
 from __future__ import annotations
 
 import os
+import socket
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import pytest
 
-from devtools.fake_upstream import FakeUpstream, Script
+from assistant.chain import ChainFailed, ChainSucceeded, Chunk
+from assistant.config import Timeouts
+from assistant.providers.base import Prompt, StreamEnd, TextDelta, ThinkingDelta
+from assistant.request import Turn
+from devtools.fake_upstream import FAIL_MODES, FAILS, FakeUpstream, Script
 
 from .conftest import ask, sse_events
+from .provider_cases import CASES, REQUEST_PROMPT, ProviderCase
+from .provider_support import (
+    FAIL_CODES,
+    FAIL_MODE_CODES,
+    FAKE_MODEL,
+    anthropic_at,
+    one_byte_reads,
+    run_chain,
+)
+from .provider_support import upstream_fixture as upstream_fixture  # the `upstream` fixture
+
+# Every scenario marked with this runs once per provider.
+EACH = pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+
+# The fixed sentences a ProviderError shows; what the upstream said goes to `detail`.
+SAFE_MESSAGES = {
+    "upstream_status": "The model provider refused the request.",
+    "upstream_error": "The model provider reported an error.",
+    "upstream_incomplete": "The model provider's reply was cut off.",
+}
+AUTH_HEADERS = {"authorization", "x-api-key", "x-goog-api-key"}
+
+
+def per_case(rows: Callable[[ProviderCase], Iterable[tuple[Any, ...]]]) -> list[Any]:
+    """pytest params (case, *row) for each provider's rows, with ids "<provider>-<row[0]>"."""
+    return [
+        pytest.param(case, *row, id=f"{case.name}-{row[0]}") for case in CASES for row in rows(case)
+    ]
+
+
+def fallback(url: str) -> Any:
+    """The provider a chain falls through to: an Anthropic one named "fallback"."""
+    return anthropic_at(url, "fallback")
+
+
+# -- a. recorded streams ------------------------------------------------------------------
+
+
+@EACH
+def test_every_fixture_has_an_expectation(case: ProviderCase) -> None:
+    assert sorted(path.name for path in case.fixtures.iterdir()) == sorted(case.replays)
+
+
+@pytest.mark.parametrize("case, name", per_case(lambda case: ((n,) for n in case.replays)))
+def test_fixture_replay(upstream: FakeUpstream, case: ProviderCase, name: str) -> None:
+    data = case.fixture(name)
+    chunks = case.awkward_chunks(data)
+    assert b"".join(chunks) == data and len(chunks) >= case.min_pieces
+    upstream.push(Script(raw=chunks, interval=0.01))  # a pause so each piece is its own read
+
+    events, error = case.events(upstream.url)
+
+    expected = case.replays[name]
+    assert events == expected.events
+    assert (error.code if error else None) == expected.code
+    if error is not None:
+        assert error.status == expected.status
+        assert error.message == SAFE_MESSAGES[error.code]
+        for leak in case.leaks:
+            assert leak not in error.message
+    assert upstream.requests[0].path == case.request_path()
+
+
+@pytest.mark.parametrize("case, name", per_case(lambda case: ((n,) for n in case.one_byte)))
+def test_fixture_replay_one_byte_per_http_chunk(
+    upstream: FakeUpstream, case: ProviderCase, name: str
+) -> None:
+    upstream.push(Script(raw=one_byte_reads(case.fixture(name))))
+    events, error = case.events(upstream.url)
+    assert events == case.replays[name].events
+    assert (error.code if error else None) == case.replays[name].code
+
+
+@EACH
+def test_a_recorded_thinking_stream_through_the_chain(
+    upstream: FakeUpstream, case: ProviderCase
+) -> None:
+    replay = case.replays[case.thinking_fixture]
+    upstream.push(
+        Script(raw=case.awkward_chunks(case.fixture(case.thinking_fixture)), interval=0.01)
+    )
+    run = run_chain([case.provider(upstream.url)], Timeouts(connect=1, first_chunk=2, idle=2))
+
+    thinking = "".join(e.text for e in replay.events if isinstance(e, ThinkingDelta))
+    text = "".join(e.text for e in replay.events if isinstance(e, TextDelta))
+    assert thinking and text
+    assert run.text == f"<thinking>{thinking}</thinking>{text}"
+    assert run.items[-1] == ChainSucceeded()
+    end = replay.events[-1]
+    assert isinstance(end, StreamEnd)
+    assert (run.chain.model, run.chain.stop_reason) == (end.model, end.stop_reason)
+    assert run.chain.usage == end.usage
+
+
+# -- b. the request, statuses and scripted streams ----------------------------------------
+
+
+@EACH
+def test_the_request_carries_the_prompt_and_the_settings(
+    upstream: FakeUpstream, case: ProviderCase
+) -> None:
+    events, error = case.events(
+        upstream.url, REQUEST_PROMPT, model="model-x", max_tokens=777, temperature=0.3
+    )
+    assert error is None and isinstance(events[-1], StreamEnd)
+
+    (request,) = upstream.requests
+    assert request.path == case.request_path("model-x")
+    assert request.model == "model-x"
+    assert {name: request.headers.get(name) for name in case.headers} == case.headers
+    assert AUTH_HEADERS & set(request.headers) == AUTH_HEADERS & set(case.headers)
+    assert request.body == case.request_body
+
+
+@EACH
+@pytest.mark.parametrize("system", [None, ""], ids=["none", "empty"])
+def test_no_system_prompt_and_no_optional_fields_by_default(
+    upstream: FakeUpstream, case: ProviderCase, system: str | None
+) -> None:
+    case.events(upstream.url, Prompt(system=system, turns=(Turn("user", "hi"),)))
+    assert upstream.requests[0].body == case.default_body
+
+
+@EACH
+def test_the_last_user_turn_reaches_the_upstream(
+    upstream: FakeUpstream, case: ProviderCase
+) -> None:
+    upstream.push(Script(echo=True))
+    prompt = Prompt(system="s", turns=(Turn("user", "one"), Turn("user", "two")))
+    events, error = case.events(upstream.url, prompt)
+    assert error is None
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "You said: one\n\ntwo"
+
+
+@pytest.mark.parametrize("case, status, named", per_case(lambda case: case.statuses.items()))
+def test_error_status(upstream: FakeUpstream, case: ProviderCase, status: int, named: str) -> None:
+    upstream.push(Script(fail=str(status)))
+    events, error = case.events(upstream.url)
+    assert events == []
+    assert error is not None
+    assert error.code == "upstream_status"
+    assert error.status == status
+    assert error.message == SAFE_MESSAGES["upstream_status"]
+    for detail in ("fake upstream failure", named):
+        assert detail not in error.message
+        assert detail in error.detail  # kept for the log only
+
+
+@EACH
+def test_scripted_text_stream(upstream: FakeUpstream, case: ProviderCase) -> None:
+    upstream.push(Script(tokens=["Hel", "lo ", "wörld"], model="upstream-model", input_tokens=30))
+    events, error = case.events(upstream.url)
+    assert error is None
+    assert events == [
+        TextDelta("Hel"),
+        TextDelta("lo "),
+        TextDelta("wörld"),
+        StreamEnd("end_turn", case.usage(30, 3), "upstream-model"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "case, scripted, stop_reason", per_case(lambda case: case.stop_reasons.items())
+)
+def test_stop_reasons_are_normalised(
+    upstream: FakeUpstream, case: ProviderCase, scripted: str, stop_reason: str
+) -> None:
+    upstream.push(Script(tokens=["x"], stop_reason=scripted))
+    events, error = case.events(upstream.url)
+    assert error is None
+    assert events[-1] == StreamEnd(stop_reason, case.usage(12, 1), FAKE_MODEL)
+
+
+@EACH
+def test_native_thinking(upstream: FakeUpstream, case: ProviderCase) -> None:
+    upstream.push(Script(thinking=["Let me ", "think."], tokens=["Answer", "!"]))
+    events, error = case.events(upstream.url)
+    assert error is None
+    assert events == [
+        ThinkingDelta("Let me "),
+        ThinkingDelta("think."),
+        TextDelta("Answer"),
+        TextDelta("!"),
+        StreamEnd("end_turn", case.usage(12, 4, thinking_tokens=2), FAKE_MODEL),
+    ]
+
+
+@EACH
+def test_inline_thinking_passes_through_as_text(upstream: FakeUpstream, case: ProviderCase) -> None:
+    upstream.push(Script(thinking=["hmm"], thinking_mode="inline", tokens=["Answer"]))
+    events, error = case.events(upstream.url)
+    assert error is None
+    assert events == [
+        TextDelta("<thinking>"),
+        TextDelta("hmm"),
+        TextDelta("</thinking>"),
+        TextDelta("Answer"),
+        StreamEnd("end_turn", case.usage(12, 4), FAKE_MODEL),
+    ]
+
+
+def test_every_fake_failure_has_an_expectation() -> None:
+    assert sorted(FAIL_CODES) == sorted(set(FAILS) - {"no_text"})
+    assert sorted(FAIL_MODE_CODES) == sorted(FAIL_MODES)
+
+
+@EACH
+@pytest.mark.parametrize("fail", FAILS)
+def test_fake_failure_before_any_text(
+    upstream: FakeUpstream, case: ProviderCase, fail: str
+) -> None:
+    # Before any piece (Anthropic's message_start and OpenAI's role chunk are out already,
+    # except with hang_headers and empty). The hangs end on the client's read timeout.
+    upstream.push(Script(fail=fail, stop_reason="max_tokens"))
+    events, error = case.events(upstream.url, read_timeout=0.2)
+    if fail == "no_text":
+        # A clean end with no deltas: the provider reports it; the chain calls it empty.
+        assert error is None
+        assert events == [StreamEnd("max_tokens", case.usage(12, 0), FAKE_MODEL)]
+    else:
+        assert events == []
+        assert error is not None and error.code == FAIL_CODES[fail]
+        assert error.status == case.status_of(error.code)
+
+
+@EACH
+@pytest.mark.parametrize("fail_mode", FAIL_MODES)
+@pytest.mark.parametrize("fail_after", [0, 2, 3, 4])
+def test_fail_after(
+    upstream: FakeUpstream, case: ProviderCase, fail_after: int, fail_mode: str
+) -> None:
+    tokens = ["a ", "b ", "c "]
+    upstream.push(Script(tokens=tokens, fail_after=fail_after, fail_mode=fail_mode))
+    events, error = case.events(upstream.url, read_timeout=0.2)
+
+    texts = [TextDelta(token) for token in tokens]
+    if fail_after > len(tokens):  # never fires
+        assert error is None
+        assert events == [*texts, StreamEnd("end_turn", case.usage(12, 3), FAKE_MODEL)]
+    else:  # fail_after == len(tokens) fires after the last piece, in place of the finish
+        assert events == texts[:fail_after]
+        assert error is not None and error.code == FAIL_MODE_CODES[fail_mode]
+        assert error.status == case.status_of(error.code)
+
+
+@EACH
+@pytest.mark.parametrize("fail_after", [1, 2, 3])
+def test_fail_after_counts_thinking_pieces(
+    upstream: FakeUpstream, case: ProviderCase, fail_after: int
+) -> None:
+    upstream.push(Script(thinking=["t1 ", "t2 "], tokens=["a", "b"], fail_after=fail_after))
+    events, error = case.events(upstream.url)
+    pieces = [ThinkingDelta("t1 "), ThinkingDelta("t2 "), TextDelta("a"), TextDelta("b")]
+    assert events == pieces[:fail_after]
+    assert error is not None and error.code == "upstream_error"
+    assert error.status == case.error_status
+
+
+# -- c. through the chain, on the I/O loop ------------------------------------------------
+
+
+@EACH
+@pytest.mark.parametrize(
+    "script",
+    [
+        pytest.param(Script(fail="hang"), id="silent-after-the-headers"),
+        pytest.param(Script(fail="hang", ping_every=0.05), id="keep-alives-but-no-text"),
+        pytest.param(Script(fail="hang_headers"), id="no-headers"),
+        pytest.param(Script(tokens=["late"], ttft=3), id="first-piece-too-late"),
+    ],
+)
+def test_no_first_chunk_in_time_is_a_timeout(
+    upstream: FakeUpstream, case: ProviderCase, script: Script
+) -> None:
+    upstream.push(script)
+    run = run_chain([case.provider(upstream.url)], Timeouts(connect=1, first_chunk=0.3, idle=5))
+
+    assert run.items == [ChainFailed(None, committed=False)]
+    assert run.outcomes == ["upstream_timeout"]
+    assert 250 <= run.chain.attempts[0].ms < 1500
+    assert run.seconds < 2
+    # The upstream request was closed, not left running.
+    assert upstream.requests[0].client_closed.wait(2)
+
+
+@EACH
+def test_closed_port_is_unreachable(case: ProviderCase) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    run = run_chain([case.provider(f"http://127.0.0.1:{port}")], Timeouts(1, 1, 1))
+    assert run.items == [ChainFailed(None, committed=False)]
+    assert run.outcomes == ["upstream_unreachable"]
+
+
+@EACH
+def test_slow_but_live_stream_is_not_cut(upstream: FakeUpstream, case: ProviderCase) -> None:
+    tokens = [f"t{i} " for i in range(6)]
+    upstream.push(Script(tokens=tokens, interval=0.15, model="live-model"))
+    run = run_chain([case.provider(upstream.url)], Timeouts(connect=1, first_chunk=0.3, idle=0.6))
+
+    assert run.items[-1] == ChainSucceeded()
+    assert run.text == "".join(tokens)
+    assert run.outcomes == ["ok"]
+    assert run.seconds >= 0.7  # well past first_chunk: only gaps between chunks count
+    assert run.chain.usage == case.usage(12, 6)
+    assert run.chain.stop_reason == "end_turn"
+    assert (run.chain.provider, run.chain.model) == (case.name, "live-model")
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.keepalive], ids=lambda case: case.name)
+def test_keep_alives_carry_gaps_longer_than_the_idle_timeout(
+    upstream: FakeUpstream, case: ProviderCase
+) -> None:
+    upstream.push(Script(tokens=["slow ", "but ", "alive"], interval=0.35, ping_every=0.05))
+    run = run_chain([case.provider(upstream.url)], Timeouts(connect=1, first_chunk=1, idle=0.2))
+
+    assert run.items[-1] == ChainSucceeded()
+    assert run.text == "slow but alive"
+    assert run.seconds >= 0.65  # gaps of 0.35 s, idle timeout 0.2 s
+
+
+@EACH
+@pytest.mark.parametrize("fail_mode", FAIL_MODES)
+def test_a_failure_after_the_first_chunk_is_committed(
+    upstream: FakeUpstream, case: ProviderCase, fail_mode: str
+) -> None:
+    upstream.push(
+        Script(tokens=["one ", "two ", "three "], fail_after=2, fail_mode=fail_mode),
+        Script(tokens=["never ", "shown"]),
+    )
+    idle = 0.3 if fail_mode == "hang" else 2
+    run = run_chain(
+        [case.provider(upstream.url), fallback(upstream.url)],
+        Timeouts(connect=1, first_chunk=5, idle=idle),
+    )
+
+    code = FAIL_MODE_CODES[fail_mode]
+    assert run.items[:-1] == [Chunk("one "), Chunk("two ")]
+    failed = run.items[-1]
+    assert isinstance(failed, ChainFailed) and failed.committed
+    assert failed.error is not None and failed.error.code == code
+    assert run.outcomes == [code]  # the user saw its text: never retried elsewhere
+    assert len(upstream.requests) == 1
+
+
+@EACH
+def test_an_idle_gap_after_the_first_chunk_is_cut_in_time(
+    upstream: FakeUpstream, case: ProviderCase
+) -> None:
+    upstream.push(Script(tokens=["one ", "two ", "three "], fail_after=2, fail_mode="hang"))
+    run = run_chain([case.provider(upstream.url)], Timeouts(connect=1, first_chunk=5, idle=0.3))
+    assert run.outcomes == ["upstream_timeout"]
+    assert run.seconds < 2
+    assert upstream.requests[0].client_closed.wait(2)
+
+
+def fall_throughs(case: ProviderCase) -> Iterable[tuple[str, str, int | None]]:
+    """(the fake's fail, the attempt's outcome, its status): every failure before text."""
+    for status in case.statuses:
+        yield str(status), "upstream_status", status
+    for fail in FAILS:
+        outcome = "upstream_empty" if fail == "no_text" else FAIL_CODES[fail]
+        yield fail, outcome, case.status_of(outcome)
+
+
+@pytest.mark.parametrize("case, fail, outcome, status", per_case(fall_throughs))
+def test_failure_before_the_first_chunk_falls_through(
+    upstream: FakeUpstream, case: ProviderCase, fail: str, outcome: str, status: int | None
+) -> None:
+    upstream.push(Script(fail=fail), Script(tokens=["from ", "fallback"], model="fallback-model"))
+    first_chunk = 0.4 if fail.startswith("hang") else 2
+    run = run_chain(
+        [case.provider(upstream.url), fallback(upstream.url)],
+        Timeouts(connect=1, first_chunk=first_chunk, idle=2),
+    )
+
+    assert run.items == [Chunk("from "), Chunk("fallback"), ChainSucceeded()]
+    assert run.outcomes == [outcome, "ok"]
+    assert [attempt.provider for attempt in run.chain.attempts] == [case.name, "fallback"]
+    assert [attempt.status for attempt in run.chain.attempts] == [status, None]
+    assert (run.chain.provider, run.chain.model) == ("fallback", "fallback-model")
+    paths = [request.path for request in upstream.requests]
+    assert paths == [case.request_path(), "/v1/messages"]
+
+
+@EACH
+def test_it_answers_when_an_earlier_provider_failed(
+    upstream: FakeUpstream, case: ProviderCase
+) -> None:
+    upstream.push(Script(fail="529"), Script(tokens=["second ", "answer"]))
+    run = run_chain(
+        [anthropic_at(upstream.url, "first"), case.provider(upstream.url)],
+        Timeouts(1, first_chunk=2, idle=2),
+    )
+    assert run.items == [Chunk("second "), Chunk("answer"), ChainSucceeded()]
+    assert run.outcomes == ["upstream_status", "ok"]
+    assert (run.chain.provider, run.chain.model) == (case.name, FAKE_MODEL)
+    assert upstream.requests[1].path == case.request_path()
+
+
+@EACH
+def test_native_thinking_is_tagged_by_the_chain(upstream: FakeUpstream, case: ProviderCase) -> None:
+    upstream.push(Script(thinking=["weigh ", "options"], tokens=["Done."]))
+    run = run_chain([case.provider(upstream.url)], Timeouts(connect=1, first_chunk=2, idle=2))
+    assert run.text == "<thinking>weigh options</thinking>Done."
+    assert run.items[-1] == ChainSucceeded()
+    assert run.chain.usage == case.usage(12, 3, thinking_tokens=2)
+
+
+# -- d. the whole endpoint ----------------------------------------------------------------
 
 PROVIDERS = ("anthropic", "openai", "gemini", "ollama")
 
