@@ -2,25 +2,33 @@
 
 functions-framework runs gunicorn's gthread worker; assistant/server.py makes
 it run this subclass instead. Four things differ from gthread as gunicorn
-27.0.1 ships it (issue 8 measured the first three):
+27.0.1 ships it (issue 8 measured them):
 
-1. **A request head costs no thread until it is all there.** gthread hands
-   each new connection to a pool thread at once, which waits up to 5 s for
-   a first byte and then reads the request line and headers with blocking
-   reads: a client that sends nothing, or a byte a second, holds a thread,
-   and a few dozen of them hold every thread (`/health` waits too). Here the
-   head is read on the main loop's poller, as gthread already does for idle
-   keep-alive connections, and a connection goes to the thread pool only
-   once its blank line (or HEAD_BUFFER_BYTES, or a bare LF, which the parser
-   refuses) has arrived. The bytes read are handed to gunicorn's parser, so
-   parsing and its limits are gunicorn's.
+1. **A request costs no thread until it has arrived.** gthread hands each
+   new connection to a pool thread at once, which waits up to 5 s for a
+   first byte and then reads the request line, headers and body with
+   blocking reads: a client that sends nothing, or a byte a second, holds a
+   thread, and a few dozen of them hold every thread (`/health` waits too).
+   Here a request is read on the main loop's poller, as gthread already
+   does for idle keep-alive connections, and goes to the thread pool once
+   it is all there: the head, then the body its Content-Length or chunked
+   framing announces (`_Arrival`). The bytes read are handed to gunicorn's
+   parser, which parses them as if it had read them itself: what the poller
+   works out is only when to stop waiting, never what the request means.
+   Bounds: a head over HEAD_BUFFER_BYTES, a request over REQUEST_BUFFER_BYTES,
+   all waiting requests together over BUFFERED_BYTES, a framing the poller
+   does not follow, or `Expect: 100-continue` (the client waits for our
+   answer before it sends the body) send the request to a thread as it is,
+   to be read there on the clock of point 2.
 2. **A request must arrive within REQUEST_READ_TIMEOUT_SECONDS** of waiting
-   for its client. The clock runs while the head is awaited on the poller
-   (a head not complete in time: the connection is closed), and again
-   whenever the app is inside a read of `wsgi.input` (the body). One
+   for its client. The clock runs while the request is awaited on the
+   poller (not all there in time: the connection is closed), and again
+   whenever a thread waits for more of it: gunicorn reading a head too
+   large for the poller, or the app inside a read of `wsgi.input`. One
    watchdog thread per worker shuts down (SHUT_RDWR) the socket of a
-   request whose time ran out in a read: the blocked recv() returns at once,
-   gunicorn and the app see a client that left, and the thread is free.
+   request whose time ran out in a thread: the blocked recv() returns at
+   once, gunicorn and the app see a client that left, and the thread is
+   free.
    - The app's own time (auth, a certificate fetch, the provider, a reply
      that streams for minutes) is never on the clock, nor is time spent
      queued for a thread: nothing the server does can make the deadline cut
@@ -67,7 +75,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from http import HTTPStatus
 from typing import Any, cast
@@ -84,10 +92,14 @@ from .tracing import RequestLog, new_trace_id, process_log, trace_id_from_header
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
-# A head is read on the poller up to this size; a larger one (legal up to
-# gunicorn's header limits) is read on by its thread, on the clock. It bounds
-# what a connection that has not sent a whole head can make us hold.
+# What the poller holds of requests still arriving (see point 1 above): a
+# head up to HEAD_BUFFER_BYTES (a larger one, legal up to gunicorn's header
+# limits, is read on by its thread), a request up to REQUEST_BUFFER_BYTES
+# (the default MAX_BODY_BYTES and a head), and all of them together up to
+# BUFFERED_BYTES (a worst case of memory, not a typical one).
 HEAD_BUFFER_BYTES = 32 * 1024
+REQUEST_BUFFER_BYTES = 1024 * 1024 + HEAD_BUFFER_BYTES
+BUFFERED_BYTES = 32 * 1024 * 1024
 
 # The graceful close as gunicorn's util.close_graceful does it: wait this long
 # for the client's FIN, reading at most this much it still sends.
@@ -95,6 +107,18 @@ LINGER_SECONDS = 2.0
 LINGER_MAX_BYTES = 65536
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
+# Header lines of a head (from its request line to before its blank line).
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*([0-9]{1,15})[ \t]*(?=\r\n|$)", re.I)
+_ANY_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:", re.I)
+# The framings gunicorn accepts: chunked, last, after any of its known codings.
+_CHUNKED = re.compile(
+    rb"\r\ntransfer-encoding[ \t]*:[ \t]*(?:(?:gzip|deflate|compress)[ \t]*,[ \t]*)*"
+    rb"chunked[ \t]*(?=\r\n|$)",
+    re.I,
+)
+_ANY_TRANSFER_ENCODING = re.compile(rb"\r\ntransfer-encoding[ \t]*:", re.I)
+_EXPECT = re.compile(rb"\r\nexpect[ \t]*:", re.I)
+_HEX = frozenset(b"0123456789abcdefABCDEF")
 
 # A header name short enough, and shaped like one (gunicorn upper-cases the
 # names it parsed), to be named in an error without echoing a stray line.
@@ -203,14 +227,109 @@ class _ClockedInput:
 # -- connections
 
 
-@dataclass(eq=False)
-class _HeadWait:
-    """A connection on the poller until its request head has arrived."""
+class _ChunkScan:
+    """Where a chunked body ends, found as its bytes arrive, each looked at once.
 
-    conn: _Connection
-    since: float
-    data: bytearray = field(default_factory=bytearray)
-    done: bool = False
+    It judges nothing: anything it does not expect ends the wait, and
+    gunicorn's parser, which reads every byte again, says what is wrong.
+    """
+
+    def __init__(self, start: int) -> None:
+        self.pos = start  # the next byte not yet looked at
+        self.state = "size"  # size line, data, the CRLF after it, trailers
+        self.left = 0  # bytes of the current chunk still to come
+        self.trailers = 0  # where the trailer section starts, once it does
+
+    def complete(self, data: bytearray) -> bool:
+        """True once the body is all in `data`, or once the scan cannot go on."""
+        while True:
+            if self.state == "size":
+                end = data.find(b"\r\n", self.pos)
+                if end < 0:
+                    return len(data) - self.pos > 1024  # no size line is that long
+                digits = bytes(data[self.pos : end]).split(b";", 1)[0].rstrip(b" \t")
+                if not digits or not set(digits) <= _HEX:
+                    return True
+                self.left, self.pos = int(digits, 16), end + 2
+                self.state = "data" if self.left else "trailers"
+                self.trailers = self.pos
+            elif self.state == "data":
+                taken = min(self.left, len(data) - self.pos)
+                self.left -= taken
+                self.pos += taken
+                if self.left:
+                    return False
+                self.state = "crlf"
+            elif self.state == "crlf":
+                if len(data) - self.pos < 2:
+                    return False
+                if data[self.pos : self.pos + 2] != b"\r\n":
+                    return True
+                self.pos += 2
+                self.state = "size"
+            else:  # trailers: none (CRLF), or header lines ending with a blank line
+                if data[self.trailers : self.trailers + 2] == b"\r\n":
+                    return True
+                if data.find(b"\r\n\r\n", self.pos) >= 0:
+                    return True
+                self.pos = max(self.pos, len(data) - 3)  # look at each byte once
+                return False
+
+
+class _Arrival:
+    """A request arriving on the poller: its bytes so far, and whether a thread can take it."""
+
+    def __init__(self, conn: _Connection, since: float) -> None:
+        self.conn = conn
+        self.since = since
+        self.data = bytearray()
+        self.head_end: int | None = None  # offset of the body, once the head is in
+        self.body_left: int | None = None  # a Content-Length body: bytes still to come
+        self.chunks: _ChunkScan | None = None  # a chunked body
+        self.done = False
+
+    def add(self, data: bytes) -> bool:
+        """The next bytes; True when the request is ready for a thread."""
+        start = len(self.data)
+        self.data += data
+        if len(self.data) >= REQUEST_BUFFER_BYTES:
+            return True
+        if self.head_end is None:
+            # Only the new bytes (and the three before them) are searched: a
+            # head sent a byte at a time must not cost time quadratic in its size.
+            searched = max(0, start - 3)
+            end = self.data.find(b"\r\n\r\n", searched)
+            if end < 0:
+                return (
+                    _BARE_LF.search(self.data, searched) is not None  # the parser refuses it
+                    or len(self.data) >= HEAD_BUFFER_BYTES
+                )
+            self.head_end = end + 4
+            if not self._expect_body(bytes(self.data[:end])):
+                return True
+            start = self.head_end
+        if self.body_left is not None:
+            self.body_left -= len(self.data) - start
+            return self.body_left <= 0
+        assert self.chunks is not None
+        return self.chunks.complete(self.data)
+
+    def _expect_body(self, head: bytes) -> bool:
+        """Whether to wait for a body, and which; no for anything gunicorn will refuse."""
+        if _EXPECT.search(head):
+            return False  # the client may be waiting for "100 Continue" first
+        lengths = _CONTENT_LENGTH.findall(head)  # the well-formed ones
+        length_fields = len(_ANY_CONTENT_LENGTH.findall(head))
+        coding_fields = len(_ANY_TRANSFER_ENCODING.findall(head))
+        if coding_fields == 1 and not length_fields and _CHUNKED.search(head):
+            self.chunks = _ChunkScan(len(head) + 4)
+            return True
+        if length_fields == 1 and not coding_fields and len(lengths) == 1:
+            length = int(lengths[0])
+            if 0 < length <= REQUEST_BUFFER_BYTES:  # larger: the app refuses it unread
+                self.body_left = length
+                return True
+        return False
 
 
 @dataclass(eq=False)
@@ -229,7 +348,7 @@ class _Connection(TConn):
     def __init__(self, linger: Callable[[socket.socket], None], *args: Any) -> None:
         super().__init__(*args)
         self._linger = linger
-        self.head: bytes | None = None  # read on the poller, for the parser
+        self.head: bytes | None = None  # what the poller read of the request, for the parser
         self.head_wait = 0.0  # seconds that took
 
     def close(self, graceful: bool = False) -> None:
@@ -254,23 +373,24 @@ class Worker(ThreadWorker):
         self._watchdog = _Watchdog(self._read_timeout)
         self._serving = threading.local()  # the read clock of the request this thread serves
         # Both in the order they time out: every wait lasts as long.
-        self._heads: deque[_HeadWait] = deque()
+        self._arrivals: deque[_Arrival] = deque()
         self._lingering: deque[_Linger] = deque()
+        self._buffered = 0  # bytes held by the arrivals
 
     def run(self) -> None:
         self._watchdog.start()  # here, in the worker process: a thread does not survive a fork
         try:
             super().run()
         finally:
-            for wait in self._heads:
-                util.close(wait.conn.sock)
+            for arrival in self._arrivals:
+                util.close(arrival.conn.sock)
             for linger in self._lingering:
                 util.close(linger.sock)
 
-    # -- heads, on the poller (main thread)
+    # -- requests arriving, on the poller (main thread)
 
     def accept(self, listener: socket.socket) -> None:
-        """gthread's accept(), except that the connection waits for its head on the poller."""
+        """gthread's accept(), except that the request is awaited on the poller."""
         try:
             client_sock, client_addr = listener.accept()
         except OSError as exc:
@@ -280,67 +400,63 @@ class Worker(ThreadWorker):
         self.nr_conns += 1
         # (TConn makes the socket non-blocking; a thread makes it blocking again.)
         conn = _Connection(self._linger, self.cfg, client_sock, client_addr, listener.getsockname())
-        self._await_head(conn)
+        self._await_request(conn)
 
     def on_client_socket_readable(self, conn: _Connection, client: socket.socket) -> None:
-        """A kept-alive connection's next request: its head is awaited on the poller too."""
+        """A kept-alive connection's next request: it is awaited on the poller too."""
         self.poller.unregister(client)
         self.keepalived_conns.remove(conn)
-        self._await_head(conn)
+        self._await_request(conn)
 
-    def _await_head(self, conn: _Connection) -> None:
-        wait = _HeadWait(conn, time.monotonic())
-        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._read_head, wait))
-        self._heads.append(wait)
+    def _await_request(self, conn: _Connection) -> None:
+        arrival = _Arrival(conn, time.monotonic())
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._receive, arrival))
+        self._arrivals.append(arrival)
 
-    def _read_head(self, wait: _HeadWait, _sock: socket.socket) -> None:
+    def _receive(self, arrival: _Arrival, _sock: socket.socket) -> None:
         try:
-            data = wait.conn.sock.recv(HEAD_BUFFER_BYTES - len(wait.data))
+            data = arrival.conn.sock.recv(min(65536, REQUEST_BUFFER_BYTES - len(arrival.data)))
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             data = b""
         if not data:  # the client left before its request was complete
-            self._end_head_wait(wait)
+            self._end_arrival(arrival)
             self.nr_conns -= 1
-            wait.conn.close()
+            arrival.conn.close()
             return
-        # Only the new bytes (and the three before them) are searched: a head
-        # sent a byte at a time must not cost time quadratic in its size.
-        searched = max(0, len(wait.data) - 3)
-        wait.data += data
-        if (
-            wait.data.find(b"\r\n\r\n", searched) >= 0
-            or _BARE_LF.search(wait.data, searched) is not None  # the parser refuses it: now
-            or len(wait.data) >= HEAD_BUFFER_BYTES
-        ):
-            self._end_head_wait(wait)
-            wait.conn.head = bytes(wait.data)
-            wait.conn.head_wait = time.monotonic() - wait.since
-            self.enqueue_req(wait.conn)
+        self._buffered += len(data)
+        if arrival.add(data) or self._buffered > BUFFERED_BYTES:
+            self._end_arrival(arrival)
+            arrival.conn.head = bytes(arrival.data)
+            arrival.conn.head_wait = time.monotonic() - arrival.since
+            self.enqueue_req(arrival.conn)
 
-    def _end_head_wait(self, wait: _HeadWait) -> None:
-        wait.done = True
+    def _end_arrival(self, arrival: _Arrival) -> None:
+        arrival.done = True
+        self._buffered -= len(arrival.data)
         with contextlib.suppress(KeyError, ValueError, OSError):
-            self.poller.unregister(wait.conn.sock)
+            self.poller.unregister(arrival.conn.sock)
 
     def murder_pending(self) -> None:
-        """gthread's sweep of deferred connections, then ours of heads and closes that timed out.
+        """gthread's sweep of deferred connections, then ours of arrivals and closes that timed out.
 
         The main loop calls it on every turn, at least once a second.
         """
         super().murder_pending()
         now = time.monotonic()
-        while self._heads and (
-            self._heads[0].done or self._heads[0].since + self._read_timeout <= now
+        while self._arrivals and (
+            self._arrivals[0].done or self._arrivals[0].since + self._read_timeout <= now
         ):
-            wait = self._heads.popleft()
-            if not wait.done:
-                self._end_head_wait(wait)
+            arrival = self._arrivals.popleft()
+            if not arrival.done:
+                self._end_arrival(arrival)
                 self.nr_conns -= 1
-                wait.conn.close()
+                arrival.conn.close()
                 process_log().warning(
-                    "request.read_timeout", reading="head", seconds=self._read_timeout
+                    "request.read_timeout",
+                    reading="head" if arrival.head_end is None else "body",
+                    seconds=self._read_timeout,
                 )
         while self._lingering and (self._lingering[0].done or self._lingering[0].until <= now):
             self._end_linger(self._lingering.popleft())
@@ -350,7 +466,7 @@ class Worker(ThreadWorker):
     def handle(self, conn: _Connection) -> Any:
         clock = _ReadClock(self._watchdog, conn, max(0.0, self._read_timeout - conn.head_wait))
         self._serving.clock = clock
-        clock.run()  # for a head longer than HEAD_BUFFER_BYTES, or pipelined requests
+        clock.run()  # for a head the poller did not read whole, or pipelined requests
         try:
             if conn.head is not None:
                 # The parser reads what the poller read first; gthread's handle()
