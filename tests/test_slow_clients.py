@@ -186,6 +186,38 @@ def test_a_reply_that_streams_longer_than_the_read_timeout_is_not_cut(
     assert b"data: [DONE]" in received
 
 
+@pytest.mark.parametrize("framing", ["content-length", "chunked", "expect-100-continue"])
+def test_honest_requests_sent_in_pieces_are_answered(
+    service: str, fake: FakeUpstream, framing: str
+) -> None:
+    fake.push(Script(tokens=["fine"]))
+    with _connect(service) as sock:
+        if framing == "expect-100-continue":
+            # The client sends its body only once told to: the server must not wait for it first.
+            sock.sendall(
+                HEAD + f"Expect: 100-continue\r\nContent-Length: {len(BODY)}\r\n\r\n".encode()
+            )
+            sock.settimeout(5)
+            assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+            sock.sendall(BODY)
+        else:
+            if framing == "chunked":
+                head = HEAD + b"Transfer-Encoding: chunked\r\n\r\n"
+                body = f"{len(BODY):x}\r\n".encode() + BODY + b"\r\n0\r\nX-Trailer: 1\r\n\r\n"
+            else:
+                head = HEAD + f"Content-Length: {len(BODY)}\r\n\r\n".encode()
+                body = BODY
+            for piece in (head[:30], head[30:], body[:10], body[10:]):
+                sock.sendall(piece)
+                time.sleep(0.05)
+        sock.settimeout(10)
+        received = b""
+        while b"data: [DONE]" not in received and (chunk := sock.recv(65536)):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 200"), received[:200]
+    assert b'data: {"chunk":"fine"}' in received
+
+
 def test_idle_connection_close_clients_do_not_stall_the_server(service: str) -> None:
     """Each gets its answer and our FIN; /health does not wait ~2 s per idle client."""
     idle = [_connect(service) for _ in range(10)]

@@ -1,0 +1,111 @@
+"""assistant/worker.py in-process: when a request arriving on the poller is ready for a thread,
+and which JSON refusal each of gunicorn's errors becomes. The real server is tested in
+tests/test_slow_clients.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from gunicorn.config import Config
+from gunicorn.http import errors
+
+from assistant.worker import HEAD_BUFFER_BYTES, _Arrival, refusal
+
+HEAD = b"POST /vac/assistant/x/sse HTTP/1.1\r\nHost: x\r\n"
+CHUNKS = b"".join(b"%x;ext=1\r\n%s\r\n" % (n, b"z" * n) for n in (1, 100, 5000, 3))
+
+# Whole requests: ready for a thread on their last byte, however they are cut up.
+WHOLE = {
+    "no-body": HEAD + b"\r\n",
+    "content-length": HEAD + b"Content-Length: 5\r\n\r\nhello",
+    "chunked": HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + CHUNKS + b"0\r\n\r\n",
+    "chunked-trailers": HEAD
+    + b"Transfer-Encoding: gzip, chunked\r\n\r\n"
+    + CHUNKS
+    + b"0\r\nX-Sum: 1\r\nX-More: 2\r\n\r\n",
+    # gunicorn refuses these: the head alone goes to the parser, which says why.
+    "expect-continue": HEAD + b"Expect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    "unknown-coding": HEAD + b"Transfer-Encoding: zstd, chunked\r\n\r\n",
+    "not-quite-chunked": HEAD + b"Transfer-Encoding: notchunked\r\n\r\n",
+    "length-and-chunked": HEAD + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+    "two-lengths": HEAD + b"Content-Length: 5\r\nContent-Length: x\r\n\r\n",
+    "negative-length": HEAD + b"Content-Length: -1\r\n\r\n",
+}
+
+
+def _ready_after(request: bytes, step: int) -> int | None:
+    arrival = _Arrival(conn=None, since=0)  # type: ignore[arg-type]  # add() never uses it
+    for start in range(0, len(request), step):
+        if arrival.add(request[start : start + step]):
+            return min(start + step, len(request))
+    return None
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 7, 64, 100_000])
+@pytest.mark.parametrize("name", list(WHOLE))
+def test_a_request_is_ready_on_its_last_byte(name: str, step: int) -> None:
+    assert _ready_after(WHOLE[name], step) == len(WHOLE[name])
+
+
+@pytest.mark.parametrize(
+    "partial",
+    [
+        HEAD + b"Content-Length: 5\r\n\r\nhell",
+        HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + CHUNKS + b"0\r\n",
+        HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + CHUNKS + b"0\r\nX-Sum: 1\r\n",
+        HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhel",
+        HEAD,
+    ],
+)
+def test_a_request_still_arriving_is_not_ready(partial: bytes) -> None:
+    assert _ready_after(partial, 1) is None
+
+
+def test_a_head_the_parser_refuses_is_ready_at_once() -> None:
+    bare_lf = b"GET /health HTTP/1.1\nHost: x\n"
+    assert _ready_after(bare_lf, 1) == len(b"GET /health HTTP/1.1\n")
+    too_long = b"GET /" + b"a" * HEAD_BUFFER_BYTES
+    assert _ready_after(too_long, 4096) == HEAD_BUFFER_BYTES
+
+
+@pytest.fixture(scope="module")
+def cfg() -> Any:
+    config = Config()
+    config.set("limit_request_line", 8190)
+    return config
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (errors.LimitRequestLine(9000, 8190), (414, "uri_too_long")),
+        (errors.LimitRequestHeaders("max buffer headers"), (431, "headers_too_large")),
+        (errors.InvalidRequestMethod("G@T"), (400, "invalid_request")),
+        (errors.UnsupportedTransferCoding("zstd"), (400, "invalid_request")),
+        (errors.ExpectationFailed("magic"), (400, "invalid_request")),
+        (errors.InvalidChunkSize(b"zz"), (400, "invalid_request")),
+        (errors.InvalidResponseHeader("X-Bad"), (500, "internal_error")),
+        (errors.ConfigurationProblem("oops"), (500, "internal_error")),
+        (ValueError("a bug"), (500, "internal_error")),
+    ],
+)
+def test_each_gunicorn_error_has_a_status_and_code(
+    cfg: Any, exc: BaseException, expected: tuple[int, str]
+) -> None:
+    status, code, message = refusal(exc, cfg)
+    assert (status, code) == expected
+    assert message
+
+
+def test_refusals_never_echo_what_the_client_sent(cfg: Any) -> None:
+    secret = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0.c2lnbmF0dXJl"
+    for exc in (
+        errors.InvalidHeader(secret),
+        errors.InvalidHeader(f"Authorization Bearer {secret}"),
+        errors.InvalidRequestLine(f"GET /{secret} HTTP/1.1"),
+        errors.InvalidHeaderName(secret),
+    ):
+        assert secret not in refusal(exc, cfg)[2]
+    assert refusal(errors.InvalidHeader("HOST"), cfg)[2] == "the Host header is invalid"
