@@ -21,6 +21,7 @@ from assistant.config import ProviderSettings
 from assistant.providers.anthropic import AnthropicProvider
 from assistant.providers.base import (
     Event,
+    HttpProvider,
     Prompt,
     Provider,
     ProviderError,
@@ -60,31 +61,39 @@ class Replay:
 class ProviderCase:
     """One provider: how to make it, and what the shared scenarios expect of it."""
 
-    name: str
-    provider_class: Callable[[ProviderSettings, str], Provider]
+    provider_class: type[HttpProvider]
     model: str  # the model its settings name
-    key_name: str
-    key: str  # the key it is given ("" for Ollama, which takes none)
-    base_path: str  # what its base URL adds to the fake's URL
     path: str  # the path it posts to, "{model}" standing for the model
     headers: Mapping[str, str]  # headers every request carries (its auth header, if any)
     # REQUEST_PROMPT with model "model-x", 777 tokens and a temperature of 0.3:
     request_body: Mapping[str, Any]
     # A lone "hi" with no system prompt and the default settings:
     default_body: Mapping[str, Any]
-    # Statuses it is tried with -> what of the fake's error body the log detail keeps
-    # (and the message shown must not), besides "fake upstream failure".
-    statuses: Mapping[int, str]
+    # What a temperature of 0 changes in default_body (0 is a value, not "unset"):
+    zero_temperature: Mapping[str, Any]
+    # What THINKING_ENV (model "model-y", 8000 tokens, thinking with a budget of 3000, and
+    # a temperature of 0) changes in default_body:
+    thinking: Mapping[str, Any]
+    statuses: tuple[int, ...]  # error statuses it is tried with
     stop_reasons: Mapping[str, str]  # the fake's scripted stop reason -> ours
-    counts_thinking: bool  # its usage counts thinking tokens apart (0 when there were none)
-    error_status: int | None  # the status its in-stream error carries
-    keepalive: bool  # the format has keep-alives (the fake sends them with `ping_every`)
     replays: Mapping[str, Replay]  # every file in fixtures/<name>/
-    awkward_chunks: Callable[[bytes], list[bytes]]  # a recorded body cut at awkward places
-    min_pieces: int  # how many pieces awkward_chunks makes of any of its fixtures at least
     one_byte: tuple[str, ...]  # fixtures also replayed one byte per read
-    thinking_fixture: str  # a recorded stream with thinking, also run through the chain
     leaks: tuple[str, ...]  # upstream words in its error fixtures that no message may show
+    keyless: bool = False  # it takes no key (Ollama)
+    base_path: str = ""  # what its base URL adds to the fake's URL
+    counts_thinking: bool = False  # its usage counts thinking tokens apart (0 for none)
+    error_status: int | None = None  # the status its in-stream error carries
+    keepalive: bool = False  # its format has keep-alives (the fake's `ping_every`)
+    awkward_chunks: Callable[[bytes], list[bytes]] = awkward_sse_chunks  # cut a fixture
+
+    @property
+    def name(self) -> str:
+        return self.provider_class.name
+
+    @property
+    def key(self) -> str:
+        """The key it is given."""
+        return "" if self.keyless else "test-key"
 
     @property
     def fixtures(self) -> Path:
@@ -95,9 +104,8 @@ class ProviderCase:
 
     def settings(self, url: str, **changes: Any) -> ProviderSettings:
         """Its settings against the fake at `url` (see `provider_settings` for defaults)."""
-        return provider_settings(
-            self.name, url + self.base_path, self.model, self.key_name, **changes
-        )
+        key_name = "" if self.keyless else f"{self.name.upper()}_API_KEY"
+        return provider_settings(self.name, url + self.base_path, self.model, key_name, **changes)
 
     def provider(self, url: str, name: str | None = None) -> Provider:
         """The provider against the fake at `url`, named `name` (else its own name)."""
@@ -121,6 +129,20 @@ class ProviderCase:
     def status_of(self, code: str | None) -> int | None:
         """The status an error with this code carries, when it comes from inside a stream."""
         return self.error_status if code == "upstream_error" else None
+
+
+def texts(*pieces: str) -> list[Event]:
+    return [TextDelta(piece) for piece in pieces]
+
+
+def thoughts(*pieces: str) -> list[Event]:
+    return [ThinkingDelta(piece) for piece in pieces]
+
+
+def end(stop_reason: Any, model: str, *counts: int | None) -> StreamEnd:
+    """The StreamEnd of a reply: why it stopped, its model, its usage (input, output[,
+    thinking])."""
+    return StreamEnd(stop_reason, Usage(*counts), model)
 
 
 # The prompt of the request scenario: a UI greeting first (dropped), then turns of one
@@ -147,25 +169,16 @@ JSON = "application/json"
 EVENT_STREAM = "text/event-stream"
 
 # Every text_basic fixture holds this text: non-ASCII, and the JSON-legal line separators.
-BASIC_TEXT = [TextDelta("Hello"), TextDelta(", café € 😀"), TextDelta(" line\u2028sep\u2029end.")]
+BASIC_TEXT = texts("Hello", ", café € 😀", " line\u2028sep\u2029end.")
 
 
-def end(stop_reason: Any, model: str, *counts: int | None) -> StreamEnd:
-    """A StreamEnd with usage (input, output[, thinking])."""
-    return StreamEnd(stop_reason, Usage(*counts), model)
-
-
-# -- Anthropic ------------------------------------------------------------------------------
+# -- Anthropic --------------------------------------------------------------------------------
 
 SONNET = "claude-sonnet-4-5-20250929"
 
 ANTHROPIC = ProviderCase(
-    name="anthropic",
-    provider_class=AnthropicProvider,
+    AnthropicProvider,
     model="claude-test",
-    key_name="ANTHROPIC_API_KEY",
-    key="test-key",
-    base_path="",
     path="/v1/messages",
     headers={
         "x-api-key": "test-key",
@@ -182,12 +195,14 @@ ANTHROPIC = ProviderCase(
         "messages": MERGED,
     },
     default_body={"model": "claude-test", "max_tokens": 1024, "stream": True, "messages": HI},
-    statuses={
-        429: "rate_limit_error",
-        500: "api_error",
-        401: "authentication_error",
-        529: "overloaded_error",
+    zero_temperature={"temperature": 0.0},
+    # Extended thinking takes no temperature.
+    thinking={
+        "model": "model-y",
+        "max_tokens": 8000,
+        "thinking": {"type": "enabled", "budget_tokens": 3000},
     },
+    statuses=(429, 500, 401, 529),
     stop_reasons={
         "end_turn": "end_turn",
         "max_tokens": "max_tokens",
@@ -196,49 +211,38 @@ ANTHROPIC = ProviderCase(
         "refusal": "content_filter",
         "something_new": "other",
     },
-    counts_thinking=False,
-    error_status=None,
     keepalive=True,  # event: ping
     replays={
         "text_basic.sse": Replay([*BASIC_TEXT, end("end_turn", SONNET, 25, 15)]),
         "thinking.sse": Replay(
             [
-                ThinkingDelta("I need the GCD of 1071 and 462.\n\n1071 = 2 \u00d7 462 + 147"),
-                ThinkingDelta("\n462 = 3 \u00d7 147 + 21\n147 = 7 \u00d7 21 \u2192 GCD is 21."),
-                TextDelta("The greatest common divisor "),
-                TextDelta("of 1071 and 462 is **21**."),
+                *thoughts(
+                    "I need the GCD of 1071 and 462.\n\n1071 = 2 \u00d7 462 + 147",
+                    "\n462 = 3 \u00d7 147 + 21\n147 = 7 \u00d7 21 \u2192 GCD is 21.",
+                ),
+                *texts("The greatest common divisor ", "of 1071 and 462 is **21**."),
                 end("end_turn", "claude-opus-4-1-20250805", 58, 184),
             ]
         ),
         "error_overloaded.sse": Replay([], "upstream_error"),
-        "error_after_text.sse": Replay([TextDelta("Partial answer, ")], "upstream_error"),
-        "incomplete.sse": Replay([TextDelta("Cut "), TextDelta("short")], "upstream_incomplete"),
-        "pings.sse": Replay(
-            [TextDelta("Still "), TextDelta("here."), end("end_turn", SONNET, 9, 3)]
-        ),
-        "unknown_event.sse": Replay(
-            [TextDelta("Known "), TextDelta("text."), end("end_turn", SONNET, 11, 2)]
-        ),
+        "error_after_text.sse": Replay(texts("Partial answer, "), "upstream_error"),
+        "incomplete.sse": Replay(texts("Cut ", "short"), "upstream_incomplete"),
+        "pings.sse": Replay([*texts("Still ", "here."), end("end_turn", SONNET, 9, 3)]),
+        "unknown_event.sse": Replay([*texts("Known ", "text."), end("end_turn", SONNET, 11, 2)]),
         "tool_use.sse": Replay(
             [
-                TextDelta("Okay, let's check "),
-                TextDelta("the weather for San Francisco, CA:"),
+                *texts("Okay, let's check ", "the weather for San Francisco, CA:"),
                 end("tool_use", SONNET, 472, 89),
             ]
         ),
         # output_tokens is cumulative: 25 is the total, not 10 + 25.
-        "usage_cumulative.sse": Replay(
-            [TextDelta("One, "), TextDelta("two"), end("max_tokens", SONNET, 20, 25)]
-        ),
+        "usage_cumulative.sse": Replay([*texts("One, ", "two"), end("max_tokens", SONNET, 20, 25)]),
         # input_tokens is the whole input: uncached 12 + cache written 2048 + cache read 1024.
         "cache_usage.sse": Replay(
-            [TextDelta("Cached."), end("end_turn", SONNET, 12 + 2048 + 1024, 7)]
+            [*texts("Cached."), end("end_turn", SONNET, 12 + 2048 + 1024, 7)]
         ),
     },
-    awkward_chunks=awkward_sse_chunks,
-    min_pieces=3,
     one_byte=("thinking.sse",),
-    thinking_fixture="thinking.sse",
     leaks=("overloaded_error", "Overloaded"),
 )
 
@@ -246,11 +250,8 @@ ANTHROPIC = ProviderCase(
 # -- OpenAI (and compatible servers: DeepSeek, OpenRouter, vLLM, Azure, llama-cpp) -----------
 
 OPENAI = ProviderCase(
-    name="openai",
-    provider_class=OpenAIProvider,
+    OpenAIProvider,
     model="gpt-test",
-    key_name="OPENAI_API_KEY",
-    key="test-key",
     base_path="/v1",  # OPENAI_BASE_URL includes /v1
     path="/v1/chat/completions",
     headers={"authorization": "Bearer test-key", "content-type": JSON, "accept": EVENT_STREAM},
@@ -270,16 +271,13 @@ OPENAI = ProviderCase(
         "stream_options": {"include_usage": True},
         "max_completion_tokens": 1024,
     },
-    statuses={
-        401: "invalid_api_key",
-        429: "rate_limit_exceeded",
-        500: "server_error",
-        400: "invalid_request_error",
-        503: "server_error",
-    },
+    zero_temperature={"temperature": 0.0},
+    # An effort level for the budget (test_openai.py has the table), and no temperature.
+    thinking={"model": "model-y", "max_completion_tokens": 8000, "reasoning_effort": "medium"},
+    statuses=(401, 429, 500, 400, 503),
     stop_reasons={
-        "end_turn": "end_turn",  # "stop"
-        "stop_sequence": "end_turn",  # also "stop" on the wire
+        "end_turn": "end_turn",  # "stop" on the wire
+        "stop_sequence": "end_turn",  # also "stop"
         "max_tokens": "max_tokens",  # "length"
         "tool_calls": "tool_use",
         "function_call": "tool_use",
@@ -287,95 +285,66 @@ OPENAI = ProviderCase(
         "something_new": "other",
     },
     counts_thinking=True,  # completion_tokens_details.reasoning_tokens
-    error_status=None,
     keepalive=True,  # the comment line ": keep-alive"
     replays={
         # No include_usage: no usage at all.
         "text_basic.sse": Replay([*BASIC_TEXT, end("end_turn", "gpt-4o-mini-2024-07-18")]),
         # The usage chunk has `"choices": []`; reasoning tokens are reported apart.
         "usage_include.sse": Replay(
-            [
-                TextDelta("The answer"),
-                TextDelta(" is 42."),
-                end("end_turn", "o4-mini-2025-04-16", 19, 214, 192),
-            ]
+            [*texts("The answer", " is 42."), end("end_turn", "o4-mini-2025-04-16", 19, 214, 192)]
         ),
         "usage_null_every_chunk.sse": Replay(
-            [TextDelta("No "), TextDelta("usage."), end("end_turn", "gpt-4.1-nano-2025-04-14")]
+            [*texts("No ", "usage."), end("end_turn", "gpt-4.1-nano-2025-04-14")]
         ),
         # DeepSeek: reasoning_content with content null, keep-alives, usage on the finish chunk.
         "reasoning_content.sse": Replay(
             [
-                ThinkingDelta("Okay, the user says hi."),
-                ThinkingDelta(" A short greeting fits."),
-                TextDelta("Hi"),
-                TextDelta("! How can I help?"),
+                *thoughts("Okay, the user says hi.", " A short greeting fits."),
+                *texts("Hi", "! How can I help?"),
                 end("end_turn", "deepseek-reasoner", 13, 120, 98),
             ]
         ),
         # OpenRouter: delta.reasoning (reasoning_details ignored), processing comments.
         "reasoning_openrouter.sse": Replay(
             [
-                ThinkingDelta("Count the r's: "),
-                ThinkingDelta("s-t-r-a-w-b-e-r-r-y."),
-                TextDelta("There are "),
-                TextDelta("three."),
+                *thoughts("Count the r's: ", "s-t-r-a-w-b-e-r-r-y."),
+                *texts("There are ", "three."),
                 end("end_turn", "deepseek/deepseek-r1", 10, 40, 35),
             ]
         ),
         # A chunk with both: the thinking comes first.
         "reasoning_and_content.sse": Replay(
             [
-                ThinkingDelta("Two plus two"),
-                ThinkingDelta(" is four."),
-                TextDelta("4"),
-                TextDelta("."),
+                *thoughts("Two plus two", " is four."),
+                *texts("4", "."),
                 end("end_turn", "Qwen/Qwen3-8B", 14, 12),
             ]
         ),
-        "error_mid_stream.sse": Replay(
-            [TextDelta("Partial "), TextDelta("answer")], "upstream_error"
-        ),
+        "error_mid_stream.sse": Replay(texts("Partial ", "answer"), "upstream_error"),
         "error_first.sse": Replay([], "upstream_error"),
-        "incomplete.sse": Replay([TextDelta("Cut "), TextDelta("short")], "upstream_incomplete"),
+        "incomplete.sse": Replay(texts("Cut ", "short"), "upstream_incomplete"),
         # finish_reason and usage arrived, [DONE] did not: still incomplete, no StreamEnd.
-        "incomplete_after_finish.sse": Replay(
-            [TextDelta("Almost "), TextDelta("done.")], "upstream_incomplete"
-        ),
+        "incomplete_after_finish.sse": Replay(texts("Almost ", "done."), "upstream_incomplete"),
         "length.sse": Replay(
-            [
-                TextDelta("One, two, "),
-                TextDelta("three"),
-                end("max_tokens", "gpt-4.1-mini-2025-04-14", 20, 5, 0),
-            ]
+            [*texts("One, two, ", "three"), end("max_tokens", "gpt-4.1-mini-2025-04-14", 20, 5, 0)]
         ),
         # Azure: a first chunk with no choices and model "" (the real model wins).
         "content_filter.sse": Replay(
-            [TextDelta("Here is "), end("content_filter", "gpt-4o-2024-11-20")]
+            [*texts("Here is "), end("content_filter", "gpt-4o-2024-11-20")]
         ),
         # tool_calls deltas are not text; the stop reason says why the reply ended.
         "tool_calls.sse": Replay(
-            [
-                TextDelta("Let me check the weather."),
-                end("tool_use", "gpt-4o-2024-08-06", 82, 18, 0),
-            ]
+            [*texts("Let me check the weather."), end("tool_use", "gpt-4o-2024-08-06", 82, 18, 0)]
         ),
         "text_crlf.sse": Replay(
             [
-                TextDelta("Naïve "),
-                TextDelta("café — "),
-                TextDelta("ok."),
+                *texts("Naïve ", "café — ", "ok."),
                 end("end_turn", "qwen2.5-7b-instruct-q4_k_m.gguf"),
             ]
         ),
-        "keepalive.sse": Replay(
-            [TextDelta("Still "), TextDelta("here."), end("end_turn", "gpt-4.1-2025-04-14")]
-        ),
+        "keepalive.sse": Replay([*texts("Still ", "here."), end("end_turn", "gpt-4.1-2025-04-14")]),
     },
-    awkward_chunks=awkward_sse_chunks,
-    min_pieces=3,
     one_byte=("text_crlf.sse", "reasoning_openrouter.sse"),
-    thinking_fixture="reasoning_content.sse",
     leaks=("disconnected", "Sorry", "server_error"),
 )
 
@@ -386,12 +355,8 @@ FLASH_20 = "gemini-2.0-flash"
 FLASH_25 = "gemini-2.5-flash"
 
 GEMINI = ProviderCase(
-    name="gemini",
-    provider_class=GeminiProvider,
+    GeminiProvider,
     model="gemini-test",
-    key_name="GEMINI_API_KEY",
-    key="test-key",
-    base_path="",
     # The key goes in a header only, never in the query.
     path="/v1beta/models/{model}:streamGenerateContent?alt=sse",
     headers={"x-goog-api-key": "test-key", "content-type": JSON, "accept": EVENT_STREAM},
@@ -408,13 +373,16 @@ GEMINI = ProviderCase(
         "contents": [{"role": "user", "parts": [{"text": "hi"}]}],
         "generationConfig": {"maxOutputTokens": 1024},
     },
-    statuses={
-        400: "INVALID_ARGUMENT",
-        403: "PERMISSION_DENIED",
-        429: "RESOURCE_EXHAUSTED",
-        500: "INTERNAL",
-        503: "UNAVAILABLE",
+    zero_temperature={"generationConfig": {"maxOutputTokens": 1024, "temperature": 0.0}},
+    # The model is in the path; Gemini takes a temperature alongside thinking.
+    thinking={
+        "generationConfig": {
+            "maxOutputTokens": 8000,
+            "temperature": 0.0,
+            "thinkingConfig": {"includeThoughts": True, "thinkingBudget": 3000},
+        }
     },
+    statuses=(400, 403, 429, 500, 503),  # their names: test_gemini.py
     stop_reasons={
         "end_turn": "end_turn",  # the fake sends STOP
         "max_tokens": "max_tokens",  # MAX_TOKENS
@@ -426,7 +394,6 @@ GEMINI = ProviderCase(
     },
     counts_thinking=True,  # thoughtsTokenCount, which the fake always sends
     error_status=503,  # the fake's error is {"code": 503, "status": "UNAVAILABLE", ...}
-    keepalive=False,
     replays={
         # The last event's empty text part next to STOP yields nothing.
         "text_basic.sse": Replay([*BASIC_TEXT, end("end_turn", FLASH_20, 7, 12)]),
@@ -434,55 +401,44 @@ GEMINI = ProviderCase(
         # signature yields nothing; output counts candidates + thoughts.
         "thinking.sse": Replay(
             [
-                ThinkingDelta("**Applying Euclid**\n\n1071 = 2 \u00d7 462 + 147"),
-                ThinkingDelta("\n462 = 3 \u00d7 147 + 21; 147 = 7 \u00d7 21."),
-                ThinkingDelta(" So the GCD is 21."),
-                TextDelta("The greatest common divisor "),
-                TextDelta("of 1071 and 462 is **21**."),
+                *thoughts(
+                    "**Applying Euclid**\n\n1071 = 2 \u00d7 462 + 147",
+                    "\n462 = 3 \u00d7 147 + 21; 147 = 7 \u00d7 21.",
+                    " So the GCD is 21.",
+                ),
+                *texts("The greatest common divisor ", "of 1071 and 462 is **21**."),
                 end("end_turn", FLASH_25, 18, 14 + 131, 131),
             ]
         ),
         "finish_no_parts.sse": Replay(
-            [TextDelta("Short "), TextDelta("answer."), end("end_turn", FLASH_20, 5, 3)]
+            [*texts("Short ", "answer."), end("end_turn", FLASH_20, 5, 3)]
         ),
         "max_tokens.sse": Replay(
-            [
-                TextDelta("Once upon a time, "),
-                TextDelta("in a land"),
-                end("max_tokens", FLASH_20, 11, 8),
-            ]
+            [*texts("Once upon a time, ", "in a land"), end("max_tokens", FLASH_20, 11, 8)]
         ),
         "max_tokens_in_thoughts.sse": Replay(
             [
-                ThinkingDelta("**Planning the essay**\n\nFirst, the outline"),
+                *thoughts("**Planning the essay**\n\nFirst, the outline"),
                 end("max_tokens", FLASH_25, 9, 64, 64),
             ]
         ),
-        "safety.sse": Replay([TextDelta("Here is how "), end("content_filter", FLASH_20, 14, 3)]),
+        "safety.sse": Replay([*texts("Here is how "), end("content_filter", FLASH_20, 14, 3)]),
         "prompt_blocked.sse": Replay([], "upstream_error"),
-        "error_data.sse": Replay([TextDelta("Partial answer, ")], "upstream_error", 500),
-        "error_tail.sse": Replay(
-            [TextDelta("Okay, "), TextDelta("so the first")], "upstream_error", 503
-        ),
+        "error_data.sse": Replay(texts("Partial answer, "), "upstream_error", 500),
+        "error_tail.sse": Replay(texts("Okay, ", "so the first"), "upstream_error", 503),
         # A bare-object tail after a STOP event: the reply still failed.
-        "error_tail_after_stop.sse": Replay([TextDelta("Okay")], "upstream_error", 429),
-        "incomplete.sse": Replay([TextDelta("Cut "), TextDelta("short")], "upstream_incomplete"),
+        "error_tail_after_stop.sse": Replay(texts("Okay"), "upstream_error", 429),
+        "incomplete.sse": Replay(texts("Cut ", "short"), "upstream_incomplete"),
         # No modelVersion: the configured model is reported.
         "no_model_version.sse": Replay(
-            [TextDelta("No version."), end("end_turn", "gemini-test", 3, 2)]
+            [*texts("No version."), end("end_turn", "gemini-test", 3, 2)]
         ),
         "model_version.sse": Replay(
-            [
-                TextDelta("Resolved "),
-                TextDelta("alias."),
-                end("end_turn", "gemini-2.5-pro-preview-06-05", 4, 3),
-            ]
+            [*texts("Resolved ", "alias."), end("end_turn", "gemini-2.5-pro-preview-06-05", 4, 3)]
         ),
     },
     awkward_chunks=awkward_gemini_chunks,
-    min_pieces=4,
     one_byte=("thinking.sse", "error_tail.sse", "text_basic.sse"),
-    thinking_fixture="thinking.sse",
     leaks=("overloaded", "internal error", "exhausted", "PROHIBITED"),
 )
 
@@ -490,12 +446,9 @@ GEMINI = ProviderCase(
 # -- Ollama -----------------------------------------------------------------------------------
 
 OLLAMA = ProviderCase(
-    name="ollama",
-    provider_class=OllamaProvider,
+    OllamaProvider,
     model="llama3.2",
-    key_name="",
-    key="",
-    base_path="",
+    keyless=True,
     path="/api/chat",
     headers={"content-type": JSON},  # and no key header at all
     request_body={
@@ -511,52 +464,48 @@ OLLAMA = ProviderCase(
         "stream": True,
         "options": {"num_predict": 1024},
     },
-    # Ollama's error body is a lone {"error": "..."} (an unknown model: 404 "model 'x' not
-    # found"), logged as it came.
-    statuses={
-        status: f'{{"error": "fake upstream failure {status}"}}' for status in (404, 500, 503)
+    zero_temperature={"options": {"num_predict": 1024, "temperature": 0.0}},
+    thinking={
+        "model": "model-y",
+        "options": {"num_predict": 8000, "temperature": 0.0},
+        "think": True,
     },
-    stop_reasons={"max_tokens": "max_tokens", "stop_sequence": "end_turn", "end_turn": "end_turn"},
-    counts_thinking=False,
-    error_status=None,
-    keepalive=False,
+    statuses=(404, 500, 503),  # 404: an unknown model (see test_ollama.py)
+    stop_reasons={
+        "end_turn": "end_turn",
+        "stop_sequence": "end_turn",
+        "max_tokens": "max_tokens",
+        "something_new": "other",
+    },
     replays={
         # Raw U+2028 / U+2029 (a server that does not escape them) and Go's \u003c escapes.
         "text_basic.ndjson": Replay(
-            [*BASIC_TEXT, TextDelta(" <b>&</b>"), end("end_turn", "llama3.2", 26, 5)]
+            [*BASIC_TEXT, *texts(" <b>&</b>"), end("end_turn", "llama3.2", 26, 5)]
         ),
         "thinking.ndjson": Replay(
             [
-                ThinkingDelta("The user asks for 17 \u00d7 23."),
-                ThinkingDelta("\n17 \u00d7 20 = 340, 17 \u00d7 3 = 51"),
-                ThinkingDelta(" → 391."),
-                TextDelta("17 \u00d7 23 = "),
-                TextDelta("**391**"),
+                *thoughts(
+                    "The user asks for 17 \u00d7 23.",
+                    "\n17 \u00d7 20 = 340, 17 \u00d7 3 = 51",
+                    " → 391.",
+                ),
+                *texts("17 \u00d7 23 = ", "**391**"),
                 end("end_turn", "qwen3:8b", 18, 47),
             ]
         ),
-        "error_after_text.ndjson": Replay(
-            [TextDelta("Partial"), TextDelta(" answer, ")], "upstream_error"
-        ),
+        "error_after_text.ndjson": Replay(texts("Partial", " answer, "), "upstream_error"),
         "error_only.ndjson": Replay([], "upstream_error"),
-        "incomplete.ndjson": Replay([TextDelta("Cut"), TextDelta(" short")], "upstream_incomplete"),
+        "incomplete.ndjson": Replay(texts("Cut", " short"), "upstream_incomplete"),
         "length.ndjson": Replay(
-            [
-                TextDelta("One, "),
-                TextDelta("two, "),
-                TextDelta("three"),
-                end("max_tokens", "llama3.2", 31, 16),
-            ]
+            [*texts("One, ", "two, ", "three"), end("max_tokens", "llama3.2", 31, 16)]
         ),
         # An older server: no done_reason (read as a normal stop), no prompt_eval_count.
         "done_no_reason.ndjson": Replay(
-            [TextDelta("Old "), TextDelta("server."), end("end_turn", "mistral:7b", None, 3)]
+            [*texts("Old ", "server."), end("end_turn", "mistral:7b", None, 3)]
         ),
     },
     awkward_chunks=awkward_ndjson_chunks,
-    min_pieces=4,
     one_byte=("thinking.ndjson",),
-    thinking_fixture="thinking.ndjson",
     leaks=("error was encountered", "runner"),
 )
 

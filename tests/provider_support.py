@@ -1,11 +1,11 @@
 """Helpers shared by the provider tests and the stream-decoder tests.
 
-test_anthropic.py, test_openai.py, test_gemini.py and test_ollama.py drive one
-provider each against devtools.fake_upstream on loopback; test_sse_events.py and
-test_ndjson.py feed the decoders those providers stand on. What is the same for
-all of them lives here, parametrised by provider class or settings; what is a
-provider's or a format's own (its settings defaults, its awkward cut points) stays
-in its test file.
+test_all_providers.py drives all four providers against devtools.fake_upstream on
+loopback, one scenario for all of them, with what each must come to as data in
+provider_cases.py; test_anthropic.py, test_openai.py, test_gemini.py and
+test_ollama.py hold what only one of them does; test_sse_events.py and
+test_ndjson.py feed the decoders those providers stand on. The helpers they share
+live here: running a provider or a chain, the fake's failures, bodies in pieces.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ A provider's own quirks stay in its file (test_anthropic.py, test_openai.py, ...
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from collections.abc import Callable, Iterable
@@ -26,13 +27,13 @@ from typing import Any
 import pytest
 
 from assistant.chain import ChainFailed, ChainSucceeded, Chunk
-from assistant.config import Timeouts
-from assistant.providers.base import Prompt, StreamEnd, TextDelta, ThinkingDelta
+from assistant.config import ProviderSettings, Timeouts
+from assistant.providers.base import Event, Prompt, StreamEnd, TextDelta, ThinkingDelta
 from assistant.request import Turn
 from devtools.fake_upstream import FAIL_MODES, FAILS, FakeUpstream, Script
 
 from .conftest import ask, sse_events
-from .provider_cases import CASES, REQUEST_PROMPT, ProviderCase
+from .provider_cases import CASES, REQUEST_PROMPT, ProviderCase, texts, thoughts
 from .provider_support import (
     FAIL_CODES,
     FAIL_MODE_CODES,
@@ -40,6 +41,7 @@ from .provider_support import (
     anthropic_at,
     one_byte_reads,
     run_chain,
+    stream_events,
 )
 from .provider_support import upstream_fixture as upstream_fixture  # the `upstream` fixture
 
@@ -53,6 +55,7 @@ SAFE_MESSAGES = {
     "upstream_incomplete": "The model provider's reply was cut off.",
 }
 AUTH_HEADERS = {"authorization", "x-api-key", "x-goog-api-key"}
+HI_PROMPT = Prompt(system=None, turns=(Turn("user", "hi"),))
 
 
 def per_case(rows: Callable[[ProviderCase], Iterable[tuple[Any, ...]]]) -> list[Any]:
@@ -79,7 +82,7 @@ def test_every_fixture_has_an_expectation(case: ProviderCase) -> None:
 def test_fixture_replay(upstream: FakeUpstream, case: ProviderCase, name: str) -> None:
     data = case.fixture(name)
     chunks = case.awkward_chunks(data)
-    assert b"".join(chunks) == data and len(chunks) >= case.min_pieces
+    assert b"".join(chunks) == data and len(chunks) >= 4
     upstream.push(Script(raw=chunks, interval=0.01))  # a pause so each piece is its own read
 
     events, error = case.events(upstream.url)
@@ -105,23 +108,25 @@ def test_fixture_replay_one_byte_per_http_chunk(
     assert (error.code if error else None) == case.replays[name].code
 
 
-@EACH
-def test_a_recorded_thinking_stream_through_the_chain(
-    upstream: FakeUpstream, case: ProviderCase
+def successful_replays(case: ProviderCase) -> Iterable[tuple[str]]:
+    return ((name,) for name, replay in case.replays.items() if replay.code is None)
+
+
+@pytest.mark.parametrize("case, name", per_case(successful_replays))
+def test_every_recorded_reply_through_the_chain(
+    upstream: FakeUpstream, case: ProviderCase, name: str
 ) -> None:
-    replay = case.replays[case.thinking_fixture]
-    upstream.push(
-        Script(raw=case.awkward_chunks(case.fixture(case.thinking_fixture)), interval=0.01)
-    )
+    # The chain wraps native thinking in tags and takes the model, usage and stop reason
+    # from the provider's StreamEnd.
+    *deltas, end = case.replays[name].events
+    assert isinstance(end, StreamEnd)
+    thinking = "".join(e.text for e in deltas if isinstance(e, ThinkingDelta))
+    text = "".join(e.text for e in deltas if isinstance(e, TextDelta))
+    upstream.push(Script(raw=case.awkward_chunks(case.fixture(name)), interval=0.01))
     run = run_chain([case.provider(upstream.url)], Timeouts(connect=1, first_chunk=2, idle=2))
 
-    thinking = "".join(e.text for e in replay.events if isinstance(e, ThinkingDelta))
-    text = "".join(e.text for e in replay.events if isinstance(e, TextDelta))
-    assert thinking and text
-    assert run.text == f"<thinking>{thinking}</thinking>{text}"
     assert run.items[-1] == ChainSucceeded()
-    end = replay.events[-1]
-    assert isinstance(end, StreamEnd)
+    assert run.text == (f"<thinking>{thinking}</thinking>" if thinking else "") + text
     assert (run.chain.model, run.chain.stop_reason) == (end.model, end.stop_reason)
     assert run.chain.usage == end.usage
 
@@ -151,8 +156,34 @@ def test_the_request_carries_the_prompt_and_the_settings(
 def test_no_system_prompt_and_no_optional_fields_by_default(
     upstream: FakeUpstream, case: ProviderCase, system: str | None
 ) -> None:
-    case.events(upstream.url, Prompt(system=system, turns=(Turn("user", "hi"),)))
+    case.events(upstream.url, dataclasses.replace(HI_PROMPT, system=system))
     assert upstream.requests[0].body == case.default_body
+
+
+@EACH
+def test_a_zero_temperature_is_sent(upstream: FakeUpstream, case: ProviderCase) -> None:
+    case.events(upstream.url, HI_PROMPT, temperature=0.0)
+    assert upstream.requests[0].body == {**case.default_body, **case.zero_temperature}
+
+
+@EACH
+def test_thinking_settings_from_the_environment(upstream: FakeUpstream, case: ProviderCase) -> None:
+    values = {
+        "BASE_URL": f"{upstream.url}{case.base_path}/",  # the trailing slash is dropped
+        "MODEL": "model-y",
+        "MAX_TOKENS": "8000",
+        "TEMPERATURE": "0",
+        "THINKING": "true",
+        "THINKING_BUDGET": "3000",
+    }
+    env = {f"{case.name.upper()}_{name}": value for name, value in values.items()}
+    settings = ProviderSettings.from_env(env, case.name)
+    events, error = stream_events(case.provider_class, settings, HI_PROMPT, case.key)
+    assert error is None and events
+
+    (request,) = upstream.requests
+    assert request.path == case.request_path("model-y")
+    assert request.body == {**case.default_body, **case.thinking}
 
 
 @EACH
@@ -166,8 +197,8 @@ def test_the_last_user_turn_reaches_the_upstream(
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "You said: one\n\ntwo"
 
 
-@pytest.mark.parametrize("case, status, named", per_case(lambda case: case.statuses.items()))
-def test_error_status(upstream: FakeUpstream, case: ProviderCase, status: int, named: str) -> None:
+@pytest.mark.parametrize("case, status", per_case(lambda case: ((s,) for s in case.statuses)))
+def test_error_status(upstream: FakeUpstream, case: ProviderCase, status: int) -> None:
     upstream.push(Script(fail=str(status)))
     events, error = case.events(upstream.url)
     assert events == []
@@ -175,9 +206,8 @@ def test_error_status(upstream: FakeUpstream, case: ProviderCase, status: int, n
     assert error.code == "upstream_status"
     assert error.status == status
     assert error.message == SAFE_MESSAGES["upstream_status"]
-    for detail in ("fake upstream failure", named):
-        assert detail not in error.message
-        assert detail in error.detail  # kept for the log only
+    assert "fake upstream failure" not in error.message
+    assert f"fake upstream failure {status}" in error.detail  # kept for the log only
 
 
 @EACH
@@ -206,31 +236,30 @@ def test_stop_reasons_are_normalised(
 
 
 @EACH
-def test_native_thinking(upstream: FakeUpstream, case: ProviderCase) -> None:
-    upstream.push(Script(thinking=["Let me ", "think."], tokens=["Answer", "!"]))
+@pytest.mark.parametrize(
+    "mode, thinking, thinking_tokens",
+    [
+        pytest.param("native", thoughts("Let me ", "think."), 2, id="native"),
+        # The tags come as text pieces of their own, and count as text.
+        pytest.param(
+            "inline", texts("<thinking>", "Let me ", "think.", "</thinking>"), 0, id="inline"
+        ),
+    ],
+)
+def test_thinking_native_or_inline(
+    upstream: FakeUpstream,
+    case: ProviderCase,
+    mode: str,
+    thinking: list[Event],
+    thinking_tokens: int,
+) -> None:
+    upstream.push(
+        Script(thinking=["Let me ", "think."], thinking_mode=mode, tokens=["Answer", "!"])
+    )
     events, error = case.events(upstream.url)
     assert error is None
-    assert events == [
-        ThinkingDelta("Let me "),
-        ThinkingDelta("think."),
-        TextDelta("Answer"),
-        TextDelta("!"),
-        StreamEnd("end_turn", case.usage(12, 4, thinking_tokens=2), FAKE_MODEL),
-    ]
-
-
-@EACH
-def test_inline_thinking_passes_through_as_text(upstream: FakeUpstream, case: ProviderCase) -> None:
-    upstream.push(Script(thinking=["hmm"], thinking_mode="inline", tokens=["Answer"]))
-    events, error = case.events(upstream.url)
-    assert error is None
-    assert events == [
-        TextDelta("<thinking>"),
-        TextDelta("hmm"),
-        TextDelta("</thinking>"),
-        TextDelta("Answer"),
-        StreamEnd("end_turn", case.usage(12, 4), FAKE_MODEL),
-    ]
+    usage = case.usage(12, len(thinking) + 2, thinking_tokens)
+    assert events == [*thinking, *texts("Answer", "!"), StreamEnd("end_turn", usage, FAKE_MODEL)]
 
 
 def test_every_fake_failure_has_an_expectation() -> None:
