@@ -453,11 +453,13 @@ class Worker(ThreadWorker):
                 self._end_arrival(arrival)
                 self.nr_conns -= 1
                 arrival.conn.close()
-                process_log().warning(
-                    "request.read_timeout",
-                    reading="head" if arrival.head_end is None else "body",
-                    seconds=self._read_timeout,
-                )
+                # One that never sent a byte is only idle: closed quietly, as gthread does.
+                if arrival.data:
+                    process_log().warning(
+                        "request.read_timeout",
+                        reading="head" if arrival.head_end is None else "body",
+                        seconds=self._read_timeout,
+                    )
         while self._lingering and (self._lingering[0].done or self._lingering[0].until <= now):
             self._end_linger(self._lingering.popleft())
 
