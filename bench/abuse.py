@@ -25,8 +25,8 @@ as given), all on 127.0.0.1, then:
    with the ratio to the baseline and the targets (/health p99 <= 100 ms,
    no stream errors, first-chunk p99 within 2x the baseline);
 3. the gunicorn worker's RSS, open file descriptors and threads (from /proc)
-   before each attack, at its peak during it, and `--recover-seconds` after
-   the attackers left (target: RSS back within 10 % of where it started);
+   before each attack, at its peak (during it and the recovery), and
+   `--recover-seconds` after the attackers left (target: RSS back within 10 % of where it started);
 4. a load run with saving on (`save_to_history`, a unique trace_id per
    request), then the documents in the emulator: exactly two per request;
 5. a soak of `--soak-streams` concurrent streams for `--soak-seconds`,
@@ -622,15 +622,17 @@ def run_attack(
     upstream_before = len(fake.requests)
     if name == "non-readers":
         fake.default = LONG  # only the attackers' replies are long
-    with PeakSampler(pid) as sampler, Swarm((host, int(port)), kinds) as swarm:
-        time.sleep(args.settle_seconds)
-        if name == "non-readers":
-            reached = wait_fake_settled(fake) - upstream_before
-            fake.default = SHORT
-            print(f"  ({reached} of {args.attackers} non-readers got a stream)", flush=True)
-        measured = measure(service.url, args.attack_seconds, args.timeout)
-    time.sleep(args.recover_seconds)
-    after = resources(pid)
+    # The peak covers the recovery too: the server may pay for leavers as they leave.
+    with PeakSampler(pid) as sampler:
+        with Swarm((host, int(port)), kinds) as swarm:
+            time.sleep(args.settle_seconds)
+            if name == "non-readers":
+                reached = wait_fake_settled(fake) - upstream_before
+                fake.default = SHORT
+                print(f"  ({reached} of {args.attackers} non-readers got a stream)", flush=True)
+            measured = measure(service.url, args.attack_seconds, args.timeout)
+        time.sleep(args.recover_seconds)
+        after = resources(pid)
     return measured, before, sampler.peak, after, swarm.stats
 
 
