@@ -1,0 +1,101 @@
+"""Gemini, ``POST /v1beta/models/{model}:streamGenerateContent?alt=sse``.
+
+Needs ``x-goog-api-key`` (else 403 ``PERMISSION_DENIED``; the ``?key=`` form is not accepted)
+and ``contents``; without ``alt=sse`` it answers 400, as the JSON-array stream is not served.
+``data: <json>`` events ended by CRLF CRLF, no ``[DONE]``, nothing before the first piece. Each
+piece is one event with one part (``"thought": true`` for thinking); the last event has
+``finishReason`` and the full ``usageMetadata`` and a content with NO parts. Error event: an
+unframed, pretty-printed JSON array tail at EOF (``fail="error_data"`` frames it as
+``data: {"error": ...}`` instead). No keep-alive: ``ping_every`` does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Any
+
+from .base import Format, Frames, Problem, sse
+from .script import Script
+
+GEMINI_STATUSES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+GEMINI_OVERLOADED = {
+    "code": 503,
+    "message": "The model is overloaded. Please try again later.",
+    "status": "UNAVAILABLE",
+}
+
+
+class Gemini(Format):
+    path = re.compile(r"/v1beta/models/(?P<model>[^/:]+):streamGenerateContent")
+    content_type = "text/event-stream"
+    messages_key = "contents"
+    required = (("contents", list),)
+    stop_reasons = {"end_turn": "STOP", "stop_sequence": "STOP", "max_tokens": "MAX_TOKENS"}
+
+    def __init__(self, script: Script, body: dict[str, Any]) -> None:
+        super().__init__(script, body)
+        self.id = uuid.uuid4().hex[:22]
+
+    @classmethod
+    def check_auth(cls, headers: dict[str, str], query: dict[str, list[str]]) -> Problem:
+        if not headers.get("x-goog-api-key"):
+            return 403, "Method doesn't allow unregistered callers: send an x-goog-api-key header."
+        if query.get("alt") != ["sse"]:
+            return 400, "this fake serves only ?alt=sse streams"
+        return None
+
+    @classmethod
+    def error_json(cls, status: int, message: str) -> Any:
+        return {
+            "error": {
+                "code": status,
+                "message": message,
+                "status": GEMINI_STATUSES.get(status, "UNKNOWN"),
+            }
+        }
+
+    def _event(self, candidate: dict[str, Any], usage: dict[str, int]) -> bytes:
+        event = {
+            "candidates": [{**candidate, "index": 0}],
+            "usageMetadata": usage,
+            "modelVersion": self.script.model,
+            "responseId": self.id,
+        }
+        return sse(event, eol="\r\n")
+
+    def delta(self, kind: str, piece: str) -> Frames:
+        part = {"text": piece, **({"thought": True} if kind == "thinking" else {})}
+        prompt = self.script.input_tokens  # real streams give the full counts only at the end
+        usage = {"promptTokenCount": prompt, "totalTokenCount": prompt}
+        return [self._event({"content": {"parts": [part], "role": "model"}}, usage)]
+
+    def finish(self) -> Frames:
+        prompt, text, thoughts = (
+            self.script.input_tokens,
+            self.counts["text"],
+            self.counts["thinking"],
+        )
+        usage = {
+            "promptTokenCount": prompt,
+            "candidatesTokenCount": text,
+            "thoughtsTokenCount": thoughts,
+            "totalTokenCount": prompt + text + thoughts,
+        }
+        candidate = {"content": {"role": "model"}, "finishReason": self.stop_reason}
+        return [self._event(candidate, usage)]
+
+    def error(self, framed: bool) -> Frames:
+        if framed:
+            return [sse({"error": GEMINI_OVERLOADED}, eol="\r\n")]
+        return [f"[{json.dumps({'error': GEMINI_OVERLOADED}, indent=2)}\n]".encode()]
