@@ -1,7 +1,7 @@
 """Shared fixtures: an isolated environment, fake upstreams on loopback, the app.
 
 Provider traffic always goes to a real HTTP server on 127.0.0.1
-(devtools/fake_upstream.py); nothing of ours is mocked.
+(devtools/fake_upstream/); nothing of ours is mocked.
 """
 
 from __future__ import annotations
