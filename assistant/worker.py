@@ -427,16 +427,19 @@ class Worker(ThreadWorker):
             return
         self._buffered += len(data)
         if arrival.add(data) or self._buffered > BUFFERED_BYTES:
-            self._end_arrival(arrival)
-            arrival.conn.head = bytes(arrival.data)
+            arrival.conn.head = self._end_arrival(arrival)
             arrival.conn.head_wait = time.monotonic() - arrival.since
             self.enqueue_req(arrival.conn)
 
-    def _end_arrival(self, arrival: _Arrival) -> None:
+    def _end_arrival(self, arrival: _Arrival) -> bytes:
+        """Off the poller, with what had arrived; the arrival keeps none of it (it can stay
+        queued behind an older one until the sweep reaches it)."""
         arrival.done = True
-        self._buffered -= len(arrival.data)
+        data, arrival.data = bytes(arrival.data), bytearray()
+        self._buffered -= len(data)
         with contextlib.suppress(KeyError, ValueError, OSError):
             self.poller.unregister(arrival.conn.sock)
+        return data
 
     def murder_pending(self) -> None:
         """gthread's sweep of deferred connections, then ours of arrivals and closes that timed out.
@@ -450,11 +453,11 @@ class Worker(ThreadWorker):
         ):
             arrival = self._arrivals.popleft()
             if not arrival.done:
-                self._end_arrival(arrival)
+                received = self._end_arrival(arrival)
                 self.nr_conns -= 1
                 arrival.conn.close()
                 # One that never sent a byte is only idle: closed quietly, as gthread does.
-                if arrival.data:
+                if received:
                     process_log().warning(
                         "request.read_timeout",
                         reading="head" if arrival.head_end is None else "body",
