@@ -288,6 +288,11 @@ class _Arrival:
         self.chunks: _ChunkScan | None = None  # a chunked body
         self.done = False
 
+    def room(self) -> int:
+        """How much to read next: no more than a head, or a request, may take."""
+        limit = HEAD_BUFFER_BYTES if self.head_end is None else REQUEST_BUFFER_BYTES
+        return min(65536, limit - len(self.data))
+
     def add(self, data: bytes) -> bool:
         """The next bytes; True when the request is ready for a thread."""
         start = len(self.data)
@@ -415,7 +420,7 @@ class Worker(ThreadWorker):
 
     def _receive(self, arrival: _Arrival, _sock: socket.socket) -> None:
         try:
-            data = arrival.conn.sock.recv(min(65536, REQUEST_BUFFER_BYTES - len(arrival.data)))
+            data = arrival.conn.sock.recv(arrival.room())
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
