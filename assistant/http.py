@@ -193,7 +193,7 @@ def _answer(
         started=started,
         on_end=slot.release,
     )
-    _bound_send_time(request.environ, settings.send_timeout_seconds)
+    _bound_sending(request.environ, settings.send_timeout_seconds)
     reply.start()
     try:
         return (
@@ -277,18 +277,28 @@ def _wants_event_stream(request: flask.Request) -> bool:
     )
 
 
-def _bound_send_time(environ: Mapping[str, Any], seconds: float) -> None:
-    """A client that accepts no write for `seconds` is a client that left.
+SEND_BUFFER_BYTES = 64 * 1024
+
+
+def _bound_sending(environ: Mapping[str, Any], seconds: float) -> None:
+    """A client that accepts no write for `seconds` is a client that left; and a
+    client that reads slowly is not sent more than a small buffer ahead.
 
     gunicorn writes each frame with one `sendall`; with a socket timeout, a
     write the client does not take within it raises, gunicorn closes the
     response, and the reply is abandoned like any other (upstream cancelled,
     what arrived saved `incomplete`). gunicorn sets the socket back to
-    blocking for its next request, so the bound lasts this response only.
+    blocking for its next request, so the timeout lasts this response only.
+
+    Left to itself the kernel lets a send buffer grow to megabytes for a
+    client that never reads (measured: ~2 MB each), all of it text the reply
+    also keeps for its final answer. A token stream needs far less; with the
+    outbox's bound (outbox.py) this caps what a stuck client costs us.
     """
     sock = environ.get("gunicorn.socket")
     if isinstance(sock, socket.socket):
         sock.settimeout(seconds)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
 
 
 def _client_gone_probe(environ: Mapping[str, Any]) -> Callable[[], bool]:

@@ -52,27 +52,33 @@ def test_a_stuck_client_stops_the_upstream_being_read(service: str, fake: FakeUp
 
 
 def test_a_client_that_accepts_no_write_is_treated_as_gone(
-    fake: FakeUpstream, tmp_path: Path
+    fake: FakeUpstream, firestore, tmp_path: Path
 ) -> None:
-    """The upstream is cancelled and the reply abandoned like any client that left.
-
-    (What arrived is then saved `incomplete`, as for every abandoned reply; here it
-    is megabytes, as much as the kernel's socket buffers took, too big for one
-    Firestore document, so the log is what shows it.)
-    """
+    """The upstream is cancelled, the reply abandoned and what arrived saved `incomplete`,
+    as for any client that left; and what it cost is bounded (send buffer + outbox)."""
     fake.push(HUGE)
     log_path = tmp_path / "server.log"
     env = {"THREADS": "4", "SEND_TIMEOUT_SECONDS": "1"}
+    body = b'{"user_input": "hi", "save_to_history": true, "trace_id": "stuck-1"}'
     with (
         log_path.open("wb") as log,
         running_service(env, output=log) as service,
-        open_stream_and_never_read(service.url, b'{"user_input": "hi"}'),
+        open_stream_and_never_read(service.url, body),
     ):
         upstream = fake.wait_for_requests(1)[0]
         assert upstream.client_closed.wait(15), "a stuck client kept the upstream open"
         assert httpx.get(f"{service.url}/health", timeout=5).status_code == 200
+        saved = firestore.document("assistants/test-assistant/messages/stuck-1-assistant")
+        deadline = time.monotonic() + 10
+        while not saved.get().exists and time.monotonic() < deadline:
+            time.sleep(0.1)
+    reply = saved.get().to_dict()
+    assert reply is not None
+    assert reply["status"] == "incomplete"
+    assert reply["content"].startswith(PIECE)
     gone = [json.loads(line) for line in log_path.read_text().splitlines()
             if '"reply.client_gone"' in line]  # fmt: skip
     assert len(gone) == 1
-    assert gone[0]["chars"] > 0
     assert gone[0]["attempts"][0]["outcome"] == "client_gone"
+    # Only what the small send buffer and the outbox held: not megabytes.
+    assert 0 < gone[0]["chars"] < 1_000_000
