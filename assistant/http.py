@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import flask
+from werkzeug.exceptions import ClientDisconnected
 
 from . import __version__
 from .auth import caller
@@ -263,7 +264,12 @@ def _read_body(request: flask.Request, limit: int) -> bytes:
     too_large = RequestError(f"request body is larger than {limit} bytes", 413, "payload_too_large")
     if request.content_length is not None and request.content_length > limit:
         raise too_large
-    raw = request.stream.read(limit + 1)
+    try:
+        raw = request.stream.read(limit + 1)
+    except (OSError, ClientDisconnected):
+        # A body cut off: gunicorn's NoMoreData (chunked), or werkzeug's wrapping of it
+        # (with a Content-Length). Its client has left; not a bug of ours.
+        raise RequestError("request body ended before it was complete") from None
     if len(raw) > limit:  # chunked, with no Content-Length to refuse up front
         raise too_large
     return raw

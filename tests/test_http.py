@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
@@ -317,3 +318,19 @@ def test_a_lone_surrogate_is_400_naming_the_field(
         response, 400, "invalid_request", fake, f"{field} contains text that cannot be encoded"
     )
     assert list(firestore.collection("assistants/abc/messages").stream()) == []
+
+
+def test_a_body_cut_off_is_a_400_not_a_crash(client, fake: FakeUpstream, capsys) -> None:
+    """The client left half way through its body: the server's read fails (gunicorn's
+    NoMoreData, an OSError)."""
+
+    class CutBody(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            raise OSError("No more data")
+
+    environ = {"wsgi.input": CutBody(), "CONTENT_LENGTH": "100"}
+    response = client.post(
+        "/vac/assistant/abc/sse", content_type="application/json", environ_overrides=environ
+    )
+    _refused(response, 400, "invalid_request", fake, "ended before it was complete")
+    assert "request.crashed" not in capsys.readouterr().out
