@@ -49,6 +49,14 @@ class Outbox:
                 self._waiter = (asyncio.get_running_loop(), event)
             await event.wait()
 
+    def discard(self) -> None:
+        """Drop whatever is still waiting (the reply ended: nobody will take it)."""
+        while True:
+            try:
+                self._items.get_nowait()
+            except queue.Empty:
+                return
+
     def get(self, timeout: float) -> Item:
         """The request thread: the next item; queue.Empty after `timeout` seconds."""
         item = self._items.get(timeout=timeout)

@@ -15,6 +15,7 @@ store once, before the terminal frame, or in `finally` when the client left.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import queue
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -97,7 +98,10 @@ class Reply:
             emit=self._items.put,
             room=self._items.room,
             commit_on_first_chunk=streaming,
-            on_attempt=self._log_attempt,
+            # Not a bound method: the chain must not point back at the reply. That
+            # cycle kept every ended reply's text alive until a full GC (measured:
+            # ~17 MB per 62 abandoned streams, bench/abuse.py non-readers).
+            on_attempt=functools.partial(_log_attempt, log),
             refresh_key=refresh_key,
         )
         self._future: concurrent.futures.Future[None] | None = None
@@ -128,6 +132,7 @@ class Reply:
         if not self._done:
             self._abandon()
         self._on_end()
+        self._let_go()
 
     def first_item(self, timeout: float) -> Item | None:
         """The chain's first item, or None if it has none within `timeout`."""
@@ -184,6 +189,8 @@ class Reply:
         except ClientGone:
             self._abandon()
             raise
+        finally:
+            self._let_go()
         raise AssertionError("the chain always ends with a terminal item")
 
     def failure_body(self, failed: ChainFailed | ChainCrashed) -> dict[str, Any]:
@@ -227,6 +234,19 @@ class Reply:
             elif heartbeat is not None and now - last_sent >= heartbeat:
                 last_sent = now
                 yield None
+
+    def _let_go(self) -> None:
+        """Drop the reply's text once it has been sent and saved.
+
+        A reply object can outlive its request for a while in a reference
+        cycle (exceptions' tracebacks, httpx's connection objects) until a
+        full garbage collection; without this, each one kept its whole text
+        alive with it, and RSS grew by that much per abandoned stream
+        (bench/abuse.py, non-readers).
+        """
+        self._parts = []
+        self._splitter = ThinkingSplitter()
+        self._items.discard()
 
     def _add(self, text: str) -> None:
         self._parts.append(text)
@@ -284,11 +304,10 @@ class Reply:
         ids, failed = self._saver.finish(message)
         return ids or None, failed
 
-    def _log_attempt(self, attempt: Attempt, error: ProviderError | None) -> None:
-        fields = {"provider": attempt.provider, "outcome": attempt.outcome, "ms": attempt.ms}
-        if error is not None:
-            self._log.warning(
-                "provider.failed", status=error.status, detail=error.detail[:300], **fields
-            )
-        else:
-            self._log.info("provider.attempt", **fields)
+
+def _log_attempt(log: RequestLog, attempt: Attempt, error: ProviderError | None) -> None:
+    fields = {"provider": attempt.provider, "outcome": attempt.outcome, "ms": attempt.ms}
+    if error is not None:
+        log.warning("provider.failed", status=error.status, detail=error.detail[:300], **fields)
+    else:
+        log.info("provider.attempt", **fields)
