@@ -12,6 +12,7 @@ whichever comes first, so a chain that fails fast gets a real 502.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -20,7 +21,7 @@ import select
 import socket
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import Any, cast
 
 import flask
@@ -195,11 +196,12 @@ def _answer(
         on_end=slot.release,
     )
     _bound_sending(request.environ, settings.send_timeout_seconds)
+    slot.evict = _hang_up(request.environ)
     reply.start()
     try:
-        return (
-            _json_reply(reply, trace_id) if not streaming else _sse_reply(reply, settings, trace_id)
-        )
+        if not streaming:
+            return _json_reply(reply, trace_id)
+        return _sse_reply(reply, slot, settings, trace_id)
     except ClientGone:
         # Nobody will read this; 499 is the conventional "client closed request" in logs.
         return _error(499, "client_gone", MESSAGES["client_gone"], trace_id)
@@ -210,13 +212,13 @@ def _json_reply(reply: Reply, trace_id: str) -> flask.Response:
     return _json(status, payload, trace_id)
 
 
-def _sse_reply(reply: Reply, settings: Settings, trace_id: str) -> flask.Response:
+def _sse_reply(reply: Reply, slot: Slot, settings: Settings, trace_id: str) -> flask.Response:
     """The status waits for the first chunk, or HEARTBEAT_SECONDS, whichever comes first."""
     first = reply.first_item(timeout=settings.heartbeat_seconds)
     if isinstance(first, ChainFailed | ChainCrashed):  # failed before any text: a real status
         return _json(failure_status(first), reply.failure_body(first), trace_id)
     response = flask.Response(
-        reply.sse_frames(first),
+        _marking_writes(reply.sse_frames(first), slot),
         status=200,
         content_type="text/event-stream; charset=utf-8",
         headers={**SSE_HEADERS, "X-Trace-Id": trace_id},
@@ -284,6 +286,35 @@ def _wants_event_stream(request: flask.Request) -> bool:
 
 
 SEND_BUFFER_BYTES = 64 * 1024
+
+
+def _marking_writes(frames: Generator[bytes, None, None], slot: Slot) -> Iterator[bytes]:
+    """The frames, with the slot told when a write is under way.
+
+    gunicorn writes a frame between our `yield` and its next request for one,
+    so a write that is still "under way" after seconds is a client that takes
+    nothing: what a full instance may evict (limits.py).
+    """
+    try:
+        for frame in frames:
+            slot.writing_since = time.monotonic()
+            yield frame
+            slot.writing_since = None
+    finally:
+        frames.close()  # the reply's own `finally` runs now, not whenever it is collected
+
+
+def _hang_up(environ: Mapping[str, Any]) -> Callable[[], None] | None:
+    """Ends this request's connection from another thread (its write fails at once)."""
+    sock = environ.get("gunicorn.socket")
+    if not isinstance(sock, socket.socket):
+        return None
+
+    def hang_up() -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    return hang_up
 
 
 def _bound_sending(environ: Mapping[str, Any], seconds: float) -> None:

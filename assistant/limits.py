@@ -10,43 +10,64 @@ The instance limit (MAX_STREAMS) sits below gunicorn's THREADS, so that a
 thread is always left for `/health` and preflights, and a burst beyond what
 the instance can stream is told so at once (503 `overloaded`) instead of
 queueing for a thread with no answer.
+
+When the instance is full, a reply whose client has taken no write for
+STUCK_SECONDS gives its place to the newcomer: its connection is shut down,
+which ends it like any client that left (upstream cancelled, what arrived
+saved `incomplete`). Without this, clients that open streams and never read
+them would hold every place for SEND_TIMEOUT_SECONDS, and shut out everyone
+else (bench/abuse.py, non-readers); a reader that is merely slow keeps
+taking writes and is never chosen.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 from .errors import MESSAGES, RequestError
 
 RETRY_AFTER_SECONDS = 5  # a user's own replies take seconds to end
 OVERLOADED_RETRY_AFTER_SECONDS = 2  # another instance, or this one soon, will have room
+STUCK_SECONDS = 2.0  # a write not taken for this long marks a client as stuck
 ANONYMOUS = ""  # the bucket of requests that name no user
 
 
 class Slot:
-    """One reply's place in its user's count; releasing it twice is harmless."""
+    """One reply's place in the counts; releasing it twice is harmless.
 
-    def __init__(self, release: Callable[[], None]) -> None:
-        self._release: Callable[[], None] | None = release
+    The reply's response marks the writes it waits on (`writing_since`) and
+    says how to end it (`evict`), so a full instance can tell a stuck client.
+    """
+
+    def __init__(self, release: Callable[[Slot], None]) -> None:
+        self._release: Callable[[Slot], None] | None = release
         self._lock = threading.Lock()
+        self.writing_since: float | None = None  # time.monotonic() of the write in progress
+        self.evict: Callable[[], None] | None = None
+        self.evicted = False
 
     def release(self) -> None:
         with self._lock:
             release, self._release = self._release, None
         if release is not None:
-            release()
+            release(self)
+
+    def stuck(self, now: float) -> bool:
+        since = self.writing_since
+        return since is not None and now - since >= STUCK_SECONDS and self.evict is not None
 
 
 class InFlight:
     def __init__(self) -> None:
         self._counts: dict[str, int] = {}
-        self._total = 0
+        self._slots: set[Slot] = set()
         self._lock = threading.Lock()
 
     def take(self, user_id: str | None, per_user: int, total: int) -> Slot:
         """A slot for `user_id`; 429 `rate_limited` when they already hold `per_user`,
-        503 `overloaded` when the instance already holds `total`."""
+        503 `overloaded` when the instance already holds `total` and no reply is stuck."""
         key = user_id or ANONYMOUS
         with self._lock:
             held = self._counts.get(key, 0)
@@ -58,25 +79,40 @@ class InFlight:
                     "rate_limited",
                     headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
                 )
-            if self._total >= total:
+            live = len(self._slots) - sum(slot.evicted for slot in self._slots)
+            stuck = self._stuck() if live >= total else None
+            if live >= total and stuck is None:
                 raise RequestError(
                     MESSAGES["overloaded"],
                     503,
                     "overloaded",
                     headers={"Retry-After": str(OVERLOADED_RETRY_AFTER_SECONDS)},
                 )
+            slot = Slot(lambda done: self._give_back(key, done))
             self._counts[key] = held + 1
-            self._total += 1
-        return Slot(lambda: self._give_back(key))
+            self._slots.add(slot)
+        if stuck is not None and stuck.evict is not None:
+            stuck.evict()  # it lets go of its slot as its response closes
+        return slot
 
     def held(self, user_id: str | None = None) -> int:
         """Slots held by `user_id`, or by everyone when None."""
         with self._lock:
-            return self._counts.get(user_id, 0) if user_id is not None else self._total
+            return self._counts.get(user_id, 0) if user_id is not None else len(self._slots)
 
-    def _give_back(self, key: str) -> None:
+    def _stuck(self) -> Slot | None:
+        """The reply stuck longest, marked evicted; None if none is stuck. Under the lock."""
+        now = time.monotonic()
+        stuck = [slot for slot in self._slots if not slot.evicted and slot.stuck(now)]
+        if not stuck:
+            return None
+        chosen = min(stuck, key=lambda slot: slot.writing_since or now)
+        chosen.evicted = True
+        return chosen
+
+    def _give_back(self, key: str, slot: Slot) -> None:
         with self._lock:
-            self._total -= 1
+            self._slots.discard(slot)
             left = self._counts[key] - 1
             if left:
                 self._counts[key] = left

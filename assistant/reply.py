@@ -18,7 +18,7 @@ import concurrent.futures
 import functools
 import queue
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any
 
 from . import aio, record, sse
@@ -144,7 +144,7 @@ class Reply:
 
     # -- SSE ---------------------------------------------------------------
 
-    def sse_frames(self, first: Item | None) -> Iterator[bytes]:
+    def sse_frames(self, first: Item | None) -> Generator[bytes, None, None]:
         """Frames from `first` (None: the status window passed with nothing) to [DONE]."""
         try:
             if first is None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from assistant.limits import STUCK_SECONDS
 from devtools.fake_upstream import FakeUpstream, Script
 from devtools.service import running_service
 
@@ -82,3 +83,34 @@ def test_a_client_that_accepts_no_write_is_treated_as_gone(
     assert gone[0]["attempts"][0]["outcome"] == "client_gone"
     # Only what the small send buffer and the outbox held: not megabytes.
     assert 0 < gone[0]["chars"] < 1_000_000
+
+
+def test_a_full_instance_gives_a_stuck_clients_place_to_a_newcomer(
+    fake: FakeUpstream, firestore
+) -> None:
+    """MAX_STREAMS=1, taken by a client that reads nothing: after STUCK_SECONDS of a
+    write it does not take, a new request gets its place instead of a 503, and the
+    stuck reply ends like any client that left (saved incomplete)."""
+    fake.push(HUGE, Script(tokens=["for ", "the newcomer"]))
+    env = {"THREADS": "4", "MAX_STREAMS": "1", "SEND_TIMEOUT_SECONDS": "60"}
+    body = b'{"user_input": "hi", "save_to_history": true, "trace_id": "evicted-1"}'
+    with (
+        running_service(env) as service,
+        open_stream_and_never_read(service.url, body),
+    ):
+        upstream = fake.wait_for_requests(1)[0]
+        time.sleep(1)  # its writes are blocked now: not yet stuck for STUCK_SECONDS
+        early = httpx.post(f"{service.url}/vac/assistant/x/sse", json={"user_input": "hi"})
+        assert early.status_code == 503
+        time.sleep(STUCK_SECONDS + 2)  # stuck for longer than STUCK_SECONDS by now
+        newcomer = httpx.post(
+            f"{service.url}/vac/assistant/x/sse", json={"user_input": "hi"}, timeout=10
+        )
+        assert newcomer.status_code == 200
+        assert '"answer":"for the newcomer"' in newcomer.text
+        assert upstream.client_closed.wait(5)
+        saved = firestore.document("assistants/test-assistant/messages/evicted-1-assistant")
+        deadline = time.monotonic() + 10
+        while not saved.get().exists and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert saved.get().to_dict()["status"] == "incomplete"
