@@ -96,7 +96,6 @@ class CertCache:
         self._expires_at = 0.0
         self._next_try_at = 0.0  # after a failed fetch, no new try before this
         self._early_refetch_at = -EARLY_REFETCH_SECONDS  # when the last early re-fetch ran
-        self.fetches = 0  # attempts, for the log and the tests
 
     def cert_for(self, key_id: str) -> str | None:
         """The PEM certificate for `key_id`, or None if Google has no such key.
@@ -123,7 +122,6 @@ class CertCache:
         """Fetch again unless a failure was too recent; True when new certs arrived."""
         if now < self._next_try_at:
             return False
-        self.fetches += 1
         try:
             certs, keep_for = self._fetch(self.url)
         except CertsUnavailable as exc:

@@ -95,11 +95,6 @@ class InFlight:
             stuck.evict()  # it lets go of its slot as its response closes
         return slot
 
-    def held(self, user_id: str | None = None) -> int:
-        """Slots held by `user_id`, or by everyone when None."""
-        with self._lock:
-            return self._counts.get(user_id, 0) if user_id is not None else len(self._slots)
-
     def _stuck(self) -> Slot | None:
         """The reply stuck longest, marked evicted; None if none is stuck. Under the lock."""
         now = time.monotonic()
