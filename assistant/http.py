@@ -3,8 +3,8 @@
 Everything a request can be refused for is checked here, in the order of
 CONTRACT §9, before any provider is called or anything is read or written:
 route (404/405), preflight, auth (401/503), the user's and the instance's
-replies in flight (429 / 503), size (413), media type (415), assistant id,
-JSON and fields (400), providers (409).
+replies in flight (429 / 503), assistant id (400), size (413), media type
+(415), JSON and fields (400), providers (409).
 
 The SSE route holds its status until the first chunk or HEARTBEAT_SECONDS,
 whichever comes first, so a chain that fails fast gets a real 502.
