@@ -5,7 +5,6 @@ JSON caller that leaves while chunks flow is noticed within a second.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from typing import Any
 
@@ -13,6 +12,7 @@ from devtools.fake_upstream import FakeUpstream, Script
 from devtools.service import running_service
 
 from .conftest import ask, sse_events
+from .raw_http import open_raw
 
 
 def pinging_forever() -> Script:
@@ -62,15 +62,8 @@ def test_a_json_caller_that_leaves_while_chunks_flow_stops_the_upstream(
 ) -> None:
     fake.push(Script(tokens=["word "] * 400, interval=0.05))  # 20 s of steady chunks
     with running_service({"THREADS": "2"}) as service:
-        host, port = service.url.removeprefix("http://").split(":")
         body = b'{"user_input": "hi", "save_to_history": true, "trace_id": "gone-1"}'
-        with socket.create_connection((host, int(port))) as sock:
-            sock.sendall(
-                b"POST /vac/assistant/test-assistant HTTP/1.1\r\nHost: x\r\n"
-                b"Content-Type: application/json\r\n"
-                + f"Content-Length: {len(body)}\r\n\r\n".encode()
-                + body
-            )
+        with open_raw(service.url, "/vac/assistant/test-assistant", body):
             upstream = fake.wait_for_requests(1)[0]
             time.sleep(0.5)  # chunks are flowing to the service now
         # Well before the 20 s the upstream would run for.

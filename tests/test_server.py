@@ -7,7 +7,6 @@ so that the upstream request is closed and the worker thread freed.
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 
@@ -16,6 +15,8 @@ import pytest
 
 from devtools.fake_upstream import FakeUpstream, Script
 from devtools.service import running_service
+
+from .raw_http import open_raw, read_until_closed
 
 
 @pytest.fixture
@@ -46,38 +47,11 @@ def test_chunks_cross_the_socket_as_they_arrive(server: str, fake: FakeUpstream)
     assert arrivals[-1][1] == "data: [DONE]"
 
 
-def _open_raw(server: str, path: str, body: bytes, chunked: bool = False) -> socket.socket:
-    """A request written by hand, so the test decides when the client hangs up."""
-    host, port = server.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)))
-    framing = (
-        b"Transfer-Encoding: chunked\r\n\r\n"
-        + f"{len(body):x}\r\n".encode()
-        + body
-        + b"\r\n0\r\n\r\n"
-        if chunked
-        else f"Content-Length: {len(body)}\r\n\r\n".encode() + body
-    )
-    sock.sendall(
-        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode() + framing
-    )
-    return sock
-
-
-def _read_until_closed(sock: socket.socket) -> bytes:
-    """Everything the server sends until it closes (head and body can come in separate reads)."""
-    sock.settimeout(10)
-    received = b""
-    while chunk := sock.recv(65536):
-        received += chunk
-    return received
-
-
 def test_hang_up_while_upstream_is_silent_closes_it_and_frees_the_thread(
     server: str, fake: FakeUpstream
 ) -> None:
     fake.push(Script(tokens=["first ", "never"], fail_after=1, fail_mode="hang"))
-    with _open_raw(server, "/vac/assistant/live/sse", b'{"user_input": "hi"}') as sock:
+    with open_raw(server, "/vac/assistant/live/sse", b'{"user_input": "hi"}') as sock:
         received = b""
         while b'"chunk"' not in received:
             received += sock.recv(4096)
@@ -105,7 +79,7 @@ def test_hang_up_before_any_byte_was_sent_closes_the_upstream(
     """The SSE status is still held (30 s window) / a JSON caller waits for the end:
     the service has written nothing, yet notices the hang-up."""
     fake.push(Script(fail="hang"))
-    sock = _open_raw(server, path, b'{"user_input": "hi"}')
+    sock = open_raw(server, path, b'{"user_input": "hi"}')
     upstream = fake.wait_for_requests(1)[0]
     sock.close()
     assert upstream.client_closed.wait(timeout=5), "upstream request left running"
@@ -114,8 +88,8 @@ def test_hang_up_before_any_byte_was_sent_closes_the_upstream(
 
 def test_oversize_chunked_body_without_length_is_413(server: str, fake: FakeUpstream) -> None:
     body = b'{"user_input": "' + b"x" * (1024 * 1024) + b'"}'
-    with _open_raw(server, "/vac/assistant/live/sse", body, chunked=True) as sock:
-        answer = _read_until_closed(sock)
+    with open_raw(server, "/vac/assistant/live/sse", body, chunked=True) as sock:
+        answer = read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 413")
     assert b"payload_too_large" in answer
     assert fake.requests == []

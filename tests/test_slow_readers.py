@@ -17,22 +17,14 @@ from assistant.limits import STUCK_SECONDS
 from devtools.fake_upstream import FakeUpstream, Script
 from devtools.service import running_service
 
+from .raw_http import open_raw
+
 PIECE = "x" * 1000
 HUGE = Script(tokens=[PIECE] * 20_000)  # 20 MB as fast as the service will read it
 
 
 def open_stream_and_never_read(url: str, body: bytes) -> socket.socket:
-    host, port = url.removeprefix("http://").split(":")
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect((host, int(port)))
-    sock.sendall(
-        b"POST /vac/assistant/test-assistant/sse HTTP/1.1\r\nHost: x\r\n"
-        b"Content-Type: application/json\r\n"
-        + f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
-    return sock
+    return open_raw(url, "/vac/assistant/test-assistant/sse", body, receive_buffer=4096)
 
 
 @pytest.fixture
