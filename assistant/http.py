@@ -68,7 +68,7 @@ def handle(request: flask.Request) -> flask.Response:
     log = RequestLog(trace_id, settings.project_id)
     cors = _cors_headers(headers, settings.cors_origins)
     try:
-        response = _route(request, settings, trace_id, log, started)
+        response = _route(request, headers, settings, trace_id, log, started)
     except RequestError as exc:
         log.info("request.refused", status=exc.status, code=exc.code, reason=exc.message)
         response = _error(exc.status, exc.code, exc.message, trace_id)
@@ -81,7 +81,12 @@ def handle(request: flask.Request) -> flask.Response:
 
 
 def _route(
-    request: flask.Request, settings: Settings, trace_id: str, log: RequestLog, started: float
+    request: flask.Request,
+    headers: Mapping[str, str],
+    settings: Settings,
+    trace_id: str,
+    log: RequestLog,
+    started: float,
 ) -> flask.Response:
     if request.path == "/health":
         if request.method not in ("GET", "HEAD"):
@@ -91,14 +96,15 @@ def _route(
     if match is None:
         return _error(404, "not_found", f"no route for {request.path[:200]}", trace_id)
     if request.method == "OPTIONS":
-        return _preflight(cast("Mapping[str, str]", request.headers), settings.cors_origins)
+        return _preflight(headers, settings.cors_origins)
     if request.method != "POST":
         return _method_not_allowed(_ALLOWED_METHODS, trace_id)
-    return _assistant(request, match, settings, trace_id, log, started)
+    return _assistant(request, headers, match, settings, trace_id, log, started)
 
 
 def _assistant(
     request: flask.Request,
+    headers: Mapping[str, str],
     match: re.Match[str],
     settings: Settings,
     trace_id: str,
@@ -111,7 +117,7 @@ def _assistant(
     iam / none the body names the user, so it is checked first. The slot is
     held until the response is closed, however the reply ends.
     """
-    verified = caller(cast("Mapping[str, str]", request.headers), settings.auth)
+    verified = caller(headers, settings.auth)
     limits = (settings.auth.max_streams_per_user, settings.max_streams)
     slot = replies_in_flight.take(verified.user_id, *limits) if verified else None
     try:
