@@ -13,6 +13,8 @@ Rules (CONTRACT §4):
   before moving on.
 - Native thinking deltas become text wrapped in `<thinking>` tags here, so
   everything downstream sees one format.
+- A tool call (CONTRACT §11) is output like text: it commits the provider,
+  and it is handed on as a `ToolCall` item, never as text.
 
 The chain runs on the I/O loop and hands what it produces to `emit`, a
 thread-safe callable. Its attributes (attempts, provider, model, ...) are
@@ -44,10 +46,13 @@ from .providers.base import (
     translate_http_error,
 )
 from .thinking import ThinkingTagger
+from .tools import ToolCall
 
 
 @dataclass(frozen=True)
 class Chunk:
+    """Text to show: the reply's own, or thinking already wrapped in its tags."""
+
     text: str
 
 
@@ -75,11 +80,13 @@ class ChainReport:
     """What the chain learned, as it stood when it ended: handed over with its outcome."""
 
     provider: str | None = None  # the provider committed to (None: none showed text)
-    model: str | None = None
+    model: str | None = None  # the model we asked it for (its settings)
+    model_version: str | None = None  # the model it said answered, if it said
     usage: Usage = field(default_factory=Usage)
     stop_reason: StopReason | None = None
     attempts: tuple[Attempt, ...] = ()
     first_chunk_at: float | None = None  # time.monotonic() of the first chunk
+    schema_sent: bool = True  # False: the provider took the tools but not the response schema
 
 
 @dataclass(frozen=True)
@@ -112,7 +119,7 @@ class ChainCrashed:
     report: ChainReport = field(default_factory=ChainReport, compare=False)
 
 
-Item = Chunk | Restart | ChainFailed | ChainSucceeded | ChainCrashed
+Item = Chunk | ToolCall | Restart | ChainFailed | ChainSucceeded | ChainCrashed
 Outcome = ChainFailed | ChainSucceeded | ChainCrashed
 
 
@@ -132,9 +139,11 @@ class Chain:
     attempts: list[Attempt] = field(default_factory=list)
     provider: str | None = None
     model: str | None = None
+    model_version: str | None = None
     usage: Usage = field(default_factory=Usage)
     stop_reason: StopReason | None = None
     first_chunk_at: float | None = None
+    schema_sent: bool = True
     finished: threading.Event = field(default_factory=threading.Event)
     _reply_deadline: asyncio.Timeout = field(init=False, repr=False)
 
@@ -163,10 +172,12 @@ class Chain:
         return ChainReport(
             provider=self.provider,
             model=self.model,
+            model_version=self.model_version,
             usage=self.usage,
             stop_reason=self.stop_reason,
             attempts=tuple(self.attempts),
             first_chunk_at=self.first_chunk_at,
+            schema_sent=self.schema_sent,
         )
 
     async def _run(self) -> ChainFailed | ChainSucceeded:
@@ -219,9 +230,13 @@ class Chain:
                         self._commit(provider)
                     if self.room is not None:
                         await self.room()
-                    self.emit(Chunk(tagger.wrap(isinstance(event, ThinkingDelta), event.text)))
+                    if isinstance(event, ToolCall):
+                        self.emit(event)
+                    else:
+                        thinking = isinstance(event, ThinkingDelta)
+                        self.emit(Chunk(tagger.wrap(thinking, event.text)))
             if not progress.shown:
-                raise ProviderError("upstream_empty", "stream ended with no text")
+                raise ProviderError("upstream_empty", "stream ended with no text or tool call")
             closing = tagger.close()
             if closing:
                 self.emit(Chunk(closing))
@@ -242,9 +257,12 @@ class Chain:
         self.first_chunk_at = self.first_chunk_at or time.monotonic()
         self.provider = provider.name
         self.model = provider.model
+        self.schema_sent = not (
+            self.prompt.response_schema and self.prompt.tools and not provider.schema_with_tools
+        )
 
     def _finish(self, provider: Provider, end: StreamEnd) -> None:
-        self.model = end.model or provider.model
+        self.model_version = end.model
         self.usage = end.usage
         self.stop_reason = end.stop_reason
 

@@ -8,20 +8,54 @@ can be read in one place.
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .chain import ChainReport
 from .request import AssistantRequest
 from .store import AssistantMessage, Author
 from .thinking import ThinkingSplitter
+from .tools import ToolCall, structured_output
+
+
+@dataclass(frozen=True)
+class Output:
+    """What the model produced: its text (split into content and thinking), its tool
+    calls, and the JSON the request asked for (CONTRACT §11)."""
+
+    text: ThinkingSplitter
+    calls: tuple[ToolCall, ...] = ()
+    structured: Any = None
+    structured_error: str | None = None
+
+
+def with_structured_output(
+    output: Output, schema: Mapping[str, Any] | None, report: ChainReport
+) -> Output:
+    """A finished reply's content parsed and checked against the response schema."""
+    if schema is None:
+        return output
+    if not report.schema_sent:
+        why = (
+            f"{report.provider} cannot take tools and a response schema in one request: "
+            "the tools were sent, the schema was not"
+        )
+        return dataclasses.replace(output, structured_error=why)
+    if output.calls and not output.text.content.strip():
+        why = "the reply is a tool call: the JSON answer comes after the tool results"
+        return dataclasses.replace(output, structured_error=why)
+    value, error = structured_output(output.text.content, schema)
+    return dataclasses.replace(output, structured=value, structured_error=error)
 
 
 def assistant_message(
     request: AssistantRequest,
     trace_id: str,
     author: Author,
-    text: ThinkingSplitter,
+    output: Output,
     report: ChainReport,
     complete: bool,
 ) -> AssistantMessage:
@@ -31,19 +65,22 @@ def assistant_message(
         trace_id=trace_id,
         thread_id=request.thread_id,
         author=author,
-        content=text.content,
-        thinking_content=text.thinking,
+        content=output.text.content,
+        thinking_content=output.text.thinking,
         status="complete" if complete else "incomplete",
         provider=report.provider,
         model=report.model,
+        model_version=report.model_version,
         usage=report.usage.as_dict(),
         stop_reason=report.stop_reason,
+        structured_output=output.structured,
+        tools_to_use=tuple(call.as_dict() for call in output.calls),
     )
 
 
 def metadata(
     trace_id: str,
-    text: ThinkingSplitter,
+    output: Output,
     report: ChainReport,
     started: float,
     message_ids: dict[str, str] | None,
@@ -53,13 +90,14 @@ def metadata(
     first_chunk_ms = None
     if report.first_chunk_at is not None:
         first_chunk_ms = round((report.first_chunk_at - started) * 1000)
-    return {
+    fields: dict[str, Any] = {
         "trace_id": trace_id,
-        "structured_output": None,
-        "tools_to_use": [],
-        "thinking_content": text.thinking,
+        "structured_output": output.structured,
+        "tools_to_use": [call.as_dict() for call in output.calls],
+        "thinking_content": output.text.thinking,
         "provider": report.provider,
         "model": report.model,
+        "model_version": report.model_version,
         "usage": report.usage.as_dict(),
         "stop_reason": report.stop_reason,
         "attempts": [attempt.as_dict() for attempt in report.attempts],
@@ -70,6 +108,9 @@ def metadata(
         "message_ids": message_ids,
         "persist_failed": persist_failed,
     }
+    if output.structured_error is not None:
+        fields["structured_output_error"] = output.structured_error
+    return fields
 
 
 def log_summary(report: ChainReport) -> dict[str, Any]:

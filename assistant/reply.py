@@ -42,6 +42,7 @@ from .request import AssistantRequest, Turn
 from .saving import Saver
 from .store import Author, MessageStore, UserMessage
 from .thinking import ThinkingSplitter
+from .tools import ToolCall
 from .tracing import RequestLog
 
 # How often a waiting reply checks that its client is still there.
@@ -88,12 +89,19 @@ class Reply:
         self._on_end = on_end  # the reply's place in the limits, given back when it ends
         self._items = Outbox()
         self._parts: list[str] = []
+        self._calls: list[ToolCall] = []
         self._splitter = ThinkingSplitter()
         self._saver = Saver(store, settings.persist_timeout_seconds, log) if store else None
         turns = (*request.chat_history, Turn("user", request.user_input))
         self._chain = Chain(
             providers=providers,
-            prompt=Prompt(system=request.instructions, turns=turns),
+            prompt=Prompt(
+                system=request.instructions,
+                turns=turns,
+                tools=request.tools,
+                tool_choice=request.tool_choice,
+                response_schema=request.response_schema,
+            ),
             timeouts=settings.timeouts,
             emit=self._items.put,
             room=self._items.room,
@@ -155,6 +163,8 @@ class Reply:
                 elif isinstance(item, Chunk):
                     self._add(item.text)
                     yield sse.chunk_frame(item.text)
+                elif isinstance(item, ToolCall):
+                    self._calls.append(item)  # shown in the final metadata, not as text
                 elif isinstance(item, Outcome):
                     final = self._conclude(item)
                     yield sse.frame(final)
@@ -179,9 +189,12 @@ class Reply:
             for item in self._wait(None, heartbeat=None):
                 if isinstance(item, Restart):
                     self._parts.clear()
+                    self._calls.clear()
                     self._splitter = ThinkingSplitter()
                 elif isinstance(item, Chunk):
                     self._add(item.text)
+                elif isinstance(item, ToolCall):
+                    self._calls.append(item)
                 elif isinstance(item, ChainSucceeded):
                     return 200, self._conclude(item)
                 elif isinstance(item, ChainFailed | ChainCrashed):
@@ -245,6 +258,7 @@ class Reply:
         (bench/abuse.py, non-readers).
         """
         self._parts = []
+        self._calls = []
         self._splitter = ThinkingSplitter()
         self._items.discard()
 
@@ -260,9 +274,13 @@ class Reply:
         self._done = True
         self._splitter.finish()
         report = item.report
-        ids, persist_failed = self._save(report, complete=isinstance(item, ChainSucceeded))
+        complete = isinstance(item, ChainSucceeded)
+        output = record.Output(self._splitter, tuple(self._calls))
+        if complete:
+            output = record.with_structured_output(output, self._request.response_schema, report)
+        ids, persist_failed = self._save(output, report, complete)
         metadata = record.metadata(
-            self._trace_id, self._splitter, report, self._started, ids, persist_failed
+            self._trace_id, output, report, self._started, ids, persist_failed
         )
         text = self._text()
         summary = record.log_summary(report)
@@ -289,17 +307,19 @@ class Reply:
             self._chain.finished.wait(timeout=1.0)
         self._splitter.finish()
         report = self._chain.report()  # the chain has stopped: its last word
-        self._save(report, complete=False)
+        self._save(record.Output(self._splitter, tuple(self._calls)), report, complete=False)
         self._log.info("reply.client_gone", chars=len(self._text()), **record.log_summary(report))
 
-    def _save(self, report: ChainReport, complete: bool) -> tuple[dict[str, str] | None, bool]:
+    def _save(
+        self, output: record.Output, report: ChainReport, complete: bool
+    ) -> tuple[dict[str, str] | None, bool]:
         """(message ids, persist failed); nothing arrived means no assistant message to keep."""
         if self._saver is None:
             return None, False
         message = None
-        if complete or self._parts:
+        if complete or self._parts or self._calls:
             message = record.assistant_message(
-                self._request, self._trace_id, self._author, self._splitter, report, complete
+                self._request, self._trace_id, self._author, output, report, complete
             )
         ids, failed = self._saver.finish(message)
         return ids or None, failed

@@ -10,6 +10,11 @@ Deliberate choices (see README):
   Items whose text is empty after stripping are dropped, not refused.
 - Booleans must be JSON booleans (`"false"` is a string, not false); `null`
   means "use the default" for every optional field.
+- Tool turns (CONTRACT §11): an assistant item may carry `tool_calls`
+  (then its text may be empty), and `{"role": "tool", "tool_call_id",
+  "name", "content"}` items carry a tool's result. A result's `content` may
+  be any JSON value (sent on as JSON text); a missing `name` is taken from
+  the call with that id earlier in the history.
 """
 
 from __future__ import annotations
@@ -17,10 +22,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import RequestError
+from .tools import TOOL_NAME, ToolCall, ToolChoice, ToolSpec, check_schema, tool_choice, tool_specs
 from .tracing import TRACE_ID_PATTERN
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -34,13 +40,17 @@ _ROLE_ALIASES = {
     "ai": "assistant",
     "model": "assistant",
     "bot": "assistant",
+    "tool": "tool",
 }
 
 
 @dataclass(frozen=True)
 class Turn:
-    role: str  # "user" | "assistant"
+    role: str  # "user" | "assistant" | "tool"
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # assistant turns: the calls it made
+    tool_call_id: str | None = None  # tool turns: the call this is the result of
+    tool_name: str | None = None  # tool turns: the tool that was called
 
 
 @dataclass(frozen=True)
@@ -62,8 +72,9 @@ class AssistantRequest:
     trace_id: str | None = None
     instructions: str | None = None
     assistant_name: str | None = None
-    tools: tuple[str, ...] = ()
-    tool_configs: dict[str, Any] = field(default_factory=dict)
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: ToolChoice = "auto"
+    response_schema: Mapping[str, Any] | None = None
     user: CurrentUser = CurrentUser()
 
 
@@ -220,15 +231,17 @@ def _history(items: Any, max_messages: int) -> tuple[Turn, ...]:
         raise RequestError("chat_history must be a list")
     if len(items) > max_messages:
         raise RequestError(f"chat_history has {len(items)} items; at most {max_messages} allowed")
-    turns = []
+    turns: list[Turn] = []
+    call_names: dict[str, str] = {}
     for index, item in enumerate(items):
-        turn = _turn(item, f"chat_history[{index}]")
-        if turn.content.strip():
+        turn = _turn(item, f"chat_history[{index}]", call_names)
+        call_names.update((call.id, call.name) for call in turn.tool_calls)
+        if turn.content.strip() or turn.tool_calls or turn.role == "tool":
             turns.append(turn)
     return tuple(turns)
 
 
-def _turn(item: Any, label: str) -> Turn:
+def _turn(item: Any, label: str, call_names: Mapping[str, str]) -> Turn:
     if not isinstance(item, dict):
         raise RequestError(f"{label} must be an object")
     who = next((item[k] for k in ("role", "name", "sender") if item.get(k) is not None), None)
@@ -236,11 +249,51 @@ def _turn(item: Any, label: str) -> Turn:
         raise RequestError(f"{label} needs a role (or name / sender) string")
     role = _ROLE_ALIASES.get(who.strip().lower())
     if role is None:
-        raise RequestError(f"{label} role {who[:40]!r} is not user or assistant")
+        raise RequestError(f"{label} role {who[:40]!r} is not user, assistant or tool")
+    if role == "tool":
+        return _tool_result(item, label, call_names)
     text = item.get("content", item.get("text"))
+    calls = _tool_calls(item.get("tool_calls"), label) if role == "assistant" else ()
+    if text is None and calls:
+        text = ""
     if not isinstance(text, str):
         raise RequestError(f"{label} needs a content (or text) string")
-    return Turn(role, text)
+    return Turn(role, text, tool_calls=calls)
+
+
+def _tool_calls(items: Any, label: str) -> tuple[ToolCall, ...]:
+    if items is None:
+        return ()
+    if not isinstance(items, list):
+        raise RequestError(f"{label}.tool_calls must be a list")
+    calls = []
+    for index, item in enumerate(items):
+        where = f"{label}.tool_calls[{index}]"
+        if not isinstance(item, dict):
+            raise RequestError(f"{where} must be an object")
+        call_id = _optional(item, "id", str, f"{where}.id")
+        name = _optional(item, "name", str, f"{where}.name")
+        if not call_id:
+            raise RequestError(f"{where}.id is required")
+        if name is None or not TOOL_NAME.fullmatch(name):
+            raise RequestError(f"{where}.name must be 1-64 characters of A-Z a-z 0-9 _ -")
+        args = _optional(item, "args", dict, f"{where}.args") or {}
+        signature = _optional(item, "signature", str, f"{where}.signature")
+        calls.append(ToolCall(call_id, name, args, signature))
+    return tuple(calls)
+
+
+def _tool_result(item: Mapping[str, Any], label: str, call_names: Mapping[str, str]) -> Turn:
+    call_id = _optional(item, "tool_call_id", str, f"{label}.tool_call_id")
+    if not call_id:
+        raise RequestError(f"{label}.tool_call_id is required for a tool turn")
+    name = _optional(item, "name", str, f"{label}.name") or call_names.get(call_id)
+    if name is None:
+        raise RequestError(f"{label}.name is required (no earlier call has id {call_id[:64]!r})")
+    content = item.get("content", item.get("text"))
+    if not isinstance(content, str):
+        content = json.dumps(content, ensure_ascii=False)  # any JSON result, sent on as JSON
+    return Turn("tool", content, tool_call_id=call_id, tool_name=name)
 
 
 def _current_user(config: Mapping[str, Any]) -> CurrentUser:
@@ -283,6 +336,11 @@ def build_request(
     tools = _optional(config, "tools", list, "emissaryConfig.tools") or []
     if not all(isinstance(tool, str) for tool in tools):
         raise RequestError("emissaryConfig.tools must be a list of strings")
+    configs = _optional(config, "toolConfigs", dict, "emissaryConfig.toolConfigs") or {}
+    offered = tool_specs(tools, configs)
+    schema = config.get("responseSchema")
+    if schema is not None:
+        schema = check_schema(schema, "emissaryConfig.responseSchema")
 
     return AssistantRequest(
         assistant_id=assistant_id,
@@ -298,7 +356,8 @@ def build_request(
             config, "initialInstructions", str, "emissaryConfig.initialInstructions"
         ),
         assistant_name=_optional(config, "name", str, "emissaryConfig.name"),
-        tools=tuple(tools),
-        tool_configs=_optional(config, "toolConfigs", dict, "emissaryConfig.toolConfigs") or {},
+        tools=offered,
+        tool_choice=tool_choice(config.get("toolChoice"), offered),
+        response_schema=schema,
         user=_current_user(config),
     )

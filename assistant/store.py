@@ -55,10 +55,11 @@ class AssistantMessage:
     status: str  # "complete" | "incomplete"
     provider: str | None
     model: str | None
+    model_version: str | None = None
     usage: dict[str, int] = field(default_factory=dict)
     stop_reason: str | None = None
     structured_output: Any = None
-    tools_to_use: tuple[str, ...] = ()
+    tools_to_use: tuple[dict[str, Any], ...] = ()
 
     @property
     def message_id(self) -> str:
@@ -136,6 +137,7 @@ class FirestoreStore:
             "status": message.status,
             "provider": message.provider,
             "model": message.model,
+            "modelVersion": message.model_version,
             "usage": message.usage,
             "stopReason": message.stop_reason,
             "structuredOutput": message.structured_output,

@@ -127,7 +127,9 @@ def test_every_recorded_reply_through_the_chain(
 
     assert run.items[-1] == ChainSucceeded()
     assert run.text == (f"<thinking>{thinking}</thinking>" if thinking else "") + text
-    assert (run.chain.model, run.chain.stop_reason) == (end.model, end.stop_reason)
+    # `model` is the one asked for; `model_version` the one the provider said answered.
+    assert (run.chain.model, run.chain.model_version) == (case.model, end.model)
+    assert run.chain.stop_reason == end.stop_reason
     assert run.chain.usage == end.usage
 
 
@@ -368,7 +370,7 @@ def test_slow_but_live_stream_is_not_cut(upstream: FakeUpstream, case: ProviderC
     assert run.seconds >= 0.7  # well past first_chunk: only gaps between chunks count
     assert run.chain.usage == case.usage(12, 6)
     assert run.chain.stop_reason == "end_turn"
-    assert (run.chain.provider, run.chain.model) == (case.name, "live-model")
+    assert (run.chain.provider, run.chain.model_version) == (case.name, "live-model")
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.keepalive], ids=lambda case: case.name)
@@ -442,7 +444,7 @@ def test_failure_before_the_first_chunk_falls_through(
     assert run.outcomes == [outcome, "ok"]
     assert [attempt.provider for attempt in run.chain.attempts] == [case.name, "fallback"]
     assert [attempt.status for attempt in run.chain.attempts] == [status, None]
-    assert (run.chain.provider, run.chain.model) == ("fallback", "fallback-model")
+    assert (run.chain.provider, run.chain.model_version) == ("fallback", "fallback-model")
     paths = [request.path for request in upstream.requests]
     assert paths == [case.request_path(), "/v1/messages"]
 
@@ -458,7 +460,7 @@ def test_it_answers_when_an_earlier_provider_failed(
     )
     assert run.items == [Chunk("second "), Chunk("answer"), ChainSucceeded()]
     assert run.outcomes == ["upstream_status", "ok"]
-    assert (run.chain.provider, run.chain.model) == (case.name, FAKE_MODEL)
+    assert (run.chain.provider, run.chain.model_version) == (case.name, FAKE_MODEL)
     assert upstream.requests[1].path == case.request_path()
 
 

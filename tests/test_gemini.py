@@ -160,7 +160,7 @@ def test_a_blocked_prompt_falls_through(upstream: FakeUpstream) -> None:
     assert run.outcomes == ["upstream_error", "ok"]
     assert [attempt.provider for attempt in run.chain.attempts] == ["gemini", "anthropic"]
     assert [attempt.status for attempt in run.chain.attempts] == [None, None]
-    assert run.chain.provider == "anthropic" and run.chain.model == "claude-fallback"
+    assert run.chain.provider == "anthropic" and run.chain.model_version == "claude-fallback"
     assert [request.path for request in upstream.requests] == [
         CASE.request_path(),
         "/v1/messages",

@@ -190,7 +190,7 @@ def test_endpoint_streams_from_ollama_without_any_key(client, upstream: FakeUpst
     assert final["answer"] == "<thinking>weighing it</thinking>Here it is."
     metadata = final["metadata"]
     assert metadata["provider"] == "ollama"
-    assert metadata["model"] == "qwen3"
+    assert (metadata["model"], metadata["model_version"]) == ("qwen3:8b", "qwen3")
     assert metadata["usage"] == {"input_tokens": 12, "output_tokens": 4}
     assert metadata["stop_reason"] == "end_turn"
     assert [(a["name"], a["outcome"]) for a in metadata["attempts"]] == [("ollama", "ok")]

@@ -46,7 +46,7 @@ def test_both_messages_are_saved_with_every_field(client, fake: FakeUpstream, fi
     assert reply["thinkingContent"] == "consider it"
     assert reply["status"] == "complete"
     assert reply["provider"] == "anthropic"
-    assert reply["model"] == "fake-claude"
+    assert reply["modelVersion"] == "fake-claude"
     assert reply["usage"] == {"input_tokens": 12, "output_tokens": 4}
     assert reply["stopReason"] == "end_turn"
     assert reply["structuredOutput"] is None

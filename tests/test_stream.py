@@ -32,7 +32,7 @@ def test_sse_streams_chunks_then_one_final_answer_then_done(client, fake: FakeUp
     metadata = final["metadata"]
     assert metadata["thinking_content"] == "weighing options"
     assert metadata["provider"] == "anthropic"
-    assert metadata["model"] == "fake-claude"
+    assert metadata["model_version"] == "fake-claude"
     assert metadata["usage"] == {"input_tokens": 12, "output_tokens": 5}
     assert metadata["stop_reason"] == "end_turn"
     assert metadata["structured_output"] is None

@@ -1,8 +1,9 @@
 """What every provider yields and raises, so the chain can treat them alike.
 
 A provider's `stream()` is an async iterator of events: `TextDelta` and
-`ThinkingDelta` as the model writes, then exactly one `StreamEnd` when the
-upstream said it was finished. Every failure is a `ProviderError`:
+`ThinkingDelta` as the model writes, a `ToolCall` once each call the model
+makes is whole (its arguments joined and parsed), then exactly one
+`StreamEnd` when the upstream said it was finished. Every failure is a `ProviderError`:
 
     ProviderError              code + a message safe to show + detail for the log
       (codes) upstream_unreachable  connect failed
@@ -29,6 +30,7 @@ import httpx
 from ..config import ProviderSettings
 from ..errors import MESSAGES, UpstreamCode
 from ..request import Turn
+from ..tools import ToolCall, ToolChoice, ToolSpec
 
 # The stop reasons every provider's own are mapped to (metadata `stop_reason`).
 StopReason = Literal[
@@ -63,7 +65,7 @@ class StreamEnd:
     model: str | None = None
 
 
-Event = TextDelta | ThinkingDelta | StreamEnd
+Event = TextDelta | ThinkingDelta | ToolCall | StreamEnd
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,41 @@ class Prompt:
 
     system: str | None
     turns: tuple[Turn, ...]  # oldest first; the last one is the user's new message
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: ToolChoice = "auto"
+    response_schema: Mapping[str, Any] | None = None  # ask for JSON matching it
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """A tool's result from chat_history, sent back with the call it answers."""
+
+    call_id: str
+    name: str
+    content: str
+
+
+Part = str | ToolCall | ToolResult
+
+
+@dataclass(frozen=True)
+class Message:
+    """One turn as providers want it: a role that alternates, and its parts in order."""
+
+    role: Literal["user", "assistant"]
+    parts: tuple[Part, ...]
+
+    @property
+    def text(self) -> str:
+        return "\n\n".join(part for part in self.parts if isinstance(part, str))
+
+    @property
+    def calls(self) -> list[ToolCall]:
+        return [part for part in self.parts if isinstance(part, ToolCall)]
+
+    @property
+    def results(self) -> list[ToolResult]:
+        return [part for part in self.parts if isinstance(part, ToolResult)]
 
 
 class ProviderError(Exception):
@@ -110,6 +147,9 @@ class Provider(Protocol):
     model: str
     settings: ProviderSettings
     api_key: str
+    # False: a request with tools cannot also ask for a response schema, so the
+    # provider sends the tools alone (CONTRACT §11).
+    schema_with_tools: bool
 
     def stream(self, client: httpx.AsyncClient, prompt: Prompt) -> AsyncGenerator[Event, None]:
         """Events of one reply; raises ProviderError on any failure. The caller
@@ -121,6 +161,7 @@ class HttpProvider:
     """What every provider module shares: its settings, its key, one POST that streams."""
 
     name = ""
+    schema_with_tools = True
 
     def __init__(self, settings: ProviderSettings, api_key: str) -> None:
         self.settings = settings
@@ -155,22 +196,42 @@ def normalised_stop_reason(raw: str | None, table: Mapping[str, StopReason]) -> 
     return table.get(raw, "other")
 
 
-def merged_turns(turns: tuple[Turn, ...]) -> list[Turn]:
+def conversation(turns: tuple[Turn, ...]) -> list[Message]:
     """Turns as providers want them: alternating, and starting with the user.
 
-    Consecutive turns of one role are joined. Leading assistant turns (a UI's
-    greeting, or a history window that starts after a question) are dropped:
-    providers refuse a conversation that opens with the assistant.
+    Tool results are user-side parts (Anthropic and Gemini put them in a user
+    turn; OpenAI and Ollama split them out again as `role: tool` messages).
+    Consecutive turns of one role are joined: their texts with a blank line,
+    their parts in order. Leading assistant turns (a UI's greeting, or a
+    history window that starts after a question) are dropped: providers
+    refuse a conversation that opens with the assistant.
     """
-    merged: list[Turn] = []
+    messages: list[Message] = []
     for turn in turns:
-        if not merged and turn.role == "assistant":
+        role: Literal["user", "assistant"] = "assistant" if turn.role == "assistant" else "user"
+        if not messages and role == "assistant":
             continue
-        if merged and merged[-1].role == turn.role:
-            merged[-1] = Turn(turn.role, f"{merged[-1].content}\n\n{turn.content}")
+        parts = _parts(turn)
+        if messages and messages[-1].role == role:
+            parts = _joined(messages[-1].parts, parts)
+            messages[-1] = Message(role, parts)
         else:
-            merged.append(turn)
-    return merged
+            messages.append(Message(role, parts))
+    return messages
+
+
+def _parts(turn: Turn) -> tuple[Part, ...]:
+    if turn.role == "tool":
+        assert turn.tool_call_id is not None and turn.tool_name is not None  # request.py
+        return (ToolResult(turn.tool_call_id, turn.tool_name, turn.content),)
+    text: tuple[Part, ...] = (turn.content,) if turn.content.strip() else ()
+    return (*text, *turn.tool_calls)
+
+
+def _joined(before: tuple[Part, ...], after: tuple[Part, ...]) -> tuple[Part, ...]:
+    if before and after and isinstance(before[-1], str) and isinstance(after[0], str):
+        return (*before[:-1], f"{before[-1]}\n\n{after[0]}", *after[1:])
+    return (*before, *after)
 
 
 async def read_error_body(response: httpx.Response, limit: int = 2048) -> str:

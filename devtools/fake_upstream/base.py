@@ -6,7 +6,7 @@ import json
 import re
 from typing import Any, ClassVar
 
-from .script import Script
+from .script import FakeCall, Script
 
 Frames = list[bytes]
 Problem = tuple[int, str] | None
@@ -45,7 +45,10 @@ class Format:
 
     @property
     def stop_reason(self) -> str:
-        return self.stop_reasons.get(self.script.stop_reason, self.script.stop_reason)
+        reason = self.script.stop_reason
+        if self.script.tool_calls and reason == "end_turn":
+            reason = "tool_use"  # what a model that called tools says
+        return self.stop_reasons.get(reason, reason)
 
     @classmethod
     def check_auth(cls, headers: dict[str, str], query: dict[str, list[str]]) -> Problem:
@@ -80,6 +83,11 @@ class Format:
     def end_block(self, kind: str) -> Frames:
         """After the last piece of a run of one kind."""
         return []
+
+    def tool_call(self, call: FakeCall) -> Frames:
+        """One whole tool call, after the text (its argument fragments, where the format
+        streams them)."""
+        raise NotImplementedError
 
     def finish(self) -> Frames:
         """The end of a complete reply: stop reason, usage, end marker."""

@@ -6,6 +6,15 @@ Fields (a script pushed over HTTP is a JSON object with these keys; any other ke
 * ``thinking`` (list of pieces) with ``thinking_mode`` ``"native"`` (the format's thinking
   deltas) or ``"inline"`` (text deltas between ``<thinking>`` and ``</thinking>``).
 * ``echo``: reply ``"You said: <the last user turn's text>"`` instead.
+* ``json``: reply with this JSON value, compact, in pieces of ``arg_piece`` characters (a
+  structured-output answer).
+* ``tool_calls``: calls the model makes after its text, in order (several: parallel calls):
+  each ``{"name", "args": {...}}``, or ``{"name", "arguments": "<raw text>"}`` to send argument
+  text as it is (malformed JSON, say); ``id`` and ``signature`` (Gemini's
+  ``thoughtSignature``) optional. Formats that stream arguments send them in fragments of
+  ``arg_piece`` characters. The stop reason becomes ``tool_use`` unless scripted otherwise.
+* ``split_bytes``: every frame is written in pieces of this many bytes, each flushed on its
+  own after a 2 ms pause, so a client reads events, lines and UTF-8 characters cut anywhere.
 * ``ttft`` and ``interval``: seconds before the first piece and between pieces.
 * ``fail``: before any text, one of `FAILS` or an HTTP status such as ``"429"`` (answered with
   ``error_body`` if given, else the format's own error JSON).
@@ -34,12 +43,13 @@ How a script plays out (the same in every format):
 * ``stop_reason`` is given in Anthropic terms and mapped per format ("end_turn" -> "stop" /
   "STOP", "max_tokens" -> "length" / "MAX_TOKENS"); an unmapped value is sent as it is.
   ``model`` is what every format reports, whatever the request asked for.
-* Precedence: ``raw`` > ``fail`` > ``echo`` > ``tokens`` > ``text``; ``raw`` honours only
+* Precedence: ``raw`` > ``fail`` > ``echo`` > ``json`` > ``tokens`` > ``text``; ``raw`` honours only
   ``ttft``, ``interval`` and the format's content type (and keep-alive, if scripted).
 """
 
 from __future__ import annotations
 
+import json as jsonlib
 import re
 from dataclasses import dataclass, fields
 from typing import Any
@@ -68,8 +78,19 @@ class Script:
     stop_reason: str = "end_turn"
     raw: list[bytes] | None = None
     error_body: dict[str, Any] | None = None  # with a numeric `fail`: this body, not the format's
+    json: Any = None
+    tool_calls: list[dict[str, Any]] | None = None
+    arg_piece: int = 7
+    split_bytes: int | None = None
 
     def __post_init__(self) -> None:
+        for call in self.tool_calls or []:
+            if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+                raise ValueError("each tool call needs a name")
+            if set(call) - {"name", "args", "arguments", "id", "signature"}:
+                raise ValueError(f"unknown tool call keys: {sorted(call)}")
+        if self.arg_piece < 1 or (self.split_bytes is not None and self.split_bytes < 1):
+            raise ValueError("arg_piece and split_bytes must be at least 1")
         if self.fail is not None and not (self.fail.isdigit() or self.fail in FAILS):
             raise ValueError(f"unknown fail {self.fail!r}")
         if self.fail_mode not in FAIL_MODES:
@@ -88,6 +109,40 @@ class Script:
         if d.get("raw") is not None:
             d["raw"] = [c.encode() if isinstance(c, str) else bytes(c) for c in d["raw"]]
         return cls(**d)
+
+
+@dataclass(frozen=True)
+class FakeCall:
+    """One scripted tool call, ready for a format to frame."""
+
+    index: int
+    id: str | None  # None: the format makes one up in its own style
+    name: str
+    arguments: str  # the argument text as the model writes it (maybe not JSON)
+    pieces: list[str]  # `arguments` in fragments of `arg_piece` characters
+    signature: str | None
+
+    @property
+    def args(self) -> Any:
+        """The arguments as a JSON value, for formats that send them parsed (or the raw text)."""
+        try:
+            return jsonlib.loads(self.arguments)
+        except ValueError:
+            return self.arguments
+
+
+def calls_of(script: Script) -> list[FakeCall]:
+    calls = []
+    for index, call in enumerate(script.tool_calls or []):
+        arguments = call.get("arguments")
+        if not isinstance(arguments, str):
+            arguments = jsonlib.dumps(call.get("args") or {}, separators=(",", ":"))
+        size = script.arg_piece
+        pieces = [arguments[i : i + size] for i in range(0, len(arguments), size)] or [""]
+        calls.append(
+            FakeCall(index, call.get("id"), call["name"], arguments, pieces, call.get("signature"))
+        )
+    return calls
 
 
 def split_words(text: str) -> list[str]:
@@ -115,6 +170,9 @@ def pieces_of(script: Script, body: dict[str, Any], key: str) -> list[tuple[str,
     s = script
     if s.echo:
         pieces = split_words(f"You said: {last_user_text(body, key)}")
+    elif s.json is not None:
+        text = jsonlib.dumps(s.json, separators=(",", ":"), ensure_ascii=False)
+        pieces = [text[i : i + s.arg_piece] for i in range(0, len(text), s.arg_piece)]
     else:
         pieces = s.tokens if s.tokens is not None else split_words(s.text)
     runs: list[tuple[str, list[str]]] = []

@@ -40,7 +40,7 @@ from .base import Format, Frames
 from .gemini import Gemini
 from .ollama import Ollama
 from .openai import OpenAI
-from .script import Script, pieces_of
+from .script import Script, calls_of, pieces_of
 
 POLL = 0.05  # seconds between client-gone / server-stopping checks while waiting
 FORMATS: tuple[type[Format], ...] = (Anthropic, OpenAI, Gemini, Ollama)
@@ -99,8 +99,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._gone()
 
     def _chunk(self, data: bytes) -> None:
-        if data:  # an empty chunk would be the terminator
-            self._write(b"%x\r\n%s\r\n" % (len(data), data))
+        size = self.script.split_bytes or len(data)
+        for start in range(0, len(data), size or 1):  # an empty chunk would be the terminator
+            piece = data[start : start + size]
+            if start:
+                time.sleep(0.002)  # its own read on the other side, not coalesced
+            self._write(b"%x\r\n%s\r\n" % (len(piece), piece))
 
     def _send(self, frames: Frames) -> None:
         for frame in frames:
@@ -258,6 +262,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(fmt.delta(kind, piece))
                 fmt.counts[kind] += 1
             self._send(fmt.end_block(kind))
+        for call in calls_of(s):
+            self._wait(s.interval if fmt.sent or call.index else s.ttft)
+            self._send(fmt.tool_call(call))
         if fmt.sent == s.fail_after:
             return self._fail(fmt, s.fail_mode)
         self._finish_reply(fmt)

@@ -1,0 +1,186 @@
+"""Tools and structured output (CONTRACT §11), apart from any provider's wire format.
+
+The service offers the frontend's tools to the model and reports the calls
+the model makes; it never runs a tool. Here are the shapes every provider
+module maps to its own: a declared tool (`ToolSpec`), the tool choice, a
+call (`ToolCall`), and the JSON Schema checks: declarations and the response
+schema when the request arrives (a 400 naming the field), the reply's JSON
+against the response schema when it ends.
+
+Deliberate choices (see README):
+- Every declaration in `toolConfigs` is checked, offered or not: a bad one is
+  a bug in the frontend whichever tools it offers this time.
+- `parameters` must be a JSON Schema (checked against its own draft's
+  metaschema, 2020-12 when `$schema` names none) describing an object, as
+  every provider requires; a missing `parameters` means "no arguments".
+- Tool names are 1-64 characters of A-Z a-z 0-9 _ -, what all four accept.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import jsonschema
+import jsonschema.exceptions
+import jsonschema.validators
+
+from .errors import RequestError
+
+TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+NO_ARGUMENTS: Mapping[str, Any] = {"type": "object", "properties": {}}
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """One tool offered to the model."""
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any]  # a JSON Schema of the arguments object
+
+
+@dataclass(frozen=True)
+class NamedTool:
+    """`toolChoice: {"name": ...}`: the model must call this tool."""
+
+    name: str
+
+
+ToolChoice = Literal["auto", "none", "required"] | NamedTool
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call the model made (or, in chat_history, made earlier).
+
+    `args` is None when the model's arguments were not a JSON object; then
+    `args_error` says why. `signature` is an opaque token some providers
+    (Gemini's `thoughtSignature`) need back with the call in the next turn.
+    """
+
+    id: str
+    name: str
+    args: Mapping[str, Any] | None
+    signature: str | None = None
+    args_error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The call as `metadata.tools_to_use` and the saved `toolsToUse` hold it."""
+        entry: dict[str, Any] = {"id": self.id, "name": self.name, "args": self.args}
+        if self.signature is not None:
+            entry["signature"] = self.signature
+        if self.args_error is not None:
+            entry["args_error"] = self.args_error
+        return entry
+
+    @property
+    def arguments_json(self) -> str:
+        """The arguments as a JSON string, as OpenAI sends them back."""
+        return json.dumps(self.args if self.args is not None else {}, ensure_ascii=False)
+
+
+def parse_arguments(text: str) -> tuple[Mapping[str, Any] | None, str | None]:
+    """A call's streamed argument text: (args, None), or (None, why not) when it is not
+    a JSON object. Empty text is no arguments (`{}`), as models send for a
+    tool without parameters."""
+    if not text.strip():
+        return {}, None
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        return None, f"arguments are not valid JSON: {exc}"[:200]
+    if not isinstance(value, dict):
+        return None, f"arguments are a JSON {type(value).__name__}, not an object"
+    return value, None
+
+
+def check_schema(schema: Any, field: str) -> Mapping[str, Any]:
+    """`schema` if it is a valid JSON Schema object, else a 400 naming `field`."""
+    if not isinstance(schema, dict):
+        raise RequestError(f"{field} must be a JSON Schema object")
+    validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    try:
+        validator.check_schema(schema)
+    except jsonschema.exceptions.SchemaError as exc:
+        where = "/".join(str(part) for part in exc.path)
+        raise RequestError(
+            f"{field} is not a valid JSON Schema: {exc.message[:200]}"
+            + (f" (at {where})" if where else "")
+        ) from None
+    return schema
+
+
+def tool_specs(names: list[str], configs: Mapping[str, Any]) -> tuple[ToolSpec, ...]:
+    """The tools offered: each name in `names` that has a declaration, in order, once."""
+    declared = {name: _declaration(name, config) for name, config in configs.items()}
+    offered: dict[str, ToolSpec] = {}
+    for name in names:
+        if name in declared and name not in offered:
+            offered[name] = declared[name]
+    return tuple(offered.values())
+
+
+def _declaration(name: str, config: Any) -> ToolSpec:
+    field = f"emissaryConfig.toolConfigs.{name}"
+    if not TOOL_NAME.fullmatch(name):
+        raise RequestError(f"{field}: a tool name must be 1-64 characters of A-Z a-z 0-9 _ -")
+    if not isinstance(config, dict):
+        raise RequestError(f"{field} must be an object with description and parameters")
+    description = config.get("description")
+    if description is not None and not isinstance(description, str):
+        raise RequestError(f"{field}.description must be a string")
+    parameters = config.get("parameters")
+    if parameters is None:
+        return ToolSpec(name, description or "", NO_ARGUMENTS)
+    check_schema(parameters, f"{field}.parameters")
+    if parameters.get("type") != "object":
+        raise RequestError(f'{field}.parameters must describe an object ("type": "object")')
+    return ToolSpec(name, description or "", parameters)
+
+
+def tool_choice(value: Any, tools: tuple[ToolSpec, ...]) -> ToolChoice:
+    """`emissaryConfig.toolChoice`, checked against the tools offered."""
+    field = "emissaryConfig.toolChoice"
+    if value is None or value == "auto":
+        return "auto"
+    if value == "none":
+        return "none"
+    if value == "required":
+        if not tools:
+            raise RequestError(f'{field} is "required" but no tool is declared')
+        return "required"
+    if isinstance(value, dict) and isinstance(value.get("name"), str):
+        if value["name"] not in {tool.name for tool in tools}:
+            raise RequestError(f"{field} names {value['name'][:64]!r}, which is not declared")
+        return NamedTool(value["name"])
+    raise RequestError(f'{field} must be "auto", "none", "required" or {{"name": "<tool>"}}')
+
+
+def structured_output(text: str, schema: Mapping[str, Any]) -> tuple[Any, str | None]:
+    """The reply's visible text as JSON valid against `schema`: (value, None), or
+    (None, one line saying why not)."""
+    candidate = _without_fence(text.strip())
+    if not candidate:
+        return None, "the reply has no JSON: it is empty"
+    try:
+        value = json.loads(candidate)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        return None, f"the reply is not valid JSON: {exc}"[:300]
+    validator_class = jsonschema.validators.validator_for(
+        schema, default=jsonschema.Draft202012Validator
+    )
+    error = jsonschema.exceptions.best_match(validator_class(schema).iter_errors(value))
+    if error is not None:
+        where = "/".join(str(part) for part in error.absolute_path) or "the top level"
+        return None, f"the reply does not match the schema at {where}: {error.message}"[:300]
+    return value, None
+
+
+def _without_fence(text: str) -> str:
+    """Models asked for JSON sometimes wrap it in a ```json fence anyway."""
+    match = re.fullmatch(r"```(?:json)?\s*\n(.*)\n\s*```", text, flags=re.DOTALL)
+    return match.group(1) if match else text
