@@ -1,0 +1,304 @@
+"""Tools and structured output as the endpoint takes and reports them (CONTRACT §2, §11).
+
+What is the same for every provider: the request fields are checked before
+anything is written or called, tool turns in chat_history are read, and the
+reply's JSON is checked against the response schema at the end. How each
+provider sends and streams them is tested in test_tool_calls.py (all four)
+and test_<provider>_tools.py (each one's wire form).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from assistant.errors import RequestError
+from assistant.request import Turn, build_request
+from assistant.tools import NamedTool, ToolCall, parse_arguments, structured_output
+from devtools.fake_upstream import FakeUpstream, Script
+
+from .conftest import ask, sse_events
+
+WEATHER = {
+    "description": "The weather in a city",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+}
+TOOLS = {"tools": ["weather"], "toolConfigs": {"weather": WEATHER}}
+ANSWER_SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "string"}, "confidence": {"type": "number"}},
+    "required": ["answer", "confidence"],
+}
+
+
+def _request(**config: Any) -> Any:
+    body = {"user_input": "hi", "emissaryConfig": config}
+    return build_request("a", body, max_input_chars=1000, max_history_messages=100)
+
+
+def _history(*items: dict[str, Any]) -> tuple[Turn, ...]:
+    body = {"user_input": "hi", "chat_history": list(items)}
+    return build_request("a", body, max_input_chars=1000, max_history_messages=100).chat_history
+
+
+# -- declarations, tool choice, response schema ---------------------------------------------
+
+
+def test_declared_tools_are_offered_in_order_and_undeclared_names_are_not() -> None:
+    other = {"description": "", "parameters": {"type": "object"}}
+    request = _request(
+        tools=["weather", "search", "clock", "weather"],
+        toolConfigs={"clock": other, "weather": WEATHER, "unused": other},
+    )
+    assert [tool.name for tool in request.tools] == ["weather", "clock"]
+    assert request.tools[0].parameters == WEATHER["parameters"]
+    assert request.tools[0].description == "The weather in a city"
+    assert request.tool_choice == "auto"
+
+
+def test_a_declaration_without_parameters_takes_no_arguments() -> None:
+    request = _request(tools=["now"], toolConfigs={"now": {"description": "the time"}})
+    assert request.tools[0].parameters == {"type": "object", "properties": {}}
+
+
+@pytest.mark.parametrize(
+    ("choice", "expected"),
+    [
+        (None, "auto"),
+        ("auto", "auto"),
+        ("none", "none"),
+        ("required", "required"),
+        ({"name": "weather"}, NamedTool("weather")),
+    ],
+)
+def test_tool_choice(choice: Any, expected: Any) -> None:
+    assert _request(**TOOLS, toolChoice=choice).tool_choice == expected
+
+
+def test_a_response_schema_is_kept() -> None:
+    assert _request(responseSchema=ANSWER_SCHEMA).response_schema == ANSWER_SCHEMA
+
+
+BAD_CONFIGS = [
+    (
+        {"tools": ["w"], "toolConfigs": {"w": {"parameters": {"type": "objekt"}}}},
+        "emissaryConfig.toolConfigs.w.parameters is not a valid JSON Schema",
+    ),
+    (
+        {"tools": ["w"], "toolConfigs": {"w": {"parameters": {"type": "string"}}}},
+        'emissaryConfig.toolConfigs.w.parameters must describe an object ("type": "object")',
+    ),
+    (
+        {"toolConfigs": {"w": {"parameters": {"properties": {"a": {"minLength": "x"}}}}}},
+        "emissaryConfig.toolConfigs.w.parameters is not a valid JSON Schema",
+    ),
+    ({"toolConfigs": {"w": {"parameters": []}}}, "toolConfigs.w.parameters must be a JSON Schema"),
+    ({"toolConfigs": {"w": "a tool"}}, "emissaryConfig.toolConfigs.w must be an object"),
+    ({"toolConfigs": {"w": {"description": 3}}}, "toolConfigs.w.description must be a string"),
+    ({"toolConfigs": {"has space": {}}}, "a tool name must be 1-64 characters"),
+    ({"toolConfigs": {"x" * 65: {}}}, "a tool name must be 1-64 characters"),
+    ({"toolConfigs": []}, "emissaryConfig.toolConfigs must be an object"),
+    ({**TOOLS, "toolChoice": {"name": "search"}}, "'search', which is not declared"),
+    ({"toolChoice": {"name": "weather"}}, "'weather', which is not declared"),
+    ({"toolChoice": "required"}, '"required" but no tool is declared'),
+    ({**TOOLS, "toolChoice": "always"}, 'toolChoice must be "auto", "none", "required"'),
+    ({**TOOLS, "toolChoice": {"tool": "weather"}}, "toolChoice must be"),
+    ({"responseSchema": "json"}, "emissaryConfig.responseSchema must be a JSON Schema object"),
+    (
+        {"responseSchema": {"type": "object", "required": "answer"}},
+        "emissaryConfig.responseSchema is not a valid JSON Schema",
+    ),
+]
+
+
+@pytest.mark.parametrize(("config", "mentions"), BAD_CONFIGS)
+def test_bad_declarations_and_schemas_are_400_naming_the_field(
+    client, fake: FakeUpstream, firestore, config: dict[str, Any], mentions: str
+) -> None:
+    response = ask(client, emissaryConfig=config, save_to_history=True)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.get_json()["code"] == "invalid_request"
+    assert mentions in response.get_json()["error"]
+    assert fake.requests == []  # no provider was called
+    messages = firestore.collection("assistants").document("test-assistant")
+    assert list(messages.collection("messages").stream()) == []  # nothing was written
+
+
+def test_a_schema_error_says_where() -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": "zero"}}}
+    with pytest.raises(RequestError, match=r"\(at properties/n/minimum\)"):
+        _request(responseSchema=schema)
+
+
+def test_a_schema_of_an_older_draft_is_checked_against_its_own_draft() -> None:
+    # Draft 4's boolean exclusiveMaximum is valid there, and invalid in 2020-12.
+    draft4 = {
+        "$schema": "http://json-schema.org/draft-04/schema#",
+        "type": "object",
+        "properties": {"n": {"type": "number", "maximum": 5, "exclusiveMaximum": True}},
+    }
+    assert _request(responseSchema=draft4).response_schema == draft4
+    with pytest.raises(RequestError, match="not a valid JSON Schema"):
+        _request(responseSchema={k: v for k, v in draft4.items() if k != "$schema"})
+
+
+# -- tool turns in chat_history -------------------------------------------------------------
+
+
+def test_tool_turns_are_read_with_their_calls_and_results() -> None:
+    call = {"id": "c1", "name": "weather", "args": {"city": "Oslo"}, "signature": "sig"}
+    turns = _history(
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "name": "weather", "content": "4 °C"},
+        {"role": "tool", "tool_call_id": "c1", "content": {"temp": 4}},
+    )
+    assert turns == (
+        Turn("user", "Weather?"),
+        Turn("assistant", "", tool_calls=(ToolCall("c1", "weather", {"city": "Oslo"}, "sig"),)),
+        Turn("tool", "4 °C", tool_call_id="c1", tool_name="weather"),
+        # No name: the call's; a JSON result goes on as JSON text.
+        Turn("tool", '{"temp": 4}', tool_call_id="c1", tool_name="weather"),
+    )
+
+
+def test_an_assistant_turn_with_calls_needs_no_content() -> None:
+    turns = _history({"role": "assistant", "tool_calls": [{"id": "c", "name": "now"}]})
+    assert turns == (Turn("assistant", "", tool_calls=(ToolCall("c", "now", {}),)),)
+
+
+@pytest.mark.parametrize(
+    ("item", "mentions"),
+    [
+        ({"role": "tool", "content": "x"}, "chat_history[0].tool_call_id is required"),
+        ({"role": "tool", "tool_call_id": "z", "content": "x"}, "chat_history[0].name is required"),
+        ({"role": "assistant", "tool_calls": {}}, "chat_history[0].tool_calls must be a list"),
+        ({"role": "assistant", "tool_calls": ["c"]}, "tool_calls[0] must be an object"),
+        ({"role": "assistant", "tool_calls": [{"name": "w"}]}, "tool_calls[0].id is required"),
+        ({"role": "assistant", "tool_calls": [{"id": "c"}]}, "tool_calls[0].name must be"),
+        (
+            {"role": "assistant", "tool_calls": [{"id": "c", "name": "w", "args": "{}"}]},
+            "tool_calls[0].args must be an object",
+        ),
+        (
+            {"role": "assistant", "tool_calls": [{"id": "c", "name": "w", "signature": 1}]},
+            "tool_calls[0].signature must be a string",
+        ),
+    ],
+)
+def test_bad_tool_turns_are_400_naming_the_field(
+    client, fake: FakeUpstream, item: dict[str, Any], mentions: str
+) -> None:
+    response = ask(client, chat_history=[item])
+    assert response.status_code == 400
+    assert mentions in response.get_json()["error"]
+    assert fake.requests == []
+
+
+# -- the reply's calls and JSON, end to end (the default provider; all four: test_tool_calls) --
+
+
+def test_calls_are_reported_saved_and_not_shown_as_text(
+    client, fake: FakeUpstream, firestore
+) -> None:
+    fake.push(Script(text="Let me check. ", tool_calls=[{"name": "weather", "args": {"a": 1}}]))
+    response = ask(client, emissaryConfig=TOOLS, save_to_history=True, trace_id="t-tools")
+    events = sse_events(response.get_data())
+    assert [event["chunk"] for event in events[:-2]] == ["Let ", "me ", "check. "]
+    metadata = events[-2]["metadata"]
+    [call] = metadata["tools_to_use"]
+    assert (call["name"], call["args"], call["id"].startswith("toolu_")) == (
+        "weather",
+        {"a": 1},
+        True,
+    )
+    assert metadata["stop_reason"] == "tool_use"
+    messages = firestore.collection("assistants").document("test-assistant").collection("messages")
+    saved = messages.document("t-tools-assistant").get().to_dict()
+    assert saved["toolsToUse"] == [call]
+    assert saved["content"] == "Let me check."
+    assert saved["stopReason"] == "tool_use"
+
+
+def test_valid_json_becomes_structured_output_and_is_saved(
+    client, fake: FakeUpstream, firestore
+) -> None:
+    value = {"answer": "Oslo", "confidence": 0.9}
+    fake.push(Script(json=value, thinking=["pick a city"]))
+    config = {"responseSchema": ANSWER_SCHEMA}
+    response = ask(client, emissaryConfig=config, save_to_history=True, trace_id="t-json")
+    events = sse_events(response.get_data())
+    assert len(events) > 4  # the JSON streamed as chunks like any text
+    metadata = events[-2]["metadata"]
+    assert metadata["structured_output"] == value
+    assert "structured_output_error" not in metadata
+    assert metadata["thinking_content"] == "pick a city"  # thinking stays outside the JSON
+    messages = firestore.collection("assistants").document("test-assistant").collection("messages")
+    assert messages.document("t-json-assistant").get().to_dict()["structuredOutput"] == value
+
+
+@pytest.mark.parametrize(
+    ("script", "why"),
+    [
+        (Script(json={"answer": "Oslo"}), "does not match the schema at the top level"),
+        (
+            Script(json={"answer": "Oslo", "confidence": "high"}),
+            "does not match the schema at confidence: 'high' is not of type 'number'",
+        ),
+        (Script(text='{"answer": "Oslo", '), "the reply is not valid JSON"),
+        (Script(text="Oslo, I think."), "the reply is not valid JSON"),
+    ],
+)
+def test_json_that_does_not_match_still_ends_normally_and_says_why(
+    client, fake: FakeUpstream, script: Script, why: str
+) -> None:
+    fake.push(script)
+    response = ask(client, emissaryConfig={"responseSchema": ANSWER_SCHEMA})
+    final, done = sse_events(response.get_data())[-2:]
+    assert done == "[DONE]" and "answer" in final and "error" not in final
+    assert final["metadata"]["structured_output"] is None
+    assert why in final["metadata"]["structured_output_error"]
+
+
+def test_a_json_caller_gets_the_same_metadata(client, fake: FakeUpstream) -> None:
+    value = {"answer": "Oslo", "confidence": 1}
+    fake.push(Script(json=value, tool_calls=[{"name": "weather", "args": {}}]))
+    config = {**TOOLS, "responseSchema": ANSWER_SCHEMA}
+    response = client.post(
+        "/vac/assistant/test-assistant", json={"user_input": "hi", "emissaryConfig": config}
+    )
+    assert response.status_code == 200
+    metadata = response.get_json()["metadata"]
+    assert metadata["structured_output"] == value
+    assert [call["name"] for call in metadata["tools_to_use"]] == ["weather"]
+
+
+# -- the pure functions -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "args", "error"),
+    [
+        ('{"a": [1, 2]}', {"a": [1, 2]}, None),
+        ("", {}, None),
+        ("  ", {}, None),
+        ('{"a": ', None, "arguments are not valid JSON"),
+        ("[1]", None, "arguments are a JSON list, not an object"),
+        ('"x"', None, "arguments are a JSON str, not an object"),
+    ],
+)
+def test_parse_arguments(text: str, args: Any, error: str | None) -> None:
+    parsed, why = parse_arguments(text)
+    assert parsed == args
+    assert (why is None) if error is None else (why is not None and why.startswith(error))
+
+
+def test_structured_output_takes_json_in_a_fence_and_says_when_empty() -> None:
+    fenced = '```json\n{"answer": "a", "confidence": 1}\n```'
+    assert structured_output(fenced, ANSWER_SCHEMA) == ({"answer": "a", "confidence": 1}, None)
+    assert structured_output("  ", ANSWER_SCHEMA) == (None, "the reply has no JSON: it is empty")
