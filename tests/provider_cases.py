@@ -34,6 +34,7 @@ from assistant.providers.gemini import GeminiProvider
 from assistant.providers.ollama import OllamaProvider
 from assistant.providers.openai import OpenAIProvider
 from assistant.request import Turn
+from assistant.tools import ToolCall
 
 from .provider_support import (
     PROMPT,
@@ -232,6 +233,11 @@ ANTHROPIC = ProviderCase(
         "tool_use.sse": Replay(
             [
                 *texts("Okay, let's check ", "the weather for San Francisco, CA:"),
+                ToolCall(
+                    "toolu_01T1x1fJ34qAmk2tNTrN7Up6",
+                    "get_weather",
+                    {"location": "San Francisco, CA"},
+                ),
                 end("tool_use", SONNET, 472, 89),
             ]
         ),
@@ -334,7 +340,13 @@ OPENAI = ProviderCase(
         ),
         # tool_calls deltas are not text; the stop reason says why the reply ended.
         "tool_calls.sse": Replay(
-            [*texts("Let me check the weather."), end("tool_use", "gpt-4o-2024-08-06", 82, 18, 0)]
+            [
+                *texts("Let me check the weather."),
+                ToolCall(
+                    "call_DdmO9pD3xa9XTPNJ32zg2hcA", "get_weather", {"location": "Paris, France"}
+                ),
+                end("tool_use", "gpt-4o-2024-08-06", 82, 18, 0),
+            ]
         ),
         "text_crlf.sse": Replay(
             [

@@ -1,0 +1,253 @@
+"""Tool calls and structured output on every provider: one scenario table, four wire formats.
+
+Each scenario runs for Anthropic, OpenAI, Gemini and Ollama against the fake
+upstream, which streams calls the way each real API does (test_<provider>_tools.py
+holds each one's own wire details and recorded streams). Three layers: the
+provider's events, the chain (a call commits the provider), and the endpoint
+(the round trip call → result → answer, saved in the Firestore emulator).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+
+from assistant.chain import ChainFailed, ChainSucceeded, Chunk
+from assistant.config import Timeouts
+from assistant.providers.base import Event, Prompt, StreamEnd, TextDelta
+from assistant.request import Turn
+from assistant.tools import ToolCall, ToolSpec
+from devtools.fake_upstream import FakeUpstream, Script
+
+from .conftest import ask, sse_events
+from .provider_cases import CASES, ProviderCase
+from .provider_support import run_chain
+from .provider_support import upstream_fixture as upstream_fixture  # the `upstream` fixture
+
+EACH = pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+WEATHER_PARAMETERS = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+}
+WEATHER = ToolSpec("weather", "The weather in a city", WEATHER_PARAMETERS)
+PROMPT = Prompt(system=None, turns=(Turn("user", "Weather in Oslo?"),), tools=(WEATHER,))
+OSLO = {"name": "weather", "args": {"city": "Oslo", "note": "«ø» 🌧"}}
+BERGEN = {"name": "weather", "args": {"city": "Bergen"}}
+
+
+def _calls(events: list[Event]) -> list[ToolCall]:
+    return [event for event in events if isinstance(event, ToolCall)]
+
+
+def _events(case: ProviderCase, url: str) -> list[Event]:
+    events, error = case.events(url, prompt=PROMPT)
+    assert error is None, error
+    assert isinstance(events[-1], StreamEnd) and events[-1].stop_reason == "tool_use"
+    return events
+
+
+@EACH
+def test_a_call_alone(upstream: FakeUpstream, case: ProviderCase) -> None:
+    upstream.push(Script(tokens=[], tool_calls=[OSLO]))
+    [call] = _calls(_events(case, upstream.url))
+    assert (call.name, call.args, call.args_error) == ("weather", OSLO["args"], None)
+    assert call.id  # the provider's id, or one made up where it gives none
+
+
+@EACH
+def test_text_then_two_parallel_calls_in_order(upstream: FakeUpstream, case: ProviderCase) -> None:
+    upstream.push(Script(tokens=["Checking ", "both."], tool_calls=[OSLO, BERGEN]))
+    events = _events(case, upstream.url)
+    texts = [event for event in events if isinstance(event, TextDelta)]
+    assert [event.text for event in texts] == ["Checking ", "both."]
+    assert events.index(texts[-1]) < events.index(_calls(events)[0])  # text first, as streamed
+    calls = _calls(events)
+    assert [call.args for call in calls] == [OSLO["args"], BERGEN["args"]]
+    assert len({call.id for call in calls}) == 2
+
+
+@EACH
+@pytest.mark.parametrize("arguments", ['{"city": "Os', "[1, 2]"])
+def test_arguments_that_are_not_an_object_keep_the_call(
+    upstream: FakeUpstream, case: ProviderCase, arguments: str
+) -> None:
+    upstream.push(Script(tokens=[], tool_calls=[{"name": "weather", "arguments": arguments}]))
+    [call] = _calls(_events(case, upstream.url))
+    assert call.name == "weather" and call.args is None
+    assert call.args_error is not None and call.args_error.startswith("arguments are")
+
+
+@EACH
+def test_calls_cut_at_every_third_byte_come_out_the_same(
+    upstream: FakeUpstream, case: ProviderCase
+) -> None:
+    script = Script(tokens=["Un ", "moment… "], tool_calls=[OSLO, BERGEN], arg_piece=2)
+    upstream.push(script)
+    whole = _events(case, upstream.url)
+    upstream.push(Script(**{**vars(script), "split_bytes": 3}))
+    split = _events(case, upstream.url)
+    assert [(c.name, c.args) for c in _calls(split)] == [(c.name, c.args) for c in _calls(whole)]
+    assert [e for e in split if isinstance(e, TextDelta)] == [
+        e for e in whole if isinstance(e, TextDelta)
+    ]
+
+
+@EACH
+def test_the_offered_tool_reaches_the_request(upstream: FakeUpstream, case: ProviderCase) -> None:
+    # Field by field per provider in test_<provider>_tools.py; here: every one sends it.
+    upstream.push(Script(tokens=["ok"]))
+    _, error = case.events(upstream.url, prompt=PROMPT)
+    assert error is None
+    sent = json.dumps(upstream.requests[-1].body)
+    assert '"weather"' in sent and '"The weather in a city"' in sent
+
+
+# -- the chain ------------------------------------------------------------------------------
+
+TIMEOUTS = Timeouts(connect=1, first_chunk=2, idle=2)
+
+
+@EACH
+def test_a_call_alone_is_a_whole_reply(upstream: FakeUpstream, case: ProviderCase) -> None:
+    upstream.push(Script(tokens=[], tool_calls=[OSLO]))
+    run = run_chain([case.provider(upstream.url)], TIMEOUTS, prompt=PROMPT)
+    assert [type(item) for item in run.items] == [ToolCall, ChainSucceeded]
+    assert (run.chain.provider, run.chain.stop_reason) == (case.name, "tool_use")
+
+
+@EACH
+def test_a_call_commits_the_provider(upstream: FakeUpstream, case: ProviderCase) -> None:
+    # Calls, then the stream is cut: no text was shown, but a call was made, so the
+    # chain does not try the next provider (it would call the tool a second time).
+    upstream.push(Script(tokens=[], tool_calls=[OSLO, BERGEN], fail_after=0, fail_mode="cut"))
+    fallback = CASES[0].provider(upstream.url, "fallback")
+    run = run_chain([case.provider(upstream.url), fallback], TIMEOUTS, prompt=PROMPT)
+    assert run.outcomes == ["upstream_incomplete"]
+    assert run.items[-1] == ChainFailed(run.errors[0], committed=True)
+    assert isinstance(run.items[0], ToolCall) and run.items[0].args == OSLO["args"]
+
+
+@EACH
+def test_a_failure_before_any_call_falls_through(
+    upstream: FakeUpstream, case: ProviderCase
+) -> None:
+    upstream.push(Script(fail="503"), Script(tokens=[], tool_calls=[OSLO]))
+    fallback = CASES[0].provider(upstream.url, "fallback")
+    run = run_chain([case.provider(upstream.url), fallback], TIMEOUTS, prompt=PROMPT)
+    assert run.outcomes == ["upstream_status", "ok"]
+    assert isinstance(run.items[0], ToolCall) and run.chain.provider == "fallback"
+    assert not any(isinstance(item, Chunk) for item in run.items)
+
+
+# -- the endpoint: the round trip, saved ------------------------------------------------------
+
+TOOL_CONFIG = {
+    "tools": ["weather"],
+    "toolConfigs": {
+        "weather": {"description": WEATHER.description, "parameters": WEATHER_PARAMETERS}
+    },
+}
+ANSWER_SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "string"}},
+    "required": ["answer"],
+}
+
+
+@pytest.fixture
+def only(fake: FakeUpstream) -> Any:
+    """Configure the endpoint for one provider, all of them at the fake."""
+    os.environ.update(
+        OPENAI_API_KEY="test-openai-key",
+        OPENAI_BASE_URL=f"{fake.url}/v1",
+        GEMINI_API_KEY="test-gemini-key",
+        GEMINI_BASE_URL=fake.url,
+        OLLAMA_BASE_URL=fake.url,
+    )
+
+    def use(case: ProviderCase) -> None:
+        os.environ["ASSISTANT_PROVIDERS"] = case.name
+
+    return use
+
+
+@EACH
+def test_the_round_trip_call_result_answer(
+    client, fake: FakeUpstream, firestore, only: Any, case: ProviderCase
+) -> None:
+    only(case)
+    signature = {"signature": "c2lnbmF0dXJl"} if case.name == "gemini" else {}
+    fake.push(Script(text="One moment. ", tool_calls=[{**OSLO, **signature}]))
+    first = ask(client, "Weather in Oslo?", emissaryConfig=TOOL_CONFIG, save_to_history=True)
+    metadata = sse_events(first.get_data())[-2]["metadata"]
+    [call] = metadata["tools_to_use"]
+    assert (call["name"], call["args"], metadata["stop_reason"]) == (
+        "weather",
+        OSLO["args"],
+        "tool_use",
+    )
+    assert call.get("signature") == signature.get("signature")
+
+    # The frontend runs the tool and sends its result back with the conversation.
+    history = [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": "One moment. ", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call["id"], "name": "weather", "content": "4 °C, rain"},
+    ]
+    fake.push(Script(text="It is 4 °C and raining in Oslo."))
+    second = ask(
+        client,
+        "Thanks. And?",
+        chat_history=history,
+        emissaryConfig=TOOL_CONFIG,
+        save_to_history=True,
+        trace_id="round-trip-2",
+    )
+    final = sse_events(second.get_data())[-2]
+    assert final["answer"] == "It is 4 °C and raining in Oslo."
+    assert final["metadata"]["tools_to_use"] == []
+    sent = json.dumps(fake.requests[-1].body, ensure_ascii=False)
+    assert "4 °C, rain" in sent  # the tool's result, in the provider's own form
+    assert json.dumps(OSLO["args"]["city"]) in sent  # with the call it answers
+    if signature:
+        assert signature["signature"] in sent  # returned as the provider asked
+
+    messages = firestore.collection("assistants").document("test-assistant").collection("messages")
+    saved = messages.document("round-trip-2-assistant").get().to_dict()
+    assert saved["content"] == "It is 4 °C and raining in Oslo."
+
+
+@EACH
+def test_structured_output_on_every_provider(
+    client, fake: FakeUpstream, only: Any, case: ProviderCase
+) -> None:
+    only(case)
+    fake.push(Script(json={"answer": "Oslo"}))
+    response = ask(client, emissaryConfig={"responseSchema": ANSWER_SCHEMA})
+    final = sse_events(response.get_data())[-2]
+    assert final["metadata"]["structured_output"] == {"answer": "Oslo"}
+    assert json.dumps(ANSWER_SCHEMA["properties"]) in json.dumps(fake.requests[-1].body)
+
+
+@EACH
+def test_tools_and_a_schema_together(
+    client, fake: FakeUpstream, only: Any, case: ProviderCase
+) -> None:
+    only(case)
+    fake.push(Script(json={"answer": "Oslo"}))
+    config = {**TOOL_CONFIG, "responseSchema": ANSWER_SCHEMA}
+    response = ask(client, emissaryConfig=config)
+    metadata = sse_events(response.get_data())[-2]["metadata"]
+    sent = json.dumps(fake.requests[-1].body)
+    assert '"weather"' in sent
+    if case.provider_class.schema_with_tools:
+        assert metadata["structured_output"] == {"answer": "Oslo"}
+        assert json.dumps(ANSWER_SCHEMA["properties"]) in sent
+    else:
+        assert metadata["structured_output"] is None
+        assert "cannot take tools and a response schema" in metadata["structured_output_error"]
+        assert json.dumps(ANSWER_SCHEMA["properties"]) not in sent
