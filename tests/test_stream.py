@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -326,3 +327,19 @@ def test_closing_right_after_the_status_closes_the_upstream(client, fake) -> Non
     response = ask(client)  # the status came with the first chunk; no frame read yet
     response.close()
     assert fake.wait_for_requests(1)[0].client_closed.wait(timeout=3)
+
+
+def test_line_separators_are_escaped_so_any_line_splitter_reads_one_frame_per_line(
+    client, fake: FakeUpstream
+) -> None:
+    # Python's str.splitlines (and so httpx's iter_lines) also breaks at U+2028,
+    # U+2029 and U+0085, which JSON leaves raw.
+    tokens = ["a\u2028b ", "c\u2029d\x85e ", "é😀"]
+    fake.push(Script(tokens=tokens))
+    body = ask(client).get_data().decode("utf-8")
+    lines = [line for line in body.splitlines() if line]
+    assert all(line.startswith("data: ") for line in lines)
+    frames = [line.removeprefix("data: ") for line in lines]
+    assert [json.loads(frame)["chunk"] for frame in frames[:3]] == tokens
+    assert json.loads(frames[3])["answer"] == "".join(tokens)
+    assert "\\u2028" in body and "\\u0085" in body and "é😀" in body  # other text stays raw
