@@ -8,27 +8,46 @@ Thought parts carry `thought: true`; that flag alone decides (a
 `data:` event or as a bare JSON tail at EOF, outside any SSE framing; both
 are failures. A prompt blocked by safety settings has no candidates and a
 `promptFeedback.blockReason`.
+
+Tools (CONTRACT §11). Gemini never splits a call: each `functionCall` part
+arrives whole, `{name, args, id?}` with `args` already an object, often in
+the same event as text parts before it and as the other calls of a parallel
+reply; each call is yielded as it is read. The `thoughtSignature` on a call's
+part is the call's `signature`, sent back on that part next turn. Older models
+give no `id`: we make one (`gemini-call-...`), and never send such an id back,
+as the model never saw it. Gemini says STOP after calls too, so a STOP reply
+that made calls ends with `tool_use`. A call the model botched arrives as no
+part at all but as `finishReason: MALFORMED_FUNCTION_CALL` (stop reason
+`other`). Choices in the request, each where it is made: declarations as
+`parametersJsonSchema` (full JSON Schema), tool choice as
+`toolConfig.functionCallingConfig`, history as `functionCall` and
+`functionResponse` parts, no response schema alongside tools.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator
+import uuid
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import httpx
 
+from ..tools import NamedTool, ToolCall, ToolChoice, ToolSpec, parse_arguments
 from .base import (
     Event,
     HttpProvider,
+    Message,
+    Part,
     Prompt,
     ProviderError,
     StopReason,
     StreamEnd,
     TextDelta,
     ThinkingDelta,
+    ToolResult,
     Usage,
-    merged_turns,
+    conversation,
     normalised_stop_reason,
 )
 from .sse_events import iter_sse, json_object
@@ -45,8 +64,20 @@ _STOP_REASONS: dict[str, StopReason] = {
 }
 
 
+# Our ids for calls Gemini gave none; such ids are never sent back (see `_with_id`).
+_OUR_ID_PREFIX = "gemini-call-"
+# What Gemini documents for a call it did not make itself (another provider's, or one
+# from a model that gave no signature): Gemini 3 refuses a current-turn call whose first
+# functionCall part has no signature. https://ai.google.dev/gemini-api/docs/thought-signatures
+_NO_SIGNATURE = "skip_thought_signature_validator"
+_TOOL_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
+
+
 class GeminiProvider(HttpProvider):
     name = "gemini"
+    # gemini-2.5 (our default) answers 400 "Function calling with a response mime type:
+    # 'application/json' is unsupported"; only Gemini 3 takes both in one request.
+    schema_with_tools = False
 
     def _refuses_key(self, status: int, body: str) -> bool:
         # Gemini answers a bad key with 400 INVALID_ARGUMENT, reason API_KEY_INVALID.
@@ -54,17 +85,14 @@ class GeminiProvider(HttpProvider):
 
     def _body(self, prompt: Prompt) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "contents": [
-                {
-                    "role": "model" if t.role == "assistant" else "user",
-                    "parts": [{"text": t.content}],
-                }
-                for t in merged_turns(prompt.turns)
-            ],
+            "contents": [_content(m) for m in conversation(prompt.turns)],
             "generationConfig": {"maxOutputTokens": self.settings.max_tokens},
         }
         if prompt.system:
             body["systemInstruction"] = {"parts": [{"text": prompt.system}]}
+        if prompt.tools:
+            body["tools"] = [{"functionDeclarations": [_declaration(t) for t in prompt.tools]}]
+            body["toolConfig"] = {"functionCallingConfig": _calling_config(prompt.tool_choice)}
         config = body["generationConfig"]
         if self.settings.temperature is not None:
             config["temperature"] = self.settings.temperature
@@ -73,6 +101,10 @@ class GeminiProvider(HttpProvider):
                 "includeThoughts": True,
                 "thinkingBudget": self.settings.thinking_budget,
             }
+        if prompt.response_schema is not None and (self.schema_with_tools or not prompt.tools):
+            # responseJsonSchema takes JSON Schema as it is; responseSchema only an OpenAPI subset.
+            config["responseMimeType"] = "application/json"
+            config["responseJsonSchema"] = prompt.response_schema
         return body
 
     async def stream(
@@ -85,6 +117,8 @@ class GeminiProvider(HttpProvider):
         )
         model, raw_stop, usage = self.settings.model, None, Usage()
         unframed: list[str] = []
+        reply = uuid.uuid4().hex[:12]  # our call ids: unique per reply, and across replies
+        calls = 0
         async with self._post(client, url, self._body(prompt), headers) as response:
             async for event in iter_sse(response, unframed):
                 chunk = json_object(event.data)
@@ -95,6 +129,11 @@ class GeminiProvider(HttpProvider):
                 for candidate in chunk.get("candidates") or []:
                     raw_stop = candidate.get("finishReason") or raw_stop
                     for part in (candidate.get("content") or {}).get("parts") or []:
+                        call = part.get("functionCall")
+                        if isinstance(call, dict):
+                            calls += 1
+                            yield _tool_call(call, part, f"{_OUR_ID_PREFIX}{reply}-{calls}")
+                            continue
                         text = part.get("text")
                         if isinstance(text, str) and text:
                             yield (
@@ -106,7 +145,105 @@ class GeminiProvider(HttpProvider):
             _raise_if_error(_bare_json("\n".join(unframed)))  # the lines after the last event
         if raw_stop is None:
             raise ProviderError("upstream_incomplete", "stream ended without a finishReason")
-        yield StreamEnd(normalised_stop_reason(raw_stop, _STOP_REASONS), usage, model)
+        stop = normalised_stop_reason(raw_stop, _STOP_REASONS)
+        if calls and stop == "end_turn":
+            stop = "tool_use"  # Gemini says STOP after calls too
+        yield StreamEnd(stop, usage, model)
+
+
+# -- the request ---------------------------------------------------------------------------
+
+
+def _declaration(tool: ToolSpec) -> dict[str, Any]:
+    # `parameters` takes only Gemini's OpenAPI subset (no $ref, no type lists, ...);
+    # `parametersJsonSchema` takes JSON Schema, so any schema the frontend declared goes.
+    # https://ai.google.dev/api/caching#FunctionDeclaration
+    return {
+        "name": tool.name,
+        "description": tool.description,
+        "parametersJsonSchema": tool.parameters,
+    }
+
+
+def _calling_config(choice: ToolChoice) -> dict[str, Any]:
+    if isinstance(choice, NamedTool):  # must call, and only this one
+        return {"mode": "ANY", "allowedFunctionNames": [choice.name]}
+    return {"mode": _TOOL_MODES[choice]}
+
+
+def _content(message: Message) -> dict[str, Any]:
+    """One turn: text, `functionCall` parts (model) and `functionResponse` parts (user)."""
+    parts: list[dict[str, Any]] = []
+    first_call = True  # Gemini signs a parallel reply's first call only
+    for part in message.parts:
+        if isinstance(part, ToolCall):
+            parts.append(_call_part(part, first=first_call))
+            first_call = False
+        else:
+            parts.append(_part(part))
+    return {"role": "model" if message.role == "assistant" else "user", "parts": parts}
+
+
+def _part(part: Part) -> dict[str, Any]:
+    if isinstance(part, ToolResult):
+        response: dict[str, Any] = {"name": part.name, "response": _response(part.content)}
+        return _with_id(response, part.call_id, "functionResponse")
+    assert isinstance(part, str)
+    return {"text": part}
+
+
+def _call_part(call: ToolCall, first: bool) -> dict[str, Any]:
+    function = {"name": call.name, "args": dict(call.args or {})}
+    part = _with_id(function, call.id, "functionCall")
+    signature = call.signature or (_NO_SIGNATURE if first else None)
+    if signature:
+        part["thoughtSignature"] = signature  # on the very part it came on
+    return part
+
+
+def _with_id(value: dict[str, Any], call_id: str, key: str) -> dict[str, Any]:
+    # v1beta documents `id` on both (https://ai.google.dev/api/caching#FunctionCall) and
+    # Gemini 3 matches a response to its call by it; an id we made up would mean nothing.
+    if call_id and not call_id.startswith(_OUR_ID_PREFIX):
+        value["id"] = call_id
+    return {key: value}
+
+
+def _response(content: str) -> dict[str, Any]:
+    """`functionResponse.response` must be an object: a result that is one goes as it is,
+    anything else as `{"result": <the text>}`."""
+    try:
+        value = json.loads(content)
+    except (json.JSONDecodeError, RecursionError):
+        return {"result": content}
+    return value if isinstance(value, dict) else {"result": content}
+
+
+# -- the stream ----------------------------------------------------------------------------
+
+
+def _tool_call(call: Mapping[str, Any], part: Mapping[str, Any], our_id: str) -> ToolCall:
+    name, given_id = call.get("name"), call.get("id")
+    args, error = _args(call.get("args"))
+    signature = part.get("thoughtSignature")
+    return ToolCall(
+        id=given_id if isinstance(given_id, str) and given_id else our_id,
+        name=name if isinstance(name, str) else "",
+        args=args,
+        signature=signature if isinstance(signature, str) and signature else None,
+        args_error=error,
+    )
+
+
+def _args(value: Any) -> tuple[Mapping[str, Any] | None, str | None]:
+    """`args` is an object already; absent means none. Text is parsed, as other providers'."""
+    if value is None:
+        return {}, None
+    if isinstance(value, dict):
+        return value, None
+    if isinstance(value, str):
+        return parse_arguments(value)
+    return None, f"arguments are a JSON {type(value).__name__}, not an object"
 
 
 def _raise_if_error(chunk: Any) -> None:

@@ -7,6 +7,15 @@ piece is one event with one part (``"thought": true`` for thinking); the last ev
 ``finishReason`` and the full ``usageMetadata`` and a content with NO parts. Error event: an
 unframed, pretty-printed JSON array tail at EOF (``fail="error_data"`` frames it as
 ``data: {"error": ...}`` instead). No keep-alive: ``ping_every`` does nothing.
+
+Tool calls come whole, never in fragments: one event per call (after the text) whose part is
+``{"functionCall": {"name", "args"}}``, with ``"id"`` only when the script gives one (2.5 models
+give none) and ``"thoughtSignature"`` next to ``functionCall`` when the script gives one.
+``args`` is the parsed object; argument text that is not JSON goes as a JSON string (the real
+API never sends that: it ends with ``MALFORMED_FUNCTION_CALL`` instead). The finish reason stays
+``STOP`` after calls, as the real API's does. Refused as the real API (gemini-2.5) refuses them
+(400): tools together with ``responseMimeType: application/json``, a declaration with both
+``parameters`` and ``parametersJsonSchema``, a ``functionResponse.response`` that is no object.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ import uuid
 from typing import Any
 
 from .base import Format, Frames, Problem, sse
-from .script import Script
+from .script import FakeCall, Script
 
 GEMINI_STATUSES = {
     400: "INVALID_ARGUMENT",
@@ -29,6 +38,7 @@ GEMINI_STATUSES = {
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }
+JSON = "application/json"
 GEMINI_OVERLOADED = {
     "code": 503,
     "message": "The model is overloaded. Please try again later.",
@@ -41,7 +51,12 @@ class Gemini(Format):
     content_type = "text/event-stream"
     messages_key = "contents"
     required = (("contents", list),)
-    stop_reasons = {"end_turn": "STOP", "stop_sequence": "STOP", "max_tokens": "MAX_TOKENS"}
+    stop_reasons = {
+        "end_turn": "STOP",
+        "stop_sequence": "STOP",
+        "max_tokens": "MAX_TOKENS",
+        "tool_use": "STOP",  # Gemini has no reason of its own for calls
+    }
 
     def __init__(self, script: Script, body: dict[str, Any]) -> None:
         super().__init__(script, body)
@@ -53,6 +68,29 @@ class Gemini(Format):
             return 403, "Method doesn't allow unregistered callers: send an x-goog-api-key header."
         if query.get("alt") != ["sse"]:
             return 400, "this fake serves only ?alt=sse streams"
+        return None
+
+    @classmethod
+    def check(cls, headers: dict[str, str], body: Any, query: dict[str, list[str]]) -> Problem:
+        problem = super().check(headers, body, query)
+        if problem:
+            return problem
+        declarations = [
+            declaration
+            for tool in _dicts(body.get("tools"))
+            for declaration in _dicts(tool.get("functionDeclarations"))
+        ]
+        config = body.get("generationConfig") or {}
+        if declarations and config.get("responseMimeType") == "application/json":
+            return 400, f"Function calling with a response mime type: {JSON!r} is unsupported"
+        for declaration in declarations:
+            if "parameters" in declaration and "parametersJsonSchema" in declaration:
+                return 400, "parameters and parametersJsonSchema are mutually exclusive"
+        for content in _dicts(body["contents"]):
+            for part in _dicts(content.get("parts")):
+                response = part.get("functionResponse")
+                if isinstance(response, dict) and not isinstance(response.get("response"), dict):
+                    return 400, "functionResponse.response must be an object"
         return None
 
     @classmethod
@@ -80,6 +118,17 @@ class Gemini(Format):
         usage = {"promptTokenCount": prompt, "totalTokenCount": prompt}
         return [self._event({"content": {"parts": [part], "role": "model"}}, usage)]
 
+    def tool_call(self, call: FakeCall) -> Frames:
+        function: dict[str, Any] = {"name": call.name, "args": call.args}
+        if call.id is not None:
+            function = {"id": call.id, **function}
+        part: dict[str, Any] = {"functionCall": function}
+        if call.signature is not None:
+            part["thoughtSignature"] = call.signature
+        prompt = self.script.input_tokens
+        usage = {"promptTokenCount": prompt, "totalTokenCount": prompt}
+        return [self._event({"content": {"parts": [part], "role": "model"}}, usage)]
+
     def finish(self) -> Frames:
         prompt, text, thoughts = (
             self.script.input_tokens,
@@ -99,3 +148,8 @@ class Gemini(Format):
         if framed:
             return [sse({"error": GEMINI_OVERLOADED}, eol="\r\n")]
         return [f"[{json.dumps({'error': GEMINI_OVERLOADED}, indent=2)}\n]".encode()]
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    """The objects in a JSON list (nothing, if it is no list)."""
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []

@@ -1,0 +1,418 @@
+"""Gemini's own side of tools and structured output (CONTRACT §11), over real HTTP on loopback.
+
+What every provider must do with tools is tested once for all four elsewhere; here is what
+only Gemini does: `functionCall` parts that arrive whole (several in one event for parallel
+calls, text parts before them), `thoughtSignature` on a call's part, no `id` from older
+models (we make one), STOP after calls (we say `tool_use`), MALFORMED_FUNCTION_CALL instead
+of bad arguments; and the request: `functionDeclarations` with `parametersJsonSchema`,
+`toolConfig.functionCallingConfig`, `functionCall` / `functionResponse` parts in history,
+`responseJsonSchema`, and no response schema next to tools (gemini-2.5 refuses the pair).
+The recorded streams are tests/fixtures/gemini/tool_*.sse, written from the documented
+`streamGenerateContent?alt=sse` format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from typing import Any
+
+import pytest
+
+from assistant.providers.base import (
+    Event,
+    Prompt,
+    StreamEnd,
+    TextDelta,
+    ThinkingDelta,
+    Usage,
+)
+from assistant.providers.gemini import GeminiProvider
+from assistant.request import Turn
+from assistant.tools import NamedTool, ToolCall, ToolChoice, ToolSpec
+from devtools.fake_upstream import FakeUpstream, Script
+
+from .provider_cases import GEMINI as CASE
+from .provider_support import awkward_gemini_chunks, one_byte_reads, stream_events
+from .provider_support import upstream_fixture as upstream_fixture  # the `upstream` fixture
+
+settings_for = CASE.settings
+run_provider = functools.partial(stream_events, GeminiProvider)
+
+OURS = "<ours>"  # stands for an id we made up: "gemini-call-<12 hex>-<n>"
+OUR_ID = re.compile(r"gemini-call-[0-9a-f]{12}-[1-9][0-9]*")
+SIG = "CiQB0e2Kb2a9Xm1oZ3RTaWduYXR1cmVGb3JBVG9vbENhbGxUZXN0"
+SIG2 = "Cp8BAdHtim8rY2FsbFNpZ25hdHVyZU9uVGhlRmlyc3RQYXJhbGxlbENhbGw="
+FLASH_20, FLASH_25, FLASH_3 = "gemini-2.0-flash", "gemini-2.5-flash", "gemini-3-flash-preview"
+
+WEATHER = ToolSpec(
+    "get_weather",
+    "The forecast for a city.",
+    {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "minLength": 1},
+            "unit": {"type": ["string", "null"], "enum": ["celsius", "fahrenheit", None]},
+            "days": {"$ref": "#/$defs/days"},
+        },
+        "required": ["city"],
+        "additionalProperties": False,
+        "$defs": {"days": {"type": "integer", "minimum": 1, "maximum": 7}},
+    },
+)
+TIME = ToolSpec("get_time", "", {"type": "object", "properties": {}})
+
+
+def ours(events: list[Event]) -> list[Event]:
+    """`events` with each id we made replaced by OURS, after checking that such ids have
+    our form and are not repeated."""
+    made = [e.id for e in events if isinstance(e, ToolCall) and e.id.startswith("gemini-call-")]
+    assert all(OUR_ID.fullmatch(made_id) for made_id in made)
+    assert len(set(made)) == len(made)
+    return [
+        dataclasses.replace(e, id=OURS) if isinstance(e, ToolCall) and e.id in made else e
+        for e in events
+    ]
+
+
+# -- a. recorded-style streams -----------------------------------------------------------
+
+REPLAYS: dict[str, list[Event]] = {
+    # The call, its signature and STOP in one event; no id from gemini-2.5.
+    "tool_call.sse": [
+        ToolCall(OURS, "get_weather", {"city": "Paris", "unit": "celsius"}, signature=SIG),
+        StreamEnd("tool_use", Usage(58, 20 + 63, 63), FLASH_25),
+    ],
+    "tool_text_then_call.sse": [
+        TextDelta("I'll look that up"),
+        TextDelta(" for you \u2014 one moment.\n"),
+        ToolCall(OURS, "search_docs", {"query": "caf\u00e9 opening hours", "limit": 3}),
+        StreamEnd("tool_use", Usage(41, 27), FLASH_20),
+    ],
+    # Gemini 3: its own ids, the signature on the first parallel call only; a call with no
+    # `args` has none ({}), and the empty text next to STOP yields nothing.
+    "tool_parallel.sse": [
+        ToolCall("8sj2kq0d", "get_weather", {"city": "S\u00e3o Paulo"}, signature=SIG2),
+        ToolCall("x7c1m4pe", "get_weather", {"city": "Z\u00fcrich"}),
+        ToolCall("b0t9w5ry", "get_time", {}),
+        StreamEnd("tool_use", Usage(73, 44 + 91, 91), FLASH_3),
+    ],
+    # Gemini reports bad arguments as no call at all.
+    "tool_malformed.sse": [
+        TextDelta("Checking the forecast."),
+        StreamEnd("other", Usage(52), FLASH_25),
+    ],
+    "tool_after_thinking.sse": [
+        ThinkingDelta("**Choosing a tool**\n\nThe user wants a conversion; convert_currency fits."),
+        ToolCall(
+            OURS,
+            "convert_currency",
+            {
+                "amount": 12.5,
+                "from": "EUR",
+                "to": "JPY",
+                "rounding": None,
+                "tags": ["\u00a5", True],
+            },
+            signature=SIG,
+        ),
+        StreamEnd("tool_use", Usage(66, 31 + 115, 115), FLASH_25),
+    ],
+}
+
+
+def test_every_tool_fixture_has_an_expectation() -> None:
+    assert sorted(path.name for path in CASE.fixtures.glob("tool_*")) == sorted(REPLAYS)
+
+
+@pytest.mark.parametrize("name", sorted(REPLAYS))
+def test_fixture_is_crlf_framed(name: str) -> None:
+    data = CASE.fixture(name)
+    assert data.endswith(b"\r\n\r\n")
+    assert data.count(b"\n") == data.count(b"\r\n") == data.count(b"\r")
+    assert data.count(b"\r\n\r\n") == data.count(b"data: ")
+
+
+@pytest.mark.parametrize("name", sorted(REPLAYS))
+def test_fixture_replay_cut_awkwardly(upstream: FakeUpstream, name: str) -> None:
+    data = CASE.fixture(name)
+    chunks = awkward_gemini_chunks(data)
+    assert b"".join(chunks) == data and len(chunks) >= 4
+    upstream.push(Script(raw=chunks, interval=0.01))  # a pause so each piece is its own read
+    events, error = run_provider(settings_for(upstream.url))
+    assert error is None
+    assert ours(events) == REPLAYS[name]
+
+
+@pytest.mark.parametrize("name", sorted(REPLAYS))
+def test_fixture_replay_one_byte_per_read(upstream: FakeUpstream, name: str) -> None:
+    upstream.push(Script(raw=one_byte_reads(CASE.fixture(name))))
+    events, error = run_provider(settings_for(upstream.url))
+    assert error is None
+    assert ours(events) == REPLAYS[name]
+
+
+def test_ids_we_make_differ_between_replies(upstream: FakeUpstream) -> None:
+    upstream.push(*[Script(raw=[CASE.fixture("tool_call.sse")])] * 2)
+    first, _ = run_provider(settings_for(upstream.url))
+    second, _ = run_provider(settings_for(upstream.url))
+    assert isinstance(first[0], ToolCall) and isinstance(second[0], ToolCall)
+    assert first[0].id != second[0].id
+
+
+def test_max_tokens_after_a_call_stays_max_tokens(upstream: FakeUpstream) -> None:
+    # Only STOP becomes tool_use: a reply cut short says so even if it made a call.
+    data = CASE.fixture("tool_text_then_call.sse").replace(b'"STOP"', b'"MAX_TOKENS"')
+    upstream.push(Script(raw=[data]))
+    events, error = run_provider(settings_for(upstream.url))
+    assert error is None
+    assert isinstance(events[-1], StreamEnd) and events[-1].stop_reason == "max_tokens"
+
+
+# -- b. the fake's own tool calls, decoded by the real provider ---------------------------
+
+
+@pytest.mark.parametrize("split_bytes", [None, 3])
+def test_fake_tool_calls(upstream: FakeUpstream, split_bytes: int | None) -> None:
+    upstream.push(
+        Script(
+            text="Let me check.",
+            model=FLASH_25,
+            split_bytes=split_bytes,
+            tool_calls=[
+                {"name": "get_weather", "args": {"city": "K\u00f8benhavn"}, "signature": SIG},
+                {"name": "get_time", "args": {}, "id": "t1"},
+                {"name": "get_weather", "arguments": '{"city": "Par'},  # cut-off text
+            ],
+        )
+    )
+    events, error = run_provider(settings_for(upstream.url))
+    assert error is None
+    *deltas, cut_off, end = ours(events)
+    assert deltas == [
+        TextDelta("Let "),
+        TextDelta("me "),
+        TextDelta("check."),
+        ToolCall(OURS, "get_weather", {"city": "K\u00f8benhavn"}, signature=SIG),
+        ToolCall("t1", "get_time", {}),
+    ]
+    # Argument text that is not JSON (the fake sends it as a string) keeps the call.
+    assert isinstance(cut_off, ToolCall) and (cut_off.id, cut_off.name) == (OURS, "get_weather")
+    assert cut_off.args is None
+    assert (cut_off.args_error or "").startswith("arguments are not valid JSON")
+    assert isinstance(end, StreamEnd) and end.stop_reason == "tool_use" and end.model == FLASH_25
+
+
+def test_fake_calls_without_text(upstream: FakeUpstream) -> None:
+    calls = [{"name": "a", "args": {"x": [1, None]}, "signature": "c2ln"}, {"name": "b", "id": "q"}]
+    upstream.push(Script(text="", tool_calls=calls, split_bytes=3))
+    events, error = run_provider(settings_for(upstream.url))
+    assert error is None
+    assert ours(events)[:-1] == [
+        ToolCall(OURS, "a", {"x": [1, None]}, signature="c2ln"),
+        ToolCall("q", "b", {}),
+    ]
+
+
+# -- c. the request --------------------------------------------------------------------------
+
+
+def body_of(upstream: FakeUpstream, prompt: Prompt) -> dict[str, Any]:
+    """The body GeminiProvider sent for `prompt` (and the fake, like the API, accepted)."""
+    _, error = run_provider(settings_for(upstream.url), prompt)
+    assert error is None, error
+    body = upstream.requests[-1].body
+    assert body is not None
+    return body
+
+
+def ask(
+    tools: tuple[ToolSpec, ...] = (),
+    choice: ToolChoice = "auto",
+    schema: dict[str, Any] | None = None,
+    turns: tuple[Turn, ...] = (Turn("user", "Weather in Paris?"),),
+) -> Prompt:
+    return Prompt(None, turns, tools=tools, tool_choice=choice, response_schema=schema)
+
+
+def test_tools_are_function_declarations_with_full_json_schema(upstream: FakeUpstream) -> None:
+    body = body_of(upstream, ask(tools=(WEATHER, TIME)))
+    # parametersJsonSchema: $schema, $ref/$defs, type lists and additionalProperties go as
+    # they are, which the OpenAPI-subset `parameters` would refuse.
+    assert body["tools"] == [
+        {
+            "functionDeclarations": [
+                {
+                    "name": "get_weather",
+                    "description": "The forecast for a city.",
+                    "parametersJsonSchema": WEATHER.parameters,
+                },
+                {
+                    "name": "get_time",
+                    "description": "",
+                    "parametersJsonSchema": {"type": "object", "properties": {}},
+                },
+            ]
+        }
+    ]
+    assert body["toolConfig"] == {"functionCallingConfig": {"mode": "AUTO"}}
+
+
+@pytest.mark.parametrize(
+    "choice, config",
+    [
+        ("auto", {"mode": "AUTO"}),
+        ("none", {"mode": "NONE"}),
+        ("required", {"mode": "ANY"}),
+        (NamedTool("get_time"), {"mode": "ANY", "allowedFunctionNames": ["get_time"]}),
+    ],
+)
+def test_tool_choice_is_function_calling_config(
+    upstream: FakeUpstream, choice: ToolChoice, config: dict[str, Any]
+) -> None:
+    body = body_of(upstream, ask(tools=(WEATHER, TIME), choice=choice))
+    assert body["toolConfig"] == {"functionCallingConfig": config}
+
+
+def test_no_tools_no_tool_fields(upstream: FakeUpstream) -> None:
+    body = body_of(upstream, ask())
+    assert "tools" not in body and "toolConfig" not in body
+
+
+def test_history_with_calls_and_results(upstream: FakeUpstream) -> None:
+    paris = ToolCall("8sj2kq0d", "get_weather", {"city": "Paris"}, signature=SIG2)
+    rome = ToolCall("x7c1m4pe", "get_weather", {"city": "Rome"})  # parallel: no signature
+    clock = ToolCall("gemini-call-0123456789ab-1", "get_time", {}, signature=SIG)
+    turns = (
+        Turn("user", "Weather in Paris and Rome?"),
+        Turn("assistant", "Checking both.", tool_calls=(paris, rome)),
+        Turn("tool", '{"temp": 21, "sky": "clear"}', tool_call_id=paris.id, tool_name=paris.name),
+        Turn("tool", "[18, 19]", tool_call_id=rome.id, tool_name=rome.name),
+        Turn("assistant", "", tool_calls=(clock,)),
+        Turn("tool", "12:00", tool_call_id=clock.id, tool_name=clock.name),
+        Turn("user", "And tomorrow?"),
+    )
+    body = body_of(upstream, ask(tools=(WEATHER, TIME), turns=turns))
+    assert body["contents"] == [
+        {"role": "user", "parts": [{"text": "Weather in Paris and Rome?"}]},
+        {
+            "role": "model",
+            "parts": [
+                {"text": "Checking both."},
+                {
+                    "functionCall": {
+                        "name": "get_weather",
+                        "args": {"city": "Paris"},
+                        "id": "8sj2kq0d",
+                    },
+                    "thoughtSignature": SIG2,
+                },
+                {
+                    "functionCall": {
+                        "name": "get_weather",
+                        "args": {"city": "Rome"},
+                        "id": "x7c1m4pe",
+                    }
+                },
+            ],
+        },
+        {
+            # Two results in a row: one user turn. A result that is a JSON object goes as it
+            # is; anything else is wrapped, as `response` must be an object.
+            "role": "user",
+            "parts": [
+                {
+                    "functionResponse": {
+                        "name": "get_weather",
+                        "response": {"temp": 21, "sky": "clear"},
+                        "id": "8sj2kq0d",
+                    }
+                },
+                {
+                    "functionResponse": {
+                        "name": "get_weather",
+                        "response": {"result": "[18, 19]"},
+                        "id": "x7c1m4pe",
+                    }
+                },
+            ],
+        },
+        # An id we made up is never sent: the model never gave it.
+        {
+            "role": "model",
+            "parts": [{"functionCall": {"name": "get_time", "args": {}}, "thoughtSignature": SIG}],
+        },
+        {
+            # A result followed by the user's text: one user turn, the text after it.
+            "role": "user",
+            "parts": [
+                {"functionResponse": {"name": "get_time", "response": {"result": "12:00"}}},
+                {"text": "And tomorrow?"},
+            ],
+        },
+    ]
+
+
+def test_a_call_without_signature_gets_the_documented_stand_in(upstream: FakeUpstream) -> None:
+    # Calls another provider made (or a model that gave no signature): Gemini 3 refuses a
+    # step whose first call has none, and documents this value for such history.
+    first = ToolCall("toolu_01A", "get_weather", {"city": "Oslo"})
+    second = ToolCall("toolu_01B", "get_time", {})
+    turns = (
+        Turn("user", "Oslo?"),
+        Turn("assistant", "", tool_calls=(first, second)),
+        Turn("tool", "not an object: {", tool_call_id=first.id, tool_name=first.name),
+        Turn("tool", "", tool_call_id=second.id, tool_name=second.name),
+    )
+    body = body_of(upstream, ask(tools=(WEATHER, TIME), turns=turns))
+    assert body["contents"][1]["parts"] == [
+        {
+            "functionCall": {"name": "get_weather", "args": {"city": "Oslo"}, "id": "toolu_01A"},
+            "thoughtSignature": "skip_thought_signature_validator",
+        },
+        {"functionCall": {"name": "get_time", "args": {}, "id": "toolu_01B"}},
+    ]
+    assert [part["functionResponse"]["response"] for part in body["contents"][2]["parts"]] == [
+        {"result": "not an object: {"},
+        {"result": ""},
+    ]
+
+
+def test_response_schema_is_response_json_schema(upstream: FakeUpstream) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "string"}, "score": {"type": ["number", "null"]}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
+    body = body_of(upstream, ask(schema=schema))
+    assert body["generationConfig"] == {
+        "maxOutputTokens": 1024,
+        "responseMimeType": "application/json",
+        "responseJsonSchema": schema,
+    }
+
+
+def test_tools_and_schema_send_the_tools_only(upstream: FakeUpstream) -> None:
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
+    assert GeminiProvider.schema_with_tools is False
+    body = body_of(upstream, ask(tools=(WEATHER,), schema=schema))
+    assert body["generationConfig"] == {"maxOutputTokens": 1024}
+    assert body["tools"][0]["functionDeclarations"][0]["name"] == "get_weather"
+
+
+def test_the_fake_refuses_tools_with_a_json_mime_type_as_gemini_25_does(
+    upstream: FakeUpstream,
+) -> None:
+    class BothAtOnce(GeminiProvider):
+        schema_with_tools = True
+
+    schema = {"type": "object"}
+    events, error = stream_events(
+        BothAtOnce, settings_for(upstream.url), ask(tools=(WEATHER,), schema=schema)
+    )
+    assert events == []
+    assert error is not None and error.code == "upstream_status" and error.status == 400
+    assert "response mime type" in error.detail
