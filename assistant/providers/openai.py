@@ -1,33 +1,74 @@
 """OpenAI Chat Completions, streamed natively (`POST {base}/chat/completions`).
 
 `OPENAI_BASE_URL` includes the version path, as in OpenAI's own SDK
-(`https://api.openai.com/v1`), so any compatible server (vLLM, LiteLLM, a
-local gateway) is one URL away. Events are bare `data:` JSON chunks ending
-with `data: [DONE]`; a stream without `[DONE]` is incomplete. With
-`stream_options.include_usage`, the usage arrives in a chunk whose `choices`
-is empty. Reasoning text appears only on compatible servers, as
-`delta.reasoning_content` or `delta.reasoning`, possibly in a chunk with no
-content. `{"error": ...}` inside the 200 stream is a failure.
+(`https://api.openai.com/v1`), so any compatible server (vLLM, LiteLLM,
+Ollama's `/v1`, a local gateway) is one URL away. Events are bare `data:`
+JSON chunks ending with `data: [DONE]`; a stream without `[DONE]` is
+incomplete. With `stream_options.include_usage`, the usage arrives in a chunk
+whose `choices` is empty. Reasoning text appears only on compatible servers,
+as `delta.reasoning_content` or `delta.reasoning`, possibly in a chunk with no
+content. A refusal (`delta.refusal`, with a response schema) is shown as text:
+it is what the model said. `{"error": ...}` inside the 200 stream is a failure.
+
+Tools (CONTRACT §11):
+- Offered as `tools: [{"type": "function", "function": {name, description,
+  parameters}}]`. `tool_choice` is sent only when it is not "auto" (OpenAI's
+  default when tools are offered, and some compatible servers refuse an
+  explicit "auto"): "none", "required", or `{"type": "function",
+  "function": {"name"}}`; with no tools offered it is not sent at all (OpenAI
+  refuses a `tool_choice` without `tools`). Tools are not `strict`: strict
+  tools do not hold with parallel calls, and the frontend's schemas rarely
+  meet strict mode's rules.
+- History: an assistant turn with calls is one message, `content` its text
+  or null and `tool_calls: [{id, type: "function", function: {name,
+  arguments: <JSON text>}}]`; each result is its own `{"role": "tool",
+  "tool_call_id", "content"}` message, and a user text after results its
+  own user message, in the order they came.
+- Streamed calls arrive as `delta.tool_calls[]` fragments keyed by `index`:
+  the first fragment of an index has `id`, `type` and `function.name`, later
+  ones only `function.arguments` pieces, joined in order; fragments of
+  several indexes may interleave, text may come first. A call is whole only
+  when its choice has a `finish_reason` (or, failing that, at `[DONE]`):
+  the calls are yielded then, in index order, and the stop reason is
+  `tool_use` (also where a server said "stop", or nothing). Lenient for
+  compatible servers:
+  arguments whole in one fragment (or as an object), an `id` or `name` repeated
+  on every fragment, no `index` (a new `id` starts the next call), the same
+  `index` reused with a new `id` (Ollama's parallel calls), no `id` at all
+  (one is made up).
+- Response schema: `response_format: {"type": "json_schema", "json_schema":
+  {name, schema, strict}}`. `strict: true` is sent only when the schema
+  meets strict mode's rules (`_strict_ok`); OpenAI refuses a strict schema
+  that does not, so any other schema goes without `strict` and the model is
+  guided, not held, by it (the reply is validated at the end anyway).
+  OpenAI takes tools and a response schema in one request.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+import json
+import re
+import uuid
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
+from ..tools import NamedTool, ToolCall, ToolChoice, ToolSpec, parse_arguments
 from .base import (
     Event,
     HttpProvider,
+    Message,
     Prompt,
     ProviderError,
     StopReason,
     StreamEnd,
     TextDelta,
     ThinkingDelta,
+    ToolResult,
     Usage,
-    merged_turns,
+    conversation,
     normalised_stop_reason,
 )
 from .sse_events import iter_sse, json_object
@@ -39,6 +80,23 @@ _STOP_REASONS: dict[str, StopReason] = {
     "function_call": "tool_use",
     "content_filter": "content_filter",
 }
+
+# `json_schema.name`: "a-z, A-Z, 0-9, or underscores and dashes, at most 64".
+_SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+# Keywords strict mode refuses (OpenAI's Structured Outputs guide, "Supported
+# schemas"), and those it leaves out of its supported list: a schema with any of
+# them is sent without `strict`.
+_NOT_STRICT = frozenset(
+    {
+        "allOf", "oneOf", "not", "if", "then", "else",
+        "dependentRequired", "dependentSchemas", "dependencies",
+        "patternProperties", "unevaluatedProperties", "propertyNames",
+        "minProperties", "maxProperties", "minLength", "maxLength",
+        "prefixItems", "unevaluatedItems", "contains", "minContains", "maxContains",
+        "uniqueItems", "additionalItems",
+    }
+)  # fmt: skip
 
 
 def _reasoning_effort(budget: int) -> str:
@@ -53,7 +111,8 @@ class OpenAIProvider(HttpProvider):
 
     def _body(self, prompt: Prompt) -> dict[str, Any]:
         messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
-        messages += [{"role": t.role, "content": t.content} for t in merged_turns(prompt.turns)]
+        for message in conversation(prompt.turns):
+            messages += _messages(message)
         body: dict[str, Any] = {
             "model": self.settings.model,
             "messages": messages,
@@ -65,6 +124,12 @@ class OpenAIProvider(HttpProvider):
             body["reasoning_effort"] = _reasoning_effort(self.settings.thinking_budget)
         elif self.settings.temperature is not None:
             body["temperature"] = self.settings.temperature
+        if prompt.tools:
+            body["tools"] = [_tool(tool) for tool in prompt.tools]
+            if prompt.tool_choice != "auto":
+                body["tool_choice"] = _tool_choice(prompt.tool_choice)
+        if prompt.response_schema is not None:
+            body["response_format"] = _response_format(prompt.response_schema)
         return body
 
     async def stream(
@@ -73,6 +138,7 @@ class OpenAIProvider(HttpProvider):
         headers = {"authorization": f"Bearer {self.api_key}", "accept": "text/event-stream"}
         url = f"{self.settings.base_url}/chat/completions"
         model, raw_stop, usage, finished = self.settings.model, None, Usage(), False
+        calls, called = _ToolCalls(), False
         async with self._post(client, url, self._body(prompt), headers) as response:
             async for event in iter_sse(response):
                 if event.data == "[DONE]":
@@ -85,12 +151,115 @@ class OpenAIProvider(HttpProvider):
                 if chunk.get("usage"):
                     usage = _usage(chunk["usage"])
                 for choice in chunk.get("choices") or []:
-                    raw_stop = choice.get("finish_reason") or raw_stop
-                    for delta in _deltas(choice.get("delta") or {}):
-                        yield delta
+                    delta = choice.get("delta") or {}
+                    for text in _deltas(delta):
+                        yield text
+                    calls.add(delta.get("tool_calls"))
+                    if choice.get("finish_reason"):
+                        raw_stop = choice["finish_reason"]
+                        for call in calls.whole():
+                            called = True
+                            yield call
         if not finished:
             raise ProviderError("upstream_incomplete", "stream ended without [DONE]")
-        yield StreamEnd(normalised_stop_reason(raw_stop, _STOP_REASONS), usage, model)
+        for call in calls.whole():  # a server that sent no finish_reason
+            called = True
+            yield call
+        stop = normalised_stop_reason(raw_stop, _STOP_REASONS)
+        if called and stop in (None, "end_turn"):
+            stop = "tool_use"  # servers that say "stop", or nothing, after calls
+        yield StreamEnd(stop, usage, model)
+
+
+# -- the request ----------------------------------------------------------------------------
+
+
+def _tool(tool: ToolSpec) -> dict[str, Any]:
+    function = {"name": tool.name, "description": tool.description, "parameters": tool.parameters}
+    return {"type": "function", "function": function}
+
+
+def _tool_choice(choice: ToolChoice) -> str | dict[str, Any]:
+    if isinstance(choice, NamedTool):
+        return {"type": "function", "function": {"name": choice.name}}
+    return choice
+
+
+def _messages(message: Message) -> list[dict[str, Any]]:
+    """One turn as OpenAI's messages: an assistant message (with its calls), or the
+    user side split into a `role: tool` message per result and user messages for text."""
+    if message.role == "assistant":
+        calls = message.calls
+        if not calls:
+            return [{"role": "assistant", "content": message.text}]
+        return [
+            {
+                "role": "assistant",
+                "content": message.text or None,
+                "tool_calls": [_history_call(call) for call in calls],
+            }
+        ]
+    out: list[dict[str, Any]] = []
+    for part in message.parts:
+        if isinstance(part, ToolResult):
+            out.append({"role": "tool", "tool_call_id": part.call_id, "content": part.content})
+        elif isinstance(part, str):
+            if out and out[-1]["role"] == "user":
+                out[-1]["content"] += f"\n\n{part}"
+            else:
+                out.append({"role": "user", "content": part})
+    return out or [{"role": "user", "content": ""}]
+
+
+def _history_call(call: ToolCall) -> dict[str, Any]:
+    function = {"name": call.name, "arguments": call.arguments_json}
+    return {"id": call.id, "type": "function", "function": function}
+
+
+def _response_format(schema: Mapping[str, Any]) -> dict[str, Any]:
+    title = schema.get("title")
+    name = title if isinstance(title, str) and _SCHEMA_NAME.fullmatch(title) else "response"
+    json_schema: dict[str, Any] = {"name": name, "schema": schema}
+    if _strict_ok(schema):
+        json_schema["strict"] = True
+    return {"type": "json_schema", "json_schema": json_schema}
+
+
+def _strict_ok(schema: Mapping[str, Any]) -> bool:
+    """Whether strict mode takes `schema` as it is: an object at the root (not an
+    anyOf), every object closed (`additionalProperties: false`) with all its
+    properties required, and no keyword outside strict mode's subset."""
+    return _types(schema) == {"object"} and "anyOf" not in schema and _strict_node(schema)
+
+
+def _strict_node(node: Any) -> bool:
+    if not isinstance(node, dict):
+        return False  # a boolean schema, or not a schema: strict mode wants typed schemas
+    if _NOT_STRICT & node.keys():
+        return False
+    properties = node.get("properties", {})
+    if "object" in _types(node) or "properties" in node:
+        if node.get("additionalProperties") is not False or not isinstance(properties, dict):
+            return False
+        if set(node.get("required") or []) != set(properties):
+            return False
+    children: list[Any] = list(properties.values()) if isinstance(properties, dict) else []
+    for key in ("$defs", "definitions"):
+        if isinstance(node.get(key), dict):
+            children += node[key].values()
+    if "items" in node:
+        children.append(node["items"])
+    if isinstance(node.get("anyOf"), list):
+        children += node["anyOf"]
+    return all(_strict_node(child) for child in children)
+
+
+def _types(node: Mapping[str, Any]) -> set[str]:
+    kind = node.get("type")
+    return {kind} if isinstance(kind, str) else set(kind) if isinstance(kind, list) else set()
+
+
+# -- the stream -----------------------------------------------------------------------------
 
 
 def _deltas(delta: dict[str, Any]) -> list[Event]:
@@ -99,10 +268,78 @@ def _deltas(delta: dict[str, Any]) -> list[Event]:
     reasoning = delta.get("reasoning_content") or delta.get("reasoning")
     if isinstance(reasoning, str) and reasoning:
         events.append(ThinkingDelta(reasoning))
-    content = delta.get("content")
-    if isinstance(content, str) and content:
-        events.append(TextDelta(content))
+    for key in ("content", "refusal"):
+        text = delta.get(key)
+        if isinstance(text, str) and text:
+            events.append(TextDelta(text))
     return events
+
+
+@dataclass
+class _PartialCall:
+    index: int
+    id: str | None
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+    def whole(self) -> ToolCall:
+        if not self.name:
+            raise ProviderError("upstream_protocol", f"tool call {self.index} has no name")
+        args, error = parse_arguments("".join(self.arguments))
+        call_id = self.id or f"call_{uuid.uuid4().hex[:24]}"
+        return ToolCall(call_id, self.name, args, args_error=error)
+
+
+class _ToolCalls:
+    """`delta.tool_calls` fragments, joined per call until the choice finishes."""
+
+    def __init__(self) -> None:
+        self._calls: list[_PartialCall] = []  # in the order they started
+        self._by_index: dict[int, _PartialCall] = {}  # the latest call at each index
+
+    def add(self, fragments: Any) -> None:
+        for fragment in fragments if isinstance(fragments, list) else []:
+            if isinstance(fragment, dict):
+                self._add(fragment)
+
+    def whole(self) -> list[ToolCall]:
+        """The calls so far, whole, in index order (and forgotten)."""
+        calls = sorted(self._calls, key=lambda call: call.index)  # stable within an index
+        self._calls, self._by_index = [], {}
+        return [call.whole() for call in calls]
+
+    def _add(self, fragment: dict[str, Any]) -> None:
+        raw_id = fragment.get("id")
+        call_id = raw_id if isinstance(raw_id, str) and raw_id else None
+        raw_index = fragment.get("index")
+        call = self._call(raw_index if isinstance(raw_index, int) else None, call_id)
+        call.id = call.id or call_id
+        function = fragment.get("function")
+        if not isinstance(function, dict):
+            return
+        name = function.get("name")
+        if isinstance(name, str) and name and not call.name:
+            call.name = name
+        arguments = function.get("arguments")
+        if isinstance(arguments, str):
+            call.arguments.append(arguments)
+        elif isinstance(arguments, dict):  # already parsed, on some servers
+            call.arguments.append(json.dumps(arguments, ensure_ascii=False))
+
+    def _call(self, index: int | None, call_id: str | None) -> _PartialCall:
+        """The call a fragment belongs to: the one at its index (or the last one, with
+        no index), unless the fragment names another id, which starts a new call."""
+        if index is None:
+            current = self._calls[-1] if self._calls else None
+            index = current.index + 1 if current else 0
+        else:
+            current = self._by_index.get(index)
+        if current is not None and (call_id is None or current.id in (None, call_id)):
+            return current
+        call = _PartialCall(index, call_id)
+        self._calls.append(call)
+        self._by_index[index] = call
+        return call
 
 
 def _usage(usage: dict[str, Any]) -> Usage:

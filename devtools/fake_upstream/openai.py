@@ -8,17 +8,30 @@ and ``finish_reason``, then - only with ``stream_options.include_usage`` - a chu
 ``"choices": []`` and ``usage`` (every other chunk then carries ``"usage": null``, as the real
 API does), then ``data: [DONE]``. Error event: a ``data: {"error": ...}`` frame. Keep-alive:
 the comment line ``: keep-alive``.
+
+Tool calls (after the text), as the real API streams them: per call, a first
+``delta.tool_calls`` fragment ``{"index", "id", "type": "function", "function": {"name",
+"arguments": ""}}`` (with ``"content": null`` beside it), then one fragment per argument piece
+with only ``index`` and ``function.arguments``; ids in OpenAI's style (``call_`` and 24
+letters and digits) unless the script gives one; the stop reason is then ``tool_calls``.
+A JSON-schema reply (``json``) is plain ``content`` text. Requests the real API refuses with a
+400 are refused here too: a ``tool_choice`` without ``tools``, a tool that is not
+``{"type": "function", "function": {"name", ...}}``, a ``role: tool`` message that answers no
+call of the assistant message before it, and an assistant message whose calls are not each
+answered by the ``role: tool`` messages right after it.
 """
 
 from __future__ import annotations
 
+import random
 import re
+import string
 import time
 import uuid
 from typing import Any
 
 from .base import Format, Frames, Problem, sse
-from .script import Script
+from .script import FakeCall, Script
 
 OPENAI_ERRORS = {  # status -> (type, code)
     400: ("invalid_request_error", None),
@@ -32,7 +45,12 @@ OPENAI_ERRORS = {  # status -> (type, code)
 class OpenAI(Format):
     path = re.compile(r"/v1/chat/completions")
     keepalive = b": keep-alive\n\n"
-    stop_reasons = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
+    stop_reasons = {
+        "end_turn": "stop",
+        "stop_sequence": "stop",
+        "max_tokens": "length",
+        "tool_use": "tool_calls",
+    }
 
     def __init__(self, script: Script, body: dict[str, Any]) -> None:
         super().__init__(script, body)
@@ -46,6 +64,10 @@ class OpenAI(Format):
         if scheme == "Bearer" and key.strip():
             return None
         return 401, "You didn't provide an API key (Authorization: Bearer YOUR_KEY)."
+
+    @classmethod
+    def check(cls, headers: dict[str, str], body: Any, query: dict[str, list[str]]) -> Problem:
+        return super().check(headers, body, query) or _check_tools(body)
 
     @classmethod
     def error_json(cls, status: int, message: str) -> Any:
@@ -74,6 +96,21 @@ class OpenAI(Format):
     def delta(self, kind: str, piece: str) -> Frames:
         return [self._chunk({"reasoning_content" if kind == "thinking" else "content": piece})]
 
+    def tool_call(self, call: FakeCall) -> Frames:
+        call_id = call.id or "call_" + "".join(random.choices(_ID_CHARS, k=24))
+        first = {
+            "index": call.index,
+            "id": call_id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": ""},
+        }
+        frames = [self._chunk({"content": None, "tool_calls": [first]})]
+        for piece in call.pieces:
+            if piece:
+                fragment = {"index": call.index, "function": {"arguments": piece}}
+                frames.append(self._chunk({"tool_calls": [fragment]}))
+        return frames
+
     def finish(self) -> Frames:
         frames = [self._chunk({}, self.stop_reason)]
         if self.include_usage:
@@ -89,3 +126,51 @@ class OpenAI(Format):
 
     def error(self, framed: bool) -> Frames:
         return [sse({"error": {"message": "The server had an error", "type": "server_error"}})]
+
+
+_ID_CHARS = string.ascii_letters + string.digits
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _check_tools(body: dict[str, Any]) -> Problem:
+    """The tool-related 400s of the real API (its own wording, where we know it)."""
+    tools = body.get("tools")
+    if "tool_choice" in body and not tools:
+        return 400, (
+            "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' "
+            "are specified."
+        )
+    for i, tool in enumerate(tools if isinstance(tools, list) else []):
+        tool = tool if isinstance(tool, dict) else {}
+        function = tool.get("function")
+        if tool.get("type") != "function" or not isinstance(function, dict):
+            return 400, f"Invalid value for 'tools[{i}]': expected a function tool."
+        if not _TOOL_NAME.fullmatch(str(function.get("name", ""))):
+            return 400, f"Invalid 'tools[{i}].function.name': string does not match pattern."
+    return _check_tool_messages(body["messages"])
+
+
+def _check_tool_messages(messages: list[Any]) -> Problem:
+    waiting: list[str] = []  # ids of the last assistant message's calls not yet answered
+    for i, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role == "tool":
+            if message.get("tool_call_id") not in waiting:
+                return 400, (
+                    f"Invalid parameter: messages with role 'tool' must be a response to a "
+                    f"preceeding message with 'tool_calls'. (messages[{i}])"
+                )
+            waiting.remove(message["tool_call_id"])
+            continue
+        if waiting:
+            return 400, (
+                "An assistant message with 'tool_calls' must be followed by tool messages "
+                "responding to each 'tool_call_id'. The following tool_call_ids did not have "
+                f"response messages: {', '.join(waiting)}"
+            )
+        if role == "assistant":
+            calls = message.get("tool_calls") or []
+            waiting = [call.get("id") for call in calls if isinstance(call, dict)]
+    if waiting:
+        return 400, f"tool_call_ids did not have response messages: {', '.join(waiting)}"
+    return None

@@ -1,0 +1,570 @@
+"""OpenAI's own side of tools and structured output (CONTRACT §11), over real HTTP.
+
+What every provider must do with tools is tested once for all four elsewhere; here
+is what only the Chat Completions format does, against devtools.fake_upstream:
+- recorded streams (tests/fixtures/openai/tool_*.sse, written by hand in the wire
+  format of OpenAI and of compatible servers: Ollama's /v1, vLLM-style interleaving,
+  ids repeated on every fragment) replayed cut at awkward places and one byte a read;
+- the requests we send, field by field against OpenAI's documented shapes: `tools`,
+  `tool_choice`, tool turns in the history, `response_format` with `strict` only for
+  schemas strict mode takes;
+- the fake's own `tool_call` frames decoded by the real provider, whole and in 3-byte
+  pieces, and the 400s the fake answers where the real API refuses a request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from assistant.providers.base import Prompt, StreamEnd, TextDelta, Usage
+from assistant.providers.openai import OpenAIProvider
+from assistant.request import Turn
+from assistant.tools import NO_ARGUMENTS, NamedTool, ToolCall, ToolChoice, ToolSpec
+from devtools.fake_upstream import FakeUpstream, Script
+
+from .provider_cases import OPENAI as CASE
+from .provider_support import (
+    FAKE_MODEL,
+    awkward_sse_chunks,
+    one_byte_reads,
+    split_at,
+    stream_events,
+)
+from .provider_support import upstream_fixture as upstream_fixture  # the `upstream` fixture
+
+run_provider = functools.partial(stream_events, OpenAIProvider)
+
+WEATHER = ToolSpec(
+    "get_weather",
+    "The weather in a city.",
+    {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+)
+TIME = ToolSpec("get_time", "The time now.", NO_ARGUMENTS)
+HI = Prompt(system=None, turns=(Turn("user", "hi"),))
+TOOLS = dataclasses.replace(HI, tools=(WEATHER, TIME))
+
+NOT_JSON = "arguments are not valid JSON: "
+
+
+def usage(prompt: int, completion: int, reasoning: int | None = 0) -> Usage:
+    return Usage(prompt, completion, reasoning)
+
+
+def body_for(upstream: FakeUpstream, prompt: Prompt) -> dict[str, Any]:
+    """The body the provider sent for `prompt` (the fake answered it with a 200)."""
+    events, error = run_provider(CASE.settings(upstream.url), prompt)
+    assert error is None and isinstance(events[-1], StreamEnd)
+    body = upstream.requests[-1].body
+    assert body is not None
+    return body
+
+
+# -- recorded streams -------------------------------------------------------------------------
+
+REPLAYS: dict[str, list[Any]] = {
+    # The role chunk carries the first fragment (content null); "Zü" is cut in UTF-8 too.
+    "tool_call_only.sse": [
+        ToolCall(
+            "call_Xq3T9mZpL2vRk8Wn4Yb7Hc1D",
+            "get_weather",
+            {"city": "Zürich", "unit": "celsius"},
+        ),
+        StreamEnd("tool_use", usage(91, 24), "gpt-4.1-2025-04-14"),
+    ],
+    "tool_text_then_call.sse": [
+        TextDelta("I'll look"),
+        TextDelta(" that up."),
+        ToolCall(
+            "call_pL0sNk2uVw9aRt5cYe3Hq7Jm", "search_docs", {"query": "refund policy", "limit": 3}
+        ),
+        StreamEnd("tool_use", usage(140, 31), "gpt-4o-2024-08-06"),
+    ],
+    "tool_parallel.sse": [
+        ToolCall("call_aB1cD2eF3gH4iJ5kL6mN7oP8", "get_weather", {"city": "Paris"}),
+        ToolCall("call_qR9sT8uV7wX6yZ5aB4cD3eF2", "get_weather", {"city": "Tokyo"}),
+        StreamEnd("tool_use", usage(80, 48), "gpt-4o-2024-08-06"),
+    ],
+    # Index 1 starts first and fragments interleave, two in one delta: index order wins.
+    "tool_interleaved.sse": [
+        TextDelta("Checking both."),
+        ToolCall("call_first", "get_weather", {"city": "Oslo"}),
+        ToolCall("call_second", "get_time", {"zone": "Europe/Oslo"}),
+        StreamEnd("tool_use", usage(60, 30, None), "Qwen/Qwen3-8B"),
+    ],
+    # Cut-short arguments keep the call, with args None; empty arguments are no arguments.
+    "tool_malformed_args.sse": [
+        ToolCall("call_nO0pQ1rS2tU3vW4xY5zA6bC7", "get_time", {}),
+        ToolCall(
+            "call_dE8fG9hI0jK1lM2nO3pQ4rS5",
+            "get_weather",
+            None,
+            args_error=NOT_JSON + "Unterminated string starting at: line 1 column 10 (char 9)",
+        ),
+        StreamEnd("tool_use", usage(77, 20), "gpt-4o-mini-2024-07-18"),
+    ],
+    # Ollama's /v1: each call whole in one fragment; `content: ""` is no text.
+    "tool_ollama_parallel.sse": [
+        ToolCall("call_wteop8bt", "run_command", {"command": "ls"}),
+        ToolCall("call_rk2xye1l", "run_command", {"command": "ls -l"}),
+        StreamEnd("tool_use", Usage(), "qwen2.5-coder:7b-instruct-q8_0"),
+    ],
+    # An older Ollama puts every call at index 0: a new id is a new call.
+    "tool_index_reused.sse": [
+        ToolCall("call_6ghm1x0q", "get_weather", {"city": "Berlin"}),
+        ToolCall("call_u2k9z7dd", "get_weather", {"city": "Rome"}),
+        StreamEnd("tool_use", Usage(), "llama3.1:8b"),
+    ],
+    # id, type and name on every fragment (not joined twice); no finish_reason at all.
+    "tool_id_every_fragment.sse": [
+        ToolCall("D7kq2Lm9X", "search_docs", {"query": "naïve café"}),
+        ToolCall("Zp4Rt8Wc1", "get_time", {}),
+        StreamEnd("tool_use", Usage(), "mistral-small-latest"),
+    ],
+}
+
+
+def arguments_cuts(data: bytes) -> list[bytes]:
+    """`awkward_sse_chunks`, and cut inside the first argument fragment and its escapes."""
+    cuts = set(itertools.accumulate(len(chunk) for chunk in awkward_sse_chunks(data)))
+    at = data.find(b'"arguments":"{')
+    if at >= 0:
+        cuts |= {at + 5, at + 14, at + 15}  # inside the key, between `{` and `\`, after `\`
+    return split_at(data, cuts)
+
+
+def test_every_tool_fixture_has_an_expectation() -> None:
+    on_disk = sorted(path.name for path in CASE.fixtures.glob("tool_*.sse"))
+    assert on_disk == sorted([*REPLAYS, "tool_calls.sse"])  # that one: provider_cases.py
+
+
+@pytest.mark.parametrize("name", REPLAYS)
+@pytest.mark.parametrize("reads", ["awkward", "one_byte"])
+def test_recorded_tool_stream(upstream: FakeUpstream, name: str, reads: str) -> None:
+    data = CASE.fixture(name)
+    chunks = arguments_cuts(data) if reads == "awkward" else one_byte_reads(data)
+    assert b"".join(chunks) == data and len(chunks) >= 4
+    upstream.push(Script(raw=chunks, interval=0.005 if reads == "awkward" else 0))
+    events, error = run_provider(CASE.settings(upstream.url), TOOLS)
+    assert error is None
+    assert events == REPLAYS[name]
+
+
+def test_a_call_is_not_yielded_before_its_choice_finishes(upstream: FakeUpstream) -> None:
+    # Cut before finish_reason and [DONE]: the arguments may be half there, so no call.
+    data = CASE.fixture("tool_text_then_call.sse")
+    cut = data.index(b'"finish_reason":"tool_calls"')
+    upstream.push(Script(raw=[data[: data.rindex(b"data: ", 0, cut)]]))
+    events, error = run_provider(CASE.settings(upstream.url), TOOLS)
+    assert events == [TextDelta("I'll look"), TextDelta(" that up.")]
+    assert error is not None and error.code == "upstream_incomplete"
+
+
+def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return b"data: " + json.dumps({"model": "m", "choices": [choice]}).encode() + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+def test_a_call_without_an_id_gets_one(upstream: FakeUpstream) -> None:
+    fragment = {"index": 0, "function": {"name": "get_time", "arguments": "{}"}}
+    upstream.push(Script(raw=[chunk({"tool_calls": [fragment]}), chunk({}, "tool_calls"), DONE]))
+    events, error = run_provider(CASE.settings(upstream.url), TOOLS)
+    assert error is None
+    call, end = events
+    assert isinstance(call, ToolCall) and (call.name, call.args) == ("get_time", {})
+    assert call.id.startswith("call_") and len(call.id) == 29
+    assert end == StreamEnd("tool_use", Usage(), "m")
+
+
+def test_arguments_given_as_an_object_are_taken(upstream: FakeUpstream) -> None:
+    fragment = {"index": 0, "id": "c1", "function": {"name": "get_weather", "arguments": {"a": 1}}}
+    upstream.push(Script(raw=[chunk({"tool_calls": [fragment]}), chunk({}, "stop"), DONE]))
+    events, error = run_provider(CASE.settings(upstream.url), TOOLS)
+    assert error is None
+    # A server that says "stop" after a call: the reply still stopped to use a tool.
+    assert events == [ToolCall("c1", "get_weather", {"a": 1}), StreamEnd("tool_use", Usage(), "m")]
+
+
+def test_arguments_that_are_json_but_not_an_object(upstream: FakeUpstream) -> None:
+    fragment = {"index": 0, "id": "c1", "function": {"name": "get_weather", "arguments": "[1]"}}
+    upstream.push(Script(raw=[chunk({"tool_calls": [fragment]}), chunk({}, "tool_calls"), DONE]))
+    events, _ = run_provider(CASE.settings(upstream.url), TOOLS)
+    assert events[0] == ToolCall(
+        "c1", "get_weather", None, args_error="arguments are a JSON list, not an object"
+    )
+
+
+def test_a_call_with_no_name_is_a_protocol_error(upstream: FakeUpstream) -> None:
+    fragment = {"index": 0, "id": "c1", "function": {"arguments": "{}"}}
+    upstream.push(Script(raw=[chunk({"tool_calls": [fragment]}), chunk({}, "tool_calls"), DONE]))
+    events, error = run_provider(CASE.settings(upstream.url), TOOLS)
+    assert events == []
+    assert error is not None and error.code == "upstream_protocol"
+
+
+def test_a_length_stop_after_a_call_stays_max_tokens(upstream: FakeUpstream) -> None:
+    fragment = {"index": 0, "id": "c1", "function": {"name": "get_weather", "arguments": '{"ci'}}
+    upstream.push(Script(raw=[chunk({"tool_calls": [fragment]}), chunk({}, "length"), DONE]))
+    events, _ = run_provider(CASE.settings(upstream.url), TOOLS)
+    assert isinstance(events[0], ToolCall) and events[0].args is None
+    assert events[-1] == StreamEnd("max_tokens", Usage(), "m")
+
+
+def test_a_refusal_is_shown_as_text(upstream: FakeUpstream) -> None:
+    # With a response schema, a refusal comes in delta.refusal, not content.
+    frames = [chunk({"role": "assistant", "content": None, "refusal": ""})]
+    frames += [chunk({"refusal": "I'm sorry, "}), chunk({"refusal": "I can't help."}), DONE]
+    upstream.push(Script(raw=frames))
+    events, error = run_provider(CASE.settings(upstream.url), HI)
+    assert error is None
+    assert events[:2] == [TextDelta("I'm sorry, "), TextDelta("I can't help.")]
+
+
+# -- the fake's own tool_call frames ---------------------------------------------------------
+
+SCRIPTED_CALLS = [
+    {"name": "get_weather", "args": {"city": "Zürich", "days": [1, 2]}},
+    {"name": "get_time", "id": "call_given"},
+    {"name": "get_weather", "arguments": '{"city": oops}'},
+]
+
+
+@pytest.mark.parametrize(
+    "split_bytes, text", [(None, "Let me see."), (None, ""), (3, "Let me see.")]
+)
+def test_the_fakes_tool_calls_decode(
+    upstream: FakeUpstream, split_bytes: int | None, text: str
+) -> None:
+    upstream.push(
+        Script(text=text, tool_calls=SCRIPTED_CALLS, arg_piece=9, split_bytes=split_bytes)
+    )
+    events, error = run_provider(CASE.settings(upstream.url), TOOLS)
+    assert error is None
+    *texts, first, second, third, end = events
+    assert texts == ([TextDelta("Let "), TextDelta("me "), TextDelta("see.")] if text else [])
+    assert isinstance(first, ToolCall) and first.id.startswith("call_") and len(first.id) == 29
+    assert first == ToolCall(first.id, "get_weather", {"city": "Zürich", "days": [1, 2]})
+    assert second == ToolCall("call_given", "get_time", {})
+    assert isinstance(third, ToolCall)
+    assert third == ToolCall(
+        third.id,
+        "get_weather",
+        None,
+        args_error=NOT_JSON + "Expecting value: line 1 column 10 (char 9)",
+    )
+    assert end == StreamEnd("tool_use", Usage(12, 3 if text else 0, 0), FAKE_MODEL)
+
+
+def test_the_fakes_frames_have_the_real_shape(upstream: FakeUpstream) -> None:
+    # What the decoder must not depend on either: only the first fragment of an index
+    # has id, type and name.
+    upstream.push(Script(text="", tool_calls=[{"name": "get_weather", "args": {"city": "Oslo"}}]))
+    body = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    response = httpx.post(
+        f"{upstream.url}/v1/chat/completions",
+        json=body,
+        headers={"authorization": "Bearer k"},
+    )
+    chunks = [
+        json.loads(line.removeprefix("data: "))
+        for line in response.text.split("\n\n")
+        if line.startswith("data: {")
+    ]
+    fragments = [c["choices"][0]["delta"].get("tool_calls") for c in chunks if c["choices"]]
+    first, *rest = [f[0] for f in fragments if f]
+    assert set(first) == {"index", "id", "type", "function"}
+    assert first["function"] == {"name": "get_weather", "arguments": ""}
+    assert first["type"] == "function" and first["index"] == 0
+    assert all(
+        f == {"index": 0, "function": {"arguments": f["function"]["arguments"]}} for f in rest
+    )
+    assert "".join(f["function"]["arguments"] for f in rest) == '{"city":"Oslo"}'
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+# -- the request: tools and tool_choice ------------------------------------------------------
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+TIME_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "The time now.",
+        "parameters": {"type": "object", "properties": {}},
+    },
+}
+
+
+@pytest.mark.parametrize(
+    "choice, sent",
+    [
+        pytest.param("auto", None, id="auto-is-the-default-and-not-sent"),
+        pytest.param("none", "none", id="none"),
+        pytest.param("required", "required", id="required"),
+        pytest.param(
+            NamedTool("get_time"),
+            {"type": "function", "function": {"name": "get_time"}},
+            id="named",
+        ),
+    ],
+)
+def test_tools_and_tool_choice(upstream: FakeUpstream, choice: ToolChoice, sent: Any) -> None:
+    body = body_for(upstream, dataclasses.replace(TOOLS, tool_choice=choice))
+    assert body["tools"] == [WEATHER_TOOL, TIME_TOOL]
+    assert body.get("tool_choice") == sent
+    assert ("tool_choice" in body) == (sent is not None)
+    assert "response_format" not in body and "parallel_tool_calls" not in body
+
+
+def test_no_tools_no_tool_fields(upstream: FakeUpstream) -> None:
+    # OpenAI refuses a tool_choice without tools (and so does the fake).
+    body = body_for(upstream, dataclasses.replace(HI, tool_choice="none"))
+    assert body == CASE.default_body
+
+
+# -- the request: tool turns in the history --------------------------------------------------
+
+HISTORY = Prompt(
+    system="Be brief.",
+    tools=(WEATHER, TIME),
+    turns=(
+        Turn("user", "Weather in Paris and Tokyo?"),
+        Turn(
+            "assistant",
+            "Checking both.",
+            tool_calls=(
+                ToolCall("call_1", "get_weather", {"city": "Paris"}),
+                ToolCall("call_2", "get_weather", {"city": "Tökyö"}),
+            ),
+        ),
+        Turn("tool", "18°C, sunny", tool_call_id="call_1", tool_name="get_weather"),
+        Turn("tool", "24°C, rain", tool_call_id="call_2", tool_name="get_weather"),
+        Turn("user", "And the time?"),
+        # No text; earlier arguments that were not JSON go back as {}.
+        Turn(
+            "assistant",
+            "",
+            tool_calls=(ToolCall("call_3", "get_time", None, args_error="not JSON"),),
+        ),
+        Turn("tool", "12:00", tool_call_id="call_3", tool_name="get_time"),
+        Turn("user", "Thanks"),
+    ),
+)
+HISTORY_MESSAGES = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Weather in Paris and Tokyo?"},
+    {
+        "role": "assistant",
+        "content": "Checking both.",
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+            },
+            {
+                "id": "call_2",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Tökyö"}'},
+            },
+        ],
+    },
+    # Two results in a row, each its own message, then the user's text its own.
+    {"role": "tool", "tool_call_id": "call_1", "content": "18°C, sunny"},
+    {"role": "tool", "tool_call_id": "call_2", "content": "24°C, rain"},
+    {"role": "user", "content": "And the time?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_3",
+                "type": "function",
+                "function": {"name": "get_time", "arguments": "{}"},
+            }
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_3", "content": "12:00"},
+    {"role": "user", "content": "Thanks"},
+]
+
+
+def test_tool_turns_in_the_history(upstream: FakeUpstream) -> None:
+    body = body_for(upstream, HISTORY)  # the fake checks results follow their calls
+    assert body["messages"] == HISTORY_MESSAGES
+    assert body["tools"] == [WEATHER_TOOL, TIME_TOOL]
+
+
+def test_history_with_calls_and_no_tools_offered_now(upstream: FakeUpstream) -> None:
+    body = body_for(upstream, dataclasses.replace(HISTORY, tools=()))
+    assert body["messages"] == HISTORY_MESSAGES
+    assert "tools" not in body and "tool_choice" not in body
+
+
+@pytest.mark.parametrize(
+    "turns, refusal",
+    [
+        pytest.param(
+            (
+                Turn("user", "Weather?"),
+                Turn("assistant", "", tool_calls=(ToolCall("call_1", "get_weather", {}),)),
+                Turn("user", "Never mind."),
+            ),
+            "did not have response messages: call_1",
+            id="a-call-never-answered",
+        ),
+        pytest.param(
+            (
+                Turn("user", "Weather?"),
+                Turn("tool", "18°C", tool_call_id="call_9", tool_name="get_weather"),
+                Turn("user", "So?"),
+            ),
+            "must be a response to a preceeding message with 'tool_calls'",
+            id="a-result-of-no-call",
+        ),
+    ],
+)
+def test_the_fake_refuses_what_openai_refuses(
+    upstream: FakeUpstream, turns: tuple[Turn, ...], refusal: str
+) -> None:
+    events, error = run_provider(CASE.settings(upstream.url), Prompt(system=None, turns=turns))
+    assert events == []
+    assert error is not None and (error.code, error.status) == ("upstream_status", 400)
+    assert refusal in error.detail
+
+
+# -- the request: response_format ------------------------------------------------------------
+
+STRICT_OK = {
+    "title": "Weather_report",
+    "type": "object",
+    "properties": {
+        "city": {"type": "string"},
+        "days": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"t": {"type": "number"}, "note": {"type": ["string", "null"]}},
+                "required": ["t", "note"],
+                "additionalProperties": False,
+            },
+        },
+        "where": {"anyOf": [{"$ref": "#/$defs/place"}, {"type": "null"}]},
+    },
+    "required": ["city", "days", "where"],
+    "additionalProperties": False,
+    "$defs": {
+        "place": {
+            "type": "object",
+            "properties": {"lat": {"type": "number"}},
+            "required": ["lat"],
+            "additionalProperties": False,
+        }
+    },
+}
+
+
+def changed(schema: dict[str, Any], path: tuple[str, ...], **changes: Any) -> dict[str, Any]:
+    """A deep copy of `schema` with `changes` made to the object at `path` (None: delete)."""
+    copy = json.loads(json.dumps(schema))
+    node = copy
+    for key in path:
+        node = node[key]
+    for key, value in changes.items():
+        if value is None:
+            node.pop(key, None)
+        else:
+            node[key] = value
+    return copy
+
+
+@pytest.mark.parametrize(
+    "schema, strict",
+    [
+        pytest.param(STRICT_OK, True, id="closed-all-required-with-defs-and-anyOf"),
+        pytest.param(changed(STRICT_OK, (), required=["city"]), False, id="an-optional-property"),
+        pytest.param(
+            changed(STRICT_OK, (), additionalProperties=None), False, id="root-not-closed"
+        ),
+        pytest.param(
+            changed(STRICT_OK, ("properties", "days", "items"), additionalProperties=True),
+            False,
+            id="a-nested-object-open",
+        ),
+        pytest.param(
+            changed(STRICT_OK, ("$defs", "place"), required=[]), False, id="a-def-not-required"
+        ),
+        pytest.param(
+            changed(STRICT_OK, ("properties", "city"), minLength=2),
+            False,
+            id="a-keyword-strict-mode-lacks",
+        ),
+        pytest.param(changed(STRICT_OK, (), allOf=[{"type": "object"}]), False, id="allOf"),
+        pytest.param({"anyOf": [{"type": "object"}, {"type": "string"}]}, False, id="root-anyOf"),
+        pytest.param({"type": "array", "items": {"type": "string"}}, False, id="root-array"),
+    ],
+)
+def test_response_format_is_strict_only_for_schemas_strict_mode_takes(
+    upstream: FakeUpstream, schema: dict[str, Any], strict: bool
+) -> None:
+    body = body_for(upstream, dataclasses.replace(HI, response_schema=schema))
+    json_schema = body["response_format"]["json_schema"]
+    assert body["response_format"]["type"] == "json_schema"
+    assert json_schema["schema"] == schema
+    assert json_schema.get("strict") is (True if strict else None)
+    assert "tools" not in body
+
+
+@pytest.mark.parametrize(
+    "title, name",
+    [("Weather_report", "Weather_report"), ("Weather report", "response"), (None, "response")],
+)
+def test_response_format_name_is_the_schema_title_when_openai_takes_it(
+    upstream: FakeUpstream, title: str | None, name: str
+) -> None:
+    schema = changed(STRICT_OK, (), title=title)
+    body = body_for(upstream, dataclasses.replace(HI, response_schema=schema))
+    assert body["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": name, "schema": schema, "strict": True},
+    }
+
+
+def test_tools_and_a_response_schema_go_together(upstream: FakeUpstream) -> None:
+    assert OpenAIProvider.schema_with_tools
+    prompt = dataclasses.replace(TOOLS, tool_choice="required", response_schema=STRICT_OK)
+    body = body_for(upstream, prompt)
+    assert body["tools"] == [WEATHER_TOOL, TIME_TOOL]
+    assert body["tool_choice"] == "required"
+    assert body["response_format"]["json_schema"]["strict"] is True
+
+
+def test_a_json_reply_streams_as_text(upstream: FakeUpstream) -> None:
+    value = {"city": "Zürich", "days": [], "where": None}
+    upstream.push(Script(json=value, arg_piece=11, split_bytes=3))
+    prompt = dataclasses.replace(HI, response_schema=STRICT_OK)
+    events, error = run_provider(CASE.settings(upstream.url), prompt)
+    assert error is None
+    text = "".join(e.text for e in events if isinstance(e, TextDelta))
+    assert json.loads(text) == value
+    assert events[-1] == StreamEnd("end_turn", Usage(12, len(events) - 1, 0), FAKE_MODEL)
