@@ -6,26 +6,57 @@ on: models without it refuse the flag). The last line has `done: true`,
 `done_reason` and token counts; a stream that ends without it is
 incomplete. `{"error": "..."}` lines arrive with status 200 and are failures.
 Ollama needs no key: it is configured by `OLLAMA_BASE_URL` alone.
+
+Tools (CONTRACT §11):
+- Offered as `tools: [{"type": "function", "function": {name, description,
+  parameters}}]`. Ollama has no tool choice field at all: "required" and a
+  named tool are sent as "auto" (the tools offered, the model free to call
+  one or not); "none" sends no tools, so the model cannot call one.
+- Calls never arrive in fragments: Ollama parses the model's output and
+  sends each call whole, `message.tool_calls: [{"id"?, "function": {"index"?,
+  "name", "arguments"}}]`, in a `done: false` line of its own (several calls
+  may share a line, or come in lines one after another), or, with a model
+  whose parser flushes at the end, in the `done: true` line itself. Each is
+  yielded as it is read, after the text and thinking of its line. Servers
+  since v0.12.10 give an `id` (`call_` and 8 characters); for older ones we
+  make one, unique per reply (and, being random, across replies).
+  `arguments` is an object; a string (some compatible servers) is parsed as
+  streamed argument text, anything else keeps the call with `args_error`.
+  `done_reason` stays "stop" after calls, so a reply that made calls and
+  stopped ends with `tool_use`.
+- History: an assistant turn is `{"role": "assistant", "content", "tool_calls":
+  [{"id", "function": {"index", "name", "arguments": {...}}}]}`; each result is
+  its own `{"role": "tool", "content", "tool_name", "tool_call_id"}` message
+  (older servers read `tool_name` and ignore the id), a user text after results
+  its own user message, in the order they came.
+- Response schema: `format: <the JSON Schema>`. Not alongside tools: Ollama
+  takes both but turns `format` into a grammar that every token must match, so
+  the model can no longer write a call (ollama/ollama#8095, #11037); the tools
+  are sent and the schema is not.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+import uuid
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import httpx
 
+from ..tools import ToolCall, ToolSpec, parse_arguments
 from .base import (
     Event,
     HttpProvider,
+    Message,
     Prompt,
     ProviderError,
     StopReason,
     StreamEnd,
     TextDelta,
     ThinkingDelta,
+    ToolResult,
     Usage,
-    merged_turns,
+    conversation,
     normalised_stop_reason,
 )
 from .ndjson import iter_ndjson
@@ -35,10 +66,13 @@ _STOP_REASONS: dict[str, StopReason] = {"stop": "end_turn", "length": "max_token
 
 class OllamaProvider(HttpProvider):
     name = "ollama"
+    # `format` is a grammar over the whole reply: with it, no call can be written.
+    schema_with_tools = False
 
     def _body(self, prompt: Prompt) -> dict[str, Any]:
         messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
-        messages += [{"role": t.role, "content": t.content} for t in merged_turns(prompt.turns)]
+        for message in conversation(prompt.turns):
+            messages += _messages(message)
         options: dict[str, Any] = {"num_predict": self.settings.max_tokens}
         if self.settings.temperature is not None:
             options["temperature"] = self.settings.temperature
@@ -50,12 +84,20 @@ class OllamaProvider(HttpProvider):
         }
         if self.settings.thinking:
             body["think"] = True
+        # No tool choice field: "required" and {"name"} go as "auto"; "none" offers nothing.
+        if prompt.tools and prompt.tool_choice != "none":
+            body["tools"] = [_declaration(tool) for tool in prompt.tools]
+        # The schema goes only without tools (as the chain reports it: whatever the choice).
+        if prompt.response_schema is not None and (self.schema_with_tools or not prompt.tools):
+            body["format"] = dict(prompt.response_schema)
         return body
 
     async def stream(
         self, client: httpx.AsyncClient, prompt: Prompt
     ) -> AsyncGenerator[Event, None]:
         url = f"{self.settings.base_url}/api/chat"
+        reply = uuid.uuid4().hex[:8]  # our call ids: unique per reply, and across replies
+        calls = 0
         async with self._post(client, url, self._body(prompt), {}) as response:
             async for line in iter_ndjson(response):
                 if "error" in line:
@@ -66,13 +108,87 @@ class OllamaProvider(HttpProvider):
                     yield ThinkingDelta(thinking)
                 if isinstance(content, str) and content:
                     yield TextDelta(content)
+                for call in message.get("tool_calls") or []:
+                    calls += 1
+                    yield _tool_call(call, f"call_{reply}_{calls}")
                 if line.get("done") is True:
                     usage = Usage(
                         input_tokens=line.get("prompt_eval_count"),
                         output_tokens=line.get("eval_count"),
                     )
                     stop = normalised_stop_reason(line.get("done_reason") or "stop", _STOP_REASONS)
+                    if calls and stop == "end_turn":
+                        stop = "tool_use"  # Ollama says "stop" after calls too
                     model = line.get("model") or self.settings.model
                     yield StreamEnd(stop, usage, model)
                     return
         raise ProviderError("upstream_incomplete", "stream ended without done: true")
+
+
+# -- the request ---------------------------------------------------------------------------
+
+
+def _declaration(tool: ToolSpec) -> dict[str, Any]:
+    function = {"name": tool.name, "description": tool.description}
+    return {"type": "function", "function": {**function, "parameters": dict(tool.parameters)}}
+
+
+def _messages(message: Message) -> list[dict[str, Any]]:
+    """One turn as Ollama's messages: an assistant message with its calls, or the user
+    side split into a `tool` message per result and a user message per text."""
+    if message.role == "assistant":
+        rendered: dict[str, Any] = {"role": "assistant", "content": message.text}
+        if message.calls:
+            rendered["tool_calls"] = [
+                {"id": call.id, "function": _function(call, index)}
+                for index, call in enumerate(message.calls)
+            ]
+        return [rendered]
+    if not message.parts:
+        return [{"role": "user", "content": ""}]
+    return [_user_part(part) for part in message.parts]
+
+
+def _function(call: ToolCall, index: int) -> dict[str, Any]:
+    # An earlier call whose arguments were not an object goes back with none.
+    return {"index": index, "name": call.name, "arguments": dict(call.args or {})}
+
+
+def _user_part(part: str | ToolCall | ToolResult) -> dict[str, Any]:
+    if isinstance(part, ToolResult):
+        return {
+            "role": "tool",
+            "content": part.content,
+            "tool_name": part.name,  # what Ollama's templates read
+            "tool_call_id": part.call_id,  # since v0.12.10; older servers ignore it
+        }
+    assert isinstance(part, str)  # conversation() puts calls in assistant turns only
+    return {"role": "user", "content": part}
+
+
+# -- the stream ----------------------------------------------------------------------------
+
+
+def _tool_call(call: Any, our_id: str) -> ToolCall:
+    if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
+        raise ProviderError("upstream_protocol", "a tool call without a function")
+    function: Mapping[str, Any] = call["function"]
+    name, given_id = function.get("name"), call.get("id")
+    args, error = _args(function.get("arguments"))
+    return ToolCall(
+        id=given_id if isinstance(given_id, str) and given_id else our_id,
+        name=name if isinstance(name, str) else "",
+        args=args,
+        args_error=error,
+    )
+
+
+def _args(value: Any) -> tuple[Mapping[str, Any] | None, str | None]:
+    """`arguments` is an object; absent means none. Text is parsed, as other providers'."""
+    if value is None:
+        return {}, None
+    if isinstance(value, dict):
+        return value, None
+    if isinstance(value, str):
+        return parse_arguments(value)
+    return None, f"arguments are a JSON {type(value).__name__}, not an object"
