@@ -520,6 +520,11 @@ def changed(schema: dict[str, Any], path: tuple[str, ...], **changes: Any) -> di
             id="a-keyword-strict-mode-lacks",
         ),
         pytest.param(changed(STRICT_OK, (), allOf=[{"type": "object"}]), False, id="allOf"),
+        pytest.param(
+            changed(STRICT_OK, ("$defs", "place", "properties", "lat"), default=0),
+            False,
+            id="a-default-in-a-def",
+        ),
         pytest.param({"anyOf": [{"type": "object"}, {"type": "string"}]}, False, id="root-anyOf"),
         pytest.param({"type": "array", "items": {"type": "string"}}, False, id="root-array"),
     ],

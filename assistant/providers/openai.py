@@ -94,7 +94,7 @@ _NOT_STRICT = frozenset(
         "patternProperties", "unevaluatedProperties", "propertyNames",
         "minProperties", "maxProperties", "minLength", "maxLength",
         "prefixItems", "unevaluatedItems", "contains", "minContains", "maxContains",
-        "uniqueItems", "additionalItems",
+        "uniqueItems", "additionalItems", "default",
     }
 )  # fmt: skip
 
