@@ -6,32 +6,71 @@ event is kept. `event: error` is a failure even though the status was 200,
 and a stream that ends without `message_stop` is incomplete.
 `message_delta.usage.output_tokens` is cumulative, so it is assigned, never
 added.
+
+Tools (CONTRACT §11). A call streams as its own content block: a
+`content_block_start` of type `tool_use` (id, name, `input: {}`), then
+`input_json_delta` deltas whose `partial_json` fragments are joined (pings
+and other events may come between), then `content_block_stop`: only there is
+the call whole, and it is yielded as one `ToolCall`. Parallel calls are
+several such blocks, in order. Text blocks before or between them stream as
+usual.
+
+Extended thinking with tools. Anthropic wants the thinking blocks of the
+assistant turn that made the calls back, verbatim with their signatures, in
+the next request of the tool loop. We have nowhere to keep them but the call
+itself, so each call's opaque `signature` carries the thinking (and
+redacted_thinking) blocks that came before it in the stream and after the
+previous call: `anthropic:` + base64 of their JSON. Coming back in
+chat_history they are turned into blocks again, ahead of that call's
+`tool_use` (the first call's ahead of the turn's text, where the API wants
+them), and only while thinking is on: a signature that is not ours (a
+Gemini `thoughtSignature`, say) is ignored.
+
+Deliberate choices:
+- Thinking is left off for a request that forces a tool call (`toolChoice`
+  "required" or a name): the API refuses forced tool use with thinking on,
+  and the forced call is what the caller asked for. It is also left off when
+  the tool loop being continued has no thinking blocks to send back (its
+  calls came from another provider, or from a turn made without thinking):
+  the API refuses to switch thinking on in the middle of a tool loop.
+- `toolChoice` "auto" sends no `tool_choice` (the API's default).
+- A tool result and the user's text in one turn: the `tool_result` blocks
+  first, then the text, as the API requires.
+- Tools and `output_config.format` go together in one request (Anthropic
+  takes both), so `schema_with_tools` stays True.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable
+import base64
+import binascii
+import json
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
+from ..tools import NamedTool, ToolCall, parse_arguments
 from .base import (
     Event,
     HttpProvider,
+    Message,
     Prompt,
     ProviderError,
     StopReason,
     StreamEnd,
     TextDelta,
     ThinkingDelta,
+    ToolResult,
     Usage,
-    merged_turns,
+    conversation,
     normalised_stop_reason,
 )
 from .sse_events import iter_sse, json_object
 
 API_VERSION = "2023-06-01"
+SIGNATURE_PREFIX = "anthropic:"  # not in the base64 alphabet: another provider's never starts so
 
 _STOP_REASONS: dict[str, StopReason] = {
     "end_turn": "end_turn",
@@ -43,6 +82,16 @@ _STOP_REASONS: dict[str, StopReason] = {
 
 
 @dataclass
+class _Call:
+    """A tool_use block still streaming its arguments."""
+
+    id: str
+    name: str
+    fragments: list[str] = field(default_factory=list)
+    thinking: list[dict[str, Any]] = field(default_factory=list)  # the blocks before it
+
+
+@dataclass
 class _State:
     model: str
     input_tokens: int | None = None
@@ -50,6 +99,10 @@ class _State:
     stop_reason: str | None = None
     finished: bool = False
     out: list[Event] = field(default_factory=list)
+    # Blocks still open, by index: a thinking block being gathered, or a call.
+    thinking: dict[int, dict[str, Any]] = field(default_factory=dict)
+    calls: dict[int, _Call] = field(default_factory=dict)
+    done_thinking: list[dict[str, Any]] = field(default_factory=list)  # since the last call
 
 
 def _on_message_start(data: dict[str, Any], state: _State) -> None:
@@ -69,23 +122,66 @@ def _input_tokens(usage: dict[str, Any]) -> int | None:
     return sum(counted) if counted else None
 
 
+def _index(data: dict[str, Any]) -> int:
+    index = data.get("index")
+    return index if isinstance(index, int) else -1
+
+
 def _on_block_start(data: dict[str, Any], state: _State) -> None:
     # A block may open with text already in it; usually it is empty.
     block = data.get("content_block") or {}
-    if block.get("type") == "text" and block.get("text"):
+    index = _index(data)
+    kind = block.get("type")
+    if kind == "text" and block.get("text"):
         state.out.append(TextDelta(block["text"]))
-    elif block.get("type") == "thinking" and block.get("thinking"):
-        state.out.append(ThinkingDelta(block["thinking"]))
+    elif kind == "thinking":
+        state.thinking[index] = {
+            "type": "thinking",
+            "thinking": block.get("thinking") or "",
+            "signature": block.get("signature") or "",
+        }
+        if block.get("thinking"):
+            state.out.append(ThinkingDelta(block["thinking"]))
+    elif kind == "redacted_thinking":
+        state.thinking[index] = {"type": "redacted_thinking", "data": block.get("data") or ""}
+    elif kind == "tool_use":
+        call = _Call(str(block.get("id") or ""), str(block.get("name") or ""))
+        given = block.get("input")
+        if isinstance(given, dict) and given:  # arguments whole at the start, not streamed
+            call.fragments.append(json.dumps(given, ensure_ascii=False))
+        state.calls[index] = call
 
 
 def _on_block_delta(data: dict[str, Any], state: _State) -> None:
     delta = data.get("delta") or {}
     kind = delta.get("type")
+    index = _index(data)
     if kind == "text_delta" and delta.get("text"):
         state.out.append(TextDelta(delta["text"]))
     elif kind == "thinking_delta" and delta.get("thinking"):
         state.out.append(ThinkingDelta(delta["thinking"]))
-    # signature_delta, input_json_delta, citations_delta: nothing to show.
+        if index in state.thinking:
+            state.thinking[index]["thinking"] += delta["thinking"]
+    elif kind == "signature_delta" and index in state.thinking:
+        state.thinking[index]["signature"] = delta.get("signature") or ""  # replaces
+    elif kind == "input_json_delta" and index in state.calls:
+        state.calls[index].fragments.append(delta.get("partial_json") or "")
+    # citations_delta and others: nothing to show.
+
+
+def _on_block_stop(data: dict[str, Any], state: _State) -> None:
+    index = _index(data)
+    if index in state.thinking:
+        state.done_thinking.append(state.thinking.pop(index))
+    elif index in state.calls:
+        _emit_call(state.calls.pop(index), state)
+
+
+def _emit_call(call: _Call, state: _State) -> None:
+    args, error = parse_arguments("".join(call.fragments))
+    signature = encode_thinking(state.done_thinking) if state.done_thinking else None
+    state.done_thinking = []
+    state.out.append(ToolCall(call.id, call.name, args, signature, error))
 
 
 def _on_message_delta(data: dict[str, Any], state: _State) -> None:
@@ -96,6 +192,9 @@ def _on_message_delta(data: dict[str, Any], state: _State) -> None:
 
 
 def _on_message_stop(data: dict[str, Any], state: _State) -> None:
+    # A call whose block never closed is still a call the model made: keep it.
+    for index in sorted(state.calls):
+        _emit_call(state.calls.pop(index), state)
     state.finished = True
 
 
@@ -108,31 +207,135 @@ _HANDLERS: dict[str, Callable[[dict[str, Any], _State], None]] = {
     "message_start": _on_message_start,
     "content_block_start": _on_block_start,
     "content_block_delta": _on_block_delta,
+    "content_block_stop": _on_block_stop,
     "message_delta": _on_message_delta,
     "message_stop": _on_message_stop,
     "error": _on_error,
 }
 
 
+# -- thinking blocks carried in a call's signature ------------------------------------------
+
+
+def encode_thinking(blocks: list[dict[str, Any]]) -> str:
+    """Thinking blocks as a ToolCall signature: opaque to everyone but us."""
+    raw = json.dumps(blocks, separators=(",", ":"), ensure_ascii=False).encode()
+    return SIGNATURE_PREFIX + base64.b64encode(raw).decode("ascii")
+
+
+def decode_thinking(signature: str | None) -> list[dict[str, Any]]:
+    """The thinking blocks a signature of ours carries; none for anything else."""
+    if not signature or not signature.startswith(SIGNATURE_PREFIX):
+        return []
+    try:
+        blocks = json.loads(base64.b64decode(signature[len(SIGNATURE_PREFIX) :], validate=True))
+    except (binascii.Error, ValueError):
+        return []
+    if not isinstance(blocks, list):
+        return []
+    return [b for b in blocks if isinstance(b, dict) and _is_thinking_block(b)]
+
+
+def _is_thinking_block(block: dict[str, Any]) -> bool:
+    if block.get("type") == "thinking":
+        return isinstance(block.get("thinking"), str) and isinstance(block.get("signature"), str)
+    return block.get("type") == "redacted_thinking" and isinstance(block.get("data"), str)
+
+
+# -- the request ------------------------------------------------------------------------------
+
+
+def _content(message: Message, thinking: bool) -> str | list[dict[str, Any]]:
+    """A message's content: a plain string when it is only text, else blocks."""
+    if not message.calls and not message.results:
+        return message.text
+    if message.role == "user":
+        # tool_result blocks must come first; the user's text after them.
+        results = [_result_block(result) for result in message.results]
+        texts = [{"type": "text", "text": part} for part in message.parts if isinstance(part, str)]
+        return results + texts
+    leading: list[dict[str, Any]] = []  # thinking must open the message
+    blocks: list[dict[str, Any]] = []
+    for part in message.parts:
+        if isinstance(part, str):
+            blocks.append({"type": "text", "text": part})
+        elif isinstance(part, ToolCall):
+            carried = decode_thinking(part.signature) if thinking else []
+            # The first call's thinking came before everything; a later call's
+            # (interleaved thinking) goes right before it.
+            calls_before = any(block["type"] == "tool_use" for block in blocks)
+            (blocks if calls_before else leading).extend(carried)
+            blocks.append(_tool_use_block(part))
+    return leading + blocks
+
+
+def _result_block(result: ToolResult) -> dict[str, Any]:
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": result.call_id}
+    if result.content:
+        block["content"] = result.content
+    return block
+
+
+def _tool_use_block(call: ToolCall) -> dict[str, Any]:
+    # Arguments that were not JSON when the model sent them go back as none.
+    args = dict(call.args) if call.args is not None else {}
+    return {"type": "tool_use", "id": call.id, "name": call.name, "input": args}
+
+
+def _tool_choice(prompt: Prompt) -> dict[str, Any] | None:
+    choice = prompt.tool_choice
+    if isinstance(choice, NamedTool):
+        return {"type": "tool", "name": choice.name}
+    return {"none": {"type": "none"}, "required": {"type": "any"}}.get(choice)
+
+
+def _forces_a_call(prompt: Prompt) -> bool:
+    return bool(prompt.tools) and (
+        prompt.tool_choice == "required" or isinstance(prompt.tool_choice, NamedTool)
+    )
+
+
+def _open_loop_lacks_thinking(messages: list[Message]) -> bool:
+    """Whether the conversation continues a tool loop whose calls carry no thinking."""
+    if len(messages) < 2 or not messages[-1].results:
+        return False
+    calls = messages[-2].calls
+    return bool(calls) and not decode_thinking(calls[0].signature)
+
+
 class AnthropicProvider(HttpProvider):
     name = "anthropic"
 
     def _body(self, prompt: Prompt) -> dict[str, Any]:
+        messages = conversation(prompt.turns)
+        thinking = (
+            self.settings.thinking
+            and not _forces_a_call(prompt)
+            and not _open_loop_lacks_thinking(messages)
+        )
         body: dict[str, Any] = {
             "model": self.settings.model,
             "max_tokens": self.settings.max_tokens,
             "stream": True,
-            "messages": [
-                {"role": turn.role, "content": turn.content} for turn in merged_turns(prompt.turns)
-            ],
+            "messages": [{"role": m.role, "content": _content(m, thinking)} for m in messages],
         }
         if prompt.system:
             body["system"] = prompt.system
-        if self.settings.thinking:
+        if thinking:
             # Extended thinking takes no temperature; config keeps max_tokens above the budget.
             body["thinking"] = {"type": "enabled", "budget_tokens": self.settings.thinking_budget}
         elif self.settings.temperature is not None:
             body["temperature"] = self.settings.temperature
+        if prompt.tools:
+            body["tools"] = [
+                _tool(spec.name, spec.description, spec.parameters) for spec in prompt.tools
+            ]
+            choice = _tool_choice(prompt)
+            if choice is not None:
+                body["tool_choice"] = choice
+        if prompt.response_schema is not None:
+            format_ = {"type": "json_schema", "schema": prompt.response_schema}
+            body["output_config"] = {"format": format_}
         return body
 
     async def stream(
@@ -161,3 +364,11 @@ class AnthropicProvider(HttpProvider):
         usage = Usage(input_tokens=state.input_tokens, output_tokens=state.output_tokens)
         stop_reason = normalised_stop_reason(state.stop_reason, _STOP_REASONS)
         yield StreamEnd(stop_reason=stop_reason, usage=usage, model=state.model)
+
+
+def _tool(name: str, description: str, parameters: Mapping[str, Any]) -> dict[str, Any]:
+    tool: dict[str, Any] = {"name": name}
+    if description:
+        tool["description"] = description
+    tool["input_schema"] = dict(parameters)
+    return tool

@@ -6,16 +6,30 @@ together with a block's first delta, ``thinking_delta`` pieces then one uncounte
 ``signature_delta``, ``text_delta`` pieces, ``message_delta`` (cumulative ``output_tokens``) and
 ``message_stop``. Error event: ``event: error`` with ``overloaded_error``. Keep-alive:
 ``event: ping``.
+
+Tool calls come after the text, each its own block: ``content_block_start`` of type
+``tool_use`` (``id`` like ``toolu_01`` + 22 letters and digits unless scripted, ``name``,
+``input: {}``), an ``input_json_delta`` with an empty ``partial_json`` and then one per
+fragment, ``content_block_stop``; the stop reason is ``tool_use``. A structured-output reply
+(``json``) is plain text, as from the real API.
+
+Requests the real API refuses with a 400 are refused here too: malformed ``tools`` /
+``tool_choice`` / ``output_config``, a forced ``tool_choice`` (``any``, ``tool``) with thinking
+on, ``tool_result`` blocks that do not come first in their message or answer no ``tool_use`` of
+the message before, ``tool_use`` blocks left without a result in the next message, and, with
+thinking on, a tool loop whose assistant message does not start with a thinking block.
 """
 
 from __future__ import annotations
 
+import random
 import re
+import string
 import uuid
 from typing import Any
 
 from .base import Format, Frames, Problem, sse
-from .script import Script
+from .script import FakeCall, Script
 
 ANTHROPIC_ERROR_TYPES = {
     400: "invalid_request_error",
@@ -31,6 +45,7 @@ ANTHROPIC_BLOCKS = {  # kind -> (content_block, delta type)
     "thinking": ({"type": "thinking", "thinking": ""}, "thinking_delta"),
     "text": ({"type": "text", "text": ""}, "text_delta"),
 }
+THINKING_BLOCKS = ("thinking", "redacted_thinking")
 PING = {"type": "ping"}
 OVERLOADED = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
 
@@ -39,6 +54,7 @@ class Anthropic(Format):
     path = re.compile(r"/v1/messages")
     required = (("model", str), ("messages", list), ("max_tokens", int))
     keepalive = sse(PING, "ping")
+    stop_reasons = {"tool_use": "tool_use"}
 
     def __init__(self, script: Script, body: dict[str, Any]) -> None:
         super().__init__(script, body)
@@ -47,6 +63,14 @@ class Anthropic(Format):
     @classmethod
     def check_auth(cls, headers: dict[str, str], query: dict[str, list[str]]) -> Problem:
         return None if headers.get("x-api-key") else (401, "x-api-key header is required")
+
+    @classmethod
+    def check(cls, headers: dict[str, str], body: Any, query: dict[str, list[str]]) -> Problem:
+        problem = super().check(headers, body, query)
+        if problem:
+            return problem
+        message = _tools_problem(body) or _history_problem(body)
+        return (400, message) if message else None
 
     @classmethod
     def error_json(cls, status: int, message: str) -> Any:
@@ -89,6 +113,17 @@ class Anthropic(Format):
         self.index, self.open = self.index + 1, False
         return frames
 
+    def tool_call(self, call: FakeCall) -> Frames:
+        tool_id = call.id or "toolu_01" + "".join(random.choices(ALPHANUMERIC, k=22))
+        block = {"type": "tool_use", "id": tool_id, "name": call.name, "input": {}}
+        frames = [self._block_event("content_block_start", content_block=block)]
+        for piece in ["", *call.pieces]:
+            delta = {"type": "input_json_delta", "partial_json": piece}
+            frames.append(self._block_event("content_block_delta", delta=delta))
+        frames.append(self._block_event("content_block_stop"))
+        self.index += 1
+        return frames
+
     def finish(self) -> Frames:
         message_delta = {
             "type": "message_delta",
@@ -99,3 +134,86 @@ class Anthropic(Format):
 
     def error(self, framed: bool) -> Frames:
         return [sse(OVERLOADED, "error")]
+
+
+ALPHANUMERIC = string.ascii_letters + string.digits
+
+
+def _tools_problem(body: dict[str, Any]) -> str | None:
+    tools = body.get("tools")
+    if tools is not None and not (
+        isinstance(tools, list)
+        and all(
+            isinstance(tool, dict)
+            and isinstance(tool.get("name"), str)
+            and isinstance(tool.get("input_schema"), dict)
+            for tool in tools
+        )
+    ):
+        return "tools: each tool needs a name and an input_schema object"
+    names = {tool["name"] for tool in tools or []}
+    choice = body.get("tool_choice")
+    if choice is not None:
+        if not tools:
+            return "tool_choice may only be specified while providing tools"
+        if not isinstance(choice, dict) or choice.get("type") not in (
+            "auto",
+            "any",
+            "tool",
+            "none",
+        ):
+            return "tool_choice.type: must be one of auto, any, tool, none"
+        if choice["type"] == "tool" and choice.get("name") not in names:
+            return "tool_choice.name: no tool of that name"
+        thinking = (body.get("thinking") or {}).get("type") == "enabled"
+        if thinking and choice["type"] in ("any", "tool"):
+            return "Thinking may not be enabled when tool_choice forces tool use."
+    output = body.get("output_config")
+    if output is not None:
+        format_ = output.get("format") if isinstance(output, dict) else None
+        if not (
+            isinstance(format_, dict)
+            and format_.get("type") == "json_schema"
+            and isinstance(format_.get("schema"), dict)
+        ):
+            return "output_config.format: expected {type: json_schema, schema: {...}}"
+    return None
+
+
+def _blocks(message: Any, kind: str) -> list[dict[str, Any]]:
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, list):
+        return []
+    return [b for b in content if isinstance(b, dict) and b.get("type") == kind]
+
+
+def _history_problem(body: dict[str, Any]) -> str | None:
+    messages = body["messages"]
+    for number, message in enumerate(messages):
+        results = _blocks(message, "tool_result")
+        content = message.get("content") if isinstance(message, dict) else None
+        if results and content[: len(results)] != results:
+            return f"messages.{number}: tool_result blocks must come first in the content"
+        calls = _blocks(messages[number - 1], "tool_use") if number else []
+        asked = {call.get("id") for call in calls}
+        answered = {result.get("tool_use_id") for result in results}
+        if answered - asked:
+            return (
+                f"messages.{number}: unexpected tool_use_id found in tool_result blocks: "
+                f"{sorted(map(str, answered - asked))[0]}"
+            )
+        if asked - answered:
+            return (
+                f"messages.{number - 1}: tool_use ids were found without tool_result blocks "
+                f"immediately after: {sorted(map(str, asked - answered))[0]}"
+            )
+    thinking = (body.get("thinking") or {}).get("type") == "enabled"
+    if thinking and len(messages) >= 2 and _blocks(messages[-1], "tool_result"):
+        first = (messages[-2].get("content") or [{}])[0]
+        if not (isinstance(first, dict) and first.get("type") in THINKING_BLOCKS):
+            return (
+                f"messages.{len(messages) - 2}.content.0.type: Expected `thinking` or "
+                "`redacted_thinking`, but found another block. When `thinking` is enabled, "
+                "a final `assistant` message must start with a thinking block."
+            )
+    return None

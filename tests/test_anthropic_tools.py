@@ -1,0 +1,638 @@
+"""Anthropic tools and structured output (CONTRACT §11), over real HTTP on loopback.
+
+What all four providers share about tools is tested with them all elsewhere; here is
+what is Anthropic's own:
+- recorded streams (tests/fixtures/anthropic/tool_*.sse and tool_use.sse), replayed
+  through the fake's `raw` script cut at awkward places and one byte a read: `tool_use`
+  blocks with `input_json_delta` fragments (pings between), parallel calls, arguments
+  cut off by max_tokens, thinking blocks carried in the call's signature;
+- the request, field by field as the Messages API documents it: `tools` with
+  `input_schema`, `tool_choice`, `tool_use` / `tool_result` blocks in the history,
+  `output_config.format`, and what extended thinking changes;
+- the fake's own `tool_call` frames decoded by the provider, and the requests the fake
+  refuses as the real API does.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import httpx
+import pytest
+
+from assistant.providers.anthropic import decode_thinking, encode_thinking
+from assistant.providers.base import Event, Prompt, StreamEnd, ThinkingDelta
+from assistant.request import Turn
+from assistant.tools import NamedTool, ToolCall, ToolChoice, ToolSpec, parse_arguments
+from devtools.fake_upstream import FakeUpstream, Script
+
+from .provider_cases import ANTHROPIC as CASE
+from .provider_cases import SONNET, end, texts, thoughts
+from .provider_support import FAKE_MODEL, awkward_sse_chunks, one_byte_reads
+from .provider_support import upstream_fixture as upstream_fixture  # the `upstream` fixture
+
+WEATHER = ToolSpec(
+    "get_weather",
+    "The weather in a city.",
+    {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+)
+CLOCK = ToolSpec("get_time", "", {"type": "object", "properties": {}})
+SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "string"}},
+    "required": ["answer"],
+    "additionalProperties": False,
+}
+OPUS = "claude-opus-4-1-20250805"
+HAIKU = "claude-haiku-4-5-20251001"
+
+
+def ask(
+    text: str = "Weather in Paris?",
+    *history: Turn,
+    tools: tuple[ToolSpec, ...] = (WEATHER, CLOCK),
+    choice: ToolChoice = "auto",
+    schema: dict[str, Any] | None = None,
+) -> Prompt:
+    turns = (*history, Turn("user", text)) if text else history
+    return Prompt(None, turns, tools, choice, schema)
+
+
+def sent(upstream: FakeUpstream, prompt: Prompt, **settings: Any) -> dict[str, Any]:
+    """The body the provider sent for `prompt`, after checking the fake took it."""
+    events, error = CASE.events(upstream.url, prompt, **settings)
+    assert error is None, error.detail if error else None
+    assert isinstance(events[-1], StreamEnd)
+    body = upstream.requests[-1].body
+    assert body is not None
+    return body
+
+
+def call(call_id: str, name: str, args: dict[str, Any] | None, **extra: Any) -> ToolCall:
+    return ToolCall(call_id, name, args, **extra)
+
+
+# -- a. recorded streams ----------------------------------------------------------------------
+
+THINKING_BLOCKS = [
+    {
+        "type": "thinking",
+        "thinking": "The user wants the weather in Zürich. I should call get_weather.",
+        "signature": "EqQBCgIYAhIMzUv9tbFgP1bkKdXcGgyr2aYwS8+9pKxUqaNmQ3mL",
+    },
+    {
+        "type": "redacted_thinking",
+        "data": "EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rLVyIwxtE3rAFBa8cr3qpPkNRj2YfWX"
+        "GmKDxH4mPnZ5sQ7vB8URj2pLmN3kwHOGWDkYvsZ",
+    },
+]
+CUT_ARGUMENTS = '{"path": "notes.md", "text": "Once upon a ti'
+
+REPLAYS: dict[str, list[Event]] = {
+    # Pings between the fragments; "ü" and "°" inside them.
+    "tool_alone.sse": [
+        call("toolu_01NRLabsLyVHZPKxbKvkfSMn", "get_weather", {"city": "Zürich", "unit": "°C"}),
+        end("tool_use", SONNET, 612, 54),
+    ],
+    "tool_use.sse": [
+        *texts("Okay, let's check ", "the weather for San Francisco, CA:"),
+        call("toolu_01T1x1fJ34qAmk2tNTrN7Up6", "get_weather", {"location": "San Francisco, CA"}),
+        end("tool_use", SONNET, 472, 89),
+    ],
+    "tool_parallel.sse": [
+        *texts("I'll check both ", "cities at once."),
+        call("toolu_01CrGWLRgBp4mBVKUGcsCX6D", "get_weather", {"city": "Paris"}),
+        call(
+            "toolu_01Dp3vYcXN2RdJxHs8QKbEyw",
+            "get_time",
+            {"timezone": "Asia/Tokyo", "label": "東京"},
+        ),
+        end("tool_use", SONNET, 803, 121),
+    ],
+    # A tool without parameters (only an empty fragment), then arguments max_tokens cut.
+    "tool_malformed.sse": [
+        call("toolu_01Gx3ZbAqWDCEmT2kYJd7e5N", "list_files", {}),
+        call(
+            "toolu_01T7mQeHw4bNp9sVfKcR2uLj",
+            "write_file",
+            None,
+            args_error=parse_arguments(CUT_ARGUMENTS)[1],
+        ),
+        end("max_tokens", HAIKU, 391, 32),
+    ],
+    # CRLF line ends; a thinking and a redacted_thinking block ride on the call.
+    "tool_thinking_crlf.sse": [
+        *thoughts("The user wants the weather in Zürich.", " I should call get_weather."),
+        *texts("Let me look that up."),
+        call(
+            "toolu_01A09q90qw90lq917835lq9",
+            "get_weather",
+            {"city": "Zürich"},
+            signature=encode_thinking(THINKING_BLOCKS),
+        ),
+        end("tool_use", OPUS, 690, 148),
+    ],
+}
+SPLITS = {"awkward": awkward_sse_chunks, "one-byte": one_byte_reads}
+
+
+@pytest.mark.parametrize("split", SPLITS)
+@pytest.mark.parametrize("name", REPLAYS)
+def test_recorded_tool_stream(upstream: FakeUpstream, name: str, split: str) -> None:
+    data = CASE.fixture(name)
+    chunks = SPLITS[split](data)
+    assert b"".join(chunks) == data and len(chunks) >= 4
+    upstream.push(Script(raw=chunks, interval=0.01 if split == "awkward" else 0))
+
+    events, error = CASE.events(upstream.url, ask())
+
+    assert error is None
+    assert events == REPLAYS[name]
+
+
+def test_the_tool_fixtures_are_what_they_claim() -> None:
+    # Guards against an editor normalising line ends.
+    crlf = CASE.fixture("tool_thinking_crlf.sse")
+    assert crlf.count(b"\n") == crlf.count(b"\r\n") > 10
+    assert parse_arguments(CUT_ARGUMENTS)[0] is None
+
+
+def test_the_thinking_signature_is_opaque_ascii_and_decodes_back() -> None:
+    signature = encode_thinking(THINKING_BLOCKS)
+    assert signature.startswith("anthropic:") and signature.isascii()
+    assert "Zürich" not in signature
+    assert decode_thinking(signature) == THINKING_BLOCKS
+    # Not ours (a Gemini thoughtSignature), or damaged: nothing to send back.
+    for other in (None, "", "CiQBcsjafBkRVsOq1b3Fy2Z9", "anthropic:%%%", "anthropic:e30="):
+        assert decode_thinking(other) == []
+
+
+def test_a_call_whose_block_never_closed_is_still_reported(upstream: FakeUpstream) -> None:
+    frames = CASE.fixture("tool_alone.sse").split(b"\n\n")
+    stop = frames.index(b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}')
+    upstream.push(Script(raw=[b"\n\n".join(frames[:stop] + frames[stop + 1 :])]))
+    events, error = CASE.events(upstream.url, ask())
+    assert error is None and events == REPLAYS["tool_alone.sse"]
+
+
+# -- b. the request ---------------------------------------------------------------------------
+
+
+def test_tools_are_declared_with_input_schema(upstream: FakeUpstream) -> None:
+    body = sent(upstream, ask())
+    assert body["tools"] == [
+        {
+            "name": "get_weather",
+            "description": "The weather in a city.",
+            "input_schema": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+        {
+            "name": "get_time",
+            "input_schema": {"type": "object", "properties": {}},
+        },  # no description
+    ]
+    assert "output_config" not in body
+
+
+@pytest.mark.parametrize(
+    "choice, wire",
+    [
+        ("auto", None),  # the API's default: not sent
+        ("none", {"type": "none"}),
+        ("required", {"type": "any"}),
+        (NamedTool("get_time"), {"type": "tool", "name": "get_time"}),
+    ],
+    ids=["auto", "none", "required", "named"],
+)
+def test_tool_choice(upstream: FakeUpstream, choice: ToolChoice, wire: Any) -> None:
+    body = sent(upstream, ask(choice=choice))
+    assert body.get("tool_choice") == wire
+    assert len(body["tools"]) == 2
+
+
+def test_no_tools_no_tool_fields(upstream: FakeUpstream) -> None:
+    body = sent(upstream, ask(tools=(), choice="none"))
+    assert set(body) == {"model", "max_tokens", "stream", "messages"}
+
+
+def test_history_with_calls_two_results_and_a_user_text(upstream: FakeUpstream) -> None:
+    history = (
+        Turn("user", "Weather and time in Tokyo?"),
+        Turn(
+            "assistant",
+            "Checking both.",
+            tool_calls=(
+                call("toolu_01", "get_weather", {"city": "Tokyo"}),
+                call("toolu_02", "get_time", {}),
+            ),
+        ),
+        Turn("tool", "18 °C, rain", tool_call_id="toolu_01", tool_name="get_weather"),
+        Turn("tool", "09:00", tool_call_id="toolu_02", tool_name="get_time"),
+    )
+    body = sent(upstream, ask("And tomorrow?", *history))
+    assert body["messages"] == [
+        {"role": "user", "content": "Weather and time in Tokyo?"},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "text", "text": "Checking both."},
+                {
+                    "type": "tool_use",
+                    "id": "toolu_01",
+                    "name": "get_weather",
+                    "input": {"city": "Tokyo"},
+                },
+                {"type": "tool_use", "id": "toolu_02", "name": "get_time", "input": {}},
+            ],
+        },
+        {
+            # One user message: both results first, then the user's text.
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_01", "content": "18 °C, rain"},
+                {"type": "tool_result", "tool_use_id": "toolu_02", "content": "09:00"},
+                {"type": "text", "text": "And tomorrow?"},
+            ],
+        },
+    ]
+
+
+def test_a_tool_loop_over_two_rounds(upstream: FakeUpstream) -> None:
+    # A call with no text and malformed arguments, an empty result, a second round, and
+    # the final answer: what the conversation continues from.
+    history = (
+        Turn("user", "Save a note."),
+        Turn("assistant", "", tool_calls=(call("toolu_a", "write_file", None, args_error="x"),)),
+        Turn("tool", "", tool_call_id="toolu_a", tool_name="write_file"),
+        Turn("assistant", "", tool_calls=(call("toolu_b", "list_files", {}),)),
+        Turn("tool", "notes.md", tool_call_id="toolu_b", tool_name="list_files"),
+        Turn("assistant", "Saved as notes.md."),
+    )
+    body = sent(upstream, ask("Thanks!", *history))
+    assert body["messages"] == [
+        {"role": "user", "content": "Save a note."},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "toolu_a", "name": "write_file", "input": {}}],
+        },
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_a"}]},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "toolu_b", "name": "list_files", "input": {}}],
+        },
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": "toolu_b", "content": "notes.md"}],
+        },
+        {"role": "assistant", "content": "Saved as notes.md."},
+        {"role": "user", "content": "Thanks!"},
+    ]
+
+
+def test_the_result_alone_ends_the_conversation(upstream: FakeUpstream) -> None:
+    # The orchestrator sends the results back with no new text of the user's.
+    history = (
+        Turn("user", "Weather in Oslo?"),
+        Turn("assistant", "", tool_calls=(call("toolu_o", "get_weather", {"city": "Oslo"}),)),
+        Turn("tool", "-3 °C", tool_call_id="toolu_o", tool_name="get_weather"),
+    )
+    body = sent(upstream, ask("", *history))
+    assert body["messages"][-1] == {
+        "role": "user",
+        "content": [{"type": "tool_result", "tool_use_id": "toolu_o", "content": "-3 °C"}],
+    }
+
+
+def test_a_response_schema_is_output_config_format(upstream: FakeUpstream) -> None:
+    upstream.push(Script(json={"answer": "Paris"}))
+    events, error = CASE.events(upstream.url, ask(tools=(), schema=SCHEMA))
+    assert error is None
+    assert "".join(e.text for e in events if not isinstance(e, StreamEnd | ToolCall)) == (
+        '{"answer":"Paris"}'
+    )
+    body = upstream.requests[-1].body
+    assert body is not None
+    assert body["output_config"] == {"format": {"type": "json_schema", "schema": SCHEMA}}
+    assert "tools" not in body
+
+
+def test_tools_and_a_response_schema_go_together(upstream: FakeUpstream) -> None:
+    assert CASE.provider_class.schema_with_tools is True  # Anthropic takes both at once
+    body = sent(upstream, ask(choice="required", schema=SCHEMA))
+    assert body["tools"][0]["name"] == "get_weather"
+    assert body["tool_choice"] == {"type": "any"}
+    assert body["output_config"] == {"format": {"type": "json_schema", "schema": SCHEMA}}
+
+
+# -- c. extended thinking with tools ----------------------------------------------------------
+
+THINKING = {"type": "enabled", "budget_tokens": 2048}
+OURS = encode_thinking(THINKING_BLOCKS[:1])
+LATER = [{"type": "thinking", "thinking": "Now the clock.", "signature": "c2lnLTI="}]
+
+
+def loop(*calls: ToolCall, text: str = "Looking it up.") -> tuple[Turn, ...]:
+    """A tool loop to continue: the question, the assistant's calls, their results."""
+    return (
+        Turn("user", "Weather in Zürich?"),
+        Turn("assistant", text, tool_calls=calls),
+        *(Turn("tool", "ok", tool_call_id=c.id, tool_name=c.name) for c in calls),
+    )
+
+
+def test_thinking_stays_on_with_tools_offered(upstream: FakeUpstream) -> None:
+    body = sent(upstream, ask(), thinking=True, temperature=0.5)
+    assert body["thinking"] == THINKING and "temperature" not in body
+    assert "tool_choice" not in body
+
+
+@pytest.mark.parametrize("choice", ["required", NamedTool("get_weather")], ids=str)
+def test_a_forced_call_turns_thinking_off(upstream: FakeUpstream, choice: ToolChoice) -> None:
+    # The API refuses forced tool use with thinking on (the fake too); the call wins.
+    body = sent(upstream, ask(choice=choice), thinking=True, temperature=0.5)
+    assert "thinking" not in body and body["temperature"] == 0.5
+    assert body["tool_choice"]["type"] in ("any", "tool")
+
+
+def test_thinking_blocks_go_back_first_in_the_assistant_turn(upstream: FakeUpstream) -> None:
+    history = loop(call("toolu_z", "get_weather", {"city": "Zürich"}, signature=OURS))
+    body = sent(upstream, ask("", *history), thinking=True)
+    assert body["thinking"] == THINKING
+    assert body["messages"][1] == {
+        "role": "assistant",
+        "content": [
+            THINKING_BLOCKS[0],
+            {"type": "text", "text": "Looking it up."},
+            {
+                "type": "tool_use",
+                "id": "toolu_z",
+                "name": "get_weather",
+                "input": {"city": "Zürich"},
+            },
+        ],
+    }
+
+
+def test_interleaved_thinking_goes_back_before_its_own_call(upstream: FakeUpstream) -> None:
+    history = loop(
+        call(
+            "toolu_1", "get_weather", {"city": "Zürich"}, signature=encode_thinking(THINKING_BLOCKS)
+        ),
+        call("toolu_2", "get_time", {}, signature=encode_thinking(LATER)),
+    )
+    body = sent(upstream, ask("", *history), thinking=True)
+    assert [block["type"] for block in body["messages"][1]["content"]] == [
+        "thinking",
+        "redacted_thinking",
+        "text",
+        "tool_use",
+        "thinking",
+        "tool_use",
+    ]
+    assert body["messages"][1]["content"][4] == LATER[0]
+
+
+@pytest.mark.parametrize(
+    "signature", [None, "CiQBcsjafBkRVsOq1b3Fy2Z9"], ids=["none", "another-providers"]
+)
+def test_a_tool_loop_without_thinking_to_send_back_is_continued_without_thinking(
+    upstream: FakeUpstream, signature: str | None
+) -> None:
+    # The calls came from another provider, or from a turn without thinking: the API
+    # refuses thinking on in that loop (the fake too), so this request goes without.
+    history = loop(call("toolu_g", "get_weather", {"city": "Zürich"}, signature=signature))
+    body = sent(upstream, ask("", *history), thinking=True)
+    assert "thinking" not in body
+    assert [block["type"] for block in body["messages"][1]["content"]] == ["text", "tool_use"]
+
+
+def test_thinking_off_sends_no_thinking_blocks(upstream: FakeUpstream) -> None:
+    history = loop(call("toolu_z", "get_weather", {"city": "Zürich"}, signature=OURS))
+    body = sent(upstream, ask("", *history))
+    assert "thinking" not in body
+    assert [block["type"] for block in body["messages"][1]["content"]] == ["text", "tool_use"]
+
+
+def test_thinking_is_carried_from_one_request_to_the_next(upstream: FakeUpstream) -> None:
+    # The fake's thinking ends with signature "fake-sig"; the call carries the block, and
+    # the next request of the loop hands it back whole, which the fake checks.
+    upstream.push(
+        Script(
+            thinking=["Plan: ", "ask the tool."],
+            tokens=["Checking."],
+            tool_calls=[{"name": "get_weather", "args": {"city": "Oslo"}}],
+        )
+    )
+    events, error = CASE.events(upstream.url, ask("Weather in Oslo?"), thinking=True)
+    assert error is None
+    made = events[-2]
+    assert isinstance(made, ToolCall) and made.args == {"city": "Oslo"}
+    assert [e.text for e in events if isinstance(e, ThinkingDelta)] == ["Plan: ", "ask the tool."]
+    block = {"type": "thinking", "thinking": "Plan: ask the tool.", "signature": "fake-sig"}
+    assert decode_thinking(made.signature) == [block]
+
+    history = (
+        Turn("user", "Weather in Oslo?"),
+        Turn("assistant", "Checking.", tool_calls=(made,)),
+        Turn("tool", "-3 °C", tool_call_id=made.id, tool_name=made.name),
+    )
+    body = sent(upstream, ask("", *history), thinking=True)
+    assert body["thinking"] == THINKING
+    assert body["messages"][1]["content"][0] == block
+
+
+def test_thinking_with_a_response_schema(upstream: FakeUpstream) -> None:
+    body = sent(upstream, ask(tools=(), schema=SCHEMA), thinking=True)
+    assert body["thinking"] == THINKING
+    assert body["output_config"]["format"]["schema"] == SCHEMA
+
+
+# -- d. the fake's own tool_call frames -------------------------------------------------------
+
+WEATHER_CALL = {"name": "get_weather", "args": {"city": "Zürich", "note": "≈ 5 °C?"}}
+
+
+@pytest.mark.parametrize("split_bytes", [None, 3], ids=["whole-frames", "3-byte-pieces"])
+def test_the_fakes_calls_decoded(upstream: FakeUpstream, split_bytes: int | None) -> None:
+    upstream.push(
+        Script(
+            tokens=["Let me ", "check."],
+            tool_calls=[
+                {**WEATHER_CALL, "id": "toolu_fixed"},
+                {"name": "get_time"},
+                {"name": "write_file", "arguments": '{"path": "a.md", "text": "cut'},
+            ],
+            arg_piece=4,
+            split_bytes=split_bytes,
+        )
+    )
+    events, error = CASE.events(upstream.url, ask())
+    assert error is None
+    *head, weather, clock, broken, finish = events
+    assert head == texts("Let me ", "check.")
+    assert weather == ToolCall("toolu_fixed", "get_weather", WEATHER_CALL["args"])
+    assert isinstance(clock, ToolCall) and (clock.name, clock.args, clock.args_error) == (
+        "get_time",
+        {},
+        None,
+    )
+    assert isinstance(broken, ToolCall) and broken.args is None
+    assert broken.args_error == parse_arguments('{"path": "a.md", "text": "cut')[1]
+    assert finish == end("tool_use", FAKE_MODEL, 12, 2)
+
+
+def test_the_fakes_call_alone_with_made_up_ids(upstream: FakeUpstream) -> None:
+    upstream.push(Script(tokens=[], tool_calls=[WEATHER_CALL, WEATHER_CALL]))
+    events, error = CASE.events(upstream.url, ask())
+    assert error is None
+    first, second, finish = events
+    assert isinstance(first, ToolCall) and isinstance(second, ToolCall)
+    for made in (first, second):
+        assert re.fullmatch(r"toolu_01[A-Za-z0-9]{22}", made.id)
+        assert (made.name, made.args, made.signature) == ("get_weather", WEATHER_CALL["args"], None)
+    assert first.id != second.id
+    assert finish == end("tool_use", FAKE_MODEL, 12, 0)
+
+
+def test_the_fakes_tool_use_block_on_the_wire(upstream: FakeUpstream) -> None:
+    upstream.push(
+        Script(tokens=["Hi."], tool_calls=[{**WEATHER_CALL, "id": "toolu_w"}], arg_piece=10)
+    )
+    with httpx.stream(
+        "POST", f"{upstream.url}/v1/messages", json=sent_body(), headers={"x-api-key": "k"}
+    ) as response:
+        raw = response.read().decode()
+    events = [block.split("\ndata: ", 1) for block in raw.strip().split("\n\n")]
+    tool_frames = [(name[len("event: ") :], data) for name, data in events if '"index":1' in data]
+    arguments = json.dumps(WEATHER_CALL["args"], separators=(",", ":"))  # as the fake writes it
+    pieces = [arguments[i : i + 10] for i in range(0, len(arguments), 10)]
+    assert tool_frames == [
+        (
+            "content_block_start",
+            '{"type":"content_block_start","index":1,"content_block":'
+            '{"type":"tool_use","id":"toolu_w","name":"get_weather","input":{}}}',
+        ),
+        *(
+            (
+                "content_block_delta",
+                '{"type":"content_block_delta","index":1,"delta":'
+                f'{{"type":"input_json_delta","partial_json":{piece}}}}}',
+            )
+            for piece in ['""', *(json.dumps(piece, ensure_ascii=False) for piece in pieces)]
+        ),
+        ("content_block_stop", '{"type":"content_block_stop","index":1}'),
+    ]
+    assert '"stop_reason":"tool_use"' in raw
+
+
+def sent_body(**changes: Any) -> dict[str, Any]:
+    return {
+        "model": "claude-test",
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": "hi"}],
+        **changes,
+    }
+
+
+# -- e. what the fake refuses, as the real API does -------------------------------------------
+
+TOOLS = [{"name": "get_weather", "input_schema": {"type": "object"}}]
+ASSISTANT_CALL = {
+    "role": "assistant",
+    "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}],
+}
+RESULT = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "ok"}
+HI = {"role": "user", "content": "hi"}
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"tool_choice": {"type": "any"}}, "tool_choice may only be specified while providing"),
+        ({"tools": [{"name": "x"}]}, "input_schema"),
+        ({"tools": TOOLS, "tool_choice": {"type": "tool", "name": "nope"}}, "no tool of that"),
+        (
+            {"tools": TOOLS, "tool_choice": {"type": "any"}, "thinking": THINKING},
+            "Thinking may not be enabled when tool_choice forces tool use.",
+        ),
+        ({"output_config": {"format": {"type": "json"}}}, "output_config.format"),
+        (
+            {
+                "messages": [
+                    HI,
+                    ASSISTANT_CALL,
+                    {"role": "user", "content": [{"type": "text", "text": "x"}, RESULT]},
+                ]
+            },
+            "tool_result blocks must come first",
+        ),
+        ({"messages": [HI, ASSISTANT_CALL, HI]}, "tool_use ids were found without tool_result"),
+        (
+            {
+                "messages": [
+                    HI,
+                    {"role": "assistant", "content": "x"},
+                    {"role": "user", "content": [RESULT]},
+                ]
+            },
+            "unexpected tool_use_id",
+        ),
+        (
+            {
+                "thinking": THINKING,
+                "messages": [HI, ASSISTANT_CALL, {"role": "user", "content": [RESULT]}],
+            },
+            "must start with a thinking block",
+        ),
+    ],
+    ids=[
+        "choice-without-tools",
+        "tool-without-schema",
+        "unknown-named-tool",
+        "forced-with-thinking",
+        "bad-output-config",
+        "result-not-first",
+        "call-without-result",
+        "result-without-call",
+        "loop-without-thinking",
+    ],
+)
+def test_the_fake_refuses_what_the_api_refuses(
+    upstream: FakeUpstream, changes: dict[str, Any], message: str
+) -> None:
+    response = httpx.post(
+        f"{upstream.url}/v1/messages", json=sent_body(**changes), headers={"x-api-key": "k"}
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and message in error["message"]
+
+
+def test_the_fake_takes_a_well_formed_tool_loop(upstream: FakeUpstream) -> None:
+    thinking_first = {
+        "role": "assistant",
+        "content": [*THINKING_BLOCKS, *ASSISTANT_CALL["content"]],
+    }
+    for messages, extra in [
+        (
+            [
+                HI,
+                ASSISTANT_CALL,
+                {"role": "user", "content": [RESULT, {"type": "text", "text": "x"}]},
+            ],
+            {},
+        ),
+        ([HI, thinking_first, {"role": "user", "content": [RESULT]}], {"thinking": THINKING}),
+    ]:
+        body = sent_body(messages=messages, tools=TOOLS, tool_choice={"type": "auto"}, **extra)
+        with httpx.stream(
+            "POST", f"{upstream.url}/v1/messages", json=body, headers={"x-api-key": "k"}
+        ) as response:
+            assert response.status_code == 200
+            response.read()
