@@ -1,0 +1,305 @@
+// vac-stream.js: the reference client for the VAC assistant's SSE replies.
+//
+// A dependency-free ES module for browsers and Node.js 20+ (anything with
+// `fetch`, `ReadableStream` and `TextDecoder`). See clients/js/README.md.
+//
+//   import {streamReply} from "./vac-stream.js";
+//   const result = await streamReply({
+//     url: "http://127.0.0.1:1956/vac/assistant/demo/sse",
+//     body: {user_input: "What is SSE?"},
+//     token,                                  // optional Firebase ID token
+//     signal: controller.signal,              // optional: controller.abort() stops the reply
+//     onChunk: (text, {traceId}) => { ... },
+//     onFinal: ({answer, metadata, traceId}) => { ... },
+//     onError: ({error, code, partial, metadata, status, traceId}) => { ... },
+//   });
+//
+// Deliberate choices (keep them):
+// - One request, never re-sent. There is no reconnect and no retry of any
+//   kind: a second POST would generate (and bill) a second, different reply.
+//   `retry:` and `id:` fields are parsed and ignored. Retrying (say, once
+//   after a 401 with a refreshed token) is the caller's decision.
+// - The stream is closed as soon as `data: [DONE]` arrives.
+// - SSE is parsed as the WHATWG HTML standard says (section 9.2.6): lines end
+//   at CRLF, LF or CR (never at U+2028 or other Unicode breaks), anywhere
+//   across reads, also between the CR and the LF of a CRLF; `data:` lines of
+//   one event are joined with "\n"; comment lines (`: ping`) are ignored; an
+//   event cut off by the end of the stream is dropped. UTF-8 is decoded in
+//   streaming mode, so a character split across reads survives.
+// - Exactly one of onFinal / onError is called per request, unless the
+//   caller aborts (then neither: the promise resolves with outcome "aborted").
+// - A callback that throws stops the stream: the connection is closed and the
+//   promise rejects with that exception.
+
+/**
+ * @typedef {object} OpenInfo
+ * @property {number} status   HTTP status of the response (200 when streaming)
+ * @property {string|null} traceId  the response's X-Trace-Id header
+ * @property {Headers} headers the response headers (CORS exposes only X-Trace-Id)
+ */
+
+/**
+ * @typedef {object} ChunkInfo
+ * @property {string|null} traceId
+ */
+
+/**
+ * @typedef {object} FinalReply
+ * @property {string} answer    the whole text, thinking tags included
+ * @property {Record<string, any>} metadata  see docs/API.md (trace_id, thinking_content, usage, ...)
+ * @property {string|null} traceId
+ */
+
+/**
+ * @typedef {object} ReplyError
+ * @property {string} error     a message safe to show
+ * @property {string} code      the server's code (`invalid_request`, `providers_failed`, ...) or,
+ *   from this client: `network_error` (no response), `http_error` (an error status without our
+ *   JSON body), `bad_frame` (a data line that is not JSON), `stream_ended` (the connection
+ *   closed before a terminal frame)
+ * @property {string} partial   text shown before the failure ("" before the stream)
+ * @property {Record<string, any>|null} metadata  the error frame's metadata (null before the stream)
+ * @property {number} status    HTTP status (0 when no response arrived)
+ * @property {string|null} traceId  X-Trace-Id, or the error body's trace_id
+ */
+
+/**
+ * @typedef {object} StreamResult
+ * @property {"final"|"error"|"aborted"} outcome
+ * @property {number} status
+ * @property {string|null} traceId
+ * @property {string} text     the chunks received, joined
+ */
+
+/**
+ * @typedef {object} StreamOptions
+ * @property {string} url      the full endpoint URL, e.g. `${base}/vac/assistant/${id}/sse`
+ * @property {Record<string, any>} body  the request body (sent as JSON)
+ * @property {string} [token]  a bearer token (Firebase ID token); sent as `Authorization`
+ * @property {AbortSignal} [signal]  aborting it closes the connection (the server then stops
+ *   the model)
+ * @property {Record<string, string>} [headers]  extra request headers
+ * @property {(info: OpenInfo) => void} [onOpen]  the response headers arrived
+ * @property {(text: string, info: ChunkInfo) => void} [onChunk]  one `{"chunk"}` frame
+ * @property {(reply: FinalReply) => void} [onFinal]  the final `{"answer", "metadata"}` frame
+ * @property {(error: ReplyError) => void} [onError]  an error frame, or an error before the stream
+ * @property {typeof fetch} [fetch]  the fetch to use (default: the global one)
+ */
+
+const DONE = "[DONE]";
+
+/**
+ * An incremental SSE parser (WHATWG rules). Feed it decoded text in pieces of any size;
+ * it calls `onEvent({data, event, id})` for each complete event.
+ */
+export class SseParser {
+  /** @param {(event: {data: string, event: string, id: string}) => void} onEvent */
+  constructor(onEvent) {
+    this.onEvent = onEvent;
+    this.buffer = "";
+    this.skipLf = false; // the last piece ended with CR: an LF that starts the next one is its pair
+    this.data = [];
+    this.eventType = "";
+    this.lastEventId = "";
+  }
+
+  /** @param {string} text */
+  feed(text) {
+    if (!text) return;
+    let start = 0;
+    if (this.skipLf) {
+      this.skipLf = false;
+      if (text[0] === "\n") start = 1;
+    }
+    const buffer = this.buffer + text.slice(start);
+    const eol = /\r\n|\r|\n/g;
+    let from = 0;
+    let match;
+    while ((match = eol.exec(buffer)) !== null) {
+      if (match[0] === "\r" && match.index === buffer.length - 1) {
+        this.skipLf = true; // its LF, if any, comes with the next piece
+      }
+      this.line(buffer.slice(from, match.index));
+      from = eol.lastIndex;
+    }
+    this.buffer = buffer.slice(from);
+  }
+
+  /** The stream ended: an event without its blank line is dropped, as the standard says. */
+  end() {
+    this.buffer = "";
+    this.data = [];
+    this.eventType = "";
+  }
+
+  /** @param {string} line */
+  line(line) {
+    if (line === "") {
+      this.dispatch();
+      return;
+    }
+    if (line[0] === ":") return; // a comment: `: ping`
+    const colon = line.indexOf(":");
+    const field = colon === -1 ? line : line.slice(0, colon);
+    let value = colon === -1 ? "" : line.slice(colon + 1);
+    if (value[0] === " ") value = value.slice(1);
+    if (field === "data") this.data.push(value);
+    else if (field === "event") this.eventType = value;
+    else if (field === "id" && !value.includes("\0")) this.lastEventId = value;
+    // `retry` and unknown fields are ignored: this client never reconnects.
+  }
+
+  dispatch() {
+    const data = this.data;
+    const event = this.eventType || "message";
+    this.data = [];
+    this.eventType = "";
+    if (data.length === 0) return;
+    this.onEvent({data: data.join("\n"), event, id: this.lastEventId});
+  }
+}
+
+/**
+ * POST one request and stream its reply into the callbacks.
+ *
+ * @param {StreamOptions} options
+ * @returns {Promise<StreamResult>} resolves when the stream ended (after the terminal frame,
+ *   an error, or an abort); rejects only when a callback throws
+ */
+export async function streamReply(options) {
+  const {url, body, token, signal, onOpen, onChunk, onFinal, onError} = options;
+  const fetchImpl = options.fetch ?? globalThis.fetch;
+  const headers = {
+    "Content-Type": "application/json",
+    Accept: "text/event-stream",
+    ...options.headers,
+  };
+  if (token) headers.Authorization = `Bearer ${token}`;
+
+  /** @type {StreamResult} */
+  const result = {outcome: "error", status: 0, traceId: null, text: ""};
+  /** @param {Partial<ReplyError> & {error: string, code: string}} fields */
+  const fail = (fields) => {
+    result.outcome = "error";
+    onError?.({partial: result.text, metadata: null, status: result.status,
+      traceId: result.traceId, ...fields});
+    return result;
+  };
+  const aborted = () => {
+    result.outcome = "aborted";
+    return result;
+  };
+
+  let response;
+  try {
+    response = await fetchImpl(url, {
+      method: "POST",
+      headers,
+      body: JSON.stringify(body),
+      signal,
+      cache: "no-store",
+    });
+  } catch (exc) {
+    if (signal?.aborted) return aborted();
+    return fail({error: `no response from the service (${describe(exc)})`, code: "network_error"});
+  }
+  result.status = response.status;
+  result.traceId = response.headers.get("X-Trace-Id");
+  onOpen?.({status: response.status, traceId: result.traceId, headers: response.headers});
+
+  const type = response.headers.get("Content-Type") ?? "";
+  if (!response.ok || !type.startsWith("text/event-stream")) {
+    return readJsonReply(response, result, signal, onFinal, fail, aborted);
+  }
+
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder("utf-8");
+  let finished = false; // [DONE] seen
+  let terminal = false; // a final or error frame seen
+  const handlers = {
+    chunk: (frame) => {
+      result.text += frame.chunk;
+      onChunk?.(frame.chunk, {traceId: result.traceId});
+    },
+    answer: (frame) => {
+      terminal = true;
+      result.outcome = "final";
+      onFinal?.({answer: frame.answer, metadata: frame.metadata ?? {}, traceId: result.traceId});
+    },
+    error: (frame) => {
+      terminal = true;
+      fail({error: String(frame.error), code: String(frame.code ?? "error"),
+        partial: frame.partial ?? result.text, metadata: frame.metadata ?? null});
+    },
+  };
+  const parser = new SseParser(({data}) => {
+    if (finished) return;
+    if (data === DONE) {
+      finished = true;
+      return;
+    }
+    let frame;
+    try {
+      frame = JSON.parse(data);
+    } catch {
+      terminal = finished = true;
+      fail({error: "the service sent a frame that is not JSON", code: "bad_frame"});
+      return;
+    }
+    const kind = ["chunk", "answer", "error"].find((key) => frame !== null && key in frame);
+    if (kind) handlers[kind](frame);
+  });
+
+  while (!finished) {
+    let read;
+    try {
+      read = await reader.read();
+    } catch (exc) {
+      if (signal?.aborted) return aborted();
+      if (terminal) return result;
+      return fail({error: `the connection broke (${describe(exc)})`, code: "network_error"});
+    }
+    try {
+      if (read.done) {
+        parser.feed(decoder.decode());
+        parser.end();
+        break;
+      }
+      parser.feed(decoder.decode(read.value, {stream: true}));
+    } catch (exc) {
+      await reader.cancel().catch(() => {}); // a callback threw: close the connection
+      throw exc;
+    }
+  }
+  if (finished) await reader.cancel().catch(() => {}); // close the connection now
+  if (!terminal) {
+    return fail({error: "the stream ended before the reply was complete", code: "stream_ended"});
+  }
+  return result;
+}
+
+/** A non-stream response: an error before the stream, or a JSON caller's whole reply. */
+async function readJsonReply(response, result, signal, onFinal, fail, aborted) {
+  let payload = null;
+  try {
+    payload = JSON.parse(await response.text());
+  } catch (exc) {
+    if (signal?.aborted) return aborted();
+  }
+  if (response.ok && payload && typeof payload.answer === "string") {
+    result.outcome = "final";
+    result.text = payload.answer;
+    onFinal?.({answer: payload.answer, metadata: payload.metadata ?? {},
+      traceId: result.traceId});
+    return result;
+  }
+  if (payload && typeof payload.error === "string") {
+    result.traceId = result.traceId ?? payload.trace_id ?? null;
+    return fail({error: payload.error, code: String(payload.code ?? "http_error")});
+  }
+  return fail({error: `the service answered HTTP ${response.status}`, code: "http_error"});
+}
+
+function describe(exc) {
+  return exc instanceof Error ? exc.message : String(exc);
+}

@@ -1,0 +1,139 @@
+// Tests of vac-stream.js in Node.js 20 (`node --test clients/js/`; tests/test_browser.py runs
+// them too). Bodies come from a fetch stand-in that hands out the bytes in pieces cut at awkward
+// places: inside "data:", between CR and LF, inside a UTF-8 character.
+import assert from "node:assert/strict";
+import {test} from "node:test";
+
+import {SseParser, streamReply} from "./vac-stream.js";
+
+const encoder = new TextEncoder();
+
+/** A fetch that answers `body` (bytes cut into `pieces` of these sizes, the rest whole). */
+function fakeFetch(body, {status = 200, type = "text/event-stream", pieces = [], calls = []} = {}) {
+  return async (url, init) => {
+    calls.push({url, init});
+    const bytes = encoder.encode(body);
+    const parts = [];
+    let at = 0;
+    for (const size of pieces) {
+      parts.push(bytes.slice(at, at + size));
+      at += size;
+    }
+    parts.push(bytes.slice(at));
+    const stream = new ReadableStream({
+      pull(controller) {
+        const part = parts.shift();
+        if (part === undefined) controller.close();
+        else controller.enqueue(part);
+      },
+    });
+    return new Response(stream, {status, headers: {"Content-Type": type, "X-Trace-Id": "t-1"}});
+  };
+}
+
+async function collect(body, fetchOptions = {}, extra = {}) {
+  const seen = {chunks: [], final: null, errors: [], traceIds: new Set()};
+  const result = await streamReply({
+    url: "http://service.test/vac/assistant/a/sse",
+    body: {user_input: "hi"},
+    fetch: fakeFetch(body, fetchOptions),
+    onChunk: (text, {traceId}) => {
+      seen.chunks.push(text);
+      seen.traceIds.add(traceId);
+    },
+    onFinal: (reply) => {
+      seen.final = reply;
+      seen.traceIds.add(reply.traceId);
+    },
+    onError: (error) => {
+      seen.errors.push(error);
+      seen.traceIds.add(error.traceId);
+    },
+    ...extra,
+  });
+  return {result, ...seen};
+}
+
+const STREAM =
+  'data: {"chunk":"Ol\u00e9 \ud83d\ude00"}\r\n\r\n' +
+  ": ping\r\n\r\n" +
+  'data: {"chunk":"a\u2028b"}\r\r' +
+  'data: {"answer":"Ol\u00e9 \ud83d\ude00a\u2028b",\ndata: "metadata":{"trace_id":"t-1"}}\n\n' +
+  "data: [DONE]\n\n";
+
+test("every split of the body gives the same frames", async () => {
+  const size = encoder.encode(STREAM).length;
+  for (let cut = 1; cut < size; cut++) {
+    for (const pieces of [[cut], Array(size).fill(1).slice(0, cut)]) {
+      const {result, chunks, final, errors, traceIds} = await collect(STREAM, {pieces});
+      assert.deepEqual(chunks, ["Ol\u00e9 \ud83d\ude00", "a\u2028b"], `cut at ${cut}`);
+      assert.equal(final.answer, "Ol\u00e9 \ud83d\ude00a\u2028b");
+      assert.deepEqual(final.metadata, {trace_id: "t-1"});
+      assert.deepEqual(errors, []);
+      assert.deepEqual([...traceIds], ["t-1"]);
+      assert.equal(result.outcome, "final");
+    }
+  }
+});
+
+test("the parser follows the standard's line and field rules", () => {
+  const events = [];
+  const parser = new SseParser((event) => events.push(event));
+  for (const piece of ["da", "ta:x\r", "\ndata\r", "\r", "\n", ":c\n", "data:  two\n",
+      "event: e\nid: 7\nretry: 10\nfoo: bar\n\n", "\n\n", "data: cut off"]) {
+    parser.feed(piece);
+  }
+  parser.end();
+  assert.deepEqual(events, [
+    {data: "x\n", event: "message", id: ""},
+    {data: " two", event: "e", id: "7"},
+  ]);
+});
+
+test("an error frame goes to onError with its partial text and metadata", async () => {
+  const body = 'data: {"chunk":"Half "}\n\n' +
+    'data: {"error":"The reply broke off.","code":"provider_error","partial":"Half ",' +
+    '"metadata":{"trace_id":"t-1"}}\n\ndata: [DONE]\n\n';
+  const {result, chunks, final, errors} = await collect(body);
+  assert.deepEqual(chunks, ["Half "]);
+  assert.equal(final, null);
+  assert.equal(errors.length, 1);
+  assert.deepEqual(errors[0], {error: "The reply broke off.", code: "provider_error",
+    partial: "Half ", metadata: {trace_id: "t-1"}, status: 200, traceId: "t-1"});
+  assert.equal(result.outcome, "error");
+});
+
+test("an error before the stream is read from its JSON body", async () => {
+  const body = '{"error":"user_input is required","code":"invalid_request","trace_id":"t-1"}';
+  const {errors, result} = await collect(body, {status: 400, type: "application/json"});
+  assert.deepEqual(errors, [{error: "user_input is required", code: "invalid_request",
+    partial: "", metadata: null, status: 400, traceId: "t-1"}]);
+  assert.equal(result.outcome, "error");
+});
+
+test("a stream that ends without a terminal frame is an error", async () => {
+  const {errors} = await collect('data: {"chunk":"Hal');
+  assert.equal(errors.length, 1);
+  assert.equal(errors[0].code, "stream_ended");
+});
+
+test("it sends one POST with the token, and never another", async () => {
+  const calls = [];
+  const fetch = fakeFetch('data: {"answer":"x","metadata":{}}\n\ndata: [DONE]\n\n', {calls});
+  await streamReply({url: "http://service.test/x", body: {user_input: "hi"}, token: "tok", fetch});
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  assert.equal(calls.length, 1);
+  assert.equal(calls[0].init.method, "POST");
+  assert.equal(calls[0].init.headers.Authorization, "Bearer tok");
+  assert.equal(calls[0].init.headers.Accept, "text/event-stream");
+  assert.deepEqual(JSON.parse(calls[0].init.body), {user_input: "hi"});
+});
+
+test("a callback that throws rejects the promise", async () => {
+  await assert.rejects(
+    collect('data: {"chunk":"x"}\n\n', {}, {onChunk: () => {
+      throw new TypeError("boom");
+    }}),
+    /boom/,
+  );
+});
