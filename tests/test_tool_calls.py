@@ -39,6 +39,16 @@ OSLO = {"name": "weather", "args": {"city": "Oslo", "note": "«ø» 🌧"}}
 BERGEN = {"name": "weather", "args": {"city": "Bergen"}}
 
 
+def _holds(value: Any, args: dict[str, Any]) -> bool:
+    """Whether `args` is somewhere in a request body: as an object, or as JSON text."""
+    if value == args:
+        return True
+    if isinstance(value, str) and value.startswith("{"):
+        return json.loads(value) == args
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
+    return any(_holds(item, args) for item in items)
+
+
 def _calls(events: list[Event]) -> list[ToolCall]:
     return [event for event in events if isinstance(event, ToolCall)]
 
@@ -123,9 +133,14 @@ def test_a_call_alone_is_a_whole_reply(upstream: FakeUpstream, case: ProviderCas
 def test_a_call_commits_the_provider(upstream: FakeUpstream, case: ProviderCase) -> None:
     # Calls, then the stream is cut: no text was shown, but a call was made, so the
     # chain does not try the next provider (it would call the tool a second time).
+    # OpenAI's calls are whole only when the choice finishes: cut before that, no call
+    # was made, and the chain falls through as it does before any text.
     upstream.push(Script(tokens=[], tool_calls=[OSLO, BERGEN], fail_after=0, fail_mode="cut"))
     fallback = CASES[0].provider(upstream.url, "fallback")
     run = run_chain([case.provider(upstream.url), fallback], TIMEOUTS, prompt=PROMPT)
+    if case.calls_whole_at_finish:
+        assert run.outcomes == ["upstream_incomplete", "ok"]
+        return
     assert run.outcomes == ["upstream_incomplete"]
     assert run.items[-1] == ChainFailed(run.errors[0], committed=True)
     assert isinstance(run.items[0], ToolCall) and run.items[0].args == OSLO["args"]
@@ -212,7 +227,7 @@ def test_the_round_trip_call_result_answer(
     assert final["metadata"]["tools_to_use"] == []
     sent = json.dumps(fake.requests[-1].body, ensure_ascii=False)
     assert "4 °C, rain" in sent  # the tool's result, in the provider's own form
-    assert json.dumps(OSLO["args"]["city"]) in sent  # with the call it answers
+    assert _holds(fake.requests[-1].body, OSLO["args"])  # with the call it answers
     if signature:
         assert signature["signature"] in sent  # returned as the provider asked
 
