@@ -257,9 +257,7 @@ class Chain:
         self.first_chunk_at = self.first_chunk_at or time.monotonic()
         self.provider = provider.name
         self.model = provider.model
-        self.schema_sent = not (
-            self.prompt.response_schema and self.prompt.tools and not provider.schema_with_tools
-        )
+        self.schema_sent = self.prompt.response_schema is None or provider.sends_schema(self.prompt)
 
     def _finish(self, provider: Provider, end: StreamEnd) -> None:
         self.model_version = end.model

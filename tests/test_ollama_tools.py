@@ -401,11 +401,15 @@ def test_a_response_schema_beside_tools_is_not_sent(
 ) -> None:
     # `format` would hold every token to the schema, so no call could be written: the
     # tools go, the schema does not (the chain says so in structured_output_error). With
-    # "none" neither goes, as the chain decides from the tools declared.
+    # "none" no tool goes, so the schema does.
     assert OllamaProvider.schema_with_tools is False
-    body = sent(upstream, dataclasses.replace(ASK, response_schema=SCHEMA, tool_choice=choice))
-    assert "format" not in body
+    prompt = dataclasses.replace(ASK, response_schema=SCHEMA, tool_choice=choice)
+    body = sent(upstream, prompt)
+    assert body.get("format") == (SCHEMA if choice == "none" else None)
     assert body.get("tools") == (None if choice == "none" else DECLARED)
+    assert OllamaProvider(CASE.settings(upstream.url), "").sends_schema(prompt) == (
+        choice == "none"
+    )
 
 
 # -- d. the fake's own tool-call lines ----------------------------------------------------

@@ -151,6 +151,10 @@ class Provider(Protocol):
     # provider sends the tools alone (CONTRACT §11).
     schema_with_tools: bool
 
+    def sends_schema(self, prompt: Prompt) -> bool:
+        """Whether its request for `prompt` asks for the response schema."""
+        ...
+
     def stream(self, client: httpx.AsyncClient, prompt: Prompt) -> AsyncGenerator[Event, None]:
         """Events of one reply; raises ProviderError on any failure. The caller
         closes it (`aclose`), which closes the upstream response."""
@@ -167,6 +171,14 @@ class HttpProvider:
         self.settings = settings
         self.model = settings.model
         self.api_key = api_key  # never logged; the class has no repr that shows it
+
+    def sends_schema(self, prompt: Prompt) -> bool:
+        if prompt.response_schema is None:
+            return False
+        return self.schema_with_tools or not self._sends_tools(prompt)
+
+    def _sends_tools(self, prompt: Prompt) -> bool:
+        return bool(prompt.tools)
 
     @asynccontextmanager
     async def _post(

@@ -101,7 +101,7 @@ class GeminiProvider(HttpProvider):
                 "includeThoughts": True,
                 "thinkingBudget": self.settings.thinking_budget,
             }
-        if prompt.response_schema is not None and (self.schema_with_tools or not prompt.tools):
+        if self.sends_schema(prompt):
             # responseJsonSchema takes JSON Schema as it is; responseSchema only an OpenAPI subset.
             config["responseMimeType"] = "application/json"
             config["responseJsonSchema"] = prompt.response_schema

@@ -85,12 +85,15 @@ class OllamaProvider(HttpProvider):
         if self.settings.thinking:
             body["think"] = True
         # No tool choice field: "required" and {"name"} go as "auto"; "none" offers nothing.
-        if prompt.tools and prompt.tool_choice != "none":
+        if self._sends_tools(prompt):
             body["tools"] = [_declaration(tool) for tool in prompt.tools]
-        # The schema goes only without tools (as the chain reports it: whatever the choice).
-        if prompt.response_schema is not None and (self.schema_with_tools or not prompt.tools):
+        # The schema goes only when no tools do (the chain reports it the same way).
+        if prompt.response_schema is not None and self.sends_schema(prompt):
             body["format"] = dict(prompt.response_schema)
         return body
+
+    def _sends_tools(self, prompt: Prompt) -> bool:
+        return bool(prompt.tools) and prompt.tool_choice != "none"
 
     async def stream(
         self, client: httpx.AsyncClient, prompt: Prompt
