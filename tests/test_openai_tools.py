@@ -444,13 +444,37 @@ def test_history_with_calls_and_no_tools_offered_now(upstream: FakeUpstream) -> 
         ),
     ],
 )
-def test_the_fake_refuses_what_openai_refuses(
+def test_the_fake_refuses_what_openai_refuses_and_we_never_send_it(
     upstream: FakeUpstream, turns: tuple[Turn, ...], refusal: str
 ) -> None:
-    events, error = run_provider(CASE.settings(upstream.url), Prompt(system=None, turns=turns))
-    assert events == []
-    assert error is not None and (error.code, error.status) == ("upstream_status", 400)
-    assert refusal in error.detail
+    # Sent as they stand, OpenAI (and the fake) refuse these histories...
+    prompt = Prompt(system=None, turns=turns)
+    raw = OpenAIProvider(CASE.settings(upstream.url), CASE.key)._body(prompt)
+    raw["messages"] = [
+        {"role": "user", "content": "Weather?"},
+        *(
+            [{"role": "assistant", "content": None, "tool_calls": [_CALL_1]}]
+            if "call_1" in refusal
+            else [{"role": "tool", "tool_call_id": "call_9", "content": "18°C"}]
+        ),
+        {"role": "user", "content": turns[-1].content},
+    ]
+    refused = httpx.post(
+        f"{upstream.url}/v1/chat/completions",
+        json=raw,
+        headers={"authorization": f"Bearer {CASE.key}"},
+    )
+    assert refused.status_code == 400 and refusal in refused.text
+    # ...so the conversation is mended before any provider sees it (base.conversation).
+    events, error = run_provider(CASE.settings(upstream.url), prompt)
+    assert error is None and isinstance(events[-1], StreamEnd)
+
+
+_CALL_1 = {
+    "id": "call_1",
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": "{}"},
+}
 
 
 # -- the request: response_format ------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from assistant.errors import RequestError
+from assistant.providers.base import Message, ToolResult, conversation
 from assistant.request import Turn, build_request
 from assistant.tools import NamedTool, ToolCall, parse_arguments, structured_output
 from devtools.fake_upstream import FakeUpstream, Script
@@ -302,3 +303,23 @@ def test_structured_output_takes_json_in_a_fence_and_says_when_empty() -> None:
     fenced = '```json\n{"answer": "a", "confidence": 1}\n```'
     assert structured_output(fenced, ANSWER_SCHEMA) == ({"answer": "a", "confidence": 1}, None)
     assert structured_output("  ", ANSWER_SCHEMA) == (None, "the reply has no JSON: it is empty")
+
+
+# -- calls and results pair up before any provider sees them --------------------------------
+
+
+def test_unpaired_calls_and_results_are_mended_for_every_provider() -> None:
+    oslo, paris = ToolCall("c1", "weather", {"city": "Oslo"}), ToolCall("c2", "weather", {})
+    turns = (
+        Turn("assistant", "", tool_calls=(ToolCall("c0", "weather", {}),)),  # leading: dropped
+        Turn("tool", "9 °C", tool_call_id="c0", tool_name="weather"),  # so its result is text
+        Turn("assistant", "Checking.", tool_calls=(oslo, paris)),
+        Turn("tool", "4 °C", tool_call_id="c1", tool_name="weather"),
+        Turn("assistant", "", tool_calls=(ToolCall("c3", "weather", {}),)),  # never answered
+        Turn("user", "Never mind."),
+    )
+    assert conversation(turns) == [
+        Message("user", ("Result of weather: 9 °C",)),
+        Message("assistant", ("Checking.", oslo)),  # c2 had no result
+        Message("user", (ToolResult("c1", "weather", "4 °C"), "Never mind.")),
+    ]

@@ -20,6 +20,7 @@ chain never sees a third-party exception.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -217,13 +218,27 @@ def conversation(turns: tuple[Turn, ...]) -> list[Message]:
     their parts in order. Leading assistant turns (a UI's greeting, or a
     history window that starts after a question) are dropped: providers
     refuse a conversation that opens with the assistant.
+
+    Calls and results must pair up (Anthropic and OpenAI refuse either one
+    alone): a call no result answers (the user typed instead) is left out,
+    and a result whose call is not in the history (it fell outside the
+    history window) goes as the user's text, "Result of <tool>: ...".
     """
+    start = next((i for i, turn in enumerate(turns) if turn.role != "assistant"), len(turns))
+    turns = turns[start:]
+    answered = {turn.tool_call_id for turn in turns if turn.role == "tool"}
+    called = {call.id for turn in turns for call in turn.tool_calls}
     messages: list[Message] = []
     for turn in turns:
+        if turn.role == "tool" and turn.tool_call_id not in called:
+            turn = Turn("user", f"Result of {turn.tool_name}: {turn.content}")
+        elif any(call.id not in answered for call in turn.tool_calls):
+            calls = tuple(call for call in turn.tool_calls if call.id in answered)
+            turn = dataclasses.replace(turn, tool_calls=calls)
         role: Literal["user", "assistant"] = "assistant" if turn.role == "assistant" else "user"
-        if not messages and role == "assistant":
-            continue
         parts = _parts(turn)
+        if not parts:
+            continue  # an assistant turn of unanswered calls alone
         if messages and messages[-1].role == role:
             parts = _joined(messages[-1].parts, parts)
             messages[-1] = Message(role, parts)
