@@ -4,6 +4,7 @@
 import assert from "node:assert/strict";
 import {test} from "node:test";
 
+import {ThinkingSplitter} from "./thinking.js";
 import {SseParser, streamReply} from "./vac-stream.js";
 
 const encoder = new TextEncoder();
@@ -136,4 +137,17 @@ test("a callback that throws rejects the promise", async () => {
     }}),
     /boom/,
   );
+});
+
+test("thinking is split out of chunks cut anywhere", () => {
+  const text = "A <thinking>x < y</think>z</thinking>B<think>w</think> C <thin";
+  for (let cut = 0; cut <= text.length; cut++) {
+    const splitter = new ThinkingSplitter();
+    const parts = [text.slice(0, cut), text.slice(cut)].map((piece) => splitter.feed(piece));
+    parts.push(splitter.finish());
+    const content = parts.map((part) => part.content).join("");
+    const thinking = parts.map((part) => part.thinking).join("");
+    assert.equal(content, "A B C <thin", `cut at ${cut}`);
+    assert.equal(thinking, "x < y</think>zw", `cut at ${cut}`);
+  }
 });

@@ -1,0 +1,88 @@
+// thinking.js: split streamed chunks into visible text and thinking, for display as they arrive.
+//
+// The same rules as the service's own splitter (assistant/thinking.py): `<thinking>…</thinking>`
+// and `<think>…</think>`, exact and lowercase; only the matching close tag ends a block; tags may
+// be split across chunks anywhere (only the shortest tail that could still become a tag is held
+// back); outside a block, other `<…>` text is ordinary text. It shows thinking live; the final
+// frame's `metadata.thinking_content` is the authoritative thinking (blocks stripped and joined).
+//
+//   const splitter = new ThinkingSplitter();
+//   onChunk: (text) => { const {content, thinking} = splitter.feed(text); ... }
+//   onFinal: () => { const {content, thinking} = splitter.finish(); ... }
+
+const TAGS = {"<thinking>": "</thinking>", "<think>": "</think>"};
+
+/** The length of the longest tail of `text` that is a proper prefix of one of `tags`. */
+function heldBack(text, tags) {
+  let longest = 0;
+  for (const tag of tags) {
+    for (let n = Math.min(tag.length - 1, text.length); n > longest; n--) {
+      if (text.endsWith(tag.slice(0, n))) {
+        longest = n;
+        break;
+      }
+    }
+  }
+  return longest;
+}
+
+export class ThinkingSplitter {
+  constructor() {
+    /** @type {string|null} the close tag of the block we are in */
+    this.close = null;
+    this.pending = "";
+  }
+
+  /** True while inside a thinking block. */
+  get thinking() {
+    return this.close !== null;
+  }
+
+  /**
+   * @param {string} text  one chunk
+   * @returns {{content: string, thinking: string}}  what this chunk adds to each
+   */
+  feed(text) {
+    const out = {content: "", thinking: ""};
+    let rest = this.pending + text;
+    this.pending = "";
+    for (;;) {
+      if (this.close === null) {
+        const found = Object.keys(TAGS)
+          .map((tag) => [rest.indexOf(tag), tag])
+          .filter(([at]) => at >= 0)
+          .sort((a, b) => a[0] - b[0])[0];
+        if (found) {
+          const [at, tag] = found;
+          out.content += rest.slice(0, at);
+          this.close = TAGS[tag];
+          rest = rest.slice(at + tag.length);
+          continue;
+        }
+        const hold = heldBack(rest, Object.keys(TAGS));
+        out.content += rest.slice(0, rest.length - hold);
+        this.pending = rest.slice(rest.length - hold);
+        return out;
+      }
+      const at = rest.indexOf(this.close);
+      if (at >= 0) {
+        out.thinking += rest.slice(0, at);
+        rest = rest.slice(at + this.close.length);
+        this.close = null;
+        continue;
+      }
+      const hold = heldBack(rest, [this.close]);
+      out.thinking += rest.slice(0, rest.length - hold);
+      this.pending = rest.slice(rest.length - hold);
+      return out;
+    }
+  }
+
+  /** The stream ended: a held-back partial tag is literal text of the section it was in. */
+  finish() {
+    const out = {content: "", thinking: ""};
+    out[this.close === null ? "content" : "thinking"] = this.pending;
+    this.pending = "";
+    return out;
+  }
+}
