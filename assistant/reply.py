@@ -242,7 +242,8 @@ class Reply:
                 if self._client_gone():
                     raise ClientGone()
             if item is not None:
-                last_sent = now
+                if not isinstance(item, ToolCall):  # a call is not written: no sign of life
+                    last_sent = now
                 yield item
             elif heartbeat is not None and now - last_sent >= heartbeat:
                 last_sent = now

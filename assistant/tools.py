@@ -155,7 +155,10 @@ def tool_choice(value: Any, tools: tuple[ToolSpec, ...]) -> ToolChoice:
         return "required"
     if isinstance(value, dict) and isinstance(value.get("name"), str):
         if value["name"] not in {tool.name for tool in tools}:
-            raise RequestError(f"{field} names {value['name'][:64]!r}, which is not declared")
+            raise RequestError(
+                f"{field} names {value['name'][:64]!r}, which is not an offered tool "
+                "(one in emissaryConfig.tools with a declaration in toolConfigs)"
+            )
         return NamedTool(value["name"])
     raise RequestError(f'{field} must be "auto", "none", "required" or {{"name": "<tool>"}}')
 
