@@ -20,6 +20,9 @@
 #    and routes the anthropic provider to it: replies are canned text.
 # 5. Serves the function on http://127.0.0.1:$PORT (default 1956) with
 #    THREADS (default 16) gunicorn threads.
+# 6. Serves the demo page of the reference client (devtools/demo/, which uses
+#    clients/js/vac-stream.js) on http://127.0.0.1:$DEMO_PORT (default 1958):
+#    its own port, so it calls the service cross-origin like a real frontend.
 #
 # Ctrl-C (or SIGTERM/SIGHUP to this script) stops the server, the fake
 # upstream and the emulators this script started. The server runs as a
@@ -29,7 +32,8 @@
 #
 # Env: PORT (1956), THREADS (16), GOOGLE_CLOUD_PROJECT (demo-local),
 #      FIRESTORE_EMULATOR_PORT (8686), FAKE_UPSTREAM_PORT (1957), AUTH_MODE,
-#      AUTH_EMULATOR_PORT (9099, with AUTH_MODE=firebase), and any setting
+#      AUTH_EMULATOR_PORT (9099, with AUTH_MODE=firebase), DEMO_PORT (1958),
+#      and any setting
 #      the service reads (see README).
 set -euo pipefail
 
@@ -39,13 +43,14 @@ PORT="${PORT:-1956}"
 THREADS="${THREADS:-16}"
 FAKE_UPSTREAM_PORT="${FAKE_UPSTREAM_PORT:-1957}"
 FIRESTORE_EMULATOR_PORT="${FIRESTORE_EMULATOR_PORT:-8686}"
+DEMO_PORT="${DEMO_PORT:-1958}"
 RUN_DIR=.run
 VENV=.venv
 
 say() { echo "dev: $*" >&2; }
 die() { say "$*"; exit 1; }
 
-for name in PORT THREADS FAKE_UPSTREAM_PORT FIRESTORE_EMULATOR_PORT; do
+for name in PORT THREADS FAKE_UPSTREAM_PORT FIRESTORE_EMULATOR_PORT DEMO_PORT; do
     [[ "${!name}" =~ ^[0-9]+$ ]] || die "$name must be a number, got '${!name}'"
 done
 command -v curl >/dev/null || die "curl not found: install curl"
@@ -61,6 +66,7 @@ port_free() {
 
 server_pid=""
 fake_pid=""
+demo_pid=""
 owns_emulator=0
 owns_auth_emulator=0
 
@@ -116,6 +122,7 @@ cleanup() {
     [[ -n "$fake_pid" ]] && kill -TERM "$fake_pid" 2>/dev/null  # it takes ~2 s too: start now
     [[ -n "$server_pid" ]] && stop_child "$server_pid" server INT 5
     [[ -n "$fake_pid" ]] && stop_child "$fake_pid" "fake upstream" TERM 5
+    [[ -n "$demo_pid" ]] && stop_child "$demo_pid" "demo page server" TERM 2
     [[ -n "$emulator_stop" ]] && wait "$emulator_stop"
     [[ -n "$auth_emulator_stop" ]] && wait "$auth_emulator_stop"
     say "stopped"
@@ -196,6 +203,18 @@ if [[ -z "${ANTHROPIC_API_KEY:-}${OPENAI_API_KEY:-}${GEMINI_API_KEY:-}${OLLAMA_B
     echo "  (set ANTHROPIC_API_KEY, OPENAI_API_KEY, GEMINI_API_KEY or OLLAMA_BASE_URL to use a real one; fake log: $RUN_DIR/fake-upstream.log)"
 fi
 
+# ---------------------------------------------------------------- demo page
+
+demo_url=""
+if port_free "$DEMO_PORT"; then
+    "$VENV/bin/python" -m devtools.demo --port "$DEMO_PORT" </dev/null >"$RUN_DIR/demo.log" 2>&1 &
+    demo_pid=$!
+    demo_url="http://127.0.0.1:$DEMO_PORT/"
+    [[ "$PORT" == 1956 ]] || demo_url+="?service=http://127.0.0.1:$PORT/vac/assistant/demo/sse"
+else
+    say "port $DEMO_PORT is in use: the demo page is not served (set DEMO_PORT to use another)"
+fi
+
 # ---------------------------------------------------------------- server
 
 export THREADS
@@ -217,6 +236,7 @@ else
   scripts/smoke.sh $url
 EOF
 fi
+[[ -z "$demo_url" ]] || echo "Demo page (the reference client in a browser): $demo_url"
 cat <<EOF
 Ctrl-C stops everything.
 

@@ -6,11 +6,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# npm takes the longest on a fresh machine: let it run beside the venv install.
+# npm and apt take the longest on a fresh machine: let them run beside the venv install.
 scripts/node-tools.sh &
 node_tools=$!
+scripts/browser-tools.sh &  # Debian's chromium, for tests/test_browser.py
+browser_tools=$!
 scripts/venv.sh
 wait "$node_tools" || { echo "test: installing the Node tools failed (see above)" >&2; exit 1; }
+wait "$browser_tools" || { echo "test: installing chromium failed (see above)" >&2; exit 1; }
+# The browser is there now: the browser tests fail, rather than skip, if it goes missing.
+export VAC_BROWSER_TESTS=required
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

@@ -227,6 +227,25 @@ def test_heartbeats_before_the_first_token_are_ignored(
     assert page.text_content("#status") == "done"
 
 
+def test_an_origin_the_service_does_not_allow_gets_nothing(
+    browser: Browser, demo: str, fake: FakeUpstream
+) -> None:
+    """The other tests pass because CORS allows the demo's origin, not because it is same-origin."""
+    with running_service({"CORS_ORIGINS": "https://other.example"}) as running:
+        context = browser.new_context()
+        try:
+            page = context.new_page()
+            page.goto(f"{demo}/")
+            page.fill("#url", running.url + PATH)
+            send(page, "Hello?")
+            events = events_when_done(page)
+        finally:
+            context.close()
+    [error] = of_type(events, "error")
+    assert error["code"] == "network_error" and error["status"] == 0
+    assert fake.requests == []  # the preflight was refused, so the POST never went out
+
+
 def test_the_client_in_node() -> None:
     """clients/js/vac-stream.test.mjs: SSE cut at every byte, CR/LF pairs, comments, errors."""
     node = shutil.which("node")
