@@ -636,3 +636,46 @@ def test_the_fake_takes_a_well_formed_tool_loop(upstream: FakeUpstream) -> None:
         ) as response:
             assert response.status_code == 200
             response.read()
+
+
+def test_a_response_schema_is_narrowed_to_what_anthropic_accepts(upstream: FakeUpstream) -> None:
+    # Anthropic refuses numeric and length bounds (400 "For 'integer' type, property
+    # 'minimum' is not supported") and objects left open: the bounds move into the
+    # description, every object is closed; the reply is still checked against all of it.
+    schema = {
+        "type": "object",
+        "properties": {
+            "age": {"type": "integer", "minimum": 0, "description": "Years"},
+            "tags": {"type": "array", "items": {"type": "string", "maxLength": 8}, "minItems": 2},
+            "where": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "default": {"properties": 1},
+            },
+            "kind": {"enum": [{"type": "object"}]},
+        },
+        "required": ["age"],
+    }
+    upstream.push(Script(json={"age": 3}))
+    body = sent(upstream, ask(tools=(), schema=schema))
+    assert body["output_config"]["format"]["schema"] == {
+        "type": "object",
+        "properties": {
+            "age": {"type": "integer", "description": "Years\n\n{minimum: 0}"},
+            "tags": {
+                "type": "array",
+                "items": {"type": "string", "description": "{maxLength: 8}"},
+                "description": "{minItems: 2}",
+            },
+            "where": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "default": {"properties": 1},
+                "additionalProperties": False,
+            },
+            "kind": {"enum": [{"type": "object"}]},
+        },
+        "required": ["age"],
+        "additionalProperties": False,
+    }
+    assert schema["properties"]["age"]["minimum"] == 0  # the request's own schema is untouched

@@ -52,6 +52,7 @@ from typing import Any
 import httpx
 
 from ..tools import NamedTool, ToolCall, parse_arguments
+from .anthropic_schema import output_schema
 from .base import (
     Event,
     HttpProvider,
@@ -334,7 +335,7 @@ class AnthropicProvider(HttpProvider):
             if choice is not None:
                 body["tool_choice"] = choice
         if prompt.response_schema is not None:
-            format_ = {"type": "json_schema", "schema": prompt.response_schema}
+            format_ = {"type": "json_schema", "schema": output_schema(prompt.response_schema)}
             body["output_config"] = {"format": format_}
         return body
 
