@@ -867,3 +867,32 @@ def test_requests_listing_has_the_model(upstream: FakeUpstream, client: httpx.Cl
     listed = client.get(f"{upstream.url}/_fake/requests").json()
     assert [r["model"] for r in listed] == ["claude-x", "gpt-x", "gemini-x", "llama-x"]
     assert Script.from_dict({"fail": "error_data", "fail_mode": "error_data"}).fail == "error_data"
+
+
+def test_tool_calls_and_json_replies_are_scriptable_over_http(
+    upstream: FakeUpstream, client: httpx.Client
+) -> None:
+    scripts = [
+        {
+            "tokens": [],
+            "tool_calls": [{"name": "weather", "args": {"city": "Oslo"}, "id": "toolu_01X"}],
+        },
+        {"json": {"answer": 42}, "arg_piece": 3, "split_bytes": 5},
+    ]
+    assert client.post(f"{upstream.url}/_fake/scripts", json=scripts).status_code == 204
+    with client.stream("POST", f"{upstream.url}/v1/messages", json=BODY, headers=HEADERS) as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    start = next(e for e in events if e["type"] == "content_block_start")
+    assert start["content_block"] == {
+        "type": "tool_use",
+        "id": "toolu_01X",
+        "name": "weather",
+        "input": {},
+    }
+    fragments = [e["delta"]["partial_json"] for e in events if e["type"] == "content_block_delta"]
+    assert json.loads("".join(fragments)) == {"city": "Oslo"}
+    assert events[-2]["delta"]["stop_reason"] == "tool_use"
+    assert text_of(stream(client, upstream)) == '{"answer":42}'
+    for bad in ({"tool_calls": [{"args": {}}]}, {"tool_calls": [{"name": "w", "extra": 1}]}):
+        refused = client.post(f"{upstream.url}/_fake/scripts", json=[bad])
+        assert refused.status_code == 400
