@@ -49,7 +49,7 @@ def test_frames_are_data_lines_only_with_compact_utf8_json(client, fake: FakeUps
     fake.push(Script(tokens=["héllo\u2028", "line\nbreak"]))
     body = ask(client).get_data()
     assert b"event:" not in body
-    assert 'data: {"chunk":"héllo\u2028"}\n\n'.encode() in body
+    assert 'data: {"chunk":"héllo\\u2028"}\n\n'.encode() in body  # U+2028 escaped, é raw
     assert b'data: {"chunk":"line\\nbreak"}\n\n' in body
     assert body.endswith(b"data: [DONE]\n\n")
 
