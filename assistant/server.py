@@ -40,6 +40,7 @@ from typing import Any
 
 import gunicorn.app.base  # type: ignore[import-untyped]
 
+from . import memory
 from .config import ConfigError, ServerSettings
 from .tracing import process_log
 from .worker import Worker
@@ -67,6 +68,7 @@ GUNICORN_OPTIONS: dict[str, Any] = {
     "limit_request_line": 8190,
     "limit_request_fields": 100,
     "limit_request_field_size": 8190,
+    "post_worker_init": memory.start_in_worker,
 }
 
 
