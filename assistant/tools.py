@@ -98,6 +98,18 @@ def parse_arguments(text: str) -> tuple[Mapping[str, Any] | None, str | None]:
     return value, None
 
 
+def arguments_value(value: Any) -> tuple[Mapping[str, Any] | None, str | None]:
+    """Arguments a provider sends parsed (Gemini, Ollama): an object as it is, absent as
+    none, text parsed like streamed argument text, anything else an `args_error`."""
+    if value is None:
+        return {}, None
+    if isinstance(value, dict):
+        return value, None
+    if isinstance(value, str):
+        return parse_arguments(value)
+    return None, f"arguments are a JSON {type(value).__name__}, not an object"
+
+
 def check_schema(schema: Any, field: str) -> Mapping[str, Any]:
     """`schema` if it is a valid JSON Schema object, else a 400 naming `field`."""
     if not isinstance(schema, dict):

@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from ..tools import NamedTool, ToolCall, ToolChoice, ToolSpec, parse_arguments
+from ..tools import NamedTool, ToolCall, ToolChoice, ToolSpec, arguments_value
 from .base import (
     Event,
     HttpProvider,
@@ -224,7 +224,7 @@ def _response(content: str) -> dict[str, Any]:
 
 def _tool_call(call: Mapping[str, Any], part: Mapping[str, Any], our_id: str) -> ToolCall:
     name, given_id = call.get("name"), call.get("id")
-    args, error = _args(call.get("args"))
+    args, error = arguments_value(call.get("args"))
     signature = part.get("thoughtSignature")
     return ToolCall(
         id=given_id if isinstance(given_id, str) and given_id else our_id,
@@ -233,17 +233,6 @@ def _tool_call(call: Mapping[str, Any], part: Mapping[str, Any], our_id: str) ->
         signature=signature if isinstance(signature, str) and signature else None,
         args_error=error,
     )
-
-
-def _args(value: Any) -> tuple[Mapping[str, Any] | None, str | None]:
-    """`args` is an object already; absent means none. Text is parsed, as other providers'."""
-    if value is None:
-        return {}, None
-    if isinstance(value, dict):
-        return value, None
-    if isinstance(value, str):
-        return parse_arguments(value)
-    return None, f"arguments are a JSON {type(value).__name__}, not an object"
 
 
 def _raise_if_error(chunk: Any) -> None:

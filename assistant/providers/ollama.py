@@ -43,7 +43,7 @@ from typing import Any
 
 import httpx
 
-from ..tools import ToolCall, ToolSpec, parse_arguments
+from ..tools import ToolCall, ToolSpec, arguments_value
 from .base import (
     Event,
     HttpProvider,
@@ -177,21 +177,10 @@ def _tool_call(call: Any, our_id: str) -> ToolCall:
         raise ProviderError("upstream_protocol", "a tool call without a function")
     function: Mapping[str, Any] = call["function"]
     name, given_id = function.get("name"), call.get("id")
-    args, error = _args(function.get("arguments"))
+    args, error = arguments_value(function.get("arguments"))
     return ToolCall(
         id=given_id if isinstance(given_id, str) and given_id else our_id,
         name=name if isinstance(name, str) else "",
         args=args,
         args_error=error,
     )
-
-
-def _args(value: Any) -> tuple[Mapping[str, Any] | None, str | None]:
-    """`arguments` is an object; absent means none. Text is parsed, as other providers'."""
-    if value is None:
-        return {}, None
-    if isinstance(value, dict):
-        return value, None
-    if isinstance(value, str):
-        return parse_arguments(value)
-    return None, f"arguments are a JSON {type(value).__name__}, not an object"
