@@ -805,7 +805,7 @@ def _code() -> str:
         result = subprocess.run(
             ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
         )
-        return result.stdout.strip()
+        return result.stdout.rstrip()  # not strip(): porcelain lines start with a space
 
     head = git("log", "-1", "--format=%h %s")[:90]
     if not head:
