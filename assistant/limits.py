@@ -65,6 +65,11 @@ class InFlight:
         self._slots: set[Slot] = set()
         self._lock = threading.Lock()
 
+    def count(self) -> int:
+        """Replies in flight now (evicted ones included until they end)."""
+        with self._lock:
+            return len(self._slots)
+
     def take(self, user_id: str | None, per_user: int, total: int) -> Slot:
         """A slot for `user_id`; 429 `rate_limited` when they already hold `per_user`,
         503 `overloaded` when the instance already holds `total` and no reply is stuck."""

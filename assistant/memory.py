@@ -149,9 +149,7 @@ class Janitor:
 
 def no_reply_in_flight() -> bool:
     """True when this worker holds no reply (assistant/limits.py's count)."""
-    # limits.py has no public count yet; this reads its set of slots, under no lock: a
-    # stale answer only moves a release by one check.
-    return not replies_in_flight._slots
+    return replies_in_flight.count() == 0
 
 
 def start_in_worker(worker: object) -> None:

@@ -9,6 +9,7 @@ import platform
 import pytest
 
 from assistant import memory
+from assistant.limits import replies_in_flight
 
 GLIBC = platform.libc_ver()[0] == "glibc"
 MB = 1024 * 1024
@@ -63,3 +64,14 @@ def test_the_janitor_thread_starts_once_and_stops() -> None:
     assert not janitor.start()
     janitor.stop()
     janitor.stop()
+
+
+def test_no_reply_in_flight_follows_the_slots_taken_and_released() -> None:
+    assert memory.no_reply_in_flight()
+    slot = replies_in_flight.take("memory-test-user", per_user=1, total=1)
+    try:
+        assert replies_in_flight.count() == 1
+        assert not memory.no_reply_in_flight()
+    finally:
+        slot.release()
+    assert memory.no_reply_in_flight() and replies_in_flight.count() == 0
