@@ -1,4 +1,4 @@
-"""Who is calling (CONTRACT §9): a verified Firebase user, or the user the body names.
+"""Who is calling (README "Who may call"): a verified Firebase user, or the user the body names.
 
 - `firebase`: `Authorization: Bearer <Firebase ID token>`, verified here with
   google-auth's JWT code (no firebase-admin). The claims are checked first,

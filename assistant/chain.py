@@ -1,6 +1,6 @@
 """The provider chain: try providers in order, fall through only before text.
 
-Rules (CONTRACT §4):
+Rules (README "How the pieces fit"):
 - Before a provider's first chunk, any failure (connect, timeout, 4xx/5xx,
   an error event, an empty stream) moves on to the next provider silently.
 - After it, the provider is committed: a failure ends the reply with an
@@ -13,7 +13,7 @@ Rules (CONTRACT §4):
   before moving on.
 - Native thinking deltas become text wrapped in `<thinking>` tags here, so
   everything downstream sees one format.
-- A tool call (CONTRACT §11) is output like text: it commits the provider,
+- A tool call (README "Tools and structured output") is output like text: it commits the provider,
   and it is handed on as a `ToolCall` item, never as text.
 
 The chain runs on the I/O loop and hands what it produces to `emit`, a
@@ -64,7 +64,7 @@ class Attempt:
     status: int | None = None
 
     def as_dict(self) -> dict[str, object]:
-        # "name", as CONTRACT §3 words it: each provider tried, its name, outcome and ms.
+        # "name", as docs/API.md "Metadata" words it: each provider tried, its name, outcome and ms.
         entry: dict[str, object] = {
             "name": self.provider,
             "outcome": self.outcome,

@@ -136,7 +136,7 @@ def _default_max_streams(env: Mapping[str, str]) -> int:
 
 @dataclass(frozen=True)
 class AuthSettings:
-    """Who may call (CONTRACT §9). `mode` is firebase, iam or none."""
+    """Who may call (README "Who may call"). `mode` is firebase, iam or none."""
 
     mode: str
     project_id: str  # the Firebase project: the token's `aud`, and its `iss` suffix

@@ -1,7 +1,7 @@
 """Routes, the Accept branch, status codes, CORS and JSON errors.
 
 Everything a request can be refused for is checked here, in the order of
-CONTRACT §9, before any provider is called or anything is read or written:
+README "Who may call", before any provider is called or anything is read or written:
 route (404/405), preflight, auth (401/503), the user's and the instance's
 replies in flight (429 / 503), assistant id (400), size (413), media type
 (415), JSON and fields (400), providers (409).

@@ -1,4 +1,4 @@
-"""Replies in flight on this instance, counted per user and in all (CONTRACT §9).
+"""Replies in flight on this instance, counted per user and in all (README "Who may call").
 
 A reply holds one slot from the moment the request is let in until its
 response is closed: the stream ended (answer, error frame), or the client

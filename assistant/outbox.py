@@ -6,7 +6,7 @@ request thread is stuck in a write and items pile up here. Past `limit`
 characters of unsent chunk text the chain waits (`room()`) before it reads
 the upstream any further, so the provider's own socket fills and TCP slows
 it down: a reply holds at most about `limit` characters here, whatever the
-client does (CONTRACT §4, back-pressure). A client that never reads again is
+client does (README "Slow, stuck and greedy clients"). A client that never reads again is
 ended by the send timeout on the request thread, which cancels the chain
 while it waits here.
 

@@ -2,7 +2,7 @@
 
 Pure functions of what the reply gathered (its text, split into content and
 thinking) and what the chain reported, so that `reply.py` only moves items
-and frames, and these two shapes (CONTRACT §3 metadata, §6 message fields)
+and frames, and these two shapes (docs/API.md "Metadata"; README "Persistence")
 can be read in one place.
 """
 
@@ -24,7 +24,7 @@ from .tools import ToolCall, structured_output
 @dataclass(frozen=True)
 class Output:
     """What the model produced: its text (split into content and thinking), its tool
-    calls, and the JSON the request asked for (CONTRACT §11)."""
+    calls, and the JSON the request asked for (README "Tools and structured output")."""
 
     text: ThinkingSplitter
     calls: tuple[ToolCall, ...] = ()

@@ -10,7 +10,7 @@ Deliberate choices (see README):
   Items whose text is empty after stripping are dropped, not refused.
 - Booleans must be JSON booleans (`"false"` is a string, not false); `null`
   means "use the default" for every optional field.
-- Tool turns (CONTRACT §11): an assistant item may carry `tool_calls`
+- Tool turns (README "Tools and structured output"): an assistant item may carry `tool_calls`
   (then its text may be empty), and `{"role": "tool", "tool_call_id",
   "name", "content"}` items carry a tool's result. A result's `content` may
   be any JSON value (sent on as JSON text); a missing `name` is taken from

@@ -1,4 +1,5 @@
-"""Tools and structured output (CONTRACT §11), apart from any provider's wire format.
+"""Tools and structured output, apart from any provider's wire format (README: "Tools and
+structured output").
 
 The service offers the frontend's tools to the model and reports the calls
 the model makes; it never runs a tool. Here are the shapes every provider

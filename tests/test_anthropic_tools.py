@@ -1,4 +1,5 @@
-"""Anthropic tools and structured output (CONTRACT §11), over real HTTP on loopback.
+"""Anthropic tools and structured output (README "Tools and structured output"), over
+real HTTP on loopback.
 
 What all four providers share about tools is tested with them all elsewhere; here is
 what is Anthropic's own:

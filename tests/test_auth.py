@@ -1,4 +1,4 @@
-"""Firebase ID tokens on the production path (CONTRACT §9): RS256 tokens signed here,
+"""Firebase ID tokens on the production path (README "Who may call"): RS256 tokens signed here,
 certs served from loopback like Google's securetoken endpoint, the real
 Firestore emulator to prove that a refused request writes nothing.
 """

@@ -1,4 +1,4 @@
-"""Auth modes and the per-user limit (CONTRACT §9): the Cloud Run refusals, `iam` and
+"""Auth modes and the per-user limit (README "Who may call"): the Cloud Run refusals, `iam` and
 `none` taking the body's user, and replies in flight counted per user.
 """
 

@@ -1,4 +1,4 @@
-"""The token certs cache (CONTRACT §9): one fetch per max-age, one rate-limited early
+"""The token certs cache (README "Who may call"): one fetch per max-age, one rate-limited early
 re-fetch on an unknown key id, stale certs kept through an outage, and a
 503 only when none were ever had. A real certs endpoint on loopback; only
 the clock is ours, so max-age can pass without waiting for it.

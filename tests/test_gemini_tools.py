@@ -1,4 +1,5 @@
-"""Gemini's own side of tools and structured output (CONTRACT §11), over real HTTP on loopback.
+"""Gemini's own side of tools and structured output (README "Tools and structured
+output"), over real HTTP on loopback.
 
 What every provider must do with tools is tested once for all four elsewhere; here is what
 only Gemini does: `functionCall` parts that arrive whole (several in one event for parallel

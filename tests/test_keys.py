@@ -1,4 +1,4 @@
-"""Provider keys (CONTRACT §8): env var first, then Secret Manager with a TTL cache.
+"""Provider keys (README "Provider keys"): env var first, then Secret Manager with a TTL cache.
 
 Only the Secret Manager client is faked (injected through `client_factory`),
 with a fake clock for the TTLs; the cache, the locking and the error

@@ -1,4 +1,5 @@
-"""Ollama's own side of tools and structured output (CONTRACT §11), over real HTTP
+"""Ollama's own side of tools and structured output (README "Tools and structured
+output"), over real HTTP
 against devtools.fake_upstream.
 
 What all four providers share (calls through the chain into metadata, the saved

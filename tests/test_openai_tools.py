@@ -1,4 +1,5 @@
-"""OpenAI's own side of tools and structured output (CONTRACT §11), over real HTTP.
+"""OpenAI's own side of tools and structured output (README "Tools and structured
+output"), over real HTTP.
 
 What every provider must do with tools is tested once for all four elsewhere; here
 is what only the Chat Completions format does, against devtools.fake_upstream:

@@ -1,4 +1,5 @@
-"""Bounds on one reply (CONTRACT §4): MAX_REPLY_SECONDS cuts even a live stream, and a
+"""Bounds on one reply (README "How the pieces fit"): MAX_REPLY_SECONDS cuts even a live
+stream, and a
 JSON caller that leaves while chunks flow is noticed within a second.
 """
 

@@ -1,4 +1,5 @@
-"""Clients that stop reading (CONTRACT §4): back-pressure and the send timeout, on the
+"""Clients that stop reading (README "Slow, stuck and greedy clients"): back-pressure and
+the send timeout, on the
 real server. The client here sets a small receive buffer and never reads.
 """
 

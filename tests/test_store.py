@@ -1,4 +1,4 @@
-"""Persistence against the real Firestore emulator (CONTRACT §2, §6)."""
+"""Persistence against the real Firestore emulator (README "Persistence")."""
 
 from __future__ import annotations
 

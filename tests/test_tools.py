@@ -1,4 +1,5 @@
-"""Tools and structured output as the endpoint takes and reports them (CONTRACT §2, §11).
+"""Tools and structured output as the endpoint takes and reports them (README "Tools and
+structured output").
 
 What is the same for every provider: the request fields are checked before
 anything is written or called, tool turns in chat_history are read, and the

@@ -7,7 +7,7 @@ and a stream that ends without `message_stop` is incomplete.
 `message_delta.usage.output_tokens` is cumulative, so it is assigned, never
 added.
 
-Tools (CONTRACT §11). A call streams as its own content block: a
+Tools (README "Tools and structured output"). A call streams as its own content block: a
 `content_block_start` of type `tool_use` (id, name, `input: {}`), then
 `input_json_delta` deltas whose `partial_json` fragments are joined (pings
 and other events may come between), then `content_block_stop`: only there is

@@ -149,7 +149,7 @@ class Provider(Protocol):
     settings: ProviderSettings
     api_key: str
     # False: a request with tools cannot also ask for a response schema, so the
-    # provider sends the tools alone (CONTRACT §11).
+    # provider sends the tools alone (README "Tools and structured output").
     schema_with_tools: bool
 
     def sends_schema(self, prompt: Prompt) -> bool:

@@ -9,7 +9,7 @@ Thought parts carry `thought: true`; that flag alone decides (a
 are failures. A prompt blocked by safety settings has no candidates and a
 `promptFeedback.blockReason`.
 
-Tools (CONTRACT §11). Gemini never splits a call: each `functionCall` part
+Tools (README "Tools and structured output"). Gemini never splits a call: each `functionCall` part
 arrives whole, `{name, args, id?}` with `args` already an object, often in
 the same event as text parts before it and as the other calls of a parallel
 reply; each call is yielded as it is read. The `thoughtSignature` on a call's

@@ -7,7 +7,7 @@ on: models without it refuse the flag). The last line has `done: true`,
 incomplete. `{"error": "..."}` lines arrive with status 200 and are failures.
 Ollama needs no key: it is configured by `OLLAMA_BASE_URL` alone.
 
-Tools (CONTRACT §11):
+Tools (README "Tools and structured output"):
 - Offered as `tools: [{"type": "function", "function": {name, description,
   parameters}}]`. Ollama has no tool choice field at all: "required" and a
   named tool are sent as "auto" (the tools offered, the model free to call

@@ -10,7 +10,7 @@ as `delta.reasoning_content` or `delta.reasoning`, possibly in a chunk with no
 content. A refusal (`delta.refusal`, with a response schema) is shown as text:
 it is what the model said. `{"error": ...}` inside the 200 stream is a failure.
 
-Tools (CONTRACT §11):
+Tools (README "Tools and structured output"):
 - Offered as `tools: [{"type": "function", "function": {name, description,
   parameters}}]`. `tool_choice` is sent only when it is not "auto" (OpenAI's
   default when tools are offered, and some compatible servers refuse an
