@@ -8,20 +8,33 @@ it through `submit()` and thread-safe queues, never by sharing a client.
 
 Created lazily in the process that uses it, so a gunicorn worker forked after
 import gets its own loop and its own connection pool.
+
+Speed (README "Speed", bench/stream_cpu.py): the loop is uvloop's, and
+httpx sends through `AiohttpTransport`, aiohttp under the httpx API, instead
+of httpcore on anyio. Measured on one core, the upstream side was most of
+the CPU a relayed chunk costs, and most of that was httpcore's and anyio's
+layers per read (an epoll re-registration per receive, a cancel scope per
+read, h11's Python parser); aiohttp parses in C and reads straight from its
+protocol's buffer. Its exceptions are translated here into the httpx ones
+httpcore would have raised for the same failure, so nothing above this
+module can tell the two apart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextlib
 import importlib
 import os
 import threading
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
+import aiohttp
 import httpx
+import uvloop
 
 from .config import Timeouts
 
@@ -47,12 +60,23 @@ def _running_loop() -> asyncio.AbstractEventLoop:
     global _loop, _loop_pid
     with _lock:
         if _loop is None or _loop_pid != os.getpid():
-            _loop = asyncio.new_event_loop()
+            _loop = uvloop.new_event_loop()
             _loop_pid = os.getpid()
             _clients.clear()
             thread = threading.Thread(target=_loop.run_forever, name="upstream-io", daemon=True)
             thread.start()
         return _loop
+
+
+@atexit.register
+def _close_clients() -> None:
+    """Close the pools at exit (aiohttp complains of a session left open)."""
+    loop = _loop
+    if loop is None or _loop_pid != os.getpid() or not loop.is_running():
+        return
+    for client in list(_clients.values()):
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(client.aclose(), loop).result(timeout=1)
 
 
 def submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
@@ -65,6 +89,7 @@ def http_client(timeouts: Timeouts) -> httpx.AsyncClient:
     client = _clients.get(timeouts)
     if client is None:
         client = httpx.AsyncClient(
+            transport=AiohttpTransport(keepalive_seconds=KEEPALIVE_SECONDS),
             verify=_TLS,
             timeout=httpx.Timeout(
                 connect=timeouts.connect,
@@ -72,7 +97,116 @@ def http_client(timeouts: Timeouts) -> httpx.AsyncClient:
                 write=timeouts.connect,
                 pool=timeouts.connect,
             ),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
         )
         _clients[timeouts] = client
     return client
+
+
+# How long an idle upstream connection is kept for the next request (httpx's default).
+KEEPALIVE_SECONDS = 5.0
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """httpx requests sent with aiohttp: one session per transport, made on the loop.
+
+    Written after httpx-aiohttp 0.2.0 (`httpx_aiohttp/transport.py`, by the
+    OpenAI SDK's authors), which it replaces: that one maps a refused
+    connection to `ConnectTimeout` and caps the pool at aiohttp's default of
+    100 connections. Here the pool is unbounded (requests in flight are
+    bounded by MAX_STREAMS) and every aiohttp failure becomes the httpx
+    exception httpcore raises for it (`_translated`). Connections stay open
+    for `keepalive_seconds` after use; the body is streamed as it arrives,
+    whatever was buffered per read.
+    """
+
+    def __init__(self, keepalive_seconds: float) -> None:
+        self._keepalive = keepalive_seconds
+        self._session: aiohttp.ClientSession | None = None
+
+    def _session_here(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=0, ssl=_TLS, keepalive_timeout=self._keepalive)
+            self._session = aiohttp.ClientSession(
+                connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+            )
+        return self._session
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        timeout: dict[str, float | None] = request.extensions.get("timeout", {})
+        body = request.content  # our requests are bytes, never a stream
+        try:
+            response = await self._session_here().request(
+                request.method,
+                str(request.url),
+                headers=list(request.headers.multi_items()),
+                data=body or None,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    connect=timeout.get("pool"),
+                    sock_connect=timeout.get("connect"),
+                    sock_read=timeout.get("read"),
+                ),
+            )
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _translated(exc, connecting=True) from exc
+        extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
+        if response.reason:
+            extensions["reason_phrase"] = response.reason.encode()
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.raw_headers,
+            stream=_Body(response),
+            request=request,
+            extensions=extensions,
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+class _Body(httpx.AsyncByteStream):
+    """A response body as it arrives. A class, not an async generator: a reply
+    that stops reading early leaves nothing for the loop to finalise."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            data = await self._response.content.readany()
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _translated(exc, connecting=False) from exc
+        if not data:
+            raise StopAsyncIteration
+        return data
+
+    async def aclose(self) -> None:
+        # A body not read to its end closes the connection (httpcore did the
+        # same): the upstream stops at once, as a cancelled reply wants.
+        if self._response.content.is_eof():
+            self._response.release()
+        else:
+            self._response.close()
+
+
+def _translated(exc: BaseException, connecting: bool) -> httpx.TransportError:
+    """The httpx exception httpcore raises for the failure aiohttp reports as `exc`."""
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return httpx.ConnectTimeout(message)
+    if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
+        return httpx.ReadTimeout(message)
+    if isinstance(exc, aiohttp.ClientConnectorError):  # refused, DNS, TLS handshake
+        return httpx.ConnectError(message)
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        return httpx.RemoteProtocolError(message)
+    if isinstance(exc, aiohttp.ClientResponseError):  # a status line or header we cannot read
+        return httpx.RemoteProtocolError(message)
+    if connecting and not isinstance(exc, aiohttp.ClientOSError):
+        return httpx.ConnectError(message)
+    return httpx.ReadError(message)

@@ -1,0 +1,91 @@
+"""The aiohttp transport (assistant/aio.py) fails the way httpcore did: the
+same httpx exceptions, so the chain's error codes do not change."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from assistant import aio
+from assistant.config import Timeouts
+from assistant.providers.base import translate_http_error
+
+
+@contextlib.contextmanager
+def _serve(answer: bytes, then_wait: float = 0.0) -> Iterator[str]:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    done = threading.Event()
+
+    def run() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(answer)
+        done.wait(then_wait)
+        conn.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        done.set()
+        listener.close()
+
+
+async def _read(url: str, timeouts: Timeouts) -> bytes:
+    client = aio.http_client(timeouts)
+    async with client.stream("POST", url, content=b"{}") as response:
+        return b"".join([part async for part in response.aiter_bytes()])
+
+
+def _code(url: str, idle: float = 5.0) -> str:
+    timeouts = Timeouts(connect=2, first_chunk=5, idle=idle, reply=10)
+    try:
+        aio.submit(_read(url, timeouts)).result(timeout=10)
+    except httpx.HTTPError as exc:
+        return translate_http_error(exc).code
+    return "ok"
+
+
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+
+
+def test_a_body_read_whole() -> None:
+    body = HEAD + b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    timeouts = Timeouts(connect=2, first_chunk=5, idle=5)
+    with _serve(body) as url:
+        assert aio.submit(_read(url, timeouts)).result(timeout=10) == b"hello"
+
+
+@pytest.mark.parametrize(
+    ("answer", "code"),
+    [
+        (HEAD + b"transfer-encoding: chunked\r\n\r\n5\r\nhel", "upstream_incomplete"),
+        (HEAD + b"content-length: 10\r\n\r\nhello", "upstream_incomplete"),
+        (b"", "upstream_incomplete"),  # closed before any status line
+        (b"garbage\r\n\r\n", "upstream_incomplete"),
+    ],
+)
+def test_a_dropped_or_broken_answer_is_incomplete(answer: bytes, code: str) -> None:
+    with _serve(answer) as url:
+        assert _code(url) == code
+
+
+def test_silence_past_the_idle_timeout_is_a_timeout() -> None:
+    answer = HEAD + b"transfer-encoding: chunked\r\n\r\n"
+    with _serve(answer, then_wait=3) as url:
+        assert _code(url, idle=0.3) == "upstream_timeout"
+
+
+def test_a_refused_connection_is_unreachable() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert _code(f"http://127.0.0.1:{port}") == "upstream_unreachable"
