@@ -11,6 +11,10 @@ ended by the send timeout on the request thread, which cancels the chain
 while it waits here.
 
 Outcomes and other items are never held back: only text counts.
+
+The request thread may take every chunk already waiting at once
+(`next_chunk()`), so that one wake-up writes them all: each is still its
+own frame, and none waits for another.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class Outbox:
         self._lock = threading.Lock()
         self._chars = 0  # chunk text put and not yet taken
         self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+        self._held: Item | None = None  # taken by next_chunk() and not a chunk: get() gives it
 
     def put(self, item: Item) -> None:
         """Any thread; never blocks (the chain calls `room()` first when it can wait)."""
@@ -51,6 +56,7 @@ class Outbox:
 
     def discard(self) -> None:
         """Drop whatever is still waiting (the reply ended: nobody will take it)."""
+        self._held = None
         while True:
             try:
                 self._items.get_nowait()
@@ -59,7 +65,25 @@ class Outbox:
 
     def get(self, timeout: float) -> Item:
         """The request thread: the next item; queue.Empty after `timeout` seconds."""
-        item = self._items.get(timeout=timeout)
+        if self._held is not None:
+            item, self._held = self._held, None
+            return item
+        return self._taken(self._items.get(timeout=timeout))
+
+    def next_chunk(self) -> Chunk | None:
+        """The request thread: the next item if it is a chunk already waiting; never waits."""
+        if self._held is not None:
+            return None
+        try:
+            item = self._taken(self._items.get_nowait())
+        except queue.Empty:
+            return None
+        if isinstance(item, Chunk):
+            return item
+        self._held = item  # the next get() returns it, in order
+        return None
+
+    def _taken(self, item: Item) -> Item:
         if isinstance(item, Chunk):
             with self._lock:
                 self._chars -= len(item.text)

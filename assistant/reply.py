@@ -161,8 +161,7 @@ class Reply:
                 if item is None:
                     yield sse.PING
                 elif isinstance(item, Chunk):
-                    self._add(item.text)
-                    yield sse.chunk_frame(item.text)
+                    yield self._chunk_frames(item)
                 elif isinstance(item, ToolCall):
                     self._calls.append(item)  # shown in the final metadata, not as text
                 elif isinstance(item, Outcome):
@@ -262,6 +261,17 @@ class Reply:
         self._calls = []
         self._splitter = ThinkingSplitter()
         self._items.discard()
+
+    def _chunk_frames(self, chunk: Chunk) -> bytes:
+        """`chunk`'s frame, and those of the chunks already waiting behind it: one
+        write for all, each still its own `data:` event (a busy instance wakes
+        its request threads once per batch, not once per chunk)."""
+        self._add(chunk.text)
+        frames = sse.chunk_frame(chunk.text)
+        while (more := self._items.next_chunk()) is not None:
+            self._add(more.text)
+            frames += sse.chunk_frame(more.text)
+        return frames
 
     def _add(self, text: str) -> None:
         self._parts.append(text)

@@ -7,12 +7,21 @@ smaller frames, and JSON escapes every CR and LF, so one payload is always one
 the way Python's `str.splitlines` does (httpx's `iter_lines`, for one) also
 break at U+2028, U+2029 and U+0085, which JSON leaves raw: those three are
 escaped too (`\u2028`), so every client reads one frame as one line.
+
+Chunk frames, one per token, are encoded with orjson (about 10 times faster
+than `json.dumps` here, bench/results/): its output is the same bytes as
+`json.dumps(..., ensure_ascii=False, separators=(",", ":"))` for every
+string (checked for every code point in tests/test_sse_frames.py), and the three
+line breaks are escaped in its UTF-8 bytes, where each has one spelling.
+Every other frame (the final answer's metadata, errors) keeps `json.dumps`.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
+
+import orjson
 
 PING = b": ping\n\n"
 DONE = b"data: [DONE]\n\n"
@@ -29,5 +38,17 @@ def frame(payload: Any) -> bytes:
     return b"data: " + text.encode("utf-8") + b"\n\n"
 
 
+_UTF8_LINE_BREAKS = (
+    (b"\xe2\x80\xa8", b"\\u2028"),
+    (b"\xe2\x80\xa9", b"\\u2029"),
+    (b"\xc2\x85", b"\\u0085"),
+)
+
+
 def chunk_frame(text: str) -> bytes:
-    return frame({"chunk": text})
+    """`frame({"chunk": text})`, the same bytes, faster."""
+    data = orjson.dumps({"chunk": text})
+    if not data.isascii():
+        for raw, escaped in _UTF8_LINE_BREAKS:
+            data = data.replace(raw, escaped)
+    return b"data: " + data + b"\n\n"

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import codecs
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import orjson
 
 from .base import ProviderError
 from .sse_decoder import EventDecoder, LineDecoder, ServerSentEvent
 
+_LONG_NUMBER = re.compile(r"\d{19}")
 _FIELDS = frozenset({"data", "event", "id", "retry"})
 
 
@@ -69,9 +72,16 @@ async def _lines(response: httpx.Response) -> AsyncIterator[str]:
 def json_object(data: str) -> dict[str, Any]:
     """An event's data as a JSON object, or a protocol error."""
     try:
-        value = json.loads(data)
-    except json.JSONDecodeError:
-        raise ProviderError("upstream_protocol", "event data is not JSON") from None
+        # orjson is several times faster per event; but it reads an integer past
+        # 64 bits as a float, so data with 19 digits in a row goes to json.
+        if _LONG_NUMBER.search(data):
+            raise orjson.JSONDecodeError("", "", 0)
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        try:  # also what orjson refuses and json takes (NaN, Infinity), as before
+            value = json.loads(data)
+        except json.JSONDecodeError:
+            raise ProviderError("upstream_protocol", "event data is not JSON") from None
     if not isinstance(value, dict):
         raise ProviderError("upstream_protocol", "event data is not a JSON object")
     return value
