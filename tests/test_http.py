@@ -5,9 +5,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import resource
+import socket
 
 import pytest
 
+from assistant.http import _client_gone_probe
 from devtools.fake_upstream import FakeUpstream
 
 from .conftest import ask, sse_events
@@ -339,3 +342,24 @@ def test_a_body_cut_off_is_refused_not_a_crash(client, fake: FakeUpstream, capsy
     assert "request body ended before it was complete" in log
     assert "request.crashed" not in log
     assert fake.requests == []
+
+
+def test_the_client_gone_probe_works_past_descriptor_1024() -> None:
+    # select() refuses descriptors of 1024 and above; an instance with hundreds of
+    # streams has them, and a refusal must not read as "the client left".
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] <= 1100:
+        pytest.skip("the descriptor limit is too low to open descriptor 1100")
+    ours, client = socket.socketpair()
+    high = os.dup2(ours.fileno(), 1100)
+    ours.close()
+    sock = socket.socket(fileno=high)
+    try:
+        gone = _client_gone_probe({"gunicorn.socket": sock})
+        assert gone() is False  # connected, nothing sent
+        client.sendall(b"x")
+        assert gone() is False  # bytes waiting are not a close
+        client.close()
+        sock.recv(1)
+        assert gone() is True  # the peer closed
+    finally:
+        sock.close()
