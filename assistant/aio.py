@@ -150,13 +150,14 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             )
         except (aiohttp.ClientError, OSError) as exc:
             raise _translated(exc, connecting=True) from exc
-        extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
+        stream = _Body(response)
+        extensions: dict[str, Any] = {"http_version": b"HTTP/1.1", _RAW_BODY: stream}
         if response.reason:
             extensions["reason_phrase"] = response.reason.encode()
         return httpx.Response(
             status_code=response.status,
             headers=response.raw_headers,
-            stream=_Body(response),
+            stream=stream,
             request=request,
             extensions=extensions,
         )
@@ -164,6 +165,27 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+# The response extension that holds our `_Body`, for `body_chunks()`.
+_RAW_BODY = "assistant.aiohttp_body"
+
+
+def body_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """A streamed response's body as it arrives, for the providers' decoders.
+
+    For a response our transport made, with no content coding, the bytes come
+    straight from aiohttp's buffer: one await per read, where httpx's
+    `aiter_bytes()` stacks four async generators (bytes, raw, the bound
+    stream, ours) and a content decoder that has nothing to do. Failures are
+    the same httpx exceptions either way (`_Body` translates them), and
+    closing the response still closes the body. Anything else (a gzip body,
+    a test's `httpx.MockTransport`) goes through `aiter_bytes()`.
+    """
+    body = response.extensions.get(_RAW_BODY)
+    if isinstance(body, _Body) and "content-encoding" not in response.headers:
+        return body
+    return response.aiter_bytes()
 
 
 class _Body(httpx.AsyncByteStream):

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from ..aio import body_chunks
 from .base import ProviderError
 from .sse_events import json_object
 
@@ -21,7 +22,7 @@ from .sse_events import json_object
 async def iter_ndjson(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
     """JSON objects, one per non-blank line; anything else is a protocol error."""
     buffer = b""
-    async for raw in response.aiter_bytes():
+    async for raw in body_chunks(response):
         buffer += raw
         *lines, buffer = buffer.split(b"\n")
         for line in lines:

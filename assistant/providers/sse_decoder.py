@@ -1,4 +1,4 @@
-"""The SSE spec's decoder (WHATWG HTML, "Interpreting an event stream"): text -> lines -> events.
+"""The SSE spec's decoder (WHATWG HTML, "Interpreting an event stream"): bytes -> lines -> events.
 
 Adapted from httpx-sse 0.4.3 (`httpx_sse/_decoders.py`, MIT licence, by
 Florimond Manca), itself adapted from httpx's `LineDecoder`. We own it rather
@@ -9,7 +9,7 @@ two rules httpx-sse misses are kept here, where they belong:
   buffer is an empty string, ... return"); httpx-sse dispatched one with data
   "" after a lone `id:` or `event:` line;
 - a leading byte order mark is dropped (`LineDecoder` strips it from the
-  stream's first text).
+  stream's first line).
 
 Only CR, LF and CRLF end a line, never U+2028 or the other breaks that
 `str.splitlines` knows (model text can hold them); a CR that ends one read
@@ -31,49 +31,48 @@ class ServerSentEvent:
     retry: int | None = None
 
 
-def _split_lines(text: str) -> list[str]:
-    """`text` split on CRLF, CR and LF only; a final line end gives no empty last line."""
-    if "\r" in text:
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-    lines = text.split("\n")
-    if text.endswith("\n"):
-        lines.pop()
-    return lines
-
-
 class LineDecoder:
-    """Text in pieces -> complete lines (without their line ends)."""
+    """Bytes in pieces -> complete lines (without their line ends), decoded as UTF-8.
+
+    Bytes are split before they are decoded: a line end is one byte that no
+    multi-byte UTF-8 character contains, so a character split across reads is
+    decoded whole, and no incremental text decoder is needed. Bytes that are
+    not UTF-8 become U+FFFD, as the spec says.
+    """
 
     def __init__(self) -> None:
-        self._buffer: list[str] = []  # the start of a line not yet ended
+        self._buffer = b""  # the start of a line not yet ended
         self._trailing_cr = False  # a CR ended the last piece: its LF may come next
         self._started = False
 
-    def decode(self, text: str) -> list[str]:
-        if not self._started and text:
-            self._started = True
-            text = text.removeprefix("\ufeff")
+    def decode(self, data: bytes) -> list[str]:
         if self._trailing_cr:
-            text, self._trailing_cr = "\r" + text, False
-        if text.endswith("\r"):
-            text, self._trailing_cr = text[:-1], True
-        if not text:
+            data, self._trailing_cr = b"\r" + data, False
+        if data.endswith(b"\r"):
+            data, self._trailing_cr = data[:-1], True
+        if not data:
             return []
-        ended = text[-1] in "\r\n"
-        lines = _split_lines(text)
         if self._buffer:
-            lines[0] = "".join(self._buffer) + lines[0]
-            self._buffer = []
-        if not ended:
-            self._buffer = [lines.pop()]
+            data, self._buffer = self._buffer + data, b""
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        pieces = data.split(b"\n")
+        self._buffer = pieces.pop()  # b"" when the data ended with a line end
+        lines = [piece.decode("utf-8", "replace") for piece in pieces]
+        if lines and not self._started:
+            self._started = True
+            lines[0] = lines[0].removeprefix("\ufeff")
         return lines
 
     def flush(self) -> list[str]:
-        """The last line, if the text ended without a line end (or with a lone CR)."""
+        """The last line, if the bytes ended without a line end (or with a lone CR)."""
         if not self._buffer and not self._trailing_cr:
             return []
-        line = "".join(self._buffer)
-        self._buffer, self._trailing_cr = [], False
+        line = self._buffer.decode("utf-8", "replace")
+        if not self._started:
+            self._started = True
+            line = line.removeprefix("\ufeff")
+        self._buffer, self._trailing_cr = b"", False
         return [line]
 
 

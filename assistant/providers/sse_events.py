@@ -1,8 +1,8 @@
-"""Upstream SSE decoding: an httpx response's bytes -> text -> lines -> events.
+"""Upstream SSE decoding: an httpx response's bytes -> lines -> events.
 
 The spec's decoder is ours (sse_decoder.py, adapted from httpx-sse); this
-module feeds it a response's bytes, decoded as UTF-8 across reads (a
-character split between reads is decoded whole), and holds providers to the
+module feeds it a response's bytes (lines are split before they are decoded
+as UTF-8, so a character split between reads is decoded whole), and holds providers to the
 right content type. An event left unterminated at EOF is dropped, as the
 spec says; providers that need such a tail read it themselves (`unframed`).
 Our tests (tests/test_sse_events.py) hold it to the spec's cases.
@@ -10,7 +10,6 @@ Our tests (tests/test_sse_events.py) hold it to the spec's cases.
 
 from __future__ import annotations
 
-import codecs
 import json
 import re
 from collections.abc import AsyncIterator
@@ -19,6 +18,7 @@ from typing import Any
 import httpx
 import orjson
 
+from ..aio import body_chunks
 from .base import ProviderError
 from .sse_decoder import EventDecoder, LineDecoder, ServerSentEvent
 
@@ -35,38 +35,39 @@ async def iter_sse(
     JSON error) are ignored, as the spec says. When the caller passes
     `unframed`, it holds those lines since the last event dispatched: at the
     end of the stream, that is the unframed tail.
+
+    The body's bytes come from `aio.body_chunks()`: straight from aiohttp
+    when our transport sent the request, which spares several async
+    generator layers per read. A last line with no line end is decoded too;
+    with no blank line after it, its event is never dispatched.
     """
     content_type = response.headers.get("content-type", "").partition(";")[0].strip()
     if content_type != "text/event-stream":
         raise ProviderError("upstream_protocol", f"content-type {content_type or 'none'}")
     events = EventDecoder()
-    async for line in _lines(response):
-        if unframed is not None and line:
-            field = line.partition(":")[0]
-            if field and field not in _FIELDS:
-                unframed.append(line)
+    lines = LineDecoder()
+    async for raw in body_chunks(response):
+        for line in lines.decode(raw):
+            if unframed is not None:
+                _note_unframed(line, unframed)
+            event = events.decode(line)
+            if event is not None:
+                if unframed:
+                    unframed.clear()
+                yield event
+    for line in lines.flush():
+        if unframed is not None:
+            _note_unframed(line, unframed)
         event = events.decode(line)
-        if event is not None:
-            if unframed:
-                unframed.clear()
+        if event is not None:  # a lone CR at the very end ends the last event
             yield event
 
 
-async def _lines(response: httpx.Response) -> AsyncIterator[str]:
-    """The body's lines, always read as UTF-8 (per spec).
-
-    A last line with no line end is yielded too; with no blank line after it,
-    its event is never dispatched: an unterminated event at EOF is dropped.
-    """
-    text_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    lines = LineDecoder()
-    async for raw in response.aiter_bytes():
-        text = text_decoder.decode(raw)
-        if text:
-            for line in lines.decode(text):
-                yield line
-    for line in lines.decode(text_decoder.decode(b"", final=True)) + lines.flush():
-        yield line
+def _note_unframed(line: str, unframed: list[str]) -> None:
+    if line:
+        field = line.partition(":")[0]
+        if field and field not in _FIELDS:
+            unframed.append(line)
 
 
 def json_object(data: str) -> dict[str, Any]:
