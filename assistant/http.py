@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import json
 import re
+import select
 import socket
 import ssl
 import time
@@ -353,13 +354,20 @@ def _client_gone_probe(environ: Mapping[str, Any]) -> Callable[[], bool]:
     if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket):
         return lambda: False
 
+    # poll(), not select(), which fails for descriptors past 1024 (hundreds of
+    # streams on one instance get there). And never a bare peek: the socket
+    # has a timeout (`_bound_sending`), and Python waits for a socket with a
+    # timeout to become readable before it reads, MSG_DONTWAIT or not, so a
+    # peek at a quiet client blocked for the whole send timeout and then read
+    # as a client that left.
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+
     def gone() -> bool:
-        # A non-blocking peek alone: no select(), which fails for descriptors
-        # past 1024 (hundreds of streams on one instance get there).
         try:
-            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except BlockingIOError:
-            return False  # nothing to read: still connected
+            if not poller.poll(0):
+                return False  # nothing to read, no hang-up: still connected
+            return sock.recv(1, socket.MSG_PEEK) == b""  # readable: returns at once
         except (OSError, ValueError):
             return True
 
