@@ -4,7 +4,7 @@ In one process: the fake upstream (its own threads, not profiled) and the
 function through functions-framework's Flask app (`create_app(...).test_client()`,
 so gunicorn and our worker are not in it). Streams run one after another
 (C=1), the upstream's chunks spaced as in bench/stream_cpu.py; each
-thread's CPU time (`time.thread_time`) is printed per stream, then each
+thread's CPU time (user and kernel) and context switches are printed per stream, then each
 profile's top functions by own time and by cumulative time.
 cProfile slows what it measures by ~2x: read the split, not the totals.
 
@@ -18,8 +18,8 @@ import cProfile
 import io
 import os
 import pstats
+import resource
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,33 +69,42 @@ def main() -> int:
 
     loop_profile = cProfile.Profile()
 
-    async def loop_start() -> float:
+    async def loop_start() -> resource.struct_rusage:
         if not args.no_profile:
             loop_profile.enable()
-        return time.thread_time()
+        return resource.getrusage(resource.RUSAGE_THREAD)
 
-    async def loop_stop() -> float:
+    async def loop_stop() -> resource.struct_rusage:
         loop_profile.disable()
-        return time.thread_time()
+        return resource.getrusage(resource.RUSAGE_THREAD)
 
     request_profile = cProfile.Profile()
     loop_before = aio.submit(loop_start()).result()
-    request_before = time.thread_time()
+    request_before = resource.getrusage(resource.RUSAGE_THREAD)
     if not args.no_profile:
         request_profile.enable()
     for _ in range(args.streams):
         one()
     request_profile.disable()
-    request_cpu = time.thread_time() - request_before
-    loop_cpu = aio.submit(loop_stop()).result() - loop_before
+    request_after = resource.getrusage(resource.RUSAGE_THREAD)
+    loop_after = aio.submit(loop_stop()).result()
     fake.stop()
     sys.stdout = sys.__stdout__
 
     n = args.streams
     profiled = "" if args.no_profile else " (under cProfile)"
     print(f"{n} streams of {args.chunks} chunks, C=1, one after another{profiled}")
-    print(f"request thread CPU per stream: {request_cpu * 1000 / n:.2f} ms")
-    print(f"I/O loop thread CPU per stream: {loop_cpu * 1000 / n:.2f} ms")
+    for name, before, after in (
+        ("request thread", request_before, request_after),
+        ("I/O loop thread", loop_before, loop_after),
+    ):
+        user = (after.ru_utime - before.ru_utime) * 1000 / n
+        system = (after.ru_stime - before.ru_stime) * 1000 / n
+        switches = (after.ru_nvcsw - before.ru_nvcsw + after.ru_nivcsw - before.ru_nivcsw) / n
+        print(
+            f"{name} CPU per stream: {user + system:.2f} ms "
+            f"(user {user:.2f}, kernel {system:.2f}), {switches:.0f} context switches"
+        )
     if args.no_profile:
         return 0
     for name, profile in (("request thread", request_profile), ("I/O loop thread", loop_profile)):
