@@ -324,3 +324,31 @@ def test_unpaired_calls_and_results_are_mended_for_every_provider() -> None:
         Message("assistant", ("Checking.", oslo)),  # c2 had no result
         Message("user", (ToolResult("c1", "weather", "4 °C"), "Never mind.")),
     ]
+
+
+def test_a_reply_that_is_a_tool_call_has_no_json_yet(client, fake: FakeUpstream) -> None:
+    fake.push(Script(tokens=[], tool_calls=[{"name": "weather", "args": {"city": "Oslo"}}]))
+    response = ask(client, emissaryConfig={**TOOLS, "responseSchema": ANSWER_SCHEMA})
+    metadata = sse_events(response.get_data())[-2]["metadata"]
+    assert metadata["structured_output"] is None
+    assert metadata["structured_output_error"] == (
+        "the reply is a tool call: the JSON answer comes after the tool results"
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "mentions"),
+    [
+        ('{"user_input": "hi", "x": 1.' + "5" * 50 + "}", "number longer than 40 characters"),
+        ('{"user_input": "hi", "x": 1e999}', "number too large to represent"),
+        ('{"user_input": "hi", "emissaryConfig": {"tools": ["a", 2]}}', "list of strings"),
+    ],
+)
+def test_numbers_and_tool_names_of_the_wrong_kind_are_400(
+    client, fake: FakeUpstream, raw: str, mentions: str
+) -> None:
+    response = client.post(
+        "/vac/assistant/test-assistant/sse", data=raw, content_type="application/json"
+    )
+    assert response.status_code == 400 and mentions in response.get_json()["error"]
+    assert fake.requests == []
