@@ -1,9 +1,14 @@
-"""Requests written by hand on a plain socket, so a test decides when the client hangs
-up, whether it ever reads, and how the body is framed."""
+"""HTTP by hand on plain sockets: requests, so a test decides when the client hangs
+up, whether it ever reads, and how the body is framed; and a one-request server, so a
+test decides exactly what an upstream sends and when."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
 
 
 def open_raw(
@@ -44,3 +49,34 @@ def read_until_closed(sock: socket.socket) -> bytes:
     while chunk := sock.recv(65536):
         received += chunk
     return received
+
+
+@contextlib.contextmanager
+def one_answer(head: bytes, pieces: Sequence[bytes] = (), then_wait: float = 0.0) -> Iterator[str]:
+    """A server on loopback that answers one request with `head`, then each of `pieces`
+    in its own send (its own read on the other side), waits `then_wait` seconds (or
+    until the test ends) and closes the connection. Yields its URL."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    done = threading.Event()
+
+    def run() -> None:
+        conn, _ = listener.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.recv(65536)
+        conn.sendall(head)
+        for piece in pieces:
+            time.sleep(0.005)
+            conn.sendall(piece)
+        done.wait(then_wait)
+        conn.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        done.set()
+        listener.close()
+        thread.join(5)

@@ -3,10 +3,7 @@ same httpx exceptions, so the chain's error codes do not change."""
 
 from __future__ import annotations
 
-import contextlib
 import socket
-import threading
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -15,28 +12,7 @@ from assistant import aio
 from assistant.config import Timeouts
 from assistant.providers.base import translate_http_error
 
-
-@contextlib.contextmanager
-def _serve(answer: bytes, then_wait: float = 0.0) -> Iterator[str]:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    done = threading.Event()
-
-    def run() -> None:
-        conn, _ = listener.accept()
-        conn.recv(65536)
-        conn.sendall(answer)
-        done.wait(then_wait)
-        conn.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        done.set()
-        listener.close()
+from .raw_http import one_answer
 
 
 async def _read(url: str, timeouts: Timeouts) -> bytes:
@@ -60,7 +36,7 @@ HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
 def test_a_body_read_whole() -> None:
     body = HEAD + b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
     timeouts = Timeouts(connect=2, first_chunk=5, idle=5)
-    with _serve(body) as url:
+    with one_answer(body) as url:
         assert aio.submit(_read(url, timeouts)).result(timeout=10) == b"hello"
 
 
@@ -74,13 +50,13 @@ def test_a_body_read_whole() -> None:
     ],
 )
 def test_a_dropped_or_broken_answer_is_incomplete(answer: bytes, code: str) -> None:
-    with _serve(answer) as url:
+    with one_answer(answer) as url:
         assert _code(url) == code
 
 
 def test_silence_past_the_idle_timeout_is_a_timeout() -> None:
     answer = HEAD + b"transfer-encoding: chunked\r\n\r\n"
-    with _serve(answer, then_wait=3) as url:
+    with one_answer(answer, then_wait=3) as url:
         assert _code(url, idle=0.3) == "upstream_timeout"
 
 

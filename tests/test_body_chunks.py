@@ -4,12 +4,6 @@ httpx's `aiter_bytes()` (which tests/test_sse_events.py drives)."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
-import time
-from collections.abc import Iterator
-
 import httpx
 import pytest
 
@@ -19,33 +13,9 @@ from assistant.providers.base import translate_http_error
 from assistant.providers.ndjson import iter_ndjson
 from assistant.providers.sse_events import iter_sse
 
+from .raw_http import one_answer
+
 TIMEOUTS = Timeouts(connect=2, first_chunk=5, idle=5, reply=10)
-
-
-@contextlib.contextmanager
-def _serve(head: bytes, pieces: list[bytes]) -> Iterator[str]:
-    """One HTTP/1.1 answer on loopback: `head`, then each piece in its own send."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-
-    def run() -> None:
-        conn, _ = listener.accept()
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn.recv(65536)
-        conn.sendall(head)
-        for piece in pieces:
-            time.sleep(0.005)  # each its own read on the other side
-            conn.sendall(piece)
-        conn.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        listener.close()
-        thread.join(5)
 
 
 def _events(url: str) -> tuple[bool, list[tuple[str, str]]]:
@@ -68,7 +38,7 @@ EXPECTED = [("message", "one"), ("e", "tw\u00e9\u2028o\nx"), ("message", "\U0001
 def test_raw_reads_give_the_same_events_at_any_read_boundary(size: int) -> None:
     data = STREAM.encode()
     pieces = [data[i : i + size] for i in range(0, len(data), size)]
-    with _serve(SSE_HEAD, pieces) as url:
+    with one_answer(SSE_HEAD, pieces) as url:
         raw, events = _events(url)
     assert raw
     assert events == EXPECTED
@@ -78,7 +48,7 @@ def test_a_coded_body_goes_through_httpx_decoding() -> None:
     import gzip
 
     head = SSE_HEAD.replace(b"\r\n\r\n", b"\r\ncontent-encoding: gzip\r\n\r\n")
-    with _serve(head, [gzip.compress(STREAM.encode())]) as url:
+    with one_answer(head, [gzip.compress(STREAM.encode())]) as url:
         raw, events = _events(url)
     assert not raw
     assert events == EXPECTED
@@ -93,7 +63,10 @@ def test_a_body_cut_short_is_the_same_error() -> None:
             async for _ in iter_sse(response):
                 pass
 
-    with _serve(head, [b"data: one\n\n"]) as url, pytest.raises(httpx.HTTPError) as caught:
+    with (
+        one_answer(head, [b"data: one\n\n"]) as url,
+        pytest.raises(httpx.HTTPError) as caught,
+    ):
         aio.submit(read(url)).result(timeout=10)
     assert translate_http_error(caught.value).code == "upstream_incomplete"
 
@@ -107,5 +80,5 @@ def test_ndjson_reads_raw_too() -> None:
         async with client.stream("POST", url, content=b"{}") as response:
             return [line async for line in iter_ndjson(response)]
 
-    with _serve(head, [data[i : i + 3] for i in range(0, len(data), 3)]) as url:
+    with one_answer(head, [data[i : i + 3] for i in range(0, len(data), 3)]) as url:
         assert aio.submit(read(url)).result(timeout=10) == [{"a": "\u00e9"}, {"b": 2}]
