@@ -202,11 +202,19 @@ class HttpProvider:
         return status == 401
 
 
-def normalised_stop_reason(raw: str | None, table: Mapping[str, StopReason]) -> StopReason | None:
-    """A provider's stop reason in our vocabulary; None while the reply has none."""
-    if raw is None:
-        return None
-    return table.get(raw, "other")
+def normalised_stop_reason(
+    raw: str | None, table: Mapping[str, StopReason], made_calls: bool = False
+) -> StopReason | None:
+    """A provider's stop reason in our vocabulary; None while the reply has none.
+
+    A reply that made tool calls and then simply stopped ends with `tool_use` on
+    every provider: Gemini and Ollama say "stop" after calls, and some
+    OpenAI-compatible servers say "stop" or nothing.
+    """
+    reason = None if raw is None else table.get(raw, "other")
+    if made_calls and reason in (None, "end_turn"):
+        return "tool_use"
+    return reason
 
 
 def conversation(turns: tuple[Turn, ...]) -> list[Message]:

@@ -145,10 +145,7 @@ class GeminiProvider(HttpProvider):
             _raise_if_error(_bare_json("\n".join(unframed)))  # the lines after the last event
         if raw_stop is None:
             raise ProviderError("upstream_incomplete", "stream ended without a finishReason")
-        stop = normalised_stop_reason(raw_stop, _STOP_REASONS)
-        if calls and stop == "end_turn":
-            stop = "tool_use"  # Gemini says STOP after calls too
-        yield StreamEnd(stop, usage, model)
+        yield StreamEnd(normalised_stop_reason(raw_stop, _STOP_REASONS, calls > 0), usage, model)
 
 
 # -- the request ---------------------------------------------------------------------------

@@ -119,9 +119,8 @@ class OllamaProvider(HttpProvider):
                         input_tokens=line.get("prompt_eval_count"),
                         output_tokens=line.get("eval_count"),
                     )
-                    stop = normalised_stop_reason(line.get("done_reason") or "stop", _STOP_REASONS)
-                    if calls and stop == "end_turn":
-                        stop = "tool_use"  # Ollama says "stop" after calls too
+                    reason = line.get("done_reason") or "stop"
+                    stop = normalised_stop_reason(reason, _STOP_REASONS, bool(calls))
                     model = line.get("model") or self.settings.model
                     yield StreamEnd(stop, usage, model)
                     return

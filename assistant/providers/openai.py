@@ -165,10 +165,7 @@ class OpenAIProvider(HttpProvider):
         for call in calls.whole():  # a server that sent no finish_reason
             called = True
             yield call
-        stop = normalised_stop_reason(raw_stop, _STOP_REASONS)
-        if called and stop in (None, "end_turn"):
-            stop = "tool_use"  # servers that say "stop", or nothing, after calls
-        yield StreamEnd(stop, usage, model)
+        yield StreamEnd(normalised_stop_reason(raw_stop, _STOP_REASONS, called), usage, model)
 
 
 # -- the request ----------------------------------------------------------------------------
