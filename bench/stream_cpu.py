@@ -19,7 +19,10 @@ It prints, per level:
   the time it took to reach the client, through the service minus directly,
   at p50 and p99;
 - errors (status not 200, a missing chunk, no final answer, no [DONE], a
-  connection error), and the worker's largest RSS during the level.
+  connection error), and the worker's largest RSS during the level;
+- with --per-thread, the worker's CPU split by thread (from each thread's
+  /proc schedstat): the upstream I/O loop, gunicorn's main thread (accept,
+  the poller) and the rest (request threads).
 
 The client is a small asyncio one on raw sockets (TCP_NODELAY, one
 connection per stream), cheap enough that the client's core is not the
@@ -172,6 +175,19 @@ def _cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
 
 
+def _thread_cpu_ms(pid: int) -> dict[str, float]:
+    """CPU ms per thread kind (from schedstat, in ns): the upstream I/O loop,
+    gunicorn's main thread, the request threads and the rest."""
+    cpu: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            name = (task / "comm").read_text().strip()
+            ns = int((task / "schedstat").read_text().split()[0])
+            kind = "loop" if name == "upstream-io" else "main" if task.name == str(pid) else "other"
+            cpu[kind] = cpu.get(kind, 0.0) + ns / 1e6
+    return cpu
+
+
 def _rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -239,6 +255,11 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=0.02, help="between tokens (s)")
     parser.add_argument("--rounds", default="40,8,5,3", help="streams per worker, per level")
     parser.add_argument("--threads", type=int, default=512)
+    parser.add_argument(
+        "--per-thread",
+        action="store_true",
+        help="also split the CPU: I/O loop thread, gunicorn main, request threads",
+    )
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the service")
     args = parser.parse_args()
     levels = [int(level) for level in args.levels.split(",")]
@@ -319,9 +340,10 @@ def _report(
         n = level * r
         plain = run(direct, int(fake_port), False, level, n)
         with _RssWatch(worker) as watch:
-            before = _cpu_ticks(worker)
+            before, threads_before = _cpu_ticks(worker), _thread_cpu_ms(worker)
             served = run(via, int(port), True, level, n)
             cpu_ms = (_cpu_ticks(worker) - before) * 1000 / TICKS
+            threads_after = _thread_cpu_ms(worker)
         chunks = sum(s.chunks for s in served)
         errors = [s.error for s in served if s.error] + [s.error for s in plain if s.error]
         first_via = [(s.first - s.started) / 1e6 for s in served if s.first]
@@ -339,6 +361,12 @@ def _report(
             f"{watch.peak:7.0f} | {_q(first_direct, 50):19.1f}",
             flush=True,
         )
+        if args.per_thread:
+            split = {kind: threads_after.get(kind, 0) - threads_before.get(kind, 0)
+                     for kind in ("loop", "main", "other")}  # fmt: skip
+            shares = [f"{kind} {ms:.0f} ({ms * 100 / max(cpu_ms, 1e-9):.0f}%)"
+                      for kind, ms in split.items()]  # fmt: skip
+            print("     CPU ms by thread: " + ", ".join(shares))
         if errors:
             kinds = sorted({e for e in errors if e})
             print(f"     errors: {', '.join(kinds[:5])}")
