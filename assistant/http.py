@@ -31,6 +31,7 @@ from . import __version__
 from .auth import caller
 from .chain import ChainCrashed, ChainFailed
 from .config import ConfigError, Settings
+from .direct import client_socket
 from .errors import MESSAGES, ErrorCode, RequestError
 from .limits import Slot, replies_in_flight
 from .providers import configured_providers, with_fresh_key
@@ -187,6 +188,7 @@ def _answer(
         history_turns=len(assistant_request.chat_history),
         providers=[provider.name for provider in providers],
     )
+    _bound_sending(request.environ, settings.send_timeout_seconds)
     reply = Reply(
         assistant_request,
         trace_id=trace_id,
@@ -197,11 +199,17 @@ def _answer(
         log=log,
         streaming=streaming,
         client_gone=_client_gone_probe(request.environ),
+        client_socket=(
+            client_socket(
+                request.environ.get("gunicorn.socket"), request.environ.get("SERVER_PROTOCOL"), slot
+            )
+            if streaming
+            else None
+        ),
         refresh_key=functools.partial(with_fresh_key, settings),
         started=started,
         on_end=slot.release,
     )
-    _bound_sending(request.environ, settings.send_timeout_seconds)
     slot.evict = _hang_up(request.environ)
     reply.start()
     try:

@@ -15,6 +15,14 @@ Outcomes and other items are never held back: only text counts.
 The request thread may take every chunk already waiting at once
 (`next_chunk()`), so that one wake-up writes them all: each is still its
 own frame, and none waits for another.
+
+While the request thread has lent the client's socket to the loop
+(`attach()`, direct.py), a chunk does not wait here at all: `put()` hands
+it to the writer it was given, on the loop. What that write could not send
+comes back here as `Unsent`, ahead of everything after it, and the socket
+goes back to the request thread; a write that failed comes back as
+`WRITE_FAILED`. Writes happen under the lock, so once `detach()` returns the
+loop writes nothing more.
 """
 
 from __future__ import annotations
@@ -22,27 +30,90 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from .chain import Chunk, Item
 
 DEFAULT_LIMIT_CHARS = 64 * 1024
 
 
+@dataclass(frozen=True)
+class Unsent:
+    """The part of a frame the loop wrote that the socket did not take: the request
+    thread sends it as it is, before anything else."""
+
+    data: bytes
+
+
+class WriteFailed:
+    """A write from the loop failed: the client is gone."""
+
+
+WRITE_FAILED = WriteFailed()
+
+Entry = Item | Unsent | WriteFailed
+
+# On the loop: the chunk written to the client; the bytes the socket did not take.
+DirectWrite = Callable[[Chunk], bytes]
+
+
 class Outbox:
     def __init__(self, limit_chars: int = DEFAULT_LIMIT_CHARS) -> None:
-        self._items: queue.SimpleQueue[Item] = queue.SimpleQueue()
+        self._items: queue.SimpleQueue[Entry] = queue.SimpleQueue()
         self._limit = limit_chars
         self._lock = threading.Lock()
         self._chars = 0  # chunk text put and not yet taken
         self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
-        self._held: Item | None = None  # taken by next_chunk() and not a chunk: get() gives it
+        self._held: Entry | None = None  # taken by next_chunk() and not a chunk: get() gives it
+        self._direct: DirectWrite | None = None  # set: chunks are written on put()
+        self._output_waiting = 0  # chunks and Unsent in the queue: the loop must not write
+        self.last_direct_write = 0.0  # time.monotonic() of the loop's last write
 
     def put(self, item: Item) -> None:
         """Any thread; never blocks (the chain calls `room()` first when it can wait)."""
         if isinstance(item, Chunk):
             with self._lock:
+                if self._direct is not None:
+                    self._write_direct(self._direct, item)
+                    return
                 self._chars += len(item.text)
+                self._output_waiting += 1
+                self._items.put(item)
+            return
         self._items.put(item)
+
+    def attach(self, write: DirectWrite) -> bool:
+        """The request thread: let `put()` write chunks with `write` from now on.
+
+        Only when no output waits here (it must go out first, in order);
+        False otherwise.
+        """
+        with self._lock:
+            if self._output_waiting:
+                return False
+            self._direct = write
+            return True
+
+    def detach(self) -> None:
+        """The request thread: take the socket back; when this returns, no write is under way."""
+        with self._lock:
+            self._direct = None
+
+    def _write_direct(self, write: DirectWrite, chunk: Chunk) -> None:
+        """Under the lock, on the loop."""
+        try:
+            rest = write(chunk)
+        except OSError:
+            self._direct = None
+            self._items.put(WRITE_FAILED)
+            return
+        self.last_direct_write = time.monotonic()
+        if rest:
+            self._direct = None
+            self._output_waiting += 1
+            self._items.put(Unsent(rest))
 
     async def room(self) -> None:
         """On the loop: return once fewer than `limit` characters are waiting to be sent."""
@@ -56,6 +127,7 @@ class Outbox:
 
     def discard(self) -> None:
         """Drop whatever is still waiting (the reply ended: nobody will take it)."""
+        self.detach()
         self._held = None
         while True:
             try:
@@ -63,7 +135,7 @@ class Outbox:
             except queue.Empty:
                 return
 
-    def get(self, timeout: float) -> Item:
+    def get(self, timeout: float) -> Entry:
         """The request thread: the next item; queue.Empty after `timeout` seconds."""
         if self._held is not None:
             item, self._held = self._held, None
@@ -83,9 +155,13 @@ class Outbox:
         self._held = item  # the next get() returns it, in order
         return None
 
-    def _taken(self, item: Item) -> Item:
-        if isinstance(item, Chunk):
+    def _taken(self, item: Entry) -> Entry:
+        if isinstance(item, Unsent):
             with self._lock:
+                self._output_waiting -= 1
+        elif isinstance(item, Chunk):
+            with self._lock:
+                self._output_waiting -= 1
                 self._chars -= len(item.text)
                 waiter = self._waiter if self._chars < self._limit else None
                 if waiter is not None:

@@ -35,8 +35,9 @@ from .chain import (
     Restart,
 )
 from .config import Settings
+from .direct import ClientSocket
 from .errors import MESSAGES, ErrorCode
-from .outbox import Outbox
+from .outbox import Outbox, Unsent, WriteFailed
 from .providers.base import Prompt, Provider, ProviderError
 from .request import AssistantRequest, Turn
 from .saving import Saver
@@ -75,6 +76,7 @@ class Reply:
         log: RequestLog,
         streaming: bool,
         client_gone: Callable[[], bool] = lambda: False,
+        client_socket: ClientSocket | None = None,
         refresh_key: Callable[[Provider], Provider | None] | None = None,
         started: float | None = None,
         on_end: Callable[[], None] = lambda: None,
@@ -85,6 +87,9 @@ class Reply:
         self._log = log
         self._author = author
         self._client_gone = client_gone
+        # Set once the response's head is out: from then on the loop may write chunks (direct.py).
+        self._client_socket = client_socket
+        self._head_sent = False
         self._started = started or time.monotonic()
         self._on_end = on_end  # the reply's place in the limits, given back when it ends
         self._items = Outbox()
@@ -153,7 +158,22 @@ class Reply:
     # -- SSE ---------------------------------------------------------------
 
     def sse_frames(self, first: Item | None) -> Generator[bytes, None, None]:
-        """Frames from `first` (None: the status window passed with nothing) to [DONE]."""
+        """Frames from `first` (None: the status window passed with nothing) to [DONE].
+
+        The loop may write chunk frames itself in between (direct.py): it is
+        stopped before each frame this thread hands on, which is then
+        written while this generator is suspended.
+        """
+        frames = self._sse_frames(first)
+        try:
+            for data in frames:
+                self._items.detach()
+                yield data
+                self._head_sent = True
+        finally:
+            frames.close()
+
+    def _sse_frames(self, first: Item | None) -> Generator[bytes, None, None]:
         try:
             if first is None:
                 yield sse.PING
@@ -220,11 +240,16 @@ class Reply:
     # -- internals ---------------------------------------------------------
 
     def _wait(self, first: Item | None, heartbeat: float | None) -> Iterator[Item | None]:
-        """Items as they come; None when a heartbeat is due. Raises ClientGone."""
+        """Items as they come; None when a heartbeat is due. Raises ClientGone.
+
+        What the loop wrote and the socket did not take is sent here, first.
+        """
         if first is not None:
             yield first
         last_sent = last_check = time.monotonic()
         while True:
+            if self._head_sent and self._client_socket is not None:
+                self._items.attach(self._write_direct)
             now = time.monotonic()
             wait = CLIENT_POLL_SECONDS
             if heartbeat is not None:
@@ -234,13 +259,19 @@ class Reply:
             except queue.Empty:
                 item = None
             now = time.monotonic()
+            last_sent = max(last_sent, self._items.last_direct_write)
             # Once a second whether or not items flow: a JSON caller is never
             # written to before the end, so only this notices that it left.
             if now - last_check >= CLIENT_POLL_SECONDS:
                 last_check = now
                 if self._client_gone():
                     raise ClientGone()
-            if item is not None:
+            if isinstance(item, WriteFailed):
+                raise ClientGone()
+            if isinstance(item, Unsent):
+                self._send_unsent(item.data)
+                last_sent = time.monotonic()
+            elif item is not None:
                 if not isinstance(item, ToolCall):  # a call is not written: no sign of life
                     last_sent = now
                 yield item
@@ -261,6 +292,20 @@ class Reply:
         self._calls = []
         self._splitter = ThinkingSplitter()
         self._items.discard()
+
+    def _write_direct(self, chunk: Chunk) -> bytes:
+        """On the loop, while it holds the socket: `chunk`'s frame, written at once;
+        the bytes the socket did not take."""
+        assert self._client_socket is not None
+        self._add(chunk.text)
+        return self._client_socket.write_now(sse.chunk_frame(chunk.text))
+
+    def _send_unsent(self, data: bytes) -> None:
+        assert self._client_socket is not None
+        try:
+            self._client_socket.send_all(data)
+        except OSError:
+            raise ClientGone() from None
 
     def _chunk_frames(self, chunk: Chunk) -> bytes:
         """`chunk`'s frame, and those of the chunks already waiting behind it: one
@@ -313,6 +358,7 @@ class Reply:
     def _abandon(self) -> None:
         """The client left: stop the upstream at once, then save what arrived."""
         self._done = True
+        self._items.detach()  # the loop adds no more text from here
         if self._future is not None:
             self._future.cancel()
             self._chain.finished.wait(timeout=1.0)

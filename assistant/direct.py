@@ -1,0 +1,79 @@
+"""Chunk frames written to the client straight from the I/O loop, while its socket takes them.
+
+Why (README "Speed"): handing every chunk from the loop to the request
+thread cost a thread wake-up and GIL hand-offs per chunk, about as much CPU
+as everything else a relayed chunk needs. So once the response's head and
+first frame are out, the request thread lets the loop write chunk frames
+itself (`Outbox.attach`): each is still its own frame in its own write, sent
+the moment it arrives. The request thread wakes only for what is not text
+(tool calls, the outcome), for heartbeats and for the once-a-second check
+that the client is still there; before it writes anything itself it takes
+the socket back (`Outbox.detach`), so the two never write at once.
+
+Only while the socket takes every byte at once: the loop never waits on a
+client. A write the socket takes in part, or not at all (a client that reads
+slowly), hands the rest to the request thread (`send_all`), which sends it
+within the socket's send timeout and goes on writing what follows itself,
+as it always did: slow and stuck clients, the send timeout, back-pressure
+and eviction are handled there (README "Slow, stuck and greedy clients").
+A write that fails means the client left.
+
+gunicorn sends an HTTP/1.1 stream in chunked transfer coding (a stream has
+no Content-Length), so bytes written next to it are framed the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import time
+
+from .limits import Slot
+
+
+class ClientSocket:
+    def __init__(self, sock: socket.socket, chunked: bool, slot: Slot) -> None:
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._chunked = chunked
+        self._slot = slot
+
+    def write_now(self, frame: bytes) -> bytes:
+        """On the loop: write what the socket takes without waiting; returns the rest
+        (empty when it took it all). OSError: the client is gone."""
+        data = b"%X\r\n%b\r\n" % (len(frame), frame) if self._chunked else frame
+        try:
+            # os.write, not sock.send: a socket with a timeout (the send
+            # timeout, http.py) polls before every send; its descriptor is
+            # non-blocking, so this returns at once either way.
+            sent = os.write(self._fd, data)
+        except BlockingIOError:
+            return data
+        return data[sent:]
+
+    def send_all(self, data: bytes) -> None:
+        """On the request thread: bytes `write_now` left, waiting up to the socket's timeout.
+
+        Already framed: they go to the socket as they are. OSError (a timeout
+        included): the client is gone or takes nothing.
+        """
+        self._slot.writing_since = time.monotonic()  # a stuck client can be evicted meanwhile
+        try:
+            self._sock.sendall(data)
+        finally:
+            self._slot.writing_since = None
+
+
+def client_socket(sock: object, protocol: object, slot: Slot) -> ClientSocket | None:
+    """The response's socket for direct writes, or None where they cannot be used.
+
+    Not through TLS (its bytes are not the socket's), not on a blocking socket
+    (the loop must never wait), and only for HTTP/1.0 and 1.1, whose framing
+    is known.
+    """
+    if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket):
+        return None
+    if protocol not in ("HTTP/1.0", "HTTP/1.1") or sock.gettimeout() is None:
+        return None
+    return ClientSocket(sock, chunked=protocol == "HTTP/1.1", slot=slot)

@@ -1,0 +1,109 @@
+"""Chunk frames written from the I/O loop (assistant/direct.py), on the real server:
+HTTP/1.0 and 1.1 framing, heartbeats and hang-ups while the loop holds the
+socket, and a slow reader whose writes go back and forth between the loop
+and the request thread without a byte lost or out of order."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from devtools.fake_upstream import FakeUpstream, Script
+from devtools.service import running_service
+
+from .raw_http import open_raw, read_until_closed
+
+
+@pytest.fixture
+def server(fake: FakeUpstream) -> Iterator[str]:
+    with running_service({"THREADS": "4", "HEARTBEAT_SECONDS": "0.4"}) as service:
+        yield service.url
+
+
+def dechunked(body: bytes) -> bytes:
+    """An HTTP/1.1 chunked body decoded; AssertionError if its framing is broken."""
+    out = bytearray()
+    while True:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        assert body[size : size + 2] == b"\r\n", "a chunk's size does not match its data"
+        if size == 0:
+            return bytes(out)
+        out += body[:size]
+        body = body[size + 2 :]
+
+
+def events(body: bytes) -> list[str]:
+    return [frame for frame in body.decode().split("\n\n") if frame]
+
+
+def chunk_texts(frames: list[str]) -> list[str]:
+    return [json.loads(f[6:])["chunk"] for f in frames if f.startswith('data: {"chunk"')]
+
+
+def test_an_http_1_0_client_reads_plain_frames(server: str, fake: FakeUpstream) -> None:
+    fake.push(Script(tokens=["one ", "two ", "three"], interval=0.05))
+    host, port = server.removeprefix("http://").split(":")
+    body = b'{"user_input": "hi"}'
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(
+            b"POST /vac/assistant/a/sse HTTP/1.0\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        head, _, rest = read_until_closed(sock).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200")
+    assert b"transfer-encoding" not in head.lower()
+    frames = events(rest)
+    assert chunk_texts(frames) == ["one ", "two ", "three"]
+    assert frames[-1] == "data: [DONE]"
+
+
+def test_heartbeats_go_out_while_the_upstream_pauses_mid_stream(
+    server: str, fake: FakeUpstream
+) -> None:
+    fake.push(Script(tokens=["before ", "after"], interval=1.3))
+    with open_raw(server, "/vac/assistant/a/sse", b'{"user_input": "hi"}') as sock:
+        _head, _, rest = read_until_closed(sock).partition(b"\r\n\r\n")
+    frames = events(dechunked(rest))
+    between = frames[
+        frames.index('data: {"chunk":"before "}') : frames.index('data: {"chunk":"after"}')
+    ]
+    assert between.count(": ping") >= 2  # every 0.4 s of the 1.3 s silence
+    assert frames[-1] == "data: [DONE]"
+
+
+def test_a_client_that_hangs_up_while_chunks_flow_stops_the_upstream(
+    server: str, fake: FakeUpstream
+) -> None:
+    fake.push(Script(tokens=["x "] * 400, interval=0.02))  # 8 s of chunks
+    with open_raw(server, "/vac/assistant/a/sse", b'{"user_input": "hi"}') as sock:
+        received = b""
+        while received.count(b'"chunk"') < 3:
+            received += sock.recv(4096)
+    # The next write from the loop fails (or the once-a-second check sees the close).
+    upstream = fake.wait_for_requests(1)[0]
+    assert upstream.client_closed.wait(timeout=3), "upstream request left running"
+
+
+def test_a_slow_reader_gets_every_byte_in_order(server: str, fake: FakeUpstream) -> None:
+    """Its socket fills: writes go back to the request thread and, once it has
+    caught up, to the loop again, many times over."""
+    pieces = [f"{i:04d}" + "y" * 996 for i in range(400)]  # 400 kB, as fast as it can go
+    fake.push(Script(tokens=pieces))
+    with open_raw(
+        server, "/vac/assistant/a/sse", b'{"user_input": "hi"}', receive_buffer=4096
+    ) as sock:
+        received = bytearray()
+        while data := sock.recv(4096):
+            received += data
+            time.sleep(0.001)
+    _head, _, rest = bytes(received).partition(b"\r\n\r\n")
+    frames = events(dechunked(rest))
+    assert chunk_texts(frames) == pieces
+    assert json.loads(frames[-2][6:])["answer"] == "".join(pieces)
+    assert frames[-1] == "data: [DONE]"
