@@ -52,10 +52,16 @@ def read_until_closed(sock: socket.socket) -> bytes:
 
 
 @contextlib.contextmanager
-def one_answer(head: bytes, pieces: Sequence[bytes] = (), then_wait: float = 0.0) -> Iterator[str]:
+def one_answer(
+    head: bytes,
+    pieces: Sequence[bytes] = (),
+    then_wait: float = 0.0,
+    received: list[bytes] | None = None,
+) -> Iterator[str]:
     """A server on loopback that answers one request with `head`, then each of `pieces`
     in its own send (its own read on the other side), waits `then_wait` seconds (or
-    until the test ends) and closes the connection. Yields its URL."""
+    until the test ends) and closes the connection. Yields its URL; the request's
+    first read goes to `received`."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -64,7 +70,9 @@ def one_answer(head: bytes, pieces: Sequence[bytes] = (), then_wait: float = 0.0
     def run() -> None:
         conn, _ = listener.accept()
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn.recv(65536)
+        request = conn.recv(65536)
+        if received is not None:
+            received.append(request)
         conn.sendall(head)
         for piece in pieces:
             time.sleep(0.005)

@@ -4,6 +4,7 @@ same httpx exceptions, so the chain's error codes do not change."""
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import httpx
 import pytest
@@ -65,3 +66,27 @@ def test_a_refused_connection_is_unreachable() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     assert _code(f"http://127.0.0.1:{port}") == "upstream_unreachable"
+
+
+def test_a_cookie_an_upstream_sets_is_not_sent_on_the_next_request() -> None:
+    """One client serves every user: nothing one response set rides on another's request."""
+    answer = HEAD + b"set-cookie: session=user-a; Path=/\r\ncontent-length: 2\r\n\r\nok"
+    timeouts = Timeouts(connect=2, first_chunk=5, idle=5)
+    requests: list[bytes] = []
+    for _ in range(2):  # two servers on 127.0.0.1: a cookie's domain, whatever the port
+        with one_answer(answer, received=requests) as url:
+            assert aio.submit(_read(url, timeouts)).result(timeout=10) == b"ok"
+    assert len(requests) == 2
+    assert b"cookie" not in requests[1].lower()
+    assert not aio.http_client(timeouts).cookies
+
+
+def test_the_loop_thread_is_named_for_the_os() -> None:
+    """`top -H`, py-spy and bench/stream_cpu.py's split tell the loop's CPU apart by it."""
+    aio.submit(_read_nothing()).result(timeout=5)
+    names = {path.read_text().strip() for path in Path("/proc/self/task").glob("*/comm")}
+    assert "upstream-io" in names
+
+
+async def _read_nothing() -> None:
+    return None
