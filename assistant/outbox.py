@@ -17,12 +17,17 @@ The request thread may take every chunk already waiting at once
 own frame, and none waits for another.
 
 While the request thread has lent the client's socket to the loop
-(`attach()`, direct.py), a chunk does not wait here at all: `put()` hands
-it to the writer it was given, on the loop. What that write could not send
-comes back here as `Unsent`, ahead of everything after it, and the socket
-goes back to the request thread; a write that failed comes back as
-`WRITE_FAILED`. Writes happen under the lock, so once `detach()` returns the
-loop writes nothing more.
+(`attach()`, direct.py), a chunk does not wait for the request thread: its
+frame is written by the loop at the end of the loop step it arrived in, with
+the frames of the other chunks that came in the same upstream read (each
+still its own event, none held back for a later one: the busier the
+instance, the more reads carry several chunks, and the fewer writes it
+makes). What that write could not send comes back here as `Unsent`, ahead
+of everything after it, and the socket goes back to the request thread; a
+write that failed comes back as `WRITE_FAILED`. Writes happen under the
+lock, so once `detach()` returns the loop writes nothing more, and
+`detach()` hands back the frames not yet written, for the request thread to
+send first.
 """
 
 from __future__ import annotations
@@ -55,8 +60,13 @@ WRITE_FAILED = WriteFailed()
 
 Entry = Item | Unsent | WriteFailed
 
-# On the loop: the chunk written to the client; the bytes the socket did not take.
-DirectWrite = Callable[[Chunk], bytes]
+
+@dataclass(frozen=True)
+class DirectWrites:
+    """What the loop needs to write chunks itself."""
+
+    frame: Callable[[Chunk], bytes]  # a chunk's SSE frame (the reply records its text)
+    write: Callable[[bytes], bytes]  # frames written now; returns the bytes the socket did not take
 
 
 class Outbox:
@@ -67,7 +77,9 @@ class Outbox:
         self._chars = 0  # chunk text put and not yet taken
         self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
         self._held: Entry | None = None  # taken by next_chunk() and not a chunk: get() gives it
-        self._direct: DirectWrite | None = None  # set: chunks are written on put()
+        self._direct: DirectWrites | None = None  # set: the loop writes chunks itself
+        self._frames: list[bytes] = []  # frames of this loop step, not yet written
+        self._flush_due = False
         self._output_waiting = 0  # chunks and Unsent in the queue: the loop must not write
         self.last_direct_write = 0.0  # time.monotonic() of the loop's last write
 
@@ -76,7 +88,10 @@ class Outbox:
         if isinstance(item, Chunk):
             with self._lock:
                 if self._direct is not None:
-                    self._write_direct(self._direct, item)
+                    self._frames.append(self._direct.frame(item))
+                    if not self._flush_due:
+                        self._flush_due = True
+                        asyncio.get_running_loop().call_soon(self._flush)
                     return
                 self._chars += len(item.text)
                 self._output_waiting += 1
@@ -84,8 +99,8 @@ class Outbox:
             return
         self._items.put(item)
 
-    def attach(self, write: DirectWrite) -> bool:
-        """The request thread: let `put()` write chunks with `write` from now on.
+    def attach(self, direct: DirectWrites) -> bool:
+        """The request thread: let the loop write chunks itself from now on.
 
         Only when no output waits here (it must go out first, in order);
         False otherwise.
@@ -93,27 +108,36 @@ class Outbox:
         with self._lock:
             if self._output_waiting:
                 return False
-            self._direct = write
+            self._direct = direct
             return True
 
-    def detach(self) -> None:
-        """The request thread: take the socket back; when this returns, no write is under way."""
+    def detach(self) -> bytes:
+        """The request thread: take the socket back. When this returns no write is
+        under way; it returns the frames the loop has not written yet, to send first."""
         with self._lock:
             self._direct = None
+            frames, self._frames = self._frames, []
+        return b"".join(frames)
 
-    def _write_direct(self, write: DirectWrite, chunk: Chunk) -> None:
-        """Under the lock, on the loop."""
-        try:
-            rest = write(chunk)
-        except OSError:
-            self._direct = None
-            self._items.put(WRITE_FAILED)
-            return
-        self.last_direct_write = time.monotonic()
-        if rest:
-            self._direct = None
-            self._output_waiting += 1
-            self._items.put(Unsent(rest))
+    def _flush(self) -> None:
+        """On the loop, once per step with chunks: their frames in one write."""
+        with self._lock:
+            self._flush_due = False
+            if self._direct is None or not self._frames:
+                return  # detached meanwhile: the request thread took the frames
+            data = b"".join(self._frames)
+            self._frames = []
+            try:
+                rest = self._direct.write(data)
+            except OSError:
+                self._direct = None
+                self._items.put(WRITE_FAILED)
+                return
+            self.last_direct_write = time.monotonic()
+            if rest:
+                self._direct = None
+                self._output_waiting += 1
+                self._items.put(Unsent(rest))
 
     async def room(self) -> None:
         """On the loop: return once fewer than `limit` characters are waiting to be sent."""

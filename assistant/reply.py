@@ -37,7 +37,7 @@ from .chain import (
 from .config import Settings
 from .direct import ClientSocket
 from .errors import MESSAGES, ErrorCode
-from .outbox import Outbox, Unsent, WriteFailed
+from .outbox import DirectWrites, Outbox, Unsent, WriteFailed
 from .providers.base import Prompt, Provider, ProviderError
 from .request import AssistantRequest, Turn
 from .saving import Saver
@@ -167,8 +167,8 @@ class Reply:
         frames = self._sse_frames(first)
         try:
             for data in frames:
-                self._items.detach()
-                yield data
+                # Frames the loop had not yet written go first, in one write with this one.
+                yield self._items.detach() + data
                 self._head_sent = True
         finally:
             frames.close()
@@ -185,9 +185,7 @@ class Reply:
                 elif isinstance(item, ToolCall):
                     self._calls.append(item)  # shown in the final metadata, not as text
                 elif isinstance(item, Outcome):
-                    final = self._conclude(item)
-                    yield sse.frame(final)
-                    yield sse.DONE
+                    yield sse.frame(self._conclude(item)) + sse.DONE  # one write
                     return
         except ClientGone:
             pass  # `finally` abandons the reply; nobody is left to write to
@@ -195,8 +193,7 @@ class Reply:
             if self._done:
                 raise
             # Our own bug, on this side of the queue: it ends the reply like a chain crash.
-            yield sse.frame(self._conclude(ChainCrashed(exc)))
-            yield sse.DONE
+            yield sse.frame(self._conclude(ChainCrashed(exc))) + sse.DONE
         finally:
             self.close()
 
@@ -249,7 +246,7 @@ class Reply:
         last_sent = last_check = time.monotonic()
         while True:
             if self._head_sent and self._client_socket is not None:
-                self._items.attach(self._write_direct)
+                self._items.attach(DirectWrites(self._direct_frame, self._client_socket.write_now))
             now = time.monotonic()
             wait = CLIENT_POLL_SECONDS
             if heartbeat is not None:
@@ -293,12 +290,10 @@ class Reply:
         self._splitter = ThinkingSplitter()
         self._items.discard()
 
-    def _write_direct(self, chunk: Chunk) -> bytes:
-        """On the loop, while it holds the socket: `chunk`'s frame, written at once;
-        the bytes the socket did not take."""
-        assert self._client_socket is not None
+    def _direct_frame(self, chunk: Chunk) -> bytes:
+        """On the loop, while it holds the socket: `chunk` recorded, and its frame."""
         self._add(chunk.text)
-        return self._client_socket.write_now(sse.chunk_frame(chunk.text))
+        return sse.chunk_frame(chunk.text)
 
     def _send_unsent(self, data: bytes) -> None:
         assert self._client_socket is not None

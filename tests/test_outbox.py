@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from assistant.chain import ChainSucceeded, Chunk
-from assistant.outbox import Outbox, Unsent, WriteFailed
+from assistant.chain import ChainSucceeded, Chunk, Item
+from assistant.outbox import DirectWrites, Outbox, Unsent, WriteFailed
 
 
 def test_room_waits_until_the_reader_takes_enough() -> None:
@@ -42,68 +42,89 @@ def test_room_is_immediate_below_the_limit() -> None:
 
 
 class Writes:
-    """A stand-in for the loop's write to the client: records chunks, leaves `rest` unsent."""
+    """A stand-in for the client's socket: records each write, leaves `rest` unsent."""
 
     def __init__(self, rest: bytes = b"", fail: bool = False) -> None:
-        self.written: list[str] = []
+        self.writes: list[bytes] = []
         self.rest = rest
         self.fail = fail
 
-    def __call__(self, chunk: Chunk) -> bytes:
+    def direct(self) -> DirectWrites:
+        return DirectWrites(frame=lambda chunk: chunk.text.encode() + b";", write=self.write)
+
+    def write(self, data: bytes) -> bytes:
         if self.fail:
             raise BrokenPipeError("the client left")
-        self.written.append(chunk.text)
+        self.writes.append(data)
         return self.rest
 
 
-def test_attached_chunks_are_written_on_put_and_never_queued() -> None:
+def on_loop(outbox: Outbox, *steps: list[Item]) -> None:
+    """Put each step's items on a loop, one loop step after another."""
+
+    async def run() -> None:
+        for items in steps:
+            for item in items:
+                outbox.put(item)
+            await asyncio.sleep(0)  # the step ends: its frames are written
+            await asyncio.sleep(0)
+
+    asyncio.run(run())
+
+
+def test_attached_chunks_are_written_by_the_loop_one_write_per_step() -> None:
     outbox = Outbox()
     writes = Writes()
-    assert outbox.attach(writes)
-    outbox.put(Chunk("a"))
-    outbox.put(Chunk("b"))
-    outbox.put(ChainSucceeded())  # not text: still the request thread's
-    assert writes.written == ["a", "b"]
+    assert outbox.attach(writes.direct())
+    on_loop(outbox, [Chunk("a"), Chunk("b")], [Chunk("c")], [ChainSucceeded()])
+    assert writes.writes == [b"a;b;", b"c;"]  # chunks of one upstream read: one write
     assert outbox.last_direct_write > 0
-    assert outbox.get(timeout=1) == ChainSucceeded()
+    assert outbox.get(timeout=1) == ChainSucceeded()  # not text: still the request thread's
 
 
 def test_attach_waits_until_queued_output_is_taken() -> None:
     outbox = Outbox()
     outbox.put(Chunk("queued"))
     writes = Writes()
-    assert not outbox.attach(writes)  # "queued" must go out first
+    assert not outbox.attach(writes.direct())  # "queued" must go out first
     assert outbox.get(timeout=1) == Chunk("queued")
-    assert outbox.attach(writes)
+    assert outbox.attach(writes.direct())
 
 
 def test_a_write_the_socket_took_in_part_hands_the_rest_and_the_socket_back() -> None:
     outbox = Outbox()
     writes = Writes(rest=b"tail")
-    assert outbox.attach(writes)
-    outbox.put(Chunk("a"))  # written in part
-    outbox.put(Chunk("b"))  # the loop no longer writes: queued behind the rest
-    assert writes.written == ["a"]
+    assert outbox.attach(writes.direct())
+    on_loop(
+        outbox, [Chunk("a")], [Chunk("b")]
+    )  # "a" written in part; then the loop no longer writes
+    assert writes.writes == [b"a;"]
     assert outbox.get(timeout=1) == Unsent(b"tail")
-    assert not outbox.attach(Writes())  # "b" still waits
+    assert not outbox.attach(Writes().direct())  # "b" still waits
     assert outbox.get(timeout=1) == Chunk("b")
-    assert outbox.attach(Writes())
+    assert outbox.attach(Writes().direct())
 
 
 def test_a_failed_write_says_the_client_left_and_stops_writing() -> None:
     outbox = Outbox()
-    assert outbox.attach(Writes(fail=True))
-    outbox.put(Chunk("a"))
-    outbox.put(Chunk("b"))
+    assert outbox.attach(Writes(fail=True).direct())
+    on_loop(outbox, [Chunk("a")], [Chunk("b")])
     assert isinstance(outbox.get(timeout=1), WriteFailed)
     assert outbox.get(timeout=1) == Chunk("b")
 
 
-def test_after_detach_nothing_is_written() -> None:
+def test_detach_hands_back_the_frames_not_yet_written_and_stops_the_loop() -> None:
     outbox = Outbox()
     writes = Writes()
-    assert outbox.attach(writes)
-    outbox.detach()
-    outbox.put(Chunk("a"))
-    assert writes.written == []
-    assert outbox.get(timeout=1) == Chunk("a")
+    assert outbox.attach(writes.direct())
+
+    async def run() -> bytes:
+        outbox.put(Chunk("a"))  # its write is due at the end of this step...
+        pending = outbox.detach()  # ...but the request thread takes the socket back first
+        await asyncio.sleep(0)
+        outbox.put(Chunk("b"))
+        return pending
+
+    assert asyncio.run(run()) == b"a;"
+    assert writes.writes == []
+    assert outbox.get(timeout=1) == Chunk("b")
