@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import gc
+import json
 import os
 import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +16,7 @@ from assistant import memory
 from assistant.limits import replies_in_flight
 
 GLIBC = platform.libc_ver()[0] == "glibc"
+ROOT = Path(__file__).resolve().parent.parent
 MB = 1024 * 1024
 
 
@@ -75,3 +80,18 @@ def test_no_reply_in_flight_follows_the_slots_taken_and_released() -> None:
     finally:
         slot.release()
     assert memory.no_reply_in_flight() and replies_in_flight.count() == 0
+
+
+def test_a_worker_freezes_its_startup_objects_and_collects_young_ones_less_often() -> None:
+    """In a process of its own: freezing is for the whole process."""
+    script = (
+        "import gc, json; from assistant import memory; memory.start_in_worker(None); "
+        "print(json.dumps([gc.get_freeze_count(), gc.get_threshold()]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    frozen, thresholds = json.loads(done.stdout)
+    assert frozen > 1_000  # everything imported: no collection walks it again
+    assert tuple(thresholds) == memory.GC_THRESHOLDS
+    assert memory.GC_THRESHOLDS[0] > gc.get_threshold()[0]  # this process: Python's own
