@@ -335,7 +335,9 @@ def _bound_sending(environ: Mapping[str, Any], seconds: float) -> None:
     """A client that accepts no write for `seconds` is a client that left; and a
     client that reads slowly is not sent more than a small buffer ahead.
 
-    gunicorn writes each frame with one `sendall`; with a socket timeout, a
+    gunicorn writes each frame with one `sendall` (frames the I/O loop writes
+    itself never wait: direct.py hands back what the socket did not take, and
+    the request thread sends it under the same timeout); with a socket timeout, a
     write the client does not take within it raises, gunicorn closes the
     response, and the reply is abandoned like any other (upstream cancelled,
     what arrived saved `incomplete`). gunicorn sets the socket back to

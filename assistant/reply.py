@@ -7,6 +7,11 @@ heartbeats while the upstream is silent, and what lets us notice a client
 that left (a failed write raises GeneratorExit; `client_gone` peeks at the
 socket between waits) and cancel the upstream request at once.
 
+Once the response's head is out, chunk frames are written by the loop
+itself while the client's socket takes them (direct.py); this thread then
+wakes only for what is not text, heartbeats and the client check, and takes
+the socket back before it writes anything.
+
 Every stream ends with exactly one terminal frame (final answer or error)
 and `[DONE]`, whatever happens; the record of what arrived is handed to the
 store once, before the terminal frame, or in `finally` when the client left.
