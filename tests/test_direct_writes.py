@@ -107,3 +107,35 @@ def test_a_slow_reader_gets_every_byte_in_order(server: str, fake: FakeUpstream)
     assert chunk_texts(frames) == pieces
     assert json.loads(frames[-2][6:])["answer"] == "".join(pieces)
     assert frames[-1] == "data: [DONE]"
+
+
+def test_thinking_text_and_a_call_written_from_the_loop_are_all_answered_and_saved(
+    fake: FakeUpstream, firestore
+) -> None:
+    """What the loop wrote is what the reply recorded: the final answer, its thinking
+    and calls, and the message saved, each as the frames showed them."""
+    fake.push(
+        Script(
+            thinking=["Let me ", "think."],
+            tokens=["The ", "answer ", "is ", "42."],
+            tool_calls=[{"name": "lookup", "args": {"q": "42"}}],
+            interval=0.03,
+        )
+    )
+    body = b'{"user_input": "hi", "save_to_history": true, "trace_id": "direct-1"}'
+    with (
+        running_service({"THREADS": "4"}) as service,
+        open_raw(service.url, "/vac/assistant/a/sse", body) as sock,
+    ):
+        _head, _, rest = read_until_closed(sock).partition(b"\r\n\r\n")
+    frames = events(dechunked(rest))
+    shown = "".join(chunk_texts(frames))
+    assert shown == "<thinking>Let me think.</thinking>The answer is 42."
+    final = json.loads(frames[-2][6:])
+    assert final["answer"] == shown
+    assert final["metadata"]["thinking_content"] == "Let me think."
+    assert [call["name"] for call in final["metadata"]["tools_to_use"]] == ["lookup"]
+    saved = firestore.document("assistants/a/messages/direct-1-assistant").get().to_dict()
+    assert saved["content"] == "The answer is 42."
+    assert saved["thinkingContent"] == "Let me think."
+    assert [call["name"] for call in saved["toolsToUse"]] == ["lookup"]
