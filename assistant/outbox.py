@@ -22,12 +22,14 @@ frame is written by the loop at the end of the loop step it arrived in, with
 the frames of the other chunks that came in the same upstream read (each
 still its own event, none held back for a later one: the busier the
 instance, the more reads carry several chunks, and the fewer writes it
-makes). What that write could not send comes back here as `Unsent`, ahead
-of everything after it, and the socket goes back to the request thread; a
-write that failed comes back as `WRITE_FAILED`. Writes happen under the
-lock, so once `detach()` returns the loop writes nothing more, and
-`detach()` hands back the frames not yet written, for the request thread to
-send first.
+makes). What that write could not send is kept here, the socket goes back
+to the request thread, and `UNSENT` in the queue wakes it to send the rest;
+a write that failed puts `WRITE_FAILED` there. Writes happen under the
+lock, so once `detach()` returns the loop writes nothing more; and
+`detach()` hands back what the loop left (the rest of a write, frames not
+yet written), which the request thread sends before anything of its own:
+the queue alone could not order them, as a step's frames are written after
+items it queued (its outcome, say).
 """
 
 from __future__ import annotations
@@ -44,18 +46,15 @@ from .chain import Chunk, Item
 DEFAULT_LIMIT_CHARS = 64 * 1024
 
 
-@dataclass(frozen=True)
 class Unsent:
-    """The part of a frame the loop wrote that the socket did not take: the request
-    thread sends it as it is, before anything else."""
-
-    data: bytes
+    """The loop left part of a write unsent: take it (`take_unsent()`) and send it."""
 
 
 class WriteFailed:
     """A write from the loop failed: the client is gone."""
 
 
+UNSENT = Unsent()
 WRITE_FAILED = WriteFailed()
 
 Entry = Item | Unsent | WriteFailed
@@ -80,7 +79,8 @@ class Outbox:
         self._direct: DirectWrites | None = None  # set: the loop writes chunks itself
         self._frames: list[bytes] = []  # frames of this loop step, not yet written
         self._flush_due = False
-        self._output_waiting = 0  # chunks and Unsent in the queue: the loop must not write
+        self._unsent = b""  # the rest of the loop's last write, as the socket must get it
+        self._output_waiting = 0  # chunks in the queue, and the unsent rest: the loop must wait
         self.last_direct_write = 0.0  # time.monotonic() of the loop's last write
 
     def put(self, item: Item) -> None:
@@ -111,13 +111,27 @@ class Outbox:
             self._direct = direct
             return True
 
-    def detach(self) -> bytes:
+    def detach(self) -> tuple[bytes, bytes]:
         """The request thread: take the socket back. When this returns no write is
-        under way; it returns the frames the loop has not written yet, to send first."""
+        under way. It returns what the loop left, to send first, in this order:
+        the rest of its last write (bytes for the socket as they are) and the
+        frames it has not written yet (to be written like any frame)."""
         with self._lock:
             self._direct = None
             frames, self._frames = self._frames, []
-        return b"".join(frames)
+            return self._take_unsent(), b"".join(frames)
+
+    def take_unsent(self) -> bytes:
+        """The request thread, woken by UNSENT: the rest of the loop's last write
+        (b"" if `detach()` already took it)."""
+        with self._lock:
+            return self._take_unsent()
+
+    def _take_unsent(self) -> bytes:
+        unsent, self._unsent = self._unsent, b""
+        if unsent:
+            self._output_waiting -= 1
+        return unsent
 
     def _flush(self) -> None:
         """On the loop, once per step with chunks: their frames in one write."""
@@ -136,8 +150,9 @@ class Outbox:
             self.last_direct_write = time.monotonic()
             if rest:
                 self._direct = None
+                self._unsent = rest
                 self._output_waiting += 1
-                self._items.put(Unsent(rest))
+                self._items.put(UNSENT)
 
     async def room(self) -> None:
         """On the loop: return once fewer than `limit` characters are waiting to be sent."""
@@ -180,10 +195,7 @@ class Outbox:
         return None
 
     def _taken(self, item: Entry) -> Entry:
-        if isinstance(item, Unsent):
-            with self._lock:
-                self._output_waiting -= 1
-        elif isinstance(item, Chunk):
+        if isinstance(item, Chunk):
             with self._lock:
                 self._output_waiting -= 1
                 self._chars -= len(item.text)

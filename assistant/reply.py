@@ -172,9 +172,15 @@ class Reply:
         frames = self._sse_frames(first)
         try:
             for data in frames:
-                # Frames the loop had not yet written go first, in one write with this one.
-                yield self._items.detach() + data
+                # What the loop left goes first: the rest of its last write, then
+                # frames it had not written yet (in one write with this one).
+                unsent, left = self._items.detach()
+                if unsent:
+                    self._send_unsent(unsent)
+                yield left + data
                 self._head_sent = True
+        except ClientGone:
+            pass  # closing `frames` abandons the reply
         finally:
             frames.close()
 
@@ -244,7 +250,7 @@ class Reply:
     def _wait(self, first: Item | None, heartbeat: float | None) -> Iterator[Item | None]:
         """Items as they come; None when a heartbeat is due. Raises ClientGone.
 
-        What the loop wrote and the socket did not take is sent here, first.
+        What the loop wrote and the socket did not take is sent here, when UNSENT says so.
         """
         if first is not None:
             yield first
@@ -271,8 +277,9 @@ class Reply:
             if isinstance(item, WriteFailed):
                 raise ClientGone()
             if isinstance(item, Unsent):
-                self._send_unsent(item.data)
-                last_sent = time.monotonic()
+                if unsent := self._items.take_unsent():  # unless detach() took it first
+                    self._send_unsent(unsent)
+                    last_sent = time.monotonic()
             elif item is not None:
                 if not isinstance(item, ToolCall):  # a call is not written: no sign of life
                     last_sent = now

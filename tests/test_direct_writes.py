@@ -90,23 +90,43 @@ def test_a_client_that_hangs_up_while_chunks_flow_stops_the_upstream(
     assert upstream.client_closed.wait(timeout=3), "upstream request left running"
 
 
-def test_a_slow_reader_gets_every_byte_in_order(server: str, fake: FakeUpstream) -> None:
-    """Its socket fills: writes go back to the request thread and, once it has
-    caught up, to the loop again, many times over."""
-    pieces = [f"{i:04d}" + "y" * 996 for i in range(400)]  # 400 kB, as fast as it can go
-    fake.push(Script(tokens=pieces))
-    with open_raw(
-        server, "/vac/assistant/a/sse", b'{"user_input": "hi"}', receive_buffer=4096
-    ) as sock:
-        received = bytearray()
-        while data := sock.recv(4096):
-            received += data
-            time.sleep(0.001)
-    _head, _, rest = bytes(received).partition(b"\r\n\r\n")
+def read_slowly(sock: socket.socket, pause: float) -> bytes:
+    received = bytearray()
+    while data := sock.recv(4096):
+        received += data
+        time.sleep(pause)
+    return bytes(received)
+
+
+def assert_every_piece_in_order(response: bytes, pieces: list[str]) -> None:
+    _head, _, rest = response.partition(b"\r\n\r\n")
     frames = events(dechunked(rest))
     assert chunk_texts(frames) == pieces
     assert json.loads(frames[-2][6:])["answer"] == "".join(pieces)
     assert frames[-1] == "data: [DONE]"
+
+
+@pytest.mark.parametrize(
+    ("pieces", "interval", "pause"),
+    [
+        # The upstream outruns the client from the start: chunks queue for the
+        # request thread, which never hands the socket to the loop.
+        ([f"{i:04d}" + "y" * 996 for i in range(400)], 0.0, 0.001),
+        # Spaced: the loop holds the socket, fills it, and hands the rest of a
+        # write back to the request thread, which finishes it and carries on.
+        ([f"{i:04d}" + "y" * 39_996 for i in range(30)], 0.01, 0.002),
+    ],
+    ids=["queued-for-the-thread", "loop-then-thread"],
+)
+def test_a_slow_reader_gets_every_byte_in_order(
+    server: str, fake: FakeUpstream, pieces: list[str], interval: float, pause: float
+) -> None:
+    fake.push(Script(tokens=pieces, interval=interval))
+    with open_raw(
+        server, "/vac/assistant/a/sse", b'{"user_input": "hi"}', receive_buffer=4096
+    ) as sock:
+        response = read_slowly(sock, pause)
+    assert_every_piece_in_order(response, pieces)
 
 
 def test_thinking_text_and_a_call_written_from_the_loop_are_all_answered_and_saved(

@@ -95,14 +95,29 @@ def test_a_write_the_socket_took_in_part_hands_the_rest_and_the_socket_back() ->
     outbox = Outbox()
     writes = Writes(rest=b"tail")
     assert outbox.attach(writes.direct())
-    on_loop(
-        outbox, [Chunk("a")], [Chunk("b")]
-    )  # "a" written in part; then the loop no longer writes
+    # "a" is written in part; from then on the loop no longer writes: "b" is queued.
+    on_loop(outbox, [Chunk("a")], [Chunk("b")])
     assert writes.writes == [b"a;"]
-    assert outbox.get(timeout=1) == Unsent(b"tail")
+    assert isinstance(outbox.get(timeout=1), Unsent)  # the request thread is woken...
+    assert not outbox.attach(Writes().direct())  # (the rest must go out first)
+    assert outbox.take_unsent() == b"tail"  # ...and sends the rest itself
+    assert outbox.take_unsent() == b""
     assert not outbox.attach(Writes().direct())  # "b" still waits
     assert outbox.get(timeout=1) == Chunk("b")
     assert outbox.attach(Writes().direct())
+
+
+def test_the_rest_of_a_write_goes_before_an_outcome_queued_in_the_same_step() -> None:
+    """The loop step that ends a reply queues its outcome before its frames are
+    written: whatever the socket did not take must still go out before the final
+    frame. detach() hands it back first."""
+    outbox = Outbox()
+    assert outbox.attach(Writes(rest=b"tail").direct())
+    on_loop(outbox, [Chunk("a"), ChainSucceeded()])  # one step: "a" then the outcome
+    assert outbox.get(timeout=1) == ChainSucceeded()  # the outcome is ahead of UNSENT
+    assert outbox.detach() == (b"tail", b"")  # before the final frame: the rest
+    assert isinstance(outbox.get(timeout=1), Unsent)
+    assert outbox.take_unsent() == b""  # already sent
 
 
 def test_a_failed_write_says_the_client_left_and_stops_writing() -> None:
@@ -118,13 +133,13 @@ def test_detach_hands_back_the_frames_not_yet_written_and_stops_the_loop() -> No
     writes = Writes()
     assert outbox.attach(writes.direct())
 
-    async def run() -> bytes:
+    async def run() -> tuple[bytes, bytes]:
         outbox.put(Chunk("a"))  # its write is due at the end of this step...
-        pending = outbox.detach()  # ...but the request thread takes the socket back first
+        left = outbox.detach()  # ...but the request thread takes the socket back first
         await asyncio.sleep(0)
         outbox.put(Chunk("b"))
-        return pending
+        return left
 
-    assert asyncio.run(run()) == b"a;"
+    assert asyncio.run(run()) == (b"", b"a;")
     assert writes.writes == []
     assert outbox.get(timeout=1) == Chunk("b")
