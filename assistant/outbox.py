@@ -84,7 +84,10 @@ class Outbox:
         self.last_direct_write = 0.0  # time.monotonic() of the loop's last write
 
     def put(self, item: Item) -> None:
-        """Any thread; never blocks (the chain calls `room()` first when it can wait)."""
+        """The chain, on the loop; never blocks (it calls `room()` first when it can wait).
+
+        While attached, a chunk's frame waits for the end of this loop step.
+        """
         if isinstance(item, Chunk):
             with self._lock:
                 if self._direct is not None:

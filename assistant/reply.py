@@ -92,9 +92,8 @@ class Reply:
         self._log = log
         self._author = author
         self._client_gone = client_gone
-        # Set once the response's head is out: from then on the loop may write chunks (direct.py).
-        self._client_socket = client_socket
-        self._head_sent = False
+        self._client_socket = client_socket  # None: the loop never writes to the client
+        self._head_sent = False  # True once the head is out: from then on the loop may write
         self._started = started or time.monotonic()
         self._on_end = on_end  # the reply's place in the limits, given back when it ends
         self._items = Outbox()
