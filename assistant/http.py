@@ -188,6 +188,7 @@ def _answer(
         history_turns=len(assistant_request.chat_history),
         providers=[provider.name for provider in providers],
     )
+    # Before client_socket(): the send timeout is what makes the socket non-blocking.
     _bound_sending(request.environ, settings.send_timeout_seconds)
     reply = Reply(
         assistant_request,
