@@ -7,11 +7,20 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from assistant.config import Settings
+from assistant.direct import ClientSocket
+from assistant.limits import Slot
+from assistant.providers.anthropic import AnthropicProvider
+from assistant.reply import Reply
+from assistant.request import AssistantRequest
+from assistant.store import Author
+from assistant.tracing import RequestLog
 from devtools.fake_upstream import FakeUpstream, Script
 from devtools.service import running_service
 
@@ -159,3 +168,86 @@ def test_thinking_text_and_a_call_written_from_the_loop_are_all_answered_and_sav
     assert saved["content"] == "The answer is 42."
     assert saved["thinkingContent"] == "Let me think."
     assert [call["name"] for call in saved["toolsToUse"]] == ["lookup"]
+
+
+def anthropic_event(name: str, data: dict[str, object]) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def test_the_rest_of_a_loop_write_goes_out_before_the_final_frame(fake: FakeUpstream) -> None:
+    """The race the outbox orders (outbox.py): one upstream read brings a chunk too
+    big for the client's socket and the end of the reply, so the loop step queues
+    the outcome before its write leaves a rest. The final frame must still follow
+    the whole chunk. Real TCP sockets; this test plays gunicorn's part."""
+    big = "b" * 400_000
+    start = [
+        anthropic_event("message_start", {"type": "message_start", "message": {"model": "m"}}),
+        anthropic_event(
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text"}},
+        ),
+        anthropic_event(
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": "a"},
+            },
+        ),
+    ]
+    end = [
+        anthropic_event(
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": big},
+            },
+        ),
+        anthropic_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        anthropic_event(
+            "message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}}
+        ),
+        anthropic_event("message_stop", {"type": "message_stop"}),
+    ]
+    fake.push(Script(raw=[b"".join(start), b"".join(end)], interval=0.3))  # the end: one write
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    listener.close()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    server.settimeout(10)  # as http.py sets it: the send timeout, non-blocking underneath
+    slot = Slot(lambda done: None)
+    settings = Settings.from_env({"ANTHROPIC_BASE_URL": fake.url, "ANTHROPIC_API_KEY": "k"})
+    reply = Reply(
+        AssistantRequest(assistant_id="a", user_input="hi"),
+        trace_id="race",
+        settings=settings,
+        providers=[AnthropicProvider(settings.providers["anthropic"], "k")],
+        store=None,
+        author=Author(None, None, None),
+        log=RequestLog("race"),
+        streaming=True,
+        client_socket=ClientSocket(server, chunked=True, slot=slot),
+    )
+    received = bytearray()
+
+    def read_late() -> None:
+        time.sleep(1.0)  # the big chunk has arrived and filled the socket by now
+        while data := client.recv(65536):
+            received.extend(data)
+
+    reader = threading.Thread(target=read_late)
+    reader.start()
+    with client, server:
+        reply.start()
+        for data in reply.sse_frames(reply.first_item(timeout=5)):  # gunicorn's part
+            server.sendall(b"%X\r\n%b\r\n" % (len(data), data))
+        server.sendall(b"0\r\n\r\n")
+        server.shutdown(socket.SHUT_WR)
+        reader.join(10)
+    frames = events(dechunked(bytes(received)))
+    assert "".join(chunk_texts(frames)) == "a" + big
+    assert json.loads(frames[-2][6:])["answer"] == "a" + big
+    assert frames[-1] == "data: [DONE]"
