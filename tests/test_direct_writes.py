@@ -251,3 +251,31 @@ def test_the_rest_of_a_loop_write_goes_out_before_the_final_frame(fake: FakeUpst
     assert "".join(chunk_texts(frames)) == "a" + big
     assert json.loads(frames[-2][6:])["answer"] == "a" + big
     assert frames[-1] == "data: [DONE]"
+
+
+def test_streams_one_after_another_on_one_kept_alive_connection(
+    server: str, fake: FakeUpstream
+) -> None:
+    """After a reply the loop writes nothing more: the next response on the same
+    connection starts clean."""
+    body = b'{"user_input": "hi"}'
+    request = (
+        b"POST /vac/assistant/a/sse HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        for n in range(3):
+            fake.push(Script(tokens=[f"reply {n} ", "piece ", "by piece"], interval=0.02))
+            sock.sendall(request)
+            response = b""
+            while not response.endswith(b"\r\n0\r\n\r\n"):
+                data = sock.recv(65536)
+                assert data, "the server closed the connection"
+                response += data
+            head, _, rest = response.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            frames = events(dechunked(rest))
+            assert "".join(chunk_texts(frames)) == f"reply {n} piece by piece"
+            assert frames[-1] == "data: [DONE]"
