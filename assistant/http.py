@@ -30,7 +30,7 @@ from werkzeug.exceptions import ClientDisconnected
 from . import __version__
 from .auth import caller
 from .chain import ChainCrashed, ChainFailed
-from .config import ConfigError, Settings
+from .config import ConfigError, Settings, request_settings
 from .direct import client_socket
 from .errors import MESSAGES, ErrorCode, RequestError
 from .limits import Slot, replies_in_flight
@@ -62,7 +62,7 @@ def handle(request: flask.Request) -> flask.Response:
     headers = cast("Mapping[str, str]", request.headers)
     trace_id = trace_id_from_headers(headers) or new_trace_id()
     try:
-        settings = Settings.from_env()
+        settings = request_settings()
     except ConfigError as exc:
         process_log().error("config.invalid", reason=str(exc))
         return _error(500, "config_error", MESSAGES["config_error"], trace_id)

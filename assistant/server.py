@@ -40,7 +40,7 @@ from typing import Any
 
 import gunicorn.app.base  # type: ignore[import-untyped]
 
-from . import memory
+from . import config, memory
 from .config import ConfigError, ServerSettings
 from .tracing import process_log
 from .worker import Worker
@@ -63,12 +63,19 @@ if not (
         "application: assistant/server.py cannot apply our gunicorn settings"
     )
 
+
+def _in_worker(worker: object) -> None:
+    """gunicorn's `post_worker_init` hook, once the worker has loaded the app."""
+    config.fix_for_process()
+    memory.start_in_worker(worker)  # last: it freezes what exists, the settings included
+
+
 GUNICORN_OPTIONS: dict[str, Any] = {
     "worker_class": Worker,
     "limit_request_line": 8190,
     "limit_request_fields": 100,
     "limit_request_field_size": 8190,
-    "post_worker_init": memory.start_in_worker,
+    "post_worker_init": _in_worker,
 }
 
 
