@@ -173,7 +173,7 @@ def tune_collector() -> None:
 
 
 def start_in_worker(worker: object) -> None:
-    """gunicorn's `post_worker_init` hook (the app is loaded): the collector tuned,
-    and one janitor in each worker process."""
+    """In each worker once its app is loaded (server.py's `post_worker_init`): the
+    collector tuned, and one janitor."""
     tune_collector()
     Janitor(no_reply_in_flight).start()

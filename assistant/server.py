@@ -17,7 +17,10 @@ top of what functions-framework set:
 - `limit_request_line` 8190 (functions-framework sets 0, unlimited, and
   gunicorn's parsing time grows with the square of the line: 8 MB took 8 s),
   `limit_request_fields` 100 and `limit_request_field_size` 8190 (gunicorn's
-  defaults, set here so that they are ours to change).
+  defaults, set here so that they are ours to change);
+- `post_worker_init`: in each worker, once the app is loaded, the settings
+  read for the worker's life (config.py), the collector tuned and the memory
+  janitor started (memory.py).
 
 Everything else stays functions-framework's: bind, WORKERS, THREADS,
 timeout, log level. REQUEST_READ_TIMEOUT_SECONDS is read here once, so a bad
