@@ -254,9 +254,12 @@ class Reply:
         if first is not None:
             yield first
         last_sent = last_check = time.monotonic()
+        direct = None
+        if self._client_socket is not None:
+            direct = DirectWrites(self._direct_frame, self._client_socket.write_now)
         while True:
-            if self._head_sent and self._client_socket is not None:
-                self._items.attach(DirectWrites(self._direct_frame, self._client_socket.write_now))
+            if self._head_sent and direct is not None:
+                self._items.attach(direct)
             now = time.monotonic()
             wait = CLIENT_POLL_SECONDS
             if heartbeat is not None:
