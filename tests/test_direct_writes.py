@@ -174,51 +174,51 @@ def anthropic_event(name: str, data: dict[str, object]) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
 
 
-def test_the_rest_of_a_loop_write_goes_out_before_the_final_frame(fake: FakeUpstream) -> None:
-    """The race the outbox orders (outbox.py): one upstream read brings a chunk too
-    big for the client's socket and the end of the reply, so the loop step queues
-    the outcome before its write leaves a rest. The final frame must still follow
-    the whole chunk. Real TCP sockets; this test plays gunicorn's part."""
-    big = "b" * 400_000
+BIG = "b" * 400_000
+
+
+def text_delta(text: str) -> bytes:
+    delta = {"type": "text_delta", "text": text}
+    return anthropic_event(
+        "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}
+    )
+
+
+def push_big_last_chunk_with_the_end(fake: FakeUpstream) -> None:
+    """ "a", then in one write 0.3 s later: a chunk too big for a small socket, and the end."""
     start = [
         anthropic_event("message_start", {"type": "message_start", "message": {"model": "m"}}),
         anthropic_event(
             "content_block_start",
             {"type": "content_block_start", "index": 0, "content_block": {"type": "text"}},
         ),
-        anthropic_event(
-            "content_block_delta",
-            {
-                "type": "content_block_delta",
-                "index": 0,
-                "delta": {"type": "text_delta", "text": "a"},
-            },
-        ),
+        text_delta("a"),
     ]
     end = [
-        anthropic_event(
-            "content_block_delta",
-            {
-                "type": "content_block_delta",
-                "index": 0,
-                "delta": {"type": "text_delta", "text": big},
-            },
-        ),
+        text_delta(BIG),
         anthropic_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
         anthropic_event(
             "message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}}
         ),
         anthropic_event("message_stop", {"type": "message_stop"}),
     ]
-    fake.push(Script(raw=[b"".join(start), b"".join(end)], interval=0.3))  # the end: one write
+    fake.push(Script(raw=[b"".join(start), b"".join(end)], interval=0.3))
 
+
+@pytest.fixture
+def tcp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """(the service's end, with a small send buffer; the client's end) of one connection."""
     listener = socket.create_server(("127.0.0.1", 0))
     client = socket.create_connection(listener.getsockname())
     server, _ = listener.accept()
     listener.close()
     server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    server.settimeout(10)  # as http.py sets it: the send timeout, non-blocking underneath
-    slot = Slot(lambda done: None)
+    with client, server:
+        yield server, client
+
+
+def direct_reply(fake: FakeUpstream, server: socket.socket, send_timeout: float) -> Reply:
+    server.settimeout(send_timeout)  # as http.py sets it: non-blocking underneath
     settings = Settings.from_env({"ANTHROPIC_BASE_URL": fake.url, "ANTHROPIC_API_KEY": "k"})
     reply = Reply(
         AssistantRequest(assistant_id="a", user_input="hi"),
@@ -229,8 +229,32 @@ def test_the_rest_of_a_loop_write_goes_out_before_the_final_frame(fake: FakeUpst
         author=Author(None, None, None),
         log=RequestLog("race"),
         streaming=True,
-        client_socket=ClientSocket(server, chunked=True, slot=slot),
+        client_socket=ClientSocket(server, chunked=True, slot=Slot(lambda done: None)),
     )
+    reply.start()
+    return reply
+
+
+def serve(reply: Reply, server: socket.socket) -> None:
+    """gunicorn's part: each frame the request thread hands on, written chunked;
+    a write that fails closes the response."""
+    frames = reply.sse_frames(reply.first_item(timeout=5))
+    try:
+        for data in frames:
+            server.sendall(b"%X\r\n%b\r\n" % (len(data), data))
+    except OSError:
+        frames.close()
+
+
+def test_the_rest_of_a_loop_write_goes_out_before_the_final_frame(
+    fake: FakeUpstream, tcp_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    """The race the outbox orders (outbox.py): one upstream read brings a chunk too
+    big for the client's socket and the end of the reply, so the loop step queues
+    the outcome before its write leaves a rest. The final frame must still follow
+    the whole chunk. Real TCP sockets; this test plays gunicorn's part."""
+    server, client = tcp_pair
+    push_big_last_chunk_with_the_end(fake)
     received = bytearray()
 
     def read_late() -> None:
@@ -240,17 +264,35 @@ def test_the_rest_of_a_loop_write_goes_out_before_the_final_frame(fake: FakeUpst
 
     reader = threading.Thread(target=read_late)
     reader.start()
-    with client, server:
-        reply.start()
-        for data in reply.sse_frames(reply.first_item(timeout=5)):  # gunicorn's part
-            server.sendall(b"%X\r\n%b\r\n" % (len(data), data))
-        server.sendall(b"0\r\n\r\n")
-        server.shutdown(socket.SHUT_WR)
-        reader.join(10)
+    serve(direct_reply(fake, server, send_timeout=10), server)
+    server.sendall(b"0\r\n\r\n")
+    server.shutdown(socket.SHUT_WR)
+    reader.join(10)
     frames = events(dechunked(bytes(received)))
-    assert "".join(chunk_texts(frames)) == "a" + big
-    assert json.loads(frames[-2][6:])["answer"] == "a" + big
+    assert "".join(chunk_texts(frames)) == "a" + BIG
+    assert json.loads(frames[-2][6:])["answer"] == "a" + BIG
     assert frames[-1] == "data: [DONE]"
+
+
+def test_a_client_that_takes_nothing_while_the_rest_waits_ends_in_the_send_timeout(
+    fake: FakeUpstream, tcp_pair: tuple[socket.socket, socket.socket], capfd
+) -> None:
+    """The same race with a client that never reads: the rest of the big chunk
+    cannot go out, so neither can the final frame; the response ends in the send
+    timeout (ours, or gunicorn's, whichever write meets it first). The reply had
+    ended before it, and its record was whole, as when a final write fails."""
+    server, client = tcp_pair
+    push_big_last_chunk_with_the_end(fake)
+    started = time.monotonic()
+    serve(direct_reply(fake, server, send_timeout=0.5), server)
+    assert time.monotonic() - started < 5
+    server.shutdown(socket.SHUT_RDWR)
+    received = read_until_closed(client)
+    assert b"[DONE]" not in received
+    finished = [json.loads(line) for line in capfd.readouterr().out.splitlines()
+                if '"reply.finished"' in line]  # fmt: skip
+    assert len(finished) == 1
+    assert finished[0]["chars"] == 1 + len(BIG)  # nothing the model wrote was lost
 
 
 def test_streams_one_after_another_on_one_kept_alive_connection(
