@@ -264,7 +264,7 @@ def main() -> int:
     args = parser.parse_args()
     levels = [int(level) for level in args.levels.split(",")]
     rounds = [int(r) for r in args.rounds.split(",")]
-    rounds += [rounds[-1]] * (len(levels) - len(rounds))
+    rounds = (rounds + [rounds[-1]] * len(levels))[: len(levels)]
     spread = args.ttft + args.interval * (args.chunks - 1)
 
     # The service is started from this process: it inherits the service core.
