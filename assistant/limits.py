@@ -63,6 +63,7 @@ class InFlight:
     def __init__(self) -> None:
         self._counts: dict[str, int] = {}
         self._slots: set[Slot] = set()
+        self._evicted = 0  # slots in _slots marked evicted: counted, not summed per request
         self._lock = threading.Lock()
 
     def count(self) -> int:
@@ -84,7 +85,7 @@ class InFlight:
                     "rate_limited",
                     headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
                 )
-            live = len(self._slots) - sum(slot.evicted for slot in self._slots)
+            live = len(self._slots) - self._evicted
             stuck = self._stuck() if live >= total else None
             if live >= total and stuck is None:
                 raise RequestError(
@@ -108,11 +109,14 @@ class InFlight:
             return None
         chosen = min(stuck, key=lambda slot: slot.writing_since or now)
         chosen.evicted = True
+        self._evicted += 1
         return chosen
 
     def _give_back(self, key: str, slot: Slot) -> None:
         with self._lock:
             self._slots.discard(slot)
+            if slot.evicted:
+                self._evicted -= 1
             left = self._counts[key] - 1
             if left:
                 self._counts[key] = left

@@ -1,0 +1,45 @@
+"""The instance's count of replies in flight, with evicted ones counted apart (limits.py)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from assistant.errors import RequestError
+from assistant.limits import STUCK_SECONDS, InFlight, Slot
+
+
+def _stuck(slot: Slot, evicted: list[Slot]) -> None:
+    slot.writing_since = time.monotonic() - STUCK_SECONDS - 1
+    slot.evict = lambda: evicted.append(slot)
+
+
+def _refused(in_flight: InFlight) -> int:
+    with pytest.raises(RequestError) as refused:
+        in_flight.take("someone", per_user=10, total=2)
+    return refused.value.status
+
+
+def test_an_evicted_reply_frees_its_place_once_and_only_once() -> None:
+    in_flight, evicted = InFlight(), []
+    first, second = (in_flight.take("someone", per_user=10, total=2) for _ in range(2))
+    _stuck(first, evicted)
+
+    third = in_flight.take("someone", per_user=10, total=2)  # first gives its place
+    assert evicted == [first]
+    assert in_flight.count() == 3  # first holds its slot until its response closes
+    assert _refused(in_flight) == 503  # two live replies: full, and none other is stuck
+
+    first.release()
+    first.release()  # harmless: counted once
+    assert in_flight.count() == 2
+    assert _refused(in_flight) == 503  # still two live: its release freed no second place
+
+    second.release()
+    fourth = in_flight.take("someone", per_user=10, total=2)
+    assert in_flight.count() == 2
+    for slot in (third, fourth):
+        slot.release()
+    assert in_flight.count() == 0
+    assert in_flight.take("someone", per_user=10, total=2) is not None
