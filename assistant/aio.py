@@ -27,7 +27,6 @@ import atexit
 import concurrent.futures
 import contextlib
 import ctypes
-import http.cookiejar
 import importlib
 import os
 import threading
@@ -105,10 +104,9 @@ def http_client(timeouts: Timeouts) -> httpx.AsyncClient:
     """The shared client for these timeouts (one pool per process). Call on the loop."""
     client = _clients.get(timeouts)
     if client is None:
-        client = httpx.AsyncClient(
+        client = _CookielessClient(
             transport=AiohttpTransport(keepalive_seconds=KEEPALIVE_SECONDS),
             verify=_TLS,
-            cookies=_NoCookies(),
             timeout=httpx.Timeout(
                 connect=timeouts.connect,
                 read=timeouts.idle,  # any byte, ping included, proves the upstream alive
@@ -120,21 +118,40 @@ def http_client(timeouts: Timeouts) -> httpx.AsyncClient:
     return client
 
 
-class _NoCookies(http.cookiejar.CookieJar):
-    """A cookie jar that keeps nothing.
+class _NoCookies(httpx.Cookies):
+    """Cookies that are never kept.
 
     Provider APIs authenticate with keys, not cookies, and one client serves
     every user of the process: a cookie one reply's response set (a CDN's
     bot-management cookie, say) must not ride along on the next user's
-    request. It also spares every request httpx's cookie-jar work: ~70 µs
-    per request once a response has set a cookie (bench/results/).
+    request.
     """
 
-    def extract_cookies(self, response: Any, request: Any) -> None:
+    def extract_cookies(self, response: httpx.Response) -> None:
         return None
 
-    def set_cookie(self, cookie: http.cookiejar.Cookie) -> None:
+    def set(self, name: str, value: str, domain: str = "", path: str = "/") -> None:
         return None
+
+
+_NO_COOKIES = _NoCookies()
+
+
+class _CookielessClient(httpx.AsyncClient):
+    """httpx's client, with `_NoCookies` for its cookies.
+
+    Not only a jar that keeps nothing: httpx hands every response to its
+    cookies, and building the urllib request and response a jar reads cost
+    ~20 µs per request, with nothing to find (bench/results/).
+    """
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return _NO_COOKIES
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        raise TypeError("the upstream client keeps no cookies")
 
 
 # How long an idle upstream connection is kept for the next request (httpx's default).

@@ -19,6 +19,7 @@ A provider's own quirks stay in its file (test_anthropic.py, test_openai.py, ...
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import socket
 from collections.abc import Callable, Iterable
@@ -31,6 +32,7 @@ from assistant.chain import ChainFailed, ChainSucceeded, Chunk
 from assistant.config import ProviderSettings, Timeouts
 from assistant.providers.base import Event, Prompt, StreamEnd, TextDelta, ThinkingDelta
 from assistant.request import Turn
+from assistant.tools import ToolSpec
 from devtools.fake_upstream import FAIL_MODES, FAILS, FakeUpstream, Script
 
 from .conftest import ask, sse_events
@@ -156,7 +158,21 @@ def test_the_request_carries_the_prompt_and_the_settings(
     assert request.model == "model-x"
     assert {name: request.headers.get(name) for name in case.headers} == case.headers
     assert AUTH_HEADERS & set(request.headers) == AUTH_HEADERS & set(case.headers)
+    assert request.headers["content-type"] == "application/json"
     assert request.body == case.request_body
+
+
+@EACH
+def test_an_integer_past_64_bits_in_a_tool_schema_is_sent_as_given(
+    upstream: FakeUpstream, case: ProviderCase
+) -> None:
+    """The body is encoded with orjson, which refuses such integers: `json` sends it."""
+    huge = 10**30
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "maximum": huge}}}
+    prompt = dataclasses.replace(HI_PROMPT, tools=(ToolSpec("count", "Counts.", schema),))
+    events, error = case.events(upstream.url, prompt)
+    assert error is None and isinstance(events[-1], StreamEnd)
+    assert str(huge) in json.dumps(upstream.requests[0].body)
 
 
 @EACH

@@ -21,12 +21,15 @@ chain never sees a third-party exception.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import httpx
+import orjson
 
 from ..config import ProviderSettings
 from ..errors import MESSAGES, UpstreamCode
@@ -185,8 +188,16 @@ class HttpProvider:
     async def _post(
         self, client: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str]
     ) -> AsyncIterator[httpx.Response]:
-        """The streaming response, or upstream_status for anything but a 200."""
-        async with client.stream("POST", url, json=body, headers=headers) as response:
+        """The streaming response, or upstream_status for anything but a 200.
+
+        The URL is parsed once per process and the body encoded with orjson:
+        httpx parsing the URL again and encoding with `json` cost ~30 µs per
+        request (bench/results/).
+        """
+        headers = {**headers, "content-type": "application/json"}
+        async with client.stream(
+            "POST", _parsed(url), content=upstream_json(body), headers=headers
+        ) as response:
             if response.status_code != 200:
                 detail = await read_error_body(response)
                 raise ProviderError(
@@ -200,6 +211,24 @@ class HttpProvider:
     def _refuses_key(self, status: int, body: str) -> bool:
         """Whether an error answer means "your key is wrong" (worth re-reading it)."""
         return status == 401
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed(url: str) -> httpx.URL:
+    return httpx.URL(url)
+
+
+def upstream_json(body: Mapping[str, Any]) -> bytes:
+    """A request body as httpx's `json=` would send it: compact JSON in UTF-8.
+
+    No NaN can be in it (request.py refuses NaN and infinities). orjson
+    refuses integers past 64 bits, which a tool's JSON schema may hold
+    (request.py takes numbers up to 40 digits): those bodies go through `json`.
+    """
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
 def normalised_stop_reason(
