@@ -278,9 +278,8 @@ def _author(assistant_request: AssistantRequest) -> Author:
 
 def _read_body(request: flask.Request, limit: int) -> bytes:
     """The body, or 413. Never reads more than limit+1 bytes, even with no Content-Length."""
-    too_large = RequestError(f"request body is larger than {limit} bytes", 413, "payload_too_large")
     if request.content_length is not None and request.content_length > limit:
-        raise too_large
+        raise _too_large(limit)
     try:
         raw = request.stream.read(limit + 1)
     except (OSError, ClientDisconnected):
@@ -288,8 +287,12 @@ def _read_body(request: flask.Request, limit: int) -> bytes:
         # (with a Content-Length). Its client has left; not a bug of ours.
         raise RequestError("request body ended before it was complete") from None
     if len(raw) > limit:  # chunked, with no Content-Length to refuse up front
-        raise too_large
+        raise _too_large(limit)
     return raw
+
+
+def _too_large(limit: int) -> RequestError:
+    return RequestError(f"request body is larger than {limit} bytes", 413, "payload_too_large")
 
 
 def _wants_event_stream(request: flask.Request) -> bool:
