@@ -50,12 +50,21 @@ worker's CPU (0.88 s of ~7 s; gc callbacks timing each collection), a third
 of it in full collections that walked every object imported at start. So
 each worker, once its app is loaded, freezes what exists then
 (`gc.freeze()`: startup objects live as long as the process, and no
-collection walks them again) and collects its youngest generation every
-GC_THRESHOLDS[0] allocations instead of every 700: 0.35 s of the same run's
-CPU, and 4-9 % less CPU per chunk end to end, with RSS within 2 MiB
-(bench/results/stream_cpu-round3.txt). Young garbage cycles wait a few
-thousand allocations longer; an idle instance is still collected in full
-by the janitor.
+collection walks them again).
+
+And it collects on a clock, not on a count (`Collector`). Python collects
+its youngest generation every so many allocations; a stream's own objects
+(its request, response, decoders, frames) live for the whole stream, so at
+200 streams every such collection walked thousands of live objects only to
+move them to the next generation, which then walked them again: still
+~6 % of the CPU with a threshold of 5,000 (gen0 2.3 ms a run, gen1 19 ms,
+bench/results/stream_cpu-round4.txt). Collected once a second instead, most
+streams' objects are gone before any collection sees them, and a
+collection walks only the streams alive at that moment. Every tenth
+collection takes the middle generation too and every hundredth all of
+them, the ratios Python's own thresholds (700, 10, 10) keep. Garbage cycles
+wait up to a second (a reply leaves a few); an idle instance is still
+collected in full by the janitor.
 """
 
 from __future__ import annotations
@@ -70,7 +79,8 @@ from .limits import replies_in_flight
 
 CHECK_SECONDS = 1.0
 GROWTH = 0.10  # RSS above where the last release left it, as a fraction of that
-GC_THRESHOLDS = (5000, 10, 10)  # Python's are (700, 10, 10)
+COLLECT_SECONDS = 1.0  # the young generation is collected this often
+OLDER_EVERY = 10  # every 10th collection takes the middle generation too, every 100th all
 
 
 def _libc_version() -> str | None:
@@ -166,14 +176,43 @@ def no_reply_in_flight() -> bool:
     return replies_in_flight.count() == 0
 
 
-def tune_collector() -> None:
-    """Freeze what exists now and collect young objects less often (module docstring)."""
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+class Collector:
+    """The cyclic collector run on a clock, on a thread of its own (module docstring).
+
+    `start()` turns Python's own collections off; `stop()` turns them back on.
+    """
+
+    def __init__(self, seconds: float = COLLECT_SECONDS) -> None:
+        self.seconds = seconds
+        self.collections = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        gc.disable()
+        self._thread = threading.Thread(target=self._run, name="gc-collector", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        gc.enable()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.seconds):
+            self.collections += 1
+            if self.collections % (OLDER_EVERY * OLDER_EVERY) == 0:
+                gc.collect(2)
+            elif self.collections % OLDER_EVERY == 0:
+                gc.collect(1)
+            else:
+                gc.collect(0)
 
 
 def start_in_worker(worker: object) -> None:
-    """In each worker once its app is loaded (server.py's `post_worker_init`): the
-    collector tuned, and one janitor."""
-    tune_collector()
+    """In each worker once its app is loaded (server.py's `post_worker_init`): what
+    exists frozen, the collector on its clock, and one janitor."""
+    gc.freeze()
+    Collector().start()
     Janitor(no_reply_in_flight).start()

@@ -8,6 +8,8 @@ import os
 import platform
 import subprocess
 import sys
+import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -82,16 +84,51 @@ def test_no_reply_in_flight_follows_the_slots_taken_and_released() -> None:
     assert memory.no_reply_in_flight() and replies_in_flight.count() == 0
 
 
-def test_a_worker_freezes_its_startup_objects_and_collects_young_ones_less_often() -> None:
-    """In a process of its own: freezing is for the whole process."""
+def test_a_worker_freezes_its_startup_objects_and_collects_on_a_clock() -> None:
+    """In a process of its own: freezing and the collector's mode are for the whole process."""
     script = (
-        "import gc, json; from assistant import memory; memory.start_in_worker(None); "
-        "print(json.dumps([gc.get_freeze_count(), gc.get_threshold()]))"
+        "import gc, json, threading; from assistant import memory; memory.start_in_worker(None); "
+        "names = [t.name for t in threading.enumerate()]; "
+        "print(json.dumps([gc.get_freeze_count(), gc.isenabled(), names]))"
     )
     done = subprocess.run(
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
-    frozen, thresholds = json.loads(done.stdout)
+    frozen, automatic, threads = json.loads(done.stdout)
     assert frozen > 1_000  # everything imported: no collection walks it again
-    assert tuple(thresholds) == memory.GC_THRESHOLDS
-    assert memory.GC_THRESHOLDS[0] > gc.get_threshold()[0]  # this process: Python's own
+    assert not automatic  # Python's own collections are off: the clock collects
+    assert "gc-collector" in threads
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_the_collector_frees_garbage_cycles_on_its_clock_and_takes_older_generations_in_turn() -> (
+    None
+):
+    generations: list[int] = []
+
+    def note(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            generations.append(info["generation"])
+
+    collector = memory.Collector(seconds=0.001)
+    gc.callbacks.append(note)
+    try:
+        collector.start()
+        assert not gc.isenabled()
+        cycle = weakref.ref(_Cycle())
+        deadline = time.monotonic() + 10
+        while (cycle() is not None or collector.collections < 100) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert cycle() is None  # garbage only a collection frees, freed without a count
+    finally:
+        collector.stop()
+        gc.callbacks.remove(note)
+    assert gc.isenabled()  # stop() gives the collections back to Python
+    first_hundred = generations[:100]
+    assert first_hundred.count(2) == 1 and first_hundred[99] == 2
+    assert first_hundred.count(1) == 9 and first_hundred[9] == 1
+    assert first_hundred.count(0) == 90
