@@ -7,8 +7,10 @@ so that the upstream request is closed and the worker thread freed.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -93,3 +95,24 @@ def test_oversize_chunked_body_without_length_is_413(server: str, fake: FakeUpst
     assert answer.startswith(b"HTTP/1.1 413")
     assert b"payload_too_large" in answer
     assert fake.requests == []
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
+def test_every_thread_of_the_worker_runs_under_batch_scheduling(fake: FakeUpstream) -> None:
+    """Set in the worker before it starts a thread (server.batch_scheduling): the pool's
+    threads, the I/O loop's and the collector's inherit it, and none preempts on waking."""
+    with running_service({"THREADS": "4"}) as service:
+        response = httpx.post(
+            f"{service.url}/vac/assistant/live/sse", json={"user_input": "hi"}, timeout=10
+        )
+        assert response.status_code == 200 and "[DONE]" in response.text
+        parent = Path(f"/proc/{service.process.pid}/task/{service.process.pid}/children")
+        (worker,) = parent.read_text().split()  # gunicorn's one worker
+        tasks = Path(f"/proc/{worker}/task")
+        threads = [
+            ((task / "comm").read_text().strip(), os.sched_getscheduler(int(task.name)))
+            for task in tasks.iterdir()
+        ]
+    assert "upstream-io" in {name for name, _ in threads}  # started by the first reply
+    assert len(threads) >= 5  # main, a request thread, the loop, the watchdog, the collector
+    assert {policy for _, policy in threads} == {os.SCHED_BATCH}
