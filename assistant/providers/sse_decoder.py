@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass takes twice as long to make, per event
 class ServerSentEvent:
     event: str = "message"  # the spec's default type, when no `event:` line named one
     data: str = ""
@@ -86,33 +86,36 @@ class EventDecoder:
         self._last_event_id = ""  # kept across events, as the spec says
         self._retry: int | None = None
 
-    def decode(self, line: str) -> ServerSentEvent | None:
-        if not line:
-            return self._dispatch()
-        if line.startswith(":"):
-            return None  # a comment
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "data":
-            self._data.append(value)
-            self._has_data = True
-        elif name == "event":
-            self._event = value
-        elif name == "id" and "\0" not in value:
-            self._last_event_id = value
-        elif name == "retry" and value.isascii() and value.isdigit():
-            self._retry = int(value)
-        # Any other field, and an id with NUL or a retry that is no number, is ignored.
-        return None
-
-    def _dispatch(self) -> ServerSentEvent | None:
-        event = None
-        if self._has_data:
-            event = ServerSentEvent(
-                event=self._event or "message",
-                data="\n".join(self._data),
-                id=self._last_event_id,
-                retry=self._retry,
-            )
-        self._event, self._data, self._has_data, self._retry = "", [], False, None
-        return event
+    def decode(self, lines: list[str]) -> list[ServerSentEvent]:
+        """The events these lines complete, in order (one loop for a read's lines:
+        a call per line cost more than the line's own work)."""
+        events: list[ServerSentEvent] = []
+        for line in lines:
+            if not line:
+                if self._has_data:
+                    events.append(
+                        ServerSentEvent(
+                            self._event or "message",
+                            "\n".join(self._data),
+                            self._last_event_id,
+                            self._retry,
+                        )
+                    )
+                self._event, self._data, self._has_data, self._retry = "", [], False, None
+                continue
+            if line[0] == ":":
+                continue  # a comment
+            name, _, value = line.partition(":")
+            if value[:1] == " ":
+                value = value[1:]
+            if name == "data":
+                self._data.append(value)
+                self._has_data = True
+            elif name == "event":
+                self._event = value
+            elif name == "id" and "\0" not in value:
+                self._last_event_id = value
+            elif name == "retry" and value.isascii() and value.isdigit():
+                self._retry = int(value)
+            # Any other field, and an id with NUL or a retry that is no number, is ignored.
+        return events

@@ -47,19 +47,19 @@ async def iter_sse(
     events = EventDecoder()
     lines = LineDecoder()
     async for raw in body_chunks(response):
+        if unframed is None:
+            for event in events.decode(lines.decode(raw)):
+                yield event
+            continue
         for line in lines.decode(raw):
-            if unframed is not None:
-                _note_unframed(line, unframed)
-            event = events.decode(line)
-            if event is not None:
-                if unframed:
-                    unframed.clear()
+            _note_unframed(line, unframed)
+            for event in events.decode([line]):
+                unframed.clear()
                 yield event
     for line in lines.flush():
         if unframed is not None:
             _note_unframed(line, unframed)
-        event = events.decode(line)
-        if event is not None:  # a lone CR at the very end ends the last event
+        for event in events.decode([line]):  # a lone CR at the very end ends the last event
             yield event
 
 
