@@ -83,6 +83,11 @@ def client(app: Any) -> Any:
     return app.test_client()
 
 
+def log_lines(out: str) -> list[dict[str, Any]]:
+    """Our JSON log lines in captured output (each a JSON object on its own line)."""
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
 def sse_events(body: bytes) -> list[Any]:
     """The frames of an SSE body: parsed JSON payloads, "[DONE]", or ": ping" comments."""
     events: list[Any] = []

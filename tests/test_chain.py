@@ -24,7 +24,7 @@ from assistant.store import Author
 from assistant.tracing import RequestLog
 from devtools.fake_upstream import FakeUpstream, Script
 
-from .conftest import sse_events
+from .conftest import log_lines, sse_events
 
 
 @pytest.fixture
@@ -183,7 +183,9 @@ def test_connect_timeout_falls_through(full_backlog, upstreams, capsys) -> None:
     events = _stream(_reply((full_backlog, second), streaming=True, env=env))
     assert events[-2]["answer"] == "from second"
     assert events[-2]["metadata"]["attempts"][0]["outcome"] == "upstream_timeout"
-    assert '"detail": "connect timeout"' in capsys.readouterr().out
+    logged = log_lines(capsys.readouterr().out)
+    failed = [line["detail"] for line in logged if line["message"] == "provider.failed"]
+    assert failed == ["connect timeout"]
 
 
 def test_a_bug_in_the_chain_still_ends_the_reply(upstreams) -> None:

@@ -7,7 +7,6 @@ handling under test are the real ones, fed real `google.api_core` exceptions.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -23,6 +22,8 @@ from google.api_core.retry import Retry
 
 from assistant.config import Settings
 from assistant.keys import KeyStore, key_store, provider_key
+
+from .conftest import log_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "ANTHROPIC_API_KEY"
@@ -85,10 +86,6 @@ def make_store(sm: FakeSecretManager, clock: FakeClock, **overrides: Any) -> Key
     }
     options.update(overrides)
     return KeyStore(client_factory=lambda: sm, clock=clock, **options)
-
-
-def log_lines(out: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
 def test_an_env_var_wins_and_secret_manager_is_never_called(sm, clock) -> None:

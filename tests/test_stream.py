@@ -11,7 +11,7 @@ import pytest
 
 from devtools.fake_upstream import FakeUpstream, Script
 
-from .conftest import ask, sse_events
+from .conftest import ask, log_lines, sse_events
 
 
 def test_sse_streams_chunks_then_one_final_answer_then_done(client, fake: FakeUpstream) -> None:
@@ -267,12 +267,12 @@ def test_trace_id_from_body_wins_and_is_on_header_metadata_and_logs(client, fake
     assert sse_events(response.get_data())[-2]["metadata"]["trace_id"] == "frontend.trace:42"
     lines = [
         line
-        for line in capfd.readouterr().out.splitlines()
-        if line.startswith("{") and "providers.configured" not in line  # a process line
+        for line in log_lines(capfd.readouterr().out)
+        if line["message"] != "providers.configured"  # a process line
     ]
-    assert lines and all('"trace_id": "frontend.trace:42"' in line for line in lines)
+    assert lines and all(line["trace_id"] == "frontend.trace:42" for line in lines)
     assert all(
-        '"logging.googleapis.com/trace": "projects/demo-project/traces/frontend.trace:42"' in line
+        line["logging.googleapis.com/trace"] == "projects/demo-project/traces/frontend.trace:42"
         for line in lines
     )
 
