@@ -6,19 +6,17 @@ import gc
 import json
 import os
 import platform
-import subprocess
-import sys
 import time
 import weakref
-from pathlib import Path
 
 import pytest
 
 from assistant import memory
 from assistant.limits import replies_in_flight
 
+from .conftest import python_in_own_process
+
 GLIBC = platform.libc_ver()[0] == "glibc"
-ROOT = Path(__file__).resolve().parent.parent
 MB = 1024 * 1024
 
 
@@ -91,10 +89,7 @@ def test_a_worker_freezes_its_startup_objects_and_collects_on_a_clock() -> None:
         "names = [t.name for t in threading.enumerate()]; "
         "print(json.dumps([gc.get_freeze_count(), gc.isenabled(), names]))"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
-    frozen, automatic, threads = json.loads(done.stdout)
+    frozen, automatic, threads = json.loads(python_in_own_process(script))
     assert frozen > 1_000  # everything imported: no collection walks it again
     assert not automatic  # Python's own collections are off: the clock collects
     assert "gc-collector" in threads

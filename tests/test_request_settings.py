@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from assistant import config
 
-ROOT = Path(__file__).resolve().parent.parent
+from .conftest import python_in_own_process
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +51,4 @@ def test_the_server_worker_hook_fixes_them() -> None:
         "server.GUNICORN_OPTIONS['post_worker_init'](None); "
         "print(config._fixed is not None and config._fixed is config.request_settings())"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
-    assert done.stdout.strip() == "True", done.stderr[-2000:]
+    assert python_in_own_process(script).strip() == "True"
