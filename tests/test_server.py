@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from assistant.server import batch_scheduling
 from devtools.fake_upstream import FakeUpstream, Script
 from devtools.service import running_service
 
@@ -116,3 +117,19 @@ def test_every_thread_of_the_worker_runs_under_batch_scheduling(fake: FakeUpstre
     assert "upstream-io" in {name for name, _ in threads}  # started by the first reply
     assert len(threads) >= 5  # main, a request thread, the loop, the watchdog, the collector
     assert {policy for _, policy in threads} == {os.SCHED_BATCH}
+
+
+@pytest.mark.parametrize("refusal", ["sandbox", "not linux"])
+def test_a_system_that_refuses_batch_scheduling_leaves_the_worker_as_it_was(
+    monkeypatch: pytest.MonkeyPatch, refusal: str
+) -> None:
+    def refused(*args: object) -> None:
+        raise PermissionError("operation not permitted")
+
+    if refusal == "sandbox":
+        monkeypatch.setattr(os, "sched_setscheduler", refused)
+    else:
+        monkeypatch.delattr(os, "SCHED_BATCH", raising=False)
+    policy = os.sched_getscheduler(0)
+    assert batch_scheduling() is False
+    assert os.sched_getscheduler(0) == policy
