@@ -256,7 +256,7 @@ class Reply:
         last_sent = last_check = time.monotonic()
         direct = None
         if self._client_socket is not None:
-            direct = DirectWrites(self._direct_frame, self._client_socket.write_now)
+            direct = DirectWrites(self._recorded_frame, self._client_socket.write_now)
         while True:
             if self._head_sent and direct is not None:
                 self._items.attach(direct)
@@ -304,8 +304,8 @@ class Reply:
         self._splitter = ThinkingSplitter()
         self._items.discard()
 
-    def _direct_frame(self, chunk: Chunk) -> bytes:
-        """On the loop, while it holds the socket: `chunk` recorded, and its frame."""
+    def _recorded_frame(self, chunk: Chunk) -> bytes:
+        """`chunk` recorded, and its frame (on the loop too, while it holds the socket)."""
         self._add(chunk.text)
         return sse.chunk_frame(chunk.text)
 
@@ -320,11 +320,9 @@ class Reply:
         """`chunk`'s frame, and those of the chunks already waiting behind it: one
         write for all, each still its own `data:` event (a busy instance wakes
         its request threads once per batch, not once per chunk)."""
-        self._add(chunk.text)
-        frames = sse.chunk_frame(chunk.text)
+        frames = self._recorded_frame(chunk)
         while (more := self._items.next_chunk()) is not None:
-            self._add(more.text)
-            frames += sse.chunk_frame(more.text)
+            frames += self._recorded_frame(more)
         return frames
 
     def _add(self, text: str) -> None:

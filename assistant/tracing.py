@@ -52,7 +52,13 @@ def _dumps(entry: dict[str, Any]) -> str:
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
-def _write(severity: str, message: str, fields: dict[str, Any], exc: BaseException | None) -> None:
+def _write(
+    severity: str,
+    message: str,
+    fields: Mapping[str, Any],
+    more: Mapping[str, Any],
+    exc: BaseException | None,
+) -> None:
     """One JSON line on whatever sys.stdout is now, flushed so that no entry waits in a buffer.
 
     Written here, not through `logging`: its records, handler lock and
@@ -62,7 +68,8 @@ def _write(severity: str, message: str, fields: dict[str, Any], exc: BaseExcepti
     """
     entry: dict[str, Any] = {"severity": severity, "message": message}
     entry["time"] = _timestamp(time.time())
-    entry.update(fields)
+    entry.update(fields)  # the request's (trace id), then the line's own
+    entry.update(more)
     if exc is not None:
         # The stack goes to the log only, never to a client.
         entry["exception"] = "".join(traceback.format_exception(exc)).rstrip("\n")
@@ -85,17 +92,17 @@ class RequestLog:
             )
 
     def info(self, message: str, **fields: Any) -> None:
-        _write("INFO", message, {**self._fields, **fields}, None)
+        _write("INFO", message, self._fields, fields, None)
 
     def warning(self, message: str, **fields: Any) -> None:
-        _write("WARNING", message, {**self._fields, **fields}, None)
+        _write("WARNING", message, self._fields, fields, None)
 
     def error(self, message: str, **fields: Any) -> None:
-        _write("ERROR", message, {**self._fields, **fields}, None)
+        _write("ERROR", message, self._fields, fields, None)
 
     def exception(self, message: str, exc: BaseException | None = None, **fields: Any) -> None:
         """An unexpected failure (the current one, or `exc`): the stack goes to the log only."""
-        _write("ERROR", message, {**self._fields, **fields}, exc or sys.exception())
+        _write("ERROR", message, self._fields, fields, exc or sys.exception())
 
 
 def process_log() -> RequestLog:

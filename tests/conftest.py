@@ -97,7 +97,8 @@ def python_in_own_process(script: str) -> str:
 
 def log_lines(out: str) -> list[dict[str, Any]]:
     """Our JSON log lines in captured output (each a JSON object on its own line)."""
-    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    # "\n" only: a line's text may hold U+2028 and the other breaks splitlines() knows.
+    return [json.loads(line) for line in out.split("\n") if line.startswith("{")]
 
 
 def sse_events(body: bytes) -> list[Any]:
