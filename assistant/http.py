@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import re
 import select
 import socket
@@ -27,7 +26,7 @@ from typing import Any, cast
 import flask
 from werkzeug.exceptions import ClientDisconnected
 
-from . import __version__
+from . import __version__, sse
 from .auth import caller
 from .chain import ChainCrashed, ChainFailed
 from .config import ConfigError, Settings, request_settings
@@ -430,7 +429,7 @@ def _error(status: int, code: ErrorCode, message: str, trace_id: str) -> flask.R
 
 def _json(status: int, payload: dict[str, Any], trace_id: str | None = None) -> flask.Response:
     response = flask.Response(
-        json.dumps(payload, ensure_ascii=False, separators=(",", ":")),
+        sse.json_text(payload),
         status=status,
         content_type="application/json",
     )

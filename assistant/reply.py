@@ -200,12 +200,27 @@ class Reply:
         except ClientGone:
             pass  # `finally` abandons the reply; nobody is left to write to
         except Exception as exc:
-            if self._done:
-                raise
-            # Our own bug, on this side of the queue: it ends the reply like a chain crash.
-            yield sse.frame(self._conclude(ChainCrashed(exc))) + sse.DONE
+            yield sse.frame(self._crash_ending(exc)) + sse.DONE
         finally:
             self.close()
+
+    def _crash_ending(self, exc: Exception) -> dict[str, Any]:
+        """The terminal payload after our own bug on this side of the queue: the reply
+        ends like a chain crash; if concluding is what failed, with a bare error
+        frame (what it saved stays saved, nothing is saved twice): a stream always
+        ends with a terminal frame."""
+        if not self._done:
+            try:
+                return self._conclude(ChainCrashed(exc))
+            except Exception as again:
+                exc = again
+        self._log.exception("reply.crashed", exc=exc)
+        return {
+            "error": MESSAGES["internal_error"],
+            "code": "internal_error",
+            "partial": self._text(),
+            "metadata": {"trace_id": self._trace_id},
+        }
 
     # -- JSON --------------------------------------------------------------
 

@@ -19,6 +19,7 @@ Every other frame (the final answer's metadata, errors) keeps `json.dumps`.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import orjson
@@ -32,10 +33,33 @@ _LINE_BREAKS = {0x2028: "\\u2028", 0x2029: "\\u2029", 0x85: "\\u0085"}
 
 def frame(payload: Any) -> bytes:
     """One `data:` event carrying `payload` as JSON."""
-    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    text = json_text(payload)
     if not text.isascii():
         text = text.translate(_LINE_BREAKS)
     return b"data: " + text.encode("utf-8") + b"\n\n"
+
+
+def json_text(payload: Any) -> str:
+    """`payload` as compact JSON, as every frame and JSON response writes it.
+
+    Never NaN or Infinity, which a browser's `JSON.parse` refuses: an upstream
+    may send them in an event (Python's parser takes them, and a tool call's
+    arguments or the usage can carry them on), and here they go out as null.
+    """
+    try:
+        return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(payload), ensure_ascii=False, separators=(",", ":"))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 _UTF8_LINE_BREAKS = (

@@ -84,6 +84,18 @@ class ToolCall:
         return json.dumps(self.args if self.args is not None else {}, ensure_ascii=False)
 
 
+def model_json(text: str) -> Any:
+    """JSON a model wrote, strictly: ValueError for what is not JSON, including
+    what Python's parser takes and no browser does (NaN, Infinity), and numbers
+    past Python's digit limit (a ValueError that is no JSONDecodeError).
+    RecursionError for nesting too deep to parse."""
+    return json.loads(text, parse_constant=_not_json)
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
 def parse_arguments(text: str) -> tuple[Mapping[str, Any] | None, str | None]:
     """A call's streamed argument text: (args, None), or (None, why not) when it is not
     a JSON object. Empty text is no arguments (`{}`), as models send for a
@@ -91,8 +103,8 @@ def parse_arguments(text: str) -> tuple[Mapping[str, Any] | None, str | None]:
     if not text.strip():
         return {}, None
     try:
-        value = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+        value = model_json(text)
+    except (ValueError, RecursionError) as exc:
         return None, f"arguments are not valid JSON: {exc}"[:200]
     if not isinstance(value, dict):
         return None, f"arguments are a JSON {type(value).__name__}, not an object"
@@ -183,8 +195,8 @@ def structured_output(text: str, schema: Mapping[str, Any]) -> tuple[Any, str | 
     if not candidate:
         return None, "the reply has no JSON: it is empty"
     try:
-        value = json.loads(candidate)
-    except (json.JSONDecodeError, RecursionError) as exc:
+        value = model_json(candidate)
+    except (ValueError, RecursionError) as exc:
         return None, f"the reply is not valid JSON: {exc}"[:300]
     validator_class = jsonschema.validators.validator_for(
         schema, default=jsonschema.Draft202012Validator

@@ -112,8 +112,17 @@ def sse_events(body: bytes) -> list[Any]:
             continue
         assert block.startswith("data: "), block
         data = block[len("data: ") :]
-        events.append(data if data == "[DONE]" else json.loads(data))
+        events.append(data if data == "[DONE]" else strict_json(data))
     return events
+
+
+def strict_json(text: str | bytes) -> Any:
+    """JSON as a browser's `JSON.parse` reads it: NaN and Infinity are errors."""
+    return json.loads(text, parse_constant=_no_constant)
+
+
+def _no_constant(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def ask(

@@ -235,3 +235,27 @@ def test_a_bug_on_the_reply_side_ends_the_stream_with_one_logged_error(upstreams
     assert events[-1] == "[DONE]"
     logged = [line for line in capsys.readouterr().out.splitlines() if "reply.crashed" in line]
     assert len(logged) == 1 and "ValueError: a bug of ours" in logged[0]
+
+
+def test_a_bug_while_concluding_still_ends_the_stream_with_an_error_frame(
+    upstreams, capsys
+) -> None:
+    reply = _reply(upstreams, streaming=True)
+    conclude = reply._conclude
+    concluded: list[object] = []
+
+    def broken_conclude(item: object) -> dict:
+        concluded.append(item)
+        conclude(item)  # it saves, then a bug before its payload is out
+        raise ValueError("a bug of ours")
+
+    reply._conclude = broken_conclude  # the one seam: a bug in building the terminal frame
+    events = _stream(reply)
+    assert events[0] == {"chunk": "from "}
+    assert events[-2]["code"] == "internal_error"
+    assert events[-2]["partial"] == "from first"
+    assert events[-2]["metadata"]["trace_id"]
+    assert events[-1] == "[DONE]"
+    assert len(concluded) == 1  # concluded (and saved) once, not again for the crash
+    logged = [line for line in capsys.readouterr().out.splitlines() if "reply.crashed" in line]
+    assert len(logged) == 1 and "ValueError: a bug of ours" in logged[0]

@@ -38,7 +38,9 @@ def test_upstream_json_that_only_json_reads_still_reads() -> None:
     }
 
 
-@pytest.mark.parametrize("data", ["not json", "[1, 2]", '"text"', ""])
+@pytest.mark.parametrize(
+    "data", ["not json", "[1, 2]", '"text"', "", '{"n": ' + "1" * 5000 + "}"]
+)  # the last: past Python's digit limit
 def test_upstream_data_that_is_no_json_object_is_a_protocol_error(data: str) -> None:
     with pytest.raises(ProviderError) as raised:
         json_object(data)

@@ -22,7 +22,7 @@ from assistant.request import Turn
 from assistant.tools import ToolCall, ToolSpec
 from devtools.fake_upstream import FakeUpstream, Script
 
-from .conftest import ask, sse_events
+from .conftest import ask, sse_events, strict_json
 from .provider_cases import CASES, ProviderCase
 from .provider_support import run_chain
 from .provider_support import upstream_fixture as upstream_fixture  # the `upstream` fixture
@@ -246,6 +246,26 @@ def test_structured_output_on_every_provider(
     final = sse_events(response.get_data())[-2]
     assert final["metadata"]["structured_output"] == {"answer": "Oslo"}
     assert json.dumps(ANSWER_SCHEMA["properties"]) in json.dumps(fake.requests[-1].body)
+
+
+@EACH
+def test_arguments_holding_nan_still_give_json_a_browser_reads(
+    client, fake: FakeUpstream, only: Any, case: ProviderCase
+) -> None:
+    only(case)
+    fake.push(Script(tokens=[], tool_calls=[{"name": "weather", "args": {"t": float("nan")}}]))
+    response = client.post(  # both routes: every frame, and the JSON answer, parsed strictly
+        "/vac/assistant/test-assistant", json={"user_input": "hi", "emissaryConfig": TOOL_CONFIG}
+    )
+    fake.push(Script(tokens=[], tool_calls=[{"name": "weather", "args": {"t": float("nan")}}]))
+    streamed = ask(client, emissaryConfig=TOOL_CONFIG)
+    for call in (
+        strict_json(response.get_data())["metadata"]["tools_to_use"][0],
+        sse_events(streamed.get_data())[-2]["metadata"]["tools_to_use"][0],
+    ):
+        # Streamed argument text is parsed strictly (a call with args_error); arguments
+        # that came parsed inside the event keep the call, NaN written as null.
+        assert (call["args"], "args_error" in call) in ((None, True), ({"t": None}, False))
 
 
 @EACH

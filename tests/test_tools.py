@@ -254,6 +254,12 @@ def test_valid_json_becomes_structured_output_and_is_saved(
         ),
         (Script(text='{"answer": "Oslo", '), "the reply is not valid JSON"),
         (Script(text="Oslo, I think."), "the reply is not valid JSON"),
+        (
+            Script(text='{"answer": "Oslo", "confidence": NaN}'),
+            "the reply is not valid JSON: NaN is not JSON",
+        ),
+        # Past Python's digit limit, json.loads raises a ValueError of its own.
+        (Script(text='{"answer": "Oslo", "confidence": ' + "9" * 5000 + "}"), "not valid JSON"),
     ],
 )
 def test_json_that_does_not_match_still_ends_normally_and_says_why(
@@ -292,6 +298,9 @@ def test_a_json_caller_gets_the_same_metadata(client, fake: FakeUpstream) -> Non
         ('{"a": ', None, "arguments are not valid JSON"),
         ("[1]", None, "arguments are a JSON list, not an object"),
         ('"x"', None, "arguments are a JSON str, not an object"),
+        ('{"a": NaN}', None, "arguments are not valid JSON: NaN is not JSON"),
+        ('{"a": -Infinity}', None, "arguments are not valid JSON: -Infinity is not JSON"),
+        ('{"a": ' + "1" * 5000 + "}", None, "arguments are not valid JSON"),
     ],
 )
 def test_parse_arguments(text: str, args: Any, error: str | None) -> None:

@@ -252,7 +252,7 @@ def _bare_json(text: str) -> Any:
     """A JSON tail outside any SSE framing, or None if it is not JSON."""
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, or a number past Python's digit limit
         return None
 
 

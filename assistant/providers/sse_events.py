@@ -81,7 +81,7 @@ def json_object(data: str) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         try:  # also what orjson refuses and json takes (NaN, Infinity), as before
             value = json.loads(data)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, a number past the digit limit, too deep
             raise ProviderError("upstream_protocol", "event data is not JSON") from None
     if not isinstance(value, dict):
         raise ProviderError("upstream_protocol", "event data is not a JSON object")
