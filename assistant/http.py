@@ -295,9 +295,10 @@ def _too_large(limit: int) -> RequestError:
 
 
 def _wants_event_stream(request: flask.Request) -> bool:
-    """True only when Accept names text/event-stream itself (`*/*` is not a request for it)."""
+    """True only when Accept names text/event-stream itself (`*/*` is not a request for it),
+    with or without parameters (werkzeug keeps them in the value)."""
     return any(
-        value.lower() == "text/event-stream" and quality > 0
+        value.split(";", 1)[0].strip().lower() == "text/event-stream" and quality > 0
         for value, quality in request.accept_mimetypes
     )
 

@@ -216,14 +216,33 @@ def test_legacy_route_answers_json_without_event_stream_accept(client, fake: Fak
     assert body["metadata"]["trace_id"] == response.headers["X-Trace-Id"]
 
 
-def test_legacy_route_streams_when_accept_asks_for_it(client, fake: FakeUpstream) -> None:
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "text/event-stream",
+        "Text/Event-Stream; charset=utf-8",  # parameters, any case
+        "application/json;q=0.9, text/event-stream;q=0.5",
+    ],
+)
+def test_legacy_route_streams_when_accept_asks_for_it(
+    client, fake: FakeUpstream, accept: str
+) -> None:
     response = client.post(
-        "/vac/assistant/test-assistant",
-        json={"user_input": "hi"},
-        headers={"Accept": "text/event-stream"},
+        "/vac/assistant/test-assistant", json={"user_input": "hi"}, headers={"Accept": accept}
     )
     assert response.headers["Content-Type"].startswith("text/event-stream")
     assert sse_events(response.get_data())[-1] == "[DONE]"
+
+
+def test_legacy_route_answers_json_when_accept_refuses_the_stream(
+    client, fake: FakeUpstream
+) -> None:
+    response = client.post(
+        "/vac/assistant/test-assistant",
+        json={"user_input": "hi"},
+        headers={"Accept": "text/event-stream;q=0, application/json"},
+    )
+    assert response.content_type == "application/json"
 
 
 def test_legacy_json_failure_is_502_with_attempts(client, fake: FakeUpstream) -> None:
