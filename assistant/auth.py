@@ -36,9 +36,8 @@ MAX_TOKEN_CHARS = 16 * 1024  # real ID tokens are about 1 KB
 MAX_UID_CHARS = 128
 ISSUER_PREFIX = "https://securetoken.google.com/"
 
-# RFC 6750 §3.1: a request with no credentials gets the bare challenge, one whose
-# token was refused the `invalid_token` error code.
-_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+# One challenge for a token missing, malformed, expired or forged, as the frontend
+# expects it (RFC 6750 would leave the error code out when none was sent).
 _REFUSED = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 _DECODE_ERRORS = (ValueError, TypeError, google_auth_errors.GoogleAuthError)
 
@@ -51,10 +50,6 @@ class InvalidToken(ValueError):
     """The token is refused; the message is a fixed reason, safe to show and log."""
 
 
-class MissingToken(InvalidToken):
-    """No token was sent at all."""
-
-
 def caller(headers: Mapping[str, str], auth: AuthSettings) -> Author | None:
     """The verified user in `firebase` mode; None in `iam` / `none`, where the body names them.
 
@@ -65,8 +60,7 @@ def caller(headers: Mapping[str, str], auth: AuthSettings) -> Author | None:
     try:
         claims = verify_id_token(bearer_token(headers.get("Authorization")), auth)
     except InvalidToken as exc:
-        challenge = _CHALLENGE if isinstance(exc, MissingToken) else _REFUSED
-        raise RequestError(str(exc), 401, "unauthenticated", headers=challenge) from None
+        raise RequestError(str(exc), 401, "unauthenticated", headers=_REFUSED) from None
     except CertsUnavailable:  # certs.py logged why
         raise RequestError(
             MESSAGES["auth_unavailable"],
@@ -83,7 +77,7 @@ def caller(headers: Mapping[str, str], auth: AuthSettings) -> Author | None:
 
 def bearer_token(authorization: str | None) -> str:
     if not authorization or not authorization.strip():
-        raise MissingToken("sign-in required: send Authorization: Bearer <Firebase ID token>")
+        raise InvalidToken("sign-in required: send Authorization: Bearer <Firebase ID token>")
     scheme, _, token = authorization.strip().partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
