@@ -56,7 +56,7 @@ class AssistantMessage:
     provider: str | None
     model: str | None
     model_version: str | None = None
-    usage: dict[str, int] = field(default_factory=dict)
+    usage: dict[str, int | None] = field(default_factory=dict)
     stop_reason: str | None = None
     structured_output: Any = None
     tools_to_use: tuple[dict[str, Any], ...] = ()

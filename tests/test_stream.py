@@ -152,6 +152,8 @@ def test_mid_stream_failure_sends_partial_text_in_one_error_frame(
     assert error["partial"] == "Half an "
     assert error["error"] and "Traceback" not in error["error"]
     assert error["metadata"]["provider"] == "anthropic"
+    # Both counts are always there; what the provider never said is null.
+    assert {"input_tokens", "output_tokens"} <= set(error["metadata"]["usage"])
     assert len(fake.requests) == 1  # committed: never retried
 
 

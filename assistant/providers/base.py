@@ -58,8 +58,13 @@ class Usage:
     output_tokens: int | None = None
     thinking_tokens: int | None = None  # only where the provider reports it apart
 
-    def as_dict(self) -> dict[str, int]:
-        return {name: value for name, value in vars(self).items() if value is not None}
+    def as_dict(self) -> dict[str, int | None]:
+        """Input and output always (null when the provider said nothing, as when a
+        reply failed before its end), thinking only where the provider counts it apart."""
+        counts = {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
+        if self.thinking_tokens is not None:
+            counts["thinking_tokens"] = self.thinking_tokens
+        return counts
 
 
 @dataclass(frozen=True)
