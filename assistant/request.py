@@ -106,7 +106,7 @@ def parse_body(raw: bytes, content_type: str | None) -> dict[str, Any]:
     database would take), named by its field.
     """
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
-    if media_type not in ("application/json", "text/plain") and not media_type.endswith("+json"):
+    if media_type not in ("application/json", "text/plain"):
         raise RequestError(
             f"Content-Type must be application/json (or text/plain holding JSON), "
             f"got {media_type or 'none'}",

@@ -134,7 +134,10 @@ def test_invalid_json_is_400(client, fake: FakeUpstream) -> None:
     _refused(response, 400, "invalid_request", fake, "not valid JSON")
 
 
-@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/html", None])
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/x-www-form-urlencoded", "text/html", "application/vnd.api+json", None],
+)
 def test_non_json_media_type_is_415(client, fake: FakeUpstream, content_type: str | None) -> None:
     response = client.post(
         "/vac/assistant/abc/sse", data='{"user_input": "hi"}', content_type=content_type
