@@ -43,7 +43,7 @@ from .request import (
 )
 from .saving import load_history
 from .store import Author, FirestoreStore, MessageStore
-from .tracing import RequestLog, new_trace_id, process_log, trace_id_from_headers
+from .tracing import RequestLog, new_trace_id, trace_id_from_headers
 
 _ASSISTANT_ROUTE = re.compile(r"/vac/assistant/(?P<id>.*?)(?P<sse>/sse)?")
 _ALLOWED_METHODS = "POST, OPTIONS"
@@ -63,7 +63,7 @@ def handle(request: flask.Request) -> flask.Response:
     try:
         settings = request_settings()
     except ConfigError as exc:
-        process_log().error("config.invalid", reason=str(exc))
+        RequestLog(trace_id).error("config.invalid", reason=str(exc))
         return _error(500, "config_error", MESSAGES["config_error"], trace_id)
     log = RequestLog(trace_id, settings.project_id)
     cors = _cors_headers(headers, settings.cors_origins)
@@ -166,7 +166,7 @@ def _answer(
         log = RequestLog(trace_id, settings.project_id)
 
     providers, skipped = configured_providers(settings)
-    _announce_providers(settings, [provider.name for provider in providers], skipped)
+    _announce_providers(settings, [provider.name for provider in providers], skipped, log)
     if not providers:
         log.error("request.no_provider", skipped=skipped)
         return _error(409, "no_provider", MESSAGES["no_provider"], trace_id)
@@ -247,8 +247,11 @@ def _sse_reply(reply: Reply, slot: Slot, settings: Settings, trace_id: str) -> f
 _announced: tuple[object, ...] | None = None
 
 
-def _announce_providers(settings: Settings, names: list[str], skipped: dict[str, str]) -> None:
-    """One log line per process (and per change) saying which providers answer, and where.
+def _announce_providers(
+    settings: Settings, names: list[str], skipped: dict[str, str], log: RequestLog
+) -> None:
+    """One log line per process (and per change) saying which providers answer, and where,
+    in the log of the request that first saw them (every line a request writes has its trace).
 
     Locally this is where a run against the fake upstream shows: its base URL
     is on 127.0.0.1.
@@ -261,7 +264,7 @@ def _announce_providers(settings: Settings, names: list[str], skipped: dict[str,
     summary = (tuple(used.items()), tuple(skipped.items()))
     if summary != _announced:
         _announced = summary
-        process_log().info("providers.configured", order=used, skipped=skipped)
+        log.info("providers.configured", order=used, skipped=skipped)
 
 
 def _store_for(assistant_request: AssistantRequest, settings: Settings) -> MessageStore | None:

@@ -13,7 +13,7 @@ import pytest
 from assistant.config import Settings
 from devtools.fake_upstream import FakeUpstream, Script
 
-from .conftest import sse_events
+from .conftest import log_lines, sse_events
 from .firebase_tokens import PROJECT, CertsServer, SigningKey, claims
 
 ADA = {"email": "ada@example.com", "displayName": "Ada"}
@@ -74,6 +74,8 @@ def test_unsafe_or_broken_auth_config_refuses_every_request(
     log = capsys.readouterr().out
     assert log.count('"config.invalid"') == 2
     assert reason in log
+    invalid = [line for line in log_lines(log) if line["message"] == "config.invalid"]
+    assert all(line["trace_id"] for line in invalid)  # the request's, like every line it writes
 
 
 def test_on_cloud_run_the_default_mode_is_firebase(client, fake: FakeUpstream) -> None:
