@@ -37,6 +37,7 @@ from .providers import configured_providers, with_fresh_key
 from .reply import ClientGone, Reply, failure_status
 from .request import (
     AssistantRequest,
+    body_trace_id,
     build_request,
     check_assistant_id,
     parse_body,
@@ -70,6 +71,8 @@ def handle(request: flask.Request) -> flask.Response:
     try:
         response = _route(request, headers, settings, trace_id, log, started)
     except RequestError as exc:
+        if exc.trace_id:
+            trace_id, log = exc.trace_id, RequestLog(exc.trace_id, settings.project_id)
         log.info("request.refused", status=exc.status, code=exc.code, reason=exc.message)
         response = _error(exc.status, exc.code, exc.message, trace_id)
         response.headers.update(exc.headers)
@@ -120,6 +123,7 @@ def _assistant(
     verified = caller(headers, settings.auth)
     limits = (settings.auth.max_streams_per_user, settings.max_streams)
     slot = replies_in_flight.take(verified.user_id, *limits) if verified else None
+    assistant_request: AssistantRequest | None = None
     try:
         assistant_request = _checked_request(request, match["id"], settings)
         author = verified or _author(assistant_request)
@@ -128,9 +132,11 @@ def _assistant(
         response = _answer(
             request, match, assistant_request, author, slot, settings, trace_id, log, started
         )
-    except BaseException:
+    except BaseException as exc:
         if slot is not None:
             slot.release()
+        if isinstance(exc, RequestError) and assistant_request is not None:
+            exc.trace_id = exc.trace_id or assistant_request.trace_id
         raise
     if not response.is_streamed:  # a stream's reply releases the slot when it ends
         slot.release()
@@ -140,13 +146,20 @@ def _assistant(
 def _checked_request(
     request: flask.Request, assistant_id: str, settings: Settings
 ) -> AssistantRequest:
-    """The validated request, or the 400 / 413 / 415 that says what is wrong."""
-    return build_request(
-        check_assistant_id(assistant_id),
-        parse_body(_read_body(request, settings.max_body_bytes), request.content_type),
-        max_input_chars=settings.max_input_chars,
-        max_history_messages=settings.max_history_messages,
-    )
+    """The validated request, or the 400 / 413 / 415 that says what is wrong (with the
+    body's trace id, when the body is JSON and its trace id is well formed)."""
+    checked_id = check_assistant_id(assistant_id)
+    body = parse_body(_read_body(request, settings.max_body_bytes), request.content_type)
+    try:
+        return build_request(
+            checked_id,
+            body,
+            max_input_chars=settings.max_input_chars,
+            max_history_messages=settings.max_history_messages,
+        )
+    except RequestError as exc:
+        exc.trace_id = body_trace_id(body)
+        raise
 
 
 def _answer(

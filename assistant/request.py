@@ -94,6 +94,12 @@ def check_assistant_id(assistant_id: str) -> str:
     return assistant_id
 
 
+def body_trace_id(body: Mapping[str, Any]) -> str | None:
+    """The body's `trace_id` if it is a well-formed one, whatever else is wrong with the body."""
+    value = body.get("trace_id")
+    return value if isinstance(value, str) and TRACE_ID_PATTERN.fullmatch(value) else None
+
+
 def parse_body(raw: bytes, content_type: str | None) -> dict[str, Any]:
     """Bytes (already within the size limit) to a JSON object, or the 415 / 400 saying why not.
 

@@ -229,6 +229,10 @@ def test_iam_counts_per_body_user_and_the_anonymous_share_one_bucket(
     assert anonymous.status_code == 200
     assert_rate_limited(post(client))
     assert_rate_limited(post(client, **as_user({"displayName": "no email"})))
+    # The body was read by then: its trace id is the refusal's, as it would be the reply's.
+    refused = post(client, **as_user(ADA, trace_id="frontend.trace:429"))
+    assert_rate_limited(refused)
+    assert refused.headers["X-Trace-Id"] == refused.get_json()["trace_id"] == "frontend.trace:429"
     held.close()
     anonymous.close()
 

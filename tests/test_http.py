@@ -13,7 +13,7 @@ import pytest
 from assistant.http import _client_gone_probe
 from devtools.fake_upstream import FakeUpstream
 
-from .conftest import ask, sse_events
+from .conftest import ask, log_lines, sse_events
 
 
 def test_health_is_ok_with_version_and_no_io(client) -> None:
@@ -143,6 +143,22 @@ def test_non_json_media_type_is_415(client, fake: FakeUpstream, content_type: st
         "/vac/assistant/abc/sse", data='{"user_input": "hi"}', content_type=content_type
     )
     _refused(response, 415, "unsupported_media_type", fake, "application/json")
+
+
+def test_a_refused_body_keeps_its_own_trace_id(client, fake: FakeUpstream, capfd) -> None:
+    response = client.post(
+        "/vac/assistant/abc/sse",
+        json={"user_input": "  ", "trace_id": "frontend.trace:400"},
+        headers={"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+    )
+    _refused(response, 400, "invalid_request", fake, "user_input")
+    assert response.headers["X-Trace-Id"] == "frontend.trace:400"
+    [refused] = [line for line in log_lines(capfd.readouterr().out) if "refused" in line["message"]]
+    assert refused["trace_id"] == "frontend.trace:400"
+    # A trace id that is itself malformed is not taken: the headers' is.
+    response = client.post("/vac/assistant/abc/sse", json={"user_input": "hi", "trace_id": "a b"})
+    _refused(response, 400, "invalid_request", fake, "trace_id")
+    assert response.headers["X-Trace-Id"] != "a b"
 
 
 def test_oversize_body_is_413(client, fake: FakeUpstream) -> None:
