@@ -4,7 +4,7 @@ import flask
 import functions_framework
 
 from assistant import server
-from assistant.http import handle
+from assistant.http import framework_not_found, handle
 
 server.install()  # our gunicorn worker and limits; functions-framework starts the server next
 
@@ -12,3 +12,9 @@ server.install()  # our gunicorn worker and limits; functions-framework starts t
 @functions_framework.http
 def assistant(request: flask.Request) -> flask.Response:
     return handle(request)
+
+
+# functions-framework loads this module inside its app's context, and answers
+# /robots.txt and /favicon.ico itself with an HTML 404: ours is JSON.
+if flask.has_app_context():
+    flask.current_app.register_error_handler(404, lambda _error: framework_not_found())

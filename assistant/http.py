@@ -83,6 +83,14 @@ def handle(request: flask.Request) -> flask.Response:
     return response
 
 
+def framework_not_found() -> flask.Response:
+    """functions-framework answers /robots.txt and /favicon.ico itself, before our
+    handler, with an HTML 404 page: this is its JSON one, like every other 404."""
+    headers = cast("Mapping[str, str]", flask.request.headers)
+    trace_id = trace_id_from_headers(headers) or new_trace_id()
+    return _error(404, "not_found", f"no route for {flask.request.path[:200]}", trace_id)
+
+
 def _route(
     request: flask.Request,
     headers: Mapping[str, str],

@@ -25,11 +25,18 @@ def test_health_is_ok_with_version_and_no_io(client) -> None:
     assert set(body) == {"status", "version"}
 
 
-@pytest.mark.parametrize("path", ["/healthz", "/vac/other", "/", "/vac/assistant"])
-def test_unknown_paths_are_404_json(client, path: str) -> None:
-    response = client.post(path, json={"user_input": "hi"})
+@pytest.mark.parametrize(
+    "path",
+    # The last two functions-framework routes itself, before our handler.
+    ["/healthz", "/vac/other", "/", "/vac/assistant", "/robots.txt", "/favicon.ico"],
+)
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_unknown_paths_are_404_json(client, path: str, method: str) -> None:
+    response = client.open(path, method=method, json={"user_input": "hi"})
     assert response.status_code == 404
+    assert response.content_type == "application/json"
     assert response.get_json()["code"] == "not_found"
+    assert response.get_json()["trace_id"] == response.headers["X-Trace-Id"]
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
