@@ -1,7 +1,7 @@
 """The gunicorn worker the service runs in: gthread, hardened against slow and broken clients.
 
 functions-framework runs gunicorn's gthread worker; assistant/server.py makes
-it run this subclass instead. Four things differ from gthread as gunicorn
+it run this subclass instead. Five things differ from gthread as gunicorn
 27.0.1 ships it (issue 8 measured them):
 
 1. **A request costs no thread until it has arrived.** gthread hands each
@@ -53,6 +53,13 @@ it run this subclass instead. Four things differ from gthread as gunicorn
    a 400, 414 or 431 instead of gunicorn's HTML page, and a
    `request.refused` log line like the app's.
 
+5. **No `Connection: keep-alive` header on HTTP/1.1 answers.** An HTTP/1.1
+   connection persists unless one side says `close`, so gthread's
+   `Connection: keep-alive` on every answer says nothing, and it is a
+   hop-by-hop header a stream's answer is not to carry (README "Endpoints").
+   `Connection: close`, which does say something, is still sent when the
+   connection will close; HTTP/1.0 answers keep gthread's headers.
+
 This serves plain HTTP/1.1, which is what functions-framework configures and
 Cloud Run speaks to a container; with TLS or cleartext HTTP/2 turned on the
 worker refuses to start rather than read bytes it cannot parse.
@@ -82,7 +89,7 @@ from typing import Any, cast
 
 from gunicorn import util  # type: ignore[import-untyped]
 from gunicorn.config import Config  # type: ignore[import-untyped]
-from gunicorn.http import errors  # type: ignore[import-untyped]
+from gunicorn.http import errors, wsgi  # type: ignore[import-untyped]
 from gunicorn.workers.gthread import TConn, ThreadWorker  # type: ignore[import-untyped]
 from werkzeug.datastructures import Headers
 
@@ -500,6 +507,7 @@ class Worker(ThreadWorker):
                 clock.stop()  # the head is in; the app's own time is not the client's
                 clock.reading = "body"
                 environ["wsgi.input"] = _ClockedInput(environ["wsgi.input"], clock)
+            _without_keep_alive_header(start_response)
             return app(environ, start_response)
 
         return clocked_app
@@ -585,6 +593,20 @@ _MALFORMED: dict[type[BaseException], str] = {
     errors.ChunkMissingTerminator: "the chunked body is malformed",
     errors.InvalidChunkExtension: "the chunked body is malformed",
 }
+
+
+def _without_keep_alive_header(start_response: Callable[..., Any]) -> None:
+    """No `Connection: keep-alive` on an HTTP/1.1 answer (point 5 above)."""
+    response = getattr(start_response, "__self__", None)
+    if isinstance(response, wsgi.Response) and response.req.version >= (1, 1):
+        response.default_headers = partial(_headers_without_keep_alive, response)
+
+
+def _headers_without_keep_alive(response: Any) -> list[str]:
+    return [line for line in wsgi.Response.default_headers(response) if line != _KEEP_ALIVE]
+
+
+_KEEP_ALIVE = "Connection: keep-alive\r\n"
 
 
 def refusal(exc: BaseException, cfg: Config) -> tuple[int, ErrorCode, str]:

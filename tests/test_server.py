@@ -8,6 +8,7 @@ so that the upstream request is closed and the worker thread freed.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +49,30 @@ def test_chunks_cross_the_socket_as_they_arrive(server: str, fake: FakeUpstream)
     assert len(chunk_times) == 3
     assert chunk_times[2] - chunk_times[0] > 0.3  # spread out, as the upstream sent them
     assert arrivals[-1][1] == "data: [DONE]"
+
+
+def test_a_stream_carries_no_connection_header_unless_the_connection_closes(
+    server: str, fake: FakeUpstream
+) -> None:
+    host, port = server.removeprefix("http://").split(":")
+    body = b'{"user_input": "hi"}'
+    for asked, expected in ((b"", None), (b"Connection: close\r\n", "close")):
+        fake.push(Script(tokens=["one"]))
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(
+                b"POST /vac/assistant/live/sse HTTP/1.1\r\nHost: x\r\n" + asked
+                + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+                % (len(body), body)
+            )  # fmt: skip
+            received = b""
+            while not received.endswith(b"0\r\n\r\n"):  # the stream's last chunk
+                received += sock.recv(65536)
+        head = received.partition(b"\r\n\r\n")[0].decode().lower().split("\r\n")
+        fields = dict(line.split(": ", 1) for line in head[1:])
+        assert head[0] == "http/1.1 200 ok"
+        assert fields.get("connection") == expected
+        assert "content-length" not in fields
+        assert b"data: [DONE]" in received
 
 
 def test_hang_up_while_upstream_is_silent_closes_it_and_frees_the_thread(
