@@ -56,7 +56,8 @@ it run this subclass instead. Five things differ from gthread as gunicorn
 5. **No `Connection: keep-alive` header on HTTP/1.1 answers.** An HTTP/1.1
    connection persists unless one side says `close`, so gthread's
    `Connection: keep-alive` on every answer says nothing, and it is a
-   hop-by-hop header a stream's answer is not to carry (README "Endpoints").
+   hop-by-hop header a stream's answer is not to carry (README "Choices where
+   the contract is silent").
    `Connection: close`, which does say something, is still sent when the
    connection will close; HTTP/1.0 answers keep gthread's headers.
 
@@ -596,17 +597,23 @@ _MALFORMED: dict[type[BaseException], str] = {
 
 
 def _without_keep_alive_header(start_response: Callable[..., Any]) -> None:
-    """No `Connection: keep-alive` on an HTTP/1.1 answer (point 5 above)."""
-    response = getattr(start_response, "__self__", None)
-    if isinstance(response, wsgi.Response) and response.req.version >= (1, 1):
-        response.default_headers = partial(_headers_without_keep_alive, response)
+    """No `Connection: keep-alive` on an HTTP/1.1 answer (point 5 above).
+
+    gunicorn makes its response object before the app runs; its class is
+    changed, not a method set on it, which would tie the two in a reference
+    cycle that only the cyclic collector frees.
+    """
+    response: Any = getattr(start_response, "__self__", None)
+    if type(response) is wsgi.Response and response.req.version >= (1, 1):
+        response.__class__ = _KeepAliveImplied
 
 
-def _headers_without_keep_alive(response: Any) -> list[str]:
-    return [line for line in wsgi.Response.default_headers(response) if line != _KEEP_ALIVE]
+class _KeepAliveImplied(wsgi.Response):
+    """gunicorn's response, without `Connection: keep-alive`."""
 
-
-_KEEP_ALIVE = "Connection: keep-alive\r\n"
+    def default_headers(self) -> list[str]:
+        headers: list[str] = super().default_headers()
+        return [line for line in headers if line != "Connection: keep-alive\r\n"]
 
 
 def refusal(exc: BaseException, cfg: Config) -> tuple[int, ErrorCode, str]:
