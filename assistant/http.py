@@ -126,14 +126,26 @@ def _assistant(
 
     A verified caller (firebase) takes their slot before the body is read; in
     iam / none the body names the user, so it is checked first. The slot is
-    held until the response is closed, however the reply ends.
+    held until the response is closed, however the reply ends. Once the body
+    is read, its trace id wins over the headers' for whatever follows: the
+    reply, or a refusal (`RequestError.trace_id`, answered by `handle`).
     """
     verified = caller(headers, settings.auth)
     limits = (settings.auth.max_streams_per_user, settings.max_streams)
     slot = replies_in_flight.take(verified.user_id, *limits) if verified else None
-    assistant_request: AssistantRequest | None = None
+    body_trace: str | None = None
     try:
-        assistant_request = _checked_request(request, match["id"], settings)
+        assistant_id = check_assistant_id(match["id"])
+        body = parse_body(_read_body(request, settings.max_body_bytes), request.content_type)
+        body_trace = body_trace_id(body)
+        if body_trace and body_trace != trace_id:
+            trace_id, log = body_trace, RequestLog(body_trace, settings.project_id)
+        assistant_request = build_request(
+            assistant_id,
+            body,
+            max_input_chars=settings.max_input_chars,
+            max_history_messages=settings.max_history_messages,
+        )
         author = verified or _author(assistant_request)
         if slot is None:
             slot = replies_in_flight.take(author.user_id, *limits)
@@ -143,31 +155,12 @@ def _assistant(
     except BaseException as exc:
         if slot is not None:
             slot.release()
-        if isinstance(exc, RequestError) and assistant_request is not None:
-            exc.trace_id = exc.trace_id or assistant_request.trace_id
+        if isinstance(exc, RequestError):
+            exc.trace_id = body_trace
         raise
     if not response.is_streamed:  # a stream's reply releases the slot when it ends
         slot.release()
     return response
-
-
-def _checked_request(
-    request: flask.Request, assistant_id: str, settings: Settings
-) -> AssistantRequest:
-    """The validated request, or the 400 / 413 / 415 that says what is wrong (with the
-    body's trace id, when the body is JSON and its trace id is well formed)."""
-    checked_id = check_assistant_id(assistant_id)
-    body = parse_body(_read_body(request, settings.max_body_bytes), request.content_type)
-    try:
-        return build_request(
-            checked_id,
-            body,
-            max_input_chars=settings.max_input_chars,
-            max_history_messages=settings.max_history_messages,
-        )
-    except RequestError as exc:
-        exc.trace_id = body_trace_id(body)
-        raise
 
 
 def _answer(
@@ -182,10 +175,6 @@ def _answer(
     started: float,
 ) -> flask.Response:
     """The reply to a request that passed every check: 409, or the stream / JSON answer."""
-    if assistant_request.trace_id and assistant_request.trace_id != trace_id:
-        trace_id = assistant_request.trace_id
-        log = RequestLog(trace_id, settings.project_id)
-
     providers, skipped = configured_providers(settings)
     _announce_providers(settings, [provider.name for provider in providers], skipped, log)
     if not providers:
