@@ -523,13 +523,29 @@ def changed(schema: dict[str, Any], path: tuple[str, ...], **changes: Any) -> di
     return copy
 
 
+OPEN = {  # what a frontend usually writes: every property required, nothing said of others
+    "type": "object",
+    "properties": {"answer": {"type": "string"}},
+    "required": ["answer"],
+}
+
+
 @pytest.mark.parametrize(
     "schema, strict",
     [
         pytest.param(STRICT_OK, True, id="closed-all-required-with-defs-and-anyOf"),
         pytest.param(changed(STRICT_OK, (), required=["city"]), False, id="an-optional-property"),
         pytest.param(
-            changed(STRICT_OK, (), additionalProperties=None), False, id="root-not-closed"
+            changed(STRICT_OK, (), additionalProperties=None), True, id="root-closed-by-us"
+        ),
+        pytest.param(
+            changed(STRICT_OK, ("$defs", "place"), additionalProperties=None),
+            True,
+            id="a-def-closed-by-us",
+        ),
+        pytest.param(OPEN, True, id="all-required-nothing-said-of-others"),
+        pytest.param(
+            {"type": "object", "additionalProperties": {"type": "string"}}, False, id="a-map"
         ),
         pytest.param(
             changed(STRICT_OK, ("properties", "days", "items"), additionalProperties=True),
@@ -560,9 +576,24 @@ def test_response_format_is_strict_only_for_schemas_strict_mode_takes(
     body = body_for(upstream, dataclasses.replace(HI, response_schema=schema))
     json_schema = body["response_format"]["json_schema"]
     assert body["response_format"]["type"] == "json_schema"
-    assert json_schema["schema"] == schema
     assert json_schema.get("strict") is (True if strict else None)
+    if strict:  # as given, but with every object closed
+        assert json_schema["schema"] == _with_objects_closed(schema)
+    else:
+        assert json_schema["schema"] == schema  # as the frontend wrote it
     assert "tools" not in body
+
+
+def _with_objects_closed(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_with_objects_closed(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    closed = {key: _with_objects_closed(value) for key, value in node.items()}
+    if "properties" in node:
+        closed["properties"] = {k: _with_objects_closed(v) for k, v in node["properties"].items()}
+        closed.setdefault("additionalProperties", False)
+    return closed
 
 
 @pytest.mark.parametrize(

@@ -37,10 +37,11 @@ Tools (README "Tools and structured output"):
   `index` reused with a new `id` (Ollama's parallel calls), no `id` at all
   (one is made up).
 - Response schema: `response_format: {"type": "json_schema", "json_schema":
-  {name, schema, strict}}`. `strict: true` is sent only when the schema
+  {name, schema, strict}}`. Objects that say nothing of other properties
+  are closed (`_closed`), and `strict: true` is sent when the schema then
   meets strict mode's rules (`_strict_ok`); OpenAI refuses a strict schema
-  that does not, so any other schema goes without `strict` and the model is
-  guided, not held, by it (the reply is validated at the end anyway).
+  that does not, so any other schema goes as it was, without `strict`, and
+  the model is guided, not held, by it (the reply is validated at the end).
   OpenAI takes tools and a response schema in one request.
 """
 
@@ -216,10 +217,34 @@ def _history_call(call: ToolCall) -> dict[str, Any]:
 def _response_format(schema: Mapping[str, Any]) -> dict[str, Any]:
     title = schema.get("title")
     name = title if isinstance(title, str) and _SCHEMA_NAME.fullmatch(title) else "response"
+    closed = _closed(schema)
     json_schema: dict[str, Any] = {"name": name, "schema": schema}
-    if _strict_ok(schema):
-        json_schema["strict"] = True
+    if _strict_ok(closed):
+        json_schema = {"name": name, "schema": closed, "strict": True}
     return {"type": "json_schema", "json_schema": json_schema}
+
+
+def _closed(node: Any) -> Any:
+    """`node` with every object that lists its properties and says nothing of others
+    closed (`additionalProperties: false`), as strict mode wants: a reply
+    without extra properties still matches the frontend's schema, which it
+    is checked against at the end. An object that allows others on purpose
+    (`true`, a schema: a map), an object with no properties, or an optional
+    property cannot be mended the same way without changing what the model
+    may write, so such a schema goes as it was, without `strict`."""
+    if not isinstance(node, dict):
+        return node
+    closed = dict(node)
+    for key in ("properties", "$defs", "definitions"):
+        if isinstance(node.get(key), dict):
+            closed[key] = {name: _closed(child) for name, child in node[key].items()}
+    if "items" in node:
+        closed["items"] = _closed(node["items"])
+    if isinstance(node.get("anyOf"), list):
+        closed["anyOf"] = [_closed(child) for child in node["anyOf"]]
+    if "properties" in node and "additionalProperties" not in node:
+        closed["additionalProperties"] = False
+    return closed
 
 
 def _strict_ok(schema: Mapping[str, Any]) -> bool:
