@@ -19,7 +19,8 @@ top of what functions-framework set:
   `limit_request_fields` 100 and `limit_request_field_size` 8190 (gunicorn's
   defaults, set here so that they are ours to change);
 - `post_worker_init`: in each worker, once the app is loaded, the settings
-  read for the worker's life (config.py), batch scheduling for its threads
+  read for the worker's life (config.py), its descriptor table grown
+  (`presize_descriptor_table()`), batch scheduling for its threads
   (`batch_scheduling()`), the collector tuned and the memory janitor started
   (memory.py).
 
@@ -41,6 +42,7 @@ used here) is out of reach.
 from __future__ import annotations
 
 import os
+import resource
 from typing import Any
 
 import gunicorn.app.base  # type: ignore[import-untyped]
@@ -72,8 +74,57 @@ if not (
 def _in_worker(worker: object) -> None:
     """gunicorn's `post_worker_init` hook, once the worker has loaded the app."""
     config.fix_for_process()
+    presize_descriptor_table()  # before its threads start: no grace period to wait for
     batch_scheduling()  # before any thread of the worker starts: they inherit it
     memory.start_in_worker(worker)  # last: it freezes what exists, the settings included
+
+
+# Descriptors the worker's table holds from the start (each stream holds two:
+# its client's socket and its upstream connection).
+DESCRIPTORS = 4096
+
+
+def presize_descriptor_table(descriptors: int = DESCRIPTORS) -> int:
+    """Grow this process's descriptor table to `descriptors` slots now (fewer if
+    RLIMIT_NOFILE says so); returns the highest descriptor it reached, or -1.
+
+    Linux grows a process's descriptor table in powers of two as descriptors
+    are opened, and in a process with more than one thread each growth waits
+    for an RCU grace period (`expand_fdtable()`: `synchronize_rcu()`), 12-16 ms
+    on this machine. The thread that opened the descriptor waits it out:
+    gunicorn's main thread inside accept() (no request is accepted or read
+    meanwhile), or the I/O loop opening an upstream connection (every stream
+    stalls). A worker crossing 64, 128, 256, 512 descriptors for the first
+    time, in its first burst of 50, 200, 500 streams, stalled once per
+    doubling (`perf sched timehist`: accept4 -> alloc_fd -> expand_files ->
+    synchronize_rcu; bench/results/stream_cpu-round6.txt). The table never
+    shrinks: grown here, before the worker starts a thread, it costs 8 bytes a
+    slot (32 KB) and no wait, then or later. Nothing is left open.
+    """
+    try:
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return -1
+    highest = descriptors - 1 if soft == resource.RLIM_INFINITY else min(descriptors, soft) - 1
+    if highest < 3 or _is_open(highest):  # an open one is the table's already
+        return -1
+    placeholder = os.open(os.devnull, os.O_RDONLY)
+    try:
+        os.dup2(placeholder, highest, inheritable=False)
+        os.close(highest)
+    except OSError:
+        return -1
+    finally:
+        os.close(placeholder)
+    return highest
+
+
+def _is_open(descriptor: int) -> bool:
+    try:
+        os.fstat(descriptor)
+    except OSError:
+        return False
+    return True
 
 
 def batch_scheduling() -> bool:

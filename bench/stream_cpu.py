@@ -6,7 +6,8 @@ devtools/service.py starts it), with the service pinned to one core and the
 benchmark client and the fake pinned to the other. At each level C streams
 are kept open at once, each worker starting its next stream when the last
 one ended (the first starts spread over one stream's length, as traffic
-arrives), first straight against the fake, then through the service.
+arrives; with --burst all C start at once), first straight against the
+fake, then through the service.
 It prints, per level:
 
 - CPU of the gunicorn worker process (utime + stime from /proc/<pid>/stat,
@@ -261,11 +262,14 @@ def main() -> int:
         help="also split the CPU: I/O loop thread, gunicorn main, request threads",
     )
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the service")
+    parser.add_argument(
+        "--burst", action="store_true", help="each level's first C streams start at once"
+    )
     args = parser.parse_args()
     levels = [int(level) for level in args.levels.split(",")]
     rounds = [int(r) for r in args.rounds.split(",")]
     rounds = (rounds + [rounds[-1]] * len(levels))[: len(levels)]
-    spread = args.ttft + args.interval * (args.chunks - 1)
+    spread = 0.0 if args.burst else args.ttft + args.interval * (args.chunks - 1)
 
     # The service is started from this process: it inherits the service core.
     os.sched_setaffinity(0, {SERVICE_CORE})
@@ -327,7 +331,8 @@ def _report(
     print(
         f"service: functions-framework, THREADS={args.threads}; upstream: the fake's Anthropic "
         f"stream, {args.chunks} text chunks, first after {args.ttft * 1000:.0f} ms, then every "
-        f"{args.interval * 1000:.0f} ms ({1 / args.interval:.0f} tokens/s)"
+        f"{args.interval * 1000:.0f} ms ({1 / args.interval:.0f} tokens/s); "
+        + ("each level's first streams start at once" if args.burst else "starts spread")
     )
     if args.env:
         print("service env: " + " ".join(args.env))

@@ -7,8 +7,11 @@ so that the upstream request is closed and the worker thread freed.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from assistant.server import batch_scheduling
+from assistant.server import DESCRIPTORS, batch_scheduling
 from devtools.fake_upstream import FakeUpstream, Script
 from devtools.service import running_service
 
@@ -132,9 +135,7 @@ def test_every_thread_of_the_worker_runs_under_batch_scheduling(fake: FakeUpstre
             f"{service.url}/vac/assistant/live/sse", json={"user_input": "hi"}, timeout=10
         )
         assert response.status_code == 200 and "[DONE]" in response.text
-        parent = Path(f"/proc/{service.process.pid}/task/{service.process.pid}/children")
-        (worker,) = parent.read_text().split()  # gunicorn's one worker
-        tasks = Path(f"/proc/{worker}/task")
+        tasks = Path(f"/proc/{_worker_pid(service.process.pid)}/task")
         threads = [
             ((task / "comm").read_text().strip(), os.sched_getscheduler(int(task.name)))
             for task in tasks.iterdir()
@@ -158,3 +159,67 @@ def test_a_system_that_refuses_batch_scheduling_leaves_the_worker_as_it_was(
     policy = os.sched_getscheduler(0)
     assert batch_scheduling() is False
     assert os.sched_getscheduler(0) == policy
+
+
+def _worker_pid(server_pid: int) -> str:
+    (worker,) = Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()
+    return worker  # gunicorn's one worker
+
+
+def test_the_worker_starts_with_its_descriptor_table_grown(fake: FakeUpstream) -> None:
+    """server.presize_descriptor_table: a worker that reaches hundreds of
+    descriptors never waits for the table to grow (an RCU grace period per doubling)."""
+    with running_service({"THREADS": "4"}) as service:
+        status = Path(f"/proc/{_worker_pid(service.process.pid)}/status").read_text()
+    slots = int(status.split("FDSize:")[1].split()[0])
+    assert slots >= DESCRIPTORS
+
+
+PRESIZE = """
+import json, os, resource, sys
+from assistant.server import presize_descriptor_table
+
+def slots():
+    with open("/proc/self/status") as status:
+        return int(status.read().split("FDSize:")[1].split()[0])
+
+if sys.argv[1] == "limited":
+    resource.setrlimit(resource.RLIMIT_NOFILE, (300, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+if sys.argv[1] == "taken":
+    os.dup2(0, 4095)
+before, open_before = slots(), sorted(os.listdir("/proc/self/fd"))
+highest = presize_descriptor_table(4096)
+print(json.dumps({"before": before, "after": slots(), "highest": highest,
+                  "same_open": sorted(os.listdir("/proc/self/fd")) == open_before}))
+"""
+
+
+def _presized(case: str) -> dict[str, object]:
+    """presize_descriptor_table() in a fresh process, whose table is still small."""
+    done = subprocess.run(
+        [sys.executable, "-c", PRESIZE, case],
+        capture_output=True, text=True, timeout=60, check=True, cwd=Path(__file__).parents[1],
+    )  # fmt: skip
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+def test_presizing_grows_the_table_and_leaves_nothing_open() -> None:
+    result = _presized("plain")
+    assert result["highest"] == 4095
+    assert isinstance(result["before"], int) and result["before"] < 4096
+    assert isinstance(result["after"], int) and result["after"] >= 4096
+    assert result["same_open"] is True
+
+
+def test_presizing_stays_within_the_open_files_limit() -> None:
+    result = _presized("limited")
+    assert result["highest"] == 299
+    assert isinstance(result["after"], int) and 300 <= result["after"] < 4096
+    assert result["same_open"] is True
+
+
+def test_presizing_never_closes_a_descriptor_in_use() -> None:
+    result = _presized("taken")
+    assert result["highest"] == -1  # the table already reaches it
+    assert result["same_open"] is True  # 4095 among them
