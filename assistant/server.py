@@ -90,14 +90,14 @@ def presize_descriptor_table(descriptors: int = DESCRIPTORS) -> int:
 
     Linux grows a process's descriptor table in powers of two as descriptors
     are opened, and in a process with more than one thread each growth waits
-    for an RCU grace period (`expand_fdtable()`: `synchronize_rcu()`), 12-16 ms
-    on this machine. The thread that opened the descriptor waits it out:
-    gunicorn's main thread inside accept() (no request is accepted or read
-    meanwhile), or the I/O loop opening an upstream connection (every stream
-    stalls). A worker crossing 64, 128, 256, 512 descriptors for the first
-    time, in its first burst of 50, 200, 500 streams, stalled once per
-    doubling (`perf sched timehist`: accept4 -> alloc_fd -> expand_files ->
-    synchronize_rcu; bench/results/stream_cpu-round6.txt). The table never
+    for an RCU grace period (`expand_fdtable()`: `synchronize_rcu()`), 6-16 ms
+    on this machine (bench/descriptor_growth.py). The thread that opened the
+    descriptor waits it out: gunicorn's main thread inside accept() (no
+    request is accepted or read meanwhile), or the I/O loop opening an
+    upstream connection (every stream stalls). A worker's first burst past
+    each size stalled so (`perf sched timehist`: accept4 -> alloc_fd ->
+    expand_files -> synchronize_rcu; bench/results/stream_cpu-round6.txt),
+    which on Cloud Run is a new instance's first wave of users. The table never
     shrinks: grown here, before the worker starts a thread, it costs 8 bytes a
     slot (32 KB) and no wait, then or later. Nothing is left open.
     """
