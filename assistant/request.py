@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import RequestError
-from .tools import TOOL_NAME, ToolCall, ToolChoice, ToolSpec, check_schema, tool_choice, tool_specs
+from .schemas import check_schema
+from .tools import TOOL_NAME, ToolCall, ToolChoice, ToolSpec, tool_choice, tool_specs
 from .tracing import TRACE_ID_PATTERN
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")

@@ -4,9 +4,8 @@ structured output").
 The service offers the frontend's tools to the model and reports the calls
 the model makes; it never runs a tool. Here are the shapes every provider
 module maps to its own: a declared tool (`ToolSpec`), the tool choice, a
-call (`ToolCall`), and the JSON Schema checks: declarations and the response
-schema when the request arrives (a 400 naming the field), the reply's JSON
-against the response schema when it ends.
+call (`ToolCall`), and the reply's JSON against the response schema when it
+ends. The schemas themselves are checked and applied by schemas.py.
 
 Deliberate choices (see README):
 - Every declaration in `toolConfigs` is checked, offered or not: a bad one is
@@ -25,11 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import jsonschema
-import jsonschema.exceptions
-import jsonschema.validators
-
 from .errors import RequestError
+from .schemas import check_schema, problem
 
 TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 NO_ARGUMENTS: Mapping[str, Any] = {"type": "object", "properties": {}}
@@ -123,22 +119,6 @@ def arguments_value(value: Any) -> tuple[Mapping[str, Any] | None, str | None]:
     return None, f"arguments are a JSON {type(value).__name__}, not an object"
 
 
-def check_schema(schema: Any, field: str) -> Mapping[str, Any]:
-    """`schema` if it is a valid JSON Schema object, else a 400 naming `field`."""
-    if not isinstance(schema, dict):
-        raise RequestError(f"{field} must be a JSON Schema object")
-    validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    try:
-        validator.check_schema(schema)
-    except jsonschema.exceptions.SchemaError as exc:
-        where = "/".join(str(part) for part in exc.path)
-        raise RequestError(
-            f"{field} is not a valid JSON Schema: {exc.message[:200]}"
-            + (f" (at {where})" if where else "")
-        ) from None
-    return schema
-
-
 def tool_specs(names: list[str], configs: Mapping[str, Any]) -> tuple[ToolSpec, ...]:
     """The tools offered: each name in `names` that has a declaration, in order, once."""
     declared = {name: _declaration(name, config) for name, config in configs.items()}
@@ -198,13 +178,8 @@ def structured_output(text: str, schema: Mapping[str, Any]) -> tuple[Any, str | 
         value = model_json(candidate)
     except (ValueError, RecursionError) as exc:
         return None, f"the reply is not valid JSON: {exc}"[:300]
-    validator_class = jsonschema.validators.validator_for(
-        schema, default=jsonschema.Draft202012Validator
-    )
-    error = jsonschema.exceptions.best_match(validator_class(schema).iter_errors(value))
-    if error is not None:
-        where = "/".join(str(part) for part in error.absolute_path) or "the top level"
-        return None, f"the reply does not match the schema at {where}: {error.message}"[:300]
+    if (why := problem(value, schema)) is not None:
+        return None, why
     return value, None
 
 

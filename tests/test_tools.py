@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from assistant import schemas
 from assistant.errors import RequestError
 from assistant.providers.base import Message, ToolResult, conversation
 from assistant.request import Turn, build_request
@@ -114,6 +115,30 @@ BAD_CONFIGS = [
     (
         {"responseSchema": {"type": "object", "required": "answer"}},
         "emissaryConfig.responseSchema is not a valid JSON Schema",
+    ),
+    # A schema's references stay inside it: never fetched, never looping (assistant/schemas.py).
+    (
+        {"responseSchema": {"$ref": "http://127.0.0.1:9/schema.json"}},
+        "emissaryConfig.responseSchema: $ref must point inside the schema (start with #), "
+        "not 'http://127.0.0.1:9/schema.json'",
+    ),
+    (
+        {"responseSchema": {"properties": {"a": {"$ref": "file:///etc/hostname"}}}},
+        "$ref must point inside the schema (start with #), not 'file:///etc/hostname' "
+        "(at /properties/a)",
+    ),
+    (
+        {"toolConfigs": {"w": {"parameters": {"type": "object", "$ref": "https://x.test/a"}}}},
+        "emissaryConfig.toolConfigs.w.parameters: $ref must point inside the schema",
+    ),
+    (
+        {"responseSchema": {"$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}},
+        "emissaryConfig.responseSchema: its references loop without reaching a value",
+    ),
+    ({"responseSchema": {"$ref": "#"}}, "its references loop without reaching a value"),
+    (
+        {"responseSchema": {"$ref": "#/$defs/missing"}},
+        "emissaryConfig.responseSchema: $ref '#/$defs/missing' points nowhere in the schema",
     ),
 ]
 
@@ -361,3 +386,33 @@ def test_numbers_and_tool_names_of_the_wrong_kind_are_400(
     )
     assert response.status_code == 400 and mentions in response.get_json()["error"]
     assert fake.requests == []
+
+
+def test_a_pattern_that_backtracks_is_cut_off_and_the_stream_ends_normally(
+    client, fake: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python's re would hold the GIL for seconds on this (every stream and /health
+    waiting); the check stops at its deadline instead (assistant/schemas.py)."""
+    monkeypatch.setattr(schemas, "CHECK_SECONDS", 0.2)
+    fake.push(Script(json="a" * 40 + "!"))
+    schema = {"type": "string", "pattern": "^(a|a)+$"}
+    response = ask(client, emissaryConfig={"responseSchema": schema})
+    final, done = sse_events(response.get_data())[-2:]
+    assert done == "[DONE]" and "answer" in final and "error" not in final
+    assert final["metadata"]["structured_output"] is None
+    error = final["metadata"]["structured_output_error"]
+    assert error == "the schema's patterns took more than 0.2 s to check the reply"
+
+
+def test_a_reference_the_request_could_not_check_ends_the_stream_normally(
+    client, fake: FakeUpstream
+) -> None:
+    """Below an `$id` a pointer may be relative to that part, so the request's check
+    leaves it; applied with nothing to retrieve, it is the reply's error, not a crash."""
+    fake.push(Script(json={"a": 1}))
+    schema = {"properties": {"a": {"$id": "urn:part", "$ref": "#/nowhere"}}}
+    response = ask(client, emissaryConfig={"responseSchema": schema})
+    final, done = sse_events(response.get_data())[-2:]
+    assert done == "[DONE]" and "error" not in final
+    assert final["metadata"]["structured_output"] is None
+    assert "a reference that points nowhere" in final["metadata"]["structured_output_error"]

@@ -1,0 +1,259 @@
+"""The JSON Schemas a request brings: checked when it arrives, applied safely when the reply ends.
+
+A frontend's tool declarations and response schema are input like any other
+(README "Tools and structured output"), and three things in a schema could
+reach past the reply it checks:
+
+- **A `$ref` to a URL.** jsonschema's default registry fetches the http(s)
+  and file URLs a schema refers to: a request could make the service read
+  its files or call hosts on its network, or wait on one that never answers
+  (a stream then hung after its last chunk, holding its thread and its
+  user's slot). Only references inside the schema (`#...`) are accepted, a
+  400 otherwise, and schemas are applied with a registry that retrieves
+  nothing.
+- **References that loop in place** (`{"$ref": "#"}` at the top, two
+  definitions that refer to each other through `allOf`): applying one never
+  moves into the instance and never ends (it crashed the reply with a
+  RecursionError). A 400.
+- **A `pattern` that backtracks.** jsonschema matches patterns with Python's
+  `re`, which holds the GIL while it matches: one `"pattern": "^(a|a)+$"`
+  against thirty characters of reply froze the whole worker (every stream,
+  `/health`) for seconds. jsonschema's matching goes through the `regex`
+  module instead (`_BoundedMatching`), which reads the same syntax, lets go
+  of the GIL while it matches, and stops at a deadline: checking one reply
+  takes at most CHECK_SECONDS of matching, after which the reply's
+  `structured_output_error` says so.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+from urllib.parse import unquote
+
+import jsonschema
+import jsonschema._keywords
+import jsonschema._legacy_keywords
+import jsonschema._utils
+import jsonschema.exceptions
+import jsonschema.validators
+import referencing
+import referencing.exceptions
+import regex
+
+from .errors import RequestError
+
+# Time a reply's check may spend matching patterns, all of them together.
+CHECK_SECONDS = 1.0
+# Keywords whose value is a reference; keywords whose subschemas apply to the
+# same instance (a reference loop through them never moves into the instance).
+_REFERENCES = ("$ref", "$dynamicRef", "$recursiveRef")
+_IN_PLACE_ONE = ("not", "if", "then", "else")
+_IN_PLACE_LIST = ("allOf", "anyOf", "oneOf")
+_IN_PLACE_MAP = ("dependentSchemas", "dependencies")
+# Retrieves nothing: a reference outside the schema is unresolvable, never fetched.
+_NOTHING_TO_RETRIEVE: referencing.Registry[Any] = referencing.Registry()
+
+
+class PatternTimeout(Exception):
+    """Matching a schema's patterns took longer than the check allows."""
+
+
+class _BoundedMatching(threading.local):
+    """`re.search` as jsonschema calls it, matched by `regex` within a deadline.
+
+    Installed as the `re` of the jsonschema modules that match patterns; they
+    call nothing else of it (tests/test_schemas.py checks that patterns in
+    every such keyword are bounded). Outside a check (the request's own
+    schema checks against the metaschema) each match gets CHECK_SECONDS.
+    """
+
+    deadline: float | None = None
+
+    def search(self, pattern: str, string: str) -> Any:
+        left = CHECK_SECONDS if self.deadline is None else self.deadline - time.monotonic()
+        if left <= 0:
+            raise PatternTimeout()
+        try:
+            return regex.search(pattern, string, timeout=left, concurrent=True)
+        except TimeoutError:
+            raise PatternTimeout() from None
+
+
+_matching = _BoundedMatching()
+for _module in (jsonschema._keywords, jsonschema._legacy_keywords, jsonschema._utils):
+    _module.re = _matching  # type: ignore[attr-defined]
+
+
+def check_schema(schema: Any, field: str) -> Mapping[str, Any]:
+    """`schema` if it is a valid JSON Schema object we can apply, else a 400 naming `field`."""
+    if not isinstance(schema, dict):
+        raise RequestError(f"{field} must be a JSON Schema object")
+    validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    try:
+        validator.check_schema(schema)
+    except jsonschema.exceptions.SchemaError as exc:
+        where = "/".join(str(part) for part in exc.path)
+        raise RequestError(
+            f"{field} is not a valid JSON Schema: {exc.message[:200]}"
+            + (f" (at {where})" if where else "")
+        ) from None
+    except PatternTimeout:
+        raise RequestError(f"{field}: checking it took too long") from None
+    pointers_from_top = not any(key == "$id" and below for key, below in _keys(schema))
+    for where, keyword, target in _references(schema, ""):
+        if not target.startswith("#"):
+            raise RequestError(
+                f"{field}: {keyword} must point inside the schema (start with #), "
+                f"not {target[:100]!r} (at {where or 'the top level'})"
+            )
+        pointer = target == "#" or target.startswith("#/")
+        if pointer and pointers_from_top and _resolve(schema, unquote(target[1:])) is None:
+            raise RequestError(
+                f"{field}: {keyword} {target[:100]!r} points nowhere in the schema "
+                f"(at {where or 'the top level'})"
+            )
+    if pointers_from_top and (loop := _loop_in_place(schema)) is not None:
+        raise RequestError(
+            f"{field}: its references loop without reaching a value (at {loop or 'the top level'})"
+        )
+    return schema
+
+
+def problem(value: Any, schema: Mapping[str, Any]) -> str | None:
+    """Why `value` does not match `schema`, in one line; None if it does."""
+    validator_class = jsonschema.validators.validator_for(
+        schema, default=jsonschema.Draft202012Validator
+    )
+    validator = validator_class(schema, registry=_NOTHING_TO_RETRIEVE)
+    _matching.deadline = time.monotonic() + CHECK_SECONDS
+    try:
+        error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    except PatternTimeout:
+        return f"the schema's patterns took more than {CHECK_SECONDS:g} s to check the reply"
+    except referencing.exceptions.Unresolvable as exc:
+        return f"the schema has a reference that points nowhere: {exc}"[:300]
+    except regex.error as exc:
+        return f"the schema has a pattern that cannot be applied: {exc}"[:300]
+    except RecursionError:
+        return "the reply is nested too deeply to check against the schema"
+    finally:
+        _matching.deadline = None
+    if error is None:
+        return None
+    where = "/".join(str(part) for part in error.absolute_path) or "the top level"
+    return f"the reply does not match the schema at {where}: {error.message}"[:300]
+
+
+def _references(node: Any, where: str) -> Iterator[tuple[str, str, str]]:
+    """(where, keyword, target) of every reference in `node`, depth first, iteratively."""
+    stack = [(node, where)]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in _REFERENCES and isinstance(value, str):
+                    yield where, key, value
+                stack.append((value, f"{where}/{key}"))
+        elif isinstance(node, list):
+            stack.extend((item, f"{where}/{index}") for index, item in enumerate(node))
+
+
+def _loop_in_place(schema: Mapping[str, Any]) -> str | None:
+    """Where a chain of references and in-place subschemas comes back to itself, or None.
+
+    Follows `#/...` pointers and `#` from the top of the schema (the caller
+    skips a schema that declares `$id` below its top: its pointers may be
+    relative to that part). A loop that moves into the instance on the way
+    (`properties`, `items`...) is recursion, not a loop, and is fine.
+    """
+    done: set[str] = set()
+    for start in _schema_pointers(schema):
+        if start in done:
+            continue
+        on_path = {start}
+        stack = [(start, iter(_in_place(schema, start)))]
+        while stack:
+            pointer, successors = stack[-1]
+            following = next(successors, None)
+            if following is None:
+                stack.pop()
+                on_path.discard(pointer)
+                done.add(pointer)
+            elif following in on_path:
+                return following
+            elif following not in done:
+                on_path.add(following)
+                stack.append((following, iter(_in_place(schema, following))))
+    return None
+
+
+def _keys(node: Any) -> Iterator[tuple[str, bool]]:
+    """(key, below the top) for every key of every object in `node`."""
+    stack = [(node, False)]
+    while stack:
+        node, below = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield key, below
+                stack.append((value, True))
+        elif isinstance(node, list):
+            stack.extend((item, True) for item in node)
+
+
+def _schema_pointers(schema: Mapping[str, Any]) -> Iterator[str]:
+    """The pointer of every object in the schema (candidates for a loop's start)."""
+    stack: list[tuple[Any, str]] = [(schema, "")]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, dict):
+            yield where
+            stack.extend((value, f"{where}/{_escape(key)}") for key, value in node.items())
+        elif isinstance(node, list):
+            stack.extend((item, f"{where}/{index}") for index, item in enumerate(node))
+
+
+def _in_place(schema: Mapping[str, Any], pointer: str) -> Iterator[str]:
+    """Pointers of the subschemas that apply to the same instance as the one at `pointer`."""
+    node = _resolve(schema, pointer)
+    if not isinstance(node, dict):
+        return
+    for keyword in _REFERENCES:
+        target = node.get(keyword)
+        if isinstance(target, str) and (target == "#" or target.startswith("#/")):
+            resolved = unquote(target[1:])
+            if _resolve(schema, resolved) is not None:
+                yield resolved
+    for keyword in _IN_PLACE_ONE:
+        if isinstance(node.get(keyword), dict):
+            yield f"{pointer}/{keyword}"
+    for keyword in _IN_PLACE_LIST:
+        items = node.get(keyword)
+        if isinstance(items, list):
+            yield from (f"{pointer}/{keyword}/{index}" for index in range(len(items)))
+    for keyword in _IN_PLACE_MAP:
+        entries = node.get(keyword)
+        if isinstance(entries, dict):
+            for name, entry in entries.items():
+                if isinstance(entry, dict):
+                    yield f"{pointer}/{keyword}/{_escape(name)}"
+
+
+def _resolve(schema: Any, pointer: str) -> Any:
+    """The value at a JSON pointer (%-escapes of its URI form already decoded), or None."""
+    node = schema
+    for part in pointer.split("/")[1:]:
+        key = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and key in node:
+            node = node[key]
+        elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
+            node = node[int(key)]
+        else:
+            return None
+    return node
+
+
+def _escape(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")

@@ -1,0 +1,158 @@
+"""The schemas a request brings: never fetched from, never looping, patterns bounded.
+
+assistant/schemas.py. Through the endpoint (a 400 naming the field, nothing
+called or written; a stream that still ends normally) in tests/test_tools.py.
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from assistant import schemas
+from assistant.errors import RequestError
+from assistant.schemas import check_schema, problem
+
+BACKTRACKS = "^(a|a)+$"  # Python's re takes seconds on 30 a's and a "!"
+SLOW_TEXT = "a" * 40 + "!"
+
+
+@pytest.fixture
+def requests_seen() -> Iterator[tuple[str, list[str]]]:
+    """An HTTP server on 127.0.0.1 that records every request it gets."""
+    seen: list[str] = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_reference_to_a_url_is_never_fetched(requests_seen: tuple[str, list[str]]) -> None:
+    url, seen = requests_seen
+    schema = {"properties": {"a": {"$ref": f"{url}/schema.json"}}}
+    with pytest.raises(RequestError, match="must point inside the schema"):
+        check_schema(schema, "emissaryConfig.responseSchema")
+    # Applied anyway (as a schema the request's check could not judge would be): unresolvable.
+    why = problem({"a": 1}, schema)
+    assert why is not None and "a reference that points nowhere" in why
+    assert seen == []
+
+
+LOOPS = [
+    {"$ref": "#"},
+    {"allOf": [{"$ref": "#"}]},
+    {"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"},
+    {"$defs": {"a": {"anyOf": [{"type": "null"}, {"oneOf": [{"$ref": "#/$defs/a"}]}]}}},
+    {"not": {"$ref": "#"}},
+    {"if": {"type": "object"}, "then": {"$ref": "#"}},
+    {"dependentSchemas": {"x": {"$ref": "#"}}},
+    {"$defs": {"a b": {"$ref": "#/$defs/a%20b"}}},  # a pointer in URI form
+]
+
+
+@pytest.mark.parametrize("schema", LOOPS)
+def test_references_that_loop_in_place_are_400(schema: dict[str, Any]) -> None:
+    with pytest.raises(RequestError, match="its references loop without reaching a value"):
+        check_schema(schema, "emissaryConfig.responseSchema")
+
+
+TREE = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "children": {"type": "array", "items": {"$ref": "#"}},
+        "next": {"$ref": "#/$defs/node"},
+    },
+    "$defs": {"node": {"anyOf": [{"type": "null"}, {"$ref": "#"}]}},
+}
+
+
+def test_recursion_into_the_value_is_not_a_loop() -> None:
+    assert check_schema(TREE, "emissaryConfig.responseSchema") is TREE
+    nested = {"name": "a", "children": [{"name": "b", "children": [{"name": 3}]}], "next": None}
+    assert problem(nested, TREE) == (
+        "the reply does not match the schema at children/0/children/0/name: "
+        "3 is not of type 'string'"
+    )
+    assert problem({"name": "a", "next": {"name": "b", "next": None}}, TREE) is None
+
+
+PATTERN_KEYWORDS = [
+    {"type": "string", "pattern": BACKTRACKS},
+    {"patternProperties": {BACKTRACKS: {}}},
+    # These two match every pattern of patternProperties themselves, before it runs.
+    {"additionalProperties": False, "patternProperties": {BACKTRACKS: {}}},
+    {"unevaluatedProperties": False, "patternProperties": {BACKTRACKS: {}}},
+    {"propertyNames": {"pattern": BACKTRACKS}},
+    {
+        "$schema": "http://json-schema.org/draft-04/schema#",
+        "additionalProperties": False,
+        "patternProperties": {BACKTRACKS: {}},
+    },
+]
+
+
+@pytest.mark.parametrize("schema", PATTERN_KEYWORDS)
+def test_every_keyword_that_matches_patterns_stops_at_the_deadline(
+    schema: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(schemas, "CHECK_SECONDS", 0.2)
+    value: Any = SLOW_TEXT if schema.get("type") == "string" else {SLOW_TEXT: 1}
+    check_schema(schema, "emissaryConfig.responseSchema")
+    assert problem(value, schema) == "the schema's patterns took more than 0.2 s to check the reply"
+
+
+def test_other_threads_run_while_a_pattern_is_matched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python's re holds the GIL while it matches: every other thread of the worker
+    would wait. The matching here lets go of it."""
+    monkeypatch.setattr(schemas, "CHECK_SECONDS", 0.5)
+    ticks: list[float] = []
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.is_set():
+            ticks.append(time.monotonic())
+            time.sleep(0.01)
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    try:
+        time.sleep(0.05)
+        started = len(ticks)
+        assert problem(SLOW_TEXT, {"pattern": BACKTRACKS}) is not None
+        during = len(ticks) - started
+    finally:
+        stop.set()
+        ticker.join()
+    assert during >= 10  # ~50 in 0.5 s; with the GIL held it would be 0 or 1
+
+
+def test_patterns_still_match_as_json_schema_says() -> None:
+    schema = {"type": "object", "patternProperties": {"^x-": {"type": "integer"}}}
+    assert problem({"x-a": 1, "other": "s"}, schema) is None
+    assert problem({"x-a": "s"}, schema) == (
+        "the reply does not match the schema at x-a: 's' is not of type 'integer'"
+    )
+    assert problem("abc", {"pattern": "^a.c$"}) is None
+    assert problem("abd", {"pattern": "^a.c$"}) == (
+        "the reply does not match the schema at the top level: 'abd' does not match '^a.c$'"
+    )
