@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from .tracing import process_log
 
 PROVIDER_NAMES = ("anthropic", "openai", "gemini", "ollama")
 AUTH_MODES = ("firebase", "iam", "none")
@@ -276,13 +278,25 @@ def request_settings() -> Settings:
     return _fixed or Settings.from_env()
 
 
-def fix_for_process() -> None:
+def fix_for_process(threads: int | None = None) -> None:
     """A server worker, once its app is loaded: read the settings once, for every request.
 
     Invalid settings are not fixed: each request then reports them, as before.
+    `threads`, the worker's request threads, caps MAX_STREAMS below it (one
+    less, at least one): a thread must stay free for `/health` and preflights,
+    and a larger MAX_STREAMS set by hand would let streams take them all. The
+    log says so when it caps.
     """
     global _fixed
     try:
         _fixed = Settings.from_env()
     except ConfigError:
         _fixed = None
+        return
+    if threads is not None and _fixed.max_streams >= threads > 1:
+        process_log().warning(
+            "config.max_streams_capped",
+            reason=f"MAX_STREAMS ({_fixed.max_streams}) must be below THREADS ({threads})",
+            max_streams=threads - 1,
+        )
+        _fixed = replace(_fixed, max_streams=threads - 1)

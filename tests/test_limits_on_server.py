@@ -6,12 +6,15 @@ and a reply that never ends.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from devtools.fake_upstream import FakeUpstream, Script
 from devtools.service import running_service
+
+from .conftest import log_lines
 
 SSE = "/vac/assistant/live/sse"
 
@@ -72,3 +75,30 @@ def test_a_reply_that_never_ends_is_cut(server: str, fake: FakeUpstream) -> None
     assert '"code":"reply_too_long"' in frames[-2]
     assert frames[-1] == "data: [DONE]"
     assert fake.wait_for_requests(1)[0].client_closed.wait(5)
+
+
+def test_max_streams_set_at_or_above_threads_is_kept_below_them(
+    fake: FakeUpstream, tmp_path: Path
+) -> None:
+    """MAX_STREAMS=8 with THREADS=4 would let streams hold every thread (/health then
+    waits for one to end); the worker uses 3 and says so."""
+    hanging = Script(tokens=["first ", "never"], fail_after=1, fail_mode="hang")
+    fake.push(hanging, hanging, hanging)
+    log = tmp_path / "service.log"
+    with log.open("wb") as output, running_service(
+        {"THREADS": "4", "MAX_STREAMS": "8", "MAX_STREAMS_PER_USER": "8"}, output=output
+    ) as service, httpx.Client(timeout=10) as client:  # fmt: skip
+        streams = [client.stream("POST", f"{service.url}{SSE}", json={"user_input": "hi"})
+                   for _ in range(3)]  # fmt: skip
+        try:
+            for stream in streams:
+                assert stream.__enter__().status_code == 200
+            refused = httpx.post(f"{service.url}{SSE}", json={"user_input": "hi"}, timeout=10)
+            assert refused.status_code == 503 and refused.json()["code"] == "overloaded"
+            assert httpx.get(f"{service.url}/health", timeout=5).status_code == 200
+        finally:
+            for stream in streams:
+                stream.__exit__(None, None, None)
+    capped = [line for line in log_lines(log.read_text())
+              if line["message"] == "config.max_streams_capped"]  # fmt: skip
+    assert [line["max_streams"] for line in capped] == [3]
