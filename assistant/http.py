@@ -401,18 +401,23 @@ def _client_gone_probe(environ: Mapping[str, Any]) -> Callable[[], bool]:
     return gone
 
 
+# What browser code may read of an answer beyond the CORS-safelisted headers:
+# the trace id, and when to try again after a 429 or 503.
+_EXPOSED = "X-Trace-Id, Retry-After"
+
+
 def _cors_headers(headers: Mapping[str, str], origins: tuple[str, ...]) -> dict[str, str]:
     origin = headers.get("Origin")
     if not origin:
         return {}
     if "*" in origins:
         # A wildcard never comes with credentials.
-        return {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": "X-Trace-Id"}
+        return {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": _EXPOSED}
     if origin in origins:
         return {
             "Access-Control-Allow-Origin": origin,
             "Access-Control-Allow-Credentials": "true",
-            "Access-Control-Expose-Headers": "X-Trace-Id",
+            "Access-Control-Expose-Headers": _EXPOSED,
             "Vary": "Origin",
         }
     return {}
