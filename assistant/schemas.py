@@ -137,8 +137,8 @@ def problem(value: Any, schema: Mapping[str, Any]) -> str | None:
         return f"the schema has a reference that points nowhere: {exc}"[:300]
     except regex.error as exc:
         return f"the schema has a pattern that cannot be applied: {exc}"[:300]
-    except RecursionError:
-        return "the reply is nested too deeply to check against the schema"
+    except RecursionError:  # a deep reply, or a loop the request's check could not follow
+        return "the reply could not be checked: it nests too deeply, or the schema loops"
     finally:
         _matching.deadline = None
     if error is None:
