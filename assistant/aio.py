@@ -109,7 +109,10 @@ def http_client(timeouts: Timeouts) -> httpx.AsyncClient:
             verify=_TLS,
             timeout=httpx.Timeout(
                 connect=timeouts.connect,
-                read=timeouts.idle,  # any byte, ping included, proves the upstream alive
+                # Any byte, ping included, proves the upstream alive. Before the
+                # first chunk FIRST_CHUNK_TIMEOUT_SECONDS rules, so a longer one
+                # must not be cut short here (the chain then times idle gaps).
+                read=max(timeouts.idle, timeouts.first_chunk),
                 write=timeouts.connect,
                 pool=timeouts.connect,
             ),

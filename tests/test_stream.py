@@ -361,3 +361,26 @@ def test_line_separators_are_escaped_so_any_line_splitter_reads_one_frame_per_li
     assert [json.loads(frame)["chunk"] for frame in frames[:3]] == tokens
     assert json.loads(frames[3])["answer"] == "".join(tokens)
     assert "\\u2028" in body and "\\u0085" in body and "é😀" in body  # other text stays raw
+
+
+def test_a_first_chunk_timeout_longer_than_the_idle_gap_is_honoured(
+    client, fake: FakeUpstream
+) -> None:
+    """Before the first chunk only FIRST_CHUNK_TIMEOUT_SECONDS counts, even when it is
+    longer than IDLE_TIMEOUT_SECONDS (the socket's own read timeout was the idle one)."""
+    os.environ.update(FIRST_CHUNK_TIMEOUT_SECONDS="3", IDLE_TIMEOUT_SECONDS="0.4")
+    fake.push(Script(tokens=["slow ", "start"], ttft=1.0, interval=0.1))
+    events = sse_events(ask(client).get_data())
+    assert events[-2]["answer"] == "slow start"
+    assert [a["outcome"] for a in events[-2]["metadata"]["attempts"]] == ["ok"]
+
+
+def test_with_a_longer_first_chunk_timeout_idle_gaps_are_still_cut(
+    client, fake: FakeUpstream
+) -> None:
+    os.environ.update(FIRST_CHUNK_TIMEOUT_SECONDS="3", IDLE_TIMEOUT_SECONDS="0.4")
+    fake.push(Script(tokens=["start ", "never"], fail_after=1, fail_mode="hang", ping_every=0.1))
+    events = sse_events(ask(client).get_data())
+    assert events[0] == {"chunk": "start "}
+    assert events[-2]["code"] == "upstream_timeout"
+    assert events[-2]["partial"] == "start "
