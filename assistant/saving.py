@@ -26,8 +26,10 @@ class Saver:
         self._timeout = timeout
         self._log = log
         self._user: concurrent.futures.Future[str] | None = None
+        self._user_message: UserMessage | None = None  # for a second write
 
     def start_user_message(self, message: UserMessage) -> None:
+        self._user_message = message
         self._user = _pool.submit(self._store.save_user_message, message)
 
     def finish(self, assistant_message: AssistantMessage | None) -> tuple[dict[str, str], bool]:
@@ -35,11 +37,19 @@ class Saver:
 
         The reply is written only after the user message landed, so its
         server timestamp comes later and a history read keeps the two in order.
+        A user message whose write already failed (the database was away when
+        the request came, and a reply can take minutes) is written once more
+        first: what the user typed is not lost to an outage the reply outlived.
         """
         deadline = time.monotonic() + self._timeout
         ids: dict[str, str] = {}
         ok = True
         if self._user is not None:
+            failure = self._user.exception() if self._user.done() else None
+            if failure is not None and self._user_message is not None:
+                reason = f"{type(failure).__name__}: {failure}"
+                self._log.warning("persist.retry", role="user", reason=reason)
+                self._user = _pool.submit(self._store.save_user_message, self._user_message)
             ok = self._wait("user", self._user, deadline, ids)
         if assistant_message is not None:
             future = _pool.submit(self._store.save_assistant_message, assistant_message)

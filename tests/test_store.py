@@ -214,6 +214,81 @@ def test_a_failing_database_never_breaks_the_stream(
     assert messages & {"persist.failed", "persist.timeout"}
 
 
+class _PausableProxy:
+    """A TCP proxy to the emulator that can hold every byte, as a paused database would
+    (the bytes wait in the sockets and flow again on `resume()`)."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.rsplit(":", 1)
+        self._target = (host, int(port))
+        self._running = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._sockets: list[socket.socket] = [self._listener]
+        self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def close(self) -> None:
+        self._running.set()
+        for sock in self._sockets:
+            sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self._target)
+            self._sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                self._running.wait()
+                sink.sendall(data)
+            sink.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def paused_database(firestore_emulator: Any, firestore: Any) -> Iterator[_PausableProxy]:
+    """The service's Firestore behind a proxy that holds every byte until resumed."""
+    proxy = _PausableProxy(firestore_emulator.host)
+    os.environ["FIRESTORE_EMULATOR_HOST"] = proxy.address
+    yield proxy
+    proxy.close()
+
+
+def test_a_user_message_the_database_missed_is_written_once_it_is_back(
+    client, fake: FakeUpstream, firestore, paused_database: _PausableProxy, capsys
+) -> None:
+    """The database is away when the request comes (the user message's write gives up
+    after PERSIST_TIMEOUT_SECONDS) and back before the reply ends: both are saved."""
+    os.environ["PERSIST_TIMEOUT_SECONDS"] = "1"
+    fake.push(Script(tokens=[f"t{i} " for i in range(8)], interval=0.3))  # ~2.4 s
+    back = threading.Timer(1.6, paused_database.resume)
+    back.start()
+    try:
+        events = sse_events(ask(client, trace_id="t-outage", **SAVE).get_data())
+    finally:
+        back.join()
+    final = events[-2]
+    assert final["answer"] == "".join(f"t{i} " for i in range(8))
+    assert final["metadata"]["persist_failed"] is False
+    messages = _messages(firestore)
+    assert set(messages) == {"t-outage-user", "t-outage-assistant"}
+    assert messages["t-outage-user"]["content"] == "Hello?"
+    retried = [line for line in log_lines(capsys.readouterr().out)
+               if line["message"] == "persist.retry"]  # fmt: skip
+    assert [line["role"] for line in retried] == ["user"]
+
+
 def _seed(
     db: Any,
     message_id: str,
