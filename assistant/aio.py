@@ -26,6 +26,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
+import contextvars
 import ctypes
 import importlib
 import os
@@ -109,9 +110,9 @@ def http_client(timeouts: Timeouts) -> httpx.AsyncClient:
             verify=_TLS,
             timeout=httpx.Timeout(
                 connect=timeouts.connect,
-                # Any byte, ping included, proves the upstream alive. Before the
-                # first chunk FIRST_CHUNK_TIMEOUT_SECONDS rules, so a longer one
-                # must not be cut short here (the chain then times idle gaps).
+                # Any byte, ping included, proves the upstream alive. Until the
+                # first chunk FIRST_CHUNK_TIMEOUT_SECONDS rules, so a longer one is
+                # not cut short here; `streaming_started()` then sets the idle gap.
                 read=max(timeouts.idle, timeouts.first_chunk),
                 write=timeouts.connect,
                 pool=timeouts.connect,
@@ -227,6 +228,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
 # The response extension that holds our `_Body`, for `body_chunks()`.
 _RAW_BODY = "assistant.aiohttp_body"
+# The body the current task reads (body_chunks() sets it, in the chain's task).
+_reading: contextvars.ContextVar[_Body | None] = contextvars.ContextVar("reading", default=None)
 
 
 def body_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
@@ -241,9 +244,24 @@ def body_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
     a test's `httpx.MockTransport`) goes through `aiter_bytes()`.
     """
     body = response.extensions.get(_RAW_BODY)
-    if isinstance(body, _Body) and "content-encoding" not in response.headers:
-        return body
+    if isinstance(body, _Body):
+        _reading.set(body)  # this task's upstream, for streaming_started()
+        if "content-encoding" not in response.headers:
+            return body
     return response.aiter_bytes()
+
+
+def streaming_started(idle: float) -> None:
+    """The current task's upstream sent its first chunk: from now on its socket may
+    stay silent for `idle` seconds at most (pings count as life).
+
+    Until then the socket waited as long as the first chunk may take
+    (`http_client`), which can be longer. Nothing to do for a body our
+    transport did not make (a test's MockTransport).
+    """
+    body = _reading.get()
+    if body is not None:
+        body.read_timeout(idle)
 
 
 class _Body(httpx.AsyncByteStream):
@@ -252,6 +270,13 @@ class _Body(httpx.AsyncByteStream):
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
+
+    def read_timeout(self, seconds: float) -> None:
+        """From now on a read waits `seconds` at most (aiohttp's own per-socket timer)."""
+        connection = self._response.connection
+        if connection is not None and connection.protocol is not None:
+            connection.protocol.read_timeout = seconds
+            connection.protocol.start_timeout()  # counted from now, not from the last read
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self

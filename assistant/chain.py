@@ -218,23 +218,18 @@ class Chain:
         provider = progress.provider
         tagger = ThinkingTagger()
         stream = provider.stream(aio.http_client(self.timeouts), self.prompt)
-        # The socket's read timeout is the idle gap (aio.http_client), unless the
-        # first chunk may take longer: then it is that, and idle gaps are timed here.
-        idle = self.timeouts.idle
-        gaps_timed_here = self.timeouts.first_chunk > idle
-        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self.timeouts.first_chunk) as deadline:
+            async with asyncio.timeout(self.timeouts.first_chunk) as first_chunk_deadline:
                 async for event in stream:
                     if isinstance(event, StreamEnd):
                         self._finish(provider, event)
                         break
                     if not progress.shown:
                         progress.shown = True
-                        deadline.reschedule(None)  # from here only idle gaps count
+                        first_chunk_deadline.reschedule(None)  # from here only idle gaps count
+                        # The socket may have waited longer for the first chunk (aio.py).
+                        aio.streaming_started(self.timeouts.idle)
                         self._commit(provider)
-                    elif gaps_timed_here:
-                        deadline.reschedule(None)  # a wait for the client (room) is not one
                     if self.room is not None:
                         await self.room()
                     if isinstance(event, ToolCall):
@@ -242,18 +237,13 @@ class Chain:
                     else:
                         thinking = isinstance(event, ThinkingDelta)
                         self.emit(Chunk(tagger.wrap(thinking, event.text)))
-                    if gaps_timed_here:
-                        deadline.reschedule(loop.time() + idle)  # the next gap starts now
             if not progress.shown:
                 raise ProviderError("upstream_empty", "stream ended with no text or tool call")
             closing = tagger.close()
             if closing:
                 self.emit(Chunk(closing))
         except TimeoutError:
-            if progress.shown:
-                detail = f"silent for more than {idle}s"
-            else:
-                detail = f"no text within {self.timeouts.first_chunk}s"
+            detail = f"no text within {self.timeouts.first_chunk}s"
             raise ProviderError("upstream_timeout", detail) from None
         except httpx.HTTPError as exc:
             raise translate_http_error(exc) from None

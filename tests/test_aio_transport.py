@@ -23,7 +23,7 @@ async def _read(url: str, timeouts: Timeouts) -> bytes:
 
 
 def _code(url: str, idle: float = 5.0) -> str:
-    timeouts = Timeouts(connect=2, first_chunk=5, idle=idle, reply=10)
+    timeouts = Timeouts(connect=2, first_chunk=min(5.0, idle), idle=idle, reply=10)
     try:
         aio.submit(_read(url, timeouts)).result(timeout=10)
     except httpx.HTTPError as exc:
@@ -59,6 +59,37 @@ def test_silence_past_the_idle_timeout_is_a_timeout() -> None:
     answer = HEAD + b"transfer-encoding: chunked\r\n\r\n"
     with one_answer(answer, then_wait=3) as url:
         assert _code(url, idle=0.3) == "upstream_timeout"
+
+
+async def _read_past_the_first_chunk(url: str, timeouts: Timeouts) -> bytes:
+    """Reads as a provider does, telling the transport when the first chunk is in."""
+    client = aio.http_client(timeouts)
+    parts = []
+    async with client.stream("POST", url, content=b"{}") as response:
+        async for part in aio.body_chunks(response):
+            if not parts:
+                aio.streaming_started(timeouts.idle)
+            parts.append(part)
+    return b"".join(parts)
+
+
+@pytest.mark.parametrize("started", [True, False], ids=["streaming", "before-first-chunk"])
+def test_the_socket_waits_for_the_first_chunk_then_for_the_idle_gap(started: bool) -> None:
+    """Until the first chunk the socket may wait FIRST_CHUNK_TIMEOUT_SECONDS, longer
+    than the idle gap here; once it is in, a silence past IDLE_TIMEOUT_SECONDS is one."""
+    first = b"5\r\nhello\r\n" if started else b""
+    answer = HEAD + b"transfer-encoding: chunked\r\n\r\n" + first
+    timeouts = Timeouts(connect=2, first_chunk=3, idle=0.3, reply=10)
+    with one_answer(answer, then_wait=1) as url:
+        try:
+            aio.submit(_read_past_the_first_chunk(url, timeouts)).result(timeout=10)
+        except httpx.HTTPError as exc:
+            code = translate_http_error(exc).code
+        else:
+            code = "ok"
+    # Streaming: cut after 0.3 s of silence. Before the first chunk: the 1 s silence
+    # is within the 3 s the first chunk may take, and the answer then ends unfinished.
+    assert code == ("upstream_timeout" if started else "upstream_incomplete")
 
 
 def test_a_refused_connection_is_unreachable() -> None:
