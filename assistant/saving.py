@@ -45,7 +45,8 @@ class Saver:
         ids: dict[str, str] = {}
         ok = True
         if self._user is not None:
-            failure = self._user.exception() if self._user.done() else None
+            done = self._user.done() and not self._user.cancelled()
+            failure = self._user.exception() if done else None
             if failure is not None and self._user_message is not None:
                 reason = f"{type(failure).__name__}: {failure}"
                 self._log.warning("persist.retry", role="user", reason=reason)
