@@ -102,8 +102,9 @@ def check_schema(schema: Any, field: str) -> Mapping[str, Any]:
         ) from None
     except PatternTimeout:
         raise RequestError(f"{field}: checking it took too long") from None
-    pointers_from_top = not any(key == "$id" and below for key, below in _keys(schema))
-    for where, keyword, target in _references(schema, ""):
+    objects = dict(_objects(schema))
+    pointers_from_top = not any(where and "$id" in node for where, node in objects.items())
+    for where, keyword, target in _references(objects):
         if not target.startswith("#"):
             raise RequestError(
                 f"{field}: {keyword} must point inside the schema (start with #), "
@@ -115,7 +116,7 @@ def check_schema(schema: Any, field: str) -> Mapping[str, Any]:
                 f"{field}: {keyword} {target[:100]!r} points nowhere in the schema "
                 f"(at {where or 'the top level'})"
             )
-    if pointers_from_top and (loop := _loop_in_place(schema)) is not None:
+    if pointers_from_top and (loop := _loop_in_place(objects)) is not None:
         raise RequestError(
             f"{field}: its references loop without reaching a value (at {loop or 'the top level'})"
         )
@@ -147,34 +148,40 @@ def problem(value: Any, schema: Mapping[str, Any]) -> str | None:
     return f"the reply does not match the schema at {where}: {error.message}"[:300]
 
 
-def _references(node: Any, where: str) -> Iterator[tuple[str, str, str]]:
-    """(where, keyword, target) of every reference in `node`, depth first, iteratively."""
-    stack = [(node, where)]
+def _objects(schema: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """(JSON pointer, object) for every object in the schema, iteratively."""
+    stack: list[tuple[str, Any]] = [("", schema)]
     while stack:
-        node, where = stack.pop()
+        where, node = stack.pop()
         if isinstance(node, dict):
-            for key, value in node.items():
-                if key in _REFERENCES and isinstance(value, str):
-                    yield where, key, value
-                stack.append((value, f"{where}/{key}"))
+            yield where, node
+            stack.extend((f"{where}/{_escape(key)}", value) for key, value in node.items())
         elif isinstance(node, list):
-            stack.extend((item, f"{where}/{index}") for index, item in enumerate(node))
+            stack.extend((f"{where}/{index}", item) for index, item in enumerate(node))
 
 
-def _loop_in_place(schema: Mapping[str, Any]) -> str | None:
+def _references(objects: Mapping[str, Mapping[str, Any]]) -> Iterator[tuple[str, str, str]]:
+    """(where, keyword, target) of every reference among `objects`."""
+    for where, node in objects.items():
+        for keyword in _REFERENCES:
+            if isinstance(target := node.get(keyword), str):
+                yield where, keyword, target
+
+
+def _loop_in_place(objects: Mapping[str, Mapping[str, Any]]) -> str | None:
     """Where a chain of references and in-place subschemas comes back to itself, or None.
 
-    Follows `#/...` pointers and `#` from the top of the schema (the caller
-    skips a schema that declares `$id` below its top: its pointers may be
-    relative to that part). A loop that moves into the instance on the way
-    (`properties`, `items`...) is recursion, not a loop, and is fine.
+    `objects` are the schema's, by pointer from its top (the caller skips a
+    schema that declares `$id` below its top: its pointers may be relative to
+    that part). A loop that moves into the instance on the way (`properties`,
+    `items`...) is recursion, not a loop, and is fine.
     """
     done: set[str] = set()
-    for start in _schema_pointers(schema):
+    for start in objects:
         if start in done:
             continue
         on_path = {start}
-        stack = [(start, iter(_in_place(schema, start)))]
+        stack = [(start, _in_place(objects, start))]
         while stack:
             pointer, successors = stack[-1]
             following = next(successors, None)
@@ -184,51 +191,23 @@ def _loop_in_place(schema: Mapping[str, Any]) -> str | None:
                 done.add(pointer)
             elif following in on_path:
                 return following
-            elif following not in done:
+            elif following in objects and following not in done:
                 on_path.add(following)
-                stack.append((following, iter(_in_place(schema, following))))
+                stack.append((following, _in_place(objects, following)))
     return None
 
 
-def _keys(node: Any) -> Iterator[tuple[str, bool]]:
-    """(key, below the top) for every key of every object in `node`."""
-    stack = [(node, False)]
-    while stack:
-        node, below = stack.pop()
-        if isinstance(node, dict):
-            for key, value in node.items():
-                yield key, below
-                stack.append((value, True))
-        elif isinstance(node, list):
-            stack.extend((item, True) for item in node)
-
-
-def _schema_pointers(schema: Mapping[str, Any]) -> Iterator[str]:
-    """The pointer of every object in the schema (candidates for a loop's start)."""
-    stack: list[tuple[Any, str]] = [(schema, "")]
-    while stack:
-        node, where = stack.pop()
-        if isinstance(node, dict):
-            yield where
-            stack.extend((value, f"{where}/{_escape(key)}") for key, value in node.items())
-        elif isinstance(node, list):
-            stack.extend((item, f"{where}/{index}") for index, item in enumerate(node))
-
-
-def _in_place(schema: Mapping[str, Any], pointer: str) -> Iterator[str]:
-    """Pointers of the subschemas that apply to the same instance as the one at `pointer`."""
-    node = _resolve(schema, pointer)
-    if not isinstance(node, dict):
-        return
+def _in_place(objects: Mapping[str, Mapping[str, Any]], pointer: str) -> Iterator[str]:
+    """Pointers of the subschemas that may apply to the same instance as the one at
+    `pointer` (the caller follows those that are objects: a boolean schema applies
+    nothing further, and a pointer to nothing leads nowhere)."""
+    node = objects[pointer]
     for keyword in _REFERENCES:
         target = node.get(keyword)
         if isinstance(target, str) and (target == "#" or target.startswith("#/")):
-            resolved = unquote(target[1:])
-            if _resolve(schema, resolved) is not None:
-                yield resolved
+            yield unquote(target[1:])
     for keyword in _IN_PLACE_ONE:
-        if isinstance(node.get(keyword), dict):
-            yield f"{pointer}/{keyword}"
+        yield f"{pointer}/{keyword}"
     for keyword in _IN_PLACE_LIST:
         items = node.get(keyword)
         if isinstance(items, list):
@@ -236,9 +215,7 @@ def _in_place(schema: Mapping[str, Any], pointer: str) -> Iterator[str]:
     for keyword in _IN_PLACE_MAP:
         entries = node.get(keyword)
         if isinstance(entries, dict):
-            for name, entry in entries.items():
-                if isinstance(entry, dict):
-                    yield f"{pointer}/{keyword}/{_escape(name)}"
+            yield from (f"{pointer}/{keyword}/{_escape(name)}" for name in entries)
 
 
 def _resolve(schema: Any, pointer: str) -> Any:
