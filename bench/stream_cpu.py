@@ -102,6 +102,21 @@ def _request(host: str, port: int, path: str, body: bytes, headers: dict[str, st
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
+def stream_requests(fake_url: str, service_url: str) -> tuple[bytes, bytes]:
+    """A stream asked of the fake directly, and the same stream asked of the service."""
+    fake_host, fake_port = fake_url.removeprefix("http://").split(":")
+    host, port = service_url.removeprefix("http://").split(":")
+    direct_body = json.dumps({"model": "m", "max_tokens": 10, "stream": True,
+                              "messages": [{"role": "user", "content": "x"}]}).encode()  # fmt: skip
+    direct = _request(fake_host, int(fake_port), "/v1/messages", direct_body,
+                      {"x-api-key": "bench", "anthropic-version": "2023-06-01"})  # fmt: skip
+    body = json.dumps({"user_input": "benchmark"}).encode()
+    via = _request(
+        host, int(port), "/vac/assistant/bench/sse", body, {"Accept": "text/event-stream"}
+    )
+    return direct, via
+
+
 async def _stream(host: str, port: int, request: bytes, service: bool, expected: int) -> Stream:
     result = Stream(started=time.perf_counter_ns())
     writer = None
@@ -313,14 +328,7 @@ def _report(
 ) -> None:  # fmt: skip
     fake_host, fake_port = fake_url.removeprefix("http://").split(":")
     host, port = service_url.removeprefix("http://").split(":")
-    direct_body = json.dumps({"model": "m", "max_tokens": 10, "stream": True,
-                              "messages": [{"role": "user", "content": "x"}]}).encode()  # fmt: skip
-    direct = _request(fake_host, int(fake_port), "/v1/messages", direct_body,
-                      {"x-api-key": "bench", "anthropic-version": "2023-06-01"})  # fmt: skip
-    body = json.dumps({"user_input": "benchmark"}).encode()
-    via = _request(
-        host, int(port), "/vac/assistant/bench/sse", body, {"Accept": "text/event-stream"}
-    )
+    direct, via = stream_requests(fake_url, service_url)
 
     def run(request: bytes, p: int, service: bool, c: int, n: int) -> list[Stream]:
         return asyncio.run(_level(fake_host if not service else host, p, request, service,
