@@ -360,6 +360,29 @@ def test_unpaired_calls_and_results_are_mended_for_every_provider() -> None:
     ]
 
 
+def test_a_result_said_later_is_moved_up_to_its_call_and_a_repeat_is_text() -> None:
+    """Anthropic and OpenAI want the results right after their call's turn: what the
+    user and the assistant said while the tool ran follows them."""
+    oslo = ToolCall("c1", "weather", {"city": "Oslo"})
+    turns = (
+        Turn("user", "Weather?"),
+        Turn("assistant", "", tool_calls=(oslo,)),
+        Turn("user", "also, hurry"),
+        Turn("assistant", "Working on it."),
+        Turn("tool", "4 °C", tool_call_id="c1", tool_name="weather"),
+        Turn("tool", "5 °C", tool_call_id="c1", tool_name="weather"),  # a repeat
+        Turn("tool", "0 °C", tool_call_id="c9", tool_name="weather"),  # its call comes later
+        Turn("assistant", "", tool_calls=(ToolCall("c9", "weather", {}),)),  # unanswered
+    )
+    assert conversation(turns) == [
+        Message("user", ("Weather?",)),
+        Message("assistant", (oslo,)),
+        Message("user", (ToolResult("c1", "weather", "4 °C"), "also, hurry")),
+        Message("assistant", ("Working on it.",)),
+        Message("user", ("Result of weather: 5 °C\n\nResult of weather: 0 °C",)),
+    ]
+
+
 def test_a_reply_that_is_a_tool_call_has_no_json_yet(client, fake: FakeUpstream) -> None:
     fake.push(Script(tokens=[], tool_calls=[{"name": "weather", "args": {"city": "Oslo"}}]))
     response = ask(client, emissaryConfig={**TOOLS, "responseSchema": ANSWER_SCHEMA})

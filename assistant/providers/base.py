@@ -261,32 +261,56 @@ def conversation(turns: tuple[Turn, ...]) -> list[Message]:
     history window that starts after a question) are dropped: providers
     refuse a conversation that opens with the assistant.
 
-    Calls and results must pair up (Anthropic and OpenAI refuse either one
-    alone): a call no result answers (the user typed instead) is left out,
-    and a result whose call is not in the history (it fell outside the
-    history window) goes as the user's text, "Result of <tool>: ...".
+    Calls and results must pair up, the results right after their call's
+    turn (Anthropic and OpenAI refuse anything else): a call's first result
+    later in the history is moved up to follow it, ahead of whatever the user
+    and the assistant said in between; a call no result answers (the user
+    typed instead) is left out; and a result that answers no earlier call
+    (its call fell outside the history window, or it repeats a result
+    already given) goes as the user's text, "Result of <tool>: ...".
     """
     start = next((i for i, turn in enumerate(turns) if turn.role != "assistant"), len(turns))
     turns = turns[start:]
-    answered = {turn.tool_call_id for turn in turns if turn.role == "tool"}
-    called = {call.id for turn in turns for call in turn.tool_calls}
+    results = _results_by_call_turn(turns)
+    placed = {result for answers in results.values() for result in answers}
     messages: list[Message] = []
-    for turn in turns:
-        if turn.role == "tool" and turn.tool_call_id not in called:
+    for index, turn in enumerate(turns):
+        if turn.role == "tool":
+            if index in placed:
+                continue  # already sent right after its call
             turn = Turn("user", f"Result of {turn.tool_name}: {turn.content}")
-        elif any(call.id not in answered for call in turn.tool_calls):
+        answers = [turns[result] for result in results.get(index, [])]
+        if turn.tool_calls:
+            answered = {result.tool_call_id for result in answers}
             calls = tuple(call for call in turn.tool_calls if call.id in answered)
             turn = dataclasses.replace(turn, tool_calls=calls)
-        role: Literal["user", "assistant"] = "assistant" if turn.role == "assistant" else "user"
-        parts = _parts(turn)
-        if not parts:
-            continue  # an assistant turn of unanswered calls alone
-        if messages and messages[-1].role == role:
-            parts = _joined(messages[-1].parts, parts)
-            messages[-1] = Message(role, parts)
-        else:
-            messages.append(Message(role, parts))
+        for each in (turn, *answers):
+            _append(messages, each)
     return messages
+
+
+def _results_by_call_turn(turns: tuple[Turn, ...]) -> dict[int, list[int]]:
+    """Indices: for each turn that made calls, the tool turns that answer them (for
+    each call, the first tool turn after it with its id)."""
+    waiting: dict[str, int] = {}  # call id -> index of the turn that made it
+    results: dict[int, list[int]] = {}
+    for index, turn in enumerate(turns):
+        for call in turn.tool_calls:
+            waiting[call.id] = index
+        if turn.role == "tool" and turn.tool_call_id in waiting:
+            results.setdefault(waiting.pop(turn.tool_call_id), []).append(index)
+    return results
+
+
+def _append(messages: list[Message], turn: Turn) -> None:
+    role: Literal["user", "assistant"] = "assistant" if turn.role == "assistant" else "user"
+    parts = _parts(turn)
+    if not parts:
+        return  # an assistant turn of unanswered calls alone
+    if messages and messages[-1].role == role:
+        messages[-1] = Message(role, _joined(messages[-1].parts, parts))
+    else:
+        messages.append(Message(role, parts))
 
 
 def _parts(turn: Turn) -> tuple[Part, ...]:
