@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from assistant.providers.anthropic import encode_thinking
 from assistant.providers.base import (
     Event,
     Prompt,
@@ -358,8 +359,11 @@ def test_history_with_calls_and_results(upstream: FakeUpstream) -> None:
 
 def test_a_call_without_signature_gets_the_documented_stand_in(upstream: FakeUpstream) -> None:
     # Calls another provider made (or a model that gave no signature): Gemini 3 refuses a
-    # step whose first call has none, and documents this value for such history.
-    first = ToolCall("toolu_01A", "get_weather", {"city": "Oslo"})
+    # step whose first call has none, and documents this value for such history. Another
+    # provider's signature (Anthropic's thinking, as ours carries it) is not Gemini's: it
+    # gets the stand-in too, and its thinking never goes to Google.
+    theirs = encode_thinking([{"type": "thinking", "thinking": "hm", "signature": "EuYB"}])
+    first = ToolCall("toolu_01A", "get_weather", {"city": "Oslo"}, signature=theirs)
     second = ToolCall("toolu_01B", "get_time", {})
     turns = (
         Turn("user", "Oslo?"),

@@ -27,6 +27,7 @@ part at all but as `finishReason: MALFORMED_FUNCTION_CALL` (stop reason
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
@@ -70,6 +71,10 @@ _OUR_ID_PREFIX = "gemini-call-"
 # from a model that gave no signature): Gemini 3 refuses a current-turn call whose first
 # functionCall part has no signature. https://ai.google.dev/gemini-api/docs/thought-signatures
 _NO_SIGNATURE = "skip_thought_signature_validator"
+# Gemini's signatures are bytes, base64 in its JSON. One in any other form was not Gemini's
+# (ours for Anthropic's thinking start with "anthropic:"): Gemini would refuse it, and it
+# would carry another provider's thinking to Google.
+_BASE64 = re.compile(r"[A-Za-z0-9+/_-]+=*")
 _TOOL_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
 
 
@@ -192,7 +197,8 @@ def _part(part: Part) -> dict[str, Any]:
 def _call_part(call: ToolCall, first: bool) -> dict[str, Any]:
     function = {"name": call.name, "args": dict(call.args or {})}
     part = _with_id(function, call.id, "functionCall")
-    signature = call.signature or (_NO_SIGNATURE if first else None)
+    own = call.signature if call.signature and _BASE64.fullmatch(call.signature) else None
+    signature = own or (_NO_SIGNATURE if first else None)
     if signature:
         part["thoughtSignature"] = signature  # on the very part it came on
     return part
