@@ -14,7 +14,7 @@ import concurrent.futures
 import time
 
 from .request import AssistantRequest, Turn
-from .store import AssistantMessage, Author, MessageStore, UserMessage
+from .store import AssistantMessage, Author, MessageStore, MessageTaken, UserMessage
 from .tracing import RequestLog
 
 _pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="store")
@@ -45,13 +45,17 @@ class Saver:
         ids: dict[str, str] = {}
         ok = True
         if self._user is not None:
-            done = self._user.done() and not self._user.cancelled()
-            failure = self._user.exception() if done else None
-            if failure is not None and self._user_message is not None:
+            failure = _failure(self._user)
+            if failure is not None and not isinstance(failure, MessageTaken):
                 reason = f"{type(failure).__name__}: {failure}"
                 self._log.warning("persist.retry", role="user", reason=reason)
+                assert self._user_message is not None
                 self._user = _pool.submit(self._store.save_user_message, self._user_message)
             ok = self._wait("user", self._user, deadline, ids)
+            if isinstance(_failure(self._user), MessageTaken):
+                # Another user's trace id: their reply is not replaced by this one either.
+                self._log.error("persist.skipped", role="assistant", reason="trace id taken")
+                return ids, True
         if assistant_message is not None:
             future = _pool.submit(self._store.save_assistant_message, assistant_message)
             ok = self._wait("assistant", future, deadline, ids) and ok
@@ -72,6 +76,13 @@ class Saver:
         except Exception as exc:  # any store failure: reported, never raised into the stream
             self._log.error("persist.failed", role=role, reason=f"{type(exc).__name__}: {exc}")
         return False
+
+
+def _failure(future: concurrent.futures.Future[str]) -> BaseException | None:
+    """The exception of a write that ended (None while it runs, or if it was cancelled)."""
+    if not future.done() or future.cancelled():
+        return None
+    return future.exception()
 
 
 def load_history(

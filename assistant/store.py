@@ -2,10 +2,13 @@
 
 A reply writes at most two messages, with ids derived from the trace id
 (`{traceId}-user`, `{traceId}-assistant`) so a retried request overwrites
-instead of duplicating. The user message is written in parallel with the
-provider call; the assistant message once, after the stream, before the
-final frame. Writes are blocking calls on a small thread pool, never on the
-I/O loop, and the reply waits for them no longer than its persist timeout.
+instead of duplicating. Only the same user's: a trace id is the caller's to
+choose, and one whose messages belong to another user is not written to
+(`MessageTaken`), so nobody can replace someone else's history with theirs.
+The user message is written in parallel with the provider call; the
+assistant message once, after the stream, before the final frame. Writes
+are blocking calls on a small thread pool, never on the I/O loop, and the
+reply waits for them no longer than its persist timeout.
 
 A request with `save_to_history` false has no store at all (None): nothing
 is written and no message ids are reported.
@@ -13,7 +16,6 @@ is written and no message ids are reported.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 from dataclasses import dataclass, field
@@ -66,13 +68,22 @@ class AssistantMessage:
         return f"{self.trace_id}-assistant"
 
 
+class MessageTaken(Exception):
+    """The message's id (its trace id's) holds another user's message, left as it is."""
+
+    def __init__(self, message_id: str) -> None:
+        super().__init__(f"{message_id} belongs to another user")
+
+
 class MessageStore(Protocol):
     def save_user_message(self, message: UserMessage) -> str:
-        """Write (or overwrite) the user message; returns its id. Raises on failure."""
+        """Write the user message (a retry keeps the first); returns its id. Raises on failure,
+        MessageTaken if the id holds another user's message."""
         ...
 
     def save_assistant_message(self, message: AssistantMessage) -> str:
-        """Write (or overwrite) the assistant message; returns its id. Raises on failure."""
+        """Write (or overwrite, for the same user) the assistant message; returns its id.
+        Raises on failure, MessageTaken if the id holds another user's message."""
         ...
 
     def recent_turns(
@@ -122,12 +133,14 @@ class FirestoreStore:
             **_common_fields(message.trace_id, message.thread_id, message.author),
         }
         reference = self._messages(message.assistant_id).document(message.message_id)
-        # A retried request: the first write stands, with its createdAt.
-        with contextlib.suppress(AlreadyExists):
+        try:
             reference.create(document, **self._call_options())
+        except AlreadyExists:  # a retried request: the first write stands, with its createdAt
+            self._owned(reference, message.author, message.message_id)
         return message.message_id
 
     def save_assistant_message(self, message: AssistantMessage) -> str:
+        from google.api_core.exceptions import AlreadyExists
         from google.cloud.firestore import SERVER_TIMESTAMP
 
         document = {
@@ -145,10 +158,22 @@ class FirestoreStore:
             "createdAt": SERVER_TIMESTAMP,
             **_common_fields(message.trace_id, message.thread_id, message.author),
         }
-        # set(), not create(): a retried request replaces its earlier reply.
         reference = self._messages(message.assistant_id).document(message.message_id)
-        reference.set(document, **self._call_options())
+        try:
+            reference.create(document, **self._call_options())
+        except AlreadyExists:  # a retried request replaces its earlier reply
+            existing = self._owned(reference, message.author, message.message_id)
+            # Only if nobody wrote it since it was read (another user's write is refused).
+            unchanged = _firestore_client().write_option(last_update_time=existing.update_time)
+            reference.update(document, option=unchanged, **self._call_options())
         return message.message_id
+
+    def _owned(self, reference: Any, author: Author, message_id: str) -> Any:
+        """The existing message, if it is this author's; MessageTaken if it is another user's."""
+        existing = reference.get(**self._call_options())
+        if existing.exists and (existing.to_dict() or {}).get("userId") != author.user_id:
+            raise MessageTaken(message_id)
+        return existing
 
     def recent_turns(
         self, assistant_id: str, user_id: str, thread_id: str | None, limit: int, trace_id: str

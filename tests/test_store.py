@@ -118,6 +118,47 @@ def test_a_retried_request_never_duplicates(client, fake, firestore) -> None:
     assert set(saved) == {"t-retry-user", "t-retry-assistant"}
 
 
+def test_a_retry_replaces_the_same_users_reply(client, fake: FakeUpstream, firestore) -> None:
+    fake.push(Script(tokens=["First."]))
+    ask(client, "same question", trace_id="t-again", **SAVE).get_data()
+    fake.push(Script(tokens=["Second."]))
+    final = sse_events(ask(client, "same question", trace_id="t-again", **SAVE).get_data())[-2]
+    assert final["metadata"]["persist_failed"] is False
+    assert _messages(firestore)["t-again-assistant"]["content"] == "Second."
+
+
+BOB = {"save_to_history": True, "emissaryConfig": {"currentUser": {"email": "bob@example.com"}}}
+
+
+@pytest.mark.parametrize("already_saved", [False, True])
+def test_another_users_trace_id_is_not_written_to(
+    client, fake: FakeUpstream, firestore, capsys: pytest.CaptureFixture[str], already_saved: bool
+) -> None:
+    """A trace id is the caller's to choose: reusing someone else's must not replace
+    their messages, and the reply says its own were not saved."""
+    fake.push(Script(tokens=["Ada's answer."]))
+    ask(client, "Ada's question", trace_id="t-shared", **SAVE).get_data()
+    before = _messages(firestore)
+    capsys.readouterr()
+
+    fake.push(Script(tokens=["Bob's answer."]))
+    response = ask(
+        client,
+        "Bob's question",
+        trace_id="t-shared",
+        user_message_already_saved=already_saved,
+        **BOB,
+    )
+    final, done = sse_events(response.get_data())[-2:]
+    assert done == "[DONE]" and final["answer"] == "Bob's answer."
+    assert final["metadata"]["persist_failed"] is True
+    assert final["metadata"]["message_ids"] is None  # nothing of it was written
+    after = _messages(firestore)
+    assert after == before and after["t-shared-assistant"]["userId"] == "ada@example.com"
+    failed = [line for line in log_lines(capsys.readouterr().out) if line["message"] == "persist.failed"]
+    assert failed and "belongs to another user" in failed[0]["reason"]
+
+
 def test_legacy_json_route_saves_too(client, fake, firestore) -> None:
     response = client.post(
         "/vac/assistant/test-assistant", json={"user_input": "hi", "trace_id": "t-json", **SAVE}
