@@ -173,6 +173,10 @@ class ThinkingSplitter:
         self._close = None
 
 
+# After a "<" in native reasoning: a zero-width space, so no close tag can form there.
+_TAG_BREAK = "\u200b"
+
+
 class ThinkingTagger:
     """Wraps native reasoning deltas in ``<thinking>`` tags, so all providers look alike.
 
@@ -180,12 +184,21 @@ class ThinkingTagger:
     front of the first text piece after it, so a tag never travels alone while
     the model writes; :meth:`close` gives the close tag for a reply that ends
     while thinking.
+
+    Reasoning that itself holds ``</thinking>`` (a model thinking about these
+    tags, or about markup) would end the block early for every reader of the
+    stream, ours and the frontend's, and show the rest of it as the answer.
+    So inside native reasoning a zero-width space follows each ``<`` that a
+    ``/`` follows or that ends a piece (the ``/`` may start the next): the
+    text reads the same, and no close tag can form, however it is split.
     """
 
     def __init__(self) -> None:
         self._open = False
 
     def wrap(self, is_thinking: bool, text: str) -> str:
+        if is_thinking:
+            text = _no_close_tags(text)
         if is_thinking == self._open:
             return text
         self._open = is_thinking
@@ -194,3 +207,10 @@ class ThinkingTagger:
     def close(self) -> str:
         was_open, self._open = self._open, False
         return "</thinking>" if was_open else ""
+
+
+def _no_close_tags(reasoning: str) -> str:
+    if "<" not in reasoning:
+        return reasoning
+    text = reasoning.replace("</", "<" + _TAG_BREAK + "/")
+    return text + _TAG_BREAK if text.endswith("<") else text

@@ -32,6 +32,7 @@ from assistant.chain import ChainFailed, ChainSucceeded, Chunk
 from assistant.config import ProviderSettings, Timeouts
 from assistant.providers.base import Event, Prompt, StreamEnd, TextDelta, ThinkingDelta
 from assistant.request import Turn
+from assistant.thinking import ThinkingSplitter
 from assistant.tools import ToolSpec
 from devtools.fake_upstream import FAIL_MODES, FAILS, FakeUpstream, Script
 
@@ -536,6 +537,36 @@ def test_each_provider_streams_text_and_native_thinking(client, all_four, provid
     assert metadata["usage"]["input_tokens"] > 0
     assert metadata["usage"]["output_tokens"] > 0
     assert events[-1] == "[DONE]"
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_close_tag_inside_native_thinking_stays_thinking(
+    client, all_four, firestore, provider: str
+) -> None:
+    """Reasoning about the tags themselves: however the pieces split `</thinking>`, it
+    neither ends the block for a reader of the stream nor leaks into the answer, the
+    structured output or the saved message."""
+    _only(provider)
+    thinking = ["Never show </thinking>", " the plan <", "/thinking> or </thin", "king>."]
+    all_four.push(Script(thinking=thinking, json={"answer": "ok"}))
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
+    response = ask(
+        client, trace_id="t-tags", save_to_history=True, emissaryConfig={"responseSchema": schema}
+    )
+    final = sse_events(response.get_data())[-2]
+    metadata = final["metadata"]
+    assert metadata["structured_output"] == {"answer": "ok"}
+    # A zero-width space after each "<" that could start a close tag: it reads the same.
+    said = "Never show </thinking> the plan </thinking> or </thinking>."
+    assert metadata["thinking_content"] == said.replace("</", "<\u200b/")
+    splitter = ThinkingSplitter()  # what a frontend's parser does with the stream
+    splitter.feed(final["answer"])
+    splitter.finish()
+    assert splitter.content == '{"answer":"ok"}'
+    saved = firestore.collection("assistants").document("test-assistant")
+    reply = saved.collection("messages").document("t-tags-assistant").get().to_dict()
+    assert reply["content"] == '{"answer":"ok"}'
+    assert reply["thinkingContent"] == metadata["thinking_content"]
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
