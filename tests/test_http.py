@@ -225,12 +225,27 @@ def test_chat_history_formats_are_normalised_for_the_provider(client, fake: Fake
     ]
 
 
-def test_misconfiguration_is_a_500_naming_no_secret(client, fake: FakeUpstream) -> None:
-    os.environ["HEARTBEAT_SECONDS"] = "soon"
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("HEARTBEAT_SECONDS", "soon"),
+        ("AUTH_CLOCK_SKEW_SECONDS", "nan"),  # would pass every comparison: any token's times
+        ("IDLE_TIMEOUT_SECONDS", "inf"),
+        ("MAX_BODY_BYTES", "infinity"),
+    ],
+)
+def test_misconfiguration_is_a_500_naming_no_secret(
+    client, fake: FakeUpstream, capsys: pytest.CaptureFixture[str], name: str, value: str
+) -> None:
+    os.environ[name] = value
     response = ask(client)
     assert response.status_code == 500
     assert response.get_json()["code"] == "config_error"
     assert fake.requests == []
+    logged = [
+        line for line in log_lines(capsys.readouterr().out) if line["message"] == "config.invalid"
+    ]
+    assert logged and name in logged[0]["reason"]
 
 
 def test_preflight_with_wildcard_origins(client) -> None:

@@ -155,7 +155,8 @@ def test_another_users_trace_id_is_not_written_to(
     assert final["metadata"]["message_ids"] is None  # nothing of it was written
     after = _messages(firestore)
     assert after == before and after["t-shared-assistant"]["userId"] == "ada@example.com"
-    failed = [line for line in log_lines(capsys.readouterr().out) if line["message"] == "persist.failed"]
+    logged = log_lines(capsys.readouterr().out)
+    failed = [line for line in logged if line["message"] == "persist.failed"]
     assert failed and "belongs to another user" in failed[0]["reason"]
 
 
