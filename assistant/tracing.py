@@ -22,7 +22,9 @@ from typing import Any
 import orjson
 
 TRACE_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
-_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+# W3C Trace Context: version ff and an all-zero parent id are invalid (the trace id's zeros
+# are checked below, for both headers).
+_TRACEPARENT = re.compile(r"(?!ff)[0-9a-f]{2}-([0-9a-f]{32})-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 _CLOUD_TRACE = re.compile(r"([0-9a-fA-F]{32})(?:/.*)?")
 
 

@@ -313,9 +313,22 @@ def test_trace_id_from_headers(client, fake, headers: dict[str, str], expected: 
     assert sse_events(response.get_data())[-2]["metadata"]["trace_id"] == expected
 
 
-def test_new_trace_id_when_none_is_given(client, fake) -> None:
-    response = ask(client)
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",  # version ff
+        "00-00000000000000000000000000000000-b7ad6b7169203331-01",  # no trace id
+        "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",  # no parent id
+        "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",  # upper case
+        None,
+    ],
+)
+def test_new_trace_id_when_none_is_given(client, fake, traceparent: str | None) -> None:
+    """None, or a `traceparent` the W3C spec calls invalid (it is ignored)."""
+    headers = {"traceparent": traceparent} if traceparent else {}
+    response = client.post("/vac/assistant/a/sse", json={"user_input": "hi"}, headers=headers)
     assert re.fullmatch(r"[0-9a-f]{32}", response.headers["X-Trace-Id"])
+    assert response.headers["X-Trace-Id"] != "0af7651916cd43dd8448eb211c80319c"
 
 
 def test_logs_hold_no_key_and_no_prompt(client, fake, capfd) -> None:
