@@ -408,25 +408,27 @@ _EXPOSED = "X-Trace-Id, Retry-After"
 
 def _cors_headers(headers: Mapping[str, str], origins: tuple[str, ...]) -> dict[str, str]:
     origin = headers.get("Origin")
-    if not origin:
-        return {}
     if "*" in origins:
+        if not origin:
+            return {}
         # A wildcard never comes with credentials.
         return {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": _EXPOSED}
-    if origin in origins:
+    # With a list, every answer depends on the Origin: a cache must not hand one
+    # origin's answer (or an answer to no origin) to another.
+    if origin and origin in origins:
         return {
             "Access-Control-Allow-Origin": origin,
             "Access-Control-Allow-Credentials": "true",
             "Access-Control-Expose-Headers": _EXPOSED,
             "Vary": "Origin",
         }
-    return {}
+    return {"Vary": "Origin"}
 
 
 def _preflight(headers: Mapping[str, str], origins: tuple[str, ...]) -> flask.Response:
     response = flask.Response(status=204)
     del response.headers["Content-Type"]  # no body, so no type
-    if _cors_headers(headers, origins):
+    if "Access-Control-Allow-Origin" in _cors_headers(headers, origins):
         # An allowed origin may send the headers it asks for (a frontend's own
         # tracing headers, say); the origin list is the gate, not this one.
         asked = headers.get("Access-Control-Request-Headers", "")

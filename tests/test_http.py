@@ -270,6 +270,10 @@ def test_cors_with_listed_origins_echoes_origin_with_credentials(
     assert allowed.headers["Vary"] == "Origin"
     refused = client.options("/vac/assistant/abc", headers={"Origin": "https://evil.example.com"})
     assert "Access-Control-Allow-Origin" not in refused.headers
+    # The answer depends on the Origin, allowed or not: no cache may hand it to another.
+    assert refused.headers["Vary"] == "Origin"
+    assert "Access-Control-Allow-Methods" not in refused.headers
+    assert client.get("/health").headers["Vary"] == "Origin"
     streamed = client.post(
         "/vac/assistant/abc/sse",
         json={"user_input": "hi"},
