@@ -80,6 +80,7 @@ class RequestError(ValueError):
         code: ErrorCode = "invalid_request",
         headers: Mapping[str, str] | None = None,
     ) -> None:
+        message = _bounded(message)
         super().__init__(message)
         self.message = message
         self.status = status
@@ -88,3 +89,15 @@ class RequestError(ValueError):
         # The body's trace id, for a refusal after the body was read: it wins over
         # the headers' in the answer and the log, as it does for a reply.
         self.trace_id: str | None = None
+
+
+# A message names the field, and a field's path holds the client's own keys, which
+# can be as long as the body: the answer and the log line keep both ends of it.
+MAX_MESSAGE_CHARS = 400
+
+
+def _bounded(message: str) -> str:
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    half = MAX_MESSAGE_CHARS // 2
+    return f"{message[:half]}…{message[-half:]}"

@@ -7,6 +7,7 @@ import json
 import os
 import resource
 import socket
+from typing import Any
 
 import pytest
 
@@ -150,6 +151,25 @@ def test_non_json_media_type_is_415(client, fake: FakeUpstream, content_type: st
         "/vac/assistant/abc/sse", data='{"user_input": "hi"}', content_type=content_type
     )
     _refused(response, 415, "unsupported_media_type", fake, "application/json")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"user_input": "hi", "x": {"k" * 100_000 + "\ud800": 1}},  # a key that cannot be encoded
+        {"user_input": "hi", "emissaryConfig": {"toolConfigs": {"t" * 100_000: 1}}},
+    ],
+)
+def test_a_refusal_naming_a_huge_key_keeps_to_a_bound(
+    client, fake: FakeUpstream, capfd, body: dict[str, Any]
+) -> None:
+    """A field's path holds the client's own keys: the answer and the log keep both ends."""
+    response = client.post("/vac/assistant/abc/sse", json=body)
+    assert response.status_code == 400 and fake.requests == []
+    error = response.get_json()["error"]
+    assert len(error) <= 401 and "…" in error
+    [refused] = [line for line in log_lines(capfd.readouterr().out) if "refused" in line["message"]]
+    assert refused["reason"] == error
 
 
 def test_a_refused_body_keeps_its_own_trace_id(client, fake: FakeUpstream, capfd) -> None:
