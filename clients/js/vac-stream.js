@@ -27,7 +27,8 @@
 //   event cut off by the end of the stream is dropped. UTF-8 is decoded in
 //   streaming mode, so a character split across reads survives.
 // - Exactly one of onFinal / onError is called per request, unless the
-//   caller aborts (then neither: the promise resolves with outcome "aborted").
+//   caller aborts before the terminal frame (then neither: the promise
+//   resolves with outcome "aborted"); an abort after it changes nothing.
 // - A callback that throws stops the stream: the connection is closed and the
 //   promise rejects with that exception.
 
@@ -35,7 +36,8 @@
  * @typedef {object} OpenInfo
  * @property {number} status   HTTP status of the response (200 when streaming)
  * @property {string|null} traceId  the response's X-Trace-Id header
- * @property {Headers} headers the response headers (CORS exposes only X-Trace-Id)
+ * @property {Headers} headers the response headers (cross-origin, the service exposes
+ *   X-Trace-Id and Retry-After)
  */
 
 /**
@@ -61,6 +63,9 @@
  * @property {Record<string, any>|null} metadata  the error frame's metadata (null before the stream)
  * @property {number} status    HTTP status (0 when no response arrived)
  * @property {string|null} traceId  X-Trace-Id, or the error body's trace_id
+ * @property {number|null} retryAfter  seconds from Retry-After (a 429 or 503), else null
+ * @property {Record<string, any>|null} body  an error status's JSON body (a 502's `attempts`
+ *   are in it), else null
  */
 
 /**
@@ -179,10 +184,11 @@ export async function streamReply(options) {
   /** @type {StreamResult} */
   const result = {outcome: "error", status: 0, traceId: null, text: ""};
   /** @param {Partial<ReplyError> & {error: string, code: string}} fields */
+  let retryAfter = null;
   const fail = (fields) => {
     result.outcome = "error";
     onError?.({partial: result.text, metadata: null, status: result.status,
-      traceId: result.traceId, ...fields});
+      traceId: result.traceId, retryAfter, body: null, ...fields});
     return result;
   };
   const aborted = () => {
@@ -205,7 +211,14 @@ export async function streamReply(options) {
   }
   result.status = response.status;
   result.traceId = response.headers.get("X-Trace-Id");
-  onOpen?.({status: response.status, traceId: result.traceId, headers: response.headers});
+  const retry = Number.parseInt(response.headers.get("Retry-After") ?? "", 10);
+  retryAfter = Number.isFinite(retry) ? retry : null;
+  try {
+    onOpen?.({status: response.status, traceId: result.traceId, headers: response.headers});
+  } catch (exc) {
+    await response.body?.cancel().catch(() => {}); // a callback threw: close the connection
+    throw exc;
+  }
 
   const type = response.headers.get("Content-Type") ?? "";
   if (!response.ok || !type.startsWith("text/event-stream")) {
@@ -255,8 +268,8 @@ export async function streamReply(options) {
     try {
       read = await reader.read();
     } catch (exc) {
+      if (terminal) return result; // the reply was complete: an abort now changes nothing
       if (signal?.aborted) return aborted();
-      if (terminal) return result;
       return fail({error: `the connection broke (${describe(exc)})`, code: "network_error"});
     }
     try {
@@ -295,7 +308,7 @@ async function readJsonReply(response, result, signal, onFinal, fail, aborted) {
   }
   if (payload && typeof payload.error === "string") {
     result.traceId = result.traceId ?? payload.trace_id ?? null;
-    return fail({error: payload.error, code: String(payload.code ?? "http_error")});
+    return fail({error: payload.error, code: String(payload.code ?? "http_error"), body: payload});
   }
   return fail({error: `the service answered HTTP ${response.status}`, code: "http_error"});
 }

@@ -9,8 +9,13 @@ import {SseParser, streamReply} from "./vac-stream.js";
 
 const encoder = new TextEncoder();
 
-/** A fetch that answers `body` (bytes cut into `pieces` of these sizes, the rest whole). */
-function fakeFetch(body, {status = 200, type = "text/event-stream", pieces = [], calls = []} = {}) {
+/** A fetch that answers `body` (bytes cut into `pieces` of these sizes, the rest whole). Like
+ * a real one, an abort of `init.signal` breaks the body's reads; `calls` gets each request, and
+ * "cancelled" when the client closed the body. */
+function fakeFetch(
+  body,
+  {status = 200, type = "text/event-stream", pieces = [], calls = [], headers = {}} = {},
+) {
   return async (url, init) => {
     calls.push({url, init});
     const bytes = encoder.encode(body);
@@ -22,13 +27,21 @@ function fakeFetch(body, {status = 200, type = "text/event-stream", pieces = [],
     }
     parts.push(bytes.slice(at));
     const stream = new ReadableStream({
+      start(controller) {
+        init.signal?.addEventListener("abort", () => controller.error(init.signal.reason));
+      },
       pull(controller) {
         const part = parts.shift();
         if (part === undefined) controller.close();
         else controller.enqueue(part);
       },
+      cancel() {
+        calls.push("cancelled");
+      },
     });
-    return new Response(stream, {status, headers: {"Content-Type": type, "X-Trace-Id": "t-1"}});
+    return new Response(stream, {
+      status, headers: {"Content-Type": type, "X-Trace-Id": "t-1", ...headers},
+    });
   };
 }
 
@@ -100,7 +113,8 @@ test("an error frame goes to onError with its partial text and metadata", async 
   assert.equal(final, null);
   assert.equal(errors.length, 1);
   assert.deepEqual(errors[0], {error: "The reply broke off.", code: "provider_error",
-    partial: "Half ", metadata: {trace_id: "t-1"}, status: 200, traceId: "t-1"});
+    partial: "Half ", metadata: {trace_id: "t-1"}, status: 200, traceId: "t-1",
+    retryAfter: null, body: null});
   assert.equal(result.outcome, "error");
 });
 
@@ -108,8 +122,43 @@ test("an error before the stream is read from its JSON body", async () => {
   const body = '{"error":"user_input is required","code":"invalid_request","trace_id":"t-1"}';
   const {errors, result} = await collect(body, {status: 400, type: "application/json"});
   assert.deepEqual(errors, [{error: "user_input is required", code: "invalid_request",
-    partial: "", metadata: null, status: 400, traceId: "t-1"}]);
+    partial: "", metadata: null, status: 400, traceId: "t-1", retryAfter: null,
+    body: JSON.parse(body)}]);
   assert.equal(result.outcome, "error");
+});
+
+test("a 429 says when to try again, and a 502 which providers failed", async () => {
+  const limited = '{"error":"too many","code":"rate_limited","trace_id":"t-1"}';
+  const headers = {"Retry-After": "5"};
+  const {errors} = await collect(limited, {status: 429, type: "application/json", headers});
+  assert.equal(errors[0].retryAfter, 5);
+  const failed = {error: "no provider answered", code: "providers_failed", trace_id: "t-1",
+    attempts: [{name: "anthropic", outcome: "upstream_status", ms: 3}]};
+  const second = await collect(JSON.stringify(failed), {status: 502, type: "application/json"});
+  assert.deepEqual(second.errors[0].body.attempts, failed.attempts);
+});
+
+test("a callback that throws in onOpen closes the connection", async () => {
+  const calls = [];
+  await assert.rejects(
+    collect('data: {"chunk":"x"}\n\n', {calls}, {onOpen: () => {
+      throw new TypeError("boom");
+    }}),
+    /boom/,
+  );
+  assert.equal(calls.at(-1), "cancelled");
+});
+
+test("an abort after the final frame leaves the reply final", async () => {
+  // The final frame and [DONE] in separate reads: Stop pressed as the reply ends.
+  const body = 'data: {"answer":"a b","metadata":{}}\n\ndata: [DONE]\n\n';
+  const controller = new AbortController();
+  const {result, final, errors} = await collect(body, {pieces: [38]}, {
+    signal: controller.signal, onFinal: () => controller.abort(),
+  });
+  assert.equal(result.outcome, "final");
+  assert.equal(errors.length, 0);
+  assert.equal(final, null); // collect's own onFinal was replaced by the aborting one
 });
 
 test("a stream that ends without a terminal frame is an error", async () => {
