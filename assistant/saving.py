@@ -46,16 +46,12 @@ class Saver:
         ok = True
         if self._user is not None:
             failure = _failure(self._user)
-            if failure is not None and not isinstance(failure, MessageTaken):
+            if failure is not None and not isinstance(failure, MessageTaken):  # not an outage
                 reason = f"{type(failure).__name__}: {failure}"
                 self._log.warning("persist.retry", role="user", reason=reason)
                 assert self._user_message is not None
                 self._user = _pool.submit(self._store.save_user_message, self._user_message)
             ok = self._wait("user", self._user, deadline, ids)
-            if isinstance(_failure(self._user), MessageTaken):
-                # Another user's trace id: their reply is not replaced by this one either.
-                self._log.error("persist.skipped", role="assistant", reason="trace id taken")
-                return ids, True
         if assistant_message is not None:
             future = _pool.submit(self._store.save_assistant_message, assistant_message)
             ok = self._wait("assistant", future, deadline, ids) and ok

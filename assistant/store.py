@@ -68,6 +68,11 @@ class AssistantMessage:
         return f"{self.trace_id}-assistant"
 
 
+# Writes of one reply that may meet the same user's other retries of it (each round of
+# conditional writes lets one through).
+WRITE_ATTEMPTS = 3
+
+
 class MessageTaken(Exception):
     """The message's id (its trace id's) holds another user's message, left as it is."""
 
@@ -132,15 +137,20 @@ class FirestoreStore:
             "createdAt": SERVER_TIMESTAMP,
             **_common_fields(message.trace_id, message.thread_id, message.author),
         }
+        self._check_trace(message.assistant_id, message.trace_id, message.author)
         reference = self._messages(message.assistant_id).document(message.message_id)
-        try:
-            reference.create(document, **self._call_options())
-        except AlreadyExists:  # a retried request: the first write stands, with its createdAt
-            self._owned(reference, message.author, message.message_id)
+        for _ in range(2):
+            try:
+                reference.create(document, **self._call_options())
+                break
+            except AlreadyExists:  # a retried request: the first write stands, with its createdAt
+                if self._owned(reference, message.author, message.message_id).exists:
+                    break
+                # Deleted since create() found it: create it again, once.
         return message.message_id
 
     def save_assistant_message(self, message: AssistantMessage) -> str:
-        from google.api_core.exceptions import AlreadyExists
+        from google.api_core.exceptions import AlreadyExists, FailedPrecondition
         from google.cloud.firestore import SERVER_TIMESTAMP
 
         document = {
@@ -158,15 +168,41 @@ class FirestoreStore:
             "createdAt": SERVER_TIMESTAMP,
             **_common_fields(message.trace_id, message.thread_id, message.author),
         }
+        self._check_trace(message.assistant_id, message.trace_id, message.author)
         reference = self._messages(message.assistant_id).document(message.message_id)
-        try:
-            reference.create(document, **self._call_options())
-        except AlreadyExists:  # a retried request replaces its earlier reply
-            existing = self._owned(reference, message.author, message.message_id)
-            # Only if nobody wrote it since it was read (another user's write is refused).
+        options = self._call_options()
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                reference.create(document, **options)
+                return message.message_id
+            except AlreadyExists:  # a retried request replaces its earlier reply
+                existing = self._owned(reference, message.author, message.message_id)
+            if not existing.exists:
+                continue  # deleted since create() found it: create it again
+            # Only if nobody wrote it since it was read: another user's write cannot get
+            # in between, and the same user's other retry makes this one read again.
             unchanged = _firestore_client().write_option(last_update_time=existing.update_time)
-            reference.update(document, option=unchanged, **self._call_options())
-        return message.message_id
+            try:
+                reference.update(document, option=unchanged, **options)
+                return message.message_id
+            except FailedPrecondition:
+                if attempt == WRITE_ATTEMPTS:
+                    raise
+        raise RuntimeError(f"{message.message_id} kept changing while it was written")
+
+    def _check_trace(self, assistant_id: str, trace_id: str, author: Author) -> None:
+        """MessageTaken if either of the trace id's messages is another user's: a reply is
+        not attached to someone else's question, nor a question to their reply.
+
+        Read just before the write: another user starting on the same trace id within
+        those milliseconds is the one case it misses (`_owned` still guards the
+        document written).
+        """
+        messages = self._messages(assistant_id)
+        references = [messages.document(f"{trace_id}-{role}") for role in ("user", "assistant")]
+        for snapshot in _firestore_client().get_all(references, **self._call_options()):
+            if snapshot.exists and (snapshot.to_dict() or {}).get("userId") != author.user_id:
+                raise MessageTaken(snapshot.id)
 
     def _owned(self, reference: Any, author: Author, message_id: str) -> Any:
         """The existing message, if it is this author's; MessageTaken if it is another user's."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
 import datetime
 import os
 import socket
@@ -158,6 +160,50 @@ def test_another_users_trace_id_is_not_written_to(
     logged = log_lines(capsys.readouterr().out)
     failed = [line for line in logged if line["message"] == "persist.failed"]
     assert failed and "belongs to another user" in failed[0]["reason"]
+
+
+def test_a_reply_is_not_attached_to_another_users_question_nor_the_reverse(
+    client, fake: FakeUpstream, firestore
+) -> None:
+    """Each message of a trace id is checked, not only the one written: Ada's question
+    alone (her reply not saved yet), or her reply alone (she saved her question herself),
+    takes the trace id for her."""
+    ask(client, "Ada's question", trace_id="t-q", **SAVE).get_data()
+    firestore.collection("assistants").document("test-assistant").collection("messages").document(
+        "t-q-assistant"
+    ).delete()
+    ask(client, "Ada's other question", trace_id="t-a", user_message_already_saved=True, **SAVE)
+    before = _messages(firestore)
+    assert set(before) == {"t-q-user", "t-a-assistant"}
+    for trace_id, already_saved in (("t-q", True), ("t-a", False)):
+        response = ask(
+            client, "Bob's", trace_id=trace_id, user_message_already_saved=already_saved, **BOB
+        )
+        metadata = sse_events(response.get_data())[-2]["metadata"]
+        assert metadata["persist_failed"] is True and metadata["message_ids"] is None
+    assert _messages(firestore) == before
+
+
+def test_concurrent_retries_of_one_user_both_save(firestore) -> None:
+    """Two of the same user's retries replacing one reply at once: the one whose
+    conditional write lost reads again and writes, rather than report a failure."""
+    from assistant.store import AssistantMessage, Author, FirestoreStore
+
+    store = FirestoreStore("assistants", timeout=5)
+    ada = Author("ada@example.com", "ada@example.com", "Ada")
+    message = AssistantMessage("test-assistant", "t-race", None, ada, "first", "", "complete",
+                               "anthropic", "m")  # fmt: skip
+    store.save_assistant_message(message)
+    start = threading.Barrier(3)
+
+    def save(text: str) -> str:
+        start.wait()
+        return store.save_assistant_message(dataclasses.replace(message, content=text))
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        saved = list(pool.map(save, ["a", "b", "c"]))
+    assert saved == ["t-race-assistant"] * 3
+    assert _messages(firestore)["t-race-assistant"]["content"] in {"a", "b", "c"}
 
 
 def test_legacy_json_route_saves_too(client, fake, firestore) -> None:
