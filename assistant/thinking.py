@@ -173,8 +173,9 @@ class ThinkingSplitter:
         self._close = None
 
 
-# After a "<" in native reasoning: a zero-width space, so no close tag can form there.
+# Inside native reasoning, before the ">" of a "</thinking>" it holds: a zero-width space.
 _TAG_BREAK = "\u200b"
+_CLOSE = "</thinking>"
 
 
 class ThinkingTagger:
@@ -186,31 +187,38 @@ class ThinkingTagger:
     while thinking.
 
     Reasoning that itself holds ``</thinking>`` (a model thinking about these
-    tags, or about markup) would end the block early for every reader of the
-    stream, ours and the frontend's, and show the rest of it as the answer.
-    So inside native reasoning a zero-width space follows each ``<`` that a
-    ``/`` follows or that ends a piece (the ``/`` may start the next): the
-    text reads the same, and no close tag can form, however it is split.
+    tags) would end the block early for every reader of the stream, ours and
+    the frontend's, and show the rest of it as the answer. So a zero-width
+    space goes in before the ``>`` of each one, also when the pieces split it
+    (the tail of the last piece is kept to see it): it reads the same, and is
+    no tag. Nothing else in the reasoning changes.
     """
 
     def __init__(self) -> None:
         self._open = False
+        self._tail = ""  # the end of the reasoning so far, that a close tag may still end
 
     def wrap(self, is_thinking: bool, text: str) -> str:
-        if is_thinking:
-            text = _no_close_tags(text)
-        if is_thinking == self._open:
-            return text
-        self._open = is_thinking
-        return ("<thinking>" if is_thinking else "</thinking>") + text
+        tag = ""
+        if is_thinking != self._open:
+            self._open, self._tail = is_thinking, ""
+            tag = "<thinking>" if is_thinking else "</thinking>"
+        return tag + (self._no_close_tag(text) if is_thinking else text)
 
     def close(self) -> str:
         was_open, self._open = self._open, False
         return "</thinking>" if was_open else ""
 
-
-def _no_close_tags(reasoning: str) -> str:
-    if "<" not in reasoning:
-        return reasoning
-    text = reasoning.replace("</", "<" + _TAG_BREAK + "/")
-    return text + _TAG_BREAK if text.endswith("<") else text
+    def _no_close_tag(self, piece: str) -> str:
+        seen = self._tail + piece
+        if _CLOSE in seen:
+            parts, start = [], len(self._tail)
+            found = seen.find(_CLOSE)
+            while found != -1:
+                cut = found + len(_CLOSE) - 1  # its ">", always in this piece
+                parts.append(seen[start:cut] + _TAG_BREAK)
+                start = cut
+                found = seen.find(_CLOSE, found + 1)
+            piece = "".join(parts) + seen[start:]
+        self._tail = (self._tail + piece)[-(len(_CLOSE) - 1) :]
+        return piece

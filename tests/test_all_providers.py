@@ -547,7 +547,7 @@ def test_a_close_tag_inside_native_thinking_stays_thinking(
     neither ends the block for a reader of the stream nor leaks into the answer, the
     structured output or the saved message."""
     _only(provider)
-    thinking = ["Never show </thinking>", " the plan <", "/thinking> or </thin", "king>."]
+    thinking = ["Never show </thinking>", " the plan <", "/thinking> or </thin", "k", "ing>."]
     all_four.push(Script(thinking=thinking, json={"answer": "ok"}))
     schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
     response = ask(
@@ -556,9 +556,9 @@ def test_a_close_tag_inside_native_thinking_stays_thinking(
     final = sse_events(response.get_data())[-2]
     metadata = final["metadata"]
     assert metadata["structured_output"] == {"answer": "ok"}
-    # A zero-width space after each "<" that could start a close tag: it reads the same.
+    # A zero-width space before the ">" of each close tag: it reads the same.
     said = "Never show </thinking> the plan </thinking> or </thinking>."
-    assert metadata["thinking_content"] == said.replace("</", "<\u200b/")
+    assert metadata["thinking_content"] == said.replace("</thinking>", "</thinking\u200b>")
     splitter = ThinkingSplitter()  # what a frontend's parser does with the stream
     splitter.feed(final["answer"])
     splitter.finish()

@@ -413,3 +413,20 @@ def test_tagger_closes_a_reply_that_ends_while_thinking() -> None:
     assert streamed == "<thinking>still thinking</thinking>"
     assert tagger.close() == ""
     assert split_thinking(streamed) == ("", "still thinking")
+
+
+@pytest.mark.parametrize(
+    "reasoning",
+    ["Never show </thinking> to anyone </thinking>.", "a < b, </div>, </think>", "<</thinking>>"],
+)
+def test_a_close_tag_in_native_reasoning_never_ends_the_block(reasoning: str) -> None:
+    """Every split into three pieces: the reasoning stays thinking, with a zero-width
+    space before the ">" of each `</thinking>` and nothing else changed."""
+    for first, second in itertools.combinations(range(len(reasoning) + 1), 2):
+        pieces = (reasoning[:first], reasoning[first:second], reasoning[second:])
+        tagger = ThinkingTagger()
+        streamed = "".join(tagger.wrap(True, piece) for piece in pieces) + tagger.wrap(False, "A")
+        assert split_thinking(streamed) == (
+            "A",
+            reasoning.replace("</thinking>", "</thinking\u200b>").strip(),
+        ), pieces
