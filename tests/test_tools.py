@@ -383,6 +383,25 @@ def test_a_result_said_later_is_moved_up_to_its_call_and_a_repeat_is_text() -> N
     ]
 
 
+def test_a_call_id_said_twice_is_sent_once() -> None:
+    """In one turn or in two: providers refuse an id used twice."""
+    first, again = ToolCall("c1", "weather", {"city": "Oslo"}), ToolCall("c1", "weather", {})
+    turns = (
+        Turn("user", "Weather?"),
+        Turn("assistant", "", tool_calls=(first, again)),
+        Turn("tool", "4 °C", tool_call_id="c1", tool_name="weather"),
+        Turn("assistant", "And again:", tool_calls=(again,)),
+        Turn("tool", "5 °C", tool_call_id="c1", tool_name="weather"),
+    )
+    assert conversation(turns) == [
+        Message("user", ("Weather?",)),
+        Message("assistant", (first,)),
+        Message("user", (ToolResult("c1", "weather", "4 °C"),)),
+        Message("assistant", ("And again:",)),
+        Message("user", ("Result of weather: 5 °C",)),
+    ]
+
+
 def test_a_reply_that_is_a_tool_call_has_no_json_yet(client, fake: FakeUpstream) -> None:
     fake.push(Script(tokens=[], tool_calls=[{"name": "weather", "args": {"city": "Oslo"}}]))
     response = ask(client, emissaryConfig={**TOOLS, "responseSchema": ANSWER_SCHEMA})

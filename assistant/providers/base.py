@@ -265,9 +265,10 @@ def conversation(turns: tuple[Turn, ...]) -> list[Message]:
     turn (Anthropic and OpenAI refuse anything else): a call's first result
     later in the history is moved up to follow it, ahead of whatever the user
     and the assistant said in between; a call no result answers (the user
-    typed instead) is left out; and a result that answers no earlier call
-    (its call fell outside the history window, or it repeats a result
-    already given) goes as the user's text, "Result of <tool>: ...".
+    typed instead), or that repeats an earlier call's id, is left out; and a
+    result that answers no earlier call (its call fell outside the history
+    window, or it repeats a result already given) goes as the user's text,
+    "Result of <tool>: ...".
     """
     start = next((i for i, turn in enumerate(turns) if turn.role != "assistant"), len(turns))
     turns = turns[start:]
@@ -282,8 +283,9 @@ def conversation(turns: tuple[Turn, ...]) -> list[Message]:
         answers = [turns[result] for result in results.get(index, [])]
         if turn.tool_calls:
             answered = {result.tool_call_id for result in answers}
-            calls = tuple(call for call in turn.tool_calls if call.id in answered)
-            turn = dataclasses.replace(turn, tool_calls=calls)
+            # Each answered call once (providers refuse an id twice): its first occurrence.
+            calls = {call.id: call for call in reversed(turn.tool_calls) if call.id in answered}
+            turn = dataclasses.replace(turn, tool_calls=tuple(reversed(calls.values())))
         for each in (turn, *answers):
             _append(messages, each)
     return messages
@@ -294,9 +296,12 @@ def _results_by_call_turn(turns: tuple[Turn, ...]) -> dict[int, list[int]]:
     each call, the first tool turn after it with its id)."""
     waiting: dict[str, int] = {}  # call id -> index of the turn that made it
     results: dict[int, list[int]] = {}
+    called: set[str] = set()  # an id called again later is not a call (nor its result)
     for index, turn in enumerate(turns):
         for call in turn.tool_calls:
-            waiting[call.id] = index
+            if call.id not in called:
+                called.add(call.id)
+                waiting[call.id] = index
         if turn.role == "tool" and turn.tool_call_id in waiting:
             results.setdefault(waiting.pop(turn.tool_call_id), []).append(index)
     return results
