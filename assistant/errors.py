@@ -99,5 +99,6 @@ MAX_MESSAGE_CHARS = 400
 def _bounded(message: str) -> str:
     if len(message) <= MAX_MESSAGE_CHARS:
         return message
-    half = MAX_MESSAGE_CHARS // 2
-    return f"{message[:half]}…{message[-half:]}"
+    head = MAX_MESSAGE_CHARS // 2
+    tail = MAX_MESSAGE_CHARS - head - 1  # and the ellipsis between
+    return f"{message[:head]}…{message[-tail:]}"

@@ -408,21 +408,24 @@ _EXPOSED = "X-Trace-Id, Retry-After"
 
 def _cors_headers(headers: Mapping[str, str], origins: tuple[str, ...]) -> dict[str, str]:
     origin = headers.get("Origin")
-    if "*" in origins:
-        if not origin:
-            return {}
+    # Every answer depends on the Origin (whether one came, and whether it is allowed):
+    # no cache may hand one origin's answer, or an answer to no origin, to another.
+    vary = {"Vary": "Origin"}
+    if origin and "*" in origins:
         # A wildcard never comes with credentials.
-        return {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": _EXPOSED}
-    # With a list, every answer depends on the Origin: a cache must not hand one
-    # origin's answer (or an answer to no origin) to another.
+        return {
+            "Access-Control-Allow-Origin": "*",
+            "Access-Control-Expose-Headers": _EXPOSED,
+            **vary,
+        }
     if origin and origin in origins:
         return {
             "Access-Control-Allow-Origin": origin,
             "Access-Control-Allow-Credentials": "true",
             "Access-Control-Expose-Headers": _EXPOSED,
-            "Vary": "Origin",
+            **vary,
         }
-    return {"Vary": "Origin"}
+    return vary
 
 
 def _preflight(headers: Mapping[str, str], origins: tuple[str, ...]) -> flask.Response:

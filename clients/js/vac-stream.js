@@ -183,8 +183,8 @@ export async function streamReply(options) {
 
   /** @type {StreamResult} */
   const result = {outcome: "error", status: 0, traceId: null, text: ""};
+  let retryAfter = null; // seconds, from the response's Retry-After
   /** @param {Partial<ReplyError> & {error: string, code: string}} fields */
-  let retryAfter = null;
   const fail = (fields) => {
     result.outcome = "error";
     onError?.({partial: result.text, metadata: null, status: result.status,
