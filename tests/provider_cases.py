@@ -244,6 +244,11 @@ ANTHROPIC = ProviderCase(
         ),
         # output_tokens is cumulative: 25 is the total, not 10 + 25.
         "usage_cumulative.sse": Replay([*texts("One, ", "two"), end("max_tokens", SONNET, 20, 25)]),
+        # With a server tool (web search) the input grows during the turn: message_delta's
+        # input_tokens is the cumulative figure, and wins over message_start's.
+        "server_tool_usage.sse": Replay(
+            [*texts("Sunny, ", "24 °C."), end("end_turn", SONNET, 10682, 510)]
+        ),
         # input_tokens is the whole input: uncached 12 + cache written 2048 + cache read 1024.
         "cache_usage.sse": Replay(
             [*texts("Cached."), end("end_turn", SONNET, 12 + 2048 + 1024, 7)]

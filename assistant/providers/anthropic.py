@@ -187,9 +187,14 @@ def _emit_call(call: _Call, state: _State) -> None:
 
 def _on_message_delta(data: dict[str, Any], state: _State) -> None:
     state.stop_reason = (data.get("delta") or {}).get("stop_reason") or state.stop_reason
-    output_tokens = (data.get("usage") or {}).get("output_tokens")
+    usage = data.get("usage") or {}
+    output_tokens = usage.get("output_tokens")
     if isinstance(output_tokens, int):
         state.output_tokens = output_tokens  # cumulative: assign, never add
+    # Cumulative too, when given: a server tool (web search) grows the input mid-turn.
+    input_tokens = _input_tokens(usage)
+    if input_tokens is not None:
+        state.input_tokens = input_tokens
 
 
 def _on_message_stop(data: dict[str, Any], state: _State) -> None:
