@@ -14,7 +14,10 @@ Rules (README "How the pieces fit"):
 - Native thinking deltas become text wrapped in `<thinking>` tags here, so
   everything downstream sees one format.
 - A tool call (README "Tools and structured output") is output like text: it commits the provider,
-  and it is handed on as a `ToolCall` item, never as text.
+  and it is handed on as a `ToolCall` item, never as text. Its start (`Working`: arguments
+  streaming in, or a tool the provider runs) ends the wait for the first chunk without
+  committing: a long but live call is not cut, and a failure before it is whole still
+  falls through.
 
 The chain runs on the I/O loop and hands what it produces to `emit`, a
 thread-safe callable. Its attributes (attempts, provider, model, ...) are
@@ -43,6 +46,7 @@ from .providers.base import (
     StreamEnd,
     ThinkingDelta,
     Usage,
+    Working,
     translate_http_error,
 )
 from .thinking import ThinkingTagger
@@ -224,6 +228,11 @@ class Chain:
                     if isinstance(event, StreamEnd):
                         self._finish(provider, event)
                         break
+                    if isinstance(event, Working):
+                        if not progress.shown:  # producing: from here only idle gaps count
+                            first_chunk_deadline.reschedule(None)
+                            aio.streaming_started(self.timeouts.idle)
+                        continue
                     if not progress.shown:
                         progress.shown = True
                         first_chunk_deadline.reschedule(None)  # from here only idle gaps count

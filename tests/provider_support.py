@@ -29,6 +29,7 @@ from assistant.providers.base import (
     Prompt,
     Provider,
     ProviderError,
+    Working,
     translate_http_error,
 )
 from assistant.request import Turn
@@ -101,9 +102,11 @@ def stream_events(
     prompt: Prompt = PROMPT,
     key: str = "test-key",
     read_timeout: float = 5,
+    working: bool = False,
 ) -> tuple[list[Event], ProviderError | None]:
     """Everything `provider_class(settings, key)` yielded, and the ProviderError it ended
-    with (if any).
+    with (if any). `Working` events only with `working` (the chain's timing; most tests
+    compare the output alone).
 
     The provider streams on a fresh httpx client (5 s timeouts, `read_timeout` between
     reads). httpx errors (a dropped connection, a read timeout) escape a provider by
@@ -119,7 +122,8 @@ def stream_events(
         async with httpx.AsyncClient(timeout=timeout, verify=False) as client:
             try:
                 async for event in provider_class(settings, key).stream(client, prompt):
-                    events.append(event)
+                    if working or not isinstance(event, Working):
+                        events.append(event)
             except ProviderError as error:
                 return events, error
             except httpx.HTTPError as exc:

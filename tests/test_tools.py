@@ -10,18 +10,23 @@ and test_<provider>_tools.py (each one's wire form).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from assistant import schemas
+from assistant.config import Timeouts
 from assistant.errors import RequestError
-from assistant.providers.base import Message, ToolResult, conversation
+from assistant.providers.base import Message, Prompt, ToolResult, conversation
 from assistant.request import Turn, build_request
-from assistant.tools import NamedTool, ToolCall, parse_arguments, structured_output
+from assistant.tools import NamedTool, ToolCall, ToolSpec, parse_arguments, structured_output
 from devtools.fake_upstream import FakeUpstream, Script
 
 from .conftest import ask, sse_events
+from .provider_cases import ANTHROPIC, OPENAI, ProviderCase
+from .provider_support import run_chain
+from .provider_support import upstream_fixture as upstream_fixture  # the `upstream` fixture
 
 WEATHER = {
     "description": "The weather in a city",
@@ -458,3 +463,124 @@ def test_a_reference_the_request_could_not_check_ends_the_stream_normally(
     assert done == "[DONE]" and "error" not in final
     assert final["metadata"]["structured_output"] is None
     assert "a reference that points nowhere" in final["metadata"]["structured_output_error"]
+
+
+# -- a call whose arguments stream in slowly is a live generation ---------------------------
+
+
+def _anthropic_slow_call(fragments: list[str]) -> list[str]:
+    def event(name: str, data: dict[str, Any]) -> str:
+        return f"event: {name}\ndata: {json.dumps(data)}\n\n"
+
+    call = {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {}}
+    message = {
+        "id": "m",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude",
+        "content": [],
+        "usage": {"input_tokens": 5, "output_tokens": 1},
+    }
+    return [
+        event("message_start", {"type": "message_start", "message": message}),
+        event(
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": call},
+        ),
+        *(
+            event(
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "input_json_delta", "partial_json": piece},
+                },
+            )
+            for piece in fragments
+        ),
+        event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "tool_use"},
+                "usage": {"output_tokens": 9},
+            },
+        ),
+        event("message_stop", {"type": "message_stop"}),
+    ]
+
+
+def _openai_slow_call(fragments: list[str]) -> list[str]:
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return "data: " + json.dumps({"id": "c", "model": "gpt", "choices": [choice]}) + "\n\n"
+
+    start = {
+        "index": 0,
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "weather", "arguments": ""},
+    }
+    return [
+        chunk({"role": "assistant", "content": None, "tool_calls": [start]}),
+        *(
+            chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+            for piece in fragments
+        ),
+        chunk({}, "tool_calls"),
+        "data: [DONE]\n\n",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("case", "stream"),
+    [(ANTHROPIC, _anthropic_slow_call), (OPENAI, _openai_slow_call)],
+    ids=["anthropic", "openai"],
+)
+def test_a_call_whose_arguments_stream_in_slowly_is_not_cut(
+    upstream: FakeUpstream, case: ProviderCase, stream: Any
+) -> None:
+    """Its start ends the wait for the first chunk (the formats that stream arguments):
+    past FIRST_CHUNK_TIMEOUT only the gaps count, as for text."""
+    raw = [event.encode() for event in stream(['{"city"', ': "Os', 'lo"', "}"])]
+    upstream.push(Script(raw=raw, interval=0.15))
+    weather = ToolSpec("weather", "", WEATHER["parameters"])
+    prompt = Prompt(system=None, turns=(Turn("user", "Oslo?"),), tools=(weather,))
+    run = run_chain(
+        [case.provider(upstream.url)], Timeouts(connect=1, first_chunk=0.3, idle=0.6), prompt=prompt
+    )
+    assert run.outcomes == ["ok"]
+    assert run.seconds >= 0.9  # well past first_chunk
+    calls = [item for item in run.items if isinstance(item, ToolCall)]
+    assert [(call.name, call.args) for call in calls] == [("weather", {"city": "Oslo"})]
+
+
+def test_a_tool_the_provider_runs_itself_is_not_cut(upstream: FakeUpstream) -> None:
+    """Anthropic's server tools (a web search): pings while it runs, text after."""
+
+    def event(name: str, data: dict[str, Any]) -> bytes:
+        return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+
+    search = {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {}}
+    text = {"type": "text", "text": ""}
+    raw = [
+        event("message_start", {"type": "message_start", "message": {"model": "claude"}}),
+        event("content_block_start", {"type": "content_block_start", "index": 0,
+                                      "content_block": search}),
+        *[event("ping", {"type": "ping"})] * 5,
+        event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        event("content_block_start", {"type": "content_block_start", "index": 1,
+                                      "content_block": text}),
+        event("content_block_delta", {"type": "content_block_delta", "index": 1,
+                                      "delta": {"type": "text_delta", "text": "Sunny."}}),
+        event("content_block_stop", {"type": "content_block_stop", "index": 1}),
+        event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}}),
+        event("message_stop", {"type": "message_stop"}),
+    ]  # fmt: skip
+    upstream.push(Script(raw=raw, interval=0.15))
+    run = run_chain(
+        [ANTHROPIC.provider(upstream.url)], Timeouts(connect=1, first_chunk=0.3, idle=0.6)
+    )
+    assert run.outcomes == ["ok"] and run.text == "Sunny."
+    assert run.seconds >= 1.2  # the first text came well past first_chunk

@@ -54,6 +54,7 @@ import httpx
 from ..tools import NamedTool, ToolCall, parse_arguments
 from .anthropic_schema import output_schema
 from .base import (
+    WORKING,
     Event,
     HttpProvider,
     Message,
@@ -145,7 +146,10 @@ def _on_block_start(data: dict[str, Any], state: _State) -> None:
             state.out.append(ThinkingDelta(block["thinking"]))
     elif kind == "redacted_thinking":
         state.thinking[index] = {"type": "redacted_thinking", "data": block.get("data") or ""}
+    elif kind == "server_tool_use":
+        state.out.append(WORKING)  # the provider runs the tool (a web search); pings follow
     elif kind == "tool_use":
+        state.out.append(WORKING)  # its arguments stream in next
         call = _Call(str(block.get("id") or ""), str(block.get("name") or ""))
         given = block.get("input")
         if isinstance(given, dict) and given:  # arguments whole at the start, not streamed

@@ -68,13 +68,23 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class Working:
+    """The model is producing something that is not output yet: a tool call whose
+    arguments stream in, or a tool the provider runs itself (a web search). The wait
+    for the first chunk is over; from here only idle gaps count."""
+
+
+WORKING = Working()
+
+
+@dataclass(frozen=True)
 class StreamEnd:
     stop_reason: StopReason | None
     usage: Usage = field(default_factory=Usage)
     model: str | None = None
 
 
-Event = TextDelta | ThinkingDelta | ToolCall | StreamEnd
+Event = TextDelta | ThinkingDelta | Working | ToolCall | StreamEnd
 
 
 @dataclass(frozen=True)
