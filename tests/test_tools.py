@@ -388,22 +388,36 @@ def test_a_result_said_later_is_moved_up_to_its_call_and_a_repeat_is_text() -> N
     ]
 
 
-def test_a_call_id_said_twice_is_sent_once() -> None:
-    """In one turn or in two: providers refuse an id used twice."""
-    first, again = ToolCall("c1", "weather", {"city": "Oslo"}), ToolCall("c1", "weather", {})
+def test_a_result_answers_the_latest_call_with_its_id_and_a_turn_names_an_id_once() -> None:
+    """Some OpenAI-compatible servers reuse ids (`call_0` every turn): a result answers
+    the latest unanswered call with its id; an id twice in one turn is sent once, its
+    first occurrence, in order (providers refuse it twice)."""
+    old, new = ToolCall("a", "search", {"q": "old"}), ToolCall("a", "search", {"q": "new"})
+    signed, other = ToolCall("b", "search", {}, signature="s"), ToolCall("c", "search", {})
     turns = (
-        Turn("user", "Weather?"),
-        Turn("assistant", "", tool_calls=(first, again)),
-        Turn("tool", "4 °C", tool_call_id="c1", tool_name="weather"),
-        Turn("assistant", "And again:", tool_calls=(again,)),
-        Turn("tool", "5 °C", tool_call_id="c1", tool_name="weather"),
+        Turn("user", "q1"),
+        Turn("assistant", "", tool_calls=(old,)),  # never answered
+        Turn("user", "no wait, search new instead"),
+        Turn("assistant", "ok", tool_calls=(new,)),
+        Turn("tool", "found", tool_call_id="a", tool_name="search"),
+        Turn("assistant", "", tool_calls=(signed, other, ToolCall("b", "search", {"x": 1}))),
+        Turn("tool", "B", tool_call_id="b", tool_name="search"),
+        Turn("tool", "C", tool_call_id="c", tool_name="search"),
+        Turn("tool", "B again", tool_call_id="b", tool_name="search"),
     )
     assert conversation(turns) == [
-        Message("user", ("Weather?",)),
-        Message("assistant", (first,)),
-        Message("user", (ToolResult("c1", "weather", "4 °C"),)),
-        Message("assistant", ("And again:",)),
-        Message("user", ("Result of weather: 5 °C",)),
+        Message("user", ("q1\n\nno wait, search new instead",)),
+        Message("assistant", ("ok", new)),
+        Message("user", (ToolResult("a", "search", "found"),)),
+        Message("assistant", (signed, other)),
+        Message(
+            "user",
+            (
+                ToolResult("b", "search", "B"),
+                ToolResult("c", "search", "C"),
+                "Result of search: B again",
+            ),
+        ),
     ]
 
 

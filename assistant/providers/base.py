@@ -274,11 +274,12 @@ def conversation(turns: tuple[Turn, ...]) -> list[Message]:
     Calls and results must pair up, the results right after their call's
     turn (Anthropic and OpenAI refuse anything else): a call's first result
     later in the history is moved up to follow it, ahead of whatever the user
-    and the assistant said in between; a call no result answers (the user
-    typed instead), or that repeats an earlier call's id, is left out; and a
-    result that answers no earlier call (its call fell outside the history
-    window, or it repeats a result already given) goes as the user's text,
-    "Result of <tool>: ...".
+    and the assistant said in between (a result answers the latest call with
+    its id that no result answered yet); a call no result answers (the user
+    typed instead) is left out, and so is a second call with the same id in
+    one turn; and a result that answers no earlier call (its call fell
+    outside the history window, or it repeats a result already given) goes
+    as the user's text, "Result of <tool>: ...".
     """
     start = next((i for i, turn in enumerate(turns) if turn.role != "assistant"), len(turns))
     turns = turns[start:]
@@ -293,9 +294,7 @@ def conversation(turns: tuple[Turn, ...]) -> list[Message]:
         answers = [turns[result] for result in results.get(index, [])]
         if turn.tool_calls:
             answered = {result.tool_call_id for result in answers}
-            # Each answered call once (providers refuse an id twice): its first occurrence.
-            calls = {call.id: call for call in reversed(turn.tool_calls) if call.id in answered}
-            turn = dataclasses.replace(turn, tool_calls=tuple(reversed(calls.values())))
+            turn = dataclasses.replace(turn, tool_calls=_answered_once(turn.tool_calls, answered))
         for each in (turn, *answers):
             _append(messages, each)
     return messages
@@ -304,17 +303,24 @@ def conversation(turns: tuple[Turn, ...]) -> list[Message]:
 def _results_by_call_turn(turns: tuple[Turn, ...]) -> dict[int, list[int]]:
     """Indices: for each turn that made calls, the tool turns that answer them (for
     each call, the first tool turn after it with its id)."""
-    waiting: dict[str, int] = {}  # call id -> index of the turn that made it
+    waiting: dict[str, int] = {}  # call id -> the latest turn that made it, unanswered
     results: dict[int, list[int]] = {}
-    called: set[str] = set()  # an id called again later is not a call (nor its result)
     for index, turn in enumerate(turns):
         for call in turn.tool_calls:
-            if call.id not in called:
-                called.add(call.id)
-                waiting[call.id] = index
+            waiting[call.id] = index
         if turn.role == "tool" and turn.tool_call_id in waiting:
             results.setdefault(waiting.pop(turn.tool_call_id), []).append(index)
     return results
+
+
+def _answered_once(calls: tuple[ToolCall, ...], answered: set[str | None]) -> tuple[ToolCall, ...]:
+    """The answered calls, each id once (providers refuse an id twice in a turn): its
+    first occurrence, in order."""
+    kept: dict[str, ToolCall] = {}
+    for call in calls:
+        if call.id in answered:
+            kept.setdefault(call.id, call)
+    return tuple(kept.values())
 
 
 def _append(messages: list[Message], turn: Turn) -> None:
