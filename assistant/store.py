@@ -139,15 +139,15 @@ class FirestoreStore:
         }
         self._check_trace(message.assistant_id, message.trace_id, message.author)
         reference = self._messages(message.assistant_id).document(message.message_id)
-        for _ in range(2):
+        for _ in range(WRITE_ATTEMPTS):
             try:
                 reference.create(document, **self._call_options())
-                break
+                return message.message_id
             except AlreadyExists:  # a retried request: the first write stands, with its createdAt
                 if self._owned(reference, message.author, message.message_id).exists:
-                    break
-                # Deleted since create() found it: create it again, once.
-        return message.message_id
+                    return message.message_id
+                # Deleted since create() found it: create it again.
+        raise RuntimeError(f"{message.message_id} kept changing while it was written")
 
     def save_assistant_message(self, message: AssistantMessage) -> str:
         from google.api_core.exceptions import AlreadyExists, FailedPrecondition
