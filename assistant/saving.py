@@ -53,7 +53,8 @@ class Saver:
                 self._user = _pool.submit(self._store.save_user_message, self._user_message)
             ok = self._wait("user", self._user, deadline, ids)
         if assistant_message is not None:
-            future = _pool.submit(self._store.save_assistant_message, assistant_message)
+            user_saved = "user" in ids  # this request's: the trace id is this user's
+            future = _pool.submit(self._store.save_assistant_message, assistant_message, user_saved)
             ok = self._wait("assistant", future, deadline, ids) and ok
         return ids, not ok
 

@@ -86,9 +86,10 @@ class MessageStore(Protocol):
         MessageTaken if the id holds another user's message."""
         ...
 
-    def save_assistant_message(self, message: AssistantMessage) -> str:
+    def save_assistant_message(self, message: AssistantMessage, user_saved: bool = False) -> str:
         """Write (or overwrite, for the same user) the assistant message; returns its id.
-        Raises on failure, MessageTaken if the id holds another user's message."""
+        Raises on failure, MessageTaken if the trace id's messages are another user's
+        (`user_saved`: this request saved the user message, so they are not)."""
         ...
 
     def recent_turns(
@@ -149,7 +150,7 @@ class FirestoreStore:
                 # Deleted since create() found it: create it again.
         raise RuntimeError(f"{message.message_id} kept changing while it was written")
 
-    def save_assistant_message(self, message: AssistantMessage) -> str:
+    def save_assistant_message(self, message: AssistantMessage, user_saved: bool = False) -> str:
         from google.api_core.exceptions import AlreadyExists, FailedPrecondition
         from google.cloud.firestore import SERVER_TIMESTAMP
 
@@ -168,7 +169,8 @@ class FirestoreStore:
             "createdAt": SERVER_TIMESTAMP,
             **_common_fields(message.trace_id, message.thread_id, message.author),
         }
-        self._check_trace(message.assistant_id, message.trace_id, message.author)
+        if not user_saved:  # else the user message's write checked the trace id (one read less)
+            self._check_trace(message.assistant_id, message.trace_id, message.author)
         reference = self._messages(message.assistant_id).document(message.message_id)
         options = self._call_options()
         for attempt in range(1, WRITE_ATTEMPTS + 1):
