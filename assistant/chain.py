@@ -14,10 +14,10 @@ Rules (README "How the pieces fit"):
 - Native thinking deltas become text wrapped in `<thinking>` tags here, so
   everything downstream sees one format.
 - A tool call (README "Tools and structured output") is output like text: it commits the provider,
-  and it is handed on as a `ToolCall` item, never as text. Its start (`Working`: arguments
-  streaming in, or a tool the provider runs) ends the wait for the first chunk without
-  committing: a long but live call is not cut, and a failure before it is whole still
-  falls through.
+  and it is handed on as a `ToolCall` item, never as text. Until it is whole, each sign of
+  progress (`Working`: the call's start, a piece of its arguments, a tool the provider runs)
+  restarts the wait for the first chunk without committing: a slow but live call is not
+  cut, one that stalls (pings only) still is, and either falls through to the next provider.
 
 The chain runs on the I/O loop and hands what it produces to `emit`, a
 thread-safe callable. Its attributes (attempts, provider, model, ...) are
@@ -229,9 +229,9 @@ class Chain:
                         self._finish(provider, event)
                         break
                     if isinstance(event, Working):
-                        if not progress.shown:  # producing: from here only idle gaps count
-                            first_chunk_deadline.reschedule(None)
-                            aio.streaming_started(self.timeouts.idle)
+                        if not progress.shown:  # progress, not output: the wait starts over
+                            restart = asyncio.get_running_loop().time() + self.timeouts.first_chunk
+                            first_chunk_deadline.reschedule(restart)
                         continue
                     if not progress.shown:
                         progress.shown = True

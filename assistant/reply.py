@@ -194,6 +194,8 @@ class Reply:
                     yield self._chunk_frames(item)
                 elif isinstance(item, ToolCall):
                     self._calls.append(item)  # shown in the final metadata, not as text
+                    if not self._head_sent:
+                        yield sse.PING  # it commits the reply: its status goes out now
                 elif isinstance(item, Outcome):
                     yield sse.frame(self._conclude(item)) + sse.DONE  # one write
                     return

@@ -11,6 +11,8 @@ and test_<provider>_tools.py (each one's wire form).
 from __future__ import annotations
 
 import json
+import os
+import time
 from typing import Any
 
 import pytest
@@ -570,31 +572,84 @@ def test_a_call_whose_arguments_stream_in_slowly_is_not_cut(
     assert [(call.name, call.args) for call in calls] == [("weather", {"city": "Oslo"})]
 
 
-def test_a_tool_the_provider_runs_itself_is_not_cut(upstream: FakeUpstream) -> None:
-    """Anthropic's server tools (a web search): pings while it runs, text after."""
+def _anthropic_events(*events: tuple[str, dict[str, Any]]) -> list[bytes]:
+    return [f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in events]
 
-    def event(name: str, data: dict[str, Any]) -> bytes:
-        return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
 
+PING = ("ping", {"type": "ping"})
+PING_EVENT = b'event: ping\ndata: {"type": "ping"}\n\n'
+
+
+def test_a_tool_the_provider_runs_is_not_cut_while_it_makes_progress(
+    upstream: FakeUpstream,
+) -> None:
+    """Anthropic's server tools (a web search): each step of it (its start, its input,
+    its result) starts the wait for the first chunk over; the pings between do not."""
     search = {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {}}
-    text = {"type": "text", "text": ""}
-    raw = [
-        event("message_start", {"type": "message_start", "message": {"model": "claude"}}),
-        event("content_block_start", {"type": "content_block_start", "index": 0,
-                                      "content_block": search}),
-        *[event("ping", {"type": "ping"})] * 5,
-        event("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        event("content_block_start", {"type": "content_block_start", "index": 1,
-                                      "content_block": text}),
-        event("content_block_delta", {"type": "content_block_delta", "index": 1,
-                                      "delta": {"type": "text_delta", "text": "Sunny."}}),
-        event("content_block_stop", {"type": "content_block_stop", "index": 1}),
-        event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}}),
-        event("message_stop", {"type": "message_stop"}),
-    ]  # fmt: skip
-    upstream.push(Script(raw=raw, interval=0.15))
+    result = {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1", "content": []}
+    query = {"type": "input_json_delta", "partial_json": '{"query": "weather"}'}
+    raw = _anthropic_events(
+        ("message_start", {"type": "message_start", "message": {"model": "claude"}}),
+        ("content_block_start", {"type": "content_block_start", "index": 0,
+                                 "content_block": search}),
+        PING, PING,
+        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": query}),
+        PING, PING,
+        ("content_block_start", {"type": "content_block_start", "index": 1,
+                                 "content_block": result}),
+        PING, PING,
+        ("content_block_start", {"type": "content_block_start", "index": 2,
+                                 "content_block": {"type": "text", "text": "Sunny."}}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}}),
+        ("message_stop", {"type": "message_stop"}),
+    )  # fmt: skip
+    upstream.push(Script(raw=raw, interval=0.1))
     run = run_chain(
-        [ANTHROPIC.provider(upstream.url)], Timeouts(connect=1, first_chunk=0.3, idle=0.6)
+        [ANTHROPIC.provider(upstream.url)], Timeouts(connect=1, first_chunk=0.45, idle=0.6)
     )
     assert run.outcomes == ["ok"] and run.text == "Sunny."
-    assert run.seconds >= 1.2  # the first text came well past first_chunk
+    assert run.seconds >= 0.9  # the first text came well past first_chunk
+
+
+@pytest.mark.parametrize(
+    ("case", "stream"),
+    [(ANTHROPIC, _anthropic_slow_call), (OPENAI, _openai_slow_call)],
+    ids=["anthropic", "openai"],
+)
+def test_a_call_that_stalls_with_pings_only_falls_through(
+    upstream: FakeUpstream, case: ProviderCase, stream: Any
+) -> None:
+    """Its start, then nothing but keep-alives: no progress within the wait for the first
+    chunk, so the next provider answers (nothing of the call was shown)."""
+    head = 3 if case is ANTHROPIC else 2  # (message_start,) the call's start, one piece
+    started = [event.encode() for event in stream(['{"ci'])[:head]]
+    keep_alive = b"event: ping\ndata: {}\n\n" if case is ANTHROPIC else b": keep-alive\n\n"
+    upstream.push(Script(raw=[*started, *[keep_alive] * 40], interval=0.05))
+    upstream.push(Script(tokens=["Fallback."]))
+    providers = [case.provider(upstream.url), case.provider(upstream.url)]
+    run = run_chain(providers, Timeouts(connect=1, first_chunk=0.5, idle=1))
+    assert run.outcomes == ["upstream_timeout", "ok"]
+    assert run.text == "Fallback." and not [i for i in run.items if isinstance(i, ToolCall)]
+
+
+def test_a_reply_that_opens_with_a_call_sends_its_status_at_once(
+    client, fake: FakeUpstream
+) -> None:
+    """The call commits the reply like a first chunk: its status (and a `: ping`, as the
+    call itself is no frame) goes out then, not a heartbeat later."""
+    os.environ["HEARTBEAT_SECONDS"] = "5"
+    call = _anthropic_slow_call(['{"city": "Oslo"}'])
+    raw = (
+        [event.encode() for event in call[:4]]
+        + [PING_EVENT] * 40
+        + [event.encode() for event in call[4:]]
+    )
+    fake.push(Script(raw=raw, interval=0.05))
+    started = time.monotonic()
+    response = ask(client, emissaryConfig=TOOLS)
+    assert response.status_code == 200
+    frames = iter(response.response)
+    assert next(frames) == b": ping\n\n"
+    assert time.monotonic() - started < 1.5  # the stream itself lasts 2.3 s
+    final = sse_events(b"".join(frames))[-2]
+    assert [call["name"] for call in final["metadata"]["tools_to_use"]] == ["weather"]

@@ -146,8 +146,8 @@ def _on_block_start(data: dict[str, Any], state: _State) -> None:
             state.out.append(ThinkingDelta(block["thinking"]))
     elif kind == "redacted_thinking":
         state.thinking[index] = {"type": "redacted_thinking", "data": block.get("data") or ""}
-    elif kind == "server_tool_use":
-        state.out.append(WORKING)  # the provider runs the tool (a web search); pings follow
+    elif kind == "server_tool_use" or str(kind).endswith("_tool_result"):
+        state.out.append(WORKING)  # a tool the provider runs (a web search): pings meanwhile
     elif kind == "tool_use":
         state.out.append(WORKING)  # its arguments stream in next
         call = _Call(str(block.get("id") or ""), str(block.get("name") or ""))
@@ -169,8 +169,10 @@ def _on_block_delta(data: dict[str, Any], state: _State) -> None:
             state.thinking[index]["thinking"] += delta["thinking"]
     elif kind == "signature_delta" and index in state.thinking:
         state.thinking[index]["signature"] = delta.get("signature") or ""  # replaces
-    elif kind == "input_json_delta" and index in state.calls:
-        state.calls[index].fragments.append(delta.get("partial_json") or "")
+    elif kind == "input_json_delta":
+        state.out.append(WORKING)  # a piece of a call's arguments (ours or a server tool's)
+        if index in state.calls:
+            state.calls[index].fragments.append(delta.get("partial_json") or "")
     # citations_delta and others: nothing to show.
 
 

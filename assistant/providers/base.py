@@ -69,9 +69,9 @@ class Usage:
 
 @dataclass(frozen=True)
 class Working:
-    """The model is producing something that is not output yet: a tool call whose
-    arguments stream in, or a tool the provider runs itself (a web search). The wait
-    for the first chunk is over; from here only idle gaps count."""
+    """The model made progress that is not output yet: a tool call began or a piece of
+    its arguments came, or a tool the provider runs itself (a web search) began or
+    answered. The wait for the first chunk starts over (pings are no progress)."""
 
 
 WORKING = Working()

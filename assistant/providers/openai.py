@@ -156,8 +156,9 @@ class OpenAIProvider(HttpProvider):
                     delta = choice.get("delta") or {}
                     for text in _deltas(delta):
                         yield text
-                    if calls.add(delta.get("tool_calls")):
-                        yield WORKING  # a call began: its arguments stream in next
+                    if delta.get("tool_calls"):
+                        calls.add(delta["tool_calls"])
+                        yield WORKING  # a call began, or a piece of its arguments came
                     if choice.get("finish_reason"):
                         raw_stop = choice["finish_reason"]
                         for call in calls.whole():
@@ -321,13 +322,10 @@ class _ToolCalls:
         self._calls: list[_PartialCall] = []  # in the order they started
         self._by_index: dict[int, _PartialCall] = {}  # the latest call at each index
 
-    def add(self, fragments: Any) -> bool:
-        """Take a delta's fragments; True if they began the first call since `whole()`."""
-        began = not self._calls
+    def add(self, fragments: Any) -> None:
         for fragment in fragments if isinstance(fragments, list) else []:
             if isinstance(fragment, dict):
                 self._add(fragment)
-        return began and bool(self._calls)
 
     def whole(self) -> list[ToolCall]:
         """The calls so far, whole, in index order (and forgotten)."""
