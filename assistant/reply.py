@@ -24,7 +24,7 @@ import functools
 import queue
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 from . import aio, record, sse
 from .chain import (
@@ -45,7 +45,7 @@ from .errors import MESSAGES, ErrorCode
 from .outbox import DirectWrites, Outbox, Unsent, WriteFailed
 from .providers.base import Prompt, Provider, ProviderError
 from .request import AssistantRequest, Turn
-from .saving import Saver
+from .saving import Saver, drive
 from .store import Author, MessageStore, UserMessage
 from .thinking import ThinkingSplitter
 from .tools import ToolCall
@@ -53,6 +53,7 @@ from .tracing import RequestLog
 
 # How often a waiting reply checks that its client is still there.
 CLIENT_POLL_SECONDS = 1.0
+PING_CHECK_SECONDS = 0.25  # at most, between looks whether a heartbeat is due (at the end)
 
 
 def failure_status(outcome: ChainFailed | ChainCrashed) -> int:
@@ -93,6 +94,9 @@ class Reply:
         self._author = author
         self._client_gone = client_gone
         self._client_socket = client_socket  # None: the loop never writes to the client
+        self._last_frame = time.monotonic()  # when this thread last handed on a frame
+        # How often a wait for the store at the end looks whether a heartbeat is due.
+        self._beat = min(PING_CHECK_SECONDS, settings.heartbeat_seconds / 4)
         self._head_sent = False  # True once the head is out: from then on the loop may write
         self._started = started or time.monotonic()
         self._on_end = on_end  # the reply's place in the limits, given back when it ends
@@ -188,17 +192,23 @@ class Reply:
             if first is None:
                 yield sse.PING
             for item in self._wait(first, heartbeat=self._settings.heartbeat_seconds):
+                frame = None
                 if item is None:
-                    yield sse.PING
+                    frame = sse.PING
                 elif isinstance(item, Chunk):
-                    yield self._chunk_frames(item)
+                    frame = self._chunk_frames(item)
                 elif isinstance(item, ToolCall):
                     self._calls.append(item)  # shown in the final metadata, not as text
                     if not self._head_sent:
-                        yield sse.PING  # it commits the reply: its status goes out now
+                        frame = sse.PING  # it commits the reply: its status goes out now
                 elif isinstance(item, Outcome):
-                    yield sse.frame(self._conclude(item)) + sse.DONE  # one write
+                    # Saving can take up to PERSIST_TIMEOUT_SECONDS: heartbeats meanwhile.
+                    final = yield from self._with_heartbeats(self._concluding(item, self._beat))
+                    yield sse.frame(final) + sse.DONE  # one write
                     return
+                if frame is not None:
+                    yield frame
+                    self._last_frame = time.monotonic()
         except ClientGone:
             pass  # `finally` abandons the reply; nobody is left to write to
         except Exception as exc:
@@ -349,8 +359,31 @@ class Reply:
     def _text(self) -> str:
         return "".join(self._parts)
 
+    def _with_heartbeats(
+        self, steps: Generator[None, None, dict[str, Any]]
+    ) -> Generator[bytes, None, dict[str, Any]]:
+        """Run `steps` (yielding as time passes) to their result, with a ping whenever
+        nothing was sent for HEARTBEAT_SECONDS meanwhile."""
+        heartbeat = self._settings.heartbeat_seconds
+        while True:
+            try:
+                next(steps)
+            except StopIteration as end:
+                return cast("dict[str, Any]", end.value)
+            last_sent = max(self._last_frame, self._items.last_direct_write)
+            if time.monotonic() - last_sent >= heartbeat:
+                yield sse.PING
+                self._last_frame = time.monotonic()
+
     def _conclude(self, item: Outcome) -> dict[str, Any]:
         """Save what arrived and build the terminal payload."""
+        return drive(self._concluding(item, beat=None))
+
+    def _concluding(
+        self, item: Outcome, beat: float | None
+    ) -> Generator[None, None, dict[str, Any]]:
+        """`_conclude()` a step at a time: it yields each `beat` seconds of waiting for the
+        store."""
         self._done = True
         self._splitter.finish()
         report = item.report
@@ -358,7 +391,7 @@ class Reply:
         output = record.Output(self._splitter, tuple(self._calls))
         if complete:
             output = record.with_structured_output(output, self._request.response_schema, report)
-        ids, persist_failed = self._save(output, report, complete)
+        ids, persist_failed = yield from self._saving(output, report, complete, beat)
         metadata = record.metadata(
             self._trace_id, output, report, self._started, ids, persist_failed
         )
@@ -388,13 +421,15 @@ class Reply:
             self._chain.finished.wait(timeout=1.0)
         self._splitter.finish()
         report = self._chain.report()  # the chain has stopped: its last word
-        self._save(record.Output(self._splitter, tuple(self._calls)), report, complete=False)
+        output = record.Output(self._splitter, tuple(self._calls))
+        drive(self._saving(output, report, complete=False, beat=None))
         self._log.info("reply.client_gone", chars=len(self._text()), **record.log_summary(report))
 
-    def _save(
-        self, output: record.Output, report: ChainReport, complete: bool
-    ) -> tuple[dict[str, str] | None, bool]:
-        """(message ids, persist failed); nothing arrived means no assistant message to keep."""
+    def _saving(
+        self, output: record.Output, report: ChainReport, complete: bool, beat: float | None
+    ) -> Generator[None, None, tuple[dict[str, str] | None, bool]]:
+        """(message ids, persist failed), yielding each `beat` seconds of waiting; nothing
+        arrived means no assistant message to keep."""
         if self._saver is None:
             return None, False
         message = None
@@ -402,7 +437,7 @@ class Reply:
             message = record.assistant_message(
                 self._request, self._trace_id, self._author, output, report, complete
             )
-        ids, failed = self._saver.finish(message)
+        ids, failed = yield from self._saver.finishing(message, beat)
         return ids or None, failed
 
 

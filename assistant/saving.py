@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
+from collections.abc import Generator
+from typing import TypeVar, cast
 
 from .request import AssistantRequest, Turn
 from .store import AssistantMessage, Author, MessageStore, MessageTaken, UserMessage
 from .tracing import RequestLog
 
 _pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="store")
+T = TypeVar("T")
 
 
 class Saver:
@@ -33,7 +36,14 @@ class Saver:
         self._user = _pool.submit(self._store.save_user_message, message)
 
     def finish(self, assistant_message: AssistantMessage | None) -> tuple[dict[str, str], bool]:
-        """Wait for the user message, then write the reply; returns (message ids, failed).
+        """Wait for the user message, then write the reply; returns (message ids, failed)."""
+        return drive(self.finishing(assistant_message, beat=None))
+
+    def finishing(
+        self, assistant_message: AssistantMessage | None, beat: float | None
+    ) -> Generator[None, None, tuple[dict[str, str], bool]]:
+        """`finish()` a step at a time: it yields each time `beat` seconds pass in a wait
+        (a stream sends a heartbeat then), and returns (message ids, failed).
 
         The reply is written only after the user message landed, so its
         server timestamp comes later and a history read keeps the two in order.
@@ -51,28 +61,44 @@ class Saver:
                 self._log.warning("persist.retry", role="user", reason=reason)
                 assert self._user_message is not None
                 self._user = _pool.submit(self._store.save_user_message, self._user_message)
-            ok = self._wait("user", self._user, deadline, ids)
+            ok = yield from self._waiting("user", self._user, deadline, ids, beat)
         if assistant_message is not None:
             user_saved = "user" in ids  # this request's: the trace id is this user's
             future = _pool.submit(self._store.save_assistant_message, assistant_message, user_saved)
-            ok = self._wait("assistant", future, deadline, ids) and ok
+            ok = (yield from self._waiting("assistant", future, deadline, ids, beat)) and ok
         return ids, not ok
 
-    def _wait(
+    def _waiting(
         self,
         role: str,
         future: concurrent.futures.Future[str],
         deadline: float,
         ids: dict[str, str],
-    ) -> bool:
+        beat: float | None,
+    ) -> Generator[None, None, bool]:
+        while True:
+            remaining = max(0.0, deadline - time.monotonic())
+            wait = remaining if beat is None else min(beat, remaining)
+            try:
+                ids[role] = future.result(timeout=wait)
+                return True
+            except concurrent.futures.TimeoutError:
+                if time.monotonic() < deadline:
+                    yield  # a beat passed
+                    continue
+                self._log.error("persist.timeout", role=role, timeout_s=self._timeout)
+            except Exception as exc:  # any store failure: reported, never raised into the stream
+                self._log.error("persist.failed", role=role, reason=f"{type(exc).__name__}: {exc}")
+            return False
+
+
+def drive(steps: Generator[None, None, T]) -> T:
+    """Run a step generator to its end (nobody to send heartbeats to); its result."""
+    while True:
         try:
-            ids[role] = future.result(timeout=max(0.0, deadline - time.monotonic()))
-            return True
-        except concurrent.futures.TimeoutError:
-            self._log.error("persist.timeout", role=role, timeout_s=self._timeout)
-        except Exception as exc:  # any store failure: reported, never raised into the stream
-            self._log.error("persist.failed", role=role, reason=f"{type(exc).__name__}: {exc}")
-        return False
+            next(steps)
+        except StopIteration as end:
+            return cast(T, end.value)
 
 
 def _failure(future: concurrent.futures.Future[str]) -> BaseException | None:

@@ -302,6 +302,20 @@ def test_a_failing_database_never_breaks_the_stream(
     assert messages & {"persist.failed", "persist.timeout"}
 
 
+def test_heartbeats_go_on_while_the_reply_waits_for_the_database(
+    client, fake, firestore, black_hole
+) -> None:
+    """The save at the end can take PERSIST_TIMEOUT_SECONDS: a ping whenever nothing was
+    sent for HEARTBEAT_SECONDS meanwhile, as at any other time of the stream."""
+    os.environ["FIRESTORE_EMULATOR_HOST"] = black_hole
+    os.environ.update(HEARTBEAT_SECONDS="0.3", PERSIST_TIMEOUT_SECONDS="1.5")
+    fake.push(Script(tokens=["still ", "here"]))
+    events = sse_events(ask(client, trace_id="t-slow-save", **SAVE).get_data())
+    last_chunk = max(i for i, event in enumerate(events) if "chunk" in event)
+    assert events[last_chunk + 1 : -2].count(": ping") >= 3  # 1.5 s at a ping per 0.3 s
+    assert events[-2]["metadata"]["persist_failed"] is True and events[-1] == "[DONE]"
+
+
 class _PausableProxy:
     """A TCP proxy to the emulator that can hold every byte, as a paused database would
     (the bytes wait in the sockets and flow again on `resume()`)."""
