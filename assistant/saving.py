@@ -35,15 +35,13 @@ class Saver:
         self._user_message = message
         self._user = _pool.submit(self._store.save_user_message, message)
 
-    def finish(self, assistant_message: AssistantMessage | None) -> tuple[dict[str, str], bool]:
-        """Wait for the user message, then write the reply; returns (message ids, failed)."""
-        return drive(self.finishing(assistant_message, beat=None))
-
     def finishing(
         self, assistant_message: AssistantMessage | None, beat: float | None
     ) -> Generator[None, None, tuple[dict[str, str], bool]]:
-        """`finish()` a step at a time: it yields each time `beat` seconds pass in a wait
-        (a stream sends a heartbeat then), and returns (message ids, failed).
+        """Wait for the user message, then write the reply; returns (message ids, failed).
+
+        A step at a time: it yields each time `beat` seconds pass in a wait (a stream
+        sends a heartbeat then; `drive()` runs it through with `beat` None).
 
         The reply is written only after the user message landed, so its
         server timestamp comes later and a history read keeps the two in order.

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -241,15 +242,15 @@ def test_a_bug_while_concluding_still_ends_the_stream_with_an_error_frame(
     upstreams, capsys
 ) -> None:
     reply = _reply(upstreams, streaming=True)
-    conclude = reply._conclude
+    concluding = reply._concluding
     concluded: list[object] = []
 
-    def broken_conclude(item: object) -> dict:
+    def broken_concluding(item: Any, beat: float | None) -> Generator[None, None, dict]:
         concluded.append(item)
-        conclude(item)  # it saves, then a bug before its payload is out
+        yield from concluding(item, beat)  # it saves, then a bug before its payload is out
         raise ValueError("a bug of ours")
 
-    reply._conclude = broken_conclude  # the one seam: a bug in building the terminal frame
+    reply._concluding = broken_concluding  # the one seam: a bug in building the terminal frame
     events = _stream(reply)
     assert events[0] == {"chunk": "from "}
     assert events[-2]["code"] == "internal_error"
