@@ -549,16 +549,20 @@ def _openai_slow_call(fragments: list[str]) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize(
+# The formats that stream a call's arguments, and a call in each.
+STREAMED_CALLS = pytest.mark.parametrize(
     ("case", "stream"),
     [(ANTHROPIC, _anthropic_slow_call), (OPENAI, _openai_slow_call)],
     ids=["anthropic", "openai"],
 )
+
+
+@STREAMED_CALLS
 def test_a_call_whose_arguments_stream_in_slowly_is_not_cut(
     upstream: FakeUpstream, case: ProviderCase, stream: Any
 ) -> None:
-    """Its start ends the wait for the first chunk (the formats that stream arguments):
-    past FIRST_CHUNK_TIMEOUT only the gaps count, as for text."""
+    """Each piece of its arguments starts the wait for the first chunk over: the whole
+    takes well past FIRST_CHUNK_TIMEOUT and is not cut."""
     raw = [event.encode() for event in stream(['{"city"', ': "Os', 'lo"', "}"])]
     upstream.push(Script(raw=raw, interval=0.15))
     weather = ToolSpec("weather", "", WEATHER["parameters"])
@@ -611,11 +615,7 @@ def test_a_tool_the_provider_runs_is_not_cut_while_it_makes_progress(
     assert run.seconds >= 0.9  # the first text came well past first_chunk
 
 
-@pytest.mark.parametrize(
-    ("case", "stream"),
-    [(ANTHROPIC, _anthropic_slow_call), (OPENAI, _openai_slow_call)],
-    ids=["anthropic", "openai"],
-)
+@STREAMED_CALLS
 def test_a_call_that_stalls_with_pings_only_falls_through(
     upstream: FakeUpstream, case: ProviderCase, stream: Any
 ) -> None:
