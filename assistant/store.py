@@ -203,13 +203,13 @@ class FirestoreStore:
         messages = self._messages(assistant_id)
         references = [messages.document(f"{trace_id}-{role}") for role in ("user", "assistant")]
         for snapshot in _firestore_client().get_all(references, **self._call_options()):
-            if snapshot.exists and (snapshot.to_dict() or {}).get("userId") != author.user_id:
+            if _someone_elses(snapshot, author):
                 raise MessageTaken(snapshot.id)
 
     def _owned(self, reference: Any, author: Author, message_id: str) -> Any:
         """The existing message, if it is this author's; MessageTaken if it is another user's."""
         existing = reference.get(**self._call_options())
-        if existing.exists and (existing.to_dict() or {}).get("userId") != author.user_id:
+        if _someone_elses(existing, author):
             raise MessageTaken(message_id)
         return existing
 
@@ -233,6 +233,10 @@ class FirestoreStore:
             if data.get("traceId") != trace_id and data.get("role") in ("user", "assistant")
         ]
         return tuple(reversed(turns))
+
+
+def _someone_elses(snapshot: Any, author: Author) -> bool:
+    return bool(snapshot.exists) and (snapshot.to_dict() or {}).get("userId") != author.user_id
 
 
 def _common_fields(trace_id: str, thread_id: str | None, author: Author) -> dict[str, Any]:
