@@ -484,9 +484,17 @@ def test_a_reference_the_request_could_not_check_ends_the_stream_normally(
 # -- a call whose arguments stream in slowly is a live generation ---------------------------
 
 
-def _anthropic_slow_call(fragments: list[str]) -> list[str]:
-    def event(name: str, data: dict[str, Any]) -> str:
-        return f"event: {name}\ndata: {json.dumps(data)}\n\n"
+def _anthropic_events(*events: tuple[str, dict[str, Any]]) -> list[bytes]:
+    return [f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in events]
+
+
+PING = ("ping", {"type": "ping"})
+PING_EVENT = _anthropic_events(PING)[0]
+
+
+def _anthropic_slow_call(fragments: list[str]) -> list[bytes]:
+    def event(name: str, data: dict[str, Any]) -> bytes:
+        return _anthropic_events((name, data))[0]
 
     call = {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {}}
     message = {
@@ -527,10 +535,10 @@ def _anthropic_slow_call(fragments: list[str]) -> list[str]:
     ]
 
 
-def _openai_slow_call(fragments: list[str]) -> list[str]:
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+def _openai_slow_call(fragments: list[str]) -> list[bytes]:
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "finish_reason": finish}
-        return "data: " + json.dumps({"id": "c", "model": "gpt", "choices": [choice]}) + "\n\n"
+        return f"data: {json.dumps({'id': 'c', 'model': 'gpt', 'choices': [choice]})}\n\n".encode()
 
     start = {
         "index": 0,
@@ -545,7 +553,7 @@ def _openai_slow_call(fragments: list[str]) -> list[str]:
             for piece in fragments
         ),
         chunk({}, "tool_calls"),
-        "data: [DONE]\n\n",
+        b"data: [DONE]\n\n",
     ]
 
 
@@ -563,7 +571,7 @@ def test_a_call_whose_arguments_stream_in_slowly_is_not_cut(
 ) -> None:
     """Each piece of its arguments starts the wait for the first chunk over: the whole
     takes well past FIRST_CHUNK_TIMEOUT and is not cut."""
-    raw = [event.encode() for event in stream(['{"city"', ': "Os', 'lo"', "}"])]
+    raw = stream(['{"city"', ': "Os', 'lo"', "}"])
     upstream.push(Script(raw=raw, interval=0.15))
     weather = ToolSpec("weather", "", WEATHER["parameters"])
     prompt = Prompt(system=None, turns=(Turn("user", "Oslo?"),), tools=(weather,))
@@ -574,14 +582,6 @@ def test_a_call_whose_arguments_stream_in_slowly_is_not_cut(
     assert run.seconds >= 0.9  # well past first_chunk
     calls = [item for item in run.items if isinstance(item, ToolCall)]
     assert [(call.name, call.args) for call in calls] == [("weather", {"city": "Oslo"})]
-
-
-def _anthropic_events(*events: tuple[str, dict[str, Any]]) -> list[bytes]:
-    return [f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in events]
-
-
-PING = ("ping", {"type": "ping"})
-PING_EVENT = b'event: ping\ndata: {"type": "ping"}\n\n'
 
 
 def test_a_tool_the_provider_runs_is_not_cut_while_it_makes_progress(
@@ -622,7 +622,7 @@ def test_a_call_that_stalls_with_pings_only_falls_through(
     """Its start, then nothing but keep-alives: no progress within the wait for the first
     chunk, so the next provider answers (nothing of the call was shown)."""
     head = 3 if case is ANTHROPIC else 2  # (message_start,) the call's start, one piece
-    started = [event.encode() for event in stream(['{"ci'])[:head]]
+    started = stream(['{"ci'])[:head]
     keep_alive = b"event: ping\ndata: {}\n\n" if case is ANTHROPIC else b": keep-alive\n\n"
     upstream.push(Script(raw=[*started, *[keep_alive] * 40], interval=0.05))
     upstream.push(Script(tokens=["Fallback."]))
@@ -639,11 +639,7 @@ def test_a_reply_that_opens_with_a_call_sends_its_status_at_once(
     call itself is no frame) goes out then, not a heartbeat later."""
     os.environ["HEARTBEAT_SECONDS"] = "5"
     call = _anthropic_slow_call(['{"city": "Oslo"}'])
-    raw = (
-        [event.encode() for event in call[:4]]
-        + [PING_EVENT] * 40
-        + [event.encode() for event in call[4:]]
-    )
+    raw = call[:4] + [PING_EVENT] * 40 + call[4:]  # the call whole, then a long wait
     fake.push(Script(raw=raw, interval=0.05))
     started = time.monotonic()
     response = ask(client, emissaryConfig=TOOLS)
