@@ -94,7 +94,9 @@ class Reply:
         self._author = author
         self._client_gone = client_gone
         self._client_socket = client_socket  # None: the loop never writes to the client
-        self._last_frame = time.monotonic()  # when this thread last handed on a frame
+        # When the client was last sent something (a frame handed on here, or a write
+        # of the loop's): heartbeats go out after HEARTBEAT_SECONDS from it.
+        self._last_sent = time.monotonic()
         # How often a wait for the store at the end looks whether a heartbeat is due.
         self._beat = min(PING_CHECK_SECONDS, settings.heartbeat_seconds / 4)
         self._head_sent = False  # True once the head is out: from then on the loop may write
@@ -208,7 +210,7 @@ class Reply:
                     return
                 if frame is not None:
                     yield frame
-                    self._last_frame = time.monotonic()
+                    self._last_sent = time.monotonic()
         except ClientGone:
             pass  # `finally` abandons the reply; nobody is left to write to
         except Exception as exc:
@@ -280,7 +282,7 @@ class Reply:
         """
         if first is not None:
             yield first
-        last_sent = last_check = time.monotonic()
+        self._last_sent = last_check = time.monotonic()
         direct = None
         if self._client_socket is not None:
             direct = DirectWrites(self._recorded_frame, self._client_socket.write_now)
@@ -290,13 +292,13 @@ class Reply:
             now = time.monotonic()
             wait = CLIENT_POLL_SECONDS
             if heartbeat is not None:
-                wait = min(wait, max(0.0, last_sent + heartbeat - now))
+                wait = min(wait, max(0.0, self._last_sent + heartbeat - now))
             try:
                 item = self._items.get(timeout=wait)
             except queue.Empty:
                 item = None
             now = time.monotonic()
-            last_sent = max(last_sent, self._items.last_direct_write)
+            self._last_sent = max(self._last_sent, self._items.last_direct_write)
             # Once a second whether or not items flow: a JSON caller is never
             # written to before the end, so only this notices that it left.
             if now - last_check >= CLIENT_POLL_SECONDS:
@@ -308,13 +310,13 @@ class Reply:
             if isinstance(item, Unsent):
                 if unsent := self._items.take_unsent():  # unless detach() took it first
                     self._send_unsent(unsent)
-                    last_sent = time.monotonic()
+                    self._last_sent = time.monotonic()
             elif item is not None:
                 if not isinstance(item, ToolCall):  # a call is not written: no sign of life
-                    last_sent = now
+                    self._last_sent = now
                 yield item
-            elif heartbeat is not None and now - last_sent >= heartbeat:
-                last_sent = now
+            elif heartbeat is not None and now - self._last_sent >= heartbeat:
+                self._last_sent = now
                 yield None
 
     def _let_go(self) -> None:
@@ -370,10 +372,10 @@ class Reply:
                 next(steps)
             except StopIteration as end:
                 return cast("dict[str, Any]", end.value)
-            last_sent = max(self._last_frame, self._items.last_direct_write)
-            if time.monotonic() - last_sent >= heartbeat:
+            self._last_sent = max(self._last_sent, self._items.last_direct_write)
+            if time.monotonic() - self._last_sent >= heartbeat:
                 yield sse.PING
-                self._last_frame = time.monotonic()
+                self._last_sent = time.monotonic()
 
     def _conclude(self, item: Outcome) -> dict[str, Any]:
         """Save what arrived and build the terminal payload."""
