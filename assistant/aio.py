@@ -31,7 +31,7 @@ import ctypes
 import importlib
 import os
 import threading
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
 import aiohttp
@@ -99,6 +99,12 @@ def _close_clients() -> None:
 def submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
     """Run `coro` on the I/O loop; the future is safe to wait on from any thread."""
     return asyncio.run_coroutine_threadsafe(coro, _running_loop())
+
+
+def call_later(seconds: float, callback: Callable[..., object], *args: Any) -> None:
+    """Call `callback(*args)` on the I/O loop after `seconds`; from any thread."""
+    loop = _running_loop()
+    loop.call_soon_threadsafe(loop.call_later, seconds, callback, *args)
 
 
 def http_client(timeouts: Timeouts) -> httpx.AsyncClient:

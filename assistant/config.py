@@ -15,9 +15,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-
-from .tracing import process_log
+from dataclasses import dataclass
 
 PROVIDER_NAMES = ("anthropic", "openai", "gemini", "ollama")
 AUTH_MODES = ("firebase", "iam", "none")
@@ -133,13 +131,10 @@ class Timeouts:
     reply: float = 900.0  # the whole reply, every provider tried (MAX_REPLY_SECONDS)
 
 
-def _default_max_streams(env: Mapping[str, str]) -> int:
-    """Two threads fewer than gunicorn has, so `/health` and preflights always find one.
-
-    THREADS defaults as functions-framework's does: four per CPU.
-    """
-    threads = _integer(env, "THREADS", (os.cpu_count() or 1) * 4, minimum=1)
-    return max(1, threads - 2)
+# Replies an instance streams at once by default: Cloud Run's largest --concurrency.
+# A streaming reply holds no request thread while its chunks flow (worker.py
+# "parking"), so THREADS does not bound it; the CPU does (README "Speed").
+DEFAULT_MAX_STREAMS = 1000
 
 
 @dataclass(frozen=True)
@@ -207,7 +202,7 @@ class Settings:
     key_cache_seconds: float
     secret_timeout_seconds: float
     auth: AuthSettings
-    max_streams: int  # replies in flight on this instance; below THREADS
+    max_streams: int  # replies in flight on this instance
     send_timeout_seconds: float  # a client that accepts no write this long is gone
 
     @classmethod
@@ -245,7 +240,7 @@ class Settings:
             key_cache_seconds=_number(env, "KEY_CACHE_SECONDS", 300, minimum=0),
             secret_timeout_seconds=_number(env, "SECRET_TIMEOUT_SECONDS", 3, minimum=0.01),
             auth=AuthSettings.from_env(env, project_id),
-            max_streams=_integer(env, "MAX_STREAMS", _default_max_streams(env), minimum=1),
+            max_streams=_integer(env, "MAX_STREAMS", DEFAULT_MAX_STREAMS, minimum=1),
             send_timeout_seconds=_number(env, "SEND_TIMEOUT_SECONDS", 30, minimum=0.01),
         )
 
@@ -281,25 +276,13 @@ def request_settings() -> Settings:
     return _fixed or Settings.from_env()
 
 
-def fix_for_process(threads: int | None = None) -> None:
+def fix_for_process() -> None:
     """A server worker, once its app is loaded: read the settings once, for every request.
 
     Invalid settings are not fixed: each request then reports them, as before.
-    `threads`, the worker's request threads, caps MAX_STREAMS below it (one
-    less, at least one): a thread must stay free for `/health` and preflights,
-    and a larger MAX_STREAMS set by hand would let streams take them all. The
-    log says so when it caps.
     """
     global _fixed
     try:
         _fixed = Settings.from_env()
     except ConfigError:
         _fixed = None
-        return
-    if threads is not None and _fixed.max_streams >= threads > 1:
-        process_log().warning(
-            "config.max_streams_capped",
-            reason=f"MAX_STREAMS ({_fixed.max_streams}) must be below THREADS ({threads})",
-            max_streams=threads - 1,
-        )
-        _fixed = replace(_fixed, max_streams=threads - 1)

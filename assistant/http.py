@@ -33,6 +33,7 @@ from .config import ConfigError, Settings, request_settings
 from .direct import client_socket
 from .errors import MESSAGES, ErrorCode, RequestError
 from .limits import Slot, replies_in_flight
+from .outbox import Park
 from .providers import configured_providers, with_fresh_key
 from .reply import ClientGone, Reply, failure_status
 from .request import (
@@ -45,6 +46,7 @@ from .request import (
 from .saving import load_history
 from .store import Author, FirestoreStore, MessageStore
 from .tracing import RequestLog, new_trace_id, trace_id_from_headers
+from .worker import PARKING, THREAD_LEFT
 
 _ASSISTANT_ROUTE = re.compile(r"/vac/assistant/(?P<id>.*?)(?P<sse>/sse)?")
 _ALLOWED_METHODS = "POST, OPTIONS"
@@ -131,8 +133,18 @@ def _assistant(
     reply, or a refusal (`RequestError.trace_id`, answered by `handle`).
     """
     verified = caller(headers, settings.auth)
+    streaming = bool(match["sse"]) or _wants_event_stream(request)
+    # A stream lets go of its thread once it streams (worker.py "parking"); a JSON
+    # reply holds it to the end, so it must leave one free for /health.
+    thread_left = None if streaming else request.environ.get(THREAD_LEFT)
     limits = (settings.auth.max_streams_per_user, settings.max_streams)
-    slot = replies_in_flight.take(verified.user_id, *limits) if verified else None
+
+    def take(user_id: str | None) -> Slot:
+        return replies_in_flight.take(
+            user_id, *limits, thread_left=thread_left() if thread_left else True
+        )
+
+    slot = take(verified.user_id) if verified else None
     body_trace: str | None = None
     try:
         assistant_id = check_assistant_id(match["id"])
@@ -148,9 +160,9 @@ def _assistant(
         )
         author = verified or _author(assistant_request)
         if slot is None:
-            slot = replies_in_flight.take(author.user_id, *limits)
+            slot = take(author.user_id)
         response = _answer(
-            request, match, assistant_request, author, slot, settings, trace_id, log, started
+            request, streaming, assistant_request, author, slot, settings, trace_id, log, started
         )
     except BaseException as exc:
         if slot is not None:
@@ -165,7 +177,7 @@ def _assistant(
 
 def _answer(
     request: flask.Request,
-    match: re.Match[str],
+    streaming: bool,
     assistant_request: AssistantRequest,
     author: Author,
     slot: Slot,
@@ -188,7 +200,6 @@ def _answer(
         )
         assistant_request = dataclasses.replace(assistant_request, chat_history=history)
 
-    streaming = bool(match["sse"]) or _wants_event_stream(request)
     log.info(
         "request.accepted",
         assistant_id=assistant_request.assistant_id,
@@ -216,6 +227,7 @@ def _answer(
             if streaming
             else None
         ),
+        parking=bool(request.environ.get(PARKING)),
         refresh_key=functools.partial(with_fresh_key, settings),
         started=started,
         on_end=slot.release,
@@ -242,7 +254,9 @@ def _sse_reply(reply: Reply, slot: Slot, settings: Settings, trace_id: str) -> f
     if isinstance(first, ChainFailed | ChainCrashed):  # failed before any text: a real status
         return _json(failure_status(first), reply.failure_body(first), trace_id)
     response = flask.Response(
-        _marking_writes(reply.sse_frames(first), slot),
+        # A Park is no frame: Flask passes it through untouched (direct_passthrough),
+        # and the worker parks on it (worker.py "parking").
+        cast("Iterator[bytes]", _marking_writes(reply.sse_frames(first), slot)),
         status=200,
         content_type="text/event-stream; charset=utf-8",
         headers={**SSE_HEADERS, "X-Trace-Id": trace_id},
@@ -319,15 +333,20 @@ def _wants_event_stream(request: flask.Request) -> bool:
 SEND_BUFFER_BYTES = 64 * 1024
 
 
-def _marking_writes(frames: Generator[bytes, None, None], slot: Slot) -> Iterator[bytes]:
+def _marking_writes(
+    frames: Generator[bytes | Park, None, None], slot: Slot
+) -> Iterator[bytes | Park]:
     """The frames, with the slot told when a write is under way.
 
     gunicorn writes a frame between our `yield` and its next request for one,
     so a write that is still "under way" after seconds is a client that takes
-    nothing: what a full instance may evict (limits.py).
+    nothing: what a full instance may evict (limits.py). A `Park` is no write.
     """
     try:
         for frame in frames:
+            if isinstance(frame, Park):
+                yield frame
+                continue
             slot.writing_since = time.monotonic()
             yield frame
             slot.writing_since = None

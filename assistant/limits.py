@@ -6,12 +6,16 @@ left, or the request was refused after the slot was taken. Requests without
 a user share one anonymous bucket. Counts live in this process only: with
 several instances, a user may have that many replies on each.
 
-The instance limit (MAX_STREAMS) sits below gunicorn's THREADS, so that a
-thread is always left for `/health` and preflights, and a burst beyond what
-the instance can stream is told so at once (503 `overloaded`) instead of
+The instance limit (MAX_STREAMS) bounds the replies an instance streams at
+once. A streaming reply holds no request thread while the I/O loop writes its
+chunks (worker.py "parking"), but it holds one until its first frame is out,
+and again whenever it writes itself; so a reply is also refused when taking it
+would leave no request thread free (`thread_left`, from the worker): one is
+always left for `/health` and preflights, and a burst beyond what the
+instance can take in is told so at once (503 `overloaded`) instead of
 queueing for a thread with no answer.
 
-When the instance is full, a reply whose client has taken no write for
+When the instance is full either way, a reply whose client has taken no write for
 STUCK_SECONDS gives its place to the newcomer: its connection is shut down,
 which ends it like any client that left (upstream cancelled, what arrived
 saved `incomplete`). Without this, clients that open streams and never read
@@ -71,9 +75,12 @@ class InFlight:
         with self._lock:
             return len(self._slots)
 
-    def take(self, user_id: str | None, per_user: int, total: int) -> Slot:
+    def take(
+        self, user_id: str | None, per_user: int, total: int, thread_left: bool = True
+    ) -> Slot:
         """A slot for `user_id`; 429 `rate_limited` when they already hold `per_user`,
-        503 `overloaded` when the instance already holds `total` and no reply is stuck."""
+        503 `overloaded` when the instance already holds `total`, or no request thread
+        would be left free (`thread_left`), and no reply is stuck."""
         key = user_id or ANONYMOUS
         with self._lock:
             held = self._counts.get(key, 0)
@@ -85,9 +92,9 @@ class InFlight:
                     "rate_limited",
                     headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
                 )
-            live = len(self._slots) - self._evicted
-            stuck = self._stuck() if live >= total else None
-            if live >= total and stuck is None:
+            full = len(self._slots) - self._evicted >= total or not thread_left
+            stuck = self._stuck() if full else None
+            if full and stuck is None:
                 raise RequestError(
                     MESSAGES["overloaded"],
                     503,

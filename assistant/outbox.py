@@ -30,6 +30,10 @@ lock, so once `detach()` returns the loop writes nothing more; and
 yet written), which the request thread sends before anything of its own:
 the queue alone could not order them, as a step's frames are written after
 items it queued (its outcome, say).
+
+While the loop writes the chunks, the reply needs no thread at all: under
+the server it lets go of its request thread (`Park`, worker.py "parking")
+until something is queued here for it, or a time it names has passed.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import aio
 from .chain import Chunk, Item
 
 DEFAULT_LIMIT_CHARS = 64 * 1024
@@ -82,14 +87,15 @@ class Outbox:
         self._unsent = b""  # the rest of the loop's last write, as the socket must get it
         self._output_waiting = 0  # chunks in the queue, and the unsent rest: the loop must wait
         self.last_direct_write = 0.0  # time.monotonic() of the loop's last write
+        self._wake: Callable[[], None] | None = None  # a parked reader's (`park()`)
 
     def put(self, item: Item) -> None:
         """The chain, on the loop; never blocks (it calls `room()` first when it can wait).
 
         While attached, a chunk's frame waits for the end of this loop step.
         """
-        if isinstance(item, Chunk):
-            with self._lock:
+        with self._lock:
+            if isinstance(item, Chunk):
                 if self._direct is not None:
                     self._frames.append(self._direct.frame(item))
                     if not self._flush_due:
@@ -98,9 +104,16 @@ class Outbox:
                     return
                 self._chars += len(item.text)
                 self._output_waiting += 1
-                self._items.put(item)
-            return
-        self._items.put(item)
+            wake = self._queue(item)
+        if wake is not None:
+            wake()
+
+    def _queue(self, entry: Entry) -> Callable[[], None] | None:
+        """`entry` queued for the request thread; returns the parked reader's wake-up,
+        for the caller to call once it has let go of the lock. Under the lock."""
+        self._items.put(entry)
+        wake, self._wake = self._wake, None
+        return wake
 
     def attach(self, direct: DirectWrites) -> bool:
         """The request thread: let the loop write chunks itself from now on.
@@ -138,6 +151,7 @@ class Outbox:
 
     def _flush(self) -> None:
         """On the loop, once per step with chunks: their frames in one write."""
+        wake = None
         with self._lock:
             self._flush_due = False
             if self._direct is None or not self._frames:
@@ -148,14 +162,16 @@ class Outbox:
                 rest = self._direct.write(data)
             except OSError:
                 self._direct = None
-                self._items.put(WRITE_FAILED)
-                return
-            self.last_direct_write = time.monotonic()
-            if rest:
-                self._direct = None
-                self._unsent = rest
-                self._output_waiting += 1
-                self._items.put(UNSENT)
+                wake = self._queue(WRITE_FAILED)
+            else:
+                self.last_direct_write = time.monotonic()
+                if rest:
+                    self._direct = None
+                    self._unsent = rest
+                    self._output_waiting += 1
+                    wake = self._queue(UNSENT)
+        if wake is not None:
+            wake()
 
     async def room(self) -> None:
         """On the loop: return once fewer than `limit` characters are waiting to be sent."""
@@ -171,6 +187,7 @@ class Outbox:
         """Drop whatever is still waiting (the reply ended: nobody will take it)."""
         self.detach()
         self._held = None
+        self._wake = None
         while True:
             try:
                 self._items.get_nowait()
@@ -183,6 +200,31 @@ class Outbox:
             item, self._held = self._held, None
             return item
         return self._taken(self._items.get(timeout=timeout))
+
+    def take(self) -> Entry | None:
+        """The request thread: the next item, or None if there is none yet; never waits."""
+        try:
+            return self.get(timeout=0)
+        except queue.Empty:
+            return None
+
+    def park(self, wake: Callable[[], None]) -> bool:
+        """The request thread, letting go of its thread: `wake` is called once, on the
+        loop, as soon as something is queued here; or by `unpark(wake)`. False (and
+        nothing kept) when something is queued already: take it instead."""
+        with self._lock:
+            if self._held is not None or not self._items.empty():
+                return False
+            self._wake = wake
+            return True
+
+    def unpark(self, wake: Callable[[], None]) -> None:
+        """Call `wake` now, unless it was called already (or another reader parked since)."""
+        with self._lock:
+            if self._wake is not wake:
+                return
+            self._wake = None
+        wake()
 
     def next_chunk(self) -> Chunk | None:
         """The request thread: the next item if it is a chunk already waiting; never waits."""
@@ -209,3 +251,22 @@ class Outbox:
                 loop, event = waiter
                 loop.call_soon_threadsafe(event.set)
         return item
+
+
+class Park:
+    """What a reply yields to the server instead of a frame when it would wait for its
+    outbox: the server lets go of the request thread and calls `resume` (from any
+    thread) once something is queued there or `seconds` have passed, whichever is
+    first; a thread then goes on with the reply (worker.py "parking")."""
+
+    __slots__ = ("_outbox", "_seconds")
+
+    def __init__(self, outbox: Outbox, seconds: float) -> None:
+        self._outbox = outbox
+        self._seconds = seconds
+
+    def arm(self, resume: Callable[[], None]) -> None:
+        if not self._outbox.park(resume):
+            resume()
+            return
+        aio.call_later(self._seconds, self._outbox.unpark, resume)

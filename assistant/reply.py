@@ -10,7 +10,10 @@ socket between waits) and cancel the upstream request at once.
 Once the response's head is out, chunk frames are written by the loop
 itself while the client's socket takes them (direct.py); this thread then
 wakes only for what is not text, heartbeats and the client check, and takes
-the socket back before it writes anything.
+the socket back before it writes anything. Under the server (`parking`) the
+reply does not even hold a thread meanwhile: instead of waiting on the
+outbox it yields a `Park`, and the server lets go of the thread until the
+outbox has something or the wait would have ended (worker.py "parking").
 
 Every stream ends with exactly one terminal frame (final answer or error)
 and `[DONE]`, whatever happens; the record of what arrived is handed to the
@@ -42,7 +45,7 @@ from .chain import (
 from .config import Settings
 from .direct import ClientSocket
 from .errors import MESSAGES, ErrorCode
-from .outbox import DirectWrites, Outbox, Unsent, WriteFailed
+from .outbox import DirectWrites, Outbox, Park, Unsent, WriteFailed
 from .providers.base import Prompt, Provider, ProviderError
 from .request import AssistantRequest, Turn
 from .saving import Saver, drive
@@ -83,6 +86,7 @@ class Reply:
         streaming: bool,
         client_gone: Callable[[], bool] = lambda: False,
         client_socket: ClientSocket | None = None,
+        parking: bool = False,
         refresh_key: Callable[[Provider], Provider | None] | None = None,
         started: float | None = None,
         on_end: Callable[[], None] = lambda: None,
@@ -94,6 +98,7 @@ class Reply:
         self._author = author
         self._client_gone = client_gone
         self._client_socket = client_socket  # None: the loop never writes to the client
+        self._parking = parking  # the server can let go of the thread (`Park`) once the head is out
         # When the client was last sent something (a frame handed on here, or a write
         # of the loop's): heartbeats go out after HEARTBEAT_SECONDS from it.
         self._last_sent = time.monotonic()
@@ -160,15 +165,18 @@ class Reply:
     def first_item(self, timeout: float) -> Item | None:
         """The chain's first item, or None if it has none within `timeout`."""
         try:
-            return next(self._wait(None, heartbeat=timeout))
+            item = next(self._wait(None, heartbeat=timeout))
         except ClientGone:
             self._abandon()
             raise
+        assert not isinstance(item, Park)  # no head is out yet
+        return item
 
     # -- SSE ---------------------------------------------------------------
 
-    def sse_frames(self, first: Item | None) -> Generator[bytes, None, None]:
-        """Frames from `first` (None: the status window passed with nothing) to [DONE].
+    def sse_frames(self, first: Item | None) -> Generator[bytes | Park, None, None]:
+        """Frames from `first` (None: the status window passed with nothing) to [DONE],
+        and a `Park` wherever the reply would wait with its thread (`parking` only).
 
         The loop may write chunk frames itself in between (direct.py): it is
         stopped before each frame this thread hands on, which is then
@@ -177,6 +185,9 @@ class Reply:
         frames = self._sse_frames(first)
         try:
             for data in frames:
+                if isinstance(data, Park):  # the loop goes on writing meanwhile
+                    yield data
+                    continue
                 # What the loop left goes first: the rest of its last write, then
                 # frames it had not written yet (in one write with this one).
                 unsent, left = self._items.detach()
@@ -189,12 +200,15 @@ class Reply:
         finally:
             frames.close()
 
-    def _sse_frames(self, first: Item | None) -> Generator[bytes, None, None]:
+    def _sse_frames(self, first: Item | None) -> Generator[bytes | Park, None, None]:
         try:
             if first is None:
                 yield sse.PING
             for item in self._wait(first, heartbeat=self._settings.heartbeat_seconds):
                 frame = None
+                if isinstance(item, Park):
+                    yield item
+                    continue
                 if item is None:
                     frame = sse.PING
                 elif isinstance(item, Chunk):
@@ -242,6 +256,7 @@ class Reply:
         """Wait for the whole reply: (200, answer), or the failure's status and error body."""
         try:
             for item in self._wait(None, heartbeat=None):
+                assert not isinstance(item, Park)  # it parks only once a head is out
                 if isinstance(item, Restart):
                     self._parts.clear()
                     self._calls.clear()
@@ -275,9 +290,12 @@ class Reply:
 
     # -- internals ---------------------------------------------------------
 
-    def _wait(self, first: Item | None, heartbeat: float | None) -> Iterator[Item | None]:
+    def _wait(self, first: Item | None, heartbeat: float | None) -> Iterator[Item | Park | None]:
         """Items as they come; None when a heartbeat is due. Raises ClientGone.
 
+        Once the head is out, with `parking`, a wait is a `Park` yielded instead
+        (the thread goes back to the server meanwhile); the checks after it are
+        the same, and an early wake-up only means another look.
         What the loop wrote and the socket did not take is sent here, when UNSENT says so.
         """
         if first is not None:
@@ -293,10 +311,16 @@ class Reply:
             wait = CLIENT_POLL_SECONDS
             if heartbeat is not None:
                 wait = min(wait, max(0.0, self._last_sent + heartbeat - now))
-            try:
-                item = self._items.get(timeout=wait)
-            except queue.Empty:
-                item = None
+            if self._parking and self._head_sent:
+                item = self._items.take()
+                if item is None and wait > 0:
+                    yield Park(self._items, wait)
+                    item = self._items.take()
+            else:
+                try:
+                    item = self._items.get(timeout=wait)
+                except queue.Empty:
+                    item = None
             now = time.monotonic()
             self._last_sent = max(self._last_sent, self._items.last_direct_write)
             # Once a second whether or not items flow: a JSON caller is never

@@ -73,7 +73,7 @@ if not (
 
 def _in_worker(worker: object) -> None:
     """gunicorn's `post_worker_init` hook, once the worker has loaded the app."""
-    config.fix_for_process(threads=getattr(getattr(worker, "cfg", None), "threads", None))
+    config.fix_for_process()
     presize_descriptor_table()  # before its threads start: no grace period to wait for
     batch_scheduling()  # before any thread of the worker starts: they inherit it
     memory.start_in_worker(worker)  # last: it freezes what exists, the settings included

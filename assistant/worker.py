@@ -1,8 +1,8 @@
 """The gunicorn worker the service runs in: gthread, hardened against slow and broken clients.
 
 functions-framework runs gunicorn's gthread worker; assistant/server.py makes
-it run this subclass instead. Five things differ from gthread as gunicorn
-27.0.1 ships it (issue 8 measured them):
+it run this subclass instead. Six things differ from gthread as gunicorn
+27.0.1 ships it (issues 8 and 11 measured them):
 
 1. **A request costs no thread until it has arrived.** gthread hands each
    new connection to a pool thread at once, which waits up to 5 s for a
@@ -61,6 +61,19 @@ it run this subclass instead. Five things differ from gthread as gunicorn
    `Connection: close`, which does say something, is still sent when the
    connection will close; HTTP/1.0 answers keep gthread's headers.
 
+6. **Parking: a response can let go of its thread while it waits.** A body
+   item that is not bytes but a `Parkable` (the app's `outbox.Park`) means
+   "nothing to write until I call you": the worker calls its `arm(resume)`
+   and the thread goes back to the pool, the connection still open and
+   counted; `resume()`, called once from any thread, hands the response to a
+   pool thread again, which goes on writing it where it stopped (`_Exchange`)
+   and then ends it as gthread would (close, keep-alive). A streaming reply
+   whose chunks the I/O loop writes (direct.py) parks between the things it
+   writes itself, so an instance streams more replies than it has threads:
+   its CPU, not THREADS, says how many. The app sees `PARKING` in the
+   environ, and `THREAD_LEFT`, a check that one request thread besides the
+   caller's is free (or the worker has one only), which it admits replies by.
+
 This serves plain HTTP/1.1, which is what functions-framework configures and
 Cloud Run speaks to a container; with TLS or cleartext HTTP/2 turned on the
 worker refuses to start rather than read bytes it cannot parse.
@@ -84,9 +97,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
 from http import HTTPStatus
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from gunicorn import util  # type: ignore[import-untyped]
 from gunicorn.config import Config  # type: ignore[import-untyped]
@@ -99,6 +113,18 @@ from .errors import MESSAGES, ErrorCode
 from .tracing import RequestLog, new_trace_id, process_log, trace_id_from_headers
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+# Environ keys this worker sets for the app (point 6 above).
+PARKING = "assistant.parking"  # True: a body may yield a Parkable
+THREAD_LEFT = "assistant.thread_left"  # () -> bool: a request thread besides this one is free
+
+
+class Parkable(Protocol):
+    def arm(self, resume: Callable[[], None]) -> None:
+        """Call `resume` once, from any thread, when the body has more to give."""
+
+
+_PARKED = object()  # handle()'s result for a response that let go of its thread
 
 # What the poller holds of requests still arriving (see point 1 above): a
 # head up to HEAD_BUFFER_BYTES (a larger one, legal up to gunicorn's header
@@ -346,6 +372,21 @@ class _Arrival:
 
 
 @dataclass(eq=False)
+class _Exchange:
+    """A response under way: what a pool thread needs to go on writing it (parking)."""
+
+    req: Any
+    conn: _Connection
+    resp: Any  # gunicorn's wsgi.Response
+    environ: dict[str, Any]
+    respiter: Iterable[Any]
+    started: datetime
+
+    def __post_init__(self) -> None:
+        self.items: Iterator[Any] = iter(self.respiter)
+
+
+@dataclass(eq=False)
 class _Linger:
     """A closing connection on the poller until the client's FIN."""
 
@@ -375,6 +416,7 @@ class Worker(ThreadWorker):
     """gthread with heads read on the poller, a read deadline, a non-blocking close, JSON errors."""
 
     wsgi: WsgiApp  # set by gunicorn's load_wsgi(); wrapped by ours
+    alive: bool  # gunicorn's: False once the worker is stopping
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -389,6 +431,9 @@ class Worker(ThreadWorker):
         self._arrivals: deque[_Arrival] = deque()
         self._lingering: deque[_Linger] = deque()
         self._buffered = 0  # bytes held by the arrivals
+        self._lock = threading.Lock()  # for the two below, changed by pool threads
+        self._busy = 0  # pool threads handling a request now
+        self._parked: set[_Exchange] = set()  # responses waiting for their resume()
 
     def run(self) -> None:
         self._watchdog.start()  # here, in the worker process: a thread does not survive a fork
@@ -399,6 +444,12 @@ class Worker(ThreadWorker):
                 util.close(arrival.conn.sock)
             for linger in self._lingering:
                 util.close(linger.sock)
+            # Past the graceful timeout: the replies still parked end as a client
+            # that left would (upstream cancelled, what arrived saved).
+            with self._lock:
+                parked, self._parked = self._parked, set()
+            for exchange in parked:
+                self._abandon(exchange)
 
     # -- requests arriving, on the poller (main thread)
 
@@ -484,6 +535,7 @@ class Worker(ThreadWorker):
     def handle(self, conn: _Connection) -> Any:
         clock = _ReadClock(self._watchdog, conn, max(0.0, self._read_timeout - conn.head_wait))
         self._serving.clock = clock
+        self._count_busy(1)
         clock.run()  # for a head the poller did not read whole, or pipelined requests
         try:
             if conn.head is not None:
@@ -496,6 +548,7 @@ class Worker(ThreadWorker):
         finally:
             clock.stop()
             self._serving.clock = None
+            self._count_busy(-1)
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
@@ -512,6 +565,144 @@ class Worker(ThreadWorker):
             return app(environ, start_response)
 
         return clocked_app
+
+    # -- parking (point 6 above)
+
+    def handle_request(self, req: Any, conn: _Connection) -> Any:
+        """gthread's, with the body written by `_write_body`, which may park it."""
+        environ: dict[str, Any] = {}
+        resp = None
+        try:
+            self.cfg.pre_request(self, req)
+            started = datetime.now()
+            resp, environ = wsgi.create(req, conn.sock, conn.client, conn.server, self.cfg)
+            environ["wsgi.multithread"] = True
+            environ[PARKING] = True
+            environ[THREAD_LEFT] = self._thread_left
+            self.nr += 1
+            if self.nr >= self.max_requests:
+                if self.alive:
+                    self.log.info("Autorestarting worker after current request.")
+                    self.alive = False
+                resp.force_close()
+            full = len(self.keepalived_conns) >= self.max_keepalived
+            if not self.alive or not self.cfg.keepalive or full:
+                resp.force_close()
+            respiter = self.wsgi(environ, resp.start_response)
+        except BaseException:
+            self._post_request(req, environ, resp)
+            raise
+        return self._write_body(_Exchange(req, conn, resp, environ, respiter, started))
+
+    def _write_body(self, exchange: _Exchange) -> Any:
+        """Write the body on until it ends (whether the connection may serve another
+        request, as gthread's handle_request says) or parks (`_PARKED`)."""
+        resp = exchange.resp
+        parkable: Parkable | None = None
+        try:
+            if isinstance(exchange.respiter, exchange.environ["wsgi.file_wrapper"]):
+                resp.write_file(exchange.respiter)
+            else:
+                for item in exchange.items:
+                    if isinstance(item, bytes):
+                        resp.write(item)
+                    else:
+                        parkable = item
+                        break
+            if parkable is None:
+                resp.close()
+        except OSError:
+            self._end(exchange)
+            raise
+        except (Exception, SystemExit):
+            self._end(exchange)
+            if resp.headers_sent:  # a 500 now would corrupt the response
+                self.log.exception("Error handling request")
+                util.close_graceful(exchange.conn.sock)
+                raise StopIteration() from None
+            raise
+        if parkable is not None:
+            with self._lock:
+                self._parked.add(exchange)
+            parkable.arm(partial(self._resume, exchange))
+            return _PARKED
+        self._end(exchange)
+        return not resp.should_close()
+
+    def _end(self, exchange: _Exchange) -> None:
+        self.log.access(exchange.resp, exchange.req, exchange.environ,
+                        datetime.now() - exchange.started)  # fmt: skip
+        try:
+            if hasattr(exchange.respiter, "close"):
+                exchange.respiter.close()
+        finally:
+            self._post_request(exchange.req, exchange.environ, exchange.resp)
+
+    def _post_request(self, req: Any, environ: dict[str, Any], resp: Any) -> None:
+        try:
+            self.cfg.post_request(self, req, environ, resp)
+        except Exception:
+            self.log.exception("Exception in post_request hook")
+
+    def _resume(self, exchange: _Exchange) -> None:
+        """A parked response has more to write: back to a pool thread (from any thread)."""
+        with self._lock:
+            if exchange not in self._parked:
+                return  # ended at the worker's stop
+            self._parked.remove(exchange)
+        try:
+            future = self.tpool.submit(self._go_on, exchange)
+        except RuntimeError:  # the pool is shut down: the worker is stopping
+            self._abandon(exchange)
+            return
+        future.add_done_callback(
+            lambda done: self.method_queue.defer(self.finish_request, exchange.conn, done)
+        )
+
+    def _go_on(self, exchange: _Exchange) -> Any:
+        """gthread's handle() for a parked response, on a pool thread."""
+        self._count_busy(1)
+        try:
+            return self._keepalive_after(exchange.conn, self._write_body(exchange))
+        except StopIteration:
+            return False
+        except OSError as exc:
+            if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                self.log.exception("Socket error processing request.")
+            return False
+        except Exception:
+            self.log.exception("Error handling request")
+            return False
+        finally:
+            self._count_busy(-1)
+
+    def _abandon(self, exchange: _Exchange) -> None:
+        """End a parked response that will not be resumed: the app's own close, then the
+        connection's."""
+        with contextlib.suppress(Exception):
+            self._end(exchange)
+        self.nr_conns -= 1
+        util.close(exchange.conn.sock)
+
+    def _keepalive_after(self, conn: _Connection, keepalive: Any) -> Any:
+        if keepalive is _PARKED:
+            return _PARKED
+        return super()._keepalive_after(conn, keepalive)
+
+    def finish_request(self, conn: _Connection, fs: Any) -> None:
+        """gthread's, except for a response that parked: it is still under way."""
+        if not fs.cancelled() and fs.exception() is None and fs.result() is _PARKED:
+            return
+        super().finish_request(conn, fs)
+
+    def _count_busy(self, change: int) -> None:
+        with self._lock:
+            self._busy += change
+
+    def _thread_left(self) -> bool:
+        """Whether a request thread besides the caller's is free (or there is only one)."""
+        threads: int = self.cfg.threads
+        return threads == 1 or self._busy < threads
 
     # -- the graceful close, on the poller (main thread)
 

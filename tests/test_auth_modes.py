@@ -260,7 +260,12 @@ def test_past_max_streams_the_instance_answers_503_overloaded(
 
 @pytest.mark.parametrize(
     ("env", "expected"),
-    [({"THREADS": "32"}, 30), ({"THREADS": "2"}, 1), ({"THREADS": "8", "MAX_STREAMS": "5"}, 5)],
+    [
+        ({"THREADS": "32"}, 1000),
+        ({"THREADS": "2"}, 1000),
+        ({"THREADS": "8", "MAX_STREAMS": "50"}, 50),
+    ],
 )
-def test_max_streams_defaults_below_threads(env: dict[str, str], expected: int) -> None:
+def test_max_streams_does_not_follow_threads(env: dict[str, str], expected: int) -> None:
+    """A stream holds no thread while it streams (worker.py "parking"): THREADS is no bound."""
     assert Settings.from_env(env).max_streams == expected

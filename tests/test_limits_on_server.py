@@ -5,16 +5,14 @@ and a reply that never ends.
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from devtools.fake_upstream import FakeUpstream, Script
 from devtools.service import running_service
-
-from .conftest import log_lines
 
 SSE = "/vac/assistant/live/sse"
 
@@ -77,28 +75,48 @@ def test_a_reply_that_never_ends_is_cut(server: str, fake: FakeUpstream) -> None
     assert fake.wait_for_requests(1)[0].client_closed.wait(5)
 
 
-def test_max_streams_set_at_or_above_threads_is_kept_below_them(
-    fake: FakeUpstream, tmp_path: Path
-) -> None:
-    """MAX_STREAMS=8 with THREADS=4 would let streams hold every thread (/health then
-    waits for one to end); the worker uses 3 and says so."""
+def test_streams_hold_no_thread_once_they_stream(fake: FakeUpstream) -> None:
+    """With THREADS=2, six streams waiting on a silent upstream after their first chunk
+    hold no thread (worker.py "parking"): a seventh streams to its end beside them,
+    /health answers, heartbeats reach the waiting ones, and their leaving is noticed."""
     hanging = Script(tokens=["first ", "never"], fail_after=1, fail_mode="hang")
-    fake.push(hanging, hanging, hanging)
-    log = tmp_path / "service.log"
-    with log.open("wb") as output, running_service(
-        {"THREADS": "4", "MAX_STREAMS": "8", "MAX_STREAMS_PER_USER": "8"}, output=output
-    ) as service, httpx.Client(timeout=10) as client:  # fmt: skip
+    fake.push(*[hanging] * 6, Script(tokens=["all ", "the ", "way"]))
+    env = {"THREADS": "2", "MAX_STREAMS_PER_USER": "10", "HEARTBEAT_SECONDS": "0.3"}
+    with running_service(env) as service, httpx.Client(timeout=10) as client:
         streams = [client.stream("POST", f"{service.url}{SSE}", json={"user_input": "hi"})
-                   for _ in range(3)]  # fmt: skip
+                   for _ in range(6)]  # fmt: skip
         try:
             for stream in streams:
-                assert stream.__enter__().status_code == 200
-            refused = httpx.post(f"{service.url}{SSE}", json={"user_input": "hi"}, timeout=10)
-            assert refused.status_code == 503 and refused.json()["code"] == "overloaded"
+                response = stream.__enter__()
+                assert response.status_code == 200
+                lines = (line for line in response.iter_lines() if line)
+                assert next(lines) == 'data: {"chunk":"first "}'
+                assert next(lines) == ": ping"  # the upstream is silent: a heartbeat
+            whole = httpx.post(f"{service.url}{SSE}", json={"user_input": "hi"}, timeout=10)
+            frames = [line for line in whole.text.splitlines() if line.startswith("data: ")]
+            assert frames[:3] == [f'data: {{"chunk":"{text}"}}' for text in ("all ", "the ", "way")]
+            assert '"answer":"all the way"' in frames[-2] and frames[-1] == "data: [DONE]"
             assert httpx.get(f"{service.url}/health", timeout=5).status_code == 200
         finally:
             for stream in streams:
                 stream.__exit__(None, None, None)
-    capped = [line for line in log_lines(log.read_text())
-              if line["message"] == "config.max_streams_capped"]  # fmt: skip
-    assert [line["max_streams"] for line in capped] == [3]
+        upstream = fake.wait_for_requests(7)
+        assert all(request.client_closed.wait(5) for request in upstream[:6])
+
+
+def test_json_replies_leave_a_thread_for_health(fake: FakeUpstream) -> None:
+    """A JSON reply holds its thread to the end: with THREADS=3, two of them waiting leave
+    one thread, so a third is a 503 `overloaded` and /health still answers."""
+    hanging = Script(tokens=["first ", "never"], fail_after=1, fail_mode="hang")
+    fake.push(hanging, hanging)
+    env = {"THREADS": "3", "MAX_STREAMS_PER_USER": "10", "IDLE_TIMEOUT_SECONDS": "3"}
+    with running_service(env) as service, concurrent.futures.ThreadPoolExecutor(2) as pool:
+        url = f"{service.url}/vac/assistant/live"
+        waiting = [pool.submit(httpx.post, url, json={"user_input": "hi"}, timeout=20)
+                   for _ in range(2)]  # fmt: skip
+        fake.wait_for_requests(2)
+        refused = httpx.post(url, json={"user_input": "hi"}, timeout=10)
+        assert refused.status_code == 503 and refused.json()["code"] == "overloaded"
+        assert httpx.get(f"{service.url}/health", timeout=5).status_code == 200
+        assert [future.result().status_code for future in waiting] == [502, 502]  # idle timeout
+    assert len(fake.requests) == 2

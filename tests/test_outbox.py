@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
+import pytest
+
+from assistant import aio
 from assistant.chain import ChainSucceeded, Chunk, Item
-from assistant.outbox import DirectWrites, Outbox, Unsent, WriteFailed
+from assistant.outbox import (
+    UNSENT,
+    WRITE_FAILED,
+    DirectWrites,
+    Outbox,
+    Park,
+    Unsent,
+    WriteFailed,
+)
 
 
 def test_room_waits_until_the_reader_takes_enough() -> None:
@@ -143,3 +155,81 @@ def test_detach_hands_back_the_frames_not_yet_written_and_stops_the_loop() -> No
     assert asyncio.run(run()) == (b"", b"a;")
     assert writes.writes == []
     assert outbox.get(timeout=1) == Chunk("b")
+
+
+class Wakes:
+    """A parked reader's wake-up: counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.called = threading.Event()
+
+    def __call__(self) -> None:
+        self.calls += 1
+        self.called.set()
+
+
+@pytest.mark.parametrize(
+    ("writes", "steps", "expected"),
+    [
+        (None, [[ChainSucceeded()]], ChainSucceeded()),  # an outcome
+        (None, [[Chunk("a")]], Chunk("a")),  # a chunk, while the loop does not write
+        (Writes(rest=b"tail"), [[Chunk("a")]], UNSENT),  # the rest of a write
+        (Writes(fail=True), [[Chunk("a")]], WRITE_FAILED),  # a write that failed
+    ],
+    ids=["outcome", "chunk", "unsent", "write-failed"],
+)
+def test_a_parked_reader_is_woken_once_by_whatever_is_queued_for_it(
+    writes: Writes | None, steps: list[list[Item]], expected: object
+) -> None:
+    outbox = Outbox()
+    if writes is not None:
+        assert outbox.attach(writes.direct())
+    wake = Wakes()
+    assert outbox.park(wake)
+    on_loop(outbox, *steps, [ChainSucceeded()])
+    assert wake.calls == 1
+    assert outbox.take() == expected
+    outbox.unpark(wake)  # a timer running out after the wake-up: nothing more
+    assert wake.calls == 1
+
+
+def test_written_chunks_do_not_wake_a_parked_reader() -> None:
+    outbox = Outbox()
+    writes = Writes()
+    assert outbox.attach(writes.direct())
+    wake = Wakes()
+    assert outbox.park(wake)
+    on_loop(outbox, [Chunk("a")], [Chunk("b")])
+    assert writes.writes == [b"a;", b"b;"] and wake.calls == 0
+    outbox.unpark(wake)  # its time ran out
+    assert wake.calls == 1 and outbox.take() is None
+
+
+def test_there_is_no_parking_while_something_waits() -> None:
+    outbox = Outbox()
+    outbox.put(ChainSucceeded())
+    assert not outbox.park(Wakes())
+    assert outbox.take() == ChainSucceeded()
+    assert outbox.take() is None
+
+
+def test_a_park_resumes_once_at_its_time_or_at_an_item() -> None:
+    """`Park.arm()` on the real I/O loop: the timer, or an item first (then the timer is
+    spent on nothing)."""
+    timed, outbox = Wakes(), Outbox()
+    Park(outbox, 0.05).arm(timed)
+    assert timed.called.wait(5)
+    early, outbox = Wakes(), Outbox()
+    Park(outbox, 0.2).arm(early)
+    aio.submit(_put(outbox, ChainSucceeded())).result(timeout=5)
+    assert early.called.wait(5)
+    time.sleep(0.4)  # past the timer
+    assert (timed.calls, early.calls) == (1, 1)
+    at_once = Wakes()
+    Park(outbox, 60).arm(at_once)  # the outcome still waits: resumed now
+    assert at_once.calls == 1
+
+
+async def _put(outbox: Outbox, item: Item) -> None:
+    outbox.put(item)

@@ -8,7 +8,7 @@ import pytest
 
 from assistant import config
 
-from .conftest import log_lines, python_in_own_process
+from .conftest import python_in_own_process
 
 
 @pytest.fixture(autouse=True)
@@ -52,30 +52,3 @@ def test_the_server_worker_hook_fixes_them() -> None:
         "print(config._fixed is not None and config._fixed is config.request_settings())"
     )
     assert python_in_own_process(script).strip() == "True"
-
-
-@pytest.mark.parametrize(
-    ("threads", "max_streams", "used"),
-    [(4, "8", 3), (4, "4", 3), (4, "3", 3), (4, "", 2), (1, "5", 5), (None, "8", 8)],
-    ids=["above", "equal", "below", "default", "one-thread", "in-process"],
-)
-def test_a_worker_keeps_max_streams_below_its_threads(
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    threads: int | None,
-    max_streams: str,
-    used: int,
-) -> None:
-    """One thread stays free for /health and preflights, whatever MAX_STREAMS says;
-    with one thread there is none to keep free, and in-process there are no threads."""
-    monkeypatch.setenv("THREADS", str(threads or 8))
-    monkeypatch.setenv("MAX_STREAMS", max_streams)
-    config.fix_for_process(threads=threads)
-    assert config.request_settings().max_streams == used
-    capped = [line for line in log_lines(capsys.readouterr().out)
-              if line["message"] == "config.max_streams_capped"]  # fmt: skip
-    if used < int(max_streams or used):
-        assert capped[0]["reason"] == f"MAX_STREAMS ({max_streams}) must be below THREADS (4)"
-        assert capped[0]["max_streams"] == used
-    else:
-        assert capped == []
