@@ -27,7 +27,6 @@ from __future__ import annotations
 import os
 import socket
 import ssl
-import time
 
 from .limits import Slot
 
@@ -43,26 +42,37 @@ class ClientSocket:
         """On the loop: write what the socket takes without waiting; returns the rest
         (empty when it took it all). OSError: the client is gone."""
         data = b"%X\r\n%b\r\n" % (len(frame), frame) if self._chunked else frame
-        try:
-            # os.write, not sock.send: a socket with a timeout (the send
-            # timeout, http.py) polls before every send; its descriptor is
-            # non-blocking, so this returns at once either way.
-            sent = os.write(self._fd, data)
-        except BlockingIOError:
-            return data
-        return data[sent:]
+        # os.write, not sock.send: a socket with a timeout (the send timeout,
+        # http.py) polls before every send; its descriptor is non-blocking, so
+        # this returns at once either way.
+        return self._write_at_once(data)
 
     def send_all(self, data: bytes) -> None:
         """On the request thread: bytes `write_now` left, waiting up to the socket's timeout.
 
         Already framed: they go to the socket as they are. OSError (a timeout
-        included): the client is gone or takes nothing.
+        included): the client is gone or takes nothing. When as many threads as
+        may wait on clients already do (limits.py), this one does not wait: what
+        the socket does not take at once means the same.
         """
-        self._slot.writing_since = time.monotonic()  # a stuck client can be evicted meanwhile
+        if not self._slot.write_begins():
+            if self._write_at_once(data):
+                # Shut, so that no later write to it (gunicorn's end of the body) waits either.
+                self._sock.shutdown(socket.SHUT_RDWR)
+                raise BlockingIOError("the client takes nothing, and no thread may wait for it")
+            return
         try:
             self._sock.sendall(data)
         finally:
-            self._slot.writing_since = None
+            self._slot.write_ends()
+
+    def _write_at_once(self, data: bytes) -> bytes:
+        """Framed bytes, written without waiting; returns the rest."""
+        try:
+            sent = os.write(self._fd, data)
+        except BlockingIOError:
+            return data
+        return data[sent:]
 
 
 def client_socket(sock: object, protocol: object, slot: Slot) -> ClientSocket | None:

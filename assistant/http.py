@@ -237,7 +237,7 @@ def _answer(
     try:
         if not streaming:
             return _json_reply(reply, trace_id)
-        return _sse_reply(reply, slot, settings, trace_id)
+        return _sse_reply(reply, slot, _writable_probe(request.environ), settings, trace_id)
     except ClientGone:
         # Nobody will read this; 499 is the conventional "client closed request" in logs.
         return _error(499, "client_gone", MESSAGES["client_gone"], trace_id)
@@ -248,7 +248,9 @@ def _json_reply(reply: Reply, trace_id: str) -> flask.Response:
     return _json(status, payload, trace_id)
 
 
-def _sse_reply(reply: Reply, slot: Slot, settings: Settings, trace_id: str) -> flask.Response:
+def _sse_reply(
+    reply: Reply, slot: Slot, writable: Callable[[], bool], settings: Settings, trace_id: str
+) -> flask.Response:
     """The status waits for the first chunk, or HEARTBEAT_SECONDS, whichever comes first."""
     first = reply.first_item(timeout=settings.heartbeat_seconds)
     if isinstance(first, ChainFailed | ChainCrashed):  # failed before any text: a real status
@@ -256,7 +258,10 @@ def _sse_reply(reply: Reply, slot: Slot, settings: Settings, trace_id: str) -> f
     response = flask.Response(
         # A Park is no frame: Flask passes it through untouched (direct_passthrough),
         # and the worker parks on it (worker.py "parking").
-        cast("Iterator[bytes]", _marking_writes(reply.sse_frames(first), slot)),
+        cast(
+            "Iterator[bytes]",
+            _marking_writes(reply.sse_frames(first), slot, writable),
+        ),
         status=200,
         content_type="text/event-stream; charset=utf-8",
         headers={**SSE_HEADERS, "X-Trace-Id": trace_id},
@@ -334,22 +339,30 @@ SEND_BUFFER_BYTES = 64 * 1024
 
 
 def _marking_writes(
-    frames: Generator[bytes | Park, None, None], slot: Slot
+    frames: Generator[bytes | Park, None, None], slot: Slot, writable: Callable[[], bool]
 ) -> Iterator[bytes | Park]:
     """The frames, with the slot told when a write is under way.
 
     gunicorn writes a frame between our `yield` and its next request for one,
     so a write that is still "under way" after seconds is a client that takes
     nothing: what a full instance may evict (limits.py). A `Park` is no write.
+    When as many threads as may wait on clients already do (limits.py), a
+    client whose socket takes nothing now is ended as one that left: its
+    socket is shut, so that no write to it waits either.
     """
     try:
         for frame in frames:
             if isinstance(frame, Park):
                 yield frame
                 continue
-            slot.writing_since = time.monotonic()
-            yield frame
-            slot.writing_since = None
+            if not slot.write_begins() and not writable():
+                if slot.evict is not None:
+                    slot.evict()
+                return
+            try:
+                yield frame
+            finally:
+                slot.write_ends()
     finally:
         frames.close()  # the reply's own `finally` runs now, not whenever it is collected
 
@@ -388,6 +401,24 @@ def _bound_sending(environ: Mapping[str, Any], seconds: float) -> None:
     if isinstance(sock, socket.socket):
         sock.settimeout(seconds)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+
+
+def _writable_probe(environ: Mapping[str, Any]) -> Callable[[], bool]:
+    """A check that the client's socket would take a write now (poll, for the same
+    reasons as `_client_gone_probe`)."""
+    sock = environ.get("gunicorn.socket")
+    if not isinstance(sock, socket.socket):
+        return lambda: True
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+
+    def writable() -> bool:
+        try:
+            return bool(poller.poll(0))
+        except (OSError, ValueError):
+            return False
+
+    return writable
 
 
 def _client_gone_probe(environ: Mapping[str, Any]) -> Callable[[], bool]:

@@ -8,12 +8,18 @@ several instances, a user may have that many replies on each.
 
 The instance limit (MAX_STREAMS) bounds the replies an instance streams at
 once. A streaming reply holds no request thread while the I/O loop writes its
-chunks (worker.py "parking"), but it holds one until its first frame is out,
-and again whenever it writes itself; so a reply is also refused when taking it
-would leave no request thread free (`thread_left`, from the worker): one is
-always left for `/health` and preflights, and a burst beyond what the
-instance can take in is told so at once (503 `overloaded`) instead of
-queueing for a thread with no answer.
+chunks (worker.py "parking"): it holds one until its first frame is out, and
+whenever it writes itself. Two things still hold threads for long, and each
+is bounded so that one thread stays free for `/health` and preflights:
+
+- a JSON reply holds its thread to its end: it is refused (503 `overloaded`)
+  when taking it would leave no request thread free (`thread_left`, from the
+  worker), instead of queueing for a thread with no answer;
+- a write to a client that takes nothing waits on its thread (up to
+  SEND_TIMEOUT_SECONDS): at most THREADS - 2 threads wait so at once
+  (`Slot.write_begins()`). A reply whose client takes nothing when that many
+  already wait is ended at once, as a client that left: otherwise a few
+  dozen clients that never read would hold every thread.
 
 When the instance is full either way, a reply whose client has taken no write for
 STUCK_SECONDS gives its place to the newcomer: its connection is shut down,
@@ -45,12 +51,28 @@ class Slot:
     says how to end it (`evict`), so a full instance can tell a stuck client.
     """
 
-    def __init__(self, release: Callable[[Slot], None]) -> None:
+    def __init__(self, release: Callable[[Slot], None], writers: Writers | None = None) -> None:
         self._release: Callable[[Slot], None] | None = release
         self._lock = threading.Lock()
+        self._writers = writers or Writers()
         self.writing_since: float | None = None  # time.monotonic() of the write in progress
         self.evict: Callable[[], None] | None = None
         self.evicted = False
+
+    def write_begins(self) -> bool:
+        """Mark a write to the client as under way, one that may wait for the client; False
+        (nothing marked) when as many threads as may wait on clients already do: then the
+        write must not wait either."""
+        if not self._writers.acquire():
+            return False
+        self.writing_since = time.monotonic()
+        return True
+
+    def write_ends(self) -> None:
+        """The write `write_begins()` marked is over (done, or failed)."""
+        if self.writing_since is not None:
+            self.writing_since = None
+            self._writers.release()
 
     def release(self) -> None:
         with self._lock:
@@ -63,12 +85,37 @@ class Slot:
         return since is not None and now - since >= STUCK_SECONDS and self.evict is not None
 
 
+class Writers:
+    """Request threads waiting on writes to clients: at most `cap` at once (None: no cap)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.cap: int | None = None
+        self.waiting = 0
+
+    def acquire(self) -> bool:
+        with self._lock:
+            if self.cap is not None and self.waiting >= self.cap:
+                return False
+            self.waiting += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self.waiting -= 1
+
+
 class InFlight:
     def __init__(self) -> None:
         self._counts: dict[str, int] = {}
         self._slots: set[Slot] = set()
         self._evicted = 0  # slots in _slots marked evicted: counted, not summed per request
         self._lock = threading.Lock()
+        self.writers = Writers()
+
+    def set_threads(self, threads: int) -> None:
+        """The worker's request threads: all but two may wait on clients' writes."""
+        self.writers.cap = max(1, threads - 2)
 
     def count(self) -> int:
         """Replies in flight now (evicted ones included until they end)."""
@@ -101,7 +148,7 @@ class InFlight:
                     "overloaded",
                     headers={"Retry-After": str(OVERLOADED_RETRY_AFTER_SECONDS)},
                 )
-            slot = Slot(lambda done: self._give_back(key, done))
+            slot = Slot(lambda done: self._give_back(key, done), self.writers)
             self._counts[key] = held + 1
             self._slots.add(slot)
         if stuck is not None and stuck.evict is not None:

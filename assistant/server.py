@@ -47,7 +47,7 @@ from typing import Any
 
 import gunicorn.app.base  # type: ignore[import-untyped]
 
-from . import config, memory
+from . import config, limits, memory
 from .config import ConfigError, ServerSettings
 from .tracing import process_log
 from .worker import Worker
@@ -74,6 +74,9 @@ if not (
 def _in_worker(worker: object) -> None:
     """gunicorn's `post_worker_init` hook, once the worker has loaded the app."""
     config.fix_for_process()
+    threads = getattr(getattr(worker, "cfg", None), "threads", None)
+    if isinstance(threads, int):
+        limits.replies_in_flight.set_threads(threads)  # all but two may wait on clients
     presize_descriptor_table()  # before its threads start: no grace period to wait for
     batch_scheduling()  # before any thread of the worker starts: they inherit it
     memory.start_in_worker(worker)  # last: it freezes what exists, the settings included

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from assistant.direct import ClientSocket, client_socket
-from assistant.limits import Slot
+from assistant.limits import InFlight, Slot
 
 
 @pytest.fixture
@@ -110,3 +110,28 @@ def test_direct_writes_only_where_they_are_safe() -> None:
         with tls:
             tls.settimeout(1)
             assert client_socket(tls, "HTTP/1.1", slot) is None  # its bytes are not the socket's
+
+
+def test_past_the_cap_of_waiting_writers_a_client_that_takes_nothing_is_dropped_at_once(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """limits.py: at most THREADS - 2 threads wait on clients. Past that, send_all waits
+    for nothing: what the socket takes goes, and a socket that takes nothing more is
+    shut (no later write waits either) and the client counts as gone."""
+    server, client = pair
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    in_flight = InFlight()
+    in_flight.set_threads(3)  # one thread may wait
+    waiting, late = (in_flight.take("someone", per_user=10, total=10) for _ in range(2))
+    assert waiting.write_begins()  # a write under way on another thread
+    ClientSocket(server, chunked=False, slot=late).send_all(b"small")  # taken whole: fine
+    assert client.recv(100) == b"small"
+    started = time.monotonic()
+    with pytest.raises(BlockingIOError):
+        ClientSocket(server, chunked=False, slot=late).send_all(b"x" * 10_000_000)
+    assert time.monotonic() - started < 1  # not the socket's 5 s timeout
+    with pytest.raises(OSError):
+        server.sendall(b"more")  # shut
+    assert late.writing_since is None
+    waiting.write_ends()
+    assert late.write_begins()  # its place is free again

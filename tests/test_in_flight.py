@@ -43,3 +43,17 @@ def test_an_evicted_reply_frees_its_place_once_and_only_once() -> None:
         slot.release()
     assert in_flight.count() == 0
     assert in_flight.take("someone", per_user=10, total=2) is not None
+
+
+def test_waiting_writers_are_capped_at_all_threads_but_two() -> None:
+    in_flight = InFlight()
+    slots = [in_flight.take("someone", per_user=10, total=10) for _ in range(4)]
+    assert all(slot.write_begins() for slot in slots)  # in-process: no cap
+    for slot in slots:
+        slot.write_ends()
+    in_flight.set_threads(4)
+    assert [slot.write_begins() for slot in slots] == [True, True, False, False]
+    slots[0].write_ends()
+    slots[0].write_ends()  # harmless: given back once
+    assert slots[2].write_begins()
+    assert not slots[3].write_begins()
