@@ -6,6 +6,7 @@ and a reply that never ends.
 from __future__ import annotations
 
 import concurrent.futures
+import socket
 from collections.abc import Iterator
 
 import httpx
@@ -120,3 +121,53 @@ def test_json_replies_leave_a_thread_for_health(fake: FakeUpstream) -> None:
         assert httpx.get(f"{service.url}/health", timeout=5).status_code == 200
         assert [future.result().status_code for future in waiting] == [502, 502]  # idle timeout
     assert len(fake.requests) == 2
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    """One chunked response off a kept-alive connection: up to its last chunk."""
+    received = b""
+    while not received.endswith(b"\r\n0\r\n\r\n"):
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection"
+        received += chunk
+    return received
+
+
+def test_a_connection_serves_the_next_request_after_a_reply_that_parked(
+    fake: FakeUpstream,
+) -> None:
+    """Each reply lets go of its thread between chunks and is resumed for its end; the
+    worker then keeps the connection for the next request, as gthread would."""
+    fake.push(*[Script(tokens=["one ", "two"], interval=0.3)] * 2)
+    body = b'{"user_input": "hi"}'
+    request = (
+        f"POST {SSE} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    with running_service({"THREADS": "2", "HEARTBEAT_SECONDS": "0.2"}) as service:
+        host, port = service.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            for _ in range(2):
+                sock.sendall(request)
+                answer = _read_response(sock)
+                assert answer.startswith(b"HTTP/1.1 200 ")
+                assert b": ping" in answer  # it waited (parked) between its chunks
+                assert b'"answer":"one two"' in answer and b"data: [DONE]" in answer
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_stopping_server_finishes_the_replies_that_parked(fake: FakeUpstream) -> None:
+    """SIGTERM while a reply streams: gunicorn's graceful stop waits for its connection,
+    parked or not, and the reply ends whole before the process exits."""
+    fake.push(Script(tokens=[f"{n} " for n in range(8)], interval=0.2))
+    with running_service({"THREADS": "2"}) as service, httpx.stream(
+        "POST", f"{service.url}{SSE}", json={"user_input": "hi"}, timeout=10
+    ) as reply:  # fmt: skip
+        lines = reply.iter_lines()
+        assert next(line for line in lines if line) == 'data: {"chunk":"0 "}'
+        service.process.terminate()
+        frames = [line for line in lines if line.startswith("data: ")]
+        assert frames[-1] == "data: [DONE]"
+        assert '"answer":"0 1 2 3 4 5 6 7 "' in frames[-2]
+        assert service.process.wait(timeout=10) == 0
