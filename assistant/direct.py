@@ -24,11 +24,13 @@ no Content-Length), so bytes written next to it are framed the same way.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import ssl
+from collections.abc import Iterator
 
-from .limits import Slot
+from .limits import BRIEF_WRITE_SECONDS, Slot
 
 
 class ClientSocket:
@@ -48,23 +50,21 @@ class ClientSocket:
         return self._write_at_once(data)
 
     def send_all(self, data: bytes) -> None:
-        """On the request thread: bytes `write_now` left, waiting up to the socket's timeout.
+        """On the request thread: bytes `write_now` left, waiting up to the socket's timeout
+        (BRIEF_WRITE_SECONDS when as many threads as may wait on clients already do:
+        limits.py).
 
         Already framed: they go to the socket as they are. OSError (a timeout
-        included): the client is gone or takes nothing. When as many threads as
-        may wait on clients already do (limits.py), this one does not wait: what
-        the socket does not take at once means the same.
+        included): the client is gone or takes nothing.
         """
-        if not self._slot.write_begins():
-            if self._write_at_once(data):
-                # Shut, so that no later write to it (gunicorn's end of the body) waits either.
-                self._sock.shutdown(socket.SHUT_RDWR)
-                raise BlockingIOError("the client takes nothing, and no thread may wait for it")
+        if self._slot.write_begins():
+            try:
+                self._sock.sendall(data)
+            finally:
+                self._slot.write_ends()
             return
-        try:
+        with briefly(self._sock):
             self._sock.sendall(data)
-        finally:
-            self._slot.write_ends()
 
     def _write_at_once(self, data: bytes) -> bytes:
         """Framed bytes, written without waiting; returns the rest."""
@@ -73,6 +73,18 @@ class ClientSocket:
         except BlockingIOError:
             return data
         return data[sent:]
+
+
+@contextlib.contextmanager
+def briefly(sock: socket.socket) -> Iterator[None]:
+    """Writes to `sock` meanwhile wait BRIEF_WRITE_SECONDS at most (limits.py)."""
+    timeout = sock.gettimeout()
+    sock.settimeout(min(timeout or BRIEF_WRITE_SECONDS, BRIEF_WRITE_SECONDS))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(timeout)
 
 
 def client_socket(sock: object, protocol: object, slot: Slot) -> ClientSocket | None:

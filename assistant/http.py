@@ -30,7 +30,7 @@ from . import __version__, sse
 from .auth import caller
 from .chain import ChainCrashed, ChainFailed
 from .config import ConfigError, Settings, request_settings
-from .direct import client_socket
+from .direct import briefly, client_socket
 from .errors import MESSAGES, ErrorCode, RequestError
 from .limits import Slot, replies_in_flight
 from .outbox import Park
@@ -46,7 +46,7 @@ from .request import (
 from .saving import load_history
 from .store import Author, FirestoreStore, MessageStore
 from .tracing import RequestLog, new_trace_id, trace_id_from_headers
-from .worker import PARKING, THREAD_LEFT
+from .worker import PARKING
 
 _ASSISTANT_ROUTE = re.compile(r"/vac/assistant/(?P<id>.*?)(?P<sse>/sse)?")
 _ALLOWED_METHODS = "POST, OPTIONS"
@@ -134,17 +134,8 @@ def _assistant(
     """
     verified = caller(headers, settings.auth)
     streaming = bool(match["sse"]) or _wants_event_stream(request)
-    # A stream lets go of its thread once it streams (worker.py "parking"); a JSON
-    # reply holds it to the end, so it must leave one free for /health.
-    thread_left = None if streaming else request.environ.get(THREAD_LEFT)
     limits = (settings.auth.max_streams_per_user, settings.max_streams)
-
-    def take(user_id: str | None) -> Slot:
-        return replies_in_flight.take(
-            user_id, *limits, thread_left=thread_left() if thread_left else True
-        )
-
-    slot = take(verified.user_id) if verified else None
+    slot = replies_in_flight.take(verified.user_id, *limits) if verified else None
     body_trace: str | None = None
     try:
         assistant_id = check_assistant_id(match["id"])
@@ -160,7 +151,7 @@ def _assistant(
         )
         author = verified or _author(assistant_request)
         if slot is None:
-            slot = take(author.user_id)
+            slot = replies_in_flight.take(author.user_id, *limits)
         response = _answer(
             request, streaming, assistant_request, author, slot, settings, trace_id, log, started
         )
@@ -237,7 +228,7 @@ def _answer(
     try:
         if not streaming:
             return _json_reply(reply, trace_id)
-        return _sse_reply(reply, slot, _writable_probe(request.environ), settings, trace_id)
+        return _sse_reply(reply, slot, request.environ.get("gunicorn.socket"), settings, trace_id)
     except ClientGone:
         # Nobody will read this; 499 is the conventional "client closed request" in logs.
         return _error(499, "client_gone", MESSAGES["client_gone"], trace_id)
@@ -249,7 +240,7 @@ def _json_reply(reply: Reply, trace_id: str) -> flask.Response:
 
 
 def _sse_reply(
-    reply: Reply, slot: Slot, writable: Callable[[], bool], settings: Settings, trace_id: str
+    reply: Reply, slot: Slot, sock: object, settings: Settings, trace_id: str
 ) -> flask.Response:
     """The status waits for the first chunk, or HEARTBEAT_SECONDS, whichever comes first."""
     first = reply.first_item(timeout=settings.heartbeat_seconds)
@@ -260,7 +251,7 @@ def _sse_reply(
         # and the worker parks on it (worker.py "parking").
         cast(
             "Iterator[bytes]",
-            _marking_writes(reply.sse_frames(first), slot, writable),
+            _marking_writes(reply.sse_frames(first), slot, sock),
         ),
         status=200,
         content_type="text/event-stream; charset=utf-8",
@@ -339,30 +330,30 @@ SEND_BUFFER_BYTES = 64 * 1024
 
 
 def _marking_writes(
-    frames: Generator[bytes | Park, None, None], slot: Slot, writable: Callable[[], bool]
+    frames: Generator[bytes | Park, None, None], slot: Slot, sock: object
 ) -> Iterator[bytes | Park]:
     """The frames, with the slot told when a write is under way.
 
     gunicorn writes a frame between our `yield` and its next request for one,
     so a write that is still "under way" after seconds is a client that takes
     nothing: what a full instance may evict (limits.py). A `Park` is no write.
-    When as many threads as may wait on clients already do (limits.py), a
-    client whose socket takes nothing now is ended as one that left: its
-    socket is shut, so that no write to it waits either.
+    When as many threads as may wait on clients already do (limits.py), the
+    write waits BRIEF_WRITE_SECONDS at most instead.
     """
     try:
         for frame in frames:
             if isinstance(frame, Park):
                 yield frame
-                continue
-            if not slot.write_begins() and not writable():
-                if slot.evict is not None:
-                    slot.evict()
-                return
-            try:
+            elif slot.write_begins():
+                try:
+                    yield frame
+                finally:
+                    slot.write_ends()
+            elif isinstance(sock, socket.socket):
+                with briefly(sock):
+                    yield frame
+            else:
                 yield frame
-            finally:
-                slot.write_ends()
     finally:
         frames.close()  # the reply's own `finally` runs now, not whenever it is collected
 
@@ -401,24 +392,6 @@ def _bound_sending(environ: Mapping[str, Any], seconds: float) -> None:
     if isinstance(sock, socket.socket):
         sock.settimeout(seconds)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
-
-
-def _writable_probe(environ: Mapping[str, Any]) -> Callable[[], bool]:
-    """A check that the client's socket would take a write now (poll, for the same
-    reasons as `_client_gone_probe`)."""
-    sock = environ.get("gunicorn.socket")
-    if not isinstance(sock, socket.socket):
-        return lambda: True
-    poller = select.poll()
-    poller.register(sock, select.POLLOUT)
-
-    def writable() -> bool:
-        try:
-            return bool(poller.poll(0))
-        except (OSError, ValueError):
-            return False
-
-    return writable
 
 
 def _client_gone_probe(environ: Mapping[str, Any]) -> Callable[[], bool]:

@@ -9,19 +9,14 @@ several instances, a user may have that many replies on each.
 The instance limit (MAX_STREAMS) bounds the replies an instance streams at
 once. A streaming reply holds no request thread while the I/O loop writes its
 chunks (worker.py "parking"): it holds one until its first frame is out, and
-whenever it writes itself. Two things still hold threads for long, and each
-is bounded so that one thread stays free for `/health` and preflights:
+whenever it writes itself; `/health` and preflights have threads of their
+own (worker.py). A write to a client that takes nothing waits on its thread,
+up to SEND_TIMEOUT_SECONDS; at most THREADS - 2 threads wait so at once
+(`Slot.write_begins()`), and past that a write waits BRIEF_WRITE_SECONDS at
+most: a client that takes nothing within it is gone. Otherwise a few dozen
+clients that never read would hold every thread for SEND_TIMEOUT_SECONDS.
 
-- a JSON reply holds its thread to its end: it is refused (503 `overloaded`)
-  when taking it would leave no request thread free (`thread_left`, from the
-  worker), instead of queueing for a thread with no answer;
-- a write to a client that takes nothing waits on its thread (up to
-  SEND_TIMEOUT_SECONDS): at most THREADS - 2 threads wait so at once
-  (`Slot.write_begins()`). A reply whose client takes nothing when that many
-  already wait is ended at once, as a client that left: otherwise a few
-  dozen clients that never read would hold every thread.
-
-When the instance is full either way, a reply whose client has taken no write for
+When the instance is full, a reply whose client has taken no write for
 STUCK_SECONDS gives its place to the newcomer: its connection is shut down,
 which ends it like any client that left (upstream cancelled, what arrived
 saved `incomplete`). Without this, clients that open streams and never read
@@ -41,6 +36,7 @@ from .errors import MESSAGES, RequestError
 RETRY_AFTER_SECONDS = 5  # a user's own replies take seconds to end
 OVERLOADED_RETRY_AFTER_SECONDS = 2  # another instance, or this one soon, will have room
 STUCK_SECONDS = 2.0  # a write not taken for this long marks a client as stuck
+BRIEF_WRITE_SECONDS = 1.0  # the longest a write may wait once THREADS - 2 threads wait on clients
 ANONYMOUS = ""  # the bucket of requests that name no user
 
 
@@ -60,9 +56,9 @@ class Slot:
         self.evicted = False
 
     def write_begins(self) -> bool:
-        """Mark a write to the client as under way, one that may wait for the client; False
-        (nothing marked) when as many threads as may wait on clients already do: then the
-        write must not wait either."""
+        """Mark a write to the client as under way, one that may wait for the client up to
+        the send timeout; False (nothing marked) when as many threads as may wait on
+        clients already do: then the write waits BRIEF_WRITE_SECONDS at most."""
         if not self._writers.acquire():
             return False
         self.writing_since = time.monotonic()
@@ -122,12 +118,9 @@ class InFlight:
         with self._lock:
             return len(self._slots)
 
-    def take(
-        self, user_id: str | None, per_user: int, total: int, thread_left: bool = True
-    ) -> Slot:
+    def take(self, user_id: str | None, per_user: int, total: int) -> Slot:
         """A slot for `user_id`; 429 `rate_limited` when they already hold `per_user`,
-        503 `overloaded` when the instance already holds `total`, or no request thread
-        would be left free (`thread_left`), and no reply is stuck."""
+        503 `overloaded` when the instance already holds `total` and no reply is stuck."""
         key = user_id or ANONYMOUS
         with self._lock:
             held = self._counts.get(key, 0)
@@ -139,7 +132,7 @@ class InFlight:
                     "rate_limited",
                     headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
                 )
-            full = len(self._slots) - self._evicted >= total or not thread_left
+            full = len(self._slots) - self._evicted >= total
             stuck = self._stuck() if full else None
             if full and stuck is None:
                 raise RequestError(

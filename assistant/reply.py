@@ -57,6 +57,9 @@ from .tracing import RequestLog
 # How often a waiting reply checks that its client is still there.
 CLIENT_POLL_SECONDS = 1.0
 PING_CHECK_SECONDS = 0.25  # at most, between looks whether a heartbeat is due (at the end)
+# A parked wait ends on the I/O loop's timer, which may fire a little early by
+# time.monotonic(): a check due within this much is done now, not a wait later.
+TIMER_SLACK_SECONDS = 0.01
 
 
 def failure_status(outcome: ChainFailed | ChainCrashed) -> int:
@@ -308,7 +311,7 @@ class Reply:
             if self._head_sent and direct is not None:
                 self._items.attach(direct)
             now = time.monotonic()
-            wait = CLIENT_POLL_SECONDS
+            wait = max(0.0, last_check + CLIENT_POLL_SECONDS - now)
             if heartbeat is not None:
                 wait = min(wait, max(0.0, self._last_sent + heartbeat - now))
             if self._parking and self._head_sent:
@@ -325,7 +328,7 @@ class Reply:
             self._last_sent = max(self._last_sent, self._items.last_direct_write)
             # Once a second whether or not items flow: a JSON caller is never
             # written to before the end, so only this notices that it left.
-            if now - last_check >= CLIENT_POLL_SECONDS:
+            if now - last_check >= CLIENT_POLL_SECONDS - TIMER_SLACK_SECONDS:
                 last_check = now
                 if self._client_gone():
                     raise ClientGone()
@@ -339,7 +342,7 @@ class Reply:
                 if not isinstance(item, ToolCall):  # a call is not written: no sign of life
                     self._last_sent = now
                 yield item
-            elif heartbeat is not None and now - self._last_sent >= heartbeat:
+            elif heartbeat is not None and now - self._last_sent >= heartbeat - TIMER_SLACK_SECONDS:
                 self._last_sent = now
                 yield None
 

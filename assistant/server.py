@@ -14,6 +14,8 @@ top of what functions-framework set:
 - `worker_class`: `assistant.worker.Worker` (read deadline, no 2 s close on
   the main thread, JSON refusals), also when THREADS=1, where gunicorn would
   otherwise pick its sync worker;
+- `worker_connections`: half of RLIMIT_NOFILE (`worker_connections()`), not
+  gunicorn's 1000, which parked streams alone would reach;
 - `limit_request_line` 8190 (functions-framework sets 0, unlimited, and
   gunicorn's parsing time grows with the square of the line: 8 MB took 8 s),
   `limit_request_fields` 100 and `limit_request_field_size` 8190 (gunicorn's
@@ -151,8 +153,28 @@ def batch_scheduling() -> bool:
     return True
 
 
+def worker_connections() -> int:
+    """Connections a worker holds at once before gunicorn stops accepting.
+
+    gunicorn's default, 1000, counts open streams, kept-alive and arriving
+    connections alike; with streams that hold no thread (worker.py "parking")
+    and MAX_STREAMS at 1000, it would stop accepting before the 503 that
+    MAX_STREAMS promises. A stream holds two descriptors (its client, its
+    upstream), so the bound is half of RLIMIT_NOFILE, less a margin for the
+    rest: past it accept() would fail with EMFILE.
+    """
+    try:
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return 1000
+    if soft == resource.RLIM_INFINITY:
+        return 10_000
+    return max(100, min(10_000, (soft - 256) // 2))
+
+
 GUNICORN_OPTIONS: dict[str, Any] = {
     "worker_class": Worker,
+    "worker_connections": worker_connections(),
     "limit_request_line": 8190,
     "limit_request_fields": 100,
     "limit_request_field_size": 8190,

@@ -1,7 +1,7 @@
 """The gunicorn worker the service runs in: gthread, hardened against slow and broken clients.
 
 functions-framework runs gunicorn's gthread worker; assistant/server.py makes
-it run this subclass instead. Six things differ from gthread as gunicorn
+it run this subclass instead. Seven things differ from gthread as gunicorn
 27.0.1 ships it (issues 8 and 11 measured them):
 
 1. **A request costs no thread until it has arrived.** gthread hands each
@@ -71,8 +71,15 @@ it run this subclass instead. Six things differ from gthread as gunicorn
    whose chunks the I/O loop writes (direct.py) parks between the things it
    writes itself, so an instance streams more replies than it has threads:
    its CPU, not THREADS, says how many. The app sees `PARKING` in the
-   environ, and `THREAD_LEFT`, a check that one request thread besides the
-   caller's is free (or the worker has one only), which it admits replies by.
+   environ. A stopping worker waits for parked responses like any other
+   (gunicorn's graceful timeout); those still parked after it are ended as
+   if their client had left.
+7. **`/health` and CORS preflights have threads of their own**
+   (`RESERVED_THREADS`): a request whose head the poller read, `GET` or
+   `HEAD /health` or any `OPTIONS`, goes to a small pool of its own, so that
+   replies waiting for their first chunk (they hold a thread until then)
+   never keep a liveness check or a preflight waiting. Same handling, same
+   app: only the thread differs.
 
 This serves plain HTTP/1.1, which is what functions-framework configures and
 Cloud Run speaks to a container; with TLS or cleartext HTTP/2 turned on the
@@ -96,6 +103,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent import futures
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -114,9 +122,13 @@ from .tracing import RequestLog, new_trace_id, process_log, trace_id_from_header
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
-# Environ keys this worker sets for the app (point 6 above).
-PARKING = "assistant.parking"  # True: a body may yield a Parkable
-THREAD_LEFT = "assistant.thread_left"  # () -> bool: a request thread besides this one is free
+# The environ key this worker sets for the app (point 6 above): a body may yield a Parkable.
+PARKING = "assistant.parking"
+
+# Threads for /health and preflights alone (point 7 above), and how their heads begin.
+RESERVED_THREADS = 2
+_RESERVED_REQUESTS = (b"GET /health ", b"GET /health?", b"HEAD /health ", b"HEAD /health?",
+                      b"OPTIONS ")  # fmt: skip
 
 
 class Parkable(Protocol):
@@ -431,25 +443,27 @@ class Worker(ThreadWorker):
         self._arrivals: deque[_Arrival] = deque()
         self._lingering: deque[_Linger] = deque()
         self._buffered = 0  # bytes held by the arrivals
-        self._lock = threading.Lock()  # for the two below, changed by pool threads
-        self._busy = 0  # pool threads handling a request now
+        self._lock = threading.Lock()  # for _parked, changed by pool threads
         self._parked: set[_Exchange] = set()  # responses waiting for their resume()
+        self._reserved: futures.ThreadPoolExecutor | None = None  # point 7 above
 
     def run(self) -> None:
         self._watchdog.start()  # here, in the worker process: a thread does not survive a fork
+        self._reserved = futures.ThreadPoolExecutor(RESERVED_THREADS, "reserved")
         try:
             super().run()
         finally:
+            self._reserved.shutdown(wait=False)
             for arrival in self._arrivals:
                 util.close(arrival.conn.sock)
             for linger in self._lingering:
                 util.close(linger.sock)
             # Past the graceful timeout: the replies still parked end as a client
-            # that left would (upstream cancelled, what arrived saved).
+            # that left would (upstream cancelled, what arrived saved), side by side.
             with self._lock:
                 parked, self._parked = self._parked, set()
             for exchange in parked:
-                self._abandon(exchange)
+                self._abandon_aside(exchange)
 
     # -- requests arriving, on the poller (main thread)
 
@@ -495,6 +509,20 @@ class Worker(ThreadWorker):
             arrival.conn.head_wait = time.monotonic() - arrival.since
             self.enqueue_req(arrival.conn)
 
+    def enqueue_req(self, conn: _Connection) -> None:
+        """gthread's, except that /health and preflights go to their own threads (point 7)."""
+        if (
+            self._reserved is None
+            or conn.head is None
+            or not conn.head.startswith(_RESERVED_REQUESTS)
+        ):
+            super().enqueue_req(conn)
+            return
+        future = self._reserved.submit(self.handle, conn)
+        future.add_done_callback(
+            lambda done: self.method_queue.defer(self.finish_request, conn, done)
+        )
+
     def _end_arrival(self, arrival: _Arrival) -> bytes:
         """Off the poller, with what had arrived; the arrival keeps none of it (it can stay
         queued behind an older one until the sweep reaches it)."""
@@ -535,7 +563,6 @@ class Worker(ThreadWorker):
     def handle(self, conn: _Connection) -> Any:
         clock = _ReadClock(self._watchdog, conn, max(0.0, self._read_timeout - conn.head_wait))
         self._serving.clock = clock
-        self._count_busy(1)
         clock.run()  # for a head the poller did not read whole, or pipelined requests
         try:
             if conn.head is not None:
@@ -548,7 +575,6 @@ class Worker(ThreadWorker):
         finally:
             clock.stop()
             self._serving.clock = None
-            self._count_busy(-1)
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
@@ -578,7 +604,6 @@ class Worker(ThreadWorker):
             resp, environ = wsgi.create(req, conn.sock, conn.client, conn.server, self.cfg)
             environ["wsgi.multithread"] = True
             environ[PARKING] = True
-            environ[THREAD_LEFT] = self._thread_left
             self.nr += 1
             if self.nr >= self.max_requests:
                 if self.alive:
@@ -598,38 +623,46 @@ class Worker(ThreadWorker):
         """Write the body on until it ends (whether the connection may serve another
         request, as gthread's handle_request says) or parks (`_PARKED`)."""
         resp = exchange.resp
-        parkable: Parkable | None = None
         try:
             if isinstance(exchange.respiter, exchange.environ["wsgi.file_wrapper"]):
                 resp.write_file(exchange.respiter)
             else:
                 for item in exchange.items:
-                    if isinstance(item, bytes):
-                        resp.write(item)
-                    else:
-                        parkable = item
-                        break
-            if parkable is None:
-                resp.close()
+                    if hasattr(item, "arm"):
+                        self._park(exchange, item)
+                        return _PARKED
+                    resp.write(item)
+            resp.close()
         except OSError:
-            self._end(exchange)
+            self._end_quietly(exchange)
             raise
         except (Exception, SystemExit):
-            self._end(exchange)
+            self._end_quietly(exchange)
             if resp.headers_sent:  # a 500 now would corrupt the response
                 self.log.exception("Error handling request")
                 util.close_graceful(exchange.conn.sock)
                 raise StopIteration() from None
             raise
-        if parkable is not None:
-            with self._lock:
-                self._parked.add(exchange)
-            parkable.arm(partial(self._resume, exchange))
-            return _PARKED
-        self._end(exchange)
+        try:
+            self._end(exchange)
+        except Exception:  # the response went out whole: no 500 after it
+            self.log.exception("Error handling request")
+            util.close_graceful(exchange.conn.sock)
+            raise StopIteration() from None
         return not resp.should_close()
 
+    def _park(self, exchange: _Exchange, parkable: Parkable) -> None:
+        with self._lock:
+            self._parked.add(exchange)
+        try:
+            parkable.arm(partial(self._resume, exchange))
+        except BaseException:
+            with self._lock:
+                self._parked.discard(exchange)  # never to be resumed: ended by the caller
+            raise
+
     def _end(self, exchange: _Exchange) -> None:
+        """gthread's end of a response: the access log, the app's close, post_request."""
         self.log.access(exchange.resp, exchange.req, exchange.environ,
                         datetime.now() - exchange.started)  # fmt: skip
         try:
@@ -637,6 +670,13 @@ class Worker(ThreadWorker):
                 exchange.respiter.close()
         finally:
             self._post_request(exchange.req, exchange.environ, exchange.resp)
+
+    def _end_quietly(self, exchange: _Exchange) -> None:
+        """`_end()` for a response already failing: its own failure is only logged."""
+        try:
+            self._end(exchange)
+        except Exception:
+            self.log.exception("Error closing the response")
 
     def _post_request(self, req: Any, environ: dict[str, Any], resp: Any) -> None:
         try:
@@ -653,7 +693,7 @@ class Worker(ThreadWorker):
         try:
             future = self.tpool.submit(self._go_on, exchange)
         except RuntimeError:  # the pool is shut down: the worker is stopping
-            self._abandon(exchange)
+            self._abandon_aside(exchange)
             return
         future.add_done_callback(
             lambda done: self.method_queue.defer(self.finish_request, exchange.conn, done)
@@ -661,7 +701,6 @@ class Worker(ThreadWorker):
 
     def _go_on(self, exchange: _Exchange) -> Any:
         """gthread's handle() for a parked response, on a pool thread."""
-        self._count_busy(1)
         try:
             return self._keepalive_after(exchange.conn, self._write_body(exchange))
         except StopIteration:
@@ -673,15 +712,16 @@ class Worker(ThreadWorker):
         except Exception:
             self.log.exception("Error handling request")
             return False
-        finally:
-            self._count_busy(-1)
+
+    def _abandon_aside(self, exchange: _Exchange) -> None:
+        """End a parked response that will not be resumed, as a client that left, on a
+        thread of its own: never on the I/O loop (the reply waits for its chain, which
+        runs there, then saves), and side by side with the others. Not a daemon: the
+        process waits for it to exit."""
+        threading.Thread(target=self._abandon, args=(exchange,), name="abandon").start()
 
     def _abandon(self, exchange: _Exchange) -> None:
-        """End a parked response that will not be resumed: the app's own close, then the
-        connection's."""
-        with contextlib.suppress(Exception):
-            self._end(exchange)
-        self.nr_conns -= 1
+        self._end_quietly(exchange)
         util.close(exchange.conn.sock)
 
     def _keepalive_after(self, conn: _Connection, keepalive: Any) -> Any:
@@ -694,15 +734,6 @@ class Worker(ThreadWorker):
         if not fs.cancelled() and fs.exception() is None and fs.result() is _PARKED:
             return
         super().finish_request(conn, fs)
-
-    def _count_busy(self, change: int) -> None:
-        with self._lock:
-            self._busy += change
-
-    def _thread_left(self) -> bool:
-        """Whether a request thread besides the caller's is free (or there is only one)."""
-        threads: int = self.cfg.threads
-        return threads == 1 or self._busy < threads
 
     # -- the graceful close, on the poller (main thread)
 

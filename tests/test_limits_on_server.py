@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import socket
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -105,22 +106,25 @@ def test_streams_hold_no_thread_once_they_stream(fake: FakeUpstream) -> None:
         assert all(request.client_closed.wait(5) for request in upstream[:6])
 
 
-def test_json_replies_leave_a_thread_for_health(fake: FakeUpstream) -> None:
-    """A JSON reply holds its thread to the end: with THREADS=3, two of them waiting leave
-    one thread, so a third is a 503 `overloaded` and /health still answers."""
-    hanging = Script(tokens=["first ", "never"], fail_after=1, fail_mode="hang")
-    fake.push(hanging, hanging)
-    env = {"THREADS": "3", "MAX_STREAMS_PER_USER": "10", "IDLE_TIMEOUT_SECONDS": "3"}
+def test_health_and_preflights_have_threads_of_their_own(fake: FakeUpstream) -> None:
+    """With THREADS=2, two replies waiting for a slow first chunk hold both request
+    threads; /health and a CORS preflight are answered at once all the same
+    (worker.py: reserved threads), and the replies stream when their text comes."""
+    slow = Script(tokens=["late"], ttft=3)
+    fake.push(slow, slow)
+    env = {"THREADS": "2", "MAX_STREAMS_PER_USER": "10"}
     with running_service(env) as service, concurrent.futures.ThreadPoolExecutor(2) as pool:
-        url = f"{service.url}/vac/assistant/live"
+        url = f"{service.url}{SSE}"
         waiting = [pool.submit(httpx.post, url, json={"user_input": "hi"}, timeout=20)
                    for _ in range(2)]  # fmt: skip
         fake.wait_for_requests(2)
-        refused = httpx.post(url, json={"user_input": "hi"}, timeout=10)
-        assert refused.status_code == 503 and refused.json()["code"] == "overloaded"
+        started = time.monotonic()
         assert httpx.get(f"{service.url}/health", timeout=5).status_code == 200
-        assert [future.result().status_code for future in waiting] == [502, 502]  # idle timeout
-    assert len(fake.requests) == 2
+        asking = {"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST"}
+        preflight = httpx.options(url, headers=asking)
+        assert preflight.status_code == 204
+        assert time.monotonic() - started < 1.5  # not after the first chunks (3 s)
+        assert all('"answer":"late"' in future.result().text for future in waiting)
 
 
 def _read_response(sock: socket.socket) -> bytes:
