@@ -33,7 +33,7 @@ from .config import ConfigError, Settings, request_settings
 from .direct import briefly, client_socket
 from .errors import MESSAGES, ErrorCode, RequestError
 from .limits import Slot, replies_in_flight
-from .outbox import Park
+from .parking import Park
 from .providers import configured_providers, with_fresh_key
 from .reply import ClientGone, Reply, failure_status
 from .request import (

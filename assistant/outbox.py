@@ -32,8 +32,8 @@ the queue alone could not order them, as a step's frames are written after
 items it queued (its outcome, say).
 
 While the loop writes the chunks, the reply needs no thread at all: under
-the server it lets go of its request thread (`Park`, worker.py "parking")
-until something is queued here for it, or a time it names has passed.
+the server it lets go of its request thread (parking.py) until something is
+queued here for it (`park()`), or a time it names has passed.
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import aio
 from .chain import Chunk, Item
 
 DEFAULT_LIMIT_CHARS = 64 * 1024
@@ -209,22 +208,14 @@ class Outbox:
             return None
 
     def park(self, wake: Callable[[], None]) -> bool:
-        """The request thread, letting go of its thread: `wake` is called once, on the
-        loop, as soon as something is queued here; or by `unpark(wake)`. False (and
-        nothing kept) when something is queued already: take it instead."""
+        """The request thread, letting go of its thread (parking.py): `wake` is called
+        once, on the loop, as soon as something is queued here. False (and nothing
+        kept) when something is queued already: take it instead."""
         with self._lock:
             if self._held is not None or not self._items.empty():
                 return False
             self._wake = wake
             return True
-
-    def unpark(self, wake: Callable[[], None]) -> None:
-        """Call `wake` now, unless it was called already (or another reader parked since)."""
-        with self._lock:
-            if self._wake is not wake:
-                return
-            self._wake = None
-        wake()
 
     def next_chunk(self) -> Chunk | None:
         """The request thread: the next item if it is a chunk already waiting; never waits."""
@@ -251,22 +242,3 @@ class Outbox:
                 loop, event = waiter
                 loop.call_soon_threadsafe(event.set)
         return item
-
-
-class Park:
-    """What a reply yields to the server instead of a frame when it would wait for its
-    outbox: the server lets go of the request thread and calls `resume` (from any
-    thread) once something is queued there or `seconds` have passed, whichever is
-    first; a thread then goes on with the reply (worker.py "parking")."""
-
-    __slots__ = ("_outbox", "_seconds")
-
-    def __init__(self, outbox: Outbox, seconds: float) -> None:
-        self._outbox = outbox
-        self._seconds = seconds
-
-    def arm(self, resume: Callable[[], None]) -> None:
-        if not self._outbox.park(resume):
-            resume()
-            return
-        aio.call_later(self._seconds, self._outbox.unpark, resume)

@@ -45,10 +45,11 @@ from .chain import (
 from .config import Settings
 from .direct import ClientSocket
 from .errors import MESSAGES, ErrorCode
-from .outbox import DirectWrites, Outbox, Park, Unsent, WriteFailed
+from .outbox import DirectWrites, Outbox, Unsent, WriteFailed
+from .parking import Park, until_done
 from .providers.base import Prompt, Provider, ProviderError
 from .request import AssistantRequest, Turn
-from .saving import Saver, drive
+from .saving import Pending, Saver, drive
 from .store import Author, MessageStore, UserMessage
 from .thinking import ThinkingSplitter
 from .tools import ToolCall
@@ -317,7 +318,7 @@ class Reply:
             if self._parking and self._head_sent:
                 item = self._items.take()
                 if item is None and wait > 0:
-                    yield Park(self._items, wait)
+                    yield Park(wait, self._items.park)
                     item = self._items.take()
             else:
                 try:
@@ -389,18 +390,23 @@ class Reply:
         return "".join(self._parts)
 
     def _with_heartbeats(
-        self, steps: Generator[None, None, dict[str, Any]]
-    ) -> Generator[bytes, None, dict[str, Any]]:
-        """Run `steps` (yielding as time passes) to their result, with a ping whenever
-        nothing was sent for HEARTBEAT_SECONDS meanwhile."""
+        self, steps: Generator[Pending, None, dict[str, Any]]
+    ) -> Generator[bytes | Park, None, dict[str, Any]]:
+        """Run `steps` to their result, waiting for what each names (letting go of the
+        thread meanwhile, with `parking`), with a ping whenever nothing was sent for
+        HEARTBEAT_SECONDS."""
         heartbeat = self._settings.heartbeat_seconds
         while True:
             try:
-                next(steps)
+                pending = next(steps)
             except StopIteration as end:
                 return cast("dict[str, Any]", end.value)
+            if self._parking and self._head_sent:
+                yield until_done(pending.write, pending.seconds)
+            else:
+                concurrent.futures.wait((pending.write,), timeout=pending.seconds)
             self._last_sent = max(self._last_sent, self._items.last_direct_write)
-            if time.monotonic() - self._last_sent >= heartbeat:
+            if time.monotonic() - self._last_sent >= heartbeat - TIMER_SLACK_SECONDS:
                 yield sse.PING
                 self._last_sent = time.monotonic()
 
@@ -410,9 +416,9 @@ class Reply:
 
     def _concluding(
         self, item: Outcome, beat: float | None
-    ) -> Generator[None, None, dict[str, Any]]:
-        """`_conclude()` a step at a time: it yields each `beat` seconds of waiting for the
-        store."""
+    ) -> Generator[Pending, None, dict[str, Any]]:
+        """`_conclude()` a step at a time: it yields what to wait for in the store, for
+        `beat` seconds at most."""
         self._done = True
         self._splitter.finish()
         report = item.report
@@ -456,9 +462,9 @@ class Reply:
 
     def _saving(
         self, output: record.Output, report: ChainReport, complete: bool, beat: float | None
-    ) -> Generator[None, None, tuple[dict[str, str] | None, bool]]:
-        """(message ids, persist failed), yielding each `beat` seconds of waiting; nothing
-        arrived means no assistant message to keep."""
+    ) -> Generator[Pending, None, tuple[dict[str, str] | None, bool]]:
+        """(message ids, persist failed), yielding what to wait for when `beat` is set;
+        nothing arrived means no assistant message to keep."""
         if self._saver is None:
             return None, False
         message = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import time
 from collections.abc import Generator
+from dataclasses import dataclass
 from typing import TypeVar, cast
 
 from .request import AssistantRequest, Turn
@@ -21,6 +22,15 @@ from .tracing import RequestLog
 
 _pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="store")
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A step of `Saver.finishing()`: wait for `write` at most `seconds`, then look again
+    (a stream sends a heartbeat in between if one is due)."""
+
+    write: concurrent.futures.Future[str]
+    seconds: float
 
 
 class Saver:
@@ -37,11 +47,13 @@ class Saver:
 
     def finishing(
         self, assistant_message: AssistantMessage | None, beat: float | None
-    ) -> Generator[None, None, tuple[dict[str, str], bool]]:
+    ) -> Generator[Pending, None, tuple[dict[str, str], bool]]:
         """Wait for the user message, then write the reply; returns (message ids, failed).
 
-        A step at a time: it yields each time `beat` seconds pass in a wait (a stream
-        sends a heartbeat then; `drive()` runs it through with `beat` None).
+        A step at a time: with a `beat`, it does not wait itself but yields what to
+        wait for and for how long at most (a stream waits, or lets go of its thread,
+        and sends a heartbeat if one is due); `drive()` runs it through with `beat`
+        None, and then it waits itself.
 
         The reply is written only after the user message landed, so its
         server timestamp comes later and a history read keeps the two in order.
@@ -73,30 +85,30 @@ class Saver:
         deadline: float,
         ids: dict[str, str],
         beat: float | None,
-    ) -> Generator[None, None, bool]:
+    ) -> Generator[Pending, None, bool]:
         while True:
             remaining = max(0.0, deadline - time.monotonic())
-            wait = remaining if beat is None else min(beat, remaining)
+            if beat is not None and remaining > 0 and not future.done():
+                yield Pending(future, min(beat, remaining))
+                continue
             try:
-                ids[role] = future.result(timeout=wait)
+                ids[role] = future.result(timeout=remaining)
                 return True
             except concurrent.futures.TimeoutError:
-                if time.monotonic() < deadline:
-                    yield  # a beat passed
-                    continue
                 self._log.error("persist.timeout", role=role, timeout_s=self._timeout)
             except Exception as exc:  # any store failure: reported, never raised into the stream
                 self._log.error("persist.failed", role=role, reason=f"{type(exc).__name__}: {exc}")
             return False
 
 
-def drive(steps: Generator[None, None, T]) -> T:
+def drive(steps: Generator[Pending, None, T]) -> T:
     """Run a step generator to its end (nobody to send heartbeats to); its result."""
     while True:
         try:
-            next(steps)
+            pending = next(steps)
         except StopIteration as end:
             return cast(T, end.value)
+        concurrent.futures.wait((pending.write,), timeout=pending.seconds)
 
 
 def _failure(future: concurrent.futures.Future[str]) -> BaseException | None:

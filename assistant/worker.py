@@ -71,9 +71,11 @@ it run this subclass instead. Seven things differ from gthread as gunicorn
    whose chunks the I/O loop writes (direct.py) parks between the things it
    writes itself, so an instance streams more replies than it has threads:
    its CPU, not THREADS, says how many. The app sees `PARKING` in the
-   environ. A stopping worker waits for parked responses like any other
-   (gunicorn's graceful timeout); those still parked after it are ended as
-   if their client had left.
+   environ. A stopping worker waits for parked responses like any other,
+   for STOP_SAVE_SECONDS at most: those still parked then are ended as if
+   their client had left (upstream cancelled, what arrived saved), before
+   Cloud Run's kill 10 s after SIGTERM (or gunicorn's, at its graceful
+   timeout) would lose them.
 7. **`/health` and CORS preflights have threads of their own**
    (`RESERVED_THREADS`): a request whose head the poller read, `GET` or
    `HEAD /health` or any `OPTIONS`, goes to a small pool of its own, so that
@@ -137,6 +139,10 @@ class Parkable(Protocol):
 
 
 _PARKED = object()  # handle()'s result for a response that let go of its thread
+
+# How long a stopping worker lets parked replies run on (point 6 above): Cloud Run
+# kills an instance 10 s after SIGTERM, and ending one takes up to ~1 s, its save more.
+STOP_SAVE_SECONDS = 7.0
 
 # What the poller holds of requests still arriving (see point 1 above): a
 # head up to HEAD_BUFFER_BYTES (a larger one, legal up to gunicorn's header
@@ -446,6 +452,7 @@ class Worker(ThreadWorker):
         self._lock = threading.Lock()  # for _parked, changed by pool threads
         self._parked: set[_Exchange] = set()  # responses waiting for their resume()
         self._reserved: futures.ThreadPoolExecutor | None = None  # point 7 above
+        self._stopping_since: float | None = None  # time.monotonic() of the stop signal
 
     def run(self) -> None:
         self._watchdog.start()  # here, in the worker process: a thread does not survive a fork
@@ -540,6 +547,13 @@ class Worker(ThreadWorker):
         """
         super().murder_pending()
         now = time.monotonic()
+        if self._stopping_since is not None and now - self._stopping_since >= min(
+            STOP_SAVE_SECONDS, max(0.0, self.cfg.graceful_timeout - 3)
+        ):
+            with self._lock:
+                parked, self._parked = self._parked, set()
+            for exchange in parked:
+                self._abandon_aside(exchange)
         while self._arrivals and (
             self._arrivals[0].done or self._arrivals[0].since + self._read_timeout <= now
         ):
@@ -723,6 +737,18 @@ class Worker(ThreadWorker):
     def _abandon(self, exchange: _Exchange) -> None:
         self._end_quietly(exchange)
         util.close(exchange.conn.sock)
+        # Counted off on the main thread, which counts connections (and waits for them
+        # to stop); gone already if the worker has stopped.
+        with contextlib.suppress(Exception):
+            self.method_queue.defer(self._connection_ended)
+
+    def _connection_ended(self) -> None:
+        self.nr_conns -= 1
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if self._stopping_since is None:
+            self._stopping_since = time.monotonic()
+        super().handle_exit(sig, frame)
 
     def _keepalive_after(self, conn: _Connection, keepalive: Any) -> Any:
         if keepalive is _PARKED:

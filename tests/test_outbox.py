@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 
@@ -10,15 +11,8 @@ import pytest
 
 from assistant import aio
 from assistant.chain import ChainSucceeded, Chunk, Item
-from assistant.outbox import (
-    UNSENT,
-    WRITE_FAILED,
-    DirectWrites,
-    Outbox,
-    Park,
-    Unsent,
-    WriteFailed,
-)
+from assistant.outbox import UNSENT, WRITE_FAILED, DirectWrites, Outbox, Unsent, WriteFailed
+from assistant.parking import Park, until_done
 
 
 def test_room_waits_until_the_reader_takes_enough() -> None:
@@ -188,10 +182,8 @@ def test_a_parked_reader_is_woken_once_by_whatever_is_queued_for_it(
     wake = Wakes()
     assert outbox.park(wake)
     on_loop(outbox, *steps, [ChainSucceeded()])
-    assert wake.calls == 1
+    assert wake.calls == 1  # once, though more was queued after
     assert outbox.take() == expected
-    outbox.unpark(wake)  # a timer running out after the wake-up: nothing more
-    assert wake.calls == 1
 
 
 def test_written_chunks_do_not_wake_a_parked_reader() -> None:
@@ -202,8 +194,7 @@ def test_written_chunks_do_not_wake_a_parked_reader() -> None:
     assert outbox.park(wake)
     on_loop(outbox, [Chunk("a")], [Chunk("b")])
     assert writes.writes == [b"a;", b"b;"] and wake.calls == 0
-    outbox.unpark(wake)  # its time ran out
-    assert wake.calls == 1 and outbox.take() is None
+    assert outbox.take() is None
 
 
 def test_there_is_no_parking_while_something_waits() -> None:
@@ -218,17 +209,29 @@ def test_a_park_resumes_once_at_its_time_or_at_an_item() -> None:
     """`Park.arm()` on the real I/O loop: the timer, or an item first (then the timer is
     spent on nothing)."""
     timed, outbox = Wakes(), Outbox()
-    Park(outbox, 0.05).arm(timed)
+    Park(0.05, outbox.park).arm(timed)
     assert timed.called.wait(5)
     early, outbox = Wakes(), Outbox()
-    Park(outbox, 0.2).arm(early)
+    Park(0.2, outbox.park).arm(early)
     aio.submit(_put(outbox, ChainSucceeded())).result(timeout=5)
     assert early.called.wait(5)
     time.sleep(0.4)  # past the timer
     assert (timed.calls, early.calls) == (1, 1)
     at_once = Wakes()
-    Park(outbox, 60).arm(at_once)  # the outcome still waits: resumed now
+    Park(60, outbox.park).arm(at_once)  # the outcome still waits: resumed now
     assert at_once.calls == 1
+
+
+def test_a_park_on_a_store_write_resumes_once_when_it_is_done_or_its_time_is_up() -> None:
+    write: concurrent.futures.Future[str] = concurrent.futures.Future()
+    done, slow = Wakes(), Wakes()
+    until_done(write, 60).arm(done)
+    until_done(concurrent.futures.Future(), 0.05).arm(slow)  # never done
+    write.set_result("id")
+    assert done.called.wait(5) and slow.called.wait(5)
+    finished = Wakes()
+    until_done(write, 60).arm(finished)  # done already: resumed now
+    assert (done.calls, slow.calls, finished.calls) == (1, 1, 1)
 
 
 async def _put(outbox: Outbox, item: Item) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import datetime
 import os
@@ -12,10 +13,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
+from assistant.worker import STOP_SAVE_SECONDS
 from devtools.fake_upstream import FakeUpstream, Script
-from devtools.service import free_port
+from devtools.service import free_port, running_service
 
 from .conftest import ask, log_lines, sse_events
 
@@ -476,3 +479,52 @@ def test_history_unavailable_still_answers(client, fake, firestore, capsys) -> N
     assert "answer" in final
     assert _sent_messages(fake) == [("user", "hello")]
     assert "history." in capsys.readouterr().out
+
+
+def test_replies_waiting_for_the_database_hold_no_thread(fake, firestore, black_hole) -> None:
+    """On the real server with THREADS=2, four replies that end together wait for a
+    hanging database side by side, each with its heartbeats: a reply waiting for its
+    save lets go of its thread (parking), so none waits for another's save to time out
+    (one after the other, two threads would take twice PERSIST_TIMEOUT_SECONDS)."""
+    fake.push(*[Script(tokens=["still ", "here"])] * 4)
+    env = {"THREADS": "2", "FIRESTORE_EMULATOR_HOST": black_hole, "MAX_STREAMS_PER_USER": "10",
+           "PERSIST_TIMEOUT_SECONDS": "2", "HEARTBEAT_SECONDS": "0.3"}  # fmt: skip
+
+    def reply(service: str, n: int) -> list[Any]:
+        body = {"user_input": "hi", "trace_id": f"t-parked-save-{n}", **SAVE}
+        answer = httpx.post(f"{service}/vac/assistant/test-assistant/sse", json=body, timeout=20)
+        return sse_events(answer.content)
+
+    with running_service(env) as service, concurrent.futures.ThreadPoolExecutor(4) as pool:
+        started = time.monotonic()
+        replies = list(pool.map(lambda n: reply(service.url, n), range(4)))
+        elapsed = time.monotonic() - started
+    for events in replies:
+        last_chunk = max(i for i, event in enumerate(events) if "chunk" in event)
+        assert events[last_chunk + 1 : -2].count(": ping") >= 3
+        assert events[-2]["metadata"]["persist_failed"] is True and events[-1] == "[DONE]"
+    assert elapsed < 3.5  # side by side: about 2 s, not 4
+
+
+def test_a_stopping_server_saves_a_parked_reply_it_cannot_wait_for(fake, firestore) -> None:
+    """SIGTERM while a reply streams for longer than a stop can wait (Cloud Run kills
+    10 s after it): STOP_SAVE_SECONDS later the worker ends the parked reply as a client
+    that left would: its text so far is saved `incomplete`, and the server exits."""
+    fake.push(Script(tokens=[f"w{n} " for n in range(60)], interval=0.5))  # 30 s
+    body = {"user_input": "hi", "trace_id": "t-stop", **SAVE}
+    url = "/vac/assistant/test-assistant/sse"
+    with running_service({"THREADS": "2"}) as service, httpx.stream(
+        "POST", f"{service.url}{url}", json=body, timeout=20
+    ) as reply:  # fmt: skip
+        lines = reply.iter_lines()
+        assert next(line for line in lines if line) == 'data: {"chunk":"w0 "}'
+        service.process.terminate()
+        stopped = time.monotonic()
+        with contextlib.suppress(httpx.HTTPError):  # cut: no terminal frame
+            for _ in lines:
+                pass
+        assert service.process.wait(timeout=20) == 0
+        assert STOP_SAVE_SECONDS - 1 < time.monotonic() - stopped < 20
+    saved = _messages(firestore)["t-stop-assistant"]
+    assert saved["status"] == "incomplete"
+    assert saved["content"].startswith("w0 w1 w2")
