@@ -101,10 +101,9 @@ def submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
     return asyncio.run_coroutine_threadsafe(coro, _running_loop())
 
 
-def call_later(seconds: float, callback: Callable[..., object], *args: Any) -> None:
-    """Call `callback(*args)` on the I/O loop after `seconds`; from any thread."""
-    loop = _running_loop()
-    loop.call_soon_threadsafe(loop.call_later, seconds, callback, *args)
+def call_soon(callback: Callable[..., object], *args: Any) -> None:
+    """Call `callback(*args)` on the I/O loop; from any thread."""
+    _running_loop().call_soon_threadsafe(callback, *args)
 
 
 def http_client(timeouts: Timeouts) -> httpx.AsyncClient:

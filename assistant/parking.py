@@ -6,16 +6,30 @@ from whichever thread sees it first, when the wait is over: what the reply
 waits for is there, or `seconds` have passed (a timer on the I/O loop). A pool
 thread then goes on with the reply, which looks again: an early or spurious
 resume only means another look.
+
+The times are kept by one clock per process (`_Clock`): a heap of deadlines
+and a single timer on the loop for the earliest. Parking then costs the loop
+nothing in the usual case, where a new deadline is later than one already
+due: a timer per park had to be made on the loop (a wake-up of it through
+its self-pipe) and woke it again when it ran out, for nothing when the reply
+had been resumed by then (its outcome came first: most streams).
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import heapq
+import itertools
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from . import aio
+
+# Deadlines this close together are one timer's: a wait may end this much early.
+EARLY_SECONDS = 0.01
 
 # Registers a wake-up to be called once what is awaited is there; False (nothing
 # registered) when it is there already.
@@ -34,7 +48,7 @@ class Park:
         if not self._watch(once):
             once()
             return
-        aio.call_later(self._seconds, once)
+        _clock.add(self._seconds, once)
 
 
 def until_done(future: concurrent.futures.Future[Any], seconds: float) -> Park:
@@ -48,7 +62,8 @@ def until_done(future: concurrent.futures.Future[Any], seconds: float) -> Park:
 
 
 class _Once:
-    """`resume`, called the first time only (a wake-up and a timer may both come)."""
+    """`resume`, called the first time only (a wake-up and the clock may both come);
+    it lets go of `resume` (and what it holds) then."""
 
     __slots__ = ("_lock", "_resume")
 
@@ -61,3 +76,57 @@ class _Once:
             resume, self._resume = self._resume, None
         if resume is not None:
             resume()
+
+
+class _Clock:
+    """Parked waits' deadlines: a heap, and one timer on the loop for the earliest."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._heap: list[tuple[float, int, _Once]] = []
+        self._order = itertools.count()  # ties broken by arrival, never by _Once
+        self._due: float | None = None  # when the loop's timer fires (or will); None: no timer
+        self._timer: asyncio.TimerHandle | None = None  # the loop's alone
+
+    def add(self, seconds: float, once: _Once) -> None:
+        """From any thread: call `once` after `seconds`."""
+        deadline = time.monotonic() + seconds
+        with self._lock:
+            heapq.heappush(self._heap, (deadline, next(self._order), once))
+            sooner = self._due is None or deadline < self._due - EARLY_SECONDS
+            if sooner:
+                self._due = deadline
+        if sooner:  # the timer must move up: only the loop may touch it
+            aio.call_soon(self._set_timer)
+
+    def _set_timer(self) -> None:
+        """On the loop: the timer, for the earliest deadline."""
+        with self._lock:
+            due = self._heap[0][0] if self._heap else None
+            self._due = due
+        self._restart(due)
+
+    def _fire(self) -> None:
+        """On the loop: the waits due now (or within EARLY_SECONDS) end."""
+        now = time.monotonic()
+        ended = []
+        with self._lock:
+            while self._heap and self._heap[0][0] <= now + EARLY_SECONDS:
+                ended.append(heapq.heappop(self._heap)[2])
+            due = self._heap[0][0] if self._heap else None
+            self._due = due
+        self._timer = None
+        self._restart(due)
+        for once in ended:
+            once()
+
+    def _restart(self, due: float | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if due is not None:
+            delay = max(0.0, due - time.monotonic())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._fire)
+
+
+_clock = _Clock()

@@ -46,7 +46,7 @@ from .config import Settings
 from .direct import ClientSocket
 from .errors import MESSAGES, ErrorCode
 from .outbox import DirectWrites, Outbox, Unsent, WriteFailed
-from .parking import Park, until_done
+from .parking import EARLY_SECONDS, Park, until_done
 from .providers.base import Prompt, Provider, ProviderError
 from .request import AssistantRequest, Turn
 from .saving import Pending, Saver, drive
@@ -58,9 +58,6 @@ from .tracing import RequestLog
 # How often a waiting reply checks that its client is still there.
 CLIENT_POLL_SECONDS = 1.0
 PING_CHECK_SECONDS = 0.25  # at most, between looks whether a heartbeat is due (at the end)
-# A parked wait ends on the I/O loop's timer, which may fire a little early by
-# time.monotonic(): a check due within this much is done now, not a wait later.
-TIMER_SLACK_SECONDS = 0.01
 
 
 def failure_status(outcome: ChainFailed | ChainCrashed) -> int:
@@ -329,7 +326,7 @@ class Reply:
             self._last_sent = max(self._last_sent, self._items.last_direct_write)
             # Once a second whether or not items flow: a JSON caller is never
             # written to before the end, so only this notices that it left.
-            if now - last_check >= CLIENT_POLL_SECONDS - TIMER_SLACK_SECONDS:
+            if now - last_check >= CLIENT_POLL_SECONDS - EARLY_SECONDS:
                 last_check = now
                 if self._client_gone():
                     raise ClientGone()
@@ -343,7 +340,7 @@ class Reply:
                 if not isinstance(item, ToolCall):  # a call is not written: no sign of life
                     self._last_sent = now
                 yield item
-            elif heartbeat is not None and now - self._last_sent >= heartbeat - TIMER_SLACK_SECONDS:
+            elif heartbeat is not None and now - self._last_sent >= heartbeat - EARLY_SECONDS:
                 self._last_sent = now
                 yield None
 
@@ -406,7 +403,7 @@ class Reply:
             else:
                 concurrent.futures.wait((pending.write,), timeout=pending.seconds)
             self._last_sent = max(self._last_sent, self._items.last_direct_write)
-            if time.monotonic() - self._last_sent >= heartbeat - TIMER_SLACK_SECONDS:
+            if time.monotonic() - self._last_sent >= heartbeat - EARLY_SECONDS:
                 yield sse.PING
                 self._last_sent = time.monotonic()
 

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import threading
-import time
 
 import pytest
 
-from assistant import aio
 from assistant.chain import ChainSucceeded, Chunk, Item
 from assistant.outbox import UNSENT, WRITE_FAILED, DirectWrites, Outbox, Unsent, WriteFailed
-from assistant.parking import Park, until_done
 
 
 def test_room_waits_until_the_reader_takes_enough() -> None:
@@ -203,36 +199,3 @@ def test_there_is_no_parking_while_something_waits() -> None:
     assert not outbox.park(Wakes())
     assert outbox.take() == ChainSucceeded()
     assert outbox.take() is None
-
-
-def test_a_park_resumes_once_at_its_time_or_at_an_item() -> None:
-    """`Park.arm()` on the real I/O loop: the timer, or an item first (then the timer is
-    spent on nothing)."""
-    timed, outbox = Wakes(), Outbox()
-    Park(0.05, outbox.park).arm(timed)
-    assert timed.called.wait(5)
-    early, outbox = Wakes(), Outbox()
-    Park(0.2, outbox.park).arm(early)
-    aio.submit(_put(outbox, ChainSucceeded())).result(timeout=5)
-    assert early.called.wait(5)
-    time.sleep(0.4)  # past the timer
-    assert (timed.calls, early.calls) == (1, 1)
-    at_once = Wakes()
-    Park(60, outbox.park).arm(at_once)  # the outcome still waits: resumed now
-    assert at_once.calls == 1
-
-
-def test_a_park_on_a_store_write_resumes_once_when_it_is_done_or_its_time_is_up() -> None:
-    write: concurrent.futures.Future[str] = concurrent.futures.Future()
-    done, slow = Wakes(), Wakes()
-    until_done(write, 60).arm(done)
-    until_done(concurrent.futures.Future(), 0.05).arm(slow)  # never done
-    write.set_result("id")
-    assert done.called.wait(5) and slow.called.wait(5)
-    finished = Wakes()
-    until_done(write, 60).arm(finished)  # done already: resumed now
-    assert (done.calls, slow.calls, finished.calls) == (1, 1, 1)
-
-
-async def _put(outbox: Outbox, item: Item) -> None:
-    outbox.put(item)
