@@ -77,11 +77,17 @@ class ClientSocket:
 
 @contextlib.contextmanager
 def briefly(sock: socket.socket) -> Iterator[None]:
-    """Writes to `sock` meanwhile wait BRIEF_WRITE_SECONDS at most (limits.py)."""
+    """Writes to `sock` meanwhile wait BRIEF_WRITE_SECONDS at most (limits.py). One that
+    fails shuts the socket: the client is gone, and no later write to it (gunicorn's
+    end of the body) may wait either."""
     timeout = sock.gettimeout()
     sock.settimeout(min(timeout or BRIEF_WRITE_SECONDS, BRIEF_WRITE_SECONDS))
     try:
         yield
+    except OSError:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        raise
     finally:
         with contextlib.suppress(OSError):
             sock.settimeout(timeout)

@@ -11,7 +11,7 @@ once. A streaming reply holds no request thread while the I/O loop writes its
 chunks (worker.py "parking"): it holds one until its first frame is out, and
 whenever it writes itself; `/health` and preflights have threads of their
 own (worker.py). A write to a client that takes nothing waits on its thread,
-up to SEND_TIMEOUT_SECONDS; at most THREADS - 2 threads wait so at once
+up to SEND_TIMEOUT_SECONDS; at most half of THREADS wait so at once
 (`Slot.write_begins()`), and past that a write waits BRIEF_WRITE_SECONDS at
 most: a client that takes nothing within it is gone. Otherwise a few dozen
 clients that never read would hold every thread for SEND_TIMEOUT_SECONDS.
@@ -36,7 +36,7 @@ from .errors import MESSAGES, RequestError
 RETRY_AFTER_SECONDS = 5  # a user's own replies take seconds to end
 OVERLOADED_RETRY_AFTER_SECONDS = 2  # another instance, or this one soon, will have room
 STUCK_SECONDS = 2.0  # a write not taken for this long marks a client as stuck
-BRIEF_WRITE_SECONDS = 1.0  # the longest a write may wait once THREADS - 2 threads wait on clients
+BRIEF_WRITE_SECONDS = 0.1  # the longest a write may wait once half of THREADS wait on clients
 ANONYMOUS = ""  # the bucket of requests that name no user
 
 
@@ -110,8 +110,9 @@ class InFlight:
         self.writers = Writers()
 
     def set_threads(self, threads: int) -> None:
-        """The worker's request threads: all but two may wait on clients' writes."""
-        self.writers.cap = max(1, threads - 2)
+        """The worker's request threads: half of them may wait on clients' writes (the
+        other half serve everyone else: bench/abuse.py non-readers, README "Speed")."""
+        self.writers.cap = max(1, threads // 2)
 
     def count(self) -> int:
         """Replies in flight now (evicted ones included until they end)."""

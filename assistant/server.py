@@ -78,7 +78,7 @@ def _in_worker(worker: object) -> None:
     config.fix_for_process()
     threads = getattr(getattr(worker, "cfg", None), "threads", None)
     if isinstance(threads, int):
-        limits.replies_in_flight.set_threads(threads)  # all but two may wait on clients
+        limits.replies_in_flight.set_threads(threads)  # half of them may wait on clients
     presize_descriptor_table()  # before its threads start: no grace period to wait for
     batch_scheduling()  # before any thread of the worker starts: they inherit it
     memory.start_in_worker(worker)  # last: it freezes what exists, the settings included

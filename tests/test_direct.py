@@ -3,7 +3,6 @@ on a real socket pair: framing, a socket that takes part of a write, a client th
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import ssl
 import threading
@@ -116,10 +115,11 @@ def test_direct_writes_only_where_they_are_safe() -> None:
 def test_past_the_cap_of_waiting_writers_a_write_waits_briefly(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:
-    """limits.py: at most THREADS - 2 threads wait on clients for the send timeout. Past
-    that, send_all waits BRIEF_WRITE_SECONDS at most: a client that takes nothing within
-    it is gone, and one that reads gets it all."""
-    server, client = pair
+    """limits.py: at most half of THREADS wait on clients for the send timeout. Past
+    that, send_all waits BRIEF_WRITE_SECONDS at most: a client that takes nothing in it
+    is gone (its socket shut: no later write waits either), and one that reads gets it
+    all."""
+    server, _client = pair
     server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     in_flight = InFlight()
     in_flight.set_threads(3)  # one thread may wait
@@ -129,19 +129,19 @@ def test_past_the_cap_of_waiting_writers_a_write_waits_briefly(
     with pytest.raises(TimeoutError):
         ClientSocket(server, chunked=False, slot=late).send_all(b"x" * 10_000_000)
     assert BRIEF_WRITE_SECONDS <= time.monotonic() - started < 5  # not the socket's 5 s
-    assert server.gettimeout() == 5  # the send timeout again, for what follows
     assert late.writing_since is None
+    with pytest.raises(OSError):
+        server.sendall(b"the end of the body")  # shut: fails at once
+    assert server.gettimeout() == 5
 
-    client.setblocking(False)
-    with contextlib.suppress(BlockingIOError):  # what it had taken of the first write
-        while client.recv(1 << 20):
-            pass
-    client.settimeout(5)
-    data = b"y" * 1_000_000
-    reader = threading.Thread(target=lambda: read_exactly(client, len(data)))
-    reader.start()  # a client that reads: it gets it all within the brief wait
-    ClientSocket(server, chunked=False, slot=late).send_all(data)
-    reader.join(5)
-    assert not reader.is_alive()
+    reading_server, reading_client = socket.socketpair()
+    with reading_server, reading_client:
+        reading_server.settimeout(5)
+        data = b"y" * 100_000
+        reader = threading.Thread(target=read_exactly, args=(reading_client, len(data)))
+        reader.start()  # a client that reads: it gets it all within the brief wait
+        ClientSocket(reading_server, chunked=False, slot=late).send_all(data)
+        reader.join(5)
+        assert not reader.is_alive()
     waiting.write_ends()
     assert late.write_begins()  # its place is free again

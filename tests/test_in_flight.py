@@ -45,7 +45,7 @@ def test_an_evicted_reply_frees_its_place_once_and_only_once() -> None:
     assert in_flight.take("someone", per_user=10, total=2) is not None
 
 
-def test_waiting_writers_are_capped_at_all_threads_but_two() -> None:
+def test_waiting_writers_are_capped_at_half_the_threads() -> None:
     in_flight = InFlight()
     slots = [in_flight.take("someone", per_user=10, total=10) for _ in range(4)]
     assert all(slot.write_begins() for slot in slots)  # in-process: no cap
