@@ -44,10 +44,14 @@ class ClientSocket:
         """On the loop: write what the socket takes without waiting; returns the rest
         (empty when it took it all). OSError: the client is gone."""
         data = b"%X\r\n%b\r\n" % (len(frame), frame) if self._chunked else frame
-        # os.write, not sock.send: a socket with a timeout (the send timeout,
-        # http.py) polls before every send; its descriptor is non-blocking, so
-        # this returns at once either way.
-        return self._write_at_once(data)
+        try:
+            # os.write, not sock.send: a socket with a timeout (the send
+            # timeout, http.py) polls before every send; its descriptor is
+            # non-blocking, so this returns at once either way.
+            sent = os.write(self._fd, data)
+        except BlockingIOError:
+            return data
+        return data[sent:]
 
     def send_all(self, data: bytes) -> None:
         """On the request thread: bytes `write_now` left, waiting up to the socket's timeout
@@ -65,14 +69,6 @@ class ClientSocket:
             return
         with briefly(self._sock):
             self._sock.sendall(data)
-
-    def _write_at_once(self, data: bytes) -> bytes:
-        """Framed bytes, written without waiting; returns the rest."""
-        try:
-            sent = os.write(self._fd, data)
-        except BlockingIOError:
-            return data
-        return data[sent:]
 
 
 @contextlib.contextmanager

@@ -133,7 +133,6 @@ def _assistant(
     reply, or a refusal (`RequestError.trace_id`, answered by `handle`).
     """
     verified = caller(headers, settings.auth)
-    streaming = bool(match["sse"]) or _wants_event_stream(request)
     limits = (settings.auth.max_streams_per_user, settings.max_streams)
     slot = replies_in_flight.take(verified.user_id, *limits) if verified else None
     body_trace: str | None = None
@@ -153,7 +152,7 @@ def _assistant(
         if slot is None:
             slot = replies_in_flight.take(author.user_id, *limits)
         response = _answer(
-            request, streaming, assistant_request, author, slot, settings, trace_id, log, started
+            request, match, assistant_request, author, slot, settings, trace_id, log, started
         )
     except BaseException as exc:
         if slot is not None:
@@ -168,7 +167,7 @@ def _assistant(
 
 def _answer(
     request: flask.Request,
-    streaming: bool,
+    match: re.Match[str],
     assistant_request: AssistantRequest,
     author: Author,
     slot: Slot,
@@ -191,6 +190,7 @@ def _answer(
         )
         assistant_request = dataclasses.replace(assistant_request, chat_history=history)
 
+    streaming = bool(match["sse"]) or _wants_event_stream(request)
     log.info(
         "request.accepted",
         assistant_id=assistant_request.assistant_id,

@@ -62,7 +62,7 @@ it run this subclass instead. Seven things differ from gthread as gunicorn
    connection will close; HTTP/1.0 answers keep gthread's headers.
 
 6. **Parking: a response can let go of its thread while it waits.** A body
-   item that is not bytes but a `Parkable` (the app's `outbox.Park`) means
+   item that is not bytes but a `Parkable` (the app's `parking.Park`) means
    "nothing to write until I call you": the worker calls its `arm(resume)`
    and the thread goes back to the pool, the connection still open and
    counted; `resume()`, called once from any thread, hands the response to a
@@ -465,12 +465,7 @@ class Worker(ThreadWorker):
                 util.close(arrival.conn.sock)
             for linger in self._lingering:
                 util.close(linger.sock)
-            # Past the graceful timeout: the replies still parked end as a client
-            # that left would (upstream cancelled, what arrived saved), side by side.
-            with self._lock:
-                parked, self._parked = self._parked, set()
-            for exchange in parked:
-                self._abandon_aside(exchange)
+            self._abandon_parked()  # any left once gunicorn's graceful wait is over
 
     # -- requests arriving, on the poller (main thread)
 
@@ -525,7 +520,14 @@ class Worker(ThreadWorker):
         ):
             super().enqueue_req(conn)
             return
-        future = self._reserved.submit(self.handle, conn)
+        self._submit(self._reserved, conn, self.handle, conn)
+
+    def _submit(
+        self, pool: futures.Executor, conn: _Connection, work: Callable[[Any], Any], arg: Any
+    ) -> None:
+        """`work(arg)` on `pool`, then gthread's finish_request for `conn` on the main
+        thread, as gthread's enqueue_req does. RuntimeError: the pool is shut down."""
+        future = pool.submit(work, arg)
         future.add_done_callback(
             lambda done: self.method_queue.defer(self.finish_request, conn, done)
         )
@@ -550,10 +552,7 @@ class Worker(ThreadWorker):
         if self._stopping_since is not None and now - self._stopping_since >= min(
             STOP_SAVE_SECONDS, max(0.0, self.cfg.graceful_timeout - 3)
         ):
-            with self._lock:
-                parked, self._parked = self._parked, set()
-            for exchange in parked:
-                self._abandon_aside(exchange)
+            self._abandon_parked()
         while self._arrivals and (
             self._arrivals[0].done or self._arrivals[0].since + self._read_timeout <= now
         ):
@@ -705,13 +704,9 @@ class Worker(ThreadWorker):
                 return  # ended at the worker's stop
             self._parked.remove(exchange)
         try:
-            future = self.tpool.submit(self._go_on, exchange)
+            self._submit(self.tpool, exchange.conn, self._go_on, exchange)
         except RuntimeError:  # the pool is shut down: the worker is stopping
             self._abandon_aside(exchange)
-            return
-        future.add_done_callback(
-            lambda done: self.method_queue.defer(self.finish_request, exchange.conn, done)
-        )
 
     def _go_on(self, exchange: _Exchange) -> Any:
         """gthread's handle() for a parked response, on a pool thread."""
@@ -726,6 +721,14 @@ class Worker(ThreadWorker):
         except Exception:
             self.log.exception("Error handling request")
             return False
+
+    def _abandon_parked(self) -> None:
+        """The replies parked now end as a client that left would (upstream cancelled,
+        what arrived saved), side by side."""
+        with self._lock:
+            parked, self._parked = self._parked, set()
+        for exchange in parked:
+            self._abandon_aside(exchange)
 
     def _abandon_aside(self, exchange: _Exchange) -> None:
         """End a parked response that will not be resumed, as a client that left, on a
