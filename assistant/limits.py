@@ -12,8 +12,9 @@ chunks (worker.py "parking"): it holds one until its first frame is out, and
 whenever it writes itself; `/health` and preflights have threads of their
 own (worker.py). A write to a client that takes nothing waits on its thread,
 up to SEND_TIMEOUT_SECONDS; at most half of THREADS wait so at once
-(`Slot.write_begins()`), and past that a write waits BRIEF_WRITE_SECONDS at
-most: a client that takes nothing within it is gone. Otherwise a few dozen
+(`Slot.write_begins()`), and past that a write not done within
+BRIEF_WRITE_SECONDS means the client is gone (a slow reader too, then, if a
+frame does not fit its socket's buffer). Otherwise a few dozen
 clients that never read would hold every thread for SEND_TIMEOUT_SECONDS.
 
 When the instance is full, a reply whose client has taken no write for

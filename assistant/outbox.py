@@ -7,8 +7,9 @@ characters of unsent chunk text the chain waits (`room()`) before it reads
 the upstream any further, so the provider's own socket fills and TCP slows
 it down: a reply holds at most about `limit` characters here, whatever the
 client does (README "Slow, stuck and greedy clients"). A client that never reads again is
-ended by the send timeout on the request thread, which cancels the chain
-while it waits here.
+ended by the send timeout on the request thread (or, when half of the
+threads already wait on clients, a far shorter one: limits.py), which
+cancels the chain while it waits here.
 
 Outcomes and other items are never held back: only text counts.
 

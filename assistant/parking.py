@@ -27,8 +27,9 @@ from collections.abc import Callable
 from typing import Any
 
 from . import aio
+from .tracing import process_log
 
-# Deadlines this close together are one timer's: a wait may end this much early.
+# Deadlines this close together are one timer's: a wait may end this much early (or late).
 EARLY_SECONDS = 0.01
 
 # Registers a wake-up to be called once what is awaited is there; False (nothing
@@ -118,7 +119,10 @@ class _Clock:
         self._timer = None
         self._restart(due)
         for once in ended:
-            once()
+            try:
+                once()
+            except Exception as exc:  # one resume that fails must not cost the others theirs
+                process_log().exception("park.resume_failed", exc=exc)
 
     def _restart(self, due: float | None) -> None:
         if self._timer is not None:

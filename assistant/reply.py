@@ -398,14 +398,18 @@ class Reply:
                 pending = next(steps)
             except StopIteration as end:
                 return cast("dict[str, Any]", end.value)
-            if self._parking and self._head_sent:
-                yield until_done(pending.write, pending.seconds)
-            else:
-                concurrent.futures.wait((pending.write,), timeout=pending.seconds)
-            self._last_sent = max(self._last_sent, self._items.last_direct_write)
-            if time.monotonic() - self._last_sent >= heartbeat - EARLY_SECONDS:
-                yield sse.PING
-                self._last_sent = time.monotonic()
+            try:
+                if self._parking and self._head_sent:
+                    yield until_done(pending.write, pending.seconds)
+                else:
+                    concurrent.futures.wait((pending.write,), timeout=pending.seconds)
+                self._last_sent = max(self._last_sent, self._items.last_direct_write)
+                if time.monotonic() - self._last_sent >= heartbeat - EARLY_SECONDS:
+                    yield sse.PING
+                    self._last_sent = time.monotonic()
+            except GeneratorExit:  # closed meanwhile (the client left, the worker stops):
+                drive(steps)  # the save goes to its end all the same
+                raise
 
     def _conclude(self, item: Outcome) -> dict[str, Any]:
         """Save what arrived and build the terminal payload."""

@@ -133,6 +133,21 @@ _RESERVED_REQUESTS = (b"GET /health ", b"GET /health?", b"HEAD /health ", b"HEAD
                       b"OPTIONS ")  # fmt: skip
 
 
+def _reserved_request(head: bytes | None) -> bool:
+    """A /health or preflight request whose head the poller read whole, with no body:
+    nothing left to read, so it holds its reserved thread for no client (a body, or
+    `Expect`, goes to the other threads, where the read clock bounds it)."""
+    if head is None or not head.startswith(_RESERVED_REQUESTS):
+        return False
+    end = head.find(b"\r\n\r\n")
+    if end < 0:
+        return False
+    fields = head[:end]
+    return not any(
+        pattern.search(fields) for pattern in (_ANY_CONTENT_LENGTH, _ANY_TRANSFER_ENCODING, _EXPECT)
+    )
+
+
 class Parkable(Protocol):
     def arm(self, resume: Callable[[], None]) -> None:
         """Call `resume` once, from any thread, when the body has more to give."""
@@ -453,6 +468,7 @@ class Worker(ThreadWorker):
         self._parked: set[_Exchange] = set()  # responses waiting for their resume()
         self._reserved: futures.ThreadPoolExecutor | None = None  # point 7 above
         self._stopping_since: float | None = None  # time.monotonic() of the stop signal
+        self._stopped = False  # the main loop has ended
 
     def run(self) -> None:
         self._watchdog.start()  # here, in the worker process: a thread does not survive a fork
@@ -465,6 +481,7 @@ class Worker(ThreadWorker):
                 util.close(arrival.conn.sock)
             for linger in self._lingering:
                 util.close(linger.sock)
+            self._stopped = True  # the main loop is over: nothing more is deferred to it
             self._abandon_parked()  # any left once gunicorn's graceful wait is over
 
     # -- requests arriving, on the poller (main thread)
@@ -513,11 +530,7 @@ class Worker(ThreadWorker):
 
     def enqueue_req(self, conn: _Connection) -> None:
         """gthread's, except that /health and preflights go to their own threads (point 7)."""
-        if (
-            self._reserved is None
-            or conn.head is None
-            or not conn.head.startswith(_RESERVED_REQUESTS)
-        ):
+        if self._reserved is None or not _reserved_request(conn.head):
             super().enqueue_req(conn)
             return
         self._submit(self._reserved, conn, self.handle, conn)
@@ -735,14 +748,17 @@ class Worker(ThreadWorker):
         thread of its own: never on the I/O loop (the reply waits for its chain, which
         runs there, then saves), and side by side with the others. Not a daemon: the
         process waits for it to exit."""
-        threading.Thread(target=self._abandon, args=(exchange,), name="abandon").start()
+        try:
+            threading.Thread(target=self._abandon, args=(exchange,), name="abandon").start()
+        except RuntimeError:  # no thread to be had: here, then
+            self._abandon(exchange)
 
     def _abandon(self, exchange: _Exchange) -> None:
         self._end_quietly(exchange)
         util.close(exchange.conn.sock)
         # Counted off on the main thread, which counts connections (and waits for them
-        # to stop); gone already if the worker has stopped.
-        with contextlib.suppress(Exception):
+        # to stop), unless its loop is over (its queue is closed then).
+        if not self._stopped:
             self.method_queue.defer(self._connection_ended)
 
     def _connection_ended(self) -> None:

@@ -16,6 +16,13 @@ from typing import Any
 import httpx
 import pytest
 
+from assistant.config import Settings
+from assistant.parking import Park
+from assistant.providers import configured_providers
+from assistant.reply import Reply
+from assistant.request import AssistantRequest
+from assistant.store import Author, FirestoreStore
+from assistant.tracing import RequestLog
 from assistant.worker import STOP_SAVE_SECONDS
 from devtools.fake_upstream import FakeUpstream, Script
 from devtools.service import free_port, running_service
@@ -528,3 +535,34 @@ def test_a_stopping_server_saves_a_parked_reply_it_cannot_wait_for(fake, firesto
     saved = _messages(firestore)["t-stop-assistant"]
     assert saved["status"] == "incomplete"
     assert saved["content"].startswith("w0 w1 w2")
+
+
+def test_a_reply_ended_while_parked_on_its_save_still_saves(
+    fake: FakeUpstream, firestore, paused_database: _PausableProxy
+) -> None:
+    """The worker may end a reply that is parked waiting for its final save (its stop
+    past STOP_SAVE_SECONDS, an eviction): the save goes on to its end all the same."""
+    os.environ["PERSIST_TIMEOUT_SECONDS"] = "5"
+    fake.push(Script(tokens=["kept"]))
+    settings = Settings.from_env()
+    reply = Reply(
+        AssistantRequest(assistant_id="test-assistant", user_input="hi", save_to_history=True),
+        trace_id="t-ended-saving",
+        settings=settings,
+        providers=configured_providers(settings)[0],
+        store=FirestoreStore(settings.collection, settings.persist_timeout_seconds),
+        author=Author("ada@example.com", "ada@example.com", "Ada"),
+        log=RequestLog("t-ended-saving"),
+        streaming=True,
+        parking=True,
+    )
+    reply.start()  # the user message's write waits: the database is paused
+    frames = reply.sse_frames(reply.first_item(timeout=5))
+    for frame in frames:  # as the worker would, resumed at once after each park
+        if isinstance(frame, Park) and reply._done:
+            break  # parked on the save
+    threading.Timer(0.5, paused_database.resume).start()
+    frames.close()  # what the worker's end of a parked reply does
+    saved = _messages(firestore)
+    assert saved["t-ended-saving-assistant"]["content"] == "kept"
+    assert saved["t-ended-saving-user"]["content"] == "hi"

@@ -11,7 +11,7 @@ import pytest
 from gunicorn.config import Config
 from gunicorn.http import errors
 
-from assistant.worker import HEAD_BUFFER_BYTES, _Arrival, refusal
+from assistant.worker import HEAD_BUFFER_BYTES, _Arrival, _reserved_request, refusal
 
 HEAD = b"POST /vac/assistant/x/sse HTTP/1.1\r\nHost: x\r\n"
 CHUNKS = b"".join(b"%x;ext=1\r\n%s\r\n" % (n, b"z" * n) for n in (1, 100, 5000, 3))
@@ -109,3 +109,26 @@ def test_refusals_never_echo_what_the_client_sent(cfg: Any) -> None:
     ):
         assert secret not in refusal(exc, cfg)[2]
     assert refusal(errors.InvalidHeader("HOST"), cfg)[2] == "the Host header is invalid"
+
+
+@pytest.mark.parametrize(
+    ("head", "reserved"),
+    [
+        (b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", True),
+        (b"HEAD /health?probe=1 HTTP/1.1\r\nHost: x\r\n\r\n", True),
+        (b"OPTIONS /vac/assistant/x/sse HTTP/1.1\r\nOrigin: https://a.example\r\n\r\n", True),
+        (b"POST /vac/assistant/x/sse HTTP/1.1\r\nHost: x\r\n\r\n", False),
+        (b"GET /healthy HTTP/1.1\r\nHost: x\r\n\r\n", False),
+        (b"GET /health HTTP/1.1\r\nHost: x\r\n", False),  # not all there
+        (b"GET /health HTTP/1.1\r\nContent-Length: 2000000\r\n\r\n", False),
+        (b"OPTIONS / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", False),
+        (b"OPTIONS / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 9\r\n\r\n", False),
+        (None, False),  # the head was not read on the poller
+    ],
+)
+def test_only_whole_bodiless_health_checks_and_preflights_get_the_reserved_threads(
+    head: bytes | None, reserved: bool
+) -> None:
+    """A reserved thread must never wait on a client: a body (or an Expect) would have
+    it read on the client's time, and two slow clients would hold both."""
+    assert _reserved_request(head) is reserved
