@@ -73,5 +73,18 @@ def test_many_parks_from_many_threads_each_end_once_at_their_time() -> None:
     assert all(ends[n] >= armed[n] - 0.011 for n in ends)
 
 
+def test_a_resume_that_fails_does_not_cost_the_others_due_with_it(capsys) -> None:
+    resumed = threading.Event()
+
+    def failing() -> None:
+        raise RuntimeError("can't start new thread")
+
+    never = Outbox().park  # nothing is ever queued: the clock ends both
+    Park(0.05, never).arm(failing)
+    Park(0.05, never).arm(resumed.set)
+    assert resumed.wait(5)
+    assert "park.resume_failed" in capsys.readouterr().out
+
+
 async def _put(outbox: Outbox, item: Item) -> None:
     outbox.put(item)
