@@ -402,7 +402,7 @@ class Reply:
                 if self._parking and self._head_sent:
                     yield until_done(pending.write, pending.seconds)
                 else:
-                    concurrent.futures.wait((pending.write,), timeout=pending.seconds)
+                    pending.wait()
                 self._last_sent = max(self._last_sent, self._items.last_direct_write)
                 if time.monotonic() - self._last_sent >= heartbeat - EARLY_SECONDS:
                     yield sse.PING

@@ -32,6 +32,10 @@ class Pending:
     write: concurrent.futures.Future[str]
     seconds: float
 
+    def wait(self) -> None:
+        """Wait here, with the thread, until the write is done or `seconds` pass."""
+        concurrent.futures.wait((self.write,), timeout=self.seconds)
+
 
 class Saver:
     def __init__(self, store: MessageStore, timeout: float, log: RequestLog) -> None:
@@ -108,7 +112,7 @@ def drive(steps: Generator[Pending, None, T]) -> T:
             pending = next(steps)
         except StopIteration as end:
             return cast(T, end.value)
-        concurrent.futures.wait((pending.write,), timeout=pending.seconds)
+        pending.wait()
 
 
 def _failure(future: concurrent.futures.Future[str]) -> BaseException | None:
