@@ -24,18 +24,18 @@ from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import Any, cast
 
 import flask
+from werkzeug.datastructures import Headers
 from werkzeug.exceptions import ClientDisconnected
 
 from . import __version__, sse
 from .auth import caller
-from .chain import ChainCrashed, ChainFailed
 from .config import ConfigError, Settings, request_settings
 from .direct import briefly, client_socket
 from .errors import MESSAGES, ErrorCode, RequestError
 from .limits import Slot, replies_in_flight
 from .parking import Park
 from .providers import configured_providers, with_fresh_key
-from .reply import ClientGone, Reply, failure_status
+from .reply import ClientGone, Refused, Reply
 from .request import (
     AssistantRequest,
     body_trace_id,
@@ -46,7 +46,7 @@ from .request import (
 from .saving import load_history
 from .store import Author, FirestoreStore, MessageStore
 from .tracing import RequestLog, new_trace_id, trace_id_from_headers
-from .worker import PARKING
+from .worker import PARKING, Instead
 
 _ASSISTANT_ROUTE = re.compile(r"/vac/assistant/(?P<id>.*?)(?P<sse>/sse)?")
 _ALLOWED_METHODS = "POST, OPTIONS"
@@ -242,26 +242,67 @@ def _json_reply(reply: Reply, trace_id: str) -> flask.Response:
 def _sse_reply(
     reply: Reply, slot: Slot, sock: object, settings: Settings, trace_id: str
 ) -> flask.Response:
-    """The status waits for the first chunk, or HEARTBEAT_SECONDS, whichever comes first."""
-    first = reply.first_item(timeout=settings.heartbeat_seconds)
-    if isinstance(first, ChainFailed | ChainCrashed):  # failed before any text: a real status
-        return _json(failure_status(first), reply.failure_body(first), trace_id)
+    """The status waits for the first chunk, or HEARTBEAT_SECONDS, whichever comes first.
+
+    Under our worker (`PARKING`) that wait is the response's own: it is
+    returned at once, its thread goes back to the pool while the upstream
+    thinks, and a reply refused meanwhile (a 502, say) is written instead of
+    it (`worker.Instead`), its head not being out yet. Elsewhere (a test
+    client) the wait is here, before the response exists.
+    """
+    stream = reply.sse_stream()
+    if not reply.parks:
+        first = next(stream)
+        if isinstance(first, Refused):
+            stream.close()
+            return _json(first.status, first.payload, trace_id)
+        stream = _starting_with(first, stream)
     response = flask.Response(
-        # A Park is no frame: Flask passes it through untouched (direct_passthrough),
-        # and the worker parks on it (worker.py "parking").
-        cast(
-            "Iterator[bytes]",
-            _marking_writes(reply.sse_frames(first), slot, sock),
-        ),
         status=200,
         content_type="text/event-stream; charset=utf-8",
         headers={**SSE_HEADERS, "X-Trace-Id": trace_id},
+        # A Park or an Instead is no frame: Flask passes it through untouched,
+        # and the worker acts on it (worker.py "parking").
         direct_passthrough=True,
+    )
+    response.response = cast(
+        "Iterator[bytes]",
+        _marking_writes(_refusals_instead(stream, response.headers, trace_id), slot, sock),
     )
     # Belt and braces: a response closed before its first frame never runs the
     # generator's `finally`; this abandons the reply all the same.
     response.call_on_close(reply.close)
     return response
+
+
+def _starting_with(
+    first: bytes | Park | Refused, rest: Generator[bytes | Park | Refused, None, None]
+) -> Generator[bytes | Park | Refused, None, None]:
+    try:
+        yield first
+        yield from rest
+    finally:
+        rest.close()
+
+
+def _refusals_instead(
+    stream: Generator[bytes | Park | Refused, None, None], headers: Headers, trace_id: str
+) -> Generator[bytes | Park | Instead, None, None]:
+    """The stream, with a refusal turned into the answer the worker writes instead: its
+    status and JSON error, with the headers `handle` gave the stream (CORS) but not
+    those that describe a stream."""
+    try:
+        for item in stream:
+            if not isinstance(item, Refused):
+                yield item
+                continue
+            answer = _json(item.status, item.payload, trace_id)
+            for name, value in headers.items():
+                if name not in answer.headers and name not in SSE_HEADERS:
+                    answer.headers[name] = value
+            yield Instead(answer.status, answer.headers.to_wsgi_list(), answer.get_data())
+    finally:
+        stream.close()
 
 
 _announced: tuple[object, ...] | None = None
@@ -330,19 +371,20 @@ SEND_BUFFER_BYTES = 64 * 1024
 
 
 def _marking_writes(
-    frames: Generator[bytes | Park, None, None], slot: Slot, sock: object
-) -> Iterator[bytes | Park]:
+    frames: Generator[bytes | Park | Instead, None, None], slot: Slot, sock: object
+) -> Iterator[bytes | Park | Instead]:
     """The frames, with the slot told when a write is under way.
 
     gunicorn writes a frame between our `yield` and its next request for one,
     so a write that is still "under way" after seconds is a client that takes
-    nothing: what a full instance may evict (limits.py). A `Park` is no write.
+    nothing: what a full instance may evict (limits.py). A `Park` is no write (nor an
+    `Instead`: it is written before the stream's first frame, where nothing waits).
     When as many threads as may wait on clients already do (limits.py), the
     write waits BRIEF_WRITE_SECONDS at most instead.
     """
     try:
         for frame in frames:
-            if isinstance(frame, Park):
+            if isinstance(frame, Park | Instead):
                 yield frame
             elif slot.write_begins():
                 try:

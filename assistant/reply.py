@@ -23,6 +23,7 @@ store once, before the terminal frame, or in `finally` when the client left.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import functools
 import queue
 import time
@@ -99,7 +100,7 @@ class Reply:
         self._author = author
         self._client_gone = client_gone
         self._client_socket = client_socket  # None: the loop never writes to the client
-        self._parking = parking  # the server can let go of the thread (`Park`) once the head is out
+        self._parking = parking  # the server can let go of the thread while it waits (`Park`)
         # When the client was last sent something (a frame handed on here, or a write
         # of the loop's): heartbeats go out after HEARTBEAT_SECONDS from it.
         self._last_sent = time.monotonic()
@@ -163,19 +164,38 @@ class Reply:
         self._on_end()
         self._let_go()
 
-    def first_item(self, timeout: float) -> Item | None:
-        """The chain's first item, or None if it has none within `timeout`."""
-        try:
-            item = next(self._wait(None, heartbeat=timeout))
-        except ClientGone:
-            self._abandon()
-            raise
-        assert not isinstance(item, Park)  # no head is out yet
-        return item
+    @property
+    def parks(self) -> bool:
+        """Whether the reply's waits are `Park`s (the server lets go of its thread)."""
+        return self._parking
 
     # -- SSE ---------------------------------------------------------------
 
-    def sse_frames(self, first: Item | None) -> Generator[bytes | Park, None, None]:
+    def sse_stream(self) -> Generator[bytes | Park | Refused, None, None]:
+        """The SSE answer: what decides its status, then its frames.
+
+        The status waits for the chain's first item, or HEARTBEAT_SECONDS
+        without one. A chain that fails within that window is `Refused` (a
+        real status and error body, nothing streamed), and so is a client
+        that left meanwhile (499); anything else opens the stream. With
+        `parking` the reply waits for its first item as for the others, with
+        `Park`s: it holds no thread at all while the upstream thinks.
+        """
+        waiting = self._wait(None, heartbeat=self._settings.heartbeat_seconds, parks=self._parking)
+        try:
+            first = yield from _past_parks(waiting)
+        except ClientGone:
+            self._abandon()
+            yield Refused(499, {"error": MESSAGES["client_gone"], "code": "client_gone"})
+            return
+        finally:
+            waiting.close()
+        if isinstance(first, ChainFailed | ChainCrashed):
+            yield Refused(failure_status(first), self._error_body(self._conclude(first)))
+            return
+        yield from self._sse_frames_from(first)
+
+    def _sse_frames_from(self, first: Item | None) -> Generator[bytes | Park, None, None]:
         """Frames from `first` (None: the status window passed with nothing) to [DONE],
         and a `Park` wherever the reply would wait with its thread (`parking` only).
 
@@ -205,7 +225,8 @@ class Reply:
         try:
             if first is None:
                 yield sse.PING
-            for item in self._wait(first, heartbeat=self._settings.heartbeat_seconds):
+            heartbeat = self._settings.heartbeat_seconds
+            for item in self._wait(first, heartbeat=heartbeat, parks=self._parking):
                 frame = None
                 if isinstance(item, Park):
                     yield item
@@ -256,8 +277,8 @@ class Reply:
     def json_answer(self) -> tuple[int, dict[str, Any]]:
         """Wait for the whole reply: (200, answer), or the failure's status and error body."""
         try:
-            for item in self._wait(None, heartbeat=None):
-                assert not isinstance(item, Park)  # it parks only once a head is out
+            for item in self._wait(None, heartbeat=None, parks=False):
+                assert not isinstance(item, Park)
                 if isinstance(item, Restart):
                     self._parts.clear()
                     self._calls.clear()
@@ -277,10 +298,6 @@ class Reply:
             self._let_go()
         raise AssertionError("the chain always ends with a terminal item")
 
-    def failure_body(self, failed: ChainFailed | ChainCrashed) -> dict[str, Any]:
-        """The error body for a chain that failed inside the status window."""
-        return self._error_body(self._conclude(failed))
-
     def _error_body(self, final: dict[str, Any]) -> dict[str, Any]:
         return {
             "error": final["error"],
@@ -291,12 +308,14 @@ class Reply:
 
     # -- internals ---------------------------------------------------------
 
-    def _wait(self, first: Item | None, heartbeat: float | None) -> Iterator[Item | Park | None]:
+    def _wait(
+        self, first: Item | None, heartbeat: float | None, parks: bool
+    ) -> Generator[Item | Park | None, None, None]:
         """Items as they come; None when a heartbeat is due. Raises ClientGone.
 
-        Once the head is out, with `parking`, a wait is a `Park` yielded instead
-        (the thread goes back to the server meanwhile); the checks after it are
-        the same, and an early wake-up only means another look.
+        With `parks`, a wait is a `Park` yielded instead (the thread goes back
+        to the server meanwhile); the checks after it are the same, and an
+        early wake-up only means another look.
         What the loop wrote and the socket did not take is sent here, when UNSENT says so.
         """
         if first is not None:
@@ -312,7 +331,7 @@ class Reply:
             wait = max(0.0, last_check + CLIENT_POLL_SECONDS - now)
             if heartbeat is not None:
                 wait = min(wait, max(0.0, self._last_sent + heartbeat - now))
-            if self._parking and self._head_sent:
+            if parks:
                 item = self._items.take()
                 if item is None and wait > 0:
                     yield Park(wait, self._items.park)
@@ -475,6 +494,23 @@ class Reply:
             )
         ids, failed = yield from self._saver.finishing(message, beat)
         return ids or None, failed
+
+
+@dataclasses.dataclass(frozen=True)
+class Refused:
+    """An SSE reply answered with a status and an error body instead: nothing was streamed."""
+
+    status: int
+    payload: dict[str, Any]
+
+
+def _past_parks(waiting: Iterator[Item | Park | None]) -> Generator[Park, None, Item | None]:
+    """The first item that is not a `Park`, yielding the parks before it."""
+    for item in waiting:
+        if not isinstance(item, Park):
+            return item
+        yield item
+    raise AssertionError("a reply's wait ends only with its items")
 
 
 def _log_attempt(log: RequestLog, attempt: Attempt, error: ProviderError | None) -> None:

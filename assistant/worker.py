@@ -70,16 +70,20 @@ it run this subclass instead. Seven things differ from gthread as gunicorn
    and then ends it as gthread would (close, keep-alive). A streaming reply
    whose chunks the I/O loop writes (direct.py) parks between the things it
    writes itself, so an instance streams more replies than it has threads:
-   its CPU, not THREADS, says how many. The app sees `PARKING` in the
-   environ. A stopping worker waits for parked responses like any other,
-   for STOP_SAVE_SECONDS at most: those still parked then are ended as if
+   its CPU, not THREADS, says how many. It parks while it waits for its
+   first chunk too, its status not yet decided: an `Instead` body item
+   (status, headers, body) then answers in place of the response begun, as
+   a WSGI app's second `start_response` may while no head is out (a 502
+   when every provider failed). The app sees `PARKING` in the environ.
+   A stopping worker waits for parked responses like any other, for
+   STOP_SAVE_SECONDS at most: those still parked then are ended as if
    their client had left (upstream cancelled, what arrived saved), before
    Cloud Run's kill 10 s after SIGTERM (or gunicorn's, at its graceful
    timeout) would lose them.
 7. **`/health` and CORS preflights have threads of their own**
    (`RESERVED_THREADS`): a request whose head the poller read, `GET` or
    `HEAD /health` or any `OPTIONS`, goes to a small pool of its own, so that
-   replies waiting for their first chunk (they hold a thread until then)
+   requests keeping every thread busy (a burst of them on their way in, say)
    never keep a liveness check or a preflight waiting. Same handling, same
    app: only the thread differs.
 
@@ -151,6 +155,16 @@ def _reserved_request(head: bytes | None) -> bool:
 class Parkable(Protocol):
     def arm(self, resume: Callable[[], None]) -> None:
         """Call `resume` once, from any thread, when the body has more to give."""
+
+
+@dataclass(frozen=True)
+class Instead:
+    """A body item that answers the request in place of the response begun: its status,
+    headers and whole body. Only before the response's head is out (point 6 above)."""
+
+    status: str
+    headers: list[tuple[str, str]]
+    body: bytes
 
 
 _PARKED = object()  # handle()'s result for a response that let go of its thread
@@ -657,6 +671,8 @@ class Worker(ThreadWorker):
                     if hasattr(item, "arm"):
                         self._park(exchange, item)
                         return _PARKED
+                    if isinstance(item, Instead):
+                        item = _answer_instead(resp, item)
                     resp.write(item)
             resp.close()
         except OSError:
@@ -861,6 +877,16 @@ _MALFORMED: dict[type[BaseException], str] = {
     errors.ChunkMissingTerminator: "the chunked body is malformed",
     errors.InvalidChunkExtension: "the chunked body is malformed",
 }
+
+
+def _answer_instead(resp: Any, instead: Instead) -> bytes:
+    """`resp` turned into `instead`, as the app's second start_response would (WSGI allows
+    it before the head is out); the body to write."""
+    if resp.headers_sent:
+        raise RuntimeError("a response can change only before its head is sent")
+    resp.status, resp.headers, resp.response_length = None, [], None
+    resp.start_response(instead.status, instead.headers)
+    return instead.body
 
 
 def _without_keep_alive_header(start_response: Callable[..., Any]) -> None:

@@ -10,7 +10,7 @@ import contextlib
 import socket
 from collections.abc import Generator, Iterator
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -19,7 +19,7 @@ from assistant.chain import Attempt, Chain, ChainCrashed
 from assistant.config import ProviderSettings, Settings
 from assistant.providers.anthropic import AnthropicProvider
 from assistant.providers.base import Prompt, ProviderError
-from assistant.reply import Reply
+from assistant.reply import Refused, Reply
 from assistant.request import AssistantRequest, Turn
 from assistant.store import Author
 from assistant.tracing import RequestLog
@@ -60,8 +60,7 @@ def _reply(upstreams, *, streaming: bool, env: dict[str, str] | None = None) -> 
 
 def _stream(reply: Reply) -> list:
     reply.start()
-    first = reply.first_item(timeout=5)
-    return sse_events(b"".join(reply.sse_frames(first)))
+    return sse_events(b"".join(cast("Iterator[bytes]", reply.sse_stream())))
 
 
 @pytest.mark.parametrize("fail", ["500", "429", "error_event", "empty", "no_text"])
@@ -114,8 +113,9 @@ def test_every_provider_failing_before_text_is_reported_with_attempts(upstreams)
     second.push(Script(fail="error_event"))
     reply = _reply(upstreams, streaming=True)
     reply.start()
-    failed = reply.first_item(timeout=5)
-    body = reply.failure_body(failed)
+    refused = next(reply.sse_stream())
+    assert isinstance(refused, Refused) and refused.status == 502
+    body = refused.payload
     assert body["code"] == "providers_failed"
     assert [(a["name"], a["outcome"]) for a in body["attempts"]] == [
         ("primary", "upstream_status"),

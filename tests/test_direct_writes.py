@@ -238,9 +238,10 @@ def direct_reply(fake: FakeUpstream, server: socket.socket, send_timeout: float)
 def serve(reply: Reply, server: socket.socket) -> None:
     """gunicorn's part: each frame the request thread hands on, written chunked;
     a write that fails closes the response."""
-    frames = reply.sse_frames(reply.first_item(timeout=5))
+    frames = reply.sse_stream()
     try:
         for data in frames:
+            assert isinstance(data, bytes)
             server.sendall(b"%X\r\n%b\r\n" % (len(data), data))
     except OSError:
         frames.close()

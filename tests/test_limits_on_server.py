@@ -77,16 +77,22 @@ def test_a_reply_that_never_ends_is_cut(server: str, fake: FakeUpstream) -> None
     assert fake.wait_for_requests(1)[0].client_closed.wait(5)
 
 
-def test_streams_hold_no_thread_once_they_stream(fake: FakeUpstream) -> None:
-    """With THREADS=2, six streams waiting on a silent upstream after their first chunk
-    hold no thread (worker.py "parking"): a seventh streams to its end beside them,
-    /health answers, heartbeats reach the waiting ones, and their leaving is noticed."""
+def test_streams_hold_no_thread_while_they_wait(fake: FakeUpstream) -> None:
+    """With THREADS=2, six streams waiting on a silent upstream after their first chunk,
+    and four more waiting for a slow first one, hold no thread (worker.py "parking"):
+    an eleventh streams to its end beside them, /health answers, heartbeats reach the
+    waiting ones, the slow ones start together, and their leaving is noticed."""
     hanging = Script(tokens=["first ", "never"], fail_after=1, fail_mode="hang")
-    fake.push(*[hanging] * 6, Script(tokens=["all ", "the ", "way"]))
-    env = {"THREADS": "2", "MAX_STREAMS_PER_USER": "10", "HEARTBEAT_SECONDS": "0.3"}
-    with running_service(env) as service, httpx.Client(timeout=10) as client:
-        streams = [client.stream("POST", f"{service.url}{SSE}", json={"user_input": "hi"})
-                   for _ in range(6)]  # fmt: skip
+    slow = Script(tokens=["late"], ttft=2)
+    fake.push(*[hanging] * 6, *[slow] * 4, Script(tokens=["all ", "the ", "way"]))
+    env = {"THREADS": "2", "MAX_STREAMS_PER_USER": "20", "HEARTBEAT_SECONDS": "0.3"}
+    with (
+        running_service(env) as service,
+        httpx.Client(timeout=10) as client,
+        concurrent.futures.ThreadPoolExecutor(4) as pool,
+    ):
+        url = f"{service.url}{SSE}"
+        streams = [client.stream("POST", url, json={"user_input": "hi"}) for _ in range(6)]
         try:
             for stream in streams:
                 response = stream.__enter__()
@@ -94,27 +100,58 @@ def test_streams_hold_no_thread_once_they_stream(fake: FakeUpstream) -> None:
                 lines = (line for line in response.iter_lines() if line)
                 assert next(lines) == 'data: {"chunk":"first "}'
                 assert next(lines) == ": ping"  # the upstream is silent: a heartbeat
-            whole = httpx.post(f"{service.url}{SSE}", json={"user_input": "hi"}, timeout=10)
+            started = time.monotonic()
+            late = [pool.submit(httpx.post, url, json={"user_input": "hi"}, timeout=20)
+                    for _ in range(4)]  # fmt: skip
+            fake.wait_for_requests(10)  # all four asked the upstream at once
+            whole = httpx.post(url, json={"user_input": "hi"}, timeout=10)
             frames = [line for line in whole.text.splitlines() if line.startswith("data: ")]
             assert frames[:3] == [f'data: {{"chunk":"{text}"}}' for text in ("all ", "the ", "way")]
             assert '"answer":"all the way"' in frames[-2] and frames[-1] == "data: [DONE]"
             assert httpx.get(f"{service.url}/health", timeout=5).status_code == 200
+            assert time.monotonic() - started < 1.5  # before the slow first chunks (2 s)
+            assert all('"answer":"late"' in future.result().text for future in late)
+            assert time.monotonic() - started < 3.5  # theirs came together, not two by two
         finally:
             for stream in streams:
                 stream.__exit__(None, None, None)
-        upstream = fake.wait_for_requests(7)
+        upstream = fake.wait_for_requests(11)
         assert all(request.client_closed.wait(5) for request in upstream[:6])
 
 
+def test_a_failure_while_the_status_waits_is_a_real_502_on_the_wire(fake: FakeUpstream) -> None:
+    """The status of a parked reply is decided when its chain fails: a JSON 502 with
+    the CORS headers and none of a stream's, whole (Content-Length), and the
+    connection then serves the next request."""
+    fake.push(Script(fail="error_event", ttft=0.3), Script(tokens=["fine"]))
+    env = {"THREADS": "2", "CORS_ORIGINS": "https://app.example.com"}
+    with (
+        running_service(env) as service,
+        httpx.Client(base_url=service.url, timeout=10) as client,
+    ):
+        headers = {"Origin": "https://app.example.com"}
+        failed = client.post(SSE, json={"user_input": "hi"}, headers=headers)
+        assert failed.status_code == 502
+        assert failed.headers["content-type"] == "application/json"
+        assert failed.headers["content-length"] == str(len(failed.content))
+        assert failed.headers["access-control-allow-origin"] == "https://app.example.com"
+        assert failed.headers["x-trace-id"] == failed.json()["trace_id"]
+        assert "cache-control" not in failed.headers
+        assert failed.json()["code"] == "providers_failed"
+        assert [a["outcome"] for a in failed.json()["attempts"]] == ["upstream_error"]
+        fine = client.post(SSE, json={"user_input": "hi"}, headers=headers)  # same connection
+        assert fine.status_code == 200 and '"answer":"fine"' in fine.text
+
+
 def test_health_and_preflights_have_threads_of_their_own(fake: FakeUpstream) -> None:
-    """With THREADS=2, two replies waiting for a slow first chunk hold both request
-    threads; /health and a CORS preflight are answered at once all the same
-    (worker.py: reserved threads), and the replies stream when their text comes."""
+    """With THREADS=2, two legacy JSON replies (they keep their thread until the end)
+    waiting for a slow upstream hold both request threads; /health and a CORS
+    preflight are answered at once all the same (worker.py: reserved threads)."""
     slow = Script(tokens=["late"], ttft=3)
     fake.push(slow, slow)
     env = {"THREADS": "2", "MAX_STREAMS_PER_USER": "10"}
     with running_service(env) as service, concurrent.futures.ThreadPoolExecutor(2) as pool:
-        url = f"{service.url}{SSE}"
+        url = f"{service.url}/vac/assistant/live"
         waiting = [pool.submit(httpx.post, url, json={"user_input": "hi"}, timeout=20)
                    for _ in range(2)]  # fmt: skip
         fake.wait_for_requests(2)
@@ -124,7 +161,7 @@ def test_health_and_preflights_have_threads_of_their_own(fake: FakeUpstream) -> 
         preflight = httpx.options(url, headers=asking)
         assert preflight.status_code == 204
         assert time.monotonic() - started < 1.5  # not after the first chunks (3 s)
-        assert all('"answer":"late"' in future.result().text for future in waiting)
+        assert all(future.result().json()["answer"] == "late" for future in waiting)
 
 
 def _read_response(sock: socket.socket) -> bytes:

@@ -557,7 +557,7 @@ def test_a_reply_ended_while_parked_on_its_save_still_saves(
         parking=True,
     )
     reply.start()  # the user message's write waits: the database is paused
-    frames = reply.sse_frames(reply.first_item(timeout=5))
+    frames = reply.sse_stream()
     for frame in frames:  # as the worker would, resumed at once after each park
         if isinstance(frame, Park) and reply._done:
             break  # parked on the save
