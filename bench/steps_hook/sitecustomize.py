@@ -118,8 +118,9 @@ def _install() -> None:
     _async_marks(aio.AiohttpTransport, "handle_async_request", "upstream_request", "upstream_head")
     _async_marks(aio._Body, "__anext__", None, "upstream_data")
     _on_entry(outbox.Outbox, "put", "chunk_put")
-    _on_return(reply.Reply, "first_item", "first_item")
-    _first_write(worker._KeepAliveImplied)
+    _on_entry(worker.Worker, "_park", "parked")
+    _on_entry(worker.Worker, "_go_on", "resumed")
+    _first_write(worker._Http11Response)
     _on_return(reply.Reply, "close", "closed", after=_save)
 
 
