@@ -53,9 +53,8 @@ it run this subclass instead. Seven things differ from gthread as gunicorn
    a 400, 414 or 431 instead of gunicorn's HTML page, and a
    `request.refused` log line like the app's.
 
-5. **No `Connection: keep-alive` header on HTTP/1.1 answers**, and a chunked
-   answer's head goes out with its first chunk, in one send (`_Http11Response`).
-   An HTTP/1.1 connection persists unless one side says `close`, so gthread's
+5. **No `Connection: keep-alive` header on HTTP/1.1 answers.** An HTTP/1.1
+   connection persists unless one side says `close`, so gthread's
    `Connection: keep-alive` on every answer says nothing, and it is a
    hop-by-hop header a stream's answer is not to carry (README "Choices where
    the contract is silent").
@@ -899,32 +898,15 @@ def _without_keep_alive_header(start_response: Callable[..., Any]) -> None:
     """
     response: Any = getattr(start_response, "__self__", None)
     if type(response) is wsgi.Response and response.req.version >= (1, 1):
-        response.__class__ = _Http11Response
+        response.__class__ = _KeepAliveImplied
 
 
-class _Http11Response(wsgi.Response):
-    """gunicorn's response to HTTP/1.1, without `Connection: keep-alive`, and with a chunked
-    body's head sent with its first chunk."""
-
-    headers_sent: bool  # gunicorn's
+class _KeepAliveImplied(wsgi.Response):
+    """gunicorn's response, without `Connection: keep-alive`."""
 
     def default_headers(self) -> list[str]:
         headers: list[str] = super().default_headers()
         return [line for line in headers if line != "Connection: keep-alive\r\n"]
-
-    def write(self, arg: bytes) -> None:
-        """gunicorn's, except that the head and the first chunk go out in one send: one
-        packet, and one wake-up of the client (a stream's first chunk)."""
-        if self.headers_sent or not self.chunked or not arg or self._omits_body:
-            super().write(arg)
-            return
-        lines = self.default_headers()
-        lines.extend(f"{name}: {value}\r\n" for name, value in self.headers)
-        lines.append("\r\n")
-        head = "".join(lines).encode("latin-1")  # as gunicorn's send_headers() makes it
-        self.sock.sendall(head + b"%X\r\n%b\r\n" % (len(arg), arg))
-        self.headers_sent = True
-        self.sent += len(arg)
 
 
 def refusal(exc: BaseException, cfg: Config) -> tuple[int, ErrorCode, str]:

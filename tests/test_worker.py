@@ -5,21 +5,13 @@ tests/test_slow_clients.py.
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import pytest
 from gunicorn.config import Config
-from gunicorn.http import errors, wsgi
-from gunicorn.http.parser import RequestParser
+from gunicorn.http import errors
 
-from assistant.worker import (
-    HEAD_BUFFER_BYTES,
-    _Arrival,
-    _reserved_request,
-    _without_keep_alive_header,
-    refusal,
-)
+from assistant.worker import HEAD_BUFFER_BYTES, _Arrival, _reserved_request, refusal
 
 HEAD = b"POST /vac/assistant/x/sse HTTP/1.1\r\nHost: x\r\n"
 CHUNKS = b"".join(b"%x;ext=1\r\n%s\r\n" % (n, b"z" * n) for n in (1, 100, 5000, 3))
@@ -140,44 +132,3 @@ def test_only_whole_bodiless_health_checks_and_preflights_get_the_reserved_threa
     """A reserved thread must never wait on a client: a body (or an Expect) would have
     it read on the client's time, and two slow clients would hold both."""
     assert _reserved_request(head) is reserved
-
-
-class _RecordedSocket(socket.socket):
-    """A real socket that notes what each sendall() was given."""
-
-    sends: list[bytes]
-
-    def sendall(self, data: Any, flags: int = 0) -> None:
-        self.sends.append(bytes(data))
-        super().sendall(data, flags)
-
-
-@pytest.mark.parametrize("version", [b"HTTP/1.1", b"HTTP/1.0"])
-def test_a_chunked_answer_sends_its_head_with_its_first_chunk(version: bytes) -> None:
-    """One send, one packet: a stream's client gets its head and first chunk at once. The
-    bytes are gunicorn's own, less `Connection: keep-alive` (HTTP/1.1 only: 1.0 answers
-    are gthread's, not chunked)."""
-    cfg = Config()
-    request = b"POST /vac/assistant/x/sse " + version + b"\r\nHost: x\r\n\r\n"
-    req = next(RequestParser(cfg, iter([request]), ("127.0.0.1", 1)))
-    theirs, ours = socket.socketpair()
-    with theirs, _RecordedSocket(fileno=ours.detach()) as sock:
-        sock.sends = []
-        response = wsgi.Response(req, sock, cfg)
-        _without_keep_alive_header(response.start_response)
-        response.start_response("200 OK", [("Content-Type", "text/event-stream")])
-        for frame in (b"data: one\n\n", b"data: two\n\n"):
-            response.write(frame)
-        response.close()
-        sent = b"".join(sock.sends)
-        assert theirs.recv(65536) == sent
-    head, _, body = sent.partition(b"\r\n\r\n")
-    assert head.startswith(version + b" 200 OK\r\n")
-    assert b"\r\nContent-Type: text/event-stream" in head
-    if version == b"HTTP/1.1":
-        assert sock.sends[0] == head + b"\r\n\r\nB\r\ndata: one\n\n\r\n"
-        assert sock.sends[1:] == [b"B\r\ndata: two\n\n\r\n", b"0\r\n\r\n"]
-        assert b"Connection" not in head
-    else:
-        assert sock.sends == [head + b"\r\n\r\n", b"data: one\n\n", b"data: two\n\n"]
-        assert body == b"data: one\n\ndata: two\n\n"

@@ -120,7 +120,7 @@ def _install() -> None:
     _on_entry(outbox.Outbox, "put", "chunk_put")
     _on_entry(worker.Worker, "_park", "parked")
     _on_entry(worker.Worker, "_go_on", "resumed")
-    _first_write(worker._Http11Response)
+    _first_write(worker._KeepAliveImplied)
     _on_return(reply.Reply, "close", "closed", after=_save)
 
 
