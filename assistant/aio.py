@@ -96,24 +96,9 @@ def _close_clients() -> None:
             asyncio.run_coroutine_threadsafe(client.aclose(), loop).result(timeout=1)
 
 
-def submit(
-    coro: Coroutine[Any, Any, T], first_wait: Callable[[], object] | None = None
-) -> concurrent.futures.Future[T]:
-    """Run `coro` on the I/O loop; the future is safe to wait on from any thread.
-
-    `first_wait()` is called on the loop once `coro` has run up to its first
-    wait (an upstream request: until it is sent, on a kept-alive connection).
-    """
-    if first_wait is not None:
-        coro = _calling_at_first_wait(coro, first_wait)
+def submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+    """Run `coro` on the I/O loop; the future is safe to wait on from any thread."""
     return asyncio.run_coroutine_threadsafe(coro, _running_loop())
-
-
-async def _calling_at_first_wait(coro: Coroutine[Any, Any, T], call: Callable[[], object]) -> T:
-    # Queued now, it runs once this task's first step is over: `coro` runs within it
-    # until it first waits for something.
-    asyncio.get_running_loop().call_soon(call)
-    return await coro
 
 
 def call_soon(callback: Callable[..., object], *args: Any) -> None:

@@ -2,12 +2,14 @@
 
 Why (README "Speed"): handing every chunk from the loop to the request
 thread cost a thread wake-up and GIL hand-offs per chunk, about as much CPU
-as everything else a relayed chunk needs. So once the response's head and
-first frame are out, the request thread lets the loop write chunk frames
-itself (`Outbox.attach`): each is still its own frame in its own write, sent
-the moment it arrives. The request thread wakes only for what is not text
-(tool calls, the outcome), for heartbeats and for the once-a-second check
-that the client is still there; before it writes anything itself it takes
+as everything else a relayed chunk needs. So the request thread lets the
+loop write chunk frames itself (`Outbox.attach`), from the first one on
+under our server, which hands over the response's head to go with it
+(worker.py `HEAD`), and otherwise once the head and first frame are out:
+each is still its own frame in its own write, sent the moment it arrives.
+The request thread wakes only for what is not text (tool calls, the
+outcome), for heartbeats and for the once-a-second check that the client is
+still there; before it writes anything itself it takes
 the socket back (`Outbox.detach`), so the two never write at once.
 
 Only while the socket takes every byte at once: the loop never waits on a
@@ -28,22 +30,43 @@ import contextlib
 import os
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import cast
 
 from .limits import BRIEF_WRITE_SECONDS, Slot
 
 
 class ClientSocket:
-    def __init__(self, sock: socket.socket, chunked: bool, slot: Slot) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        chunked: bool,
+        slot: Slot,
+        head: Callable[[], bytes] | None = None,
+    ) -> None:
         self._sock = sock
         self._fd = sock.fileno()
         self._chunked = chunked
         self._slot = slot
+        self._head = head  # the response's head, from the server, while nobody has sent it
+        self.sends_head = head is not None  # the first write may come before the head is out
+
+    @property
+    def wrote_head(self) -> bool:
+        """Whether a write here carried the response's head (it is out, or on its way)."""
+        return self.sends_head and self._head is None
 
     def write_now(self, frame: bytes) -> bytes:
         """On the loop: write what the socket takes without waiting; returns the rest
-        (empty when it took it all). OSError: the client is gone."""
+        (empty when it took it all). OSError: the client is gone.
+
+        The first write carries the response's head, when the server gave it
+        (`sends_head`): a stream's first chunk then needs no thread at all.
+        """
         data = b"%X\r\n%b\r\n" % (len(frame), frame) if self._chunked else frame
+        if self._head is not None:
+            head, self._head = self._head, None
+            data = head() + data
         try:
             # os.write, not sock.send: a socket with a timeout (the send
             # timeout, http.py) polls before every send; its descriptor is
@@ -89,8 +112,11 @@ def briefly(sock: socket.socket) -> Iterator[None]:
             sock.settimeout(timeout)
 
 
-def client_socket(sock: object, protocol: object, slot: Slot) -> ClientSocket | None:
-    """The response's socket for direct writes, or None where they cannot be used.
+def client_socket(
+    sock: object, protocol: object, slot: Slot, head: object = None
+) -> ClientSocket | None:
+    """The response's socket for direct writes, or None where they cannot be used;
+    `head`, the server's callable for the response's head, if it has one.
 
     Not through TLS (its bytes are not the socket's), not on a blocking socket
     (the loop must never wait), and only for HTTP/1.0 and 1.1, whose framing
@@ -100,4 +126,5 @@ def client_socket(sock: object, protocol: object, slot: Slot) -> ClientSocket | 
         return None
     if protocol not in ("HTTP/1.0", "HTTP/1.1") or sock.gettimeout() is None:
         return None
-    return ClientSocket(sock, chunked=protocol == "HTTP/1.1", slot=slot)
+    sends_head = cast("Callable[[], bytes] | None", head if callable(head) else None)
+    return ClientSocket(sock, chunked=protocol == "HTTP/1.1", slot=slot, head=sends_head)

@@ -26,6 +26,7 @@ from typing import Any, cast
 import flask
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import ClientDisconnected
+from werkzeug.wsgi import ClosingIterator
 
 from . import __version__, sse
 from .auth import caller
@@ -46,7 +47,7 @@ from .request import (
 from .saving import load_history
 from .store import Author, FirestoreStore, MessageStore
 from .tracing import RequestLog, new_trace_id, trace_id_from_headers
-from .worker import PARKING, Instead
+from .worker import HEAD, PARKING, Instead
 
 _ASSISTANT_ROUTE = re.compile(r"/vac/assistant/(?P<id>.*?)(?P<sse>/sse)?")
 _ALLOWED_METHODS = "POST, OPTIONS"
@@ -213,7 +214,10 @@ def _answer(
         client_gone=_client_gone_probe(request.environ),
         client_socket=(
             client_socket(
-                request.environ.get("gunicorn.socket"), request.environ.get("SERVER_PROTOCOL"), slot
+                request.environ.get("gunicorn.socket"),
+                request.environ.get("SERVER_PROTOCOL"),
+                slot,
+                head=request.environ.get(HEAD),
             )
             if streaming
             else None
@@ -265,13 +269,12 @@ def _sse_reply(
         # and the worker acts on it (worker.py "parking").
         direct_passthrough=True,
     )
-    response.response = cast(
-        "Iterator[bytes]",
-        _marking_writes(_refusals_instead(stream, response.headers, trace_id), slot, sock),
-    )
-    # Belt and braces: a response closed before its first frame never runs the
-    # generator's `finally`; this abandons the reply all the same.
-    response.call_on_close(reply.close)
+    # The server closes what it was given (WSGI): a reply that did not end is then
+    # abandoned, and its place in the limits given back, however the response ended
+    # (one closed before its first frame never runs the generators' `finally`s).
+    # Not `call_on_close`: werkzeug never calls it for a `direct_passthrough` body.
+    frames = _marking_writes(_refusals_instead(stream, response.headers, trace_id), slot, sock)
+    response.response = ClosingIterator(cast("Iterator[bytes]", frames), reply.close)
     return response
 
 

@@ -7,8 +7,9 @@ heartbeats while the upstream is silent, and what lets us notice a client
 that left (a failed write raises GeneratorExit; `client_gone` peeks at the
 socket between waits) and cancel the upstream request at once.
 
-Once the response's head is out, chunk frames are written by the loop
-itself while the client's socket takes them (direct.py); this thread then
+Chunk frames are written by the loop itself while the client's socket takes
+them (direct.py): under the server from the first, with the response's
+head; elsewhere once this thread wrote the head and first frame. This thread then
 wakes only for what is not text, heartbeats and the client check, and takes
 the socket back before it writes anything. Under the server (`parking`) the
 reply does not even hold a thread meanwhile: instead of waiting on the
@@ -26,7 +27,6 @@ import concurrent.futures
 import dataclasses
 import functools
 import queue
-import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any, cast
@@ -60,7 +60,6 @@ from .tracing import RequestLog
 # How often a waiting reply checks that its client is still there.
 CLIENT_POLL_SECONDS = 1.0
 PING_CHECK_SECONDS = 0.25  # at most, between looks whether a heartbeat is due (at the end)
-FIRST_REQUEST_WAIT_SECONDS = 0.05  # at most, for the upstream request to go out (`start`)
 
 
 def failure_status(outcome: ChainFailed | ChainCrashed) -> int:
@@ -108,7 +107,7 @@ class Reply:
         self._last_sent = time.monotonic()
         # How often a wait for the store at the end looks whether a heartbeat is due.
         self._beat = min(PING_CHECK_SECONDS, settings.heartbeat_seconds / 4)
-        self._head_sent = False  # True once the head is out: from then on the loop may write
+        self._head_sent = False  # True once this thread wrote the head (`_head_out()`)
         self._started = started or time.monotonic()
         self._on_end = on_end  # the reply's place in the limits, given back when it ends
         self._items = Outbox()
@@ -152,14 +151,7 @@ class Reply:
                     content=self._request.user_input,
                 )
             )
-        if not self._parking:
-            self._future = aio.submit(self._chain.run())
-            return
-        # The thread's way back through Flask to the server, which parks the reply, would
-        # delay the upstream request on a busy core (they share it): that goes first.
-        asked = threading.Event()
-        self._future = aio.submit(self._chain.run(), first_wait=asked.set)
-        asked.wait(FIRST_REQUEST_WAIT_SECONDS)
+        self._future = aio.submit(self._chain.run())
 
     def close(self) -> None:
         """Called when the response is closed: a reply that did not end is abandoned,
@@ -188,18 +180,22 @@ class Reply:
         real status and error body, nothing streamed), and so is a client
         that left meanwhile (499); anything else opens the stream. With
         `parking` the reply waits for its first item as for the others, with
-        `Park`s: it holds no thread at all while the upstream thinks.
+        `Park`s: it holds no thread at all while the upstream thinks, and the
+        loop writes the head with the first chunk if it can (direct.py): the
+        first item here is then what came after the text.
         """
         waiting = self._wait(None, heartbeat=self._settings.heartbeat_seconds, parks=self._parking)
         try:
             first = yield from _past_parks(waiting)
         except ClientGone:
             self._abandon()
-            yield Refused(499, {"error": MESSAGES["client_gone"], "code": "client_gone"})
+            if not self._head_out():  # for the server's log: nobody reads it
+                yield Refused(499, {"error": MESSAGES["client_gone"], "code": "client_gone"})
             return
         finally:
             waiting.close()
-        if isinstance(first, ChainFailed | ChainCrashed):
+        if isinstance(first, ChainFailed | ChainCrashed) and not (self._parts or self._calls):
+            # Nothing was shown, so the loop wrote nothing either: not even the head.
             yield Refused(failure_status(first), self._error_body(self._conclude(first)))
             return
         yield from self._sse_frames_from(first)
@@ -246,7 +242,7 @@ class Reply:
                     frame = self._chunk_frames(item)
                 elif isinstance(item, ToolCall):
                     self._calls.append(item)  # shown in the final metadata, not as text
-                    if not self._head_sent:
+                    if not self._head_out():
                         frame = sse.PING  # it commits the reply: its status goes out now
                 elif isinstance(item, Outcome):
                     # Saving can take up to PERSIST_TIMEOUT_SECONDS: heartbeats meanwhile.
@@ -331,10 +327,12 @@ class Reply:
             yield first
         self._last_sent = last_check = time.monotonic()
         direct = None
+        direct_first = False  # the loop may write the first frame, and the head with it
         if self._client_socket is not None:
             direct = DirectWrites(self._recorded_frame, self._client_socket.write_now)
+            direct_first = self._client_socket.sends_head
         while True:
-            if self._head_sent and direct is not None:
+            if direct is not None and (self._head_sent or direct_first):
                 self._items.attach(direct)
             now = time.monotonic()
             wait = max(0.0, last_check + CLIENT_POLL_SECONDS - now)
@@ -371,6 +369,12 @@ class Reply:
             elif heartbeat is not None and now - self._last_sent >= heartbeat - EARLY_SECONDS:
                 self._last_sent = now
                 yield None
+
+    def _head_out(self) -> bool:
+        """Whether the response's head is out: written here, or by the loop with its first
+        frame."""
+        socket = self._client_socket
+        return self._head_sent or (socket is not None and socket.wrote_head)
 
     def _let_go(self) -> None:
         """Drop the reply's text once it has been sent and saved.
@@ -427,7 +431,7 @@ class Reply:
             except StopIteration as end:
                 return cast("dict[str, Any]", end.value)
             try:
-                if self._parking and self._head_sent:
+                if self._parking and self._head_out():
                     yield until_done(pending.write, pending.seconds)
                 else:
                     pending.wait()

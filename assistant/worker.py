@@ -74,7 +74,10 @@ it run this subclass instead. Seven things differ from gthread as gunicorn
    first chunk too, its status not yet decided: an `Instead` body item
    (status, headers, body) then answers in place of the response begun, as
    a WSGI app's second `start_response` may while no head is out (a 502
-   when every provider failed). The app sees `PARKING` in the environ.
+   when every provider failed). The app sees `PARKING` in the environ, and
+   `HEAD`: a callable that gives it the head to send itself, with the first
+   frame its I/O loop writes while the response is parked (gunicorn then
+   sends no head).
    A stopping worker waits for parked responses like any other, for
    STOP_SAVE_SECONDS at most: those still parked then are ended as if
    their client had left (upstream cancelled, what arrived saved), before
@@ -128,8 +131,10 @@ from .tracing import RequestLog, new_trace_id, process_log, trace_id_from_header
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
-# The environ key this worker sets for the app (point 6 above): a body may yield a Parkable.
+# The environ keys this worker sets for the app (point 6 above): a body may yield a
+# Parkable; and a callable that hands the app the response's head, to write it itself.
 PARKING = "assistant.parking"
+HEAD = "assistant.head"
 
 # Threads for /health and preflights alone (point 7 above), and how their heads begin.
 RESERVED_THREADS = 2
@@ -644,6 +649,7 @@ class Worker(ThreadWorker):
             resp, environ = wsgi.create(req, conn.sock, conn.client, conn.server, self.cfg)
             environ["wsgi.multithread"] = True
             environ[PARKING] = True
+            environ[HEAD] = partial(_head_for_the_app, resp)
             self.nr += 1
             if self.nr >= self.max_requests:
                 if self.alive:
@@ -877,6 +883,19 @@ _MALFORMED: dict[type[BaseException], str] = {
     errors.ChunkMissingTerminator: "the chunked body is malformed",
     errors.InvalidChunkExtension: "the chunked body is malformed",
 }
+
+
+def _head_for_the_app(resp: Any) -> bytes:
+    """The response's head as gunicorn would send it, for the app to send itself (with
+    its first frame, from its I/O loop, while the response is parked); gunicorn then
+    sends no head of its own. Only once the status is final; b"" if the head is out."""
+    if resp.headers_sent:
+        return b""
+    lines = resp.default_headers()
+    lines.extend(f"{name}: {value}\r\n" for name, value in resp.headers)
+    lines.append("\r\n")
+    resp.headers_sent = True
+    return "".join(lines).encode("latin-1")
 
 
 def _answer_instead(resp: Any, instead: Instead) -> bytes:

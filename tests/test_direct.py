@@ -37,6 +37,29 @@ def test_an_http_1_1_frame_goes_out_in_chunked_coding(
     assert client.recv(100) == b"19\r\n" + frame + b"\r\n"  # 0x19 = 25 bytes
 
 
+def test_the_first_write_carries_the_head_the_server_handed_over(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """Under our worker the loop may write a stream's first frame: the response's head
+    (worker.py HEAD) goes out with it, once, outside the chunked coding."""
+    server, client = pair
+    asked: list[int] = []
+
+    def head() -> bytes:
+        asked.append(1)
+        return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+    direct = ClientSocket(server, chunked=True, slot=Slot(lambda slot: None), head=head)
+    assert direct.sends_head and not direct.wrote_head
+    assert direct.write_now(b"data: one\n\n") == b""
+    assert direct.wrote_head
+    assert direct.write_now(b"data: two\n\n") == b""
+    expected = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    expected += b"B\r\ndata: one\n\n\r\nB\r\ndata: two\n\n\r\n"
+    assert read_exactly(client, len(expected)) == expected
+    assert asked == [1]
+
+
 def test_an_http_1_0_frame_goes_out_as_it_is(pair: tuple[socket.socket, socket.socket]) -> None:
     server, client = pair
     assert writer(server, chunked=False).write_now(b": ping\n\n") == b""

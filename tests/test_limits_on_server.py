@@ -121,10 +121,10 @@ def test_streams_hold_no_thread_while_they_wait(fake: FakeUpstream) -> None:
 
 def test_a_failure_while_the_status_waits_is_a_real_502_on_the_wire(fake: FakeUpstream) -> None:
     """The status of a parked reply is decided when its chain fails: a JSON 502 with
-    the CORS headers and none of a stream's, whole (Content-Length), and the
-    connection then serves the next request."""
+    the CORS headers and none of a stream's, whole (Content-Length); the user's place
+    in the limits is given back, and the connection serves the next request."""
     fake.push(Script(fail="error_event", ttft=0.3), Script(tokens=["fine"]))
-    env = {"THREADS": "2", "CORS_ORIGINS": "https://app.example.com"}
+    env = {"THREADS": "2", "CORS_ORIGINS": "https://app.example.com", "MAX_STREAMS_PER_USER": "1"}
     with (
         running_service(env) as service,
         httpx.Client(base_url=service.url, timeout=10) as client,
@@ -141,6 +141,46 @@ def test_a_failure_while_the_status_waits_is_a_real_502_on_the_wire(fake: FakeUp
         assert [a["outcome"] for a in failed.json()["attempts"]] == ["upstream_error"]
         fine = client.post(SSE, json={"user_input": "hi"}, headers=headers)  # same connection
         assert fine.status_code == 200 and '"answer":"fine"' in fine.text
+
+
+@pytest.mark.parametrize(
+    ("script", "frames"),
+    [
+        pytest.param(
+            Script(tokens=["one ", "two"], ttft=0.3, fail_after=1, fail_mode="error_event"),
+            ['{"chunk":"one "}', '"code":"upstream_error"', "[DONE]"],
+            id="failure-after-the-first-chunk",
+        ),
+        pytest.param(
+            Script(tokens=["late"], ttft=0.8),
+            [": ping", '{"chunk":"late"}', '"answer":"late"', "[DONE]"],
+            id="first-chunk-after-the-status-window",
+        ),
+        pytest.param(
+            Script(tokens=["one ", "two"], ttft=0.3),
+            ['{"chunk":"one "}', '{"chunk":"two"}', '"answer":"one two"', "[DONE]"],
+            id="whole",
+        ),
+    ],
+)
+def test_a_parked_reply_opens_its_stream_on_the_wire(
+    fake: FakeUpstream, script: Script, frames: list[str]
+) -> None:
+    """Parked while its status waits, the reply's head goes out with its first frame,
+    written by the I/O loop (worker.py HEAD): a 200 once anything was shown, a failure
+    after it an error frame, never a 502; a status window with nothing in it a ping."""
+    fake.push(script)
+    env = {"THREADS": "2", "HEARTBEAT_SECONDS": "0.5"}
+    with running_service(env) as service:
+        response = httpx.post(f"{service.url}{SSE}", json={"user_input": "hi"}, timeout=10)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert response.headers["x-trace-id"]
+    lines = [line for line in response.text.splitlines() if line]
+    assert len(lines) == len(frames)
+    assert all(want in line for want, line in zip(frames, lines, strict=True))
+    if "error" in lines[-2]:
+        assert '"partial":"one "' in lines[-2]
 
 
 def test_health_and_preflights_have_threads_of_their_own(fake: FakeUpstream) -> None:
