@@ -7,9 +7,9 @@ a user share one anonymous bucket. Counts live in this process only: with
 several instances, a user may have that many replies on each.
 
 The instance limit (MAX_STREAMS) bounds the replies an instance streams at
-once. A streaming reply holds no request thread while the I/O loop writes its
-chunks (worker.py "parking"): it holds one until its first frame is out, and
-whenever it writes itself; `/health` and preflights have threads of their
+once. A streaming reply holds no request thread while it waits for its first
+chunk or the I/O loop writes its chunks (worker.py "parking"): it holds one on
+its way in and whenever it writes itself; `/health` and preflights have threads of their
 own (worker.py). A write to a client that takes nothing waits on its thread,
 up to SEND_TIMEOUT_SECONDS; at most half of THREADS wait so at once
 (`Slot.write_begins()`), and past that a write not done within

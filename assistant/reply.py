@@ -160,10 +160,12 @@ class Reply:
         This also covers a stream the server closed before reading a frame,
         where the generator's own `finally` never runs.
         """
-        if not self._done:
-            self._abandon()
-        self._on_end()
-        self._let_go()
+        try:
+            if not self._done:
+                self._abandon()
+        finally:
+            self._on_end()
+            self._let_go()
 
     @property
     def parks(self) -> bool:
@@ -176,29 +178,55 @@ class Reply:
         """The SSE answer: what decides its status, then its frames.
 
         The status waits for the chain's first item, or HEARTBEAT_SECONDS
-        without one. A chain that fails within that window is `Refused` (a
-        real status and error body, nothing streamed), and so is a client
-        that left meanwhile (499); anything else opens the stream. With
-        `parking` the reply waits for its first item as for the others, with
-        `Park`s: it holds no thread at all while the upstream thinks, and the
-        loop writes the head with the first chunk if it can (direct.py): the
-        first item here is then what came after the text.
+        without one. A chain that fails within that window with nothing shown
+        is `Refused` (a real status and error body, nothing streamed), and so
+        is a client that left meanwhile (499) or a bug of ours (500); anything
+        else opens the stream. With `parking` the reply waits for its first
+        item as for the others, with `Park`s: it holds no thread at all while
+        the upstream thinks, and the loop writes the head with the first
+        chunk if it can (direct.py): the first item here is then what came
+        after the text. A refused reply gives its place in the limits back
+        before its answer goes out, as a refusal before it does.
         """
         waiting = self._wait(None, heartbeat=self._settings.heartbeat_seconds, parks=self._parking)
+        refused = None
         try:
             first = yield from _past_parks(waiting)
+            if isinstance(first, ChainFailed | ChainCrashed) and not (self._parts or self._calls):
+                # Nothing was shown, so the loop wrote nothing either: not even the head.
+                refused = Refused(failure_status(first), self._error_body(self._conclude(first)))
         except ClientGone:
             self._abandon()
-            if not self._head_out():  # for the server's log: nobody reads it
-                yield Refused(499, {"error": MESSAGES["client_gone"], "code": "client_gone"})
-            return
+            if self._head_out():
+                return
+            refused = Refused(499, self._refusal("client_gone"))  # for the log: nobody reads it
+        except Exception as exc:
+            ending = self._crash_ending(exc)
+            if self._head_out():
+                yield from self._last_frame(ending)
+                return
+            refused = Refused(500, self._refusal("internal_error"))
         finally:
             waiting.close()
-        if isinstance(first, ChainFailed | ChainCrashed) and not (self._parts or self._calls):
-            # Nothing was shown, so the loop wrote nothing either: not even the head.
-            yield Refused(failure_status(first), self._error_body(self._conclude(first)))
+        if refused is not None:
+            self._on_end()
+            yield refused
             return
         yield from self._sse_frames_from(first)
+
+    def _last_frame(self, ending: dict[str, Any]) -> Generator[bytes, None, None]:
+        """The terminal frame and [DONE] after what the loop left, when the loop wrote the
+        head and something went wrong before this thread took over."""
+        unsent, left = self._items.detach()
+        try:
+            if unsent:
+                self._send_unsent(unsent)
+        except ClientGone:
+            return
+        yield left + sse.frame(ending) + sse.DONE
+
+    def _refusal(self, code: ErrorCode) -> dict[str, Any]:
+        return {"error": MESSAGES[code], "code": code, "trace_id": self._trace_id}
 
     def _sse_frames_from(self, first: Item | None) -> Generator[bytes | Park, None, None]:
         """Frames from `first` (None: the status window passed with nothing) to [DONE],

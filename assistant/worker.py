@@ -82,7 +82,8 @@ it run this subclass instead. Seven things differ from gthread as gunicorn
    STOP_SAVE_SECONDS at most: those still parked then are ended as if
    their client had left (upstream cancelled, what arrived saved), before
    Cloud Run's kill 10 s after SIGTERM (or gunicorn's, at its graceful
-   timeout) would lose them.
+   timeout) would lose them; one whose head is not out yet (a reply still
+   waiting for its first chunk) is answered 503 `overloaded` instead.
 7. **`/health` and CORS preflights have threads of their own**
    (`RESERVED_THREADS`): a request whose head the poller read, `GET` or
    `HEAD /health` or any `OPTIONS`, goes to a small pool of its own, so that
@@ -776,6 +777,14 @@ class Worker(ThreadWorker):
             self._abandon(exchange)
 
     def _abandon(self, exchange: _Exchange) -> None:
+        resp = exchange.resp
+        if not resp.headers_sent:  # a reply still waiting for its first chunk: nothing shown
+            close = getattr(exchange.respiter, "close", None)
+            with contextlib.suppress(Exception):
+                if close is not None:
+                    close()  # the app first: nothing of its is written after this
+            if not resp.headers_sent:
+                _answer_stopping(resp)
         self._end_quietly(exchange)
         util.close(exchange.conn.sock)
         # Counted off on the main thread, which counts connections (and waits for them
@@ -854,11 +863,7 @@ class Worker(ThreadWorker):
             log.exception("request.crashed", exc)
         else:
             log.info("request.refused", status=status, code=code, reason=message)
-        body = json.dumps(
-            {"error": message, "code": code, "trace_id": trace_id},
-            ensure_ascii=False,
-            separators=(",", ":"),
-        ).encode()
+        body = _error_json(message, code, trace_id)
         head = (
             f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
             "Connection: close\r\n"
@@ -883,6 +888,30 @@ _MALFORMED: dict[type[BaseException], str] = {
     errors.ChunkMissingTerminator: "the chunked body is malformed",
     errors.InvalidChunkExtension: "the chunked body is malformed",
 }
+
+
+def _error_json(message: str, code: ErrorCode, trace_id: str) -> bytes:
+    """Our JSON error body (the app's, assistant/http.py)."""
+    payload = {"error": message, "code": code, "trace_id": trace_id}
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+# Kept from the app's answer when the worker answers in its place (CORS, the trace).
+_KEPT_HEADERS = re.compile(r"access-control-.*|vary|x-trace-id", re.I)
+
+
+def _answer_stopping(resp: Any) -> None:
+    """A stopping worker's answer to a request whose response has no head out yet: 503
+    `overloaded` with Retry-After (another instance may take it), with the app's CORS
+    headers and trace id, in place of the response begun."""
+    kept = [(name, value) for name, value in resp.headers if _KEPT_HEADERS.fullmatch(name)]
+    trace_id = next((value for name, value in kept if name.lower() == "x-trace-id"), None)
+    body = _error_json(MESSAGES["overloaded"], "overloaded", trace_id or new_trace_id())
+    headers = [*kept, ("Content-Type", "application/json"), ("Retry-After", "1"),
+               ("Content-Length", str(len(body)))]  # fmt: skip
+    resp.force_close()
+    with contextlib.suppress(OSError):
+        resp.write(_answer_instead(resp, Instead("503 Service Unavailable", headers, body)))
 
 
 def _head_for_the_app(resp: Any) -> bytes:

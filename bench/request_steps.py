@@ -48,8 +48,7 @@ STEPS = (
     ("chain_run", "upstream_request", "the chain, the provider's request, httpx"),
     ("upstream_request", "upstream_head", "aiohttp sends it; the upstream answers its head *"),
     ("text", "chunk_put", "the first text decoded and queued"),
-    ("chunk_put", "resumed", "hand-over to a pool thread (the reply is parked)"),
-    ("resumed", "first_written", "gunicorn writes the head and the frame"),
+    ("chunk_put", "first_written", "the loop writes the head and the frame"),
 )
 # Off the list above, since round 9: the view returns and the reply parks while the
 # upstream request goes out (on the same core, so not always for free).

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -44,7 +44,13 @@ def _provider(upstream: FakeUpstream, name: str) -> AnthropicProvider:
     return provider
 
 
-def _reply(upstreams, *, streaming: bool, env: dict[str, str] | None = None) -> Reply:
+def _reply(
+    upstreams,
+    *,
+    streaming: bool,
+    env: dict[str, str] | None = None,
+    on_end: Callable[[], None] = lambda: None,
+) -> Reply:
     first, second = upstreams
     return Reply(
         AssistantRequest(assistant_id="chain-test", user_input="hi"),
@@ -55,6 +61,7 @@ def _reply(upstreams, *, streaming: bool, env: dict[str, str] | None = None) -> 
         author=Author(None, None, None),
         log=RequestLog("trace-chain"),
         streaming=streaming,
+        on_end=on_end,
     )
 
 
@@ -222,6 +229,47 @@ def test_a_bug_after_text_ends_the_stream_with_an_internal_error_frame(upstreams
     assert events[-2]["partial"] == "from first"
     assert "bug" not in events[-2]["error"]
     assert events[-1] == "[DONE]"
+
+
+def test_a_refused_reply_gives_its_place_back_before_its_answer_goes_out(upstreams) -> None:
+    """A 502 is whole on the wire before the server closes the response: were the user's
+    slot given back only then, a retry right after it could meet a 429."""
+    first, second = upstreams
+    first.push(Script(fail="500"))
+    second.push(Script(fail="500"))
+    released: list[int] = []
+    reply = _reply(upstreams, streaming=True, on_end=lambda: released.append(1))
+    reply.start()
+    stream = reply.sse_stream()
+    refused = next(stream)
+    assert isinstance(refused, Refused) and refused.status == 502
+    assert released == [1]
+    stream.close()
+    reply.close()
+    assert released == [1, 1]  # the slot's release is what makes a second one harmless
+
+
+def test_a_bug_before_the_status_is_decided_is_a_500_with_nothing_shown(upstreams, capsys) -> None:
+    first, second = upstreams
+    first.push(Script(fail="500"))
+    second.push(Script(fail="500"))
+    reply = _reply(upstreams, streaming=True)
+
+    def broken_concluding(item: Any, beat: float | None) -> Generator[None, None, dict]:
+        raise ValueError("a bug of ours")
+        yield  # a generator, as the real one
+
+    reply._concluding = broken_concluding  # the one seam: a bug in deciding the refusal
+    reply.start()
+    refused = next(reply.sse_stream())
+    assert isinstance(refused, Refused) and refused.status == 500
+    assert refused.payload == {
+        "error": "The request failed on our side.",
+        "code": "internal_error",
+        "trace_id": "trace-chain",
+    }
+    logged = [line for line in capsys.readouterr().out.splitlines() if "reply.crashed" in line]
+    assert len(logged) == 1 and "ValueError: a bug of ours" in logged[0]
 
 
 def test_a_bug_on_the_reply_side_ends_the_stream_with_one_logged_error(upstreams, capsys) -> None:

@@ -252,3 +252,29 @@ def test_a_stopping_server_finishes_the_replies_that_parked(fake: FakeUpstream) 
         assert frames[-1] == "data: [DONE]"
         assert '"answer":"0 1 2 3 4 5 6 7 "' in frames[-2]
         assert service.process.wait(timeout=10) == 0
+
+
+def test_a_stopping_server_answers_a_reply_still_waiting_for_its_first_chunk(
+    fake: FakeUpstream,
+) -> None:
+    """SIGTERM while a reply waits for a slow first chunk (parked, its head not out):
+    STOP_SAVE_SECONDS later it is answered 503 `overloaded` with Retry-After and its CORS
+    headers, so that its client may try again elsewhere; and the server exits."""
+    fake.push(Script(tokens=["late"], ttft=15))
+    env = {"THREADS": "2", "CORS_ORIGINS": "*", "HEARTBEAT_SECONDS": "30"}
+    origin = {"Origin": "https://app.example.com"}
+    with running_service(env) as service, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        url = f"{service.url}{SSE}"
+        waiting = pool.submit(
+            httpx.post, url, json={"user_input": "hi"}, headers=origin, timeout=20
+        )
+        fake.wait_for_requests(1)
+        service.process.terminate()
+        answer = waiting.result()
+        assert service.process.wait(timeout=20) == 0
+    assert answer.status_code == 503
+    assert answer.json()["code"] == "overloaded"
+    assert answer.json()["trace_id"] == answer.headers["x-trace-id"]
+    assert answer.headers["retry-after"] == "1"
+    assert answer.headers["access-control-allow-origin"] == "*"
+    assert answer.headers["content-type"] == "application/json"

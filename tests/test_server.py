@@ -108,13 +108,16 @@ def test_hang_up_before_any_byte_was_sent_closes_the_upstream(
     server: str, fake: FakeUpstream, path: str
 ) -> None:
     """The SSE status is still held (30 s window) / a JSON caller waits for the end:
-    the service has written nothing, yet notices the hang-up."""
+    the service has written nothing, yet notices the hang-up, and gives the user's
+    place in the limits back."""
     fake.push(Script(fail="hang"))
     sock = open_raw(server, path, b'{"user_input": "hi"}')
     upstream = fake.wait_for_requests(1)[0]
     sock.close()
     assert upstream.client_closed.wait(timeout=5), "upstream request left running"
     assert httpx.get(f"{server}/health", timeout=5).status_code == 200
+    fake.push(Script(tokens=["next"]))
+    assert httpx.post(f"{server}{path}", json={"user_input": "hi"}, timeout=10).status_code == 200
 
 
 def test_oversize_chunked_body_without_length_is_413(server: str, fake: FakeUpstream) -> None:

@@ -32,8 +32,11 @@ def _mark(name: str) -> None:
 
 
 def _save() -> None:
-    with open(os.environ["STEPS_OUT"], "a") as out:
-        out.write(json.dumps(_marks) + "\n")
+    """Once per request (a reply may be closed twice: by its frames and by the server)."""
+    if _marks:
+        with open(os.environ["STEPS_OUT"], "a") as out:
+            out.write(json.dumps(_marks) + "\n")
+        _marks.clear()
 
 
 def _on_entry(owner: Any, name: str, mark: str) -> None:
@@ -107,7 +110,7 @@ def _app_called(worker_class: Any) -> None:
 
 
 def _install() -> None:
-    from assistant import aio, chain, http, outbox, reply, worker
+    from assistant import aio, chain, direct, http, outbox, reply, worker
 
     _on_entry(worker.Worker, "accept", "accept")
     _on_entry(worker.Worker, "handle", "pool_thread")
@@ -119,8 +122,8 @@ def _install() -> None:
     _async_marks(aio._Body, "__anext__", None, "upstream_data")
     _on_entry(outbox.Outbox, "put", "chunk_put")
     _on_entry(worker.Worker, "_park", "parked")
-    _on_entry(worker.Worker, "_go_on", "resumed")
-    _first_write(worker._KeepAliveImplied)
+    _on_return(direct.ClientSocket, "write_now", "first_written")  # the loop writes it
+    _first_write(worker._KeepAliveImplied)  # or a thread does (a ping first, say)
     _on_return(reply.Reply, "close", "closed", after=_save)
 
 
