@@ -201,9 +201,10 @@ class Reply:
                 return
             refused = Refused(499, self._refusal("client_gone"))  # for the log: nobody reads it
         except Exception as exc:
+            left = self._items.detach()  # first: the loop writes nothing (a head) after this
             ending = self._crash_ending(exc)
             if self._head_out():
-                yield from self._last_frame(ending)
+                yield from self._last_frame(left, ending)
                 return
             refused = Refused(500, self._refusal("internal_error"))
         finally:
@@ -214,10 +215,12 @@ class Reply:
             return
         yield from self._sse_frames_from(first)
 
-    def _last_frame(self, ending: dict[str, Any]) -> Generator[bytes, None, None]:
-        """The terminal frame and [DONE] after what the loop left, when the loop wrote the
-        head and something went wrong before this thread took over."""
-        unsent, left = self._items.detach()
+    def _last_frame(
+        self, detached: tuple[bytes, bytes], ending: dict[str, Any]
+    ) -> Generator[bytes, None, None]:
+        """The terminal frame and [DONE] after what the loop left (`detached`), when the
+        loop wrote the head and something went wrong before this thread took over."""
+        unsent, left = detached
         try:
             if unsent:
                 self._send_unsent(unsent)
@@ -292,6 +295,8 @@ class Reply:
         ends like a chain crash; if concluding is what failed, with a bare error
         frame (what it saved stays saved, nothing is saved twice): a stream always
         ends with a terminal frame."""
+        if self._future is not None:
+            self._future.cancel()  # the reply is over: so is its upstream request
         if not self._done:
             try:
                 return self._conclude(ChainCrashed(exc))

@@ -780,11 +780,13 @@ class Worker(ThreadWorker):
         resp = exchange.resp
         if not resp.headers_sent:  # a reply still waiting for its first chunk: nothing shown
             close = getattr(exchange.respiter, "close", None)
-            with contextlib.suppress(Exception):
+            try:
                 if close is not None:
                     close()  # the app first: nothing of its is written after this
-            if not resp.headers_sent:
-                _answer_stopping(resp)
+                if not resp.headers_sent:
+                    _answer_stopping(resp)
+            except Exception:
+                self.log.exception("Error ending a parked response")
         self._end_quietly(exchange)
         util.close(exchange.conn.sock)
         # Counted off on the main thread, which counts connections (and waits for them

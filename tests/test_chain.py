@@ -249,13 +249,17 @@ def test_a_refused_reply_gives_its_place_back_before_its_answer_goes_out(upstrea
     assert released == [1, 1]  # the slot's release is what makes a second one harmless
 
 
-def test_a_bug_before_the_status_is_decided_is_a_500_with_nothing_shown(upstreams, capsys) -> None:
+@pytest.mark.parametrize("marked_done", [False, True], ids=["before-saving", "after-saving"])
+def test_a_bug_before_the_status_is_decided_is_a_500_with_nothing_shown(
+    upstreams, capsys, marked_done: bool
+) -> None:
     first, second = upstreams
     first.push(Script(fail="500"))
     second.push(Script(fail="500"))
     reply = _reply(upstreams, streaming=True)
 
     def broken_concluding(item: Any, beat: float | None) -> Generator[None, None, dict]:
+        reply._done = marked_done  # the real one marks the reply done first, then saves
         raise ValueError("a bug of ours")
         yield  # a generator, as the real one
 
@@ -270,6 +274,20 @@ def test_a_bug_before_the_status_is_decided_is_a_500_with_nothing_shown(upstream
     }
     logged = [line for line in capsys.readouterr().out.splitlines() if "reply.crashed" in line]
     assert len(logged) == 1 and "ValueError: a bug of ours" in logged[0]
+
+
+def test_a_bug_on_the_reply_side_stops_the_upstream_request(upstreams) -> None:
+    """The reply is over: a provider still streaming is not read on for nothing."""
+    first, _ = upstreams
+    first.push(Script(tokens=["more "] * 100, interval=0.05))  # 5 s of text
+    reply = _reply(upstreams, streaming=True)
+
+    def broken_add(text: str) -> None:
+        raise ValueError("a bug of ours")
+
+    reply._add = broken_add  # the one seam: a bug while turning a chunk into a frame
+    assert _stream(reply)[-2]["code"] == "internal_error"
+    assert first.requests[0].client_closed.wait(timeout=2)
 
 
 def test_a_bug_on_the_reply_side_ends_the_stream_with_one_logged_error(upstreams, capsys) -> None:
