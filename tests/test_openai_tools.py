@@ -223,11 +223,13 @@ def test_a_length_stop_after_a_call_stays_max_tokens(upstream: FakeUpstream) -> 
 def test_a_refusal_is_shown_as_text(upstream: FakeUpstream) -> None:
     # With a response schema, a refusal comes in delta.refusal, not content.
     frames = [chunk({"role": "assistant", "content": None, "refusal": ""})]
-    frames += [chunk({"refusal": "I'm sorry, "}), chunk({"refusal": "I can't help."}), DONE]
-    upstream.push(Script(raw=frames))
+    frames += [chunk({"refusal": "I'm sorry, "}), chunk({"refusal": "I can't help."})]
+    upstream.push(Script(raw=[*frames, chunk({}, "stop"), DONE]))
     events, error = run_provider(CASE.settings(upstream.url), HI)
     assert error is None
     assert events[:2] == [TextDelta("I'm sorry, "), TextDelta("I can't help.")]
+    # OpenAI ends it with "stop"; in our vocabulary it is what Anthropic's "refusal" is.
+    assert isinstance(events[-1], StreamEnd) and events[-1].stop_reason == "content_filter"
 
 
 # -- the fake's own tool_call frames ---------------------------------------------------------

@@ -8,7 +8,8 @@ incomplete. With `stream_options.include_usage`, the usage arrives in a chunk
 whose `choices` is empty. Reasoning text appears only on compatible servers,
 as `delta.reasoning_content` or `delta.reasoning`, possibly in a chunk with no
 content. A refusal (`delta.refusal`, with a response schema) is shown as text:
-it is what the model said. `{"error": ...}` inside the 200 stream is a failure.
+it is what the model said; its stop reason is `content_filter`, as an
+Anthropic refusal's. `{"error": ...}` inside the 200 stream is a failure.
 
 Tools (README "Tools and structured output"):
 - Offered as `tools: [{"type": "function", "function": {name, description,
@@ -140,7 +141,7 @@ class OpenAIProvider(HttpProvider):
         headers = {"authorization": f"Bearer {self.api_key}", "accept": "text/event-stream"}
         url = f"{self.settings.base_url}/chat/completions"
         model, raw_stop, usage, finished = self.settings.model, None, Usage(), False
-        calls, called = _ToolCalls(), False
+        calls, called, refused = _ToolCalls(), False, False
         async with self._post(client, url, self._body(prompt), headers) as response:
             async for event in iter_sse(response):
                 if event.data == "[DONE]":
@@ -156,6 +157,7 @@ class OpenAIProvider(HttpProvider):
                     delta = choice.get("delta") or {}
                     for text in _deltas(delta):
                         yield text
+                    refused = refused or bool(delta.get("refusal"))
                     if delta.get("tool_calls"):
                         calls.add(delta["tool_calls"])
                         yield WORKING  # a call began, or a piece of its arguments came
@@ -169,7 +171,10 @@ class OpenAIProvider(HttpProvider):
         for call in calls.whole():  # a server that sent no finish_reason
             called = True
             yield call
-        yield StreamEnd(normalised_stop_reason(raw_stop, _STOP_REASONS, called), usage, model)
+        stop = normalised_stop_reason(raw_stop, _STOP_REASONS, called)
+        if refused and stop in (None, "end_turn"):
+            stop = "content_filter"  # OpenAI ends a refusal with "stop"; Anthropic says "refusal"
+        yield StreamEnd(stop, usage, model)
 
 
 # -- the request ----------------------------------------------------------------------------
