@@ -464,7 +464,7 @@ class Reply:
             except StopIteration as end:
                 return cast("dict[str, Any]", end.value)
             try:
-                if self._parking and self._head_out():
+                if self._parking:  # with or without a head out: the worker parks either
                     yield until_done(pending.write, pending.seconds)
                 else:
                     pending.wait()
