@@ -23,7 +23,7 @@ It prints, per level:
   connection error), and the worker's largest RSS during the level;
 - with --per-thread, the worker's CPU split by thread (from each thread's
   /proc schedstat): the upstream I/O loop, gunicorn's main thread (accept,
-  the poller) and the rest (request threads).
+  the poller) and the rest (request threads), and into user and system time.
 
 The client is a small asyncio one on raw sockets (TCP_NODELAY, one
 connection per stream), cheap enough that the client's core is not the
@@ -186,9 +186,10 @@ def _q(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000, method="inclusive")[round(q * 10) - 1]
 
 
-def _cpu_ticks(pid: int) -> int:
+def _cpu_ticks(pid: int) -> tuple[int, int]:
+    """The process's user and system CPU, in clock ticks."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return int(fields[11]), int(fields[12])  # utime, stime (fields 14 and 15)
 
 
 def _thread_cpu_ms(pid: int) -> dict[str, float]:
@@ -354,7 +355,11 @@ def _report(
         with _RssWatch(worker) as watch:
             before, threads_before = _cpu_ticks(worker), _thread_cpu_ms(worker)
             served = run(via, int(port), True, level, n)
-            cpu_ms = (_cpu_ticks(worker) - before) * 1000 / TICKS
+            after = _cpu_ticks(worker)
+            user_ms, system_ms = (
+                (a - b) * 1000 / TICKS for a, b in zip(after, before, strict=True)
+            )
+            cpu_ms = user_ms + system_ms
             threads_after = _thread_cpu_ms(worker)
         chunks = sum(s.chunks for s in served)
         errors = [s.error for s in served if s.error] + [s.error for s in plain if s.error]
@@ -378,7 +383,8 @@ def _report(
                      for kind in ("loop", "main", "other")}  # fmt: skip
             shares = [f"{kind} {ms:.0f} ({ms * 100 / max(cpu_ms, 1e-9):.0f}%)"
                       for kind, ms in split.items()]  # fmt: skip
-            print("     CPU ms by thread: " + ", ".join(shares))
+            print("     CPU ms by thread: " + ", ".join(shares)
+                  + f"; user {user_ms:.0f}, system {system_ms:.0f}")  # fmt: skip
         if errors:
             kinds = sorted({e for e in errors if e})
             print(f"     errors: {', '.join(kinds[:5])}")

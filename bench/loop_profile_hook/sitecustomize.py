@@ -1,0 +1,41 @@
+"""cProfile inside the service's upstream I/O loop thread alone, for a bench run.
+
+Loaded only when a benchmark puts this folder first on the service's
+PYTHONPATH (e.g. `bench/stream_cpu.py --env PYTHONPATH=bench/loop_profile_hook
+--env LOOP_PROFILE_OUT=/tmp/loop.prof`): it wraps `assistant.aio._run` so the
+loop runs under cProfile, and writes the stats to LOOP_PROFILE_OUT every two
+seconds (read them with `python -m pstats`). cProfile counts Python calls and
+the C functions they call; uvloop's own C work between callbacks is not in
+it, so the profile's total is below the thread's CPU. Nothing of this is in
+the service's own code.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+if os.environ.get("LOOP_PROFILE_OUT"):
+    import asyncio
+
+    from assistant import aio
+
+    _plain_run = aio._run
+
+    def _profiled_run(loop: asyncio.AbstractEventLoop) -> None:
+        profile = cProfile.Profile()
+
+        def dump() -> None:
+            profile.dump_stats(os.environ["LOOP_PROFILE_OUT"])  # disables it: enable again
+            profile.enable()
+            loop.call_later(2.0, dump)
+
+        loop.call_soon(profile.enable)  # in this thread: cProfile is per thread
+        loop.call_later(2.0, dump)
+        _plain_run(loop)
+
+    aio._run = _profiled_run
