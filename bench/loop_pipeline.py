@@ -1,12 +1,13 @@
 """CPU of the I/O loop's own pipeline per chunk, with no network: a tight A/B for its code.
 
 From an upstream body's bytes to a written frame, the code a relayed chunk
-runs on the loop: `_Body` (aio.py) -> SSE decoding (sse_events.py) -> the
+runs on the loop: `Body` (http1.py) -> SSE decoding (sse_events.py) -> the
 Anthropic provider -> the chain -> the outbox, attached as for direct writes
 -> the chunk's frame -> `os.write` to a pipe. The body is an Anthropic
 stream as the fake upstream sends it (20 text chunks, 22 reads, each read
-its own loop step, as from a socket); only aiohttp's response under `_Body`
-is stood in for. Streams run one after another on a uvloop loop; the
+its own loop step, as from a socket); only the connection under `Body`
+is stood in for. Streams run one after another on a uvloop loop (or
+`--together N` at once, their reads interleaved); the
 process's CPU time per stream and per chunk is printed. bench/stream_cpu.py
 measures the whole service; this measures the part of it that is ours on
 the loop, with none of the noise of sockets and threads.
@@ -37,9 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from assistant import sse  # noqa: E402
-from assistant.aio import _RAW_BODY, _Body  # noqa: E402
 from assistant.chain import Chain, Chunk  # noqa: E402
 from assistant.config import ProviderSettings, Timeouts  # noqa: E402
+from assistant.http1 import RAW_BODY, Body  # noqa: E402
 from assistant.outbox import DirectWrites, Outbox  # noqa: E402
 from assistant.providers.anthropic import AnthropicProvider  # noqa: E402
 from assistant.providers.base import Prompt, upstream_json  # noqa: E402
@@ -98,30 +99,22 @@ def _reads() -> list[bytes]:
 READS = _reads()
 
 
-class _Content:
-    """aiohttp's StreamReader, as `_Body` uses it."""
+class _Connection:
+    """The transport's connection, as `Body` uses it: READS, one per loop step."""
 
     def __init__(self) -> None:
         self._reads = READS[::-1]
+        self.pieces: list[bytes] = []
 
-    async def readany(self) -> bytes:
+    async def more(self) -> None:
         await asyncio.sleep(0)  # each read is its own loop step, as from a socket
-        return self._reads.pop() if self._reads else b""
+        if self._reads:
+            self.pieces.append(self._reads.pop())
 
-    def is_eof(self) -> bool:
-        return not self._reads
-
-
-class _Response:
-    """aiohttp's ClientResponse, as `_Body` uses it."""
-
-    def __init__(self) -> None:
-        self.content = _Content()
-
-    def release(self) -> None:
+    def taken(self, size: int) -> None:
         pass
 
-    def close(self) -> None:
+    def done(self) -> None:
         pass
 
 
@@ -133,12 +126,12 @@ class _Provider(AnthropicProvider):
         self, client: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str]
     ) -> AsyncIterator[httpx.Response]:
         upstream_json(body)  # the request body is encoded as for a real request
-        body_stream = _Body(_Response())  # type: ignore[arg-type]
+        body_stream = Body(_Connection())  # type: ignore[arg-type]
         yield httpx.Response(
             200,
             headers=[(b"content-type", b"text/event-stream")],
             stream=body_stream,
-            extensions={_RAW_BODY: body_stream},
+            extensions={RAW_BODY: body_stream},
         )
 
 
@@ -146,6 +139,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--streams", type=int, default=3000)
     parser.add_argument("--profile", action="store_true", help="then cProfile another round")
+    parser.add_argument(
+        "--together", type=int, default=1, help="streams at once, their reads interleaved"
+    )
     args = parser.parse_args()
 
     provider = _Provider(ProviderSettings.from_env({}, "anthropic"), "bench-key")
@@ -179,9 +175,12 @@ def main() -> int:
             except BlockingIOError:
                 break
 
-    async def streams(n: int) -> None:
+    async def one_after_another(n: int) -> None:
         for _ in range(n):
             await one_stream()
+
+    async def streams(n: int) -> None:
+        await asyncio.gather(*(one_after_another(n // args.together) for _ in range(args.together)))
 
     loop = uvloop.new_event_loop()
     loop.run_until_complete(streams(200))  # warm-up

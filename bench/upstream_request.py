@@ -1,4 +1,4 @@
-"""CPU of one upstream request's round trip through httpx and our aiohttp transport.
+"""CPU of one upstream request's round trip through httpx and our transport (http1.py).
 
 The Anthropic provider's request (`_post`, with its body and headers) and
 the SSE decoding of a one-event answer, on the I/O loop (`aio.submit`),

@@ -1,4 +1,4 @@
-"""The aiohttp transport (assistant/aio.py) fails the way httpcore did: the
+"""Our transport (assistant/http1.py, under aio.py's client) fails the way httpcore did: the
 same httpx exceptions, so the chain's error codes do not change."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """`aio.body_chunks()`: a response our transport made is read straight from
-aiohttp, and decodes to the same events, and fails the same way, as through
+the connection, and decodes to the same events, and fails the same way, as through
 httpx's `aiter_bytes()` (which tests/test_sse_events.py drives)."""
 
 from __future__ import annotations

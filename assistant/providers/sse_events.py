@@ -36,8 +36,8 @@ async def iter_sse(
     `unframed`, it holds those lines since the last event dispatched: at the
     end of the stream, that is the unframed tail.
 
-    The body's bytes come from `aio.body_chunks()`: straight from aiohttp
-    when our transport sent the request, which spares several async
+    The body's bytes come from `aio.body_chunks()`: straight from the
+    connection when our transport sent the request, which spares several async
     generator layers per read. A last line with no line end is decoded too;
     with no blank line after it, its event is never dispatched.
     """

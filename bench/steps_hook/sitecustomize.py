@@ -110,7 +110,7 @@ def _app_called(worker_class: Any) -> None:
 
 
 def _install() -> None:
-    from assistant import aio, chain, direct, http, outbox, reply, worker
+    from assistant import chain, direct, http, http1, outbox, reply, worker
 
     _on_entry(worker.Worker, "accept", "accept")
     _on_entry(worker.Worker, "handle", "pool_thread")
@@ -118,8 +118,8 @@ def _install() -> None:
     _on_entry(http, "handle", "app")  # before main.py imports it
     _on_entry(reply.Reply, "start", "reply_start")
     _async_marks(chain.Chain, "run", "chain_run", "chain_done")
-    _async_marks(aio.AiohttpTransport, "handle_async_request", "upstream_request", "upstream_head")
-    _async_marks(aio._Body, "__anext__", None, "upstream_data")
+    _async_marks(http1.Http1Transport, "handle_async_request", "upstream_request", "upstream_head")
+    _async_marks(http1.Body, "__anext__", None, "upstream_data")
     _on_entry(outbox.Outbox, "put", "chunk_put")
     _on_entry(worker.Worker, "_park", "parked")
     _on_return(direct.ClientSocket, "write_now", "first_written")  # the loop writes it

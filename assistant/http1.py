@@ -1,0 +1,510 @@
+"""HTTP/1.1 for the providers' requests, under httpx's API: a transport of our own.
+
+Why not aiohttp (rounds 2 to 9 of issue 11) or httpcore: a provider's
+stream is thousands of small chunked reads, and what a read costs is most of
+what relaying a chunk costs. Per read aiohttp ran about fifteen Python
+calls (its protocol, its parser's callbacks, a StreamReader, a timer
+re-armed per read, flow control resumed per read), httpcore more. Here a
+read is two: the connection's `data_received`, which undoes the chunked
+framing as bytes arrive, and the body's `__anext__`, which takes whatever is
+in. The idle timeout is one timer per connection, moved only when it fires
+(README "Speed", round 10).
+
+What it does, and no more, as the providers need: HTTP and HTTPS
+(`ssl=` on the loop's own connection), a request whose body is bytes, a
+response framed by `Transfer-Encoding: chunked`, `Content-Length` or the
+connection's end, connections kept for `keepalive_seconds` for the next
+request to the same origin, no cookies, no proxies, no HTTP/2. Failures are
+the httpx exceptions httpcore raises for the same ones, so the chain's error
+codes (`translate_http_error`) do not depend on the transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from typing import Any
+
+import aiohappyeyeballs
+import httpx
+
+# Whatever a response's head may take; a longer one is not an HTTP server we know.
+MAX_HEAD_BYTES = 64 * 1024
+# Unread body bytes at which the socket stops being read (a slow reply's
+# client holds its chain back; the upstream then waits in TCP, not in memory).
+MAX_UNREAD_BYTES = 1024 * 1024
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_NO_BODY_STATUS = frozenset({204, 304})
+# How long a response its reader closed after the answer's last event may take
+# to end its body (the chunked terminator usually comes a moment later).
+DRAIN_SECONDS = 0.1
+
+Origin = tuple[str, str, int]
+
+
+class Http1Transport(httpx.AsyncBaseTransport):
+    """httpx requests over our `_Connection`s, one pool of idle ones per origin. Used on
+    one event loop (the I/O loop's), as httpx's async transports are."""
+
+    def __init__(self, tls: ssl.SSLContext, keepalive_seconds: float) -> None:
+        self._tls = tls
+        self._keepalive = keepalive_seconds
+        self._idle: dict[Origin, list[_Connection]] = {}
+        self._sweep: asyncio.TimerHandle | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        timeout: dict[str, float | None] = request.extensions.get("timeout", {})
+        url = request.url
+        origin = (url.scheme, url.host, url.port or _DEFAULT_PORTS.get(url.scheme, 80))
+        body = await request.aread()  # our requests are bytes; a stream is read whole
+        connection = self._idle_connection(origin) or await self._connect(origin, timeout)
+        try:
+            connection.send(_request_head(request, body) + body, timeout.get("read"))
+            status, reason, headers = await connection.head(request.method == "HEAD")
+        except BaseException:
+            connection.abort()  # cancelled or failed mid-exchange: nothing of it is reusable
+            raise
+        extensions: dict[str, Any] = {"http_version": b"HTTP/1.1", RAW_BODY: connection.body}
+        if reason:
+            extensions["reason_phrase"] = reason
+        return httpx.Response(
+            status_code=status,
+            headers=headers,
+            stream=connection.body,
+            request=request,
+            extensions=extensions,
+        )
+
+    async def aclose(self) -> None:
+        for connections in self._idle.values():
+            for connection in connections:
+                connection.abort()
+        self._idle.clear()
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+
+    def _idle_connection(self, origin: Origin) -> _Connection | None:
+        """The newest idle connection to `origin` still open and within its keep-alive."""
+        connections = self._idle.get(origin)
+        deadline = asyncio.get_running_loop().time() - self._keepalive
+        while connections:
+            connection = connections.pop()
+            if connection.reusable and connection.idle_since >= deadline:
+                return connection
+            connection.abort()
+        return None
+
+    async def _connect(self, origin: Origin, timeout: dict[str, float | None]) -> _Connection:
+        scheme, host, port = origin
+        if scheme not in _DEFAULT_PORTS:
+            raise httpx.UnsupportedProtocol(f"no {scheme!r} upstreams")
+        tls = self._tls if scheme == "https" else None
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout.get("connect")):
+                addresses = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                # RFC 8305's happy eyeballs (uvloop's create_connection has none):
+                # a host whose IPv6 route is broken still connects over IPv4 at once.
+                sock = await aiohappyeyeballs.start_connection(addresses, happy_eyeballs_delay=0.25)
+                _, connection = await loop.create_connection(
+                    lambda: _Connection(self, origin),
+                    sock=sock,
+                    ssl=tls,
+                    server_hostname=host if tls else None,
+                )
+        except TimeoutError as exc:
+            raise httpx.ConnectTimeout(f"no connection to {host} within the timeout") from exc
+        except (OSError, ssl.SSLError) as exc:  # refused, DNS, the TLS handshake
+            raise httpx.ConnectError(str(exc) or type(exc).__name__) from exc
+        return connection
+
+    def keep(self, connection: _Connection) -> None:
+        """`connection` finished a response and may carry the next request."""
+        loop = asyncio.get_running_loop()
+        connection.idle_since = loop.time()
+        self._idle.setdefault(connection.origin, []).append(connection)
+        if self._sweep is None:
+            self._sweep = loop.call_later(self._keepalive, self._close_expired)
+
+    def _close_expired(self) -> None:
+        """Idle connections past their keep-alive are closed even with no request to
+        notice them (one timer per transport, while any connection is idle)."""
+        self._sweep = None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() - self._keepalive
+        for origin, connections in list(self._idle.items()):
+            kept = [c for c in connections if c.reusable and c.idle_since >= deadline]
+            for connection in connections:
+                if connection not in kept:
+                    connection.abort()
+            if kept:
+                self._idle[origin] = kept
+            else:
+                del self._idle[origin]
+        if self._idle:
+            self._sweep = loop.call_later(self._keepalive, self._close_expired)
+
+
+# The response extension that holds a response's `Body` (aio.body_chunks()).
+RAW_BODY = "assistant.http1_body"
+
+
+def _request_head(request: httpx.Request, body: bytes) -> bytes:
+    lines = [b"%s %s HTTP/1.1" % (request.method.encode(), request.url.raw_path)]
+    lines += [b"%s: %s" % (name, value) for name, value in request.headers.raw]
+    if body and "content-length" not in request.headers:
+        lines.append(b"Content-Length: %d" % len(body))
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+class Body(httpx.AsyncByteStream):
+    """A response's body as it arrives: each `__anext__` takes every byte that came
+    since the last one (an empty read is the end)."""
+
+    def __init__(self, connection: _Connection) -> None:
+        self._connection = connection
+
+    def read_timeout(self, seconds: float) -> None:
+        """From now on a read waits `seconds` at most for the next byte."""
+        self._connection.set_read_timeout(seconds)
+
+    def __aiter__(self) -> Body:
+        return self
+
+    async def __anext__(self) -> bytes:
+        connection = self._connection
+        pieces = connection.pieces
+        if not pieces:
+            await connection.more()
+            if not pieces:
+                raise StopAsyncIteration
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        pieces.clear()
+        connection.taken(len(data))
+        return data
+
+    async def aclose(self) -> None:
+        self._connection.done()
+
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection: a request, its response's head, then its body undone
+    from its framing into `pieces`, as bytes arrive."""
+
+    def __init__(self, transport_pool: Http1Transport, origin: Origin) -> None:
+        self._pool = transport_pool
+        self.origin = origin
+        self.idle_since = 0.0
+        self.body = Body(self)
+        self.pieces: list[bytes] = []  # body bytes not read yet
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._head: bytearray | None = None  # None: not waiting for a head
+        self._parsed: tuple[int, bytes, list[tuple[bytes, bytes]]] | None = None
+        self._no_body = False
+        self._framing = ""  # "chunked", "length" or "close", once the head is in
+        self._left = 0  # bytes left in the current chunk, or in a Content-Length body
+        self._carry = b""  # an unfinished chunk-size line or chunk end
+        self._crlf_due = False  # a chunk's data was read; its CRLF comes next
+        self._trailers = False  # the last chunk was read; trailers until a blank line
+        self._keep_alive = False
+        self._complete = False  # the whole response is in
+        self._lost = False  # the connection is closed
+        self._error: httpx.TransportError | None = None
+        self._unread = 0
+        self._paused = False
+        self._draining = False  # closed by its reader before its end; waiting for the end
+        self._waiter: asyncio.Future[None] | None = None
+        self._read_timeout: float | None = None
+        self._progress = 0.0  # when bytes last came, or a wait began
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def reusable(self) -> bool:
+        return not self._lost and self._transport is not None and not self._transport.is_closing()
+
+    # The loop's side.
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # each chunk of the request and of the answer goes at once
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self._progress = self._loop.time()
+        if self._head is not None:
+            data = self._head_received(data)
+        if not data:
+            pass
+        elif self._framing == "chunked":
+            self._chunked(data)
+        elif self._framing == "length":
+            self._fixed_length(data)
+        elif self._framing == "close":
+            self._add(data)
+        elif data.strip():  # bytes with no request asking for them
+            self._fail(httpx.RemoteProtocolError("data after the end of a response"))
+            return
+        if self._waiter is not None:
+            self._wake()
+        elif self._draining:
+            self._discard_unread()
+            if self._complete:
+                self._keep_or_close()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too: HTTP/1.1 has no half-closed exchange
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        unfinished = self._head is not None or (bool(self._framing) and not self._complete)
+        if unfinished and exc is not None:  # reset, or a broken TLS record
+            self._fail(httpx.ReadError(str(exc) or type(exc).__name__))
+        elif self._framing == "close" and not self._complete:
+            self._complete = True  # the connection's end is the body's
+        elif unfinished:
+            message = (
+                "Server disconnected without sending a response."
+                if self._head is not None and not self._head
+                else "peer closed connection without sending complete message body"
+            )
+            self._fail(httpx.RemoteProtocolError(message))
+        self._stop_timer()
+        if self._waiter is not None:
+            self._wake()
+
+    # The request's side.
+
+    def send(self, data: bytes, read_timeout: float | None) -> None:
+        if self._transport is None or not self.reusable:
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        self._head, self._parsed, self._framing, self._complete = bytearray(), None, "", False
+        self._left, self._carry, self._error = 0, b"", None
+        self._crlf_due = self._trailers = False
+        self._read_timeout = read_timeout
+        self._transport.write(data)
+
+    async def head(self, no_body: bool) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        """The response's status, reason and headers, once they are in."""
+        self._no_body = no_body
+        while self._parsed is None:
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+        return self._parsed
+
+    async def more(self) -> None:
+        """Until body bytes are in, the body is complete, or the connection failed."""
+        while not self.pieces:
+            if self._error is not None:
+                raise self._error
+            if self._complete:
+                return
+            await self._wait()
+
+    def taken(self, size: int) -> None:
+        self._unread -= size
+        if self._paused and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+
+    def set_read_timeout(self, seconds: float) -> None:
+        self._read_timeout = seconds
+        self._progress = self._loop.time()  # counted from now, not from the last read
+        self._stop_timer()
+        if self._waiter is not None:
+            self._timer = self._loop.call_at(self._progress + seconds, self._timed_out)
+
+    def done(self) -> None:
+        """The response is closed. Read to its end, the connection is kept for the next
+        request. Closed by a cancelled reader (a client that left), it is closed at
+        once: the upstream stops generating. Closed by a reader that saw the answer's
+        last event, it waits a moment for the body's own end, which the upstream
+        often sends in a write of its own: without it no connection would be reused."""
+        self._stop_timer()
+        task = asyncio.current_task()
+        if self._complete:
+            self._keep_or_close()
+        elif self._error is None and self._head is None and not (task and task.cancelling()):
+            self._draining = True
+            self._discard_unread()
+            self._timer = self._loop.call_later(DRAIN_SECONDS, self.abort)
+        else:
+            self.abort()
+
+    def _keep_or_close(self) -> None:
+        self._stop_timer()
+        self._draining = False
+        if self._keep_alive and not self.pieces and self.reusable:
+            self._framing = ""
+            self._pool.keep(self)
+        else:
+            self.abort()
+
+    def _discard_unread(self) -> None:
+        self.pieces.clear()
+        self.taken(self._unread)
+
+    def abort(self) -> None:
+        self._stop_timer()
+        if self._transport is not None:
+            self._transport.abort()
+
+    # Inside.
+
+    async def _wait(self) -> None:
+        waiter = self._waiter = self._loop.create_future()
+        self._progress = self._loop.time()
+        if self._timer is None and self._read_timeout is not None:
+            self._timer = self._loop.call_at(self._progress + self._read_timeout, self._timed_out)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _timed_out(self) -> None:
+        """The one timer: a wait with no byte for the read timeout fails; else it is
+        moved to the newer deadline (cheaper than moving it for every read)."""
+        self._timer = None
+        if self._read_timeout is None:
+            return
+        deadline = self._progress + self._read_timeout
+        if self._waiter is not None and self._loop.time() >= deadline:
+            self._fail(httpx.ReadTimeout("no data within the read timeout"))
+        elif self._waiter is not None:
+            self._timer = self._loop.call_at(deadline, self._timed_out)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fail(self, error: httpx.TransportError) -> None:
+        if self._error is None:
+            self._error = error
+        self._stop_timer()
+        self._keep_alive = False
+        if self._transport is not None:
+            self._transport.abort()
+        self._wake()
+
+    def _add(self, data: bytes) -> None:
+        self.pieces.append(data)
+        self._unread += len(data)
+        if self._unread > MAX_UNREAD_BYTES and not self._paused and self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
+
+    def _head_received(self, data: bytes) -> bytes:
+        """Adds `data` to the head; returns the body bytes after it, once it is whole."""
+        assert self._head is not None
+        self._head += data
+        end = self._head.find(b"\r\n\r\n")
+        if (end if end >= 0 else len(self._head)) > MAX_HEAD_BYTES:
+            self._fail(httpx.RemoteProtocolError("response head too long"))
+            return b""
+        if end < 0:
+            return b""
+        head, rest = bytes(self._head[:end]), bytes(self._head[end + 4 :])
+        try:
+            version, status, reason, headers = _parse_head(head)
+            if 100 <= status < 200:  # informational (103 Early Hints): the real head follows
+                self._head = bytearray()
+                return self._head_received(rest) if rest else b""
+            self._frame(version, status, headers)
+        except ValueError as exc:
+            self._fail(httpx.RemoteProtocolError(f"unreadable response head: {exc}"))
+            return b""
+        self._head = None
+        self._parsed = (status, reason, headers)
+        return rest
+
+    def _frame(self, version: bytes, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """How the body ends, and whether the connection outlives it."""
+        names = {name.lower(): value.lower() for name, value in headers}
+        connection = names.get(b"connection", b"")
+        self._keep_alive = (
+            b"keep-alive" in connection if version == b"HTTP/1.0" else b"close" not in connection
+        )
+        if self._no_body or status in _NO_BODY_STATUS:
+            self._framing, self._complete = "none", True
+        elif b"chunked" in names.get(b"transfer-encoding", b""):
+            self._framing = "chunked"
+        elif b"content-length" in names:
+            length = names[b"content-length"].strip()
+            if not length.isdigit():
+                raise ValueError("a malformed Content-Length")
+            self._framing, self._left = "length", int(length)
+            self._complete = not self._left
+        else:
+            self._framing, self._keep_alive = "close", False
+
+    def _fixed_length(self, data: bytes) -> None:
+        if len(data) >= self._left:
+            if len(data) > self._left:  # more than it announced: not a connection to reuse
+                self._keep_alive = False
+            data, self._complete = data[: self._left], True
+        self._left -= len(data)
+        if data:
+            self._add(data)
+
+    def _chunked(self, data: bytes) -> None:
+        """Undoes the chunked framing of `data`. The usual read is one whole chunk:
+        a size line, the data, its CRLF."""
+        if self._carry:
+            data, self._carry = self._carry + data, b""
+        at, size = 0, len(data)
+        while at < size and not self._complete:
+            if self._left:  # inside a chunk's data
+                end = min(size, at + self._left)
+                self._add(data[at:end] if at or end < size else data)
+                self._left -= end - at
+                self._crlf_due = not self._left
+                at = end
+                continue
+            line_end = data.find(b"\r\n", at)
+            if line_end < 0:
+                self._carry = data[at:]
+                if len(self._carry) > MAX_HEAD_BYTES:
+                    self._fail(httpx.RemoteProtocolError("chunk size line too long"))
+                return
+            line, at = data[at:line_end], line_end + 2
+            if self._crlf_due:  # the CRLF after a chunk's data
+                self._crlf_due = False
+                if line:
+                    self._fail(httpx.RemoteProtocolError("malformed chunked encoding"))
+                    return
+            elif self._trailers:  # after the last chunk: trailer lines, then a blank one
+                self._complete = not line
+            else:
+                size_field = line.partition(b";")[0].strip()
+                if not size_field or size_field.strip(b"0123456789abcdefABCDEF"):
+                    self._fail(httpx.RemoteProtocolError("malformed chunk size"))
+                    return
+                self._left = int(size_field, 16)
+                self._trailers = not self._left
+
+
+def _parse_head(head: bytes) -> tuple[bytes, int, bytes, list[tuple[bytes, bytes]]]:
+    status_line, _, fields = head.partition(b"\r\n")
+    version, _, rest = status_line.partition(b" ")
+    code, _, reason = rest.partition(b" ")
+    if not version.startswith(b"HTTP/1.") or len(code) != 3 or not code.isdigit():
+        raise ValueError("not an HTTP/1.x status line")
+    headers = []
+    for line in fields.split(b"\r\n") if fields else ():
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name != name.strip():
+            raise ValueError("a malformed header line")
+        headers.append((name, value.strip()))
+    return version, int(code), reason.strip(), headers
