@@ -133,9 +133,10 @@ class Chain:
     prompt: Prompt
     timeouts: Timeouts
     emit: Callable[[Item], None]
-    # Awaited before each chunk: returns when the reply has room for more
-    # (back-pressure; outbox.py). Until then the upstream is not read further.
-    room: Callable[[], Awaitable[None]] | None = None
+    # Called before each chunk: None when the reply has room for more, else what
+    # to await until it has (back-pressure; outbox.py). Until then the upstream
+    # is not read further.
+    room: Callable[[], Awaitable[None] | None] | None = None
     commit_on_first_chunk: bool = True
     on_attempt: Callable[[Attempt, ProviderError | None], None] = lambda attempt, error: None
     # After a 401: the provider again with a freshly read key, or None if the key is unchanged.
@@ -239,8 +240,8 @@ class Chain:
                         # The socket may have waited longer for the first chunk (aio.py).
                         aio.streaming_started(self.timeouts.idle)
                         self._commit(provider)
-                    if self.room is not None:
-                        await self.room()
+                    if self.room is not None and (full := self.room()) is not None:
+                        await full
                     if isinstance(event, ToolCall):
                         self.emit(event)
                     else:

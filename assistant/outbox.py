@@ -43,7 +43,7 @@ import asyncio
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from .chain import Chunk, Item
@@ -173,8 +173,17 @@ class Outbox:
         if wake is not None:
             wake()
 
-    async def room(self) -> None:
-        """On the loop: return once fewer than `limit` characters are waiting to be sent."""
+    def room(self) -> Awaitable[None] | None:
+        """On the loop, before each chunk: None while fewer than `limit` characters
+        wait to be sent, else what to await until that is so. (None, not a
+        coroutine that returns at once: one object less per relayed chunk. Read
+        without the lock: a stale count only moves the wait by a chunk, and the
+        wait itself counts again under the lock.)"""
+        if self._chars < self._limit:
+            return None
+        return self._until_room()
+
+    async def _until_room(self) -> None:
         while True:
             with self._lock:
                 if self._chars < self._limit:

@@ -46,7 +46,7 @@ STEPS = (
     ("app", "reply_start", "our checks (auth, limits, body, fields) and the reply's set-up"),
     ("reply_start", "chain_run", "hand-over to the I/O loop thread"),
     ("chain_run", "upstream_request", "the chain, the provider's request, httpx"),
-    ("upstream_request", "upstream_head", "the transport sends it; the upstream answers its head *"),
+    ("upstream_request", "upstream_head", "sent; the upstream answers its head *"),
     ("text", "chunk_put", "the first text decoded and queued"),
     ("chunk_put", "first_written", "the loop writes the head and the frame"),
 )

@@ -4,6 +4,7 @@ that takes every chunk already waiting."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -27,10 +28,20 @@ def test_chunk_frames_escape_the_line_breaks_splitlines_knows() -> None:
     assert frame == b'data: {"chunk":"a\\u2028b\\u2029c\\u0085d\\ne"}\n\n'
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        '{"n": 123456789012345678901234567890}',
+        '{"n": 18446744073709551616}',  # 2**64: the first integer orjson reads as a float
+        '{"n": -99999999999999999999, "t": "\u00e9"}',  # a sign, and text that is not ASCII
+        '{"t": "éé", "n": [1, 12345678901234567890123]}',  # in a list, after UTF-8
+    ],
+)
+def test_upstream_json_with_an_integer_past_64_bits_reads_it_exactly(data: str) -> None:
+    assert json_object(data) == json.loads(data)
+
+
 def test_upstream_json_that_only_json_reads_still_reads() -> None:
-    assert json_object('{"n": 123456789012345678901234567890}') == {
-        "n": 123456789012345678901234567890
-    }
     assert math.isnan(json_object('{"x": NaN}')["x"])
     assert json_object('{"t": "\\u00e9\\ud83d\\ude00", "a": [1, 2.5, null]}') == {
         "t": "é😀",

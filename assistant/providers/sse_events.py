@@ -23,6 +23,7 @@ from .base import ProviderError
 from .sse_decoder import EventDecoder, LineDecoder, ServerSentEvent
 
 _LONG_NUMBER = re.compile(r"\d{19}")
+_DIGITS = b"0123456789"
 _FIELDS = frozenset({"data", "event", "id", "retry"})
 
 
@@ -74,8 +75,11 @@ def json_object(data: str) -> dict[str, Any]:
     """An event's data as a JSON object, or a protocol error."""
     try:
         # orjson is several times faster per event; but it reads an integer past
-        # 64 bits as a float, so data with 19 digits in a row goes to json.
-        if _LONG_NUMBER.search(data):
+        # 64 bits as a float, so data with 19 digits in a row goes to json. The
+        # digits are counted first (at C speed): the search alone cost five times
+        # the parse, and most events have fewer than 19 digits in all.
+        raw = data.encode("utf-8", "surrogatepass")
+        if len(raw) - len(raw.translate(None, _DIGITS)) >= 19 and _LONG_NUMBER.search(data):
             raise orjson.JSONDecodeError("", "", 0)
         value = orjson.loads(data)
     except orjson.JSONDecodeError:
