@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 import socket
 import ssl
 from typing import Any
@@ -54,6 +55,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
         self._keepalive = keepalive_seconds
         self._idle: dict[Origin, list[_Connection]] = {}
         self._sweep: asyncio.TimerHandle | None = None
+        self._closed = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeout: dict[str, float | None] = request.extensions.get("timeout", {})
@@ -79,6 +81,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
         )
 
     async def aclose(self) -> None:
+        self._closed = True  # responses still being read close their connections after
         for connections in self._idle.values():
             for connection in connections:
                 connection.abort()
@@ -93,7 +96,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
         deadline = asyncio.get_running_loop().time() - self._keepalive
         while connections:
             connection = connections.pop()
-            if connection.reusable and connection.idle_since >= deadline:
+            if connection.reusable and connection.idle_since >= deadline and connection.quiet():
                 return connection
             connection.abort()
         return None
@@ -124,6 +127,9 @@ class Http1Transport(httpx.AsyncBaseTransport):
 
     def keep(self, connection: _Connection) -> None:
         """`connection` finished a response and may carry the next request."""
+        if self._closed:
+            connection.abort()
+            return
         loop = asyncio.get_running_loop()
         connection.idle_since = loop.time()
         self._idle.setdefault(connection.origin, []).append(connection)
@@ -155,7 +161,11 @@ RAW_BODY = "assistant.http1_body"
 
 def _request_head(request: httpx.Request, body: bytes) -> bytes:
     lines = [b"%s %s HTTP/1.1" % (request.method.encode(), request.url.raw_path)]
-    lines += [b"%s: %s" % (name, value) for name, value in request.headers.raw]
+    lines += [  # a streamed body (httpx framed it chunked) goes read whole, with its length
+        b"%s: %s" % (name, value)
+        for name, value in request.headers.raw
+        if name.lower() != b"transfer-encoding"
+    ]
     if body and "content-length" not in request.headers:
         lines.append(b"Content-Length: %d" % len(body))
     return b"\r\n".join(lines) + b"\r\n\r\n"
@@ -163,19 +173,24 @@ def _request_head(request: httpx.Request, body: bytes) -> bytes:
 
 class Body(httpx.AsyncByteStream):
     """A response's body as it arrives: each `__anext__` takes every byte that came
-    since the last one (an empty read is the end)."""
+    since the last one (an empty read is the end). One per response: once closed,
+    it reads nothing more, even while its connection carries the next one."""
 
     def __init__(self, connection: _Connection) -> None:
         self._connection = connection
+        self._closed = False
 
     def read_timeout(self, seconds: float) -> None:
         """From now on a read waits `seconds` at most for the next byte."""
-        self._connection.set_read_timeout(seconds)
+        if not self._closed:  # after the close, the connection's timer is its drain's
+            self._connection.set_read_timeout(seconds)
 
     def __aiter__(self) -> Body:
         return self
 
     async def __anext__(self) -> bytes:
+        if self._closed:
+            raise httpx.StreamClosed()
         connection = self._connection
         pieces = connection.pieces
         while not pieces:
@@ -189,7 +204,9 @@ class Body(httpx.AsyncByteStream):
         return data
 
     async def aclose(self) -> None:
-        self._connection.done()
+        if not self._closed:
+            self._closed = True
+            self._connection.done()
 
 
 class _Connection(asyncio.Protocol):
@@ -200,13 +217,14 @@ class _Connection(asyncio.Protocol):
         self._pool = transport_pool
         self.origin = origin
         self.idle_since = 0.0
-        self.body = Body(self)
+        self.body = Body(self)  # the current exchange's (send() makes each one's)
         self.pieces: list[bytes] = []  # body bytes not read yet
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._head: bytearray | None = None  # None: not waiting for a head
         self._parsed: tuple[int, bytes, list[tuple[bytes, bytes]]] | None = None
         self._no_body = False
+        self._interim = 0  # bytes of informational answers (1xx) before this head
         self._framing = ""  # "chunked", "length" or "close", once the head is in
         self._left = 0  # bytes left in the current chunk, or in a Content-Length body
         self._carry = b""  # an unfinished chunk-size line or chunk end
@@ -227,6 +245,17 @@ class _Connection(asyncio.Protocol):
     @property
     def reusable(self) -> bool:
         return not self._lost and self._transport is not None and not self._transport.is_closing()
+
+    def quiet(self) -> bool:
+        """Nothing waits unread in the kernel for an idle connection: bytes there mean
+        the server closed or broke it, and the loop has not read that yet (httpcore
+        checks the same before reusing a connection)."""
+        sock = self._transport.get_extra_info("socket") if self._transport else None
+        if sock is None:
+            return True
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        return not poller.poll(0)
 
     # The loop's side.
 
@@ -249,6 +278,8 @@ class _Connection(asyncio.Protocol):
             self._fixed_length(data)
         elif self._framing == "close":
             self._add(data)
+        elif self._framing == "none" and data.strip():
+            self._keep_alive = False  # past a bodiless answer (a 204 with a body): not reused
         elif data.strip():  # bytes with no request asking for them
             self._fail(httpx.RemoteProtocolError("data after the end of a response"))
             return
@@ -288,7 +319,9 @@ class _Connection(asyncio.Protocol):
         self._head, self._parsed, self._framing, self._complete = bytearray(), None, "", False
         self._left, self._carry, self._error = 0, b"", None
         self._crlf_due = self._trailers = False
+        self._interim = 0
         self._read_timeout = read_timeout
+        self.body = Body(self)
         self._transport.write(data)
 
     async def head(self, no_body: bool) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
@@ -332,6 +365,7 @@ class _Connection(asyncio.Protocol):
         self._waiter = None  # a read cancelled mid-wait leaves its future here
         task = asyncio.current_task()
         if self._complete:
+            self._discard_unread()  # its reader stopped before the end; the end is in
             self._keep_or_close()
         elif self._error is None and self._head is None and not (task and task.cancelling()):
             self._draining = True
@@ -414,32 +448,39 @@ class _Connection(asyncio.Protocol):
             self._transport.pause_reading()
 
     def _head_received(self, data: bytes) -> bytes:
-        """Adds `data` to the head; returns the body bytes after it, once it is whole."""
+        """Adds `data` to the head; returns the body bytes after it, once it is whole.
+        Informational answers (1xx) before it are read past, their bytes counted
+        against MAX_HEAD_BYTES with the head's."""
         assert self._head is not None
         self._head += data
-        end = self._head.find(b"\r\n\r\n")
-        if (end if end >= 0 else len(self._head)) > MAX_HEAD_BYTES:
-            self._fail(httpx.RemoteProtocolError("response head too long"))
-            return b""
-        if end < 0:
-            return b""
-        head, rest = bytes(self._head[:end]), bytes(self._head[end + 4 :])
-        try:
-            version, status, reason, headers = _parse_head(head)
-            if 100 <= status < 200:  # informational (103 Early Hints): the real head follows
-                self._head = bytearray()
-                return self._head_received(rest) if rest else b""
-            self._frame(version, status, headers)
-        except ValueError as exc:
-            self._fail(httpx.RemoteProtocolError(f"unreadable response head: {exc}"))
-            return b""
-        self._head = None
-        self._parsed = (status, reason, headers)
-        return rest
+        while True:
+            end, blank = _head_end(self._head)
+            if (end if end >= 0 else len(self._head)) + self._interim > MAX_HEAD_BYTES:
+                self._fail(httpx.RemoteProtocolError("response head too long"))
+                return b""
+            if end < 0:
+                return b""
+            head, rest = bytes(self._head[:end]), bytes(self._head[end + blank :])
+            try:
+                version, status, reason, headers = _parse_head(head)
+                if 100 <= status < 200:  # informational (103 Early Hints): the real head follows
+                    self._interim += end + blank
+                    self._head = bytearray(rest)
+                    continue
+                self._frame(version, status, headers)
+            except ValueError as exc:
+                self._fail(httpx.RemoteProtocolError(f"unreadable response head: {exc}"))
+                return b""
+            self._head = None
+            self._parsed = (status, reason, headers)
+            return rest
 
     def _frame(self, version: bytes, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         """How the body ends, and whether the connection outlives it."""
         names = {name.lower(): value.lower() for name, value in headers}
+        lengths = {value for name, value in headers if name.lower() == b"content-length"}
+        if len(lengths) > 1:
+            raise ValueError("conflicting Content-Length headers")
         connection = names.get(b"connection", b"")
         self._keep_alive = (
             b"keep-alive" in connection if version == b"HTTP/1.0" else b"close" not in connection
@@ -512,14 +553,22 @@ class _Connection(asyncio.Protocol):
                 self._trailers = not self._left
 
 
+def _head_end(head: bytearray) -> tuple[int, int]:
+    """Where the head ends (-1: not yet), and the length of the blank line after it:
+    lines end in CRLF, or in a bare LF, which servers send and h11 accepts too."""
+    ends = ((head.find(b"\r\n\r\n"), 4), (head.find(b"\n\n"), 2))
+    found = [(at, blank) for at, blank in ends if at >= 0]
+    return min(found) if found else (-1, 0)
+
+
 def _parse_head(head: bytes) -> tuple[bytes, int, bytes, list[tuple[bytes, bytes]]]:
-    status_line, _, fields = head.partition(b"\r\n")
+    status_line, _, fields = head.replace(b"\r\n", b"\n").partition(b"\n")
     version, _, rest = status_line.partition(b" ")
     code, _, reason = rest.partition(b" ")
     if not version.startswith(b"HTTP/1.") or len(code) != 3 or not code.isdigit():
         raise ValueError("not an HTTP/1.x status line")
     headers = []
-    for line in fields.split(b"\r\n") if fields else ():
+    for line in fields.split(b"\n") if fields else ():
         name, colon, value = line.partition(b":")
         if not colon or not name or name != name.strip():
             raise ValueError("a malformed header line")

@@ -12,7 +12,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -377,3 +377,119 @@ def test_a_connection_reset_mid_body_is_a_read_error() -> None:
     with pytest.raises(httpx.ReadError):
         on_loop(read_body(client(), f"http://127.0.0.1:{listener.getsockname()[1]}"))
     listener.close()
+
+
+HEAD_CHUNKED = CHUNKED.partition(b"\r\n\r\n")[0] + b"\r\n\r\n"
+EVENT_A = b"12\r\nevent: a\ndata: 1\n\n\r\n"
+
+
+def test_a_closed_body_reads_nothing_more_and_its_timeout_is_left_alone() -> None:
+    """Its connection's timer is then the drain's: the body's end must still close or
+    keep the connection (a provider may set the idle timeout after its close)."""
+    answer = [HEAD_CHUNKED + EVENT_A] + [b"3\r\n:p\n\r\n"] * 100
+
+    async def close_then_touch(url: str) -> type[BaseException] | None:
+        async with client().stream("POST", url, content=b"{}") as response:
+            body = response.extensions[http1.RAW_BODY]
+            await body.__anext__()
+        body.read_timeout(30)
+        try:
+            await body.__anext__()
+        except httpx.StreamClosed as exc:
+            return type(exc)
+        return None
+
+    with upstream([answer], gap=0.05) as server:
+        assert on_loop(close_then_touch(server.url)) is httpx.StreamClosed
+        started = time.monotonic()
+        assert server.closed_by_peer.wait(3)  # the drain still ended it
+        assert time.monotonic() - started < http1.DRAIN_SECONDS + 0.5
+
+
+def test_an_idle_connection_closed_before_the_loop_noticed_is_not_used() -> None:
+    """The server's close is in the kernel, unread: the loop was busy meanwhile."""
+
+    async def twice(url: str) -> list[bytes]:
+        http = client()
+        first = await read_body(http, url)
+        time.sleep(0.1)  # blocks the loop: the server's close arrives, unread
+        return [first, await read_body(http, url)]
+
+    with upstream([[CHUNKED], [CHUNKED]], close_after=[0]) as server:
+        assert on_loop(twice(server.url)) == [EVENTS, EVENTS]
+        assert server.connections == 2
+
+
+def test_a_body_whose_end_came_while_its_reader_was_busy_is_kept() -> None:
+    answer = [HEAD_CHUNKED + EVENT_A, b"12\r\nevent: b\ndata: 2\n\n\r\n0\r\n\r\n"]
+
+    async def read_first_slowly(url: str, http: httpx.AsyncClient) -> None:
+        async with http.stream("POST", url, content=b"{}") as response:
+            async for _ in aio.body_chunks(response):
+                await asyncio.sleep(0.1)  # the rest and the end arrive meanwhile
+                return
+
+    with upstream([answer, answer], gap=0.01) as server:
+        http = client()
+        on_loop(read_first_slowly(server.url, http))
+        on_loop(read_first_slowly(server.url, http))
+        assert server.connections == 1
+
+
+def test_a_closed_transport_keeps_no_connection() -> None:
+    answer = [HEAD_CHUNKED + EVENT_A, b"0\r\n\r\n"]
+
+    async def close_mid_response(url: str) -> None:
+        http = client()
+        async with http.stream("POST", url, content=b"{}") as response:
+            await http.aclose()
+            assert [part async for part in aio.body_chunks(response)]
+
+    with upstream([answer], gap=0.05) as server:
+        on_loop(close_mid_response(server.url))
+        assert server.closed_by_peer.wait(2)
+
+
+def test_a_streamed_request_body_goes_with_its_length() -> None:
+    async def post_streamed(url: str) -> bytes:
+        async def pieces() -> AsyncIterator[bytes]:
+            yield b'{"a":'
+            yield b"1}"
+
+        async with client().stream("POST", url, content=pieces()) as response:
+            return await response.aread()
+
+    with upstream([[CHUNKED]]) as server:
+        assert on_loop(post_streamed(server.url)) == EVENTS
+    head, _, body = server.requests[0].partition(b"\r\n\r\n")
+    assert b"transfer-encoding" not in head.lower()
+    assert b"content-length: 7" in head.lower()
+    assert body == b'{"a":1}'
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 204 No Content\r\n\r\nstray",
+        b"HTTP/1.1 200 OK\ncontent-length: 36\n\n" + EVENTS,  # bare LF line ends
+        b"HTTP/1.1 100 Continue\r\n\r\n" * 500 + b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    ],
+    ids=["204-with-bytes", "bare-lf-head", "many-informational"],
+)
+def test_answers_httpcore_reads_are_read(answer: bytes) -> None:
+    with upstream([[answer]]) as server:
+        assert on_loop(read_body(client(), server.url)) in (b"", EVENTS, b"ok")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 100 Continue\r\n\r\n" * 5000 + b"HTTP/1.1 200 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok!",
+        b"HTTP/1.1 200 OK\r\nx-a: 1\r\n folded\r\ncontent-length: 2\r\n\r\nok",
+    ],
+    ids=["informational-flood", "conflicting-lengths", "folded-header"],
+)
+def test_answers_httpcore_refuses_are_protocol_errors(answer: bytes) -> None:
+    with upstream([[answer]]) as server, pytest.raises(httpx.RemoteProtocolError):
+        on_loop(read_body(client(), server.url))
