@@ -143,9 +143,11 @@ class Http1Transport(httpx.AsyncBaseTransport):
         loop = asyncio.get_running_loop()
         deadline = loop.time() - self._keepalive
         for origin, connections in list(self._idle.items()):
-            kept = [c for c in connections if c.reusable and c.idle_since >= deadline]
+            kept: list[_Connection] = []
             for connection in connections:
-                if connection not in kept:
+                if connection.reusable and connection.idle_since >= deadline:
+                    kept.append(connection)
+                else:
                     connection.abort()
             if kept:
                 self._idle[origin] = kept
@@ -161,14 +163,21 @@ RAW_BODY = "assistant.http1_body"
 
 def _request_head(request: httpx.Request, body: bytes) -> bytes:
     lines = [b"%s %s HTTP/1.1" % (request.method.encode(), request.url.raw_path)]
-    lines += [  # a streamed body (httpx framed it chunked) goes read whole, with its length
-        b"%s: %s" % (name, value)
-        for name, value in request.headers.raw
-        if name.lower() != b"transfer-encoding"
-    ]
+    for name, value in request.headers.raw:
+        if name.lower() == b"transfer-encoding":
+            continue  # a streamed body (httpx framed it chunked) goes read whole, with its length
+        if _breaks_a_line(name) or _breaks_a_line(value):
+            # It would end the head early, or smuggle in a header of its own (a key
+            # pasted with its newline, say): h11 refuses it too.
+            raise httpx.LocalProtocolError(f"a line break or NUL in request header {name!r}")
+        lines.append(b"%s: %s" % (name, value))
     if body and "content-length" not in request.headers:
         lines.append(b"Content-Length: %d" % len(body))
     return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def _breaks_a_line(field: bytes) -> bool:
+    return len(field.translate(None, b"\r\n\0")) != len(field)
 
 
 class Body(httpx.AsyncByteStream):

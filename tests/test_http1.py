@@ -493,3 +493,15 @@ def test_answers_httpcore_reads_are_read(answer: bytes) -> None:
 def test_answers_httpcore_refuses_are_protocol_errors(answer: bytes) -> None:
     with upstream([[answer]]) as server, pytest.raises(httpx.RemoteProtocolError):
         on_loop(read_body(client(), server.url))
+
+
+@pytest.mark.parametrize("value", ["key\r\nx-evil: 1", "key\n", "key\r", "k\x00ey"])
+def test_a_header_value_with_a_line_break_is_never_sent(value: str) -> None:
+    async def post(url: str) -> None:
+        async with client().stream("POST", url, content=b"{}", headers={"x-api-key": value}):
+            pass
+
+    with upstream([[CHUNKED]]) as server:
+        with pytest.raises(httpx.LocalProtocolError):
+            on_loop(post(server.url))
+        assert not server.requests
