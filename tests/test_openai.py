@@ -67,6 +67,25 @@ def test_an_error_given_as_a_bare_string_is_still_an_error(upstream: FakeUpstrea
 
 
 @pytest.mark.parametrize(
+    "line, detail",
+    [
+        (b'error: {"code": 500, "message": "full", "type": "server_error"}', "server_error"),
+        (b"error: the model crashed", "error"),
+    ],
+)
+def test_a_llama_cpp_error_line_is_an_upstream_error(
+    upstream: FakeUpstream, line: bytes, detail: str
+) -> None:
+    # llama.cpp's server ends a failed stream with an `error:` line and no `data:` line.
+    text = b'data: {"choices": [{"delta": {"content": "a"}}]}\n\n'
+    upstream.push(Script(raw=[text, line + b"\n\n"]))
+    events, error = run_provider(settings_for(upstream.url))
+    assert events == [TextDelta("a")]
+    assert error is not None and error.code == "upstream_error"
+    assert error.detail == detail
+
+
+@pytest.mark.parametrize(
     "budget, effort",
     [
         (1024, "low"),

@@ -213,6 +213,19 @@ def test_blank_line_without_data_dispatches_nothing(text: str, expected: list[Se
     assert decode([text.encode()]) == expected
 
 
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        pytest.param('error: {"code": 500}\n\n', [ev('{"code": 500}', event="error")], id="alone"),
+        pytest.param("data: a\nerror: x\n\n", [ev("a")], id="beside-data"),
+        pytest.param("error: x\n\ndata: b\n\n", [ev("x", event="error"), ev("b")], id="then"),
+    ],
+)
+def test_an_error_line_is_an_error_event(text: str, expected: list[Seen]) -> None:
+    """Outside the spec, for llama.cpp's server, which fails a stream so."""
+    assert decode([text.encode()]) == expected
+
+
 def test_leading_bom_is_stripped() -> None:
     assert decode([b"\xef\xbb\xbfdata: a\n\n"]) == [ev("a")]
 

@@ -147,6 +147,11 @@ class OpenAIProvider(HttpProvider):
                 if event.data == "[DONE]":
                     finished = True
                     break
+                if event.event == "error":  # llama.cpp's failure, an `error:` line (sse_decoder)
+                    error = _maybe_json(event.data)
+                    if isinstance(error, dict) and "error" in error:
+                        error = error["error"]
+                    raise ProviderError("upstream_error", _error_type(error))
                 chunk = json_object(event.data)
                 if "error" in chunk:
                     raise ProviderError("upstream_error", _error_type(chunk["error"]))
@@ -379,6 +384,13 @@ def _usage(usage: dict[str, Any]) -> Usage:
         output_tokens=usage.get("completion_tokens"),
         thinking_tokens=details.get("reasoning_tokens"),
     )
+
+
+def _maybe_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _error_type(error: Any) -> str:

@@ -11,6 +11,11 @@ two rules httpx-sse misses are kept here, where they belong:
 - a leading byte order mark is dropped (`LineDecoder` strips it from the
   stream's first line).
 
+And one of our own, outside the spec: an `error:` line, which llama.cpp's
+server sends for a failure mid-stream (`error: {"code": 500, ...}`, no
+`data:` line), is dispatched as an event named `error` with that line's
+value as its data, where the spec would drop the block unseen.
+
 Only CR, LF and CRLF end a line, never U+2028 or the other breaks that
 `str.splitlines` knows (model text can hold them); a CR that ends one read
 is held until the next, so CR + LF across reads is one line end.
@@ -85,6 +90,7 @@ class EventDecoder:
         self._has_data = False
         self._last_event_id = ""  # kept across events, as the spec says
         self._retry: int | None = None
+        self._error: str | None = None  # an `error:` line's value (llama.cpp's server)
 
     def decode(self, lines: list[str]) -> list[ServerSentEvent]:
         """The events these lines complete, in order (one loop for a read's lines:
@@ -101,7 +107,10 @@ class EventDecoder:
                             self._retry,
                         )
                     )
+                elif self._error is not None:
+                    events.append(ServerSentEvent("error", self._error, self._last_event_id))
                 self._event, self._data, self._has_data, self._retry = "", [], False, None
+                self._error = None
                 continue
             if line[0] == ":":
                 continue  # a comment
@@ -117,5 +126,7 @@ class EventDecoder:
                 self._last_event_id = value
             elif name == "retry" and value.isascii() and value.isdigit():
                 self._retry = int(value)
+            elif name == "error":
+                self._error = value
             # Any other field, and an id with NUL or a retry that is no number, is ignored.
         return events
