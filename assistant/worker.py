@@ -908,7 +908,11 @@ def _answer_stopping(resp: Any) -> None:
     headers and trace id, in place of the response begun."""
     kept = [(name, value) for name, value in resp.headers if _KEPT_HEADERS.fullmatch(name)]
     trace_id = next((value for name, value in kept if name.lower() == "x-trace-id"), None)
-    body = _error_json(MESSAGES["overloaded"], "overloaded", trace_id or new_trace_id())
+    trace_id = trace_id or new_trace_id()
+    body = _error_json(MESSAGES["overloaded"], "overloaded", trace_id)
+    RequestLog(trace_id).info(
+        "request.refused", status=503, code="overloaded", reason="the worker is stopping"
+    )
     headers = [*kept, ("Content-Type", "application/json"), ("Retry-After", "1"),
                ("Content-Length", str(len(body)))]  # fmt: skip
     resp.force_close()

@@ -6,9 +6,11 @@ and a reply that never ends.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -255,7 +257,7 @@ def test_a_stopping_server_finishes_the_replies_that_parked(fake: FakeUpstream) 
 
 
 def test_a_stopping_server_answers_a_reply_still_waiting_for_its_first_chunk(
-    fake: FakeUpstream,
+    fake: FakeUpstream, tmp_path: Path
 ) -> None:
     """SIGTERM while a reply waits for a slow first chunk (parked, its head not out):
     STOP_SAVE_SECONDS later it is answered 503 `overloaded` with Retry-After and its CORS
@@ -263,7 +265,12 @@ def test_a_stopping_server_answers_a_reply_still_waiting_for_its_first_chunk(
     fake.push(Script(tokens=["late"], ttft=15))
     env = {"THREADS": "2", "CORS_ORIGINS": "*", "HEARTBEAT_SECONDS": "30"}
     origin = {"Origin": "https://app.example.com"}
-    with running_service(env) as service, concurrent.futures.ThreadPoolExecutor(1) as pool:
+    log = tmp_path / "service.log"
+    with (
+        log.open("wb") as output,
+        running_service(env, output=output) as service,
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+    ):
         url = f"{service.url}{SSE}"
         waiting = pool.submit(
             httpx.post, url, json={"user_input": "hi"}, headers=origin, timeout=20
@@ -272,6 +279,11 @@ def test_a_stopping_server_answers_a_reply_still_waiting_for_its_first_chunk(
         service.process.terminate()
         answer = waiting.result()
         assert service.process.wait(timeout=20) == 0
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    refused = [entry for entry in lines if entry["message"] == "request.refused"]
+    assert [(entry["status"], entry["trace_id"]) for entry in refused] == [
+        (503, answer.headers["x-trace-id"])
+    ]
     assert answer.status_code == 503
     assert answer.json()["code"] == "overloaded"
     assert answer.json()["trace_id"] == answer.headers["x-trace-id"]
