@@ -367,9 +367,10 @@ class _Connection(asyncio.Protocol):
     def done(self) -> None:
         """The response is closed. Read to its end, the connection is kept for the next
         request. Closed by a cancelled reader (a client that left), it is closed at
-        once: the upstream stops generating. Closed by a reader that saw the answer's
-        last event, it waits a moment for the body's own end, which the upstream
-        often sends in a write of its own: without it no connection would be reused."""
+        once: the upstream stops generating. Closed otherwise (the reader saw the
+        answer's last event, or gave up on an answer it could not use), it waits a
+        moment for the body's own end, which the upstream often sends in a write of
+        its own: without that wait no connection would be reused."""
         self._stop_timer()
         self._waiter = None  # a read cancelled mid-wait leaves its future here
         task = asyncio.current_task()
@@ -553,6 +554,8 @@ class _Connection(asyncio.Protocol):
                     return
             elif self._trailers:  # after the last chunk: trailer lines, then a blank one
                 self._complete = not line
+                if self._complete and at < size:  # bytes past the body's end: not reused
+                    self._keep_alive = False
             else:
                 size_field = line.partition(b";")[0].strip()
                 if not size_field or size_field.strip(_HEX_DIGITS):
@@ -565,7 +568,7 @@ class _Connection(asyncio.Protocol):
 def _head_end(head: bytearray) -> tuple[int, int]:
     """Where the head ends (-1: not yet), and the length of the blank line after it:
     lines end in CRLF, or in a bare LF, which servers send and h11 accepts too."""
-    ends = ((head.find(b"\r\n\r\n"), 4), (head.find(b"\n\n"), 2))
+    ends = ((head.find(b"\r\n\r\n"), 4), (head.find(b"\n\n"), 2), (head.find(b"\n\r\n"), 3))
     found = [(at, blank) for at, blank in ends if at >= 0]
     return min(found) if found else (-1, 0)
 

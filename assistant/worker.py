@@ -784,7 +784,7 @@ class Worker(ThreadWorker):
                 if close is not None:
                     close()  # the app first: nothing of its is written after this
                 if not resp.headers_sent:
-                    _answer_stopping(resp)
+                    _answer_stopping(resp, self.server_settings.project_id)
             except Exception:
                 self.log.exception("Error ending a parked response")
         self._end_quietly(exchange)
@@ -902,7 +902,7 @@ def _error_json(message: str, code: ErrorCode, trace_id: str) -> bytes:
 _KEPT_HEADERS = re.compile(r"access-control-.*|vary|x-trace-id", re.I)
 
 
-def _answer_stopping(resp: Any) -> None:
+def _answer_stopping(resp: Any, project_id: str) -> None:
     """A stopping worker's answer to a request whose response has no head out yet: 503
     `overloaded` with Retry-After (another instance may take it), with the app's CORS
     headers and trace id, in place of the response begun."""
@@ -910,7 +910,7 @@ def _answer_stopping(resp: Any) -> None:
     trace_id = next((value for name, value in kept if name.lower() == "x-trace-id"), None)
     trace_id = trace_id or new_trace_id()
     body = _error_json(MESSAGES["overloaded"], "overloaded", trace_id)
-    RequestLog(trace_id).info(
+    RequestLog(trace_id, project_id).info(
         "request.refused", status=503, code="overloaded", reason="the worker is stopping"
     )
     headers = [*kept, ("Content-Type", "application/json"), ("Retry-After", "1"),

@@ -505,3 +505,17 @@ def test_a_header_value_with_a_line_break_is_never_sent(value: str) -> None:
         with pytest.raises(httpx.LocalProtocolError):
             on_loop(post(server.url))
         assert not server.requests
+
+
+def test_a_head_with_bare_lf_lines_and_a_crlf_blank_line_is_read() -> None:
+    answer = b"HTTP/1.1 200 OK\ncontent-length: 36\n\r\n" + EVENTS
+    with upstream([[answer]]) as server:
+        assert on_loop(read_body(client(), server.url)) == EVENTS
+
+
+def test_bytes_after_the_chunked_end_keep_the_connection_from_reuse() -> None:
+    with upstream([[CHUNKED + b"junk"], [CHUNKED]]) as server:
+        http = client()
+        assert on_loop(read_body(http, server.url)) == EVENTS
+        assert on_loop(read_body(http, server.url)) == EVENTS
+        assert server.connections == 2

@@ -263,7 +263,12 @@ def test_a_stopping_server_answers_a_reply_still_waiting_for_its_first_chunk(
     STOP_SAVE_SECONDS later it is answered 503 `overloaded` with Retry-After and its CORS
     headers, so that its client may try again elsewhere; and the server exits."""
     fake.push(Script(tokens=["late"], ttft=15))
-    env = {"THREADS": "2", "CORS_ORIGINS": "*", "HEARTBEAT_SECONDS": "30"}
+    env = {
+        "THREADS": "2",
+        "CORS_ORIGINS": "*",
+        "HEARTBEAT_SECONDS": "30",
+        "GOOGLE_CLOUD_PROJECT": "demo-x",
+    }
     origin = {"Origin": "https://app.example.com"}
     log = tmp_path / "service.log"
     with (
@@ -284,6 +289,8 @@ def test_a_stopping_server_answers_a_reply_still_waiting_for_its_first_chunk(
     assert [(entry["status"], entry["trace_id"]) for entry in refused] == [
         (503, answer.headers["x-trace-id"])
     ]
+    trace_link = refused[0].get("logging.googleapis.com/trace", "")
+    assert trace_link.endswith(f"/traces/{answer.headers['x-trace-id']}")
     assert answer.status_code == 503
     assert answer.json()["code"] == "overloaded"
     assert answer.json()["trace_id"] == answer.headers["x-trace-id"]
