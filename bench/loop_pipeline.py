@@ -46,7 +46,7 @@ from assistant.providers.anthropic import AnthropicProvider  # noqa: E402
 from assistant.providers.base import Prompt, upstream_json  # noqa: E402
 from assistant.request import Turn  # noqa: E402
 
-CHUNKS = 20
+CHUNKS = int(os.environ.get("PIPELINE_CHUNKS", "20"))  # text chunks per stream
 
 
 def _event(name: str, data: dict[str, Any]) -> bytes:
