@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from assistant import aio, sse  # noqa: E402
-from assistant.chain import Chain  # noqa: E402
+from assistant.chain import Chain, Chunk  # noqa: E402
 from assistant.config import ProviderSettings, Timeouts  # noqa: E402
 from assistant.outbox import DirectWrites, Outbox  # noqa: E402
 from assistant.providers.anthropic import AnthropicProvider  # noqa: E402
@@ -120,7 +120,8 @@ async def _run(args: argparse.Namespace, fake_url: str, sink_port: int) -> tuple
         async with client.stream("POST", url, content=BODY, headers=headers) as response:
             async for part in aio.body_chunks(response):
                 if b"message_stop" in part:
-                    break
+                    return
+        raise RuntimeError("a stream ended without message_stop")  # it would cost less
 
     async def relay(fd: int) -> None:
         def write(frame: bytes) -> bytes:
@@ -128,10 +129,18 @@ async def _run(args: argparse.Namespace, fake_url: str, sink_port: int) -> tuple
                 os.write(fd, b"%X\r\n%b\r\n" % (len(frame), frame))
             return b""
 
+        relayed: list[Chunk] = []
+
+        def frame(chunk: Chunk) -> bytes:
+            relayed.append(chunk)
+            return sse.chunk_frame(chunk.text)
+
         outbox = Outbox()
-        outbox.attach(DirectWrites(frame=lambda chunk: sse.chunk_frame(chunk.text), write=write))
+        outbox.attach(DirectWrites(frame=frame, write=write))
         chain = Chain([provider], prompt, timeouts, emit=outbox.put, room=outbox.room)
         await chain.run()
+        if len(relayed) != args.chunks:  # a stream that failed would cost less, and mislead
+            raise RuntimeError(f"a stream relayed {len(relayed)} of {args.chunks} chunks")
 
     async def level(n: int) -> None:
         """`n` streams, `args.streams` at once, each slot's first start spread over one
