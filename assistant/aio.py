@@ -103,7 +103,6 @@ def http_client(timeouts: Timeouts) -> httpx.AsyncClient:
     if client is None:
         client = _CookielessClient(
             transport=Http1Transport(_TLS, keepalive_seconds=KEEPALIVE_SECONDS),
-            verify=_TLS,
             timeout=httpx.Timeout(
                 connect=timeouts.connect,
                 # Any byte, ping included, proves the upstream alive. Until the
