@@ -24,7 +24,6 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
-import contextvars
 import ctypes
 import os
 import threading
@@ -157,12 +156,8 @@ class _CookielessClient(httpx.AsyncClient):
 KEEPALIVE_SECONDS = 5.0
 
 
-# The body the current task reads (body_chunks() sets it, in the chain's task).
-_reading: contextvars.ContextVar[Body | None] = contextvars.ContextVar("reading", default=None)
-
-
 def body_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
-    """A streamed response's body as it arrives, for the providers' decoders.
+    """A streamed response's body as it arrives (`HttpProvider.stream()`).
 
     For a response our transport made, with no content coding, the bytes come
     straight from its connection: one await per read, where httpx's
@@ -172,22 +167,45 @@ def body_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
     closes the body. Anything else (a gzip body, a test's
     `httpx.MockTransport`) goes through `aiter_bytes()`.
     """
+    body = _raw_body(response)
+    return body if body is not None else response.aiter_bytes()
+
+
+async def relay(response: httpx.Response, sink: Callable[[bytes], bool]) -> bool:
+    """Hand `response`'s body to `sink`, read by read, until `sink` returns True (then
+    True) or the body ends (False).
+
+    For a response our transport made, `sink` runs in the connection's own
+    callback as bytes arrive (`Body.push`): no task is woken, and no async
+    generator resumed, per read, which was about a fifth of the loop's CPU per
+    relayed chunk (bench/results/stream_cpu-round11.txt). Anything else is read
+    with `aiter_bytes()` in this task. Failures are httpx's exceptions either way.
+    """
+    body = _raw_body(response)
+    if body is not None:
+        return await body.push(sink)
+    async for data in response.aiter_bytes():
+        if sink(data):
+            return True
+    return False
+
+
+def _raw_body(response: httpx.Response) -> Body | None:
+    """The response's body as our transport gives it, if it needs no decoding."""
     body = response.extensions.get(RAW_BODY)
-    if isinstance(body, Body):
-        _reading.set(body)  # this task's upstream, for streaming_started()
-        if "content-encoding" not in response.headers:
-            return body
-    return response.aiter_bytes()
+    if isinstance(body, Body) and "content-encoding" not in response.headers:
+        return body
+    return None
 
 
-def streaming_started(idle: float) -> None:
-    """The current task's upstream sent its first chunk: from now on its socket may
-    stay silent for `idle` seconds at most (pings count as life).
+def streaming_started(response: httpx.Response, idle: float) -> None:
+    """`response`'s upstream sent its first chunk: from now on its socket may stay
+    silent for `idle` seconds at most (pings count as life).
 
     Until then the socket waited as long as the first chunk may take
     (`http_client`), which can be longer. Nothing to do for a body our
     transport did not make (a test's MockTransport).
     """
-    body = _reading.get()
-    if body is not None:
+    body = response.extensions.get(RAW_BODY)
+    if isinstance(body, Body):
         body.read_timeout(idle)

@@ -39,6 +39,7 @@ import httpx
 from . import aio
 from .config import Timeouts
 from .providers.base import (
+    Event,
     Prompt,
     Provider,
     ProviderError,
@@ -133,9 +134,9 @@ class Chain:
     prompt: Prompt
     timeouts: Timeouts
     emit: Callable[[Item], None]
-    # Called before each chunk: None when the reply has room for more, else what
-    # to await until it has (back-pressure; outbox.py). Until then the upstream
-    # is not read further.
+    # Called after each read of the upstream that had room: None when the reply has
+    # room for more, else what to await until it has (back-pressure; outbox.py).
+    # Until then the upstream is not read further.
     room: Callable[[], Awaitable[None] | None] | None = None
     commit_on_first_chunk: bool = True
     on_attempt: Callable[[Attempt, ProviderError | None], None] = lambda attempt, error: None
@@ -221,37 +222,15 @@ class Chain:
     async def _attempt(self, progress: _Progress) -> None:
         """One provider, to its end; any failure comes out as a ProviderError."""
         provider = progress.provider
-        tagger = ThinkingTagger()
-        stream = provider.stream(aio.http_client(self.timeouts), self.prompt)
         try:
             async with asyncio.timeout(self.timeouts.first_chunk) as first_chunk_deadline:
-                async for event in stream:
-                    if isinstance(event, StreamEnd):
-                        self._finish(provider, event)
-                        break
-                    if isinstance(event, Working):
-                        if not progress.shown:  # progress, not output: the wait starts over
-                            restart = asyncio.get_running_loop().time() + self.timeouts.first_chunk
-                            first_chunk_deadline.reschedule(restart)
-                        continue
-                    if not progress.shown:
-                        progress.shown = True
-                        first_chunk_deadline.reschedule(None)  # from here only idle gaps count
-                        # The socket may have waited longer for the first chunk (aio.py).
-                        aio.streaming_started(self.timeouts.idle)
-                        self._commit(provider)
-                    if self.room is not None and (full := self.room()) is not None:
-                        await full
-                    if isinstance(event, ToolCall):
-                        self.emit(event)
-                    else:
-                        thinking = isinstance(event, ThinkingDelta)
-                        self.emit(Chunk(tagger.wrap(thinking, event.text)))
-            if not progress.shown:
-                raise ProviderError("upstream_empty", "stream ended with no text or tool call")
-            closing = tagger.close()
-            if closing:
-                self.emit(Chunk(closing))
+                client = aio.http_client(self.timeouts)
+                async with provider.open(client, self.prompt) as response:
+                    relay = _Relay(self, progress, response, first_chunk_deadline)
+                    while await aio.relay(response, relay.read) and relay.full is not None:
+                        full, relay.full = relay.full, None
+                        await full  # the reply's output has no room: the upstream waits
+                relay.end()
         except TimeoutError:
             detail = f"no text within {self.timeouts.first_chunk}s"
             raise ProviderError("upstream_timeout", detail) from None
@@ -262,8 +241,6 @@ class Chain:
         except Exception as exc:
             # A body our parser choked on: this provider failed, the next may not.
             raise ProviderError("upstream_protocol", f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            await stream.aclose()
 
     def _commit(self, provider: Provider) -> None:
         self.first_chunk_at = self.first_chunk_at or time.monotonic()
@@ -271,7 +248,7 @@ class Chain:
         self.model = provider.model
         self.schema_sent = self.prompt.response_schema is None or provider.sends_schema(self.prompt)
 
-    def _finish(self, provider: Provider, end: StreamEnd) -> None:
+    def _finish(self, end: StreamEnd) -> None:
         self.model_version = end.model
         self.usage = end.usage
         self.stop_reason = end.stop_reason
@@ -288,3 +265,79 @@ class _Progress:
     provider: Provider
     started: float
     shown: bool = False
+
+
+class _Relay:
+    """One attempt's answer, handed on as it is decoded.
+
+    `read` is the body's sink (aio.relay): from our transport it runs in the
+    socket's own callback, so everything it calls runs on the loop outside
+    the chain's task, and what it raises reaches the task through the body.
+    """
+
+    def __init__(
+        self,
+        chain: Chain,
+        progress: _Progress,
+        response: httpx.Response,
+        first_chunk_deadline: asyncio.Timeout,
+    ) -> None:
+        self._chain = chain
+        self._progress = progress
+        self._response = response
+        self._decoder = progress.provider.decoder(response)
+        self._first_chunk_deadline = first_chunk_deadline
+        self._tagger = ThinkingTagger()
+        self.full: Awaitable[None] | None = None  # set when `read` stopped for room
+
+    def read(self, data: bytes) -> bool:
+        """The events in the body's next bytes, handed on; True to stop reading: the
+        answer is finished, or the reply has no room for more (`full`)."""
+        events: list[Event] = []
+        try:
+            self._decoder.feed(data, events)
+        finally:
+            self._hand_on(events)  # what came before a failure too
+        if self._decoder.finished:
+            return True
+        room = self._chain.room
+        if room is not None and (full := room()) is not None:
+            self.full = full
+            return True
+        return False
+
+    def end(self) -> None:
+        """The body ended or the answer finished: the rest, the StreamEnd, or the failure."""
+        events: list[Event] = []
+        try:
+            self._decoder.end(events)
+        finally:
+            self._hand_on(events)
+        if not self._progress.shown:
+            raise ProviderError("upstream_empty", "stream ended with no text or tool call")
+        closing = self._tagger.close()
+        if closing:
+            self._chain.emit(Chunk(closing))
+
+    def _hand_on(self, events: list[Event]) -> None:
+        chain, progress = self._chain, self._progress
+        for event in events:
+            if isinstance(event, StreamEnd):
+                chain._finish(event)
+                return
+            if isinstance(event, Working):
+                if not progress.shown:  # progress, not output: the wait starts over
+                    restart = asyncio.get_running_loop().time() + chain.timeouts.first_chunk
+                    self._first_chunk_deadline.reschedule(restart)
+                continue
+            if not progress.shown:
+                progress.shown = True
+                self._first_chunk_deadline.reschedule(None)  # from here only idle gaps count
+                # The socket may have waited longer for the first chunk (aio.py).
+                aio.streaming_started(self._response, chain.timeouts.idle)
+                chain._commit(progress.provider)
+            if isinstance(event, ToolCall):
+                chain.emit(event)
+            else:
+                thinking = isinstance(event, ThinkingDelta)
+                chain.emit(Chunk(self._tagger.wrap(thinking, event.text)))

@@ -26,6 +26,7 @@ import contextlib
 import select
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import aiohappyeyeballs
@@ -201,16 +202,37 @@ class Body(httpx.AsyncByteStream):
         if self._closed:
             raise httpx.StreamClosed()
         connection = self._connection
-        pieces = connection.pieces
-        while not pieces:
+        while not connection.pieces:
             waiter = connection.body_wait()
             if waiter is None:
                 raise StopAsyncIteration
             await waiter
-        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        pieces.clear()
-        connection.taken(len(data))
-        return data
+        return connection.take()
+
+    async def push(self, sink: Callable[[bytes], bool]) -> bool:
+        """Each read's bytes go to `sink` as they come, called from the connection's
+        `data_received`: no task is woken per read (aio.relay). Returns True once
+        `sink` returns True (it wants no more for now), False at the body's end;
+        raises the connection's failure, or what `sink` raised."""
+        if self._closed:
+            raise httpx.StreamClosed()
+        connection = self._connection
+        if connection.pieces and sink(connection.take()):  # bytes that came before
+            return True
+        while True:
+            waiter = connection.body_wait()
+            if waiter is None:
+                return False
+            connection.sink = sink
+            try:
+                await waiter
+            finally:
+                connection.sink = None
+            stopped, connection.sink_stopped = connection.sink_stopped, None
+            if isinstance(stopped, Exception):
+                raise stopped
+            if stopped:
+                return True
 
     async def aclose(self) -> None:
         if not self._closed:
@@ -250,6 +272,9 @@ class _Connection(asyncio.Protocol):
         self._read_timeout: float | None = None
         self._progress = 0.0  # when bytes last came, or a wait began
         self._timer: asyncio.TimerHandle | None = None
+        # Body.push()'s reader, called with each read's bytes, and why it stopped.
+        self.sink: Callable[[bytes], bool] | None = None
+        self.sink_stopped: Exception | bool | None = None
 
     @property
     def reusable(self) -> bool:
@@ -292,7 +317,12 @@ class _Connection(asyncio.Protocol):
         elif data.strip():  # bytes with no request asking for them
             self._fail(httpx.RemoteProtocolError("data after the end of a response"))
             return
-        if self._waiter is not None:
+        if self.sink is not None:
+            if self.pieces:
+                self._push()
+            if self._complete:
+                self._wake()
+        elif self._waiter is not None:
             self._wake()
         elif self._draining:
             self._discard_unread()
@@ -350,6 +380,14 @@ class _Connection(asyncio.Protocol):
         if self._complete:
             return None
         return self._new_waiter()
+
+    def take(self) -> bytes:
+        """The body's bytes that came and were not read yet."""
+        pieces = self.pieces
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        pieces.clear()
+        self.taken(len(data))
+        return data
 
     def taken(self, size: int) -> None:
         self._unread -= size
@@ -418,6 +456,18 @@ class _Connection(asyncio.Protocol):
         if self._timer is None and self._read_timeout is not None:
             self._timer = self._loop.call_at(self._progress + self._read_timeout, self._timed_out)
         return waiter
+
+    def _push(self) -> None:
+        """Hand what came to the reader's sink (Body.push); wake the reader if the sink
+        stopped, or failed (the reader's task raises its exception)."""
+        assert self.sink is not None
+        try:
+            stopped: Exception | bool = self.sink(self.take())
+        except Exception as exc:
+            stopped = exc
+        if stopped is not False:
+            self.sink, self.sink_stopped = None, stopped
+            self._wake()
 
     def _wake(self) -> None:
         waiter, self._waiter = self._waiter, None

@@ -1,4 +1,4 @@
-"""iter_ndjson: the newline-delimited JSON decoding Ollama's stream stands on.
+"""NdjsonReader: the newline-delimited JSON decoding Ollama's stream stands on.
 
 Each case feeds a sequence of byte reads through a real `httpx.Response` (its
 `stream` is a tiny `httpx.AsyncByteStream`), so httpx's own byte iteration runs
@@ -15,32 +15,42 @@ from typing import Any
 import pytest
 
 from assistant.providers.base import ProviderError
-from assistant.providers.ndjson import iter_ndjson
+from assistant.providers.ndjson import NdjsonReader
+from assistant.providers.sse_events import json_object
 
 from .provider_support import chunked_response, one_byte_reads, utf8_split_cases
 
 NDJSON = "application/x-ndjson"
 
 
-def decode(chunks: list[bytes]) -> list[dict[str, Any]]:
-    async def collect() -> list[dict[str, Any]]:
-        response = chunked_response(chunks, NDJSON)
-        return [obj async for obj in iter_ndjson(response)]
+def read_objects(chunks: list[bytes], seen: list[dict[str, Any]]) -> None:
+    """The objects of a body that arrives in these reads, as Ollama's decoder reads
+    them (each line parsed as it is handed on, the reader flushed at the end), into
+    `seen` one by one: those before a failure are in it when it is raised."""
 
-    return asyncio.run(collect())
+    async def collect() -> None:
+        response = chunked_response(chunks, NDJSON)
+        reader = NdjsonReader()
+        async for data in response.aiter_bytes():
+            for line in reader.feed(data):
+                seen.append(json_object(line))
+        seen.extend(reader.flush())
+
+    asyncio.run(collect())
+
+
+def decode(chunks: list[bytes]) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
+    read_objects(chunks, seen)
+    return seen
 
 
 def decode_until_error(chunks: list[bytes]) -> tuple[list[dict[str, Any]], ProviderError]:
     """The objects yielded before the ProviderError, and the error."""
     seen: list[dict[str, Any]] = []
 
-    async def collect() -> None:
-        response = chunked_response(chunks, NDJSON)
-        async for obj in iter_ndjson(response):
-            seen.append(obj)
-
     with pytest.raises(ProviderError) as caught:
-        asyncio.run(collect())
+        read_objects(chunks, seen)
     return seen, caught.value
 
 

@@ -1,4 +1,5 @@
-"""iter_sse / json_object: the upstream SSE decoding every provider stands on.
+"""SseReader / require_event_stream / json_object: the upstream SSE decoding every
+provider stands on.
 
 Each case feeds a sequence of byte reads through a real `httpx.Response` (its
 `stream` is a tiny `httpx.AsyncByteStream`), so the UTF-8 decoding and our
@@ -14,7 +15,8 @@ import asyncio
 import pytest
 
 from assistant.providers.base import ProviderError
-from assistant.providers.sse_events import iter_sse, json_object
+from assistant.providers.sse_decoder import ServerSentEvent
+from assistant.providers.sse_events import SseReader, json_object, require_event_stream
 
 from .provider_support import chunked_response, one_byte_reads, utf8_split_cases
 
@@ -23,12 +25,25 @@ SSE = "text/event-stream"
 Seen = tuple[str, str, str, int | None]  # (event, data, id, retry)
 
 
-def decode(chunks: list[bytes], content_type: str | None = SSE) -> list[Seen]:
-    async def collect() -> list[Seen]:
+def read_events(
+    chunks: list[bytes], content_type: str | None = SSE, unframed: list[str] | None = None
+) -> list[ServerSentEvent]:
+    """The events of a body that arrives in these reads, as a provider's decoder reads
+    them: the content type checked, each read fed as it comes, the reader flushed at
+    the end."""
+
+    async def collect() -> list[ServerSentEvent]:
         response = chunked_response(chunks, content_type)
-        return [(e.event, e.data, e.id, e.retry) async for e in iter_sse(response)]
+        require_event_stream(response)
+        reader = SseReader(unframed)
+        events = [event async for data in response.aiter_bytes() for event in reader.feed(data)]
+        return events + reader.flush()
 
     return asyncio.run(collect())
+
+
+def decode(chunks: list[bytes], content_type: str | None = SSE) -> list[Seen]:
+    return [(e.event, e.data, e.id, e.retry) for e in read_events(chunks, content_type)]
 
 
 def ev(data: str, event: str = "message", id: str = "", retry: int | None = None) -> Seen:
@@ -287,10 +302,5 @@ def test_unframed_holds_the_lines_after_the_last_event() -> None:
     """A stray line mid-stream is forgotten at the next event; a bare tail at EOF is kept."""
     body = b'stray line\ndata: {"a": 1}\n\n[{\n  "error": {"code": 503}\n}\n]\n'
     unframed: list[str] = []
-
-    async def run() -> list[str]:
-        response = chunked_response([body], SSE)
-        return [event.data async for event in iter_sse(response, unframed)]
-
-    assert asyncio.run(run()) == ['{"a": 1}']
+    assert [event.data for event in read_events([body], SSE, unframed)] == ['{"a": 1}']
     assert unframed == ["[{", '  "error": {"code": 503}', "}", "]"]

@@ -45,7 +45,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,7 +69,8 @@ from .base import (
     conversation,
     normalised_stop_reason,
 )
-from .sse_events import iter_sse, json_object
+from .sse_decoder import ServerSentEvent
+from .sse_events import SseReader, json_object, require_event_stream
 
 API_VERSION = "2023-06-01"
 SIGNATURE_PREFIX = "anthropic:"  # not in the base64 alphabet: another provider's never starts so
@@ -350,32 +351,53 @@ class AnthropicProvider(HttpProvider):
             body["output_config"] = {"format": format_}
         return body
 
-    async def stream(
-        self, client: httpx.AsyncClient, prompt: Prompt
-    ) -> AsyncGenerator[Event, None]:
+    def _request(self, prompt: Prompt) -> tuple[str, dict[str, Any], dict[str, str]]:
         headers = {
             "x-api-key": self.api_key,
             "anthropic-version": API_VERSION,
             "accept": "text/event-stream",
         }
-        url = f"{self.settings.base_url}/v1/messages"
-        state = _State(model=self.settings.model)
-        async with self._post(client, url, self._body(prompt), headers) as response:
-            async for event in iter_sse(response):
-                handler = _HANDLERS.get(event.event)
-                if handler is None:
-                    continue  # ping and event types added after this was written
-                handler(json_object(event.data), state)
-                for delta in state.out:
-                    yield delta
-                state.out.clear()
-                if state.finished:
-                    break
+        return f"{self.settings.base_url}/v1/messages", self._body(prompt), headers
+
+    def decoder(self, response: httpx.Response) -> _Decoder:
+        require_event_stream(response)
+        return _Decoder(self.settings.model)
+
+
+class _Decoder:
+    """Anthropic's events -> ours (base.Decoder); message_stop ends the answer."""
+
+    def __init__(self, model: str) -> None:
+        self._state = _State(model=model)
+        self._sse = SseReader()
+
+    @property
+    def finished(self) -> bool:
+        return self._state.finished
+
+    def feed(self, data: bytes, out: list[Event]) -> None:
+        self._handle(self._sse.feed(data), out)
+
+    def end(self, out: list[Event]) -> None:
+        state = self._state
+        if not state.finished:
+            self._handle(self._sse.flush(), out)
         if not state.finished:
             raise ProviderError("upstream_incomplete", "stream ended without message_stop")
         usage = Usage(input_tokens=state.input_tokens, output_tokens=state.output_tokens)
         stop_reason = normalised_stop_reason(state.stop_reason, _STOP_REASONS)
-        yield StreamEnd(stop_reason=stop_reason, usage=usage, model=state.model)
+        out.append(StreamEnd(stop_reason=stop_reason, usage=usage, model=state.model))
+
+    def _handle(self, events: list[ServerSentEvent], out: list[Event]) -> None:
+        state = self._state
+        state.out = out  # the handlers append to it
+        for event in events:
+            handler = _HANDLERS.get(event.event)
+            if handler is None:
+                continue  # ping and event types added after this was written
+            handler(json_object(event.data), state)
+            if state.finished:
+                return
 
 
 def _tool(name: str, description: str, parameters: Mapping[str, Any]) -> dict[str, Any]:

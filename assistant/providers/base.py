@@ -1,9 +1,13 @@
 """What every provider yields and raises, so the chain can treat them alike.
 
-A provider's `stream()` is an async iterator of events: `TextDelta` and
-`ThinkingDelta` as the model writes, a `ToolCall` once each call the model
-makes is whole (its arguments joined and parsed), then exactly one
-`StreamEnd` when the upstream said it was finished. Every failure is a `ProviderError`:
+A provider `open()`s its request and gives a `Decoder` for the answer, which
+turns the body, read by read, into events: `TextDelta` and `ThinkingDelta`
+as the model writes, a `ToolCall` once each call the model makes is whole
+(its arguments joined and parsed), then exactly one `StreamEnd` when the
+upstream said it was finished. The decoder is plain code, fed by whoever
+reads the body: the chain feeds it from the socket's own callback, with no
+task woken per read (aio.relay); `stream()` wraps the two as an async
+iterator. Every failure is a `ProviderError`:
 
     ProviderError              code + a message safe to show + detail for the log
       (codes) upstream_unreachable  connect failed
@@ -25,13 +29,14 @@ import dataclasses
 import functools
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import httpx
 import orjson
 
+from ..aio import body_chunks
 from ..config import ProviderSettings
 from ..errors import MESSAGES, UpstreamCode
 from ..request import Turn
@@ -162,6 +167,26 @@ def translate_http_error(exc: httpx.HTTPError) -> ProviderError:
     return ProviderError("upstream_protocol", type(exc).__name__)
 
 
+class Decoder(Protocol):
+    """One answer's body -> events, read by read. `feed()` and `end()` append the events
+    they complete to `out` as they go, so that those before a failure are in it when
+    it is raised (a ProviderError, or any exception for a body the parser choked on)."""
+
+    @property
+    def finished(self) -> bool:
+        """The upstream's end marker came: nothing after it is needed."""
+        ...
+
+    def feed(self, data: bytes, out: list[Event]) -> None:
+        """The events the body's next bytes complete."""
+        ...
+
+    def end(self, out: list[Event]) -> None:
+        """The body ended, or `finished`: what its last bytes held, then the StreamEnd;
+        upstream_incomplete (or the upstream's error) if the answer was not whole."""
+        ...
+
+
 class Provider(Protocol):
     name: str
     model: str
@@ -175,9 +200,15 @@ class Provider(Protocol):
         """Whether its request for `prompt` asks for the response schema."""
         ...
 
-    def stream(self, client: httpx.AsyncClient, prompt: Prompt) -> AsyncGenerator[Event, None]:
-        """Events of one reply; raises ProviderError on any failure. The caller
-        closes it (`aclose`), which closes the upstream response."""
+    def open(
+        self, client: httpx.AsyncClient, prompt: Prompt
+    ) -> AbstractAsyncContextManager[httpx.Response]:
+        """The streaming answer to `prompt` (closed on exit); upstream_status for
+        anything but a 200."""
+        ...
+
+    def decoder(self, response: httpx.Response) -> Decoder:
+        """A decoder for `response`'s body; upstream_protocol if it is of the wrong type."""
         ...
 
 
@@ -191,6 +222,42 @@ class HttpProvider:
         self.settings = settings
         self.model = settings.model
         self.api_key = api_key  # never logged; the class has no repr that shows it
+
+    def open(
+        self, client: httpx.AsyncClient, prompt: Prompt
+    ) -> AbstractAsyncContextManager[httpx.Response]:
+        url, body, headers = self._request(prompt)
+        return self._post(client, url, body, headers)
+
+    def _request(self, prompt: Prompt) -> tuple[str, dict[str, Any], dict[str, str]]:
+        """The URL, the JSON body and the headers of the request for `prompt`."""
+        raise NotImplementedError
+
+    def decoder(self, response: httpx.Response) -> Decoder:
+        raise NotImplementedError
+
+    async def stream(
+        self, client: httpx.AsyncClient, prompt: Prompt
+    ) -> AsyncGenerator[Event, None]:
+        """The reply's events as an async iterator (the chain feeds the decoder itself).
+        httpx's errors come out as they are: the caller translates them."""
+        async with self.open(client, prompt) as response:
+            decoder = self.decoder(response)
+            async for data in body_chunks(response):
+                events: list[Event] = []
+                try:
+                    decoder.feed(data, events)
+                finally:
+                    for event in events:
+                        yield event
+                if decoder.finished:
+                    break
+        events = []
+        try:
+            decoder.end(events)
+        finally:
+            for event in events:
+                yield event
 
     def sends_schema(self, prompt: Prompt) -> bool:
         if prompt.response_schema is None:

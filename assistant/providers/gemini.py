@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -51,7 +51,8 @@ from .base import (
     conversation,
     normalised_stop_reason,
 )
-from .sse_events import iter_sse, json_object
+from .sse_decoder import ServerSentEvent
+from .sse_events import SseReader, json_object, require_event_stream
 
 _STOP_REASONS: dict[str, StopReason] = {
     "STOP": "end_turn",
@@ -112,45 +113,67 @@ class GeminiProvider(HttpProvider):
             config["responseJsonSchema"] = prompt.response_schema
         return body
 
-    async def stream(
-        self, client: httpx.AsyncClient, prompt: Prompt
-    ) -> AsyncGenerator[Event, None]:
+    def _request(self, prompt: Prompt) -> tuple[str, dict[str, Any], dict[str, str]]:
         headers = {"x-goog-api-key": self.api_key, "accept": "text/event-stream"}
         url = (
             f"{self.settings.base_url}/v1beta/models/{self.settings.model}"
             ":streamGenerateContent?alt=sse"
         )
-        model, raw_stop, usage = self.settings.model, None, Usage()
-        unframed: list[str] = []
-        reply = uuid.uuid4().hex[:12]  # our call ids: unique per reply, and across replies
-        calls = 0
-        async with self._post(client, url, self._body(prompt), headers) as response:
-            async for event in iter_sse(response, unframed):
-                chunk = json_object(event.data)
-                _raise_if_error(chunk)
-                model = chunk.get("modelVersion") or model
-                if chunk.get("usageMetadata"):
-                    usage = _usage(chunk["usageMetadata"])
-                for candidate in chunk.get("candidates") or []:
-                    raw_stop = candidate.get("finishReason") or raw_stop
-                    for part in (candidate.get("content") or {}).get("parts") or []:
-                        call = part.get("functionCall")
-                        if isinstance(call, dict):
-                            calls += 1
-                            yield _tool_call(call, part, f"{_OUR_ID_PREFIX}{reply}-{calls}")
-                            continue
-                        text = part.get("text")
-                        if isinstance(text, str) and text:
-                            yield (
-                                ThinkingDelta(text)
-                                if part.get("thought") is True
-                                else TextDelta(text)
-                            )
-        if unframed:
-            _raise_if_error(_bare_json("\n".join(unframed)))  # the lines after the last event
-        if raw_stop is None:
+        return url, self._body(prompt), headers
+
+    def decoder(self, response: httpx.Response) -> _Decoder:
+        require_event_stream(response)
+        return _Decoder(self.settings.model)
+
+
+class _Decoder:
+    """Gemini's chunks -> our events (base.Decoder). Gemini has no end marker: the answer
+    is whole when the body ends with a finishReason given; a bare JSON error may follow
+    the last event, outside any SSE framing."""
+
+    finished = False  # read to the body's end
+
+    def __init__(self, model: str) -> None:
+        self._unframed: list[str] = []
+        self._sse = SseReader(self._unframed)
+        self._model = model
+        self._raw_stop: str | None = None
+        self._usage = Usage()
+        self._reply = uuid.uuid4().hex[:12]  # our call ids: unique per reply, and across replies
+        self._calls = 0
+
+    def feed(self, data: bytes, out: list[Event]) -> None:
+        self._handle(self._sse.feed(data), out)
+
+    def end(self, out: list[Event]) -> None:
+        self._handle(self._sse.flush(), out)
+        if self._unframed:
+            _raise_if_error(_bare_json("\n".join(self._unframed)))  # the lines after the last event
+        if self._raw_stop is None:
             raise ProviderError("upstream_incomplete", "stream ended without a finishReason")
-        yield StreamEnd(normalised_stop_reason(raw_stop, _STOP_REASONS, calls > 0), usage, model)
+        stop = normalised_stop_reason(self._raw_stop, _STOP_REASONS, self._calls > 0)
+        out.append(StreamEnd(stop, self._usage, self._model))
+
+    def _handle(self, events: list[ServerSentEvent], out: list[Event]) -> None:
+        for event in events:
+            chunk = json_object(event.data)
+            _raise_if_error(chunk)
+            self._model = chunk.get("modelVersion") or self._model
+            if chunk.get("usageMetadata"):
+                self._usage = _usage(chunk["usageMetadata"])
+            for candidate in chunk.get("candidates") or []:
+                self._raw_stop = candidate.get("finishReason") or self._raw_stop
+                for part in (candidate.get("content") or {}).get("parts") or []:
+                    call = part.get("functionCall")
+                    if isinstance(call, dict):
+                        self._calls += 1
+                        our_id = f"{_OUR_ID_PREFIX}{self._reply}-{self._calls}"
+                        out.append(_tool_call(call, part, our_id))
+                        continue
+                    text = part.get("text")
+                    if isinstance(text, str) and text:
+                        thought = part.get("thought") is True
+                        out.append(ThinkingDelta(text) if thought else TextDelta(text))
 
 
 # -- the request ---------------------------------------------------------------------------

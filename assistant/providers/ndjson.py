@@ -9,29 +9,31 @@ JSON; otherwise the body was cut inside it, which makes the stream incomplete.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-
-from ..aio import body_chunks
 from .base import ProviderError
 from .sse_events import json_object
 
 
-async def iter_ndjson(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
-    """JSON objects, one per non-blank line; anything else is a protocol error."""
-    buffer = b""
-    async for raw in body_chunks(response):
-        buffer += raw
-        *lines, buffer = buffer.split(b"\n")
-        for line in lines:
-            if line.strip():
-                yield json_object(line.decode("utf-8", "replace"))
-    if buffer.strip():
+class NdjsonReader:
+    """A body's bytes, read by read, -> its lines, each to be one JSON object."""
+
+    def __init__(self) -> None:
+        self._buffer = b""  # the start of a line not yet ended
+
+    def feed(self, data: bytes) -> list[str]:
+        """The non-blank lines these bytes complete (parsed by the caller, one by one:
+        the objects before a line that is not JSON are still handed on)."""
+        *lines, self._buffer = (self._buffer + data).split(b"\n")
+        return [line.decode("utf-8", "replace") for line in lines if line.strip()]
+
+    def flush(self) -> list[dict[str, Any]]:
+        """At the body's end: the last line, if it had no LF, as its object."""
+        rest, self._buffer = self._buffer, b""
+        if not rest.strip():
+            return []
         try:
-            last = json_object(buffer.decode("utf-8", "replace"))
+            return [json_object(rest.decode("utf-8", "replace"))]
         except ProviderError:
             # Not a whole line without its LF, but a line the body was cut in.
             raise ProviderError("upstream_incomplete", "body ended inside a line") from None
-        yield last

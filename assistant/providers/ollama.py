@@ -38,7 +38,7 @@ Tools (README "Tools and structured output"):
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -59,7 +59,8 @@ from .base import (
     conversation,
     normalised_stop_reason,
 )
-from .ndjson import iter_ndjson
+from .ndjson import NdjsonReader
+from .sse_events import json_object
 
 _STOP_REASONS: dict[str, StopReason] = {"stop": "end_turn", "length": "max_tokens"}
 
@@ -95,36 +96,61 @@ class OllamaProvider(HttpProvider):
     def _sends_tools(self, prompt: Prompt) -> bool:
         return bool(prompt.tools) and prompt.tool_choice != "none"
 
-    async def stream(
-        self, client: httpx.AsyncClient, prompt: Prompt
-    ) -> AsyncGenerator[Event, None]:
-        url = f"{self.settings.base_url}/api/chat"
-        reply = uuid.uuid4().hex[:8]  # our call ids: unique per reply, and across replies
-        calls = 0
-        async with self._post(client, url, self._body(prompt), {}) as response:
-            async for line in iter_ndjson(response):
-                if "error" in line:
-                    raise ProviderError("upstream_error", str(line["error"])[:200])
-                message = line.get("message") or {}
-                thinking, content = message.get("thinking"), message.get("content")
-                if isinstance(thinking, str) and thinking:
-                    yield ThinkingDelta(thinking)
-                if isinstance(content, str) and content:
-                    yield TextDelta(content)
-                for call in message.get("tool_calls") or []:
-                    calls += 1
-                    yield _tool_call(call, f"call_{reply}_{calls}")
-                if line.get("done") is True:
-                    usage = Usage(
-                        input_tokens=line.get("prompt_eval_count"),
-                        output_tokens=line.get("eval_count"),
-                    )
-                    reason = line.get("done_reason") or "stop"
-                    stop = normalised_stop_reason(reason, _STOP_REASONS, bool(calls))
-                    model = line.get("model") or self.settings.model
-                    yield StreamEnd(stop, usage, model)
-                    return
-        raise ProviderError("upstream_incomplete", "stream ended without done: true")
+    def _request(self, prompt: Prompt) -> tuple[str, dict[str, Any], dict[str, str]]:
+        return f"{self.settings.base_url}/api/chat", self._body(prompt), {}
+
+    def decoder(self, response: httpx.Response) -> _Decoder:
+        return _Decoder(self.settings.model)
+
+
+class _Decoder:
+    """Ollama's lines -> our events (base.Decoder); `done: true` ends the answer."""
+
+    def __init__(self, model: str) -> None:
+        self._lines = NdjsonReader()
+        self._model = model
+        self._reply = uuid.uuid4().hex[:8]  # our call ids: unique per reply, and across replies
+        self._calls = 0
+        self._end: StreamEnd | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self._end is not None
+
+    def feed(self, data: bytes, out: list[Event]) -> None:
+        for line in self._lines.feed(data):
+            self._handle(json_object(line), out)
+            if self._end is not None:
+                return
+
+    def end(self, out: list[Event]) -> None:
+        if self._end is None:
+            for line in self._lines.flush():
+                self._handle(line, out)
+        if self._end is None:
+            raise ProviderError("upstream_incomplete", "stream ended without done: true")
+        out.append(self._end)
+
+    def _handle(self, line: dict[str, Any], out: list[Event]) -> None:
+        if "error" in line:
+            raise ProviderError("upstream_error", str(line["error"])[:200])
+        message = line.get("message") or {}
+        thinking, content = message.get("thinking"), message.get("content")
+        if isinstance(thinking, str) and thinking:
+            out.append(ThinkingDelta(thinking))
+        if isinstance(content, str) and content:
+            out.append(TextDelta(content))
+        for call in message.get("tool_calls") or []:
+            self._calls += 1
+            out.append(_tool_call(call, f"call_{self._reply}_{self._calls}"))
+        if line.get("done") is True:
+            usage = Usage(
+                input_tokens=line.get("prompt_eval_count"),
+                output_tokens=line.get("eval_count"),
+            )
+            reason = line.get("done_reason") or "stop"
+            stop = normalised_stop_reason(reason, _STOP_REASONS, bool(self._calls))
+            self._end = StreamEnd(stop, usage, line.get("model") or self._model)
 
 
 # -- the request ---------------------------------------------------------------------------

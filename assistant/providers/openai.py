@@ -51,7 +51,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,7 +74,8 @@ from .base import (
     conversation,
     normalised_stop_reason,
 )
-from .sse_events import iter_sse, json_object
+from .sse_decoder import ServerSentEvent
+from .sse_events import SseReader, json_object, require_event_stream
 
 _STOP_REASONS: dict[str, StopReason] = {
     "stop": "end_turn",
@@ -135,51 +136,73 @@ class OpenAIProvider(HttpProvider):
             body["response_format"] = _response_format(prompt.response_schema)
         return body
 
-    async def stream(
-        self, client: httpx.AsyncClient, prompt: Prompt
-    ) -> AsyncGenerator[Event, None]:
+    def _request(self, prompt: Prompt) -> tuple[str, dict[str, Any], dict[str, str]]:
         headers = {"authorization": f"Bearer {self.api_key}", "accept": "text/event-stream"}
-        url = f"{self.settings.base_url}/chat/completions"
-        model, raw_stop, usage, finished = self.settings.model, None, Usage(), False
-        calls, called, refused = _ToolCalls(), False, False
-        async with self._post(client, url, self._body(prompt), headers) as response:
-            async for event in iter_sse(response):
-                if event.data == "[DONE]":
-                    finished = True
-                    break
-                if event.event == "error":  # llama.cpp's failure, an `error:` line (sse_decoder)
-                    error = _maybe_json(event.data)
-                    if isinstance(error, dict) and "error" in error:
-                        error = error["error"]
-                    raise ProviderError("upstream_error", _error_type(error))
-                chunk = json_object(event.data)
-                if "error" in chunk:
-                    raise ProviderError("upstream_error", _error_type(chunk["error"]))
-                model = chunk.get("model") or model
-                if chunk.get("usage"):
-                    usage = _usage(chunk["usage"])
-                for choice in chunk.get("choices") or []:
-                    delta = choice.get("delta") or {}
-                    for text in _deltas(delta):
-                        yield text
-                    refused = refused or bool(delta.get("refusal"))
-                    if delta.get("tool_calls"):
-                        calls.add(delta["tool_calls"])
-                        yield WORKING  # a call began, or a piece of its arguments came
-                    if choice.get("finish_reason"):
-                        raw_stop = choice["finish_reason"]
-                        for call in calls.whole():
-                            called = True
-                            yield call
-        if not finished:
+        return f"{self.settings.base_url}/chat/completions", self._body(prompt), headers
+
+    def decoder(self, response: httpx.Response) -> _Decoder:
+        require_event_stream(response)
+        return _Decoder(self.settings.model)
+
+
+class _Decoder:
+    """Chat completion chunks -> our events (base.Decoder); `[DONE]` ends the answer."""
+
+    def __init__(self, model: str) -> None:
+        self.finished = False
+        self._sse = SseReader()
+        self._model = model
+        self._raw_stop: str | None = None
+        self._usage = Usage()
+        self._calls = _ToolCalls()
+        self._called = False
+        self._refused = False
+
+    def feed(self, data: bytes, out: list[Event]) -> None:
+        self._handle(self._sse.feed(data), out)
+
+    def end(self, out: list[Event]) -> None:
+        if not self.finished:
+            self._handle(self._sse.flush(), out)
+        if not self.finished:
             raise ProviderError("upstream_incomplete", "stream ended without [DONE]")
-        for call in calls.whole():  # a server that sent no finish_reason
-            called = True
-            yield call
-        stop = normalised_stop_reason(raw_stop, _STOP_REASONS, called)
-        if refused and stop in (None, "end_turn"):
+        self._whole_calls(out)  # a server that sent no finish_reason
+        stop = normalised_stop_reason(self._raw_stop, _STOP_REASONS, self._called)
+        if self._refused and stop in (None, "end_turn"):
             stop = "content_filter"  # OpenAI ends a refusal with "stop"; Anthropic says "refusal"
-        yield StreamEnd(stop, usage, model)
+        out.append(StreamEnd(stop, self._usage, self._model))
+
+    def _handle(self, events: list[ServerSentEvent], out: list[Event]) -> None:
+        for event in events:
+            if event.data == "[DONE]":
+                self.finished = True
+                return
+            if event.event == "error":  # llama.cpp's failure, an `error:` line (sse_decoder)
+                error = _maybe_json(event.data)
+                if isinstance(error, dict) and "error" in error:
+                    error = error["error"]
+                raise ProviderError("upstream_error", _error_type(error))
+            chunk = json_object(event.data)
+            if "error" in chunk:
+                raise ProviderError("upstream_error", _error_type(chunk["error"]))
+            self._model = chunk.get("model") or self._model
+            if chunk.get("usage"):
+                self._usage = _usage(chunk["usage"])
+            for choice in chunk.get("choices") or []:
+                delta = choice.get("delta") or {}
+                out += _deltas(delta)
+                self._refused = self._refused or bool(delta.get("refusal"))
+                if delta.get("tool_calls"):
+                    self._calls.add(delta["tool_calls"])
+                    out.append(WORKING)  # a call began, or a piece of its arguments came
+                if choice.get("finish_reason"):
+                    self._raw_stop = choice["finish_reason"]
+                    self._whole_calls(out)
+
+    def _whole_calls(self, out: list[Event]) -> None:
+        calls = self._calls.whole()
+        self._called = self._called or bool(calls)
+        out += calls
 
 
 # -- the request ----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Upstream SSE decoding: an httpx response's bytes -> lines -> events.
 
 The spec's decoder is ours (sse_decoder.py, adapted from httpx-sse); this
-module feeds it a response's bytes (lines are split before they are decoded
+module feeds it a body's bytes as they come (lines are split before they are decoded
 as UTF-8, so a character split between reads is decoded whole), and holds providers to the
 right content type. An event left unterminated at EOF is dropped, as the
 spec says; providers that need such a tail read it themselves (`unframed`).
@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import orjson
 
-from ..aio import body_chunks
 from .base import ProviderError
 from .sse_decoder import EventDecoder, LineDecoder, ServerSentEvent
 
@@ -27,41 +25,48 @@ _DIGITS = b"0123456789"
 _FIELDS = frozenset({"data", "event", "id", "retry"})
 
 
-async def iter_sse(
-    response: httpx.Response, unframed: list[str] | None = None
-) -> AsyncIterator[ServerSentEvent]:
-    """Events of a `text/event-stream` response; anything else is a protocol error.
-
-    Lines that are no SSE field at all (Gemini may end a stream with a bare
-    JSON error) are ignored, as the spec says. When the caller passes
-    `unframed`, it holds those lines since the last event dispatched: at the
-    end of the stream, that is the unframed tail.
-
-    The body's bytes come from `aio.body_chunks()`: straight from the
-    connection when our transport sent the request, which spares several async
-    generator layers per read. A last line with no line end is decoded too;
-    with no blank line after it, its event is never dispatched.
-    """
+def require_event_stream(response: httpx.Response) -> None:
+    """A provider's answer must be `text/event-stream`; anything else is a protocol error."""
     content_type = response.headers.get("content-type", "").partition(";")[0].strip()
     if content_type != "text/event-stream":
         raise ProviderError("upstream_protocol", f"content-type {content_type or 'none'}")
-    events = EventDecoder()
-    lines = LineDecoder()
-    async for raw in body_chunks(response):
-        if unframed is None:
-            for event in events.decode(lines.decode(raw)):
-                yield event
-            continue
-        for line in lines.decode(raw):
-            _note_unframed(line, unframed)
-            for event in events.decode([line]):
-                unframed.clear()
-                yield event
-    for line in lines.flush():
-        if unframed is not None:
-            _note_unframed(line, unframed)
-        for event in events.decode([line]):  # a lone CR at the very end ends the last event
-            yield event
+
+
+class SseReader:
+    """A body's bytes, read by read, -> the events they complete.
+
+    Lines that are no SSE field at all (Gemini may end a stream with a bare
+    JSON error) are ignored, as the spec says. Given `unframed`, it holds
+    those lines since the last event dispatched: at the end of the stream,
+    that is the unframed tail. `flush()` at the body's end decodes a last
+    line with no line end; with no blank line after it, its event is never
+    dispatched.
+    """
+
+    def __init__(self, unframed: list[str] | None = None) -> None:
+        self._lines = LineDecoder()
+        self._events = EventDecoder()
+        self._unframed = unframed
+
+    def feed(self, data: bytes) -> list[ServerSentEvent]:
+        if self._unframed is None:
+            return self._events.decode(self._lines.decode(data))
+        return self._framed(self._lines.decode(data))
+
+    def flush(self) -> list[ServerSentEvent]:
+        # A lone CR at the very end ends the last event.
+        return self._framed(self._lines.flush())
+
+    def _framed(self, lines: list[str]) -> list[ServerSentEvent]:
+        events: list[ServerSentEvent] = []
+        for line in lines:
+            if self._unframed is not None:
+                _note_unframed(line, self._unframed)
+            for event in self._events.decode([line]):
+                if self._unframed is not None:
+                    self._unframed.clear()
+                events.append(event)
+        return events
 
 
 def _note_unframed(line: str, unframed: list[str]) -> None:
