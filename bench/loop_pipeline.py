@@ -1,9 +1,10 @@
 """CPU of the I/O loop's own pipeline per chunk, with no network: a tight A/B for its code.
 
 From an upstream body's bytes to a written frame, the code a relayed chunk
-runs on the loop: `Body` (http1.py) -> SSE decoding (sse_events.py) -> the
-Anthropic provider -> the chain -> the outbox, attached as for direct writes
--> the chunk's frame -> `os.write` to /dev/null. The body is an Anthropic
+runs on the loop: `Body.push` (http1.py) -> the chain's reader -> SSE
+decoding (sse_events.py) -> the Anthropic provider's decoder -> the chain ->
+the outbox, attached as for direct writes -> the chunk's frame -> `os.write`
+to /dev/null. The body is an Anthropic
 stream as the fake upstream sends it (20 text chunks, 22 reads, each read
 its own loop step, as from a socket); only the connection under `Body`
 is stood in for. Streams run one after another on a uvloop loop (or
@@ -26,7 +27,7 @@ import os
 import pstats
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -100,23 +101,40 @@ READS = _reads()
 
 
 class _Connection:
-    """The transport's connection, as `Body` uses it: READS, one per loop step."""
+    """The transport's connection, as `Body` uses it: READS, one per loop step, each
+    handed to the reader's sink as `data_received` does (`Body.push`), or to a waiting
+    read."""
 
     def __init__(self) -> None:
         self._reads = READS[::-1]
         self.pieces: list[bytes] = []
+        self.sink: Callable[[bytes], bool] | None = None
+        self.sink_stopped: bool | None = None
 
     def body_wait(self) -> asyncio.Future[None] | None:
         if not self._reads:
             return None  # the body's end
         waiter = asyncio.get_running_loop().create_future()
-
-        def arrive() -> None:  # the next read, in a loop step of its own, as from a socket
-            self.pieces.append(self._reads.pop())
-            waiter.set_result(None)
-
-        asyncio.get_running_loop().call_soon(arrive)
+        asyncio.get_running_loop().call_soon(self._arrive, waiter)
         return waiter
+
+    def _arrive(self, waiter: asyncio.Future[None]) -> None:
+        """The next read, in a loop step of its own, as from a socket."""
+        self.pieces.append(self._reads.pop())
+        if self.sink is None:
+            waiter.set_result(None)
+            return
+        stopped = self.sink(self.take())
+        if stopped or not self._reads:
+            self.sink_stopped = stopped
+            waiter.set_result(None)
+        else:
+            asyncio.get_running_loop().call_soon(self._arrive, waiter)
+
+    def take(self) -> bytes:
+        data = b"".join(self.pieces)
+        self.pieces.clear()
+        return data
 
     def set_read_timeout(self, seconds: float) -> None:
         pass
