@@ -11,9 +11,11 @@ the next are one line end, and a UTF-8 character may arrive in pieces.
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 
+from assistant.providers import sse_events
 from assistant.providers.base import ProviderError
 from assistant.providers.sse_decoder import ServerSentEvent
 from assistant.providers.sse_events import SseReader, json_object, require_event_stream
@@ -304,3 +306,41 @@ def test_unframed_holds_the_lines_after_the_last_event() -> None:
     unframed: list[str] = []
     assert [event.data for event in read_events([body], SSE, unframed)] == ['{"a": 1}']
     assert unframed == ["[{", '  "error": {"code": 503}', "}", "]"]
+
+
+# -- one whole event per read: the reader's shortcut --------------------------------------
+
+SHORTCUT_BODIES = [
+    "event: a\ndata: 1\n\nevent: b\ndata: 2\n\ndata: 3\n\n",
+    "data: x\r\n\r\nevent: e\r\ndata: y\r\n\r\n",  # CRLF (Gemini)
+    "data:no space\n\nevent:nospace\ndata:  two spaces\n\nevent:\ndata: unnamed\n\n",
+    "id: 7\ndata: a\n\ndata: keeps the id\n\nid: 8\ndata: b\n\ndata: c\n\n",
+    "retry: 10\ndata: a\n\ndata: b\n\n: comment\n\ndata: c\n\n",
+    "\ufeffdata: bom\n\ndata: caf\u00e9 \u2028 \U0001f600\n\ndata: [DONE]\n\n",
+    "event: only an event\n\ndata: then data\n\n",
+    'error: {"code": 500}\n\ndata: after\n\ndata: \n\n',
+    "data: a\ndata: two lines\n\ndata: b\n\n",
+    "data: a\n\rdata: lone CR\n\r\ndata: b\n\n",
+]
+
+
+def _blocks(body: bytes) -> list[bytes]:
+    """`body` cut after each blank line: one event (or block) a read."""
+    parts = body.replace(b"\r\n\r\n", b"\r\n\r\n\0").replace(b"\n\n", b"\n\n\0").split(b"\0")
+    return [part for part in parts if part]
+
+
+@pytest.mark.parametrize("text", SHORTCUT_BODIES)
+def test_one_event_reads_give_what_the_spec_decoder_gives(text: str, monkeypatch) -> None:
+    """Reads of one whole event take a shortcut (sse_events._ONE_EVENT); with it
+    turned off, the spec decoder alone gives the same events, and so does every
+    read boundary (one byte a read never matches)."""
+    body = text.encode()
+    unframed_fast: list[str] = []
+    fast = read_events(_blocks(body), SSE, unframed_fast)
+    slow = read_events(one_byte_reads(body), SSE)
+    monkeypatch.setattr(sse_events, "_ONE_EVENT", re.compile(rb"(?!)"))
+    unframed_spec: list[str] = []
+    spec = read_events(_blocks(body), SSE, unframed_spec)
+    assert fast == spec == slow
+    assert unframed_fast == unframed_spec

@@ -69,6 +69,11 @@ class LineDecoder:
             lines[0] = lines[0].removeprefix("\ufeff")
         return lines
 
+    @property
+    def between_lines(self) -> bool:
+        """No line is begun, and the stream's first line (and its byte order mark) is past."""
+        return self._started and not self._buffer and not self._trailing_cr
+
     def flush(self) -> list[str]:
         """The last line, if the bytes ended without a line end (or with a lone CR)."""
         if not self._buffer and not self._trailing_cr:
@@ -91,6 +96,17 @@ class EventDecoder:
         self._last_event_id = ""  # kept across events, as the spec says
         self._retry: int | None = None
         self._error: str | None = None  # an `error:` line's value (llama.cpp's server)
+
+    @property
+    def between_events(self) -> bool:
+        """No field of an event still to be dispatched has been read."""
+        return not (self._event or self._has_data or self._error is not None) and (
+            self._retry is None
+        )
+
+    @property
+    def last_event_id(self) -> str:
+        return self._last_event_id
 
     def decode(self, lines: list[str]) -> list[ServerSentEvent]:
         """The events these lines complete, in order (one loop for a read's lines:
