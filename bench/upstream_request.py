@@ -1,7 +1,7 @@
 """CPU of one upstream request's round trip through httpx and our transport (http1.py).
 
-The Anthropic provider's request (`_post`, with its body and headers) and
-the SSE decoding of a one-event answer, on the I/O loop (`aio.submit`),
+The Anthropic provider's request (`open()`, with its body and headers) and
+the decoding of a one-event answer (relayed as the chain relays it), on the I/O loop (`aio.submit`),
 against a server in its own process that answers every request at once
 with the same bytes. One request after another on a kept-alive connection;
 this process is pinned to CPU 0 and the server to CPU 1, and the CPU time
@@ -28,9 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from assistant import aio  # noqa: E402
 from assistant.config import ProviderSettings, Timeouts  # noqa: E402
-from assistant.providers.anthropic import API_VERSION, AnthropicProvider  # noqa: E402
-from assistant.providers.base import Prompt  # noqa: E402
-from assistant.providers.sse_events import iter_sse  # noqa: E402
+from assistant.providers.anthropic import AnthropicProvider  # noqa: E402
+from assistant.providers.base import Event, Prompt  # noqa: E402
 from assistant.request import Turn  # noqa: E402
 
 SERVER_CORE, CLIENT_CORE = 1, 0
@@ -85,15 +84,22 @@ def main() -> int:
         provider = AnthropicProvider(ProviderSettings.from_env(env, "anthropic"), "bench-key")
         prompt = Prompt(system=None, turns=(Turn("user", "hi"),))
         timeouts = Timeouts(connect=5, first_chunk=30, idle=30)
-        url = f"{provider.settings.base_url}/v1/messages"
-        headers = {"x-api-key": "bench-key", "anthropic-version": API_VERSION}
+
+        async def one() -> None:
+            async with provider.open(aio.http_client(timeouts), prompt) as answer:
+                decoder = provider.decoder(answer)
+                events: list[Event] = []
+
+                def read(data: bytes) -> bool:
+                    decoder.feed(data, events)
+                    return decoder.finished
+
+                await aio.relay(answer, read)
+            decoder.end(events)
 
         async def requests(n: int) -> None:
-            client = aio.http_client(timeouts)
             for _ in range(n):
-                async with provider._post(client, url, provider._body(prompt), headers) as answer:
-                    async for _event in iter_sse(answer):
-                        pass
+                await one()
 
         aio.submit(requests(300)).result()  # warm-up: the connection, imports
         started = time.process_time()
