@@ -11,7 +11,13 @@ import pytest
 from gunicorn.config import Config
 from gunicorn.http import errors
 
-from assistant.worker import HEAD_BUFFER_BYTES, _Arrival, _reserved_request, refusal
+from assistant.worker import (
+    HEAD_BUFFER_BYTES,
+    _Arrival,
+    _reserved_request,
+    _SettledConfig,
+    refusal,
+)
 
 HEAD = b"POST /vac/assistant/x/sse HTTP/1.1\r\nHost: x\r\n"
 CHUNKS = b"".join(b"%x;ext=1\r\n%s\r\n" % (n, b"z" * n) for n in (1, 100, 5000, 3))
@@ -132,3 +138,19 @@ def test_only_whole_bodiless_health_checks_and_preflights_get_the_reserved_threa
     """A reserved thread must never wait on a client: a body (or an Expect) would have
     it read on the client's time, and two slow clients would hold both."""
     assert _reserved_request(head) is reserved
+
+
+def test_the_workers_settings_are_read_once_and_stay_the_same() -> None:
+    """A settled config (point 9) answers as gunicorn's does, and keeps each value."""
+    cfg = Config()
+    cfg.set("threads", 7)
+    cfg.set("forwarded_allow_ips", "10.0.0.1")
+    names = ("threads", "keepalive", "limit_request_line", "is_ssl")
+    expected = {name: getattr(cfg, name) for name in names}
+    cfg.__class__ = _SettledConfig
+    assert {name: getattr(cfg, name) for name in expected} == expected
+    assert "threads" in vars(cfg)  # kept: the next read is an attribute's
+    assert cfg.forwarded_allow_ips == ["10.0.0.1"]
+    assert "is_ssl" not in vars(cfg)  # a property: computed as before, not kept
+    with pytest.raises(AttributeError):
+        _ = cfg.no_such_setting
