@@ -1,7 +1,7 @@
 """The gunicorn worker the service runs in: gthread, hardened against slow and broken clients.
 
 functions-framework runs gunicorn's gthread worker; assistant/server.py makes
-it run this subclass instead. Nine things differ from gthread as gunicorn
+it run this subclass instead. Eight things differ from gthread as gunicorn
 27.0.1 ships it (issues 8 and 11 measured them):
 
 1. **A request costs no thread until it has arrived.** gthread hands each
@@ -90,14 +90,7 @@ it run this subclass instead. Nine things differ from gthread as gunicorn
    requests keeping every thread busy (a burst of them on their way in, say)
    never keep a liveness check or a preflight waiting. Same handling, same
    app: only the thread differs.
-8. **Request threads are started with the worker** (PRESTARTED_THREADS of
-   them, or THREADS if fewer). Python's pool starts a thread when a task
-   finds none idle, and `Thread.start()` waits for the new thread to run:
-   the I/O loop, which hands parked replies back to the pool, stood still
-   for each one the pool grew by under load (21 threads in a C=200 run,
-   each a few ms with the core busy; the p99 first chunk at C=200 was
-   40-78 ms with them, 25-55 with 48 started ahead; bench/results/).
-9. **gunicorn's settings are read once.** gunicorn reads about twenty of
+8. **gunicorn's settings are read once.** gunicorn reads about twenty of
    them per request through `Config.__getattr__` (0.5 µs each); the
    worker's copy keeps each value once read (`_SettledConfig`). A worker's
    settings never change: a reload starts new workers.
@@ -147,10 +140,6 @@ WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 # Parkable; and a callable that hands the app the response's head, to write it itself.
 PARKING = "assistant.parking"
 HEAD = "assistant.head"
-
-# Request threads started with the worker (point 8 above): ~4 MiB of RSS less than
-# starting all of THREADS=256, and enough for C=200 bursts (33 were busy at most).
-PRESTARTED_THREADS = 64
 
 # Threads for /health and preflights alone (point 7 above), and how their heads begin.
 RESERVED_THREADS = 2
@@ -481,7 +470,7 @@ class _Connection(TConn):
 
 
 class _SettledConfig(Config):
-    """gunicorn's settings, each kept once read (point 9 above). Properties (`is_ssl`,
+    """gunicorn's settings, each kept once read (point 8 above). Properties (`is_ssl`,
     `worker_class`, ...) are found before `__getattr__` and stay as they are."""
 
     def __getattr__(self, name: str) -> Any:
@@ -498,7 +487,7 @@ class Worker(ThreadWorker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.cfg.__class__ = _SettledConfig  # this process's copy (point 9 above)
+        self.cfg.__class__ = _SettledConfig  # this process's copy (point 8 above)
         if self.cfg.is_ssl or self.cfg.http2_cleartext != "off":
             raise RuntimeError("assistant.worker.Worker serves plain HTTP/1.1 only")
         # Already read (and checked) once by the application at startup.
@@ -517,8 +506,6 @@ class Worker(ThreadWorker):
         self._stopped = False  # the main loop has ended
 
     def run(self) -> None:
-        # After post_worker_init (server.py): the threads inherit what it set up.
-        self._start_request_threads()
         self._watchdog.start()  # here, in the worker process: a thread does not survive a fork
         self._reserved = futures.ThreadPoolExecutor(RESERVED_THREADS, "reserved")
         try:
@@ -531,14 +518,6 @@ class Worker(ThreadWorker):
                 util.close(linger.sock)
             self._stopped = True  # the main loop is over: nothing more is deferred to it
             self._abandon_parked()  # any left once gunicorn's graceful wait is over
-
-    def _start_request_threads(self) -> None:
-        """The pool's first threads, started now (point 8 above): each waits on a
-        barrier until all are running, so that none is reused for the next."""
-        started = threading.Barrier(min(self.cfg.threads, PRESTARTED_THREADS) + 1)
-        for _ in range(started.parties - 1):
-            self.tpool.submit(started.wait)
-        started.wait()
 
     # -- requests arriving, on the poller (main thread)
 

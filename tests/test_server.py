@@ -20,7 +20,6 @@ import httpx
 import pytest
 
 from assistant.server import DESCRIPTORS, batch_scheduling
-from assistant.worker import PRESTARTED_THREADS
 from devtools.fake_upstream import FakeUpstream, Script
 from devtools.service import running_service
 
@@ -227,18 +226,3 @@ def test_presizing_never_closes_a_descriptor_in_use() -> None:
     result = _presized("taken")
     assert result["highest"] == -1  # the table already reaches it
     assert result["same_open"] is True  # 4095 among them
-
-
-def _threads_at_start(threads: int) -> int:
-    """How many threads the worker has once it answers, before any reply."""
-    with running_service({"THREADS": str(threads)}) as service:
-        return len(list(Path(f"/proc/{_worker_pid(service.process.pid)}/task").iterdir()))
-
-
-def test_request_threads_are_started_with_the_worker() -> None:
-    """All of THREADS when they are few; PRESTARTED_THREADS when THREADS is more
-    (worker.py, point 8): the pool never grows from the I/O loop for those."""
-    assert _threads_at_start(6) - _threads_at_start(3) == 3
-    above = PRESTARTED_THREADS + 10
-    assert _threads_at_start(above) == _threads_at_start(above + 20)
-    assert _threads_at_start(above) - _threads_at_start(3) == PRESTARTED_THREADS - 3

@@ -141,7 +141,7 @@ def test_only_whole_bodiless_health_checks_and_preflights_get_the_reserved_threa
 
 
 def test_the_workers_settings_are_read_once_and_stay_the_same() -> None:
-    """A settled config (point 9) answers as gunicorn's does, and keeps each value."""
+    """A settled config (point 8) answers as gunicorn's does, and keeps each value."""
     cfg = Config()
     cfg.set("threads", 7)
     cfg.set("forwarded_allow_ips", "10.0.0.1")
