@@ -43,7 +43,7 @@ import asyncio
 import queue
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .chain import Chunk, Item
@@ -79,7 +79,7 @@ class Outbox:
         self._limit = limit_chars
         self._lock = threading.Lock()
         self._chars = 0  # chunk text put and not yet taken
-        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
         self._held: Entry | None = None  # taken by next_chunk() and not a chunk: get() gives it
         self._direct: DirectWrites | None = None  # set: the loop writes chunks itself
         self._frames: list[bytes] = []  # frames of this loop step, not yet written
@@ -173,24 +173,22 @@ class Outbox:
         if wake is not None:
             wake()
 
-    def room(self) -> Awaitable[None] | None:
-        """On the loop, before each chunk: None while fewer than `limit` characters
-        wait to be sent, else what to await until that is so. (None, not a
-        coroutine that returns at once: one object less per relayed chunk. Read
-        without the lock: a stale count only moves the wait by a chunk, and the
-        wait itself counts again under the lock.)"""
+    def room(self) -> asyncio.Future[None] | None:
+        """On the loop, after each upstream read: None while fewer than `limit`
+        characters wait to be sent, else a future done once that is so. (A
+        future, not a coroutine: a chain cancelled before it awaits it leaves
+        nothing unawaited; and None, no object at all, while there is room.
+        Read without the lock first: a stale count only moves the wait by a
+        read, and the wait itself counts again under the lock.)"""
         if self._chars < self._limit:
             return None
-        return self._until_room()
-
-    async def _until_room(self) -> None:
-        while True:
-            with self._lock:
-                if self._chars < self._limit:
-                    return
-                event = asyncio.Event()
-                self._waiter = (asyncio.get_running_loop(), event)
-            await event.wait()
+        with self._lock:
+            if self._chars < self._limit:
+                return None
+            loop = asyncio.get_running_loop()
+            room: asyncio.Future[None] = loop.create_future()
+            self._waiter = (loop, room)
+            return room
 
     def discard(self) -> None:
         """Drop whatever is still waiting (the reply ended: nobody will take it)."""
@@ -249,6 +247,11 @@ class Outbox:
                 if waiter is not None:
                     self._waiter = None
             if waiter is not None:
-                loop, event = waiter
-                loop.call_soon_threadsafe(event.set)
+                loop, room = waiter
+                loop.call_soon_threadsafe(_done, room)
         return item
+
+
+def _done(future: asyncio.Future[None]) -> None:
+    if not future.done():  # cancelled with the chain that waited for it
+        future.set_result(None)

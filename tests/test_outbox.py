@@ -201,3 +201,24 @@ def test_there_is_no_parking_while_something_waits() -> None:
     assert not outbox.park(Wakes())
     assert outbox.take() == ChainSucceeded()
     assert outbox.take() is None
+
+
+def test_a_wait_for_room_given_up_leaves_the_next_one_working() -> None:
+    """A chain cancelled while the reply has no room never awaits its future (room()
+    gives a future, not a coroutine, so nothing is left unawaited); a later wait is
+    still woken once the reader takes enough."""
+    outbox = Outbox(limit_chars=10)
+
+    async def producer() -> None:
+        outbox.put(Chunk("0123456789"))
+        given_up = outbox.room()
+        assert isinstance(given_up, asyncio.Future)
+        given_up.cancel()  # as a task cancelled in the wait would leave it
+        later = outbox.room()
+        assert later is not None and later is not given_up
+        loop = asyncio.get_running_loop()
+        taken = loop.run_in_executor(None, outbox.get, 1)
+        await asyncio.wait_for(later, timeout=5)
+        assert await taken == Chunk("0123456789")
+
+    asyncio.run(producer())
