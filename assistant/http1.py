@@ -7,8 +7,10 @@ calls (its protocol, its parser's callbacks, a StreamReader, a timer
 re-armed per read, flow control resumed per read), httpcore more. Here a
 read is two: the connection's `data_received`, which undoes the chunked
 framing as bytes arrive, and the body's `__anext__`, which takes whatever is
-in. The idle timeout is one timer per connection, moved only when it fires
-(README "Speed", round 10).
+in; or one, when the reader pushes (`Body.push`): `data_received` hands the
+bytes to the reader's sink itself, and no task wakes (round 11). The idle
+timeout is one timer per connection, moved only when it fires (README
+"Speed", round 10).
 
 What it does, and no more, as the providers need: HTTP and HTTPS
 (`ssl=` on the loop's own connection), a request whose body is bytes, a
@@ -358,6 +360,7 @@ class _Connection(asyncio.Protocol):
         self._head, self._parsed, self._framing, self._complete = bytearray(), None, "", False
         self._left, self._carry, self._error = 0, b"", None
         self._crlf_due = self._trailers = False
+        self.sink, self.sink_stopped = None, None
         self._interim = 0
         self._read_timeout = read_timeout
         self.body = Body(self)
