@@ -171,23 +171,32 @@ def body_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
     return body if body is not None else response.aiter_bytes()
 
 
-async def relay(response: httpx.Response, sink: Callable[[bytes], bool]) -> bool:
-    """Hand `response`'s body to `sink`, read by read, until `sink` returns True (then
-    True) or the body ends (False).
+class BodyFeed:
+    """A response's body handed to a sink read by read, until the sink asks to stop; then
+    again from where it stopped, as often as the reader wants.
 
-    For a response our transport made, `sink` runs in the connection's own
+    For a response our transport made, the sink runs in the connection's own
     callback as bytes arrive (`Body.push`): no task is woken, and no async
     generator resumed, per read, which was about a fifth of the loop's CPU per
-    relayed chunk (bench/results/stream_cpu-round11.txt). Anything else is read
-    with `aiter_bytes()` in this task. Failures are httpx's exceptions either way.
+    relayed chunk (bench/results/stream_cpu-round11.txt). Anything else (a
+    gzip body, a test's MockTransport) is read with one `aiter_bytes()` in the
+    reader's task. Failures are httpx's exceptions either way.
     """
-    body = _raw_body(response)
-    if body is not None:
-        return await body.push(sink)
-    async for data in response.aiter_bytes():
-        if sink(data):
-            return True
-    return False
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._body = _raw_body(response)
+        self._chunks = response.aiter_bytes() if self._body is None else None
+
+    async def into(self, sink: Callable[[bytes], bool]) -> bool:
+        """Reads handed to `sink` until it returns True (then True) or the body ends
+        (False)."""
+        if self._body is not None:
+            return await self._body.push(sink)
+        assert self._chunks is not None
+        async for data in self._chunks:  # leaving the loop does not close the iterator
+            if sink(data):
+                return True
+        return False
 
 
 def _raw_body(response: httpx.Response) -> Body | None:

@@ -227,10 +227,12 @@ class Chain:
                 client = aio.http_client(self.timeouts)
                 async with provider.open(client, self.prompt) as response:
                     relay = _Relay(self, progress, response, first_chunk_deadline)
-                    while await aio.relay(response, relay.read) and relay.full is not None:
-                        full, relay.full = relay.full, None
-                        await full  # the reply's output has no room: the upstream waits
-                relay.end()
+                    body = aio.BodyFeed(response)
+                    while await body.into(relay.read) and relay.full is not None:
+                        await relay.hand_on_waiting()  # the upstream waits meanwhile
+                        if relay.finished:
+                            break
+                await relay.end()
         except TimeoutError:
             detail = f"no text within {self.timeouts.first_chunk}s"
             raise ProviderError("upstream_timeout", detail) from None
@@ -270,7 +272,7 @@ class _Progress:
 class _Relay:
     """One attempt's answer, handed on as it is decoded.
 
-    `read` is the body's sink (aio.relay): from our transport it runs in the
+    `read` is the body's sink (aio.BodyFeed): from our transport it runs in the
     socket's own callback, so everything it calls runs on the loop outside
     the chain's task, and what it raises reaches the task through the body.
     """
@@ -288,54 +290,78 @@ class _Relay:
         self._decoder = progress.provider.decoder(response)
         self._first_chunk_deadline = first_chunk_deadline
         self._tagger = ThinkingTagger()
-        self.full: Awaitable[None] | None = None  # set when `read` stopped for room
+        self.full: Awaitable[None] | None = None  # the reply has no room: what to await
+        self._waiting: list[Event] = []  # events decoded meanwhile, handed on after it
+
+    @property
+    def finished(self) -> bool:
+        """The answer's end marker came (nothing after it is read)."""
+        return self._decoder.finished
 
     def read(self, data: bytes) -> bool:
         """The events in the body's next bytes, handed on; True to stop reading: the
-        answer is finished, or the reply has no room for more (`full`)."""
+        answer is finished, or the reply has no room for more (`full`; the events
+        after the one that found it full wait for `hand_on_waiting`)."""
         events: list[Event] = []
         try:
             self._decoder.feed(data, events)
-        finally:
-            self._hand_on(events)  # what came before a failure too
-        if self._decoder.finished:
-            return True
-        room = self._chain.room
-        if room is not None and (full := room()) is not None:
-            self.full = full
-            return True
-        return False
+        except BaseException:
+            self._hand_on(events, room=False)  # what came before a failure, all of it
+            raise
+        self._hand_on(events)
+        return self._decoder.finished or self.full is not None
 
-    def end(self) -> None:
+    async def hand_on_waiting(self) -> None:
+        """Once the reply has room again, the events that waited for it; as often as it
+        fills up again."""
+        while self.full is not None:
+            full, self.full = self.full, None
+            await full
+            waiting, self._waiting = self._waiting, []
+            self._hand_on(waiting)
+
+    async def end(self) -> None:
         """The body ended or the answer finished: the rest, the StreamEnd, or the failure."""
         events: list[Event] = []
         try:
             self._decoder.end(events)
-        finally:
-            self._hand_on(events)
+        except BaseException:
+            self._hand_on(events, room=False)
+            raise
+        self._hand_on(events)
+        await self.hand_on_waiting()
         if not self._progress.shown:
             raise ProviderError("upstream_empty", "stream ended with no text or tool call")
         closing = self._tagger.close()
         if closing:
             self._chain.emit(Chunk(closing))
 
-    def _hand_on(self, events: list[Event]) -> None:
+    def _hand_on(self, events: list[Event], room: bool = True) -> None:
+        """`events` to the reply, as long as it has room (`room`: asked before each
+        chunk, as the reply's limit is counted in chunks); the rest wait in `_waiting`."""
         chain, progress = self._chain, self._progress
-        for event in events:
+        deadline = self._first_chunk_deadline
+        for at, event in enumerate(events):
             if isinstance(event, StreamEnd):
                 chain._finish(event)
                 return
+            if not progress.shown and deadline.expired():
+                return  # the wait for a first chunk is over: this attempt is being cancelled
             if isinstance(event, Working):
                 if not progress.shown:  # progress, not output: the wait starts over
                     restart = asyncio.get_running_loop().time() + chain.timeouts.first_chunk
-                    self._first_chunk_deadline.reschedule(restart)
+                    deadline.reschedule(restart)
                 continue
             if not progress.shown:
+                deadline.reschedule(None)  # from here only idle gaps count
                 progress.shown = True
-                self._first_chunk_deadline.reschedule(None)  # from here only idle gaps count
                 # The socket may have waited longer for the first chunk (aio.py).
                 aio.streaming_started(self._response, chain.timeouts.idle)
                 chain._commit(progress.provider)
+            if room and chain.room is not None and (full := chain.room()) is not None:
+                self.full = full
+                self._waiting = events[at:]
+                return
             if isinstance(event, ToolCall):
                 chain.emit(event)
             else:

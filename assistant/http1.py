@@ -213,7 +213,7 @@ class Body(httpx.AsyncByteStream):
 
     async def push(self, sink: Callable[[bytes], bool]) -> bool:
         """Each read's bytes go to `sink` as they come, called from the connection's
-        `data_received`: no task is woken per read (aio.relay). Returns True once
+        `data_received`: no task is woken per read (aio.BodyFeed). Returns True once
         `sink` returns True (it wants no more for now), False at the body's end;
         raises the connection's failure, or what `sink` raised."""
         if self._closed:

@@ -94,7 +94,7 @@ def main() -> int:
                     decoder.feed(data, events)
                     return decoder.finished
 
-                await aio.relay(answer, read)
+                await aio.BodyFeed(answer).into(read)
             decoder.end(events)
 
         async def requests(n: int) -> None:

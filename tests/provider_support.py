@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from itertools import pairwise
@@ -209,6 +210,36 @@ FAIL_MODE_CODES = {
 
 
 # -- bodies in pieces ---------------------------------------------------------------------
+
+
+def anthropic_event(name: str, data: dict[str, object]) -> bytes:
+    """One event of Anthropic's stream, as it goes on the wire."""
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def text_delta(text: str) -> bytes:
+    """Anthropic's event for a piece of text in the first content block."""
+    delta = {"type": "text_delta", "text": text}
+    return anthropic_event(
+        "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}
+    )
+
+
+def anthropic_text_stream(pieces: Sequence[str]) -> bytes:
+    """A whole Anthropic stream whose text comes in `pieces`, one event each."""
+    start = {"type": "message_start", "message": {"model": "m"}}
+    block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text"}}
+    stop = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}}
+    return b"".join(
+        [
+            anthropic_event("message_start", start),
+            anthropic_event("content_block_start", block),
+            *(text_delta(piece) for piece in pieces),
+            anthropic_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            anthropic_event("message_delta", stop),
+            anthropic_event("message_stop", {"type": "message_stop"}),
+        ]
+    )
 
 
 def split_at(data: bytes, cuts: Iterable[int]) -> list[bytes]:

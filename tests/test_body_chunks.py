@@ -1,4 +1,4 @@
-"""`aio.relay()` and `aio.body_chunks()`: a response our transport made is handed
+"""`aio.BodyFeed` and `aio.body_chunks()`: a response our transport made is handed
 to the reader straight from the connection (relay: in the socket's own callback,
 no task woken per read), and decodes to the same events, and fails the same way,
 as through httpx's `aiter_bytes()` (which tests/test_sse_events.py drives)."""
@@ -6,6 +6,7 @@ as through httpx's `aiter_bytes()` (which tests/test_sse_events.py drives)."""
 from __future__ import annotations
 
 import gzip
+import zlib
 from collections.abc import Callable
 
 import httpx
@@ -24,7 +25,7 @@ TIMEOUTS = Timeouts(connect=2, first_chunk=5, idle=5, reply=10)
 
 
 def _relayed(url: str, stop: Callable[[bytes], bool] = lambda data: False) -> list[bytes]:
-    """The reads `aio.relay` handed on, until `stop(read)` or the body's end; a second
+    """The reads `aio.BodyFeed` handed on, until `stop(read)` or the body's end; a second
     relay goes on after a stop (as the chain does after waiting for room)."""
 
     async def read() -> list[bytes]:
@@ -36,7 +37,8 @@ def _relayed(url: str, stop: Callable[[bytes], bool] = lambda data: False) -> li
 
         client = aio.http_client(TIMEOUTS)
         async with client.stream("POST", url, content=b"{}") as response:
-            while await aio.relay(response, sink):
+            body = aio.BodyFeed(response)
+            while await body.into(sink):
                 reads.append(b"|")  # where a relay stopped
         return reads
 
@@ -55,7 +57,7 @@ def _events(url: str) -> tuple[bool, list[tuple[str, str]]]:
         client = aio.http_client(TIMEOUTS)
         async with client.stream("POST", url, content=b"{}") as response:
             raw = not isinstance(aio.body_chunks(response), type(response.aiter_bytes()))
-            assert not await aio.relay(response, sink)
+            assert not await aio.BodyFeed(response).into(sink)
         events.extend((event.event, event.data) for event in reader.flush())
         return raw, events
 
@@ -128,7 +130,7 @@ def test_a_body_from_elsewhere_is_relayed_from_its_iterator() -> None:
             client.stream("POST", "http://upstream.test/", content=b"{}") as response,
         ):
             assert RAW_BODY not in response.extensions
-            ended = not await aio.relay(response, lambda data: reads.append(data) or False)
+            ended = not await aio.BodyFeed(response).into(lambda data: reads.append(data) or False)
         return ended, reads
 
     ended, reads = aio.submit(read()).result(timeout=10)
@@ -143,3 +145,18 @@ def test_ndjson_reads_raw_too() -> None:
     with one_answer(head, [data[i : i + 3] for i in range(0, len(data), 3)]) as url:
         lines = [line for read in _relayed(url) for line in reader.feed(read)]
     assert lines == ['{"a": "\u00e9"}', '{"b": 2}']
+
+
+def test_a_coded_body_goes_on_after_a_stop() -> None:
+    """A gzip body is read through httpx's decoding, in one iterator across stops (a
+    second `aiter_bytes()` would be refused: the chain stops each time the reply has
+    no room)."""
+    events = [b"data: %d\n\n" % n for n in range(3)]
+    compressor = zlib.compressobj(wbits=31)  # gzip
+    pieces = [compressor.compress(event) + compressor.flush(zlib.Z_SYNC_FLUSH) for event in events]
+    pieces.append(compressor.flush())
+    head = SSE_HEAD.replace(b"\r\n\r\n", b"\r\ncontent-encoding: gzip\r\n\r\n")
+    with one_answer(head, pieces) as url:
+        reads = _relayed(url, stop=lambda data: True)
+    assert b"".join(read for read in reads if read != b"|") == b"".join(events)
+    assert reads.count(b"|") >= 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import time
 from collections.abc import Callable, Generator, Iterator
 from types import SimpleNamespace
 from typing import Any, cast
@@ -15,8 +16,9 @@ from typing import Any, cast
 import pytest
 
 from assistant import aio
-from assistant.chain import Attempt, Chain, ChainCrashed
-from assistant.config import ProviderSettings, Settings
+from assistant.chain import Attempt, Chain, ChainCrashed, ChainSucceeded, Chunk, Item
+from assistant.config import ProviderSettings, Settings, Timeouts
+from assistant.outbox import Outbox
 from assistant.providers.anthropic import AnthropicProvider
 from assistant.providers.base import Prompt, ProviderError
 from assistant.reply import Refused, Reply
@@ -26,6 +28,7 @@ from assistant.tracing import RequestLog
 from devtools.fake_upstream import FakeUpstream, Script
 
 from .conftest import log_lines, sse_events
+from .provider_support import PROMPT, anthropic_text_stream
 
 
 @pytest.fixture
@@ -326,3 +329,27 @@ def test_a_bug_while_concluding_still_ends_the_stream_with_an_error_frame(
     assert len(concluded) == 1  # concluded (and saved) once, not again for the crash
     logged = [line for line in capsys.readouterr().out.splitlines() if "reply.crashed" in line]
     assert len(logged) == 1 and "ValueError: a bug of ours" in logged[0]
+
+
+def test_a_full_reply_stops_the_relay_between_chunks_of_one_read(fake: FakeUpstream) -> None:
+    """The reply's room is asked before each chunk, as when chunks came one read at a
+    time: twenty chunks in one upstream read fill a 10-character outbox with two, and
+    the others wait (none lost, none out of order) until the reader takes some."""
+    pieces = [f"{n:04d}." for n in range(20)]
+    fake.push(Script(raw=[anthropic_text_stream(pieces)]))
+    outbox = Outbox(limit_chars=10)
+    put: list[Item] = []
+
+    def emit(item: Item) -> None:
+        put.append(item)
+        outbox.put(item)
+
+    timeouts = Timeouts(connect=5, first_chunk=5, idle=5, reply=30)
+    chain = Chain([_provider(fake, "only")], PROMPT, timeouts, emit, room=outbox.room)
+    done = aio.submit(chain.run())
+    time.sleep(0.5)
+    assert [item for item in put if isinstance(item, Chunk)] == [Chunk("0000."), Chunk("0001.")]
+    taken = [outbox.get(timeout=5) for _ in range(21)]
+    done.result(timeout=5)
+    assert [item.text for item in taken[:20] if isinstance(item, Chunk)] == pieces
+    assert isinstance(taken[20], ChainSucceeded)

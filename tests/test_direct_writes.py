@@ -24,6 +24,7 @@ from assistant.tracing import RequestLog
 from devtools.fake_upstream import FakeUpstream, Script
 from devtools.service import running_service
 
+from .provider_support import anthropic_event, text_delta
 from .raw_http import open_raw, read_until_closed
 
 
@@ -170,18 +171,7 @@ def test_thinking_text_and_a_call_written_from_the_loop_are_all_answered_and_sav
     assert [call["name"] for call in saved["toolsToUse"]] == ["lookup"]
 
 
-def anthropic_event(name: str, data: dict[str, object]) -> bytes:
-    return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
-
-
 BIG = "b" * 400_000
-
-
-def text_delta(text: str) -> bytes:
-    delta = {"type": "text_delta", "text": text}
-    return anthropic_event(
-        "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}
-    )
 
 
 def push_big_last_chunk_with_the_end(fake: FakeUpstream) -> None:

@@ -6,7 +6,7 @@ as the model writes, a `ToolCall` once each call the model makes is whole
 (its arguments joined and parsed), then exactly one `StreamEnd` when the
 upstream said it was finished. The decoder is plain code, fed by whoever
 reads the body: the chain feeds it from the socket's own callback, with no
-task woken per read (aio.relay); `stream()` wraps the two as an async
+task woken per read (aio.BodyFeed); `stream()` wraps the two as an async
 iterator. Every failure is a `ProviderError`:
 
     ProviderError              code + a message safe to show + detail for the log
