@@ -134,9 +134,9 @@ class Chain:
     prompt: Prompt
     timeouts: Timeouts
     emit: Callable[[Item], None]
-    # Called after each read of the upstream that had room: None when the reply has
-    # room for more, else what to await until it has (back-pressure; outbox.py).
-    # Until then the upstream is not read further.
+    # Called before each chunk: None when the reply has room for more, else what to
+    # await until it has (back-pressure; outbox.py). Until then the upstream is not
+    # read further, and the rest of its last read waits in the chain.
     room: Callable[[], Awaitable[None] | None] | None = None
     commit_on_first_chunk: bool = True
     on_attempt: Callable[[Attempt, ProviderError | None], None] = lambda attempt, error: None

@@ -174,12 +174,12 @@ class Outbox:
             wake()
 
     def room(self) -> asyncio.Future[None] | None:
-        """On the loop, after each upstream read: None while fewer than `limit`
-        characters wait to be sent, else a future done once that is so. (A
-        future, not a coroutine: a chain cancelled before it awaits it leaves
-        nothing unawaited; and None, no object at all, while there is room.
-        Read without the lock first: a stale count only moves the wait by a
-        read, and the wait itself counts again under the lock.)"""
+        """On the loop, before each chunk: None while fewer than `limit` characters
+        wait to be sent, else a future done once that is so. (A future, not a
+        coroutine: a chain cancelled before it awaits it leaves nothing
+        unawaited; and None, no object at all, while there is room. Read without
+        the lock first: a stale count only moves the wait by a chunk, and the
+        wait itself counts again under the lock.)"""
         if self._chars < self._limit:
             return None
         with self._lock:
