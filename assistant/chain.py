@@ -292,6 +292,7 @@ class _Relay:
         self._tagger = ThinkingTagger()
         self.full: Awaitable[None] | None = None  # the reply has no room: what to await
         self._waiting: list[Event] = []  # events decoded meanwhile, handed on after it
+        self._failure: Exception | None = None  # the decoder's, raised after them
 
     @property
     def finished(self) -> bool:
@@ -305,28 +306,35 @@ class _Relay:
         events: list[Event] = []
         try:
             self._decoder.feed(data, events)
-        except BaseException:
-            self._hand_on(events, room=False)  # what came before a failure, all of it
-            raise
+        except Exception as exc:
+            self._hand_on(events)  # what came before the failure, as room allows
+            if self.full is None:
+                raise
+            self._failure = exc  # raised by hand_on_waiting, after the rest
+            return True
         self._hand_on(events)
         return self._decoder.finished or self.full is not None
 
     async def hand_on_waiting(self) -> None:
-        """Once the reply has room again, the events that waited for it; as often as it
-        fills up again."""
+        """Once the reply has room again, the events that waited for it, as often as it
+        fills up again; then the decoder's failure that came after them, if one did."""
         while self.full is not None:
             full, self.full = self.full, None
             await full
             waiting, self._waiting = self._waiting, []
             self._hand_on(waiting)
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
 
     async def end(self) -> None:
         """The body ended or the answer finished: the rest, the StreamEnd, or the failure."""
         events: list[Event] = []
         try:
             self._decoder.end(events)
-        except BaseException:
-            self._hand_on(events, room=False)
+        except Exception:
+            self._hand_on(events)
+            await self.hand_on_waiting()
             raise
         self._hand_on(events)
         await self.hand_on_waiting()
@@ -336,9 +344,9 @@ class _Relay:
         if closing:
             self._chain.emit(Chunk(closing))
 
-    def _hand_on(self, events: list[Event], room: bool = True) -> None:
-        """`events` to the reply, as long as it has room (`room`: asked before each
-        chunk, as the reply's limit is counted in chunks); the rest wait in `_waiting`."""
+    def _hand_on(self, events: list[Event]) -> None:
+        """`events` to the reply, as long as it has room (asked before each chunk, as
+        the reply's limit is counted in chunks); the rest wait in `_waiting`."""
         chain, progress = self._chain, self._progress
         deadline = self._first_chunk_deadline
         for at, event in enumerate(events):
@@ -358,7 +366,7 @@ class _Relay:
                 # The socket may have waited longer for the first chunk (aio.py).
                 aio.streaming_started(self._response, chain.timeouts.idle)
                 chain._commit(progress.provider)
-            if room and chain.room is not None and (full := chain.room()) is not None:
+            if chain.room is not None and (full := chain.room()) is not None:
                 self.full = full
                 self._waiting = events[at:]
                 return

@@ -16,7 +16,15 @@ from typing import Any, cast
 import pytest
 
 from assistant import aio
-from assistant.chain import Attempt, Chain, ChainCrashed, ChainSucceeded, Chunk, Item
+from assistant.chain import (
+    Attempt,
+    Chain,
+    ChainCrashed,
+    ChainFailed,
+    ChainSucceeded,
+    Chunk,
+    Item,
+)
 from assistant.config import ProviderSettings, Settings, Timeouts
 from assistant.outbox import Outbox
 from assistant.providers.anthropic import AnthropicProvider
@@ -28,7 +36,7 @@ from assistant.tracing import RequestLog
 from devtools.fake_upstream import FakeUpstream, Script
 
 from .conftest import log_lines, sse_events
-from .provider_support import PROMPT, anthropic_text_stream
+from .provider_support import PROMPT, anthropic_event, anthropic_text_stream
 
 
 @pytest.fixture
@@ -331,12 +339,11 @@ def test_a_bug_while_concluding_still_ends_the_stream_with_an_error_frame(
     assert len(logged) == 1 and "ValueError: a bug of ours" in logged[0]
 
 
-def test_a_full_reply_stops_the_relay_between_chunks_of_one_read(fake: FakeUpstream) -> None:
-    """The reply's room is asked before each chunk, as when chunks came one read at a
-    time: twenty chunks in one upstream read fill a 10-character outbox with two, and
-    the others wait (none lost, none out of order) until the reader takes some."""
-    pieces = [f"{n:04d}." for n in range(20)]
-    fake.push(Script(raw=[anthropic_text_stream(pieces)]))
+def _relayed_to_a_late_reader(fake: FakeUpstream, body: bytes, items: int) -> tuple[list, list]:
+    """A chain over `body` (sent in one write) into an outbox of 10 characters whose
+    reader starts late: what the chain had put before the reader started, and the
+    `items` the reader then took."""
+    fake.push(Script(raw=[body]))
     outbox = Outbox(limit_chars=10)
     put: list[Item] = []
 
@@ -348,8 +355,32 @@ def test_a_full_reply_stops_the_relay_between_chunks_of_one_read(fake: FakeUpstr
     chain = Chain([_provider(fake, "only")], PROMPT, timeouts, emit, room=outbox.room)
     done = aio.submit(chain.run())
     time.sleep(0.5)
-    assert [item for item in put if isinstance(item, Chunk)] == [Chunk("0000."), Chunk("0001.")]
-    taken = [outbox.get(timeout=5) for _ in range(21)]
+    before = list(put)
+    taken = [outbox.get(timeout=5) for _ in range(items)]
     done.result(timeout=5)
-    assert [item.text for item in taken[:20] if isinstance(item, Chunk)] == pieces
+    return before, taken
+
+
+PIECES = [f"{n:04d}." for n in range(20)]
+
+
+def test_a_full_reply_stops_the_relay_between_chunks_of_one_read(fake: FakeUpstream) -> None:
+    """The reply's room is asked before each chunk, as when chunks came one read at a
+    time: twenty chunks in one upstream read fill a 10-character outbox with two, and
+    the others wait (none lost, none out of order) until the reader takes some."""
+    before, taken = _relayed_to_a_late_reader(fake, anthropic_text_stream(PIECES), 21)
+    assert before == [Chunk("0000."), Chunk("0001.")]
+    assert [item.text for item in taken[:20] if isinstance(item, Chunk)] == PIECES
     assert isinstance(taken[20], ChainSucceeded)
+
+
+def test_an_error_after_chunks_waiting_for_room_comes_after_them(fake: FakeUpstream) -> None:
+    """An upstream error in the same read as chunks the reply has no room for yet: the
+    chunks go out as room allows, all of them, and the failure after them."""
+    error = anthropic_event("error", {"type": "error", "error": {"type": "overloaded_error"}})
+    body = anthropic_text_stream(PIECES).split(b"event: content_block_stop")[0] + error
+    before, taken = _relayed_to_a_late_reader(fake, body, 21)
+    assert before == [Chunk("0000."), Chunk("0001.")]
+    assert [item.text for item in taken[:20] if isinstance(item, Chunk)] == PIECES
+    assert isinstance(taken[20], ChainFailed) and taken[20].committed
+    assert taken[20].error is not None and taken[20].error.code == "upstream_error"
