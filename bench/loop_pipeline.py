@@ -38,11 +38,10 @@ import uvloop
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from assistant import sse  # noqa: E402
-from assistant.chain import Chain, Chunk  # noqa: E402
+from chain_relay import relay_stream  # noqa: E402  (this folder)
+
 from assistant.config import ProviderSettings, Timeouts  # noqa: E402
 from assistant.http1 import RAW_BODY, Body  # noqa: E402
-from assistant.outbox import DirectWrites, Outbox  # noqa: E402
 from assistant.providers.anthropic import AnthropicProvider  # noqa: E402
 from assistant.providers.base import Prompt, upstream_json  # noqa: E402
 from assistant.request import Turn  # noqa: E402
@@ -182,24 +181,7 @@ def main() -> int:
         return b""
 
     async def one_stream() -> None:
-        relayed: list[Chunk] = []
-
-        def frame(chunk: Chunk) -> bytes:
-            relayed.append(chunk)
-            return sse.chunk_frame(chunk.text)
-
-        outbox = Outbox()
-        outbox.attach(DirectWrites(frame=frame, write=write))
-        chain = Chain(
-            providers=[provider],
-            prompt=prompt,
-            timeouts=timeouts,
-            emit=outbox.put,
-            room=outbox.room,
-        )
-        await chain.run()
-        if len(relayed) != CHUNKS:  # a stream that failed would cost less, and mislead
-            raise RuntimeError(f"a stream relayed {len(relayed)} of {CHUNKS} chunks")
+        await relay_stream([provider], prompt, timeouts, write, CHUNKS)
 
     async def one_after_another(n: int) -> None:
         for _ in range(n):

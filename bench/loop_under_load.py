@@ -32,10 +32,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from assistant import aio, sse  # noqa: E402
-from assistant.chain import Chain, Chunk  # noqa: E402
+from chain_relay import relay_stream  # noqa: E402  (this folder)
+
+from assistant import aio  # noqa: E402
 from assistant.config import ProviderSettings, Timeouts  # noqa: E402
-from assistant.outbox import DirectWrites, Outbox  # noqa: E402
 from assistant.providers.anthropic import AnthropicProvider  # noqa: E402
 from assistant.providers.base import Prompt  # noqa: E402
 from assistant.request import Turn  # noqa: E402
@@ -129,18 +129,7 @@ async def _run(args: argparse.Namespace, fake_url: str, sink_port: int) -> tuple
                 os.write(fd, b"%X\r\n%b\r\n" % (len(frame), frame))
             return b""
 
-        relayed: list[Chunk] = []
-
-        def frame(chunk: Chunk) -> bytes:
-            relayed.append(chunk)
-            return sse.chunk_frame(chunk.text)
-
-        outbox = Outbox()
-        outbox.attach(DirectWrites(frame=frame, write=write))
-        chain = Chain([provider], prompt, timeouts, emit=outbox.put, room=outbox.room)
-        await chain.run()
-        if len(relayed) != args.chunks:  # a stream that failed would cost less, and mislead
-            raise RuntimeError(f"a stream relayed {len(relayed)} of {args.chunks} chunks")
+        await relay_stream([provider], prompt, timeouts, write, args.chunks)
 
     async def level(n: int) -> None:
         """`n` streams, `args.streams` at once, each slot's first start spread over one

@@ -100,9 +100,7 @@ class EventDecoder:
     @property
     def between_events(self) -> bool:
         """No field of an event still to be dispatched has been read."""
-        return not (self._event or self._has_data or self._error is not None) and (
-            self._retry is None
-        )
+        return not (self._event or self._has_data) and self._error is None and self._retry is None
 
     @property
     def last_event_id(self) -> str:
