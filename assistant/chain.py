@@ -332,12 +332,9 @@ class _Relay:
         events: list[Event] = []
         try:
             self._decoder.end(events)
-        except Exception:
+        finally:  # what came before a failure too, as room allows
             self._hand_on(events)
             await self.hand_on_waiting()
-            raise
-        self._hand_on(events)
-        await self.hand_on_waiting()
         if not self._progress.shown:
             raise ProviderError("upstream_empty", "stream ended with no text or tool call")
         closing = self._tagger.close()
