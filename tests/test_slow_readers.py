@@ -103,7 +103,10 @@ def test_a_full_instance_gives_a_stuck_clients_place_to_a_newcomer(
         assert '"answer":"for the newcomer"' in newcomer.text
         assert upstream.client_closed.wait(5)
         saved = firestore.document("assistants/test-assistant/messages/evicted-1-assistant")
-        deadline = time.monotonic() + 10
+        # 30 s, not 10: in 2 of 7 whole-suite runs after round 11 the document was not
+        # there within 10 s (never alone, nor under CPU load, in 16 runs): left open in
+        # issue 11's note, to be told apart from a save that never comes.
+        deadline = time.monotonic() + 30
         while not saved.get().exists and time.monotonic() < deadline:
             time.sleep(0.1)
         assert saved.get().to_dict()["status"] == "incomplete"
