@@ -79,7 +79,7 @@ def test_a_client_that_accepts_no_write_is_treated_as_gone(
 
 
 def test_a_full_instance_gives_a_stuck_clients_place_to_a_newcomer(
-    fake: FakeUpstream, firestore
+    fake: FakeUpstream, firestore, tmp_path: Path
 ) -> None:
     """MAX_STREAMS=1, taken by a client that reads nothing: after STUCK_SECONDS of a
     write it does not take, a new request gets its place instead of a 503, and the
@@ -87,8 +87,10 @@ def test_a_full_instance_gives_a_stuck_clients_place_to_a_newcomer(
     fake.push(HUGE, Script(tokens=["for ", "the newcomer"]))
     env = {"THREADS": "4", "MAX_STREAMS": "1", "SEND_TIMEOUT_SECONDS": "60"}
     body = b'{"user_input": "hi", "save_to_history": true, "trace_id": "evicted-1"}'
+    log = tmp_path / "service.log"
     with (
-        running_service(env) as service,
+        log.open("wb") as output,
+        running_service(env, output=output) as service,
         open_stream_and_never_read(service.url, body),
     ):
         upstream = fake.wait_for_requests(1)[0]
@@ -109,4 +111,6 @@ def test_a_full_instance_gives_a_stuck_clients_place_to_a_newcomer(
         deadline = time.monotonic() + 30
         while not saved.get().exists and time.monotonic() < deadline:
             time.sleep(0.1)
+        evicted = [line for line in log.read_text().splitlines() if "evicted-1" in line]
+        assert saved.get().exists, "\n".join(evicted)  # its log, to tell why
         assert saved.get().to_dict()["status"] == "incomplete"
