@@ -100,7 +100,7 @@ def http_client(timeouts: Timeouts) -> httpx.AsyncClient:
     """The shared client for these timeouts (one pool per process). Call on the loop."""
     client = _clients.get(timeouts)
     if client is None:
-        client = _CookielessClient(
+        client = _UpstreamClient(
             transport=Http1Transport(_TLS, keepalive_seconds=KEEPALIVE_SECONDS),
             timeout=httpx.Timeout(
                 connect=timeouts.connect,
@@ -135,12 +135,22 @@ class _NoCookies(httpx.Cookies):
 _NO_COOKIES = _NoCookies()
 
 
-class _CookielessClient(httpx.AsyncClient):
-    """httpx's client, with `_NoCookies` for its cookies.
+class _UpstreamClient(httpx.AsyncClient):
+    """httpx's client, with `_NoCookies` for its cookies and a short way for a streamed
+    request.
 
     Not only a jar that keeps nothing: httpx hands every response to its
     cookies, and building the urllib request and response a jar reads cost
     ~20 µs per request, with nothing to find (bench/results/).
+
+    `send(request, stream=True)` of a request that carries its timeouts goes
+    straight to the transport while the client has no auth, no redirects to
+    follow and no event hooks (`http_client()` gives it none): httpx's layers
+    around the transport (the auth and redirect generators, the mounts'
+    lookup, the timer, its log line) had nothing to do, and cost ~45 µs a
+    request warm (bench/results/stream_cpu-round12.txt). What they give that a
+    caller could see is kept: the response knows its request, and so does a
+    failure. Anything else goes through httpx's `send()`.
     """
 
     @property
@@ -150,6 +160,38 @@ class _CookielessClient(httpx.AsyncClient):
     @cookies.setter
     def cookies(self, cookies: Any) -> None:
         raise TypeError("the upstream client keeps no cookies")
+
+    async def send(
+        self,
+        request: httpx.Request,
+        *,
+        stream: bool = False,
+        auth: Any = httpx.USE_CLIENT_DEFAULT,
+        follow_redirects: Any = httpx.USE_CLIENT_DEFAULT,
+    ) -> httpx.Response:
+        plain = (
+            stream
+            and auth is httpx.USE_CLIENT_DEFAULT
+            and self.auth is None
+            and follow_redirects is httpx.USE_CLIENT_DEFAULT
+            and not self.follow_redirects
+            and not any(self.event_hooks.values())
+            and "timeout" in request.extensions
+            and not self.is_closed
+        )
+        if not plain:
+            return await super().send(
+                request, stream=stream, auth=auth, follow_redirects=follow_redirects
+            )
+        try:
+            response = await self._transport.handle_async_request(request)
+        except httpx.RequestError as exc:
+            if exc._request is None:  # what httpx's own send() does for its transports
+                exc.request = request
+            raise
+        response.request = request
+        response.default_encoding = self._default_encoding
+        return response
 
 
 # How long an idle upstream connection is kept for the next request (httpx's default).

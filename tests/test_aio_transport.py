@@ -99,6 +99,49 @@ def test_a_refused_connection_is_unreachable() -> None:
     assert _code(f"http://127.0.0.1:{port}") == "upstream_unreachable"
 
 
+def test_a_streamed_request_on_the_short_way_keeps_what_httpx_send_gives() -> None:
+    """`send(stream=True)` skips httpx's layers around the transport (aio._UpstreamClient):
+    the response and a failure still know their request, and a client given an event
+    hook is served by httpx's own send(), hook and all."""
+    timeouts = Timeouts(connect=2, first_chunk=5, idle=5)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        refused = f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
+
+    async def exchange(client: httpx.AsyncClient, url: str) -> httpx.Response:
+        request = client.build_request("POST", url, content=b"{}")
+        response = await client.send(request, stream=True)
+        await response.aread()
+        await response.aclose()
+        assert response.request is request
+        return response
+
+    async def failure(client: httpx.AsyncClient) -> httpx.RequestError:
+        request = client.build_request("POST", refused, content=b"{}")
+        with pytest.raises(httpx.ConnectError) as caught:
+            await client.send(request, stream=True)
+        assert caught.value.request is request
+        return caught.value
+
+    with one_answer(HEAD + b"content-length: 2\r\n\r\nok") as url:
+        response = aio.submit(exchange(aio.http_client(timeouts), url)).result(timeout=10)
+    assert response.content == b"ok"
+    aio.submit(failure(aio.http_client(timeouts))).result(timeout=10)
+
+    seen: list[httpx.Request] = []
+
+    async def hook(request: httpx.Request) -> None:
+        seen.append(request)
+
+    hooked = aio._UpstreamClient(
+        transport=aio.Http1Transport(aio._TLS, keepalive_seconds=1), event_hooks={"request": [hook]}
+    )
+    with one_answer(HEAD + b"content-length: 2\r\n\r\nok") as url:
+        response = aio.submit(exchange(hooked, url)).result(timeout=10)
+    assert seen == [response.request]
+    aio.submit(hooked.aclose()).result(timeout=5)
+
+
 def test_a_cookie_an_upstream_sets_is_not_sent_on_the_next_request() -> None:
     """One client serves every user: nothing one response set rides on another's request."""
     answer = HEAD + b"set-cookie: session=user-a; Path=/\r\ncontent-length: 2\r\n\r\nok"
