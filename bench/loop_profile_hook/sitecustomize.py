@@ -1,4 +1,4 @@
-"""cProfile inside the service's upstream I/O loop thread alone, for a bench run.
+"""cProfile inside the service's upstream I/O loop thread, or its request threads, for a bench run.
 
 Loaded only when a benchmark puts this folder first on the service's
 PYTHONPATH (e.g. `bench/stream_cpu.py --env PYTHONPATH=bench/loop_profile_hook
@@ -15,6 +15,7 @@ from __future__ import annotations
 import cProfile
 import os
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -27,7 +28,7 @@ if os.environ.get("LOOP_PROFILE_OUT"):
     _plain_run = aio._run
 
     def _profiled_run(loop: asyncio.AbstractEventLoop) -> None:
-        profile = cProfile.Profile()
+        profile = cProfile.Profile(time.thread_time)  # its CPU, not the GIL waits
 
         def dump() -> None:
             profile.dump_stats(os.environ["LOOP_PROFILE_OUT"])  # disables it: enable again
@@ -39,3 +40,37 @@ if os.environ.get("LOOP_PROFILE_OUT"):
         _plain_run(loop)
 
     aio._run = _profiled_run
+
+if os.environ.get("REQUEST_PROFILE_OUT"):
+    # The request threads: each pool thread its own cProfile (its CPU time as the
+    # clock, so waiting for the GIL costs nothing), around gthread's handle() and the
+    # worker's _go_on() (a parked reply's way on). Each thread writes its own file,
+    # REQUEST_PROFILE_OUT.<thread>, at most every two seconds, between requests (a
+    # profile is read only while disabled); merge them with pstats.Stats(*files).
+    import threading
+    from typing import Any
+
+    from assistant import worker
+
+    _local = threading.local()
+
+    def _profiled(method: Any) -> Any:
+        def run(*args: Any) -> Any:
+            profile = getattr(_local, "profile", None)
+            if profile is None:
+                profile = _local.profile = cProfile.Profile(time.thread_time)
+                _local.dumped = time.monotonic()
+            profile.enable()
+            try:
+                return method(*args)
+            finally:
+                profile.disable()
+                if time.monotonic() - _local.dumped > 2.0:
+                    _local.dumped = time.monotonic()
+                    out = os.environ["REQUEST_PROFILE_OUT"]
+                    profile.dump_stats(f"{out}.{threading.get_ident()}")
+
+        return run
+
+    worker.Worker.handle = _profiled(worker.Worker.handle)
+    worker.Worker._go_on = _profiled(worker.Worker._go_on)
