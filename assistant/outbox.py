@@ -191,10 +191,19 @@ class Outbox:
             return room
 
     def discard(self) -> None:
-        """Drop whatever is still waiting (the reply ended: nobody will take it)."""
+        """Drop whatever is still waiting (the reply ended: nobody will take it), and
+        free a wait for room: nothing will be taken to free it otherwise. (Every caller
+        cancels the chain first today; a chain still running would hand on into a
+        reply that is over, which drops it, rather than wait for ever.)"""
         self.detach()
         self._held = None
         self._wake = None
+        with self._lock:
+            waiter, self._waiter = self._waiter, None
+            self._chars = 0
+        if waiter is not None:
+            loop, room = waiter
+            loop.call_soon_threadsafe(_done, room)
         while True:
             try:
                 self._items.get_nowait()

@@ -222,3 +222,19 @@ def test_a_wait_for_room_given_up_leaves_the_next_one_working() -> None:
         assert await taken == Chunk("0123456789")
 
     asyncio.run(producer())
+
+
+def test_a_wait_for_room_ends_when_the_reply_drops_its_output() -> None:
+    """discard() (the reply is over) frees a chain waiting for room: no reader will."""
+    outbox = Outbox(limit_chars=10)
+
+    async def producer() -> None:
+        outbox.put(Chunk("0123456789"))
+        full = outbox.room()
+        assert full is not None
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, outbox.discard)
+        await asyncio.wait_for(full, timeout=5)
+        assert outbox.room() is None  # what was dropped no longer counts
+
+    asyncio.run(producer())
