@@ -293,6 +293,7 @@ class _Relay:
         self.full: Awaitable[None] | None = None  # the reply has no room: what to await
         self._waiting: list[Event] = []  # events decoded meanwhile, handed on after it
         self._failure: Exception | None = None  # the decoder's, raised after them
+        self._ended = False  # the decoder's end() was called
 
     @property
     def finished(self) -> bool:
@@ -306,6 +307,9 @@ class _Relay:
         events: list[Event] = []
         try:
             self._decoder.feed(data, events)
+            if self._decoder.finished:  # its end (the StreamEnd) with the read that ended it
+                self._decoder.end(events)
+                self._ended = True
         except Exception as exc:
             self._hand_on(events)  # what came before the failure, as room allows
             if self.full is None:
@@ -331,7 +335,8 @@ class _Relay:
         """The body ended or the answer finished: the rest, the StreamEnd, or the failure."""
         events: list[Event] = []
         try:
-            self._decoder.end(events)
+            if not self._ended:
+                self._decoder.end(events)
         finally:  # what came before a failure too, as room allows
             self._hand_on(events)
             await self.hand_on_waiting()
@@ -366,6 +371,8 @@ class _Relay:
             if chain.room is not None and (full := chain.room()) is not None:
                 self.full = full
                 self._waiting = events[at:]
+                if isinstance(events[-1], StreamEnd):
+                    chain._finish(events[-1])  # what it cost, kept should the reply end first
                 return
             if isinstance(event, ToolCall):
                 chain.emit(event)

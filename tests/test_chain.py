@@ -7,6 +7,7 @@ are exercised over real HTTP without waiting for the other provider modules.
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -337,6 +338,32 @@ def test_a_bug_while_concluding_still_ends_the_stream_with_an_error_frame(
     assert len(concluded) == 1  # concluded (and saved) once, not again for the crash
     logged = [line for line in capsys.readouterr().out.splitlines() if "reply.crashed" in line]
     assert len(logged) == 1 and "ValueError: a bug of ours" in logged[0]
+
+
+def test_what_an_answer_cost_is_kept_when_its_reply_ends_with_chunks_waiting(
+    fake: FakeUpstream,
+) -> None:
+    """The answer's end came in the read whose chunks wait for room, and the reply is
+    over before they went out (its client left): its usage and stop reason are still
+    the chain's, for the record."""
+    usage = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}}
+    usage["usage"] = {"output_tokens": 42}
+    body = anthropic_text_stream(PIECES).replace(
+        b'{"type": "message_delta", "delta": {"stop_reason": "end_turn"}}',
+        json.dumps(usage).encode(),
+    )
+    assert b'"output_tokens": 42' in body
+    fake.push(Script(raw=[body]))
+    outbox = Outbox(limit_chars=10)
+    timeouts = Timeouts(connect=5, first_chunk=5, idle=5, reply=30)
+    chain = Chain([_provider(fake, "only")], PROMPT, timeouts, outbox.put, room=outbox.room)
+    running = aio.submit(chain.run())
+    time.sleep(0.5)  # two chunks in the outbox, the rest waiting for room
+    running.cancel()  # the client left
+    assert chain.finished.wait(5)
+    report = chain.report()
+    assert report.usage.output_tokens == 42
+    assert report.stop_reason == "end_turn"
 
 
 def _relayed_to_a_late_reader(fake: FakeUpstream, body: bytes, items: int) -> tuple[list, list]:
