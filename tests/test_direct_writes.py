@@ -314,3 +314,29 @@ def test_streams_one_after_another_on_one_kept_alive_connection(
             frames = events(dechunked(rest))
             assert "".join(chunk_texts(frames)) == f"reply {n} piece by piece"
             assert frames[-1] == "data: [DONE]"
+
+
+def test_a_kept_alive_connections_next_request_arriving_in_pieces(
+    server: str, fake: FakeUpstream
+) -> None:
+    """The worker reads a kept-alive connection's next request as soon as the connection
+    is readable; a request that was not whole by then is finished on the poller."""
+    body = b'{"user_input": "hi"}'
+    head = (
+        b"POST /vac/assistant/a/sse HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+    )
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        for n, pieces in enumerate([[head + body], [head[:20], head[20:], body]]):
+            fake.push(Script(tokens=[f"reply {n}"]))
+            for piece in pieces:
+                sock.sendall(piece)
+                time.sleep(0.1)
+            response = b""
+            while not response.endswith(b"\r\n0\r\n\r\n"):
+                data = sock.recv(65536)
+                assert data, "the server closed the connection"
+                response += data
+            frames = events(dechunked(response.partition(b"\r\n\r\n")[2]))
+            assert "".join(chunk_texts(frames)) == f"reply {n}"
