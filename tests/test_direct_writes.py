@@ -9,7 +9,8 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from typing import Any
 
 import pytest
 
@@ -207,7 +208,11 @@ def tcp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
         yield server, client
 
 
-def direct_reply(fake: FakeUpstream, server: socket.socket, send_timeout: float) -> Reply:
+def direct_reply(
+    fake: FakeUpstream, server: socket.socket, send_timeout: float, head: bytes | None = None
+) -> Reply:
+    """A reply whose loop writes to `server` itself; with `head`, the first write
+    carries it (as the worker's parked streams do)."""
     server.settimeout(send_timeout)  # as http.py sets it: non-blocking underneath
     settings = Settings.from_env({"ANTHROPIC_BASE_URL": fake.url, "ANTHROPIC_API_KEY": "k"})
     reply = Reply(
@@ -219,7 +224,12 @@ def direct_reply(fake: FakeUpstream, server: socket.socket, send_timeout: float)
         author=Author(None, None, None),
         log=RequestLog("race"),
         streaming=True,
-        client_socket=ClientSocket(server, chunked=True, slot=Slot(lambda done: None)),
+        client_socket=ClientSocket(
+            server,
+            chunked=True,
+            slot=Slot(lambda done: None),
+            head=(lambda: head) if head is not None else None,
+        ),
     )
     reply.start()
     return reply
@@ -235,6 +245,36 @@ def serve(reply: Reply, server: socket.socket) -> None:
             server.sendall(b"%X\r\n%b\r\n" % (len(data), data))
     except OSError:
         frames.close()
+
+
+def test_a_bug_of_ours_after_the_loop_wrote_the_head_ends_the_stream_with_an_error_frame(
+    fake: FakeUpstream, tcp_pair: tuple[socket.socket, socket.socket], capfd
+) -> None:
+    """The loop wrote the head and the text; then the request thread's wait fails (a bug
+    of ours): no status can be sent any more, so the stream ends with an error frame
+    and [DONE] after the text, and the bug is logged once."""
+    server, client = tcp_pair
+    fake.push(Script(tokens=["one ", "two"]))
+    reply = direct_reply(fake, server, send_timeout=5, head=b"HTTP/1.1 200 OK\r\n\r\n")
+    waits = reply._wait
+
+    def failing_wait(*args: Any, **kwargs: Any) -> Generator[Any, None, None]:
+        for item in waits(*args, **kwargs):
+            if item is not None:  # the outcome after the text the loop wrote
+                raise ValueError("a bug of ours")
+            yield item
+
+    reply._wait = failing_wait  # type: ignore[method-assign]
+    serve(reply, server)
+    server.close()
+    head, _, rest = read_until_closed(client).partition(b"\r\n\r\n")
+    assert head == b"HTTP/1.1 200 OK"
+    frames = events(dechunked(rest + b"0\r\n\r\n"))
+    assert chunk_texts(frames) == ["one ", "two"]
+    ending = json.loads(frames[-2][6:])
+    assert ending["code"] == "internal_error" and ending["partial"] == "one two"
+    assert frames[-1] == "data: [DONE]"
+    assert capfd.readouterr().out.count('"reply.crashed"') == 1
 
 
 def test_the_rest_of_a_loop_write_goes_out_before_the_final_frame(
