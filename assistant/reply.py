@@ -59,7 +59,6 @@ from .tracing import RequestLog
 
 # How often a waiting reply checks that its client is still there.
 CLIENT_POLL_SECONDS = 1.0
-PING_CHECK_SECONDS = 0.25  # at most, between looks whether a heartbeat is due (at the end)
 
 
 def failure_status(outcome: ChainFailed | ChainCrashed) -> int:
@@ -105,8 +104,6 @@ class Reply:
         # When the client was last sent something (a frame handed on here, or a write
         # of the loop's): heartbeats go out after HEARTBEAT_SECONDS from it.
         self._last_sent = time.monotonic()
-        # How often a wait for the store at the end looks whether a heartbeat is due.
-        self._beat = min(PING_CHECK_SECONDS, settings.heartbeat_seconds / 4)
         self._head_sent = False  # True once this thread wrote the head (`_head_out()`)
         self._started = started or time.monotonic()
         self._on_end = on_end  # the reply's place in the limits, given back when it ends
@@ -277,7 +274,8 @@ class Reply:
                         frame = sse.PING  # it commits the reply: its status goes out now
                 elif isinstance(item, Outcome):
                     # Saving can take up to PERSIST_TIMEOUT_SECONDS: heartbeats meanwhile.
-                    final = yield from self._with_heartbeats(self._concluding(item, self._beat))
+                    steps = self._concluding(item, beat=self._settings.heartbeat_seconds)
+                    final = yield from self._with_heartbeats(steps)
                     yield sse.frame(final) + sse.DONE  # one write
                     return
                 if frame is not None:
@@ -464,11 +462,16 @@ class Reply:
             except StopIteration as end:
                 return cast("dict[str, Any]", end.value)
             try:
-                if self._parking:  # with or without a head out: the worker parks either
-                    yield until_done(pending.write, pending.seconds)
-                else:
-                    pending.wait()
+                # Until the write is done or a heartbeat is due, whichever comes first,
+                # and no look in between: a hanging database would otherwise wake each
+                # reply waiting for it a few times a second, for nothing.
                 self._last_sent = max(self._last_sent, self._items.last_direct_write)
+                due = self._last_sent + heartbeat - EARLY_SECONDS - time.monotonic()
+                seconds = min(pending.seconds, max(0.0, due))
+                if self._parking:  # with or without a head out: the worker parks either
+                    yield until_done(pending.write, seconds)
+                else:
+                    pending.wait(seconds)
                 if time.monotonic() - self._last_sent >= heartbeat - EARLY_SECONDS:
                     yield sse.PING
                     self._last_sent = time.monotonic()

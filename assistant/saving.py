@@ -32,9 +32,11 @@ class Pending:
     write: concurrent.futures.Future[str]
     seconds: float
 
-    def wait(self) -> None:
-        """Wait here, with the thread, until the write is done or `seconds` pass."""
-        concurrent.futures.wait((self.write,), timeout=self.seconds)
+    def wait(self, seconds: float | None = None) -> None:
+        """Wait here, with the thread, until the write is done or `seconds` (at most
+        the step's own) pass."""
+        timeout = self.seconds if seconds is None else min(seconds, self.seconds)
+        concurrent.futures.wait((self.write,), timeout=timeout)
 
 
 class Saver:

@@ -566,3 +566,43 @@ def test_a_reply_ended_while_parked_on_its_save_still_saves(
     saved = _messages(firestore)
     assert saved["t-ended-saving-assistant"]["content"] == "kept"
     assert saved["t-ended-saving-user"]["content"] == "hi"
+
+
+def test_a_reply_parked_on_a_hanging_database_wakes_for_its_heartbeats_only(
+    fake: FakeUpstream, firestore, black_hole: str
+) -> None:
+    """Parked on its final save, a reply is resumed when a heartbeat is due or the save's
+    time is up, not every quarter of a second: many replies waiting on a database that
+    hangs would otherwise keep the instance's threads busy for nothing."""
+    os.environ.update(
+        FIRESTORE_EMULATOR_HOST=black_hole, PERSIST_TIMEOUT_SECONDS="2", HEARTBEAT_SECONDS="0.8"
+    )
+    fake.push(Script(tokens=["still ", "here"]))
+    settings = Settings.from_env()
+    reply = Reply(
+        AssistantRequest(assistant_id="test-assistant", user_input="hi", save_to_history=True),
+        trace_id="t-parked-beats",
+        settings=settings,
+        providers=configured_providers(settings)[0],
+        store=FirestoreStore(settings.collection, settings.persist_timeout_seconds),
+        author=Author("ada@example.com", "ada@example.com", "Ada"),
+        log=RequestLog("t-parked-beats"),
+        streaming=True,
+        parking=True,
+    )
+    reply.start()
+    frames: list[bytes] = []
+    parks_while_saving = 0
+    for item in reply.sse_stream():  # as the worker does: resumed when the park ends
+        if isinstance(item, Park):
+            parks_while_saving += reply._done
+            resumed = threading.Event()
+            item.arm(resumed.set)
+            assert resumed.wait(10)
+        else:
+            frames.append(item)
+    events = sse_events(b"".join(frames))
+    assert events[-2]["metadata"]["persist_failed"] is True and events[-1] == "[DONE]"
+    last_chunk = max(i for i, event in enumerate(events) if "chunk" in event)
+    assert events[last_chunk + 1 : -2].count(": ping") >= 2  # 2 s at a ping per 0.8 s
+    assert parks_while_saving <= 4  # a park per ping, and the last: not one per 0.25 s
