@@ -537,6 +537,25 @@ def test_a_stopping_server_saves_a_parked_reply_it_cannot_wait_for(fake, firesto
     assert saved["content"].startswith("w0 w1 w2")
 
 
+def _parked_reply_saving(trace_id: str) -> Reply:
+    """A started reply that saves to the store the environment names, in-process, and parks
+    where it would wait (the worker's part is the test's)."""
+    settings = Settings.from_env()
+    reply = Reply(
+        AssistantRequest(assistant_id="test-assistant", user_input="hi", save_to_history=True),
+        trace_id=trace_id,
+        settings=settings,
+        providers=configured_providers(settings)[0],
+        store=FirestoreStore(settings.collection, settings.persist_timeout_seconds),
+        author=Author("ada@example.com", "ada@example.com", "Ada"),
+        log=RequestLog(trace_id),
+        streaming=True,
+        parking=True,
+    )
+    reply.start()
+    return reply
+
+
 def test_a_reply_ended_while_parked_on_its_save_still_saves(
     fake: FakeUpstream, firestore, paused_database: _PausableProxy
 ) -> None:
@@ -544,19 +563,7 @@ def test_a_reply_ended_while_parked_on_its_save_still_saves(
     past STOP_SAVE_SECONDS, an eviction): the save goes on to its end all the same."""
     os.environ["PERSIST_TIMEOUT_SECONDS"] = "5"
     fake.push(Script(tokens=["kept"]))
-    settings = Settings.from_env()
-    reply = Reply(
-        AssistantRequest(assistant_id="test-assistant", user_input="hi", save_to_history=True),
-        trace_id="t-ended-saving",
-        settings=settings,
-        providers=configured_providers(settings)[0],
-        store=FirestoreStore(settings.collection, settings.persist_timeout_seconds),
-        author=Author("ada@example.com", "ada@example.com", "Ada"),
-        log=RequestLog("t-ended-saving"),
-        streaming=True,
-        parking=True,
-    )
-    reply.start()  # the user message's write waits: the database is paused
+    reply = _parked_reply_saving("t-ended-saving")  # its user message waits: the database is paused
     frames = reply.sse_stream()
     for frame in frames:  # as the worker would, resumed at once after each park
         if isinstance(frame, Park) and reply._done:
@@ -578,19 +585,7 @@ def test_a_reply_parked_on_a_hanging_database_wakes_for_its_heartbeats_only(
         FIRESTORE_EMULATOR_HOST=black_hole, PERSIST_TIMEOUT_SECONDS="2", HEARTBEAT_SECONDS="0.8"
     )
     fake.push(Script(tokens=["still ", "here"]))
-    settings = Settings.from_env()
-    reply = Reply(
-        AssistantRequest(assistant_id="test-assistant", user_input="hi", save_to_history=True),
-        trace_id="t-parked-beats",
-        settings=settings,
-        providers=configured_providers(settings)[0],
-        store=FirestoreStore(settings.collection, settings.persist_timeout_seconds),
-        author=Author("ada@example.com", "ada@example.com", "Ada"),
-        log=RequestLog("t-parked-beats"),
-        streaming=True,
-        parking=True,
-    )
-    reply.start()
+    reply = _parked_reply_saving("t-parked-beats")
     frames: list[bytes] = []
     parks_while_saving = 0
     for item in reply.sse_stream():  # as the worker does: resumed when the park ends
