@@ -1,13 +1,17 @@
-"""cProfile inside the service's upstream I/O loop thread, or its request threads, for a bench run.
+"""cProfile inside the service's upstream I/O loop thread, or its request threads, for a bench
+run.
 
 Loaded only when a benchmark puts this folder first on the service's
 PYTHONPATH (e.g. `bench/stream_cpu.py --env PYTHONPATH=bench/loop_profile_hook
 --env LOOP_PROFILE_OUT=/tmp/loop.prof`): it wraps `assistant.aio._run` so the
 loop runs under cProfile, and writes the stats to LOOP_PROFILE_OUT every two
-seconds (read them with `python -m pstats`). cProfile counts Python calls and
-the C functions they call; uvloop's own C work between callbacks is not in
-it, so the profile's total is below the thread's CPU. Nothing of this is in
-the service's own code.
+seconds (read them with `python -m pstats`). With REQUEST_PROFILE_OUT set
+too (or instead), the request threads are profiled (below). Each profile is
+clocked by its own thread's CPU time: with the wall clock, a thread's wait
+for the GIL was charged to whatever it ran then. cProfile counts Python
+calls and the C functions they call; uvloop's own C work between callbacks
+is not in it, so the profile's total is below the thread's CPU. Nothing of
+this is in the service's own code.
 """
 
 from __future__ import annotations
