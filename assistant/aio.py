@@ -145,7 +145,9 @@ class _UpstreamClient(httpx.AsyncClient):
 
     `send(request, stream=True)` of a request that carries its timeouts goes
     straight to the transport while the client has no auth, no redirects to
-    follow and no event hooks (`http_client()` gives it none): httpx's layers
+    follow and no event hooks (`http_client()` gives it none), and the URL no
+    credentials (`https://user:pass@host`, which httpx's auth step sends as
+    Basic auth: an Ollama behind a proxy, say): httpx's layers
     around the transport (the auth and redirect generators, the mounts'
     lookup, the timer, its log line) had nothing to do, and cost ~45 µs a
     request warm (bench/results/stream_cpu-round12.txt). What they give that a
@@ -176,6 +178,7 @@ class _UpstreamClient(httpx.AsyncClient):
             and follow_redirects is httpx.USE_CLIENT_DEFAULT
             and not self.follow_redirects
             and not any(self.event_hooks.values())
+            and not request.url.userinfo  # httpx's auth step sends it as Basic auth
             and "timeout" in request.extensions
             and not self.is_closed
         )

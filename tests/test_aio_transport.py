@@ -3,6 +3,7 @@ same httpx exceptions, so the chain's error codes do not change."""
 
 from __future__ import annotations
 
+import base64
 import socket
 from pathlib import Path
 
@@ -140,6 +141,25 @@ def test_a_streamed_request_on_the_short_way_keeps_what_httpx_send_gives() -> No
         response = aio.submit(exchange(hooked, url)).result(timeout=10)
     assert seen == [response.request]
     aio.submit(hooked.aclose()).result(timeout=5)
+
+
+def test_credentials_in_the_url_are_sent_as_httpx_sends_them() -> None:
+    """A base URL with a user and password in it (an Ollama behind a proxy with basic auth)
+    takes httpx's own send(), whose auth step sends them: the short way would not."""
+    timeouts = Timeouts(connect=2, first_chunk=5, idle=5)
+    received: list[bytes] = []
+
+    async def exchange(url: str) -> None:
+        client = aio.http_client(timeouts)
+        with_user = url.replace("http://", "http://user:secret@")
+        response = await client.send(client.build_request("POST", with_user), stream=True)
+        await response.aread()
+        await response.aclose()
+
+    with one_answer(HEAD + b"content-length: 2\r\n\r\nok", received=received) as url:
+        aio.submit(exchange(url)).result(timeout=10)
+    expected = b"authorization: basic " + base64.b64encode(b"user:secret").lower()
+    assert expected in received[0].lower()
 
 
 def test_a_cookie_an_upstream_sets_is_not_sent_on_the_next_request() -> None:
