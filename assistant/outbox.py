@@ -193,8 +193,8 @@ class Outbox:
     def discard(self) -> None:
         """Drop whatever is still waiting (the reply ended: nobody will take it), and
         free a wait for room: nothing will be taken to free it otherwise. (Every caller
-        cancels the chain first today; a chain still running would hand on into a
-        reply that is over, which drops it, rather than wait for ever.)"""
+        cancels the chain first; one still running would go on queueing here, for
+        nobody, and could wait for room again.)"""
         self.detach()
         self._held = None
         self._wake = None

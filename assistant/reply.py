@@ -59,6 +59,9 @@ from .tracing import RequestLog
 
 # How often a waiting reply checks that its client is still there.
 CLIENT_POLL_SECONDS = 1.0
+# The shortest wait for the store at the end between looks whether a heartbeat is due
+# (a quarter of the heartbeat, if that is shorter).
+SHORTEST_LOOK_SECONDS = 0.25
 
 
 def failure_status(outcome: ChainFailed | ChainCrashed) -> int:
@@ -464,10 +467,13 @@ class Reply:
             try:
                 # Until the write is done or a heartbeat is due, whichever comes first,
                 # and no look in between: a hanging database would otherwise wake each
-                # reply waiting for it a few times a second, for nothing.
+                # reply waiting for it a few times a second, for nothing. Never less
+                # than SHORTEST_LOOK (a ping comes that much late at most): at the
+                # shortest heartbeats `due` is never above 0, and the wait would spin.
                 self._last_sent = max(self._last_sent, self._items.last_direct_write)
                 due = self._last_sent + heartbeat - EARLY_SECONDS - time.monotonic()
-                seconds = min(pending.seconds, max(0.0, due))
+                shortest = min(SHORTEST_LOOK_SECONDS, heartbeat / 4)
+                seconds = min(pending.seconds, max(shortest, due))
                 if self._parking:  # with or without a head out: the worker parks either
                     yield until_done(pending.write, seconds)
                 else:

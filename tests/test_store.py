@@ -601,3 +601,25 @@ def test_a_reply_parked_on_a_hanging_database_wakes_for_its_heartbeats_only(
     last_chunk = max(i for i, event in enumerate(events) if "chunk" in event)
     assert events[last_chunk + 1 : -2].count(": ping") >= 2  # 2 s at a ping per 0.8 s
     assert parks_while_saving <= 4  # a park per ping, and the last: not one per 0.25 s
+
+
+def test_at_the_shortest_heartbeat_a_reply_waiting_for_its_save_does_not_spin(
+    fake: FakeUpstream, firestore, black_hole: str
+) -> None:
+    """HEARTBEAT_SECONDS=0.01, the shortest allowed: a heartbeat is due as soon as the
+    wait for the store begins, and the wait between looks is still a quarter of it at
+    least, not nothing (a reply spinning sent tens of thousands of pings a second)."""
+    os.environ.update(
+        FIRESTORE_EMULATOR_HOST=black_hole, PERSIST_TIMEOUT_SECONDS="1", HEARTBEAT_SECONDS="0.01"
+    )
+    fake.push(Script(tokens=["still ", "here"]))
+    reply = _parked_reply_saving("t-shortest-beat")
+    pings = 0
+    for item in reply.sse_stream():
+        if isinstance(item, Park):
+            resumed = threading.Event()
+            item.arm(resumed.set)
+            assert resumed.wait(10)
+        elif reply._done:
+            pings += item == b": ping\n\n"
+    assert 0 < pings <= 1 / 0.0025 * 1.5  # the save's second, a look per 2.5 ms at most
