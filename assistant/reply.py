@@ -467,8 +467,8 @@ class Reply:
             try:
                 # Until the write is done or a heartbeat is due, whichever comes first,
                 # and no look in between: a hanging database would otherwise wake each
-                # reply waiting for it a few times a second, for nothing. Never less
-                # than SHORTEST_LOOK (a ping comes that much late at most): at the
+                # reply waiting for it a few times a second, for nothing. Never less than
+                # SHORTEST_LOOK_SECONDS (a ping comes that much late at most): at the
                 # shortest heartbeats `due` is never above 0, and the wait would spin.
                 self._last_sent = max(self._last_sent, self._items.last_direct_write)
                 due = self._last_sent + heartbeat - EARLY_SECONDS - time.monotonic()
