@@ -16,7 +16,8 @@ it run this subclass instead. Eight things differ from gthread as gunicorn
    is read as soon as the poller reports the connection readable (that is
    why it is), and waited for only if it is not whole yet. The bytes read
    are handed to gunicorn's parser, which parses them as if it had read
-   them itself: what the poller works out is only when to stop waiting, never what the request means.
+   them itself: what the poller works out is only when to stop waiting,
+   never what the request means.
    Bounds: a head over HEAD_BUFFER_BYTES, a request over REQUEST_BUFFER_BYTES,
    all waiting requests together over BUFFERED_BYTES, a framing the poller
    does not follow, or `Expect: 100-continue` (the client waits for our
