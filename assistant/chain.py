@@ -293,7 +293,6 @@ class _Relay:
         self.full: Awaitable[None] | None = None  # the reply has no room: what to await
         self._waiting: list[Event] = []  # events decoded meanwhile, handed on after it
         self._failure: Exception | None = None  # the decoder's, raised after them
-        self._ended = False  # the decoder's end() was called
 
     @property
     def finished(self) -> bool:
@@ -309,7 +308,6 @@ class _Relay:
             self._decoder.feed(data, events)
             if self._decoder.finished:  # its end (the StreamEnd) with the read that ended it
                 self._decoder.end(events)
-                self._ended = True
         except Exception as exc:
             self._hand_on(events)  # what came before the failure, as room allows
             if self.full is None:
@@ -335,7 +333,7 @@ class _Relay:
         """The body ended or the answer finished: the rest, the StreamEnd, or the failure."""
         events: list[Event] = []
         try:
-            if not self._ended:
+            if not self._decoder.finished:  # else `read` called it (a failure ends there)
                 self._decoder.end(events)
         finally:  # what came before a failure too, as room allows
             self._hand_on(events)
