@@ -254,7 +254,8 @@ def test_a_bug_of_ours_after_the_loop_wrote_the_head_ends_the_stream_with_an_err
     of ours): no status can be sent any more, so the stream ends with an error frame
     and [DONE] after the text, and the bug is logged once."""
     server, client = tcp_pair
-    fake.push(Script(tokens=["one ", "two"]))
+    # The text comes after the reply's wait began: the loop writes it (and the head).
+    fake.push(Script(tokens=["one ", "two"], ttft=0.3))
     reply = direct_reply(fake, server, send_timeout=5, head=b"HTTP/1.1 200 OK\r\n\r\n")
     waits = reply._wait
 
