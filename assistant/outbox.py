@@ -3,7 +3,8 @@
 The chain (on the I/O loop) puts items; the request thread takes them and
 writes them to the client. When the client reads slowly, or not at all, the
 request thread is stuck in a write and items pile up here. Past `limit`
-characters of unsent chunk text the chain waits (`room()`) before it reads
+characters of chunk text held here (queued, or framed by the loop and not
+yet written: below) the chain waits (`room()`) before it reads
 the upstream any further, so the provider's own socket fills and TCP slows
 it down: a reply holds at most about `limit` characters here, whatever the
 client does (README "Slow, stuck and greedy clients"). A client that never reads again is
@@ -78,7 +79,10 @@ class Outbox:
         self._items: queue.SimpleQueue[Entry] = queue.SimpleQueue()
         self._limit = limit_chars
         self._lock = threading.Lock()
-        self._chars = 0  # chunk text put and not yet taken
+        # Chunk text held here: queued and not taken, framed by the loop and not
+        # written, or (bytes) the unsent rest of its last write.
+        self._chars = 0
+        self._frames_chars = 0  # of it, in `_frames`
         self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
         self._held: Entry | None = None  # taken by next_chunk() and not a chunk: get() gives it
         self._direct: DirectWrites | None = None  # set: the loop writes chunks itself
@@ -96,13 +100,14 @@ class Outbox:
         """
         with self._lock:
             if isinstance(item, Chunk):
+                self._chars += len(item.text)
                 if self._direct is not None:
                     self._frames.append(self._direct.frame(item))
+                    self._frames_chars += len(item.text)
                     if not self._flush_due:
                         self._flush_due = True
                         asyncio.get_running_loop().call_soon(self._flush)
                     return
-                self._chars += len(item.text)
                 self._output_waiting += 1
             wake = self._queue(item)
         if wake is not None:
@@ -135,19 +140,36 @@ class Outbox:
         with self._lock:
             self._direct = None
             frames, self._frames = self._frames, []
-            return self._take_unsent(), b"".join(frames)
+            self._chars -= self._frames_chars
+            self._frames_chars = 0
+            unsent = self._take_unsent()
+            waiter = self._room_made()
+        _wake_threadsafe(waiter)
+        return unsent, b"".join(frames)
 
     def take_unsent(self) -> bytes:
         """The request thread, woken by UNSENT: the rest of the loop's last write
         (b"" if `detach()` already took it)."""
         with self._lock:
-            return self._take_unsent()
+            unsent = self._take_unsent()
+            waiter = self._room_made()
+        _wake_threadsafe(waiter)
+        return unsent
 
     def _take_unsent(self) -> bytes:
         unsent, self._unsent = self._unsent, b""
         if unsent:
             self._output_waiting -= 1
+            self._chars -= len(unsent)
         return unsent
+
+    def _room_made(self) -> tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None:
+        """The wait for room, taken off if there is room now: the caller ends it once it
+        has let go of the lock. Under the lock."""
+        if self._waiter is None or self._chars >= self._limit:
+            return None
+        waiter, self._waiter = self._waiter, None
+        return waiter
 
     def _flush(self) -> None:
         """On the loop, once per step with chunks: their frames in one write."""
@@ -158,6 +180,8 @@ class Outbox:
                 return  # detached meanwhile: the request thread took the frames
             data = b"".join(self._frames)
             self._frames = []
+            self._chars -= self._frames_chars
+            self._frames_chars = 0
             try:
                 rest = self._direct.write(data)
             except OSError:
@@ -165,11 +189,15 @@ class Outbox:
                 wake = self._queue(WRITE_FAILED)
             else:
                 self.last_direct_write = time.monotonic()
-                if rest:
+                if rest:  # held here until the request thread takes it: it counts
                     self._direct = None
                     self._unsent = rest
+                    self._chars += len(rest)
                     self._output_waiting += 1
                     wake = self._queue(UNSENT)
+            waiter = self._room_made()
+        if waiter is not None:
+            _done(waiter[1])  # this is its loop
         if wake is not None:
             wake()
 
@@ -201,9 +229,7 @@ class Outbox:
         with self._lock:
             waiter, self._waiter = self._waiter, None
             self._chars = 0
-        if waiter is not None:
-            loop, room = waiter
-            loop.call_soon_threadsafe(_done, room)
+        _wake_threadsafe(waiter)
         while True:
             try:
                 self._items.get_nowait()
@@ -252,13 +278,17 @@ class Outbox:
             with self._lock:
                 self._output_waiting -= 1
                 self._chars -= len(item.text)
-                waiter = self._waiter if self._chars < self._limit else None
-                if waiter is not None:
-                    self._waiter = None
-            if waiter is not None:
-                loop, room = waiter
-                loop.call_soon_threadsafe(_done, room)
+                waiter = self._room_made()
+            _wake_threadsafe(waiter)
         return item
+
+
+def _wake_threadsafe(
+    waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None,
+) -> None:
+    if waiter is not None:
+        loop, room = waiter
+        loop.call_soon_threadsafe(_done, room)
 
 
 def _done(future: asyncio.Future[None]) -> None:

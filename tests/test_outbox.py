@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -147,6 +148,56 @@ def test_detach_hands_back_the_frames_not_yet_written_and_stops_the_loop() -> No
     assert asyncio.run(run()) == (b"", b"a;")
     assert writes.writes == []
     assert outbox.get(timeout=1) == Chunk("b")
+
+
+def test_frames_the_loop_has_not_written_count_against_the_limit() -> None:
+    """A read can carry far more than `limit` characters (a backlog of upstream
+    bytes, a busy loop): while attached its frames wait for the step's end, and
+    the chain must still find no room past the limit (in CI, a client that read
+    nothing held 7 MB of them). The step's write frees it."""
+    outbox = Outbox(limit_chars=10)
+    writes = Writes()
+    assert outbox.attach(writes.direct())
+
+    async def run() -> None:
+        outbox.put(Chunk("01234"))
+        assert outbox.room() is None
+        outbox.put(Chunk("56789"))
+        full = outbox.room()
+        assert full is not None  # no room until the step's write
+        await asyncio.wait_for(full, timeout=5)
+        assert writes.writes == [b"01234;56789;"]
+        assert outbox.room() is None
+
+    asyncio.run(run())
+
+
+def test_an_unsent_rest_counts_against_the_limit_until_taken() -> None:
+    outbox = Outbox(limit_chars=10)
+    rest = b"0123456789;"
+    assert outbox.attach(Writes(rest=rest).direct())
+    taking = threading.Event()
+    taken: list[bytes] = []
+
+    def request_thread() -> None:
+        assert isinstance(outbox.get(timeout=5), Unsent)
+        time.sleep(0.05)  # the chain waits meanwhile
+        taking.set()
+        taken.append(outbox.take_unsent())
+
+    async def run() -> None:
+        outbox.put(Chunk("0123456789"))
+        full = outbox.room()
+        assert full is not None
+        thread = threading.Thread(target=request_thread)
+        thread.start()
+        await asyncio.wait_for(full, timeout=5)  # not when written: when the rest is taken
+        assert taking.is_set()
+        assert outbox.room() is None
+        thread.join(5)
+
+    asyncio.run(run())
+    assert taken == [rest]
 
 
 class Wakes:

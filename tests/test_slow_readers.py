@@ -74,8 +74,10 @@ def test_a_client_that_accepts_no_write_is_treated_as_gone(
             if '"reply.client_gone"' in line]  # fmt: skip
     assert len(gone) == 1
     assert gone[0]["attempts"][0]["outcome"] == "client_gone"
-    # Only what the small send buffer and the outbox held: not megabytes.
-    assert 0 < gone[0]["chars"] < 1_000_000
+    # Only what the small send buffers and the outbox held (about 130,000 here, under
+    # load too): not megabytes. (Once, in CI, 7.4 million: frames the loop had made and
+    # not yet written did not count against the outbox's bound; now they do.)
+    assert 0 < gone[0]["chars"] < 400_000
 
 
 def test_a_full_instance_gives_a_stuck_clients_place_to_a_newcomer(
