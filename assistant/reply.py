@@ -425,9 +425,11 @@ class Reply:
         self._items.discard()
 
     def _recorded_frame(self, chunk: Chunk) -> bytes:
-        """`chunk` recorded, and its frame (on the loop too, while it holds the socket)."""
+        """`chunk` recorded, and its frame (on the loop too, while it holds the socket).
+        The frame first: text that cannot be framed is not recorded as sent either."""
+        frame = sse.chunk_frame(chunk.text)
         self._add(chunk.text)
-        return sse.chunk_frame(chunk.text)
+        return frame
 
     def _send_unsent(self, data: bytes) -> None:
         assert self._client_socket is not None

@@ -643,3 +643,20 @@ def test_the_system_prompt_reaches_every_format(client, all_four) -> None:
     assert openai["messages"][0] == {"role": "system", "content": "Speak like a pirate."}
     assert gemini["systemInstruction"] == {"parts": [{"text": "Speak like a pirate."}]}
     assert ollama["messages"][0] == {"role": "system", "content": "Speak like a pirate."}
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_lone_surrogate_in_the_text_is_a_replacement_character(
+    client, all_four, firestore, provider: str
+) -> None:
+    """A `\\ud800` escape in an event (orjson refuses it, json takes it): no frame, log
+    line or document could hold it, so it arrives as U+FFFD, as a browser would show it,
+    and the reply ends as usual."""
+    _only(provider)
+    all_four.push(Script(tokens=["fine ", "bad \ud800 x", " more"]))
+    events = sse_events(ask(client, trace_id="t-lone", save_to_history=True).get_data())
+    chunks = "".join(event["chunk"] for event in events[:-2] if "chunk" in event)
+    assert chunks == events[-2]["answer"] == "fine bad \ufffd x more"
+    assert events[-1] == "[DONE]"
+    saved = firestore.document("assistants/test-assistant/messages/t-lone-assistant").get()
+    assert saved.to_dict()["content"] == "fine bad \ufffd x more"

@@ -275,6 +275,11 @@ def test_other_content_types_are_a_protocol_error(content_type: str | None) -> N
         ('{"type": "ping"}', {"type": "ping"}),
         ('{"text": "caf\\u00e9 \u2028"}', {"text": "café \u2028"}),
         ("  {}\n", {}),
+        # Lone surrogates, anywhere: U+FFFD (a pair stays one character).
+        (
+            '{"t\\udc00": ["a\\ud800", {"b": "\\ud83d\\ude00 \\ude00"}], "n": 1}',
+            {"t\ufffd": ["a\ufffd", {"b": "\U0001f600 \ufffd"}], "n": 1},
+        ),
     ],
 )
 def test_json_object_reads_objects(data: str, expected: dict[str, object]) -> None:

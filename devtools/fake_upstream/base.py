@@ -12,8 +12,15 @@ Frames = list[bytes]
 Problem = tuple[int, str] | None
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def compact(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    """`obj` as compact JSON; a lone UTF-16 surrogate in a string (a script's way to ask
+    for one) as the `\\ud800` escape a provider's encoder would write, not a character
+    that UTF-8 cannot hold."""
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    return _LONE_SURROGATE.sub(lambda match: f"\\u{ord(match[0]):04x}", text)
 
 
 def sse(data: Any, event: str | None = None, eol: str = "\n") -> bytes:
