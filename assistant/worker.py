@@ -97,6 +97,12 @@ it run this subclass instead. Eight things differ from gthread as gunicorn
    them per request through `Config.__getattr__` (0.5 µs each); the
    worker's copy keeps each value once read (`_SettledConfig`). A worker's
    settings never change: a reload starts new workers.
+9. **Nothing is handed to the main thread after its queue is closed.** A
+   pool thread can outlive gunicorn's graceful wait (a request still
+   running); gthread closes the pipe its pool threads wake the main thread
+   through, and such a thread's end still wrote a byte to the pipe's
+   descriptor number, by then possibly another file's or socket's
+   (`_MethodQueue`).
 
 This serves plain HTTP/1.1, which is what functions-framework configures and
 Cloud Run speaks to a container; with TLS or cleartext HTTP/2 turned on the
@@ -130,7 +136,11 @@ from typing import Any, Protocol, cast
 from gunicorn import util  # type: ignore[import-untyped]
 from gunicorn.config import Config  # type: ignore[import-untyped]
 from gunicorn.http import errors, wsgi  # type: ignore[import-untyped]
-from gunicorn.workers.gthread import TConn, ThreadWorker  # type: ignore[import-untyped]
+from gunicorn.workers.gthread import (  # type: ignore[import-untyped]
+    PollableMethodQueue,
+    TConn,
+    ThreadWorker,
+)
 from werkzeug.datastructures import Headers
 
 from .config import ServerSettings
@@ -482,6 +492,27 @@ class _SettledConfig(Config):
         return value
 
 
+class _MethodQueue(PollableMethodQueue):
+    """gthread's queue of work for the main thread, except that what is deferred once it
+    is closed is dropped: nobody would run it, and the byte that wakes the main thread
+    would go to a descriptor number that may be another file's by then."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._closing = threading.Lock()  # defer() and close() from different threads
+        self._closed = False
+
+    def defer(self, callback: Callable[..., Any], *args: Any) -> None:
+        with self._closing:
+            if not self._closed:
+                super().defer(callback, *args)
+
+    def close(self) -> None:
+        with self._closing:
+            self._closed = True
+            super().close()
+
+
 class Worker(ThreadWorker):
     """gthread with heads read on the poller, a read deadline, a non-blocking close, JSON errors."""
 
@@ -491,6 +522,7 @@ class Worker(ThreadWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.cfg.__class__ = _SettledConfig  # this process's copy (point 8 above)
+        self.method_queue = _MethodQueue()  # point 9 above
         if self.cfg.is_ssl or self.cfg.http2_cleartext != "off":
             raise RuntimeError("assistant.worker.Worker serves plain HTTP/1.1 only")
         # Already read (and checked) once by the application at startup.

@@ -5,6 +5,7 @@ tests/test_slow_clients.py.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from gunicorn.http import errors
 from assistant.worker import (
     HEAD_BUFFER_BYTES,
     _Arrival,
+    _MethodQueue,
     _reserved_request,
     _SettledConfig,
     refusal,
@@ -154,3 +156,23 @@ def test_the_workers_settings_are_read_once_and_stay_the_same() -> None:
     assert "is_ssl" not in vars(cfg)  # a property: computed as before, not kept
     with pytest.raises(AttributeError):
         _ = cfg.no_such_setting
+
+
+def test_nothing_is_deferred_to_the_main_thread_once_its_queue_is_closed() -> None:
+    """Point 9: a pool thread that outlived the graceful wait ends after gthread closed
+    the queue's pipe; its wake-up byte must not land in whatever file now has the pipe's
+    descriptor number."""
+    queue = _MethodQueue()
+    queue.init()
+    queue.defer(print, "before")
+    assert os.read(queue.fileno(), 10) == b"\x00"  # an open queue wakes the main thread
+    queue.close()
+    read_fd, write_fd = os.pipe()  # the lowest free numbers: most likely the old pipe's
+    try:
+        os.set_blocking(read_fd, False)
+        queue.defer(print, "after")
+        with pytest.raises(BlockingIOError):  # nothing was written to it
+            os.read(read_fd, 10)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
