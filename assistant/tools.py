@@ -28,6 +28,7 @@ from .errors import RequestError
 from .schemas import check_schema, problem
 
 TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 NO_ARGUMENTS: Mapping[str, Any] = {"type": "object", "properties": {}}
 
 
@@ -84,8 +85,26 @@ def model_json(text: str) -> Any:
     """JSON a model wrote, strictly: ValueError for what is not JSON, including
     what Python's parser takes and no browser does (NaN, Infinity), and numbers
     past Python's digit limit (a ValueError that is no JSONDecodeError).
-    RecursionError for nesting too deep to parse."""
-    return json.loads(text, parse_constant=_not_json)
+    RecursionError for nesting too deep to parse. A lone surrogate becomes U+FFFD
+    (`without_lone_surrogates`)."""
+    return without_lone_surrogates(json.loads(text, parse_constant=_not_json))
+
+
+def without_lone_surrogates(value: Any) -> Any:
+    """`value` (parsed JSON) with each lone UTF-16 surrogate in its strings and keys (a
+    `\\ud800` escape with no partner, which orjson refuses and json takes) replaced by
+    U+FFFD, as a browser's decoder would: no frame, log line or Firestore document can
+    hold one."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [without_lone_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {
+            without_lone_surrogates(key): without_lone_surrogates(item)
+            for key, item in value.items()
+        }
+    return value
 
 
 def _not_json(constant: str) -> Any:

@@ -37,6 +37,7 @@ WEATHER = ToolSpec("weather", "The weather in a city", WEATHER_PARAMETERS)
 PROMPT = Prompt(system=None, turns=(Turn("user", "Weather in Oslo?"),), tools=(WEATHER,))
 OSLO = {"name": "weather", "args": {"city": "Oslo", "note": "«ø» 🌧"}}
 BERGEN = {"name": "weather", "args": {"city": "Bergen"}}
+LONE_CITY = '{"city": "Os\\ud800lo"}'  # a lone surrogate's escape, as the model's text holds it
 
 
 def _holds(value: Any, args: dict[str, Any]) -> bool:
@@ -286,3 +287,25 @@ def test_tools_and_a_schema_together(
         assert metadata["structured_output"] is None
         assert "cannot take tools and a response schema" in metadata["structured_output_error"]
         assert json.dumps(ANSWER_SCHEMA["properties"]) not in sent
+
+
+@EACH
+def test_a_lone_surrogate_in_the_models_json_is_a_replacement_character(
+    client, fake: FakeUpstream, firestore, only: Any, case: ProviderCase
+) -> None:
+    """The model writes a `\\ud800` escape inside its own JSON (a call's arguments, a
+    structured reply): parsed, it would be a character no frame or document can hold.
+    It becomes U+FFFD, and the reply ends and is saved as usual."""
+    only(case)
+    fake.push(Script(tokens=[], tool_calls=[{"name": "weather", "arguments": LONE_CITY}]))
+    called = sse_events(ask(client, emissaryConfig=TOOL_CONFIG, trace_id="lone-1").get_data())
+    assert called[-2]["metadata"]["tools_to_use"][0]["args"] == {"city": "Os\ufffdlo"}
+    fake.push(Script(tokens=['{"answer": "Os\\ud800lo"}']))
+    config = {"responseSchema": ANSWER_SCHEMA}
+    answered = ask(client, emissaryConfig=config, trace_id="lone-2", save_to_history=True)
+    events = sse_events(answered.get_data())
+    assert events[-2]["metadata"]["structured_output"] == {"answer": "Os\ufffdlo"}
+    assert events[-1] == "[DONE]"
+    messages = firestore.collection("assistants").document("test-assistant").collection("messages")
+    saved = messages.document("lone-2-assistant").get().to_dict()
+    assert saved["structuredOutput"] == {"answer": "Os\ufffdlo"}

@@ -34,7 +34,14 @@ from typing import Any
 
 import httpx
 
-from ..tools import NamedTool, ToolCall, ToolChoice, ToolSpec, arguments_value
+from ..tools import (
+    NamedTool,
+    ToolCall,
+    ToolChoice,
+    ToolSpec,
+    arguments_value,
+    without_lone_surrogates,
+)
 from .base import (
     Event,
     HttpProvider,
@@ -280,7 +287,7 @@ def _raise_if_error(chunk: Any) -> None:
 def _bare_json(text: str) -> Any:
     """A JSON tail outside any SSE framing, or None if it is not JSON."""
     try:
-        return json.loads(text)
+        return without_lone_surrogates(json.loads(text))
     except (ValueError, RecursionError):  # not JSON, or a number past Python's digit limit
         return None
 

@@ -57,7 +57,14 @@ from typing import Any
 
 import httpx
 
-from ..tools import NamedTool, ToolCall, ToolChoice, ToolSpec, parse_arguments
+from ..tools import (
+    NamedTool,
+    ToolCall,
+    ToolChoice,
+    ToolSpec,
+    parse_arguments,
+    without_lone_surrogates,
+)
 from .base import (
     WORKING,
     Event,
@@ -411,7 +418,7 @@ def _usage(usage: dict[str, Any]) -> Usage:
 
 def _maybe_json(text: str) -> Any:
     try:
-        return json.loads(text)
+        return without_lone_surrogates(json.loads(text))
     except ValueError:
         return text
 

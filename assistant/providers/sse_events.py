@@ -17,12 +17,12 @@ from typing import Any
 import httpx
 import orjson
 
+from ..tools import without_lone_surrogates
 from .base import ProviderError
 from .sse_decoder import EventDecoder, LineDecoder, ServerSentEvent
 
 _LONG_NUMBER = re.compile(r"\d{19}")
 _DIGITS = b"0123456789"
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _FIELDS = frozenset({"data", "event", "id", "retry"})
 # One whole event, an optional `event:` line and one `data:` line, each ended by LF
 # or CRLF, then a blank line: what most reads of a provider's stream are.
@@ -91,22 +91,6 @@ def _note_unframed(line: str, unframed: list[str]) -> None:
             unframed.append(line)
 
 
-def _without_lone_surrogates(value: Any) -> Any:
-    """`value` with each lone UTF-16 surrogate in its strings (a `\\ud800` escape, which
-    orjson refuses and json takes) replaced by U+FFFD, as a browser's decoder would:
-    no frame, log line or Firestore document can hold one."""
-    if isinstance(value, str):
-        return _LONE_SURROGATE.sub("\ufffd", value)
-    if isinstance(value, list):
-        return [_without_lone_surrogates(item) for item in value]
-    if isinstance(value, dict):
-        return {
-            _without_lone_surrogates(key): _without_lone_surrogates(item)
-            for key, item in value.items()
-        }
-    return value
-
-
 def json_object(data: str) -> dict[str, Any]:
     """An event's data as a JSON object, or a protocol error."""
     try:
@@ -120,7 +104,7 @@ def json_object(data: str) -> dict[str, Any]:
         value = orjson.loads(data)
     except orjson.JSONDecodeError:
         try:  # also what orjson refuses and json takes (NaN, Infinity, a lone surrogate)
-            value = _without_lone_surrogates(json.loads(data))
+            value = without_lone_surrogates(json.loads(data))
         except (ValueError, RecursionError):  # not JSON, a number past the digit limit, too deep
             raise ProviderError("upstream_protocol", "event data is not JSON") from None
     if not isinstance(value, dict):
