@@ -17,10 +17,12 @@ is written and no message ids are reported.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from . import sse
 from .request import Turn
 
 
@@ -160,12 +162,13 @@ class FirestoreStore:
             "thinkingContent": message.thinking_content,
             "status": message.status,
             "provider": message.provider,
-            "model": message.model,
-            "modelVersion": message.model_version,
-            "usage": message.usage,
-            "stopReason": message.stop_reason,
-            "structuredOutput": message.structured_output,
-            "toolsToUse": list(message.tools_to_use),
+            # What the model and its provider made: as Firestore can hold it.
+            "model": as_stored(message.model),
+            "modelVersion": as_stored(message.model_version),
+            "usage": as_stored(message.usage),
+            "stopReason": as_stored(message.stop_reason),
+            "structuredOutput": as_stored(message.structured_output),
+            "toolsToUse": as_stored(list(message.tools_to_use)),
             "createdAt": SERVER_TIMESTAMP,
             **_common_fields(message.trace_id, message.thread_id, message.author),
         }
@@ -237,6 +240,48 @@ class FirestoreStore:
 
 def _someone_elses(snapshot: Any, author: Author) -> bool:
     return bool(snapshot.exists) and (snapshot.to_dict() or {}).get("userId") != author.user_id
+
+
+# Firestore's own limits on a field's value (measured on its emulator): containers
+# nested 20 deep at most, no array directly in an array, integers of 64 bits, and
+# map keys that are not empty, not `__like_this__`, and short (a field's whole path
+# is at most 1,500 bytes; 1,400 leaves room for the path's dots and quotes).
+MAX_STORED_DEPTH = 20
+MAX_STORED_PATH_BYTES = 1_400
+_RESERVED_KEY = re.compile(r"__.*__", re.DOTALL)
+
+
+def as_stored(value: Any) -> Any:
+    """`value` as it is when Firestore can hold it, else its JSON text (a string field).
+
+    A model's structured output, a call's arguments or a provider's odd field can be
+    perfectly good JSON that Firestore refuses (a matrix is arrays in an array), and one
+    refused value fails the whole message's write: the reply's text with it.
+    """
+    return value if _storable(value, depth=0, path_bytes=0) else sse.json_text(value)
+
+
+def _storable(value: Any, depth: int, path_bytes: int) -> bool:
+    if isinstance(value, bool | float | str) or value is None:
+        return True
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**63
+    if depth == MAX_STORED_DEPTH:
+        return False
+    if isinstance(value, list | tuple):
+        return all(
+            not isinstance(item, list | tuple) and _storable(item, depth + 1, path_bytes)
+            for item in value
+        )
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str) or not key or _RESERVED_KEY.fullmatch(key):
+                return False
+            key_path = path_bytes + len(key.encode("utf-8", "surrogatepass")) + 3
+            if key_path > MAX_STORED_PATH_BYTES or not _storable(item, depth + 1, key_path):
+                return False
+        return True
+    return False
 
 
 def _common_fields(trace_id: str, thread_id: str | None, author: Author) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import datetime
+import json
 import os
 import socket
 import threading
@@ -214,6 +215,50 @@ def test_concurrent_retries_of_one_user_both_save(firestore) -> None:
         saved = list(pool.map(save, ["a", "b", "c"]))
     assert saved == ["t-race-assistant"] * 3
     assert _messages(firestore)["t-race-assistant"]["content"] in {"a", "b", "c"}
+
+
+def _nested(depth: int) -> Any:
+    value: Any = "x"
+    for level in range(depth):
+        value = [value] if level % 2 else {"a": value}
+    return value
+
+
+# Good JSON that Firestore refuses as a map, each next to the most it takes.
+REFUSED = {
+    "a matrix": ([[1, 2], [3, 4]], [{"row": [1, 2]}]),
+    "21 levels": (_nested(21), _nested(20)),
+    "a reserved key": ({"__name__": 1}, {"__name": 1}),
+    "an empty key": ({"": 1}, {" ": 1}),
+    "a long key": ({"k" * 1_500: 1}, {"k" * 1_000: 1}),
+    "65 bits": (2**63, -(2**63)),
+}
+
+
+@pytest.mark.parametrize("refused, taken", REFUSED.values(), ids=REFUSED.keys())
+def test_a_value_firestore_cannot_hold_is_saved_as_its_json_text(
+    firestore, refused: Any, taken: Any
+) -> None:
+    """A model's structured output, a call's arguments, a provider's field: valid JSON
+    Firestore refuses would fail the whole message, text and all. Such a value is
+    saved as its JSON text instead; one it takes, as it is."""
+    from assistant.store import AssistantMessage, Author, FirestoreStore
+
+    store = FirestoreStore("assistants", timeout=5)
+    ada = Author("ada@example.com", "ada@example.com", "Ada")
+    call = {"id": "c1", "name": "weather", "args": {"v": refused}}
+    message = AssistantMessage("test-assistant", "t-odd", None, ada, "text", "", "complete",
+                               "anthropic", "m", usage={"input_tokens": refused},
+                               structured_output=refused, tools_to_use=(call,))  # fmt: skip
+    store.save_assistant_message(message)
+    saved = _messages(firestore)["t-odd-assistant"]
+    assert saved["content"] == "text"
+    assert json.loads(saved["structuredOutput"]) == refused
+    assert json.loads(saved["toolsToUse"]) == [call]
+    assert json.loads(saved["usage"]) == {"input_tokens": refused}
+
+    store.save_assistant_message(dataclasses.replace(message, structured_output=taken))
+    assert _messages(firestore)["t-odd-assistant"]["structuredOutput"] == taken
 
 
 def test_legacy_json_route_saves_too(client, fake, firestore) -> None:
