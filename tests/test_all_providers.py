@@ -30,7 +30,14 @@ import pytest
 
 from assistant.chain import ChainFailed, ChainSucceeded, Chunk
 from assistant.config import ProviderSettings, Timeouts
-from assistant.providers.base import Event, Prompt, StreamEnd, TextDelta, ThinkingDelta
+from assistant.providers.base import (
+    Event,
+    Prompt,
+    StreamEnd,
+    TextDelta,
+    ThinkingDelta,
+    normalised_stop_reason,
+)
 from assistant.request import Turn
 from assistant.thinking import ThinkingSplitter
 from assistant.tools import ToolSpec
@@ -660,3 +667,28 @@ def test_a_lone_surrogate_in_the_text_is_a_replacement_character(
     assert events[-1] == "[DONE]"
     saved = firestore.document("assistants/test-assistant/messages/t-lone-assistant").get()
     assert saved.to_dict()["content"] == "fine bad \ufffd x more"
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_odd_fields_are_left_out_not_passed_on(client, all_four, provider: str) -> None:
+    """A negative token count, a model name that is a number: the reply is whole, and
+    neither reaches the final frame (nor the saved message) as it came."""
+    _only(provider)
+    all_four.push(Script(tokens=["odd ", "fields"], model=7, input_tokens=-5))  # type: ignore
+    events = sse_events(ask(client).get_data())
+    metadata = events[-2]["metadata"]
+    assert events[-2]["answer"] == "odd fields"
+    assert metadata["usage"]["input_tokens"] is None
+    assert metadata["usage"]["output_tokens"] > 0
+    assert metadata["model_version"] is None
+    assert metadata["stop_reason"] == "end_turn"
+
+
+STOP_REASONS = [("end_turn", "end_turn"), ("new_kind", "other"), ({"k": 1}, "other"), (7, "other")]
+
+
+@pytest.mark.parametrize("raw, expected", [*STOP_REASONS, (None, None)])
+def test_a_stop_reason_that_is_not_a_string_is_other(raw: Any, expected: str | None) -> None:
+    """Every provider's stop reason goes through this one function."""
+    table: dict[str, Any] = {"end_turn": "end_turn"}
+    assert normalised_stop_reason(raw, table) == expected

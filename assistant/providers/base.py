@@ -58,11 +58,24 @@ class ThinkingDelta:
     text: str
 
 
+def token_count(value: Any) -> int | None:
+    """A provider's token count if it is one (a whole number, 0 to 2**63 - 1), else None:
+    a string or a negative number in its usage is no count, and must not reach the
+    final frame, the saved message, or arithmetic."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
+        return value
+    return None
+
+
 @dataclass(frozen=True)
 class Usage:
     input_tokens: int | None = None
     output_tokens: int | None = None
     thinking_tokens: int | None = None  # only where the provider reports it apart
+
+    def __post_init__(self) -> None:
+        for name in ("input_tokens", "output_tokens", "thinking_tokens"):
+            object.__setattr__(self, name, token_count(getattr(self, name)))
 
     def as_dict(self) -> dict[str, int | None]:
         """Input and output always (null when the provider said nothing, as when a
@@ -88,6 +101,10 @@ class StreamEnd:
     stop_reason: StopReason | None
     usage: Usage = field(default_factory=Usage)
     model: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str | None):  # a provider's odd field: no model name
+            object.__setattr__(self, "model", None)
 
 
 Event = TextDelta | ThinkingDelta | Working | ToolCall | StreamEnd
@@ -347,7 +364,11 @@ def normalised_stop_reason(
     every provider: Gemini and Ollama say "stop" after calls, and some
     OpenAI-compatible servers say "stop" or nothing.
     """
-    reason = None if raw is None else table.get(raw, "other")
+    reason: StopReason | None = None
+    if isinstance(raw, str):
+        reason = table.get(raw, "other")
+    elif raw is not None:  # not a string at all (a provider's odd field): a stop, of no kind known
+        reason = "other"
     if made_calls and reason in (None, "end_turn"):
         return "tool_use"
     return reason

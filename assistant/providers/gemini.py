@@ -57,6 +57,7 @@ from .base import (
     Usage,
     conversation,
     normalised_stop_reason,
+    token_count,
 )
 from .sse_decoder import ServerSentEvent
 from .sse_events import SseReader, json_object, require_event_stream
@@ -294,8 +295,8 @@ def _bare_json(text: str) -> Any:
 
 def _usage(metadata: dict[str, Any]) -> Usage:
     # candidatesTokenCount leaves thoughts out; output counts them, as the others do.
-    thoughts = metadata.get("thoughtsTokenCount")
-    candidates = metadata.get("candidatesTokenCount")
+    thoughts = token_count(metadata.get("thoughtsTokenCount"))
+    candidates = token_count(metadata.get("candidatesTokenCount"))
     output = (
         None if candidates is None and thoughts is None else (candidates or 0) + (thoughts or 0)
     )
