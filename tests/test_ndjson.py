@@ -104,6 +104,15 @@ def test_empty_reads_are_harmless() -> None:
     assert decode([b"", BODY[:10], b"", BODY[10:], b""]) == OBJECTS
 
 
+def test_a_byte_order_mark_before_the_first_line_is_read_past() -> None:
+    bom = "\ufeff".encode()
+    assert decode([bom + BODY]) == OBJECTS
+    assert decode(one_byte_reads(bom + BODY)) == OBJECTS  # the mark cut between reads too
+    assert decode([bom[:2], bom[2:] + BODY]) == OBJECTS
+    with pytest.raises(ProviderError):  # only before the first line: later it is no JSON
+        decode([BODY + bom + line(OBJECTS[0])])
+
+
 # -- UTF-8 and characters that are not line ends ----------------------------------------
 
 

@@ -5,6 +5,8 @@ splits on U+2028 that model text can contain when a server does not escape
 it. Bytes are split before decoding, so a UTF-8 character split across reads
 is decoded whole. A last line without its LF is still a line if it is whole
 JSON; otherwise the body was cut inside it, which makes the stream incomplete.
+A UTF-8 byte order mark before the first line is read past, as an event
+stream's is.
 """
 
 from __future__ import annotations
@@ -14,17 +16,27 @@ from typing import Any
 from .base import ProviderError
 from .sse_events import json_object
 
+_BOM = b"\xef\xbb\xbf"
+
 
 class NdjsonReader:
     """A body's bytes, read by read, -> its lines, each to be one JSON object."""
 
     def __init__(self) -> None:
         self._buffer = b""  # the start of a line not yet ended
+        self._at_start = True  # a byte order mark may still come
 
     def feed(self, data: bytes) -> list[str]:
         """The non-blank lines these bytes complete (parsed by the caller, one by one:
         the objects before a line that is not JSON are still handed on)."""
-        *lines, self._buffer = (self._buffer + data).split(b"\n")
+        data = self._buffer + data
+        if self._at_start:
+            if len(data) < len(_BOM) and _BOM.startswith(data):
+                self._buffer = data  # maybe a mark, cut between reads
+                return []
+            self._at_start = False
+            data = data.removeprefix(_BOM)
+        *lines, self._buffer = data.split(b"\n")
         return [line.decode("utf-8", "replace") for line in lines if line.strip()]
 
     def flush(self) -> list[dict[str, Any]]:
