@@ -86,9 +86,26 @@ def _close_clients() -> None:
             asyncio.run_coroutine_threadsafe(client.aclose(), loop).result(timeout=1)
 
 
-def submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-    """Run `coro` on the I/O loop; the future is safe to wait on from any thread."""
-    return asyncio.run_coroutine_threadsafe(coro, _running_loop())
+def submit(
+    coro: Coroutine[Any, Any, T], first_step_wait: float = 0.0
+) -> concurrent.futures.Future[T]:
+    """Run `coro` on the I/O loop; the future is safe to wait on from any thread.
+
+    With `first_step_wait`, return once the loop has run `coro` to its first
+    real wait, or after that many seconds: for a reply, once the upstream
+    request is out. The caller's thread would otherwise hold the GIL (and, on
+    one core, the CPU) through the rest of its own work first, and the
+    upstream's time to its first token would start that much later.
+    """
+    loop = _running_loop()
+    future = asyncio.run_coroutine_threadsafe(coro, loop)
+    if first_step_wait > 0:
+        stepped = threading.Event()
+        # Queued behind the task's creation, which queues its first step: so this
+        # set() runs after that step, whichever loop turn each lands in.
+        loop.call_soon_threadsafe(loop.call_soon, stepped.set)
+        stepped.wait(first_step_wait)
+    return future
 
 
 def call_soon(callback: Callable[..., object], *args: Any) -> None:

@@ -51,6 +51,7 @@ from .worker import HEAD, PARKING, Instead
 
 _ASSISTANT_ROUTE = re.compile(r"/vac/assistant/(?P<id>.*?)(?P<sse>/sse)?")
 _ALLOWED_METHODS = "POST, OPTIONS"
+FIRST_STEP_WAIT_SECONDS = 0.01  # at most, for the loop to send the upstream request
 _ALLOWED_HEADERS = "Content-Type, Accept, Authorization, traceparent, X-Cloud-Trace-Context"
 
 SSE_HEADERS = {
@@ -228,7 +229,11 @@ def _answer(
         on_end=slot.release,
     )
     slot.evict = _hang_up(request.environ)
-    reply.start()
+    # Alone on the instance, this thread lets the loop send the upstream request before it
+    # goes back through Flask: idle, the first chunk comes ~0.2 ms sooner. Not when others
+    # stream: the wait's wake-up cost 5% of the CPU at C=200 (README "Speed", round 9).
+    alone = replies_in_flight.count() == 1
+    reply.start(first_step_wait=FIRST_STEP_WAIT_SECONDS if alone else 0.0)
     try:
         if not streaming:
             return _json_reply(reply, trace_id)

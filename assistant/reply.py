@@ -140,7 +140,10 @@ class Reply:
 
     # -- lifecycle ---------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, first_step_wait: float = 0.0) -> None:
+        """The user message's write and the chain begin; with `first_step_wait`, this
+        returns once the chain's upstream request is out (or that many seconds have
+        passed: `aio.submit`)."""
         if self._saver and not self._request.user_message_already_saved:
             self._saver.start_user_message(
                 UserMessage(
@@ -151,7 +154,7 @@ class Reply:
                     content=self._request.user_input,
                 )
             )
-        self._future = aio.submit(self._chain.run())
+        self._future = aio.submit(self._chain.run(), first_step_wait)
 
     def close(self) -> None:
         """Called when the response is closed: a reply that did not end is abandoned,

@@ -3,8 +3,10 @@ same httpx exceptions, so the chain's error codes do not change."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import socket
+import threading
 from pathlib import Path
 
 import httpx
@@ -184,3 +186,32 @@ def test_the_loop_thread_is_named_for_the_os() -> None:
 
 async def _read_nothing() -> None:
     return None
+
+
+def test_submit_can_wait_for_the_first_step_and_no_longer() -> None:
+    """`first_step_wait`: back once the coroutine reached its first real wait (for a
+    reply: its upstream request is out), or once the wait is over if the loop is busy."""
+    steps: list[str] = []
+
+    async def reply() -> None:
+        steps.append("request sent")
+        await asyncio.sleep(0.5)  # the upstream thinks
+        steps.append("answer read")
+
+    future = aio.submit(reply(), first_step_wait=5)
+    assert steps == ["request sent"]
+    future.cancel()
+
+    busy, release = threading.Event(), threading.Event()
+
+    def hold_the_loop() -> None:
+        busy.set()
+        release.wait(5)
+
+    aio.call_soon(hold_the_loop)
+    assert busy.wait(5)
+    steps.clear()
+    late = aio.submit(reply(), first_step_wait=0.05)  # returns, the step still to come
+    assert steps == []
+    release.set()
+    late.cancel()
