@@ -51,8 +51,8 @@ from .worker import HEAD, PARKING, Instead
 
 _ASSISTANT_ROUTE = re.compile(r"/vac/assistant/(?P<id>.*?)(?P<sse>/sse)?")
 _ALLOWED_METHODS = "POST, OPTIONS"
-FIRST_STEP_WAIT_SECONDS = 0.01  # at most, for the loop to send the upstream request
 _ALLOWED_HEADERS = "Content-Type, Accept, Authorization, traceparent, X-Cloud-Trace-Context"
+FIRST_STEP_WAIT_SECONDS = 0.01  # at most, for the loop to send the upstream request
 
 SSE_HEADERS = {
     "Cache-Control": "no-cache, no-transform",

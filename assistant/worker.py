@@ -1,7 +1,7 @@
 """The gunicorn worker the service runs in: gthread, hardened against slow and broken clients.
 
 functions-framework runs gunicorn's gthread worker; assistant/server.py makes
-it run this subclass instead. Eight things differ from gthread as gunicorn
+it run this subclass instead. Nine things differ from gthread as gunicorn
 27.0.1 ships it (issues 8 and 11 measured them):
 
 1. **A request costs no thread until it has arrived.** gthread hands each
