@@ -28,6 +28,7 @@ from .errors import RequestError
 from .schemas import check_schema, problem
 
 TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_NOT_IN_TOOL_NAMES = re.compile(r"[^A-Za-z0-9_-]")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 NO_ARGUMENTS: Mapping[str, Any] = {"type": "object", "properties": {}}
 
@@ -66,6 +67,12 @@ class ToolCall:
     signature: str | None = None
     args_error: str | None = None
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not TOOL_NAME.fullmatch(self.name):
+            # Made up by the model (every name offered to it is valid): as a name every
+            # provider takes, so that the call can be sent back with its result.
+            object.__setattr__(self, "name", _usable_tool_name(self.name))
+
     def as_dict(self) -> dict[str, Any]:
         """The call as `metadata.tools_to_use` and the saved `toolsToUse` hold it."""
         entry: dict[str, Any] = {"id": self.id, "name": self.name, "args": self.args}
@@ -79,6 +86,12 @@ class ToolCall:
     def arguments_json(self) -> str:
         """The arguments as a JSON string, as OpenAI sends them back."""
         return json.dumps(self.args if self.args is not None else {}, ensure_ascii=False)
+
+
+def _usable_tool_name(name: Any) -> str:
+    """Other characters than A-Z a-z 0-9 _ - as `_`, 64 at most, `unnamed` for none."""
+    text = name if isinstance(name, str) else ""
+    return _NOT_IN_TOOL_NAMES.sub("_", text)[:64] or "unnamed"
 
 
 def model_json(text: str) -> Any:

@@ -309,3 +309,28 @@ def test_a_lone_surrogate_in_the_models_json_is_a_replacement_character(
     messages = firestore.collection("assistants").document("test-assistant").collection("messages")
     saved = messages.document("lone-2-assistant").get().to_dict()
     assert saved["structuredOutput"] == {"answer": "Os\ufffdlo"}
+
+
+@EACH
+@pytest.mark.parametrize("made_up, reported", [("web.search", "web_search"), ("n" * 70, "n" * 64)])
+def test_a_made_up_tool_name_is_reported_as_one_that_can_be_sent_back(
+    client, fake: FakeUpstream, only: Any, case: ProviderCase, made_up: str, reported: str
+) -> None:
+    """Every offered name is a valid one, but a model can call a tool nobody offered, with
+    a name no provider takes back ("web.search", or one too long). Reported as is, the
+    frontend's answer to it (a tool result saying there is no such tool) would be refused."""
+    only(case)
+    fake.push(Script(tokens=[], tool_calls=[{"name": made_up, "args": {"q": "x"}}]))
+    events = sse_events(ask(client, emissaryConfig=TOOL_CONFIG).get_data())
+    [call] = events[-2]["metadata"]["tools_to_use"]
+    assert call["name"] == reported
+    history = [
+        {"role": "user", "content": "Search, please."},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call["id"], "content": "no such tool"},
+    ]
+    fake.push(Script(text="Sorry, I cannot search."))
+    answer = ask(client, "And?", chat_history=history, emissaryConfig=TOOL_CONFIG)
+    assert answer.status_code == 200
+    assert sse_events(answer.get_data())[-2]["answer"] == "Sorry, I cannot search."
+    assert reported in json.dumps(fake.requests[-1].body)

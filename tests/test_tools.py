@@ -649,3 +649,12 @@ def test_a_reply_that_opens_with_a_call_sends_its_status_at_once(
     assert time.monotonic() - started < 1.5  # the stream itself lasts 2.3 s
     final = sse_events(b"".join(frames))[-2]
     assert [call["name"] for call in final["metadata"]["tools_to_use"]] == ["weather"]
+
+
+MADE_UP_NAMES = [("web.search", "web_search"), ("t" * 65, "t" * 64), ("", "unnamed")]
+
+
+@pytest.mark.parametrize("name, kept", [("weather", "weather"), *MADE_UP_NAMES])
+def test_a_call_names_a_tool_every_provider_takes(name: str, kept: str) -> None:
+    """What the model made up is reported as a name chat_history accepts back."""
+    assert ToolCall("c1", name, {}).name == kept
