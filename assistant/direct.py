@@ -33,7 +33,7 @@ import ssl
 from collections.abc import Callable, Iterator
 from typing import cast
 
-from .limits import BRIEF_WRITE_SECONDS, Slot
+from .limits import BRIEF_WRITE_SECONDS, Slot, pieces
 
 
 class ClientSocket:
@@ -86,7 +86,9 @@ class ClientSocket:
         """
         if self._slot.write_begins():
             try:
-                self._sock.sendall(data)
+                for piece in pieces(data):  # each piece has the whole send timeout
+                    self._sock.sendall(piece)
+                    self._slot.write_moved_on()
             finally:
                 self._slot.write_ends()
             return

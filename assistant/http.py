@@ -33,7 +33,7 @@ from .auth import caller
 from .config import ConfigError, Settings, request_settings
 from .direct import briefly, client_socket
 from .errors import MESSAGES, ErrorCode, RequestError
-from .limits import Slot, replies_in_flight
+from .limits import Slot, pieces, replies_in_flight
 from .parking import Park
 from .providers import configured_providers, with_fresh_key
 from .reply import ClientGone, Refused, Reply
@@ -383,8 +383,9 @@ def _marking_writes(
 ) -> Iterator[bytes | Park | Instead]:
     """The frames, with the slot told when a write is under way.
 
-    gunicorn writes a frame between our `yield` and its next request for one,
-    so a write that is still "under way" after seconds is a client that takes
+    gunicorn writes a frame (or a piece of a large one) between our `yield` and its
+    next request for one, so a write that is still "under way" after seconds is a
+    client that takes
     nothing: what a full instance may evict (limits.py). A `Park` is no write (nor an
     `Instead`: it is written before the stream's first frame, where nothing waits).
     When as many threads as may wait on clients already do (limits.py), the
@@ -396,7 +397,9 @@ def _marking_writes(
                 yield frame
             elif slot.write_begins():
                 try:
-                    yield frame
+                    for piece in pieces(frame):  # each piece has the whole send timeout
+                        yield piece
+                        slot.write_moved_on()
                 finally:
                     slot.write_ends()
             elif isinstance(sock, socket.socket):
@@ -425,9 +428,11 @@ def _bound_sending(environ: Mapping[str, Any], seconds: float) -> None:
     """A client that accepts no write for `seconds` is a client that left; and a
     client that reads slowly is not sent more than a small buffer ahead.
 
-    gunicorn writes each frame with one `sendall` (frames the I/O loop writes
+    gunicorn writes each frame with one `sendall`, a large one piece by piece
+    (limits.WRITE_PIECE_BYTES): the timeout bounds a whole `sendall`, and a slow but
+    steady reader must not be cut in a long final answer. Frames the I/O loop writes
     itself never wait: direct.py hands back what the socket did not take, and
-    the request thread sends it under the same timeout); with a socket timeout, a
+    the request thread sends it under the same timeout. With a socket timeout, a
     write the client does not take within it raises, gunicorn closes the
     response, and the reply is abandoned like any other (upstream cancelled,
     what arrived saved `incomplete`). gunicorn sets the socket back to

@@ -38,6 +38,10 @@ RETRY_AFTER_SECONDS = 5  # a user's own replies take seconds to end
 OVERLOADED_RETRY_AFTER_SECONDS = 2  # another instance, or this one soon, will have room
 STUCK_SECONDS = 2.0  # a write not taken for this long marks a client as stuck
 BRIEF_WRITE_SECONDS = 0.1  # the longest a write may wait once half of THREADS wait on clients
+# A write goes to the socket in pieces of at most this many bytes, each with the whole send
+# timeout: a socket timeout bounds a whole sendall(), so a slow but steady reader was cut
+# in the middle of a frame it needed longer than the timeout for (a long final answer).
+WRITE_PIECE_BYTES = 16 * 1024
 ANONYMOUS = ""  # the bucket of requests that name no user
 
 
@@ -65,6 +69,11 @@ class Slot:
         self.writing_since = time.monotonic()
         return True
 
+    def write_moved_on(self) -> None:
+        """A piece of the marked write went out: the client takes it, it is not stuck."""
+        if self.writing_since is not None:
+            self.writing_since = time.monotonic()
+
     def write_ends(self) -> None:
         """The write `write_begins()` marked is over (done, or failed)."""
         if self.writing_since is not None:
@@ -80,6 +89,13 @@ class Slot:
     def stuck(self, now: float) -> bool:
         since = self.writing_since
         return since is not None and now - since >= STUCK_SECONDS and self.evict is not None
+
+
+def pieces(data: bytes) -> list[bytes]:
+    """`data` as the writes of at most WRITE_PIECE_BYTES it goes out in."""
+    if len(data) <= WRITE_PIECE_BYTES:
+        return [data]
+    return [data[at : at + WRITE_PIECE_BYTES] for at in range(0, len(data), WRITE_PIECE_BYTES)]
 
 
 class Writers:

@@ -109,6 +109,29 @@ def test_send_all_to_a_client_that_takes_nothing_ends_in_the_send_timeout(
     assert slot.writing_since is None
 
 
+def test_send_all_to_a_slow_but_steady_client_is_not_cut_by_the_send_timeout(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """The timeout is for a client that takes nothing: one that drains a piece at a time,
+    each well within it, gets a rest it needs far longer than the timeout for in all."""
+    server, client = pair
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    server.settimeout(0.5)
+    data = bytes(range(256)) * 1_000  # 256,000 bytes: about 3 s at this client's pace
+    received = bytearray()
+
+    def read_slowly() -> None:
+        while len(received) < len(data):
+            time.sleep(0.05)
+            received.extend(client.recv(4096))
+
+    reader = threading.Thread(target=read_slowly)
+    reader.start()
+    ClientSocket(server, chunked=False, slot=Slot(lambda slot: None)).send_all(data)
+    reader.join(30)
+    assert bytes(received) == data
+
+
 def test_a_write_to_a_client_that_left_raises(pair: tuple[socket.socket, socket.socket]) -> None:
     server, client = pair
     client.close()

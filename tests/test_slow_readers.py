@@ -116,3 +116,40 @@ def test_a_full_instance_gives_a_stuck_clients_place_to_a_newcomer(
         evicted = [line for line in log.read_text().splitlines() if "evicted-1" in line]
         assert saved.get().exists, "\n".join(evicted)  # its log, to tell why
         assert saved.get().to_dict()["status"] == "incomplete"
+
+
+def test_a_slow_but_steady_reader_gets_a_final_frame_longer_than_the_send_timeout(
+    fake: FakeUpstream, tmp_path: Path
+) -> None:
+    """SEND_TIMEOUT_SECONDS is for a client that takes nothing. One that reads ~40 KB/s
+    needs ~2 s for the final frame of an 80,000-character answer: written in one
+    sendall, the 1 s timeout cut it in the middle. In pieces, each piece has it."""
+    tokens = [f"{i:05d}" + "x" * 95 for i in range(800)]  # 80,000 characters
+    fake.push(Script(tokens=tokens))
+    log = tmp_path / "service.log"
+    env = {"THREADS": "4", "SEND_TIMEOUT_SECONDS": "1"}
+    with log.open("wb") as output, running_service(env, output=output) as service:
+        sock = open_stream_and_never_read(service.url, b'{"user_input": "hi"}')
+        with sock:
+            sock.settimeout(30)
+            received = bytearray()
+            while data := sock.recv(4096):  # 4 KB every 0.1 s: never a gap near 1 s
+                received += data
+                time.sleep(0.1)
+    body = bytes(received).partition(b"\r\n\r\n")[2]
+    assert body.endswith(b"0\r\n\r\n"), log.read_text()[-2000:]  # the whole response
+    events = _unchunked(body).split(b"\n\n")
+    assert events[-2:] == [b"data: [DONE]", b""]
+    assert json.loads(events[-3].removeprefix(b"data: "))["answer"] == "".join(tokens)
+
+
+def _unchunked(body: bytes) -> bytes:
+    """An HTTP/1.1 chunked body's data."""
+    data, at = bytearray(), 0
+    while True:
+        line_end = body.index(b"\r\n", at)
+        size = int(body[at:line_end], 16)
+        if size == 0:
+            return bytes(data)
+        data += body[line_end + 2 : line_end + 2 + size]
+        at = line_end + 2 + size + 2
