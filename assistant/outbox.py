@@ -100,14 +100,15 @@ class Outbox:
         """
         with self._lock:
             if isinstance(item, Chunk):
-                self._chars += len(item.text)
                 if self._direct is not None:
-                    self._frames.append(self._direct.frame(item))
+                    self._frames.append(self._direct.frame(item))  # counted once it is made
+                    self._chars += len(item.text)
                     self._frames_chars += len(item.text)
                     if not self._flush_due:
                         self._flush_due = True
                         asyncio.get_running_loop().call_soon(self._flush)
                     return
+                self._chars += len(item.text)
                 self._output_waiting += 1
             wake = self._queue(item)
         if wake is not None:
