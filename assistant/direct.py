@@ -89,6 +89,9 @@ class ClientSocket:
                 for piece in pieces(data):  # each piece has the whole send timeout
                     self._sock.sendall(piece)
                     self._slot.write_moved_on()
+            except OSError:
+                _shut(self._sock)  # gunicorn's end of the body must not wait all over again
+                raise
             finally:
                 self._slot.write_ends()
             return
@@ -106,12 +109,17 @@ def briefly(sock: socket.socket) -> Iterator[None]:
     try:
         yield
     except OSError:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+        _shut(sock)
         raise
     finally:
         with contextlib.suppress(OSError):
             sock.settimeout(timeout)
+
+
+def _shut(sock: socket.socket) -> None:
+    """A write to `sock` failed: no later one (gunicorn's end of the body) may wait."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def client_socket(

@@ -245,7 +245,11 @@ def _answer(
 
 def _json_reply(reply: Reply, trace_id: str) -> flask.Response:
     status, payload = reply.json_answer()
-    return _json(status, payload, trace_id)
+    response = _json(status, payload, trace_id)
+    # A long answer to a slow reader: written piece by piece, each with the whole send
+    # timeout (limits.WRITE_PIECE_BYTES), as a stream's frames are; its length is known.
+    response.response = pieces(response.get_data())
+    return response
 
 
 def _sse_reply(

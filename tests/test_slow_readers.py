@@ -22,6 +22,7 @@ from .raw_http import open_raw
 
 PIECE = "x" * 1000
 HUGE = Script(tokens=[PIECE] * 20_000)  # 20 MB as fast as the service will read it
+LONG_ANSWER = [f"{i:05d}" + "x" * 95 for i in range(4_000)]  # 400,000 characters
 
 
 def open_stream_and_never_read(url: str, body: bytes) -> socket.socket:
@@ -121,26 +122,50 @@ def test_a_full_instance_gives_a_stuck_clients_place_to_a_newcomer(
 def test_a_slow_but_steady_reader_gets_a_final_frame_longer_than_the_send_timeout(
     fake: FakeUpstream, tmp_path: Path
 ) -> None:
-    """SEND_TIMEOUT_SECONDS is for a client that takes nothing. One that reads ~40 KB/s
-    needs ~2 s for the final frame of an 80,000-character answer: written in one
+    """SEND_TIMEOUT_SECONDS is for a client that takes nothing. One that reads ~160 KB/s
+    needs ~2.5 s for the final frame of a 400,000-character answer: written in one
     sendall, the 1 s timeout cut it in the middle. In pieces, each piece has it."""
-    tokens = [f"{i:05d}" + "x" * 95 for i in range(800)]  # 80,000 characters
+    tokens = LONG_ANSWER
     fake.push(Script(tokens=tokens))
     log = tmp_path / "service.log"
     env = {"THREADS": "4", "SEND_TIMEOUT_SECONDS": "1"}
     with log.open("wb") as output, running_service(env, output=output) as service:
         sock = open_stream_and_never_read(service.url, b'{"user_input": "hi"}')
-        with sock:
-            sock.settimeout(30)
-            received = bytearray()
-            while data := sock.recv(4096):  # 4 KB every 0.1 s: never a gap near 1 s
-                received += data
-                time.sleep(0.1)
-    body = bytes(received).partition(b"\r\n\r\n")[2]
+        received = _read_slowly(sock)
+    body = received.partition(b"\r\n\r\n")[2]
     assert body.endswith(b"0\r\n\r\n"), log.read_text()[-2000:]  # the whole response
     events = _unchunked(body).split(b"\n\n")
     assert events[-2:] == [b"data: [DONE]", b""]
     assert json.loads(events[-3].removeprefix(b"data: "))["answer"] == "".join(tokens)
+
+
+def test_a_slow_but_steady_reader_gets_a_json_answer_longer_than_the_send_timeout(
+    fake: FakeUpstream,
+) -> None:
+    """The legacy JSON route's body, likewise: piece by piece, each with the timeout
+    (what the socket buffers do not hold takes the reader ~1.6 s)."""
+    tokens = LONG_ANSWER
+    fake.push(Script(tokens=tokens))
+    env = {"THREADS": "4", "SEND_TIMEOUT_SECONDS": "1"}
+    with running_service(env) as service:
+        body = b'{"user_input": "hi"}'
+        sock = open_raw(service.url, "/vac/assistant/test-assistant", body, receive_buffer=4096)
+        head, _, answer = _read_slowly(sock).partition(b"\r\n\r\n")
+    assert b"200 OK" in head.split(b"\r\n")[0]
+    assert json.loads(answer)["answer"] == "".join(tokens)
+
+
+def _read_slowly(sock: socket.socket) -> bytes:
+    """What `sock` gets until closed, read 8 KB every 0.05 s (~160 KB/s). Slower, a write
+    blocked on a full socket would be woken only after a second or so anyway (the kernel
+    wakes a writer once a third of the send buffer is free), a timeout of its own."""
+    with sock:
+        sock.settimeout(30)
+        received = bytearray()
+        while data := sock.recv(8192):
+            received += data
+            time.sleep(0.05)
+    return bytes(received)
 
 
 def _unchunked(body: bytes) -> bytes:
