@@ -30,6 +30,7 @@ from .schemas import check_schema, problem
 TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _NOT_IN_TOOL_NAMES = re.compile(r"[^A-Za-z0-9_-]")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_IN_JSON = re.compile("\\\\u[dD][89a-fA-F]|[\ud800-\udfff]")  # escaped or not
 NO_ARGUMENTS: Mapping[str, Any] = {"type": "object", "properties": {}}
 
 
@@ -89,9 +90,11 @@ class ToolCall:
 
 
 def _usable_tool_name(name: Any) -> str:
-    """Other characters than A-Z a-z 0-9 _ - as `_`, 64 at most, `unnamed` for none."""
+    """`made_up_`, then the name with other characters than A-Z a-z 0-9 _ - as `_`, 64 at
+    most: never the name of a tool that was offered (a made-up "get weather" is not a
+    call of "get_weather"), unless the frontend names one `made_up_...`."""
     text = name if isinstance(name, str) else ""
-    return _NOT_IN_TOOL_NAMES.sub("_", text)[:64] or "unnamed"
+    return ("made_up_" + _NOT_IN_TOOL_NAMES.sub("_", text))[:64]
 
 
 def model_json(text: str) -> Any:
@@ -100,14 +103,18 @@ def model_json(text: str) -> Any:
     past Python's digit limit (a ValueError that is no JSONDecodeError).
     RecursionError for nesting too deep to parse. A lone surrogate becomes U+FFFD
     (`without_lone_surrogates`)."""
-    return without_lone_surrogates(json.loads(text, parse_constant=_not_json))
+    return without_lone_surrogates(json.loads(text, parse_constant=_not_json), text)
 
 
-def without_lone_surrogates(value: Any) -> Any:
+def without_lone_surrogates(value: Any, text: str | None = None) -> Any:
     """`value` (parsed JSON) with each lone UTF-16 surrogate in its strings and keys (a
     `\\ud800` escape with no partner, which orjson refuses and json takes) replaced by
     U+FFFD, as a browser's decoder would: no frame, log line or Firestore document can
-    hold one."""
+    hold one. Given the `text` it was parsed from, and no surrogate escape in it, it is
+    returned as it is, unwalked (the walk recurses: JSON nested a few hundred deep
+    would fail in it)."""
+    if text is not None and not _SURROGATE_IN_JSON.search(text):
+        return value
     if isinstance(value, str):
         return _LONE_SURROGATE.sub("\ufffd", value)
     if isinstance(value, list):

@@ -312,7 +312,9 @@ def test_a_lone_surrogate_in_the_models_json_is_a_replacement_character(
 
 
 @EACH
-@pytest.mark.parametrize("made_up, reported", [("web.search", "web_search"), ("n" * 70, "n" * 64)])
+@pytest.mark.parametrize(
+    "made_up, reported", [("web.search", "made_up_web_search"), ("n" * 70, "made_up_" + "n" * 56)]
+)
 def test_a_made_up_tool_name_is_reported_as_one_that_can_be_sent_back(
     client, fake: FakeUpstream, only: Any, case: ProviderCase, made_up: str, reported: str
 ) -> None:

@@ -651,10 +651,22 @@ def test_a_reply_that_opens_with_a_call_sends_its_status_at_once(
     assert [call["name"] for call in final["metadata"]["tools_to_use"]] == ["weather"]
 
 
-MADE_UP_NAMES = [("web.search", "web_search"), ("t" * 65, "t" * 64), ("", "unnamed")]
+MADE_UP_NAMES = [
+    ("web.search", "made_up_web_search"),
+    ("get weather", "made_up_get_weather"),  # not a call of an offered get_weather
+    ("t" * 65, "made_up_" + "t" * 56),
+    ("", "made_up_"),
+]
 
 
 @pytest.mark.parametrize("name, kept", [("weather", "weather"), *MADE_UP_NAMES])
 def test_a_call_names_a_tool_every_provider_takes(name: str, kept: str) -> None:
     """What the model made up is reported as a name chat_history accepts back."""
     assert ToolCall("c1", name, {}).name == kept
+
+
+def test_json_nested_hundreds_deep_is_still_read() -> None:
+    """Only JSON with a surrogate escape is walked for lone ones (the walk recurses)."""
+    deep = "[" * 600 + "]" * 600
+    value, error = structured_output(deep, {"type": "array"})
+    assert error is None and isinstance(value, list)

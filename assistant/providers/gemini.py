@@ -288,7 +288,7 @@ def _raise_if_error(chunk: Any) -> None:
 def _bare_json(text: str) -> Any:
     """A JSON tail outside any SSE framing, or None if it is not JSON."""
     try:
-        return without_lone_surrogates(json.loads(text))
+        return without_lone_surrogates(json.loads(text), text)
     except (ValueError, RecursionError):  # not JSON, or a number past Python's digit limit
         return None
 

@@ -418,7 +418,7 @@ def _usage(usage: dict[str, Any]) -> Usage:
 
 def _maybe_json(text: str) -> Any:
     try:
-        return without_lone_surrogates(json.loads(text))
+        return without_lone_surrogates(json.loads(text), text)
     except ValueError:
         return text
 

@@ -104,7 +104,7 @@ def json_object(data: str) -> dict[str, Any]:
         value = orjson.loads(data)
     except orjson.JSONDecodeError:
         try:  # also what orjson refuses and json takes (NaN, Infinity, a lone surrogate)
-            value = without_lone_surrogates(json.loads(data))
+            value = without_lone_surrogates(json.loads(data), data)
         except (ValueError, RecursionError):  # not JSON, a number past the digit limit, too deep
             raise ProviderError("upstream_protocol", "event data is not JSON") from None
     if not isinstance(value, dict):
