@@ -204,12 +204,14 @@ def test_arguments_that_are_json_but_not_an_object(upstream: FakeUpstream) -> No
     )
 
 
-def test_a_call_with_no_name_is_a_protocol_error(upstream: FakeUpstream) -> None:
+def test_a_call_with_no_name_is_reported_as_a_made_up_one(upstream: FakeUpstream) -> None:
+    """As on every provider (tools.ToolCall): the call is kept, under a name that can be
+    sent back, rather than the reply failing."""
     fragment = {"index": 0, "id": "c1", "function": {"arguments": "{}"}}
     upstream.push(Script(raw=[chunk({"tool_calls": [fragment]}), chunk({}, "tool_calls"), DONE]))
     events, error = run_provider(CASE.settings(upstream.url), TOOLS)
-    assert events == []
-    assert error is not None and error.code == "upstream_protocol"
+    assert error is None
+    assert events[0] == ToolCall("c1", "made_up_", {})
 
 
 def test_a_length_stop_after_a_call_stays_max_tokens(upstream: FakeUpstream) -> None:

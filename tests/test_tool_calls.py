@@ -313,13 +313,14 @@ def test_a_lone_surrogate_in_the_models_json_is_a_replacement_character(
 
 @EACH
 @pytest.mark.parametrize(
-    "made_up, reported", [("web.search", "made_up_web_search"), ("n" * 70, "made_up_" + "n" * 56)]
+    "made_up, reported",
+    [("web.search", "made_up_web_search"), ("n" * 70, "made_up_" + "n" * 56), ("", "made_up_")],
 )
 def test_a_made_up_tool_name_is_reported_as_one_that_can_be_sent_back(
     client, fake: FakeUpstream, only: Any, case: ProviderCase, made_up: str, reported: str
 ) -> None:
     """Every offered name is a valid one, but a model can call a tool nobody offered, with
-    a name no provider takes back ("web.search", or one too long). Reported as is, the
+    a name no provider takes back ("web.search", one too long, none). Reported as is, the
     frontend's answer to it (a tool result saying there is no such tool) would be refused."""
     only(case)
     fake.push(Script(tokens=[], tool_calls=[{"name": made_up, "args": {"q": "x"}}]))

@@ -348,8 +348,8 @@ class _PartialCall:
     arguments: list[str] = field(default_factory=list)
 
     def whole(self) -> ToolCall:
-        if not self.name:
-            raise ProviderError("upstream_protocol", f"tool call {self.index} has no name")
+        """The call; one with no name is reported as a made-up one, as on every provider
+        (tools.ToolCall)."""
         args, error = parse_arguments("".join(self.arguments))
         call_id = self.id or f"call_{uuid.uuid4().hex[:24]}"
         return ToolCall(call_id, self.name, args, args_error=error)
