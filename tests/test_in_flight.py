@@ -57,3 +57,17 @@ def test_waiting_writers_are_capped_at_half_the_threads() -> None:
     slots[0].write_ends()  # harmless: given back once
     assert slots[2].write_begins()
     assert not slots[3].write_begins()
+
+
+def test_a_write_whose_pieces_go_out_is_not_stuck() -> None:
+    """A long write to a slow but steady reader: each piece that goes out restarts the
+    clock, so a full instance does not evict it as a client that takes nothing."""
+    slot = Slot(lambda slot: None)
+    assert slot.write_begins()
+    _stuck(slot, [])
+    assert slot.stuck(time.monotonic())
+    slot.write_moved_on()  # a piece of it went out
+    assert not slot.stuck(time.monotonic())
+    slot.write_ends()
+    slot.write_moved_on()  # no write under way: nothing to move on
+    assert slot.writing_since is None
