@@ -88,3 +88,17 @@ def one_answer(
         done.set()
         listener.close()
         thread.join(5)
+
+
+def dechunked(body: bytes) -> bytes:
+    """An HTTP/1.1 chunked body decoded; AssertionError if its framing is broken."""
+    out, at = bytearray(), 0
+    while True:
+        line_end = body.index(b"\r\n", at)
+        size = int(body[at:line_end], 16)
+        start = line_end + 2
+        assert body[start + size : start + size + 2] == b"\r\n", "a chunk's size is not its data's"
+        if size == 0:
+            return bytes(out)
+        out += body[start : start + size]
+        at = start + size + 2

@@ -26,26 +26,13 @@ from devtools.fake_upstream import FakeUpstream, Script
 from devtools.service import running_service
 
 from .provider_support import anthropic_event, text_delta
-from .raw_http import open_raw, read_until_closed
+from .raw_http import dechunked, open_raw, read_until_closed
 
 
 @pytest.fixture
 def server(fake: FakeUpstream) -> Iterator[str]:
     with running_service({"THREADS": "4", "HEARTBEAT_SECONDS": "0.4"}) as service:
         yield service.url
-
-
-def dechunked(body: bytes) -> bytes:
-    """An HTTP/1.1 chunked body decoded; AssertionError if its framing is broken."""
-    out = bytearray()
-    while True:
-        size_line, _, body = body.partition(b"\r\n")
-        size = int(size_line, 16)
-        assert body[size : size + 2] == b"\r\n", "a chunk's size does not match its data"
-        if size == 0:
-            return bytes(out)
-        out += body[:size]
-        body = body[size + 2 :]
 
 
 def events(body: bytes) -> list[str]:

@@ -18,7 +18,7 @@ from assistant.limits import STUCK_SECONDS
 from devtools.fake_upstream import FakeUpstream, Script
 from devtools.service import running_service
 
-from .raw_http import open_raw
+from .raw_http import dechunked, open_raw
 
 PIECE = "x" * 1000
 HUGE = Script(tokens=[PIECE] * 20_000)  # 20 MB as fast as the service will read it
@@ -134,7 +134,7 @@ def test_a_slow_but_steady_reader_gets_a_final_frame_longer_than_the_send_timeou
         received = _read_slowly(sock)
     body = received.partition(b"\r\n\r\n")[2]
     assert body.endswith(b"0\r\n\r\n"), log.read_text()[-2000:]  # the whole response
-    events = _unchunked(body).split(b"\n\n")
+    events = dechunked(body).split(b"\n\n")
     assert events[-2:] == [b"data: [DONE]", b""]
     assert json.loads(events[-3].removeprefix(b"data: "))["answer"] == "".join(tokens)
 
@@ -166,15 +166,3 @@ def _read_slowly(sock: socket.socket) -> bytes:
             received += data
             time.sleep(0.05)
     return bytes(received)
-
-
-def _unchunked(body: bytes) -> bytes:
-    """An HTTP/1.1 chunked body's data."""
-    data, at = bytearray(), 0
-    while True:
-        line_end = body.index(b"\r\n", at)
-        size = int(body[at:line_end], 16)
-        if size == 0:
-            return bytes(data)
-        data += body[line_end + 2 : line_end + 2 + size]
-        at = line_end + 2 + size + 2
