@@ -47,7 +47,7 @@ from .request import (
 from .saving import load_history
 from .store import Author, FirestoreStore, MessageStore
 from .tracing import RequestLog, new_trace_id, trace_id_from_headers
-from .worker import HEAD, PARKING, Instead
+from .worker import HEAD, PARKING, Instead, body_refusal
 
 _ASSISTANT_ROUTE = re.compile(r"/vac/assistant/(?P<id>.*?)(?P<sse>/sse)?")
 _ALLOWED_METHODS = "POST, OPTIONS"
@@ -355,12 +355,22 @@ def _read_body(request: flask.Request, limit: int) -> bytes:
     """The body, or 413. Never reads more than limit+1 bytes, even with no Content-Length."""
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
+    # gunicorn takes a content coding before `chunked` (gzip, deflate, compress) and
+    # hands the body on still coded: the only coding we read is chunked alone.
+    codings = request.headers.get("Transfer-Encoding")
+    if codings is not None and codings.strip().lower() != "chunked":
+        raise RequestError("Transfer-Encoding must be chunked")
     try:
         raw = request.stream.read(limit + 1)
     except (OSError, ClientDisconnected):
         # A body cut off: gunicorn's NoMoreData (chunked), or werkzeug's wrapping of it
         # (with a Content-Length). Its client has left; not a bug of ours.
         raise RequestError("request body ended before it was complete") from None
+    except Exception as exc:  # a chunk size, a chunk's end or a trailer gunicorn refuses
+        problem = body_refusal(exc)
+        if problem is None:
+            raise
+        raise RequestError(problem) from None
     if len(raw) > limit:  # chunked, with no Content-Length to refuse up front
         raise _too_large(limit)
     return raw

@@ -1056,6 +1056,16 @@ def refusal(exc: BaseException, cfg: Config) -> tuple[int, ErrorCode, str]:
     return _INTERNAL
 
 
+def body_refusal(exc: BaseException) -> str | None:
+    """What is wrong with a request body whose chunked framing or trailers gunicorn
+    refused while the app read it (a 400's message); None for any other error."""
+    if isinstance(exc, errors.LimitRequestHeaders):
+        return "the request's trailers are too large"
+    if isinstance(exc, errors.ParseException):
+        return _MALFORMED.get(type(exc), "the chunked body is malformed")
+    return None
+
+
 def _headers_too_large(detail: str, cfg: Config) -> str:
     if detail == "limit request headers fields":
         return f"more than {cfg.limit_request_fields} header fields"

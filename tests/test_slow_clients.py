@@ -292,6 +292,12 @@ POST = b"POST /vac/assistant/x/sse HTTP/1.1\r\nHost: x\r\nContent-Type: applicat
             "invalid_request",
             "Transfer-Encoding must be chunked",
         ),
+        (  # gunicorn takes a content coding before chunked, and would hand it on coded
+            POST + b"Transfer-Encoding: gzip, chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+            400,
+            "invalid_request",
+            "Transfer-Encoding must be chunked",
+        ),
         (
             b"GET /health HTTP/1.1\nHost: x\n\n",
             400,
@@ -315,6 +321,7 @@ POST = b"POST /vac/assistant/x/sse HTTP/1.1\r\nHost: x\r\nContent-Type: applicat
         "two-lengths",
         "gzip-coding",
         "unknown-coding",
+        "coded-then-chunked",
         "bare-lf",
         "two-hosts",
     ],
@@ -337,6 +344,33 @@ def test_requests_gunicorn_refuses_get_our_json_error(
     assert payload == {"error": message, "code": code, "trace_id": headers["x-trace-id"]}
     assert fake.requests == []
     assert httpx.get(f"{service}/health", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"zz\r\n{}\r\n0\r\n\r\n",  # a chunk size that is not hexadecimal
+        b"2\r\n{}XX0\r\n\r\n",  # a chunk's data not followed by CRLF
+        b"2\r\n{}\r\n0\r\nNo colon\r\n\r\n",  # a trailer that is no header
+    ],
+    ids=["chunk-size", "chunk-end", "trailer"],
+)
+def test_a_chunked_body_gunicorn_refuses_midway_is_a_400_answered_once(
+    service: str, fake: FakeUpstream, body: bytes
+) -> None:
+    """gunicorn finds these while the app reads the body, not in the head it parsed first:
+    the app's 400, and the connection ends (its framing is lost), with no second answer."""
+    with _connect(service) as sock:
+        sock.sendall(POST + b"Transfer-Encoding: chunked\r\n\r\n" + body)
+        status, headers, answer = _read_response(sock)
+        assert _closed_by_server(sock, 5)
+    assert status == 400
+    assert json.loads(answer) == {
+        "error": "the chunked body is malformed",
+        "code": "invalid_request",
+        "trace_id": headers["x-trace-id"],
+    }
+    assert fake.requests == []
 
 
 def test_functions_framework_builds_our_server(
