@@ -334,9 +334,11 @@ def build_request(
         raise RequestError(f"user_input is longer than {max_input_chars} characters")
 
     config = _optional(body, "emissaryConfig", dict, "emissaryConfig") or {}
+    # Both are checked: the emissary's flag wins, and a wrong type in either is a 400.
+    top_level_save = _optional(body, "save_to_history", bool)
     save = _optional(config, "save_to_history", bool, "emissaryConfig.save_to_history")
     if save is None:
-        save = _optional(body, "save_to_history", bool)
+        save = top_level_save
     limit = _optional(body, "history_limit", int)
     if limit is not None and not 1 <= limit <= MAX_HISTORY_LIMIT:
         raise RequestError(f"history_limit must be between 1 and {MAX_HISTORY_LIMIT}")

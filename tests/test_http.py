@@ -121,6 +121,10 @@ def test_encoded_slash_in_id_never_reaches_a_document_id(client, fake: FakeUpstr
             {"user_input": "hi", "emissaryConfig": {"save_to_history": "no"}},
             "emissaryConfig.save_to_history",
         ),
+        (
+            {"user_input": "hi", "save_to_history": 1, "emissaryConfig": {"save_to_history": True}},
+            "save_to_history must be a boolean",
+        ),
     ],
 )
 def test_bad_fields_are_400_naming_the_field(
