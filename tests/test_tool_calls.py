@@ -290,6 +290,22 @@ def test_tools_and_a_schema_together(
 
 
 @EACH
+def test_a_schema_with_tools_that_may_not_be_called_is_structured_on_every_provider(
+    client, fake: FakeUpstream, only: Any, case: ProviderCase
+) -> None:
+    """toolChoice "none": a provider that takes no schema beside tools (Gemini, Ollama)
+    leaves the tools out, so that the schema goes."""
+    only(case)
+    fake.push(Script(json={"answer": "Oslo"}))
+    config = {**TOOL_CONFIG, "toolChoice": "none", "responseSchema": ANSWER_SCHEMA}
+    response = ask(client, emissaryConfig=config)
+    metadata = sse_events(response.get_data())[-2]["metadata"]
+    assert metadata["structured_output"] == {"answer": "Oslo"}
+    assert "structured_output_error" not in metadata
+    assert json.dumps(ANSWER_SCHEMA["properties"]) in json.dumps(fake.requests[-1].body)
+
+
+@EACH
 def test_a_lone_surrogate_in_the_models_json_is_a_replacement_character(
     client, fake: FakeUpstream, firestore, only: Any, case: ProviderCase
 ) -> None:

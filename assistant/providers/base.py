@@ -282,7 +282,11 @@ class HttpProvider:
         return self.schema_with_tools or not self._sends_tools(prompt)
 
     def _sends_tools(self, prompt: Prompt) -> bool:
-        return bool(prompt.tools)
+        # A provider that takes no schema beside tools leaves them out when none may be
+        # called and a schema is asked for: the schema goes, and the answer is structured.
+        if not prompt.tools:
+            return False
+        return self.schema_with_tools or prompt.tool_choice != "none" or not prompt.response_schema
 
     @asynccontextmanager
     async def _post(

@@ -21,7 +21,8 @@ part at all but as `finishReason: MALFORMED_FUNCTION_CALL` (stop reason
 `other`). Choices in the request, each where it is made: declarations as
 `parametersJsonSchema` (full JSON Schema), tool choice as
 `toolConfig.functionCallingConfig`, history as `functionCall` and
-`functionResponse` parts, no response schema alongside tools.
+`functionResponse` parts, no response schema alongside tools (with
+`toolChoice: "none"` and a schema, the schema goes and the tools do not).
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class GeminiProvider(HttpProvider):
         }
         if prompt.system:
             body["systemInstruction"] = {"parts": [{"text": prompt.system}]}
-        if prompt.tools:
+        if self._sends_tools(prompt):
             body["tools"] = [{"functionDeclarations": [_declaration(t) for t in prompt.tools]}]
             body["toolConfig"] = {"functionCallingConfig": _calling_config(prompt.tool_choice)}
         config = body["generationConfig"]
