@@ -44,7 +44,7 @@ def with_structured_output(
             "the tools were sent, the schema was not"
         )
         return dataclasses.replace(output, structured_error=why)
-    if output.calls and not output.text.content.strip():
+    if output.calls:  # text before the calls is the model's preamble, not the answer
         why = "the reply is a tool call: the JSON answer comes after the tool results"
         return dataclasses.replace(output, structured_error=why)
     value, error = structured_output(output.text.content, schema)

@@ -423,8 +423,12 @@ def test_a_result_answers_the_latest_call_with_its_id_and_a_turn_names_an_id_onc
     ]
 
 
-def test_a_reply_that_is_a_tool_call_has_no_json_yet(client, fake: FakeUpstream) -> None:
-    fake.push(Script(tokens=[], tool_calls=[{"name": "weather", "args": {"city": "Oslo"}}]))
+@pytest.mark.parametrize("preamble", [[], ["Let me ", "check. "]], ids=["call-alone", "text-first"])
+def test_a_reply_that_is_a_tool_call_has_no_json_yet(
+    client, fake: FakeUpstream, preamble: list[str]
+) -> None:
+    calls = [{"name": "weather", "args": {"city": "Oslo"}}]
+    fake.push(Script(tokens=preamble, tool_calls=calls))
     response = ask(client, emissaryConfig={**TOOLS, "responseSchema": ANSWER_SCHEMA})
     metadata = sse_events(response.get_data())[-2]["metadata"]
     assert metadata["structured_output"] is None
