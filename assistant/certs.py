@@ -4,10 +4,14 @@ Google publishes them as a JSON map `{key id: X.509 PEM}` with a
 `Cache-Control: max-age`. Each certs URL has one cache per process, so a
 fetch happens once per max-age, never per request:
 
-- Expired (or never fetched): fetched again, by one request while the others
-  wait for it (the lock). If that fetch fails, the certs already held keep
-  working (stale beats refusing every user), and the fetch is not tried
-  again for `RETRY_AFTER_FAILURE_SECONDS`.
+- Expired: fetched again in the background while the certs held keep
+  serving, so that no request waits on Google (a slow or hanging endpoint
+  made each waiting request fetch in turn, 5 s each, a reviewer found). If
+  that fetch fails, the certs held keep working (stale beats refusing every
+  user), and no fetch is tried for `RETRY_AFTER_FAILURE_SECONDS` from the
+  failure's end.
+- Never fetched: one request fetches, and the others that need certs wait
+  for that same fetch (one fetch in flight at a time, whoever needs it).
 - A token naming a key id we do not hold may mean Google rotated its keys
   before our max-age ran out: that earns one early re-fetch, at most once per
   `EARLY_REFETCH_SECONDS`, so a flood of forged key ids cannot make us hammer
@@ -81,21 +85,29 @@ def _http() -> httpx.Client:
         return _client
 
 
+def _in_a_thread(run: Callable[[], None]) -> None:
+    threading.Thread(target=run, name="token-certs", daemon=True).start()
+
+
 class CertCache:
     def __init__(
         self,
         url: str,
         fetch: Callable[[str], tuple[dict[str, str], float]] = fetch_certs,
         clock: Callable[[], float] = time.monotonic,
+        in_background: Callable[[Callable[[], None]], None] = _in_a_thread,
     ) -> None:
         self.url = url
         self._fetch = fetch
         self._clock = clock
-        self._lock = threading.Lock()
+        self._in_background = in_background
+        self._lock = threading.Lock()  # the state below; never held during a fetch
         self._certs: dict[str, str] = {}
         self._expires_at = 0.0
+        self._fetching: threading.Event | None = None  # set when the fetch in flight ends
         self._next_try_at = 0.0  # after a failed fetch, no new try before this
-        self._early_refetch_at = -EARLY_REFETCH_SECONDS  # when the last early re-fetch ran
+        self._failure = "no token certs fetched yet"  # why the last fetch failed
+        self._early_refetch_at = -EARLY_REFETCH_SECONDS  # when the last early re-fetch began
 
     def cert_for(self, key_id: str) -> str | None:
         """The PEM certificate for `key_id`, or None if Google has no such key.
@@ -104,35 +116,52 @@ class CertCache:
         """
         with self._lock:
             now = self._clock()
-            fetched_now = False
-            if now >= self._expires_at:
-                fetched_now = self._refresh(now)
-            if not self._certs:
-                raise CertsUnavailable("no token certs fetched yet")
-            if (
-                key_id not in self._certs
-                and not fetched_now
-                and now - self._early_refetch_at >= EARLY_REFETCH_SECONDS
-            ):
+            refresh = bool(self._certs) and now >= self._expires_at and self._begin_fetch(now)
+            cert = self._certs.get(key_id)
+            needs_fetch = cert is None and (
+                not self._certs or now - self._early_refetch_at >= EARLY_REFETCH_SECONDS
+            )
+            if needs_fetch and self._certs:  # an early re-fetch: Google may have rotated
                 self._early_refetch_at = now
-                self._refresh(now)
+            joined = self._fetching if needs_fetch else None  # the refresh's, or another's
+            runs = needs_fetch and joined is None and self._begin_fetch(now)
+        if refresh:
+            self._in_background(self._run_fetch)  # the held certs serve meanwhile
+        if not needs_fetch:
+            return cert
+        if runs:
+            self._run_fetch()
+        elif joined is not None:
+            joined.wait(2 * FETCH_TIMEOUT_SECONDS)
+        with self._lock:
+            if not self._certs:
+                raise CertsUnavailable(self._failure)
             return self._certs.get(key_id)
 
-    def _refresh(self, now: float) -> bool:
-        """Fetch again unless a failure was too recent; True when new certs arrived."""
-        if now < self._next_try_at:
+    def _begin_fetch(self, now: float) -> bool:
+        """Whether this caller is to fetch: none in flight, no failure too recent."""
+        if self._fetching is not None or now < self._next_try_at:
             return False
+        self._fetching = threading.Event()
+        return True
+
+    def _run_fetch(self) -> None:
         try:
             certs, keep_for = self._fetch(self.url)
         except CertsUnavailable as exc:
-            self._next_try_at = now + RETRY_AFTER_FAILURE_SECONDS
-            process_log().error("auth.certs_failed", reason=str(exc), kept=len(self._certs))
-            if not self._certs:
-                raise
-            return False  # keep the certs we have
-        self._certs = certs
-        self._expires_at = now + keep_for
-        return True
+            with self._lock:
+                self._next_try_at = self._clock() + RETRY_AFTER_FAILURE_SECONDS
+                self._failure = str(exc)
+                kept = len(self._certs)
+            process_log().error("auth.certs_failed", reason=str(exc), kept=kept)
+        else:
+            with self._lock:
+                self._certs, self._expires_at = certs, self._clock() + keep_for
+        finally:
+            with self._lock:
+                done, self._fetching = self._fetching, None
+            if done is not None:
+                done.set()
 
 
 _caches: dict[str, CertCache] = {}

@@ -85,7 +85,7 @@ class CertsServer:
     """Serves `{kid: cert PEM}` like Google's securetoken endpoint; counts its fetches.
 
     `status` other than 200 makes it answer that status instead; `raw_body`
-    replaces the JSON map with any bytes.
+    replaces the JSON map with any bytes; `delay` seconds pass before each answer.
     """
 
     def __init__(self, *keys: SigningKey, max_age: int = 3600) -> None:
@@ -93,12 +93,14 @@ class CertsServer:
         self.max_age = max_age
         self.status = 200
         self.raw_body: bytes | None = None
+        self.delay = 0.0
         self.fetches = 0
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 server.fetches += 1
+                time.sleep(server.delay)
                 body = server.raw_body or json.dumps(server.certs).encode()
                 if server.status != 200:
                     body = b"unavailable"

@@ -1,12 +1,16 @@
 """The token certs cache (README "Who may call"): one fetch per max-age, one rate-limited early
 re-fetch on an unknown key id, stale certs kept through an outage, and a
-503 only when none were ever had. A real certs endpoint on loopback; only
-the clock is ours, so max-age can pass without waiting for it.
+503 only when none were ever had; no request waits on a refresh, and one
+fetch at a time. A real certs endpoint on loopback; only the clock is ours,
+so max-age can pass without waiting for it, and most tests run the
+background refresh in the caller, to count its fetch at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -16,6 +20,7 @@ from assistant.certs import (
     RETRY_AFTER_FAILURE_SECONDS,
     CertCache,
     CertsUnavailable,
+    fetch_certs,
     max_age,
 )
 
@@ -48,7 +53,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def cache(server: CertsServer, clock: Clock) -> CertCache:
-    return CertCache(server.url, clock=clock)
+    return CertCache(server.url, clock=clock, in_background=lambda run: run())
 
 
 @pytest.mark.parametrize(
@@ -128,3 +133,67 @@ def test_a_malformed_certs_answer_is_unavailable(cache: CertCache, server, body:
     server.raw_body = body
     with pytest.raises(CertsUnavailable):
         cache.cert_for("k1")
+
+
+def _at_once(calls: int, call: Callable[[], object]) -> list[tuple[float, object]]:
+    """`call` from `calls` threads at once: (seconds each took, what it returned or raised)."""
+    results: list[tuple[float, object]] = []
+    start = threading.Barrier(calls)
+
+    def one() -> None:
+        start.wait()
+        began = time.monotonic()
+        try:
+            outcome: object = call()
+        except CertsUnavailable as exc:
+            outcome = exc
+        results.append((time.monotonic() - began, outcome))
+
+    threads = [threading.Thread(target=one) for _ in range(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_no_request_waits_on_a_slow_refresh(server: CertsServer, clock: Clock, keys) -> None:
+    """Expired certs keep serving while one fetch, in the background, takes its time
+    (a reviewer's hanging endpoint made each of six requests wait 5 s more than the last)."""
+    cache = CertCache(server.url, clock=clock)
+    assert cache.cert_for("k1") == keys[0].cert_pem
+    server.delay = 3.0
+    clock.now += 600
+    results = _at_once(6, lambda: cache.cert_for("k1"))
+    assert [outcome for _, outcome in results] == [keys[0].cert_pem] * 6
+    assert max(seconds for seconds, _ in results) < server.delay / 2  # none waited for it
+    deadline = time.monotonic() + 10
+    while cache._fetching is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.fetches == 2  # one refresh for all six
+
+
+def test_requests_with_no_certs_share_one_fetch(server: CertsServer, clock: Clock, keys) -> None:
+    cache = CertCache(server.url, clock=clock)
+    server.delay = 0.5
+    results = _at_once(6, lambda: cache.cert_for("k1"))
+    assert [outcome for _, outcome in results] == [keys[0].cert_pem] * 6
+    assert server.fetches == 1
+
+
+def test_a_failed_fetch_pauses_the_next_from_its_end(server: CertsServer, clock: Clock) -> None:
+    """A fetch that failed after a long wait is not tried again at once by the next
+    request: the pause counts from the failure, not from when the fetch began."""
+
+    def slow_fetch(url: str) -> tuple[dict[str, str], float]:
+        clock.now += 5.0  # the endpoint took its whole timeout
+        return fetch_certs(url)
+
+    cache = CertCache(server.url, fetch=slow_fetch, clock=clock)
+    server.status = 503
+    results = _at_once(4, lambda: cache.cert_for("k1"))
+    assert all(isinstance(outcome, CertsUnavailable) for _, outcome in results)
+    assert "HTTP 503" in str(results[0][1])
+    with pytest.raises(CertsUnavailable):
+        cache.cert_for("k1")
+    assert server.fetches == 1  # the four shared it; the fifth came within the pause
