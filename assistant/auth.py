@@ -20,6 +20,7 @@ it): the client and the log get a fixed reason.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -143,7 +144,8 @@ def check_claims(claims: Mapping[str, Any], auth: AuthSettings, now: float) -> N
 
 def _time_claim(claims: Mapping[str, Any], name: str) -> float:
     value = claims.get(name)
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    # NaN compares false with every time, so an `exp` of NaN would never expire.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise InvalidToken(f"the ID token has no {name} time")
     return float(value)
 

@@ -107,6 +107,10 @@ BAD_CREDENTIALS: dict[str, Callable[[SigningKey, SigningKey], dict[str, str]]] =
     "auth_time in the future": lambda key, other: bearer(key.sign(claims(auth_time=_now() + 120))),
     "no auth_time": lambda key, other: bearer(key.sign(claims(auth_time=None))),
     "exp not a number": lambda key, other: bearer(key.sign(claims(exp="tomorrow"))),
+    "exp NaN (never expires if let by)": lambda key, other: bearer(
+        key.sign(claims(exp=float("nan")))
+    ),
+    "exp infinite": lambda key, other: bearer(key.sign(claims(exp=float("inf")))),
     "forged: other key, same kid": lambda key, other: bearer(other.sign(claims())),
     "unknown kid": lambda key, other: bearer(key.sign(claims(), kid="no-such-key")),
     "hs256 keyed with the cert": lambda key, other: bearer(
