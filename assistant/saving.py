@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from typing import TypeVar, cast
 
 from .request import AssistantRequest, Turn
-from .store import AssistantMessage, Author, MessageStore, MessageTaken, UserMessage
+from .store import (
+    AssistantMessage,
+    Author,
+    MessageStore,
+    MessageTaken,
+    TraceIdKept,
+    UserMessage,
+)
 from .tracing import RequestLog
 
 _pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="store")
@@ -72,12 +79,14 @@ class Saver:
         ok = True
         if self._user is not None:
             failure = _failure(self._user)
-            if failure is not None and not isinstance(failure, MessageTaken):  # not an outage
-                reason = f"{type(failure).__name__}: {failure}"
+            if failure is not None and not isinstance(failure, MessageTaken | TraceIdKept):
+                reason = f"{type(failure).__name__}: {failure}"  # an outage: once more
                 self._log.warning("persist.retry", role="user", reason=reason)
                 assert self._user_message is not None
                 self._user = _pool.submit(self._store.save_user_message, self._user_message)
             ok = yield from self._waiting("user", self._user, deadline, ids, beat)
+            if isinstance(_failure(self._user), TraceIdKept):
+                return ids, True  # the trace id's question is another: its reply stays too
         if assistant_message is not None:
             user_saved = "user" in ids  # this request's: the trace id is this user's
             future = _pool.submit(self._store.save_assistant_message, assistant_message, user_saved)

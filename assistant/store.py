@@ -5,6 +5,8 @@ A reply writes at most two messages, with ids derived from the trace id
 instead of duplicating. Only the same user's: a trace id is the caller's to
 choose, and one whose messages belong to another user is not written to
 (`MessageTaken`), so nobody can replace someone else's history with theirs.
+Nor is a complete reply replaced by a retry's incomplete one, nor a trace
+id's question and reply by another question's (`TraceIdKept`).
 The user message is written in parallel with the provider call; the
 assistant message once, after the stream, before the final frame. Writes
 are blocking calls on a small thread pool, never on the I/O loop, and the
@@ -82,6 +84,11 @@ class MessageTaken(Exception):
         super().__init__(f"{message_id} belongs to another user")
 
 
+class TraceIdKept(Exception):
+    """A retry's message is not written over what its trace id holds: another question
+    (the id was reused for a new one), or a complete reply (this one is incomplete)."""
+
+
 class MessageStore(Protocol):
     def save_user_message(self, message: UserMessage) -> str:
         """Write the user message (a retry keeps the first); returns its id. Raises on failure,
@@ -147,7 +154,12 @@ class FirestoreStore:
                 reference.create(document, **self._call_options())
                 return message.message_id
             except AlreadyExists:  # a retried request: the first write stands, with its createdAt
-                if self._owned(reference, message.author, message.message_id).exists:
+                existing = self._owned(reference, message.author, message.message_id)
+                if existing.exists:
+                    if _field(existing, "content") != message.content:
+                        # Not a retry but a reused trace id: its question and reply stay
+                        # together, and this request's are not saved (the reply's too).
+                        raise TraceIdKept(f"{message.message_id} holds another question") from None
                     return message.message_id
                 # Deleted since create() found it: create it again.
         raise RuntimeError(f"{message.message_id} kept changing while it was written")
@@ -184,6 +196,8 @@ class FirestoreStore:
                 existing = self._owned(reference, message.author, message.message_id)
             if not existing.exists:
                 continue  # deleted since create() found it: create it again
+            if message.status == "incomplete" and _field(existing, "status") == "complete":
+                raise TraceIdKept(f"{message.message_id} holds a complete reply, kept")
             # Only if nobody wrote it since it was read: another user's write cannot get
             # in between, and the same user's other retry makes this one read again.
             unchanged = _firestore_client().write_option(last_update_time=existing.update_time)
@@ -236,6 +250,10 @@ class FirestoreStore:
             if data.get("traceId") != trace_id and data.get("role") in ("user", "assistant")
         ]
         return tuple(reversed(turns))
+
+
+def _field(snapshot: Any, name: str) -> Any:
+    return (snapshot.to_dict() or {}).get(name)
 
 
 def _someone_elses(snapshot: Any, author: Author) -> bool:

@@ -140,6 +140,52 @@ def test_a_retry_replaces_the_same_users_reply(client, fake: FakeUpstream, fires
     assert _messages(firestore)["t-again-assistant"]["content"] == "Second."
 
 
+@pytest.mark.parametrize("how", ["provider fails", "client leaves"])
+def test_a_retrys_incomplete_reply_does_not_replace_a_complete_one(
+    client, fake: FakeUpstream, firestore, capsys: pytest.CaptureFixture[str], how: str
+) -> None:
+    fake.push(Script(tokens=["First ", "complete."]))
+    ask(client, "same question", trace_id="t-kept", **SAVE).get_data()
+    before = _messages(firestore)
+    assert before["t-kept-assistant"]["status"] == "complete"
+    if how == "provider fails":
+        fake.push(Script(tokens=["Second ", "try"], fail_after=1, fail_mode="cut"))
+        final = sse_events(ask(client, "same question", trace_id="t-kept", **SAVE).get_data())[-2]
+        assert final["metadata"]["persist_failed"] is True
+        assert final["metadata"]["message_ids"] == {"user": "t-kept-user"}
+    else:
+        fake.push(Script(tokens=[f"w{i} " for i in range(100)], interval=0.05))
+        response = ask(client, "same question", trace_id="t-kept", **SAVE)
+        frames = iter(response.response)
+        next(frames)
+        next(frames)
+        response.close()  # the reply's save ends with the close
+    assert _messages(firestore) == before
+    failed = [line for line in log_lines(capsys.readouterr().out)
+              if line["message"] == "persist.failed"]  # fmt: skip
+    assert [line["role"] for line in failed] == ["assistant"]
+    assert "holds a complete reply" in failed[0]["reason"]
+
+
+def test_a_trace_id_reused_for_another_question_keeps_the_first_pair(
+    client, fake: FakeUpstream, firestore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not a retry: the question and its reply stay together; the new pair is not saved."""
+    fake.push(Script(tokens=["Answer one."]))
+    ask(client, "question one", trace_id="t-reused", **SAVE).get_data()
+    before = _messages(firestore)
+    fake.push(Script(tokens=["Answer two."]))
+    response = ask(client, "question two", trace_id="t-reused", **SAVE)
+    final = sse_events(response.get_data())[-2]
+    assert final["answer"] == "Answer two."
+    assert final["metadata"]["persist_failed"] is True
+    assert final["metadata"]["message_ids"] is None
+    assert _messages(firestore) == before
+    failed = [line for line in log_lines(capsys.readouterr().out)
+              if line["message"] == "persist.failed"]  # fmt: skip
+    assert "holds another question" in failed[0]["reason"]
+
+
 BOB = {"save_to_history": True, "emissaryConfig": {"currentUser": {"email": "bob@example.com"}}}
 
 
