@@ -183,23 +183,33 @@ def test_unfiltered_list_is_denied(rest: Rest) -> None:
 
 
 def test_user_creates_own_user_message(rest: Rest) -> None:
-    response = rest.create(MESSAGES, "new", message(ALICE), as_user(ALICE))
+    mine = f"trace-{ALICE}-user"  # {traceId}-user, as the backend names it
+    response = rest.create(MESSAGES, mine, message(ALICE), as_user(ALICE))
     assert response.status_code == 200, response.text
-    stored = rest.get(f"{MESSAGES}/new", OWNER)
+    stored = rest.get(f"{MESSAGES}/{mine}", OWNER)
     assert stored.status_code == 200
     assert plain(stored.json())["userId"] == ALICE
 
 
-def test_user_cannot_create_assistant_message(rest: Rest) -> None:
-    response = rest.create(MESSAGES, "new", message(ALICE, role="assistant"), as_user(ALICE))
+@pytest.mark.parametrize("document_id", ["new", f"trace-{ALICE}-assistant", "other-trace-user"])
+def test_user_message_only_under_its_own_trace_ids_user_id(rest: Rest, document_id: str) -> None:
+    """A user message under another id could take the id of a reply not saved yet."""
+    response = rest.create(MESSAGES, document_id, message(ALICE), as_user(ALICE))
     assert response.status_code == 403, response.text
-    assert rest.get(f"{MESSAGES}/new", OWNER).status_code == 404
+    assert rest.get(f"{MESSAGES}/{document_id}", OWNER).status_code == 404
+
+
+def test_user_cannot_create_assistant_message(rest: Rest) -> None:
+    own_id = f"trace-{ALICE}-user"  # the id is right: the role is what is refused
+    response = rest.create(MESSAGES, own_id, message(ALICE, role="assistant"), as_user(ALICE))
+    assert response.status_code == 403, response.text
+    assert rest.get(f"{MESSAGES}/{own_id}", OWNER).status_code == 404
 
 
 def test_user_cannot_create_message_as_someone_else(rest: Rest) -> None:
-    response = rest.create(MESSAGES, "new", message(BOB), as_user(ALICE))
+    response = rest.create(MESSAGES, f"trace-{BOB}-user", message(BOB), as_user(ALICE))
     assert response.status_code == 403, response.text
-    assert rest.get(f"{MESSAGES}/new", OWNER).status_code == 404
+    assert rest.get(f"{MESSAGES}/trace-{BOB}-user", OWNER).status_code == 404
 
 
 # --- messages are a record ------------------------------------------------
@@ -232,9 +242,9 @@ def test_unauthenticated_list_is_denied(rest: Rest) -> None:
 
 
 def test_unauthenticated_create_is_denied(rest: Rest) -> None:
-    response = rest.create(MESSAGES, "new", message(ALICE), None)
+    response = rest.create(MESSAGES, f"trace-{ALICE}-user", message(ALICE), None)
     assert response.status_code == 403, response.text
-    assert rest.get(f"{MESSAGES}/new", OWNER).status_code == 404
+    assert rest.get(f"{MESSAGES}/trace-{ALICE}-user", OWNER).status_code == 404
 
 
 # --- everything else is closed --------------------------------------------
