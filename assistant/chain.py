@@ -28,6 +28,7 @@ a reply whose client left reads `report()` once `finished` is set.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import threading
 import time
@@ -222,17 +223,23 @@ class Chain:
     async def _attempt(self, progress: _Progress) -> None:
         """One provider, to its end; any failure comes out as a ProviderError."""
         provider = progress.provider
+        relay: _Relay | None = None
         try:
             async with asyncio.timeout(self.timeouts.first_chunk) as first_chunk_deadline:
                 client = aio.http_client(self.timeouts)
-                async with provider.open(client, self.prompt) as response:
-                    relay = _Relay(self, progress, response, first_chunk_deadline)
-                    body = aio.BodyFeed(response)
-                    while await body.into(relay.read) and relay.full is not None:
-                        await relay.hand_on_waiting()  # the upstream waits meanwhile
-                        if relay.finished:
-                            break
-                await relay.end()
+                try:
+                    async with provider.open(client, self.prompt) as response:
+                        relay = _Relay(self, progress, response, first_chunk_deadline)
+                        body = aio.BodyFeed(response)
+                        while await body.into(relay.read) and relay.full is not None:
+                            await relay.hand_on_waiting()  # the upstream waits meanwhile
+                            if relay.finished:
+                                break
+                    await relay.end()
+                except Exception:
+                    if relay is not None:
+                        relay.salvage()  # a call that came counts, and commits, as output
+                    raise
         except TimeoutError:
             detail = f"no text within {self.timeouts.first_chunk}s"
             raise ProviderError("upstream_timeout", detail) from None
@@ -343,6 +350,16 @@ class _Relay:
         closing = self._tagger.close()
         if closing:
             self._chain.emit(Chunk(closing))
+
+    def salvage(self) -> None:
+        """The attempt failed: what the decoder holds whole is handed on, room allowing
+        (with none, the reply's reader has stopped, and what waits is left)."""
+        if self.full is not None:
+            return
+        events: list[Event] = []
+        with contextlib.suppress(Exception):  # the failure being raised is the one to tell
+            self._decoder.salvage(events)
+        self._hand_on(events)
 
     def _hand_on(self, events: list[Event]) -> None:
         """`events` to the reply, as long as it has room (asked before each chunk, as

@@ -85,7 +85,6 @@ class ProviderCase:
     counts_thinking: bool = False  # its usage counts thinking tokens apart (0 for none)
     error_status: int | None = None  # the status its in-stream error carries
     keepalive: bool = False  # its format has keep-alives (the fake's `ping_every`)
-    calls_whole_at_finish: bool = False  # its tool calls are whole only when the reply ends
     awkward_chunks: Callable[[bytes], list[bytes]] = awkward_sse_chunks  # cut a fixture
 
     @property
@@ -364,7 +363,6 @@ OPENAI = ProviderCase(
     },
     one_byte=("text_crlf.sse", "reasoning_openrouter.sse"),
     leaks=("disconnected", "Sorry", "server_error"),
-    calls_whole_at_finish=True,
 )
 
 

@@ -131,20 +131,44 @@ def test_a_call_alone_is_a_whole_reply(upstream: FakeUpstream, case: ProviderCas
 
 
 @EACH
-def test_a_call_commits_the_provider(upstream: FakeUpstream, case: ProviderCase) -> None:
-    # Calls, then the stream is cut: no text was shown, but a call was made, so the
-    # chain does not try the next provider (it would call the tool a second time).
-    # OpenAI's calls are whole only when the choice finishes: cut before that, no call
-    # was made, and the chain falls through as it does before any text.
-    upstream.push(Script(tokens=[], tool_calls=[OSLO, BERGEN], fail_after=0, fail_mode="cut"))
+@pytest.mark.parametrize("fail_mode", ["cut", "error_event"])
+def test_a_call_commits_the_provider(
+    upstream: FakeUpstream, case: ProviderCase, fail_mode: str
+) -> None:
+    # Calls, then the stream fails: no text was shown, but calls were made, so the chain
+    # does not try the next provider (the model asked for those tools), and they are
+    # reported. OpenAI's calls come whole only when the choice finishes: failing before
+    # that, those whose arguments came whole are kept (a reviewer found them dropped).
+    upstream.push(Script(tokens=[], tool_calls=[OSLO, BERGEN], fail_after=0, fail_mode=fail_mode))
     fallback = CASES[0].provider(upstream.url, "fallback")
     run = run_chain([case.provider(upstream.url), fallback], TIMEOUTS, prompt=PROMPT)
-    if case.calls_whole_at_finish:
-        assert run.outcomes == ["upstream_incomplete", "ok"]
-        return
-    assert run.outcomes == ["upstream_incomplete"]
+    assert len(run.outcomes) == 1 and run.outcomes[0] in ("upstream_incomplete", "upstream_error")
     assert run.items[-1] == ChainFailed(run.errors[0], committed=True)
-    assert isinstance(run.items[0], ToolCall) and run.items[0].args == OSLO["args"]
+    assert [item.args for item in run.items[:-1] if isinstance(item, ToolCall)] == [
+        OSLO["args"],
+        BERGEN["args"],
+    ]
+
+
+def test_an_openai_call_cut_in_its_arguments_is_no_call(upstream: FakeUpstream) -> None:
+    """Its arguments not whole, the call was not made: the chain falls through, as it
+    does when any provider's stream is cut before its first text or call."""
+    fragments = [
+        {"index": 0, "id": "call_1", "function": {"name": "weather", "arguments": ""}},
+        {"index": 0, "function": {"arguments": '{"city": "Os'}},
+    ]
+    chunks = [
+        "data: "
+        + json.dumps({"choices": [{"index": 0, "delta": {"tool_calls": [fragment]}}]})
+        + "\n\n"
+        for fragment in fragments
+    ]
+    upstream.push(Script(raw=chunks), Script(tokens=[], tool_calls=[OSLO]))
+    openai = next(case for case in CASES if case.name == "openai")
+    fallback = CASES[0].provider(upstream.url, "fallback")
+    run = run_chain([openai.provider(upstream.url), fallback], TIMEOUTS, prompt=PROMPT)
+    assert run.outcomes == ["upstream_incomplete", "ok"]
+    assert [item.args for item in run.items if isinstance(item, ToolCall)] == [OSLO["args"]]
 
 
 @EACH
@@ -235,6 +259,22 @@ def test_the_round_trip_call_result_answer(
     messages = firestore.collection("assistants").document("test-assistant").collection("messages")
     saved = messages.document("round-trip-2-assistant").get().to_dict()
     assert saved["content"] == "It is 4 °C and raining in Oslo."
+
+
+@EACH
+def test_a_call_before_a_failure_is_reported_and_saved(
+    client, fake: FakeUpstream, firestore, only: Any, case: ProviderCase
+) -> None:
+    only(case)
+    fake.push(Script(text="One moment. ", tool_calls=[OSLO], fail_after=2))
+    response = ask(client, emissaryConfig=TOOL_CONFIG, save_to_history=True, trace_id="t-call")
+    error = sse_events(response.get_data())[-2]
+    assert error["partial"] == "One moment. "
+    assert [call["args"] for call in error["metadata"]["tools_to_use"]] == [OSLO["args"]]
+    messages = firestore.collection("assistants").document("test-assistant").collection("messages")
+    saved = messages.document("t-call-assistant").get().to_dict()
+    assert saved["status"] == "incomplete"
+    assert [call["args"] for call in saved["toolsToUse"]] == [OSLO["args"]]
 
 
 @EACH

@@ -203,6 +203,11 @@ class Decoder(Protocol):
         upstream_incomplete (or the upstream's error) if the answer was not whole."""
         ...
 
+    def salvage(self, out: list[Event]) -> None:
+        """The answer failed (an error, a cut, a timeout): what it holds whole that was
+        not handed on yet, as a failure keeps what arrived (OpenAI's calls)."""
+        ...
+
 
 class Provider(Protocol):
     name: str

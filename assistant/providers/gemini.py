@@ -154,6 +154,9 @@ class _Decoder:
     def feed(self, data: bytes, out: list[Event]) -> None:
         self._handle(self._sse.feed(data), out)
 
+    def salvage(self, out: list[Event]) -> None:
+        """Nothing held back: calls come whole, in one part each."""
+
     def end(self, out: list[Event]) -> None:
         self._handle(self._sse.flush(), out)
         if self._unframed:

@@ -179,6 +179,13 @@ class _Decoder:
             stop = "content_filter"  # OpenAI ends a refusal with "stop"; Anthropic says "refusal"
         out.append(StreamEnd(stop, self._usage, self._model))
 
+    def salvage(self, out: list[Event]) -> None:
+        """The calls whose arguments came whole (a JSON object), the stream having failed
+        before its choice finished: a call that arrived is not lost with the reply."""
+        calls = self._calls.arrived()
+        self._called = self._called or bool(calls)
+        out += calls
+
     def _handle(self, events: list[ServerSentEvent], out: list[Event]) -> None:
         for event in events:
             if event.data == "[DONE]":
@@ -354,6 +361,11 @@ class _PartialCall:
         call_id = self.id or f"call_{uuid.uuid4().hex[:24]}"
         return ToolCall(call_id, self.name, args, args_error=error)
 
+    def has_whole_arguments(self) -> bool:
+        """Its arguments are a whole JSON object (none yet may be a call cut at its name)."""
+        text = "".join(self.arguments)
+        return bool(text.strip()) and parse_arguments(text)[1] is None
+
 
 class _ToolCalls:
     """`delta.tool_calls` fragments, joined per call until the choice finishes."""
@@ -372,6 +384,13 @@ class _ToolCalls:
         calls = sorted(self._calls, key=lambda call: call.index)  # stable within an index
         self._calls, self._by_index = [], {}
         return [call.whole() for call in calls]
+
+    def arrived(self) -> list[ToolCall]:
+        """Of the calls so far, those named and with whole JSON-object arguments, in
+        index order (and all forgotten): the rest were cut before their end."""
+        calls = sorted(self._calls, key=lambda call: call.index)
+        self._calls, self._by_index = [], {}
+        return [call.whole() for call in calls if call.name and call.has_whole_arguments()]
 
     def _add(self, fragment: dict[str, Any]) -> None:
         raw_id = fragment.get("id")
