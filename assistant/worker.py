@@ -1,7 +1,7 @@
 """The gunicorn worker the service runs in: gthread, hardened against slow and broken clients.
 
 functions-framework runs gunicorn's gthread worker; assistant/server.py makes
-it run this subclass instead. Nine things differ from gthread as gunicorn
+it run this subclass instead. Ten things differ from gthread as gunicorn
 27.0.1 ships it (issues 8 and 11 measured them):
 
 1. **A request costs no thread until it has arrived.** gthread hands each
@@ -103,6 +103,19 @@ it run this subclass instead. Nine things differ from gthread as gunicorn
    through, and such a thread's end still wrote a byte to the pipe's
    descriptor number, by then possibly another file's or socket's
    (`_MethodQueue`).
+10. **A body is not read, nor asked for, before the app wants it.**
+   functions-framework's app reads the whole request body into memory
+   before any answer that is not streamed (its `read_request`), however
+   large the body says it is: a refusal sent before the body is read (401,
+   413, 415...) cost as much memory as the client cared to send (400 MB for
+   one request, measured), and a client that waits to send its body got no
+   answer at all. That step is taken off the app (`_without_body_reads`):
+   gthread already drains an unread body of at most 64 KiB to keep the
+   connection, else closes it gracefully. And gunicorn sends
+   `100 Continue` before the app runs, inviting a body the app may refuse
+   unread: here it goes out when the app first reads the body
+   (`_Continue`), and a request answered without it is closed (its client
+   may still send the body).
 
 This serves plain HTTP/1.1, which is what functions-framework configures and
 Cloud Run speaks to a container; with TLS or cleartext HTTP/2 turned on the
@@ -133,6 +146,7 @@ from functools import partial
 from http import HTTPStatus
 from typing import Any, Protocol, cast
 
+import functions_framework
 from gunicorn import util  # type: ignore[import-untyped]
 from gunicorn.config import Config  # type: ignore[import-untyped]
 from gunicorn.http import errors, wsgi  # type: ignore[import-untyped]
@@ -153,6 +167,10 @@ WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 # Parkable; and a callable that hands the app the response's head, to write it itself.
 PARKING = "assistant.parking"
 HEAD = "assistant.head"
+# What gthread drains of a body the app left unread, to keep the connection (its
+# parser's _DRAIN_MAX_BYTES): past it, the connection closes after its wait.
+UNREAD_BODY_DRAIN_BYTES = 64 * 1024
+CONTINUE = "assistant.continue"  # a `_Continue` still to send, for the body's first read (10)
 
 # Threads for /health and preflights alone (point 7 above), and how their heads begin.
 RESERVED_THREADS = 2
@@ -297,12 +315,28 @@ class _Watchdog:
                 )
 
 
-class _ClockedInput:
-    """The request body as the app reads it: the read clock runs inside each read, only."""
+class _Continue:
+    """`100 Continue`, sent when the app first reads the body (point 10)."""
 
-    def __init__(self, stream: Any, clock: _ReadClock) -> None:
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.sent = False
+
+    def send(self) -> None:
+        if not self.sent:
+            self.sent = True
+            self._sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+
+class _ClockedInput:
+    """The request body as the app reads it: the read clock runs inside each read, only;
+    the first read sends the `100 Continue` a client may be waiting for."""
+
+    def __init__(self, stream: Any, clock: _ReadClock, invitation: _Continue | None) -> None:
         self._stream = stream
         self._clock = clock
+        self._invitation = invitation
+        self.touched = False  # the app read (or tried to)
 
     def read(self, size: int | None = None) -> bytes:
         data: bytes = self._timed(self._stream.read, size)
@@ -321,6 +355,9 @@ class _ClockedInput:
             yield line
 
     def _timed(self, read: Callable[[int | None], Any], size: int | None) -> Any:
+        self.touched = True
+        if self._invitation is not None:
+            self._invitation.send()
         self._clock.run()
         try:
             return read(size)
@@ -683,6 +720,7 @@ class Worker(ThreadWorker):
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
+        _without_body_reads(self.wsgi)
         self.wsgi = self._clocked(self.wsgi)
 
     def _clocked(self, app: WsgiApp) -> WsgiApp:
@@ -691,7 +729,8 @@ class Worker(ThreadWorker):
             if clock is not None:
                 clock.stop()  # the head is in; the app's own time is not the client's
                 clock.reading = "body"
-                environ["wsgi.input"] = _ClockedInput(environ["wsgi.input"], clock)
+                invitation = environ.get(CONTINUE)
+                environ["wsgi.input"] = _ClockedInput(environ["wsgi.input"], clock, invitation)
             _without_keep_alive_header(start_response)
             return app(environ, start_response)
 
@@ -706,7 +745,13 @@ class Worker(ThreadWorker):
         try:
             self.cfg.pre_request(self, req)
             started = datetime.now()
+            # `100 Continue` when the app reads the body, not before it runs (point 10).
+            awaits_continue = getattr(req, "_expected_100_continue", False) is True
+            if awaits_continue:
+                req._expected_100_continue = False
             resp, environ = wsgi.create(req, conn.sock, conn.client, conn.server, self.cfg)
+            if awaits_continue:
+                environ[CONTINUE] = _Continue(conn.sock)
             environ["wsgi.multithread"] = True
             environ[PARKING] = True
             environ[HEAD] = partial(_head_for_the_app, resp)
@@ -720,6 +765,8 @@ class Worker(ThreadWorker):
             if not self.alive or not self.cfg.keepalive or full:
                 resp.force_close()
             respiter = self.wsgi(environ, resp.start_response)
+            if _body_left_unread(environ):
+                resp.force_close()
         except BaseException:
             self._post_request(req, environ, resp)
             raise
@@ -977,6 +1024,30 @@ def _answer_stopping(resp: Any, project_id: str) -> None:
     resp.force_close()
     with contextlib.suppress(OSError):
         resp.write(_answer_instead(resp, Instead("503 Service Unavailable", headers, body)))
+
+
+def _body_left_unread(environ: Mapping[str, Any]) -> bool:
+    """Whether the app answered without reading a body it should not be drained for
+    (point 10): one it did not ask for (`Expect: 100-continue`), whose client may send
+    it all the same, or one whose Content-Length is more than gthread drains
+    (UNREAD_BODY_DRAIN_BYTES), which it would wait for, holding the thread, before it
+    closes anyway. (A chunked body that large is read by no one either: gthread gives
+    up on it after 64 KiB.)"""
+    invitation = environ.get(CONTINUE)
+    if invitation is not None and not invitation.sent:
+        return True
+    body = environ.get("wsgi.input")
+    declared = environ.get("CONTENT_LENGTH") or ""
+    unread = isinstance(body, _ClockedInput) and not body.touched
+    return unread and declared.isdigit() and int(declared) > UNREAD_BODY_DRAIN_BYTES
+
+
+def _without_body_reads(app: Any) -> None:
+    """functions-framework's `read_request` taken off its app's after-request steps
+    (point 10); an app without it is left as it is."""
+    steps = getattr(app, "after_request_funcs", {}).get(None, [])
+    if functions_framework.read_request in steps:
+        steps.remove(functions_framework.read_request)
 
 
 def _head_for_the_app(resp: Any) -> bytes:

@@ -10,12 +10,14 @@ client is not dropped before its time is up.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import select
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import functions_framework._http
 import httpx
@@ -221,6 +223,61 @@ def test_honest_requests_sent_in_pieces_are_answered(
             received += chunk
     assert received.startswith(b"HTTP/1.1 200"), received[:200]
     assert b'data: {"chunk":"fine"}' in received
+
+
+LARGE = 5_000_000  # more than the 1 MiB a body may be
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (HEAD + b"Content-Length: %d\r\n\r\n" % LARGE, 413),
+        (HEAD + b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % LARGE, 413),
+        (
+            HEAD.replace(b"/vac/assistant/slow/sse", b"/nowhere")
+            + b"Content-Length: %d\r\n\r\n" % LARGE,
+            404,
+        ),
+    ],
+    ids=["too-large", "too-large-expecting-continue", "no-such-route"],
+)
+def test_a_body_refused_unread_is_answered_before_it_is_sent(
+    service: str, fake: FakeUpstream, head: bytes, status: int
+) -> None:
+    """A client that waits before it sends its body (Expect, or a slow upload) gets its
+    refusal: no `100 Continue` first, nor a wait for the body (functions-framework read
+    every body whole before answering), and the connection ends when the body would
+    not be drained (or was never asked for)."""
+    with _connect(service) as sock:
+        sock.sendall(head)  # and no body
+        got_status, headers, _ = _read_response(sock)
+        assert got_status == status
+        assert headers["connection"] == "close"
+        assert _closed_by_server(sock, 5)
+    assert fake.requests == []
+
+
+def test_a_large_body_refused_is_never_held_in_memory(fake: FakeUpstream) -> None:
+    """functions-framework read a refused body whole into memory: 400 MB for one request."""
+    with running_service({}) as running:
+        master = running.process.pid
+        worker = int(Path(f"/proc/{master}/task/{master}/children").read_text().split()[0])
+        before = _peak_rss_kib(worker)
+        size = 200 * 1024 * 1024
+        with _connect(running.url) as sock:
+            sock.sendall(HEAD + b"Content-Length: %d\r\n\r\n" % size)
+            piece = b"x" * (1024 * 1024)
+            with contextlib.suppress(OSError):  # the server closes once it has answered
+                for _ in range(size // len(piece)):
+                    sock.sendall(piece)
+        assert _peak_rss_kib(worker) - before < 50 * 1024
+
+
+def _peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
 
 
 def test_idle_connection_close_clients_do_not_stall_the_server(service: str) -> None:
