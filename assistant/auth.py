@@ -144,10 +144,16 @@ def check_claims(claims: Mapping[str, Any], auth: AuthSettings, now: float) -> N
 
 def _time_claim(claims: Mapping[str, Any], name: str) -> float:
     value = claims.get(name)
-    # NaN compares false with every time, so an `exp` of NaN would never expire.
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidToken(f"the ID token has no {name} time")
-    return float(value)
+    try:
+        time_claim = float(value)
+    except OverflowError:  # an integer past any float
+        raise InvalidToken(f"the ID token has no {name} time") from None
+    # NaN compares false with every time, so an `exp` of NaN would never expire.
+    if not math.isfinite(time_claim):
+        raise InvalidToken(f"the ID token has no {name} time")
+    return time_claim
 
 
 def _optional_text(claims: Mapping[str, Any], name: str) -> str | None:

@@ -61,7 +61,7 @@ def fetch_certs(url: str) -> tuple[dict[str, str], float]:
         raise CertsUnavailable(f"the token certs endpoint answered HTTP {response.status_code}")
     try:
         certs = json.loads(response.content)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         certs = None
     if not (
         isinstance(certs, dict)
@@ -126,7 +126,10 @@ class CertCache:
             joined = self._fetching if needs_fetch else None  # the refresh's, or another's
             runs = needs_fetch and joined is None and self._begin_fetch(now)
         if refresh:
-            self._in_background(self._run_fetch)  # the held certs serve meanwhile
+            try:
+                self._in_background(self._run_fetch)  # the held certs serve meanwhile
+            except Exception as exc:  # no thread to be had: as a failed fetch, not stuck
+                self._fetch_failed(f"{type(exc).__name__} starting the certs fetch")
         if not needs_fetch:
             return cert
         if runs:
@@ -149,19 +152,29 @@ class CertCache:
         try:
             certs, keep_for = self._fetch(self.url)
         except CertsUnavailable as exc:
-            with self._lock:
-                self._next_try_at = self._clock() + RETRY_AFTER_FAILURE_SECONDS
-                self._failure = str(exc)
-                kept = len(self._certs)
-            process_log().error("auth.certs_failed", reason=str(exc), kept=kept)
+            self._fetch_failed(str(exc))
+        except BaseException:
+            self._fetch_failed("the certs fetch crashed")
+            raise
         else:
             with self._lock:
                 self._certs, self._expires_at = certs, self._clock() + keep_for
-        finally:
-            with self._lock:
-                done, self._fetching = self._fetching, None
-            if done is not None:
-                done.set()
+            self._fetch_ended()
+
+    def _fetch_failed(self, reason: str) -> None:
+        with self._lock:
+            self._next_try_at = self._clock() + RETRY_AFTER_FAILURE_SECONDS
+            self._failure = reason
+            kept = len(self._certs)
+        process_log().error("auth.certs_failed", reason=reason, kept=kept)
+        self._fetch_ended()
+
+    def _fetch_ended(self) -> None:
+        """No fetch in flight any more: whoever waits for it looks again."""
+        with self._lock:
+            done, self._fetching = self._fetching, None
+        if done is not None:
+            done.set()
 
 
 _caches: dict[str, CertCache] = {}

@@ -111,6 +111,7 @@ BAD_CREDENTIALS: dict[str, Callable[[SigningKey, SigningKey], dict[str, str]]] =
         key.sign(claims(exp=float("nan")))
     ),
     "exp infinite": lambda key, other: bearer(key.sign(claims(exp=float("inf")))),
+    "exp past any float": lambda key, other: bearer(key.sign(claims(exp=10**400))),
     "forged: other key, same kid": lambda key, other: bearer(other.sign(claims())),
     "unknown kid": lambda key, other: bearer(key.sign(claims(), kid="no-such-key")),
     "hs256 keyed with the cert": lambda key, other: bearer(

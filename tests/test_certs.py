@@ -127,7 +127,9 @@ def test_nothing_cached_and_nothing_to_fetch_is_unavailable(
 
 
 @pytest.mark.parametrize(
-    "body", [b"not json", b"[]", b"{}", b'{"k1": 5}'], ids=["text", "list", "empty", "non-pem"]
+    "body",
+    [b"not json", b"[]", b"{}", b'{"k1": 5}', b"[" * 100_000],
+    ids=["text", "list", "empty", "non-pem", "nested-too-deep"],
 )
 def test_a_malformed_certs_answer_is_unavailable(cache: CertCache, server, body: bytes) -> None:
     server.raw_body = body
@@ -197,3 +199,33 @@ def test_a_failed_fetch_pauses_the_next_from_its_end(server: CertsServer, clock:
     with pytest.raises(CertsUnavailable):
         cache.cert_for("k1")
     assert server.fetches == 1  # the four shared it; the fifth came within the pause
+
+
+def test_a_refresh_that_cannot_start_counts_as_a_failed_fetch(
+    server: CertsServer, clock: Clock, keys
+) -> None:
+    """No thread to be had (a reviewer's probe): the held certs serve, and the next
+    refresh is tried after the pause, instead of the fetch staying "in flight" forever."""
+
+    def no_thread(run: Callable[[], None]) -> None:
+        raise RuntimeError("can't start new thread")
+
+    cache = CertCache(server.url, clock=clock, in_background=no_thread)
+    assert cache.cert_for("k1") == keys[0].cert_pem  # none held: this request fetched
+    clock.now += 600
+    assert cache.cert_for("k1") == keys[0].cert_pem
+    clock.now += RETRY_AFTER_FAILURE_SECONDS
+    cache._in_background = lambda run: run()
+    assert cache.cert_for("k1") == keys[0].cert_pem
+    assert server.fetches == 2
+
+
+def test_a_fetch_that_crashes_leaves_nobody_waiting(server: CertsServer, clock: Clock) -> None:
+    def crashing_fetch(url: str) -> tuple[dict[str, str], float]:
+        raise RecursionError("a certs answer nested too deep")
+
+    cache = CertCache(server.url, fetch=crashing_fetch, clock=clock)
+    with pytest.raises(RecursionError):
+        cache.cert_for("k1")
+    with pytest.raises(CertsUnavailable, match="crashed"):  # within the pause, at once
+        cache.cert_for("k1")
