@@ -75,6 +75,7 @@ def assistant_message(
         stop_reason=report.stop_reason,
         structured_output=output.structured,
         tools_to_use=tuple(call.as_dict() for call in output.calls),
+        question=request.user_input,
     )
 
 

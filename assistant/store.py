@@ -66,6 +66,7 @@ class AssistantMessage:
     stop_reason: str | None = None
     structured_output: Any = None
     tools_to_use: tuple[dict[str, Any], ...] = ()
+    question: str | None = None  # the user input it answers: a retry's is the same
 
     @property
     def message_id(self) -> str:
@@ -184,8 +185,9 @@ class FirestoreStore:
             "createdAt": SERVER_TIMESTAMP,
             **_common_fields(message.trace_id, message.thread_id, message.author),
         }
+        question: Any = None  # the trace id's user message, when this request did not write it
         if not user_saved:  # else the user message's write checked the trace id (one read less)
-            self._check_trace(message.assistant_id, message.trace_id, message.author)
+            question = self._check_trace(message.assistant_id, message.trace_id, message.author)
         reference = self._messages(message.assistant_id).document(message.message_id)
         options = self._call_options()
         for attempt in range(1, WRITE_ATTEMPTS + 1):
@@ -198,6 +200,13 @@ class FirestoreStore:
                 continue  # deleted since create() found it: create it again
             if message.status == "incomplete" and _field(existing, "status") == "complete":
                 raise TraceIdKept(f"{message.message_id} holds a complete reply, kept")
+            if (
+                question is not None
+                and question.exists
+                and message.question is not None
+                and _field(question, "content") != message.question
+            ):  # the frontend saved its user message itself, for another question
+                raise TraceIdKept(f"{message.trace_id}-user holds another question")
             # Only if nobody wrote it since it was read: another user's write cannot get
             # in between, and the same user's other retry makes this one read again.
             unchanged = _firestore_client().write_option(last_update_time=existing.update_time)
@@ -209,9 +218,10 @@ class FirestoreStore:
                     raise
         raise RuntimeError(f"{message.message_id} kept changing while it was written")
 
-    def _check_trace(self, assistant_id: str, trace_id: str, author: Author) -> None:
+    def _check_trace(self, assistant_id: str, trace_id: str, author: Author) -> Any:
         """MessageTaken if either of the trace id's messages is another user's: a reply is
-        not attached to someone else's question, nor a question to their reply.
+        not attached to someone else's question, nor a question to their reply. Returns
+        the user message's snapshot as read.
 
         Read just before the write: another user starting on the same trace id within
         those milliseconds is the one case it misses (`_owned` still guards the
@@ -219,9 +229,13 @@ class FirestoreStore:
         """
         messages = self._messages(assistant_id)
         references = [messages.document(f"{trace_id}-{role}") for role in ("user", "assistant")]
+        question = None
         for snapshot in _firestore_client().get_all(references, **self._call_options()):
             if _someone_elses(snapshot, author):
                 raise MessageTaken(snapshot.id)
+            if snapshot.id.endswith("-user"):
+                question = snapshot
+        return question
 
     def _owned(self, reference: Any, author: Author, message_id: str) -> Any:
         """The existing message, if it is this author's; MessageTaken if it is another user's."""

@@ -167,15 +167,23 @@ def test_a_retrys_incomplete_reply_does_not_replace_a_complete_one(
     assert "holds a complete reply" in failed[0]["reason"]
 
 
+@pytest.mark.parametrize("already_saved", [False, True])
 def test_a_trace_id_reused_for_another_question_keeps_the_first_pair(
-    client, fake: FakeUpstream, firestore, capsys: pytest.CaptureFixture[str]
+    client, fake: FakeUpstream, firestore, capsys: pytest.CaptureFixture[str], already_saved: bool
 ) -> None:
-    """Not a retry: the question and its reply stay together; the new pair is not saved."""
+    """Not a retry: the question and its reply stay together; the new pair is not saved
+    (with user_message_already_saved, the reply is compared with the saved question)."""
     fake.push(Script(tokens=["Answer one."]))
     ask(client, "question one", trace_id="t-reused", **SAVE).get_data()
     before = _messages(firestore)
     fake.push(Script(tokens=["Answer two."]))
-    response = ask(client, "question two", trace_id="t-reused", **SAVE)
+    response = ask(
+        client,
+        "question two",
+        trace_id="t-reused",
+        user_message_already_saved=already_saved,
+        **SAVE,
+    )
     final = sse_events(response.get_data())[-2]
     assert final["answer"] == "Answer two."
     assert final["metadata"]["persist_failed"] is True
