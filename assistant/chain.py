@@ -236,7 +236,7 @@ class Chain:
                             if relay.finished:
                                 break
                     await relay.end()
-                except Exception:
+                except BaseException:  # a failure, or a deadline's or the reply's cancellation
                     if relay is not None:
                         relay.salvage()  # a call that came counts, and commits, as output
                     raise
@@ -352,25 +352,28 @@ class _Relay:
             self._chain.emit(Chunk(closing))
 
     def salvage(self) -> None:
-        """The attempt failed: what the decoder holds whole is handed on, room allowing
-        (with none, the reply's reader has stopped, and what waits is left)."""
+        """The attempt failed or was cut short (its first-chunk wait over, the reply's
+        time up): what the decoder holds whole is handed on, room allowing (with none,
+        the reply's reader has stopped, and what waits is left). A client that left
+        takes nothing more (its reply was detached)."""
         if self.full is not None:
             return
         events: list[Event] = []
         with contextlib.suppress(Exception):  # the failure being raised is the one to tell
             self._decoder.salvage(events)
-        self._hand_on(events)
+        self._hand_on(events, salvaging=True)
 
-    def _hand_on(self, events: list[Event]) -> None:
+    def _hand_on(self, events: list[Event], salvaging: bool = False) -> None:
         """`events` to the reply, as long as it has room (asked before each chunk, as
-        the reply's limit is counted in chunks); the rest wait in `_waiting`."""
+        the reply's limit is counted in chunks); the rest wait in `_waiting`. What is
+        salvaged counts even after the wait for a first chunk ran out."""
         chain, progress = self._chain, self._progress
         deadline = self._first_chunk_deadline
         for at, event in enumerate(events):
             if isinstance(event, StreamEnd):
                 chain._finish(event)
                 return
-            if not progress.shown and deadline.expired():
+            if not progress.shown and deadline.expired() and not salvaging:
                 return  # the wait for a first chunk is over: this attempt is being cancelled
             if isinstance(event, Working):
                 if not progress.shown:  # progress, not output: the wait starts over
@@ -378,7 +381,8 @@ class _Relay:
                     deadline.reschedule(restart)
                 continue
             if not progress.shown:
-                deadline.reschedule(None)  # from here only idle gaps count
+                if not deadline.expired():
+                    deadline.reschedule(None)  # from here only idle gaps count
                 progress.shown = True
                 # The socket may have waited longer for the first chunk (aio.py).
                 aio.streaming_started(self._response, chain.timeouts.idle)

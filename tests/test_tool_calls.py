@@ -150,6 +150,21 @@ def test_a_call_commits_the_provider(
     ]
 
 
+@EACH
+def test_a_call_then_silence_commits_the_provider(
+    upstream: FakeUpstream, case: ProviderCase
+) -> None:
+    """A whole call, then the upstream goes quiet until a deadline ends the attempt (the
+    wait for a first chunk, on OpenAI, whose calls are not shown before their choice
+    finishes; the idle gap on the others): the call counts, as after an error."""
+    upstream.push(Script(tokens=[], tool_calls=[OSLO], fail_after=0, fail_mode="hang"))
+    fallback = CASES[0].provider(upstream.url, "fallback")
+    run = run_chain([case.provider(upstream.url), fallback], TIMEOUTS, prompt=PROMPT)
+    assert run.outcomes == ["upstream_timeout"]
+    assert run.items[-1] == ChainFailed(run.errors[0], committed=True)
+    assert [item.args for item in run.items if isinstance(item, ToolCall)] == [OSLO["args"]]
+
+
 def test_an_openai_call_cut_in_its_arguments_is_no_call(upstream: FakeUpstream) -> None:
     """Its arguments not whole, the call was not made: the chain falls through, as it
     does when any provider's stream is cut before its first text or call."""
