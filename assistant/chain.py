@@ -355,8 +355,9 @@ class _Relay:
         """The attempt failed or was cut short (its first-chunk wait over, the reply's
         time up): what the decoder holds whole is handed on, room allowing (with none,
         the reply's reader has stopped, and what waits is left). A client that left
-        takes nothing more (its reply was detached)."""
-        if self.full is not None:
+        takes nothing more (its reply was detached). Once the answer's end came, its
+        own end says it all."""
+        if self.full is not None or self._decoder.finished:
             return
         events: list[Event] = []
         with contextlib.suppress(Exception):  # the failure being raised is the one to tell
@@ -371,7 +372,8 @@ class _Relay:
         deadline = self._first_chunk_deadline
         for at, event in enumerate(events):
             if isinstance(event, StreamEnd):
-                chain._finish(event)
+                if progress.shown or not salvaging:  # a failed attempt that showed nothing
+                    chain._finish(event)  # leaves the report to the provider that answers
                 return
             if not progress.shown and deadline.expired() and not salvaging:
                 return  # the wait for a first chunk is over: this attempt is being cancelled

@@ -590,6 +590,12 @@ def test_each_provider_mid_stream_error_is_an_error_frame(client, all_four, prov
     error = sse_events(ask(client).get_data())[-2]
     assert error["code"] == "upstream_error"
     assert error["partial"] == "half way "
+    # What the upstream said of itself before failing is kept (a reviewer found it
+    # dropped): the model on all four, the input tokens where the format tells them early.
+    metadata = error["metadata"]
+    assert metadata["model_version"] == "fake-claude"  # the fake's, not the one asked for
+    if provider in ("anthropic", "gemini"):
+        assert metadata["usage"]["input_tokens"] == 12
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

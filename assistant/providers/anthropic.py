@@ -379,7 +379,11 @@ class _Decoder:
         self._handle(self._sse.feed(data), out)
 
     def salvage(self, out: list[Event]) -> None:
-        """Nothing held back: a call is handed on at its block's end."""
+        """No call held back (each is handed on at its block's end): message_start's
+        usage and model."""
+        state = self._state
+        usage = Usage(input_tokens=state.input_tokens, output_tokens=state.output_tokens)
+        out.append(StreamEnd(stop_reason=None, usage=usage, model=state.model))
 
     def end(self, out: list[Event]) -> None:
         state = self._state

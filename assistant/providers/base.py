@@ -205,7 +205,8 @@ class Decoder(Protocol):
 
     def salvage(self, out: list[Event]) -> None:
         """The answer failed (an error, a cut, a timeout): what it holds whole that was
-        not handed on yet, as a failure keeps what arrived (OpenAI's calls)."""
+        not handed on yet, as a failure keeps what arrived (OpenAI's calls), then a
+        StreamEnd with no stop reason carrying the usage and model reported so far."""
         ...
 
 

@@ -155,7 +155,8 @@ class _Decoder:
         self._handle(self._sse.feed(data), out)
 
     def salvage(self, out: list[Event]) -> None:
-        """Nothing held back: calls come whole, in one part each."""
+        """No call held back (each comes whole, in one part): the last usage and model."""
+        out.append(StreamEnd(None, self._usage, self._model))
 
     def end(self, out: list[Event]) -> None:
         self._handle(self._sse.flush(), out)

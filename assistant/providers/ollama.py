@@ -108,7 +108,7 @@ class _Decoder:
 
     def __init__(self, model: str) -> None:
         self._lines = NdjsonReader()
-        self._model = model
+        self._model: Any = model
         self._reply = uuid.uuid4().hex[:8]  # our call ids: unique per reply, and across replies
         self._calls = 0
         self._end: StreamEnd | None = None
@@ -124,7 +124,9 @@ class _Decoder:
                 return
 
     def salvage(self, out: list[Event]) -> None:
-        """Nothing held back: calls come whole, in one line each."""
+        """No call held back (each comes whole, in one line): the model its lines named
+        (usage comes only with the last one)."""
+        out.append(StreamEnd(None, Usage(), self._model))
 
     def end(self, out: list[Event]) -> None:
         if self._end is None:
@@ -137,6 +139,7 @@ class _Decoder:
     def _handle(self, line: dict[str, Any], out: list[Event]) -> None:
         if "error" in line:
             raise ProviderError("upstream_error", str(line["error"])[:200])
+        self._model = line.get("model") or self._model  # an odd one: StreamEnd drops it
         message = line.get("message") or {}
         thinking, content = message.get("thinking"), message.get("content")
         if isinstance(thinking, str) and thinking:
@@ -153,7 +156,7 @@ class _Decoder:
             )
             reason = line.get("done_reason") or "stop"
             stop = normalised_stop_reason(reason, _STOP_REASONS, bool(self._calls))
-            self._end = StreamEnd(stop, usage, line.get("model") or self._model)
+            self._end = StreamEnd(stop, usage, self._model)
 
 
 # -- the request ---------------------------------------------------------------------------

@@ -185,6 +185,7 @@ class _Decoder:
         calls = self._calls.arrived()
         self._called = self._called or bool(calls)
         out += calls
+        out.append(StreamEnd(None, self._usage, self._model))
 
     def _handle(self, events: list[ServerSentEvent], out: list[Event]) -> None:
         for event in events:
