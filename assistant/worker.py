@@ -765,7 +765,9 @@ class Worker(ThreadWorker):
             if not self.alive or not self.cfg.keepalive or full:
                 resp.force_close()
             respiter = self.wsgi(environ, resp.start_response)
-            if _body_left_unread(environ):
+            # A body left unread that must not be drained, or one gunicorn could not read
+            # (its framing broken: where a next request would start is unknown).
+            if _body_left_unread(environ) or getattr(req.body, "failed", False) is True:
                 resp.force_close()
         except BaseException:
             self._post_request(req, environ, resp)

@@ -422,6 +422,7 @@ def test_a_chunked_body_gunicorn_refuses_midway_is_a_400_answered_once(
         status, headers, answer = _read_response(sock)
         assert _closed_by_server(sock, 5)
     assert status == 400
+    assert headers["connection"] == "close"
     assert json.loads(answer) == {
         "error": "the chunked body is malformed",
         "code": "invalid_request",
