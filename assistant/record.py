@@ -44,10 +44,9 @@ def with_structured_output(
             "the tools were sent, the schema was not"
         )
         return dataclasses.replace(output, structured_error=why)
-    if output.calls:  # text before the calls is the model's preamble, not the answer
-        why = "the reply is a tool call: the JSON answer comes after the tool results"
-        return dataclasses.replace(output, structured_error=why)
     value, error = structured_output(output.text.content, schema)
+    if output.calls and error is not None:  # its text, if any, is a preamble to the calls
+        error = "the reply is a tool call: the JSON answer comes after the tool results"
     return dataclasses.replace(output, structured=value, structured_error=error)
 
 
