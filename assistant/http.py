@@ -47,7 +47,7 @@ from .request import (
 from .saving import load_history
 from .store import Author, FirestoreStore, MessageStore
 from .tracing import RequestLog, new_trace_id, trace_id_from_headers
-from .worker import HEAD, PARKING, Instead, body_refusal
+from .worker import HEAD, PARKING, TRACE_ID, Instead, body_refusal
 
 _ASSISTANT_ROUTE = re.compile(r"/vac/assistant/(?P<id>.*?)(?P<sse>/sse)?")
 _ALLOWED_METHODS = "POST, OPTIONS"
@@ -65,6 +65,7 @@ def handle(request: flask.Request) -> flask.Response:
     # werkzeug's Headers: a case-insensitive lookup, though not a registered Mapping.
     headers = cast("Mapping[str, str]", request.headers)
     trace_id = trace_id_from_headers(headers) or new_trace_id()
+    request.environ[TRACE_ID] = trace_id  # for the worker's lines about this request
     try:
         settings = request_settings()
     except ConfigError as exc:

@@ -170,7 +170,9 @@ HEAD = "assistant.head"
 # What gthread drains of a body the app left unread, to keep the connection (its
 # parser's _DRAIN_MAX_BYTES): past it, the connection closes after its wait.
 UNREAD_BODY_DRAIN_BYTES = 64 * 1024
-CONTINUE = "assistant.continue"  # a `_Continue` still to send, for the body's first read (10)
+CONTINUE = "assistant.continue"
+# Set by the app: the request's trace id, for the worker's own log lines about it.
+TRACE_ID = "assistant.trace_id"  # a `_Continue` still to send, for the body's first read (10)
 
 # Threads for /health and preflights alone (point 7 above), and how their heads begin.
 RESERVED_THREADS = 2
@@ -259,6 +261,7 @@ class _ReadClock:
         self.remaining = remaining
         self.expires = math.inf  # while running; read and written under the watchdog's lock
         self.reading = "head"  # for the log line: "head" until the app runs, then "body"
+        self.environ: Mapping[str, Any] = {}  # the app's, once it runs (its trace id)
 
     def run(self) -> None:
         self.watchdog.run(self)
@@ -270,8 +273,9 @@ class _ReadClock:
 class _Watchdog:
     """Shuts down the socket of each request whose read clock ran out (one thread per worker)."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, project_id: str) -> None:
         self.seconds = seconds
+        self._project_id = project_id
         self._running: set[_ReadClock] = set()
         self._changed = threading.Condition()
         self._wake_at = math.inf
@@ -310,9 +314,8 @@ class _Watchdog:
                     self._changed.wait(None if wait == math.inf else wait)
                     continue
             for clock in expired:
-                process_log().warning(
-                    "request.read_timeout", reading=clock.reading, seconds=self.seconds
-                )
+                log = RequestLog(clock.environ.get(TRACE_ID), self._project_id)
+                log.warning("request.read_timeout", reading=clock.reading, seconds=self.seconds)
 
 
 class _Continue:
@@ -565,7 +568,7 @@ class Worker(ThreadWorker):
         # Already read (and checked) once by the application at startup.
         self.server_settings = ServerSettings.from_env()
         self._read_timeout = self.server_settings.request_read_timeout_seconds
-        self._watchdog = _Watchdog(self._read_timeout)
+        self._watchdog = _Watchdog(self._read_timeout, self.server_settings.project_id)
         self._serving = threading.local()  # the read clock of the request this thread serves
         # Both in the order they time out: every wait lasts as long.
         self._arrivals: deque[_Arrival] = deque()
@@ -729,6 +732,7 @@ class Worker(ThreadWorker):
             if clock is not None:
                 clock.stop()  # the head is in; the app's own time is not the client's
                 clock.reading = "body"
+                clock.environ = environ
                 invitation = environ.get(CONTINUE)
                 environ["wsgi.input"] = _ClockedInput(environ["wsgi.input"], clock, invitation)
             _without_keep_alive_header(start_response)

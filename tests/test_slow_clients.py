@@ -257,6 +257,27 @@ def test_a_body_refused_unread_is_answered_before_it_is_sent(
     assert fake.requests == []
 
 
+def test_a_body_that_never_comes_is_logged_with_the_requests_trace_id(
+    fake: FakeUpstream, tmp_path: Path
+) -> None:
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    log = tmp_path / "service.log"
+    env = {"REQUEST_READ_TIMEOUT_SECONDS": "1"}
+    with log.open("wb") as output, running_service(env, output=output) as running:
+        sock = _connect(running.url)
+        sock.sendall(
+            HEAD + f"traceparent: 00-{trace}-00f067aa0ba902b7-01\r\n".encode()
+            + b"Expect: 100-continue\r\nContent-Length: 100\r\n\r\n"
+        )  # fmt: skip
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"  # and no body
+        assert _closed_by_server(sock, 5)
+        sock.close()
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    [timed_out] = [line for line in lines if line["message"] == "request.read_timeout"]
+    assert (timed_out["trace_id"], timed_out["reading"]) == (trace, "body")
+    assert fake.requests == []
+
+
 def test_a_large_body_refused_is_never_held_in_memory(fake: FakeUpstream) -> None:
     """functions-framework read a refused body whole into memory: 400 MB for one request."""
     with running_service({}) as running:
