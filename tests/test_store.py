@@ -34,6 +34,12 @@ USER = {"email": "ada@example.com", "displayName": "Ada"}
 SAVE = {"save_to_history": True, "emissaryConfig": {"currentUser": USER}}
 
 
+def _persist_failures(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
+    """The `persist.failed` log lines the service wrote since the last look."""
+    lines = log_lines(capsys.readouterr().out)
+    return [line for line in lines if line["message"] == "persist.failed"]
+
+
 def _messages(db: Any, assistant_id: str = "test-assistant") -> dict[str, dict[str, Any]]:
     collection = db.collection("assistants").document(assistant_id).collection("messages")
     return {snapshot.id: snapshot.to_dict() for snapshot in collection.stream()}
@@ -161,8 +167,7 @@ def test_a_retrys_incomplete_reply_does_not_replace_a_complete_one(
         next(frames)
         response.close()  # the reply's save ends with the close
     assert _messages(firestore) == before
-    failed = [line for line in log_lines(capsys.readouterr().out)
-              if line["message"] == "persist.failed"]  # fmt: skip
+    failed = _persist_failures(capsys)
     assert [line["role"] for line in failed] == ["assistant"]
     assert "holds a complete reply" in failed[0]["reason"]
 
@@ -189,8 +194,7 @@ def test_a_trace_id_reused_for_another_question_keeps_the_first_pair(
     assert final["metadata"]["persist_failed"] is True
     assert final["metadata"]["message_ids"] is None
     assert _messages(firestore) == before
-    failed = [line for line in log_lines(capsys.readouterr().out)
-              if line["message"] == "persist.failed"]  # fmt: skip
+    failed = _persist_failures(capsys)
     assert "holds another question" in failed[0]["reason"]
 
 
@@ -222,8 +226,7 @@ def test_another_users_trace_id_is_not_written_to(
     assert final["metadata"]["message_ids"] is None  # nothing of it was written
     after = _messages(firestore)
     assert after == before and after["t-shared-assistant"]["userId"] == "ada@example.com"
-    logged = log_lines(capsys.readouterr().out)
-    failed = [line for line in logged if line["message"] == "persist.failed"]
+    failed = _persist_failures(capsys)
     assert failed and "belongs to another user" in failed[0]["reason"]
 
 
