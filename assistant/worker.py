@@ -170,9 +170,9 @@ HEAD = "assistant.head"
 # What gthread drains of a body the app left unread, to keep the connection (its
 # parser's _DRAIN_MAX_BYTES): past it, the connection closes after its wait.
 UNREAD_BODY_DRAIN_BYTES = 64 * 1024
-CONTINUE = "assistant.continue"
+CONTINUE = "assistant.continue"  # a `_Continue` still to send, for the body's first read (10)
 # Set by the app: the request's trace id, for the worker's own log lines about it.
-TRACE_ID = "assistant.trace_id"  # a `_Continue` still to send, for the body's first read (10)
+TRACE_ID = "assistant.trace_id"
 
 # Threads for /health and preflights alone (point 7 above), and how their heads begin.
 RESERVED_THREADS = 2
@@ -915,9 +915,15 @@ class Worker(ThreadWorker):
         super().handle_exit(sig, frame)
 
     def _keepalive_after(self, conn: _Connection, keepalive: Any) -> Any:
+        """gthread's, which drains a body the app left unread; a body whose framing breaks
+        in that drain closes the connection. gthread let the parse error through, and
+        its handler answered it: a second response to one request (point 10)."""
         if keepalive is _PARKED:
             return _PARKED
-        return super()._keepalive_after(conn, keepalive)
+        try:
+            return super()._keepalive_after(conn, keepalive)
+        except errors.ParseException:
+            return False
 
     def finish_request(self, conn: _Connection, fs: Any) -> None:
         """gthread's, except for a response that parked: it is still under way."""

@@ -452,6 +452,25 @@ def test_a_chunked_body_gunicorn_refuses_midway_is_a_400_answered_once(
     assert fake.requests == []
 
 
+@pytest.mark.parametrize(
+    "body",
+    [b"zz\r\n{}\r\n0\r\n\r\n", b"2\r\n{}XX0\r\n\r\n"],
+    ids=["chunk-size", "chunk-end"],
+)
+def test_a_broken_chunked_body_nobody_reads_gets_one_answer(
+    service: str, fake: FakeUpstream, body: bytes
+) -> None:
+    """A route that does not read the body answers; gunicorn's drain then finds the framing
+    broken, and the connection closes, with no second answer (a reviewer saw a 400 follow
+    the 404, which a pipelining client would pair with its next request)."""
+    head = POST.replace(b"/vac/assistant/x/sse", b"/nowhere")
+    with _connect(service) as sock:
+        sock.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n" + body)
+        status, _, _ = _read_response(sock)
+        assert status == 404
+        assert _closed_by_server(sock, 5)  # and nothing more came before the close
+
+
 def test_functions_framework_builds_our_server(
     app: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
