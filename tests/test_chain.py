@@ -37,6 +37,7 @@ from assistant.tracing import RequestLog
 from devtools.fake_upstream import FakeUpstream, Script
 
 from .conftest import log_lines, sse_events
+from .provider_cases import CASES
 from .provider_support import PROMPT, anthropic_event, anthropic_text_stream
 
 
@@ -364,6 +365,33 @@ def test_what_an_answer_cost_is_kept_when_its_reply_ends_with_chunks_waiting(
     report = chain.report()
     assert report.usage.output_tokens == 42
     assert report.stop_reason == "end_turn"
+
+
+def test_a_gemini_answers_cost_survives_its_reply_ending_while_chunks_wait(
+    fake: FakeUpstream,
+) -> None:
+    """As above, for Gemini, whose end is the body's end and no marker: the reply cancelled
+    while the answer's last chunks wait for room keeps the answer's stop reason, not the
+    none of a failure's report (a reviewer's reading of Decoder.salvage)."""
+    pieces = [{"candidates": [{"content": {"parts": [{"text": f"piece{i} "}]}}]} for i in range(9)]
+    pieces.append(
+        {
+            "candidates": [{"content": {"parts": [{"text": "end"}]}, "finishReason": "MAX_TOKENS"}],
+            "usageMetadata": {"promptTokenCount": 12, "candidatesTokenCount": 10},
+        }
+    )
+    body = b"".join(b"data: " + json.dumps(piece).encode() + b"\r\n\r\n" for piece in pieces)
+    fake.push(Script(raw=[body]))  # one write: the end comes in the read that fills the reply
+    gemini = next(case for case in CASES if case.name == "gemini")
+    outbox = Outbox(limit_chars=10)
+    timeouts = Timeouts(connect=5, first_chunk=5, idle=5, reply=30)
+    chain = Chain([gemini.provider(fake.url)], PROMPT, timeouts, outbox.put, room=outbox.room)
+    running = aio.submit(chain.run())
+    time.sleep(0.5)  # the first chunks in the outbox, the rest waiting for room
+    running.cancel()  # the client left
+    assert chain.finished.wait(5)
+    report = chain.report()
+    assert (report.stop_reason, report.usage.output_tokens) == ("max_tokens", 10)
 
 
 def _relayed_to_a_late_reader(fake: FakeUpstream, body: bytes, items: int) -> tuple[list, list]:

@@ -155,8 +155,12 @@ class _Decoder:
         self._handle(self._sse.feed(data), out)
 
     def salvage(self, out: list[Event]) -> None:
-        """No call held back (each comes whole, in one part): the last usage and model."""
-        out.append(StreamEnd(None, self._usage, self._model))
+        """No call held back (each comes whole, in one part): the last usage and model, and
+        the finishReason if one came (the body's end, which makes it whole, did not)."""
+        stop = None
+        if self._raw_stop is not None:
+            stop = normalised_stop_reason(self._raw_stop, _STOP_REASONS, self._calls > 0)
+        out.append(StreamEnd(stop, self._usage, self._model))
 
     def end(self, out: list[Event]) -> None:
         self._handle(self._sse.flush(), out)
