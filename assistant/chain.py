@@ -362,7 +362,7 @@ class _Relay:
         events: list[Event] = []
         with contextlib.suppress(Exception):  # the failure being raised is the one to tell
             self._decoder.salvage(events)
-        self._hand_on(events, salvaging=True)
+            self._hand_on(events, salvaging=True)
 
     def _hand_on(self, events: list[Event], salvaging: bool = False) -> None:
         """`events` to the reply, as long as it has room (asked before each chunk, as
