@@ -70,21 +70,29 @@ class Saver:
 
         The reply is written only after the user message landed, so its
         server timestamp comes later and a history read keeps the two in order.
-        A user message whose write already failed (the database was away when
-        the request came, and a reply can take minutes) is written once more
-        first: what the user typed is not lost to an outage the reply outlived.
+        A user message whose write failed (the database was away when the
+        request came, and a reply can take minutes), before this wait or during
+        it, is written once more while the wait lasts: what the user typed is
+        not lost to an outage the reply outlived.
         """
         deadline = time.monotonic() + self._timeout
         ids: dict[str, str] = {}
         ok = True
         if self._user is not None:
-            failure = _failure(self._user)
-            if failure is not None and not isinstance(failure, MessageTaken | TraceIdKept):
-                reason = f"{type(failure).__name__}: {failure}"  # an outage: once more
-                self._log.warning("persist.retry", role="user", reason=reason)
-                assert self._user_message is not None
-                self._user = _pool.submit(self._store.save_user_message, self._user_message)
-            ok = yield from self._waiting("user", self._user, deadline, ids, beat)
+            for _ in range(2):
+                failure = _failure(self._user)
+                if failure is not None and not isinstance(failure, MessageTaken | TraceIdKept):
+                    if time.monotonic() >= deadline:
+                        ok = False
+                        break
+                    reason = f"{type(failure).__name__}: {failure}"  # an outage: once more
+                    self._log.warning("persist.retry", role="user", reason=reason)
+                    assert self._user_message is not None
+                    self._user = _pool.submit(self._store.save_user_message, self._user_message)
+                ok = yield from self._waiting("user", self._user, deadline, ids, beat)
+                failure = _failure(self._user)
+                if ok or failure is None or isinstance(failure, MessageTaken | TraceIdKept):
+                    break
             if isinstance(_failure(self._user), TraceIdKept):
                 return ids, True  # the trace id's question is another: its reply stays too
         if assistant_message is not None:

@@ -503,6 +503,29 @@ def test_a_user_message_the_database_missed_is_written_once_it_is_back(
     assert [line["role"] for line in retried] == ["user"]
 
 
+def test_a_user_message_write_that_fails_after_the_reply_ends_is_tried_again(
+    client, fake: FakeUpstream, firestore, paused_database: _PausableProxy, capsys
+) -> None:
+    """The database hangs from the request on; the reply ends before the user message's
+    write gives up, and the database is back before the reply's save wait is over: the
+    write that failed meanwhile goes once more, and both land (a reviewer found the
+    reply saved and the question lost)."""
+    os.environ["PERSIST_TIMEOUT_SECONDS"] = "3"
+    fake.push(Script(tokens=[f"t{i} " for i in range(4)], interval=0.3))  # ~1.2 s
+    back = threading.Timer(3.4, paused_database.resume)  # the first write gave up at ~3 s
+    back.start()
+    try:
+        events = sse_events(ask(client, trace_id="t-late", **SAVE).get_data())
+    finally:
+        back.join()
+    assert events[-2]["metadata"]["persist_failed"] is False
+    messages = _messages(firestore)
+    assert set(messages) == {"t-late-user", "t-late-assistant"}
+    retried = [line for line in log_lines(capsys.readouterr().out)
+               if line["message"] == "persist.retry"]  # fmt: skip
+    assert [line["role"] for line in retried] == ["user"]
+
+
 def _seed(
     db: Any,
     message_id: str,
