@@ -153,6 +153,19 @@ class Chain:
     schema_sent: bool = True
     finished: threading.Event = field(default_factory=threading.Event)
     _reply_deadline: asyncio.Timeout = field(init=False, repr=False)
+    _stopping: bool = field(default=False, init=False, repr=False)
+
+    def stop_early(self) -> None:
+        """From any thread: end the reply now, as its time running out would, but as
+        `overloaded` (the instance is stopping: a retry goes to another one)."""
+        aio.call_soon(self._stop_early)
+
+    def _stop_early(self) -> None:
+        self._stopping = True
+        deadline = getattr(self, "_reply_deadline", None)
+        if deadline is not None and not deadline.expired():
+            with contextlib.suppress(RuntimeError):  # the chain's run is already over
+                deadline.reschedule(asyncio.get_running_loop().time())
 
     async def run(self) -> None:
         try:
@@ -165,6 +178,8 @@ class Chain:
                 # finishes count as life for the idle timeout).
                 detail = f"longer than {self.timeouts.reply}s in all"
                 error = ProviderError("reply_too_long", detail)
+                if self._stopping:
+                    error = ProviderError("overloaded", "the instance is stopping")
                 outcome = ChainFailed(error, committed=self.first_chunk_at is not None)
         except asyncio.CancelledError:
             raise  # the client left: nobody waits for an outcome
@@ -215,7 +230,8 @@ class Chain:
             return None
         except asyncio.CancelledError:
             deadline = self._reply_deadline
-            self._record(progress, "reply_too_long" if deadline.expired() else "client_gone", None)
+            outcome = "reply_too_long" if deadline.expired() else "client_gone"
+            self._record(progress, "overloaded" if self._stopping else outcome, None)
             raise
         self._record(progress, "ok", None)
         return ChainSucceeded()

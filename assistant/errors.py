@@ -27,6 +27,7 @@ UpstreamCode = Literal[
     "upstream_incomplete",
     "upstream_protocol",
     "reply_too_long",  # not the provider's fault, but it ends its stream the same way
+    "overloaded",  # nor this: the instance is stopping (or full, before any stream)
 ]
 
 ErrorCode = Literal[
@@ -43,7 +44,6 @@ ErrorCode = Literal[
     "rate_limited",
     "providers_failed",
     "auth_unavailable",
-    "overloaded",
     "config_error",
     "internal_error",
     "client_gone",

@@ -47,7 +47,7 @@ from .request import (
 from .saving import load_history
 from .store import Author, FirestoreStore, MessageStore
 from .tracing import RequestLog, new_trace_id, trace_id_from_headers
-from .worker import HEAD, PARKING, TRACE_ID, Instead, body_refusal
+from .worker import HEAD, PARKING, STOP_EARLY, TRACE_ID, Instead, body_refusal
 
 _ASSISTANT_ROUTE = re.compile(r"/vac/assistant/(?P<id>.*?)(?P<sse>/sse)?")
 _ALLOWED_METHODS = "POST, OPTIONS"
@@ -230,6 +230,7 @@ def _answer(
         on_end=slot.release,
     )
     slot.evict = _hang_up(request.environ)
+    request.environ[STOP_EARLY] = reply.stop_early  # for a stopping worker (worker.py, 6)
     # Alone on the instance, this thread lets the loop send the upstream request before it
     # goes back through Flask: idle, the first chunk comes ~0.2 ms sooner. Not when others
     # stream: the wait's wake-up cost 5% of the CPU at C=200 (README "Speed", round 9).

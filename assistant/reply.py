@@ -156,6 +156,12 @@ class Reply:
             )
         self._future = aio.submit(self._chain.run(), first_step_wait)
 
+    def stop_early(self) -> None:
+        """The instance is stopping: the reply ends now with what it has (an error frame,
+        `overloaded`, and its text saved), from any thread."""
+        if self._future is not None and not self._done:
+            self._chain.stop_early()
+
     def close(self) -> None:
         """Called when the response is closed: a reply that did not end is abandoned,
         and its place in the limits is given back.

@@ -81,8 +81,10 @@ it run this subclass instead. Ten things differ from gthread as gunicorn
    `HEAD`: a callable that gives it the head to send itself, with the first
    frame its I/O loop writes while the response is parked (gunicorn then
    sends no head).
-   A stopping worker waits for parked responses like any other, for
-   STOP_SAVE_SECONDS at most: those still parked then are ended as if
+   A stopping worker waits for parked responses like any other: those
+   whose head is out and still stream STOP_END_SECONDS after the signal
+   are ended by the app (`STOP_EARLY`) with a terminal frame, their text
+   saved; for STOP_SAVE_SECONDS at most: those still parked then are ended as if
    their client had left (upstream cancelled, what arrived saved), before
    Cloud Run's kill 10 s after SIGTERM (or gunicorn's, at its graceful
    timeout) would lose them; one whose head is not out yet (a reply still
@@ -173,6 +175,8 @@ UNREAD_BODY_DRAIN_BYTES = 64 * 1024
 CONTINUE = "assistant.continue"  # a `_Continue` still to send, for the body's first read (10)
 # Set by the app: the request's trace id, for the worker's own log lines about it.
 TRACE_ID = "assistant.trace_id"
+# Set by the app: a callable that ends its reply now, with a terminal frame (point 6).
+STOP_EARLY = "assistant.stop_early"
 
 # Threads for /health and preflights alone (point 7 above), and how their heads begin.
 RESERVED_THREADS = 2
@@ -215,6 +219,10 @@ _PARKED = object()  # handle()'s result for a response that let go of its thread
 # How long a stopping worker lets parked replies run on (point 6 above): Cloud Run
 # kills an instance 10 s after SIGTERM, and ending one takes up to ~1 s, its save more.
 STOP_SAVE_SECONDS = 7.0
+# Replies still streaming this long after the stop signal end with a terminal frame
+# (`overloaded`: the client may retry on another instance) and their text saved, while
+# there is time for both; those still parked at STOP_SAVE_SECONDS are abandoned.
+STOP_END_SECONDS = 4.0
 
 # What the poller holds of requests still arriving (see point 1 above): a
 # head up to HEAD_BUFFER_BYTES (a larger one, legal up to gunicorn's header
@@ -578,6 +586,7 @@ class Worker(ThreadWorker):
         self._parked: set[_Exchange] = set()  # responses waiting for their resume()
         self._reserved: futures.ThreadPoolExecutor | None = None  # point 7 above
         self._stopping_since: float | None = None  # time.monotonic() of the stop signal
+        self._ended_early = False  # the streams still running at STOP_END_SECONDS were told
         self._stopped = False  # the main loop has ended
 
     def run(self) -> None:
@@ -681,7 +690,12 @@ class Worker(ThreadWorker):
         """
         super().murder_pending()
         now = time.monotonic()
-        if self._stopping_since is not None and now - self._stopping_since >= min(
+        stopping_for = None if self._stopping_since is None else now - self._stopping_since
+        ends_at = min(STOP_END_SECONDS, max(0.0, self.cfg.graceful_timeout - 6))
+        if stopping_for is not None and stopping_for >= ends_at and not self._ended_early:
+            self._ended_early = True
+            self._end_streams_early()
+        if stopping_for is not None and stopping_for >= min(
             STOP_SAVE_SECONDS, max(0.0, self.cfg.graceful_timeout - 3)
         ):
             self._abandon_parked()
@@ -869,6 +883,19 @@ class Worker(ThreadWorker):
         except Exception:
             self.log.exception("Error handling request")
             return False
+
+    def _end_streams_early(self) -> None:
+        """The parked responses whose head is out (streams under way) end now through the
+        app's own way (`STOP_EARLY`): a terminal frame, then [DONE], their text saved."""
+        with self._lock:
+            parked = list(self._parked)
+        for exchange in parked:
+            stop = exchange.environ.get(STOP_EARLY)
+            if stop is not None and exchange.resp.headers_sent:
+                try:
+                    stop()
+                except Exception:
+                    self.log.exception("Error ending a stream early")
 
     def _abandon_parked(self) -> None:
         """The replies parked now end as a client that left would (upstream cancelled,

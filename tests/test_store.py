@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import datetime
 import json
@@ -24,7 +23,7 @@ from assistant.reply import Reply
 from assistant.request import AssistantRequest
 from assistant.store import Author, FirestoreStore
 from assistant.tracing import RequestLog
-from assistant.worker import STOP_SAVE_SECONDS
+from assistant.worker import STOP_END_SECONDS
 from devtools.fake_upstream import FakeUpstream, Script
 from devtools.service import free_port, running_service
 
@@ -638,10 +637,11 @@ def test_replies_waiting_for_the_database_hold_no_thread(fake, firestore, black_
     assert elapsed < 3.5  # side by side: about 2 s, not 4
 
 
-def test_a_stopping_server_saves_a_parked_reply_it_cannot_wait_for(fake, firestore) -> None:
+def test_a_stopping_server_ends_a_long_stream_with_a_terminal_frame(fake, firestore) -> None:
     """SIGTERM while a reply streams for longer than a stop can wait (Cloud Run kills
-    10 s after it): STOP_SAVE_SECONDS later the worker ends the parked reply as a client
-    that left would: its text so far is saved `incomplete`, and the server exits."""
+    10 s after it): STOP_END_SECONDS later the stream ends as every stream does, with a
+    terminal frame (`overloaded`: retry elsewhere) and [DONE] (a reviewer found it cut
+    with neither), its text so far saved `incomplete`, and the server exits."""
     fake.push(Script(tokens=[f"w{n} " for n in range(60)], interval=0.5))  # 30 s
     body = {"user_input": "hi", "trace_id": "t-stop", **SAVE}
     url = "/vac/assistant/test-assistant/sse"
@@ -652,14 +652,17 @@ def test_a_stopping_server_saves_a_parked_reply_it_cannot_wait_for(fake, firesto
         assert next(line for line in lines if line) == 'data: {"chunk":"w0 "}'
         service.process.terminate()
         stopped = time.monotonic()
-        with contextlib.suppress(httpx.HTTPError):  # cut: no terminal frame
-            for _ in lines:
-                pass
+        frames = [line for line in lines if line.startswith("data: ")]
         assert service.process.wait(timeout=20) == 0
-        assert STOP_SAVE_SECONDS - 1 < time.monotonic() - stopped < 20
+        assert STOP_END_SECONDS - 1 < time.monotonic() - stopped < 20
+    assert frames[-1] == "data: [DONE]"
+    terminal = json.loads(frames[-2].removeprefix("data: "))
+    assert terminal["code"] == "overloaded"
+    assert terminal["partial"].startswith("w0 w1 w2")
+    assert terminal["metadata"]["attempts"][-1]["outcome"] == "overloaded"
     saved = _messages(firestore)["t-stop-assistant"]
     assert saved["status"] == "incomplete"
-    assert saved["content"].startswith("w0 w1 w2")
+    assert saved["content"] == terminal["partial"].strip()
 
 
 def _parked_reply_saving(trace_id: str) -> Reply:
