@@ -79,19 +79,18 @@ class Saver:
         ids: dict[str, str] = {}
         ok = True
         if self._user is not None:
-            for _ in range(2):
-                failure = _failure(self._user)
-                if failure is not None and not isinstance(failure, MessageTaken | TraceIdKept):
-                    if time.monotonic() >= deadline:
-                        ok = False
-                        break
-                    reason = f"{type(failure).__name__}: {failure}"  # an outage: once more
+            retried = False
+            while True:
+                if not retried and self._user_write_failed():  # an outage: once more
+                    retried = True
+                    assert self._user is not None and self._user_message is not None
+                    failure = self._user.exception()
+                    reason = f"{type(failure).__name__}: {failure}"
                     self._log.warning("persist.retry", role="user", reason=reason)
-                    assert self._user_message is not None
                     self._user = _pool.submit(self._store.save_user_message, self._user_message)
                 ok = yield from self._waiting("user", self._user, deadline, ids, beat)
-                failure = _failure(self._user)
-                if ok or failure is None or isinstance(failure, MessageTaken | TraceIdKept):
+                out_of_time = time.monotonic() >= deadline
+                if ok or retried or out_of_time or not self._user_write_failed():
                     break
             if isinstance(_failure(self._user), TraceIdKept):
                 return ids, True  # the trace id's question is another: its reply stays too
@@ -100,6 +99,12 @@ class Saver:
             future = _pool.submit(self._store.save_assistant_message, assistant_message, user_saved)
             ok = (yield from self._waiting("assistant", future, deadline, ids, beat)) and ok
         return ids, not ok
+
+    def _user_write_failed(self) -> bool:
+        """The user message's write ended in a failure worth a second try: not another
+        user's trace id, nor another question's (those are answers, not outages)."""
+        failure = None if self._user is None else _failure(self._user)
+        return failure is not None and not isinstance(failure, MessageTaken | TraceIdKept)
 
     def _waiting(
         self,
