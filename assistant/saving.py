@@ -94,6 +94,11 @@ class Saver:
                     break
             if isinstance(_failure(self._user), TraceIdKept):
                 return ids, True  # the trace id's question is another: its reply stays too
+        if assistant_message is not None and time.monotonic() >= deadline:
+            # The wait went to the user message: a write begun now would be reported as
+            # failed, may land later beside no question, and holds a thread past a stop.
+            self._log.error("persist.timeout", role="assistant", timeout_s=self._timeout)
+            return ids, True
         if assistant_message is not None:
             user_saved = "user" in ids  # this request's: the trace id is this user's
             future = _pool.submit(self._store.save_assistant_message, assistant_message, user_saved)

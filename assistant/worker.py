@@ -82,7 +82,7 @@ it run this subclass instead. Ten things differ from gthread as gunicorn
    frame its I/O loop writes while the response is parked (gunicorn then
    sends no head).
    A stopping worker waits for parked responses like any other: those
-   whose head is out and still stream STOP_END_SECONDS after the signal
+   whose head is out and still stream `stop_end_seconds()` after the signal
    are ended by the app (`STOP_EARLY`) with a terminal frame, their text
    saved; for STOP_SAVE_SECONDS at most: those still parked then are ended as if
    their client had left (upstream cancelled, what arrived saved), before
@@ -159,7 +159,7 @@ from gunicorn.workers.gthread import (  # type: ignore[import-untyped]
 )
 from werkzeug.datastructures import Headers
 
-from .config import ServerSettings
+from .config import ConfigError, ServerSettings, Settings, request_settings
 from .errors import MESSAGES, ErrorCode
 from .tracing import RequestLog, new_trace_id, process_log, trace_id_from_headers
 
@@ -220,8 +220,10 @@ _PARKED = object()  # handle()'s result for a response that let go of its thread
 # kills an instance 10 s after SIGTERM, and ending one takes up to ~1 s, its save more.
 STOP_SAVE_SECONDS = 7.0
 # Replies still streaming this long after the stop signal end with a terminal frame
-# (`overloaded`: the client may retry on another instance) and their text saved, while
-# there is time for both; those still parked at STOP_SAVE_SECONDS are abandoned.
+# (`overloaded`: the client may retry on another instance) and their text saved: at
+# most this, and early enough that a whole save wait (PERSIST_TIMEOUT_SECONDS) and a
+# second more fit before STOP_SAVE_SECONDS (`stop_end_seconds`); those still parked
+# then are abandoned.
 STOP_END_SECONDS = 4.0
 
 # What the poller holds of requests still arriving (see point 1 above): a
@@ -586,7 +588,8 @@ class Worker(ThreadWorker):
         self._parked: set[_Exchange] = set()  # responses waiting for their resume()
         self._reserved: futures.ThreadPoolExecutor | None = None  # point 7 above
         self._stopping_since: float | None = None  # time.monotonic() of the stop signal
-        self._ended_early = False  # the streams still running at STOP_END_SECONDS were told
+        self._persist_timeout = _persist_timeout()
+        self._told: set[_Exchange] = set()  # the streams a stopping worker ended early
         self._stopped = False  # the main loop has ended
 
     def run(self) -> None:
@@ -691,13 +694,11 @@ class Worker(ThreadWorker):
         super().murder_pending()
         now = time.monotonic()
         stopping_for = None if self._stopping_since is None else now - self._stopping_since
-        ends_at = min(STOP_END_SECONDS, max(0.0, self.cfg.graceful_timeout - 6))
-        if stopping_for is not None and stopping_for >= ends_at and not self._ended_early:
-            self._ended_early = True
-            self._end_streams_early()
-        if stopping_for is not None and stopping_for >= min(
-            STOP_SAVE_SECONDS, max(0.0, self.cfg.graceful_timeout - 3)
-        ):
+        abandons_at = min(STOP_SAVE_SECONDS, max(0.0, self.cfg.graceful_timeout - 3))
+        ends_at = stop_end_seconds(abandons_at, self._persist_timeout)
+        if stopping_for is not None and stopping_for >= ends_at:
+            self._end_streams_early()  # every turn: a stream busy on a thread the last time
+        if stopping_for is not None and stopping_for >= abandons_at:
             self._abandon_parked()
         while self._arrivals and (
             self._arrivals[0].done or self._arrivals[0].since + self._read_timeout <= now
@@ -886,12 +887,14 @@ class Worker(ThreadWorker):
 
     def _end_streams_early(self) -> None:
         """The parked responses whose head is out (streams under way) end now through the
-        app's own way (`STOP_EARLY`): a terminal frame, then [DONE], their text saved."""
+        app's own way (`STOP_EARLY`): a terminal frame, then [DONE], their text saved.
+        Each is told once; one busy on a thread is told on a later turn."""
         with self._lock:
-            parked = list(self._parked)
+            parked = [exchange for exchange in self._parked if exchange not in self._told]
         for exchange in parked:
             stop = exchange.environ.get(STOP_EARLY)
             if stop is not None and exchange.resp.headers_sent:
+                self._told.add(exchange)
                 try:
                     stop()
                 except Exception:
@@ -1063,6 +1066,22 @@ def _answer_stopping(resp: Any, project_id: str) -> None:
     resp.force_close()
     with contextlib.suppress(OSError):
         resp.write(_answer_instead(resp, Instead("503 Service Unavailable", headers, body)))
+
+
+def stop_end_seconds(abandons_at: float, persist_timeout: float) -> float:
+    """When a stopping worker ends the streams still under way: STOP_END_SECONDS at most,
+    and early enough that their save wait and a second more end before they would be
+    abandoned (`abandons_at`)."""
+    return max(0.0, min(STOP_END_SECONDS, abandons_at - persist_timeout - 1.0))
+
+
+def _persist_timeout() -> float:
+    """The app's save wait, as its settings give it (their default when they are invalid:
+    the app then refuses every request anyway)."""
+    try:
+        return request_settings().persist_timeout_seconds
+    except ConfigError:
+        return Settings.from_env({}).persist_timeout_seconds
 
 
 def _body_left_unread(environ: Mapping[str, Any]) -> bool:
