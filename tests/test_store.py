@@ -525,6 +525,21 @@ def test_a_user_message_write_that_fails_after_the_reply_ends_is_tried_again(
     assert [line["role"] for line in retried] == ["user"]
 
 
+def test_a_reply_whose_save_wait_went_to_its_question_is_not_written_later(
+    client, fake: FakeUpstream, firestore, paused_database: _PausableProxy
+) -> None:
+    """The database hangs past the whole save wait: the reply says it was not saved, and
+    no write of it lands once the database is back (a reviewer found the reply saved
+    after all, beside no question, its write holding a thread past a stop)."""
+    os.environ["PERSIST_TIMEOUT_SECONDS"] = "1"
+    fake.push(Script(tokens=["a ", "b"]))
+    events = sse_events(ask(client, trace_id="t-gone", **SAVE).get_data())
+    assert events[-2]["metadata"]["persist_failed"] is True
+    paused_database.resume()
+    time.sleep(2)  # time for any write still under way to land
+    assert "t-gone-assistant" not in _messages(firestore)
+
+
 def _seed(
     db: Any,
     message_id: str,
