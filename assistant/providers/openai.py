@@ -382,16 +382,18 @@ class _ToolCalls:
 
     def whole(self) -> list[ToolCall]:
         """The calls so far, whole, in index order (and forgotten)."""
-        calls = sorted(self._calls, key=lambda call: call.index)  # stable within an index
-        self._calls, self._by_index = [], {}
-        return [call.whole() for call in calls]
+        return [call.whole() for call in self._taken()]
 
     def arrived(self) -> list[ToolCall]:
         """Of the calls so far, those named and with whole JSON-object arguments, in
         index order (and all forgotten): the rest were cut before their end."""
-        calls = sorted(self._calls, key=lambda call: call.index)
+        return [call.whole() for call in self._taken() if call.name and call.has_whole_arguments()]
+
+    def _taken(self) -> list[_PartialCall]:
+        """The calls so far in index order, forgotten here."""
+        calls = sorted(self._calls, key=lambda call: call.index)  # stable within an index
         self._calls, self._by_index = [], {}
-        return [call.whole() for call in calls if call.name and call.has_whole_arguments()]
+        return calls
 
     def _add(self, fragment: dict[str, Any]) -> None:
         raw_id = fragment.get("id")
