@@ -85,6 +85,12 @@ def _names(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in _text(env, name, default).split(",") if part.strip())
 
 
+def cors_origins(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """CORS_ORIGINS, which no value makes invalid: read on its own too, so that a
+    browser can read the config_error answer when another setting is wrong."""
+    return _names(os.environ if env is None else env, "CORS_ORIGINS", "*")
+
+
 @dataclass(frozen=True)
 class ProviderSettings:
     """One provider's model settings; the key itself is fetched by the secrets module."""
@@ -229,7 +235,7 @@ class Settings:
             max_body_bytes=_integer(env, "MAX_BODY_BYTES", 1024 * 1024, minimum=1),
             max_input_chars=_integer(env, "MAX_INPUT_CHARS", 32_000, minimum=1),
             max_history_messages=_integer(env, "MAX_HISTORY_MESSAGES", 200, minimum=0),
-            cors_origins=_names(env, "CORS_ORIGINS", "*"),
+            cors_origins=cors_origins(env),
             project_id=project_id,
             collection=_text(env, "FIRESTORE_COLLECTION", "assistants"),
             persist_timeout_seconds=_number(env, "PERSIST_TIMEOUT_SECONDS", 5, minimum=0.01),

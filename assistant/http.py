@@ -30,7 +30,7 @@ from werkzeug.wsgi import ClosingIterator
 
 from . import __version__, sse
 from .auth import caller
-from .config import ConfigError, Settings, request_settings
+from .config import ConfigError, Settings, cors_origins, request_settings
 from .direct import briefly, client_socket
 from .errors import MESSAGES, ErrorCode, RequestError
 from .limits import Slot, pieces, replies_in_flight
@@ -70,7 +70,9 @@ def handle(request: flask.Request) -> flask.Response:
         settings = request_settings()
     except ConfigError as exc:
         RequestLog(trace_id).error("config.invalid", reason=str(exc))
-        return _error(500, "config_error", MESSAGES["config_error"], trace_id)
+        response = _error(500, "config_error", MESSAGES["config_error"], trace_id)
+        response.headers.update(_cors_headers(headers, cors_origins()))
+        return response
     log = RequestLog(trace_id, settings.project_id)
     cors = _cors_headers(headers, settings.cors_origins)
     try:

@@ -272,6 +272,31 @@ def test_misconfiguration_is_a_500_naming_no_secret(
     assert logged and name in logged[0]["reason"]
 
 
+@pytest.mark.parametrize("origins", ["*", "https://chat.example.com"])
+def test_a_misconfiguration_answer_is_readable_by_an_allowed_browser_origin(
+    client, fake: FakeUpstream, origins: str
+) -> None:
+    # Without CORS headers a browser shows its caller a network error, not the code.
+    os.environ["CORS_ORIGINS"] = origins
+    os.environ["HEARTBEAT_SECONDS"] = "soon"
+
+    def post_from(origin: str) -> Any:
+        return client.post(
+            "/vac/assistant/abc/sse", json={"user_input": "Hello?"}, headers={"Origin": origin}
+        )
+
+    response = post_from("https://chat.example.com")
+    assert response.status_code == 500
+    assert response.get_json()["code"] == "config_error"
+    assert response.headers["Access-Control-Allow-Origin"] == origins
+    assert response.headers["Access-Control-Expose-Headers"] == "X-Trace-Id, Retry-After"
+    assert response.headers["Vary"] == "Origin"
+    other = post_from("https://other.example.com")
+    assert other.status_code == 500
+    assert other.headers.get("Access-Control-Allow-Origin") == ("*" if origins == "*" else None)
+    assert fake.requests == []
+
+
 def test_preflight_with_wildcard_origins(client) -> None:
     response = client.options(
         "/vac/assistant/abc/sse",
