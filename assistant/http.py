@@ -33,7 +33,7 @@ from .auth import caller
 from .config import ConfigError, Settings, cors_origins, request_settings
 from .direct import briefly, client_socket
 from .errors import MESSAGES, ErrorCode, RequestError
-from .limits import Slot, pieces, replies_in_flight
+from .limits import OVERLOADED_RETRY_AFTER_SECONDS, Slot, pieces, replies_in_flight
 from .parking import Park
 from .providers import configured_providers, with_fresh_key
 from .reply import ClientGone, Refused, Reply
@@ -249,7 +249,7 @@ def _answer(
 
 def _json_reply(reply: Reply, trace_id: str) -> flask.Response:
     status, payload = reply.json_answer()
-    response = _json(status, payload, trace_id)
+    response = _reply_json(status, payload, trace_id)
     # A long answer to a slow reader: written piece by piece, each with the whole send
     # timeout (limits.WRITE_PIECE_BYTES), as a stream's frames are; its length is known.
     response.response = pieces(response.get_data())
@@ -272,7 +272,7 @@ def _sse_reply(
         first = next(stream)
         if isinstance(first, Refused):
             stream.close()
-            return _json(first.status, first.payload, trace_id)
+            return _reply_json(first.status, first.payload, trace_id)
         stream = _starting_with(first, stream)
     response = flask.Response(
         status=200,
@@ -312,7 +312,7 @@ def _refusals_instead(
             if not isinstance(item, Refused):
                 yield item
                 continue
-            answer = _json(item.status, item.payload, trace_id)
+            answer = _reply_json(item.status, item.payload, trace_id)
             for name, value in headers.items():
                 if name not in answer.headers and name not in SSE_HEADERS:
                     answer.headers[name] = value
@@ -540,6 +540,15 @@ def _preflight(headers: Mapping[str, str], origins: tuple[str, ...]) -> flask.Re
 def _method_not_allowed(allowed: str, trace_id: str) -> flask.Response:
     response = _error(405, "method_not_allowed", f"use {allowed}", trace_id)
     response.headers["Allow"] = allowed
+    return response
+
+
+def _reply_json(status: int, payload: dict[str, Any], trace_id: str) -> flask.Response:
+    """A reply's JSON answer, or its failure before anything was shown, with Retry-After
+    when the instance is stopping (`overloaded`: another one takes a retry)."""
+    response = _json(status, payload, trace_id)
+    if payload.get("code") == "overloaded":
+        response.headers["Retry-After"] = str(OVERLOADED_RETRY_AFTER_SECONDS)
     return response
 
 

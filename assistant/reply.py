@@ -70,6 +70,8 @@ def failure_status(outcome: ChainFailed | ChainCrashed) -> int:
         return 500
     if outcome.error is not None and outcome.error.code == "reply_too_long":
         return 504
+    if outcome.error is not None and outcome.error.code == "overloaded":
+        return 503  # the instance is stopping (`Reply.stop_early`): another one takes a retry
     return 502
 
 
@@ -347,12 +349,15 @@ class Reply:
         raise AssertionError("the chain always ends with a terminal item")
 
     def _error_body(self, final: dict[str, Any]) -> dict[str, Any]:
-        return {
+        body = {
             "error": final["error"],
             "code": final["code"],
             "trace_id": self._trace_id,
             "attempts": final["metadata"]["attempts"],
         }
+        if final["partial"]:  # a JSON reply ended midway (the instance stopping): saved too
+            body["partial"] = final["partial"]
+        return body
 
     # -- internals ---------------------------------------------------------
 

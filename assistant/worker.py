@@ -84,11 +84,13 @@ it run this subclass instead. Ten things differ from gthread as gunicorn
    A stopping worker waits for parked responses like any other: those
    whose head is out and still stream `stop_end_seconds()` after the signal
    are ended by the app (`STOP_EARLY`) with a terminal frame, their text
-   saved; for STOP_SAVE_SECONDS at most: those still parked then are ended as if
-   their client had left (upstream cancelled, what arrived saved), before
-   Cloud Run's kill 10 s after SIGTERM (or gunicorn's, at its graceful
-   timeout) would lose them; one whose head is not out yet (a reply still
-   waiting for its first chunk) is answered 503 `overloaded` instead.
+   saved, and so are replies still in the app's call (a JSON reply, which
+   holds its thread to its end: a 503 `overloaded`); for STOP_SAVE_SECONDS
+   at most: those still parked then are ended as if their client had left
+   (upstream cancelled, what arrived saved), before Cloud Run's kill 10 s
+   after SIGTERM (or gunicorn's, at its graceful timeout) would lose them;
+   one whose head is not out yet (a reply still waiting for its first
+   chunk) is answered 503 `overloaded` instead.
 7. **`/health` and CORS preflights have threads of their own**
    (`RESERVED_THREADS`): a request whose head the poller read, `GET` or
    `HEAD /health` or any `OPTIONS`, goes to a small pool of its own, so that
@@ -177,6 +179,7 @@ CONTINUE = "assistant.continue"  # a `_Continue` still to send, for the body's f
 TRACE_ID = "assistant.trace_id"
 # Set by the app: a callable that ends its reply now, with a terminal frame (point 6).
 STOP_EARLY = "assistant.stop_early"
+_TOLD_TO_STOP = "assistant.told_to_stop"  # STOP_EARLY was called: once is enough
 
 # Threads for /health and preflights alone (point 7 above), and how their heads begin.
 RESERVED_THREADS = 2
@@ -586,10 +589,12 @@ class Worker(ThreadWorker):
         self._buffered = 0  # bytes held by the arrivals
         self._lock = threading.Lock()  # for _parked, changed by pool threads
         self._parked: set[_Exchange] = set()  # responses waiting for their resume()
+        # The environs of requests whose app call runs on a pool thread (a JSON reply holds
+        # its thread to the end), by id: a stopping worker ends their replies early too.
+        self._in_app: dict[int, dict[str, Any]] = {}
         self._reserved: futures.ThreadPoolExecutor | None = None  # point 7 above
         self._stopping_since: float | None = None  # time.monotonic() of the stop signal
         self._persist_timeout = _persist_timeout()
-        self._told: set[_Exchange] = set()  # the streams a stopping worker ended early
         self._stopped = False  # the main loop has ended
 
     def run(self) -> None:
@@ -783,7 +788,13 @@ class Worker(ThreadWorker):
             full = len(self.keepalived_conns) >= self.max_keepalived
             if not self.alive or not self.cfg.keepalive or full:
                 resp.force_close()
-            respiter = self.wsgi(environ, resp.start_response)
+            with self._lock:
+                self._in_app[id(environ)] = environ
+            try:
+                respiter = self.wsgi(environ, resp.start_response)
+            finally:
+                with self._lock:
+                    self._in_app.pop(id(environ), None)
             # A body left unread that must not be drained, or one gunicorn could not read
             # (its framing broken: where a next request would start is unknown).
             if _body_left_unread(environ) or getattr(req.body, "failed", False) is True:
@@ -886,19 +897,21 @@ class Worker(ThreadWorker):
             return False
 
     def _end_streams_early(self) -> None:
-        """The parked responses whose head is out (streams under way) end now through the
-        app's own way (`STOP_EARLY`): a terminal frame, then [DONE], their text saved.
-        Each is told once; one busy on a thread is told on a later turn."""
+        """The replies under way end now through the app's own way (`STOP_EARLY`): the
+        parked responses whose head is out (streams: a terminal frame, then [DONE]) and
+        those still in the app's call (a JSON reply: 503 `overloaded`), their text saved.
+        Each is told once; a stream busy on a thread is told on a later turn."""
         with self._lock:
-            parked = [exchange for exchange in self._parked if exchange not in self._told]
-        for exchange in parked:
-            stop = exchange.environ.get(STOP_EARLY)
-            if stop is not None and exchange.resp.headers_sent:
-                self._told.add(exchange)
+            environs = [exchange.environ for exchange in self._parked if exchange.resp.headers_sent]
+            environs += self._in_app.values()
+        for environ in environs:
+            stop = environ.get(STOP_EARLY)
+            if stop is not None and not environ.get(_TOLD_TO_STOP):
+                environ[_TOLD_TO_STOP] = True
                 try:
                     stop()
                 except Exception:
-                    self.log.exception("Error ending a stream early")
+                    self.log.exception("Error ending a reply early")
 
     def _abandon_parked(self) -> None:
         """The replies parked now end as a client that left would (upstream cancelled,

@@ -681,6 +681,37 @@ def test_a_stopping_server_ends_a_long_stream_with_a_terminal_frame(fake, firest
     assert saved["content"] == terminal["partial"].strip()
 
 
+def test_a_stopping_server_ends_a_long_json_reply_with_a_503(fake, firestore) -> None:
+    """The legacy JSON route's reply holds its thread to its end, never parked: on
+    SIGTERM it ends early all the same (it was lost at the kill), with 503 `overloaded`
+    and Retry-After (retry elsewhere), its text so far reported and saved `incomplete`."""
+    fake.push(Script(tokens=[f"w{n} " for n in range(60)], interval=0.5))  # 30 s
+    body = {"user_input": "hi", "trace_id": "t-stop-json", **SAVE}
+    url = "/vac/assistant/test-assistant"
+    with (
+        running_service({"THREADS": "2"}) as service,
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+    ):
+        waiting = pool.submit(httpx.post, f"{service.url}{url}", json=body, timeout=20)
+        fake.wait_for_requests(1)
+        time.sleep(1.2)  # a few chunks in
+        service.process.terminate()
+        stopped = time.monotonic()
+        answer = waiting.result()
+        assert service.process.wait(timeout=20) == 0
+        assert time.monotonic() - stopped < 10  # before Cloud Run's kill
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == "2"
+    payload = answer.json()
+    assert payload["code"] == "overloaded"
+    assert payload["trace_id"] == "t-stop-json" == answer.headers["x-trace-id"]
+    assert payload["attempts"][-1]["outcome"] == "overloaded"
+    assert payload["partial"].startswith("w0 w1")
+    saved = _messages(firestore)["t-stop-json-assistant"]
+    assert saved["status"] == "incomplete"
+    assert saved["content"] == payload["partial"].strip()
+
+
 def test_streams_end_early_enough_for_a_whole_save_before_they_are_abandoned() -> None:
     """A stream ended on a stop then waits for its save: a save that hangs must still
     end before the abandon at STOP_SAVE_SECONDS, which would cut the terminal frame (a
