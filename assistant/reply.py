@@ -330,9 +330,7 @@ class Reply:
             for item in self._wait(None, heartbeat=None, parks=False):
                 assert not isinstance(item, Park)
                 if isinstance(item, Restart):
-                    self._parts.clear()
-                    self._calls.clear()
-                    self._splitter = ThinkingSplitter()
+                    self._start_over()
                 elif isinstance(item, Chunk):
                     self._add(item.text)
                 elif isinstance(item, ToolCall):
@@ -538,6 +536,24 @@ class Reply:
         self._log.warning("reply.failed", code=code, chars=len(text), **summary)
         return {"error": message, "code": code, "partial": text, "metadata": metadata}
 
+    def _start_over(self) -> None:
+        """JSON mode: the attempt whose text was kept failed (`Restart`); the next begins."""
+        self._parts.clear()
+        self._calls.clear()
+        self._splitter = ThinkingSplitter()
+
+    def _keep_what_waits(self) -> None:
+        """What the chain handed on and this thread never took is the reply's all the
+        same: chunks queued for a JSON caller, and a tool call handed on as the upstream
+        was cancelled (OpenAI's, whose choice had not finished: `Decoder.salvage`)."""
+        while (item := self._items.take()) is not None:
+            if isinstance(item, Restart):
+                self._start_over()
+            elif isinstance(item, Chunk):
+                self._add(item.text)
+            elif isinstance(item, ToolCall):
+                self._calls.append(item)
+
     def _abandon(self) -> None:
         """The client left: stop the upstream at once, then save what arrived."""
         self._done = True
@@ -545,6 +561,7 @@ class Reply:
         if self._future is not None:
             self._future.cancel()
             self._chain.finished.wait(timeout=1.0)
+        self._keep_what_waits()
         self._splitter.finish()
         report = self._chain.report()  # the chain has stopped: its last word
         output = record.Output(self._splitter, tuple(self._calls))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 import pytest
@@ -21,11 +22,13 @@ from assistant.providers.base import Event, Prompt, StreamEnd, TextDelta
 from assistant.request import Turn
 from assistant.tools import ToolCall, ToolSpec
 from devtools.fake_upstream import FakeUpstream, Script
+from devtools.service import running_service
 
 from .conftest import ask, sse_events, strict_json
 from .provider_cases import CASES, ProviderCase
 from .provider_support import run_chain
 from .provider_support import upstream_fixture as upstream_fixture  # the `upstream` fixture
+from .raw_http import open_raw
 
 EACH = pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
 WEATHER_PARAMETERS = {
@@ -290,6 +293,39 @@ def test_a_call_before_a_failure_is_reported_and_saved(
     saved = messages.document("t-call-assistant").get().to_dict()
     assert saved["status"] == "incomplete"
     assert [call["args"] for call in saved["toolsToUse"]] == [OSLO["args"]]
+
+
+@EACH
+def test_a_call_whose_client_left_is_saved(
+    fake: FakeUpstream, firestore, only: Any, case: ProviderCase
+) -> None:
+    """A client leaves after a whole call came, the upstream silent after it (its choice
+    unfinished): the call is in the saved message, as the text is, on both routes
+    (OpenAI's calls, handed on only when their choice ends, were lost)."""
+    only(case)
+    messages = firestore.collection("assistants").document("test-assistant").collection("messages")
+    with running_service({"HEARTBEAT_SECONDS": "30"}) as service:
+        for route in ("sse", "json"):
+            fake.push(
+                Script(text="One moment. ", tool_calls=[OSLO], fail_after=2, fail_mode="hang")
+            )
+            body = {"user_input": "hi", "emissaryConfig": TOOL_CONFIG, "save_to_history": True,
+                    "trace_id": f"t-left-{route}"}  # fmt: skip
+            path = "/vac/assistant/test-assistant" + ("/sse" if route == "sse" else "")
+            asked = len(fake.requests)
+            with open_raw(service.url, path, json.dumps(body).encode()):
+                upstream = fake.wait_for_requests(asked + 1)[-1]
+                time.sleep(0.5)  # the text and the call arrive; then the upstream is silent
+            assert upstream.client_closed.wait(timeout=5), "upstream request left running"
+            saved = None
+            for _ in range(100):
+                saved = messages.document(f"t-left-{route}-assistant").get().to_dict()
+                if saved is not None:
+                    break
+                time.sleep(0.05)
+            assert saved is not None and saved["status"] == "incomplete", route
+            assert saved["content"] == "One moment.", route
+            assert [call["args"] for call in saved["toolsToUse"]] == [OSLO["args"]], route
 
 
 @EACH
