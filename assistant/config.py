@@ -88,7 +88,9 @@ def _names(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
 def cors_origins(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
     """CORS_ORIGINS, which no value makes invalid: read on its own too, so that a
     browser can read the config_error answer when another setting is wrong."""
-    return _names(os.environ if env is None else env, "CORS_ORIGINS", "*")
+    # An origin never ends with a slash, though one copied from an address bar may.
+    names = _names(os.environ if env is None else env, "CORS_ORIGINS", "*")
+    return tuple(name.rstrip("/") or name for name in names)
 
 
 @dataclass(frozen=True)

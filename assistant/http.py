@@ -51,6 +51,7 @@ from .worker import HEAD, PARKING, STOP_EARLY, TRACE_ID, Instead, body_refusal
 
 _ASSISTANT_ROUTE = re.compile(r"/vac/assistant/(?P<id>.*?)(?P<sse>/sse)?")
 _ALLOWED_METHODS = "POST, OPTIONS"
+_HEALTH_METHODS = "GET, HEAD, OPTIONS"
 _ALLOWED_HEADERS = "Content-Type, Accept, Authorization, traceparent, X-Cloud-Trace-Context"
 FIRST_STEP_WAIT_SECONDS = 0.01  # at most, for the loop to send the upstream request
 
@@ -95,7 +96,9 @@ def framework_not_found() -> flask.Response:
     handler, with an HTML 404 page: this is its JSON one, like every other 404."""
     headers = cast("Mapping[str, str]", flask.request.headers)
     trace_id = trace_id_from_headers(headers) or new_trace_id()
-    return _error(404, "not_found", f"no route for {flask.request.path[:200]}", trace_id)
+    response = _error(404, "not_found", f"no route for {flask.request.path[:200]}", trace_id)
+    response.headers.update(_cors_headers(headers, cors_origins()))
+    return response
 
 
 def _route(
@@ -107,14 +110,17 @@ def _route(
     started: float,
 ) -> flask.Response:
     if request.path == "/health":
+        # A preflight too: a page whose fetch adds a header (traceparent, say) asks first.
+        if request.method == "OPTIONS":
+            return _preflight(headers, settings.cors_origins, _HEALTH_METHODS, trace_id)
         if request.method not in ("GET", "HEAD"):
-            return _method_not_allowed("GET, HEAD", trace_id)
-        return _json(200, {"status": "ok", "version": __version__})
+            return _method_not_allowed(_HEALTH_METHODS, trace_id)
+        return _json(200, {"status": "ok", "version": __version__}, trace_id)
     match = _ASSISTANT_ROUTE.fullmatch(request.path)
     if match is None:
         return _error(404, "not_found", f"no route for {request.path[:200]}", trace_id)
     if request.method == "OPTIONS":
-        return _preflight(headers, settings.cors_origins)
+        return _preflight(headers, settings.cors_origins, _ALLOWED_METHODS, trace_id)
     if request.method != "POST":
         return _method_not_allowed(_ALLOWED_METHODS, trace_id)
     return _assistant(request, headers, match, settings, trace_id, log, started)
@@ -524,14 +530,16 @@ def _cors_headers(headers: Mapping[str, str], origins: tuple[str, ...]) -> dict[
     return vary
 
 
-def _preflight(headers: Mapping[str, str], origins: tuple[str, ...]) -> flask.Response:
-    response = flask.Response(status=204)
+def _preflight(
+    headers: Mapping[str, str], origins: tuple[str, ...], methods: str, trace_id: str
+) -> flask.Response:
+    response = flask.Response(status=204, headers={"X-Trace-Id": trace_id})
     del response.headers["Content-Type"]  # no body, so no type
     if "Access-Control-Allow-Origin" in _cors_headers(headers, origins):
         # An allowed origin may send the headers it asks for (a frontend's own
         # tracing headers, say); the origin list is the gate, not this one.
         asked = headers.get("Access-Control-Request-Headers", "")
-        response.headers["Access-Control-Allow-Methods"] = _ALLOWED_METHODS
+        response.headers["Access-Control-Allow-Methods"] = methods
         response.headers["Access-Control-Allow-Headers"] = asked or _ALLOWED_HEADERS
         response.headers["Access-Control-Max-Age"] = "3600"
     return response

@@ -23,20 +23,30 @@ import orjson
 
 TRACE_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 # W3C Trace Context: version ff and an all-zero parent id are invalid (the trace id's zeros
-# are checked below, for both headers).
-_TRACEPARENT = re.compile(r"(?!ff)[0-9a-f]{2}-([0-9a-f]{32})-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
-_CLOUD_TRACE = re.compile(r"([0-9a-fA-F]{32})(?:/.*)?")
+# are checked below, for both headers). A later version than 00 may add fields after a
+# dash: its first four are read as 00's.
+_TRACEPARENT = re.compile(r"(?!ff)([0-9a-f]{2})-([0-9a-f]{32})-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+_TRACEPARENT_00_LENGTH = 55
+# TRACE_ID/SPAN_ID;o=OPTIONS, each part after the trace id optional.
+_CLOUD_TRACE = re.compile(r"([0-9a-fA-F]{32})(?:[/;].*)?")
 
 
 def trace_id_from_headers(headers: Mapping[str, str]) -> str | None:
     """The trace id a W3C `traceparent` or Google `X-Cloud-Trace-Context` header carries."""
-    parent = _TRACEPARENT.fullmatch(headers.get("traceparent", "").strip())
-    if parent and parent.group(1) != "0" * 32:
-        return parent.group(1)
+    value = headers.get("traceparent", "").strip()
+    parent = _TRACEPARENT.match(value)
+    if parent and parent.group(2) != "0" * 32 and _whole_traceparent(value, parent.group(1)):
+        return parent.group(2)
     cloud = _CLOUD_TRACE.fullmatch(headers.get("X-Cloud-Trace-Context", "").strip())
     if cloud and cloud.group(1) != "0" * 32:
         return cloud.group(1).lower()
     return None
+
+
+def _whole_traceparent(value: str, version: str) -> bool:
+    if len(value) == _TRACEPARENT_00_LENGTH:
+        return True
+    return version != "00" and value[_TRACEPARENT_00_LENGTH] == "-"
 
 
 def new_trace_id() -> str:

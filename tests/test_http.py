@@ -24,6 +24,22 @@ def test_health_is_ok_with_version_and_no_io(client) -> None:
     assert body["status"] == "ok"
     assert body["version"]
     assert set(body) == {"status", "version"}
+    assert response.headers["X-Trace-Id"]  # every answer carries one
+
+
+def test_health_answers_a_preflight(client) -> None:
+    """A page whose fetch adds a header (a tracing library's traceparent) preflights its
+    GET /health first."""
+    os.environ["CORS_ORIGINS"] = "https://chat.example.com/"  # as copied, with a slash
+    asking = {"Origin": "https://chat.example.com", "Access-Control-Request-Method": "GET",
+              "Access-Control-Request-Headers": "traceparent"}  # fmt: skip
+    response = client.options("/health", headers=asking)
+    assert response.status_code == 204
+    assert response.headers["Access-Control-Allow-Origin"] == "https://chat.example.com"
+    assert response.headers["Access-Control-Allow-Methods"] == "GET, HEAD, OPTIONS"
+    assert response.headers["Access-Control-Allow-Headers"] == "traceparent"
+    assert response.headers["X-Trace-Id"]
+    assert client.post("/health").headers["Allow"] == "GET, HEAD, OPTIONS"
 
 
 @pytest.mark.parametrize(
@@ -38,6 +54,14 @@ def test_unknown_paths_are_404_json(client, path: str, method: str) -> None:
     assert response.content_type == "application/json"
     assert response.get_json()["code"] == "not_found"
     assert response.get_json()["trace_id"] == response.headers["X-Trace-Id"]
+
+
+@pytest.mark.parametrize("path", ["/nothing-here", "/robots.txt", "/favicon.ico"])
+def test_a_404_is_readable_by_an_allowed_browser_origin(client, path: str) -> None:
+    response = client.get(path, headers={"Origin": "https://chat.example.com"})
+    assert response.status_code == 404
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert response.headers["Vary"] == "Origin"
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])

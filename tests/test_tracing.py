@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from assistant.tracing import RequestLog
+from assistant.tracing import RequestLog, trace_id_from_headers
 
 from .conftest import log_lines
 
@@ -49,3 +49,32 @@ def test_a_log_line_with_nowhere_to_go_never_breaks_the_request(
 
 def _raise_os_error(text: str) -> int:
     raise OSError("broken pipe")
+
+
+TRACE = "0af7651916cd43dd8448eb211c80319c"
+PARENT = "b7ad6b7169203331"
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"traceparent": f"00-{TRACE}-{PARENT}-01"}, TRACE),
+        ({"traceparent": f" 00-{TRACE}-{PARENT}-01 "}, TRACE),
+        ({"traceparent": f"00-{TRACE}-{PARENT}-01-more"}, None),  # version 00 has four fields
+        ({"traceparent": f"01-{TRACE}-{PARENT}-01-more"}, TRACE),  # a later one may add some
+        ({"traceparent": f"01-{TRACE}-{PARENT}-01"}, TRACE),
+        ({"traceparent": f"01-{TRACE}-{PARENT}-01more"}, None),
+        ({"traceparent": f"ff-{TRACE}-{PARENT}-01"}, None),
+        ({"traceparent": f"00-{'0' * 32}-{PARENT}-01"}, None),
+        ({"traceparent": f"00-{TRACE}-{'0' * 16}-01"}, None),
+        ({"traceparent": f"00-{TRACE.upper()}-{PARENT}-01"}, None),
+        ({"X-Cloud-Trace-Context": f"{TRACE.upper()}/1;o=1"}, TRACE),
+        ({"X-Cloud-Trace-Context": f"{TRACE};o=1"}, TRACE),  # no span id
+        ({"X-Cloud-Trace-Context": TRACE}, TRACE),
+        ({"X-Cloud-Trace-Context": f"{TRACE}x"}, None),
+        ({"X-Cloud-Trace-Context": "0" * 32}, None),
+        ({"traceparent": "junk", "X-Cloud-Trace-Context": f"{TRACE}/2"}, TRACE),
+    ],
+)
+def test_trace_ids_from_headers(headers: dict[str, str], expected: str | None) -> None:
+    assert trace_id_from_headers(headers) == expected
