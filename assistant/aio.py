@@ -123,7 +123,7 @@ def http_client(timeouts: Timeouts) -> httpx.AsyncClient:
                 connect=timeouts.connect,
                 # Any byte, ping included, proves the upstream alive. Until the
                 # first chunk FIRST_CHUNK_TIMEOUT_SECONDS rules, so a longer one is
-                # not cut short here; `streaming_started()` then sets the idle gap.
+                # not cut short here; `allow_silence()` then sets the idle gap.
                 read=max(timeouts.idle, timeouts.first_chunk),
                 write=timeouts.connect,
                 pool=timeouts.connect,
@@ -269,9 +269,10 @@ def _raw_body(response: httpx.Response) -> Body | None:
     return None
 
 
-def streaming_started(response: httpx.Response, idle: float) -> None:
-    """`response`'s upstream sent its first chunk: from now on its socket may stay
-    silent for `idle` seconds at most (pings count as life).
+def allow_silence(response: httpx.Response, seconds: float) -> None:
+    """From now on `response`'s socket may stay silent for `seconds` at most (pings
+    count as life): the idle gap once its upstream sent its first chunk, or a short
+    wait once the answer's end came (chain.ANSWERED_QUIET_SECONDS).
 
     Until then the socket waited as long as the first chunk may take
     (`http_client`), which can be longer. Nothing to do for a body our
@@ -279,4 +280,4 @@ def streaming_started(response: httpx.Response, idle: float) -> None:
     """
     body = response.extensions.get(RAW_BODY)
     if isinstance(body, Body):
-        body.read_timeout(idle)
+        body.read_timeout(seconds)

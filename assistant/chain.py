@@ -40,6 +40,7 @@ import httpx
 from . import aio
 from .config import Timeouts
 from .providers.base import (
+    EndsBeforeItsBody,
     Event,
     Prompt,
     Provider,
@@ -53,6 +54,12 @@ from .providers.base import (
 )
 from .thinking import ThinkingTagger
 from .tools import ToolCall
+
+# How long a body may stay silent once its answer's end came, for what could still
+# follow it (Gemini: an error tail after the finishReason, which its own servers send
+# at once): past it, the answer is whole (an upstream or proxy that holds the
+# connection open cost a whole idle gap, then the reply as upstream_timeout).
+ANSWERED_QUIET_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -247,10 +254,14 @@ class Chain:
                     async with provider.open(client, self.prompt) as response:
                         relay = _Relay(self, progress, response, first_chunk_deadline)
                         body = aio.BodyFeed(response)
-                        while await body.into(relay.read) and relay.full is not None:
-                            await relay.hand_on_waiting()  # the upstream waits meanwhile
-                            if relay.finished:
-                                break
+                        try:
+                            while await body.into(relay.read) and relay.full is not None:
+                                await relay.hand_on_waiting()  # the upstream waits meanwhile
+                                if relay.finished:
+                                    break
+                        except httpx.ReadTimeout:
+                            if not relay.answered:
+                                raise  # else the body went quiet after the answer's end
                     await relay.end()
                 except BaseException:  # a failure, or a deadline's or the reply's cancellation
                     if relay is not None:
@@ -316,11 +327,18 @@ class _Relay:
         self.full: Awaitable[None] | None = None  # the reply has no room: what to await
         self._waiting: list[Event] = []  # events decoded meanwhile, handed on after it
         self._failure: Exception | None = None  # the decoder's, raised after them
+        decoder = self._decoder
+        self._answering = decoder if isinstance(decoder, EndsBeforeItsBody) else None
 
     @property
     def finished(self) -> bool:
         """The answer's end marker came (nothing after it is read)."""
         return self._decoder.finished
+
+    @property
+    def answered(self) -> bool:
+        """The answer's end came, though its body may not have ended (EndsBeforeItsBody)."""
+        return self._answering is not None and self._answering.answered
 
     def read(self, data: bytes) -> bool:
         """The events in the body's next bytes, handed on; True to stop reading: the
@@ -338,6 +356,9 @@ class _Relay:
             self._failure = exc  # raised by hand_on_waiting, after the rest
             return True
         self._hand_on(events)
+        if self._answering is not None and self._answering.answered:
+            quiet = min(ANSWERED_QUIET_SECONDS, self._chain.timeouts.idle)
+            aio.allow_silence(self._response, quiet)  # each read starts the wait again
         return self._decoder.finished or self.full is not None
 
     async def hand_on_waiting(self) -> None:
@@ -403,7 +424,7 @@ class _Relay:
                     deadline.reschedule(None)  # from here only idle gaps count
                 progress.shown = True
                 # The socket may have waited longer for the first chunk (aio.py).
-                aio.streaming_started(self._response, chain.timeouts.idle)
+                aio.allow_silence(self._response, chain.timeouts.idle)
                 chain._commit(progress.provider)
             if chain.room is not None and (full := chain.room()) is not None:
                 self.full = full

@@ -71,7 +71,7 @@ async def _read_past_the_first_chunk(url: str, timeouts: Timeouts) -> bytes:
     async with client.stream("POST", url, content=b"{}") as response:
         async for part in aio.body_chunks(response):
             if not parts:
-                aio.streaming_started(response, timeouts.idle)
+                aio.allow_silence(response, timeouts.idle)
             parts.append(part)
     return b"".join(parts)
 

@@ -167,6 +167,33 @@ def test_a_blocked_prompt_falls_through(upstream: FakeUpstream) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("after_stop", "outcome"),
+    [
+        ([b"\n"], "ok"),  # the body stays open, quiet, past the idle gap: the answer is whole
+        ([b"[{", b"\n"], "ok"),  # a tail begun and left so
+        (  # an error tail a moment after the finishReason still fails the reply
+            [b'[{"error": {"code": 429, "message": "x", "status": "RESOURCE_EXHAUSTED"}}]'],
+            "upstream_error",
+        ),
+    ],
+)
+def test_a_body_quiet_after_its_finish_reason_ends_the_answer(
+    upstream: FakeUpstream, after_stop: list[bytes], outcome: str
+) -> None:
+    """A finishReason is Gemini's end marker, but its body may still hold an error: read
+    on only while it does not go quiet (a reviewer's proxy held the connection open, and
+    a whole reply became upstream_timeout at the idle gap)."""
+    answered = CASE.fixture("text_basic.sse")
+    quick = outcome != "ok"
+    upstream.push(Script(raw=[answered, *after_stop], interval=0.1 if quick else 3))
+    run = run_chain([CASE.provider(upstream.url)], Timeouts(connect=1, first_chunk=2, idle=2))
+    assert run.outcomes == [outcome]
+    if outcome == "ok":
+        assert run.items[-1] == ChainSucceeded()
+        assert run.chain.stop_reason == "end_turn" and run.chain.usage.output_tokens
+
+
 def test_error_tail_after_text_fails_committed(upstream: FakeUpstream) -> None:
     upstream.push(Script(raw=awkward_gemini_chunks(CASE.fixture("error_tail.sse"))))
     run = run_chain(

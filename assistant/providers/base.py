@@ -31,7 +31,7 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import httpx
 import orjson
@@ -207,6 +207,17 @@ class Decoder(Protocol):
         """The answer failed (an error, a cut, a timeout): what it holds whole that was
         not handed on yet, as a failure keeps what arrived (OpenAI's calls), then a
         StreamEnd with no stop reason carrying the usage and model reported so far."""
+        ...
+
+
+@runtime_checkable
+class EndsBeforeItsBody(Protocol):
+    """A decoder whose answer can be whole before its body ends (Gemini's: the
+    finishReason, after which the body may still hold an error)."""
+
+    @property
+    def answered(self) -> bool:
+        """The answer's end marker came; the body may say more, or nothing."""
         ...
 
 

@@ -1,8 +1,9 @@
 """Gemini, streamed natively (`:streamGenerateContent?alt=sse`).
 
 Each event is a whole `GenerateContentResponse`. There is no `[DONE]`: a
-stream is complete when a candidate carried a `finishReason`, and that last
-event may have no `parts` at all, only the reason and `usageMetadata`.
+stream is complete when a candidate carried a `finishReason` and the body
+ended (or stayed quiet a moment after it: chain.ANSWERED_QUIET_SECONDS), and
+that last event may have no `parts` at all, only the reason and `usageMetadata`.
 Thought parts carry `thought: true`; that flag alone decides (a
 `thoughtSignature` appears on other parts too). An error can arrive as a
 `data:` event or as a bare JSON tail at EOF, outside any SSE framing; both
@@ -141,6 +142,12 @@ class _Decoder:
     the last event, outside any SSE framing."""
 
     finished = False  # read to the body's end
+
+    @property
+    def answered(self) -> bool:
+        """A finishReason came (base.EndsBeforeItsBody): the chain reads on, for an
+        error tail, only while the body does not go quiet."""
+        return self._raw_stop is not None
 
     def __init__(self, model: str) -> None:
         self._unframed: list[str] = []
