@@ -74,6 +74,15 @@ def test_a_done_line_without_its_line_end_still_finishes(upstream: FakeUpstream)
     assert events == CASE.replays["text_basic.ndjson"].events
 
 
+def test_an_error_field_that_is_null_is_no_error(upstream: FakeUpstream) -> None:
+    data = CASE.fixture("text_basic.ndjson").replace(b'"model"', b'"error": null, "model"')
+    assert data.count(b'"error": null') > 2
+    upstream.push(Script(raw=[data]))
+    events, error = run_provider(settings_for(upstream.url))
+    assert error is None
+    assert events == CASE.replays["text_basic.ndjson"].events
+
+
 def test_lines_after_done_are_not_read(upstream: FakeUpstream) -> None:
     data = CASE.fixture("length.ndjson") + b"not json at all\n"
     upstream.push(Script(raw=[data]))

@@ -66,6 +66,15 @@ def test_an_error_given_as_a_bare_string_is_still_an_error(upstream: FakeUpstrea
     assert "validation" not in error.message
 
 
+def test_an_error_field_that_is_null_is_no_error(upstream: FakeUpstream) -> None:
+    data = CASE.fixture("text_basic.sse").replace(b'"choices"', b'"error": null, "choices"')
+    assert data.count(b'"error": null') > 2
+    upstream.push(Script(raw=[data]))
+    events, error = run_provider(settings_for(upstream.url))
+    assert error is None
+    assert events == CASE.replays["text_basic.sse"].events
+
+
 @pytest.mark.parametrize(
     "line, detail",
     [

@@ -137,7 +137,7 @@ class _Decoder:
         out.append(self._end)
 
     def _handle(self, line: dict[str, Any], out: list[Event]) -> None:
-        if "error" in line:
+        if line.get("error") is not None:  # `"error": null` is no error
             raise ProviderError("upstream_error", str(line["error"])[:200])
         self._model = line.get("model") or self._model  # an odd one: StreamEnd drops it
         message = line.get("message") or {}

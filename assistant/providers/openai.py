@@ -198,7 +198,7 @@ class _Decoder:
                     error = error["error"]
                 raise ProviderError("upstream_error", _error_type(error))
             chunk = json_object(event.data)
-            if "error" in chunk:
+            if chunk.get("error") is not None:  # some servers send `"error": null` on each
                 raise ProviderError("upstream_error", _error_type(chunk["error"]))
             self._model = chunk.get("model") or self._model
             if chunk.get("usage"):
