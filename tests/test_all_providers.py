@@ -242,6 +242,18 @@ def test_error_status(upstream: FakeUpstream, case: ProviderCase, status: int) -
     assert f"fake upstream failure {status}" in error.detail  # kept for the log only
 
 
+@pytest.mark.parametrize("case", [case for case in CASES if case.key], ids=lambda case: case.name)
+def test_an_error_body_echoing_the_key_is_logged_without_it(
+    upstream: FakeUpstream, case: ProviderCase
+) -> None:
+    echo = {"error": {"message": f"Incorrect API key provided: {case.key}.", "type": "auth"}}
+    upstream.push(Script(fail="401", error_body=echo))
+    _, error = case.events(upstream.url)
+    assert error is not None and error.status == 401
+    assert case.key not in error.detail
+    assert "Incorrect API key provided: [redacted]." in error.detail  # the rest is kept
+
+
 @EACH
 def test_scripted_text_stream(upstream: FakeUpstream, case: ProviderCase) -> None:
     upstream.push(Script(tokens=["Hel", "lo ", "wörld"], model="upstream-model", input_tokens=30))

@@ -338,7 +338,7 @@ class HttpProvider:
         response = await client.send(request, stream=True)
         async with contextlib.aclosing(response):
             if response.status_code != 200:
-                detail = await read_error_body(response)
+                detail = _without_secrets(await read_error_body(response), headers)
                 raise ProviderError(
                     "upstream_status",
                     detail,
@@ -480,6 +480,15 @@ def _joined(before: tuple[Part, ...], after: tuple[Part, ...]) -> tuple[Part, ..
     if before and after and isinstance(before[-1], str) and isinstance(after[0], str):
         return (*before[:-1], f"{before[-1]}\n\n{after[0]}", *after[1:])
     return (*before, *after)
+
+
+def _without_secrets(text: str, headers: Mapping[str, str]) -> str:
+    """An error body may echo our request: never the key its headers carried (logs)."""
+    for value in headers.values():
+        secret = value.removeprefix("Bearer ").strip()
+        if len(secret) >= 8:
+            text = text.replace(secret, "[redacted]")
+    return text
 
 
 async def read_error_body(response: httpx.Response, limit: int = 2048) -> str:
