@@ -19,6 +19,7 @@ it run this subclass instead. Ten things differ from gthread as gunicorn
    them itself: what the poller works out is only when to stop waiting,
    never what the request means.
    Bounds: a head over HEAD_BUFFER_BYTES, a request over REQUEST_BUFFER_BYTES,
+   a Content-Length over the app's MAX_BODY_BYTES (refused unread, at once),
    all waiting requests together over BUFFERED_BYTES, a framing the poller
    does not follow, or `Expect: 100-continue` (the client waits for our
    answer before it sends the body) send the request to a thread as it is,
@@ -436,9 +437,10 @@ class _ChunkScan:
 class _Arrival:
     """A request arriving on the poller: its bytes so far, and whether a thread can take it."""
 
-    def __init__(self, conn: _Connection, since: float) -> None:
+    def __init__(self, conn: _Connection, since: float, body_limit: int) -> None:
         self.conn = conn
         self.since = since
+        self.body_limit = body_limit  # a larger Content-Length: to a thread unread
         self.data = bytearray()
         self.head_end: int | None = None  # offset of the body, once the head is in
         self.body_left: int | None = None  # a Content-Length body: bytes still to come
@@ -488,7 +490,7 @@ class _Arrival:
             return True
         if length_fields == 1 and not coding_fields and len(lengths) == 1:
             length = int(lengths[0])
-            if 0 < length <= REQUEST_BUFFER_BYTES:  # larger: the app refuses it unread
+            if 0 < length <= self.body_limit:  # larger: the app refuses it unread
                 self.body_left = length
                 return True
         return False
@@ -594,7 +596,11 @@ class Worker(ThreadWorker):
         self._in_app: dict[int, dict[str, Any]] = {}
         self._reserved: futures.ThreadPoolExecutor | None = None  # point 7 above
         self._stopping_since: float | None = None  # time.monotonic() of the stop signal
-        self._persist_timeout = _persist_timeout()
+        app_settings = _app_settings()
+        self._persist_timeout = app_settings.persist_timeout_seconds
+        # The largest body the poller waits for: a larger one the app refuses unread (413),
+        # at once, to a client that may wait for that before it sends the body.
+        self._body_limit = min(REQUEST_BUFFER_BYTES, app_settings.max_body_bytes)
         self._stopped = False  # the main loop has ended
 
     def run(self) -> None:
@@ -637,7 +643,7 @@ class Worker(ThreadWorker):
     def _await_request(self, conn: _Connection, readable: bool = False) -> None:
         # Not read at once on a new connection: its request was there in 3 of 10
         # accepts at C=200, and the other 7 would pay a read that finds nothing.
-        arrival = _Arrival(conn, time.monotonic())
+        arrival = _Arrival(conn, time.monotonic(), self._body_limit)
         self._arrivals.append(arrival)
         if not (readable and self._receive(arrival, conn.sock)):
             self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._receive, arrival))
@@ -1088,13 +1094,13 @@ def stop_end_seconds(abandons_at: float, persist_timeout: float) -> float:
     return max(0.0, min(STOP_END_SECONDS, abandons_at - persist_timeout - 1.0))
 
 
-def _persist_timeout() -> float:
-    """The app's save wait, as its settings give it (their default when they are invalid:
-    the app then refuses every request anyway)."""
+def _app_settings() -> Settings:
+    """The app's settings (their defaults when they are invalid: the app then refuses
+    every request anyway)."""
     try:
-        return request_settings().persist_timeout_seconds
+        return request_settings()
     except ConfigError:
-        return Settings.from_env({}).persist_timeout_seconds
+        return Settings.from_env({})
 
 
 def _body_left_unread(environ: Mapping[str, Any]) -> bool:

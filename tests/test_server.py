@@ -129,6 +129,24 @@ def test_oversize_chunked_body_without_length_is_413(server: str, fake: FakeUpst
     assert fake.requests == []
 
 
+def test_a_length_just_over_the_limit_is_refused_before_its_body(
+    server: str, fake: FakeUpstream
+) -> None:
+    """A Content-Length over MAX_BODY_BYTES (1 MiB) but within what the server would
+    buffer: answered 413 at once, to a client that waits for that before it sends the
+    body (a reviewer's waited 10 s for nothing, then was dropped)."""
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(
+            b"POST /vac/assistant/live/sse HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (1024 * 1024 + 1)
+        )
+        answer = read_until_closed(sock)  # closed after the answer: its body is left unread
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert b"payload_too_large" in answer
+    assert fake.requests == []
+
+
 @pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
 def test_every_thread_of_the_worker_runs_under_batch_scheduling(fake: FakeUpstream) -> None:
     """Set in the worker before it starts a thread (server.batch_scheduling): the pool's

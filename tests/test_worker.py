@@ -14,6 +14,7 @@ from gunicorn.http import errors
 
 from assistant.worker import (
     HEAD_BUFFER_BYTES,
+    REQUEST_BUFFER_BYTES,
     _Arrival,
     _MethodQueue,
     _reserved_request,
@@ -43,8 +44,8 @@ WHOLE = {
 }
 
 
-def _ready_after(request: bytes, step: int) -> int | None:
-    arrival = _Arrival(conn=None, since=0)  # type: ignore[arg-type]  # add() never uses it
+def _ready_after(request: bytes, step: int, body_limit: int = REQUEST_BUFFER_BYTES) -> int | None:
+    arrival = _Arrival(None, 0, body_limit)  # type: ignore[arg-type]  # add() never uses conn
     for start in range(0, len(request), step):
         if arrival.add(request[start : start + step]):
             return min(start + step, len(request))
@@ -69,6 +70,14 @@ def test_a_request_is_ready_on_its_last_byte(name: str, step: int) -> None:
 )
 def test_a_request_still_arriving_is_not_ready(partial: bytes) -> None:
     assert _ready_after(partial, 1) is None
+
+
+def test_a_body_larger_than_the_app_takes_is_not_waited_for() -> None:
+    """The app refuses it unread (413) at once, to a client that may wait for that
+    before it sends the body (a reviewer's client waited 10 s, then was dropped)."""
+    head = HEAD + b"Content-Length: 101\r\n\r\n"
+    assert _ready_after(head, 1, body_limit=100) == len(head)
+    assert _ready_after(head, 1, body_limit=101) is None  # the body is awaited
 
 
 def test_a_head_the_parser_refuses_is_ready_at_once() -> None:
