@@ -229,6 +229,7 @@ class Chain:
                 return ChainFailed(error, committed=True)
             if progress.shown:
                 self.emit(Restart())
+                self.first_chunk_at = None  # the answer's first chunk is the next one's
             if error.key_refused and not key_refreshed and self.refresh_key is not None:
                 # A rotated key: read it again once (a blocking call, so off the loop).
                 fresh = await asyncio.to_thread(self.refresh_key, provider)

@@ -144,14 +144,17 @@ def test_every_provider_failing_before_text_is_reported_with_attempts(upstreams)
 
 
 def test_json_caller_falls_through_even_after_text(upstreams) -> None:
-    first, _ = upstreams
+    first, second = upstreams
     first.push(Script(tokens=["doomed ", "text"], fail_after=1, fail_mode="cut"))
+    second.push(Script(tokens=["from second"], ttft=0.3))
     reply = _reply(upstreams, streaming=False)
     reply.start()
     status, body = reply.json_answer()
     assert status == 200
     assert body["answer"] == "from second"  # the failed attempt's text is dropped
     assert [a["outcome"] for a in body["metadata"]["attempts"]] == ["upstream_incomplete", "ok"]
+    # ...and so is the time of its first chunk: the answer's came from the second.
+    assert body["metadata"]["timing"]["first_chunk_ms"] >= 300
 
 
 def test_json_caller_gets_502_when_all_fail(upstreams) -> None:
