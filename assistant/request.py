@@ -27,6 +27,7 @@ from typing import Any
 
 from .errors import RequestError
 from .schemas import check_schema
+from .thinking import without_thinking
 from .tools import TOOL_NAME, ToolCall, ToolChoice, ToolSpec, tool_choice, tool_specs
 from .tracing import TRACE_ID_PATTERN
 
@@ -265,6 +266,10 @@ def _turn(item: Any, label: str, call_names: Mapping[str, str]) -> Turn:
         text = ""
     if not isinstance(text, str):
         raise RequestError(f"{label} needs a content (or text) string")
+    if role == "assistant":
+        # A frontend that sends back the final `answer` sends its thinking too: the model
+        # gets what a history read from the store gives, the visible text.
+        text = without_thinking(text)
     return Turn(role, text, tool_calls=calls)
 
 

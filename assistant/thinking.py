@@ -41,12 +41,22 @@ Deliberate choices:
 
 from __future__ import annotations
 
-__all__ = ["ThinkingSplitter", "ThinkingTagger"]
+__all__ = ["ThinkingSplitter", "ThinkingTagger", "without_thinking"]
 
 # Open tag -> the only close tag that ends a block it opened.
 _TAGS: dict[str, str] = {"<thinking>": "</thinking>", "<think>": "</think>"}
 _MAX_OPEN_LEN = max(len(tag) for tag in _TAGS)
 _ASCII_WS = " \t\n\r\x0b\x0c"
+
+
+def without_thinking(text: str) -> str:
+    """`text` with its thinking blocks taken out, as its saved message's content is."""
+    if "<think" not in text:
+        return text
+    splitter = ThinkingSplitter()
+    splitter.feed(text)
+    splitter.finish()
+    return splitter.content
 
 
 def _join_compact(parts: list[str]) -> str:

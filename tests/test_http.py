@@ -358,6 +358,23 @@ def test_cors_with_listed_origins_echoes_origin_with_credentials(
     assert streamed.headers["Access-Control-Expose-Headers"] == "X-Trace-Id, Retry-After"
 
 
+def test_thinking_in_an_assistant_turn_is_not_sent_back(client, fake: FakeUpstream) -> None:
+    """A frontend that keeps the final `answer` as history sends its thinking back: the
+    model gets the visible text, as from a history read from the store (a reviewer saw
+    the old reasoning go back as text). A user's turn is sent as it is."""
+    history = [
+        {"role": "user", "content": "Plan? <think>mine</think>"},
+        {"role": "assistant", "content": "<thinking>secret plan</thinking>The answer."},
+        {"role": "assistant", "content": "<think>only thinking</think>"},  # nothing left
+    ]
+    ask(client, "and then?", chat_history=history).get_data()
+    assert fake.wait_for_requests(1)[0].body["messages"] == [
+        {"role": "user", "content": "Plan? <think>mine</think>"},
+        {"role": "assistant", "content": "The answer."},
+        {"role": "user", "content": "and then?"},
+    ]
+
+
 def test_history_opening_with_the_assistant_starts_at_the_first_user_turn(client, fake) -> None:
     history = [
         {"role": "assistant", "content": "Hi! How can I help?"},
