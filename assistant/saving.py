@@ -5,7 +5,9 @@ provider call, so it adds nothing to the time to first chunk. The assistant
 message is written at the end; the reply waits for both at most
 `timeout` seconds in all, then goes on: a slow or unreachable database costs
 the final frame `persist_failed: true`, never a stalled or broken stream.
-Writes that outlive the wait still land later (ids are idempotent).
+A write still under way when the wait ends may land later (ids are
+idempotent); each has its own deadline of `timeout`, and one that failed is
+not tried again after the reply (the user message is, once, within it).
 """
 
 from __future__ import annotations

@@ -210,8 +210,11 @@ class FirestoreStore:
             # Only if nobody wrote it since it was read: another user's write cannot get
             # in between, and the same user's other retry makes this one read again.
             unchanged = _firestore_client().write_option(last_update_time=existing.update_time)
+            # The reply keeps its place in the history: after its question, before the
+            # next ones (a late retry's new time put it after them).
+            replacement = {name: value for name, value in document.items() if name != "createdAt"}
             try:
-                reference.update(document, option=unchanged, **options)
+                reference.update(replacement, option=unchanged, **options)
                 return message.message_id
             except FailedPrecondition:
                 if attempt == WRITE_ATTEMPTS:
@@ -257,13 +260,15 @@ class FirestoreStore:
         query = self._messages(assistant_id).where(filter=FieldFilter("userId", "==", user_id))
         if thread_id is not None:
             query = query.where(filter=FieldFilter("threadId", "==", thread_id))
-        query = query.order_by("createdAt", direction=Query.DESCENDING).limit(limit)
+        # Two more: the trace id's own messages (a retry's, or a question the frontend
+        # saved itself) are left out after the query, and must not shorten the history.
+        query = query.order_by("createdAt", direction=Query.DESCENDING).limit(limit + 2)
         turns = [
             Turn(data["role"], data.get("content") or "")
             for data in (snapshot.to_dict() for snapshot in query.stream(**self._call_options()))
             if data.get("traceId") != trace_id and data.get("role") in ("user", "assistant")
         ]
-        return tuple(reversed(turns))
+        return tuple(reversed(turns[:limit]))
 
 
 def _field(snapshot: Any, name: str) -> Any:

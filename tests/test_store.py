@@ -139,10 +139,16 @@ def test_a_retried_request_never_duplicates(client, fake, firestore) -> None:
 def test_a_retry_replaces_the_same_users_reply(client, fake: FakeUpstream, firestore) -> None:
     fake.push(Script(tokens=["First."]))
     ask(client, "same question", trace_id="t-again", **SAVE).get_data()
+    first = _messages(firestore)["t-again-assistant"]["createdAt"]
+    ask(client, "a later question", trace_id="t-later", **SAVE).get_data()
     fake.push(Script(tokens=["Second."]))
     final = sse_events(ask(client, "same question", trace_id="t-again", **SAVE).get_data())[-2]
     assert final["metadata"]["persist_failed"] is False
-    assert _messages(firestore)["t-again-assistant"]["content"] == "Second."
+    replaced = _messages(firestore)["t-again-assistant"]
+    assert replaced["content"] == "Second."
+    # Its place in the history is kept: before the later question (a reviewer's history
+    # read gave the later question, then both replies).
+    assert replaced["createdAt"] == first < _messages(firestore)["t-later-user"]["createdAt"]
 
 
 @pytest.mark.parametrize("how", ["provider fails", "client leaves"])
@@ -609,6 +615,27 @@ def test_history_is_not_read_when_chat_history_is_given(client, fake, history) -
     }
     ask(client, "next", **body).get_data()
     assert _sent_messages(fake) == [("user", "from the client\n\nnext")]
+
+
+def test_the_history_limit_counts_messages_other_than_the_requests_own(
+    client, fake, history
+) -> None:
+    """The frontend saved this request's question itself (or it is a retry): the last
+    `history_limit` messages before it still come (a reviewer got one fewer, or none)."""
+    _seed(history, "c-user", "user", "asked now", USER["email"], 7)
+    body = {
+        "read_from_history": True,
+        "history_limit": 2,
+        "trace_id": "c",
+        "user_message_already_saved": True,
+        "emissaryConfig": {"currentUser": USER},
+    }
+    ask(client, "asked now", **body).get_data()
+    assert _sent_messages(fake) == [
+        ("user", "thread question"),
+        ("assistant", "thread answer"),
+        ("user", "asked now"),
+    ]
 
 
 def test_history_skips_the_retried_requests_own_messages(client, fake, history) -> None:
