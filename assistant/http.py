@@ -200,6 +200,11 @@ def _answer(
             store, assistant_request, author, trace_id, settings.persist_timeout_seconds, log
         )
         assistant_request = dataclasses.replace(assistant_request, chat_history=history)
+        # The read can take the whole save wait (a hanging database): a client that left
+        # meanwhile gets no provider call made for nobody.
+        if _client_gone_probe(request.environ)():
+            log.info("request.client_gone", during="history")
+            return _error(499, "client_gone", MESSAGES["client_gone"], trace_id)
 
     streaming = bool(match["sse"]) or _wants_event_stream(request)
     log.info(

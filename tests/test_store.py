@@ -28,6 +28,7 @@ from devtools.fake_upstream import FakeUpstream, Script
 from devtools.service import free_port, running_service
 
 from .conftest import ask, log_lines, sse_events
+from .raw_http import open_raw
 
 USER = {"email": "ada@example.com", "displayName": "Ada"}
 SAVE = {"save_to_history": True, "emissaryConfig": {"currentUser": USER}}
@@ -642,6 +643,24 @@ def test_history_skips_the_retried_requests_own_messages(client, fake, history) 
     body = {"read_from_history": True, "trace_id": "b", "emissaryConfig": {"currentUser": USER}}
     ask(client, "thread question", **body).get_data()
     assert ("user", "thread question") not in _sent_messages(fake)[:-1]
+
+
+def test_a_client_that_leaves_during_a_hanging_history_read_calls_no_provider(
+    fake: FakeUpstream, firestore, black_hole: str
+) -> None:
+    env = {"FIRESTORE_EMULATOR_HOST": black_hole, "PERSIST_TIMEOUT_SECONDS": "1.5"}
+    body = {"user_input": "hi", "read_from_history": True, "emissaryConfig": {"currentUser": USER}}
+    with running_service(env) as service:
+        sock = open_raw(service.url, "/vac/assistant/test-assistant/sse", json.dumps(body).encode())
+        time.sleep(0.5)  # the history read hangs
+        sock.close()
+        time.sleep(2.5)  # past the read's deadline, and the reply it would have started
+        assert fake.requests == []  # a reviewer's provider was called, then cancelled
+        fake.push(Script(tokens=["next"]))  # the server goes on as before
+        answer = httpx.post(
+            f"{service.url}/vac/assistant/test-assistant/sse", json=body, timeout=10
+        )
+        assert answer.status_code == 200 and "next" in answer.text
 
 
 def test_history_unavailable_still_answers(client, fake, firestore, capsys) -> None:
