@@ -116,6 +116,8 @@ class Reply:
         self._parts: list[str] = []
         self._calls: list[ToolCall] = []
         self._splitter = ThinkingSplitter()
+        # JSON mode: what the last failed attempt that sent anything sent (`Restart`).
+        self._dropped: tuple[list[str], list[ToolCall]] | None = None
         self._saver = Saver(store, settings.persist_timeout_seconds, log) if store else None
         turns = (*request.chat_history, Turn("user", request.user_input))
         self._chain = Chain(
@@ -509,6 +511,8 @@ class Reply:
         """`_conclude()` a step at a time: it yields what to wait for in the store, for
         `beat` seconds at most."""
         self._done = True
+        if not isinstance(item, ChainSucceeded):
+            self._take_back_dropped()
         self._splitter.finish()
         report = item.report
         complete = isinstance(item, ChainSucceeded)
@@ -537,10 +541,23 @@ class Reply:
         return {"error": message, "code": code, "partial": text, "metadata": metadata}
 
     def _start_over(self) -> None:
-        """JSON mode: the attempt whose text was kept failed (`Restart`); the next begins."""
-        self._parts.clear()
-        self._calls.clear()
+        """JSON mode: the attempt whose text was kept failed (`Restart`); the next begins.
+        Its output is kept aside, should every other fail too (`_take_back_dropped`)."""
+        if self._parts or self._calls:
+            self._dropped = (self._parts, self._calls)
+        self._parts = []
+        self._calls = []
         self._splitter = ThinkingSplitter()
+
+    def _take_back_dropped(self) -> None:
+        """JSON mode, every provider failed: what the last attempt that sent anything
+        sent is what arrived: reported (the error's `partial`) and saved `incomplete`,
+        not lost."""
+        if self._parts or self._calls or self._dropped is None:
+            return
+        parts, self._calls = self._dropped
+        for text in parts:
+            self._add(text)
 
     def _keep_what_waits(self) -> None:
         """What the chain handed on and this thread never took is the reply's all the
@@ -562,6 +579,7 @@ class Reply:
             self._future.cancel()
             self._chain.finished.wait(timeout=1.0)
         self._keep_what_waits()
+        self._take_back_dropped()
         self._splitter.finish()
         report = self._chain.report()  # the chain has stopped: its last word
         output = record.Output(self._splitter, tuple(self._calls))

@@ -167,6 +167,7 @@ def test_json_caller_gets_502_when_all_fail(upstreams) -> None:
     assert status == 502
     assert body["code"] == "providers_failed"
     assert len(body["attempts"]) == 2
+    assert body["partial"] == "a"  # what arrived before the last failure is reported
 
 
 def test_a_body_the_parser_chokes_on_is_that_providers_failure(upstreams) -> None:

@@ -137,6 +137,23 @@ def test_a_retried_request_never_duplicates(client, fake, firestore) -> None:
     assert set(saved) == {"t-retry-user", "t-retry-assistant"}
 
 
+def test_a_json_reply_failing_midway_everywhere_saves_what_arrived(
+    client, fake: FakeUpstream, firestore
+) -> None:
+    """The JSON route falls through even after text; when the last provider fails too,
+    the text that arrived is reported and saved `incomplete`, as on the stream (a
+    reviewer found nothing saved)."""
+    fake.push(Script(tokens=["half ", "an answer"], fail_after=1, fail_mode="error_event"))
+    response = client.post(
+        "/vac/assistant/test-assistant",
+        json={"user_input": "hi", "trace_id": "t-json-half", **SAVE},
+    )
+    assert response.status_code == 502
+    assert response.get_json()["partial"] == "half "
+    saved = _messages(firestore)["t-json-half-assistant"]
+    assert saved["status"] == "incomplete" and saved["content"] == "half"
+
+
 def test_a_retry_replaces_the_same_users_reply(client, fake: FakeUpstream, firestore) -> None:
     fake.push(Script(tokens=["First."]))
     ask(client, "same question", trace_id="t-again", **SAVE).get_data()
