@@ -121,10 +121,12 @@ class CertCache:
             needs_fetch = cert is None and (
                 not self._certs or now - self._early_refetch_at >= EARLY_REFETCH_SECONDS
             )
-            if needs_fetch and self._certs:  # an early re-fetch: Google may have rotated
-                self._early_refetch_at = now
             joined = self._fetching if needs_fetch else None  # the refresh's, or another's
             runs = needs_fetch and joined is None and self._begin_fetch(now)
+            if self._certs and (runs or joined is not None):
+                # An early re-fetch (Google may have rotated), counted only if one is made
+                # or joined: not within the pause after a failure.
+                self._early_refetch_at = now
         if refresh:
             try:
                 self._in_background(self._run_fetch)  # the held certs serve meanwhile

@@ -183,6 +183,25 @@ def test_requests_with_no_certs_share_one_fetch(server: CertsServer, clock: Cloc
     assert server.fetches == 1
 
 
+def test_an_unknown_key_id_in_the_pause_after_a_failure_keeps_its_early_refetch(
+    cache: CertCache, server: CertsServer, clock: Clock, keys
+) -> None:
+    """A token with a rotated key id within the pause after a failed refresh gets no
+    fetch, and does not use up the early re-fetch: the next one, past the pause, waits
+    for the refresh it starts and finds the key (it was refused with the old certs)."""
+    cache.cert_for("k1")
+    server.status = 503
+    clock.now += 600  # expired: the refresh fails
+    assert cache.cert_for("k1") == keys[0].cert_pem
+    server.status = 200
+    server.certs["k2"] = keys[1].cert_pem  # Google rotated meanwhile
+    assert cache.cert_for("k2") is None  # within the pause: no fetch
+    assert server.fetches == 2
+    clock.now += RETRY_AFTER_FAILURE_SECONDS
+    assert cache.cert_for("k2") == keys[1].cert_pem
+    assert server.fetches == 3
+
+
 def test_a_failed_fetch_pauses_the_next_from_its_end(server: CertsServer, clock: Clock) -> None:
     """A fetch that failed after a long wait is not tried again at once by the next
     request: the pause counts from the failure, not from when the fetch began."""
