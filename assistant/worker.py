@@ -1108,15 +1108,18 @@ def _body_left_unread(environ: Mapping[str, Any]) -> bool:
     (point 10): one it did not ask for (`Expect: 100-continue`), whose client may send
     it all the same, or one whose Content-Length is more than gthread drains
     (UNREAD_BODY_DRAIN_BYTES), which it would wait for, holding the thread, before it
-    closes anyway. (A chunked body that large is read by no one either: gthread gives
-    up on it after 64 KiB.)"""
+    closes anyway; or a chunked one, whose size nobody knows before it is read (gthread
+    gives up on it after 64 KiB, and closed with no `Connection: close` said)."""
     invitation = environ.get(CONTINUE)
     if invitation is not None and not invitation.sent:
         return True
     body = environ.get("wsgi.input")
+    if not isinstance(body, _ClockedInput) or body.touched:
+        return False
     declared = environ.get("CONTENT_LENGTH") or ""
-    unread = isinstance(body, _ClockedInput) and not body.touched
-    return unread and declared.isdigit() and int(declared) > UNREAD_BODY_DRAIN_BYTES
+    if declared.isdigit():
+        return int(declared) > UNREAD_BODY_DRAIN_BYTES
+    return "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
 
 
 def _without_body_reads(app: Any) -> None:

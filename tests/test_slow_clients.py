@@ -238,8 +238,14 @@ LARGE = 5_000_000  # more than the 1 MiB a body may be
             + b"Content-Length: %d\r\n\r\n" % LARGE,
             404,
         ),
+        (  # past what the poller holds: the rest of its chunk is never read
+            HEAD.replace(b"/vac/assistant/slow/sse", b"/nowhere")
+            + b"Transfer-Encoding: chunked\r\n\r\n%x\r\n" % LARGE
+            + b"x" * (1100 * 1024),
+            404,
+        ),
     ],
-    ids=["too-large", "too-large-expecting-continue", "no-such-route"],
+    ids=["too-large", "too-large-expecting-continue", "no-such-route", "chunked-no-such-route"],
 )
 def test_a_body_refused_unread_is_answered_before_it_is_sent(
     service: str, fake: FakeUpstream, head: bytes, status: int
