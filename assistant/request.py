@@ -145,23 +145,31 @@ MAX_JSON_VALUES = 50_000  # far above any real request; bounds the walk below
 _TOO_DEEP = f"request body is nested more than {MAX_JSON_DEPTH} levels deep"
 
 
-def _bounded_int(literal: str) -> int:
+@dataclass(frozen=True)
+class _Unusable:
+    """A value the parser refused, left in its place: the walk after the parse names
+    its field (`_check_values`)."""
+
+    why: str
+
+
+def _bounded_int(literal: str) -> int | _Unusable:
     if len(literal) > MAX_NUMBER_CHARS:
-        raise RequestError(f"request body has a number longer than {MAX_NUMBER_CHARS} digits")
+        return _Unusable(f"a number longer than {MAX_NUMBER_CHARS} digits")
     return int(literal)
 
 
-def _bounded_float(literal: str) -> float:
+def _bounded_float(literal: str) -> float | _Unusable:
     if len(literal) > MAX_NUMBER_CHARS:
-        raise RequestError(f"request body has a number longer than {MAX_NUMBER_CHARS} characters")
+        return _Unusable(f"a number longer than {MAX_NUMBER_CHARS} characters")
     value = float(literal)
     if value in (float("inf"), float("-inf")):
-        raise RequestError("request body has a number too large to represent")
+        return _Unusable("a number too large to represent")
     return value
 
 
-def _no_constant(name: str) -> Any:
-    raise RequestError(f"request body has {name}, which is not JSON")
+def _no_constant(name: str) -> _Unusable:
+    return _Unusable(f"{name}, which is not JSON")
 
 
 def _check_values(body: dict[str, Any]) -> None:
@@ -174,6 +182,8 @@ def _check_values(body: dict[str, Any]) -> None:
     seen = 0
     while pending:
         path, depth, value = pending.pop()
+        if isinstance(value, _Unusable):
+            raise RequestError(f"{path} is {value.why}")
         if isinstance(value, str):
             if not value.isascii() and not _encodable(value):
                 raise RequestError(

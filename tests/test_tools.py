@@ -440,8 +440,8 @@ def test_a_reply_that_is_a_tool_call_has_no_json_yet(
 @pytest.mark.parametrize(
     ("raw", "mentions"),
     [
-        ('{"user_input": "hi", "x": 1.' + "5" * 50 + "}", "number longer than 40 characters"),
-        ('{"user_input": "hi", "x": 1e999}', "number too large to represent"),
+        ('{"user_input": "hi", "x": 1.' + "5" * 50 + "}", "x is a number longer than 40 char"),
+        ('{"user_input": "hi", "x": 1e999}', "x is a number too large to represent"),
         ('{"user_input": "hi", "emissaryConfig": {"tools": ["a", 2]}}', "list of strings"),
     ],
 )
