@@ -7,7 +7,8 @@ Rules (README "How the pieces fit"):
   error, never a retry elsewhere, because the user has already seen its text.
   A JSON caller has seen nothing until the end, so in `commit_on_first_chunk=
   False` mode even a late failure falls through; `Restart` tells the reply to
-  drop the failed attempt's text.
+  set the failed attempt's text aside (it is what arrived, should every
+  provider fail).
 - A refused key (401; Gemini's 400 API_KEY_INVALID) re-reads that
   provider's key once (it may have been rotated) and tries the provider again
   before moving on.
@@ -104,7 +105,7 @@ class ChainReport:
 
 @dataclass(frozen=True)
 class Restart:
-    """JSON mode only: the attempt that sent the chunks so far failed; drop them."""
+    """JSON mode only: the attempt that sent the chunks so far failed; they are set aside."""
 
 
 # Outcomes compare by what happened, not by their report (timings differ run to run).
@@ -179,6 +180,8 @@ class Chain:
             outcome: ChainSucceeded | ChainFailed | ChainCrashed
             try:
                 async with asyncio.timeout(self.timeouts.reply) as self._reply_deadline:
+                    if self._stopping:  # told before this began: it will not be told again
+                        self._reply_deadline.reschedule(asyncio.get_running_loop().time())
                     outcome = await self._run()
             except TimeoutError:
                 # Even a live stream ends here (pings from an upstream that never

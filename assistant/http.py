@@ -33,7 +33,7 @@ from .auth import caller
 from .config import ConfigError, Settings, cors_origins, request_settings
 from .direct import briefly, client_socket
 from .errors import MESSAGES, ErrorCode, RequestError
-from .limits import OVERLOADED_RETRY_AFTER_SECONDS, Slot, pieces, replies_in_flight
+from .limits import Slot, pieces, replies_in_flight
 from .parking import Park
 from .providers import configured_providers, with_fresh_key
 from .reply import ClientGone, Refused, Reply
@@ -47,7 +47,15 @@ from .request import (
 from .saving import load_history
 from .store import Author, FirestoreStore, MessageStore
 from .tracing import RequestLog, new_trace_id, trace_id_from_headers
-from .worker import HEAD, PARKING, STOP_EARLY, TRACE_ID, Instead, body_refusal
+from .worker import (
+    HEAD,
+    PARKING,
+    STOP_EARLY,
+    STOPPING_RETRY_AFTER_SECONDS,
+    TRACE_ID,
+    Instead,
+    body_refusal,
+)
 
 _ASSISTANT_ROUTE = re.compile(r"/vac/assistant/(?P<id>.*?)(?P<sse>/sse)?")
 _ALLOWED_METHODS = "POST, OPTIONS"
@@ -558,10 +566,11 @@ def _method_not_allowed(allowed: str, trace_id: str) -> flask.Response:
 
 def _reply_json(status: int, payload: dict[str, Any], trace_id: str) -> flask.Response:
     """A reply's JSON answer, or its failure before anything was shown, with Retry-After
-    when the instance is stopping (`overloaded`: another one takes a retry)."""
+    when the instance is stopping (`overloaded`: another one takes a retry), as the
+    worker's own answer to a reply it stops says it (worker.py, 6)."""
     response = _json(status, payload, trace_id)
     if payload.get("code") == "overloaded":
-        response.headers["Retry-After"] = str(OVERLOADED_RETRY_AFTER_SECONDS)
+        response.headers["Retry-After"] = str(STOPPING_RETRY_AFTER_SECONDS)
     return response
 
 

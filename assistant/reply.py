@@ -161,9 +161,10 @@ class Reply:
         self._future = aio.submit(self._chain.run(), first_step_wait)
 
     def stop_early(self) -> None:
-        """The instance is stopping: the reply ends now with what it has (an error frame,
-        `overloaded`, and its text saved), from any thread."""
-        if self._future is not None and not self._done:
+        """The instance is stopping: the reply ends now with what it has (`overloaded`:
+        a stream's error frame, a JSON reply's 503; its text saved), from any thread;
+        told before its chain began, the chain ends as soon as it does."""
+        if not self._done:
             self._chain.stop_early()
 
     def close(self) -> None:
@@ -355,7 +356,7 @@ class Reply:
             "trace_id": self._trace_id,
             "attempts": final["metadata"]["attempts"],
         }
-        if final["partial"]:  # a JSON reply ended midway (the instance stopping): saved too
+        if final["partial"]:  # a JSON reply cut midway (its last provider, a stop): saved too
             body["partial"] = final["partial"]
         return body
 
@@ -435,6 +436,7 @@ class Reply:
         """
         self._parts = []
         self._calls = []
+        self._dropped = None
         self._splitter = ThinkingSplitter()
         self._items.discard()
 

@@ -6,8 +6,9 @@ message is written at the end; the reply waits for both at most
 `timeout` seconds in all, then goes on: a slow or unreachable database costs
 the final frame `persist_failed: true`, never a stalled or broken stream.
 A write still under way when the wait ends may land later (ids are
-idempotent); each has its own deadline of `timeout`, and one that failed is
-not tried again after the reply (the user message is, once, within it).
+idempotent): the store gives each of its calls `timeout` at most; one that
+failed is not tried again after the reply (the user message is, once, within
+the wait).
 """
 
 from __future__ import annotations

@@ -63,7 +63,10 @@ it run this subclass instead. Ten things differ from gthread as gunicorn
    hop-by-hop header a stream's answer is not to carry (README "Choices where
    the contract is silent").
    `Connection: close`, which does say something, is still sent when the
-   connection will close; HTTP/1.0 answers keep gthread's headers.
+   connection will close; HTTP/1.0 answers keep gthread's headers. And a
+   request whose Connection options hold `close` anywhere (`keep-alive,
+   close`, or a second Connection header) has its connection closed after
+   its answer, as RFC 9112 §9.6 wants (`_asks_to_close`).
 
 6. **Parking: a response can let go of its thread while it waits.** A body
    item that is not bytes but a `Parkable` (the app's `parking.Park`) means
@@ -229,6 +232,8 @@ STOP_SAVE_SECONDS = 7.0
 # second more fit before STOP_SAVE_SECONDS (`stop_end_seconds`); those still parked
 # then are abandoned.
 STOP_END_SECONDS = 4.0
+# A stopping instance's 503 `overloaded`: a retry goes to another instance at once.
+STOPPING_RETRY_AFTER_SECONDS = 1
 
 # What the poller holds of requests still arriving (see point 1 above): a
 # head up to HEAD_BUFFER_BYTES (a larger one, legal up to gunicorn's header
@@ -354,13 +359,18 @@ class _ClockedInput:
         self._clock = clock
         self._invitation = invitation
         self.touched = False  # the app read (or tried to)
+        self.ended = False  # the app read to the body's end
 
     def read(self, size: int | None = None) -> bytes:
         data: bytes = self._timed(self._stream.read, size)
+        if size is None or size < 0 or len(data) < size:
+            self.ended = True
         return data
 
     def readline(self, size: int | None = None) -> bytes:
         line: bytes = self._timed(self._stream.readline, size)
+        if not line:
+            self.ended = True
         return line
 
     def readlines(self, hint: int | None = None) -> list[bytes]:
@@ -792,7 +802,7 @@ class Worker(ThreadWorker):
                     self.alive = False
                 resp.force_close()
             full = len(self.keepalived_conns) >= self.max_keepalived
-            if not self.alive or not self.cfg.keepalive or full:
+            if not self.alive or not self.cfg.keepalive or full or _asks_to_close(req):
                 resp.force_close()
             with self._lock:
                 self._in_app[id(environ)] = environ
@@ -803,7 +813,8 @@ class Worker(ThreadWorker):
                     self._in_app.pop(id(environ), None)
             # A body left unread that must not be drained, or one gunicorn could not read
             # (its framing broken: where a next request would start is unknown).
-            if _body_left_unread(environ) or getattr(req.body, "failed", False) is True:
+            unread = _body_left_unread(environ, self._body_limit)
+            if unread or getattr(req.body, "failed", False) is True:
                 resp.force_close()
         except BaseException:
             self._post_request(req, environ, resp)
@@ -1080,7 +1091,8 @@ def _answer_stopping(resp: Any, project_id: str) -> None:
     RequestLog(trace_id, project_id).info(
         "request.refused", status=503, code="overloaded", reason="the worker is stopping"
     )
-    headers = [*kept, ("Content-Type", "application/json"), ("Retry-After", "1"),
+    headers = [*kept, ("Content-Type", "application/json"),
+               ("Retry-After", str(STOPPING_RETRY_AFTER_SECONDS)),
                ("Content-Length", str(len(body)))]  # fmt: skip
     resp.force_close()
     with contextlib.suppress(OSError):
@@ -1103,22 +1115,33 @@ def _app_settings() -> Settings:
         return Settings.from_env({})
 
 
-def _body_left_unread(environ: Mapping[str, Any]) -> bool:
+def _asks_to_close(req: Any) -> bool:
+    """Whether `close` is among the request's Connection options, wherever it stands
+    (point 5): gunicorn heeds only a first such header whose whole value is `close`."""
+    return any(
+        name == "CONNECTION" and "close" in (option.strip() for option in value.lower().split(","))
+        for name, value in req.headers
+    )
+
+
+def _body_left_unread(environ: Mapping[str, Any], body_limit: int) -> bool:
     """Whether the app answered without reading a body it should not be drained for
     (point 10): one it did not ask for (`Expect: 100-continue`), whose client may send
-    it all the same, or one whose Content-Length is more than gthread drains
-    (UNREAD_BODY_DRAIN_BYTES), which it would wait for, holding the thread, before it
-    closes anyway; or a chunked one, whose size nobody knows before it is read (gthread
-    gives up on it after 64 KiB, and closed with no `Connection: close` said)."""
+    it all the same; one the poller did not wait for (over `body_limit`), which gthread
+    would wait for with the thread, its client perhaps waiting for our answer first;
+    one whose Content-Length is more than gthread drains (UNREAD_BODY_DRAIN_BYTES),
+    which it would read before it closes anyway; or a chunked one not read to its end
+    (a refusal before it, or a 413 midway), whose size nobody knows (gthread gives up
+    on it after 64 KiB, and closed with no `Connection: close` said)."""
     invitation = environ.get(CONTINUE)
     if invitation is not None and not invitation.sent:
         return True
     body = environ.get("wsgi.input")
-    if not isinstance(body, _ClockedInput) or body.touched:
+    if not isinstance(body, _ClockedInput) or body.ended:
         return False
     declared = environ.get("CONTENT_LENGTH") or ""
     if declared.isdigit():
-        return int(declared) > UNREAD_BODY_DRAIN_BYTES
+        return not body.touched and int(declared) > min(UNREAD_BODY_DRAIN_BYTES, body_limit)
     return "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
 
 

@@ -157,6 +157,24 @@ def test_json_caller_falls_through_even_after_text(upstreams) -> None:
     assert body["metadata"]["timing"]["first_chunk_ms"] >= 300
 
 
+@pytest.mark.parametrize("told", ["before its start", "at its start"])
+def test_a_reply_told_to_stop_before_its_chain_began_still_stops(upstreams, told: str) -> None:
+    """A stopping worker tells each reply once: one told before its chain's first step
+    (in `start()`, say) ended as if never told (a reviewer's race: it ran on to its end,
+    or, a stream, to its abandon with no terminal frame)."""
+    first, _ = upstreams
+    first.push(Script(tokens=["slow ", "reply"], ttft=1, interval=1))
+    reply = _reply(upstreams, streaming=False)
+    if told == "before its start":
+        reply.stop_early()
+        reply.start()
+    else:
+        reply.start()
+        reply.stop_early()
+    status, body = reply.json_answer()
+    assert (status, body["code"]) == (503, "overloaded")
+
+
 def test_json_caller_gets_502_when_all_fail(upstreams) -> None:
     first, second = upstreams
     first.push(Script(fail="500"))

@@ -171,7 +171,8 @@ def test_a_blocked_prompt_falls_through(upstream: FakeUpstream) -> None:
     ("after_stop", "outcome"),
     [
         ([b"\n"], "ok"),  # the body stays open, quiet, past the idle gap: the answer is whole
-        ([b"[{", b"\n"], "ok"),  # a tail begun and left so
+        # A tail begun and left so: not JSON, so no error said (as at the body's end).
+        ([b"[{", b"\n"], "ok"),
         (  # an error tail a moment after the finishReason still fails the reply
             [b'[{"error": {"code": 429, "message": "x", "status": "RESOURCE_EXHAUSTED"}}]'],
             "upstream_error",

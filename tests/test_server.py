@@ -135,16 +135,52 @@ def test_a_length_just_over_the_limit_is_refused_before_its_body(
     """A Content-Length over MAX_BODY_BYTES (1 MiB) but within what the server would
     buffer: answered 413 at once, to a client that waits for that before it sends the
     body (a reviewer's waited 10 s for nothing, then was dropped)."""
+    answer = _answer_to_a_head_alone(server, 1024 * 1024 + 1)
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert b"payload_too_large" in answer
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize(
+    "connection",
+    [b"Connection: keep-alive, close\r\n", b"Connection: keep-alive\r\nConnection: Close\r\n"],
+)
+def test_close_among_the_connection_options_closes_after_the_answer(
+    server: str, connection: bytes
+) -> None:
+    """RFC 9112 9.6: the connection ends after this answer, which says so, and a request
+    sent behind it is not served (gunicorn heeded only a lone `Connection: close`)."""
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n" + connection + b"\r\n"
+                     b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")  # fmt: skip
+        answers = read_until_closed(sock)
+    assert answers.count(b"HTTP/1.1 200") == 1
+    assert b"connection: close" in answers.lower()
+
+
+def test_a_small_body_limit_refuses_an_unsent_body_and_closes(fake: FakeUpstream) -> None:
+    """MAX_BODY_BYTES under what gthread drains (64 KiB): a body over it, refused
+    unread, closes the connection at once; kept, gthread waited 5 s with the thread
+    for a body its client sends only after our answer (a reviewer's probe)."""
+    with running_service({"MAX_BODY_BYTES": "1000", "THREADS": "2"}) as service:
+        started = time.monotonic()
+        answer = _answer_to_a_head_alone(service.url, 2000)
+        assert time.monotonic() - started < 4  # not after gthread's 5-s drain
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert b"connection: close" in answer.lower()
+
+
+def _answer_to_a_head_alone(server: str, length: int) -> bytes:
+    """What the server sends to a POST whose head says `length` bytes and whose body
+    never comes, until it closes the connection."""
     host, port = server.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=5) as sock:
         sock.sendall(
             b"POST /vac/assistant/live/sse HTTP/1.1\r\nHost: x\r\n"
-            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (1024 * 1024 + 1)
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % length
         )
-        answer = read_until_closed(sock)  # closed after the answer: its body is left unread
-    assert answer.startswith(b"HTTP/1.1 413")
-    assert b"payload_too_large" in answer
-    assert fake.requests == []
+        return read_until_closed(sock)  # closed after the answer: its body is left unread
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")

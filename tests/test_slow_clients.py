@@ -244,8 +244,21 @@ LARGE = 5_000_000  # more than the 1 MiB a body may be
             + b"x" * (1100 * 1024),
             404,
         ),
+        (  # whole, but over the limit: the app reads 1 MiB of it, refuses, and stops there
+            HEAD
+            + b"Transfer-Encoding: chunked\r\n\r\n"
+            + b"10000\r\n%s\r\n" % (b"x" * 65536) * 20
+            + b"0\r\n\r\n",
+            413,
+        ),
     ],
-    ids=["too-large", "too-large-expecting-continue", "no-such-route", "chunked-no-such-route"],
+    ids=[
+        "too-large",
+        "too-large-expecting-continue",
+        "no-such-route",
+        "chunked-no-such-route",
+        "chunked-too-large",
+    ],
 )
 def test_a_body_refused_unread_is_answered_before_it_is_sent(
     service: str, fake: FakeUpstream, head: bytes, status: int

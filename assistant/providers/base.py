@@ -338,7 +338,9 @@ class HttpProvider:
         response = await client.send(request, stream=True)
         async with contextlib.aclosing(response):
             if response.status_code != 200:
-                detail = _without_secrets(await read_error_body(response), headers)
+                # Read past the limit, so that a key cut at it is still found whole.
+                answer = await read_error_body(response, ERROR_BODY_CHARS + 512)
+                detail = _without_secrets(answer, headers)[:ERROR_BODY_CHARS]
                 raise ProviderError(
                     "upstream_status",
                     detail,
@@ -482,16 +484,20 @@ def _joined(before: tuple[Part, ...], after: tuple[Part, ...]) -> tuple[Part, ..
     return (*before, *after)
 
 
+ERROR_BODY_CHARS = 2048  # of an upstream's error answer, for the log
+_KEY_HEADERS = frozenset({"authorization", "x-api-key", "x-goog-api-key", "api-key"})
+
+
 def _without_secrets(text: str, headers: Mapping[str, str]) -> str:
     """An error body may echo our request: never the key its headers carried (logs)."""
-    for value in headers.values():
+    for name, value in headers.items():
         secret = value.removeprefix("Bearer ").strip()
-        if len(secret) >= 8:
+        if name.lower() in _KEY_HEADERS and secret:
             text = text.replace(secret, "[redacted]")
     return text
 
 
-async def read_error_body(response: httpx.Response, limit: int = 2048) -> str:
+async def read_error_body(response: httpx.Response, limit: int = ERROR_BODY_CHARS) -> str:
     """The start of an error body, for the log only (it may echo our request)."""
     body = b""
     async for piece in response.aiter_bytes():
