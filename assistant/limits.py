@@ -144,7 +144,8 @@ class InFlight:
             held = self._counts.get(key, 0)
             if held >= per_user:
                 raise RequestError(
-                    f"this user already has {per_user} replies in flight; "
+                    f"this user already has {per_user} "
+                    f"{'reply' if per_user == 1 else 'replies'} in flight; "
                     "wait for one to finish, then try again",
                     429,
                     "rate_limited",

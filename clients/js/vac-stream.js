@@ -83,7 +83,8 @@
  * @property {string} [token]  a bearer token (Firebase ID token); sent as `Authorization`
  * @property {AbortSignal} [signal]  aborting it closes the connection (the server then stops
  *   the model)
- * @property {Record<string, string>} [headers]  extra request headers
+ * @property {HeadersInit} [headers]  extra request headers (in any case: one named like
+ *   ours, `content-type` say, replaces ours; the token's `Authorization` wins)
  * @property {(info: OpenInfo) => void} [onOpen]  the response headers arrived
  * @property {(text: string, info: ChunkInfo) => void} [onChunk]  one `{"chunk"}` frame
  * @property {(reply: FinalReply) => void} [onFinal]  the final `{"answer", "metadata"}` frame
@@ -174,12 +175,11 @@ export class SseParser {
 export async function streamReply(options) {
   const {url, body, token, signal, onOpen, onChunk, onFinal, onError} = options;
   const fetchImpl = options.fetch ?? globalThis.fetch;
-  const headers = {
-    "Content-Type": "application/json",
-    Accept: "text/event-stream",
-    ...options.headers,
-  };
-  if (token) headers.Authorization = `Bearer ${token}`;
+  // Header names are case-insensitive: a caller's "content-type" replaces ours (merged
+  // as object keys, both went, and the service saw "application/json, text/plain").
+  const headers = new Headers({"Content-Type": "application/json", Accept: "text/event-stream"});
+  for (const [name, value] of new Headers(options.headers ?? {})) headers.set(name, value);
+  if (token) headers.set("Authorization", `Bearer ${token}`);
 
   /** @type {StreamResult} */
   const result = {outcome: "error", status: 0, traceId: null, text: ""};

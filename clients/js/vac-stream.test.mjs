@@ -174,9 +174,20 @@ test("it sends one POST with the token, and never another", async () => {
   await new Promise((resolve) => setTimeout(resolve, 50));
   assert.equal(calls.length, 1);
   assert.equal(calls[0].init.method, "POST");
-  assert.equal(calls[0].init.headers.Authorization, "Bearer tok");
-  assert.equal(calls[0].init.headers.Accept, "text/event-stream");
+  assert.equal(calls[0].init.headers.get("Authorization"), "Bearer tok");
+  assert.equal(calls[0].init.headers.get("Accept"), "text/event-stream");
   assert.deepEqual(JSON.parse(calls[0].init.body), {user_input: "hi"});
+});
+
+test("a caller's header replaces ours whatever its case", async () => {
+  const calls = [];
+  const fetch = fakeFetch('data: {"answer":"x","metadata":{}}\n\ndata: [DONE]\n\n', {calls});
+  const headers = {"content-type": "text/plain", "x-extra": "1", authorization: "Bearer old"};
+  await streamReply({url: "http://service.test/x", body: {}, token: "tok", headers, fetch});
+  const sent = calls[0].init.headers;
+  assert.equal(sent.get("Content-Type"), "text/plain"); // not "application/json, text/plain"
+  assert.equal(sent.get("X-Extra"), "1");
+  assert.equal(sent.get("Authorization"), "Bearer tok"); // the token wins, as before
 });
 
 test("a callback that throws rejects the promise", async () => {

@@ -69,12 +69,14 @@ async function send() {
         if (metadata.thinking_content) ui.thinking.textContent = metadata.thinking_content;
         ui.metadata.textContent = JSON.stringify(metadata, null, 2);
       },
-      onError: ({error, code, partial, metadata, status, traceId}) => {
-        record("error", {error, code, partial, status, traceId});
+      onError: ({error, code, partial, metadata, status, traceId, retryAfter}) => {
+        record("error", {error, code, partial, status, traceId, retryAfter});
         show(splitter.finish());
         ui.error.hidden = false;
+        // The text before the failure is already in the reply above (thinking apart).
         ui.error.textContent = `${code}${status && status !== 200 ? ` (HTTP ${status})` : ""}: ${error}` +
-          (partial ? `\n\nText before the failure:\n${partial}` : "");
+          (retryAfter != null ? ` Try again in ${retryAfter} s.` : "") +
+          (partial ? "\n(The reply above stops where it failed.)" : "");
         if (traceId) ui.trace.textContent = traceId;
         if (metadata) ui.metadata.textContent = JSON.stringify(metadata, null, 2);
       },
