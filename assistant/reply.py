@@ -332,16 +332,11 @@ class Reply:
         try:
             for item in self._wait(None, heartbeat=None, parks=False):
                 assert not isinstance(item, Park)
-                if isinstance(item, Restart):
-                    self._start_over()
-                elif isinstance(item, Chunk):
-                    self._add(item.text)
-                elif isinstance(item, ToolCall):
-                    self._calls.append(item)
-                elif isinstance(item, ChainSucceeded):
+                if isinstance(item, ChainSucceeded):
                     return 200, self._conclude(item)
-                elif isinstance(item, ChainFailed | ChainCrashed):
+                if isinstance(item, ChainFailed | ChainCrashed):
                     return failure_status(item), self._error_body(self._conclude(item))
+                self._keep(item)
         except ClientGone:
             self._abandon()
             raise
@@ -566,12 +561,17 @@ class Reply:
         same: chunks queued for a JSON caller, and a tool call handed on as the upstream
         was cancelled (OpenAI's, whose choice had not finished: `Decoder.salvage`)."""
         while (item := self._items.take()) is not None:
-            if isinstance(item, Restart):
-                self._start_over()
-            elif isinstance(item, Chunk):
-                self._add(item.text)
-            elif isinstance(item, ToolCall):
-                self._calls.append(item)
+            self._keep(item)
+
+    def _keep(self, item: object) -> None:
+        """An item the thread took, into the reply: a chunk's text, a call, or (JSON
+        mode) a `Restart`; anything else is not output."""
+        if isinstance(item, Restart):
+            self._start_over()
+        elif isinstance(item, Chunk):
+            self._add(item.text)
+        elif isinstance(item, ToolCall):
+            self._calls.append(item)
 
     def _abandon(self) -> None:
         """The client left: stop the upstream at once, then save what arrived."""
