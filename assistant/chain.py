@@ -180,8 +180,8 @@ class Chain:
             outcome: ChainSucceeded | ChainFailed | ChainCrashed
             try:
                 async with asyncio.timeout(self.timeouts.reply) as self._reply_deadline:
-                    if self._stopping:  # told before this began: it will not be told again
-                        self._reply_deadline.reschedule(asyncio.get_running_loop().time())
+                    if self._stopping:  # told before this began (once only): no provider asked
+                        raise TimeoutError
                     outcome = await self._run()
             except TimeoutError:
                 # Even a live stream ends here (pings from an upstream that never

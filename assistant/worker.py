@@ -118,7 +118,7 @@ it run this subclass instead. Ten things differ from gthread as gunicorn
    413, 415...) cost as much memory as the client cared to send (400 MB for
    one request, measured), and a client that waits to send its body got no
    answer at all. That step is taken off the app (`_without_body_reads`):
-   gthread already drains an unread body of at most 64 KiB to keep the
+   gthread already drains an unread body of less than 64 KiB to keep the
    connection, else closes it gracefully. And gunicorn sends
    `100 Continue` before the app runs, inviting a body the app may refuse
    unread: here it goes out when the app first reads the body
@@ -176,7 +176,7 @@ WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 PARKING = "assistant.parking"
 HEAD = "assistant.head"
 # What gthread drains of a body the app left unread, to keep the connection (its
-# parser's _DRAIN_MAX_BYTES): past it, the connection closes after its wait.
+# parser's _DRAIN_MAX_BYTES): a body that reaches it closes the connection after its wait.
 UNREAD_BODY_DRAIN_BYTES = 64 * 1024
 CONTINUE = "assistant.continue"  # a `_Continue` still to send, for the body's first read (10)
 # Set by the app: the request's trace id, for the worker's own log lines about it.
@@ -369,12 +369,14 @@ class _ClockedInput:
 
     def readline(self, size: int | None = None) -> bytes:
         line: bytes = self._timed(self._stream.readline, size)
-        if not line:
+        if not line and size != 0:
             self.ended = True
         return line
 
     def readlines(self, hint: int | None = None) -> list[bytes]:
         lines: list[bytes] = self._timed(self._stream.readlines, hint)
+        if hint is None or hint <= 0:
+            self.ended = True
         return lines
 
     def __iter__(self) -> Iterator[bytes]:
@@ -1129,8 +1131,8 @@ def _body_left_unread(environ: Mapping[str, Any], body_limit: int) -> bool:
     (point 10): one it did not ask for (`Expect: 100-continue`), whose client may send
     it all the same; one the poller did not wait for (over `body_limit`), which gthread
     would wait for with the thread, its client perhaps waiting for our answer first;
-    one whose Content-Length is more than gthread drains (UNREAD_BODY_DRAIN_BYTES),
-    which it would read before it closes anyway; or a chunked one not read to its end
+    one of UNREAD_BODY_DRAIN_BYTES or more, which gthread's drain would read before it
+    closes anyway (it gives up on reaching that cap); or a chunked one not read to its end
     (a refusal before it, or a 413 midway), whose size nobody knows (gthread gives up
     on it after 64 KiB, and closed with no `Connection: close` said)."""
     invitation = environ.get(CONTINUE)
@@ -1141,7 +1143,8 @@ def _body_left_unread(environ: Mapping[str, Any], body_limit: int) -> bool:
         return False
     declared = environ.get("CONTENT_LENGTH") or ""
     if declared.isdigit():
-        return not body.touched and int(declared) > min(UNREAD_BODY_DRAIN_BYTES, body_limit)
+        length = int(declared)
+        return not body.touched and (length > body_limit or length >= UNREAD_BODY_DRAIN_BYTES)
     return "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
 
 

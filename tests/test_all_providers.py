@@ -18,6 +18,7 @@ A provider's own quirks stay in its file (test_anthropic.py, test_openai.py, ...
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -26,6 +27,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from assistant.chain import ChainFailed, ChainSucceeded, Chunk
@@ -37,6 +39,7 @@ from assistant.providers.base import (
     TextDelta,
     ThinkingDelta,
     normalised_stop_reason,
+    read_error_body,
 )
 from assistant.request import Turn
 from assistant.thinking import ThinkingSplitter
@@ -252,6 +255,16 @@ def test_an_error_body_echoing_the_key_is_logged_without_it(
     assert error is not None and error.status == 401
     assert case.key not in error.detail
     assert "Incorrect API key provided: [redacted]." in error.detail  # the rest is kept
+
+
+def test_a_key_across_the_error_bodys_cut_is_redacted_too() -> None:
+    """The cut is in bytes: a body of multibyte text put a key across it, and the part
+    before the cut was logged (a reviewer's probe)."""
+    key = "sk-proj-" + "A" * 60
+    body = "é".encode() * 1000 + f"Incorrect API key provided: {key}.".encode()  # at byte 2028
+    response = httpx.Response(401, content=body)
+    detail = asyncio.run(read_error_body(response, {"authorization": f"Bearer {key}"}))
+    assert "sk-proj-A" not in detail and detail.endswith("[redacted].")
 
 
 @EACH

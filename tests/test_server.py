@@ -159,6 +159,24 @@ def test_close_among_the_connection_options_closes_after_the_answer(
     assert b"connection: close" in answers.lower()
 
 
+@pytest.mark.parametrize(("length", "kept"), [(65535, True), (65536, False)])
+def test_a_body_refused_unread_is_drained_below_64_kib_and_closed_from_it(
+    server: str, length: int, kept: bool
+) -> None:
+    """gthread drains an unread body to keep the connection and gives up on reaching
+    64 KiB: from there the answer says `Connection: close` (at exactly 64 KiB a reviewer
+    saw the connection kept in words and closed in deed)."""
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%b"
+                     b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                     % (length, b"x" * length))  # fmt: skip
+        answers = read_until_closed(sock)
+    assert answers.startswith(b"HTTP/1.1 404")
+    assert (b"HTTP/1.1 200" in answers) is kept
+    assert (b"connection: close" in answers.lower().split(b"\r\n\r\n")[0]) is not kept
+
+
 def test_a_small_body_limit_refuses_an_unsent_body_and_closes(fake: FakeUpstream) -> None:
     """MAX_BODY_BYTES under what gthread drains (64 KiB): a body over it, refused
     unread, closes the connection at once; kept, gthread waited 5 s with the thread

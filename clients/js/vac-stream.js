@@ -58,7 +58,7 @@
  * @property {string} code      the server's code (`invalid_request`, `providers_failed`, ...) or,
  *   from this client: `network_error` (no response), `http_error` (an error status without our
  *   JSON body), `bad_frame` (a data line that is not JSON), `stream_ended` (the connection
- *   closed before a terminal frame)
+ *   closed before a terminal frame), `bad_request` (a header or token no request can carry)
  * @property {string} partial   text shown before the failure ("" before the stream)
  * @property {Record<string, any>|null} metadata  the error frame's metadata (null before the stream)
  * @property {number} status    HTTP status (0 when no response arrived)
@@ -175,12 +175,6 @@ export class SseParser {
 export async function streamReply(options) {
   const {url, body, token, signal, onOpen, onChunk, onFinal, onError} = options;
   const fetchImpl = options.fetch ?? globalThis.fetch;
-  // Header names are case-insensitive: a caller's "content-type" replaces ours (merged
-  // as object keys, both went, and the service saw "application/json, text/plain").
-  const headers = new Headers({"Content-Type": "application/json", Accept: "text/event-stream"});
-  for (const [name, value] of new Headers(options.headers ?? {})) headers.set(name, value);
-  if (token) headers.set("Authorization", `Bearer ${token}`);
-
   /** @type {StreamResult} */
   const result = {outcome: "error", status: 0, traceId: null, text: ""};
   let retryAfter = null; // seconds, from the response's Retry-After
@@ -195,6 +189,16 @@ export async function streamReply(options) {
     result.outcome = "aborted";
     return result;
   };
+
+  // Header names are case-insensitive: a caller's "content-type" replaces ours (merged
+  // as object keys, both went, and the service saw "application/json, text/plain").
+  const headers = new Headers({"Content-Type": "application/json", Accept: "text/event-stream"});
+  try {
+    for (const [name, value] of new Headers(options.headers ?? {})) headers.set(name, value);
+    if (token) headers.set("Authorization", `Bearer ${token}`);
+  } catch (exc) { // a value no request can carry (a line break in a token, say)
+    return fail({error: `the request cannot be sent (${describe(exc)})`, code: "bad_request"});
+  }
 
   let response;
   try {

@@ -190,6 +190,18 @@ test("a caller's header replaces ours whatever its case", async () => {
   assert.equal(sent.get("Authorization"), "Bearer tok"); // the token wins, as before
 });
 
+test("a header no request can carry is an error, not a rejection", async () => {
+  const calls = [];
+  const fetch = fakeFetch('data: [DONE]\n\n', {calls});
+  const errors = [];
+  const result = await streamReply({
+    url: "http://service.test/x", body: {}, token: "tok\nX", fetch, onError: (e) => errors.push(e),
+  });
+  assert.equal(result.outcome, "error");
+  assert.equal(errors[0].code, "bad_request");
+  assert.equal(calls.length, 0); // nothing was sent
+});
+
 test("a callback that throws rejects the promise", async () => {
   await assert.rejects(
     collect('data: {"chunk":"x"}\n\n', {}, {onChunk: () => {
