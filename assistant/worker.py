@@ -601,7 +601,7 @@ class Worker(ThreadWorker):
         self._arrivals: deque[_Arrival] = deque()
         self._lingering: deque[_Linger] = deque()
         self._buffered = 0  # bytes held by the arrivals
-        self._lock = threading.Lock()  # for _parked, changed by pool threads
+        self._lock = threading.Lock()  # for _parked and _in_app, changed by pool threads
         self._parked: set[_Exchange] = set()  # responses waiting for their resume()
         # The environs of requests whose app call runs on a pool thread (a JSON reply holds
         # its thread to the end), by id: a stopping worker ends their replies early too.
