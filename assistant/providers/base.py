@@ -31,7 +31,7 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol
 
 import httpx
 import orjson
@@ -210,7 +210,6 @@ class Decoder(Protocol):
         ...
 
 
-@runtime_checkable
 class EndsBeforeItsBody(Protocol):
     """A decoder whose answer can be whole before its body ends (Gemini's: the
     finishReason, after which the body may still hold an error)."""
