@@ -517,8 +517,8 @@ def _client_gone_probe(environ: Mapping[str, Any]) -> Callable[[], bool]:
 
 
 # What browser code may read of an answer beyond the CORS-safelisted headers:
-# the trace id, and when to try again after a 429 or 503.
-_EXPOSED = "X-Trace-Id, Retry-After"
+# the trace id, when to try again after a 429 or 503, and why a 401 refused its token.
+_EXPOSED = "X-Trace-Id, Retry-After, WWW-Authenticate"
 
 
 def _cors_headers(headers: Mapping[str, str], origins: tuple[str, ...]) -> dict[str, str]:

@@ -126,8 +126,10 @@ def test_a_bad_token_is_401_and_touches_nothing(
     client, fake: FakeUpstream, firestore, certs, key, impostor, capsys, name: str
 ) -> None:
     headers = BAD_CREDENTIALS[name](key, impostor)
-    response = post(client, headers, **SAVING)
+    response = post(client, {**headers, "Origin": "https://chat.example.com"}, **SAVING)
     assert response.status_code == 401, response.get_data(as_text=True)
+    # A page can read why (an expired token: sign in again).
+    assert "WWW-Authenticate" in response.headers["Access-Control-Expose-Headers"]
     body = response.get_json()
     assert body["code"] == "unauthenticated"
     assert body["trace_id"] == response.headers["X-Trace-Id"]

@@ -16,6 +16,8 @@ from devtools.fake_upstream import FakeUpstream
 
 from .conftest import ask, log_lines, sse_events
 
+EXPOSED = "X-Trace-Id, Retry-After, WWW-Authenticate"
+
 
 def test_health_is_ok_with_version_and_no_io(client) -> None:
     response = client.get("/health")
@@ -313,7 +315,7 @@ def test_a_misconfiguration_answer_is_readable_by_an_allowed_browser_origin(
     assert response.status_code == 500
     assert response.get_json()["code"] == "config_error"
     assert response.headers["Access-Control-Allow-Origin"] == origins
-    assert response.headers["Access-Control-Expose-Headers"] == "X-Trace-Id, Retry-After"
+    assert response.headers["Access-Control-Expose-Headers"] == EXPOSED
     assert response.headers["Vary"] == "Origin"
     other = post_from("https://other.example.com")
     assert other.status_code == 500
@@ -354,8 +356,8 @@ def test_cors_with_listed_origins_echoes_origin_with_credentials(
         headers={"Origin": "https://chat.example.com"},
     )
     assert streamed.headers["Access-Control-Allow-Origin"] == "https://chat.example.com"
-    # Browser code may read the trace id, and Retry-After on a 429 or 503.
-    assert streamed.headers["Access-Control-Expose-Headers"] == "X-Trace-Id, Retry-After"
+    # Browser code may read the trace id, Retry-After on a 429 or 503, and why a 401.
+    assert streamed.headers["Access-Control-Expose-Headers"] == EXPOSED
 
 
 def test_thinking_in_an_assistant_turn_is_not_sent_back(client, fake: FakeUpstream) -> None:
