@@ -440,6 +440,10 @@ class _Relay:
                     chain._finish(events[-1])  # what it cost, kept should the reply end first
                 return
             if isinstance(event, ToolCall):
+                # Thinking after the call is another block, not more of the one before.
+                closing = self._tagger.close()
+                if closing:
+                    chain.emit(Chunk(closing))
                 chain.emit(event)
             else:
                 thinking = isinstance(event, ThinkingDelta)

@@ -33,12 +33,19 @@ from assistant.providers.base import Prompt, ProviderError
 from assistant.reply import Refused, Reply
 from assistant.request import AssistantRequest, Turn
 from assistant.store import Author
+from assistant.thinking import ThinkingSplitter
 from assistant.tracing import RequestLog
 from devtools.fake_upstream import FakeUpstream, Script
 
 from .conftest import log_lines, sse_events
 from .provider_cases import CASES
-from .provider_support import PROMPT, anthropic_event, anthropic_text_stream
+from .provider_support import (
+    PROMPT,
+    anthropic_at,
+    anthropic_event,
+    anthropic_text_stream,
+    run_chain,
+)
 
 
 @pytest.fixture
@@ -463,3 +470,51 @@ def test_an_error_after_chunks_waiting_for_room_comes_after_them(fake: FakeUpstr
     assert [item.text for item in taken[:20] if isinstance(item, Chunk)] == PIECES
     assert isinstance(taken[20], ChainFailed) and taken[20].committed
     assert taken[20].error is not None and taken[20].error.code == "upstream_error"
+
+
+def test_thinking_on_either_side_of_a_tool_call_is_two_blocks(fake: FakeUpstream) -> None:
+    """Native thinking, a tool call, more thinking (interleaved thinking): the call
+    closes the first block, so the two are not run together, in the stream or in the
+    saved thinking."""
+
+    def block(index: int, content: dict[str, object], delta: dict[str, object]) -> bytes:
+        start = {"type": "content_block_start", "index": index, "content_block": content}
+        step = {"type": "content_block_delta", "index": index, "delta": delta}
+        stop = {"type": "content_block_stop", "index": index}
+        return b"".join(
+            anthropic_event(name, data)
+            for name, data in (
+                ("content_block_start", start),
+                ("content_block_delta", step),
+                ("content_block_stop", stop),
+            )
+        )
+
+    call = {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {}}
+    body = b"".join(
+        [
+            anthropic_event("message_start", {"type": "message_start", "message": {"model": "m"}}),
+            block(0, {"type": "thinking"}, {"type": "thinking_delta", "thinking": "first"}),
+            block(1, call, {"type": "input_json_delta", "partial_json": '{"city": "Oslo"}'}),
+            block(2, {"type": "thinking"}, {"type": "thinking_delta", "thinking": "second"}),
+            block(3, {"type": "text"}, {"type": "text_delta", "text": "done"}),
+            anthropic_event("message_delta", {"type": "message_delta", "delta": {}}),
+            anthropic_event("message_stop", {"type": "message_stop"}),
+        ]
+    )
+    fake.push(Script(raw=[body]))
+    run = run_chain([anthropic_at(fake.url)], Timeouts(connect=5, first_chunk=5, idle=5, reply=30))
+    texts = [item.text if isinstance(item, Chunk) else type(item).__name__ for item in run.items]
+    assert texts == [
+        "<thinking>first",
+        "</thinking>",
+        "ToolCall",
+        "<thinking>second",
+        "</thinking>done",
+        "ChainSucceeded",
+    ]
+    splitter = ThinkingSplitter()
+    for text in texts[:-1]:
+        splitter.feed("" if text == "ToolCall" else text)
+    splitter.finish()
+    assert (splitter.thinking, splitter.content) == ("first\n\nsecond", "done")
