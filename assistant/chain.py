@@ -101,7 +101,8 @@ class ChainReport:
     stop_reason: StopReason | None = None
     attempts: tuple[Attempt, ...] = ()
     first_chunk_at: float | None = None  # time.monotonic() of the first chunk
-    schema_sent: bool = True  # False: the provider took the tools but not the response schema
+    # Why the provider was not asked for the response schema (None: it was, or none asked).
+    schema_left_out: str | None = None
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,7 @@ class Chain:
     usage: Usage = field(default_factory=Usage)
     stop_reason: StopReason | None = None
     first_chunk_at: float | None = None
-    schema_sent: bool = True
+    schema_left_out: str | None = None
     finished: threading.Event = field(default_factory=threading.Event)
     _reply_deadline: asyncio.Timeout = field(init=False, repr=False)
     _stopping: bool = field(default=False, init=False, repr=False)
@@ -210,7 +211,7 @@ class Chain:
             stop_reason=self.stop_reason,
             attempts=tuple(self.attempts),
             first_chunk_at=self.first_chunk_at,
-            schema_sent=self.schema_sent,
+            schema_left_out=self.schema_left_out,
         )
 
     async def _run(self) -> ChainFailed | ChainSucceeded:
@@ -287,7 +288,7 @@ class Chain:
         self.first_chunk_at = self.first_chunk_at or time.monotonic()
         self.provider = provider.name
         self.model = provider.model
-        self.schema_sent = self.prompt.response_schema is None or provider.sends_schema(self.prompt)
+        self.schema_left_out = provider.schema_left_out(self.prompt)
 
     def _finish(self, end: StreamEnd) -> None:
         self.model_version = end.model

@@ -38,15 +38,14 @@ def with_structured_output(
     """A finished reply's content parsed and checked against the response schema."""
     if schema is None:
         return output
-    if not report.schema_sent:
-        why = (
-            f"{report.provider} cannot take tools and a response schema in one request: "
-            "the tools were sent, the schema was not"
-        )
-        return dataclasses.replace(output, structured_error=why)
     value, error = structured_output(output.text.content, schema)
     if output.calls and error is not None:  # its text, if any, is a preamble to the calls
         error = "the reply is a tool call: the JSON answer comes after the tool results"
+    if report.schema_left_out is not None:
+        # Said even when the reply matches: the provider was not held to the schema. The
+        # reply is checked all the same (a tool loop's answer after the results, say).
+        left_out = f"{report.provider} {report.schema_left_out}"
+        error = left_out if error is None else f"{left_out}; {error}"
     return dataclasses.replace(output, structured=value, structured_error=error)
 
 

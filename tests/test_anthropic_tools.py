@@ -680,3 +680,51 @@ def test_a_response_schema_is_narrowed_to_what_anthropic_accepts(upstream: FakeU
         "additionalProperties": False,
     }
     assert schema["properties"]["age"]["minimum"] == 0  # the request's own schema is untouched
+
+
+MAP = {"type": "object", "additionalProperties": {"type": "integer"}}
+OBJECTS_ALL_OF = {
+    "allOf": [
+        {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]},
+        {"properties": {"b": {"type": "integer"}}, "required": ["b"]},
+    ]
+}
+
+
+@pytest.mark.parametrize(
+    "schema, why",
+    [
+        (
+            {"type": "object", "properties": {"counts": MAP}},
+            "an object whose keys it does not name",
+        ),
+        ({"type": "object", "properties": {"any": {"type": "object"}}}, "an object whose keys"),
+        ({"type": ["object", "null"], "patternProperties": {"^x": {}}}, "an object whose keys"),
+        ({"type": "object", "properties": {}, "additionalProperties": True}, "an object whose"),
+        ({"type": "array", "items": OBJECTS_ALL_OF}, "allOf over objects"),
+    ],
+)
+def test_a_schema_closing_would_change_is_not_sent(
+    upstream: FakeUpstream, schema: dict[str, Any], why: str
+) -> None:
+    # Closed, a map could only be {} (and {} would pass the final check: its data lost
+    # unnoticed), and each object of an allOf would refuse the others' keys. So the schema
+    # is not sent; the reply is still checked against it (test_tool_calls.py).
+    upstream.push(Script(text="fine"))
+    body = sent(upstream, ask(tools=(), schema=schema))
+    assert "output_config" not in body
+    left_out = CASE.provider_class(CASE.settings(upstream.url), "").schema_left_out(
+        ask(tools=(), schema=schema)
+    )
+    assert left_out is not None and why in left_out and "not sent" in left_out
+
+
+def test_a_schema_with_named_keys_only_is_sent(upstream: FakeUpstream) -> None:
+    # A property *named* additionalProperties, and allOf over non-objects, are no map.
+    schema = {
+        "type": "object",
+        "properties": {"additionalProperties": {"allOf": [{"type": "string"}, {"minLength": 1}]}},
+    }
+    upstream.push(Script(json={"additionalProperties": "x"}))
+    body = sent(upstream, ask(tools=(), schema=schema))
+    assert body["output_config"]["format"]["schema"]["additionalProperties"] is False

@@ -52,7 +52,7 @@ from typing import Any
 import httpx
 
 from ..tools import NamedTool, ToolCall, parse_arguments
-from .anthropic_schema import output_schema
+from .anthropic_schema import output_schema, unheld
 from .base import (
     WORKING,
     Event,
@@ -346,10 +346,16 @@ class AnthropicProvider(HttpProvider):
             choice = _tool_choice(prompt)
             if choice is not None:
                 body["tool_choice"] = choice
-        if prompt.response_schema is not None:
+        if prompt.response_schema is not None and self.sends_schema(prompt):
             format_ = {"type": "json_schema", "schema": output_schema(prompt.response_schema)}
             body["output_config"] = {"format": format_}
         return body
+
+    def schema_left_out(self, prompt: Prompt) -> str | None:
+        why = None if prompt.response_schema is None else unheld(prompt.response_schema)
+        if why is None:
+            return None
+        return f"cannot hold this response schema ({why}): it was not sent"
 
     def _request(self, prompt: Prompt) -> tuple[str, dict[str, Any], dict[str, str]]:
         headers = {

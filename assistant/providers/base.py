@@ -229,8 +229,9 @@ class Provider(Protocol):
     # provider sends the tools alone (README "Tools and structured output").
     schema_with_tools: bool
 
-    def sends_schema(self, prompt: Prompt) -> bool:
-        """Whether its request for `prompt` asks for the response schema."""
+    def schema_left_out(self, prompt: Prompt) -> str | None:
+        """Why its request for `prompt` does not ask for the response schema asked for
+        (None: it does, or none was asked for): the end of "<provider> ..."."""
         ...
 
     def open(
@@ -292,10 +293,19 @@ class HttpProvider:
             for event in events:
                 yield event
 
+    def schema_left_out(self, prompt: Prompt) -> str | None:
+        if prompt.response_schema is None or self.schema_with_tools:
+            return None
+        if not self._sends_tools(prompt):
+            return None
+        return (
+            "cannot take tools and a response schema in one request: "
+            "the tools were sent, the schema was not"
+        )
+
     def sends_schema(self, prompt: Prompt) -> bool:
-        if prompt.response_schema is None:
-            return False
-        return self.schema_with_tools or not self._sends_tools(prompt)
+        """Whether its request for `prompt` asks for the response schema."""
+        return prompt.response_schema is not None and self.schema_left_out(prompt) is None
 
     def _sends_tools(self, prompt: Prompt) -> bool:
         # A provider that takes no schema beside tools leaves them out when none may be
