@@ -23,6 +23,13 @@ FIREBASE_CERTS_URL = (
     "https://www.googleapis.com/robot/v1/metadata/x509/securetoken@system.gserviceaccount.com"
 )
 MAX_CLOCK_SKEW_SECONDS = 60
+# Bounds past which a value is a slip, not a choice: longer than a day, a timeout is
+# no timeout (and past ~1e9 s the socket and gRPC deadlines it becomes overflow); no
+# provider writes a million tokens; the providers' temperatures go up to 2.
+MAX_SECONDS = 86_400
+MAX_OUTPUT_TOKENS = 1_000_000
+MAX_TEMPERATURE = 2
+MAX_COUNT = 1_000_000_000
 
 DEFAULT_BASE_URLS = {
     "anthropic": "https://api.anthropic.com",
@@ -48,7 +55,13 @@ def _text(env: Mapping[str, str], name: str, default: str) -> str:
     return value or default
 
 
-def _number(env: Mapping[str, str], name: str, default: float, minimum: float = 0) -> float:
+def _number(
+    env: Mapping[str, str],
+    name: str,
+    default: float,
+    minimum: float = 0,
+    maximum: float = MAX_COUNT,
+) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -60,14 +73,30 @@ def _number(env: Mapping[str, str], name: str, default: float, minimum: float = 
         raise ConfigError(f"{name} must be a finite number, got {raw!r}")
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {raw!r}")
+    if value > maximum:
+        raise ConfigError(f"{name} must be at most {maximum}, got {raw!r}")
     return value
 
 
-def _integer(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
-    value = _number(env, name, default, minimum)
+def _seconds(env: Mapping[str, str], name: str, default: float, minimum: float = 0.01) -> float:
+    return _number(env, name, default, minimum, MAX_SECONDS)
+
+
+def _integer(
+    env: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int = MAX_COUNT
+) -> int:
+    value = _number(env, name, default, minimum, maximum)
     if value != int(value):
         raise ConfigError(f"{name} must be a whole number, got {env.get(name)!r}")
     return int(value)
+
+
+def _digits(env: Mapping[str, str], name: str, default: int, maximum: int) -> int:
+    """A count of at least 1 that functions-framework reads too, with int(): digits only."""
+    raw = env.get(name, "").strip()
+    if raw and not (raw.isascii() and raw.isdigit()):
+        raise ConfigError(f"{name} must be a whole number written in digits, got {raw[:100]!r}")
+    return _integer(env, name, default, minimum=1, maximum=maximum)
 
 
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -83,6 +112,25 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
 
 def _names(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in _text(env, name, default).split(",") if part.strip())
+
+
+def _base_url(env: Mapping[str, str], name: str, default: str) -> str:
+    url = _text(env, name, default).rstrip("/")
+    if url and not url.lower().startswith(("http://", "https://")):
+        raise ConfigError(f"{name} must be an http:// or https:// URL, got {url[:100]!r}")
+    return url
+
+
+def _collection(env: Mapping[str, str], name: str, default: str) -> str:
+    """A top-level Firestore collection id (and so never a path into another one)."""
+    value = _text(env, name, default)
+    reserved = value.startswith("__") and value.endswith("__")
+    if "/" in value or value in (".", "..") or reserved or len(value.encode()) > 1500:
+        raise ConfigError(
+            f"{name} must be one collection id (no '/', not '.', '..' or __name__), "
+            f"got {value[:100]!r}"
+        )
+    return value
 
 
 def cors_origins(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
@@ -112,15 +160,21 @@ class ProviderSettings:
         raw_temperature = env.get(f"{prefix}_TEMPERATURE", "").strip()
         settings = cls(
             name=name,
-            base_url=_text(env, f"{prefix}_BASE_URL", DEFAULT_BASE_URLS[name]).rstrip("/"),
+            base_url=_base_url(env, f"{prefix}_BASE_URL", DEFAULT_BASE_URLS[name]),
             model=_text(env, f"{prefix}_MODEL", DEFAULT_MODELS[name]),
             key_name=""
             if name == "ollama"
             else _text(env, f"{prefix}_KEY_NAME", f"{prefix}_API_KEY"),
-            max_tokens=_integer(env, f"{prefix}_MAX_TOKENS", 4096, minimum=1),
-            temperature=_number(env, f"{prefix}_TEMPERATURE", 0) if raw_temperature else None,
+            max_tokens=_integer(
+                env, f"{prefix}_MAX_TOKENS", 4096, minimum=1, maximum=MAX_OUTPUT_TOKENS
+            ),
+            temperature=_number(env, f"{prefix}_TEMPERATURE", 0, maximum=MAX_TEMPERATURE)
+            if raw_temperature
+            else None,
             thinking=_flag(env, f"{prefix}_THINKING", False),
-            thinking_budget=_integer(env, f"{prefix}_THINKING_BUDGET", 2048, minimum=1024),
+            thinking_budget=_integer(
+                env, f"{prefix}_THINKING_BUDGET", 2048, minimum=1024, maximum=MAX_OUTPUT_TOKENS
+            ),
         )
         if settings.thinking and settings.max_tokens <= settings.thinking_budget:
             # Providers refuse a thinking budget that leaves no room for the answer.
@@ -167,14 +221,11 @@ class AuthSettings:
             project_id=_text(env, "FIREBASE_PROJECT_ID", project_id),
             certs_url=_text(env, "FIREBASE_CERTS_URL", FIREBASE_CERTS_URL),
             emulator_host=_text(env, "FIREBASE_AUTH_EMULATOR_HOST", ""),
-            clock_skew_seconds=_number(env, "AUTH_CLOCK_SKEW_SECONDS", 10),
+            clock_skew_seconds=_number(
+                env, "AUTH_CLOCK_SKEW_SECONDS", 10, maximum=MAX_CLOCK_SKEW_SECONDS
+            ),
             max_streams_per_user=_integer(env, "MAX_STREAMS_PER_USER", 4, minimum=1),
         )
-        if settings.clock_skew_seconds > MAX_CLOCK_SKEW_SECONDS:
-            raise ConfigError(
-                f"AUTH_CLOCK_SKEW_SECONDS must be at most {MAX_CLOCK_SKEW_SECONDS}, "
-                f"got {settings.clock_skew_seconds:g}"
-            )
         # A deployed service must never run open by accident: these two are
         # for local runs, and on Cloud Run every request is refused instead.
         if on_cloud_run and mode == "none":
@@ -218,38 +269,43 @@ class Settings:
         env = os.environ if env is None else env
         order = _names(env, "ASSISTANT_PROVIDERS", ",".join(PROVIDER_NAMES))
         unknown = [name for name in order if name not in PROVIDER_NAMES]
-        if unknown:
+        if unknown or not order:
             raise ConfigError(
                 f"ASSISTANT_PROVIDERS names unknown providers {unknown}; "
                 f"known: {', '.join(PROVIDER_NAMES)}"
+                if unknown
+                else "ASSISTANT_PROVIDERS names no provider"
             )
+        if len(set(order)) < len(order):  # one provider asked twice in one reply
+            twice = sorted({name for name in order if order.count(name) > 1})
+            raise ConfigError(f"ASSISTANT_PROVIDERS names {', '.join(twice)} more than once")
         project_id = _text(env, "GOOGLE_CLOUD_PROJECT", env.get("GCP_PROJECT", ""))
         return cls(
             provider_order=order,
             providers={name: ProviderSettings.from_env(env, name) for name in order},
             timeouts=Timeouts(
-                connect=_number(env, "CONNECT_TIMEOUT_SECONDS", 5, minimum=0.01),
-                first_chunk=_number(env, "FIRST_CHUNK_TIMEOUT_SECONDS", 30, minimum=0.01),
-                idle=_number(env, "IDLE_TIMEOUT_SECONDS", 60, minimum=0.01),
-                reply=_number(env, "MAX_REPLY_SECONDS", 900, minimum=0.01),
+                connect=_seconds(env, "CONNECT_TIMEOUT_SECONDS", 5),
+                first_chunk=_seconds(env, "FIRST_CHUNK_TIMEOUT_SECONDS", 30),
+                idle=_seconds(env, "IDLE_TIMEOUT_SECONDS", 60),
+                reply=_seconds(env, "MAX_REPLY_SECONDS", 900),
             ),
-            heartbeat_seconds=_number(env, "HEARTBEAT_SECONDS", 15, minimum=0.01),
+            heartbeat_seconds=_seconds(env, "HEARTBEAT_SECONDS", 15),
             max_body_bytes=_integer(env, "MAX_BODY_BYTES", 1024 * 1024, minimum=1),
             max_input_chars=_integer(env, "MAX_INPUT_CHARS", 32_000, minimum=1),
             max_history_messages=_integer(env, "MAX_HISTORY_MESSAGES", 200, minimum=0),
             cors_origins=cors_origins(env),
             project_id=project_id,
-            collection=_text(env, "FIRESTORE_COLLECTION", "assistants"),
-            persist_timeout_seconds=_number(env, "PERSIST_TIMEOUT_SECONDS", 5, minimum=0.01),
+            collection=_collection(env, "FIRESTORE_COLLECTION", "assistants"),
+            persist_timeout_seconds=_seconds(env, "PERSIST_TIMEOUT_SECONDS", 5),
             # On Cloud Run (K_SERVICE is set) keys come from Secret Manager by
             # default; locally from env vars only, so no cloud is needed.
             secret_manager=_flag(env, "SECRET_MANAGER", bool(env.get("K_SERVICE"))),
             secrets_project=_text(env, "SECRETS_PROJECT", project_id),
-            key_cache_seconds=_number(env, "KEY_CACHE_SECONDS", 300, minimum=0),
-            secret_timeout_seconds=_number(env, "SECRET_TIMEOUT_SECONDS", 3, minimum=0.01),
+            key_cache_seconds=_seconds(env, "KEY_CACHE_SECONDS", 300, minimum=0),
+            secret_timeout_seconds=_seconds(env, "SECRET_TIMEOUT_SECONDS", 3),
             auth=AuthSettings.from_env(env, project_id),
             max_streams=_integer(env, "MAX_STREAMS", DEFAULT_MAX_STREAMS, minimum=1),
-            send_timeout_seconds=_number(env, "SEND_TIMEOUT_SECONDS", 30, minimum=0.01),
+            send_timeout_seconds=_seconds(env, "SEND_TIMEOUT_SECONDS", 30),
         )
 
 
@@ -263,16 +319,22 @@ class ServerSettings:
 
     request_read_timeout_seconds: float  # time a request may take to arrive (head and body)
     project_id: str  # for the trace link of the worker's own log lines
+    # functions-framework's own two, which it reads with int() and no check: 0 workers
+    # serve nothing, without a word.
+    threads: int
+    workers: int
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServerSettings:
         env = os.environ if env is None else env
         return cls(
             # Below a second an honest client on a slow link would be dropped.
-            request_read_timeout_seconds=_number(
+            request_read_timeout_seconds=_seconds(
                 env, "REQUEST_READ_TIMEOUT_SECONDS", 10, minimum=1
             ),
             project_id=_text(env, "GOOGLE_CLOUD_PROJECT", env.get("GCP_PROJECT", "")),
+            threads=_digits(env, "THREADS", (os.cpu_count() or 1) * 4, maximum=10_000),
+            workers=_digits(env, "WORKERS", 1, maximum=1_000),
         )
 
 

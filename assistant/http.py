@@ -79,9 +79,14 @@ def handle(request: flask.Request) -> flask.Response:
         settings = request_settings()
     except ConfigError as exc:
         RequestLog(trace_id).error("config.invalid", reason=str(exc))
-        response = _error(500, "config_error", MESSAGES["config_error"], trace_id)
-        response.headers.update(_cors_headers(headers, cors_origins()))
-        return response
+        if request.method == "OPTIONS":
+            # A browser sends a preflighted request only after a 2xx preflight: the
+            # page then sees the config_error, not a network error.
+            methods = _HEALTH_METHODS if request.path == "/health" else _ALLOWED_METHODS
+            answer = _preflight(headers, cors_origins(), methods, trace_id)
+        else:
+            answer = _error(500, "config_error", MESSAGES["config_error"], trace_id)
+        return _with_outside_cors(answer, headers)
     log = RequestLog(trace_id, settings.project_id)
     cors = _cors_headers(headers, settings.cors_origins)
     try:
@@ -105,6 +110,12 @@ def framework_not_found() -> flask.Response:
     headers = cast("Mapping[str, str]", flask.request.headers)
     trace_id = trace_id_from_headers(headers) or new_trace_id()
     response = _error(404, "not_found", f"no route for {flask.request.path[:200]}", trace_id)
+    return _with_outside_cors(response, headers)
+
+
+def _with_outside_cors(response: flask.Response, headers: Mapping[str, str]) -> flask.Response:
+    """An answer given without the settings, with the CORS headers CORS_ORIGINS allows
+    (read on its own: it has no invalid value)."""
     response.headers.update(_cors_headers(headers, cors_origins()))
     return response
 

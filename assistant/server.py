@@ -27,8 +27,10 @@ top of what functions-framework set:
   (memory.py).
 
 Everything else stays functions-framework's: bind, WORKERS, THREADS,
-timeout, log level. REQUEST_READ_TIMEOUT_SECONDS is read here once, so a bad
-value stops the start (gunicorn prints it and exits) instead of each request.
+timeout, log level. REQUEST_READ_TIMEOUT_SECONDS, THREADS and WORKERS are
+checked here once, before functions-framework reads them, so a bad value
+stops the start with a line naming it instead of failing each request (or,
+for WORKERS=0, serving nothing without a word).
 
 If a functions-framework upgrade moves or reshapes that class, importing this
 module raises, main.py with it, and the server does not start; and
@@ -45,6 +47,7 @@ from __future__ import annotations
 
 import os
 import resource
+import sys
 from typing import Any
 
 import gunicorn.app.base  # type: ignore[import-untyped]
@@ -185,13 +188,19 @@ GUNICORN_OPTIONS: dict[str, Any] = {
 class Application(_FunctionsFrameworkApplication):
     """functions-framework's gunicorn application, with GUNICORN_OPTIONS on top."""
 
-    def load_config(self) -> None:
-        super().load_config()
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Before functions-framework's own __init__, which reads THREADS and WORKERS
+        # with a bare int(): a bad value stops the start with its name, not a traceback.
         try:
             ServerSettings.from_env()
         except ConfigError as exc:
             process_log().error("config.invalid", reason=str(exc))
-            raise
+            print(f"\nError: {exc}", file=sys.stderr)  # as gunicorn says its own
+            sys.exit(1)
+        super().__init__(*args, **kwargs)
+
+    def load_config(self) -> None:
+        super().load_config()
         for name, value in GUNICORN_OPTIONS.items():
             self.cfg.set(name, value)
 

@@ -337,7 +337,9 @@ _clients_lock = threading.Lock()
 
 def _firestore_client() -> Any:
     """One client per process (per project and emulator host, so tests can switch)."""
-    key = (os.environ.get("GOOGLE_CLOUD_PROJECT"), os.environ.get("FIRESTORE_EMULATOR_HOST"))
+    # The project as config.py reads it (GCP_PROJECT: older runtimes' name for it).
+    project = os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("GCP_PROJECT")
+    key = (project, os.environ.get("FIRESTORE_EMULATOR_HOST"))
     with _clients_lock:
         client = _clients.get(key)
         if client is None:

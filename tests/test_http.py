@@ -282,6 +282,17 @@ def test_chat_history_formats_are_normalised_for_the_provider(client, fake: Fake
         ("AUTH_CLOCK_SKEW_SECONDS", "nan"),  # would pass every comparison: any token's times
         ("IDLE_TIMEOUT_SECONDS", "inf"),
         ("MAX_BODY_BYTES", "infinity"),
+        # Past a day a timeout is a slip; past ~1e9 s the socket's and gRPC's deadlines
+        # overflow: every reply a 500 internal_error, or every save failed.
+        ("SEND_TIMEOUT_SECONDS", "1e10"),
+        ("PERSIST_TIMEOUT_SECONDS", "1e10"),
+        ("ANTHROPIC_MAX_TOKENS", "1e308"),  # sent as a 309-digit number
+        ("ANTHROPIC_TEMPERATURE", "3"),
+        ("ANTHROPIC_BASE_URL", "127.0.0.1:8080"),  # every reply upstream_protocol
+        ("ASSISTANT_PROVIDERS", " , "),  # every reply no_provider
+        ("ASSISTANT_PROVIDERS", "anthropic,openai,anthropic"),  # asked twice per reply
+        ("FIRESTORE_COLLECTION", "a/b"),  # every save failed, or a nested path
+        ("FIRESTORE_COLLECTION", "__x__"),
     ],
 )
 def test_misconfiguration_is_a_500_naming_no_secret(
@@ -321,6 +332,27 @@ def test_a_misconfiguration_answer_is_readable_by_an_allowed_browser_origin(
     assert other.status_code == 500
     assert other.headers.get("Access-Control-Allow-Origin") == ("*" if origins == "*" else None)
     assert fake.requests == []
+
+
+@pytest.mark.parametrize("path", ["/vac/assistant/abc/sse", "/health"])
+def test_a_preflight_is_answered_when_a_setting_is_wrong(client, path: str) -> None:
+    # A browser sends a preflighted request only after a 2xx preflight: with a 500 here
+    # the page would see a network error, never the config_error that follows.
+    os.environ["HEARTBEAT_SECONDS"] = "soon"
+    response = client.options(
+        path,
+        headers={
+            "Origin": "https://chat.example.com",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type,authorization",
+        },
+    )
+    assert response.status_code == 204
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert response.headers["Access-Control-Allow-Headers"] == "content-type,authorization"
+    assert "OPTIONS" in response.headers["Access-Control-Allow-Methods"]
+    assert response.headers["X-Trace-Id"]
+    assert client.post(path, json={"user_input": "hi"}).get_json()["code"] == "config_error"
 
 
 def test_preflight_with_wildcard_origins(client) -> None:

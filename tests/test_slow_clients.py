@@ -505,10 +505,27 @@ def test_functions_framework_builds_our_server(
     assert gunicorn_app.cfg.limit_request_field_size == 8190
 
 
-def test_a_bad_read_timeout_stops_the_start(
-    app: object, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    "name, value, said",
+    [
+        ("REQUEST_READ_TIMEOUT_SECONDS", "soon", "must be a number"),
+        ("REQUEST_READ_TIMEOUT_SECONDS", "1e10", "must be at most 86400"),
+        # functions-framework reads these two with int(): a traceback, or (0 workers)
+        # a server that serves nothing and says nothing.
+        ("WORKERS", "0", "must be at least 1"),
+        ("THREADS", "abc", "must be a whole number written in digits"),
+        ("THREADS", "1e3", "must be a whole number written in digits"),
+    ],
+)
+def test_a_bad_server_setting_stops_the_start_naming_it(
+    app: object,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    value: str,
+    said: str,
 ) -> None:
-    monkeypatch.setenv("REQUEST_READ_TIMEOUT_SECONDS", "soon")
+    monkeypatch.setenv(name, value)
     with pytest.raises(SystemExit):
         server.Application(app, "127.0.0.1", 0, False)
-    assert "REQUEST_READ_TIMEOUT_SECONDS must be a number" in capsys.readouterr().err
+    assert f"{name} {said}" in capsys.readouterr().err
