@@ -86,15 +86,16 @@ it run this subclass instead. Ten things differ from gthread as gunicorn
    frame its I/O loop writes while the response is parked (gunicorn then
    sends no head).
    A stopping worker waits for parked responses like any other: those
-   whose head is out and still stream `stop_end_seconds()` after the signal
-   are ended by the app (`STOP_EARLY`) with a terminal frame, their text
-   saved, and so are replies still in the app's call (a JSON reply, which
-   holds its thread to its end: a 503 `overloaded`); for STOP_SAVE_SECONDS
-   at most: those still parked then are ended as if their client had left
-   (upstream cancelled, what arrived saved), before Cloud Run's kill 10 s
-   after SIGTERM (or gunicorn's, at its graceful timeout) would lose them;
-   one whose head is not out yet (a reply still waiting for its first
-   chunk) is answered 503 `overloaded` instead.
+   still under way `stop_end_seconds()` after the signal are ended by the
+   app (`STOP_EARLY`): a stream with a terminal frame, one still waiting
+   for its first chunk (its head not out) with a 503 `overloaded`, their
+   text saved, and so are replies still in the app's call (a JSON reply,
+   which holds its thread to its end: a 503 `overloaded`); for
+   STOP_SAVE_SECONDS at most: those still parked then are ended as if their
+   client had left (upstream cancelled, what arrived saved), before Cloud
+   Run's kill 10 s after SIGTERM (or gunicorn's, at its graceful timeout)
+   would lose them; one whose head is still not out is answered 503
+   `overloaded` by the worker itself.
 7. **`/health` and CORS preflights have threads of their own**
    (`RESERVED_THREADS`): a request whose head the poller read, `GET` or
    `HEAD /health` or any `OPTIONS`, goes to a small pool of its own, so that
@@ -917,11 +918,13 @@ class Worker(ThreadWorker):
 
     def _end_streams_early(self) -> None:
         """The replies under way end now through the app's own way (`STOP_EARLY`): the
-        parked responses whose head is out (streams: a terminal frame, then [DONE]) and
-        those still in the app's call (a JSON reply: 503 `overloaded`), their text saved.
-        Each is told once; a stream busy on a thread is told on a later turn."""
+        parked responses (streams: a terminal frame, then [DONE]; one still waiting for
+        its first chunk, its head not out: 503 `overloaded`, before a first chunk could
+        open it only to end it) and those still in the app's call (a JSON reply: 503
+        `overloaded`), their text saved. Each is told once; a stream busy on a thread is
+        told on a later turn."""
         with self._lock:
-            environs = [exchange.environ for exchange in self._parked if exchange.resp.headers_sent]
+            environs = [exchange.environ for exchange in self._parked]
             environs += self._in_app.values()
         for environ in environs:
             stop = environ.get(STOP_EARLY)

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from assistant.worker import STOP_SAVE_SECONDS
 from devtools.fake_upstream import FakeUpstream, Script
 from devtools.service import running_service
 
@@ -259,9 +260,10 @@ def test_a_stopping_server_finishes_the_replies_that_parked(fake: FakeUpstream) 
 def test_a_stopping_server_answers_a_reply_still_waiting_for_its_first_chunk(
     fake: FakeUpstream, tmp_path: Path
 ) -> None:
-    """SIGTERM while a reply waits for a slow first chunk (parked, its head not out):
-    STOP_SAVE_SECONDS later it is answered 503 `overloaded` with Retry-After and its CORS
-    headers, so that its client may try again elsewhere; and the server exits."""
+    """SIGTERM while a reply waits for a slow first chunk (parked, its head not out): it
+    is answered 503 `overloaded` with Retry-After and its CORS headers when the streams
+    are ended (not STOP_SAVE_SECONDS later, when a first chunk could have opened it only
+    to end it), so that its client may try again elsewhere; and the server exits."""
     fake.push(Script(tokens=["late"], ttft=15))
     env = {
         "THREADS": "2",
@@ -282,12 +284,15 @@ def test_a_stopping_server_answers_a_reply_still_waiting_for_its_first_chunk(
         )
         fake.wait_for_requests(1)
         service.process.terminate()
+        told = time.monotonic()
         answer = waiting.result()
+        assert time.monotonic() - told < STOP_SAVE_SECONDS - 2  # with the streams, ~1 s in
         assert service.process.wait(timeout=20) == 0
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
-    refused = [entry for entry in lines if entry["message"] == "request.refused"]
-    assert [(entry["status"], entry["trace_id"]) for entry in refused] == [
-        (503, answer.headers["x-trace-id"])
+    # The reply's own end, as for a stream ended early: its chain told to stop.
+    refused = [entry for entry in lines if entry["message"] == "reply.failed"]
+    assert [(entry["code"], entry["trace_id"]) for entry in refused] == [
+        ("overloaded", answer.headers["x-trace-id"])
     ]
     trace_link = refused[0].get("logging.googleapis.com/trace", "")
     assert trace_link.endswith(f"/traces/{answer.headers['x-trace-id']}")
