@@ -94,7 +94,7 @@ def handle(request: flask.Request) -> flask.Response:
     except RequestError as exc:
         if exc.trace_id:
             trace_id, log = exc.trace_id, RequestLog(exc.trace_id, settings.project_id)
-        log.info("request.refused", status=exc.status, code=exc.code, reason=exc.message)
+        log.info("request.refused", status=exc.status, code=exc.code, reason=_loggable(exc.message))
         response = _error(exc.status, exc.code, exc.message, trace_id)
         response.headers.update(exc.headers)
     except Exception:
@@ -102,6 +102,16 @@ def handle(request: flask.Request) -> flask.Response:
         response = _error(500, "internal_error", MESSAGES["internal_error"], trace_id)
     response.headers.update(cors)
     return response
+
+
+# A value a refusal quotes back to its client ('...' or "...", as repr() writes it).
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+
+
+def _loggable(message: str) -> str:
+    """A refusal's message for the log: without the values it quotes (a client may put
+    its prompt in a role or a tool's name). Its length is bounded already (errors.py)."""
+    return _QUOTED.sub("'…'", message)
 
 
 def framework_not_found() -> flask.Response:

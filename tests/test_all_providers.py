@@ -257,6 +257,34 @@ def test_an_error_body_echoing_the_key_is_logged_without_it(
     assert "Incorrect API key provided: [redacted]." in error.detail  # the rest is kept
 
 
+@EACH
+def test_an_error_body_echoing_the_prompt_is_logged_without_it(
+    upstream: FakeUpstream, case: ProviderCase
+) -> None:
+    """OpenAI-compatible servers (vLLM, LiteLLM...) quote the request they refuse in a
+    422: the prompt stays out of the log, whole or cut short, as JSON writes it too."""
+    question = 'my secret medical question, in full: ünïcode and "quotes"'
+    system = "Confidential instructions: " + "x" * 3000  # cut short by our read
+    prompt = Prompt(system=system, turns=(Turn("user", "Hi there"), Turn("user", question)))
+    echo = {
+        "detail": [{"type": "missing", "loc": ["body", "model"], "msg": "Field required"}],
+        "input": {
+            "messages": [
+                {"role": "user", "content": "Hi there"},
+                {"role": "user", "content": question},
+            ],
+            "system": system,
+        },
+    }
+    upstream.push(Script(fail="422", error_body=echo))
+    _, error = case.events(upstream.url, prompt)
+    assert error is not None and error.status == 422
+    assert "Field required" in error.detail  # the rest is kept
+    for said in ("secret medical", "Confidential", "xxxxxxxx", "Hi there"):
+        assert said not in error.detail
+    assert "[prompt]" in error.detail
+
+
 def test_a_key_across_the_error_bodys_cut_is_redacted_too() -> None:
     """The cut is in bytes: a body of multibyte text put a key across it, and the part
     before the cut was logged (a reviewer's probe)."""

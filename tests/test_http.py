@@ -97,6 +97,24 @@ def test_bad_assistant_ids_are_400(client, fake: FakeUpstream, assistant_id: str
     _refused(response, 400, "invalid_request", fake, "assistant id")
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"user_input": "hi", "chat_history": [{"role": "LEAK my bank password", "content": "a"}]},
+        {"user_input": "hi", "chat_history": [{"name": 'LEAK "my" bank', "content": "a"}]},
+        {"user_input": "hi", "emissaryConfig": {"toolChoice": {"name": "LEAK my bank password"}}},
+    ],
+)
+def test_a_refusal_quotes_the_clients_value_to_it_but_not_to_the_log(
+    client, fake: FakeUpstream, capsys: pytest.CaptureFixture[str], body: dict[str, Any]
+) -> None:
+    # A client may put its prompt anywhere: the log keeps the field, not the value.
+    response = client.post("/vac/assistant/abc/sse", json=body)
+    _refused(response, 400, "invalid_request", fake, "LEAK")
+    refused = [line for line in log_lines(capsys.readouterr().out) if "LEAK" in json.dumps(line)]
+    assert refused == []
+
+
 def test_encoded_slash_in_id_never_reaches_a_document_id(client, fake: FakeUpstream) -> None:
     response = client.post("/vac/assistant/a%2Fb/sse", json={"user_input": "hi"})
     _refused(response, 400, "invalid_request", fake, "assistant id")

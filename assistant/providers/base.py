@@ -261,7 +261,7 @@ class HttpProvider:
         self, client: httpx.AsyncClient, prompt: Prompt
     ) -> AbstractAsyncContextManager[httpx.Response]:
         url, body, headers = self._request(prompt)
-        return self._post(client, url, body, headers)
+        return self._post(client, url, body, headers, prompt)
 
     def _request(self, prompt: Prompt) -> tuple[str, dict[str, Any], dict[str, str]]:
         """The URL, the JSON body and the headers of the request for `prompt`."""
@@ -316,7 +316,12 @@ class HttpProvider:
 
     @asynccontextmanager
     async def _post(
-        self, client: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str]
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        prompt: Prompt,
     ) -> AsyncIterator[httpx.Response]:
         """The streaming response, or upstream_status for anything but a 200.
 
@@ -347,7 +352,7 @@ class HttpProvider:
         response = await client.send(request, stream=True)
         async with contextlib.aclosing(response):
             if response.status_code != 200:
-                detail = await read_error_body(response, headers)
+                detail = await read_error_body(response, headers, prompt)
                 raise ProviderError(
                     "upstream_status",
                     detail,
@@ -496,9 +501,12 @@ _KEY_ROOM_BYTES = 512  # read past the cut, so that a key across it is found who
 _KEY_HEADERS = frozenset({"authorization", "x-api-key", "x-goog-api-key", "api-key"})
 
 
-async def read_error_body(response: httpx.Response, headers: Mapping[str, str]) -> str:
-    """The start of an error body, for the log only. It may echo our request: never the
-    key its headers carried, looked for in the bytes before they are cut."""
+async def read_error_body(
+    response: httpx.Response, headers: Mapping[str, str], prompt: Prompt | None = None
+) -> str:
+    """The start of an error body, for the log only. It may echo our request (an
+    OpenAI-compatible server's 422 quotes the body it refused): never the key its
+    headers carried, looked for in the bytes before they are cut, nor the prompt's text."""
     body = b""
     async for piece in response.aiter_bytes():
         body += piece
@@ -508,4 +516,32 @@ async def read_error_body(response: httpx.Response, headers: Mapping[str, str]) 
         secret = value.removeprefix("Bearer ").strip()
         if name.lower() in _KEY_HEADERS and len(secret) >= 8:  # not every word "test"
             body = body.replace(secret.encode(), b"[redacted]")
-    return body[:ERROR_BODY_BYTES].decode("utf-8", "replace")
+    text = body.decode("utf-8", "replace")
+    if prompt is not None:
+        text = _without_prompt(text, prompt)
+    return text[:ERROR_BODY_BYTES]
+
+
+_ECHO_MIN_CHARS = 8  # a prompt text shorter than this is a word an error message may hold
+_ECHO_START_CHARS = 24  # of a prompt text: where it begins, when its echo is cut short
+
+
+def _without_prompt(text: str, prompt: Prompt) -> str:
+    """`text` with what the prompt's texts put in it taken out: each one whole, as it is or
+    as JSON writes it; and from where one begins to the end when its echo is cut short
+    (by the server, or by our reading)."""
+    for said in _prompt_texts(prompt):
+        forms = {said, json.dumps(said)[1:-1], json.dumps(said, ensure_ascii=False)[1:-1]}
+        for form in forms:
+            text = text.replace(form, "[prompt]")
+        for form in forms if len(said) > _ECHO_START_CHARS else ():
+            start = text.find(form[:_ECHO_START_CHARS])
+            if start != -1:
+                text = text[:start] + "[prompt]"
+    return text
+
+
+def _prompt_texts(prompt: Prompt) -> list[str]:
+    """The prompt's texts long enough to be told from the words of an error message."""
+    texts = [prompt.system or "", *(turn.content for turn in prompt.turns)]
+    return [text for text in texts if len(text) >= _ECHO_MIN_CHARS]
