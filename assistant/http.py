@@ -404,6 +404,15 @@ def _read_body(request: flask.Request, limit: int) -> bytes:
     codings = request.headers.get("Transfer-Encoding")
     if codings is not None and codings.strip().lower() != "chunked":
         raise RequestError("Transfer-Encoding must be chunked")
+    # Nor any Content-Encoding: a gzip body would be refused as "not UTF-8", and one
+    # labelled br but sent as it is taken, both misleading.
+    coding = request.headers.get("Content-Encoding", "").strip().lower()
+    if coding not in ("", "identity"):
+        raise RequestError(
+            f"Content-Encoding {coding[:40]} is not accepted: send the body uncompressed",
+            415,
+            "unsupported_media_type",
+        )
     try:
         raw = request.stream.read(limit + 1)
     except (OSError, ClientDisconnected):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -199,6 +200,19 @@ def test_non_json_media_type_is_415(client, fake: FakeUpstream, content_type: st
         "/vac/assistant/abc/sse", data='{"user_input": "hi"}', content_type=content_type
     )
     _refused(response, 415, "unsupported_media_type", fake, "application/json")
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br"])
+def test_a_coded_body_is_a_415_naming_the_coding(client, fake: FakeUpstream, coding: str) -> None:
+    body = b'{"user_input": "hi"}'
+    sent = gzip.compress(body) if coding == "gzip" else body  # br: a label on plain JSON
+    response = client.post(
+        "/vac/assistant/abc/sse",
+        data=sent,
+        content_type="application/json",
+        headers={"Content-Encoding": coding},
+    )
+    _refused(response, 415, "unsupported_media_type", fake, f"Content-Encoding {coding}")
 
 
 @pytest.mark.parametrize(
