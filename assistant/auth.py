@@ -104,7 +104,10 @@ def verify_id_token(token: str, auth: AuthSettings) -> Mapping[str, Any]:
     if algorithm == "none":
         if not auth.emulator_host:
             raise InvalidToken("the ID token is unsigned")
-        return claims  # the local Auth emulator's token: claims checked, nothing to verify
+        # The local Auth emulator's token, as it makes them: no key, no signature.
+        if "kid" in header or not token.endswith("."):
+            raise InvalidToken("an unsigned ID token names no key and carries no signature")
+        return claims  # claims checked, nothing to verify
     if algorithm != "RS256":
         raise InvalidToken("the ID token must be signed with RS256")
     key_id = header.get("kid")

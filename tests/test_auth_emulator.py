@@ -4,6 +4,7 @@ its users' unsigned ID tokens are accepted only with FIREBASE_AUTH_EMULATOR_HOST
 
 from __future__ import annotations
 
+import base64
 import os
 import uuid
 from typing import Any
@@ -80,3 +81,20 @@ def test_an_emulator_token_for_another_project_is_refused(
     _, token, _ = _sign_up(auth_emulator)
     assert _post(client, token).status_code == 401
     assert fake.requests == []
+
+
+def test_an_unsigned_token_unlike_the_emulators_is_refused(
+    client, fake: FakeUpstream, auth_emulator: AuthEmulator
+) -> None:
+    """The emulator's tokens name no key and carry no signature; one that does is not
+    one of its tokens (so is not let in as one)."""
+    _firebase_mode(auth_emulator.host)
+    _, token, _ = _sign_up(auth_emulator)
+    assert _post(client, token).status_code == 200  # as the emulator made it
+    claims = token.split(".")[1]
+    with_kid = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT","kid":"k"}').rstrip(b"=")
+    for forged in (f"{token}c2ln", f"{with_kid.decode()}.{claims}."):
+        response = _post(client, forged)
+        assert response.status_code == 401, forged
+        assert response.get_json()["code"] == "unauthenticated"
+    assert len(fake.requests) == 1
