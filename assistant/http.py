@@ -182,6 +182,7 @@ def _assistant(
         body_trace = body_trace_id(body)
         if body_trace and body_trace != trace_id:
             trace_id, log = body_trace, RequestLog(body_trace, settings.project_id)
+            request.environ[TRACE_ID] = trace_id  # the worker's lines too
         assistant_request = build_request(
             assistant_id,
             body,

@@ -840,6 +840,15 @@ class Worker(ThreadWorker):
                         item = _answer_instead(resp, item)
                     resp.write(item)
             resp.close()
+        except TimeoutError as exc:
+            # A client that took no write in time (the send timeout, or the brief one
+            # past half of THREADS: limits.py) is a client gone, said in a line of ours
+            # with its trace id, not a traceback of gunicorn's.
+            self._end_quietly(exchange)
+            RequestLog(exchange.environ.get(TRACE_ID), self.server_settings.project_id).warning(
+                "response.cut", reason="the client took no write in time"
+            )
+            raise BrokenPipeError(errno.EPIPE, "the client took no write in time") from exc
         except OSError:
             self._end_quietly(exchange)
             raise

@@ -166,3 +166,35 @@ def _read_slowly(sock: socket.socket) -> bytes:
             received += data
             time.sleep(0.05)
     return bytes(received)
+
+
+def test_a_final_frame_the_client_takes_too_slowly_is_a_line_of_ours(
+    fake: FakeUpstream, tmp_path: Path
+) -> None:
+    """THREADS=2: one client that reads nothing holds the one thread that may wait on a
+    client (limits.py); a second one's final frame, too large for its socket's buffers,
+    then has BRIEF_WRITE_SECONDS. Its end is a `response.cut` line with its trace id,
+    not a traceback of gunicorn's without one."""
+    # 60,000 characters of thinking: ~75 KB of chunk frames, which the socket's buffers
+    # take; the final frame holds them twice (the answer, thinking_content), which they
+    # do not.
+    thinking = [f"{i:04d}" + "y" * 96 for i in range(600)]
+    fake.push(HUGE, Script(thinking=thinking, tokens=["done"]))
+    log = tmp_path / "service.log"
+    env = {"THREADS": "2", "SEND_TIMEOUT_SECONDS": "60"}
+    body = b'{"user_input": "hi", "trace_id": "cut-1"}'
+    with (
+        log.open("wb") as output,
+        running_service(env, output=output) as service,
+        open_stream_and_never_read(service.url, b'{"user_input": "hi"}'),
+    ):
+        fake.wait_for_requests(1)
+        time.sleep(1)  # its writes wait now, for up to 60 s
+        with open_stream_and_never_read(service.url, body):
+            deadline = time.monotonic() + 10
+            while '"response.cut"' not in log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.1)
+    text = log.read_text()
+    cut = [json.loads(line) for line in text.splitlines() if '"response.cut"' in line]
+    assert [line["trace_id"] for line in cut] == ["cut-1"], text[-3000:]
+    assert "Traceback" not in text and "Socket error" not in text
