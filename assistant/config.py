@@ -25,10 +25,10 @@ FIREBASE_CERTS_URL = (
 MAX_CLOCK_SKEW_SECONDS = 60
 # Bounds past which a value is a slip, not a choice: longer than a day, a timeout is
 # no timeout (and past ~1e9 s the socket and gRPC deadlines it becomes overflow); no
-# provider writes a million tokens; the providers' temperatures go up to 2.
+# provider writes a million tokens; Anthropic's temperature goes up to 1, the others' 2.
 MAX_SECONDS = 86_400
 MAX_OUTPUT_TOKENS = 1_000_000
-MAX_TEMPERATURE = 2
+MAX_TEMPERATURES = {"anthropic": 1, "openai": 2, "gemini": 2, "ollama": 2}
 MAX_COUNT = 1_000_000_000
 
 DEFAULT_BASE_URLS = {
@@ -92,8 +92,11 @@ def _integer(
 
 
 def _digits(env: Mapping[str, str], name: str, default: int, maximum: int) -> int:
-    """A count of at least 1 that functions-framework reads too, with int(): digits only."""
+    """A count of at least 1 that functions-framework reads too, with int(): digits only
+    (set but blank too: int("") fails there)."""
     raw = env.get(name, "").strip()
+    if name in env and not raw:
+        raise ConfigError(f"{name} is set but empty: unset it, or give a number")
     if raw and not (raw.isascii() and raw.isdigit()):
         raise ConfigError(f"{name} must be a whole number written in digits, got {raw[:100]!r}")
     return _integer(env, name, default, minimum=1, maximum=maximum)
@@ -168,7 +171,7 @@ class ProviderSettings:
             max_tokens=_integer(
                 env, f"{prefix}_MAX_TOKENS", 4096, minimum=1, maximum=MAX_OUTPUT_TOKENS
             ),
-            temperature=_number(env, f"{prefix}_TEMPERATURE", 0, maximum=MAX_TEMPERATURE)
+            temperature=_number(env, f"{prefix}_TEMPERATURE", 0, maximum=MAX_TEMPERATURES[name])
             if raw_temperature
             else None,
             thinking=_flag(env, f"{prefix}_THINKING", False),

@@ -79,11 +79,14 @@ def handle(request: flask.Request) -> flask.Response:
         settings = request_settings()
     except ConfigError as exc:
         RequestLog(trace_id).error("config.invalid", reason=str(exc))
-        if request.method == "OPTIONS":
+        on_route = request.path == "/health" or _ASSISTANT_ROUTE.fullmatch(request.path)
+        if request.method == "OPTIONS" and on_route:
             # A browser sends a preflighted request only after a 2xx preflight: the
             # page then sees the config_error, not a network error.
             methods = _HEALTH_METHODS if request.path == "/health" else _ALLOWED_METHODS
             answer = _preflight(headers, cors_origins(), methods, trace_id)
+        elif not on_route:  # the route comes first (§9), whatever the settings
+            answer = _error(404, "not_found", f"no route for {request.path[:200]}", trace_id)
         else:
             answer = _error(500, "config_error", MESSAGES["config_error"], trace_id)
         return _with_outside_cors(answer, headers)

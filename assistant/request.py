@@ -200,11 +200,17 @@ def _check_values(body: dict[str, Any]) -> None:
             for key, item in items:
                 if isinstance(key, str):
                     key_text = key.encode("utf-8", "backslashreplace").decode("utf-8")
+                    if not _NAME_LIKE.fullmatch(key_text):  # quoted: not for the log
+                        key_text = repr(key_text)
                     key_path = f"{path}.{key_text}" if path else key_text
                     pending.append((key_path, depth + 1, key))
                 else:
                     key_path = f"{path}[{key}]"
                 pending.append((key_path, depth + 1, item))
+
+
+# A key a field's path names as it is; any other the client's own text, quoted.
+_NAME_LIKE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _encodable(text: str) -> bool:

@@ -111,7 +111,7 @@ def check_schema(schema: Any, field: str) -> Mapping[str, Any]:
                 f"not {target[:100]!r} (at {where or 'the top level'})"
             )
         pointer = target == "#" or target.startswith("#/")
-        if pointer and pointers_from_top and _resolve(schema, unquote(target[1:])) is None:
+        if pointer and pointers_from_top and resolve_pointer(schema, unquote(target[1:])) is None:
             raise RequestError(
                 f"{field}: {keyword} {target[:100]!r} points nowhere in the schema "
                 f"(at {where or 'the top level'})"
@@ -218,7 +218,7 @@ def _in_place(objects: Mapping[str, Mapping[str, Any]], pointer: str) -> Iterato
             yield from (f"{pointer}/{keyword}/{_escape(name)}" for name in entries)
 
 
-def _resolve(schema: Any, pointer: str) -> Any:
+def resolve_pointer(schema: Any, pointer: str) -> Any:
     """The value at a JSON pointer (%-escapes of its URI form already decoded), or None."""
     node = schema
     for part in pointer.split("/")[1:]:

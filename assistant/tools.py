@@ -169,9 +169,13 @@ def tool_specs(names: list[str], configs: Mapping[str, Any]) -> tuple[ToolSpec, 
 
 
 def _declaration(name: str, config: Any) -> ToolSpec:
-    field = f"emissaryConfig.toolConfigs.{name}"
     if not TOOL_NAME.fullmatch(name):
-        raise RequestError(f"{field}: a tool name must be 1-64 characters of A-Z a-z 0-9 _ -")
+        # Quoted: the log keeps the field, not the client's text (http.py `_loggable`).
+        raise RequestError(
+            f"emissaryConfig.toolConfigs names {name[:64]!r}: a tool name must be "
+            "1-64 characters of A-Z a-z 0-9 _ -"
+        )
+    field = f"emissaryConfig.toolConfigs.{name}"
     if not isinstance(config, dict):
         raise RequestError(f"{field} must be an object with description and parameters")
     description = config.get("description")

@@ -285,6 +285,18 @@ def test_an_error_body_echoing_the_prompt_is_logged_without_it(
     assert "[prompt]" in error.detail
 
 
+def test_a_prompt_in_a_python_errors_text_is_logged_without_it_too() -> None:
+    """vLLM answers a 422 with the text of Python's validation error in its JSON: the
+    prompt there is as repr() writes it, then escaped again as JSON."""
+    question = 'Here\'s my question:\n\twhat "dose" of warfarin is safe for me?'
+    error = [{"type": "missing", "loc": ("body", "model"), "input": {"content": question}}]
+    body = json.dumps({"object": "error", "message": str(error)}).encode()
+    prompt = Prompt(system=None, turns=(Turn("user", question),))
+    detail = asyncio.run(read_error_body(httpx.Response(422, content=body), {}, prompt))
+    assert "warfarin" not in detail and "my question" not in detail
+    assert "[prompt]" in detail and "missing" in detail
+
+
 def test_a_key_across_the_error_bodys_cut_is_redacted_too() -> None:
     """The cut is in bytes: a body of multibyte text put a key across it, and the part
     before the cut was logged (a reviewer's probe)."""

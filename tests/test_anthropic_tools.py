@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from assistant.providers.anthropic import decode_thinking, encode_thinking
+from assistant.providers.anthropic_schema import output_schema
 from assistant.providers.base import Event, Prompt, StreamEnd, ThinkingDelta
 from assistant.request import Turn
 from assistant.tools import NamedTool, ToolCall, ToolChoice, ToolSpec, parse_arguments
@@ -702,6 +703,15 @@ OBJECTS_ALL_OF = {
         ({"type": ["object", "null"], "patternProperties": {"^x": {}}}, "an object whose keys"),
         ({"type": "object", "properties": {}, "additionalProperties": True}, "an object whose"),
         ({"type": "array", "items": OBJECTS_ALL_OF}, "allOf over objects"),
+        (  # the usual way to extend a base: through a $ref
+            {
+                "$defs": {"Base": {"type": "object", "properties": {"id": {"type": "string"}}}},
+                "type": "object",
+                "properties": {"name": {"type": "string"}},
+                "allOf": [{"$ref": "#/$defs/Base"}],
+            },
+            "allOf over objects",
+        ),
     ],
 )
 def test_a_schema_closing_would_change_is_not_sent(
@@ -719,12 +729,25 @@ def test_a_schema_closing_would_change_is_not_sent(
     assert left_out is not None and why in left_out and "not sent" in left_out
 
 
-def test_a_schema_with_named_keys_only_is_sent(upstream: FakeUpstream) -> None:
-    # A property *named* additionalProperties, and allOf over non-objects, are no map.
-    schema = {
-        "type": "object",
-        "properties": {"additionalProperties": {"allOf": [{"type": "string"}, {"minLength": 1}]}},
-    }
-    upstream.push(Script(json={"additionalProperties": "x"}))
+@pytest.mark.parametrize(
+    "schema",
+    [
+        # A property *named* additionalProperties, and allOf over non-objects, are no map.
+        {
+            "type": "object",
+            "properties": {
+                "additionalProperties": {"allOf": [{"type": "string"}, {"minLength": 1}]}
+            },
+        },
+        # Closed, an object that names its keys keeps them all: only others are kept out.
+        {"type": "object", "properties": {"a": {"type": "string"}}, "additionalProperties": True},
+        # One object in an allOf refuses no other's keys.
+        {"allOf": [{"type": "object", "properties": {"a": {"type": "string"}}}]},
+    ],
+)
+def test_a_schema_closing_keeps_whole_is_sent(
+    upstream: FakeUpstream, schema: dict[str, Any]
+) -> None:
+    upstream.push(Script(json={"a": "x"}))
     body = sent(upstream, ask(tools=(), schema=schema))
-    assert body["output_config"]["format"]["schema"]["additionalProperties"] is False
+    assert body["output_config"]["format"]["schema"] == output_schema(schema)

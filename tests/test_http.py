@@ -104,6 +104,8 @@ def test_bad_assistant_ids_are_400(client, fake: FakeUpstream, assistant_id: str
         {"user_input": "hi", "chat_history": [{"role": "LEAK my bank password", "content": "a"}]},
         {"user_input": "hi", "chat_history": [{"name": 'LEAK "my" bank', "content": "a"}]},
         {"user_input": "hi", "emissaryConfig": {"toolChoice": {"name": "LEAK my bank password"}}},
+        {"user_input": "hi", "emissaryConfig": {"toolConfigs": {"LEAK my bank": {}}}},
+        {"user_input": "hi", "LEAK my bank password": "\ud800"},  # a key in a field's path
     ],
 )
 def test_a_refusal_quotes_the_clients_value_to_it_but_not_to_the_log(
@@ -225,13 +227,14 @@ def test_a_coded_body_is_a_415_naming_the_coding(client, fake: FakeUpstream, cod
 def test_a_refusal_naming_a_huge_key_keeps_to_a_bound(
     client, fake: FakeUpstream, capfd, body: dict[str, Any]
 ) -> None:
-    """A field's path holds the client's own keys: the answer and the log keep both ends."""
+    """A field's path holds the client's own keys: the answer keeps to a bound (both
+    ends of a path), and the log keeps the key out."""
     response = client.post("/vac/assistant/abc/sse", json=body)
     assert response.status_code == 400 and fake.requests == []
     error = response.get_json()["error"]
-    assert len(error) == 400 and "…" in error
+    assert len(error) <= 400 and ("k" * 64 in error or "t" * 64 in error)
     [refused] = [line for line in log_lines(capfd.readouterr().out) if "refused" in line["message"]]
-    assert refused["reason"] == error
+    assert "k" * 8 not in refused["reason"] and "t" * 8 not in refused["reason"]
 
 
 def test_a_refused_body_keeps_its_own_trace_id(client, fake: FakeUpstream, capfd) -> None:
@@ -319,7 +322,7 @@ def test_chat_history_formats_are_normalised_for_the_provider(client, fake: Fake
         ("SEND_TIMEOUT_SECONDS", "1e10"),
         ("PERSIST_TIMEOUT_SECONDS", "1e10"),
         ("ANTHROPIC_MAX_TOKENS", "1e308"),  # sent as a 309-digit number
-        ("ANTHROPIC_TEMPERATURE", "3"),
+        ("ANTHROPIC_TEMPERATURE", "1.5"),  # Anthropic's range is 0-1: every call a 400
         ("ANTHROPIC_BASE_URL", "127.0.0.1:8080"),  # every reply upstream_protocol
         ("ASSISTANT_PROVIDERS", " , "),  # every reply no_provider
         ("ASSISTANT_PROVIDERS", "anthropic,openai,anthropic"),  # asked twice per reply
@@ -385,6 +388,9 @@ def test_a_preflight_is_answered_when_a_setting_is_wrong(client, path: str) -> N
     assert "OPTIONS" in response.headers["Access-Control-Allow-Methods"]
     assert response.headers["X-Trace-Id"]
     assert client.post(path, json={"user_input": "hi"}).get_json()["code"] == "config_error"
+    # The route still comes first (§9).
+    elsewhere = client.options("/elsewhere", headers={"Origin": "https://chat.example.com"})
+    assert elsewhere.status_code == 404
 
 
 def test_preflight_with_wildcard_origins(client) -> None:
@@ -514,7 +520,8 @@ def test_bad_json_of_any_shape_is_400(client, fake: FakeUpstream, body: bytes, m
          "emissaryConfig.currentUser.email"),
         ({"user_input": "hi", "emissaryConfig": {"currentUser": {"displayName": "\udc00"}}},
          "emissaryConfig.currentUser.displayName"),
-        ({"user_input": "hi", "unknown": {"\ud800": 1}}, "unknown.\\ud800"),
+        # A key that is not a name is quoted (the log then keeps it out).
+        ({"user_input": "hi", "unknown": {"\ud800": 1}}, "unknown.'\\\\ud800'"),
     ],
 )  # fmt: skip
 def test_a_lone_surrogate_is_400_naming_the_field(

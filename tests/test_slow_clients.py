@@ -515,6 +515,7 @@ def test_functions_framework_builds_our_server(
         ("WORKERS", "0", "must be at least 1"),
         ("THREADS", "abc", "must be a whole number written in digits"),
         ("THREADS", "1e3", "must be a whole number written in digits"),
+        ("WORKERS", "", "is set but empty"),  # functions-framework's int("") would fail
     ],
 )
 def test_a_bad_server_setting_stops_the_start_naming_it(

@@ -10,10 +10,11 @@ checked against the frontend's full schema when it ends (tools.py).
 
 Two shapes cannot be closed without changing what they mean, and are not
 sent at all (`unheld`; the reply is still checked, and
-`structured_output_error` says why): an object whose keys the schema does
-not name (a map: `additionalProperties` a schema or true, `patternProperties`,
-or an object with no `properties`), which closed could only be `{}`; and
-`allOf` over objects, each of which closed would refuse the others' keys.
+`structured_output_error` says why): an object that names none of its keys
+(a map: no `properties`, or `patternProperties`), which closed could only
+be `{}`; and `allOf` over two or more objects (its branches, `$ref`s
+followed, and the node's own `properties`), each of which closed would
+refuse the others' keys.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote
+
+from ..schemas import resolve_pointer
 
 UNSUPPORTED = frozenset(
     {
@@ -74,29 +78,43 @@ def _narrowed(node: Any) -> Any:
     return kept
 
 
-def unheld(node: Any) -> str | None:
-    """What in `node` a closed schema cannot hold as the frontend meant it (None: nothing)."""
+def unheld(schema: Mapping[str, Any]) -> str | None:
+    """What in `schema` a closed schema cannot hold as the frontend meant it (None:
+    nothing). Closing an object that names its keys only keeps other keys out."""
+    return _unheld(schema, schema)
+
+
+def _unheld(node: Any, root: Mapping[str, Any]) -> str | None:
     if isinstance(node, list):
-        return next((why for item in node if (why := unheld(item)) is not None), None)
+        return next((why for item in node if (why := _unheld(item, root)) is not None), None)
     if not isinstance(node, Mapping):
         return None
-    if _is_object(node):
-        extra = node.get("additionalProperties", None if "properties" in node else True)
-        if "patternProperties" in node or extra not in (None, False):
+    if _is_object(node) and not node.get("properties"):
+        extra = node.get("additionalProperties", True)
+        if "patternProperties" in node or extra is not False:
             return "an object whose keys it does not name"
     branches = node.get("allOf")
-    if isinstance(branches, list) and any(
-        isinstance(branch, Mapping) and _is_object(branch) for branch in branches
-    ):
-        return "allOf over objects"
+    if isinstance(branches, list):
+        # Each object closed refuses the others' keys: two or more can hold nothing.
+        objects = sum(_is_object(_dereferenced(branch, root)) for branch in branches)
+        if objects + bool(node.get("properties")) >= 2:
+            return "allOf over objects"
     for key, value in node.items():
         if key in _LITERALS:
             continue
         inner = list(value.values()) if key in _NAMED and isinstance(value, Mapping) else value
-        why = unheld(inner)
+        why = _unheld(inner, root)
         if why is not None:
             return why
     return None
+
+
+def _dereferenced(branch: Any, root: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`branch`, or the schema its local `$ref` points at ({} when it is neither)."""
+    if isinstance(branch, Mapping) and isinstance(branch.get("$ref"), str):
+        target = resolve_pointer(root, unquote(branch["$ref"].removeprefix("#")))
+        branch = target if target is not None else branch
+    return branch if isinstance(branch, Mapping) else {}
 
 
 def _is_object(node: Mapping[str, Any]) -> bool:

@@ -531,7 +531,15 @@ def _without_prompt(text: str, prompt: Prompt) -> str:
     as JSON writes it; and from where one begins to the end when its echo is cut short
     (by the server, or by our reading)."""
     for said in _prompt_texts(prompt):
-        forms = {said, json.dumps(said)[1:-1], json.dumps(said, ensure_ascii=False)[1:-1]}
+        forms = {
+            written
+            for form in (said, repr(said)[1:-1])  # repr: vLLM quotes a Python error's text
+            for written in (
+                form,
+                json.dumps(form)[1:-1],
+                json.dumps(form, ensure_ascii=False)[1:-1],
+            )
+        }
         for form in forms:
             text = text.replace(form, "[prompt]")
         for form in forms if len(said) > _ECHO_START_CHARS else ():
