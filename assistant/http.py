@@ -227,11 +227,15 @@ def _answer(
         log.error("request.no_provider", skipped=skipped)
         return _error(409, "no_provider", MESSAGES["no_provider"], trace_id)
 
+    streaming = bool(match["sse"]) or _wants_event_stream(request)
     store = _store_for(assistant_request, settings)
     if store and assistant_request.read_from_history and not assistant_request.chat_history:
-        history = load_history(
-            store, assistant_request, author, trace_id, settings.persist_timeout_seconds, log
-        )
+        # A stream's status waits HEARTBEAT_SECONDS at most, counted from its request
+        # (reply.py): a slow database may not take all of it first, nor more.
+        wait = settings.persist_timeout_seconds
+        if streaming:
+            wait = min(wait, settings.heartbeat_seconds)
+        history = load_history(store, assistant_request, author, trace_id, wait, log)
         assistant_request = dataclasses.replace(assistant_request, chat_history=history)
         # The read can take the whole save wait (a hanging database): a client that left
         # meanwhile gets no provider call made for nobody.
@@ -239,7 +243,6 @@ def _answer(
             log.info("request.client_gone", during="history")
             return _error(499, "client_gone", MESSAGES["client_gone"], trace_id)
 
-    streaming = bool(match["sse"]) or _wants_event_stream(request)
     log.info(
         "request.accepted",
         assistant_id=assistant_request.assistant_id,

@@ -202,7 +202,9 @@ class Reply:
         after the text. A refused reply gives its place in the limits back
         before its answer goes out, as a refusal before it does.
         """
-        waiting = self._wait(None, heartbeat=self._settings.heartbeat_seconds, parks=self._parking)
+        # The status window counts from the request: a history read came out of it.
+        heartbeat = self._settings.heartbeat_seconds
+        waiting = self._wait(None, heartbeat=heartbeat, parks=self._parking, since=self._started)
         refused = None
         try:
             first = yield from _past_parks(waiting)
@@ -358,9 +360,10 @@ class Reply:
     # -- internals ---------------------------------------------------------
 
     def _wait(
-        self, first: Item | None, heartbeat: float | None, parks: bool
+        self, first: Item | None, heartbeat: float | None, parks: bool, since: float | None = None
     ) -> Generator[Item | Park | None, None, None]:
-        """Items as they come; None when a heartbeat is due. Raises ClientGone.
+        """Items as they come; None when a heartbeat is due (`since` the last thing sent,
+        or this time.monotonic()). Raises ClientGone.
 
         With `parks`, a wait is a `Park` yielded instead (the thread goes back
         to the server meanwhile); the checks after it are the same, and an
@@ -370,6 +373,8 @@ class Reply:
         if first is not None:
             yield first
         self._last_sent = last_check = time.monotonic()
+        if since is not None:
+            self._last_sent = since
         direct = None
         direct_first = False  # the loop may write the first frame, and the head with it
         if self._client_socket is not None:

@@ -451,6 +451,25 @@ def test_heartbeats_go_on_while_the_reply_waits_for_the_database(
     assert events[-2]["metadata"]["persist_failed"] is True and events[-1] == "[DONE]"
 
 
+def test_a_hanging_history_read_takes_no_more_than_the_status_window(
+    client, fake, firestore, black_hole, capsys
+) -> None:
+    """The status waits HEARTBEAT_SECONDS at most from the request, a history read
+    included: a hanging database's read gives up then (not at PERSIST_TIMEOUT_SECONDS),
+    and the stream opens with a ping rather than waiting a whole window more for text
+    (a reviewer saw 5 s of silence with HEARTBEAT_SECONDS=3)."""
+    os.environ["FIRESTORE_EMULATOR_HOST"] = black_hole
+    os.environ.update(HEARTBEAT_SECONDS="0.5", PERSIST_TIMEOUT_SECONDS="3")
+    fake.push(Script(tokens=["no ", "history"], ttft=0.3))
+    body = {"read_from_history": True, "emissaryConfig": {"currentUser": USER}}
+    events = sse_events(ask(client, **body).get_data())
+    assert events[0] == ": ping"
+    assert events[-2]["answer"] == "no history"
+    [gave_up] = [line for line in log_lines(capsys.readouterr().out)
+                 if line["message"] == "history.timeout"]  # fmt: skip
+    assert gave_up["timeout_s"] == 0.5
+
+
 class _PausableProxy:
     """A TCP proxy to the emulator that can hold every byte, as a paused database would
     (the bytes wait in the sockets and flow again on `resume()`)."""
