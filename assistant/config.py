@@ -272,13 +272,13 @@ class Settings:
         env = os.environ if env is None else env
         order = _names(env, "ASSISTANT_PROVIDERS", ",".join(PROVIDER_NAMES))
         unknown = [name for name in order if name not in PROVIDER_NAMES]
-        if unknown or not order:
+        if unknown:
             raise ConfigError(
                 f"ASSISTANT_PROVIDERS names unknown providers {unknown}; "
                 f"known: {', '.join(PROVIDER_NAMES)}"
-                if unknown
-                else "ASSISTANT_PROVIDERS names no provider"
             )
+        if not order:  # set, to commas and spaces only
+            raise ConfigError("ASSISTANT_PROVIDERS names no provider")
         if len(set(order)) < len(order):  # one provider asked twice in one reply
             twice = sorted({name for name in order if order.count(name) > 1})
             raise ConfigError(f"ASSISTANT_PROVIDERS names {', '.join(twice)} more than once")
