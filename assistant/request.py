@@ -209,6 +209,20 @@ def _check_values(body: dict[str, Any]) -> None:
                 pending.append((key_path, depth + 1, item))
 
 
+# Characters that show nothing and that str.strip() keeps (it strips whitespace only):
+# zero-width space, non-joiner and joiner, word joiner, byte order mark. Input of
+# nothing but these (and whitespace) is empty: a model would be asked nothing.
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
+
+
+def _shows_nothing(text: str) -> bool:
+    stripped = text.strip()
+    # Looked at closer only when it begins with one: most input does not.
+    return not stripped or (
+        ord(stripped[0]) in _INVISIBLE and not text.translate(_INVISIBLE).strip()
+    )
+
+
 # A key a field's path names as it is; any other the client's own text, quoted.
 _NAME_LIKE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -349,7 +363,7 @@ def build_request(
         raise RequestError("user_input is required")
     if not isinstance(user_input, str):
         raise RequestError("user_input must be a string")
-    if not user_input.strip():
+    if _shows_nothing(user_input):
         raise RequestError("user_input must not be empty")
     if len(user_input) > max_input_chars:
         raise RequestError(f"user_input is longer than {max_input_chars} characters")
