@@ -19,6 +19,7 @@ Deliberate choices (see README):
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -199,9 +200,7 @@ def _check_values(body: dict[str, Any]) -> None:
             items = value.items() if isinstance(value, dict) else enumerate(value)
             for key, item in items:
                 if isinstance(key, str):
-                    key_text = key.encode("utf-8", "backslashreplace").decode("utf-8")
-                    if not _NAME_LIKE.fullmatch(key_text):  # quoted: not for the log
-                        key_text = repr(key_text)
+                    key_text = _in_a_path(key)
                     key_path = f"{path}.{key_text}" if path else key_text
                     pending.append((key_path, depth + 1, key))
                 else:
@@ -225,6 +224,20 @@ def _shows_nothing(text: str) -> bool:
 
 # A key a field's path names as it is; any other the client's own text, quoted.
 _NAME_LIKE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _in_a_path(key: str) -> str:
+    """`key` as a field's path writes it: as it is if it is a name, else quoted (the log
+    then keeps the client's own text out: http.py `_loggable`); encodable either way."""
+    if len(key) <= 64:  # what a name can be; a longer key is never kept by the cache
+        return _short_in_a_path(key)
+    return repr(key.encode("utf-8", "backslashreplace").decode("utf-8"))
+
+
+@functools.lru_cache(maxsize=1024)  # the same few keys in every body ("role", "content")
+def _short_in_a_path(key: str) -> str:
+    text = key.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if _NAME_LIKE.fullmatch(text) else repr(text)
 
 
 def _encodable(text: str) -> bool:
