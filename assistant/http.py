@@ -230,12 +230,12 @@ def _answer(
     streaming = bool(match["sse"]) or _wants_event_stream(request)
     store = _store_for(assistant_request, settings)
     if store and assistant_request.read_from_history and not assistant_request.chat_history:
-        # A stream's status waits HEARTBEAT_SECONDS at most, counted from its request
-        # (reply.py): a slow database may not take all of it first, nor more.
-        wait = settings.persist_timeout_seconds
-        if streaming:
-            wait = min(wait, settings.heartbeat_seconds)
-        history = load_history(store, assistant_request, author, trace_id, wait, log)
+        # The whole save wait, even past a stream's status window (which counts from the
+        # request, reply.py: the stream opens at once after a slow read): a reply without
+        # its history would answer out of context.
+        history = load_history(
+            store, assistant_request, author, trace_id, settings.persist_timeout_seconds, log
+        )
         assistant_request = dataclasses.replace(assistant_request, chat_history=history)
         # The read can take the whole save wait (a hanging database): a client that left
         # meanwhile gets no provider call made for nobody.

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -208,17 +209,29 @@ def _check_values(body: dict[str, Any]) -> None:
                 pending.append((key_path, depth + 1, item))
 
 
-# Characters that show nothing and that str.strip() keeps (it strips whitespace only):
-# zero-width space, non-joiner and joiner, word joiner, byte order mark. Input of
-# nothing but these (and whitespace) is empty: a model would be asked nothing.
-_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
+# Characters that show nothing and that str.strip() keeps (it strips whitespace only),
+# beside the format characters (category Cf: zero-width space and joiners, direction
+# marks, the byte order mark, tags...): the combining grapheme joiner, the Hangul
+# fillers, the braille blank. Input of nothing but these, variation selectors and
+# whitespace is empty: a model would be asked nothing.
+_BLANKS = frozenset("\u034f\u115f\u1160\u3164\uffa0\u2800")
 
 
 def _shows_nothing(text: str) -> bool:
     stripped = text.strip()
-    # Looked at closer only when it begins with one: most input does not.
+    # Looked at closer only when it begins with one: most input does not, and the walk
+    # stops at the first character that shows.
     return not stripped or (
-        ord(stripped[0]) in _INVISIBLE and not text.translate(_INVISIBLE).strip()
+        _invisible(stripped[0]) and all(char.isspace() or _invisible(char) for char in stripped)
+    )
+
+
+def _invisible(char: str) -> bool:
+    return (
+        char in _BLANKS
+        or "\ufe00" <= char <= "\ufe0f"  # variation selectors
+        or "\U000e0100" <= char <= "\U000e01ef"
+        or unicodedata.category(char) == "Cf"
     )
 
 

@@ -129,7 +129,12 @@ def test_encoded_slash_in_id_never_reaches_a_document_id(client, fake: FakeUpstr
         ({}, "user_input is required"),
         ({"user_input": ""}, "user_input must not be empty"),
         ({"user_input": "  \n "}, "user_input must not be empty"),
-        ({"user_input": " \u200b \ufeff\u2060 "}, "user_input must not be empty"),  # shows nothing
+        # Nothing that shows: zero-width and format characters, fillers, selectors.
+        ({"user_input": " \u200b \ufeff\u2060 "}, "user_input must not be empty"),
+        (
+            {"user_input": "\u2063\u200e\u00ad\u3164\u2800\ufe0f\U000e0020"},
+            "user_input must not be empty",
+        ),
         ({"user_input": 42}, "user_input must be a string"),
         ({"user_input": "hi", "chat_history": "nope"}, "chat_history must be a list"),
         ({"user_input": "hi", "chat_history": [1]}, "chat_history[0] must be an object"),
