@@ -75,28 +75,24 @@ def handle(request: flask.Request) -> flask.Response:
     headers = cast("Mapping[str, str]", request.headers)
     trace_id = trace_id_from_headers(headers) or new_trace_id()
     request.environ[TRACE_ID] = trace_id  # for the worker's lines about this request
+    settings: Settings | None
     try:
         settings = request_settings()
     except ConfigError as exc:
+        # Every request is refused (500 config_error), after the route and preflight
+        # (§9), which need no setting: CORS_ORIGINS is read on its own (it has no
+        # invalid value), so a page sees the code rather than a network error.
         RequestLog(trace_id).error("config.invalid", reason=str(exc))
-        on_route = request.path == "/health" or _ASSISTANT_ROUTE.fullmatch(request.path)
-        if request.method == "OPTIONS" and on_route:
-            # A browser sends a preflighted request only after a 2xx preflight: the
-            # page then sees the config_error, not a network error.
-            methods = _HEALTH_METHODS if request.path == "/health" else _ALLOWED_METHODS
-            answer = _preflight(headers, cors_origins(), methods, trace_id)
-        elif not on_route:  # the route comes first (§9), whatever the settings
-            answer = _error(404, "not_found", f"no route for {request.path[:200]}", trace_id)
-        else:
-            answer = _error(500, "config_error", MESSAGES["config_error"], trace_id)
-        return _with_outside_cors(answer, headers)
-    log = RequestLog(trace_id, settings.project_id)
-    cors = _cors_headers(headers, settings.cors_origins)
+        settings = None
+    origins = cors_origins() if settings is None else settings.cors_origins
+    project_id = "" if settings is None else settings.project_id
+    log = RequestLog(trace_id, project_id)
+    cors = _cors_headers(headers, origins)
     try:
-        response = _route(request, headers, settings, trace_id, log, started)
+        response = _route(request, headers, origins, settings, trace_id, log, started)
     except RequestError as exc:
         if exc.trace_id:
-            trace_id, log = exc.trace_id, RequestLog(exc.trace_id, settings.project_id)
+            trace_id, log = exc.trace_id, RequestLog(exc.trace_id, project_id)
         log.info("request.refused", status=exc.status, code=exc.code, reason=_loggable(exc.message))
         response = _error(exc.status, exc.code, exc.message, trace_id)
         response.headers.update(exc.headers)
@@ -123,12 +119,6 @@ def framework_not_found() -> flask.Response:
     headers = cast("Mapping[str, str]", flask.request.headers)
     trace_id = trace_id_from_headers(headers) or new_trace_id()
     response = _error(404, "not_found", f"no route for {flask.request.path[:200]}", trace_id)
-    return _with_outside_cors(response, headers)
-
-
-def _with_outside_cors(response: flask.Response, headers: Mapping[str, str]) -> flask.Response:
-    """An answer given without the settings, with the CORS headers CORS_ORIGINS allows
-    (read on its own: it has no invalid value)."""
     response.headers.update(_cors_headers(headers, cors_origins()))
     return response
 
@@ -136,7 +126,8 @@ def _with_outside_cors(response: flask.Response, headers: Mapping[str, str]) -> 
 def _route(
     request: flask.Request,
     headers: Mapping[str, str],
-    settings: Settings,
+    origins: tuple[str, ...],
+    settings: Settings | None,  # None: a setting is wrong
     trace_id: str,
     log: RequestLog,
     started: float,
@@ -144,18 +135,26 @@ def _route(
     if request.path == "/health":
         # A preflight too: a page whose fetch adds a header (traceparent, say) asks first.
         if request.method == "OPTIONS":
-            return _preflight(headers, settings.cors_origins, _HEALTH_METHODS, trace_id)
+            return _preflight(headers, origins, _HEALTH_METHODS, trace_id)
         if request.method not in ("GET", "HEAD"):
             return _method_not_allowed(_HEALTH_METHODS, trace_id)
+        if settings is None:
+            return _config_error(trace_id)
         return _json(200, {"status": "ok", "version": __version__}, trace_id)
     match = _ASSISTANT_ROUTE.fullmatch(request.path)
     if match is None:
         return _error(404, "not_found", f"no route for {request.path[:200]}", trace_id)
     if request.method == "OPTIONS":
-        return _preflight(headers, settings.cors_origins, _ALLOWED_METHODS, trace_id)
+        return _preflight(headers, origins, _ALLOWED_METHODS, trace_id)
     if request.method != "POST":
         return _method_not_allowed(_ALLOWED_METHODS, trace_id)
+    if settings is None:
+        return _config_error(trace_id)
     return _assistant(request, headers, match, settings, trace_id, log, started)
+
+
+def _config_error(trace_id: str) -> flask.Response:
+    return _error(500, "config_error", MESSAGES["config_error"], trace_id)
 
 
 def _assistant(
