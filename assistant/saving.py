@@ -6,9 +6,9 @@ message is written at the end; the reply waits for both at most
 `timeout` seconds in all, then goes on: a slow or unreachable database costs
 the final frame `persist_failed: true`, never a stalled or broken stream.
 A write still under way when the wait ends may land later (ids are
-idempotent): the store gives each of its calls `timeout` at most; one that
-failed is not tried again after the reply (the user message is, once, within
-the wait).
+idempotent): the store gives each of its calls `timeout` at most. The user
+message is written once more within the wait if its write failed; whatever
+the wait could not write is tried again after the reply (late_saves.py).
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ import concurrent.futures
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
+from functools import partial
 from typing import TypeVar, cast
 
+from .late_saves import Step, late_saves
 from .request import AssistantRequest, Turn
 from .store import (
     AssistantMessage,
@@ -76,11 +78,14 @@ class Saver:
         A user message whose write failed (the database was away when the
         request came, and a reply can take minutes), before this wait or during
         it, is written once more while the wait lasts: what the user typed is
-        not lost to an outage the reply outlived.
+        not lost to an outage the reply outlived. What the wait could not write
+        goes to `late_saves`, the question before its reply, to be written after
+        the reply: not lost to an outage that outlived the wait either.
         """
         deadline = time.monotonic() + self._timeout
         ids: dict[str, str] = {}
         ok = True
+        late: list[Step] = []  # what the wait could not write, for late_saves
         if self._user is not None:
             retried = False
             while True:
@@ -95,17 +100,32 @@ class Saver:
                 out_of_time = time.monotonic() >= deadline
                 if ok or retried or out_of_time or not self._user_write_failed():
                     break
-            if isinstance(_failure(self._user), TraceIdKept):
+            user_failure = _failure(self._user)
+            if isinstance(user_failure, TraceIdKept):
                 return ids, True  # the trace id's question is another: its reply stays too
-        if assistant_message is not None and time.monotonic() >= deadline:
-            # The wait went to the user message: a write begun now would be reported as
-            # failed, may land later beside no question, and holds a thread past a stop.
-            self._log.error("persist.timeout", role="assistant", timeout_s=self._timeout)
-            return ids, True
+            if not ok and not isinstance(user_failure, MessageTaken):  # an outage: later
+                assert self._user_message is not None
+                write_user = partial(self._store.save_user_message, self._user_message)
+                late.append(Step("user", write_user, under_way=self._user))
         if assistant_message is not None:
-            user_saved = "user" in ids  # this request's: the trace id is this user's
-            future = _pool.submit(self._store.save_assistant_message, assistant_message, user_saved)
-            ok = (yield from self._waiting("assistant", future, deadline, ids, beat)) and ok
+            # Its question written by this request (now or later): the trace id is this user's.
+            user_saved = "user" in ids or bool(late)
+            write = partial(self._store.save_assistant_message, assistant_message, user_saved)
+            if late or time.monotonic() >= deadline:
+                # Its question is not written yet, or the wait went to it: the reply is
+                # written after it, later, so that it never lands before its question.
+                if not late:
+                    self._log.error("persist.timeout", role="assistant", timeout_s=self._timeout)
+                late.append(Step("assistant", write))
+                ok = False
+            else:
+                future = _pool.submit(write)
+                saved = yield from self._waiting("assistant", future, deadline, ids, beat)
+                ok = saved and ok
+                if not saved and not isinstance(_failure(future), MessageTaken | TraceIdKept):
+                    late.append(Step("assistant", write, under_way=future))
+        if late:
+            late_saves.add(late, _chars(self._user_message, assistant_message), self._log)
         return ids, not ok
 
     def _user_write_failed(self) -> bool:
@@ -145,6 +165,14 @@ def drive(steps: Generator[Pending, None, T]) -> T:
         except StopIteration as end:
             return cast(T, end.value)
         pending.wait()
+
+
+def _chars(user: UserMessage | None, assistant: AssistantMessage | None) -> int:
+    """The text a reply's late writes hold in memory."""
+    chars = 0 if user is None else len(user.content)
+    if assistant is not None:
+        chars += len(assistant.content) + len(assistant.thinking_content)
+    return chars
 
 
 def _failure(future: concurrent.futures.Future[str]) -> BaseException | None:

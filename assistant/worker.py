@@ -168,6 +168,7 @@ from werkzeug.datastructures import Headers
 
 from .config import ConfigError, ServerSettings, Settings, request_settings
 from .errors import MESSAGES, ErrorCode
+from .late_saves import late_saves
 from .tracing import RequestLog, new_trace_id, process_log, trace_id_from_headers
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -233,6 +234,9 @@ STOP_SAVE_SECONDS = 7.0
 # second more fit before STOP_SAVE_SECONDS (`stop_end_seconds`); those still parked
 # then are abandoned.
 STOP_END_SECONDS = 4.0
+# Messages that could not be saved within their replies' waits get one more try on the
+# way out, begun this long after the stop signal at the latest (late_saves.py).
+LATE_SAVES_BY_SECONDS = 9.0
 # A stopping instance's 503 `overloaded`: a retry goes to another instance at once.
 STOPPING_RETRY_AFTER_SECONDS = 1
 
@@ -629,6 +633,15 @@ class Worker(ThreadWorker):
                 util.close(linger.sock)
             self._stopped = True  # the main loop is over: nothing more is deferred to it
             self._abandon_parked()  # any left once gunicorn's graceful wait is over
+            late_saves.close(self._time_left_to_save())
+
+    def _time_left_to_save(self) -> float:
+        """How long messages no save wait could write (late_saves.py) may still be tried:
+        until LATE_SAVES_BY_SECONDS after the stop signal, or a save wait's time."""
+        if self._stopping_since is None:
+            return self._persist_timeout
+        until = min(LATE_SAVES_BY_SECONDS, float(self.cfg.graceful_timeout) - 1)
+        return max(0.0, until - (time.monotonic() - self._stopping_since))
 
     # -- requests arriving, on the poller (main thread)
 

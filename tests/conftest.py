@@ -17,6 +17,8 @@ from typing import Any
 import functions_framework
 import pytest
 
+from assistant import saving
+from assistant.late_saves import LateSaves
 from devtools.fake_upstream import FakeUpstream, Script
 
 from .auth_emulator import AuthEmulator
@@ -64,6 +66,17 @@ def isolated_env() -> Iterator[None]:
     yield
     os.environ.clear()
     os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True)
+def late_writes(monkeypatch: pytest.MonkeyPatch) -> Iterator[LateSaves]:
+    """Each test's own late saves: a message one test's database could not take is not
+    written into the next test's. Its writes under way are waited for at the end."""
+    saves = LateSaves()
+    monkeypatch.setattr(saving, "late_saves", saves)
+    yield saves
+    saves.close(0.0)
+    saves.wait_idle(30.0)
 
 
 @pytest.fixture

@@ -568,19 +568,69 @@ def test_a_user_message_write_that_fails_after_the_reply_ends_is_tried_again(
     assert [line["role"] for line in retried] == ["user"]
 
 
-def test_a_reply_whose_save_wait_went_to_its_question_is_not_written_later(
-    client, fake: FakeUpstream, firestore, paused_database: _PausableProxy
+def test_a_reply_whose_save_wait_went_to_its_question_is_written_after_it_later(
+    client, fake: FakeUpstream, firestore, paused_database: _PausableProxy, capsys
 ) -> None:
     """The database hangs past the whole save wait: the reply says it was not saved, and
-    no write of it lands once the database is back (a reviewer found the reply saved
-    after all, beside no question, its write holding a thread past a stop)."""
+    once the database is back its question and then the reply are written (the reply
+    after its question, never beside no question), each logged `persist.saved_late`."""
     os.environ["PERSIST_TIMEOUT_SECONDS"] = "1"
     fake.push(Script(tokens=["a ", "b"]))
     events = sse_events(ask(client, trace_id="t-gone", **SAVE).get_data())
     assert events[-2]["metadata"]["persist_failed"] is True
+    assert not events[-2]["metadata"]["message_ids"]
     paused_database.resume()
-    time.sleep(2)  # time for any write still under way to land
-    assert "t-gone-assistant" not in _messages(firestore)
+    messages = _wait_for_messages(firestore, {"t-gone-user", "t-gone-assistant"})
+    assert messages["t-gone-user"]["createdAt"] < messages["t-gone-assistant"]["createdAt"]
+    assert messages["t-gone-assistant"]["content"] == "a b"
+    late = [(line["role"], line["message_id"]) for line in log_lines(capsys.readouterr().out)
+            if line["message"] == "persist.saved_late"]  # fmt: skip
+    assert late == [("user", "t-gone-user"), ("assistant", "t-gone-assistant")]
+
+
+def test_a_reply_the_database_failed_is_tried_again_until_it_is_back(
+    client, fake: FakeUpstream, firestore, paused_database: _PausableProxy, late_writes, capsys
+) -> None:
+    """Away for longer than the wait and the first late attempt: the next ones, later,
+    write both messages once the database is back."""
+    late_writes.delays = (0.5, 0.5, 30.0)
+    os.environ["PERSIST_TIMEOUT_SECONDS"] = "0.5"
+    fake.push(Script(tokens=["kept"]))
+    events = sse_events(ask(client, trace_id="t-away", **SAVE).get_data())
+    assert events[-2]["metadata"]["persist_failed"] is True
+    time.sleep(2.0)  # the reply's writes and the first late attempt have given up
+    paused_database.resume()
+    messages = _wait_for_messages(firestore, {"t-away-user", "t-away-assistant"})
+    assert messages["t-away-assistant"]["content"] == "kept"
+    lines = log_lines(capsys.readouterr().out)
+    assert any(line["message"] == "persist.late_failed" for line in lines)
+    assert not any(line["message"] == "persist.lost" for line in lines)
+
+
+def test_messages_the_database_never_took_are_logged_lost(
+    client, fake: FakeUpstream, firestore, black_hole, late_writes, capsys
+) -> None:
+    """Each late attempt fails: after the last one the log says what was lost."""
+    late_writes.delays = (0.1,)
+    os.environ["FIRESTORE_EMULATOR_HOST"] = black_hole
+    os.environ["PERSIST_TIMEOUT_SECONDS"] = "0.3"
+    fake.push(Script(tokens=["gone"]))
+    events = sse_events(ask(client, trace_id="t-lost", **SAVE).get_data())
+    assert events[-2]["metadata"]["persist_failed"] is True
+    deadline = time.monotonic() + 20
+    while late_writes.count() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    lost = [line["role"] for line in log_lines(capsys.readouterr().out)
+            if line["message"] == "persist.lost"]  # fmt: skip
+    assert lost == ["user", "assistant"]
+
+
+def _wait_for_messages(db: Any, ids: set[str], seconds: float = 20) -> dict[str, dict[str, Any]]:
+    deadline = time.monotonic() + seconds
+    while not ids <= set(messages := _messages(db)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ids <= set(messages)
+    return messages
 
 
 def _seed(

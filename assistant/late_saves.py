@@ -1,0 +1,204 @@
+"""Messages a reply could not save within its wait, written after it: an outage loses none.
+
+Why: a reply waits for its messages at most PERSIST_TIMEOUT_SECONDS (saving.py),
+so that a slow or unreachable database never stalls a stream; the final frame
+then says `persist_failed: true`. Before this module a database away for longer
+than that wait lost the messages. Here a reply's unsaved messages wait in
+memory and are written again, in order (the question before its reply, so that
+the reply's server timestamp comes later and a history read keeps the two in
+order): at once, then RETRY_DELAYS later, until an attempt succeeds (logged
+`persist.saved_late`) or the last one fails (`persist.lost`). A write still
+under way when the reply's wait ended is waited for first: it may yet land,
+and a second write beside it could put the reply before its question.
+
+What is not an outage is not tried again: a trace id that holds another
+user's messages (MessageTaken) or another question (TraceIdKept).
+
+Bounds: at most MAX_WAITING replies' messages and MAX_WAITING_CHARS characters
+of their text wait; past either, the oldest is given up (`persist.lost`). One
+thread per process, started on first use. A stopping worker gives what still
+waits one more try before it exits (`close`, worker.py), within what is left
+of its stop; what is left then is logged lost. On Cloud Run with CPU
+allocated only during requests, the attempts between requests wait for the
+instance's next request (README "Persistence").
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from .store import MessageTaken, TraceIdKept
+from .tracing import RequestLog
+
+RETRY_DELAYS = (5.0, 30.0, 120.0)  # after the first attempt, made at once
+MAX_WAITING = 1000
+MAX_WAITING_CHARS = 16_000_000
+
+
+@dataclass
+class Step:
+    """One message to write: `write()` writes it and returns its id. `under_way` is the
+    write the reply began, if it had not ended when the reply's wait did."""
+
+    role: str
+    write: Callable[[], str]
+    under_way: concurrent.futures.Future[str] | None = None
+
+
+@dataclass
+class _Waiting:
+    steps: list[Step]  # the ones not yet written, in order
+    chars: int
+    log: RequestLog
+    attempts: int = 0
+    due: float = field(default_factory=time.monotonic)
+
+
+class LateSaves:
+    def __init__(
+        self,
+        delays: Sequence[float] = RETRY_DELAYS,
+        max_waiting: int = MAX_WAITING,
+        max_chars: int = MAX_WAITING_CHARS,
+    ) -> None:
+        self.delays = tuple(delays)
+        self._max_waiting = max_waiting
+        self._max_chars = max_chars
+        self._changed = threading.Condition()
+        self._waiting: collections.deque[_Waiting] = collections.deque()
+        self._chars = 0
+        self._busy: _Waiting | None = None  # the one the thread is writing
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def add(self, steps: list[Step], chars: int, log: RequestLog) -> None:
+        """Write `steps` in order, from now on, until they are written or given up."""
+        waiting = _Waiting(list(steps), chars, log)
+        with self._changed:
+            if self._closed:
+                _lost(waiting, "the worker stopped")
+                return
+            self._waiting.append(waiting)
+            self._chars += chars
+            while len(self._waiting) > self._max_waiting or self._chars > self._max_chars:
+                oldest = self._waiting.popleft()
+                self._chars -= oldest.chars
+                _lost(oldest, "too many messages wait to be written")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="late-saves", daemon=True)
+                self._thread.start()
+            self._changed.notify_all()
+
+    def count(self) -> int:
+        """How many replies' messages wait, or are being written."""
+        with self._changed:
+            return len(self._waiting) + (self._busy is not None)
+
+    def wait_idle(self, seconds: float) -> bool:
+        """Wait, at most `seconds`, until no write is under way on the thread; True then."""
+        end = time.monotonic() + seconds
+        with self._changed:
+            while self._busy is not None and (left := end - time.monotonic()) > 0:
+                self._changed.wait(left)
+            return self._busy is None
+
+    def close(self, seconds: float) -> None:
+        """For a worker on its way out: nothing more on the thread; the write under way
+        there is waited for, and what still waits is tried once more on this thread,
+        each begun within `seconds`; what is not written then is logged lost."""
+        end = time.monotonic() + seconds
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+        self.wait_idle(seconds)
+        with self._changed:
+            everything, self._waiting = list(self._waiting), collections.deque()
+            self._chars = 0
+        for waiting in everything:
+            if time.monotonic() >= end or not _attempt(waiting):
+                _lost(waiting, "the worker stopped")
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                waiting = self._next_due()
+                if self._closed:
+                    return
+                if waiting is None:
+                    continue
+                self._waiting.remove(waiting)
+                self._busy = waiting
+            done = _attempt(waiting)
+            with self._changed:
+                self._busy = None
+                self._changed.notify_all()
+                if done:
+                    self._chars -= waiting.chars
+                elif waiting.attempts > len(self.delays):
+                    self._chars -= waiting.chars
+                    _lost(waiting, "the database did not take it")
+                else:
+                    waiting.due = time.monotonic() + self.delays[waiting.attempts - 1]
+                    self._waiting.append(waiting)
+
+    def _next_due(self) -> _Waiting | None:
+        """The waiting reply whose time has come; None after a wait (call under the lock)."""
+        if self._closed:
+            return None
+        now = time.monotonic()
+        soonest = min(self._waiting, key=lambda waiting: waiting.due, default=None)
+        if soonest is not None and soonest.due <= now:
+            return soonest
+        self._changed.wait(None if soonest is None else soonest.due - now)
+        return None
+
+
+def _attempt(waiting: _Waiting) -> bool:
+    """Write what is left of `waiting`, in order; True once nothing is left to try."""
+    waiting.attempts += 1
+    while waiting.steps:
+        step = waiting.steps[0]
+        try:
+            message_id = _written(step)
+        except (MessageTaken, TraceIdKept) as exc:  # an answer, not an outage
+            waiting.log.warning("persist.kept", role=step.role, reason=str(exc))
+            waiting.steps.clear()
+            return True
+        except Exception as exc:  # any store failure: the next attempt, later
+            waiting.log.warning(
+                "persist.late_failed",
+                role=step.role,
+                attempt=waiting.attempts,
+                reason=f"{type(exc).__name__}: {exc}",
+            )
+            return False
+        waiting.log.info("persist.saved_late", role=step.role, message_id=message_id)
+        waiting.steps.pop(0)
+    return True
+
+
+def _written(step: Step) -> str:
+    """The step's message id once written: by the reply's own write, if it was still
+    under way and lands, else by a write of ours."""
+    under_way, step.under_way = step.under_way, None
+    if under_way is not None:
+        failure = under_way.exception()  # each store call carries its own deadline
+        if failure is None:
+            return under_way.result()
+        if isinstance(failure, MessageTaken | TraceIdKept):
+            raise failure
+        # Else it failed after the reply's wait: a write of ours goes now.
+    return step.write()
+
+
+def _lost(waiting: _Waiting, reason: str) -> None:
+    for step in waiting.steps:
+        waiting.log.error("persist.lost", role=step.role, reason=reason)
+
+
+late_saves = LateSaves()
