@@ -185,9 +185,10 @@ class FirestoreStore:
             "createdAt": SERVER_TIMESTAMP,
             **_common_fields(message.trace_id, message.thread_id, message.author),
         }
-        question: Any = None  # the trace id's user message, when this request did not write it
         if not user_saved:  # else the user message's write checked the trace id (one read less)
             question = self._check_trace(message.assistant_id, message.trace_id, message.author)
+            if _another_question(question, message):  # the frontend saved it, for another
+                raise TraceIdKept(f"{message.trace_id}-user holds another question")
         reference = self._messages(message.assistant_id).document(message.message_id)
         options = self._call_options()
         for attempt in range(1, WRITE_ATTEMPTS + 1):
@@ -200,13 +201,6 @@ class FirestoreStore:
                 continue  # deleted since create() found it: create it again
             if message.status == "incomplete" and _field(existing, "status") == "complete":
                 raise TraceIdKept(f"{message.message_id} holds a complete reply, kept")
-            if (
-                question is not None
-                and question.exists
-                and message.question is not None
-                and _field(question, "content") != message.question
-            ):  # the frontend saved its user message itself, for another question
-                raise TraceIdKept(f"{message.trace_id}-user holds another question")
             # Only if nobody wrote it since it was read: another user's write cannot get
             # in between, and the same user's other retry makes this one read again.
             unchanged = _firestore_client().write_option(last_update_time=existing.update_time)
@@ -264,11 +258,29 @@ class FirestoreStore:
         # saved itself) are left out after the query, and must not shorten the history.
         query = query.order_by("createdAt", direction=Query.DESCENDING).limit(limit + 2)
         turns = [
-            Turn(data["role"], data.get("content") or "")
+            Turn(data["role"], _text(data.get("content")))
             for data in (snapshot.to_dict() for snapshot in query.stream(**self._call_options()))
             if data.get("traceId") != trace_id and data.get("role") in ("user", "assistant")
         ]
         return tuple(reversed(turns[:limit]))
+
+
+def _another_question(question: Any, message: AssistantMessage) -> bool:
+    """The trace id's user message (as read, or None) asks another question than the
+    one `message` answers."""
+    return (
+        question is not None
+        and question.exists
+        and message.question is not None
+        and _field(question, "content") != message.question
+    )
+
+
+def _text(content: Any) -> str:
+    """A message's content as history: text, or nothing. The rules let a signed-in user
+    write their own messages, and a map or a number there must not fail every later
+    history read of theirs."""
+    return content if isinstance(content, str) else ""
 
 
 def _field(snapshot: Any, name: str) -> Any:

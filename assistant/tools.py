@@ -19,6 +19,7 @@ Deliberate choices (see README):
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -99,11 +100,20 @@ def _usable_tool_name(name: Any) -> str:
 
 def model_json(text: str) -> Any:
     """JSON a model wrote, strictly: ValueError for what is not JSON, including
-    what Python's parser takes and no browser does (NaN, Infinity), and numbers
+    what Python's parser takes and no browser does (NaN, Infinity, and a number
+    too large for a double, which Python reads as infinity: 1e400), and numbers
     past Python's digit limit (a ValueError that is no JSONDecodeError).
     RecursionError for nesting too deep to parse. A lone surrogate becomes U+FFFD
     (`without_lone_surrogates`)."""
-    return without_lone_surrogates(json.loads(text, parse_constant=_not_json), text)
+    value = json.loads(text, parse_constant=_not_json, parse_float=_finite_float)
+    return without_lone_surrogates(value, text)
+
+
+def _finite_float(literal: str) -> float:
+    number = float(literal)
+    if not math.isfinite(number):  # a frame would show it as null, Firestore as infinity
+        raise ValueError(f"number out of range: {literal[:40]}")
+    return number
 
 
 def without_lone_surrogates(value: Any, text: str | None = None) -> Any:

@@ -81,13 +81,31 @@ class Rest:
         return self.http.get(f"{self.base}/{path}", headers=headers or {})
 
     def create(
-        self, collection: str, doc_id: str, body: dict[str, Any], headers: dict[str, str] | None
+        self,
+        collection: str,
+        doc_id: str,
+        body: dict[str, Any],
+        headers: dict[str, str] | None,
+        server_time: bool = True,
     ) -> httpx.Response:
+        """Create the document as a browser's SDK does; with `server_time`, its createdAt
+        is the request's time (the SDK's serverTimestamp()) instead of the body's."""
+        fields = {
+            name: value
+            for name, value in body["fields"].items()
+            if not (server_time and name == "createdAt")
+        }
+        name = f"projects/{PROJECT}/databases/(default)/documents/{collection}/{doc_id}"
+        write: dict[str, Any] = {
+            "update": {"name": name, "fields": fields},
+            "currentDocument": {"exists": False},
+        }
+        if server_time:
+            write["updateTransforms"] = [
+                {"fieldPath": "createdAt", "setToServerValue": "REQUEST_TIME"}
+            ]
         return self.http.post(
-            f"{self.base}/{collection}",
-            params={"documentId": doc_id},
-            json=body,
-            headers=headers or {},
+            f"{self.base}:commit", json={"writes": [write]}, headers=headers or {}
         )
 
     def patch(
@@ -204,6 +222,30 @@ def test_user_cannot_create_assistant_message(rest: Rest) -> None:
     response = rest.create(MESSAGES, own_id, message(ALICE, role="assistant"), as_user(ALICE))
     assert response.status_code == 403, response.text
     assert rest.get(f"{MESSAGES}/{own_id}", OWNER).status_code == 404
+
+
+def test_a_user_message_is_created_with_the_servers_time(rest: Rest) -> None:
+    """createdAt orders the history: one the browser chose, or none (the history query
+    then never finds the message), is refused."""
+    mine = f"trace-{ALICE}-user"
+    response = rest.create(MESSAGES, mine, message(ALICE), as_user(ALICE), server_time=False)
+    assert response.status_code == 403, response.text
+    without = message(ALICE)
+    del without["fields"]["createdAt"]
+    response = rest.create(MESSAGES, mine, without, as_user(ALICE), server_time=False)
+    assert response.status_code == 403, response.text
+    assert rest.get(f"{MESSAGES}/{mine}", OWNER).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "content", [{"integerValue": "5"}, {"mapValue": {"fields": {}}}, {"nullValue": None}]
+)
+def test_a_user_messages_content_is_text(rest: Rest, content: dict[str, Any]) -> None:
+    mine = f"trace-{ALICE}-user"
+    body = message(ALICE)
+    body["fields"]["content"] = content
+    response = rest.create(MESSAGES, mine, body, as_user(ALICE))
+    assert response.status_code == 403, response.text
 
 
 def test_user_cannot_create_message_as_someone_else(rest: Rest) -> None:

@@ -221,6 +221,51 @@ def test_a_trace_id_reused_for_another_question_keeps_the_first_pair(
     assert "holds another question" in failed[0]["reason"]
 
 
+def test_a_question_saved_alone_gets_no_reply_to_another_question(
+    client, fake: FakeUpstream, firestore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The trace id's question is saved and no reply to it yet (its provider failed, or
+    the frontend saved it itself); a request on that trace id asking another question
+    is not saved beside it (a reviewer found "Cats are soft." filed under "What is the
+    capital of France?")."""
+    fake.push(Script(fail="500"))
+    first = ask(client, "What is the capital of France?", trace_id="t-alone", **SAVE)
+    assert first.status_code == 502
+    before = _messages(firestore)
+    assert set(before) == {"t-alone-user"}
+    fake.push(Script(tokens=["Cats are soft."]))
+    response = ask(
+        client,
+        "Write me a poem about cats",
+        trace_id="t-alone",
+        user_message_already_saved=True,
+        **SAVE,
+    )
+    final = sse_events(response.get_data())[-2]
+    assert final["metadata"]["persist_failed"] is True
+    assert _messages(firestore) == before
+    assert "holds another question" in _persist_failures(capsys)[0]["reason"]
+
+
+def test_a_history_message_whose_content_is_not_text_reads_as_empty(
+    client, fake: FakeUpstream, firestore
+) -> None:
+    """The rules let a user write their own messages: a map or a number as content reads
+    as no text, not as a failure of every later history read (a reviewer's 502s)."""
+    _seed(firestore, "q1-user", "user", "first question", USER["email"], 1)
+    _seed(firestore, "q1-assistant", "assistant", "first answer", USER["email"], 2)
+    _seed(firestore, "q2-user", "user", "x", USER["email"], 3)
+    firestore.collection("assistants").document("test-assistant").collection("messages").document(
+        "q2-user"
+    ).update({"content": {"not": "text"}})
+    body = {"read_from_history": True, "emissaryConfig": {"currentUser": USER}}
+    response = ask(client, "new question", **body)
+    assert sse_events(response.get_data())[-2]["answer"]
+    sent = _sent_messages(fake)
+    assert sent[:2] == [("user", "first question"), ("assistant", "first answer")]
+    assert sent[-1][1].endswith("new question")
+
+
 BOB = {"save_to_history": True, "emissaryConfig": {"currentUser": {"email": "bob@example.com"}}}
 
 

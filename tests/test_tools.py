@@ -292,6 +292,11 @@ def test_valid_json_becomes_structured_output_and_is_saved(
         ),
         # Past Python's digit limit, json.loads raises a ValueError of its own.
         (Script(text='{"answer": "Oslo", "confidence": ' + "9" * 5000 + "}"), "not valid JSON"),
+        # Python reads it as infinity: the frame would show null, Firestore infinity.
+        (
+            Script(text='{"answer": "Oslo", "confidence": 1e400}'),
+            "the reply is not valid JSON: number out of range: 1e400",
+        ),
     ],
 )
 def test_json_that_does_not_match_still_ends_normally_and_says_why(
@@ -332,6 +337,7 @@ def test_a_json_caller_gets_the_same_metadata(client, fake: FakeUpstream) -> Non
         ('"x"', None, "arguments are a JSON str, not an object"),
         ('{"a": NaN}', None, "arguments are not valid JSON: NaN is not JSON"),
         ('{"a": -Infinity}', None, "arguments are not valid JSON: -Infinity is not JSON"),
+        ('{"a": -1e999}', None, "arguments are not valid JSON: number out of range: -1e999"),
         ('{"a": ' + "1" * 5000 + "}", None, "arguments are not valid JSON"),
     ],
 )
