@@ -209,6 +209,9 @@ def load_history(
     try:
         turns = future.result(timeout=timeout)
     except concurrent.futures.TimeoutError:
+        # Not begun yet (the pool busy with a slow database's calls): never begun, so
+        # that the saves queued behind it do not wait for a read nobody waits for.
+        future.cancel()
         log.error("history.timeout", timeout_s=timeout)
         return ()
     except Exception as exc:  # any store failure: logged, the reply goes on without history

@@ -114,7 +114,9 @@ class FirestoreStore:
 
     The client library is imported and its client created on first use, once
     per process: a request that saves nothing never pays for them. Each call
-    carries a deadline, so a pool thread is never held longer than `timeout`.
+    carries a deadline of `timeout`; a save makes a few calls (the trace id's check,
+    the write, a retry's read and rewrite), so it can hold a pool thread a few times
+    that, never without end.
     """
 
     def __init__(self, collection: str, timeout: float) -> None:
