@@ -140,7 +140,8 @@ class Reply:
             refresh_key=refresh_key,
         )
         self._future: concurrent.futures.Future[None] | None = None
-        self._done = False  # concluded or abandoned: the record went to the store
+        self._done = False  # concluding or abandoned: nothing more arrives
+        self._saved = False  # the record went to the store (or there is none)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -320,6 +321,11 @@ class Reply:
             except Exception as again:
                 exc = again
         self._log.exception("reply.crashed", exc=exc)
+        if not self._saved:  # concluding failed before its save: what arrived is kept
+            try:
+                self._save_incomplete()
+            except Exception as unsaved:
+                self._log.exception("persist.failed", exc=unsaved, role="assistant")
         return {
             "error": MESSAGES["internal_error"],
             "code": "internal_error",
@@ -342,6 +348,8 @@ class Reply:
         except ClientGone:
             self._abandon()
             raise
+        except Exception as exc:  # our own bug: ended as a stream's is, what arrived saved
+            return 500, self._error_body(self._crash_ending(exc))
         finally:
             self._let_go()
         raise AssertionError("the chain always ends with a terminal item")
@@ -351,7 +359,7 @@ class Reply:
             "error": final["error"],
             "code": final["code"],
             "trace_id": self._trace_id,
-            "attempts": final["metadata"]["attempts"],
+            "attempts": final["metadata"].get("attempts", []),  # none after a crash's
         }
         if final["partial"]:  # a JSON reply cut midway (its last provider, a stop): saved too
             body["partial"] = final["partial"]
@@ -587,17 +595,24 @@ class Reply:
             self._chain.finished.wait(timeout=1.0)
         self._keep_what_waits()
         self._take_back_dropped()
+        report = self._save_incomplete()
+        self._log.info("reply.client_gone", chars=len(self._text()), **record.log_summary(report))
+
+    def _save_incomplete(self) -> ChainReport:
+        """Save what arrived as `incomplete`; the chain's report (it has stopped: its
+        last word)."""
         self._splitter.finish()
-        report = self._chain.report()  # the chain has stopped: its last word
+        report = self._chain.report()
         output = record.Output(self._splitter, tuple(self._calls))
         drive(self._saving(output, report, complete=False, beat=None))
-        self._log.info("reply.client_gone", chars=len(self._text()), **record.log_summary(report))
+        return report
 
     def _saving(
         self, output: record.Output, report: ChainReport, complete: bool, beat: float | None
     ) -> Generator[Pending, None, tuple[dict[str, str] | None, bool]]:
         """(message ids, persist failed), yielding what to wait for when `beat` is set;
         nothing arrived means no assistant message to keep."""
+        self._saved = True
         if self._saver is None:
             return None, False
         message = None

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from assistant import reply as reply_module
 from assistant.config import Settings
 from assistant.parking import Park
 from assistant.providers import configured_providers
@@ -264,6 +265,33 @@ def test_a_history_message_whose_content_is_not_text_reads_as_empty(
     sent = _sent_messages(fake)
     assert sent[:2] == [("user", "first question"), ("assistant", "first answer")]
     assert sent[-1][1].endswith("new question")
+
+
+@pytest.mark.parametrize(
+    "route", ["/vac/assistant/test-assistant/sse", "/vac/assistant/test-assistant"]
+)
+def test_a_bug_before_the_save_still_saves_what_arrived(
+    client, fake: FakeUpstream, firestore, monkeypatch: pytest.MonkeyPatch, route: str
+) -> None:
+    """Our own bug after the text arrived and before its save (here, in the structured
+    output's check): the reply ends with internal_error and its text is saved
+    `incomplete`, on both routes (a reviewer found nothing saved, and the JSON route
+    answering a bare 500)."""
+
+    def broken(*args: Any) -> Any:
+        raise ValueError("a bug of ours")
+
+    monkeypatch.setattr(reply_module.record, "with_structured_output", broken)
+    fake.push(Script(tokens=["hello ", "world"]))
+    response = ask(client, trace_id="t-bug", path=route, **SAVE)
+    if route.endswith("/sse"):
+        final = sse_events(response.get_data())[-2]
+    else:
+        assert response.status_code == 500
+        final = response.get_json()
+    assert final["code"] == "internal_error" and final["partial"] == "hello world"
+    saved = _messages(firestore)["t-bug-assistant"]
+    assert saved["content"] == "hello world" and saved["status"] == "incomplete"
 
 
 BOB = {"save_to_history": True, "emissaryConfig": {"currentUser": {"email": "bob@example.com"}}}
