@@ -210,6 +210,7 @@ ANTHROPIC = ProviderCase(
         "stop_sequence": "stop_sequence",
         "tool_use": "tool_use",
         "refusal": "content_filter",
+        "model_context_window_exceeded": "max_tokens",
         "something_new": "other",
     },
     keepalive=True,  # event: ping
@@ -243,6 +244,11 @@ ANTHROPIC = ProviderCase(
         ),
         # output_tokens is cumulative: 25 is the total, not 10 + 25.
         "usage_cumulative.sse": Replay([*texts("One, ", "two"), end("max_tokens", SONNET, 20, 25)]),
+        # Thinking counted apart (output_tokens_details), and a reply the context window
+        # cut off: max_tokens, as the other providers' cut-offs.
+        "thinking_tokens.sse": Replay(
+            [*thoughts("Short plan."), *texts("Done."), end("max_tokens", SONNET, 20, 300, 280)]
+        ),
         # With a server tool (web search) the input grows during the turn: message_delta's
         # input_tokens is the cumulative figure, and wins over message_start's.
         "server_tool_usage.sse": Replay(

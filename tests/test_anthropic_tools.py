@@ -414,6 +414,25 @@ def test_a_tool_loop_without_thinking_to_send_back_is_continued_without_thinking
     assert [block["type"] for block in body["messages"][1]["content"]] == ["text", "tool_use"]
 
 
+def test_a_loops_later_rounds_keep_the_thinking_its_first_response_had(
+    upstream: FakeUpstream,
+) -> None:
+    """Without interleaved thinking, only a loop's first response thinks: the third
+    request of a two-round loop still asks for thinking and sends the first round's
+    blocks back (a reviewer found both dropped: one setting per assistant turn)."""
+    first = call("toolu_1", "get_weather", {"city": "Zürich"}, signature=OURS)
+    second = call("toolu_2", "get_time", {})
+    history = (
+        *loop(first),
+        Turn("assistant", "", tool_calls=(second,)),
+        Turn("tool", "12:00", tool_call_id="toolu_2", tool_name="get_time"),
+    )
+    body = sent(upstream, ask("", *history), thinking=True)
+    assert body["thinking"] == THINKING
+    assert body["messages"][1]["content"][0] == THINKING_BLOCKS[0]
+    assert [block["type"] for block in body["messages"][3]["content"]] == ["tool_use"]
+
+
 def test_thinking_off_sends_no_thinking_blocks(upstream: FakeUpstream) -> None:
     history = loop(call("toolu_z", "get_weather", {"city": "Zürich"}, signature=OURS))
     body = sent(upstream, ask("", *history))

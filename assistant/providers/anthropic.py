@@ -81,6 +81,8 @@ _STOP_REASONS: dict[str, StopReason] = {
     "stop_sequence": "stop_sequence",
     "tool_use": "tool_use",
     "refusal": "content_filter",
+    # The context window filled before max_tokens: the reply is cut off all the same.
+    "model_context_window_exceeded": "max_tokens",
 }
 
 
@@ -99,6 +101,7 @@ class _State:
     model: str
     input_tokens: int | None = None
     output_tokens: int | None = None
+    thinking_tokens: int | None = None  # of output_tokens, when the API counts them apart
     stop_reason: str | None = None
     finished: bool = False
     out: list[Event] = field(default_factory=list)
@@ -108,12 +111,23 @@ class _State:
     done_thinking: list[dict[str, Any]] = field(default_factory=list)  # since the last call
 
 
+def _usage(state: _State) -> Usage:
+    return Usage(state.input_tokens, state.output_tokens, state.thinking_tokens)
+
+
 def _on_message_start(data: dict[str, Any], state: _State) -> None:
     message = data.get("message") or {}
     state.model = message.get("model") or state.model
     usage = message.get("usage") or {}
     state.input_tokens = _input_tokens(usage)
     state.output_tokens = usage.get("output_tokens", state.output_tokens)
+    state.thinking_tokens = _thinking_tokens(usage) or state.thinking_tokens
+
+
+def _thinking_tokens(usage: dict[str, Any]) -> int | None:
+    details = usage.get("output_tokens_details")
+    count = details.get("thinking_tokens") if isinstance(details, dict) else None
+    return count if isinstance(count, int) else None
 
 
 def _input_tokens(usage: dict[str, Any]) -> int | None:
@@ -198,6 +212,7 @@ def _on_message_delta(data: dict[str, Any], state: _State) -> None:
     output_tokens = usage.get("output_tokens")
     if isinstance(output_tokens, int):
         state.output_tokens = output_tokens  # cumulative: assign, never add
+    state.thinking_tokens = _thinking_tokens(usage) or state.thinking_tokens  # cumulative too
     # Cumulative too, when given: a server tool (web search) grows the input mid-turn.
     input_tokens = _input_tokens(usage)
     if input_tokens is not None:
@@ -309,11 +324,18 @@ def _forces_a_call(prompt: Prompt) -> bool:
 
 
 def _open_loop_lacks_thinking(messages: list[Message]) -> bool:
-    """Whether the conversation continues a tool loop whose calls carry no thinking."""
-    if len(messages) < 2 or not messages[-1].results:
-        return False
-    calls = messages[-2].calls
-    return bool(calls) and not decode_thinking(calls[0].signature)
+    """Whether the conversation continues a tool loop that began without thinking.
+
+    A tool loop is one assistant turn, with one thinking setting throughout: the
+    first response of the loop decides it (without interleaved thinking, the later
+    responses of a loop that thinks carry no thinking of their own).
+    """
+    first = None
+    end = len(messages)
+    while end >= 2 and messages[end - 1].results and messages[end - 2].calls:
+        first = messages[end - 2]
+        end -= 2
+    return first is not None and not decode_thinking(first.calls[0].signature)
 
 
 class AnthropicProvider(HttpProvider):
@@ -388,7 +410,7 @@ class _Decoder:
         """No call held back (each is handed on at its block's end): message_start's
         usage and model."""
         state = self._state
-        usage = Usage(input_tokens=state.input_tokens, output_tokens=state.output_tokens)
+        usage = _usage(state)
         out.append(StreamEnd(stop_reason=None, usage=usage, model=state.model))
 
     def end(self, out: list[Event]) -> None:
@@ -397,7 +419,7 @@ class _Decoder:
             self._handle(self._sse.flush(), out)
         if not state.finished:
             raise ProviderError("upstream_incomplete", "stream ended without message_stop")
-        usage = Usage(input_tokens=state.input_tokens, output_tokens=state.output_tokens)
+        usage = _usage(state)
         stop_reason = normalised_stop_reason(state.stop_reason, _STOP_REASONS)
         out.append(StreamEnd(stop_reason=stop_reason, usage=usage, model=state.model))
 

@@ -208,11 +208,16 @@ def _history_problem(body: dict[str, Any]) -> str | None:
                 f"immediately after: {sorted(map(str, asked - answered))[0]}"
             )
     thinking = (body.get("thinking") or {}).get("type") == "enabled"
-    if thinking and len(messages) >= 2 and _blocks(messages[-1], "tool_result"):
-        first = (messages[-2].get("content") or [{}])[0]
+    # The open tool loop is one assistant turn: its first response must start with its
+    # thinking (later ones, without interleaved thinking, have none of their own).
+    start = len(messages)
+    while start >= 2 and _blocks(messages[start - 1], "tool_result"):
+        start -= 2
+    if thinking and start < len(messages):
+        first = (messages[start].get("content") or [{}])[0]
         if not (isinstance(first, dict) and first.get("type") in THINKING_BLOCKS):
             return (
-                f"messages.{len(messages) - 2}.content.0.type: Expected `thinking` or "
+                f"messages.{start}.content.0.type: Expected `thinking` or "
                 "`redacted_thinking`, but found another block. When `thinking` is enabled, "
                 "a final `assistant` message must start with a thinking block."
             )
