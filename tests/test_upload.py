@@ -69,3 +69,26 @@ def test_the_ignore_rules_hold_for_files_that_may_appear_later(tmp_path: Path) -
         "assistant/__init__.py",
         "assistant/providers/x.py",
     }
+
+
+def test_a_build_uploads_what_its_steps_run_and_no_local_state(tmp_path: Path) -> None:
+    """`gcloud builds submit --ignore-file=.gcloudignore.build` (cloudbuild.yaml): the test
+    and smoke steps need the scripts, the tests and the Node lock file, and the deploy
+    step needs .gcloudignore; never a venv, node_modules, run files or secrets."""
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for name in tracked:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copy(ROOT / ".gcloudignore.build", tmp_path / ".gcloudignore")  # as the flag reads it
+    local = [".venv/lib/site.py", "node_modules/x/index.js", ".run/auth.log", ".env", "a.env",
+             "assistant/__pycache__/x.cpython-311.pyc", ".git/config"]  # fmt: skip
+    for name in local:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    files = uploaded(tmp_path)
+    needed = {"scripts/test.sh", "scripts/smoke.sh", "scripts/venv.sh", "package-lock.json",
+              "requirements-dev.txt", "tests/conftest.py", "main.py", ".gcloudignore"}  # fmt: skip
+    assert needed <= files
+    assert not set(local) & files
