@@ -200,12 +200,19 @@ export async function streamReply(options) {
     return fail({error: `the request cannot be sent (${describe(exc)})`, code: "bad_request"});
   }
 
+  let payload;
+  try {
+    payload = JSON.stringify(body);
+  } catch (exc) { // a BigInt or a cycle in the body: nothing was sent
+    return fail({error: `the body cannot be sent as JSON (${describe(exc)})`, code: "bad_request"});
+  }
+
   let response;
   try {
     response = await fetchImpl(url, {
       method: "POST",
       headers,
-      body: JSON.stringify(body),
+      body: payload,
       signal,
       cache: "no-store",
     });
@@ -255,15 +262,21 @@ export async function streamReply(options) {
       finished = true;
       return;
     }
+    // Nothing after the terminal frame, nor once the caller aborted (from a callback,
+    // say, with more frames of the same read still to go).
+    if (terminal || signal?.aborted) return;
     let frame;
     try {
       frame = JSON.parse(data);
     } catch {
+      frame = undefined;
+    }
+    if (typeof frame !== "object" || frame === null || Array.isArray(frame)) {
       terminal = finished = true;
-      fail({error: "the service sent a frame that is not JSON", code: "bad_frame"});
+      fail({error: "the service sent a frame that is not a JSON object", code: "bad_frame"});
       return;
     }
-    const kind = ["chunk", "answer", "error"].find((key) => frame !== null && key in frame);
+    const kind = ["chunk", "answer", "error"].find((key) => key in frame);
     if (kind) handlers[kind](frame);
   });
 
@@ -286,6 +299,10 @@ export async function streamReply(options) {
     } catch (exc) {
       await reader.cancel().catch(() => {}); // a callback threw: close the connection
       throw exc;
+    }
+    if (signal?.aborted && !terminal) { // aborted in a callback: fetch may not see it
+      await reader.cancel().catch(() => {});
+      return aborted();
     }
   }
   if (finished) await reader.cancel().catch(() => {}); // close the connection now

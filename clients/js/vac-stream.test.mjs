@@ -161,6 +161,56 @@ test("an abort after the final frame leaves the reply final", async () => {
   assert.equal(final, null); // collect's own onFinal was replaced by the aborting one
 });
 
+test("an abort from a callback stops the callbacks, whatever came in the same read", async () => {
+  // Every frame in one read: an abort in the first onChunk leaves the rest undelivered.
+  const body = 'data: {"chunk":"a "}\n\ndata: {"chunk":"b"}\n\n' +
+    'data: {"answer":"a b","metadata":{}}\n\ndata: [DONE]\n\n';
+  const controller = new AbortController();
+  const chunks = [];
+  const {result, final, errors} = await collect(body, {}, {
+    signal: controller.signal,
+    onChunk: (text) => {
+      chunks.push(text);
+      controller.abort();
+    },
+  });
+  assert.equal(result.outcome, "aborted");
+  assert.deepEqual(chunks, ["a "]);
+  assert.equal(final, null);
+  assert.equal(errors.length, 0);
+});
+
+test("a data line that is JSON but no object is a bad frame, not a rejection", async () => {
+  for (const data of ["5", '"hi"', "true", "null", "[1]"]) {
+    const {result, errors} = await collect(`data: ${data}\n\ndata: [DONE]\n\n`);
+    assert.equal(result.outcome, "error");
+    assert.equal(errors.length, 1);
+    assert.equal(errors[0].code, "bad_frame");
+  }
+});
+
+test("nothing is delivered after the terminal frame", async () => {
+  const body = 'data: {"answer":"a","metadata":{}}\n\ndata: {"error":"late","code":"x"}\n\n' +
+    'data: {"chunk":"more"}\n\ndata: <html>\n\ndata: [DONE]\n\n';
+  const {result, chunks, final, errors} = await collect(body);
+  assert.equal(result.outcome, "final");
+  assert.equal(final.answer, "a");
+  assert.deepEqual(chunks, []);
+  assert.equal(errors.length, 0);
+});
+
+test("a body that cannot be JSON is a bad request, and nothing is sent", async () => {
+  const calls = [];
+  const errors = [];
+  const result = await streamReply({
+    url: "http://service.test/x", body: {n: 1n}, fetch: fakeFetch("data: [DONE]\n\n", {calls}),
+    onError: (e) => errors.push(e),
+  });
+  assert.equal(result.outcome, "error");
+  assert.equal(errors[0].code, "bad_request");
+  assert.equal(calls.length, 0);
+});
+
 test("a stream that ends without a terminal frame is an error", async () => {
   const {errors} = await collect('data: {"chunk":"Hal');
   assert.equal(errors.length, 1);
