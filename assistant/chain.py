@@ -391,7 +391,7 @@ class _Relay:
             self._hand_on(events)
             await self.hand_on_waiting()
         if not self._progress.shown:
-            raise ProviderError("upstream_empty", "stream ended with no text or tool call")
+            raise _nothing_shown(self._chain.stop_reason)  # this attempt's (`_finish`)
         closing = self._tagger.close()
         if closing:
             self._chain.emit(Chunk(closing))
@@ -449,3 +449,14 @@ class _Relay:
             else:
                 thinking = isinstance(event, ThinkingDelta)
                 chain.emit(Chunk(self._tagger.wrap(thinking, event.text)))
+
+
+def _nothing_shown(stop_reason: StopReason | None) -> ProviderError:
+    """The failure of an attempt whose stream ended properly with nothing to show: a
+    refusal (a content filter, whatever the provider calls it) is told apart, as asking
+    again will not change it."""
+    if stop_reason == "content_filter":
+        return ProviderError("upstream_refused", "the model declined, with no text")
+    return ProviderError(
+        "upstream_empty", f"stream ended with no text or tool call (stop reason {stop_reason})"
+    )

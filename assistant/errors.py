@@ -24,6 +24,7 @@ UpstreamCode = Literal[
     "upstream_status",
     "upstream_error",
     "upstream_empty",
+    "upstream_refused",  # it ended, declining (a content filter, a blocked prompt), with no text
     "upstream_incomplete",
     "upstream_protocol",
     "reply_too_long",  # not the provider's fault, but it ends its stream the same way
@@ -57,6 +58,7 @@ MESSAGES: Final[Mapping[ErrorCode, str]] = {
     "upstream_status": "The model provider refused the request.",
     "upstream_error": "The model provider reported an error.",
     "upstream_empty": "The model provider sent an empty reply.",
+    "upstream_refused": "The model declined to answer this request.",
     "upstream_incomplete": "The model provider's reply was cut off.",
     "upstream_protocol": "The model provider sent a reply that could not be read.",
     "reply_too_long": "The reply took longer than this service allows and was stopped.",

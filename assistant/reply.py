@@ -547,6 +547,10 @@ class Reply:
         else:
             code = item.error.code
         message = MESSAGES[code]
+        if code == "providers_failed" and any(
+            attempt.outcome == "upstream_refused" for attempt in report.attempts
+        ):  # asking again will not help: the page says why, not "Please try again"
+            message = MESSAGES["upstream_refused"]
         self._log.warning("reply.failed", code=code, chars=len(text), **summary)
         return {"error": message, "code": code, "partial": text, "metadata": metadata}
 

@@ -446,7 +446,7 @@ GEMINI = ProviderCase(
             ]
         ),
         "safety.sse": Replay([*texts("Here is how "), end("content_filter", FLASH_20, 14, 3)]),
-        "prompt_blocked.sse": Replay([], "upstream_error"),
+        "prompt_blocked.sse": Replay([], "upstream_refused"),
         "error_data.sse": Replay(texts("Partial answer, "), "upstream_error", 500),
         "error_tail.sse": Replay(texts("Okay, ", "so the first"), "upstream_error", 503),
         # A bare-object tail after a STOP event: the reply still failed.

@@ -67,6 +67,7 @@ SAFE_MESSAGES = {
     "upstream_status": "The model provider refused the request.",
     "upstream_error": "The model provider reported an error.",
     "upstream_incomplete": "The model provider's reply was cut off.",
+    "upstream_refused": "The model declined to answer this request.",
 }
 AUTH_HEADERS = {"authorization", "x-api-key", "x-goog-api-key"}
 HI_PROMPT = Prompt(system=None, turns=(Turn("user", "hi"),))
@@ -522,6 +523,24 @@ def fall_throughs(case: ProviderCase) -> Iterable[tuple[str, str, int | None]]:
     for fail in FAILS:
         outcome = "upstream_empty" if fail == "no_text" else FAIL_CODES[fail]
         yield fail, outcome, case.status_of(outcome)
+
+
+@EACH
+def test_a_refusal_with_nothing_shown_is_told_apart_and_falls_through(
+    upstream: FakeUpstream, case: ProviderCase
+) -> None:
+    """A stream that ends on the provider's content filter with no text (Anthropic
+    `refusal`, OpenAI `content_filter`, Gemini `SAFETY`) is `upstream_refused`, not an
+    empty reply (Ollama has no such stop: its stream is empty); the next provider is
+    asked, as for any failure before text."""
+    upstream.push(Script(fail="no_text", stop_reason="refusal"), Script(tokens=["fallback"]))
+    run = run_chain(
+        [case.provider(upstream.url), fallback(upstream.url)],
+        Timeouts(connect=1, first_chunk=5, idle=5),
+    )
+    declines = "content_filter" in case.stop_reasons.values()
+    assert run.outcomes == ["upstream_refused" if declines else "upstream_empty", "ok"]
+    assert run.items[-1] == ChainSucceeded()
 
 
 @pytest.mark.parametrize("case, fail, outcome, status", per_case(fall_throughs))

@@ -47,20 +47,21 @@ def test_fixture_events_are_crlf_framed(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name, detail",
+    "name, code, detail",
     [
-        ("prompt_blocked.sse", "PROHIBITED_CONTENT"),
-        ("error_data.sse", "INTERNAL"),
-        ("error_tail.sse", "UNAVAILABLE"),
-        ("error_tail_after_stop.sse", "RESOURCE_EXHAUSTED"),
+        # A blocked prompt is a refusal, not an error: asking again will not change it.
+        ("prompt_blocked.sse", "upstream_refused", "PROHIBITED_CONTENT"),
+        ("error_data.sse", "upstream_error", "INTERNAL"),
+        ("error_tail.sse", "upstream_error", "UNAVAILABLE"),
+        ("error_tail_after_stop.sse", "upstream_error", "RESOURCE_EXHAUSTED"),
     ],
 )
 def test_error_detail_names_the_upstream_reason(
-    upstream: FakeUpstream, name: str, detail: str
+    upstream: FakeUpstream, name: str, code: str, detail: str
 ) -> None:
     upstream.push(Script(raw=[CASE.fixture(name)]))
     _, error = run_provider(settings_for(upstream.url))
-    assert error is not None and error.code == "upstream_error"
+    assert error is not None and error.code == code
     assert detail in error.detail  # for the log only
 
 
@@ -157,7 +158,7 @@ def test_a_blocked_prompt_falls_through(upstream: FakeUpstream) -> None:
     )
 
     assert run.items == [Chunk("from "), Chunk("claude"), ChainSucceeded()]
-    assert run.outcomes == ["upstream_error", "ok"]
+    assert run.outcomes == ["upstream_refused", "ok"]
     assert [attempt.provider for attempt in run.chain.attempts] == ["gemini", "anthropic"]
     assert [attempt.status for attempt in run.chain.attempts] == [None, None]
     assert run.chain.provider == "anthropic" and run.chain.model_version == "claude-fallback"

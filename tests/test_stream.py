@@ -114,6 +114,18 @@ def test_each_pre_text_failure_is_a_502(client, fake: FakeUpstream, fail: str) -
     assert response.get_json()["code"] == "providers_failed"
 
 
+def test_a_502_after_a_refusal_says_the_model_declined(client, fake: FakeUpstream) -> None:
+    """A refusal with no text is no outage: the 502 does not tell the user to try again
+    (a reviewer: a refused prompt answered "Please try again")."""
+    fake.push(Script(fail="no_text", stop_reason="refusal"))
+    response = ask(client)
+    assert response.status_code == 502
+    body = response.get_json()
+    assert body["code"] == "providers_failed"
+    assert body["error"] == "The model declined to answer this request."
+    assert [a["outcome"] for a in body["attempts"]] == ["upstream_refused"]
+
+
 def test_failure_after_the_status_window_ends_the_stream_with_an_error_frame(
     client, fake: FakeUpstream
 ) -> None:

@@ -15,6 +15,7 @@ iterator. Every failure is a `ProviderError`:
               upstream_status       a 4xx / 5xx answer (status set)
               upstream_error        an error event inside a 200 stream
               upstream_empty        the stream ended with no text at all
+              upstream_refused      ... declining: a content filter, a blocked prompt
               upstream_incomplete   the stream ended without its end marker
               upstream_protocol     a body we could not read
 

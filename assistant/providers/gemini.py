@@ -298,7 +298,7 @@ def _raise_if_error(chunk: Any) -> None:
         raise ProviderError("upstream_error", str(error.get("status") or "error"), status=status)
     block = (chunk.get("promptFeedback") or {}).get("blockReason")
     if block and not chunk.get("candidates"):
-        raise ProviderError("upstream_error", f"prompt blocked: {block}")
+        raise ProviderError("upstream_refused", f"prompt blocked: {block}")
 
 
 def _bare_json(text: str) -> Any:

@@ -56,6 +56,7 @@ class Gemini(Format):
         "stop_sequence": "STOP",
         "max_tokens": "MAX_TOKENS",
         "tool_use": "STOP",  # Gemini has no reason of its own for calls
+        "refusal": "SAFETY",
     }
 
     def __init__(self, script: Script, body: dict[str, Any]) -> None:

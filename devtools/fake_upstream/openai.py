@@ -50,6 +50,7 @@ class OpenAI(Format):
         "stop_sequence": "stop",
         "max_tokens": "length",
         "tool_use": "tool_calls",
+        "refusal": "content_filter",
     }
 
     def __init__(self, script: Script, body: dict[str, Any]) -> None:
