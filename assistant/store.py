@@ -187,6 +187,7 @@ class FirestoreStore:
             "createdAt": SERVER_TIMESTAMP,
             **_common_fields(message.trace_id, message.thread_id, message.author),
         }
+        document = _within_size(document)
         if not user_saved:  # else the user message's write checked the trace id (one read less)
             question = self._check_trace(message.assistant_id, message.trace_id, message.author)
             if _another_question(question, message):  # the frontend saved it, for another
@@ -265,6 +266,25 @@ class FirestoreStore:
             if data.get("traceId") != trace_id and data.get("role") in ("user", "assistant")
         ]
         return tuple(reversed(turns[:limit]))
+
+
+# A document is at most 1 MiB (1,048,576 bytes), its name and field names included;
+# this leaves room for those and for Firestore's own count of each value's size.
+MAX_DOCUMENT_BYTES = 1_000_000
+
+
+def _within_size(document: dict[str, Any]) -> dict[str, Any]:
+    """The reply's document, without its structured output when the two copies of its
+    JSON (the text in `content`, the parsed object in `structuredOutput`) are more than
+    a document holds: the text alone is kept, and `structuredOutputInContent` says the
+    object is the content parsed. Else a reply of half a megabyte of JSON was not saved
+    at all."""
+    if document["structuredOutput"] is None:
+        return document
+    size = len(sse.json_text({**document, "createdAt": None}).encode("utf-8", "replace"))
+    if size <= MAX_DOCUMENT_BYTES:
+        return document
+    return {**document, "structuredOutput": None, "structuredOutputInContent": True}
 
 
 def _another_question(question: Any, message: AssistantMessage) -> bool:

@@ -282,6 +282,25 @@ def test_a_bug_before_the_save_still_saves_what_arrived(
     assert saved["content"] == "hello world" and saved["status"] == "incomplete"
 
 
+def test_a_structured_reply_too_large_to_keep_twice_is_saved_as_text(
+    client, fake: FakeUpstream, firestore
+) -> None:
+    """Its JSON is in `content` and, parsed, in `structuredOutput`: past what a document
+    holds, the text alone is kept and says so (a reviewer's 531 KB answer was not saved
+    at all); a small one keeps both."""
+    schema = {"type": "object", "properties": {"items": {"type": "array"}}}
+    big = {"items": ["x" * 1000] * 530}  # ~530 KB of JSON, twice over a document's 1 MiB
+    fake.push(Script(json=big))
+    config = {**SAVE["emissaryConfig"], "responseSchema": schema}
+    response = ask(client, trace_id="t-big", save_to_history=True, emissaryConfig=config)
+    final = sse_events(response.get_data())[-2]
+    assert final["metadata"]["structured_output"] == big
+    assert final["metadata"]["persist_failed"] is False
+    saved = _messages(firestore)["t-big-assistant"]
+    assert json.loads(saved["content"]) == big
+    assert saved["structuredOutput"] is None and saved["structuredOutputInContent"] is True
+
+
 BOB = {"save_to_history": True, "emissaryConfig": {"currentUser": {"email": "bob@example.com"}}}
 
 
