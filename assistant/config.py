@@ -179,7 +179,9 @@ class ProviderSettings:
                 env, f"{prefix}_THINKING_BUDGET", 2048, minimum=1024, maximum=MAX_OUTPUT_TOKENS
             ),
         )
-        if settings.thinking and settings.max_tokens <= settings.thinking_budget:
+        # Ollama takes no budget (only `think: true`): nothing to leave room beside.
+        budgeted = name != "ollama"
+        if budgeted and settings.thinking and settings.max_tokens <= settings.thinking_budget:
             # Providers refuse a thinking budget that leaves no room for the answer.
             raise ConfigError(
                 f"{prefix}_MAX_TOKENS ({settings.max_tokens}) must be larger than "
@@ -222,7 +224,7 @@ class AuthSettings:
         settings = cls(
             mode=mode,
             project_id=_text(env, "FIREBASE_PROJECT_ID", project_id),
-            certs_url=_text(env, "FIREBASE_CERTS_URL", FIREBASE_CERTS_URL),
+            certs_url=_base_url(env, "FIREBASE_CERTS_URL", FIREBASE_CERTS_URL),
             emulator_host=_text(env, "FIREBASE_AUTH_EMULATOR_HOST", ""),
             clock_skew_seconds=_number(
                 env, "AUTH_CLOCK_SKEW_SECONDS", 10, maximum=MAX_CLOCK_SKEW_SECONDS
@@ -283,6 +285,9 @@ class Settings:
             twice = sorted({name for name in order if order.count(name) > 1})
             raise ConfigError(f"ASSISTANT_PROVIDERS names {', '.join(twice)} more than once")
         project_id = _text(env, "GOOGLE_CLOUD_PROJECT", env.get("GCP_PROJECT", ""))
+        if env.get("K_SERVICE") and env.get("FIRESTORE_EMULATOR_HOST", "").strip():
+            # The client library would send every message there, and none to Firestore.
+            raise ConfigError("FIRESTORE_EMULATOR_HOST is set on Cloud Run: nothing would be saved")
         return cls(
             provider_order=order,
             providers={name: ProviderSettings.from_env(env, name) for name in order},

@@ -247,3 +247,11 @@ def test_endpoint_ollama_error_line_before_text_is_a_502(client, upstream: FakeU
     assert body["code"] == "providers_failed"
     assert [(a["name"], a["outcome"]) for a in body["attempts"]] == [("ollama", "upstream_error")]
     assert "model runner" not in response.get_data(as_text=True)
+
+
+def test_ollama_takes_no_thinking_budget_so_needs_no_room_beside_one() -> None:
+    """Ollama is sent `think: true` and no budget: a small OLLAMA_MAX_TOKENS with
+    thinking on is a workable setting (it was refused for a budget never sent)."""
+    env = {"OLLAMA_THINKING": "true", "OLLAMA_MAX_TOKENS": "1024"}
+    settings = ProviderSettings.from_env(env, "ollama")
+    assert settings.thinking and settings.max_tokens == 1024
