@@ -178,9 +178,7 @@ def _messages(message: Message) -> list[dict[str, Any]]:
                 for index, call in enumerate(message.calls)
             ]
         return [rendered]
-    if not message.parts:
-        return [{"role": "user", "content": ""}]
-    return [_user_part(part) for part in message.parts]
+    return [_user_part(part) for part in message.parts]  # never empty: base._append
 
 
 def _function(call: ToolCall, index: int) -> dict[str, Any]:

@@ -248,16 +248,14 @@ def _messages(message: Message) -> list[dict[str, Any]]:
                 "tool_calls": [_history_call(call) for call in calls],
             }
         ]
-    out: list[dict[str, Any]] = []
-    for part in message.parts:
-        if isinstance(part, ToolResult):
-            out.append({"role": "tool", "tool_call_id": part.call_id, "content": part.content})
-        elif isinstance(part, str):
-            if out and out[-1]["role"] == "user":
-                out[-1]["content"] += f"\n\n{part}"
-            else:
-                out.append({"role": "user", "content": part})
-    return out or [{"role": "user", "content": ""}]
+    # Never empty, and no two texts in a row (base._append joins them).
+    return [
+        {"role": "tool", "tool_call_id": part.call_id, "content": part.content}
+        if isinstance(part, ToolResult)
+        else {"role": "user", "content": part}
+        for part in message.parts
+        if isinstance(part, ToolResult | str)
+    ]
 
 
 def _history_call(call: ToolCall) -> dict[str, Any]:
