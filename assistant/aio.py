@@ -219,7 +219,8 @@ KEEPALIVE_SECONDS = 5.0
 
 
 def body_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
-    """A streamed response's body as it arrives (`HttpProvider.stream()`).
+    """A streamed response's body as it arrives, read by read (the chain has the reads
+    pushed to its decoder instead, `BodyFeed`; the transport's tests read through this).
 
     For a response our transport made, with no content coding, the bytes come
     straight from its connection: one await per read, where httpx's

@@ -160,7 +160,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
             self._sweep = loop.call_later(self._keepalive, self._close_expired)
 
 
-# The response extension that holds a response's `Body` (aio.body_chunks()).
+# The response extension that holds a response's `Body` (aio.BodyFeed, aio.body_chunks).
 RAW_BODY = "assistant.http1_body"
 
 

@@ -122,7 +122,7 @@ def stream_events(
         # Plain HTTP on loopback: no certificate store to load (it costs ~50 ms a client).
         async with httpx.AsyncClient(timeout=timeout, verify=False) as client:
             try:
-                async for event in provider_class(settings, key).stream(client, prompt):
+                async for event in provider_events(provider_class(settings, key), client, prompt):
                     if working or not isinstance(event, Working):
                         events.append(event)
             except ProviderError as error:
@@ -132,6 +132,31 @@ def stream_events(
         return events, None
 
     return asyncio.run(collect())
+
+
+async def provider_events(
+    provider: Provider, client: httpx.AsyncClient, prompt: Prompt
+) -> AsyncIterator[Event]:
+    """The provider's reply as events, from its own `open` and `decoder`, read as httpx
+    hands the body out (the chain feeds the same decoder from the connection's callback,
+    aio.BodyFeed). httpx's errors come out as they are."""
+    async with provider.open(client, prompt) as response:
+        decoder = provider.decoder(response)
+        async for data in response.aiter_bytes():
+            events: list[Event] = []
+            try:
+                decoder.feed(data, events)
+            finally:
+                for event in events:
+                    yield event
+            if decoder.finished:
+                break
+    events = []
+    try:
+        decoder.end(events)
+    finally:
+        for event in events:
+            yield event
 
 
 # -- providers inside the chain, on the I/O loop ------------------------------------------

@@ -6,8 +6,7 @@ as the model writes, a `ToolCall` once each call the model makes is whole
 (its arguments joined and parsed), then exactly one `StreamEnd` when the
 upstream said it was finished. The decoder is plain code, fed by whoever
 reads the body: the chain feeds it from the socket's own callback, with no
-task woken per read (aio.BodyFeed); `stream()` wraps the two as an async
-iterator. Every failure is a `ProviderError`:
+task woken per read (aio.BodyFeed). Every failure is a `ProviderError`:
 
     ProviderError              code + a message safe to show + detail for the log
       (codes) upstream_unreachable  connect failed
@@ -29,7 +28,7 @@ import contextlib
 import dataclasses
 import functools
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -37,7 +36,6 @@ from typing import Any, Literal, Protocol
 import httpx
 import orjson
 
-from ..aio import body_chunks
 from ..config import ProviderSettings
 from ..errors import MESSAGES, UpstreamCode
 from ..request import Turn
@@ -270,29 +268,6 @@ class HttpProvider:
 
     def decoder(self, response: httpx.Response) -> Decoder:
         raise NotImplementedError
-
-    async def stream(
-        self, client: httpx.AsyncClient, prompt: Prompt
-    ) -> AsyncGenerator[Event, None]:
-        """The reply's events as an async iterator (the chain feeds the decoder itself).
-        httpx's errors come out as they are: the caller translates them."""
-        async with self.open(client, prompt) as response:
-            decoder = self.decoder(response)
-            async for data in body_chunks(response):
-                events: list[Event] = []
-                try:
-                    decoder.feed(data, events)
-                finally:
-                    for event in events:
-                        yield event
-                if decoder.finished:
-                    break
-        events = []
-        try:
-            decoder.end(events)
-        finally:
-            for event in events:
-                yield event
 
     def schema_left_out(self, prompt: Prompt) -> str | None:
         if prompt.response_schema is None or self.schema_with_tools:
