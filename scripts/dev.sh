@@ -62,6 +62,13 @@ port_free() {
     [[ $rc -eq 7 ]]
 }
 
+# True when .run/<name>.pid names a live process: another run's emulator (on another
+# port), whose start then refuses and which is not this run's to stop.
+named_alive() {
+    local pid_file="$RUN_DIR/$1.pid"
+    [[ -f "$pid_file" ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null
+}
+
 # ---------------------------------------------------------------- processes
 
 server_pid=""
@@ -143,7 +150,7 @@ mkdir -p "$RUN_DIR"
 # ---------------------------------------------------------------- Firestore emulator
 
 export FIRESTORE_EMULATOR_PORT
-if port_free "$FIRESTORE_EMULATOR_PORT"; then
+if port_free "$FIRESTORE_EMULATOR_PORT" && ! named_alive firestore-emulator; then
     owns_emulator=1  # set before starting, so a Ctrl-C during startup still stops it
 fi
 emulator_line="$(scripts/firestore-emulator.sh start)"
@@ -158,7 +165,7 @@ if [[ "$auth_mode" == firebase ]]; then
     AUTH_EMULATOR_PORT="${AUTH_EMULATOR_PORT:-9099}"
     [[ "$AUTH_EMULATOR_PORT" =~ ^[0-9]+$ ]] || die "AUTH_EMULATOR_PORT must be a number, got '$AUTH_EMULATOR_PORT'"
     export AUTH_EMULATOR_PORT
-    if port_free "$AUTH_EMULATOR_PORT"; then
+    if port_free "$AUTH_EMULATOR_PORT" && ! named_alive auth-emulator; then
         owns_auth_emulator=1  # set before starting, so a Ctrl-C during startup still stops it
     fi
     auth_emulator_line="$(scripts/auth-emulator.sh start)"
