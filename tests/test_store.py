@@ -893,6 +893,33 @@ def test_a_stopping_server_ends_a_long_stream_with_a_terminal_frame(fake, firest
     assert saved["content"] == terminal["partial"].strip()
 
 
+def test_a_stopping_server_writes_what_waits_to_be_saved_late(
+    fake, firestore, paused_database: _PausableProxy, tmp_path
+) -> None:
+    """A reply's messages wait to be written later (the database was away past the save
+    wait and its first late attempt); on SIGTERM, with the database back, the worker
+    writes them before it exits, in time for Cloud Run's kill."""
+    fake.push(Script(tokens=["kept ", "on stop"]))
+    env = {"FIRESTORE_EMULATOR_HOST": paused_database.address, "PERSIST_TIMEOUT_SECONDS": "0.5"}
+    body = {"user_input": "hi", "trace_id": "t-stop-late", **SAVE}
+    log = tmp_path / "service.log"
+    with log.open("wb") as output, running_service(env, output=output) as service:
+        answer = httpx.post(f"{service.url}/vac/assistant/test-assistant/sse", json=body)
+        assert sse_events(answer.content)[-2]["metadata"]["persist_failed"] is True
+        time.sleep(2.5)  # the first late attempt failed too: the next is 5 s away
+        paused_database.resume()
+        service.process.terminate()
+        stopped = time.monotonic()
+        assert service.process.wait(timeout=20) == 0
+        assert time.monotonic() - stopped < 10
+    messages = _messages(firestore)
+    assert messages["t-stop-late-user"]["content"] == "hi"
+    assert messages["t-stop-late-assistant"]["content"] == "kept on stop"
+    late = [line["role"] for line in log_lines(log.read_text())
+            if line["message"] == "persist.saved_late"]  # fmt: skip
+    assert late == ["user", "assistant"]
+
+
 def test_a_stopping_server_ends_a_long_json_reply_with_a_503(fake, firestore) -> None:
     """The legacy JSON route's reply holds its thread to its end, never parked: on
     SIGTERM it ends early all the same (it was lost at the kill), with 503 `overloaded`
