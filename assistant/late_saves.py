@@ -4,21 +4,28 @@ Why: a reply waits for its messages at most PERSIST_TIMEOUT_SECONDS (saving.py),
 so that a slow or unreachable database never stalls a stream; the final frame
 then says `persist_failed: true`. Before this module a database away for longer
 than that wait lost the messages. Here a reply's unsaved messages wait in
-memory and are written again, in order (the question before its reply, so that
-the reply's server timestamp comes later and a history read keeps the two in
-order): at once, then RETRY_DELAYS later, until an attempt succeeds (logged
+memory and are written again, in order, the question before its reply: at
+once, then RETRY_DELAYS later, until an attempt succeeds (logged
 `persist.saved_late`) or the last one fails (`persist.lost`). A write still
 under way when the reply's wait ended is waited for first: it may yet land,
 and a second write beside it could put the reply before its question.
 
+Written late, a message keeps the time it was meant to be written at
+(`created_at`, saving.py), not the database's time of the late write: the
+history reads in `createdAt` order, and the user's next turns, saved on time
+meanwhile, stay after it. And a late reply never replaces one written under
+its id since (a retry's, newer: `replace=False`).
+
 What is not an outage is not tried again: a trace id that holds another
-user's messages (MessageTaken) or another question (TraceIdKept).
+user's messages (MessageTaken) or another question (TraceIdKept), and a write
+Firestore refuses as it is or does not let us make (`_never_taken`).
 
 Bounds: at most MAX_WAITING replies' messages and MAX_WAITING_CHARS characters
 of their text wait; past either, the oldest is given up (`persist.lost`). One
 thread per process, started on first use. A stopping worker gives what still
 waits one more try before it exits (`close`, worker.py), within what is left
-of its stop; what is left then is logged lost. On Cloud Run with CPU
+of its stop (a write that hangs is not waited for past it); what is left then
+is logged lost. On Cloud Run with CPU
 allocated only during requests, the attempts between requests wait for the
 instance's next request (README "Persistence").
 """
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -109,8 +117,9 @@ class LateSaves:
 
     def close(self, seconds: float) -> None:
         """For a worker on its way out: nothing more on the thread; the write under way
-        there is waited for, and what still waits is tried once more on this thread,
-        each begun within `seconds`; what is not written then is logged lost."""
+        there is waited for, and what still waits is tried once more, all within
+        `seconds` (a write that hangs is left to the process's end); what is not
+        written by then is logged lost."""
         end = time.monotonic() + seconds
         with self._changed:
             self._closed = True
@@ -118,9 +127,9 @@ class LateSaves:
         self.wait_idle(seconds)
         with self._changed:
             everything, self._waiting = list(self._waiting), collections.deque()
-            self._chars = 0
+            self._chars -= sum(waiting.chars for waiting in everything)
         for waiting in everything:
-            if time.monotonic() >= end or not _attempt(waiting):
+            if not _attempt_within(waiting, end - time.monotonic()):
                 _lost(waiting, "the worker stopped")
 
     def _run(self) -> None:
@@ -139,6 +148,8 @@ class LateSaves:
                 self._changed.notify_all()
                 if done:
                     self._chars -= waiting.chars
+                elif self._closed:  # `close` gave up waiting for this one: no more tries
+                    _lost(waiting, "the worker stopped")
                 elif waiting.attempts > len(self.delays):
                     self._chars -= waiting.chars
                     _lost(waiting, "the database did not take it")
@@ -158,6 +169,20 @@ class LateSaves:
         return None
 
 
+def _attempt_within(waiting: _Waiting, seconds: float) -> bool:
+    """`_attempt`, given up after `seconds`: a store call has a deadline of its own, but a
+    save makes several, and a stopping worker has only until the kill."""
+    if seconds <= 0:
+        return False
+    done: list[bool] = []
+    thread = threading.Thread(
+        target=lambda: done.append(_attempt(waiting)), name="late-saves-last", daemon=True
+    )
+    thread.start()
+    thread.join(seconds)
+    return bool(done and done[0])
+
+
 def _attempt(waiting: _Waiting) -> bool:
     """Write what is left of `waiting`, in order; True once nothing is left to try."""
     waiting.attempts += 1
@@ -170,11 +195,15 @@ def _attempt(waiting: _Waiting) -> bool:
             waiting.steps.clear()
             return True
         except Exception as exc:  # any store failure: the next attempt, later
+            if _never_taken(exc):  # no later attempt would be taken either
+                _lost(waiting, _reason(exc))
+                waiting.steps.clear()
+                return True
             waiting.log.warning(
                 "persist.late_failed",
                 role=step.role,
                 attempt=waiting.attempts,
-                reason=f"{type(exc).__name__}: {exc}",
+                reason=_reason(exc),
             )
             return False
         waiting.log.info("persist.saved_late", role=step.role, message_id=message_id)
@@ -199,6 +228,22 @@ def _written(step: Step) -> str:
 def _lost(waiting: _Waiting, reason: str) -> None:
     for step in waiting.steps:
         waiting.log.error("persist.lost", role=step.role, reason=reason)
+
+
+def _never_taken(exc: Exception) -> bool:
+    """A failure that is the write's own, not the database's state: Firestore refusing it
+    as it is (too large, a value it cannot hold), or not letting us write at all, and a
+    bug of ours. Trying it again later only holds its text in memory for nothing."""
+    if isinstance(exc, ValueError | TypeError):
+        return True
+    exceptions = sys.modules.get("google.api_core.exceptions")  # loaded by the store
+    return exceptions is not None and isinstance(
+        exc, exceptions.InvalidArgument | exceptions.PermissionDenied
+    )
+
+
+def _reason(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 late_saves = LateSaves()

@@ -14,6 +14,8 @@ the wait could not write is tried again after the reply (late_saves.py).
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
+import datetime
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -58,8 +60,10 @@ class Saver:
         self._log = log
         self._user: concurrent.futures.Future[str] | None = None
         self._user_message: UserMessage | None = None  # for a second write
+        self._asked_at = _now()  # the user message's time, should it be written late
 
     def start_user_message(self, message: UserMessage) -> None:
+        self._asked_at = _now()
         self._user_message = message
         self._user = _pool.submit(self._store.save_user_message, message)
 
@@ -83,6 +87,7 @@ class Saver:
         the reply: not lost to an outage that outlived the wait either.
         """
         deadline = time.monotonic() + self._timeout
+        answered_at = _now()  # the reply's time, should it be written late
         ids: dict[str, str] = {}
         ok = True
         late: list[Step] = []  # what the wait could not write, for late_saves
@@ -105,25 +110,31 @@ class Saver:
                 return ids, True  # the trace id's question is another: its reply stays too
             if not ok and not isinstance(user_failure, MessageTaken):  # an outage: later
                 assert self._user_message is not None
-                write_user = partial(self._store.save_user_message, self._user_message)
+                question = dataclasses.replace(self._user_message, created_at=self._asked_at)
+                write_user = partial(self._store.save_user_message, question)
                 late.append(Step("user", write_user, under_way=self._user))
         if assistant_message is not None:
             # Its question written by this request (now or later): the trace id is this user's.
             user_saved = "user" in ids or bool(late)
-            write = partial(self._store.save_assistant_message, assistant_message, user_saved)
+            # Written late, it keeps the time it ended at (the history's order; the store
+            # reads its question to keep it after that), and it never replaces a reply
+            # written since under its id (a retry's, newer).
+            reply = dataclasses.replace(assistant_message, created_at=answered_at)
+            write_late = partial(self._store.save_assistant_message, reply, False, replace=False)
             if late or time.monotonic() >= deadline:
                 # Its question is not written yet, or the wait went to it: the reply is
                 # written after it, later, so that it never lands before its question.
                 if not late:
                     self._log.error("persist.timeout", role="assistant", timeout_s=self._timeout)
-                late.append(Step("assistant", write))
+                late.append(Step("assistant", write_late))
                 ok = False
             else:
+                write = partial(self._store.save_assistant_message, assistant_message, user_saved)
                 future = _pool.submit(write)
                 saved = yield from self._waiting("assistant", future, deadline, ids, beat)
                 ok = saved and ok
                 if not saved and not isinstance(_failure(future), MessageTaken | TraceIdKept):
-                    late.append(Step("assistant", write, under_way=future))
+                    late.append(Step("assistant", write_late, under_way=future))
         if late:
             late_saves.add(late, _chars(self._user_message, assistant_message), self._log)
         return ids, not ok
@@ -165,6 +176,10 @@ def drive(steps: Generator[Pending, None, T]) -> T:
         except StopIteration as end:
             return cast(T, end.value)
         pending.wait()
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
 
 
 def _chars(user: UserMessage | None, assistant: AssistantMessage | None) -> int:

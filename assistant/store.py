@@ -18,6 +18,7 @@ is written and no message ids are reported.
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import threading
@@ -44,6 +45,9 @@ class UserMessage:
     thread_id: str | None
     author: Author
     content: str
+    # None: the database's time at the write. A late write (late_saves.py) carries the
+    # time it was meant to be written at, so the history keeps it where it was asked.
+    created_at: datetime.datetime | None = None
 
     @property
     def message_id(self) -> str:
@@ -67,6 +71,7 @@ class AssistantMessage:
     structured_output: Any = None
     tools_to_use: tuple[dict[str, Any], ...] = ()
     question: str | None = None  # the user input it answers: a retry's is the same
+    created_at: datetime.datetime | None = None  # as UserMessage's
 
     @property
     def message_id(self) -> str:
@@ -96,10 +101,13 @@ class MessageStore(Protocol):
         MessageTaken if the id holds another user's message."""
         ...
 
-    def save_assistant_message(self, message: AssistantMessage, user_saved: bool = False) -> str:
-        """Write (or overwrite, for the same user) the assistant message; returns its id.
-        Raises on failure, MessageTaken if the trace id's messages are another user's
-        (`user_saved`: this request saved the user message, so they are not)."""
+    def save_assistant_message(
+        self, message: AssistantMessage, user_saved: bool = False, replace: bool = True
+    ) -> str:
+        """Write (or overwrite, for the same user, with `replace`) the assistant message;
+        returns its id. Raises on failure, MessageTaken if the trace id's messages are
+        another user's (`user_saved`: this request saved the user message, so they are
+        not)."""
         ...
 
     def recent_turns(
@@ -147,7 +155,7 @@ class FirestoreStore:
             "role": "user",
             "content": message.content,
             "status": "complete",
-            "createdAt": SERVER_TIMESTAMP,
+            "createdAt": message.created_at or SERVER_TIMESTAMP,
             **_common_fields(message.trace_id, message.thread_id, message.author),
         }
         self._check_trace(message.assistant_id, message.trace_id, message.author)
@@ -167,7 +175,9 @@ class FirestoreStore:
                 # Deleted since create() found it: create it again.
         raise RuntimeError(f"{message.message_id} kept changing while it was written")
 
-    def save_assistant_message(self, message: AssistantMessage, user_saved: bool = False) -> str:
+    def save_assistant_message(
+        self, message: AssistantMessage, user_saved: bool = False, replace: bool = True
+    ) -> str:
         from google.api_core.exceptions import AlreadyExists, FailedPrecondition
         from google.cloud.firestore import SERVER_TIMESTAMP
 
@@ -184,7 +194,7 @@ class FirestoreStore:
             "stopReason": as_stored(message.stop_reason),
             "structuredOutput": as_stored(message.structured_output),
             "toolsToUse": as_stored(list(message.tools_to_use)),
-            "createdAt": SERVER_TIMESTAMP,
+            "createdAt": message.created_at or SERVER_TIMESTAMP,
             **_common_fields(message.trace_id, message.thread_id, message.author),
         }
         document = _within_size(document)
@@ -192,6 +202,12 @@ class FirestoreStore:
             question = self._check_trace(message.assistant_id, message.trace_id, message.author)
             if _another_question(question, message):  # the frontend saved it, for another
                 raise TraceIdKept(f"{message.trace_id}-user holds another question")
+            asked_at = _field(question, "createdAt") if question is not None else None
+            if message.created_at is not None and isinstance(asked_at, datetime.datetime):
+                # A late reply's own time, but never before its question's, which may
+                # have landed late with the database's time (saving.py).
+                after = asked_at + datetime.timedelta(microseconds=1)
+                document["createdAt"] = max(message.created_at, after)
         reference = self._messages(message.assistant_id).document(message.message_id)
         options = self._call_options()
         for attempt in range(1, WRITE_ATTEMPTS + 1):
@@ -202,6 +218,8 @@ class FirestoreStore:
                 existing = self._owned(reference, message.author, message.message_id)
             if not existing.exists:
                 continue  # deleted since create() found it: create it again
+            if not replace:  # written since (a retry's newer reply, say): that one stands
+                return message.message_id
             if message.status == "incomplete" and _field(existing, "status") == "complete":
                 raise TraceIdKept(f"{message.message_id} holds a complete reply, kept")
             # Only if nobody wrote it since it was read: another user's write cannot get
@@ -269,22 +287,46 @@ class FirestoreStore:
 
 
 # A document is at most 1 MiB (1,048,576 bytes), its name and field names included;
-# this leaves room for those and for Firestore's own count of each value's size.
+# this leaves room for those. And it holds at most 40,000 index entries: each value
+# is indexed (a map's fields, an array's elements, a single-field index each way),
+# so a document of more values than this cannot be written either.
 MAX_DOCUMENT_BYTES = 1_000_000
+MAX_STORED_VALUES = 15_000
 
 
 def _within_size(document: dict[str, Any]) -> dict[str, Any]:
     """The reply's document, without its structured output when the two copies of its
     JSON (the text in `content`, the parsed object in `structuredOutput`) are more than
     a document holds: the text alone is kept, and `structuredOutputInContent` says the
-    object is the content parsed. Else a reply of half a megabyte of JSON was not saved
-    at all."""
+    object is the content parsed. Else a reply of half a megabyte of JSON (or of many
+    small numbers, 8 bytes each to Firestore) was not saved at all."""
     if document["structuredOutput"] is None:
         return document
-    size = len(sse.json_text({**document, "createdAt": None}).encode("utf-8", "replace"))
-    if size <= MAX_DOCUMENT_BYTES:
+    size, values = _stored_size(document)
+    if size <= MAX_DOCUMENT_BYTES and values <= MAX_STORED_VALUES:
         return document
     return {**document, "structuredOutput": None, "structuredOutputInContent": True}
+
+
+def _stored_size(value: Any) -> tuple[int, int]:
+    """(bytes, values) as Firestore counts a value's size: a string's UTF-8 bytes and one,
+    8 for a number or a timestamp, 1 for a boolean or null, a map's keys (bytes and one)
+    and values, an array's values. `as_stored` has bounded the nesting."""
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "surrogatepass")) + 1, 1
+    if value is None or isinstance(value, bool):
+        return 1, 1
+    if isinstance(value, dict):
+        size, values = 0, 0
+        for key, item in value.items():
+            item_size, item_values = _stored_size(item)
+            size += len(str(key).encode("utf-8", "surrogatepass")) + 1 + item_size
+            values += item_values
+        return size, values
+    if isinstance(value, list | tuple):
+        sizes = [_stored_size(item) for item in value]
+        return sum(size for size, _ in sizes), sum(values for _, values in sizes)
+    return 8, 1  # a number, a timestamp, the server's time to come
 
 
 def _another_question(question: Any, message: AssistantMessage) -> bool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -105,8 +106,20 @@ def model_json(text: str) -> Any:
     past Python's digit limit (a ValueError that is no JSONDecodeError).
     RecursionError for nesting too deep to parse. A lone surrogate becomes U+FFFD
     (`without_lone_surrogates`)."""
-    value = json.loads(text, parse_constant=_not_json, parse_float=_finite_float)
+    value = json.loads(
+        text, parse_constant=_not_json, parse_float=_finite_float, parse_int=_finite_int
+    )
     return without_lone_surrogates(value, text)
+
+
+_MAX_DOUBLE = int(sys.float_info.max)
+
+
+def _finite_int(literal: str) -> int:
+    number = int(literal)  # past Python's digit limit: a ValueError of its own
+    if abs(number) > _MAX_DOUBLE:  # a browser reads it as Infinity, as it reads 1e400
+        raise ValueError(f"number out of range: {literal[:40]}")
+    return number
 
 
 def _finite_float(literal: str) -> float:

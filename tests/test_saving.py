@@ -1,5 +1,5 @@
-"""The save pool's own rules, with a store that answers slowly (the rest, saving against
-the Firestore emulator, is in test_store.py)."""
+"""The save pool's and the late writes' own rules, with stores and writes that answer
+slowly or fail (saving against the Firestore emulator is in test_store.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ import threading
 import time
 
 from assistant import saving
+from assistant.late_saves import LateSaves, Step
 from assistant.request import AssistantRequest, Turn
-from assistant.store import AssistantMessage, Author, UserMessage
+from assistant.store import AssistantMessage, Author, MessageTaken, UserMessage
 from assistant.tracing import RequestLog
+
+from .conftest import log_lines
 
 AUTHOR = Author("ada@example.com", "ada@example.com", None)
 
@@ -33,7 +36,9 @@ class SlowHistory:
     def save_user_message(self, message: UserMessage) -> str:
         return message.message_id
 
-    def save_assistant_message(self, message: AssistantMessage, user_saved: bool = False) -> str:
+    def save_assistant_message(
+        self, message: AssistantMessage, user_saved: bool = False, replace: bool = True
+    ) -> str:
         return message.message_id
 
 
@@ -55,3 +60,150 @@ def test_a_history_read_given_up_before_it_began_never_runs() -> None:
         reader.join()
     time.sleep(1.5)  # every read begun has ended
     assert store.reads_begun <= 8  # the ones already on a thread when given up
+
+
+class Flaky:
+    """A write that fails `failures` times, then returns its id; every call noted."""
+
+    def __init__(self, message_id: str, calls: list[str], failures: int = 0) -> None:
+        self.message_id, self.calls, self.failures = message_id, calls, failures
+
+    def __call__(self) -> str:
+        self.calls.append(self.message_id)
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("the database is away")
+        return self.message_id
+
+
+def _wait_until_idle(saves: LateSaves) -> None:
+    deadline = time.monotonic() + 10
+    while saves.count() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert saves.count() == 0
+
+
+def test_late_writes_go_in_order_and_are_tried_again(capsys) -> None:
+    calls: list[str] = []
+    saves = LateSaves(delays=(0.05, 0.05))
+    steps = [
+        Step("user", Flaky("t-user", calls, failures=1)),
+        Step("assistant", Flaky("t-assistant", calls)),
+    ]
+    saves.add(steps, 10, RequestLog("t"))
+    _wait_until_idle(saves)
+    assert calls == ["t-user", "t-user", "t-assistant"]  # the reply never before its question
+    lines = [(line["message"], line.get("role")) for line in log_lines(capsys.readouterr().out)]
+    assert lines == [
+        ("persist.late_failed", "user"),
+        ("persist.saved_late", "user"),
+        ("persist.saved_late", "assistant"),
+    ]
+
+
+def test_an_answer_of_the_store_is_not_tried_again(capsys) -> None:
+    """Another user's trace id, or another question under it: not an outage."""
+    calls: list[str] = []
+
+    def taken() -> str:
+        calls.append("user")
+        raise MessageTaken("t-user")
+
+    saves = LateSaves(delays=(0.01,))
+    saves.add(
+        [Step("user", taken), Step("assistant", Flaky("t-assistant", calls))], 1, RequestLog("t")
+    )
+    _wait_until_idle(saves)
+    assert calls == ["user"]
+    assert [line["message"] for line in log_lines(capsys.readouterr().out)] == ["persist.kept"]
+
+
+def test_past_its_bounds_the_oldest_is_given_up(capsys) -> None:
+    saves = LateSaves(delays=(60.0,), max_waiting=1)
+    tried = threading.Event()
+
+    def failing() -> str:
+        tried.set()
+        raise ConnectionError("away")
+
+    saves.add([Step("user", failing)], 1, RequestLog("t-old"))
+    assert tried.wait(5) and saves.wait_idle(5)  # its first attempt failed: it waits again
+    saves.add([Step("user", failing)], 1, RequestLog("t-new"))
+    lost = [
+        line for line in log_lines(capsys.readouterr().out) if line["message"] == "persist.lost"
+    ]
+    assert [line["trace_id"] for line in lost] == ["t-old"]
+    saves.close(0.0)
+
+
+def test_a_write_still_under_way_when_the_worker_stops_is_logged_lost_if_it_fails(capsys) -> None:
+    release = threading.Event()
+
+    def hanging() -> str:
+        release.wait(5)
+        raise ConnectionError("away")
+
+    saves = LateSaves(delays=(60.0,))
+    saves.add([Step("assistant", hanging)], 1, RequestLog("t-hung"))
+    time.sleep(0.1)  # the thread is in the write
+    saves.close(0.05)  # gives up waiting for it
+    release.set()
+    assert saves.wait_idle(5)
+    lost = [
+        line for line in log_lines(capsys.readouterr().out) if line["message"] == "persist.lost"
+    ]
+    assert [(line["trace_id"], line["reason"]) for line in lost] == [
+        ("t-hung", "the worker stopped")
+    ]
+
+
+def test_a_write_the_store_refuses_as_it_is_is_not_tried_again(capsys) -> None:
+    """Too large, a value it cannot hold, a bug of ours: a later attempt would be refused
+    the same, and hold the text in memory meanwhile."""
+    calls: list[str] = []
+
+    def refused() -> str:
+        calls.append("assistant")
+        raise ValueError("maximum entity size is 1048576 bytes")
+
+    saves = LateSaves(delays=(0.01, 0.01))
+    saves.add([Step("assistant", refused)], 1, RequestLog("t"))
+    _wait_until_idle(saves)
+    assert calls == ["assistant"]
+    lost = [
+        line for line in log_lines(capsys.readouterr().out) if line["message"] == "persist.lost"
+    ]
+    assert [line["role"] for line in lost] == ["assistant"]
+    assert "maximum entity size" in lost[0]["reason"]
+
+
+def test_closing_takes_no_longer_than_it_is_given(capsys) -> None:
+    """A stopping worker has until the kill: the last try of a write that hangs is not
+    waited for past the time `close` is given (a save makes several calls, each with a
+    deadline of its own: a reviewer's close(1.0) took 1.8 s)."""
+    release = threading.Event()
+    calls: list[str] = []
+
+    def away_then_hanging() -> str:
+        calls.append("user")
+        if len(calls) == 1:
+            raise ConnectionError("the database is away")
+        release.wait(10)
+        return "t-user"
+
+    saves = LateSaves(delays=(60.0,))
+    saves.add([Step("user", away_then_hanging)], 1, RequestLog("t-hangs"))
+    deadline = time.monotonic() + 5
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert saves.wait_idle(5)  # its first attempt failed: it waits for the next
+    started = time.monotonic()
+    saves.close(0.3)
+    took = time.monotonic() - started
+    release.set()
+    assert calls == ["user", "user"]  # tried once more on the way out
+    assert took < 1.5
+    lost = [
+        line for line in log_lines(capsys.readouterr().out) if line["message"] == "persist.lost"
+    ]
+    assert [line["trace_id"] for line in lost] == ["t-hangs"]

@@ -282,14 +282,21 @@ def test_a_bug_before_the_save_still_saves_what_arrived(
     assert saved["content"] == "hello world" and saved["status"] == "incomplete"
 
 
+@pytest.mark.parametrize(
+    "big",
+    [
+        {"items": ["x" * 1000] * 530},  # ~530 KB of JSON: twice over a document's 1 MiB
+        {"items": [7] * 120_000},  # ~240 KB of JSON, but 8 bytes a number to Firestore
+    ],
+    ids=["text", "numbers"],
+)
 def test_a_structured_reply_too_large_to_keep_twice_is_saved_as_text(
-    client, fake: FakeUpstream, firestore
+    client, fake: FakeUpstream, firestore, big: dict[str, Any]
 ) -> None:
     """Its JSON is in `content` and, parsed, in `structuredOutput`: past what a document
     holds, the text alone is kept and says so (a reviewer's 531 KB answer was not saved
-    at all); a small one keeps both."""
+    at all, and another's many small numbers)."""
     schema = {"type": "object", "properties": {"items": {"type": "array"}}}
-    big = {"items": ["x" * 1000] * 530}  # ~530 KB of JSON, twice over a document's 1 MiB
     fake.push(Script(json=big))
     config = {**SAVE["emissaryConfig"], "responseSchema": schema}
     response = ask(client, trace_id="t-big", save_to_history=True, emissaryConfig=config)
@@ -685,6 +692,53 @@ def test_a_reply_the_database_failed_is_tried_again_until_it_is_back(
     lines = log_lines(capsys.readouterr().out)
     assert any(line["message"] == "persist.late_failed" for line in lines)
     assert not any(line["message"] == "persist.lost" for line in lines)
+
+
+def _wait_for_late_writes(late_writes: Any) -> None:
+    deadline = time.monotonic() + 20
+    while late_writes.count() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert late_writes.count() == 0
+
+
+def test_a_late_reply_never_replaces_one_written_since(
+    client, fake: FakeUpstream, firestore, paused_database: _PausableProxy, late_writes
+) -> None:
+    """The first try's reply waits to be written late; the client's retry (same trace
+    id, same question) is saved on time once the database is back: its reply stands,
+    the late one does not write over it (a reviewer saw the first answer come back)."""
+    late_writes.delays = (1.5, 30.0)
+    os.environ["PERSIST_TIMEOUT_SECONDS"] = "0.5"
+    fake.push(Script(tokens=["first answer"]))
+    first = sse_events(ask(client, trace_id="t-retried", **SAVE).get_data())[-2]
+    assert first["metadata"]["persist_failed"] is True
+    time.sleep(0.8)  # the first late attempt failed: the next is due later
+    paused_database.resume()
+    fake.push(Script(tokens=["second answer"]))
+    second = sse_events(ask(client, trace_id="t-retried", **SAVE).get_data())[-2]
+    assert second["metadata"]["persist_failed"] is False
+    _wait_for_late_writes(late_writes)
+    assert _messages(firestore)["t-retried-assistant"]["content"] == "second answer"
+
+
+def test_a_late_pair_keeps_its_place_before_the_turns_saved_since(
+    client, fake: FakeUpstream, firestore, paused_database: _PausableProxy, late_writes
+) -> None:
+    """Written late, a question and its reply keep the times they were meant to be
+    written at: the user's next turn, saved on time meanwhile, stays after them in the
+    history (a reviewer saw turn two read back before turn one)."""
+    late_writes.delays = (1.5, 30.0)
+    os.environ["PERSIST_TIMEOUT_SECONDS"] = "0.5"
+    fake.push(Script(tokens=["answer one"]))
+    ask(client, "question one", trace_id="t-one", **SAVE).get_data()
+    time.sleep(0.8)
+    paused_database.resume()
+    fake.push(Script(tokens=["answer two"]))
+    ask(client, "question two", trace_id="t-two", **SAVE).get_data()
+    _wait_for_late_writes(late_writes)
+    messages = _messages(firestore)
+    order = sorted(messages, key=lambda name: messages[name]["createdAt"])
+    assert order == ["t-one-user", "t-one-assistant", "t-two-user", "t-two-assistant"]
 
 
 def test_messages_the_database_never_took_are_logged_lost(

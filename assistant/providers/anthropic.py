@@ -121,7 +121,8 @@ def _on_message_start(data: dict[str, Any], state: _State) -> None:
     usage = message.get("usage") or {}
     state.input_tokens = _input_tokens(usage)
     state.output_tokens = usage.get("output_tokens", state.output_tokens)
-    state.thinking_tokens = _thinking_tokens(usage) or state.thinking_tokens
+    if (thinking_tokens := _thinking_tokens(usage)) is not None:
+        state.thinking_tokens = thinking_tokens
 
 
 def _thinking_tokens(usage: dict[str, Any]) -> int | None:
@@ -212,7 +213,8 @@ def _on_message_delta(data: dict[str, Any], state: _State) -> None:
     output_tokens = usage.get("output_tokens")
     if isinstance(output_tokens, int):
         state.output_tokens = output_tokens  # cumulative: assign, never add
-    state.thinking_tokens = _thinking_tokens(usage) or state.thinking_tokens  # cumulative too
+    if (thinking_tokens := _thinking_tokens(usage)) is not None:
+        state.thinking_tokens = thinking_tokens  # cumulative too
     # Cumulative too, when given: a server tool (web search) grows the input mid-turn.
     input_tokens = _input_tokens(usage)
     if input_tokens is not None:
