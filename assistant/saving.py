@@ -24,6 +24,7 @@ from typing import TypeVar, cast
 
 from .late_saves import Step, late_saves
 from .request import AssistantRequest, Turn
+from .sse import json_text
 from .store import (
     AssistantMessage,
     Author,
@@ -183,10 +184,13 @@ def _now() -> datetime.datetime:
 
 
 def _chars(user: UserMessage | None, assistant: AssistantMessage | None) -> int:
-    """The text a reply's late writes hold in memory."""
+    """About what a reply's late writes hold in memory, in characters: the texts, and
+    the structured output and calls as JSON."""
     chars = 0 if user is None else len(user.content)
     if assistant is not None:
         chars += len(assistant.content) + len(assistant.thinking_content)
+        if assistant.structured_output is not None or assistant.tools_to_use:
+            chars += len(json_text([assistant.structured_output, assistant.tools_to_use]))
     return chars
 
 
