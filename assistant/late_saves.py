@@ -44,6 +44,9 @@ from .store import MessageTaken, TraceIdKept
 from .tracing import RequestLog
 
 RETRY_DELAYS = (5.0, 30.0, 120.0)  # after the first attempt, made at once
+# The reason logged for a message whose write was still under way when the worker
+# stopped: it was not known to be written, and may yet be.
+UNDER_WAY = "the worker stopped during its write, which may still land"
 MAX_WAITING = 1000
 MAX_WAITING_CHARS = 16_000_000
 
@@ -65,6 +68,7 @@ class _Waiting:
     log: RequestLog
     attempts: int = 0
     due: float = field(default_factory=time.monotonic)
+    given_up: bool = False  # logged lost by `close` while its write was under way
 
 
 class LateSaves:
@@ -102,6 +106,16 @@ class LateSaves:
                 self._thread.start()
             self._changed.notify_all()
 
+    def nudge(self) -> None:
+        """The database answered another call: what waits for its next attempt goes now."""
+        if not self._waiting:  # the usual case, without the lock: nothing waits
+            return
+        with self._changed:
+            now = time.monotonic()
+            for waiting in self._waiting:
+                waiting.due = min(waiting.due, now)
+            self._changed.notify_all()
+
     def count(self) -> int:
         """How many replies' messages wait, or are being written."""
         with self._changed:
@@ -128,9 +142,13 @@ class LateSaves:
         with self._changed:
             everything, self._waiting = list(self._waiting), collections.deque()
             self._chars -= sum(waiting.chars for waiting in everything)
+            if self._busy is not None:  # its write hangs: not waited for any longer
+                self._busy.given_up = True
+                _lost(self._busy, UNDER_WAY)
         for waiting in everything:
-            if not _attempt_within(waiting, end - time.monotonic()):
-                _lost(waiting, "the worker stopped")
+            written = _attempt_within(waiting, end - time.monotonic())
+            if not written:
+                _lost(waiting, UNDER_WAY if written is None else "the worker stopped")
 
     def _run(self) -> None:
         while True:
@@ -148,8 +166,9 @@ class LateSaves:
                 self._changed.notify_all()
                 if done:
                     self._chars -= waiting.chars
-                elif self._closed:  # `close` gave up waiting for this one: no more tries
-                    _lost(waiting, "the worker stopped")
+                elif self._closed:  # on a stop: no more tries
+                    if not waiting.given_up:
+                        _lost(waiting, "the worker stopped")
                 elif waiting.attempts > len(self.delays):
                     self._chars -= waiting.chars
                     _lost(waiting, "the database did not take it")
@@ -169,9 +188,10 @@ class LateSaves:
         return None
 
 
-def _attempt_within(waiting: _Waiting, seconds: float) -> bool:
-    """`_attempt`, given up after `seconds`: a store call has a deadline of its own, but a
-    save makes several, and a stopping worker has only until the kill."""
+def _attempt_within(waiting: _Waiting, seconds: float) -> bool | None:
+    """`_attempt`, given up after `seconds` (None then: it is still under way): a store
+    call has a deadline of its own, but a save makes several, and a stopping worker has
+    only until the kill."""
     if seconds <= 0:
         return False
     done: list[bool] = []
@@ -180,7 +200,7 @@ def _attempt_within(waiting: _Waiting, seconds: float) -> bool:
     )
     thread.start()
     thread.join(seconds)
-    return bool(done and done[0])
+    return done[0] if done else None
 
 
 def _attempt(waiting: _Waiting) -> bool:

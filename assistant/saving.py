@@ -16,11 +16,12 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import datetime
+import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from functools import partial
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from .late_saves import Step, late_saves
 from .request import AssistantRequest, Turn
@@ -35,8 +36,51 @@ from .store import (
 )
 from .tracing import RequestLog
 
-_pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="store")
 T = TypeVar("T")
+
+
+class _Writes:
+    """The store's calls, on a small pool of threads, counted while they run: a stopping
+    worker drops those not begun and waits for the rest a while (`stop`). A call that
+    succeeds means the database answers: what waits to be written late goes at once."""
+
+    def __init__(self, threads: int) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="store")
+        self._running = 0
+        self._changed = threading.Condition()
+
+    def submit(self, call: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
+        return self._pool.submit(self._counted, call, *args)
+
+    def stop(self, seconds: float) -> bool:
+        """No call begins from now on; True once none runs, within `seconds`."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        end = time.monotonic() + seconds
+        with self._changed:
+            while self._running and (left := end - time.monotonic()) > 0:
+                self._changed.wait(left)
+            return self._running == 0
+
+    def _counted(self, call: Callable[..., T], *args: Any) -> T:
+        with self._changed:
+            self._running += 1
+        try:
+            result = call(*args)
+        finally:
+            with self._changed:
+                self._running -= 1
+                self._changed.notify_all()
+        late_saves.nudge()
+        return result
+
+
+_pool = _Writes(threads=8)
+
+
+def stop_writes(seconds: float) -> bool:
+    """For a worker on its way out (worker.py): True once no store call runs, within
+    `seconds`; calls not begun are dropped (what they were for is logged by then)."""
+    return _pool.stop(seconds)
 
 
 @dataclass(frozen=True)
@@ -119,9 +163,9 @@ class Saver:
             user_saved = "user" in ids or bool(late)
             # Written late, it keeps the time it ended at (the history's order; the store
             # reads its question to keep it after that), and it never replaces a reply
-            # written since under its id (a retry's, newer).
+            # written under its id since that time (a retry's, newer).
             reply = dataclasses.replace(assistant_message, created_at=answered_at)
-            write_late = partial(self._store.save_assistant_message, reply, False, replace=False)
+            write_late = partial(self._store.save_assistant_message, reply, False)
             if late or time.monotonic() >= deadline:
                 # Its question is not written yet, or the wait went to it: the reply is
                 # written after it, later, so that it never lands before its question.

@@ -101,13 +101,11 @@ class MessageStore(Protocol):
         MessageTaken if the id holds another user's message."""
         ...
 
-    def save_assistant_message(
-        self, message: AssistantMessage, user_saved: bool = False, replace: bool = True
-    ) -> str:
-        """Write (or overwrite, for the same user, with `replace`) the assistant message;
-        returns its id. Raises on failure, MessageTaken if the trace id's messages are
-        another user's (`user_saved`: this request saved the user message, so they are
-        not)."""
+    def save_assistant_message(self, message: AssistantMessage, user_saved: bool = False) -> str:
+        """Write (or overwrite, for the same user) the assistant message; returns its id.
+        Raises on failure, MessageTaken if the trace id's messages are another user's
+        (`user_saved`: this request saved the user message, so they are not), and
+        TraceIdKept if what its id holds stays (README "Persistence")."""
         ...
 
     def recent_turns(
@@ -175,9 +173,7 @@ class FirestoreStore:
                 # Deleted since create() found it: create it again.
         raise RuntimeError(f"{message.message_id} kept changing while it was written")
 
-    def save_assistant_message(
-        self, message: AssistantMessage, user_saved: bool = False, replace: bool = True
-    ) -> str:
+    def save_assistant_message(self, message: AssistantMessage, user_saved: bool = False) -> str:
         from google.api_core.exceptions import AlreadyExists, FailedPrecondition
         from google.cloud.firestore import SERVER_TIMESTAMP
 
@@ -218,8 +214,10 @@ class FirestoreStore:
                 existing = self._owned(reference, message.author, message.message_id)
             if not existing.exists:
                 continue  # deleted since create() found it: create it again
-            if not replace:  # written since (a retry's newer reply, say): that one stands
-                return message.message_id
+            if message.created_at is not None and existing.update_time >= message.created_at:
+                # Written late, and that one was written since this reply ended: a
+                # retry's, newer, which stands (an older one is replaced as ever).
+                raise TraceIdKept(f"{message.message_id} was written since, kept")
             if message.status == "incomplete" and _field(existing, "status") == "complete":
                 raise TraceIdKept(f"{message.message_id} holds a complete reply, kept")
             # Only if nobody wrote it since it was read: another user's write cannot get

@@ -141,6 +141,7 @@ import contextlib
 import errno
 import json
 import math
+import os
 import re
 import selectors
 import socket
@@ -169,6 +170,7 @@ from werkzeug.datastructures import Headers
 from .config import ConfigError, ServerSettings, Settings, request_settings
 from .errors import MESSAGES, ErrorCode
 from .late_saves import late_saves
+from .saving import stop_writes
 from .tracing import RequestLog, new_trace_id, process_log, trace_id_from_headers
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -634,6 +636,11 @@ class Worker(ThreadWorker):
             self._stopped = True  # the main loop is over: nothing more is deferred to it
             self._abandon_parked()  # any left once gunicorn's graceful wait is over
             late_saves.close(self._time_left_to_save())
+            if not stop_writes(self._time_left_to_save()):
+                # A store call that hangs, which Python would wait for at exit, past the
+                # kill: what it was for is logged by now, and nothing else is left.
+                process_log().error("worker.exit_with_writes_under_way")
+                os._exit(0)
 
     def _time_left_to_save(self) -> float:
         """How long messages no save wait could write (late_saves.py) may still be tried:

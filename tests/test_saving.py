@@ -7,7 +7,7 @@ import threading
 import time
 
 from assistant import saving
-from assistant.late_saves import LateSaves, Step
+from assistant.late_saves import UNDER_WAY, LateSaves, Step
 from assistant.request import AssistantRequest, Turn
 from assistant.store import AssistantMessage, Author, MessageTaken, UserMessage
 from assistant.tracing import RequestLog
@@ -36,9 +36,7 @@ class SlowHistory:
     def save_user_message(self, message: UserMessage) -> str:
         return message.message_id
 
-    def save_assistant_message(
-        self, message: AssistantMessage, user_saved: bool = False, replace: bool = True
-    ) -> str:
+    def save_assistant_message(self, message: AssistantMessage, user_saved: bool = False) -> str:
         return message.message_id
 
 
@@ -152,9 +150,8 @@ def test_a_write_still_under_way_when_the_worker_stops_is_logged_lost_if_it_fail
     lost = [
         line for line in log_lines(capsys.readouterr().out) if line["message"] == "persist.lost"
     ]
-    assert [(line["trace_id"], line["reason"]) for line in lost] == [
-        ("t-hung", "the worker stopped")
-    ]
+    # Logged once, when `close` gave up on it: it may still land.
+    assert [(line["trace_id"], line["reason"]) for line in lost] == [("t-hung", UNDER_WAY)]
 
 
 def test_a_write_the_store_refuses_as_it_is_is_not_tried_again(capsys) -> None:
@@ -207,3 +204,18 @@ def test_closing_takes_no_longer_than_it_is_given(capsys) -> None:
         line for line in log_lines(capsys.readouterr().out) if line["message"] == "persist.lost"
     ]
     assert [line["trace_id"] for line in lost] == ["t-hangs"]
+
+
+def test_a_call_the_database_answers_sends_what_waits_at_once() -> None:
+    """The database is back: the next late attempt is not left to its time (up to 120 s
+    away), so the user's next request finds the earlier turns in the history sooner."""
+    calls: list[str] = []
+    saves = LateSaves(delays=(60.0,))
+    saves.add([Step("user", Flaky("t-user", calls, failures=1))], 1, RequestLog("t"))
+    deadline = time.monotonic() + 5
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert saves.wait_idle(5) and saves.count() == 1  # failed once: 60 s to its next try
+    saves.nudge()
+    _wait_until_idle(saves)
+    assert calls == ["t-user", "t-user"]

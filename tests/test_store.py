@@ -573,6 +573,9 @@ class _PausableProxy:
     def resume(self) -> None:
         self._running.set()
 
+    def pause(self) -> None:
+        self._running.clear()
+
     def close(self) -> None:
         self._running.set()
         for sock in self._sockets:
@@ -719,6 +722,32 @@ def test_a_late_reply_never_replaces_one_written_since(
     assert second["metadata"]["persist_failed"] is False
     _wait_for_late_writes(late_writes)
     assert _messages(firestore)["t-retried-assistant"]["content"] == "second answer"
+
+
+def test_a_late_reply_replaces_an_older_incomplete_one(
+    client, fake: FakeUpstream, firestore, paused_database: _PausableProxy, late_writes
+) -> None:
+    """A first try cut short was saved `incomplete`; the retry's complete reply could
+    only be written late: it replaces the older one, as a retry's reply does (a
+    reviewer saw the cut one stay, and the log say the new one was saved)."""
+    paused_database.resume()
+    fake.push(Script(tokens=[f"w{i} " for i in range(100)], interval=0.05))
+    response = ask(client, "same question", trace_id="t-cut", **SAVE)
+    frames = iter(response.response)
+    next(frames)
+    next(frames)
+    response.close()  # the client left: saved incomplete
+    assert _messages(firestore)["t-cut-assistant"]["status"] == "incomplete"
+    paused_database.pause()  # away again
+    late_writes.delays = (1.0, 30.0)
+    os.environ["PERSIST_TIMEOUT_SECONDS"] = "0.5"
+    fake.push(Script(tokens=["complete reply"]))
+    final = sse_events(ask(client, "same question", trace_id="t-cut", **SAVE).get_data())[-2]
+    assert final["metadata"]["persist_failed"] is True
+    paused_database.resume()
+    _wait_for_late_writes(late_writes)
+    saved = _messages(firestore)["t-cut-assistant"]
+    assert (saved["content"], saved["status"]) == ("complete reply", "complete")
 
 
 def test_a_late_pair_keeps_its_place_before_the_turns_saved_since(
@@ -972,6 +1001,34 @@ def test_a_stopping_server_writes_what_waits_to_be_saved_late(
     late = [line["role"] for line in log_lines(log.read_text())
             if line["message"] == "persist.saved_late"]  # fmt: skip
     assert late == ["user", "assistant"]
+
+
+def test_a_stopping_server_with_a_hung_database_exits_before_the_kill(
+    fake, black_hole, tmp_path
+) -> None:
+    """Many replies' saves hang: on SIGTERM the worker does not wait for store calls past
+    Cloud Run's kill 10 s after it (a reviewer's took 19 s: Python waits at exit for
+    every write queued), and what they were for is logged."""
+    fake.push(*[Script(tokens=["x"])] * 24)
+    env = {"FIRESTORE_EMULATOR_HOST": black_hole, "MAX_STREAMS_PER_USER": "100"}
+    log = tmp_path / "service.log"
+
+    def reply(service: str, n: int) -> None:
+        body = {"user_input": "hi", "trace_id": f"t-hung-{n}", **SAVE}
+        httpx.post(f"{service}/vac/assistant/test-assistant/sse", json=body, timeout=20)
+
+    with (
+        log.open("wb") as output,
+        running_service(env, output=output) as service,
+        concurrent.futures.ThreadPoolExecutor(24) as pool,
+    ):
+        list(pool.map(lambda n: reply(service.url, n), range(24)))
+        service.process.terminate()
+        stopped = time.monotonic()
+        assert service.process.wait(timeout=30) == 0
+        assert time.monotonic() - stopped < 10
+    lost = [line for line in log_lines(log.read_text()) if line["message"] == "persist.lost"]
+    assert {line["trace_id"] for line in lost} == {f"t-hung-{n}" for n in range(24)}
 
 
 def test_a_stopping_server_ends_a_long_json_reply_with_a_503(fake, firestore) -> None:
