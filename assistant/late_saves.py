@@ -69,6 +69,7 @@ class _Waiting:
     attempts: int = 0
     due: float = field(default_factory=time.monotonic)
     given_up: bool = False  # logged lost by `close` while its write was under way
+    nudged: bool = False  # due early: another call succeeded (`nudge`)
 
 
 class LateSaves:
@@ -113,7 +114,8 @@ class LateSaves:
         with self._changed:
             now = time.monotonic()
             for waiting in self._waiting:
-                waiting.due = min(waiting.due, now)
+                if waiting.due > now:
+                    waiting.due, waiting.nudged = now, True
             self._changed.notify_all()
 
     def count(self) -> int:
@@ -169,6 +171,11 @@ class LateSaves:
                 elif self._closed:  # on a stop: no more tries
                     if not waiting.given_up:
                         _lost(waiting, "the worker stopped")
+                elif waiting.nudged:  # tried early, and failed: it costs no attempt
+                    waiting.nudged = False
+                    waiting.attempts -= 1
+                    waiting.due = time.monotonic() + self.delays[waiting.attempts - 1]
+                    self._waiting.append(waiting)
                 elif waiting.attempts > len(self.delays):
                     self._chars -= waiting.chars
                     _lost(waiting, "the database did not take it")

@@ -219,3 +219,23 @@ def test_a_call_the_database_answers_sends_what_waits_at_once() -> None:
     saves.nudge()
     _wait_until_idle(saves)
     assert calls == ["t-user", "t-user"]
+
+
+def test_attempts_made_early_cost_none_of_the_schedule(capsys) -> None:
+    """Reads succeed while writes still fail: each success sends what waits early, and
+    a failed early attempt is not counted, or a busy instance would give a message up
+    within seconds, not minutes."""
+    calls: list[str] = []
+    saves = LateSaves(delays=(60.0, 60.0, 60.0))
+    saves.add([Step("user", Flaky("t-user", calls, failures=10))], 1, RequestLog("t"))
+    for tries in range(1, 7):
+        deadline = time.monotonic() + 5
+        while len(calls) < tries and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert saves.wait_idle(5)
+        saves.nudge()
+    assert len(calls) >= 6 and saves.count() == 1  # still waiting: nothing given up
+    assert not [
+        line for line in log_lines(capsys.readouterr().out) if line["message"] == "persist.lost"
+    ]
+    saves.close(0.0)
