@@ -98,7 +98,11 @@ class LateSaves:
                 return
             self._waiting.append(waiting)
             self._chars += chars
-            while len(self._waiting) > self._max_waiting or self._chars > self._max_chars:
+            # The oldest go first; never the one just added (the one being written is not
+            # in the queue, and may be what holds the characters).
+            while len(self._waiting) > 1 and (
+                len(self._waiting) > self._max_waiting or self._chars > self._max_chars
+            ):
                 oldest = self._waiting.popleft()
                 self._chars -= oldest.chars
                 _lost(oldest, "too many messages wait to be written")
@@ -112,11 +116,14 @@ class LateSaves:
         if not self._waiting:  # the usual case, without the lock: nothing waits
             return
         with self._changed:
-            now = time.monotonic()
-            for waiting in self._waiting:
-                if waiting.due > now:
-                    waiting.due, waiting.nudged = now, True
-            self._changed.notify_all()
+            self._nudge()
+
+    def _nudge(self) -> None:
+        now = time.monotonic()
+        for waiting in self._waiting:
+            if waiting.due > now:
+                waiting.due, waiting.nudged = now, True
+        self._changed.notify_all()
 
     def count(self) -> int:
         """How many replies' messages wait, or are being written."""
@@ -140,17 +147,20 @@ class LateSaves:
         with self._changed:
             self._closed = True
             self._changed.notify_all()
-        self.wait_idle(seconds)
-        with self._changed:
             everything, self._waiting = list(self._waiting), collections.deque()
             self._chars -= sum(waiting.chars for waiting in everything)
-            if self._busy is not None:  # its write hangs: not waited for any longer
-                self._busy.given_up = True
-                _lost(self._busy, UNDER_WAY)
+        # What waits first, beside the write under way on the thread, which may hang
+        # and would take the whole time (messages are dated: the order of the writes
+        # is not the history's).
         for waiting in everything:
             written = _attempt_within(waiting, end - time.monotonic())
             if not written:
                 _lost(waiting, UNDER_WAY if written is None else "the worker stopped")
+        self.wait_idle(end - time.monotonic())
+        with self._changed:
+            if self._busy is not None:  # its write hangs: not waited for any longer
+                self._busy.given_up = True
+                _lost(self._busy, UNDER_WAY)
 
     def _run(self) -> None:
         while True:
@@ -168,6 +178,8 @@ class LateSaves:
                 self._changed.notify_all()
                 if done:
                     self._chars -= waiting.chars
+                    if not waiting.steps:  # written: the database takes writes again
+                        self._nudge()
                 elif self._closed:  # on a stop: no more tries
                     if not waiting.given_up:
                         _lost(waiting, "the worker stopped")

@@ -105,10 +105,10 @@ class Saver:
         self._log = log
         self._user: concurrent.futures.Future[str] | None = None
         self._user_message: UserMessage | None = None  # for a second write
-        self._asked_at = _now()  # the user message's time, should it be written late
 
     def start_user_message(self, message: UserMessage) -> None:
-        self._asked_at = _now()
+        # Dated here, not by the database: a write that lands late keeps its place.
+        message = dataclasses.replace(message, created_at=_now())
         self._user_message = message
         self._user = _pool.submit(self._store.save_user_message, message)
 
@@ -132,7 +132,7 @@ class Saver:
         the reply: not lost to an outage that outlived the wait either.
         """
         deadline = time.monotonic() + self._timeout
-        answered_at = _now()  # the reply's time, should it be written late
+        answered_at = _now()  # the reply's time: its createdAt, and its answeredAt
         ids: dict[str, str] = {}
         ok = True
         late: list[Step] = []  # what the wait could not write, for late_saves
@@ -155,15 +155,14 @@ class Saver:
                 return ids, True  # the trace id's question is another: its reply stays too
             if not ok and not isinstance(user_failure, MessageTaken):  # an outage: later
                 assert self._user_message is not None
-                question = dataclasses.replace(self._user_message, created_at=self._asked_at)
-                write_user = partial(self._store.save_user_message, question)
+                write_user = partial(self._store.save_user_message, self._user_message)
                 late.append(Step("user", write_user, under_way=self._user))
         if assistant_message is not None:
             # Its question written by this request (now or later): the trace id is this user's.
             user_saved = "user" in ids or bool(late)
-            # Written late, it keeps the time it ended at (the history's order; the store
-            # reads its question to keep it after that), and it never replaces a reply
-            # written under its id since that time (a retry's, newer).
+            # Dated with the time it ended, on time or late: the history keeps its place,
+            # and of a retry's two replies the later one stands (store.py). Written late,
+            # the store reads its question to keep it after that one.
             reply = dataclasses.replace(assistant_message, created_at=answered_at)
             write_late = partial(self._store.save_assistant_message, reply, False)
             if late or time.monotonic() >= deadline:
@@ -174,7 +173,7 @@ class Saver:
                 late.append(Step("assistant", write_late))
                 ok = False
             else:
-                write = partial(self._store.save_assistant_message, assistant_message, user_saved)
+                write = partial(self._store.save_assistant_message, reply, user_saved)
                 future = _pool.submit(write)
                 saved = yield from self._waiting("assistant", future, deadline, ids, beat)
                 ok = saved and ok

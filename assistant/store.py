@@ -191,6 +191,9 @@ class FirestoreStore:
             "structuredOutput": as_stored(message.structured_output),
             "toolsToUse": as_stored(list(message.tools_to_use)),
             "createdAt": message.created_at or SERVER_TIMESTAMP,
+            # When the reply ended: of two replies under one id (a retry's), the later
+            # one stands, whichever write lands last.
+            "answeredAt": message.created_at,
             **_common_fields(message.trace_id, message.thread_id, message.author),
         }
         document = _within_size(document)
@@ -200,8 +203,8 @@ class FirestoreStore:
                 raise TraceIdKept(f"{message.trace_id}-user holds another question")
             asked_at = _field(question, "createdAt") if question is not None else None
             if message.created_at is not None and isinstance(asked_at, datetime.datetime):
-                # A late reply's own time, but never before its question's, which may
-                # have landed late with the database's time (saving.py).
+                # The reply's own time, but never before its question's (one the
+                # frontend saved has the database's time).
                 after = asked_at + datetime.timedelta(microseconds=1)
                 document["createdAt"] = max(message.created_at, after)
         reference = self._messages(message.assistant_id).document(message.message_id)
@@ -214,10 +217,12 @@ class FirestoreStore:
                 existing = self._owned(reference, message.author, message.message_id)
             if not existing.exists:
                 continue  # deleted since create() found it: create it again
-            if message.created_at is not None and existing.update_time >= message.created_at:
-                # Written late, and that one was written since this reply ended: a
-                # retry's, newer, which stands (an older one is replaced as ever).
-                raise TraceIdKept(f"{message.message_id} was written since, kept")
+            answered_at = _field(existing, "answeredAt")
+            if message.created_at is not None and isinstance(answered_at, datetime.datetime):
+                if answered_at == message.created_at:  # this reply: its own write landed
+                    return message.message_id
+                if answered_at > message.created_at:  # a retry's, which ended later
+                    raise TraceIdKept(f"{message.message_id} holds a newer reply, kept")
             if message.status == "incomplete" and _field(existing, "status") == "complete":
                 raise TraceIdKept(f"{message.message_id} holds a complete reply, kept")
             # Only if nobody wrote it since it was read: another user's write cannot get

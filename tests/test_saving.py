@@ -239,3 +239,47 @@ def test_attempts_made_early_cost_none_of_the_schedule(capsys) -> None:
         line for line in log_lines(capsys.readouterr().out) if line["message"] == "persist.lost"
     ]
     saves.close(0.0)
+
+
+def _wait_for_calls(calls: list[str], count: int) -> None:
+    deadline = time.monotonic() + 5
+    while len(calls) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(calls) >= count
+
+
+def test_closing_tries_what_waits_beside_a_write_that_hangs(capsys) -> None:
+    """The thread's write hangs: the others still get their last try on a stop, rather
+    than the hung one taking the whole time (a reviewer's B was never tried)."""
+    release = threading.Event()
+    calls: list[str] = []
+
+    def hanging() -> str:
+        calls.append("a-user")
+        release.wait(10)
+        return "a-user"
+
+    saves = LateSaves(delays=(60.0,))
+    saves.add([Step("user", Flaky("b-user", calls, failures=1))], 1, RequestLog("t-b"))
+    _wait_for_calls(calls, 1)
+    assert saves.wait_idle(5)  # B failed once: 60 s to its next try
+    saves.add([Step("user", hanging)], 1, RequestLog("t-a"))
+    _wait_for_calls(calls, 2)  # A's write hangs on the thread
+    saves.close(1.0)
+    release.set()
+    assert calls == ["b-user", "a-user", "b-user"]
+    lost = [
+        line for line in log_lines(capsys.readouterr().out) if line["message"] == "persist.lost"
+    ]
+    assert [(line["trace_id"], line["reason"]) for line in lost] == [("t-a", UNDER_WAY)]
+
+
+def test_a_late_write_that_succeeds_sends_the_others_at_once() -> None:
+    calls: list[str] = []
+    saves = LateSaves(delays=(60.0,))
+    saves.add([Step("user", Flaky("a-user", calls, failures=1))], 1, RequestLog("t-a"))
+    _wait_for_calls(calls, 1)
+    assert saves.wait_idle(5)  # A failed once: 60 s to its next try
+    saves.add([Step("user", Flaky("b-user", calls))], 1, RequestLog("t-b"))
+    _wait_until_idle(saves)  # B written: the database is back, so A goes at once
+    assert calls == ["a-user", "b-user", "a-user"]

@@ -22,7 +22,7 @@ from assistant.parking import Park
 from assistant.providers import configured_providers
 from assistant.reply import Reply
 from assistant.request import AssistantRequest
-from assistant.store import Author, FirestoreStore
+from assistant.store import AssistantMessage, Author, FirestoreStore, TraceIdKept
 from assistant.tracing import RequestLog
 from assistant.worker import STOP_SAVE_SECONDS, stop_end_seconds
 from devtools.fake_upstream import FakeUpstream, Script
@@ -748,6 +748,28 @@ def test_a_late_reply_replaces_an_older_incomplete_one(
     _wait_for_late_writes(late_writes)
     saved = _messages(firestore)["t-cut-assistant"]
     assert (saved["content"], saved["status"]) == ("complete reply", "complete")
+
+
+def test_of_two_replies_under_one_id_the_one_that_ended_later_stands(firestore) -> None:
+    """Whichever write lands last (a first try's write still under way, or written late
+    after its retry's): the reply that ended later is what the id holds; the same reply
+    landing twice is saved, not "kept" (reviewers saw each of these go wrong)."""
+    store = FirestoreStore("assistants", timeout=5)
+    ada = Author("ada@example.com", "ada@example.com", "Ada")
+    ended = datetime.datetime(2026, 12, 2, 12, 0, tzinfo=datetime.UTC)
+    first = AssistantMessage("test-assistant", "t-two", None, ada, "cut", "", "incomplete",
+                             "anthropic", "m", created_at=ended)  # fmt: skip
+    retry = dataclasses.replace(
+        first, content="whole", status="complete", created_at=ended + datetime.timedelta(seconds=3)
+    )
+    store.save_assistant_message(first)
+    store.save_assistant_message(retry)  # later: replaces the first try's
+    assert _messages(firestore)["t-two-assistant"]["content"] == "whole"
+    with pytest.raises(TraceIdKept, match="holds a newer reply"):
+        store.save_assistant_message(dataclasses.replace(first, status="complete"))
+    assert store.save_assistant_message(retry) == "t-two-assistant"  # its own write again
+    saved = _messages(firestore)["t-two-assistant"]
+    assert (saved["content"], saved["createdAt"]) == ("whole", ended)  # the first one's place
 
 
 def test_a_late_pair_keeps_its_place_before_the_turns_saved_since(
