@@ -122,8 +122,9 @@ class Saver:
         and sends a heartbeat if one is due); `drive()` runs it through with `beat`
         None, and then it waits itself.
 
-        The reply is written only after the user message landed, so its
-        server timestamp comes later and a history read keeps the two in order.
+        The reply is written only after the user message landed (each is dated by
+        this service: the question with the request's time, the reply with the
+        time it ended), so a history read keeps the two in order.
         A user message whose write failed (the database was away when the
         request came, and a reply can take minutes), before this wait or during
         it, is written once more while the wait lasts: what the user typed is

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -106,6 +107,17 @@ def python_in_own_process(script: str) -> str:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
+
+
+def copy_of_the_project(into: Path) -> None:
+    """The project's tracked files (`git ls-files`) copied into `into`, as a fresh clone
+    has them."""
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for name in tracked:
+        (into / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, into / name)
 
 
 def log_lines(out: str) -> list[dict[str, Any]]:

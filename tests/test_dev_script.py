@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -11,17 +10,14 @@ import httpx
 
 from devtools.service import free_port
 
+from .conftest import copy_of_the_project
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _checkout(into: Path) -> None:
     """The project's tracked files, and the venv, as a clone that ran its setup has."""
-    tracked = subprocess.run(
-        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.split()
-    for name in tracked:
-        (into / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, into / name)
+    copy_of_the_project(into)
     (into / ".venv").symlink_to(ROOT / ".venv")
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import copy_of_the_project
+
 ROOT = Path(__file__).resolve().parent.parent
 FORBIDDEN_PARTS = {"tests", ".venv", "node_modules", ".run", "__pycache__", "bench", "devtools"}
 
@@ -75,12 +77,7 @@ def test_a_build_uploads_what_its_steps_run_and_no_local_state(tmp_path: Path) -
     """`gcloud builds submit --ignore-file=.gcloudignore.build` (cloudbuild.yaml): the test
     and smoke steps need the scripts, the tests and the Node lock file, and the deploy
     step needs .gcloudignore; never a venv, node_modules, run files or secrets."""
-    tracked = subprocess.run(
-        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.split()
-    for name in tracked:
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / name, tmp_path / name)
+    copy_of_the_project(tmp_path)
     shutil.copy(ROOT / ".gcloudignore.build", tmp_path / ".gcloudignore")  # as the flag reads it
     local = [".venv/lib/site.py", "node_modules/x/index.js", ".run/auth.log", ".env", "a.env",
              "assistant/__pycache__/x.cpython-311.pyc", ".git/config"]  # fmt: skip
