@@ -159,8 +159,6 @@ class Saver:
                 write_user = partial(self._store.save_user_message, self._user_message)
                 late.append(Step("user", write_user, under_way=self._user))
         if assistant_message is not None:
-            # Its question written by this request (now or later): the trace id is this user's.
-            user_saved = "user" in ids or bool(late)
             # Dated with the time it ended, on time or late: the history keeps its place,
             # and of a retry's two replies the later one stands (store.py). Written late,
             # the store reads its question to keep it after that one.
@@ -174,6 +172,8 @@ class Saver:
                 late.append(Step("assistant", write_late))
                 ok = False
             else:
+                # Its question written by this request: the trace id is this user's.
+                user_saved = "user" in ids
                 write = partial(self._store.save_assistant_message, reply, user_saved)
                 future = _pool.submit(write)
                 saved = yield from self._waiting("assistant", future, deadline, ids, beat)

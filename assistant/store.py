@@ -45,8 +45,8 @@ class UserMessage:
     thread_id: str | None
     author: Author
     content: str
-    # None: the database's time at the write. A late write (late_saves.py) carries the
-    # time it was meant to be written at, so the history keeps it where it was asked.
+    # The service dates its messages (saving.py: the request's time), so one that lands
+    # late keeps its place in the history; None: the database's time at the write.
     created_at: datetime.datetime | None = None
 
     @property
