@@ -433,6 +433,28 @@ def test_a_loops_later_rounds_keep_the_thinking_its_first_response_had(
     assert [block["type"] for block in body["messages"][3]["content"]] == ["tool_use"]
 
 
+@pytest.mark.parametrize("choice", ["required", NamedTool("get_weather")], ids=str)
+def test_a_forced_call_inside_a_loop_that_thinks_keeps_the_thinking(
+    upstream: FakeUpstream, choice: ToolChoice
+) -> None:
+    """One thinking setting per assistant turn: a reviewer found a continuation forced to
+    call sent without thinking and without the loop's blocks. The API takes no forced
+    call with thinking on (the fake neither), so the model chooses."""
+    history = loop(call("toolu_z", "get_weather", {"city": "Zürich"}, signature=OURS))
+    body = sent(upstream, ask("", *history, choice=choice), thinking=True)
+    assert body["thinking"] == THINKING and "tool_choice" not in body
+    assert body["messages"][1]["content"][0] == THINKING_BLOCKS[0]
+
+
+@pytest.mark.parametrize("choice", ["required", NamedTool("get_weather")], ids=str)
+def test_a_forced_call_inside_a_loop_without_thinking_stays_forced(
+    upstream: FakeUpstream, choice: ToolChoice
+) -> None:
+    history = loop(call("toolu_g", "get_weather", {"city": "Zürich"}))
+    body = sent(upstream, ask("", *history, choice=choice), thinking=True)
+    assert "thinking" not in body and body["tool_choice"]["type"] in ("any", "tool")
+
+
 def test_thinking_off_sends_no_thinking_blocks(upstream: FakeUpstream) -> None:
     history = loop(call("toolu_z", "get_weather", {"city": "Zürich"}, signature=OURS))
     body = sent(upstream, ask("", *history))

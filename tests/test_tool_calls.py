@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from typing import Any
 
@@ -18,7 +19,7 @@ import pytest
 
 from assistant.chain import ChainFailed, ChainSucceeded, Chunk
 from assistant.config import Timeouts
-from assistant.providers.base import Event, Prompt, StreamEnd, TextDelta
+from assistant.providers.base import Event, Prompt, StreamEnd, TextDelta, wire_call_id
 from assistant.request import Turn
 from assistant.tools import ToolCall, ToolSpec
 from devtools.fake_upstream import FakeUpstream, Script
@@ -118,6 +119,42 @@ def test_the_offered_tool_reaches_the_request(upstream: FakeUpstream, case: Prov
     assert error is None
     sent = json.dumps(upstream.requests[-1].body)
     assert '"weather"' in sent and '"The weather in a city"' in sent
+
+
+# Ids Anthropic (`[a-zA-Z0-9_-]`) or OpenAI (40 characters at most) refuse: an
+# OpenAI-compatible server's, a frontend's own, and one past OpenAI's length.
+FOREIGN_IDS = ("functions.weather:0", "call|1", "c" * 60)
+
+
+@EACH
+def test_call_ids_made_elsewhere_go_back_in_a_form_each_provider_takes(
+    upstream: FakeUpstream, case: ProviderCase
+) -> None:
+    """A reviewer found `functions.weather:0` sent to Anthropic as it was: a 400 (the
+    fakes refuse what the real APIs do), so every continuation of such a loop fell
+    through, or was a 502 with Anthropic alone."""
+    calls = tuple(ToolCall(id_, "weather", {"city": "Oslo"}) for id_ in FOREIGN_IDS)
+    history = (
+        Turn("user", "Weather in Oslo?"),
+        Turn("assistant", "", tool_calls=calls),
+        *(
+            Turn("tool", f"{i} °C", tool_call_id=c.id, tool_name="weather")
+            for i, c in enumerate(calls)
+        ),
+    )
+    upstream.push(Script(tokens=["Cold."]))
+    events, error = case.events(upstream.url, prompt=Prompt(None, history, (WEATHER,)))
+    assert error is None, error.detail if error else None
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["Cold."]
+
+
+def test_a_call_id_is_changed_only_where_a_provider_would_refuse_it() -> None:
+    assert wire_call_id("toolu_01A-b_9") == "toolu_01A-b_9"
+    assert wire_call_id("call_" + "a" * 35) == "call_" + "a" * 35  # 40: OpenAI's most
+    mapped = [wire_call_id(id_) for id_ in (*FOREIGN_IDS, "functions.weather_0", "c" * 61)]
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{1,40}", id_) for id_ in mapped)
+    assert len(set(mapped)) == len(mapped)  # ids alike but not the same stay apart
+    assert mapped[0].startswith("functions_weather_0_")  # still readable in a log
 
 
 # -- the chain ------------------------------------------------------------------------------

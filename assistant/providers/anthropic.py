@@ -27,12 +27,15 @@ them), and only while thinking is on: a signature that is not ours (a
 Gemini `thoughtSignature`, say) is ignored.
 
 Deliberate choices:
-- Thinking is left off for a request that forces a tool call (`toolChoice`
+- A tool loop keeps the thinking setting it began with: the API wants one
+  setting per assistant turn, and the thinking blocks of a loop that thinks
+  back in each of its requests. So thinking is off when the loop being
+  continued has no thinking blocks to send back (its calls came from another
+  provider, or from a turn made without thinking), and stays on in a loop
+  that thinks even when the request forces a tool call (`toolChoice`
   "required" or a name): the API refuses forced tool use with thinking on,
-  and the forced call is what the caller asked for. It is also left off when
-  the tool loop being continued has no thinking blocks to send back (its
-  calls came from another provider, or from a turn made without thinking):
-  the API refuses to switch thinking on in the middle of a tool loop.
+  so there the choice is left to the model ("auto"). A new turn that forces
+  a call goes without thinking: the forced call is what the caller asked for.
 - `toolChoice` "auto" sends no `tool_choice` (the API's default).
 - A tool result and the user's text in one turn: the `tool_result` blocks
   first, then the text, as the API requires.
@@ -68,6 +71,7 @@ from .base import (
     Usage,
     conversation,
     normalised_stop_reason,
+    wire_call_id,
 )
 from .sse_decoder import ServerSentEvent
 from .sse_events import SseReader, json_object, require_event_stream
@@ -300,7 +304,7 @@ def _content(message: Message, thinking: bool) -> str | list[dict[str, Any]]:
 
 
 def _result_block(result: ToolResult) -> dict[str, Any]:
-    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": result.call_id}
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": wire_call_id(result.call_id)}
     if result.content:
         block["content"] = result.content
     return block
@@ -309,7 +313,7 @@ def _result_block(result: ToolResult) -> dict[str, Any]:
 def _tool_use_block(call: ToolCall) -> dict[str, Any]:
     # Arguments that were not JSON when the model sent them go back as none.
     args = dict(call.args) if call.args is not None else {}
-    return {"type": "tool_use", "id": call.id, "name": call.name, "input": args}
+    return {"type": "tool_use", "id": wire_call_id(call.id), "name": call.name, "input": args}
 
 
 def _tool_choice(prompt: Prompt) -> dict[str, Any] | None:
@@ -325,8 +329,9 @@ def _forces_a_call(prompt: Prompt) -> bool:
     )
 
 
-def _open_loop_lacks_thinking(messages: list[Message]) -> bool:
-    """Whether the conversation continues a tool loop that began without thinking.
+def _open_loop_thinks(messages: list[Message]) -> bool | None:
+    """Whether the tool loop the conversation continues began with thinking; None if
+    it continues none.
 
     A tool loop is one assistant turn, with one thinking setting throughout: the
     first response of the loop decides it (without interleaved thinking, the later
@@ -337,7 +342,7 @@ def _open_loop_lacks_thinking(messages: list[Message]) -> bool:
     while end >= 2 and messages[end - 1].results and messages[end - 2].calls:
         first = messages[end - 2]
         end -= 2
-    return first is not None and not decode_thinking(first.calls[0].signature)
+    return None if first is None else bool(decode_thinking(first.calls[0].signature))
 
 
 class AnthropicProvider(HttpProvider):
@@ -345,10 +350,10 @@ class AnthropicProvider(HttpProvider):
 
     def _body(self, prompt: Prompt) -> dict[str, Any]:
         messages = conversation(prompt.turns)
-        thinking = (
-            self.settings.thinking
-            and not _forces_a_call(prompt)
-            and not _open_loop_lacks_thinking(messages)
+        loop_thinks = _open_loop_thinks(messages)
+        # A loop keeps the setting it began with; a new turn forced to call goes without.
+        thinking = self.settings.thinking and (
+            loop_thinks if loop_thinks is not None else not _forces_a_call(prompt)
         )
         body: dict[str, Any] = {
             "model": self.settings.model,
@@ -367,7 +372,9 @@ class AnthropicProvider(HttpProvider):
             body["tools"] = [
                 _tool(spec.name, spec.description, spec.parameters) for spec in prompt.tools
             ]
-            choice = _tool_choice(prompt)
+            # With thinking on, the API refuses a forced call: inside a loop that
+            # thinks, the model is left to choose ("auto").
+            choice = None if thinking and _forces_a_call(prompt) else _tool_choice(prompt)
             if choice is not None:
                 body["tool_choice"] = choice
         if prompt.response_schema is not None and self.sends_schema(prompt):

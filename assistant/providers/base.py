@@ -27,7 +27,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
+import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -351,6 +353,24 @@ def _default_headers(client: httpx.AsyncClient) -> dict[str, str]:
 @functools.lru_cache(maxsize=64)
 def _parsed(url: str) -> httpx.URL:
     return httpx.URL(url)
+
+
+# What Anthropic takes as a tool call's id (its `tool_use.id` pattern), at the length
+# OpenAI takes (40): ids another provider or a frontend made may be neither.
+_WIRE_CALL_ID = re.compile(r"[A-Za-z0-9_-]{1,40}")
+
+
+def wire_call_id(call_id: str) -> str:
+    """`call_id` as Anthropic and OpenAI take it, the same on a call and its result.
+
+    An id they would refuse (`functions.weather:0` from an OpenAI-compatible server,
+    a frontend's own longer one) loses what they refuse and gains a digest of
+    itself, so two different ids stay different and each call keeps its result.
+    """
+    if _WIRE_CALL_ID.fullmatch(call_id):
+        return call_id
+    digest = hashlib.sha256(call_id.encode()).hexdigest()[:10]
+    return f"{re.sub(r'[^A-Za-z0-9_-]', '_', call_id)[:29]}_{digest}"
 
 
 def upstream_json(body: Mapping[str, Any]) -> bytes:

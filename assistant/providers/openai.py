@@ -80,6 +80,7 @@ from .base import (
     Usage,
     conversation,
     normalised_stop_reason,
+    wire_call_id,
 )
 from .sse_decoder import ServerSentEvent
 from .sse_events import SseReader, json_object, require_event_stream
@@ -250,7 +251,7 @@ def _messages(message: Message) -> list[dict[str, Any]]:
         ]
     # Never empty, and no two texts in a row (base._append joins them).
     return [
-        {"role": "tool", "tool_call_id": part.call_id, "content": part.content}
+        {"role": "tool", "tool_call_id": wire_call_id(part.call_id), "content": part.content}
         if isinstance(part, ToolResult)
         else {"role": "user", "content": part}
         for part in message.parts
@@ -260,7 +261,7 @@ def _messages(message: Message) -> list[dict[str, Any]]:
 
 def _history_call(call: ToolCall) -> dict[str, Any]:
     function = {"name": call.name, "arguments": call.arguments_json}
-    return {"id": call.id, "type": "function", "function": function}
+    return {"id": wire_call_id(call.id), "type": "function", "function": function}
 
 
 def _response_format(schema: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,10 +14,11 @@ fragment, ``content_block_stop``; the stop reason is ``tool_use``. A structured-
 (``json``) is plain text, as from the real API.
 
 Requests the real API refuses with a 400 are refused here too: malformed ``tools`` /
-``tool_choice`` / ``output_config``, a forced ``tool_choice`` (``any``, ``tool``) with thinking
-on, ``tool_result`` blocks that do not come first in their message or answer no ``tool_use`` of
-the message before, ``tool_use`` blocks left without a result in the next message, and, with
-thinking on, a tool loop whose assistant message does not start with a thinking block.
+``tool_choice`` / ``output_config``, a ``tool_use`` id outside ``[a-zA-Z0-9_-]``, a forced
+``tool_choice`` (``any``, ``tool``) with thinking on, ``tool_result`` blocks that do not come
+first in their message or answer no ``tool_use`` of the message before, ``tool_use`` blocks
+left without a result in the next message, and, with thinking on, a tool loop whose
+assistant message does not start with a thinking block.
 """
 
 from __future__ import annotations
@@ -187,6 +188,10 @@ def _blocks(message: Any, kind: str) -> list[dict[str, Any]]:
     return [b for b in content if isinstance(b, dict) and b.get("type") == kind]
 
 
+# The real API's pattern for a tool_use block's id.
+_TOOL_USE_ID = re.compile(r"[a-zA-Z0-9_-]+")
+
+
 def _history_problem(body: dict[str, Any]) -> str | None:
     messages = body["messages"]
     for number, message in enumerate(messages):
@@ -194,6 +199,9 @@ def _history_problem(body: dict[str, Any]) -> str | None:
         content = message.get("content") if isinstance(message, dict) else None
         if results and content[: len(results)] != results:
             return f"messages.{number}: tool_result blocks must come first in the content"
+        for block in _blocks(message, "tool_use"):
+            if not _TOOL_USE_ID.fullmatch(str(block.get("id"))):
+                return f"messages.{number}.content: tool_use.id: String should match pattern"
         calls = _blocks(messages[number - 1], "tool_use") if number else []
         asked = {call.get("id") for call in calls}
         answered = {result.get("tool_use_id") for result in results}

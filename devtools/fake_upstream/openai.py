@@ -17,8 +17,8 @@ letters and digits) unless the script gives one; the stop reason is then ``tool_
 A JSON-schema reply (``json``) is plain ``content`` text. Requests the real API refuses with a
 400 are refused here too: a ``tool_choice`` without ``tools``, a tool that is not
 ``{"type": "function", "function": {"name", ...}}``, a ``role: tool`` message that answers no
-call of the assistant message before it, and an assistant message whose calls are not each
-answered by the ``role: tool`` messages right after it.
+call of the assistant message before it, an assistant message whose calls are not each
+answered by the ``role: tool`` messages right after it, and a call id over 40 characters.
 """
 
 from __future__ import annotations
@@ -171,6 +171,12 @@ def _check_tool_messages(messages: list[Any]) -> Problem:
             )
         if role == "assistant":
             calls = message.get("tool_calls") or []
+            for j, call in enumerate(calls):
+                if isinstance(call, dict) and len(str(call.get("id"))) > 40:
+                    return 400, (
+                        f"Invalid 'messages[{i}].tool_calls[{j}].id': string too long. "
+                        "Expected a string with maximum length 40."
+                    )
             waiting = [call.get("id") for call in calls if isinstance(call, dict)]
     if waiting:
         return 400, f"tool_call_ids did not have response messages: {', '.join(waiting)}"
