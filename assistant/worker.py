@@ -61,7 +61,7 @@ it run this subclass instead. Ten things differ from gthread as gunicorn
    connection persists unless one side says `close`, so gthread's
    `Connection: keep-alive` on every answer says nothing, and it is a
    hop-by-hop header a stream's answer is not to carry (README "Choices where
-   the contract is silent").
+   the API's rules are silent").
    `Connection: close`, which does say something, is still sent when the
    connection will close; HTTP/1.0 answers keep gthread's headers. And a
    request whose Connection options hold `close` anywhere (`keep-alive,

@@ -190,14 +190,18 @@ export async function streamReply(options) {
     return result;
   };
 
+  if (signal?.aborted) return aborted(); // aborted before the call: nothing is sent
+
   // Header names are case-insensitive: a caller's "content-type" replaces ours (merged
   // as object keys, both went, and the service saw "application/json, text/plain").
   const headers = new Headers({"Content-Type": "application/json", Accept: "text/event-stream"});
   try {
     for (const [name, value] of new Headers(options.headers ?? {})) headers.set(name, value);
     if (token) headers.set("Authorization", `Bearer ${token}`);
-  } catch (exc) { // a value no request can carry (a line break in a token, say)
-    return fail({error: `the request cannot be sent (${describe(exc)})`, code: "bad_request"});
+  } catch { // a value no request can carry (a line break in a token, say); the
+    // browser's message quotes the value, a token perhaps: not in a message to show
+    return fail({error: "the request cannot be sent: a header name or value is not valid in HTTP",
+      code: "bad_request"});
   }
 
   let payload;

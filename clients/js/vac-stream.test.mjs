@@ -249,7 +249,24 @@ test("a header no request can carry is an error, not a rejection", async () => {
   });
   assert.equal(result.outcome, "error");
   assert.equal(errors[0].code, "bad_request");
+  assert.ok(!errors[0].error.includes("tok")); // a message safe to show: no token in it
   assert.equal(calls.length, 0); // nothing was sent
+});
+
+test("an abort made before the call is an abort, whatever else is wrong", async () => {
+  const calls = [];
+  const errors = [];
+  const controller = new AbortController();
+  controller.abort();
+  const cyclic = {};
+  cyclic.self = cyclic;
+  const result = await streamReply({
+    url: "http://service.test/x", body: cyclic, signal: controller.signal,
+    fetch: fakeFetch("data: [DONE]\n\n", {calls}), onError: (e) => errors.push(e),
+  });
+  assert.equal(result.outcome, "aborted");
+  assert.equal(errors.length, 0); // no callback after an abort
+  assert.equal(calls.length, 0);
 });
 
 test("a callback that throws rejects the promise", async () => {
