@@ -144,6 +144,13 @@ def cors_origins(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
     return tuple(name.rstrip("/") or name for name in names)
 
 
+def project_id(env: Mapping[str, str] | None = None) -> str:
+    """The Google Cloud project, which no value makes invalid: read on its own too, so
+    that a config_error's log line still carries the trace Cloud Logging links."""
+    env = os.environ if env is None else env
+    return _text(env, "GOOGLE_CLOUD_PROJECT", env.get("GCP_PROJECT", ""))
+
+
 @dataclass(frozen=True)
 class ProviderSettings:
     """One provider's model settings; the key itself is fetched by the secrets module."""
@@ -284,7 +291,7 @@ class Settings:
         if len(set(order)) < len(order):  # one provider asked twice in one reply
             twice = sorted({name for name in order if order.count(name) > 1})
             raise ConfigError(f"ASSISTANT_PROVIDERS names {', '.join(twice)} more than once")
-        project_id = _text(env, "GOOGLE_CLOUD_PROJECT", env.get("GCP_PROJECT", ""))
+        project = project_id(env)
         if env.get("K_SERVICE") and env.get("FIRESTORE_EMULATOR_HOST", "").strip():
             # The client library would send every message there, and none to Firestore.
             raise ConfigError("FIRESTORE_EMULATOR_HOST is set on Cloud Run: nothing would be saved")
@@ -302,16 +309,16 @@ class Settings:
             max_input_chars=_integer(env, "MAX_INPUT_CHARS", 32_000, minimum=1),
             max_history_messages=_integer(env, "MAX_HISTORY_MESSAGES", 200, minimum=0),
             cors_origins=cors_origins(env),
-            project_id=project_id,
+            project_id=project,
             collection=_collection(env, "FIRESTORE_COLLECTION", "assistants"),
             persist_timeout_seconds=_seconds(env, "PERSIST_TIMEOUT_SECONDS", 5),
             # On Cloud Run (K_SERVICE is set) keys come from Secret Manager by
             # default; locally from env vars only, so no cloud is needed.
             secret_manager=_flag(env, "SECRET_MANAGER", bool(env.get("K_SERVICE"))),
-            secrets_project=_text(env, "SECRETS_PROJECT", project_id),
+            secrets_project=_text(env, "SECRETS_PROJECT", project),
             key_cache_seconds=_seconds(env, "KEY_CACHE_SECONDS", 300, minimum=0),
             secret_timeout_seconds=_seconds(env, "SECRET_TIMEOUT_SECONDS", 3),
-            auth=AuthSettings.from_env(env, project_id),
+            auth=AuthSettings.from_env(env, project),
             max_streams=_integer(env, "MAX_STREAMS", DEFAULT_MAX_STREAMS, minimum=1),
             send_timeout_seconds=_seconds(env, "SEND_TIMEOUT_SECONDS", 30),
         )
@@ -340,7 +347,7 @@ class ServerSettings:
             request_read_timeout_seconds=_seconds(
                 env, "REQUEST_READ_TIMEOUT_SECONDS", 10, minimum=1
             ),
-            project_id=_text(env, "GOOGLE_CLOUD_PROJECT", env.get("GCP_PROJECT", "")),
+            project_id=project_id(env),
             threads=_digits(env, "THREADS", (os.cpu_count() or 1) * 4, maximum=10_000),
             workers=_digits(env, "WORKERS", 1, maximum=1_000),
         )

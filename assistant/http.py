@@ -32,7 +32,7 @@ from werkzeug.wsgi import ClosingIterator
 
 from . import __version__, sse
 from .auth import caller
-from .config import ConfigError, Settings, cors_origins, request_settings
+from .config import ConfigError, Settings, cors_origins, project_id, request_settings
 from .direct import briefly, client_socket
 from .errors import MESSAGES, ErrorCode, RequestError
 from .limits import Slot, pieces, replies_in_flight
@@ -84,17 +84,18 @@ def handle(request: flask.Request) -> flask.Response:
         # Every request is refused (500 config_error), after the route and preflight
         # (§9), which need no setting: CORS_ORIGINS is read on its own (it has no
         # invalid value), so a page sees the code rather than a network error.
-        RequestLog(trace_id).error("config.invalid", reason=str(exc))
+        RequestLog(trace_id, project_id()).error("config.invalid", reason=str(exc))
         settings = None
     origins = cors_origins() if settings is None else settings.cors_origins
-    project_id = "" if settings is None else settings.project_id
-    log = RequestLog(trace_id, project_id)
+    project = project_id() if settings is None else settings.project_id
+    log = RequestLog(trace_id, project)
     cors = _cors_headers(headers, origins)
     try:
         response = _route(request, headers, origins, settings, trace_id, log, started)
     except RequestError as exc:
         if exc.trace_id:
-            trace_id, log = exc.trace_id, RequestLog(exc.trace_id, project_id)
+            trace_id, log = exc.trace_id, RequestLog(exc.trace_id, project)
+            request.environ[TRACE_ID] = trace_id  # the worker's lines too
         log.info("request.refused", status=exc.status, code=exc.code, reason=_loggable(exc.message))
         response = _error(exc.status, exc.code, exc.message, trace_id)
         response.headers.update(exc.headers)
@@ -203,7 +204,7 @@ def _assistant(
         if slot is not None:
             slot.release()
         if isinstance(exc, RequestError):
-            exc.trace_id = body_trace
+            exc.trace_id = exc.trace_id or body_trace
         raise
     if not response.is_streamed:  # a stream's reply releases the slot when it ends
         slot.release()

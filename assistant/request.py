@@ -137,7 +137,11 @@ def parse_body(raw: bytes, content_type: str | None) -> dict[str, Any]:
         raise RequestError(_TOO_DEEP) from None
     if not isinstance(body, dict):
         raise RequestError("request body must be a JSON object")
-    _check_values(body)
+    try:
+        _check_values(body)
+    except RequestError as exc:  # a value of another field: the body's trace id still holds
+        exc.trace_id = body_trace_id(body)
+        raise
     return body
 
 

@@ -253,6 +253,13 @@ def test_a_refused_body_keeps_its_own_trace_id(client, fake: FakeUpstream, capfd
     assert response.headers["X-Trace-Id"] == "frontend.trace:400"
     [refused] = [line for line in log_lines(capfd.readouterr().out) if "refused" in line["message"]]
     assert refused["trace_id"] == "frontend.trace:400"
+    # A value the parser itself refuses, in another field, leaves the trace id standing
+    # (a reviewer found a new one given for these).
+    for value in ('"\\ud800"', "1e400", "NaN", "[" * 70 + "]" * 70):
+        raw = f'{{"user_input": "hi", "trace_id": "frontend.trace:400", "x": {value}}}'
+        response = client.post("/vac/assistant/abc/sse", data=raw, content_type="application/json")
+        _refused(response, 400, "invalid_request", fake, "")
+        assert response.get_json()["trace_id"] == "frontend.trace:400", value
     # A trace id that is itself malformed is not taken: the headers' is.
     response = client.post("/vac/assistant/abc/sse", json={"user_input": "hi", "trace_id": "a b"})
     _refused(response, 400, "invalid_request", fake, "trace_id")
@@ -340,6 +347,7 @@ def test_misconfiguration_is_a_500_naming_no_secret(
     client, fake: FakeUpstream, capsys: pytest.CaptureFixture[str], name: str, value: str
 ) -> None:
     os.environ[name] = value
+    os.environ["GOOGLE_CLOUD_PROJECT"] = "demo-misconfigured"
     response = ask(client)
     assert response.status_code == 500
     assert response.get_json()["code"] == "config_error"
@@ -348,6 +356,8 @@ def test_misconfiguration_is_a_500_naming_no_secret(
         line for line in log_lines(capsys.readouterr().out) if line["message"] == "config.invalid"
     ]
     assert logged and name in logged[0]["reason"]
+    # The project is known even so: the line links to the request's trace.
+    assert logged[0]["logging.googleapis.com/trace"].startswith("projects/demo-misconfigured/")
 
 
 @pytest.mark.parametrize("origins", ["*", "https://chat.example.com"])
