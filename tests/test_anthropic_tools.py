@@ -455,6 +455,15 @@ def test_a_forced_call_inside_a_loop_without_thinking_stays_forced(
     assert "thinking" not in body and body["tool_choice"]["type"] in ("any", "tool")
 
 
+def test_a_history_with_calls_and_no_tools_offered_declares_them_callable_by_none(
+    upstream: FakeUpstream,
+) -> None:
+    history = loop(call("toolu_z", "get_weather", {"city": "Zürich"}))
+    body = sent(upstream, ask("Thanks!", *history, tools=()))
+    assert body["tools"] == [{"name": "get_weather", "input_schema": {"type": "object"}}]
+    assert body["tool_choice"] == {"type": "none"}
+
+
 def test_thinking_off_sends_no_thinking_blocks(upstream: FakeUpstream) -> None:
     history = loop(call("toolu_z", "get_weather", {"city": "Zürich"}, signature=OURS))
     body = sent(upstream, ask("", *history))
@@ -629,9 +638,14 @@ HI = {"role": "user", "content": "hi"}
         (
             {
                 "thinking": THINKING,
+                "tools": TOOLS,
                 "messages": [HI, ASSISTANT_CALL, {"role": "user", "content": [RESULT]}],
             },
             "must start with a thinking block",
+        ),
+        (
+            {"messages": [HI, ASSISTANT_CALL, {"role": "user", "content": [RESULT]}]},
+            "blocks must define tools",
         ),
     ],
     ids=[
@@ -644,6 +658,7 @@ HI = {"role": "user", "content": "hi"}
         "call-without-result",
         "result-without-call",
         "loop-without-thinking",
+        "calls-without-tools",
     ],
 )
 def test_the_fake_refuses_what_the_api_refuses(

@@ -148,6 +148,25 @@ def test_call_ids_made_elsewhere_go_back_in_a_form_each_provider_takes(
     assert [e.text for e in events if isinstance(e, TextDelta)] == ["Cold."]
 
 
+@EACH
+def test_a_tool_loop_goes_on_where_this_request_offers_no_tools(
+    upstream: FakeUpstream, case: ProviderCase
+) -> None:
+    """Anthropic refuses tool_use blocks without `tools` (its fake too): a reviewer
+    found such a history sent as it was."""
+    made = ToolCall("toolu_01", "weather", {"city": "Oslo"})
+    history = (
+        Turn("user", "Weather in Oslo?"),
+        Turn("assistant", "", tool_calls=(made,)),
+        Turn("tool", "4 °C", tool_call_id=made.id, tool_name="weather"),
+        Turn("user", "Thanks. And in words?"),
+    )
+    upstream.push(Script(tokens=["Chilly."]))
+    events, error = case.events(upstream.url, prompt=Prompt(None, history))
+    assert error is None, error.detail if error else None
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["Chilly."]
+
+
 def test_a_call_id_is_changed_only_where_a_provider_would_refuse_it() -> None:
     assert wire_call_id("toolu_01A-b_9") == "toolu_01A-b_9"
     assert wire_call_id("call_" + "a" * 35) == "call_" + "a" * 35  # 40: OpenAI's most

@@ -37,6 +37,9 @@ Deliberate choices:
   so there the choice is left to the model ("auto"). A new turn that forces
   a call goes without thinking: the forced call is what the caller asked for.
 - `toolChoice` "auto" sends no `tool_choice` (the API's default).
+- A history with tool calls in a request that offers no tools: the API
+  refuses `tool_use` blocks without `tools`, so the tools the history called
+  are declared (by name, any arguments) with `tool_choice` none.
 - A tool result and the user's text in one turn: the `tool_result` blocks
   first, then the text, as the API requires.
 - Tools and `output_config.format` go together in one request (Anthropic
@@ -377,6 +380,11 @@ class AnthropicProvider(HttpProvider):
             choice = None if thinking and _forces_a_call(prompt) else _tool_choice(prompt)
             if choice is not None:
                 body["tool_choice"] = choice
+        elif called := list(dict.fromkeys(c.name for m in messages for c in m.calls)):
+            # The API refuses tool_use blocks in a request that declares no tools: the
+            # tools the history called are declared, and none may be called now.
+            body["tools"] = [_tool(name, "", {"type": "object"}) for name in called]
+            body["tool_choice"] = {"type": "none"}
         if prompt.response_schema is not None and self.sends_schema(prompt):
             format_ = {"type": "json_schema", "schema": output_schema(prompt.response_schema)}
             body["output_config"] = {"format": format_}

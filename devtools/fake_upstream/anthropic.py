@@ -14,11 +14,12 @@ fragment, ``content_block_stop``; the stop reason is ``tool_use``. A structured-
 (``json``) is plain text, as from the real API.
 
 Requests the real API refuses with a 400 are refused here too: malformed ``tools`` /
-``tool_choice`` / ``output_config``, a ``tool_use`` id outside ``[a-zA-Z0-9_-]``, a forced
-``tool_choice`` (``any``, ``tool``) with thinking on, ``tool_result`` blocks that do not come
-first in their message or answer no ``tool_use`` of the message before, ``tool_use`` blocks
-left without a result in the next message, and, with thinking on, a tool loop whose
-assistant message does not start with a thinking block.
+``tool_choice`` / ``output_config``, ``tool_use`` or ``tool_result`` blocks without
+``tools``, a ``tool_use`` id outside ``[a-zA-Z0-9_-]``, a forced ``tool_choice`` (``any``,
+``tool``) with thinking on, ``tool_result`` blocks that do not come first in their message or
+answer no ``tool_use`` of the message before, ``tool_use`` blocks left without a result in
+the next message, and, with thinking on, a tool loop whose assistant message does not start
+with a thinking block.
 """
 
 from __future__ import annotations
@@ -215,6 +216,8 @@ def _history_problem(body: dict[str, Any]) -> str | None:
                 f"messages.{number - 1}: tool_use ids were found without tool_result blocks "
                 f"immediately after: {sorted(map(str, asked - answered))[0]}"
             )
+    if not body.get("tools") and any(_blocks(m, "tool_use") for m in messages):
+        return "Requests which include `tool_use` or `tool_result` blocks must define tools."
     thinking = (body.get("thinking") or {}).get("type") == "enabled"
     # The open tool loop is one assistant turn: its first response must start with its
     # thinking (later ones, without interleaved thinking, have none of their own).
