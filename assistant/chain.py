@@ -6,7 +6,8 @@ Rules (README "How the pieces fit"):
 - After it, the provider is committed: a failure ends the reply with an
   error, never a retry elsewhere, because the user has already seen its text.
   A JSON caller has seen nothing until the end, so in `commit_on_first_chunk=
-  False` mode even a late failure falls through; `Restart` tells the reply to
+  False` mode even a late failure falls through, and so does an answer of
+  native thinking alone (`upstream_empty`); `Restart` tells the reply to
   set the failed attempt's text aside (it is what arrived, should every
   provider fail).
 - A refused key (401; Gemini's 400 API_KEY_INVALID) re-reads that
@@ -307,6 +308,7 @@ class _Progress:
     provider: Provider
     started: float
     shown: bool = False
+    answered: bool = False  # text outside native thinking, or a call, was shown
 
 
 class _Relay:
@@ -390,7 +392,10 @@ class _Relay:
         finally:  # what came before a failure too, as room allows
             self._hand_on(events)
             await self.hand_on_waiting()
-        if not self._progress.shown:
+        progress = self._progress
+        # A JSON caller is shown nothing until the end: an answer of native thinking
+        # alone is as empty to them as no answer, and the next provider may answer.
+        if not progress.shown or not (progress.answered or self._chain.commit_on_first_chunk):
             raise _nothing_shown(self._chain.stop_reason)  # this attempt's (`_finish`)
         closing = self._tagger.close()
         if closing:
@@ -440,6 +445,8 @@ class _Relay:
                 if isinstance(events[-1], StreamEnd):
                     chain._finish(events[-1])  # what it cost, kept should the reply end first
                 return
+            if not isinstance(event, ThinkingDelta):
+                progress.answered = True
             if isinstance(event, ToolCall):
                 # Thinking after the call is another block, not more of the one before.
                 closing = self._tagger.close()

@@ -164,6 +164,28 @@ def test_json_caller_falls_through_even_after_text(upstreams) -> None:
     assert body["metadata"]["timing"]["first_chunk_ms"] >= 300
 
 
+def test_json_caller_is_given_the_next_answer_after_one_of_thinking_alone(upstreams) -> None:
+    """A reviewer found a 200 whose answer was only a thinking block, the next provider
+    never asked: a JSON caller is shown nothing before the end, so it is an empty reply."""
+    first, second = upstreams
+    first.push(Script(tokens=[], thinking=["Weighing ", "it."], thinking_mode="native"))
+    second.push(Script(tokens=["from second"]))
+    reply = _reply(upstreams, streaming=False)
+    reply.start()
+    status, body = reply.json_answer()
+    assert status == 200
+    assert body["answer"] == "from second"
+    assert [a["outcome"] for a in body["metadata"]["attempts"]] == ["upstream_empty", "ok"]
+
+
+def test_a_stream_shows_an_answer_of_thinking_alone_as_it_came(upstreams) -> None:
+    first, second = upstreams
+    first.push(Script(tokens=[], thinking=["Weighing ", "it."], thinking_mode="native"))
+    events = _stream(_reply(upstreams, streaming=True))
+    assert events[-2]["answer"] == "<thinking>Weighing it.</thinking>"  # shown: committed
+    assert second.requests == []
+
+
 @pytest.mark.parametrize("told", ["before its start", "at its start"])
 def test_a_reply_told_to_stop_before_its_chain_began_still_stops(upstreams, told: str) -> None:
     """A stopping worker tells each reply once: one told before its chain's first step
