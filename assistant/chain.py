@@ -7,7 +7,7 @@ Rules (README "How the pieces fit"):
   error, never a retry elsewhere, because the user has already seen its text.
   A JSON caller has seen nothing until the end, so in `commit_on_first_chunk=
   False` mode even a late failure falls through, and so does an answer of
-  native thinking alone (`upstream_empty`); `Restart` tells the reply to
+  thinking or blanks alone (`upstream_empty`); `Restart` tells the reply to
   set the failed attempt's text aside (it is what arrived, should every
   provider fail).
 - A refused key (401; Gemini's 400 API_KEY_INVALID) re-reads that
@@ -55,7 +55,7 @@ from .providers.base import (
     Working,
     translate_http_error,
 )
-from .thinking import ThinkingTagger
+from .thinking import ThinkingTagger, without_thinking
 from .tools import ToolCall
 
 # How long a body may stay silent once its answer's end came, for what could still
@@ -308,7 +308,6 @@ class _Progress:
     provider: Provider
     started: float
     shown: bool = False
-    answered: bool = False  # text outside native thinking, or a call, was shown
 
 
 class _Relay:
@@ -332,6 +331,9 @@ class _Relay:
         self._decoder = progress.provider.decoder(response)
         self._first_chunk_deadline = first_chunk_deadline
         self._tagger = ThinkingTagger()
+        # What this attempt showed, kept for a JSON caller only (`_empty_to_a_json_caller`).
+        self._texts: list[str] | None = None if chain.commit_on_first_chunk else []
+        self._called = False
         self.full: Awaitable[None] | None = None  # the reply has no room: what to await
         self._waiting: list[Event] = []  # events decoded meanwhile, handed on after it
         self._failure: Exception | None = None  # the decoder's, raised after them
@@ -392,14 +394,24 @@ class _Relay:
         finally:  # what came before a failure too, as room allows
             self._hand_on(events)
             await self.hand_on_waiting()
-        progress = self._progress
-        # A JSON caller is shown nothing until the end: an answer of native thinking
-        # alone is as empty to them as no answer, and the next provider may answer.
-        if not progress.shown or not (progress.answered or self._chain.commit_on_first_chunk):
-            raise _nothing_shown(self._chain.stop_reason)  # this attempt's (`_finish`)
-        closing = self._tagger.close()
+        closing = self._tagger.close()  # before a failure too: what is set aside is whole
         if closing:
-            self._chain.emit(Chunk(closing))
+            self._emit_text(closing)
+        if not self._progress.shown or self._empty_to_a_json_caller():
+            raise _nothing_shown(self._chain.stop_reason)  # this attempt's (`_finish`)
+
+    def _empty_to_a_json_caller(self) -> bool:
+        """A JSON caller is shown nothing until the end: an answer of thinking alone
+        (native or in tags), or of blanks, is as empty to them as no answer, and the
+        next provider may answer."""
+        if self._texts is None or self._called:
+            return False
+        return not without_thinking("".join(self._texts)).strip()
+
+    def _emit_text(self, text: str) -> None:
+        if self._texts is not None:
+            self._texts.append(text)
+        self._chain.emit(Chunk(text))
 
     def salvage(self) -> None:
         """The attempt failed or was cut short (its first-chunk wait over, the reply's
@@ -445,17 +457,16 @@ class _Relay:
                 if isinstance(events[-1], StreamEnd):
                     chain._finish(events[-1])  # what it cost, kept should the reply end first
                 return
-            if not isinstance(event, ThinkingDelta):
-                progress.answered = True
             if isinstance(event, ToolCall):
                 # Thinking after the call is another block, not more of the one before.
                 closing = self._tagger.close()
                 if closing:
-                    chain.emit(Chunk(closing))
+                    self._emit_text(closing)
+                self._called = True
                 chain.emit(event)
             else:
                 thinking = isinstance(event, ThinkingDelta)
-                chain.emit(Chunk(self._tagger.wrap(thinking, event.text)))
+                self._emit_text(self._tagger.wrap(thinking, event.text))
 
 
 def _nothing_shown(stop_reason: StopReason | None) -> ProviderError:

@@ -164,11 +164,22 @@ def test_json_caller_falls_through_even_after_text(upstreams) -> None:
     assert body["metadata"]["timing"]["first_chunk_ms"] >= 300
 
 
-def test_json_caller_is_given_the_next_answer_after_one_of_thinking_alone(upstreams) -> None:
+@pytest.mark.parametrize(
+    "empty",
+    [
+        Script(tokens=[], thinking=["Weighing ", "it."], thinking_mode="native"),
+        Script(tokens=[], thinking=["Weighing ", "it."], thinking_mode="inline"),
+        Script(tokens=["<think>Weighing it.</think>", " \n "]),
+    ],
+    ids=["native-thinking", "inline-thinking", "thinking-and-blanks"],
+)
+def test_json_caller_is_given_the_next_answer_after_one_of_thinking_alone(
+    upstreams, empty: Script
+) -> None:
     """A reviewer found a 200 whose answer was only a thinking block, the next provider
     never asked: a JSON caller is shown nothing before the end, so it is an empty reply."""
     first, second = upstreams
-    first.push(Script(tokens=[], thinking=["Weighing ", "it."], thinking_mode="native"))
+    first.push(empty)
     second.push(Script(tokens=["from second"]))
     reply = _reply(upstreams, streaming=False)
     reply.start()
@@ -176,6 +187,28 @@ def test_json_caller_is_given_the_next_answer_after_one_of_thinking_alone(upstre
     assert status == 200
     assert body["answer"] == "from second"
     assert [a["outcome"] for a in body["metadata"]["attempts"]] == ["upstream_empty", "ok"]
+
+
+def test_json_caller_given_thinking_alone_by_every_provider_gets_it_closed(upstreams) -> None:
+    for upstream in upstreams:
+        upstream.push(Script(tokens=[], thinking=["Weighing ", "it."], thinking_mode="native"))
+    reply = _reply(upstreams, streaming=False)
+    reply.start()
+    status, body = reply.json_answer()
+    assert (status, body["code"]) == (502, "providers_failed")
+    assert body["partial"] == "<thinking>Weighing it.</thinking>"  # its block closed
+    assert [a["outcome"] for a in body["attempts"]] == ["upstream_empty", "upstream_empty"]
+
+
+def test_json_caller_given_thinking_and_a_call_gets_the_call(upstreams) -> None:
+    first, second = upstreams
+    call = {"name": "weather", "args": {"city": "Oslo"}}
+    first.push(Script(tokens=[], thinking=["Look it up."], tool_calls=[call]))
+    reply = _reply(upstreams, streaming=False)
+    reply.start()
+    status, body = reply.json_answer()
+    assert status == 200 and second.requests == []
+    assert [c["name"] for c in body["metadata"]["tools_to_use"]] == ["weather"]
 
 
 def test_a_stream_shows_an_answer_of_thinking_alone_as_it_came(upstreams) -> None:
