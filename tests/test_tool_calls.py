@@ -19,7 +19,7 @@ import pytest
 
 from assistant.chain import ChainFailed, ChainSucceeded, Chunk
 from assistant.config import Timeouts
-from assistant.providers.base import Event, Prompt, StreamEnd, TextDelta, wire_call_id
+from assistant.providers.base import Event, Prompt, StreamEnd, TextDelta
 from assistant.request import Turn
 from assistant.tools import ToolCall, ToolSpec
 from devtools.fake_upstream import FakeUpstream, Script
@@ -167,13 +167,63 @@ def test_a_tool_loop_goes_on_where_this_request_offers_no_tools(
     assert [e.text for e in events if isinstance(e, TextDelta)] == ["Chilly."]
 
 
-def test_a_call_id_is_changed_only_where_a_provider_would_refuse_it() -> None:
-    assert wire_call_id("toolu_01A-b_9") == "toolu_01A-b_9"
-    assert wire_call_id("call_" + "a" * 35) == "call_" + "a" * 35  # 40: OpenAI's most
-    mapped = [wire_call_id(id_) for id_ in (*FOREIGN_IDS, "functions.weather_0", "c" * 61)]
-    assert all(re.fullmatch(r"[A-Za-z0-9_-]{1,40}", id_) for id_ in mapped)
-    assert len(set(mapped)) == len(mapped)  # ids alike but not the same stay apart
-    assert mapped[0].startswith("functions_weather_0_")  # still readable in a log
+def _sent_call_ids(upstream: FakeUpstream, case: ProviderCase, *ids: str) -> list[str]:
+    """The ids a provider sent for a turn of calls with these ids, on calls then results."""
+    calls = tuple(ToolCall(id_, "weather", {"city": "Oslo"}) for id_ in ids)
+    history = (
+        Turn("user", "Weather in Oslo?"),
+        Turn("assistant", "", tool_calls=calls),
+        *(Turn("tool", "4 °C", tool_call_id=c.id, tool_name="weather") for c in calls),
+    )
+    upstream.push(Script(tokens=["Cold."]))
+    _, error = case.events(upstream.url, prompt=Prompt(None, history, (WEATHER,)))
+    assert error is None, error.detail if error else None
+    body = upstream.requests[-1].body
+    assert body is not None
+    if case.name == "anthropic":
+        blocks = [b for m in body["messages"] for b in m["content"] if isinstance(b, dict)]
+        made = [b["id"] for b in blocks if b["type"] == "tool_use"]
+        answered = [b["tool_use_id"] for b in blocks if b["type"] == "tool_result"]
+    else:
+        made = [c["id"] for m in body["messages"] for c in m.get("tool_calls") or []]
+        answered = [m["tool_call_id"] for m in body["messages"] if m["role"] == "tool"]
+    assert made == answered  # each result still answers its call
+    return made
+
+
+ANTHROPIC_AND_OPENAI = pytest.mark.parametrize(
+    "case", [c for c in CASES if c.name in ("anthropic", "openai")], ids=lambda c: c.name
+)
+
+
+@ANTHROPIC_AND_OPENAI
+def test_a_call_id_is_changed_only_where_that_provider_would_refuse_it(
+    upstream: FakeUpstream, case: ProviderCase
+) -> None:
+    kept = ["toolu_01A-b_9", "call_" + "a" * 35, "gemini-call-0123456789ab-1"]
+    assert _sent_call_ids(upstream, case, *kept) == kept
+    [compatible, long] = _sent_call_ids(upstream, case, "functions.weather:0", "c" * 41)
+    if case.name == "openai":
+        # OpenAI takes any characters: an OpenAI-compatible server gets its own id back
+        # (a reviewer found it changed, and Kimi-style servers stop calling tools then),
+        # but no more than 40 of them.
+        assert compatible == "functions.weather:0"
+        assert len(long) == 40 and long.startswith("c" * 29)
+    else:  # Anthropic: its characters only, at any length
+        assert long == "c" * 41
+        assert re.fullmatch(r"[A-Za-z0-9_-]{1,40}", compatible)
+        assert compatible.startswith("functions_weather_0_")  # still readable in a log
+
+
+@ANTHROPIC_AND_OPENAI
+def test_a_changed_call_id_never_equals_another_id_sent(
+    upstream: FakeUpstream, case: ProviderCase
+) -> None:
+    """A reviewer made one: an id of the very form another one is changed into."""
+    refused = "c" * 41 if case.name == "openai" else "get_weather:0"
+    [changed] = _sent_call_ids(upstream, case, refused)
+    sent = _sent_call_ids(upstream, case, refused, changed)
+    assert len(set(sent)) == 2
 
 
 # -- the chain ------------------------------------------------------------------------------

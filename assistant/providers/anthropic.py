@@ -51,6 +51,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,9 +73,10 @@ from .base import (
     ThinkingDelta,
     ToolResult,
     Usage,
+    changed_call_id,
     conversation,
+    keeps_call_id,
     normalised_stop_reason,
-    wire_call_id,
 )
 from .sse_decoder import ServerSentEvent
 from .sse_events import SseReader, json_object, require_event_stream
@@ -307,16 +309,27 @@ def _content(message: Message, thinking: bool) -> str | list[dict[str, Any]]:
 
 
 def _result_block(result: ToolResult) -> dict[str, Any]:
-    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": wire_call_id(result.call_id)}
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": _call_id(result.call_id)}
     if result.content:
         block["content"] = result.content
     return block
 
 
+# The API's pattern for a tool_use id: an OpenAI-compatible server's `functions.weather:0`,
+# say, is refused.
+_CALL_ID = re.compile(r"[a-zA-Z0-9_-]+")
+
+
+def _call_id(call_id: str) -> str:
+    if _CALL_ID.fullmatch(call_id) and keeps_call_id(call_id):
+        return call_id
+    return changed_call_id(call_id, re.sub(r"[^a-zA-Z0-9_-]", "_", call_id))
+
+
 def _tool_use_block(call: ToolCall) -> dict[str, Any]:
     # Arguments that were not JSON when the model sent them go back as none.
     args = dict(call.args) if call.args is not None else {}
-    return {"type": "tool_use", "id": wire_call_id(call.id), "name": call.name, "input": args}
+    return {"type": "tool_use", "id": _call_id(call.id), "name": call.name, "input": args}
 
 
 def _tool_choice(prompt: Prompt) -> dict[str, Any] | None:

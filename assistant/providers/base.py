@@ -355,22 +355,23 @@ def _parsed(url: str) -> httpx.URL:
     return httpx.URL(url)
 
 
-# What Anthropic takes as a tool call's id (its `tool_use.id` pattern), at the length
-# OpenAI takes (40): ids another provider or a frontend made may be neither.
-_WIRE_CALL_ID = re.compile(r"[A-Za-z0-9_-]{1,40}")
+# The shape of an id `changed_call_id` made: an id of this shape is changed too, so a
+# changed id never equals one sent as it was.
+_CHANGED_CALL_ID = re.compile(r".*_[0-9a-f]{10}", re.DOTALL)
 
 
-def wire_call_id(call_id: str) -> str:
-    """`call_id` as Anthropic and OpenAI take it, the same on a call and its result.
+def keeps_call_id(call_id: str) -> bool:
+    """Whether `call_id` can go as it is where a provider takes it (not of a changed id's
+    shape: see `changed_call_id`)."""
+    return not _CHANGED_CALL_ID.fullmatch(call_id)
 
-    An id they would refuse (`functions.weather:0` from an OpenAI-compatible server,
-    a frontend's own longer one) loses what they refuse and gains a digest of
-    itself, so two different ids stay different and each call keeps its result.
-    """
-    if _WIRE_CALL_ID.fullmatch(call_id):
-        return call_id
+
+def changed_call_id(call_id: str, kept: str) -> str:
+    """An id a provider would refuse, in a form it takes: `kept` (what of the id it
+    takes, cut to 29 characters) and a digest of the whole id, so two different ids stay
+    different (40 characters at most), the same on a call and its result."""
     digest = hashlib.sha256(call_id.encode()).hexdigest()[:10]
-    return f"{re.sub(r'[^A-Za-z0-9_-]', '_', call_id)[:29]}_{digest}"
+    return f"{kept[:29]}_{digest}"
 
 
 def upstream_json(body: Mapping[str, Any]) -> bytes:

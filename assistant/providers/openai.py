@@ -78,9 +78,10 @@ from .base import (
     ThinkingDelta,
     ToolResult,
     Usage,
+    changed_call_id,
     conversation,
+    keeps_call_id,
     normalised_stop_reason,
-    wire_call_id,
 )
 from .sse_decoder import ServerSentEvent
 from .sse_events import SseReader, json_object, require_event_stream
@@ -251,7 +252,7 @@ def _messages(message: Message) -> list[dict[str, Any]]:
         ]
     # Never empty, and no two texts in a row (base._append joins them).
     return [
-        {"role": "tool", "tool_call_id": wire_call_id(part.call_id), "content": part.content}
+        {"role": "tool", "tool_call_id": _call_id(part.call_id), "content": part.content}
         if isinstance(part, ToolResult)
         else {"role": "user", "content": part}
         for part in message.parts
@@ -259,9 +260,17 @@ def _messages(message: Message) -> list[dict[str, Any]]:
     ]
 
 
+def _call_id(call_id: str) -> str:
+    """OpenAI refuses ids over 40 characters; any other goes as it is (an
+    OpenAI-compatible server's own `functions.weather:0` must come back unchanged)."""
+    if len(call_id) <= 40 and keeps_call_id(call_id):
+        return call_id
+    return changed_call_id(call_id, call_id)
+
+
 def _history_call(call: ToolCall) -> dict[str, Any]:
     function = {"name": call.name, "arguments": call.arguments_json}
-    return {"id": wire_call_id(call.id), "type": "function", "function": function}
+    return {"id": _call_id(call.id), "type": "function", "function": function}
 
 
 def _response_format(schema: Mapping[str, Any]) -> dict[str, Any]:
