@@ -110,6 +110,41 @@ def test_iam_and_none_take_the_bodys_user(client, fake: FakeUpstream, firestore,
     assert {message["userName"] for message in saved} == {"Ada"}
 
 
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_a_blank_email_names_no_user_whose_history_others_read(
+    client, fake: FakeUpstream, firestore, blank: str
+) -> None:
+    """A reviewer found "" taken as a user: one caller's saved question reached another
+    caller's model through read_from_history."""
+    os.environ["AUTH_MODE"] = "iam"
+    fake.push(Script(tokens=["Noted."]))
+    post(client, **as_user({"email": blank, "displayName": "Alice"}), save_to_history=True)
+    saved = [
+        s.to_dict() for s in firestore.collection("assistants/test-assistant/messages").stream()
+    ]
+    assert saved and {message["userId"] for message in saved} == {None}
+    fake.push(Script(tokens=["Hi."]))
+    bob = as_user({"email": blank, "displayName": "Bob"}, read_from_history=True)
+    assert "answer" in sse_events(post(client, **bob).get_data())[-2]
+    assert fake.requests[-1].body["messages"][0]["content"] == "Hello?"  # nothing of Alice's
+    assert len(fake.requests[-1].body["messages"]) == 1
+
+
+def test_an_email_is_taken_without_blanks_around_it_and_within_bounds(
+    client, fake: FakeUpstream, firestore
+) -> None:
+    os.environ["AUTH_MODE"] = "iam"
+    fake.push(Script(tokens=["hi"]))
+    post(client, **as_user({"email": " ada@example.com\n"}), save_to_history=True)
+    saved = [
+        s.to_dict() for s in firestore.collection("assistants/test-assistant/messages").stream()
+    ]
+    assert {message["userId"] for message in saved} == {"ada@example.com"}
+    response = post(client, **as_user({"email": "a" * 321}))
+    assert response.status_code == 400
+    assert "emissaryConfig.currentUser.email" in response.get_json()["error"]
+
+
 def test_iam_ignores_a_bearer_token(client, fake: FakeUpstream) -> None:
     """Cloud Run IAM checked the caller's Google identity token; the service does not."""
     os.environ["AUTH_MODE"] = "iam"
