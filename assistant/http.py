@@ -42,6 +42,7 @@ from .reply import ClientGone, Refused, Reply
 from .request import (
     AssistantRequest,
     body_trace_id,
+    body_user_id,
     build_request,
     check_assistant_id,
     parse_body,
@@ -401,7 +402,8 @@ def _store_for(assistant_request: AssistantRequest, settings: Settings) -> Messa
 
 def _author(assistant_request: AssistantRequest) -> Author:
     user = assistant_request.user
-    return Author(user_id=user.email, email=user.email, name=user.display_name)
+    user_id = body_user_id(user)
+    return Author(user_id=user_id, email=user_id, name=user.display_name)
 
 
 def _read_body(request: flask.Request, limit: int) -> bytes:

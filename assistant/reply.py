@@ -53,7 +53,7 @@ from .providers.base import Prompt, Provider, ProviderError
 from .request import AssistantRequest, Turn
 from .saving import Pending, Saver, drive
 from .store import Author, MessageStore, UserMessage
-from .thinking import ThinkingSplitter
+from .thinking import ThinkingSplitter, with_thinking_closed
 from .tools import ToolCall
 from .tracing import RequestLog
 
@@ -362,7 +362,8 @@ class Reply:
             "attempts": final["metadata"].get("attempts", []),  # none after a crash's
         }
         if final["partial"]:  # a JSON reply cut midway (its last provider, a stop): saved too
-            body["partial"] = final["partial"]
+            # Shown whole, not streamed: a block the cut left open is closed.
+            body["partial"] = with_thinking_closed(final["partial"])
         return body
 
     # -- internals ---------------------------------------------------------

@@ -368,24 +368,32 @@ def _tool_result(item: Mapping[str, Any], label: str, call_names: Mapping[str, s
     return Turn("tool", content, tool_call_id=call_id, tool_name=name)
 
 
+def _current_user(config: Mapping[str, Any]) -> CurrentUser:
+    user = _optional(config, "currentUser", dict, "emissaryConfig.currentUser") or {}
+    return CurrentUser(
+        email=_optional(user, "email", str, "emissaryConfig.currentUser.email"),
+        display_name=_optional(user, "displayName", str, "emissaryConfig.currentUser.displayName"),
+    )
+
+
 # The longest an address can be (RFC 3696's 64 + @ + 255); a user id is an indexed value
 # in Firestore, which holds no more than 1,500 bytes of one.
 MAX_EMAIL_CHARS = 320
 
 
-def _current_user(config: Mapping[str, Any]) -> CurrentUser:
-    user = _optional(config, "currentUser", dict, "emissaryConfig.currentUser") or {}
-    email = (_optional(user, "email", str, "emissaryConfig.currentUser.email") or "").strip()
+def body_user_id(user: CurrentUser) -> str | None:
+    """The user `currentUser` names where the body says who the user is (`iam`, `none`):
+    its email, without the blanks around it; none for an email that shows nothing (a
+    reviewer found "" taken as one user, whose history every caller without an email
+    read). In `firebase` mode the field is ignored, and so is all this."""
+    email = (user.email or "").strip()
+    if _shows_nothing(email):
+        return None
     if len(email) > MAX_EMAIL_CHARS:
         raise RequestError(
             f"emissaryConfig.currentUser.email is longer than {MAX_EMAIL_CHARS} characters"
         )
-    return CurrentUser(
-        # A blank email names no user (a reviewer found "" taken as one user whose
-        # history every caller without an email read).
-        email=email or None,
-        display_name=_optional(user, "displayName", str, "emissaryConfig.currentUser.displayName"),
-    )
+    return email
 
 
 def build_request(

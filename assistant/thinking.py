@@ -41,7 +41,7 @@ Deliberate choices:
 
 from __future__ import annotations
 
-__all__ = ["ThinkingSplitter", "ThinkingTagger", "without_thinking"]
+__all__ = ["ThinkingSplitter", "ThinkingTagger", "with_thinking_closed", "without_thinking"]
 
 # Open tag -> the only close tag that ends a block it opened.
 _TAGS: dict[str, str] = {"<thinking>": "</thinking>", "<think>": "</think>"}
@@ -57,6 +57,16 @@ def without_thinking(text: str) -> str:
     splitter.feed(text)
     splitter.finish()
     return splitter.content
+
+
+def with_thinking_closed(text: str) -> str:
+    """`text`, with the close tag of a thinking block it leaves open: a reply cut short
+    while thinking, reported whole rather than as it streamed."""
+    if "<think" not in text:
+        return text
+    splitter = ThinkingSplitter()
+    splitter.feed(text)
+    return text + (splitter.awaited_close_tag or "")
 
 
 def _join_compact(parts: list[str]) -> str:
@@ -155,6 +165,11 @@ class ThinkingSplitter:
             self._end_block()
         content = "".join(self._content).strip(_ASCII_WS)
         self._content = [content] if content else []
+
+    @property
+    def awaited_close_tag(self) -> str | None:
+        """The tag that ends the block the text fed so far is in; None outside one."""
+        return self._close
 
     @property
     def content(self) -> str:

@@ -110,7 +110,7 @@ def test_iam_and_none_take_the_bodys_user(client, fake: FakeUpstream, firestore,
     assert {message["userName"] for message in saved} == {"Ada"}
 
 
-@pytest.mark.parametrize("blank", ["", "  "])
+@pytest.mark.parametrize("blank", ["", "  ", "\u200b", " \u2060 "])
 def test_a_blank_email_names_no_user_whose_history_others_read(
     client, fake: FakeUpstream, firestore, blank: str
 ) -> None:
@@ -226,6 +226,16 @@ def test_the_body_cannot_change_whose_slot_it_is(
     second = post(client, token_for(key, "ada"), **as_user({"email": "y@example.com"}))
     assert_rate_limited(second)
     first.close()
+
+
+def test_a_signed_in_user_is_not_refused_for_a_current_user_the_mode_ignores(
+    client, fake: FakeUpstream, firebase, key
+) -> None:
+    """A reviewer found the iam bound on currentUser.email refusing signed-in users."""
+    fake.push(Script(tokens=["hi"]))
+    response = post(client, token_for(key, "ada"), **as_user({"email": "a" * 400}))
+    assert response.status_code == 200
+    response.get_data()
 
 
 @pytest.mark.parametrize(

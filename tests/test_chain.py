@@ -200,6 +200,31 @@ def test_json_caller_given_thinking_alone_by_every_provider_gets_it_closed(upstr
     assert [a["outcome"] for a in body["attempts"]] == ["upstream_empty", "upstream_empty"]
 
 
+@pytest.mark.parametrize(
+    ("script", "env"),
+    [
+        (dict(fail_after=2, fail_mode="error_event"), {}),
+        (dict(fail_after=2, fail_mode="cut"), {}),
+        (dict(interval=1.5), {"MAX_REPLY_SECONDS": "1"}),
+    ],
+    ids=["error-event", "cut", "reply-too-long"],
+)
+def test_a_json_partial_cut_while_thinking_has_its_block_closed(
+    upstreams, script: dict[str, Any], env: dict[str, str]
+) -> None:
+    """A reviewer found `<thinking>Weighing it.` in a 502's partial: shown whole, not as
+    it streamed, a reply cut while thinking reads as one whose thinking ended."""
+    for upstream in upstreams:
+        thinking = ["Weighing ", "it.", "More."]
+        upstream.push(Script(tokens=["x"], thinking=thinking, thinking_mode="native", **script))
+    reply = _reply(upstreams, streaming=False, env=env)
+    reply.start()
+    status, body = reply.json_answer()
+    assert status in (502, 504)
+    assert body["partial"].startswith("<thinking>Weighing ")
+    assert body["partial"].endswith("</thinking>")
+
+
 def test_json_caller_given_thinking_and_a_call_gets_the_call(upstreams) -> None:
     first, second = upstreams
     call = {"name": "weather", "args": {"city": "Oslo"}}

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from assistant.thinking import ThinkingSplitter, ThinkingTagger
+from assistant.thinking import ThinkingSplitter, ThinkingTagger, with_thinking_closed
 
 
 def split_thinking(text: str) -> tuple[str, str]:
@@ -430,3 +430,21 @@ def test_a_close_tag_in_native_reasoning_never_ends_the_block(reasoning: str) ->
             "A",
             reasoning.replace("</thinking>", "</thinking\u200b>").strip(),
         ), pieces
+
+
+@pytest.mark.parametrize(
+    ("text", "closed"),
+    [
+        ("<think>Weighing it.", "<think>Weighing it.</think>"),
+        (
+            "A <thinking>b</thinking> c <thinking>d",
+            "A <thinking>b</thinking> c <thinking>d</thinking>",
+        ),
+        ("<thinking>b</thin", "<thinking>b</thin</thinking>"),
+        ("no tags", "no tags"),
+        ("<thinking>b</thinking>", "<thinking>b</thinking>"),
+        ("a <think", "a <think"),  # not a tag yet: nothing to close
+    ],
+)
+def test_a_block_left_open_is_closed_with_its_own_tag(text: str, closed: str) -> None:
+    assert with_thinking_closed(text) == closed
