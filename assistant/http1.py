@@ -65,23 +65,20 @@ class Http1Transport(httpx.AsyncBaseTransport):
         url = request.url
         origin = (url.scheme, url.host, url.port or _DEFAULT_PORTS.get(url.scheme, 80))
         body = await request.aread()  # our requests are bytes; a stream is read whole
-        connection = self._idle_connection(origin) or await self._connect(origin, timeout)
-        try:
-            connection.send(_request_head(request, body) + body, timeout.get("read"))
-            status, reason, headers = await connection.head(request.method == "HEAD")
-        except BaseException:
-            connection.abort()  # cancelled or failed mid-exchange: nothing of it is reusable
-            raise
-        extensions: dict[str, Any] = {"http_version": b"HTTP/1.1", RAW_BODY: connection.body}
-        if reason:
-            extensions["reason_phrase"] = reason
-        return httpx.Response(
-            status_code=status,
-            headers=headers,
-            stream=connection.body,
-            request=request,
-            extensions=extensions,
-        )
+        data = _request_head(request, body) + body
+        no_body = request.method == "HEAD"
+        kept = self._idle_connection(origin)
+        if kept is not None:
+            try:
+                return _response(request, kept, *await _exchange(kept, data, timeout, no_body))
+            except (httpx.ReadError, httpx.RemoteProtocolError):
+                # A server may close a kept connection as the request goes out (its own
+                # idle timeout ran out first): it closed with not a byte of an answer,
+                # so it never took the request up, and a new connection asks again.
+                if not kept.answered_nothing:
+                    raise
+        connection = await self._connect(origin, timeout)
+        return _response(request, connection, *await _exchange(connection, data, timeout, no_body))
 
     async def aclose(self) -> None:
         self._closed = True  # responses still being read close their connections after
@@ -242,6 +239,37 @@ class Body(httpx.AsyncByteStream):
             self._connection.done()
 
 
+async def _exchange(
+    connection: _Connection, data: bytes, timeout: dict[str, float | None], no_body: bool
+) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """The request sent on `connection`, and its answer's head."""
+    try:
+        connection.send(data, timeout.get("read"))
+        return await connection.head(no_body)
+    except BaseException:
+        connection.abort()  # cancelled or failed mid-exchange: nothing of it is reusable
+        raise
+
+
+def _response(
+    request: httpx.Request,
+    connection: _Connection,
+    status: int,
+    reason: bytes,
+    headers: list[tuple[bytes, bytes]],
+) -> httpx.Response:
+    extensions: dict[str, Any] = {"http_version": b"HTTP/1.1", RAW_BODY: connection.body}
+    if reason:
+        extensions["reason_phrase"] = reason
+    return httpx.Response(
+        status_code=status,
+        headers=headers,
+        stream=connection.body,
+        request=request,
+        extensions=extensions,
+    )
+
+
 class _Connection(asyncio.Protocol):
     """One HTTP/1.1 connection: a request, its response's head, then its body undone
     from its framing into `pieces`, as bytes arrive."""
@@ -281,6 +309,11 @@ class _Connection(asyncio.Protocol):
     @property
     def reusable(self) -> bool:
         return not self._lost and self._transport is not None and not self._transport.is_closing()
+
+    @property
+    def answered_nothing(self) -> bool:
+        """No byte of an answer to the request sent came (not even a 1xx)."""
+        return self._head is not None and not self._head and not self._interim
 
     def quiet(self) -> bool:
         """Nothing waits unread in the kernel for an idle connection: bytes there mean

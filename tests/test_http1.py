@@ -48,10 +48,14 @@ class Upstream:
         gap: float = 0.002,
         close_after: Sequence[int] = (),
         tls: ssl.SSLContext | None = None,
+        drop: Sequence[int] = (),
+        reset: bool = False,
     ) -> None:
         self._answers = list(answers)
         self._gap = gap
         self._close_after = set(close_after)  # answer indexes after which to close
+        self._drop = set(drop)  # request indexes read, then left unanswered: closed
+        self._reset = reset  # ...with a reset rather than a FIN
         self._tls = tls
         self.connections = 0
         self.requests: list[bytes] = []
@@ -96,6 +100,10 @@ class Upstream:
                 with self._lock:
                     index = len(self.requests)
                     self.requests.append(request)
+                if index in self._drop:
+                    if self._reset:
+                        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+                    return
                 try:
                     for piece in self._answers[index]:
                         conn.sendall(piece)
@@ -215,6 +223,28 @@ def test_an_idle_connection_the_server_closed_is_not_used() -> None:
         time.sleep(0.1)  # the close reaches our side
         assert on_loop(read_body(http, server.url)) == EVENTS
         assert server.connections == 2
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["fin", "reset"])
+def test_a_kept_connection_dropped_as_the_request_went_out_asks_again_anew(reset: bool) -> None:
+    """A server's keep-alive ran out as our request went: it read it and closed with no
+    answer. A reviewer found the provider failed for it (a 502 with one provider)."""
+    with upstream([[CHUNKED], [], [CHUNKED]], drop=[1], reset=reset) as server:
+        http = client()
+        assert on_loop(read_body(http, server.url)) == EVENTS
+        assert on_loop(read_body(http, server.url)) == EVENTS
+        assert server.connections == 2 and len(server.requests) == 3
+
+
+def test_a_kept_connection_that_began_an_answer_is_not_asked_again() -> None:
+    # Something of an answer came: the server took the request up. Asking again could
+    # make it do the work twice.
+    with upstream([[CHUNKED], [b"HTTP/1.1 200 OK\r\ncontent-"]], close_after=[1]) as server:
+        http = client()
+        assert on_loop(read_body(http, server.url)) == EVENTS
+        with pytest.raises(httpx.RemoteProtocolError):
+            on_loop(read_body(http, server.url))
+        assert server.connections == 1
 
 
 def test_an_idle_connection_past_its_keep_alive_is_closed() -> None:

@@ -250,7 +250,10 @@ def test_leading_bom_is_stripped() -> None:
 # -- content type ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("content_type", [SSE, "text/event-stream; charset=utf-8"])
+@pytest.mark.parametrize(
+    "content_type",
+    [SSE, "text/event-stream; charset=utf-8", "Text/Event-Stream; charset=UTF-8"],  # any case
+)
 def test_event_stream_content_types_are_read(content_type: str) -> None:
     assert decode([b"data: a\n\n"], content_type) == [ev("a")]
 

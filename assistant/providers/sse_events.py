@@ -32,7 +32,7 @@ _ONE_EVENT = re.compile(rb"(?:event: ?([^\r\n]*)\r?\n)?data: ?([^\r\n]*)\r?\n\r?
 def require_event_stream(response: httpx.Response) -> None:
     """A provider's answer must be `text/event-stream`; anything else is a protocol error."""
     content_type = response.headers.get("content-type", "").partition(";")[0].strip()
-    if content_type != "text/event-stream":
+    if content_type.lower() != "text/event-stream":  # a media type's case says nothing
         raise ProviderError("upstream_protocol", f"content-type {content_type or 'none'}")
 
 
