@@ -16,7 +16,9 @@ What it does, and no more, as the providers need: HTTP and HTTPS
 (`ssl=` on the loop's own connection), a request whose body is bytes, a
 response framed by `Transfer-Encoding: chunked`, `Content-Length` or the
 connection's end, connections kept for `keepalive_seconds` for the next
-request to the same origin, no cookies, no proxies, no HTTP/2. Failures are
+request to the same origin (a request that a kept connection's server
+closed on, with not a byte of an answer, is sent again once on a new
+connection), no cookies, no proxies, no HTTP/2. Failures are
 the httpx exceptions httpcore raises for the same ones, so the chain's error
 codes (`translate_http_error`) do not depend on the transport.
 """
