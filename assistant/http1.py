@@ -17,8 +17,8 @@ What it does, and no more, as the providers need: HTTP and HTTPS
 response framed by `Transfer-Encoding: chunked`, `Content-Length` or the
 connection's end, connections kept for `keepalive_seconds` for the next
 request to the same origin (a request that a kept connection's server
-closed on, with not a byte of an answer, is sent again once on a new
-connection), no cookies, no proxies, no HTTP/2. Failures are
+closed on at once, with not a byte of an answer, is sent again once on a
+new connection), no cookies, no proxies, no HTTP/2. Failures are
 the httpx exceptions httpcore raises for the same ones, so the chain's error
 codes (`translate_http_error`) do not depend on the transport.
 """
@@ -47,6 +47,11 @@ _NO_BODY_STATUS = frozenset({204, 304})
 # to end its body (the chunked terminator usually comes a moment later).
 DRAIN_SECONDS = 0.1
 
+# How soon after a request went out on a kept connection a close with no answer says
+# the server had closed it before the request came (the keep-alive race), not that it
+# dropped a request it had begun on: a round trip, with room to spare.
+STALE_CLOSE_SECONDS = 0.5
+
 Origin = tuple[str, str, int]
 _HEX_DIGITS = b"0123456789abcdefABCDEF"
 
@@ -71,13 +76,17 @@ class Http1Transport(httpx.AsyncBaseTransport):
         no_body = request.method == "HEAD"
         kept = self._idle_connection(origin)
         if kept is not None:
+            sent = asyncio.get_running_loop().time()
             try:
                 return _response(request, kept, *await _exchange(kept, data, timeout, no_body))
             except (httpx.ReadError, httpx.RemoteProtocolError):
                 # A server may close a kept connection as the request goes out (its own
-                # idle timeout ran out first): it closed with not a byte of an answer,
-                # so it never took the request up, and a new connection asks again.
-                if not kept.answered_nothing:
+                # idle timeout ran out first): closed at once, with not a byte of an
+                # answer, it never took the request up, and a new connection asks again.
+                # Closed later, it may have begun the work: asking again could bill it
+                # twice, so that is the provider's failure.
+                waited = asyncio.get_running_loop().time() - sent
+                if not kept.answered_nothing or waited > STALE_CLOSE_SECONDS:
                     raise
         connection = await self._connect(origin, timeout)
         return _response(request, connection, *await _exchange(connection, data, timeout, no_body))

@@ -50,12 +50,14 @@ class Upstream:
         tls: ssl.SSLContext | None = None,
         drop: Sequence[int] = (),
         reset: bool = False,
+        drop_after: float = 0.0,
     ) -> None:
         self._answers = list(answers)
         self._gap = gap
         self._close_after = set(close_after)  # answer indexes after which to close
         self._drop = set(drop)  # request indexes read, then left unanswered: closed
         self._reset = reset  # ...with a reset rather than a FIN
+        self._drop_after = drop_after  # ...this long after it was read
         self._tls = tls
         self.connections = 0
         self.requests: list[bytes] = []
@@ -101,6 +103,7 @@ class Upstream:
                     index = len(self.requests)
                     self.requests.append(request)
                 if index in self._drop:
+                    time.sleep(self._drop_after)
                     if self._reset:
                         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
                     return
@@ -234,6 +237,19 @@ def test_a_kept_connection_dropped_as_the_request_went_out_asks_again_anew(reset
         assert on_loop(read_body(http, server.url)) == EVENTS
         assert on_loop(read_body(http, server.url)) == EVENTS
         assert server.connections == 2 and len(server.requests) == 3
+
+
+def test_a_request_dropped_after_the_server_worked_on_it_is_not_asked_again() -> None:
+    """Dropped a while after it came, the request may have been taken up: sent again, a
+    reviewer found, a provider did (and billed) the work twice, and the next provider
+    waited for the first-chunk timeout instead of the drop."""
+    assert http1.STALE_CLOSE_SECONDS < 1
+    with upstream([[CHUNKED], [], [CHUNKED]], drop=[1], drop_after=1.0) as server:
+        http = client()
+        assert on_loop(read_body(http, server.url)) == EVENTS
+        with pytest.raises(httpx.RemoteProtocolError):
+            on_loop(read_body(http, server.url))
+        assert server.connections == 1 and len(server.requests) == 2
 
 
 def test_a_kept_connection_that_began_an_answer_is_not_asked_again() -> None:
