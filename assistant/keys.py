@@ -172,6 +172,9 @@ class KeyStore:
             return False, None
         if key is None:
             log.warning("secret.missing", secret=name, error="EmptyOrNotUtf8")
+        elif not _sendable(key):
+            log.warning("secret.missing", secret=name, error="NotAHeaderValue")
+            key = None
         self._entries[name] = replace(entry, key=key, checked_at=self._clock(), failed_at=None)
         return True, key
 
@@ -203,7 +206,18 @@ class KeyStore:
 
 
 def _env_key(name: str) -> str | None:
-    return (os.environ.get(name, "").strip() or None) if name else None
+    key = (os.environ.get(name, "").strip() or None) if name else None
+    if key is not None and not _sendable(key):
+        process_log().warning("secret.missing", secret=name, error="NotAHeaderValue")
+        return None
+    return key
+
+
+def _sendable(key: str) -> bool:
+    """Whether `key` can go in a request header: printable ASCII, no line break inside (a
+    secret pasted with one would fail every request as the provider's protocol error,
+    with nothing saying why)."""
+    return key.isascii() and key.isprintable()
 
 
 _client: Any = None

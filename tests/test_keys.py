@@ -7,6 +7,7 @@ handling under test are the real ones, fed real `google.api_core` exceptions.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -182,6 +183,30 @@ def test_an_empty_or_undecodable_secret_is_no_key(sm, clock, data) -> None:
     assert store.get(NAME) is None
     assert store.get(NAME) is None
     assert len(sm.calls) == 1
+
+
+@pytest.mark.parametrize(
+    "data", [b"sk-a\nb", b"sk-a\x00b", "sk-\u00e9".encode()], ids=["line-break", "nul", "non-ascii"]
+)
+def test_a_secret_no_header_can_carry_is_no_key_and_the_log_says_so(
+    sm, clock, data, capsys
+) -> None:
+    """A reviewer found such a key sent: every request the provider's protocol error,
+    nothing saying why. Its text is never logged."""
+    sm.secrets[NAME] = data
+    store = make_store(sm, clock)
+    assert store.get(NAME) is None
+    [line] = log_lines(capsys.readouterr().out)
+    assert (line["message"], line["error"]) == ("secret.missing", "NotAHeaderValue")
+    assert "sk-" not in json.dumps(line)
+
+
+def test_an_env_key_no_header_can_carry_is_passed_over(sm, clock, capsys, monkeypatch) -> None:
+    monkeypatch.setenv(NAME, "sk-a\nb")
+    sm.secrets[NAME] = KEY.encode()
+    assert make_store(sm, clock).get(NAME) == KEY  # Secret Manager's, as if none were set
+    [line] = log_lines(capsys.readouterr().out)
+    assert (line["message"], line["error"]) == ("secret.missing", "NotAHeaderValue")
 
 
 OUTAGES = [
