@@ -33,6 +33,7 @@ from werkzeug.wsgi import ClosingIterator
 from . import __version__, sse
 from .auth import caller
 from .config import ConfigError, Settings, cors_origins, project_id, request_settings
+from .cors import cors_headers
 from .direct import briefly, client_socket
 from .errors import MESSAGES, ErrorCode, RequestError
 from .limits import Slot, pieces, replies_in_flight
@@ -90,7 +91,7 @@ def handle(request: flask.Request) -> flask.Response:
     origins = cors_origins() if settings is None else settings.cors_origins
     project = project_id() if settings is None else settings.project_id
     log = RequestLog(trace_id, project)
-    cors = _cors_headers(headers, origins)
+    cors = cors_headers(headers.get("Origin"), origins)
     try:
         response = _route(request, headers, origins, settings, trace_id, log, started)
     except RequestError as exc:
@@ -123,7 +124,7 @@ def framework_not_found() -> flask.Response:
     headers = cast("Mapping[str, str]", flask.request.headers)
     trace_id = trace_id_from_headers(headers) or new_trace_id()
     response = _error(404, "not_found", f"no route for {flask.request.path[:200]}", trace_id)
-    response.headers.update(_cors_headers(headers, cors_origins()))
+    response.headers.update(cors_headers(headers.get("Origin"), cors_origins()))
     return response
 
 
@@ -557,39 +558,12 @@ def _client_gone_probe(environ: Mapping[str, Any]) -> Callable[[], bool]:
     return gone
 
 
-# What browser code may read of an answer beyond the CORS-safelisted headers:
-# the trace id, when to try again after a 429 or 503, and why a 401 refused its token.
-_EXPOSED = "X-Trace-Id, Retry-After, WWW-Authenticate"
-
-
-def _cors_headers(headers: Mapping[str, str], origins: tuple[str, ...]) -> dict[str, str]:
-    origin = headers.get("Origin")
-    # Every answer depends on the Origin (whether one came, and whether it is allowed):
-    # no cache may hand one origin's answer, or an answer to no origin, to another.
-    vary = {"Vary": "Origin"}
-    if origin and "*" in origins:
-        # A wildcard never comes with credentials.
-        return {
-            "Access-Control-Allow-Origin": "*",
-            "Access-Control-Expose-Headers": _EXPOSED,
-            **vary,
-        }
-    if origin and origin in origins:
-        return {
-            "Access-Control-Allow-Origin": origin,
-            "Access-Control-Allow-Credentials": "true",
-            "Access-Control-Expose-Headers": _EXPOSED,
-            **vary,
-        }
-    return vary
-
-
 def _preflight(
     headers: Mapping[str, str], origins: tuple[str, ...], methods: str, trace_id: str
 ) -> flask.Response:
     response = flask.Response(status=204, headers={"X-Trace-Id": trace_id})
     del response.headers["Content-Type"]  # no body, so no type
-    if "Access-Control-Allow-Origin" in _cors_headers(headers, origins):
+    if "Access-Control-Allow-Origin" in cors_headers(headers.get("Origin"), origins):
         # An allowed origin may send the headers it asks for (a frontend's own
         # tracing headers, say); the origin list is the gate, not this one.
         asked = headers.get("Access-Control-Request-Headers", "")

@@ -167,7 +167,8 @@ from gunicorn.workers.gthread import (  # type: ignore[import-untyped]
 )
 from werkzeug.datastructures import Headers
 
-from .config import ConfigError, ServerSettings, Settings, request_settings
+from .config import ConfigError, ServerSettings, Settings, cors_origins, request_settings
+from .cors import cors_headers
 from .errors import MESSAGES, ErrorCode
 from .late_saves import late_saves
 from .saving import stop_writes
@@ -1078,11 +1079,20 @@ class Worker(ThreadWorker):
         else:
             log.info("request.refused", status=status, code=code, reason=message)
         body = _error_json(message, code, trace_id)
+        # A page reads the refusal, not a network error: gunicorn refuses a request
+        # before its headers are all parsed, so its Origin is known only sometimes; with
+        # every origin allowed (the default) none is needed.
+        origins = cors_origins()
+        origin = headers.get("Origin") or ("null" if "*" in origins else None)
+        cors = "".join(
+            f"{name}: {value}\r\n" for name, value in cors_headers(origin, origins).items()
+        )
         head = (
             f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
             "Connection: close\r\n"
             "Content-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n"
+            f"{cors}"
             f"X-Trace-Id: {trace_id}\r\n\r\n"
         )
         with contextlib.suppress(Exception):  # the client may be gone; nothing else to do

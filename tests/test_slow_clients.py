@@ -431,16 +431,33 @@ def test_requests_gunicorn_refuses_get_our_json_error(
     code: str,
     message: str,
 ) -> None:
-    with _connect(service) as sock:
-        sock.sendall(request_bytes)
+    with _connect(service) as sock:  # from a page, as a browser sends it
+        sock.sendall(
+            request_bytes.replace(b"Host: x\r\n", b"Host: x\r\nOrigin: https://p.example\r\n", 1)
+        )
         got_status, headers, body = _read_response(sock)
     assert got_status == status
     assert headers["content-type"] == "application/json"
     assert headers["connection"] == "close"
     payload = json.loads(body)
     assert payload == {"error": message, "code": code, "trace_id": headers["x-trace-id"]}
+    # Every origin is allowed by default: a page reads the refusal, not a network error
+    # (the server's own refusals came without CORS headers).
+    assert headers["access-control-allow-origin"] == "*"
+    assert "X-Trace-Id" in headers["access-control-expose-headers"]
     assert fake.requests == []
     assert httpx.get(f"{service}/health", timeout=5).status_code == 200
+
+
+def test_a_refusal_of_gunicorns_names_no_origin_it_could_not_read(fake: FakeUpstream) -> None:
+    """With chosen origins, the Origin must be known to be allowed: gunicorn refused the
+    request before it read the headers, so none is."""
+    env = {"CORS_ORIGINS": "https://app.example"}
+    with running_service(env) as service, _connect(service.url) as sock:
+        sock.sendall(BIG_HEADER.replace(b"Host: x", b"Host: x\r\nOrigin: https://app.example"))
+        status, headers, _ = _read_response(sock)
+    assert status == 431
+    assert "access-control-allow-origin" not in headers and headers["vary"] == "Origin"
 
 
 @pytest.mark.parametrize(
