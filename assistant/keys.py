@@ -173,7 +173,9 @@ class KeyStore:
         if key is None:
             log.warning("secret.missing", secret=name, error="EmptyOrNotUtf8")
         elif not _sendable(key):
-            log.warning("secret.missing", secret=name, error="NotAHeaderValue")
+            log.warning(
+                "secret.missing", secret=name, source="secret_manager", error="NotAHeaderValue"
+            )
             key = None
         self._entries[name] = replace(entry, key=key, checked_at=self._clock(), failed_at=None)
         return True, key
@@ -208,9 +210,17 @@ class KeyStore:
 def _env_key(name: str) -> str | None:
     key = (os.environ.get(name, "").strip() or None) if name else None
     if key is not None and not _sendable(key):
-        process_log().warning("secret.missing", secret=name, error="NotAHeaderValue")
+        if (name, key) not in _unsendable_env_keys:  # once, not on every request
+            _unsendable_env_keys.add((name, key))
+            process_log().warning(
+                "secret.missing", secret=name, source="environment", error="NotAHeaderValue"
+            )
         return None
     return key
+
+
+# The environment's keys no header can carry, already logged (a few, fixed at start).
+_unsendable_env_keys: set[tuple[str, str]] = set()
 
 
 def _sendable(key: str) -> bool:

@@ -204,9 +204,13 @@ def test_a_secret_no_header_can_carry_is_no_key_and_the_log_says_so(
 def test_an_env_key_no_header_can_carry_is_passed_over(sm, clock, capsys, monkeypatch) -> None:
     monkeypatch.setenv(NAME, "sk-a\nb")
     sm.secrets[NAME] = KEY.encode()
-    assert make_store(sm, clock).get(NAME) == KEY  # Secret Manager's, as if none were set
+    store = make_store(sm, clock)
+    assert store.get(NAME) == KEY  # Secret Manager's, as if none were set
+    assert store.get(NAME) == KEY
+    # Said once, not on every request, naming where the key was (a reviewer's find).
     [line] = log_lines(capsys.readouterr().out)
     assert (line["message"], line["error"]) == ("secret.missing", "NotAHeaderValue")
+    assert line["source"] == "environment"
 
 
 OUTAGES = [

@@ -33,7 +33,8 @@ def configured_providers(settings: Settings) -> tuple[list[Provider], dict[str, 
         provider_settings = settings.providers[name]
         key = provider_key(settings, provider_settings)
         if key is None:
-            skipped[name] = f"no key ({provider_settings.key_name} is not set)"
+            key_name = provider_settings.key_name
+            skipped[name] = f"no usable key ({key_name} unset, or refused: see secret.* lines)"
         elif not provider_settings.base_url:
             skipped[name] = f"no base URL ({name.upper()}_BASE_URL is not set)"
         else:
