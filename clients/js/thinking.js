@@ -3,7 +3,8 @@
 // The same rules as the service's own splitter (assistant/thinking.py): `<thinking>…</thinking>`
 // and `<think>…</think>`, exact and lowercase; only the matching close tag ends a block; tags may
 // be split across chunks anywhere (only the shortest tail that could still become a tag is held
-// back); outside a block, other `<…>` text is ordinary text. It shows thinking live; the final
+// back); outside a block, other `<…>` text is ordinary text; a block's thinking is set apart from
+// an earlier block's by a blank line, as the service joins them. It shows thinking live; the final
 // frame's `metadata.thinking_content` is the authoritative thinking (blocks stripped and joined).
 //
 //   const splitter = new ThinkingSplitter();
@@ -31,6 +32,10 @@ export class ThinkingSplitter {
     /** @type {string|null} the close tag of the block we are in */
     this.close = null;
     this.pending = "";
+    /** an earlier block showed thinking that was not blank */
+    this.shown = false;
+    /** the blank line that sets this block apart is still to come */
+    this.gapDue = false;
   }
 
   /** True while inside a thinking block. */
@@ -56,6 +61,7 @@ export class ThinkingSplitter {
           const [at, tag] = found;
           out.content += rest.slice(0, at);
           this.close = TAGS[tag];
+          this.gapDue = this.shown;
           rest = rest.slice(at + tag.length);
           continue;
         }
@@ -66,22 +72,35 @@ export class ThinkingSplitter {
       }
       const at = rest.indexOf(this.close);
       if (at >= 0) {
-        out.thinking += rest.slice(0, at);
+        this.think(out, rest.slice(0, at));
         rest = rest.slice(at + this.close.length);
         this.close = null;
         continue;
       }
       const hold = heldBack(rest, [this.close]);
-      out.thinking += rest.slice(0, rest.length - hold);
+      this.think(out, rest.slice(0, rest.length - hold));
       this.pending = rest.slice(rest.length - hold);
       return out;
     }
   }
 
+  /** Adds `text` to `out.thinking`, after the blank line due before a later block's first words. */
+  think(out, text) {
+    if (text.trim() === "") {
+      out.thinking += text;
+      return;
+    }
+    if (this.gapDue) out.thinking += "\n\n";
+    this.gapDue = false;
+    this.shown = true;
+    out.thinking += text;
+  }
+
   /** The stream ended: a held-back partial tag is literal text of the section it was in. */
   finish() {
     const out = {content: "", thinking: ""};
-    out[this.close === null ? "content" : "thinking"] = this.pending;
+    if (this.close === null) out.content = this.pending;
+    else this.think(out, this.pending);
     this.pending = "";
     return out;
   }

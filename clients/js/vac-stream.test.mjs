@@ -287,6 +287,15 @@ test("thinking is split out of chunks cut anywhere", () => {
     const content = parts.map((part) => part.content).join("");
     const thinking = parts.map((part) => part.thinking).join("");
     assert.equal(content, "A B C <thin", `cut at ${cut}`);
-    assert.equal(thinking, "x < y</think>zw", `cut at ${cut}`);
+    assert.equal(thinking, "x < y</think>z\n\nw", `cut at ${cut}`);
   }
+});
+
+test("a later block's thinking is set apart by a blank line, not a blank block", () => {
+  const splitter = new ThinkingSplitter();
+  const pieces = ["<think> </think>A<think>one</think>", "B<thinking>", " ", "two", "</thinking><think>"];
+  const parts = pieces.map((piece) => splitter.feed(piece));
+  parts.push(splitter.finish());
+  assert.equal(parts.map((part) => part.thinking).join(""), " one \n\ntwo");
+  assert.equal(parts.map((part) => part.content).join(""), "AB");
 });
