@@ -150,7 +150,12 @@ class _Provider(AnthropicProvider):
 
     @asynccontextmanager
     async def _post(
-        self, client: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str]
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        prompt: Prompt,
     ) -> AsyncIterator[httpx.Response]:
         upstream_json(body)  # the request body is encoded as for a real request
         body_stream = Body(_Connection())  # type: ignore[arg-type]
