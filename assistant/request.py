@@ -30,7 +30,15 @@ from typing import Any
 from .errors import RequestError
 from .schemas import check_schema
 from .thinking import without_thinking
-from .tools import TOOL_NAME, ToolCall, ToolChoice, ToolSpec, tool_choice, tool_specs
+from .tools import (
+    TOOL_NAME,
+    TOOL_NAME_RULE,
+    ToolCall,
+    ToolChoice,
+    ToolSpec,
+    tool_choice,
+    tool_specs,
+)
 from .tracing import TRACE_ID_PATTERN
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -348,7 +356,7 @@ def _tool_calls(items: Any, label: str) -> tuple[ToolCall, ...]:
         if not call_id:
             raise RequestError(f"{where}.id is required")
         if name is None or not TOOL_NAME.fullmatch(name):
-            raise RequestError(f"{where}.name must be 1-64 characters of A-Z a-z 0-9 _ -")
+            raise RequestError(f"{where}.name must be {TOOL_NAME_RULE}")
         args = _optional(item, "args", dict, f"{where}.args") or {}
         signature = _optional(item, "signature", str, f"{where}.signature")
         calls.append(ToolCall(call_id, name, args, signature))
@@ -362,6 +370,8 @@ def _tool_result(item: Mapping[str, Any], label: str, call_names: Mapping[str, s
     name = _optional(item, "name", str, f"{label}.name") or call_names.get(call_id)
     if name is None:
         raise RequestError(f"{label}.name is required (no earlier call has id {call_id[:64]!r})")
+    if not TOOL_NAME.fullmatch(name):  # a provider would refuse the request for it
+        raise RequestError(f"{label}.name must be {TOOL_NAME_RULE}")
     content = item.get("content", item.get("text"))
     if not isinstance(content, str):
         content = json.dumps(content, ensure_ascii=False)  # any JSON result, sent on as JSON

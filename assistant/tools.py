@@ -13,7 +13,8 @@ Deliberate choices (see README):
 - `parameters` must be a JSON Schema (checked against its own draft's
   metaschema, 2020-12 when `$schema` names none) describing an object, as
   every provider requires; a missing `parameters` means "no arguments".
-- Tool names are 1-64 characters of A-Z a-z 0-9 _ -, what all four accept.
+- Tool names are 1-64 characters of A-Z a-z 0-9 _ -, the first a letter or _:
+  what all four accept (Gemini's function names may not start with a digit or -).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from typing import Any, Literal
 from .errors import RequestError
 from .schemas import check_schema, problem
 
-TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+TOOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
+TOOL_NAME_RULE = "1-64 characters of A-Z a-z 0-9 _ -, the first a letter or _"
 _NOT_IN_TOOL_NAMES = re.compile(r"[^A-Za-z0-9_-]")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _SURROGATE_IN_JSON = re.compile("\\\\u[dD][89a-fA-F]|[\ud800-\udfff]")  # escaped or not
@@ -195,8 +197,7 @@ def _declaration(name: str, config: Any) -> ToolSpec:
     if not TOOL_NAME.fullmatch(name):
         # Quoted: the log keeps the field, not the client's text (http.py `_loggable`).
         raise RequestError(
-            f"emissaryConfig.toolConfigs names {name[:64]!r}: a tool name must be "
-            "1-64 characters of A-Z a-z 0-9 _ -"
+            f"emissaryConfig.toolConfigs names {name[:64]!r}: a tool name must be " + TOOL_NAME_RULE
         )
     field = f"emissaryConfig.toolConfigs.{name}"
     if not isinstance(config, dict):

@@ -112,6 +112,9 @@ BAD_CONFIGS = [
     ({"toolConfigs": {"w": {"description": 3}}}, "toolConfigs.w.description must be a string"),
     ({"toolConfigs": {"has space": {}}}, "a tool name must be 1-64 characters"),
     ({"toolConfigs": {"x" * 65: {}}}, "a tool name must be 1-64 characters"),
+    # Gemini refuses a function name that starts with a digit or "-"; the others take it.
+    ({"toolConfigs": {"2fa_check": {}}}, "the first a letter or _"),
+    ({"toolConfigs": {"-x": {}}}, "'-x': a tool name must be 1-64 characters"),
     ({"toolConfigs": []}, "emissaryConfig.toolConfigs must be an object"),
     ({**TOOLS, "toolChoice": {"name": "search"}}, "'search', which is not an offered tool"),
     ({"toolChoice": {"name": "weather"}}, "'weather', which is not an offered tool"),
@@ -211,10 +214,18 @@ def test_an_assistant_turn_with_calls_needs_no_content() -> None:
     [
         ({"role": "tool", "content": "x"}, "chat_history[0].tool_call_id is required"),
         ({"role": "tool", "tool_call_id": "z", "content": "x"}, "chat_history[0].name is required"),
+        (
+            {"role": "tool", "tool_call_id": "z", "name": "get weather", "content": "x"},
+            "chat_history[0].name must be 1-64 characters of A-Z a-z 0-9 _ -",
+        ),
         ({"role": "assistant", "tool_calls": {}}, "chat_history[0].tool_calls must be a list"),
         ({"role": "assistant", "tool_calls": ["c"]}, "tool_calls[0] must be an object"),
         ({"role": "assistant", "tool_calls": [{"name": "w"}]}, "tool_calls[0].id is required"),
         ({"role": "assistant", "tool_calls": [{"id": "c"}]}, "tool_calls[0].name must be"),
+        (
+            {"role": "assistant", "tool_calls": [{"id": "c", "name": "9x"}]},
+            "tool_calls[0].name must be 1-64 characters of A-Z a-z 0-9 _ -, the first a letter",
+        ),
         (
             {"role": "assistant", "tool_calls": [{"id": "c", "name": "w", "args": "{}"}]},
             "tool_calls[0].args must be an object",
