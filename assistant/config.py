@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -120,8 +121,20 @@ def _names(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
 def _base_url(env: Mapping[str, str], name: str, default: str) -> str:
     url = _text(env, name, default).rstrip("/")
     if url and not url.lower().startswith(("http://", "https://")):
-        raise ConfigError(f"{name} must be an http:// or https:// URL, got {url[:100]!r}")
+        raise ConfigError(
+            f"{name} must be an http:// or https:// URL, got {shown_url(url)[:100]!r}"
+        )
     return url
+
+
+_USERINFO = re.compile(r"(?<=//)[^/?#]*@")
+
+
+def shown_url(url: str) -> str:
+    """`url` as logs and errors may show it: a user and password in it (httpx sends them
+    as Basic auth, the one way to reach an Ollama behind a proxy that asks for a login)
+    become `***@`."""
+    return _USERINFO.sub("***@", url, count=1)
 
 
 def _collection(env: Mapping[str, str], name: str, default: str) -> str:

@@ -32,7 +32,14 @@ from werkzeug.wsgi import ClosingIterator
 
 from . import __version__, sse
 from .auth import caller
-from .config import ConfigError, Settings, cors_origins, project_id, request_settings
+from .config import (
+    ConfigError,
+    Settings,
+    cors_origins,
+    project_id,
+    request_settings,
+    shown_url,
+)
 from .cors import cors_headers
 from .direct import briefly, client_socket
 from .errors import MESSAGES, ErrorCode, RequestError
@@ -386,7 +393,7 @@ def _announce_providers(
     """
     global _announced
     used = {
-        name: f"{settings.providers[name].model} @ {settings.providers[name].base_url}"
+        name: f"{settings.providers[name].model} @ {shown_url(settings.providers[name].base_url)}"
         for name in names
     }
     summary = (tuple(used.items()), tuple(skipped.items()))

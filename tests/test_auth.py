@@ -174,6 +174,18 @@ def test_clock_skew_tolerates_a_token_issued_a_few_seconds_ahead(
     assert post(client, bearer(key.sign(ahead))).status_code == 200
 
 
+def test_a_fractional_clock_skew_is_ours_not_google_auths_whole_seconds(
+    client, fake: FakeUpstream, certs, key
+) -> None:
+    """google-auth compares whole seconds (the time rounded down): given int(0.9) = 0 it
+    refused, as a bad signature, a token our own check took (issued 0.4-0.85 s ahead)."""
+    os.environ["AUTH_CLOCK_SKEW_SECONDS"] = "0.9"
+    while not 0.15 <= time.time() % 1 <= 0.6:
+        time.sleep(0.02)
+    ahead = claims(iat=_now() + 1, auth_time=_now())
+    assert post(client, bearer(key.sign(ahead))).status_code == 200
+
+
 def test_a_valid_token_passes_google_auths_checks_too(client, fake, certs, key) -> None:
     """A token with a float `exp` in range: our checks and google-auth's agree."""
     token = key.sign(claims(exp=_now() + 30.5))

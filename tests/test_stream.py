@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from assistant.config import ConfigError, Settings
 from devtools.fake_upstream import FakeUpstream, Script
 
 from .conftest import ask, log_lines, sse_events
@@ -363,6 +364,22 @@ def test_the_providers_in_use_are_logged_once_with_their_base_url(client, fake, 
     assert f"model-for-this-test @ {fake.url}" in announced[0]
     assert '"trace_id"' in announced[0]  # in the log of the request that first saw them
     assert "test-key" not in announced[0]
+
+
+def test_a_login_in_a_base_url_is_sent_as_basic_auth_and_never_logged(client, fake, capfd) -> None:
+    # The one way to reach an Ollama (it has no key) behind a proxy that asks for a login.
+    os.environ["ANTHROPIC_BASE_URL"] = fake.url.replace("//", "//bob:pw-9f3k2@")
+    ask(client).get_data()
+    assert fake.wait_for_requests(1)[0].headers["authorization"] == "Basic Ym9iOnB3LTlmM2sy"
+    out = capfd.readouterr().out
+    assert f"@ {fake.url.replace('//', '//***@')}" in out  # providers.configured
+    assert "pw-9f3k2" not in out
+
+
+def test_a_bad_base_url_is_quoted_without_its_login() -> None:
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"ANTHROPIC_BASE_URL": "htp://bob:pw-9f3k2@proxy.example"})
+    assert "'htp://***@proxy.example'" in str(refused.value)
 
 
 def test_closing_right_after_the_status_closes_the_upstream(client, fake) -> None:
