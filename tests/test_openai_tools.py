@@ -513,7 +513,7 @@ STRICT_OK = {
 }
 
 
-def changed(schema: dict[str, Any], path: tuple[str, ...], **changes: Any) -> dict[str, Any]:
+def changed(schema: dict[str, Any], path: tuple[str | int, ...], **changes: Any) -> dict[str, Any]:
     """A deep copy of `schema` with `changes` made to the object at `path` (None: delete)."""
     copy = json.loads(json.dumps(schema))
     node = copy
@@ -572,6 +572,24 @@ OPEN = {  # what a frontend usually writes: every property required, nothing sai
         ),
         pytest.param({"anyOf": [{"type": "object"}, {"type": "string"}]}, False, id="root-anyOf"),
         pytest.param({"type": "array", "items": {"type": "string"}}, False, id="root-array"),
+        # Refused by strict mode, each with a 400 ("schema must have a 'type' key", and
+        # pydantic's {"$ref", "description"}); a format outside its list too.
+        pytest.param(
+            changed(STRICT_OK, ("properties", "city"), type=None, description="any"),
+            False,
+            id="an-untyped-property",
+        ),
+        pytest.param(
+            changed(STRICT_OK, ("properties", "where", "anyOf", 0), description="the place"),
+            False,
+            id="a-ref-with-a-description",
+        ),
+        pytest.param(
+            changed(STRICT_OK, ("properties", "city"), format="uri"), False, id="format-uri"
+        ),
+        pytest.param(
+            changed(STRICT_OK, ("properties", "city"), format="date"), True, id="format-date"
+        ),
     ],
 )
 def test_response_format_is_strict_only_for_schemas_strict_mode_takes(
@@ -586,6 +604,23 @@ def test_response_format_is_strict_only_for_schemas_strict_mode_takes(
     else:
         assert json_schema["schema"] == schema  # as the frontend wrote it
     assert "tools" not in body
+
+
+def test_arrays_without_items_get_any_items_in_tools_and_schemas(upstream: FakeUpstream) -> None:
+    """OpenAI refuses an array schema without `items`, strict or not ("array schema missing
+    items"), where JSON Schema means "any items": `{}` says the same, and OpenAI takes it."""
+    tags = {"type": "object", "properties": {"tags": {"type": "array"}}, "required": ["tags"]}
+    rows = {"type": "array", "items": {"type": ["array", "null"]}}
+    nested = {"type": "object", "properties": {"rows": rows}}
+    tool = ToolSpec("tag", "Tag notes", tags)
+    body = body_for(upstream, dataclasses.replace(HI, tools=(tool,), response_schema=nested))
+    parameters = body["tools"][0]["function"]["parameters"]
+    assert parameters["properties"]["tags"] == {"type": "array", "items": {}}
+    json_schema = body["response_format"]["json_schema"]
+    assert "strict" not in json_schema  # an untyped items schema is not strict mode's
+    sent = json_schema["schema"]["properties"]["rows"]
+    assert sent == {"type": "array", "items": {"type": ["array", "null"], "items": {}}}
+    assert tool.parameters["properties"]["tags"] == {"type": "array"}  # the frontend's, untouched
 
 
 def _with_objects_closed(node: Any) -> Any:

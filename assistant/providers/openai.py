@@ -51,7 +51,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +110,17 @@ _NOT_STRICT = frozenset(
         "uniqueItems", "additionalItems", "default",
     }
 )  # fmt: skip
+# The string formats strict mode supports; a schema with another is sent without `strict`.
+_STRICT_FORMATS = frozenset(
+    {"date-time", "time", "date", "duration", "email", "hostname", "ipv4", "ipv6", "uuid"}
+)
+# Keywords whose value is a subschema, a list of them, or a map of names to them.
+_SUBSCHEMAS = (
+    "items", "additionalProperties", "not", "if", "then", "else", "contains",
+    "propertyNames", "unevaluatedProperties", "unevaluatedItems", "additionalItems",
+    "anyOf", "oneOf", "allOf", "prefixItems",
+)  # fmt: skip
+_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas")
 
 
 def _reasoning_effort(budget: int) -> str:
@@ -226,7 +237,8 @@ class _Decoder:
 
 
 def _tool(tool: ToolSpec) -> dict[str, Any]:
-    function = {"name": tool.name, "description": tool.description, "parameters": tool.parameters}
+    parameters = _rebuilt(tool.parameters, _with_items)
+    function = {"name": tool.name, "description": tool.description, "parameters": parameters}
     return {"type": "function", "function": function}
 
 
@@ -276,47 +288,67 @@ def _history_call(call: ToolCall) -> dict[str, Any]:
 def _response_format(schema: Mapping[str, Any]) -> dict[str, Any]:
     title = schema.get("title")
     name = title if isinstance(title, str) and _SCHEMA_NAME.fullmatch(title) else "response"
-    closed = _closed(schema)
-    json_schema: dict[str, Any] = {"name": name, "schema": schema}
+    with_items = _rebuilt(schema, _with_items)
+    closed = _rebuilt(with_items, _close)
+    json_schema: dict[str, Any] = {"name": name, "schema": with_items}
     if _strict_ok(closed):
         json_schema = {"name": name, "schema": closed, "strict": True}
     return {"type": "json_schema", "json_schema": json_schema}
 
 
-def _closed(node: Any) -> Any:
-    """`node` with every object that lists its properties and says nothing of others
-    closed (`additionalProperties: false`), as strict mode wants: a reply
-    without extra properties still matches the frontend's schema, which it
-    is checked against at the end. An object that allows others on purpose
-    (`true`, a schema: a map), an object with no properties, or an optional
-    property cannot be mended the same way without changing what the model
-    may write, so such a schema goes as it was, without `strict`."""
-    if not isinstance(node, dict):
-        return node
-    closed = dict(node)
-    for key in ("properties", "$defs", "definitions"):
-        if isinstance(node.get(key), dict):
-            closed[key] = {name: _closed(child) for name, child in node[key].items()}
-    if "items" in node:
-        closed["items"] = _closed(node["items"])
-    if isinstance(node.get("anyOf"), list):
-        closed["anyOf"] = [_closed(child) for child in node["anyOf"]]
+def _rebuilt(node: Any, mend: Callable[[dict[str, Any]], None]) -> Any:
+    """A copy of the schema `node`, each of its (sub)schemas mended by `mend`."""
+    if isinstance(node, list):
+        return [_rebuilt(child, mend) for child in node]
+    if not isinstance(node, Mapping):
+        return node  # a boolean schema, or a value
+    copy = dict(node)
+    for key in _SUBSCHEMAS:
+        if key in node:
+            copy[key] = _rebuilt(node[key], mend)
+    for key in _SUBSCHEMA_MAPS:
+        if isinstance(node.get(key), Mapping):
+            copy[key] = {name: _rebuilt(child, mend) for name, child in node[key].items()}
+    mend(copy)
+    return copy
+
+
+def _with_items(node: dict[str, Any]) -> None:
+    """OpenAI refuses an array schema without `items`, strict or not ("array schema
+    missing items"), where JSON Schema means any items: `{}` says the same."""
+    if "array" in _types(node) and "items" not in node:
+        node["items"] = {}
+
+
+def _close(node: dict[str, Any]) -> None:
+    """An object that lists its properties and says nothing of others is closed
+    (`additionalProperties: false`), as strict mode wants: a reply without extra
+    properties still matches the frontend's schema, which it is checked against
+    at the end. An object that allows others on purpose (`true`, a schema: a
+    map), an object with no properties, or an optional property cannot be mended
+    the same way without changing what the model may write, so such a schema
+    goes as it was (its arrays given `items`), without `strict`."""
     if "properties" in node and "additionalProperties" not in node:
-        closed["additionalProperties"] = False
-    return closed
+        node["additionalProperties"] = False
 
 
 def _strict_ok(schema: Mapping[str, Any]) -> bool:
     """Whether strict mode takes `schema` as it is: an object at the root (not an
     anyOf), every object closed (`additionalProperties: false`) with all its
-    properties required, and no keyword outside strict mode's subset."""
+    properties required, every schema typed, and no keyword or format outside
+    strict mode's subset."""
     return _types(schema) == {"object"} and "anyOf" not in schema and _strict_node(schema)
 
 
 def _strict_node(node: Any) -> bool:
     if not isinstance(node, dict):
         return False  # a boolean schema, or not a schema: strict mode wants typed schemas
-    if _NOT_STRICT & node.keys():
+    if "$ref" in node:
+        # Refused with any keyword beside it ({"$ref", "description"}: pydantic's way).
+        return node.keys() == {"$ref"}
+    if _NOT_STRICT & node.keys() or not {"type", "anyOf"} & node.keys():
+        return False  # "schema must have a 'type' key"
+    if "format" in node and node["format"] not in _STRICT_FORMATS:
         return False
     properties = node.get("properties", {})
     if "object" in _types(node) or "properties" in node:

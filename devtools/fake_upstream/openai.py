@@ -18,7 +18,8 @@ A JSON-schema reply (``json``) is plain ``content`` text. Requests the real API 
 400 are refused here too: a ``tool_choice`` without ``tools``, a tool that is not
 ``{"type": "function", "function": {"name", ...}}``, a ``role: tool`` message that answers no
 call of the assistant message before it, an assistant message whose calls are not each
-answered by the ``role: tool`` messages right after it, and a call id over 40 characters.
+answered by the ``role: tool`` messages right after it, a call id over 40 characters, and
+an array schema without ``items`` in a tool's parameters or the response format.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class OpenAI(Format):
 
     @classmethod
     def check(cls, headers: dict[str, str], body: Any, query: dict[str, list[str]]) -> Problem:
-        return super().check(headers, body, query) or _check_tools(body)
+        return super().check(headers, body, query) or _check_tools(body) or _check_format(body)
 
     @classmethod
     def error_json(cls, status: int, message: str) -> Any:
@@ -148,7 +149,43 @@ def _check_tools(body: dict[str, Any]) -> Problem:
             return 400, f"Invalid value for 'tools[{i}]': expected a function tool."
         if not _TOOL_NAME.fullmatch(str(function.get("name", ""))):
             return 400, f"Invalid 'tools[{i}].function.name': string does not match pattern."
+        where = _array_without_items(function.get("parameters"), ())
+        if where is not None:
+            return 400, (
+                f"Invalid schema for function '{function['name']}': In context={where!r}, "
+                "array schema missing items."
+            )
     return _check_tool_messages(body["messages"])
+
+
+def _check_format(body: dict[str, Any]) -> Problem:
+    json_schema = (body.get("response_format") or {}).get("json_schema") or {}
+    where = _array_without_items(json_schema.get("schema"), ())
+    if where is None:
+        return None
+    return 400, (
+        f"Invalid schema for response_format '{json_schema.get('name')}': In context={where!r}, "
+        "array schema missing items."
+    )
+
+
+def _array_without_items(node: Any, where: tuple[str, ...]) -> tuple[str, ...] | None:
+    """Where in a schema an array says nothing of its items (which the real API refuses)."""
+    if isinstance(node, list):
+        found = (_array_without_items(child, where) for child in node)
+        return next((place for place in found if place is not None), None)
+    if not isinstance(node, dict):
+        return None
+    kind = node.get("type")
+    if (kind == "array" or (isinstance(kind, list) and "array" in kind)) and "items" not in node:
+        return where
+    for key, value in node.items():
+        if key in ("enum", "const", "required", "default", "examples"):
+            continue  # values, not schemas
+        place = _array_without_items(value, (*where, key))
+        if place is not None:
+            return place
+    return None
 
 
 def _check_tool_messages(messages: list[Any]) -> Problem:
