@@ -218,6 +218,31 @@ def _in_place(objects: Mapping[str, Mapping[str, Any]], pointer: str) -> Iterato
             yield from (f"{pointer}/{keyword}/{_escape(name)}" for name in entries)
 
 
+def refers_to_itself(schema: Mapping[str, Any]) -> bool:
+    """Whether a local reference in `schema` leads, maybe through others, back to a
+    schema it is inside: recursion (a tree's `children` items referring to the tree)."""
+    references = [
+        (where, unquote(target[1:]))
+        for where, _keyword, target in _references(dict(_objects(schema)))
+        if target == "#" or target.startswith("#/")
+    ]
+
+    def inside(where: str, pointer: str) -> bool:
+        return where == pointer or where.startswith(pointer + "/")
+
+    for start, first in references:
+        seen: set[str] = set()
+        targets = [first]
+        while targets:
+            pointer = targets.pop()
+            if inside(start, pointer):
+                return True
+            if pointer not in seen:
+                seen.add(pointer)
+                targets += (target for where, target in references if inside(where, pointer))
+    return False
+
+
 def resolve_pointer(schema: Any, pointer: str) -> Any:
     """The value at a JSON pointer (%-escapes of its URI form already decoded), or None."""
     node = schema

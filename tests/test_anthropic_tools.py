@@ -768,6 +768,29 @@ OBJECTS_ALL_OF = {
             },
             "allOf over objects",
         ),
+        # Anthropic's structured outputs support no recursive schema.
+        (
+            {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "children": {"type": "array", "items": {"$ref": "#"}},
+                },
+                "required": ["name"],
+            },
+            "a recursive schema",
+        ),
+        (  # through another definition
+            {
+                "$defs": {
+                    "Node": {"type": "object", "properties": {"kids": {"$ref": "#/$defs/Kids"}}},
+                    "Kids": {"type": "array", "items": {"$ref": "#/$defs/Node"}},
+                },
+                "type": "object",
+                "properties": {"root": {"$ref": "#/$defs/Node"}},
+            },
+            "a recursive schema",
+        ),
     ],
 )
 def test_a_schema_closing_would_change_is_not_sent(
@@ -799,6 +822,12 @@ def test_a_schema_closing_would_change_is_not_sent(
         {"type": "object", "properties": {"a": {"type": "string"}}, "additionalProperties": True},
         # One object in an allOf refuses no other's keys.
         {"allOf": [{"type": "object", "properties": {"a": {"type": "string"}}}]},
+        # Two references to one definition, neither inside it: no recursion.
+        {
+            "$defs": {"P": {"type": "object", "properties": {"a": {"type": "string"}}}},
+            "type": "object",
+            "properties": {"x": {"$ref": "#/$defs/P"}, "y": {"$ref": "#/$defs/P"}},
+        },
     ],
 )
 def test_a_schema_closing_keeps_whole_is_sent(
@@ -807,3 +836,17 @@ def test_a_schema_closing_keeps_whole_is_sent(
     upstream.push(Script(json={"a": "x"}))
     body = sent(upstream, ask(tools=(), schema=schema))
     assert body["output_config"]["format"]["schema"] == output_schema(schema)
+
+
+def test_one_of_goes_as_any_of(upstream: FakeUpstream) -> None:
+    # The grammar holds anyOf, not oneOf (Anthropic's SDK sends it so); the reply is
+    # still checked against the frontend's oneOf.
+    shape = {"oneOf": [{"type": "string"}, {"type": "integer"}], "description": "r or w"}
+    schema = {"type": "object", "properties": {"shape": shape}, "required": ["shape"]}
+    upstream.push(Script(json={"shape": 2}))
+    sent_schema = sent(upstream, ask(tools=(), schema=schema))["output_config"]["format"]["schema"]
+    assert sent_schema["properties"]["shape"] == {
+        "anyOf": [{"type": "string"}, {"type": "integer"}],
+        "description": "r or w",
+    }
+    assert "oneOf" in schema["properties"]["shape"]  # the request's own schema is untouched

@@ -8,13 +8,17 @@ SDK does, those bounds are moved into the `description` (the model still
 reads them) and every object is closed. Nothing is lost: the reply is
 checked against the frontend's full schema when it ends (tools.py).
 
-Two shapes cannot be closed without changing what they mean, and are not
-sent at all (`unheld`; the reply is still checked, and
-`structured_output_error` says why): an object that names none of its keys
-(a map: no `properties`, or `patternProperties`), which closed could only
-be `{}`; and `allOf` over two or more objects (its branches, `$ref`s
-followed, and the node's own `properties`), each of which closed would
-refuse the others' keys.
+`oneOf`, which the grammar does not hold, goes as `anyOf`, as Anthropic's SDK
+sends it (the reply is still checked against the `oneOf`).
+
+Three shapes are not sent at all (`unheld`; the reply is still checked, and
+`structured_output_error` says why). Two cannot be closed without changing
+what they mean: an object that names none of its keys (a map: no
+`properties`, or `patternProperties`), which closed could only be `{}`; and
+`allOf` over two or more objects (its branches, `$ref`s followed, and the
+node's own `properties`), each of which closed would refuse the others'
+keys. And a recursive schema (a `$ref` back to a schema it is inside), which
+Anthropic's structured outputs do not support.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
-from ..schemas import resolve_pointer
+from ..schemas import refers_to_itself, resolve_pointer
 
 UNSUPPORTED = frozenset(
     {
@@ -71,6 +75,8 @@ def _narrowed(node: Any) -> Any:
             kept[key] = _narrowed(value)
     if _is_object(kept):
         kept["additionalProperties"] = False
+    if "oneOf" in kept and "anyOf" not in kept:
+        kept["anyOf"] = kept.pop("oneOf")
     if moved:
         bounds = ", ".join(f"{key}: {json.dumps(value)}" for key, value in moved.items())
         description = kept.get("description")
@@ -81,6 +87,8 @@ def _narrowed(node: Any) -> Any:
 def unheld(schema: Mapping[str, Any]) -> str | None:
     """What in `schema` a closed schema cannot hold as the frontend meant it (None:
     nothing). Closing an object that names its keys only keeps other keys out."""
+    if refers_to_itself(schema):
+        return "a recursive schema (a $ref to a schema it is inside)"
     return _unheld(schema, schema)
 
 
