@@ -128,6 +128,7 @@ def test_chunks_show_as_they_arrive_cross_origin_with_a_readable_trace_id(
     trace_id = opened["traceId"]
     assert opened["status"] == 200
     assert trace_id and re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", trace_id)
+    assert opened["header"] == trace_id  # X-Trace-Id is readable cross-origin
     assert {event["traceId"] for event in [*chunks, final]} == {trace_id}
     assert page.text_content("#trace") == trace_id
     metadata = json.loads(page.text_content("#metadata") or "")
@@ -179,7 +180,8 @@ def test_an_error_before_the_stream_is_shown(page: Page, fake: FakeUpstream) -> 
     assert error["status"] == 400
     assert error["code"] == "invalid_request"
     assert "user_input" in error["error"]
-    assert error["traceId"]  # the header is exposed on error answers too
+    assert error["traceId"]
+    assert of_type(events, "open")[0]["header"] == error["traceId"]  # exposed on errors too
     shown = page.text_content("#error") or ""
     assert "invalid_request (HTTP 400)" in shown
     assert fake.requests == []

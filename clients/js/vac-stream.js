@@ -35,7 +35,7 @@
 /**
  * @typedef {object} OpenInfo
  * @property {number} status   HTTP status of the response (200 when streaming)
- * @property {string|null} traceId  the response's X-Trace-Id header
+ * @property {string|null} traceId  the response's X-Trace-Id header (the request's trace id)
  * @property {Headers} headers the response headers (cross-origin, the service exposes
  *   X-Trace-Id and Retry-After)
  */
@@ -62,7 +62,8 @@
  * @property {string} partial   text shown before the failure ("" before the stream)
  * @property {Record<string, any>|null} metadata  the error frame's metadata (null before the stream)
  * @property {number} status    HTTP status (0 when no response arrived)
- * @property {string|null} traceId  X-Trace-Id, or the error body's trace_id
+ * @property {string|null} traceId  the request's trace id (X-Trace-Id, the error body's
+ *   trace_id, or the one sent): send it again as `body.trace_id` to retry without saving twice
  * @property {number|null} retryAfter  seconds from Retry-After (a 429 or 503), else null
  * @property {Record<string, any>|null} body  an error status's JSON body (a 502's `attempts`
  *   are in it), else null
@@ -72,7 +73,7 @@
  * @typedef {object} StreamResult
  * @property {"final"|"error"|"aborted"} outcome
  * @property {number} status
- * @property {string|null} traceId
+ * @property {string|null} traceId  the request's trace id, as in ReplyError
  * @property {string} text     the chunks received, joined
  */
 
@@ -204,9 +205,14 @@ export async function streamReply(options) {
       code: "bad_request"});
   }
 
+  // The trace id the reply is saved under, made here when the body has none: a retry that
+  // sends it again as `trace_id` saves nothing twice, also after a failure that came before
+  // any answer said which id the service used (no response, an abort).
+  const sent = isObject(body) && body.trace_id == null ? {...body, trace_id: newTraceId()} : body;
+  result.traceId = isObject(sent) && typeof sent.trace_id === "string" ? sent.trace_id : null;
   let payload;
   try {
-    payload = JSON.stringify(body);
+    payload = JSON.stringify(sent);
   } catch (exc) { // a BigInt or a cycle in the body: nothing was sent
     return fail({error: `the body cannot be sent as JSON (${describe(exc)})`, code: "bad_request"});
   }
@@ -225,7 +231,7 @@ export async function streamReply(options) {
     return fail({error: `no response from the service (${describe(exc)})`, code: "network_error"});
   }
   result.status = response.status;
-  result.traceId = response.headers.get("X-Trace-Id");
+  result.traceId = response.headers.get("X-Trace-Id") ?? result.traceId;
   const retry = Number.parseInt(response.headers.get("Retry-After") ?? "", 10);
   retryAfter = Number.isFinite(retry) ? retry : null;
   try {
@@ -332,7 +338,7 @@ async function readJsonReply(response, result, signal, onFinal, fail, aborted) {
     return result;
   }
   if (payload && typeof payload.error === "string") {
-    result.traceId = result.traceId ?? payload.trace_id ?? null;
+    result.traceId = typeof payload.trace_id === "string" ? payload.trace_id : result.traceId;
     return fail({error: payload.error, code: String(payload.code ?? "http_error"), body: payload});
   }
   return fail({error: `the service answered HTTP ${response.status}`, code: "http_error"});
@@ -340,4 +346,15 @@ async function readJsonReply(response, result, signal, onFinal, fail, aborted) {
 
 function describe(exc) {
   return exc instanceof Error ? exc.message : String(exc);
+}
+
+/** @param {unknown} value */
+function isObject(value) {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+/** 32 random hex digits, a trace id as the service makes its own. */
+function newTraceId() {
+  const bytes = globalThis.crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
 }

@@ -226,7 +226,9 @@ test("it sends one POST with the token, and never another", async () => {
   assert.equal(calls[0].init.method, "POST");
   assert.equal(calls[0].init.headers.get("Authorization"), "Bearer tok");
   assert.equal(calls[0].init.headers.get("Accept"), "text/event-stream");
-  assert.deepEqual(JSON.parse(calls[0].init.body), {user_input: "hi"});
+  const {trace_id: traceId, ...sent} = JSON.parse(calls[0].init.body);
+  assert.deepEqual(sent, {user_input: "hi"});
+  assert.match(traceId, /^[0-9a-f]{32}$/); // made here: see the trace id test below
 });
 
 test("a caller's header replaces ours whatever its case", async () => {
@@ -299,3 +301,34 @@ test("a later block's thinking is set apart by a blank line, not a blank block",
   assert.equal(parts.map((part) => part.thinking).join(""), " one \n\ntwo");
   assert.equal(parts.map((part) => part.content).join(""), "AB");
 });
+
+test("a trace id is made and sent when the body has none, so a retry can send it again", async () => {
+  const calls = [];
+  const failing = async (url, init) => {
+    calls.push(JSON.parse(init.body));
+    throw new TypeError("Failed to fetch");
+  };
+  const errors = [];
+  const result = await streamReply({
+    url: "http://service.test/vac/assistant/a/sse", body: {user_input: "hi"}, fetch: failing,
+    onError: (error) => errors.push(error),
+  });
+  assert.match(calls[0].trace_id, /^[0-9a-f]{32}$/);
+  assert.equal(result.traceId, calls[0].trace_id);
+  assert.equal(errors[0].code, "network_error");
+  assert.equal(errors[0].traceId, calls[0].trace_id);
+
+  const again = await streamReply({
+    url: "http://service.test/vac/assistant/a/sse",
+    body: {user_input: "hi", trace_id: result.traceId}, fetch: failing,
+  });
+  assert.equal(calls[1].trace_id, calls[0].trace_id); // the caller's is sent as it is
+  assert.equal(again.traceId, calls[0].trace_id);
+});
+
+test("the service's X-Trace-Id wins over the one sent", async () => {
+  const {result, traceIds} = await collect(STREAM);
+  assert.equal(result.traceId, "t-1");
+  assert.deepEqual([...traceIds], ["t-1"]);
+});
+

@@ -54,8 +54,9 @@ async function send() {
       body: {user_input: ui.input.value},
       token: ui.token.value.trim() || undefined,
       signal: controller.signal,
-      onOpen: ({status, traceId}) => {
-        record("open", {status, traceId});
+      onOpen: ({status, traceId, headers}) => {
+        // The header apart: traceId falls back to the id the client sent when it is unreadable.
+        record("open", {status, traceId, header: headers.get("X-Trace-Id")});
         ui.trace.textContent = traceId ?? "(not readable)";
         if (status === 200) ui.status.textContent = "streaming";
       },
