@@ -144,7 +144,7 @@ trap 'exit 129' HUP
 
 scripts/venv.sh
 
-port_free "$PORT" || die "port $PORT is already in use (is another dev.sh running? set PORT to use another)"
+port_free "$PORT" || die "port $PORT is already in use (is another dev.sh running? a second one beside it needs its own PORT and DEMO_PORT, and shares the first one's FIRESTORE_EMULATOR_PORT and FAKE_UPSTREAM_PORT, left as they are)"
 mkdir -p "$RUN_DIR"
 
 # ---------------------------------------------------------------- Firestore emulator

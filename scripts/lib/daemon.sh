@@ -43,7 +43,7 @@ running_pid() {
 launch() {
     local old_pid
     if old_pid="$(running_pid)"; then
-        die "$NAME from $PID_FILE (pid $old_pid) is running but does not answer on port $PORT; run '$0 stop' first"
+        die "$NAME from $PID_FILE (pid $old_pid) is running but does not answer on port $PORT: another run (a dev.sh, say) started it on another port; use that port, or stop that run first ('$0 stop' stops this one)"
     fi
     rm -f "$PID_FILE"
     mkdir -p "$(dirname "$PID_FILE")"
