@@ -175,7 +175,7 @@ class FirestoreStore:
 
     def save_assistant_message(self, message: AssistantMessage, user_saved: bool = False) -> str:
         from google.api_core.exceptions import AlreadyExists, FailedPrecondition
-        from google.cloud.firestore import SERVER_TIMESTAMP
+        from google.cloud.firestore import DELETE_FIELD, SERVER_TIMESTAMP
 
         document = {
             "role": "assistant",
@@ -231,6 +231,8 @@ class FirestoreStore:
             # The reply keeps its place in the history: after its question, before the
             # next ones (a late retry's new time put it after them).
             replacement = {name: value for name, value in document.items() if name != "createdAt"}
+            # An update keeps the fields it does not name: the earlier reply's flag too.
+            replacement.setdefault("structuredOutputInContent", DELETE_FIELD)
             try:
                 reference.update(replacement, option=unchanged, **options)
                 return message.message_id

@@ -307,6 +307,13 @@ def test_a_structured_reply_too_large_to_keep_twice_is_saved_as_text(
     assert json.loads(saved["content"]) == big
     assert saved["structuredOutput"] is None and saved["structuredOutputInContent"] is True
 
+    # A retry that replaces it with a reply small enough to keep twice drops the flag.
+    fake.push(Script(json={"items": [1]}))
+    ask(client, trace_id="t-big", save_to_history=True, emissaryConfig=config).get_data()
+    saved = _messages(firestore)["t-big-assistant"]
+    assert saved["structuredOutput"] == {"items": [1]}
+    assert "structuredOutputInContent" not in saved
+
 
 BOB = {"save_to_history": True, "emissaryConfig": {"currentUser": {"email": "bob@example.com"}}}
 
