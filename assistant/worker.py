@@ -341,8 +341,27 @@ class _Watchdog:
                     self._changed.wait(None if wait == math.inf else wait)
                     continue
             for clock in expired:
-                log = RequestLog(clock.environ.get(TRACE_ID), self._project_id)
+                # No trace id yet while gunicorn reads a head: one of its own, as every line has.
+                trace_id = clock.environ.get(TRACE_ID) or new_trace_id()
+                log = RequestLog(trace_id, self._project_id)
                 log.warning("request.read_timeout", reading=clock.reading, seconds=self.seconds)
+
+
+# The trace headers a head's lines may name (any case), as trace_id_from_headers asks for them.
+_TRACE_HEADERS = {"traceparent": "traceparent", "x-cloud-trace-context": "X-Cloud-Trace-Context"}
+
+
+def _head_trace_id(data: bytes) -> str:
+    """The trace id in the header lines of a request that arrived in part (its head
+    whole or not), else a new one: the line that says it timed out has one, as every
+    line about a request does."""
+    fields: dict[str, str] = {}
+    for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+        name, colon, value = line.partition(b":")
+        known = _TRACE_HEADERS.get(name.strip().lower().decode("latin-1"))
+        if colon and known:
+            fields.setdefault(known, value.decode("latin-1"))
+    return trace_id_from_headers(fields) or new_trace_id()
 
 
 class _Continue:
@@ -755,7 +774,7 @@ class Worker(ThreadWorker):
                 arrival.conn.close()
                 # One that never sent a byte is only idle: closed quietly, as gthread does.
                 if received:
-                    process_log().warning(
+                    RequestLog(_head_trace_id(received), self.server_settings.project_id).warning(
                         "request.read_timeout",
                         reading="head" if arrival.head_end is None else "body",
                         seconds=self._read_timeout,

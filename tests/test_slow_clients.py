@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import select
 import socket
 import threading
@@ -276,24 +277,46 @@ def test_a_body_refused_unread_is_answered_before_it_is_sent(
     assert fake.requests == []
 
 
-def test_a_body_that_never_comes_is_logged_with_the_requests_trace_id(
-    fake: FakeUpstream, tmp_path: Path
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"traceparent: 00-{TRACE}-00f067aa0ba902b7-01\r\n".encode()
+
+
+@pytest.mark.parametrize(
+    "sent, reading, trace",
+    [
+        # The app reads the body on a thread (it was asked for: Expect), the watchdog ends it.
+        (
+            HEAD + TRACEPARENT + b"Expect: 100-continue\r\nContent-Length: 100\r\n\r\n",
+            "body",
+            TRACE,
+        ),
+        # The poller waits for the body, in part there.
+        (HEAD + TRACEPARENT + b"Content-Length: 100\r\n\r\n0123456789", "body", TRACE),
+        # The poller waits for the head, its trace header there.
+        (HEAD + TRACEPARENT + b"X-Slow: 1", "head", TRACE),
+        # The poller waits for the head, no trace header: one of its own.
+        (HEAD + b"X-Slow: 1", "head", None),
+    ],
+    ids=["body-on-a-thread", "body-on-the-poller", "head-with-its-trace", "head-without"],
+)
+def test_a_request_that_never_arrives_whole_is_logged_with_its_trace_id(
+    fake: FakeUpstream, tmp_path: Path, sent: bytes, reading: str, trace: str | None
 ) -> None:
-    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
     log = tmp_path / "service.log"
     env = {"REQUEST_READ_TIMEOUT_SECONDS": "1"}
     with log.open("wb") as output, running_service(env, output=output) as running:
         sock = _connect(running.url)
-        sock.sendall(
-            HEAD + f"traceparent: 00-{trace}-00f067aa0ba902b7-01\r\n".encode()
-            + b"Expect: 100-continue\r\nContent-Length: 100\r\n\r\n"
-        )  # fmt: skip
-        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"  # and no body
+        sock.sendall(sent)
+        if b"Expect" in sent:
+            assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"  # and no body
         assert _closed_by_server(sock, 5)
         sock.close()
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     [timed_out] = [line for line in lines if line["message"] == "request.read_timeout"]
-    assert (timed_out["trace_id"], timed_out["reading"]) == (trace, "body")
+    assert timed_out["reading"] == reading
+    assert re.fullmatch("[0-9a-f]{32}", timed_out["trace_id"])
+    if trace:
+        assert timed_out["trace_id"] == trace
     assert fake.requests == []
 
 
