@@ -570,3 +570,33 @@ def test_a_bad_server_setting_stops_the_start_naming_it(
     with pytest.raises(SystemExit):
         server.Application(app, "127.0.0.1", 0, False)
     assert f"{name} {said}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "path, after",
+    [
+        ("/vac/assistant/slow", b"\r\n"),  # a stray CRLF after the body (old clients send one)
+        ("/vac/assistant/slow", b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"),  # pipelined
+        ("/vac/assistant/slow/sse", b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ],
+    ids=["json-stray-crlf", "json-pipelined", "sse-pipelined"],
+)
+def test_a_client_that_leaves_after_sending_more_is_noticed_within_a_second(
+    service: str, fake: FakeUpstream, path: str, after: bytes
+) -> None:
+    """Its FIN comes behind the bytes it sent after its request, which a peek returns
+    instead of the end: the JSON reply ran to its end with the model generating, and a
+    stream waiting for its first chunk waited for a write to fail."""
+    fake.push(Script(tokens=["late"], ttft=10))
+    body = json.dumps({"user_input": "hi"}).encode()
+    with _connect(service) as sock:
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        upstream = fake.wait_for_requests(1)[0]
+        time.sleep(0.3)  # apart from the request: not read with it
+        sock.sendall(after)
+        time.sleep(0.3)
+    assert upstream.client_closed.wait(3), "the upstream request was left running"
