@@ -53,6 +53,7 @@ from .request import (
     body_user_id,
     build_request,
     check_assistant_id,
+    check_media_type,
     parse_body,
 )
 from .saving import load_history
@@ -192,6 +193,7 @@ def _assistant(
     body_trace: str | None = None
     try:
         assistant_id = check_assistant_id(match["id"])
+        check_media_type(request.content_type)  # before the body is asked for
         body = parse_body(_read_body(request, settings.max_body_bytes), request.content_type)
         body_trace = body_trace_id(body)
         if body_trace and body_trace != trace_id:

@@ -112,6 +112,20 @@ def body_trace_id(body: Mapping[str, Any]) -> str | None:
     return value if isinstance(value, str) and TRACE_ID_PATTERN.fullmatch(value) else None
 
 
+def check_media_type(content_type: str | None) -> None:
+    """The 415 for a body that is neither JSON nor text/plain holding JSON: known from
+    the head alone, so said before the body is read (a client that sent `Expect:
+    100-continue` then uploads nothing)."""
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type not in ("application/json", "text/plain"):
+        raise RequestError(
+            f"Content-Type must be application/json (or text/plain holding JSON), "
+            f"got {media_type or 'none'}",
+            415,
+            "unsupported_media_type",
+        )
+
+
 def parse_body(raw: bytes, content_type: str | None) -> dict[str, Any]:
     """Bytes (already within the size limit) to a JSON object, or the 415 / 400 saying why not.
 
@@ -123,14 +137,7 @@ def parse_body(raw: bytes, content_type: str | None) -> dict[str, Any]:
     lone UTF-16 surrogate such as "\\ud800", which no provider and no
     database would take), named by its field.
     """
-    media_type = (content_type or "").split(";", 1)[0].strip().lower()
-    if media_type not in ("application/json", "text/plain"):
-        raise RequestError(
-            f"Content-Type must be application/json (or text/plain holding JSON), "
-            f"got {media_type or 'none'}",
-            415,
-            "unsupported_media_type",
-        )
+    check_media_type(content_type)
     try:
         text = raw.decode("utf-8-sig")  # a leading BOM is tolerated, as JSON parsers do
     except UnicodeDecodeError as exc:

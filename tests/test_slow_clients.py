@@ -234,6 +234,11 @@ LARGE = 5_000_000  # more than the 1 MiB a body may be
     [
         (HEAD + b"Content-Length: %d\r\n\r\n" % LARGE, 413),
         (HEAD + b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % LARGE, 413),
+        (  # a type the app refuses, known from the head
+            HEAD.replace(b"application/json", b"image/png")
+            + b"Expect: 100-continue\r\nContent-Length: 100\r\n\r\n",
+            415,
+        ),
         (
             HEAD.replace(b"/vac/assistant/slow/sse", b"/nowhere")
             + b"Content-Length: %d\r\n\r\n" % LARGE,
@@ -256,6 +261,7 @@ LARGE = 5_000_000  # more than the 1 MiB a body may be
     ids=[
         "too-large",
         "too-large-expecting-continue",
+        "a-refused-type-expecting-continue",
         "no-such-route",
         "chunked-no-such-route",
         "chunked-too-large",
