@@ -104,6 +104,36 @@ def test_failure_before_first_chunk_falls_through_silently(upstreams, fail: str)
     assert outcomes[1] == ("secondary", "ok")
 
 
+@pytest.mark.parametrize(
+    "script, outcome",
+    [
+        (Script(tokens=["\n", "Hello"], fail_after=1, fail_mode="error_event"), "upstream_error"),
+        (Script(tokens=["\n\n", " "]), "upstream_empty"),
+    ],
+    ids=["blank-then-an-error", "blanks-alone"],
+)
+def test_blanks_before_a_failure_or_an_end_are_no_first_chunk(
+    upstreams, script: Script, outcome: str
+) -> None:
+    """A stream committed on a "\n": the next provider was never asked, and the user
+    got an error, or an empty reply saved as complete (a JSON caller got the next one)."""
+    first, _ = upstreams
+    first.push(script)
+    events = _stream(_reply(upstreams, streaming=True))
+    assert "".join(event["chunk"] for event in events[:-2] if "chunk" in event) == "from second"
+    outcomes = [(a["name"], a["outcome"]) for a in events[-2]["metadata"]["attempts"]]
+    assert outcomes == [("primary", outcome), ("secondary", "ok")]
+
+
+def test_blanks_before_text_go_out_with_it(upstreams) -> None:
+    first, _ = upstreams
+    first.push(Script(tokens=["\n", " ", "Hi", "\n"]))
+    events = _stream(_reply(upstreams, streaming=True))
+    chunks = "".join(event["chunk"] for event in events[:-2] if "chunk" in event)
+    assert chunks == events[-2]["answer"] == "\n Hi\n"
+    assert events[-2]["metadata"]["provider"] == "primary"
+
+
 def test_first_chunk_timeout_falls_through(upstreams) -> None:
     first, _ = upstreams
     first.push(Script(fail="hang"))
