@@ -324,10 +324,16 @@ def _history(items: Any, max_messages: int) -> tuple[Turn, ...]:
     return tuple(turns)
 
 
+def _first_given(item: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
+    """The value of the first of `keys` that is there and not null (null is "not given",
+    as everywhere in the body: a union type may send the field it does not use as null)."""
+    return next((item[key] for key in keys if item.get(key) is not None), None)
+
+
 def _turn(item: Any, label: str, call_names: Mapping[str, str]) -> Turn:
     if not isinstance(item, dict):
         raise RequestError(f"{label} must be an object")
-    who = next((item[k] for k in ("role", "name", "sender") if item.get(k) is not None), None)
+    who = _first_given(item, ("role", "name", "sender"))
     if not isinstance(who, str):
         raise RequestError(f"{label} needs a role (or name / sender) string")
     role = _ROLE_ALIASES.get(who.strip().lower())
@@ -335,7 +341,7 @@ def _turn(item: Any, label: str, call_names: Mapping[str, str]) -> Turn:
         raise RequestError(f"{label} role {who[:40]!r} is not user, assistant or tool")
     if role == "tool":
         return _tool_result(item, label, call_names)
-    text = item.get("content", item.get("text"))
+    text = _first_given(item, ("content", "text"))
     calls = _tool_calls(item.get("tool_calls"), label) if role == "assistant" else ()
     if text is None and calls:
         text = ""
@@ -379,7 +385,7 @@ def _tool_result(item: Mapping[str, Any], label: str, call_names: Mapping[str, s
         raise RequestError(f"{label}.name is required (no earlier call has id {call_id[:64]!r})")
     if not TOOL_NAME.fullmatch(name):  # a provider would refuse the request for it
         raise RequestError(f"{label}.name must be {TOOL_NAME_RULE}")
-    content = item.get("content", item.get("text"))
+    content = _first_given(item, ("content", "text"))
     if not isinstance(content, str):
         content = json.dumps(content, ensure_ascii=False)  # any JSON result, sent on as JSON
     return Turn("tool", content, tool_call_id=call_id, tool_name=name)

@@ -184,8 +184,19 @@ def arguments_value(value: Any) -> tuple[Mapping[str, Any] | None, str | None]:
 
 
 def tool_specs(names: list[str], configs: Mapping[str, Any]) -> tuple[ToolSpec, ...]:
-    """The tools offered: each name in `names` that has a declaration, in order, once."""
-    declared = {name: _declaration(name, config) for name, config in configs.items()}
+    """The tools offered: each name in `names` that has a declaration, in order, once.
+
+    An entry with neither `description` nor `parameters` (or null) declares no
+    function: a VAC frontend's `toolConfigs` may hold a tool's own settings
+    (`{"datastore_id": ...}`), and such a tool was offered as a function of no
+    arguments, for the model to call.
+    """
+    declared = {
+        name: _declaration(name, config)
+        for name, config in configs.items()
+        if config is not None
+        and not (isinstance(config, dict) and not {"description", "parameters"} & config.keys())
+    }
     offered: dict[str, ToolSpec] = {}
     for name in names:
         if name in declared and name not in offered:

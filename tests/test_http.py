@@ -104,7 +104,10 @@ def test_bad_assistant_ids_are_400(client, fake: FakeUpstream, assistant_id: str
         {"user_input": "hi", "chat_history": [{"role": "LEAK my bank password", "content": "a"}]},
         {"user_input": "hi", "chat_history": [{"name": 'LEAK "my" bank', "content": "a"}]},
         {"user_input": "hi", "emissaryConfig": {"toolChoice": {"name": "LEAK my bank password"}}},
-        {"user_input": "hi", "emissaryConfig": {"toolConfigs": {"LEAK my bank": {}}}},
+        {
+            "user_input": "hi",
+            "emissaryConfig": {"toolConfigs": {"LEAK my bank": {"description": ""}}},
+        },
         {"user_input": "hi", "LEAK my bank password": "\ud800"},  # a key in a field's path
     ],
 )
@@ -301,9 +304,9 @@ def test_chat_history_formats_are_normalised_for_the_provider(client, fake: Fake
         {"role": "user", "content": "first question"},
         {"name": "AI", "content": "first answer"},
         {"name": "Human", "content": "second question"},
-        {"sender": "assistant", "text": "second answer"},
+        {"role": None, "sender": "assistant", "content": None, "text": "second answer"},
         {"sender": "user", "text": "   "},  # empty: dropped
-    ]
+    ]  # null is "not given": a union type sends the field it does not use as null
     response = ask(
         client,
         "third question",

@@ -71,6 +71,13 @@ def test_declared_tools_are_offered_in_order_and_undeclared_names_are_not() -> N
     assert request.tool_choice == "auto"
 
 
+@pytest.mark.parametrize("entry", [{"datastore_id": "abc"}, {}, None])
+def test_an_entry_that_declares_no_function_is_not_offered(entry: Any) -> None:
+    """A VAC frontend's toolConfigs may hold a tool's own settings, not a declaration."""
+    request = _request(tools=["vs", "weather"], toolConfigs={"vs": entry, "weather": WEATHER})
+    assert [tool.name for tool in request.tools] == ["weather"]
+
+
 def test_a_declaration_without_parameters_takes_no_arguments() -> None:
     request = _request(tools=["now"], toolConfigs={"now": {"description": "the time"}})
     assert request.tools[0].parameters == {"type": "object", "properties": {}}
@@ -110,11 +117,11 @@ BAD_CONFIGS = [
     ({"toolConfigs": {"w": {"parameters": []}}}, "toolConfigs.w.parameters must be a JSON Schema"),
     ({"toolConfigs": {"w": "a tool"}}, "emissaryConfig.toolConfigs.w must be an object"),
     ({"toolConfigs": {"w": {"description": 3}}}, "toolConfigs.w.description must be a string"),
-    ({"toolConfigs": {"has space": {}}}, "a tool name must be 1-64 characters"),
-    ({"toolConfigs": {"x" * 65: {}}}, "a tool name must be 1-64 characters"),
+    ({"toolConfigs": {"has space": {"description": ""}}}, "a tool name must be 1-64 characters"),
+    ({"toolConfigs": {"x" * 65: {"description": ""}}}, "a tool name must be 1-64 characters"),
     # Gemini refuses a function name that starts with a digit or "-"; the others take it.
-    ({"toolConfigs": {"2fa_check": {}}}, "the first a letter or _"),
-    ({"toolConfigs": {"-x": {}}}, "'-x': a tool name must be 1-64 characters"),
+    ({"toolConfigs": {"2fa_check": {"description": ""}}}, "the first a letter or _"),
+    ({"toolConfigs": {"-x": {"description": ""}}}, "'-x': a tool name must be 1-64 characters"),
     ({"toolConfigs": []}, "emissaryConfig.toolConfigs must be an object"),
     ({**TOOLS, "toolChoice": {"name": "search"}}, "'search', which is not an offered tool"),
     ({"toolChoice": {"name": "weather"}}, "'weather', which is not an offered tool"),
