@@ -319,6 +319,11 @@ def _field_names(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Call):
             func = node.func
+            if isinstance(func, ast.Name) and func.id == "_first_given":
+                keys = node.args[1]  # a tuple of names, the first given one read
+                assert isinstance(keys, ast.Tuple)
+                names.update(key.value for key in keys.elts if isinstance(key, ast.Constant))
+                continue
             if isinstance(func, ast.Name) and func.id in ("_optional", "_checked_id"):
                 argument = node.args[1]
             elif isinstance(func, ast.Attribute) and func.attr == "get" and node.args:
