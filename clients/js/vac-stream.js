@@ -205,14 +205,21 @@ export async function streamReply(options) {
       code: "bad_request"});
   }
 
-  // The trace id the reply is saved under, made here when the body has none: a retry that
-  // sends it again as `trace_id` saves nothing twice, also after a failure that came before
-  // any answer said which id the service used (no response, an abort).
-  const sent = isObject(body) && body.trace_id == null ? {...body, trace_id: newTraceId()} : body;
-  result.traceId = isObject(sent) && typeof sent.trace_id === "string" ? sent.trace_id : null;
+  // The trace id the reply is saved under, known before any answer: a retry that sends it
+  // again as `trace_id` saves nothing twice, also after a failure that came before any
+  // answer said which id the service used (no response, an abort). The body's, else the
+  // caller's trace header's, else one made here and sent as a `traceparent` header (not
+  // sampled), not in the body: Cloud Run keeps a request's trace header, so its request
+  // log and the service's lines share the id, as they do for a caller's own header.
+  result.traceId = isObject(body) && typeof body.trace_id === "string" ? body.trace_id
+    : traceIdOfHeaders(headers);
+  if (result.traceId === null && !headers.has("traceparent")) {
+    result.traceId = randomHex(16);
+    headers.set("traceparent", `00-${result.traceId}-${randomHex(8)}-00`);
+  }
   let payload;
   try {
-    payload = JSON.stringify(sent);
+    payload = JSON.stringify(body);
   } catch (exc) { // a BigInt or a cycle in the body: nothing was sent
     return fail({error: `the body cannot be sent as JSON (${describe(exc)})`, code: "bad_request"});
   }
@@ -353,8 +360,21 @@ function isObject(value) {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
-/** 32 random hex digits, a trace id as the service makes its own. */
-function newTraceId() {
-  const bytes = globalThis.crypto.getRandomValues(new Uint8Array(16));
-  return Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
+/** `bytes` random bytes as hex digits (16: a trace id, as the service makes its own). */
+function randomHex(bytes) {
+  const values = globalThis.crypto.getRandomValues(new Uint8Array(bytes));
+  return Array.from(values, (byte) => byte.toString(16).padStart(2, "0")).join("");
+}
+
+/**
+ * The trace id a caller's `traceparent` or `X-Cloud-Trace-Context` header carries, read
+ * as the service reads it (the response's X-Trace-Id has the last word), else null.
+ * @param {Headers} headers
+ */
+function traceIdOfHeaders(headers) {
+  const parent = /^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}/
+    .exec((headers.get("traceparent") ?? "").trim());
+  const cloud = /^([0-9a-fA-F]{32})(?:[/;]|$)/.exec((headers.get("X-Cloud-Trace-Context") ?? "").trim());
+  const found = parent?.[1] ?? cloud?.[1]?.toLowerCase() ?? null;
+  return found === null || /^0+$/.test(found) ? null : found;
 }

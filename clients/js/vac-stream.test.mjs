@@ -226,9 +226,8 @@ test("it sends one POST with the token, and never another", async () => {
   assert.equal(calls[0].init.method, "POST");
   assert.equal(calls[0].init.headers.get("Authorization"), "Bearer tok");
   assert.equal(calls[0].init.headers.get("Accept"), "text/event-stream");
-  const {trace_id: traceId, ...sent} = JSON.parse(calls[0].init.body);
-  assert.deepEqual(sent, {user_input: "hi"});
-  assert.match(traceId, /^[0-9a-f]{32}$/); // made here: see the trace id test below
+  assert.deepEqual(JSON.parse(calls[0].init.body), {user_input: "hi"});
+  assert.match(calls[0].init.headers.get("traceparent"), /^00-[0-9a-f]{32}-/); // see below
 });
 
 test("a caller's header replaces ours whatever its case", async () => {
@@ -302,10 +301,10 @@ test("a later block's thinking is set apart by a blank line, not a blank block",
   assert.equal(parts.map((part) => part.content).join(""), "AB");
 });
 
-test("a trace id is made and sent when the body has none, so a retry can send it again", async () => {
+test("a trace id is made and sent as a traceparent when none is given, so a retry can send it", async () => {
   const calls = [];
   const failing = async (url, init) => {
-    calls.push(JSON.parse(init.body));
+    calls.push(init);
     throw new TypeError("Failed to fetch");
   };
   const errors = [];
@@ -313,17 +312,52 @@ test("a trace id is made and sent when the body has none, so a retry can send it
     url: "http://service.test/vac/assistant/a/sse", body: {user_input: "hi"}, fetch: failing,
     onError: (error) => errors.push(error),
   });
-  assert.match(calls[0].trace_id, /^[0-9a-f]{32}$/);
-  assert.equal(result.traceId, calls[0].trace_id);
+  const [, traceId, span, flags] = /^00-([0-9a-f]{32})-([0-9a-f]{16})-(\d\d)$/
+    .exec(calls[0].headers.get("traceparent"));
+  assert.ok(span && flags === "00"); // not sampled: a made id asks no trace to be kept
+  assert.deepEqual(JSON.parse(calls[0].body), {user_input: "hi"}); // the body as given
+  assert.equal(result.traceId, traceId);
   assert.equal(errors[0].code, "network_error");
-  assert.equal(errors[0].traceId, calls[0].trace_id);
+  assert.equal(errors[0].traceId, traceId);
 
   const again = await streamReply({
     url: "http://service.test/vac/assistant/a/sse",
     body: {user_input: "hi", trace_id: result.traceId}, fetch: failing,
   });
-  assert.equal(calls[1].trace_id, calls[0].trace_id); // the caller's is sent as it is
-  assert.equal(again.traceId, calls[0].trace_id);
+  assert.equal(JSON.parse(calls[1].body).trace_id, traceId); // the caller's, as it is
+  assert.equal(calls[1].headers.get("traceparent"), null);
+  assert.equal(again.traceId, traceId);
+});
+
+test("a caller's trace header is kept, and its trace id known before any answer", async () => {
+  for (const [name, value, expected] of [
+    ["traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "4bf92f3577b34da6a3ce929d0e0e4736"],
+    ["X-Cloud-Trace-Context", "105445AA7843BC8BF206B12000100000/1;o=1", "105445aa7843bc8bf206b12000100000"],
+  ]) {
+    const calls = [];
+    const result = await streamReply({
+      url: "http://service.test/x", body: {user_input: "hi"}, headers: {[name]: value},
+      fetch: async (url, init) => {
+        calls.push(init);
+        throw new TypeError("Failed to fetch");
+      },
+    });
+    assert.equal(calls[0].headers.get(name), value);
+    assert.equal(calls[0].headers.get("traceparent") ?? value, value); // none added
+    assert.equal(result.traceId, expected);
+  }
+});
+
+test("a body with its own toJSON is sent as it says", async () => {
+  const calls = [];
+  class Ask {
+    toJSON() {
+      return {user_input: "hi"};
+    }
+  }
+  const fetch = fakeFetch('data: {"answer":"x","metadata":{}}\n\ndata: [DONE]\n\n', {calls});
+  await streamReply({url: "http://service.test/x", body: new Ask(), fetch});
+  assert.deepEqual(JSON.parse(calls[0].init.body), {user_input: "hi"});
 });
 
 test("the service's X-Trace-Id wins over the one sent", async () => {
