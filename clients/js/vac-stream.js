@@ -209,8 +209,8 @@ export async function streamReply(options) {
   // again as `trace_id` saves nothing twice, also after a failure that came before any
   // answer said which id the service used (no response, an abort). The body's, else the
   // caller's trace header's, else one made here and sent as a `traceparent` header (not
-  // sampled), not in the body: Cloud Run keeps a request's trace header, so its request
-  // log and the service's lines share the id, as they do for a caller's own header.
+  // sampled): in the body it would override every trace header, the caller's and the one
+  // Cloud Run's front end adds for its own request log when the request has none.
   result.traceId = isObject(body) && typeof body.trace_id === "string" ? body.trace_id
     : traceIdOfHeaders(headers);
   if (result.traceId === null && !headers.has("traceparent")) {
