@@ -127,7 +127,9 @@ def _base_url(env: Mapping[str, str], name: str, default: str) -> str:
     return url
 
 
-_USERINFO = re.compile(r"(?<=//)[^/?#]*@")
+# To the last "@": a password with a "/", "?" or "#" in it (unescaped) would otherwise
+# end the match early and show its rest; a path with an "@" is only shown less of.
+_USERINFO = re.compile(r"(?<=//).*@", re.DOTALL)
 
 
 def shown_url(url: str) -> str:

@@ -195,7 +195,11 @@ def tool_specs(names: list[str], configs: Mapping[str, Any]) -> tuple[ToolSpec, 
         name: _declaration(name, config)
         for name, config in configs.items()
         if config is not None
-        and not (isinstance(config, dict) and not {"description", "parameters"} & config.keys())
+        and not (
+            isinstance(config, dict)
+            and config.get("description") is None
+            and config.get("parameters") is None
+        )
     }
     offered: dict[str, ToolSpec] = {}
     for name in names:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from assistant.config import ConfigError, Settings
+from assistant.config import ConfigError, Settings, shown_url
 from devtools.fake_upstream import FakeUpstream, Script
 
 from .conftest import ask, log_lines, sse_events
@@ -380,6 +380,12 @@ def test_a_bad_base_url_is_quoted_without_its_login() -> None:
     with pytest.raises(ConfigError) as refused:
         Settings.from_env({"ANTHROPIC_BASE_URL": "htp://bob:pw-9f3k2@proxy.example"})
     assert "'htp://***@proxy.example'" in str(refused.value)
+
+
+@pytest.mark.parametrize("password", ["pa/ss", "pa?ss", "pa#ss", "p@ss"])
+def test_a_login_is_hidden_whatever_its_password_holds(password: str) -> None:
+    shown = shown_url(f"http://alice:{password}@host:11434")
+    assert shown == "http://***@host:11434"
 
 
 def test_closing_right_after_the_status_closes_the_upstream(client, fake) -> None:

@@ -71,7 +71,10 @@ def test_declared_tools_are_offered_in_order_and_undeclared_names_are_not() -> N
     assert request.tool_choice == "auto"
 
 
-@pytest.mark.parametrize("entry", [{"datastore_id": "abc"}, {}, None])
+@pytest.mark.parametrize(
+    "entry",
+    [{"datastore_id": "abc"}, {}, None, {"description": None, "parameters": None, "x": 1}],
+)
 def test_an_entry_that_declares_no_function_is_not_offered(entry: Any) -> None:
     """A VAC frontend's toolConfigs may hold a tool's own settings, not a declaration."""
     request = _request(tools=["vs", "weather"], toolConfigs={"vs": entry, "weather": WEATHER})
