@@ -30,6 +30,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
@@ -218,29 +219,97 @@ def _in_place(objects: Mapping[str, Mapping[str, Any]], pointer: str) -> Iterato
             yield from (f"{pointer}/{keyword}/{_escape(name)}" for name in entries)
 
 
-def refers_to_itself(schema: Mapping[str, Any]) -> bool:
-    """Whether a local reference in `schema` leads, maybe through others, back to a
-    schema it is inside: recursion (a tree's `children` items referring to the tree)."""
-    references = [
-        (where, unquote(target[1:]))
-        for where, _keyword, target in _references(dict(_objects(schema)))
-        if target == "#" or target.startswith("#/")
-    ]
+# Keywords whose value is a value, not a schema: a "$ref" in one is data.
+_VALUE_KEYWORDS = frozenset({"enum", "const", "default", "examples"})
+# Keywords whose value maps names to subschemas: the names are not keywords.
+_NAME_MAPS = frozenset(
+    {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas", "dependencies"}
+)
+_DEFINITIONS = frozenset({"$defs", "definitions"})
 
-    def inside(where: str, pointer: str) -> bool:
-        return where == pointer or where.startswith(pointer + "/")
 
-    for start, first in references:
-        seen: set[str] = set()
-        targets = [first]
+@dataclass(frozen=True)
+class _Reference:
+    where: str  # the pointer of the object that holds it
+    target: str | None  # the pointer it names; None: an anchor, not a pointer
+    defined_in: str | None  # the innermost $defs / definitions entry it is inside
+
+
+def _schema_references(schema: Mapping[str, Any]) -> list[_Reference]:
+    """Every reference in the schema's subschemas (none in literal values), iteratively."""
+    found: list[_Reference] = []
+    stack: list[tuple[str, Any, str | None]] = [("", schema, None)]
+    while stack:
+        where, node, defined_in = stack.pop()
+        if isinstance(node, list):
+            stack.extend((f"{where}/{i}", item, defined_in) for i, item in enumerate(node))
+            continue
+        if not isinstance(node, dict):
+            continue
+        for keyword in _REFERENCES:
+            target = node.get(keyword)
+            if isinstance(target, str):
+                pointer = target == "#" or target.startswith("#/")
+                found.append(
+                    _Reference(where, unquote(target[1:]) if pointer else None, defined_in)
+                )
+        for key, value in node.items():
+            if key in _VALUE_KEYWORDS:
+                continue
+            child = f"{where}/{_escape(key)}"
+            if key in _NAME_MAPS and isinstance(value, dict):
+                for name, sub in value.items():
+                    entry = f"{child}/{_escape(name)}"
+                    stack.append((entry, sub, entry if key in _DEFINITIONS else defined_in))
+            else:
+                stack.append((child, value, defined_in))
+    return found
+
+
+def _inside(where: str, pointer: str) -> bool:
+    return where == pointer or where.startswith(pointer + "/")
+
+
+def _applied_within(reference: _Reference, pointer: str) -> bool:
+    """Whether the reference is applied when the schema at `pointer` is: inside it, and
+    not inside a definition below it (a definition applies only where it is referred to)."""
+    return _inside(reference.where, pointer) and (
+        reference.defined_in is None or _inside(pointer, reference.defined_in)
+    )
+
+
+def references_problem(schema: Mapping[str, Any]) -> str | None:
+    """What in the schema's references a provider that takes only plain local `$ref`s,
+    and no recursion, cannot hold: None, "recursion" (a reference, maybe through
+    others, back to a schema it is inside, a tree's `children` items referring to the
+    tree) or "an anchor" (a reference by `$anchor` or `$dynamicRef` name). Only what
+    the schema applies counts: a definition no reference reaches is never used."""
+    references = _schema_references(schema)
+    reached: list[_Reference] = []
+    seen: set[str] = set()
+    bases = [""]
+    while bases:
+        base = bases.pop()
+        for reference in references:
+            if _applied_within(reference, base) and reference not in reached:
+                if reference.target is None:
+                    return "an anchor"
+                reached.append(reference)
+                if reference.target not in seen:
+                    seen.add(reference.target)
+                    bases.append(reference.target)
+    for start in reached:
+        visited: set[str] = set()
+        targets = [start.target]
         while targets:
             pointer = targets.pop()
-            if inside(start, pointer):
-                return True
-            if pointer not in seen:
-                seen.add(pointer)
-                targets += (target for where, target in references if inside(where, pointer))
-    return False
+            assert pointer is not None
+            if _inside(start.where, pointer):
+                return "recursion"
+            if pointer not in visited:
+                visited.add(pointer)
+                targets += (r.target for r in reached if _applied_within(r, pointer))
+    return None
 
 
 def resolve_pointer(schema: Any, pointer: str) -> Any:

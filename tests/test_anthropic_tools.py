@@ -791,6 +791,26 @@ OBJECTS_ALL_OF = {
             },
             "a recursive schema",
         ),
+        (  # a tagged union: the shared keys beside the branches
+            {
+                "type": "object",
+                "properties": {"kind": {"type": "string"}},
+                "required": ["kind"],
+                "oneOf": [
+                    {"properties": {"kind": {"const": "a"}, "a": {"type": "string"}}},
+                    {"properties": {"kind": {"const": "b"}, "b": {"type": "number"}}},
+                ],
+            },
+            "oneOf over objects beside the object's own properties",
+        ),
+        (  # a reference by anchor, not a pointer
+            {
+                "$defs": {"N": {"$anchor": "node", "type": "object", "properties": {}}},
+                "type": "object",
+                "properties": {"n": {"$ref": "#node"}},
+            },
+            "a reference by $anchor",
+        ),
     ],
 )
 def test_a_schema_closing_would_change_is_not_sent(
@@ -828,6 +848,15 @@ def test_a_schema_closing_would_change_is_not_sent(
             "type": "object",
             "properties": {"x": {"$ref": "#/$defs/P"}, "y": {"$ref": "#/$defs/P"}},
         },
+        # A "$ref" in a value is data; a recursive definition nothing uses is never applied.
+        {
+            "type": "object",
+            "properties": {
+                "a": {"type": "string", "default": {"$ref": "#"}},
+                "b": {"enum": [{"$ref": "#"}], "examples": [{"$ref": "#"}]},
+            },
+            "$defs": {"tree": {"type": "array", "items": {"$ref": "#/$defs/tree"}}},
+        },
     ],
 )
 def test_a_schema_closing_keeps_whole_is_sent(
@@ -850,3 +879,11 @@ def test_one_of_goes_as_any_of(upstream: FakeUpstream) -> None:
         "description": "r or w",
     }
     assert "oneOf" in schema["properties"]["shape"]  # the request's own schema is untouched
+
+
+def test_one_of_beside_any_of_is_left_out(upstream: FakeUpstream) -> None:
+    value = {"anyOf": [{"type": "string"}, {"type": "integer"}], "oneOf": [{"type": "integer"}]}
+    schema = {"type": "object", "properties": {"v": value}, "required": ["v"]}
+    upstream.push(Script(json={"v": 1}))
+    sent_schema = sent(upstream, ask(tools=(), schema=schema))["output_config"]["format"]["schema"]
+    assert sent_schema["properties"]["v"] == {"anyOf": [{"type": "string"}, {"type": "integer"}]}

@@ -8,17 +8,21 @@ SDK does, those bounds are moved into the `description` (the model still
 reads them) and every object is closed. Nothing is lost: the reply is
 checked against the frontend's full schema when it ends (tools.py).
 
-`oneOf`, which the grammar does not hold, goes as `anyOf`, as Anthropic's SDK
-sends it (the reply is still checked against the `oneOf`).
+`oneOf`, which the grammar does not hold, goes as `anyOf` (left out beside
+an `anyOf`), as Anthropic's SDK sends it (the reply is still checked against
+the `oneOf`).
 
-Three shapes are not sent at all (`unheld`; the reply is still checked, and
-`structured_output_error` says why). Two cannot be closed without changing
+Some shapes are not sent at all (`unheld`; the reply is still checked, and
+`structured_output_error` says why). Three cannot be closed without changing
 what they mean: an object that names none of its keys (a map: no
-`properties`, or `patternProperties`), which closed could only be `{}`; and
+`properties`, or `patternProperties`), which closed could only be `{}`;
 `allOf` over two or more objects (its branches, `$ref`s followed, and the
 node's own `properties`), each of which closed would refuse the others'
-keys. And a recursive schema (a `$ref` back to a schema it is inside), which
-Anthropic's structured outputs do not support.
+keys; and an object's own `properties` beside `anyOf` / `oneOf` branches
+that are objects (a tagged union), the same clash. And Anthropic's
+structured outputs support no recursive schema (a `$ref` back to a schema it
+is inside), nor references other than `$ref` pointers (by `$anchor` or
+`$dynamicRef` name).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
-from ..schemas import refers_to_itself, resolve_pointer
+from ..schemas import references_problem, resolve_pointer
 
 UNSUPPORTED = frozenset(
     {
@@ -75,8 +79,9 @@ def _narrowed(node: Any) -> Any:
             kept[key] = _narrowed(value)
     if _is_object(kept):
         kept["additionalProperties"] = False
-    if "oneOf" in kept and "anyOf" not in kept:
-        kept["anyOf"] = kept.pop("oneOf")
+    if "oneOf" in kept:  # beside an anyOf, left out as Anthropic's SDK does
+        one_of = kept.pop("oneOf")
+        kept.setdefault("anyOf", one_of)
     if moved:
         bounds = ", ".join(f"{key}: {json.dumps(value)}" for key, value in moved.items())
         description = kept.get("description")
@@ -87,8 +92,11 @@ def _narrowed(node: Any) -> Any:
 def unheld(schema: Mapping[str, Any]) -> str | None:
     """What in `schema` a closed schema cannot hold as the frontend meant it (None:
     nothing). Closing an object that names its keys only keeps other keys out."""
-    if refers_to_itself(schema):
+    problem = references_problem(schema)
+    if problem == "recursion":
         return "a recursive schema (a $ref to a schema it is inside)"
+    if problem is not None:
+        return "a reference by $anchor or $dynamicRef name (only $ref pointers are taken)"
     return _unheld(schema, schema)
 
 
@@ -107,6 +115,16 @@ def _unheld(node: Any, root: Mapping[str, Any]) -> str | None:
         objects = sum(_is_object(_dereferenced(branch, root)) for branch in branches)
         if objects + bool(node.get("properties")) >= 2:
             return "allOf over objects"
+    for keyword in ("anyOf", "oneOf"):
+        # A tagged union's shared keys beside its branches: closed, the object refuses
+        # each branch's own keys, and each branch the object's.
+        branches = node.get(keyword)
+        if (
+            node.get("properties")
+            and isinstance(branches, list)
+            and any(_is_object(_dereferenced(branch, root)) for branch in branches)
+        ):
+            return f"{keyword} over objects beside the object's own properties"
     for key, value in node.items():
         if key in _LITERALS:
             continue
