@@ -534,6 +534,28 @@ OPEN = {  # what a frontend usually writes: every property required, nothing sai
 }
 
 
+def _nested(depth: int) -> dict[str, Any]:
+    """Objects `depth` deep, each with one required property."""
+    node: dict[str, Any] = {"type": "string"}
+    for _ in range(depth):
+        node = {"type": "object", "properties": {"n": node}, "required": ["n"]}
+    return node
+
+
+def _with_enum(count: int) -> dict[str, Any]:
+    values = {"type": "string", "enum": [f"v{i}" for i in range(count)]}
+    return {"type": "object", "properties": {"v": values}, "required": ["v"]}
+
+
+def _with_properties(count: int) -> dict[str, Any]:
+    names = [f"p{i}" for i in range(count)]
+    return {
+        "type": "object",
+        "properties": {n: {"type": "string"} for n in names},
+        "required": names,
+    }
+
+
 @pytest.mark.parametrize(
     "schema, strict",
     [
@@ -590,6 +612,23 @@ OPEN = {  # what a frontend usually writes: every property required, nothing sai
         pytest.param(
             changed(STRICT_OK, ("properties", "city"), format="date"), True, id="format-date"
         ),
+        # An object's own properties beside anyOf object branches: closed, no value fits.
+        pytest.param(
+            changed(
+                STRICT_OK,
+                ("$defs", "place"),
+                anyOf=[
+                    {"type": "object", "properties": {"e": {"type": "string"}}, "required": ["e"]}
+                ],
+            ),
+            False,
+            id="properties-beside-anyOf",
+        ),
+        # Past strict mode's size limits (OpenAI refuses them with a 400).
+        pytest.param(_nested(11), False, id="objects-11-deep"),
+        pytest.param(_nested(10), True, id="objects-10-deep"),
+        pytest.param(_with_enum(1001), False, id="1001-enum-values"),
+        pytest.param(_with_properties(5001), False, id="5001-properties"),
     ],
 )
 def test_response_format_is_strict_only_for_schemas_strict_mode_takes(

@@ -337,7 +337,12 @@ def _strict_ok(schema: Mapping[str, Any]) -> bool:
     anyOf), every object closed (`additionalProperties: false`) with all its
     properties required, every schema typed, and no keyword or format outside
     strict mode's subset."""
-    return _types(schema) == {"object"} and "anyOf" not in schema and _strict_node(schema)
+    return (
+        _types(schema) == {"object"}
+        and "anyOf" not in schema
+        and _strict_node(schema)
+        and _within_strict_limits(schema)
+    )
 
 
 def _strict_node(node: Any) -> bool:
@@ -354,6 +359,8 @@ def _strict_node(node: Any) -> bool:
     if "object" in _types(node) or "properties" in node:
         if node.get("additionalProperties") is not False or not isinstance(properties, dict):
             return False
+        if "anyOf" in node:  # its branches closed would refuse its keys, and it theirs
+            return False
         if set(node.get("required") or []) != set(properties):
             return False
     children: list[Any] = list(properties.values()) if isinstance(properties, dict) else []
@@ -365,6 +372,49 @@ def _strict_node(node: Any) -> bool:
     if isinstance(node.get("anyOf"), list):
         children += node["anyOf"]
     return all(_strict_node(child) for child in children)
+
+
+# Strict mode's size limits ("Supported schemas"): objects nested at most 10 deep, 5,000
+# properties in all, 1,000 enum values in all, 120,000 characters of property and
+# definition names, enum and const values (an enum of over 250 strings, 15,000 of its own).
+_STRICT_DEPTH, _STRICT_PROPERTIES, _STRICT_ENUM_VALUES, _STRICT_CHARS = 10, 5000, 1000, 120_000
+
+
+def _within_strict_limits(schema: Mapping[str, Any]) -> bool:
+    properties = enum_values = chars = 0
+    stack: list[tuple[Any, int]] = [(schema, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if not isinstance(node, dict):
+            continue
+        if "object" in _types(node) or "properties" in node:
+            depth += 1
+            if depth > _STRICT_DEPTH:
+                return False
+        named = node.get("properties")
+        names: dict[str, Any] = named if isinstance(named, dict) else {}
+        properties += len(names)
+        chars += sum(len(name) for name in names)
+        stack += ((child, depth) for child in names.values())
+        for key in ("$defs", "definitions"):
+            if isinstance(node.get(key), dict):
+                chars += sum(len(name) for name in node[key])
+                stack += ((child, 0) for child in node[key].values())
+        listed = node.get("enum")
+        values: list[Any] = listed if isinstance(listed, list) else []
+        own_chars = sum(len(value) for value in values if isinstance(value, str))
+        if len(values) > 250 and own_chars > 15_000:
+            return False
+        enum_values += len(values)
+        chars += own_chars + (len(node["const"]) if isinstance(node.get("const"), str) else 0)
+        stack += ((child, depth) for child in node.get("anyOf") or [] if isinstance(child, dict))
+        if "items" in node:
+            stack.append((node["items"], depth))
+    return (
+        properties <= _STRICT_PROPERTIES
+        and enum_values <= _STRICT_ENUM_VALUES
+        and chars <= _STRICT_CHARS
+    )
 
 
 def _types(node: Mapping[str, Any]) -> set[str]:
