@@ -650,7 +650,8 @@ def test_arrays_without_items_get_any_items_in_tools_and_schemas(upstream: FakeU
     items"), where JSON Schema means "any items": `{}` says the same, and OpenAI takes it."""
     tags = {"type": "object", "properties": {"tags": {"type": "array"}}, "required": ["tags"]}
     rows = {"type": "array", "items": {"type": ["array", "null"]}}
-    nested = {"type": "object", "properties": {"rows": rows}}
+    depends = {"rows": {"properties": {"more": {"type": "array"}}}, "cols": ["rows"]}
+    nested = {"type": "object", "properties": {"rows": rows}, "dependencies": depends}
     tool = ToolSpec("tag", "Tag notes", tags)
     body = body_for(upstream, dataclasses.replace(HI, tools=(tool,), response_schema=nested))
     parameters = body["tools"][0]["function"]["parameters"]
@@ -659,6 +660,10 @@ def test_arrays_without_items_get_any_items_in_tools_and_schemas(upstream: FakeU
     assert "strict" not in json_schema  # an untyped items schema is not strict mode's
     sent = json_schema["schema"]["properties"]["rows"]
     assert sent == {"type": "array", "items": {"type": ["array", "null"], "items": {}}}
+    assert json_schema["schema"]["dependencies"] == {
+        "rows": {"properties": {"more": {"type": "array", "items": {}}}},
+        "cols": ["rows"],  # names, not a schema: as they were
+    }
     assert tool.parameters["properties"]["tags"] == {"type": "array"}  # the frontend's, untouched
 
 

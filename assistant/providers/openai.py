@@ -120,7 +120,10 @@ _SUBSCHEMAS = (
     "propertyNames", "unevaluatedProperties", "unevaluatedItems", "additionalItems",
     "anyOf", "oneOf", "allOf", "prefixItems",
 )  # fmt: skip
-_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas")
+# (draft-07's `dependencies` maps to a schema or to a list of names, left as it is.)
+_SUBSCHEMA_MAPS = (
+    "properties", "$defs", "definitions", "patternProperties", "dependentSchemas", "dependencies"
+)  # fmt: skip
 
 
 def _reasoning_effort(budget: int) -> str:
