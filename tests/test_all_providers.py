@@ -132,6 +132,26 @@ def successful_replays(case: ProviderCase) -> Iterable[tuple[str]]:
     return ((name,) for name, replay in case.replays.items() if replay.code is None)
 
 
+@pytest.mark.parametrize("case, name", per_case(lambda case: list(successful_replays(case))[:1]))
+def test_a_last_event_the_body_ends_without_a_line_end_still_counts(
+    upstream: FakeUpstream, case: ProviderCase, name: str
+) -> None:
+    """A gateway may close a stream right after its last field (`data: [DONE]`, no blank
+    line): the spec drops such an event, and a whole answer ended as an incomplete one."""
+    upstream.push(Script(raw=[case.fixture(name).rstrip(b"\r\n")]))
+    events, error = case.events(upstream.url)
+    assert (events, error) == (case.replays[name].events, None)
+
+
+@pytest.mark.parametrize("case, name", per_case(lambda case: list(successful_replays(case))[:1]))
+def test_a_last_event_the_body_ends_inside_is_incomplete(
+    upstream: FakeUpstream, case: ProviderCase, name: str
+) -> None:
+    upstream.push(Script(raw=[case.fixture(name).rstrip(b"\r\n")[:-5]]))
+    _, error = case.events(upstream.url)
+    assert error is not None and error.code == "upstream_incomplete"
+
+
 @pytest.mark.parametrize("case, name", per_case(successful_replays))
 def test_every_recorded_reply_through_the_chain(
     upstream: FakeUpstream, case: ProviderCase, name: str

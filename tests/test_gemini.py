@@ -72,15 +72,6 @@ def test_fixture_replay_in_one_piece(upstream: FakeUpstream) -> None:
     assert error is not None and error.code == "upstream_error" and error.status == 503
 
 
-def test_an_unterminated_last_event_is_incomplete(upstream: FakeUpstream) -> None:
-    # The spec drops an event with no blank line after it, so its finishReason never counts.
-    data = CASE.fixture("finish_no_parts.sse").removesuffix(b"\r\n\r\n")
-    upstream.push(Script(raw=[data]))
-    events, error = run_provider(settings_for(upstream.url))
-    assert events == [TextDelta("Short "), TextDelta("answer.")]
-    assert error is not None and error.code == "upstream_incomplete"
-
-
 def test_a_json_array_body_without_events_is_incomplete(upstream: FakeUpstream) -> None:
     # What the endpoint answers without alt=sse: JSON, no events. Not an error object, so
     # the tail check passes it, and with no finishReason it is not a success either.

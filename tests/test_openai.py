@@ -56,6 +56,14 @@ def test_data_that_is_not_json_is_a_protocol_error(upstream: FakeUpstream) -> No
     assert error is not None and error.code == "upstream_protocol"
 
 
+def test_done_with_a_trailing_space_ends_the_stream(upstream: FakeUpstream) -> None:
+    # OpenAI's SDK ends a stream on data that starts with [DONE]; a gateway sent "[DONE] ".
+    data = CASE.fixture("text_basic.sse").replace(b"data: [DONE]", b"data: [DONE] ")
+    upstream.push(Script(raw=[data]))
+    events, error = run_provider(settings_for(upstream.url))
+    assert (events, error) == (CASE.replays["text_basic.sse"].events, None)
+
+
 def test_an_error_given_as_a_bare_string_is_still_an_error(upstream: FakeUpstream) -> None:
     # text-generation-inference's streaming error: {"error": "...", "error_type": "..."}.
     frame = b'data: {"error":"Input validation error: inputs too long","error_type":"validation"}'

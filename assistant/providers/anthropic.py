@@ -79,7 +79,7 @@ from .base import (
     normalised_stop_reason,
 )
 from .sse_decoder import ServerSentEvent
-from .sse_events import SseReader, json_object, require_event_stream
+from .sse_events import SseReader, json_object, require_event_stream, rest_of
 
 API_VERSION = "2023-06-01"
 SIGNATURE_PREFIX = "anthropic:"  # not in the base64 alphabet: another provider's never starts so
@@ -446,7 +446,7 @@ class _Decoder:
     def end(self, out: list[Event]) -> None:
         state = self._state
         if not state.finished:
-            self._handle(self._sse.flush(), out)
+            rest_of(self._sse, lambda events: self._handle(events, out))
         if not state.finished:
             raise ProviderError("upstream_incomplete", "stream ended without message_stop")
         usage = _usage(state)

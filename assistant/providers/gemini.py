@@ -62,7 +62,7 @@ from .base import (
     token_count,
 )
 from .sse_decoder import ServerSentEvent
-from .sse_events import SseReader, json_object, require_event_stream
+from .sse_events import SseReader, json_object, require_event_stream, rest_of
 
 _STOP_REASONS: dict[str, StopReason] = {
     "STOP": "end_turn",
@@ -170,7 +170,7 @@ class _Decoder:
         out.append(StreamEnd(stop, self._usage, self._model))
 
     def end(self, out: list[Event]) -> None:
-        self._handle(self._sse.flush(), out)
+        rest_of(self._sse, lambda events: self._handle(events, out))
         if self._unframed:
             _raise_if_error(_bare_json("\n".join(self._unframed)))  # the lines after the last event
         if self._raw_stop is None:

@@ -84,7 +84,7 @@ from .base import (
     normalised_stop_reason,
 )
 from .sse_decoder import ServerSentEvent
-from .sse_events import SseReader, json_object, require_event_stream
+from .sse_events import SseReader, json_object, require_event_stream, rest_of
 
 _STOP_REASONS: dict[str, StopReason] = {
     "stop": "end_turn",
@@ -186,7 +186,7 @@ class _Decoder:
 
     def end(self, out: list[Event]) -> None:
         if not self.finished:
-            self._handle(self._sse.flush(), out)
+            rest_of(self._sse, lambda events: self._handle(events, out))
         if not self.finished:
             raise ProviderError("upstream_incomplete", "stream ended without [DONE]")
         self._whole_calls(out)  # a server that sent no finish_reason
@@ -205,7 +205,7 @@ class _Decoder:
 
     def _handle(self, events: list[ServerSentEvent], out: list[Event]) -> None:
         for event in events:
-            if event.data == "[DONE]":
+            if event.data.startswith("[DONE]"):  # as OpenAI's SDK reads it ("[DONE] " too)
                 self.finished = True
                 return
             if event.event == "error":  # llama.cpp's failure, an `error:` line (sse_decoder)

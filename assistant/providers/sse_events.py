@@ -3,8 +3,10 @@
 The spec's decoder is ours (sse_decoder.py, adapted from httpx-sse); this
 module feeds it a body's bytes as they come (lines are split before they are decoded
 as UTF-8, so a character split between reads is decoded whole), and holds providers to the
-right content type. An event left unterminated at EOF is dropped, as the
-spec says; providers that need such a tail read it themselves (`unframed`).
+right content type. An event left unterminated at EOF is dropped by `flush()`,
+as the spec says; the providers' `end()` takes it (`rest_of`), as a gateway
+that closes a stream right after its last field leaves the end marker there;
+providers that need an unframed tail read it themselves (`unframed`).
 Our tests (tests/test_sse_events.py) hold it to the spec's cases.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -72,6 +75,11 @@ class SseReader:
         # A lone CR at the very end ends the last event.
         return self._framed(self._lines.flush())
 
+    def end(self) -> list[ServerSentEvent]:
+        """`flush()`, and the event the body's end left undispatched (no blank line
+        after its fields): the spec drops it."""
+        return self._framed([*self._lines.flush(), ""])
+
     def _framed(self, lines: list[str]) -> list[ServerSentEvent]:
         events: list[ServerSentEvent] = []
         for line in lines:
@@ -82,6 +90,20 @@ class SseReader:
                     self._unframed.clear()
                 events.append(event)
         return events
+
+
+def rest_of(reader: SseReader, handle: Callable[[list[ServerSentEvent]], None]) -> None:
+    """The body ended: its last events handed to `handle`, the one it left undispatched
+    too. A gateway may close a stream right after the last field (`data: [DONE]`, no
+    blank line: openai-node reads it so): dropped, as the spec says, it turned a whole
+    answer into an incomplete one. An event the body's end cut in two does not parse:
+    that is the stream cut short, not a provider that wrote what is not JSON."""
+    try:
+        handle(reader.end())
+    except ProviderError as exc:
+        if exc.code != "upstream_protocol":
+            raise
+        raise ProviderError("upstream_incomplete", "stream ended inside an event") from None
 
 
 def _note_unframed(line: str, unframed: list[str]) -> None:
