@@ -13,8 +13,10 @@ from __future__ import annotations
 import pytest
 
 from assistant.config import ConfigError, ProviderSettings
+from devtools.fake_upstream import FakeUpstream, Script
 
 from .provider_cases import ANTHROPIC as CASE
+from .provider_support import upstream_fixture as upstream_fixture  # the `upstream` fixture
 
 
 def test_crlf_fixture_really_has_crlf_line_ends() -> None:
@@ -29,3 +31,14 @@ def test_a_thinking_budget_without_room_for_the_answer_is_a_config_error() -> No
         ProviderSettings.from_env({**env, "ANTHROPIC_MAX_TOKENS": "2000"}, "anthropic")
     settings = ProviderSettings.from_env({**env, "ANTHROPIC_MAX_TOKENS": "5000"}, "anthropic")
     assert settings.thinking_budget == 4096
+
+
+def test_event_names_with_blanks_around_them_are_read(upstream: FakeUpstream) -> None:
+    """A proxy that left spaces after "content_block_delta": the spec keeps them in the
+    name, and the text of those events was dropped, the answer ending without it."""
+    data = CASE.fixture("text_basic.sse").replace(
+        b"event: content_block_delta\n", b"event: content_block_delta  \n"
+    )
+    assert b"content_block_delta  " in data
+    upstream.push(Script(raw=[data]))
+    assert CASE.events(upstream.url) == (CASE.replays["text_basic.sse"].events, None)

@@ -459,7 +459,11 @@ class _Decoder:
         for event in events:
             handler = _HANDLERS.get(event.event)
             if handler is None:
-                continue  # ping and event types added after this was written
+                # A name a proxy left blanks around ("content_block_delta "): its text was
+                # dropped unseen. Else: ping, and event types added after this was written.
+                handler = _HANDLERS.get(event.event.strip())
+                if handler is None:
+                    continue
             handler(json_object(event.data), state)
             if state.finished:
                 return
