@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import RequestError
-from .schemas import check_schema
+from .schemas import MOST_SCHEMA_OBJECTS, check_schema, schema_objects
 from .thinking import without_thinking
 from .tools import (
     TOOL_NAME,
@@ -324,6 +324,17 @@ def _history(items: Any, max_messages: int) -> tuple[Turn, ...]:
     return tuple(turns)
 
 
+def _bound_schemas(configs: Mapping[str, Any], response_schema: Any) -> None:
+    """A 400 for schemas too large to check (MOST_SCHEMA_OBJECTS), counted before any is."""
+    parameters = (entry.get("parameters") for entry in configs.values() if isinstance(entry, dict))
+    count = sum(map(schema_objects, parameters)) + schema_objects(response_schema)
+    if count > MOST_SCHEMA_OBJECTS:
+        raise RequestError(
+            f"emissaryConfig: toolConfigs' parameters and responseSchema hold {count} schema "
+            f"objects in all; at most {MOST_SCHEMA_OBJECTS}"
+        )
+
+
 def _first_given(item: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
     """The value of the first of `keys` that is there and not null (null is "not given",
     as everywhere in the body: a union type may send the field it does not use as null)."""
@@ -454,6 +465,7 @@ def build_request(
     if not all(isinstance(tool, str) for tool in tools):
         raise RequestError("emissaryConfig.tools must be a list of strings")
     configs = _optional(config, "toolConfigs", dict, "emissaryConfig.toolConfigs") or {}
+    _bound_schemas(configs, config.get("responseSchema"))
     offered = tool_specs(tools, configs)
     schema = config.get("responseSchema")
     if schema is not None:

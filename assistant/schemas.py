@@ -27,6 +27,9 @@ reach past the reply it checks:
 
 from __future__ import annotations
 
+import collections
+import hashlib
+import json
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -48,6 +51,14 @@ from .errors import RequestError
 
 # Time a reply's check may spend matching patterns, all of them together.
 CHECK_SECONDS = 1.0
+# Objects (subschemas, and maps of them) a request's schemas may hold in all: checking a
+# schema against its metaschema costs about half a millisecond of CPU an object here,
+# with the interpreter's lock held (a 1 MiB schema of 20,000 took 11 s, and every stream
+# of the instance waited). A frontend's tools and schema hold tens to hundreds.
+MOST_SCHEMA_OBJECTS = 2000
+# Schemas found valid, remembered by digest (a frontend sends the same tools with every
+# request: checked once, not each time), the most recently used kept.
+_VALID_REMEMBERED = 256
 # Keywords whose value is a reference; keywords whose subschemas apply to the
 # same instance (a reference loop through them never moves into the instance).
 _REFERENCES = ("$ref", "$dynamicRef", "$recursiveRef")
@@ -88,10 +99,59 @@ for _module in (jsonschema._keywords, jsonschema._legacy_keywords, jsonschema._u
     _module.re = _matching  # type: ignore[attr-defined]
 
 
+def schema_objects(value: Any) -> int:
+    """How many objects a schema holds (what checking it costs grows with)."""
+    return sum(1 for _ in _objects(value)) if isinstance(value, dict) else 0
+
+
+class _ValidSchemas:
+    """Digests of the schemas found valid lately; thread-safe."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._digests: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def digest(schema: Mapping[str, Any]) -> bytes:
+        text = json.dumps(schema, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+    def __contains__(self, digest: bytes) -> bool:
+        with self._lock:
+            if digest in self._digests:
+                self._digests.move_to_end(digest)
+                return True
+            return False
+
+    def add(self, digest: bytes) -> None:
+        with self._lock:
+            self._digests[digest] = None
+            if len(self._digests) > self._size:
+                self._digests.popitem(last=False)
+
+
+_valid = _ValidSchemas(_VALID_REMEMBERED)
+
+
 def check_schema(schema: Any, field: str) -> Mapping[str, Any]:
-    """`schema` if it is a valid JSON Schema object we can apply, else a 400 naming `field`."""
+    """`schema` if it is a valid JSON Schema object we can apply, else a 400 naming `field`.
+
+    What holds for one schema holds for every copy of it: one found valid is not
+    checked again while it is among the last `_VALID_REMEMBERED` (the request's own
+    bound, MOST_SCHEMA_OBJECTS, is the caller's to apply first).
+    """
     if not isinstance(schema, dict):
         raise RequestError(f"{field} must be a JSON Schema object")
+    digest = _valid.digest(schema)
+    if digest in _valid:
+        return schema
+    _check_schema(schema, field)
+    _valid.add(digest)
+    return schema
+
+
+def _check_schema(schema: dict[str, Any], field: str) -> None:
     validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     try:
         validator.check_schema(schema)
@@ -121,7 +181,6 @@ def check_schema(schema: Any, field: str) -> Mapping[str, Any]:
         raise RequestError(
             f"{field}: its references loop without reaching a value (at {loop or 'the top level'})"
         )
-    return schema
 
 
 def problem(value: Any, schema: Mapping[str, Any]) -> str | None:
@@ -278,37 +337,68 @@ def _applied_within(reference: _Reference, pointer: str) -> bool:
     )
 
 
+# More references than this are not followed (a schema's references are checked per
+# request, and the check grows with their square): such a schema is "too many".
+MOST_REFERENCES = 200
+
+
 def references_problem(schema: Mapping[str, Any]) -> str | None:
     """What in the schema's references a provider that takes only plain local `$ref`s,
     and no recursion, cannot hold: None, "recursion" (a reference, maybe through
     others, back to a schema it is inside, a tree's `children` items referring to the
-    tree) or "an anchor" (a reference by `$anchor` or `$dynamicRef` name). Only what
-    the schema applies counts: a definition no reference reaches is never used."""
+    tree), "an anchor" (a reference by `$anchor` or `$dynamicRef` name), or "too many"
+    (over MOST_REFERENCES). Only what the schema applies counts: a definition no
+    reference reaches is never used.
+
+    The references are a graph (one leads to another when the other is applied
+    within its target): recursion is a cycle in it, found in one walk.
+    """
     references = _schema_references(schema)
-    reached: list[_Reference] = []
-    seen: set[str] = set()
-    bases = [""]
-    while bases:
-        base = bases.pop()
-        for reference in references:
-            if _applied_within(reference, base) and reference not in reached:
-                if reference.target is None:
-                    return "an anchor"
-                reached.append(reference)
-                if reference.target not in seen:
-                    seen.add(reference.target)
-                    bases.append(reference.target)
+    if len(references) > MOST_REFERENCES:
+        return "too many"
+    within: dict[str, list[int]] = {}
+
+    def applied(pointer: str) -> list[int]:
+        """The references applied within the schema at `pointer` (looked up once)."""
+        if pointer not in within:
+            within[pointer] = [
+                index for index, reference in enumerate(references)
+                if _applied_within(reference, pointer)
+            ]  # fmt: skip
+        return within[pointer]
+
+    def leads_to(index: int) -> list[int]:
+        target = references[index].target
+        assert target is not None  # anchors end the walk first
+        return applied(target)
+
+    reached: set[int] = set()
+    waiting = list(applied(""))
+    while waiting:
+        index = waiting.pop()
+        if index not in reached:
+            if references[index].target is None:
+                return "an anchor"
+            reached.add(index)
+            waiting += leads_to(index)
+    done: set[int] = set()
     for start in reached:
-        visited: set[str] = set()
-        targets = [start.target]
-        while targets:
-            pointer = targets.pop()
-            assert pointer is not None
-            if _inside(start.where, pointer):
+        if start in done:
+            continue
+        on_path = {start}
+        path = [(start, iter(leads_to(start)))]
+        while path:
+            index, following = path[-1]
+            after = next(following, None)
+            if after is None:
+                path.pop()
+                on_path.discard(index)
+                done.add(index)
+            elif after in on_path:
                 return "recursion"
-            if pointer not in visited:
-                visited.add(pointer)
-                targets += (r.target for r in reached if _applied_within(r, pointer))
+            elif after not in done:
+                on_path.add(after)
+                path.append((after, iter(leads_to(after))))
     return None
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from assistant import schemas
 from assistant.errors import RequestError
+from assistant.request import build_request
 from assistant.schemas import check_schema, problem
 
 BACKTRACKS = "^(a|a)+$"  # Python's re takes seconds on 30 a's and a "!"
@@ -156,3 +157,35 @@ def test_patterns_still_match_as_json_schema_says() -> None:
     assert problem("abd", {"pattern": "^a.c$"}) == (
         "the reply does not match the schema at the top level: 'abd' does not match '^a.c$'"
     )
+
+
+def test_a_schema_found_valid_is_not_checked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frontend sends the same tools with every request: checked once (it cost about half
+    a millisecond an object, on every request)."""
+    checked: list[str] = []
+    real = schemas._check_schema
+    monkeypatch.setattr(schemas, "_check_schema", lambda s, f: (checked.append(f), real(s, f)))
+    schema = {"type": "object", "properties": {"seen": {"type": "string", "title": "once"}}}
+    check_schema(schema, "first")
+    check_schema(
+        {"properties": {"seen": {"title": "once", "type": "string"}}, "type": "object"}, "b"
+    )
+    assert checked == ["first"]  # the same schema, its keys in another order
+    with pytest.raises(RequestError, match="second is not a valid JSON Schema"):
+        check_schema({**schema, "required": "seen"}, "second")  # another, invalid: checked
+
+
+def test_schemas_too_large_to_check_are_a_400_before_any_is_checked() -> None:
+    wide = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(1200)}}
+    body = {
+        "user_input": "hi",
+        "emissaryConfig": {
+            "tools": ["a"],
+            "toolConfigs": {"a": {"parameters": wide}},
+            "responseSchema": wide,
+        },
+    }
+    with pytest.raises(RequestError, match=r"hold 2404 schema objects in all; at most 2000"):
+        build_request("a", body, max_input_chars=100, max_history_messages=10)
+    del body["emissaryConfig"]["responseSchema"]
+    assert build_request("a", body, max_input_chars=100, max_history_messages=10).tools

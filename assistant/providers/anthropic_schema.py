@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
-from ..schemas import references_problem, resolve_pointer
+from ..schemas import MOST_REFERENCES, references_problem, resolve_pointer
 
 UNSUPPORTED = frozenset(
     {
@@ -95,8 +95,10 @@ def unheld(schema: Mapping[str, Any]) -> str | None:
     problem = references_problem(schema)
     if problem == "recursion":
         return "a recursive schema (a $ref to a schema it is inside)"
-    if problem is not None:
+    if problem == "an anchor":
         return "a reference by $anchor or $dynamicRef name (only $ref pointers are taken)"
+    if problem is not None:
+        return f"more than {MOST_REFERENCES} references"
     return _unheld(schema, schema)
 
 
