@@ -121,9 +121,8 @@ def _names(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
 def _base_url(env: Mapping[str, str], name: str, default: str) -> str:
     url = _text(env, name, default).rstrip("/")
     if url and not url.lower().startswith(("http://", "https://")):
-        raise ConfigError(
-            f"{name} must be an http:// or https:// URL, got {shown_url(url)[:100]!r}"
-        )
+        # Not quoted: without its "//", a login in it is not where shown_url looks.
+        raise ConfigError(f"{name} must be an http:// or https:// URL")
     return url
 
 
