@@ -803,6 +803,15 @@ OBJECTS_ALL_OF = {
             },
             "oneOf over objects beside the object's own properties",
         ),
+        (  # 2020-12 keywords beside a $ref: its object's keys and the node's own
+            {
+                "$defs": {"base": {"type": "object", "properties": {"id": {"type": "string"}}}},
+                "type": "object",
+                "$ref": "#/$defs/base",
+                "properties": {"name": {"type": "string"}},
+            },
+            "a $ref to an object beside the object's own properties",
+        ),
         (  # a reference by anchor, not a pointer
             {
                 "$defs": {"N": {"$anchor": "node", "type": "object", "properties": {}}},
@@ -842,6 +851,16 @@ def test_a_schema_closing_would_change_is_not_sent(
         {"type": "object", "properties": {"a": {"type": "string"}}, "additionalProperties": True},
         # One object in an allOf refuses no other's keys.
         {"allOf": [{"type": "object", "properties": {"a": {"type": "string"}}}]},
+        # A tagged union whose branches name the object's own keys: closing keeps them all.
+        {
+            "type": "object",
+            "properties": {"kind": {"enum": ["a", "b"]}},
+            "required": ["kind"],
+            "oneOf": [
+                {"properties": {"kind": {"const": "a"}}},
+                {"properties": {"kind": {"const": "b"}}},
+            ],
+        },
         # Two references to one definition, neither inside it: no recursion.
         {
             "$defs": {"P": {"type": "object", "properties": {"a": {"type": "string"}}}},

@@ -117,16 +117,18 @@ def _unheld(node: Any, root: Mapping[str, Any]) -> str | None:
         objects = sum(_is_object(_dereferenced(branch, root)) for branch in branches)
         if objects + bool(node.get("properties")) >= 2:
             return "allOf over objects"
-    for keyword in ("anyOf", "oneOf"):
-        # A tagged union's shared keys beside its branches: closed, the object refuses
-        # each branch's own keys, and each branch the object's.
-        branches = node.get(keyword)
-        if (
-            node.get("properties")
-            and isinstance(branches, list)
-            and any(_is_object(_dereferenced(branch, root)) for branch in branches)
-        ):
-            return f"{keyword} over objects beside the object's own properties"
+    own = node.get("properties")
+    if own and isinstance(own, Mapping):
+        # A tagged union's shared keys beside its branches (or a $ref beside them):
+        # closed, the object refuses a branch's other keys, and the branch the object's.
+        for keyword in ("anyOf", "oneOf"):
+            branches = node.get(keyword)
+            if isinstance(branches, list) and any(
+                _names_others(_dereferenced(branch, root), own) for branch in branches
+            ):
+                return f"{keyword} over objects beside the object's own properties"
+        if "$ref" in node and _names_others(_dereferenced(node, root), own):
+            return "a $ref to an object beside the object's own properties"
     for key, value in node.items():
         if key in _LITERALS:
             continue
@@ -143,6 +145,13 @@ def _dereferenced(branch: Any, root: Mapping[str, Any]) -> Mapping[str, Any]:
         target = resolve_pointer(root, unquote(branch["$ref"].removeprefix("#")))
         branch = target if target is not None else branch
     return branch if isinstance(branch, Mapping) else {}
+
+
+def _names_others(branch: Mapping[str, Any], own: Mapping[str, Any]) -> bool:
+    """Whether `branch` is an object whose keys are not the same as `own`'s (closed, the
+    two would refuse each other's)."""
+    keys = branch.get("properties")
+    return _is_object(branch) and (not isinstance(keys, Mapping) or keys.keys() != own.keys())
 
 
 def _is_object(node: Mapping[str, Any]) -> bool:
