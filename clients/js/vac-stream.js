@@ -213,7 +213,7 @@ export async function streamReply(options) {
   // Cloud Run's front end adds for its own request log when the request has none.
   result.traceId = isObject(body) && typeof body.trace_id === "string" ? body.trace_id
     : traceIdOfHeaders(headers);
-  if (result.traceId === null && !headers.has("traceparent")) {
+  if (result.traceId === null) { // a caller's traceparent the service would not take goes too
     result.traceId = randomHex(16);
     headers.set("traceparent", `00-${result.traceId}-${randomHex(8)}-00`);
   }
@@ -367,14 +367,16 @@ function randomHex(bytes) {
 }
 
 /**
- * The trace id a caller's `traceparent` or `X-Cloud-Trace-Context` header carries, read
- * as the service reads it (the response's X-Trace-Id has the last word), else null.
+ * The trace id a caller's `traceparent` or `X-Cloud-Trace-Context` header carries, by the
+ * service's own rules (assistant/tracing.py: a version other than ff, no all-zero ids, a
+ * 00 header of exactly 55 characters), else null.
  * @param {Headers} headers
  */
 function traceIdOfHeaders(headers) {
-  const parent = /^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}/
-    .exec((headers.get("traceparent") ?? "").trim());
-  const cloud = /^([0-9a-fA-F]{32})(?:[/;]|$)/.exec((headers.get("X-Cloud-Trace-Context") ?? "").trim());
-  const found = parent?.[1] ?? cloud?.[1]?.toLowerCase() ?? null;
-  return found === null || /^0+$/.test(found) ? null : found;
+  const value = (headers.get("traceparent") ?? "").trim();
+  const parent = /^(?!ff)([0-9a-f]{2})-([0-9a-f]{32})-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}/.exec(value);
+  const whole = parent && (value.length === 55 || (parent[1] !== "00" && value[55] === "-"));
+  if (whole && !/^0+$/.test(parent[2])) return parent[2];
+  const cloud = /^([0-9a-fA-F]{32})(?:[/;].*)?$/.exec((headers.get("X-Cloud-Trace-Context") ?? "").trim());
+  return cloud && !/^0+$/.test(cloud[1]) ? cloud[1].toLowerCase() : null;
 }

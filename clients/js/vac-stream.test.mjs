@@ -366,3 +366,42 @@ test("the service's X-Trace-Id wins over the one sent", async () => {
   assert.deepEqual([...traceIds], ["t-1"]);
 });
 
+test("a caller's trace header is read by the service's rules, or replaced", async () => {
+  const id = "0af7651916cd43dd8448eb211c80319c";
+  const span = "b7ad6b7169203331";
+  const cloud = "1234567890abcdef1234567890abcdef";
+  // [headers, the id the service takes from them (assistant/tracing.py), or null]
+  const cases = [
+    [{traceparent: `00-${id}-${span}-01`}, id],
+    [{traceparent: `ff-${id}-${span}-01`}, null],
+    [{traceparent: `00-${id}-0000000000000000-01`}, null],
+    [{traceparent: `00-${id}-${span}-01-extra`}, null],
+    [{traceparent: `01-${id}-${span}-01-extra`}, id],
+    [{traceparent: `01-${id}-${span}-01x`}, null],
+    [{traceparent: `00-${id}-${span}-011`}, null],
+    [{traceparent: `00-${id.toUpperCase()}-${span}-01`}, null],
+    [{traceparent: `ff-${id}-${span}-01`, "X-Cloud-Trace-Context": cloud}, cloud],
+    [{traceparent: `00-${"0".repeat(32)}-${span}-01`, "X-Cloud-Trace-Context": `${cloud}/1;o=1`}, cloud],
+    [{"X-Cloud-Trace-Context": `${cloud.toUpperCase()};o=1`}, cloud],
+    [{"X-Cloud-Trace-Context": `${cloud}X`}, null],
+    [{"X-Cloud-Trace-Context": "0".repeat(32)}, null],
+  ];
+  for (const [headers, taken] of cases) {
+    const calls = [];
+    const result = await streamReply({
+      url: "http://service.test/x", body: {user_input: "hi"}, headers,
+      fetch: async (url, init) => {
+        calls.push(init);
+        throw new TypeError("Failed to fetch");
+      },
+    });
+    const sent = calls[0].headers.get("traceparent");
+    if (taken) {
+      assert.equal(result.traceId, taken, JSON.stringify(headers));
+      assert.equal(sent, headers.traceparent ?? null); // the caller's, as it was
+    } else { // one the service would not take: replaced by one it will
+      assert.equal(sent, `00-${result.traceId}-${sent.slice(36, 52)}-00`, JSON.stringify(headers));
+    }
+  }
+});
+
