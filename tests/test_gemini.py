@@ -72,6 +72,17 @@ def test_fixture_replay_in_one_piece(upstream: FakeUpstream) -> None:
     assert error is not None and error.code == "upstream_error" and error.status == 503
 
 
+def test_an_error_tail_after_a_last_event_without_its_blank_line_is_still_an_error(
+    upstream: FakeUpstream,
+) -> None:
+    # The last event is read at the body's end; the error after its fields is still the tail.
+    data = CASE.fixture("error_tail_after_stop.sse").replace(b"\r\n\r\n{", b"\r\n{")
+    assert data != CASE.fixture("error_tail_after_stop.sse")
+    upstream.push(Script(raw=[data]))
+    _, error = run_provider(settings_for(upstream.url))
+    assert error is not None and (error.code, error.status) == ("upstream_error", 429)
+
+
 def test_a_json_array_body_without_events_is_incomplete(upstream: FakeUpstream) -> None:
     # What the endpoint answers without alt=sse: JSON, no events. Not an error object, so
     # the tail check passes it, and with no finishReason it is not a success either.

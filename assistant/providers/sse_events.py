@@ -77,8 +77,9 @@ class SseReader:
 
     def end(self) -> list[ServerSentEvent]:
         """`flush()`, and the event the body's end left undispatched (no blank line
-        after its fields): the spec drops it."""
-        return self._framed([*self._lines.flush(), ""])
+        after its fields): the spec drops it. The unframed lines after its fields stay
+        the tail (Gemini's error after its last event)."""
+        return self._framed(self._lines.flush()) + self._events.decode([""])
 
     def _framed(self, lines: list[str]) -> list[ServerSentEvent]:
         events: list[ServerSentEvent] = []
