@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import RequestError
-from .schemas import MOST_SCHEMA_OBJECTS, check_schema, schema_objects
+from .schemas import MOST_SCHEMA_OBJECTS, check_schema, long_part, schema_objects
 from .thinking import without_thinking
 from .tools import (
     TOOL_NAME,
@@ -326,13 +326,21 @@ def _history(items: Any, max_messages: int) -> tuple[Turn, ...]:
 
 def _bound_schemas(configs: Mapping[str, Any], response_schema: Any) -> None:
     """A 400 for schemas too large to check (MOST_SCHEMA_OBJECTS), counted before any is."""
-    parameters = (entry.get("parameters") for entry in configs.values() if isinstance(entry, dict))
-    count = sum(map(schema_objects, parameters)) + schema_objects(response_schema)
+    schemas = {  # a tool's name quoted: the log keeps the field, not the client's text
+        f"emissaryConfig.toolConfigs[{name[:64]!r}].parameters": entry.get("parameters")
+        for name, entry in configs.items()
+        if isinstance(entry, dict)
+    }
+    schemas["emissaryConfig.responseSchema"] = response_schema
+    count = sum(map(schema_objects, schemas.values()))
     if count > MOST_SCHEMA_OBJECTS:
         raise RequestError(
             f"emissaryConfig: toolConfigs' parameters and responseSchema hold {count} schema "
             f"objects in all; at most {MOST_SCHEMA_OBJECTS}"
         )
+    for field, schema in schemas.items():
+        if (part := long_part(schema)) is not None:
+            raise RequestError(f"{field} holds {part}")
 
 
 def _first_given(item: Mapping[str, Any], keys: tuple[str, ...]) -> Any:

@@ -56,6 +56,9 @@ CHECK_SECONDS = 1.0
 # with the interpreter's lock held (a 1 MiB schema of 20,000 took 11 s, and every stream
 # of the instance waited). A frontend's tools and schema hold tens to hundreds.
 MOST_SCHEMA_OBJECTS = 2000
+# And what costs more than its size says (`long_part`).
+MOST_LIST_VALUES = 1000
+MOST_PATTERN_CHARS = 1000
 # Schemas found valid, remembered by digest (a frontend sends the same tools with every
 # request: checked once, not each time), the most recently used kept.
 _VALID_REMEMBERED = 256
@@ -100,8 +103,44 @@ for _module in (jsonschema._keywords, jsonschema._legacy_keywords, jsonschema._u
 
 
 def schema_objects(value: Any) -> int:
-    """How many objects a schema holds (what checking it costs grows with)."""
-    return sum(1 for _ in _objects(value)) if isinstance(value, dict) else 0
+    """How many subschemas (and maps of them) a schema holds, what checking it costs
+    grows with; values (`enum`, `const`, `default`, `examples`) do not count."""
+    count = 0
+    stack: list[Any] = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack += node
+        elif isinstance(node, dict):
+            count += 1
+            for key, child in node.items():
+                if key in _NAME_MAPS and isinstance(child, dict):
+                    count += 1
+                    stack += child.values()  # schemas, whatever their names
+                elif key not in _VALUE_KEYWORDS:
+                    stack.append(child)
+    return count
+
+
+def long_part(value: Any) -> str | None:
+    """A part of a schema whose check costs more than its size says, else None: a list of
+    over MOST_LIST_VALUES (the metaschema's uniqueItems compares every pair of values it
+    cannot sort: 8,000 mixed types took 13 s), or a pattern of over MOST_PATTERN_CHARS
+    (compiling one is not bounded by the match deadline: 850 KB took 2.6 s, and 9 s more
+    when the reply is checked)."""
+    stack: list[Any] = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            if len(node) > MOST_LIST_VALUES:
+                return f"a list of {len(node)} values (at most {MOST_LIST_VALUES})"
+            stack += node
+        elif isinstance(node, dict):
+            patterns = [node.get("pattern"), *(node.get("patternProperties") or {})]
+            if any(isinstance(p, str) and len(p) > MOST_PATTERN_CHARS for p in patterns):
+                return f"a pattern of more than {MOST_PATTERN_CHARS} characters"
+            stack += node.values()
+    return None
 
 
 class _ValidSchemas:

@@ -189,3 +189,22 @@ def test_schemas_too_large_to_check_are_a_400_before_any_is_checked() -> None:
         build_request("a", body, max_input_chars=100, max_history_messages=10)
     del body["emissaryConfig"]["responseSchema"]
     assert build_request("a", body, max_input_chars=100, max_history_messages=10).tools
+
+
+@pytest.mark.parametrize(
+    "parameters, why",
+    [
+        # uniqueItems compares every pair of values it cannot sort: 8,000 took 13 s.
+        ({"type": "object", "properties": {"a": {"type": [0, "0"] * 501}}}, "a list of 1002"),
+        # Compiling a pattern is not bounded by the match deadline: 850 KB took 2.6 s.
+        ({"type": "object", "properties": {"a": {"pattern": "a|" * 501}}}, "a pattern of more"),
+        ({"type": "object", "patternProperties": {"b|" * 501: {}}}, "a pattern of more"),
+    ],
+)
+def test_schema_parts_that_cost_more_than_their_size_are_a_400(parameters: Any, why: str) -> None:
+    body = {
+        "user_input": "hi",
+        "emissaryConfig": {"toolConfigs": {"t": {"parameters": parameters}}},
+    }
+    with pytest.raises(RequestError, match=rf"toolConfigs\['t'\]\.parameters holds {why}"):
+        build_request("a", body, max_input_chars=100, max_history_messages=10)
