@@ -33,11 +33,11 @@ _CLOUD_TRACE = re.compile(r"([0-9a-fA-F]{32})(?:[/;].*)?")
 
 def trace_id_from_headers(headers: Mapping[str, str]) -> str | None:
     """The trace id a W3C `traceparent` or Google `X-Cloud-Trace-Context` header carries."""
-    value = headers.get("traceparent", "").strip()
+    value = headers.get("traceparent", "").strip(" \t")  # HTTP's own blanks only
     parent = _TRACEPARENT.match(value)
     if parent and parent.group(2) != "0" * 32 and _whole_traceparent(value, parent.group(1)):
         return parent.group(2)
-    cloud = _CLOUD_TRACE.fullmatch(headers.get("X-Cloud-Trace-Context", "").strip())
+    cloud = _CLOUD_TRACE.fullmatch(headers.get("X-Cloud-Trace-Context", "").strip(" \t"))
     if cloud and cloud.group(1) != "0" * 32:
         return cloud.group(1).lower()
     return None

@@ -812,6 +812,18 @@ OBJECTS_ALL_OF = {
             },
             "a $ref to an object beside the object's own properties",
         ),
+        (  # a branch that refers to a definition that only refers to another
+            {
+                "$defs": {
+                    "A": {"$ref": "#/$defs/B"},
+                    "B": {"type": "object", "properties": {"b": {"type": "string"}}},
+                },
+                "type": "object",
+                "properties": {"kind": {"type": "string"}},
+                "anyOf": [{"$ref": "#/$defs/A"}],
+            },
+            "anyOf over objects beside the object's own properties",
+        ),
         (  # a reference by anchor, not a pointer
             {
                 "$defs": {"N": {"$anchor": "node", "type": "object", "properties": {}}},

@@ -78,3 +78,11 @@ PARENT = "b7ad6b7169203331"
 )
 def test_trace_ids_from_headers(headers: dict[str, str], expected: str | None) -> None:
     assert trace_id_from_headers(headers) == expected
+
+
+def test_only_http_blanks_around_a_trace_header_are_dropped() -> None:
+    """As the JavaScript kit reads them (clients/js): Python's strip() also took U+0085
+    and U+001C-U+001F, and the two read one header two ways."""
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert trace_id_from_headers({"traceparent": f" \t00-{trace}-00f067aa0ba902b7-01\t "}) == trace
+    assert trace_id_from_headers({"traceparent": f"\x8500-{trace}-00f067aa0ba902b7-01"}) is None

@@ -140,11 +140,20 @@ def _unheld(node: Any, root: Mapping[str, Any]) -> str | None:
 
 
 def _dereferenced(branch: Any, root: Mapping[str, Any]) -> Mapping[str, Any]:
-    """`branch`, or the schema its local `$ref` points at ({} when it is neither)."""
-    if isinstance(branch, Mapping) and isinstance(branch.get("$ref"), str):
+    """`branch`, or the schema its local `$ref` leads to, through a chain of them (a
+    definition that only refers to another); {} when it is neither."""
+    for _ in range(_MOST_HOPS):
+        if not (isinstance(branch, Mapping) and isinstance(branch.get("$ref"), str)):
+            break
         target = resolve_pointer(root, unquote(branch["$ref"].removeprefix("#")))
-        branch = target if target is not None else branch
+        if target is None:
+            break
+        branch = target
     return branch if isinstance(branch, Mapping) else {}
+
+
+# References followed in a row at most (the request's check refused chains that loop).
+_MOST_HOPS = 32
 
 
 def _names_others(branch: Mapping[str, Any], own: Mapping[str, Any]) -> bool:

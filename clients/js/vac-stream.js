@@ -373,10 +373,12 @@ function randomHex(bytes) {
  * @param {Headers} headers
  */
 function traceIdOfHeaders(headers) {
-  const value = (headers.get("traceparent") ?? "").trim();
+  const blanks = /^[ \t]+|[ \t]+$/g; // HTTP's own, as the service strips them
+  const value = (headers.get("traceparent") ?? "").replace(blanks, "");
   const parent = /^(?!ff)([0-9a-f]{2})-([0-9a-f]{32})-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}/.exec(value);
   const whole = parent && (value.length === 55 || (parent[1] !== "00" && value[55] === "-"));
   if (whole && !/^0+$/.test(parent[2])) return parent[2];
-  const cloud = /^([0-9a-fA-F]{32})(?:[/;].*)?$/.exec((headers.get("X-Cloud-Trace-Context") ?? "").trim());
+  const cloud = /^([0-9a-fA-F]{32})(?:[/;].*)?$/
+    .exec((headers.get("X-Cloud-Trace-Context") ?? "").replace(blanks, ""));
   return cloud && !/^0+$/.test(cloud[1]) ? cloud[1].toLowerCase() : null;
 }
