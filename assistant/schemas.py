@@ -32,9 +32,9 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 import jsonschema
@@ -275,24 +275,37 @@ def _loop_in_place(objects: Mapping[str, Mapping[str, Any]]) -> str | None:
     that part). A loop that moves into the instance on the way (`properties`,
     `items`...) is recursion, not a loop, and is fine.
     """
-    done: set[str] = set()
-    for start in objects:
+    return _on_a_cycle(
+        objects, lambda pointer: (p for p in _in_place(objects, pointer) if p in objects)
+    )
+
+
+Node = TypeVar("Node", str, int)  # pointers, or references by their index: never None
+
+
+def _on_a_cycle(
+    starts: Iterable[Node], successors: Callable[[Node], Iterable[Node]]
+) -> Node | None:
+    """A node on a cycle of the graph `successors` draws, reached from `starts`, found in
+    one depth-first walk (iteratively: a schema may nest deeper than the stack), or None."""
+    done: set[Node] = set()
+    for start in starts:
         if start in done:
             continue
         on_path = {start}
-        stack = [(start, _in_place(objects, start))]
-        while stack:
-            pointer, successors = stack[-1]
-            following = next(successors, None)
-            if following is None:
-                stack.pop()
-                on_path.discard(pointer)
-                done.add(pointer)
-            elif following in on_path:
-                return following
-            elif following in objects and following not in done:
-                on_path.add(following)
-                stack.append((following, _in_place(objects, following)))
+        path = [(start, iter(successors(start)))]
+        while path:
+            node, following = path[-1]
+            after = next(following, None)
+            if after is None:
+                path.pop()
+                on_path.discard(node)
+                done.add(node)
+            elif after in on_path:
+                return after
+            elif after not in done:
+                on_path.add(after)
+                path.append((after, iter(successors(after))))
     return None
 
 
@@ -420,25 +433,7 @@ def references_problem(schema: Mapping[str, Any]) -> str | None:
                 return "an anchor"
             reached.add(index)
             waiting += leads_to(index)
-    done: set[int] = set()
-    for start in reached:
-        if start in done:
-            continue
-        on_path = {start}
-        path = [(start, iter(leads_to(start)))]
-        while path:
-            index, following = path[-1]
-            after = next(following, None)
-            if after is None:
-                path.pop()
-                on_path.discard(index)
-                done.add(index)
-            elif after in on_path:
-                return "recursion"
-            elif after not in done:
-                on_path.add(after)
-                path.append((after, iter(leads_to(after))))
-    return None
+    return "recursion" if _on_a_cycle(reached, leads_to) is not None else None
 
 
 def resolve_pointer(schema: Any, pointer: str) -> Any:
