@@ -68,6 +68,13 @@ _REFERENCES = ("$ref", "$dynamicRef", "$recursiveRef")
 _IN_PLACE_ONE = ("not", "if", "then", "else")
 _IN_PLACE_LIST = ("allOf", "anyOf", "oneOf")
 _IN_PLACE_MAP = ("dependentSchemas", "dependencies")
+# Keywords whose value is a value, not a schema (a "$ref" in one is data); and those whose
+# value maps names to subschemas (the names are not keywords: a property named "enum").
+# One list for every walk of a schema, ours and the providers' (openai.py, anthropic_schema.py).
+VALUE_KEYWORDS = frozenset({"enum", "const", "default", "examples"})
+NAME_MAPS = frozenset(
+    {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas", "dependencies"}
+)
 # Retrieves nothing: a reference outside the schema is unresolvable, never fetched.
 _NOTHING_TO_RETRIEVE: referencing.Registry[Any] = referencing.Registry()
 
@@ -114,10 +121,10 @@ def schema_objects(value: Any) -> int:
         elif isinstance(node, dict):
             count += 1
             for key, child in node.items():
-                if key in _NAME_MAPS and isinstance(child, dict):
+                if key in NAME_MAPS and isinstance(child, dict):
                     count += 1
                     stack += child.values()  # schemas, whatever their names
-                elif key not in _VALUE_KEYWORDS:
+                elif key not in VALUE_KEYWORDS:
                     stack.append(child)
     return count
 
@@ -330,12 +337,6 @@ def _in_place(objects: Mapping[str, Mapping[str, Any]], pointer: str) -> Iterato
             yield from (f"{pointer}/{keyword}/{_escape(name)}" for name in entries)
 
 
-# Keywords whose value is a value, not a schema: a "$ref" in one is data.
-_VALUE_KEYWORDS = frozenset({"enum", "const", "default", "examples"})
-# Keywords whose value maps names to subschemas: the names are not keywords.
-_NAME_MAPS = frozenset(
-    {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas", "dependencies"}
-)
 _DEFINITIONS = frozenset({"$defs", "definitions"})
 
 
@@ -365,10 +366,10 @@ def _schema_references(schema: Mapping[str, Any]) -> list[_Reference]:
                     _Reference(where, unquote(target[1:]) if pointer else None, defined_in)
                 )
         for key, value in node.items():
-            if key in _VALUE_KEYWORDS:
+            if key in VALUE_KEYWORDS:
                 continue
             child = f"{where}/{_escape(key)}"
-            if key in _NAME_MAPS and isinstance(value, dict):
+            if key in NAME_MAPS and isinstance(value, dict):
                 for name, sub in value.items():
                     entry = f"{child}/{_escape(name)}"
                     stack.append((entry, sub, entry if key in _DEFINITIONS else defined_in))

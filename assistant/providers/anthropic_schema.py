@@ -32,7 +32,13 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
-from ..schemas import MOST_REFERENCES, references_problem, resolve_pointer
+from ..schemas import (
+    MOST_REFERENCES,
+    NAME_MAPS,
+    VALUE_KEYWORDS,
+    references_problem,
+    resolve_pointer,
+)
 
 UNSUPPORTED = frozenset(
     {
@@ -50,8 +56,7 @@ UNSUPPORTED = frozenset(
     }
 )
 
-_LITERALS = frozenset({"enum", "const", "default", "examples", "required"})
-_NAMED = ("properties", "$defs", "definitions", "patternProperties")  # name -> schema maps
+_LITERALS = VALUE_KEYWORDS | {"required"}  # values, not schemas
 
 
 def output_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
@@ -73,7 +78,7 @@ def _narrowed(node: Any) -> Any:
             moved[key] = value
         elif key in _LITERALS:
             kept[key] = value  # values, not schemas
-        elif key in _NAMED:
+        elif key in NAME_MAPS and isinstance(value, Mapping):
             kept[key] = {name: _narrowed(sub) for name, sub in value.items()}
         else:
             kept[key] = _narrowed(value)
@@ -132,7 +137,7 @@ def _unheld(node: Any, root: Mapping[str, Any]) -> str | None:
     for key, value in node.items():
         if key in _LITERALS:
             continue
-        inner = list(value.values()) if key in _NAMED and isinstance(value, Mapping) else value
+        inner = list(value.values()) if key in NAME_MAPS and isinstance(value, Mapping) else value
         why = _unheld(inner, root)
         if why is not None:
             return why

@@ -57,6 +57,7 @@ from typing import Any
 
 import httpx
 
+from ..schemas import NAME_MAPS
 from ..tools import (
     NamedTool,
     ToolCall,
@@ -119,10 +120,6 @@ _SUBSCHEMAS = (
     "items", "additionalProperties", "not", "if", "then", "else", "contains",
     "propertyNames", "unevaluatedProperties", "unevaluatedItems", "additionalItems",
     "anyOf", "oneOf", "allOf", "prefixItems",
-)  # fmt: skip
-# (draft-07's `dependencies` maps to a schema or to a list of names, left as it is.)
-_SUBSCHEMA_MAPS = (
-    "properties", "$defs", "definitions", "patternProperties", "dependentSchemas", "dependencies"
 )  # fmt: skip
 
 
@@ -309,7 +306,7 @@ def _rebuilt(node: Any, mend: Callable[[dict[str, Any]], None]) -> Any:
     for key in _SUBSCHEMAS:
         if key in node:
             copy[key] = _rebuilt(node[key], mend)
-    for key in _SUBSCHEMA_MAPS:
+    for key in NAME_MAPS:  # (draft-07's `dependencies` may map to lists of names: as they are)
         if isinstance(node.get(key), Mapping):
             copy[key] = {name: _rebuilt(child, mend) for name, child in node[key].items()}
     mend(copy)
