@@ -421,3 +421,29 @@ def test_the_fake_refuses_tools_with_a_json_mime_type_as_gemini_25_does(
     assert events == []
     assert error is not None and error.code == "upstream_status" and error.status == 400
     assert "response mime type" in error.detail
+
+
+def test_a_tool_result_that_json_cannot_carry_as_it_is_still_goes(upstream: FakeUpstream) -> None:
+    # Read with plain json.loads, each of these failed the request before it was sent
+    # (a lone surrogate: not UTF-8; NaN: not JSON; 5,000 digits: past Python's limit) or
+    # changed the tool's data (1e400 sent as null).
+    results = [
+        '{"snippet": "Sunny \\ud83d"}',
+        '{"a": NaN}',
+        '{"a": 1e400}',
+        '{"n": 1' + "0" * 5000 + "}",
+    ]
+    calls = tuple(ToolCall(f"c{n}", "get_weather", {"city": "Oslo"}) for n in range(4))
+    turns = (
+        Turn("user", "Oslo?"),
+        Turn("assistant", "", tool_calls=calls),
+        *(
+            Turn("tool", text, tool_call_id=call.id, tool_name=call.name)
+            for call, text in zip(calls, results, strict=True)
+        ),
+    )
+    body = body_of(upstream, ask(tools=(WEATHER,), turns=turns))
+    assert [part["functionResponse"]["response"] for part in body["contents"][2]["parts"]] == [
+        {"snippet": "Sunny \ufffd"},
+        *({"result": text} for text in results[1:]),
+    ]

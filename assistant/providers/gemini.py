@@ -42,6 +42,7 @@ from ..tools import (
     ToolChoice,
     ToolSpec,
     arguments_value,
+    model_json,
     without_lone_surrogates,
 )
 from .base import (
@@ -261,10 +262,12 @@ def _with_id(value: dict[str, Any], call_id: str, key: str) -> dict[str, Any]:
 
 def _response(content: str) -> dict[str, Any]:
     """`functionResponse.response` must be an object: a result that is one goes as it is,
-    anything else as `{"result": <the text>}`."""
+    anything else as `{"result": <the text>}`. Read as strictly as a model's JSON: an
+    object with NaN, 1e400 or a 5,000-digit number in it could not go out as it came,
+    so it goes as its text; a lone surrogate escape (no body can carry one) becomes U+FFFD."""
     try:
-        value = json.loads(content)
-    except (json.JSONDecodeError, RecursionError):
+        value = model_json(content)
+    except (ValueError, RecursionError):
         return {"result": content}
     return value if isinstance(value, dict) else {"result": content}
 
