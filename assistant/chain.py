@@ -396,9 +396,7 @@ class _Relay:
         finally:  # what came before a failure too, as room allows
             self._hand_on(events)
             await self.hand_on_waiting()
-        closing = self._tagger.close()  # before a failure too: what is set aside is whole
-        if closing:
-            self._emit_text(closing)
+        self._close_thinking()
         if not self._progress.shown or self._empty_to_a_json_caller():
             raise _nothing_shown(self._chain.stop_reason)  # this attempt's (`_finish`)
 
@@ -410,6 +408,14 @@ class _Relay:
             return False
         return not without_thinking("".join(self._texts)).strip()
 
+    def _close_thinking(self) -> None:
+        """The `</thinking>` of a block of native reasoning still open: the tag is ours,
+        so an answer that ends or fails while the model thinks gets it (the chunks, the
+        error's `partial` and what is set aside are whole)."""
+        closing = self._tagger.close()
+        if closing:
+            self._emit_text(closing)
+
     def _emit_text(self, text: str) -> None:
         if self._texts is not None:
             self._texts.append(text)
@@ -420,13 +426,13 @@ class _Relay:
         time up): what the decoder holds whole is handed on, room allowing (with none,
         the reply's reader has stopped, and what waits is left). A client that left
         takes nothing more (its reply was detached). Once the answer's end came, its
-        own end says it all."""
-        if self.full is not None or self._decoder.finished:
-            return
-        events: list[Event] = []
-        with contextlib.suppress(Exception):  # the failure being raised is the one to tell
-            self._decoder.salvage(events)
-            self._hand_on(events, salvaging=True)
+        own end says it all. A block of native reasoning left open is closed."""
+        if self.full is None and not self._decoder.finished:
+            events: list[Event] = []
+            with contextlib.suppress(Exception):  # the failure being raised is the one to tell
+                self._decoder.salvage(events)
+                self._hand_on(events, salvaging=True)
+        self._close_thinking()
 
     def _hand_on(self, events: list[Event], salvaging: bool = False) -> None:
         """`events` to the reply, as long as it has room (asked before each chunk, as

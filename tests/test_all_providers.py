@@ -526,6 +526,22 @@ def test_a_failure_after_the_first_chunk_is_committed(
 
 
 @EACH
+@pytest.mark.parametrize("fail_mode", FAIL_MODES)
+def test_a_failure_while_thinking_closes_the_thinking_block(
+    upstream: FakeUpstream, case: ProviderCase, fail_mode: str
+) -> None:
+    """The tag is the service's own: a reply cut while the model thinks gets its
+    `</thinking>` before the error frame, as one that ends while thinking does, so the
+    chunks and the error's `partial` never leave a block open."""
+    upstream.push(Script(thinking=["t1 ", "t2 "], tokens=["a"], fail_after=2, fail_mode=fail_mode))
+    idle = 0.3 if fail_mode == "hang" else 2
+    run = run_chain([case.provider(upstream.url)], Timeouts(connect=1, first_chunk=5, idle=idle))
+    assert run.items[:-1] == [Chunk("<thinking>t1 "), Chunk("t2 "), Chunk("</thinking>")]
+    failed = run.items[-1]
+    assert isinstance(failed, ChainFailed) and failed.committed
+
+
+@EACH
 def test_an_idle_gap_after_the_first_chunk_is_cut_in_time(
     upstream: FakeUpstream, case: ProviderCase
 ) -> None:
