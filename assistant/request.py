@@ -263,13 +263,14 @@ def _in_a_path(key: str) -> str:
     then keeps the client's own text out: http.py `_loggable`); encodable either way."""
     if len(key) <= 64:  # what a name can be; a longer key is never kept by the cache
         return _short_in_a_path(key)
-    return repr(key.encode("utf-8", "backslashreplace").decode("utf-8"))
+    return repr(key)
 
 
 @functools.lru_cache(maxsize=1024)  # the same few keys in every body ("role", "content")
 def _short_in_a_path(key: str) -> str:
-    text = key.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text if _NAME_LIKE.fullmatch(text) else repr(text)
+    # repr() writes a lone surrogate as its escape (it is not printable), once: the
+    # escape made first and quoted after showed its backslash twice.
+    return key if _NAME_LIKE.fullmatch(key) else repr(key)
 
 
 def _encodable(text: str) -> bool:
@@ -319,7 +320,7 @@ def _history(items: Any, max_messages: int) -> tuple[Turn, ...]:
     for index, item in enumerate(items):
         turn = _turn(item, f"chat_history[{index}]", call_names)
         call_names.update((call.id, call.name) for call in turn.tool_calls)
-        if turn.content.strip() or turn.tool_calls or turn.role == "tool":
+        if not _shows_nothing(turn.content) or turn.tool_calls or turn.role == "tool":
             turns.append(turn)
     return tuple(turns)
 
