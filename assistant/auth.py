@@ -40,7 +40,9 @@ ISSUER_PREFIX = "https://securetoken.google.com/"
 # One challenge for a token missing, malformed, expired or forged, as the frontend
 # expects it (RFC 6750 would leave the error code out when none was sent).
 _REFUSED = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
-_DECODE_ERRORS = (ValueError, TypeError, google_auth_errors.GoogleAuthError)
+# RecursionError: google-auth parses a segment with json.loads, and ~2,500 nested
+# brackets fit in a token under MAX_TOKEN_CHARS.
+_DECODE_ERRORS = (ValueError, TypeError, RecursionError, google_auth_errors.GoogleAuthError)
 
 # google-auth ships without type hints; these say what its JWT functions return.
 _decode_header: Callable[[str], Mapping[str, Any]] = jwt.decode_header

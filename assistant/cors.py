@@ -11,11 +11,14 @@ from __future__ import annotations
 EXPOSED = "X-Trace-Id, Retry-After, WWW-Authenticate"
 
 
-def cors_headers(origin: str | None, origins: tuple[str, ...]) -> dict[str, str]:
+def cors_headers(
+    origin: str | None, origins: tuple[str, ...], preflight: bool = False
+) -> dict[str, str]:
     """The CORS headers for an answer to a request from `origin` (None: it named none)."""
     # Every answer depends on the Origin (whether one came, and whether it is allowed):
-    # no cache may hand one origin's answer, or an answer to no origin, to another.
-    vary = {"Vary": "Origin"}
+    # no cache may hand one origin's answer, or an answer to no origin, to another. A
+    # preflight's also on the headers it asked for, which it allows back.
+    vary = {"Vary": "Origin, Access-Control-Request-Headers" if preflight else "Origin"}
     if origin and "*" in origins:
         # A wildcard never comes with credentials.
         return {

@@ -99,7 +99,7 @@ def handle(request: flask.Request) -> flask.Response:
     origins = cors_origins() if settings is None else settings.cors_origins
     project = project_id() if settings is None else settings.project_id
     log = RequestLog(trace_id, project)
-    cors = cors_headers(headers.get("Origin"), origins)
+    cors = cors_headers(headers.get("Origin"), origins, preflight=request.method == "OPTIONS")
     try:
         response = _route(request, headers, origins, settings, trace_id, log, started)
     except RequestError as exc:

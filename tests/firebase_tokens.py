@@ -74,6 +74,15 @@ def unsigned(payload: dict[str, Any]) -> str:
     return (_segment({"alg": "none", "typ": "JWT"}) + b"." + _segment(payload) + b".").decode()
 
 
+def nested_past_the_parsers_depth(segment: str) -> str:
+    """A token whose header or payload is JSON nested deeper than json.loads recurses
+    (~6.7 KB, under the token's bound): google-auth's decoding raises RecursionError."""
+    deep = base64.urlsafe_b64encode(b"[" * 2500 + b"]" * 2500).rstrip(b"=").decode()
+    plain = base64.urlsafe_b64encode(b"{}").rstrip(b"=").decode()
+    head, payload = (deep, plain) if segment == "header" else (plain, deep)
+    return f"{head}.{payload}.c2ln"
+
+
 def hs256_with_cert_as_secret(key: SigningKey, payload: dict[str, Any]) -> str:
     """The classic algorithm-confusion forgery: HMAC keyed with the public cert."""
     head = _segment({"alg": "HS256", "typ": "JWT", "kid": key.kid}) + b"." + _segment(payload)

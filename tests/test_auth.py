@@ -24,6 +24,7 @@ from .firebase_tokens import (
     SigningKey,
     claims,
     hs256_with_cert_as_secret,
+    nested_past_the_parsers_depth,
     unsigned,
 )
 
@@ -95,6 +96,12 @@ BAD_CREDENTIALS: dict[str, Callable[[SigningKey, SigningKey], dict[str, str]]] =
     "basic scheme": lambda key, other: {"Authorization": "Basic dXNlcjpwYXNz"},
     "not a jwt": lambda key, other: bearer("not-a-token"),
     "garbage segments": lambda key, other: bearer("a.b.c"),
+    "header nested past json's depth": lambda key, other: bearer(
+        nested_past_the_parsers_depth("header")
+    ),
+    "payload nested past json's depth": lambda key, other: bearer(
+        nested_past_the_parsers_depth("payload")
+    ),
     "expired": lambda key, other: bearer(key.sign(claims(exp=_now() - 120, iat=_now() - 4000))),
     "wrong aud": lambda key, other: bearer(key.sign(claims(aud="another-project"))),
     "wrong iss": lambda key, other: bearer(
