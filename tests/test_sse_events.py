@@ -88,6 +88,14 @@ def test_cr_at_the_end_of_a_read(chunks: list[bytes], expected: list[Seen]) -> N
     assert decode(chunks) == expected
 
 
+def test_an_event_ended_by_crs_comes_with_its_own_read() -> None:
+    # A stream of bare CRs: held for a possible LF, the event waited for the next read,
+    # which a live stream may send only after a long pause (or never, at its end).
+    reader = SseReader()
+    assert reader.feed(b'data: {"a":1}\r\r') == [ServerSentEvent(data='{"a":1}')]
+    assert reader.feed(b'\ndata: {"a":2}\r\r') == [ServerSentEvent(data='{"a":2}')]
+
+
 # -- fields ---------------------------------------------------------------------------
 
 FIELD_CASES = [

@@ -18,7 +18,8 @@ value as its data, where the spec would drop the block unseen.
 
 Only CR, LF and CRLF end a line, never U+2028 or the other breaks that
 `str.splitlines` knows (model text can hold them); a CR that ends one read
-is held until the next, so CR + LF across reads is one line end.
+ends its line at once, and an LF that begins the next is taken as its own
+(CR + LF across reads is one line end).
 Pure: no I/O, nothing of ours imported. tests/test_sse_events.py holds it to
 the spec's own examples and to every awkward read boundary.
 """
@@ -47,14 +48,16 @@ class LineDecoder:
 
     def __init__(self) -> None:
         self._buffer = b""  # the start of a line not yet ended
-        self._trailing_cr = False  # a CR ended the last piece: its LF may come next
+        self._skip_lf = False  # a CR ended the last piece: an LF first in the next is its
         self._started = False
 
     def decode(self, data: bytes) -> list[str]:
-        if self._trailing_cr:
-            data, self._trailing_cr = b"\r" + data, False
-        if data.endswith(b"\r"):
-            data, self._trailing_cr = data[:-1], True
+        if self._skip_lf:
+            self._skip_lf = False
+            if data.startswith(b"\n"):
+                data = data[1:]
+        if data.endswith(b"\r"):  # a line end now: the stream may send nothing for a while
+            self._skip_lf = True
         if not data:
             return []
         if self._buffer:
@@ -72,17 +75,17 @@ class LineDecoder:
     @property
     def between_lines(self) -> bool:
         """No line is begun, and the stream's first line (and its byte order mark) is past."""
-        return self._started and not self._buffer and not self._trailing_cr
+        return self._started and not self._buffer and not self._skip_lf
 
     def flush(self) -> list[str]:
-        """The last line, if the bytes ended without a line end (or with a lone CR)."""
-        if not self._buffer and not self._trailing_cr:
+        """The last line, if the bytes ended without a line end."""
+        if not self._buffer:
             return []
         line = self._buffer.decode("utf-8", "replace")
         if not self._started:
             self._started = True
             line = line.removeprefix("\ufeff")
-        self._buffer, self._trailing_cr = b"", False
+        self._buffer, self._skip_lf = b"", False
         return [line]
 
 
