@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import RequestError
-from .schemas import MOST_SCHEMA_OBJECTS, check_schema, long_part, schema_objects
+from .schema_bounds import MOST_SCHEMA_OBJECTS, long_part, schema_objects
+from .schemas import check_schema
 from .thinking import without_thinking
 from .tools import (
     TOOL_NAME,

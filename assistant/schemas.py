@@ -23,11 +23,15 @@ reach past the reply it checks:
   of the GIL while it matches, and stops at a deadline: checking one reply
   takes at most CHECK_SECONDS of matching, after which the reply's
   `structured_output_error` says so.
+
+What a schema costs to check before any of this runs is bounded by the
+request (schema_bounds.py), and `uniqueItems` checked in one pass there.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import json
 import threading
@@ -48,33 +52,22 @@ import referencing.exceptions
 import regex
 
 from .errors import RequestError
+from .schema_bounds import NAME_MAPS, VALUE_KEYWORDS, unique
 
 # Time a reply's check may spend matching patterns, all of them together.
 CHECK_SECONDS = 1.0
-# Objects (subschemas, and maps of them) a request's schemas may hold in all: checking a
-# schema against its metaschema costs about half a millisecond of CPU an object here,
-# with the interpreter's lock held (a 1 MiB schema of 20,000 took 11 s, and every stream
-# of the instance waited). A frontend's tools and schema hold tens to hundreds.
-MOST_SCHEMA_OBJECTS = 2000
-# And what costs more than its size says (`long_part`).
-MOST_LIST_VALUES = 1000
-MOST_PATTERN_CHARS = 1000
 # Schemas found valid, remembered by digest (a frontend sends the same tools with every
 # request: checked once, not each time), the most recently used kept.
 _VALID_REMEMBERED = 256
+# Patterns compiled, the most recently used kept: `regex`'s own cache keeps 500, and
+# each may hold up to MOST_PATTERN_CHARS written out (schema_bounds.py).
+_PATTERNS_REMEMBERED = 64
 # Keywords whose value is a reference; keywords whose subschemas apply to the
 # same instance (a reference loop through them never moves into the instance).
 _REFERENCES = ("$ref", "$dynamicRef", "$recursiveRef")
 _IN_PLACE_ONE = ("not", "if", "then", "else")
 _IN_PLACE_LIST = ("allOf", "anyOf", "oneOf")
 _IN_PLACE_MAP = ("dependentSchemas", "dependencies")
-# Keywords whose value is a value, not a schema (a "$ref" in one is data); and those whose
-# value maps names to subschemas (the names are not keywords: a property named "enum").
-# One list for every walk of a schema, ours and the providers' (openai.py, anthropic_schema.py).
-VALUE_KEYWORDS = frozenset({"enum", "const", "default", "examples"})
-NAME_MAPS = frozenset(
-    {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas", "dependencies"}
-)
 # Retrieves nothing: a reference outside the schema is unresolvable, never fetched.
 _NOTHING_TO_RETRIEVE: referencing.Registry[Any] = referencing.Registry()
 
@@ -99,55 +92,21 @@ class _BoundedMatching(threading.local):
         if left <= 0:
             raise PatternTimeout()
         try:
-            return regex.search(pattern, string, timeout=left, concurrent=True)
+            return _compiled(pattern).search(string, timeout=left, concurrent=True)
         except TimeoutError:
             raise PatternTimeout() from None
+
+
+@functools.lru_cache(maxsize=_PATTERNS_REMEMBERED)
+def _compiled(pattern: str) -> Any:
+    return regex.compile(pattern, cache_pattern=False)
 
 
 _matching = _BoundedMatching()
 for _module in (jsonschema._keywords, jsonschema._legacy_keywords, jsonschema._utils):
     _module.re = _matching  # type: ignore[attr-defined]
-
-
-def schema_objects(value: Any) -> int:
-    """How many subschemas (and maps of them) a schema holds, what checking it costs
-    grows with; values (`enum`, `const`, `default`, `examples`) do not count."""
-    count = 0
-    stack: list[Any] = [value]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            stack += node
-        elif isinstance(node, dict):
-            count += 1
-            for key, child in node.items():
-                if key in NAME_MAPS and isinstance(child, dict):
-                    count += 1
-                    stack += child.values()  # schemas, whatever their names
-                elif key not in VALUE_KEYWORDS:
-                    stack.append(child)
-    return count
-
-
-def long_part(value: Any) -> str | None:
-    """A part of a schema whose check costs more than its size says, else None: a list of
-    over MOST_LIST_VALUES (the metaschema's uniqueItems compares every pair of values it
-    cannot sort: 8,000 mixed types took 13 s), or a pattern of over MOST_PATTERN_CHARS
-    (compiling one is not bounded by the match deadline: 850 KB took 2.6 s, and 9 s more
-    when the reply is checked)."""
-    stack: list[Any] = [value]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            if len(node) > MOST_LIST_VALUES:
-                return f"a list of {len(node)} values (at most {MOST_LIST_VALUES})"
-            stack += node
-        elif isinstance(node, dict):
-            patterns = [node.get("pattern"), *(node.get("patternProperties") or {})]
-            if any(isinstance(p, str) and len(p) > MOST_PATTERN_CHARS for p in patterns):
-                return f"a pattern of more than {MOST_PATTERN_CHARS} characters"
-            stack += node.values()
-    return None
+# uniqueItems, in one pass (schema_bounds.unique); the only caller of jsonschema's `uniq`.
+jsonschema._keywords.uniq = unique  # type: ignore[attr-defined]
 
 
 class _ValidSchemas:
@@ -255,13 +214,21 @@ def problem(value: Any, schema: Mapping[str, Any]) -> str | None:
 
 
 def _objects(schema: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
-    """(JSON pointer, object) for every object in the schema, iteratively."""
+    """(JSON pointer, object) for every object of the schema that is a schema (not those
+    inside values: `{"examples": [{"$ref": "x"}]}` refers to nothing), iteratively."""
     stack: list[tuple[str, Any]] = [("", schema)]
     while stack:
         where, node = stack.pop()
         if isinstance(node, dict):
             yield where, node
-            stack.extend((f"{where}/{_escape(key)}", value) for key, value in node.items())
+            for key, value in node.items():
+                inside = f"{where}/{_escape(key)}"
+                if key in NAME_MAPS and isinstance(value, dict):  # names, not keywords
+                    stack.extend(
+                        (f"{inside}/{_escape(name)}", item) for name, item in value.items()
+                    )
+                elif key not in VALUE_KEYWORDS:
+                    stack.append((inside, value))
         elif isinstance(node, list):
             stack.extend((f"{where}/{index}", item) for index, item in enumerate(node))
 

@@ -13,10 +13,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from jsonschema._utils import uniq as jsonschema_uniq
 
 from assistant import schemas
 from assistant.errors import RequestError
 from assistant.request import build_request
+from assistant.schema_bounds import long_part, unique, written_out
 from assistant.schemas import check_schema, problem
 
 BACKTRACKS = "^(a|a)+$"  # Python's re takes seconds on 30 a's and a "!"
@@ -199,6 +201,17 @@ def test_schemas_too_large_to_check_are_a_400_before_any_is_checked() -> None:
         # Compiling a pattern is not bounded by the match deadline: 850 KB took 2.6 s.
         ({"type": "object", "properties": {"a": {"pattern": "a|" * 501}}}, "a pattern of more"),
         ({"type": "object", "patternProperties": {"b|" * 501: {}}}, "a pattern of more"),
+        # Nor what `regex` writes out as it compiles: a fixed repeat in full, so these 38
+        # characters asked for a trillion (a MemoryError, or the instance killed).
+        (
+            {"properties": {"a": {"pattern": "(?:(?:(?:a{1000}){1000}){1000}){1000}"}}},
+            "a pattern whose counted repeats come to more than 1000",
+        ),
+        (
+            {"properties": {"a": {"propertyNames": {"pattern": "(?:[ab]{100}){11}"}}}},
+            "a pattern whose counted repeats",
+        ),
+        ({"patternProperties": {r"(\d{2}-){501}": {}}}, "a pattern whose counted repeats"),
     ],
 )
 def test_schema_parts_that_cost_more_than_their_size_are_a_400(parameters: Any, why: str) -> None:
@@ -208,3 +221,83 @@ def test_schema_parts_that_cost_more_than_their_size_are_a_400(parameters: Any, 
     }
     with pytest.raises(RequestError, match=rf"toolConfigs\['t'\]\.parameters holds {why}"):
         build_request("a", body, max_input_chars=100, max_history_messages=10)
+
+
+@pytest.mark.parametrize(
+    "pattern, items",
+    [
+        ("abc", 3),
+        ("a{1000}", 1000),
+        ("(?:a{10}){10}", 120),  # "?:" counted too: a scan errs on the side of more
+        ("(?:a{1000}){1,100}", 1002),  # a repeat counted its least number of times
+        ("[a{]{5}", 5),  # braces in a class are characters
+        (r"\{5}x{,3}", 4),  # an escaped brace is a character
+        ("[]a{1000}]", 1),  # "]" first in a class is one of its characters
+        (r"^\d{1,3}(\.\d{1,3}){3}$", 9),
+        ("a{}{x}", 6),  # not counts: characters
+    ],
+)
+def test_what_a_pattern_comes_to_written_out(pattern: str, items: int) -> None:
+    assert written_out(pattern) == items
+
+
+def test_a_schema_keeps_to_the_bounds_with_its_usual_patterns() -> None:
+    schema = {
+        "properties": {
+            "zip": {"pattern": "^[0-9]{5}(?:-[0-9]{4})?$"},
+            "ip": {"pattern": r"^\d{1,3}(\.\d{1,3}){3}$"},
+            "id": {"pattern": "^[A-Za-z0-9]{32}$"},
+            "text": {"pattern": "^.{0,5000}$"},
+        },
+        "patternProperties": {"^x-[a-z]{1,64}$": {}},
+    }
+    assert long_part(schema) is None
+
+
+def test_values_are_data_not_schemas() -> None:
+    # A "$ref" in an example refers to nothing, a "pattern" in a constant matches nothing.
+    schema = {
+        "type": "object",
+        "properties": {
+            "ref": {
+                "type": "object",
+                "properties": {"$ref": {"type": "string"}},
+                "examples": [{"$ref": "#/components/schemas/Pet"}],
+            },
+            "doc": {"const": {"$ref": "https://example.com/pet.json", "pattern": "x" * 1001}},
+        },
+    }
+    assert long_part(schema) is None
+    assert check_schema(schema, "s") is schema
+    assert (
+        problem({"ref": {"$ref": "y"}, "doc": schema["properties"]["doc"]["const"]}, schema) is None
+    )
+
+
+@pytest.mark.parametrize(
+    "values, expected",
+    [
+        ([1, 1.0], False),
+        ([True, 1], True),  # JSON Schema's equality: a boolean is no number
+        ([[True], [1]], True),
+        ([{"a": 1, "b": [2]}, {"b": [2.0], "a": 1}], False),  # keys in any order
+        ([None, 0, False, "", [], {}], True),
+        (["1", 1], True),
+        ([[1, [2, {"x": None}]], [1, [2, {"x": None}]]], False),
+    ],
+)
+def test_unique_items_compares_as_jsonschema_does(values: list[Any], expected: bool) -> None:
+    assert unique(values) is expected
+    assert jsonschema_uniq(values) is expected  # the pairwise check it stands in for
+
+
+def test_a_draft_04_enum_of_lists_is_checked_in_one_pass() -> None:
+    # draft-04's metaschema asks its enum for uniqueItems; jsonschema compared every pair
+    # of values it could not sort, each whole: 1,000 lists of 48 numbers took 44 s.
+    draft_04 = "http://json-schema.org/draft-04/schema#"
+    values = [[0.5] * 48 + [n] for n in range(999)] + [{}]
+    schema = {"$schema": draft_04, "properties": {"x": {"enum": values}}}
+    assert check_schema(schema, "s") is schema
+    repeated = {"$schema": draft_04, "properties": {"x": {"enum": [*values, [0.5] * 48 + [3.0]]}}}
+    with pytest.raises(RequestError, match=r"\(at properties/x/enum\)"):
+        check_schema(repeated, "s")

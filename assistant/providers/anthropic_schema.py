@@ -32,13 +32,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
-from ..schemas import (
-    MOST_REFERENCES,
-    NAME_MAPS,
-    VALUE_KEYWORDS,
-    references_problem,
-    resolve_pointer,
-)
+from ..schema_bounds import NAME_MAPS, VALUE_KEYWORDS
+from ..schemas import MOST_REFERENCES, references_problem, resolve_pointer
 
 UNSUPPORTED = frozenset(
     {

@@ -57,7 +57,7 @@ from typing import Any
 
 import httpx
 
-from ..schemas import NAME_MAPS
+from ..schema_bounds import NAME_MAPS
 from ..tools import (
     NamedTool,
     ToolCall,

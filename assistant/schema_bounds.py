@@ -1,0 +1,181 @@
+"""What checking a request's schemas may cost: bounded before any is checked.
+
+Checking a schema (against its metaschema, when the request comes) and
+applying it (to the reply, at its end) run with the interpreter's lock held:
+while one runs, every stream of the instance waits. So a request whose
+schemas would cost more than their size says is a 400 (request.py), found by
+walks that cost no more than the schema's size:
+
+- more than MOST_SCHEMA_OBJECTS subschemas in all (about half a millisecond
+  each to check: a 1 MiB schema of 20,000 took 11 s);
+- a list of more than MOST_LIST_VALUES values;
+- a pattern longer than MOST_PATTERN_CHARS, or one whose counted repeats come
+  to more than that when written out: the `regex` module, which applies
+  patterns (schemas.py), writes a repeat of a fixed count out in full as it
+  compiles, with no deadline, so the 38 characters
+  `(?:(?:(?:a{1000}){1000}){1000}){1000}` asked for a trillion.
+
+And `uniqueItems` (of the metaschema, over `enum` in draft-04, or of a
+schema over the reply) is checked in one pass (`unique`) where jsonschema
+compares every pair of values it cannot sort: 1,000 lists of 48 numbers took
+44 s.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+# A frontend's tools and schema hold tens to hundreds of objects.
+MOST_SCHEMA_OBJECTS = 2000
+MOST_LIST_VALUES = 1000
+MOST_PATTERN_CHARS = 1000
+# Keywords whose value is a value, not a schema (a "$ref" or a "pattern" in one is data);
+# and those whose value maps names to subschemas (the names are not keywords: a property
+# named "enum"). One list for every walk of a schema, ours and the providers'.
+VALUE_KEYWORDS = frozenset({"enum", "const", "default", "examples"})
+NAME_MAPS = frozenset(
+    {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas", "dependencies"}
+)
+
+
+def schema_objects(value: Any) -> int:
+    """How many subschemas (and maps of them) a schema holds, what checking it costs
+    grows with; values (`enum`, `const`, `default`, `examples`) do not count."""
+    count = 0
+    stack: list[Any] = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack += node
+        elif isinstance(node, dict):
+            count += 1
+            for key, child in node.items():
+                if key in NAME_MAPS and isinstance(child, dict):
+                    count += 1
+                    stack += child.values()  # schemas, whatever their names
+                elif key not in VALUE_KEYWORDS:
+                    stack.append(child)
+    return count
+
+
+def long_part(schema: Any) -> str | None:
+    """A part of a schema whose check costs more than its size says (the module's
+    docstring), else None."""
+    stack: list[tuple[Any, bool]] = [(schema, False)]  # (node, inside a value)
+    while stack:
+        node, in_value = stack.pop()
+        if isinstance(node, list):
+            if len(node) > MOST_LIST_VALUES:
+                return f"a list of {len(node)} values (at most {MOST_LIST_VALUES})"
+            stack += ((item, in_value) for item in node)
+        elif isinstance(node, dict):
+            if not in_value and (pattern := _long_pattern(_patterns(node))) is not None:
+                return pattern
+            stack += ((child, in_value or key in VALUE_KEYWORDS) for key, child in node.items())
+    return None
+
+
+def _patterns(node: dict[str, Any]) -> Iterable[Any]:
+    yield node.get("pattern")
+    if isinstance(names := node.get("patternProperties"), dict):
+        yield from names
+
+
+def _long_pattern(patterns: Iterable[Any]) -> str | None:
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            continue
+        if len(pattern) > MOST_PATTERN_CHARS:
+            return f"a pattern of more than {MOST_PATTERN_CHARS} characters"
+        if written_out(pattern) > MOST_PATTERN_CHARS:
+            return (
+                f"a pattern whose counted repeats come to more than {MOST_PATTERN_CHARS} "
+                f"characters: {pattern[:60]!r}"
+            )
+    return None
+
+
+# A counted repeat: {m}, {m,}, {m,n} or {,n} (what is not one is a literal brace).
+_COUNT = re.compile(r"\{(\d*)(?:,(\d*))?\}")
+
+
+def written_out(pattern: str) -> int:
+    """About how many items `regex` makes of `pattern` as it compiles it: each repeat
+    counted its least number of times (at least once), nested repeats multiplied.
+
+    A scan, not a parse: it errs on the side of more (a brace it cannot place counts
+    as a character); escapes, classes and groups are told apart as `regex` does.
+    """
+    groups: list[list[int]] = [[0, 0]]  # per open group: [items so far, items of the last]
+    at, end = 0, len(pattern)
+    while at < end:
+        char = pattern[at]
+        items = 1
+        if char == "\\":
+            at += 2
+        elif char == "[":
+            at = _after_class(pattern, at)
+        elif char == "(":
+            groups.append([0, 0])
+            at += 1
+            continue
+        elif char == ")" and len(groups) > 1:
+            items = groups.pop()[0]
+            at += 1
+        elif char == "{" and (count := _COUNT.match(pattern, at)) and count.group(0) != "{}":
+            least = max(int(count.group(1) or 0), 1)
+            group = groups[-1]
+            group[0] += group[1] * (least - 1)  # the last item, `least` times in all
+            group[1] *= least
+            at = count.end()
+            continue
+        else:
+            items = 0 if char == "|" else 1
+            at += 1
+        groups[-1][0] += items
+        groups[-1][1] = items
+    return sum(group[0] for group in groups)
+
+
+def _after_class(pattern: str, at: int) -> int:
+    """Where the character class opened at `at` ends (a "]" first in it is one of its
+    characters, as `regex` reads it), or the pattern's end."""
+    index = at + 1
+    if pattern.startswith("^", index):
+        index += 1
+    if pattern.startswith("]", index):
+        index += 1
+    while index < len(pattern):
+        if pattern[index] == "\\":
+            index += 2
+        elif pattern[index] == "]":
+            return index + 1
+        else:
+            index += 1
+    return len(pattern)
+
+
+def unique(values: Iterable[Any]) -> bool:
+    """Whether no two of the JSON `values` are equal, as jsonschema compares them
+    (true is not 1, 1 is 1.0, objects whatever their keys' order), in one pass."""
+    seen: set[Any] = set()
+    for value in values:
+        key = _comparable(value)
+        if key in seen:
+            return False
+        seen.add(key)
+    return True
+
+
+def _comparable(value: Any) -> Any:
+    """`value` as a hashable that equals another's exactly when jsonschema's `equal` says
+    the two values are (JSON nests at most MAX_JSON_DEPTH deep: this may recurse)."""
+    if value is True or value is False:
+        return (bool, value)
+    if isinstance(value, list | tuple):
+        return (list, tuple(map(_comparable, value)))
+    if isinstance(value, dict):
+        return (dict, frozenset((key, _comparable(item)) for key, item in value.items()))
+    return value  # a string, a number (1 == 1.0, hash too) or None
