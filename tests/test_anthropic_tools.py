@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from assistant.providers.anthropic import decode_thinking, encode_thinking
-from assistant.providers.anthropic_schema import output_schema
+from assistant.providers.anthropic_schema import output_schema, unheld
 from assistant.providers.base import Event, Prompt, StreamEnd, ThinkingDelta
 from assistant.request import Turn
 from assistant.tools import NamedTool, ToolCall, ToolChoice, ToolSpec, parse_arguments
@@ -824,6 +824,16 @@ OBJECTS_ALL_OF = {
             },
             "anyOf over objects beside the object's own properties",
         ),
+        (  # a $ref into a oneOf that is left out beside an anyOf: it would lead nowhere
+            {
+                "type": "object",
+                "properties": {
+                    "a": {"anyOf": [{"type": "string"}], "oneOf": [{"type": "integer"}]},
+                    "b": {"$ref": "#/properties/a/oneOf/0"},
+                },
+            },
+            "a $ref into a oneOf beside an anyOf",
+        ),
         (  # a reference by anchor, not a pointer
             {
                 "$defs": {"N": {"$anchor": "node", "type": "object", "properties": {}}},
@@ -918,3 +928,24 @@ def test_one_of_beside_any_of_is_left_out(upstream: FakeUpstream) -> None:
     upstream.push(Script(json={"v": 1}))
     sent_schema = sent(upstream, ask(tools=(), schema=schema))["output_config"]["format"]["schema"]
     assert sent_schema["properties"]["v"] == {"anyOf": [{"type": "string"}, {"type": "integer"}]}
+
+
+def test_a_ref_into_a_one_of_follows_it_to_any_of(upstream: FakeUpstream) -> None:
+    # Renamed, the oneOf's branches are the anyOf's, in order: a pointer through it says so
+    # (one that said oneOf would lead nowhere in what is sent). A property named oneOf is
+    # a name, not the keyword: it stays.
+    schema = {
+        "type": "object",
+        "properties": {
+            "a": {"oneOf": [{"type": "string"}, {"type": "integer"}]},
+            "b": {"$ref": "#/properties/a/oneOf/1"},
+            "oneOf": {"type": "string"},
+            "c": {"$ref": "#/properties/oneOf"},
+        },
+        "required": ["a", "b", "oneOf", "c"],
+    }
+    upstream.push(Script(json={"a": "x", "b": 1, "oneOf": "y", "c": "z"}))
+    sent_schema = sent(upstream, ask(tools=(), schema=schema))["output_config"]["format"]["schema"]
+    assert sent_schema["properties"]["b"] == {"$ref": "#/properties/a/anyOf/1"}
+    assert sent_schema["properties"]["c"] == {"$ref": "#/properties/oneOf"}
+    assert unheld(schema) is None

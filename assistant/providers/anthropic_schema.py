@@ -10,7 +10,7 @@ checked against the frontend's full schema when it ends (tools.py).
 
 `oneOf`, which the grammar does not hold, goes as `anyOf` (left out beside
 an `anyOf`), as Anthropic's SDK sends it (the reply is still checked against
-the `oneOf`).
+the `oneOf`); a `$ref` into it is rewritten to match.
 
 Some shapes are not sent at all (`unheld`; the reply is still checked, and
 `structured_output_error` says why). Three cannot be closed without changing
@@ -56,14 +56,14 @@ _LITERALS = VALUE_KEYWORDS | {"required"}  # values, not schemas
 
 def output_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
     """`schema` with the bounds Anthropic refuses moved into descriptions, objects closed."""
-    narrowed = _narrowed(schema)
+    narrowed = _narrowed(schema, schema)
     assert isinstance(narrowed, dict)
     return narrowed
 
 
-def _narrowed(node: Any) -> Any:
+def _narrowed(node: Any, root: Mapping[str, Any]) -> Any:
     if isinstance(node, list):
-        return [_narrowed(item) for item in node]
+        return [_narrowed(item, root) for item in node]
     if not isinstance(node, Mapping):
         return node
     kept: dict[str, Any] = {}
@@ -74,9 +74,11 @@ def _narrowed(node: Any) -> Any:
         elif key in _LITERALS:
             kept[key] = value  # values, not schemas
         elif key in NAME_MAPS and isinstance(value, Mapping):
-            kept[key] = {name: _narrowed(sub) for name, sub in value.items()}
+            kept[key] = {name: _narrowed(sub, root) for name, sub in value.items()}
+        elif key == "$ref" and isinstance(value, str):
+            kept[key] = _as_sent(value, root) or value  # None: `unheld` says why
         else:
-            kept[key] = _narrowed(value)
+            kept[key] = _narrowed(value, root)
     if _is_object(kept):
         kept["additionalProperties"] = False
     if "oneOf" in kept:  # beside an anyOf, left out as Anthropic's SDK does
@@ -87,6 +89,31 @@ def _narrowed(node: Any) -> Any:
         description = kept.get("description")
         kept["description"] = f"{description}\n\n{{{bounds}}}" if description else f"{{{bounds}}}"
     return kept
+
+
+def _as_sent(reference: str, root: Mapping[str, Any]) -> str | None:
+    """A `$ref` as it must read in what is sent: through a `oneOf` that goes as `anyOf`
+    (the same branches, in order), the pointer says `anyOf`. None: it leads into a
+    `oneOf` left out beside an `anyOf`. Any other reference is sent as it is."""
+    if not reference.startswith("#/"):
+        return reference
+    parts = reference[2:].split("/")
+    node: Any = root
+    names = False  # `node` maps names to schemas (`properties`...): its keys are no keywords
+    for index, part in enumerate(parts):
+        key = unquote(part).replace("~1", "/").replace("~0", "~")
+        if isinstance(node, Mapping) and key in node:
+            if key == "oneOf" and not names:
+                if "anyOf" in node:
+                    return None
+                parts[index] = "anyOf"
+            names = not names and key in NAME_MAPS
+            node = node[key]
+        elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
+            node, names = node[int(key)], False
+        else:
+            return reference  # leads nowhere (below an `$id`, say): nothing to follow
+    return "#/" + "/".join(parts)
 
 
 def unheld(schema: Mapping[str, Any]) -> str | None:
@@ -129,6 +156,9 @@ def _unheld(node: Any, root: Mapping[str, Any]) -> str | None:
                 return f"{keyword} over objects beside the object's own properties"
         if "$ref" in node and _names_others(_dereferenced(node, root), own):
             return "a $ref to an object beside the object's own properties"
+    reference = node.get("$ref")
+    if isinstance(reference, str) and reference.startswith("#/") and not _as_sent(reference, root):
+        return "a $ref into a oneOf beside an anyOf (only the anyOf is sent)"
     for key, value in node.items():
         if key in _LITERALS:
             continue
