@@ -196,12 +196,15 @@ class ProviderSettings:
             if raw_temperature
             else None,
             thinking=_flag(env, f"{prefix}_THINKING", False),
-            thinking_budget=_integer(
+            # Ollama takes no budget (only `think: true`): its setting is not read, so
+            # a value no other provider would take cannot make every request a 500.
+            thinking_budget=2048
+            if name == "ollama"
+            else _integer(
                 env, f"{prefix}_THINKING_BUDGET", 2048, minimum=1024, maximum=MAX_OUTPUT_TOKENS
             ),
         )
-        # Ollama takes no budget (only `think: true`): nothing to leave room beside.
-        budgeted = name != "ollama"
+        budgeted = name != "ollama"  # nothing to leave room beside
         if budgeted and settings.thinking and settings.max_tokens <= settings.thinking_budget:
             # Providers refuse a thinking budget that leaves no room for the answer.
             raise ConfigError(

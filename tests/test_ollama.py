@@ -255,3 +255,10 @@ def test_ollama_takes_no_thinking_budget_so_needs_no_room_beside_one() -> None:
     env = {"OLLAMA_THINKING": "true", "OLLAMA_MAX_TOKENS": "1024"}
     settings = ProviderSettings.from_env(env, "ollama")
     assert settings.thinking and settings.max_tokens == 1024
+
+
+def test_an_ollama_thinking_budget_is_not_read() -> None:
+    # None is sent: a value the other providers would refuse made every request a 500.
+    for budget in ("100", "lots"):
+        settings = ProviderSettings.from_env({"OLLAMA_THINKING_BUDGET": budget}, "ollama")
+        assert settings.name == "ollama"
