@@ -211,17 +211,20 @@ export async function streamReply(options) {
   // caller's trace header's, else one made here and sent as a `traceparent` header (not
   // sampled): in the body it would override every trace header, the caller's and the one
   // Cloud Run's front end adds for its own request log when the request has none.
-  result.traceId = isObject(body) && typeof body.trace_id === "string" ? body.trace_id
-    : traceIdOfHeaders(headers);
-  if (result.traceId === null) { // a caller's traceparent the service would not take goes too
-    result.traceId = randomHex(16);
-    headers.set("traceparent", `00-${result.traceId}-${randomHex(8)}-00`);
-  }
   let payload;
   try {
     payload = JSON.stringify(body);
-  } catch (exc) { // a BigInt or a cycle in the body: nothing was sent
+  } catch (exc) { // a BigInt or a cycle in the body: nothing was sent, no trace id either
     return fail({error: `the body cannot be sent as JSON (${describe(exc)})`, code: "bad_request"});
+  }
+  // A body's own trace id stays the request's: a refusal that came before the service read
+  // the body (a 401, a 413) answers with an id of its own, and a retry sent with that one
+  // would save the question and reply a second time, beside what the first try saved.
+  const ownTraceId = isObject(body) && typeof body.trace_id === "string" ? body.trace_id : null;
+  result.traceId = ownTraceId ?? traceIdOfHeaders(headers);
+  if (result.traceId === null) { // a caller's traceparent the service would not take goes too
+    result.traceId = randomHex(16);
+    headers.set("traceparent", `00-${result.traceId}-${randomHex(8)}-00`);
   }
 
   let response;
@@ -238,7 +241,7 @@ export async function streamReply(options) {
     return fail({error: `no response from the service (${describe(exc)})`, code: "network_error"});
   }
   result.status = response.status;
-  result.traceId = response.headers.get("X-Trace-Id") ?? result.traceId;
+  if (ownTraceId === null) result.traceId = response.headers.get("X-Trace-Id") ?? result.traceId;
   const retry = Number.parseInt(response.headers.get("Retry-After") ?? "", 10);
   retryAfter = Number.isFinite(retry) ? retry : null;
   try {
@@ -250,7 +253,7 @@ export async function streamReply(options) {
 
   const type = response.headers.get("Content-Type") ?? "";
   if (!response.ok || !type.startsWith("text/event-stream")) {
-    return readJsonReply(response, result, signal, onFinal, fail, aborted);
+    return readJsonReply(response, result, ownTraceId === null, signal, onFinal, fail, aborted);
   }
 
   const reader = response.body.getReader();
@@ -330,7 +333,7 @@ export async function streamReply(options) {
 }
 
 /** A non-stream response: an error before the stream, or a JSON caller's whole reply. */
-async function readJsonReply(response, result, signal, onFinal, fail, aborted) {
+async function readJsonReply(response, result, idFromAnswer, signal, onFinal, fail, aborted) {
   let payload = null;
   try {
     payload = JSON.parse(await response.text());
@@ -345,7 +348,7 @@ async function readJsonReply(response, result, signal, onFinal, fail, aborted) {
     return result;
   }
   if (payload && typeof payload.error === "string") {
-    result.traceId = typeof payload.trace_id === "string" ? payload.trace_id : result.traceId;
+    if (idFromAnswer && typeof payload.trace_id === "string") result.traceId = payload.trace_id;
     return fail({error: payload.error, code: String(payload.code ?? "http_error"), body: payload});
   }
   return fail({error: `the service answered HTTP ${response.status}`, code: "http_error"});

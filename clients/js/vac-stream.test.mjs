@@ -209,6 +209,24 @@ test("a body that cannot be JSON is a bad request, and nothing is sent", async (
   assert.equal(result.outcome, "error");
   assert.equal(errors[0].code, "bad_request");
   assert.equal(calls.length, 0);
+  assert.equal(result.traceId, null); // nothing sent: no id to retry with
+  assert.equal(errors[0].traceId, null);
+});
+
+test("a body's own trace id stays the request's, even after a refusal with another", async () => {
+  // A 401 (an expired token) comes before the service reads the body, under an id of its
+  // own: a retry with that one would save the question and reply twice.
+  const errors = [];
+  const refusal = JSON.stringify({error: "sign in again", code: "unauthenticated", trace_id: "new"});
+  const result = await streamReply({
+    url: "http://service.test/x",
+    body: {user_input: "hi", trace_id: "first-try"},
+    fetch: fakeFetch(refusal, {status: 401, type: "application/json", headers: {"X-Trace-Id": "new"}}),
+    onError: (e) => errors.push(e),
+  });
+  assert.equal(result.traceId, "first-try");
+  assert.equal(errors[0].traceId, "first-try");
+  assert.equal(errors[0].body.trace_id, "new"); // the service's own, for its logs
 });
 
 test("a stream that ends without a terminal frame is an error", async () => {
