@@ -65,7 +65,7 @@ MESSAGES: Final[Mapping[ErrorCode, str]] = {
     "providers_failed": "No model provider could answer right now. Please try again.",
     "no_provider": "No model provider is configured.",
     "auth_unavailable": "Sign-in cannot be checked right now. Please try again shortly.",
-    "overloaded": "This server cannot take this reply now (it is full, or stopping). Please try again.",
+    "overloaded": "This server cannot take this reply now (full or stopping). Please try again.",
     "config_error": "The service is misconfigured.",
     "internal_error": "The request failed on our side.",
     "client_gone": "The client closed the connection.",

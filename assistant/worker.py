@@ -145,6 +145,7 @@ import os
 import re
 import selectors
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -641,6 +642,7 @@ class Worker(ThreadWorker):
         # at once, to a client that may wait for that before it sends the body.
         self._body_limit = min(REQUEST_BUFFER_BYTES, app_settings.max_body_bytes)
         self._stopped = False  # the main loop has ended
+        self._abandoning: list[threading.Thread] = []  # ending parked replies, at the stop
 
     def run(self) -> None:
         self._watchdog.start()  # here, in the worker process: a thread does not survive a fork
@@ -660,7 +662,15 @@ class Worker(ThreadWorker):
                 # A store call that hangs, which Python would wait for at exit, past the
                 # kill: what it was for is logged by now, and nothing else is left.
                 process_log().error("worker.exit_with_writes_under_way")
-                os._exit(0)
+                _exit_now()
+            for thread in self._abandoning:
+                thread.join(self._time_left_to_save())
+        # Python's own exit waits for every thread that is no daemon, and one may still be
+        # in a store call that hangs, outside the writes counted above (a reviewer saw a
+        # worker log 55 s after the stop signal with the database hung, once): past
+        # Cloud Run's kill. What each was for is logged by now; nothing else is left.
+        self.log.info("Worker exiting (pid: %s)", os.getpid())  # gunicorn's line, skipped
+        _exit_now()
 
     def _time_left_to_save(self) -> float:
         """How long messages no save wait could write (late_saves.py) may still be tried:
@@ -995,12 +1005,15 @@ class Worker(ThreadWorker):
     def _abandon_aside(self, exchange: _Exchange) -> None:
         """End a parked response that will not be resumed, as a client that left, on a
         thread of its own: never on the I/O loop (the reply waits for its chain, which
-        runs there, then saves), and side by side with the others. Not a daemon: the
-        process waits for it to exit."""
+        runs there, then saves), and side by side with the others; the worker's end
+        waits for it while there is time to save (`run`)."""
+        thread = threading.Thread(target=self._abandon, args=(exchange,), name="abandon")
         try:
-            threading.Thread(target=self._abandon, args=(exchange,), name="abandon").start()
+            thread.start()
         except RuntimeError:  # no thread to be had: here, then
             self._abandon(exchange)
+        else:
+            self._abandoning.append(thread)
 
     def _abandon(self, exchange: _Exchange) -> None:
         resp = exchange.resp
@@ -1141,6 +1154,14 @@ def _error_json(message: str, code: ErrorCode, trace_id: str) -> bytes:
 
 # Kept from the app's answer when the worker answers in its place (CORS, the trace).
 _KEPT_HEADERS = re.compile(r"access-control-.*|vary|x-trace-id", re.I)
+
+
+def _exit_now() -> None:
+    """The worker's end, without Python's: what is written is out, no thread waited for."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(0)
 
 
 def _answer_stopping(resp: Any, project_id: str) -> None:

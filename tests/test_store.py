@@ -1060,6 +1060,33 @@ def test_a_stopping_server_with_a_hung_database_exits_before_the_kill(
     assert {line["trace_id"] for line in lost} == {f"t-hung-{n}" for n in range(24)}
 
 
+# Started in the worker once it is forked: a thread that is no daemon and never ends, as
+# one in a store call that hangs is (a thread does not survive a fork: the master has none).
+_A_THREAD_THAT_NEVER_ENDS = """
+import os, threading
+os.register_at_fork(
+    after_in_child=lambda: threading.Thread(target=threading.Event().wait, name="held").start()
+)
+"""
+
+
+def test_a_stopping_worker_waits_for_no_thread_past_the_kill(fake, tmp_path) -> None:
+    """Python's own exit waits for every thread that is no daemon: one still in a store
+    call that hangs, outside the writes the worker counts, kept it past Cloud Run's kill
+    (a reviewer's worker logged 55 s after the stop signal with the database hung)."""
+    (tmp_path / "sitecustomize.py").write_text(_A_THREAD_THAT_NEVER_ENDS)
+    with running_service({"PYTHONPATH": str(tmp_path)}) as service:
+        fake.push(Script(tokens=["x"]))
+        answer = httpx.post(
+            f"{service.url}/vac/assistant/test-assistant/sse", json={"user_input": "hi"}
+        )
+        assert "answer" in sse_events(answer.content)[-2]
+        service.process.terminate()
+        stopped = time.monotonic()
+        assert service.process.wait(timeout=40) == 0
+        assert time.monotonic() - stopped < 10
+
+
 def test_a_stopping_server_ends_a_long_json_reply_with_a_503(fake, firestore) -> None:
     """The legacy JSON route's reply holds its thread to its end, never parked: on
     SIGTERM it ends early all the same (it was lost at the kill), with 503 `overloaded`
