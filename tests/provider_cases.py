@@ -208,7 +208,7 @@ ANTHROPIC = ProviderCase(
         "end_turn": "end_turn",
         "max_tokens": "max_tokens",
         "stop_sequence": "stop_sequence",
-        "tool_use": "tool_use",
+        "tool_use": "other",  # with no call made (the fake's script has none)
         "refusal": "content_filter",
         "model_context_window_exceeded": "max_tokens",
         "something_new": "other",
@@ -296,8 +296,8 @@ OPENAI = ProviderCase(
         "end_turn": "end_turn",  # "stop" on the wire
         "stop_sequence": "end_turn",  # also "stop"
         "max_tokens": "max_tokens",  # "length"
-        "tool_calls": "tool_use",
-        "function_call": "tool_use",
+        "tool_calls": "other",  # with no call made (the fake's script has none)
+        "function_call": "other",
         "content_filter": "content_filter",
         "something_new": "other",
     },

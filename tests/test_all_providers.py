@@ -818,3 +818,24 @@ def test_a_stop_reason_that_is_not_a_string_is_other(raw: Any, expected: str | N
     """Every provider's stop reason goes through this one function."""
     table: dict[str, Any] = {"end_turn": "end_turn"}
     assert normalised_stop_reason(raw, table) == expected
+
+
+@pytest.mark.parametrize(
+    "raw, made_calls, expected",
+    [
+        ("tool_use", True, "tool_use"),
+        ("tool_use", False, "other"),  # a frontend that sees tool_use looks for a call
+        ("end_turn", True, "tool_use"),  # Gemini and Ollama say "stop" after calls
+        (None, True, "tool_use"),
+        ("max_tokens", True, "max_tokens"),
+    ],
+)
+def test_tool_use_is_the_stop_reason_of_calls_made(
+    raw: str | None, made_calls: bool, expected: str
+) -> None:
+    table: dict[str, Any] = {
+        "end_turn": "end_turn",
+        "tool_use": "tool_use",
+        "max_tokens": "max_tokens",
+    }
+    assert normalised_stop_reason(raw, table, made_calls) == expected

@@ -118,6 +118,7 @@ class _State:
     thinking: dict[int, dict[str, Any]] = field(default_factory=dict)
     calls: dict[int, _Call] = field(default_factory=dict)
     done_thinking: list[dict[str, Any]] = field(default_factory=list)  # since the last call
+    called: bool = False  # a call was handed on
 
 
 def _usage(state: _State) -> Usage:
@@ -214,6 +215,7 @@ def _emit_call(call: _Call, state: _State) -> None:
     signature = encode_thinking(state.done_thinking) if state.done_thinking else None
     state.done_thinking = []
     state.out.append(ToolCall(call.id, call.name, args, signature, error))
+    state.called = True
 
 
 def _on_message_delta(data: dict[str, Any], state: _State) -> None:
@@ -450,7 +452,7 @@ class _Decoder:
         if not state.finished:
             raise ProviderError("upstream_incomplete", "stream ended without message_stop")
         usage = _usage(state)
-        stop_reason = normalised_stop_reason(state.stop_reason, _STOP_REASONS)
+        stop_reason = normalised_stop_reason(state.stop_reason, _STOP_REASONS, state.called)
         out.append(StreamEnd(stop_reason=stop_reason, usage=usage, model=state.model))
 
     def _handle(self, events: list[ServerSentEvent], out: list[Event]) -> None:

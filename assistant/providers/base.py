@@ -394,7 +394,8 @@ def normalised_stop_reason(
 
     A reply that made tool calls and then simply stopped ends with `tool_use` on
     every provider: Gemini and Ollama say "stop" after calls, and some
-    OpenAI-compatible servers say "stop" or nothing.
+    OpenAI-compatible servers say "stop" or nothing. One that made none never does,
+    whatever the provider said: a frontend that sees `tool_use` looks for a call.
     """
     reason: StopReason | None = None
     if isinstance(raw, str):
@@ -403,6 +404,8 @@ def normalised_stop_reason(
         reason = "other"
     if made_calls and reason in (None, "end_turn"):
         return "tool_use"
+    if not made_calls and reason == "tool_use":
+        return "other"
     return reason
 
 
