@@ -167,7 +167,7 @@ def project_id(env: Mapping[str, str] | None = None) -> str:
 
 @dataclass(frozen=True)
 class ProviderSettings:
-    """One provider's model settings; the key itself is fetched by the secrets module."""
+    """One provider's model settings; the key itself is fetched by keys.py."""
 
     name: str
     base_url: str
@@ -217,7 +217,9 @@ class ProviderSettings:
 @dataclass(frozen=True)
 class Timeouts:
     connect: float  # TCP + TLS to the provider
-    first_chunk: float  # request sent -> first text or thinking delta
+    # connecting and the request sent -> the first text, thinking delta or tool call
+    # (a tool call's arguments arriving start the wait again: it is working)
+    first_chunk: float
     idle: float  # longest silence on the upstream socket once it is streaming
     reply: float = 900.0  # the whole reply, every provider tried (MAX_REPLY_SECONDS)
 

@@ -2,11 +2,13 @@
 
 Everything a request can be refused for is checked here, in the order of
 README "Who may call", before any provider is called or anything is read or written:
-route (404/405), preflight, auth (401/503), the user's and the instance's
-replies in flight (429 / 503), assistant id (400), size (413), media type
-(415), JSON and fields (400), providers (409). In the iam and none modes the
-body names the user, so the replies in flight are counted after the body's
-checks (`_assistant`).
+route (404/405), preflight, a setting that is wrong (500 `config_error`), auth
+(401/503), the user's and the instance's replies in flight (429 / 503),
+assistant id (400), media type (415), a `Content-Length` over the limit
+(413), `Transfer-Encoding` (400), `Content-Encoding` (415), the body read
+within its limit (413), JSON and fields (400), providers (409). In the iam
+and none modes the body names the user, so the replies in flight are counted
+after the body's checks (`_assistant`).
 
 The SSE route holds its status until the first chunk or HEARTBEAT_SECONDS,
 whichever comes first, so a chain that fails fast gets a real 502.

@@ -14,7 +14,7 @@ Written late, a message keeps the time it was meant to be written at
 (`created_at`, saving.py), not the database's time of the late write: the
 history reads in `createdAt` order, and the user's next turns, saved on time
 meanwhile, stay after it. And a late reply never replaces one written under
-its id since (a retry's, newer: `replace=False`).
+its id since (a retry's, newer): the store compares their `answeredAt`.
 
 What is not an outage is not tried again: a trace id that holds another
 user's messages (MessageTaken) or another question (TraceIdKept), and a write

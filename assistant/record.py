@@ -1,9 +1,9 @@
 """What a finished reply amounts to: the metadata a client is shown and the message kept.
 
-Pure functions of what the reply gathered (its text, split into content and
-thinking) and what the chain reported, so that `reply.py` only moves items
-and frames, and these two shapes (docs/API.md "Metadata"; README "Persistence")
-can be read in one place.
+Functions of what the reply gathered (its text, split into content and
+thinking) and what the chain reported (and the clock, for `timing`), so
+that `reply.py` only moves items and frames, and these two shapes
+(docs/API.md "Metadata"; README "Persistence") can be read in one place.
 """
 
 from __future__ import annotations

@@ -97,16 +97,25 @@ class _BoundedMatching(threading.local):
             raise PatternTimeout() from None
 
 
+_PATTERN_MATCHERS = (jsonschema._keywords, jsonschema._legacy_keywords, jsonschema._utils)
+
+
 @functools.lru_cache(maxsize=_PATTERNS_REMEMBERED)
 def _compiled(pattern: str) -> Any:
     return regex.compile(pattern, cache_pattern=False)
 
 
 _matching = _BoundedMatching()
-for _module in (jsonschema._keywords, jsonschema._legacy_keywords, jsonschema._utils):
+# jsonschema's private modules (pinned in requirements.txt): an upgrade that no longer
+# calls these names would leave patterns unbounded and uniqueItems pairwise, silently.
+if not all(hasattr(module, "re") for module in _PATTERN_MATCHERS) or not hasattr(
+    jsonschema._keywords, "uniq"
+):
+    raise ImportError("jsonschema no longer matches patterns or checks uniqueItems as pinned")
+for _module in _PATTERN_MATCHERS:
     _module.re = _matching  # type: ignore[attr-defined]
 # uniqueItems, in one pass (schema_bounds.unique); the only caller of jsonschema's `uniq`.
-jsonschema._keywords.uniq = unique  # type: ignore[attr-defined]
+jsonschema._keywords.uniq = unique
 
 
 class _ValidSchemas:

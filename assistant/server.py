@@ -1,4 +1,4 @@
-"""Our gunicorn settings and worker under functions-framework: the one private import.
+"""Our gunicorn settings and worker under functions-framework: its one private module we import.
 
 functions-framework is the entry point, locally and on Cloud Run. Its CLI
 imports main.py, then builds

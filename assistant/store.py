@@ -12,8 +12,9 @@ assistant message once, after the stream, before the final frame. Writes
 are blocking calls on a small thread pool, never on the I/O loop, and the
 reply waits for them no longer than its persist timeout.
 
-A request with `save_to_history` false has no store at all (None): nothing
-is written and no message ids are reported.
+A request with `save_to_history` false gives its reply no store (None):
+nothing is written and no message ids are reported (a history read, with
+`read_from_history`, still uses one).
 """
 
 from __future__ import annotations

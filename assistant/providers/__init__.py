@@ -2,7 +2,8 @@
 
 `configured_providers()` turns the settings into the ordered list the chain
 tries, skipping providers that have no key (or no base URL).
-A new provider drops in as one module and one line in `_FACTORIES`.
+A new provider is a module, a line in `_FACTORIES`, and its name, default base
+URL and model and highest temperature in config.py.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ task woken per read (aio.BodyFeed). Every failure is a `ProviderError`:
               upstream_refused      ... declining: a content filter, a blocked prompt
               upstream_incomplete   the stream ended without its end marker
               upstream_protocol     a body we could not read
+      and two the chain raises itself: reply_too_long (MAX_REPLY_SECONDS past) and
+      overloaded (the instance is stopping)
 
 httpx errors are translated in one place (`translate_http_error`), so the
 chain never sees a third-party exception.
@@ -243,7 +245,8 @@ class Provider(Protocol):
         ...
 
     def decoder(self, response: httpx.Response) -> Decoder:
-        """A decoder for `response`'s body; upstream_protocol if it is of the wrong type."""
+        """A decoder for `response`'s body; upstream_protocol if it is of the wrong type
+        (for the SSE providers: Ollama's NDJSON comes under more than one type)."""
         ...
 
 
