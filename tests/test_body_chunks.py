@@ -58,7 +58,7 @@ def _events(url: str) -> tuple[bool, list[tuple[str, str]]]:
         async with client.stream("POST", url, content=b"{}") as response:
             raw = not isinstance(aio.body_chunks(response), type(response.aiter_bytes()))
             assert not await aio.BodyFeed(response).into(sink)
-        events.extend((event.event, event.data) for event in reader.flush())
+        events.extend((event.event, event.data) for event in reader.end())
         return raw, events
 
     return aio.submit(read()).result(timeout=10)

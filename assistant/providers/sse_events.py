@@ -71,14 +71,10 @@ class SseReader:
             return self._events.decode(self._lines.decode(data))
         return self._framed(self._lines.decode(data))
 
-    def flush(self) -> list[ServerSentEvent]:
-        # A lone CR at the very end ends the last event.
-        return self._framed(self._lines.flush())
-
     def end(self) -> list[ServerSentEvent]:
-        """`flush()`, and the event the body's end left undispatched (no blank line
-        after its fields): the spec drops it. The unframed lines after its fields stay
-        the tail (Gemini's error after its last event)."""
+        """The body's last line, and the event its end left undispatched (no blank
+        line after its fields): the spec drops it. The unframed lines after its fields
+        stay the tail (Gemini's error after its last event)."""
         return self._framed(self._lines.flush()) + self._events.decode([""])
 
     def _framed(self, lines: list[str]) -> list[ServerSentEvent]:
