@@ -80,7 +80,10 @@ def test_a_build_uploads_what_its_steps_run_and_no_local_state(tmp_path: Path) -
     copy_of_the_project(tmp_path)
     shutil.copy(ROOT / ".gcloudignore.build", tmp_path / ".gcloudignore")  # as the flag reads it
     local = [".venv/lib/site.py", "node_modules/x/index.js", ".run/auth.log", ".env", "a.env",
-             "assistant/__pycache__/x.cpython-311.pyc", ".git/config"]  # fmt: skip
+             "assistant/__pycache__/x.cpython-311.pyc", ".git/config",
+             # a key as Google's docs name it, gcloud's and editors' state, bench output
+             "key.json", "deploy-key.json", ".config/gcloud/credentials.db", ".idea/x.xml",
+             ".firebase/hosting.cache", "bench/out/x.txt", ".coverage.host.1.2"]  # fmt: skip
     for name in local:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x")
