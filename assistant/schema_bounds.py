@@ -24,7 +24,8 @@ compares every pair of values it cannot sort: 1,000 lists of 48 numbers took
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from re import _constants, _parser  # type: ignore[attr-defined]
 from typing import Any
 
 # A frontend's tools and schema hold tens to hundreds of objects.
@@ -73,7 +74,11 @@ def long_part(schema: Any) -> str | None:
         elif isinstance(node, dict):
             if not in_value and (pattern := _long_pattern(_patterns(node))) is not None:
                 return pattern
-            stack += ((child, in_value or key in VALUE_KEYWORDS) for key, child in node.items())
+            for key, child in node.items():
+                if not in_value and key in NAME_MAPS and isinstance(child, dict):
+                    stack += ((schema, False) for schema in child.values())  # names, not keywords
+                else:
+                    stack.append((child, in_value or key in VALUE_KEYWORDS))
     return None
 
 
@@ -89,6 +94,10 @@ def _long_pattern(patterns: Iterable[Any]) -> str | None:
             continue
         if len(pattern) > MOST_PATTERN_CHARS:
             return f"a pattern of more than {MOST_PATTERN_CHARS} characters"
+        if _VERBOSE.search(pattern):
+            # JSON Schema's patterns (ECMA-262) have no verbose mode, and in it `regex`
+            # reads `a{10 0}` as a count where Python's parser sees characters.
+            return f"a pattern in verbose mode (an x flag): {pattern[:60]!r}"
         if written_out(pattern) > MOST_PATTERN_CHARS:
             return (
                 f"a pattern whose counted repeats come to more than {MOST_PATTERN_CHARS} "
@@ -97,64 +106,43 @@ def _long_pattern(patterns: Iterable[Any]) -> str | None:
     return None
 
 
-# A counted repeat: {m}, {m,}, {m,n} or {,n} (what is not one is a literal brace).
-_COUNT = re.compile(r"\{(\d*)(?:,(\d*))?\}")
+# An inline flag group that turns verbose mode on: (?x), (?ix), (?x:...), (?xi-s:...)
+_VERBOSE = re.compile(r"\(\?[a-zA-Z]*x[a-zA-Z]*(?:-[a-zA-Z]*)?[:)]")
+_REPEATS = frozenset({_constants.MAX_REPEAT, _constants.MIN_REPEAT, _constants.POSSESSIVE_REPEAT})
 
 
 def written_out(pattern: str) -> int:
     """About how many items `regex` makes of `pattern` as it compiles it: each repeat
     counted its least number of times (at least once), nested repeats multiplied.
 
-    A scan, not a parse: it errs on the side of more (a brace it cannot place counts
-    as a character); escapes, classes and groups are told apart as `regex` does.
+    Read with the standard library's parser, as the metaschema's `format: regex`
+    check reads it (comments, verbose mode and classes as Python reads them: a scan
+    of our own took `(?#[)` for a class and missed what followed); a pattern it
+    cannot read counts as too much to write out.
     """
-    groups: list[list[int]] = [[0, 0]]  # per open group: [items so far, items of the last]
-    at, end = 0, len(pattern)
-    while at < end:
-        char = pattern[at]
-        items = 1
-        if char == "\\":
-            at += 2
-        elif char == "[":
-            at = _after_class(pattern, at)
-        elif char == "(":
-            groups.append([0, 0])
-            at += 1
-            continue
-        elif char == ")" and len(groups) > 1:
-            items = groups.pop()[0]
-            at += 1
-        elif char == "{" and (count := _COUNT.match(pattern, at)) and count.group(0) != "{}":
-            least = max(int(count.group(1) or 0), 1)
-            group = groups[-1]
-            group[0] += group[1] * (least - 1)  # the last item, `least` times in all
-            group[1] *= least
-            at = count.end()
-            continue
-        else:
-            items = 0 if char == "|" else 1
-            at += 1
-        groups[-1][0] += items
-        groups[-1][1] = items
-    return sum(group[0] for group in groups)
+    try:
+        return _items(_parser.parse(pattern))
+    except (re.error, RecursionError, OverflowError):
+        return MOST_PATTERN_CHARS + 1
 
 
-def _after_class(pattern: str, at: int) -> int:
-    """Where the character class opened at `at` ends (a "]" first in it is one of its
-    characters, as `regex` reads it), or the pattern's end."""
-    index = at + 1
-    if pattern.startswith("^", index):
-        index += 1
-    if pattern.startswith("]", index):
-        index += 1
-    while index < len(pattern):
-        if pattern[index] == "\\":
-            index += 2
-        elif pattern[index] == "]":
-            return index + 1
-        else:
-            index += 1
-    return len(pattern)
+def _items(pattern: Any) -> int:
+    total = 0
+    for op, argument in pattern:
+        if op in _REPEATS:
+            least, _, repeated = argument
+            total += max(least, 1) * _items(repeated)
+        else:  # a group, a branch, a lookaround: what it holds; anything else, itself
+            total += max(1, sum(_items(part) for part in _subpatterns(argument)))
+    return total
+
+
+def _subpatterns(argument: Any) -> Iterator[Any]:
+    if isinstance(argument, _parser.SubPattern):
+        yield argument
+    elif isinstance(argument, tuple | list):
+        for part in argument:
+            yield from _subpatterns(part)
 
 
 def unique(values: Iterable[Any]) -> bool:

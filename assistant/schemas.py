@@ -191,6 +191,12 @@ def _check_schema(schema: dict[str, Any], field: str) -> None:
                 f"{field}: {keyword} {target[:100]!r} points nowhere in the schema "
                 f"(at {where or 'the top level'})"
             )
+        if pointer and _into_a_value(unquote(target[1:])):
+            # Applied, it would be a schema our walks never saw (a loop through it, say).
+            raise RequestError(
+                f"{field}: {keyword} {target[:100]!r} points into a value (enum, const, "
+                f"default or examples), not a schema (at {where or 'the top level'})"
+            )
     if pointers_from_top and (loop := _loop_in_place(objects)) is not None:
         raise RequestError(
             f"{field}: its references loop without reaching a value (at {loop or 'the top level'})"
@@ -411,6 +417,18 @@ def references_problem(schema: Mapping[str, Any]) -> str | None:
             reached.add(index)
             waiting += leads_to(index)
     return "recursion" if _on_a_cycle(reached, leads_to) is not None else None
+
+
+def _into_a_value(pointer: str) -> bool:
+    """Whether the pointer passes through a value keyword where a keyword stands (not
+    as the name of a property or a definition)."""
+    names = False  # the part before named a map of subschemas: this one is a name
+    for part in pointer.split("/")[1:]:
+        key = part.replace("~1", "/").replace("~0", "~")
+        if not names and key in VALUE_KEYWORDS:
+            return True
+        names = not names and key in NAME_MAPS
+    return False
 
 
 def resolve_pointer(schema: Any, pointer: str) -> Any:

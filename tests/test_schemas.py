@@ -212,6 +212,26 @@ def test_schemas_too_large_to_check_are_a_400_before_any_is_checked() -> None:
             "a pattern whose counted repeats",
         ),
         ({"patternProperties": {r"(\d{2}-){501}": {}}}, "a pattern whose counted repeats"),
+        # What a scan of our own misread: a comment holding "[", whitespace or a comment
+        # before a count in verbose mode (where `regex` also reads "{10 0}" as a count).
+        (
+            {"properties": {"a": {"pattern": "(?#[)(?:(?:(?:a{100}){100}){100}){10}"}}},
+            "a pattern whose counted repeats",
+        ),
+        (
+            {"properties": {"a": {"pattern": "(?x)(?:(?:a{10 0}){10 0}){1 00}"}}},
+            "a pattern in verbose mode",
+        ),
+        ({"properties": {"a": {"pattern": "(?ix:(?:a{100}) {100})"}}}, "a pattern in verbose mode"),
+        # A property's name is a name: one called "enum" holds a schema, patterns and all.
+        (
+            {"properties": {"enum": {"pattern": "(?:a{100}){100}"}}},
+            "a pattern whose counted repeats",
+        ),
+        (
+            {"$defs": {"default": {"propertyNames": {"pattern": "(?:a{100}){100}"}}}},
+            "a pattern whose counted repeats",
+        ),
     ],
 )
 def test_schema_parts_that_cost_more_than_their_size_are_a_400(parameters: Any, why: str) -> None:
@@ -228,13 +248,19 @@ def test_schema_parts_that_cost_more_than_their_size_are_a_400(parameters: Any, 
     [
         ("abc", 3),
         ("a{1000}", 1000),
-        ("(?:a{10}){10}", 120),  # "?:" counted too: a scan errs on the side of more
-        ("(?:a{1000}){1,100}", 1002),  # a repeat counted its least number of times
+        ("(?:a{10}){10}", 100),
+        ("(?:a{1000}){1,100}", 1000),  # a repeat counted its least number of times
         ("[a{]{5}", 5),  # braces in a class are characters
         (r"\{5}x{,3}", 4),  # an escaped brace is a character
         ("[]a{1000}]", 1),  # "]" first in a class is one of its characters
         (r"^\d{1,3}(\.\d{1,3}){3}$", 9),
         ("a{}{x}", 6),  # not counts: characters
+        ("(?#[)(?:a{10}){10}", 100),  # a comment is nothing, whatever it holds
+        ("(?:a{100}){100}+", 10000),  # possessive, atomic, lookaround: all written out
+        ("(?>(?:a{100}){100})", 10000),
+        ("(?=(?:a{100}){100})", 10000),
+        ("(a)(?(1)(?:b{100}){100}|c)", 10002),
+        ("(unclosed", 1001),  # what Python cannot read counts as too much
     ],
 )
 def test_what_a_pattern_comes_to_written_out(pattern: str, items: int) -> None:
@@ -301,3 +327,28 @@ def test_a_draft_04_enum_of_lists_is_checked_in_one_pass() -> None:
     repeated = {"$schema": draft_04, "properties": {"x": {"enum": [*values, [0.5] * 48 + [3.0]]}}}
     with pytest.raises(RequestError, match=r"\(at properties/x/enum\)"):
         check_schema(repeated, "s")
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"$ref": "#/default", "default": {"$ref": "#/default"}},
+        {"$ref": "#/examples/0", "examples": [{"allOf": [{"$ref": "#"}]}]},
+        {"$ref": "#/$defs/a/const", "$defs": {"a": {"const": {"$ref": "#/$defs/a/const"}}}},
+        {"$ref": "#/enum/0", "enum": [{"not": {"$ref": "#/enum/0"}}]},
+    ],
+)
+def test_a_reference_into_a_value_is_400(schema: dict[str, Any]) -> None:
+    # Values are data to every walk of ours; applied through a $ref, jsonschema takes them
+    # for schemas: these looped unseen (RecursionError at the reply's check).
+    with pytest.raises(RequestError, match="points into a value"):
+        check_schema(schema, "s")
+
+
+def test_a_property_named_like_a_value_keyword_is_a_schema_to_refer_to() -> None:
+    schema = {
+        "properties": {"enum": {"type": "string"}, "copy": {"$ref": "#/properties/enum"}},
+        "$defs": {"default": {"type": "integer"}},
+        "items": {"$ref": "#/$defs/default"},
+    }
+    assert check_schema(schema, "s") is schema
