@@ -657,14 +657,14 @@ class Worker(ThreadWorker):
                 util.close(linger.sock)
             self._stopped = True  # the main loop is over: nothing more is deferred to it
             self._abandon_parked()  # any left once gunicorn's graceful wait is over
+            for thread in self._abandoning:  # their saves, before the writes stop
+                thread.join(self._time_left_to_save())
             late_saves.close(self._time_left_to_save())
             if not stop_writes(self._time_left_to_save()):
                 # A store call that hangs, which Python would wait for at exit, past the
                 # kill: what it was for is logged by now, and nothing else is left.
                 process_log().error("worker.exit_with_writes_under_way")
                 _exit_now()
-            for thread in self._abandoning:
-                thread.join(self._time_left_to_save())
         # Python's own exit waits for every thread that is no daemon, and one may still be
         # in a store call that hangs, outside the writes counted above (a reviewer saw a
         # worker log 55 s after the stop signal with the database hung, once): past

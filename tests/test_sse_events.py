@@ -74,6 +74,7 @@ def test_every_line_ending_gives_the_same_events(eol: str, reads: str) -> None:
         pytest.param(
             [b"data: a\r", b"\n", b"data: b\r", b"\n\r", b"\n"], [ev("a\nb")], id="cr|lf-repeated"
         ),
+        pytest.param([b"data: a\r", b"", b"\ndata: b\r\n\r\n"], [ev("a\nb")], id="cr|empty|lf"),
         pytest.param(
             [b"", b"data: a\r", b"\n\r\ndata: b\r\nd", b"ata: c\r\n\r\n"],
             [ev("a"), ev("b\nc")],

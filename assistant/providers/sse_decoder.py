@@ -52,6 +52,8 @@ class LineDecoder:
         self._started = False
 
     def decode(self, data: bytes) -> list[str]:
+        if not data:  # nothing read: a CR before it may still have its LF coming
+            return []
         if self._skip_lf:
             self._skip_lf = False
             if data.startswith(b"\n"):
