@@ -248,6 +248,39 @@ def test_a_user_messages_content_is_text(rest: Rest, content: dict[str, Any]) ->
     assert response.status_code == 403, response.text
 
 
+def test_a_user_message_within_the_input_limit_and_a_thread_is_taken(rest: Rest) -> None:
+    mine = f"trace-{ALICE}-user"
+    body = message(ALICE, content="x" * 32000)
+    body["fields"]["threadId"] = {"stringValue": "t-1"}
+    response = rest.create(MESSAGES, mine, body, as_user(ALICE))
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        # Longer than user_input may be: the history read sends it to the model (60 of
+        # a megabyte each took a worker's memory from 48 to 319 MB).
+        ("content", {"stringValue": "x" * 32001}),
+        # Fields a user's message does not have: the service's own, or a name the
+        # token did not give.
+        ("status", {"stringValue": "complete"}),
+        ("userEmail", {"stringValue": "ceo@corp.example"}),
+        ("provider", {"stringValue": "anthropic"}),
+        ("threadId", {"mapValue": {"fields": {}}}),
+    ],
+)
+def test_a_user_message_holds_what_a_user_message_has(
+    rest: Rest, field: str, value: dict[str, Any]
+) -> None:
+    mine = f"trace-{ALICE}-user"
+    body = message(ALICE)
+    body["fields"][field] = value
+    response = rest.create(MESSAGES, mine, body, as_user(ALICE))
+    assert response.status_code == 403, response.text
+    assert rest.get(f"{MESSAGES}/{mine}", OWNER).status_code == 404
+
+
 def test_user_cannot_create_message_as_someone_else(rest: Rest) -> None:
     response = rest.create(MESSAGES, f"trace-{BOB}-user", message(BOB), as_user(ALICE))
     assert response.status_code == 403, response.text
