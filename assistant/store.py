@@ -271,10 +271,14 @@ class FirestoreStore:
     def recent_turns(
         self, assistant_id: str, user_id: str, thread_id: str | None, limit: int, trace_id: str
     ) -> tuple[Turn, ...]:
-        """This user's last `limit` messages (of the thread, if given), oldest first.
+        """This user's last `limit` messages (of the thread, if given), oldest first,
+        as many of the newest as MAX_HISTORY_CHARS of text holds.
 
         Messages of `trace_id` itself are left out: on a retried request they
-        would repeat the question being asked now.
+        would repeat the question being asked now. Only the fields a turn needs are
+        read (a reply's thinking can be most of its document), and the read stops
+        at the budget: 500 messages of a megabyte would be half a gigabyte in memory
+        and in the provider's request.
         """
         from google.cloud.firestore import FieldFilter, Query
 
@@ -284,14 +288,24 @@ class FirestoreStore:
         # Two more: the trace id's own messages (a retry's, or a question the frontend
         # saved itself) are left out after the query, and must not shorten the history.
         query = query.order_by("createdAt", direction=Query.DESCENDING).limit(limit + 2)
-        turns = [
-            Turn(data["role"], _text(data.get("content")))
-            for data in (snapshot.to_dict() for snapshot in query.stream(**self._call_options()))
-            if data.get("traceId") != trace_id and data.get("role") in ("user", "assistant")
-        ]
-        return tuple(reversed(turns[:limit]))
+        query = query.select(["role", "content", "traceId"])
+        turns: list[Turn] = []
+        chars = 0
+        for snapshot in query.stream(**self._call_options()):
+            data = snapshot.to_dict() or {}
+            if data.get("traceId") == trace_id or data.get("role") not in ("user", "assistant"):
+                continue
+            text = _text(data.get("content"))
+            chars += len(text)
+            if chars > MAX_HISTORY_CHARS or len(turns) == limit:
+                break  # the rest is older
+            turns.append(Turn(data["role"], text))
+        return tuple(reversed(turns))
 
 
+# Text a history read gives the model at most, newest messages first: what a request's
+# body could carry in chat_history (MAX_BODY_BYTES' default).
+MAX_HISTORY_CHARS = 1_000_000
 # A document is at most 1 MiB (1,048,576 bytes), its name and field names included;
 # this leaves room for those. And it holds at most 40,000 index entries: each value
 # is indexed (a map's fields, an array's elements, a single-field index each way),

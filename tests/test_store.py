@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from assistant import reply as reply_module
+from assistant import store
 from assistant.config import Settings
 from assistant.parking import Park
 from assistant.providers import configured_providers
@@ -914,6 +915,22 @@ def test_the_history_limit_counts_messages_other_than_the_requests_own(
         ("user", "thread question"),
         ("assistant", "thread answer"),
         ("user", "asked now"),
+    ]
+
+
+def test_a_history_read_keeps_to_a_budget_of_text(
+    client, fake, history, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The newest messages whose text fits MAX_HISTORY_CHARS come, the rest is older: 500
+    of a megabyte each would have been half a gigabyte in the worker and in the request
+    to the provider (a reviewer's 200 took a worker from 239 to 785 MB)."""
+    monkeypatch.setattr(store, "MAX_HISTORY_CHARS", len("thread questionthread answer") + 5)
+    body = {"read_from_history": True, "emissaryConfig": {"currentUser": USER}}
+    ask(client, "new question", **body).get_data()
+    assert _sent_messages(fake) == [
+        ("user", "thread question"),
+        ("assistant", "thread answer"),
+        ("user", "new question"),
     ]
 
 
