@@ -32,6 +32,7 @@ import pytest
 
 from assistant.chain import ChainFailed, ChainSucceeded, Chunk
 from assistant.config import ProviderSettings, Timeouts
+from assistant.providers import sse_decoder
 from assistant.providers.base import (
     Event,
     Prompt,
@@ -539,6 +540,27 @@ def test_a_failure_while_thinking_closes_the_thinking_block(
     assert run.items[:-1] == [Chunk("<thinking>t1 "), Chunk("t2 "), Chunk("</thinking>")]
     failed = run.items[-1]
     assert isinstance(failed, ChainFailed) and failed.committed
+
+
+@EACH
+def test_a_line_past_the_bound_is_a_body_we_cannot_read(
+    upstream: FakeUpstream, case: ProviderCase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Unbounded, a line with no end held its memory, and was joined again with each read.
+    monkeypatch.setattr(sse_decoder, "MAX_LINE_BYTES", 1000)
+    upstream.push(Script(raw=[b"x" * 600, b"x" * 600]))
+    run = run_chain([case.provider(upstream.url)], Timeouts(connect=1, first_chunk=2, idle=2))
+    assert run.outcomes == ["upstream_protocol"]
+
+
+@EACH
+def test_a_long_line_in_many_reads_is_read_whole(
+    upstream: FakeUpstream, case: ProviderCase
+) -> None:
+    # Its pieces joined once, at its end (each read joined them all before: quadratic).
+    upstream.push(Script(tokens=["y" * 2_000_000]))
+    run = run_chain([case.provider(upstream.url)], Timeouts(connect=1, first_chunk=5, idle=5))
+    assert run.text == "y" * 2_000_000
 
 
 @EACH

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import ProviderError
+from .sse_decoder import LineStart
 from .sse_events import json_object
 
 _BOM = b"\xef\xbb\xbf"
@@ -23,25 +24,30 @@ class NdjsonReader:
     """A body's bytes, read by read, -> its lines, each to be one JSON object."""
 
     def __init__(self) -> None:
-        self._buffer = b""  # the start of a line not yet ended
+        self._line = LineStart()  # the start of a line not yet ended
         self._at_start = True  # a byte order mark may still come
 
     def feed(self, data: bytes) -> list[str]:
         """The non-blank lines these bytes complete (parsed by the caller, one by one:
         the objects before a line that is not JSON are still handed on)."""
-        data = self._buffer + data
         if self._at_start:
+            data = self._line.take(data)
             if len(data) < len(_BOM) and _BOM.startswith(data):
-                self._buffer = data  # maybe a mark, cut between reads
+                self._line.add(data)  # maybe a mark, cut between reads
                 return []
             self._at_start = False
             data = data.removeprefix(_BOM)
-        *lines, self._buffer = data.split(b"\n")
+        if b"\n" not in data:  # more of a line begun
+            self._line.add(data)
+            return []
+        *lines, rest = self._line.take(data).split(b"\n")
+        if rest:
+            self._line.add(rest)
         return [line.decode("utf-8", "replace") for line in lines if line.strip()]
 
     def flush(self) -> list[dict[str, Any]]:
         """At the body's end: the last line, if it had no LF, as its object."""
-        rest, self._buffer = self._buffer, b""
+        rest = self._line.take()
         if not rest.strip():
             return []
         try:

@@ -37,6 +37,38 @@ class ServerSentEvent:
     retry: int | None = None
 
 
+# No provider's line is near this (a 1 MB text delta, a Gemini call with megabytes of
+# arguments in one event): a longer one is a body gone wrong, and would hold its memory.
+MAX_LINE_BYTES = 16 * 1024 * 1024
+
+
+class LineStart:
+    """The start of a line not yet ended, kept as the pieces it came in and joined once,
+    when its end comes: joined with every read, a long line cost the square of its
+    length (a 52 MB line in 64 KB reads held the I/O loop, every stream on it, for 9 s).
+    ValueError past MAX_LINE_BYTES (the chain takes it for a body it cannot read)."""
+
+    def __init__(self) -> None:
+        self._pieces: list[bytes] = []
+        self._size = 0
+
+    def __bool__(self) -> bool:
+        return self._size > 0
+
+    def add(self, data: bytes) -> None:
+        self._size += len(data)
+        if self._size > MAX_LINE_BYTES:
+            raise ValueError(f"a line longer than {MAX_LINE_BYTES} bytes")
+        self._pieces.append(data)
+
+    def take(self, data: bytes = b"") -> bytes:
+        """The line's start, with `data` after it; the start is then empty again."""
+        if not self._pieces:
+            return data
+        pieces, self._pieces, self._size = self._pieces, [], 0
+        return b"".join((*pieces, data))
+
+
 class LineDecoder:
     """Bytes in pieces -> complete lines (without their line ends), decoded as UTF-8.
 
@@ -47,7 +79,7 @@ class LineDecoder:
     """
 
     def __init__(self) -> None:
-        self._buffer = b""  # the start of a line not yet ended
+        self._line = LineStart()  # the start of a line not yet ended
         self._skip_lf = False  # a CR ended the last piece: an LF first in the next is its
         self._started = False
 
@@ -62,12 +94,16 @@ class LineDecoder:
             self._skip_lf = True
         if not data:
             return []
-        if self._buffer:
-            data, self._buffer = self._buffer + data, b""
-        if b"\r" in data:
+        carriage_return = b"\r" in data
+        if not carriage_return and b"\n" not in data:  # more of a line begun
+            self._line.add(data)
+            return []
+        data = self._line.take(data)
+        if carriage_return:
             data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         pieces = data.split(b"\n")
-        self._buffer = pieces.pop()  # b"" when the data ended with a line end
+        if rest := pieces.pop():  # b"" when the data ended with a line end
+            self._line.add(rest)
         lines = [piece.decode("utf-8", "replace") for piece in pieces]
         if lines and not self._started:
             self._started = True
@@ -77,17 +113,17 @@ class LineDecoder:
     @property
     def between_lines(self) -> bool:
         """No line is begun, and the stream's first line (and its byte order mark) is past."""
-        return self._started and not self._buffer and not self._skip_lf
+        return self._started and not self._line and not self._skip_lf
 
     def flush(self) -> list[str]:
         """The last line, if the bytes ended without a line end."""
-        if not self._buffer:
+        if not self._line:
             return []
-        line = self._buffer.decode("utf-8", "replace")
+        line = self._line.take().decode("utf-8", "replace")
         if not self._started:
             self._started = True
             line = line.removeprefix("\ufeff")
-        self._buffer, self._skip_lf = b"", False
+        self._skip_lf = False
         return [line]
 
 
