@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 
 from assistant.config import ConfigError, ProviderSettings
+from assistant.providers import anthropic
 from devtools.fake_upstream import FakeUpstream, Script
 
 from .provider_cases import ANTHROPIC as CASE
@@ -42,3 +43,21 @@ def test_event_names_with_blanks_around_them_are_read(upstream: FakeUpstream) ->
     assert b"content_block_delta  " in data
     upstream.push(Script(raw=[data]))
     assert CASE.events(upstream.url) == (CASE.replays["text_basic.sse"].events, None)
+
+
+@pytest.mark.parametrize(
+    "usage, expected",
+    [
+        ({"input_tokens": 100, "cache_read_input_tokens": 20}, 120),
+        ({"input_tokens": 100, "cache_creation_input_tokens": None}, 100),
+        # A part that is no count makes the sum no count (it was 50, 101 and 1).
+        ({"input_tokens": 100, "cache_read_input_tokens": -50}, None),
+        ({"input_tokens": 100, "cache_read_input_tokens": True}, None),
+        ({"input_tokens": True}, None),
+        ({}, None),
+    ],
+)
+def test_the_prompts_tokens_are_a_count_or_none(
+    usage: dict[str, object], expected: int | None
+) -> None:
+    assert anthropic._input_tokens(usage) == expected

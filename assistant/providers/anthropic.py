@@ -77,6 +77,7 @@ from .base import (
     conversation,
     keeps_call_id,
     normalised_stop_reason,
+    token_count,
 )
 from .sse_decoder import ServerSentEvent
 from .sse_events import SseReader, json_object, require_event_stream, rest_of
@@ -137,17 +138,21 @@ def _on_message_start(data: dict[str, Any], state: _State) -> None:
 
 def _thinking_tokens(usage: dict[str, Any]) -> int | None:
     details = usage.get("output_tokens_details")
-    count = details.get("thinking_tokens") if isinstance(details, dict) else None
-    return count if isinstance(count, int) else None
+    return token_count(details.get("thinking_tokens")) if isinstance(details, dict) else None
 
 
 def _input_tokens(usage: dict[str, Any]) -> int | None:
+    """The prompt's tokens, cached or not: the sum of the parts given, None when one of
+    them is no count (a sum with a negative or a true in it would be a wrong number)."""
     parts = [
         usage.get(name)
         for name in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
     ]
-    counted = [part for part in parts if isinstance(part, int)]
-    return sum(counted) if counted else None
+    given = [part for part in parts if part is not None]
+    counts = [count for part in given if (count := token_count(part)) is not None]
+    if not counts or len(counts) < len(given):
+        return None
+    return token_count(sum(counts))
 
 
 def _index(data: dict[str, Any]) -> int:
