@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from . import sse
 from .request import Turn
+from .tools import without_fence
 
 
 @dataclass(frozen=True)
@@ -325,7 +326,14 @@ def _within_size(document: dict[str, Any]) -> dict[str, Any]:
     size, values = _stored_size(document)
     if size <= MAX_DOCUMENT_BYTES and values <= MAX_STORED_VALUES:
         return document
-    return {**document, "structuredOutput": None, "structuredOutputInContent": True}
+    # `content` is then the JSON itself, not a ```json fence the model put around it.
+    content = without_fence(document["content"].strip())
+    return {
+        **document,
+        "content": content,
+        "structuredOutput": None,
+        "structuredOutputInContent": True,
+    }
 
 
 def _stored_size(value: Any) -> tuple[int, int]:

@@ -253,7 +253,7 @@ def tool_choice(value: Any, tools: tuple[ToolSpec, ...]) -> ToolChoice:
 def structured_output(text: str, schema: Mapping[str, Any]) -> tuple[Any, str | None]:
     """The reply's visible text as JSON valid against `schema`: (value, None), or
     (None, one line saying why not)."""
-    candidate = _without_fence(text.strip())
+    candidate = without_fence(text.strip())
     if not candidate:
         return None, "the reply has no JSON: it is empty"
     try:
@@ -265,7 +265,7 @@ def structured_output(text: str, schema: Mapping[str, Any]) -> tuple[Any, str | 
     return value, None
 
 
-def _without_fence(text: str) -> str:
+def without_fence(text: str) -> str:
     """Models asked for JSON sometimes wrap it in a ```json fence anyway."""
     match = re.fullmatch(r"```(?:json)?\s*\n(.*)\n\s*```", text, flags=re.DOTALL)
     return match.group(1) if match else text

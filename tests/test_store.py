@@ -284,21 +284,24 @@ def test_a_bug_before_the_save_still_saves_what_arrived(
 
 
 @pytest.mark.parametrize(
-    "big",
+    "big, fenced",
     [
-        {"items": ["x" * 1000] * 530},  # ~530 KB of JSON: twice over a document's 1 MiB
-        {"items": [7] * 120_000},  # ~240 KB of JSON, but 8 bytes a number to Firestore
+        ({"items": ["x" * 1000] * 530}, False),  # ~530 KB of JSON: over 1 MiB twice
+        ({"items": [7] * 120_000}, False),  # ~240 KB of JSON, but 8 bytes a number to Firestore
+        # Written in a ```json fence: `content` is then the JSON, not the fence around it.
+        ({"items": ["x" * 1000] * 530}, True),
     ],
-    ids=["text", "numbers"],
+    ids=["text", "numbers", "fenced"],
 )
 def test_a_structured_reply_too_large_to_keep_twice_is_saved_as_text(
-    client, fake: FakeUpstream, firestore, big: dict[str, Any]
+    client, fake: FakeUpstream, firestore, big: dict[str, Any], fenced: bool
 ) -> None:
     """Its JSON is in `content` and, parsed, in `structuredOutput`: past what a document
     holds, the text alone is kept and says so (a reviewer's 531 KB answer was not saved
     at all, and another's many small numbers)."""
     schema = {"type": "object", "properties": {"items": {"type": "array"}}}
-    fake.push(Script(json=big))
+    text = json.dumps(big)
+    fake.push(Script(tokens=["```json\n", text, "\n```"]) if fenced else Script(json=big))
     config = {**SAVE["emissaryConfig"], "responseSchema": schema}
     response = ask(client, trace_id="t-big", save_to_history=True, emissaryConfig=config)
     final = sse_events(response.get_data())[-2]
