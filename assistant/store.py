@@ -158,11 +158,13 @@ class FirestoreStore:
             "createdAt": message.created_at or SERVER_TIMESTAMP,
             **_common_fields(message.trace_id, message.thread_id, message.author),
         }
-        self._check_trace(message.assistant_id, message.trace_id, message.author)
+        _, reply = self._check_trace(message.assistant_id, message.trace_id, message.author)
         reference = self._messages(message.assistant_id).document(message.message_id)
         for _ in range(WRITE_ATTEMPTS):
             try:
-                reference.create(document, **self._call_options())
+                written = reference.create(document, **self._call_options())
+                if not reply.exists:
+                    self._unless_taken_since(message, reference, written, "assistant")
                 return message.message_id
             except AlreadyExists:  # a retried request: the first write stands, with its createdAt
                 existing = self._owned(reference, message.author, message.message_id)
@@ -199,8 +201,9 @@ class FirestoreStore:
             **_common_fields(message.trace_id, message.thread_id, message.author),
         }
         document = _within_size(document)
+        question: Any = None  # the trace id's user message as read, if it was
         if not user_saved:  # else the user message's write checked the trace id (one read less)
-            question = self._check_trace(message.assistant_id, message.trace_id, message.author)
+            question, _ = self._check_trace(message.assistant_id, message.trace_id, message.author)
             if _another_question(question, message):  # the frontend saved it, for another
                 raise TraceIdKept(f"{message.trace_id}-user holds another question")
             asked_at = _field(question, "createdAt") if question is not None else None
@@ -213,7 +216,9 @@ class FirestoreStore:
         options = self._call_options()
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
-                reference.create(document, **options)
+                written = reference.create(document, **options)
+                if question is not None and not question.exists:
+                    self._unless_taken_since(message, reference, written, "user")
                 return message.message_id
             except AlreadyExists:  # a retried request replaces its earlier reply
                 existing = self._owned(reference, message.author, message.message_id)
@@ -243,24 +248,39 @@ class FirestoreStore:
                     raise
         raise RuntimeError(f"{message.message_id} kept changing while it was written")
 
-    def _check_trace(self, assistant_id: str, trace_id: str, author: Author) -> Any:
+    def _check_trace(self, assistant_id: str, trace_id: str, author: Author) -> tuple[Any, Any]:
         """MessageTaken if either of the trace id's messages is another user's: a reply is
         not attached to someone else's question, nor a question to their reply. Returns
-        the user message's snapshot as read.
+        the two messages' snapshots as read (user, assistant).
 
         Read just before the write: another user starting on the same trace id within
-        those milliseconds is the one case it misses (`_owned` still guards the
-        document written).
+        those milliseconds gets past it, and `_unless_taken_since` looks again after.
         """
         messages = self._messages(assistant_id)
         references = [messages.document(f"{trace_id}-{role}") for role in ("user", "assistant")]
-        question = None
+        read = {}
         for snapshot in _firestore_client().get_all(references, **self._call_options()):
             if _someone_elses(snapshot, author):
                 raise MessageTaken(snapshot.id)
-            if snapshot.id.endswith("-user"):
-                question = snapshot
-        return question
+            read[snapshot.id] = snapshot
+        return read[f"{trace_id}-user"], read[f"{trace_id}-assistant"]
+
+    def _unless_taken_since(
+        self, message: UserMessage | AssistantMessage, written: Any, result: Any, other: str
+    ) -> None:
+        """After writing one of the trace id's messages, with the `other` missing when it
+        was checked: if another user's has come since (a second user starting on the
+        same trace id in those milliseconds: a reviewer did, 8 times in 60), this write
+        is taken back (only if nothing changed it since) and MessageTaken raised, so
+        two users' messages are never left paired. Should both look at once, both go:
+        neither was asked first."""
+        options = self._call_options()
+        paired = self._messages(message.assistant_id).document(f"{message.trace_id}-{other}")
+        snapshot = paired.get(**options)
+        if _someone_elses(snapshot, message.author):
+            unchanged = _firestore_client().write_option(last_update_time=result.update_time)
+            written.delete(option=unchanged, **options)
+            raise MessageTaken(snapshot.id)
 
     def _owned(self, reference: Any, author: Author, message_id: str) -> Any:
         """The existing message, if it is this author's; MessageTaken if it is another user's."""

@@ -395,6 +395,46 @@ def test_concurrent_retries_of_one_user_both_save(firestore) -> None:
     assert _messages(firestore)["t-race-assistant"]["content"] in {"a", "b", "c"}
 
 
+@pytest.mark.parametrize("first", ["reply", "question"])
+def test_another_user_who_slips_in_after_the_check_is_never_paired_with_it(
+    firestore, monkeypatch: pytest.MonkeyPatch, first: str
+) -> None:
+    """Bob answers a trace id whose question his frontend said it saved, Ada asks on the
+    same id: each write's check saw the other's message missing, the other's write came
+    in between. The later write looks again and is taken back (a reviewer left Ada's
+    question paired with Bob's reply 8 times in 60, and Ada's own reply unsaved)."""
+    from assistant.store import MessageTaken, UserMessage
+
+    store = FirestoreStore("assistants", timeout=5)
+    ada = Author("ada@example.com", "ada@example.com", "Ada")
+    bob = Author("bob@example.com", "bob@example.com", "Bob")
+    question = UserMessage("test-assistant", "t-slip", None, ada, "Ada's question")
+    reply = AssistantMessage("test-assistant", "t-slip", None, bob, "Bob's reply", "",
+                             "complete", "anthropic", "m", question="Bob's question")  # fmt: skip
+    checked = store._check_trace
+
+    def the_other_writes_right_after_the_check(*args: Any) -> Any:
+        read = checked(*args)
+        monkeypatch.setattr(store, "_check_trace", checked)  # the other's own check, as is
+        if first == "reply":
+            store.save_user_message(question)
+        else:
+            store.save_assistant_message(reply)
+        return read
+
+    monkeypatch.setattr(store, "_check_trace", the_other_writes_right_after_the_check)
+    with pytest.raises(MessageTaken):
+        if first == "reply":
+            store.save_assistant_message(reply)
+        else:
+            store.save_user_message(question)
+    messages = _messages(firestore)
+    if first == "reply":  # Bob's reply was taken back: Ada's question stands alone
+        assert set(messages) == {"t-slip-user"}
+    else:  # Ada's question was taken back: Bob's reply stands alone
+        assert set(messages) == {"t-slip-assistant"}
+
+
 def _nested(depth: int) -> Any:
     value: Any = "x"
     for level in range(depth):
