@@ -34,8 +34,10 @@ import contextlib
 import dataclasses
 import threading
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import cast
 
 import httpx
@@ -283,8 +285,12 @@ class Chain:
         except (ProviderError, asyncio.CancelledError):
             raise
         except Exception as exc:
-            # A body our parser choked on: this provider failed, the next may not.
-            raise ProviderError("upstream_protocol", f"{type(exc).__name__}: {exc}") from exc
+            # A body our parser choked on: this provider failed, the next may not. Where
+            # it was raised goes to the log with it: a bug of ours in the decoding looks
+            # the same from here, and the fall-through would otherwise hide it.
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            detail = f"{type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno})"
+            raise ProviderError("upstream_protocol", detail) from exc
 
     def _commit(self, provider: Provider) -> None:
         self.first_chunk_at = self.first_chunk_at or time.monotonic()

@@ -551,6 +551,10 @@ def test_a_line_past_the_bound_is_a_body_we_cannot_read(
     upstream.push(Script(raw=[b"x" * 600, b"x" * 600]))
     run = run_chain([case.provider(upstream.url)], Timeouts(connect=1, first_chunk=2, idle=2))
     assert run.outcomes == ["upstream_protocol"]
+    # For the log: what was raised, and where (a bug of ours looks the same from here).
+    [error] = run.errors
+    assert error is not None and error.detail.startswith("ValueError: a line longer than 1000")
+    assert "(at sse_decoder.py:" in error.detail
 
 
 @EACH
