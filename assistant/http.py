@@ -303,7 +303,7 @@ def _answer(
     try:
         if not streaming:
             return _json_reply(reply, trace_id)
-        return _sse_reply(reply, slot, request.environ.get("gunicorn.socket"), settings, trace_id)
+        return _sse_reply(reply, slot, request.environ.get("gunicorn.socket"), trace_id)
     except ClientGone:
         # Nobody will read this; 499 is the conventional "client closed request" in logs.
         return _error(499, "client_gone", MESSAGES["client_gone"], trace_id)
@@ -318,9 +318,7 @@ def _json_reply(reply: Reply, trace_id: str) -> flask.Response:
     return response
 
 
-def _sse_reply(
-    reply: Reply, slot: Slot, sock: object, settings: Settings, trace_id: str
-) -> flask.Response:
+def _sse_reply(reply: Reply, slot: Slot, sock: object, trace_id: str) -> flask.Response:
     """The status waits for the first chunk, or HEARTBEAT_SECONDS, whichever comes first.
 
     Under our worker (`PARKING`) that wait is the response's own: it is

@@ -210,7 +210,7 @@ class Collector:
                 gc.collect(0)
 
 
-def start_in_worker(worker: object) -> None:
+def start_in_worker() -> None:
     """In each worker once its app is loaded (server.py's `post_worker_init`): what
     exists frozen, the collector on its clock, and one janitor."""
     gc.freeze()

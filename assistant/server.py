@@ -84,7 +84,7 @@ def _in_worker(worker: object) -> None:
         limits.replies_in_flight.set_threads(threads)  # half of them may wait on clients
     presize_descriptor_table()  # before its threads start: no grace period to wait for
     batch_scheduling()  # before any thread of the worker starts: they inherit it
-    memory.start_in_worker(worker)  # last: it freezes what exists, the settings included
+    memory.start_in_worker()  # last: it freezes what exists, the settings included
 
 
 # Descriptors the worker's table holds from the start (each stream holds two:

@@ -85,7 +85,7 @@ def test_no_reply_in_flight_follows_the_slots_taken_and_released() -> None:
 def test_a_worker_freezes_its_startup_objects_and_collects_on_a_clock() -> None:
     """In a process of its own: freezing and the collector's mode are for the whole process."""
     script = (
-        "import gc, json, threading; from assistant import memory; memory.start_in_worker(None); "
+        "import gc, json, threading; from assistant import memory; memory.start_in_worker(); "
         "names = [t.name for t in threading.enumerate()]; "
         "print(json.dumps([gc.get_freeze_count(), gc.isenabled(), names]))"
     )
