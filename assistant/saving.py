@@ -152,9 +152,12 @@ class Saver:
                 if ok or retried or out_of_time or not self._user_write_failed():
                     break
             user_failure = _failure(self._user)
-            if isinstance(user_failure, TraceIdKept):
-                return ids, True  # the trace id's question is another: its reply stays too
-            if not ok and not isinstance(user_failure, MessageTaken):  # an outage: later
+            if isinstance(user_failure, TraceIdKept | MessageTaken):
+                # The trace id's question is another, or the id another user's (their
+                # message came first, or at once, and this one was taken back): the
+                # reply is not written without its question.
+                return ids, True
+            if not ok:  # an outage: later
                 assert self._user_message is not None
                 write_user = partial(self._store.save_user_message, self._user_message)
                 late.append(Step("user", write_user, under_way=self._user))

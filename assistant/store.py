@@ -88,8 +88,8 @@ WRITE_ATTEMPTS = 3
 class MessageTaken(Exception):
     """The message's id (its trace id's) holds another user's message, left as it is."""
 
-    def __init__(self, message_id: str) -> None:
-        super().__init__(f"{message_id} belongs to another user")
+    def __init__(self, message_id: str, note: str = "") -> None:
+        super().__init__(f"{message_id} belongs to another user{note}")
 
 
 class TraceIdKept(Exception):
@@ -279,7 +279,11 @@ class FirestoreStore:
         snapshot = paired.get(**options)
         if _someone_elses(snapshot, message.author):
             unchanged = _firestore_client().write_option(last_update_time=result.update_time)
-            written.delete(option=unchanged, **options)
+            try:
+                written.delete(option=unchanged, **options)
+            except Exception as exc:  # still another user's id: no outage to try again
+                note = f"; {written.id} could not be taken back ({type(exc).__name__}: {exc})"
+                raise MessageTaken(snapshot.id, note) from exc
             raise MessageTaken(snapshot.id)
 
     def _owned(self, reference: Any, author: Author, message_id: str) -> Any:

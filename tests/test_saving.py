@@ -283,3 +283,32 @@ def test_a_late_write_that_succeeds_sends_the_others_at_once() -> None:
     saves.add([Step("user", Flaky("b-user", calls))], 1, RequestLog("t-b"))
     _wait_until_idle(saves)  # B written: the database is back, so A goes at once
     assert calls == ["a-user", "b-user", "a-user"]
+
+
+class TakenTraceId(SlowHistory):
+    """A store whose user message finds the trace id another user's (their message came
+    first, or at the same moment and both were taken back), and which notes what it is
+    asked to write."""
+
+    def __init__(self) -> None:
+        super().__init__(seconds=0)
+        self.replies: list[str] = []
+
+    def save_user_message(self, message: UserMessage) -> str:
+        raise MessageTaken(message.message_id)
+
+    def save_assistant_message(self, message: AssistantMessage, user_saved: bool = False) -> str:
+        self.replies.append(message.message_id)
+        return message.message_id
+
+
+def test_a_reply_is_not_written_when_its_question_was_not() -> None:
+    """Two users on one trace id at once may both be taken back (store.py): the reply
+    then found the id free and was saved without its question."""
+    store = TakenTraceId()
+    saver = saving.Saver(store, timeout=2, log=RequestLog("t-both"))
+    saver.start_user_message(UserMessage("a", "t-both", None, AUTHOR, "hi"))
+    reply = AssistantMessage("a", "t-both", None, AUTHOR, "hello", "", "complete", None, None)
+    ids, failed = saving.drive(saver.finishing(reply, None))
+    assert (ids, failed) == ({}, True)
+    assert store.replies == []
