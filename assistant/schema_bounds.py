@@ -113,7 +113,10 @@ _REPEATS = frozenset({_constants.MAX_REPEAT, _constants.MIN_REPEAT, _constants.P
 
 def written_out(pattern: str) -> int:
     """About how many items `regex` makes of `pattern` as it compiles it: each repeat
-    counted its least number of times (at least once), nested repeats multiplied.
+    counted its least number of times (at least once), nested repeats multiplied, and
+    each class as long as the longest in the pattern as written (`regex` writes a
+    class's members out one by one, repeats and all: `[\\w\\d\\w\\d...]{1000}`,
+    which Python's parser reads as two members, took 65 MB).
 
     Read with the standard library's parser, as the metaschema's `format: regex`
     check reads it (comments, verbose mode and classes as Python reads them: a scan
@@ -121,20 +124,57 @@ def written_out(pattern: str) -> int:
     cannot read counts as too much to write out.
     """
     try:
-        return _items(_parser.parse(pattern))
+        return _items(_parser.parse(pattern), _longest_class(pattern))
     except (re.error, RecursionError, OverflowError):
         return MOST_PATTERN_CHARS + 1
 
 
-def _items(pattern: Any) -> int:
+def _items(pattern: Any, class_size: int) -> int:
     total = 0
     for op, argument in pattern:
         if op in _REPEATS:
             least, _, repeated = argument
-            total += max(least, 1) * _items(repeated)
+            total += max(least, 1) * _items(repeated, class_size)
+        elif op is _constants.IN:
+            total += max(1, len(argument), class_size)
         else:  # a group, a branch, a lookaround: what it holds; anything else, itself
-            total += max(1, sum(_items(part) for part in _subpatterns(argument)))
+            total += max(1, sum(_items(part, class_size) for part in _subpatterns(argument)))
     return total
+
+
+def _longest_class(pattern: str) -> int:
+    """The most characters between a class's brackets, of the classes in `pattern` as
+    written (a "[" after a backslash opens none; one in a comment is taken for a class:
+    more, never less)."""
+    longest, at = 0, 0
+    while (at := pattern.find("[", at)) != -1:
+        escaped = len(pattern[:at]) - len(pattern[:at].rstrip("\\"))
+        if escaped % 2:
+            at += 1
+            continue
+        end = _after_class(pattern, at)
+        longest = max(longest, end - at - 2)
+        at = end
+    return longest
+
+
+def _after_class(pattern: str, at: int) -> int:
+    """Where the class opened at `at` ends: past its "]" (one first in it, after an
+    optional "^", is one of its characters, as Python and `regex` read it), else the
+    pattern's end."""
+    index = at + 1
+    if pattern.startswith("^", index):
+        index += 1
+    if pattern.startswith("]", index):
+        index += 1
+    while index < len(pattern):
+        if pattern[index] == "\\":
+            index += 2
+        elif pattern[index] == "]":
+            return index + 1
+        else:
+            index += 1
+    return len(pattern)
 
 
 def _subpatterns(argument: Any) -> Iterator[Any]:

@@ -249,8 +249,10 @@ def test_a_user_messages_content_is_text(rest: Rest, content: dict[str, Any]) ->
 
 
 def test_a_user_message_within_the_input_limit_and_a_thread_is_taken(rest: Rest) -> None:
+    # 32,000 code points as user_input counts them, each an emoji: the rules count the
+    # UTF-16 units, 64,000 (a 32,001-character limit refused the frontend's own question).
     mine = f"trace-{ALICE}-user"
-    body = message(ALICE, content="x" * 32000)
+    body = message(ALICE, content="😀" * 32000)
     body["fields"]["threadId"] = {"stringValue": "t-1"}
     response = rest.create(MESSAGES, mine, body, as_user(ALICE))
     assert response.status_code == 200, response.text
@@ -261,7 +263,7 @@ def test_a_user_message_within_the_input_limit_and_a_thread_is_taken(rest: Rest)
     [
         # Longer than user_input may be: the history read sends it to the model (60 of
         # a megabyte each took a worker's memory from 48 to 319 MB).
-        ("content", {"stringValue": "x" * 32001}),
+        ("content", {"stringValue": "x" * 64001}),
         # Fields a user's message does not have: the service's own, or a name the
         # token did not give.
         ("status", {"stringValue": "complete"}),

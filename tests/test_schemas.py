@@ -223,6 +223,12 @@ def test_schemas_too_large_to_check_are_a_400_before_any_is_checked() -> None:
             "a pattern in verbose mode",
         ),
         ({"properties": {"a": {"pattern": "(?ix:(?:a{100}) {100})"}}}, "a pattern in verbose mode"),
+        # A class's members, which `regex` writes out one by one and Python's parser
+        # reads as two (247 pairs of the same two, a thousand times: 65 MB kept).
+        (
+            {"properties": {"a": {"pattern": "[" + r"\w\d" * 247 + "]{1000}"}}},
+            "a pattern whose counted repeats",
+        ),
         # A property's name is a name: one called "enum" holds a schema, patterns and all.
         (
             {"properties": {"enum": {"pattern": "(?:a{100}){100}"}}},
@@ -250,9 +256,10 @@ def test_schema_parts_that_cost_more_than_their_size_are_a_400(parameters: Any, 
         ("a{1000}", 1000),
         ("(?:a{10}){10}", 100),
         ("(?:a{1000}){1,100}", 1000),  # a repeat counted its least number of times
-        ("[a{]{5}", 5),  # braces in a class are characters
+        ("[a{]{5}", 10),  # braces in a class are characters: two, five times
+        ("[0-9a-fA-F]{64}", 576),  # a class counts its members as written
         (r"\{5}x{,3}", 4),  # an escaped brace is a character
-        ("[]a{1000}]", 1),  # "]" first in a class is one of its characters
+        ("[]a{1000}]", 8),  # "]" first in a class is one of its characters
         (r"^\d{1,3}(\.\d{1,3}){3}$", 9),
         ("a{}{x}", 6),  # not counts: characters
         ("(?#[)(?:a{10}){10}", 100),  # a comment is nothing, whatever it holds
