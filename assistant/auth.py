@@ -64,13 +64,14 @@ def caller(headers: Mapping[str, str], auth: AuthSettings) -> Author | None:
         claims = verify_id_token(bearer_token(headers.get("Authorization")), auth)
     except InvalidToken as exc:
         raise RequestError(str(exc), 401, "unauthenticated", headers=_REFUSED) from None
-    except CertsUnavailable:  # certs.py logged why
-        raise RequestError(
-            MESSAGES["auth_unavailable"],
-            503,
-            "auth_unavailable",
-            headers={"Retry-After": "5"},
-        ) from None
+    except CertsUnavailable as exc:
+        error = RequestError(
+            MESSAGES["auth_unavailable"], 503, "auth_unavailable", headers={"Retry-After": "5"}
+        )
+        # In the request's own log line too: certs.py's line has no trace id, and the
+        # operator following one should see why sign-in failed.
+        error.reason = str(exc)
+        raise error from None
     return Author(
         user_id=claims["sub"],
         email=_optional_text(claims, "email"),

@@ -57,6 +57,7 @@ from .providers.base import (
     Usage,
     Working,
     translate_http_error,
+    without_prompt,
 )
 from .thinking import ThinkingTagger, without_thinking
 from .tools import ToolCall
@@ -233,6 +234,10 @@ class Chain:
         try:
             await self._attempt(progress)
         except ProviderError as error:
+            # The log's detail may quote what the provider said back, the prompt in it (an
+            # Ollama error line naming the user's text): never the prompt's texts.
+            if error.detail:
+                error.detail = without_prompt(error.detail, self.prompt)
             self._record(progress, error.code, error)
             if progress.shown and self.commit_on_first_chunk:
                 return ChainFailed(error, committed=True)

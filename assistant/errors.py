@@ -88,6 +88,8 @@ class RequestError(ValueError):
         self.status = status
         self.code: ErrorCode = code
         self.headers = dict(headers or {})  # e.g. WWW-Authenticate, Retry-After
+        # Why, for the log, when the message to show does not say it (a 503's cause).
+        self.reason: str | None = None
         # The body's trace id, for a refusal after the body was read: it wins over
         # the headers' in the answer and the log, as it does for a reply.
         self.trace_id: str | None = None

@@ -108,7 +108,8 @@ def handle(request: flask.Request) -> flask.Response:
         if exc.trace_id:
             trace_id, log = exc.trace_id, RequestLog(exc.trace_id, project)
             request.environ[TRACE_ID] = trace_id  # the worker's lines too
-        log.info("request.refused", status=exc.status, code=exc.code, reason=_loggable(exc.message))
+        why = _loggable(exc.message) if exc.reason is None else exc.reason
+        log.info("request.refused", status=exc.status, code=exc.code, reason=why)
         response = _error(exc.status, exc.code, exc.message, trace_id)
         response.headers.update(exc.headers)
     except Exception:

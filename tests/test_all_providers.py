@@ -44,11 +44,11 @@ from assistant.providers.base import (
 )
 from assistant.request import Turn
 from assistant.thinking import ThinkingSplitter
-from assistant.tools import ToolSpec
+from assistant.tools import ToolCall, ToolSpec
 from devtools.fake_upstream import FAIL_MODES, FAILS, FakeUpstream, Script
 
 from .conftest import ask, sse_events
-from .provider_cases import CASES, REQUEST_PROMPT, ProviderCase, texts, thoughts
+from .provider_cases import CASES, OLLAMA, REQUEST_PROMPT, ProviderCase, texts, thoughts
 from .provider_support import (
     FAIL_CODES,
     FAIL_MODE_CODES,
@@ -317,6 +317,36 @@ def test_a_prompt_in_a_python_errors_text_is_logged_without_it_too() -> None:
     detail = asyncio.run(read_error_body(httpx.Response(422, content=body), {}, prompt))
     assert "warfarin" not in detail and "my question" not in detail
     assert "[prompt]" in detail and "missing" in detail
+
+
+def test_the_arguments_of_the_historys_calls_are_logged_without_them_too() -> None:
+    """A call's arguments are the user's data as much as a tool's result: echoed as the
+    JSON string OpenAI sends, escaped again, or as a Python dict, they stayed in the log."""
+    args = {"q": "ARGMARKER long enough value", "n": 3}
+    call = ToolCall("c1", "lookup", args)
+    turns = (Turn("user", "look it up"), Turn("assistant", "", tool_calls=(call,)))
+    prompt = Prompt(system=None, turns=turns)
+    echoes = [
+        json.dumps({"input": {"function": {"arguments": json.dumps(args)}}}),
+        json.dumps({"message": f"messages.1.content.0.tool_use.input: {args!r} bad"}),
+    ]
+    for echo in echoes:
+        response = httpx.Response(422, content=echo.encode())
+        detail = asyncio.run(read_error_body(response, {}, prompt))
+        assert "ARGMARKER" not in detail and "[prompt]" in detail, detail
+
+
+def test_an_error_line_in_the_stream_is_logged_without_the_prompt(upstream: FakeUpstream) -> None:
+    """What a provider says in its stream is the log's too (Ollama's error line named
+    the user's text): the chain takes the prompt out of every failure's detail."""
+    question = "PROMPTMARKER please summarise my medical record"
+    upstream.push(Script(raw=[f'{{"error": "template error near: {question}"}}\n'.encode()]))
+    provider = OLLAMA.provider(upstream.url)
+    prompt = Prompt(system=None, turns=(Turn("user", question),))
+    run = run_chain([provider], Timeouts(connect=1, first_chunk=2, idle=2), prompt=prompt)
+    [error] = run.errors
+    assert error is not None and error.code == "upstream_error"
+    assert "PROMPTMARKER" not in error.detail and "[prompt]" in error.detail
 
 
 def test_a_key_across_the_error_bodys_cut_is_redacted_too() -> None:

@@ -17,7 +17,7 @@ import pytest
 from devtools.fake_upstream import FakeUpstream, Script
 from devtools.service import running_service
 
-from .conftest import sse_events
+from .conftest import log_lines, sse_events
 from .firebase_tokens import (
     PROJECT,
     CertsServer,
@@ -232,7 +232,7 @@ def test_a_rotated_key_is_picked_up_before_max_age(
 
 @pytest.mark.parametrize("failure", ["down", "500"])
 def test_certs_unreachable_with_none_cached_is_503(
-    client, fake: FakeUpstream, firestore, certs: CertsServer, key, failure: str
+    client, fake: FakeUpstream, firestore, certs: CertsServer, key, failure: str, capsys
 ) -> None:
     if failure == "down":
         certs.stop()
@@ -244,6 +244,11 @@ def test_certs_unreachable_with_none_cached_is_503(
     assert "Retry-After" in response.headers
     assert fake.requests == []
     assert _messages(firestore) == []
+    # Why, in the request's own line (with its trace id), not only in the certs' line.
+    [refused] = [line for line in log_lines(capsys.readouterr().out)
+                 if line["message"] == "request.refused"]  # fmt: skip
+    assert refused["trace_id"] == response.headers["X-Trace-Id"]
+    assert "token certs" in refused["reason"]
 
 
 def test_a_plainly_bad_token_costs_no_certs_fetch(client, certs: CertsServer, key) -> None:

@@ -32,7 +32,7 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -521,7 +521,7 @@ async def read_error_body(
             body = body.replace(secret.encode(), b"[redacted]")
     text = body.decode("utf-8", "replace")
     if prompt is not None:
-        text = _without_prompt(text, prompt)
+        text = without_prompt(text, prompt)
     return text[:ERROR_BODY_BYTES]
 
 
@@ -529,7 +529,7 @@ _ECHO_MIN_CHARS = 8  # a prompt text shorter than this is a word an error messag
 _ECHO_START_CHARS = 24  # of a prompt text: where it begins, when its echo is cut short
 
 
-def _without_prompt(text: str, prompt: Prompt) -> str:
+def without_prompt(text: str, prompt: Prompt) -> str:
     """`text` with what the prompt's texts put in it taken out: each one whole, as it is or
     as JSON writes it; and from where one begins to the end when its echo is cut short
     (by the server, or by our reading)."""
@@ -553,6 +553,23 @@ def _without_prompt(text: str, prompt: Prompt) -> str:
 
 
 def _prompt_texts(prompt: Prompt) -> list[str]:
-    """The prompt's texts long enough to be told from the words of an error message."""
+    """The prompt's texts long enough to be told from the words of an error message: the
+    system prompt, each turn's text, and the arguments of the calls in the history (as
+    JSON, as Python writes them, and each text in them: an echo may quote any)."""
     texts = [prompt.system or "", *(turn.content for turn in prompt.turns)]
+    for call in (call for turn in prompt.turns for call in turn.tool_calls):
+        if call.args:
+            texts += [json.dumps(call.args), json.dumps(call.args, separators=(",", ":"))]
+            texts += [repr(call.args), *_texts_in(call.args)]
     return [text for text in texts if len(text) >= _ECHO_MIN_CHARS]
+
+
+def _texts_in(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _texts_in(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _texts_in(item)
