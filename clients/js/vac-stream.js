@@ -91,6 +91,9 @@
  * @property {(reply: FinalReply) => void} [onFinal]  the final `{"answer", "metadata"}` frame
  * @property {(error: ReplyError) => void} [onError]  an error frame, or an error before the stream
  * @property {typeof fetch} [fetch]  the fetch to use (default: the global one)
+ * @property {number} [idleSeconds]  a stream that sends nothing for this long, not even its
+ *   `: ping` (every HEARTBEAT_SECONDS, 15 by default), is taken as lost: `network_error`
+ *   (default 60; 0 never)
  */
 
 const DONE = "[DONE]";
@@ -227,109 +230,147 @@ export async function streamReply(options) {
     headers.set("traceparent", `00-${result.traceId}-${randomHex(8)}-00`);
   }
 
-  let response;
-  try {
-    response = await fetchImpl(url, {
-      method: "POST",
-      headers,
-      body: payload,
-      signal,
-      cache: "no-store",
-    });
-  } catch (exc) {
-    if (signal?.aborted) return aborted();
-    return fail({error: `no response from the service (${describe(exc)})`, code: "network_error"});
-  }
-  result.status = response.status;
-  if (ownTraceId === null) result.traceId = response.headers.get("X-Trace-Id") ?? result.traceId;
-  const retry = Number.parseInt(response.headers.get("Retry-After") ?? "", 10);
-  retryAfter = Number.isFinite(retry) ? retry : null;
-  try {
-    onOpen?.({status: response.status, traceId: result.traceId, headers: response.headers});
-  } catch (exc) {
-    await response.body?.cancel().catch(() => {}); // a callback threw: close the connection
-    throw exc;
-  }
-
-  const type = response.headers.get("Content-Type") ?? "";
-  if (!response.ok || !type.startsWith("text/event-stream")) {
-    return readJsonReply(response, result, ownTraceId === null, signal, onFinal, fail, aborted);
-  }
-
-  const reader = response.body.getReader();
-  const decoder = new TextDecoder("utf-8");
-  let finished = false; // [DONE] seen
-  let terminal = false; // a final or error frame seen
-  const handlers = {
-    chunk: (frame) => {
-      result.text += frame.chunk;
-      onChunk?.(frame.chunk, {traceId: result.traceId});
-    },
-    answer: (frame) => {
-      terminal = true;
-      result.outcome = "final";
-      onFinal?.({answer: frame.answer, metadata: frame.metadata ?? {}, traceId: result.traceId});
-    },
-    error: (frame) => {
-      terminal = true;
-      fail({error: String(frame.error), code: String(frame.code ?? "error"),
-        partial: frame.partial ?? result.text, metadata: frame.metadata ?? null});
-    },
+  // The connection's own watchdog: a service that froze, or a path that dropped without
+  // a reset, sends nothing more, not even the `: ping` it sends every HEARTBEAT_SECONDS
+  // (15 by default), and a read would wait for ever.
+  // A JSON reply (a caller's Accept without event streams) says nothing until it ends.
+  const streaming = (headers.get("Accept") ?? "").includes("text/event-stream");
+  const idleMs = streaming ? (options.idleSeconds ?? 60) * 1000 : 0;
+  const connection = new AbortController();
+  const onCallerAbort = () => connection.abort(signal?.reason);
+  signal?.addEventListener("abort", onCallerAbort, {once: true});
+  let stalled = false;
+  let timer;
+  const idleClock = () => {
+    clearTimeout(timer);
+    if (idleMs > 0) {
+      timer = setTimeout(() => {
+        stalled = true;
+        connection.abort();
+      }, idleMs);
+    }
   };
-  const parser = new SseParser(({data}) => {
-    if (finished) return;
-    if (data === DONE) {
-      finished = true;
-      return;
-    }
-    // Nothing after the terminal frame, nor once the caller aborted (from a callback,
-    // say, with more frames of the same read still to go).
-    if (terminal || signal?.aborted) return;
-    let frame;
-    try {
-      frame = JSON.parse(data);
-    } catch {
-      frame = undefined;
-    }
-    if (typeof frame !== "object" || frame === null || Array.isArray(frame)) {
-      terminal = finished = true;
-      fail({error: "the service sent a frame that is not a JSON object", code: "bad_frame"});
-      return;
-    }
-    const kind = ["chunk", "answer", "error"].find((key) => key in frame);
-    if (kind) handlers[kind](frame);
+  const stalledError = () => fail({
+    error: `nothing from the service for ${idleMs / 1000} s: the connection is taken as lost`,
+    code: "network_error",
   });
 
-  while (!finished) {
-    let read;
+  const receive = async () => {
+    let response;
     try {
-      read = await reader.read();
+      idleClock();
+      response = await fetchImpl(url, {
+        method: "POST",
+        headers,
+        body: payload,
+        signal: connection.signal,
+        cache: "no-store",
+      });
     } catch (exc) {
-      if (terminal) return result; // the reply was complete: an abort now changes nothing
+      if (stalled) return stalledError();
       if (signal?.aborted) return aborted();
-      return fail({error: `the connection broke (${describe(exc)})`, code: "network_error"});
+      return fail({error: `no response from the service (${describe(exc)})`, code: "network_error"});
     }
+    result.status = response.status;
+    if (ownTraceId === null) result.traceId = response.headers.get("X-Trace-Id") ?? result.traceId;
+    const retry = Number.parseInt(response.headers.get("Retry-After") ?? "", 10);
+    retryAfter = Number.isFinite(retry) ? retry : null;
     try {
-      if (read.done) {
-        parser.feed(decoder.decode());
-        parser.end();
-        break;
-      }
-      parser.feed(decoder.decode(read.value, {stream: true}));
+      onOpen?.({status: response.status, traceId: result.traceId, headers: response.headers});
     } catch (exc) {
-      await reader.cancel().catch(() => {}); // a callback threw: close the connection
+      await response.body?.cancel().catch(() => {}); // a callback threw: close the connection
       throw exc;
     }
-    if (signal?.aborted && !terminal) { // aborted in a callback: fetch may not see it
-      await reader.cancel().catch(() => {});
-      return aborted();
+
+    const type = response.headers.get("Content-Type") ?? "";
+    if (!response.ok || !type.startsWith("text/event-stream")) {
+      clearTimeout(timer); // an error's body, or a JSON reply's, comes whole
+      return readJsonReply(response, result, ownTraceId === null, signal, onFinal, fail, aborted);
     }
+
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder("utf-8");
+    let finished = false; // [DONE] seen
+    let terminal = false; // a final or error frame seen
+    const handlers = {
+      chunk: (frame) => {
+        result.text += frame.chunk;
+        onChunk?.(frame.chunk, {traceId: result.traceId});
+      },
+      answer: (frame) => {
+        terminal = true;
+        result.outcome = "final";
+        onFinal?.({answer: frame.answer, metadata: frame.metadata ?? {}, traceId: result.traceId});
+      },
+      error: (frame) => {
+        terminal = true;
+        fail({error: String(frame.error), code: String(frame.code ?? "error"),
+          partial: frame.partial ?? result.text, metadata: frame.metadata ?? null});
+      },
+    };
+    const parser = new SseParser(({data}) => {
+      if (finished) return;
+      if (data === DONE) {
+        finished = true;
+        return;
+      }
+      // Nothing after the terminal frame, nor once the caller aborted (from a callback,
+      // say, with more frames of the same read still to go).
+      if (terminal || signal?.aborted) return;
+      let frame;
+      try {
+        frame = JSON.parse(data);
+      } catch {
+        frame = undefined;
+      }
+      if (typeof frame !== "object" || frame === null || Array.isArray(frame)) {
+        terminal = finished = true;
+        fail({error: "the service sent a frame that is not a JSON object", code: "bad_frame"});
+        return;
+      }
+      const kind = ["chunk", "answer", "error"].find((key) => key in frame);
+      if (kind) handlers[kind](frame);
+    });
+
+    while (!finished) {
+      let read;
+      try {
+        idleClock();
+        read = await reader.read();
+      } catch (exc) {
+        if (terminal) return result; // the reply was complete: an abort now changes nothing
+        if (stalled) return stalledError();
+        if (signal?.aborted) return aborted();
+        return fail({error: `the connection broke (${describe(exc)})`, code: "network_error"});
+      }
+      try {
+        if (read.done) {
+          parser.feed(decoder.decode());
+          parser.end();
+          break;
+        }
+        parser.feed(decoder.decode(read.value, {stream: true}));
+      } catch (exc) {
+        await reader.cancel().catch(() => {}); // a callback threw: close the connection
+        throw exc;
+      }
+      if (signal?.aborted && !terminal) { // aborted in a callback: fetch may not see it
+        await reader.cancel().catch(() => {});
+        return aborted();
+      }
+    }
+    if (finished) await reader.cancel().catch(() => {}); // close the connection now
+    if (!terminal) {
+      return fail({error: "the stream ended before the reply was complete", code: "stream_ended"});
+    }
+    return result;
+  };
+  try {
+    return await receive();
+  } finally {
+    clearTimeout(timer);
+    signal?.removeEventListener("abort", onCallerAbort);
   }
-  if (finished) await reader.cancel().catch(() => {}); // close the connection now
-  if (!terminal) {
-    return fail({error: "the stream ended before the reply was complete", code: "stream_ended"});
-  }
-  return result;
 }
 
 /** A non-stream response: an error before the stream, or a JSON caller's whole reply. */

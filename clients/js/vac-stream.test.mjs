@@ -423,3 +423,56 @@ test("a caller's trace header is read by the service's rules, or replaced", asyn
   }
 });
 
+
+test("a stream that goes silent is taken as lost, and its connection closed", async () => {
+  // A frozen service, or a path dropped without a reset: no byte, not even a ping.
+  const calls = [];
+  const errors = [];
+  const silent = async (url, init) => {
+    calls.push({url, init});
+    const stream = new ReadableStream({
+      start(controller) {
+        controller.enqueue(encoder.encode('data: {"chunk":"Hel"}\n\n'));
+        init.signal.addEventListener("abort", () => controller.error(init.signal.reason));
+      },
+      cancel() {
+        calls.push("cancelled");
+      },
+    });
+    return new Response(stream, {headers: {"Content-Type": "text/event-stream"}});
+  };
+  const result = await streamReply({
+    url: "http://service.test/x", body: {user_input: "hi"}, fetch: silent, idleSeconds: 0.05,
+    onError: (e) => errors.push(e),
+  });
+  assert.equal(result.outcome, "error");
+  assert.equal(errors[0].code, "network_error");
+  assert.equal(errors[0].partial, "Hel");
+  assert.match(errors[0].error, /nothing from the service for 0.05 s/);
+});
+
+test("a service that never answers is taken as lost too", async () => {
+  const errors = [];
+  const never = (url, init) => new Promise((_, reject) => {
+    init.signal.addEventListener("abort", () => reject(init.signal.reason));
+  });
+  const result = await streamReply({
+    url: "http://service.test/x", body: {user_input: "hi"}, fetch: never, idleSeconds: 0.05,
+    onError: (e) => errors.push(e),
+  });
+  assert.equal(result.outcome, "error");
+  assert.equal(errors[0].code, "network_error");
+  assert.equal(errors[0].status, 0);
+});
+
+test("a caller's abort is still an abort, with the watchdog on", async () => {
+  const controller = new AbortController();
+  const never = (url, init) => new Promise((_, reject) => {
+    init.signal.addEventListener("abort", () => reject(init.signal.reason));
+  });
+  setTimeout(() => controller.abort(), 20);
+  const result = await streamReply({
+    url: "http://service.test/x", body: {user_input: "hi"}, fetch: never, signal: controller.signal,
+  });
+  assert.equal(result.outcome, "aborted");
+});

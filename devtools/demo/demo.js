@@ -75,7 +75,8 @@ async function send() {
         show(splitter.finish());
         ui.error.hidden = false;
         // The text before the failure is already in the reply above (thinking apart).
-        ui.error.textContent = `${code}${status && status !== 200 ? ` (HTTP ${status})` : ""}: ${error}` +
+        const sentence = /[.!?]$/.test(error) ? error : `${error}.`;
+        ui.error.textContent = `${code}${status && status !== 200 ? ` (HTTP ${status})` : ""}: ${sentence}` +
           (retryAfter != null ? ` Try again in ${retryAfter} s.` : "") +
           (partial ? "\n(The reply above stops where it failed.)" : "");
         if (traceId) ui.trace.textContent = traceId;
@@ -83,6 +84,10 @@ async function send() {
       },
     });
     record("end", {outcome: demo.result.outcome});
+    if (demo.result.outcome === "aborted") {
+      show(splitter.finish()); // what the splitter held back (a "<" that began no tag)
+      if (demo.result.traceId) ui.trace.textContent = demo.result.traceId; // a retry's id
+    }
     setRunning(false, {final: "done", error: "failed", aborted: "stopped"}[demo.result.outcome]);
   } catch (exc) {
     record("end", {outcome: "exception", error: String(exc)});
