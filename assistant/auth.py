@@ -151,16 +151,17 @@ def check_claims(claims: Mapping[str, Any], auth: AuthSettings, now: float) -> N
 
 
 def _time_claim(claims: Mapping[str, Any], name: str) -> float:
+    missing = f"the ID token has no {name} claim that is a time"
     value = claims.get(name)
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidToken(f"the ID token has no {name} time")
+        raise InvalidToken(missing)
     try:
         time_claim = float(value)
     except OverflowError:  # an integer past any float
-        raise InvalidToken(f"the ID token has no {name} time") from None
+        raise InvalidToken(missing) from None
     # NaN compares false with every time, so an `exp` of NaN would never expire.
     if not math.isfinite(time_claim):
-        raise InvalidToken(f"the ID token has no {name} time")
+        raise InvalidToken(missing)
     return time_claim
 
 
