@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -532,17 +533,16 @@ _ECHO_START_CHARS = 24  # of a prompt text: where it begins, when its echo is cu
 def without_prompt(text: str, prompt: Prompt) -> str:
     """`text` with what the prompt's texts put in it taken out: each one whole, as it is or
     as JSON writes it; and from where one begins to the end when its echo is cut short
-    (by the server, or by our reading)."""
-    for said in _prompt_texts(prompt):
-        forms = {
-            written
-            for form in (said, repr(said)[1:-1])  # repr: vLLM quotes a Python error's text
-            for written in (
-                form,
-                json.dumps(form)[1:-1],
-                json.dumps(form, ensure_ascii=False)[1:-1],
-            )
-        }
+    (by the server, or by our reading).
+
+    Runs on the I/O loop, for every provider failure: a text whose start is not in
+    `text` (nearly all of them) costs the forms of its first few characters only, and
+    each text is looked for once (a history of 45,000 call arguments took 2.5 s a
+    failure, every stream waiting)."""
+    for said in dict.fromkeys(_prompt_texts(prompt)):
+        if not any(start in text for start in _forms(said[:_ECHO_START_CHARS])):
+            continue  # neither it nor the start of it is there
+        forms = _forms(said)
         for form in forms:
             text = text.replace(form, "[prompt]")
         for form in forms if len(said) > _ECHO_START_CHARS else ():
@@ -552,15 +552,33 @@ def without_prompt(text: str, prompt: Prompt) -> str:
     return text
 
 
+def _forms(said: str) -> set[str]:
+    """`said` as an echo may write it: as it is or as Python's repr writes it (vLLM quotes
+    a Python error's text; either quote), and each of those as JSON writes it."""
+    as_python = (said, repr(said)[1:-1], repr(said + '"')[1:-2])
+    return {
+        written
+        for form in as_python
+        for written in (form, json.dumps(form)[1:-1], json.dumps(form, ensure_ascii=False)[1:-1])
+    }
+
+
+# Texts in the history's call arguments looked for at most: a body can hold tens of
+# thousands, and every provider failure would look for each.
+_MOST_ARGUMENT_TEXTS = 1000
+
+
 def _prompt_texts(prompt: Prompt) -> list[str]:
     """The prompt's texts long enough to be told from the words of an error message: the
-    system prompt, each turn's text, and the arguments of the calls in the history (as
-    JSON, as Python writes them, and each text in them: an echo may quote any)."""
+    system prompt, each turn's text, and the texts in the arguments of the calls in the
+    history (the first _MOST_ARGUMENT_TEXTS: an echo quotes them as JSON or as a Python
+    dict, and each text in it is found in either)."""
     texts = [prompt.system or "", *(turn.content for turn in prompt.turns)]
+    arguments: list[str] = []
     for call in (call for turn in prompt.turns for call in turn.tool_calls):
-        if call.args:
-            texts += [json.dumps(call.args), json.dumps(call.args, separators=(",", ":"))]
-            texts += [repr(call.args), *_texts_in(call.args)]
+        arguments += _texts_in(call.args)
+    long_enough = dict.fromkeys(text for text in arguments if len(text) >= _ECHO_MIN_CHARS)
+    texts += itertools.islice(long_enough, _MOST_ARGUMENT_TEXTS)
     return [text for text in texts if len(text) >= _ECHO_MIN_CHARS]
 
 
