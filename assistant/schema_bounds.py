@@ -113,68 +113,82 @@ _REPEATS = frozenset({_constants.MAX_REPEAT, _constants.MIN_REPEAT, _constants.P
 
 def written_out(pattern: str) -> int:
     """About how many items `regex` makes of `pattern` as it compiles it: each repeat
-    counted its least number of times (at least once), nested repeats multiplied, and
-    each class as long as the longest in the pattern as written (`regex` writes a
-    class's members out one by one, repeats and all: `[\\w\\d\\w\\d...]{1000}`,
-    which Python's parser reads as two members, took 65 MB).
+    counted its least number of times (at least once), nested repeats multiplied.
 
     Read with the standard library's parser, as the metaschema's `format: regex`
     check reads it (comments, verbose mode and classes as Python reads them: a scan
     of our own took `(?#[)` for a class and missed what followed); a pattern it
-    cannot read counts as too much to write out.
+    cannot read counts as too much to write out. That parser merges a class's
+    repeated members, which `regex` writes out one by one, repeats and all
+    (`[\\w\\d\\w\\d...]{1000}`, read as two members, took 65 MB): members written
+    beyond those it counted are charged at the most any class is repeated.
     """
     try:
-        return _items(_parser.parse(pattern), _longest_class(pattern))
+        shape = _Shape()
+        total = shape.items(_parser.parse(pattern), 1)
     except (re.error, RecursionError, OverflowError):
         return MOST_PATTERN_CHARS + 1
+    merged = max(0, _class_members(pattern) - shape.class_members)
+    return total + merged * shape.most_class_repeats
 
 
-def _items(pattern: Any, class_size: int) -> int:
-    total = 0
-    for op, argument in pattern:
-        if op in _REPEATS:
-            least, _, repeated = argument
-            total += max(least, 1) * _items(repeated, class_size)
-        elif op is _constants.IN:
-            total += max(1, len(argument), class_size)
-        else:  # a group, a branch, a lookaround: what it holds; anything else, itself
-            total += max(1, sum(_items(part, class_size) for part in _subpatterns(argument)))
-    return total
+class _Shape:
+    """A walk of a parsed pattern: its items written out, and what its classes hold."""
+
+    def __init__(self) -> None:
+        self.class_members = 0  # as Python's parser counted them
+        self.most_class_repeats = 0  # the most times a class is written out
+
+    def items(self, pattern: Any, repeats: int) -> int:
+        total = 0
+        for op, argument in pattern:
+            if op in _REPEATS:
+                least, _, repeated = argument
+                total += max(least, 1) * self.items(repeated, repeats * max(least, 1))
+            elif op is _constants.IN:
+                self.class_members += len(argument)
+                self.most_class_repeats = max(self.most_class_repeats, repeats)
+                total += max(1, len(argument))
+            else:  # a group, a branch, a lookaround: what it holds; anything else, itself
+                inner = (self.items(part, repeats) for part in _subpatterns(argument))
+                total += max(1, sum(inner))
+        return total
 
 
-def _longest_class(pattern: str) -> int:
-    """The most characters between a class's brackets, of the classes in `pattern` as
-    written (a "[" after a backslash opens none; one in a comment is taken for a class:
-    more, never less)."""
-    longest, at = 0, 0
+def _class_members(pattern: str) -> int:
+    """How many members the classes of `pattern` have as written (a range is one; an
+    escape one however long). A "[" in a comment is taken for a class: more, never less."""
+    members, at = 0, 0
     while (at := pattern.find("[", at)) != -1:
-        escaped = len(pattern[:at]) - len(pattern[:at].rstrip("\\"))
-        if escaped % 2:
+        backslashes = at - len(pattern[:at].rstrip("\\"))
+        if backslashes % 2:  # escaped: a character, no class
             at += 1
             continue
-        end = _after_class(pattern, at)
-        longest = max(longest, end - at - 2)
-        at = end
-    return longest
+        at += 1
+        if pattern.startswith("^", at):
+            at += 1
+        first = True
+        while at < len(pattern) and (first or pattern[at] != "]"):
+            first = False
+            at = _after_member(pattern, at)
+            if pattern.startswith("-", at) and not pattern.startswith("-]", at):
+                at = _after_member(pattern, at + 1)  # a range: one member
+            members += 1
+        at += 1
+    return members
 
 
-def _after_class(pattern: str, at: int) -> int:
-    """Where the class opened at `at` ends: past its "]" (one first in it, after an
-    optional "^", is one of its characters, as Python and `regex` read it), else the
-    pattern's end."""
-    index = at + 1
-    if pattern.startswith("^", index):
-        index += 1
-    if pattern.startswith("]", index):
-        index += 1
-    while index < len(pattern):
-        if pattern[index] == "\\":
-            index += 2
-        elif pattern[index] == "]":
-            return index + 1
-        else:
-            index += 1
-    return len(pattern)
+_ESCAPE_LENGTHS = {"x": 4, "u": 6, "U": 10}
+
+
+def _after_member(pattern: str, at: int) -> int:
+    if pattern[at] != "\\":
+        return at + 1
+    kind = pattern[at + 1 : at + 2]
+    if kind == "N" and pattern.startswith("{", at + 2):
+        close = pattern.find("}", at + 2)
+        return len(pattern) if close == -1 else close + 1
+    return at + _ESCAPE_LENGTHS.get(kind, 2)
 
 
 def _subpatterns(argument: Any) -> Iterator[Any]:

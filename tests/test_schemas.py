@@ -257,7 +257,11 @@ def test_schema_parts_that_cost_more_than_their_size_are_a_400(parameters: Any, 
         ("(?:a{10}){10}", 100),
         ("(?:a{1000}){1,100}", 1000),  # a repeat counted its least number of times
         ("[a{]{5}", 10),  # braces in a class are characters: two, five times
-        ("[0-9a-fA-F]{64}", 576),  # a class counts its members as written
+        ("[0-9a-fA-F]{64}", 192),  # a class counts its members (a range is one)
+        ("^[0-9a-fA-F]{128}$", 386),  # a SHA-512 in hex, either case
+        # Members Python's parser merges, which `regex` writes out one by one, charged
+        # at the class's repeats: 494 written, 2 counted, a thousand times.
+        ("[" + r"\w\d" * 247 + "]{1000}", 494_000),
         (r"\{5}x{,3}", 4),  # an escaped brace is a character
         ("[]a{1000}]", 8),  # "]" first in a class is one of its characters
         (r"^\d{1,3}(\.\d{1,3}){3}$", 9),
@@ -275,8 +279,13 @@ def test_what_a_pattern_comes_to_written_out(pattern: str, items: int) -> None:
 
 
 def test_a_schema_keeps_to_the_bounds_with_its_usual_patterns() -> None:
+    uuid = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    email = r"[a-zA-Z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)*"
     schema = {
         "properties": {
+            "either": {"pattern": f"^(?:{uuid}|{email})$"},  # a long class beside short ones
+            "sha512": {"pattern": "^[0-9a-fA-F]{128}$"},
+            "base64": {"pattern": "^[A-Za-z0-9+/]{86}==$"},
             "zip": {"pattern": "^[0-9]{5}(?:-[0-9]{4})?$"},
             "ip": {"pattern": r"^\d{1,3}(\.\d{1,3}){3}$"},
             "id": {"pattern": "^[A-Za-z0-9]{32}$"},
