@@ -93,7 +93,7 @@
  * @property {typeof fetch} [fetch]  the fetch to use (default: the global one)
  * @property {number} [idleSeconds]  a stream that sends nothing for this long, not even its
  *   `: ping` (every HEARTBEAT_SECONDS, 15 by default), is taken as lost: `network_error`
- *   (default 60; 0 never)
+ *   (default 60; 0 or Infinity never; keep it above the service's HEARTBEAT_SECONDS)
  */
 
 const DONE = "[DONE]";
@@ -243,7 +243,8 @@ export async function streamReply(options) {
   let timer;
   const idleClock = () => {
     clearTimeout(timer);
-    if (idleMs > 0) {
+    // setTimeout takes at most 2**31 - 1 ms (past it, it fires at once): longer is never.
+    if (idleMs > 0 && idleMs <= 2 ** 31 - 1) {
       timer = setTimeout(() => {
         stalled = true;
         connection.abort();

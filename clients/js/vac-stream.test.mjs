@@ -476,3 +476,24 @@ test("a caller's abort is still an abort, with the watchdog on", async () => {
   });
   assert.equal(result.outcome, "aborted");
 });
+
+test("idleSeconds: Infinity never fires (setTimeout would have, at once)", async () => {
+  const later = async (url, init) => {
+    const stream = new ReadableStream({
+      async start(controller) {
+        init.signal.addEventListener("abort", () => controller.error(init.signal.reason));
+        await new Promise((resolve) => setTimeout(resolve, 30));
+        controller.enqueue(encoder.encode(STREAM));
+        controller.close();
+      },
+    });
+    return new Response(stream, {headers: {"Content-Type": "text/event-stream"}});
+  };
+  const errors = [];
+  const result = await streamReply({
+    url: "http://service.test/x", body: {user_input: "hi"}, fetch: later, idleSeconds: Infinity,
+    onError: (e) => errors.push(e),
+  });
+  assert.deepEqual(errors, []);
+  assert.equal(result.outcome, "final");
+});
