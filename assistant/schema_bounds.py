@@ -98,7 +98,8 @@ def _long_pattern(patterns: Iterable[Any]) -> str | None:
             # JSON Schema's patterns (ECMA-262) have no verbose mode, and in it `regex`
             # reads `a{10 0}` as a count where Python's parser sees characters.
             return f"a pattern in verbose mode (an x flag): {pattern[:60]!r}"
-        if written_out(pattern) > MOST_PATTERN_CHARS:
+        # Without a count nothing is written out more than once: no parse needed.
+        if "{" in pattern and written_out(pattern) > MOST_PATTERN_CHARS:
             return (
                 f"a pattern whose counted repeats come to more than {MOST_PATTERN_CHARS} "
                 f"characters: {pattern[:60]!r}"
@@ -160,8 +161,10 @@ def _class_members(pattern: str) -> int:
     escape one however long). A "[" in a comment is taken for a class: more, never less."""
     members, at = 0, 0
     while (at := pattern.find("[", at)) != -1:
-        backslashes = at - len(pattern[:at].rstrip("\\"))
-        if backslashes % 2:  # escaped: a character, no class
+        before = at
+        while before and pattern[before - 1] == "\\":
+            before -= 1
+        if (at - before) % 2:  # escaped: a character, no class
             at += 1
             continue
         at += 1
