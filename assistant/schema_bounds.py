@@ -130,7 +130,10 @@ def written_out(pattern: str) -> int:
     except (re.error, RecursionError, OverflowError):
         return MOST_PATTERN_CHARS + 1
     merged = max(0, _class_members(pattern) - shape.class_members)
-    return total + merged * shape.most_class_repeats
+    # Alternatives the parser folds together (`(?:a|a|...)` to one, `a|b` to a class):
+    # `regex` writes each out, at most as often as anything in the pattern is repeated.
+    alternatives = _unescaped(pattern, "|")
+    return total + merged * shape.most_class_repeats + alternatives * shape.most_repeats
 
 
 class _Shape:
@@ -139,12 +142,14 @@ class _Shape:
     def __init__(self) -> None:
         self.class_members = 0  # as Python's parser counted them
         self.most_class_repeats = 0  # the most times a class is written out
+        self.most_repeats = 1  # the most times anything is
 
     def items(self, pattern: Any, repeats: int) -> int:
         total = 0
         for op, argument in pattern:
             if op in _REPEATS:
                 least, _, repeated = argument
+                self.most_repeats = max(self.most_repeats, repeats * max(least, 1))
                 total += max(least, 1) * self.items(repeated, repeats * max(least, 1))
             elif op is _constants.IN:
                 self.class_members += len(argument)
@@ -161,10 +166,7 @@ def _class_members(pattern: str) -> int:
     escape one however long). A "[" in a comment is taken for a class: more, never less."""
     members, at = 0, 0
     while (at := pattern.find("[", at)) != -1:
-        before = at
-        while before and pattern[before - 1] == "\\":
-            before -= 1
-        if (at - before) % 2:  # escaped: a character, no class
+        if _escaped(pattern, at):  # a character, no class
             at += 1
             continue
         at += 1
@@ -179,6 +181,19 @@ def _class_members(pattern: str) -> int:
             members += 1
         at += 1
     return members
+
+
+def _escaped(pattern: str, at: int) -> bool:
+    before = at
+    while before and pattern[before - 1] == "\\":
+        before -= 1
+    return (at - before) % 2 == 1
+
+
+def _unescaped(pattern: str, char: str) -> int:
+    """How often `char` is in `pattern` other than after a backslash (in a class too:
+    more, never less)."""
+    return sum(1 for at, c in enumerate(pattern) if c == char and not _escaped(pattern, at))
 
 
 _ESCAPE_LENGTHS = {"x": 4, "u": 6, "U": 10}

@@ -41,6 +41,7 @@ from assistant.providers.base import (
     ThinkingDelta,
     normalised_stop_reason,
     read_error_body,
+    without_prompt,
 )
 from assistant.request import Turn
 from assistant.thinking import ThinkingSplitter
@@ -334,6 +335,19 @@ def test_the_arguments_of_the_historys_calls_are_logged_without_them_too() -> No
         response = httpx.Response(422, content=echo.encode())
         detail = asyncio.run(read_error_body(response, {}, prompt))
         assert "ARGMARKER" not in detail and "[prompt]" in detail, detail
+    # Values too short to be texts of their own, echoed as the call's whole arguments.
+    short = {"acct": "12345", "pin": "9876", "n": 4242424242}
+    turns = (Turn("user", "look"), Turn("assistant", "", tool_calls=(ToolCall("c", "t", short),)))
+    for echo in (f"invalid: {json.dumps(short)} rejected", f"invalid: {short!r} rejected"):
+        assert without_prompt(echo, Prompt(None, turns)) == "invalid: [prompt] rejected"
+
+
+def test_an_echo_cut_inside_its_escaped_start_is_taken_out_too() -> None:
+    # Escaped as JSON with ensure_ascii, the text's first 24 characters are 6 times as
+    # long: an echo cut among them was left whole by a look for the escaped start.
+    said = "私の口座番号は1234-5678-9012です。" * 3
+    detail = '{"input":"' + json.dumps(said)[1:-1][:60]
+    assert without_prompt(detail, Prompt(None, (Turn("user", said),))) == '{"input":"[prompt]'
 
 
 def test_an_error_line_in_the_stream_is_logged_without_the_prompt(upstream: FakeUpstream) -> None:

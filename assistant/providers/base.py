@@ -30,10 +30,9 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-import itertools
 import json
 import re
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -540,7 +539,10 @@ def without_prompt(text: str, prompt: Prompt) -> str:
     each text is looked for once (a history of 45,000 call arguments took 2.5 s a
     failure, every stream waiting)."""
     for said in dict.fromkeys(_prompt_texts(prompt)):
-        if not any(start in text for start in _forms(said[:_ECHO_START_CHARS])):
+        # Each form of the whole begins with the same form of its start, whose first
+        # characters are what a cut-short echo keeps at the least.
+        starts = {form[:_ECHO_START_CHARS] for form in _forms(said[:_ECHO_START_CHARS])}
+        if not any(start in text for start in starts):
             continue  # neither it nor the start of it is there
         forms = _forms(said)
         for form in forms:
@@ -563,31 +565,40 @@ def _forms(said: str) -> set[str]:
     }
 
 
-# Texts in the history's call arguments looked for at most: a body can hold tens of
+# Values of the history's call arguments looked at, at most: a body can hold tens of
 # thousands, and every provider failure would look for each.
-_MOST_ARGUMENT_TEXTS = 1000
+_MOST_ARGUMENT_VALUES = 1000
 
 
 def _prompt_texts(prompt: Prompt) -> list[str]:
     """The prompt's texts long enough to be told from the words of an error message: the
-    system prompt, each turn's text, and the texts in the arguments of the calls in the
-    history (the first _MOST_ARGUMENT_TEXTS: an echo quotes them as JSON or as a Python
-    dict, and each text in it is found in either)."""
+    system prompt, each turn's text, and the arguments of the calls in the history: the
+    texts in them, and each call's whole (short values, numbers) as JSON and as Python
+    writes it, when it is small enough to be seen whole (an echo may quote any); the
+    first _MOST_ARGUMENT_VALUES values in all."""
     texts = [prompt.system or "", *(turn.content for turn in prompt.turns)]
-    arguments: list[str] = []
+    budget = _MOST_ARGUMENT_VALUES
     for call in (call for turn in prompt.turns for call in turn.tool_calls):
-        arguments += _texts_in(call.args)
-    long_enough = dict.fromkeys(text for text in arguments if len(text) >= _ECHO_MIN_CHARS)
-    texts += itertools.islice(long_enough, _MOST_ARGUMENT_TEXTS)
+        values = _values_in(call.args, budget)
+        budget -= len(values)
+        texts += (value for value in values if isinstance(value, str))
+        if call.args and budget > 0:  # seen whole: small enough to write whole
+            texts += [json.dumps(call.args), json.dumps(call.args, separators=(",", ":"))]
+            texts.append(repr(call.args))
+        if budget <= 0:
+            break
     return [text for text in texts if len(text) >= _ECHO_MIN_CHARS]
 
 
-def _texts_in(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            yield from _texts_in(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _texts_in(item)
+def _values_in(value: Any, most: int) -> list[Any]:
+    """The values in `value` (itself, and what its maps and lists hold), `most` at most."""
+    seen: list[Any] = []
+    stack = [value]
+    while stack and len(seen) < most:
+        item = stack.pop()
+        seen.append(item)
+        if isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return seen
