@@ -200,6 +200,8 @@ _ESCAPE_LENGTHS = {"x": 4, "u": 6, "U": 10}
 
 
 def _after_member(pattern: str, at: int) -> int:
+    if at >= len(pattern):  # a class a comment began, cut by the pattern's end
+        return len(pattern)
     if pattern[at] != "\\":
         return at + 1
     kind = pattern[at + 1 : at + 2]

@@ -278,6 +278,7 @@ def test_schema_parts_that_cost_more_than_their_size_are_a_400(parameters: Any, 
         ("(?=(?:a{100}){100})", 10000),
         ("(a)(?(1)(?:b{100}){100}|c)", 20002),  # each "|" an alternative, at the most repeats
         ("(unclosed", 1001),  # what Python cannot read counts as too much
+        ("(?#[)a{2}-", 3),  # a "[" in a comment read as a class, to the pattern's end
     ],
 )
 def test_what_a_pattern_comes_to_written_out(pattern: str, items: int) -> None:
