@@ -24,6 +24,7 @@ compares every pair of values it cannot sort: 1,000 lists of 48 numbers took
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterable, Iterator
 from re import _constants, _parser  # type: ignore[attr-defined]
 from typing import Any
@@ -126,7 +127,10 @@ def written_out(pattern: str) -> int:
     """
     try:
         shape = _Shape()
-        total = shape.items(_parser.parse(pattern), 1)
+        with warnings.catch_warnings():  # a "[[" warns, with its position: no line on stderr
+            warnings.simplefilter("ignore", FutureWarning)
+            parsed = _parser.parse(pattern)
+        total = shape.items(parsed, 1)
     except (re.error, RecursionError, OverflowError):
         return MOST_PATTERN_CHARS + 1
     merged = max(0, _class_members(pattern) - shape.class_members)
