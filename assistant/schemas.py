@@ -23,6 +23,9 @@ reach past the reply it checks:
   of the GIL while it matches, and stops at a deadline: checking one reply
   takes at most CHECK_SECONDS of matching, after which the reply's
   `structured_output_error` says so.
+- **Parts that apply over and over.** Two references to the next definition,
+  thirty deep, are a kilobyte of schema and a billion applications: every
+  keyword applied looks at the same deadline (`_within_the_deadline`).
 
 What a schema costs to check before any of this runs is bounded by the
 request (schema_bounds.py), and `uniqueItems` checked in one pass there.
@@ -76,6 +79,10 @@ class PatternTimeout(Exception):
     """Matching a schema's patterns took longer than the check allows."""
 
 
+class CheckTimeout(Exception):
+    """Applying a schema's keywords took longer than the check allows."""
+
+
 class _BoundedMatching(threading.local):
     """`re.search` as jsonschema calls it, matched by `regex` within a deadline.
 
@@ -118,6 +125,37 @@ for _module in _PATTERN_MATCHERS:
 jsonschema._keywords.uniq = unique
 
 
+def _within_the_deadline(keyword: Callable[..., Any]) -> Callable[..., Any]:
+    """`keyword`'s check, refused once the reply's check is past its deadline.
+
+    A schema's size is bounded when it comes (schema_bounds.py), not how often its
+    parts apply: two references to the next definition, thirty deep, are 1 KB and
+    2^30 applications (12 hours, the request thread and the user's slot held); an
+    `anyOf` of a thousand schemas over each of a list's items multiplies too. Every
+    keyword applied looks at the clock (a fraction of a microsecond)."""
+
+    @functools.wraps(keyword)
+    def applied(validator: Any, value: Any, instance: Any, schema: Any) -> Any:
+        deadline = _matching.deadline
+        if deadline is not None and time.monotonic() > deadline:
+            raise CheckTimeout()
+        return keyword(validator, value, instance, schema)
+
+    return applied
+
+
+for _validator_class in (
+    jsonschema.Draft3Validator,
+    jsonschema.Draft4Validator,
+    jsonschema.Draft6Validator,
+    jsonschema.Draft7Validator,
+    jsonschema.Draft201909Validator,
+    jsonschema.Draft202012Validator,
+):
+    _checks = _validator_class.VALIDATORS
+    _checks.update((name, _within_the_deadline(check)) for name, check in _checks.items())
+
+
 class _ValidSchemas:
     """Digests of the schemas found valid lately; thread-safe."""
 
@@ -157,6 +195,8 @@ def check_schema(schema: Any, field: str) -> Mapping[str, Any]:
     """
     if not isinstance(schema, dict):
         raise RequestError(f"{field} must be a JSON Schema object")
+    if not isinstance(schema.get("$schema", ""), str):  # a dict: jsonschema's lookup raised
+        raise RequestError(f"{field}.$schema must be a string (the URI of a JSON Schema draft)")
     digest = _valid.digest(schema)
     if digest in _valid:
         return schema
@@ -214,6 +254,8 @@ def problem(value: Any, schema: Mapping[str, Any]) -> str | None:
         error = jsonschema.exceptions.best_match(validator.iter_errors(value))
     except PatternTimeout:
         return f"the schema's patterns took more than {CHECK_SECONDS:g} s to check the reply"
+    except CheckTimeout:
+        return f"checking the reply against the schema took more than {CHECK_SECONDS:g} s"
     except referencing.exceptions.Unresolvable as exc:
         return f"the schema has a reference that points nowhere: {exc}"[:300]
     except regex.error as exc:

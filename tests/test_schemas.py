@@ -124,6 +124,38 @@ def test_every_keyword_that_matches_patterns_stops_at_the_deadline(
     assert problem(value, schema) == "the schema's patterns took more than 0.2 s to check the reply"
 
 
+def _twice_each_step(depth: int, applicator: str) -> dict[str, Any]:
+    """References to the next definition, two at each step: 2**depth applications."""
+    steps = {
+        f"d{i}": {applicator: [{"$ref": f"#/$defs/d{i + 1}"}, {"$ref": f"#/$defs/d{i + 1}"}]}
+        for i in range(depth)
+    }
+    return {"$defs": {**steps, f"d{depth}": {"type": "object"}}, "$ref": "#/$defs/d0"}
+
+
+@pytest.mark.parametrize("applicator", ["allOf", "anyOf", "oneOf"])
+def test_a_schema_that_applies_its_parts_over_and_over_stops_at_the_deadline(
+    applicator: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kilobyte, accepted (no loop, few objects), and 2**30 applications: about 12
+    hours of the request's thread, with no ping and no way to stop it."""
+    monkeypatch.setattr(schemas, "CHECK_SECONDS", 0.2)
+    schema = _twice_each_step(30, applicator)
+    check_schema(schema, "emissaryConfig.responseSchema")
+    started = time.monotonic()
+    why = problem(1, schema)  # not an object: anyOf tries every way too
+    assert why == "checking the reply against the schema took more than 0.2 s"
+    assert time.monotonic() - started < 2
+    assert problem({"a": 1}, _twice_each_step(3, "allOf")) is None  # a few: checked
+
+
+@pytest.mark.parametrize("schema", [{"$schema": {"a": 1}}, {"$schema": 5}, {"$schema": ["x"]}])
+def test_a_schema_naming_its_draft_with_no_string_is_400(schema: dict[str, Any]) -> None:
+    """jsonschema looks the draft up in a dict: an unhashable one was a 500."""
+    with pytest.raises(RequestError, match=r"responseSchema\.\$schema must be a string"):
+        check_schema(schema, "emissaryConfig.responseSchema")
+
+
 def test_other_threads_run_while_a_pattern_is_matched(monkeypatch: pytest.MonkeyPatch) -> None:
     """Python's re holds the GIL while it matches: every other thread of the worker
     would wait. The matching here lets go of it."""
