@@ -4,7 +4,7 @@ import flask
 import functions_framework
 
 from assistant import server
-from assistant.http import framework_not_found, handle
+from assistant.http import handle
 
 server.install()  # our gunicorn worker and limits; functions-framework starts the server next
 
@@ -15,6 +15,7 @@ def assistant(request: flask.Request) -> flask.Response:
 
 
 # functions-framework loads this module inside its app's context, and answers
-# /robots.txt and /favicon.ico itself with an HTML 404: ours is JSON.
+# /robots.txt and /favicon.ico itself with an HTML 404, as Flask does a path its
+# routing cannot take (a decoded %0A in an assistant id): ours answers them all.
 if flask.has_app_context():
-    flask.current_app.register_error_handler(404, lambda _error: framework_not_found())
+    flask.current_app.register_error_handler(404, lambda _error: handle(flask.request))

@@ -71,7 +71,8 @@ from .worker import (
     body_refusal,
 )
 
-_ASSISTANT_ROUTE = re.compile(r"/vac/assistant/(?P<id>.*?)(?P<sse>/sse)?")
+# Any id, a line break too (a decoded %0A): check_assistant_id says what is wrong with it.
+_ASSISTANT_ROUTE = re.compile(r"/vac/assistant/(?P<id>.*?)(?P<sse>/sse)?", re.DOTALL)
 _ALLOWED_METHODS = "POST, OPTIONS"
 _HEALTH_METHODS = "GET, HEAD, OPTIONS"
 _ALLOWED_HEADERS = "Content-Type, Accept, Authorization, traceparent, X-Cloud-Trace-Context"
@@ -127,16 +128,6 @@ def _loggable(message: str) -> str:
     """A refusal's message for the log: without the values it quotes (a client may put
     its prompt in a role or a tool's name). Its length is bounded already (errors.py)."""
     return _QUOTED.sub("'…'", message)
-
-
-def framework_not_found() -> flask.Response:
-    """functions-framework answers /robots.txt and /favicon.ico itself, before our
-    handler, with an HTML 404 page: this is its JSON one, like every other 404."""
-    headers = cast("Mapping[str, str]", flask.request.headers)
-    trace_id = trace_id_from_headers(headers) or new_trace_id()
-    response = _error(404, "not_found", f"no route for {flask.request.path[:200]}", trace_id)
-    response.headers.update(cors_headers(headers.get("Origin"), cors_origins()))
-    return response
 
 
 def _route(

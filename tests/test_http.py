@@ -91,7 +91,7 @@ def _refused(response, status: int, code: str, fake: FakeUpstream, mentions: str
 
 @pytest.mark.parametrize(
     "assistant_id",
-    ["__reserved__", "a" * 129, "has.dot", "..", "sp ace", "a/b", "%2F", "ü"],
+    ["__reserved__", "a" * 129, "has.dot", "..", "sp ace", "a/b", "%2F", "ü", "a%0Ab", "%0D%0A"],
 )
 def test_bad_assistant_ids_are_400(client, fake: FakeUpstream, assistant_id: str) -> None:
     response = client.post(f"/vac/assistant/{assistant_id}/sse", json={"user_input": "hi"})
@@ -119,6 +119,13 @@ def test_a_refusal_quotes_the_clients_value_to_it_but_not_to_the_log(
     _refused(response, 400, "invalid_request", fake, "LEAK")
     refused = [line for line in log_lines(capsys.readouterr().out) if "LEAK" in json.dumps(line)]
     assert refused == []
+
+
+def test_a_line_break_in_the_id_is_still_the_assistant_route(client) -> None:
+    """A decoded %0A fell out of the route: a 404 where a GET is a 405, an OPTIONS a
+    preflight."""
+    assert client.get("/vac/assistant/a%0Ab").status_code == 405
+    assert client.options("/vac/assistant/a%0Ab/sse").status_code == 204
 
 
 def test_encoded_slash_in_id_never_reaches_a_document_id(client, fake: FakeUpstream) -> None:
