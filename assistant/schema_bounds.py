@@ -118,12 +118,12 @@ def written_out(pattern: str) -> int:
     counted its least number of times (at least once), nested repeats multiplied.
 
     Read with the standard library's parser, as the metaschema's `format: regex`
-    check reads it (comments, verbose mode and classes as Python reads them: a scan
-    of our own took `(?#[)` for a class and missed what followed); a pattern it
-    cannot read counts as too much to write out. That parser merges a class's
-    repeated members, which `regex` writes out one by one, repeats and all
-    (`[\\w\\d\\w\\d...]{1000}`, read as two members, took 65 MB): members written
-    beyond those it counted are charged at the most any class is repeated.
+    check reads it (comments, verbose mode and classes as Python reads them); a
+    pattern it cannot read counts as too much to write out. That parser folds what
+    `regex` writes out one by one: a class's repeated members (`[\\w\\d\\w\\d...]{1000}`,
+    read as two members, took 65 MB), and alternatives (`(?:a|a|...)` to one, `a|b`
+    to a class). What it folded (counted in the pattern's text, as `_as_written`
+    reads it) is charged at the most any class, or anything, is repeated.
     """
     try:
         shape = _Shape()
@@ -133,20 +133,21 @@ def written_out(pattern: str) -> int:
         total = shape.items(parsed, 1)
     except (re.error, RecursionError, OverflowError):
         return MOST_PATTERN_CHARS + 1
-    merged = max(0, _class_members(pattern) - shape.class_members)
-    # Alternatives the parser folds together (`(?:a|a|...)` to one, `a|b` to a class):
-    # `regex` writes each out, at most as often as anything in the pattern is repeated.
-    alternatives = _unescaped(pattern, "|")
-    return total + merged * shape.most_class_repeats + alternatives * shape.most_repeats
+    members, bars = _as_written(pattern)
+    merged = max(0, members - shape.class_members)
+    folded = max(0, bars - shape.branches)  # each branch is charged at its own repeats
+    return total + merged * shape.most_class_repeats + folded * shape.most_repeats
 
 
 class _Shape:
-    """A walk of a parsed pattern: its items written out, and what its classes hold."""
+    """A walk of a parsed pattern: its items written out, and what its classes and
+    branches hold."""
 
     def __init__(self) -> None:
         self.class_members = 0  # as Python's parser counted them
         self.most_class_repeats = 0  # the most times a class is written out
         self.most_repeats = 1  # the most times anything is
+        self.branches = 0  # the `|`s the parser kept as branches
 
     def items(self, pattern: Any, repeats: int) -> int:
         total = 0
@@ -159,52 +160,66 @@ class _Shape:
                 self.class_members += len(argument)
                 self.most_class_repeats = max(self.most_class_repeats, repeats)
                 total += max(1, len(argument))
-            else:  # a group, a branch, a lookaround: what it holds; anything else, itself
+            elif op is _constants.BRANCH:  # each alternative, though the parser emptied it
+                _, alternatives = argument  # (of `a|a`, it drew the "a" out before: "a(?:|)")
+                self.branches += len(alternatives) - 1
+                total += sum(max(1, self.items(part, repeats)) for part in alternatives)
+            else:  # a group, a lookaround: what it holds; anything else, itself
                 inner = (self.items(part, repeats) for part in _subpatterns(argument))
                 total += max(1, sum(inner))
         return total
 
 
-def _class_members(pattern: str) -> int:
+def _as_written(pattern: str) -> tuple[int, int]:
     """How many members the classes of `pattern` have as written (a range is one; an
-    escape one however long). A "[" in a comment is taken for a class: more, never less."""
-    members, at = 0, 0
-    while (at := pattern.find("[", at)) != -1:
-        if _escaped(pattern, at):  # a character, no class
-            at += 1
-            continue
-        at += 1
-        if pattern.startswith("^", at):
-            at += 1
-        first = True
-        while at < len(pattern) and (first or pattern[at] != "]"):
-            first = False
+    escape one however long), and how many `|`s are outside its classes: read as
+    Python's parser reads a pattern, escapes and comments skipped (a `[` in a comment
+    is no class: taken for one, it hid the class after it)."""
+    members = bars = at = 0
+    while at < len(pattern):
+        char = pattern[at]
+        if char == "\\":
             at = _after_member(pattern, at)
-            if pattern.startswith("-", at) and not pattern.startswith("-]", at):
-                at = _after_member(pattern, at + 1)  # a range: one member
-            members += 1
+        elif pattern.startswith("(?#", at):
+            at = _after_comment(pattern, at + 3)
+        elif char == "[":
+            in_class, at = _class(pattern, at + 1)
+            members += in_class
+        else:
+            bars += char == "|"
+            at += 1
+    return members, bars
+
+
+def _after_comment(pattern: str, at: int) -> int:
+    """Past the `)` that ends a comment begun before `at` (an escaped one does not)."""
+    while at < len(pattern):
+        if pattern[at] == ")":
+            return at + 1
+        at += 2 if pattern[at] == "\\" else 1
+    return len(pattern)
+
+
+def _class(pattern: str, at: int) -> tuple[int, int]:
+    """The members of the class whose `[` is just before `at`, and where it ends."""
+    members = 0
+    if pattern.startswith("^", at):
         at += 1
-    return members
-
-
-def _escaped(pattern: str, at: int) -> bool:
-    before = at
-    while before and pattern[before - 1] == "\\":
-        before -= 1
-    return (at - before) % 2 == 1
-
-
-def _unescaped(pattern: str, char: str) -> int:
-    """How often `char` is in `pattern` other than after a backslash (in a class too:
-    more, never less)."""
-    return sum(1 for at, c in enumerate(pattern) if c == char and not _escaped(pattern, at))
+    first = True  # a "]" first is a member
+    while at < len(pattern) and (first or pattern[at] != "]"):
+        first = False
+        at = _after_member(pattern, at)
+        if pattern.startswith("-", at) and not pattern.startswith("-]", at):
+            at = _after_member(pattern, at + 1)  # a range: one member
+        members += 1
+    return members, at + 1
 
 
 _ESCAPE_LENGTHS = {"x": 4, "u": 6, "U": 10}
 
 
 def _after_member(pattern: str, at: int) -> int:
-    if at >= len(pattern):  # a class a comment began, cut by the pattern's end
+    if at >= len(pattern):  # a class we read as unclosed: its end
         return len(pattern)
     if pattern[at] != "\\":
         return at + 1

@@ -311,6 +311,13 @@ def test_schema_parts_that_cost_more_than_their_size_are_a_400(parameters: Any, 
         ("(a)(?(1)(?:b{100}){100}|c)", 20002),  # each "|" an alternative, at the most repeats
         ("(unclosed", 1001),  # what Python cannot read counts as too much
         ("(?#[)a{2}-", 3),  # a "[" in a comment read as a class, to the pattern's end
+        # A comment's "[" taken for a class hid the class after it (its "]" first read as
+        # the end): 490 members 499 times were charged as none, 32 MB a pattern.
+        ("(?#[)[]" + r"\w" * 490 + "]{499}", 2 * 499 + 489 * 499),
+        (r"(?#\)[)[]" + r"\w" * 490 + "]{499}", 2 * 499 + 489 * 499),  # "\)" ends none
+        ("(?:ab|ac){100}", 400),  # a prefix drawn out, "b|c" folded into a class: charged
+        ("[|]{100}|b", 101),  # a "|" in a class is a character
+        ("(?:" + "|".join(["a"] * 490) + "){500}", 500 * 491),  # "a" drawn out, 490 left empty
     ],
 )
 def test_what_a_pattern_comes_to_written_out(pattern: str, items: int) -> None:
@@ -320,6 +327,7 @@ def test_what_a_pattern_comes_to_written_out(pattern: str, items: int) -> None:
 def test_a_schema_keeps_to_the_bounds_with_its_usual_patterns() -> None:
     uuid = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
     email = r"[a-zA-Z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)*"
+    codes = [a + b for a in "ABCDEFGHIJ" for b in "ABCDEFGHIJKLMNOPQRST"]
     schema = {
         "properties": {
             "either": {"pattern": f"^(?:{uuid}|{email})$"},  # a long class beside short ones
@@ -327,6 +335,8 @@ def test_a_schema_keeps_to_the_bounds_with_its_usual_patterns() -> None:
             "base64": {"pattern": "^[A-Za-z0-9+/]{86}==$"},
             "zip": {"pattern": "^[0-9]{5}(?:-[0-9]{4})?$"},
             "ip": {"pattern": r"^\d{1,3}(\.\d{1,3}){3}$"},
+            # Two hundred alternatives outside any repeat: each written out once.
+            "iban": {"pattern": f"^(?:{'|'.join(codes)})[0-9]{{2}}[A-Z0-9]{{11,30}}$"},
             "id": {"pattern": "^[A-Za-z0-9]{32}$"},
             "text": {"pattern": "^.{0,5000}$"},
         },
