@@ -119,6 +119,9 @@ def http_client(timeouts: Timeouts) -> httpx.AsyncClient:
     if client is None:
         client = _UpstreamClient(
             transport=Http1Transport(_TLS, keepalive_seconds=KEEPALIVE_SECONDS),
+            # Bodies as sent: a gzip body was inflated whole with each read (a 326 KB
+            # body held 449 MB), past every bound the stream's decoding keeps.
+            headers={"accept-encoding": "identity"},
             timeout=httpx.Timeout(
                 connect=timeouts.connect,
                 # Any byte, ping included, proves the upstream alive. Until the

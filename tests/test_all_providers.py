@@ -601,6 +601,29 @@ def test_a_line_past_the_bound_is_a_body_we_cannot_read(
     assert "(at sse_decoder.py:" in error.detail
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if c is not OLLAMA], ids=lambda c: c.name)
+def test_an_event_of_many_lines_past_the_bound_is_a_body_we_cannot_read(
+    upstream: FakeUpstream, case: ProviderCase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each line within the bound, and no blank line to end the event: 400 lines of a MB
+    # took a worker to 1.37 GB.
+    monkeypatch.setattr(sse_decoder, "MAX_LINE_BYTES", 1000)
+    upstream.push(Script(raw=[b"data: " + b"x" * 300 + b"\n"] * 4))
+    run = run_chain([case.provider(upstream.url)], Timeouts(connect=1, first_chunk=2, idle=2))
+    assert run.outcomes == ["upstream_protocol"]
+    [error] = run.errors
+    assert error is not None and "an event's data longer than 1000" in error.detail
+
+
+@EACH
+def test_bodies_are_asked_for_as_sent(upstream: FakeUpstream, case: ProviderCase) -> None:
+    """Not compressed: a gzip body was inflated whole with each read (326 KB on the wire
+    held 449 MB), past the bounds the stream's decoding keeps."""
+    upstream.push(Script(tokens=["hi"]))
+    run_chain([case.provider(upstream.url)], Timeouts(connect=1, first_chunk=5, idle=5))
+    assert upstream.requests[0].headers["accept-encoding"] == "identity"
+
+
 @EACH
 def test_a_long_line_in_many_reads_is_read_whole(
     upstream: FakeUpstream, case: ProviderCase

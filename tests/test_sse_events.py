@@ -18,7 +18,13 @@ import pytest
 from assistant.providers import sse_events
 from assistant.providers.base import ProviderError
 from assistant.providers.sse_decoder import ServerSentEvent
-from assistant.providers.sse_events import SseReader, json_object, require_event_stream
+from assistant.providers.sse_events import (
+    MOST_TAIL_CHARS,
+    SseReader,
+    UnframedTail,
+    json_object,
+    require_event_stream,
+)
 
 from .provider_support import chunked_response, one_byte_reads, utf8_split_cases
 
@@ -28,7 +34,7 @@ Seen = tuple[str, str, str, int | None]  # (event, data, id, retry)
 
 
 def read_events(
-    chunks: list[bytes], content_type: str | None = SSE, unframed: list[str] | None = None
+    chunks: list[bytes], content_type: str | None = SSE, unframed: UnframedTail | None = None
 ) -> list[ServerSentEvent]:
     """The events of a body that arrives in these reads, as a provider's decoder reads
     them: the content type checked, each read fed as it comes, then its end (`end()`,
@@ -325,9 +331,21 @@ def test_json_object_refuses_non_objects(data: str) -> None:
 def test_unframed_holds_the_lines_after_the_last_event() -> None:
     """A stray line mid-stream is forgotten at the next event; a bare tail at EOF is kept."""
     body = b'stray line\ndata: {"a": 1}\n\n[{\n  "error": {"code": 503}\n}\n]\n'
-    unframed: list[str] = []
+    unframed = UnframedTail()
     assert [event.data for event in read_events([body], SSE, unframed)] == ['{"a": 1}']
-    assert unframed == ["[{", '  "error": {"code": 503}', "}", "]"]
+    assert unframed.lines == ["[{", '  "error": {"code": 503}', "}", "]"]
+
+
+def test_unframed_lines_past_the_bound_are_no_tail() -> None:
+    """An error tail is a few hundred bytes: 131 MB of such lines were held whole."""
+    line = b"x" * 1000 + b"\n"
+    unframed = UnframedTail()
+    count = MOST_TAIL_CHARS // 1000 + 1
+    assert read_events([b'data: {"a": 1}\n\n', line * count], SSE, unframed) != []
+    assert unframed.lines == []
+    within = UnframedTail()
+    assert read_events([b'data: {"a": 1}\n\n', line * (count - 1)], SSE, within) != []
+    assert len(within.lines) == count - 1
 
 
 # -- one whole event per read: the reader's shortcut --------------------------------------
@@ -358,11 +376,11 @@ def test_one_event_reads_give_what_the_spec_decoder_gives(text: str, monkeypatch
     turned off, the spec decoder alone gives the same events, and so does every
     read boundary (one byte a read never matches)."""
     body = text.encode()
-    unframed_fast: list[str] = []
+    unframed_fast = UnframedTail()
     fast = read_events(_blocks(body), SSE, unframed_fast)
     slow = read_events(one_byte_reads(body), SSE)
     monkeypatch.setattr(sse_events, "_ONE_EVENT", re.compile(rb"(?!)"))
-    unframed_spec: list[str] = []
+    unframed_spec = UnframedTail()
     spec = read_events(_blocks(body), SSE, unframed_spec)
     assert fast == spec == slow
-    assert unframed_fast == unframed_spec
+    assert unframed_fast.lines == unframed_spec.lines

@@ -63,7 +63,7 @@ from .base import (
     token_count,
 )
 from .sse_decoder import ServerSentEvent
-from .sse_events import SseReader, json_object, require_event_stream, rest_of
+from .sse_events import SseReader, UnframedTail, json_object, require_event_stream, rest_of
 
 _STOP_REASONS: dict[str, StopReason] = {
     "STOP": "end_turn",
@@ -151,7 +151,7 @@ class _Decoder:
         return self._raw_stop is not None
 
     def __init__(self, model: str) -> None:
-        self._unframed: list[str] = []
+        self._unframed = UnframedTail()
         self._sse = SseReader(self._unframed)
         self._model = model
         self._raw_stop: str | None = None
@@ -172,8 +172,8 @@ class _Decoder:
 
     def end(self, out: list[Event]) -> None:
         rest_of(self._sse, lambda events: self._handle(events, out))
-        if self._unframed:
-            _raise_if_error(_bare_json("\n".join(self._unframed)))  # the lines after the last event
+        if self._unframed.lines:  # the lines after the last event
+            _raise_if_error(_bare_json("\n".join(self._unframed.lines)))
         if self._raw_stop is None:
             raise ProviderError("upstream_incomplete", "stream ended without a finishReason")
         stop = normalised_stop_reason(self._raw_stop, _STOP_REASONS, self._calls > 0)

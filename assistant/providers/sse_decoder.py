@@ -37,8 +37,9 @@ class ServerSentEvent:
     retry: int | None = None
 
 
-# No provider's line is near this (a 1 MB text delta, a Gemini call with megabytes of
-# arguments in one event): a longer one is a body gone wrong, and would hold its memory.
+# No provider's line, or event, is near this (a 1 MB text delta, a Gemini call with
+# megabytes of arguments in one event): a longer one is a body gone wrong, and would hold
+# its memory.
 MAX_LINE_BYTES = 16 * 1024 * 1024
 
 
@@ -133,6 +134,7 @@ class EventDecoder:
     def __init__(self) -> None:
         self._event = ""
         self._data: list[str] = []
+        self._data_size = 0  # of its data lines: bounded as one line is
         self._has_data = False
         self._last_event_id = ""  # kept across events, as the spec says
         self._retry: int | None = None
@@ -165,6 +167,7 @@ class EventDecoder:
                 elif self._error is not None:
                     events.append(ServerSentEvent("error", self._error, self._last_event_id))
                 self._event, self._data, self._has_data, self._retry = "", [], False, None
+                self._data_size = 0
                 self._error = None
                 continue
             if line[0] == ":":
@@ -173,6 +176,9 @@ class EventDecoder:
             if value[:1] == " ":
                 value = value[1:]
             if name == "data":
+                self._data_size += len(value)
+                if self._data_size > MAX_LINE_BYTES:  # many lines: as much as one too long
+                    raise ValueError(f"an event's data longer than {MAX_LINE_BYTES} characters")
                 self._data.append(value)
                 self._has_data = True
             elif name == "event":

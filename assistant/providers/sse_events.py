@@ -50,7 +50,7 @@ class SseReader:
     dispatched.
     """
 
-    def __init__(self, unframed: list[str] | None = None) -> None:
+    def __init__(self, unframed: UnframedTail | None = None) -> None:
         self._lines = LineDecoder()
         self._events = EventDecoder()
         self._unframed = unframed
@@ -81,7 +81,7 @@ class SseReader:
         events: list[ServerSentEvent] = []
         for line in lines:
             if self._unframed is not None:
-                _note_unframed(line, self._unframed)
+                self._unframed.note(line)
             for event in self._events.decode([line]):
                 if self._unframed is not None:
                     self._unframed.clear()
@@ -103,11 +103,31 @@ def rest_of(reader: SseReader, handle: Callable[[list[ServerSentEvent]], None]) 
         raise ProviderError("upstream_incomplete", "stream ended inside an event") from None
 
 
-def _note_unframed(line: str, unframed: list[str]) -> None:
-    if line:
+# Gemini's error tail is an error object of a few hundred bytes; lines outside the
+# framing past this are no error we could read, and would hold their memory.
+MOST_TAIL_CHARS = 64 * 1024
+
+
+class UnframedTail:
+    """The lines that are no SSE field since the last event (Gemini may end a stream with
+    a bare JSON error), while they come to at most MOST_TAIL_CHARS; past it, none."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._size = 0
+
+    def note(self, line: str) -> None:
         field = line.partition(":")[0]
         if field and field not in _FIELDS:
-            unframed.append(line)
+            self._size += len(line)
+            if self._size <= MOST_TAIL_CHARS:
+                self.lines.append(line)
+            else:
+                self.lines.clear()
+
+    def clear(self) -> None:
+        self.lines.clear()
+        self._size = 0
 
 
 def json_object(data: str) -> dict[str, Any]:
