@@ -28,10 +28,12 @@ import time
 from collections.abc import Callable
 
 import httpx
+from cryptography import x509
 
 from .tracing import process_log
 
 FETCH_TIMEOUT_SECONDS = 5.0
+MOST_CERTS_BYTES = 1024 * 1024  # Google's are about 3.5 KB
 EARLY_REFETCH_SECONDS = 60.0
 RETRY_AFTER_FAILURE_SECONDS = 1.0
 DEFAULT_MAX_AGE_SECONDS = 3600.0  # when the response names none
@@ -52,15 +54,34 @@ def max_age(cache_control: str | None) -> float:
 
 
 def fetch_certs(url: str) -> tuple[dict[str, str], float]:
-    """(certs by key id, seconds they may be kept). Raises CertsUnavailable saying why."""
+    """(certs by key id, seconds they may be kept). Raises CertsUnavailable saying why.
+
+    The whole fetch takes FETCH_TIMEOUT_SECONDS at most, give or take one read's
+    wait (httpx's timeout is per read: an endpoint sending a byte a second held a
+    fetch, and every request waiting on it, as long as it dribbled); a body past
+    MOST_CERTS_BYTES, or a certificate that does not parse, is a failed fetch,
+    not certs to replace the good ones held (a 200 of junk turned every user away
+    for its max-age)."""
+    deadline = time.monotonic() + FETCH_TIMEOUT_SECONDS
     try:
-        response = _http().get(url)
+        with _http().stream("GET", url) as response:
+            if response.status_code != 200:
+                raise CertsUnavailable(
+                    f"the token certs endpoint answered HTTP {response.status_code}"
+                )
+            body = bytearray()
+            for piece in response.iter_bytes():
+                body += piece
+                if len(body) > MOST_CERTS_BYTES:
+                    raise CertsUnavailable(f"the token certs are over {MOST_CERTS_BYTES} bytes")
+                if time.monotonic() > deadline:
+                    raise CertsUnavailable(
+                        f"the token certs took over {FETCH_TIMEOUT_SECONDS:g} s to come"
+                    )
     except httpx.HTTPError as exc:
         raise CertsUnavailable(f"{type(exc).__name__} fetching the token certs") from exc
-    if response.status_code != 200:
-        raise CertsUnavailable(f"the token certs endpoint answered HTTP {response.status_code}")
     try:
-        certs = json.loads(response.content)
+        certs = json.loads(body)
     except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         certs = None
     if not (
@@ -69,6 +90,11 @@ def fetch_certs(url: str) -> tuple[dict[str, str], float]:
         and all(isinstance(kid, str) and isinstance(pem, str) for kid, pem in certs.items())
     ):
         raise CertsUnavailable("the token certs endpoint did not answer a {key id: PEM} map")
+    for kid, pem in certs.items():
+        try:
+            x509.load_pem_x509_certificate(pem.encode("utf-8", "surrogatepass"))
+        except ValueError:
+            raise CertsUnavailable(f"the token cert {kid[:40]!r} does not parse") from None
     return certs, max_age(response.headers.get("Cache-Control"))
 
 

@@ -18,6 +18,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import httpx
+
 PROVIDER_NAMES = ("anthropic", "openai", "gemini", "ollama")
 AUTH_MODES = ("firebase", "iam", "none")
 FIREBASE_CERTS_URL = (
@@ -123,6 +125,11 @@ def _base_url(env: Mapping[str, str], name: str, default: str) -> str:
     if url and not url.lower().startswith(("http://", "https://")):
         # Not quoted: without its "//", a login in it is not where shown_url looks.
         raise ConfigError(f"{name} must be an http:// or https:// URL")
+    if url:
+        try:
+            httpx.URL(url)
+        except httpx.InvalidURL:  # http://[::1/certs: each request using it was a 500
+            raise ConfigError(f"{name} is not a URL httpx can read") from None
     return url
 
 

@@ -94,7 +94,8 @@ class CertsServer:
     """Serves `{kid: cert PEM}` like Google's securetoken endpoint; counts its fetches.
 
     `status` other than 200 makes it answer that status instead; `raw_body`
-    replaces the JSON map with any bytes; `delay` seconds pass before each answer.
+    replaces the JSON map with any bytes; `delay` seconds pass before each answer, and
+    `drip` seconds between each byte of its body.
     """
 
     def __init__(self, *keys: SigningKey, max_age: int = 3600) -> None:
@@ -103,6 +104,7 @@ class CertsServer:
         self.status = 200
         self.raw_body: bytes | None = None
         self.delay = 0.0
+        self.drip = 0.0  # seconds between the body's bytes, when set
         self.fetches = 0
         server = self
 
@@ -118,7 +120,15 @@ class CertsServer:
                 self.send_header("Cache-Control", f"public, max-age={server.max_age}")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if not server.drip:
+                    self.wfile.write(body)
+                try:
+                    for byte in body if server.drip else b"":
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(server.drip)
+                except OSError:
+                    pass  # the fetch gave up on it
 
             def log_message(self, *args: Any) -> None:
                 pass

@@ -51,6 +51,8 @@ def as_user(user: dict[str, str], **body: Any) -> dict[str, Any]:
             "FIRESTORE_EMULATOR_HOST is set on Cloud Run",
         ),
         ({"FIREBASE_CERTS_URL": "file:///etc/passwd"}, "FIREBASE_CERTS_URL must be an http"),
+        # httpx could not read it: every request that needed certs was a 500, a traceback.
+        ({"FIREBASE_CERTS_URL": "http://[::1/certs"}, "FIREBASE_CERTS_URL is not a URL"),
         ({"AUTH_MODE": "open"}, "AUTH_MODE must be one of firebase, iam, none"),
         ({"AUTH_MODE": "firebase", "GOOGLE_CLOUD_PROJECT": ""}, "FIREBASE_PROJECT_ID"),
         ({"AUTH_CLOCK_SKEW_SECONDS": "61"}, "AUTH_CLOCK_SKEW_SECONDS must be at most 60"),
@@ -62,6 +64,7 @@ def as_user(user: dict[str, str], **body: Any) -> dict[str, Any]:
         "emulator-with-iam",
         "firestore-emulator-on-cloud-run",
         "certs-url-not-http",
+        "certs-url-unreadable",
         "unknown-mode",
         "firebase-without-project",
         "skew-too-large",

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from assistant import certs
 from assistant.certs import (
     DEFAULT_MAX_AGE_SECONDS,
     EARLY_REFETCH_SECONDS,
@@ -128,13 +129,39 @@ def test_nothing_cached_and_nothing_to_fetch_is_unavailable(
 
 @pytest.mark.parametrize(
     "body",
-    [b"not json", b"[]", b"{}", b'{"k1": 5}', b"[" * 100_000],
-    ids=["text", "list", "empty", "non-pem", "nested-too-deep"],
+    [b"not json", b"[]", b"{}", b'{"k1": 5}', b"[" * 100_000, b'{"k1": "not a certificate"}'],
+    ids=["text", "list", "empty", "non-pem", "nested-too-deep", "pem-that-does-not-parse"],
 )
 def test_a_malformed_certs_answer_is_unavailable(cache: CertCache, server, body: bytes) -> None:
     server.raw_body = body
     with pytest.raises(CertsUnavailable):
         cache.cert_for("k1")
+
+
+def test_a_refresh_of_junk_keeps_the_certs_held(
+    cache: CertCache, server: CertsServer, clock: Clock, keys
+) -> None:
+    """A 200 whose certificates do not parse is a failed fetch: taken as certs, it
+    turned every user away for its max-age."""
+    cache.cert_for("k1")
+    server.raw_body = b'{"k1": "not a certificate"}'
+    clock.now += 600
+    cache.cert_for("k1")  # expired: refreshed (here, before it returns)
+    assert cache.cert_for("k1") == keys[0].cert_pem
+    assert server.fetches == 2
+
+
+def test_a_dribbling_answer_is_cut_at_the_fetch_deadline(
+    server: CertsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """httpx's timeout is per read: a byte every 0.2 s held a fetch (and whoever waited
+    on it) as long as the body lasted."""
+    monkeypatch.setattr(certs, "FETCH_TIMEOUT_SECONDS", 0.5)
+    server.drip = 0.2
+    started = time.monotonic()
+    with pytest.raises(CertsUnavailable, match=r"took over 0\.5 s"):
+        fetch_certs(server.url)
+    assert time.monotonic() - started < 2  # the body alone takes minutes
 
 
 def _at_once(calls: int, call: Callable[[], object]) -> list[tuple[float, object]]:
