@@ -211,6 +211,8 @@ class Saver:
                 return True
             except concurrent.futures.TimeoutError:
                 self._log.error("persist.timeout", role=role, timeout_s=self._timeout)
+            except (MessageTaken, TraceIdKept) as exc:  # the caller's trace id: no outage
+                self._log.warning("persist.kept", role=role, reason=str(exc))
             except Exception as exc:  # any store failure: reported, never raised into the stream
                 self._log.error("persist.failed", role=role, reason=f"{type(exc).__name__}: {exc}")
             return False
