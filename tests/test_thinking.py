@@ -6,7 +6,13 @@ import re
 
 import pytest
 
-from assistant.thinking import ThinkingSplitter, ThinkingTagger, with_thinking_closed
+from assistant import thinking
+from assistant.thinking import (
+    ThinkingSplitter,
+    ThinkingTagger,
+    with_thinking_closed,
+    without_thinking,
+)
 
 
 def split_thinking(text: str) -> tuple[str, str]:
@@ -448,3 +454,17 @@ def test_a_close_tag_in_native_reasoning_never_ends_the_block(reasoning: str) ->
 )
 def test_a_block_left_open_is_closed_with_its_own_tag(text: str, closed: str) -> None:
     assert with_thinking_closed(text) == closed
+
+
+def test_a_long_run_of_lt_signs_is_read_in_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each '<' outside a block asked whether the rest of the chunk could begin a tag,
+    copying that rest: a million of them in a history's reply took 28 s. Only the last
+    few characters of a chunk can be a tag cut short."""
+    tails: list[int] = []
+    could_open = thinking._could_open
+    monkeypatch.setattr(
+        thinking, "_could_open", lambda tail: tails.append(len(tail)) or could_open(tail)
+    )
+    text = "<think>x</think>" + "<" * 10_000 + "<b>y</b>" * 1000
+    assert without_thinking(text) == "<" * 10_000 + "<b>y</b>" * 1000
+    assert max(tails) < len("<thinking>")
