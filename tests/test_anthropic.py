@@ -45,6 +45,16 @@ def test_event_names_with_blanks_around_them_are_read(upstream: FakeUpstream) ->
     assert CASE.events(upstream.url) == (CASE.replays["text_basic.sse"].events, None)
 
 
+def test_an_error_event_whose_error_is_a_string_is_an_upstream_error(
+    upstream: FakeUpstream,
+) -> None:
+    # A proxy's form (Anthropic's is an object): `.get` on it raised AttributeError.
+    upstream.push(Script(raw=[b'event: error\ndata: {"type":"error","error":"Overloaded"}\n\n']))
+    events, error = CASE.events(upstream.url)
+    assert events == [] and error is not None
+    assert (error.code, error.detail) == ("upstream_error", "Overloaded")
+
+
 @pytest.mark.parametrize(
     "usage, expected",
     [

@@ -15,10 +15,11 @@ only OpenAI spells its own way (a reasoning effort for a thinking budget).
 from __future__ import annotations
 
 import functools
+import json
 
 import pytest
 
-from assistant.providers.base import TextDelta
+from assistant.providers.base import TextDelta, ThinkingDelta
 from assistant.providers.openai import OpenAIProvider
 from devtools.fake_upstream import FakeUpstream, Script
 
@@ -72,6 +73,40 @@ def test_an_error_given_as_a_bare_string_is_still_an_error(upstream: FakeUpstrea
     assert events == []
     assert error is not None and error.code == "upstream_error"
     assert "validation" not in error.message
+
+
+def test_content_given_as_parts_is_text_and_thinking(upstream: FakeUpstream) -> None:
+    # Mistral's reasoning models stream `content` as a list of parts: it was dropped
+    # (a reply of nothing else ended as upstream_empty).
+    thinking = {"type": "thinking", "thinking": [{"type": "text", "text": "weighing"}]}
+    frames = [
+        {"choices": [{"index": 0, "delta": {"content": [thinking]}}]},
+        {"choices": [{"index": 0, "delta": {"content": [{"type": "text", "text": "Yes."}]}}]},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+    ]
+    body = b"".join(b"data: " + json.dumps(frame).encode() + b"\n\n" for frame in frames)
+    upstream.push(Script(raw=[body + b"data: [DONE]\n\n"]))
+    events, error = run_provider(settings_for(upstream.url))
+    assert error is None
+    assert events[:2] == [ThinkingDelta("weighing"), TextDelta("Yes.")]
+
+
+def test_only_the_first_choice_is_the_answer(upstream: FakeUpstream) -> None:
+    # We never ask for `n`; a server that gives several interleaved them into one text.
+    frames = [
+        {"choices": [{"index": 0, "delta": {"content": "A"}}]},
+        {"choices": [{"index": 1, "delta": {"content": "B"}}]},
+        {"choices": [{"index": 0, "delta": {"content": "C"}, "finish_reason": "stop"}]},
+        {"choices": [{"index": 1, "delta": {}, "finish_reason": "length"}]},
+    ]
+    body = b"".join(b"data: " + json.dumps(frame).encode() + b"\n\n" for frame in frames)
+    upstream.push(Script(raw=[body + b"data: [DONE]\n\n"]))
+    events, error = run_provider(settings_for(upstream.url))
+    assert error is None
+    assert [event for event in events if isinstance(event, TextDelta)] == [
+        TextDelta("A"),
+        TextDelta("C"),
+    ]
 
 
 def test_an_error_field_that_is_null_is_no_error(upstream: FakeUpstream) -> None:

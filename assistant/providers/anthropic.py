@@ -245,8 +245,9 @@ def _on_message_stop(data: dict[str, Any], state: _State) -> None:
 
 
 def _on_error(data: dict[str, Any], state: _State) -> None:
-    error = data.get("error") or {}
-    raise ProviderError("upstream_error", str(error.get("type") or "error event"))
+    error = data.get("error")
+    kind = error.get("type") if isinstance(error, dict) else error  # a proxy's: a string
+    raise ProviderError("upstream_error", str(kind or "error event")[:200])
 
 
 _HANDLERS: dict[str, Callable[[dict[str, Any], _State], None]] = {

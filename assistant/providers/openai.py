@@ -217,6 +217,8 @@ class _Decoder:
             if chunk.get("usage"):
                 self._usage = _usage(chunk["usage"])
             for choice in chunk.get("choices") or []:
+                if choice.get("index", 0) != 0:  # the answer is the first choice (no `n` asked)
+                    continue
                 delta = choice.get("delta") or {}
                 out += _deltas(delta)
                 self._refused = self._refused or bool(delta.get("refusal"))
@@ -435,6 +437,30 @@ def _deltas(delta: dict[str, Any]) -> list[Event]:
         text = delta.get(key)
         if isinstance(text, str) and text:
             events.append(TextDelta(text))
+        elif isinstance(text, list):  # parts (Mistral's reasoning models)
+            events += _parts(text)
+    return events
+
+
+def _parts(parts: list[Any]) -> list[Event]:
+    """Content given as parts: `{"type": "text", "text"}` is text; `{"type": "thinking",
+    "thinking": [text parts]}` (or a string) thinking; any other part is not shown."""
+    events: list[Event] = []
+    for part in parts:
+        if not isinstance(part, dict):
+            continue
+        if part.get("type") == "text" and isinstance(text := part.get("text"), str) and text:
+            events.append(TextDelta(text))
+        elif part.get("type") == "thinking":
+            inner = part.get("thinking")
+            pieces = [inner] if isinstance(inner, str) else inner if isinstance(inner, list) else []
+            thought = "".join(
+                piece if isinstance(piece, str) else str(piece.get("text") or "")
+                for piece in pieces
+                if isinstance(piece, str | dict)
+            )
+            if thought:
+                events.append(ThinkingDelta(thought))
     return events
 
 
