@@ -54,6 +54,8 @@ for name in PORT THREADS FAKE_UPSTREAM_PORT FIRESTORE_EMULATOR_PORT DEMO_PORT; d
     [[ "${!name}" =~ ^[0-9]+$ ]] || die "$name must be a number, got '${!name}'"
 done
 command -v curl >/dev/null || die "curl not found: install curl"
+# ps and pgrep find the server's workers to stop them (not in slim images).
+command -v pgrep >/dev/null || die "pgrep not found: install procps (Debian: apt-get install procps)"
 
 # 0: nothing listens on the port; 1: something does.
 port_free() {

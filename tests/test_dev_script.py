@@ -49,3 +49,33 @@ def test_a_second_run_that_cannot_start_leaves_the_first_runs_emulator(tmp_path:
         assert httpx.get(f"http://127.0.0.1:{first_port}/", timeout=5).status_code == 200
     finally:
         subprocess.run(["bash", emulator, "stop"], cwd=tmp_path, env=env, timeout=60)
+
+
+def test_without_ps_the_scripts_stop_and_say_what_to_install(tmp_path: Path) -> None:
+    """Without ps (procps is not in slim images) `stop` took a running emulator for gone
+    and left it running; the scripts now refuse to start and name the package."""
+    commands = tmp_path / "bin"  # every command on the PATH but ps and pgrep
+    commands.mkdir()
+    for folder in os.environ["PATH"].split(os.pathsep):
+        for command in Path(folder).glob("*") if Path(folder).is_dir() else ():
+            link = commands / command.name
+            if command.name not in ("ps", "pgrep") and not os.path.lexists(link):
+                link.symlink_to(command)
+    project = tmp_path / "project"
+    _checkout(project)
+    ports = {"PORT": str(free_port()), "FIRESTORE_EMULATOR_PORT": str(free_port())}
+    try:
+        for script, arguments in (("firestore-emulator.sh", ["start"]), ("dev.sh", [])):
+            run = subprocess.run(
+                ["bash", project / "scripts" / script, *arguments],
+                cwd=project,
+                env={**os.environ, **ports, "PATH": str(commands)},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert run.returncode != 0
+            assert "install procps" in run.stderr, run.stderr
+    finally:  # had one started, with ps at hand this time
+        emulator = project / "scripts" / "firestore-emulator.sh"
+        subprocess.run(["bash", emulator, "stop"], cwd=project, env={**os.environ, **ports})

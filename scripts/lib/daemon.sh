@@ -8,6 +8,10 @@
 # taken for it), READY_BODY (a glob its root URL's answer matches once it is
 # ready), READY_SECONDS, and defines say and die.
 
+# Without ps a server's pid could not be told from a recycled one: `stop` took
+# every server for gone and left it running (ps is not in slim images).
+command -v ps >/dev/null || die "ps not found: install procps (Debian: apt-get install procps)"
+
 # 0 when the server answers READY_BODY on its root URL; 1 when nothing
 # listens; 2 when something else answers there.
 probe() {
