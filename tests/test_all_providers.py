@@ -350,6 +350,34 @@ def test_an_echo_cut_inside_its_escaped_start_is_taken_out_too() -> None:
     assert without_prompt(detail, Prompt(None, (Turn("user", said),))) == '{"input":"[prompt]'
 
 
+def _go_json(text: str) -> str:
+    """`text` as Go's encoding/json writes a string (Ollama's server is Go): & < > as
+    \\u0026 \\u003c \\u003e."""
+    escaped = json.dumps(text, ensure_ascii=False)
+    return escaped.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+
+
+SECRET = 'Tom & Jerry <admin>: "my password" is hunter2, é/ü'
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        pytest.param(f'{{"error":{_go_json(SECRET)}}}', id="go-json"),
+        pytest.param(json.dumps({"message": json.dumps({"content": SECRET})}), id="json-twice"),
+        pytest.param(json.dumps(SECRET).replace("\\u00e9", "\\u00E9"), id="upper-hex"),
+        pytest.param(json.dumps(SECRET).replace("/", "\\/"), id="escaped-slash"),
+        # Cut by our own reading 22 characters into it (Ollama's error line is cut at 200).
+        pytest.param("template error near: " + SECRET[:22], id="cut-at-the-end"),
+    ],
+)
+def test_an_echo_escaped_by_any_encoder_is_taken_out(echo: str) -> None:
+    """Only Python's encoders were known: Go's escapes, a body quoted in JSON twice, or a
+    cut within the first 24 characters left the password in the log."""
+    detail = without_prompt(echo, Prompt(None, (Turn("user", SECRET),)))
+    assert "hunter2" not in detail and "Jerry" not in detail and "[prompt]" in detail
+
+
 def test_an_error_line_in_the_stream_is_logged_without_the_prompt(upstream: FakeUpstream) -> None:
     """What a provider says in its stream is the log's too (Ollama's error line named
     the user's text): the chain takes the prompt out of every failure's detail."""

@@ -166,7 +166,9 @@ class ProviderError(Exception):
         status: int | None = None,
         key_refused: bool = False,
     ) -> None:
-        super().__init__(f"{code}: {detail}" if detail else code)
+        # The detail may echo the prompt (scrubbed later, on `detail`): never in the
+        # exception's own text, which a traceback would log.
+        super().__init__(code)
         self.code: UpstreamCode = code
         self.message = MESSAGES[code]
         self.detail = detail
@@ -527,42 +529,82 @@ async def read_error_body(
 
 _ECHO_MIN_CHARS = 8  # a prompt text shorter than this is a word an error message may hold
 _ECHO_START_CHARS = 24  # of a prompt text: where it begins, when its echo is cut short
+_ESCAPED_START_CHARS = 10 * _ECHO_START_CHARS  # what they may take escaped (\UXXXXXXXX)
 
 
 def without_prompt(text: str, prompt: Prompt) -> str:
-    """`text` with what the prompt's texts put in it taken out: each one whole, as it is or
-    as JSON writes it; and from where one begins to the end when its echo is cut short
-    (by the server, or by our reading).
+    """`text` with what the prompt's texts put in it taken out: each one whole; from where
+    one begins to the end when its echo is cut short (by the server, or by our reading:
+    down to its first _ECHO_MIN_CHARS characters at the very end).
 
-    Runs on the I/O loop, for every provider failure: a text whose start is not in
-    `text` (nearly all of them) costs the forms of its first few characters only, and
-    each text is looked for once (a history of 45,000 call arguments took 2.5 s a
-    failure, every stream waiting)."""
+    An echo may be escaped by any encoder, and more than once (JSON, with or without
+    ASCII escapes, Go's `\u0026` for `&`, Python's repr, a proxy quoting a JSON
+    body in its JSON): the escapes are read back first (`_unescaped`), and a `text`
+    the prompt is found in is logged so, read back. Runs on the I/O loop, for every
+    provider failure: a look for each text's start (once each) in a few KB."""
+    plain = _unescaped(text)
+    found = False
     for said in dict.fromkeys(_prompt_texts(prompt)):
-        # Each form of the whole begins with the same form of its start, whose first
-        # characters are what a cut-short echo keeps at the least.
-        starts = {form[:_ECHO_START_CHARS] for form in _forms(said[:_ECHO_START_CHARS])}
-        if not any(start in text for start in starts):
-            continue  # neither it nor the start of it is there
-        forms = _forms(said)
-        for form in forms:
-            text = text.replace(form, "[prompt]")
-        for form in forms if len(said) > _ECHO_START_CHARS else ():
-            start = text.find(form[:_ECHO_START_CHARS])
-            if start != -1:
-                text = text[:start] + "[prompt]"
+        for read in (_as_is, _unescaped) if "\\" in said else (_as_is,):
+            # Its start first (a text of a MB read back whole, each failure, held the loop).
+            start = read(said[:_ESCAPED_START_CHARS])[:_ECHO_START_CHARS]
+            if plain.find(start) == -1 and _cut_short_at(plain, start) == -1:
+                continue
+            found = True
+            form = read(said)
+            plain = plain.replace(form, "[prompt]")
+            cut = plain.find(start) if len(form) > _ECHO_START_CHARS else -1
+            if cut == -1:
+                cut = _cut_short_at(plain, form)
+            if cut != -1:
+                plain = plain[:cut] + "[prompt]"
+    return plain if found else text
+
+
+def _as_is(text: str) -> str:
     return text
 
 
-def _forms(said: str) -> set[str]:
-    """`said` as an echo may write it: as it is or as Python's repr writes it (vLLM quotes
-    a Python error's text; either quote), and each of those as JSON writes it."""
-    as_python = (said, repr(said)[1:-1], repr(said + '"')[1:-2])
-    return {
-        written
-        for form in as_python
-        for written in (form, json.dumps(form)[1:-1], json.dumps(form, ensure_ascii=False)[1:-1])
-    }
+def _cut_short_at(text: str, said: str) -> int:
+    """Where `text` ends with the start of `said` (at least _ECHO_MIN_CHARS of it, less
+    than _ECHO_START_CHARS, an escape our reading cut in two after it), or -1."""
+    if (partial := _PARTIAL_ESCAPE.search(text, max(0, len(text) - 10))) is not None:
+        text = text[: partial.start()]
+    at = text.find(said[:_ECHO_MIN_CHARS], max(0, len(text) - _ECHO_START_CHARS))
+    while at != -1:
+        if said.startswith(text[at:]):
+            return at
+        at = text.find(said[:_ECHO_MIN_CHARS], at + 1)
+    return -1
+
+
+# An escape as JSON, Python or Go writes one: \uXXXX (either case), \xXX, \UXXXXXXXX,
+# or a backslash and one other character (one cut short is left as it is).
+_ESCAPE = re.compile(
+    r"\\(?:u([0-9a-fA-F]{4})|x([0-9a-fA-F]{2})|U([0-9a-fA-F]{8})|([^uxU]))", re.DOTALL
+)
+_PARTIAL_ESCAPE = re.compile(r"\\(?:u[0-9a-fA-F]{0,3}|x[0-9a-fA-F]?|U[0-9a-fA-F]{0,7})?\Z")
+_ESCAPED_CHARS = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f"}
+_MOST_ESCAPE_PASSES = 3  # escaped three times over: a proxy quoting a server quoting us
+
+
+def _unescaped(text: str) -> str:
+    """`text` with its escapes read back, as often as it holds any (three times at most);
+    surrogate pairs joined, a lone one U+FFFD."""
+    for _ in range(_MOST_ESCAPE_PASSES):
+        if "\\" not in text:
+            break
+        text = _ESCAPE.sub(_escaped_char, text)
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def _escaped_char(match: re.Match[str]) -> str:
+    code = match.group(1) or match.group(2) or match.group(3)
+    if code is not None:
+        return chr(int(code, 16)) if int(code, 16) <= 0x10FFFF else "\ufffd"
+    char = match.group(4)
+    return _ESCAPED_CHARS.get(char, char)
 
 
 # Values of the history's call arguments looked at, at most: a body can hold tens of
