@@ -10,6 +10,7 @@ and test_<provider>_tools.py (each one's wire form).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -450,6 +451,32 @@ def test_a_result_answers_the_latest_call_with_its_id_and_a_turn_names_an_id_onc
                 "Result of search: B again",
             ),
         ),
+    ]
+
+
+def test_an_id_an_earlier_call_had_is_a_new_one_on_the_call_and_its_result() -> None:
+    """`call_0` every turn (some OpenAI-compatible servers): Anthropic refuses an id twice
+    in one request, whatever turns they are in; every provider gets the ids unique."""
+    first, again = (
+        ToolCall("call_0", "weather", {"city": "Oslo"}),
+        ToolCall("call_0", "weather", {}),
+    )
+    turns = (
+        Turn("user", "Oslo?"),
+        Turn("assistant", "", tool_calls=(first,)),
+        Turn("tool", "4 °C", tool_call_id="call_0", tool_name="weather"),
+        Turn("assistant", "4 °C. Paris?", tool_calls=(again,)),
+        Turn("tool", "9 °C", tool_call_id="call_0", tool_name="weather"),
+    )
+    messages = conversation(turns)
+    [renamed] = messages[3].parts[1:]
+    assert isinstance(renamed, ToolCall) and renamed.id not in ("call_0", "")
+    assert messages == [
+        Message("user", ("Oslo?",)),
+        Message("assistant", (first,)),
+        Message("user", (ToolResult("call_0", "weather", "4 °C"),)),
+        Message("assistant", ("4 °C. Paris?", dataclasses.replace(again, id=renamed.id))),
+        Message("user", (ToolResult(renamed.id, "weather", "9 °C"),)),
     ]
 
 

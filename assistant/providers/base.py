@@ -450,7 +450,32 @@ def conversation(turns: tuple[Turn, ...]) -> list[Message]:
             turn = dataclasses.replace(turn, tool_calls=_answered_once(turn.tool_calls, answered))
         for each in (turn, *answers):
             _append(messages, each)
-    return messages
+    return _unique_call_ids(messages)
+
+
+def _unique_call_ids(messages: list[Message]) -> list[Message]:
+    """The messages, a call whose id an earlier call had given a new one, on its results
+    too (in the message after its own): Anthropic refuses an id twice in one request,
+    and some OpenAI-compatible servers call every turn's first call `call_0`."""
+    seen: set[str] = set()
+    renamed: dict[str, str] = {}  # of the latest calls: their results follow them
+    unique: list[Message] = []
+    for message in messages:
+        if message.role == "assistant":
+            renamed = {}
+        parts: list[Part] = []
+        for part in message.parts:
+            if isinstance(part, ToolCall):
+                if part.id in seen:
+                    new_id = changed_call_id(f"{part.id}\n{len(seen)}", part.id)
+                    renamed[part.id] = new_id
+                    part = dataclasses.replace(part, id=new_id)
+                seen.add(part.id)
+            elif isinstance(part, ToolResult) and part.call_id in renamed:
+                part = dataclasses.replace(part, call_id=renamed[part.call_id])
+            parts.append(part)
+        unique.append(Message(message.role, tuple(parts)) if renamed else message)
+    return unique
 
 
 def _results_by_call_turn(turns: tuple[Turn, ...]) -> dict[int, list[int]]:
