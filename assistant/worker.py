@@ -629,8 +629,12 @@ class Worker(ThreadWorker):
         self._arrivals: deque[_Arrival] = deque()
         self._lingering: deque[_Linger] = deque()
         self._buffered = 0  # bytes held by the arrivals
-        self._lock = threading.Lock()  # for _parked and _in_app, changed by pool threads
+        self._lock = threading.Lock()  # for _parked, _writing and _in_app (pool threads)
         self._parked: set[_Exchange] = set()  # responses waiting for their resume()
+        # Responses a pool thread writes now: a stopping worker ends them too, and at the
+        # abandon cuts their sockets (a client that reads nothing held a write, and the
+        # worker, up to SEND_TIMEOUT_SECONDS: past Cloud Run's kill, its reply unsaved).
+        self._writing: set[_Exchange] = set()
         # The environs of requests whose app call runs on a pool thread (a JSON reply holds
         # its thread to the end), by id: a stopping worker ends their replies early too.
         self._in_app: dict[int, dict[str, Any]] = {}
@@ -877,6 +881,15 @@ class Worker(ThreadWorker):
     def _write_body(self, exchange: _Exchange) -> Any:
         """Write the body on until it ends (whether the connection may serve another
         request, as gthread's handle_request says) or parks (`_PARKED`)."""
+        with self._lock:
+            self._writing.add(exchange)
+        try:
+            return self._write_body_on(exchange)
+        finally:
+            with self._lock:
+                self._writing.discard(exchange)
+
+    def _write_body_on(self, exchange: _Exchange) -> Any:
         resp = exchange.resp
         try:
             if isinstance(exchange.respiter, exchange.environ["wsgi.file_wrapper"]):
@@ -980,10 +993,10 @@ class Worker(ThreadWorker):
         parked responses (streams: a terminal frame, then [DONE]; one still waiting for
         its first chunk, its head not out: 503 `overloaded`, before a first chunk could
         open it only to end it) and those still in the app's call (a JSON reply: 503
-        `overloaded`), their text saved. Each is told once; a stream busy on a thread is
-        told on a later turn."""
+        `overloaded`), their text saved. Each is told once, those a pool thread writes
+        now too."""
         with self._lock:
-            environs = [exchange.environ for exchange in self._parked]
+            environs = [exchange.environ for exchange in (*self._parked, *self._writing)]
             environs += self._in_app.values()
         for environ in environs:
             stop = environ.get(STOP_EARLY)
@@ -996,11 +1009,16 @@ class Worker(ThreadWorker):
 
     def _abandon_parked(self) -> None:
         """The replies parked now end as a client that left would (upstream cancelled,
-        what arrived saved), side by side."""
+        what arrived saved), side by side; so do those a pool thread still writes (to a
+        client that takes nothing): their sockets shut, the write fails at once."""
         with self._lock:
             parked, self._parked = self._parked, set()
+            writing = list(self._writing)
         for exchange in parked:
             self._abandon_aside(exchange)
+        for exchange in writing:
+            with contextlib.suppress(OSError):
+                exchange.conn.sock.shutdown(socket.SHUT_RDWR)
 
     def _abandon_aside(self, exchange: _Exchange) -> None:
         """End a parked response that will not be resumed, as a client that left, on a

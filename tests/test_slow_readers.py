@@ -119,6 +119,29 @@ def test_a_full_instance_gives_a_stuck_clients_place_to_a_newcomer(
         assert saved.get().to_dict()["status"] == "incomplete"
 
 
+def test_a_stopping_server_ends_a_stream_whose_client_reads_nothing_in_time(
+    fake: FakeUpstream, firestore
+) -> None:
+    """SIGTERM while a thread's write waits on a client that takes nothing: the stop
+    neither ended nor abandoned it (it was neither parked nor in the app), and the
+    worker waited up to SEND_TIMEOUT_SECONDS (past Cloud Run's kill at 10 s, its reply
+    never saved, not a line logged). At the abandon its socket is shut: the reply ends
+    as a client that left, saved `incomplete`, the worker gone before the kill."""
+    fake.push(HUGE)
+    body = b'{"user_input": "hi", "save_to_history": true, "trace_id": "stuck-stop"}'
+    env = {"THREADS": "4", "SEND_TIMEOUT_SECONDS": "60"}
+    with running_service(env) as service, open_stream_and_never_read(service.url, body):
+        fake.wait_for_requests(1)
+        time.sleep(2)  # its writes are blocked by now
+        service.process.terminate()
+        stopped = time.monotonic()
+        assert service.process.wait(timeout=40) == 0
+        assert time.monotonic() - stopped < 10  # before Cloud Run's kill
+    saved = firestore.document("assistants/test-assistant/messages/stuck-stop-assistant").get()
+    assert saved.exists and saved.to_dict()["status"] == "incomplete"
+    assert saved.to_dict()["content"].startswith(PIECE)
+
+
 def test_a_slow_but_steady_reader_gets_a_final_frame_longer_than_the_send_timeout(
     fake: FakeUpstream, tmp_path: Path
 ) -> None:
