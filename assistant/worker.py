@@ -206,9 +206,9 @@ def _reserved_request(head: bytes | None) -> bool:
     end = head.find(b"\r\n\r\n")
     if end < 0:
         return False
-    fields = head[:end]
+    fields = head[:end] + b"\r\n"
     return not any(
-        pattern.search(fields) for pattern in (_ANY_CONTENT_LENGTH, _ANY_TRANSFER_ENCODING, _EXPECT)
+        pattern.search(fields) for pattern in (_A_BODY_LENGTH, _ANY_TRANSFER_ENCODING, _EXPECT)
     )
 
 
@@ -268,6 +268,9 @@ _CHUNKED = re.compile(
     rb"chunked[ \t]*(?=\r\n|$)",
     re.I,
 )
+# A Content-Length that announces a body (`Content-Length: 0` is none: a probe's GET may
+# send it, and waited behind busy threads for a reserved one's answer).
+_A_BODY_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:(?![ \t]*0+[ \t]*\r\n)", re.I)
 _ANY_TRANSFER_ENCODING = re.compile(rb"\r\ntransfer-encoding[ \t]*:", re.I)
 _EXPECT = re.compile(rb"\r\nexpect[ \t]*:", re.I)
 _HEX = frozenset(b"0123456789abcdefABCDEF")
