@@ -45,7 +45,7 @@ from .config import (
 from .cors import cors_headers
 from .direct import briefly, client_socket
 from .errors import MESSAGES, ErrorCode, RequestError
-from .limits import Slot, pieces, replies_in_flight
+from .limits import STOPPING_RETRY_AFTER_SECONDS, Slot, pieces, replies_in_flight
 from .parking import Park
 from .providers import configured_providers, with_fresh_key
 from .reply import ClientGone, Refused, Reply
@@ -65,7 +65,6 @@ from .worker import (
     HEAD,
     PARKING,
     STOP_EARLY,
-    STOPPING_RETRY_AFTER_SECONDS,
     TRACE_ID,
     Instead,
     body_refusal,

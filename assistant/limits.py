@@ -36,6 +36,7 @@ from .errors import MESSAGES, RequestError
 
 RETRY_AFTER_SECONDS = 5  # a user's own replies take seconds to end
 OVERLOADED_RETRY_AFTER_SECONDS = 2  # another instance, or this one soon, will have room
+STOPPING_RETRY_AFTER_SECONDS = 1  # a stopping instance's: a retry goes to another at once
 STUCK_SECONDS = 2.0  # a write not taken for this long marks a client as stuck
 BRIEF_WRITE_SECONDS = 0.1  # the longest a write may wait once half of THREADS wait on clients
 # A write goes to the socket in pieces of at most this many bytes, each with the whole send
@@ -125,6 +126,9 @@ class InFlight:
         self._evicted = 0  # slots in _slots marked evicted: counted, not summed per request
         self._lock = threading.Lock()
         self.writers = Writers()
+        # The worker is stopping (its signal handler sets it): a reply begun now would be
+        # ended early, its provider called and its question saved for nothing.
+        self.stopping = False
 
     def set_threads(self, threads: int) -> None:
         """The worker's request threads: half of them may wait on clients' writes (the
@@ -138,7 +142,17 @@ class InFlight:
 
     def take(self, user_id: str | None, per_user: int, total: int) -> Slot:
         """A slot for `user_id`; 429 `rate_limited` when they already hold `per_user`,
-        503 `overloaded` when the instance already holds `total` and no reply is stuck."""
+        503 `overloaded` when the instance already holds `total` and no reply is stuck,
+        or is stopping."""
+        if self.stopping:
+            refusal = RequestError(
+                MESSAGES["overloaded"],
+                503,
+                "overloaded",
+                headers={"Retry-After": str(STOPPING_RETRY_AFTER_SECONDS)},
+            )
+            refusal.reason = "the worker is stopping"
+            raise refusal
         key = user_id or ANONYMOUS
         with self._lock:
             held = self._counts.get(key, 0)

@@ -172,6 +172,7 @@ from .config import ConfigError, ServerSettings, Settings, cors_origins, request
 from .cors import cors_headers
 from .errors import MESSAGES, ErrorCode
 from .late_saves import late_saves
+from .limits import STOPPING_RETRY_AFTER_SECONDS, replies_in_flight
 from .saving import stop_writes
 from .tracing import RequestLog, new_trace_id, process_log, trace_id_from_headers
 
@@ -241,8 +242,6 @@ STOP_END_SECONDS = 4.0
 # Messages that could not be saved within their replies' waits get one more try on the
 # way out, begun this long after the stop signal at the latest (late_saves.py).
 LATE_SAVES_BY_SECONDS = 9.0
-# A stopping instance's 503 `overloaded`: a retry goes to another instance at once.
-STOPPING_RETRY_AFTER_SECONDS = 1
 
 # What the poller holds of requests still arriving (see point 1 above): a
 # head up to HEAD_BUFFER_BYTES (a larger one, legal up to gunicorn's header
@@ -1060,6 +1059,7 @@ class Worker(ThreadWorker):
     def handle_exit(self, sig: int, frame: Any) -> None:
         if self._stopping_since is None:
             self._stopping_since = time.monotonic()
+            replies_in_flight.stopping = True  # a reply asked for now: 503 at once
         super().handle_exit(sig, frame)
 
     def _keepalive_after(self, conn: _Connection, keepalive: Any) -> Any:

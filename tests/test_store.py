@@ -1070,6 +1070,28 @@ def test_a_stopping_server_ends_a_long_stream_with_a_terminal_frame(fake, firest
     assert saved["content"] == terminal["partial"].strip()
 
 
+def test_a_stopping_server_refuses_a_new_reply_before_any_work(fake, firestore) -> None:
+    """SIGTERM, then a request on a connection kept alive: it called the provider and
+    saved its question, then was ended with a 503 (a retry elsewhere with a new trace id
+    left an unanswered question in the history). Now a 503 at once: nothing called,
+    nothing written."""
+    fake.push(Script(tokens=[f"w{n} " for n in range(60)], interval=0.5))  # keeps it busy
+    url = "/vac/assistant/test-assistant/sse"
+    with running_service({"THREADS": "4"}) as service, httpx.Client(timeout=20) as kept:
+        assert kept.get(f"{service.url}/health").status_code == 200  # the connection is up
+        with httpx.stream("POST", f"{service.url}{url}", json={"user_input": "hi"}) as busy:
+            next(line for line in busy.iter_lines() if line)
+            service.process.terminate()
+            time.sleep(0.3)
+            body = {"user_input": "late", "trace_id": "t-late", **SAVE}
+            late = kept.post(f"{service.url}{url}", json=body)
+        service.process.wait(timeout=20)
+    assert late.status_code == 503 and late.headers["retry-after"] == "1"
+    assert late.json()["code"] == "overloaded"
+    assert len(fake.requests) == 1  # the busy stream's alone
+    assert "t-late-user" not in _messages(firestore)
+
+
 def test_a_stopping_server_writes_what_waits_to_be_saved_late(
     fake, firestore, paused_database: _PausableProxy, tmp_path
 ) -> None:
