@@ -758,6 +758,15 @@ OBJECTS_ALL_OF = {
         ({"type": "object", "properties": {"any": {"type": "object"}}}, "an object whose keys"),
         ({"type": ["object", "null"], "patternProperties": {"^x": {}}}, "an object whose keys"),
         ({"type": "object", "properties": {}, "additionalProperties": True}, "an object whose"),
+        # Named keys, and others given a schema: closed, the others were lost unseen.
+        (
+            {"properties": {"a": {"type": "string"}}, "additionalProperties": {"type": "integer"}},
+            "an object that takes keys beyond its properties",
+        ),
+        (
+            {"type": "object", "properties": {"a": {}}, "patternProperties": {"^x-": {}}},
+            "an object that takes keys beyond its properties",
+        ),
         ({"type": "array", "items": OBJECTS_ALL_OF}, "allOf over objects"),
         (  # the usual way to extend a base: through a $ref
             {

@@ -15,7 +15,9 @@ the `oneOf`); a `$ref` into it is rewritten to match.
 Some shapes are not sent at all (`unheld`; the reply is still checked, and
 `structured_output_error` says why). Three cannot be closed without changing
 what they mean: an object that names none of its keys (a map: no
-`properties`, or `patternProperties`), which closed could only be `{}`;
+`properties`, or `patternProperties`), which closed could only be `{}`,
+and one that gives keys beyond its `properties` a schema of their own
+(`additionalProperties` a schema, or `patternProperties`);
 `allOf` over two or more objects (its branches, `$ref`s followed, and the
 node's own `properties`), each of which closed would refuse the others'
 keys; and an object's own `properties` beside `anyOf` / `oneOf` branches
@@ -134,10 +136,15 @@ def _unheld(node: Any, root: Mapping[str, Any]) -> str | None:
         return next((why for item in node if (why := _unheld(item, root)) is not None), None)
     if not isinstance(node, Mapping):
         return None
-    if _is_object(node) and not node.get("properties"):
-        extra = node.get("additionalProperties", True)
-        if "patternProperties" in node or extra is not False:
+    if _is_object(node):
+        extra = node.get("additionalProperties")
+        if not node.get("properties") and ("patternProperties" in node or extra is not False):
             return "an object whose keys it does not name"
+        # Keys beyond its properties given a schema of their own are meant (a map beside
+        # named keys): closed, the model could not write them, and the reply would still
+        # pass the check, the data lost unseen. (`true` only lets them be: closed is fine.)
+        if "patternProperties" in node or (isinstance(extra, Mapping) and extra):
+            return "an object that takes keys beyond its properties"
     branches = node.get("allOf")
     if isinstance(branches, list):
         # Each object closed refuses the others' keys: two or more can hold nothing.
