@@ -265,7 +265,12 @@ def structured_output(text: str, schema: Mapping[str, Any]) -> tuple[Any, str | 
     return value, None
 
 
+# A ```json fence (the language named in any case, or not at all), on lines of its own or
+# on the JSON's one line.
+_FENCE = re.compile(r"```(?:json)?[ \t]*\n?(.*?)\n?[ \t]*```", re.DOTALL | re.IGNORECASE)
+
+
 def without_fence(text: str) -> str:
     """Models asked for JSON sometimes wrap it in a ```json fence anyway."""
-    match = re.fullmatch(r"```(?:json)?\s*\n(.*)\n\s*```", text, flags=re.DOTALL)
+    match = _FENCE.fullmatch(text)
     return match.group(1) if match else text
