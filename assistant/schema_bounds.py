@@ -122,8 +122,9 @@ def written_out(pattern: str) -> int:
     pattern it cannot read counts as too much to write out. That parser folds what
     `regex` writes out one by one: a class's repeated members (`[\\w\\d\\w\\d...]{1000}`,
     read as two members, took 65 MB), and alternatives (`(?:a|a|...)` to one, `a|b`
-    to a class). What it folded (counted in the pattern's text, as `_as_written`
-    reads it) is charged at the most any class, or anything, is repeated.
+    to a class). So classes are charged as written (their members counted in the
+    pattern's text, as `_as_written` reads it) at the most any class is repeated,
+    when that is more; and each `|` the parser folded at the most anything is.
     """
     try:
         shape = _Shape()
@@ -134,9 +135,13 @@ def written_out(pattern: str) -> int:
     except (re.error, RecursionError, OverflowError):
         return MOST_PATTERN_CHARS + 1
     members, bars = _as_written(pattern)
-    merged = max(0, members - shape.class_members)
+    # The classes as written, each member at the most any class is repeated, when that is
+    # more than as parsed (the parser's own classes, `\\d` outside brackets or a folded
+    # `a|b`, are counted in the second, never set against the first: 248 `\\d`s once
+    # hid a class of 248 members written out 376 times).
+    classes = max(shape.class_items, members * shape.most_class_repeats)
     folded = max(0, bars - shape.branches)  # each branch is charged at its own repeats
-    return total + merged * shape.most_class_repeats + folded * shape.most_repeats
+    return total - shape.class_items + classes + folded * shape.most_repeats
 
 
 class _Shape:
@@ -144,7 +149,7 @@ class _Shape:
     branches hold."""
 
     def __init__(self) -> None:
-        self.class_members = 0  # as Python's parser counted them
+        self.class_items = 0  # what classes come to, written out as Python's parser reads them
         self.most_class_repeats = 0  # the most times a class is written out
         self.most_repeats = 1  # the most times anything is
         self.branches = 0  # the `|`s the parser kept as branches
@@ -157,7 +162,7 @@ class _Shape:
                 self.most_repeats = max(self.most_repeats, repeats * max(least, 1))
                 total += max(least, 1) * self.items(repeated, repeats * max(least, 1))
             elif op is _constants.IN:
-                self.class_members += len(argument)
+                self.class_items += max(1, len(argument)) * repeats
                 self.most_class_repeats = max(self.most_class_repeats, repeats)
                 total += max(1, len(argument))
             elif op is _constants.BRANCH:  # each alternative, though the parser emptied it

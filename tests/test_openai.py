@@ -94,6 +94,7 @@ def test_content_given_as_parts_is_text_and_thinking(upstream: FakeUpstream) -> 
 def test_only_the_first_choice_is_the_answer(upstream: FakeUpstream) -> None:
     # We never ask for `n`; a server that gives several interleaved them into one text.
     frames = [
+        {"choices": [{"index": None, "delta": {"content": "_"}}]},  # no index: the first
         {"choices": [{"index": 0, "delta": {"content": "A"}}]},
         {"choices": [{"index": 1, "delta": {"content": "B"}}]},
         {"choices": [{"index": 0, "delta": {"content": "C"}, "finish_reason": "stop"}]},
@@ -104,6 +105,7 @@ def test_only_the_first_choice_is_the_answer(upstream: FakeUpstream) -> None:
     events, error = run_provider(settings_for(upstream.url))
     assert error is None
     assert [event for event in events if isinstance(event, TextDelta)] == [
+        TextDelta("_"),
         TextDelta("A"),
         TextDelta("C"),
     ]

@@ -317,6 +317,9 @@ def test_schema_parts_that_cost_more_than_their_size_are_a_400(parameters: Any, 
         (r"(?#\)[)[]" + r"\w" * 490 + "]{499}", 2 * 499 + 489 * 499),  # "\)" ends none
         ("(?:ab|ac){100}", 400),  # a prefix drawn out, "b|c" folded into a class: charged
         ("[|]{100}|b", 101),  # a "|" in a class is a character
+        # Classes of the parser's own (\d outside brackets) set against those written: 248
+        # of them hid a class of 248 members written out 376 times (12 MB a pattern).
+        ("[" + r"\w\d" * 124 + "]{376}" + r"\d" * 248, 248 * 376),
         ("(?:" + "|".join(["a"] * 490) + "){500}", 500 * 491),  # "a" drawn out, 490 left empty
     ],
 )

@@ -217,7 +217,7 @@ class _Decoder:
             if chunk.get("usage"):
                 self._usage = _usage(chunk["usage"])
             for choice in chunk.get("choices") or []:
-                if choice.get("index", 0) != 0:  # the answer is the first choice (no `n` asked)
+                if choice.get("index") not in (None, 0):  # the first choice (no `n` asked)
                     continue
                 delta = choice.get("delta") or {}
                 out += _deltas(delta)

@@ -176,7 +176,7 @@ class EventDecoder:
             if value[:1] == " ":
                 value = value[1:]
             if name == "data":
-                self._data_size += len(value)
+                self._data_size += len(value) + 1  # an empty line is one more entry
                 if self._data_size > MAX_LINE_BYTES:  # many lines: as much as one too long
                     raise ValueError(f"an event's data longer than {MAX_LINE_BYTES} characters")
                 self._data.append(value)
