@@ -105,6 +105,8 @@ class _BoundedMatching(threading.local):
 
 
 _PATTERN_MATCHERS = (jsonschema._keywords, jsonschema._legacy_keywords, jsonschema._utils)
+# The walks `unevaluatedProperties` and `unevaluatedItems` make (each module's own names).
+_WALKS = ("find_evaluated_item_indexes_by_schema", "find_evaluated_property_keys_by_schema")
 
 
 @functools.lru_cache(maxsize=_PATTERNS_REMEMBERED)
@@ -114,34 +116,46 @@ def _compiled(pattern: str) -> Any:
 
 _matching = _BoundedMatching()
 # jsonschema's private modules (pinned in requirements.txt): an upgrade that no longer
-# calls these names would leave patterns unbounded and uniqueItems pairwise, silently.
-if not all(hasattr(module, "re") for module in _PATTERN_MATCHERS) or not hasattr(
-    jsonschema._keywords, "uniq"
+# calls these names would leave patterns unbounded, uniqueItems pairwise and the walks of
+# unevaluated* without a deadline, silently.
+if (
+    not all(hasattr(module, "re") for module in _PATTERN_MATCHERS)
+    or not hasattr(jsonschema._keywords, "uniq")
+    or not all(
+        hasattr(module, walk)
+        for module in (jsonschema._utils, jsonschema._legacy_keywords, jsonschema._keywords)
+        for walk in _WALKS
+    )
 ):
-    raise ImportError("jsonschema no longer matches patterns or checks uniqueItems as pinned")
+    raise ImportError(
+        "jsonschema no longer matches patterns, checks uniqueItems or walks unevaluated* as pinned"
+    )
 for _module in _PATTERN_MATCHERS:
     _module.re = _matching  # type: ignore[attr-defined]
 # uniqueItems, in one pass (schema_bounds.unique); the only caller of jsonschema's `uniq`.
 jsonschema._keywords.uniq = unique
 
 
-def _within_the_deadline(keyword: Callable[..., Any]) -> Callable[..., Any]:
-    """`keyword`'s check, refused once the reply's check is past its deadline.
+def _within_the_deadline(step: Callable[..., Any]) -> Callable[..., Any]:
+    """`step` of a check (a keyword's, or a walk's), refused once the reply's check is
+    past its deadline.
 
     A schema's size is bounded when it comes (schema_bounds.py), not how often its
     parts apply: two references to the next definition, thirty deep, are 1 KB and
     2^30 applications (12 hours, the request thread and the user's slot held); an
     `anyOf` of a thousand schemas over each of a list's items multiplies too. Every
-    keyword applied looks at the clock (a fraction of a microsecond)."""
+    keyword applied looks at the clock (a fraction of a microsecond), and so does each
+    step of the walks `unevaluatedProperties` and `unevaluatedItems` make, which follow
+    references without applying a keyword."""
 
-    @functools.wraps(keyword)
-    def applied(validator: Any, value: Any, instance: Any, schema: Any) -> Any:
+    @functools.wraps(step)
+    def within(*arguments: Any) -> Any:
         deadline = _matching.deadline
         if deadline is not None and time.monotonic() > deadline:
             raise CheckTimeout()
-        return keyword(validator, value, instance, schema)
+        return step(*arguments)
 
-    return applied
+    return within
 
 
 for _validator_class in (
@@ -154,6 +168,12 @@ for _validator_class in (
 ):
     _checks = _validator_class.VALIDATORS
     _checks.update((name, _within_the_deadline(check)) for name, check in _checks.items())
+# The walks call themselves by their module's name, and _keywords holds its own names.
+for _module in (jsonschema._utils, jsonschema._legacy_keywords):
+    for _walk in _WALKS:
+        setattr(_module, _walk, _within_the_deadline(getattr(_module, _walk)))
+for _walk in _WALKS:
+    setattr(jsonschema._keywords, _walk, getattr(jsonschema._utils, _walk))
 
 
 class _ValidSchemas:

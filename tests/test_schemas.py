@@ -149,6 +149,27 @@ def test_a_schema_that_applies_its_parts_over_and_over_stops_at_the_deadline(
     assert problem({"a": 1}, _twice_each_step(3, "allOf")) is None  # a few: checked
 
 
+@pytest.mark.parametrize(
+    ("keyword", "value"), [("unevaluatedProperties", {}), ("unevaluatedItems", [])]
+)
+def test_the_walks_of_unevaluated_keywords_stop_at_the_deadline(
+    keyword: str, value: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """They follow a `$ref` and a `$dynamicRef` of each definition by calling themselves,
+    applying no keyword: 1.3 KB, 30 deep, was 2**30 steps past the keyword's own clock
+    (the `$ref` first in the object, as a frontend may send it)."""
+    monkeypatch.setattr(schemas, "CHECK_SECONDS", 0.2)
+    steps = {
+        f"d{i}": {"$ref": f"#/$defs/d{i + 1}", "$dynamicRef": f"#/$defs/d{i + 1}"}
+        for i in range(30)
+    }
+    schema = {keyword: False, "$ref": "#/$defs/d0", "$defs": {**steps, "d30": {}}}
+    check_schema(schema, "emissaryConfig.responseSchema")
+    started = time.monotonic()
+    assert problem(value, schema) == "checking the reply against the schema took more than 0.2 s"
+    assert time.monotonic() - started < 2
+
+
 @pytest.mark.parametrize("schema", [{"$schema": {"a": 1}}, {"$schema": 5}, {"$schema": ["x"]}])
 def test_a_schema_naming_its_draft_with_no_string_is_400(schema: dict[str, Any]) -> None:
     """jsonschema looks the draft up in a dict: an unhashable one was a 500."""
