@@ -32,7 +32,7 @@ import pytest
 
 from assistant.chain import ChainFailed, ChainSucceeded, Chunk
 from assistant.config import ProviderSettings, Timeouts
-from assistant.providers import sse_decoder
+from assistant.providers import base, sse_decoder
 from assistant.providers.base import (
     Event,
     Prompt,
@@ -376,6 +376,23 @@ def test_an_echo_escaped_by_any_encoder_is_taken_out(echo: str) -> None:
     cut within the first 24 characters left the password in the log."""
     detail = without_prompt(echo, Prompt(None, (Turn("user", SECRET),)))
     assert "hunter2" not in detail and "Jerry" not in detail and "[prompt]" in detail
+
+
+def test_the_prompt_scrub_reads_back_a_bounded_number_of_texts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It runs on the I/O loop for every provider failure: 1,200 texts of backslashes,
+    each read back as an echo would be, held it 0.37 s; texts whose first characters are
+    not in the detail are passed over at once."""
+    read_back: list[str] = []
+    unescaped = base._unescaped
+    monkeypatch.setattr(base, "_unescaped", lambda text: read_back.append(text) or unescaped(text))
+    texts = [f"{i:04d}" + "\\" * 236 for i in range(1200)]
+    texts += [f"plain text {i}, long" for i in range(500)]
+    prompt = Prompt(None, tuple(Turn("user", text) for text in texts))
+    detail = '{"error": "bad request"}'
+    assert without_prompt(detail, prompt) == detail
+    assert len(read_back) <= base._MOST_READ_BACK + 1  # the detail's own, and the budget's
 
 
 def test_an_error_line_in_the_stream_is_logged_without_the_prompt(upstream: FakeUpstream) -> None:
