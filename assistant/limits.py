@@ -181,6 +181,20 @@ class InFlight:
             stuck.evict()  # it lets go of its slot as its response closes
         return slot
 
+    def end_stuck(self) -> None:
+        """Every reply whose client has taken no write for STUCK_SECONDS ends now, as one
+        whose client left (a stopping worker's: its save must begin while there is time;
+        at the abandon, with a database that hung, it came too late for the kill)."""
+        now = time.monotonic()
+        with self._lock:
+            stuck = [slot for slot in self._slots if not slot.evicted and slot.stuck(now)]
+            for slot in stuck:
+                slot.evicted = True
+                self._evicted += 1
+        for slot in stuck:
+            if slot.evict is not None:
+                slot.evict()
+
     def _stuck(self) -> Slot | None:
         """The reply stuck longest, marked evicted; None if none is stuck. Under the lock."""
         now = time.monotonic()

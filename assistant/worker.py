@@ -191,6 +191,7 @@ TRACE_ID = "assistant.trace_id"
 # Set by the app: a callable that ends its reply now, with a terminal frame (point 6).
 STOP_EARLY = "assistant.stop_early"
 _TOLD_TO_STOP = "assistant.told_to_stop"  # STOP_EARLY was called: once is enough
+_CUT_AT_THE_STOP = "assistant.cut_at_the_stop"  # its socket shut at the abandon: once
 
 # Threads for /health and preflights alone (point 7 above), and how their heads begin.
 RESERVED_THREADS = 2
@@ -778,6 +779,7 @@ class Worker(ThreadWorker):
         ends_at = stop_end_seconds(abandons_at, self._persist_timeout)
         if stopping_for is not None and stopping_for >= ends_at:
             self._end_streams_early()  # every turn: a stream busy on a thread the last time
+            replies_in_flight.end_stuck()  # their clients take nothing: ended now, saved
         if stopping_for is not None and stopping_for >= abandons_at:
             self._abandon_parked()
         while self._arrivals and (
@@ -885,11 +887,14 @@ class Worker(ThreadWorker):
         request, as gthread's handle_request says) or parks (`_PARKED`)."""
         with self._lock:
             self._writing.add(exchange)
+        result = None
         try:
-            return self._write_body_on(exchange)
+            result = self._write_body_on(exchange)
+            return result
         finally:
-            with self._lock:
-                self._writing.discard(exchange)
+            if result is not _PARKED:  # parked, it left _writing in _park(): it may be
+                with self._lock:  # resumed, and written by another thread, already
+                    self._writing.discard(exchange)
 
     def _write_body_on(self, exchange: _Exchange) -> Any:
         resp = exchange.resp
@@ -935,6 +940,7 @@ class Worker(ThreadWorker):
     def _park(self, exchange: _Exchange, parkable: Parkable) -> None:
         with self._lock:
             self._parked.add(exchange)
+            self._writing.discard(exchange)
         try:
             parkable.arm(partial(self._resume, exchange))
         except BaseException:
@@ -1019,6 +1025,12 @@ class Worker(ThreadWorker):
         for exchange in parked:
             self._abandon_aside(exchange)
         for exchange in writing:
+            if exchange.environ.get(_CUT_AT_THE_STOP):
+                continue
+            exchange.environ[_CUT_AT_THE_STOP] = True
+            RequestLog(exchange.environ.get(TRACE_ID), self.server_settings.project_id).warning(
+                "response.cut", reason="the worker is stopping and the client took no write"
+            )
             with contextlib.suppress(OSError):
                 exchange.conn.sock.shutdown(socket.SHUT_RDWR)
 

@@ -1119,6 +1119,33 @@ def test_a_stopping_server_writes_what_waits_to_be_saved_late(
     assert late == ["user", "assistant"]
 
 
+def test_a_stuck_client_and_a_hung_database_still_end_before_the_kill(
+    fake, black_hole, tmp_path
+) -> None:
+    """A stream whose client takes nothing was cut at the abandon (7 s), and only then
+    began its save: with the database hung, the worker exited 12.3 s after SIGTERM,
+    its lines about what was lost never written before Cloud Run's kill. Such a client
+    is now ended with the streams (a client stuck for STUCK_SECONDS)."""
+    fake.push(Script(tokens=["x" * 1000] * 20_000))
+    env = {"FIRESTORE_EMULATOR_HOST": black_hole, "THREADS": "4"}
+    body = b'{"user_input": "hi", "save_to_history": true, "trace_id": "t-stuck-hung"}'
+    log = tmp_path / "service.log"
+    url = "/vac/assistant/test-assistant/sse"
+    with (
+        log.open("wb") as output,
+        running_service(env, output=output) as service,
+        open_raw(service.url, url, body, receive_buffer=4096),
+    ):
+        fake.wait_for_requests(1)
+        time.sleep(3)  # its writes are stuck by now
+        service.process.terminate()
+        stopped = time.monotonic()
+        assert service.process.wait(timeout=40) == 0
+        assert time.monotonic() - stopped < 10  # before Cloud Run's kill
+    lost = [line for line in log_lines(log.read_text()) if line["message"] == "persist.lost"]
+    assert lost  # said before the exit
+
+
 def test_a_stopping_server_with_a_hung_database_exits_before_the_kill(
     fake, black_hole, tmp_path
 ) -> None:
