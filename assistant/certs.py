@@ -78,7 +78,7 @@ def fetch_certs(url: str) -> tuple[dict[str, str], float]:
                     raise CertsUnavailable(
                         f"the token certs took over {FETCH_TIMEOUT_SECONDS:g} s to come"
                     )
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:  # a host no lookup takes
         raise CertsUnavailable(f"{type(exc).__name__} fetching the token certs") from exc
     try:
         certs = json.loads(body)

@@ -127,9 +127,12 @@ def _base_url(env: Mapping[str, str], name: str, default: str) -> str:
         raise ConfigError(f"{name} must be an http:// or https:// URL")
     if url:
         try:
-            httpx.URL(url)
-        except httpx.InvalidURL:  # http://[::1/certs: each request using it was a 500
+            parsed = httpx.URL(url)
+            parsed.host.encode("idna")  # a host no name lookup takes (a..b): a 500 per use
+        except (httpx.InvalidURL, ValueError):  # http://[::1/certs: each use was a 500
             raise ConfigError(f"{name} is not a URL httpx can read") from None
+        if parsed.port is not None and not 0 < parsed.port < 65536:
+            raise ConfigError(f"{name} has a port outside 1-65535")
     return url
 
 

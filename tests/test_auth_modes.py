@@ -53,6 +53,8 @@ def as_user(user: dict[str, str], **body: Any) -> dict[str, Any]:
         ({"FIREBASE_CERTS_URL": "file:///etc/passwd"}, "FIREBASE_CERTS_URL must be an http"),
         # httpx could not read it: every request that needed certs was a 500, a traceback.
         ({"FIREBASE_CERTS_URL": "http://[::1/certs"}, "FIREBASE_CERTS_URL is not a URL"),
+        ({"FIREBASE_CERTS_URL": "http://a..b/certs"}, "FIREBASE_CERTS_URL is not a URL"),
+        ({"FIREBASE_CERTS_URL": "http://h:65536/certs"}, "FIREBASE_CERTS_URL has a port"),
         ({"AUTH_MODE": "open"}, "AUTH_MODE must be one of firebase, iam, none"),
         ({"AUTH_MODE": "firebase", "GOOGLE_CLOUD_PROJECT": ""}, "FIREBASE_PROJECT_ID"),
         ({"AUTH_CLOCK_SKEW_SECONDS": "61"}, "AUTH_CLOCK_SKEW_SECONDS must be at most 60"),
@@ -65,6 +67,8 @@ def as_user(user: dict[str, str], **body: Any) -> dict[str, Any]:
         "firestore-emulator-on-cloud-run",
         "certs-url-not-http",
         "certs-url-unreadable",
+        "certs-url-empty-label",
+        "certs-url-port",
         "unknown-mode",
         "firebase-without-project",
         "skew-too-large",
