@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gzip
 import json
 import os
 import socket
@@ -60,6 +61,7 @@ from .provider_support import (
     stream_events,
 )
 from .provider_support import upstream_fixture as upstream_fixture  # the `upstream` fixture
+from .raw_http import one_answer
 
 # Every scenario marked with this runs once per provider.
 EACH = pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
@@ -669,6 +671,21 @@ def test_bodies_are_asked_for_as_sent(upstream: FakeUpstream, case: ProviderCase
     upstream.push(Script(tokens=["hi"]))
     run_chain([case.provider(upstream.url)], Timeouts(connect=1, first_chunk=5, idle=5))
     assert upstream.requests[0].headers["accept-encoding"] == "identity"
+
+
+@EACH
+def test_a_body_compressed_all_the_same_is_a_body_we_cannot_read(case: ProviderCase) -> None:
+    """Asked for none, a server that gzips anyway: inflated, 400 KB came to 419 MB."""
+    content_type = "application/x-ndjson" if case is OLLAMA else "text/event-stream"
+    head = (
+        f"HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\n"
+        "content-encoding: gzip\r\nconnection: close\r\n\r\n"
+    ).encode()
+    with one_answer(head, [gzip.compress(b"data: {}\n\n")]) as url:
+        run = run_chain([case.provider(url)], Timeouts(connect=1, first_chunk=2, idle=2))
+    assert run.outcomes == ["upstream_protocol"]
+    [error] = run.errors
+    assert error is not None and error.detail == "a gzip body, asked for none"
 
 
 @EACH

@@ -342,6 +342,10 @@ class HttpProvider:
                     status=response.status_code,
                     key_refused=self._refuses_key(response.status_code, detail),
                 )
+            coding = response.headers.get("content-encoding", "identity").strip().lower()
+            if coding != "identity":
+                # Asked for none (aio.py): inflated, 400 KB came to 419 MB at once.
+                raise ProviderError("upstream_protocol", f"a {coding[:40]} body, asked for none")
             yield response
 
     def _refuses_key(self, status: int, body: str) -> bool:
