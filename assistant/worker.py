@@ -192,9 +192,13 @@ TRACE_ID = "assistant.trace_id"
 STOP_EARLY = "assistant.stop_early"
 _TOLD_TO_STOP = "assistant.told_to_stop"  # STOP_EARLY was called: once is enough
 _CUT_AT_THE_STOP = "assistant.cut_at_the_stop"  # its socket shut at the abandon: once
+_SEND_BOUNDED_HERE = "assistant.send_bounded_here"  # the worker gave its answer a send timeout
 
 # Threads for /health and preflights alone (point 7 above), and how their heads begin.
 RESERVED_THREADS = 2
+# How long their answers wait on a client to take them: a client that sends preflights and
+# reads nothing filled its socket's buffers and held both threads (/health unanswered).
+RESERVED_SEND_SECONDS = 2.0
 _RESERVED_REQUESTS = (b"GET /health ", b"GET /health?", b"HEAD /health ", b"HEAD /health?",
                       b"OPTIONS ")  # fmt: skip
 
@@ -645,6 +649,7 @@ class Worker(ThreadWorker):
         self._stopping_since: float | None = None  # time.monotonic() of the stop signal
         app_settings = _app_settings()
         self._persist_timeout = app_settings.persist_timeout_seconds
+        self._send_timeout = app_settings.send_timeout_seconds
         # The largest body the poller waits for: a larger one the app refuses unread (413),
         # at once, to a client that may wait for that before it sends the body.
         self._body_limit = min(REQUEST_BUFFER_BYTES, app_settings.max_body_bytes)
@@ -895,9 +900,20 @@ class Worker(ThreadWorker):
             if result is not _PARKED:  # parked, it left _writing in _park(): it may be
                 with self._lock:  # resumed, and written by another thread, already
                     self._writing.discard(exchange)
+                if exchange.environ.get(_SEND_BOUNDED_HERE):
+                    with contextlib.suppress(OSError):
+                        exchange.conn.sock.settimeout(None)
 
     def _write_body_on(self, exchange: _Exchange) -> Any:
         resp = exchange.resp
+        sock = exchange.conn.sock
+        if sock.gettimeout() is None:  # no send timeout of the app's (the assistant route's)
+            # gthread's sockets block without end: an answer to a client that reads nothing
+            # (a preflight, a refusal) held its thread for ever. Only for this answer: the
+            # connection's next request may read its body on the read clock's time.
+            reserved = threading.current_thread().name.startswith("reserved")
+            sock.settimeout(RESERVED_SEND_SECONDS if reserved else self._send_timeout)
+            exchange.environ[_SEND_BOUNDED_HERE] = True
         try:
             if isinstance(exchange.respiter, exchange.environ["wsgi.file_wrapper"]):
                 resp.write_file(exchange.respiter)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,6 +141,53 @@ def test_a_stopping_server_ends_a_stream_whose_client_reads_nothing_in_time(
     saved = firestore.document("assistants/test-assistant/messages/stuck-stop-assistant").get()
     assert saved.exists and saved.to_dict()["status"] == "incomplete"
     assert saved.to_dict()["content"].startswith(PIECE)
+
+
+def test_clients_that_send_preflights_and_read_nothing_cannot_hold_the_threads() -> None:
+    """gthread's sockets block without end: six connections sending preflights (each
+    answer echoes its 8 KB of asked headers) and reading none filled their buffers and
+    held every thread, a refusal unanswered for 50 s. Every answer now has a send
+    timeout (SEND_TIMEOUT_SECONDS; 2 s on the reserved threads)."""
+    asked = "x-a, " * 1600
+    preflight = (
+        "OPTIONS /vac/assistant/a/sse HTTP/1.1\r\nHost: x\r\nOrigin: https://a.example\r\n"
+        f"Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: {asked}\r\n\r\n"
+    ).encode()
+    stop = threading.Event()
+
+    def send_and_never_read(url: str) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect((host, int(port)))
+            sock.settimeout(0.5)
+            while not stop.is_set():
+                try:
+                    sock.sendall(preflight * 20)
+                except OSError:  # our own buffers full, or the service gave up on us
+                    time.sleep(0.05)
+
+    env = {"THREADS": "4", "SEND_TIMEOUT_SECONDS": "2", "CORS_ORIGINS": "*"}
+    with running_service(env) as service:
+        senders = [
+            threading.Thread(target=send_and_never_read, args=(service.url,)) for _ in range(6)
+        ]
+        for sender in senders:
+            sender.start()
+        try:
+            time.sleep(8)  # their buffers are full by now
+            refused = httpx.post(
+                f"{service.url}/vac/assistant/a/sse",
+                content=b"{",
+                headers={"Content-Type": "application/json"},
+                timeout=10,
+            )
+            assert refused.status_code == 400
+            assert httpx.get(f"{service.url}/health", timeout=10).status_code == 200
+        finally:
+            stop.set()
+            for sender in senders:
+                sender.join()
 
 
 def test_a_slow_but_steady_reader_gets_a_final_frame_longer_than_the_send_timeout(
