@@ -56,12 +56,42 @@ def max_age(cache_control: str | None) -> float:
 def fetch_certs(url: str) -> tuple[dict[str, str], float]:
     """(certs by key id, seconds they may be kept). Raises CertsUnavailable saying why.
 
-    The whole fetch takes FETCH_TIMEOUT_SECONDS at most, give or take one read's
-    wait (httpx's timeout is per read: an endpoint sending a byte a second held a
-    fetch, and every request waiting on it, as long as it dribbled); a body past
-    MOST_CERTS_BYTES, or a certificate that does not parse, is a failed fetch,
-    not certs to replace the good ones held (a 200 of junk turned every user away
-    for its max-age)."""
+    The whole fetch takes FETCH_TIMEOUT_SECONDS at most: httpx's timeout is per read,
+    and an endpoint sending a byte a second held a fetch, and every request waiting on
+    it, as long as it dribbled (its head for 226 s). So it runs on a thread of its
+    own, waited for that long; one that outlives its wait is left to end by itself,
+    and no other is begun while it runs (each fails at once). A body past
+    MOST_CERTS_BYTES, or a certificate that does not parse, is a failed fetch, not
+    certs to replace the good ones held (a 200 of junk turned every user away for its
+    max-age)."""
+    global _fetching_thread
+    outcome: list[tuple[dict[str, str], float] | CertsUnavailable] = []
+
+    def fetch() -> None:
+        try:
+            outcome.append(_fetched(url))
+        except CertsUnavailable as exc:
+            outcome.append(exc)
+
+    with _fetching_lock:
+        if _fetching_thread is not None and _fetching_thread.is_alive():
+            raise CertsUnavailable("an earlier fetch of the token certs still hangs")
+        _fetching_thread = threading.Thread(target=fetch, name="token-certs-fetch", daemon=True)
+        _fetching_thread.start()
+        thread = _fetching_thread
+    thread.join(FETCH_TIMEOUT_SECONDS)
+    if not outcome:
+        raise CertsUnavailable(f"the token certs took over {FETCH_TIMEOUT_SECONDS:g} s to come")
+    if isinstance(outcome[0], CertsUnavailable):
+        raise outcome[0]
+    return outcome[0]
+
+
+_fetching_thread: threading.Thread | None = None
+_fetching_lock = threading.Lock()
+
+
+def _fetched(url: str) -> tuple[dict[str, str], float]:
     deadline = time.monotonic() + FETCH_TIMEOUT_SECONDS
     try:
         with _http().stream("GET", url) as response:

@@ -105,6 +105,7 @@ class CertsServer:
         self.raw_body: bytes | None = None
         self.delay = 0.0
         self.drip = 0.0  # seconds between the body's bytes, when set
+        self.stopped = threading.Event()
         self.fetches = 0
         server = self
 
@@ -124,6 +125,8 @@ class CertsServer:
                     self.wfile.write(body)
                 try:
                     for byte in body if server.drip else b"":
+                        if server.stopped.is_set():
+                            break
                         self.wfile.write(bytes([byte]))
                         self.wfile.flush()
                         time.sleep(server.drip)
@@ -146,6 +149,7 @@ class CertsServer:
 
     def stop(self) -> None:
         """Stop answering: from now on the endpoint is down (connection refused)."""
+        self.stopped.set()  # a dripping answer too
         if self._thread.is_alive():
             self._httpd.shutdown()
         self._httpd.server_close()

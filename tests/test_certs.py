@@ -26,6 +26,7 @@ from assistant.certs import (
 )
 
 from .firebase_tokens import CertsServer, SigningKey
+from .raw_http import one_answer
 
 
 class Clock:
@@ -162,6 +163,29 @@ def test_a_dribbling_answer_is_cut_at_the_fetch_deadline(
     with pytest.raises(CertsUnavailable, match=r"took over 0\.5 s"):
         fetch_certs(server.url)
     assert time.monotonic() - started < 2  # the body alone takes minutes
+    # The fetch left to end by itself: none other begins meanwhile (each fails at once).
+    with pytest.raises(CertsUnavailable, match="an earlier fetch of the token certs still hangs"):
+        fetch_certs(server.url)
+    server.stop()
+    assert certs._fetching_thread is not None
+    certs._fetching_thread.join(5)
+    assert not certs._fetching_thread.is_alive()
+
+
+@pytest.mark.parametrize("slow", ["head", "body"])
+def test_a_head_that_dribbles_is_cut_at_the_fetch_deadline_too(
+    slow: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deadline was only looked at between the body's reads, each of which may wait
+    httpx's 5 s: a head sent a byte a second held the first request 226 s."""
+    monkeypatch.setattr(certs, "FETCH_TIMEOUT_SECONDS", 0.5)
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n"
+    pieces = [head[:20]] if slow == "head" else [head, b"{"]  # then nothing for 5 s
+    with one_answer(b"", pieces, then_wait=5) as url:
+        started = time.monotonic()
+        with pytest.raises(CertsUnavailable, match=r"took over 0\.5 s"):
+            fetch_certs(url)
+        assert time.monotonic() - started < 2
 
 
 def _at_once(calls: int, call: Callable[[], object]) -> list[tuple[float, object]]:
