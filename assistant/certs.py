@@ -59,12 +59,12 @@ def fetch_certs(url: str) -> tuple[dict[str, str], float]:
     The whole fetch takes FETCH_TIMEOUT_SECONDS at most: httpx's timeout is per read,
     and an endpoint sending a byte a second held a fetch, and every request waiting on
     it, as long as it dribbled (its head for 226 s). So it runs on a thread of its
-    own, waited for that long; one that outlives its wait is left to end by itself,
-    and no other is begun while it runs (each fails at once). A body past
+    own, waited for that long; one that outlives its wait is left to end by itself
+    (a next fetch may find the endpoint well again), and while MOST_FETCH_THREADS
+    still run no other is begun (each fails at once). A body past
     MOST_CERTS_BYTES, or a certificate that does not parse, is a failed fetch, not
     certs to replace the good ones held (a 200 of junk turned every user away for its
     max-age)."""
-    global _fetching_thread
     outcome: list[tuple[dict[str, str], float] | CertsUnavailable] = []
 
     def fetch() -> None:
@@ -74,11 +74,12 @@ def fetch_certs(url: str) -> tuple[dict[str, str], float]:
             outcome.append(exc)
 
     with _fetching_lock:
-        if _fetching_thread is not None and _fetching_thread.is_alive():
-            raise CertsUnavailable("an earlier fetch of the token certs still hangs")
-        _fetching_thread = threading.Thread(target=fetch, name="token-certs-fetch", daemon=True)
-        _fetching_thread.start()
-        thread = _fetching_thread
+        _fetching_threads[:] = [thread for thread in _fetching_threads if thread.is_alive()]
+        if len(_fetching_threads) >= MOST_FETCH_THREADS:
+            raise CertsUnavailable("earlier fetches of the token certs still hang")
+        thread = threading.Thread(target=fetch, name="token-certs-fetch", daemon=True)
+        thread.start()
+        _fetching_threads.append(thread)
     thread.join(FETCH_TIMEOUT_SECONDS)
     if not outcome:
         raise CertsUnavailable(f"the token certs took over {FETCH_TIMEOUT_SECONDS:g} s to come")
@@ -87,7 +88,10 @@ def fetch_certs(url: str) -> tuple[dict[str, str], float]:
     return outcome[0]
 
 
-_fetching_thread: threading.Thread | None = None
+# Fetches past their wait, still running (each until its endpoint lets go): at most this
+# many, so that an endpoint that dribbles every answer cannot pile threads up.
+MOST_FETCH_THREADS = 4
+_fetching_threads: list[threading.Thread] = []
 _fetching_lock = threading.Lock()
 
 

@@ -8,6 +8,8 @@ background refresh in the caller, to count its fetch at once.
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -163,13 +165,57 @@ def test_a_dribbling_answer_is_cut_at_the_fetch_deadline(
     with pytest.raises(CertsUnavailable, match=r"took over 0\.5 s"):
         fetch_certs(server.url)
     assert time.monotonic() - started < 2  # the body alone takes minutes
-    # The fetch left to end by itself: none other begins meanwhile (each fails at once).
-    with pytest.raises(CertsUnavailable, match="an earlier fetch of the token certs still hangs"):
-        fetch_certs(server.url)
-    server.stop()
-    assert certs._fetching_thread is not None
-    certs._fetching_thread.join(5)
-    assert not certs._fetching_thread.is_alive()
+    server.drip = 0.0  # well again: the next fetch gets the certs
+    assert fetch_certs(server.url)[0] == server.certs
+
+
+def test_fetches_left_hanging_are_few_and_the_endpoint_well_again_is_fetched_from(
+    keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fetch past its wait runs on until its endpoint lets go (a head a byte at a
+    time, for hours): the next one may find the endpoint well again (while one hung, the
+    first version refused them all, 147 s after the endpoint was well), and past
+    MOST_FETCH_THREADS still running none begins (no threads piling up)."""
+    monkeypatch.setattr(certs, "FETCH_TIMEOUT_SECONDS", 0.3)
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    well = threading.Event()
+    certificates = json.dumps({"k1": keys[0].cert_pem}).encode()
+
+    def answer() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            if not well.is_set():  # a head begun, and never ended
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-")
+                held.append(conn)
+                continue
+            head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(certificates)}\r\n\r\n"
+            conn.sendall(head.encode() + certificates)
+            conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/certs"
+    try:
+        for _ in range(certs.MOST_FETCH_THREADS):
+            with pytest.raises(CertsUnavailable, match="took over"):
+                fetch_certs(url)
+        with pytest.raises(CertsUnavailable, match="earlier fetches of the token certs still hang"):
+            fetch_certs(url)
+        for conn in held[:1]:  # one lets go
+            conn.close()
+        certs._fetching_threads[0].join(5)
+        well.set()
+        assert fetch_certs(url)[0] == {"k1": keys[0].cert_pem}
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+        for thread in list(certs._fetching_threads):
+            thread.join(10)
 
 
 @pytest.mark.parametrize("slow", ["head", "body"])
