@@ -99,8 +99,7 @@ def _long_pattern(patterns: Iterable[Any]) -> str | None:
             # JSON Schema's patterns (ECMA-262) have no verbose mode, and in it `regex`
             # reads `a{10 0}` as a count where Python's parser sees characters.
             return f"a pattern in verbose mode (an x flag): {pattern[:60]!r}"
-        # Without a count nothing is written out more than once: no parse needed.
-        if "{" in pattern and written_out(pattern) > MOST_PATTERN_CHARS:
+        if written_out(pattern) > MOST_PATTERN_CHARS:
             return (
                 f"a pattern whose counted repeats come to more than {MOST_PATTERN_CHARS} "
                 f"characters: {pattern[:60]!r}"
@@ -115,16 +114,17 @@ _REPEATS = frozenset({_constants.MAX_REPEAT, _constants.MIN_REPEAT, _constants.P
 
 def written_out(pattern: str) -> int:
     """About how many items `regex` makes of `pattern` as it compiles it: each repeat
-    counted its least number of times (at least once), nested repeats multiplied.
+    counted its least number of times (at least once), and once more when it may
+    repeat more than that (`+`, `{1,3}`), nested repeats multiplied.
 
     Read with the standard library's parser, as the metaschema's `format: regex`
     check reads it (comments, verbose mode and classes as Python reads them); a
     pattern it cannot read counts as too much to write out. That parser folds what
     `regex` writes out one by one: a class's repeated members (`[\\w\\d\\w\\d...]{1000}`,
     read as two members, took 65 MB), and alternatives (`(?:a|a|...)` to one, `a|b`
-    to a class). So classes are charged as written (their members counted in the
-    pattern's text, as `_as_written` reads it) at the most any class is repeated,
-    when that is more; and each `|` the parser folded at the most anything is.
+    to a class). What it merged (the classes' members as written, counted in the
+    pattern's text as `_as_written` reads it, beyond those it kept) is charged at the
+    most any class is repeated; and each `|` it folded at the most anything is.
     """
     try:
         shape = _Shape()
@@ -134,14 +134,15 @@ def written_out(pattern: str) -> int:
         total = shape.items(parsed, 1)
     except (re.error, RecursionError, OverflowError):
         return MOST_PATTERN_CHARS + 1
-    members, bars = _as_written(pattern)
-    # The classes as written, each member at the most any class is repeated, when that is
-    # more than as parsed (the parser's own classes, `\\d` outside brackets or a folded
-    # `a|b`, are counted in the second, never set against the first: 248 `\\d`s once
-    # hid a class of 248 members written out 376 times).
-    classes = max(shape.class_items, members * shape.most_class_repeats)
+    members, escapes, bars = _as_written(pattern)
     folded = max(0, bars - shape.branches)  # each branch is charged at its own repeats
-    return total - shape.class_items + classes + folded * shape.most_repeats
+    # The members of the classes as written, less the fewest the parser can have kept of
+    # them: its own classes (`\\d` outside brackets, a folded `a|b`: two members at most a
+    # fold) are taken out first (248 `\\d`s once hid a class of 248 members written out
+    # 376 times). What it merged is charged at the most any class is repeated.
+    kept = shape.class_members - escapes - 2 * folded
+    merged = max(0, members - max(0, kept))
+    return total + merged * shape.most_class_repeats + folded * shape.most_repeats
 
 
 class _Shape:
@@ -149,7 +150,7 @@ class _Shape:
     branches hold."""
 
     def __init__(self) -> None:
-        self.class_items = 0  # what classes come to, written out as Python's parser reads them
+        self.class_members = 0  # as Python's parser counted them
         self.most_class_repeats = 0  # the most times a class is written out
         self.most_repeats = 1  # the most times anything is
         self.branches = 0  # the `|`s the parser kept as branches
@@ -158,11 +159,14 @@ class _Shape:
         total = 0
         for op, argument in pattern:
             if op in _REPEATS:
-                least, _, repeated = argument
-                self.most_repeats = max(self.most_repeats, repeats * max(least, 1))
-                total += max(least, 1) * self.items(repeated, repeats * max(least, 1))
+                least, most, repeated = argument
+                # `regex` writes the least count out, and one copy more for the rest of a
+                # range (`+`, `{1,2}`): nested 18 deep, 91 characters came to 189 MB.
+                copies = max(least, 1) + (1 if least >= 1 and most > least else 0)
+                self.most_repeats = max(self.most_repeats, repeats * copies)
+                total += copies * self.items(repeated, repeats * copies)
             elif op is _constants.IN:
-                self.class_items += max(1, len(argument)) * repeats
+                self.class_members += len(argument)
                 self.most_class_repeats = max(self.most_class_repeats, repeats)
                 total += max(1, len(argument))
             elif op is _constants.BRANCH:  # each alternative, though the parser emptied it
@@ -175,15 +179,17 @@ class _Shape:
         return total
 
 
-def _as_written(pattern: str) -> tuple[int, int]:
+def _as_written(pattern: str) -> tuple[int, int, int]:
     """How many members the classes of `pattern` have as written (a range is one; an
-    escape one however long), and how many `|`s are outside its classes: read as
+    escape one however long), how many `\\d`-like escapes and how many `|`s are outside
+    its classes: read as
     Python's parser reads a pattern, escapes and comments skipped (a `[` in a comment
     is no class: taken for one, it hid the class after it)."""
-    members = bars = at = 0
+    members = escapes = bars = at = 0
     while at < len(pattern):
         char = pattern[at]
         if char == "\\":
+            escapes += pattern[at + 1 : at + 2] in _CATEGORIES  # a class of the parser's own
             at = _after_member(pattern, at)
         elif pattern.startswith("(?#", at):
             at = _after_comment(pattern, at + 3)
@@ -193,7 +199,10 @@ def _as_written(pattern: str) -> tuple[int, int]:
         else:
             bars += char == "|"
             at += 1
-    return members, bars
+    return members, escapes, bars
+
+
+_CATEGORIES = frozenset("dDwWsS")
 
 
 def _after_comment(pattern: str, at: int) -> int:
