@@ -375,8 +375,14 @@ def test_parse_arguments(text: str, args: Any, error: str | None) -> None:
 def test_structured_output_takes_json_in_a_fence_and_says_when_empty() -> None:
     whole = '{"answer": "a", "confidence": 1}'
     # On lines of their own, or on the JSON's one line; the language in any case, or none.
-    for fenced in (f"```json\n{whole}\n```", f"```JSON\n{whole}\n```", f"```json {whole} ```",
-                   f"```\n{whole}\n```", f"```{whole}```"):  # fmt: skip
+    for fenced in (
+        f"```json\n{whole}\n```",
+        f"```JSON\n{whole}\n```",
+        f"```json {whole} ```",
+        f"```\n{whole}\n```",
+        f"```{whole}```",
+        "```json" + " " * 2000 + whole + "\n```",
+    ):  # fmt: skip (a regex: 7 s)
         assert structured_output(fenced, ANSWER_SCHEMA) == ({"answer": "a", "confidence": 1}, None)
     assert structured_output("  ", ANSWER_SCHEMA) == (None, "the reply has no JSON: it is empty")
 
