@@ -397,6 +397,26 @@ def test_the_prompt_scrub_reads_back_a_bounded_number_of_texts(
     assert len(read_back) <= base._MOST_READ_BACK + 1  # the detail's own, and the budget's
 
 
+def test_the_question_is_read_back_before_the_historys_texts() -> None:
+    """The read-back budget went to a hundred older turns with backslashes, and the
+    question's echo, an escape among its first characters, stayed in the log."""
+    history = [Turn("user", f"C:\\Users\\me\\report{i}.docx is locked") for i in range(150)]
+    question = "C:\\new\\tax\\returns 2023 SSN 123-45-6789 won't open"
+    prompt = Prompt(None, (*history, Turn("user", question)))
+    detail = json.dumps({"detail": "invalid", "input": question})
+    assert "123-45-6789" not in without_prompt(detail, prompt)
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br"])
+def test_a_compressed_error_body_is_not_inflated(coding: str) -> None:
+    """Asked for none: 64 KB of gzip came to 64 MB, scrubbed of the prompt on the I/O loop
+    (9.6 s)."""
+    body = gzip.compress(b"0" * 1_000_000) if coding == "gzip" else b"\x0b\x02\x80junk"
+    response = httpx.Response(422, content=body, headers={"content-encoding": coding})
+    detail = asyncio.run(read_error_body(response, {}, REQUEST_PROMPT))
+    assert detail == f"a {coding} body, asked for none"
+
+
 def test_an_error_line_in_the_stream_is_logged_without_the_prompt(upstream: FakeUpstream) -> None:
     """What a provider says in its stream is the log's too (Ollama's error line named
     the user's text): the chain takes the prompt out of every failure's detail."""

@@ -541,6 +541,9 @@ async def read_error_body(
     """The start of an error body, for the log only. It may echo our request (an
     OpenAI-compatible server's 422 quotes the body it refused): never the key its
     headers carried, looked for in the bytes before they are cut, nor the prompt's text."""
+    coding = response.headers.get("content-encoding", "identity").strip().lower()
+    if coding != "identity":  # asked for none: inflated, 64 KB came to 64 MB to scrub
+        return f"a {coding[:40]} body, asked for none"
     body = b""
     async for piece in response.aiter_bytes():
         body += piece
@@ -658,8 +661,10 @@ def _prompt_texts(prompt: Prompt) -> list[str]:
     system prompt, each turn's text, and the arguments of the calls in the history: the
     texts in them, and each call's whole (short values, numbers) as JSON and as Python
     writes it, when it is small enough to be seen whole (an echo may quote any); the
-    first _MOST_ARGUMENT_VALUES values in all."""
-    texts = [prompt.system or "", *(turn.content for turn in prompt.turns)]
+    first _MOST_ARGUMENT_VALUES values in all. The newest turn first: the question, whose
+    echo is likeliest, before the history spends the read-back budget of `without_prompt`
+    (a hundred older turns with backslashes left it unread)."""
+    texts = [*(turn.content for turn in reversed(prompt.turns)), prompt.system or ""]
     budget = _MOST_ARGUMENT_VALUES
     for call in (call for turn in prompt.turns for call in turn.tool_calls):
         values = _values_in(call.args, budget)
