@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,15 @@ def copy_of_the_project(into: Path) -> None:
     for name in tracked:
         (into / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, into / name)
+
+
+def stopped_before_the_kill(process: subprocess.Popen[Any]) -> None:
+    """SIGTERM, as Cloud Run sends it: the server must be gone, cleanly, before the
+    kill that follows 10 s later."""
+    process.terminate()
+    stopped = time.monotonic()
+    assert process.wait(timeout=40) == 0
+    assert time.monotonic() - stopped < 10
 
 
 def log_lines(out: str) -> list[dict[str, Any]]:
