@@ -181,10 +181,9 @@ class _Shape:
 
 def _as_written(pattern: str) -> tuple[int, int, int]:
     """How many members the classes of `pattern` have as written (a range is one; an
-    escape one however long), how many `\\d`-like escapes and how many `|`s are outside
-    its classes: read as
-    Python's parser reads a pattern, escapes and comments skipped (a `[` in a comment
-    is no class: taken for one, it hid the class after it)."""
+    escape one however long), and how many `\\d`-like escapes and `|`s are outside its
+    classes: read as Python's parser reads a pattern, escapes and comments skipped (a
+    `[` in a comment is no class: taken for one, it hid the class after it)."""
     members = escapes = bars = at = 0
     while at < len(pattern):
         char = pattern[at]
