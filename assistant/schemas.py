@@ -168,10 +168,35 @@ for _validator_class in (
 ):
     _checks = _validator_class.VALIDATORS
     _checks.update((name, _within_the_deadline(check)) for name, check in _checks.items())
+
+
+class _Found(list[Any]):
+    """What a walk found: a list (each walk adds its parts' to its own), looked up in a
+    set made once (the keyword asks for each item of the reply: a list of a million
+    indexes and 1,300 items took 5.7 s, within one keyword's call)."""
+
+    _set: frozenset[Any] | None = None
+
+    def __contains__(self, item: object) -> bool:
+        if self._set is None:
+            self._set = frozenset(self)
+        return item in self._set
+
+
+def _walk_within_the_deadline(walk: Callable[..., Any]) -> Callable[..., Any]:
+    stepped = _within_the_deadline(walk)
+
+    @functools.wraps(walk)
+    def walked(*arguments: Any) -> _Found:
+        return _Found(stepped(*arguments))
+
+    return walked
+
+
 # The walks call themselves by their module's name, and _keywords holds its own names.
 for _module in (jsonschema._utils, jsonschema._legacy_keywords):
     for _walk in _WALKS:
-        setattr(_module, _walk, _within_the_deadline(getattr(_module, _walk)))
+        setattr(_module, _walk, _walk_within_the_deadline(getattr(_module, _walk)))
 for _walk in _WALKS:
     setattr(jsonschema._keywords, _walk, getattr(jsonschema._utils, _walk))
 
