@@ -96,6 +96,8 @@ _fetching_lock = threading.Lock()
 
 
 def _fetched(url: str) -> tuple[dict[str, str], float]:
+    """The fetch itself, on its thread. Its own deadline, looked at between the body's
+    reads, ends the thread too (not only the caller's wait) for a body that dribbles."""
     deadline = time.monotonic() + FETCH_TIMEOUT_SECONDS
     try:
         with _http().stream("GET", url) as response:

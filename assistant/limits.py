@@ -185,26 +185,33 @@ class InFlight:
         """Every reply whose client has taken no write for STUCK_SECONDS ends now, as one
         whose client left (a stopping worker's: its save must begin while there is time;
         at the abandon, with a database that hung, it came too late for the kill)."""
-        now = time.monotonic()
         with self._lock:
-            stuck = [slot for slot in self._slots if not slot.evicted and slot.stuck(now)]
+            stuck = self._stuck_now()
             for slot in stuck:
-                slot.evicted = True
-                self._evicted += 1
+                self._mark_evicted(slot)
         for slot in stuck:
             if slot.evict is not None:
                 slot.evict()
 
     def _stuck(self) -> Slot | None:
         """The reply stuck longest, marked evicted; None if none is stuck. Under the lock."""
-        now = time.monotonic()
-        stuck = [slot for slot in self._slots if not slot.evicted and slot.stuck(now)]
+        stuck = self._stuck_now()
         if not stuck:
             return None
+        now = time.monotonic()
         chosen = min(stuck, key=lambda slot: slot.writing_since or now)
-        chosen.evicted = True
-        self._evicted += 1
+        self._mark_evicted(chosen)
         return chosen
+
+    def _stuck_now(self) -> list[Slot]:
+        """The replies stuck now and not yet evicted. Under the lock."""
+        now = time.monotonic()
+        return [slot for slot in self._slots if not slot.evicted and slot.stuck(now)]
+
+    def _mark_evicted(self, slot: Slot) -> None:
+        """Counted off the full instance's total until it ends. Under the lock."""
+        slot.evicted = True
+        self._evicted += 1
 
     def _give_back(self, key: str, slot: Slot) -> None:
         with self._lock:
