@@ -49,37 +49,49 @@ export class ThinkingSplitter {
    */
   feed(text) {
     const out = {content: "", thinking: ""};
-    let rest = this.pending + text;
+    const rest = this.pending + text;
     this.pending = "";
+    // Read by position, never by cutting `rest` anew at each tag: a chunk of many short blocks
+    // would copy its tail once per tag. Where each open tag is next found is remembered for the
+    // same reason: a tag not found from one position on is not found from any later one.
+    const next = {};
+    const openAt = (tag, from) => {
+      if (next[tag] === undefined || (next[tag] >= 0 && next[tag] < from)) {
+        next[tag] = rest.indexOf(tag, from);
+      }
+      return next[tag];
+    };
+    let pos = 0;
     for (;;) {
       if (this.close === null) {
-        const found = Object.keys(TAGS)
-          .map((tag) => [rest.indexOf(tag), tag])
-          .filter(([at]) => at >= 0)
-          .sort((a, b) => a[0] - b[0])[0];
-        if (found) {
-          const [at, tag] = found;
-          out.content += rest.slice(0, at);
+        let at = -1;
+        let tag = "";
+        for (const candidate of Object.keys(TAGS)) {
+          const found = openAt(candidate, pos);
+          if (found >= 0 && (at < 0 || found < at)) [at, tag] = [found, candidate];
+        }
+        if (at >= 0) {
+          out.content += rest.slice(pos, at);
           this.close = TAGS[tag];
           this.gapDue = this.shown;
-          rest = rest.slice(at + tag.length);
+          pos = at + tag.length;
           continue;
         }
         const hold = heldBack(rest, Object.keys(TAGS));
-        out.content += rest.slice(0, rest.length - hold);
-        this.pending = rest.slice(rest.length - hold);
+        out.content += rest.slice(pos, Math.max(pos, rest.length - hold));
+        this.pending = rest.slice(Math.max(pos, rest.length - hold));
         return out;
       }
-      const at = rest.indexOf(this.close);
+      const at = rest.indexOf(this.close, pos);
       if (at >= 0) {
-        this.think(out, rest.slice(0, at));
-        rest = rest.slice(at + this.close.length);
+        this.think(out, rest.slice(pos, at));
+        pos = at + this.close.length;
         this.close = null;
         continue;
       }
       const hold = heldBack(rest, [this.close]);
-      this.think(out, rest.slice(0, rest.length - hold));
-      this.pending = rest.slice(rest.length - hold);
+      this.think(out, rest.slice(pos, Math.max(pos, rest.length - hold)));
+      this.pending = rest.slice(Math.max(pos, rest.length - hold));
       return out;
     }
   }

@@ -338,6 +338,17 @@ test("a later block's thinking is set apart by a blank line, not a blank block",
   assert.equal(parts.map((part) => part.content).join(""), "AB");
 });
 
+test("a chunk of many blocks of both tags, one inside another's, splits as the blocks say", () => {
+  const block = "a<think>b<thinking>c</think>d<thinking>e</thinking>f";
+  const splitter = new ThinkingSplitter();
+  const first = splitter.feed(block.repeat(5000));
+  const last = splitter.finish();
+  assert.equal(first.content + last.content, "adf".repeat(5000));
+  const blocks = ["b<thinking>c", "e"];
+  const thinking = Array.from({length: 10000}, (_, i) => blocks[i % 2]).join("\n\n");
+  assert.equal(first.thinking + last.thinking, thinking);
+});
+
 test("a trace id is made and sent as a traceparent when none is given, so a retry can send it", async () => {
   const calls = [];
   const failing = async (url, init) => {
