@@ -99,10 +99,11 @@ def test_a_full_instance_gives_a_stuck_clients_place_to_a_newcomer(
         open_stream_and_never_read(service.url, body),
     ):
         upstream = fake.wait_for_requests(1)[0]
-        time.sleep(1)  # its writes are blocked now: not yet stuck for STUCK_SECONDS
+        # At once, not after a pause: its writes may be blocked already, and a pause of
+        # a second left a loaded machine too little of STUCK_SECONDS to be sure of a 503.
         early = httpx.post(f"{service.url}/vac/assistant/x/sse", json={"user_input": "hi"})
         assert early.status_code == 503
-        time.sleep(STUCK_SECONDS + 2)  # stuck for longer than STUCK_SECONDS by now
+        time.sleep(STUCK_SECONDS + 3)  # stuck for longer than STUCK_SECONDS by now
         newcomer = httpx.post(
             f"{service.url}/vac/assistant/x/sse", json={"user_input": "hi"}, timeout=10
         )
