@@ -36,7 +36,9 @@ from __future__ import annotations
 import collections
 import functools
 import hashlib
+import itertools
 import json
+import reprlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -158,14 +160,142 @@ def _within_the_deadline(step: Callable[..., Any]) -> Callable[..., Any]:
     return within
 
 
-for _validator_class in (
+_VALIDATOR_CLASSES = (
     jsonschema.Draft3Validator,
     jsonschema.Draft4Validator,
     jsonschema.Draft6Validator,
     jsonschema.Draft7Validator,
     jsonschema.Draft201909Validator,
     jsonschema.Draft202012Validator,
-):
+)
+
+
+# What anyOf, oneOf and a draft-3 type keep of their failing branches' errors for the
+# message: the first BRANCH_ERRORS_KEPT of each branch, their messages cut to MESSAGE_CHARS,
+# while the error's context, its own errors' contexts counted in, holds fewer than
+# CONTEXT_KEPT (the last one cut to fit). jsonschema keeps every error of every branch,
+# and each message has the whole reply's repr in it: an anyOf over a million items took
+# 90 MB within the check's second, a thousand of them over one 1.3 MB object as much, and
+# anyOfs whose branches refer to anyOfs multiply.
+BRANCH_ERRORS_KEPT = 10
+CONTEXT_KEPT = 1_000
+MESSAGE_CHARS = 300
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = 60
+_short = _SHORT_REPR.repr
+
+
+class _Context:
+    """The errors a failing anyOf's (oneOf's, draft-3 type's) own error keeps."""
+
+    def __init__(self) -> None:
+        self.errors: list[Any] = []
+        self.size = 0  # the errors kept, those in their contexts too
+
+    def fails(self, validator: Any, instance: Any, subschema: Any, index: int) -> bool:
+        """Whether `subschema` fails over `instance`; its first errors kept while there is
+        room, their own contexts cut to fit (past it, its first error alone says it fails)."""
+        errors = validator.descend(instance, subschema, schema_path=index)
+        if self.size >= CONTEXT_KEPT:
+            return next(errors, None) is not None
+        failed = False
+        for error in itertools.islice(errors, BRANCH_ERRORS_KEPT):
+            failed = True
+            self.size += _cut_to(error, CONTEXT_KEPT - self.size)
+            self.errors.append(error)
+            if self.size >= CONTEXT_KEPT:
+                break
+        return failed
+
+    def error(self, message: str) -> Any:
+        error = jsonschema.ValidationError(message, context=self.errors)
+        error.context_size = self.size  # type: ignore[attr-defined]
+        return error
+
+
+def _cut_to(error: Any, room: int) -> int:
+    """`error` with its context cut to what `room` errors hold, its own included; the
+    errors it comes to. Its message is cut to MESSAGE_CHARS."""
+    if len(error.message) > MESSAGE_CHARS:
+        error.message = error.message[:MESSAGE_CHARS]
+    size = 1 + getattr(error, "context_size", 0)
+    if size <= room:
+        return size
+    kept, size = [], 1
+    for inner in error.context:
+        if size >= room:
+            break
+        size += _cut_to(inner, room - size)
+        kept.append(inner)
+    error.context[:] = kept
+    error.context_size = size - 1
+    return size
+
+
+def _any_of(validator: Any, any_of: Any, instance: Any, schema: Any) -> Iterator[Any]:
+    context = _Context()
+    for index, subschema in enumerate(any_of):
+        if not context.fails(validator, instance, subschema, index):
+            return
+    yield context.error(f"{_short(instance)} is not valid under any of the given schemas")
+
+
+def _one_of(validator: Any, one_of: Any, instance: Any, schema: Any) -> Iterator[Any]:
+    subschemas = enumerate(one_of)
+    context = _Context()
+    for index, subschema in subschemas:
+        if not context.fails(validator, instance, subschema, index):
+            first_valid = subschema
+            break
+    else:
+        yield context.error(f"{_short(instance)} is not valid under any of the given schemas")
+        return
+    more_valid = [
+        each for _, each in subschemas if validator.evolve(schema=each).is_valid(instance)
+    ]
+    if more_valid:
+        valid = ", ".join(_short(each) for each in [*more_valid, first_valid])
+        yield jsonschema.ValidationError(f"{_short(instance)} is valid under each of {valid}")
+
+
+def _type_draft3(validator: Any, types: Any, instance: Any, schema: Any) -> Iterator[Any]:
+    types = jsonschema._utils.ensure_list(types)
+    context = _Context()
+    for index, kind in enumerate(types):
+        if validator.is_type(kind, "object"):
+            if not context.fails(validator, instance, kind, index):
+                return
+        elif validator.is_type(instance, kind):
+            return
+    names = ", ".join(
+        _short(kind["name"] if isinstance(kind, dict) and "name" in kind else kind)
+        for kind in types
+    )
+    error = context.error(f"{_short(instance)} is not of type {names}")
+    error._type_checker = _DRAFT_3_TYPES  # jsonschema's would be asked whether a schema is a type
+    yield error
+
+
+class _Draft3Types:
+    """Draft 3's types, for the relevance best_match gives a type's error: jsonschema's
+    own checker looks a schema among the types up by hash (a TypeError, a crash)."""
+
+    @staticmethod
+    def is_type(instance: Any, kind: Any) -> bool:
+        return isinstance(kind, str) and jsonschema.Draft3Validator.TYPE_CHECKER.is_type(
+            instance, kind
+        )
+
+
+_DRAFT_3_TYPES = _Draft3Types()
+
+
+for _validator_class in _VALIDATOR_CLASSES:
+    _checks = _validator_class.VALIDATORS
+    if "anyOf" in _checks:
+        _checks.update(anyOf=_any_of, oneOf=_one_of)
+jsonschema.Draft3Validator.VALIDATORS["type"] = _type_draft3
+for _validator_class in _VALIDATOR_CLASSES:
     _checks = _validator_class.VALIDATORS
     _checks.update((name, _within_the_deadline(check)) for name, check in _checks.items())
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import http.server
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
+import jsonschema
 import pytest
 from jsonschema._utils import uniq as jsonschema_uniq
 
@@ -191,6 +192,65 @@ def test_unevaluated_items_look_each_item_up_at_once(draft: str) -> None:
     assert problem([0, 1], small) == (
         "the reply does not match the schema at the top level: "
         "Unevaluated items are not allowed (1 was unexpected)"
+    )
+
+
+def _errors_kept(errors: Iterable[Any]) -> int:
+    return sum(1 + _errors_kept(error.context) for error in errors)
+
+
+_FAILING_BRANCHES = [{"type": "array", "items": {"type": "string"}}] * 20
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {
+            "anyOf": [{"$ref": "#/$defs/branches"}] * 20,
+            "$defs": {"branches": {"anyOf": _FAILING_BRANCHES}},
+        },
+        {
+            "oneOf": [{"$ref": "#/$defs/branches"}] * 20,
+            "$defs": {"branches": {"oneOf": _FAILING_BRANCHES}},
+        },
+        {
+            "$schema": "http://json-schema.org/draft-03/schema#",
+            "type": [{**branch, "title": str(i)} for i, branch in enumerate(_FAILING_BRANCHES)],
+        },
+    ],
+)
+def test_a_failing_branch_keyword_keeps_few_errors_and_no_whole_reply(
+    schema: dict[str, Any],
+) -> None:
+    """jsonschema kept every error of every failing branch, each message with the whole
+    reply's repr in it: an anyOf over a million items took 90 MB within the check's
+    second, and anyOfs whose branches refer to anyOfs multiply (here 400 x 100)."""
+    check_schema(schema, "emissaryConfig.responseSchema")
+    reply = [None] * 100
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = list(validator.iter_errors(reply))
+    assert errors  # it still fails
+    assert _errors_kept(errors) <= 1 + schemas.CONTEXT_KEPT
+    messages = [error.message for error in errors[0].context]
+    assert messages and all(len(message) <= schemas.MESSAGE_CHARS for message in messages)
+    why = problem(reply, schema)
+    assert why is not None
+    assert why.startswith(
+        "the reply does not match the schema at the top level: [None, None, None, None, None, "
+        "None, ...] is not " + ("of type " if "type" in schema else "valid under any of ")
+    )
+
+
+def test_branch_keywords_still_say_what_jsonschema_says() -> None:
+    number_or_null = {"anyOf": [{"type": "string"}] * 10 + [{"type": "null"}]}
+    assert problem([None] * 100, {"type": "array", "items": number_or_null}) is None
+    assert problem(5, {"oneOf": [{"type": "integer"}, {"minimum": 1}, {"type": "string"}]}) == (
+        "the reply does not match the schema at the top level: "
+        "5 is valid under each of {'minimum': 1}, {'type': 'integer'}"
+    )
+    assert problem("x" * 1000, {"anyOf": [{"type": "integer"}, {"type": "null"}]}) == (
+        "the reply does not match the schema at the top level: 'xxxxxxxxxxxxxxxxxxxxxxxxxxx..."
+        "xxxxxxxxxxxxxxxxxxxxxxxxxxxx' is not valid under any of the given schemas"
     )
 
 
