@@ -708,6 +708,26 @@ def test_a_body_compressed_all_the_same_is_a_body_we_cannot_read(case: ProviderC
     assert error is not None and error.detail == "a gzip body, asked for none"
 
 
+@pytest.mark.parametrize(
+    ("case", "coding"), [(case, coding) for case in CASES for coding in ("none", "", "identity")]
+)
+def test_a_body_named_with_no_compressing_coding_is_read_as_it_comes(
+    case: ProviderCase, coding: str
+) -> None:
+    """`Content-Encoding: none` keeps compression middleware off an SSE server's stream
+    (Express, Next.js): httpx reads such a body as it comes, and so do we."""
+    name = next(iter(successful_replays(case)))[0]
+    body = case.fixture(name)
+    content_type = "application/x-ndjson" if case is OLLAMA else "text/event-stream"
+    head = (
+        f"HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {len(body)}\r\n"
+        f"content-encoding: {coding}\r\nconnection: close\r\n\r\n"
+    ).encode()
+    with one_answer(head, [body]) as url:
+        events, error = case.events(url)
+    assert (events, error) == (case.replays[name].events, None)
+
+
 @EACH
 def test_a_long_line_in_many_reads_is_read_whole(
     upstream: FakeUpstream, case: ProviderCase

@@ -342,10 +342,9 @@ class HttpProvider:
                     status=response.status_code,
                     key_refused=self._refuses_key(response.status_code, detail),
                 )
-            coding = response.headers.get("content-encoding", "identity").strip().lower()
-            if coding != "identity":
+            if coding := compressed(response):
                 # Asked for none (aio.py): inflated, 400 KB came to 419 MB at once.
-                raise ProviderError("upstream_protocol", f"a {coding[:40]} body, asked for none")
+                raise ProviderError("upstream_protocol", f"a {coding} body, asked for none")
             yield response
 
     def _refuses_key(self, status: int, body: str) -> bool:
@@ -530,6 +529,20 @@ def _joined(before: tuple[Part, ...], after: tuple[Part, ...]) -> tuple[Part, ..
     return (*before, *after)
 
 
+# Codings that compress (httpx inflates the first four). Any other name is read as it
+# comes, as httpx does: `Content-Encoding: none` is an SSE server's way to keep
+# compression middleware off its stream.
+_COMPRESSING = frozenset({"gzip", "x-gzip", "deflate", "br", "zstd", "compress", "x-compress"})
+
+
+def compressed(response: httpx.Response) -> str | None:
+    """The compressing coding a response's body came in, if any."""
+    for coding in response.headers.get("content-encoding", "").split(","):
+        if (name := coding.strip().lower()) in _COMPRESSING:
+            return str(name)
+    return None
+
+
 ERROR_BODY_BYTES = 2048  # of an upstream's error answer, for the log
 _KEY_ROOM_BYTES = 512  # read past the cut, so that a key across it is found whole
 _KEY_HEADERS = frozenset({"authorization", "x-api-key", "x-goog-api-key", "api-key"})
@@ -541,9 +554,8 @@ async def read_error_body(
     """The start of an error body, for the log only. It may echo our request (an
     OpenAI-compatible server's 422 quotes the body it refused): never the key its
     headers carried, looked for in the bytes before they are cut, nor the prompt's text."""
-    coding = response.headers.get("content-encoding", "identity").strip().lower()
-    if coding != "identity":  # asked for none: inflated, 64 KB came to 64 MB to scrub
-        return f"a {coding[:40]} body, asked for none"
+    if coding := compressed(response):  # asked for none: inflated, 64 KB came to 64 MB to scrub
+        return f"a {coding} body, asked for none"
     body = b""
     async for piece in response.aiter_bytes():
         body += piece
