@@ -380,21 +380,39 @@ def test_an_echo_escaped_by_any_encoder_is_taken_out(echo: str) -> None:
     assert "hunter2" not in detail and "Jerry" not in detail and "[prompt]" in detail
 
 
-def test_the_prompt_scrub_reads_back_a_bounded_number_of_texts(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_the_prompt_scrub_reads_back_the_detail_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     """It runs on the I/O loop for every provider failure: 1,200 texts of backslashes,
-    each read back as an echo would be, held it 0.37 s; texts whose first characters are
-    not in the detail are passed over at once."""
+    each read back as an echo would be, held it 0.37 s, and one text of 780 KB of `\\u0041`
+    270 ms; only the detail is read back, at most three times."""
     read_back: list[str] = []
-    unescaped = base._unescaped
-    monkeypatch.setattr(base, "_unescaped", lambda text: read_back.append(text) or unescaped(text))
+    once = base._unescaped_once
+    monkeypatch.setattr(base, "_unescaped_once", lambda text: read_back.append(text) or once(text))
     texts = [f"{i:04d}" + "\\" * 236 for i in range(1200)]
     texts += [f"plain text {i}, long" for i in range(500)]
+    texts.append("\\u0041" * 130_000)
     prompt = Prompt(None, tuple(Turn("user", text) for text in texts))
-    detail = '{"error": "bad request"}'
-    assert without_prompt(detail, prompt) == detail
-    assert len(read_back) <= base._MOST_READ_BACK + 1  # the detail's own, and the budget's
+    detail = json.dumps({"error": {"message": "invalid body: " + json.dumps(texts[-1][:2000])}})
+    assert without_prompt(detail, prompt) == '{"error": {"message": "invalid body: "[prompt]'
+    assert len(read_back) <= 3 and all(len(text) <= len(detail) for text in read_back)
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2, 3])
+@pytest.mark.parametrize(
+    "said",
+    [
+        r"Copy \\fileserver\payroll\2025\salaries.xlsx; Bob earns 120000, PIN 48213377",
+        r"LaTeX: a \\ b \\ c, my thesis secret 48213377",
+        "Look at " + "\\" * 7 + "x, the secret 48213377",
+    ],
+)
+def test_a_prompt_with_backslashes_is_found_at_its_own_escape_depth(said: str, depth: int) -> None:
+    """The detail and the prompt were both read back three times: a prompt's own `\\\\`
+    went past its echo's (a UNC path or LaTeX quoted in JSON twice stayed in the log)."""
+    echo = said
+    for _ in range(depth):
+        echo = json.dumps({"messages": [{"role": "user", "content": echo}]})
+    detail = "invalid body: " + echo
+    assert "48213377" not in without_prompt(detail, Prompt(None, (Turn("user", said),)))
 
 
 def test_the_question_is_read_back_before_the_historys_texts() -> None:

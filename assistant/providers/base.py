@@ -32,7 +32,7 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -573,10 +573,6 @@ async def read_error_body(
 
 _ECHO_MIN_CHARS = 8  # a prompt text shorter than this is a word an error message may hold
 _ECHO_START_CHARS = 24  # of a prompt text: where it begins, when its echo is cut short
-_ESCAPED_START_CHARS = 10 * _ECHO_START_CHARS  # what they may take escaped (\UXXXXXXXX)
-# Texts with backslashes read back as an echo would, at most, a failure: 1,400 of them
-# (a history's turns and call arguments) held the I/O loop 0.37 s.
-_MOST_READ_BACK = 100
 
 
 def without_prompt(text: str, prompt: Prompt) -> str:
@@ -585,40 +581,37 @@ def without_prompt(text: str, prompt: Prompt) -> str:
     down to its first _ECHO_MIN_CHARS characters at the very end).
 
     An echo may be escaped by any encoder, and more than once (JSON, with or without
-    ASCII escapes, Go's `\u0026` for `&`, Python's repr, a proxy quoting a JSON
-    body in its JSON): the escapes are read back first (`_unescaped`), and a `text`
-    the prompt is found in is logged so, read back. Runs on the I/O loop, for every
-    provider failure: a look for each text's first characters (once each) in a few KB,
-    more only for those found, or with backslashes (the first _MOST_READ_BACK)."""
-    plain = _unescaped(text)
+    ASCII escapes, Go's `\u0026` for `&`, Python's repr, a proxy quoting a JSON body in
+    its JSON): `text` is looked at as it is, then with its escapes read back once, twice
+    and three times (`_unescaped_once`), each time for the prompt's texts as they are.
+    An echo escaped k times is the text itself at the k-th look; reading the prompt's
+    own backslashes back too would take it past its echo (a `\\` in a prompt quoted in
+    JSON twice was left whole). A `text` the prompt is found in is logged as far as it
+    was read back. Runs on the I/O loop, for every provider failure: a look for each
+    text's first characters in a few KB, at most four times, more only for those found;
+    no text of the prompt is read back (one of 780 KB took 270 ms a failure)."""
+    plain = text
     found = False
-    escaped_left = _MOST_READ_BACK
-    for said in dict.fromkeys(_prompt_texts(prompt)):
-        head = said[:_ECHO_MIN_CHARS]
-        if "\\" not in head and head not in plain:
-            continue  # what any echo of it keeps at the least is not there: in no form
-        reads: tuple[Callable[[str], str], ...] = (_as_is,)
-        if "\\" in said and escaped_left > 0:  # its escapes as an echo reads them back
-            escaped_left -= 1
-            reads = (_as_is, _unescaped)
-        for read in reads:
-            # Its start first (a text of a MB read back whole, each failure, held the loop).
-            start = read(said[:_ESCAPED_START_CHARS])[:_ECHO_START_CHARS]
+    texts = list(dict.fromkeys(_prompt_texts(prompt)))
+    for passes in range(_MOST_ESCAPE_PASSES + 1):
+        if passes:
+            if "\\" not in plain:
+                break
+            plain = _unescaped_once(plain)
+        for said in texts:
+            if said[:_ECHO_MIN_CHARS] not in plain:
+                continue  # what any echo of it keeps at the least is not there
+            start = said[:_ECHO_START_CHARS]
             if plain.find(start) == -1 and _cut_short_at(plain, start) == -1:
                 continue
             found = True
-            form = read(said)
-            plain = plain.replace(form, "[prompt]")
-            cut = plain.find(start) if len(form) > _ECHO_START_CHARS else -1
+            plain = plain.replace(said, "[prompt]")
+            cut = plain.find(start) if len(said) > _ECHO_START_CHARS else -1
             if cut == -1:
-                cut = _cut_short_at(plain, form)
+                cut = _cut_short_at(plain, said)
             if cut != -1:
                 plain = plain[:cut] + "[prompt]"
     return plain if found else text
-
-
-def _as_is(text: str) -> str:
-    return text
 
 
 def _cut_short_at(text: str, said: str) -> int:
@@ -644,15 +637,10 @@ _ESCAPED_CHARS = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f"}
 _MOST_ESCAPE_PASSES = 3  # escaped three times over: a proxy quoting a server quoting us
 
 
-def _unescaped(text: str) -> str:
-    """`text` with its escapes read back, as often as it holds any (three times at most);
-    surrogate pairs joined, a lone one U+FFFD."""
-    for _ in range(_MOST_ESCAPE_PASSES):
-        if "\\" not in text:
-            break
-        text = _ESCAPE.sub(_escaped_char, text)
-        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return text
+def _unescaped_once(text: str) -> str:
+    """`text` with its escapes read back; surrogate pairs joined, a lone one U+FFFD."""
+    text = _ESCAPE.sub(_escaped_char, text)
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def _escaped_char(match: re.Match[str]) -> str:
@@ -673,9 +661,8 @@ def _prompt_texts(prompt: Prompt) -> list[str]:
     system prompt, each turn's text, and the arguments of the calls in the history: the
     texts in them, and each call's whole (short values, numbers) as JSON and as Python
     writes it, when it is small enough to be seen whole (an echo may quote any); the
-    first _MOST_ARGUMENT_VALUES values in all. The newest turn first: the question, whose
-    echo is likeliest, before the history spends the read-back budget of `without_prompt`
-    (a hundred older turns with backslashes left it unread)."""
+    first _MOST_ARGUMENT_VALUES values in all. The newest turn first: the question's echo
+    is the likeliest."""
     texts = [*(turn.content for turn in reversed(prompt.turns)), prompt.system or ""]
     budget = _MOST_ARGUMENT_VALUES
     for call in (call for turn in prompt.turns for call in turn.tool_calls):
