@@ -225,13 +225,21 @@ class FirestoreStore:
             if not existing.exists:
                 continue  # deleted since create() found it: create it again
             answered_at = _field(existing, "answeredAt")
-            if message.created_at is not None and isinstance(answered_at, datetime.datetime):
-                if answered_at == message.created_at:  # this reply: its own write landed
-                    return message.message_id
-                if answered_at > message.created_at:  # a retry's, which ended later
-                    raise TraceIdKept(f"{message.message_id} holds a newer reply, kept")
-            if message.status == "incomplete" and _field(existing, "status") == "complete":
+            timed = message.created_at is not None and isinstance(answered_at, datetime.datetime)
+            if timed and answered_at == message.created_at:  # this reply: its own write landed
+                return message.message_id
+            # A complete reply over an incomplete one, whichever ended later and whichever
+            # write lands first (a retry cut off after the first try's complete reply, its
+            # write landing first, took that reply's place); else the later one stands.
+            statuses = (_field(existing, "status"), message.status)
+            if statuses == ("complete", "incomplete"):
                 raise TraceIdKept(f"{message.message_id} holds a complete reply, kept")
+            if (
+                timed
+                and statuses != ("incomplete", "complete")
+                and answered_at > message.created_at
+            ):
+                raise TraceIdKept(f"{message.message_id} holds a newer reply, kept")
             # Only if nobody wrote it since it was read: another user's write cannot get
             # in between, and the same user's other retry makes this one read again.
             unchanged = _firestore_client().write_option(last_update_time=existing.update_time)

@@ -828,6 +828,29 @@ def test_of_two_replies_under_one_id_the_one_that_ended_later_stands(firestore) 
     assert (saved["content"], saved["createdAt"]) == ("whole", ended)  # the first one's place
 
 
+def test_a_complete_reply_stands_over_an_incomplete_one_whichever_lands_first(firestore) -> None:
+    """A retry cut off after the first try's complete reply (two tabs, or the first
+    try's write late): its incomplete reply ended later and its write landed first, and
+    the complete one, the answer the user read, was refused as older and lost."""
+    store = FirestoreStore("assistants", timeout=5)
+    ada = Author("ada@example.com", "ada@example.com", "Ada")
+    ended = datetime.datetime(2026, 12, 3, 12, 0, tzinfo=datetime.UTC)
+    complete = AssistantMessage("test-assistant", "t-race", None, ada, "The full answer.", "",
+                                "complete", "anthropic", "m", created_at=ended)  # fmt: skip
+    cut = dataclasses.replace(
+        complete,
+        content="The fu",
+        status="incomplete",
+        created_at=ended + datetime.timedelta(seconds=2),
+    )
+    store.save_assistant_message(cut)
+    assert store.save_assistant_message(complete) == "t-race-assistant"
+    assert _messages(firestore)["t-race-assistant"]["content"] == "The full answer."
+    with pytest.raises(TraceIdKept, match="holds a complete reply"):
+        store.save_assistant_message(cut)  # written again (late): the complete one stays
+    assert _messages(firestore)["t-race-assistant"]["status"] == "complete"
+
+
 def test_a_late_pair_keeps_its_place_before_the_turns_saved_since(
     client, fake: FakeUpstream, firestore, paused_database: _PausableProxy, late_writes
 ) -> None:
