@@ -70,6 +70,10 @@ class _Waiting:
     due: float = field(default_factory=time.monotonic)
     given_up: bool = False  # logged lost by `close` while its write was under way
     nudged: bool = False  # due early: another call succeeded (`nudge`)
+    # Tried early and failed since its last attempt on time: not nudged again before that
+    # (a write that keeps failing on a busy instance was tried after every other call's
+    # success, never given up).
+    early_failed: bool = False
 
 
 class LateSaves:
@@ -121,7 +125,7 @@ class LateSaves:
     def _nudge(self) -> None:
         now = time.monotonic()
         for waiting in self._waiting:
-            if waiting.due > now:
+            if waiting.due > now and not waiting.early_failed:
                 waiting.due, waiting.nudged = now, True
         self._changed.notify_all()
 
@@ -184,7 +188,7 @@ class LateSaves:
                     if not waiting.given_up:
                         _lost(waiting, "the worker stopped")
                 elif waiting.nudged:  # tried early, and failed: it costs no attempt
-                    waiting.nudged = False
+                    waiting.nudged, waiting.early_failed = False, True
                     waiting.attempts -= 1
                     waiting.due = time.monotonic() + self.delays[waiting.attempts - 1]
                     self._waiting.append(waiting)
@@ -192,6 +196,7 @@ class LateSaves:
                     self._chars -= waiting.chars
                     _lost(waiting, "the database did not take it")
                 else:
+                    waiting.early_failed = False
                     waiting.due = time.monotonic() + self.delays[waiting.attempts - 1]
                     self._waiting.append(waiting)
 

@@ -222,23 +222,42 @@ def test_a_call_the_database_answers_sends_what_waits_at_once() -> None:
 
 
 def test_attempts_made_early_cost_none_of_the_schedule(capsys) -> None:
-    """Reads succeed while writes still fail: each success sends what waits early, and
-    a failed early attempt is not counted, or a busy instance would give a message up
-    within seconds, not minutes."""
+    """Reads succeed while writes still fail: a success sends what waits early, and a
+    failed early attempt is not counted, or a busy instance would give a message up
+    within seconds, not minutes; one such between two attempts on time, though."""
     calls: list[str] = []
     saves = LateSaves(delays=(60.0, 60.0, 60.0))
     saves.add([Step("user", Flaky("t-user", calls, failures=10))], 1, RequestLog("t"))
     for tries in range(1, 7):
-        deadline = time.monotonic() + 5
-        while len(calls) < tries and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _wait_for_calls(calls, min(tries, 2))
         assert saves.wait_idle(5)
         saves.nudge()
-    assert len(calls) >= 6 and saves.count() == 1  # still waiting: nothing given up
+    time.sleep(0.2)
+    assert calls == ["t-user", "t-user"] and saves.count() == 1  # nothing given up
     assert not [
         line for line in log_lines(capsys.readouterr().out) if line["message"] == "persist.lost"
     ]
     saves.close(0.0)
+
+
+def test_a_write_that_keeps_failing_is_given_up_however_often_the_database_answers(
+    capsys,
+) -> None:
+    """Each early attempt that failed cost none of the schedule, and a busy instance's
+    every other call sent it again: 27 attempts in 8 s, never given up, never logged."""
+    calls: list[str] = []
+    saves = LateSaves(delays=(0.2, 0.2, 0.2))
+    saves.add([Step("user", Flaky("t-user", calls, failures=1000))], 1, RequestLog("t-never"))
+    deadline = time.monotonic() + 10
+    while saves.count() and time.monotonic() < deadline:
+        saves.nudge()
+        time.sleep(0.02)
+    assert saves.count() == 0
+    assert len(calls) <= 2 * (1 + 3)  # each attempt on time, and one early before it
+    lost = [
+        line for line in log_lines(capsys.readouterr().out) if line["message"] == "persist.lost"
+    ]
+    assert [line["trace_id"] for line in lost] == ["t-never"]
 
 
 def _wait_for_calls(calls: list[str], count: int) -> None:
