@@ -322,7 +322,7 @@ class FirestoreStore:
         # saved itself) are left out after the query, and must not shorten the history.
         query = query.order_by("createdAt", direction=Query.DESCENDING).limit(limit + 2)
         query = query.select(["role", "content", "traceId"])
-        turns: list[Turn] = []
+        newest_first: list[tuple[Turn, Any]] = []  # with each one's trace id
         chars = 0
         for snapshot in query.stream(**self._call_options()):
             data = snapshot.to_dict() or {}
@@ -330,10 +330,32 @@ class FirestoreStore:
                 continue
             text = _text(data.get("content"))
             chars += len(text)
-            if chars > MAX_HISTORY_CHARS or len(turns) == limit:
+            if chars > MAX_HISTORY_CHARS or len(newest_first) == limit:
                 break  # the rest is older
-            turns.append(Turn(data["role"], text))
-        return tuple(reversed(turns))
+            newest_first.append((Turn(data["role"], text), data.get("traceId")))
+        return _questions_before_their_replies(newest_first[::-1])
+
+
+def _questions_before_their_replies(turns: list[tuple[Turn, Any]]) -> tuple[Turn, ...]:
+    """`turns` (oldest first, with their trace ids), each question before its reply.
+
+    A question the frontend saves itself (`user_message_already_saved`) is dated by
+    the database when its write lands: one that lands after the reply ended came after
+    it in `createdAt` order, and the history gave the model the reply before its
+    question, the question merged with the next one."""
+    questions = {trace: turn for turn, trace in turns if turn.role == "user" and trace}
+    placed: set[Any] = set()  # trace ids whose question is in `ordered`
+    ordered: list[Turn] = []
+    for turn, trace in turns:
+        if turn.role == "user" and trace in questions:
+            if trace in placed:
+                continue  # placed already, before its reply
+            placed.add(trace)
+        elif trace in questions and trace not in placed:  # a reply before its question
+            ordered.append(questions[trace])
+            placed.add(trace)
+        ordered.append(turn)
+    return tuple(ordered)
 
 
 # Text a history read gives the model at most, newest messages first: what a request's

@@ -1005,6 +1005,25 @@ def test_a_history_read_keeps_to_a_budget_of_text(
     ]
 
 
+def test_a_question_dated_after_its_reply_comes_before_it_in_the_history(
+    client, fake, history
+) -> None:
+    """A question the frontend saved itself is dated by the database when its write
+    lands: one landing after the reply ended (a write not waited for, or queued
+    offline) gave the model the reply first, and its question merged with the next."""
+    _seed(history, "late-assistant", "assistant", "answer late", USER["email"], 7)
+    _seed(history, "late-user", "user", "question late", USER["email"], 8)
+    body = {"read_from_history": True, "history_limit": 4, "emissaryConfig": {"currentUser": USER}}
+    ask(client, "new question", **body).get_data()
+    assert _sent_messages(fake) == [
+        ("user", "thread question"),
+        ("assistant", "thread answer"),
+        ("user", "question late"),
+        ("assistant", "answer late"),
+        ("user", "new question"),
+    ]
+
+
 def test_history_skips_the_retried_requests_own_messages(client, fake, history) -> None:
     body = {"read_from_history": True, "trace_id": "b", "emissaryConfig": {"currentUser": USER}}
     ask(client, "thread question", **body).get_data()
