@@ -71,7 +71,9 @@ _PATTERNS_REMEMBERED = 64
 # same instance (a reference loop through them never moves into the instance).
 _REFERENCES = ("$ref", "$dynamicRef", "$recursiveRef")
 _IN_PLACE_ONE = ("not", "if", "then", "else")
-_IN_PLACE_LIST = ("allOf", "anyOf", "oneOf")
+# Draft 3's too: `extends` (one schema or a list), and the schemas in `type` and `disallow`.
+_IN_PLACE_LIST = ("allOf", "anyOf", "oneOf", "extends", "type", "disallow")
+_IN_PLACE_ONE_OR_LIST = ("extends",)
 _IN_PLACE_MAP = ("dependentSchemas", "dependencies")
 # Retrieves nothing: a reference outside the schema is unresolvable, never fetched.
 _NOTHING_TO_RETRIEVE: referencing.Registry[Any] = referencing.Registry()
@@ -393,26 +395,28 @@ def _check_schema(schema: dict[str, Any], field: str) -> None:
     except PatternTimeout:
         raise RequestError(f"{field}: checking it took too long") from None
     objects = dict(_objects(schema))
-    pointers_from_top = not any(where and "$id" in node for where, node in objects.items())
+    roots = _resource_roots(objects, validator.ID_OF)  # type: ignore[attr-defined]
     for where, keyword, target in _references(objects):
         if not target.startswith("#"):
             raise RequestError(
                 f"{field}: {keyword} must point inside the schema (start with #), "
                 f"not {target[:100]!r} (at {where or 'the top level'})"
             )
-        pointer = target == "#" or target.startswith("#/")
-        if pointer and pointers_from_top and resolve_pointer(schema, unquote(target[1:])) is None:
+        if not (target == "#" or target.startswith("#/")):
+            continue  # an anchor's name
+        pointer = roots[where] + unquote(target[1:])
+        if resolve_pointer(schema, pointer) is None:
             raise RequestError(
                 f"{field}: {keyword} {target[:100]!r} points nowhere in the schema "
                 f"(at {where or 'the top level'})"
             )
-        if pointer and _into_a_value(unquote(target[1:])):
+        if _into_a_value(pointer):
             # Applied, it would be a schema our walks never saw (a loop through it, say).
             raise RequestError(
                 f"{field}: {keyword} {target[:100]!r} points into a value (enum, const, "
                 f"default or examples), not a schema (at {where or 'the top level'})"
             )
-    if pointers_from_top and (loop := _loop_in_place(objects)) is not None:
+    if (loop := _loop_in_place(objects, roots)) is not None:
         raise RequestError(
             f"{field}: its references loop without reaching a value (at {loop or 'the top level'})"
         )
@@ -436,13 +440,23 @@ def problem(value: Any, schema: Mapping[str, Any]) -> str | None:
     except regex.error as exc:
         return f"the schema has a pattern that cannot be applied: {exc}"[:300]
     except RecursionError:  # a deep reply, or a loop the request's check could not follow
-        return "the reply could not be checked: it nests too deeply, or the schema loops"
+        return _TOO_DEEP
+    except BaseException as exc:
+        # rpds (the maps under `referencing`) turns a RecursionError in its own code into
+        # a PanicException, which derives from BaseException alone: no handler up to the
+        # worker's took it, and the worker died with every stream on it.
+        if type(exc).__name__ != "PanicException":
+            raise
+        return _TOO_DEEP
     finally:
         _matching.deadline = None
     if error is None:
         return None
     where = "/".join(str(part) for part in error.absolute_path) or "the top level"
     return f"the reply does not match the schema at {where}: {error.message}"[:300]
+
+
+_TOO_DEEP = "the reply could not be checked: it nests too deeply, or the schema loops"
 
 
 def _objects(schema: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
@@ -473,16 +487,40 @@ def _references(objects: Mapping[str, Mapping[str, Any]]) -> Iterator[tuple[str,
                 yield where, keyword, target
 
 
-def _loop_in_place(objects: Mapping[str, Mapping[str, Any]]) -> str | None:
+def _resource_roots(
+    objects: Mapping[str, Mapping[str, Any]], id_of: Callable[[Any], Any]
+) -> dict[str, str]:
+    """For each object's pointer, the pointer of the schema resource it is in, which its
+    `#` references are relative to: the nearest object at or above it that declares a
+    base of its own (`$id`, `id` in drafts 3 and 4, as its draft reads it; a fragment
+    alone is a name, not a base), else the top. A check that skipped every schema with
+    an `$id` below its top let `{"$ref": "#"}` loop in place: the reply's check then
+    recursed until rpds, under `referencing`, turned the RecursionError into a panic no
+    handler took, and the worker died with every stream on it."""
+    roots: dict[str, str] = {}
+    for pointer in sorted(objects, key=len):  # each one's resource before what it holds
+        base = id_of(objects[pointer])
+        if pointer and isinstance(base, str) and not base.startswith("#"):
+            roots[pointer] = pointer
+            continue
+        parent = pointer
+        while parent and parent not in roots:
+            parent = parent.rpartition("/")[0]
+        roots[pointer] = roots.get(parent, "")
+    return roots
+
+
+def _loop_in_place(
+    objects: Mapping[str, Mapping[str, Any]], roots: Mapping[str, str]
+) -> str | None:
     """Where a chain of references and in-place subschemas comes back to itself, or None.
 
-    `objects` are the schema's, by pointer from its top (the caller skips a
-    schema that declares `$id` below its top: its pointers may be relative to
-    that part). A loop that moves into the instance on the way (`properties`,
-    `items`...) is recursion, not a loop, and is fine.
+    `objects` are the schema's, by pointer from its top; `roots` their resources'
+    (`_resource_roots`). A loop that moves into the instance on the way
+    (`properties`, `items`...) is recursion, not a loop, and is fine.
     """
     return _on_a_cycle(
-        objects, lambda pointer: (p for p in _in_place(objects, pointer) if p in objects)
+        objects, lambda pointer: (p for p in _in_place(objects, roots, pointer) if p in objects)
     )
 
 
@@ -515,7 +553,9 @@ def _on_a_cycle(
     return None
 
 
-def _in_place(objects: Mapping[str, Mapping[str, Any]], pointer: str) -> Iterator[str]:
+def _in_place(
+    objects: Mapping[str, Mapping[str, Any]], roots: Mapping[str, str], pointer: str
+) -> Iterator[str]:
     """Pointers of the subschemas that may apply to the same instance as the one at
     `pointer` (the caller follows those that are objects: a boolean schema applies
     nothing further, and a pointer to nothing leads nowhere)."""
@@ -523,13 +563,15 @@ def _in_place(objects: Mapping[str, Mapping[str, Any]], pointer: str) -> Iterato
     for keyword in _REFERENCES:
         target = node.get(keyword)
         if isinstance(target, str) and (target == "#" or target.startswith("#/")):
-            yield unquote(target[1:])
+            yield roots[pointer] + unquote(target[1:])
     for keyword in _IN_PLACE_ONE:
         yield f"{pointer}/{keyword}"
     for keyword in _IN_PLACE_LIST:
         items = node.get(keyword)
         if isinstance(items, list):
             yield from (f"{pointer}/{keyword}/{index}" for index in range(len(items)))
+        elif keyword in _IN_PLACE_ONE_OR_LIST:
+            yield f"{pointer}/{keyword}"
     for keyword in _IN_PLACE_MAP:
         entries = node.get(keyword)
         if isinstance(entries, dict):

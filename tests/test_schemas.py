@@ -70,6 +70,16 @@ LOOPS = [
     {"if": {"type": "object"}, "then": {"$ref": "#"}},
     {"dependentSchemas": {"x": {"$ref": "#"}}},
     {"$defs": {"a b": {"$ref": "#/$defs/a%20b"}}},  # a pointer in URI form
+    # An `$id` below the top turned the whole check off: the reply's check recursed until
+    # rpds panicked, and the worker died with every stream on it.
+    {"$ref": "#", "$defs": {"x": {"$id": "https://example.com/x"}}},
+    {"oneOf": [{"if": {"contains": {"$id": "https://example.com/s"}}}], "$ref": "#"},
+    {"$defs": {"x": {"$id": "https://example.com/x", "allOf": [{"$ref": "#"}]}}},
+    # Draft 3's in-place keywords.
+    {"$schema": "http://json-schema.org/draft-03/schema#", "extends": {"$ref": "#"}},
+    {"$schema": "http://json-schema.org/draft-03/schema#", "extends": [{"$ref": "#"}]},
+    {"$schema": "http://json-schema.org/draft-03/schema#", "type": [{"$ref": "#"}]},
+    {"$schema": "http://json-schema.org/draft-03/schema#", "disallow": [{"$ref": "#"}]},
 ]
 
 
@@ -77,6 +87,64 @@ LOOPS = [
 def test_references_that_loop_in_place_are_400(schema: dict[str, Any]) -> None:
     with pytest.raises(RequestError, match="its references loop without reaching a value"):
         check_schema(schema, "emissaryConfig.responseSchema")
+
+
+def test_a_pointer_is_read_from_the_resource_its_reference_is_in() -> None:
+    """`#/...` in a part with an `$id` of its own (`id` in draft 4) points into that part,
+    as jsonschema reads it: found there, and refused when it is only in the top's."""
+    in_2020_12 = {
+        "$defs": {
+            "sub": {
+                "$id": "https://example.com/sub",
+                "$defs": {"a": {"type": "string"}},
+                "properties": {"p": {"$ref": "#/$defs/a"}},
+            }
+        },
+        "$ref": "#/$defs/sub",
+    }
+    in_draft_04 = {
+        "$schema": "http://json-schema.org/draft-04/schema#",
+        "definitions": {
+            "sub": {
+                "id": "https://example.com/sub",
+                "definitions": {"a": {"type": "string"}},
+                "properties": {"p": {"$ref": "#/definitions/a"}},
+            }
+        },
+        "$ref": "#/definitions/sub",
+    }
+    for schema in (in_2020_12, in_draft_04):
+        check_schema(schema, "emissaryConfig.responseSchema")
+        assert problem({"p": 1}, schema) == (
+            "the reply does not match the schema at p: 1 is not of type 'string'"
+        )
+    elsewhere = {
+        "$defs": {
+            "sub": {"$id": "https://example.com/sub", "properties": {"p": {"$ref": "#/$defs/a"}}},
+            "a": {},
+        },
+        "$ref": "#/$defs/sub",
+    }
+    with pytest.raises(RequestError, match=r"'#/\$defs/a' points nowhere in the schema"):
+        check_schema(elsewhere, "emissaryConfig.responseSchema")
+
+
+def test_a_panic_under_the_reply_check_is_a_reply_that_could_not_be_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """rpds (under `referencing`) turns a RecursionError in its own code into a
+    PanicException, which derives from BaseException alone: the worker died."""
+
+    class PanicException(BaseException):  # pyo3's, as rpds raises it
+        pass
+
+    def panics(*_: Any) -> Any:
+        raise PanicException("__eq__ failed!: RecursionError")
+
+    monkeypatch.setattr(jsonschema.exceptions, "best_match", panics)
+    assert problem({}, {"type": "object"}) == (
+        "the reply could not be checked: it nests too deeply, or the schema loops"
+    )
 
 
 TREE = {
