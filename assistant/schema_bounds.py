@@ -44,13 +44,17 @@ NAME_MAPS = frozenset(
 
 def schema_objects(value: Any) -> int:
     """How many subschemas (and maps of them) a schema holds, what checking it costs
-    grows with; values (`enum`, `const`, `default`, `examples`) do not count."""
+    grows with; values (`enum`, `const`, `default`, `examples`) do not count. `true`
+    and `false` count as the schemas they may be: each costs the metaschema's check as
+    much as an object (10,000 `true` properties, 2 objects, took 5.7 s)."""
     count = 0
     stack: list[Any] = [value]
     while stack:
         node = stack.pop()
         if isinstance(node, list):
             stack += node
+        elif isinstance(node, bool):
+            count += 1
         elif isinstance(node, dict):
             count += 1
             for key, child in node.items():

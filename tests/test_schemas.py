@@ -399,6 +399,21 @@ def test_schemas_too_large_to_check_are_a_400_before_any_is_checked() -> None:
 
 
 @pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "object", "properties": {f"p{i}": True for i in range(2001)}},
+        {"properties": {f"p{i}": {"allOf": [True] * 1000} for i in range(3)}},
+    ],
+)
+def test_true_and_false_count_as_the_schemas_they_are(schema: dict[str, Any]) -> None:
+    """Each costs the metaschema's check as much as an object: 10,000 `true`
+    properties, counted as 2 objects, took 5.7 s (49,900 took 28 s)."""
+    body = {"user_input": "hi", "emissaryConfig": {"responseSchema": schema}}
+    with pytest.raises(RequestError, match=r"schema objects in all; at most 2000"):
+        build_request("a", body, max_input_chars=100, max_history_messages=10)
+
+
+@pytest.mark.parametrize(
     "parameters, why",
     [
         # uniqueItems compares every pair of values it cannot sort: 8,000 took 13 s.
