@@ -103,11 +103,30 @@ def _long_pattern(patterns: Iterable[Any]) -> str | None:
             # JSON Schema's patterns (ECMA-262) have no verbose mode, and in it `regex`
             # reads `a{10 0}` as a count where Python's parser sees characters.
             return f"a pattern in verbose mode (an x flag): {pattern[:60]!r}"
+        if (unread := _unreadable(pattern)) is not None:
+            # The metaschema's `format: regex` reads patterns so too: JSON Schema's own
+            # (ECMA-262) are mostly the same syntax; `\p{L}` and `(?<name>...)` are not.
+            return (
+                f"a pattern Python's regular expressions cannot read ({unread}): {pattern[:60]!r}"
+            )
         if written_out(pattern) > MOST_PATTERN_CHARS:
             return (
                 f"a pattern whose counted repeats come to more than {MOST_PATTERN_CHARS} "
                 f"characters: {pattern[:60]!r}"
             )
+    return None
+
+
+def _unreadable(pattern: str) -> str | None:
+    """Why Python's parser cannot read `pattern`, or None if it can."""
+    try:
+        with warnings.catch_warnings():  # a "[[" warns, with its position: no line on stderr
+            warnings.simplefilter("ignore", FutureWarning)
+            _parser.parse(pattern)
+    except re.error as exc:
+        return str(exc.msg)[:80]
+    except (RecursionError, OverflowError):
+        return None  # readable, but too deep or too large: written_out says so
     return None
 
 

@@ -432,6 +432,12 @@ def test_true_and_false_count_as_the_schemas_they_are(schema: dict[str, Any]) ->
             "a pattern whose counted repeats",
         ),
         ({"patternProperties": {r"(\d{2}-){501}": {}}}, "a pattern whose counted repeats"),
+        # JSON Schema's own syntax that Python's does not have: said so, not "repeats".
+        (
+            {"properties": {"a": {"pattern": r"^[\p{L} .-]{1,100}$"}}},
+            r"a pattern Python's regular expressions cannot read \(bad escape",
+        ),
+        ({"properties": {"a": {"pattern": r"(?<major>\d+)"}}}, "a pattern Python's regular"),
         # What a scan of our own misread: a comment holding "[", whitespace or a comment
         # before a count in verbose mode (where `regex` also reads "{10 0}" as a count).
         (
