@@ -274,9 +274,9 @@ class Chain:
                                 await relay.hand_on_waiting()  # the upstream waits meanwhile
                                 if relay.finished:
                                     break
-                        except httpx.ReadTimeout:
+                        except (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError):
                             if not relay.answered:
-                                raise  # else the body went quiet after the answer's end
+                                raise  # else the body went quiet, or was cut, after the end
                     await relay.end()
                 except BaseException:  # a failure, or a deadline's or the reply's cancellation
                     if relay is not None:

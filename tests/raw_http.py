@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -57,11 +58,12 @@ def one_answer(
     pieces: Sequence[bytes] = (),
     then_wait: float = 0.0,
     received: list[bytes] | None = None,
+    reset: bool = False,
 ) -> Iterator[str]:
     """A server on loopback that answers one request with `head`, then each of `pieces`
     in its own send (its own read on the other side), waits `then_wait` seconds (or
-    until the test ends) and closes the connection. Yields its URL; the request's
-    first read goes to `received`."""
+    until the test ends) and closes the connection (with a reset if `reset`). Yields
+    its URL; the request's first read goes to `received`."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -78,6 +80,8 @@ def one_answer(
             time.sleep(0.005)
             conn.sendall(piece)
         done.wait(then_wait)
+        if reset:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         conn.close()
 
     thread = threading.Thread(target=run, daemon=True)

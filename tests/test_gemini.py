@@ -25,6 +25,7 @@ from devtools.fake_upstream import FakeUpstream, Script
 from .provider_cases import GEMINI as CASE
 from .provider_support import anthropic_at, awkward_gemini_chunks, run_chain, stream_events
 from .provider_support import upstream_fixture as upstream_fixture  # the `upstream` fixture
+from .raw_http import one_answer
 
 settings_for = CASE.settings
 # Everything a GeminiProvider yielded, and the ProviderError it ended with (if any).
@@ -196,6 +197,23 @@ def test_a_body_quiet_after_its_finish_reason_ends_the_answer(
     if outcome == "ok":
         assert run.items[-1] == ChainSucceeded()
         assert run.chain.stop_reason == "end_turn" and run.chain.usage.output_tokens
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_a_connection_lost_after_the_finish_reason_ends_the_answer(reset: bool) -> None:
+    """A finishReason is the answer's end: the connection then closed without the chunked
+    body's end, or reset, made a whole answer upstream_incomplete (a JSON caller's next
+    provider asked again, billed twice); held open a moment longer, it was whole."""
+    answered = CASE.fixture("text_basic.sse")
+    head = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    chunk = f"{len(answered):x}\r\n".encode() + answered + b"\r\n"
+    with one_answer(head, [chunk], then_wait=0.2, reset=reset) as url:
+        run = run_chain([CASE.provider(url)], Timeouts(connect=1, first_chunk=2, idle=2))
+    assert run.outcomes == ["ok"]
+    assert run.items[-1] == ChainSucceeded()
+    assert run.chain.stop_reason == "end_turn" and run.chain.usage.output_tokens
 
 
 def test_error_tail_after_text_fails_committed(upstream: FakeUpstream) -> None:
