@@ -346,7 +346,9 @@ class _Relay:
         # What this attempt showed, kept for a JSON caller only (`_empty_to_a_json_caller`).
         self._texts: list[str] | None = None if chain.commit_on_first_chunk else []
         self._called = False
-        self._blanks = ""  # leading blank text, held until something else comes
+        # Leading blank text and thinking (whether thinking, and the text), held until
+        # something else comes.
+        self._blanks: list[tuple[bool, str]] = []
         self.full: Awaitable[None] | None = None  # the reply has no room: what to await
         self._waiting: list[Event] = []  # events decoded meanwhile, handed on after it
         self._failure: Exception | None = None  # the decoder's, raised after them
@@ -464,11 +466,11 @@ class _Relay:
                     deadline.reschedule(restart)
                 continue
             if not progress.shown:
-                if type(event) is TextDelta and event.text.isspace():
-                    # Blanks alone are no answer yet: a provider that opens with "\n" and
-                    # fails, or ends, has shown nothing, and the next one may answer. They
-                    # go out with what comes after them.
-                    self._blanks += event.text
+                if isinstance(event, TextDelta | ThinkingDelta) and event.text.isspace():
+                    # Blanks alone are no answer yet: a provider that opens with "\n", as
+                    # text or as thinking, and fails, or ends, has shown nothing, and the
+                    # next one may answer. They go out with what comes after them.
+                    self._blanks.append((type(event) is ThinkingDelta, event.text))
                     continue
                 if not deadline.expired():
                     deadline.reschedule(None)  # from here only idle gaps count
@@ -476,8 +478,8 @@ class _Relay:
                 # The socket may have waited longer for the first chunk (aio.py).
                 aio.allow_silence(self._response, chain.timeouts.idle)
                 chain._commit(progress.provider)
-                if self._blanks:
-                    self._emit_text(self._blanks)
+                for thinking, blank in self._blanks:
+                    self._emit_text(self._tagger.wrap(thinking, blank))
             if chain.room is not None and (full := chain.room()) is not None:
                 self.full = full
                 self._waiting = events[at:]

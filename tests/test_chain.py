@@ -109,8 +109,13 @@ def test_failure_before_first_chunk_falls_through_silently(upstreams, fail: str)
     [
         (Script(tokens=["\n", "Hello"], fail_after=1, fail_mode="error_event"), "upstream_error"),
         (Script(tokens=["\n\n", " "]), "upstream_empty"),
+        (
+            Script(thinking=["\n"], tokens=["Hello"], fail_after=1, fail_mode="error_event"),
+            "upstream_error",
+        ),
+        (Script(thinking=["\n\n"], tokens=[" "]), "upstream_empty"),
     ],
-    ids=["blank-then-an-error", "blanks-alone"],
+    ids=["blank-then-an-error", "blanks-alone", "blank-thinking-then-an-error", "blank-thinking"],
 )
 def test_blanks_before_a_failure_or_an_end_are_no_first_chunk(
     upstreams, script: Script, outcome: str
@@ -132,6 +137,15 @@ def test_blanks_before_text_go_out_with_it(upstreams) -> None:
     chunks = "".join(event["chunk"] for event in events[:-2] if "chunk" in event)
     assert chunks == events[-2]["answer"] == "\n Hi\n"
     assert events[-2]["metadata"]["provider"] == "primary"
+
+
+def test_blank_thinking_before_text_goes_out_with_it_in_its_tags(upstreams) -> None:
+    first, _ = upstreams
+    first.push(Script(thinking=["\n", "Hmm."], tokens=["Hi"]))
+    events = _stream(_reply(upstreams, streaming=True))
+    chunks = "".join(event["chunk"] for event in events[:-2] if "chunk" in event)
+    assert chunks == events[-2]["answer"] == "<thinking>\nHmm.</thinking>Hi"
+    assert events[-2]["metadata"]["thinking_content"] == "Hmm."
 
 
 def test_first_chunk_timeout_falls_through(upstreams) -> None:
