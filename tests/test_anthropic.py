@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import pytest
 
-from assistant.config import ConfigError, ProviderSettings
+from assistant.config import ConfigError, ProviderSettings, Timeouts
 from assistant.providers import anthropic
 from devtools.fake_upstream import FakeUpstream, Script
 
 from .provider_cases import ANTHROPIC as CASE
+from .provider_support import run_chain
 from .provider_support import upstream_fixture as upstream_fixture  # the `upstream` fixture
 
 
@@ -71,3 +72,14 @@ def test_the_prompts_tokens_are_a_count_or_none(
     usage: dict[str, object], expected: int | None
 ) -> None:
     assert anthropic._input_tokens(usage) == expected
+
+
+@pytest.mark.parametrize("name", ["error_after_text.sse"])
+def test_a_reply_cut_short_has_no_output_count(upstream: FakeUpstream, name: str) -> None:
+    """message_start's output_tokens is a placeholder (1): a reply that streamed text and
+    was cut before message_delta reported it as what the reply cost."""
+    upstream.push(Script(raw=[CASE.fixture(name)]))
+    run = run_chain([CASE.provider(upstream.url)], Timeouts(connect=1, first_chunk=2, idle=2))
+    assert run.outcomes != ["ok"] and run.text
+    usage = run.chain.usage
+    assert usage.input_tokens and usage.output_tokens is None

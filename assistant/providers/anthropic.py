@@ -131,7 +131,8 @@ def _on_message_start(data: dict[str, Any], state: _State) -> None:
     state.model = message.get("model") or state.model
     usage = message.get("usage") or {}
     state.input_tokens = _input_tokens(usage)
-    state.output_tokens = usage.get("output_tokens", state.output_tokens)
+    # Its output_tokens is a placeholder (1): a reply cut before message_delta reported
+    # it as what the reply cost. The count comes with message_delta.
     if (thinking_tokens := _thinking_tokens(usage)) is not None:
         state.thinking_tokens = thinking_tokens
 
