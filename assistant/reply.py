@@ -211,7 +211,12 @@ class Reply:
             first = yield from _past_parks(waiting)
             if isinstance(first, ChainFailed | ChainCrashed) and not (self._parts or self._calls):
                 # Nothing was shown, so the loop wrote nothing either: not even the head.
-                refused = Refused(failure_status(first), self._error_body(self._conclude(first)))
+                # Within the status window: its saves are waited for only as long as the
+                # window lasts (a hung database held the 502 PERSIST_TIMEOUT_SECONDS past
+                # it, nothing sent meanwhile); what is left then is written late.
+                window_left = heartbeat - (time.monotonic() - self._started)
+                payload = self._conclude(first, within=max(0.0, window_left))
+                refused = Refused(failure_status(first), self._error_body(payload))
         except ClientGone:
             self._abandon()
             if self._head_out():
@@ -512,12 +517,13 @@ class Reply:
                 drive(steps)  # the save goes to its end all the same
                 raise
 
-    def _conclude(self, item: Outcome) -> dict[str, Any]:
-        """Save what arrived and build the terminal payload."""
-        return drive(self._concluding(item, beat=None))
+    def _conclude(self, item: Outcome, within: float | None = None) -> dict[str, Any]:
+        """Save what arrived and build the terminal payload; the saves are waited for
+        `within` seconds at most, if given (else PERSIST_TIMEOUT_SECONDS)."""
+        return drive(self._concluding(item, beat=None, within=within))
 
     def _concluding(
-        self, item: Outcome, beat: float | None
+        self, item: Outcome, beat: float | None, within: float | None = None
     ) -> Generator[Pending, None, dict[str, Any]]:
         """`_conclude()` a step at a time: it yields what to wait for in the store, for
         `beat` seconds at most."""
@@ -530,7 +536,7 @@ class Reply:
         output = record.Output(self._splitter, tuple(self._calls))
         if complete:
             output = record.with_structured_output(output, self._request.response_schema, report)
-        ids, persist_failed = yield from self._saving(output, report, complete, beat)
+        ids, persist_failed = yield from self._saving(output, report, complete, beat, within)
         metadata = record.metadata(
             self._trace_id, output, report, self._started, ids, persist_failed
         )
@@ -613,7 +619,12 @@ class Reply:
         return report
 
     def _saving(
-        self, output: record.Output, report: ChainReport, complete: bool, beat: float | None
+        self,
+        output: record.Output,
+        report: ChainReport,
+        complete: bool,
+        beat: float | None,
+        within: float | None = None,
     ) -> Generator[Pending, None, tuple[dict[str, str] | None, bool]]:
         """(message ids, persist failed), yielding what to wait for when `beat` is set;
         nothing arrived means no assistant message to keep."""
@@ -625,7 +636,7 @@ class Reply:
             message = record.assistant_message(
                 self._request, self._trace_id, self._author, output, report, complete
             )
-        ids, failed = yield from self._saver.finishing(message, beat)
+        ids, failed = yield from self._saver.finishing(message, beat, within)
         return ids or None, failed
 
 

@@ -113,9 +113,13 @@ class Saver:
         self._user = _pool.submit(self._store.save_user_message, message)
 
     def finishing(
-        self, assistant_message: AssistantMessage | None, beat: float | None
+        self,
+        assistant_message: AssistantMessage | None,
+        beat: float | None,
+        within: float | None = None,
     ) -> Generator[Pending, None, tuple[dict[str, str], bool]]:
         """Wait for the user message, then write the reply; returns (message ids, failed).
+        The wait is PERSIST_TIMEOUT_SECONDS, or `within` seconds if that is less.
 
         A step at a time: with a `beat`, it does not wait itself but yields what to
         wait for and for how long at most (a stream waits, or lets go of its thread,
@@ -132,7 +136,8 @@ class Saver:
         goes to `late_saves`, the question before its reply, to be written after
         the reply: not lost to an outage that outlived the wait either.
         """
-        deadline = time.monotonic() + self._timeout
+        wait = self._timeout if within is None else min(self._timeout, within)
+        deadline = time.monotonic() + wait
         answered_at = _now()  # the reply's time: its createdAt, and its answeredAt
         ids: dict[str, str] = {}
         ok = True
@@ -147,7 +152,7 @@ class Saver:
                     reason = f"{type(failure).__name__}: {failure}"
                     self._log.warning("persist.retry", role="user", reason=reason)
                     self._user = _pool.submit(self._store.save_user_message, self._user_message)
-                ok = yield from self._waiting("user", self._user, deadline, ids, beat)
+                ok = yield from self._waiting("user", self._user, deadline, wait, ids, beat)
                 out_of_time = time.monotonic() >= deadline
                 if ok or retried or out_of_time or not self._user_write_failed():
                     break
@@ -171,7 +176,7 @@ class Saver:
                 # Its question is not written yet, or the wait went to it: the reply is
                 # written after it, later, so that it never lands before its question.
                 if not late:
-                    self._log.error("persist.timeout", role="assistant", timeout_s=self._timeout)
+                    self._log.error("persist.timeout", role="assistant", timeout_s=wait)
                 late.append(Step("assistant", write_late))
                 ok = False
             else:
@@ -179,7 +184,7 @@ class Saver:
                 user_saved = "user" in ids
                 write = partial(self._store.save_assistant_message, reply, user_saved)
                 future = _pool.submit(write)
-                saved = yield from self._waiting("assistant", future, deadline, ids, beat)
+                saved = yield from self._waiting("assistant", future, deadline, wait, ids, beat)
                 ok = saved and ok
                 if not saved and not isinstance(_failure(future), MessageTaken | TraceIdKept):
                     late.append(Step("assistant", write_late, under_way=future))
@@ -198,6 +203,7 @@ class Saver:
         role: str,
         future: concurrent.futures.Future[str],
         deadline: float,
+        wait: float,
         ids: dict[str, str],
         beat: float | None,
     ) -> Generator[Pending, None, bool]:
@@ -210,7 +216,7 @@ class Saver:
                 ids[role] = future.result(timeout=remaining)
                 return True
             except concurrent.futures.TimeoutError:
-                self._log.error("persist.timeout", role=role, timeout_s=self._timeout)
+                self._log.error("persist.timeout", role=role, timeout_s=wait)
             except (MessageTaken, TraceIdKept) as exc:  # the caller's trace id: no outage
                 self._log.warning("persist.kept", role=role, reason=str(exc))
             except Exception as exc:  # any store failure: reported, never raised into the stream

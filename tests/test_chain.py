@@ -426,7 +426,9 @@ def test_a_bug_before_the_status_is_decided_is_a_500_with_nothing_shown(
     second.push(Script(fail="500"))
     reply = _reply(upstreams, streaming=True)
 
-    def broken_concluding(item: Any, beat: float | None) -> Generator[None, None, dict]:
+    def broken_concluding(
+        item: Any, beat: float | None, within: float | None = None
+    ) -> Generator[None, None, dict]:
         reply._done = marked_done  # the real one marks the reply done first, then saves
         raise ValueError("a bug of ours")
         yield  # a generator, as the real one
@@ -479,7 +481,9 @@ def test_a_bug_while_concluding_still_ends_the_stream_with_an_error_frame(
     concluding = reply._concluding
     concluded: list[object] = []
 
-    def broken_concluding(item: Any, beat: float | None) -> Generator[None, None, dict]:
+    def broken_concluding(
+        item: Any, beat: float | None, within: float | None = None
+    ) -> Generator[None, None, dict]:
         concluded.append(item)
         yield from concluding(item, beat)  # it saves, then a bug before its payload is out
         raise ValueError("a bug of ours")

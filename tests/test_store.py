@@ -613,6 +613,23 @@ def test_the_status_window_counts_a_hanging_history_read(
     assert gave_up["timeout_s"] == 1
 
 
+def test_a_502_within_the_status_window_waits_for_the_database_only_as_long_as_it_lasts(
+    client, fake, firestore, black_hole
+) -> None:
+    """Every provider failed at once with a hanging database: the 502 waited for the
+    user message's write, PERSIST_TIMEOUT_SECONDS, past the status window (HEARTBEAT_
+    SECONDS), nothing sent meanwhile; the window bounds the wait, the rest goes late."""
+    os.environ["FIRESTORE_EMULATOR_HOST"] = black_hole
+    os.environ.update(HEARTBEAT_SECONDS="1", PERSIST_TIMEOUT_SECONDS="6")
+    fake.push(Script(fail="500"))
+    started = time.monotonic()
+    response = ask(client, trace_id="t-502-hung", **SAVE)
+    took = time.monotonic() - started
+    assert response.status_code == 502
+    assert took < 6  # the window's second, not the database's six
+    assert response.get_json()["code"] == "providers_failed"
+
+
 class _PausableProxy:
     """A TCP proxy to the emulator that can hold every byte, as a paused database would
     (the bytes wait in the sockets and flow again on `resume()`)."""
