@@ -167,7 +167,7 @@ def parse_arguments(text: str) -> tuple[Mapping[str, Any] | None, str | None]:
     except (ValueError, RecursionError) as exc:
         return None, f"arguments are not valid JSON: {exc}"[:200]
     if not isinstance(value, dict):
-        return None, f"arguments are a JSON {type(value).__name__}, not an object"
+        return None, f"arguments are a JSON {_json_type(value)}, not an object"
     return value, None
 
 
@@ -180,7 +180,18 @@ def arguments_value(value: Any) -> tuple[Mapping[str, Any] | None, str | None]:
         return value, None
     if isinstance(value, str):
         return parse_arguments(value)
-    return None, f"arguments are a JSON {type(value).__name__}, not an object"
+    return None, f"arguments are a JSON {_json_type(value)}, not an object"
+
+
+def _json_type(value: Any) -> str:
+    """What JSON calls a parsed value's type (`args_error` is shown to the frontend)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return "string" if isinstance(value, str) else "array"
 
 
 def tool_specs(names: list[str], configs: Mapping[str, Any]) -> tuple[ToolSpec, ...]:

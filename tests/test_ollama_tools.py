@@ -192,9 +192,9 @@ DONE = line({}, done=True, done_reason="stop", prompt_eval_count=5, eval_count=3
         pytest.param("", {}, None, id="empty-text"),
         pytest.param({}, {}, None, id="empty-object"),
         pytest.param('{"a": [1, "é"]}', {"a": [1, "é"]}, None, id="text"),
-        pytest.param(["x"], None, "arguments are a JSON list, not an object", id="list"),
-        pytest.param("[1]", None, "arguments are a JSON list, not an object", id="text-list"),
-        pytest.param(7, None, "arguments are a JSON int, not an object", id="number"),
+        pytest.param(["x"], None, "arguments are a JSON array, not an object", id="list"),
+        pytest.param("[1]", None, "arguments are a JSON array, not an object", id="text-list"),
+        pytest.param(7, None, "arguments are a JSON number, not an object", id="number"),
     ],
 )
 def test_arguments_in_any_form(

@@ -200,7 +200,7 @@ def test_arguments_that_are_json_but_not_an_object(upstream: FakeUpstream) -> No
     upstream.push(Script(raw=[chunk({"tool_calls": [fragment]}), chunk({}, "tool_calls"), DONE]))
     events, _ = run_provider(CASE.settings(upstream.url), TOOLS)
     assert events[0] == ToolCall(
-        "c1", "get_weather", None, args_error="arguments are a JSON list, not an object"
+        "c1", "get_weather", None, args_error="arguments are a JSON array, not an object"
     )
 
 
