@@ -282,7 +282,9 @@ def _answer(
         parking=bool(request.environ.get(PARKING)),
         refresh_key=functools.partial(with_fresh_key, settings),
         started=started,
-        on_end=slot.release,
+        # A JSON answer is written after its reply ends: its slot is given back when its
+        # response is closed (`_json_reply`), a stream's when the reply ends.
+        on_end=slot.release if streaming else _nothing,
     )
     slot.evict = _hang_up(request.environ)
     request.environ[STOP_EARLY] = reply.stop_early  # for a stopping worker (worker.py, 6)
@@ -293,20 +295,33 @@ def _answer(
     reply.start(first_step_wait=FIRST_STEP_WAIT_SECONDS if alone else 0.0)
     try:
         if not streaming:
-            return _json_reply(reply, trace_id)
+            return _json_reply(reply, slot, request.environ.get("gunicorn.socket"), trace_id)
         return _sse_reply(reply, slot, request.environ.get("gunicorn.socket"), trace_id)
     except ClientGone:
         # Nobody will read this; 499 is the conventional "client closed request" in logs.
         return _error(499, "client_gone", MESSAGES["client_gone"], trace_id)
 
 
-def _json_reply(reply: Reply, trace_id: str) -> flask.Response:
+def _json_reply(reply: Reply, slot: Slot, sock: object, trace_id: str) -> flask.Response:
+    """The answer, written as a stream's frames are: piece by piece, each with the whole
+    send timeout (limits.WRITE_PIECE_BYTES), the slot told while a write is under way
+    and given back when the response is closed. The slot went back when the reply
+    ended, before its answer was written: one user's requests whose clients took
+    nothing each held a thread SEND_TIMEOUT_SECONDS, past their limit and past the
+    threads that may wait on clients (every other user's requests waited 28 s)."""
     status, payload = reply.json_answer()
     response = _reply_json(status, payload, trace_id)
-    # A long answer to a slow reader: written piece by piece, each with the whole send
-    # timeout (limits.WRITE_PIECE_BYTES), as a stream's frames are; its length is known.
-    response.response = pieces(response.get_data())
+    writes = _marking_writes(_one_frame(response.get_data()), slot, sock)
+    response.response = ClosingIterator(cast("Iterator[bytes]", writes), slot.release)
     return response
+
+
+def _one_frame(body: bytes) -> Generator[bytes | Park | Instead, None, None]:
+    yield body
+
+
+def _nothing() -> None:
+    pass
 
 
 def _sse_reply(reply: Reply, slot: Slot, sock: object, trace_id: str) -> flask.Response:

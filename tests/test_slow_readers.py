@@ -122,6 +122,33 @@ def test_a_full_instance_gives_a_stuck_clients_place_to_a_newcomer(
         assert saved.get().to_dict()["status"] == "incomplete"
 
 
+def test_a_json_answer_its_client_does_not_read_keeps_the_users_place(
+    fake: FakeUpstream, tmp_path: Path
+) -> None:
+    """The slot went back when the reply ended, before its answer was written: one user's
+    JSON requests whose clients took nothing each held a thread SEND_TIMEOUT_SECONDS,
+    past the user's limit (every other user's requests waited 28 s). Held while it is
+    written, the place is given back when the client goes."""
+    fake.push(Script(tokens=[PIECE] * 300), Script(tokens=["back"]))  # 300 KB, then a word
+    env = {"THREADS": "8", "MAX_STREAMS_PER_USER": "1", "SEND_TIMEOUT_SECONDS": "60"}
+    log = tmp_path / "service.log"
+    with log.open("wb") as output, running_service(env, output=output) as service:
+        body = b'{"user_input": "hi"}'
+        stuck = open_raw(service.url, "/vac/assistant/test-assistant", body, receive_buffer=4096)
+        deadline = time.monotonic() + 10
+        while '"reply.finished"' not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert '"reply.finished"' in log.read_text()  # its answer is being written now
+        url = f"{service.url}/vac/assistant/x"
+        assert httpx.post(url, json={"user_input": "hi"}).status_code == 429
+        stuck.close()
+        deadline = time.monotonic() + 10
+        while (again := httpx.post(url, json={"user_input": "hi"})).status_code == 429:
+            assert time.monotonic() < deadline, "the place was not given back"
+            time.sleep(0.1)
+        assert again.json()["answer"] == "back"
+
+
 def test_a_stopping_server_ends_a_stream_whose_client_reads_nothing_in_time(
     fake: FakeUpstream, firestore
 ) -> None:
