@@ -18,7 +18,7 @@ it run this subclass instead. Ten things differ from gthread as gunicorn
    are handed to gunicorn's parser, which parses them as if it had read
    them itself: what the poller works out is only when to stop waiting,
    never what the request means.
-   Bounds: a head over HEAD_BUFFER_BYTES, a request over REQUEST_BUFFER_BYTES,
+   Bounds: a head over HEAD_BUFFER_BYTES, a body over BODY_BUFFER_BYTES,
    a Content-Length over the app's MAX_BODY_BYTES (refused unread, at once),
    all waiting requests together over BUFFERED_BYTES, a framing the poller
    does not follow, or `Expect: 100-continue` (the client waits for our
@@ -249,12 +249,16 @@ STOP_END_SECONDS = 4.0
 LATE_SAVES_BY_SECONDS = 9.0
 
 # What the poller holds of requests still arriving (see point 1 above): a
-# head up to HEAD_BUFFER_BYTES (a larger one, legal up to gunicorn's header
-# limits, is read on by its thread), a request up to REQUEST_BUFFER_BYTES
-# (the default MAX_BODY_BYTES and a head), and all of them together up to
-# BUFFERED_BYTES (a worst case of memory, not a typical one).
-HEAD_BUFFER_BYTES = 32 * 1024
-REQUEST_BUFFER_BYTES = 1024 * 1024 + HEAD_BUFFER_BYTES
+# head up to HEAD_BUFFER_BYTES, past what gunicorn's limits take (server.py: a
+# request line of 8190 bytes, 100 fields of 8190: gunicorn refuses a larger
+# head at once, so the thread it goes to waits for nothing; at 32 KiB, eight
+# unfinished heads of 40 KB, sent a byte a second and no token needed, held
+# eight threads for REQUEST_READ_TIMEOUT_SECONDS), a body up to
+# BODY_BUFFER_BYTES after its head (the default MAX_BODY_BYTES, and room for a
+# chunked body's framing), and all of them together up to BUFFERED_BYTES (a
+# worst case of memory, not a typical one).
+HEAD_BUFFER_BYTES = 824 * 1024
+BODY_BUFFER_BYTES = 1024 * 1024 + 32 * 1024
 BUFFERED_BYTES = 32 * 1024 * 1024
 
 # The graceful close as gunicorn's util.close_graceful does it: wait this long
@@ -496,14 +500,17 @@ class _Arrival:
 
     def room(self) -> int:
         """How much to read next: no more than a head, or a request, may take."""
-        limit = HEAD_BUFFER_BYTES if self.head_end is None else REQUEST_BUFFER_BYTES
-        return min(65536, limit - len(self.data))
+        return min(65536, self._limit() - len(self.data))
+
+    def _limit(self) -> int:
+        """What the poller holds of this request at most (HEAD_BUFFER_BYTES)."""
+        return HEAD_BUFFER_BYTES if self.head_end is None else self.head_end + BODY_BUFFER_BYTES
 
     def add(self, data: bytes) -> bool:
         """The next bytes; True when the request is ready for a thread."""
         start = len(self.data)
         self.data += data
-        if len(self.data) >= REQUEST_BUFFER_BYTES:
+        if self.head_end is not None and len(self.data) >= self._limit():
             return True
         if self.head_end is None:
             # Only the new bytes (and the three before them) are searched: a
@@ -652,7 +659,7 @@ class Worker(ThreadWorker):
         self._send_timeout = app_settings.send_timeout_seconds
         # The largest body the poller waits for: a larger one the app refuses unread (413),
         # at once, to a client that may wait for that before it sends the body.
-        self._body_limit = min(REQUEST_BUFFER_BYTES, app_settings.max_body_bytes)
+        self._body_limit = min(BODY_BUFFER_BYTES, app_settings.max_body_bytes)
         self._stopped = False  # the main loop has ended
         self._abandoning: list[threading.Thread] = []  # ending parked replies, at the stop
 

@@ -12,9 +12,10 @@ import pytest
 from gunicorn.config import Config
 from gunicorn.http import errors
 
+from assistant import server
 from assistant.worker import (
+    BODY_BUFFER_BYTES,
     HEAD_BUFFER_BYTES,
-    REQUEST_BUFFER_BYTES,
     _Arrival,
     _MethodQueue,
     _reserved_request,
@@ -44,7 +45,7 @@ WHOLE = {
 }
 
 
-def _ready_after(request: bytes, step: int, body_limit: int = REQUEST_BUFFER_BYTES) -> int | None:
+def _ready_after(request: bytes, step: int, body_limit: int = BODY_BUFFER_BYTES) -> int | None:
     arrival = _Arrival(None, 0, body_limit)  # type: ignore[arg-type]  # add() never uses conn
     for start in range(0, len(request), step):
         if arrival.add(request[start : start + step]):
@@ -85,6 +86,19 @@ def test_a_head_the_parser_refuses_is_ready_at_once() -> None:
     assert _ready_after(bare_lf, 1) == len(b"GET /health HTTP/1.1\n")
     too_long = b"GET /" + b"a" * HEAD_BUFFER_BYTES
     assert _ready_after(too_long, 4096) == HEAD_BUFFER_BYTES
+
+
+def test_a_head_gunicorn_would_take_waits_on_the_poller_whole() -> None:
+    """A head cannot be signed in before it is whole: at 32 KiB an unfinished one went to
+    a thread and was read there, eight of 40 KB (no token needed) held eight threads for
+    REQUEST_READ_TIMEOUT_SECONDS. Held up to past gunicorn's own limits, which it then
+    refuses at once, no head waits on a thread."""
+    fields = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 8000) for i in range(99))
+    assert _ready_after(HEAD + fields, 4096) is None  # 99 fields of 8 KB: still awaited
+    assert _ready_after(HEAD + fields + b"\r\n", 4096) == len(HEAD + fields) + 2
+    limits = server.GUNICORN_OPTIONS  # gunicorn refuses what it reads of a larger head
+    line, count = limits["limit_request_line"], limits["limit_request_fields"]
+    assert line + 2 + count * (limits["limit_request_field_size"] + 2) + 4 < HEAD_BUFFER_BYTES
 
 
 @pytest.fixture(scope="module")
