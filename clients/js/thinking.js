@@ -12,6 +12,8 @@
 //   onFinal: () => { const {content, thinking} = splitter.finish(); ... }
 
 const TAGS = {"<thinking>": "</thinking>", "<think>": "</think>"};
+// Blank as the service strips a block (ASCII whitespace only: a block of U+00A0 is thinking).
+const ASCII_BLANK = /^[ \t\n\r\v\f]*$/;
 
 /** The length of the longest tail of `text` that is a proper prefix of one of `tags`. */
 function heldBack(text, tags) {
@@ -98,7 +100,7 @@ export class ThinkingSplitter {
 
   /** Adds `text` to `out.thinking`, after the blank line due before a later block's first words. */
   think(out, text) {
-    if (text.trim() === "") {
+    if (ASCII_BLANK.test(text)) {
       out.thinking += text;
       return;
     }

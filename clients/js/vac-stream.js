@@ -386,11 +386,18 @@ export async function streamReply(options) {
 
 /** A non-stream response: an error before the stream, or a JSON caller's whole reply. */
 async function readJsonReply(response, result, idFromAnswer, signal, onFinal, fail, aborted) {
-  let payload = null;
+  let text;
   try {
-    payload = JSON.parse(await response.text());
+    text = await response.text();
   } catch (exc) {
     if (signal?.aborted) return aborted();
+    return fail({error: `the connection broke (${describe(exc)})`, code: "network_error"});
+  }
+  let payload = null;
+  try {
+    payload = JSON.parse(text);
+  } catch {
+    // Not JSON: an error status from something in front of the service, below.
   }
   if (response.ok && payload && typeof payload.answer === "string") {
     result.outcome = "final";

@@ -349,6 +349,31 @@ test("a chunk of many blocks of both tags, one inside another's, splits as the b
   assert.equal(first.thinking + last.thinking, thinking);
 });
 
+test("a block of other blanks than ASCII's is thinking, set apart as the service joins it", () => {
+  const splitter = new ThinkingSplitter();
+  const first = splitter.feed("<think>a</think><think>\u00a0</think><think>b</think>");
+  assert.equal(first.thinking + splitter.finish().thinking, "a\n\n\u00a0\n\nb");
+});
+
+test("a JSON reply whose connection breaks midway is a network error", async () => {
+  const errors = [];
+  const broken = async (url, init) => {
+    const stream = new ReadableStream({
+      start(controller) {
+        controller.enqueue(new TextEncoder().encode('{"answer":"half of a long rep'));
+        controller.error(new TypeError("terminated"));
+      },
+    });
+    return new Response(stream, {status: 200, headers: {"content-type": "application/json"}});
+  };
+  const result = await streamReply({
+    url: "http://service.test/x", body: {user_input: "hi"}, fetch: broken,
+    onError: (error) => errors.push(error),
+  });
+  assert.equal(result.outcome, "error");
+  assert.equal(errors[0].code, "network_error");
+});
+
 test("a trace id is made and sent as a traceparent when none is given, so a retry can send it", async () => {
   const calls = [];
   const failing = async (url, init) => {
