@@ -200,11 +200,17 @@ def test_a_body_quiet_after_its_finish_reason_ends_the_answer(
 
 
 @pytest.mark.parametrize("reset", [False, True])
-def test_a_connection_lost_after_the_finish_reason_ends_the_answer(reset: bool) -> None:
+@pytest.mark.parametrize("cut_event", [False, True], ids=["between-events", "inside-an-event"])
+def test_a_connection_lost_after_the_finish_reason_ends_the_answer(
+    reset: bool, cut_event: bool
+) -> None:
     """A finishReason is the answer's end: the connection then closed without the chunked
     body's end, or reset, made a whole answer upstream_incomplete (a JSON caller's next
-    provider asked again, billed twice); held open a moment longer, it was whole."""
+    provider asked again, billed twice); held open a moment longer, it was whole. So
+    too when the cut fell inside an event after it."""
     answered = CASE.fixture("text_basic.sse")
+    if cut_event:
+        answered += b'data: {"usageMetadata": {"promptTokenCount": 3,'
     head = (
         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
     )

@@ -171,7 +171,13 @@ class _Decoder:
         out.append(StreamEnd(stop, self._usage, self._model))
 
     def end(self, out: list[Event]) -> None:
-        rest_of(self._sse, lambda events: self._handle(events, out))
+        try:
+            rest_of(self._sse, lambda events: self._handle(events, out))
+        except ProviderError as exc:
+            # An event the body's end cut in two after the finishReason: the answer had
+            # ended (a connection dropped, or reset, just after it); a whole one was lost.
+            if exc.code != "upstream_incomplete" or self._raw_stop is None:
+                raise
         if self._unframed.lines:  # the lines after the last event
             _raise_if_error(_bare_json("\n".join(self._unframed.lines)))
         if self._raw_stop is None:
