@@ -42,6 +42,7 @@ from assistant.providers.base import (
     ThinkingDelta,
     normalised_stop_reason,
     read_error_body,
+    upstream_json,
     without_prompt,
 )
 from assistant.request import Turn
@@ -342,6 +343,36 @@ def test_the_arguments_of_the_historys_calls_are_logged_without_them_too() -> No
     turns = (Turn("user", "look"), Turn("assistant", "", tool_calls=(ToolCall("c", "t", short),)))
     for echo in (f"invalid: {json.dumps(short)} rejected", f"invalid: {short!r} rejected"):
         assert without_prompt(echo, Prompt(None, turns)) == "invalid: [prompt] rejected"
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        lambda body: "invalid request: " + body,  # the body as it was sent
+        lambda body: json.dumps({"detail": "invalid request body: " + body}),  # quoted in JSON
+    ],
+    ids=["as-sent", "quoted"],
+)
+@EACH
+def test_a_calls_arguments_echoed_as_the_body_sent_them_are_taken_out(
+    case: ProviderCase, echo: Callable[[str], str]
+) -> None:
+    """The whole arguments were looked for only as JSON with ASCII escapes writes them:
+    the body (orjson) and OpenAI's `arguments` keep `ü` as it is, and an echo of a call
+    to a Zürich clinic kept its PIN in the log."""
+    call = ToolCall("call_1", "find_clinic", {"city": "Zürich", "pin": 48213377, "tol": 1e-7})
+    prompt = Prompt(None, (
+        Turn("user", "find me a clinic"),
+        Turn("assistant", "", tool_calls=(call,)),
+        Turn("tool", "ok", tool_call_id="call_1", tool_name="find_clinic"),
+        Turn("user", "thanks, and the next one?"),
+    ))  # fmt: skip
+    provider = case.provider_class(case.settings("http://127.0.0.1:9"), case.key)
+    body = upstream_json(provider._request(prompt)[1]).decode()
+    detail = asyncio.run(
+        read_error_body(httpx.Response(422, content=echo(body).encode()), {}, prompt)
+    )
+    assert "48213377" not in detail
 
 
 def test_an_echo_cut_inside_its_escaped_start_is_taken_out_too() -> None:

@@ -670,11 +670,25 @@ def _prompt_texts(prompt: Prompt) -> list[str]:
         budget -= len(values)
         texts += (value for value in values if isinstance(value, str))
         if call.args and budget > 0:  # seen whole: small enough to write whole
-            texts += [json.dumps(call.args), json.dumps(call.args, separators=(",", ":"))]
-            texts.append(repr(call.args))
+            texts += _whole_forms(call.args)
         if budget <= 0:
             break
     return [text for text in texts if len(text) >= _ECHO_MIN_CHARS]
+
+
+def _whole_forms(args: Mapping[str, Any]) -> list[str]:
+    """A call's arguments written whole as a request body (`upstream_json`: orjson's
+    compact UTF-8, its own floats) or OpenAI's `arguments` (`ToolCall.arguments_json`)
+    holds them, as JSON with ASCII escapes writes them, and as Python does. The body's
+    own forms keep other characters than ASCII as they are: an echo of one was not
+    found when only the escaped forms were looked for."""
+    return [
+        upstream_json(args).decode(),
+        json.dumps(args, ensure_ascii=False),
+        json.dumps(args),
+        json.dumps(args, separators=(",", ":")),
+        repr(args),
+    ]
 
 
 def _values_in(value: Any, most: int) -> list[Any]:
