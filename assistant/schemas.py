@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import unquote
+from urllib.parse import unquote, urldefrag, urljoin
 
 import jsonschema
 import jsonschema._keywords
@@ -71,9 +71,10 @@ _PATTERNS_REMEMBERED = 64
 # same instance (a reference loop through them never moves into the instance).
 _REFERENCES = ("$ref", "$dynamicRef", "$recursiveRef")
 _IN_PLACE_ONE = ("not", "if", "then", "else")
-# Draft 3's too: `extends` (one schema or a list), and the schemas in `type` and `disallow`.
-_IN_PLACE_LIST = ("allOf", "anyOf", "oneOf", "extends", "type", "disallow")
-_IN_PLACE_ONE_OR_LIST = ("extends",)
+_IN_PLACE_LIST = ("allOf", "anyOf", "oneOf")
+# Draft 3's own (other drafts apply none of them): `extends` (one schema or a list), and
+# the schemas in `type` and `disallow`.
+_DRAFT_3_IN_PLACE = ("extends", "type", "disallow")
 _IN_PLACE_MAP = ("dependentSchemas", "dependencies")
 # Retrieves nothing: a reference outside the schema is unresolvable, never fetched.
 _NOTHING_TO_RETRIEVE: referencing.Registry[Any] = referencing.Registry()
@@ -179,7 +180,7 @@ _VALIDATOR_CLASSES = (
 # and each message has the whole reply's repr in it: an anyOf over a million items took
 # 90 MB within the check's second, a thousand of them over one 1.3 MB object as much, and
 # anyOfs whose branches refer to anyOfs multiply.
-BRANCH_ERRORS_KEPT = 10
+BRANCH_ERRORS_KEPT = 100
 CONTEXT_KEPT = 1_000
 MESSAGE_CHARS = 300
 _SHORT_REPR = reprlib.Repr()
@@ -273,23 +274,34 @@ def _type_draft3(validator: Any, types: Any, instance: Any, schema: Any) -> Iter
         _short(kind["name"] if isinstance(kind, dict) and "name" in kind else kind)
         for kind in types
     )
-    error = context.error(f"{_short(instance)} is not of type {names}")
-    error._type_checker = _DRAFT_3_TYPES  # jsonschema's would be asked whether a schema is a type
-    yield error
+    yield context.error(f"{_short(instance)} is not of type {names}")
 
 
 class _Draft3Types:
-    """Draft 3's types, for the relevance best_match gives a type's error: jsonschema's
-    own checker looks a schema among the types up by hash (a TypeError, a crash)."""
+    """Draft 3's types, for the relevance best_match gives an error at a schema with a
+    `type`: jsonschema's own checker looks a schema among the types up by hash (a
+    TypeError), and a name no draft knows (draft 3 takes any) up in vain (UnknownType):
+    each a crash of the reply's check."""
 
     @staticmethod
     def is_type(instance: Any, kind: Any) -> bool:
-        return isinstance(kind, str) and jsonschema.Draft3Validator.TYPE_CHECKER.is_type(
-            instance, kind
-        )
+        try:
+            return bool(jsonschema.Draft3Validator.TYPE_CHECKER.is_type(instance, kind))
+        except (TypeError, jsonschema.exceptions.UnknownType):
+            return False
 
 
 _DRAFT_3_TYPES = _Draft3Types()
+
+
+def _with_draft_3_types(error: Any) -> Any:
+    """`error`, and those in its context, with draft 3's types for best_match."""
+    stack = [error]
+    while stack:
+        each = stack.pop()
+        each._type_checker = _DRAFT_3_TYPES
+        stack += each.context
+    return error
 
 
 for _validator_class in _VALIDATOR_CLASSES:
@@ -396,6 +408,7 @@ def _check_schema(schema: dict[str, Any], field: str) -> None:
         raise RequestError(f"{field}: checking it took too long") from None
     objects = dict(_objects(schema))
     roots = _resource_roots(objects, validator.ID_OF)  # type: ignore[attr-defined]
+    lists = _IN_PLACE_LIST + (_DRAFT_3_IN_PLACE if validator is jsonschema.Draft3Validator else ())
     for where, keyword, target in _references(objects):
         if not target.startswith("#"):
             raise RequestError(
@@ -416,7 +429,7 @@ def _check_schema(schema: dict[str, Any], field: str) -> None:
                 f"{field}: {keyword} {target[:100]!r} points into a value (enum, const, "
                 f"default or examples), not a schema (at {where or 'the top level'})"
             )
-    if (loop := _loop_in_place(objects, roots)) is not None:
+    if (loop := _loop_in_place(objects, roots, lists)) is not None:
         raise RequestError(
             f"{field}: its references loop without reaching a value (at {loop or 'the top level'})"
         )
@@ -430,11 +443,16 @@ def problem(value: Any, schema: Mapping[str, Any]) -> str | None:
     validator = validator_class(schema, registry=_NOTHING_TO_RETRIEVE)
     _matching.deadline = time.monotonic() + CHECK_SECONDS
     try:
-        error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+        errors = validator.iter_errors(value)
+        if validator_class is jsonschema.Draft3Validator:
+            errors = map(_with_draft_3_types, errors)
+        error = jsonschema.exceptions.best_match(errors)
     except PatternTimeout:
         return f"the schema's patterns took more than {CHECK_SECONDS:g} s to check the reply"
     except CheckTimeout:
         return f"checking the reply against the schema took more than {CHECK_SECONDS:g} s"
+    except jsonschema.exceptions.UnknownType as exc:  # draft 3 takes any name as a type
+        return f"the schema names a type no draft knows: {exc.type!r}"[:300]
     except referencing.exceptions.Unresolvable as exc:
         return f"the schema has a reference that points nowhere: {exc}"[:300]
     except regex.error as exc:
@@ -497,30 +515,49 @@ def _resource_roots(
     an `$id` below its top let `{"$ref": "#"}` loop in place: the reply's check then
     recursed until rpds, under `referencing`, turned the RecursionError into a panic no
     handler took, and the worker died with every stream on it."""
-    roots: dict[str, str] = {}
-    for pointer in sorted(objects, key=len):  # each one's resource before what it holds
-        base = id_of(objects[pointer])
-        if pointer and isinstance(base, str) and not base.startswith("#"):
-            roots[pointer] = pointer
-            continue
-        parent = pointer
-        while parent and parent not in roots:
+    roots = {"": ""}
+    bases = {"": _declared_base(objects[""], id_of) or ""}  # each root's, fragment dropped
+    for pointer in sorted(objects, key=len)[1:]:  # each one's resource before what it holds
+        parent = pointer.rpartition("/")[0]
+        while parent not in roots:  # the top is
             parent = parent.rpartition("/")[0]
-        roots[pointer] = roots.get(parent, "")
+        root = roots[parent]
+        declared = _declared_base(objects[pointer], id_of)
+        # One that comes to its resource's own URI (`""`, the top's repeated) is no other.
+        base = urldefrag(urljoin(bases[root], declared)).url if declared is not None else None
+        if base is not None and base != bases[root]:
+            roots[pointer], bases[pointer] = pointer, base
+        else:
+            roots[pointer] = root
     return roots
 
 
+def _declared_base(node: Mapping[str, Any], id_of: Callable[[Any], Any]) -> str | None:
+    """The base URI `node` declares (its `$id`, or `id` in drafts 3 and 4), or None: for
+    none, a fragment alone (a name), or a value no URI (an object's `id` under a keyword
+    no draft reads, an OpenAPI `example`'s, is no base: its number was a 500)."""
+    try:
+        declared = id_of(node)
+    except (AttributeError, TypeError):
+        return None
+    if not isinstance(declared, str) or declared.startswith("#"):
+        return None
+    return declared
+
+
 def _loop_in_place(
-    objects: Mapping[str, Mapping[str, Any]], roots: Mapping[str, str]
+    objects: Mapping[str, Mapping[str, Any]], roots: Mapping[str, str], lists: tuple[str, ...]
 ) -> str | None:
     """Where a chain of references and in-place subschemas comes back to itself, or None.
 
     `objects` are the schema's, by pointer from its top; `roots` their resources'
-    (`_resource_roots`). A loop that moves into the instance on the way
-    (`properties`, `items`...) is recursion, not a loop, and is fine.
+    (`_resource_roots`); `lists` the keywords whose lists of subschemas apply in place
+    (the draft's). A loop that moves into the instance on the way (`properties`,
+    `items`...) is recursion, not a loop, and is fine.
     """
     return _on_a_cycle(
-        objects, lambda pointer: (p for p in _in_place(objects, roots, pointer) if p in objects)
+        objects,
+        lambda pointer: (p for p in _in_place(objects, roots, pointer, lists) if p in objects),
     )
 
 
@@ -554,7 +591,10 @@ def _on_a_cycle(
 
 
 def _in_place(
-    objects: Mapping[str, Mapping[str, Any]], roots: Mapping[str, str], pointer: str
+    objects: Mapping[str, Mapping[str, Any]],
+    roots: Mapping[str, str],
+    pointer: str,
+    lists: tuple[str, ...],
 ) -> Iterator[str]:
     """Pointers of the subschemas that may apply to the same instance as the one at
     `pointer` (the caller follows those that are objects: a boolean schema applies
@@ -566,11 +606,11 @@ def _in_place(
             yield roots[pointer] + unquote(target[1:])
     for keyword in _IN_PLACE_ONE:
         yield f"{pointer}/{keyword}"
-    for keyword in _IN_PLACE_LIST:
+    for keyword in lists:
         items = node.get(keyword)
         if isinstance(items, list):
             yield from (f"{pointer}/{keyword}/{index}" for index in range(len(items)))
-        elif keyword in _IN_PLACE_ONE_OR_LIST:
+        elif keyword == "extends":  # draft 3's: one schema, or a list
             yield f"{pointer}/{keyword}"
     for keyword in _IN_PLACE_MAP:
         entries = node.get(keyword)

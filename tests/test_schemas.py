@@ -129,6 +129,72 @@ def test_a_pointer_is_read_from_the_resource_its_reference_is_in() -> None:
         check_schema(elsewhere, "emissaryConfig.responseSchema")
 
 
+@pytest.mark.parametrize(
+    "schema",
+    [
+        # An object's `id` under a keyword no draft reads (an OpenAPI `example`): a 500.
+        {
+            "$schema": "http://json-schema.org/draft-04/schema#",
+            "properties": {"id": {"type": "integer"}},
+            "example": {"id": 123},
+        },
+        {"$schema": "http://json-schema.org/draft-07/schema#", "x-sample": {"$id": ["a"]}},
+        # An `$id` that comes to its resource's own URI is no other resource.
+        {
+            "$schema": "http://json-schema.org/draft-07/schema#",
+            "$id": "http://example.com/s.json",
+            "definitions": {"i": {"type": "integer"}},
+            "properties": {
+                "p": {"$id": "http://example.com/s.json", "allOf": [{"$ref": "#/definitions/i"}]}
+            },
+        },
+        {
+            "$defs": {"i": {"type": "integer"}},
+            "properties": {"p": {"$id": "", "$ref": "#/$defs/i"}},
+        },
+        # Draft 3's `extends` is no keyword of 2020-12's: nothing applies it, nor loops.
+        {"$defs": {"base": {"extends": {"$ref": "#/$defs/base"}}}, "$ref": "#/$defs/base"},
+    ],
+    ids=["openapi-example-id", "unknown-keyword-id", "same-uri-id", "empty-id", "extends-in-2020"],
+)
+def test_what_no_draft_reads_as_a_base_or_a_loop_is_none(schema: dict[str, Any]) -> None:
+    assert check_schema(schema, "emissaryConfig.responseSchema") is schema
+    assert problem({"p": "s"}, schema) in (
+        None,
+        "the reply does not match the schema at p: 's' is not of type 'integer'",
+    )
+
+
+@pytest.mark.parametrize(
+    ("schema", "value", "why"),
+    [
+        (
+            {"type": [{"type": "string"}, "integer"], "minimum": 5},
+            3,
+            "the reply does not match the schema at the top level: 3 is less than the minimum of 5",
+        ),
+        ({"type": "foo"}, 3, "the schema names a type no draft knows: 'foo'"),
+    ],
+)
+def test_draft_3_types_are_checked_without_a_crash(
+    schema: dict[str, Any], value: Any, why: str
+) -> None:
+    """best_match asked jsonschema's type checker whether a schema, or a name draft 3
+    takes and no draft knows, is a type: a TypeError, an UnknownType, a 500 after the
+    reply's chunks."""
+    schema = {"$schema": "http://json-schema.org/draft-03/schema#", **schema}
+    check_schema(schema, "emissaryConfig.responseSchema")
+    assert problem(value, schema) == why
+
+
+def test_a_failing_branchs_deeper_error_is_not_crowded_out() -> None:
+    required = [f"r{i}" for i in range(10)]
+    branch = {"type": "object", "required": required, "properties": {"a": {"type": "string"}}}
+    assert problem({"a": 5}, {"anyOf": [branch, {"type": "null"}]}) == (
+        "the reply does not match the schema at a: 5 is not of type 'string'"
+    )
+
+
 def test_a_panic_under_the_reply_check_is_a_reply_that_could_not_be_checked(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -411,6 +477,15 @@ def test_true_and_false_count_as_the_schemas_they_are(schema: dict[str, Any]) ->
     body = {"user_input": "hi", "emissaryConfig": {"responseSchema": schema}}
     with pytest.raises(RequestError, match=r"schema objects in all; at most 2000"):
         build_request("a", body, max_input_chars=100, max_history_messages=10)
+
+
+def test_flags_are_no_schemas() -> None:
+    """`readOnly`, `deprecated`, `uniqueItems`: 700 properties with two each were counted
+    as 2,103 objects and refused."""
+    flags = {"type": "array", "readOnly": False, "deprecated": False, "uniqueItems": True}
+    schema = {"type": "object", "properties": {f"p{i}": dict(flags) for i in range(700)}}
+    body = {"user_input": "hi", "emissaryConfig": {"responseSchema": schema}}
+    assert build_request("a", body, max_input_chars=100, max_history_messages=10)
 
 
 @pytest.mark.parametrize(
