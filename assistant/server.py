@@ -55,7 +55,7 @@ import gunicorn.app.base  # type: ignore[import-untyped]
 from . import config, limits, memory
 from .config import ConfigError, ServerSettings
 from .tracing import process_log
-from .worker import Worker
+from .worker import LIMIT_REQUEST_FIELD_SIZE, LIMIT_REQUEST_FIELDS, LIMIT_REQUEST_LINE, Worker
 
 try:
     from functions_framework._http import gunicorn as _ff_gunicorn
@@ -178,9 +178,9 @@ def worker_connections() -> int:
 GUNICORN_OPTIONS: dict[str, Any] = {
     "worker_class": Worker,
     "worker_connections": worker_connections(),
-    "limit_request_line": 8190,
-    "limit_request_fields": 100,
-    "limit_request_field_size": 8190,
+    "limit_request_line": LIMIT_REQUEST_LINE,
+    "limit_request_fields": LIMIT_REQUEST_FIELDS,
+    "limit_request_field_size": LIMIT_REQUEST_FIELD_SIZE,
     "post_worker_init": _in_worker,
 }
 

@@ -248,16 +248,22 @@ STOP_END_SECONDS = 4.0
 # way out, begun this long after the stop signal at the latest (late_saves.py).
 LATE_SAVES_BY_SECONDS = 9.0
 
+# gunicorn's limits on a head (server.py gives them to it).
+LIMIT_REQUEST_LINE = 8190
+LIMIT_REQUEST_FIELDS = 100
+LIMIT_REQUEST_FIELD_SIZE = 8190
 # What the poller holds of requests still arriving (see point 1 above): a
-# head up to HEAD_BUFFER_BYTES, past what gunicorn's limits take (server.py: a
-# request line of 8190 bytes, 100 fields of 8190: gunicorn refuses a larger
-# head at once, so the thread it goes to waits for nothing; at 32 KiB, eight
-# unfinished heads of 40 KB, sent a byte a second and no token needed, held
-# eight threads for REQUEST_READ_TIMEOUT_SECONDS), a body up to
-# BODY_BUFFER_BYTES after its head (the default MAX_BODY_BYTES, and room for a
-# chunked body's framing), and all of them together up to BUFFERED_BYTES (a
-# worst case of memory, not a typical one).
-HEAD_BUFFER_BYTES = 824 * 1024
+# head up to HEAD_BUFFER_BYTES, one byte past what gunicorn's parsers take of
+# an unfinished head (its C parser counts the request line in): gunicorn
+# refuses a larger one at once (431), so the thread it goes to waits for
+# nothing (at 32 KiB, eight unfinished heads of 40 KB, sent a byte a second
+# and no token needed, held eight threads for REQUEST_READ_TIMEOUT_SECONDS);
+# a body up to BODY_BUFFER_BYTES after its head (the default MAX_BODY_BYTES,
+# and room for a chunked body's framing); and all of them together up to
+# BUFFERED_BYTES (a worst case of memory, not a typical one).
+HEAD_BUFFER_BYTES = (
+    LIMIT_REQUEST_FIELDS * (LIMIT_REQUEST_FIELD_SIZE + 2) + 4 + LIMIT_REQUEST_LINE + 1
+)
 BODY_BUFFER_BYTES = 1024 * 1024 + 32 * 1024
 BUFFERED_BYTES = 32 * 1024 * 1024
 

@@ -148,6 +148,16 @@ def test_slow_headers_are_dropped_and_cost_no_thread(
     assert fake.requests == []
 
 
+def test_an_unfinished_head_past_gunicorns_limits_is_a_431_at_once(service: str) -> None:
+    """The poller held it whole up to 824 KiB: one of 830,000 bytes that then stalled got
+    no answer, its connection closed silently at the read timeout."""
+    fields = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 7900) for i in range(105))
+    with _connect(service) as sock:
+        sock.sendall(HEAD + fields)  # no blank line: the head goes on
+        status, _, body = _read_response(sock)
+    assert status == 431 and json.loads(body)["code"] == "headers_too_large"
+
+
 def test_silent_connections_are_dropped_and_cost_no_thread(
     service: str, fake: FakeUpstream
 ) -> None:
