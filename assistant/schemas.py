@@ -516,20 +516,30 @@ def _resource_roots(
     recursed until rpds, under `referencing`, turned the RecursionError into a panic no
     handler took, and the worker died with every stream on it."""
     roots = {"": ""}
-    bases = {"": _declared_base(objects[""], id_of) or ""}  # each root's, fragment dropped
+    bases = {"": _resolved("", _declared_base(objects[""], id_of)) or ""}  # each root's
     for pointer in sorted(objects, key=len)[1:]:  # each one's resource before what it holds
         parent = pointer.rpartition("/")[0]
         while parent not in roots:  # the top is
             parent = parent.rpartition("/")[0]
         root = roots[parent]
-        declared = _declared_base(objects[pointer], id_of)
+        base = _resolved(bases[root], _declared_base(objects[pointer], id_of))
         # One that comes to its resource's own URI (`""`, the top's repeated) is no other.
-        base = urldefrag(urljoin(bases[root], declared)).url if declared is not None else None
         if base is not None and base != bases[root]:
             roots[pointer], bases[pointer] = pointer, base
         else:
             roots[pointer] = root
     return roots
+
+
+def _resolved(base: str, declared: str | None) -> str | None:
+    """`declared` read against `base`, its fragment dropped; None for none, or for one no
+    URI parser reads (`http://[::1`), which jsonschema's lookup would not find either."""
+    if declared is None:
+        return None
+    try:
+        return urldefrag(urljoin(base, declared)).url
+    except ValueError:
+        return None
 
 
 def _declared_base(node: Mapping[str, Any], id_of: Callable[[Any], Any]) -> str | None:
