@@ -407,7 +407,10 @@ def _check_schema(schema: dict[str, Any], field: str) -> None:
     except PatternTimeout:
         raise RequestError(f"{field}: checking it took too long") from None
     objects = dict(_objects(schema))
-    roots = _resource_roots(objects, validator.ID_OF)  # type: ignore[attr-defined]
+    try:
+        roots = _resource_roots(objects, validator.ID_OF)  # type: ignore[attr-defined]
+    except ValueError as exc:  # the reply's check would fail on it as it looked it up
+        raise RequestError(f"{field}: an $id (or id) that is no URI: {exc}") from None
     lists = _IN_PLACE_LIST + (_DRAFT_3_IN_PLACE if validator is jsonschema.Draft3Validator else ())
     for where, keyword, target in _references(objects):
         if not target.startswith("#"):
@@ -532,14 +535,11 @@ def _resource_roots(
 
 
 def _resolved(base: str, declared: str | None) -> str | None:
-    """`declared` read against `base`, its fragment dropped; None for none, or for one no
-    URI parser reads (`http://[::1`), which jsonschema's lookup would not find either."""
+    """`declared` read against `base`, its fragment dropped; None for none. ValueError
+    for one no URI parser reads against it (`http://[::1`), as `referencing` reads it."""
     if declared is None:
         return None
-    try:
-        return urldefrag(urljoin(base, declared)).url
-    except ValueError:
-        return None
+    return urldefrag(urljoin(base, declared)).url
 
 
 def _declared_base(node: Mapping[str, Any], id_of: Callable[[Any], Any]) -> str | None:
