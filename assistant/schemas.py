@@ -421,9 +421,15 @@ def _check_schema(schema: dict[str, Any], field: str) -> None:
         if not (target == "#" or target.startswith("#/")):
             continue  # an anchor's name
         pointer = roots[where] + unquote(target[1:])
-        if resolve_pointer(schema, pointer) is None:
+        pointed = resolve_pointer(schema, pointer)
+        if pointed is None:
             raise RequestError(
                 f"{field}: {keyword} {target[:100]!r} points nowhere in the schema "
+                f"(at {where or 'the top level'})"
+            )
+        if not isinstance(pointed, dict | bool):  # `#/type`: applied, a crash
+            raise RequestError(
+                f"{field}: {keyword} {target[:100]!r} points to a value that is no schema "
                 f"(at {where or 'the top level'})"
             )
         if _into_a_value(pointer):
@@ -462,6 +468,11 @@ def problem(value: Any, schema: Mapping[str, Any]) -> str | None:
         return f"the schema has a pattern that cannot be applied: {exc}"[:300]
     except RecursionError:  # a deep reply, or a loop the request's check could not follow
         return _TOO_DEEP
+    except Exception as exc:
+        # A schema jsonschema cannot apply as the request's check let it through (a part
+        # under a keyword no draft reads, an embedded resource of another draft): the
+        # reply's error, not a crash after its chunks (the exchange then went unsaved).
+        return f"the schema could not be applied to the reply ({type(exc).__name__})"
     except BaseException as exc:
         # rpds (the maps under `referencing`) turns a RecursionError in its own code into
         # a PanicException, which derives from BaseException alone: no handler up to the
@@ -747,7 +758,7 @@ def resolve_pointer(schema: Any, pointer: str) -> Any:
         key = part.replace("~1", "/").replace("~0", "~")
         if isinstance(node, dict) and key in node:
             node = node[key]
-        elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
+        elif isinstance(node, list) and key.isascii() and key.isdigit() and int(key) < len(node):
             node = node[int(key)]
         else:
             return None

@@ -176,6 +176,38 @@ def test_what_no_draft_reads_as_a_base_or_a_loop_is_none(schema: dict[str, Any])
     )
 
 
+@pytest.mark.parametrize(
+    ("schema", "why"),
+    [
+        ({"type": "object", "$ref": "#/type"}, "'#/type' points to a value that is no schema"),
+        ({"required": ["a"], "properties": {"a": {"$ref": "#/required"}}}, "no schema"),
+        ({"allOf": [{}], "$ref": "#/allOf/²"}, "points nowhere"),  # isdigit, and int() refused it
+    ],
+    ids=["keyword-value", "list", "superscript-index"],
+)
+def test_a_reference_to_no_schema_is_a_400(schema: dict[str, Any], why: str) -> None:
+    """Accepted, `#/type` crashed every reply's check after its chunks (unsaved), and a
+    superscript index crashed the request's check (a 500)."""
+    with pytest.raises(RequestError, match=why):
+        check_schema(schema, "emissaryConfig.responseSchema")
+
+
+def test_a_schema_jsonschema_cannot_apply_is_the_replys_error_not_a_crash() -> None:
+    """An embedded resource of another draft, with an id its own draft reads and no URI
+    parser does: accepted by the request's check, a ValueError at the reply's."""
+    schema = {
+        "$id": "http://example.com/s",
+        "$defs": {"a": {"$schema": "http://json-schema.org/draft-04/schema#", "id": "http://[::1"}},
+        "properties": {
+            "p": {"$id": "http://other/", "$ref": "#/$defs/c", "$defs": {"c": {"type": "string"}}}
+        },
+    }
+    check_schema(schema, "emissaryConfig.responseSchema")
+    assert (
+        problem({"p": "x"}, schema) == "the schema could not be applied to the reply (ValueError)"
+    )
+
+
 def test_an_id_that_is_no_uri_is_a_400() -> None:
     """Read against its resource's base it raised ValueError (`http://[::1`): a 500 at the
     request's check, and at the reply's, where `referencing` looks it up the same way."""
