@@ -254,10 +254,11 @@ LIMIT_REQUEST_FIELDS = 100
 LIMIT_REQUEST_FIELD_SIZE = 8190
 # What the poller holds of requests still arriving (see point 1 above): a
 # head up to HEAD_BUFFER_BYTES, one byte past what gunicorn's parsers take of
-# an unfinished head (its C parser counts the request line in): gunicorn
-# refuses a larger one at once (431), so the thread it goes to waits for
-# nothing (at 32 KiB, eight unfinished heads of 40 KB, sent a byte a second
-# and no token needed, held eight threads for REQUEST_READ_TIMEOUT_SECONDS);
+# an unfinished head (its C parser counts the request line in): one still
+# unfinished then is refused on the poller (431), never handed to a thread,
+# where gunicorn would read on before it measured (at 32 KiB, eight unfinished
+# heads of 40 KB, sent a byte a second and no token needed, held eight
+# threads for REQUEST_READ_TIMEOUT_SECONDS);
 # a body up to BODY_BUFFER_BYTES after its head (the default MAX_BODY_BYTES,
 # and room for a chunked body's framing); and all of them together up to
 # BUFFERED_BYTES (a worst case of memory, not a typical one).
@@ -752,7 +753,16 @@ class Worker(ThreadWorker):
             return True
         self._buffered += len(data)
         if arrival.add(data) or self._buffered > BUFFERED_BYTES:
-            arrival.conn.head = self._end_arrival(arrival)
+            head = self._end_arrival(arrival)
+            if arrival.head_end is None and len(head) >= HEAD_BUFFER_BYTES:
+                # Refused here: gunicorn's parsers read on before they measure a head, so
+                # on a thread one that stopped at this size held it for the read timeout.
+                too_large = errors.LimitRequestHeaders("max buffer headers")
+                self.handle_error(None, arrival.conn.sock, arrival.conn.client, too_large)
+                self.nr_conns -= 1
+                arrival.conn.close(graceful=True)  # the client may still send: it reads the 431
+                return True
+            arrival.conn.head = head
             arrival.conn.head_wait = time.monotonic() - arrival.since
             self.enqueue_req(arrival.conn)
             return True
