@@ -375,6 +375,32 @@ def test_a_calls_arguments_echoed_as_the_body_sent_them_are_taken_out(
     assert "48213377" not in detail
 
 
+def test_only_the_kept_start_of_an_error_body_is_scrubbed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first read can hold a MB: scrubbed whole against a long history's texts, it held
+    the I/O loop (every stream) 6.4 s a failure; only what is kept is looked at."""
+    scrubbed: list[int] = []
+    scrub = base.without_prompt
+    monkeypatch.setattr(
+        base,
+        "without_prompt",
+        lambda text, prompt: scrubbed.append(len(text)) or scrub(text, prompt),
+    )
+    response = httpx.Response(400, content=b"<pre>" + b" " * 1_000_000 + b"</pre>")
+    detail = asyncio.run(read_error_body(response, {}, REQUEST_PROMPT))
+    assert scrubbed and max(scrubbed) <= base.ERROR_BODY_BYTES + 512
+    assert detail == ("<pre>" + " " * 1_000_000)[: base.ERROR_BODY_BYTES]
+
+
+def test_a_calls_arguments_echoed_with_their_keys_sorted_are_taken_out() -> None:
+    """A server that reads them into a map writes them back sorted (Go's): short values
+    were left in the log."""
+    call = ToolCall("call_1", "pay", {"pin": "4711", "iban": "DE89"})
+    prompt = Prompt(None, (Turn("user", "pay it"), Turn("assistant", "", tool_calls=(call,))))
+    echo = json.dumps({"error": "bad arguments: " + json.dumps(call.args, sort_keys=True)})
+    detail = asyncio.run(read_error_body(httpx.Response(422, content=echo.encode()), {}, prompt))
+    assert "4711" not in detail and "DE89" not in detail
+
+
 def test_an_echo_cut_inside_its_escaped_start_is_taken_out_too() -> None:
     # Escaped as JSON with ensure_ascii, the text's first 24 characters are 6 times as
     # long: an echo cut among them was left whole by a look for the escaped start.

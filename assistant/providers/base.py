@@ -565,7 +565,9 @@ async def read_error_body(
         secret = value.removeprefix("Bearer ").strip()
         if name.lower() in _KEY_HEADERS and len(secret) >= 8:  # not every word "test"
             body = body.replace(secret.encode(), b"[redacted]")
-    text = body.decode("utf-8", "replace")
+    # Only what is kept is scrubbed: a first read can hold a MB, and the scrub of a MB
+    # against a long history's texts held the I/O loop (every stream) 6.4 s a failure.
+    text = body[: ERROR_BODY_BYTES + _KEY_ROOM_BYTES].decode("utf-8", "replace")
     if prompt is not None:
         text = without_prompt(text, prompt)
     return text[:ERROR_BODY_BYTES]
@@ -679,14 +681,17 @@ def _prompt_texts(prompt: Prompt) -> list[str]:
 def _whole_forms(args: Mapping[str, Any]) -> list[str]:
     """A call's arguments written whole as a request body (`upstream_json`: orjson's
     compact UTF-8, its own floats) or OpenAI's `arguments` (`ToolCall.arguments_json`)
-    holds them, as JSON with ASCII escapes writes them, and as Python does. The body's
-    own forms keep other characters than ASCII as they are: an echo of one was not
-    found when only the escaped forms were looked for."""
+    holds them, as JSON with ASCII escapes writes them, with keys sorted, and as Python
+    does. The body's own forms keep other characters than ASCII as they are: an echo
+    of one was not found when only the escaped forms were looked for."""
     return [
         upstream_json(args).decode(),
         json.dumps(args, ensure_ascii=False),
         json.dumps(args),
         json.dumps(args, separators=(",", ":")),
+        # Keys sorted, as a server that reads them into a map writes them back (Go's).
+        json.dumps(args, sort_keys=True, ensure_ascii=False, separators=(",", ":")),
+        json.dumps(args, sort_keys=True, ensure_ascii=False),
         repr(args),
     ]
 
