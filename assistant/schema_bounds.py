@@ -9,6 +9,8 @@ walks that cost no more than the schema's size:
 - more than MOST_SCHEMA_OBJECTS subschemas in all (about half a millisecond
   each to check: a 1 MiB schema of 20,000 took 11 s);
 - a list of more than MOST_LIST_VALUES values;
+- a part whose path from the top is longer than MOST_PATH_CHARS (the checks
+  name each part by it);
 - a pattern longer than MOST_PATTERN_CHARS, or one whose counted repeats come
   to more than that when written out: the `regex` module, which applies
   patterns (schemas.py), writes a repeat of a fixed count out in full as it
@@ -33,6 +35,9 @@ from typing import Any
 MOST_SCHEMA_OBJECTS = 2000
 MOST_LIST_VALUES = 1000
 MOST_PATTERN_CHARS = 1000
+# The checks name each subschema by its path from the top (a JSON pointer): 29 levels of
+# 8,500-character property names, 1,900 of them, in a 764 KB body took a worker to 1.4 GB.
+MOST_PATH_CHARS = 10_000
 # Keywords whose value is a value, not a schema (a "$ref" or a "pattern" in one is data);
 # and those whose value maps names to subschemas (the names are not keywords: a property
 # named "enum"). One list for every walk of a schema, ours and the providers'.
@@ -90,21 +95,26 @@ SCHEMA_KEYWORDS = frozenset(
 def long_part(schema: Any) -> str | None:
     """A part of a schema whose check costs more than its size says (the module's
     docstring), else None."""
-    stack: list[tuple[Any, bool]] = [(schema, False)]  # (node, inside a value)
+    # (node, inside a value, the length of its path from the top)
+    stack: list[tuple[Any, bool, int]] = [(schema, False, 0)]
     while stack:
-        node, in_value = stack.pop()
+        node, in_value, path = stack.pop()
+        if path > MOST_PATH_CHARS and not in_value:
+            return f"a part whose path from the top is over {MOST_PATH_CHARS} characters"
         if isinstance(node, list):
             if len(node) > MOST_LIST_VALUES:
                 return f"a list of {len(node)} values (at most {MOST_LIST_VALUES})"
-            stack += ((item, in_value) for item in node)
+            stack += ((item, in_value, path + 5) for item in node)
         elif isinstance(node, dict):
             if not in_value and (pattern := _long_pattern(_patterns(node))) is not None:
                 return pattern
             for key, child in node.items():
+                inside = path + len(key) + 1
                 if not in_value and key in NAME_MAPS and isinstance(child, dict):
-                    stack += ((schema, False) for schema in child.values())  # names, not keywords
+                    # names, not keywords
+                    stack += ((each, False, inside + len(name) + 1) for name, each in child.items())
                 else:
-                    stack.append((child, in_value or key in VALUE_KEYWORDS))
+                    stack.append((child, in_value or key in VALUE_KEYWORDS, inside))
     return None
 
 
