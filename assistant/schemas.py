@@ -70,12 +70,20 @@ _PATTERNS_REMEMBERED = 64
 # Keywords whose value is a reference; keywords whose subschemas apply to the
 # same instance (a reference loop through them never moves into the instance).
 _REFERENCES = ("$ref", "$dynamicRef", "$recursiveRef")
+# (Each draft applies those it has a keyword function for: `_InPlace`.) `then` and
+# `else` apply with `if`; draft 3's `extends` is one schema or a list, and its `type`
+# and `disallow` may hold schemas.
 _IN_PLACE_ONE = ("not", "if", "then", "else")
-_IN_PLACE_LIST = ("allOf", "anyOf", "oneOf")
-# Draft 3's own (other drafts apply none of them): `extends` (one schema or a list), and
-# the schemas in `type` and `disallow`.
-_DRAFT_3_IN_PLACE = ("extends", "type", "disallow")
+_IN_PLACE_LIST = ("allOf", "anyOf", "oneOf", "extends", "type", "disallow")
 _IN_PLACE_MAP = ("dependentSchemas", "dependencies")
+_APPLIED_BY = {"then": "if", "else": "if"}  # the keyword whose function applies them
+# Drafts whose `$ref` makes its siblings no keywords (jsonschema applies the `$ref` alone).
+_REF_ALONE = (
+    jsonschema.Draft3Validator,
+    jsonschema.Draft4Validator,
+    jsonschema.Draft6Validator,
+    jsonschema.Draft7Validator,
+)
 # Retrieves nothing: a reference outside the schema is unresolvable, never fetched.
 _NOTHING_TO_RETRIEVE: referencing.Registry[Any] = referencing.Registry()
 
@@ -411,7 +419,7 @@ def _check_schema(schema: dict[str, Any], field: str) -> None:
         roots = _resource_roots(objects, validator.ID_OF)  # type: ignore[attr-defined]
     except ValueError as exc:  # the reply's check would fail on it as it looked it up
         raise RequestError(f"{field}: an $id (or id) that is no URI: {exc}") from None
-    lists = _IN_PLACE_LIST + (_DRAFT_3_IN_PLACE if validator is jsonschema.Draft3Validator else ())
+    applies = _InPlace.of(validator)
     for where, keyword, target in _references(objects):
         if not target.startswith("#"):
             raise RequestError(
@@ -438,7 +446,7 @@ def _check_schema(schema: dict[str, Any], field: str) -> None:
                 f"{field}: {keyword} {target[:100]!r} points into a value (enum, const, "
                 f"default or examples), not a schema (at {where or 'the top level'})"
             )
-    if (loop := _loop_in_place(objects, roots, lists)) is not None:
+    if (loop := _loop_in_place(objects, roots, applies)) is not None:
         raise RequestError(
             f"{field}: its references loop without reaching a value (at {loop or 'the top level'})"
         )
@@ -566,19 +574,41 @@ def _declared_base(node: Mapping[str, Any], id_of: Callable[[Any], Any]) -> str 
     return declared
 
 
+@dataclass(frozen=True)
+class _InPlace:
+    """The keywords a draft applies to the same instance, and whether its `$ref` stands
+    alone. Followed for every draft alike, `dependencies` in 2020-12 and the siblings of
+    a draft-7 `$ref` (which jsonschema applies not at all) made valid schemas a 400."""
+
+    one: tuple[str, ...]
+    lists: tuple[str, ...]
+    maps: tuple[str, ...]
+    ref_alone: bool
+
+    @staticmethod
+    def of(validator_class: Any) -> _InPlace:
+        checks = validator_class.VALIDATORS
+        return _InPlace(
+            one=tuple(k for k in _IN_PLACE_ONE if _APPLIED_BY.get(k, k) in checks),
+            lists=tuple(k for k in _IN_PLACE_LIST if k in checks),
+            maps=tuple(k for k in _IN_PLACE_MAP if k in checks),
+            ref_alone=validator_class in _REF_ALONE,
+        )
+
+
 def _loop_in_place(
-    objects: Mapping[str, Mapping[str, Any]], roots: Mapping[str, str], lists: tuple[str, ...]
+    objects: Mapping[str, Mapping[str, Any]], roots: Mapping[str, str], applies: _InPlace
 ) -> str | None:
     """Where a chain of references and in-place subschemas comes back to itself, or None.
 
     `objects` are the schema's, by pointer from its top; `roots` their resources'
-    (`_resource_roots`); `lists` the keywords whose lists of subschemas apply in place
-    (the draft's). A loop that moves into the instance on the way (`properties`,
-    `items`...) is recursion, not a loop, and is fine.
+    (`_resource_roots`); `applies` what the draft applies in place. A loop that moves
+    into the instance on the way (`properties`, `items`...) is recursion, not a loop,
+    and is fine.
     """
     return _on_a_cycle(
         objects,
-        lambda pointer: (p for p in _in_place(objects, roots, pointer, lists) if p in objects),
+        lambda pointer: (p for p in _in_place(objects, roots, pointer, applies) if p in objects),
     )
 
 
@@ -615,7 +645,7 @@ def _in_place(
     objects: Mapping[str, Mapping[str, Any]],
     roots: Mapping[str, str],
     pointer: str,
-    lists: tuple[str, ...],
+    applies: _InPlace,
 ) -> Iterator[str]:
     """Pointers of the subschemas that may apply to the same instance as the one at
     `pointer` (the caller follows those that are objects: a boolean schema applies
@@ -625,15 +655,17 @@ def _in_place(
         target = node.get(keyword)
         if isinstance(target, str) and (target == "#" or target.startswith("#/")):
             yield roots[pointer] + unquote(target[1:])
-    for keyword in _IN_PLACE_ONE:
+    if applies.ref_alone and "$ref" in node:
+        return
+    for keyword in applies.one:
         yield f"{pointer}/{keyword}"
-    for keyword in lists:
+    for keyword in applies.lists:
         items = node.get(keyword)
         if isinstance(items, list):
             yield from (f"{pointer}/{keyword}/{index}" for index in range(len(items)))
         elif keyword == "extends":  # draft 3's: one schema, or a list
             yield f"{pointer}/{keyword}"
-    for keyword in _IN_PLACE_MAP:
+    for keyword in applies.maps:
         entries = node.get(keyword)
         if isinstance(entries, dict):
             yield from (f"{pointer}/{keyword}/{_escape(name)}" for name in entries)

@@ -156,6 +156,15 @@ def test_a_pointer_is_read_from_the_resource_its_reference_is_in() -> None:
             "$id": "http://example.com/s.json#",
             "properties": {"p": {"$id": "http://example.com/s.json"}},
         },
+        # Keywords a draft does not apply (`dependencies` in 2020-12, the siblings of a
+        # draft-7 `$ref`) were followed as if it did: loops where jsonschema sees none.
+        {"type": "object", "dependencies": {"a": {"$ref": "#"}}},
+        {
+            "$schema": "http://json-schema.org/draft-07/schema#",
+            "$ref": "#/definitions/a",
+            "allOf": [{"$ref": "#"}],
+            "definitions": {"a": {"type": "object"}},
+        },
         # Draft 3's `extends` is no keyword of 2020-12's: nothing applies it, nor loops.
         {"$defs": {"base": {"extends": {"$ref": "#/$defs/base"}}}, "$ref": "#/$defs/base"},
     ],
@@ -165,6 +174,8 @@ def test_a_pointer_is_read_from_the_resource_its_reference_is_in() -> None:
         "same-uri-id",
         "empty-id",
         "same-uri-but-fragment",
+        "dependencies-in-2020",
+        "siblings-of-a-draft-7-ref",
         "extends-in-2020",
     ],
 )
