@@ -134,13 +134,18 @@ def _long_pattern(patterns: Iterable[Any]) -> str | None:
             # JSON Schema's patterns (ECMA-262) have no verbose mode, and in it `regex`
             # reads `a{10 0}` as a count where Python's parser sees characters.
             return f"a pattern in verbose mode (an x flag): {pattern[:60]!r}"
-        if (unread := _unreadable(pattern)) is not None:
+        try:
+            parsed = _parsed(pattern)
+        except re.error as exc:
             # The metaschema's `format: regex` reads patterns so too: JSON Schema's own
             # (ECMA-262) are mostly the same syntax; `\p{L}` and `(?<name>...)` are not.
             return (
-                f"a pattern Python's regular expressions cannot read ({unread}): {pattern[:60]!r}"
+                f"a pattern Python's regular expressions cannot read ({str(exc.msg)[:80]}): "
+                f"{pattern[:60]!r}"
             )
-        if written_out(pattern) > MOST_PATTERN_CHARS:
+        except (RecursionError, OverflowError):
+            parsed = None  # readable, but too deep or too large: too much to write out
+        if written_out(pattern, parsed) > MOST_PATTERN_CHARS:
             return (
                 f"a pattern whose counted repeats come to more than {MOST_PATTERN_CHARS} "
                 f"characters: {pattern[:60]!r}"
@@ -148,17 +153,11 @@ def _long_pattern(patterns: Iterable[Any]) -> str | None:
     return None
 
 
-def _unreadable(pattern: str) -> str | None:
-    """Why Python's parser cannot read `pattern`, or None if it can."""
-    try:
-        with warnings.catch_warnings():  # a "[[" warns, with its position: no line on stderr
-            warnings.simplefilter("ignore", FutureWarning)
-            _parser.parse(pattern)
-    except re.error as exc:
-        return str(exc.msg)[:80]
-    except (RecursionError, OverflowError):
-        return None  # readable, but too deep or too large: written_out says so
-    return None
+def _parsed(pattern: str) -> Any:
+    """`pattern` as Python's parser reads it; re.error if it cannot."""
+    with warnings.catch_warnings():  # a "[[" warns, with its position: no line on stderr
+        warnings.simplefilter("ignore", FutureWarning)
+        return _parser.parse(pattern)
 
 
 # An inline flag group that turns verbose mode on: (?x), (?ix), (?x:...), (?xi-s:...)
@@ -166,14 +165,15 @@ _VERBOSE = re.compile(r"\(\?[a-zA-Z]*x[a-zA-Z]*(?:-[a-zA-Z]*)?[:)]")
 _REPEATS = frozenset({_constants.MAX_REPEAT, _constants.MIN_REPEAT, _constants.POSSESSIVE_REPEAT})
 
 
-def written_out(pattern: str) -> int:
+def written_out(pattern: str, parsed: Any = None) -> int:
     """About how many items `regex` makes of `pattern` as it compiles it: each repeat
     counted its least number of times (at least once), and once more when it may
     repeat more than that (`+`, `{1,3}`), nested repeats multiplied.
 
     Read with the standard library's parser, as the metaschema's `format: regex`
-    check reads it (comments, verbose mode and classes as Python reads them); a
-    pattern it cannot read counts as too much to write out. That parser folds what
+    check reads it (comments, verbose mode and classes as Python reads them), or
+    `parsed` when the caller has read it already; a pattern it cannot read counts as
+    too much to write out. That parser folds what
     `regex` writes out one by one: a class's repeated members (`[\\w\\d\\w\\d...]{1000}`,
     read as two members, took 65 MB), and alternatives (`(?:a|a|...)` to one, `a|b`
     to a class). What it merged (the classes' members as written, counted in the
@@ -182,10 +182,7 @@ def written_out(pattern: str) -> int:
     """
     try:
         shape = _Shape()
-        with warnings.catch_warnings():  # a "[[" warns, with its position: no line on stderr
-            warnings.simplefilter("ignore", FutureWarning)
-            parsed = _parser.parse(pattern)
-        total = shape.items(parsed, 1)
+        total = shape.items(_parsed(pattern) if parsed is None else parsed, 1)
     except (re.error, RecursionError, OverflowError):
         return MOST_PATTERN_CHARS + 1
     members, escapes, bars = _as_written(pattern)
