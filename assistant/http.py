@@ -58,7 +58,7 @@ from .request import (
     check_media_type,
     parse_body,
 )
-from .saving import load_history
+from .saving import load_history, save_question, user_message
 from .store import Author, FirestoreStore, MessageStore
 from .tracing import RequestLog, new_trace_id, trace_id_from_headers
 from .worker import (
@@ -247,6 +247,12 @@ def _answer(
         # meanwhile gets no provider call made for nobody.
         if _client_gone_probe(request.environ)():
             log.info("request.client_gone", during="history")
+            if (
+                assistant_request.save_to_history
+                and not assistant_request.user_message_already_saved
+            ):
+                message = user_message(assistant_request, trace_id, author)
+                save_question(store, message, settings.persist_timeout_seconds, log)
             return _error(499, "client_gone", MESSAGES["client_gone"], trace_id)
 
     log.info(

@@ -51,8 +51,8 @@ from .outbox import DirectWrites, Outbox, Unsent, WriteFailed
 from .parking import EARLY_SECONDS, Park, until_done
 from .providers.base import Prompt, Provider, ProviderError
 from .request import AssistantRequest, Turn
-from .saving import Pending, Saver, drive
-from .store import Author, MessageStore, UserMessage
+from .saving import Pending, Saver, drive, user_message
+from .store import Author, MessageStore
 from .thinking import ThinkingSplitter, with_thinking_closed
 from .tools import ToolCall
 from .tracing import RequestLog
@@ -151,13 +151,7 @@ class Reply:
         passed: `aio.submit`)."""
         if self._saver and not self._request.user_message_already_saved:
             self._saver.start_user_message(
-                UserMessage(
-                    assistant_id=self._request.assistant_id,
-                    trace_id=self._trace_id,
-                    thread_id=self._request.thread_id,
-                    author=self._author,
-                    content=self._request.user_input,
-                )
+                user_message(self._request, self._trace_id, self._author)
             )
         self._future = aio.submit(self._chain.run(), first_step_wait)
 

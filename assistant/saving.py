@@ -224,6 +224,28 @@ class Saver:
             return False
 
 
+def user_message(request: AssistantRequest, trace_id: str, author: Author) -> UserMessage:
+    """The request's question as the store saves it."""
+    return UserMessage(
+        assistant_id=request.assistant_id,
+        trace_id=trace_id,
+        thread_id=request.thread_id,
+        author=author,
+        content=request.user_input,
+    )
+
+
+def save_question(
+    store: MessageStore, message: UserMessage, timeout: float, log: RequestLog
+) -> None:
+    """A question no reply follows (its client left before a provider was asked): it is
+    written all the same, with a reply's wait and late tries. What the user typed is kept,
+    as it is when a client leaves mid-reply."""
+    saver = Saver(store, timeout, log)
+    saver.start_user_message(message)
+    drive(saver.finishing(None, beat=None))
+
+
 def drive(steps: Generator[Pending, None, T]) -> T:
     """Run a step generator to its end (nobody to send heartbeats to); its result."""
     while True:

@@ -1065,6 +1065,27 @@ def test_a_client_that_leaves_during_a_hanging_history_read_calls_no_provider(
         assert answer.status_code == 200 and "next" in answer.text
 
 
+def test_a_client_that_leaves_during_a_slow_history_read_keeps_its_question(
+    fake: FakeUpstream, firestore, paused_database: _PausableProxy
+) -> None:
+    """The history read is slow and the client leaves meanwhile: no provider is asked,
+    and the question is saved all the same (a reviewer found it lost: what the user
+    typed is kept whenever a client leaves, as it is mid-reply)."""
+    body = {"user_input": "asked and gone", "trace_id": "t-gone-reading", "read_from_history": True,
+            "emissaryConfig": {"currentUser": USER}, **SAVE}  # fmt: skip
+    with running_service({"PERSIST_TIMEOUT_SECONDS": "4"}) as service:
+        sock = open_raw(service.url, "/vac/assistant/test-assistant/sse", json.dumps(body).encode())
+        time.sleep(0.5)  # the history read waits for the database
+        sock.close()
+        paused_database.resume()
+        deadline = time.monotonic() + 5
+        while "t-gone-reading-user" not in _messages(firestore) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert _messages(firestore)["t-gone-reading-user"]["content"] == "asked and gone"
+    assert "t-gone-reading-assistant" not in _messages(firestore)
+    assert fake.requests == []
+
+
 def test_history_unavailable_still_answers(client, fake, firestore, capsys) -> None:
     os.environ["FIRESTORE_EMULATOR_HOST"] = _closed_port()
     os.environ["PERSIST_TIMEOUT_SECONDS"] = "1"
