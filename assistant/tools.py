@@ -166,9 +166,7 @@ def parse_arguments(text: str) -> tuple[Mapping[str, Any] | None, str | None]:
         value = model_json(text)
     except (ValueError, RecursionError) as exc:
         return None, f"arguments are not valid JSON: {exc}"[:200]
-    if not isinstance(value, dict):
-        return None, f"arguments are a JSON {_json_type(value)}, not an object"
-    return value, None
+    return _object_arguments(value)
 
 
 def arguments_value(value: Any) -> tuple[Mapping[str, Any] | None, str | None]:
@@ -176,11 +174,36 @@ def arguments_value(value: Any) -> tuple[Mapping[str, Any] | None, str | None]:
     none, text parsed like streamed argument text, anything else an `args_error`."""
     if value is None:
         return {}, None
-    if isinstance(value, dict):
-        return value, None
     if isinstance(value, str):
         return parse_arguments(value)
-    return None, f"arguments are a JSON {_json_type(value)}, not an object"
+    return _object_arguments(value)
+
+
+# Arguments nested deeper are an `args_error`. orjson reads ~1,000 levels on the I/O
+# loop; the final frame's encoder, on a request thread, ran out of stack on them (a
+# Gemini call 990 deep crashed a finished reply). A request nests at most as deep
+# (`request.MAX_JSON_DEPTH`), so deeper arguments could not come back in a history.
+MOST_ARGUMENT_LEVELS = 64
+
+
+def _object_arguments(value: Any) -> tuple[Mapping[str, Any] | None, str | None]:
+    if not isinstance(value, dict):
+        return None, f"arguments are a JSON {_json_type(value)}, not an object"
+    if _nested_past(value, MOST_ARGUMENT_LEVELS):
+        return None, f"arguments are nested more than {MOST_ARGUMENT_LEVELS} levels deep"
+    return value, None
+
+
+def _nested_past(value: Any, levels: int) -> bool:
+    """Whether `value` holds objects or arrays more than `levels` deep (iteratively)."""
+    pending = [(value, 1)]
+    while pending:
+        node, depth = pending.pop()
+        if depth > levels:
+            return True
+        inside = node.values() if isinstance(node, dict) else node
+        pending.extend((item, depth + 1) for item in inside if isinstance(item, dict | list))
+    return False
 
 
 def _json_type(value: Any) -> str:

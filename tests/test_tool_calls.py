@@ -21,7 +21,7 @@ from assistant.chain import ChainFailed, ChainSucceeded, Chunk
 from assistant.config import Timeouts
 from assistant.providers.base import Event, Prompt, StreamEnd, TextDelta
 from assistant.request import Turn
-from assistant.tools import ToolCall, ToolSpec
+from assistant.tools import MOST_ARGUMENT_LEVELS, ToolCall, ToolSpec
 from devtools.fake_upstream import FakeUpstream, Script
 from devtools.service import running_service
 
@@ -94,6 +94,49 @@ def test_arguments_that_are_not_an_object_keep_the_call(
     [call] = _calls(_events(case, upstream.url))
     assert call.name == "weather" and call.args is None
     assert call.args_error is not None and call.args_error.startswith("arguments are")
+
+
+def _nested(levels: int) -> str:
+    return '{"a":' * levels + "1" + "}" * levels
+
+
+@EACH
+@pytest.mark.parametrize("levels", [MOST_ARGUMENT_LEVELS, MOST_ARGUMENT_LEVELS + 1])
+def test_arguments_nested_past_the_bound_keep_the_call_without_them(
+    upstream: FakeUpstream, case: ProviderCase, levels: int
+) -> None:
+    """Whether they came as text or parsed, arguments nest at most MOST_ARGUMENT_LEVELS
+    deep (a request holds no deeper JSON, so a history could not send them back)."""
+    upstream.push(Script(tokens=[], tool_calls=[{"name": "weather", "arguments": _nested(levels)}]))
+    [call] = _calls(_events(case, upstream.url))
+    if levels == MOST_ARGUMENT_LEVELS:
+        assert call.args == json.loads(_nested(levels)) and call.args_error is None
+    else:
+        assert call.args is None
+        assert call.args_error == f"arguments are nested more than {levels - 1} levels deep"
+
+
+@pytest.mark.parametrize(
+    ("provider", "event"),
+    [
+        ("gemini", b'data: {"candidates":[{"content":{"role":"model","parts":[{"functionCall":'
+                   b'{"name":"weather","args":%s}}]},"finishReason":"STOP"}]}\r\n\r\n'),
+        ("ollama", b'{"message":{"role":"assistant","content":"","tool_calls":[{"function":'
+                   b'{"name":"weather","arguments":%s}}]},"done":false}\n'
+                   b'{"message":{"role":"assistant","content":""},"done":true}\n'),
+    ],
+)  # fmt: skip
+def test_a_call_nested_as_deep_as_the_upstream_parser_goes_ends_its_reply(
+    client, fake: FakeUpstream, only: Any, provider: str, event: bytes
+) -> None:
+    """Arguments that come parsed (Gemini, Ollama) 990 levels deep: orjson reads them on the
+    I/O loop, and the final frame's encoder ran out of stack on them, so a finished reply
+    ended with internal_error (a 500 on the JSON route). Now an args_error, as text is."""
+    only(next(case for case in CASES if case.name == provider))
+    fake.push(Script(raw=[event % _nested(990).encode()]))
+    final = sse_events(ask(client, emissaryConfig=TOOL_CONFIG).get_data())[-2]
+    [call] = final["metadata"]["tools_to_use"]
+    assert call["args"] is None and call["args_error"].startswith("arguments are nested")
 
 
 @EACH
