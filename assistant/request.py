@@ -101,8 +101,8 @@ def is_valid_id(value: str) -> bool:
 def check_assistant_id(assistant_id: str) -> str:
     if not is_valid_id(assistant_id):
         raise RequestError(
-            "assistant id must be 1-128 characters of A-Z, a-z, 0-9, '_' or '-', "
-            "and not of the form __name__"
+            # No quotes: the log leaves out what a message quotes (http.py `_loggable`).
+            "assistant id must be 1-128 characters of A-Z a-z 0-9 _ -, and not of the form __name__"
         )
     return assistant_id
 
@@ -231,10 +231,11 @@ def _check_values(body: dict[str, Any]) -> None:
 
 # Characters that show nothing and that str.strip() keeps (it strips whitespace only),
 # beside the format characters (category Cf: zero-width space and joiners, direction
-# marks, the byte order mark, tags...): the combining grapheme joiner, the Hangul
-# fillers, the braille blank. Input of nothing but these, variation selectors and
-# whitespace is empty: a model would be asked nothing.
-_BLANKS = frozenset("\u034f\u115f\u1160\u3164\uffa0\u2800")
+# marks, the byte order mark, tags...): Unicode's other default-ignorable ones (the
+# combining grapheme joiner, the Hangul fillers, the Khmer inherent vowels, the
+# Mongolian free variation selectors) and the braille blank. Input of nothing but
+# these, variation selectors and whitespace is empty: a model would be asked nothing.
+_BLANKS = frozenset("\u034f\u115f\u1160\u3164\uffa0\u17b4\u17b5\u180b\u180c\u180d\u180f\u2800")
 
 
 def _shows_nothing(text: str) -> bool:

@@ -145,6 +145,8 @@ def test_encoded_slash_in_id_never_reaches_a_document_id(client, fake: FakeUpstr
             {"user_input": "\u2063\u200e\u00ad\u3164\u2800\ufe0f\U000e0020"},
             "user_input must not be empty",
         ),
+        # Unicode's default-ignorable Khmer vowels and Mongolian selectors.
+        ({"user_input": "\u17b4\u17b5\u180b\u180c\u180d\u180f"}, "user_input must not be empty"),
         ({"user_input": 42}, "user_input must be a string"),
         ({"user_input": "hi", "chat_history": "nope"}, "chat_history must be a list"),
         ({"user_input": "hi", "chat_history": [1]}, "chat_history[0] must be an object"),
@@ -565,6 +567,17 @@ def test_a_lone_surrogate_is_400_naming_the_field(
         response, 400, "invalid_request", fake, f"{field} contains text that cannot be encoded"
     )
     assert list(firestore.collection("assistants/abc/messages").stream()) == []
+
+
+def test_a_refused_assistant_id_is_logged_with_the_rule_it_broke(
+    client, fake: FakeUpstream, capsys
+) -> None:
+    """The log leaves out what a refusal quotes; the id rule's own characters were quoted,
+    and the log read "0-9, '…' or '…'" (a reviewer)."""
+    client.post("/vac/assistant/__x__/sse", json={"user_input": "hi"})
+    [refused] = [line for line in log_lines(capsys.readouterr().out)
+                 if line["message"] == "request.refused"]  # fmt: skip
+    assert "A-Z a-z 0-9 _ -" in refused["reason"]
 
 
 def test_a_body_cut_off_is_refused_not_a_crash(client, fake: FakeUpstream, capsys) -> None:
