@@ -135,7 +135,7 @@ def _long_pattern(patterns: Iterable[Any]) -> str | None:
             # reads `a{10 0}` as a count where Python's parser sees characters.
             return f"a pattern in verbose mode (an x flag): {pattern[:60]!r}"
         try:
-            parsed = _parsed(pattern)
+            parsed = read_pattern(pattern)
         except re.error as exc:
             # The metaschema's `format: regex` reads patterns so too: JSON Schema's own
             # (ECMA-262) are mostly the same syntax; `\p{L}` and `(?<name>...)` are not.
@@ -153,8 +153,9 @@ def _long_pattern(patterns: Iterable[Any]) -> str | None:
     return None
 
 
-def _parsed(pattern: str) -> Any:
-    """`pattern` as Python's parser reads it; re.error if it cannot."""
+def read_pattern(pattern: str) -> Any:
+    """`pattern` as Python's parser reads it; re.error if it cannot (RecursionError or
+    OverflowError if it nests too deeply or counts too high)."""
     with warnings.catch_warnings():  # a "[[" warns, with its position: no line on stderr
         warnings.simplefilter("ignore", FutureWarning)
         return _parser.parse(pattern)
@@ -182,7 +183,7 @@ def written_out(pattern: str, parsed: Any = None) -> int:
     """
     try:
         shape = _Shape()
-        total = shape.items(_parsed(pattern) if parsed is None else parsed, 1)
+        total = shape.items(read_pattern(pattern) if parsed is None else parsed, 1)
     except (re.error, RecursionError, OverflowError):
         return MOST_PATTERN_CHARS + 1
     members, escapes, bars = _as_written(pattern)

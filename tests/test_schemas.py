@@ -7,12 +7,14 @@ called or written; a stream that still ends normally) in tests/test_tools.py.
 from __future__ import annotations
 
 import http.server
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import jsonschema
+import jsonschema._format
 import pytest
 from jsonschema._utils import uniq as jsonschema_uniq
 
@@ -492,6 +494,51 @@ def test_patterns_still_match_as_json_schema_says() -> None:
     assert problem("abd", {"pattern": "^a.c$"}) == (
         "the reply does not match the schema at the top level: 'abd' does not match '^a.c$'"
     )
+
+
+def test_each_pattern_of_pattern_properties_is_matched_on_its_own() -> None:
+    """jsonschema joins patternProperties' keys with `|` to find additional properties:
+    one pattern past the bound each key is held to (1,990 keys of a 44 KB schema took
+    1.46 GB), and one that reads differently (the second key's \\1 named the first's group,
+    one key's (?i) applied to the others)."""
+    backreferences = {"^(a)\\1$": True, "^(b)\\1$": True}
+    schema = {"type": "object", "patternProperties": backreferences, "additionalProperties": False}
+    assert problem({"aa": 1, "bb": 2}, schema) is None
+    assert problem({"ab": 1}, schema) is not None
+    flagged = {**schema, "patternProperties": {"(?i)^x$": True, "^y$": True}}
+    assert problem({"X": 1}, flagged) is None
+    assert problem({"Y": 1}, flagged) is not None
+
+
+def test_the_metaschemas_pattern_check_compiles_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """jsonschema's `format: regex` compiled each pattern with `re`, whose compiler case-
+    folds every code point of a class's range under (?i): 2 s for a 1 KB pattern, with no
+    deadline. Patterns are read by Python's parser (unreadable ones are still a 400)."""
+
+    class NoCompiling:
+        error = re.error
+
+        @staticmethod
+        def compile(pattern: str) -> None:
+            raise AssertionError(f"compiled {pattern[:20]!r}")
+
+    monkeypatch.setattr(jsonschema._format, "re", NoCompiling)
+    folded = "(?i)" + "[ -\uffff]" * 198 + "0000"
+    schema = {"type": "object", "properties": {"p": {"type": "string", "pattern": folded}},
+              "patternProperties": {"(?i)[ -\uffff]q": True}}  # fmt: skip
+    assert check_schema(schema, "emissaryConfig.responseSchema") == schema
+    assert problem({"p": "X" * 198 + "0000"}, schema) is None
+    with pytest.raises(RequestError, match="not a valid JSON Schema"):
+        schemas._check_schema({"pattern": "(?<name>x)"}, "emissaryConfig.responseSchema")
+
+
+def test_a_reply_error_stays_on_one_line_whatever_its_keys() -> None:
+    """The path names the reply's own keys: a line break in one broke the message's one
+    line (a model's key chose the text of the next)."""
+    schema = {"type": "object", "additionalProperties": {"type": "number"}}
+    why = problem({"line one\nline two\r\u2028": "x"}, schema)
+    assert why is not None and why.isprintable()
+    assert why.startswith("the reply does not match the schema at line one\\nline two")
 
 
 def test_a_schema_found_valid_is_not_checked_again(monkeypatch: pytest.MonkeyPatch) -> None:
