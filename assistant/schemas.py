@@ -56,6 +56,7 @@ import jsonschema.exceptions
 import jsonschema.validators
 import referencing
 import referencing.exceptions
+import referencing.jsonschema
 import regex
 
 from .errors import RequestError
@@ -462,7 +463,7 @@ def _check_schema(schema: dict[str, Any], field: str) -> None:
         raise RequestError(f"{field}: checking it took too long") from None
     objects = dict(_objects(schema))
     try:
-        roots = _resource_roots(objects, validator.ID_OF)  # type: ignore[attr-defined]
+        roots = _resource_roots(objects, validator)
     except ValueError as exc:  # the reply's check would fail on it as it looked it up
         raise RequestError(f"{field}: an $id (or id) that is no URI: {exc}") from None
     applies = _InPlace.of(validator)
@@ -582,16 +583,22 @@ def _references(objects: Mapping[str, Mapping[str, Any]]) -> Iterator[tuple[str,
                 yield where, keyword, target
 
 
-def _resource_roots(
-    objects: Mapping[str, Mapping[str, Any]], id_of: Callable[[Any], Any]
-) -> dict[str, str]:
+def _resource_roots(objects: Mapping[str, Mapping[str, Any]], validator: Any) -> dict[str, str]:
     """For each object's pointer, the pointer of the schema resource it is in, which its
     `#` references are relative to: the nearest object at or above it that declares a
     base of its own (`$id`, `id` in drafts 3 and 4, as its draft reads it; a fragment
     alone is a name, not a base), else the top. A check that skipped every schema with
     an `$id` below its top let `{"$ref": "#"}` loop in place: the reply's check then
     recursed until rpds, under `referencing`, turned the RecursionError into a panic no
-    handler took, and the worker died with every stream on it."""
+    handler took, and the worker died with every stream on it.
+
+    Only where `referencing` takes it as one, on the way down from its resource: under
+    the draft's keywords that hold schemas (an `$id` under `x-foo`, or under `$defs` in
+    draft 7, is no base there: taken as one, a valid schema was refused, a loop missed)."""
+    id_of = validator.ID_OF
+    specification = referencing.jsonschema.specification_with(
+        validator.META_SCHEMA.get("$schema", ""), default=referencing.jsonschema.DRAFT202012
+    )
     roots = {"": ""}
     bases = {"": _resolved("", _declared_base(objects[""], id_of)) or ""}  # each root's
     for pointer in sorted(objects, key=len)[1:]:  # each one's resource before what it holds
@@ -599,13 +606,47 @@ def _resource_roots(
         while parent not in roots:  # the top is
             parent = parent.rpartition("/")[0]
         root = roots[parent]
-        base = _resolved(bases[root], _declared_base(objects[pointer], id_of))
+        node = objects[pointer]
+        base = _resolved(bases[root], _declared_base(node, id_of))
         # One that comes to its resource's own URI (`""`, the top's repeated) is no other.
-        if base is not None and base != bases[root]:
+        if (
+            base is not None
+            and base != bases[root]
+            and _entered(specification, objects[root], pointer[len(root) :], node)
+        ):
             roots[pointer], bases[pointer] = pointer, base
         else:
             roots[pointer] = root
     return roots
+
+
+_NO_BASE = _NOTHING_TO_RETRIEVE.resolver()  # a resolver at no base, to see one change
+
+
+def _entered(
+    specification: referencing.Specification[Any],
+    resource: Any,
+    pointer: str,
+    node: Mapping[str, Any],
+) -> bool:
+    """Whether `referencing`, following `pointer` down from `resource`, takes `node` (which
+    declares a base) for a resource of its own: it does under the keywords of its draft
+    that hold schemas, and nowhere below any other."""
+    segments: list[int | str] = []
+    inside = resource
+    for part in pointer[1:].split("/"):
+        segment: int | str = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(inside, list):
+            segment = int(segment)
+        segments.append(segment)
+        inside = inside[segment]
+    subresource = specification.create_resource(node)
+    return (
+        specification.maybe_in_subresource(
+            segments=segments, resolver=_NO_BASE, subresource=subresource
+        )
+        is not _NO_BASE
+    )
 
 
 def _resolved(base: str, declared: str | None) -> str | None:

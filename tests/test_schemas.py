@@ -77,6 +77,12 @@ LOOPS = [
     {"$ref": "#", "$defs": {"x": {"$id": "https://example.com/x"}}},
     {"oneOf": [{"if": {"contains": {"$id": "https://example.com/s"}}}], "$ref": "#"},
     {"$defs": {"x": {"$id": "https://example.com/x", "allOf": [{"$ref": "#"}]}}},
+    # An `$id` under a keyword no draft reads is no base: `#/$defs/a` in it is the top's.
+    {
+        "$defs": {"a": {"$ref": "#/x-foo"}},
+        "x-foo": {"$id": "http://other.example/", "allOf": [{"$ref": "#/$defs/a"}]},
+        "$ref": "#/$defs/a",
+    },
     # Draft 3's in-place keywords.
     {"$schema": "http://json-schema.org/draft-03/schema#", "extends": {"$ref": "#"}},
     {"$schema": "http://json-schema.org/draft-03/schema#", "extends": [{"$ref": "#"}]},
@@ -129,6 +135,29 @@ def test_a_pointer_is_read_from_the_resource_its_reference_is_in() -> None:
     }
     with pytest.raises(RequestError, match=r"'#/\$defs/a' points nowhere in the schema"):
         check_schema(elsewhere, "emissaryConfig.responseSchema")
+
+
+def test_an_id_under_a_keyword_its_draft_does_not_know_is_no_base() -> None:
+    """Draft 7 has `definitions`, not `$defs`: an `$id` under `$defs` starts no resource
+    there, and `#/$defs/zip` in it points into the top, as jsonschema reads it (a 400
+    said it pointed nowhere)."""
+    schema = {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "$defs": {
+            "addr": {
+                "$id": "http://example.com/addr",
+                "type": "object",
+                "properties": {"zip": {"$ref": "#/$defs/zip"}},
+            },
+            "zip": {"type": "string", "pattern": "^[0-9]{5}$"},
+        },
+        "type": "object",
+        "properties": {"a": {"$ref": "#/$defs/addr"}},
+    }
+    assert check_schema(schema, "emissaryConfig.responseSchema") is schema
+    assert problem({"a": {"zip": "1234"}}, schema) == (
+        "the reply does not match the schema at a/zip: '1234' does not match '^[0-9]{5}$'"
+    )
 
 
 @pytest.mark.parametrize(
