@@ -23,6 +23,7 @@ import datetime
 import os
 import re
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -319,8 +320,9 @@ class FirestoreStore:
         if thread_id is not None:
             query = query.where(filter=FieldFilter("threadId", "==", thread_id))
         # Two more: the trace id's own messages (a retry's, or a question the frontend
-        # saved itself) are left out after the query, and must not shorten the history.
-        query = query.order_by("createdAt", direction=Query.DESCENDING).limit(limit + 2)
+        # saved itself) are left out after the query, and must not shorten the history;
+        # and one past the window, to see whether it cuts an exchange in two.
+        query = query.order_by("createdAt", direction=Query.DESCENDING).limit(limit + 3)
         query = query.select(["role", "content", "traceId"])
         newest_first: list[tuple[Turn, Any]] = []  # with each one's trace id
         chars = 0
@@ -331,9 +333,24 @@ class FirestoreStore:
             text = _text(data.get("content"))
             chars += len(text)
             if chars > MAX_HISTORY_CHARS or len(newest_first) == limit:
-                break  # the rest is older
+                # The rest is older. A question dated after its reply (one the frontend
+                # saved itself, landing late) whose reply is left out goes too: kept, it
+                # was merged with the next question, or with the one asked now.
+                if newest_first and _reply_to(data, *newest_first[-1]):
+                    newest_first.pop()
+                break
             newest_first.append((Turn(data["role"], text), data.get("traceId")))
         return _questions_before_their_replies(newest_first[::-1])
+
+
+def _reply_to(data: Mapping[str, Any], turn: Turn, trace: Any) -> bool:
+    """Whether the message `data` is the reply to the question `turn` of trace id `trace`."""
+    return (
+        trace is not None
+        and turn.role == "user"
+        and data.get("role") == "assistant"
+        and data.get("traceId") == trace
+    )
 
 
 def _questions_before_their_replies(turns: list[tuple[Turn, Any]]) -> tuple[Turn, ...]:

@@ -1041,6 +1041,26 @@ def test_a_question_dated_after_its_reply_comes_before_it_in_the_history(
     ]
 
 
+@pytest.mark.parametrize("limit", [1, 3])
+def test_a_question_whose_reply_is_past_the_history_window_is_left_out(
+    client, fake, firestore, limit: int
+) -> None:
+    """Questions dated after their replies: a window whose edge fell between a reply and
+    its question kept the question alone, merged with the next question (or, the
+    newest, with the one asked now: "question 3\n\nnew question")."""
+    for n, seconds in ((1, 10), (2, 20), (3, 30)):
+        _seed(firestore, f"p{n}-assistant", "assistant", f"answer {n}", USER["email"], seconds)
+        _seed(firestore, f"p{n}-user", "user", f"question {n}", USER["email"], seconds + 1)
+    body = {
+        "read_from_history": True,
+        "history_limit": limit,
+        "emissaryConfig": {"currentUser": USER},
+    }
+    ask(client, "new question", **body).get_data()
+    expected = [("user", "question 3"), ("assistant", "answer 3")] if limit == 3 else []
+    assert _sent_messages(fake) == [*expected, ("user", "new question")]
+
+
 def test_history_skips_the_retried_requests_own_messages(client, fake, history) -> None:
     body = {"read_from_history": True, "trace_id": "b", "emissaryConfig": {"currentUser": USER}}
     ask(client, "thread question", **body).get_data()
