@@ -235,7 +235,10 @@ def _answer(
 
     streaming = bool(match["sse"]) or _wants_event_stream(request)
     store = _store_for(assistant_request, settings)
-    if store and assistant_request.read_from_history and not assistant_request.chat_history:
+    read_history = bool(
+        store and assistant_request.read_from_history and not assistant_request.chat_history
+    )
+    if store and read_history:
         # The whole save wait, even past a stream's status window (which counts from the
         # request, reply.py: the stream opens at once after a slow read): a reply without
         # its history would answer out of context.
@@ -243,17 +246,20 @@ def _answer(
             store, assistant_request, author, trace_id, settings.persist_timeout_seconds, log
         )
         assistant_request = dataclasses.replace(assistant_request, chat_history=history)
-        # The read can take the whole save wait (a hanging database): a client that left
-        # meanwhile gets no provider call made for nobody.
-        if _client_gone_probe(request.environ)():
-            log.info("request.client_gone", during="history")
-            if (
-                assistant_request.save_to_history
-                and not assistant_request.user_message_already_saved
-            ):
-                message = user_message(assistant_request, trace_id, author)
-                save_question(store, message, settings.persist_timeout_seconds, log)
-            return _error(499, "client_gone", MESSAGES["client_gone"], trace_id)
+    # A client that left before its reply begins (while its history was read, the whole
+    # save wait with a hanging database; or while its request waited for a thread) gets
+    # no provider call made for nobody. Its question is kept, as when it leaves mid-reply.
+    client_gone = _client_gone_probe(request.environ)
+    if client_gone():
+        log.info("request.client_gone", during="history" if read_history else "start")
+        if (
+            store
+            and assistant_request.save_to_history
+            and not assistant_request.user_message_already_saved
+        ):
+            message = user_message(assistant_request, trace_id, author)
+            save_question(store, message, settings.persist_timeout_seconds, log)
+        return _error(499, "client_gone", MESSAGES["client_gone"], trace_id)
 
     log.info(
         "request.accepted",
@@ -274,7 +280,7 @@ def _answer(
         author=author,
         log=log,
         streaming=streaming,
-        client_gone=_client_gone_probe(request.environ),
+        client_gone=client_gone,
         client_socket=(
             client_socket(
                 request.environ.get("gunicorn.socket"),

@@ -1106,6 +1106,35 @@ def test_a_client_that_leaves_during_a_slow_history_read_keeps_its_question(
     assert fake.requests == []
 
 
+def test_a_request_whose_client_left_while_it_waited_for_a_thread_asks_no_provider(
+    fake: FakeUpstream, firestore
+) -> None:
+    """Both threads busy with JSON replies, a stream's client sends its request and leaves
+    before a thread takes it: no provider is asked, and its question is saved (a reply
+    was made for nobody, and saved complete)."""
+    fake.push(*[Script(tokens=[f"t{n} " for n in range(10)], interval=0.2)] * 2)  # 2 s each
+    body = {"user_input": "asked and gone", "trace_id": "t-gone-queued", **SAVE}
+    with (
+        running_service({"THREADS": "2"}) as service,
+        concurrent.futures.ThreadPoolExecutor(2) as pool,
+    ):
+        url = f"{service.url}/vac/assistant/test-assistant"
+        busy = [
+            pool.submit(httpx.post, url, json={"user_input": "hi"}, timeout=10) for _ in range(2)
+        ]
+        fake.wait_for_requests(2)
+        sock = open_raw(service.url, "/vac/assistant/test-assistant/sse", json.dumps(body).encode())
+        time.sleep(0.2)
+        sock.close()
+        assert all(call.result().status_code == 200 for call in busy)
+        deadline = time.monotonic() + 5
+        while "t-gone-queued-user" not in _messages(firestore) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert _messages(firestore)["t-gone-queued-user"]["content"] == "asked and gone"
+    assert "t-gone-queued-assistant" not in _messages(firestore)
+    assert len(fake.requests) == 2  # the JSON replies' alone
+
+
 def test_history_unavailable_still_answers(client, fake, firestore, capsys) -> None:
     os.environ["FIRESTORE_EMULATOR_HOST"] = _closed_port()
     os.environ["PERSIST_TIMEOUT_SECONDS"] = "1"
