@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .chain import ChainReport
 from .request import AssistantRequest
 from .store import AssistantMessage, Author
-from .thinking import ThinkingSplitter
+from .thinking import ThinkingSplitter, split_outside_json_strings
 from .tools import ToolCall, structured_output
 
 
@@ -26,19 +26,34 @@ class Output:
     """What the model produced: its text (split into content and thinking), its tool
     calls, and the JSON the request asked for (README "Tools and structured output")."""
 
-    text: ThinkingSplitter
+    content: str
+    thinking: str
     calls: tuple[ToolCall, ...] = ()
     structured: Any = None
     structured_error: str | None = None
 
+    @classmethod
+    def of(cls, text: ThinkingSplitter, calls: list[ToolCall]) -> Output:
+        return cls(text.content, text.thinking, tuple(calls))
+
 
 def with_structured_output(
-    output: Output, schema: Mapping[str, Any] | None, report: ChainReport
+    output: Output,
+    schema: Mapping[str, Any] | None,
+    report: ChainReport,
+    answer: Callable[[], str],
 ) -> Output:
-    """A finished reply's content parsed and checked against the response schema."""
+    """A finished reply's content parsed and checked against the response schema. A tag
+    inside a string of the JSON (`answer()`, the whole reply, tells) is the JSON's text,
+    not thinking, where that reading gives JSON that matches."""
     if schema is None:
         return output
-    value, error = structured_output(output.text.content, schema)
+    value, error = structured_output(output.content, schema)
+    if "<think" in (whole := answer()):
+        content, thinking = split_outside_json_strings(whole)
+        if content != output.content and (read := structured_output(content, schema))[1] is None:
+            output = dataclasses.replace(output, content=content, thinking=thinking)
+            value, error = read
     if output.calls and error is not None:  # its text, if any, is a preamble to the calls
         error = "the reply is a tool call: the JSON answer comes after the tool results"
     if report.schema_left_out is not None:
@@ -63,8 +78,8 @@ def assistant_message(
         trace_id=trace_id,
         thread_id=request.thread_id,
         author=author,
-        content=output.text.content,
-        thinking_content=output.text.thinking,
+        content=output.content,
+        thinking_content=output.thinking,
         status="complete" if complete else "incomplete",
         provider=report.provider,
         model=report.model,
@@ -93,7 +108,7 @@ def metadata(
         "trace_id": trace_id,
         "structured_output": output.structured,
         "tools_to_use": [call.as_dict() for call in output.calls],
-        "thinking_content": output.text.thinking,
+        "thinking_content": output.thinking,
         "provider": report.provider,
         "model": report.model,
         "model_version": report.model_version,

@@ -527,9 +527,10 @@ class Reply:
         self._splitter.finish()
         report = item.report
         complete = isinstance(item, ChainSucceeded)
-        output = record.Output(self._splitter, tuple(self._calls))
+        output = record.Output.of(self._splitter, self._calls)
         if complete:
-            output = record.with_structured_output(output, self._request.response_schema, report)
+            schema = self._request.response_schema
+            output = record.with_structured_output(output, schema, report, self._text)
         ids, persist_failed = yield from self._saving(output, report, complete, beat, within)
         metadata = record.metadata(
             self._trace_id, output, report, self._started, ids, persist_failed
@@ -608,7 +609,7 @@ class Reply:
         last word)."""
         self._splitter.finish()
         report = self._chain.report()
-        output = record.Output(self._splitter, tuple(self._calls))
+        output = record.Output.of(self._splitter, self._calls)
         drive(self._saving(output, report, complete=False, beat=None))
         return report
 

@@ -41,7 +41,13 @@ Deliberate choices:
 
 from __future__ import annotations
 
-__all__ = ["ThinkingSplitter", "ThinkingTagger", "with_thinking_closed", "without_thinking"]
+__all__ = [
+    "ThinkingSplitter",
+    "ThinkingTagger",
+    "split_outside_json_strings",
+    "with_thinking_closed",
+    "without_thinking",
+]
 
 # Open tag -> the only close tag that ends a block it opened.
 _TAGS: dict[str, str] = {"<thinking>": "</thinking>", "<think>": "</think>"}
@@ -67,6 +73,52 @@ def with_thinking_closed(text: str) -> str:
     splitter = ThinkingSplitter()
     splitter.feed(text)
     return text + (splitter.awaited_close_tag or "")
+
+
+def split_outside_json_strings(text: str) -> tuple[str, str]:
+    """(content, thinking) of a whole reply as `ThinkingSplitter` gives them, except that
+    a tag inside a JSON string (between its quotes, outside any thinking block) is text.
+
+    For a reply that is JSON: a value that holds `<think>x</think>` lost it (the reply
+    still matched its schema, with other data), one that holds `<think>` alone took the
+    rest of the reply for thinking. An unpaired quote in prose makes the rest one string:
+    the caller keeps this reading only where it gives the JSON it asked for."""
+    splitter = ThinkingSplitter()
+    at, end = 0, len(text)
+    while at < end:
+        close = splitter.awaited_close_tag
+        if close is not None:  # inside a block: quotes are thinking, up to its close tag
+            found = text.find(close, at)
+            upto = end if found == -1 else found + len(close)
+            splitter.feed(text[at:upto])
+            at = upto
+            continue
+        quote = text.find('"', at)
+        if quote == -1:
+            splitter.feed(text[at:])
+            break
+        splitter.feed(text[at:quote])
+        if splitter.awaited_close_tag is None:  # else the quote is in the block it opened
+            after = _json_string_end(text, quote)
+            splitter.feed_literal(text[quote:after])
+            quote = after
+        at = quote
+    splitter.finish()
+    return splitter.content, splitter.thinking
+
+
+def _json_string_end(text: str, quote: int) -> int:
+    """Where the JSON string that opens at `quote` ends (past its closing quote), or the
+    end of `text` if it does not."""
+    at = quote + 1
+    while (found := text.find('"', at)) != -1:
+        before = found - 1
+        while before > quote and text[before] == "\\":
+            before -= 1
+        if (found - 1 - before) % 2 == 0:  # not escaped: an even run of backslashes
+            return found + 1
+        at = found + 1
+    return len(text)
 
 
 def _join_compact(parts: list[str]) -> str:
@@ -148,6 +200,14 @@ class ThinkingSplitter:
                 else:
                     self._block.append(text[start:])
                 return
+
+    def feed_literal(self, text: str) -> None:
+        """`text` as content, whatever tags it holds; only outside a block. A partial tag
+        held back is no tag then: content too."""
+        if self._finished or self._close is not None:
+            raise RuntimeError("feed_literal() inside a block or after finish()")
+        self._content.append(self._pending + text)
+        self._pending = ""
 
     def finish(self) -> None:
         """End the stream: flush any partial tag and close an open block.

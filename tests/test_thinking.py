@@ -10,6 +10,7 @@ from assistant import thinking
 from assistant.thinking import (
     ThinkingSplitter,
     ThinkingTagger,
+    split_outside_json_strings,
     with_thinking_closed,
     without_thinking,
 )
@@ -234,6 +235,64 @@ def test_random_texts_match_reference_and_any_chunking(seed: int) -> None:
         chunks = [text[a:b] for a, b in itertools.pairwise([0, *cuts, len(text)])]
         assert feed_all(chunks) == expected, chunks
         assert feed_all(list(text)) == expected, text
+
+
+# --- JSON strings (a structured reply) --------------------------------------------
+
+_JSON_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+
+
+def reference_outside_json_strings(text: str) -> tuple[str, str]:
+    """The rules, with a JSON string outside a block kept whole as content."""
+    content: list[str] = []
+    blocks: list[str] = []
+    pos = 0
+    while True:
+        match = re.compile(r'<think(?:ing)?>|"').search(text, pos)
+        if match is None:
+            content.append(text[pos:])
+            break
+        content.append(text[pos : match.start()])
+        if match.group() == '"':
+            string = _JSON_STRING_RE.match(text, match.start())
+            pos = len(text) if string is None else string.end()
+            content.append(text[match.start() : pos])
+            continue
+        close = "</" + match.group()[1:]
+        end = text.find(close, match.end())
+        inside = text[match.end() :] if end == -1 else text[match.end() : end]
+        blocks.append(inside.strip(_WS))
+        if end == -1:
+            break
+        pos = end + len(close)
+    return "".join(content).strip(_WS), "\n\n".join(b for b in blocks if b)
+
+
+@pytest.mark.parametrize(
+    ("text", "content", "thinking"),
+    [
+        ('{"note": "<think>x</think>"}', '{"note": "<think>x</think>"}', ""),
+        ('{"note": "Wrap it in <think> tags"}', '{"note": "Wrap it in <think> tags"}', ""),
+        ('<thinking>say "hi</thinking>{"a": "<think>"}', '{"a": "<think>"}', 'say "hi'),
+        ('{"a": "\\\\"}<think>t</think>', '{"a": "\\\\"}', "t"),
+        ('{"a": "\\"<think>"}', '{"a": "\\"<think>"}', ""),
+        ('<thi"x"', '<thi"x"', ""),
+        ('x "unclosed <think>y</think>', 'x "unclosed <think>y</think>', ""),
+    ],
+)
+def test_tags_inside_json_strings_are_text(text: str, content: str, thinking: str) -> None:
+    assert split_outside_json_strings(text) == (content, thinking)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_random_texts_outside_json_strings_match_the_reference(seed: int) -> None:
+    rng = random.Random(seed)
+    pieces = [*_PIECES, '"', "\\", '\\"', "{", "}"]
+    for _ in range(200):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 25)))
+        assert split_outside_json_strings(text) == reference_outside_json_strings(text), text
+        if '"' not in text:  # no string: as the splitter reads it
+            assert split_outside_json_strings(text) == split_thinking(text), text
 
 
 # --- chunking ------------------------------------------------------------------

@@ -489,6 +489,34 @@ def test_structured_output_on_every_provider(
     assert json.dumps(ANSWER_SCHEMA["properties"]) in json.dumps(fake.requests[-1].body)
 
 
+NOTE_SCHEMA = {
+    "type": "object",
+    "properties": {"note": {"type": "string"}, "n": {"type": "integer"}},
+    "required": ["note", "n"],
+}
+
+
+@EACH
+@pytest.mark.parametrize("note", ["<think>x</think> kept", "Wrap it in <think> tags"])
+def test_a_thinking_tag_inside_the_json_answer_is_its_text(
+    client, fake: FakeUpstream, firestore, only: Any, case: ProviderCase, note: str
+) -> None:
+    """The JSON's strings are the answer's text: a value holding a tag pair lost it and
+    still matched (other data, silently), one holding an open tag took the rest of the
+    reply for thinking (not JSON). Saved as the model wrote it too."""
+    only(case)
+    fake.push(Script(json={"note": note, "n": 1}))
+    config = {"responseSchema": NOTE_SCHEMA}
+    response = ask(client, emissaryConfig=config, trace_id="t-tag-in-json", save_to_history=True)
+    metadata = sse_events(response.get_data())[-2]["metadata"]
+    assert metadata["structured_output"] == {"note": note, "n": 1}
+    assert "structured_output_error" not in metadata and metadata["thinking_content"] == ""
+    saved = firestore.document("assistants/test-assistant/messages/t-tag-in-json-assistant").get()
+    assert saved.get("structuredOutput") == {"note": note, "n": 1}
+    assert json.loads(saved.get("content")) == {"note": note, "n": 1}
+    assert saved.get("thinkingContent") == ""
+
+
 @EACH
 def test_arguments_holding_nan_still_give_json_a_browser_reads(
     client, fake: FakeUpstream, only: Any, case: ProviderCase
