@@ -53,6 +53,7 @@ from .request import (
     AssistantRequest,
     body_trace_id,
     body_user_id,
+    body_user_name,
     build_request,
     check_assistant_id,
     check_media_type,
@@ -431,7 +432,7 @@ def _store_for(assistant_request: AssistantRequest, settings: Settings) -> Messa
 def _author(assistant_request: AssistantRequest) -> Author:
     user = assistant_request.user
     user_id = body_user_id(user)
-    return Author(user_id=user_id, email=user_id, name=user.display_name)
+    return Author(user_id=user_id, email=user_id, name=body_user_name(user))
 
 
 def _read_body(request: flask.Request, limit: int) -> bytes:

@@ -424,6 +424,9 @@ def _current_user(config: Mapping[str, Any]) -> CurrentUser:
 # The longest an address can be (RFC 3696's 64 + @ + 255); a user id is an indexed value
 # in Firestore, which holds no more than 1,500 bytes of one.
 MAX_EMAIL_CHARS = 320
+# A display name is saved on both messages of an exchange: a long one (the body's bound
+# is a MiB) could take the reply's document past what Firestore holds.
+MAX_NAME_CHARS = 1_000
 
 
 def body_user_id(user: CurrentUser) -> str | None:
@@ -439,6 +442,15 @@ def body_user_id(user: CurrentUser) -> str | None:
             f"emissaryConfig.currentUser.email is longer than {MAX_EMAIL_CHARS} characters"
         )
     return email
+
+
+def body_user_name(user: CurrentUser) -> str | None:
+    """The name `currentUser` gives, where the body says who the user is (as above)."""
+    if user.display_name is not None and len(user.display_name) > MAX_NAME_CHARS:
+        raise RequestError(
+            f"emissaryConfig.currentUser.displayName is longer than {MAX_NAME_CHARS} characters"
+        )
+    return user.display_name
 
 
 def build_request(

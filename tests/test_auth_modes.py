@@ -137,7 +137,7 @@ def test_a_blank_email_names_no_user_whose_history_others_read(
     assert len(fake.requests[-1].body["messages"]) == 1
 
 
-def test_an_email_is_taken_without_blanks_around_it_and_within_bounds(
+def test_an_email_is_taken_without_blanks_around_it_and_within_bounds_and_a_name_too(
     client, fake: FakeUpstream, firestore
 ) -> None:
     os.environ["AUTH_MODE"] = "iam"
@@ -150,6 +150,9 @@ def test_an_email_is_taken_without_blanks_around_it_and_within_bounds(
     response = post(client, **as_user({"email": "a" * 321}))
     assert response.status_code == 400
     assert "emissaryConfig.currentUser.email" in response.get_json()["error"]
+    response = post(client, **as_user({"email": "ada@example.com", "displayName": "A" * 1001}))
+    assert response.status_code == 400  # saved on both messages: past a document's room
+    assert "emissaryConfig.currentUser.displayName" in response.get_json()["error"]
 
 
 def test_iam_ignores_a_bearer_token(client, fake: FakeUpstream) -> None:
