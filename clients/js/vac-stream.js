@@ -59,7 +59,8 @@
  *   from this client: `network_error` (no response), `http_error` (an error status without our
  *   JSON body), `bad_frame` (a data line that is not JSON), `stream_ended` (the connection
  *   closed before a terminal frame), `bad_request` (a header or token no request can carry)
- * @property {string} partial   text shown before the failure ("" before the stream)
+ * @property {string} partial   text shown before the failure ("" before the stream), or
+ *   for a JSON reply the text its provider had sent before it failed (the body's `partial`)
  * @property {Record<string, any>|null} metadata  the error frame's metadata (null before the stream)
  * @property {number} status    HTTP status (0 when no response arrived)
  * @property {string|null} traceId  the request's trace id (X-Trace-Id, the error body's
@@ -408,7 +409,10 @@ async function readJsonReply(response, result, idFromAnswer, signal, onFinal, fa
   }
   if (payload && typeof payload.error === "string") {
     if (idFromAnswer && typeof payload.trace_id === "string") result.traceId = payload.trace_id;
-    return fail({error: payload.error, code: String(payload.code ?? "http_error"), body: payload});
+    // A JSON reply that failed after text came says what came (`partial`, saved incomplete).
+    const partial = typeof payload.partial === "string" ? payload.partial : "";
+    return fail({error: payload.error, code: String(payload.code ?? "http_error"), partial,
+      body: payload});
   }
   return fail({error: `the service answered HTTP ${response.status}`, code: "http_error"});
 }

@@ -157,6 +157,12 @@ test("a 429 says when to try again, and a 502 which providers failed", async () 
   assert.deepEqual(second.errors[0].body.attempts, failed.attempts);
 });
 
+test("a JSON reply that failed after text came gives that text as partial", async () => {
+  const failed = {error: "cut off", code: "providers_failed", trace_id: "t-1", partial: "a b "};
+  const {errors} = await collect(JSON.stringify(failed), {status: 502, type: "application/json"});
+  assert.equal(errors[0].partial, "a b ");
+});
+
 test("a callback that throws in onOpen closes the connection", async () => {
   const calls = [];
   await assert.rejects(
