@@ -311,6 +311,36 @@ def test_an_error_body_echoing_the_prompt_is_logged_without_it(
     assert "[prompt]" in error.detail
 
 
+@EACH
+def test_an_error_body_echoing_the_declarations_is_logged_without_their_texts(
+    upstream: FakeUpstream, case: ProviderCase
+) -> None:
+    """A gateway that refuses a tool quotes its declaration: the tool's description and
+    the texts in the schemas (a description may hold what the prompt does) stay out of
+    the log as the prompt does."""
+    tool = ToolSpec(
+        "lookup_salary",
+        "Look up the salary of employee Jane Doe",
+        {
+            "type": "object",
+            "properties": {"ssn": {"type": "string", "description": "SSN 123-45-6789"}},
+        },
+    )
+    schema = {"type": "object", "description": "Patient record for John Smith"}
+    prompt = Prompt(None, (Turn("user", "Hi there"),), tools=(tool,), response_schema=schema)
+    echo = {
+        "error": "invalid tool definition",
+        "tools": [dataclasses.asdict(tool)],
+        "format": schema,
+    }
+    upstream.push(Script(fail="400", error_body=echo))
+    _, error = case.events(upstream.url, prompt)
+    assert error is not None and error.status == 400
+    assert "invalid tool definition" in error.detail  # the rest is kept
+    for said in ("Jane Doe", "123-45-6789", "John Smith"):
+        assert said not in error.detail
+
+
 def test_a_prompt_in_a_python_errors_text_is_logged_without_it_too() -> None:
     """vLLM answers a 422 with the text of Python's validation error in its JSON: the
     prompt there is as repr() writes it, then escaped again as JSON."""

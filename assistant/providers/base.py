@@ -663,7 +663,10 @@ def _prompt_texts(prompt: Prompt) -> list[str]:
     system prompt, each turn's text, and the arguments of the calls in the history: the
     texts in them, and each call's whole (short values, numbers) as JSON and as Python
     writes it, when it is small enough to be seen whole (an echo may quote any); the
-    first _MOST_ARGUMENT_VALUES values in all. The newest turn first: the question's echo
+    first _MOST_ARGUMENT_VALUES values in all. Then the frontend's declarations: each
+    tool's description and the texts in its parameters' schema and the response schema
+    (descriptions, enum values: a gateway refusing a tool quotes it, and a description may
+    hold what the prompt does), as many more. The newest turn first: the question's echo
     is the likeliest."""
     texts = [*(turn.content for turn in reversed(prompt.turns)), prompt.system or ""]
     budget = _MOST_ARGUMENT_VALUES
@@ -673,6 +676,15 @@ def _prompt_texts(prompt: Prompt) -> list[str]:
         texts += (value for value in values if isinstance(value, str))
         if call.args and budget > 0:  # seen whole: small enough to write whole
             texts += _whole_forms(call.args)
+        if budget <= 0:
+            break
+    texts += (tool.description for tool in prompt.tools)
+    schemas = [*(tool.parameters for tool in prompt.tools), prompt.response_schema]
+    budget = _MOST_ARGUMENT_VALUES
+    for schema in schemas:
+        values = _values_in(schema, budget)
+        budget -= len(values)
+        texts += (value for value in values if isinstance(value, str))
         if budget <= 0:
             break
     return [text for text in texts if len(text) >= _ECHO_MIN_CHARS]
