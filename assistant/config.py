@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -163,9 +164,30 @@ def _collection(env: Mapping[str, str], name: str, default: str) -> str:
 def cors_origins(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
     """CORS_ORIGINS, which no value makes invalid: read on its own too, so that a
     browser can read the config_error answer when another setting is wrong."""
-    # An origin never ends with a slash, though one copied from an address bar may.
     names = _names(os.environ if env is None else env, "CORS_ORIGINS", "*")
-    return tuple(name.rstrip("/") or name for name in names)
+    return tuple(_origin(name) for name in names)
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(name: str) -> str:
+    """An origin as a browser sends it: its scheme and host in lower case, no default
+    port, no slash at the end (one copied from an address bar has one). Compared as
+    text, `https://App.example.com:443` matched no browser's origin, silently."""
+    name = name.rstrip("/") or name
+    try:
+        parts = urllib.parse.urlsplit(name)
+        port = parts.port
+    except ValueError:  # a port that is no number: as written, matching nothing
+        return name
+    if not parts.scheme or not parts.hostname or parts.path or parts.query or parts.fragment:
+        return name
+    scheme = parts.scheme.lower()
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    if port is None or port == _DEFAULT_PORTS.get(scheme):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
 
 
 def project_id(env: Mapping[str, str] | None = None) -> str:

@@ -30,6 +30,18 @@ def test_health_is_ok_with_version_and_no_io(client) -> None:
     assert response.headers["X-Trace-Id"]  # every answer carries one
 
 
+@pytest.mark.parametrize(
+    "written",
+    ["https://Chat.Example.com", "https://chat.example.com:443/", "HTTPS://chat.example.com"],
+)
+def test_an_allowed_origin_is_read_as_a_browser_writes_one(client, written: str) -> None:
+    """A browser's Origin has its scheme and host in lower case and no default port: an
+    entry written otherwise matched none, and turned the frontend away silently."""
+    os.environ["CORS_ORIGINS"] = f"https://other.example, {written}"
+    response = client.get("/health", headers={"Origin": "https://chat.example.com"})
+    assert response.headers["Access-Control-Allow-Origin"] == "https://chat.example.com"
+
+
 def test_health_answers_a_preflight(client) -> None:
     """A page whose fetch adds a header (a tracing library's traceparent) preflights its
     GET /health first."""
