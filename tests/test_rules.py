@@ -283,6 +283,21 @@ def test_a_user_message_holds_what_a_user_message_has(
     assert rest.get(f"{MESSAGES}/{mine}", OWNER).status_code == 404
 
 
+@pytest.mark.parametrize(
+    ("trace_id", "thread_id"),
+    [("x" * 129, "t-1"), ("a b", "t-1"), (f"trace-{ALICE}", "t.1"), (f"trace-{ALICE}", "t" * 129)],
+)
+def test_a_user_messages_ids_are_those_the_service_takes(
+    rest: Rest, trace_id: str, thread_id: str
+) -> None:
+    """A trace id or thread id no request may carry is never paired with a reply."""
+    body = message(ALICE)
+    body["fields"]["traceId"] = {"stringValue": trace_id}
+    body["fields"]["threadId"] = {"stringValue": thread_id}
+    response = rest.create(MESSAGES, f"{trace_id}-user", body, as_user(ALICE))
+    assert response.status_code == 403, response.text
+
+
 def test_user_cannot_create_message_as_someone_else(rest: Rest) -> None:
     response = rest.create(MESSAGES, f"trace-{BOB}-user", message(BOB), as_user(ALICE))
     assert response.status_code == 403, response.text
