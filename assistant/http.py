@@ -259,7 +259,7 @@ def _answer(
             and not assistant_request.user_message_already_saved
         ):
             message = user_message(assistant_request, trace_id, author)
-            save_question(store, message, settings.persist_timeout_seconds, log)
+            save_question(store, message, log)
         return _error(499, "client_gone", MESSAGES["client_gone"], trace_id)
 
     log.info(

@@ -235,15 +235,24 @@ def user_message(request: AssistantRequest, trace_id: str, author: Author) -> Us
     )
 
 
-def save_question(
-    store: MessageStore, message: UserMessage, timeout: float, log: RequestLog
-) -> None:
+def save_question(store: MessageStore, message: UserMessage, log: RequestLog) -> None:
     """A question no reply follows (its client left before a provider was asked): it is
-    written all the same, with a reply's wait and late tries. What the user typed is kept,
-    as it is when a client leaves mid-reply."""
-    saver = Saver(store, timeout, log)
-    saver.start_user_message(message)
-    drive(saver.finishing(None, beat=None))
+    written all the same, off the caller's thread (nobody waits for it: waited for, a
+    hanging database held the request's thread and its user's slot a whole save wait
+    more), a failed write tried again late. What the user typed is kept, as it is when
+    a client leaves mid-reply."""
+    message = dataclasses.replace(message, created_at=_now())
+    write = partial(store.save_user_message, message)
+
+    def settled(future: concurrent.futures.Future[str]) -> None:
+        failure = _failure(future)
+        if isinstance(failure, MessageTaken | TraceIdKept):  # the trace id's: no outage
+            log.warning("persist.kept", role="user", reason=str(failure))
+        elif failure is not None:
+            log.error("persist.failed", role="user", reason=f"{type(failure).__name__}: {failure}")
+            late_saves.add([Step("user", write)], len(message.content), log)
+
+    _pool.submit(write).add_done_callback(settled)
 
 
 def drive(steps: Generator[Pending, None, T]) -> T:

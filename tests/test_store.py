@@ -1135,6 +1135,38 @@ def test_a_request_whose_client_left_while_it_waited_for_a_thread_asks_no_provid
     assert len(fake.requests) == 2  # the JSON replies' alone
 
 
+def test_a_client_that_left_gives_its_thread_back_before_its_question_is_written(
+    fake: FakeUpstream, firestore, paused_database: _PausableProxy, tmp_path
+) -> None:
+    """The question of a client that left is written off the request's thread: with a
+    hanging database, waited for, it held the thread (and the user's slot) a whole save
+    wait past the history read, and the next request waited for it (THREADS=1)."""
+    fake.push(Script(tokens=["next"]))
+    body = {
+        "user_input": "asked and gone",
+        "trace_id": "t-gone-hung",
+        "read_from_history": True,
+        **SAVE,
+    }
+    env = {"THREADS": "1", "PERSIST_TIMEOUT_SECONDS": "1.5"}
+    log = tmp_path / "service.log"
+    with log.open("wb") as output, running_service(env, output=output) as service:
+        sock = open_raw(service.url, "/vac/assistant/test-assistant/sse", json.dumps(body).encode())
+        time.sleep(0.5)  # the history read hangs
+        sock.close()
+        answer = httpx.post(
+            f"{service.url}/vac/assistant/test-assistant", json={"user_input": "hi"}, timeout=20
+        )
+        assert answer.status_code == 200
+        time.sleep(4)  # the question's write fails, and is handed on to be written later
+    lines = [(line["message"], line.get("role")) for line in log_lines(log.read_text())]
+    gone = lines.index(("request.client_gone", None))
+    failed = next(at for at, line in enumerate(lines)
+                  if line in (("persist.failed", "user"), ("persist.timeout", "user")))  # fmt: skip
+    assert gone < lines.index(("request.accepted", None)) < failed
+    assert ("persist.late_failed", "user") in lines[failed:]  # tried again late, still away
+
+
 def test_history_unavailable_still_answers(client, fake, firestore, capsys) -> None:
     os.environ["FIRESTORE_EMULATOR_HOST"] = _closed_port()
     os.environ["PERSIST_TIMEOUT_SECONDS"] = "1"
