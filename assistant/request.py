@@ -251,7 +251,10 @@ def _invisible(char: str) -> bool:
     return (
         char in _BLANKS
         or "\ufe00" <= char <= "\ufe0f"  # variation selectors
-        or "\U000e0100" <= char <= "\U000e01ef"
+        # Tags, variation selectors and code points kept default-ignorable for later ones.
+        or "\U000e0000" <= char <= "\U000e0fff"
+        or "\ufff0" <= char <= "\ufff8"
+        or char == "\u2065"
         or unicodedata.category(char) == "Cf"
     )
 

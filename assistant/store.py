@@ -334,10 +334,9 @@ class FirestoreStore:
             chars += len(text)
             if chars > MAX_HISTORY_CHARS or len(newest_first) == limit:
                 # The rest is older. A question dated after its reply (one the frontend
-                # saved itself, landing late) whose reply is left out goes too: kept, it
-                # was merged with the next question, or with the one asked now.
-                if newest_first and _reply_to(data, *newest_first[-1]):
-                    newest_first.pop()
+                # saved itself, landing late) whose reply is the first left out goes too:
+                # kept, it was merged with the next question, or with the one asked now.
+                newest_first = [kept for kept in newest_first if not _reply_to(data, *kept)]
                 break
             newest_first.append((Turn(data["role"], text), data.get("traceId")))
         return _questions_before_their_replies(newest_first[::-1])

@@ -181,9 +181,10 @@ def arguments_value(value: Any) -> tuple[Mapping[str, Any] | None, str | None]:
 
 # Arguments nested deeper are an `args_error`. orjson reads ~1,000 levels on the I/O
 # loop; the final frame's encoder, on a request thread, ran out of stack on them (a
-# Gemini call 990 deep crashed a finished reply). A request nests at most as deep
-# (`request.MAX_JSON_DEPTH`), so deeper arguments could not come back in a history.
-MOST_ARGUMENT_LEVELS = 64
+# Gemini call 990 deep crashed a finished reply). A request nests at most 64 levels
+# (`request.MAX_JSON_DEPTH`), and a call's args sit 5 down in one (chat_history, its
+# turn, tool_calls, the call): deeper arguments could not come back in a history.
+MOST_ARGUMENT_LEVELS = 64 - 5
 
 
 def _object_arguments(value: Any) -> tuple[Mapping[str, Any] | None, str | None]:

@@ -157,6 +157,9 @@ def test_encoded_slash_in_id_never_reaches_a_document_id(client, fake: FakeUpstr
             {"user_input": "\u2063\u200e\u00ad\u3164\u2800\ufe0f\U000e0020"},
             "user_input must not be empty",
         ),
+        # Unicode's default-ignorable Khmer vowels and Mongolian selectors, and those kept
+        # default-ignorable for characters to come.
+        ({"user_input": "\u2065\ufff0\U000e0000\U000e0fff"}, "user_input must not be empty"),
         # Unicode's default-ignorable Khmer vowels and Mongolian selectors.
         ({"user_input": "\u17b4\u17b5\u180b\u180c\u180d\u180f"}, "user_input must not be empty"),
         ({"user_input": 42}, "user_input must be a string"),

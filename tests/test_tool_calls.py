@@ -116,6 +116,24 @@ def test_arguments_nested_past_the_bound_keep_the_call_without_them(
         assert call.args_error == f"arguments are nested more than {levels - 1} levels deep"
 
 
+def test_arguments_at_the_bound_come_back_in_a_history(client, fake: FakeUpstream) -> None:
+    """The bound is what a request can send back: a call's args sit 5 levels down in a
+    body, which nests at most 64 (a bound of 64 gave calls no follow-up could carry)."""
+    nested = {"name": "weather", "arguments": _nested(MOST_ARGUMENT_LEVELS)}
+    fake.push(Script(tokens=[], tool_calls=[nested]), Script(tokens=["sunny"]))
+    [call] = sse_events(ask(client, emissaryConfig=TOOL_CONFIG).get_data())[-2]["metadata"][
+        "tools_to_use"
+    ]
+    assert call["args"] == json.loads(_nested(MOST_ARGUMENT_LEVELS))
+    history = [
+        {"role": "user", "content": "Hello?"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call["id"], "name": "weather", "content": "sunny"},
+    ]
+    answer = ask(client, "go on", chat_history=history, emissaryConfig=TOOL_CONFIG)
+    assert answer.status_code == 200
+
+
 @pytest.mark.parametrize(
     ("provider", "event"),
     [
