@@ -25,7 +25,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import flask
 from werkzeug.datastructures import Headers
@@ -321,12 +321,55 @@ def _json_reply(reply: Reply, slot: Slot, sock: object, trace_id: str) -> flask.
     and given back when the response is closed. The slot went back when the reply
     ended, before its answer was written: one user's requests whose clients took
     nothing each held a thread SEND_TIMEOUT_SECONDS, past their limit and past the
-    threads that may wait on clients (every other user's requests waited 28 s)."""
-    status, payload = reply.json_answer()
-    response = _reply_json(status, payload, trace_id)
-    writes = _marking_writes(_one_frame(response.get_data()), slot, sock)
-    response.response = ClosingIterator(cast("Iterator[bytes]", writes), slot.release)
+    threads that may wait on clients (every other user's requests waited 28 s).
+
+    Under our worker (`PARKING`) the wait for the answer is the response's own, as a
+    stream's status window is (`_sse_reply`): its thread goes back while the model
+    writes, and the answer goes out in place of the response begun (`worker.Instead`:
+    its status and headers, then its body as frames). Elsewhere it waits here."""
+    if not reply.parks:
+        status, payload = _without_parks(reply.json_answer())
+        response = _reply_json(status, payload, trace_id)
+        writes = _marking_writes(_one_frame(response.get_data()), slot, sock)
+        response.response = ClosingIterator(cast("Iterator[bytes]", writes), slot.release)
+        return response
+    response = flask.Response(status=200, headers={"X-Trace-Id": trace_id}, direct_passthrough=True)
+    frames = _marking_writes(_answer_instead(reply, response.headers, trace_id), slot, sock)
+    # A reply that did not end (the server closed what it was given) is abandoned.
+    closing = [reply.close, slot.release]
+    response.response = ClosingIterator(cast("Iterator[bytes]", frames), closing)
     return response
+
+
+T = TypeVar("T")
+
+
+def _without_parks(steps: Generator[Park, None, T]) -> T:
+    """The result of steps that never park (a reply without `parking`)."""
+    try:
+        next(steps)
+    except StopIteration as end:
+        return cast(T, end.value)
+    raise AssertionError("a reply without parking parked")
+
+
+def _answer_instead(
+    reply: Reply, headers: Headers, trace_id: str
+) -> Generator[bytes | Park | Instead, None, None]:
+    """The parks of a JSON reply's wait, then its answer in place of the response begun:
+    its status and headers (with those `handle` gave the response: CORS), then its body,
+    a frame whose write the slot is told of (a large answer to a client that takes
+    nothing is evictable)."""
+    try:
+        status, payload = yield from reply.json_answer()
+    except ClientGone:
+        return  # nobody to answer; what arrived was saved
+    answer = _reply_json(status, payload, trace_id)
+    for name, value in headers.items():
+        if name not in answer.headers:
+            answer.headers[name] = value
+    yield Instead(answer.status, answer.headers.to_wsgi_list(), b"")
+    yield answer.get_data()
 
 
 def _one_frame(body: bytes) -> Generator[bytes | Park | Instead, None, None]:

@@ -334,11 +334,18 @@ class Reply:
 
     # -- JSON --------------------------------------------------------------
 
-    def json_answer(self) -> tuple[int, dict[str, Any]]:
-        """Wait for the whole reply: (200, answer), or the failure's status and error body."""
+    def json_answer(self) -> Generator[Park, None, tuple[int, dict[str, Any]]]:
+        """Wait for the whole reply: (200, answer), or the failure's status and error body.
+
+        With `parking` each wait is a `Park` yielded (the thread goes back meanwhile, as a
+        stream's does: a JSON reply held its thread to its end, and `THREADS` of them left
+        no thread for any parked stream's heartbeat, final frame or departure check);
+        without, it waits here. Raises ClientGone."""
         try:
-            for item in self._wait(None, heartbeat=None, parks=False):
-                assert not isinstance(item, Park)
+            for item in self._wait(None, heartbeat=None, parks=self._parking):
+                if isinstance(item, Park):
+                    yield item
+                    continue
                 if isinstance(item, ChainSucceeded):
                     return 200, self._conclude(item)
                 if isinstance(item, ChainFailed | ChainCrashed):

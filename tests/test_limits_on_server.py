@@ -122,6 +122,34 @@ def test_streams_hold_no_thread_while_they_wait(fake: FakeUpstream) -> None:
         assert all(request.client_closed.wait(5) for request in upstream[:6])
 
 
+def test_json_replies_hold_no_thread_while_they_wait_either(fake: FakeUpstream) -> None:
+    """With THREADS=2, two JSON replies waiting for a slow model held both threads to
+    their end: a stream beside them got no heartbeat, nor its status, until they ended.
+    They park as streams do: the stream's pings flow, and both answers come whole."""
+    fake.push(
+        Script(tokens=["streamed"], ttft=3), *[Script(tokens=["json ", "answer"], ttft=3)] * 2
+    )
+    env = {"THREADS": "2", "HEARTBEAT_SECONDS": "0.5"}
+    with (
+        running_service(env) as service,
+        concurrent.futures.ThreadPoolExecutor(3) as pool,
+    ):
+        stream = pool.submit(
+            httpx.post, f"{service.url}{SSE}", json={"user_input": "hi"}, timeout=20
+        )
+        fake.wait_for_requests(1)
+        json_url = f"{service.url}{SSE.removesuffix('/sse')}"
+        answers = [pool.submit(httpx.post, json_url, json={"user_input": "hi"}, timeout=20)
+                   for _ in range(2)]  # fmt: skip
+        events = [line for line in stream.result().text.splitlines() if line]
+        for answer in answers:
+            assert answer.result().status_code == 200
+            assert answer.result().json()["answer"] == "json answer"
+            assert answer.result().headers["X-Trace-Id"]
+    assert events.index('data: {"chunk":"streamed"}') >= 4  # pings for its 3 s: 0.5 s apart
+    assert set(events[: events.index('data: {"chunk":"streamed"}')]) == {": ping"}
+
+
 def test_a_failure_while_the_status_waits_is_a_real_502_on_the_wire(fake: FakeUpstream) -> None:
     """The status of a parked reply is decided when its chain fails: a JSON 502 with
     the CORS headers and none of a stream's, whole (Content-Length); the user's place

@@ -1127,30 +1127,28 @@ def test_a_client_that_leaves_during_a_slow_history_read_keeps_its_question(
 def test_a_request_whose_client_left_while_it_waited_for_a_thread_asks_no_provider(
     fake: FakeUpstream, firestore
 ) -> None:
-    """Both threads busy with JSON replies, a stream's client sends its request and leaves
-    before a thread takes it: no provider is asked, and its question is saved (a reply
-    was made for nobody, and saved complete)."""
-    fake.push(*[Script(tokens=[f"t{n} " for n in range(10)], interval=0.2)] * 2)  # 2 s each
+    """The only thread is busy writing a large JSON answer to a client that reads nothing;
+    a stream's client sends its request and leaves before the thread is free: no provider
+    is asked, and its question is saved (a reply was made for nobody, and saved
+    complete)."""
+    fake.push(Script(tokens=["x" * 100_000] * 50))  # 5 MB
     body = {"user_input": "asked and gone", "trace_id": "t-gone-queued", **SAVE}
-    with (
-        running_service({"THREADS": "2"}) as service,
-        concurrent.futures.ThreadPoolExecutor(2) as pool,
-    ):
-        url = f"{service.url}/vac/assistant/test-assistant"
-        busy = [
-            pool.submit(httpx.post, url, json={"user_input": "hi"}, timeout=10) for _ in range(2)
-        ]
-        fake.wait_for_requests(2)
+    env = {"THREADS": "1", "SEND_TIMEOUT_SECONDS": "3"}
+    with running_service(env) as service:
+        stuck = open_raw(service.url, "/vac/assistant/test-assistant", b'{"user_input": "hi"}',
+                         receive_buffer=4096)  # fmt: skip
+        fake.wait_for_requests(1)
+        time.sleep(0.5)  # its answer is being written, and taken by nobody
         sock = open_raw(service.url, "/vac/assistant/test-assistant/sse", json.dumps(body).encode())
         time.sleep(0.2)
         sock.close()
-        assert all(call.result().status_code == 200 for call in busy)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 10
         while "t-gone-queued-user" not in _messages(firestore) and time.monotonic() < deadline:
             time.sleep(0.1)
+        stuck.close()
     assert _messages(firestore)["t-gone-queued-user"]["content"] == "asked and gone"
     assert "t-gone-queued-assistant" not in _messages(firestore)
-    assert len(fake.requests) == 2  # the JSON replies' alone
+    assert len(fake.requests) == 1  # the JSON reply's alone
 
 
 def test_a_client_that_left_gives_its_thread_back_before_its_question_is_written(
