@@ -739,6 +739,32 @@ def test_a_response_schema_is_narrowed_to_what_anthropic_accepts(upstream: FakeU
     assert schema["properties"]["age"]["minimum"] == 0  # the request's own schema is untouched
 
 
+def test_formats_and_patterns_anthropic_does_not_hold_go_in_the_description(
+    upstream: FakeUpstream,
+) -> None:
+    """Its grammar holds a few string formats and no backreference, lookaround or word
+    boundary in a pattern (its documentation; its SDK moves other formats the same way)."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "when": {"type": "string", "format": "date-time"},
+            "site": {"type": "string", "format": "uri-reference"},
+            "zip": {"type": "string", "pattern": "^[0-9]{5}$"},
+            "pair": {"type": "string", "pattern": "^(a)\\1$"},
+            "word": {"type": "string", "pattern": "\\bcat\\b"},
+        },
+    }
+    upstream.push(Script(json={"zip": "12345"}))
+    sent_schema = sent(upstream, ask(tools=(), schema=schema))["output_config"]["format"]["schema"]
+    assert sent_schema["properties"] == {
+        "when": {"type": "string", "format": "date-time"},
+        "site": {"type": "string", "description": '{format: "uri-reference"}'},
+        "zip": {"type": "string", "pattern": "^[0-9]{5}$"},
+        "pair": {"type": "string", "description": '{pattern: "^(a)\\\\1$"}'},
+        "word": {"type": "string", "description": '{pattern: "\\\\bcat\\\\b"}'},
+    }
+
+
 MAP = {"type": "object", "additionalProperties": {"type": "integer"}}
 OBJECTS_ALL_OF = {
     "allOf": [

@@ -2,10 +2,11 @@
 
 Anthropic compiles the schema into a grammar, and refuses (400) keywords the
 grammar cannot hold: numeric bounds, string lengths, most array and object
-counts ("For 'integer' type, property 'minimum' is not supported"), and an
-object that does not say `additionalProperties: false`. As Anthropic's own
-SDK does, those bounds are moved into the `description` (the model still
-reads them) and every object is closed. Nothing is lost: the reply is
+counts ("For 'integer' type, property 'minimum' is not supported"), string
+formats beyond a documented few, patterns with backreferences, lookaround or
+word boundaries, and an object that does not say `additionalProperties:
+false`. As Anthropic's own SDK does, those are moved into the `description`
+(the model still reads them) and every object is closed. Nothing is lost: the reply is
 checked against the frontend's full schema when it ends (tools.py).
 
 `oneOf`, which the grammar does not hold, goes as `anyOf` (left out beside
@@ -30,6 +31,7 @@ is inside), nor references other than `$ref` pointers (by `$anchor` or
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
@@ -53,6 +55,16 @@ UNSUPPORTED = frozenset(
     }
 )
 
+# The string formats Anthropic's grammar holds (its structured outputs' documentation, and
+# its SDK's list); another is moved into the description, as its SDK moves it.
+HELD_FORMATS = frozenset(
+    {"date-time", "time", "date", "duration", "email", "hostname", "uri", "ipv4", "ipv6", "uuid"}
+)
+# What a `pattern` may not use there: backreferences, lookaround, word boundaries. A
+# pattern that does is moved into the description too (an escaped backslash before a
+# `b` moves one that is fine: harmless, the reply is checked against it all the same).
+_UNHELD_IN_PATTERNS = re.compile(r"\\[1-9bBk]|\(\?<?[=!]")
+
 _LITERALS = VALUE_KEYWORDS | {"required"}  # values, not schemas
 
 
@@ -71,7 +83,7 @@ def _narrowed(node: Any, root: Mapping[str, Any]) -> Any:
     kept: dict[str, Any] = {}
     moved: dict[str, Any] = {}
     for key, value in node.items():
-        if key in UNSUPPORTED or (key == "minItems" and value not in (0, 1)):
+        if _unsupported(key, value):
             moved[key] = value
         elif key in _LITERALS:
             kept[key] = value  # values, not schemas
@@ -91,6 +103,21 @@ def _narrowed(node: Any, root: Mapping[str, Any]) -> Any:
         description = kept.get("description")
         kept["description"] = f"{description}\n\n{{{bounds}}}" if description else f"{{{bounds}}}"
     return kept
+
+
+def _unsupported(keyword: str, value: Any) -> bool:
+    """Whether Anthropic's grammar refuses `keyword` with `value` (it goes in the
+    description)."""
+    return (
+        keyword in UNSUPPORTED
+        or (keyword == "minItems" and value not in (0, 1))
+        or (keyword == "format" and isinstance(value, str) and value not in HELD_FORMATS)
+        or (
+            keyword == "pattern"
+            and isinstance(value, str)
+            and _UNHELD_IN_PATTERNS.search(value) is not None
+        )
+    )
 
 
 def _as_sent(reference: str, root: Mapping[str, Any]) -> str | None:
