@@ -342,7 +342,7 @@ class Reply:
         no thread for any parked stream's heartbeat, final frame or departure check);
         without, it waits here. Raises ClientGone."""
         try:
-            for item in self._wait(None, heartbeat=None, parks=self._parking):
+            for item in self._wait(None, heartbeat=None, parks=self._parking, chunks=False):
                 if isinstance(item, Park):
                     yield item
                     continue
@@ -375,14 +375,20 @@ class Reply:
     # -- internals ---------------------------------------------------------
 
     def _wait(
-        self, first: Item | None, heartbeat: float | None, parks: bool, since: float | None = None
+        self,
+        first: Item | None,
+        heartbeat: float | None,
+        parks: bool,
+        since: float | None = None,
+        chunks: bool = True,
     ) -> Generator[Item | Park | None, None, None]:
         """Items as they come; None when a heartbeat is due (`since` the last thing sent,
         or this time.monotonic()). Raises ClientGone.
 
         With `parks`, a wait is a `Park` yielded instead (the thread goes back
         to the server meanwhile); the checks after it are the same, and an
-        early wake-up only means another look.
+        early wake-up only means another look. With `chunks` False a park is not
+        ended by a chunk (`Outbox.park`): they are taken with what ends it.
         What the loop wrote and the socket did not take is sent here, when UNSENT says so.
         """
         if first is not None:
@@ -405,7 +411,8 @@ class Reply:
             if parks:
                 item = self._items.take()
                 if item is None and wait > 0:
-                    yield Park(wait, self._items.park)
+                    watch = self._items.park if chunks else self._park_past_chunks
+                    yield Park(wait, watch)
                     item = self._items.take()
             else:
                 try:
@@ -433,6 +440,9 @@ class Reply:
             elif heartbeat is not None and now - self._last_sent >= heartbeat - EARLY_SECONDS:
                 self._last_sent = now
                 yield None
+
+    def _park_past_chunks(self, wake: Callable[[], None]) -> bool:
+        return self._items.park(wake, chunks=False)
 
     def _head_out(self) -> bool:
         """Whether the response's head is out: written here, or by the loop with its first

@@ -246,6 +246,31 @@ def test_written_chunks_do_not_wake_a_parked_reader() -> None:
     assert outbox.take() is None
 
 
+def test_a_reader_parked_past_chunks_wakes_for_the_rest_or_for_room() -> None:
+    """A JSON reply writes nothing before its end: woken for each chunk, it cost a
+    thread's wake-up a chunk. Chunks wait; an outcome wakes it, and so does a chain that
+    has no room left (else it would wait for a reader that waits for it)."""
+    outbox = Outbox(limit_chars=10)
+    wake = Wakes()
+    assert outbox.park(wake, chunks=False)
+    on_loop(outbox, [Chunk("a")], [Chunk("b")])
+    assert wake.calls == 0
+    on_loop(outbox, [ChainSucceeded()])
+    assert wake.calls == 1
+    assert [outbox.take() for _ in range(4)] == [Chunk("a"), Chunk("b"), ChainSucceeded(), None]
+    full = Wakes()
+    assert outbox.park(full, chunks=False)
+
+    async def filled() -> None:
+        outbox.put(Chunk("0123456789"))
+        room = outbox.room()
+        assert room is not None and full.calls == 1
+        assert outbox.take() == Chunk("0123456789")
+        await asyncio.wait_for(room, timeout=5)  # taken: room again
+
+    asyncio.run(filled())
+
+
 def test_there_is_no_parking_while_something_waits() -> None:
     outbox = Outbox()
     outbox.put(ChainSucceeded())
