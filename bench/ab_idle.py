@@ -67,8 +67,9 @@ def _source(version: str, scratch: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def _service(source: Path, env: dict[str, str]) -> Iterator[str]:
-    """The service run from `source` on the service's core; its URL."""
+def _service(source: Path, env: dict[str, str]) -> Iterator[tuple[str, int]]:
+    """The service run from `source` on the service's core; its URL and its gunicorn
+    worker's pid."""
     port = free_port()
     os.sched_setaffinity(0, {harness.SERVICE_CORE})
     process = subprocess.Popen(
@@ -91,7 +92,7 @@ def _service(source: Path, env: dict[str, str]) -> Iterator[str]:
         worker = harness._worker_pid(process.pid)
         harness._pin_all(process.pid, harness.SERVICE_CORE)
         harness._pin_all(worker, harness.SERVICE_CORE)
-        yield url
+        yield url, worker
     finally:
         stop_process(process)
 
@@ -147,8 +148,8 @@ def main() -> int:
             tempfile.TemporaryDirectory(prefix="ab-idle-") as scratch,
             _source(args.a, Path(scratch)) as source_a,
             _source(args.b, Path(scratch)) as source_b,
-            _service(source_a, env) as url_a,
-            _service(source_b, env) as url_b,
+            _service(source_a, env) as (url_a, _),
+            _service(source_b, env) as (url_b, _),
         ):
             added_a, added_b = asyncio.run(
                 _rounds(env["ANTHROPIC_BASE_URL"], url_a, url_b, args.rounds)

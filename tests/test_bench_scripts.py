@@ -28,6 +28,7 @@ RUNS = {
     "request_steps": (["--streams", "2"], r"includes the upstream's own answer"),
     "stream_latency": (["--levels", "1"], r"^\s+1 \|\s+[\d.]+"),
     "stream_cpu": (["--levels", "1", "--rounds", "2"], r"^\s+1\s+2 \|.*\|\s+0 \|"),
+    "json_cpu": ([".", ".", "--replies", "2", "--rounds", "1"], r"^\s+A \.\s+median\s+[\d.]+"),
 }
 
 
