@@ -239,7 +239,8 @@ def _answer(
     read_history = bool(
         store and assistant_request.read_from_history and not assistant_request.chat_history
     )
-    if store and read_history:
+    client_gone = _client_gone_probe(request.environ)
+    if store and read_history and not client_gone():  # gone while queued: no read for nobody
         # The whole save wait, even past a stream's status window (which counts from the
         # request, reply.py: the stream opens at once after a slow read): a reply without
         # its history would answer out of context.
@@ -250,7 +251,6 @@ def _answer(
     # A client that left before its reply begins (while its history was read, the whole
     # save wait with a hanging database; or while its request waited for a thread) gets
     # no provider call made for nobody. Its question is kept, as when it leaves mid-reply.
-    client_gone = _client_gone_probe(request.environ)
     if client_gone():
         log.info("request.client_gone", during="history" if read_history else "start")
         if (

@@ -285,7 +285,14 @@ def test_a_user_message_holds_what_a_user_message_has(
 
 @pytest.mark.parametrize(
     ("trace_id", "thread_id"),
-    [("x" * 129, "t-1"), ("a b", "t-1"), (f"trace-{ALICE}", "t.1"), (f"trace-{ALICE}", "t" * 129)],
+    [
+        ("x" * 129, "t-1"),
+        ("a b", "t-1"),
+        (f"trace-{ALICE}", "t.1"),
+        (f"trace-{ALICE}", "t" * 129),
+        (f"trace-{ALICE}", "__t__"),  # Firestore's reserved form, which requests may not use
+        (f"trace-{ALICE}", "__"),
+    ],
 )
 def test_a_user_messages_ids_are_those_the_service_takes(
     rest: Rest, trace_id: str, thread_id: str

@@ -1183,6 +1183,35 @@ def test_a_client_that_left_gives_its_thread_back_before_its_question_is_written
     assert ("persist.late_failed", "user") in lines[failed:]  # tried again late, still away
 
 
+def test_a_client_that_left_while_queued_reads_no_history(
+    fake: FakeUpstream, firestore, paused_database: _PausableProxy, tmp_path
+) -> None:
+    """THREADS=1, a hanging database: one request's history read holds the thread; a
+    second's client leaves while it waits for it. The second reads no history for nobody
+    (it held the thread a whole save wait more, then found its client gone)."""
+    fake.push(Script(tokens=["first"]))
+    reading = {"read_from_history": True, "emissaryConfig": {"currentUser": USER}}
+    env = {"THREADS": "1", "PERSIST_TIMEOUT_SECONDS": "2"}
+    log = tmp_path / "service.log"
+    with (
+        log.open("wb") as output,
+        running_service(env, output=output) as service,
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+    ):
+        url = f"{service.url}/vac/assistant/test-assistant"
+        first = pool.submit(httpx.post, url, json={"user_input": "hi", **reading}, timeout=20)
+        time.sleep(0.5)  # its history read holds the only thread
+        gone = open_raw(service.url, "/vac/assistant/test-assistant/sse",
+                        json.dumps({"user_input": "bye", **reading}).encode())  # fmt: skip
+        time.sleep(0.2)
+        gone.close()
+        assert first.result().status_code == 200
+        time.sleep(1)  # the second is taken, and found gone
+    messages = [line["message"] for line in log_lines(log.read_text())]
+    assert messages.count("request.client_gone") == 1
+    assert messages.count("history.timeout") == 1  # the first request's alone
+
+
 def test_history_unavailable_still_answers(client, fake, firestore, capsys) -> None:
     os.environ["FIRESTORE_EMULATOR_HOST"] = _closed_port()
     os.environ["PERSIST_TIMEOUT_SECONDS"] = "1"
