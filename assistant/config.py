@@ -12,9 +12,12 @@ read here.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import math
 import os
 import re
+import socket
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -173,21 +176,52 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 def _origin(name: str) -> str:
     """An origin as a browser sends it: its scheme and host in lower case, no default
-    port, no slash at the end (one copied from an address bar has one). Compared as
-    text, `https://App.example.com:443` matched no browser's origin, silently."""
+    port, no slash at the end (one copied from an address bar has one), a host of other
+    letters than ASCII's in its IDNA form, an IP address in its shortest. Compared as
+    text, `https://App.example.com:443` matched no browser's origin, silently. One with
+    a user or password is kept as written (matching nothing): read, `https://a@b` would
+    have allowed `https://b`."""
     name = name.rstrip("/") or name
     try:
         parts = urllib.parse.urlsplit(name)
         port = parts.port
     except ValueError:  # a port that is no number: as written, matching nothing
         return name
-    if not parts.scheme or not parts.hostname or parts.path or parts.query or parts.fragment:
+    if (
+        not parts.scheme
+        or not parts.hostname
+        or "@" in parts.netloc
+        or parts.path
+        or parts.query
+        or parts.fragment
+    ):
         return name
     scheme = parts.scheme.lower()
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    host = _host(parts.hostname)
     if port is None or port == _DEFAULT_PORTS.get(scheme):
         return f"{scheme}://{host}"
     return f"{scheme}://{host}:{port}"
+
+
+def _host(hostname: str) -> str:
+    """`hostname` (lower case already) as a browser writes it in an origin."""
+    try:
+        address = ipaddress.ip_address(hostname)
+    except ValueError:
+        pass
+    else:
+        return f"[{address.compressed}]" if address.version == 6 else address.compressed
+    if _IPV4_LIKE.fullmatch(hostname):
+        with contextlib.suppress(OSError):  # 127.000.000.001, 0x7f.1: a browser's 127.0.0.1
+            return socket.inet_ntoa(socket.inet_aton(hostname))
+    if not hostname.isascii():
+        with contextlib.suppress(UnicodeError):
+            return hostname.encode("idna").decode("ascii")
+    return hostname
+
+
+# A host a browser reads as an IPv4 address: numbers (decimal, octal, hex) and dots.
+_IPV4_LIKE = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)(?:\.(?:0x[0-9a-f]*|[0-9]+)){0,3}")
 
 
 def project_id(env: Mapping[str, str] | None = None) -> str:

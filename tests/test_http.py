@@ -31,15 +31,34 @@ def test_health_is_ok_with_version_and_no_io(client) -> None:
 
 
 @pytest.mark.parametrize(
-    "written",
-    ["https://Chat.Example.com", "https://chat.example.com:443/", "HTTPS://chat.example.com"],
+    ("written", "origin"),
+    [
+        ("https://Chat.Example.com", "https://chat.example.com"),
+        ("https://chat.example.com:443/", "https://chat.example.com"),
+        ("HTTPS://chat.example.com", "https://chat.example.com"),
+        ("https://Bücher.example", "https://xn--bcher-kva.example"),
+        ("http://[0:0:0:0:0:0:0:1]:8080", "http://[::1]:8080"),
+        ("http://0x7f.1:5173", "http://127.0.0.1:5173"),
+    ],
 )
-def test_an_allowed_origin_is_read_as_a_browser_writes_one(client, written: str) -> None:
-    """A browser's Origin has its scheme and host in lower case and no default port: an
-    entry written otherwise matched none, and turned the frontend away silently."""
+def test_an_allowed_origin_is_read_as_a_browser_writes_one(
+    client, written: str, origin: str
+) -> None:
+    """A browser's Origin has its scheme and host in lower case, no default port, a host
+    in its IDNA form or an address in its shortest: an entry written otherwise matched
+    none, and turned the frontend away silently."""
     os.environ["CORS_ORIGINS"] = f"https://other.example, {written}"
-    response = client.get("/health", headers={"Origin": "https://chat.example.com"})
-    assert response.headers["Access-Control-Allow-Origin"] == "https://chat.example.com"
+    response = client.get("/health", headers={"Origin": origin})
+    assert response.headers["Access-Control-Allow-Origin"] == origin
+
+
+def test_an_allowed_origin_with_a_user_is_no_other_host(client) -> None:
+    """`https://app.example.com@evil.example` names the host evil.example: read as a URL,
+    it would have allowed that origin, with credentials."""
+    os.environ["CORS_ORIGINS"] = "https://app.example.com@evil.example"
+    for origin in ("https://evil.example", "https://app.example.com"):
+        response = client.get("/health", headers={"Origin": origin})
+        assert "Access-Control-Allow-Origin" not in response.headers
 
 
 def test_health_answers_a_preflight(client) -> None:
