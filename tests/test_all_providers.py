@@ -316,28 +316,33 @@ def test_an_error_body_echoing_the_declarations_is_logged_without_their_texts(
     upstream: FakeUpstream, case: ProviderCase
 ) -> None:
     """A gateway that refuses a tool quotes its declaration: the tool's description and
-    the texts in the schemas (a description may hold what the prompt does) stay out of
-    the log as the prompt does."""
+    the words in the schemas (a description may hold what the prompt does) stay out of
+    the log as the prompt does; what they are built of (a format, a $ref) is what such
+    a refusal names, and stays."""
     tool = ToolSpec(
         "lookup_salary",
         "Look up the salary of employee Jane Doe",
         {
             "type": "object",
-            "properties": {"ssn": {"type": "string", "description": "SSN 123-45-6789"}},
+            "properties": {
+                "ssn": {"type": "string", "description": "SSN 123-45-6789"},
+                "when": {"type": "string", "format": "date-time"},
+            },
         },
     )
-    schema = {"type": "object", "description": "Patient record for John Smith"}
+    schema = {"type": "object", "description": "Patient record for John Smith",
+              "properties": {"kind": {"enum": ["confidential"]}}}  # fmt: skip
     prompt = Prompt(None, (Turn("user", "Hi there"),), tools=(tool,), response_schema=schema)
     echo = {
-        "error": "invalid tool definition",
+        "error": "invalid tool definition: 'format' value 'date-time' is not supported",
         "tools": [dataclasses.asdict(tool)],
         "format": schema,
     }
     upstream.push(Script(fail="400", error_body=echo))
     _, error = case.events(upstream.url, prompt)
     assert error is not None and error.status == 400
-    assert "invalid tool definition" in error.detail  # the rest is kept
-    for said in ("Jane Doe", "123-45-6789", "John Smith"):
+    assert "'format' value 'date-time' is not supported" in error.detail  # the rest is kept
+    for said in ("Jane Doe", "123-45-6789", "John Smith", "confidential"):
         assert said not in error.detail
 
 

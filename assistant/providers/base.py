@@ -664,9 +664,9 @@ def _prompt_texts(prompt: Prompt) -> list[str]:
     texts in them, and each call's whole (short values, numbers) as JSON and as Python
     writes it, when it is small enough to be seen whole (an echo may quote any); the
     first _MOST_ARGUMENT_VALUES values in all. Then the frontend's declarations: each
-    tool's description and the texts in its parameters' schema and the response schema
-    (descriptions, enum values: a gateway refusing a tool quotes it, and a description may
-    hold what the prompt does), as many more. The newest turn first: the question's echo
+    tool's description and the words in its parameters' schema and the response schema
+    (`_schema_texts`: a gateway refusing a tool quotes it, and a description may hold
+    what the prompt does), among as many more. The newest turn first: the question's echo
     is the likeliest."""
     texts = [*(turn.content for turn in reversed(prompt.turns)), prompt.system or ""]
     budget = _MOST_ARGUMENT_VALUES
@@ -680,14 +680,39 @@ def _prompt_texts(prompt: Prompt) -> list[str]:
             break
     texts += (tool.description for tool in prompt.tools)
     schemas = [*(tool.parameters for tool in prompt.tools), prompt.response_schema]
-    budget = _MOST_ARGUMENT_VALUES
-    for schema in schemas:
-        values = _values_in(schema, budget)
-        budget -= len(values)
-        texts += (value for value in values if isinstance(value, str))
-        if budget <= 0:
-            break
+    texts += _schema_texts(schemas, _MOST_ARGUMENT_VALUES)
     return [text for text in texts if len(text) >= _ECHO_MIN_CHARS]
+
+
+# Where a schema holds the frontend's own words: its descriptions and titles, and values.
+_DESCRIBING = frozenset({"description", "title"})
+_VALUES = frozenset({"enum", "const", "default", "examples"})
+
+
+def _schema_texts(schemas: list[Any], most: int) -> list[str]:
+    """The texts of `schemas` that are words, not structure: descriptions, titles and
+    the strings among values (`enum`, `examples`...), among their first `most` values.
+    A `format`, `$ref`, `$schema` or `required` name is what a refusal names: scrubbed,
+    "'format' value 'date-time' is not supported" told nothing."""
+    texts: list[str] = []
+    stack = list(schemas)
+    seen = 0
+    while stack and seen < most:
+        node = stack.pop()
+        seen += 1
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, Mapping):
+            for key, value in node.items():
+                if key in _DESCRIBING and isinstance(value, str):
+                    texts.append(value)
+                elif key in _VALUES:
+                    values = _values_in(value, most - seen)
+                    seen += len(values)
+                    texts += (item for item in values if isinstance(item, str))
+                elif isinstance(value, Mapping | list):
+                    stack.append(value)
+    return texts
 
 
 def _whole_forms(args: Mapping[str, Any]) -> list[str]:
