@@ -17,8 +17,8 @@ from typing import Any
 from .chain import ChainReport
 from .request import AssistantRequest
 from .store import AssistantMessage, Author
-from .thinking import ThinkingSplitter, split_outside_json_strings
-from .tools import ToolCall, structured_output
+from .thinking import ThinkingSplitter
+from .tools import ToolCall, json_reading, structured_output
 
 
 @dataclass(frozen=True)
@@ -45,15 +45,13 @@ def with_structured_output(
 ) -> Output:
     """A finished reply's content parsed and checked against the response schema. A tag
     inside a string of the JSON (`answer()`, the whole reply, tells) is the JSON's text,
-    not thinking, where that reading gives JSON that matches."""
+    not thinking, wherever that reading is JSON (`json_reading`)."""
     if schema is None:
         return output
+    read = json_reading(answer())
+    if read is not None and read != (output.content, output.thinking):
+        output = dataclasses.replace(output, content=read[0], thinking=read[1])
     value, error = structured_output(output.content, schema)
-    if "<think" in (whole := answer()):
-        content, thinking = split_outside_json_strings(whole)
-        if content != output.content and (read := structured_output(content, schema))[1] is None:
-            output = dataclasses.replace(output, content=content, thinking=thinking)
-            value, error = read
     if output.calls and error is not None:  # its text, if any, is a preamble to the calls
         error = "the reply is a tool call: the JSON answer comes after the tool results"
     if report.schema_left_out is not None:

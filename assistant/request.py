@@ -37,6 +37,7 @@ from .tools import (
     ToolCall,
     ToolChoice,
     ToolSpec,
+    json_reading,
     tool_choice,
     tool_specs,
 )
@@ -374,8 +375,10 @@ def _turn(item: Any, label: str, call_names: Mapping[str, str]) -> Turn:
         raise RequestError(f"{label} needs a content (or text) string")
     if role == "assistant":
         # A frontend that sends back the final `answer` sends its thinking too: the model
-        # gets what a history read from the store gives, the visible text.
-        text = without_thinking(text)
+        # gets what a history read from the store gives, the visible text (a JSON answer's
+        # read as the store keeps it: a tag inside its strings is its text).
+        read = json_reading(text)
+        text = without_thinking(text) if read is None else read[0]
     return Turn(role, text, tool_calls=calls)
 
 

@@ -84,6 +84,13 @@ def split_outside_json_strings(text: str) -> tuple[str, str]:
     rest of the reply for thinking. An unpaired quote in prose makes the rest one string:
     the caller keeps this reading only where it gives the JSON it asked for."""
     splitter = ThinkingSplitter()
+    first_quote = text.find('"')
+    if first_quote == -1 or text.rfind("<think") < first_quote:
+        # Every tag before any string (native thinking leads a reply): the splitter's own
+        # reading, at its speed (a 4 MB reply of short strings took 3.6 s string by string).
+        splitter.feed(text)
+        splitter.finish()
+        return splitter.content, splitter.thinking
     at, end = 0, len(text)
     while at < end:
         close = splitter.awaited_close_tag

@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from .errors import RequestError
 from .schemas import check_schema, problem
+from .thinking import split_outside_json_strings
 
 TOOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
 TOOL_NAME_RULE = "1-64 characters of A-Z a-z 0-9 _ -, the first a letter or _"
@@ -298,6 +299,21 @@ def structured_output(text: str, schema: Mapping[str, Any]) -> tuple[Any, str | 
     if (why := problem(value, schema)) is not None:
         return None, why
     return value, None
+
+
+def json_reading(answer: str) -> tuple[str, str] | None:
+    """(content, thinking) of a whole reply, thinking tags and all, read as JSON: a tag
+    inside one of its strings is its text (`split_outside_json_strings`). None when that
+    content is no JSON (a fence allowed): prose is read as ever, a tag in quotes there
+    being thinking."""
+    if "<think" not in answer:
+        return None
+    content, thinking = split_outside_json_strings(answer)
+    try:
+        model_json(without_fence(content.strip()))
+    except (ValueError, RecursionError):
+        return None
+    return content, thinking
 
 
 def without_fence(text: str) -> str:

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from assistant import schemas
+from assistant import record, schemas
+from assistant.chain import ChainReport
 from assistant.config import Timeouts
 from assistant.errors import RequestError
 from assistant.providers.base import Message, Prompt, ToolResult, conversation
@@ -212,6 +213,38 @@ def test_tool_turns_are_read_with_their_calls_and_results() -> None:
         Turn("tool", "4 °C", tool_call_id="c1", tool_name="weather"),
         # No name: the call's; a JSON result goes on as JSON text.
         Turn("tool", '{"temp": 4}', tool_call_id="c1", tool_name="weather"),
+    )
+
+
+def test_a_json_answer_sent_back_is_read_as_the_store_keeps_it() -> None:
+    """A structured answer sent back in chat_history gives the model the turn a history
+    read gives: a tag inside its strings is its text (it was cut at the tag), a thinking
+    block before it left out; prose is read as ever."""
+    turns = _history(
+        {"role": "user", "content": "Note?"},
+        {
+            "role": "assistant",
+            "content": '<thinking>plan</thinking>{"note": "Wrap it in <think> tags"}',
+        },
+        {"role": "user", "content": "And?"},
+        {"role": "assistant", "content": 'Say "<think>x</think>" please'},
+    )
+    assert turns[1] == Turn("assistant", '{"note": "Wrap it in <think> tags"}')
+    assert turns[3] == Turn("assistant", 'Say "" please')
+
+
+def test_a_json_answer_with_a_tag_that_misses_the_schema_says_why() -> None:
+    """Read as JSON, it is checked as JSON: the error names what the schema misses (it
+    said the reply was no JSON, and the saved text was cut at the tag)."""
+    schema = {"type": "object", "required": ["note", "n"]}
+    answer = '{"note": "Wrap it in <think> tags"}'
+    output = record.Output(content='{"note": "Wrap it in', thinking='tags"}')
+    report = ChainReport()
+    checked = record.with_structured_output(output, schema, report, lambda: answer)
+    assert checked.content == answer and checked.thinking == ""
+    assert (
+        checked.structured_error is not None
+        and "'n' is a required property" in checked.structured_error
     )
 
 
