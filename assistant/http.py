@@ -362,9 +362,9 @@ def _answer_instead(
     nothing is evictable)."""
     try:
         status, payload = yield from reply.json_answer()
-    except ClientGone:
-        return  # nobody to answer; what arrived was saved
-    answer = _reply_json(status, payload, trace_id)
+        answer = _reply_json(status, payload, trace_id)
+    except ClientGone:  # what arrived was saved; a client that only half-closed reads this
+        answer = _error(499, "client_gone", MESSAGES["client_gone"], trace_id)
     for name, value in headers.items():
         if name not in answer.headers:
             answer.headers[name] = value

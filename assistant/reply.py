@@ -26,6 +26,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
+import math
 import queue
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -340,25 +341,47 @@ class Reply:
         With `parking` each wait is a `Park` yielded (the thread goes back meanwhile, as a
         stream's does: a JSON reply held its thread to its end, and `THREADS` of them left
         no thread for any parked stream's heartbeat, final frame or departure check);
-        without, it waits here. Raises ClientGone."""
+        without, it waits here; its final save's wait too. Raises ClientGone."""
         try:
             for item in self._wait(None, heartbeat=None, parks=self._parking, chunks=False):
                 if isinstance(item, Park):
                     yield item
                     continue
                 if isinstance(item, ChainSucceeded):
-                    return 200, self._conclude(item)
+                    return 200, (yield from self._concluded(item))
                 if isinstance(item, ChainFailed | ChainCrashed):
-                    return failure_status(item), self._error_body(self._conclude(item))
+                    final = yield from self._concluded(item)
+                    return failure_status(item), self._error_body(final)
                 self._keep(item)
         except ClientGone:
             self._abandon()
+            raise
+        except GeneratorExit:  # closed while parked (the worker stopping): what arrived is saved
+            if not self._done:
+                self._abandon()
             raise
         except Exception as exc:  # our own bug: ended as a stream's is, what arrived saved
             return 500, self._error_body(self._crash_ending(exc))
         finally:
             self._let_go()
         raise AssertionError("the chain always ends with a terminal item")
+
+    def _concluded(self, item: Outcome) -> Generator[Park, None, dict[str, Any]]:
+        """`_conclude()`, its waits for the store parked with `parking` (a JSON reply
+        waiting for a hanging database held its thread PERSIST_TIMEOUT_SECONDS)."""
+        if not self._parking:
+            return self._conclude(item)
+        steps = self._concluding(item, beat=math.inf)
+        while True:
+            try:
+                pending = next(steps)
+            except StopIteration as end:
+                return cast("dict[str, Any]", end.value)
+            try:
+                yield until_done(pending.write, pending.seconds)
+            except GeneratorExit:  # closed meanwhile (the worker stops): the save goes on
+                drive(steps)
+                raise
 
     def _error_body(self, final: dict[str, Any]) -> dict[str, Any]:
         body = {
@@ -426,6 +449,8 @@ class Reply:
             if now - last_check >= CLIENT_POLL_SECONDS - EARLY_SECONDS:
                 last_check = now
                 if self._client_gone():
+                    if item is not None:  # taken: saved with what still waits (`_abandon`)
+                        self._keep(item)
                     raise ClientGone()
             if isinstance(item, WriteFailed):
                 raise ClientGone()

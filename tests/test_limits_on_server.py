@@ -150,6 +150,30 @@ def test_json_replies_hold_no_thread_while_they_wait_either(fake: FakeUpstream) 
     assert set(events[: events.index('data: {"chunk":"streamed"}')]) == {": ping"}
 
 
+def test_a_json_caller_that_half_closes_while_it_waits_reads_a_499(fake: FakeUpstream) -> None:
+    """Taken for gone (README "Choices"), a JSON caller that only half-closed reads what
+    a stream's would: a 499 in JSON (a parked JSON reply answered 200 with an empty
+    text/html body)."""
+    fake.push(Script(tokens=["late"], ttft=3))
+    with running_service({}) as service:
+        host, port = service.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as sock:
+            body = b'{"user_input": "hi"}'
+            sock.sendall(b"POST /vac/assistant/live HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(body), body))  # fmt: skip
+            time.sleep(1.2)
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(10)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 499 ")
+    assert b"Content-Type: application/json" in head
+    assert json.loads(payload)["code"] == "client_gone"
+
+
 def test_a_failure_while_the_status_waits_is_a_real_502_on_the_wire(fake: FakeUpstream) -> None:
     """The status of a parked reply is decided when its chain fails: a JSON 502 with
     the CORS headers and none of a stream's, whole (Content-Length); the user's place

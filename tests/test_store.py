@@ -1445,7 +1445,7 @@ def test_streams_end_early_enough_for_a_whole_save_before_they_are_abandoned() -
         assert ends_at + persist_timeout + 1 <= STOP_SAVE_SECONDS or ends_at == 0
 
 
-def _parked_reply_saving(trace_id: str) -> Reply:
+def _parked_reply_saving(trace_id: str, streaming: bool = True) -> Reply:
     """A started reply that saves to the store the environment names, in-process, and parks
     where it would wait (the worker's part is the test's)."""
     settings = Settings.from_env()
@@ -1457,11 +1457,54 @@ def _parked_reply_saving(trace_id: str) -> Reply:
         store=FirestoreStore(settings.collection, settings.persist_timeout_seconds),
         author=Author("ada@example.com", "ada@example.com", "Ada"),
         log=RequestLog(trace_id),
-        streaming=True,
+        streaming=streaming,
         parking=True,
     )
     reply.start()
     return reply
+
+
+def _resumed(park: Park) -> None:
+    """As the worker does: back when the park ends."""
+    resumed = threading.Event()
+    park.arm(resumed.set)
+    assert resumed.wait(10)
+
+
+def test_a_json_reply_parks_on_its_save_and_keeps_its_text_when_ended_while_parked(
+    fake: FakeUpstream, firestore, paused_database: _PausableProxy
+) -> None:
+    """A JSON reply's final save waits parked, as a stream's does (it held its thread
+    PERSIST_TIMEOUT_SECONDS with a hanging database); and one the worker ends while it
+    waits for its text (a stop) saves what came (its generator's end dropped the text
+    before the reply was abandoned: nothing was saved)."""
+    os.environ["PERSIST_TIMEOUT_SECONDS"] = "3"
+    fake.push(Script(tokens=["w0 ", "w1 ", "w2"]))
+    paused_database.resume()
+    saving = _parked_reply_saving("t-json-parked-save", streaming=False)
+    paused_database.pause()  # the user message's write hangs: the reply's save waits for it
+    answer = saving.json_answer()
+    parks_while_saving = 0
+    try:
+        while True:
+            park = next(answer)
+            parks_while_saving += saving._done
+            if parks_while_saving == 1:
+                paused_database.resume()
+            _resumed(park)
+    except StopIteration as end:
+        status, payload = end.value
+    assert status == 200 and payload["answer"] == "w0 w1 w2" and parks_while_saving >= 1
+    fake.push(Script(tokens=["v0 ", "v1 ", "never"], fail_after=2, fail_mode="hang"))
+    ended = _parked_reply_saving("t-json-parked-end", streaming=False)
+    waiting = ended.json_answer()
+    _resumed(next(waiting))  # its text comes while it is parked
+    _resumed(next(waiting))
+    waiting.close()  # what the worker's end of a parked reply does
+    ended.close()
+    saved = _messages(firestore)
+    assert saved["t-json-parked-end-assistant"]["content"] == "v0 v1"
+    assert saved["t-json-parked-end-assistant"]["status"] == "incomplete"
 
 
 def test_a_reply_ended_while_parked_on_its_save_still_saves(
