@@ -23,7 +23,6 @@ import datetime
 import os
 import re
 import threading
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -320,9 +319,8 @@ class FirestoreStore:
         if thread_id is not None:
             query = query.where(filter=FieldFilter("threadId", "==", thread_id))
         # Two more: the trace id's own messages (a retry's, or a question the frontend
-        # saved itself) are left out after the query, and must not shorten the history;
-        # and one past the window, to see whether it cuts an exchange in two.
-        query = query.order_by("createdAt", direction=Query.DESCENDING).limit(limit + 3)
+        # saved itself) are left out after the query, and must not shorten the history.
+        query = query.order_by("createdAt", direction=Query.DESCENDING).limit(limit + 2)
         query = query.select(["role", "content", "traceId"])
         newest_first: list[tuple[Turn, Any]] = []  # with each one's trace id
         chars = 0
@@ -333,23 +331,37 @@ class FirestoreStore:
             text = _text(data.get("content"))
             chars += len(text)
             if chars > MAX_HISTORY_CHARS or len(newest_first) == limit:
-                # The rest is older. A question dated after its reply (one the frontend
-                # saved itself, landing late) whose reply is the first left out goes too:
-                # kept, it was merged with the next question, or with the one asked now.
-                newest_first = [kept for kept in newest_first if not _reply_to(data, *kept)]
-                break
+                break  # the rest is older
             newest_first.append((Turn(data["role"], text), data.get("traceId")))
-        return _questions_before_their_replies(newest_first[::-1])
+        oldest_first = self._whole_exchanges(assistant_id, user_id, newest_first[::-1])
+        return _questions_before_their_replies(oldest_first)
 
-
-def _reply_to(data: Mapping[str, Any], turn: Turn, trace: Any) -> bool:
-    """Whether the message `data` is the reply to the question `turn` of trace id `trace`."""
-    return (
-        trace is not None
-        and turn.role == "user"
-        and data.get("role") == "assistant"
-        and data.get("traceId") == trace
-    )
+    def _whole_exchanges(
+        self, assistant_id: str, user_id: str, turns: list[tuple[Turn, Any]]
+    ) -> list[tuple[Turn, Any]]:
+        """`turns` without the questions whose reply the store holds outside them. One
+        dated after its reply (a question the frontend saved itself, landing late) may be
+        in the window while its reply is not: kept alone, it was merged with the next
+        question, or with the one asked now. Their replies are looked up by id, in one
+        call, only when a question in the window has none there."""
+        replied = {trace for turn, trace in turns if turn.role == "assistant"}
+        alone = [
+            trace for turn, trace in turns if turn.role == "user" and trace and trace not in replied
+        ][:MOST_QUESTIONS_LOOKED_UP]
+        if not alone:
+            return turns
+        messages = self._messages(assistant_id)
+        references = [messages.document(f"{trace}-assistant") for trace in alone]
+        elsewhere = {
+            snapshot.id.removesuffix("-assistant")
+            for snapshot in _firestore_client().get_all(
+                references, field_paths=["userId"], **self._call_options()
+            )
+            if snapshot.exists and (snapshot.to_dict() or {}).get("userId") == user_id
+        }
+        return [
+            (turn, trace) for turn, trace in turns if turn.role != "user" or trace not in elsewhere
+        ]
 
 
 def _questions_before_their_replies(turns: list[tuple[Turn, Any]]) -> tuple[Turn, ...]:
@@ -374,6 +386,8 @@ def _questions_before_their_replies(turns: list[tuple[Turn, Any]]) -> tuple[Turn
     return tuple(ordered)
 
 
+# Questions without their reply in a history's window whose reply is looked up, at most.
+MOST_QUESTIONS_LOOKED_UP = 100
 # Text a history read gives the model at most, newest messages first: what a request's
 # body could carry in chat_history (MAX_BODY_BYTES' default).
 MAX_HISTORY_CHARS = 1_000_000

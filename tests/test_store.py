@@ -1061,22 +1061,25 @@ def test_a_question_whose_reply_is_past_the_history_window_is_left_out(
     assert _sent_messages(fake) == [*expected, ("user", "new question")]
 
 
+@pytest.mark.parametrize("limit", [3, 4])
 def test_a_late_question_whose_reply_is_past_the_window_goes_whatever_came_between(
-    client, fake, firestore
+    client, fake, firestore, limit: int
 ) -> None:
-    """The question landed after the next exchange: the first message past the window
-    is its reply, though not next to it."""
+    """The question landed after the next exchange: its reply is past the window, first
+    past it or not; a question with no reply in the store stays."""
     _seed(firestore, "t-assistant", "assistant", "answer t", USER["email"], 10)
     _seed(firestore, "u-user", "user", "question u", USER["email"], 11)
     _seed(firestore, "u-assistant", "assistant", "answer u", USER["email"], 12)
     _seed(firestore, "t-user", "user", "question t", USER["email"], 13)
-    body = {"read_from_history": True, "history_limit": 3, "emissaryConfig": {"currentUser": USER}}
+    _seed(firestore, "v-user", "user", "question v", USER["email"], 14)  # its reply never came
+    body = {
+        "read_from_history": True,
+        "history_limit": limit,
+        "emissaryConfig": {"currentUser": USER},
+    }
     ask(client, "new question", **body).get_data()
-    assert _sent_messages(fake) == [
-        ("user", "question u"),
-        ("assistant", "answer u"),
-        ("user", "new question"),
-    ]
+    exchange_u = [("user", "question u"), ("assistant", "answer u")] if limit == 4 else []
+    assert _sent_messages(fake) == [*exchange_u, ("user", "question v\n\nnew question")]
 
 
 def test_history_skips_the_retried_requests_own_messages(client, fake, history) -> None:
