@@ -48,8 +48,8 @@ def with_structured_output(
     not thinking, wherever that reading is JSON (`json_reading`)."""
     if schema is None:
         return output
-    read = json_reading(answer())
-    if read is not None and read != (output.content, output.thinking):
+    read = json_reading(answer(), plain=(output.content, output.thinking))
+    if read is not None:
         output = dataclasses.replace(output, content=read[0], thinking=read[1])
     value, error = structured_output(output.content, schema)
     if output.calls and error is not None:  # its text, if any, is a preamble to the calls

@@ -314,7 +314,7 @@ def _checked_id(body: Mapping[str, Any], name: str, valid: Any, charset: str) ->
     return value
 
 
-def _history(items: Any, max_messages: int) -> tuple[Turn, ...]:
+def _history(items: Any, max_messages: int, structured: bool) -> tuple[Turn, ...]:
     if items is None:
         return ()
     if not isinstance(items, list):
@@ -324,7 +324,7 @@ def _history(items: Any, max_messages: int) -> tuple[Turn, ...]:
     turns: list[Turn] = []
     call_names: dict[str, str] = {}
     for index, item in enumerate(items):
-        turn = _turn(item, f"chat_history[{index}]", call_names)
+        turn = _turn(item, f"chat_history[{index}]", call_names, structured)
         call_names.update((call.id, call.name) for call in turn.tool_calls)
         if not _shows_nothing(turn.content) or turn.tool_calls or turn.role == "tool":
             turns.append(turn)
@@ -356,7 +356,7 @@ def _first_given(item: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
     return next((item[key] for key in keys if item.get(key) is not None), None)
 
 
-def _turn(item: Any, label: str, call_names: Mapping[str, str]) -> Turn:
+def _turn(item: Any, label: str, call_names: Mapping[str, str], structured: bool) -> Turn:
     if not isinstance(item, dict):
         raise RequestError(f"{label} must be an object")
     who = _first_given(item, ("role", "name", "sender"))
@@ -375,9 +375,9 @@ def _turn(item: Any, label: str, call_names: Mapping[str, str]) -> Turn:
         raise RequestError(f"{label} needs a content (or text) string")
     if role == "assistant":
         # A frontend that sends back the final `answer` sends its thinking too: the model
-        # gets what a history read from the store gives, the visible text (a JSON answer's
-        # read as the store keeps it: a tag inside its strings is its text).
-        read = json_reading(text)
+        # gets what a history read from the store gives, the visible text (with a response
+        # schema, a JSON answer's read as the store keeps it: a tag in its strings is text).
+        read = json_reading(text) if structured else None
         text = without_thinking(text) if read is None else read[0]
     return Turn(role, text, tool_calls=calls)
 
@@ -503,7 +503,7 @@ def build_request(
     return AssistantRequest(
         assistant_id=assistant_id,
         user_input=user_input,
-        chat_history=_history(body.get("chat_history"), max_history_messages),
+        chat_history=_history(body.get("chat_history"), max_history_messages, schema is not None),
         save_to_history=bool(save),
         user_message_already_saved=bool(_optional(body, "user_message_already_saved", bool)),
         read_from_history=bool(_optional(body, "read_from_history", bool)),

@@ -41,6 +41,8 @@ Deliberate choices:
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "ThinkingSplitter",
     "ThinkingTagger",
@@ -81,51 +83,40 @@ def split_outside_json_strings(text: str) -> tuple[str, str]:
 
     For a reply that is JSON: a value that holds `<think>x</think>` lost it (the reply
     still matched its schema, with other data), one that holds `<think>` alone took the
-    rest of the reply for thinking. An unpaired quote in prose makes the rest one string:
-    the caller keeps this reading only where it gives the JSON it asked for."""
-    splitter = ThinkingSplitter()
-    first_quote = text.find('"')
-    if first_quote == -1 or text.rfind("<think") < first_quote:
-        # Every tag before any string (native thinking leads a reply): the splitter's own
-        # reading, at its speed (a 4 MB reply of short strings took 3.6 s string by string).
-        splitter.feed(text)
-        splitter.finish()
-        return splitter.content, splitter.thinking
-    at, end = 0, len(text)
-    while at < end:
-        close = splitter.awaited_close_tag
-        if close is not None:  # inside a block: quotes are thinking, up to its close tag
-            found = text.find(close, at)
-            upto = end if found == -1 else found + len(close)
-            splitter.feed(text[at:upto])
-            at = upto
+    rest of the reply for thinking. Whether a tag is inside a string is told by the
+    quotes before it, not by escaped ones (`\\"`), counted at C speed from tag to tag: a
+    walk string by string cost 0.55 s of a 1 MB request's chat_history. Outside strings
+    this reads backslashes as JSON does, where prose does not: an unpaired quote in
+    prose makes the rest one string; the caller keeps this reading only where it is JSON.
+    """
+    content: list[str] = []
+    blocks: list[str] = []
+    at, in_string = 0, False
+    while (tag := _OPEN_TAG.search(text, at)) is not None:
+        quotes = text.count('"', at, tag.start())
+        if quotes:
+            quotes -= len(_ESCAPED_QUOTE.findall(text, at, tag.start()))
+        in_string ^= quotes % 2 == 1
+        if in_string:  # the JSON's own text
+            content.append(text[at : tag.end()])
+            at = tag.end()
             continue
-        quote = text.find('"', at)
-        if quote == -1:
-            splitter.feed(text[at:])
+        content.append(text[at : tag.start()])
+        close = "</" + tag.group()[1:]
+        found = text.find(close, tag.end())
+        blocks.append(text[tag.end() :] if found == -1 else text[tag.end() : found])
+        if found == -1:
+            at = len(text)
             break
-        splitter.feed(text[at:quote])
-        if splitter.awaited_close_tag is None:  # else the quote is in the block it opened
-            after = _json_string_end(text, quote)
-            splitter.feed_literal(text[quote:after])
-            quote = after
-        at = quote
-    splitter.finish()
-    return splitter.content, splitter.thinking
+        at = found + len(close)
+    content.append(text[at:])
+    inside = (block.strip(_ASCII_WS) for block in blocks)
+    return "".join(content).strip(_ASCII_WS), "\n\n".join(block for block in inside if block)
 
 
-def _json_string_end(text: str, quote: int) -> int:
-    """Where the JSON string that opens at `quote` ends (past its closing quote), or the
-    end of `text` if it does not."""
-    at = quote + 1
-    while (found := text.find('"', at)) != -1:
-        before = found - 1
-        while before > quote and text[before] == "\\":
-            before -= 1
-        if (found - 1 - before) % 2 == 0:  # not escaped: an even run of backslashes
-            return found + 1
-        at = found + 1
-    return len(text)
+_OPEN_TAG = re.compile("|".join(re.escape(tag) for tag in sorted(_TAGS, key=len, reverse=True)))
+# A quote after an odd run of backslashes: escaped, inside a string.
+_ESCAPED_QUOTE = re.compile(r'(?<!\\)\\(?:\\\\)*"')
 
 
 def _join_compact(parts: list[str]) -> str:
@@ -207,14 +198,6 @@ class ThinkingSplitter:
                 else:
                     self._block.append(text[start:])
                 return
-
-    def feed_literal(self, text: str) -> None:
-        """`text` as content, whatever tags it holds; only outside a block. A partial tag
-        held back is no tag then: content too."""
-        if self._finished or self._close is not None:
-            raise RuntimeError("feed_literal() inside a block or after finish()")
-        self._content.append(self._pending + text)
-        self._pending = ""
 
     def finish(self) -> None:
         """End the stream: flush any partial tag and close an open block.

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import re
 
@@ -285,14 +286,28 @@ def test_tags_inside_json_strings_are_text(text: str, content: str, thinking: st
 
 
 @pytest.mark.parametrize("seed", range(10))
-def test_random_texts_outside_json_strings_match_the_reference(seed: int) -> None:
+def test_random_json_keeps_its_strings_whole_after_any_thinking(seed: int) -> None:
+    """JSON of any strings (tags, quotes, backslashes among them), after a thinking
+    block or not, reads back as itself; the block is the thinking."""
     rng = random.Random(seed)
     pieces = [*_PIECES, '"', "\\", '\\"', "{", "}"]
     for _ in range(200):
-        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 25)))
-        assert split_outside_json_strings(text) == reference_outside_json_strings(text), text
-        if '"' not in text:  # no string: as the splitter reads it
-            assert split_outside_json_strings(text) == split_thinking(text), text
+        strings = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 8))) for _ in range(3)]
+        answer = json.dumps({"a": strings[0], "b": strings[1:]}, ensure_ascii=rng.random() < 0.5)
+        thinking = rng.choice(["", 'plan "a', "x <think> y"])
+        text = f"<thinking>{thinking}</thinking>{answer}" if thinking else answer
+        content, thought = split_outside_json_strings(text)
+        assert json.loads(content) == {"a": strings[0], "b": strings[1:]}, text
+        assert thought == thinking.strip(), text
+        assert (content, thought) == reference_outside_json_strings(text), text
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_texts_without_strings_read_as_the_splitter_reads_them(seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(200):
+        text = "".join(rng.choice(_PIECES) for _ in range(rng.randint(0, 25)))
+        assert split_outside_json_strings(text) == split_thinking(text), text
 
 
 # --- chunking ------------------------------------------------------------------

@@ -218,9 +218,10 @@ def test_tool_turns_are_read_with_their_calls_and_results() -> None:
 
 def test_a_json_answer_sent_back_is_read_as_the_store_keeps_it() -> None:
     """A structured answer sent back in chat_history gives the model the turn a history
-    read gives: a tag inside its strings is its text (it was cut at the tag), a thinking
-    block before it left out; prose is read as ever."""
-    turns = _history(
+    read gives: with a response schema, a tag inside its strings is its text (it was cut
+    at the tag), a thinking block before it left out; prose, or a request without a
+    schema (whose replies the store keeps so), read as ever."""
+    items = [
         {"role": "user", "content": "Note?"},
         {
             "role": "assistant",
@@ -228,9 +229,12 @@ def test_a_json_answer_sent_back_is_read_as_the_store_keeps_it() -> None:
         },
         {"role": "user", "content": "And?"},
         {"role": "assistant", "content": 'Say "<think>x</think>" please'},
-    )
+    ]
+    body = {"user_input": "hi", "chat_history": items, "emissaryConfig": {"responseSchema": {}}}
+    turns = build_request("a", body, max_input_chars=1000, max_history_messages=100).chat_history
     assert turns[1] == Turn("assistant", '{"note": "Wrap it in <think> tags"}')
     assert turns[3] == Turn("assistant", 'Say "" please')
+    assert _history(*items)[1] == Turn("assistant", '{"note": "Wrap it in')
 
 
 def test_a_json_answer_with_a_tag_that_misses_the_schema_says_why() -> None:
