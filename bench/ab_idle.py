@@ -67,6 +67,26 @@ def _source(version: str, scratch: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def _fake(chunks: int) -> Iterator[str]:
+    """bench/stream_cpu.py's fake in its own process (first token after 50 ms, then one
+    every 20 ms), on the client's core; its URL."""
+    os.sched_setaffinity(0, {harness.CLIENT_CORE})
+    fake = subprocess.Popen(
+        [sys.executable, "-c", harness.FAKE.format(root=str(harness.ROOT), chunks=chunks,
+                                                   ttft=0.05, interval=0.02)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=harness.ROOT,
+    )  # fmt: skip
+    try:
+        assert fake.stdout is not None
+        yield fake.stdout.readline().decode().strip()
+    finally:
+        if fake.stdin is not None:
+            with contextlib.suppress(OSError):
+                fake.stdin.close()
+        stop_process(fake)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
 def _service(source: Path, env: dict[str, str]) -> Iterator[tuple[str, int]]:
     """The service run from `source` on the service's core; its URL and its gunicorn
     worker's pid."""
@@ -135,30 +155,15 @@ def main() -> int:
     parser.add_argument("b", help="a source folder, or a git revision")
     parser.add_argument("--rounds", type=int, default=300)
     args = parser.parse_args()
-    os.sched_setaffinity(0, {harness.CLIENT_CORE})
-    fake = subprocess.Popen(
-        [sys.executable, "-c", harness.FAKE.format(root=str(harness.ROOT), chunks=20,
-                                                   ttft=0.05, interval=0.02)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=harness.ROOT,
-    )  # fmt: skip
-    try:
-        assert fake.stdout is not None
-        env = {**ENV, "ANTHROPIC_BASE_URL": fake.stdout.readline().decode().strip()}
-        with (
-            tempfile.TemporaryDirectory(prefix="ab-idle-") as scratch,
-            _source(args.a, Path(scratch)) as source_a,
-            _source(args.b, Path(scratch)) as source_b,
-            _service(source_a, env) as (url_a, _),
-            _service(source_b, env) as (url_b, _),
-        ):
-            added_a, added_b = asyncio.run(
-                _rounds(env["ANTHROPIC_BASE_URL"], url_a, url_b, args.rounds)
-            )
-    finally:
-        if fake.stdin is not None:
-            with contextlib.suppress(OSError):
-                fake.stdin.close()
-        stop_process(fake)  # type: ignore[arg-type]
+    with (
+        _fake(chunks=20) as fake,
+        tempfile.TemporaryDirectory(prefix="ab-idle-") as scratch,
+        _source(args.a, Path(scratch)) as source_a,
+        _source(args.b, Path(scratch)) as source_b,
+        _service(source_a, {**ENV, "ANTHROPIC_BASE_URL": fake}) as (url_a, _),
+        _service(source_b, {**ENV, "ANTHROPIC_BASE_URL": fake}) as (url_b, _),
+    ):
+        added_a, added_b = asyncio.run(_rounds(fake, url_a, url_b, args.rounds))
 
     print(harness._machine())
     print(f"{len(added_a)} rounds of {args.rounds} with no error; added first chunk, ms:")

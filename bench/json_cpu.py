@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -28,9 +25,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 import stream_cpu as harness  # noqa: E402
-from ab_idle import ENV, _service, _source  # noqa: E402
-
-from devtools.service import stop_process  # noqa: E402
+from ab_idle import ENV, _fake, _service, _source  # noqa: E402
 
 CHUNKS = 50
 
@@ -58,17 +53,9 @@ def main() -> int:
     parser.add_argument("--replies", type=int, default=40, help="JSON replies at once")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    os.sched_setaffinity(0, {harness.CLIENT_CORE})
-    fake = subprocess.Popen(
-        [sys.executable, "-c", harness.FAKE.format(root=str(harness.ROOT), chunks=CHUNKS,
-                                                   ttft=0.05, interval=0.02)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=harness.ROOT,
-    )  # fmt: skip
     figures: dict[str, list[float]] = {args.a: [], args.b: []}
-    try:
-        assert fake.stdout is not None
-        env = {**ENV, "ANTHROPIC_BASE_URL": fake.stdout.readline().decode().strip(),
-               "MAX_STREAMS_PER_USER": str(args.replies)}  # fmt: skip
+    with _fake(chunks=CHUNKS) as fake:
+        env = {**ENV, "ANTHROPIC_BASE_URL": fake, "MAX_STREAMS_PER_USER": str(args.replies)}
         with (
             tempfile.TemporaryDirectory(prefix="json-cpu-") as scratch,
             _source(args.a, Path(scratch)) as source_a,
@@ -80,11 +67,6 @@ def main() -> int:
             for round_ in range(args.rounds):
                 for name, url, worker in versions[:: 1 if round_ % 2 == 0 else -1]:
                     figures[name].append(_cpu_ms_per_1000_chunks(url, worker, args.replies))
-    finally:
-        if fake.stdin is not None:
-            with contextlib.suppress(OSError):
-                fake.stdin.close()
-        stop_process(fake)  # type: ignore[arg-type]
 
     print(harness._machine())
     print(f"{args.replies} JSON replies at once, {CHUNKS} chunks each at 50 tokens/s, "

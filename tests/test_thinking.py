@@ -198,17 +198,24 @@ _OPEN_RE = re.compile(r"<think(?:ing)?>")
 _WS = " \t\n\r\x0b\x0c"
 
 
-def reference_split(text: str) -> tuple[str, str]:
-    """Straightforward whole-text reference for the rules."""
+def reference_split(text: str, json_strings: bool = False) -> tuple[str, str]:
+    """Straightforward whole-text reference for the rules; with `json_strings`, a JSON
+    string outside a block is kept whole as content (`split_outside_json_strings`)."""
     content: list[str] = []
     blocks: list[str] = []
     pos = 0
+    opening = _OPEN_OR_QUOTE_RE if json_strings else _OPEN_RE
     while True:
-        match = _OPEN_RE.search(text, pos)
+        match = opening.search(text, pos)
         if match is None:
             content.append(text[pos:])
             break
         content.append(text[pos : match.start()])
+        if match.group() == '"':
+            string = _JSON_STRING_RE.match(text, match.start())
+            pos = len(text) if string is None else string.end()
+            content.append(text[match.start() : pos])
+            continue
         close = "</" + match.group()[1:]
         end = text.find(close, match.end())
         inside = text[match.end() :] if end == -1 else text[match.end() : end]
@@ -217,6 +224,10 @@ def reference_split(text: str) -> tuple[str, str]:
             break
         pos = end + len(close)
     return "".join(content).strip(_WS), "\n\n".join(b for b in blocks if b)
+
+
+_OPEN_OR_QUOTE_RE = re.compile(r'<think(?:ing)?>|"')
+_JSON_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
 
 
 _PIECES = [
@@ -239,34 +250,6 @@ def test_random_texts_match_reference_and_any_chunking(seed: int) -> None:
 
 
 # --- JSON strings (a structured reply) --------------------------------------------
-
-_JSON_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
-
-
-def reference_outside_json_strings(text: str) -> tuple[str, str]:
-    """The rules, with a JSON string outside a block kept whole as content."""
-    content: list[str] = []
-    blocks: list[str] = []
-    pos = 0
-    while True:
-        match = re.compile(r'<think(?:ing)?>|"').search(text, pos)
-        if match is None:
-            content.append(text[pos:])
-            break
-        content.append(text[pos : match.start()])
-        if match.group() == '"':
-            string = _JSON_STRING_RE.match(text, match.start())
-            pos = len(text) if string is None else string.end()
-            content.append(text[match.start() : pos])
-            continue
-        close = "</" + match.group()[1:]
-        end = text.find(close, match.end())
-        inside = text[match.end() :] if end == -1 else text[match.end() : end]
-        blocks.append(inside.strip(_WS))
-        if end == -1:
-            break
-        pos = end + len(close)
-    return "".join(content).strip(_WS), "\n\n".join(b for b in blocks if b)
 
 
 @pytest.mark.parametrize(
@@ -299,7 +282,7 @@ def test_random_json_keeps_its_strings_whole_after_any_thinking(seed: int) -> No
         content, thought = split_outside_json_strings(text)
         assert json.loads(content) == {"a": strings[0], "b": strings[1:]}, text
         assert thought == thinking.strip(), text
-        assert (content, thought) == reference_outside_json_strings(text), text
+        assert (content, thought) == reference_split(text, json_strings=True), text
 
 
 @pytest.mark.parametrize("seed", range(5))
