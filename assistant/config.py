@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import httpx
+import idna
 
 PROVIDER_NAMES = ("anthropic", "openai", "gemini", "ollama")
 AUTH_MODES = ("firebase", "iam", "none")
@@ -215,8 +216,10 @@ def _host(hostname: str) -> str:
         with contextlib.suppress(OSError):  # 127.000.000.001, 0x7f.1: a browser's 127.0.0.1
             return socket.inet_ntoa(socket.inet_aton(hostname))
     if not hostname.isascii():
-        with contextlib.suppress(UnicodeError):
-            return hostname.encode("idna").decode("ascii")
+        # As the URL standard has browsers write it (UTS 46, nontransitional): Python's
+        # own codec is IDNA 2003's, which writes faß.de as fass.de, another domain.
+        with contextlib.suppress(idna.IDNAError, UnicodeError):
+            return idna.encode(hostname, uts46=True, transitional=False).decode("ascii")
     return hostname
 
 

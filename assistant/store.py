@@ -23,6 +23,7 @@ import datetime
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -315,6 +316,7 @@ class FirestoreStore:
         """
         from google.cloud.firestore import FieldFilter, Query
 
+        deadline = time.monotonic() + self._timeout  # the caller waits as long, for all of it
         query = self._messages(assistant_id).where(filter=FieldFilter("userId", "==", user_id))
         if thread_id is not None:
             query = query.where(filter=FieldFilter("threadId", "==", thread_id))
@@ -333,32 +335,41 @@ class FirestoreStore:
             if chars > MAX_HISTORY_CHARS or len(newest_first) == limit:
                 break  # the rest is older
             newest_first.append((Turn(data["role"], text), data.get("traceId")))
-        oldest_first = self._whole_exchanges(assistant_id, user_id, newest_first[::-1])
+        oldest_first = self._whole_exchanges(assistant_id, user_id, newest_first[::-1], deadline)
         return _questions_before_their_replies(oldest_first)
 
     def _whole_exchanges(
-        self, assistant_id: str, user_id: str, turns: list[tuple[Turn, Any]]
+        self, assistant_id: str, user_id: str, turns: list[tuple[Turn, Any]], deadline: float
     ) -> list[tuple[Turn, Any]]:
         """`turns` without the questions whose reply the store holds outside them. One
         dated after its reply (a question the frontend saved itself, landing late) may be
         in the window while its reply is not: kept alone, it was merged with the next
         question, or with the one asked now. Their replies are looked up by id, in one
-        call, only when a question in the window has none there."""
+        call, only when a question in the window has none there (a 502's question, say),
+        the newest first, in the time the read has left: a lookup that fails or has no
+        time left keeps `turns` as they are (their history is not lost for it)."""
+        from google.api_core.retry import Retry
+
         replied = {trace for turn, trace in turns if turn.role == "assistant"}
         alone = [
             trace for turn, trace in turns if turn.role == "user" and trace and trace not in replied
-        ][:MOST_QUESTIONS_LOOKED_UP]
-        if not alone:
+        ][-MOST_QUESTIONS_LOOKED_UP:]
+        left = deadline - time.monotonic() - LOOKUP_MARGIN_SECONDS
+        if not alone or left <= 0:
             return turns
         messages = self._messages(assistant_id)
         references = [messages.document(f"{trace}-assistant") for trace in alone]
-        elsewhere = {
-            snapshot.id.removesuffix("-assistant")
-            for snapshot in _firestore_client().get_all(
-                references, field_paths=["userId"], **self._call_options()
-            )
-            if snapshot.exists and (snapshot.to_dict() or {}).get("userId") == user_id
-        }
+        retry = Retry(initial=0.1, maximum=1.0, multiplier=2.0, timeout=left)
+        try:
+            elsewhere = {
+                snapshot.id.removesuffix("-assistant")
+                for snapshot in _firestore_client().get_all(
+                    references, field_paths=["userId"], retry=retry, timeout=left
+                )
+                if snapshot.exists and (snapshot.to_dict() or {}).get("userId") == user_id
+            }
+        except Exception:  # any store failure: the window as it was read
+            return turns
         return [
             (turn, trace) for turn, trace in turns if turn.role != "user" or trace not in elsewhere
         ]
@@ -386,8 +397,10 @@ def _questions_before_their_replies(turns: list[tuple[Turn, Any]]) -> tuple[Turn
     return tuple(ordered)
 
 
-# Questions without their reply in a history's window whose reply is looked up, at most.
+# Questions without their reply in a history's window whose reply is looked up, at most
+# (the newest), and the time the lookup leaves the read's caller, which waits as long.
 MOST_QUESTIONS_LOOKED_UP = 100
+LOOKUP_MARGIN_SECONDS = 0.1
 # Text a history read gives the model at most, newest messages first: what a request's
 # body could carry in chat_history (MAX_BODY_BYTES' default).
 MAX_HISTORY_CHARS = 1_000_000

@@ -37,6 +37,7 @@ def test_health_is_ok_with_version_and_no_io(client) -> None:
         ("https://chat.example.com:443/", "https://chat.example.com"),
         ("HTTPS://chat.example.com", "https://chat.example.com"),
         ("https://Bücher.example", "https://xn--bcher-kva.example"),
+        ("https://faß.de", "https://xn--fa-hia.de"),  # as UTS 46 writes it, not IDNA 2003's fass.de
         ("http://[0:0:0:0:0:0:0:1]:8080", "http://[::1]:8080"),
         ("http://0x7f.1:5173", "http://127.0.0.1:5173"),
     ],

@@ -1082,6 +1082,33 @@ def test_a_late_question_whose_reply_is_past_the_window_goes_whatever_came_betwe
     assert _sent_messages(fake) == [*exchange_u, ("user", "question v\n\nnew question")]
 
 
+def test_the_newest_questions_without_their_reply_are_looked_up_first(
+    client, fake, firestore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the lookup's bound, the newest questions are looked up: a late question is at
+    the new end of the window (the oldest were looked up, and it was kept)."""
+    monkeypatch.setattr(store, "MOST_QUESTIONS_LOOKED_UP", 1)
+    _seed(firestore, "t-assistant", "assistant", "answer t", USER["email"], 1)
+    _seed(firestore, "o-user", "user", "question o", USER["email"], 5)  # its reply never came
+    _seed(firestore, "t-user", "user", "question t", USER["email"], 13)
+    body = {"read_from_history": True, "history_limit": 2, "emissaryConfig": {"currentUser": USER}}
+    ask(client, "new question", **body).get_data()
+    assert _sent_messages(fake) == [("user", "question o\n\nnew question")]
+
+
+def test_a_history_read_with_no_time_left_for_the_lookup_keeps_its_window(
+    client, fake, firestore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lookup of a question's reply gets what is left of the read's time; with none
+    left, the window is kept as read (a slow database lost the whole history for it)."""
+    monkeypatch.setattr(store, "LOOKUP_MARGIN_SECONDS", 1000)
+    _seed(firestore, "t-assistant", "assistant", "answer t", USER["email"], 1)
+    _seed(firestore, "t-user", "user", "question t", USER["email"], 13)
+    body = {"read_from_history": True, "history_limit": 1, "emissaryConfig": {"currentUser": USER}}
+    ask(client, "new question", **body).get_data()
+    assert _sent_messages(fake) == [("user", "question t\n\nnew question")]
+
+
 def test_history_skips_the_retried_requests_own_messages(client, fake, history) -> None:
     body = {"read_from_history": True, "trace_id": "b", "emissaryConfig": {"currentUser": USER}}
     ask(client, "thread question", **body).get_data()
