@@ -25,7 +25,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import flask
 from werkzeug.datastructures import Headers
@@ -328,7 +328,7 @@ def _json_reply(reply: Reply, slot: Slot, sock: object, trace_id: str) -> flask.
     writes, and the answer goes out in place of the response begun (`worker.Instead`:
     its status and headers, then its body as frames). Elsewhere it waits here."""
     if not reply.parks:
-        status, payload = _without_parks(reply.json_answer())
+        status, payload = reply.json_answer()
         response = _reply_json(status, payload, trace_id)
         writes = _marking_writes(_one_frame(response.get_data()), slot, sock)
         response.response = ClosingIterator(cast("Iterator[bytes]", writes), slot.release)
@@ -341,18 +341,6 @@ def _json_reply(reply: Reply, slot: Slot, sock: object, trace_id: str) -> flask.
     return response
 
 
-T = TypeVar("T")
-
-
-def _without_parks(steps: Generator[Park, None, T]) -> T:
-    """The result of steps that never park (a reply without `parking`)."""
-    try:
-        next(steps)
-    except StopIteration as end:
-        return cast(T, end.value)
-    raise AssertionError("a reply without parking parked")
-
-
 def _answer_instead(
     reply: Reply, headers: Headers, trace_id: str
 ) -> Generator[bytes | Park | Instead, None, None]:
@@ -361,7 +349,7 @@ def _answer_instead(
     a frame whose write the slot is told of (a large answer to a client that takes
     nothing is evictable)."""
     try:
-        status, payload = yield from reply.json_answer()
+        status, payload = yield from reply.json_steps()
         answer = _reply_json(status, payload, trace_id)
     except ClientGone:  # what arrived was saved; a client that only half-closed reads this
         answer = _error(499, "client_gone", MESSAGES["client_gone"], trace_id)

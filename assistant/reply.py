@@ -335,13 +335,22 @@ class Reply:
 
     # -- JSON --------------------------------------------------------------
 
-    def json_answer(self) -> Generator[Park, None, tuple[int, dict[str, Any]]]:
-        """Wait for the whole reply: (200, answer), or the failure's status and error body.
+    def json_answer(self) -> tuple[int, dict[str, Any]]:
+        """Wait for the whole reply here (a reply without `parking`): (200, answer), or the
+        failure's status and error body. Raises ClientGone."""
+        steps = self.json_steps()
+        try:
+            next(steps)
+        except StopIteration as end:
+            return cast("tuple[int, dict[str, Any]]", end.value)
+        raise AssertionError("a reply without parking parked")
 
-        With `parking` each wait is a `Park` yielded (the thread goes back meanwhile, as a
-        stream's does: a JSON reply held its thread to its end, and `THREADS` of them left
-        no thread for any parked stream's heartbeat, final frame or departure check);
-        without, it waits here; its final save's wait too. Raises ClientGone."""
+    def json_steps(self) -> Generator[Park, None, tuple[int, dict[str, Any]]]:
+        """`json_answer()` a step at a time: with `parking` each wait is a `Park` yielded,
+        its final save's too (the thread goes back meanwhile, as a stream's does: a JSON
+        reply held its thread to its end, and `THREADS` of them left no thread for any
+        parked stream's heartbeat, final frame or departure check); without, it waits
+        here. Raises ClientGone."""
         try:
             for item in self._wait(None, heartbeat=None, parks=self._parking, chunks=False):
                 if isinstance(item, Park):

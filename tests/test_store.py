@@ -1513,7 +1513,7 @@ def test_a_json_reply_parks_on_its_save_and_keeps_its_text_when_ended_while_park
     paused_database.resume()
     saving = _parked_reply_saving("t-json-parked-save", streaming=False)
     paused_database.pause()  # the user message's write hangs: the reply's save waits for it
-    answer = saving.json_answer()
+    answer = saving.json_steps()
     parks_while_saving = 0
     try:
         while True:
@@ -1527,7 +1527,7 @@ def test_a_json_reply_parks_on_its_save_and_keeps_its_text_when_ended_while_park
     assert status == 200 and payload["answer"] == "w0 w1 w2" and parks_while_saving >= 1
     fake.push(Script(tokens=["v0 ", "v1 ", "never"], fail_after=2, fail_mode="hang"))
     ended = _parked_reply_saving("t-json-parked-end", streaming=False)
-    waiting = ended.json_answer()
+    waiting = ended.json_steps()
     _resumed(next(waiting))  # its text comes while it is parked
     _resumed(next(waiting))
     waiting.close()  # what the worker's end of a parked reply does
