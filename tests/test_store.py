@@ -1582,8 +1582,9 @@ def test_a_reply_parked_on_a_hanging_database_wakes_for_its_heartbeats_only(
     last_chunk = max(i for i, event in enumerate(events) if "chunk" in event)
     assert events[last_chunk + 1 : -2].count(": ping") >= 2  # 2 s at a ping per 0.8 s
     # A park per ping and the last, one more when the user message's write gives up
-    # within the wait and goes once more: not one per 0.25 s.
-    assert parks_while_saving <= 5
+    # within the wait and goes once more, and one for a wake-up a busy machine makes
+    # early (a fresh-clone run under load counted 6): not one per 0.25 s, which is 8.
+    assert parks_while_saving <= 6
 
 
 def test_at_the_shortest_heartbeat_a_reply_waiting_for_its_save_does_not_spin(
