@@ -239,8 +239,13 @@ class Chain:
             if error.detail:
                 error.detail = without_prompt(error.detail, self.prompt)
             self._record(progress, error.code, error)
+            # A failed attempt has no stop reason (Gemini's finishReason before an error
+            # said end_turn), and one that falls through leaves no usage or model either:
+            # the report is the next attempt's, or none if every one fails.
+            self.stop_reason = None
             if progress.shown and self.commit_on_first_chunk:
                 return ChainFailed(error, committed=True)
+            self.usage, self.model_version = Usage(), None
             if progress.shown:
                 self.emit(Restart())
                 self.first_chunk_at = None  # the answer's first chunk is the next one's

@@ -40,6 +40,7 @@ from assistant.providers.base import (
     StreamEnd,
     TextDelta,
     ThinkingDelta,
+    Usage,
     normalised_stop_reason,
     read_error_body,
     upstream_json,
@@ -803,15 +804,24 @@ def test_bodies_are_asked_for_as_sent(upstream: FakeUpstream, case: ProviderCase
     assert upstream.requests[0].headers["accept-encoding"] == "identity"
 
 
-@EACH
-def test_a_body_compressed_all_the_same_is_a_body_we_cannot_read(case: ProviderCase) -> None:
-    """Asked for none, a server that gzips anyway: inflated, 400 KB came to 419 MB."""
+@pytest.mark.parametrize(
+    ("case", "framing"),
+    [(case, framing) for case in CASES for framing in ("content", "transfer")],
+)
+def test_a_body_compressed_all_the_same_is_a_body_we_cannot_read(
+    case: ProviderCase, framing: str
+) -> None:
+    """Asked for none, a server that gzips anyway: inflated, 400 KB came to 419 MB. As
+    a transfer coding (`gzip, chunked`) too: it was read as a cut stream (incomplete)."""
     content_type = "application/x-ndjson" if case is OLLAMA else "text/event-stream"
-    head = (
-        f"HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\n"
-        "content-encoding: gzip\r\nconnection: close\r\n\r\n"
-    ).encode()
-    with one_answer(head, [gzip.compress(b"data: {}\n\n")]) as url:
+    body = gzip.compress(b"data: {}\n\n")
+    if framing == "content":
+        coding, pieces = "content-encoding: gzip\r\nconnection: close", [body]
+    else:
+        coding = "transfer-encoding: gzip, chunked"
+        pieces = [f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"]
+    head = f"HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\n{coding}\r\n\r\n".encode()
+    with one_answer(head, pieces) as url:
         run = run_chain([case.provider(url)], Timeouts(connect=1, first_chunk=2, idle=2))
     assert run.outcomes == ["upstream_protocol"]
     [error] = run.errors
@@ -884,6 +894,25 @@ def test_a_refusal_with_nothing_shown_is_told_apart_and_falls_through(
     declines = "content_filter" in case.stop_reasons.values()
     assert run.outcomes == ["upstream_refused" if declines else "upstream_empty", "ok"]
     assert run.items[-1] == ChainSucceeded()
+
+
+@EACH
+def test_a_chain_that_fails_reports_no_failed_attempts_usage_or_stop(
+    upstream: FakeUpstream, case: ProviderCase
+) -> None:
+    """An attempt that ended with nothing shown, then one that failed: the failed
+    chain's report (the error's metadata) has no usage, stop reason or model from the
+    first (it said max_tokens and 12 input tokens for a chain that answered nothing)."""
+    upstream.push(Script(fail="no_text", stop_reason="max_tokens"), Script(fail="cut"))
+    run = run_chain(
+        [case.provider(upstream.url), fallback(upstream.url)],
+        Timeouts(connect=1, first_chunk=5, idle=5),
+    )
+    assert run.outcomes == ["upstream_empty", "upstream_incomplete"]
+    failed = run.items[-1]
+    assert isinstance(failed, ChainFailed) and not failed.committed
+    report = failed.report
+    assert (report.stop_reason, report.model_version, report.usage) == (None, None, Usage())
 
 
 @pytest.mark.parametrize("case, fail, outcome, status", per_case(fall_throughs))

@@ -197,6 +197,10 @@ def test_a_body_quiet_after_its_finish_reason_ends_the_answer(
     if outcome == "ok":
         assert run.items[-1] == ChainSucceeded()
         assert run.chain.stop_reason == "end_turn" and run.chain.usage.output_tokens
+    else:  # the error frame's report has no stop reason: the answer did not end well
+        failed = run.items[-1]
+        assert isinstance(failed, ChainFailed) and failed.committed
+        assert failed.report.stop_reason is None and failed.report.usage.output_tokens
 
 
 @pytest.mark.parametrize("reset", [False, True])
