@@ -536,8 +536,12 @@ _COMPRESSING = frozenset({"gzip", "x-gzip", "deflate", "br", "zstd", "compress",
 
 
 def compressed(response: httpx.Response) -> str | None:
-    """The compressing coding a response's body came in, if any."""
-    for coding in response.headers.get("content-encoding", "").split(","):
+    """The compressing coding a response's body came in, if any: as its content coding,
+    or as a transfer coding before `chunked` (`Transfer-Encoding: gzip, chunked`, which
+    the transport de-chunks and leaves compressed)."""
+    headers = response.headers
+    codings = f"{headers.get('content-encoding', '')},{headers.get('transfer-encoding', '')}"
+    for coding in codings.split(","):
         if (name := coding.strip().lower()) in _COMPRESSING:
             return str(name)
     return None
