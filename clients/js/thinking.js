@@ -10,6 +10,10 @@
 //   const splitter = new ThinkingSplitter();
 //   onChunk: (text) => { const {content, thinking} = splitter.feed(text); ... }
 //   onFinal: () => { const {content, thinking} = splitter.finish(); ... }
+//
+// `new ThinkingSplitter({json: true})`, for a request with a `responseSchema`: a tag inside a JSON
+// string (between its quotes, outside any block) is the JSON's text, as the service reads an
+// answer that is JSON (a quote after an odd run of backslashes is escaped, inside a string or not).
 
 const TAGS = {"<thinking>": "</thinking>", "<think>": "</think>"};
 // Blank as the service strips a block (ASCII whitespace only: a block of U+00A0 is thinking).
@@ -30,7 +34,13 @@ function heldBack(text, tags) {
 }
 
 export class ThinkingSplitter {
-  constructor() {
+  /** @param {{json?: boolean}} [options]  json: tags inside JSON strings are text */
+  constructor({json = false} = {}) {
+    this.json = json;
+    /** inside a JSON string, in the text outside blocks (json mode) */
+    this.inString = false;
+    /** the text outside blocks ends in an odd run of backslashes (json mode) */
+    this.escaped = false;
     /** @type {string|null} the close tag of the block we are in */
     this.close = null;
     this.pending = "";
@@ -72,14 +82,22 @@ export class ThinkingSplitter {
           const found = openAt(candidate, pos);
           if (found >= 0 && (at < 0 || found < at)) [at, tag] = [found, candidate];
         }
+        if (at >= 0 && this.json && this.quoted(rest, pos, at)) {
+          out.content += rest.slice(pos, at + tag.length); // the JSON string's own text
+          pos = at + tag.length;
+          this.escaped = false; // the tag ends in ">"
+          continue;
+        }
         if (at >= 0) {
           out.content += rest.slice(pos, at);
           this.close = TAGS[tag];
+          this.escaped = false; // a block's text is not read for quotes
           this.gapDue = this.shown;
           pos = at + tag.length;
           continue;
         }
         const hold = heldBack(rest, Object.keys(TAGS));
+        if (this.json) this.quoted(rest, pos, Math.max(pos, rest.length - hold));
         out.content += rest.slice(pos, Math.max(pos, rest.length - hold));
         this.pending = rest.slice(Math.max(pos, rest.length - hold));
         return out;
@@ -96,6 +114,21 @@ export class ThinkingSplitter {
       this.pending = rest.slice(Math.max(pos, rest.length - hold));
       return out;
     }
+  }
+
+  /** Reads the quotes of `text` from `from` to `to` (text outside blocks, each part once):
+   * whether `to` is inside a JSON string. A block's tags hold no quote or backslash. */
+  quoted(text, from, to) {
+    for (let i = from; i < to; i++) {
+      const c = text.charCodeAt(i);
+      if (c === 92) {
+        this.escaped = !this.escaped; // a backslash
+        continue;
+      }
+      if (c === 34 && !this.escaped) this.inString = !this.inString; // a quote
+      this.escaped = false;
+    }
+    return this.inString;
   }
 
   /** Adds `text` to `out.thinking`, after the blank line due before a later block's first words. */

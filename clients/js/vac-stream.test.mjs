@@ -361,6 +361,22 @@ test("a block of other blanks than ASCII's is thinking, set apart as the service
   assert.equal(first.thinking + splitter.finish().thinking, "a\n\n\u00a0\n\nb");
 });
 
+test("json mode: a tag inside a JSON string is text, cut anywhere, as the service reads it", () => {
+  // The service's split_outside_json_strings gives for this text: content and thinking below.
+  const text = '<think>plan "a"</think>{"a": "x<think>y</think>", "b\\\\": "<think>", "c": "\\"<think>"}<think>z</think>';
+  for (let cut = 0; cut <= text.length; cut++) {
+    const splitter = new ThinkingSplitter({json: true});
+    const parts = [text.slice(0, cut), text.slice(cut)].map((piece) => splitter.feed(piece));
+    parts.push(splitter.finish());
+    const content = parts.map((part) => part.content).join("");
+    const thinking = parts.map((part) => part.thinking).join("");
+    assert.equal(content, '{"a": "x<think>y</think>", "b\\\\": "<think>", "c": "\\"<think>"}', `cut at ${cut}`);
+    assert.equal(thinking, 'plan "a"\n\nz', `cut at ${cut}`);
+  }
+  const plain = new ThinkingSplitter(); // without it, tags are tags wherever they are
+  assert.equal(plain.feed('{"a": "x<think>y</think>"}').content, '{"a": "x"}');
+});
+
 test("a JSON reply whose connection breaks midway is a network error", async () => {
   const errors = [];
   const broken = async (url, init) => {
