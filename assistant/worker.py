@@ -645,7 +645,9 @@ class Worker(ThreadWorker):
         self.server_settings = ServerSettings.from_env()
         self._read_timeout = self.server_settings.request_read_timeout_seconds
         self._watchdog = _Watchdog(self._read_timeout, self.server_settings.project_id)
-        self._serving = threading.local()  # the read clock of the request this thread serves
+        # The read clock of the request this thread serves, and its head as the poller took
+        # it until gunicorn has parsed it.
+        self._serving = threading.local()
         # Both in the order they time out: every wait lasts as long.
         self._arrivals: deque[_Arrival] = deque()
         self._lingering: deque[_Linger] = deque()
@@ -758,7 +760,11 @@ class Worker(ThreadWorker):
                 # Refused here: gunicorn's parsers read on before they measure a head, so
                 # on a thread one that stopped at this size held it for the read timeout.
                 too_large = errors.LimitRequestHeaders("max buffer headers")
-                self.handle_error(None, arrival.conn.sock, arrival.conn.client, too_large)
+                self._serving.head = head  # its trace headers, for the refusal's trace id
+                try:
+                    self.handle_error(None, arrival.conn.sock, arrival.conn.client, too_large)
+                finally:
+                    self._serving.head = None
                 self.nr_conns -= 1
                 arrival.conn.close(graceful=True)  # the client may still send: it reads the 431
                 return True
@@ -840,11 +846,13 @@ class Worker(ThreadWorker):
                 # then finds the connection initialized and does not wait for data.
                 conn.init()
                 conn.parser.unreader.unread(conn.head)
+                # Kept for a refusal's trace id: gunicorn's errors carry no headers.
+                self._serving.head = conn.head
                 conn.head, conn.head_wait = None, 0.0
             return super().handle(conn)
         finally:
             clock.stop()
-            self._serving.clock = None
+            self._serving.clock = self._serving.head = None
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
@@ -853,6 +861,7 @@ class Worker(ThreadWorker):
 
     def _clocked(self, app: WsgiApp) -> WsgiApp:
         def clocked_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            self._serving.head = None  # parsed: a refusal from here on has its headers
             clock: _ReadClock | None = getattr(self._serving, "clock", None)
             if clock is not None:
                 clock.stop()  # the head is in; the app's own time is not the client's
@@ -1176,7 +1185,11 @@ class Worker(ThreadWorker):
         status, code, message = refusal(exc, self.cfg)
         parsed = getattr(req, "headers", None) or getattr(getattr(exc, "req", None), "headers", [])
         headers = cast("Mapping[str, str]", Headers(parsed))  # gets names in any case
-        trace_id = trace_id_from_headers(headers) or new_trace_id()
+        # Refused before its headers were parsed (a 431), a request's trace headers are
+        # read from the bytes of its head the poller took, if any.
+        trace_id = trace_id_from_headers(headers) or _head_trace_id(
+            getattr(self._serving, "head", None) or b""
+        )
         log = RequestLog(trace_id, self.server_settings.project_id)
         if (status, code, message) == _INTERNAL:
             log.exception("request.crashed", exc)

@@ -164,6 +164,24 @@ def test_an_unfinished_head_past_gunicorns_limits_is_a_431_at_once(
     assert status == 431 and json.loads(body)["code"] == "headers_too_large"
 
 
+@pytest.mark.parametrize("refused", ["by-gunicorn", "on-the-poller"])
+def test_a_431_keeps_the_trace_id_of_the_heads_traceparent(service: str, refused: str) -> None:
+    """A head too large is refused before gunicorn parses its headers: its refusal had a
+    new trace id, not the one the frontend sent to find it by."""
+    trace = "0af7651916cd43dd8448eb211c80319c"
+    traced = HEAD + f"traceparent: 00-{trace}-b7ad6b7169203331-01\r\n".encode()
+    if refused == "by-gunicorn":
+        head = traced + b"X-Big: " + b"b" * 9_000 + b"\r\n\r\n"
+    else:
+        fields = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 7900) for i in range(110))
+        head = (traced + fields)[:HEAD_BUFFER_BYTES]
+    with _connect(service) as sock:
+        sock.sendall(head)
+        status, headers, body = _read_response(sock)
+    assert status == 431
+    assert headers["x-trace-id"] == json.loads(body)["trace_id"] == trace
+
+
 def test_silent_connections_are_dropped_and_cost_no_thread(
     service: str, fake: FakeUpstream
 ) -> None:
