@@ -554,3 +554,24 @@ def test_bytes_after_the_chunked_end_keep_the_connection_from_reuse() -> None:
         assert on_loop(read_body(http, server.url)) == EVENTS
         assert on_loop(read_body(http, server.url)) == EVENTS
         assert server.connections == 2
+
+
+def test_blank_lines_before_a_status_line_are_read_past() -> None:
+    """A server's stray CRLF after its last answer, on the kept connection."""
+    with upstream([[CHUNKED], [b"\r\n", CHUNKED]]) as server:
+        http = client()
+        assert on_loop(read_body(http, server.url)) == EVENTS
+        assert on_loop(read_body(http, server.url)) == EVENTS
+        assert server.connections == 1
+
+
+def test_bytes_that_begin_no_status_line_fail_at_once() -> None:
+    """Bytes a server left after its last answer, read as the next one's head: the
+    request waited for the whole first-chunk timeout (30 s) for a head that never came."""
+    with upstream([[CHUNKED], [b"junk\n"]]) as server:
+        http = client()
+        assert on_loop(read_body(http, server.url)) == EVENTS
+        started = time.monotonic()
+        with pytest.raises(httpx.RemoteProtocolError, match="no status line"):
+            on_loop(read_body(http, server.url))
+        assert time.monotonic() - started < 4  # the client's timeout is 5 s
