@@ -560,7 +560,7 @@ class _Connection(asyncio.Protocol):
         against MAX_HEAD_BYTES with the head's."""
         assert self._head is not None
         self._head += data
-        if not self._interim and self._head[:1] in (b"\r", b"\n"):
+        if not self._interim and self._head.startswith((b"\r", b"\n")):
             # Blank lines before a status line: a server's stray CRLF after its last
             # answer, read past (RFC 9112 asks servers the same of a request line).
             del self._head[: len(self._head) - len(self._head.lstrip(b"\r\n"))]
