@@ -139,9 +139,11 @@ def _long_pattern(patterns: Iterable[Any]) -> str | None:
         except re.error as exc:
             # The metaschema's `format: regex` reads patterns so too: JSON Schema's own
             # (ECMA-262) are mostly the same syntax; `\p{L}` and `(?<name>...)` are not.
+            # Both quoted whole (re's message may hold pieces of the pattern): the log
+            # leaves out what a refusal quotes, and an apostrophe of ours would unpair it.
             return (
-                f"a pattern Python's regular expressions cannot read ({str(exc.msg)[:80]}): "
-                f"{pattern[:60]!r}"
+                "a pattern the Python regular expressions cannot read: "
+                f"{pattern[:60]!r} ({str(exc.msg)[:80]!r})"
             )
         except (RecursionError, OverflowError):
             parsed = None  # readable, but too deep or too large: too much to write out

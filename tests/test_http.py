@@ -615,6 +615,24 @@ def test_a_refused_assistant_id_is_logged_with_the_rule_it_broke(
     assert "A-Z a-z 0-9 _ -" in refused["reason"]
 
 
+@pytest.mark.parametrize(
+    "pattern", ["SECRET-IN-PATTERN(", "(?P<SECRET IN NAME>x)"], ids=["unclosed", "group-name"]
+)
+def test_a_refused_pattern_is_logged_without_it(
+    client, fake: FakeUpstream, capsys, pattern: str
+) -> None:
+    """The log leaves out what a refusal quotes: the apostrophe of "Python's" in the
+    message paired with the pattern's first quote, and the pattern was logged (a
+    reviewer); re's own message may quote the pattern's pieces too."""
+    schema = {"type": "object", "properties": {"a": {"type": "string", "pattern": pattern}}}
+    body = {"user_input": "hi", "emissaryConfig": {"responseSchema": schema}}
+    response = client.post("/vac/assistant/abc/sse", json=body)
+    assert response.status_code == 400 and "SECRET" in response.get_json()["error"]
+    log = capsys.readouterr().out
+    assert '"request.refused"' in log and "SECRET" not in log
+    assert fake.requests == []
+
+
 def test_a_body_cut_off_is_refused_not_a_crash(client, fake: FakeUpstream, capsys) -> None:
     """The client left half way through its body: the server's read fails (gunicorn's
     NoMoreData, an OSError). We refuse it as a bad request (400, logged as refused, no
