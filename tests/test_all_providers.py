@@ -46,7 +46,7 @@ from assistant.providers.base import (
     upstream_json,
     without_prompt,
 )
-from assistant.request import Turn
+from assistant.request import Turn, build_request
 from assistant.thinking import ThinkingSplitter
 from assistant.tools import ToolCall, ToolSpec
 from devtools.fake_upstream import FAIL_MODES, FAILS, FakeUpstream, Script
@@ -894,6 +894,60 @@ def test_a_refusal_with_nothing_shown_is_told_apart_and_falls_through(
     declines = "content_filter" in case.stop_reasons.values()
     assert run.outcomes == ["upstream_refused" if declines else "upstream_empty", "ok"]
     assert run.items[-1] == ChainSucceeded()
+
+
+D3, D7 = "http://json-schema.org/draft-03/schema#", "http://json-schema.org/draft-07/schema#"
+# Schemas the request's check takes (each keyword read as its own draft reads it) in
+# shapes a builder written for 2020-12 did not expect: OpenAI's crashed on the first
+# three on the I/O loop (the provider skipped as upstream_protocol, a 502 alone), and
+# Anthropic's on the last (a reference by a digit int() reads and isdigit() allows).
+ODD_SCHEMAS = {
+    "draft-3-required": {
+        "$schema": D3,
+        "type": "object",
+        "properties": {"a": {}},
+        "required": True,
+    },
+    "draft-3-schema-type": {
+        "$schema": D3,
+        "type": "object",
+        "properties": {"v": {"type": ["string", {}]}},
+    },
+    "draft-7-defs": {
+        "$schema": D7,
+        "type": "object",
+        "$defs": {"d": {"format": ["x"], "type": 5, "required": [{}], "anyOf": 1}},
+    },
+    "ref-under-id": {
+        "type": "object",
+        "x-a": [{"type": "string"}],
+        "properties": {
+            "p": {
+                "$id": "http://e/p",
+                "x-a": {"\u00b2": {"type": "string"}},
+                "$ref": "#/x-a/\u00b2",
+            }
+        },
+    },
+}
+
+
+@EACH
+@pytest.mark.parametrize("schema", ODD_SCHEMAS.values(), ids=ODD_SCHEMAS.keys())
+@pytest.mark.parametrize("used_as", ["responseSchema", "parameters"])
+def test_a_schema_the_request_takes_builds_a_request(
+    case: ProviderCase, schema: dict[str, Any], used_as: str
+) -> None:
+    config: dict[str, Any] = {"responseSchema": schema}
+    if used_as == "parameters":
+        config = {"tools": ["t"], "toolConfigs": {"t": {"description": "d", "parameters": schema}}}
+    body = {"user_input": "hi", "emissaryConfig": config}
+    request = build_request("a", body, max_input_chars=100, max_history_messages=10)
+    prompt = Prompt(
+        None, (Turn("user", "hi"),), request.tools, request.tool_choice, request.response_schema
+    )
+    _, sent, _ = case.provider("http://127.0.0.1:9")._request(prompt)
+    assert json.loads(json.dumps(sent))  # whole, and JSON
 
 
 @EACH

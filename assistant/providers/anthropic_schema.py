@@ -138,7 +138,7 @@ def _as_sent(reference: str, root: Mapping[str, Any]) -> str | None:
                 parts[index] = "anyOf"
             names = not names and key in NAME_MAPS
             node = node[key]
-        elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
+        elif isinstance(node, list) and key.isascii() and key.isdigit() and int(key) < len(node):
             node, names = node[int(key)], False
         else:
             return reference  # leads nowhere (below an `$id`, say): nothing to follow

@@ -355,7 +355,12 @@ def _strict_node(node: Any) -> bool:
         return node.keys() == {"$ref"}
     if _NOT_STRICT & node.keys() or not {"type", "anyOf"} & node.keys():
         return False  # "schema must have a 'type' key"
-    if "format" in node and node["format"] not in _STRICT_FORMATS:
+    kinds = [node["type"]] if isinstance(node.get("type"), str) else node.get("type", [])
+    if not _all_names(kinds):
+        return False  # draft 3's schemas among the types (or a keyword no draft checks)
+    if "format" in node and not (
+        isinstance(node["format"], str) and node["format"] in _STRICT_FORMATS
+    ):
         return False
     properties = node.get("properties", {})
     if "object" in _types(node) or "properties" in node:
@@ -363,7 +368,8 @@ def _strict_node(node: Any) -> bool:
             return False
         if "anyOf" in node:  # its branches closed would refuse its keys, and it theirs
             return False
-        if set(node.get("required") or []) != set(properties):
+        required = node.get("required", [])  # draft 3's is a boolean on each property
+        if not _all_names(required) or set(required) != set(properties):
             return False
     children: list[Any] = list(properties.values()) if isinstance(properties, dict) else []
     for key in ("$defs", "definitions"):
@@ -409,7 +415,9 @@ def _within_strict_limits(schema: Mapping[str, Any]) -> bool:
             return False
         enum_values += len(values)
         chars += own_chars + (len(node["const"]) if isinstance(node.get("const"), str) else 0)
-        stack += ((child, depth) for child in node.get("anyOf") or [] if isinstance(child, dict))
+        branches = node.get("anyOf")  # a list where it is a keyword (not in draft 3)
+        if isinstance(branches, list):
+            stack += ((child, depth) for child in branches if isinstance(child, dict))
         if "items" in node:
             stack.append((node["items"], depth))
     return (
@@ -420,8 +428,24 @@ def _within_strict_limits(schema: Mapping[str, Any]) -> bool:
 
 
 def _types(node: Mapping[str, Any]) -> set[str]:
+    """The type names `node` allows (draft 3's schemas among them left out)."""
     kind = node.get("type")
-    return {kind} if isinstance(kind, str) else set(kind) if isinstance(kind, list) else set()
+    return {kind} if isinstance(kind, str) else _names(kind) if isinstance(kind, list) else set()
+
+
+# A schema's keywords are checked against its own draft: draft 3's `type` may hold
+# schemas and its `required` is a boolean, and below a keyword its draft does not have
+# (draft 7's `$defs`) anything goes. What is built from them takes what it can.
+
+
+def _names(values: list[Any]) -> set[str]:
+    """The strings of a list."""
+    return {value for value in values if isinstance(value, str)}
+
+
+def _all_names(values: Any) -> bool:
+    """Whether `values` is a list of strings alone."""
+    return isinstance(values, list) and all(isinstance(value, str) for value in values)
 
 
 # -- the stream -----------------------------------------------------------------------------
