@@ -56,8 +56,10 @@ from .providers.base import (
     ThinkingDelta,
     Usage,
     Working,
+    provider_secrets,
     translate_http_error,
     without_prompt,
+    without_secrets,
 )
 from .thinking import ThinkingTagger, without_thinking
 from .tools import ToolCall
@@ -236,8 +238,9 @@ class Chain:
         except ProviderError as error:
             # The log's detail may quote what the provider said back, the prompt in it (an
             # Ollama error line naming the user's text): never the prompt's texts.
-            if error.detail:
-                error.detail = without_prompt(error.detail, self.prompt)
+            if error.detail:  # nor its key (an error line in the stream quoting our request)
+                detail = without_prompt(error.detail, self.prompt)
+                error.detail = without_secrets(detail, provider_secrets(provider))
             self._record(progress, error.code, error)
             # A failed attempt has no stop reason (Gemini's finishReason before an error
             # said end_turn), and one that falls through leaves no usage or model either:

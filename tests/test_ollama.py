@@ -159,6 +159,25 @@ def test_a_401_from_ollama_reads_no_key_and_falls_through(upstream: FakeUpstream
     assert run.text == "second"
 
 
+@pytest.mark.parametrize("where", ["error-body", "error-line"])
+def test_a_login_in_the_base_url_is_never_in_the_log(upstream: FakeUpstream, where: str) -> None:
+    """A user and password in OLLAMA_BASE_URL go as Basic auth (httpx adds the header): a
+    proxy's 401 that quoted our request's headers, or an error line that did, was logged
+    with them (the scrub looked only at the headers we set ourselves: a reviewer)."""
+    basic = "Basic b2xsYW1hdXNlcjpPTExBTUFQQVNTV09SRDEyMw=="  # ollamauser:OLLAMAPASSWORD123
+    echo = f"authorization: {basic}; password OLLAMAPASSWORD123"
+    if where == "error-body":
+        upstream.push(Script(fail="401", error_body={"error": echo}))
+    else:
+        upstream.push(Script(raw=[json.dumps({"error": echo}).encode() + b"\n"]))
+    url = upstream.url.replace("http://", "http://ollamauser:OLLAMAPASSWORD123@")
+    run = run_chain([CASE.provider(url)], Timeouts(1, first_chunk=2, idle=2))
+    assert upstream.requests[0].headers["authorization"] == basic  # as httpx sent it
+    [error] = run.errors
+    assert error is not None and "[redacted]" in error.detail
+    assert "OLLAMAPASSWORD123" not in error.detail and basic.split()[1] not in error.detail
+
+
 # -- d. configuration and the whole endpoint ----------------------------------------------
 
 

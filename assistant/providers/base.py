@@ -26,6 +26,7 @@ chain never sees a third-party exception.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import functools
@@ -565,16 +566,55 @@ async def read_error_body(
         body += piece
         if len(body) >= ERROR_BODY_BYTES + _KEY_ROOM_BYTES:
             break
-    for name, value in headers.items():
-        secret = value.removeprefix("Bearer ").strip()
-        if name.lower() in _KEY_HEADERS and len(secret) >= 8:  # not every word "test"
-            body = body.replace(secret.encode(), b"[redacted]")
+    sent: list[tuple[str, str]] = list(headers.items())
+    with contextlib.suppress(RuntimeError):  # a response made without its request (tests)
+        # As sent: httpx adds a URL's user and password as Basic auth (an Ollama behind
+        # a proxy that asks for a login), which `headers` never held.
+        sent += response.request.headers.items()
+    for secret in request_secrets(sent):
+        body = body.replace(secret, b"[redacted]")
     # Only what is kept is scrubbed: a first read can hold a MB, and the scrub of a MB
     # against a long history's texts held the I/O loop (every stream) 6.4 s a failure.
     text = body[: ERROR_BODY_BYTES + _KEY_ROOM_BYTES].decode("utf-8", "replace")
     if prompt is not None:
         text = without_prompt(text, prompt)
     return text[:ERROR_BODY_BYTES]
+
+
+def request_secrets(headers: list[tuple[str, str]]) -> list[bytes]:
+    """The keys a request's headers carry, as an echo of it would hold them: a bearer
+    token or key as it is; Basic auth's base64 and the user:password in it. Those
+    shorter than 8 characters are no secret worth a scrub (not every word "test")."""
+    secrets: list[str] = []
+    for name, value in headers:
+        if name.lower() not in _KEY_HEADERS:
+            continue
+        scheme, _, credentials = value.strip().partition(" ")
+        if scheme.lower() == "basic":
+            secrets.append(credentials.strip())
+            with contextlib.suppress(ValueError):
+                login = base64.b64decode(credentials.strip(), validate=True).decode()
+                secrets += [login, login.partition(":")[2]]
+        else:
+            secrets.append(value.strip() if not credentials else credentials.strip())
+    return [secret.encode() for secret in secrets if len(secret) >= 8]
+
+
+def provider_secrets(provider: Provider) -> list[bytes]:
+    """What a provider's error detail must not show, however it came (an error body, an
+    error in the stream): its key, and a login in its base URL as httpx sends it."""
+    headers = [("authorization", f"Bearer {provider.api_key}")]
+    url = httpx.URL(provider.settings.base_url)
+    if url.username or url.password:
+        login = base64.b64encode(f"{url.username}:{url.password}".encode()).decode()
+        headers.append(("authorization", f"Basic {login}"))
+    return request_secrets(headers)
+
+
+def without_secrets(text: str, secrets: list[bytes]) -> str:
+    for secret in secrets:
+        text = text.replace(secret.decode(), "[redacted]")
+    return text
 
 
 _ECHO_MIN_CHARS = 8  # a prompt text shorter than this is a word an error message may hold
