@@ -455,9 +455,10 @@ def _check_schema(schema: dict[str, Any], field: str) -> None:
         validator.check_schema(schema, format_checker=_format_checker(validator))  # type: ignore[call-arg]
     except jsonschema.exceptions.SchemaError as exc:
         where = _path(exc.path)
-        raise RequestError(
+        raise _refused(
             f"{field} is not a valid JSON Schema: {exc.message[:200]}"
-            + (f" (at {where})" if where else "")
+            + (f" (at {where})" if where else ""),
+            f"{field} is not a valid JSON Schema: {exc.validator} (at {_logged(exc.path)})",
         ) from None
     except PatternTimeout:
         raise RequestError(f"{field}: checking it took too long") from None
@@ -465,38 +466,63 @@ def _check_schema(schema: dict[str, Any], field: str) -> None:
     try:
         roots = _resource_roots(objects, validator)
     except ValueError as exc:  # the reply's check would fail on it as it looked it up
-        raise RequestError(f"{field}: an $id (or id) that is no URI: {exc}") from None
+        raise _refused(
+            f"{field}: an $id (or id) that is no URI: {exc}", f"{field}: an $id that is no URI"
+        ) from None
     applies = _InPlace.of(validator)
     for where, keyword, target in _references(objects):
+        at = f"(at {where or 'the top level'})"
+        logged = f"{field}: {keyword} refused (at {_logged(where.split('/')[1:])})"
         if not target.startswith("#"):
-            raise RequestError(
+            raise _refused(
                 f"{field}: {keyword} must point inside the schema (start with #), "
-                f"not {target[:100]!r} (at {where or 'the top level'})"
+                f"not {target[:100]!r} {at}",
+                logged,
             )
         if not (target == "#" or target.startswith("#/")):
             continue  # an anchor's name
         pointer = roots[where] + unquote(target[1:])
         pointed = resolve_pointer(schema, pointer)
         if pointed is None:
-            raise RequestError(
-                f"{field}: {keyword} {target[:100]!r} points nowhere in the schema "
-                f"(at {where or 'the top level'})"
+            raise _refused(
+                f"{field}: {keyword} {target[:100]!r} points nowhere in the schema {at}", logged
             )
         if not isinstance(pointed, dict | bool):  # `#/type`: applied, a crash
-            raise RequestError(
-                f"{field}: {keyword} {target[:100]!r} points to a value that is no schema "
-                f"(at {where or 'the top level'})"
+            raise _refused(
+                f"{field}: {keyword} {target[:100]!r} points to a value that is no schema {at}",
+                logged,
             )
         if _into_a_value(pointer):
             # Applied, it would be a schema our walks never saw (a loop through it, say).
-            raise RequestError(
+            raise _refused(
                 f"{field}: {keyword} {target[:100]!r} points into a value (enum, const, "
-                f"default or examples), not a schema (at {where or 'the top level'})"
+                f"default or examples), not a schema {at}",
+                logged,
             )
     if (loop := _loop_in_place(objects, roots, applies)) is not None:
-        raise RequestError(
-            f"{field}: its references loop without reaching a value (at {loop or 'the top level'})"
+        raise _refused(
+            f"{field}: its references loop without reaching a value (at {loop or 'the top level'})",
+            f"{field}: its references loop (at {_logged(loop.split('/')[1:])})",
         )
+
+
+def _refused(message: str, reason: str) -> RequestError:
+    """A 400 that says `message`, logged as `reason`: a schema's words (its values, the
+    names of its properties) are the frontend's, as its prompt is, and a message cut
+    short, or a value with an apostrophe, left them unquoted for the log to see."""
+    error = RequestError(message)
+    error.reason = reason
+    return error
+
+
+def _logged(path: Iterable[object]) -> str:
+    """A path in a schema as the log shows it: keywords and names, and `…` for a part that
+    is not one (a property's name may be a sentence)."""
+    shown = "/".join(str(part) if _LOGGED_PART.fullmatch(str(part)) else "…" for part in path)
+    return shown or "the top level"
+
+
+_LOGGED_PART = re.compile(r"[A-Za-z0-9_$-]{1,64}")
 
 
 def problem(value: Any, schema: Mapping[str, Any]) -> str | None:

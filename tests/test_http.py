@@ -633,6 +633,42 @@ def test_a_refused_pattern_is_logged_without_it(
     assert fake.requests == []
 
 
+SECRET_WORDS = "Look up the patient's record. Patient Jane Doe, CONFIDENTIAL-DIAGNOSIS " * 4
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [
+        # jsonschema's message quotes the value, cut short (no closing quote), and the
+        # value's apostrophe pairs with the wrong quote.
+        {"type": "object", "properties": {"q": {"type": "string", "description": [SECRET_WORDS]}}},
+        # A property's name in the path, unquoted.
+        {"type": "object", "properties": {SECRET_WORDS: {"type": 5}}},
+        # A reference's place.
+        {"type": "object", "properties": {SECRET_WORDS: {"$ref": "#/nowhere"}}},
+    ],
+    ids=["value-cut-short", "name-in-the-path", "reference-at-a-name"],
+)
+def test_a_refused_schema_is_logged_without_its_words(
+    client, fake: FakeUpstream, capsys, parameters: dict
+) -> None:
+    """A tool's description or a property's name is the frontend's text, kept out of the
+    log as its prompt is: the refusal's log line held it (a reviewer)."""
+    tool = {"description": "d", "parameters": parameters}
+    config = {"tools": ["t"], "toolConfigs": {"t": tool}}
+    response = client.post(
+        "/vac/assistant/abc/sse", json={"user_input": "hi", "emissaryConfig": config}
+    )
+    assert (
+        response.status_code == 400 and "toolConfigs.t.parameters" in response.get_json()["error"]
+    )
+    [refused] = [line for line in log_lines(capsys.readouterr().out)
+                 if line["message"] == "request.refused"]  # fmt: skip
+    assert "toolConfigs.t.parameters" in refused["reason"]
+    assert "CONFIDENTIAL" not in refused["reason"] and "patient" not in refused["reason"]
+    assert fake.requests == []
+
+
 def test_a_body_cut_off_is_refused_not_a_crash(client, fake: FakeUpstream, capsys) -> None:
     """The client left half way through its body: the server's read fails (gunicorn's
     NoMoreData, an OSError). We refuse it as a bad request (400, logged as refused, no
