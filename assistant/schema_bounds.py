@@ -267,6 +267,57 @@ def _after_comment(pattern: str, at: int) -> int:
     return len(pattern)
 
 
+def as_python_reads(pattern: str) -> str:
+    """`pattern` written so that the `regex` module reads it as Python's parser does (as
+    the request checked it; and as ECMA-262, JSON Schema's own syntax, does): a `{` that
+    begins no count is a character (`regex` read `ABC{e<=1}` as fuzzy matching, and a
+    reply one letter off matched), and so is a `[` inside a class (`regex` read
+    `[[:digit:]]` as a POSIX class)."""
+    if "{" not in pattern and "[" not in pattern:
+        return pattern
+    out: list[str] = []
+    at = 0
+    while at < len(pattern):
+        char = pattern[at]
+        if char == "\\":
+            end = _after_member(pattern, at)
+        elif pattern.startswith("(?#", at):
+            end = _after_comment(pattern, at + 3)
+        elif char == "[":
+            at = _class_as_python_reads(pattern, at + 1, out)
+            continue
+        elif char == "{" and not _COUNT.match(pattern, at):
+            out.append("\\{")
+            at += 1
+            continue
+        else:
+            end = at + 1
+        out.append(pattern[at:end])
+        at = end
+    return "".join(out)
+
+
+def _class_as_python_reads(pattern: str, at: int, out: list[str]) -> int:
+    """The class whose `[` is just before `at` onto `out`, each `[` in it escaped; where
+    it ends."""
+    out.append("[")
+    if pattern.startswith("^", at):
+        out.append("^")
+        at += 1
+    first = True  # a "]" first is a member
+    while at < len(pattern) and (first or pattern[at] != "]"):
+        first = False
+        end = _after_member(pattern, at)
+        out.append("\\[" if pattern[at:end] == "[" else pattern[at:end])
+        at = end
+    out.append(pattern[at : at + 1])  # its "]"
+    return at + 1
+
+
+# A count as Python's parser reads one: {m}, {m,}, {m,n}, {,n}, {,}.
+_COUNT = re.compile(r"\{(?:\d+,?\d*|,\d*)\}")
+
+
 def _class(pattern: str, at: int) -> tuple[int, int]:
     """The members of the class whose `[` is just before `at`, and where it ends."""
     members = 0

@@ -60,7 +60,7 @@ import referencing.jsonschema
 import regex
 
 from .errors import RequestError
-from .schema_bounds import NAME_MAPS, VALUE_KEYWORDS, read_pattern, unique
+from .schema_bounds import NAME_MAPS, VALUE_KEYWORDS, as_python_reads, read_pattern, unique
 
 # Time a reply's check may spend matching patterns, all of them together.
 CHECK_SECONDS = 1.0
@@ -127,7 +127,7 @@ _WALKS = ("find_evaluated_item_indexes_by_schema", "find_evaluated_property_keys
 
 @functools.lru_cache(maxsize=_PATTERNS_REMEMBERED)
 def _compiled(pattern: str) -> Any:
-    return regex.compile(pattern, cache_pattern=False)
+    return regex.compile(as_python_reads(pattern), cache_pattern=False)
 
 
 _matching = _BoundedMatching()
