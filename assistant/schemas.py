@@ -469,6 +469,14 @@ def _check_schema(schema: dict[str, Any], field: str) -> None:
         raise _refused(
             f"{field}: an $id (or id) that is no URI: {exc}", f"{field}: an $id that is no URI"
         ) from None
+    for where, node in objects.items():
+        if "$ref" in node and not isinstance(node["$ref"], str):
+            # Every draft applies it; those before 2019-09 leave its type to the reader:
+            # a list was taken, and then no reply could be checked against the schema.
+            raise _refused(
+                f"{field}: $ref must be a string, a URI reference (at {where or 'the top level'})",
+                f"{field}: $ref must be a string (at {_logged(where.split('/')[1:])})",
+            )
     applies = _InPlace.of(validator)
     for where, keyword, target in _references(objects):
         at = f"(at {where or 'the top level'})"

@@ -221,14 +221,20 @@ def test_what_no_draft_reads_as_a_base_or_a_loop_is_none(schema: dict[str, Any])
     )
 
 
+D4 = "http://json-schema.org/draft-04/schema#"
+
+
 @pytest.mark.parametrize(
     ("schema", "why"),
     [
         ({"type": "object", "$ref": "#/type"}, "'#/type' points to a value that is no schema"),
         ({"required": ["a"], "properties": {"a": {"$ref": "#/required"}}}, "no schema"),
         ({"allOf": [{}], "$ref": "#/allOf/²"}, "points nowhere"),  # isdigit, and int() refused it
+        # Draft 4's metaschema leaves $ref's type open: taken, every reply's check failed.
+        ({"$schema": D4, "$ref": []}, r"\$ref must be a string"),
+        ({"$schema": D4, "properties": {"a": {"$ref": True}}}, r"\$ref must be a string"),
     ],
-    ids=["keyword-value", "list", "superscript-index"],
+    ids=["keyword-value", "list", "superscript-index", "ref-a-list", "ref-a-boolean"],
 )
 def test_a_reference_to_no_schema_is_a_400(schema: dict[str, Any], why: str) -> None:
     """Accepted, `#/type` crashed every reply's check after its chunks (unsaved), and a
