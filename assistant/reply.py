@@ -52,7 +52,7 @@ from .outbox import DirectWrites, Outbox, Unsent, WriteFailed
 from .parking import EARLY_SECONDS, Park, until_done
 from .providers.base import Prompt, Provider, ProviderError
 from .request import AssistantRequest, Turn
-from .saving import Pending, Saver, drive, user_message
+from .saving import Pending, Saver, drive, drive_unwaited, user_message
 from .store import Author, MessageStore
 from .thinking import ThinkingSplitter, with_thinking_closed
 from .tools import ToolCall
@@ -652,8 +652,25 @@ class Reply:
             self._chain.finished.wait(timeout=1.0)
         self._keep_what_waits()
         self._take_back_dropped()
-        report = self._save_incomplete()
-        self._log.info("reply.client_gone", chars=len(self._text()), **record.log_summary(report))
+        self._splitter.finish()
+        report = self._chain.report()
+        output = record.Output.of(self._splitter, self._calls)
+        gone = {"chars": len(self._text()), **record.log_summary(report)}
+
+        def saved(_: object) -> None:
+            self._log.info("reply.client_gone", **gone)
+
+        if not self._parking:  # the thread is this reply's alone either way
+            saved(drive(self._saving(output, report, complete=False, beat=None)))
+            return
+        # A parked reply's thread is every parked reply's (their pings, final frames and
+        # departure checks): nobody waits for this save, so it holds none of them.
+        drive_unwaited(
+            lambda within: self._saving(output, report, False, None, within),
+            self._settings.persist_timeout_seconds,
+            saved,
+            self._log,
+        )
 
     def _save_incomplete(self) -> ChainReport:
         """Save what arrived as `incomplete`; the chain's report (it has stopped: its

@@ -255,6 +255,52 @@ def save_question(store: MessageStore, message: UserMessage, log: RequestLog) ->
     _pool.submit(write).add_done_callback(settled)
 
 
+# Saves nobody waits for (a reply whose client left), driven off the request threads;
+# those under way or queued, for a worker on its way out (`finish_unwaited`).
+_unwaited = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="unwaited-save")
+_unwaited_saves: set[concurrent.futures.Future[None]] = set()
+_unwaited_lock = threading.Lock()
+
+
+def drive_unwaited(
+    steps_within: Callable[[float], Generator[Pending, None, T]],
+    seconds: float,
+    then: Callable[[T], None],
+    log: RequestLog,
+) -> None:
+    """`steps_within(within)` run to its end on a thread of its own, `then` given its
+    result: nobody waits for it, and a request thread held for a hanging database's
+    PERSIST_TIMEOUT_SECONDS was one fewer for every parked reply's pings, final frame
+    and departure check. `within` is what is left of `seconds` from now when it begins
+    (queued behind others on a hanging database, what it could not write goes to
+    `late_saves` sooner)."""
+    submitted = time.monotonic()
+
+    def run() -> None:
+        within = max(0.0, seconds - (time.monotonic() - submitted))
+        try:
+            result = drive(steps_within(within))
+        except Exception as exc:  # a bug of ours: said, never lost silently
+            log.exception("persist.crashed", exc)
+            return
+        then(result)
+
+    future = _unwaited.submit(run)
+    with _unwaited_lock:
+        _unwaited_saves.add(future)
+    future.add_done_callback(_unwaited_saves.discard)
+
+
+def finish_unwaited(seconds: float) -> None:
+    """For a worker on its way out, before `late_saves` closes: the saves nobody waits
+    for are given `seconds` to end (what their wait could not write is in `late_saves`
+    by then, its last try and its `persist.lost` line to come, rather than dropped
+    silently at the exit)."""
+    with _unwaited_lock:
+        under_way = list(_unwaited_saves)
+    concurrent.futures.wait(under_way, timeout=seconds)
+
+
 def drive(steps: Generator[Pending, None, T]) -> T:
     """Run a step generator to its end (nobody to send heartbeats to); its result."""
     while True:

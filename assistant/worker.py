@@ -173,7 +173,7 @@ from .cors import cors_headers
 from .errors import MESSAGES, ErrorCode
 from .late_saves import late_saves
 from .limits import STOPPING_RETRY_AFTER_SECONDS, replies_in_flight
-from .saving import stop_writes
+from .saving import finish_unwaited, stop_writes
 from .tracing import RequestLog, new_trace_id, process_log, trace_id_from_headers
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -687,6 +687,7 @@ class Worker(ThreadWorker):
             self._abandon_parked()  # any left once gunicorn's graceful wait is over
             for thread in self._abandoning:  # their saves, before the writes stop
                 thread.join(self._time_left_to_save())
+            finish_unwaited(self._time_left_to_save())  # those of clients that left
             late_saves.close(self._time_left_to_save())
             if not stop_writes(self._time_left_to_save()):
                 # A store call that hangs, which Python would wait for at exit, past the
