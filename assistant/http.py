@@ -16,6 +16,7 @@ whichever comes first, so a chain that fails fast gets a real 502.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
@@ -46,11 +47,13 @@ from .cors import cors_headers
 from .direct import briefly, client_socket
 from .errors import MESSAGES, ErrorCode, RequestError
 from .limits import STOPPING_RETRY_AFTER_SECONDS, Slot, pieces, replies_in_flight
-from .parking import Park
+from .parking import Park, until_done
 from .providers import configured_providers, with_fresh_key
+from .providers.base import Provider
 from .reply import ClientGone, Refused, Reply
 from .request import (
     AssistantRequest,
+    Turn,
     body_trace_id,
     body_user_id,
     body_user_name,
@@ -59,7 +62,7 @@ from .request import (
     check_media_type,
     parse_body,
 )
-from .saving import load_history, save_question, user_message
+from .saving import history_read, save_question, start_history, user_message
 from .store import Author, FirestoreStore, MessageStore
 from .tracing import RequestLog, new_trace_id, trace_id_from_headers
 from .worker import (
@@ -240,14 +243,93 @@ def _answer(
         store and assistant_request.read_from_history and not assistant_request.chat_history
     )
     client_gone = _client_gone_probe(request.environ)
-    if store and read_history and not client_gone():  # gone while queued: no read for nobody
-        # The whole save wait, even past a stream's status window (which counts from the
-        # request, reply.py: the stream opens at once after a slow read): a reply without
-        # its history would answer out of context.
-        history = load_history(
-            store, assistant_request, author, trace_id, settings.persist_timeout_seconds, log
-        )
-        assistant_request = dataclasses.replace(assistant_request, chat_history=history)
+    environ = request.environ
+
+    def begin(history: tuple[Turn, ...] | None) -> flask.Response:
+        asked = assistant_request
+        if history is not None:
+            asked = dataclasses.replace(assistant_request, chat_history=history)
+        return _begin(environ, asked, author, slot, settings, trace_id, log, started,
+                      providers, store, streaming, read_history, client_gone)  # fmt: skip
+
+    if not (store and read_history and not client_gone()):  # gone while queued: no read
+        return begin(None)
+    # The whole save wait, even past a stream's status window (which counts from the
+    # request, reply.py: the stream opens at once after a slow read): a reply without its
+    # history would answer out of context.
+    reading = start_history(store, assistant_request, author, trace_id, log)
+    timeout = settings.persist_timeout_seconds
+    if reading is None or not environ.get(PARKING):
+        return begin(history_read(reading, timeout, timeout, log))
+    return _after_history(reading, timeout, begin, streaming, slot, trace_id, log)
+
+
+def _after_history(
+    reading: concurrent.futures.Future[tuple[Turn, ...]],
+    timeout: float,
+    begin: Callable[[tuple[Turn, ...]], flask.Response],
+    streaming: bool,
+    slot: Slot,
+    trace_id: str,
+    log: RequestLog,
+) -> flask.Response:
+    """Under our worker (`PARKING`), the wait for the history read is the response's
+    own, as a reply's waits are: its thread goes back to the pool meanwhile (a hanging
+    database's PERSIST_TIMEOUT_SECONDS held one per request, and every parked stream's
+    pings, final frames and departure checks waited for the threads). Then the reply
+    `begin`s, and its response is this one's: its items in turn, or, if it is no stream
+    (a 499), its answer in place of this one. Its headers are those the reply's own will
+    have (the worker writes a stream's head from them), CORS added to them by `handle`."""
+    headers = {**SSE_HEADERS, "X-Trace-Id": trace_id} if streaming else {"X-Trace-Id": trace_id}
+    response = flask.Response(
+        status=200,
+        content_type="text/event-stream; charset=utf-8" if streaming else None,
+        headers=headers,
+        direct_passthrough=True,
+    )
+    begun: list[flask.Response] = []
+
+    def items() -> Generator[bytes | Park | Instead, None, None]:
+        yield until_done(reading, timeout)
+        reply = begin(history_read(reading, 0.0, timeout, log))
+        begun.append(reply)
+        for name, value in response.headers.items():  # CORS, from `handle`
+            if name not in reply.headers and (reply.is_streamed or name not in SSE_HEADERS):
+                reply.headers[name] = value
+        if not reply.is_streamed:  # a refusal: in place of the response begun
+            yield Instead(reply.status, reply.headers.to_wsgi_list(), reply.get_data())
+            return
+        yield from cast("Iterator[bytes | Park | Instead]", reply.response)
+
+    def close() -> None:
+        """However this response ended: what the reply begun holds is given back (its
+        own closing), or, if none began or it is no stream, the user's slot."""
+        if begun and begun[0].is_streamed:
+            begun[0].close()
+        else:
+            slot.release()
+
+    response.response = ClosingIterator(cast("Iterator[bytes]", items()), close)
+    return response
+
+
+def _begin(
+    environ: dict[str, Any],
+    assistant_request: AssistantRequest,
+    author: Author,
+    slot: Slot,
+    settings: Settings,
+    trace_id: str,
+    log: RequestLog,
+    started: float,
+    providers: list[Provider],
+    store: MessageStore | None,
+    streaming: bool,
+    read_history: bool,
+    client_gone: Callable[[], bool],
+) -> flask.Response:
+    """The reply begun, its history in hand: the stream or the JSON answer; or a 499 for
+    a client that left before it began."""
     # A client that left before its reply begins (while its history was read, the whole
     # save wait with a hanging database; or while its request waited for a thread) gets
     # no provider call made for nobody. Its question is kept, as when it leaves mid-reply.
@@ -271,7 +353,7 @@ def _answer(
         providers=[provider.name for provider in providers],
     )
     # Before client_socket(): the send timeout is what makes the socket non-blocking.
-    _bound_sending(request.environ, settings.send_timeout_seconds)
+    _bound_sending(environ, settings.send_timeout_seconds)
     reply = Reply(
         assistant_request,
         trace_id=trace_id,
@@ -284,23 +366,23 @@ def _answer(
         client_gone=client_gone,
         client_socket=(
             client_socket(
-                request.environ.get("gunicorn.socket"),
-                request.environ.get("SERVER_PROTOCOL"),
+                environ.get("gunicorn.socket"),
+                environ.get("SERVER_PROTOCOL"),
                 slot,
-                head=request.environ.get(HEAD),
+                head=environ.get(HEAD),
             )
             if streaming
             else None
         ),
-        parking=bool(request.environ.get(PARKING)),
+        parking=bool(environ.get(PARKING)),
         refresh_key=functools.partial(with_fresh_key, settings),
         started=started,
         # A JSON answer is written after its reply ends: its slot is given back when its
         # response is closed (`_json_reply`), a stream's when the reply ends.
         on_end=slot.release if streaming else _nothing,
     )
-    slot.evict = _hang_up(request.environ)
-    request.environ[STOP_EARLY] = reply.stop_early  # for a stopping worker (worker.py, 6)
+    slot.evict = _hang_up(environ)
+    environ[STOP_EARLY] = reply.stop_early  # for a stopping worker (worker.py, 6)
     # Alone on the instance, this thread lets the loop send the upstream request before it
     # goes back through Flask: idle, the first chunk comes ~0.2 ms sooner. Not when others
     # stream: the wait's wake-up cost 5% of the CPU at C=200 (README "Speed", round 9).
@@ -308,8 +390,8 @@ def _answer(
     reply.start(first_step_wait=FIRST_STEP_WAIT_SECONDS if alone else 0.0)
     try:
         if not streaming:
-            return _json_reply(reply, slot, request.environ.get("gunicorn.socket"), trace_id)
-        return _sse_reply(reply, slot, request.environ.get("gunicorn.socket"), trace_id)
+            return _json_reply(reply, slot, environ.get("gunicorn.socket"), trace_id)
+        return _sse_reply(reply, slot, environ.get("gunicorn.socket"), trace_id)
     except ClientGone:
         # Nobody will read this; 499 is the conventional "client closed request" in logs.
         return _error(499, "client_gone", MESSAGES["client_gone"], trace_id)

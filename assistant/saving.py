@@ -346,10 +346,18 @@ def load_history(
     A reply without its history is better than no reply: a failure here is
     logged and the request goes on.
     """
+    reading = start_history(store, request, author, trace_id, log)
+    return history_read(reading, timeout, timeout, log)
+
+
+def start_history(
+    store: MessageStore, request: AssistantRequest, author: Author, trace_id: str, log: RequestLog
+) -> concurrent.futures.Future[tuple[Turn, ...]] | None:
+    """The history read begun (`history_read` takes its turns); None: nobody's to read."""
     if author.user_id is None:
         log.warning("history.skipped", reason="no user to read the history of")
-        return ()
-    future = _pool.submit(
+        return None
+    return _pool.submit(
         store.recent_turns,
         request.assistant_id,
         author.user_id,
@@ -357,12 +365,24 @@ def load_history(
         request.history_limit,
         trace_id,
     )
+
+
+def history_read(
+    reading: concurrent.futures.Future[tuple[Turn, ...]] | None,
+    wait: float,
+    timeout: float,
+    log: RequestLog,
+) -> tuple[Turn, ...]:
+    """The turns `reading` read, waited for at most `wait` seconds here (none for a read
+    waited for parked, up to its `timeout`); none if it failed or is not done by then."""
+    if reading is None:
+        return ()
     try:
-        turns = future.result(timeout=timeout)
+        turns = reading.result(timeout=wait)
     except concurrent.futures.TimeoutError:
         # Not begun yet (the pool busy with a slow database's calls): never begun, so
         # that the saves queued behind it do not wait for a read nobody waits for.
-        future.cancel()
+        reading.cancel()
         log.error("history.timeout", timeout_s=timeout)
         return ()
     except Exception as exc:  # any store failure: logged, the reply goes on without history

@@ -1239,37 +1239,92 @@ def test_a_client_that_left_gives_its_thread_back_before_its_question_is_written
     gone = lines.index(("request.client_gone", None))
     failed = next(at for at, line in enumerate(lines)
                   if line in (("persist.failed", "user"), ("persist.timeout", "user")))  # fmt: skip
-    assert gone < lines.index(("request.accepted", None)) < failed
+    # The next request was taken at once: the history read waited parked (round 24),
+    # and the question's write holds no thread either.
+    assert lines.index(("request.accepted", None)) < gone < failed
     assert ("persist.late_failed", "user") in lines[failed:]  # tried again late, still away
 
 
 def test_a_client_that_left_while_queued_reads_no_history(
-    fake: FakeUpstream, firestore, paused_database: _PausableProxy, tmp_path
+    fake: FakeUpstream, firestore, tmp_path
 ) -> None:
-    """THREADS=1, a hanging database: one request's history read holds the thread; a
-    second's client leaves while it waits for it. The second reads no history for nobody
-    (it held the thread a whole save wait more, then found its client gone)."""
-    fake.push(Script(tokens=["first"]))
+    """THREADS=1, held by a JSON answer its client does not read; a second request's
+    client leaves while it waits for the thread. The second reads no history for nobody
+    (it held the thread a whole save wait more with a hanging database, then found its
+    client gone)."""
+    fake.push(Script(tokens=["x" * 100_000] * 50))  # 5 MB
     reading = {"read_from_history": True, "emissaryConfig": {"currentUser": USER}}
-    env = {"THREADS": "1", "PERSIST_TIMEOUT_SECONDS": "2"}
+    env = {"THREADS": "1", "SEND_TIMEOUT_SECONDS": "3"}
     log = tmp_path / "service.log"
-    with (
-        log.open("wb") as output,
-        running_service(env, output=output) as service,
-        concurrent.futures.ThreadPoolExecutor(1) as pool,
-    ):
-        url = f"{service.url}/vac/assistant/test-assistant"
-        first = pool.submit(httpx.post, url, json={"user_input": "hi", **reading}, timeout=20)
-        time.sleep(0.5)  # its history read holds the only thread
+    with log.open("wb") as output, running_service(env, output=output) as service:
+        stuck = open_raw(service.url, "/vac/assistant/test-assistant", b'{"user_input": "hi"}',
+                         receive_buffer=4096)  # fmt: skip
+        fake.wait_for_requests(1)
+        time.sleep(0.5)  # its answer is being written, and taken by nobody
         gone = open_raw(service.url, "/vac/assistant/test-assistant/sse",
                         json.dumps({"user_input": "bye", **reading}).encode())  # fmt: skip
         time.sleep(0.2)
         gone.close()
-        assert first.result().status_code == 200
-        time.sleep(1)  # the second is taken, and found gone
+        time.sleep(4)  # the thread is free again: the second is taken, and found gone
+        stuck.close()
     messages = [line["message"] for line in log_lines(log.read_text())]
     assert messages.count("request.client_gone") == 1
-    assert messages.count("history.timeout") == 1  # the first request's alone
+    assert not [message for message in messages if message.startswith("history.")]
+
+
+@pytest.mark.parametrize("route", ["sse", "json"])
+def test_on_the_server_a_history_read_waits_parked_and_the_reply_has_it(
+    fake: FakeUpstream, history, route: str
+) -> None:
+    """The reply begins once its history is read, with the history, its head (and CORS)
+    as any reply's."""
+    fake.push(Script(tokens=["with ", "history"]))
+    body = {"user_input": "new question", "read_from_history": True, "history_limit": 2,
+            "emissaryConfig": {"currentUser": USER}}  # fmt: skip
+    path = "/vac/assistant/test-assistant" + ("/sse" if route == "sse" else "")
+    with running_service({}) as service:
+        answer = httpx.post(service.url + path, json=body, headers={"Origin": "https://a.example"},
+                            timeout=20)  # fmt: skip
+    assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == "*"
+    if route == "sse":
+        assert answer.headers["content-type"] == "text/event-stream; charset=utf-8"
+        assert sse_events(answer.content)[-2]["answer"] == "with history"
+    else:
+        assert answer.json()["answer"] == "with history"
+    assert _sent_messages(fake) == [
+        ("user", "thread question"),
+        ("assistant", "thread answer"),
+        ("user", "new question"),
+    ]
+
+
+def test_history_reads_on_a_hanging_database_hold_no_thread(
+    fake: FakeUpstream, firestore, black_hole: str
+) -> None:
+    """THREADS=2, and three requests read their history from a database that hangs: each
+    held a thread for PERSIST_TIMEOUT_SECONDS, and the next request (any: one that reads
+    no history) waited for one, as every parked stream's pings did (a reviewer). Each
+    reply still comes, without its history, once the read's time is up."""
+    fake.push(*[Script(tokens=["answered"])] * 4)
+    env = {"FIRESTORE_EMULATOR_HOST": black_hole, "PERSIST_TIMEOUT_SECONDS": "6", "THREADS": "2"}
+    reading = {
+        "user_input": "hi",
+        "read_from_history": True,
+        "emissaryConfig": {"currentUser": USER},
+    }
+    url = "/vac/assistant/test-assistant/sse"
+    with running_service(env) as service, concurrent.futures.ThreadPoolExecutor(3) as pool:
+        readers = [pool.submit(httpx.post, service.url + url, json=reading, timeout=30)
+                   for _ in range(3)]  # fmt: skip
+        time.sleep(1)  # their reads hang
+        started = time.monotonic()
+        plain = httpx.post(service.url + url, json={"user_input": "hi"}, timeout=30)
+        took = time.monotonic() - started
+        assert plain.status_code == 200 and "answered" in plain.text
+        assert took < 3  # not the reads' 6 s
+        for reader in readers:
+            answer = reader.result()
+            assert answer.status_code == 200 and "answered" in answer.text
 
 
 def test_history_unavailable_still_answers(client, fake, firestore, capsys) -> None:
