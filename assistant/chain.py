@@ -45,6 +45,7 @@ import httpx
 from . import aio
 from .config import Timeouts
 from .providers.base import (
+    ERROR_BODY_BYTES,
     EndsBeforeItsBody,
     Event,
     Prompt,
@@ -169,6 +170,9 @@ class Chain:
     first_chunk_at: float | None = None
     schema_left_out: str | None = None
     finished: threading.Event = field(default_factory=threading.Event)
+    # JSON mode: the usage and model of the last attempt that showed text and failed,
+    # whose text the reply keeps should every provider fail (`Reply._take_back_dropped`).
+    _set_aside: tuple[Usage, str | None] = field(default=(Usage(), None), init=False, repr=False)
     _reply_deadline: asyncio.Timeout = field(init=False, repr=False)
     _stopping: bool = field(default=False, init=False, repr=False)
 
@@ -199,6 +203,7 @@ class Chain:
                 error = ProviderError("reply_too_long", detail)
                 if self._stopping:
                     error = ProviderError("overloaded", "the instance is stopping")
+                self.stop_reason = None  # the answer may have ended: the reply did not
                 outcome = ChainFailed(error, committed=self.first_chunk_at is not None)
         except asyncio.CancelledError:
             raise  # the client left: nobody waits for an outcome
@@ -240,7 +245,8 @@ class Chain:
             # Ollama error line naming the user's text): never the prompt's texts.
             if error.detail:  # nor its key (an error line in the stream quoting our request)
                 detail = without_prompt(error.detail, self.prompt)
-                error.detail = without_secrets(detail, provider_secrets(provider))
+                detail = without_secrets(detail, provider_secrets(provider))
+                error.detail = detail[:ERROR_BODY_BYTES]  # cut once scrubbed
             self._record(progress, error.code, error)
             # A failed attempt has no stop reason (Gemini's finishReason before an error
             # said end_turn), and one that falls through leaves no usage or model either:
@@ -248,7 +254,9 @@ class Chain:
             self.stop_reason = None
             if progress.shown and self.commit_on_first_chunk:
                 return ChainFailed(error, committed=True)
-            self.usage, self.model_version = Usage(), None
+            if progress.shown:  # a JSON caller's: its text is set aside, its usage with it
+                self._set_aside = (self.usage, self.model_version)
+            self.usage, self.model_version = self._set_aside
             if progress.shown:
                 self.emit(Restart())
                 self.first_chunk_at = None  # the answer's first chunk is the next one's

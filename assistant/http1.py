@@ -560,16 +560,17 @@ class _Connection(asyncio.Protocol):
         against MAX_HEAD_BYTES with the head's."""
         assert self._head is not None
         self._head += data
-        if not self._interim and self._head.startswith((b"\r", b"\n")):
-            # Blank lines before a status line: a server's stray CRLF after its last
-            # answer, read past (RFC 9112 asks servers the same of a request line).
-            del self._head[: len(self._head) - len(self._head.lstrip(b"\r\n"))]
-        if not b"HTTP/".startswith(bytes(self._head[:5])):
-            # No answer begins so (bytes a server left after its last one, say): at once,
-            # not after the wait for a head that would never come whole.
-            self._fail(httpx.RemoteProtocolError("unreadable response head: no status line"))
-            return b""
         while True:
+            if self._head.startswith((b"\r", b"\n")):
+                # Blank lines before a status line: a server's stray CRLF after its last
+                # answer (or a 1xx), read past (RFC 9112 asks servers the same of a
+                # request line).
+                del self._head[: len(self._head) - len(self._head.lstrip(b"\r\n"))]
+            if not b"HTTP/".startswith(bytes(self._head[:5])):
+                # No answer begins so (bytes a server left after its last one, say): at
+                # once, not after the wait for a head that would never come whole.
+                self._fail(httpx.RemoteProtocolError("unreadable response head: no status line"))
+                return b""
             end, blank = _head_end(self._head)
             if (end if end >= 0 else len(self._head)) + self._interim > MAX_HEAD_BYTES:
                 self._fail(httpx.RemoteProtocolError("response head too long"))

@@ -58,6 +58,7 @@ from .provider_support import (
     FAIL_MODE_CODES,
     FAKE_MODEL,
     anthropic_at,
+    anthropic_event,
     one_byte_reads,
     run_chain,
     stream_events,
@@ -549,6 +550,41 @@ def test_a_key_across_the_error_bodys_cut_is_redacted_too() -> None:
     response = httpx.Response(401, content=body)
     detail = asyncio.run(read_error_body(response, {"authorization": f"Bearer {key}"}))
     assert "sk-proj-A" not in detail and detail.endswith("[redacted].")
+
+
+@EACH
+def test_a_key_with_a_space_echoed_in_an_error_body_is_redacted_whole(
+    upstream: FakeUpstream, case: ProviderCase
+) -> None:
+    """A key header's value is the key, spaces and all: only an Authorization header has
+    a scheme before its credentials (x-api-key's first word was taken for one, and left
+    in the log)."""
+    key = "sk-FIRSTHALFSECRET SECONDHALFSECRET"
+    upstream.push(Script(fail="401", error_body={"error": f"invalid key {key}"}))
+    provider = case.provider_class(case.settings(upstream.url), key)
+    run = run_chain([provider], Timeouts(connect=1, first_chunk=2, idle=2))
+    [error] = run.errors
+    assert error is not None and "HALFSECRET" not in error.detail
+
+
+@pytest.mark.parametrize("case", [case for case in CASES if case.name in ("anthropic", "ollama")],
+                         ids=lambda case: case.name)  # fmt: skip
+def test_a_key_in_a_long_error_line_of_the_stream_is_redacted_whole(
+    upstream: FakeUpstream, case: ProviderCase
+) -> None:
+    """An error in the stream whose text (a proxy's) quotes the key near where it was
+    cut: cut before the scrub, the key's first characters stayed in the log."""
+    key = "sk-live-ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    said = "x" * 185 + " bad token " + key
+    if case is OLLAMA:
+        upstream.push(Script(raw=[json.dumps({"error": said}).encode() + b"\n"]))
+    else:
+        upstream.push(Script(raw=[anthropic_event("error", {"type": "error", "error": said})]))
+    provider = case.provider_class(case.settings(upstream.url), key)
+    run = run_chain([provider], Timeouts(connect=1, first_chunk=2, idle=2))
+    [error] = run.errors
+    assert error is not None and error.code == "upstream_error"
+    assert "sk-live-A" not in error.detail and "[redacted]" in error.detail
 
 
 @EACH

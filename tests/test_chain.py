@@ -6,6 +6,7 @@ are exercised over real HTTP without waiting for the other provider modules.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
@@ -319,6 +320,48 @@ def test_json_caller_gets_502_when_all_fail(upstreams) -> None:
     assert body["code"] == "providers_failed"
     assert len(body["attempts"]) == 2
     assert body["partial"] == "a"  # what arrived before the last failure is reported
+
+
+def test_a_json_reply_every_provider_failed_reports_its_kept_texts_usage(upstreams) -> None:
+    """The text kept (the last that came, saved incomplete) is reported with its usage
+    and model, not with none (a first version of clearing a failed attempt's report
+    cleared it) nor with a later attempt's."""
+    first, second = upstreams
+    first.push(Script(tokens=["a ", "b ", "c"], fail_after=2, fail_mode="cut", input_tokens=55))
+    second.push(Script(fail="no_text", input_tokens=7))
+    items: list[Item] = []
+    providers = [_provider(first, "primary"), _provider(second, "secondary")]
+    chain = Chain(providers, PROMPT, Timeouts(1, first_chunk=3, idle=3), items.append,
+                  commit_on_first_chunk=False)  # fmt: skip
+    aio.submit(chain.run()).result(timeout=20)
+    failed = items[-1]
+    assert isinstance(failed, ChainFailed) and not failed.committed
+    report = failed.report
+    assert (report.provider, report.usage.input_tokens, report.stop_reason) == ("primary", 55, None)
+
+
+def test_a_reply_out_of_time_after_its_answer_ended_has_no_stop_reason(upstreams) -> None:
+    """The answer's end came while the reply had no room (a slow client), and the reply's
+    time ran out first: its error frame said stop_reason end_turn (a reviewer)."""
+    first, _ = upstreams
+    first.push(Script(tokens=["a", "b", "c"]))
+    asked: list[int] = []
+    full: list[Any] = []
+
+    def room() -> Any:
+        asked.append(1)
+        if len(asked) < 3:
+            return None
+        full.append(full[0] if full else asyncio.get_running_loop().create_future())
+        return full[-1]
+
+    items: list[Item] = []
+    timeouts = Timeouts(1, first_chunk=3, idle=3, reply=1)
+    chain = Chain([_provider(first, "primary")], PROMPT, timeouts, items.append, room=room)
+    aio.submit(chain.run()).result(timeout=20)
+    failed = items[-1]
+    assert isinstance(failed, ChainFailed) and failed.error is not None
+    assert failed.error.code == "reply_too_long" and failed.report.stop_reason is None
 
 
 def test_a_body_the_parser_chokes_on_is_that_providers_failure(upstreams) -> None:

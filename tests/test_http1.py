@@ -575,3 +575,14 @@ def test_bytes_that_begin_no_status_line_fail_at_once() -> None:
         with pytest.raises(httpx.RemoteProtocolError, match="no status line"):
             on_loop(read_body(http, server.url))
         assert time.monotonic() - started < 4  # the client's timeout is 5 s
+
+
+@pytest.mark.parametrize("split", ["one-read", "per-byte"])
+def test_blank_lines_after_an_informational_answer_are_read_past(split: str) -> None:
+    """As they are before the first status line (a reviewer found them refused after a
+    103 Early Hints)."""
+    early = b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n"
+    answer = early + b"\r\n" + b"HTTP/1.1 200 OK\r\ncontent-length: 36\r\n\r\n" + EVENTS
+    pieces = [answer] if split == "one-read" else [bytes([byte]) for byte in answer]
+    with upstream([pieces], gap=0.001) as server:
+        assert on_loop(read_body(client(), server.url)) == EVENTS

@@ -61,6 +61,7 @@ import httpx
 from ..tools import NamedTool, ToolCall, parse_arguments
 from .anthropic_schema import output_schema, unheld
 from .base import (
+    ERROR_DETAIL_CHARS,
     WORKING,
     Event,
     HttpProvider,
@@ -248,7 +249,7 @@ def _on_message_stop(data: dict[str, Any], state: _State) -> None:
 def _on_error(data: dict[str, Any], state: _State) -> None:
     error = data.get("error")
     kind = error.get("type") if isinstance(error, dict) else error  # a proxy's: a string
-    raise ProviderError("upstream_error", str(kind or "error event")[:200])
+    raise ProviderError("upstream_error", str(kind or "error event")[:ERROR_DETAIL_CHARS])
 
 
 _HANDLERS: dict[str, Callable[[dict[str, Any], _State], None]] = {

@@ -550,6 +550,9 @@ def compressed(response: httpx.Response) -> str | None:
 
 ERROR_BODY_BYTES = 2048  # of an upstream's error answer, for the log
 _KEY_ROOM_BYTES = 512  # read past the cut, so that a key across it is found whole
+# What an error in a stream keeps of what the upstream said: cut to ERROR_BODY_BYTES
+# once the chain has scrubbed it (a key across a cut made before was half left).
+ERROR_DETAIL_CHARS = ERROR_BODY_BYTES + _KEY_ROOM_BYTES
 _KEY_HEADERS = frozenset({"authorization", "x-api-key", "x-goog-api-key", "api-key"})
 
 
@@ -590,24 +593,29 @@ def request_secrets(headers: list[tuple[str, str]]) -> list[bytes]:
         if name.lower() not in _KEY_HEADERS:
             continue
         scheme, _, credentials = value.strip().partition(" ")
-        if scheme.lower() == "basic":
+        if name.lower() != "authorization" or not credentials:  # a key as it is, spaces too
+            secrets.append(value.strip())
+        elif scheme.lower() == "basic":
             secrets.append(credentials.strip())
             with contextlib.suppress(ValueError):
                 login = base64.b64decode(credentials.strip(), validate=True).decode()
                 secrets += [login, login.partition(":")[2]]
         else:
-            secrets.append(value.strip() if not credentials else credentials.strip())
-    return [secret.encode() for secret in secrets if len(secret) >= 8]
+            secrets.append(credentials.strip())
+    # The longest first: a key that holds another (a login and its password) goes whole.
+    return sorted(
+        {secret.encode() for secret in secrets if len(secret) >= 8}, key=len, reverse=True
+    )
 
 
 def provider_secrets(provider: Provider) -> list[bytes]:
     """What a provider's error detail must not show, however it came (an error body, an
     error in the stream): its key, and a login in its base URL as httpx sends it."""
-    headers = [("authorization", f"Bearer {provider.api_key}")]
+    headers = [("x-api-key", provider.api_key)]
     url = httpx.URL(provider.settings.base_url)
     if url.username or url.password:
         login = base64.b64encode(f"{url.username}:{url.password}".encode()).decode()
-        headers.append(("authorization", f"Basic {login}"))
+        headers += [("authorization", f"Basic {login}"), ("x-api-key", url.password)]
     return request_secrets(headers)
 
 

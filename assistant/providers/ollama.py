@@ -45,6 +45,7 @@ import httpx
 
 from ..tools import ToolCall, ToolSpec, arguments_value
 from .base import (
+    ERROR_DETAIL_CHARS,
     Event,
     HttpProvider,
     Message,
@@ -138,7 +139,7 @@ class _Decoder:
 
     def _handle(self, line: dict[str, Any], out: list[Event]) -> None:
         if line.get("error") is not None:  # `"error": null` is no error
-            raise ProviderError("upstream_error", str(line["error"])[:200])
+            raise ProviderError("upstream_error", str(line["error"])[:ERROR_DETAIL_CHARS])
         self._model = line.get("model") or self._model  # an odd one: StreamEnd drops it
         message = line.get("message") or {}
         thinking, content = message.get("thinking"), message.get("content")
