@@ -257,8 +257,8 @@ def _answer(
     # The whole save wait, even past a stream's status window (which counts from the
     # request, reply.py: the stream opens at once after a slow read): a reply without its
     # history would answer out of context.
-    reading = start_history(store, assistant_request, author, trace_id, log)
     timeout = settings.persist_timeout_seconds
+    reading = start_history(store, assistant_request, author, trace_id, timeout, log)
     if reading is None or not environ.get(PARKING):
         return begin(history_read(reading, timeout, timeout, log))
     return _after_history(reading, timeout, begin, streaming, slot, trace_id, log)

@@ -346,14 +346,20 @@ def load_history(
     A reply without its history is better than no reply: a failure here is
     logged and the request goes on.
     """
-    reading = start_history(store, request, author, trace_id, log)
+    reading = start_history(store, request, author, trace_id, timeout, log)
     return history_read(reading, timeout, timeout, log)
 
 
 def start_history(
-    store: MessageStore, request: AssistantRequest, author: Author, trace_id: str, log: RequestLog
+    store: MessageStore,
+    request: AssistantRequest,
+    author: Author,
+    trace_id: str,
+    timeout: float,
+    log: RequestLog,
 ) -> concurrent.futures.Future[tuple[Turn, ...]] | None:
-    """The history read begun (`history_read` takes its turns); None: nobody's to read."""
+    """The history read begun, to end within `timeout` seconds from now (`history_read`
+    takes its turns); None: nobody's to read."""
     if author.user_id is None:
         log.warning("history.skipped", reason="no user to read the history of")
         return None
@@ -364,6 +370,7 @@ def start_history(
         request.thread_id,
         request.history_limit,
         trace_id,
+        time.monotonic() + timeout,
     )
 
 

@@ -112,9 +112,16 @@ class MessageStore(Protocol):
         ...
 
     def recent_turns(
-        self, assistant_id: str, user_id: str, thread_id: str | None, limit: int, trace_id: str
+        self,
+        assistant_id: str,
+        user_id: str,
+        thread_id: str | None,
+        limit: int,
+        trace_id: str,
+        deadline: float | None = None,
     ) -> tuple[Turn, ...]:
-        """The user's last `limit` turns, oldest first. Raises on failure."""
+        """The user's last `limit` turns, oldest first, by `deadline` (time.monotonic()) if
+        given. Raises on failure."""
         ...
 
 
@@ -303,7 +310,13 @@ class FirestoreStore:
         return existing
 
     def recent_turns(
-        self, assistant_id: str, user_id: str, thread_id: str | None, limit: int, trace_id: str
+        self,
+        assistant_id: str,
+        user_id: str,
+        thread_id: str | None,
+        limit: int,
+        trace_id: str,
+        deadline: float | None = None,
     ) -> tuple[Turn, ...]:
         """This user's last `limit` messages (of the thread, if given), oldest first,
         as many of the newest as MAX_HISTORY_CHARS of text holds.
@@ -316,7 +329,10 @@ class FirestoreStore:
         """
         from google.cloud.firestore import FieldFilter, Query
 
-        deadline = time.monotonic() + self._timeout  # the caller waits as long, for all of it
+        # The caller's (its wait began when it asked: this may have waited for a thread of
+        # the store's, and a lookup that went past it lost the whole history), else as
+        # long as a call may take.
+        deadline = deadline or time.monotonic() + self._timeout
         query = self._messages(assistant_id).where(filter=FieldFilter("userId", "==", user_id))
         if thread_id is not None:
             query = query.where(filter=FieldFilter("threadId", "==", thread_id))

@@ -26,7 +26,13 @@ class SlowHistory:
         self._lock = threading.Lock()
 
     def recent_turns(
-        self, assistant_id: str, user_id: str, thread_id: str | None, limit: int, trace_id: str
+        self,
+        assistant_id: str,
+        user_id: str,
+        thread_id: str | None,
+        limit: int,
+        trace_id: str,
+        deadline: float | None = None,
     ) -> tuple[Turn, ...]:
         with self._lock:
             self.reads_begun += 1

@@ -1109,6 +1109,19 @@ def test_a_history_read_with_no_time_left_for_the_lookup_keeps_its_window(
     assert _sent_messages(fake) == [("user", "question t\n\nnew question")]
 
 
+def test_a_history_reads_lookup_counts_its_time_from_when_it_was_asked(firestore) -> None:
+    """The read's time is the asker's, who began waiting when it asked: a read begun late
+    on the store's busy threads took a whole wait of its own for the lookup, past the
+    asker's, and the whole history was lost (a reviewer, reading the code)."""
+    _seed(firestore, "t-assistant", "assistant", "answer t", USER["email"], 1)
+    _seed(firestore, "t-user", "user", "question t", USER["email"], 13)
+    messages = FirestoreStore("assistants", 5)
+    ask = ("test-assistant", USER["email"], None, 1, "now")
+    assert messages.recent_turns(*ask) == ()  # its reply is elsewhere: the question left out
+    past = time.monotonic() - 1  # asked a while ago: no time left for the lookup
+    assert [turn.content for turn in messages.recent_turns(*ask, past)] == ["question t"]
+
+
 def test_history_skips_the_retried_requests_own_messages(client, fake, history) -> None:
     body = {"read_from_history": True, "trace_id": "b", "emissaryConfig": {"currentUser": USER}}
     ask(client, "thread question", **body).get_data()
