@@ -147,12 +147,41 @@ def _long_pattern(patterns: Iterable[Any]) -> str | None:
             )
         except (RecursionError, OverflowError):
             parsed = None  # readable, but too deep or too large: too much to write out
+        if parsed is not None and (construct := _unbounded_construct(parsed)) is not None:
+            return f"a pattern with {construct}: {pattern[:60]!r}"
         if written_out(pattern, parsed) > MOST_PATTERN_CHARS:
             return (
                 f"a pattern whose counted repeats come to more than {MOST_PATTERN_CHARS} "
                 f"characters: {pattern[:60]!r}"
             )
     return None
+
+
+def _unbounded_construct(parsed: Any) -> str | None:
+    """What in a parsed pattern the `regex` module matches at a cost in memory that the
+    check's deadline does not bound, and JSON Schema's patterns do not need: a
+    conditional group (ECMA-262 has none), a repeat whose body holds a lookaround and
+    may match nothing (which a repeat adds nothing to; `(?(1)x)(?=(.)*)*` and
+    `(?:a|(?=(.)*))+\\1` took 180-510 MB within a reply's check, of two characters)."""
+    for op, argument in parsed:
+        if op is _constants.GROUPREF_EXISTS:
+            return "a conditional group ((?(1)...))"
+        if op in _REPEATS:
+            _, most, body = argument
+            if most > 1 and body.getwidth()[0] == 0 and _holds_a_lookaround(body):
+                return "a repeat of what may match nothing around a lookaround ((?=...)*)"
+        for part in _subpatterns(argument):
+            if (construct := _unbounded_construct(part)) is not None:
+                return construct
+    return None
+
+
+def _holds_a_lookaround(parsed: Any) -> bool:
+    return any(
+        op in (_constants.ASSERT, _constants.ASSERT_NOT)
+        or any(_holds_a_lookaround(part) for part in _subpatterns(argument))
+        for op, argument in parsed
+    )
 
 
 def read_pattern(pattern: str) -> Any:

@@ -469,14 +469,11 @@ def _check_schema(schema: dict[str, Any], field: str) -> None:
         raise _refused(
             f"{field}: an $id (or id) that is no URI: {exc}", f"{field}: an $id that is no URI"
         ) from None
-    for where, node in objects.items():
-        if "$ref" in node and not isinstance(node["$ref"], str):
-            # Every draft applies it; those before 2019-09 leave its type to the reader:
-            # a list was taken, and then no reply could be checked against the schema.
-            raise _refused(
-                f"{field}: $ref must be a string, a URI reference (at {where or 'the top level'})",
-                f"{field}: $ref must be a string (at {_logged(where.split('/')[1:])})",
-            )
+    if _a_ref_no_string(schema, validator):
+        # Every draft applies it; those before 2019-09 leave its type to the reader: a
+        # list was taken, and then no reply could be checked against the schema.
+        message = f"{field}: a $ref must be a string, a URI reference"
+        raise _refused(message, message)
     applies = _InPlace.of(validator)
     for where, keyword, target in _references(objects):
         at = f"(at {where or 'the top level'})"
@@ -512,6 +509,23 @@ def _check_schema(schema: dict[str, Any], field: str) -> None:
             f"{field}: its references loop without reaching a value (at {loop or 'the top level'})",
             f"{field}: its references loop (at {_logged(loop.split('/')[1:])})",
         )
+
+
+def _a_ref_no_string(schema: dict[str, Any], validator: Any) -> bool:
+    """Whether a `$ref` that is no string stands where the draft applies it: in the
+    schemas its keywords hold, as `referencing` finds them (not under `x-` keywords, an
+    OpenAPI `example` or `dependentRequired`: data, which a first version refused)."""
+    specification = referencing.jsonschema.specification_with(
+        validator.META_SCHEMA.get("$schema", ""), default=referencing.jsonschema.DRAFT202012
+    )
+    stack: list[Any] = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "$ref" in node and not isinstance(node["$ref"], str):
+                return True
+            stack.extend(specification.subresources_of(node))
+    return False
 
 
 def _refused(message: str, reason: str) -> RequestError:

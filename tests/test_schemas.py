@@ -900,3 +900,42 @@ def test_patterns_mean_to_the_matcher_what_they_mean_to_pythons_parser() -> None
                 assert (found and found.span()) == (ours and ours.span()), (pattern, text)
             checked += 1
     assert checked > 1000
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        # "a property named $ref requires a": dependentRequired's values are names.
+        {"properties": {"$ref": {}, "a": {}}, "dependentRequired": {"$ref": ["a"]}},
+        {"x-openapi": {"$ref": 1}},  # data under a keyword no draft has
+        {"$schema": D4, "example": {"$ref": 12}},  # OpenAPI's example, draft 4
+    ],
+    ids=["dependent-required", "x-keyword", "example"],
+)
+def test_a_ref_key_in_data_is_no_reference(schema: dict[str, Any]) -> None:
+    """A first version of refusing a `$ref` that is no string refused these valid
+    schemas (a reviewer): only a `$ref` where the draft applies it is one."""
+    assert check_schema(schema, "responseSchema") == schema
+
+
+@pytest.mark.parametrize(
+    ("pattern", "construct"),
+    [
+        ("(?(1)x)(?=(.)*)*", "conditional group"),  # 180-510 MB within one reply's check
+        ("(?=(.)*)*\\1", "lookaround"),
+        ("(?:a|(?=(.)*))+\\1", "lookaround"),
+        ("(?:(?=(.)*)x?)*\\1", "lookaround"),
+    ],
+)
+def test_a_pattern_regex_matches_at_an_unbounded_cost_in_memory_is_a_400(
+    pattern: str, construct: str
+) -> None:
+    """A repeat that may match nothing around a lookaround, and a conditional group
+    (ECMA-262 has none): within the check's second, `regex` took hundreds of MB."""
+    why = long_part({"type": "string", "pattern": pattern})
+    assert why is not None and construct in why
+
+
+@pytest.mark.parametrize("pattern", ["^(?:(?!ab).)*$", "(?=a)b*", "a*(?!b)", "(?:(?=x)y|z)*"])
+def test_lookarounds_that_cost_nothing_are_taken(pattern: str) -> None:
+    assert long_part({"type": "string", "pattern": pattern}) is None
