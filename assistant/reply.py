@@ -389,7 +389,7 @@ class Reply:
             try:
                 yield until_done(pending.write, pending.seconds)
             except GeneratorExit:  # closed meanwhile (the worker stops): the save goes on
-                drive(steps)
+                drive_unwaited(steps, _nothing, self._log)
                 raise
 
     def _error_body(self, final: dict[str, Any]) -> dict[str, Any]:
@@ -559,7 +559,12 @@ class Reply:
                     yield sse.PING
                     self._last_sent = time.monotonic()
             except GeneratorExit:  # closed meanwhile (the client left, the worker stops):
-                drive(steps)  # the save goes to its end all the same
+                # The save goes to its end all the same: off this thread when it is every
+                # parked reply's (it held one a whole save wait on a hanging database).
+                if self._parking:
+                    drive_unwaited(steps, _nothing, self._log)
+                else:
+                    drive(steps)
                 raise
 
     def _conclude(self, item: Outcome, within: float | None = None) -> dict[str, Any]:
@@ -660,17 +665,13 @@ class Reply:
         def saved(_: object) -> None:
             self._log.info("reply.client_gone", **gone)
 
+        saving = self._saving(output, report, complete=False, beat=None)
         if not self._parking:  # the thread is this reply's alone either way
-            saved(drive(self._saving(output, report, complete=False, beat=None)))
+            saved(drive(saving))
             return
         # A parked reply's thread is every parked reply's (their pings, final frames and
         # departure checks): nobody waits for this save, so it holds none of them.
-        drive_unwaited(
-            lambda within: self._saving(output, report, False, None, within),
-            self._settings.persist_timeout_seconds,
-            saved,
-            self._log,
-        )
+        drive_unwaited(saving, saved, self._log)
 
     def _save_incomplete(self) -> ChainReport:
         """Save what arrived as `incomplete`; the chain's report (it has stopped: its
@@ -690,17 +691,18 @@ class Reply:
         within: float | None = None,
     ) -> Generator[Pending, None, tuple[dict[str, str] | None, bool]]:
         """(message ids, persist failed), yielding what to wait for when `beat` is set;
-        nothing arrived means no assistant message to keep."""
+        nothing arrived means no assistant message to keep. The message is made, and
+        its save dated and begun, here, when called, not at the first step: one driven
+        later (`drive_unwaited`) found the reply let go of by then, and saved nothing."""
         self._saved = True
-        if self._saver is None:
-            return None, False
         message = None
         if complete or self._parts or self._calls:
             message = record.assistant_message(
                 self._request, self._trace_id, self._author, output, report, complete
             )
-        ids, failed = yield from self._saver.finishing(message, beat, within)
-        return ids or None, failed
+        return _message_ids(
+            None if self._saver is None else self._saver.finishing(message, beat, within)
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -709,6 +711,20 @@ class Refused:
 
     status: int
     payload: dict[str, Any]
+
+
+def _message_ids(
+    finishing: Generator[Pending, None, tuple[dict[str, str], bool]] | None,
+) -> Generator[Pending, None, tuple[dict[str, str] | None, bool]]:
+    """The save's steps, its ids None for none saved; none at all without a store."""
+    if finishing is None:
+        return None, False
+    ids, failed = yield from finishing
+    return ids or None, failed
+
+
+def _nothing(_: object) -> None:
+    pass
 
 
 def _past_parks(waiting: Iterator[Item | Park | None]) -> Generator[Park, None, Item | None]:

@@ -136,9 +136,22 @@ class Saver:
         goes to `late_saves`, the question before its reply, to be written after
         the reply: not lost to an outage that outlived the wait either.
         """
+        # Its time and its wait's end from now, not from its first step: one driven later
+        # (its client left: `drive_unwaited`) is dated when the reply ended, not after
+        # the user's next question, and waits no longer than it would have.
         wait = self._timeout if within is None else min(self._timeout, within)
         deadline = time.monotonic() + wait
         answered_at = _now()  # the reply's time: its createdAt, and its answeredAt
+        return self._finishing(assistant_message, beat, wait, deadline, answered_at)
+
+    def _finishing(
+        self,
+        assistant_message: AssistantMessage | None,
+        beat: float | None,
+        wait: float,
+        deadline: float,
+        answered_at: datetime.datetime,
+    ) -> Generator[Pending, None, tuple[dict[str, str], bool]]:
         ids: dict[str, str] = {}
         ok = True
         late: list[Step] = []  # what the wait could not write, for late_saves
@@ -256,30 +269,24 @@ def save_question(store: MessageStore, message: UserMessage, log: RequestLog) ->
 
 
 # Saves nobody waits for (a reply whose client left), driven off the request threads;
-# those under way or queued, for a worker on its way out (`finish_unwaited`).
+# those under way or queued, with their logs, for a worker on its way out.
 _unwaited = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="unwaited-save")
-_unwaited_saves: set[concurrent.futures.Future[None]] = set()
+_unwaited_saves: dict[concurrent.futures.Future[None], RequestLog] = {}
 _unwaited_lock = threading.Lock()
 
 
 def drive_unwaited(
-    steps_within: Callable[[float], Generator[Pending, None, T]],
-    seconds: float,
-    then: Callable[[T], None],
-    log: RequestLog,
+    steps: Generator[Pending, None, T], then: Callable[[T], None], log: RequestLog
 ) -> None:
-    """`steps_within(within)` run to its end on a thread of its own, `then` given its
-    result: nobody waits for it, and a request thread held for a hanging database's
+    """`steps` run to their end on a thread of their own, `then` given their result:
+    nobody waits for them, and a request thread held for a hanging database's
     PERSIST_TIMEOUT_SECONDS was one fewer for every parked reply's pings, final frame
-    and departure check. `within` is what is left of `seconds` from now when it begins
-    (queued behind others on a hanging database, what it could not write goes to
-    `late_saves` sooner)."""
-    submitted = time.monotonic()
+    and departure check. Begun already (`Saver.finishing` is dated, and its wait counted,
+    from when it was called), they wait no longer queued here."""
 
     def run() -> None:
-        within = max(0.0, seconds - (time.monotonic() - submitted))
         try:
-            result = drive(steps_within(within))
+            result = drive(steps)
         except Exception as exc:  # a bug of ours: said, never lost silently
             log.exception("persist.crashed", exc)
             return
@@ -287,18 +294,27 @@ def drive_unwaited(
 
     future = _unwaited.submit(run)
     with _unwaited_lock:
-        _unwaited_saves.add(future)
-    future.add_done_callback(_unwaited_saves.discard)
+        _unwaited_saves[future] = log
+    future.add_done_callback(_forget_unwaited)
+
+
+def _forget_unwaited(future: concurrent.futures.Future[None]) -> None:
+    with _unwaited_lock:
+        _unwaited_saves.pop(future, None)
 
 
 def finish_unwaited(seconds: float) -> None:
     """For a worker on its way out, before `late_saves` closes: the saves nobody waits
     for are given `seconds` to end (what their wait could not write is in `late_saves`
-    by then, its last try and its `persist.lost` line to come, rather than dropped
-    silently at the exit)."""
+    by then, its last try and its `persist.lost` line to come); one still waiting then
+    is said lost (the worker exits before its wait ends), never dropped silently."""
     with _unwaited_lock:
         under_way = list(_unwaited_saves)
     concurrent.futures.wait(under_way, timeout=seconds)
+    with _unwaited_lock:
+        left = list(_unwaited_saves.values())
+    for log in left:
+        log.error("persist.lost", role="assistant", reason="the worker stopped during its save")
 
 
 def drive(steps: Generator[Pending, None, T]) -> T:

@@ -3,8 +3,11 @@ slowly or fail (saving against the Firestore emulator is in test_store.py)."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import datetime
 import threading
 import time
+from collections.abc import Generator
 
 from assistant import saving
 from assistant.late_saves import UNDER_WAY, LateSaves, Step
@@ -337,3 +340,49 @@ def test_a_reply_is_not_written_when_its_question_was_not() -> None:
     ids, failed = saving.drive(saver.finishing(reply, None))
     assert (ids, failed) == ({}, True)
     assert store.replies == []
+
+
+class Recording:
+    """A message store that keeps what it was asked to write."""
+
+    def __init__(self) -> None:
+        self.saved: list[AssistantMessage] = []
+
+    def save_user_message(self, message: UserMessage) -> str:
+        return message.message_id
+
+    def save_assistant_message(self, message: AssistantMessage, user_saved: bool = False) -> str:
+        self.saved.append(message)
+        return message.message_id
+
+
+def test_a_save_driven_later_is_dated_when_it_was_asked_for() -> None:
+    """A reply whose client left is saved off its thread, maybe queued: dated when its
+    first step ran, it came after the user's next question in the history (a reviewer)."""
+    store = Recording()
+    reply = AssistantMessage("a", "t-late", None, AUTHOR, "partial", "", "incomplete", None, None)
+    asked = datetime.datetime.now(datetime.UTC)
+    steps = saving.Saver(store, 5, RequestLog("t-late")).finishing(reply, None)  # type: ignore[arg-type]
+    time.sleep(0.5)  # queued behind other saves
+    saving.drive(steps)
+    [saved] = store.saved
+    assert saved.created_at is not None and saved.created_at - asked < datetime.timedelta(
+        seconds=0.3
+    )
+
+
+def test_an_unwaited_save_still_under_way_when_the_worker_stops_is_said_lost(capsys) -> None:
+    """Its wait outlasts the worker's time left: it is logged lost, not dropped silently
+    at the exit (a reviewer, with PERSIST_TIMEOUT_SECONDS of 10)."""
+    never: concurrent.futures.Future[str] = concurrent.futures.Future()
+
+    def hanging() -> Generator[saving.Pending, None, None]:
+        yield saving.Pending(never, 2.0)
+
+    saving.drive_unwaited(hanging(), lambda _: None, RequestLog("t-unwaited"))
+    saving.finish_unwaited(0.2)
+    lost = [
+        line for line in log_lines(capsys.readouterr().out) if line["message"] == "persist.lost"
+    ]
+    assert [line["trace_id"] for line in lost] == ["t-unwaited"]
+    never.set_result("done")  # the thread goes back to the pool

@@ -1146,26 +1146,31 @@ def test_a_client_that_leaves_during_a_hanging_history_read_calls_no_provider(
         assert answer.status_code == 200 and "next" in answer.text
 
 
+@pytest.mark.parametrize("leaving", ["mid-reply", "during-its-final-save"])
 def test_replies_whose_clients_left_hold_no_thread_while_a_hanging_database_saves(
-    fake: FakeUpstream, firestore, black_hole: str
+    fake: FakeUpstream, firestore, black_hole: str, leaving: str
 ) -> None:
-    """Two streams' clients leave while the database hangs: their incomplete saves are
-    waited for off the request threads (each held one for PERSIST_TIMEOUT_SECONDS, and
-    on THREADS=2 the next request waited for one: as every parked stream's pings, final
-    frames and departure checks did, a reviewer found)."""
-    env = {"FIRESTORE_EMULATOR_HOST": black_hole, "PERSIST_TIMEOUT_SECONDS": "8", "THREADS": "2"}
-    fake.push(*[Script(tokens=["a "] * 200, interval=0.1) for _ in range(2)])
+    """Two streams' clients leave while the database hangs (as their text flows, or as
+    their final save waits): their saves are waited for off the request threads (each
+    held one for PERSIST_TIMEOUT_SECONDS, and on THREADS=2 the next request waited for
+    one: as every parked stream's pings, final frames and departure checks did, a
+    reviewer found)."""
+    env = {"FIRESTORE_EMULATOR_HOST": black_hole, "PERSIST_TIMEOUT_SECONDS": "8",
+           "THREADS": "2", "HEARTBEAT_SECONDS": "1"}  # fmt: skip
+    tokens = ["a "] * 200 if leaving == "mid-reply" else ["a ", "b"]
+    fake.push(*[Script(tokens=tokens, interval=0.1) for _ in range(2)])
     body = json.dumps({"user_input": "hi", **SAVE}).encode()
     with running_service(env) as service:
-        leaving = [open_raw(service.url, "/vac/assistant/test-assistant/sse", body)]
-        leaving.append(open_raw(service.url, "/vac/assistant/test-assistant/sse", body))
+        leavers = [open_raw(service.url, "/vac/assistant/test-assistant/sse", body)]
+        leavers.append(open_raw(service.url, "/vac/assistant/test-assistant/sse", body))
         fake.wait_for_requests(2)
-        time.sleep(0.5)  # their text flows
-        for sock in leaving:
+        time.sleep(0.5)  # their text flows, or has ended and their saves wait
+        for sock in leavers:
             sock.close()
-        for upstream in fake.requests:
-            assert upstream.client_closed.wait(5)
-        time.sleep(0.5)  # their replies are saving now
+        if leaving == "mid-reply":
+            for upstream in fake.requests:
+                assert upstream.client_closed.wait(5)
+        time.sleep(1.5)  # they are saving now, and a ping found them gone
         fake.push(Script(tokens=["next"]))
         started = time.monotonic()
         answer = httpx.post(
@@ -1174,6 +1179,42 @@ def test_replies_whose_clients_left_hold_no_thread_while_a_hanging_database_save
         took = time.monotonic() - started
     assert answer.status_code == 200 and "next" in answer.text
     assert took < 4  # not the hung saves' 8 s
+
+
+@pytest.mark.parametrize("route", ["sse", "json"])
+def test_every_reply_whose_client_left_is_saved_however_many_leave_at_once(
+    fake: FakeUpstream, firestore, route: str
+) -> None:
+    """Twelve clients leave mid-reply at once: each reply's text is saved incomplete. A
+    first version of saving them off the request threads saved four (those its threads
+    took at once): the others were let go of before their save began, and saved
+    nothing, silently (a reviewer)."""
+    count = 12
+    fake.push(*[Script(tokens=["a "] * 200, interval=0.05) for _ in range(count)])
+    path = "/vac/assistant/test-assistant" + ("/sse" if route == "sse" else "")
+    with running_service({"THREADS": "4"}) as service:
+        leavers = [
+            open_raw(service.url, path, json.dumps({
+                "user_input": "hi", "trace_id": f"t-left-{i}", "save_to_history": True,
+                "emissaryConfig": {"currentUser": {"email": f"u{i}@example.com"}},
+            }).encode())
+            for i in range(count)
+        ]  # fmt: skip
+        fake.wait_for_requests(count)
+        time.sleep(0.5)  # their text flows
+        for sock in leavers:
+            sock.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            saved = {
+                key: doc for key, doc in _messages(firestore).items() if key.endswith("-assistant")
+            }
+            if len(saved) == count:
+                break
+            time.sleep(0.2)
+    assert len(saved) == count
+    assert {doc["status"] for doc in saved.values()} == {"incomplete"}
+    assert all(doc["content"].startswith("a a") for doc in saved.values())
 
 
 def test_a_client_that_leaves_during_a_slow_history_read_keeps_its_question(
