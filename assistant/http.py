@@ -245,12 +245,20 @@ def _answer(
     client_gone = _client_gone_probe(request.environ)
     environ = request.environ
 
+    def keep_question() -> None:
+        """The question of a reply that never begins, saved all the same (off the
+        thread), as when its client leaves mid-reply."""
+        asked = assistant_request
+        if store and asked.save_to_history and not asked.user_message_already_saved:
+            save_question(store, user_message(asked, trace_id, author), log)
+
     def begin(history: tuple[Turn, ...] | None) -> flask.Response:
         asked = assistant_request
         if history is not None:
             asked = dataclasses.replace(assistant_request, chat_history=history)
         return _begin(environ, asked, author, slot, settings, trace_id, log, started,
-                      providers, store, streaming, read_history, client_gone)  # fmt: skip
+                      providers, store, streaming, read_history, client_gone,
+                      keep_question)  # fmt: skip
 
     if not (store and read_history and not client_gone()):  # gone while queued: no read
         return begin(None)
@@ -261,13 +269,14 @@ def _answer(
     reading = start_history(store, assistant_request, author, trace_id, timeout, log)
     if reading is None or not environ.get(PARKING):
         return begin(history_read(reading, timeout, timeout, log))
-    return _after_history(reading, timeout, begin, streaming, slot, trace_id, log)
+    return _after_history(reading, timeout, begin, keep_question, streaming, slot, trace_id, log)
 
 
 def _after_history(
     reading: concurrent.futures.Future[tuple[Turn, ...]],
     timeout: float,
     begin: Callable[[tuple[Turn, ...]], flask.Response],
+    keep_question: Callable[[], None],
     streaming: bool,
     slot: Slot,
     trace_id: str,
@@ -291,7 +300,11 @@ def _after_history(
 
     def items() -> Generator[bytes | Park | Instead, None, None]:
         yield until_done(reading, timeout)
-        reply = begin(history_read(reading, 0.0, timeout, log))
+        try:
+            reply = begin(history_read(reading, 0.0, timeout, log))
+        except Exception:  # a bug of ours: answered as `handle` answers one
+            log.exception("request.crashed")
+            reply = _error(500, "internal_error", MESSAGES["internal_error"], trace_id)
         begun.append(reply)
         for name, value in response.headers.items():  # CORS, from `handle`
             if name not in reply.headers and (reply.is_streamed or name not in SSE_HEADERS):
@@ -303,7 +316,12 @@ def _after_history(
 
     def close() -> None:
         """However this response ended: what the reply begun holds is given back (its
-        own closing), or, if none began or it is no stream, the user's slot."""
+        own closing), or, if none began or it is no stream, the user's slot. One ended
+        while it waited for the read (its client gone, the worker stopping) keeps its
+        question, as one whose client left as it began does."""
+        if not begun:
+            reading.cancel()
+            keep_question()
         if begun and begun[0].is_streamed:
             begun[0].close()
         else:
@@ -327,22 +345,21 @@ def _begin(
     streaming: bool,
     read_history: bool,
     client_gone: Callable[[], bool],
+    keep_question: Callable[[], None],
 ) -> flask.Response:
     """The reply begun, its history in hand: the stream or the JSON answer; or a 499 for
-    a client that left before it began."""
+    a client that left before it began, a 503 if the worker began to stop meanwhile."""
     # A client that left before its reply begins (while its history was read, the whole
     # save wait with a hanging database; or while its request waited for a thread) gets
     # no provider call made for nobody. Its question is kept, as when it leaves mid-reply.
     if client_gone():
         log.info("request.client_gone", during="history" if read_history else "start")
-        if (
-            store
-            and assistant_request.save_to_history
-            and not assistant_request.user_message_already_saved
-        ):
-            message = user_message(assistant_request, trace_id, author)
-            save_question(store, message, log)
+        keep_question()
         return _error(499, "client_gone", MESSAGES["client_gone"], trace_id)
+    if replies_in_flight.stopping:  # since its history read began: no provider asked
+        log.info("request.refused", status=503, code="overloaded", reason="the worker is stopping")
+        keep_question()
+        return _reply_json(503, _overloaded(trace_id), trace_id)
 
     log.info(
         "request.accepted",
@@ -737,6 +754,10 @@ def _reply_json(status: int, payload: dict[str, Any], trace_id: str) -> flask.Re
     if payload.get("code") == "overloaded":
         response.headers["Retry-After"] = str(STOPPING_RETRY_AFTER_SECONDS)
     return response
+
+
+def _overloaded(trace_id: str) -> dict[str, Any]:
+    return {"error": MESSAGES["overloaded"], "code": "overloaded", "trace_id": trace_id}
 
 
 def _error(status: int, code: ErrorCode, message: str, trace_id: str) -> flask.Response:

@@ -210,7 +210,7 @@ class Reply:
                 # window lasts (a hung database held the 502 PERSIST_TIMEOUT_SECONDS past
                 # it, nothing sent meanwhile); what is left then is written late.
                 window_left = heartbeat - (time.monotonic() - self._started)
-                payload = self._conclude(first, within=max(0.0, window_left))
+                payload = yield from self._concluded(first, within=max(0.0, window_left))
                 refused = Refused(failure_status(first), self._error_body(payload))
         except ClientGone:
             self._abandon()
@@ -375,12 +375,15 @@ class Reply:
             self._let_go()
         raise AssertionError("the chain always ends with a terminal item")
 
-    def _concluded(self, item: Outcome) -> Generator[Park, None, dict[str, Any]]:
+    def _concluded(
+        self, item: Outcome, within: float | None = None
+    ) -> Generator[Park, None, dict[str, Any]]:
         """`_conclude()`, its waits for the store parked with `parking` (a JSON reply
-        waiting for a hanging database held its thread PERSIST_TIMEOUT_SECONDS)."""
+        waiting for a hanging database held its thread PERSIST_TIMEOUT_SECONDS, and so
+        did a stream's 502 within its status window)."""
         if not self._parking:
-            return self._conclude(item)
-        steps = self._concluding(item, beat=math.inf)
+            return self._conclude(item, within)
+        steps = self._concluding(item, beat=math.inf, within=within)
         while True:
             try:
                 pending = next(steps)

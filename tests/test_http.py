@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import gzip
 import io
 import json
@@ -10,9 +11,15 @@ import resource
 import socket
 from typing import Any
 
+import flask
 import pytest
 
-from assistant.http import _client_gone_probe
+from assistant.http import _after_history, _client_gone_probe
+from assistant.limits import replies_in_flight
+from assistant.parking import Park
+from assistant.request import Turn
+from assistant.tracing import RequestLog
+from assistant.worker import Instead
 from devtools.fake_upstream import FakeUpstream
 
 from .conftest import ask, log_lines, sse_events
@@ -709,3 +716,31 @@ def test_the_client_gone_probe_works_past_descriptor_1024() -> None:
         assert gone() is True  # the peer closed
     finally:
         sock.close()
+
+
+def test_a_bug_as_a_reply_begins_after_its_history_read_is_a_500(capsys) -> None:
+    """Once its parked history read ends, the reply begins in the response's generator:
+    a bug there closed the connection without an answer (a reviewer), where `handle`
+    answers any other with a 500 (and CORS) and logs it."""
+    reading: concurrent.futures.Future[tuple[Turn, ...]] = concurrent.futures.Future()
+    reading.set_result(())
+    kept: list[int] = []
+
+    def begin(history: tuple[Turn, ...]) -> flask.Response:
+        raise RuntimeError("a bug")
+
+    held = replies_in_flight.count()
+    slot = replies_in_flight.take(None, 100, 1000)
+    response = _after_history(
+        reading, 1.0, begin, lambda: kept.append(1), True, slot, "t-bug", RequestLog("t-bug")
+    )
+    response.headers["Access-Control-Allow-Origin"] = "*"  # as `handle` adds it
+    items = iter(response.response)
+    assert isinstance(next(items), Park)
+    instead = next(items)
+    assert isinstance(instead, Instead) and instead.status.startswith("500")
+    assert json.loads(instead.body)["code"] == "internal_error"
+    assert ("Access-Control-Allow-Origin", "*") in instead.headers
+    response.close()
+    assert replies_in_flight.count() == held and kept == []  # it began: no question kept here
+    assert '"request.crashed"' in capsys.readouterr().out

@@ -1181,6 +1181,31 @@ def test_replies_whose_clients_left_hold_no_thread_while_a_hanging_database_save
     assert took < 4  # not the hung saves' 8 s
 
 
+def test_a_502_waiting_for_its_save_within_the_status_window_holds_no_thread(
+    fake: FakeUpstream, firestore, black_hole: str
+) -> None:
+    """Streams whose every provider failed at once wait for their question's save
+    within the status window before their 502: on THREADS=2 with a hanging database,
+    three such held the threads, and the next request waited 3.6 s (a reviewer)."""
+    env = {"FIRESTORE_EMULATOR_HOST": black_hole, "PERSIST_TIMEOUT_SECONDS": "4",
+           "HEARTBEAT_SECONDS": "10", "THREADS": "2"}  # fmt: skip
+    fake.push(*[Script(fail="500") for _ in range(3)])
+    url = "/vac/assistant/test-assistant/sse"
+    body = {"user_input": "hi", **SAVE}
+    with running_service(env) as service, concurrent.futures.ThreadPoolExecutor(3) as pool:
+        failing = [pool.submit(httpx.post, service.url + url, json=body, timeout=30)
+                   for _ in range(3)]  # fmt: skip
+        fake.wait_for_requests(3)
+        time.sleep(0.5)  # their saves wait
+        fake.push(Script(tokens=["answered"]))
+        started = time.monotonic()
+        plain = httpx.post(service.url + url, json={"user_input": "hi"}, timeout=30)
+        took = time.monotonic() - started
+        assert [answer.result().status_code for answer in failing] == [502] * 3
+    assert plain.status_code == 200 and "answered" in plain.text
+    assert took < 2.5  # not the saves' 4 s
+
+
 @pytest.mark.parametrize("route", ["sse", "json"])
 def test_every_reply_whose_client_left_is_saved_however_many_leave_at_once(
     fake: FakeUpstream, firestore, route: str
@@ -1379,6 +1404,35 @@ def test_history_reads_on_a_hanging_database_hold_no_thread(
         for reader in readers:
             answer = reader.result()
             assert answer.status_code == 200 and "answered" in answer.text
+
+
+@pytest.mark.parametrize("read_ends", ["before-the-stop-ends", "after-parked-replies-are-ended"])
+def test_a_worker_stopping_during_a_history_read_asks_no_provider_and_keeps_the_question(
+    fake: FakeUpstream, firestore, paused_database: _PausableProxy, read_ends: str
+) -> None:
+    """SIGTERM while a request waits for its history read on a database that hangs. The
+    read ends within the stop: a 503 overloaded, no provider asked (a reply was begun,
+    a provider asked, and the stream got no answer at all: a reviewer). It outlasts the
+    parked replies' time: the question is kept all the same (it was dropped silently
+    when the worker ended the request)."""
+    before = read_ends == "before-the-stop-ends"
+    env = {"PERSIST_TIMEOUT_SECONDS": "3" if before else "9"}
+    body = {"user_input": "asked at the stop", "trace_id": f"t-stop-{read_ends}",
+            "read_from_history": True, **SAVE}  # fmt: skip
+    url = "/vac/assistant/test-assistant/sse"
+    with running_service(env) as service, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        asking = pool.submit(httpx.post, service.url + url, json=body, timeout=30)
+        time.sleep(1)  # its history read waits for the database
+        service.process.terminate()
+        if not before:
+            threading.Timer(7.5, paused_database.resume).start()  # after STOP_SAVE_SECONDS
+        answer = asking.result()
+        assert service.process.wait(timeout=20) == 0
+    assert answer.status_code == 503 and answer.json()["code"] == "overloaded"
+    assert fake.requests == []
+    if not before:
+        question = _messages(firestore)[f"t-stop-{read_ends}-user"]
+        assert question["content"] == "asked at the stop"
 
 
 def test_history_unavailable_still_answers(client, fake, firestore, capsys) -> None:
