@@ -1746,8 +1746,11 @@ def test_a_reply_ended_while_parked_on_its_save_still_saves(
         if isinstance(frame, Park) and reply._done:
             break  # parked on the save
     threading.Timer(0.5, paused_database.resume).start()
-    frames.close()  # what the worker's end of a parked reply does
-    saved = _messages(firestore)
+    frames.close()  # what the worker's end of a parked reply does: the save goes on apart
+    deadline = time.monotonic() + 10
+    while "t-ended-saving-assistant" not in (saved := _messages(firestore)):
+        assert time.monotonic() < deadline, "not saved"
+        time.sleep(0.1)
     assert saved["t-ended-saving-assistant"]["content"] == "kept"
     assert saved["t-ended-saving-user"]["content"] == "hi"
 
