@@ -349,23 +349,6 @@ def _failure(future: concurrent.futures.Future[str]) -> BaseException | None:
     return future.exception()
 
 
-def load_history(
-    store: MessageStore,
-    request: AssistantRequest,
-    author: Author,
-    trace_id: str,
-    timeout: float,
-    log: RequestLog,
-) -> tuple[Turn, ...]:
-    """Earlier turns for `read_from_history`, or none if they cannot be had in time.
-
-    A reply without its history is better than no reply: a failure here is
-    logged and the request goes on.
-    """
-    reading = start_history(store, request, author, trace_id, timeout, log)
-    return history_read(reading, timeout, timeout, log)
-
-
 def start_history(
     store: MessageStore,
     request: AssistantRequest,
@@ -374,8 +357,8 @@ def start_history(
     timeout: float,
     log: RequestLog,
 ) -> concurrent.futures.Future[tuple[Turn, ...]] | None:
-    """The history read begun, to end within `timeout` seconds from now (`history_read`
-    takes its turns); None: nobody's to read."""
+    """The history read begun for `read_from_history`, to end within `timeout` seconds
+    from now (`history_read` takes its turns); None: nobody's to read."""
     if author.user_id is None:
         log.warning("history.skipped", reason="no user to read the history of")
         return None
@@ -397,7 +380,8 @@ def history_read(
     log: RequestLog,
 ) -> tuple[Turn, ...]:
     """The turns `reading` read, waited for at most `wait` seconds here (none for a read
-    waited for parked, up to its `timeout`); none if it failed or is not done by then."""
+    waited for parked, up to its `timeout`); none if it failed or is not done by then
+    (logged): a reply without its history is better than no reply."""
     if reading is None:
         return ()
     try:

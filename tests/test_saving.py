@@ -58,7 +58,8 @@ def test_a_history_read_given_up_before_it_began_never_runs() -> None:
     log = RequestLog("t-history")
 
     def read() -> None:
-        assert saving.load_history(store, request, AUTHOR, "t-history", 0.05, log) == ()
+        reading = saving.start_history(store, request, AUTHOR, "t-history", 0.05, log)
+        assert saving.history_read(reading, 0.05, 0.05, log) == ()
 
     readers = [threading.Thread(target=read) for _ in range(16)]  # twice the pool's threads
     for reader in readers:
