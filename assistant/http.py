@@ -47,7 +47,7 @@ from .cors import cors_headers
 from .direct import briefly, client_socket
 from .errors import MESSAGES, ErrorCode, RequestError
 from .limits import STOPPING_RETRY_AFTER_SECONDS, Slot, pieces, replies_in_flight
-from .parking import Park, until_done
+from .parking import Park
 from .providers import configured_providers, with_fresh_key
 from .providers.base import Provider
 from .reply import ClientGone, Refused, Reply
@@ -269,7 +269,9 @@ def _answer(
     reading = start_history(store, assistant_request, author, trace_id, timeout, log)
     if reading is None or not environ.get(PARKING):
         return begin(history_read(reading, timeout, timeout, log))
-    return _after_history(reading, timeout, begin, keep_question, streaming, slot, trace_id, log)
+    return _after_history(
+        reading, timeout, begin, keep_question, streaming, slot, environ, trace_id, log
+    )
 
 
 def _after_history(
@@ -279,6 +281,7 @@ def _after_history(
     keep_question: Callable[[], None],
     streaming: bool,
     slot: Slot,
+    environ: dict[str, Any],
     trace_id: str,
     log: RequestLog,
 ) -> flask.Response:
@@ -297,9 +300,24 @@ def _after_history(
         direct_passthrough=True,
     )
     begun: list[flask.Response] = []
+    wakes: list[Callable[[], None]] = []
+
+    def read_or_stop(wake: Callable[[], None]) -> bool:
+        reading.add_done_callback(lambda _done: wake())
+        wakes.append(wake)
+        return True
+
+    def stop_early() -> None:
+        """The worker is stopping: the read is not waited for (the reply would only be
+        refused once it ends, its question's write begun late in the stop's time)."""
+        reading.cancel()
+        for wake in wakes:
+            wake()
+
+    environ[STOP_EARLY] = stop_early  # the reply's own, once it begins
 
     def items() -> Generator[bytes | Park | Instead, None, None]:
-        yield until_done(reading, timeout)
+        yield Park(timeout, read_or_stop)
         try:
             reply = begin(history_read(reading, 0.0, timeout, log))
         except Exception:  # a bug of ours: answered as `handle` answers one

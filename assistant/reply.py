@@ -590,11 +590,12 @@ class Reply:
         if complete:
             schema = self._request.response_schema
             output = record.with_structured_output(output, schema, report, self._text)
+        # Before the save: one the client left during goes on after the reply let go.
+        text = self._text()
         ids, persist_failed = yield from self._saving(output, report, complete, beat, within)
         metadata = record.metadata(
             self._trace_id, output, report, self._started, ids, persist_failed
         )
-        text = self._text()
         summary = record.log_summary(report)
         if isinstance(item, ChainSucceeded):
             self._log.info("reply.finished", status="complete", chars=len(text), **summary)

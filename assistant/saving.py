@@ -265,13 +265,16 @@ def save_question(store: MessageStore, message: UserMessage, log: RequestLog) ->
             log.error("persist.failed", role="user", reason=f"{type(failure).__name__}: {failure}")
             late_saves.add([Step("user", write)], len(message.content), log)
 
-    _pool.submit(write).add_done_callback(settled)
+    question = _pool.submit(write)
+    _track_unwaited(question, log, "user")
+    question.add_done_callback(settled)
 
 
 # Saves nobody waits for (a reply whose client left), driven off the request threads;
-# those under way or queued, with their logs, for a worker on its way out.
+# those under way or queued (and questions no reply follows), with their logs and what
+# they hold, for a worker on its way out.
 _unwaited = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="unwaited-save")
-_unwaited_saves: dict[concurrent.futures.Future[None], RequestLog] = {}
+_unwaited_saves: dict[concurrent.futures.Future[Any], tuple[RequestLog, str]] = {}
 _unwaited_lock = threading.Lock()
 
 
@@ -292,13 +295,16 @@ def drive_unwaited(
             return
         then(result)
 
-    future = _unwaited.submit(run)
+    _track_unwaited(_unwaited.submit(run), log, "reply")
+
+
+def _track_unwaited(future: concurrent.futures.Future[Any], log: RequestLog, role: str) -> None:
     with _unwaited_lock:
-        _unwaited_saves[future] = log
+        _unwaited_saves[future] = (log, role)
     future.add_done_callback(_forget_unwaited)
 
 
-def _forget_unwaited(future: concurrent.futures.Future[None]) -> None:
+def _forget_unwaited(future: concurrent.futures.Future[Any]) -> None:
     with _unwaited_lock:
         _unwaited_saves.pop(future, None)
 
@@ -313,8 +319,8 @@ def finish_unwaited(seconds: float) -> None:
     concurrent.futures.wait(under_way, timeout=seconds)
     with _unwaited_lock:
         left = list(_unwaited_saves.values())
-    for log in left:
-        log.error("persist.lost", role="assistant", reason="the worker stopped during its save")
+    for log, role in left:
+        log.error("persist.lost", role=role, reason="the worker stopped during its save")
 
 
 def drive(steps: Generator[Pending, None, T]) -> T:

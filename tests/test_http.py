@@ -731,8 +731,9 @@ def test_a_bug_as_a_reply_begins_after_its_history_read_is_a_500(capsys) -> None
 
     held = replies_in_flight.count()
     slot = replies_in_flight.take(None, 100, 1000)
+    log = RequestLog("t-bug")
     response = _after_history(
-        reading, 1.0, begin, lambda: kept.append(1), True, slot, "t-bug", RequestLog("t-bug")
+        reading, 1.0, begin, lambda: kept.append(1), True, slot, {}, "t-bug", log
     )
     response.headers["Access-Control-Allow-Origin"] = "*"  # as `handle` adds it
     items = iter(response.response)

@@ -387,3 +387,24 @@ def test_an_unwaited_save_still_under_way_when_the_worker_stops_is_said_lost(cap
     ]
     assert [line["trace_id"] for line in lost] == ["t-unwaited"]
     never.set_result("done")  # the thread goes back to the pool
+
+
+def test_a_question_whose_write_hangs_when_the_worker_stops_is_said_lost(capsys) -> None:
+    """A question no reply follows (its client left, the worker stopping) is written off
+    the thread: one still hanging at the exit was in no list the exit looks at, and was
+    dropped without a line naming it (a reviewer)."""
+    written = threading.Event()
+
+    class Hanging(Recording):
+        def save_user_message(self, message: UserMessage) -> str:
+            written.wait(5)
+            return message.message_id
+
+    question = UserMessage("a", "t-asked", None, AUTHOR, "asked at the stop")
+    saving.save_question(Hanging(), question, RequestLog("t-asked"))  # type: ignore[arg-type]
+    saving.finish_unwaited(0.2)
+    written.set()
+    lost = [
+        line for line in log_lines(capsys.readouterr().out) if line["message"] == "persist.lost"
+    ]
+    assert [(line["trace_id"], line["role"]) for line in lost] == [("t-asked", "user")]
