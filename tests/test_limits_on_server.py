@@ -297,7 +297,11 @@ def test_a_stopping_server_finishes_the_replies_that_parked(fake: FakeUpstream) 
     """SIGTERM while a reply streams: gunicorn's graceful stop waits for its connection,
     parked or not, and the reply ends whole before the process exits."""
     fake.push(Script(tokens=[f"{n} " for n in range(8)], interval=0.2))
-    with running_service({"THREADS": "2"}) as service, httpx.stream(
+    # Streams still under way are ended STOP_END_SECONDS after the stop at most, earlier by
+    # as much as a save wait more (a second with the default 5 s): a short one, so that
+    # this 1.6 s stream is not ended first on a loaded machine (a fresh-clone run).
+    env = {"THREADS": "2", "PERSIST_TIMEOUT_SECONDS": "1"}
+    with running_service(env) as service, httpx.stream(
         "POST", f"{service.url}{SSE}", json={"user_input": "hi"}, timeout=10
     ) as reply:  # fmt: skip
         lines = reply.iter_lines()

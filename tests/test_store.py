@@ -746,7 +746,12 @@ def test_a_reply_whose_save_wait_went_to_its_question_is_written_after_it_later(
     messages = _wait_for_messages(firestore, {"t-gone-user", "t-gone-assistant"})
     assert messages["t-gone-user"]["createdAt"] < messages["t-gone-assistant"]["createdAt"]
     assert messages["t-gone-assistant"]["content"] == "a b"
-    late = [(line["role"], line["message_id"]) for line in log_lines(capsys.readouterr().out)
+    # Its line comes just after the write lands, which the read above may see first.
+    out, deadline = "", time.monotonic() + 5
+    while out.count('"persist.saved_late"') < 2 and time.monotonic() < deadline:
+        out += capsys.readouterr().out
+        time.sleep(0.05)
+    late = [(line["role"], line["message_id"]) for line in log_lines(out)
             if line["message"] == "persist.saved_late"]  # fmt: skip
     assert late == [("user", "t-gone-user"), ("assistant", "t-gone-assistant")]
 
