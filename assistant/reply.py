@@ -391,8 +391,8 @@ class Reply:
                 return cast("dict[str, Any]", end.value)
             try:
                 yield until_done(pending.write, pending.seconds)
-            except GeneratorExit:  # closed meanwhile (the worker stops): the save goes on
-                drive_unwaited(steps, _nothing, self._log)
+            except GeneratorExit:  # closed meanwhile (the worker stops)
+                self._save_apart(steps)
                 raise
 
     def _error_body(self, final: dict[str, Any]) -> dict[str, Any]:
@@ -561,14 +561,18 @@ class Reply:
                 if time.monotonic() - self._last_sent >= heartbeat - EARLY_SECONDS:
                     yield sse.PING
                     self._last_sent = time.monotonic()
-            except GeneratorExit:  # closed meanwhile (the client left, the worker stops):
-                # The save goes to its end all the same: off this thread when it is every
-                # parked reply's (it held one a whole save wait on a hanging database).
-                if self._parking:
-                    drive_unwaited(steps, _nothing, self._log)
-                else:
-                    drive(steps)
+            except GeneratorExit:  # closed meanwhile (the client left, the worker stops)
+                self._save_apart(steps)
                 raise
+
+    def _save_apart(self, steps: Generator[Pending, None, object]) -> None:
+        """A save whose reply was closed as it waited goes to its end all the same: off
+        this thread when it is every parked reply's (it held one a whole save wait on a
+        hanging database)."""
+        if self._parking:
+            drive_unwaited(steps, _nothing, self._log)
+        else:
+            drive(steps)
 
     def _conclude(self, item: Outcome, within: float | None = None) -> dict[str, Any]:
         """Save what arrived and build the terminal payload; the saves are waited for
