@@ -679,14 +679,16 @@ def test_a_call_whose_arguments_stream_in_slowly_is_not_cut(
     """Each piece of its arguments starts the wait for the first chunk over: the whole
     takes well past FIRST_CHUNK_TIMEOUT and is not cut."""
     raw = stream(['{"city"', ': "Os', 'lo"', "}"])
-    upstream.push(Script(raw=raw, interval=0.15))
+    # A piece every 0.25 s against a 0.6 s wait: at 0.15 s against 0.3 s, a loaded
+    # machine's late piece (a fresh-clone run) was taken for the wait's end.
+    upstream.push(Script(raw=raw, interval=0.25))
     weather = ToolSpec("weather", "", WEATHER["parameters"])
     prompt = Prompt(system=None, turns=(Turn("user", "Oslo?"),), tools=(weather,))
     run = run_chain(
-        [case.provider(upstream.url)], Timeouts(connect=1, first_chunk=0.3, idle=0.6), prompt=prompt
+        [case.provider(upstream.url)], Timeouts(connect=1, first_chunk=0.6, idle=1.2), prompt=prompt
     )
     assert run.outcomes == ["ok"]
-    assert run.seconds >= 0.9  # well past first_chunk
+    assert run.seconds >= 1.2  # well past first_chunk
     calls = [item for item in run.items if isinstance(item, ToolCall)]
     assert [(call.name, call.args) for call in calls] == [("weather", {"city": "Oslo"})]
 
