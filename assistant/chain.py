@@ -256,10 +256,9 @@ class Chain:
                 return ChainFailed(error, committed=True)
             if progress.shown:  # a JSON caller's: its text is set aside, its usage with it
                 self._set_aside = (self.usage, self.model_version)
-            self.usage, self.model_version = self._set_aside
-            if progress.shown:
                 self.emit(Restart())
                 self.first_chunk_at = None  # the answer's first chunk is the next one's
+            self.usage, self.model_version = self._set_aside
             if error.key_refused and not key_refreshed and self.refresh_key is not None:
                 # A rotated key: read it again once (a blocking call, so off the loop).
                 fresh = await asyncio.to_thread(self.refresh_key, provider)
