@@ -62,7 +62,7 @@ from .request import (
     check_media_type,
     parse_body,
 )
-from .saving import history_read, save_question, start_history, user_message
+from .saving import History, history_read, save_question, start_history, user_message
 from .store import Author, FirestoreStore, MessageStore
 from .tracing import RequestLog, new_trace_id, trace_id_from_headers
 from .worker import (
@@ -242,56 +242,80 @@ def _answer(
     read_history = bool(
         store and assistant_request.read_from_history and not assistant_request.chat_history
     )
-    client_gone = _client_gone_probe(request.environ)
-    environ = request.environ
-
-    def keep_question() -> None:
-        """The question of a reply that never begins, saved all the same (off the
-        thread), as when its client leaves mid-reply."""
-        asked = assistant_request
-        if store and asked.save_to_history and not asked.user_message_already_saved:
-            save_question(store, user_message(asked, trace_id, author), log)
-
-    def begin(history: tuple[Turn, ...] | None) -> flask.Response:
-        asked = assistant_request
-        if history is not None:
-            asked = dataclasses.replace(assistant_request, chat_history=history)
-        return _begin(environ, asked, author, slot, settings, trace_id, log, started,
-                      providers, store, streaming, read_history, client_gone,
-                      keep_question)  # fmt: skip
-
-    if not (store and read_history and not client_gone()):  # gone while queued: no read
-        return begin(None)
+    accepted = _Accepted(
+        request.environ,
+        assistant_request,
+        author,
+        slot,
+        settings,
+        trace_id,
+        log,
+        started,
+        providers,
+        store,
+        streaming,
+        read_history,
+        _client_gone_probe(request.environ),
+    )
+    if not (store and read_history and not accepted.client_gone()):  # gone while queued
+        return accepted.begin(None)
     # The whole save wait, even past a stream's status window (which counts from the
     # request, reply.py: the stream opens at once after a slow read): a reply without its
     # history would answer out of context.
     timeout = settings.persist_timeout_seconds
     reading = start_history(store, assistant_request, author, trace_id, timeout, log)
-    if reading is None or not environ.get(PARKING):
-        return begin(history_read(reading, timeout, timeout, log))
-    return _after_history(
-        reading, timeout, begin, keep_question, streaming, slot, environ, trace_id, log
-    )
+    if reading is None or not request.environ.get(PARKING):
+        return accepted.begin(history_read(reading, timeout, timeout, log))
+    return _after_history(reading, timeout, accepted)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Accepted:
+    """A request that passed every check, and what its reply begins from once its
+    history (when one is read) is in hand."""
+
+    environ: dict[str, Any]
+    request: AssistantRequest
+    author: Author
+    slot: Slot
+    settings: Settings
+    trace_id: str
+    log: RequestLog
+    started: float
+    providers: list[Provider]
+    store: MessageStore | None
+    streaming: bool
+    read_history: bool
+    client_gone: Callable[[], bool]
+
+    def keep_question(self) -> None:
+        """The question of a reply that never begins, saved all the same (off the
+        thread), as when its client leaves mid-reply."""
+        asked = self.request
+        if self.store and asked.save_to_history and not asked.user_message_already_saved:
+            save_question(self.store, user_message(asked, self.trace_id, self.author), self.log)
+
+    def begin(self, history: History | None) -> flask.Response:
+        """The reply begun, its history (if one was read) in hand: the stream or the JSON
+        answer; or a 499 for a client that left before it began, a 503 if the worker
+        began to stop meanwhile."""
+        if history is None:
+            return _begin(self, self.request, None)
+        asked = dataclasses.replace(self.request, chat_history=history.turns)
+        return _begin(self, asked, history.error)
 
 
 def _after_history(
-    reading: concurrent.futures.Future[tuple[Turn, ...]],
-    timeout: float,
-    begin: Callable[[tuple[Turn, ...]], flask.Response],
-    keep_question: Callable[[], None],
-    streaming: bool,
-    slot: Slot,
-    environ: dict[str, Any],
-    trace_id: str,
-    log: RequestLog,
+    reading: concurrent.futures.Future[tuple[Turn, ...]], timeout: float, accepted: _Accepted
 ) -> flask.Response:
     """Under our worker (`PARKING`), the wait for the history read is the response's
     own, as a reply's waits are: its thread goes back to the pool meanwhile (a hanging
     database's PERSIST_TIMEOUT_SECONDS held one per request, and every parked stream's
     pings, final frames and departure checks waited for the threads). Then the reply
-    `begin`s, and its response is this one's: its items in turn, or, if it is no stream
+    begins, and its response is this one's: its items in turn, or, if it is no stream
     (a 499), its answer in place of this one. Its headers are those the reply's own will
     have (the worker writes a stream's head from them), CORS added to them by `handle`."""
+    streaming, environ, trace_id = accepted.streaming, accepted.environ, accepted.trace_id
     headers = {**SSE_HEADERS, "X-Trace-Id": trace_id} if streaming else {"X-Trace-Id": trace_id}
     response = flask.Response(
         status=200,
@@ -319,9 +343,9 @@ def _after_history(
     def items() -> Generator[bytes | Park | Instead, None, None]:
         yield Park(timeout, read_or_stop)
         try:
-            reply = begin(history_read(reading, 0.0, timeout, log))
+            reply = accepted.begin(history_read(reading, 0.0, timeout, accepted.log))
         except Exception:  # a bug of ours: answered as `handle` answers one
-            log.exception("request.crashed")
+            accepted.log.exception("request.crashed")
             reply = _error(500, "internal_error", MESSAGES["internal_error"], trace_id)
         begun.append(reply)
         for name, value in response.headers.items():  # CORS, from `handle`
@@ -339,44 +363,35 @@ def _after_history(
         question, as one whose client left as it began does."""
         if not begun:
             reading.cancel()
-            keep_question()
+            accepted.keep_question()
         if begun and begun[0].is_streamed:
             begun[0].close()
         else:
-            slot.release()
+            accepted.slot.release()
 
     response.response = ClosingIterator(cast("Iterator[bytes]", items()), close)
     return response
 
 
 def _begin(
-    environ: dict[str, Any],
-    assistant_request: AssistantRequest,
-    author: Author,
-    slot: Slot,
-    settings: Settings,
-    trace_id: str,
-    log: RequestLog,
-    started: float,
-    providers: list[Provider],
-    store: MessageStore | None,
-    streaming: bool,
-    read_history: bool,
-    client_gone: Callable[[], bool],
-    keep_question: Callable[[], None],
+    accepted: _Accepted, assistant_request: AssistantRequest, history_error: str | None
 ) -> flask.Response:
-    """The reply begun, its history in hand: the stream or the JSON answer; or a 499 for
-    a client that left before it began, a 503 if the worker began to stop meanwhile."""
+    """`_Accepted.begin`, with the request as its history made it (and why it has none,
+    if the read failed)."""
+    environ, slot, settings = accepted.environ, accepted.slot, accepted.settings
+    trace_id, log, providers = accepted.trace_id, accepted.log, accepted.providers
+    streaming, client_gone = accepted.streaming, accepted.client_gone
     # A client that left before its reply begins (while its history was read, the whole
     # save wait with a hanging database; or while its request waited for a thread) gets
     # no provider call made for nobody. Its question is kept, as when it leaves mid-reply.
     if client_gone():
-        log.info("request.client_gone", during="history" if read_history else "start")
-        keep_question()
+        during = "history" if accepted.read_history else "start"
+        log.info("request.client_gone", during=during)
+        accepted.keep_question()
         return _error(499, "client_gone", MESSAGES["client_gone"], trace_id)
     if replies_in_flight.stopping:  # since its history read began: no provider asked
         log.info("request.refused", status=503, code="overloaded", reason="the worker is stopping")
-        keep_question()
+        accepted.keep_question()
         return _reply_json(503, _overloaded(trace_id), trace_id)
 
     log.info(
@@ -394,8 +409,8 @@ def _begin(
         trace_id=trace_id,
         settings=settings,
         providers=providers,
-        store=store if assistant_request.save_to_history else None,
-        author=author,
+        store=accepted.store if assistant_request.save_to_history else None,
+        author=accepted.author,
         log=log,
         streaming=streaming,
         client_gone=client_gone,
@@ -411,7 +426,8 @@ def _begin(
         ),
         parking=bool(environ.get(PARKING)),
         refresh_key=functools.partial(with_fresh_key, settings),
-        started=started,
+        started=accepted.started,
+        history_error=history_error,
         # A JSON answer is written after its reply ends: its slot is given back when its
         # response is closed (`_json_reply`), a stream's when the reply ends.
         on_end=slot.release if streaming else _nothing,

@@ -97,6 +97,7 @@ def metadata(
     started: float,
     message_ids: dict[str, str] | None,
     persist_failed: bool,
+    history_error: str | None = None,
 ) -> dict[str, Any]:
     """The final frame's `metadata` (also in an error frame and a JSON answer)."""
     first_chunk_ms = None
@@ -122,6 +123,8 @@ def metadata(
     }
     if output.structured_error is not None:
         fields["structured_output_error"] = output.structured_error
+    if history_error is not None:
+        fields["history_error"] = history_error
     return fields
 
 

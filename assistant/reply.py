@@ -65,6 +65,10 @@ CLIENT_POLL_SECONDS = 1.0
 SHORTEST_LOOK_SECONDS = 0.25
 
 
+def _nothing(_: object) -> None:
+    pass
+
+
 def failure_status(outcome: ChainFailed | ChainCrashed) -> int:
     """The HTTP status of a reply that failed before anything was shown (SSE) or at all (JSON)."""
     if isinstance(outcome, ChainCrashed):
@@ -97,9 +101,11 @@ class Reply:
         parking: bool = False,
         refresh_key: Callable[[Provider], Provider | None] | None = None,
         started: float | None = None,
+        history_error: str | None = None,
         on_end: Callable[[], None] = lambda: None,
     ) -> None:
         self._request = request
+        self._history_error = history_error  # why the history asked for is not in the prompt
         self._trace_id = trace_id
         self._settings = settings
         self._log = log
@@ -565,14 +571,18 @@ class Reply:
                 self._save_apart(steps)
                 raise
 
-    def _save_apart(self, steps: Generator[Pending, None, object]) -> None:
-        """A save whose reply was closed as it waited goes to its end all the same: off
-        this thread when it is every parked reply's (it held one a whole save wait on a
-        hanging database)."""
+    def _save_apart(
+        self, steps: Generator[Pending, None, object], then: Callable[[object], None] = _nothing
+    ) -> None:
+        """A save nobody waits for (its reply was closed, or its client left) goes to its
+        end all the same, then `then` with its result: off this thread when it is every
+        parked reply's (their pings, final frames and departure checks: it held one a
+        whole save wait on a hanging database); on it otherwise, the thread this reply's
+        alone either way."""
         if self._parking:
-            drive_unwaited(steps, _nothing, self._log)
+            drive_unwaited(steps, then, self._log)
         else:
-            drive(steps)
+            then(drive(steps))
 
     def _conclude(self, item: Outcome, within: float | None = None) -> dict[str, Any]:
         """Save what arrived and build the terminal payload; the saves are waited for
@@ -598,7 +608,7 @@ class Reply:
         text = self._text()
         ids, persist_failed = yield from self._saving(output, report, complete, beat, within)
         metadata = record.metadata(
-            self._trace_id, output, report, self._started, ids, persist_failed
+            self._trace_id, output, report, self._started, ids, persist_failed, self._history_error
         )
         summary = record.log_summary(report)
         if isinstance(item, ChainSucceeded):
@@ -665,30 +675,27 @@ class Reply:
             self._chain.finished.wait(timeout=1.0)
         self._keep_what_waits()
         self._take_back_dropped()
-        self._splitter.finish()
-        report = self._chain.report()
-        output = record.Output.of(self._splitter, self._calls)
+        report, saving = self._incomplete_save()
         gone = {"chars": len(self._text()), **record.log_summary(report)}
 
         def saved(_: object) -> None:
             self._log.info("reply.client_gone", **gone)
 
-        saving = self._saving(output, report, complete=False, beat=None)
-        if not self._parking:  # the thread is this reply's alone either way
-            saved(drive(saving))
-            return
-        # A parked reply's thread is every parked reply's (their pings, final frames and
-        # departure checks): nobody waits for this save, so it holds none of them.
-        drive_unwaited(saving, saved, self._log)
+        self._save_apart(saving, then=saved)
 
     def _save_incomplete(self) -> ChainReport:
-        """Save what arrived as `incomplete`; the chain's report (it has stopped: its
-        last word)."""
+        """Save what arrived as `incomplete`; the chain's report."""
+        report, saving = self._incomplete_save()
+        drive(saving)
+        return report
+
+    def _incomplete_save(self) -> tuple[ChainReport, Generator[Pending, None, object]]:
+        """The chain's report (it has stopped: its last word), and the steps of saving
+        what arrived as `incomplete`."""
         self._splitter.finish()
         report = self._chain.report()
         output = record.Output.of(self._splitter, self._calls)
-        drive(self._saving(output, report, complete=False, beat=None))
-        return report
+        return report, self._saving(output, report, complete=False, beat=None)
 
     def _saving(
         self,
@@ -729,10 +736,6 @@ def _message_ids(
         return None, False
     ids, failed = yield from finishing
     return ids or None, failed
-
-
-def _nothing(_: object) -> None:
-    pass
 
 
 def _past_parks(waiting: Iterator[Item | Park | None]) -> Generator[Park, None, Item | None]:

@@ -379,17 +379,26 @@ def start_history(
     )
 
 
+@dataclass(frozen=True)
+class History:
+    """What a history read gave the reply: its turns, or none and why (in one line, for
+    the reply's metadata: a reply made without its history is told so)."""
+
+    turns: tuple[Turn, ...] = ()
+    error: str | None = None
+
+
 def history_read(
     reading: concurrent.futures.Future[tuple[Turn, ...]] | None,
     wait: float,
     timeout: float,
     log: RequestLog,
-) -> tuple[Turn, ...]:
+) -> History:
     """The turns `reading` read, waited for at most `wait` seconds here (none for a read
     waited for parked, up to its `timeout`); none if it failed or is not done by then
-    (logged): a reply without its history is better than no reply."""
+    (logged, and said): a reply without its history is better than no reply."""
     if reading is None:
-        return ()
+        return History(error=HISTORY_NO_USER)
     try:
         turns = reading.result(timeout=wait)
     except concurrent.futures.TimeoutError:
@@ -397,9 +406,25 @@ def history_read(
         # that the saves queued behind it do not wait for a read nobody waits for.
         reading.cancel()
         log.error("history.timeout", timeout_s=timeout)
-        return ()
+        return History(error=HISTORY_TIMEOUT)
     except Exception as exc:  # any store failure: logged, the reply goes on without history
+        if _out_of_time(exc):  # the read's own deadline passed as it ran
+            log.error("history.timeout", timeout_s=timeout, reason=type(exc).__name__)
+            return History(error=HISTORY_TIMEOUT)
         log.error("history.failed", reason=f"{type(exc).__name__}: {exc}")
-        return ()
+        return History(error=HISTORY_FAILED)
     log.info("history.loaded", turns=len(turns))
-    return turns
+    return History(turns)
+
+
+def _out_of_time(exc: Exception) -> bool:
+    """A store call that failed because its deadline passed (the client library's own
+    errors for it, imported only once a read failed)."""
+    from google.api_core.exceptions import DeadlineExceeded, RetryError
+
+    return isinstance(exc, DeadlineExceeded | RetryError | TimeoutError)
+
+
+HISTORY_NO_USER = "the history was not read: the request names no user"
+HISTORY_TIMEOUT = "the history could not be read in time: the reply was made without it"
+HISTORY_FAILED = "the history could not be read: the reply was made without it"

@@ -249,8 +249,8 @@ def _keys_of_table(text: str) -> set[str]:
 def test_every_metadata_key_the_service_produces_is_documented(
     client: Any, fake: FakeUpstream
 ) -> None:
-    metadata = _tool_reply(client, fake)
-    assert "structured_output_error" in metadata  # the scenario reaches the optional keys
+    metadata = _tool_reply(client, fake, read_from_history=True)  # and no user to read
+    assert {"structured_output_error", "history_error"} <= set(metadata)  # the optional keys
     calls, attempts = metadata["tools_to_use"], metadata["attempts"]
     assert {"signature", "args_error"} <= {key for call in calls for key in call}
     assert any("status" in attempt for attempt in attempts)

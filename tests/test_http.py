@@ -14,10 +14,13 @@ from typing import Any
 import flask
 import pytest
 
-from assistant.http import _after_history, _client_gone_probe
+from assistant.config import Settings
+from assistant.http import _Accepted, _after_history, _client_gone_probe
 from assistant.limits import replies_in_flight
 from assistant.parking import Park
-from assistant.request import Turn
+from assistant.request import AssistantRequest, Turn
+from assistant.saving import History
+from assistant.store import Author
 from assistant.tracing import RequestLog
 from assistant.worker import Instead
 from devtools.fake_upstream import FakeUpstream
@@ -726,15 +729,21 @@ def test_a_bug_as_a_reply_begins_after_its_history_read_is_a_500(capsys) -> None
     reading.set_result(())
     kept: list[int] = []
 
-    def begin(history: tuple[Turn, ...]) -> flask.Response:
-        raise RuntimeError("a bug")
+    class Buggy(_Accepted):
+        def begin(self, history: History | None) -> flask.Response:
+            raise RuntimeError("a bug")
+
+        def keep_question(self) -> None:
+            kept.append(1)
 
     held = replies_in_flight.count()
     slot = replies_in_flight.take(None, 100, 1000)
     log = RequestLog("t-bug")
-    response = _after_history(
-        reading, 1.0, begin, lambda: kept.append(1), True, slot, {}, "t-bug", log
-    )
+    asked = AssistantRequest(assistant_id="a", user_input="hi", read_from_history=True)
+    nobody = Author(None, None, None)
+    accepted = Buggy({}, asked, nobody, slot, Settings.from_env({}), "t-bug", log, 0.0, [],
+                     None, True, True, lambda: False)  # fmt: skip
+    response = _after_history(reading, 1.0, accepted)
     response.headers["Access-Control-Allow-Origin"] = "*"  # as `handle` adds it
     items = iter(response.response)
     assert isinstance(next(items), Park)

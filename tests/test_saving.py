@@ -9,6 +9,9 @@ import threading
 import time
 from collections.abc import Generator
 
+import pytest
+from google.api_core.exceptions import DeadlineExceeded, PermissionDenied, RetryError
+
 from assistant import saving
 from assistant.late_saves import UNDER_WAY, LateSaves, Step
 from assistant.request import AssistantRequest, Turn
@@ -49,6 +52,29 @@ class SlowHistory:
         return message.message_id
 
 
+@pytest.mark.parametrize(
+    ("failure", "said", "logged"),
+    [
+        (DeadlineExceeded("deadline"), saving.HISTORY_TIMEOUT, "history.timeout"),
+        (RetryError("out of time", cause=None), saving.HISTORY_TIMEOUT, "history.timeout"),
+        (PermissionDenied("no"), saving.HISTORY_FAILED, "history.failed"),
+        (None, saving.HISTORY_NO_USER, None),
+    ],
+)
+def test_a_history_read_that_failed_says_why(failure, said, logged, capsys) -> None:
+    """A read that ran out of its time as it ran is a timeout, as one not done in time is
+    (it was logged history.failed); any other failure is one; no user, no read. Each is
+    said to the reply, which is made without the history."""
+    reading: concurrent.futures.Future[tuple[Turn, ...]] | None = None
+    if failure is not None:
+        reading = concurrent.futures.Future()
+        reading.set_exception(failure)
+    read = saving.history_read(reading, 1.0, 1.0, RequestLog("t-history"))
+    assert read == saving.History(error=said)
+    messages = [line["message"] for line in log_lines(capsys.readouterr().out)]
+    assert messages == ([logged] if logged else [])
+
+
 def test_a_history_read_given_up_before_it_began_never_runs() -> None:
     """Reads nobody waits for any more do not take the pool's threads from the saves
     queued behind them (a reviewer saw a user message's write wait 1.2 s behind 16 such
@@ -59,7 +85,9 @@ def test_a_history_read_given_up_before_it_began_never_runs() -> None:
 
     def read() -> None:
         reading = saving.start_history(store, request, AUTHOR, "t-history", 0.05, log)
-        assert saving.history_read(reading, 0.05, 0.05, log) == ()
+        assert saving.history_read(reading, 0.05, 0.05, log) == saving.History(
+            error=saving.HISTORY_TIMEOUT
+        )
 
     readers = [threading.Thread(target=read) for _ in range(16)]  # twice the pool's threads
     for reader in readers:

@@ -23,6 +23,7 @@ from assistant.parking import Park
 from assistant.providers import configured_providers
 from assistant.reply import Reply
 from assistant.request import AssistantRequest
+from assistant.saving import HISTORY_NO_USER, HISTORY_TIMEOUT
 from assistant.store import AssistantMessage, Author, FirestoreStore, TraceIdKept
 from assistant.tracing import RequestLog
 from assistant.worker import STOP_SAVE_SECONDS, stop_end_seconds
@@ -608,6 +609,7 @@ def test_the_status_window_counts_a_hanging_history_read(
     events = sse_events(ask(client, **body).get_data())
     assert events[0] == ": ping"
     assert events[-2]["answer"] == "no history"
+    assert events[-2]["metadata"]["history_error"] == HISTORY_TIMEOUT  # the page is told
     [gave_up] = [line for line in log_lines(capsys.readouterr().out)
                  if line["message"] == "history.timeout"]  # fmt: skip
     assert gave_up["timeout_s"] == 1
@@ -968,6 +970,14 @@ def test_read_from_history_loads_this_users_last_turns(client, fake, history) ->
         ("assistant", "thread answer"),
         ("user", "new question"),
     ]
+
+
+def test_read_from_history_without_a_user_says_the_reply_has_none(client, fake, history) -> None:
+    """No user (iam / none without currentUser): no history is read, and the page is
+    told why, as when a read fails (it was only logged)."""
+    events = sse_events(ask(client, "new question", read_from_history=True).get_data())
+    assert events[-2]["metadata"]["history_error"] == HISTORY_NO_USER
+    assert _sent_messages(fake) == [("user", "new question")]
 
 
 def test_read_from_history_filters_by_thread(client, fake, history) -> None:
@@ -1372,9 +1382,10 @@ def test_on_the_server_a_history_read_waits_parked_and_the_reply_has_it(
     assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == "*"
     if route == "sse":
         assert answer.headers["content-type"] == "text/event-stream; charset=utf-8"
-        assert sse_events(answer.content)[-2]["answer"] == "with history"
+        final = sse_events(answer.content)[-2]
     else:
-        assert answer.json()["answer"] == "with history"
+        final = answer.json()
+    assert final["answer"] == "with history" and "history_error" not in final["metadata"]
     assert _sent_messages(fake) == [
         ("user", "thread question"),
         ("assistant", "thread answer"),
