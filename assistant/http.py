@@ -50,7 +50,7 @@ from .limits import STOPPING_RETRY_AFTER_SECONDS, Slot, pieces, replies_in_fligh
 from .parking import Park
 from .providers import configured_providers, with_fresh_key
 from .providers.base import Provider
-from .reply import ClientGone, Refused, Reply
+from .reply import CLIENT_POLL_SECONDS, ClientGone, Refused, Reply
 from .request import (
     AssistantRequest,
     Turn,
@@ -325,6 +325,7 @@ def _after_history(
     )
     begun: list[flask.Response] = []
     wakes: list[Callable[[], None]] = []
+    stopping: list[bool] = []
 
     def read_or_stop(wake: Callable[[], None]) -> bool:
         reading.add_done_callback(lambda _done: wake())
@@ -334,6 +335,7 @@ def _after_history(
     def stop_early() -> None:
         """The worker is stopping: the read is not waited for (the reply would only be
         refused once it ends, its question's write begun late in the stop's time)."""
+        stopping.append(True)
         reading.cancel()
         for wake in wakes:
             wake()
@@ -341,7 +343,19 @@ def _after_history(
     environ[STOP_EARLY] = stop_early  # the reply's own, once it begins
 
     def items() -> Generator[bytes | Park | Instead, None, None]:
-        yield Park(timeout, read_or_stop)
+        # A look for the client every CLIENT_POLL_SECONDS as the read goes on: one that
+        # left is let go of within a second (`close`: its question kept, its slot given
+        # back), not when a hanging database's read gives up (its user's next requests
+        # were refused 429 meanwhile).
+        deadline = time.monotonic() + timeout
+        while not (reading.done() or stopping):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            yield Park(min(left, CLIENT_POLL_SECONDS), read_or_stop)
+            if accepted.client_gone():
+                accepted.log.info("request.client_gone", during="history")
+                return
         try:
             reply = accepted.begin(history_read(reading, 0.0, timeout, accepted.log))
         except Exception:  # a bug of ours: answered as `handle` answers one

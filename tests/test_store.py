@@ -1278,6 +1278,36 @@ def test_a_client_that_leaves_during_a_slow_history_read_keeps_its_question(
     assert fake.requests == []
 
 
+def test_a_client_that_leaves_during_a_hanging_history_read_is_let_go_of_within_a_second(
+    fake: FakeUpstream, firestore, paused_database: _PausableProxy, tmp_path
+) -> None:
+    """Its departure was noticed when the read gave up (PERSIST_TIMEOUT_SECONDS): its
+    slot was held that long, and the user's next request (a page reloaded, at
+    MAX_STREAMS_PER_USER=1) was refused 429 meanwhile. Now within a second; its
+    question is kept once the database is back."""
+    fake.push(Script(tokens=["next"]))
+    body = {"user_input": "asked and gone", "trace_id": "t-gone-soon", "read_from_history": True,
+            "emissaryConfig": {"currentUser": USER}, **SAVE}  # fmt: skip
+    env = {"PERSIST_TIMEOUT_SECONDS": "8", "MAX_STREAMS_PER_USER": "1"}
+    log = tmp_path / "service.log"
+    with log.open("wb") as output, running_service(env, output=output) as service:
+        sock = open_raw(service.url, "/vac/assistant/test-assistant/sse", json.dumps(body).encode())
+        time.sleep(0.5)  # the history read hangs
+        sock.close()
+        time.sleep(1.5)  # a look for the client has come
+        again = {"user_input": "again", "emissaryConfig": {"currentUser": USER}}
+        answer = httpx.post(f"{service.url}/vac/assistant/test-assistant", json=again, timeout=20)
+        assert answer.status_code == 200 and answer.json()["answer"] == "next"
+        paused_database.resume()
+        deadline = time.monotonic() + 8
+        while "t-gone-soon-user" not in _messages(firestore) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert _messages(firestore)["t-gone-soon-user"]["content"] == "asked and gone"
+    messages = [line["message"] for line in log_lines(log.read_text())]
+    assert messages.count("request.client_gone") == 1
+    assert len(fake.requests) == 1  # the second request's alone
+
+
 def test_a_request_whose_client_left_while_it_waited_for_a_thread_asks_no_provider(
     fake: FakeUpstream, firestore
 ) -> None:
