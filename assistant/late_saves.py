@@ -23,7 +23,7 @@ Firestore refuses as it is or does not let us make (`_never_taken`).
 Bounds: at most MAX_WAITING replies' messages and MAX_WAITING_CHARS characters
 of their text wait; past either, the oldest is given up (`persist.lost`). One
 thread per process, started on first use. A stopping worker gives what still
-waits one more try before it exits (`close`, worker.py), within what is left
+waits more tries before it exits (`close`, worker.py), within what is left
 of its stop (a write that hangs is not waited for past it); what is left then
 is logged lost. On Cloud Run with CPU
 allocated only during requests, the attempts between requests wait for the
@@ -48,6 +48,8 @@ RETRY_DELAYS = (5.0, 30.0, 120.0)  # after the first attempt, made at once
 # stopped: it was not known to be written, and may yet be.
 UNDER_WAY = "the worker stopped during its write, which may still land"
 MAX_WAITING = 1000
+# A stopping worker's pause between its rounds of attempts (`close`).
+CLOSING_PAUSE_SECONDS = 0.25
 MAX_WAITING_CHARS = 16_000_000
 
 
@@ -143,24 +145,40 @@ class LateSaves:
             return self._busy is None
 
     def close(self, seconds: float) -> None:
-        """For a worker on its way out: nothing more on the thread; the write under way
-        there is waited for, and what still waits is tried once more, all within
-        `seconds` (a write that hangs is left to the process's end); what is not
+        """For a worker on its way out: nothing more on the thread; what still waits,
+        and the write under way there if it fails, is tried again and again until it is
+        written or `seconds` are up, CLOSING_PAUSE_SECONDS between rounds (a database
+        back from an outage may fail a write or two more while its client reconnects:
+        a reply tried once, or one whose write was under way at the stop, was lost with
+        seconds to spare). A write that hangs is left to the process's end; what is not
         written by then is logged lost."""
         end = time.monotonic() + seconds
         with self._changed:
             self._closed = True
             self._changed.notify_all()
-            everything, self._waiting = list(self._waiting), collections.deque()
-            self._chars -= sum(waiting.chars for waiting in everything)
-        # What waits first, beside the write under way on the thread, which may hang
-        # and would take the whole time (messages are dated: the order of the writes
-        # is not the history's).
-        for waiting in everything:
-            written = _attempt_within(waiting, end - time.monotonic())
-            if not written:
-                _lost(waiting, UNDER_WAY if written is None else "the worker stopped")
-        self.wait_idle(end - time.monotonic())
+        failed: list[_Waiting] = []
+        while True:
+            with self._changed:
+                # What waits, and what the thread's write handed back failed (`_run`).
+                failed.extend(self._waiting)
+                self._waiting.clear()
+                if not failed and self._busy is None:
+                    return
+            if end - time.monotonic() <= 0:
+                break
+            # Beside the write under way on the thread, which may hang and would take the
+            # whole time (messages are dated: the order of the writes is not the history's).
+            trying, failed = failed, []
+            for waiting in trying:
+                written = _attempt_within(waiting, end - time.monotonic())
+                if written is None:  # hangs: not tried beside itself
+                    _lost(waiting, UNDER_WAY)
+                elif not written:
+                    failed.append(waiting)
+            with self._changed:  # woken early by the thread's write ending
+                self._changed.wait(max(0.0, min(CLOSING_PAUSE_SECONDS, end - time.monotonic())))
+        for waiting in failed:
+            _lost(waiting, "the worker stopped")
         with self._changed:
             if self._busy is not None:  # its write hangs: not waited for any longer
                 self._busy.given_up = True
@@ -184,9 +202,9 @@ class LateSaves:
                     self._chars -= waiting.chars
                     if not waiting.steps:  # written: the database takes writes again
                         self._nudge()
-                elif self._closed:  # on a stop: no more tries
+                elif self._closed:  # on a stop: `close` tries it again while it has time
                     if not waiting.given_up:
-                        _lost(waiting, "the worker stopped")
+                        self._waiting.append(waiting)
                 elif waiting.nudged:  # tried early, and failed: it costs no attempt
                     waiting.nudged, waiting.early_failed = False, True
                     waiting.attempts -= 1

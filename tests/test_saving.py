@@ -192,6 +192,50 @@ def test_a_write_still_under_way_when_the_worker_stops_is_logged_lost_if_it_fail
     assert [(line["trace_id"], line["reason"]) for line in lost] == [("t-hung", UNDER_WAY)]
 
 
+def test_a_stopping_worker_tries_what_waits_again_until_the_database_is_back(capsys) -> None:
+    """The database is back a moment after the stop, its client still failing a write
+    or two as it reconnects: what waits is tried again until its time is up (it was
+    tried once and logged lost with seconds to spare, a reviewer)."""
+    back_at = time.monotonic() + 0.5
+
+    def write() -> str:
+        if time.monotonic() < back_at:
+            raise ConnectionError("failed to connect")
+        return "t-back-assistant"
+
+    saves = LateSaves(delays=(60.0,))
+    saves.add([Step("assistant", write)], 1, RequestLog("t-back"))
+    time.sleep(0.1)
+    assert saves.wait_idle(5)  # its first attempt failed: the next in a minute
+    saves.close(3.0)
+    messages = [line["message"] for line in log_lines(capsys.readouterr().out)]
+    assert "persist.saved_late" in messages and "persist.lost" not in messages
+
+
+def test_a_write_under_way_at_the_stop_that_fails_is_tried_again(capsys) -> None:
+    """The thread's write was under way when the worker began to stop, and failed: it was
+    logged lost at once, never tried again in the stop's time (a reviewer lost two of
+    four replies, the database back 3 s into a 9 s stop)."""
+    release = threading.Event()
+    tries: list[int] = []
+
+    def write() -> str:
+        tries.append(1)
+        if len(tries) == 1:
+            release.wait(5)
+            raise ConnectionError("failed to connect")
+        return "t-under-way-assistant"
+
+    saves = LateSaves(delays=(60.0,))
+    saves.add([Step("assistant", write)], 1, RequestLog("t-under-way"))
+    time.sleep(0.1)  # the thread is in the write
+    threading.Timer(0.3, release.set).start()
+    saves.close(3.0)
+    messages = [line["message"] for line in log_lines(capsys.readouterr().out)]
+    assert len(tries) == 2
+    assert "persist.saved_late" in messages and "persist.lost" not in messages
+
+
 def test_a_write_the_store_refuses_as_it_is_is_not_tried_again(capsys) -> None:
     """Too large, a value it cannot hold, a bug of ours: a later attempt would be refused
     the same, and hold the text in memory meanwhile."""
