@@ -35,7 +35,8 @@
 /**
  * @typedef {object} OpenInfo
  * @property {number} status   HTTP status of the response (200 when streaming)
- * @property {string|null} traceId  the response's X-Trace-Id header (the request's trace id)
+ * @property {string|null} traceId  the request's trace id: the response's X-Trace-Id header
+ *   (the body's trace_id when it sent one), else the one sent
  * @property {Headers} headers the response headers (cross-origin, the service exposes
  *   X-Trace-Id and Retry-After)
  */
@@ -46,9 +47,38 @@
  */
 
 /**
+ * @typedef {object} ToolCall
+ * @property {string} id        send it back as a tool turn's `tool_call_id`
+ * @property {string} name
+ * @property {Record<string, any>|null} args  null when the model's were no JSON object
+ * @property {string} [signature]  when the provider gave one: send it back unchanged
+ * @property {string} [args_error]  when `args` is null: why
+ */
+
+/**
+ * @typedef {object} Metadata  a final frame's, an error frame's or a JSON answer's (docs/API.md,
+ *   "Metadata", says what each holds)
+ * @property {string} trace_id
+ * @property {string|null} provider
+ * @property {string|null} model
+ * @property {string|null} model_version
+ * @property {{input_tokens: number|null, output_tokens: number|null, thinking_tokens?: number|null}} usage
+ * @property {string|null} stop_reason
+ * @property {string} thinking_content
+ * @property {ToolCall[]} tools_to_use
+ * @property {any} structured_output
+ * @property {string} [structured_output_error]
+ * @property {string} [history_error]
+ * @property {{name: string, outcome: string, ms: number, status?: number}[]} attempts
+ * @property {{first_chunk_ms: number|null, total_ms: number}} timing
+ * @property {{user?: string, assistant?: string}|null} message_ids
+ * @property {boolean} persist_failed
+ */
+
+/**
  * @typedef {object} FinalReply
  * @property {string} answer    the whole text, thinking tags included
- * @property {Record<string, any>} metadata  see docs/API.md (trace_id, thinking_content, usage, ...)
+ * @property {Metadata} metadata
  * @property {string|null} traceId
  */
 
@@ -61,7 +91,8 @@
  *   closed before a terminal frame), `bad_request` (a header or token no request can carry)
  * @property {string} partial   text shown before the failure ("" before the stream), or
  *   for a JSON reply the text its provider had sent before it failed (the body's `partial`)
- * @property {Record<string, any>|null} metadata  the error frame's metadata (null before the stream)
+ * @property {Metadata|null} metadata  the error frame's metadata (null before the stream; a
+ *   crash's carries its trace_id alone)
  * @property {number} status    HTTP status (0 when no response arrived)
  * @property {string|null} traceId  the request's trace id (X-Trace-Id, the error body's
  *   trace_id, or the one sent): send it again as `body.trace_id` to retry without saving twice
@@ -300,6 +331,9 @@ export async function streamReply(options) {
       return readJsonReply(response, result, ownTraceId === null, signal, onFinal, fail, aborted);
     }
 
+    if (response.body === null) { // no body at all: a stream that ended before it began
+      return fail({error: "the stream ended before the reply was complete", code: "stream_ended"});
+    }
     const reader = response.body.getReader();
     const decoder = new TextDecoder("utf-8");
     let finished = false; // [DONE] seen
