@@ -293,7 +293,8 @@ class _Accepted:
         thread), as when its client leaves mid-reply."""
         asked = self.request
         if self.store and asked.save_to_history and not asked.user_message_already_saved:
-            save_question(self.store, user_message(asked, self.trace_id, self.author), self.log)
+            question = user_message(asked, self.trace_id, self.author, self.started)
+            save_question(self.store, question, self.log)
 
     def begin(self, history: History | None) -> flask.Response:
         """The reply begun, its history (if one was read) in hand: the stream or the JSON
@@ -357,7 +358,11 @@ def _after_history(
                 accepted.log.info("request.client_gone", during="history")
                 return
         try:
-            reply = accepted.begin(history_read(reading, 0.0, timeout, accepted.log))
+            if stopping:  # not waited for: its reply is refused as it begins (`_begin`)
+                accepted.log.info("history.given_up", reason="the worker is stopping")
+                reply = accepted.begin(History())
+            else:
+                reply = accepted.begin(history_read(reading, 0.0, timeout, accepted.log))
         except Exception:  # a bug of ours: answered as `handle` answers one
             accepted.log.exception("request.crashed")
             reply = _error(500, "internal_error", MESSAGES["internal_error"], trace_id)

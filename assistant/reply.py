@@ -158,7 +158,7 @@ class Reply:
         passed: `aio.submit`)."""
         if self._saver and not self._request.user_message_already_saved:
             self._saver.start_user_message(
-                user_message(self._request, self._trace_id, self._author)
+                user_message(self._request, self._trace_id, self._author, self._started)
             )
         self._future = aio.submit(self._chain.run(), first_step_wait)
 

@@ -107,8 +107,8 @@ class Saver:
         self._user_message: UserMessage | None = None  # for a second write
 
     def start_user_message(self, message: UserMessage) -> None:
-        # Dated here, not by the database: a write that lands late keeps its place.
-        message = dataclasses.replace(message, created_at=_now())
+        # Dated by us, not by the database: a write that lands late keeps its place.
+        message = dataclasses.replace(message, created_at=message.created_at or _now())
         self._user_message = message
         self._user = _pool.submit(self._store.save_user_message, message)
 
@@ -237,14 +237,20 @@ class Saver:
             return False
 
 
-def user_message(request: AssistantRequest, trace_id: str, author: Author) -> UserMessage:
-    """The request's question as the store saves it."""
+def user_message(
+    request: AssistantRequest, trace_id: str, author: Author, asked: float
+) -> UserMessage:
+    """The request's question as the store saves it, dated when it was `asked` (its
+    time.monotonic()): not when its write begins, which a history read puts up to
+    PERSIST_TIMEOUT_SECONDS later (a question dated after the user's next turns would
+    read after them in the history)."""
     return UserMessage(
         assistant_id=request.assistant_id,
         trace_id=trace_id,
         thread_id=request.thread_id,
         author=author,
         content=request.user_input,
+        created_at=_now() - datetime.timedelta(seconds=time.monotonic() - asked),
     )
 
 
@@ -254,7 +260,7 @@ def save_question(store: MessageStore, message: UserMessage, log: RequestLog) ->
     hanging database held the request's thread and its user's slot a whole save wait
     more), a failed write tried again late. What the user typed is kept, as it is when
     a client leaves mid-reply."""
-    message = dataclasses.replace(message, created_at=_now())
+    message = dataclasses.replace(message, created_at=message.created_at or _now())
     write = partial(store.save_user_message, message)
 
     def settled(future: concurrent.futures.Future[str]) -> None:

@@ -726,7 +726,6 @@ def test_a_bug_as_a_reply_begins_after_its_history_read_is_a_500(capsys) -> None
     a bug there closed the connection without an answer (a reviewer), where `handle`
     answers any other with a 500 (and CORS) and logs it."""
     reading: concurrent.futures.Future[tuple[Turn, ...]] = concurrent.futures.Future()
-    reading.set_result(())
     kept: list[int] = []
 
     class Buggy(_Accepted):
@@ -747,6 +746,7 @@ def test_a_bug_as_a_reply_begins_after_its_history_read_is_a_500(capsys) -> None
     response.headers["Access-Control-Allow-Origin"] = "*"  # as `handle` adds it
     items = iter(response.response)
     assert isinstance(next(items), Park)
+    reading.set_result(())  # the read ends: the reply begins
     instead = next(items)
     assert isinstance(instead, Instead) and instead.status.startswith("500")
     assert json.loads(instead.body)["code"] == "internal_error"

@@ -158,6 +158,7 @@ def test_a_json_reply_failing_midway_everywhere_saves_what_arrived(
     )
     assert response.status_code == 502
     assert response.get_json()["partial"] == "half "
+    response.close()  # its slot back: the test client closes no response by itself
     saved = _messages(firestore)["t-json-half-assistant"]
     assert saved["status"] == "incomplete" and saved["content"] == "half"
 
@@ -284,6 +285,7 @@ def test_a_bug_before_the_save_still_saves_what_arrived(
     else:
         assert response.status_code == 500
         final = response.get_json()
+    response.close()
     assert final["code"] == "internal_error" and final["partial"] == "hello world"
     saved = _messages(firestore)["t-bug-assistant"]
     assert saved["content"] == "hello world" and saved["status"] == "incomplete"
@@ -490,6 +492,7 @@ def test_legacy_json_route_saves_too(client, fake, firestore) -> None:
         "/vac/assistant/test-assistant", json={"user_input": "hi", "trace_id": "t-json", **SAVE}
     )
     assert response.get_json()["metadata"]["message_ids"]["assistant"] == "t-json-assistant"
+    response.close()
     assert _messages(firestore)["t-json-assistant"]["status"] == "complete"
 
 
@@ -1454,20 +1457,25 @@ def test_history_reads_on_a_hanging_database_hold_no_thread(
 
 @pytest.mark.parametrize("read_ends", ["before-the-stop-ends", "after-the-stop-saves"])
 def test_a_worker_stopping_during_a_history_read_asks_no_provider_and_keeps_the_question(
-    fake: FakeUpstream, firestore, paused_database: _PausableProxy, read_ends: str
+    fake: FakeUpstream, firestore, paused_database: _PausableProxy, read_ends: str, tmp_path
 ) -> None:
     """SIGTERM while a request waits for its history read on a database that hangs. The
     read ends within the stop: a 503 overloaded, no provider asked (a reply was begun,
     a provider asked, and the stream got no answer at all: a reviewer). With a database
     back only after the parked replies' time: the question is kept all the same (it was
     dropped silently when the worker ended the request). Either way the 503 comes at
-    the stop, not once the read is given up."""
+    the stop, not once the read is given up. The log says a read the stop ended was given
+    up for the stop (it said a timeout, or an error), and the question is dated when it
+    was asked (it was dated at the stop, after the read's wait: a reviewer)."""
     before = read_ends == "before-the-stop-ends"
     env = {"PERSIST_TIMEOUT_SECONDS": "3" if before else "9"}
     body = {"user_input": "asked at the stop", "trace_id": f"t-stop-{read_ends}",
-            "read_from_history": True, **SAVE}  # fmt: skip
+            "read_from_history": True, "emissaryConfig": {"currentUser": USER}, **SAVE}  # fmt: skip
     url = "/vac/assistant/test-assistant/sse"
-    with running_service(env) as service, concurrent.futures.ThreadPoolExecutor(1) as pool:
+    log = tmp_path / "service.log"
+    with log.open("wb") as output, running_service(env, output=output) as service, \
+            concurrent.futures.ThreadPoolExecutor(1) as pool:  # fmt: skip
+        asked_at = datetime.datetime.now(datetime.UTC)
         asking = pool.submit(httpx.post, service.url + url, json=body, timeout=30)
         time.sleep(1)  # its history read waits for the database
         service.process.terminate()
@@ -1480,9 +1488,15 @@ def test_a_worker_stopping_during_a_history_read_asks_no_provider_and_keeps_the_
         assert service.process.wait(timeout=20) == 0
     assert answer.status_code == 503 and answer.json()["code"] == "overloaded"
     assert fake.requests == []
+    messages = [line["message"] for line in log_lines(log.read_text())]
+    # With PERSIST_TIMEOUT_SECONDS=3 the read ends by its own time, before the stop ends
+    # the replies under way (`stop_end_seconds`); with 9, the stop ends it at once.
+    assert ("history.timeout" if before else "history.given_up") in messages
+    assert "history.failed" not in messages
     if not before:
         question = _messages(firestore)[f"t-stop-{read_ends}-user"]
         assert question["content"] == "asked at the stop"
+        assert question["createdAt"] - asked_at < datetime.timedelta(seconds=0.5)
 
 
 def test_history_unavailable_still_answers(client, fake, firestore, capsys) -> None:
