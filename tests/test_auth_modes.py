@@ -166,7 +166,7 @@ def test_iam_ignores_a_bearer_token(client, fake: FakeUpstream) -> None:
 
 
 @pytest.fixture
-def one_each() -> None:
+def one_each(none_in_flight: None) -> None:
     os.environ["MAX_STREAMS_PER_USER"] = "1"
     os.environ["HEARTBEAT_SECONDS"] = "0.2"  # the status window: a stream answers 200 early
 
