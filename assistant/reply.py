@@ -301,7 +301,7 @@ class Reply:
                 elif isinstance(item, Outcome):
                     # Saving can take up to PERSIST_TIMEOUT_SECONDS: heartbeats meanwhile.
                     steps = self._concluding(item, beat=self._settings.heartbeat_seconds)
-                    final = yield from self._with_heartbeats(steps)
+                    final = yield from self._with_heartbeats(steps, heartbeat)
                     yield sse.frame(final) + sse.DONE  # one write
                     return
                 if frame is not None:
@@ -390,16 +390,9 @@ class Reply:
         if not self._parking:
             return self._conclude(item, within)
         steps = self._concluding(item, beat=math.inf, within=within)
-        while True:
-            try:
-                pending = next(steps)
-            except StopIteration as end:
-                return cast("dict[str, Any]", end.value)
-            try:
-                yield until_done(pending.write, pending.seconds)
-            except GeneratorExit:  # closed meanwhile (the worker stops)
-                self._save_apart(steps)
-                raise
+        # No heartbeat (nothing is written before the end): parks only.
+        waits = self._with_heartbeats(steps, heartbeat=math.inf)
+        return (yield from cast("Generator[Park, None, dict[str, Any]]", waits))
 
     def _error_body(self, final: dict[str, Any]) -> dict[str, Any]:
         body = {
@@ -539,12 +532,11 @@ class Reply:
         return "".join(self._parts)
 
     def _with_heartbeats(
-        self, steps: Generator[Pending, None, dict[str, Any]]
+        self, steps: Generator[Pending, None, dict[str, Any]], heartbeat: float
     ) -> Generator[bytes | Park, None, dict[str, Any]]:
         """Run `steps` to their result, waiting for what each names (letting go of the
         thread meanwhile, with `parking`), with a ping whenever nothing was sent for
-        HEARTBEAT_SECONDS."""
-        heartbeat = self._settings.heartbeat_seconds
+        `heartbeat` seconds (none at math.inf)."""
         while True:
             try:
                 pending = next(steps)
