@@ -21,9 +21,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gzip
+import html
 import json
 import os
 import socket
+import urllib.parse
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -332,8 +334,10 @@ def test_an_error_body_echoing_the_declarations_is_logged_without_their_texts(
             },
         },
     )
+    note = {"type": "string", "$comment": "ask for the PIN first", "example": "Acme Corp payroll",
+            "x-hint": "VIP client list"}  # fmt: skip
     schema = {"type": "object", "description": "Patient record for John Smith",
-              "properties": {"kind": {"enum": ["confidential"]}}}  # fmt: skip
+              "properties": {"kind": {"enum": ["confidential"]}, "note": note}}  # fmt: skip
     prompt = Prompt(None, (Turn("user", "Hi there"),), tools=(tool,), response_schema=schema)
     echo = {
         "error": "invalid tool definition: 'format' value 'date-time' is not supported",
@@ -344,7 +348,8 @@ def test_an_error_body_echoing_the_declarations_is_logged_without_their_texts(
     _, error = case.events(upstream.url, prompt)
     assert error is not None and error.status == 400
     assert "'format' value 'date-time' is not supported" in error.detail  # the rest is kept
-    for said in ("Jane Doe", "123-45-6789", "John Smith", "confidential"):
+    for said in ("Jane Doe", "123-45-6789", "John Smith", "confidential", "the PIN",
+                 "Acme Corp", "VIP client"):  # fmt: skip
         assert said not in error.detail
 
 
@@ -465,6 +470,11 @@ SECRET = 'Tom & Jerry <admin>: "my password" is hunter2, é/ü'
         pytest.param(json.dumps(SECRET).replace("/", "\\/"), id="escaped-slash"),
         # Cut by our own reading 22 characters into it (Ollama's error line is cut at 200).
         pytest.param("template error near: " + SECRET[:22], id="cut-at-the-end"),
+        # A proxy's error page, and a form or a header (reviewers: logged whole).
+        pytest.param(f"<pre>{html.escape(json.dumps({'content': SECRET}))}</pre>", id="html"),
+        pytest.param("body=" + urllib.parse.quote_plus(SECRET), id="url-form"),
+        pytest.param("ctype: x;q=" + urllib.parse.quote(SECRET), id="url-percent"),
+        pytest.param(SECRET + " / " + urllib.parse.quote(SECRET), id="raw-and-url"),
     ],
 )
 def test_an_echo_escaped_by_any_encoder_is_taken_out(echo: str) -> None:

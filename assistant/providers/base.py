@@ -31,8 +31,10 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import html
 import json
 import re
+import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -644,9 +646,26 @@ def without_prompt(text: str, prompt: Prompt) -> str:
     was read back. Runs on the I/O loop, for every provider failure: a look for each
     text's first characters in a few KB, at most four times, more only for those found;
     no text of the prompt is read back (one of 780 KB took 270 ms a failure)."""
+    texts = list(dict.fromkeys(_prompt_texts(prompt)))
+    plain, found = text, False
+    # Then with HTML's entities read back (a proxy's error page: `don&#x27;t`) and with
+    # a URL's escapes (a form or a header: a space as `+` or `%20`), when the prompt is
+    # found only so: an echo of a text with an apostrophe or a space in its first words
+    # was logged whole.
+    for read_back in (None, html.unescape, urllib.parse.unquote_plus):
+        view = plain if read_back is None else read_back(plain)
+        if read_back is not None and view == plain:
+            continue
+        scrubbed = _scrubbed(view, texts)
+        if scrubbed is not None:
+            plain, found = scrubbed, True
+    return plain if found else text
+
+
+def _scrubbed(text: str, texts: list[str]) -> str | None:
+    """`without_prompt` on one reading of `text`; None if no text of the prompt is in it."""
     plain = text
     found = False
-    texts = list(dict.fromkeys(_prompt_texts(prompt)))
     for passes in range(_MOST_ESCAPE_PASSES + 1):
         if passes:
             if "\\" not in plain:
@@ -665,7 +684,7 @@ def without_prompt(text: str, prompt: Prompt) -> str:
                 cut = _cut_short_at(plain, said)
             if cut != -1:
                 plain = plain[:cut] + "[prompt]"
-    return plain if found else text
+    return plain if found else None
 
 
 def _cut_short_at(text: str, said: str) -> int:
@@ -737,13 +756,16 @@ def _prompt_texts(prompt: Prompt) -> list[str]:
 
 
 # Where a schema holds the frontend's own words: its descriptions and titles, and values.
-_DESCRIBING = frozenset({"description", "title"})
-_VALUES = frozenset({"enum", "const", "default", "examples"})
+# JSON Schema's `$comment`, OpenAPI's `example` and any `x-` extension too: free text a
+# gateway's refusal quotes as readily (they were logged).
+_DESCRIBING = frozenset({"description", "title", "$comment"})
+_VALUES = frozenset({"enum", "const", "default", "examples", "example"})
 
 
 def _schema_texts(schemas: list[Any], most: int) -> list[str]:
-    """The texts of `schemas` that are words, not structure: descriptions, titles and
-    the strings among values (`enum`, `examples`...), among their first `most` values.
+    """The texts of `schemas` that are words, not structure: descriptions, titles,
+    comments and the strings among values (`enum`, `examples`, an `x-` extension's...),
+    among their first `most` values.
     A `format`, `$ref`, `$schema` or `required` name is what a refusal names: scrubbed,
     "'format' value 'date-time' is not supported" told nothing."""
     texts: list[str] = []
@@ -758,7 +780,7 @@ def _schema_texts(schemas: list[Any], most: int) -> list[str]:
             for key, value in node.items():
                 if key in _DESCRIBING and isinstance(value, str):
                     texts.append(value)
-                elif key in _VALUES:
+                elif key in _VALUES or (isinstance(key, str) and key.startswith("x-")):
                     values = _values_in(value, most - seen)
                     seen += len(values)
                     texts += (item for item in values if isinstance(item, str))
