@@ -35,6 +35,7 @@ import dataclasses
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -361,6 +362,7 @@ class _Relay:
         # What this attempt showed, kept for a JSON caller only (`_empty_to_a_json_caller`).
         self._texts: list[str] | None = None if chain.commit_on_first_chunk else []
         self._called = False
+        self._call_ids: set[str] = set()  # of the calls handed on (`_own_id`)
         # Leading blank text and thinking (whether thinking, and the text), held until
         # something else comes.
         self._blanks: list[tuple[bool, str]] = []
@@ -507,10 +509,23 @@ class _Relay:
                 if closing:
                     self._emit_text(closing)
                 self._called = True
-                chain.emit(event)
+                chain.emit(self._own_id(event))
             else:
                 thinking = isinstance(event, ThinkingDelta)
                 self._emit_text(self._tagger.wrap(thinking, event.text))
+
+    def _own_id(self, call: ToolCall) -> ToolCall:
+        """`call` with an id no other call of this answer has: one made up where the
+        provider gave none (an Anthropic-compatible server's block without one gave "",
+        a call no request could send back) or one it gave already (the frontend answers
+        calls by id: two alike could not be told apart, and the second was dropped on
+        its way back)."""
+        if call.id and call.id not in self._call_ids:
+            self._call_ids.add(call.id)
+            return call
+        own = f"call_{uuid.uuid4().hex[:24]}"
+        self._call_ids.add(own)
+        return dataclasses.replace(call, id=own)
 
 
 def _nothing_shown(stop_reason: StopReason | None) -> ProviderError:

@@ -182,6 +182,22 @@ def test_every_recorded_reply_through_the_chain(
     assert run.chain.usage == end.usage
 
 
+@EACH
+def test_each_call_handed_on_has_an_id_of_its_own(
+    upstream: FakeUpstream, case: ProviderCase
+) -> None:
+    """Two calls of one answer with the same id (any upstream may repeat one): the
+    frontend answers calls by id and could not tell them apart, and the second was
+    dropped on its way back. The second gets an id made up."""
+    same = [{"name": "weather", "args": {"city": city}, "id": "call_same"}
+            for city in ("Oslo", "Bergen")]  # fmt: skip
+    upstream.push(Script(tool_calls=same))
+    run = run_chain([case.provider(upstream.url)], Timeouts(connect=1, first_chunk=2, idle=2))
+    calls = [item for item in run.items if isinstance(item, ToolCall)]
+    assert [call.args for call in calls] == [{"city": "Oslo"}, {"city": "Bergen"}]
+    assert len({call.id for call in calls}) == 2 and all(call.id for call in calls)
+
+
 # -- b. the request, statuses and scripted streams ----------------------------------------
 
 

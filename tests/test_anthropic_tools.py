@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
+from assistant.config import Timeouts
 from assistant.providers.anthropic import decode_thinking, encode_thinking
 from assistant.providers.anthropic_schema import output_schema, unheld
 from assistant.providers.base import Event, Prompt, StreamEnd, ThinkingDelta
@@ -32,7 +33,7 @@ from devtools.fake_upstream import FakeUpstream, Script
 
 from .provider_cases import ANTHROPIC as CASE
 from .provider_cases import SONNET, end, texts, thoughts
-from .provider_support import FAKE_MODEL, awkward_sse_chunks, one_byte_reads
+from .provider_support import FAKE_MODEL, awkward_sse_chunks, one_byte_reads, run_chain
 from .provider_support import upstream_fixture as upstream_fixture  # the `upstream` fixture
 
 WEATHER = ToolSpec(
@@ -177,6 +178,17 @@ def test_a_call_whose_block_never_closed_is_still_reported(upstream: FakeUpstrea
     upstream.push(Script(raw=[b"\n\n".join(frames[:stop] + frames[stop + 1 :])]))
     events, error = CASE.events(upstream.url, ask())
     assert error is None and events == REPLAYS["tool_alone.sse"]
+
+
+def test_a_call_block_without_an_id_gets_one_made_up(upstream: FakeUpstream) -> None:
+    """An Anthropic-compatible server's tool_use block with no id gave the call "", which
+    no request can send back (a 400): the chain makes one up."""
+    fixture = re.sub(rb'"id":"toolu_[A-Za-z0-9_]+",', b"", CASE.fixture("tool_alone.sse"))
+    assert b'"toolu_' not in fixture
+    upstream.push(Script(raw=[fixture]))
+    run = run_chain([CASE.provider(upstream.url)], Timeouts(connect=1, first_chunk=2, idle=2))
+    [call] = [item for item in run.items if isinstance(item, ToolCall)]
+    assert call.id.startswith("call_") and len(call.id) > 10
 
 
 # -- b. the request ---------------------------------------------------------------------------
