@@ -404,6 +404,8 @@ class Reply:
         if final["partial"]:  # a JSON reply cut midway (its last provider, a stop): saved too
             # Shown whole, not streamed: a block the cut left open is closed.
             body["partial"] = with_thinking_closed(final["partial"])
+        if calls := final["metadata"].get("tools_to_use"):  # saved with it: said with it
+            body["tools_to_use"] = calls
         return body
 
     # -- internals ---------------------------------------------------------

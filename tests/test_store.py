@@ -31,6 +31,7 @@ from devtools.fake_upstream import FakeUpstream, Script
 from devtools.service import free_port, running_service
 
 from .conftest import ask, log_lines, sse_events, stopped_before_the_kill
+from .provider_cases import FIXTURES
 from .raw_http import open_raw
 
 USER = {"email": "ada@example.com", "displayName": "Ada"}
@@ -261,6 +262,23 @@ def test_a_history_message_whose_content_is_not_text_reads_as_empty(
     sent = _sent_messages(fake)
     assert sent[:2] == [("user", "first question"), ("assistant", "first answer")]
     assert sent[-1][1].endswith("new question")
+
+
+def test_a_json_reply_whose_call_was_cut_says_the_call_it_saves(
+    client, fake: FakeUpstream, firestore
+) -> None:
+    """Every provider failed after one made a call: the 502 said its text and not its
+    call, while the saved message held the call (a reviewer)."""
+    fixture = (FIXTURES / "anthropic" / "tool_alone.sse").read_bytes()
+    fake.push(Script(raw=[fixture[: fixture.index(b"event: message_delta")]]))
+    asked = {"user_input": "hi", "trace_id": "t-json-call", **SAVE}
+    response = client.post("/vac/assistant/test-assistant", json=asked)
+    body = response.get_json()
+    response.close()
+    assert response.status_code == 502
+    saved = _messages(firestore)["t-json-call-assistant"]
+    assert saved["status"] == "incomplete" and len(saved["toolsToUse"]) == 1
+    assert body["tools_to_use"] == saved["toolsToUse"]
 
 
 @pytest.mark.parametrize(
