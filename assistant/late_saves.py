@@ -177,9 +177,11 @@ class LateSaves:
                     failed.append(waiting)
             with self._changed:  # woken early by the thread's write ending
                 self._changed.wait(max(0.0, min(CLOSING_PAUSE_SECONDS, end - time.monotonic())))
-        for waiting in failed:
-            _lost(waiting, "the worker stopped")
         with self._changed:
+            failed.extend(self._waiting)  # handed back since the last look
+            self._waiting.clear()
+            for waiting in failed:
+                _lost(waiting, "the worker stopped")
             if self._busy is not None:  # its write hangs: not waited for any longer
                 self._busy.given_up = True
                 _lost(self._busy, UNDER_WAY)

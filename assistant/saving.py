@@ -414,21 +414,26 @@ def history_read(
         log.error("history.timeout", timeout_s=timeout)
         return History(error=HISTORY_TIMEOUT)
     except Exception as exc:  # any store failure: logged, the reply goes on without history
+        reason = f"{type(exc).__name__}: {exc}"
         if _out_of_time(exc):  # the read's own deadline passed as it ran
-            log.error("history.timeout", timeout_s=timeout, reason=type(exc).__name__)
+            log.error("history.timeout", timeout_s=timeout, reason=reason)
             return History(error=HISTORY_TIMEOUT)
-        log.error("history.failed", reason=f"{type(exc).__name__}: {exc}")
+        log.error("history.failed", reason=reason)
         return History(error=HISTORY_FAILED)
     log.info("history.loaded", turns=len(turns))
     return History(turns)
 
 
-def _out_of_time(exc: Exception) -> bool:
-    """A store call that failed because its deadline passed (the client library's own
-    errors for it, imported only once a read failed)."""
+def _out_of_time(exc: BaseException) -> bool:
+    """A store call that failed because its deadline passed, not because the database
+    refused it (retried until its time was up, a refusal is still one: a database that
+    takes no connection is not slow). The client library's errors, imported only once
+    a read failed."""
     from google.api_core.exceptions import DeadlineExceeded, RetryError
 
-    return isinstance(exc, DeadlineExceeded | RetryError | TimeoutError)
+    if isinstance(exc, RetryError):
+        return exc.cause is None or _out_of_time(exc.cause)
+    return isinstance(exc, DeadlineExceeded | TimeoutError)
 
 
 HISTORY_NO_USER = "the history was not read: the request names no user"

@@ -10,7 +10,12 @@ import time
 from collections.abc import Generator
 
 import pytest
-from google.api_core.exceptions import DeadlineExceeded, PermissionDenied, RetryError
+from google.api_core.exceptions import (
+    DeadlineExceeded,
+    PermissionDenied,
+    RetryError,
+    ServiceUnavailable,
+)
 
 from assistant import saving
 from assistant.late_saves import UNDER_WAY, LateSaves, Step
@@ -57,6 +62,9 @@ class SlowHistory:
     [
         (DeadlineExceeded("deadline"), saving.HISTORY_TIMEOUT, "history.timeout"),
         (RetryError("out of time", cause=None), saving.HISTORY_TIMEOUT, "history.timeout"),
+        (RetryError("out", cause=DeadlineExceeded("x")), saving.HISTORY_TIMEOUT, "history.timeout"),
+        # Retried until its time was up, a database that takes no connection: refused.
+        (RetryError("out", cause=ServiceUnavailable("x")), saving.HISTORY_FAILED, "history.failed"),
         (PermissionDenied("no"), saving.HISTORY_FAILED, "history.failed"),
         (None, saving.HISTORY_NO_USER, None),
     ],
@@ -71,8 +79,9 @@ def test_a_history_read_that_failed_says_why(failure, said, logged, capsys) -> N
         reading.set_exception(failure)
     read = saving.history_read(reading, 1.0, 1.0, RequestLog("t-history"))
     assert read == saving.History(error=said)
-    messages = [line["message"] for line in log_lines(capsys.readouterr().out)]
-    assert messages == ([logged] if logged else [])
+    lines = log_lines(capsys.readouterr().out)
+    assert [line["message"] for line in lines] == ([logged] if logged else [])
+    assert all(type(failure).__name__ + ": " in line["reason"] for line in lines)  # and why
 
 
 def test_a_history_read_given_up_before_it_began_never_runs() -> None:
