@@ -60,6 +60,12 @@ from .tracing import RequestLog
 
 # How often a waiting reply checks that its client is still there.
 CLIENT_POLL_SECONDS = 1.0
+# The longest a reply a stopping worker ended waits for its save: the worker lets go of
+# what is still parked STOP_SAVE_SECONDS (7) after the signal and ends the streams at
+# most a second after it when the save wait is longer (worker.stop_end_seconds). With
+# PERSIST_TIMEOUT_SECONDS above 6 a stream's save outlasted that, and it ended with no
+# terminal frame (a reviewer).
+STOP_SAVE_WAIT_SECONDS = 5.0
 # The shortest wait for the store at the end between looks whether a heartbeat is due
 # (a quarter of the heartbeat, if that is shorter).
 SHORTEST_LOOK_SECONDS = 0.25
@@ -149,6 +155,7 @@ class Reply:
         self._future: concurrent.futures.Future[None] | None = None
         self._done = False  # concluding or abandoned: nothing more arrives
         self._saved = False  # the record went to the store (or there is none)
+        self._save_by: float | None = None  # a stopping worker's (`stop_early`)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -165,7 +172,10 @@ class Reply:
     def stop_early(self) -> None:
         """The instance is stopping: the reply ends now with what it has (`overloaded`:
         a stream's error frame, a JSON reply's 503; its text saved), from any thread;
-        told before its chain began, the chain ends as soon as it does."""
+        told before its chain began, the chain ends as soon as it does. Its save is
+        waited for STOP_SAVE_WAIT_SECONDS at most from here, whatever
+        PERSIST_TIMEOUT_SECONDS says."""
+        self._save_by = time.monotonic() + STOP_SAVE_WAIT_SECONDS
         if not self._done:
             self._chain.stop_early()
 
@@ -589,6 +599,9 @@ class Reply:
         """`_conclude()` a step at a time: it yields what to wait for in the store, for
         `beat` seconds at most."""
         self._done = True
+        if self._save_by is not None:  # ended by a stopping worker
+            left = max(0.0, self._save_by - time.monotonic())
+            within = left if within is None else min(within, left)
         if not isinstance(item, ChainSucceeded):
             self._take_back_dropped()
         self._splitter.finish()

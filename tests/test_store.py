@@ -636,6 +636,27 @@ def test_the_status_window_counts_a_hanging_history_read(
     assert gave_up["timeout_s"] == 1
 
 
+def test_a_stream_a_stopping_worker_ends_gets_its_terminal_frame_whatever_the_save_wait(
+    fake: FakeUpstream, firestore, black_hole: str
+) -> None:
+    """PERSIST_TIMEOUT_SECONDS=9 and a database that hangs: a stream ended at the stop
+    waited its whole save wait, past the 7 s after which the worker lets go of what is
+    still parked, and ended with no terminal frame (a reviewer)."""
+    fake.push(Script(tokens=[f"{n} " for n in range(100)], interval=0.1))
+    env = {"FIRESTORE_EMULATOR_HOST": black_hole, "PERSIST_TIMEOUT_SECONDS": "9"}
+    url = "/vac/assistant/test-assistant/sse"
+    with running_service(env) as service, httpx.stream(
+        "POST", service.url + url, json={"user_input": "hi", **SAVE}, timeout=30
+    ) as reply:  # fmt: skip
+        lines = reply.iter_lines()
+        assert next(line for line in lines if line).startswith('data: {"chunk"')
+        service.process.terminate()
+        frames = [line for line in lines if line.startswith("data: ")]
+    assert frames[-1] == "data: [DONE]"
+    final = json.loads(frames[-2].removeprefix("data: "))
+    assert final["code"] == "overloaded" and final["metadata"]["persist_failed"] is True
+
+
 def test_a_502_within_the_status_window_waits_for_the_database_only_as_long_as_it_lasts(
     client, fake, firestore, black_hole
 ) -> None:
