@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar, cast
 
-from .late_saves import Step, late_saves
+from .late_saves import UNDER_WAY, Step, late_saves
 from .request import AssistantRequest, Turn
 from .sse import json_text
 from .store import (
@@ -326,7 +326,7 @@ def finish_unwaited(seconds: float) -> None:
     with _unwaited_lock:
         left = list(_unwaited_saves.values())
     for log, role in left:
-        log.error("persist.lost", role=role, reason="the worker stopped during its save")
+        log.error("persist.lost", role=role, reason=UNDER_WAY)
 
 
 def drive(steps: Generator[Pending, None, T]) -> T:

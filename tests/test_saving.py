@@ -466,7 +466,8 @@ def test_an_unwaited_save_still_under_way_when_the_worker_stops_is_said_lost(cap
     lost = [
         line for line in log_lines(capsys.readouterr().out) if line["message"] == "persist.lost"
     ]
-    assert [line["trace_id"] for line in lost] == ["t-unwaited"]
+    # Under way: it may still land, as a late save's write under way at the exit may.
+    assert [(line["trace_id"], line["reason"]) for line in lost] == [("t-unwaited", UNDER_WAY)]
     never.set_result("done")  # the thread goes back to the pool
 
 
