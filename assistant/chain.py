@@ -47,6 +47,7 @@ from . import aio
 from .config import Timeouts
 from .providers.base import (
     ERROR_BODY_BYTES,
+    ERROR_DETAIL_CHARS,
     EndsBeforeItsBody,
     Event,
     Prompt,
@@ -245,7 +246,10 @@ class Chain:
             # The log's detail may quote what the provider said back, the prompt in it (an
             # Ollama error line naming the user's text): never the prompt's texts.
             if error.detail:  # nor its key (an error line in the stream quoting our request)
-                detail = without_prompt(error.detail, self.prompt)
+                # Cut first to what may be kept and a key's room past it: a stream's
+                # error may be megabytes, and the scrub runs on the loop (a reviewer's
+                # 8 MB Gemini error held every stream on the worker 3-4 s).
+                detail = without_prompt(error.detail[:ERROR_DETAIL_CHARS], self.prompt)
                 detail = without_secrets(detail, provider_secrets(provider))
                 error.detail = detail[:ERROR_BODY_BYTES]  # cut once scrubbed
             self._record(progress, error.code, error)

@@ -33,6 +33,7 @@ from typing import Any
 import httpx
 import pytest
 
+from assistant import chain as chain_module
 from assistant.chain import ChainFailed, ChainSucceeded, Chunk
 from assistant.config import ProviderSettings, Timeouts
 from assistant.providers import base, sse_decoder
@@ -54,7 +55,7 @@ from assistant.tools import ToolCall, ToolSpec
 from devtools.fake_upstream import FAIL_MODES, FAILS, FakeUpstream, Script
 
 from .conftest import ask, sse_events
-from .provider_cases import CASES, OLLAMA, REQUEST_PROMPT, ProviderCase, texts, thoughts
+from .provider_cases import CASES, GEMINI, OLLAMA, REQUEST_PROMPT, ProviderCase, texts, thoughts
 from .provider_support import (
     FAIL_CODES,
     FAIL_MODE_CODES,
@@ -514,6 +515,62 @@ def test_the_prompt_scrub_reads_back_the_detail_alone(monkeypatch: pytest.Monkey
     detail = json.dumps({"error": {"message": "invalid body: " + json.dumps(texts[-1][:2000])}})
     assert without_prompt(detail, prompt) == '{"error": {"message": "invalid body: "[prompt]'
     assert len(read_back) <= 3 and all(len(text) <= len(detail) for text in read_back)
+
+
+def test_a_huge_error_in_a_stream_is_cut_before_it_is_scrubbed(
+    upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Gemini's and OpenAI's stream errors were taken whole (up to an event's 16 MiB) and
+    scrubbed on the loop before the cut: a reviewer's 8 MB error held every stream 3-4 s."""
+    scrubbed: list[int] = []
+    plain = chain_module.without_prompt
+
+    def measured(text: str, prompt: Prompt) -> str:
+        scrubbed.append(len(text))
+        return plain(text, prompt)
+
+    monkeypatch.setattr(chain_module, "without_prompt", measured)
+    error = {"error": {"code": 500, "status": "a+b&amp;c " * 800_000}}
+    upstream.push(Script(raw=[b"data: " + json.dumps(error).encode() + b"\r\n\r\n"]))
+    run = run_chain([GEMINI.provider(upstream.url)], Timeouts(connect=1, first_chunk=2, idle=2))
+    assert isinstance(run.items[-1], ChainFailed)
+    assert scrubbed and max(scrubbed) <= base.ERROR_DETAIL_CHARS
+    assert run.errors[0] is not None and len(run.errors[0].detail) <= base.ERROR_BODY_BYTES
+
+
+SAID_WITH_PLUS = "Tom's 1+1 is 2: my password is hunter2"
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        # An apostrophe as an entity and spaces as %20, in one echo.
+        "<p>" + html.escape(urllib.parse.quote(SAID_WITH_PLUS, safe="'+")) + "</p>",
+        # %20 for spaces with the prompt's own `+` kept (a path's, encodeURI's).
+        "path: " + urllib.parse.quote(SAID_WITH_PLUS, safe="'+"),
+    ],
+    ids=["url-then-html", "url-keeping-plus"],
+)
+def test_an_echo_escaped_for_a_url_and_for_html_is_taken_out(echo: str) -> None:
+    """Each reading was tried alone on the detail, and `+` always read as a space: both
+    echoes were logged whole (a reviewer)."""
+    detail = without_prompt(echo, Prompt(None, (Turn("user", SAID_WITH_PLUS),)))
+    assert "hunter2" not in detail and "[prompt]" in detail
+
+
+def test_a_property_named_like_a_words_keyword_keeps_its_schema_words() -> None:
+    """A property named `example` or `x-...` is a schema: its format and $ref are what a
+    refusal names, and stay (they were taken for the frontend's words, a reviewer)."""
+    properties = {
+        "x-request-id": {"type": "string", "format": "date-time"},
+        "example": {"$ref": "#/$defs/AddressLine"},
+    }
+    parameters = {"type": "object", "properties": properties,
+                  "$defs": {"AddressLine": {"type": "string"}}}  # fmt: skip
+    tool = ToolSpec("lookup", "Look it up", parameters)
+    prompt = Prompt(None, (Turn("user", "Hi there"),), tools=(tool,))
+    refusal = "'format' value 'date-time' is not supported; no reference '#/$defs/AddressLine'"
+    assert without_prompt(refusal, prompt) == refusal
 
 
 @pytest.mark.parametrize("depth", [0, 1, 2, 3])

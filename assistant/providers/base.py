@@ -35,7 +35,7 @@ import html
 import json
 import re
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -652,14 +652,34 @@ def without_prompt(text: str, prompt: Prompt) -> str:
     # a URL's escapes (a form or a header: a space as `+` or `%20`), when the prompt is
     # found only so: an echo of a text with an apostrophe or a space in its first words
     # was logged whole.
-    for read_back in (None, html.unescape, urllib.parse.unquote_plus):
-        view = plain if read_back is None else read_back(plain)
-        if read_back is not None and view == plain:
+    for read_back in _READINGS:
+        view = read_back(plain)
+        if view is not plain and view == plain:
             continue
         scrubbed = _scrubbed(view, texts)
         if scrubbed is not None:
             plain, found = scrubbed, True
     return plain if found else text
+
+
+def _as_it_is(text: str) -> str:
+    return text
+
+
+def _url_and_html(text: str, unquote: Callable[[str], str]) -> str:
+    return unquote(html.unescape(text))
+
+
+# A proxy's page may escape both ways: `don&#x27;t%20share` (an apostrophe as an entity,
+# a space as %20); and a path's or `encodeURI`'s escapes keep a prompt's own `+`.
+_READINGS: tuple[Callable[[str], str], ...] = (
+    _as_it_is,
+    html.unescape,
+    urllib.parse.unquote_plus,
+    urllib.parse.unquote,
+    functools.partial(_url_and_html, unquote=urllib.parse.unquote_plus),
+    functools.partial(_url_and_html, unquote=urllib.parse.unquote),
+)
 
 
 def _scrubbed(text: str, texts: list[str]) -> str | None:
@@ -765,28 +785,37 @@ _VALUES = frozenset({"enum", "const", "default", "examples", "example"})
 def _schema_texts(schemas: list[Any], most: int) -> list[str]:
     """The texts of `schemas` that are words, not structure: descriptions, titles,
     comments and the strings among values (`enum`, `examples`, an `x-` extension's...),
-    among their first `most` values.
-    A `format`, `$ref`, `$schema` or `required` name is what a refusal names: scrubbed,
-    "'format' value 'date-time' is not supported" told nothing."""
+    among their first `most` values. A `format`, `$ref`, `$schema` or `required` name
+    is what a refusal names: scrubbed, "'format' value 'date-time' is not supported"
+    told nothing. The keys of a map of names (`properties`...) are names, not keywords:
+    a property named `example` is a schema, its format kept."""
     texts: list[str] = []
-    stack = list(schemas)
+    stack: list[tuple[Any, bool]] = [(schema, False) for schema in schemas]
     seen = 0
     while stack and seen < most:
-        node = stack.pop()
+        node, names = stack.pop()
         seen += 1
         if isinstance(node, list):
-            stack.extend(node)
+            stack.extend((item, False) for item in node)
         elif isinstance(node, Mapping):
             for key, value in node.items():
-                if key in _DESCRIBING and isinstance(value, str):
+                if names:  # a name: its value is a schema
+                    stack.append((value, False))
+                elif key in _DESCRIBING and isinstance(value, str):
                     texts.append(value)
                 elif key in _VALUES or (isinstance(key, str) and key.startswith("x-")):
                     values = _values_in(value, most - seen)
                     seen += len(values)
                     texts += (item for item in values if isinstance(item, str))
                 elif isinstance(value, Mapping | list):
-                    stack.append(value)
+                    stack.append((value, key in _NAME_MAPS))
     return texts
+
+
+# The keywords whose value maps names (of properties, definitions) to schemas.
+_NAME_MAPS = frozenset(
+    {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
+)
 
 
 def _whole_forms(args: Mapping[str, Any]) -> list[str]:
