@@ -325,13 +325,22 @@ class _Watchdog:
         self._running: set[_ReadClock] = set()
         self._changed = threading.Condition()
         self._wake_at = math.inf
+        self._reads_end_by = math.inf  # a stopping worker's (`end_reads_by`)
 
     def start(self) -> None:
         threading.Thread(target=self._watch, name="read-deadlines", daemon=True).start()
 
+    def end_reads_by(self, until: float) -> None:
+        """Every read from a client, under way or yet to come, ends by `until`."""
+        with self._changed:
+            self._reads_end_by = min(self._reads_end_by, until)
+            for clock in self._running:
+                clock.expires = min(clock.expires, until)
+            self._changed.notify()
+
     def run(self, clock: _ReadClock) -> None:
         with self._changed:
-            clock.expires = time.monotonic() + clock.remaining
+            clock.expires = min(time.monotonic() + clock.remaining, self._reads_end_by)
             self._running.add(clock)
             if clock.expires < self._wake_at:  # else the watchdog wakes in time anyway
                 self._changed.notify()
@@ -812,13 +821,23 @@ class Worker(ThreadWorker):
         stopping_for = None if self._stopping_since is None else now - self._stopping_since
         abandons_at = min(STOP_SAVE_SECONDS, max(0.0, self.cfg.graceful_timeout - 3))
         ends_at = stop_end_seconds(abandons_at, self._persist_timeout)
+        stopped_reading = False
         if stopping_for is not None and stopping_for >= ends_at:
             self._end_streams_early()  # every turn: a stream busy on a thread the last time
             replies_in_flight.end_stuck()  # their clients take nothing: ended now, saved
+            # Requests still arriving too (a connection that sent nothing, a head or body
+            # half sent): each kept the worker REQUEST_READ_TIMEOUT_SECONDS from when it
+            # began, past Cloud Run's kill, and the late saves, tried after the last
+            # connection closed, had no time left (a reviewer). A stopping worker would
+            # answer them 503 anyway.
+            stopped_reading = True
+            self._watchdog.end_reads_by(now)
         if stopping_for is not None and stopping_for >= abandons_at:
             self._abandon_parked()
         while self._arrivals and (
-            self._arrivals[0].done or self._arrivals[0].since + self._read_timeout <= now
+            stopped_reading
+            or self._arrivals[0].done
+            or self._arrivals[0].since + self._read_timeout <= now
         ):
             arrival = self._arrivals.popleft()
             if not arrival.done:
@@ -827,11 +846,13 @@ class Worker(ThreadWorker):
                 arrival.conn.close()
                 # One that never sent a byte is only idle: closed quietly, as gthread does.
                 if received:
-                    RequestLog(_head_trace_id(received), self.server_settings.project_id).warning(
-                        "request.read_timeout",
-                        reading="head" if arrival.head_end is None else "body",
-                        seconds=self._read_timeout,
-                    )
+                    log = RequestLog(_head_trace_id(received), self.server_settings.project_id)
+                    reading = "head" if arrival.head_end is None else "body"
+                    seconds = self._read_timeout
+                    if arrival.since + seconds <= now:
+                        log.warning("request.read_timeout", reading=reading, seconds=seconds)
+                    else:
+                        log.warning("request.ended_at_the_stop", reading=reading)
         while self._lingering and (self._lingering[0].done or self._lingering[0].until <= now):
             self._end_linger(self._lingering.popleft())
 

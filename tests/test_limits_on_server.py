@@ -313,6 +313,40 @@ def test_a_stopping_server_finishes_the_replies_that_parked(fake: FakeUpstream) 
         assert service.process.wait(timeout=10) == 0
 
 
+_HEAD = f"POST {SSE} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        pytest.param(b"", id="nothing"),
+        pytest.param(_HEAD.encode(), id="half-a-head"),
+        pytest.param(f"{_HEAD}Content-Length: 100\r\n\r\n{{".encode(), id="half-a-body"),
+        pytest.param(
+            f"{_HEAD}Content-Length: 100\r\nExpect: 100-continue\r\n\r\n".encode(),
+            id="half-a-body-on-a-thread",  # read by the app, after its 100 Continue
+        ),
+    ],
+)
+def test_a_stopping_server_ends_requests_still_arriving(sent: bytes) -> None:
+    """A connection that sent nothing, or half a request, kept a stopping worker for
+    REQUEST_READ_TIMEOUT_SECONDS from when it began (past Cloud Run's kill 10 s after
+    the signal), and the late saves, tried once the last connection closed, got no time
+    (a reviewer): it is ended when the streams are."""
+    with running_service({"THREADS": "2"}) as service:
+        host, port = service.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(sent)
+            if b"Expect" in sent:
+                assert sock.recv(100).startswith(b"HTTP/1.1 100 ")
+                sock.sendall(b'{"user_input"')
+            time.sleep(0.5)
+            service.process.terminate()
+            stopped = time.monotonic()
+            assert service.process.wait(timeout=20) == 0
+            assert time.monotonic() - stopped < 5  # a second after the signal, and the exit
+
+
 def test_a_stopping_server_answers_a_reply_still_waiting_for_its_first_chunk(
     fake: FakeUpstream, tmp_path: Path
 ) -> None:
