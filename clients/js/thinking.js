@@ -15,11 +15,17 @@
 // string (between its quotes, outside any block) is the JSON's text, as the service reads an
 // answer that is JSON (a quote after an odd run of backslashes is escaped, inside a string or not).
 
+/** @type {Record<string, string>} an open tag, its close */
 const TAGS = {"<thinking>": "</thinking>", "<think>": "</think>"};
 // Blank as the service strips a block (ASCII whitespace only: a block of U+00A0 is thinking).
 const ASCII_BLANK = /^[ \t\n\r\v\f]*$/;
 
-/** The length of the longest tail of `text` that is a proper prefix of one of `tags`. */
+/**
+ * The length of the longest tail of `text` that is a proper prefix of one of `tags`.
+ * @param {string} text
+ * @param {string[]} tags
+ * @returns {number}
+ */
 function heldBack(text, tags) {
   let longest = 0;
   for (const tag of tags) {
@@ -66,7 +72,9 @@ export class ThinkingSplitter {
     // Read by position, never by cutting `rest` anew at each tag: a chunk of many short blocks
     // would copy its tail once per tag. Where each open tag is next found is remembered for the
     // same reason: a tag not found from one position on is not found from any later one.
+    /** @type {Record<string, number>} */
     const next = {};
+    /** @type {(tag: string, from: number) => number} */
     const openAt = (tag, from) => {
       if (next[tag] === undefined || (next[tag] >= 0 && next[tag] < from)) {
         next[tag] = rest.indexOf(tag, from);
@@ -117,7 +125,12 @@ export class ThinkingSplitter {
   }
 
   /** Reads the quotes of `text` from `from` to `to` (text outside blocks, each part once):
-   * whether `to` is inside a JSON string. A block's tags hold no quote or backslash. */
+   * whether `to` is inside a JSON string. A block's tags hold no quote or backslash.
+   * @param {string} text
+   * @param {number} from
+   * @param {number} to
+   * @returns {boolean}
+   */
   quoted(text, from, to) {
     for (let i = from; i < to; i++) {
       const c = text.charCodeAt(i);
@@ -131,7 +144,11 @@ export class ThinkingSplitter {
     return this.inString;
   }
 
-  /** Adds `text` to `out.thinking`, after the blank line due before a later block's first words. */
+  /**
+   * Adds `text` to `out.thinking`, after the blank line due before a later block's first words.
+   * @param {{content: string, thinking: string}} out
+   * @param {string} text
+   */
   think(out, text) {
     if (ASCII_BLANK.test(text)) {
       out.thinking += text;

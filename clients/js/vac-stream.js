@@ -141,8 +141,10 @@ export class SseParser {
     // A line not ended yet, in the pieces it came in: joined once, when its end comes (the
     // final frame is one line as long as the reply: joined and scanned again with every
     // read, a 4 MB one took 2.6 s).
+    /** @type {string[]} */
     this.pieces = [];
     this.skipLf = false; // the last piece ended with CR: an LF that starts the next one is its pair
+    /** @type {string[]} */
     this.data = [];
     this.eventType = "";
     this.lastEventId = "";
@@ -223,6 +225,7 @@ export async function streamReply(options) {
   const fetchImpl = options.fetch ?? globalThis.fetch;
   /** @type {StreamResult} */
   const result = {outcome: "error", status: 0, traceId: null, text: ""};
+  /** @type {number | null} */
   let retryAfter = null; // seconds, from the response's Retry-After
   /** @param {Partial<ReplyError> & {error: string, code: string}} fields */
   const fail = (fields) => {
@@ -282,6 +285,7 @@ export async function streamReply(options) {
   const onCallerAbort = () => connection.abort(signal?.reason);
   signal?.addEventListener("abort", onCallerAbort, {once: true});
   let stalled = false;
+  /** @type {ReturnType<typeof setTimeout> | undefined} */
   let timer;
   const idleClock = () => {
     clearTimeout(timer);
@@ -338,6 +342,7 @@ export async function streamReply(options) {
     const decoder = new TextDecoder("utf-8");
     let finished = false; // [DONE] seen
     let terminal = false; // a final or error frame seen
+    /** @type {Record<string, (frame: Record<string, any>) => void>} */
     const handlers = {
       chunk: (frame) => {
         result.text += frame.chunk;
@@ -419,7 +424,17 @@ export async function streamReply(options) {
   }
 }
 
-/** A non-stream response: an error before the stream, or a JSON caller's whole reply. */
+/**
+ * A non-stream response: an error before the stream, or a JSON caller's whole reply.
+ * @param {Response} response
+ * @param {StreamResult} result
+ * @param {boolean} idFromAnswer  the trace id is the answer's (none was sent)
+ * @param {AbortSignal | undefined} signal
+ * @param {((reply: FinalReply) => void) | undefined} onFinal
+ * @param {(fields: Partial<ReplyError> & {error: string, code: string}) => StreamResult} fail
+ * @param {() => StreamResult} aborted
+ * @returns {Promise<StreamResult>}
+ */
 async function readJsonReply(response, result, idFromAnswer, signal, onFinal, fail, aborted) {
   let text;
   try {
@@ -451,6 +466,7 @@ async function readJsonReply(response, result, idFromAnswer, signal, onFinal, fa
   return fail({error: `the service answered HTTP ${response.status}`, code: "http_error"});
 }
 
+/** @param {unknown} exc */
 function describe(exc) {
   return exc instanceof Error ? exc.message : String(exc);
 }
@@ -460,7 +476,10 @@ function isObject(value) {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
-/** `bytes` random bytes as hex digits (16: a trace id, as the service makes its own). */
+/**
+ * `bytes` random bytes as hex digits (16: a trace id, as the service makes its own).
+ * @param {number} bytes
+ */
 function randomHex(bytes) {
   const values = globalThis.crypto.getRandomValues(new Uint8Array(bytes));
   return Array.from(values, (byte) => byte.toString(16).padStart(2, "0")).join("");
