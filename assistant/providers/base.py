@@ -644,8 +644,10 @@ def without_prompt(text: str, prompt: Prompt) -> str:
     own backslashes back too would take it past its echo (a `\\` in a prompt quoted in
     JSON twice was left whole). A `text` the prompt is found in is logged as far as it
     was read back. Runs on the I/O loop, for every provider failure: a look for each
-    text's first characters in a few KB, at most four times, more only for those found;
-    no text of the prompt is read back (one of 780 KB took 270 ms a failure)."""
+    text's first characters in a few KB (the caller cuts the detail first), at most four
+    times in each reading that differs from the detail (entities, a URL's escapes),
+    more only for those found; no text of the prompt is read back (one of 780 KB took
+    270 ms a failure)."""
     texts = list(dict.fromkeys(_prompt_texts(prompt)))
     plain, found = text, False
     # Then with HTML's entities read back (a proxy's error page: `don&#x27;t`) and with
