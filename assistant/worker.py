@@ -244,6 +244,9 @@ STOP_SAVE_SECONDS = 7.0
 # second more fit before STOP_SAVE_SECONDS (`stop_end_seconds`); those still parked
 # then are abandoned.
 STOP_END_SECONDS = 4.0
+# What a read from a client may take once the streams are ended at a stop: a request
+# whose bytes are in is answered, one still coming is not waited for.
+STOP_READ_SECONDS = 1.0
 # Messages that could not be saved within their replies' waits get one more try on the
 # way out, begun this long after the stop signal at the latest (late_saves.py).
 LATE_SAVES_BY_SECONDS = 9.0
@@ -325,22 +328,25 @@ class _Watchdog:
         self._running: set[_ReadClock] = set()
         self._changed = threading.Condition()
         self._wake_at = math.inf
-        self._reads_end_by = math.inf  # a stopping worker's (`end_reads_by`)
+        self._most_seconds = math.inf  # a stopping worker's (`end_reads_within`)
 
     def start(self) -> None:
         threading.Thread(target=self._watch, name="read-deadlines", daemon=True).start()
 
-    def end_reads_by(self, until: float) -> None:
-        """Every read from a client, under way or yet to come, ends by `until`."""
+    def end_reads_within(self, seconds: float) -> None:
+        """Every read from a client, under way or yet to come, takes `seconds` at most
+        from now on (a stopping worker's: a request whose bytes are in is answered, one
+        still coming is not waited for)."""
         with self._changed:
-            self._reads_end_by = min(self._reads_end_by, until)
+            self._most_seconds = min(self._most_seconds, seconds)
+            until = time.monotonic() + seconds
             for clock in self._running:
                 clock.expires = min(clock.expires, until)
             self._changed.notify()
 
     def run(self, clock: _ReadClock) -> None:
         with self._changed:
-            clock.expires = min(time.monotonic() + clock.remaining, self._reads_end_by)
+            clock.expires = time.monotonic() + min(clock.remaining, self._most_seconds)
             self._running.add(clock)
             if clock.expires < self._wake_at:  # else the watchdog wakes in time anyway
                 self._changed.notify()
@@ -801,6 +807,15 @@ class Worker(ThreadWorker):
             lambda done: self.method_queue.defer(self.finish_request, conn, done)
         )
 
+    def _read_what_waits(self, arrival: _Arrival) -> None:
+        """A stopping worker reads what has come of a request before it ends the rest: a
+        whole one is answered (503 from the app), not reset. It is read 64 KB a turn, and
+        one larger than that was closed unread after its first read (a reviewer)."""
+        while not arrival.done:
+            before = len(arrival.data)
+            if self._receive(arrival, arrival.conn.sock) or len(arrival.data) == before:
+                return
+
     def _end_arrival(self, arrival: _Arrival) -> bytes:
         """Off the poller, with what had arrived; the arrival keeps none of it (it can stay
         queued behind an older one until the sweep reaches it)."""
@@ -831,7 +846,9 @@ class Worker(ThreadWorker):
             # connection closed, had no time left (a reviewer). A stopping worker would
             # answer them 503 anyway.
             stopped_reading = True
-            self._watchdog.end_reads_by(now)
+            self._watchdog.end_reads_within(STOP_READ_SECONDS)
+            for arrival in list(self._arrivals):
+                self._read_what_waits(arrival)
         if stopping_for is not None and stopping_for >= abandons_at:
             self._abandon_parked()
         while self._arrivals and (

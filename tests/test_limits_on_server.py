@@ -105,7 +105,7 @@ def test_streams_hold_no_thread_while_they_wait(fake: FakeUpstream) -> None:
                 assert next(lines) == ": ping"  # the upstream is silent: a heartbeat
             started = time.monotonic()
             late = [pool.submit(httpx.post, url, json={"user_input": "hi"}, timeout=20)
-                    for _ in range(4)]  # fmt: skip
+                    for _ in range(8)]  # fmt: skip
             fake.wait_for_requests(10)  # all four asked the upstream at once
             whole = httpx.post(url, json={"user_input": "hi"}, timeout=10)
             frames = [line for line in whole.text.splitlines() if line.startswith("data: ")]
@@ -345,6 +345,27 @@ def test_a_stopping_server_ends_requests_still_arriving(sent: bytes) -> None:
             stopped = time.monotonic()
             assert service.process.wait(timeout=20) == 0
             assert time.monotonic() - stopped < 5  # a second after the signal, and the exit
+
+
+def test_a_stopping_server_answers_whole_requests_larger_than_one_read() -> None:
+    """Requests sent whole as the stop came, each over the 64 KB the worker reads a turn:
+    answered, not reset (the first version of the stop's end of arrivals closed them
+    after their first read, their bytes unread: a reviewer)."""
+    body = json.dumps({"user_input": "hi", "padding": "x" * 200_000}).encode()
+    request = (f"{_HEAD}Content-Length: {len(body)}\r\n\r\n").encode() + body
+    env = {"THREADS": "2", "PERSIST_TIMEOUT_SECONDS": "9"}  # the streams end at the signal
+    with running_service(env) as service:
+        host, port = service.url.removeprefix("http://").split(":")
+        socks = [socket.create_connection((host, int(port)), timeout=10) for _ in range(8)]
+        for sock in socks:
+            sock.sendall(request)
+        service.process.terminate()
+        for sock in socks:
+            with sock:
+                # An answer (503, or 409 here, no provider, for one taken before the stop),
+                # not a reset.
+                assert sock.recv(4096).startswith(b"HTTP/1.1 ")
+        assert service.process.wait(timeout=20) == 0
 
 
 def test_a_stopping_server_answers_a_reply_still_waiting_for_its_first_chunk(
