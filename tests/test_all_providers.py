@@ -558,6 +558,16 @@ def test_an_echo_escaped_for_a_url_and_for_html_is_taken_out(echo: str) -> None:
     assert "hunter2" not in detail and "[prompt]" in detail
 
 
+def test_an_echo_whose_url_escape_the_cut_split_is_taken_out() -> None:
+    """The detail is cut before its scrub: an echo's escape split at the end (`pin%2`)
+    hid the echo's start there, and its first words were logged (a reviewer)."""
+    said = "my secret pin is 4417, and the rest of what I wrote"
+    echo = "refused: q=" + urllib.parse.quote(said)[:24]
+    assert echo.endswith("%2")
+    detail = without_prompt(echo, Prompt(None, (Turn("user", said),)))
+    assert "secret" not in detail and "[prompt]" in detail
+
+
 def test_a_property_named_like_a_words_keyword_keeps_its_schema_words() -> None:
     """A property named `example` or `x-...` is a schema: its format and $ref are what a
     refusal names, and stay (they were taken for the frontend's words, a reviewer)."""

@@ -655,9 +655,12 @@ def without_prompt(text: str, prompt: Prompt) -> str:
     # found only so: an echo of a text with an apostrophe or a space in its first words
     # was logged whole.
     for read_back in _READINGS:
-        view = read_back(plain)
-        if view is not plain and view == plain:
-            continue
+        if read_back is _as_it_is:
+            view = plain
+        else:  # an escape the cut split, dropped: an echo's start is then seen at the end
+            view = read_back(_PARTIAL_URL_OR_ENTITY.sub("", plain))
+            if view == plain:
+                continue
         scrubbed = _scrubbed(view, texts)
         if scrubbed is not None:
             plain, found = scrubbed, True
@@ -671,6 +674,9 @@ def _as_it_is(text: str) -> str:
 def _url_and_html(text: str, unquote: Callable[[str], str]) -> str:
     return unquote(html.unescape(text))
 
+
+# A URL escape or an HTML entity that a cut split at the text's end (`pin%2`, `&#x2`).
+_PARTIAL_URL_OR_ENTITY = re.compile(r"(?:%[0-9A-Fa-f]?|&#?[0-9A-Za-z]{0,7})\Z")
 
 # A proxy's page may escape both ways: `don&#x27;t%20share` (an apostrophe as an entity,
 # a space as %20); and a path's or `encodeURI`'s escapes keep a prompt's own `+`.
