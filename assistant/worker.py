@@ -685,6 +685,7 @@ class Worker(ThreadWorker):
         # at once, to a client that may wait for that before it sends the body.
         self._body_limit = min(BODY_BUFFER_BYTES, app_settings.max_body_bytes)
         self._stopped = False  # the main loop has ended
+        self._arrivals_end_at: float | None = None  # a stopping worker's (`murder_pending`)
         self._abandoning: list[threading.Thread] = []  # ending parked replies, at the stop
 
     def run(self) -> None:
@@ -807,15 +808,6 @@ class Worker(ThreadWorker):
             lambda done: self.method_queue.defer(self.finish_request, conn, done)
         )
 
-    def _read_what_waits(self, arrival: _Arrival) -> None:
-        """A stopping worker reads what has come of a request before it ends the rest: a
-        whole one is answered (503 from the app), not reset. It is read 64 KB a turn, and
-        one larger than that was closed unread after its first read (a reviewer)."""
-        while not arrival.done:
-            before = len(arrival.data)
-            if self._receive(arrival, arrival.conn.sock) or len(arrival.data) == before:
-                return
-
     def _end_arrival(self, arrival: _Arrival) -> bytes:
         """Off the poller, with what had arrived; the arrival keeps none of it (it can stay
         queued behind an older one until the sweep reaches it)."""
@@ -845,10 +837,10 @@ class Worker(ThreadWorker):
             # began, past Cloud Run's kill, and the late saves, tried after the last
             # connection closed, had no time left (a reviewer). A stopping worker would
             # answer them 503 anyway.
-            stopped_reading = True
             self._watchdog.end_reads_within(STOP_READ_SECONDS)
-            for arrival in list(self._arrivals):
-                self._read_what_waits(arrival)
+            if self._arrivals_end_at is None:  # a whole request still comes in that second
+                self._arrivals_end_at = now + STOP_READ_SECONDS
+            stopped_reading = now >= self._arrivals_end_at
         if stopping_for is not None and stopping_for >= abandons_at:
             self._abandon_parked()
         while self._arrivals and (
