@@ -347,27 +347,6 @@ def test_a_stopping_server_ends_requests_still_arriving(sent: bytes) -> None:
             assert time.monotonic() - stopped < 5  # a second after the signal, and the exit
 
 
-def test_a_stopping_server_answers_whole_requests_larger_than_one_read() -> None:
-    """Requests sent whole as the stop came, each over the 64 KB the worker reads a turn:
-    answered, not reset (the first version of the stop's end of arrivals closed them
-    after their first read, their bytes unread: a reviewer)."""
-    body = json.dumps({"user_input": "hi", "padding": "x" * 200_000}).encode()
-    request = (f"{_HEAD}Content-Length: {len(body)}\r\n\r\n").encode() + body
-    env = {"THREADS": "2", "PERSIST_TIMEOUT_SECONDS": "9"}  # the streams end at the signal
-    with running_service(env) as service:
-        host, port = service.url.removeprefix("http://").split(":")
-        socks = [socket.create_connection((host, int(port)), timeout=10) for _ in range(8)]
-        for sock in socks:
-            sock.sendall(request)
-        service.process.terminate()
-        for sock in socks:
-            with sock:
-                # An answer (503, or 409 here, no provider, for one taken before the stop),
-                # not a reset.
-                assert sock.recv(4096).startswith(b"HTTP/1.1 ")
-        assert service.process.wait(timeout=20) == 0
-
-
 def test_a_stopping_server_answers_a_reply_still_waiting_for_its_first_chunk(
     fake: FakeUpstream, tmp_path: Path
 ) -> None:
