@@ -560,9 +560,9 @@ def _firestore_client() -> Any:
     with _clients_lock:
         client = _clients.get(key)
         if client is None:
-            from google.cloud import firestore
+            from .firestore_client import QuickToReconnect
 
-            client = firestore.Client(
+            client = QuickToReconnect(
                 project=key[0] or None, database=os.environ.get("FIRESTORE_DATABASE") or None
             )
             _clients[key] = client
