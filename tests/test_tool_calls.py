@@ -228,6 +228,31 @@ def test_a_tool_loop_goes_on_where_this_request_offers_no_tools(
     assert [e.text for e in events if isinstance(e, TextDelta)] == ["Chilly."]
 
 
+@EACH
+def test_results_go_back_in_the_order_of_their_calls(
+    upstream: FakeUpstream, case: ProviderCase
+) -> None:
+    """Two calls run at once, Bergen's ended first and its result came back first:
+    Gemini (and older Ollama servers) get no ids with results, only their places, and
+    read Bergen's 7 °C as Oslo's (a reviewer). Each provider gets them in the calls'
+    order."""
+    oslo, bergen = (
+        ToolCall("c1", "weather", {"city": "Oslo"}),
+        ToolCall("c2", "weather", BERGEN["args"]),
+    )
+    history = (
+        Turn("user", "Oslo and Bergen?"),
+        Turn("assistant", "", tool_calls=(oslo, bergen)),
+        Turn("tool", "7 °C", tool_call_id="c2", tool_name="weather"),
+        Turn("tool", "4 °C", tool_call_id="c1", tool_name="weather"),
+    )
+    upstream.push(Script(tokens=["Cold."]))
+    _, error = case.events(upstream.url, prompt=Prompt(None, history, (WEATHER,)))
+    assert error is None, error.detail if error else None
+    sent = json.dumps(upstream.requests[-1].body, ensure_ascii=False)
+    assert sent.index("Oslo") < sent.index("Bergen") < sent.index("4 °C") < sent.index("7 °C")
+
+
 def _sent_call_ids(upstream: FakeUpstream, case: ProviderCase, *ids: str) -> list[str]:
     """The ids a provider sent for a turn of calls with these ids, on calls then results."""
     calls = tuple(ToolCall(id_, "weather", {"city": "Oslo"}) for id_ in ids)

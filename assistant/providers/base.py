@@ -486,7 +486,10 @@ def _unique_call_ids(messages: list[Message]) -> list[Message]:
 
 def _results_by_call_turn(turns: tuple[Turn, ...]) -> dict[int, list[int]]:
     """Indices: for each turn that made calls, the tool turns that answer them (for
-    each call, the first tool turn after it with its id)."""
+    each call, the first tool turn after it with its id), in the order of the calls,
+    whatever the order they came back in: Gemini and older Ollama servers get no ids
+    with the results, so a result's place is all that says which call it answers (a
+    frontend running two calls at once sends back first the one that ended first)."""
     waiting: dict[str, int] = {}  # call id -> the latest turn that made it, unanswered
     results: dict[int, list[int]] = {}
     for index, turn in enumerate(turns):
@@ -494,6 +497,11 @@ def _results_by_call_turn(turns: tuple[Turn, ...]) -> dict[int, list[int]]:
             waiting[call.id] = index
         if turn.role == "tool" and turn.tool_call_id in waiting:
             results.setdefault(waiting.pop(turn.tool_call_id), []).append(index)
+    for index, answers in results.items():
+        place: dict[str | None, int] = {}
+        for position, call in enumerate(turns[index].tool_calls):
+            place.setdefault(call.id, position)
+        answers.sort(key=lambda answer: place[turns[answer].tool_call_id])
     return results
 
 
