@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from assistant.config import ProviderSettings
 from assistant.providers.anthropic import encode_thinking
 from assistant.providers.base import (
     Event,
@@ -221,9 +222,11 @@ def test_fake_calls_without_text(upstream: FakeUpstream) -> None:
 # -- c. the request --------------------------------------------------------------------------
 
 
-def body_of(upstream: FakeUpstream, prompt: Prompt) -> dict[str, Any]:
+def body_of(
+    upstream: FakeUpstream, prompt: Prompt, settings: ProviderSettings | None = None
+) -> dict[str, Any]:
     """The body GeminiProvider sent for `prompt` (and the fake, like the API, accepted)."""
-    _, error = run_provider(settings_for(upstream.url), prompt)
+    _, error = run_provider(settings or settings_for(upstream.url), prompt)
     assert error is None, error
     body = upstream.requests[-1].body
     assert body is not None
@@ -400,23 +403,43 @@ def test_response_schema_is_response_json_schema(upstream: FakeUpstream) -> None
     }
 
 
-def test_tools_and_schema_send_the_tools_only(upstream: FakeUpstream) -> None:
+def test_tools_and_schema_send_the_tools_only_before_gemini_3(upstream: FakeUpstream) -> None:
     schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
-    assert GeminiProvider.schema_with_tools is False
-    body = body_of(upstream, ask(tools=(WEATHER,), schema=schema))
-    assert body["generationConfig"] == {"maxOutputTokens": 1024}
-    assert body["tools"][0]["functionDeclarations"][0]["name"] == "get_weather"
+    for model in (FLASH_20, FLASH_25, "gemini-flash-latest"):
+        assert (
+            GeminiProvider(settings_for(upstream.url, model=model), "k").schema_with_tools is False
+        )
+        prompt = ask(tools=(WEATHER,), schema=schema)
+        body = body_of(upstream, prompt, settings_for(upstream.url, model=model))
+        assert body["generationConfig"] == {"maxOutputTokens": 1024}
+        assert body["tools"][0]["functionDeclarations"][0]["name"] == "get_weather"
+
+
+def test_gemini_3_gets_tools_and_schema_in_one_request(upstream: FakeUpstream) -> None:
+    """A reviewer: every Gemini model was sent the tools alone, Gemini 3 too, which takes
+    both; its answer after a tool loop went unheld to the schema."""
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
+    settings = settings_for(upstream.url, model=FLASH_3)
+    upstream.push(Script(json={"answer": "Oslo"}))
+    events, error = stream_events(GeminiProvider, settings, ask(tools=(WEATHER,), schema=schema))
+    assert error is None, error.detail if error else None
+    assert isinstance(events[-1], StreamEnd) and events[-1].stop_reason == "end_turn"
+    body = upstream.requests[-1].body
+    assert body is not None and body["tools"][0]["functionDeclarations"][0]["name"] == "get_weather"
+    assert body["generationConfig"]["responseJsonSchema"] == schema
 
 
 def test_the_fake_refuses_tools_with_a_json_mime_type_as_gemini_25_does(
     upstream: FakeUpstream,
 ) -> None:
     class BothAtOnce(GeminiProvider):
-        schema_with_tools = True
+        def __init__(self, settings: ProviderSettings, api_key: str) -> None:
+            super().__init__(settings, api_key)
+            self.schema_with_tools = True
 
     schema = {"type": "object"}
     events, error = stream_events(
-        BothAtOnce, settings_for(upstream.url), ask(tools=(WEATHER,), schema=schema)
+        BothAtOnce, settings_for(upstream.url, model=FLASH_25), ask(tools=(WEATHER,), schema=schema)
     )
     assert events == []
     assert error is not None and error.code == "upstream_status" and error.status == 400

@@ -36,6 +36,7 @@ from typing import Any
 
 import httpx
 
+from ..config import ProviderSettings
 from ..tools import (
     NamedTool,
     ToolCall,
@@ -87,14 +88,21 @@ _NO_SIGNATURE = "skip_thought_signature_validator"
 # (ours for Anthropic's thinking start with "anthropic:"): Gemini would refuse it, and it
 # would carry another provider's thinking to Google.
 _BASE64 = re.compile(r"[A-Za-z0-9+/_-]+=*")
+# Gemini 3 and later by name ("gemini-3-pro-preview", "gemini-3.5-flash"); an alias
+# such as "gemini-flash-latest" says no version: taken as one that does not.
+_TOOLS_BESIDE_A_SCHEMA = re.compile(r"gemini-([3-9]|[1-9][0-9])")
 _TOOL_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
 
 
 class GeminiProvider(HttpProvider):
     name = "gemini"
-    # gemini-2.5 (our default) answers 400 "Function calling with a response mime type:
-    # 'application/json' is unsupported"; only Gemini 3 takes both in one request.
-    schema_with_tools = False
+    schema_with_tools = False  # its default model's (each provider's: __init__)
+
+    def __init__(self, settings: ProviderSettings, api_key: str) -> None:
+        super().__init__(settings, api_key)
+        # gemini-2.5 (our default) answers 400 "Function calling with a response mime type:
+        # 'application/json' is unsupported"; Gemini 3 takes both in one request.
+        self.schema_with_tools = _TOOLS_BESIDE_A_SCHEMA.match(self.model) is not None
 
     def _refuses_key(self, status: int, body: str) -> bool:
         # Gemini answers a bad key with 400 INVALID_ARGUMENT, reason API_KEY_INVALID.

@@ -62,6 +62,11 @@ class Format:
         return None
 
     @classmethod
+    def check_for_model(cls, model: str | None, body: dict[str, Any]) -> Problem:
+        """(status, message) when the request is one `model` would refuse (after check())."""
+        return None
+
+    @classmethod
     def check(cls, headers: dict[str, str], body: Any, query: dict[str, list[str]]) -> Problem:
         """(status, message) when the request is one the real API would refuse."""
         problem = cls.check_auth(headers, query)

@@ -13,9 +13,10 @@ Tool calls come whole, never in fragments: one event per call (after the text) w
 give none) and ``"thoughtSignature"`` next to ``functionCall`` when the script gives one.
 ``args`` is the parsed object; argument text that is not JSON goes as a JSON string (the real
 API never sends that: it ends with ``MALFORMED_FUNCTION_CALL`` instead). The finish reason stays
-``STOP`` after calls, as the real API's does. Refused as the real API (gemini-2.5) refuses them
-(400): tools together with ``responseMimeType: application/json``, a declaration with both
-``parameters`` and ``parametersJsonSchema``, a ``functionResponse.response`` that is no object.
+``STOP`` after calls, as the real API's does. Refused as the real API refuses them (400): tools
+together with ``responseMimeType: application/json`` (by models before Gemini 3), a declaration
+with both ``parameters`` and ``parametersJsonSchema``, a ``functionResponse.response`` that is
+no object.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ GEMINI_STATUSES = {
     504: "DEADLINE_EXCEEDED",
 }
 JSON = "application/json"
+_GEMINI_3_ON = re.compile(r"gemini-([3-9]|[1-9][0-9])")  # takes tools beside a JSON answer
 GEMINI_OVERLOADED = {
     "code": 503,
     "message": "The model is overloaded. Please try again later.",
@@ -72,6 +74,19 @@ class Gemini(Format):
         return None
 
     @classmethod
+    def check_for_model(cls, model: str | None, body: dict[str, Any]) -> Problem:
+        declarations = [
+            declaration
+            for tool in _dicts(body.get("tools"))
+            for declaration in _dicts(tool.get("functionDeclarations"))
+        ]
+        config = body.get("generationConfig") or {}
+        json_answer = config.get("responseMimeType") == "application/json"
+        if declarations and json_answer and not _GEMINI_3_ON.match(model or ""):
+            return 400, f"Function calling with a response mime type: {JSON!r} is unsupported"
+        return None
+
+    @classmethod
     def check(cls, headers: dict[str, str], body: Any, query: dict[str, list[str]]) -> Problem:
         problem = super().check(headers, body, query)
         if problem:
@@ -81,9 +96,6 @@ class Gemini(Format):
             for tool in _dicts(body.get("tools"))
             for declaration in _dicts(tool.get("functionDeclarations"))
         ]
-        config = body.get("generationConfig") or {}
-        if declarations and config.get("responseMimeType") == "application/json":
-            return 400, f"Function calling with a response mime type: {JSON!r} is unsupported"
         for declaration in declarations:
             if "parameters" in declaration and "parametersJsonSchema" in declaration:
                 return 400, "parameters and parametersJsonSchema are mutually exclusive"

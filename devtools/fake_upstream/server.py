@@ -211,6 +211,7 @@ class _Handler(BaseHTTPRequestHandler):
         upstream._record(self.rec)
         try:
             problem = fmt.check(headers, body, parse_qs(urlsplit(self.path).query))
+            problem = problem or fmt.check_for_model(model, body)  # type: ignore[arg-type]
             if problem:
                 return self._send_json(problem[0], fmt.error_json(*problem))
             assert body is not None  # check() refuses anything else
