@@ -508,10 +508,9 @@ class _Relay:
                     chain._finish(events[-1])  # what it cost, kept should the reply end first
                 return
             if isinstance(event, ToolCall):
-                # Thinking after the call is another block, not more of the one before.
-                closing = self._tagger.close()
-                if closing:
-                    self._emit_text(closing)
+                # Thinking after the call is another block, not more of the one before;
+                # its close tag goes with the next piece (a tag never travels alone).
+                self._tagger.end_block()
                 self._called = True
                 chain.emit(self._own_id(event))
             else:

@@ -260,8 +260,10 @@ class ThinkingTagger:
 
     The open tag goes in front of the first thinking piece and the close tag in
     front of the first text piece after it, so a tag never travels alone while
-    the model writes; :meth:`close` gives the close tag for a reply that ends
-    while thinking.
+    the model writes; :meth:`end_block` ends a block where no text follows (a
+    tool call: thinking after it is another block), its close tag in front of
+    the next piece; :meth:`close` gives the close tag for a reply that ends
+    while thinking (or right after such a call).
 
     Reasoning that itself holds ``</thinking>`` (a model thinking about these
     tags) would end the block early for every reader of the stream, ours and
@@ -273,17 +275,23 @@ class ThinkingTagger:
 
     def __init__(self) -> None:
         self._open = False
+        self._ended = False  # the open block ended (end_block): its close tag is due
         self._tail = ""  # the end of the reasoning so far, that a close tag may still end
 
     def wrap(self, is_thinking: bool, text: str) -> str:
         tag = ""
-        if is_thinking != self._open:
-            self._open, self._tail = is_thinking, ""
-            tag = "<thinking>" if is_thinking else "</thinking>"
+        if self._open and (self._ended or not is_thinking):
+            tag = self.close()
+        if is_thinking and not self._open:
+            self._open, self._tail = True, ""
+            tag += "<thinking>"
         return tag + (self._no_close_tag(text) if is_thinking else text)
 
+    def end_block(self) -> None:
+        self._ended = self._open
+
     def close(self) -> str:
-        was_open, self._open = self._open, False
+        was_open, self._open, self._ended = self._open, False, False
         return "</thinking>" if was_open else ""
 
     def _no_close_tag(self, piece: str) -> str:

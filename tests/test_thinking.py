@@ -470,6 +470,26 @@ def test_tagger_wraps_native_thinking(pieces: list[tuple[bool, str]], expected: 
     assert "".join(tagger.wrap(is_thinking, text) for is_thinking, text in pieces) == expected
 
 
+def test_a_block_ended_where_no_text_follows_closes_with_the_next_piece() -> None:
+    """A tool call ends the block: the close tag goes in front of what comes next,
+    thinking (another block) or text, or alone at the reply's end."""
+    for after, expected in [
+        ((True, "u"), "<thinking>t</thinking><thinking>u"),
+        ((False, "x"), "<thinking>t</thinking>x"),
+    ]:
+        tagger = ThinkingTagger()
+        pieces = [tagger.wrap(True, "t")]
+        tagger.end_block()
+        pieces.append(tagger.wrap(*after))
+        assert pieces == ["<thinking>t", expected.removeprefix("<thinking>t")]
+    tagger = ThinkingTagger()
+    tagger.wrap(True, "t")
+    tagger.end_block()
+    assert tagger.close() == "</thinking>" and tagger.close() == ""
+    tagger.end_block()  # with no block open: nothing to end
+    assert tagger.wrap(False, "x") == "x"
+
+
 def test_tagger_closes_a_reply_that_ends_while_thinking() -> None:
     tagger = ThinkingTagger()
     streamed = tagger.wrap(True, "still thinking") + tagger.close()
