@@ -165,6 +165,21 @@ def _collection(env: Mapping[str, str], name: str, default: str) -> str:
     return value
 
 
+# Firestore's rule for a database id: a letter, then letters, digits and hyphens, 4-63 in
+# all, no hyphen at the end; or "(default)". Any other was refused on every save alone.
+_DATABASE_ID = re.compile(r"[a-z][a-z0-9-]{2,61}[a-z0-9]|\(default\)")
+
+
+def _database(env: Mapping[str, str]) -> str:
+    value = _text(env, "FIRESTORE_DATABASE", "(default)")
+    if not _DATABASE_ID.fullmatch(value):
+        raise ConfigError(
+            "FIRESTORE_DATABASE must be a Firestore database id (4-63 lowercase letters, "
+            f"digits and hyphens, from a letter) or (default), got {value[:100]!r}"
+        )
+    return value
+
+
 def cors_origins(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
     """CORS_ORIGINS, which no value makes invalid: read on its own too, so that a
     browser can read the config_error answer when another setting is wrong."""
@@ -354,6 +369,7 @@ class Settings:
     max_history_messages: int
     cors_origins: tuple[str, ...]
     project_id: str
+    database: str  # the project's Firestore database
     collection: str
     persist_timeout_seconds: float
     secret_manager: bool  # read keys from Secret Manager (env vars still win)
@@ -398,6 +414,7 @@ class Settings:
             max_history_messages=_integer(env, "MAX_HISTORY_MESSAGES", 200, minimum=0),
             cors_origins=cors_origins(env),
             project_id=project,
+            database=_database(env),
             collection=_collection(env, "FIRESTORE_COLLECTION", "assistants"),
             persist_timeout_seconds=_seconds(env, "PERSIST_TIMEOUT_SECONDS", 5),
             # On Cloud Run (K_SERVICE is set) keys come from Secret Manager by

@@ -609,7 +609,12 @@ def _announce_providers(
 def _store_for(assistant_request: AssistantRequest, settings: Settings) -> MessageStore | None:
     if not (assistant_request.save_to_history or assistant_request.read_from_history):
         return None
-    return FirestoreStore(settings.collection, settings.persist_timeout_seconds)
+    return FirestoreStore(
+        settings.collection,
+        settings.persist_timeout_seconds,
+        project=settings.project_id,
+        database=settings.database,
+    )
 
 
 def _author(assistant_request: AssistantRequest) -> Author:

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import sse
+from . import config, sse
 from .request import Turn
 from .tools import without_fence
 
@@ -135,13 +135,25 @@ class FirestoreStore:
     that, never without end.
     """
 
-    def __init__(self, collection: str, timeout: float) -> None:
+    def __init__(
+        self,
+        collection: str,
+        timeout: float,
+        project: str | None = None,
+        database: str = "(default)",
+    ) -> None:
+        """`project`: the settings' (config.py), by default as the environment gives it."""
         self._collection = collection
         self._timeout = timeout
+        self._project = config.project_id() if project is None else project
+        self._database = database
+
+    def _client(self) -> Any:
+        return _firestore_client(self._project, self._database)
 
     def _messages(self, assistant_id: str) -> Any:
         return (
-            _firestore_client()
+            self._client()
             .collection(self._collection)
             .document(assistant_id)
             .collection("messages")
@@ -250,7 +262,7 @@ class FirestoreStore:
                 raise TraceIdKept(f"{message.message_id} holds a newer reply, kept")
             # Only if nobody wrote it since it was read: another user's write cannot get
             # in between, and the same user's other retry makes this one read again.
-            unchanged = _firestore_client().write_option(last_update_time=existing.update_time)
+            unchanged = self._client().write_option(last_update_time=existing.update_time)
             # The reply keeps its place in the history: after its question, before the
             # next ones (a late retry's new time put it after them).
             replacement = {name: value for name, value in document.items() if name != "createdAt"}
@@ -275,7 +287,7 @@ class FirestoreStore:
         messages = self._messages(assistant_id)
         references = [messages.document(f"{trace_id}-{role}") for role in ("user", "assistant")]
         read = {}
-        for snapshot in _firestore_client().get_all(references, **self._call_options()):
+        for snapshot in self._client().get_all(references, **self._call_options()):
             if _someone_elses(snapshot, author):
                 raise MessageTaken(snapshot.id)
             read[snapshot.id] = snapshot
@@ -294,7 +306,7 @@ class FirestoreStore:
         paired = self._messages(message.assistant_id).document(f"{message.trace_id}-{other}")
         snapshot = paired.get(**options)
         if _someone_elses(snapshot, message.author):
-            unchanged = _firestore_client().write_option(last_update_time=result.update_time)
+            unchanged = self._client().write_option(last_update_time=result.update_time)
             try:
                 written.delete(option=unchanged, **options)
             except Exception as exc:  # still another user's id: no outage to try again
@@ -379,7 +391,7 @@ class FirestoreStore:
         try:
             elsewhere = {
                 snapshot.id.removesuffix("-assistant")
-                for snapshot in _firestore_client().get_all(
+                for snapshot in self._client().get_all(
                     references, field_paths=["userId"], retry=retry, timeout=left
                 )
                 if snapshot.exists and (snapshot.to_dict() or {}).get("userId") == user_id
@@ -548,22 +560,19 @@ def _common_fields(trace_id: str, thread_id: str | None, author: Author) -> dict
     }
 
 
-_clients: dict[tuple[str | None, str | None], Any] = {}
+_clients: dict[tuple[str, str, str | None], Any] = {}
 _clients_lock = threading.Lock()
 
 
-def _firestore_client() -> Any:
-    """One client per process (per project and emulator host, so tests can switch)."""
-    # The project as config.py reads it (GCP_PROJECT: older runtimes' name for it).
-    project = os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("GCP_PROJECT")
-    key = (project, os.environ.get("FIRESTORE_EMULATOR_HOST"))
+def _firestore_client(project: str, database: str) -> Any:
+    """One client per process (per project, database and emulator host, so tests can
+    switch)."""
+    key = (project, database, os.environ.get("FIRESTORE_EMULATOR_HOST"))
     with _clients_lock:
         client = _clients.get(key)
         if client is None:
             from .firestore_client import QuickToReconnect
 
-            client = QuickToReconnect(
-                project=key[0] or None, database=os.environ.get("FIRESTORE_DATABASE") or None
-            )
+            client = QuickToReconnect(project=project or None, database=database)
             _clients[key] = client
         return client

@@ -399,6 +399,8 @@ def test_chat_history_formats_are_normalised_for_the_provider(client, fake: Fake
         ("ASSISTANT_PROVIDERS", "anthropic,openai,anthropic"),  # asked twice per reply
         ("FIRESTORE_COLLECTION", "a/b"),  # every save failed, or a nested path
         ("FIRESTORE_COLLECTION", "__x__"),
+        ("FIRESTORE_DATABASE", "bad/db"),  # every save failed, /health said ok
+        ("FIRESTORE_DATABASE", "My_DB"),
     ],
 )
 def test_misconfiguration_is_a_500_naming_no_secret(

@@ -31,6 +31,7 @@ from devtools.fake_upstream import FakeUpstream, Script
 from devtools.service import free_port, running_service
 
 from .conftest import ask, log_lines, sse_events, stopped_before_the_kill
+from .emulator import PROJECT
 from .provider_cases import FIXTURES
 from .raw_http import open_raw
 
@@ -52,6 +53,21 @@ def _persist_kept(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
 def _messages(db: Any, assistant_id: str = "test-assistant") -> dict[str, dict[str, Any]]:
     collection = db.collection("assistants").document(assistant_id).collection("messages")
     return {snapshot.id: snapshot.to_dict() for snapshot in collection.stream()}
+
+
+def test_the_project_and_database_are_read_as_every_setting_is(
+    client, fake: FakeUpstream, firestore
+) -> None:
+    """Blanks around GOOGLE_CLOUD_PROJECT or FIRESTORE_DATABASE failed every save (the
+    store read them raw; logs, auth and keys used them trimmed) while the rest worked."""
+    from google.cloud import firestore as firestore_client
+
+    os.environ.update(GOOGLE_CLOUD_PROJECT=f" {PROJECT} ", FIRESTORE_DATABASE=" side-db ")
+    fake.push(Script(tokens=["Saved."]))
+    final = sse_events(ask(client, trace_id="t-padded", **SAVE).get_data())[-2]
+    assert final["metadata"]["persist_failed"] is False
+    saved = _messages(firestore_client.Client(project=PROJECT, database="side-db"))
+    assert saved["t-padded-assistant"]["content"] == "Saved."
 
 
 def test_both_messages_are_saved_with_every_field(client, fake: FakeUpstream, firestore) -> None:
