@@ -268,7 +268,10 @@ export async function streamReply(options) {
   // A body's own trace id stays the request's: a refusal that came before the service read
   // the body (a 401, a 413) answers with an id of its own, and a retry sent with that one
   // would save the question and reply a second time, beside what the first try saved.
-  const ownTraceId = isObject(body) && typeof body.trace_id === "string" ? body.trace_id : null;
+  // One the service would refuse ("", a blank in it) is no id to retry with: the 400 that
+  // answers it says which the service used.
+  const ownTraceId = isObject(body) && typeof body.trace_id === "string"
+    && /^[A-Za-z0-9_.:-]{1,128}$/.test(body.trace_id) ? body.trace_id : null;
   result.traceId = ownTraceId ?? traceIdOfHeaders(headers);
   if (result.traceId === null) { // a caller's traceparent the service would not take goes too
     result.traceId = randomHex(16);

@@ -254,6 +254,24 @@ test("a body's own trace id stays the request's, even after a refusal with anoth
   assert.equal(errors[0].body.trace_id, "new"); // the service's own, for its logs
 });
 
+test("a body's trace id the service would refuse is not taken for the request's", async () => {
+  // A reviewer: "" or "has space" was the outcome's traceId, and no trace header went;
+  // sent again, it is refused again.
+  for (const refused of ["", "has space", "x".repeat(129)]) {
+    const calls = [];
+    const answer = JSON.stringify({error: "trace_id is not valid", code: "invalid_request",
+      trace_id: "4bf92f3577b34da6a3ce929d0e0e4736"});
+    const result = await streamReply({
+      url: "http://service.test/x",
+      body: {user_input: "hi", trace_id: refused},
+      fetch: fakeFetch(answer, {status: 400, type: "application/json", calls,
+        headers: {"X-Trace-Id": "4bf92f3577b34da6a3ce929d0e0e4736"}}),
+    });
+    assert.match(calls[0].init.headers.get("traceparent"), /^00-[0-9a-f]{32}-/);
+    assert.equal(result.traceId, "4bf92f3577b34da6a3ce929d0e0e4736"); // the service's
+  }
+});
+
 test("a stream that ends without a terminal frame is an error", async () => {
   const {errors} = await collect('data: {"chunk":"Hal');
   assert.equal(errors.length, 1);
