@@ -302,7 +302,8 @@ class _Accepted:
         began to stop meanwhile."""
         if history is None:
             return _begin(self, self.request, None)
-        asked = dataclasses.replace(self.request, chat_history=history.turns)
+        turns = history.before(self.request.user_input)
+        asked = dataclasses.replace(self.request, chat_history=turns)
         return _begin(self, asked, history.error)
 
 

@@ -393,6 +393,21 @@ class History:
     turns: tuple[Turn, ...] = ()
     error: str | None = None
 
+    def before(self, question: str) -> tuple[Turn, ...]:
+        """The turns to send before `question`, a question asked again right after it
+        went unanswered (a 502's, retried under a new trace id) once: the two were read
+        as one turn, the model sent "Q\n\nQ" (a reviewer)."""
+        following = (*self.turns[1:], Turn("user", question))
+        return tuple(
+            turn
+            for turn, after in zip(self.turns, following, strict=True)
+            if not _asked_again(turn, after)
+        )
+
+
+def _asked_again(turn: Turn, after: Turn) -> bool:
+    return turn.role == after.role == "user" and turn.content.strip() == after.content.strip()
+
 
 def history_read(
     reading: concurrent.futures.Future[tuple[Turn, ...]] | None,

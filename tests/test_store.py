@@ -1030,6 +1030,33 @@ def test_read_from_history_loads_this_users_last_turns(client, fake, history) ->
     ]
 
 
+def test_a_question_asked_again_after_it_went_unanswered_is_read_once(
+    client, fake: FakeUpstream, firestore
+) -> None:
+    """A 502's question stays saved; the same question asked again under a new trace id
+    (a UI's retry) was read with it as one turn: the model was sent "Q\n\nQ" (a
+    reviewer). Another question after an unanswered one is still sent with it."""
+    read = {"read_from_history": True, **SAVE}
+
+    def last_sent() -> list[tuple[str, str]]:
+        return [(m["role"], m["content"]) for m in fake.requests[-1].body["messages"]]
+
+    fake.push(Script(fail="500"))
+    assert ask(client, "Is it cold?", trace_id="t-q1", **SAVE).status_code == 502
+    fake.push(Script(tokens=["Yes."]))
+    ask(client, "Is it cold?", trace_id="t-q2", **read).get_data()
+    assert last_sent() == [("user", "Is it cold?")]
+    fake.push(Script(fail="500"))
+    assert ask(client, "And windy?", trace_id="t-q3", **SAVE).status_code == 502
+    fake.push(Script(tokens=["No."]))
+    ask(client, "And wet?", trace_id="t-q4", **read).get_data()
+    assert last_sent() == [
+        ("user", "Is it cold?"),  # once
+        ("assistant", "Yes."),
+        ("user", "And windy?\n\nAnd wet?"),
+    ]
+
+
 def test_read_from_history_without_a_user_says_the_reply_has_none(client, fake, history) -> None:
     """No user (iam / none without currentUser): no history is read, and the page is
     told why, as when a read fails (it was only logged)."""
