@@ -400,7 +400,7 @@ class History:
         following = (*self.turns[1:], Turn("user", question))
         return tuple(
             turn
-            for turn, after in zip(self.turns, following, strict=True)
+            for turn, after in zip(self.turns, following, strict=False)  # none: none
             if not _asked_again(turn, after)
         )
 
