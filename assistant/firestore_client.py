@@ -21,9 +21,11 @@ from google.cloud import firestore
 from google.cloud.firestore_v1 import base_client
 
 RECONNECT_MAX_MS = 1000
+# Not grpc.min_reconnect_backoff_ms: gRPC also takes it as the time a connection attempt
+# may take (20 s by default); at 1 s, an attempt to a database that answers slowly (held,
+# then back) was given up just before it would have landed.
 _RECONNECT_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", RECONNECT_MAX_MS),
-    ("grpc.min_reconnect_backoff_ms", RECONNECT_MAX_MS),
     ("grpc.max_reconnect_backoff_ms", RECONNECT_MAX_MS),
 ]
 
