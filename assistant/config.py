@@ -246,7 +246,7 @@ def project_id(env: Mapping[str, str] | None = None) -> str:
     """The Google Cloud project, which no value makes invalid: read on its own too, so
     that a config_error's log line still carries the trace Cloud Logging links."""
     env = os.environ if env is None else env
-    return _text(env, "GOOGLE_CLOUD_PROJECT", env.get("GCP_PROJECT", ""))
+    return _text(env, "GOOGLE_CLOUD_PROJECT", _text(env, "GCP_PROJECT", ""))
 
 
 @dataclass(frozen=True)

@@ -125,6 +125,9 @@ class MessageStore(Protocol):
         ...
 
 
+_REPLY_FIELDS = ("provider", "model", "usage", "stopReason", "structuredOutput", "toolsToUse")
+
+
 class FirestoreStore:
     """Messages in `{collection}/{assistantId}/messages/{messageId}` on Firestore.
 
@@ -177,6 +180,9 @@ class FirestoreStore:
             "status": "complete",
             "createdAt": message.created_at or SERVER_TIMESTAMP,
             **_common_fields(message.trace_id, message.thread_id, message.author),
+            # A message's fields are the same for both roles (what a reader of the
+            # collection may look for); a question has none of a reply's values.
+            **dict.fromkeys(_REPLY_FIELDS),
         }
         _, reply = self._check_trace(message.assistant_id, message.trace_id, message.author)
         reference = self._messages(message.assistant_id).document(message.message_id)

@@ -62,12 +62,15 @@ def test_the_project_and_database_are_read_as_every_setting_is(
     store read them raw; logs, auth and keys used them trimmed) while the rest worked."""
     from google.cloud import firestore as firestore_client
 
-    os.environ.update(GOOGLE_CLOUD_PROJECT=f" {PROJECT} ", FIRESTORE_DATABASE=" side-db ")
-    fake.push(Script(tokens=["Saved."]))
-    final = sse_events(ask(client, trace_id="t-padded", **SAVE).get_data())[-2]
-    assert final["metadata"]["persist_failed"] is False
-    saved = _messages(firestore_client.Client(project=PROJECT, database="side-db"))
-    assert saved["t-padded-assistant"]["content"] == "Saved."
+    os.environ["FIRESTORE_DATABASE"] = " side-db "
+    side = firestore_client.Client(project=PROJECT, database="side-db")
+    for name in ("GOOGLE_CLOUD_PROJECT", "GCP_PROJECT"):  # the older name too (a reviewer)
+        os.environ.pop("GOOGLE_CLOUD_PROJECT")
+        os.environ[name] = f" {PROJECT} "
+        fake.push(Script(tokens=["Saved."]))
+        final = sse_events(ask(client, trace_id=f"t-{name}", **SAVE).get_data())[-2]
+        assert final["metadata"]["persist_failed"] is False
+        assert _messages(side)[f"t-{name}-assistant"]["content"] == "Saved."
 
 
 def test_both_messages_are_saved_with_every_field(client, fake: FakeUpstream, firestore) -> None:
@@ -85,6 +88,10 @@ def test_both_messages_are_saved_with_every_field(client, fake: FakeUpstream, fi
     user, reply = saved["trace-1-user"], saved["trace-1-assistant"]
     assert user["role"] == "user"
     assert user["content"] == "What now?"
+    # Every field a message has, on both (a checker of the collection found six missing
+    # on questions): none of a reply's values on a question.
+    reply_fields = ("provider", "model", "usage", "stopReason", "structuredOutput", "toolsToUse")
+    assert {name: user[name] for name in reply_fields} == dict.fromkeys(reply_fields)
     assert reply["role"] == "assistant"
     assert reply["content"] == "The answer."  # no thinking in the visible text
     assert reply["thinkingContent"] == "consider it"
