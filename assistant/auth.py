@@ -145,7 +145,9 @@ def check_claims(claims: Mapping[str, Any], auth: AuthSettings, now: float) -> N
         raise InvalidToken(f"the ID token's sub must be 1-{MAX_UID_CHARS} characters")
     if _time_claim(claims, "exp") + skew < now:
         raise InvalidToken("the ID token has expired")
-    for name in ("iat", "auth_time"):
+    # nbf: Firebase's tokens carry none, but one that says it is not valid yet is not
+    # (RFC 7519), as google-auth would not check.
+    for name in ("iat", "auth_time", *(("nbf",) if "nbf" in claims else ())):
         if _time_claim(claims, name) - skew > now:
             raise InvalidToken(f"the ID token's {name} is in the future")
 

@@ -113,6 +113,8 @@ BAD_CREDENTIALS: dict[str, Callable[[SigningKey, SigningKey], dict[str, str]]] =
     "iat in the future": lambda key, other: bearer(key.sign(claims(iat=_now() + 120))),
     "auth_time in the future": lambda key, other: bearer(key.sign(claims(auth_time=_now() + 120))),
     "no auth_time": lambda key, other: bearer(key.sign(claims(auth_time=None))),
+    "nbf in the future": lambda key, other: bearer(key.sign(claims(nbf=_now() + 300))),
+    "nbf not a number": lambda key, other: bearer(key.sign(claims(nbf="later"))),
     "exp not a number": lambda key, other: bearer(key.sign(claims(exp="tomorrow"))),
     "exp NaN (never expires if let by)": lambda key, other: bearer(
         key.sign(claims(exp=float("nan")))
@@ -177,8 +179,10 @@ def test_health_and_preflight_need_no_token(client, certs) -> None:
 def test_clock_skew_tolerates_a_token_issued_a_few_seconds_ahead(
     client, fake: FakeUpstream, certs, key
 ) -> None:
-    ahead = claims(iat=_now() + 5, auth_time=_now() + 5)
+    ahead = claims(iat=_now() + 5, auth_time=_now() + 5, nbf=_now() + 5)
     assert post(client, bearer(key.sign(ahead))).status_code == 200
+    past = claims(nbf=_now() - 60)  # a token valid from a minute ago is valid
+    assert post(client, bearer(key.sign(past))).status_code == 200
 
 
 def test_a_fractional_clock_skew_is_ours_not_google_auths_whole_seconds(
