@@ -400,7 +400,8 @@ class History:
         following = (*self.turns[1:], Turn("user", question))
         return tuple(
             turn
-            for turn, after in zip(self.turns, following, strict=False)  # none: none
+            # Not strict: with no turns, `following` holds the question alone.
+            for turn, after in zip(self.turns, following, strict=False)
             if not _asked_again(turn, after)
         )
 

@@ -180,8 +180,8 @@ class FirestoreStore:
             "status": "complete",
             "createdAt": message.created_at or SERVER_TIMESTAMP,
             **_common_fields(message.trace_id, message.thread_id, message.author),
-            # A message's fields are the same for both roles (what a reader of the
-            # collection may look for); a question has none of a reply's values.
+            # The contract names these for every message; a question has no value for
+            # them (one the frontend saves itself has only what firestore.rules allow).
             **dict.fromkeys(_REPLY_FIELDS),
         }
         _, reply = self._check_trace(message.assistant_id, message.trace_id, message.author)

@@ -96,7 +96,7 @@ _TOOL_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
 
 class GeminiProvider(HttpProvider):
     name = "gemini"
-    schema_with_tools = False  # its default model's (each provider's: __init__)
+    schema_with_tools = False  # the default model's; each instance's is its model's
 
     def __init__(self, settings: ProviderSettings, api_key: str) -> None:
         super().__init__(settings, api_key)
