@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,67 +14,16 @@ from google.auth.credentials import AnonymousCredentials
 from assistant.firestore_client import QuickToReconnect
 from assistant.store import Author, FirestoreStore, UserMessage
 
+from .database_relay import DatabaseRelay
 from .emulator import PROJECT
 
 
-class _Unplugged:
-    """A TCP relay to the emulator whose port can refuse connections (`unplug`), as a
-    database the network lost does, and take them again (`plug`)."""
-
-    def __init__(self, target: str) -> None:
-        host, port = target.rsplit(":", 1)
-        self._target = (host, int(port))
-        self._port = 0
-        self._listener: socket.socket | None = None
-        self._links: list[socket.socket] = []
-        self.plug()
-        self.address = f"127.0.0.1:{self._port}"
-
-    def plug(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self._port))
-        listener.listen(50)
-        self._port = listener.getsockname()[1]
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def unplug(self) -> None:
-        assert self._listener is not None
-        # shutdown, not close alone: a thread blocked in accept() keeps a closed socket
-        # listening.
-        self._listener.shutdown(socket.SHUT_RDWR)
-        self._listener.close()
-        for link in self._links:
-            link.close()
-        self._links = []
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                near, _ = listener.accept()
-            except OSError:
-                return
-            far = socket.create_connection(self._target)
-            self._links += [near, far]
-            for source, sink in ((near, far), (far, near)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-
-
 @pytest.fixture
-def unplugged(firestore_emulator: Any, firestore: Any) -> Iterator[_Unplugged]:
-    relay = _Unplugged(firestore_emulator.host)
+def unplugged(firestore_emulator: Any, firestore: Any) -> Iterator[DatabaseRelay]:
+    relay = DatabaseRelay(firestore_emulator.host)
     os.environ["FIRESTORE_EMULATOR_HOST"] = relay.address
     yield relay
-    relay.unplug()
+    relay.close()
 
 
 def _question(trace_id: str) -> UserMessage:
@@ -84,7 +31,7 @@ def _question(trace_id: str) -> UserMessage:
 
 
 def test_a_database_back_after_an_outage_takes_writes_within_a_second_or_two(
-    unplugged: _Unplugged,
+    unplugged: DatabaseRelay,
 ) -> None:
     """gRPC waited longer and longer between its tries to reconnect: after a ten-second
     outage, writes went on failing for 4-7 s more with the database back (16 s after a

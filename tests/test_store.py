@@ -31,6 +31,7 @@ from devtools.fake_upstream import FakeUpstream, Script
 from devtools.service import free_port, running_service
 
 from .conftest import ask, log_lines, sse_events, stopped_before_the_kill
+from .database_relay import DatabaseRelay
 from .emulator import PROJECT
 from .provider_cases import FIXTURES
 from .raw_http import open_raw
@@ -697,62 +698,17 @@ def test_a_502_within_the_status_window_waits_for_the_database_only_as_long_as_i
     assert response.get_json()["code"] == "providers_failed"
 
 
-class _PausableProxy:
-    """A TCP proxy to the emulator that can hold every byte, as a paused database would
-    (the bytes wait in the sockets and flow again on `resume()`)."""
-
-    def __init__(self, target: str) -> None:
-        host, port = target.rsplit(":", 1)
-        self._target = (host, int(port))
-        self._running = threading.Event()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._sockets: list[socket.socket] = [self._listener]
-        self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def resume(self) -> None:
-        self._running.set()
-
-    def pause(self) -> None:
-        self._running.clear()
-
-    def close(self) -> None:
-        self._running.set()
-        for sock in self._sockets:
-            sock.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self._target)
-            self._sockets += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                self._running.wait()
-                sink.sendall(data)
-            sink.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-
 @pytest.fixture
-def paused_database(firestore_emulator: Any, firestore: Any) -> Iterator[_PausableProxy]:
-    """The service's Firestore behind a proxy that holds every byte until resumed."""
-    proxy = _PausableProxy(firestore_emulator.host)
+def paused_database(firestore_emulator: Any, firestore: Any) -> Iterator[DatabaseRelay]:
+    """The service's Firestore behind a relay that holds every byte until resumed."""
+    proxy = DatabaseRelay(firestore_emulator.host, paused=True)
     os.environ["FIRESTORE_EMULATOR_HOST"] = proxy.address
     yield proxy
     proxy.close()
 
 
 def test_a_user_message_the_database_missed_is_written_once_it_is_back(
-    client, fake: FakeUpstream, firestore, paused_database: _PausableProxy, capsys
+    client, fake: FakeUpstream, firestore, paused_database: DatabaseRelay, capsys
 ) -> None:
     """The database is away when the request comes (the user message's write gives up
     after PERSIST_TIMEOUT_SECONDS) and back before the reply ends: both are saved."""
@@ -776,7 +732,7 @@ def test_a_user_message_the_database_missed_is_written_once_it_is_back(
 
 
 def test_a_user_message_write_that_fails_after_the_reply_ends_is_tried_again(
-    client, fake: FakeUpstream, firestore, paused_database: _PausableProxy, capsys
+    client, fake: FakeUpstream, firestore, paused_database: DatabaseRelay, capsys
 ) -> None:
     """The database hangs from the request on; the reply ends before the user message's
     write gives up, and the database is back before the reply's save wait is over: the
@@ -799,7 +755,7 @@ def test_a_user_message_write_that_fails_after_the_reply_ends_is_tried_again(
 
 
 def test_a_reply_whose_save_wait_went_to_its_question_is_written_after_it_later(
-    client, fake: FakeUpstream, firestore, paused_database: _PausableProxy, capsys
+    client, fake: FakeUpstream, firestore, paused_database: DatabaseRelay, capsys
 ) -> None:
     """The database hangs past the whole save wait: the reply says it was not saved, and
     once the database is back its question and then the reply are written (the reply
@@ -824,7 +780,7 @@ def test_a_reply_whose_save_wait_went_to_its_question_is_written_after_it_later(
 
 
 def test_a_reply_the_database_failed_is_tried_again_until_it_is_back(
-    client, fake: FakeUpstream, firestore, paused_database: _PausableProxy, late_writes, capsys
+    client, fake: FakeUpstream, firestore, paused_database: DatabaseRelay, late_writes, capsys
 ) -> None:
     """Away for longer than the wait and the first late attempt: the next ones, later,
     write both messages once the database is back."""
@@ -850,7 +806,7 @@ def _wait_for_late_writes(late_writes: Any) -> None:
 
 
 def test_a_late_reply_never_replaces_one_written_since(
-    client, fake: FakeUpstream, firestore, paused_database: _PausableProxy, late_writes
+    client, fake: FakeUpstream, firestore, paused_database: DatabaseRelay, late_writes
 ) -> None:
     """The first try's reply waits to be written late; the client's retry (same trace
     id, same question) is saved on time once the database is back: its reply stands,
@@ -870,7 +826,7 @@ def test_a_late_reply_never_replaces_one_written_since(
 
 
 def test_a_late_reply_replaces_an_older_incomplete_one(
-    client, fake: FakeUpstream, firestore, paused_database: _PausableProxy, late_writes
+    client, fake: FakeUpstream, firestore, paused_database: DatabaseRelay, late_writes
 ) -> None:
     """A first try cut short was saved `incomplete`; the retry's complete reply could
     only be written late: it replaces the older one, as a retry's reply does (a
@@ -941,7 +897,7 @@ def test_a_complete_reply_stands_over_an_incomplete_one_whichever_lands_first(fi
 
 
 def test_a_late_pair_keeps_its_place_before_the_turns_saved_since(
-    client, fake: FakeUpstream, firestore, paused_database: _PausableProxy, late_writes
+    client, fake: FakeUpstream, firestore, paused_database: DatabaseRelay, late_writes
 ) -> None:
     """Written late, a question and its reply keep the times they were meant to be
     written at: the user's next turn, saved on time meanwhile, stays after them in the
@@ -1350,7 +1306,7 @@ def test_every_reply_whose_client_left_is_saved_however_many_leave_at_once(
 
 
 def test_a_client_that_leaves_during_a_slow_history_read_keeps_its_question(
-    fake: FakeUpstream, firestore, paused_database: _PausableProxy
+    fake: FakeUpstream, firestore, paused_database: DatabaseRelay
 ) -> None:
     """The history read is slow and the client leaves meanwhile: no provider is asked,
     and the question is saved all the same (a reviewer found it lost: what the user
@@ -1371,7 +1327,7 @@ def test_a_client_that_leaves_during_a_slow_history_read_keeps_its_question(
 
 
 def test_a_client_that_leaves_during_a_hanging_history_read_is_let_go_of_within_a_second(
-    fake: FakeUpstream, firestore, paused_database: _PausableProxy, tmp_path
+    fake: FakeUpstream, firestore, paused_database: DatabaseRelay, tmp_path
 ) -> None:
     """Its departure was noticed when the read gave up (PERSIST_TIMEOUT_SECONDS): its
     slot was held that long, and the user's next request (a page reloaded, at
@@ -1428,7 +1384,7 @@ def test_a_request_whose_client_left_while_it_waited_for_a_thread_asks_no_provid
 
 
 def test_a_client_that_left_gives_its_thread_back_before_its_question_is_written(
-    fake: FakeUpstream, firestore, paused_database: _PausableProxy, tmp_path
+    fake: FakeUpstream, firestore, paused_database: DatabaseRelay, tmp_path
 ) -> None:
     """The question of a client that left is written off the request's thread: with a
     hanging database, waited for, it held the thread (and the user's slot) a whole save
@@ -1546,7 +1502,7 @@ def test_history_reads_on_a_hanging_database_hold_no_thread(
 
 @pytest.mark.parametrize("read_ends", ["before-the-stop-ends", "after-the-stop-saves"])
 def test_a_worker_stopping_during_a_history_read_asks_no_provider_and_keeps_the_question(
-    fake: FakeUpstream, firestore, paused_database: _PausableProxy, read_ends: str, tmp_path
+    fake: FakeUpstream, firestore, paused_database: DatabaseRelay, read_ends: str, tmp_path
 ) -> None:
     """SIGTERM while a request waits for its history read on a database that hangs. The
     read ends within the stop: a 503 overloaded, no provider asked (a reply was begun,
@@ -1675,7 +1631,7 @@ def test_a_stopping_server_refuses_a_new_reply_before_any_work(fake, firestore) 
 
 
 def test_a_stopping_server_writes_what_waits_to_be_saved_late(
-    fake, firestore, paused_database: _PausableProxy, tmp_path
+    fake, firestore, paused_database: DatabaseRelay, tmp_path
 ) -> None:
     """A reply's messages wait to be written later (the database was away past the save
     wait and its first late attempt); on SIGTERM, with the database back, the worker
@@ -1848,7 +1804,7 @@ def _resumed(park: Park) -> None:
 
 
 def test_a_json_reply_parks_on_its_save_and_keeps_its_text_when_ended_while_parked(
-    fake: FakeUpstream, firestore, paused_database: _PausableProxy
+    fake: FakeUpstream, firestore, paused_database: DatabaseRelay
 ) -> None:
     """A JSON reply's final save waits parked, as a stream's does (it held its thread
     PERSIST_TIMEOUT_SECONDS with a hanging database); and one the worker ends while it
@@ -1887,7 +1843,7 @@ def test_a_json_reply_parks_on_its_save_and_keeps_its_text_when_ended_while_park
 
 
 def test_a_reply_ended_while_parked_on_its_save_still_saves(
-    fake: FakeUpstream, firestore, paused_database: _PausableProxy
+    fake: FakeUpstream, firestore, paused_database: DatabaseRelay
 ) -> None:
     """The worker may end a reply that is parked waiting for its final save (its stop
     past STOP_SAVE_SECONDS, an eviction): the save goes on to its end all the same."""

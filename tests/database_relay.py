@@ -1,0 +1,78 @@
+"""A TCP relay to the Firestore emulator that can make the database misbehave."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+
+
+class DatabaseRelay:
+    """Relays connections to the emulator at `target`. `pause()` holds every byte, as
+    a database that hangs (the bytes wait in the sockets and flow again on
+    `resume()`); `unplug()` refuses connections and drops those open, as a database
+    the network lost (`plug()` takes them again on the same port). Starts paused if
+    asked to (the database away when the request comes)."""
+
+    def __init__(self, target: str, paused: bool = False) -> None:
+        host, port = target.rsplit(":", 1)
+        self._target = (host, int(port))
+        self._running = threading.Event()
+        if not paused:
+            self._running.set()
+        self._port = 0
+        self._listener: socket.socket | None = None
+        self._links: list[socket.socket] = []
+        self.plug()
+        self.address = f"127.0.0.1:{self._port}"
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def pause(self) -> None:
+        self._running.clear()
+
+    def plug(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self._port))
+        listener.listen(50)
+        self._port = listener.getsockname()[1]
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def unplug(self) -> None:
+        if self._listener is not None:
+            # shutdown, not close alone: a thread blocked in accept() keeps a closed
+            # socket listening.
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+            self._listener = None
+        for link in self._links:
+            link.close()
+        self._links = []
+
+    def close(self) -> None:
+        self._running.set()
+        self.unplug()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                near, _ = listener.accept()
+            except OSError:
+                return
+            far = socket.create_connection(self._target)
+            self._links += [near, far]
+            for source, sink in ((near, far), (far, near)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                self._running.wait()
+                sink.sendall(data)
+            sink.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
