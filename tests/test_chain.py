@@ -39,10 +39,9 @@ from assistant.tracing import RequestLog
 from devtools.fake_upstream import FakeUpstream, Script
 
 from .conftest import log_lines, sse_events
-from .provider_cases import CASES
+from .provider_cases import CASES, ProviderCase
 from .provider_support import (
     PROMPT,
-    anthropic_at,
     anthropic_event,
     anthropic_text_stream,
     run_chain,
@@ -643,49 +642,114 @@ def test_an_error_after_chunks_waiting_for_room_comes_after_them(fake: FakeUpstr
     assert taken[20].error is not None and taken[20].error.code == "upstream_error"
 
 
-def test_thinking_on_either_side_of_a_tool_call_is_two_blocks(fake: FakeUpstream) -> None:
+def _anthropic_block(index: int, content: dict[str, object], delta: dict[str, object]) -> bytes:
+    start = {"type": "content_block_start", "index": index, "content_block": content}
+    step = {"type": "content_block_delta", "index": index, "delta": delta}
+    stop = {"type": "content_block_stop", "index": index}
+    return b"".join(
+        anthropic_event(name, data)
+        for name, data in (
+            ("content_block_start", start),
+            ("content_block_delta", step),
+            ("content_block_stop", stop),
+        )
+    )
+
+
+def _lines(prefix: str, items: list[Any], end: str = "\n") -> bytes:
+    return "".join(f"{prefix}{json.dumps(item)}{end}" for item in items).encode()
+
+
+def _openai(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+def _gemini(part: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    candidate: dict[str, Any] = {"content": {"role": "model", "parts": [part]}}
+    return {"candidates": [candidate | ({"finishReason": finish} if finish else {})]}
+
+
+def _ollama(message: dict[str, Any], done: bool = False) -> dict[str, Any]:
+    return {"message": {"role": "assistant", "content": "", **message}, "done": done} | (
+        {"done_reason": "stop"} if done else {}
+    )
+
+
+# Thinking, a call, more thinking, then text: each provider's stream of it.
+_THINKING, _OSLO = {"type": "thinking"}, {"city": "Oslo"}
+_CALLED_BETWEEN_THOUGHTS = {
+    "anthropic": b"".join(
+        [
+            anthropic_event("message_start", {"type": "message_start", "message": {"model": "m"}}),
+            _anthropic_block(0, _THINKING, {"type": "thinking_delta", "thinking": "first"}),
+            _anthropic_block(
+                1,
+                {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {}},
+                {"type": "input_json_delta", "partial_json": '{"city": "Oslo"}'},
+            ),
+            _anthropic_block(2, _THINKING, {"type": "thinking_delta", "thinking": "second"}),
+            _anthropic_block(3, {"type": "text"}, {"type": "text_delta", "text": "done"}),
+            anthropic_event("message_delta", {"type": "message_delta", "delta": {}}),
+            anthropic_event("message_stop", {"type": "message_stop"}),
+        ]
+    ),
+    # An OpenAI-compatible server's call arrives whole only when its choice finishes, after
+    # the thinking that followed it: its first fragment ends the block (a reviewer found the
+    # two blocks run together, "firstsecond").
+    "openai": _lines(
+        "data: ",
+        [
+            _openai({"reasoning_content": "first"}),
+            _openai({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                     "function": {"name": "weather", "arguments": ""}}]}),
+            _openai({"tool_calls": [{"index": 0, "function": {"arguments": '{"city": "Oslo"}'}}]}),
+            _openai({"reasoning_content": "second"}),
+            _openai({"content": "done"}),
+            _openai({}, finish="tool_calls"),
+        ],
+        end="\n\n",
+    )
+    + b"data: [DONE]\n\n",
+    "gemini": _lines(
+        "data: ",
+        [
+            _gemini({"text": "first", "thought": True}),
+            _gemini({"functionCall": {"name": "weather", "args": {"city": "Oslo"}}}),
+            _gemini({"text": "second", "thought": True}),
+            _gemini({"text": "done"}, finish="STOP"),
+        ],
+        end="\r\n\r\n",
+    ),
+    "ollama": _lines(
+        "",
+        [
+            _ollama({"thinking": "first"}),
+            _ollama({"tool_calls": [{"function": {"name": "weather", "arguments": _OSLO}}]}),
+            _ollama({"thinking": "second"}),
+            _ollama({"content": "done"}),
+            _ollama({}, done=True),
+        ],
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_thinking_on_either_side_of_a_tool_call_is_two_blocks(
+    fake: FakeUpstream, case: ProviderCase
+) -> None:
     """Native thinking, a tool call, more thinking (interleaved thinking): the call
     closes the first block, so the two are not run together, in the stream or in the
     saved thinking. Its close tag goes with the next piece: it went alone, as a chunk
     of its own, which the API's docs say never happens (a reviewer)."""
-
-    def block(index: int, content: dict[str, object], delta: dict[str, object]) -> bytes:
-        start = {"type": "content_block_start", "index": index, "content_block": content}
-        step = {"type": "content_block_delta", "index": index, "delta": delta}
-        stop = {"type": "content_block_stop", "index": index}
-        return b"".join(
-            anthropic_event(name, data)
-            for name, data in (
-                ("content_block_start", start),
-                ("content_block_delta", step),
-                ("content_block_stop", stop),
-            )
-        )
-
-    call = {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {}}
-    body = b"".join(
-        [
-            anthropic_event("message_start", {"type": "message_start", "message": {"model": "m"}}),
-            block(0, {"type": "thinking"}, {"type": "thinking_delta", "thinking": "first"}),
-            block(1, call, {"type": "input_json_delta", "partial_json": '{"city": "Oslo"}'}),
-            block(2, {"type": "thinking"}, {"type": "thinking_delta", "thinking": "second"}),
-            block(3, {"type": "text"}, {"type": "text_delta", "text": "done"}),
-            anthropic_event("message_delta", {"type": "message_delta", "delta": {}}),
-            anthropic_event("message_stop", {"type": "message_stop"}),
-        ]
-    )
-    fake.push(Script(raw=[body]))
-    run = run_chain([anthropic_at(fake.url)], Timeouts(connect=5, first_chunk=5, idle=5, reply=30))
-    texts = [item.text if isinstance(item, Chunk) else type(item).__name__ for item in run.items]
-    assert texts == [
-        "<thinking>first",
-        "ToolCall",
-        "</thinking><thinking>second",
-        "</thinking>done",
-        "ChainSucceeded",
-    ]
+    fake.push(Script(raw=[_CALLED_BETWEEN_THOUGHTS[case.name]]))
+    timeouts = Timeouts(connect=5, first_chunk=5, idle=5, reply=30)
+    run = run_chain([case.provider(fake.url)], timeouts)
+    items = [item.text if isinstance(item, Chunk) else type(item).__name__ for item in run.items]
+    assert items[-1] == "ChainSucceeded" and items.count("ToolCall") == 1
+    texts = [item for item in items if item not in ("ToolCall", "ChainSucceeded")]
+    assert texts == ["<thinking>first", "</thinking><thinking>second", "</thinking>done"]
     splitter = ThinkingSplitter()
-    for text in texts[:-1]:
-        splitter.feed("" if text == "ToolCall" else text)
+    for text in texts:
+        splitter.feed(text)
     splitter.finish()
     assert (splitter.thinking, splitter.content) == ("first\n\nsecond", "done")
