@@ -23,7 +23,7 @@ from assistant.saving import History
 from assistant.store import Author
 from assistant.tracing import RequestLog
 from assistant.worker import Instead
-from devtools.fake_upstream import FakeUpstream
+from devtools.fake_upstream import FakeUpstream, Script
 
 from .conftest import ask, log_lines, sse_events
 
@@ -418,6 +418,26 @@ def test_misconfiguration_is_a_500_naming_no_secret(
     assert logged and name in logged[0]["reason"]
     # The project is known even so: the line links to the request's trace.
     assert logged[0]["logging.googleapis.com/trace"].startswith("projects/demo-misconfigured/")
+
+
+@pytest.mark.parametrize("name", ["GOOGLE_CLOUD_PROJECT", "GCP_PROJECT"])
+def test_a_project_set_but_blank_is_a_config_error(
+    client, fake: FakeUpstream, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    """Trimmed, it named no project, and the client libraries, left to find one, read
+    the variable again untrimmed: every save failed while /health said ok (a reviewer).
+    Unset, the libraries find the project themselves (Cloud Run's metadata server)."""
+    os.environ[name] = "   "
+    response = ask(client)
+    assert (response.status_code, response.get_json()["code"]) == (500, "config_error")
+    assert fake.requests == []
+    logged = [
+        line for line in log_lines(capsys.readouterr().out) if line["message"] == "config.invalid"
+    ]
+    assert "GOOGLE_CLOUD_PROJECT is set but blank" in logged[0]["reason"]
+    del os.environ[name]
+    fake.push(Script(tokens=["Fine."]))
+    assert ask(client).status_code == 200
 
 
 @pytest.mark.parametrize("origins", ["*", "https://chat.example.com"])
