@@ -98,7 +98,7 @@
  *   trace_id, or the one sent): send it again as `body.trace_id` to retry without saving twice
  * @property {number|null} retryAfter  seconds from Retry-After (a 429 or 503), else null
  * @property {Record<string, any>|null} body  an error status's JSON body (a 502's `attempts`
- *   are in it), else null
+ *   are in it), else null (an error frame's are in `metadata.attempts`)
  */
 
 /**
