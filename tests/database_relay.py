@@ -11,8 +11,9 @@ class DatabaseRelay:
     """Relays connections to the emulator at `target`. `pause()` holds every byte, as
     a database that hangs (the bytes wait in the sockets and flow again on
     `resume()`); `unplug()` refuses connections and drops those open, as a database
-    the network lost (`plug()` takes them again on the same port). Starts paused if
-    asked to (the database away when the request comes)."""
+    that is down, and `blackhole()` drops them without a word, as a network that lost
+    the way to it (`plug()` takes them again on the same port). Starts paused if asked
+    to (the database away when the request comes)."""
 
     def __init__(self, target: str, paused: bool = False) -> None:
         host, port = target.rsplit(":", 1)
@@ -33,6 +34,8 @@ class DatabaseRelay:
         self._running.clear()
 
     def plug(self) -> None:
+        if self._listener is not None:
+            self.unplug()
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self._port))
@@ -52,6 +55,17 @@ class DatabaseRelay:
         for link in self._links:
             link.close()
         self._links = []
+
+    def blackhole(self) -> None:
+        self.unplug()
+        # A port whose queue of connections is full: the kernel drops each new SYN, and
+        # the client retries it later and later (1, 2, 4, 8 s apart), hearing nothing.
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self._port))
+        listener.listen(0)
+        self._listener = listener
+        self._links.append(socket.create_connection(("127.0.0.1", self._port)))
 
     def close(self) -> None:
         self._running.set()
