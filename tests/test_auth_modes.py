@@ -56,7 +56,8 @@ def as_user(user: dict[str, str], **body: Any) -> dict[str, Any]:
         ({"FIREBASE_CERTS_URL": "http://a..b/certs"}, "FIREBASE_CERTS_URL is not a URL"),
         ({"FIREBASE_CERTS_URL": "http://h:65536/certs"}, "FIREBASE_CERTS_URL has a port"),
         ({"AUTH_MODE": "open"}, "AUTH_MODE must be one of firebase, iam, none"),
-        ({"AUTH_MODE": "firebase", "GOOGLE_CLOUD_PROJECT": ""}, "FIREBASE_PROJECT_ID"),
+        # None: unset (set but blank is a config error of its own: tests/test_http.py).
+        ({"AUTH_MODE": "firebase", "GOOGLE_CLOUD_PROJECT": None}, "FIREBASE_PROJECT_ID"),
         ({"AUTH_CLOCK_SKEW_SECONDS": "61"}, "AUTH_CLOCK_SKEW_SECONDS must be at most 60"),
         ({"MAX_STREAMS_PER_USER": "0"}, "MAX_STREAMS_PER_USER must be at least 1"),
     ],
@@ -76,10 +77,14 @@ def as_user(user: dict[str, str], **body: Any) -> dict[str, Any]:
     ],
 )
 def test_unsafe_or_broken_auth_config_refuses_every_request(
-    client, fake: FakeUpstream, capsys, env: dict[str, str], reason: str
+    client, fake: FakeUpstream, capsys, env: dict[str, str | None], reason: str
 ) -> None:
     os.environ["GOOGLE_CLOUD_PROJECT"] = PROJECT
-    os.environ.update(env)
+    for name, value in env.items():
+        if value is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = value
     for response in (post(client, **as_user(ADA)), client.get("/health")):
         assert response.status_code == 500
         assert response.get_json()["code"] == "config_error"
