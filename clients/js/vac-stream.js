@@ -323,8 +323,7 @@ export async function streamReply(options) {
     }
     result.status = response.status;
     if (ownTraceId === null) result.traceId = response.headers.get("X-Trace-Id") ?? result.traceId;
-    const retry = Number.parseInt(response.headers.get("Retry-After") ?? "", 10);
-    retryAfter = Number.isFinite(retry) ? retry : null;
+    retryAfter = secondsToWait(response.headers.get("Retry-After"));
     try {
       onOpen?.({status: response.status, traceId: result.traceId, headers: response.headers});
     } catch (exc) {
@@ -486,6 +485,19 @@ function isObject(value) {
 function randomHex(bytes) {
   const values = globalThis.crypto.getRandomValues(new Uint8Array(bytes));
   return Array.from(values, (byte) => byte.toString(16).padStart(2, "0")).join("");
+}
+
+/**
+ * Retry-After in seconds: the service sends seconds; a proxy in front may send an HTTP
+ * date (RFC 9110), read as the seconds until then (at least 0).
+ * @param {string|null} value
+ * @returns {number|null}
+ */
+function secondsToWait(value) {
+  const text = (value ?? "").trim();
+  if (/^\d+$/.test(text)) return Number.parseInt(text, 10);
+  const date = /[a-z]/i.test(text) ? Date.parse(text) : Number.NaN;
+  return Number.isFinite(date) ? Math.max(0, Math.ceil((date - Date.now()) / 1000)) : null;
 }
 
 /**

@@ -151,6 +151,17 @@ test("a 429 says when to try again, and a 502 which providers failed", async () 
   const headers = {"Retry-After": "5"};
   const {errors} = await collect(limited, {status: 429, type: "application/json", headers});
   assert.equal(errors[0].retryAfter, 5);
+  // A proxy's HTTP date (RFC 9110) was null: the seconds until then.
+  const at = new Date(Date.now() + 30_000).toUTCString();
+  const dated = await collect(limited, {status: 503, type: "application/json",
+    headers: {"Retry-After": at}});
+  assert.ok(dated.errors[0].retryAfter >= 28 && dated.errors[0].retryAfter <= 31);
+  const past = await collect(limited, {status: 503, type: "application/json",
+    headers: {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}});
+  assert.equal(past.errors[0].retryAfter, 0);
+  const junk = await collect(limited, {status: 503, type: "application/json",
+    headers: {"Retry-After": "soon"}});
+  assert.equal(junk.errors[0].retryAfter, null);
   const failed = {error: "no provider answered", code: "providers_failed", trace_id: "t-1",
     attempts: [{name: "anthropic", outcome: "upstream_status", ms: 3}]};
   const second = await collect(JSON.stringify(failed), {status: 502, type: "application/json"});
