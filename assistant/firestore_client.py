@@ -24,10 +24,12 @@ from google.cloud.firestore_v1 import base_client
 RECONNECT_MAX_MS = 1000
 # gRPC takes grpc.min_reconnect_backoff_ms as the time one attempt to connect may take
 # (20 s by default). Over a network that drops packets, an attempt waits while the kernel
-# sends its SYN again 1, 3, 7 and 15 s after the first: a database back at 8 s was found
-# at 15. Attempts of 5 s start over sooner; at 1 s, a database slow to answer a new
-# connection (one held, then back; a lost SYN alone costs a second) was never reached.
-CONNECT_ATTEMPT_MS = 5000
+# sends its SYN again 1, 3, 7 and 15 s after the first: with the database back 12 s into
+# such an outage, writes failed 8.5-8.9 s more. Attempts of 10 s start over sooner (1.5-2.1
+# s). Shorter cut a database slower than that to answer a new connection off for ever (at
+# 5 s, one whose handshake took 6 s was never reached and its messages were lost; at 1 s,
+# one held, then back), where 20 s only found it late.
+CONNECT_ATTEMPT_MS = 10000
 _RECONNECT_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", RECONNECT_MAX_MS),
     ("grpc.max_reconnect_backoff_ms", RECONNECT_MAX_MS),
