@@ -482,10 +482,11 @@ class _Relay:
             if not progress.shown and deadline.expired() and not salvaging:
                 return  # the wait for a first chunk is over: this attempt is being cancelled
             if isinstance(event, Working):
-                # A call began (or a tool the provider runs): thinking after it is another
-                # block. An OpenAI-compatible server's call comes whole only at its end,
-                # after the thinking that followed it: by then the two had run together.
-                self._tagger.end_block()
+                if event.began:
+                    # Thinking after a call (or a tool the provider runs) is another block.
+                    # An OpenAI-compatible server's call comes whole only at its end, after
+                    # the thinking that followed it: by then the two had run together.
+                    self._tagger.end_block()
                 if not progress.shown:  # progress, not output: the wait starts over
                     restart = asyncio.get_running_loop().time() + chain.timeouts.first_chunk
                     deadline.reschedule(restart)

@@ -733,6 +733,33 @@ _CALLED_BETWEEN_THOUGHTS = {
 }  # fmt: skip
 
 
+def test_thinking_between_pieces_of_a_calls_arguments_is_one_block(fake: FakeUpstream) -> None:
+    """An OpenAI-compatible server may stream reasoning between the pieces of a call's
+    arguments: only the call's beginning ends a block (each piece did: "Query " and
+    "is cats." saved as two blocks, a reviewer)."""
+    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "search"}}
+    pieces = [
+        _openai({"reasoning_content": "I should "}),
+        _openai({"tool_calls": [call | {"function": {"name": "search", "arguments": ""}}]}),
+        _openai({"reasoning_content": "Query "}),
+        _openai({"tool_calls": [{"index": 0, "function": {"arguments": '{"q":'}}]}),
+        _openai({"reasoning_content": "is cats."}),
+        _openai({"tool_calls": [{"index": 0, "function": {"arguments": '"cats"}'}}]}),
+        _openai({}, finish="tool_calls"),
+    ]
+    fake.push(Script(raw=[_lines("data: ", pieces, end="\n\n") + b"data: [DONE]\n\n"]))
+    openai = next(case for case in CASES if case.name == "openai")
+    run = run_chain(
+        [openai.provider(fake.url)], Timeouts(connect=5, first_chunk=5, idle=5, reply=30)
+    )
+    splitter = ThinkingSplitter()
+    for item in run.items:
+        if isinstance(item, Chunk):
+            splitter.feed(item.text)
+    splitter.finish()
+    assert splitter.thinking == "I should\n\nQuery is cats."
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
 def test_thinking_on_either_side_of_a_tool_call_is_two_blocks(
     fake: FakeUpstream, case: ProviderCase

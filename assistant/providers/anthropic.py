@@ -61,6 +61,7 @@ import httpx
 from ..tools import NamedTool, ToolCall, parse_arguments
 from .anthropic_schema import output_schema, unheld
 from .base import (
+    CALL_BEGAN,
     ERROR_DETAIL_CHARS,
     WORKING,
     Event,
@@ -180,9 +181,9 @@ def _on_block_start(data: dict[str, Any], state: _State) -> None:
     elif kind == "redacted_thinking":
         state.thinking[index] = {"type": "redacted_thinking", "data": block.get("data") or ""}
     elif kind == "server_tool_use" or str(kind).endswith("_tool_result"):
-        state.out.append(WORKING)  # a tool the provider runs (a web search): pings meanwhile
+        state.out.append(CALL_BEGAN)  # a tool the provider runs (a web search): pings meanwhile
     elif kind == "tool_use":
-        state.out.append(WORKING)  # its arguments stream in next
+        state.out.append(CALL_BEGAN)  # its arguments stream in next
         call = _Call(str(block.get("id") or ""), str(block.get("name") or ""))
         given = block.get("input")
         if isinstance(given, dict) and given:  # arguments whole at the start, not streamed

@@ -67,6 +67,7 @@ from ..tools import (
     without_lone_surrogates,
 )
 from .base import (
+    CALL_BEGAN,
     WORKING,
     Event,
     HttpProvider,
@@ -223,8 +224,8 @@ class _Decoder:
                 out += _deltas(delta)
                 self._refused = self._refused or bool(delta.get("refusal"))
                 if delta.get("tool_calls"):
-                    self._calls.add(delta["tool_calls"])
-                    out.append(WORKING)  # a call began, or a piece of its arguments came
+                    began = self._calls.add(delta["tool_calls"])
+                    out.append(CALL_BEGAN if began else WORKING)  # or a piece of its arguments
                 if choice.get("finish_reason"):
                     self._raw_stop = choice["finish_reason"]
                     self._whole_calls(out)
@@ -515,10 +516,13 @@ class _ToolCalls:
         self._calls: list[_PartialCall] = []  # in the order they started
         self._by_index: dict[int, _PartialCall] = {}  # the latest call at each index
 
-    def add(self, fragments: Any) -> None:
+    def add(self, fragments: Any) -> bool:
+        """Whether a fragment began a new call."""
+        calls = len(self._calls)
         for fragment in fragments if isinstance(fragments, list) else []:
             if isinstance(fragment, dict):
                 self._add(fragment)
+        return len(self._calls) > calls
 
     def whole(self) -> list[ToolCall]:
         """The calls so far, whole, in index order (and forgotten)."""
