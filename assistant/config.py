@@ -396,10 +396,11 @@ class Settings:
             twice = sorted({name for name in order if order.count(name) > 1})
             raise ConfigError(f"ASSISTANT_PROVIDERS names {', '.join(twice)} more than once")
         project = project_id(env)
-        if not project and {"GOOGLE_CLOUD_PROJECT", "GCP_PROJECT"} & env.keys():
+        blank = [name for name in ("GOOGLE_CLOUD_PROJECT", "GCP_PROJECT") if name in env]
+        if not project and blank:
             # Set but blank: the client libraries read it again themselves, untrimmed,
             # and every save failed (the name of no project) while the rest worked.
-            raise ConfigError("GOOGLE_CLOUD_PROJECT is set but blank: name a project, or unset it")
+            raise ConfigError(f"{blank[0]} is set but blank: name a project, or unset it")
         if env.get("K_SERVICE") and env.get("FIRESTORE_EMULATOR_HOST", "").strip():
             # The client library would send every message there, and none to Firestore.
             raise ConfigError("FIRESTORE_EMULATOR_HOST is set on Cloud Run: nothing would be saved")

@@ -434,7 +434,7 @@ def test_a_project_set_but_blank_is_a_config_error(
     logged = [
         line for line in log_lines(capsys.readouterr().out) if line["message"] == "config.invalid"
     ]
-    assert "GOOGLE_CLOUD_PROJECT is set but blank" in logged[0]["reason"]
+    assert f"{name} is set but blank" in logged[0]["reason"]  # the one set (a reviewer)
     del os.environ[name]
     fake.push(Script(tokens=["Fine."]))
     assert ask(client).status_code == 200
