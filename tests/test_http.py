@@ -437,7 +437,9 @@ def test_a_project_set_but_blank_is_a_config_error(
     assert f"{name} is set but blank" in logged[0]["reason"]  # the one set (a reviewer)
     del os.environ[name]
     fake.push(Script(tokens=["Fine."]))
-    assert ask(client).status_code == 200
+    answered = ask(client)
+    assert answered.status_code == 200
+    assert sse_events(answered.get_data())[-1] == "[DONE]"  # read: its slot given back
 
 
 @pytest.mark.parametrize("origins", ["*", "https://chat.example.com"])
