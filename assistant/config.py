@@ -400,7 +400,8 @@ class Settings:
         if not project and blank:
             # Set but blank: the client libraries read it again themselves, untrimmed,
             # and every save failed (the name of no project) while the rest worked.
-            raise ConfigError(f"{blank[0]} is set but blank: name a project, or unset it")
+            said = f"{blank[0]} is" if len(blank) == 1 else f"{' and '.join(blank)} are"
+            raise ConfigError(f"{said} set but blank: name a project, or unset what is blank")
         if env.get("K_SERVICE") and env.get("FIRESTORE_EMULATOR_HOST", "").strip():
             # The client library would send every message there, and none to Firestore.
             raise ConfigError("FIRESTORE_EMULATOR_HOST is set on Cloud Run: nothing would be saved")
