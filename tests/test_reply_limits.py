@@ -48,6 +48,7 @@ def test_a_json_caller_past_max_reply_seconds_gets_504(client, fake: FakeUpstrea
     response = ask(client, path="/vac/assistant/test-assistant")
     assert response.status_code == 504
     assert response.get_json()["code"] == "reply_too_long"
+    response.close()  # the test client closes nothing: its reply's slot stayed taken
 
 
 def test_reply_too_long_before_any_text_is_a_real_504(client, fake: FakeUpstream) -> None:
