@@ -274,6 +274,7 @@ class FirestoreStore:
             replacement = {name: value for name, value in document.items() if name != "createdAt"}
             # An update keeps the fields it does not name: the earlier reply's flag too.
             replacement.setdefault("structuredOutputInContent", DELETE_FIELD)
+            replacement.setdefault("toolSignaturesLeftOut", DELETE_FIELD)
             try:
                 reference.update(replacement, option=unchanged, **options)
                 return message.message_id
@@ -447,24 +448,41 @@ MAX_STORED_VALUES = 15_000
 
 
 def _within_size(document: dict[str, Any]) -> dict[str, Any]:
-    """The reply's document, without its structured output when the two copies of its
-    JSON (the text in `content`, the parsed object in `structuredOutput`) are more than
-    a document holds: the text alone is kept, and `structuredOutputInContent` says the
-    object is the content parsed. Else a reply of half a megabyte of JSON (or of many
-    small numbers, 8 bytes each to Firestore) was not saved at all."""
-    if document["structuredOutput"] is None:
+    """The reply's document, without what it holds twice when that is more than a
+    document holds. First its structured output (the text in `content`, the parsed
+    object in `structuredOutput`): the text alone is kept, and
+    `structuredOutputInContent` says the object is the content parsed. Else a reply of
+    half a megabyte of JSON (or of many small numbers, 8 bytes each to Firestore) was
+    not saved at all. Then its tool calls' signatures (Anthropic's carries the reply's
+    thinking blocks again, which `thinkingContent` holds): the calls are kept without
+    them, and `toolSignaturesLeftOut` says so. Else a call after a long thinking was
+    not saved at all."""
+    if _fits(document):
         return document
+    if document["structuredOutput"] is not None:
+        # `content` is then the JSON itself, not a ```json fence the model put around it.
+        content = without_fence(document["content"].strip())
+        document = {
+            **document,
+            "content": content,
+            "structuredOutput": None,
+            "structuredOutputInContent": True,
+        }
+        if _fits(document):
+            return document
+    calls = document["toolsToUse"]
+    if isinstance(calls, list) and any(isinstance(c, dict) and "signature" in c for c in calls):
+        unsigned = [
+            {k: v for k, v in call.items() if k != "signature"} if isinstance(call, dict) else call
+            for call in calls
+        ]
+        document = {**document, "toolsToUse": unsigned, "toolSignaturesLeftOut": True}
+    return document
+
+
+def _fits(document: dict[str, Any]) -> bool:
     size, values = _stored_size(document)
-    if size <= MAX_DOCUMENT_BYTES and values <= MAX_STORED_VALUES:
-        return document
-    # `content` is then the JSON itself, not a ```json fence the model put around it.
-    content = without_fence(document["content"].strip())
-    return {
-        **document,
-        "content": content,
-        "structuredOutput": None,
-        "structuredOutputInContent": True,
-    }
+    return size <= MAX_DOCUMENT_BYTES and values <= MAX_STORED_VALUES
 
 
 def _stored_size(value: Any) -> tuple[int, int]:

@@ -369,6 +369,34 @@ def test_a_structured_reply_too_large_to_keep_twice_is_saved_as_text(
     assert "structuredOutputInContent" not in saved
 
 
+def test_a_call_after_thinking_too_large_to_keep_twice_is_saved_without_its_signature(
+    client, fake: FakeUpstream, firestore
+) -> None:
+    """Anthropic's call signature carries the reply's thinking blocks again: past what a
+    document holds, the call is kept without it and says so (a reviewer's call after
+    470 KB of thinking was not saved at all, its reply lost from the history)."""
+    thinking = ["step " * 1000] * 100  # 500 KB of thinking, held twice with the call
+    call = {"name": "weather", "args": {"city": "Oslo"}}
+    fake.push(Script(thinking=thinking, tokens=["Looking"], tool_calls=[call]))
+    weather = {"description": "The weather in a city", "parameters": {"type": "object"}}
+    config = {**SAVE["emissaryConfig"], "tools": ["weather"], "toolConfigs": {"weather": weather}}
+    response = ask(client, trace_id="t-sig", save_to_history=True, emissaryConfig=config)
+    final = sse_events(response.get_data())[-2]
+    assert final["metadata"]["persist_failed"] is False
+    assert final["metadata"]["tools_to_use"][0]["signature"]  # the frame's call is whole
+    saved = _messages(firestore)["t-sig-assistant"]
+    assert saved["thinkingContent"] == "".join(thinking).strip()
+    assert saved["toolsToUse"] == [{**call, "id": final["metadata"]["tools_to_use"][0]["id"]}]
+    assert saved["toolSignaturesLeftOut"] is True
+
+    # A retry that replaces it with a reply small enough to keep whole drops the flag.
+    fake.push(Script(thinking=["brief"], tool_calls=[call]))
+    ask(client, trace_id="t-sig", save_to_history=True, emissaryConfig=config).get_data()
+    saved = _messages(firestore)["t-sig-assistant"]
+    assert saved["toolsToUse"][0]["signature"]
+    assert "toolSignaturesLeftOut" not in saved
+
+
 BOB = {"save_to_history": True, "emissaryConfig": {"currentUser": {"email": "bob@example.com"}}}
 
 
