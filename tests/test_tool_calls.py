@@ -182,6 +182,50 @@ def test_the_offered_tool_reaches_the_request(upstream: FakeUpstream, case: Prov
     assert '"weather"' in sent and '"The weather in a city"' in sent
 
 
+def _sent_tool(case: ProviderCase, body: dict[str, Any]) -> tuple[Any, str]:
+    """The first tool's parameters and description as `case`'s provider was sent them."""
+    tool = body["tools"][0]
+    if case.name == "anthropic":
+        return tool["input_schema"], tool["description"]
+    if case.name == "gemini":
+        declaration = tool["functionDeclarations"][0]
+        return declaration["parametersJsonSchema"], declaration["description"]
+    return tool["function"]["parameters"], tool["function"]["description"]
+
+
+@EACH
+def test_a_tool_with_a_combinator_at_its_top_is_offered_to_every_provider(
+    upstream: FakeUpstream, case: ProviderCase
+) -> None:
+    """Anthropic and OpenAI refuse a whole request whose tool has anyOf, oneOf or allOf
+    (OpenAI: enum, not, const too) at the top of its parameters (a reviewer's "by id or
+    by name" tool made every request a 502): what allOf adds is merged in, the rest goes
+    to the model as words; the others take the schema as it is."""
+    parameters = {
+        "type": "object",
+        "properties": {"id": {"type": "string"}, "name": {"type": "string"}},
+        "anyOf": [{"required": ["id"]}, {"required": ["name"]}],
+        "allOf": [{"properties": {"limit": {"type": "integer"}}, "required": ["limit"]}],
+    }
+    find = ToolSpec("find", "Find a record", parameters)
+    upstream.push(Script(tokens=[], tool_calls=[{"name": "find", "args": {"id": "7"}}]))
+    events, error = case.events(upstream.url, prompt=Prompt(None, PROMPT.turns, (find,)))
+    assert error is None and [call.args for call in _calls(events)] == [{"id": "7"}]
+    sent, description = _sent_tool(case, upstream.requests[-1].body)
+    if case.name in ("gemini", "ollama"):
+        assert (sent, description) == (parameters, "Find a record")
+        return
+    assert sent == {
+        "type": "object",
+        "properties": {**parameters["properties"], "limit": {"type": "integer"}},
+        "required": ["limit"],
+    }
+    assert description == (
+        "Find a record\n\nThe arguments must also match this JSON Schema: "
+        '{"anyOf":[{"required":["id"]},{"required":["name"]}]}'
+    )
+
+
 # Ids Anthropic (`[a-zA-Z0-9_-]`) or OpenAI (40 characters at most) refuse: an
 # OpenAI-compatible server's, a frontend's own, and one past OpenAI's length.
 FOREIGN_IDS = ("functions.weather:0", "call|1", "c" * 60)

@@ -58,7 +58,7 @@ from typing import Any
 
 import httpx
 
-from ..tools import NamedTool, ToolCall, parse_arguments
+from ..tools import NamedTool, ToolCall, parse_arguments, with_nothing_refused_at_the_top
 from .anthropic_schema import output_schema, unheld
 from .base import (
     CALL_BEGAN,
@@ -397,7 +397,8 @@ class AnthropicProvider(HttpProvider):
             body["temperature"] = self.settings.temperature
         if prompt.tools:
             body["tools"] = [
-                _tool(spec.name, spec.description, spec.parameters) for spec in prompt.tools
+                _tool(spec.name, spec.description, spec.parameters)
+                for spec in map(with_nothing_refused_at_the_top, prompt.tools)
             ]
             # With thinking on, the API refuses a forced call: inside a loop that
             # thinks, the model is left to choose ("auto").

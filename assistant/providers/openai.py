@@ -64,6 +64,7 @@ from ..tools import (
     ToolChoice,
     ToolSpec,
     parse_arguments,
+    with_nothing_refused_at_the_top,
     without_lone_surrogates,
 )
 from .base import (
@@ -240,6 +241,7 @@ class _Decoder:
 
 
 def _tool(tool: ToolSpec) -> dict[str, Any]:
+    tool = with_nothing_refused_at_the_top(tool)
     parameters = _rebuilt(tool.parameters, _with_items)
     function = {"name": tool.name, "description": tool.description, "parameters": parameters}
     return {"type": "function", "function": function}

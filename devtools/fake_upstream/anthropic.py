@@ -14,7 +14,8 @@ fragment, ``content_block_stop``; the stop reason is ``tool_use``. A structured-
 (``json``) is plain text, as from the real API.
 
 Requests the real API refuses with a 400 are refused here too: malformed ``tools`` /
-``tool_choice`` / ``output_config``, ``tool_use`` or ``tool_result`` blocks without
+``tool_choice`` / ``output_config``, a tool's ``input_schema`` with ``oneOf``, ``allOf`` or
+``anyOf`` at its top, ``tool_use`` or ``tool_result`` blocks without
 ``tools``, a ``tool_use`` id outside ``[a-zA-Z0-9_-]``, a forced ``tool_choice`` (``any``,
 ``tool``) with thinking on, ``tool_result`` blocks that do not come first in their message or
 answer no ``tool_use`` of the message before, ``tool_use`` blocks left without a result in
@@ -153,6 +154,12 @@ def _tools_problem(body: dict[str, Any]) -> str | None:
         )
     ):
         return "tools: each tool needs a name and an input_schema object"
+    for i, tool in enumerate(tools or []):
+        if {"oneOf", "allOf", "anyOf"} & set(tool["input_schema"]):
+            return (
+                f"tools.{i}.custom.input_schema: input_schema does not support oneOf, allOf, "
+                "or anyOf at the top level"
+            )
     names = {tool["name"] for tool in tools or []}
     choice = body.get("tool_choice")
     if choice is not None:

@@ -18,8 +18,9 @@ A JSON-schema reply (``json``) is plain ``content`` text. Requests the real API 
 400 are refused here too: a ``tool_choice`` without ``tools``, a tool that is not
 ``{"type": "function", "function": {"name", ...}}``, a ``role: tool`` message that answers no
 call of the assistant message before it, an assistant message whose calls are not each
-answered by the ``role: tool`` messages right after it, a call id over 40 characters, and
-an array schema without ``items`` in a tool's parameters or the response format.
+answered by the ``role: tool`` messages right after it, a call id over 40 characters, a
+tool's parameters with ``oneOf``, ``anyOf``, ``allOf``, ``enum``, ``not`` or ``const`` at their
+top, and an array schema without ``items`` in a tool's parameters or the response format.
 """
 
 from __future__ import annotations
@@ -134,6 +135,9 @@ _ID_CHARS = string.ascii_letters + string.digits
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
+_NOT_AT_THE_TOP = ("oneOf", "anyOf", "allOf", "enum", "not", "const")
+
+
 def _check_tools(body: dict[str, Any]) -> Problem:
     """The tool-related 400s of the real API (its own wording, where we know it)."""
     tools = body.get("tools")
@@ -149,7 +153,13 @@ def _check_tools(body: dict[str, Any]) -> Problem:
             return 400, f"Invalid value for 'tools[{i}]': expected a function tool."
         if not _TOOL_NAME.fullmatch(str(function.get("name", ""))):
             return 400, f"Invalid 'tools[{i}].function.name': string does not match pattern."
-        where = _array_without_items(function.get("parameters"), ())
+        parameters = function.get("parameters")
+        if isinstance(parameters, dict) and set(_NOT_AT_THE_TOP) & set(parameters):
+            return 400, (
+                f"Invalid schema for function '{function['name']}': schema must have type "
+                "'object' and not have 'oneOf'/'anyOf'/'allOf'/'enum'/'not' at the top level."
+            )
+        where = _array_without_items(parameters, ())
         if where is not None:
             return 400, (
                 f"Invalid schema for function '{function['name']}': In context={where!r}, "
