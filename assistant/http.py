@@ -25,6 +25,7 @@ import select
 import socket
 import ssl
 import time
+import urllib.parse
 from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import Any, cast
 
@@ -142,7 +143,8 @@ def _route(
     log: RequestLog,
     started: float,
 ) -> flask.Response:
-    if request.path == "/health":
+    path = _raw_path(request)
+    if path == "/health":
         # A preflight too: a page whose fetch adds a header (traceparent, say) asks first.
         if request.method == "OPTIONS":
             return _preflight(headers, origins, _HEALTH_METHODS, trace_id)
@@ -151,9 +153,9 @@ def _route(
         if settings is None:
             return _config_error(trace_id)
         return _json(200, {"status": "ok", "version": __version__}, trace_id)
-    match = _ASSISTANT_ROUTE.fullmatch(request.path)
+    match = _ASSISTANT_ROUTE.fullmatch(path)
     if match is None:
-        return _error(404, "not_found", f"no route for {request.path[:200]}", trace_id)
+        return _error(404, "not_found", f"no route for {path[:200]}", trace_id)
     if request.method == "OPTIONS":
         return _preflight(headers, origins, _ALLOWED_METHODS, trace_id)
     if request.method != "POST":
@@ -161,6 +163,27 @@ def _route(
     if settings is None:
         return _config_error(trace_id)
     return _assistant(request, headers, match, settings, trace_id, log, started)
+
+
+def _raw_path(request: flask.Request) -> str:
+    """The request's path as its client wrote it, escapes kept (gunicorn's and the
+    test client's RAW_URI; Flask's path is unescaped): a route is told by its literal
+    `/`s. From the unescaped path, `/vac/assistant/demo%2Fsse` was the SSE route of
+    assistant `demo` (a JSON caller got a stream), and `//health` or `/%2Fhealth` was
+    `/health` (werkzeug drops leading slashes)."""
+    raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
+    if not isinstance(raw, str) or not raw:
+        return request.path
+    if not raw.startswith("/"):  # absolute-form (`POST http://host/path`), or `*`
+        raw = urllib.parse.urlsplit(raw).path
+    return raw.partition("?")[0].partition("#")[0]
+
+
+def _unescaped(raw: str) -> str:
+    """A raw path's piece unescaped as werkzeug unescapes a path (a WSGI string holds
+    the request's bytes as Latin-1; they are UTF-8, anything else replaced)."""
+    escaped = raw.encode("latin-1", "replace")
+    return urllib.parse.unquote_to_bytes(escaped).decode("utf-8", "replace")
 
 
 def _config_error(trace_id: str) -> flask.Response:
@@ -189,7 +212,7 @@ def _assistant(
     slot = replies_in_flight.take(verified.user_id, *limits) if verified else None
     body_trace: str | None = None
     try:
-        assistant_id = check_assistant_id(match["id"])
+        assistant_id = check_assistant_id(_unescaped(match["id"]))
         check_media_type(request.content_type)  # before the body is asked for
         body = parse_body(_read_body(request, settings.max_body_bytes), request.content_type)
         body_trace = body_trace_id(body)

@@ -175,6 +175,25 @@ def test_encoded_slash_in_id_never_reaches_a_document_id(client, fake: FakeUpstr
     _refused(response, 400, "invalid_request", fake, "assistant id")
 
 
+def test_an_encoded_slash_before_sse_is_part_of_the_id(client, fake: FakeUpstream) -> None:
+    """Routed on the unescaped path, it was the /sse route of assistant `demo`: a JSON
+    caller got a stream."""
+    response = client.post("/vac/assistant/demo%2Fsse", json={"user_input": "hi"})
+    _refused(response, 400, "invalid_request", fake, "assistant id")
+
+
+@pytest.mark.parametrize(
+    "path", ["//vac/assistant/abc/sse", "/%2Fhealth", "/vac/assistant%2Fabc/sse"]
+)
+def test_a_path_is_routed_as_written(client, fake: FakeUpstream, path: str) -> None:
+    """Werkzeug's path drops leading slashes and unescapes %2F: these reached the
+    routes (a reviewer's `/%2Fhealth` was a 200)."""
+    method = "GET" if "health" in path else "POST"
+    response = client.open(path, method=method, json={"user_input": "hi"})
+    assert response.status_code == 404 and response.get_json()["code"] == "not_found"
+    assert fake.requests == []
+
+
 @pytest.mark.parametrize(
     ("body", "mentions"),
     [
