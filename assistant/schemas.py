@@ -943,3 +943,53 @@ def resolve_pointer(schema: Any, pointer: str) -> Any:
 
 def _escape(key: str) -> str:
     return key.replace("~", "~0").replace("/", "~1")
+
+
+# What Anthropic and OpenAI refuse at the top of a tool's parameters (Anthropic: "does not
+# support oneOf, allOf, or anyOf at the top level"; OpenAI: "invalid_function_parameters",
+# those and enum, not, const): the whole request fails, whether or not the tool is called.
+_NOT_AT_THE_TOP = ("anyOf", "oneOf", "allOf", "not", "enum", "const")
+_MERGEABLE = frozenset({"type", "properties", "required"})
+
+
+def without_top_combinators(
+    parameters: Mapping[str, Any],
+) -> tuple[Mapping[str, Any], dict[str, Any]]:
+    """A tool's `parameters` without `_NOT_AT_THE_TOP` keywords at their top, and those of
+    them it could not merge in; `parameters` itself when it has none. An `allOf` of plain
+    objects (properties and required names, the usual way to add required fields) is
+    merged in."""
+    if not any(key in parameters for key in _NOT_AT_THE_TOP):
+        return parameters, {}
+    rest = dict(parameters)
+    kept = {key: rest.pop(key) for key in _NOT_AT_THE_TOP if key in rest}
+    properties = dict(rest.get("properties") or {})
+    required = list(rest.get("required") or [])
+    unmerged = []
+    for branch in kept.pop("allOf", None) or []:
+        if not _merges_into(branch, properties):
+            unmerged.append(branch)
+            continue
+        properties.update(branch.get("properties", {}))
+        required += [name for name in branch.get("required", []) if name not in required]
+    if unmerged:
+        kept["allOf"] = unmerged
+    if properties:
+        rest["properties"] = properties
+    if required:
+        rest["required"] = required
+    return rest, kept
+
+
+def _merges_into(branch: Any, properties: Mapping[str, Any]) -> bool:
+    """Whether an `allOf` branch is a plain object whose properties add to `properties`
+    without giving one of them another schema."""
+    if not isinstance(branch, Mapping) or not set(branch) <= _MERGEABLE:
+        return False
+    if branch.get("type", "object") != "object":
+        return False
+    own = branch.get("properties", {})
+    names = branch.get("required", [])
+    if not isinstance(own, Mapping) or not isinstance(names, list):
+        return False
+    return all(properties.get(name, schema) == schema for name, schema in own.items())

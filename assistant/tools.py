@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .errors import RequestError
-from .schemas import check_schema, problem
+from .schemas import check_schema, problem, without_top_combinators
 from .thinking import split_outside_json_strings
 
 TOOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
@@ -265,58 +265,20 @@ def _declaration(name: str, config: Any) -> ToolSpec:
     return ToolSpec(name, description or "", parameters)
 
 
-# What Anthropic and OpenAI refuse at the top of a tool's parameters (Anthropic: "does not
-# support oneOf, allOf, or anyOf at the top level"; OpenAI: "invalid_function_parameters",
-# those and enum, not, const): the whole request fails, whether or not the tool is called.
-_NOT_AT_THE_TOP = ("anyOf", "oneOf", "allOf", "not", "enum", "const")
-_MERGEABLE = frozenset({"type", "properties", "required"})
-
-
 def with_nothing_refused_at_the_top(tool: ToolSpec) -> ToolSpec:
-    """`tool` as Anthropic and OpenAI take it: without `_NOT_AT_THE_TOP` keywords at the
-    top of its parameters. An `allOf` of plain objects (properties and required names,
-    the usual way to add required fields) is merged in; whatever else was there goes to
-    the model in the tool's description, as the JSON Schema the arguments must also
-    match. The frontend's declaration is unchanged for every other provider."""
-    parameters = dict(tool.parameters)
-    kept = {key: parameters.pop(key) for key in _NOT_AT_THE_TOP if key in parameters}
-    if not kept:
+    """`tool` as Anthropic and OpenAI take it (schemas.py `without_top_combinators`):
+    what its parameters may not hold at their top is merged in or, if not, told to the
+    model in the tool's description, as the JSON Schema the arguments must also match.
+    The frontend's declaration is unchanged for every other provider."""
+    parameters, kept = without_top_combinators(tool.parameters)
+    if parameters is tool.parameters:
         return tool
-    properties = dict(parameters.get("properties") or {})
-    required = list(parameters.get("required") or [])
-    unmerged = []
-    for branch in kept.pop("allOf", None) or []:
-        if not _merges_into(branch, properties):
-            unmerged.append(branch)
-            continue
-        properties.update(branch.get("properties", {}))
-        required += [name for name in branch.get("required", []) if name not in required]
-    if unmerged:
-        kept["allOf"] = unmerged
-    if properties:
-        parameters["properties"] = properties
-    if required:
-        parameters["required"] = required
     description = tool.description
     if kept:
         rule = json.dumps(kept, separators=(",", ":"), ensure_ascii=False)
         note = f"The arguments must also match this JSON Schema: {rule}"
         description = f"{description}\n\n{note}" if description else note
     return ToolSpec(tool.name, description, parameters)
-
-
-def _merges_into(branch: Any, properties: Mapping[str, Any]) -> bool:
-    """Whether an `allOf` branch is a plain object whose properties add to `properties`
-    without giving one of them another schema."""
-    if not isinstance(branch, Mapping) or not set(branch) <= _MERGEABLE:
-        return False
-    if branch.get("type", "object") != "object":
-        return False
-    own = branch.get("properties", {})
-    names = branch.get("required", [])
-    if not isinstance(own, Mapping) or not isinstance(names, list):
-        return False
-    return all(properties.get(name, schema) == schema for name, schema in own.items())
 
 
 def tool_choice(value: Any, tools: tuple[ToolSpec, ...]) -> ToolChoice:
