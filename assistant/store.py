@@ -270,8 +270,13 @@ class FirestoreStore:
             # in between, and the same user's other retry makes this one read again.
             unchanged = self._client().write_option(last_update_time=existing.update_time)
             # The reply keeps its place in the history: after its question, before the
-            # next ones (a late retry's new time put it after them).
+            # next ones (a late retry's new time put it after them); one that ended
+            # before the reply it replaces (a complete one over a later, cut one) takes
+            # its own, earlier place.
             replacement = {name: value for name, value in document.items() if name != "createdAt"}
+            created, placed = document["createdAt"], _field(existing, "createdAt")
+            if _both_times(created, placed) and created < placed:
+                replacement["createdAt"] = created
             # An update keeps the fields it does not name: the earlier reply's flag too.
             replacement.setdefault("structuredOutputInContent", DELETE_FIELD)
             replacement.setdefault("toolSignaturesLeftOut", DELETE_FIELD)
@@ -504,6 +509,10 @@ def _stored_size(value: Any) -> tuple[int, int]:
         sizes = [_stored_size(item) for item in value]
         return sum(size for size, _ in sizes), sum(values for _, values in sizes)
     return 8, 1  # a number, a timestamp, the server's time to come
+
+
+def _both_times(*values: Any) -> bool:
+    return all(isinstance(value, datetime.datetime) for value in values)
 
 
 def _another_question(question: Any, message: AssistantMessage) -> bool:

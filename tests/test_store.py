@@ -918,7 +918,11 @@ def test_a_complete_reply_stands_over_an_incomplete_one_whichever_lands_first(fi
     )
     store.save_assistant_message(cut)
     assert store.save_assistant_message(complete) == "t-race-assistant"
-    assert _messages(firestore)["t-race-assistant"]["content"] == "The full answer."
+    saved = _messages(firestore)["t-race-assistant"]
+    assert saved["content"] == "The full answer."
+    # Its own place, when it ended (a reviewer saw the cut one's, 3 s later: the
+    # user's next question, saved meanwhile, read back before it).
+    assert saved["createdAt"] == saved["answeredAt"] == ended
     with pytest.raises(TraceIdKept, match="holds a complete reply"):
         store.save_assistant_message(cut)  # written again (late): the complete one stays
     assert _messages(firestore)["t-race-assistant"]["status"] == "complete"
