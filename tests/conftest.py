@@ -6,6 +6,7 @@ Provider traffic always goes to a real HTTP server on 127.0.0.1
 
 from __future__ import annotations
 
+import fnmatch
 import gc
 import json
 import os
@@ -126,14 +127,47 @@ def python_in_own_process(script: str) -> str:
 
 
 def copy_of_the_project(into: Path) -> None:
-    """The project's tracked files (`git ls-files`) copied into `into`, as a fresh clone
-    has them."""
-    tracked = subprocess.run(
-        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.split()
-    for name in tracked:
+    """The project's files, as a fresh clone has them, copied into `into`."""
+    for name in project_files(ROOT):
         (into / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, into / name)
+
+
+def project_files(root: Path) -> list[str]:
+    """The project's files under `root`: git's tracked ones, or, where there is no `.git`
+    (a Cloud Build's upload: cloudbuild.yaml's test step), every file but those
+    `.gcloudignore.build` keeps out of the upload (what a run makes: a venv, caches)."""
+    if (root / ".git").exists():
+        listing = ["git", "ls-files"]
+        return subprocess.run(
+            listing, cwd=root, capture_output=True, text=True, check=True
+        ).stdout.split()
+    rules = (root / ".gcloudignore.build").read_text(encoding="utf-8").splitlines()
+    patterns = [rule.strip() for rule in rules if rule.strip() and not rule.startswith("#")]
+    return sorted(
+        path.relative_to(root).as_posix()
+        for path in root.rglob("*")
+        if path.is_file() and not _ignored(path.relative_to(root).parts, patterns)
+    )
+
+
+def _ignored(parts: tuple[str, ...], patterns: list[str]) -> bool:
+    """Whether an ignore file's patterns (`name/` a folder anywhere, else a name or a
+    path from the root, with wildcards) keep out the path of `parts`."""
+    for pattern in patterns:
+        if pattern.endswith("/"):
+            folder, folders = pattern.rstrip("/"), "/".join(parts[:-1])
+            if "/" in folder:
+                if fnmatch.fnmatch(folders, folder) or fnmatch.fnmatch(folders, folder + "/*"):
+                    return True
+            elif any(fnmatch.fnmatch(part, folder) for part in parts[:-1]):
+                return True
+        elif "/" in pattern.lstrip("/"):
+            if fnmatch.fnmatch("/".join(parts), pattern.lstrip("/")):
+                return True
+        elif fnmatch.fnmatch(parts[-1], pattern):
+            return True
+    return False
 
 
 def stopped_before_the_kill(process: subprocess.Popen[Any]) -> None:

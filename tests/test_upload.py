@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import copy_of_the_project
+from .conftest import copy_of_the_project, project_files
 
 ROOT = Path(__file__).resolve().parent.parent
 FORBIDDEN_PARTS = {"tests", ".venv", "node_modules", ".run", "__pycache__", "bench", "devtools"}
@@ -92,3 +92,17 @@ def test_a_build_uploads_what_its_steps_run_and_no_local_state(tmp_path: Path) -
               "requirements-dev.txt", "tests/conftest.py", "main.py", ".gcloudignore"}  # fmt: skip
     assert needed <= files
     assert not set(local) & files
+
+
+def test_the_project_files_are_known_without_git(tmp_path: Path) -> None:
+    """A Cloud Build's upload has no `.git` (.gcloudignore.build leaves it out): the
+    tests that copy the project read its files from the tree then, less what a run
+    made there (the build's test step failed on `git ls-files`, and never deployed)."""
+    copy_of_the_project(tmp_path)
+    made = [".venv/lib/site.py", "node_modules/x/index.js", ".run/auth.log", "bench/out/x",
+            "assistant/__pycache__/x.cpython-311.pyc", ".pytest_cache/v/x"]  # fmt: skip
+    for name in made:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    assert not (tmp_path / ".git").exists()
+    assert project_files(tmp_path) == sorted(project_files(ROOT))
