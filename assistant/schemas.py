@@ -993,3 +993,28 @@ def _merges_into(branch: Any, properties: Mapping[str, Any]) -> bool:
     if not isinstance(own, Mapping) or not isinstance(names, list):
         return False
     return all(properties.get(name, schema) == schema for name, schema in own.items())
+
+
+# Keywords whose value is a subschema, a list of them, or a map of names to them.
+_SUBSCHEMAS = (
+    "items", "additionalProperties", "not", "if", "then", "else", "contains",
+    "propertyNames", "unevaluatedProperties", "unevaluatedItems", "additionalItems",
+    "anyOf", "oneOf", "allOf", "prefixItems",
+)  # fmt: skip
+
+
+def rebuilt(node: Any, mend: Callable[[dict[str, Any]], None]) -> Any:
+    """A copy of the schema `node`, each of its (sub)schemas mended by `mend`."""
+    if isinstance(node, list):
+        return [rebuilt(child, mend) for child in node]
+    if not isinstance(node, Mapping):
+        return node  # a boolean schema, or a value
+    copy = dict(node)
+    for key in _SUBSCHEMAS:
+        if key in node:
+            copy[key] = rebuilt(node[key], mend)
+    for key in NAME_MAPS:  # (draft-07's `dependencies` may map to lists of names: as they are)
+        if isinstance(node.get(key), Mapping):
+            copy[key] = {name: rebuilt(child, mend) for name, child in node[key].items()}
+    mend(copy)
+    return copy

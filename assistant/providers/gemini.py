@@ -37,6 +37,7 @@ from typing import Any
 import httpx
 
 from ..config import ProviderSettings
+from ..schemas import rebuilt
 from ..tools import (
     NamedTool,
     ToolCall,
@@ -129,7 +130,7 @@ class GeminiProvider(HttpProvider):
         if self.sends_schema(prompt):
             # responseJsonSchema takes JSON Schema as it is; responseSchema only an OpenAPI subset.
             config["responseMimeType"] = "application/json"
-            config["responseJsonSchema"] = prompt.response_schema
+            config["responseJsonSchema"] = rebuilt(prompt.response_schema, _ref_alone)
         return body
 
     def _request(self, prompt: Prompt) -> tuple[str, dict[str, Any], dict[str, str]]:
@@ -220,13 +221,23 @@ class _Decoder:
 
 def _declaration(tool: ToolSpec) -> dict[str, Any]:
     # `parameters` takes only Gemini's OpenAPI subset (no $ref, no type lists, ...);
-    # `parametersJsonSchema` takes JSON Schema, so any schema the frontend declared goes.
+    # `parametersJsonSchema` takes JSON Schema: the frontend's schema, a `$ref` alone.
     # https://ai.google.dev/api/caching#FunctionDeclaration
     return {
         "name": tool.name,
         "description": tool.description,
-        "parametersJsonSchema": tool.parameters,
+        "parametersJsonSchema": rebuilt(tool.parameters, _ref_alone),
     }
+
+
+def _ref_alone(node: dict[str, Any]) -> None:
+    """Gemini takes nothing but `$` keywords beside a `$ref` ("If $ref is set on a
+    sub-schema, no other properties, except for those starting as a $, may be set"),
+    where pydantic, say, puts a field's description: the reference goes in an `anyOf`
+    of its own, the same schema in a form Gemini takes. (Beside an `anyOf` already
+    there, it would take an `allOf`, which Gemini does not: sent as it is.)"""
+    if "$ref" in node and "anyOf" not in node and any(not k.startswith("$") for k in node):
+        node["anyOf"] = [{"$ref": node.pop("$ref")}]
 
 
 def _calling_config(choice: ToolChoice) -> dict[str, Any]:

@@ -51,13 +51,13 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from ..schema_bounds import NAME_MAPS
+from ..schemas import rebuilt
 from ..tools import (
     NamedTool,
     ToolCall,
@@ -117,12 +117,6 @@ _NOT_STRICT = frozenset(
 _STRICT_FORMATS = frozenset(
     {"date-time", "time", "date", "duration", "email", "hostname", "ipv4", "ipv6", "uuid"}
 )
-# Keywords whose value is a subschema, a list of them, or a map of names to them.
-_SUBSCHEMAS = (
-    "items", "additionalProperties", "not", "if", "then", "else", "contains",
-    "propertyNames", "unevaluatedProperties", "unevaluatedItems", "additionalItems",
-    "anyOf", "oneOf", "allOf", "prefixItems",
-)  # fmt: skip
 
 
 def _reasoning_effort(budget: int) -> str:
@@ -242,7 +236,7 @@ class _Decoder:
 
 def _tool(tool: ToolSpec) -> dict[str, Any]:
     tool = with_nothing_refused_at_the_top(tool)
-    parameters = _rebuilt(tool.parameters, _with_items)
+    parameters = rebuilt(tool.parameters, _with_items)
     function = {"name": tool.name, "description": tool.description, "parameters": parameters}
     return {"type": "function", "function": function}
 
@@ -293,29 +287,12 @@ def _history_call(call: ToolCall) -> dict[str, Any]:
 def _response_format(schema: Mapping[str, Any]) -> dict[str, Any]:
     title = schema.get("title")
     name = title if isinstance(title, str) and _SCHEMA_NAME.fullmatch(title) else "response"
-    with_items = _rebuilt(schema, _with_items)
-    closed = _rebuilt(with_items, _close)
+    with_items = rebuilt(schema, _with_items)
+    closed = rebuilt(with_items, _close)
     json_schema: dict[str, Any] = {"name": name, "schema": with_items}
     if _strict_ok(closed):
         json_schema = {"name": name, "schema": closed, "strict": True}
     return {"type": "json_schema", "json_schema": json_schema}
-
-
-def _rebuilt(node: Any, mend: Callable[[dict[str, Any]], None]) -> Any:
-    """A copy of the schema `node`, each of its (sub)schemas mended by `mend`."""
-    if isinstance(node, list):
-        return [_rebuilt(child, mend) for child in node]
-    if not isinstance(node, Mapping):
-        return node  # a boolean schema, or a value
-    copy = dict(node)
-    for key in _SUBSCHEMAS:
-        if key in node:
-            copy[key] = _rebuilt(node[key], mend)
-    for key in NAME_MAPS:  # (draft-07's `dependencies` may map to lists of names: as they are)
-        if isinstance(node.get(key), Mapping):
-            copy[key] = {name: _rebuilt(child, mend) for name, child in node[key].items()}
-    mend(copy)
-    return copy
 
 
 def _with_items(node: dict[str, Any]) -> None:

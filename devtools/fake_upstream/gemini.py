@@ -16,7 +16,8 @@ API never sends that: it ends with ``MALFORMED_FUNCTION_CALL`` instead). The fin
 ``STOP`` after calls, as the real API's does. Refused as the real API refuses them (400): tools
 together with ``responseMimeType: application/json`` (by models before Gemini 3), a declaration
 with both ``parameters`` and ``parametersJsonSchema``, a ``functionResponse.response`` that is
-no object.
+no object, a ``$ref`` beside keywords not starting with ``$`` in a ``parametersJsonSchema`` or
+the ``responseJsonSchema`` (Google's documentation says none may be set).
 """
 
 from __future__ import annotations
@@ -99,6 +100,11 @@ class Gemini(Format):
         for declaration in declarations:
             if "parameters" in declaration and "parametersJsonSchema" in declaration:
                 return 400, "parameters and parametersJsonSchema are mutually exclusive"
+        config = body.get("generationConfig")
+        schemas = [d.get("parametersJsonSchema") for d in declarations]
+        schemas.append(config.get("responseJsonSchema") if isinstance(config, dict) else None)
+        if any(_ref_beside_others(schema) for schema in schemas):
+            return 400, "a sub-schema with $ref may set no other properties but $ ones"
         for content in _dicts(body["contents"]):
             for part in _dicts(content.get("parts")):
                 response = part.get("functionResponse")
@@ -166,3 +172,15 @@ class Gemini(Format):
 def _dicts(value: Any) -> list[dict[str, Any]]:
     """The objects in a JSON list (nothing, if it is no list)."""
     return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _ref_beside_others(node: Any) -> bool:
+    """Whether a schema has a `$ref` beside keywords that do not start with `$` anywhere
+    in it (a property named `$ref` is a schema, not a string: not taken for one)."""
+    if isinstance(node, list):
+        return any(_ref_beside_others(child) for child in node)
+    if not isinstance(node, dict):
+        return False
+    if isinstance(node.get("$ref"), str) and any(not key.startswith("$") for key in node):
+        return True
+    return any(_ref_beside_others(child) for child in node.values())
