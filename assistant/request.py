@@ -437,11 +437,12 @@ MAX_NAME_CHARS = 1_000
 
 def body_user_id(user: CurrentUser) -> str | None:
     """The user `currentUser` names where the body says who the user is (`iam`, `none`):
-    its email, without the blanks around it and in lower case, as Firebase Auth keeps
-    one (a backend writing one user's address in two cases had two users, each with
-    half the history and their own replies in flight); none for an email that shows
-    nothing (a reviewer found "" taken as one user, whose history every caller without
-    an email read). In `firebase` mode the field is ignored, and so is all this."""
+    its email, without the blanks around it, its case kept (lower-casing it would make
+    messages saved before under another case another user's, and Python's lower()
+    would make some different addresses one: U+212A KELVIN SIGN is a k); none for an
+    email that shows nothing (a reviewer found "" taken as one user, whose history
+    every caller without an email read). In `firebase` mode the field is ignored, and
+    so is all this."""
     email = (user.email or "").strip()
     if _shows_nothing(email):
         return None
@@ -449,7 +450,7 @@ def body_user_id(user: CurrentUser) -> str | None:
         raise RequestError(
             f"emissaryConfig.currentUser.email is longer than {MAX_EMAIL_CHARS} characters"
         )
-    return email.lower()
+    return email
 
 
 def body_user_name(user: CurrentUser) -> str | None:

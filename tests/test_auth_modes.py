@@ -304,23 +304,21 @@ def test_iam_counts_per_body_user_and_the_anonymous_share_one_bucket(
     anonymous.close()
 
 
-def test_a_body_users_email_is_one_user_in_any_case(
-    client, fake: FakeUpstream, firestore, one_each
-) -> None:
-    """A backend that wrote one user's address in two cases had two users: twice the
-    replies in flight, and each half of the history (a reviewer's `A@X` got past
-    `a@x`'s limit)."""
+def test_a_body_users_email_is_taken_as_written(client, fake: FakeUpstream, one_each) -> None:
+    """Its case kept (README "Choices"): lower-cased, messages saved before under
+    another case were another user's, and U+212A KELVIN SIGN made `\u212aate@x.com`
+    Kate and read her history (a reviewer)."""
     os.environ["AUTH_MODE"] = "iam"
     fake.push(hanging())
-    held = post(client, **as_user(ADA))
+    held = post(client, **as_user({"email": "kate@x.com"}))
     assert held.status_code == 200
-    assert_rate_limited(post(client, **as_user({"email": " Ada@Example.COM "})))
+    assert_rate_limited(post(client, **as_user({"email": " kate@x.com "})))
+    for other in ("Kate@x.com", "\u212aate@x.com"):
+        fake.push(Script(tokens=["another user"]))
+        response = post(client, **as_user({"email": other}))
+        assert response.status_code == 200
+        response.get_data()
     held.close()
-    fake.push(Script(tokens=["Noted."]))
-    shouted = as_user({"email": "ADA@EXAMPLE.COM", "displayName": "Ada"}, save_to_history=True)
-    post(client, **shouted, trace_id="t-case").get_data()
-    saved = firestore.collection("assistants/test-assistant/messages").document("t-case-user")
-    assert saved.get().to_dict()["userId"] == "ada@example.com"
 
 
 def test_past_max_streams_the_instance_answers_503_overloaded(
