@@ -77,6 +77,7 @@ from .worker import (
 
 # Any id, a line break too (a decoded %0A): check_assistant_id says what is wrong with it.
 _ASSISTANT_ROUTE = re.compile(r"/vac/assistant/(?P<id>.*?)(?P<sse>/sse)?", re.DOTALL)
+_ESCAPED_SLASH = re.compile("%2f", re.IGNORECASE)
 _ALLOWED_METHODS = "POST, OPTIONS"
 _HEALTH_METHODS = "GET, HEAD, OPTIONS"
 _ALLOWED_HEADERS = "Content-Type, Accept, Authorization, traceparent, X-Cloud-Trace-Context"
@@ -143,7 +144,7 @@ def _route(
     log: RequestLog,
     started: float,
 ) -> flask.Response:
-    path = _raw_path(request)
+    path = _route_path(request)
     if path == "/health":
         # A preflight too: a page whose fetch adds a header (traceparent, say) asks first.
         if request.method == "OPTIONS":
@@ -155,7 +156,8 @@ def _route(
         return _json(200, {"status": "ok", "version": __version__}, trace_id)
     match = _ASSISTANT_ROUTE.fullmatch(path)
     if match is None:
-        return _error(404, "not_found", f"no route for {path[:200]}", trace_id)
+        shown = path.replace("\0", "%2F")[:200]  # an escaped slash as it came
+        return _error(404, "not_found", f"no route for {shown}", trace_id)
     if request.method == "OPTIONS":
         return _preflight(headers, origins, _ALLOWED_METHODS, trace_id)
     if request.method != "POST":
@@ -165,18 +167,20 @@ def _route(
     return _assistant(request, headers, match, settings, trace_id, log, started)
 
 
-def _raw_path(request: flask.Request) -> str:
-    """The request's path as its client wrote it, escapes kept (gunicorn's and the
-    test client's RAW_URI; Flask's path is unescaped): a route is told by its literal
-    `/`s. From the unescaped path, `/vac/assistant/demo%2Fsse` was the SSE route of
-    assistant `demo` (a JSON caller got a stream), and `//health` or `/%2Fhealth` was
-    `/health` (werkzeug drops leading slashes)."""
+def _route_path(request: flask.Request) -> str:
+    """The request's path unescaped but for its escaped slashes, each of which becomes
+    a NUL (refused in an id, in no route): a route is told by the `/`s its client wrote.
+    From Flask's path, unescaped whole, `/vac/assistant/demo%2Fsse` was the SSE route of
+    assistant `demo` (a JSON caller got a stream), and `/%2Fhealth` or `//health` was
+    `/health` (werkzeug drops leading slashes). The raw path is gunicorn's and the test
+    client's RAW_URI."""
     raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
     if not isinstance(raw, str) or not raw:
         return request.path
     if not raw.startswith("/"):  # absolute-form (`POST http://host/path`), or `*`
         raw = urllib.parse.urlsplit(raw).path
-    return raw.partition("?")[0].partition("#")[0]
+    path = raw.partition("?")[0].partition("#")[0]
+    return "\0".join(_unescaped(piece) for piece in _ESCAPED_SLASH.split(path))
 
 
 def _unescaped(raw: str) -> str:
@@ -212,7 +216,7 @@ def _assistant(
     slot = replies_in_flight.take(verified.user_id, *limits) if verified else None
     body_trace: str | None = None
     try:
-        assistant_id = check_assistant_id(_unescaped(match["id"]))
+        assistant_id = check_assistant_id(match["id"])
         check_media_type(request.content_type)  # before the body is asked for
         body = parse_body(_read_body(request, settings.max_body_bytes), request.content_type)
         body_trace = body_trace_id(body)

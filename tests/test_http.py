@@ -182,6 +182,16 @@ def test_an_encoded_slash_before_sse_is_part_of_the_id(client, fake: FakeUpstrea
     _refused(response, 400, "invalid_request", fake, "assistant id")
 
 
+@pytest.mark.parametrize("path", ["/vac/%61ssistant/demo/sse", "/vac/assistant/demo/%73se"])
+def test_escaped_letters_are_the_letters(client, fake: FakeUpstream, path: str) -> None:
+    """Only an escaped slash is not what it stands for: a first version of routing on
+    the path as written made these a 404 and a 400 (RFC 3986: the same path)."""
+    response = client.post(path, json={"user_input": "hi"})
+    assert response.status_code == 200 and response.mimetype == "text/event-stream"
+    assert sse_events(response.get_data())[-1] == "[DONE]"
+    assert client.get("/%68ealth").get_json()["status"] == "ok"
+
+
 @pytest.mark.parametrize(
     "path", ["//vac/assistant/abc/sse", "/%2Fhealth", "/vac/assistant%2Fabc/sse"]
 )
