@@ -226,7 +226,7 @@ class FirestoreStore:
             "answeredAt": message.created_at,
             **_common_fields(message.trace_id, message.thread_id, message.author),
         }
-        document = _within_size(document)
+        document = _within_size(document, message.tools_to_use)
         question: Any = None  # the trace id's user message as read, if it was
         if not user_saved:  # else the user message's write checked the trace id (one read less)
             question, _ = self._check_trace(message.assistant_id, message.trace_id, message.author)
@@ -452,37 +452,45 @@ MAX_DOCUMENT_BYTES = 1_000_000
 MAX_STORED_VALUES = 15_000
 
 
-def _within_size(document: dict[str, Any]) -> dict[str, Any]:
+def _within_size(document: dict[str, Any], calls: tuple[dict[str, Any], ...]) -> dict[str, Any]:
     """The reply's document, without what it holds twice when that is more than a
-    document holds. First its structured output (the text in `content`, the parsed
-    object in `structuredOutput`): the text alone is kept, and
-    `structuredOutputInContent` says the object is the content parsed. Else a reply of
-    half a megabyte of JSON (or of many small numbers, 8 bytes each to Firestore) was
-    not saved at all. Then its tool calls' signatures (Anthropic's carries the reply's
-    thinking blocks again, which `thinkingContent` holds): the calls are kept without
-    them, and `toolSignaturesLeftOut` says so. Else a call after a long thinking was
-    not saved at all."""
+    document holds, least lost first:
+    - its structured output (the text in `content`, the parsed object in
+      `structuredOutput`): the text alone is kept, and `structuredOutputInContent`
+      says the object is the content parsed (a reply of half a megabyte of JSON, or
+      of many small numbers, 8 bytes each to Firestore, was not saved at all);
+    - its tool calls' signatures (Anthropic's carries the reply's thinking blocks
+      again, which `thinkingContent` holds), from `calls`, the reply's own (the
+      document may hold them as JSON text): the calls are kept without them, and
+      `toolSignaturesLeftOut` says so (a call after a long thinking was not saved);
+    - both. Else the document as it is, which the write then refuses."""
     if _fits(document):
         return document
+    # `content` is then the JSON itself, not a ```json fence the model put around it.
+    as_text = {
+        "content": without_fence(document["content"].strip()),
+        "structuredOutput": None,
+        "structuredOutputInContent": True,
+    }
+    unsigned = {
+        "toolsToUse": as_stored([_without(call, "signature") for call in calls]),
+        "toolSignaturesLeftOut": True,
+    }
+    trims = []
     if document["structuredOutput"] is not None:
-        # `content` is then the JSON itself, not a ```json fence the model put around it.
-        content = without_fence(document["content"].strip())
-        document = {
-            **document,
-            "content": content,
-            "structuredOutput": None,
-            "structuredOutputInContent": True,
-        }
-        if _fits(document):
-            return document
-    calls = document["toolsToUse"]
-    if isinstance(calls, list) and any(isinstance(c, dict) and "signature" in c for c in calls):
-        unsigned = [
-            {k: v for k, v in call.items() if k != "signature"} if isinstance(call, dict) else call
-            for call in calls
-        ]
-        document = {**document, "toolsToUse": unsigned, "toolSignaturesLeftOut": True}
+        trims.append(as_text)
+    if any("signature" in call for call in calls):
+        trims.append(unsigned)
+        if document["structuredOutput"] is not None:
+            trims.append({**as_text, **unsigned})
+    for trim in trims:
+        if _fits(trimmed := {**document, **trim}):
+            return trimmed
     return document
+
+
+def _without(mapping: dict[str, Any], key: str) -> dict[str, Any]:
+    return {name: value for name, value in mapping.items() if name != key}
 
 
 def _fits(document: dict[str, Any]) -> bool:

@@ -369,31 +369,53 @@ def test_a_structured_reply_too_large_to_keep_twice_is_saved_as_text(
     assert "structuredOutputInContent" not in saved
 
 
+@pytest.mark.parametrize(
+    ("args", "structured"),
+    [
+        ({"city": "Oslo"}, False),
+        ({"m": [[1, 2], [3, 4]]}, False),  # the calls stored as JSON text (a matrix)
+        ({"city": "Oslo"}, True),  # a small structured output beside them is kept
+    ],
+    ids=["map", "text", "structured"],
+)
 def test_a_call_after_thinking_too_large_to_keep_twice_is_saved_without_its_signature(
-    client, fake: FakeUpstream, firestore
+    client, fake: FakeUpstream, firestore, args: dict[str, Any], structured: bool
 ) -> None:
     """Anthropic's call signature carries the reply's thinking blocks again: past what a
     document holds, the call is kept without it and says so (a reviewer's call after
-    470 KB of thinking was not saved at all, its reply lost from the history)."""
+    470 KB of thinking was not saved at all, its reply lost from the history; another's
+    with arguments Firestore holds only as text neither, and a third lost the small
+    structured output beside them)."""
     thinking = ["step " * 1000] * 100  # 500 KB of thinking, held twice with the call
-    call = {"name": "weather", "args": {"city": "Oslo"}}
-    fake.push(Script(thinking=thinking, tokens=["Looking"], tool_calls=[call]))
+    call = {"name": "weather", "args": args}
+    answer = Script(thinking=thinking, tool_calls=[call])
+    answer = dataclasses.replace(answer, json={"a": 1}) if structured else answer
+    fake.push(dataclasses.replace(answer, tokens=[] if structured else ["Looking"]))
     weather = {"description": "The weather in a city", "parameters": {"type": "object"}}
     config = {**SAVE["emissaryConfig"], "tools": ["weather"], "toolConfigs": {"weather": weather}}
+    if structured:
+        config["responseSchema"] = {"type": "object", "properties": {"a": {"type": "integer"}}}
     response = ask(client, trace_id="t-sig", save_to_history=True, emissaryConfig=config)
     final = sse_events(response.get_data())[-2]
     assert final["metadata"]["persist_failed"] is False
-    assert final["metadata"]["tools_to_use"][0]["signature"]  # the frame's call is whole
+    sent = final["metadata"]["tools_to_use"][0]
+    assert sent["signature"]  # the frame's call is whole
     saved = _messages(firestore)["t-sig-assistant"]
     assert saved["thinkingContent"] == "".join(thinking).strip()
-    assert saved["toolsToUse"] == [{**call, "id": final["metadata"]["tools_to_use"][0]["id"]}]
+    calls = saved["toolsToUse"]
+    calls = json.loads(calls) if isinstance(calls, str) else calls
+    assert calls == [{**call, "id": sent["id"]}]
     assert saved["toolSignaturesLeftOut"] is True
+    if structured:
+        assert saved["structuredOutput"] == {"a": 1}
+        assert "structuredOutputInContent" not in saved
 
     # A retry that replaces it with a reply small enough to keep whole drops the flag.
     fake.push(Script(thinking=["brief"], tool_calls=[call]))
     ask(client, trace_id="t-sig", save_to_history=True, emissaryConfig=config).get_data()
     saved = _messages(firestore)["t-sig-assistant"]
-    assert saved["toolsToUse"][0]["signature"]
+    calls = saved["toolsToUse"]
+    assert (json.loads(calls) if isinstance(calls, str) else calls)[0]["signature"]
     assert "toolSignaturesLeftOut" not in saved
 
 
