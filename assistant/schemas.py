@@ -950,6 +950,7 @@ def _escape(key: str) -> str:
 # those and enum, not, const): the whole request fails, whether or not the tool is called.
 _NOT_AT_THE_TOP = ("anyOf", "oneOf", "allOf", "not", "enum", "const")
 _MERGEABLE = frozenset({"type", "properties", "required"})
+_OTHER_PROPERTIES = ("additionalProperties", "patternProperties", "unevaluatedProperties")
 
 
 def without_top_combinators(
@@ -966,8 +967,11 @@ def without_top_combinators(
     properties = dict(rest.get("properties") or {})
     required = list(rest.get("required") or [])
     unmerged = []
+    # Beside keywords that speak of the other properties, a branch's properties merged
+    # in would be let through where the schema refused them.
+    closed = any(key in rest for key in _OTHER_PROPERTIES)
     for branch in kept.pop("allOf", None) or []:
-        if not _merges_into(branch, properties):
+        if closed or not _merges_into(branch, properties):
             unmerged.append(branch)
             continue
         properties.update(branch.get("properties", {}))

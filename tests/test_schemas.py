@@ -939,3 +939,17 @@ def test_a_pattern_regex_matches_at_an_unbounded_cost_in_memory_is_a_400(
 @pytest.mark.parametrize("pattern", ["^(?:(?!ab).)*$", "(?=a)b*", "a*(?!b)", "(?:(?=x)y|z)*"])
 def test_lookarounds_that_cost_nothing_are_taken(pattern: str) -> None:
     assert long_part({"type": "string", "pattern": pattern}) is None
+
+
+def test_an_allof_beside_a_closed_object_is_not_merged_into_it() -> None:
+    """Merged in, its properties were let through where the schema refused them (`b`
+    beside `additionalProperties: false`): a reviewer."""
+    parameters = {
+        "type": "object",
+        "properties": {"a": {"type": "string"}},
+        "additionalProperties": False,
+        "allOf": [{"properties": {"b": {"type": "string"}}}],
+    }
+    sent, kept = schemas.without_top_combinators(parameters)
+    assert sent == {key: value for key, value in parameters.items() if key != "allOf"}
+    assert kept == {"allOf": parameters["allOf"]}
