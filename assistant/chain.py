@@ -377,6 +377,7 @@ class _Relay:
         # By its class, not isinstance() with the runtime protocol: that cost ~10 µs a stream.
         answers = hasattr(type(decoder), "answered")
         self._answering = cast(EndsBeforeItsBody, decoder) if answers else None
+        self._quiet_until: float | None = None  # once answered: the end of the last wait
 
     @property
     def finished(self) -> bool:
@@ -405,8 +406,15 @@ class _Relay:
             return True
         self._hand_on(events)
         if self._answering is not None and self._answering.answered:
-            quiet = min(ANSWERED_QUIET_SECONDS, self._chain.timeouts.idle)
-            aio.allow_silence(self._response, quiet)  # each read starts the wait again
+            # One wait from the answer's end, which bytes after it do not lengthen: an
+            # upstream or proxy that went on sending pings or blank lines held a whole
+            # answer open until the body ended (a reviewer's, to reply_too_long).
+            now = time.monotonic()
+            if self._quiet_until is None:
+                self._quiet_until = now + min(ANSWERED_QUIET_SECONDS, self._chain.timeouts.idle)
+            if now >= self._quiet_until:
+                return True  # the answer is whole, as when the body goes quiet
+            aio.allow_silence(self._response, self._quiet_until - now)
         return self._decoder.finished or self.full is not None
 
     async def hand_on_waiting(self) -> None:

@@ -12,6 +12,7 @@ bare JSON tail at EOF, a blocked prompt, the strictly alternating turns, and a m
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 
 import pytest
 
@@ -224,6 +225,38 @@ def test_a_connection_lost_after_the_finish_reason_ends_the_answer(
     assert run.outcomes == ["ok"]
     assert run.items[-1] == ChainSucceeded()
     assert run.chain.stop_reason == "end_turn" and run.chain.usage.output_tokens
+
+
+class _Filler(list[bytes]):
+    """Chunks a raw server sends one by one until `stopped`; `sent` counts them."""
+
+    sent = 0
+    stopped = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        for piece in super().__iter__():
+            if self.stopped:
+                return
+            self.sent += 1
+            yield piece
+
+
+@pytest.mark.parametrize("filler", [b": keepalive\n\n", b"\n"], ids=["comments", "blank-lines"])
+def test_bytes_after_the_finish_reason_do_not_hold_the_answer_open(filler: bytes) -> None:
+    """A finishReason is the answer's end: pings or blank lines after it (a gateway's)
+    each started the short wait for an error tail again, and held a whole answer until
+    the body ended (a reviewer's until MAX_REPLY_SECONDS: a reply_too_long)."""
+    answered = CASE.fixture("text_basic.sse")
+    head = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    pieces = _Filler(f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in [answered] + [filler] * 2000)
+    with one_answer(head, pieces, then_wait=0) as url:
+        run = run_chain([CASE.provider(url)], Timeouts(connect=1, first_chunk=5, idle=5))
+        sent_by_then, pieces.stopped = pieces.sent, True
+    assert run.outcomes == ["ok"]
+    assert run.items[-1] == ChainSucceeded()
+    assert sent_by_then < len(pieces)  # it ended while the upstream still sent (10 s of it)
 
 
 def test_error_tail_after_text_fails_committed(upstream: FakeUpstream) -> None:
