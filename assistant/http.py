@@ -144,7 +144,7 @@ def _route(
     log: RequestLog,
     started: float,
 ) -> flask.Response:
-    path = _route_path(request)
+    written, path = _paths(request)
     if path == "/health":
         # A preflight too: a page whose fetch adds a header (traceparent, say) asks first.
         if request.method == "OPTIONS":
@@ -156,8 +156,7 @@ def _route(
         return _json(200, {"status": "ok", "version": __version__}, trace_id)
     match = _ASSISTANT_ROUTE.fullmatch(path)
     if match is None:
-        shown = path.replace("\0", "%2F")[:200]  # an escaped slash as it came
-        return _error(404, "not_found", f"no route for {shown}", trace_id)
+        return _error(404, "not_found", f"no route for {written[:200]}", trace_id)
     if request.method == "OPTIONS":
         return _preflight(headers, origins, _ALLOWED_METHODS, trace_id)
     if request.method != "POST":
@@ -167,20 +166,21 @@ def _route(
     return _assistant(request, headers, match, settings, trace_id, log, started)
 
 
-def _route_path(request: flask.Request) -> str:
-    """The request's path unescaped but for its escaped slashes, each of which becomes
-    a NUL (refused in an id, in no route): a route is told by the `/`s its client wrote.
-    From Flask's path, unescaped whole, `/vac/assistant/demo%2Fsse` was the SSE route of
-    assistant `demo` (a JSON caller got a stream), and `/%2Fhealth` or `//health` was
-    `/health` (werkzeug drops leading slashes). The raw path is gunicorn's and the test
-    client's RAW_URI."""
+def _paths(request: flask.Request) -> tuple[str, str]:
+    """The request's path as its client wrote it, and as it is routed: unescaped but
+    for its escaped slashes, each of which becomes a NUL (refused in an id, in no
+    route), so that a route is told by the `/`s its client wrote. From Flask's path,
+    unescaped whole, `/vac/assistant/demo%2Fsse` was the SSE route of assistant `demo`
+    (a JSON caller got a stream), and `/%2Fhealth` or `//health` was `/health`
+    (werkzeug drops leading slashes). The raw path is gunicorn's and the test client's
+    RAW_URI."""
     raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
     if not isinstance(raw, str) or not raw:
-        return request.path
+        return request.path, request.path
     if not raw.startswith("/"):  # absolute-form (`POST http://host/path`), or `*`
         raw = urllib.parse.urlsplit(raw).path
-    path = raw.partition("?")[0].partition("#")[0]
-    return "\0".join(_unescaped(piece) for piece in _ESCAPED_SLASH.split(path))
+    written = raw.partition("?")[0].partition("#")[0]
+    return written, "\0".join(_unescaped(piece) for piece in _ESCAPED_SLASH.split(written))
 
 
 def _unescaped(raw: str) -> str:

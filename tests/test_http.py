@@ -204,6 +204,12 @@ def test_a_path_is_routed_as_written(client, fake: FakeUpstream, path: str) -> N
     assert fake.requests == []
 
 
+def test_a_404_names_the_path_as_written(client) -> None:
+    """A first version named a client's %00 as an escaped slash (`/health%2F`)."""
+    for path in ("/health%00", "/%2Fhealth"):
+        assert client.get(path).get_json()["error"] == f"no route for {path}"
+
+
 @pytest.mark.parametrize(
     ("body", "mentions"),
     [
