@@ -950,7 +950,6 @@ def _escape(key: str) -> str:
 # those and enum, not, const): the whole request fails, whether or not the tool is called.
 _NOT_AT_THE_TOP = ("anyOf", "oneOf", "allOf", "not", "enum", "const")
 _MERGEABLE = frozenset({"type", "properties", "required"})
-_OTHER_PROPERTIES = ("additionalProperties", "patternProperties", "unevaluatedProperties")
 
 
 def without_top_combinators(
@@ -967,11 +966,13 @@ def without_top_combinators(
     properties = dict(rest.get("properties") or {})
     required = list(rest.get("required") or [])
     unmerged = []
-    # Beside keywords that speak of the other properties, a branch's properties merged
-    # in would be let through where the schema refused them.
-    closed = any(key in rest for key in _OTHER_PROPERTIES)
+    # Beside an `additionalProperties` that restricts the others, a branch's own new
+    # properties merged in would be let through where the schema refused them.
+    closed = rest.get("additionalProperties", True) not in (True, {})
     for branch in kept.pop("allOf", None) or []:
-        if closed or not _merges_into(branch, properties):
+        if not _merges_into(branch, properties) or (
+            closed and set(branch.get("properties", {})) - set(properties)
+        ):
             unmerged.append(branch)
             continue
         properties.update(branch.get("properties", {}))

@@ -941,15 +941,30 @@ def test_lookarounds_that_cost_nothing_are_taken(pattern: str) -> None:
     assert long_part({"type": "string", "pattern": pattern}) is None
 
 
-def test_an_allof_beside_a_closed_object_is_not_merged_into_it() -> None:
-    """Merged in, its properties were let through where the schema refused them (`b`
-    beside `additionalProperties: false`): a reviewer."""
-    parameters = {
-        "type": "object",
-        "properties": {"a": {"type": "string"}},
-        "additionalProperties": False,
-        "allOf": [{"properties": {"b": {"type": "string"}}}],
-    }
-    sent, kept = schemas.without_top_combinators(parameters)
-    assert sent == {key: value for key, value in parameters.items() if key != "allOf"}
-    assert kept == {"allOf": parameters["allOf"]}
+@pytest.mark.parametrize(
+    ("others", "branch", "merged"),
+    [
+        ({"additionalProperties": False}, {"properties": {"b": {"type": "string"}}}, False),
+        ({"additionalProperties": False}, {"required": ["a"]}, True),
+        ({"additionalProperties": {}}, {"properties": {"b": {"type": "string"}}}, True),
+        ({"unevaluatedProperties": False}, {"properties": {"b": {"type": "string"}}}, True),
+        ({"patternProperties": {"^x": {}}}, {"properties": {"b": {"type": "string"}}}, True),
+    ],
+    ids=["closed-new-property", "closed-required", "open", "unevaluated", "patterns"],
+)
+def test_an_allof_is_merged_unless_that_lets_through_what_was_refused(
+    others: dict[str, Any], branch: dict[str, Any], merged: bool
+) -> None:
+    """Beside `additionalProperties: false`, a branch's new property merged in was let
+    through where the schema refused it; a first mending kept out what merges exactly
+    (required names; beside `unevaluatedProperties`, which counts the branch's
+    properties, it sent a schema refusing every valid call): reviewers."""
+    parameters = {"type": "object", "properties": {"a": {"type": "string"}}, **others}
+    sent, kept = schemas.without_top_combinators({**parameters, "allOf": [branch]})
+    assert kept == ({} if merged else {"allOf": [branch]})
+    if merged:
+        valid = {"a": "x", **({"b": "y"} if "properties" in branch else {})}
+        jsonschema.Draft202012Validator(sent).validate(valid)
+        assert sent.get("required") == branch.get("required")
+    else:
+        assert sent == parameters
