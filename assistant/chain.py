@@ -406,15 +406,20 @@ class _Relay:
             return True
         self._hand_on(events)
         if self._answering is not None and self._answering.answered:
-            # One wait from the answer's end, which bytes after it do not lengthen: an
-            # upstream or proxy that went on sending pings or blank lines held a whole
-            # answer open until the body ended (a reviewer's, to reply_too_long).
+            # One wait from the answer's end, which pings and blank lines after it do not
+            # lengthen (a proxy sending them held a whole answer open until the body
+            # ended: a reviewer's, to reply_too_long); what begins an event or a tail,
+            # which may be an error, is waited for to its end, each read again.
             now = time.monotonic()
+            quiet = min(ANSWERED_QUIET_SECONDS, self._chain.timeouts.idle)
             if self._quiet_until is None:
-                self._quiet_until = now + min(ANSWERED_QUIET_SECONDS, self._chain.timeouts.idle)
-            if now >= self._quiet_until:
+                self._quiet_until = now + quiet
+            if not self._answering.settled:
+                aio.allow_silence(self._response, quiet)
+            elif now >= self._quiet_until:
                 return True  # the answer is whole, as when the body goes quiet
-            aio.allow_silence(self._response, self._quiet_until - now)
+            else:
+                aio.allow_silence(self._response, self._quiet_until - now)
         return self._decoder.finished or self.full is not None
 
     async def hand_on_waiting(self) -> None:

@@ -259,6 +259,32 @@ def test_bytes_after_the_finish_reason_do_not_hold_the_answer_open(filler: bytes
     assert sent_by_then < len(pieces)  # it ended while the upstream still sent (10 s of it)
 
 
+ERROR_IN_PIECES = {
+    # Each begun before the half second is out, ended after it; a ping line between.
+    "event": (b'data: {"error": {"code": 500,\n', b'data: "status": "INTERNAL"}}\n\n'),
+    "bare-tail": (b"[{\n", b'"error": {"code": 500, "status": "INTERNAL"}}\n]\n'),
+}
+
+
+@pytest.mark.parametrize("pieces", ERROR_IN_PIECES.values(), ids=ERROR_IN_PIECES.keys())
+def test_an_error_begun_after_the_finish_reason_is_read_to_its_end(
+    pieces: tuple[bytes, bytes],
+) -> None:
+    """The half-second wait after a finishReason does not cut an error under way: a
+    first version of its fixed deadline took an error still arriving for a whole
+    answer (a reviewer's, saved complete)."""
+    answered = CASE.fixture("text_basic.sse")
+    head = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    sent = [answered, pieces[0]] + [b": ping\n"] * 150 + [pieces[1]]  # 0.75 s between
+    with one_answer(head, [f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in sent]) as url:
+        run = run_chain([CASE.provider(url)], Timeouts(connect=1, first_chunk=5, idle=5))
+    assert run.outcomes == ["upstream_error"]
+    failed = run.items[-1]
+    assert isinstance(failed, ChainFailed) and failed.committed
+
+
 def test_error_tail_after_text_fails_committed(upstream: FakeUpstream) -> None:
     upstream.push(Script(raw=awkward_gemini_chunks(CASE.fixture("error_tail.sse"))))
     run = run_chain(
