@@ -968,3 +968,26 @@ def test_an_allof_is_merged_unless_that_lets_through_what_was_refused(
         assert sent.get("required") == branch.get("required")
     else:
         assert sent == parameters
+
+
+@pytest.mark.parametrize(
+    "moved",
+    [
+        {"allOf": [{"description": "extra", "properties": {"b": {"type": "integer"}}}]},
+        {"anyOf": [{"properties": {"b": {"type": "integer"}}}, {"required": ["a"]}]},
+    ],
+    ids=["unmerged-allOf", "anyOf"],
+)
+def test_unevaluated_properties_go_with_what_is_moved(moved: dict[str, Any]) -> None:
+    """`unevaluatedProperties` counts the properties the moved keywords evaluate: left in
+    the sent schema without them, it refused what they allowed (a reviewer's `b`)."""
+    parameters = {
+        "type": "object",
+        "properties": {"a": {"type": "string"}},
+        "unevaluatedProperties": False,
+        **moved,
+    }
+    jsonschema.Draft202012Validator(parameters).validate({"a": "x", "b": 1})
+    sent, kept = schemas.without_top_combinators(parameters)
+    jsonschema.Draft202012Validator(sent).validate({"a": "x", "b": 1})
+    assert kept == {**moved, "unevaluatedProperties": False}
