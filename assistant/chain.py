@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import re
 import threading
 import time
 import traceback
@@ -72,6 +73,8 @@ from .tools import ToolCall
 # at once): past it, the answer is whole (an upstream or proxy that holds the
 # connection open cost a whole idle gap, then the reply as upstream_timeout).
 ANSWERED_QUIET_SECONDS = 0.5
+# A read of SSE comments (pings) and line ends alone, with any line ending.
+_ONLY_PINGS = re.compile(rb"(?:[\r\n]|:[^\r\n]*)*")
 
 
 @dataclass(frozen=True)
@@ -377,7 +380,7 @@ class _Relay:
         # By its class, not isinstance() with the runtime protocol: that cost ~10 µs a stream.
         answers = hasattr(type(decoder), "answered")
         self._answering = cast(EndsBeforeItsBody, decoder) if answers else None
-        self._quiet_until: float | None = None  # once answered: the end of the last wait
+        self._quiet_until: float | None = None  # once answered: when the wait after it ends
 
     @property
     def finished(self) -> bool:
@@ -406,20 +409,17 @@ class _Relay:
             return True
         self._hand_on(events)
         if self._answering is not None and self._answering.answered:
-            # One wait from the answer's end, which pings and blank lines after it do not
-            # lengthen (a proxy sending them held a whole answer open until the body
-            # ended: a reviewer's, to reply_too_long); what begins an event or a tail,
-            # which may be an error, is waited for to its end, each read again.
+            # A half-second wait from the answer's end, or from the last read after it
+            # that was more than pings and blank lines (an error tail, say): those do
+            # not lengthen it (a proxy sending them held a whole answer open until the
+            # body ended: a reviewer's, to reply_too_long).
             now = time.monotonic()
             quiet = min(ANSWERED_QUIET_SECONDS, self._chain.timeouts.idle)
-            if self._quiet_until is None:
+            if self._quiet_until is None or not _ONLY_PINGS.fullmatch(data):
                 self._quiet_until = now + quiet
-            if not self._answering.settled:
-                aio.allow_silence(self._response, quiet)
-            elif now >= self._quiet_until:
+            if now >= self._quiet_until:
                 return True  # the answer is whole, as when the body goes quiet
-            else:
-                aio.allow_silence(self._response, self._quiet_until - now)
+            aio.allow_silence(self._response, self._quiet_until - now)
         return self._decoder.finished or self.full is not None
 
     async def hand_on_waiting(self) -> None:

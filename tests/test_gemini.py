@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -259,30 +260,62 @@ def test_bytes_after_the_finish_reason_do_not_hold_the_answer_open(filler: bytes
     assert sent_by_then < len(pieces)  # it ended while the upstream still sent (10 s of it)
 
 
-ERROR_IN_PIECES = {
-    # Each begun before the half second is out, ended after it; a ping line between.
-    "event": (b'data: {"error": {"code": 500,\n', b'data: "status": "INTERNAL"}}\n\n'),
-    "bare-tail": (b"[{\n", b'"error": {"code": 500, "status": "INTERNAL"}}\n]\n'),
+ERRORS_AFTER_THE_END = {
+    "event": b'data: {"error": {"code": 500, "status": "INTERNAL"}}\n\n',
+    "bare-tail": b'[{\n"error": {"code": 500, "status": "INTERNAL"}}\n]\n',
 }
 
 
-@pytest.mark.parametrize("pieces", ERROR_IN_PIECES.values(), ids=ERROR_IN_PIECES.keys())
-def test_an_error_begun_after_the_finish_reason_is_read_to_its_end(
-    pieces: tuple[bytes, bytes],
-) -> None:
-    """The half-second wait after a finishReason does not cut an error under way: a
-    first version of its fixed deadline took an error still arriving for a whole
-    answer (a reviewer's, saved complete)."""
-    answered = CASE.fixture("text_basic.sse")
+def _after_the_end(sent: list[bytes]) -> Any:
+    """The chain's run over a Gemini body: an answer with its finishReason, then `sent`,
+    each piece its own write 5 ms apart; the reply's limit is 3 s."""
     head = (
         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
     )
-    sent = [answered, pieces[0]] + [b": ping\n"] * 150 + [pieces[1]]  # 0.75 s between
-    with one_answer(head, [f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in sent]) as url:
-        run = run_chain([CASE.provider(url)], Timeouts(connect=1, first_chunk=5, idle=5))
+    pieces = _Filler(
+        f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in [CASE.fixture("text_basic.sse"), *sent]
+    )
+    with one_answer(head, pieces, then_wait=0) as url:
+        timeouts = Timeouts(connect=1, first_chunk=5, idle=5, reply=3)
+        run = run_chain([CASE.provider(url)], timeouts)
+        pieces.stopped = True
+    return run
+
+
+@pytest.mark.parametrize("error", ERRORS_AFTER_THE_END.values(), ids=ERRORS_AFTER_THE_END.keys())
+def test_an_error_still_arriving_after_the_finish_reason_is_read_to_its_end(
+    error: bytes,
+) -> None:
+    """The half-second wait after a finishReason is started again by what is more than
+    pings: a first version's fixed deadline took an error still arriving (a byte at a
+    time here, from 0.45 s to 0.75 s) for a whole answer (a reviewer's, saved complete)."""
+    run = _after_the_end([b": ping\n"] * 90 + [bytes([byte]) for byte in error])
     assert run.outcomes == ["upstream_error"]
     failed = run.items[-1]
     assert isinstance(failed, ChainFailed) and failed.committed
+
+
+AFTER_THE_END_THEN_PINGS = {
+    "bare-error": (ERRORS_AFTER_THE_END["bare-tail"], "upstream_error"),
+    "not-an-error": (b"x\n", "ok"),
+    "event-without-blank-line": (b'data: {"usageMetadata": {"promptTokenCount": 3}}\n', "ok"),
+    "lone-field": (b"retry: 10\n", "ok"),
+    "cr-only-pings": (b"", "ok"),
+}
+
+
+@pytest.mark.parametrize(
+    ("first", "outcome"), AFTER_THE_END_THEN_PINGS.values(), ids=AFTER_THE_END_THEN_PINGS.keys()
+)
+def test_pings_after_what_follows_the_finish_reason_do_not_hold_it_open(
+    first: bytes, outcome: str
+) -> None:
+    """Half-read or not, what follows a finishReason is judged half a second after the
+    last read that was more than pings: a first mending held the answer open while
+    pings came after any of these, to the reply's limit (a reviewer's)."""
+    ping = b": ping\r" if not first else b": ping\n"
+    run = _after_the_end(([first] if first else []) + [ping] * 1500)  # 7.5 s of pings
+    assert run.outcomes == [outcome]
 
 
 def test_error_tail_after_text_fails_committed(upstream: FakeUpstream) -> None:

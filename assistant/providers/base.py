@@ -231,12 +231,6 @@ class EndsBeforeItsBody(Protocol):
         """The answer's end marker came; the body may say more, or nothing."""
         ...
 
-    @property
-    def settled(self) -> bool:
-        """Nothing is half read: no event, line or unframed text begun that may still be
-        an error."""
-        ...
-
 
 class Provider(Protocol):
     name: str

@@ -159,12 +159,6 @@ class _Decoder:
         error tail, only while the body does not go quiet."""
         return self._raw_stop is not None
 
-    @property
-    def settled(self) -> bool:
-        """No event, line or bare tail begun (base.EndsBeforeItsBody): pings and blank
-        lines after the finishReason leave it so."""
-        return self._sse.between_events and not self._unframed.lines
-
     def __init__(self, model: str) -> None:
         self._unframed = UnframedTail()
         self._sse = SseReader(self._unframed)

@@ -71,12 +71,6 @@ class SseReader:
             return self._events.decode(self._lines.decode(data))
         return self._framed(self._lines.decode(data))
 
-    @property
-    def between_events(self) -> bool:
-        """No line and no event is begun: every byte read went into events dispatched
-        (or comments, blank lines, fields that dispatch none)."""
-        return self._lines.between_lines and self._events.between_events
-
     def end(self) -> list[ServerSentEvent]:
         """The body's last line, and the event its end left undispatched (no blank
         line after its fields): the spec drops it. The unframed lines after its fields
