@@ -979,10 +979,11 @@ def without_top_combinators(
         required += [name for name in branch.get("required", []) if name not in required]
     if unmerged:
         kept["allOf"] = unmerged
-    if kept and "unevaluatedProperties" in rest:
-        # It counts the properties the moved keywords evaluate: left behind without them,
-        # it refused what they allowed (every valid call, beside a required one).
-        kept["unevaluatedProperties"] = rest.pop("unevaluatedProperties")
+    if kept:
+        # It counts the properties the moved keywords evaluate: left behind without
+        # them, it refused what they allowed (every valid call, beside a required one),
+        # and told in words beside them alone, all of the object's own properties.
+        rest.pop("unevaluatedProperties", None)
     if properties:
         rest["properties"] = properties
     if required:

@@ -980,7 +980,8 @@ def test_an_allof_is_merged_unless_that_lets_through_what_was_refused(
 )
 def test_unevaluated_properties_go_with_what_is_moved(moved: dict[str, Any]) -> None:
     """`unevaluatedProperties` counts the properties the moved keywords evaluate: left in
-    the sent schema without them, it refused what they allowed (a reviewer's `b`)."""
+    the sent schema without them, it refused what they allowed (a reviewer's `b`); told
+    in words beside them alone, it refused the object's own (another's `a`)."""
     parameters = {
         "type": "object",
         "properties": {"a": {"type": "string"}},
@@ -989,5 +990,6 @@ def test_unevaluated_properties_go_with_what_is_moved(moved: dict[str, Any]) -> 
     }
     jsonschema.Draft202012Validator(parameters).validate({"a": "x", "b": 1})
     sent, kept = schemas.without_top_combinators(parameters)
-    jsonschema.Draft202012Validator(sent).validate({"a": "x", "b": 1})
-    assert kept == {**moved, "unevaluatedProperties": False}
+    for schema in (sent, kept):  # what is sent, and what the model is told besides
+        jsonschema.Draft202012Validator(schema).validate({"a": "x", "b": 1})
+    assert kept == moved
