@@ -178,7 +178,7 @@ def _paths(request: flask.Request) -> tuple[str, str]:
     if not isinstance(raw, str) or not raw:
         return request.path, request.path
     if not raw.startswith("/"):  # absolute-form (`POST http://host/path`), or `*`
-        raw = urllib.parse.urlsplit(raw).path
+        raw = urllib.parse.urlsplit(raw).path or "/"
     written = raw.partition("?")[0].partition("#")[0]
     return written, "\0".join(_unescaped(piece) for piece in _ESCAPED_SLASH.split(written))
 

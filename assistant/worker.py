@@ -901,6 +901,8 @@ class Worker(ThreadWorker):
                 invitation = environ.get(CONTINUE)
                 environ["wsgi.input"] = _ClockedInput(environ["wsgi.input"], clock, invitation)
             _without_keep_alive_header(start_response)
+            if not environ.get("PATH_INFO"):  # `GET http://host`: `/` (RFC 9112 3.2.2),
+                environ["PATH_INFO"] = "/"  # which Flask redirected to in HTML
             return app(environ, start_response)
 
         return clocked_app

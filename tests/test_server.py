@@ -54,6 +54,20 @@ def test_chunks_cross_the_socket_as_they_arrive(server: str, fake: FakeUpstream)
     assert arrivals[-1][1] == "data: [DONE]"
 
 
+def test_an_absolute_form_target_with_no_path_is_the_root(server: str) -> None:
+    """RFC 9112 3.2.2: `GET http://host HTTP/1.1` asks for `/`. Flask answered it with
+    an HTML 308 redirect, before any route of ours, with no trace id or CORS."""
+    host, port = server.removeprefix("http://").split(":")
+    for target in (b"http://x", b"http://x?a=b", b"HTTP://x:1956"):
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            head, _, body = read_until_closed(sock).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 404 "), head
+        assert b"x-trace-id: " in head.lower()
+        refusal = json.loads(body)
+        assert (refusal["code"], refusal["error"]) == ("not_found", "no route for /")
+
+
 def test_a_stream_carries_no_connection_header_unless_the_connection_closes(
     server: str, fake: FakeUpstream
 ) -> None:
