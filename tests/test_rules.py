@@ -170,6 +170,15 @@ def test_user_cannot_read_another_users_message(rest: Rest) -> None:
     assert response.status_code == 403, response.text
 
 
+def test_user_reads_a_message_not_written_yet_as_missing(rest: Rest) -> None:
+    """A frontend told `persist_failed` reads `{traceId}-assistant` to learn whether it
+    landed late: before it does, that was a 403 (`resource` is null), which looks like a
+    sign-in problem and ends a listener (a reviewer)."""
+    response = rest.get(f"{MESSAGES}/trace-late-assistant", as_user(ALICE))
+    assert response.status_code == 404, response.text
+    assert rest.get(f"{MESSAGES}/trace-late-assistant").status_code == 403  # signed in only
+
+
 # --- lists and queries ----------------------------------------------------
 
 
