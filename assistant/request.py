@@ -325,7 +325,9 @@ def _history(items: Any, max_messages: int, structured: bool) -> tuple[Turn, ...
     call_names: dict[str, str] = {}
     for index, item in enumerate(items):
         turn = _turn(item, f"chat_history[{index}]", call_names, structured)
-        call_names.update((call.id, call.name) for call in turn.tool_calls)
+        # A turn's id twice is sent as its first call (base.py, `_answered_once`): its
+        # name is the one a result naming none answers; a later turn's call, the latest.
+        call_names.update((call.id, call.name) for call in reversed(turn.tool_calls))
         if not _shows_nothing(turn.content) or turn.tool_calls or turn.role == "tool":
             turns.append(turn)
     return tuple(turns)

@@ -216,6 +216,23 @@ def test_tool_turns_are_read_with_their_calls_and_results() -> None:
     )
 
 
+def test_a_result_without_a_name_takes_the_call_its_id_is_sent_as() -> None:
+    """Two calls of one turn with one id are sent as the first (`_answered_once`): a
+    result naming no tool took the last one's name, and Gemini, which pairs results
+    with calls by name, was told the `weather` call's result was `time`'s."""
+    calls = [
+        {"id": "dup", "name": "weather", "args": {}},
+        {"id": "dup", "name": "time", "args": {}},
+    ]
+    turns = _history(
+        {"role": "user", "content": "Oslo?"},
+        {"role": "assistant", "content": "", "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "dup", "content": "4 °C"},
+    )
+    assert turns[-1] == Turn("tool", "4 °C", tool_call_id="dup", tool_name="weather")
+    assert conversation(turns)[1] == Message("assistant", (ToolCall("dup", "weather", {}),))
+
+
 def test_a_json_answer_sent_back_is_read_as_the_store_keeps_it() -> None:
     """A structured answer sent back in chat_history gives the model the turn a history
     read gives: with a response schema, a tag inside its strings is its text (it was cut
