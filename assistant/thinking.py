@@ -14,7 +14,11 @@ Deliberate choices:
   including other tag-like text (``<think>`` inside ``<thinking>`` does not
   nest, ``</thinking>`` inside ``<think>`` does not close it).
 * Outside a block, stray closing tags and any other ``<...>`` text
-  (``a < b``, ``<div>``) are ordinary content.
+  (``a < b``, ``<div>``) are ordinary content, and so is an open tag right
+  after a backtick: a tag the model shows as code (``wrap it in `<think>`
+  tags``) took the rest of its answer for thinking. A tag in a fenced block
+  on a line of its own is still a tag: telling it needs the fences' count,
+  which one stray fence would turn for the rest of the reply.
 * Tags may be split across chunks at any position; the result is always
   identical to feeding the whole text at once.  Only the shortest tail that
   could still become a relevant tag is held back (outside a block: a proper
@@ -97,7 +101,7 @@ def split_outside_json_strings(text: str) -> tuple[str, str]:
         if quotes:
             quotes -= len(_ESCAPED_QUOTE.findall(text, at, tag.start()))
         in_string ^= quotes % 2 == 1
-        if in_string:  # the JSON's own text
+        if in_string or _as_code(text, tag.start(), ""):  # the JSON's own text, or code
             content.append(text[at : tag.end()])
             at = tag.end()
             continue
@@ -128,6 +132,12 @@ def _join_compact(parts: list[str]) -> str:
     return joined
 
 
+def _as_code(text: str, at: int, before: str) -> bool:
+    """Whether the tag at `at` follows a backtick (`before` is the character before
+    `text`): shown as code, not a tag."""
+    return (text[at - 1] if at else before) == "`"
+
+
 def _could_open(tail: str) -> bool:
     """True if ``tail`` is a proper prefix of some open tag."""
     return len(tail) < _MAX_OPEN_LEN and any(tag.startswith(tail) and tag != tail for tag in _TAGS)
@@ -136,7 +146,7 @@ def _could_open(tail: str) -> bool:
 class ThinkingSplitter:
     """Incremental splitter: feed() chunks as they arrive, finish() once at the end."""
 
-    __slots__ = ("_block", "_blocks", "_close", "_content", "_finished", "_pending")
+    __slots__ = ("_before", "_block", "_blocks", "_close", "_content", "_finished", "_pending")
 
     def __init__(self) -> None:
         self._content: list[str] = []
@@ -144,6 +154,7 @@ class ThinkingSplitter:
         self._block: list[str] = []  # inside of the block currently open
         self._close: str | None = None  # close tag awaited, None outside a block
         self._pending = ""  # held-back tail that may still become a tag
+        self._before = ""  # the last character read before it (or before this chunk)
         self._finished = False
 
     def feed(self, chunk: str) -> None:
@@ -154,6 +165,12 @@ class ThinkingSplitter:
             return
         text = self._pending + chunk if self._pending else chunk
         self._pending = ""
+        self._split(text)
+        read = len(text) - len(self._pending)
+        if read:
+            self._before = text[read - 1]
+
+    def _split(self, text: str) -> None:
         n = len(text)
         start = 0  # start of text not yet emitted
         search = 0  # where to look for the next '<' (outside a block)
@@ -165,7 +182,7 @@ class ThinkingSplitter:
                     self._content.append(text[start:])
                     return
                 for open_tag, close_tag in _TAGS.items():
-                    if text.startswith(open_tag, lt):
+                    if text.startswith(open_tag, lt) and not _as_code(text, lt, self._before):
                         if lt > start:
                             self._content.append(text[start:lt])
                         self._close = close_tag

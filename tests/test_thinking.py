@@ -146,10 +146,22 @@ def test_inside_block_tag_like_text_is_thinking(text: str, content: str, thinkin
         "<",
         "1 <2 and 3> 2",
         "<t",
+        # Shown as code (a reviewer's answer about reasoning models lost all it said
+        # after the first one, saved as thinking).
+        "Models wrap their reasoning in `<think>` tags: strip them.",
+        "``<thinking>x</thinking>`` and `<think>`",
     ],
 )
 def test_outside_block_non_tags_are_content(text: str) -> None:
     assert split_thinking(text) == (text.strip(), "")
+    assert split_outside_json_strings(text) == (text.strip(), "")
+    assert feed_all(list(text)) == (text.strip(), "")
+
+
+def test_a_tag_after_a_backtick_inside_a_block_still_closes_it() -> None:
+    """Only an open tag is read as code: `x`</think> ends the block its code is in."""
+    assert split_thinking("<think>use `x`</think>Done") == ("Done", "use `x`")
+    assert split_thinking("`<think>` then <think>t</think>A") == ("`<think>` then A", "t")
 
 
 @pytest.mark.parametrize(
@@ -210,6 +222,10 @@ def reference_split(text: str, json_strings: bool = False) -> tuple[str, str]:
         if match is None:
             content.append(text[pos:])
             break
+        if match.start() and text[match.start() - 1] == "`" and match.group() != '"':
+            content.append(text[pos : match.end()])  # shown as code: text
+            pos = match.end()
+            continue
         content.append(text[pos : match.start()])
         if match.group() == '"':
             string = _JSON_STRING_RE.match(text, match.start())
@@ -232,7 +248,7 @@ _JSON_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
 
 _PIECES = [
     "<thinking>", "</thinking>", "<think>", "</think>", "<", ">", "/", "t", "hink", "ing",
-    "<thi", "</thi", "a", " ", "\n", "\u2028", "é", "<think ", "<THINK>",
+    "<thi", "</thi", "a", " ", "\n", "\u2028", "é", "<think ", "<THINK>", "`",
 ]  # fmt: skip
 
 

@@ -3,7 +3,8 @@
 // The same rules as the service's own splitter (assistant/thinking.py): `<thinking>…</thinking>`
 // and `<think>…</think>`, exact and lowercase; only the matching close tag ends a block; tags may
 // be split across chunks anywhere (only the shortest tail that could still become a tag is held
-// back); outside a block, other `<…>` text is ordinary text; a block's thinking is set apart from
+// back); outside a block, other `<…>` text is ordinary text, and so is an open tag right after a
+// backtick (a tag shown as code: "wrap it in `<think>` tags"); a block's thinking is set apart from
 // an earlier block's by a blank line, as the service joins them. It shows thinking live; the final
 // frame's `metadata.thinking_content` is the authoritative thinking (blocks stripped and joined).
 //
@@ -50,6 +51,8 @@ export class ThinkingSplitter {
     /** @type {string|null} the close tag of the block we are in */
     this.close = null;
     this.pending = "";
+    /** the last character read before `pending` (or before the next chunk) */
+    this.before = "";
     /** an earlier block showed thinking that was not blank */
     this.shown = false;
     /** the blank line that sets this block apart is still to come */
@@ -90,8 +93,9 @@ export class ThinkingSplitter {
           const found = openAt(candidate, pos);
           if (found >= 0 && (at < 0 || found < at)) [at, tag] = [found, candidate];
         }
-        if (at >= 0 && this.json && this.quoted(rest, pos, at)) {
-          out.content += rest.slice(pos, at + tag.length); // the JSON string's own text
+        const asCode = at >= 0 && (at > 0 ? rest[at - 1] : this.before) === "`";
+        if (at >= 0 && ((this.json && this.quoted(rest, pos, at)) || asCode)) {
+          out.content += rest.slice(pos, at + tag.length); // the JSON string's own text, or code
           pos = at + tag.length;
           this.escaped = false; // the tag ends in ">"
           continue;
@@ -107,7 +111,7 @@ export class ThinkingSplitter {
         const hold = heldBack(rest, Object.keys(TAGS));
         if (this.json) this.quoted(rest, pos, Math.max(pos, rest.length - hold));
         out.content += rest.slice(pos, Math.max(pos, rest.length - hold));
-        this.pending = rest.slice(Math.max(pos, rest.length - hold));
+        this.holdFrom(rest, Math.max(pos, rest.length - hold));
         return out;
       }
       const at = rest.indexOf(this.close, pos);
@@ -119,9 +123,18 @@ export class ThinkingSplitter {
       }
       const hold = heldBack(rest, [this.close]);
       this.think(out, rest.slice(pos, Math.max(pos, rest.length - hold)));
-      this.pending = rest.slice(Math.max(pos, rest.length - hold));
+      this.holdFrom(rest, Math.max(pos, rest.length - hold));
       return out;
     }
+  }
+
+  /** Keeps `rest` from `at` on for the next chunk, and the character read before it.
+   * @param {string} rest
+   * @param {number} at
+   */
+  holdFrom(rest, at) {
+    this.pending = rest.slice(at);
+    if (at > 0) this.before = rest[at - 1];
   }
 
   /** Reads the quotes of `text` from `from` to `to` (text outside blocks, each part once):

@@ -364,6 +364,21 @@ test("thinking is split out of chunks cut anywhere", () => {
   }
 });
 
+test("an open tag right after a backtick is code, cut anywhere, as the service reads it", () => {
+  // The service's ThinkingSplitter gives for this text: content and thinking below.
+  const text = "Wrap it in `<think>` tags, ``<thinking>x``. <think>use `y`</think>Done";
+  for (const json of [false, true]) {
+    for (let cut = 0; cut <= text.length; cut++) {
+      const splitter = new ThinkingSplitter({json});
+      const parts = [text.slice(0, cut), text.slice(cut)].map((piece) => splitter.feed(piece));
+      parts.push(splitter.finish());
+      const content = parts.map((part) => part.content).join("");
+      assert.equal(content, "Wrap it in `<think>` tags, ``<thinking>x``. Done", `cut at ${cut}`);
+      assert.equal(parts.map((part) => part.thinking).join(""), "use `y`", `cut at ${cut}`);
+    }
+  }
+});
+
 test("a later block's thinking is set apart by a blank line, not a blank block", () => {
   const splitter = new ThinkingSplitter();
   const pieces = ["<think> </think>A<think>one</think>", "B<thinking>", " ", "two", "</thinking><think>"];
