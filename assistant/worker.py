@@ -16,8 +16,9 @@ it run this subclass instead. Ten things differ from gthread as gunicorn
    is read as soon as the poller reports the connection readable (that is
    why it is), and waited for only if it is not whole yet. The bytes read
    are handed to gunicorn's parser, which parses them as if it had read
-   them itself: what the poller works out is only when to stop waiting,
-   never what the request means.
+   them itself, a socket read's worth at a time (`_ReadFirst`): what the
+   poller works out is only when to stop waiting, never what the request
+   means.
    Bounds: a head over HEAD_BUFFER_BYTES, a body over BODY_BUFFER_BYTES,
    a Content-Length over the app's MAX_BODY_BYTES (refused unread, at once),
    all waiting requests together over BUFFERED_BYTES, a framing the poller
@@ -161,6 +162,7 @@ import functions_framework
 from gunicorn import util  # type: ignore[import-untyped]
 from gunicorn.config import Config  # type: ignore[import-untyped]
 from gunicorn.http import errors, wsgi  # type: ignore[import-untyped]
+from gunicorn.http.unreader import SocketUnreader  # type: ignore[import-untyped]
 from gunicorn.workers.gthread import (  # type: ignore[import-untyped]
     PollableMethodQueue,
     TConn,
@@ -505,6 +507,58 @@ class _ChunkScan:
                     return True
                 self.pos = max(self.pos, len(data) - 3)  # look at each byte once
                 return False
+
+
+class _ReadFirst(SocketUnreader):
+    """gunicorn's socket reader, handing out what the poller read before what the
+    socket holds, in pieces no larger than a read of the socket would be.
+
+    Handed whole (`unread`), a chunked body of many small chunks was parsed in time
+    quadratic in its size: gunicorn's chunk parser copies what is left of its read
+    after each chunk (a reviewer's 1 MiB in 1,000 small chunks cost 10 s of CPU, and
+    the read deadline cut it with no answer). A piece is at most a socket read, so
+    the copies are bounded by it, as when gunicorn reads the socket itself.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock)
+        self._held = b""
+        self._at = 0  # what of `_held` was handed out
+
+    @classmethod
+    def on(cls, parser: Any) -> _ReadFirst:
+        """The parser's reader, made one of these (what it holds kept, first)."""
+        reader = parser.unreader
+        if not isinstance(reader, cls):
+            ours = cls(reader.sock)
+            ours.unread(reader.take_buffered())
+            reader = parser.unreader = ours
+        return reader
+
+    def hold(self, data: bytes) -> None:
+        """`data` to be read before anything read already and put back, or held."""
+        self._held = data + self.take_buffered()
+        self._at = 0
+
+    def put_back(self) -> None:
+        """What is held, put back as gunicorn's own reader puts back what it read ahead:
+        gthread looks there for a next request already read (a pipelined one), and
+        waits for the socket to be readable when there is none."""
+        self.unread(self.take_buffered())
+
+    def chunk(self, size_hint: int | None = None) -> bytes:
+        if self._at >= len(self._held):
+            self._held, self._at = b"", 0
+            return cast(bytes, super().chunk(size_hint))
+        size = max(self.mxchunk, min(size_hint or 0, self.max_body_chunk))
+        piece = self._held[self._at : self._at + size]
+        self._at += len(piece)
+        return piece
+
+    def take_buffered(self) -> bytes:
+        """What was put back, then what is still held (gunicorn reads them so)."""
+        held, self._held, self._at = self._held[self._at :], b"", 0
+        return cast(bytes, super().take_buffered()) + held
 
 
 class _Arrival:
@@ -876,10 +930,12 @@ class Worker(ThreadWorker):
                 # The parser reads what the poller read first; gthread's handle()
                 # then finds the connection initialized and does not wait for data.
                 conn.init()
-                conn.parser.unreader.unread(conn.head)
+                _ReadFirst.on(conn.parser).hold(conn.head)
                 # Kept for a refusal's trace id: gunicorn's errors carry no headers.
                 self._serving.head = conn.head
                 conn.head, conn.head_wait = None, 0.0
+            elif conn.parser is not None:
+                _ReadFirst.on(conn.parser).hold(b"")  # a pipelined request read ahead
             return super().handle(conn)
         finally:
             clock.stop()
@@ -1162,9 +1218,12 @@ class Worker(ThreadWorker):
         if keepalive is _PARKED:
             return _PARKED
         try:
-            return super()._keepalive_after(conn, keepalive)
+            kept = super()._keepalive_after(conn, keepalive)
         except errors.ParseException:
             return False
+        if kept:
+            _ReadFirst.on(conn.parser).put_back()
+        return kept
 
     def finish_request(self, conn: _Connection, fs: Any) -> None:
         """gthread's, except for a response that parked: it is still under way."""

@@ -143,6 +143,30 @@ def test_oversize_chunked_body_without_length_is_413(server: str, fake: FakeUpst
     assert fake.requests == []
 
 
+def test_a_body_of_many_small_chunks_is_read_in_time(server: str, fake: FakeUpstream) -> None:
+    """Handed to gunicorn whole, a chunked body was parsed in time quadratic in its size
+    (its parser copies what is left after each chunk): a reviewer's 1 MiB of small
+    chunks took 10 s of CPU, cut by the read deadline with no answer."""
+    fake.push(Script(tokens=["ok"]))
+    body = b'{"user_input": "hi", "padding": "' + b"x" * 400_000 + b'"}'  # ignored
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            b"POST /vac/assistant/live/sse HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"".join(b"%x\r\n%b\r\n" % (len(piece), piece) for piece in _pieces(body, 16))
+            + b"0\r\n\r\n"
+        )
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert b"data: [DONE]" in answer
+    assert len(fake.requests) == 1
+
+
+def _pieces(data: bytes, size: int) -> list[bytes]:
+    return [data[at : at + size] for at in range(0, len(data), size)]
+
+
 def test_a_length_just_over_the_limit_is_refused_before_its_body(
     server: str, fake: FakeUpstream
 ) -> None:
