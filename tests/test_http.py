@@ -204,6 +204,24 @@ def test_a_path_is_routed_as_written(client, fake: FakeUpstream, path: str) -> N
     assert fake.requests == []
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [{"Connection": "Upgrade", "Upgrade": "websocket"}, {"Host": ".."}, {"Host": "a" * 300}],
+)
+def test_what_werkzeug_refuses_in_routing_is_answered_by_ours(
+    client, fake: FakeUpstream, headers: dict[str, str]
+) -> None:
+    """A WebSocket upgrade (a browser's `new WebSocket(...)` by mistake) and a Host no
+    IDNA takes were werkzeug's HTML 400 on every route, before ours: no trace id, no
+    CORS, no JSON. The upgrade is not taken (a server may ignore one); Host is unused."""
+    assert client.get("/health", headers=headers).get_json()["status"] == "ok"
+    missing = client.get("/nowhere", headers=headers)
+    assert (missing.status_code, missing.get_json()["code"]) == (404, "not_found")
+    response = client.post("/vac/assistant/demo/sse", json={"user_input": "hi"}, headers=headers)
+    assert response.status_code == 200 and "X-Trace-Id" in response.headers
+    assert sse_events(response.get_data())[-1] == "[DONE]"
+
+
 def test_a_404_names_the_path_as_written(client) -> None:
     """A first version named a client's %00 as an escaped slash (`/health%2F`)."""
     for path in ("/health%00", "/%2Fhealth"):
