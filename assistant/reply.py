@@ -416,6 +416,9 @@ class Reply:
             body["partial"] = with_thinking_closed(final["partial"])
         if calls := final["metadata"].get("tools_to_use"):  # saved with it: said with it
             body["tools_to_use"] = calls
+        for name in ("message_ids", "persist_failed"):  # as a stream's error frame says them
+            if name in final["metadata"]:  # (a crash's metadata has its trace id alone)
+                body[name] = final["metadata"][name]
         return body
 
     # -- internals ---------------------------------------------------------

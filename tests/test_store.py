@@ -182,10 +182,21 @@ def test_a_json_reply_failing_midway_everywhere_saves_what_arrived(
         json={"user_input": "hi", "trace_id": "t-json-half", **SAVE},
     )
     assert response.status_code == 502
-    assert response.get_json()["partial"] == "half "
+    body = response.get_json()
+    assert body["partial"] == "half "
+    # Said as a stream's error frame says it (its body said nothing of the save).
+    assert body["persist_failed"] is False
+    assert body["message_ids"] == {"user": "t-json-half-user", "assistant": "t-json-half-assistant"}
     response.close()  # its slot back: the test client closes no response by itself
     saved = _messages(firestore)["t-json-half-assistant"]
     assert saved["status"] == "incomplete" and saved["content"] == "half"
+    fake.push(Script(tokens=["other ", "text"], fail_after=1, fail_mode="error_event"))
+    reused = client.post(  # the trace id holds another question: nothing of this is saved
+        "/vac/assistant/test-assistant",
+        json={"user_input": "another", "trace_id": "t-json-half", **SAVE},
+    )
+    assert (reused.status_code, reused.get_json()["persist_failed"]) == (502, True)
+    reused.close()
 
 
 def test_a_retry_replaces_the_same_users_reply(client, fake: FakeUpstream, firestore) -> None:
