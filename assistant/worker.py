@@ -537,14 +537,17 @@ class _ReadFirst(SocketUnreader):
 
     def hold(self, data: bytes) -> None:
         """`data` to be read before anything read already and put back, or held."""
-        self._held = data + self.take_buffered()
+        self.buf.seek(0, os.SEEK_END)
+        self._held = data + self.take_buffered() if self.buf.tell() or self._held else data
         self._at = 0
 
     def put_back(self) -> None:
         """What is held, put back as gunicorn's own reader puts back what it read ahead:
         gthread looks there for a next request already read (a pipelined one), and
         waits for the socket to be readable when there is none."""
-        self.unread(self.take_buffered())
+        if self._at < len(self._held):
+            self.unread(self.take_buffered())
+        self._held, self._at = b"", 0
 
     def chunk(self, size_hint: int | None = None) -> bytes:
         if self._at >= len(self._held):
