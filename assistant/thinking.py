@@ -294,6 +294,7 @@ class ThinkingTagger:
         self._open = False
         self._ended = False  # the open block ended (end_block): its close tag is due
         self._tail = ""  # the end of the reasoning so far, that a close tag may still end
+        self._after_backtick = False  # what was handed on ends with one
 
     def wrap(self, is_thinking: bool, text: str) -> str:
         tag = ""
@@ -301,14 +302,22 @@ class ThinkingTagger:
             tag = self.close()
         if is_thinking and not self._open:
             self._open, self._tail = True, ""
-            tag += "<thinking>"
-        return tag + (self._no_close_tag(text) if is_thinking else text)
+            # An open tag right after a backtick is read as code (ThinkingSplitter, and
+            # the JS kit): after text that ends with one, a zero-width space keeps ours a
+            # tag (the reasoning was shown and saved as the answer).
+            tag += "\u200b<thinking>" if not tag and self._after_backtick else "<thinking>"
+        piece = tag + (self._no_close_tag(text) if is_thinking else text)
+        if piece:
+            self._after_backtick = piece[-1] == "`"
+        return piece
 
     def end_block(self) -> None:
         self._ended = self._open
 
     def close(self) -> str:
         was_open, self._open, self._ended = self._open, False, False
+        if was_open:
+            self._after_backtick = False
         return "</thinking>" if was_open else ""
 
     def _no_close_tag(self, piece: str) -> str:

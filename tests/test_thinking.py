@@ -486,6 +486,19 @@ def test_tagger_wraps_native_thinking(pieces: list[tuple[bool, str]], expected: 
     assert "".join(tagger.wrap(is_thinking, text) for is_thinking, text in pieces) == expected
 
 
+def test_native_reasoning_after_a_backtick_is_still_thinking() -> None:
+    """An open tag right after a backtick is code: the tagger's own, after text that
+    ends with one, was read so, and the reasoning was shown and saved as the answer (a
+    reviewer's Ollama reply, and an Anthropic text block ending in code before a call)."""
+    tagger = ThinkingTagger()
+    pieces = [(False, "Use `x`"), (True, "secret"), (False, " then"), (True, "`more`")]
+    streamed = "".join(tagger.wrap(is_thinking, text) for is_thinking, text in pieces)
+    assert split_thinking(streamed + tagger.close()) == ("Use `x`\u200b then", "secret\n\n`more`")
+    tagger = ThinkingTagger()  # after its own close tag, none is needed
+    streamed = tagger.wrap(True, "a`") + tagger.close() + tagger.wrap(True, "b")
+    assert streamed == "<thinking>a`</thinking><thinking>b"
+
+
 def test_a_block_ended_where_no_text_follows_closes_with_the_next_piece() -> None:
     """A tool call ends the block: the close tag goes in front of what comes next,
     thinking (another block) or text, or alone at the reply's end."""
