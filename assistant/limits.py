@@ -34,7 +34,9 @@ from collections.abc import Callable
 
 from .errors import MESSAGES, RequestError
 
-RETRY_AFTER_SECONDS = 5  # a user's own replies take seconds to end
+# A user's Stop then Send: the stopped reply's slot is free within a second of its
+# client leaving (with 5, a frontend told its user to wait 5 s for it).
+RETRY_AFTER_SECONDS = 1
 OVERLOADED_RETRY_AFTER_SECONDS = 2  # another instance, or this one soon, will have room
 STOPPING_RETRY_AFTER_SECONDS = 1  # a stopping instance's: a retry goes to another at once
 STUCK_SECONDS = 2.0  # a write not taken for this long marks a client as stuck
