@@ -106,7 +106,7 @@
  * @property {"final"|"error"|"aborted"} outcome
  * @property {number} status
  * @property {string|null} traceId  the request's trace id, as in ReplyError
- * @property {string} text     the chunks received, joined
+ * @property {string} text     the chunks received, joined (a JSON reply's: its `answer`)
  */
 
 /**
