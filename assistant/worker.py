@@ -414,13 +414,23 @@ class _Continue:
 
 
 class _ClockedInput:
-    """The request body as the app reads it: the read clock runs inside each read, only;
-    the first read sends the `100 Continue` a client may be waiting for."""
+    """The request body as the app reads it: the read clock runs inside each read, only,
+    and there only while the socket is waited on when the parser's reader is ours (the
+    parsing of bytes the poller read is not the client's time: a fast client's body of
+    small chunks was cut by it); the first read sends the `100 Continue` a client may
+    be waiting for."""
 
-    def __init__(self, stream: Any, clock: _ReadClock, invitation: _Continue | None) -> None:
+    def __init__(
+        self,
+        stream: Any,
+        clock: _ReadClock,
+        invitation: _Continue | None,
+        reader: _ReadFirst | None,
+    ) -> None:
         self._stream = stream
         self._clock = clock
         self._invitation = invitation
+        self._reader = reader
         self.touched = False  # the app read (or tried to)
         self.ended = False  # the app read to the body's end
 
@@ -450,6 +460,12 @@ class _ClockedInput:
         self.touched = True
         if self._invitation is not None:
             self._invitation.send()
+        if self._reader is not None:
+            self._reader.clock = self._clock
+            try:
+                return read(size)
+            finally:
+                self._reader.clock = None
         self._clock.run()
         try:
             return read(size)
@@ -524,6 +540,7 @@ class _ReadFirst(SocketUnreader):
         super().__init__(sock)
         self._held = b""
         self._at = 0  # what of `_held` was handed out
+        self.clock: _ReadClock | None = None  # run while the socket is read (a body's)
 
     @classmethod
     def on(cls, parser: Any) -> _ReadFirst:
@@ -552,7 +569,13 @@ class _ReadFirst(SocketUnreader):
     def chunk(self, size_hint: int | None = None) -> bytes:
         if self._at >= len(self._held):
             self._held, self._at = b"", 0
-            return cast(bytes, super().chunk(size_hint))
+            if self.clock is None:
+                return cast(bytes, super().chunk(size_hint))
+            self.clock.run()
+            try:
+                return cast(bytes, super().chunk(size_hint))
+            finally:
+                self.clock.stop()
         size = max(self.mxchunk, min(size_hint or 0, self.max_body_chunk))
         piece = self._held[self._at : self._at + size]
         self._at += len(piece)
@@ -958,7 +981,14 @@ class Worker(ThreadWorker):
                 clock.reading = "body"
                 clock.environ = environ
                 invitation = environ.get(CONTINUE)
-                environ["wsgi.input"] = _ClockedInput(environ["wsgi.input"], clock, invitation)
+                parser = getattr(clock.conn, "parser", None)
+                reader = getattr(parser, "unreader", None)
+                environ["wsgi.input"] = _ClockedInput(
+                    environ["wsgi.input"],
+                    clock,
+                    invitation,
+                    reader if isinstance(reader, _ReadFirst) else None,
+                )
             _without_keep_alive_header(start_response)
             if not environ.get("PATH_INFO"):  # `GET http://host`: `/` (RFC 9112 3.2.2),
                 environ["PATH_INFO"] = "/"  # which Flask redirected to in HTML

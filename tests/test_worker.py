@@ -6,6 +6,7 @@ tests/test_slow_clients.py.
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from assistant.worker import (
     HEAD_BUFFER_BYTES,
     _Arrival,
     _MethodQueue,
+    _ReadFirst,
     _reserved_request,
     _SettledConfig,
     refusal,
@@ -208,3 +210,49 @@ def test_nothing_is_deferred_to_the_main_thread_once_its_queue_is_closed() -> No
     finally:
         os.close(read_fd)
         os.close(write_fd)
+
+
+class _Clock:
+    """A read clock that says when it ran."""
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+
+    def run(self) -> None:
+        self.log.append("run")
+
+    def stop(self) -> None:
+        self.log.append("stop")
+
+
+def test_what_the_poller_read_is_handed_out_a_read_at_a_time_and_off_the_clock() -> None:
+    """Handed whole, a chunked body of small chunks was parsed in time quadratic in its
+    size; and the read clock ran while the parser worked through bytes already read, so
+    a fast client's body of small chunks was cut as if it were slow (a reviewer's 1 MiB
+    of one-byte chunks). The clock runs only while the socket is read."""
+    ours, client = socket.socketpair()
+    with ours, client:
+        reader = _ReadFirst(ours)
+        clock = _Clock()
+        reader.clock = clock  # type: ignore[assignment]  # a stand-in
+        reader.hold(b"x" * 20_000)
+        pieces = [reader.chunk() for _ in range(3)]
+        assert [len(piece) for piece in pieces] == [8192, 8192, 20_000 - 2 * 8192]
+        assert clock.log == []  # the bytes were in: no wait for the client
+        client.sendall(b"abc")
+        assert reader.chunk() == b"abc" and clock.log == ["run", "stop"]
+        reader.hold(b"y" * 100_000)  # a chunk's size asks for more at once
+        assert len(reader.chunk(size_hint=50_000)) == 50_000
+
+
+def test_what_is_held_is_read_after_what_was_put_back_and_seen_by_gthread() -> None:
+    ours, client = socket.socketpair()
+    with ours, client:
+        reader = _ReadFirst(ours)
+        reader.hold(b"first second")
+        assert reader.read(6) == b"first "  # gunicorn puts "second" back: read before more
+        reader.hold(b"new ")
+        assert reader.read() == b"new second"
+        reader.hold(b"pipelined")
+        reader.put_back()  # gthread looks in the buffer for a request already read
+        assert reader.buf.getvalue() == b"pipelined"
