@@ -190,6 +190,13 @@ def cors_origins(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+def origins_that_match_nothing(origins: tuple[str, ...]) -> list[str]:
+    """The entries of CORS_ORIGINS no browser's Origin can be (no scheme, a path, a
+    pattern, a list split by spaces): taken as they are, they only refuse, which a
+    frontend sees as a network error and nobody else sees at all."""
+    return [name for name in origins if name != "*" and _origin_or_none(name) is None]
+
+
 def _origin(name: str) -> str:
     """An origin as a browser sends it: its scheme and host in lower case, no default
     port, no slash at the end (one copied from an address bar has one), a host of other
@@ -197,12 +204,17 @@ def _origin(name: str) -> str:
     text, `https://App.example.com:443` matched no browser's origin, silently. One with
     a user or password is kept as written (matching nothing): read, `https://a@b` would
     have allowed `https://b`."""
+    return _origin_or_none(name) or name
+
+
+def _origin_or_none(name: str) -> str | None:
+    """`name` as `_origin` writes it; None when it can be no browser's origin."""
     name = name.rstrip("/") or name
     try:
         parts = urllib.parse.urlsplit(name)
         port = parts.port
-    except ValueError:  # a port that is no number: as written, matching nothing
-        return name
+    except ValueError:  # a port that is no number
+        return None
     if (
         not parts.scheme
         or not parts.hostname
@@ -210,8 +222,9 @@ def _origin(name: str) -> str:
         or parts.path
         or parts.query
         or parts.fragment
+        or any(character in name for character in " *,")
     ):
-        return name
+        return None
     scheme = parts.scheme.lower()
     host = _host(parts.hostname)
     if port is None or port == _DEFAULT_PORTS.get(scheme):

@@ -79,12 +79,24 @@ if not (
 def _in_worker(worker: object) -> None:
     """gunicorn's `post_worker_init` hook, once the worker has loaded the app."""
     config.fix_for_process()
+    warn_of_origins_that_match_nothing()
     threads = getattr(getattr(worker, "cfg", None), "threads", None)
     if isinstance(threads, int):
         limits.replies_in_flight.set_threads(threads)  # half of them may wait on clients
     presize_descriptor_table()  # before its threads start: no grace period to wait for
     batch_scheduling()  # before any thread of the worker starts: they inherit it
     memory.start_in_worker()  # last: it freezes what exists, the settings included
+
+
+def warn_of_origins_that_match_nothing() -> None:
+    """A line in the log for CORS_ORIGINS entries no browser's origin can be: a browser
+    reports their refusals to the page as a network error, and nothing else said so."""
+    if unmatched := config.origins_that_match_nothing(config.cors_origins()):
+        process_log().warning(
+            "cors.origins_match_nothing",
+            origins=unmatched,
+            hint="an origin is scheme://host[:port], no path, one per comma",
+        )
 
 
 # Descriptors the worker's table holds from the start (each stream holds two:

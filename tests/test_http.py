@@ -14,6 +14,7 @@ from typing import Any
 import flask
 import pytest
 
+from assistant import server
 from assistant.config import Settings
 from assistant.http import _Accepted, _after_history, _client_gone_probe
 from assistant.limits import replies_in_flight
@@ -70,6 +71,29 @@ def test_an_allowed_origin_with_a_user_is_no_other_host(client) -> None:
     for origin in ("https://evil.example", "https://app.example.com"):
         response = client.get("/health", headers={"Origin": origin})
         assert "Access-Control-Allow-Origin" not in response.headers
+
+
+def test_origins_no_browser_can_send_are_said_in_the_log(capsys, monkeypatch) -> None:
+    """Taken as written, they refuse every browser: the frontend saw a network error
+    and the log said nothing (a reviewer's `app.example.com`, a space-separated list,
+    a wildcard, an address with a path)."""
+    written = (
+        "https://ok.example, app.example.com, https://a.example https://b.example, "
+        "https://*.example.com, https://app.example.com/chat, https://ok.example:443/, *"
+    )
+    monkeypatch.setenv("CORS_ORIGINS", written)
+    server.warn_of_origins_that_match_nothing()
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["message"] == "cors.origins_match_nothing"
+    assert line["origins"] == [
+        "app.example.com",
+        "https://a.example https://b.example",
+        "https://*.example.com",
+        "https://app.example.com/chat",
+    ]
+    monkeypatch.setenv("CORS_ORIGINS", "https://ok.example, *")
+    server.warn_of_origins_that_match_nothing()
+    assert capsys.readouterr().out == ""
 
 
 def test_health_answers_a_preflight(client) -> None:
