@@ -133,13 +133,21 @@ def _base_url(env: Mapping[str, str], name: str, default: str) -> str:
     if url:
         try:
             parsed = httpx.URL(url)
-            parsed.host.encode("idna")  # a host no name lookup takes (a..b): a 500 per use
+            # A host no name lookup takes (a..b): a 500 per use. A space (httpx escapes
+            # it, %20) or a control character in a name, which both take: a 502 per
+            # request. An IPv6 address may hold a zone's %.
+            host = parsed.host.encode("idna").decode("ascii")
+            if ":" not in host and not _HOST_NAME.fullmatch(host):
+                raise ValueError(host)
         except (httpx.InvalidURL, ValueError):  # http://[::1/certs: each use was a 500
             raise ConfigError(f"{name} is not a URL httpx can read") from None
         if parsed.port is not None and not 0 < parsed.port < 65536:
             raise ConfigError(f"{name} has a port outside 1-65535")
     return url
 
+
+# What a host name may hold once httpx has read it (IDNA's xn-- form included).
+_HOST_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 # To the last "@": a password with a "/", "?" or "#" in it (unescaped) would otherwise
 # end the match early and show its rest; a path with an "@" is only shown less of.

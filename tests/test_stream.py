@@ -229,6 +229,7 @@ def test_legacy_route_answers_json_without_event_stream_accept(client, fake: Fak
     body = response.get_json()
     assert body["answer"] == "plain answer"
     assert body["metadata"]["trace_id"] == response.headers["X-Trace-Id"]
+    response.close()  # its slot back: the test client closes no response by itself
 
 
 @pytest.mark.parametrize(
@@ -258,6 +259,7 @@ def test_legacy_route_answers_json_when_accept_refuses_the_stream(
         headers={"Accept": "text/event-stream;q=0, application/json"},
     )
     assert response.content_type == "application/json"
+    response.close()
 
 
 def test_legacy_json_failure_is_502_with_attempts(client, fake: FakeUpstream) -> None:
@@ -267,6 +269,7 @@ def test_legacy_json_failure_is_502_with_attempts(client, fake: FakeUpstream) ->
     body = response.get_json()
     assert body["code"] == "providers_failed"
     assert body["attempts"][0]["outcome"] == "upstream_error"
+    response.close()
 
 
 def test_client_disconnect_closes_the_upstream(client, fake: FakeUpstream) -> None:
@@ -384,6 +387,15 @@ def test_a_bad_base_url_is_not_quoted(url: str) -> None:
     with pytest.raises(ConfigError) as refused:
         Settings.from_env({"ANTHROPIC_BASE_URL": url})
     assert str(refused.value) == "ANTHROPIC_BASE_URL must be an http:// or https:// URL"
+
+
+@pytest.mark.parametrize("url", ["http://a b", "http://a\tb:8080", "https://host\x01.example"])
+def test_a_base_url_whose_host_no_lookup_takes_is_a_config_error(url: str) -> None:
+    """httpx and the IDNA codec take a space in a host: each request was a 502
+    (`upstream_unreachable`) where the setting is what is wrong (a reviewer)."""
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"ANTHROPIC_BASE_URL": url})
+    assert str(refused.value) == "ANTHROPIC_BASE_URL is not a URL httpx can read"
 
 
 @pytest.mark.parametrize("password", ["pa/ss", "pa?ss", "pa#ss", "p@ss"])
