@@ -18,7 +18,11 @@ Deliberate choices:
   after a backtick: a tag the model shows as code (``wrap it in `<think>`
   tags``) took the rest of its answer for thinking. A tag in a fenced block
   on a line of its own is still a tag: telling it needs the fences' count,
-  which one stray fence would turn for the rest of the reply.
+  which one stray fence would turn for the rest of the reply. A zero-width
+  space right before an open tag read as one is dropped with it: it is the
+  mark :class:`ThinkingTagger` puts before its own tag after a backtick (kept
+  in content, it broke a code fence that closed there, and a fenced JSON
+  answer). A zero-width space at a chunk's end is held back to see.
 * Tags may be split across chunks at any position; the result is always
   identical to feeding the whole text at once.  Only the shortest tail that
   could still become a relevant tag is held back (outside a block: a proper
@@ -58,6 +62,8 @@ __all__ = [
 # Open tag -> the only close tag that ends a block it opened.
 _TAGS: dict[str, str] = {"<thinking>": "</thinking>", "<think>": "</think>"}
 _MAX_OPEN_LEN = max(len(tag) for tag in _TAGS)
+# Before an open tag: ThinkingTagger's mark of its own after a backtick; dropped with it.
+_MARK = "\u200b"
 _ASCII_WS = " \t\n\r\x0b\x0c"
 
 
@@ -101,11 +107,13 @@ def split_outside_json_strings(text: str) -> tuple[str, str]:
         if quotes:
             quotes -= len(_ESCAPED_QUOTE.findall(text, at, tag.start()))
         in_string ^= quotes % 2 == 1
-        if in_string or _as_code(text, tag.start(), ""):  # the JSON's own text, or code
+        marked = tag.start() > at and text[tag.start() - 1] == _MARK
+        if in_string or (not marked and _as_code(text, tag.start(), "")):  # JSON's, or code
             content.append(text[at : tag.end()])
             at = tag.end()
             continue
-        content.append(text[at : tag.start()])
+        marked = tag.start() > at and text[tag.start() - 1] == _MARK
+        content.append(text[at : tag.start() - marked])
         close = "</" + tag.group()[1:]
         found = text.find(close, tag.end())
         blocks.append(text[tag.end() :] if found == -1 else text[tag.end() : found])
@@ -179,12 +187,18 @@ class ThinkingSplitter:
             if close is None:
                 lt = text.find("<", search)
                 if lt == -1:
-                    self._content.append(text[start:])
+                    held = text.endswith(_MARK)  # it may come before a tag
+                    if n - held > start:
+                        self._content.append(text[start : n - held])
+                    self._pending = _MARK if held else ""
                     return
+                marked = lt > start and text[lt - 1] == _MARK
                 for open_tag, close_tag in _TAGS.items():
-                    if text.startswith(open_tag, lt) and not _as_code(text, lt, self._before):
-                        if lt > start:
-                            self._content.append(text[start:lt])
+                    if text.startswith(open_tag, lt) and (
+                        marked or not _as_code(text, lt, self._before)
+                    ):
+                        if lt - marked > start:
+                            self._content.append(text[start : lt - marked])
                         self._close = close_tag
                         self._block = []
                         start = search = lt + len(open_tag)
@@ -193,9 +207,9 @@ class ThinkingSplitter:
                     # Only near the end can a tag be cut: sliced everywhere, each '<'
                     # copied the rest (a 1 MB run of them in a history took 28 s).
                     if n - lt < _MAX_OPEN_LEN and _could_open(text[lt:]):
-                        if lt > start:
-                            self._content.append(text[start:lt])
-                        self._pending = text[lt:]
+                        if lt - marked > start:
+                            self._content.append(text[start : lt - marked])
+                        self._pending = text[lt - marked :]
                         return
                     search = lt + 1  # a literal '<': keep it in this content run
             else:
@@ -303,9 +317,9 @@ class ThinkingTagger:
         if is_thinking and not self._open:
             self._open, self._tail = True, ""
             # An open tag right after a backtick is read as code (ThinkingSplitter, and
-            # the JS kit): after text that ends with one, a zero-width space keeps ours a
-            # tag (the reasoning was shown and saved as the answer).
-            tag += "\u200b<thinking>" if not tag and self._after_backtick else "<thinking>"
+            # the JS kit): after text that ends with one, a mark keeps ours a tag (the
+            # reasoning was shown and saved as the answer); the splitters drop it.
+            tag += _MARK + "<thinking>" if not tag and self._after_backtick else "<thinking>"
         piece = tag + (self._no_close_tag(text) if is_thinking else text)
         if piece:
             self._after_backtick = piece[-1] == "`"

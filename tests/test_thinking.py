@@ -15,6 +15,7 @@ from assistant.thinking import (
     with_thinking_closed,
     without_thinking,
 )
+from assistant.tools import structured_output
 
 
 def split_thinking(text: str) -> tuple[str, str]:
@@ -222,11 +223,14 @@ def reference_split(text: str, json_strings: bool = False) -> tuple[str, str]:
         if match is None:
             content.append(text[pos:])
             break
-        if match.start() and text[match.start() - 1] == "`" and match.group() != '"':
+        marked = match.start() > pos and text[match.start() - 1] == "\u200b"
+        code = match.start() and text[match.start() - 1] == "`"
+        if code and match.group() != '"':
             content.append(text[pos : match.end()])  # shown as code: text
             pos = match.end()
             continue
-        content.append(text[pos : match.start()])
+        # The tagger's mark before its own tag goes with the tag (not before a string).
+        content.append(text[pos : match.start() - (marked and match.group() != '"')])
         if match.group() == '"':
             string = _JSON_STRING_RE.match(text, match.start())
             pos = len(text) if string is None else string.end()
@@ -248,7 +252,7 @@ _JSON_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
 
 _PIECES = [
     "<thinking>", "</thinking>", "<think>", "</think>", "<", ">", "/", "t", "hink", "ing",
-    "<thi", "</thi", "a", " ", "\n", "\u2028", "é", "<think ", "<THINK>", "`",
+    "<thi", "</thi", "a", " ", "\n", "\u2028", "é", "<think ", "<THINK>", "`", "\u200b",
 ]  # fmt: skip
 
 
@@ -493,10 +497,28 @@ def test_native_reasoning_after_a_backtick_is_still_thinking() -> None:
     tagger = ThinkingTagger()
     pieces = [(False, "Use `x`"), (True, "secret"), (False, " then"), (True, "`more`")]
     streamed = "".join(tagger.wrap(is_thinking, text) for is_thinking, text in pieces)
-    assert split_thinking(streamed + tagger.close()) == ("Use `x`\u200b then", "secret\n\n`more`")
+    assert split_thinking(streamed + tagger.close()) == ("Use `x` then", "secret\n\n`more`")
+    assert "`\u200b<thinking>secret" in streamed  # the mark, dropped with the tag
     tagger = ThinkingTagger()  # after its own close tag, none is needed
     streamed = tagger.wrap(True, "a`") + tagger.close() + tagger.wrap(True, "b")
     assert streamed == "<thinking>a`</thinking><thinking>b"
+
+
+def test_the_taggers_mark_never_reaches_content_a_fence_or_structured_output() -> None:
+    """Kept in content, the mark broke a code fence that closed right before reasoning
+    (the rest of a Markdown answer rendered as code) and a fenced JSON answer (its
+    structured output failed), a reviewer's, on all four providers."""
+    tagger = ThinkingTagger()
+    pieces = [(True, "plan"), (False, '```json\n{"a": 1}\n```'), (True, "check")]
+    streamed = "".join(tagger.wrap(is_thinking, text) for is_thinking, text in pieces)
+    streamed += tagger.close()
+    assert split_thinking(streamed) == ('```json\n{"a": 1}\n```', "plan\n\ncheck")
+    assert split_outside_json_strings(streamed) == ('```json\n{"a": 1}\n```', "plan\n\ncheck")
+    content = split_thinking(streamed)[0]
+    assert structured_output(content, {"type": "object"}) == ({"a": 1}, None)
+    for cut in range(len(streamed) + 1):  # the mark held back at a chunk's end
+        assert feed_all([streamed[:cut], streamed[cut:]]) == split_thinking(streamed), cut
+    assert split_thinking("a\u200b") == ("a\u200b", "")  # a mark before no tag is text
 
 
 def test_a_block_ended_where_no_text_follows_closes_with_the_next_piece() -> None:

@@ -4,8 +4,10 @@
 // and `<think>…</think>`, exact and lowercase; only the matching close tag ends a block; tags may
 // be split across chunks anywhere (only the shortest tail that could still become a tag is held
 // back); outside a block, other `<…>` text is ordinary text, and so is an open tag right after a
-// backtick (a tag shown as code: "wrap it in `<think>` tags"); a block's thinking is set apart from
-// an earlier block's by a blank line, as the service joins them. It shows thinking live; the final
+// backtick (a tag shown as code: "wrap it in `<think>` tags"), and a zero-width space right before
+// an open tag read as one goes with it (the service puts one before its own tag after a backtick:
+// it is no text of the model's); a block's thinking is set apart from an earlier block's by a blank
+// line, as the service joins them. It shows thinking live; the final
 // frame's `metadata.thinking_content` is the authoritative thinking (blocks stripped and joined).
 //
 //   const splitter = new ThinkingSplitter();
@@ -18,6 +20,10 @@
 
 /** @type {Record<string, string>} an open tag, its close */
 const TAGS = {"<thinking>": "</thinking>", "<think>": "</think>"};
+// The service's mark before its own open tag after a backtick: dropped with the tag.
+const MARK = "\u200b";
+/** What a chunk's end may hold back, outside a block: an open tag begun, with its mark or not. */
+const OPEN_TAILS = [...Object.keys(TAGS), ...Object.keys(TAGS).map((tag) => MARK + tag)];
 // Blank as the service strips a block (ASCII whitespace only: a block of U+00A0 is thinking).
 const ASCII_BLANK = /^[ \t\n\r\v\f]*$/;
 
@@ -93,7 +99,8 @@ export class ThinkingSplitter {
           const found = openAt(candidate, pos);
           if (found >= 0 && (at < 0 || found < at)) [at, tag] = [found, candidate];
         }
-        const asCode = at >= 0 && (at > 0 ? rest[at - 1] : this.before) === "`";
+        const marked = at > pos && rest[at - 1] === MARK;
+        const asCode = at >= 0 && !marked && (at > 0 ? rest[at - 1] : this.before) === "`";
         if (at >= 0 && ((this.json && this.quoted(rest, pos, at)) || asCode)) {
           out.content += rest.slice(pos, at + tag.length); // the JSON string's own text, or code
           pos = at + tag.length;
@@ -101,14 +108,14 @@ export class ThinkingSplitter {
           continue;
         }
         if (at >= 0) {
-          out.content += rest.slice(pos, at);
+          out.content += rest.slice(pos, marked ? at - 1 : at);
           this.close = TAGS[tag];
           this.escaped = false; // a block's text is not read for quotes
           this.gapDue = this.shown;
           pos = at + tag.length;
           continue;
         }
-        const hold = heldBack(rest, Object.keys(TAGS));
+        const hold = heldBack(rest, OPEN_TAILS);
         if (this.json) this.quoted(rest, pos, Math.max(pos, rest.length - hold));
         out.content += rest.slice(pos, Math.max(pos, rest.length - hold));
         this.holdFrom(rest, Math.max(pos, rest.length - hold));

@@ -379,6 +379,23 @@ test("an open tag right after a backtick is code, cut anywhere, as the service r
   }
 });
 
+test("the service's mark before its own tag goes with the tag, cut anywhere", () => {
+  // After text ending in a backtick the service writes "\u200b<thinking>": kept in content, the
+  // mark broke a fence closing there and a fenced JSON answer. ThinkingSplitter in the service
+  // gives the content and thinking below.
+  const text = 'plan```json\n{"a": 1}\n```\u200b<thinking>check</thinking> x\u200b';
+  for (const json of [false, true]) {
+    for (let cut = 0; cut <= text.length; cut++) {
+      const splitter = new ThinkingSplitter({json});
+      const parts = [text.slice(0, cut), text.slice(cut)].map((piece) => splitter.feed(piece));
+      parts.push(splitter.finish());
+      const content = parts.map((part) => part.content).join("");
+      assert.equal(content, 'plan```json\n{"a": 1}\n``` x\u200b', `cut at ${cut}`);
+      assert.equal(parts.map((part) => part.thinking).join(""), "check", `cut at ${cut}`);
+    }
+  }
+});
+
 test("a later block's thinking is set apart by a blank line, not a blank block", () => {
   const splitter = new ThinkingSplitter();
   const pieces = ["<think> </think>A<think>one</think>", "B<thinking>", " ", "two", "</thinking><think>"];
