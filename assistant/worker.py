@@ -567,19 +567,27 @@ class _ReadFirst(SocketUnreader):
         self._held, self._at = b"", 0
 
     def chunk(self, size_hint: int | None = None) -> bytes:
-        if self._at >= len(self._held):
-            self._held, self._at = b"", 0
-            if self.clock is None:
-                return cast(bytes, super().chunk(size_hint))
-            self.clock.run()
-            try:
-                return cast(bytes, super().chunk(size_hint))
-            finally:
-                self.clock.stop()
         size = max(self.mxchunk, min(size_hint or 0, self.max_body_chunk))
-        piece = self._held[self._at : self._at + size]
-        self._at += len(piece)
-        return piece
+        if self._at < len(self._held):
+            piece = self._held[self._at : self._at + size]
+            self._at += len(piece)
+            return piece
+        self._held, self._at = b"", 0
+        clock = self.clock
+        if clock is None:
+            return cast(bytes, super().chunk(size_hint))
+        if clock.remaining <= 0:
+            return b""  # its time is up (the watchdog shut the socket down): no more of it
+        if self.sock.gettimeout() is None:
+            # What the socket holds already is no wait for the client: under load, the
+            # wait for the interpreter after a read was charged to it (fast clients cut).
+            with contextlib.suppress(BlockingIOError, InterruptedError):
+                return cast(bytes, self.sock.recv(size, socket.MSG_DONTWAIT))
+        clock.run()
+        try:
+            return cast(bytes, super().chunk(size_hint))
+        finally:
+            clock.stop()
 
     def take_buffered(self) -> bytes:
         """What was put back, then what is still held (gunicorn reads them so)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from typing import Any
 
 import pytest
@@ -217,6 +218,7 @@ class _Clock:
 
     def __init__(self) -> None:
         self.log: list[str] = []
+        self.remaining = 10.0
 
     def run(self) -> None:
         self.log.append("run")
@@ -240,9 +242,17 @@ def test_what_the_poller_read_is_handed_out_a_read_at_a_time_and_off_the_clock()
         assert [len(piece) for piece in pieces] == [8192, 8192, 20_000 - 2 * 8192]
         assert clock.log == []  # the bytes were in: no wait for the client
         client.sendall(b"abc")
-        assert reader.chunk() == b"abc" and clock.log == ["run", "stop"]
+        assert reader.chunk() == b"abc" and clock.log == []  # in the socket already: the same
+        later = threading.Timer(0.2, client.sendall, (b"def",))
+        later.start()
+        assert reader.chunk() == b"def" and clock.log == ["run", "stop"]  # waited for
+        later.join()
         reader.hold(b"y" * 100_000)  # a chunk's size asks for more at once
         assert len(reader.chunk(size_hint=50_000)) == 50_000
+        reader.chunk(size_hint=50_000)
+        clock.remaining = 0.0  # the watchdog's: the time is up, the socket shut down
+        client.sendall(b"still queued")
+        assert reader.chunk() == b"" and clock.log == ["run", "stop"]  # not run again
 
 
 def test_what_is_held_is_read_after_what_was_put_back_and_seen_by_gthread() -> None:
