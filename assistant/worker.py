@@ -858,6 +858,11 @@ class Worker(ThreadWorker):
             self.nr_conns -= 1
             arrival.conn.close()
             return True
+        return self._arrived(arrival, data)
+
+    def _arrived(self, arrival: _Arrival, data: bytes) -> bool:
+        """`data` of `arrival`; True once the request is whole (on its way to a thread) or
+        refused here."""
         self._buffered += len(data)
         if arrival.add(data) or self._buffered > BUFFERED_BYTES:
             head = self._end_arrival(arrival)
@@ -1267,10 +1272,28 @@ class Worker(ThreadWorker):
         return kept
 
     def finish_request(self, conn: _Connection, fs: Any) -> None:
-        """gthread's, except for a response that parked: it is still under way."""
-        if not fs.cancelled() and fs.exception() is None and fs.result() is _PARKED:
+        """gthread's, except for a response that parked (it is still under way), and a
+        kept-alive connection whose next request was read already (pipelined)."""
+        kept = not fs.cancelled() and fs.exception() is None and fs.result()
+        if kept is _PARKED:
             return
+        if kept is True and conn.parser is not None:
+            read_ahead = conn.parser.unreader.take_buffered()
+            if read_ahead:
+                self._await_read_ahead(conn, read_ahead)
+                return
         super().finish_request(conn, fs)
+
+    def _await_read_ahead(self, conn: _Connection, read_ahead: bytes) -> None:
+        """A connection's next request, of which `read_ahead` was read with the last one,
+        awaited on the poller as any request is (point 1). gthread gave it to a thread at
+        once, which waited for the rest of it: a reviewer's requests trickled behind
+        others held every thread, each piece with a read clock of its own."""
+        conn.sock.setblocking(False)
+        arrival = _Arrival(conn, time.monotonic(), self._body_limit)
+        self._arrivals.append(arrival)
+        if not self._arrived(arrival, read_ahead):
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._receive, arrival))
 
     # -- the graceful close, on the poller (main thread)
 

@@ -68,6 +68,31 @@ def test_an_absolute_form_target_with_no_path_is_the_root(server: str) -> None:
         assert (refusal["code"], refusal["error"]) == ("not_found", "no route for /")
 
 
+def test_a_pipelined_request_still_arriving_holds_no_thread(
+    server: str, fake: FakeUpstream
+) -> None:
+    """A request sent behind another on one connection, and not whole yet, went to a
+    thread at once, which waited for the rest of it (a reviewer's trickled ones held
+    every thread; each piece got a fresh read clock): it is awaited on the poller, as
+    any request is. The server here has one thread: the stream after it is answered
+    while the slow request's connection is still open."""
+    host, port = server.removeprefix("http://").split(":")
+    slow = socket.create_connection((host, int(port)), timeout=10)
+    with slow:
+        slow.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"POST /vac/assistant/live/sse HTTP/1.1\r\nHost: x\r\nContent-")  # fmt: skip
+        first = b""
+        while not first.endswith(b"}"):  # the first, answered whole
+            first += slow.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200")
+        fake.push(Script(tokens=["served"]))
+        answer = httpx.post(f"{server}/vac/assistant/live/sse", json={"user_input": "hi"})
+        assert answer.status_code == 200 and "data: [DONE]" in answer.text
+        slow.setblocking(False)
+        with pytest.raises(BlockingIOError):  # not closed by its read deadline meanwhile
+            slow.recv(1)
+
+
 def test_a_stream_carries_no_connection_header_unless_the_connection_closes(
     server: str, fake: FakeUpstream
 ) -> None:
