@@ -64,6 +64,7 @@ _TAGS: dict[str, str] = {"<thinking>": "</thinking>", "<think>": "</think>"}
 _MAX_OPEN_LEN = max(len(tag) for tag in _TAGS)
 # Before an open tag: ThinkingTagger's mark of its own after a backtick; dropped with it.
 _MARK = "\u200b"
+_MARKED_AFTER = "`" + _MARK
 _ASCII_WS = " \t\n\r\x0b\x0c"
 
 
@@ -308,7 +309,7 @@ class ThinkingTagger:
         self._open = False
         self._ended = False  # the open block ended (end_block): its close tag is due
         self._tail = ""  # the end of the reasoning so far, that a close tag may still end
-        self._after_backtick = False  # what was handed on ends with one
+        self._needs_mark = False  # what was handed on ends with a backtick or a mark
 
     def wrap(self, is_thinking: bool, text: str) -> str:
         tag = ""
@@ -318,11 +319,13 @@ class ThinkingTagger:
             self._open, self._tail = True, ""
             # An open tag right after a backtick is read as code (ThinkingSplitter, and
             # the JS kit): after text that ends with one, a mark keeps ours a tag (the
-            # reasoning was shown and saved as the answer); the splitters drop it.
-            tag += _MARK + "<thinking>" if not tag and self._after_backtick else "<thinking>"
+            # reasoning was shown and saved as the answer); the splitters drop it. And
+            # after the model's own zero-width space (a word break in Thai, say), or the
+            # splitters would drop that one instead.
+            tag += _MARK + "<thinking>" if not tag and self._needs_mark else "<thinking>"
         piece = tag + (self._no_close_tag(text) if is_thinking else text)
         if piece:
-            self._after_backtick = piece[-1] == "`"
+            self._needs_mark = piece[-1] in _MARKED_AFTER
         return piece
 
     def end_block(self) -> None:
@@ -331,7 +334,7 @@ class ThinkingTagger:
     def close(self) -> str:
         was_open, self._open, self._ended = self._open, False, False
         if was_open:
-            self._after_backtick = False
+            self._needs_mark = False
         return "</thinking>" if was_open else ""
 
     def _no_close_tag(self, piece: str) -> str:

@@ -519,6 +519,10 @@ def test_the_taggers_mark_never_reaches_content_a_fence_or_structured_output() -
     for cut in range(len(streamed) + 1):  # the mark held back at a chunk's end
         assert feed_all([streamed[:cut], streamed[cut:]]) == split_thinking(streamed), cut
     assert split_thinking("a\u200b") == ("a\u200b", "")  # a mark before no tag is text
+    tagger = ThinkingTagger()  # the model's own before reasoning: kept (Thai's word break)
+    pieces = [(False, "a\u200b"), (True, "t"), (False, "b\u200b")]
+    streamed = "".join(tagger.wrap(is_thinking, text) for is_thinking, text in pieces)
+    assert split_thinking(streamed) == ("a\u200bb\u200b", "t")
 
 
 def test_a_block_ended_where_no_text_follows_closes_with_the_next_piece() -> None:
