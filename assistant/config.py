@@ -133,10 +133,11 @@ def _base_url(env: Mapping[str, str], name: str, default: str) -> str:
     if url:
         try:
             parsed = httpx.URL(url)
-            # A host no name lookup takes (a..b): a 500 per use. A space (httpx escapes
-            # it, %20) or a control character in a name, which both take: a 502 per
-            # request. An IPv6 address may hold a zone's %.
-            host = parsed.host.encode("idna").decode("ascii")
+            # A host no name lookup takes: an empty label (a..b), a 500 per use; a space
+            # (httpx escapes it, %20) or a control character, a 502 per request. As httpx
+            # sends it (IDNA 2008: Python's codec is IDNA 2003's, which refused names
+            # httpx takes). An IPv6 address may hold a zone's %.
+            host = parsed.raw_host.decode("ascii")
             if ":" not in host and not _HOST_NAME.fullmatch(host):
                 raise ValueError(host)
         except (httpx.InvalidURL, ValueError):  # http://[::1/certs: each use was a 500
@@ -146,8 +147,8 @@ def _base_url(env: Mapping[str, str], name: str, default: str) -> str:
     return url
 
 
-# What a host name may hold once httpx has read it (IDNA's xn-- form included).
-_HOST_NAME = re.compile(r"[A-Za-z0-9._-]+")
+# A host name as httpx sends it (IDNA's xn-- form included): labels, a dot at the end.
+_HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?")
 
 # To the last "@": a password with a "/", "?" or "#" in it (unescaped) would otherwise
 # end the match early and show its rest; a path with an "@" is only shown less of.
@@ -202,7 +203,7 @@ def origins_that_match_nothing(origins: tuple[str, ...]) -> list[str]:
     """The entries of CORS_ORIGINS no browser's Origin can be (no scheme, a path, a
     pattern, a list split by spaces): taken as they are, they only refuse, which a
     frontend sees as a network error and nobody else sees at all."""
-    return [name for name in origins if name != "*" and _origin_or_none(name) is None]
+    return [name for name in origins if name not in ("*", "null") and _origin_or_none(name) is None]
 
 
 def _origin(name: str) -> str:

@@ -398,6 +398,21 @@ def test_a_base_url_whose_host_no_lookup_takes_is_a_config_error(url: str) -> No
     assert str(refused.value) == "ANTHROPIC_BASE_URL is not a URL httpx can read"
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://\u0645\u062b\u0627\u06441.example",
+        "http://faß.de",
+        "http://[fe80::1%25lo]:11434",
+        "http://my_ollama.",
+    ],
+)
+def test_a_base_url_httpx_takes_is_taken(url: str) -> None:
+    """Checked with Python's IDNA codec (IDNA 2003), a name ending in a digit in a
+    right-to-left script was refused, where httpx (IDNA 2008) sends it (a reviewer)."""
+    assert Settings.from_env({"ANTHROPIC_BASE_URL": url}).providers["anthropic"].base_url == url
+
+
 @pytest.mark.parametrize("password", ["pa/ss", "pa?ss", "pa#ss", "p@ss"])
 def test_a_login_is_hidden_whatever_its_password_holds(password: str) -> None:
     shown = shown_url(f"http://alice:{password}@host:11434")
