@@ -14,7 +14,8 @@ it run this subclass instead. Ten things differ from gthread as gunicorn
    it is all there: the head, then the body its Content-Length or chunked
    framing announces (`_Arrival`). A kept-alive connection's next request
    is read as soon as the poller reports the connection readable (that is
-   why it is), and waited for only if it is not whole yet. The bytes read
+   why it is), and waited for only if it is not whole yet; one read with the
+   request before it (pipelined) is waited for the same way. The bytes read
    are handed to gunicorn's parser, which parses them as if it had read
    them itself, a socket read's worth at a time (`_ReadFirst`): what the
    poller works out is only when to stop waiting, never what the request
