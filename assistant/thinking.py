@@ -113,8 +113,7 @@ def split_outside_json_strings(text: str) -> tuple[str, str]:
             content.append(text[at : tag.end()])
             at = tag.end()
             continue
-        marked = tag.start() > at and text[tag.start() - 1] == _MARK
-        content.append(text[at : tag.start() - marked])
+        content.append(text[at : tag.start() - marked])  # the mark goes with its tag
         close = "</" + tag.group()[1:]
         found = text.find(close, tag.end())
         blocks.append(text[tag.end() :] if found == -1 else text[tag.end() : found])
