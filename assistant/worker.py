@@ -559,14 +559,6 @@ class _ReadFirst(SocketUnreader):
         self._held = data + self.take_buffered() if self.buf.tell() or self._held else data
         self._at = 0
 
-    def put_back(self) -> None:
-        """What is held, put back as gunicorn's own reader puts back what it read ahead:
-        gthread looks there for a next request already read (a pipelined one), and
-        waits for the socket to be readable when there is none."""
-        if self._at < len(self._held):
-            self.unread(self.take_buffered())
-        self._held, self._at = b"", 0
-
     def chunk(self, size_hint: int | None = None) -> bytes:
         size = max(self.mxchunk, min(size_hint or 0, self.max_body_chunk))
         if self._at < len(self._held):
@@ -591,7 +583,8 @@ class _ReadFirst(SocketUnreader):
             clock.stop()
 
     def take_buffered(self) -> bytes:
-        """What was put back, then what is still held (gunicorn reads them so)."""
+        """What was put back, then what is still held (gunicorn reads them so): a next
+        request read with the last (`Worker.finish_request`)."""
         held, self._held, self._at = self._held[self._at :], b"", 0
         return cast(bytes, super().take_buffered()) + held
 
@@ -1265,12 +1258,9 @@ class Worker(ThreadWorker):
         if keepalive is _PARKED:
             return _PARKED
         try:
-            kept = super()._keepalive_after(conn, keepalive)
+            return super()._keepalive_after(conn, keepalive)
         except errors.ParseException:
             return False
-        if kept:
-            _ReadFirst.on(conn.parser).put_back()
-        return kept
 
     def finish_request(self, conn: _Connection, fs: Any) -> None:
         """gthread's, except for a response that parked (it is still under way), and a

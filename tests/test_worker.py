@@ -255,7 +255,7 @@ def test_what_the_poller_read_is_handed_out_a_read_at_a_time_and_off_the_clock()
         assert reader.chunk() == b"" and clock.log == ["run", "stop"]  # not run again
 
 
-def test_what_is_held_is_read_after_what_was_put_back_and_seen_by_gthread() -> None:
+def test_what_is_held_is_read_after_what_was_put_back() -> None:
     ours, client = socket.socketpair()
     with ours, client:
         reader = _ReadFirst(ours)
@@ -264,5 +264,6 @@ def test_what_is_held_is_read_after_what_was_put_back_and_seen_by_gthread() -> N
         reader.hold(b"new ")
         assert reader.read() == b"new second"
         reader.hold(b"pipelined")
-        reader.put_back()  # gthread looks in the buffer for a request already read
-        assert reader.buf.getvalue() == b"pipelined"
+        reader.unread(b"put back ")
+        assert reader.take_buffered() == b"put back pipelined"  # a next request, read
+        assert reader.take_buffered() == b""
