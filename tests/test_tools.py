@@ -395,6 +395,7 @@ def test_a_json_caller_gets_the_same_metadata(client, fake: FakeUpstream) -> Non
     )
     assert response.status_code == 200
     metadata = response.get_json()["metadata"]
+    response.close()  # its slot back: the test client closes no response by itself
     assert metadata["structured_output"] == value
     assert [call["name"] for call in metadata["tools_to_use"]] == ["weather"]
 
