@@ -364,19 +364,28 @@ test("thinking is split out of chunks cut anywhere", () => {
   }
 });
 
-test("an open tag right after a backtick is code, cut anywhere, as the service reads it", () => {
-  // The service's ThinkingSplitter gives for this text: content and thinking below.
-  const text = "Wrap it in `<think>` tags, ``<thinking>x``. <think>use `y`</think>Done";
+/**
+ * Asserts that `text`, cut in two anywhere, splits into `content` and `thinking`, in each mode.
+ * @param {string} text
+ * @param {string} content
+ * @param {string} thinking
+ */
+function splitsAnywhere(text, content, thinking) {
   for (const json of [false, true]) {
     for (let cut = 0; cut <= text.length; cut++) {
       const splitter = new ThinkingSplitter({json});
       const parts = [text.slice(0, cut), text.slice(cut)].map((piece) => splitter.feed(piece));
       parts.push(splitter.finish());
-      const content = parts.map((part) => part.content).join("");
-      assert.equal(content, "Wrap it in `<think>` tags, ``<thinking>x``. Done", `cut at ${cut}`);
-      assert.equal(parts.map((part) => part.thinking).join(""), "use `y`", `cut at ${cut}`);
+      assert.equal(parts.map((part) => part.content).join(""), content, `json ${json}, cut at ${cut}`);
+      assert.equal(parts.map((part) => part.thinking).join(""), thinking, `json ${json}, cut at ${cut}`);
     }
   }
+}
+
+test("an open tag right after a backtick is code, cut anywhere, as the service reads it", () => {
+  // The service's ThinkingSplitter gives for this text: content and thinking below.
+  const text = "Wrap it in `<think>` tags, ``<thinking>x``. <think>use `y`</think>Done";
+  splitsAnywhere(text, "Wrap it in `<think>` tags, ``<thinking>x``. Done", "use `y`");
 });
 
 test("the service's mark before its own tag goes with the tag, cut anywhere", () => {
@@ -384,16 +393,7 @@ test("the service's mark before its own tag goes with the tag, cut anywhere", ()
   // mark broke a fence closing there and a fenced JSON answer. ThinkingSplitter in the service
   // gives the content and thinking below.
   const text = 'plan```json\n{"a": 1}\n```\u200b<thinking>check</thinking> x\u200b';
-  for (const json of [false, true]) {
-    for (let cut = 0; cut <= text.length; cut++) {
-      const splitter = new ThinkingSplitter({json});
-      const parts = [text.slice(0, cut), text.slice(cut)].map((piece) => splitter.feed(piece));
-      parts.push(splitter.finish());
-      const content = parts.map((part) => part.content).join("");
-      assert.equal(content, 'plan```json\n{"a": 1}\n``` x\u200b', `cut at ${cut}`);
-      assert.equal(parts.map((part) => part.thinking).join(""), "check", `cut at ${cut}`);
-    }
-  }
+  splitsAnywhere(text, 'plan```json\n{"a": 1}\n``` x\u200b', "check");
 });
 
 test("a later block's thinking is set apart by a blank line, not a blank block", () => {
