@@ -5,8 +5,8 @@
 // be split across chunks anywhere (only the shortest tail that could still become a tag is held
 // back); outside a block, other `<…>` text is ordinary text, and so is an open tag right after a
 // backtick (a tag shown as code: "wrap it in `<think>` tags"), and a zero-width space right before
-// an open tag read as one goes with it (the service puts one before its own tag after a backtick:
-// it is no text of the model's); a block's thinking is set apart from an earlier block's by a blank
+// an open tag read as one goes with it (the service puts one before its own tag after a backtick,
+// or after such a space of the model's: it is no text of the model's); a block's thinking is set apart from an earlier block's by a blank
 // line, as the service joins them. It shows thinking live; the final
 // frame's `metadata.thinking_content` is the authoritative thinking (blocks stripped and joined).
 //
@@ -20,7 +20,7 @@
 
 /** @type {Record<string, string>} an open tag, its close */
 const TAGS = {"<thinking>": "</thinking>", "<think>": "</think>"};
-// The service's mark before its own open tag after a backtick: dropped with the tag.
+// The service's mark before its own open tag after a backtick (or a mark): dropped with the tag.
 const MARK = "\u200b";
 /** What a chunk's end may hold back, outside a block: an open tag begun, with its mark or not. */
 const OPEN_TAILS = [...Object.keys(TAGS), ...Object.keys(TAGS).map((tag) => MARK + tag)];
