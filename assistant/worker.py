@@ -461,7 +461,7 @@ class _ClockedInput:
         self.touched = True
         if self._invitation is not None:
             self._invitation.send()
-        if self._reader is not None:
+        if self._reader is not None:  # always, but for a parser `handle` did not reach
             self._reader.clock = self._clock
             try:
                 return read(size)
@@ -968,7 +968,9 @@ class Worker(ThreadWorker):
                 self._serving.head = conn.head
                 conn.head, conn.head_wait = None, 0.0
             elif conn.parser is not None:
-                _ReadFirst.on(conn.parser).hold(b"")  # a pipelined request read ahead
+                # Defensive: a request read with the last one comes through the poller
+                # (`finish_request`); should one come here, it is parsed a read at a time.
+                _ReadFirst.on(conn.parser).hold(b"")
             return super().handle(conn)
         finally:
             clock.stop()
