@@ -388,6 +388,9 @@ class _Watchdog:
 _TRACE_HEADERS = {"traceparent": "traceparent", "x-cloud-trace-context": "X-Cloud-Trace-Context"}
 
 
+_NO_REQUEST_BEGUN = (b"", b"\r", b"\r\n")
+
+
 def _head_trace_id(data: bytes) -> str:
     """The trace id in the header lines of a request that arrived in part (its head
     whole or not), else a new one: the line that says it timed out has one, as every
@@ -940,8 +943,10 @@ class Worker(ThreadWorker):
                 received = self._end_arrival(arrival)
                 self.nr_conns -= 1
                 arrival.conn.close()
-                # One that never sent a byte is only idle: closed quietly, as gthread does.
-                if received:
+                # One that never sent a byte is only idle: closed quietly, as gthread does;
+                # so is one that sent the empty line HTTP lets a server ignore before a
+                # request line (some clients end a body with a CRLF they do not count).
+                if received not in _NO_REQUEST_BEGUN:
                     log = RequestLog(_head_trace_id(received), self.server_settings.project_id)
                     reading = "head" if arrival.head_end is None else "body"
                     seconds = self._read_timeout

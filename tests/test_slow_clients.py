@@ -360,6 +360,30 @@ def test_a_request_that_never_arrives_whole_is_logged_with_its_trace_id(
     assert fake.requests == []
 
 
+@pytest.mark.parametrize("stray", [b"\r\n", b"\r"], ids=["crlf", "cr"])
+def test_an_empty_line_after_a_request_is_no_request_begun(
+    fake: FakeUpstream, tmp_path: Path, stray: bytes
+) -> None:
+    """Some clients end a body with a CRLF it does not count (HTTP lets a server ignore
+    one before a request line): the connection is idle, not a request that timed out."""
+    log = tmp_path / "service.log"
+    env = {"REQUEST_READ_TIMEOUT_SECONDS": "1"}
+    with (
+        log.open("wb") as output,
+        running_service(env, output=output) as running,
+        _connect(running.url) as sock,
+    ):
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" + stray)
+        assert _read_response(sock)[0] == 200
+        time.sleep(0.3)  # the stray bytes in alone, then the rest of the line and a request
+        sock.sendall(b"\r\n"[len(stray) :] + b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_response(sock)[0] == 200
+        sock.sendall(stray)  # and nothing more
+        assert _closed_by_server(sock, 5)
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    assert [line for line in lines if line["message"].startswith("request.")] == []
+
+
 def test_a_large_body_refused_is_never_held_in_memory(fake: FakeUpstream) -> None:
     """functions-framework read a refused body whole into memory: 400 MB for one request."""
     with running_service({}) as running:
