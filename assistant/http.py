@@ -682,6 +682,11 @@ def _read_body(request: flask.Request, limit: int) -> bytes:
         raise RequestError(problem) from None
     if len(raw) > limit:  # chunked, with no Content-Length to refuse up front
         raise _too_large(limit)
+    if request.content_length is not None and len(raw) < request.content_length:
+        # gunicorn's reader of a Content-Length body hands it back short, with no
+        # error, when its client stops sending (werkzeug checks none: gunicorn says
+        # its input is terminated): a cut body that still parses was a question.
+        raise RequestError("request body ended before it was complete")
     return raw
 
 

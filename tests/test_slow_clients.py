@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import functions_framework._http
 import httpx
@@ -358,6 +359,32 @@ def test_a_request_that_never_arrives_whole_is_logged_with_its_trace_id(
     if trace:
         assert timed_out["trace_id"] == trace
     assert fake.requests == []
+
+
+@pytest.mark.parametrize("route", ["/vac/assistant/cut/sse", "/vac/assistant/cut"])
+def test_a_body_cut_short_of_its_content_length_is_refused_and_saves_nothing(
+    fake: FakeUpstream, firestore: Any, route: str
+) -> None:
+    """gunicorn hands a body read on a thread (here: after `100 Continue`) back short,
+    with no error, when its client stops sending: one that still parses as JSON was
+    taken as the whole question, and saved."""
+    body = json.dumps({"user_input": "a question", "save_to_history": True}).encode() + b"  "
+    head = (
+        b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % (route.encode(), len(body))
+    )
+    with running_service({}) as running, _connect(running.url) as sock:
+        sock.sendall(head)
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body[:-2])
+        sock.shutdown(socket.SHUT_WR)  # the rest never comes
+        status, _, answer = _read_response(sock)
+    assert (status, json.loads(answer)["error"]) == (
+        400,
+        "request body ended before it was complete",
+    )
+    assert fake.requests == []
+    assert list(firestore.collection_group("messages").stream()) == []
 
 
 @pytest.mark.parametrize("stray", [b"\r\n", b"\r"], ids=["crlf", "cr"])
