@@ -32,6 +32,7 @@ from .certs import CertsUnavailable, cert_cache
 from .config import AuthSettings
 from .errors import MESSAGES, RequestError
 from .store import Author
+from .tools import without_lone_surrogates
 
 MAX_TOKEN_CHARS = 16 * 1024  # real ID tokens are about 1 KB
 MAX_UID_CHARS = 128
@@ -143,6 +144,8 @@ def check_claims(claims: Mapping[str, Any], auth: AuthSettings, now: float) -> N
     subject = claims.get("sub")
     if not isinstance(subject, str) or not 1 <= len(subject) <= MAX_UID_CHARS:
         raise InvalidToken(f"the ID token's sub must be 1-{MAX_UID_CHARS} characters")
+    if without_lone_surrogates(subject) != subject:  # the user's id: never saved altered
+        raise InvalidToken("the ID token's sub is not valid text (a lone UTF-16 surrogate)")
     if _time_claim(claims, "exp") + skew < now:
         raise InvalidToken("the ID token has expired")
     # nbf: Firebase's tokens carry none, but one that says it is not valid yet is not
@@ -168,5 +171,8 @@ def _time_claim(claims: Mapping[str, Any], name: str) -> float:
 
 
 def _optional_text(claims: Mapping[str, Any], name: str) -> str | None:
+    """A claim that only describes the user, with any lone UTF-16 surrogate made U+FFFD:
+    a display name a frontend cut mid-emoji holds one, and no Firestore document can,
+    so every save of that user's messages failed."""
     value = claims.get(name)
-    return value if isinstance(value, str) else None
+    return without_lone_surrogates(value) if isinstance(value, str) else None

@@ -85,6 +85,24 @@ def test_a_valid_token_streams_and_saves_as_its_uid(
         assert message["userName"] == "User uid-ada"
 
 
+def test_a_name_or_email_cut_mid_emoji_is_saved_mended(
+    client, fake: FakeUpstream, firestore, certs: CertsServer, key: SigningKey
+) -> None:
+    """A lone surrogate in the token's name or email failed every save of the user's."""
+    fake.push(Script(tokens=["Hi."]))
+    token = key.sign(claims("uid-ann", name="Ann \ud83d", email="\udc00ann@example.com"))
+    response = post(client, bearer(token), save_to_history=True)
+    final = sse_events(response.get_data())[-2]
+    assert final["metadata"]["persist_failed"] is False
+    saved = _messages(firestore)
+    assert len(saved) == 2
+    for message in saved:
+        assert (message["userName"], message["userEmail"]) == (
+            "Ann \ufffd",
+            "\ufffdann@example.com",
+        )
+
+
 def _now() -> int:
     return int(time.time())
 
@@ -110,6 +128,7 @@ BAD_CREDENTIALS: dict[str, Callable[[SigningKey, SigningKey], dict[str, str]]] =
     "empty sub": lambda key, other: bearer(key.sign(claims(sub=""))),
     "no sub": lambda key, other: bearer(key.sign(claims(sub=None))),
     "sub too long": lambda key, other: bearer(key.sign(claims(sub="u" * 129))),
+    "sub with a lone surrogate": lambda key, other: bearer(key.sign(claims(sub="u\ud83d"))),
     "iat in the future": lambda key, other: bearer(key.sign(claims(iat=_now() + 120))),
     "auth_time in the future": lambda key, other: bearer(key.sign(claims(auth_time=_now() + 120))),
     "no auth_time": lambda key, other: bearer(key.sign(claims(auth_time=None))),
