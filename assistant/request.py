@@ -410,7 +410,11 @@ def _tool_result(item: Mapping[str, Any], label: str, call_names: Mapping[str, s
     call_id = _optional(item, "tool_call_id", str, f"{label}.tool_call_id")
     if not call_id:
         raise RequestError(f"{label}.tool_call_id is required for a tool turn")
-    name = _optional(item, "name", str, f"{label}.name") or call_names.get(call_id)
+    given = _optional(item, "name", str, f"{label}.name")
+    # The call's name, when there is a call with that id: Gemini (which has no ids
+    # before 3) and Ollama match a result to its call by name, and a result named
+    # otherwise reached the model as another tool's (a frontend's two names swapped).
+    name = call_names.get(call_id) or given
     if name is None:
         raise RequestError(f"{label}.name is required (no earlier call has id {call_id[:64]!r})")
     if not TOOL_NAME.fullmatch(name):  # a provider would refuse the request for it

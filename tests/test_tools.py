@@ -233,6 +233,28 @@ def test_a_result_without_a_name_takes_the_call_its_id_is_sent_as() -> None:
     assert conversation(turns)[1] == Message("assistant", (ToolCall("dup", "weather", {}),))
 
 
+def test_a_result_is_named_as_the_call_its_id_answers() -> None:
+    """A frontend that swapped two results' names: Gemini and Ollama, which match results
+    to calls by name, got the weather call's result as time's, and the other way round."""
+    calls = [
+        {"id": "c1", "name": "weather", "args": {}},
+        {"id": "c2", "name": "time", "args": {}},
+    ]
+    turns = _history(
+        {"role": "user", "content": "Oslo?"},
+        {"role": "assistant", "content": "", "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "c1", "name": "time", "content": "4 °C"},
+        {"role": "tool", "tool_call_id": "c2", "name": "weather", "content": "noon"},
+        # An id no call has: the name given is all there is.
+        {"role": "tool", "tool_call_id": "c9", "name": "clock", "content": "late"},
+    )
+    assert [(turn.tool_call_id, turn.tool_name) for turn in turns[2:]] == [
+        ("c1", "weather"),
+        ("c2", "time"),
+        ("c9", "clock"),
+    ]
+
+
 def test_a_json_answer_sent_back_is_read_as_the_store_keeps_it() -> None:
     """A structured answer sent back in chat_history gives the model the turn a history
     read gives: with a response schema, a tag inside its strings is its text (it was cut
