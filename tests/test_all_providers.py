@@ -635,6 +635,42 @@ def test_an_error_line_in_the_stream_is_logged_without_the_prompt(upstream: Fake
     assert "PROMPTMARKER" not in error.detail and "[prompt]" in error.detail
 
 
+GERMAN_PROMPT = (
+    "Können Sie mir bitte helfen, meine geheime Diagnose für Herrn Müller zu formulieren?"
+)
+KEY = "sk-ant-SECRETCANARYanth0123456789abcdef"
+GERMAN_REQUEST = json.dumps({"content": GERMAN_PROMPT}, ensure_ascii=False).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        # A body echoed with Python's !r: its UTF-8 as \xc3\xb6 (read as two code points,
+        # one non-ASCII letter near the prompt's start hid the echo).
+        (f"Unprocessable body: {GERMAN_REQUEST!r}".encode(), "text/plain"),
+        # Another charset: the key was looked for in UTF-8 alone, the text read as UTF-8.
+        (f"Error: {GERMAN_PROMPT} {KEY}".encode("utf-16"), "text/plain; charset=utf-16"),
+        (f"Ungueltige Anfrage: {GERMAN_PROMPT} {KEY}".encode("latin-1"),
+         "text/plain; charset=iso-8859-1"),
+        (f"Ungueltige Anfrage: {GERMAN_PROMPT} {KEY}".encode("latin-1"), "text/plain"),
+        # The key cut short, or in two.
+        (f"invalid x-api-key {KEY[:-1]} ({KEY[3:20]})".encode(), "text/plain"),
+    ],
+    ids=["python-bytes-repr", "utf-16", "latin-1", "latin-1-undeclared", "key-cut-short"],
+)  # fmt: skip
+def test_an_error_body_in_any_encoding_is_logged_without_the_prompt_or_the_key(
+    body: bytes, content_type: str
+) -> None:
+    """A reviewer's misbehaving upstream logged a German prompt whole, and in UTF-16 the
+    key too."""
+    response = httpx.Response(400, content=body, headers={"content-type": content_type})
+    prompt = Prompt(system=None, turns=(Turn("user", GERMAN_PROMPT),))
+    detail = asyncio.run(read_error_body(response, {"x-api-key": KEY}, prompt))
+    assert "Diagnose" not in detail and "SECRETCANARY" not in detail, detail
+    assert "CANARYanth01" not in detail.replace("\x00", "")  # UTF-16 read as UTF-8
+    assert "[prompt]" in detail or "[redacted]" in detail
+
+
 def test_a_key_across_the_error_bodys_cut_is_redacted_too() -> None:
     """The cut is in bytes: a body of multibyte text put a key across it, and the part
     before the cut was logged (a reviewer's probe)."""

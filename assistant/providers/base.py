@@ -27,6 +27,7 @@ chain never sees a third-party exception.
 from __future__ import annotations
 
 import base64
+import codecs
 import contextlib
 import dataclasses
 import functools
@@ -588,14 +589,40 @@ async def read_error_body(
         # As sent: httpx adds a URL's user and password as Basic auth (an Ollama behind
         # a proxy that asks for a login), which `headers` never held.
         sent += response.request.headers.items()
-    for secret in request_secrets(sent):
+    secrets = request_secrets(sent)
+    for secret in secrets:
         body = body.replace(secret, b"[redacted]")
     # Only what is kept is scrubbed: a first read can hold a MB, and the scrub of a MB
     # against a long history's texts held the I/O loop (every stream) 6.4 s a failure.
-    text = body[: ERROR_BODY_BYTES + _KEY_ROOM_BYTES].decode("utf-8", "replace")
+    text = _decoded(body[: ERROR_BODY_BYTES + _KEY_ROOM_BYTES], response.charset_encoding)
+    text = without_secrets(text, secrets)  # in a body of another charset, or cut short
     if prompt is not None:
         text = without_prompt(text, prompt)
     return text[:ERROR_BODY_BYTES]
+
+
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),  # before UTF-16's, which begins it
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def _decoded(body: bytes, charset: str | None) -> str:
+    """An error body as text: in the charset its BOM or its Content-Type says (one in
+    UTF-16 was scrubbed as UTF-8, and logged with the key and the prompt in it), else
+    UTF-8, else Latin-1 (a body that is not UTF-8, "K\xf6nnen", was logged with U+FFFD
+    where the prompt's scrub needed its letters)."""
+    named = next((name for bom, name in _BOMS if body.startswith(bom)), charset)
+    with contextlib.suppress(LookupError, ValueError):
+        if named:
+            return body.decode(named, "replace")
+    try:  # a character the cut split at the end is no sign of another charset
+        return codecs.getincrementaldecoder("utf-8")().decode(body, final=False)
+    except UnicodeDecodeError:
+        return body.decode("latin-1")
 
 
 def request_secrets(headers: list[tuple[str, str]]) -> list[bytes]:
@@ -633,9 +660,29 @@ def provider_secrets(provider: Provider) -> list[bytes]:
     return request_secrets(headers)
 
 
+_SECRET_PIECE_CHARS = 12  # of a key, found anywhere in a text: no word holds so much of one
+
+
 def without_secrets(text: str, secrets: list[bytes]) -> str:
+    """`text` with each secret taken out, and every run of _SECRET_PIECE_CHARS or more of
+    its characters as they stand in it (an echo cut short, or cut in two, kept all of
+    the key but a character)."""
     for secret in secrets:
-        text = text.replace(secret.decode(), "[redacted]")
+        key = secret.decode()
+        text = text.replace(key, "[redacted]")
+        size = min(_SECRET_PIECE_CHARS, len(key))
+        pieces = {key[at : at + size] for at in range(len(key) - size + 1)}
+        kept, at, start = [], 0, 0
+        while at <= len(text) - size:
+            if text[at : at + size] not in pieces:
+                at += 1
+                continue
+            end = at + size
+            while end < len(text) and text[end - size + 1 : end + 1] in pieces:
+                end += 1
+            kept += [text[start:at], "[redacted]"]
+            at = start = end
+        text = "".join([*kept, text[start:]])
     return text
 
 
@@ -743,7 +790,7 @@ def _cut_short_at(text: str, said: str) -> int:
 # An escape as JSON, Python or Go writes one: \uXXXX (either case), \xXX, \UXXXXXXXX,
 # or a backslash and one other character (one cut short is left as it is).
 _ESCAPE = re.compile(
-    r"\\(?:u([0-9a-fA-F]{4})|x([0-9a-fA-F]{2})|U([0-9a-fA-F]{8})|([^uxU]))", re.DOTALL
+    r"((?:\\x[0-9a-fA-F]{2})+)|\\(?:u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8})|([^uxU]))", re.DOTALL
 )
 _PARTIAL_ESCAPE = re.compile(r"\\(?:u[0-9a-fA-F]{0,3}|x[0-9a-fA-F]?|U[0-9a-fA-F]{0,7})?\Z")
 _ESCAPED_CHARS = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f"}
@@ -757,7 +804,15 @@ def _unescaped_once(text: str) -> str:
 
 
 def _escaped_char(match: re.Match[str]) -> str:
-    code = match.group(1) or match.group(2) or match.group(3)
+    if (run := match.group(1)) is not None:
+        # Python's repr of bytes writes UTF-8 as \xc3\xb6 (a body echoed with !r): read
+        # as code points, one non-ASCII letter near a prompt's start hid its echo.
+        raw = bytes.fromhex(run.replace("\\x", ""))
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return raw.decode("latin-1")  # a str's repr: \xe9 is é
+    code = match.group(2) or match.group(3)
     if code is not None:
         return chr(int(code, 16)) if int(code, 16) <= 0x10FFFF else "\ufffd"
     char = match.group(4)
