@@ -79,7 +79,7 @@ if not (
 def _in_worker(worker: object) -> None:
     """gunicorn's `post_worker_init` hook, once the worker has loaded the app."""
     config.fix_for_process()
-    warn_of_origins_that_match_nothing()
+    warn_of_cors_origins()
     threads = getattr(getattr(worker, "cfg", None), "threads", None)
     if isinstance(threads, int):
         limits.replies_in_flight.set_threads(threads)  # half of them may wait on clients
@@ -88,14 +88,23 @@ def _in_worker(worker: object) -> None:
     memory.start_in_worker()  # last: it freezes what exists, the settings included
 
 
-def warn_of_origins_that_match_nothing() -> None:
-    """A line in the log for CORS_ORIGINS entries no browser's origin can be: a browser
-    reports their refusals to the page as a network error, and nothing else said so."""
-    if unmatched := config.origins_that_match_nothing(config.cors_origins()):
+def warn_of_cors_origins() -> None:
+    """A line in the log for CORS_ORIGINS entries no browser's origin can be (a browser
+    reports their refusals to the page as a network error, and nothing else said so),
+    and for a `*` among origins: it admits every origin, without credentials, and a
+    list meant as the only origins allowed was silently none."""
+    origins = config.cors_origins()
+    if unmatched := config.origins_that_match_nothing(origins):
         process_log().warning(
             "cors.origins_match_nothing",
             origins=unmatched,
             hint="an origin is scheme://host[:port], no path, one per comma",
+        )
+    if "*" in origins and len(origins) > 1:
+        process_log().warning(
+            "cors.any_origin",
+            hint="* in CORS_ORIGINS admits every origin (without credentials): "
+            "the other entries add nothing",
         )
 
 

@@ -82,17 +82,29 @@ def test_origins_no_browser_can_send_are_said_in_the_log(capsys, monkeypatch) ->
         "https://*.example.com, https://app.example.com/chat, https://ok.example:443/, *"
     )
     monkeypatch.setenv("CORS_ORIGINS", written)
-    server.warn_of_origins_that_match_nothing()
-    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert line["message"] == "cors.origins_match_nothing"
+    server.warn_of_cors_origins()
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    [line] = [line for line in lines if line["message"] == "cors.origins_match_nothing"]
     assert line["origins"] == [
         "app.example.com",
         "https://a.example https://b.example",
         "https://*.example.com",
         "https://app.example.com/chat",
     ]
-    monkeypatch.setenv("CORS_ORIGINS", "https://ok.example, *, null")  # a sandboxed page's
-    server.warn_of_origins_that_match_nothing()
+    monkeypatch.setenv("CORS_ORIGINS", "https://ok.example, null")  # a sandboxed page's
+    server.warn_of_cors_origins()
+    assert capsys.readouterr().out == ""
+
+
+def test_a_wildcard_among_origins_is_said_in_the_log(capsys, monkeypatch) -> None:
+    """`https://app.example.com,*`, meant as a list, admits every origin, and the app's
+    loses its credentialed echo: the log said nothing (a reviewer)."""
+    monkeypatch.setenv("CORS_ORIGINS", "https://app.example.com, *")
+    server.warn_of_cors_origins()
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["message"] == "cors.any_origin"
+    monkeypatch.setenv("CORS_ORIGINS", "*")  # the default: nothing to say
+    server.warn_of_cors_origins()
     assert capsys.readouterr().out == ""
 
 
