@@ -15,8 +15,9 @@
 #    with demo-), creates the user dev@example.com (password dev-password) and
 #    prints the curl commands that get its ID token and stream with it.
 #    Without AUTH_MODE, or with none / iam, Node is not needed.
-# 4. If none of ANTHROPIC_API_KEY, OPENAI_API_KEY, GEMINI_API_KEY,
-#    OLLAMA_BASE_URL is set, starts the fake upstream (devtools.fake_upstream)
+# 4. If none of ANTHROPIC_API_KEY, OPENAI_API_KEY, GEMINI_API_KEY (or the
+#    variables {P}_KEY_NAME names instead), OLLAMA_BASE_URL is set, nor
+#    SECRET_MANAGER=true, starts the fake upstream (devtools.fake_upstream)
 #    and routes the anthropic provider to it: replies are canned text.
 # 5. Serves the function on http://127.0.0.1:$PORT (default 1956) with
 #    THREADS (default 16) gunicorn threads.
@@ -186,7 +187,28 @@ fi
 
 # ---------------------------------------------------------------- fake upstream
 
-if [[ -z "${ANTHROPIC_API_KEY:-}${OPENAI_API_KEY:-}${GEMINI_API_KEY:-}${OLLAMA_BASE_URL:-}" ]]; then
+# Whether the service has a provider of its own: a key in the variable it reads the
+# key from ({P}_KEY_NAME renames it: looking at {P}_API_KEY alone, a renamed key was
+# sent to the fake), an Ollama URL, or keys from Secret Manager.
+provider_configured() {
+    local prefix name value
+    for prefix in ANTHROPIC OPENAI GEMINI; do
+        name="${prefix}_KEY_NAME"
+        name="${!name:-}"
+        name="${name//[[:space:]]/}"
+        name="${name:-${prefix}_API_KEY}"
+        [[ "$name" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || continue
+        value="${!name:-}"
+        [[ -n "${value//[[:space:]]/}" ]] && return 0
+    done
+    value="${OLLAMA_BASE_URL:-}"
+    [[ -n "${value//[[:space:]]/}" ]] && return 0
+    value="${SECRET_MANAGER:-}"
+    value="${value//[[:space:]]/}"
+    [[ "${value,,}" =~ ^(1|true|yes|on)$ ]]
+}
+
+if ! provider_configured; then
     fake_url="http://127.0.0.1:$FAKE_UPSTREAM_PORT"
     if curl -sf -o /dev/null --max-time 2 "$fake_url/_fake/health"; then
         say "a fake upstream already answers at $fake_url; reusing it"

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
 
+from devtools.fake_upstream import FakeUpstream
 from devtools.service import free_port
 
 from .conftest import copy_of_the_project
@@ -79,3 +82,43 @@ def test_without_ps_the_scripts_stop_and_say_what_to_install(tmp_path: Path) -> 
     finally:  # had one started, with ps at hand this time
         emulator = project / "scripts" / "firestore-emulator.sh"
         subprocess.run(["bash", emulator, "stop"], cwd=project, env={**os.environ, **ports})
+
+
+def test_a_key_under_another_name_is_used_not_the_fake(tmp_path: Path, fake: FakeUpstream) -> None:
+    """With ANTHROPIC_KEY_NAME naming the key's variable, dev.sh looked at
+    ANTHROPIC_API_KEY alone, started its fake model and sent the key to it (a reviewer)."""
+    _checkout(tmp_path)
+    ports = {name: str(free_port()) for name in ("PORT", "FAKE_UPSTREAM_PORT", "DEMO_PORT")}
+    env = {
+        **{name: value for name, value in os.environ.items() if name != "ANTHROPIC_API_KEY"},
+        **ports,
+        "FIRESTORE_EMULATOR_PORT": str(free_port()),
+        "ANTHROPIC_KEY_NAME": "MY_ANTHROPIC_KEY",
+        "MY_ANTHROPIC_KEY": "sk-renamed-key",
+        "ASSISTANT_PROVIDERS": "anthropic",  # at `fake`, as the fixture set its base URL
+    }
+    log = tmp_path / "dev.log"
+    with log.open("wb") as output:
+        dev = subprocess.Popen(
+            ["bash", tmp_path / "scripts" / "dev.sh"],
+            cwd=tmp_path, env=env, stdout=output, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{ports['PORT']}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert dev.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        reply = httpx.post(f"{url}/vac/assistant/demo", json={"user_input": "hi"}, timeout=30)
+        assert reply.status_code == 200
+    finally:
+        dev.send_signal(signal.SIGTERM)
+        dev.wait(timeout=60)
+    assert [request.headers["x-api-key"] for request in fake.requests] == ["sk-renamed-key"]
+    assert "NO PROVIDER KEY SET" not in log.read_text()
