@@ -664,26 +664,31 @@ _SECRET_PIECE_CHARS = 12  # of a key, found anywhere in a text: no word holds so
 
 
 def without_secrets(text: str, secrets: list[bytes]) -> str:
-    """`text` with each secret taken out, and every run of _SECRET_PIECE_CHARS or more of
-    its characters as they stand in it (an echo cut short, or cut in two, kept all of
-    the key but a character)."""
+    """`text` with each secret taken out, whole and in pieces."""
     for secret in secrets:
         key = secret.decode()
-        text = text.replace(key, "[redacted]")
-        size = min(_SECRET_PIECE_CHARS, len(key))
-        pieces = {key[at : at + size] for at in range(len(key) - size + 1)}
-        kept, at, start = [], 0, 0
-        while at <= len(text) - size:
-            if text[at : at + size] not in pieces:
-                at += 1
-                continue
-            end = at + size
-            while end < len(text) and text[end - size + 1 : end + 1] in pieces:
-                end += 1
-            kept += [text[start:at], "[redacted]"]
-            at = start = end
-        text = "".join([*kept, text[start:]])
+        text = _without_pieces(text.replace(key, "[redacted]"), key)
     return text
+
+
+def _without_pieces(text: str, key: str) -> str:
+    """`text` with every run of _SECRET_PIECE_CHARS or more of `key`'s characters, as they
+    stand in it, taken out (an echo cut short, or cut in two, kept all of the key but a
+    character). One look at each position of `text`: a few KB, once per failure."""
+    size = min(_SECRET_PIECE_CHARS, len(key))
+    pieces = {key[at : at + size] for at in range(len(key) - size + 1)}
+    kept: list[str] = []
+    at = start = 0
+    while at <= len(text) - size:
+        if text[at : at + size] not in pieces:
+            at += 1
+            continue
+        end = at + size  # then on while each next window is a piece too
+        while end < len(text) and text[end - size + 1 : end + 1] in pieces:
+            end += 1
+        kept += [text[start:at], "[redacted]"]
+        at = start = end
+    return "".join([*kept, text[start:]])
 
 
 _ECHO_MIN_CHARS = 8  # a prompt text shorter than this is a word an error message may hold
