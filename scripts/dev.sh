@@ -15,9 +15,11 @@
 #    with demo-), creates the user dev@example.com (password dev-password) and
 #    prints the curl commands that get its ID token and stream with it.
 #    Without AUTH_MODE, or with none / iam, Node is not needed.
-# 4. If none of ANTHROPIC_API_KEY, OPENAI_API_KEY, GEMINI_API_KEY (or the
-#    variables {P}_KEY_NAME names instead), OLLAMA_BASE_URL is set, nor
-#    SECRET_MANAGER=true, starts the fake upstream (devtools.fake_upstream)
+# 4. If the service would have no provider (none of ANTHROPIC_API_KEY,
+#    OPENAI_API_KEY, GEMINI_API_KEY, or the variables {P}_KEY_NAME names
+#    instead, holds a key, no OLLAMA_BASE_URL, no SECRET_MANAGER=true: the
+#    service's own settings decide, devtools/has_provider.py), starts the
+#    fake upstream (devtools.fake_upstream)
 #    and routes the anthropic provider to it: replies are canned text.
 # 5. Serves the function on http://127.0.0.1:$PORT (default 1956) with
 #    THREADS (default 16) gunicorn threads.
@@ -187,28 +189,14 @@ fi
 
 # ---------------------------------------------------------------- fake upstream
 
-# Whether the service has a provider of its own: a key in the variable it reads the
-# key from ({P}_KEY_NAME renames it: looking at {P}_API_KEY alone, a renamed key was
-# sent to the fake), an Ollama URL, or keys from Secret Manager.
-provider_configured() {
-    local prefix name value
-    for prefix in ANTHROPIC OPENAI GEMINI; do
-        name="${prefix}_KEY_NAME"
-        name="${!name:-}"
-        name="${name//[[:space:]]/}"
-        name="${name:-${prefix}_API_KEY}"
-        [[ "$name" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || continue
-        value="${!name:-}"
-        [[ -n "${value//[[:space:]]/}" ]] && return 0
-    done
-    value="${OLLAMA_BASE_URL:-}"
-    [[ -n "${value//[[:space:]]/}" ]] && return 0
-    value="${SECRET_MANAGER:-}"
-    value="${value//[[:space:]]/}"
-    [[ "${value,,}" =~ ^(1|true|yes|on)$ ]]
-}
-
-if ! provider_configured; then
+# The service's own settings say whether it has a provider (devtools/has_provider.py:
+# a key in the variable {P}_KEY_NAME names, one a header can carry, an Ollama URL,
+# ASSISTANT_PROVIDERS, Secret Manager): looking at {P}_API_KEY alone, a renamed key
+# was sent to the fake.
+has_provider=0
+"$VENV/bin/python" -m devtools.has_provider || has_provider=$?
+((has_provider == 0 || has_provider == 3)) || die "could not tell whether a provider is configured (devtools/has_provider.py failed)"
+if ((has_provider == 3)); then
     fake_url="http://127.0.0.1:$FAKE_UPSTREAM_PORT"
     if curl -sf -o /dev/null --max-time 2 "$fake_url/_fake/health"; then
         say "a fake upstream already answers at $fake_url; reusing it"
@@ -227,7 +215,7 @@ if ! provider_configured; then
         done
     fi
     export ANTHROPIC_BASE_URL="$fake_url"
-    export ANTHROPIC_API_KEY=fake-local-key
+    export ANTHROPIC_API_KEY=fake-local-key ANTHROPIC_KEY_NAME=ANTHROPIC_API_KEY
     export ASSISTANT_PROVIDERS=anthropic
     echo
     echo "NO PROVIDER KEY SET: replies come from the fake upstream at $fake_url (canned text, not a real model)"

@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from devtools.fake_upstream import FakeUpstream
+from devtools.has_provider import NO_PROVIDER
 from devtools.service import free_port
 
 from .conftest import copy_of_the_project
@@ -120,5 +123,32 @@ def test_a_key_under_another_name_is_used_not_the_fake(tmp_path: Path, fake: Fak
     finally:
         dev.send_signal(signal.SIGTERM)
         dev.wait(timeout=60)
-    assert [request.headers["x-api-key"] for request in fake.requests] == ["sk-renamed-key"]
+    keys = [request.headers["x-api-key"] for request in fake.requests]
+    assert keys == ["sk-renamed-key"], log.read_text()
     assert "NO PROVIDER KEY SET" not in log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("settings", "has"),
+    [
+        ({}, False),
+        ({"ANTHROPIC_API_KEY": "sk-1"}, True),
+        # A Secret Manager name is the usual key name, hyphens and all (a reviewer).
+        ({"ANTHROPIC_KEY_NAME": "anthropic-api-key", "anthropic-api-key": "sk-1"}, True),
+        ({"ANTHROPIC_KEY_NAME": "MY_KEY", "ANTHROPIC_API_KEY": "sk-1"}, False),
+        ({"ANTHROPIC_API_KEY": "sk-\u2026"}, False),  # no header can carry it
+        ({"ASSISTANT_PROVIDERS": "openai", "ANTHROPIC_API_KEY": "sk-1"}, False),
+        ({"OLLAMA_BASE_URL": "http://127.0.0.1:9"}, True),
+        ({"SECRET_MANAGER": "yes"}, True),
+        ({"HEARTBEAT_SECONDS": "never"}, True),  # the service says what is wrong
+    ],
+)
+def test_dev_sh_starts_its_fake_model_only_when_the_service_has_no_provider(
+    settings: dict[str, str], has: bool
+) -> None:
+    """dev.sh asks the service's own settings (devtools/has_provider.py)."""
+    env = {"PATH": os.environ["PATH"], **settings}
+    run = subprocess.run(
+        [sys.executable, "-m", "devtools.has_provider"], cwd=ROOT, env=env, capture_output=True
+    )
+    assert run.returncode == (0 if has else NO_PROVIDER), run.stderr
