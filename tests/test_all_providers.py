@@ -19,6 +19,7 @@ A provider's own quirks stay in its file (test_anthropic.py, test_openai.py, ...
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import gzip
 import html
@@ -653,10 +654,26 @@ GERMAN_REQUEST = json.dumps({"content": GERMAN_PROMPT}, ensure_ascii=False).enco
         (f"Ungueltige Anfrage: {GERMAN_PROMPT} {KEY}".encode("latin-1"),
          "text/plain; charset=iso-8859-1"),
         (f"Ungueltige Anfrage: {GERMAN_PROMPT} {KEY}".encode("latin-1"), "text/plain"),
+        (f"bad: {GERMAN_PROMPT} {KEY}".encode("latin-1"), "text/plain; charset=utf-8"),
+        # UTF-8 labelled as a single-byte charset: read so, the prompt's echo went unfound.
+        (f"bad: {GERMAN_PROMPT} {KEY}".encode(), "text/plain; charset=iso-8859-1"),
+        # UTF-16 with no byte order mark, labelled or not, either byte order.
+        (f"Error: {GERMAN_PROMPT} {KEY}".encode("utf-16-le"), "text/plain"),
+        (f"Error: {GERMAN_PROMPT} {KEY}".encode("utf-16-be"), "text/plain; charset=utf-16"),
         # The key cut short, or in two.
         (f"invalid x-api-key {KEY[:-1]} ({KEY[3:20]})".encode(), "text/plain"),
     ],
-    ids=["python-bytes-repr", "utf-16", "latin-1", "latin-1-undeclared", "key-cut-short"],
+    ids=[
+        "python-bytes-repr",
+        "utf-16",
+        "latin-1",
+        "latin-1-undeclared",
+        "latin-1-labelled-utf-8",
+        "utf-8-labelled-latin-1",
+        "utf-16-le-unlabelled",
+        "utf-16-be-no-mark",
+        "key-cut-short",
+    ],
 )  # fmt: skip
 def test_an_error_body_in_any_encoding_is_logged_without_the_prompt_or_the_key(
     body: bytes, content_type: str
@@ -669,6 +686,16 @@ def test_an_error_body_in_any_encoding_is_logged_without_the_prompt_or_the_key(
     assert "Diagnose" not in detail and "SECRETCANARY" not in detail, detail
     assert "CANARYanth01" not in detail.replace("\x00", "")  # UTF-16 read as UTF-8
     assert "[prompt]" in detail or "[redacted]" in detail
+
+
+def test_a_logins_user_name_is_kept_in_an_error_body() -> None:
+    """Only its password is a secret: taken out in pieces with it, the user name an
+    operator needs was redacted (a reviewer's `user ops-gateway-user may not use...`)."""
+    login = base64.b64encode(b"ops-gateway-user:Zq9vT7kLm2xx").decode()
+    body = b"user ops-gateway-user may not use model llama3 (password Zq9vT7kLm2xx)"
+    response = httpx.Response(403, content=body)
+    detail = asyncio.run(read_error_body(response, {"authorization": f"Basic {login}"}))
+    assert detail == "user ops-gateway-user may not use model llama3 (password [redacted])"
 
 
 def test_a_key_across_the_error_bodys_cut_is_redacted_too() -> None:

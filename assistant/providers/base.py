@@ -611,18 +611,33 @@ _BOMS = (
 
 
 def _decoded(body: bytes, charset: str | None) -> str:
-    """An error body as text: in the charset its BOM or its Content-Type says (one in
-    UTF-16 was scrubbed as UTF-8, and logged with the key and the prompt in it), else
-    UTF-8, else Latin-1 (a body that is not UTF-8, "K\xf6nnen", was logged with U+FFFD
-    where the prompt's scrub needed its letters)."""
-    named = next((name for bom, name in _BOMS if body.startswith(bom)), charset)
-    with contextlib.suppress(LookupError, ValueError):
-        if named:
-            return body.decode(named, "replace")
+    """An error body as text, for the key's and the prompt's scrubs to find them in: read
+    as UTF-8, the byte order mark, or the Content-Type's charset say (one in UTF-16 was
+    read as UTF-8, and logged with the key and the prompt in it, a NUL between letters).
+
+    UTF-8 before a single-byte charset a body names, when it is UTF-8 (a server's label
+    is often wrong; read as Latin-1, "Können" was "KÃ¶nnen", and the prompt went
+    unfound), and Latin-1 when it is not (else U+FFFD stood where the scrub needed
+    letters)."""
+    if marked := next((name for bom, name in _BOMS if body.startswith(bom)), None):
+        return body.decode(marked, "replace")
+    try:
+        named: str | None = codecs.lookup(charset).name if charset else None
+    except LookupError:
+        named = None
+    if named in ("utf-16", "utf-16-be", "utf-16-le") or (
+        named is None and body.count(0) * 4 > len(body)  # UTF-16 with no label
+    ):
+        # No mark: the NULs of its ASCII letters say the byte order (Python's codec
+        # takes little-endian, RFC 2781 big-endian).
+        big_endian = body[0::2].count(0) > body[1::2].count(0)
+        return body.decode("utf-16-be" if big_endian else "utf-16-le", "replace")
+    if named is not None and named.startswith("utf-32"):
+        return body.decode(named, "replace")
     try:  # a character the cut split at the end is no sign of another charset
         return codecs.getincrementaldecoder("utf-8")().decode(body, final=False)
-    except UnicodeDecodeError:
-        return body.decode("latin-1")
+    except UnicodeDecodeError:  # its label, unless that says UTF-8 too
+        return body.decode(named if named not in (None, "utf-8") else "latin-1", "replace")
 
 
 def request_secrets(headers: list[tuple[str, str]]) -> list[bytes]:
@@ -664,31 +679,43 @@ _SECRET_PIECE_CHARS = 12  # of a key, found anywhere in a text: no word holds so
 
 
 def without_secrets(text: str, secrets: list[bytes]) -> str:
-    """`text` with each secret taken out, whole and in pieces."""
-    for secret in secrets:
-        key = secret.decode()
-        text = _without_pieces(text.replace(key, "[redacted]"), key)
+    """`text` with each secret taken out, whole and in pieces; a login `user:password`
+    in pieces only as its password (a secret of its own) is: a user name is no secret,
+    and what an operator needs to read ("user ops-gateway-user may not use...")."""
+    keys = [secret.decode() for secret in secrets]
+    for key in keys:
+        text = text.replace(key, "[redacted]")
+    for key in keys:
+        if not any(key.endswith(":" + other) for other in keys if other != key):
+            text = _without_pieces(text, key)
     return text
 
 
 def _without_pieces(text: str, key: str) -> str:
     """`text` with every run of _SECRET_PIECE_CHARS or more of `key`'s characters, as they
     stand in it, taken out (an echo cut short, or cut in two, kept all of the key but a
-    character). One look at each position of `text`: a few KB, once per failure."""
+    character). A find of each piece of the key: a few KB, once per failure."""
     size = min(_SECRET_PIECE_CHARS, len(key))
-    pieces = {key[at : at + size] for at in range(len(key) - size + 1)}
+    found: list[tuple[int, int]] = []
+    for piece in {key[at : at + size] for at in range(len(key) - size + 1)}:
+        at = text.find(piece)
+        while at != -1:
+            found.append((at, at + size))
+            at = text.find(piece, at + 1)
+    if not found:
+        return text
+    found.sort()
     kept: list[str] = []
-    at = start = 0
-    while at <= len(text) - size:
-        if text[at : at + size] not in pieces:
-            at += 1
+    start, end = found[0]
+    taken = 0  # where the text not yet kept begins
+    for at, until in found[1:]:
+        if at < end:  # overlapping pieces: one run of the key
+            end = max(end, until)
             continue
-        end = at + size  # then on while each next window is a piece too
-        while end < len(text) and text[end - size + 1 : end + 1] in pieces:
-            end += 1
-        kept += [text[start:at], "[redacted]"]
-        at = start = end
-    return "".join([*kept, text[start:]])
+        kept += [text[taken:start], "[redacted]"]
+        taken, (start, end) = end, (at, until)
+    kept += [text[taken:start], "[redacted]", text[end:]]
+    return "".join(kept)
 
 
 _ECHO_MIN_CHARS = 8  # a prompt text shorter than this is a word an error message may hold
