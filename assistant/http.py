@@ -695,12 +695,24 @@ def _too_large(limit: int) -> RequestError:
 
 
 def _wants_event_stream(request: flask.Request) -> bool:
-    """True only when Accept names text/event-stream itself (`*/*` is not a request for it),
-    with or without parameters (werkzeug keeps them in the value)."""
-    return any(
-        value.split(";", 1)[0].strip().lower() == "text/event-stream" and quality > 0
-        for value, quality in request.accept_mimetypes
-    )
+    """True only when Accept names text/event-stream itself (`*/*` is not a request for it)
+    with a weight above 0. Read here, not by werkzeug, which drops an entry whose weight
+    is RFC 9110's `1.` or `0.` and takes `q = 0` (spaces around `=`) for 1."""
+    for entry in ",".join(request.headers.getlist("Accept")).split(","):
+        media_type, *parameters = entry.split(";")
+        if media_type.strip().lower() != "text/event-stream":
+            continue
+        weights = [
+            value.strip()
+            for name, _, value in (parameter.partition("=") for parameter in parameters)
+            if name.strip().lower() == "q"
+        ]
+        if not weights or (_WEIGHT.fullmatch(weights[0]) and float(weights[0]) > 0):
+            return True
+    return False
+
+
+_WEIGHT = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")  # RFC 9110's qvalue
 
 
 SEND_BUFFER_BYTES = 64 * 1024

@@ -238,6 +238,7 @@ def test_legacy_route_answers_json_without_event_stream_accept(client, fake: Fak
         "text/event-stream",
         "Text/Event-Stream; charset=utf-8",  # parameters, any case
         "application/json;q=0.9, text/event-stream;q=0.5",
+        "text/event-stream;q=1.",  # RFC 9110's weight; werkzeug dropped the entry
     ],
 )
 def test_legacy_route_streams_when_accept_asks_for_it(
@@ -250,13 +251,22 @@ def test_legacy_route_streams_when_accept_asks_for_it(
     assert sse_events(response.get_data())[-1] == "[DONE]"
 
 
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "text/event-stream;q=0, application/json",
+        "text/event-stream; q = 0",  # werkzeug took it for q=1
+        "text/event-stream;Q=0.000",
+        "text/event-stream;q=0.",
+        "text/event-stream;q=2",  # no weight: not a request for it
+        "*/*",
+    ],
+)
 def test_legacy_route_answers_json_when_accept_refuses_the_stream(
-    client, fake: FakeUpstream
+    client, fake: FakeUpstream, accept: str
 ) -> None:
     response = client.post(
-        "/vac/assistant/test-assistant",
-        json={"user_input": "hi"},
-        headers={"Accept": "text/event-stream;q=0, application/json"},
+        "/vac/assistant/test-assistant", json={"user_input": "hi"}, headers={"Accept": accept}
     )
     assert response.content_type == "application/json"
     response.close()
