@@ -660,6 +660,10 @@ GERMAN_REQUEST = json.dumps({"content": GERMAN_PROMPT}, ensure_ascii=False).enco
         # UTF-16 with no byte order mark, labelled or not, either byte order.
         (f"Error: {GERMAN_PROMPT} {KEY}".encode("utf-16-le"), "text/plain"),
         (f"Error: {GERMAN_PROMPT} {KEY}".encode("utf-16-be"), "text/plain; charset=utf-16"),
+        # Labelled wrong either way: UTF-16 as UTF-8 (a NUL is UTF-8 too), ASCII as UTF-16.
+        (f"Error: {GERMAN_PROMPT} {KEY}".encode("utf-16-le"), "text/plain; charset=utf-8"),
+        (f"Error: {GERMAN_PROMPT} {KEY[:-2]}".encode(), "text/plain; charset=utf-16"),
+        (f"Error: {GERMAN_PROMPT} {KEY}".encode("utf-32-be"), "text/plain"),
         # The key cut short, or in two.
         (f"invalid x-api-key {KEY[:-1]} ({KEY[3:20]})".encode(), "text/plain"),
     ],
@@ -672,6 +676,9 @@ GERMAN_REQUEST = json.dumps({"content": GERMAN_PROMPT}, ensure_ascii=False).enco
         "utf-8-labelled-latin-1",
         "utf-16-le-unlabelled",
         "utf-16-be-no-mark",
+        "utf-16-labelled-utf-8",
+        "utf-8-labelled-utf-16",
+        "utf-32-unlabelled",
         "key-cut-short",
     ],
 )  # fmt: skip
@@ -696,6 +703,10 @@ def test_a_logins_user_name_is_kept_in_an_error_body() -> None:
     response = httpx.Response(403, content=body)
     detail = asyncio.run(read_error_body(response, {"authorization": f"Basic {login}"}))
     assert detail == "user ops-gateway-user may not use model llama3 (password [redacted])"
+    # The login cut short in the password: what holds some of the password goes.
+    response = httpx.Response(403, content=b"proxy: ops-gateway-user:Zq9vT7kL... may not")
+    detail = asyncio.run(read_error_body(response, {"authorization": f"Basic {login}"}))
+    assert "Zq9" not in detail and detail.startswith("proxy: ops-ga")
 
 
 def test_a_key_across_the_error_bodys_cut_is_redacted_too() -> None:

@@ -591,7 +591,10 @@ async def read_error_body(
         sent += response.request.headers.items()
     secrets = request_secrets(sent)
     for secret in secrets:
-        body = body.replace(secret, b"[redacted]")
+        # As UTF-8 writes it, and as UTF-16 and UTF-32 do: taken out of the bytes,
+        # whatever the text they are read as.
+        for encoded, redacted in _encodings_of(secret):
+            body = body.replace(encoded, redacted)
     # Only what is kept is scrubbed: a first read can hold a MB, and the scrub of a MB
     # against a long history's texts held the I/O loop (every stream) 6.4 s a failure.
     text = _decoded(body[: ERROR_BODY_BYTES + _KEY_ROOM_BYTES], response.charset_encoding)
@@ -601,6 +604,15 @@ async def read_error_body(
     return text[:ERROR_BODY_BYTES]
 
 
+def _encodings_of(secret: bytes) -> list[tuple[bytes, bytes]]:
+    """(the secret, "[redacted]") in UTF-8 and in each wide encoding."""
+    text = secret.decode()
+    return [(secret, b"[redacted]")] + [
+        (text.encode(codec), "[redacted]".encode(codec)) for codec in _WIDE_CODECS
+    ]
+
+
+_WIDE_CODECS = ("utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be")
 _BOMS = (
     (codecs.BOM_UTF32_LE, "utf-32"),  # before UTF-16's, which begins it
     (codecs.BOM_UTF32_BE, "utf-32"),
@@ -612,32 +624,32 @@ _BOMS = (
 
 def _decoded(body: bytes, charset: str | None) -> str:
     """An error body as text, for the key's and the prompt's scrubs to find them in: read
-    as UTF-8, the byte order mark, or the Content-Type's charset say (one in UTF-16 was
-    read as UTF-8, and logged with the key and the prompt in it, a NUL between letters).
-
-    UTF-8 before a single-byte charset a body names, when it is UTF-8 (a server's label
-    is often wrong; read as Latin-1, "Können" was "KÃ¶nnen", and the prompt went
-    unfound), and Latin-1 when it is not (else U+FFFD stood where the scrub needed
-    letters)."""
+    as the byte order mark says, else as UTF-16 or UTF-32 when its NULs show it (ASCII
+    letters so encoded: whatever its label says, as UTF-8 reads them with a NUL between
+    letters, and one in UTF-16 was logged with the key and the prompt in it), else as
+    UTF-8 when it is UTF-8 (a server's label is often wrong: read as Latin-1, "Können"
+    was "KÃ¶nnen", and the prompt's echo went unfound), else in its label's charset,
+    else Latin-1 (U+FFFD stood where the scrub needed letters)."""
     if marked := next((name for bom, name in _BOMS if body.startswith(bom)), None):
         return body.decode(marked, "replace")
-    try:
-        named: str | None = codecs.lookup(charset).name if charset else None
-    except LookupError:
-        named = None
-    if named in ("utf-16", "utf-16-be", "utf-16-le") or (
-        named is None and body.count(0) * 4 > len(body)  # UTF-16 with no label
-    ):
-        # No mark: the NULs of its ASCII letters say the byte order (Python's codec
-        # takes little-endian, RFC 2781 big-endian).
-        big_endian = body[0::2].count(0) > body[1::2].count(0)
-        return body.decode("utf-16-be" if big_endian else "utf-16-le", "replace")
-    if named is not None and named.startswith("utf-32"):
-        return body.decode(named, "replace")
+    zeros = body.count(0)
+    if zeros * 8 > len(body) * 5:  # three NULs in four bytes: UTF-32
+        little = body[0::4].count(0) < body[3::4].count(0)
+        return body.decode("utf-32-le" if little else "utf-32-be", "replace")
+    if zeros * 4 > len(body):  # one in two: UTF-16 (Python's codec takes little-endian)
+        little = body[0::2].count(0) < body[1::2].count(0)
+        return body.decode("utf-16-le" if little else "utf-16-be", "replace")
     try:  # a character the cut split at the end is no sign of another charset
         return codecs.getincrementaldecoder("utf-8")().decode(body, final=False)
-    except UnicodeDecodeError:  # its label, unless that says UTF-8 too
-        return body.decode(named if named not in (None, "utf-8") else "latin-1", "replace")
+    except UnicodeDecodeError:
+        pass
+    try:  # its label, unless that says UTF-8 (or UTF-16, which NULs would have shown)
+        named = codecs.lookup(charset).name if charset else "latin-1"
+    except LookupError:
+        named = "latin-1"
+    if named == "utf-8" or named.startswith(("utf-16", "utf-32")):
+        named = "latin-1"
+    return body.decode(named, "replace")
 
 
 def request_secrets(headers: list[tuple[str, str]]) -> list[bytes]:
@@ -679,25 +691,29 @@ _SECRET_PIECE_CHARS = 12  # of a key, found anywhere in a text: no word holds so
 
 
 def without_secrets(text: str, secrets: list[bytes]) -> str:
-    """`text` with each secret taken out, whole and in pieces; a login `user:password`
-    in pieces only as its password (a secret of its own) is: a user name is no secret,
-    and what an operator needs to read ("user ops-gateway-user may not use...")."""
+    """`text` with each secret taken out, whole and in pieces; of a login `user:password`
+    (its password a secret of its own), only the pieces that hold some of the password:
+    a user name is no secret, and what an operator needs to read ("user ops-gateway-user
+    may not use...")."""
     keys = [secret.decode() for secret in secrets]
     for key in keys:
         text = text.replace(key, "[redacted]")
     for key in keys:
-        if not any(key.endswith(":" + other) for other in keys if other != key):
-            text = _without_pieces(text, key)
+        password = next((other for other in keys if key.endswith(":" + other)), None)
+        secret_from = 0 if password is None else len(key) - len(password)
+        text = _without_pieces(text, key, secret_from)
     return text
 
 
-def _without_pieces(text: str, key: str) -> str:
+def _without_pieces(text: str, key: str, secret_from: int = 0) -> str:
     """`text` with every run of _SECRET_PIECE_CHARS or more of `key`'s characters, as they
     stand in it, taken out (an echo cut short, or cut in two, kept all of the key but a
-    character). A find of each piece of the key: a few KB, once per failure."""
+    character); only pieces that reach past `secret_from` in the key count. A find of
+    each piece of the key: a few KB, once per failure."""
     size = min(_SECRET_PIECE_CHARS, len(key))
+    first = max(0, secret_from - size + 1)
     found: list[tuple[int, int]] = []
-    for piece in {key[at : at + size] for at in range(len(key) - size + 1)}:
+    for piece in {key[at : at + size] for at in range(first, len(key) - size + 1)}:
         at = text.find(piece)
         while at != -1:
             found.append((at, at + size))
