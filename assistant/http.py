@@ -697,9 +697,10 @@ def _too_large(limit: int) -> RequestError:
 def _wants_event_stream(request: flask.Request) -> bool:
     """True only when Accept names text/event-stream itself (`*/*` is not a request for it)
     with a weight above 0. Read here, not by werkzeug, which drops an entry whose weight
-    is RFC 9110's `1.` or `0.` and takes `q = 0` (spaces around `=`) for 1."""
-    for entry in ",".join(request.headers.getlist("Accept")).split(","):
-        media_type, *parameters = entry.split(";")
+    is RFC 9110's `1.` or `0.` and takes `q = 0` (spaces around `=`) for 1; a quoted
+    parameter's commas and semicolons are its own."""
+    for entry in _outside_quotes(",", ",".join(request.headers.getlist("Accept"))):
+        media_type, *parameters = _outside_quotes(";", entry)
         if media_type.strip().lower() != "text/event-stream":
             continue
         weights = [
@@ -712,6 +713,13 @@ def _wants_event_stream(request: flask.Request) -> bool:
     return False
 
 
+def _outside_quotes(separator: str, text: str) -> list[str]:
+    """`text`'s parts between each `separator` not inside a quoted string (RFC 9110's,
+    with its backslash escapes; one left open runs to the end), empty ones left out."""
+    return _PARTS[separator].findall(text)
+
+
+_PARTS = {separator: re.compile(rf'(?:[^{separator}"]|"(?:[^"\\]|\\.)*"?)+') for separator in ",;"}
 _WEIGHT = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")  # RFC 9110's qvalue
 
 

@@ -239,6 +239,7 @@ def test_legacy_route_answers_json_without_event_stream_accept(client, fake: Fak
         "Text/Event-Stream; charset=utf-8",  # parameters, any case
         "application/json;q=0.9, text/event-stream;q=0.5",
         "text/event-stream;q=1.",  # RFC 9110's weight; werkzeug dropped the entry
+        'text/event-stream;foo="x;q=0"',  # a quoted parameter's ; is its own
     ],
 )
 def test_legacy_route_streams_when_accept_asks_for_it(
@@ -258,6 +259,8 @@ def test_legacy_route_streams_when_accept_asks_for_it(
         "text/event-stream; q = 0",  # werkzeug took it for q=1
         "text/event-stream;Q=0.000",
         "text/event-stream;q=0.",
+        'text/event-stream;foo="a,b";q=0',  # and its comma
+        'application/json;foo="a, text/event-stream;x=y"',
         "text/event-stream;q=2",  # no weight: not a request for it
         "*/*",
     ],
