@@ -25,9 +25,11 @@ def has_provider() -> bool:
     except ConfigError as exc:
         print(f"has_provider: {exc}", file=sys.stderr)
         return True
-    if settings.secret_manager:
-        return bool(settings.provider_order)
-    providers, _skipped = configured_providers(settings)
+    if settings.secret_manager:  # a key may be there; Ollama needs its URL all the same
+        return any(settings.providers[name].base_url for name in settings.provider_order)
+    providers, skipped = configured_providers(settings)
+    for name, why in skipped.items():  # why a key the developer set was not used
+        print(f"has_provider: {name} skipped: {why}", file=sys.stderr)
     return bool(providers)
 
 

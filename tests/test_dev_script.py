@@ -140,6 +140,7 @@ def test_a_key_under_another_name_is_used_not_the_fake(tmp_path: Path, fake: Fak
         ({"ASSISTANT_PROVIDERS": "openai", "ANTHROPIC_API_KEY": "sk-1"}, False),
         ({"OLLAMA_BASE_URL": "http://127.0.0.1:9"}, True),
         ({"SECRET_MANAGER": "yes"}, True),
+        ({"SECRET_MANAGER": "yes", "ASSISTANT_PROVIDERS": "ollama"}, False),  # no URL
         ({"HEARTBEAT_SECONDS": "never"}, True),  # the service says what is wrong
     ],
 )
