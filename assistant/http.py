@@ -510,11 +510,13 @@ def _json_reply(reply: Reply, slot: Slot, sock: object, trace_id: str) -> flask.
     if not reply.parks:
         status, payload = reply.json_answer()
         response = _reply_json(status, payload, trace_id)
+        slot.last_write_begins()  # the answer is all there is to write
         writes = _marking_writes(_one_frame(response.get_data()), slot, sock)
         response.response = ClosingIterator(cast("Iterator[bytes]", writes), slot.release)
         return response
     response = flask.Response(status=200, headers={"X-Trace-Id": trace_id}, direct_passthrough=True)
-    frames = _marking_writes(_answer_instead(reply, response.headers, trace_id), slot, sock)
+    answer = _answer_instead(reply, response.headers, trace_id, slot.last_write_begins)
+    frames = _marking_writes(answer, slot, sock)
     # A reply that did not end (the server closed what it was given) is abandoned.
     closing = [reply.close, slot.release]
     response.response = ClosingIterator(cast("Iterator[bytes]", frames), closing)
@@ -522,7 +524,7 @@ def _json_reply(reply: Reply, slot: Slot, sock: object, trace_id: str) -> flask.
 
 
 def _answer_instead(
-    reply: Reply, headers: Headers, trace_id: str
+    reply: Reply, headers: Headers, trace_id: str, last_write_begins: Callable[[], None]
 ) -> Generator[bytes | Park | Instead, None, None]:
     """The parks of a JSON reply's wait, then its answer in place of the response begun:
     its status and headers (with those `handle` gave the response: CORS), then its body,
@@ -536,6 +538,7 @@ def _answer_instead(
     for name, value in headers.items():
         if name not in answer.headers:
             answer.headers[name] = value
+    last_write_begins()  # the answer is all there is to write
     yield Instead(answer.status, answer.headers.to_wsgi_list(), b"")
     yield answer.get_data()
 
@@ -743,7 +746,10 @@ def _marking_writes(
         for frame in frames:
             if isinstance(frame, Park | Instead):
                 yield frame
-            elif slot.write_begins():
+                continue
+            if frame.endswith(sse.DONE):  # a stream's terminal frame
+                slot.last_write_begins()
+            if slot.write_begins():
                 try:
                     for piece in pieces(frame):  # each piece has the whole send timeout
                         yield piece

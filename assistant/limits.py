@@ -2,7 +2,9 @@
 
 A reply holds one slot from the moment the request is let in until its
 response is closed: the stream ended (answer, error frame), or the client
-left, or the request was refused after the slot was taken. Requests without
+left, or the request was refused after the slot was taken. For its user's
+limit, a reply whose last write began less than LAST_WRITE_GRACE_SECONDS ago
+counts no more (`Slot.taking_its_last_write`). Requests without
 a user share one anonymous bucket. Counts live in this process only: with
 several instances, a user may have that many replies on each.
 
@@ -41,6 +43,7 @@ OVERLOADED_RETRY_AFTER_SECONDS = 2  # another instance, or this one soon, will h
 STOPPING_RETRY_AFTER_SECONDS = 1  # a stopping instance's: a retry goes to another at once
 STUCK_SECONDS = 2.0  # a write not taken for this long marks a client as stuck
 BRIEF_WRITE_SECONDS = 0.1  # the longest a write may wait once half of THREADS wait on clients
+LAST_WRITE_GRACE_SECONDS = 0.1  # a reply's last write counts off its user's limit this long
 # A write goes to the socket in pieces of at most this many bytes, each with the whole send
 # timeout: a socket timeout bounds a whole sendall(), so a slow but steady reader was cut
 # in the middle of a frame it needed longer than the timeout for (a long final answer).
@@ -55,13 +58,30 @@ class Slot:
     says how to end it (`evict`), so a full instance can tell a stuck client.
     """
 
-    def __init__(self, release: Callable[[Slot], None], writers: Writers | None = None) -> None:
+    def __init__(
+        self, release: Callable[[Slot], None], writers: Writers | None = None, user: str = ""
+    ) -> None:
         self._release: Callable[[Slot], None] | None = release
         self._lock = threading.Lock()
         self._writers = writers or Writers()
+        self.user = user
         self.writing_since: float | None = None  # time.monotonic() of the write in progress
+        self.last_write_since: float | None = None  # of the reply's last write, once begun
         self.evict: Callable[[], None] | None = None
         self.evicted = False
+
+    def last_write_begins(self) -> None:
+        """The reply's last write (its terminal frame, its answer) is handed out."""
+        self.last_write_since = time.monotonic()
+
+    def taking_its_last_write(self, now: float) -> bool:
+        """Whether its client may have all of its reply already: its last write began less
+        than LAST_WRITE_GRACE_SECONDS ago. A user whose client read `[DONE]` and asked
+        again at once was refused 429 now and then: the slot goes back only after the
+        server's write returns, and its thread may wait for the interpreter's lock
+        meanwhile. A last write its client does not take counts again after that."""
+        since = self.last_write_since
+        return since is not None and now - since < LAST_WRITE_GRACE_SECONDS
 
     def write_begins(self) -> bool:
         """Mark a write to the client as under way, one that may wait for the client up to
@@ -157,7 +177,12 @@ class InFlight:
             raise refusal
         key = user_id or ANONYMOUS
         with self._lock:
-            held = self._counts.get(key, 0)
+            counted = held = self._counts.get(key, 0)
+            if held >= per_user:
+                now = time.monotonic()
+                held -= sum(
+                    slot.user == key and slot.taking_its_last_write(now) for slot in self._slots
+                )
             if held >= per_user:
                 raise RequestError(
                     f"this user already has {per_user} "
@@ -176,8 +201,8 @@ class InFlight:
                     "overloaded",
                     headers={"Retry-After": str(OVERLOADED_RETRY_AFTER_SECONDS)},
                 )
-            slot = Slot(lambda done: self._give_back(key, done), self.writers)
-            self._counts[key] = held + 1
+            slot = Slot(lambda done: self._give_back(key, done), self.writers, key)
+            self._counts[key] = counted + 1
             self._slots.add(slot)
         if stuck is not None and stuck.evict is not None:
             stuck.evict()  # it lets go of its slot as its response closes

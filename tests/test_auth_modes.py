@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from assistant import limits
 from assistant.config import Settings
 from devtools.fake_upstream import FakeUpstream, Script
 
@@ -268,6 +269,27 @@ def test_a_slot_is_freed_when_the_reply_ends(
         response = post(client, token_for(key, "ada"))
         assert response.status_code == 200
         assert sse_events(response.get_data())[-1] == "[DONE]"
+
+
+@pytest.mark.parametrize("route", ["/vac/assistant/test-assistant/sse", "/vac/assistant/x"])
+def test_a_reply_taking_its_last_write_counts_off_its_users_limit(
+    client, fake: FakeUpstream, firebase, one_each, key, route: str, monkeypatch
+) -> None:
+    """A client that read `[DONE]` (or the JSON answer) and asked again at once was
+    refused 429 now and then: the slot went back only once the server's write of it
+    was over (the grace made long: a test client is no socket, and this machine slow)."""
+    monkeypatch.setattr(limits, "LAST_WRITE_GRACE_SECONDS", 60)
+    fake.push(Script(tokens=["done"]))
+    first = client.post(route, json={"user_input": "Hello?"}, headers=token_for(key, "ada"))
+    frames = iter(first.response)
+    if route.endswith("/sse"):  # read up to [DONE], and no further: the write is "under way"
+        while not next(frames).endswith(b"data: [DONE]\n\n"):
+            pass
+    fake.push(Script(tokens=["again"]))
+    again = post(client, token_for(key, "ada"))
+    assert again.status_code == 200
+    again.get_data()
+    first.close()
 
 
 def test_a_slot_is_freed_when_no_provider_answers(

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from assistant.errors import RequestError
-from assistant.limits import STUCK_SECONDS, InFlight, Slot
+from assistant.limits import LAST_WRITE_GRACE_SECONDS, STUCK_SECONDS, InFlight, Slot
 
 
 def _stuck(slot: Slot, evicted: list[Slot]) -> None:
@@ -71,3 +71,24 @@ def test_a_write_whose_pieces_go_out_is_not_stuck() -> None:
     slot.write_ends()
     slot.write_moved_on()  # no write under way: nothing to move on
     assert slot.writing_since is None
+
+
+def test_a_reply_taking_its_last_write_counts_off_its_users_limit_briefly() -> None:
+    """A client that read `[DONE]` and asked again at once was refused 429 now and then:
+    the slot goes back only after the server's write returns. One that does not take
+    its last write counts again after LAST_WRITE_GRACE_SECONDS."""
+    in_flight = InFlight()
+    first = in_flight.take("ada", per_user=1, total=3)
+    first.last_write_begins()
+    second = in_flight.take("ada", per_user=1, total=3)  # let in beside it
+    assert in_flight.count() == 2  # the instance counts both
+    with pytest.raises(RequestError) as refused:
+        in_flight.take("ada", per_user=1, total=3)  # the second is no last write
+    assert refused.value.code == "rate_limited"
+    first.last_write_since = time.monotonic() - LAST_WRITE_GRACE_SECONDS
+    second.release()
+    with pytest.raises(RequestError):
+        in_flight.take("ada", per_user=1, total=3)  # the first's write, not taken, counts
+    first.release()
+    in_flight.take("ada", per_user=1, total=3).release()
+    assert in_flight.count() == 0
