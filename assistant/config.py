@@ -236,6 +236,8 @@ def _origin_or_none(name: str) -> str | None:
         return None
     scheme = parts.scheme.lower()
     host = _host(parts.hostname)
+    if not host.isascii():  # no IDNA reading takes it: no browser's origin
+        return None
     if port is None or port == _DEFAULT_PORTS.get(scheme):
         return f"{scheme}://{host}"
     return f"{scheme}://{host}:{port}"
@@ -257,6 +259,10 @@ def _host(hostname: str) -> str:
         # own codec is IDNA 2003's, which writes faß.de as fass.de, another domain.
         with contextlib.suppress(idna.IDNAError, UnicodeError):
             return idna.encode(hostname, uts46=True, transitional=False).decode("ascii")
+        # A symbol IDNA 2008 refuses, which browsers take (☃.net is xn--n3h.net to them):
+        # IDNA 2003's reading, the same for such names.
+        with contextlib.suppress(UnicodeError):
+            return hostname.encode("idna").decode("ascii")
     return hostname
 
 
