@@ -26,11 +26,14 @@ def has_provider() -> bool:
         print(f"has_provider: {exc}", file=sys.stderr)
         return True
     if settings.secret_manager:  # a key may be there; Ollama needs its URL all the same
-        return any(settings.providers[name].base_url for name in settings.provider_order)
-    providers, skipped = configured_providers(settings)
+        found = [name for name in settings.provider_order if settings.providers[name].base_url]
+        skipped = {name: "no base URL" for name in settings.provider_order if name not in found}
+    else:
+        providers, skipped = configured_providers(settings)
+        found = [provider.name for provider in providers]
     for name, why in skipped.items():  # why a key the developer set was not used
         print(f"has_provider: {name} skipped: {why}", file=sys.stderr)
-    return bool(providers)
+    return bool(found)
 
 
 if __name__ == "__main__":

@@ -643,56 +643,79 @@ KEY = "sk-ant-SECRETCANARYanth0123456789abcdef"
 GERMAN_REQUEST = json.dumps({"content": GERMAN_PROMPT}, ensure_ascii=False).encode()
 
 
+CYRILLIC_PROMPT = (  # a Russian letter to a doctor
+    "\u041f\u0440\u0438\u0432\u0435\u0442! "
+    "\u041f\u043e\u043c\u043e\u0433\u0438 "
+    "\u043c\u043d\u0435 "
+    "\u043d\u0430\u043f\u0438\u0441\u0430\u0442\u044c "
+    "\u043f\u0438\u0441\u044c\u043c\u043e "
+    "\u0432\u0440\u0430\u0447\u0443 "
+    "\u043e "
+    "\u043c\u043e\u0451\u043c "
+    "\u0434\u0438\u0430\u0433\u043d\u043e\u0437\u0435"
+)
+NOT_TEXT = "size"  # what is logged of a body the scrubs cannot read: its size alone
+
+
 @pytest.mark.parametrize(
-    ("body", "content_type"),
+    ("body", "content_type", "logged"),
     [
         # A body echoed with Python's !r: its UTF-8 as \xc3\xb6 (read as two code points,
         # one non-ASCII letter near the prompt's start hid the echo).
-        (f"Unprocessable body: {GERMAN_REQUEST!r}".encode(), "text/plain"),
-        # Another charset: the key was looked for in UTF-8 alone, the text read as UTF-8.
-        (f"Error: {GERMAN_PROMPT} {KEY}".encode("utf-16"), "text/plain; charset=utf-16"),
+        (f"Unprocessable body: {GERMAN_REQUEST!r}".encode(), "text/plain", "[prompt]"),
+        # Single-byte charsets, labelled or not, labelled wrong: read as the bytes are.
         (f"Ungueltige Anfrage: {GERMAN_PROMPT} {KEY}".encode("latin-1"),
-         "text/plain; charset=iso-8859-1"),
-        (f"Ungueltige Anfrage: {GERMAN_PROMPT} {KEY}".encode("latin-1"), "text/plain"),
-        (f"bad: {GERMAN_PROMPT} {KEY}".encode("latin-1"), "text/plain; charset=utf-8"),
-        # UTF-8 labelled as a single-byte charset: read so, the prompt's echo went unfound.
-        (f"bad: {GERMAN_PROMPT} {KEY}".encode(), "text/plain; charset=iso-8859-1"),
-        # UTF-16 with no byte order mark, labelled or not, either byte order.
-        (f"Error: {GERMAN_PROMPT} {KEY}".encode("utf-16-le"), "text/plain"),
-        (f"Error: {GERMAN_PROMPT} {KEY}".encode("utf-16-be"), "text/plain; charset=utf-16"),
-        # Labelled wrong either way: UTF-16 as UTF-8 (a NUL is UTF-8 too), ASCII as UTF-16.
-        (f"Error: {GERMAN_PROMPT} {KEY}".encode("utf-16-le"), "text/plain; charset=utf-8"),
-        (f"Error: {GERMAN_PROMPT} {KEY[:-2]}".encode(), "text/plain; charset=utf-16"),
-        (f"Error: {GERMAN_PROMPT} {KEY}".encode("utf-32-be"), "text/plain"),
+         "text/plain; charset=iso-8859-1", "[prompt]"),
+        (f"Ungueltige Anfrage: {GERMAN_PROMPT} {KEY}".encode("latin-1"), "text/plain", "[prompt]"),
+        (f"bad: {GERMAN_PROMPT} {KEY}".encode("latin-1"), "text/plain; charset=utf-8", "[prompt]"),
+        (f"bad: {GERMAN_PROMPT} {KEY}".encode(), "text/plain; charset=iso-8859-1", "[prompt]"),
+        (f"Error: {GERMAN_PROMPT} {KEY[:-2]}".encode(), "text/plain; charset=utf-16", "[prompt]"),
+        # Wide encodings, marked, labelled, or neither (a prompt with no NUL in its
+        # letters went unfound): only their size.
+        (f"Error: {GERMAN_PROMPT} {KEY}".encode("utf-16"), "text/plain; charset=utf-16", NOT_TEXT),
+        (f"Error: {GERMAN_PROMPT} {KEY}".encode("utf-16-be"), "text/plain", NOT_TEXT),
+        (f"Error: {CYRILLIC_PROMPT} {KEY}".encode("utf-16-le"), "text/plain; charset=utf-16",
+         NOT_TEXT),
+        (f"Error: {GERMAN_PROMPT} {KEY}".encode("utf-32-be"), "text/plain; charset=utf-8",
+         NOT_TEXT),
+        # UTF-8 inside another charset's bytes: a proxy's Latin-1 page around our request.
+        ("Ung\u00fcltige Anfrage: ".encode("latin-1") + CYRILLIC_PROMPT.encode(),
+         "text/html; charset=iso-8859-1", NOT_TEXT),
+        # Compressed with no Content-Encoding: readable by anyone who inflates it.
+        (gzip.compress(f'{{"key": "{KEY}", "content": "{GERMAN_PROMPT}"}}'.encode()),
+         "application/json", NOT_TEXT),
         # The key cut short, or in two.
-        (f"invalid x-api-key {KEY[:-1]} ({KEY[3:20]})".encode(), "text/plain"),
+        (f"invalid x-api-key {KEY[:-1]} ({KEY[3:20]})".encode(), "text/plain", "[redacted]"),
     ],
     ids=[
         "python-bytes-repr",
-        "utf-16",
         "latin-1",
-        "latin-1-undeclared",
+        "latin-1-unlabelled",
         "latin-1-labelled-utf-8",
         "utf-8-labelled-latin-1",
-        "utf-16-le-unlabelled",
-        "utf-16-be-no-mark",
-        "utf-16-labelled-utf-8",
         "utf-8-labelled-utf-16",
-        "utf-32-unlabelled",
+        "utf-16-marked",
+        "utf-16-be-unlabelled",
+        "utf-16-cyrillic-labelled",
+        "utf-32-labelled-utf-8",
+        "utf-8-inside-latin-1",
+        "gzip-unlabelled",
         "key-cut-short",
     ],
 )  # fmt: skip
 def test_an_error_body_in_any_encoding_is_logged_without_the_prompt_or_the_key(
-    body: bytes, content_type: str
+    body: bytes, content_type: str, logged: str
 ) -> None:
-    """A reviewer's misbehaving upstream logged a German prompt whole, and in UTF-16 the
-    key too."""
+    """Reviewers' misbehaving upstreams logged a German prompt whole, a Cyrillic one as
+    mojibake, and the key in UTF-16 and in gzip."""
     response = httpx.Response(400, content=body, headers={"content-type": content_type})
-    prompt = Prompt(system=None, turns=(Turn("user", GERMAN_PROMPT),))
+    prompt = Prompt(system=None, turns=(Turn("user", GERMAN_PROMPT), Turn("user", CYRILLIC_PROMPT)))
     detail = asyncio.run(read_error_body(response, {"x-api-key": KEY}, prompt))
-    assert "Diagnose" not in detail and "SECRETCANARY" not in detail, detail
-    assert "CANARYanth01" not in detail.replace("\x00", "")  # UTF-16 read as UTF-8
-    assert "[prompt]" in detail or "[redacted]" in detail
+    if logged == NOT_TEXT:
+        assert detail == f"a body of {len(body)} bytes, not text"
+    else:
+        assert "Diagnose" not in detail and "CANARYanth01" not in detail, detail
+        assert logged in detail
 
 
 def test_a_logins_user_name_is_kept_in_an_error_body() -> None:
@@ -707,6 +730,15 @@ def test_a_logins_user_name_is_kept_in_an_error_body() -> None:
     response = httpx.Response(403, content=b"proxy: ops-gateway-user:Zq9vT7kL... may not")
     detail = asyncio.run(read_error_body(response, {"authorization": f"Basic {login}"}))
     assert "Zq9" not in detail and detail.startswith("proxy: ops-ga")
+    # A short password is a secret all the same; a user name with none is none.
+    short = base64.b64encode(b"ops-gateway-user:hunter2").decode()
+    response = httpx.Response(401, content=b"user ops-gateway-user: password hunter2 rejected")
+    detail = asyncio.run(read_error_body(response, {"authorization": f"Basic {short}"}))
+    assert detail == "user ops-gateway-user: password [redacted] rejected"
+    alone = base64.b64encode(b"ops-gateway-user:").decode()
+    response = httpx.Response(403, content=b"user ops-gateway-user: may not")
+    detail = asyncio.run(read_error_body(response, {"authorization": f"Basic {alone}"}))
+    assert detail == "user ops-gateway-user: may not"
 
 
 def test_a_key_across_the_error_bodys_cut_is_redacted_too() -> None:

@@ -591,72 +591,75 @@ async def read_error_body(
         sent += response.request.headers.items()
     secrets = request_secrets(sent)
     for secret in secrets:
-        # As UTF-8 writes it, and as UTF-16 and UTF-32 do: taken out of the bytes,
-        # whatever the text they are read as.
-        for encoded, redacted in _encodings_of(secret):
-            body = body.replace(encoded, redacted)
+        body = body.replace(secret, b"[redacted]")
     # Only what is kept is scrubbed: a first read can hold a MB, and the scrub of a MB
     # against a long history's texts held the I/O loop (every stream) 6.4 s a failure.
-    text = _decoded(body[: ERROR_BODY_BYTES + _KEY_ROOM_BYTES], response.charset_encoding)
-    text = without_secrets(text, secrets)  # in a body of another charset, or cut short
+    kept = body[: ERROR_BODY_BYTES + _KEY_ROOM_BYTES]
+    text = _as_text(kept, response.charset_encoding)
+    if text is None:
+        return f"a body of {len(body)}{'+' if len(body) > len(kept) else ''} bytes, not text"
+    text = without_secrets(text, secrets)  # in a body cut short, say
     if prompt is not None:
         text = without_prompt(text, prompt)
     return text[:ERROR_BODY_BYTES]
 
 
-def _encodings_of(secret: bytes) -> list[tuple[bytes, bytes]]:
-    """(the secret, "[redacted]") in UTF-8 and in each wide encoding."""
-    text = secret.decode()
-    return [(secret, b"[redacted]")] + [
-        (text.encode(codec), "[redacted]".encode(codec)) for codec in _WIDE_CODECS
-    ]
+def _as_text(body: bytes, charset: str | None) -> str | None:
+    """An error body as text for the scrubs to look through; None for one that is no
+    text they can: compressed or binary bytes (a gzip body with no Content-Encoding was
+    logged as Latin-1, its key and prompt there for anyone who inflated it), UTF-16 or
+    UTF-32 (a prompt with no NUL in its letters went unfound), or UTF-8 inside bytes of
+    another charset (a proxy's Latin-1 page around our request: an echo of a Cyrillic
+    prompt was mojibake the scrub could not see). Its size is logged instead.
 
-
-_WIDE_CODECS = ("utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be")
-_BOMS = (
-    (codecs.BOM_UTF32_LE, "utf-32"),  # before UTF-16's, which begins it
-    (codecs.BOM_UTF32_BE, "utf-32"),
-    (codecs.BOM_UTF8, "utf-8-sig"),
-    (codecs.BOM_UTF16_LE, "utf-16"),
-    (codecs.BOM_UTF16_BE, "utf-16"),
-)
-
-
-def _decoded(body: bytes, charset: str | None) -> str:
-    """An error body as text, for the key's and the prompt's scrubs to find them in: read
-    as the byte order mark says, else as UTF-16 or UTF-32 when its NULs show it (ASCII
-    letters so encoded: whatever its label says, as UTF-8 reads them with a NUL between
-    letters, and one in UTF-16 was logged with the key and the prompt in it), else as
-    UTF-8 when it is UTF-8 (a server's label is often wrong: read as Latin-1, "Können"
-    was "KÃ¶nnen", and the prompt's echo went unfound), else in its label's charset,
-    else Latin-1 (U+FFFD stood where the scrub needed letters)."""
-    if marked := next((name for bom, name in _BOMS if body.startswith(bom)), None):
-        return body.decode(marked, "replace")
-    zeros = body.count(0)
-    if zeros * 8 > len(body) * 5:  # three NULs in four bytes: UTF-32
-        little = body[0::4].count(0) < body[3::4].count(0)
-        return body.decode("utf-32-le" if little else "utf-32-be", "replace")
-    if zeros * 4 > len(body):  # one in two: UTF-16 (Python's codec takes little-endian)
-        little = body[0::2].count(0) < body[1::2].count(0)
-        return body.decode("utf-16-le" if little else "utf-16-be", "replace")
-    try:  # a character the cut split at the end is no sign of another charset
-        return codecs.getincrementaldecoder("utf-8")().decode(body, final=False)
+    UTF-8 when it is that (a character the cut split at the end is no sign of another),
+    whatever its label says (a server's label is often wrong); else in its label's
+    single-byte charset, else Latin-1 ("K\xf6nnen": U+FFFD stood where the scrub
+    needed letters)."""
+    body = body.removeprefix(codecs.BOM_UTF8)
+    if b"\x00" in body or body.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return None  # UTF-16, UTF-32, or binary
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(body, final=False)
     except UnicodeDecodeError:
-        pass
-    try:  # its label, unless that says UTF-8 (or UTF-16, which NULs would have shown)
-        named = codecs.lookup(charset).name if charset else "latin-1"
-    except LookupError:
-        named = "latin-1"
-    if named == "utf-8" or named.startswith(("utf-16", "utf-32")):
-        named = "latin-1"
-    return body.decode(named, "replace")
+        if _UTF8_SEQUENCE.search(body):  # some of it is UTF-8: an echo inside other bytes
+            return None
+        try:
+            named = codecs.lookup(charset).name if charset else "latin-1"
+        except LookupError:
+            named = "latin-1"
+        if named in ("utf-8", "utf-8-sig") or named.startswith(("utf-16", "utf-32")):
+            named = "latin-1"
+        text = body.decode(named, "replace")
+    controls = sum(map(text.count, _CONTROLS))
+    return None if controls * 100 > len(text) else text  # compressed, or binary
+
+
+_UTF8_SEQUENCE = re.compile(
+    rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}"
+)
+# What no text an error body is holds more than a few of (tab and line breaks excepted).
+_CONTROLS = [
+    chr(code)
+    for code in (
+        *range(0x01, 0x09),
+        0x0B,
+        0x0C,
+        *range(0x0E, 0x20),
+        0x7F,
+        *range(0x80, 0xA0),
+        0xFFFD,
+    )
+]
 
 
 def request_secrets(headers: list[tuple[str, str]]) -> list[bytes]:
     """The keys a request's headers carry, as an echo of it would hold them: a bearer
     token or key as it is; Basic auth's base64 and the user:password in it. Those
-    shorter than 8 characters are no secret worth a scrub (not every word "test")."""
+    shorter than 8 characters are no secret worth a scrub (not every word "test"), but
+    for a login's password of _SHORTEST_PASSWORD or more."""
     secrets: list[str] = []
+    passwords: list[str] = []  # a login's: secrets however short (but _SHORTEST_PASSWORD)
     for name, value in headers:
         if name.lower() not in _KEY_HEADERS:
             continue
@@ -667,13 +670,18 @@ def request_secrets(headers: list[tuple[str, str]]) -> list[bytes]:
             secrets.append(credentials.strip())
             with contextlib.suppress(ValueError):
                 login = base64.b64decode(credentials.strip(), validate=True).decode()
-                secrets += [login, login.partition(":")[2]]
+                _user, _, password = login.partition(":")
+                if len(password) >= _SHORTEST_PASSWORD:  # none: a user name, no secret
+                    secrets.append(login)
+                    passwords.append(password)
         else:
             secrets.append(credentials.strip())
     # The longest first: a key that holds another (a login and its password) goes whole.
-    return sorted(
-        {secret.encode() for secret in secrets if len(secret) >= 8}, key=len, reverse=True
-    )
+    kept = {secret for secret in secrets if len(secret) >= 8} | set(passwords)
+    return sorted((secret.encode() for secret in kept), key=len, reverse=True)
+
+
+_SHORTEST_PASSWORD = 4  # of a base URL's login, looked for in an error body ("hunter2")
 
 
 def provider_secrets(provider: Provider) -> list[bytes]:
@@ -688,36 +696,45 @@ def provider_secrets(provider: Provider) -> list[bytes]:
 
 
 _SECRET_PIECE_CHARS = 12  # of a key, found anywhere in a text: no word holds so much of one
+_PIECE_STRIDE = 4  # pieces looked for begin this far apart in the key (runs of 15 are found)
 
 
 def without_secrets(text: str, secrets: list[bytes]) -> str:
-    """`text` with each secret taken out, whole and in pieces; of a login `user:password`
-    (its password a secret of its own), only the pieces that hold some of the password:
-    a user name is no secret, and what an operator needs to read ("user ops-gateway-user
-    may not use...")."""
+    """`text` with each secret taken out, whole and in pieces; of a login
+    `user:password`, only pieces that hold some of the password (a user name is no
+    secret, and what an operator needs to read: "user ops-gateway-user may not...")."""
     keys = [secret.decode() for secret in secrets]
     for key in keys:
         text = text.replace(key, "[redacted]")
     for key in keys:
-        password = next((other for other in keys if key.endswith(":" + other)), None)
-        secret_from = 0 if password is None else len(key) - len(password)
-        text = _without_pieces(text, key, secret_from)
+        text = _without_pieces(text, key, secret_from=key.find(":") + 1)
     return text
 
 
 def _without_pieces(text: str, key: str, secret_from: int = 0) -> str:
-    """`text` with every run of _SECRET_PIECE_CHARS or more of `key`'s characters, as they
-    stand in it, taken out (an echo cut short, or cut in two, kept all of the key but a
-    character); only pieces that reach past `secret_from` in the key count. A find of
-    each piece of the key: a few KB, once per failure."""
+    """`text` with every run of `key`'s characters as they stand in it, of
+    _SECRET_PIECE_CHARS + _PIECE_STRIDE - 1 or more, taken out (an echo cut short, or cut
+    in two, kept all of the key but a character); only runs that reach past
+    `secret_from` in the key count. A find of every _PIECE_STRIDE-th piece of the key,
+    each found run then followed to its ends: a few KB, once per failure, and a long
+    key (a 2 KB token) costs no more than a few hundred finds."""
     size = min(_SECRET_PIECE_CHARS, len(key))
     first = max(0, secret_from - size + 1)
     found: list[tuple[int, int]] = []
-    for piece in {key[at : at + size] for at in range(first, len(key) - size + 1)}:
-        at = text.find(piece)
+    for offset in range(first, len(key) - size + 1, _PIECE_STRIDE):
+        at = text.find(key[offset : offset + size])
         while at != -1:
-            found.append((at, at + size))
-            at = text.find(piece, at + 1)
+            start, end, in_key = at, at + size, offset
+            while start > 0 and in_key > first and text[start - 1] == key[in_key - 1]:
+                start, in_key = start - 1, in_key - 1
+            while (
+                end < len(text)
+                and end - at + offset < len(key)
+                and (text[end] == key[end - at + offset])
+            ):
+                end += 1
+            found.append((start, end))
+            at = text.find(key[offset : offset + size], at + 1)
     if not found:
         return text
     found.sort()
@@ -725,7 +742,7 @@ def _without_pieces(text: str, key: str, secret_from: int = 0) -> str:
     start, end = found[0]
     taken = 0  # where the text not yet kept begins
     for at, until in found[1:]:
-        if at < end:  # overlapping pieces: one run of the key
+        if at <= end:  # overlapping runs: one run of the key
             end = max(end, until)
             continue
         kept += [text[taken:start], "[redacted]"]
