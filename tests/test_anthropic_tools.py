@@ -615,6 +615,10 @@ RESULT = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "ok"}
 HI = {"role": "user", "content": "hi"}
 
 
+def _format(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"format": {"type": "json_schema", "schema": schema}}
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [
@@ -659,6 +663,18 @@ HI = {"role": "user", "content": "hi"}
             {"messages": [HI, ASSISTANT_CALL, {"role": "user", "content": [RESULT]}]},
             "blocks must define tools",
         ),
+        (
+            {"output_config": _format({"type": "integer", "minimum": 0})},
+            "property 'minimum' is not supported",
+        ),
+        (
+            {"output_config": _format({"allOf": [{"$ref": "#/$defs/P"}], "$defs": {"P": {}}})},
+            "allOf with $ref is not supported",
+        ),
+        (
+            {"output_config": _format({"enum": [{"a": 1}]})},
+            "enum values must be strings",
+        ),
     ],
     ids=[
         "choice-without-tools",
@@ -671,6 +687,9 @@ HI = {"role": "user", "content": "hi"}
         "result-without-call",
         "loop-without-thinking",
         "calls-without-tools",
+        "schema-bound",
+        "schema-all-of-ref",
+        "schema-object-enum",
     ],
 )
 def test_the_fake_refuses_what_the_api_refuses(
@@ -743,12 +762,56 @@ def test_a_response_schema_is_narrowed_to_what_anthropic_accepts(upstream: FakeU
                 "default": {"properties": 1},
                 "additionalProperties": False,
             },
-            "kind": {"enum": [{"type": "object"}]},
+            # An enum of objects: Anthropic holds strings, numbers, booleans and nulls.
+            "kind": {"description": '{enum: [{"type": "object"}]}'},
         },
         "required": ["age"],
         "additionalProperties": False,
     }
     assert schema["properties"]["age"]["minimum"] == 0  # the request's own schema is untouched
+
+
+def test_keywords_anthropic_does_not_hold_go_in_the_description_and_an_all_of_ref_is_followed(
+    upstream: FakeUpstream,
+) -> None:
+    """Its grammar holds a few keywords (its SDK keeps those and moves the rest): a
+    reviewer's `contains`, `prefixItems` and `allOf: [{$ref}]` (pydantic's described
+    nested model) were sent as they were, and Anthropic answered 400 every time."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "p": {"allOf": [{"$ref": "#/$defs/P"}], "description": "a p"},
+            "tags": {
+                "type": "array",
+                "items": {"type": "string"},
+                "contains": {"const": "urgent"},
+                "prefixItems": [{"type": "string"}],
+            },
+            "n": {"type": "integer", "not": {"const": 3}},
+        },
+        "required": ["p"],
+        "$defs": {"P": {"type": "object", "properties": {"x": {"type": "integer"}}}},
+    }
+    upstream.push(Script(json={"p": {"x": 1}}))
+    sent_schema = sent(upstream, ask(tools=(), schema=schema))["output_config"]["format"]["schema"]
+    assert sent_schema["properties"] == {
+        "p": {
+            "allOf": [
+                {
+                    "type": "object",
+                    "properties": {"x": {"type": "integer"}},
+                    "additionalProperties": False,
+                }
+            ],
+            "description": "a p",
+        },
+        "tags": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": '{contains: {"const": "urgent"}, prefixItems: [{"type": "string"}]}',
+        },
+        "n": {"type": "integer", "description": '{not: {"const": 3}}'},
+    }
 
 
 def test_formats_and_patterns_anthropic_does_not_hold_go_in_the_description(

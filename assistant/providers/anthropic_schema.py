@@ -1,12 +1,16 @@
 """A response schema narrowed to what Anthropic's structured outputs accept.
 
 Anthropic compiles the schema into a grammar, and refuses (400) keywords the
-grammar cannot hold: numeric bounds, string lengths, most array and object
-counts ("For 'integer' type, property 'minimum' is not supported"), string
-formats beyond a documented few, patterns with backreferences, lookaround or
-word boundaries, and an object that does not say `additionalProperties:
-false`. As Anthropic's own SDK does, those are moved into the `description`
-(the model still reads them) and every object is closed. Nothing is lost: the reply is
+grammar cannot hold: any keyword but a documented few (`HELD`: numeric
+bounds, string lengths, most array and object counts, `contains`,
+`prefixItems`, `not` are out: "For 'integer' type, property 'minimum' is not
+supported"), string formats beyond a documented few, patterns with
+backreferences, lookaround or word boundaries, an `enum` or `const` that is
+not strings, numbers, booleans and nulls, a `$ref` inside an `allOf`, and an
+object that does not say `additionalProperties: false`. As Anthropic's own
+SDK does, those are moved into the `description` (the model still reads
+them) and every object is closed; an `allOf` branch's `$ref` is replaced by
+what it points to. Nothing is lost: the reply is
 checked against the frontend's full schema when it ends (tools.py).
 
 `oneOf`, which the grammar does not hold, goes as `anyOf` (left out beside
@@ -39,19 +43,32 @@ from urllib.parse import unquote
 from ..schema_bounds import NAME_MAPS, VALUE_KEYWORDS
 from ..schemas import MOST_REFERENCES, references_problem, resolve_pointer
 
-UNSUPPORTED = frozenset(
+# The keywords Anthropic's grammar holds (its structured outputs' documentation; its SDK
+# keeps these and moves every other one into the description): numeric bounds, string
+# lengths, array and object counts, `contains`, `prefixItems`, `not`, `if`... go there.
+HELD = frozenset(
     {
-        "minimum",
-        "maximum",
-        "exclusiveMinimum",
-        "exclusiveMaximum",
-        "multipleOf",
-        "minLength",
-        "maxLength",
-        "maxItems",
-        "uniqueItems",
-        "minProperties",
-        "maxProperties",
+        "type",
+        "properties",
+        "required",
+        "additionalProperties",
+        "items",
+        "minItems",  # 0 or 1 only
+        "enum",  # of strings, numbers, booleans and nulls only
+        "const",  # the same
+        "anyOf",
+        "allOf",  # with no $ref in it: one is followed (`_inlined`)
+        "oneOf",  # sent as anyOf
+        "$ref",
+        "$defs",
+        "definitions",
+        "format",  # the HELD_FORMATS
+        "pattern",  # with none of _UNHELD_IN_PATTERNS
+        "description",
+        "title",
+        "default",
+        "$schema",
+        "$comment",
     }
 )
 
@@ -85,6 +102,8 @@ def _narrowed(node: Any, root: Mapping[str, Any]) -> Any:
     for key, value in node.items():
         if _unsupported(key, value):
             moved[key] = value
+        elif key == "allOf" and isinstance(value, list):
+            kept[key] = [_narrowed(_inlined(branch, root), root) for branch in value]
         elif key in _LITERALS:
             kept[key] = value  # values, not schemas
         elif key in NAME_MAPS and isinstance(value, Mapping):
@@ -109,8 +128,10 @@ def _unsupported(keyword: str, value: Any) -> bool:
     """Whether Anthropic's grammar refuses `keyword` with `value` (it goes in the
     description)."""
     return (
-        keyword in UNSUPPORTED
+        keyword not in HELD
         or (keyword == "minItems" and value not in (0, 1))
+        or (keyword == "enum" and isinstance(value, list) and not all(map(_scalar, value)))
+        or (keyword == "const" and not _scalar(value))
         or (keyword == "format" and isinstance(value, str) and value not in HELD_FORMATS)
         or (
             keyword == "pattern"
@@ -118,6 +139,20 @@ def _unsupported(keyword: str, value: Any) -> bool:
             and _UNHELD_IN_PATTERNS.search(value) is not None
         )
     )
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def _inlined(branch: Any, root: Mapping[str, Any]) -> Any:
+    """An `allOf` branch with the schema its `$ref` leads to in its place (Anthropic
+    refuses a `$ref` in an `allOf`: pydantic writes a described nested model so), its
+    other keywords beside; a recursive one is not sent at all (`unheld`)."""
+    if not (isinstance(branch, Mapping) and isinstance(branch.get("$ref"), str)):
+        return branch
+    others = {key: value for key, value in branch.items() if key != "$ref"}
+    return {**_dereferenced(branch, root), **others}
 
 
 def _as_sent(reference: str, root: Mapping[str, Any]) -> str | None:

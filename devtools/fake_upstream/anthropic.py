@@ -186,6 +186,54 @@ def _tools_problem(body: dict[str, Any]) -> str | None:
             and isinstance(format_.get("schema"), dict)
         ):
             return "output_config.format: expected {type: json_schema, schema: {...}}"
+        return _schema_problem(format_["schema"], "output_config.format.schema")
+    return None
+
+
+# What Anthropic's structured outputs refuse in a schema, from its documentation's list
+# of limits (the grammar holds no numeric bounds, string lengths, array constraints
+# beyond minItems 0 or 1, complex enum values, or a $ref in an allOf). Its message, as
+# the API words one: "For 'integer' type, property 'minimum' is not supported".
+_REFUSED_KEYWORDS = frozenset(
+    {
+        "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+        "minLength", "maxLength", "maxItems", "uniqueItems", "contains", "minContains",
+        "maxContains", "prefixItems", "minProperties", "maxProperties", "not",
+    }
+)  # fmt: skip
+
+
+def _schema_problem(node: Any, where: str) -> str | None:
+    if isinstance(node, list):
+        return next(
+            (why for index, item in enumerate(node)
+             if (why := _schema_problem(item, f"{where}[{index}]")) is not None),
+            None,
+        )  # fmt: skip
+    if not isinstance(node, dict):
+        return None
+    kind = node.get("type", "schema")
+    for keyword in node:
+        if keyword in _REFUSED_KEYWORDS:
+            return f"{where}: For '{kind}' type, property '{keyword}' is not supported"
+    if node.get("minItems", 0) not in (0, 1):
+        return f"{where}: For 'array' type, 'minItems' values other than 0 or 1 are not supported"
+    enum = node.get("enum")
+    if isinstance(enum, list) and any(isinstance(value, dict | list) for value in enum):
+        return f"{where}: enum values must be strings, numbers, booleans or null"
+    branches = node.get("allOf")
+    if isinstance(branches, list) and any(isinstance(b, dict) and "$ref" in b for b in branches):
+        return f"{where}: allOf with $ref is not supported"
+    for keyword, value in node.items():
+        if keyword in ("enum", "const", "default", "examples", "required"):
+            continue
+        inner = (
+            list(value.values())
+            if keyword in ("properties", "$defs", "definitions") and (isinstance(value, dict))
+            else value
+        )
+        if (why := _schema_problem(inner, f"{where}.{keyword}")) is not None:
+            return why
     return None
 
 
