@@ -179,8 +179,11 @@ class InFlight:
         with self._lock:
             counted = held = self._counts.get(key, 0)
             if held >= per_user:
+                # One such reply at most: counting each off, a user whose clients take
+                # nothing chained them (each let in the next within its grace), and held
+                # every thread with replies past its limit (a reviewer).
                 now = time.monotonic()
-                held -= sum(
+                held -= any(
                     slot.user == key and slot.taking_its_last_write(now) for slot in self._slots
                 )
             if held >= per_user:

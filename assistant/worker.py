@@ -173,6 +173,7 @@ from werkzeug.datastructures import Headers
 
 from .config import ConfigError, ServerSettings, Settings, cors_origins, request_settings
 from .cors import cors_headers
+from .direct import briefly
 from .errors import MESSAGES, ErrorCode
 from .late_saves import late_saves
 from .limits import STOPPING_RETRY_AFTER_SECONDS, replies_in_flight
@@ -1093,7 +1094,7 @@ class Worker(ThreadWorker):
                     if isinstance(item, Instead):
                         item = _answer_instead(resp, item)
                     resp.write(item)
-            resp.close()
+            _close_body(resp, sock)
         except TimeoutError as exc:
             # A client that took no write in time (the send timeout, or the brief one
             # past half of THREADS: limits.py) is a client gone, said in a line of ours
@@ -1393,6 +1394,22 @@ def _error_json(message: str, code: ErrorCode, trace_id: str) -> bytes:
 
 # Kept from the app's answer when the worker answers in its place (CORS, the trace).
 _KEPT_HEADERS = re.compile(r"access-control-.*|vary|x-trace-id", re.I)
+
+
+def _close_body(resp: Any, sock: socket.socket) -> None:
+    """gunicorn's end of a response, which writes a chunked body's last chunk: a write
+    like any other, one of the half of THREADS that may wait on clients, else brief
+    (limits.py). It waited the whole send timeout uncounted: clients that took nothing
+    past their final frame held every thread (a reviewer)."""
+    writers = replies_in_flight.writers
+    if writers.acquire():
+        try:
+            resp.close()
+        finally:
+            writers.release()
+        return
+    with briefly(sock):
+        resp.close()
 
 
 def _exit_now() -> None:

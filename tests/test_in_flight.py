@@ -85,6 +85,9 @@ def test_a_reply_taking_its_last_write_counts_off_its_users_limit_briefly() -> N
     with pytest.raises(RequestError) as refused:
         in_flight.take("ada", per_user=1, total=3)  # the second is no last write
     assert refused.value.code == "rate_limited"
+    second.last_write_begins()  # two at once in their grace: one counted off, not both
+    with pytest.raises(RequestError):
+        in_flight.take("ada", per_user=1, total=3)
     first.last_write_since = time.monotonic() - LAST_WRITE_GRACE_SECONDS
     second.release()
     with pytest.raises(RequestError):

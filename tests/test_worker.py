@@ -5,9 +5,11 @@ tests/test_slow_clients.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -15,10 +17,12 @@ from gunicorn.config import Config
 from gunicorn.http import errors
 
 from assistant import server
+from assistant.limits import replies_in_flight
 from assistant.worker import (
     BODY_BUFFER_BYTES,
     HEAD_BUFFER_BYTES,
     _Arrival,
+    _close_body,
     _MethodQueue,
     _ReadFirst,
     _reserved_request,
@@ -267,3 +271,39 @@ def test_what_is_held_is_read_after_what_was_put_back() -> None:
         reader.unread(b"put back ")
         assert reader.take_buffered() == b"put back pipelined"  # a next request, read
         assert reader.take_buffered() == b""
+
+
+class _ClosingChunk:
+    """gunicorn's response as its close() sees it: the last chunk of a chunked body to write."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def close(self) -> None:
+        self.sock.sendall(b"0\r\n\r\n")
+
+
+def test_a_bodys_last_chunk_is_a_write_among_the_capped_ones(monkeypatch) -> None:
+    """gunicorn's close wrote it with the whole send timeout, uncounted: clients that
+    took nothing past their final frame held every thread (a reviewer). With as many
+    threads as may wait on clients waiting, it waits BRIEF_WRITE_SECONDS at most."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.setblocking(False)
+        with contextlib.suppress(BlockingIOError):  # a client that reads nothing: full
+            while True:
+                ours.send(b"x" * 65536)
+        ours.settimeout(30)  # the send timeout
+        writers = replies_in_flight.writers
+        monkeypatch.setattr(writers, "cap", writers.waiting)  # every place taken
+        started = time.monotonic()
+        with pytest.raises(OSError):
+            _close_body(_ClosingChunk(ours), ours)
+        assert time.monotonic() - started < 5  # not the send timeout's 30 s
+        assert ours.gettimeout() == 30  # set back for whatever comes next
+    ours, theirs = socket.socketpair()
+    with ours, theirs:  # under the cap: counted while it is written, then given back
+        before = writers.waiting
+        monkeypatch.setattr(writers, "cap", before + 1)
+        _close_body(_ClosingChunk(ours), ours)
+        assert theirs.recv(16) == b"0\r\n\r\n" and writers.waiting == before
