@@ -614,25 +614,36 @@ def _as_text(body: bytes, charset: str | None) -> str | None:
 
     UTF-8 when it is that (a character the cut split at the end is no sign of another),
     whatever its label says (a server's label is often wrong); else in its label's
-    single-byte charset, else Latin-1 ("K\xf6nnen": U+FFFD stood where the scrub
-    needed letters)."""
+    single-byte charset, else Windows-1252, as browsers read a Latin-1 label and none
+    ("K\xf6nnen" read as UTF-8 had U+FFFD where the scrub needed letters; its quotes
+    and dashes read as Latin-1 were control characters)."""
     body = body.removeprefix(codecs.BOM_UTF8)
     if b"\x00" in body or body.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return None  # UTF-16, UTF-32, or binary
     try:
         text = codecs.getincrementaldecoder("utf-8")().decode(body, final=False)
     except UnicodeDecodeError:
-        if _UTF8_SEQUENCE.search(body):  # some of it is UTF-8: an echo inside other bytes
+        if _mostly_utf8(body):  # an echo in UTF-8 inside other bytes
             return None
         try:
-            named = codecs.lookup(charset).name if charset else "latin-1"
+            named = codecs.lookup(charset).name if charset else "cp1252"
         except LookupError:
-            named = "latin-1"
-        if named in ("utf-8", "utf-8-sig") or named.startswith(("utf-16", "utf-32")):
-            named = "latin-1"
+            named = "cp1252"
+        if named in ("iso8859-1", "ascii", "utf-8", "utf-8-sig") or named.startswith(
+            ("utf-16", "utf-32")
+        ):
+            named = "cp1252"  # as browsers read a Latin-1 label: its quotes and dashes
         text = body.decode(named, "replace")
     controls = sum(map(text.count, _CONTROLS))
     return None if controls * 100 > len(text) else text  # compressed, or binary
+
+
+def _mostly_utf8(body: bytes) -> bool:
+    """Whether most of a body's bytes above ASCII make UTF-8 characters (a few do by
+    chance in Latin-1: "REFUSÉ\xa0:" holds one), three at least."""
+    in_sequences = sum(map(len, _UTF8_SEQUENCE.findall(body)))
+    high = sum(byte >= 0x80 for byte in body)
+    return in_sequences >= 6 and in_sequences * 2 > high
 
 
 _UTF8_SEQUENCE = re.compile(
@@ -722,8 +733,13 @@ def _without_pieces(text: str, key: str, secret_from: int = 0) -> str:
     first = max(0, secret_from - size + 1)
     found: list[tuple[int, int]] = []
     for offset in range(first, len(key) - size + 1, _PIECE_STRIDE):
-        at = text.find(key[offset : offset + size])
+        piece = key[offset : offset + size]
+        at = text.find(piece)
         while at != -1:
+            run = next(((start, end) for start, end in found if start <= at < end), None)
+            if run is not None:  # in a run followed already: on past it
+                at = text.find(piece, run[1])
+                continue
             start, end, in_key = at, at + size, offset
             while start > 0 and in_key > first and text[start - 1] == key[in_key - 1]:
                 start, in_key = start - 1, in_key - 1
@@ -734,7 +750,7 @@ def _without_pieces(text: str, key: str, secret_from: int = 0) -> str:
             ):
                 end += 1
             found.append((start, end))
-            at = text.find(key[offset : offset + size], at + 1)
+            at = text.find(piece, end)
     if not found:
         return text
     found.sort()
