@@ -260,9 +260,14 @@ def _host(hostname: str) -> str:
         with contextlib.suppress(idna.IDNAError, UnicodeError):
             return idna.encode(hostname, uts46=True, transitional=False).decode("ascii")
         # A symbol IDNA 2008 refuses, which browsers take (☃.net is xn--n3h.net to them):
-        # IDNA 2003's reading, the same for such names.
-        with contextlib.suppress(UnicodeError):
-            return hostname.encode("idna").decode("ascii")
+        # UTS 46's mapping, then each label's punycode, as the URL standard does without
+        # IDNA 2008's checks (IDNA 2003's codec would also write ß as ss: another domain).
+        with contextlib.suppress(idna.IDNAError, UnicodeError):
+            mapped = idna.uts46_remap(hostname, std3_rules=False, transitional=False)
+            return ".".join(
+                label if label.isascii() else "xn--" + label.encode("punycode").decode("ascii")
+                for label in mapped.split(".")
+            )
     return hostname
 
 
