@@ -814,6 +814,36 @@ def test_keywords_anthropic_does_not_hold_go_in_the_description_and_an_all_of_re
     }
 
 
+USER = {"type": "object", "properties": {"name": {"type": "string"}}}
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {  # OpenAPI's `components`, which goes into the description
+            "type": "object",
+            "properties": {"user": {"$ref": "#/components/schemas/User"}},
+            "components": {"schemas": {"User": USER}},
+        },
+        {  # into a `prefixItems`, the same
+            "type": "object",
+            "properties": {
+                "pair": {"type": "array", "prefixItems": [USER]},
+                "user": {"$ref": "#/properties/pair/prefixItems/0"},
+            },
+        },
+    ],
+    ids=["components", "prefix-items"],
+)
+def test_a_ref_into_a_keyword_moved_to_the_description_is_replaced_by_its_target(
+    upstream: FakeUpstream, schema: dict[str, Any]
+) -> None:
+    """Left as it was, it led nowhere in what was sent (a reviewer)."""
+    upstream.push(Script(json={"user": {"name": "Ada"}}))
+    sent_schema = sent(upstream, ask(tools=(), schema=schema))["output_config"]["format"]["schema"]
+    assert sent_schema["properties"]["user"] == {**USER, "additionalProperties": False}
+
+
 def test_formats_and_patterns_anthropic_does_not_hold_go_in_the_description(
     upstream: FakeUpstream,
 ) -> None:

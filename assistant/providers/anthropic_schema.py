@@ -97,6 +97,12 @@ def _narrowed(node: Any, root: Mapping[str, Any]) -> Any:
         return [_narrowed(item, root) for item in node]
     if not isinstance(node, Mapping):
         return node
+    reference = node.get("$ref")
+    if isinstance(reference, str) and _through_moved(reference, root):
+        # Its target goes into a description (OpenAPI's `components`, a `prefixItems`):
+        # the pointer would lead nowhere in what is sent, so the target stands in its
+        # place (a recursive one is not sent at all: `unheld`).
+        node = _inlined(node, root)
     kept: dict[str, Any] = {}
     moved: dict[str, Any] = {}
     for key, value in node.items():
@@ -153,6 +159,26 @@ def _inlined(branch: Any, root: Mapping[str, Any]) -> Any:
         return branch
     others = {key: value for key, value in branch.items() if key != "$ref"}
     return {**_dereferenced(branch, root), **others}
+
+
+def _through_moved(reference: str, root: Mapping[str, Any]) -> bool:
+    """Whether a local `$ref` goes through a keyword that is moved into a description."""
+    if not reference.startswith("#/"):
+        return False
+    node: Any = root
+    names = False  # as in `_as_sent`
+    for part in reference[2:].split("/"):
+        key = unquote(part).replace("~1", "/").replace("~0", "~")
+        if isinstance(node, Mapping) and key in node:
+            if not names and _unsupported(key, node[key]):
+                return True
+            names = not names and key in NAME_MAPS
+            node = node[key]
+        elif isinstance(node, list) and key.isascii() and key.isdigit() and int(key) < len(node):
+            node, names = node[int(key)], False
+        else:
+            return False
+    return False
 
 
 def _as_sent(reference: str, root: Mapping[str, Any]) -> str | None:

@@ -186,7 +186,31 @@ def _tools_problem(body: dict[str, Any]) -> str | None:
             and isinstance(format_.get("schema"), dict)
         ):
             return "output_config.format: expected {type: json_schema, schema: {...}}"
-        return _schema_problem(format_["schema"], "output_config.format.schema")
+        schema = format_["schema"]
+        return _schema_problem(schema, "output_config.format.schema") or _dangling(schema)
+    return None
+
+
+def _dangling(schema: dict[str, Any]) -> str | None:
+    """A local `$ref` that leads nowhere in the schema (the grammar cannot be built)."""
+    stack: list[Any] = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            reference = node.get("$ref")
+            if isinstance(reference, str) and reference.startswith("#"):
+                target: Any = schema
+                for part in filter(None, reference[1:].split("/")):
+                    key = part.replace("~1", "/").replace("~0", "~")
+                    if isinstance(target, dict) and key in target:
+                        target = target[key]
+                    elif isinstance(target, list) and key.isdigit() and int(key) < len(target):
+                        target = target[int(key)]
+                    else:
+                        return f"output_config.format.schema: $ref {reference} not found"
+            stack.extend(node.values())
     return None
 
 
