@@ -686,6 +686,12 @@ NOT_TEXT = "size"  # what is logged of a body the scrubs cannot read: its size a
          "application/json", NOT_TEXT),
         # The key cut short, or in two.
         (f"invalid x-api-key {KEY[:-1]} ({KEY[3:20]})".encode(), "text/plain", "[redacted]"),
+        # Readable text an operator needs, kept: a Latin-1 label read as Windows-1252 (its
+        # quotes were control characters), French text with a pair that looks like UTF-8.
+        ("We\u2019re down for \u201cMaintenance\u201d".encode("cp1252"),
+         "text/html; charset=iso-8859-1", "We\u2019re down for \u201cMaintenance\u201d"),
+        ("ACC\u00c8S REFUS\u00c9\u00a0: quota".encode("latin-1"), "text/plain; charset=iso-8859-1",
+         "ACC\u00c8S REFUS\u00c9\u00a0: quota"),
     ],
     ids=[
         "python-bytes-repr",
@@ -701,6 +707,8 @@ NOT_TEXT = "size"  # what is logged of a body the scrubs cannot read: its size a
         "utf-8-inside-latin-1",
         "gzip-unlabelled",
         "key-cut-short",
+        "windows-1252-labelled-latin-1",
+        "latin-1-french",
     ],
 )  # fmt: skip
 def test_an_error_body_in_any_encoding_is_logged_without_the_prompt_or_the_key(
