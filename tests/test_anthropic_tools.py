@@ -771,7 +771,7 @@ def test_a_response_schema_is_narrowed_to_what_anthropic_accepts(upstream: FakeU
     assert schema["properties"]["age"]["minimum"] == 0  # the request's own schema is untouched
 
 
-def test_keywords_anthropic_does_not_hold_go_in_the_description_and_an_all_of_ref_is_followed(
+def test_keywords_anthropic_does_not_hold_go_in_the_description_and_an_all_of_ref_is_any_of(
     upstream: FakeUpstream,
 ) -> None:
     """Its grammar holds a few keywords (its SDK keeps those and moves the rest): a
@@ -795,16 +795,7 @@ def test_keywords_anthropic_does_not_hold_go_in_the_description_and_an_all_of_re
     upstream.push(Script(json={"p": {"x": 1}}))
     sent_schema = sent(upstream, ask(tools=(), schema=schema))["output_config"]["format"]["schema"]
     assert sent_schema["properties"] == {
-        "p": {
-            "allOf": [
-                {
-                    "type": "object",
-                    "properties": {"x": {"type": "integer"}},
-                    "additionalProperties": False,
-                }
-            ],
-            "description": "a p",
-        },
+        "p": {"anyOf": [{"$ref": "#/$defs/P"}], "description": "a p"},  # one branch: the same
         "tags": {
             "type": "array",
             "items": {"type": "string"},
@@ -835,13 +826,44 @@ USER = {"type": "object", "properties": {"name": {"type": "string"}}}
     ],
     ids=["components", "prefix-items"],
 )
-def test_a_ref_into_a_keyword_moved_to_the_description_is_replaced_by_its_target(
+def test_a_ref_into_a_keyword_moved_to_the_description_leads_to_its_target_under_defs(
     upstream: FakeUpstream, schema: dict[str, Any]
 ) -> None:
     """Left as it was, it led nowhere in what was sent (a reviewer)."""
     upstream.push(Script(json={"user": {"name": "Ada"}}))
     sent_schema = sent(upstream, ask(tools=(), schema=schema))["output_config"]["format"]["schema"]
-    assert sent_schema["properties"]["user"] == {**USER, "additionalProperties": False}
+    assert sent_schema["properties"]["user"] == {"$ref": "#/$defs/moved0"}
+    assert sent_schema["$defs"]["moved0"] == {**USER, "additionalProperties": False}
+
+
+def test_an_all_of_of_several_branches_with_a_ref_is_not_sent() -> None:
+    """Anthropic takes no $ref in an allOf; of several branches, nothing says the same."""
+    schema = {
+        "type": "object",
+        "properties": {"p": {"allOf": [{"$ref": "#/$defs/S"}, {"minLength": 2}]}},
+        "$defs": {"S": {"type": "string"}},
+    }
+    assert unheld(schema) == "a $ref in an allOf of several branches (Anthropic takes none there)"
+
+
+def test_definitions_used_many_times_are_sent_once() -> None:
+    """Each target put in its references' place, a reviewer's 3 KB schema (definitions
+    each used twice, under a moved keyword) grew to 32 MB and held a worker 27 s."""
+    depth = 16  # 8 MB and seconds before
+    definitions: dict[str, Any] = {
+        f"d{level}": {
+            "type": "object",
+            "properties": {name: {"$ref": f"#/components/d{level + 1}"} for name in "ab"},
+        }
+        for level in range(depth)
+    }
+    definitions[f"d{depth}"] = {"type": "string"}
+    schema = {"type": "object", "properties": {"x": {"$ref": "#/components/d0"}}}
+    schema["components"] = definitions
+    assert unheld(schema) is None
+    sent_schema = output_schema(schema)
+    assert len(sent_schema["$defs"]) == depth + 1
+    assert len(json.dumps(sent_schema)) < 20 * len(json.dumps(schema))
 
 
 def test_formats_and_patterns_anthropic_does_not_hold_go_in_the_description(

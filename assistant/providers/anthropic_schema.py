@@ -9,8 +9,9 @@ backreferences, lookaround or word boundaries, an `enum` or `const` that is
 not strings, numbers, booleans and nulls, a `$ref` inside an `allOf`, and an
 object that does not say `additionalProperties: false`. As Anthropic's own
 SDK does, those are moved into the `description` (the model still reads
-them) and every object is closed; an `allOf` branch's `$ref` is replaced by
-what it points to. Nothing is lost: the reply is
+them) and every object is closed; an `allOf` of one `$ref` goes as an
+`anyOf` (the same meaning), and the target of a `$ref` that leads through a
+moved keyword is sent once under `$defs` (`_Narrowing`). Nothing is lost: the reply is
 checked against the frontend's full schema when it ends (tools.py).
 
 `oneOf`, which the grammar does not hold, goes as `anyOf` (left out beside
@@ -87,47 +88,87 @@ _LITERALS = VALUE_KEYWORDS | {"required"}  # values, not schemas
 
 def output_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
     """`schema` with the bounds Anthropic refuses moved into descriptions, objects closed."""
-    narrowed = _narrowed(schema, schema)
+    narrowing = _Narrowing(schema)
+    narrowed = narrowing.narrowed(schema)
     assert isinstance(narrowed, dict)
+    if narrowing.hoisted:
+        narrowed["$defs"] = {**narrowed.get("$defs", {}), **narrowing.hoisted}
     return narrowed
 
 
-def _narrowed(node: Any, root: Mapping[str, Any]) -> Any:
-    if isinstance(node, list):
-        return [_narrowed(item, root) for item in node]
-    if not isinstance(node, Mapping):
-        return node
-    reference = node.get("$ref")
-    if isinstance(reference, str) and _through_moved(reference, root):
-        # Its target goes into a description (OpenAPI's `components`, a `prefixItems`):
-        # the pointer would lead nowhere in what is sent, so the target stands in its
-        # place (a recursive one is not sent at all: `unheld`).
-        node = _inlined(node, root)
-    kept: dict[str, Any] = {}
-    moved: dict[str, Any] = {}
-    for key, value in node.items():
-        if _unsupported(key, value):
-            moved[key] = value
-        elif key == "allOf" and isinstance(value, list):
-            kept[key] = [_narrowed(_inlined(branch, root), root) for branch in value]
-        elif key in _LITERALS:
-            kept[key] = value  # values, not schemas
-        elif key in NAME_MAPS and isinstance(value, Mapping):
-            kept[key] = {name: _narrowed(sub, root) for name, sub in value.items()}
-        elif key == "$ref" and isinstance(value, str):
-            kept[key] = _as_sent(value, root) or value  # None: `unheld` says why
-        else:
-            kept[key] = _narrowed(value, root)
-    if _is_object(kept):
-        kept["additionalProperties"] = False
-    if "oneOf" in kept:  # beside an anyOf, left out as Anthropic's SDK does
-        one_of = kept.pop("oneOf")
-        kept.setdefault("anyOf", one_of)
-    if moved:
-        bounds = ", ".join(f"{key}: {json.dumps(value)}" for key, value in moved.items())
-        description = kept.get("description")
-        kept["description"] = f"{description}\n\n{{{bounds}}}" if description else f"{{{bounds}}}"
-    return kept
+class _Narrowing:
+    """One schema's narrowing. A `$ref` that leads through a keyword moved into a
+    description (OpenAPI's `components`, a `prefixItems`) would lead nowhere in what is
+    sent: its target is sent once under `$defs` (`hoisted`), and every such reference
+    points there. Put in each reference's place, a reviewer's 3 KB schema of
+    definitions each used twice grew to 32 MB and held a worker 27 s."""
+
+    def __init__(self, root: Mapping[str, Any]) -> None:
+        self.root = root
+        self.hoisted: dict[str, Any] = {}
+        self._names: dict[str, str] = {}  # a pointer hoisted -> its name under $defs
+
+    def narrowed(self, node: Any) -> Any:
+        if isinstance(node, list):
+            return [self.narrowed(item) for item in node]
+        if not isinstance(node, Mapping):
+            return node
+        kept: dict[str, Any] = {}
+        moved: dict[str, Any] = {}
+        for key, value in node.items():
+            if _unsupported(key, value):
+                moved[key] = value
+            elif key == "allOf" and _one_reference(value) and "anyOf" not in node:
+                # Anthropic takes no $ref in an allOf (pydantic's way with a described
+                # nested model); of one branch, an anyOf means the same.
+                kept["anyOf"] = self.narrowed(value)
+            elif key in _LITERALS:
+                kept[key] = value  # values, not schemas
+            elif key in NAME_MAPS and isinstance(value, Mapping):
+                kept[key] = {name: self.narrowed(sub) for name, sub in value.items()}
+            elif key == "$ref" and isinstance(value, str):
+                kept[key] = self._reference(value)
+            else:
+                kept[key] = self.narrowed(value)
+        if _is_object(kept):
+            kept["additionalProperties"] = False
+        if "oneOf" in kept:  # beside an anyOf, left out as Anthropic's SDK does
+            one_of = kept.pop("oneOf")
+            kept.setdefault("anyOf", one_of)
+        if moved:
+            bounds = ", ".join(f"{key}: {json.dumps(value)}" for key, value in moved.items())
+            description = kept.get("description")
+            kept["description"] = (
+                f"{description}\n\n{{{bounds}}}" if description else f"{{{bounds}}}"
+            )
+        return kept
+
+    def _reference(self, reference: str) -> str:
+        if not _through_moved(reference, self.root):
+            return _as_sent(reference, self.root) or reference  # None: `unheld` says why
+        name = self._names.get(reference)
+        if name is None:
+            taken = {*self._names.values(), *_defs(self.root)}
+            name = next(f"moved{n}" for n in range(len(taken) + 1) if f"moved{n}" not in taken)
+            self._names[reference] = name  # before its target: a reference back finds it
+            target = resolve_pointer(self.root, unquote(reference.removeprefix("#")))
+            self.hoisted[name] = self.narrowed(target)
+        return f"#/$defs/{name}"
+
+
+def _one_reference(branches: Any) -> bool:
+    """Whether an `allOf` is one branch, a `$ref`."""
+    return (
+        isinstance(branches, list)
+        and len(branches) == 1
+        and isinstance(branches[0], Mapping)
+        and "$ref" in branches[0]
+    )
+
+
+def _defs(root: Mapping[str, Any]) -> Mapping[str, Any]:
+    defs = root.get("$defs")
+    return defs if isinstance(defs, Mapping) else {}
 
 
 def _unsupported(keyword: str, value: Any) -> bool:
@@ -149,16 +190,6 @@ def _unsupported(keyword: str, value: Any) -> bool:
 
 def _scalar(value: Any) -> bool:
     return value is None or isinstance(value, str | int | float | bool)
-
-
-def _inlined(branch: Any, root: Mapping[str, Any]) -> Any:
-    """An `allOf` branch with the schema its `$ref` leads to in its place (Anthropic
-    refuses a `$ref` in an `allOf`: pydantic writes a described nested model so), its
-    other keywords beside; a recursive one is not sent at all (`unheld`)."""
-    if not (isinstance(branch, Mapping) and isinstance(branch.get("$ref"), str)):
-        return branch
-    others = {key: value for key, value in branch.items() if key != "$ref"}
-    return {**_dereferenced(branch, root), **others}
 
 
 def _through_moved(reference: str, root: Mapping[str, Any]) -> bool:
@@ -239,6 +270,10 @@ def _unheld(node: Any, root: Mapping[str, Any]) -> str | None:
         objects = sum(_is_object(_dereferenced(branch, root)) for branch in branches)
         if objects + bool(node.get("properties")) >= 2:
             return "allOf over objects"
+        if any(isinstance(branch, Mapping) and "$ref" in branch for branch in branches) and not (
+            _one_reference(branches) and "anyOf" not in node
+        ):
+            return "a $ref in an allOf of several branches (Anthropic takes none there)"
     own = node.get("properties")
     if own and isinstance(own, Mapping):
         # A tagged union's shared keys beside its branches (or a $ref beside them):
