@@ -678,9 +678,12 @@ NOT_TEXT = "size"  # what is logged of a body the scrubs cannot read: its size a
          NOT_TEXT),
         (f"Error: {GERMAN_PROMPT} {KEY}".encode("utf-32-be"), "text/plain; charset=utf-8",
          NOT_TEXT),
-        # UTF-8 inside another charset's bytes: a proxy's Latin-1 page around our request.
+        # UTF-8 inside another charset's bytes: a proxy's Latin-1 page around our request
+        # (read as one charset, the echo was mojibake the scrub could not see).
         ("Ung\u00fcltige Anfrage: ".encode("latin-1") + CYRILLIC_PROMPT.encode(),
-         "text/html; charset=iso-8859-1", NOT_TEXT),
+         "text/html; charset=iso-8859-1", "Ung\u00fcltige Anfrage: [prompt]"),
+        ("Requ\u00eate refus\u00e9e: ".encode("cp1252") + GERMAN_PROMPT.encode(), "text/plain",
+         "Requ\u00eate refus\u00e9e: [prompt]"),
         # Compressed with no Content-Encoding: readable by anyone who inflates it.
         (gzip.compress(f'{{"key": "{KEY}", "content": "{GERMAN_PROMPT}"}}'.encode()),
          "application/json", NOT_TEXT),
@@ -691,7 +694,7 @@ NOT_TEXT = "size"  # what is logged of a body the scrubs cannot read: its size a
         ("We\u2019re down for \u201cMaintenance\u201d".encode("cp1252"),
          "text/html; charset=iso-8859-1", "We\u2019re down for \u201cMaintenance\u201d"),
         ("ACC\u00c8S REFUS\u00c9\u00a0: quota".encode("latin-1"), "text/plain; charset=iso-8859-1",
-         "ACC\u00c8S REFUS\u00c9\u00a0: quota"),
+         "ACC\u00c8S REFUS"),
     ],
     ids=[
         "python-bytes-repr",
@@ -705,6 +708,7 @@ NOT_TEXT = "size"  # what is logged of a body the scrubs cannot read: its size a
         "utf-16-cyrillic-labelled",
         "utf-32-labelled-utf-8",
         "utf-8-inside-latin-1",
+        "utf-8-inside-windows-1252",
         "gzip-unlabelled",
         "key-cut-short",
         "windows-1252-labelled-latin-1",

@@ -606,49 +606,46 @@ async def read_error_body(
 
 def _as_text(body: bytes, charset: str | None) -> str | None:
     """An error body as text for the scrubs to look through; None for one that is no
-    text they can: compressed or binary bytes (a gzip body with no Content-Encoding was
-    logged as Latin-1, its key and prompt there for anyone who inflated it), UTF-16 or
-    UTF-32 (a prompt with no NUL in its letters went unfound), or UTF-8 inside bytes of
-    another charset (a proxy's Latin-1 page around our request: an echo of a Cyrillic
-    prompt was mojibake the scrub could not see). Its size is logged instead.
+    text they can: UTF-16, UTF-32 or binary (NULs: a prompt with none in its letters
+    went unfound), or compressed (a gzip body with no Content-Encoding was logged as
+    Latin-1, its key and prompt there for anyone who inflated it: more than 1% control
+    characters). Its size is logged instead.
 
-    UTF-8 when it is that (a character the cut split at the end is no sign of another),
-    whatever its label says (a server's label is often wrong); else in its label's
-    single-byte charset, else Windows-1252, as browsers read a Latin-1 label and none
-    ("K\xf6nnen" read as UTF-8 had U+FFFD where the scrub needed letters; its quotes
-    and dashes read as Latin-1 were control characters)."""
+    As UTF-8, a byte that makes no UTF-8 character read as Windows-1252 (as browsers
+    read a Latin-1 label, and none): an echo of our request in UTF-8 inside a proxy's
+    Latin-1 page is then the prompt's own text, which the scrub finds (read as one
+    charset, it was mojibake the scrub could not see, "mÃ©decin"), and a page in
+    Windows-1252 reads as itself (its quotes read as Latin-1 were control characters).
+    A body labelled with another charset (KOI8-R, Shift JIS) that is not UTF-8 is read
+    in it."""
     body = body.removeprefix(codecs.BOM_UTF8)
     if b"\x00" in body or body.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return None  # UTF-16, UTF-32, or binary
+        return None
     try:
-        text = codecs.getincrementaldecoder("utf-8")().decode(body, final=False)
-    except UnicodeDecodeError:
-        if _mostly_utf8(body):  # an echo in UTF-8 inside other bytes
-            return None
+        named = codecs.lookup(charset).name if charset else "utf-8"
+    except LookupError:
+        named = "utf-8"
+    if named in ("utf-8", "utf-8-sig", "ascii", "iso8859-1", "cp1252") or named.startswith(
+        ("utf-16", "utf-32")
+    ):
+        text = body.decode("utf-8", _AS_WINDOWS_1252)
+    else:
         try:
-            named = codecs.lookup(charset).name if charset else "cp1252"
-        except LookupError:
-            named = "cp1252"
-        if named in ("iso8859-1", "ascii", "utf-8", "utf-8-sig") or named.startswith(
-            ("utf-16", "utf-32")
-        ):
-            named = "cp1252"  # as browsers read a Latin-1 label: its quotes and dashes
-        text = body.decode(named, "replace")
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            text = body.decode(named, "replace")
     controls = sum(map(text.count, _CONTROLS))
     return None if controls * 100 > len(text) else text  # compressed, or binary
 
 
-def _mostly_utf8(body: bytes) -> bool:
-    """Whether most of a body's bytes above ASCII make UTF-8 characters (a few do by
-    chance in Latin-1: "REFUSÉ\xa0:" holds one), three at least."""
-    in_sequences = sum(map(len, _UTF8_SEQUENCE.findall(body)))
-    high = sum(byte >= 0x80 for byte in body)
-    return in_sequences >= 6 and in_sequences * 2 > high
+def _as_windows_1252(error: UnicodeError) -> tuple[str, int]:
+    """A codec error handler: the bytes UTF-8 could not read, read as Windows-1252."""
+    assert isinstance(error, UnicodeDecodeError)
+    return error.object[error.start : error.end].decode("cp1252", "replace"), error.end
 
 
-_UTF8_SEQUENCE = re.compile(
-    rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}"
-)
+_AS_WINDOWS_1252 = "assistant.as_windows_1252"
+codecs.register_error(_AS_WINDOWS_1252, _as_windows_1252)
 # What no text an error body is holds more than a few of (tab and line breaks excepted).
 _CONTROLS = [
     chr(code)
