@@ -264,11 +264,24 @@ def _host(hostname: str) -> str:
         # IDNA 2008's checks (IDNA 2003's codec would also write ß as ss: another domain).
         with contextlib.suppress(idna.IDNAError, UnicodeError):
             mapped = idna.uts46_remap(hostname, std3_rules=False, transitional=False)
-            return ".".join(
-                label if label.isascii() else "xn--" + label.encode("punycode").decode("ascii")
-                for label in mapped.split(".")
-            )
+            return ".".join(map(_punycode, mapped.split(".")))
     return hostname
+
+
+def _punycode(label: str) -> str:
+    """A label as browsers write it in a host, with the checks of UTS 46 they keep (a
+    joiner out of place, a leading combining mark, bidi's rules, a non-ASCII label
+    that says it is punycode): one that fails them no browser takes (IDNAError)."""
+    if label.isascii():
+        return label
+    if label.startswith("xn--"):
+        raise idna.IDNAError("a label that says it is punycode is not")
+    idna.check_initial_combiner(label)
+    idna.check_bidi(label)
+    for position, character in enumerate(label):
+        if character in "\u200c\u200d" and not idna.valid_contextj(label, position):
+            raise idna.IDNAError("a joiner out of place")
+    return "xn--" + label.encode("punycode").decode("ascii")
 
 
 # A host a browser reads as an IPv4 address: numbers (decimal, octal, hex) and dots.

@@ -82,7 +82,8 @@ def test_origins_no_browser_can_send_are_said_in_the_log(capsys, monkeypatch) ->
     written = (
         "https://ok.example, app.example.com, https://a.example https://b.example, "
         "https://*.example.com, https://app.example.com/chat, https://ok.example:443/, *, "
-        "https://a\ufdd0b.com"  # a code point no IDNA reading takes (nor a browser)
+        "https://a\ufdd0b.com, "  # a code point no IDNA reading takes (nor a browser)
+        "https://a\u200cb.com, https://\u0300a.com"  # a joiner, a combining mark first
     )
     monkeypatch.setenv("CORS_ORIGINS", written)
     server.warn_of_cors_origins()
@@ -94,6 +95,8 @@ def test_origins_no_browser_can_send_are_said_in_the_log(capsys, monkeypatch) ->
         "https://*.example.com",
         "https://app.example.com/chat",
         "https://a\ufdd0b.com",
+        "https://a\u200cb.com",
+        "https://\u0300a.com",
     ]
     monkeypatch.setenv("CORS_ORIGINS", "https://ok.example, null")  # a sandboxed page's
     server.warn_of_cors_origins()
