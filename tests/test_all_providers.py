@@ -693,6 +693,9 @@ NOT_TEXT = "size"  # what is logged of a body the scrubs cannot read: its size a
         # quotes were control characters), French text with a pair that looks like UTF-8.
         ("We\u2019re down for \u201cMaintenance\u201d".encode("cp1252"),
          "text/html; charset=iso-8859-1", "We\u2019re down for \u201cMaintenance\u201d"),
+        # A label Python knows as no text codec (bytes.decode raised LookupError).
+        ("Ung\u00fcltig: \u00e9".encode("latin-1"), "text/plain; charset=base64",
+         "Ung\u00fcltig: \u00e9"),
         ("ACC\u00c8S REFUS\u00c9\u00a0: quota".encode("latin-1"), "text/plain; charset=iso-8859-1",
          "ACC\u00c8S REFUS"),
     ],
@@ -712,6 +715,7 @@ NOT_TEXT = "size"  # what is logged of a body the scrubs cannot read: its size a
         "gzip-unlabelled",
         "key-cut-short",
         "windows-1252-labelled-latin-1",
+        "labelled-with-no-text-codec",
         "latin-1-french",
     ],
 )  # fmt: skip

@@ -633,7 +633,10 @@ def _as_text(body: bytes, charset: str | None) -> str | None:
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
-            text = body.decode(named, "replace")
+            try:
+                text = body.decode(named, "replace")
+            except (LookupError, UnicodeError, ValueError):  # no text codec (base64, idna)
+                text = body.decode("utf-8", _AS_WINDOWS_1252)
     controls = sum(map(text.count, _CONTROLS))
     return None if controls * 100 > len(text) else text  # compressed, or binary
 
