@@ -684,6 +684,10 @@ NOT_TEXT = "size"  # what is logged of a body the scrubs cannot read: its size a
          "text/html; charset=iso-8859-1", "Ung\u00fcltige Anfrage: [prompt]"),
         ("Requ\u00eate refus\u00e9e: ".encode("cp1252") + GERMAN_PROMPT.encode(), "text/plain",
          "Requ\u00eate refus\u00e9e: [prompt]"),
+        # ... and inside a page in a charset its label names (read all in it: mojibake).
+        ("\u041e\u0448\u0438\u0431\u043a\u0430: ".encode("cp1251") + CYRILLIC_PROMPT.encode(),
+         "text/plain; charset=windows-1251", "\u041e\u0448\u0438\u0431\u043a\u0430: [prompt]"),
+        (b"\xff bad: " + GERMAN_PROMPT.encode(), "text/plain; charset=big5", "bad: [prompt]"),
         # Compressed with no Content-Encoding: readable by anyone who inflates it.
         (gzip.compress(f'{{"key": "{KEY}", "content": "{GERMAN_PROMPT}"}}'.encode()),
          "application/json", NOT_TEXT),
@@ -712,6 +716,8 @@ NOT_TEXT = "size"  # what is logged of a body the scrubs cannot read: its size a
         "utf-32-labelled-utf-8",
         "utf-8-inside-latin-1",
         "utf-8-inside-windows-1252",
+        "utf-8-inside-windows-1251",
+        "utf-8-inside-big5",
         "gzip-unlabelled",
         "key-cut-short",
         "windows-1252-labelled-latin-1",

@@ -611,44 +611,51 @@ def _as_text(body: bytes, charset: str | None) -> str | None:
     Latin-1, its key and prompt there for anyone who inflated it: more than 1% control
     characters). Its size is logged instead.
 
-    As UTF-8, a byte that makes no UTF-8 character read as Windows-1252 (as browsers
-    read a Latin-1 label, and none): an echo of our request in UTF-8 inside a proxy's
-    Latin-1 page is then the prompt's own text, which the scrub finds (read as one
-    charset, it was mojibake the scrub could not see, "mÃ©decin"), and a page in
-    Windows-1252 reads as itself (its quotes read as Latin-1 were control characters).
-    A body labelled with another charset (KOI8-R, Shift JIS) that is not UTF-8 is read
-    in it."""
+    As UTF-8, the bytes that make no UTF-8 character read in the charset the label
+    names (Windows-1252 for a Latin-1 label, or none, as browsers read them): an echo
+    of our request in UTF-8 inside a proxy's page in another charset is then the
+    prompt's own text, which the scrub finds (read as the page's charset, it was
+    mojibake the scrub could not see: "mÃ©decin"), and the page reads
+    as itself (its quotes read as Latin-1 were control characters)."""
     body = body.removeprefix(codecs.BOM_UTF8)
     if b"\x00" in body or body.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return None
     try:
-        named = codecs.lookup(charset).name if charset else "utf-8"
+        named = codecs.lookup(charset).name if charset else "cp1252"
     except LookupError:
-        named = "utf-8"
-    if named in ("utf-8", "utf-8-sig", "ascii", "iso8859-1", "cp1252") or named.startswith(
+        named = "cp1252"
+    if named in ("utf-8", "utf-8-sig", "ascii", "iso8859-1") or named.startswith(
         ("utf-16", "utf-32")
     ):
-        text = body.decode("utf-8", _AS_WINDOWS_1252)
-    else:
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError:
-            try:
-                text = body.decode(named, "replace")
-            except (LookupError, UnicodeError, ValueError):  # no text codec (base64, idna)
-                text = body.decode("utf-8", _AS_WINDOWS_1252)
+        named = "cp1252"
+    text = body.decode("utf-8", _reading_the_rest_in(named))
     controls = sum(map(text.count, _CONTROLS))
     return None if controls * 100 > len(text) else text  # compressed, or binary
 
 
-def _as_windows_1252(error: UnicodeError) -> tuple[str, int]:
-    """A codec error handler: the bytes UTF-8 could not read, read as Windows-1252."""
-    assert isinstance(error, UnicodeDecodeError)
-    return error.object[error.start : error.end].decode("cp1252", "replace"), error.end
+def _reading_the_rest_in(codec: str) -> str:
+    """The name of a codec error handler that reads the bytes UTF-8 could not in
+    `codec` (registered once per codec: those Python knows are a hundred or so), or in
+    Windows-1252 where `codec` cannot (no text codec, as `base64`; a byte it refuses)."""
+    name = f"assistant.rest_in.{codec}"
+    if name not in _REGISTERED:
+
+        def read_the_rest(error: UnicodeError) -> tuple[str, int]:
+            assert isinstance(error, UnicodeDecodeError)
+            rest = error.object[error.start : error.end]
+            try:
+                return rest.decode(codec), error.end
+            except (LookupError, UnicodeError, ValueError):
+                return rest.decode("cp1252", "replace"), error.end
+
+        codecs.register_error(name, read_the_rest)
+        _REGISTERED.add(name)
+    return name
 
 
-_AS_WINDOWS_1252 = "assistant.as_windows_1252"
-codecs.register_error(_AS_WINDOWS_1252, _as_windows_1252)
+_REGISTERED: set[str] = set()
+
+
 # What no text an error body is holds more than a few of (tab and line breaks excepted).
 _CONTROLS = [
     chr(code)
