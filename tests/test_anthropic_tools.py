@@ -843,7 +843,48 @@ def test_an_all_of_of_several_branches_with_a_ref_is_not_sent() -> None:
         "properties": {"p": {"allOf": [{"$ref": "#/$defs/S"}, {"minLength": 2}]}},
         "$defs": {"S": {"type": "string"}},
     }
-    assert unheld(schema) == "a $ref in an allOf of several branches (Anthropic takes none there)"
+    why = "a $ref in an allOf not of one branch alone (Anthropic takes none there)"
+    assert unheld(schema) == why
+    # One branch beside a oneOf: as an anyOf, the two would clash (the oneOf was lost).
+    beside = {"allOf": [{"$ref": "#/$defs/S"}], "oneOf": [{"type": "string"}, {"type": "null"}]}
+    assert unheld({**schema, "properties": {"p": beside}}) == why
+
+
+def test_one_target_under_several_spellings_is_sent_once() -> None:
+    """By spelling, a reviewer's one target under 199 %-escaped pointers was sent 199
+    times (180 MB from 1 MB)."""
+    schema = {
+        "type": "object",
+        "properties": {"a": {"$ref": "#/components/User"}, "b": {"$ref": "#/components/%55ser"}},
+        "components": {"User": {"type": "string"}},
+    }
+    sent_schema = output_schema(schema)
+    assert sent_schema["properties"]["a"] == sent_schema["properties"]["b"]
+    assert len(sent_schema["$defs"]) == 1
+
+
+def test_a_ref_into_an_all_of_sent_as_any_of_follows_it() -> None:
+    """It led to `allOf/0`, which is sent as `anyOf/0` (a reviewer)."""
+    schema = {
+        "type": "object",
+        "properties": {"a": {"$ref": "#/$defs/X/allOf/0"}},
+        "$defs": {"X": {"allOf": [{"$ref": "#/$defs/Y"}]}, "Y": {"type": "string"}},
+    }
+    assert output_schema(schema)["properties"]["a"] == {"$ref": "#/$defs/X/anyOf/0"}
+
+
+def test_a_schema_that_grows_past_what_is_sent_is_not_sent() -> None:
+    """Targets nested in one another, each referred to: each hoisted whole wrote a large
+    `examples` into a description once per level (a reviewer: 162 MB from 1 MB)."""
+    node: dict[str, Any] = {"type": "string", "examples": ["y" * 200_000]}
+    for _ in range(40):
+        node = {"type": "object", "properties": {"a": node}}
+    schema: dict[str, Any] = {"type": "object", "properties": {}, "components": {"A": node}}
+    path = "#/components/A"
+    for level in range(40):
+        schema["properties"][f"r{level}"] = {"$ref": path}
+        path += "/properties/a"
+    assert unheld(schema) == "a schema that narrowed for Anthropic grows past what is sent"
 
 
 def test_definitions_used_many_times_are_sent_once() -> None:

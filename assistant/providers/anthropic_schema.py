@@ -106,19 +106,21 @@ class _Narrowing:
     def __init__(self, root: Mapping[str, Any]) -> None:
         self.root = root
         self.hoisted: dict[str, Any] = {}
-        self._names: dict[str, str] = {}  # a pointer hoisted -> its name under $defs
+        self._names: dict[int, str] = {}  # a target hoisted (its id) -> its name under $defs
+        self._spent = 0  # what is written: objects, and the moved keywords' text
 
     def narrowed(self, node: Any) -> Any:
         if isinstance(node, list):
             return [self.narrowed(item) for item in node]
         if not isinstance(node, Mapping):
             return node
+        self._spend(1)
         kept: dict[str, Any] = {}
         moved: dict[str, Any] = {}
         for key, value in node.items():
             if _unsupported(key, value):
                 moved[key] = value
-            elif key == "allOf" and _one_reference(value) and "anyOf" not in node:
+            elif key == "allOf" and _as_any_of(node):
                 # Anthropic takes no $ref in an allOf (pydantic's way with a described
                 # nested model); of one branch, an anyOf means the same.
                 kept["anyOf"] = self.narrowed(value)
@@ -137,6 +139,7 @@ class _Narrowing:
             kept.setdefault("anyOf", one_of)
         if moved:
             bounds = ", ".join(f"{key}: {json.dumps(value)}" for key, value in moved.items())
+            self._spend(len(bounds))
             description = kept.get("description")
             kept["description"] = (
                 f"{description}\n\n{{{bounds}}}" if description else f"{{{bounds}}}"
@@ -146,14 +149,39 @@ class _Narrowing:
     def _reference(self, reference: str) -> str:
         if not _through_moved(reference, self.root):
             return _as_sent(reference, self.root) or reference  # None: `unheld` says why
-        name = self._names.get(reference)
+        # By its target, not its spelling: one target under 199 spellings (%-escapes)
+        # was sent 199 times (a reviewer's 1 MB schema: 180 MB).
+        target = resolve_pointer(self.root, unquote(reference.removeprefix("#")))
+        name = self._names.get(id(target))
         if name is None:
             taken = {*self._names.values(), *_defs(self.root)}
             name = next(f"moved{n}" for n in range(len(taken) + 1) if f"moved{n}" not in taken)
-            self._names[reference] = name  # before its target: a reference back finds it
-            target = resolve_pointer(self.root, unquote(reference.removeprefix("#")))
+            self._names[id(target)] = name  # before its target: a reference back finds it
             self.hoisted[name] = self.narrowed(target)
         return f"#/$defs/{name}"
+
+    def _spend(self, amount: int) -> None:
+        """Count what is written; past _MOST_SENT, the schema is not sent (`unheld`):
+        targets nested in one another each sent whole wrote one 1 MB `examples` into a
+        description once per level (a reviewer: 162 MB)."""
+        self._spent += amount
+        if self._spent > _MOST_SENT:
+            raise _TooLarge
+
+
+class _TooLarge(Exception):
+    pass
+
+
+_MOST_SENT = 4 * 1024 * 1024  # characters of moved keywords, and objects, in one schema
+
+
+def _as_any_of(node: Mapping[str, Any]) -> bool:
+    """Whether a node's `allOf` goes as an `anyOf`: one branch, a `$ref` (Anthropic takes
+    none in an allOf: pydantic's way with a described nested model), and no `anyOf` or
+    `oneOf` beside it to clash with (an allOf of one branch and an anyOf of it mean the
+    same)."""
+    return _one_reference(node.get("allOf")) and "anyOf" not in node and "oneOf" not in node
 
 
 def _one_reference(branches: Any) -> bool:
@@ -214,8 +242,9 @@ def _through_moved(reference: str, root: Mapping[str, Any]) -> bool:
 
 def _as_sent(reference: str, root: Mapping[str, Any]) -> str | None:
     """A `$ref` as it must read in what is sent: through a `oneOf` that goes as `anyOf`
-    (the same branches, in order), the pointer says `anyOf`. None: it leads into a
-    `oneOf` left out beside an `anyOf`. Any other reference is sent as it is."""
+    (the same branches, in order), or an `allOf` that does, the pointer says `anyOf`.
+    None: it leads into a `oneOf` left out beside an `anyOf`. Any other reference is
+    sent as it is."""
     if not reference.startswith("#/"):
         return reference
     parts = reference[2:].split("/")
@@ -227,6 +256,8 @@ def _as_sent(reference: str, root: Mapping[str, Any]) -> str | None:
             if key == "oneOf" and not names:
                 if "anyOf" in node:
                     return None
+                parts[index] = "anyOf"
+            elif key == "allOf" and not names and _as_any_of(node):
                 parts[index] = "anyOf"
             names = not names and key in NAME_MAPS
             node = node[key]
@@ -247,7 +278,13 @@ def unheld(schema: Mapping[str, Any]) -> str | None:
         return "a reference by $anchor or $dynamicRef name (only $ref pointers are taken)"
     if problem is not None:
         return f"more than {MOST_REFERENCES} references"
-    return _unheld(schema, schema)
+    if (why := _unheld(schema, schema)) is not None:
+        return why
+    try:
+        _Narrowing(schema).narrowed(schema)
+    except _TooLarge:
+        return "a schema that narrowed for Anthropic grows past what is sent"
+    return None
 
 
 def _unheld(node: Any, root: Mapping[str, Any]) -> str | None:
@@ -270,10 +307,8 @@ def _unheld(node: Any, root: Mapping[str, Any]) -> str | None:
         objects = sum(_is_object(_dereferenced(branch, root)) for branch in branches)
         if objects + bool(node.get("properties")) >= 2:
             return "allOf over objects"
-        if any(isinstance(branch, Mapping) and "$ref" in branch for branch in branches) and not (
-            _one_reference(branches) and "anyOf" not in node
-        ):
-            return "a $ref in an allOf of several branches (Anthropic takes none there)"
+        if any(isinstance(b, Mapping) and "$ref" in b for b in branches) and not _as_any_of(node):
+            return "a $ref in an allOf not of one branch alone (Anthropic takes none there)"
     own = node.get("properties")
     if own and isinstance(own, Mapping):
         # A tagged union's shared keys beside its branches (or a $ref beside them):
