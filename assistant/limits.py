@@ -3,8 +3,8 @@
 A reply holds one slot from the moment the request is let in until its
 response is closed: the stream ended (answer, error frame), or the client
 left, or the request was refused after the slot was taken. For its user's
-limit, a reply whose last write began less than LAST_WRITE_GRACE_SECONDS ago
-counts no more (`Slot.taking_its_last_write`). Requests without
+limit, one reply whose last write began less than LAST_WRITE_GRACE_SECONDS
+ago counts no more (`Slot.taking_its_last_write`). Requests without
 a user share one anonymous bucket. Counts live in this process only: with
 several instances, a user may have that many replies on each.
 
