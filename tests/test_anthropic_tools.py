@@ -873,6 +873,66 @@ def test_a_ref_into_an_all_of_sent_as_any_of_follows_it() -> None:
     assert output_schema(schema)["properties"]["a"] == {"$ref": "#/$defs/X/anyOf/0"}
 
 
+def _chain(leaf: dict[str, Any], levels: int) -> dict[str, Any]:
+    """A schema whose properties refer to each level of a chain of nested objects under
+    a moved keyword, `leaf` at its bottom."""
+    node = leaf
+    for _ in range(levels):
+        node = {"type": "object", "properties": {"p": node}}
+    schema: dict[str, Any] = {"type": "object", "properties": {}, "components": {"A": node}}
+    path = "#/components/A"
+    for level in range(levels):
+        schema["properties"][f"r{level}"] = {"$ref": path}
+        path += "/properties/p"
+    return schema
+
+
+def _deep_chain() -> dict[str, Any]:
+    schemas: dict[str, Any] = {}
+    for number in range(75):
+        node: dict[str, Any] = (
+            {"$ref": f"#/components/D{number + 1}"} if number < 74 else {"type": "string"}
+        )
+        for _ in range(24):
+            node = {"anyOf": [node]}
+        schemas[f"D{number}"] = node
+    return {
+        "type": "object",
+        "properties": {"r": {"$ref": "#/components/D0"}},
+        "components": schemas,
+    }
+
+
+@pytest.mark.parametrize(
+    ("schema", "why"),
+    [
+        # A description kept at a chain's bottom, written once per level (103 MB from 1 MB).
+        (_chain({"type": "string", "description": "d" * 200_000}, 40), "grows past"),
+        # Many small objects at the bottom (9 MB in 0.7 s from 0.3 MB).
+        (_chain({"type": "object", "properties": {f"s{n}": {} for n in range(400)}}, 60),
+         "grows past"),
+        # References followed one after another, past the interpreter's depth (it raised).
+        (_deep_chain(), "nested too deep"),
+        # Pointers below an inner $id read from it; narrowed, from the top.
+        ({"type": "object", "properties": {"a": {"$ref": "#/$defs/A"}},
+          "$defs": {"A": {"$id": "https://example.com/a", "type": "object",
+                          "properties": {"b": {"$ref": "#/$defs/B"}},
+                          "$defs": {"B": {"type": "integer"}}}}}, "a $id below the top"),
+        # Into an additionalProperties, which closing makes false.
+        ({"type": "object", "properties": {
+            "x": {"type": "object", "properties": {"a": {}}, "additionalProperties": {}},
+            "y": {"$ref": "#/properties/x/additionalProperties"}}}, "into an additionalProperties"),
+    ],
+    ids=["kept-text-per-level", "objects-per-level", "deep-chain", "inner-id", "into-closed"],
+)  # fmt: skip
+def test_schemas_narrowing_would_break_or_blow_up_are_not_sent(
+    schema: dict[str, Any], why: str
+) -> None:
+    """A reviewer's schemas, each accepted by the request's checks."""
+    reason = unheld(schema)
+    assert reason is not None and why in reason
+
+
 def test_a_schema_that_grows_past_what_is_sent_is_not_sent() -> None:
     """Targets nested in one another, each referred to: each hoisted whole wrote a large
     `examples` into a description once per level (a reviewer: 162 MB from 1 MB)."""

@@ -107,14 +107,16 @@ class _Narrowing:
         self.root = root
         self.hoisted: dict[str, Any] = {}
         self._names: dict[int, str] = {}  # a target hoisted (its id) -> its name under $defs
-        self._spent = 0  # what is written: objects, and the moved keywords' text
+        self._spent = 0  # about what is written, in characters
+        # A few times what came, at most: a schema that grows past it is not sent.
+        self._budget = _GROWTH * len(json.dumps(root)) + _SMALL_SCHEMA
 
     def narrowed(self, node: Any) -> Any:
         if isinstance(node, list):
             return [self.narrowed(item) for item in node]
         if not isinstance(node, Mapping):
             return node
-        self._spend(1)
+        self._spend(_OBJECT_CHARS)
         kept: dict[str, Any] = {}
         moved: dict[str, Any] = {}
         for key, value in node.items():
@@ -126,10 +128,14 @@ class _Narrowing:
                 kept["anyOf"] = self.narrowed(value)
             elif key in _LITERALS:
                 kept[key] = value  # values, not schemas
+                self._spend(len(json.dumps(value)))
             elif key in NAME_MAPS and isinstance(value, Mapping):
                 kept[key] = {name: self.narrowed(sub) for name, sub in value.items()}
             elif key == "$ref" and isinstance(value, str):
                 kept[key] = self._reference(value)
+            elif isinstance(value, str):  # a description, a title, a type
+                kept[key] = value
+                self._spend(len(value))
             else:
                 kept[key] = self.narrowed(value)
         if _is_object(kept):
@@ -161,11 +167,12 @@ class _Narrowing:
         return f"#/$defs/{name}"
 
     def _spend(self, amount: int) -> None:
-        """Count what is written; past _MOST_SENT, the schema is not sent (`unheld`):
-        targets nested in one another each sent whole wrote one 1 MB `examples` into a
-        description once per level (a reviewer: 162 MB)."""
+        """Count what is written; past the budget, the schema is not sent (`unheld`):
+        targets nested in one another, each sent whole, wrote a large description once
+        per level (reviewers: 162 MB, 103 MB from 1 MB; 9 MB of small objects in 0.7 s
+        from 0.3 MB)."""
         self._spent += amount
-        if self._spent > _MOST_SENT:
+        if self._spent > self._budget:
             raise _TooLarge
 
 
@@ -173,7 +180,9 @@ class _TooLarge(Exception):
     pass
 
 
-_MOST_SENT = 4 * 1024 * 1024  # characters of moved keywords, and objects, in one schema
+_GROWTH = 4  # what narrowing may write, at most, for each character of the schema
+_SMALL_SCHEMA = 64 * 1024  # and beside that, whatever the schema's size
+_OBJECT_CHARS = 16  # an object's braces and its additionalProperties, about
 
 
 def _as_any_of(node: Mapping[str, Any]) -> bool:
@@ -278,13 +287,32 @@ def unheld(schema: Mapping[str, Any]) -> str | None:
         return "a reference by $anchor or $dynamicRef name (only $ref pointers are taken)"
     if problem is not None:
         return f"more than {MOST_REFERENCES} references"
+    if _has_inner_id(schema):
+        # Pointers below it read from it (the request's check follows that), where the
+        # narrowing reads every pointer from the top: a reference would lead elsewhere.
+        return "a $id below the top (its pointers read from it)"
     if (why := _unheld(schema, schema)) is not None:
         return why
     try:
         _Narrowing(schema).narrowed(schema)
     except _TooLarge:
         return "a schema that narrowed for Anthropic grows past what is sent"
+    except RecursionError:  # a long chain of references, each followed
+        return "a schema nested too deep once its references are followed"
     return None
+
+
+def _has_inner_id(schema: Mapping[str, Any]) -> bool:
+    stack: list[Any] = [value for key, value in schema.items() if key not in _LITERALS]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, Mapping):
+            if isinstance(node.get("$id"), str):
+                return True
+            stack.extend(value for key, value in node.items() if key not in _LITERALS)
+    return False
 
 
 def _unheld(node: Any, root: Mapping[str, Any]) -> str | None:
@@ -324,6 +352,8 @@ def _unheld(node: Any, root: Mapping[str, Any]) -> str | None:
     reference = node.get("$ref")
     if isinstance(reference, str) and reference.startswith("#/") and not _as_sent(reference, root):
         return "a $ref into a oneOf beside an anyOf (only the anyOf is sent)"
+    if isinstance(reference, str) and "/additionalProperties" in reference:
+        return "a $ref into an additionalProperties (sent as false: objects are closed)"
     for key, value in node.items():
         if key in _LITERALS:
             continue
