@@ -740,6 +740,31 @@ def test_an_error_body_in_any_encoding_is_logged_without_the_prompt_or_the_key(
         assert logged in detail
 
 
+@pytest.mark.parametrize(
+    ("said", "codec"),
+    [
+        # Read in part as UTF-8, "всё" was other letters in the echo's first 24 (a reviewer).
+        ("\u0414\u043e\u043a\u0442\u043e\u0440, \u0432\u0441\u0451 \u0431\u043e\u043b\u0438\u0442 "
+         "\u0438 \u0435\u0449\u0451 \u043a\u0430\u0448\u0435\u043b\u044c", "koi8-r"),
+        ("\uc548\ub155\ud558\uc138\uc694 \uc758\uc0ac \uc120\uc0dd\ub2d8, \ub2f9\ub1e8\ubcd1 "
+         "\uc9c4\ub2e8\uc744 \ubc1b\uc558\uc2b5\ub2c8\ub2e4", "euc-kr"),
+        # ASCII, so UTF-8 too: read as UTF-8 alone, the echo was logged in UTF-7's letters.
+        ("\u0414\u043e\u043a\u0442\u043e\u0440, \u0432\u0441\u0451 \u0431\u043e\u043b\u0438\u0442 "
+         "\u0441\u0438\u043b\u044c\u043d\u043e", "utf-7"),
+        # No label: a pair of its letters happens to make a UTF-8 character.
+        ("Mein \u201eFu\u00df\u201c schmerzt seit Tagen sehr", "cp1252"),
+    ],
+    ids=["koi8-r", "euc-kr", "utf-7", "windows-1252-unlabelled"],
+)  # fmt: skip
+def test_a_prompt_echoed_in_its_bodys_own_charset_is_taken_out(said: str, codec: str) -> None:
+    label = "text/plain" if codec == "cp1252" else f"text/plain; charset={codec}"
+    response = httpx.Response(
+        400, content=b"Error: " + said.encode(codec), headers={"content-type": label}
+    )
+    detail = asyncio.run(read_error_body(response, {}, Prompt(None, (Turn("user", said),))))
+    assert detail == "Error: [prompt]"
+
+
 def test_a_logins_user_name_is_kept_in_an_error_body() -> None:
     """Only its password is a secret: taken out in pieces with it, the user name an
     operator needs was redacted (a reviewer's `user ops-gateway-user may not use...`)."""

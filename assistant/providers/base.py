@@ -595,42 +595,53 @@ async def read_error_body(
     # Only what is kept is scrubbed: a first read can hold a MB, and the scrub of a MB
     # against a long history's texts held the I/O loop (every stream) 6.4 s a failure.
     kept = body[: ERROR_BODY_BYTES + _KEY_ROOM_BYTES]
-    text = _as_text(kept, response.charset_encoding)
-    if text is None:
+    readings = _as_texts(kept, response.charset_encoding)
+    if not readings:
         return f"a body of {len(body)}{'+' if len(body) > len(kept) else ''} bytes, not text"
-    text = without_secrets(text, secrets)  # in a body cut short, say
-    if prompt is not None:
-        text = without_prompt(text, prompt)
-    return text[:ERROR_BODY_BYTES]
+    scrubbed = []
+    for text in readings:
+        text = without_secrets(text, secrets)  # in a body cut short, say
+        scrubbed.append(text if prompt is None else without_prompt(text, prompt))
+    # The reading the prompt was found in, if one: the other shows its bytes as mojibake.
+    chosen = next((text for text in scrubbed if "[prompt]" in text), scrubbed[0])
+    return chosen[:ERROR_BODY_BYTES]
 
 
-def _as_text(body: bytes, charset: str | None) -> str | None:
-    """An error body as text for the scrubs to look through; None for one that is no
-    text they can: UTF-16, UTF-32 or binary (NULs: a prompt with none in its letters
-    went unfound), or compressed (a gzip body with no Content-Encoding was logged as
-    Latin-1, its key and prompt there for anyone who inflated it: more than 1% control
-    characters). Its size is logged instead.
+def _as_texts(body: bytes, charset: str | None) -> list[str]:
+    """An error body's readings as text for the scrubs to look through, the likelier
+    first; none for one that is no text they can: UTF-16, UTF-32 or binary (NULs: a
+    prompt with none in its letters went unfound), or compressed (a gzip body with no
+    Content-Encoding was logged as Latin-1, its key and prompt there for anyone who
+    inflated it: more than 1% control characters). Its size is logged instead.
 
-    As UTF-8, the bytes that make no UTF-8 character read in the charset the label
-    names (Windows-1252 for a Latin-1 label, or none, as browsers read them): an echo
-    of our request in UTF-8 inside a proxy's page in another charset is then the
-    prompt's own text, which the scrub finds (read as the page's charset, it was
-    mojibake the scrub could not see: "mÃ©decin"), and the page reads
-    as itself (its quotes read as Latin-1 were control characters)."""
+    UTF-8 when it is that (and, for another label, in that charset too: UTF-7 is
+    ASCII). Else in the charset its label names, whole, when that reads it (KOI8-R,
+    EUC-KR: read in part as UTF-8, "всё" was other letters and the prompt's echo went
+    unfound); and as UTF-8 with the bytes that make no UTF-8
+    character read in that charset (Windows-1252 for a Latin-1 label, or none, as
+    browsers read them): an echo of our request in UTF-8 inside a proxy's page in
+    another charset is then the prompt's own text, which the scrub finds (read as the
+    page's charset, it was mojibake: "mÃ©decin"), and a Windows-1252 page reads as
+    itself (its quotes read as Latin-1 were control characters)."""
     body = body.removeprefix(codecs.BOM_UTF8)
     if b"\x00" in body or body.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return None
+        return []
     try:
         named = codecs.lookup(charset).name if charset else "cp1252"
-    except LookupError:
+    except (LookupError, ValueError):
         named = "cp1252"
     if named in ("utf-8", "utf-8-sig", "ascii", "iso8859-1") or named.startswith(
         ("utf-16", "utf-32")
     ):
         named = "cp1252"
-    text = body.decode("utf-8", _reading_the_rest_in(named))
-    controls = sum(map(text.count, _CONTROLS))
-    return None if controls * 100 > len(text) else text  # compressed, or binary
+    whole: list[str] = []
+    with contextlib.suppress(LookupError, UnicodeError, ValueError):
+        whole.append(body.decode(named))  # UTF-7 and HZ are ASCII: UTF-8 too
+    try:
+        readings = [body.decode("utf-8"), *(whole if named != "cp1252" else [])]
+    except UnicodeDecodeError:
+        readings = [*whole, body.decode("utf-8", _reading_the_rest_in(named))]
+    return [text for text in readings if sum(map(text.count, _CONTROLS)) * 100 <= len(text)]
 
 
 def _reading_the_rest_in(codec: str) -> str:
