@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -229,24 +229,32 @@ def _scalar(value: Any) -> bool:
     return value is None or isinstance(value, str | int | float | bool)
 
 
-def _through_moved(reference: str, root: Mapping[str, Any]) -> bool:
-    """Whether a local `$ref` goes through a keyword that is moved into a description."""
-    if not reference.startswith("#/"):
-        return False
+def _keywords_on_the_way(
+    reference: str, root: Mapping[str, Any]
+) -> Iterator[tuple[int, str, Mapping[str, Any]]]:
+    """Each keyword a local `$ref`'s pointer goes through (its index among the pointer's
+    parts, the keyword, the schema holding it), as far as the pointer leads; names in a
+    map of schemas (`properties`...) and list indexes are no keywords."""
     node: Any = root
-    names = False  # as in `_as_sent`
-    for part in reference[2:].split("/"):
+    names = False  # `node` maps names to schemas: its keys are no keywords
+    for index, part in enumerate(reference[2:].split("/")):
         key = unquote(part).replace("~1", "/").replace("~0", "~")
         if isinstance(node, Mapping) and key in node:
-            if not names and _unsupported(key, node[key]):
-                return True
+            if not names:
+                yield index, key, node
             names = not names and key in NAME_MAPS
             node = node[key]
         elif isinstance(node, list) and key.isascii() and key.isdigit() and int(key) < len(node):
             node, names = node[int(key)], False
         else:
-            return False
-    return False
+            return  # leads nowhere (below an `$id`, say): nothing more to follow
+
+
+def _through_moved(reference: str, root: Mapping[str, Any]) -> bool:
+    """Whether a local `$ref` goes through a keyword that is moved into a description."""
+    return reference.startswith("#/") and any(
+        _unsupported(key, holder[key]) for _, key, holder in _keywords_on_the_way(reference, root)
+    )
 
 
 def _as_sent(reference: str, root: Mapping[str, Any]) -> str | None:
@@ -257,23 +265,13 @@ def _as_sent(reference: str, root: Mapping[str, Any]) -> str | None:
     if not reference.startswith("#/"):
         return reference
     parts = reference[2:].split("/")
-    node: Any = root
-    names = False  # `node` maps names to schemas (`properties`...): its keys are no keywords
-    for index, part in enumerate(parts):
-        key = unquote(part).replace("~1", "/").replace("~0", "~")
-        if isinstance(node, Mapping) and key in node:
-            if key == "oneOf" and not names:
-                if "anyOf" in node:
-                    return None
-                parts[index] = "anyOf"
-            elif key == "allOf" and not names and _as_any_of(node):
-                parts[index] = "anyOf"
-            names = not names and key in NAME_MAPS
-            node = node[key]
-        elif isinstance(node, list) and key.isascii() and key.isdigit() and int(key) < len(node):
-            node, names = node[int(key)], False
-        else:
-            return reference  # leads nowhere (below an `$id`, say): nothing to follow
+    for index, key, holder in _keywords_on_the_way(reference, root):
+        if key == "oneOf":
+            if "anyOf" in holder:
+                return None
+            parts[index] = "anyOf"
+        elif key == "allOf" and _as_any_of(holder):
+            parts[index] = "anyOf"
     return "#/" + "/".join(parts)
 
 
