@@ -915,6 +915,20 @@ def references_problem(schema: Mapping[str, Any]) -> str | None:
     return "recursion" if _on_a_cycle(reached, leads_to) is not None else None
 
 
+def refers_within_inner_resource(schema: Mapping[str, Any]) -> bool:
+    """Whether a reference of `schema` (one `check_schema` took) stands inside a resource
+    below its top: an object that declares a base its draft reads (`$id`, or `id` in
+    drafts 3 and 4), from which that reference's pointer reads. A key named `$id` in a
+    value, or under a keyword its draft holds no schemas in, is none."""
+    validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    objects = dict(_objects(schema))
+    try:
+        roots = _resource_roots(objects, validator)
+    except ValueError:  # the request's check refused it first
+        return True
+    return any(roots[where] for where, _, _ in _references(objects))
+
+
 def _into_a_value(pointer: str) -> bool:
     """Whether the pointer passes through a value keyword where a keyword stands (not
     as the name of a property or a definition)."""

@@ -21,6 +21,7 @@ import re
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 
 from assistant.config import Timeouts
@@ -796,10 +797,10 @@ def test_keywords_anthropic_does_not_hold_go_in_the_description_and_an_all_of_re
     sent_schema = sent(upstream, ask(tools=(), schema=schema))["output_config"]["format"]["schema"]
     assert sent_schema["properties"] == {
         "p": {"anyOf": [{"$ref": "#/$defs/P"}], "description": "a p"},  # one branch: the same
-        "tags": {
+        "tags": {  # `items` beside `prefixItems` is the items past them: it goes with them
             "type": "array",
-            "items": {"type": "string"},
-            "description": '{contains: {"const": "urgent"}, prefixItems: [{"type": "string"}]}',
+            "description": '{items: {"type": "string"}, contains: {"const": "urgent"}, '
+            'prefixItems: [{"type": "string"}]}',
         },
         "n": {"type": "integer", "description": '{not: {"const": 3}}'},
     }
@@ -834,6 +835,55 @@ def test_a_ref_into_a_keyword_moved_to_the_description_leads_to_its_target_under
     sent_schema = sent(upstream, ask(tools=(), schema=schema))["output_config"]["format"]["schema"]
     assert sent_schema["properties"]["user"] == {"$ref": "#/$defs/moved0"}
     assert sent_schema["$defs"]["moved0"] == {**USER, "additionalProperties": False}
+
+
+@pytest.mark.parametrize(
+    ("tuple_", "answer"),
+    [
+        # Closed: sent alone, `items: false` applied to every item, and only [] was written.
+        ({"prefixItems": [{"type": "string"}, {"type": "integer"}], "items": False}, ["a", 1]),
+        # A label, then numbers: `items` alone made the label a number.
+        ({"prefixItems": [{"type": "string"}], "items": {"type": "number"}}, ["row", 1, 2]),
+        # Draft 7's tuple: a list of schemas, no 2020-12 schema (jsonschema raised on it).
+        ({"items": [{"type": "string"}, {"type": "integer"}], "additionalItems": False}, ["a", 1]),
+    ],
+    ids=["closed", "with-a-rest", "draft-7"],
+)
+def test_a_tuples_items_go_in_the_description_with_it(
+    upstream: FakeUpstream, tuple_: dict[str, Any], answer: list[Any]
+) -> None:
+    """A reviewer: every valid answer was refused by what was sent."""
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": {"t": {"type": "array", **tuple_}, "first": {"$ref": ""}},
+        "required": ["t"],
+    }
+    first = "prefixItems" if "prefixItems" in tuple_ else "items"
+    schema["properties"]["first"]["$ref"] = f"#/properties/t/{first}/0"
+    if first == "items":
+        schema["$schema"] = "http://json-schema.org/draft-07/schema#"
+    upstream.push(Script(json={"t": answer}))
+    sent_schema = sent(upstream, ask(tools=(), schema=schema))["output_config"]["format"]["schema"]
+    sent_tuple = sent_schema["properties"]["t"]
+    assert sent_tuple.keys() == {"type", "description"} and "items" in sent_tuple["description"]
+    jsonschema.validate({"t": answer}, sent_schema)  # what the model is held to takes it
+    # A pointer into the tuple leads to its target, sent under $defs.
+    assert sent_schema["properties"]["first"] == {"$ref": "#/$defs/moved0"}
+    assert sent_schema["$defs"]["moved0"] == {"type": "string"}
+
+
+def test_a_percent_escaped_ref_leads_to_its_target_under_defs(upstream: FakeUpstream) -> None:
+    """As typescript-json-schema writes a generic's name: a resolver that reads the
+    pointer as written finds nothing (the fake answered 400, and the request failed)."""
+    schema = {
+        "type": "object",
+        "properties": {"page": {"$ref": "#/$defs/Page%3CUser%3E"}},
+        "$defs": {"Page<User>": {"type": "string"}},
+    }
+    upstream.push(Script(json={"page": "p"}))
+    sent_schema = sent(upstream, ask(tools=(), schema=schema))["output_config"]["format"]["schema"]
+    assert sent_schema["properties"]["page"] == {"$ref": "#/$defs/moved0"}
+    assert sent_schema["$defs"]["moved0"] == {"type": "string"}
 
 
 def test_an_all_of_of_several_branches_with_a_ref_is_not_sent() -> None:
@@ -917,7 +967,7 @@ def _deep_chain() -> dict[str, Any]:
         ({"type": "object", "properties": {"a": {"$ref": "#/$defs/A"}},
           "$defs": {"A": {"$id": "https://example.com/a", "type": "object",
                           "properties": {"b": {"$ref": "#/$defs/B"}},
-                          "$defs": {"B": {"type": "integer"}}}}}, "a $id below the top"),
+                          "$defs": {"B": {"type": "integer"}}}}}, "a $ref below an inner $id"),
         # Into an additionalProperties, which closing makes false.
         ({"type": "object", "properties": {
             "x": {"type": "object", "properties": {"a": {}}, "additionalProperties": {}},
@@ -1097,6 +1147,45 @@ OBJECTS_ALL_OF = {
             },
             "a $ref into a oneOf beside an anyOf",
         ),
+        (  # a key `then` requires: closed, no answer whose kind is "b" could be written
+            {
+                "type": "object",
+                "properties": {"kind": {"enum": ["a", "b"]}},
+                "required": ["kind"],
+                "if": {"properties": {"kind": {"const": "b"}}},
+                "then": {"properties": {"extra": {"type": "string"}}, "required": ["extra"]},
+            },
+            "an object that requires or describes keys beyond its properties",
+        ),
+        (
+            {"type": "object", "properties": {"card": {}}, "dependentRequired": {"card": ["b"]}},
+            "an object that requires or describes keys beyond its properties",
+        ),
+        (  # keys beyond its properties given a schema, as additionalProperties gives one
+            {
+                "type": "object",
+                "properties": {"a": {}},
+                "unevaluatedProperties": {"type": "integer"},
+            },
+            "an object that requires or describes keys beyond its properties",
+        ),
+        (  # draft 4's `id`: pointers below it read from it
+            {
+                "$schema": "http://json-schema.org/draft-04/schema#",
+                "type": "object",
+                "properties": {"a": {"$ref": "#/definitions/A"}},
+                "definitions": {
+                    "B": {"type": "string"},
+                    "A": {
+                        "id": "http://x.example/a",
+                        "type": "object",
+                        "properties": {"b": {"$ref": "#/definitions/B"}},
+                        "definitions": {"B": {"type": "integer"}},
+                    },
+                },
+            },
+            "a $ref below an inner $id",
+        ),
         (  # a reference by anchor, not a pointer
             {
                 "$defs": {"N": {"$anchor": "node", "type": "object", "properties": {}}},
@@ -1151,6 +1240,22 @@ def test_a_schema_closing_would_change_is_not_sent(
             "$defs": {"P": {"type": "object", "properties": {"a": {"type": "string"}}}},
             "type": "object",
             "properties": {"x": {"$ref": "#/$defs/P"}, "y": {"$ref": "#/$defs/P"}},
+        },
+        # A condition on its own keys: closing takes nothing from it.
+        {
+            "type": "object",
+            "properties": {"kind": {"enum": ["a", "b"]}, "extra": {"type": "string"}},
+            "if": {"properties": {"kind": {"const": "b"}}},
+            "then": {"required": ["extra"]},
+        },
+        # An `$id` in an extension's value is data, not a base (it was refused as one).
+        {
+            "type": "object",
+            "properties": {
+                "a": {"type": "string", "x-meta": {"$id": "m"}},
+                "b": {"$ref": "#/$defs/B"},
+            },
+            "$defs": {"B": {"type": "string"}},
         },
         # A "$ref" in a value is data; a recursive definition nothing uses is never applied.
         {

@@ -23,7 +23,8 @@ Some shapes are not sent at all (`unheld`; the reply is still checked, and
 what they mean: an object that names none of its keys (a map: no
 `properties`, or `patternProperties`), which closed could only be `{}`,
 and one that gives keys beyond its `properties` a schema of their own
-(`additionalProperties` a schema, or `patternProperties`);
+(`additionalProperties` or `unevaluatedProperties` a schema, or
+`patternProperties`) or requires them (`then`'s, say);
 `allOf` over two or more objects (its branches, `$ref`s followed, and the
 node's own `properties`), each of which closed would refuse the others'
 keys; and an object's own `properties` beside `anyOf` / `oneOf` branches
@@ -42,7 +43,12 @@ from typing import Any
 from urllib.parse import unquote
 
 from ..schema_bounds import NAME_MAPS, VALUE_KEYWORDS
-from ..schemas import MOST_REFERENCES, references_problem, resolve_pointer
+from ..schemas import (
+    MOST_REFERENCES,
+    references_problem,
+    refers_within_inner_resource,
+    resolve_pointer,
+)
 
 # The keywords Anthropic's grammar holds (its structured outputs' documentation; its SDK
 # keeps these and moves every other one into the description): numeric bounds, string
@@ -100,8 +106,9 @@ class _Narrowing:
     """One schema's narrowing. A `$ref` that leads through a keyword moved into a
     description (OpenAPI's `components`, a `prefixItems`) would lead nowhere in what is
     sent: its target is sent once under `$defs` (`hoisted`), and every such reference
-    points there. Put in each reference's place, a reviewer's 3 KB schema of
-    definitions each used twice grew to 32 MB and held a worker 27 s."""
+    points there, as does one whose pointer is %-escaped. Put in each reference's
+    place, a reviewer's 3 KB schema of definitions each used twice grew to 32 MB and
+    held a worker 27 s."""
 
     def __init__(self, root: Mapping[str, Any]) -> None:
         self.root = root
@@ -120,7 +127,7 @@ class _Narrowing:
         kept: dict[str, Any] = {}
         moved: dict[str, Any] = {}
         for key, value in node.items():
-            if _unsupported(key, value):
+            if _unsupported(key, node):
                 moved[key] = value
             elif key == "allOf" and _as_any_of(node):
                 # Anthropic takes no $ref in an allOf (pydantic's way with a described
@@ -153,7 +160,9 @@ class _Narrowing:
         return kept
 
     def _reference(self, reference: str) -> str:
-        if not _through_moved(reference, self.root):
+        # A %-escaped pointer (`#/$defs/Page%3CUser%3E`, as typescript-json-schema writes
+        # generics) is hoisted too: a resolver that reads it as written finds nothing.
+        if "%" not in reference and not _through_moved(reference, self.root):
             return _as_sent(reference, self.root) or reference  # None: `unheld` says why
         # By its target, not its spelling: one target under 199 spellings (%-escapes)
         # was sent 199 times (a reviewer's 1 MB schema: 180 MB).
@@ -208,11 +217,16 @@ def _defs(root: Mapping[str, Any]) -> Mapping[str, Any]:
     return defs if isinstance(defs, Mapping) else {}
 
 
-def _unsupported(keyword: str, value: Any) -> bool:
-    """Whether Anthropic's grammar refuses `keyword` with `value` (it goes in the
+def _unsupported(keyword: str, node: Mapping[str, Any]) -> bool:
+    """Whether Anthropic's grammar refuses `keyword` as `node` has it (it goes in the
     description)."""
+    value = node[keyword]
     return (
         keyword not in HELD
+        # A tuple's `items` (a list before 2020-12; beside `prefixItems`, the items past
+        # them) goes with its tuple: sent alone, it applied to every item (a closed
+        # tuple, `items: false`, could only be `[]`).
+        or (keyword == "items" and ("prefixItems" in node or isinstance(value, list)))
         or (keyword == "minItems" and value not in (0, 1))
         or (keyword == "enum" and isinstance(value, list) and not all(map(_scalar, value)))
         or (keyword == "const" and not _scalar(value))
@@ -253,7 +267,7 @@ def _keywords_on_the_way(
 def _through_moved(reference: str, root: Mapping[str, Any]) -> bool:
     """Whether a local `$ref` goes through a keyword that is moved into a description."""
     return reference.startswith("#/") and any(
-        _unsupported(key, holder[key]) for _, key, holder in _keywords_on_the_way(reference, root)
+        _unsupported(key, holder) for _, key, holder in _keywords_on_the_way(reference, root)
     )
 
 
@@ -285,10 +299,10 @@ def unheld(schema: Mapping[str, Any]) -> str | None:
         return "a reference by $anchor or $dynamicRef name (only $ref pointers are taken)"
     if problem is not None:
         return f"more than {MOST_REFERENCES} references"
-    if _has_inner_id(schema):
+    if refers_within_inner_resource(schema):
         # Pointers below it read from it (the request's check follows that), where the
         # narrowing reads every pointer from the top: a reference would lead elsewhere.
-        return "a $id below the top (its pointers read from it)"
+        return "a $ref below an inner $id (its pointers read from it)"
     if (why := _unheld(schema, schema)) is not None:
         return why
     try:
@@ -298,19 +312,6 @@ def unheld(schema: Mapping[str, Any]) -> str | None:
     except RecursionError:  # a long chain of references, each followed
         return "a schema nested too deep once its references are followed"
     return None
-
-
-def _has_inner_id(schema: Mapping[str, Any]) -> bool:
-    stack: list[Any] = [value for key, value in schema.items() if key not in _LITERALS]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(node)
-        elif isinstance(node, Mapping):
-            if isinstance(node.get("$id"), str):
-                return True
-            stack.extend(value for key, value in node.items() if key not in _LITERALS)
-    return False
 
 
 def _unheld(node: Any, root: Mapping[str, Any]) -> str | None:
@@ -327,6 +328,11 @@ def _unheld(node: Any, root: Mapping[str, Any]) -> str | None:
         # pass the check, the data lost unseen. (`true` only lets them be: closed is fine.)
         if "patternProperties" in node or (isinstance(extra, Mapping) and extra):
             return "an object that takes keys beyond its properties"
+        later = node.get("unevaluatedProperties")
+        if (isinstance(later, Mapping) and later) or _requires_others(node):
+            # Closed, a key some answers must hold could never be written (`then`'s
+            # `extra` when `kind` is "b"), or one given a schema would be lost unseen.
+            return "an object that requires or describes keys beyond its properties"
     branches = node.get("allOf")
     if isinstance(branches, list):
         # Each object closed refuses the others' keys: two or more can hold nothing.
@@ -360,6 +366,27 @@ def _unheld(node: Any, root: Mapping[str, Any]) -> str | None:
         if why is not None:
             return why
     return None
+
+
+def _requires_others(node: Mapping[str, Any]) -> bool:
+    """Whether an object requires, or in a conditional part names, a key its `properties`
+    do not: in `required`, `dependentRequired`, or `then` / `else` / `dependentSchemas` /
+    `dependencies` (their `properties` and `required`)."""
+    own = node.get("properties")
+    named: set[Any] = set()
+    parts: list[Any] = [node.get("then"), node.get("else")]
+    for keyword in ("dependentSchemas", "dependentRequired", "dependencies"):
+        if isinstance(value := node.get(keyword), Mapping):
+            parts += value.values()
+    for part in [node, *parts]:
+        if isinstance(part, list):  # dependentRequired's, or draft 7's dependencies'
+            named.update(name for name in part if isinstance(name, str))
+        elif isinstance(part, Mapping):
+            if isinstance(required := part.get("required"), list):
+                named.update(name for name in required if isinstance(name, str))
+            if part is not node and isinstance(keys := part.get("properties"), Mapping):
+                named.update(keys)
+    return bool(named - set(own if isinstance(own, Mapping) else ()))
 
 
 def _dereferenced(branch: Any, root: Mapping[str, Any]) -> Mapping[str, Any]:
