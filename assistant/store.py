@@ -195,7 +195,7 @@ class FirestoreStore:
             except AlreadyExists:  # a retried request: the first write stands, with its createdAt
                 existing = self._owned(reference, message.author, message.message_id)
                 if existing.exists:
-                    if _field(existing, "content") != message.content:
+                    if _asks_another(existing, message.content, message.thread_id):
                         # Not a retry but a reused trace id: its question and reply stay
                         # together, and this request's are not saved (the reply's too).
                         raise TraceIdKept(f"{message.message_id} holds another question") from None
@@ -530,8 +530,17 @@ def _another_question(question: Any, message: AssistantMessage) -> bool:
         question is not None
         and question.exists
         and message.question is not None
-        and _field(question, "content") != message.question
+        and _asks_another(question, message.question, message.thread_id)
     )
+
+
+def _asks_another(question: Any, content: str, thread_id: str | None) -> bool:
+    """Whether a trace id's user message (as read, existing) is another exchange's than
+    one asking `content` in `thread_id`: another question, or the same one in another
+    thread (a retry's reply filed in its own thread left the exchange out of both
+    threads' history). A question the frontend saved without a `threadId` is in any."""
+    fields = question.to_dict() or {}
+    return fields.get("content") != content or fields.get("threadId", thread_id) != thread_id
 
 
 def _text(content: Any) -> str:

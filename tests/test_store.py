@@ -240,6 +240,7 @@ def test_a_retrys_incomplete_reply_does_not_replace_a_complete_one(
     assert "holds a complete reply" in failed[0]["reason"]
 
 
+@pytest.mark.parametrize("second", ["another question", "another thread"])
 @pytest.mark.parametrize(
     "answered, already_saved",
     [(True, False), (True, True), (False, True)],
@@ -252,13 +253,16 @@ def test_a_trace_id_reused_for_another_question_keeps_the_first_pair(
     capsys: pytest.CaptureFixture[str],
     answered: bool,
     already_saved: bool,
+    second: str,
 ) -> None:
     """Not a retry: the question and its reply stay together; the new pair is not saved
     (with user_message_already_saved, the reply is compared with the saved question,
     also when that question has no reply yet: a reviewer found "Answer two." filed
-    under question one, whose provider had failed)."""
+    under question one, whose provider had failed). The same question in another
+    thread is another exchange too: its reply filed in its own thread, a reviewer's
+    exchange was in neither thread's history."""
     fake.push(Script(tokens=["Answer one."]) if answered else Script(fail="500"))
-    first = ask(client, "question one", trace_id="t-reused", **SAVE)
+    first = ask(client, "question one", trace_id="t-reused", thread_id="th-a", **SAVE)
     first.get_data()  # the reply ends (and is saved) as its stream is read
     assert first.status_code == (200 if answered else 502)
     before = _messages(firestore)
@@ -266,8 +270,9 @@ def test_a_trace_id_reused_for_another_question_keeps_the_first_pair(
     fake.push(Script(tokens=["Answer two."]))
     response = ask(
         client,
-        "question two",
+        "question two" if second == "another question" else "question one",
         trace_id="t-reused",
+        thread_id="th-a" if second == "another question" else "th-b",
         user_message_already_saved=already_saved,
         **SAVE,
     )
