@@ -37,7 +37,7 @@ import pytest
 from assistant import chain as chain_module
 from assistant.chain import ChainFailed, ChainSucceeded, Chunk
 from assistant.config import ProviderSettings, Timeouts
-from assistant.providers import base, sse_decoder
+from assistant.providers import base, echoes, sse_decoder
 from assistant.providers.base import (
     Event,
     Prompt,
@@ -502,6 +502,43 @@ def test_an_echo_escaped_by_any_encoder_is_taken_out(echo: str) -> None:
     assert "hunter2" not in detail and "Jerry" not in detail and "[prompt]" in detail
 
 
+LONG_SAID = (
+    "\n  My bank password is hunter2 and my diagnosis is diabetes.\n"
+    "Next line: my doctor, Dr. Jane Roe, says the dose is 40 units a day, "
+    "and my insurance number is 8841-2290-1177; please write to her for me. "
+) * 3
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        pytest.param("invalid input: " + LONG_SAID.strip(), id="stripped"),
+        pytest.param("invalid input: " + " ".join(LONG_SAID.split()), id="whitespace-collapsed"),
+        pytest.param("bad: " + LONG_SAID.replace(" ", "\r\n"), id="spaces-as-crlf"),
+        pytest.param("context too long, input ends with: " + LONG_SAID[-300:], id="tail"),
+        pytest.param("bad token near: " + LONG_SAID[150:450], id="window"),
+        pytest.param("bad: " + LONG_SAID[9:], id="first-chars-skipped"),
+        pytest.param("INVALID INPUT: " + LONG_SAID.upper(), id="upper-cased"),
+    ],
+)
+def test_an_echo_that_does_not_begin_as_the_text_is_taken_out(echo: str) -> None:
+    """Only a text's first characters were looked for: an echo stripped, with its
+    whitespace changed, of its tail or a window, or upper-cased, was logged whole (a
+    reviewer's, in each provider's error body and stream error)."""
+    detail = without_prompt(echo, Prompt(None, (Turn("user", LONG_SAID),)))
+    for said in ("hunter2", "diabetes", "jane roe", "8841-2290", "40 units"):
+        assert said not in detail.lower(), detail
+    assert "[prompt]" in detail
+
+
+def test_a_prompts_words_in_an_error_of_its_own_stay() -> None:
+    """What the error says in its own words is kept: a few words in a row of a text
+    (under `echoes.RUN` characters) are no echo."""
+    prompt = Prompt(None, (Turn("user", "Please use the maximum of what the model can do"),))
+    refusal = "the model 'gpt-x' does not exist; use the maximum tokens of 4096"
+    assert without_prompt(refusal, prompt) == refusal
+
+
 def test_the_prompt_scrub_reads_back_the_detail_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     """It runs on the I/O loop for every provider failure: 1,200 texts of backslashes,
     each read back as an echo would be, held it 0.37 s, and one text of 780 KB of `\\u0041`
@@ -514,7 +551,8 @@ def test_the_prompt_scrub_reads_back_the_detail_alone(monkeypatch: pytest.Monkey
     texts.append("\\u0041" * 130_000)
     prompt = Prompt(None, tuple(Turn("user", text) for text in texts))
     detail = json.dumps({"error": {"message": "invalid body: " + json.dumps(texts[-1][:2000])}})
-    assert without_prompt(detail, prompt) == '{"error": {"message": "invalid body: "[prompt]'
+    # What follows the echo is kept (it was cut with it).
+    assert without_prompt(detail, prompt) == '{"error": {"message": "invalid body: "[prompt]""}}'
     assert len(read_back) <= 3 and all(len(text) <= len(detail) for text in read_back)
 
 
@@ -763,6 +801,36 @@ def test_a_prompt_echoed_in_its_bodys_own_charset_is_taken_out(said: str, codec:
     )
     detail = asyncio.run(read_error_body(response, {}, Prompt(None, (Turn("user", said),))))
     assert detail == "Error: [prompt]"
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        pytest.param(lambda key: "k=" + urllib.parse.quote(key, safe=""), id="url-escaped"),
+        pytest.param(lambda key: "k=" + urllib.parse.quote_plus(key, safe=""), id="form"),
+        pytest.param(lambda key: "KEY " + key.upper(), id="upper-cased"),
+        pytest.param(lambda key: "key " + key.lower(), id="lower-cased"),
+        pytest.param(lambda key: "k=" + base64.b64encode(key.encode()).decode(), id="base64"),
+    ],
+)
+def test_a_key_as_an_echo_writes_it_is_redacted(echo: Callable[[str], str]) -> None:
+    """A reviewer's upstream logged them whole: a key with `/`, `+`, `=` URL-escaped
+    (its runs between escapes too short to find), upper-cased, in base64."""
+    key = "vllm/Tk9+aQ2/Zr7Wm+Qx4LpN8s=="
+    response = httpx.Response(401, content=echo(key).encode())
+    detail = asyncio.run(read_error_body(response, {"authorization": f"Bearer {key}"}))
+    assert "[redacted]" in detail
+    for piece in ("Tk9", "tk9", "TK9", "Zr7W", "zr7w", "ZR7W", "dmxsbS9Uaz"):
+        assert piece not in detail, detail
+
+
+def test_a_text_past_what_is_indexed_is_found_by_its_start() -> None:
+    """A MB of history took 140 ms to index on the I/O loop: past `INDEXED_CHARS`, a text
+    is looked for as before, by its start."""
+    history = [Turn("user", "x" * echoes.INDEXED_CHARS)]
+    said = "an older question about my tax return, long enough"
+    prompt = Prompt(None, (Turn("user", said), *history))
+    assert without_prompt(f"refused: {said[:30]}", prompt) == "refused: [prompt]"
 
 
 def test_a_logins_user_name_is_kept_in_an_error_body() -> None:

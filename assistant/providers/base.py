@@ -48,6 +48,7 @@ from ..config import ProviderSettings
 from ..errors import MESSAGES, UpstreamCode
 from ..request import Turn
 from ..tools import ToolCall, ToolChoice, ToolSpec
+from .echoes import PIECE, Echoes, echoes_of
 
 # The stop reasons every provider's own are mapped to (metadata `stop_reason`).
 StopReason = Literal[
@@ -602,8 +603,10 @@ async def read_error_body(
     for text in readings:
         text = without_secrets(text, secrets)  # in a body cut short, say
         scrubbed.append(text if prompt is None else without_prompt(text, prompt))
-    # The reading the prompt was found in, if one: the other shows its bytes as mojibake.
-    chosen = next((text for text in scrubbed if "[prompt]" in text), scrubbed[0])
+    # The reading the prompt was found in, if one; of two, the one it took most from (the
+    # other shows its bytes as mojibake, between runs of the prompt's ASCII).
+    found = [text for text in scrubbed if "[prompt]" in text]
+    chosen = min(found, key=len) if found else scrubbed[0]
     return chosen[:ERROR_BODY_BYTES]
 
 
@@ -707,7 +710,21 @@ def request_secrets(headers: list[tuple[str, str]]) -> list[bytes]:
             secrets.append(credentials.strip())
     # The longest first: a key that holds another (a login and its password) goes whole.
     kept = {secret for secret in secrets if len(secret) >= 8} | set(passwords)
-    return sorted((secret.encode() for secret in kept), key=len, reverse=True)
+    # A login whole as it is only: its password has its own forms, its user name none.
+    logins = {secret for secret in kept if ":" in secret and secret.partition(":")[2] in passwords}
+    written = {form for secret in kept - logins for form in _as_echoed(secret)} | logins
+    return sorted((secret.encode() for secret in written), key=len, reverse=True)
+
+
+def _as_echoed(secret: str) -> set[str]:
+    """A secret as an echo may write it: as it is, URL-escaped (a query, a form: a key
+    with `/`, `+` or `=` was cut into runs too short to find), and in base64."""
+    return {
+        secret,
+        urllib.parse.quote(secret, safe=""),
+        urllib.parse.quote_plus(secret, safe=""),
+        base64.b64encode(secret.encode()).decode(),
+    }
 
 
 _SHORTEST_PASSWORD = 4  # of a base URL's login, looked for in an error body ("hunter2")
@@ -747,6 +764,10 @@ def _without_pieces(text: str, key: str, secret_from: int = 0) -> str:
     `secret_from` in the key count. A find of every _PIECE_STRIDE-th piece of the key,
     each found run then followed to its ends: a few KB, once per failure, and a long
     key (a 2 KB token) costs no more than a few hundred finds."""
+    # In either case: an echo upper-cased ("KEY SK-ANT-API03-...") kept the whole key.
+    original, folded = text, text.lower()
+    if len(folded) == len(text) and len(key.lower()) == len(key):
+        text, key = folded, key.lower()
     size = min(_SECRET_PIECE_CHARS, len(key))
     first = max(0, secret_from - size + 1)
     found: list[tuple[int, int]] = []
@@ -770,7 +791,7 @@ def _without_pieces(text: str, key: str, secret_from: int = 0) -> str:
             found.append((start, end))
             at = text.find(piece, end)
     if not found:
-        return text
+        return original
     found.sort()
     kept: list[str] = []
     start, end = found[0]
@@ -779,20 +800,15 @@ def _without_pieces(text: str, key: str, secret_from: int = 0) -> str:
         if at <= end:  # overlapping runs: one run of the key
             end = max(end, until)
             continue
-        kept += [text[taken:start], "[redacted]"]
+        kept += [original[taken:start], "[redacted]"]
         taken, (start, end) = end, (at, until)
-    kept += [text[taken:start], "[redacted]", text[end:]]
+    kept += [original[taken:start], "[redacted]", original[end:]]
     return "".join(kept)
 
 
-_ECHO_MIN_CHARS = 8  # a prompt text shorter than this is a word an error message may hold
-_ECHO_START_CHARS = 24  # of a prompt text: where it begins, when its echo is cut short
-
-
 def without_prompt(text: str, prompt: Prompt) -> str:
-    """`text` with what the prompt's texts put in it taken out: each one whole; from where
-    one begins to the end when its echo is cut short (by the server, or by our reading:
-    down to its first _ECHO_MIN_CHARS characters at the very end).
+    """`text` with what the prompt's texts put in it taken out: each echo of one, whole,
+    cut short, a window of it, its case or whitespace changed (`echoes.py`).
 
     An echo may be escaped by any encoder, and more than once (JSON, with or without
     ASCII escapes, Go's `\u0026` for `&`, Python's repr, a proxy quoting a JSON body in
@@ -801,12 +817,11 @@ def without_prompt(text: str, prompt: Prompt) -> str:
     An echo escaped k times is the text itself at the k-th look; reading the prompt's
     own backslashes back too would take it past its echo (a `\\` in a prompt quoted in
     JSON twice was left whole). A `text` the prompt is found in is logged as far as it
-    was read back. Runs on the I/O loop, for every provider failure: a look for each
-    text's first characters in a few KB (the caller cuts the detail first), at most four
-    times in each reading that differs from the detail (entities, a URL's escapes),
-    more only for those found; no text of the prompt is read back (one of 780 KB took
-    270 ms a failure)."""
-    texts = list(dict.fromkeys(_prompt_texts(prompt)))
+    was read back. Runs on the I/O loop, for every provider failure: the prompt's texts
+    are indexed once (`echoes_of`), and each reading of a few KB (the caller cuts the
+    detail first) looked through once; no text of the prompt is read back (one of
+    780 KB took 270 ms a failure)."""
+    echoes = echoes_of(prompt, lambda: list(dict.fromkeys(_prompt_texts(prompt))))
     plain, found = text, False
     # Then with HTML's entities read back (a proxy's error page: `don&#x27;t`) and with
     # a URL's escapes (a form or a header: a space as `+` or `%20`), when the prompt is
@@ -819,7 +834,7 @@ def without_prompt(text: str, prompt: Prompt) -> str:
             view = read_back(_PARTIAL_URL_OR_ENTITY.sub("", plain))
             if view == plain:
                 continue
-        scrubbed = _scrubbed(view, texts)
+        scrubbed = _scrubbed(view, echoes)
         if scrubbed is not None:
             plain, found = scrubbed, True
     return plain if found else text
@@ -848,7 +863,7 @@ _READINGS: tuple[Callable[[str], str], ...] = (
 )
 
 
-def _scrubbed(text: str, texts: list[str]) -> str | None:
+def _scrubbed(text: str, echoes: Echoes) -> str | None:
     """`without_prompt` on one reading of `text`; None if no text of the prompt is in it."""
     plain = text
     found = False
@@ -857,33 +872,24 @@ def _scrubbed(text: str, texts: list[str]) -> str | None:
             if "\\" not in plain:
                 break
             plain = _unescaped_once(plain)
-        for said in texts:
-            if said[:_ECHO_MIN_CHARS] not in plain:
-                continue  # what any echo of it keeps at the least is not there
-            start = said[:_ECHO_START_CHARS]
-            if plain.find(start) == -1 and _cut_short_at(plain, start) == -1:
-                continue
-            found = True
-            plain = plain.replace(said, "[prompt]")
-            cut = plain.find(start) if len(said) > _ECHO_START_CHARS else -1
-            if cut == -1:
-                cut = _cut_short_at(plain, said)
-            if cut != -1:
-                plain = plain[:cut] + "[prompt]"
+        # An escape our reading cut in two at the end is no character yet: an echo cut
+        # there ends before it, and goes with it.
+        partial = _PARTIAL_ESCAPE.search(plain, max(0, len(plain) - 10))
+        whole = plain if partial is None else plain[: partial.start()]
+        spans = echoes.spans(whole)
+        if not spans:
+            continue
+        found = True
+        if spans[-1][1] == len(whole):
+            spans[-1] = (spans[-1][0], len(plain))
+        kept: list[str] = []
+        taken = 0
+        for start, end in spans:
+            kept += [plain[taken:start], "[prompt]"]
+            taken = end
+        kept.append(plain[taken:])
+        plain = "".join(kept)
     return plain if found else None
-
-
-def _cut_short_at(text: str, said: str) -> int:
-    """Where `text` ends with the start of `said` (at least _ECHO_MIN_CHARS of it, less
-    than _ECHO_START_CHARS, an escape our reading cut in two after it), or -1."""
-    if (partial := _PARTIAL_ESCAPE.search(text, max(0, len(text) - 10))) is not None:
-        text = text[: partial.start()]
-    at = text.find(said[:_ECHO_MIN_CHARS], max(0, len(text) - _ECHO_START_CHARS))
-    while at != -1:
-        if said.startswith(text[at:]):
-            return at
-        at = text.find(said[:_ECHO_MIN_CHARS], at + 1)
-    return -1
 
 
 # An escape as JSON, Python or Go writes one: \uXXXX (either case), \xXX, \UXXXXXXXX,
@@ -946,7 +952,7 @@ def _prompt_texts(prompt: Prompt) -> list[str]:
     texts += (tool.description for tool in prompt.tools)
     schemas = [*(tool.parameters for tool in prompt.tools), prompt.response_schema]
     texts += _schema_texts(schemas, _MOST_ARGUMENT_VALUES)
-    return [text for text in texts if len(text) >= _ECHO_MIN_CHARS]
+    return [text for text in texts if len(text) >= PIECE]
 
 
 # Where a schema holds the frontend's own words: its descriptions and titles, and values.
