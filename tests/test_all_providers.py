@@ -577,6 +577,34 @@ def test_a_huge_error_in_a_stream_is_cut_before_it_is_scrubbed(
     assert run.errors[0] is not None and len(run.errors[0].detail) <= base.ERROR_BODY_BYTES
 
 
+# Each provider's error in its stream, its words a large list, not a string.
+_LIST_ERRORS = {
+    "anthropic": lambda words: (
+        b"event: error\ndata: "
+        + json.dumps({"type": "error", "error": {"type": words}}).encode()
+        + b"\n\n"
+    ),
+    "openai": lambda words: b"data: " + json.dumps({"error": {"type": words}}).encode() + b"\n\n",
+    "gemini": lambda words: (
+        b"data: " + json.dumps({"error": {"code": 500, "status": words}}).encode() + b"\r\n\r\n"
+    ),
+    "ollama": lambda words: json.dumps({"error": words}).encode() + b"\n",
+}
+
+
+@EACH
+def test_an_error_that_is_no_text_is_written_as_json_as_far_as_it_is_kept(
+    upstream: FakeUpstream, case: ProviderCase
+) -> None:
+    """`str()` of the whole value came before its cut: a reviewer's 10 MB list held the
+    I/O loop a quarter second more than its parse. Written as JSON, as far as it is kept."""
+    words = [1.5] * 200_000
+    upstream.push(Script(raw=[_LIST_ERRORS[case.name](words)]))
+    _, error = case.events(upstream.url)
+    assert error is not None and error.code == "upstream_error"
+    assert error.detail.startswith("[1.5,1.5,") and len(error.detail) <= base.ERROR_DETAIL_CHARS
+
+
 SAID_WITH_PLUS = "Tom's 1+1 is 2: my password is hunter2"
 
 

@@ -62,7 +62,6 @@ from ..tools import NamedTool, ToolCall, parse_arguments, with_nothing_refused_a
 from .anthropic_schema import output_schema, unheld
 from .base import (
     CALL_BEGAN,
-    ERROR_DETAIL_CHARS,
     WORKING,
     Event,
     HttpProvider,
@@ -77,6 +76,7 @@ from .base import (
     Usage,
     changed_call_id,
     conversation,
+    error_detail,
     keeps_call_id,
     normalised_stop_reason,
     token_count,
@@ -250,7 +250,7 @@ def _on_message_stop(data: dict[str, Any], state: _State) -> None:
 def _on_error(data: dict[str, Any], state: _State) -> None:
     error = data.get("error")
     kind = error.get("type") if isinstance(error, dict) else error  # a proxy's: a string
-    raise ProviderError("upstream_error", str(kind or "error event")[:ERROR_DETAIL_CHARS])
+    raise ProviderError("upstream_error", error_detail(kind, "error event"))
 
 
 _HANDLERS: dict[str, Callable[[dict[str, Any], _State], None]] = {

@@ -61,6 +61,7 @@ from .base import (
     ToolResult,
     Usage,
     conversation,
+    error_detail,
     normalised_stop_reason,
     token_count,
 )
@@ -323,7 +324,7 @@ def _raise_if_error(chunk: Any) -> None:
     error = chunk.get("error")
     if isinstance(error, dict):
         status = error.get("code") if isinstance(error.get("code"), int) else None
-        raise ProviderError("upstream_error", str(error.get("status") or "error"), status=status)
+        raise ProviderError("upstream_error", error_detail(error.get("status")), status=status)
     block = (chunk.get("promptFeedback") or {}).get("blockReason")
     if block and not chunk.get("candidates"):
         raise ProviderError("upstream_refused", f"prompt blocked: {block}")

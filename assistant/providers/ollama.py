@@ -45,7 +45,6 @@ import httpx
 
 from ..tools import ToolCall, ToolSpec, arguments_value
 from .base import (
-    ERROR_DETAIL_CHARS,
     Event,
     HttpProvider,
     Message,
@@ -58,6 +57,7 @@ from .base import (
     ToolResult,
     Usage,
     conversation,
+    error_detail,
     normalised_stop_reason,
 )
 from .ndjson import NdjsonReader
@@ -139,7 +139,7 @@ class _Decoder:
 
     def _handle(self, line: dict[str, Any], out: list[Event]) -> None:
         if line.get("error") is not None:  # `"error": null` is no error
-            raise ProviderError("upstream_error", str(line["error"])[:ERROR_DETAIL_CHARS])
+            raise ProviderError("upstream_error", error_detail(line["error"]))
         self._model = line.get("model") or self._model  # an odd one: StreamEnd drops it
         message = line.get("message") or {}
         thinking, content = message.get("thinking"), message.get("content")

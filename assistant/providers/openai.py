@@ -83,6 +83,7 @@ from .base import (
     Usage,
     changed_call_id,
     conversation,
+    error_detail,
     keeps_call_id,
     normalised_stop_reason,
 )
@@ -570,5 +571,5 @@ def _maybe_json(text: str) -> Any:
 
 def _error_type(error: Any) -> str:
     if isinstance(error, dict):
-        return str(error.get("type") or error.get("code") or "error")
+        return error_detail(error.get("type") or error.get("code"))
     return "error"
