@@ -165,6 +165,7 @@ from gunicorn.config import Config  # type: ignore[import-untyped]
 from gunicorn.http import errors, wsgi  # type: ignore[import-untyped]
 from gunicorn.http.unreader import SocketUnreader  # type: ignore[import-untyped]
 from gunicorn.workers.gthread import (  # type: ignore[import-untyped]
+    STOP_KEEPALIVE_LINGER,
     PollableMethodQueue,
     TConn,
     ThreadWorker,
@@ -389,7 +390,14 @@ class _Watchdog:
 _TRACE_HEADERS = {"traceparent": "traceparent", "x-cloud-trace-context": "X-Cloud-Trace-Context"}
 
 
-_NO_REQUEST_BEGUN = (b"", b"\r", b"\r\n")
+_NO_REQUEST_BEGUN = (b"", b"\r")  # empty lines are dropped as they come (`_Arrival.add`)
+_EMPTY_LINES = re.compile(rb"(?:\r?\n)*")
+
+
+def _empty_lines(data: bytearray) -> int:
+    """How many bytes of empty lines `data` begins with."""
+    match = _EMPTY_LINES.match(data)
+    return match.end() if match is not None else 0
 
 
 def _head_trace_id(data: bytes) -> str:
@@ -618,6 +626,11 @@ class _Arrival:
         """The next bytes; True when the request is ready for a thread."""
         start = len(self.data)
         self.data += data
+        if self.head_end is None and (empty := _empty_lines(self.data)):
+            # Empty lines before a request line are ignored (RFC 9112 2.2), a bare LF's
+            # too: some clients end a body with a line break they do not count.
+            del self.data[:empty]
+            start = max(0, start - empty)
         if self.head_end is not None and len(self.data) >= self._limit():
             return True
         if self.head_end is None:
@@ -859,10 +872,16 @@ class Worker(ThreadWorker):
         return self._arrived(arrival, data)
 
     def _arrived(self, arrival: _Arrival, data: bytes) -> bool:
-        """`data` of `arrival`; True once the request is whole (on its way to a thread) or
-        refused here."""
-        self._buffered += len(data)
-        if arrival.add(data) or self._buffered > BUFFERED_BYTES:
+        """`data` of `arrival`; True once the request is whole (on its way to a thread),
+        refused here, or not begun after all (idle again)."""
+        held = len(arrival.data)
+        ready = arrival.add(data)
+        self._buffered += len(arrival.data) - held
+        if not ready and arrival.head_end is None and not arrival.data:  # empty lines alone
+            self._end_arrival(arrival)
+            self._idle_again(arrival.conn)
+            return True
+        if ready or self._buffered > BUFFERED_BYTES:
             head = self._end_arrival(arrival)
             if arrival.head_end is None and len(head) >= HEAD_BUFFER_BYTES:
                 # Refused here: gunicorn's parsers read on before they measure a head, so
@@ -881,6 +900,18 @@ class Worker(ThreadWorker):
             self.enqueue_req(arrival.conn)
             return True
         return False
+
+    def _idle_again(self, conn: _Connection) -> None:
+        """A connection that sent only empty lines: kept alive, as after a response (it
+        was held the read timeout, not the keep-alive's, and then logged as a request
+        that timed out)."""
+        conn.set_timeout()
+        if not self.alive:
+            conn.timeout = min(conn.timeout, time.monotonic() + STOP_KEEPALIVE_LINGER)
+        self.keepalived_conns.append(conn)
+        self.poller.register(
+            conn.sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn)
+        )
 
     def enqueue_req(self, conn: _Connection) -> None:
         """gthread's, except that /health and preflights go to their own threads (point 7)."""
