@@ -236,36 +236,54 @@ def _origin_or_none(name: str) -> str | None:
         return None
     scheme = parts.scheme.lower()
     host = _host(parts.hostname)
-    if not host.isascii():  # no IDNA reading takes it: no browser's origin
+    if host is None:  # no browser's origin
         return None
     if port is None or port == _DEFAULT_PORTS.get(scheme):
         return f"{scheme}://{host}"
     return f"{scheme}://{host}:{port}"
 
 
-def _host(hostname: str) -> str:
-    """`hostname` (lower case already) as a browser writes it in an origin."""
+def _host(hostname: str) -> str | None:
+    """`hostname` (lower case already) as a browser writes it in an origin; None for one
+    no browser takes."""
+    if "%" in hostname:  # a browser reads a host's escapes back first (%41.com is a.com)
+        try:
+            hostname = urllib.parse.unquote(hostname, errors="strict").lower()
+        except UnicodeDecodeError:  # no UTF-8: no host
+            return None
     try:
         address = ipaddress.ip_address(hostname)
     except ValueError:
         pass
     else:
         return f"[{address.compressed}]" if address.version == 6 else address.compressed
-    if _IPV4_LIKE.fullmatch(hostname):
-        with contextlib.suppress(OSError):  # 127.000.000.001, 0x7f.1: a browser's 127.0.0.1
-            return socket.inet_ntoa(socket.inet_aton(hostname))
     if not hostname.isascii():
         # As the URL standard has browsers write it (UTS 46, nontransitional): Python's
-        # own codec is IDNA 2003's, which writes faß.de as fass.de, another domain.
-        with contextlib.suppress(idna.IDNAError, UnicodeError):
-            return idna.encode(hostname, uts46=True, transitional=False).decode("ascii")
-        # A symbol IDNA 2008 refuses, which browsers take (☃.net is xn--n3h.net to them):
-        # UTS 46's mapping, then each label's punycode, as the URL standard does without
-        # IDNA 2008's checks (IDNA 2003's codec would also write ß as ss: another domain).
-        with contextlib.suppress(idna.IDNAError, UnicodeError):
-            mapped = idna.uts46_remap(hostname, std3_rules=False, transitional=False)
-            return ".".join(map(_punycode, mapped.split(".")))
-    return hostname
+        # own codec is IDNA 2003's, which writes faß.de as fass.de, another domain. Its
+        # mapping first: full-width digits and dots make an address (127.1, full-width).
+        try:
+            hostname = idna.uts46_remap(hostname, std3_rules=False, transitional=False)
+        except (idna.IDNAError, UnicodeError):
+            return None
+    # An address a browser reads: numbers (decimal, octal, hex) and dots, one at the end
+    # dropped (127.000.000.001, 0x7f.1, 127.0.0.1.: a browser's 127.0.0.1); one that
+    # ends in a number and is no address, no host to a browser (1.2.3.4.5, 08.1).
+    if _ENDS_IN_A_NUMBER.search(hostname.removesuffix(".")):
+        try:
+            return socket.inet_ntoa(socket.inet_aton(hostname.removesuffix(".")))
+        except OSError:
+            return None
+    if hostname.isascii():
+        return hostname
+    with contextlib.suppress(idna.IDNAError, UnicodeError):
+        return idna.encode(hostname, uts46=True, transitional=False).decode("ascii")
+    # A symbol IDNA 2008 refuses, which browsers take (☃.net is xn--n3h.net to them):
+    # each label's punycode, as the URL standard does without IDNA 2008's checks (IDNA
+    # 2003's codec would also write ß as ss: another domain).
+    try:
+        return ".".join(map(_punycode, hostname.split(".")))
+    except (idna.IDNAError, UnicodeError):
+        return None
 
 
 def _punycode(label: str) -> str:
@@ -284,8 +302,9 @@ def _punycode(label: str) -> str:
     return "xn--" + label.encode("punycode").decode("ascii")
 
 
-# A host a browser reads as an IPv4 address: numbers (decimal, octal, hex) and dots.
-_IPV4_LIKE = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)(?:\.(?:0x[0-9a-f]*|[0-9]+)){0,3}")
+# A host whose last label is a number (decimal, or hex: "0x", "0x7f"), which browsers
+# read as an IPv4 address or refuse (the URL standard's "ends in a number").
+_ENDS_IN_A_NUMBER = re.compile(r"(?:^|\.)(?:[0-9]+|0x[0-9a-f]*)\Z")
 
 
 def project_id(env: Mapping[str, str] | None = None) -> str:

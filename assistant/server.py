@@ -106,6 +106,12 @@ def warn_of_cors_origins() -> None:
             hint="* in CORS_ORIGINS admits every origin (without credentials): "
             "the other entries add nothing",
         )
+    elif os.environ.get("CORS_ORIGINS", "x").strip() == "":  # meant as none, maybe
+        process_log().warning(
+            "cors.any_origin",
+            hint="CORS_ORIGINS is set but blank: its default, * (every origin, without "
+            "credentials), applies",
+        )
 
 
 # Descriptors the worker's table holds from the start (each stream holds two:

@@ -53,6 +53,12 @@ def test_health_is_ok_with_version_and_no_io(client) -> None:
         ("https://\u2603.fa\u00df.de", "https://xn--n3h.xn--fa-hia.de"),  # and faß beside it
         ("http://[0:0:0:0:0:0:0:1]:8080", "http://[::1]:8080"),
         ("http://0x7f.1:5173", "http://127.0.0.1:5173"),
+        # A dot at an address's end, full-width digits and dots, a host's escapes: a
+        # browser reads them away (a reviewer's page was refused).
+        ("http://127.0.0.1.:5173", "http://127.0.0.1:5173"),
+        ("http://\uff11\uff12\uff17.1:5173", "http://127.0.0.1:5173"),
+        ("http://192.168.0.1\uff0e", "http://192.168.0.1"),
+        ("https://%41pp.example", "https://app.example"),
     ],
 )
 def test_an_allowed_origin_is_read_as_a_browser_writes_one(
@@ -83,7 +89,8 @@ def test_origins_no_browser_can_send_are_said_in_the_log(capsys, monkeypatch) ->
         "https://ok.example, app.example.com, https://a.example https://b.example, "
         "https://*.example.com, https://app.example.com/chat, https://ok.example:443/, *, "
         "https://a\ufdd0b.com, "  # a code point no IDNA reading takes (nor a browser)
-        "https://a\u200cb.com, https://\u0300a.com"  # a joiner, a combining mark first
+        "https://a\u200cb.com, https://\u0300a.com, "  # a joiner, a combining mark first
+        "http://1.2.3.4.5, http://08.1.1.1"  # ends in a number, and no address
     )
     monkeypatch.setenv("CORS_ORIGINS", written)
     server.warn_of_cors_origins()
@@ -97,6 +104,8 @@ def test_origins_no_browser_can_send_are_said_in_the_log(capsys, monkeypatch) ->
         "https://a\ufdd0b.com",
         "https://a\u200cb.com",
         "https://\u0300a.com",
+        "http://1.2.3.4.5",
+        "http://08.1.1.1",
     ]
     monkeypatch.setenv("CORS_ORIGINS", "https://ok.example, null")  # a sandboxed page's
     server.warn_of_cors_origins()
@@ -110,6 +119,10 @@ def test_a_wildcard_among_origins_is_said_in_the_log(capsys, monkeypatch) -> Non
     server.warn_of_cors_origins()
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["message"] == "cors.any_origin"
+    monkeypatch.setenv("CORS_ORIGINS", " ")  # set, blank: the default, maybe not meant
+    server.warn_of_cors_origins()
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["message"] == "cors.any_origin" and "blank" in line["hint"]
     monkeypatch.setenv("CORS_ORIGINS", "*")  # the default: nothing to say
     server.warn_of_cors_origins()
     assert capsys.readouterr().out == ""
