@@ -139,6 +139,21 @@ def test_chunks_show_as_they_arrive_cross_origin_with_a_readable_trace_id(
     assert len(fake.requests) == 1  # one POST, never re-sent
 
 
+def test_a_reply_of_tool_calls_alone_shows_them(page: Page, fake: FakeUpstream) -> None:
+    """Its reply box stayed empty, the call only in the raw metadata: a reviewer took it
+    for nothing happening."""
+    call = {"id": "t1", "name": "weather", "args": {"city": "Oslo"}}
+    fake.push(Script(text="", tokens=[], tool_calls=[call]))
+    send(page, "Weather in Oslo?")
+    events_when_done(page)
+    assert page.is_visible("#calls")
+    assert page.text_content("#calls") == 'tool call t1: weather({"city":"Oslo"})'
+    fake.push(Script(tokens=["Plain."]))  # the next reply's calls: none, hidden again
+    send(page, "Thanks")
+    events_when_done(page)
+    assert page.is_hidden("#calls")
+
+
 def test_thinking_goes_to_the_panel_and_the_final_metadata_wins(
     page: Page, fake: FakeUpstream
 ) -> None:

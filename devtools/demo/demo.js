@@ -10,7 +10,7 @@ const $ = (id) => document.getElementById(id);
 const ui = {
   url: $("url"), token: $("token"), input: $("input"), send: $("send"), stop: $("stop"),
   status: $("status"), trace: $("trace"), panel: $("thinking-panel"), thinking: $("thinking"),
-  answer: $("answer"), error: $("error"), metadata: $("metadata"),
+  answer: $("answer"), calls: $("calls"), error: $("error"), metadata: $("metadata"),
 };
 const demo = {events: [], result: null, running: false};
 window.vacDemo = demo;
@@ -31,6 +31,15 @@ function show(splitPart) {
   }
 }
 
+// A reply may be tool calls alone, for the frontend to run: shown, not only in the metadata.
+function showCalls(metadata) {
+  const calls = metadata.tools_to_use ?? [];
+  ui.calls.hidden = calls.length === 0;
+  ui.calls.textContent = calls.map((call) =>
+    `tool call ${call.id}: ${call.name}(${call.args === null ? "unreadable arguments" : JSON.stringify(call.args)})`
+  ).join("\n");
+}
+
 function setRunning(running, status) {
   demo.running = running;
   ui.send.disabled = running;
@@ -39,8 +48,9 @@ function setRunning(running, status) {
 }
 
 async function send() {
-  for (const el of [ui.answer, ui.thinking, ui.error, ui.metadata]) el.textContent = "";
+  for (const el of [ui.answer, ui.calls, ui.thinking, ui.error, ui.metadata]) el.textContent = "";
   ui.error.hidden = true;
+  ui.calls.hidden = true;
   ui.trace.textContent = "–";
   demo.events = [];
   demo.result = null;
@@ -68,6 +78,7 @@ async function send() {
         record("final", {answer, traceId});
         show(splitter.finish());
         if (metadata.thinking_content) ui.thinking.textContent = metadata.thinking_content;
+        showCalls(metadata);
         ui.metadata.textContent = JSON.stringify(metadata, null, 2);
       },
       onError: ({error, code, partial, metadata, status, traceId, retryAfter}) => {
@@ -80,7 +91,10 @@ async function send() {
           (retryAfter != null ? ` Try again in ${retryAfter} s.` : "") +
           (partial ? "\n(The reply above stops where it failed.)" : "");
         if (traceId) ui.trace.textContent = traceId;
-        if (metadata) ui.metadata.textContent = JSON.stringify(metadata, null, 2);
+        if (metadata) {
+          showCalls(metadata);
+          ui.metadata.textContent = JSON.stringify(metadata, null, 2);
+        }
       },
     });
     record("end", {outcome: demo.result.outcome});
