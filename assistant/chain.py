@@ -166,6 +166,9 @@ class Chain:
     on_attempt: Callable[[Attempt, ProviderError | None], None] = lambda attempt, error: None
     # After a 401: the provider again with a freshly read key, or None if the key is unchanged.
     refresh_key: Callable[[Provider], Provider | None] | None = None
+    # Whether the client has left: asked before the next provider is, which would be a
+    # request paid for nobody (its reply notices within a second, and ends the chain).
+    client_gone: Callable[[], bool] = lambda: False
     attempts: list[Attempt] = field(default_factory=list)
     provider: str | None = None
     model: str | None = None
@@ -232,7 +235,9 @@ class Chain:
         )
 
     async def _run(self) -> ChainFailed | ChainSucceeded:
-        for provider in self.providers:
+        for index, provider in enumerate(self.providers):
+            if index and self.client_gone():
+                raise asyncio.CancelledError  # as when its reply ends the chain
             outcome = await self._try(provider)
             if outcome is not None:
                 return outcome

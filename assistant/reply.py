@@ -151,6 +151,7 @@ class Reply:
             # ~17 MB per 62 abandoned streams, bench/abuse.py non-readers).
             on_attempt=functools.partial(_log_attempt, log),
             refresh_key=refresh_key,
+            client_gone=client_gone,
         )
         self._future: concurrent.futures.Future[None] | None = None
         self._done = False  # concluding or abandoned: nothing more arrives

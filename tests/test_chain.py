@@ -7,6 +7,7 @@ are exercised over real HTTP without waiting for the other provider modules.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import socket
@@ -155,6 +156,26 @@ def test_first_chunk_timeout_falls_through(upstreams) -> None:
     assert events[-2]["answer"] == "from second"
     assert events[-2]["metadata"]["attempts"][0]["outcome"] == "upstream_timeout"
     assert first.requests[0].client_closed.wait(timeout=3)  # the hung request was closed
+
+
+def test_no_next_provider_is_asked_once_the_client_left(upstreams) -> None:
+    """A client that left while the first provider failed: the next was sent a request
+    paid for nobody, cancelled a moment later (a reviewer)."""
+    first, second = upstreams
+    first.push(Script(fail="500"))
+    attempts: list[str] = []
+    chain = Chain(
+        [_provider(first, "primary"), _provider(second, "secondary")],
+        Prompt(system=None, turns=(Turn("user", "hi"),)),
+        Timeouts(connect=1, first_chunk=2, idle=2),
+        lambda item: None,
+        on_attempt=lambda attempt, error: attempts.append(attempt.provider),
+        client_gone=lambda: True,
+    )
+    with pytest.raises(concurrent.futures.CancelledError):  # as when its reply ends it
+        aio.submit(chain.run()).result(timeout=10)
+    assert chain.finished.is_set()
+    assert attempts == ["primary"] and len(first.requests) == 1 and second.requests == []
 
 
 def test_unreachable_provider_falls_through() -> None:
