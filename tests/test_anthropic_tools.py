@@ -1044,6 +1044,7 @@ def test_formats_and_patterns_anthropic_does_not_hold_go_in_the_description(
 
 
 MAP = {"type": "object", "additionalProperties": {"type": "integer"}}
+EXTRA = {"properties": {"extra": {"type": "string"}}, "required": ["extra"]}
 OBJECTS_ALL_OF = {
     "allOf": [
         {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]},
@@ -1161,6 +1162,32 @@ OBJECTS_ALL_OF = {
             {"type": "object", "properties": {"card": {}}, "dependentRequired": {"card": ["b"]}},
             "an object that requires or describes keys beyond its properties",
         ),
+        (  # draft 7's usual way to write several conditions (a reviewer: sent closed)
+            {
+                "type": "object",
+                "properties": {"kind": {"enum": ["a", "b"]}},
+                "allOf": [{"if": {"properties": {"kind": {"const": "b"}}}, "then": EXTRA}],
+            },
+            "an object that requires or describes keys beyond its properties",
+        ),
+        (  # a condition's part by reference
+            {
+                "type": "object",
+                "properties": {"kind": {}},
+                "if": {"properties": {"kind": {"const": "b"}}},
+                "then": {"$ref": "#/$defs/Extra"},
+                "$defs": {"Extra": EXTRA},
+            },
+            "an object that requires or describes keys beyond its properties",
+        ),
+        (  # no answer could be written at all
+            {
+                "type": "object",
+                "properties": {"a": {}},
+                "anyOf": [{"required": ["b"]}, {"required": ["c"]}],
+            },
+            "an object that requires or describes keys beyond its properties",
+        ),
         (  # keys beyond its properties given a schema, as additionalProperties gives one
             {
                 "type": "object",
@@ -1247,6 +1274,24 @@ def test_a_schema_closing_would_change_is_not_sent(
             "properties": {"kind": {"enum": ["a", "b"]}, "extra": {"type": "string"}},
             "if": {"properties": {"kind": {"const": "b"}}},
             "then": {"required": ["extra"]},
+        },
+        # The same with the condition's parts naming the object's keys (a reviewer: each
+        # part was judged an object of its own, and refused).
+        {
+            "type": "object",
+            "properties": {"country": {"type": "string"}, "state": {"type": "string"}},
+            "if": {"properties": {"country": {"const": "US"}}, "required": ["country"]},
+            "then": {"properties": {"state": {"minLength": 2}}, "required": ["state"]},
+            "dependentSchemas": {"country": {"properties": {"country": {}}, "required": ["state"]}},
+            "allOf": [{"if": {"required": ["country"]}, "then": {"required": ["state"]}}],
+        },
+        # A tuple goes in the description: its items' shapes are words, no map to refuse.
+        {
+            "$schema": "http://json-schema.org/draft-07/schema#",
+            "type": "object",
+            "properties": {
+                "a": {"type": "array", "items": [{"type": "object", "additionalProperties": {}}]}
+            },
         },
         # An `$id` in an extension's value is data, not a base (it was refused as one).
         {

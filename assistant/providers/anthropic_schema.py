@@ -303,9 +303,9 @@ def unheld(schema: Mapping[str, Any]) -> str | None:
         # Pointers below it read from it (the request's check follows that), where the
         # narrowing reads every pointer from the top: a reference would lead elsewhere.
         return "a $ref below an inner $id (its pointers read from it)"
-    if (why := _unheld(schema, schema)) is not None:
-        return why
     try:
+        if (why := _unheld(schema, schema, set())) is not None:
+            return why
         _Narrowing(schema).narrowed(schema)
     except _TooLarge:
         return "a schema that narrowed for Anthropic grows past what is sent"
@@ -314,9 +314,13 @@ def unheld(schema: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _unheld(node: Any, root: Mapping[str, Any]) -> str | None:
+def _unheld(node: Any, root: Mapping[str, Any], checked: set[int]) -> str | None:
+    """What in `node`, as it is sent, a closed schema cannot hold; `checked`: the
+    references whose hoisted targets were looked at (each once)."""
     if isinstance(node, list):
-        return next((why for item in node if (why := _unheld(item, root)) is not None), None)
+        return next(
+            (why for item in node if (why := _unheld(item, root, checked)) is not None), None
+        )
     if not isinstance(node, Mapping):
         return None
     if _is_object(node):
@@ -328,11 +332,6 @@ def _unheld(node: Any, root: Mapping[str, Any]) -> str | None:
         # pass the check, the data lost unseen. (`true` only lets them be: closed is fine.)
         if "patternProperties" in node or (isinstance(extra, Mapping) and extra):
             return "an object that takes keys beyond its properties"
-        later = node.get("unevaluatedProperties")
-        if (isinstance(later, Mapping) and later) or _requires_others(node):
-            # Closed, a key some answers must hold could never be written (`then`'s
-            # `extra` when `kind` is "b"), or one given a schema would be lost unseen.
-            return "an object that requires or describes keys beyond its properties"
     branches = node.get("allOf")
     if isinstance(branches, list):
         # Each object closed refuses the others' keys: two or more can hold nothing.
@@ -353,40 +352,75 @@ def _unheld(node: Any, root: Mapping[str, Any]) -> str | None:
                 return f"{keyword} over objects beside the object's own properties"
         if "$ref" in node and _names_others(_dereferenced(node, root), own):
             return "a $ref to an object beside the object's own properties"
+    if _is_object(node):
+        later = node.get("unevaluatedProperties")
+        if (isinstance(later, Mapping) and later) or _requires_others(node, root):
+            # Closed, a key some answers must hold could never be written (`then`'s
+            # `extra` when `kind` is "b"), or one given a schema would be lost unseen.
+            return "an object that requires or describes keys beyond its properties"
     reference = node.get("$ref")
     if isinstance(reference, str) and reference.startswith("#/") and not _as_sent(reference, root):
         return "a $ref into a oneOf beside an anyOf (only the anyOf is sent)"
     if isinstance(reference, str) and "/additionalProperties" in reference:
         return "a $ref into an additionalProperties (sent as false: objects are closed)"
+    if isinstance(reference, str) and reference.startswith("#/") and id(node) not in checked:
+        checked.add(id(node))
+        if "%" in reference or _through_moved(reference, root):  # its target is sent, hoisted
+            target = resolve_pointer(root, unquote(reference[1:]))
+            if (why := _unheld(target, root, checked)) is not None:
+                return why
     for key, value in node.items():
-        if key in _LITERALS:
-            continue
+        if key in _LITERALS or _unsupported(key, node):
+            continue  # in the description: sent as words, with no shape to hold
         inner = list(value.values()) if key in NAME_MAPS and isinstance(value, Mapping) else value
-        why = _unheld(inner, root)
+        why = _unheld(inner, root, checked)
         if why is not None:
             return why
     return None
 
 
-def _requires_others(node: Mapping[str, Any]) -> bool:
-    """Whether an object requires, or in a conditional part names, a key its `properties`
-    do not: in `required`, `dependentRequired`, or `then` / `else` / `dependentSchemas` /
-    `dependencies` (their `properties` and `required`)."""
+def _requires_others(node: Mapping[str, Any], root: Mapping[str, Any]) -> bool:
+    """Whether an object, closed, would refuse answers it means: a key it requires, or
+    that a part applying to it in place requires or describes, is not among its
+    `properties` (`then`'s `extra` when `kind` is "b", an `anyOf` of `required`s)."""
     own = node.get("properties")
-    named: set[Any] = set()
-    parts: list[Any] = [node.get("then"), node.get("else")]
-    for keyword in ("dependentSchemas", "dependentRequired", "dependencies"):
-        if isinstance(value := node.get(keyword), Mapping):
-            parts += value.values()
-    for part in [node, *parts]:
-        if isinstance(part, list):  # dependentRequired's, or draft 7's dependencies'
-            named.update(name for name in part if isinstance(name, str))
-        elif isinstance(part, Mapping):
-            if isinstance(required := part.get("required"), list):
-                named.update(name for name in required if isinstance(name, str))
-            if part is not node and isinstance(keys := part.get("properties"), Mapping):
-                named.update(keys)
+    named = _named_in_place(node, root, set())
     return bool(named - set(own if isinstance(own, Mapping) else ()))
+
+
+# The keywords whose schemas apply to the instance their object does (not to its values).
+_IN_PLACE = ("allOf", "anyOf", "oneOf", "then", "else")
+_IN_PLACE_MAPS = ("dependentSchemas", "dependencies", "dependentRequired")
+
+
+def _named_in_place(node: Mapping[str, Any], root: Mapping[str, Any], seen: set[int]) -> set[str]:
+    """The keys `node` requires, and those that the parts applying in place below it
+    (`_IN_PLACE`, `_IN_PLACE_MAPS`, a `$ref`) require or describe; each part once."""
+    seen.add(id(node))
+    named = {name for name in _strings(node.get("required"))}
+    parts: list[Any] = [node.get(keyword) for keyword in ("then", "else")]
+    for keyword in ("allOf", "anyOf", "oneOf"):
+        if isinstance(branches := node.get(keyword), list):
+            parts += branches
+    for keyword in _IN_PLACE_MAPS:
+        if isinstance(value := node.get(keyword), Mapping):
+            for part in value.values():
+                named.update(_strings(part))  # a list of names (dependentRequired's)
+                parts.append(part)
+    if "$ref" in node:
+        parts.append(node)  # its target applies in place (2020-12)
+    for part in parts:
+        target = _dereferenced(part, root) if isinstance(part, Mapping) else {}
+        if id(target) in seen or not target:
+            continue
+        if target is not node and isinstance(keys := target.get("properties"), Mapping):
+            named.update(key for key in keys if isinstance(key, str))
+        named |= _named_in_place(target, root, seen)
+    return named
+
+
+def _strings(value: Any) -> list[str]:
+    return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
 
 
 def _dereferenced(branch: Any, root: Mapping[str, Any]) -> Mapping[str, Any]:
