@@ -165,7 +165,6 @@ from gunicorn.config import Config  # type: ignore[import-untyped]
 from gunicorn.http import errors, wsgi  # type: ignore[import-untyped]
 from gunicorn.http.unreader import SocketUnreader  # type: ignore[import-untyped]
 from gunicorn.workers.gthread import (  # type: ignore[import-untyped]
-    STOP_KEEPALIVE_LINGER,
     PollableMethodQueue,
     TConn,
     ThreadWorker,
@@ -904,10 +903,14 @@ class Worker(ThreadWorker):
     def _idle_again(self, conn: _Connection) -> None:
         """A connection that sent only empty lines: kept alive, as after a response (it
         was held the read timeout, not the keep-alive's, and then logged as a request
-        that timed out)."""
-        conn.set_timeout()
+        that timed out). On a stopping worker it is closed: kept, a client's empty line
+        every second armed the stop's keep-alive linger again and again, and held the
+        worker past Cloud Run's kill (a reviewer: 30 s)."""
         if not self.alive:
-            conn.timeout = min(conn.timeout, time.monotonic() + STOP_KEEPALIVE_LINGER)
+            self.nr_conns -= 1
+            conn.close()
+            return
+        conn.set_timeout()
         self.keepalived_conns.append(conn)
         self.poller.register(
             conn.sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn)

@@ -414,6 +414,23 @@ def test_an_empty_line_after_a_request_is_no_request_begun(
     assert [line for line in lines if line["message"].startswith("request.")] == []
 
 
+def test_empty_lines_do_not_keep_a_stopping_worker(fake: FakeUpstream) -> None:
+    """Each one put the connection back among those kept alive with a fresh linger: a
+    client's empty line every second held a stopping worker 30 s, past Cloud Run's kill
+    (a reviewer)."""
+    with running_service({}) as running, _connect(running.url) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_response(sock)[0] == 200
+        running.process.terminate()
+        stopped = time.monotonic()
+        with contextlib.suppress(OSError):  # closed by the stopping worker meanwhile
+            while running.process.poll() is None and time.monotonic() - stopped < 15:
+                sock.sendall(b"\r\n")
+                time.sleep(0.5)
+        assert running.process.wait(timeout=40) == 0
+        assert time.monotonic() - stopped < 10
+
+
 def test_a_large_body_refused_is_never_held_in_memory(fake: FakeUpstream) -> None:
     """functions-framework read a refused body whole into memory: 400 MB for one request."""
     with running_service({}) as running:
