@@ -257,6 +257,8 @@ def _host(hostname: str) -> str | None:
         pass
     else:
         return f"[{address.compressed}]" if address.version == 6 else address.compressed
+    if _FORBIDDEN_IN_A_HOST.search(hostname):  # escaped (a%3A8080 is no a:8080 to a browser)
+        return None
     if not hostname.isascii():
         # As the URL standard has browsers write it (UTS 46, nontransitional): Python's
         # own codec is IDNA 2003's, which writes faß.de as fass.de, another domain. Its
@@ -264,6 +266,8 @@ def _host(hostname: str) -> str | None:
         try:
             hostname = idna.uts46_remap(hostname, std3_rules=False, transitional=False)
         except (idna.IDNAError, UnicodeError):
+            return None
+        if _FORBIDDEN_IN_A_HOST.search(hostname):  # a full-width @ is an @
             return None
     # An address a browser reads: numbers (decimal, octal, hex) and dots, one at the end
     # dropped (127.000.000.001, 0x7f.1, 127.0.0.1.: a browser's 127.0.0.1); one that
@@ -301,6 +305,9 @@ def _punycode(label: str) -> str:
             raise idna.IDNAError("a joiner out of place")
     return "xn--" + label.encode("punycode").decode("ascii")
 
+
+# What no host holds, to a browser (the URL standard's forbidden domain code points).
+_FORBIDDEN_IN_A_HOST = re.compile(r"[\x00-\x20#%/:<>?@\[\\\]^|\x7f]")
 
 # A host whose last label is a number (decimal, or hex: "0x", "0x7f"), which browsers
 # read as an IPv4 address or refuse (the URL standard's "ends in a number").

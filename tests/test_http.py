@@ -90,7 +90,8 @@ def test_origins_no_browser_can_send_are_said_in_the_log(capsys, monkeypatch) ->
         "https://*.example.com, https://app.example.com/chat, https://ok.example:443/, *, "
         "https://a\ufdd0b.com, "  # a code point no IDNA reading takes (nor a browser)
         "https://a\u200cb.com, https://\u0300a.com, "  # a joiner, a combining mark first
-        "http://1.2.3.4.5, http://08.1.1.1"  # ends in a number, and no address
+        "http://1.2.3.4.5, http://08.1.1.1, "  # ends in a number, and no address
+        "https://a%3A8080, https://a%40b.com, https://a\uff20b.com"  # escaped, full-width
     )
     monkeypatch.setenv("CORS_ORIGINS", written)
     server.warn_of_cors_origins()
@@ -106,6 +107,9 @@ def test_origins_no_browser_can_send_are_said_in_the_log(capsys, monkeypatch) ->
         "https://\u0300a.com",
         "http://1.2.3.4.5",
         "http://08.1.1.1",
+        "https://a%3A8080",
+        "https://a%40b.com",
+        "https://a\uff20b.com",
     ]
     monkeypatch.setenv("CORS_ORIGINS", "https://ok.example, null")  # a sandboxed page's
     server.warn_of_cors_origins()
