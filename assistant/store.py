@@ -250,6 +250,10 @@ class FirestoreStore:
                 existing = self._owned(reference, message.author, message.message_id)
             if not existing.exists:
                 continue  # deleted since create() found it: create it again
+            if _field(existing, "threadId") != message.thread_id:
+                # Another exchange's (a question the frontend saved with no thread is in
+                # any): replaced, its reply would move to this request's thread.
+                raise TraceIdKept(f"{message.message_id} holds another thread's reply")
             answered_at = _field(existing, "answeredAt")
             timed = message.created_at is not None and isinstance(answered_at, datetime.datetime)
             if timed and answered_at == message.created_at:  # this reply: its own write landed

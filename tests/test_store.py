@@ -285,6 +285,29 @@ def test_a_trace_id_reused_for_another_question_keeps_the_first_pair(
     assert "holds another question" in failed[0]["reason"]
 
 
+def test_a_retry_in_another_thread_keeps_a_reply_to_a_question_saved_with_none(
+    client, fake: FakeUpstream, firestore
+) -> None:
+    """The frontend saved the question with no thread (it is in any), its reply went to
+    one: a retry in another replaced the reply and filed it there (a reviewer)."""
+    firestore.collection("assistants").document("test-assistant").collection("messages").document(
+        "t-ft-user"
+    ).set({"role": "user", "content": "question", "userId": USER["email"], "traceId": "t-ft"})
+    body = {"trace_id": "t-ft", "user_message_already_saved": True, **SAVE}
+    fake.push(Script(tokens=["First."]))
+    first = sse_events(ask(client, "question", thread_id="th-a", **body).get_data())[-2]
+    assert first["metadata"]["persist_failed"] is False
+    fake.push(Script(tokens=["Second."]))
+    again = sse_events(ask(client, "question", thread_id="th-b", **body).get_data())[-2]
+    assert again["metadata"]["persist_failed"] is True
+    kept = _messages(firestore)["t-ft-assistant"]
+    assert (kept["content"], kept["threadId"]) == ("First.", "th-a")
+    fake.push(Script(tokens=["Third."]))  # a retry in its own thread still replaces it
+    third = sse_events(ask(client, "question", thread_id="th-a", **body).get_data())[-2]
+    assert third["metadata"]["persist_failed"] is False
+    assert _messages(firestore)["t-ft-assistant"]["content"] == "Third."
+
+
 def test_a_history_message_whose_content_is_not_text_reads_as_empty(
     client, fake: FakeUpstream, firestore
 ) -> None:
