@@ -443,7 +443,7 @@ def test_only_the_kept_start_of_an_error_body_is_scrubbed(monkeypatch: pytest.Mo
     monkeypatch.setattr(
         base,
         "without_prompt",
-        lambda text, prompt: scrubbed.append(len(text)) or scrub(text, prompt),
+        lambda text, prompt, *work: scrubbed.append(len(text)) or scrub(text, prompt, *work),
     )
     response = httpx.Response(400, content=b"<pre>" + b" " * 1_000_000 + b"</pre>")
     detail = asyncio.run(read_error_body(response, {}, REQUEST_PROMPT))
@@ -529,6 +529,71 @@ def test_an_echo_that_does_not_begin_as_the_text_is_taken_out(echo: str) -> None
     for said in ("hunter2", "diabetes", "jane roe", "8841-2290", "40 units"):
         assert said not in detail.lower(), detail
     assert "[prompt]" in detail
+
+
+@pytest.mark.parametrize(
+    ("said", "echo"),
+    [
+        # A dotted capital I anywhere (its lower case is two characters) left the whole
+        # echo's case as it was: a capitalised echo was then no run of the prompt.
+        pytest.param(
+            "My SSN Is 123-45-6789, Please Help Me File My Taxes",
+            "\u0130stek ge\u00e7ersiz: My SSN Is 123-45-6789, Please Help Me File My Taxes",
+            id="dotted-capital-i",
+        ),
+        # Upper-cased, \u00df is SS: the run stopped at each.
+        pytest.param(
+            "Ich wohne in der Gro\u00dfe Stra\u00dfe 5, Gie\u00dfen, mein Arzt ist M\u00fcller",
+            "FEHLER: ICH WOHNE IN DER GROSSE STRASSE 5, GIESSEN, MEIN ARZT IST M\u00dcLLER",
+            id="sharp-s-upper-cased",
+        ),
+    ],
+)
+def test_an_echo_in_another_case_is_found_whatever_its_letters(said: str, echo: str) -> None:
+    """A reviewer's."""
+    detail = without_prompt(echo, Prompt(None, (Turn("user", said),)))
+    assert "[prompt]" in detail
+    assert all(word not in detail for word in ("6789", "STRASSE", "GIESS")), detail
+
+
+def test_texts_alike_but_for_their_ends_are_each_found_whole() -> None:
+    """A piece is kept for a few texts only: the oldest of six alike were found as a run
+    of a newer one, their last characters left (`[prompt]0.`), or not at all (a
+    reviewer's six numbers dialled in a history)."""
+    accounts = Prompt(
+        None, tuple(Turn("user", f"my account is ACCT-1001{n:02d}") for n in range(6))
+    )
+    for n in range(6):
+        assert without_prompt(f"bad: my account is ACCT-1001{n:02d}.", accounts) == "bad: [prompt]."
+    calls = tuple(
+        Turn(
+            "assistant",
+            "",
+            tool_calls=(ToolCall(f"c{n}", "dial", {"phone": f"+1 (555) 123-45{n}"}),),
+        )
+        for n in range(10, 16)
+    )
+    dialled = Prompt(None, (Turn("user", "call them"), *calls))
+    for n in range(10, 16):
+        echo = f"invalid number +1 (555) 123-45{n} for dial"
+        assert without_prompt(echo, dialled) == "invalid number [prompt] for dial"
+
+
+def test_an_error_too_costly_to_look_through_is_not_logged() -> None:
+    """A body of dashes against a history of markdown tables: a piece of the prompt at
+    every place, in every reading, held the I/O loop half a second (a reviewer). Past
+    what a look may cost, none of it is logged."""
+    texts = ["|------------|-----------|\n" * 40] * 4 + ["x" * 30 + "-" * 19 + "y" * 30] * 4
+    body = ("-" * 40 + "\\\\%2D&amp;") * 60
+    detail = without_prompt(body, Prompt(None, tuple(Turn("user", text) for text in texts)))
+    assert detail.startswith("[prompt] (an error of") and "-" * 8 not in detail
+
+
+def test_a_key_upper_cased_beside_a_dotted_capital_i_is_redacted() -> None:
+    key = "sk-ant-api03-Zq8Xw3Lk9PmN2vB7"
+    body = f'{{"error": "\u0130nvalid: {key.upper()}"}}'.encode()
+    detail = asyncio.run(read_error_body(httpx.Response(401, content=body), {"x-api-key": key}))
+    assert "ZQ8XW3" not in detail and "[redacted]" in detail
 
 
 def test_a_prompts_words_in_an_error_of_its_own_stay() -> None:

@@ -48,7 +48,7 @@ from ..config import ProviderSettings
 from ..errors import MESSAGES, UpstreamCode
 from ..request import Turn
 from ..tools import ToolCall, ToolChoice, ToolSpec
-from .echoes import PIECE, Echoes, echoes_of
+from .echoes import PIECE, Echoes, TooCostly, Work, echoes_of
 
 # The stop reasons every provider's own are mapped to (metadata `stop_reason`).
 StopReason = Literal[
@@ -618,9 +618,10 @@ async def read_error_body(
     if not readings:
         return f"a body of {len(body)}{'+' if len(body) > len(kept) else ''} bytes, not text"
     scrubbed = []
+    work = Work()  # for its readings in all
     for text in readings:
         text = without_secrets(text, secrets)  # in a body cut short, say
-        scrubbed.append(text if prompt is None else without_prompt(text, prompt))
+        scrubbed.append(text if prompt is None else without_prompt(text, prompt, work))
     # The reading the prompt was found in, if one; of two, the one it took most from (the
     # other shows its bytes as mojibake, between runs of the prompt's ASCII).
     found = [text for text in scrubbed if "[prompt]" in text]
@@ -783,9 +784,7 @@ def _without_pieces(text: str, key: str, secret_from: int = 0) -> str:
     each found run then followed to its ends: a few KB, once per failure, and a long
     key (a 2 KB token) costs no more than a few hundred finds."""
     # In either case: an echo upper-cased ("KEY SK-ANT-API03-...") kept the whole key.
-    original, folded = text, text.lower()
-    if len(folded) == len(text) and len(key.lower()) == len(key):
-        text, key = folded, key.lower()
+    original, text, key = text, _lower_in_place(text), _lower_in_place(key)
     size = min(_SECRET_PIECE_CHARS, len(key))
     first = max(0, secret_from - size + 1)
     found: list[tuple[int, int]] = []
@@ -824,7 +823,16 @@ def _without_pieces(text: str, key: str, secret_from: int = 0) -> str:
     return "".join(kept)
 
 
-def without_prompt(text: str, prompt: Prompt) -> str:
+def _lower_in_place(text: str) -> str:
+    """`text` in lower case, each character where it was (İ, whose lower case is two,
+    as i: an İ anywhere left a whole text's case as it was)."""
+    return text.translate(_ONE_FOR_TWO).lower()
+
+
+_ONE_FOR_TWO = {0x130: "i"}  # the one character whose lower case is two
+
+
+def without_prompt(text: str, prompt: Prompt, work: Work | None = None) -> str:
     """`text` with what the prompt's texts put in it taken out: each echo of one, whole,
     cut short, a window of it, its case or whitespace changed (`echoes.py`).
 
@@ -840,6 +848,13 @@ def without_prompt(text: str, prompt: Prompt) -> str:
     detail first) looked through once; no text of the prompt is read back (one of
     780 KB took 270 ms a failure)."""
     echoes = echoes_of(prompt, lambda: list(dict.fromkeys(_prompt_texts(prompt))))
+    try:
+        return _without_echoes(text, echoes, work or Work())
+    except TooCostly:  # nothing of it is logged, rather than a stall or an echo
+        return f"[prompt] (an error of {len(text)} characters, too costly to look through)"
+
+
+def _without_echoes(text: str, echoes: Echoes, work: Work) -> str:
     plain, found = text, False
     # Then with HTML's entities read back (a proxy's error page: `don&#x27;t`) and with
     # a URL's escapes (a form or a header: a space as `+` or `%20`), when the prompt is
@@ -852,7 +867,7 @@ def without_prompt(text: str, prompt: Prompt) -> str:
             view = read_back(_PARTIAL_URL_OR_ENTITY.sub("", plain))
             if view == plain:
                 continue
-        scrubbed = _scrubbed(view, echoes)
+        scrubbed = _scrubbed(view, echoes, work)
         if scrubbed is not None:
             plain, found = scrubbed, True
     return plain if found else text
@@ -881,7 +896,7 @@ _READINGS: tuple[Callable[[str], str], ...] = (
 )
 
 
-def _scrubbed(text: str, echoes: Echoes) -> str | None:
+def _scrubbed(text: str, echoes: Echoes, work: Work) -> str | None:
     """`without_prompt` on one reading of `text`; None if no text of the prompt is in it."""
     plain = text
     found = False
@@ -894,7 +909,7 @@ def _scrubbed(text: str, echoes: Echoes) -> str | None:
         # there ends before it, and goes with it.
         partial = _PARTIAL_ESCAPE.search(plain, max(0, len(plain) - 10))
         whole = plain if partial is None else plain[: partial.start()]
-        spans = echoes.spans(whole)
+        spans = echoes.spans(whole, work)
         if not spans:
             continue
         found = True

@@ -5,16 +5,17 @@ window of a long text, its whitespace collapsed or its case changed (a
 server's `prompt.strip()`, `" ".join(prompt.split())`, `prompt[-300:]`, an
 upper-cased message: each was logged whole when only a text's first
 characters were looked for). So a text is looked for as runs of its
-characters, both sides read alike (`_normalized`: lower case, each run of
-whitespace one space). `Echoes` keeps every text's PIECE-character pieces,
-PIECE apart, once per prompt; a reading of an error is looked through once,
-a lookup per character, and each piece found is followed to its run's ends.
-A run counts when it is a whole text, a text's start cut at the reading's
-end, or RUN characters or more of any text (a run that long holds a piece
-at whatever offset it starts).
+characters, both sides read alike (`_normalized`: case folded, each run of
+whitespace one space). An echo counts when it is a whole text, a text's
+start cut at the reading's end, or RUN characters or more of any text.
 
-Runs on the I/O loop for every provider failure: a few thousand lookups per
-reading of a few KB, and the pieces of the prompt's texts counted once.
+`Echoes` reads the prompt's texts once per prompt: each text's PIECE-character
+pieces, PIECE apart (a run of RUN characters holds two in a row, wherever it
+starts), and the short texts whole. A reading of an error is looked through
+once, a lookup per character; a piece found is followed to its run's ends
+only when the next piece of its text follows it too (a body of dashes
+against a history's markdown tables cost 0.5 s a failure when every piece
+found was followed).
 """
 
 from __future__ import annotations
@@ -25,42 +26,62 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 PIECE = 8  # characters of a text looked up together; a shorter text is a word, not looked for
-RUN = 20  # characters in a row of a text, anywhere in it, that count as its echo
-INDEXED_CHARS = 256 * 1024  # of the texts, looked for anywhere in them (`Echoes`)
-_ENTRIES_KEPT = 4  # places kept for one piece (a phrase a history repeats a thousand times)
+RUN = 3 * PIECE  # characters in a row of a text, anywhere in it, that count as its echo
+INDEXED_CHARS = 256 * 1024  # of the texts, looked for anywhere in them; past it, by their start
+_PLACES_KEPT = 4  # places kept for one piece (a phrase a history repeats a thousand times)
+_STARTS_KEPT = 16  # texts kept for one first piece, for an echo cut at the reading's end
 
 _SPACES = re.compile(r"\s+")
 
 
 class Echoes:
-    """The pieces of some texts, to find their echoes in others."""
+    """The texts of a prompt, read to find their echoes in other texts."""
 
     def __init__(self, texts: list[str]) -> None:
-        """`texts` the likeliest echoed first: past INDEXED_CHARS of them, a text is
-        looked for by its start alone (a MB of history took 140 ms to index, on the I/O
-        loop)."""
-        self._texts = [_SPACES.sub(" ", _lower(text)).strip() for text in texts]
-        self._pieces: dict[str, list[tuple[int, int]]] = {}
-        pieces, budget = self._pieces, INDEXED_CHARS
+        self._texts = [_SPACES.sub(" ", text.casefold()).strip() for text in texts]
+        self._places: dict[str, list[tuple[int, int]]] = {}  # piece -> (text, offset)
+        self._short: dict[str, dict[int, set[str]]] = {}  # first piece -> length -> texts
+        self._starts: dict[str, list[str]] = {}  # first piece -> texts
+        budget = INDEXED_CHARS
         for index, text in enumerate(self._texts):
-            last = len(text) - PIECE + 1 if budget > 0 else min(1, len(text) - PIECE + 1)
-            budget -= len(text)
+            if len(text) < PIECE:
+                continue
+            starts = self._starts.setdefault(text[:PIECE], [])
+            if len(starts) < _STARTS_KEPT:
+                starts.append(text)
+            if len(text) < RUN:  # no run of RUN in it: it counts whole
+                self._short.setdefault(text[:PIECE], {}).setdefault(len(text), set()).add(text)
+                continue
+            last = max(1, min(len(text) - PIECE + 1, budget))  # its start at the least
+            budget -= last
             for offset in range(0, last, PIECE):
-                piece = text[offset : offset + PIECE]
-                entries = pieces.get(piece)
-                if entries is None:
-                    pieces[piece] = [(index, offset)]
-                elif len(entries) < _ENTRIES_KEPT:
-                    entries.append((index, offset))
+                places = self._places.setdefault(text[offset : offset + PIECE], [])
+                if len(places) < _PLACES_KEPT:
+                    places.append((index, offset))
 
-    def spans(self, text: str) -> list[tuple[int, int]]:
-        """Where in `text` the texts are echoed: (start, end) pairs, in order, apart."""
+    def spans(self, text: str, work: Work) -> list[tuple[int, int]]:
+        """Where in `text` the texts are echoed: (start, end) pairs, in order, apart.
+        TooCostly once `work` is spent."""
         seen, begins, ends = _normalized(text)
         runs: list[tuple[int, int]] = []
         at, last = 0, len(seen) - PIECE
+        places, starts = self._places, self._starts
         while at <= last:
-            entries = self._pieces.get(seen[at : at + PIECE])
-            run = None if entries is None else self._longest_run(seen, at, entries)
+            piece = seen[at : at + PIECE]
+            if piece not in places and piece not in starts:
+                at += 1  # what most characters come to: nothing begins here
+                continue
+            work.spend()
+            found = [
+                self._run_through(seen, at, piece),
+                self._whole_text_at(seen, at, piece),
+                self._start_cut_at(seen, at, piece),
+            ]
+            run = max(
+                (run for run in found if run is not None),
+                key=lambda run: run[1] - run[0],
+                default=None,
+            )
             if run is None:
                 at += 1
                 continue
@@ -74,50 +95,116 @@ class Echoes:
                 merged.append((start, end))
         return [(begins[start], ends[end - 1]) for start, end in merged]
 
-    def _longest_run(
-        self, seen: str, at: int, entries: list[tuple[int, int]]
-    ) -> tuple[int, int] | None:
-        """The longest run of a text through the piece at `at`, of those that count."""
+    def _run_through(self, seen: str, at: int, piece: str) -> tuple[int, int] | None:
+        """The longest run of RUN or more of a text through the piece at `at`."""
         best: tuple[int, int] | None = None
-        for index, offset in entries:
+        for index, offset in self._places.get(piece, ()):
             said = self._texts[index]
-            start, said_start = at, offset
-            while start > 0 and said_start > 0 and seen[start - 1] == said[said_start - 1]:
-                start, said_start = start - 1, said_start - 1
-            end, said_end = at + PIECE, offset + PIECE
-            while end < len(seen) and said_end < len(said) and seen[end] == said[said_end]:
-                end, said_end = end + 1, said_end + 1
-            counts = (
-                end - start >= RUN
-                or (said_start == 0 and said_end == len(said))  # the whole text
-                or (said_start == 0 and end == len(seen))  # its start, cut at the end
-            )
-            if counts and (best is None or end - start > best[1] - best[0]):
+            # A run of RUN holds this piece and the one after it or before it, in a row.
+            after = seen[at + PIECE : at + 2 * PIECE] == said[offset + PIECE : offset + 2 * PIECE]
+            if not after and not (
+                at >= PIECE
+                and offset >= PIECE
+                and seen[at - PIECE : at] == said[offset - PIECE : offset]
+            ):
+                continue
+            start = at - _alike_behind(seen, at, said, offset)
+            end = at + PIECE + _alike_ahead(seen, at + PIECE, said, offset + PIECE)
+            if end - start >= RUN and (best is None or end - start > best[1] - best[0]):
                 best = (start, end)
         return best
 
+    def _whole_text_at(self, seen: str, at: int, piece: str) -> tuple[int, int] | None:
+        """The longest text that stands whole at `at`: every one shorter than RUN, and
+        a few longer ones (texts alike but for their ends, `ACCT-100100` among five
+        others, had their last characters left by a run of another)."""
+        lengths = self._short.get(piece, {})
+        found = [length for length, texts in lengths.items() if seen[at : at + length] in texts]
+        found += (len(said) for said in self._starts.get(piece, ()) if seen.startswith(said, at))
+        return (at, at + max(found)) if found else None
 
-def _lower(text: str) -> str:
-    lowered = text.lower()
-    return lowered if len(lowered) == len(text) else text  # İ is two: its case kept
+    def _start_cut_at(self, seen: str, at: int, piece: str) -> tuple[int, int] | None:
+        """The rest of `seen` from `at`, when it is a text's start cut short there."""
+        if len(seen) - at >= RUN:
+            return None  # a run that long is found whole (`_run_through`)
+        rest = seen[at:]
+        cut = any(said.startswith(rest) for said in self._starts.get(piece, ()))
+        return (at, len(seen)) if cut else None
+
+
+def _alike_ahead(seen: str, at: int, said: str, offset: int) -> int:
+    """How many characters alike `seen` and `said` have from `at` and `offset` on:
+    compared PIECE at a time, then one at a time."""
+    limit, length = min(len(seen) - at, len(said) - offset), 0
+    while (
+        length + PIECE <= limit
+        and seen[at + length : at + length + PIECE]
+        == said[offset + length : offset + length + PIECE]
+    ):
+        length += PIECE
+    while length < limit and seen[at + length] == said[offset + length]:
+        length += 1
+    return length
+
+
+def _alike_behind(seen: str, at: int, said: str, offset: int) -> int:
+    """How many characters alike `seen` and `said` have just before `at` and `offset`."""
+    limit, length = min(at, offset), 0
+    while (
+        length + PIECE <= limit
+        and seen[at - length - PIECE : at - length]
+        == said[offset - length - PIECE : offset - length]
+    ):
+        length += PIECE
+    while length < limit and seen[at - length - 1] == said[offset - length - 1]:
+        length += 1
+    return length
+
+
+class TooCostly(Exception):
+    """The look for echoes ran past its work (`Work`)."""
+
+
+class Work:
+    """What a look for echoes may do: places where a piece of a text stands, looked at
+    (a body of dashes against a history of markdown tables is a piece at every place,
+    in every reading of it). Past that, TooCostly: the caller logs no detail at all."""
+
+    def __init__(self, places: int = 5_000) -> None:
+        self.left = places
+
+    def spend(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise TooCostly
 
 
 def _normalized(text: str) -> tuple[str, Sequence[int], Sequence[int]]:
-    """`text` read as texts are compared, and where each of its characters begins and
-    ends in `text` (a run of whitespace is one space)."""
-    lowered = _lower(text)
-    if _IRREGULAR_SPACE.search(lowered) is None:  # single spaces only: as it is
-        return lowered, range(len(text)), range(1, len(text) + 1)
+    """`text` read as texts are compared (case folded, a run of whitespace one space),
+    and where each of its characters begins and ends in `text`."""
+    if text.isascii() and _IRREGULAR_SPACE.search(text) is None:  # the common case
+        return text.lower(), range(len(text)), range(1, len(text) + 1)
     parts: list[str] = []
     begins: list[int] = []
     ends: list[int] = []
     at = 0
-    for space in _IRREGULAR_SPACE.finditer(lowered):
-        parts += [lowered[at : space.start()], " "]
-        begins += [*range(at, space.start()), space.start()]
-        ends += [*range(at + 1, space.start() + 1), space.end()]
-        at = space.end()
-    parts.append(lowered[at:])
+    for special in _SPECIAL.finditer(text):
+        start = special.start()
+        parts.append(text[at:start].lower())
+        begins += range(at, start)
+        ends += range(at + 1, start + 1)
+        if special.group().isspace():
+            parts.append(" ")
+            begins.append(start)
+            ends.append(special.end())
+        else:  # letters whose case folds to more than one (ß is ss, İ is i and a dot)
+            for position in range(start, special.end()):
+                folded = text[position].casefold()
+                parts.append(folded)
+                begins += [position] * len(folded)
+                ends += [position + 1] * len(folded)
+        at = special.end()
+    parts.append(text[at:].lower())
     begins += range(at, len(text))
     ends += range(at + 1, len(text) + 1)
     return "".join(parts), begins, ends
@@ -125,6 +212,9 @@ def _normalized(text: str) -> tuple[str, Sequence[int], Sequence[int]]:
 
 # Whitespace that is not one space alone: what reading alike changes.
 _IRREGULAR_SPACE = re.compile(r"\s{2,}|[^\S ]")
+# What is read character by character: such whitespace, and what is not ASCII (its own
+# runs of whitespace read as one space too).
+_SPECIAL = re.compile(r"\s{2,}|[^\S ]|[^\x00-\x7f\s]+")
 
 
 # The echoes of the last few prompts: a failure's error is read a few ways, and each
