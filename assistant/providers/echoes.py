@@ -13,9 +13,9 @@ start cut at the reading's end, or RUN characters or more of any text.
 pieces, PIECE apart (a run of RUN characters holds two in a row, wherever it
 starts), and the short texts whole. A reading of an error is looked through
 once, a lookup per character; a piece found is followed to its run's ends
-only when the next piece of its text follows it too (a body of dashes
-against a history's markdown tables cost 0.5 s a failure when every piece
-found was followed).
+only when the next piece of its text follows it too, and the places looked
+at are bounded (`Work`): a body of dashes against a history's markdown
+tables cost 0.5 s a failure when every piece found was followed.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ PIECE = 8  # characters of a text looked up together; a shorter text is a word, 
 RUN = 3 * PIECE  # characters in a row of a text, anywhere in it, that count as its echo
 INDEXED_CHARS = 256 * 1024  # of the texts, looked for anywhere in them; past it, by their start
 _PLACES_KEPT = 4  # places kept for one piece (a phrase a history repeats a thousand times)
-_STARTS_KEPT = 16  # texts kept for one first piece, for an echo cut at the reading's end
+_STARTS_KEPT = 16  # texts kept for one first piece: found whole, or cut at the reading's end
 
 _SPACES = re.compile(r"\s+")
 
