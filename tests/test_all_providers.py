@@ -502,6 +502,11 @@ def test_an_echo_escaped_by_any_encoder_is_taken_out(echo: str) -> None:
     assert "hunter2" not in detail and "Jerry" not in detail and "[prompt]" in detail
 
 
+def asked(*texts: str) -> Prompt:
+    """A prompt of `texts`, each a user turn."""
+    return Prompt(None, tuple(Turn("user", text) for text in texts))
+
+
 LONG_SAID = (
     "\n  My bank password is hunter2 and my diagnosis is diabetes.\n"
     "Next line: my doctor, Dr. Jane Roe, says the dose is 40 units a day, "
@@ -579,6 +584,61 @@ def test_texts_alike_but_for_their_ends_are_each_found_whole() -> None:
         assert without_prompt(echo, dialled) == "invalid number [prompt] for dial"
 
 
+def test_a_json_quoted_text_of_many_lines_is_taken_out_whole() -> None:
+    """Its long lines were scrubbed as they stood, escaped; read back, the short lines
+    between them were no whole text any more (a reviewer's form: its SSN logged)."""
+    form = (
+        "Patient: Jane Roe\nNotes from the first visit, all confidential here\n"
+        "SSN 123-45-6789\nReferred by the cardiology department last week\nDOB 1975-03-09"
+    )
+    body = json.dumps({"error": {"message": "invalid input", "input": form}}).encode()
+    detail = asyncio.run(read_error_body(httpx.Response(422, content=body), {}, asked(form)))
+    assert "6789" not in detail and "Jane" not in detail and "1975" not in detail, detail
+
+
+def test_the_tail_of_a_text_among_others_alike_is_taken_out() -> None:
+    """A run of a text alike ran a character into this one's own piece, which was then
+    skipped: a card's digits and a PIN were logged (a reviewer)."""
+    names = ["Alice", "Bobby", "Carol", "Dave_", "Erin_", "Frank"]
+    texts = [
+        f"Customer {name} - account status: verified, card on file ends in {4000 + n} pin "
+        f"{700000 + n}"
+        for n, name in enumerate(names)
+    ]
+    for text in texts:
+        echo = json.dumps({"detail": "value too long: ..." + text[-50:]})
+        detail = without_prompt(echo, asked(*texts))
+        assert str(text[-6:]) not in detail and "[prompt]" in detail, detail
+
+
+def test_a_turkish_text_upper_cased_is_taken_out() -> None:
+    """Upper-cased, a dotless i is I, which folds to i, where the dotless i folds to
+    itself: the run stopped at each (a reviewer)."""
+    said = (
+        "\u0130stanbul'daki m\u00fc\u015fterimiz Ay\u015fe Y\u0131lmaz, "
+        "kart numaras\u0131 4111 1111"
+    )
+    detail = without_prompt(f'{{"error":"VALIDATION FAILED: {said.upper()}"}}', asked(said))
+    assert "4111" not in detail and "LMAZ" not in detail and "[prompt]" in detail, detail
+
+
+def test_a_utf8_body_cut_within_a_character_is_read_as_utf8() -> None:
+    """Our cut split an `\u00ea`: the body was no UTF-8, and was logged in Windows-1252's
+    letters (a reviewer's `Param\u00c3\u00a8tre`)."""
+    cut = base.ERROR_BODY_BYTES + 512
+    head = "\u00e9" * ((cut - 1) // 2) + "x" * ((cut - 1) % 2)  # a byte short of the cut
+    body = (head + "\u00ea Param\u00e8tre non valide" * 20).encode()
+    detail = asyncio.run(read_error_body(httpx.Response(400, content=body), {}))
+    assert "\u00c3" not in detail
+
+
+def test_a_large_calls_arguments_are_not_written_whole_to_be_looked_for() -> None:
+    """A 900 KB argument, written seven ways, took 100 ms to index on the I/O loop: none
+    of an error body's 2 KB holds it whole, and its texts are looked for apart."""
+    assert base._whole_forms({"doc": "x" * 900_000}) == []
+    assert len(base._whole_forms({"pin": "4711"})) == 7
+
+
 def test_an_error_too_costly_to_look_through_is_not_logged() -> None:
     """A body of dashes against a history of markdown tables: a piece of the prompt at
     every place, in every reading, held the I/O loop half a second (a reviewer). Past
@@ -618,7 +678,8 @@ def test_the_prompt_scrub_reads_back_the_detail_alone(monkeypatch: pytest.Monkey
     detail = json.dumps({"error": {"message": "invalid body: " + json.dumps(texts[-1][:2000])}})
     # What follows the echo is kept (it was cut with it).
     assert without_prompt(detail, prompt) == '{"error": {"message": "invalid body: "[prompt]""}}'
-    assert len(read_back) <= 3 and all(len(text) <= len(detail) for text in read_back)
+    # At most three times, the detail and what was scrubbed of it (`_scrubbed`).
+    assert len(read_back) <= 6 and all(len(text) <= len(detail) for text in read_back)
 
 
 def test_a_huge_error_in_a_stream_is_cut_before_it_is_scrubbed(
@@ -899,6 +960,7 @@ def test_a_prompt_echoed_in_its_bodys_own_charset_is_taken_out(said: str, codec:
 @pytest.mark.parametrize(
     "echo",
     [
+        pytest.param(lambda key: '{"k":"' + key.replace("/", "\\/") + '"}', id="php-json"),
         pytest.param(lambda key: "k=" + urllib.parse.quote(key, safe=""), id="url-escaped"),
         pytest.param(lambda key: "k=" + urllib.parse.quote_plus(key, safe=""), id="form"),
         pytest.param(lambda key: "KEY " + key.upper(), id="upper-cased"),

@@ -613,7 +613,7 @@ async def read_error_body(
         body = body.replace(secret, b"[redacted]")
     # Only what is kept is scrubbed: a first read can hold a MB, and the scrub of a MB
     # against a long history's texts held the I/O loop (every stream) 6.4 s a failure.
-    kept = body[: ERROR_BODY_BYTES + _KEY_ROOM_BYTES]
+    kept = _whole_characters(body[: ERROR_BODY_BYTES + _KEY_ROOM_BYTES])
     readings = _as_texts(kept, response.charset_encoding)
     if not readings:
         return f"a body of {len(body)}{'+' if len(body) > len(kept) else ''} bytes, not text"
@@ -627,6 +627,17 @@ async def read_error_body(
     found = [text for text in scrubbed if "[prompt]" in text]
     chosen = min(found, key=len) if found else scrubbed[0]
     return chosen[:ERROR_BODY_BYTES]
+
+
+def _whole_characters(cut: bytes) -> bytes:
+    """`cut` without a UTF-8 character our cut split at its end: read so, a UTF-8 body
+    was no UTF-8, and logged in Windows-1252's letters (a reviewer's `ParamÃ¨tre`)."""
+    try:
+        cut.decode("utf-8")
+    except UnicodeDecodeError as error:
+        if error.reason == "unexpected end of data":
+            return cut[: error.start]
+    return cut
 
 
 def _as_texts(body: bytes, charset: str | None) -> list[str]:
@@ -743,6 +754,7 @@ def _as_echoed(secret: str) -> set[str]:
         urllib.parse.quote(secret, safe=""),
         urllib.parse.quote_plus(secret, safe=""),
         base64.b64encode(secret.encode()).decode(),
+        json.dumps(secret)[1:-1].replace("/", "\\/"),  # PHP's json_encode writes / as \/
     }
 
 
@@ -897,32 +909,49 @@ _READINGS: tuple[Callable[[str], str], ...] = (
 
 
 def _scrubbed(text: str, echoes: Echoes, work: Work) -> str | None:
-    """`without_prompt` on one reading of `text`; None if no text of the prompt is in it."""
-    plain = text
+    """`without_prompt` on one reading of `text`; None if no text of the prompt is in it.
+
+    Each escape pass reads back both what the passes before it scrubbed and `text`
+    itself, and keeps whichever shows less (`_shown`): a JSON-quoted text of many lines
+    had its long lines scrubbed as they stood, and the short ones between them, read
+    back, were no longer part of a whole text (a reviewer's form: its SSN line logged)."""
+    plain, fresh = text, text
     found = False
     for passes in range(_MOST_ESCAPE_PASSES + 1):
         if passes:
-            if "\\" not in plain:
+            if "\\" not in plain and "\\" not in fresh:
                 break
-            plain = _unescaped_once(plain)
-        # An escape our reading cut in two at the end is no character yet: an echo cut
-        # there ends before it, and goes with it.
-        partial = _PARTIAL_ESCAPE.search(plain, max(0, len(plain) - 10))
-        whole = plain if partial is None else plain[: partial.start()]
-        spans = echoes.spans(whole, work)
-        if not spans:
-            continue
-        found = True
-        if spans[-1][1] == len(whole):
-            spans[-1] = (spans[-1][0], len(plain))
-        kept: list[str] = []
-        taken = 0
-        for start, end in spans:
-            kept += [plain[taken:start], "[prompt]"]
-            taken = end
-        kept.append(plain[taken:])
-        plain = "".join(kept)
+            plain, fresh = _unescaped_once(plain), _unescaped_once(fresh)
+        views = [plain] if plain == fresh else [plain, fresh]
+        masked = [view for view in map(lambda view: _masked(view, echoes, work), views) if view]
+        if masked:
+            plain, found = min(masked, key=_shown), True
     return plain if found else None
+
+
+def _masked(text: str, echoes: Echoes, work: Work) -> str | None:
+    """`text` with each echo found in it as `[prompt]`; None for none."""
+    # An escape our reading cut in two at the end is no character yet: an echo cut
+    # there ends before it, and goes with it.
+    partial = _PARTIAL_ESCAPE.search(text, max(0, len(text) - 10))
+    whole = text if partial is None else text[: partial.start()]
+    spans = echoes.spans(whole, work)
+    if not spans:
+        return None
+    if spans[-1][1] == len(whole):
+        spans[-1] = (spans[-1][0], len(text))
+    kept: list[str] = []
+    taken = 0
+    for start, end in spans:
+        kept += [text[taken:start], "[prompt]"]
+        taken = end
+    kept.append(text[taken:])
+    return "".join(kept)
+
+
+def _shown(text: str) -> int:
+    """What of `text` is not `[prompt]`."""
+    return len(text) - len("[prompt]") * text.count("[prompt]")
 
 
 # An escape as JSON, Python or Go writes one: \uXXXX (either case), \xXX, \UXXXXXXXX,
@@ -1031,14 +1060,22 @@ _NAME_MAPS = frozenset(
 )
 
 
+_WHOLE_FORM_CHARS = 4 * ERROR_BODY_BYTES
+
+
 def _whole_forms(args: Mapping[str, Any]) -> list[str]:
     """A call's arguments written whole as a request body (`upstream_json`: orjson's
     compact UTF-8, its own floats) or OpenAI's `arguments` (`ToolCall.arguments_json`)
     holds them, as JSON with ASCII escapes writes them, with keys sorted, and as Python
     does. The body's own forms keep other characters than ASCII as they are: an echo
-    of one was not found when only the escaped forms were looked for."""
+    of one was not found when only the escaped forms were looked for. None past
+    _WHOLE_FORM_CHARS: no error body holds it whole (a 900 KB argument written seven
+    ways took 100 ms to index on the I/O loop), and its texts are looked for apart."""
+    written = upstream_json(args).decode()
+    if len(written) > _WHOLE_FORM_CHARS:
+        return []
     return [
-        upstream_json(args).decode(),
+        written,
         json.dumps(args, ensure_ascii=False),
         json.dumps(args),
         json.dumps(args, separators=(",", ":")),

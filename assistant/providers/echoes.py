@@ -38,7 +38,7 @@ class Echoes:
     """The texts of a prompt, read to find their echoes in other texts."""
 
     def __init__(self, texts: list[str]) -> None:
-        self._texts = [_SPACES.sub(" ", text.casefold()).strip() for text in texts]
+        self._texts = [_SPACES.sub(" ", _fold(text)).strip() for text in texts]
         self._places: dict[str, list[tuple[int, int]]] = {}  # piece -> (text, offset)
         self._short: dict[str, dict[int, set[str]]] = {}  # first piece -> length -> texts
         self._starts: dict[str, list[str]] = {}  # first piece -> texts
@@ -63,6 +63,7 @@ class Echoes:
         """Where in `text` the texts are echoed: (start, end) pairs, in order, apart.
         TooCostly once `work` is spent."""
         seen, begins, ends = _normalized(text)
+        work.spend(len(seen) // _CHARS_PER_PLACE)  # the scan itself, hits or none
         runs: list[tuple[int, int]] = []
         at, last = 0, len(seen) - PIECE
         places, starts = self._places, self._starts
@@ -86,7 +87,9 @@ class Echoes:
                 at += 1
                 continue
             runs.append(run)
-            at = run[1]
+            # On from the last piece that may begin within it: a run of a text alike
+            # ran a character into this one's own piece, and its digits were skipped.
+            at = max(at + 1, run[1] - PIECE + 1)
         merged: list[tuple[int, int]] = []
         for start, end in runs:
             if merged and start <= merged[-1][1]:
@@ -173,17 +176,22 @@ class Work:
     def __init__(self, places: int = 5_000) -> None:
         self.left = places
 
-    def spend(self) -> None:
-        self.left -= 1
+    def spend(self, places: int = 1) -> None:
+        self.left -= places
         if self.left < 0:
             raise TooCostly
+
+
+_CHARS_PER_PLACE = 32  # a scan's characters that cost what a place looked at does
 
 
 def _normalized(text: str) -> tuple[str, Sequence[int], Sequence[int]]:
     """`text` read as texts are compared (case folded, a run of whitespace one space),
     and where each of its characters begins and ends in `text`."""
-    if text.isascii() and _IRREGULAR_SPACE.search(text) is None:  # the common case
-        return text.lower(), range(len(text)), range(1, len(text) + 1)
+    if _IRREGULAR_SPACE.search(text) is None:
+        folded = text.lower() if text.isascii() else _fold(text)
+        if len(folded) == len(text):  # the common case: each character one
+            return folded, range(len(text)), range(1, len(text) + 1)
     parts: list[str] = []
     begins: list[int] = []
     ends: list[int] = []
@@ -199,7 +207,7 @@ def _normalized(text: str) -> tuple[str, Sequence[int], Sequence[int]]:
             ends.append(special.end())
         else:  # letters whose case folds to more than one (ß is ss, İ is i and a dot)
             for position in range(start, special.end()):
-                folded = text[position].casefold()
+                folded = _fold(text[position])
                 parts.append(folded)
                 begins += [position] * len(folded)
                 ends += [position + 1] * len(folded)
@@ -209,6 +217,13 @@ def _normalized(text: str) -> tuple[str, Sequence[int], Sequence[int]]:
     ends += range(at + 1, len(text) + 1)
     return "".join(parts), begins, ends
 
+
+def _fold(text: str) -> str:
+    """`text` case folded, and the dotless i as i (upper-cased, it is I, which folds to i)."""
+    return text.casefold().translate(_DOTLESS_I)
+
+
+_DOTLESS_I = {0x131: "i"}
 
 # Whitespace that is not one space alone: what reading alike changes.
 _IRREGULAR_SPACE = re.compile(r"\s{2,}|[^\S ]")
