@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
@@ -304,7 +305,7 @@ def unheld(schema: Mapping[str, Any]) -> str | None:
         # narrowing reads every pointer from the top: a reference would lead elsewhere.
         return "a $ref below an inner $id (its pointers read from it)"
     try:
-        if (why := _unheld(schema, schema, set())) is not None:
+        if (why := _unheld(schema, schema, _Walk())) is not None:
             return why
         _Narrowing(schema).narrowed(schema)
     except _TooLarge:
@@ -314,13 +315,20 @@ def unheld(schema: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _unheld(node: Any, root: Mapping[str, Any], checked: set[int]) -> str | None:
-    """What in `node`, as it is sent, a closed schema cannot hold; `checked`: the
-    references whose hoisted targets were looked at (each once)."""
+@dataclass
+class _Walk:
+    """What one `unheld` has read: the hoisted targets looked at, and the keys each
+    node names in place (`_named_in_place`); each once (a reviewer's 300 KB schema,
+    walked again per reference and per level, held a thread 18 s)."""
+
+    hoisted: set[int] = field(default_factory=set)
+    named: dict[int, frozenset[str]] = field(default_factory=dict)
+
+
+def _unheld(node: Any, root: Mapping[str, Any], walk: _Walk) -> str | None:
+    """What in `node`, as it is sent, a closed schema cannot hold."""
     if isinstance(node, list):
-        return next(
-            (why for item in node if (why := _unheld(item, root, checked)) is not None), None
-        )
+        return next((why for item in node if (why := _unheld(item, root, walk)) is not None), None)
     if not isinstance(node, Mapping):
         return None
     if _is_object(node):
@@ -354,7 +362,7 @@ def _unheld(node: Any, root: Mapping[str, Any], checked: set[int]) -> str | None
             return "a $ref to an object beside the object's own properties"
     if _is_object(node):
         later = node.get("unevaluatedProperties")
-        if (isinstance(later, Mapping) and later) or _requires_others(node, root):
+        if (isinstance(later, Mapping) and later) or _requires_others(node, root, walk.named):
             # Closed, a key some answers must hold could never be written (`then`'s
             # `extra` when `kind` is "b"), or one given a schema would be lost unseen.
             return "an object that requires or describes keys beyond its properties"
@@ -363,28 +371,31 @@ def _unheld(node: Any, root: Mapping[str, Any], checked: set[int]) -> str | None
         return "a $ref into a oneOf beside an anyOf (only the anyOf is sent)"
     if isinstance(reference, str) and "/additionalProperties" in reference:
         return "a $ref into an additionalProperties (sent as false: objects are closed)"
-    if isinstance(reference, str) and reference.startswith("#/") and id(node) not in checked:
-        checked.add(id(node))
-        if "%" in reference or _through_moved(reference, root):  # its target is sent, hoisted
-            target = resolve_pointer(root, unquote(reference[1:]))
-            if (why := _unheld(target, root, checked)) is not None:
+    if isinstance(reference, str) and reference.startswith("#/"):
+        hoisted = "%" in reference or _through_moved(reference, root)  # sent under $defs
+        target = resolve_pointer(root, unquote(reference[1:])) if hoisted else None
+        if target is not None and id(target) not in walk.hoisted:
+            walk.hoisted.add(id(target))
+            if (why := _unheld(target, root, walk)) is not None:
                 return why
     for key, value in node.items():
         if key in _LITERALS or _unsupported(key, node):
             continue  # in the description: sent as words, with no shape to hold
         inner = list(value.values()) if key in NAME_MAPS and isinstance(value, Mapping) else value
-        why = _unheld(inner, root, checked)
+        why = _unheld(inner, root, walk)
         if why is not None:
             return why
     return None
 
 
-def _requires_others(node: Mapping[str, Any], root: Mapping[str, Any]) -> bool:
+def _requires_others(
+    node: Mapping[str, Any], root: Mapping[str, Any], memo: dict[int, frozenset[str]]
+) -> bool:
     """Whether an object, closed, would refuse answers it means: a key it requires, or
     that a part applying to it in place requires or describes, is not among its
     `properties` (`then`'s `extra` when `kind` is "b", an `anyOf` of `required`s)."""
     own = node.get("properties")
-    named = _named_in_place(node, root, set())
+    named = _named_in_place(node, root, memo)
     return bool(named - set(own if isinstance(own, Mapping) else ()))
 
 
@@ -393,11 +404,16 @@ _IN_PLACE = ("allOf", "anyOf", "oneOf", "then", "else")
 _IN_PLACE_MAPS = ("dependentSchemas", "dependencies", "dependentRequired")
 
 
-def _named_in_place(node: Mapping[str, Any], root: Mapping[str, Any], seen: set[int]) -> set[str]:
-    """The keys `node` requires, and those that the parts applying in place below it
-    (`_IN_PLACE`, `_IN_PLACE_MAPS`, a `$ref`) require or describe; each part once."""
-    seen.add(id(node))
-    named = {name for name in _strings(node.get("required"))}
+def _named_in_place(
+    node: Mapping[str, Any], root: Mapping[str, Any], memo: dict[int, frozenset[str]]
+) -> frozenset[str]:
+    """The keys `node` requires, and those that the parts applying in place to it
+    (`_IN_PLACE`, `_IN_PLACE_MAPS`, a `$ref`'s target) require or describe, their own
+    beside a `$ref` too; each node read once per schema (`memo`)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = frozenset()  # a way back to it adds nothing (recursion is refused)
+    named = set(_strings(node.get("required")))
     parts: list[Any] = [node.get(keyword) for keyword in ("then", "else")]
     for keyword in ("allOf", "anyOf", "oneOf"):
         if isinstance(branches := node.get(keyword), list):
@@ -407,16 +423,16 @@ def _named_in_place(node: Mapping[str, Any], root: Mapping[str, Any], seen: set[
             for part in value.values():
                 named.update(_strings(part))  # a list of names (dependentRequired's)
                 parts.append(part)
-    if "$ref" in node:
-        parts.append(node)  # its target applies in place (2020-12)
+    reference = node.get("$ref")
+    if isinstance(reference, str) and reference.startswith("#"):
+        parts.append(resolve_pointer(root, unquote(reference[1:])))  # applies in place
     for part in parts:
-        target = _dereferenced(part, root) if isinstance(part, Mapping) else {}
-        if id(target) in seen or not target:
-            continue
-        if target is not node and isinstance(keys := target.get("properties"), Mapping):
-            named.update(key for key in keys if isinstance(key, str))
-        named |= _named_in_place(target, root, seen)
-    return named
+        if isinstance(part, Mapping) and part is not node:
+            if isinstance(keys := part.get("properties"), Mapping):
+                named.update(key for key in keys if isinstance(key, str))
+            named |= _named_in_place(part, root, memo)
+    memo[id(node)] = frozenset(named)
+    return memo[id(node)]
 
 
 def _strings(value: Any) -> list[str]:
