@@ -165,6 +165,7 @@ from gunicorn.config import Config  # type: ignore[import-untyped]
 from gunicorn.http import errors, wsgi  # type: ignore[import-untyped]
 from gunicorn.http.unreader import SocketUnreader  # type: ignore[import-untyped]
 from gunicorn.workers.gthread import (  # type: ignore[import-untyped]
+    STOP_KEEPALIVE_LINGER,
     PollableMethodQueue,
     TConn,
     ThreadWorker,
@@ -903,14 +904,16 @@ class Worker(ThreadWorker):
     def _idle_again(self, conn: _Connection) -> None:
         """A connection that sent only empty lines: kept alive, as after a response (it
         was held the read timeout, not the keep-alive's, and then logged as a request
-        that timed out). On a stopping worker it is closed: kept, a client's empty line
-        every second armed the stop's keep-alive linger again and again, and held the
-        worker past Cloud Run's kill (a reviewer: 30 s)."""
-        if not self.alive:
-            self.nr_conns -= 1
-            conn.close()
-            return
-        conn.set_timeout()
+        that timed out). On a stopping worker, no later than the stop's keep-alive
+        linger from the stop: armed again with each empty line, a client's one every
+        second held the worker past Cloud Run's kill (a reviewer: 30 s); closed at
+        once, a request the client sent right after one went unanswered (another)."""
+        if self.alive:
+            conn.set_timeout()
+        else:
+            stop = self._stopping_since if self._stopping_since is not None else time.monotonic()
+            deadline = stop + STOP_KEEPALIVE_LINGER
+            conn.timeout = deadline if conn.timeout is None else min(conn.timeout, deadline)
         self.keepalived_conns.append(conn)
         self.poller.register(
             conn.sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn)

@@ -418,11 +418,28 @@ def test_empty_lines_do_not_keep_a_stopping_worker(fake: FakeUpstream) -> None:
     """Each one put the connection back among those kept alive with a fresh linger: a
     client's empty line every second held a stopping worker 30 s, past Cloud Run's kill
     (a reviewer)."""
-    with running_service({}) as running, _connect(running.url) as sock:
-        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert _read_response(sock)[0] == 200
+    body = b'{"user_input": "hi"}'
+    request = (
+        b"POST /vac/assistant/a/sse HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    with (
+        running_service({}) as running,
+        _connect(running.url) as sock,
+        _connect(running.url) as other,
+    ):
+        for kept in (sock, other):
+            kept.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _read_response(kept)[0] == 200
         running.process.terminate()
         stopped = time.monotonic()
+        time.sleep(0.3)
+        # An empty line, then a request: answered as any request after the stop (503), not
+        # dropped with the connection (a first version closed it at the empty line).
+        other.sendall(b"\r\n")
+        time.sleep(0.05)
+        other.sendall(request)
+        assert _read_response(other)[0] == 503
         with contextlib.suppress(OSError):  # closed by the stopping worker meanwhile
             while running.process.poll() is None and time.monotonic() - stopped < 15:
                 sock.sendall(b"\r\n")
