@@ -25,6 +25,7 @@ import gzip
 import html
 import json
 import os
+import re
 import socket
 import urllib.parse
 from collections.abc import Callable, Iterable
@@ -791,8 +792,10 @@ def test_a_prompt_with_backslashes_is_found_at_its_own_escape_depth(said: str, d
     echo = said
     for _ in range(depth):
         echo = json.dumps({"messages": [{"role": "user", "content": echo}]})
-    detail = "invalid body: " + echo
-    assert "48213377" not in without_prompt(detail, Prompt(None, (Turn("user", said),)))
+    detail = without_prompt("invalid body: " + echo, Prompt(None, (Turn("user", said),)))
+    # None of it: a first version's second look left its start (`Copy ileserverpayroll`).
+    words = [word for word in re.findall(r"[A-Za-z0-9]{5,}", said) if word != "invalid"]
+    assert [word for word in words if word in detail] == [], detail
 
 
 def test_the_question_is_read_back_before_the_historys_texts() -> None:

@@ -924,6 +924,8 @@ def _scrubbed(text: str, echoes: Echoes, work: Work) -> str | None:
             plain, fresh = _unescaped_once(plain), _unescaped_once(fresh)
         views = [plain] if plain == fresh else [plain, fresh]
         masked = [view for view in map(lambda view: _masked(view, echoes, work), views) if view]
+        if found:  # what the passes before found stays (a prompt's own backslashes, read
+            masked.append(plain)  # back, left a partial run of it in `fresh`)
         if masked:
             plain, found = min(masked, key=_shown), True
     return plain if found else None

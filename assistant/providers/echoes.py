@@ -220,10 +220,9 @@ def _normalized(text: str) -> tuple[str, Sequence[int], Sequence[int]]:
 
 def _fold(text: str) -> str:
     """`text` case folded, and the dotless i as i (upper-cased, it is I, which folds to i)."""
-    return text.casefold().translate(_DOTLESS_I)
+    folded = text.casefold()
+    return folded.replace("\u0131", "i") if "\u0131" in folded else folded
 
-
-_DOTLESS_I = {0x131: "i"}
 
 # Whitespace that is not one space alone: what reading alike changes.
 _IRREGULAR_SPACE = re.compile(r"\s{2,}|[^\S ]")
