@@ -909,12 +909,18 @@ class Worker(ThreadWorker):
         second held the worker past Cloud Run's kill (a reviewer: 30 s); closed at
         once, a request the client sent right after one went unanswered (another)."""
         if self.alive:
-            conn.set_timeout()
+            conn.set_timeout()  # the latest: the set stays in the order gthread sweeps it
+            self.keepalived_conns.append(conn)
         else:
             stop = self._stopping_since if self._stopping_since is not None else time.monotonic()
             deadline = stop + STOP_KEEPALIVE_LINGER
             conn.timeout = deadline if conn.timeout is None else min(conn.timeout, deadline)
-        self.keepalived_conns.append(conn)
+            # In its place by deadline: behind a later one (a stream's, ended after the
+            # stop), the sweep reached it only after that one's (a reviewer).
+            later = (
+                at for at, kept in enumerate(self.keepalived_conns) if kept.timeout > conn.timeout
+            )
+            self.keepalived_conns.insert(next(later, len(self.keepalived_conns)), conn)
         self.poller.register(
             conn.sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn)
         )

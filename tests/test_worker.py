@@ -5,11 +5,13 @@ tests/test_slow_clients.py.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import socket
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -21,6 +23,8 @@ from assistant.limits import replies_in_flight
 from assistant.worker import (
     BODY_BUFFER_BYTES,
     HEAD_BUFFER_BYTES,
+    STOP_KEEPALIVE_LINGER,
+    Worker,
     _Arrival,
     _close_body,
     _MethodQueue,
@@ -307,3 +311,23 @@ def test_a_bodys_last_chunk_is_a_write_among_the_capped_ones(monkeypatch) -> Non
         monkeypatch.setattr(writers, "cap", before + 1)
         _close_body(_ClosingChunk(ours), ours)
         assert theirs.recv(16) == b"0\r\n\r\n" and writers.waiting == before
+
+
+def test_a_connection_idle_again_on_a_stopping_worker_keeps_the_set_in_order() -> None:
+    """gthread sweeps its kept-alive connections from the first until one has time left:
+    put last behind a later one (a stream's, ended after the stop), a connection that
+    sent an empty line after the stop stayed open past the stop's linger (a reviewer)."""
+    stop = time.monotonic()
+    later = SimpleNamespace(timeout=stop + 5.0)  # a stream's, kept after its end
+    earlier = SimpleNamespace(timeout=stop + 1.0)
+    worker = SimpleNamespace(
+        alive=False,
+        _stopping_since=stop,
+        keepalived_conns=collections.deque([earlier, later]),
+        poller=SimpleNamespace(register=lambda *arguments: None),
+        on_client_socket_readable=lambda *arguments: None,
+    )
+    idle = SimpleNamespace(timeout=None, sock=None)
+    Worker._idle_again(worker, idle)
+    assert list(worker.keepalived_conns) == [earlier, idle, later]
+    assert idle.timeout == stop + STOP_KEEPALIVE_LINGER
