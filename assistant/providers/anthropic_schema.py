@@ -317,12 +317,21 @@ def unheld(schema: Mapping[str, Any]) -> str | None:
 
 @dataclass
 class _Walk:
-    """What one `unheld` has read: the hoisted targets looked at, and the keys each
-    node names in place (`_named_in_place`); each once (a reviewer's 300 KB schema,
-    walked again per reference and per level, held a thread 18 s)."""
+    """What one `unheld` has read: the hoisted targets looked at, each once (a
+    reviewer's 300 KB schema, walked again per reference, held a thread 18 s), and the
+    parts looked at for what objects require, at most _MOST_STEPS (past them,
+    _TooLarge: the schema is not sent)."""
 
     hoisted: set[int] = field(default_factory=set)
-    named: dict[int, frozenset[str]] = field(default_factory=dict)
+    steps: int = 0
+
+    def step(self) -> None:
+        self.steps += 1
+        if self.steps > _MOST_STEPS:
+            raise _TooLarge
+
+
+_MOST_STEPS = 200_000  # a few times what a request's 2,000 schema objects could need
 
 
 def _unheld(node: Any, root: Mapping[str, Any], walk: _Walk) -> str | None:
@@ -362,7 +371,7 @@ def _unheld(node: Any, root: Mapping[str, Any], walk: _Walk) -> str | None:
             return "a $ref to an object beside the object's own properties"
     if _is_object(node):
         later = node.get("unevaluatedProperties")
-        if (isinstance(later, Mapping) and later) or _requires_others(node, root, walk.named):
+        if (isinstance(later, Mapping) and later) or _requires_others(node, root, walk):
             # Closed, a key some answers must hold could never be written (`then`'s
             # `extra` when `kind` is "b"), or one given a schema would be lost unseen.
             return "an object that requires or describes keys beyond its properties"
@@ -388,51 +397,58 @@ def _unheld(node: Any, root: Mapping[str, Any], walk: _Walk) -> str | None:
     return None
 
 
-def _requires_others(
-    node: Mapping[str, Any], root: Mapping[str, Any], memo: dict[int, frozenset[str]]
-) -> bool:
+def _requires_others(node: Mapping[str, Any], root: Mapping[str, Any], walk: _Walk) -> bool:
     """Whether an object, closed, would refuse answers it means: a key it requires, or
-    that a part applying to it in place requires or describes, is not among its
-    `properties` (`then`'s `extra` when `kind` is "b", an `anyOf` of `required`s)."""
+    that a part applying to it in place requires or describes (a part's own beside its
+    `$ref` too), is not among its `properties` (`then`'s `extra` when `kind` is "b", an
+    `anyOf` of `required`s). Each part looked at once per object, and no more than
+    `walk` allows in all: a memo of each node's keys held a copy per level (a
+    reviewer's 450 KB schema: 1.7 GB)."""
     own = node.get("properties")
-    named = _named_in_place(node, root, memo)
-    return bool(named - set(own if isinstance(own, Mapping) else ()))
+    allowed = set(own) if isinstance(own, Mapping) else set()
+    waiting: list[Mapping[str, Any]] = [node]
+    seen = {id(node)}
+    while waiting:
+        current = waiting.pop()
+        walk.step()
+        named = _strings(current.get("required"))
+        if current is not node and isinstance(keys := current.get("properties"), Mapping):
+            named += keys
+        if any(name not in allowed for name in named):
+            return True
+        for part in _in_place_parts(current, root):
+            if isinstance(part, list):  # dependentRequired's names
+                if any(name not in allowed for name in _strings(part)):
+                    return True
+            elif id(part) not in seen:
+                seen.add(id(part))
+                waiting.append(part)
+    return False
 
 
-# The keywords whose schemas apply to the instance their object does (not to its values).
-_IN_PLACE = ("allOf", "anyOf", "oneOf", "then", "else")
+# The keywords whose schemas (or, for dependentRequired, names) apply to the instance
+# their object does, not to its values.
 _IN_PLACE_MAPS = ("dependentSchemas", "dependencies", "dependentRequired")
 
 
-def _named_in_place(
-    node: Mapping[str, Any], root: Mapping[str, Any], memo: dict[int, frozenset[str]]
-) -> frozenset[str]:
-    """The keys `node` requires, and those that the parts applying in place to it
-    (`_IN_PLACE`, `_IN_PLACE_MAPS`, a `$ref`'s target) require or describe, their own
-    beside a `$ref` too; each node read once per schema (`memo`)."""
-    if id(node) in memo:
-        return memo[id(node)]
-    memo[id(node)] = frozenset()  # a way back to it adds nothing (recursion is refused)
-    named = set(_strings(node.get("required")))
-    parts: list[Any] = [node.get(keyword) for keyword in ("then", "else")]
+def _in_place_parts(node: Mapping[str, Any], root: Mapping[str, Any]) -> Iterator[Any]:
+    """The schemas that apply to `node`'s instance in place: `then`, `else`, the branches
+    of `allOf`, `anyOf` and `oneOf`, the values of the dependent maps (lists of names
+    among them), and its `$ref`'s target."""
+    for keyword in ("then", "else"):
+        if isinstance(part := node.get(keyword), Mapping):
+            yield part
     for keyword in ("allOf", "anyOf", "oneOf"):
         if isinstance(branches := node.get(keyword), list):
-            parts += branches
+            yield from (branch for branch in branches if isinstance(branch, Mapping))
     for keyword in _IN_PLACE_MAPS:
         if isinstance(value := node.get(keyword), Mapping):
-            for part in value.values():
-                named.update(_strings(part))  # a list of names (dependentRequired's)
-                parts.append(part)
+            yield from (part for part in value.values() if isinstance(part, Mapping | list))
     reference = node.get("$ref")
     if isinstance(reference, str) and reference.startswith("#"):
-        parts.append(resolve_pointer(root, unquote(reference[1:])))  # applies in place
-    for part in parts:
-        if isinstance(part, Mapping) and part is not node:
-            if isinstance(keys := part.get("properties"), Mapping):
-                named.update(key for key in keys if isinstance(key, str))
-            named |= _named_in_place(part, root, memo)
-    memo[id(node)] = frozenset(named)
-    return memo[id(node)]
+        target = resolve_pointer(root, unquote(reference[1:]))
+        if isinstance(target, Mapping):
+            yield target
 
 
 def _strings(value: Any) -> list[str]:
