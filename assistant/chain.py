@@ -184,6 +184,14 @@ class Chain:
     _reply_deadline: asyncio.Timeout = field(init=False, repr=False)
     _stopping: bool = field(default=False, init=False, repr=False)
 
+    def prepare(self) -> None:
+        """What each provider works out from the prompt alone (whether it sends the
+        response schema, and in what form), worked out now, on the caller's thread: on
+        the I/O loop, which runs every stream, a reviewer's schema held them all for a
+        minute."""
+        for provider in self.providers:
+            provider.schema_left_out(self.prompt)
+
     def stop_early(self) -> None:
         """From any thread: end the reply now, as its time running out would, but as
         `overloaded` (the instance is stopping: a retry goes to another one)."""

@@ -168,6 +168,7 @@ class Reply:
             self._saver.start_user_message(
                 user_message(self._request, self._trace_id, self._author, self._started)
             )
+        self._chain.prepare()
         self._future = aio.submit(self._chain.run(), first_step_wait)
 
     def stop_early(self) -> None:

@@ -24,8 +24,11 @@ import httpx
 import jsonschema
 import pytest
 
+from assistant.chain import Chain
 from assistant.config import Timeouts
+from assistant.providers import anthropic as anthropic_module
 from assistant.providers import anthropic_schema
+from assistant.providers import anthropic_schema as anthropic_schema_module
 from assistant.providers.anthropic import decode_thinking, encode_thinking
 from assistant.providers.anthropic_schema import output_schema, unheld
 from assistant.providers.base import Event, Prompt, StreamEnd, ThinkingDelta
@@ -1004,12 +1007,49 @@ def test_what_objects_require_in_place_is_read_within_a_bound(
     steps: list[int] = []
     walk_step = anthropic_schema._Walk.step
     monkeypatch.setattr(
-        anthropic_schema._Walk, "step", lambda walk: steps.append(1) or walk_step(walk)
+        anthropic_schema._Walk,
+        "step",
+        lambda walk, steps_taken=1: steps.append(steps_taken) or walk_step(walk, steps_taken),
     )
     assert unheld(schema) is None
-    assert len(steps) < 5_000  # each object's parts once: ~1,100 (a walk per reference before)
+    assert len(steps) < 5_000  # each object's parts once: ~2,100 (a walk per reference before)
     monkeypatch.setattr(anthropic_schema, "_MOST_STEPS", 100)
     assert unheld(schema) == "a schema that narrowed for Anthropic grows past what is sent"
+
+
+def test_names_an_object_reads_count_against_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dependentRequired's lists were read for nothing against the bound: a reviewer's
+    1 MB schema took 60 s, twice per attempt."""
+    monkeypatch.setattr(anthropic_schema, "_MOST_STEPS", 1_000)
+    lists = {"dependentRequired": {f"k{n}": ["a"] for n in range(600)}}
+    objects = {
+        f"x{n}": {"type": "object", "properties": {"a": True}, "$ref": "#/$defs/D"}
+        for n in range(3)
+    }
+    schema = {"type": "object", "properties": objects, "$defs": {"D": lists}}
+    assert unheld(schema) == "a schema that narrowed for Anthropic grows past what is sent"
+
+
+def test_a_response_schema_is_worked_out_before_the_io_loop_asks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its check and narrowing ran on the I/O loop, which runs every stream, twice per
+    attempt: a reviewer's schema held them all for a minute. A chain prepares it on the
+    request's thread, once per prompt."""
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    checked: list[object] = []
+    plain = anthropic_schema_module.unheld
+    monkeypatch.setattr(
+        anthropic_module, "unheld", lambda schema: checked.append(schema) or plain(schema)
+    )
+    prompt = ask(tools=(), schema=schema)
+    provider = CASE.provider_class(CASE.settings("http://127.0.0.1:9"), "")
+    chain = Chain([provider], prompt, Timeouts(connect=1, first_chunk=1, idle=1), lambda item: None)
+    chain.prepare()
+    assert len(checked) == 1
+    body = provider._body(prompt)  # as the loop asks, later
+    assert provider.schema_left_out(prompt) is None and "output_config" in body
+    assert len(checked) == 1
 
 
 def test_a_schema_that_grows_past_what_is_sent_is_not_sent() -> None:

@@ -81,6 +81,7 @@ from .base import (
     normalised_stop_reason,
     token_count,
 )
+from .per_prompt import PerPrompt
 from .sse_decoder import ServerSentEvent
 from .sse_events import SseReader, json_object, require_event_stream, rest_of
 
@@ -372,6 +373,22 @@ def _open_loop_thinks(messages: list[Message]) -> bool | None:
     return None if first is None else bool(decode_thinking(first.calls[0].signature))
 
 
+_PLANS: PerPrompt[tuple[str | None, dict[str, Any] | None]] = PerPrompt()
+
+
+def _schema_plan(prompt: Prompt) -> tuple[str | None, dict[str, Any] | None]:
+    """Why the prompt's response schema is not sent (None: it is), and what is sent:
+    worked out once per prompt, on the request's thread first (`Chain.prepare`): on the
+    I/O loop, a reviewer's schema held every stream for a minute."""
+
+    def plan() -> tuple[str | None, dict[str, Any] | None]:
+        assert prompt.response_schema is not None
+        why = unheld(prompt.response_schema)
+        return why, output_schema(prompt.response_schema) if why is None else None
+
+    return _PLANS.get(prompt, plan)
+
+
 class AnthropicProvider(HttpProvider):
     name = "anthropic"
 
@@ -411,12 +428,12 @@ class AnthropicProvider(HttpProvider):
             body["tools"] = [_tool(name, "", {"type": "object"}) for name in called]
             body["tool_choice"] = {"type": "none"}
         if prompt.response_schema is not None and self.sends_schema(prompt):
-            format_ = {"type": "json_schema", "schema": output_schema(prompt.response_schema)}
+            format_ = {"type": "json_schema", "schema": _schema_plan(prompt)[1]}
             body["output_config"] = {"format": format_}
         return body
 
     def schema_left_out(self, prompt: Prompt) -> str | None:
-        why = None if prompt.response_schema is None else unheld(prompt.response_schema)
+        why = None if prompt.response_schema is None else _schema_plan(prompt)[0]
         if why is None:
             return None
         return f"cannot hold this response schema ({why}): it was not sent"
