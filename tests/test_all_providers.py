@@ -640,6 +640,29 @@ def test_a_large_calls_arguments_are_not_written_whole_to_be_looked_for() -> Non
     assert len(base._whole_forms({"pin": "4711"})) == 7
 
 
+def test_an_echo_found_is_kept_at_the_depth_it_was_found() -> None:
+    """Read back further for nothing, a prompt's own `\\t` became a tab, and its echo
+    HTML-escaped later (a WAF's page) no longer matched: its card number was logged; an
+    error's own Windows path was mangled the same way (a reviewer)."""
+    said = (
+        'Parse this JSON for me please, it holds my data: {"name": "Alice\\tJohnson", '
+        '"card": "4111\\t1111\\t1111\\t1111", "pin": "4321"}'
+    )
+    detail = without_prompt("<p>Blocked by WAF: " + html.escape(said) + "</p>", asked(said))
+    assert "4111" not in detail and "Alice" not in detail and "4321" not in detail, detail
+    question = "Summarise this meeting transcript for the board, keep names out please"
+    own = "open C:\\Users\\admin\\.ollama\\models\\blobs\\sha256-8eeb52df: not found"
+    detail = without_prompt(json.dumps({"error": own, "input": question}), asked(question))
+    assert "[prompt]" in detail and "admin\\\\.ollama" in detail, detail
+
+
+def test_a_short_text_inside_a_word_of_the_error_stays() -> None:
+    """A turn "continue" made an error's "discontinued" `dis[prompt]d` (a reviewer)."""
+    detail = without_prompt("the model has been discontinued", asked("continue"))
+    assert detail == "the model has been discontinued"
+    assert without_prompt("bad: continue.", asked("continue")) == "bad: [prompt]."
+
+
 def test_an_error_too_costly_to_look_through_is_not_logged() -> None:
     """A body of dashes against a history of markdown tables: a piece of the prompt at
     every place, in every reading, held the I/O loop half a second (a reviewer). Past
@@ -965,6 +988,7 @@ def test_a_prompt_echoed_in_its_bodys_own_charset_is_taken_out(said: str, codec:
     [
         pytest.param(lambda key: '{"k":"' + key.replace("/", "\\/") + '"}', id="php-json"),
         pytest.param(lambda key: "k=" + urllib.parse.quote(key, safe=""), id="url-escaped"),
+        pytest.param(lambda key: "/v1?api-key=" + urllib.parse.quote(key), id="url-path"),
         pytest.param(lambda key: "k=" + urllib.parse.quote_plus(key, safe=""), id="form"),
         pytest.param(lambda key: "KEY " + key.upper(), id="upper-cased"),
         pytest.param(lambda key: "key " + key.lower(), id="lower-cased"),
@@ -989,6 +1013,13 @@ def test_a_text_past_what_is_indexed_is_found_by_its_start() -> None:
     said = "an older question about my tax return, long enough"
     prompt = Prompt(None, (Turn("user", said), *history))
     assert without_prompt(f"refused: {said[:30]}", prompt) == "refused: [prompt]"
+
+
+def test_a_text_past_what_is_indexed_is_read_no_further_than_an_echo_may_hold() -> None:
+    """A MB of calls' arguments was read whole (folded, its spaces collapsed): 150 ms on
+    the I/O loop at the first failure, for texts looked for by their start (a reviewer)."""
+    read = echoes.Echoes(["x " * echoes.INDEXED_CHARS, "y " * 100_000])
+    assert max(len(text) for text in read._texts[1:]) <= 4096
 
 
 def test_a_logins_user_name_is_kept_in_an_error_body() -> None:

@@ -625,7 +625,8 @@ async def read_error_body(
     # The reading the prompt was found in, if one; of two, the one it took most from (the
     # other shows its bytes as mojibake, between runs of the prompt's ASCII).
     found = [text for text in scrubbed if "[prompt]" in text]
-    chosen = min(found, key=len) if found else scrubbed[0]
+    # Again once read back: a key an escape had hidden is one now.
+    chosen = without_secrets(min(found, key=len) if found else scrubbed[0], secrets)
     return chosen[:ERROR_BODY_BYTES]
 
 
@@ -752,6 +753,7 @@ def _as_echoed(secret: str) -> set[str]:
     return {
         secret,
         urllib.parse.quote(secret, safe=""),
+        urllib.parse.quote(secret),  # a path's way, encodeURI's: its / kept
         urllib.parse.quote_plus(secret, safe=""),
         base64.b64encode(secret.encode()).decode(),
         json.dumps(secret)[1:-1].replace("/", "\\/"),  # PHP's json_encode writes / as \/
@@ -911,24 +913,29 @@ _READINGS: tuple[Callable[[str], str], ...] = (
 def _scrubbed(text: str, echoes: Echoes, work: Work) -> str | None:
     """`without_prompt` on one reading of `text`; None if no text of the prompt is in it.
 
-    Each escape pass reads back both what the passes before it scrubbed and `text`
-    itself, and keeps whichever shows less (`_shown`): a JSON-quoted text of many lines
-    had its long lines scrubbed as they stood, and the short ones between them, read
-    back, were no longer part of a whole text (a reviewer's form: its SSN line logged)."""
-    plain, fresh = text, text
-    found = False
+    Each escape pass reads back both what the best pass before it kept and `text`
+    itself: a JSON-quoted text of many lines had its long lines scrubbed as they stood,
+    and the short ones between them, read back, were no longer part of a whole text (a
+    reviewer's form: its SSN line logged). The best is kept at the depth it was found
+    at: read back further for nothing, a prompt's own backslashes (`\t` in a text
+    HTML-escaped later) no longer matched, and an error's own paths were mangled."""
+    best: str | None = None
+    view = fresh = text
     for passes in range(_MOST_ESCAPE_PASSES + 1):
         if passes:
-            if "\\" not in plain and "\\" not in fresh:
+            if "\\" not in view and "\\" not in fresh:
                 break
-            plain, fresh = _unescaped_once(plain), _unescaped_once(fresh)
-        views = [plain] if plain == fresh else [plain, fresh]
-        masked = [view for view in map(lambda view: _masked(view, echoes, work), views) if view]
-        if found:  # what the passes before found stays (a prompt's own backslashes, read
-            masked.append(plain)  # back, left a partial run of it in `fresh`)
-        if masked:
-            plain, found = min(masked, key=_shown), True
-    return plain if found else None
+            view, fresh = _unescaped_once(view), _unescaped_once(fresh)
+        found = [
+            masked
+            for masked in (_masked(one, echoes, work) for one in dict.fromkeys((view, fresh)))
+            if masked is not None
+        ]
+        # Better only if it shows less than the best read back as far (`view`): read
+        # back, a text is shorter for its escapes alone.
+        if found and (best is None or _shown(min(found, key=_shown)) < _shown(view)):
+            best = view = min(found, key=_shown)  # read back from here on, its masks kept
+    return best
 
 
 def _masked(text: str, echoes: Echoes, work: Work) -> str | None:
@@ -1062,7 +1069,7 @@ _NAME_MAPS = frozenset(
 )
 
 
-_WHOLE_FORM_CHARS = 4 * ERROR_BODY_BYTES
+_WHOLE_FORM_CHARS = ERROR_BODY_BYTES // 2  # short values' calls: a long value is a text
 
 
 def _whole_forms(args: Mapping[str, Any]) -> list[str]:

@@ -21,9 +21,10 @@ tables cost 0.5 s a failure when every piece found was followed.
 from __future__ import annotations
 
 import re
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from .per_prompt import PerPrompt
 
 PIECE = 8  # characters of a text looked up together; a shorter text is a word, not looked for
 RUN = 3 * PIECE  # characters in a row of a text, anywhere in it, that count as its echo
@@ -31,14 +32,26 @@ INDEXED_CHARS = 256 * 1024  # of the texts, looked for anywhere in them; past it
 _PLACES_KEPT = 4  # places kept for one piece (a phrase a history repeats a thousand times)
 _STARTS_KEPT = 16  # texts kept for one first piece: found whole, or cut at the reading's end
 
+_LONGEST_ECHO = 4096  # characters of a reading of an error (cut to ERROR_DETAIL_CHARS)
+
 _SPACES = re.compile(r"\s+")
+
+
+def _read(text: str) -> str:
+    """A text as echoes are compared with it."""
+    return _SPACES.sub(" ", _fold(text)).strip()
 
 
 class Echoes:
     """The texts of a prompt, read to find their echoes in other texts."""
 
     def __init__(self, texts: list[str]) -> None:
-        self._texts = [_SPACES.sub(" ", _fold(text)).strip() for text in texts]
+        # Past the budget, no more of a text than an echo may hold: it is looked for
+        # by its start (a MB of calls' arguments took 150 ms to read whole).
+        spent, self._texts = 0, []
+        for text in texts:
+            self._texts.append(_read(text if spent < INDEXED_CHARS else text[:_LONGEST_ECHO]))
+            spent += len(text)
         self._places: dict[str, list[tuple[int, int]]] = {}  # piece -> (text, offset)
         self._short: dict[str, dict[int, set[str]]] = {}  # first piece -> length -> texts
         self._starts: dict[str, list[str]] = {}  # first piece -> texts
@@ -124,6 +137,8 @@ class Echoes:
         lengths = self._short.get(piece, {})
         found = [length for length, texts in lengths.items() if seen[at : at + length] in texts]
         found += (len(said) for said in self._starts.get(piece, ()) if seen.startswith(said, at))
+        # Not inside a word of the error's own (a turn "continue" in "discontinued").
+        found = [length for length in found if _apart(seen, at, at + length)]
         return (at, at + max(found)) if found else None
 
     def _start_cut_at(self, seen: str, at: int, piece: str) -> tuple[int, int] | None:
@@ -133,6 +148,15 @@ class Echoes:
         rest = seen[at:]
         cut = any(said.startswith(rest) for said in self._starts.get(piece, ()))
         return (at, len(seen)) if cut else None
+
+
+def _apart(seen: str, start: int, end: int) -> bool:
+    """Whether `seen[start:end]` is no part of a longer word: no letter or digit runs on
+    past either end of it."""
+    return not (
+        (start and seen[start - 1].isalnum() and seen[start].isalnum())
+        or (end < len(seen) and seen[end].isalnum() and seen[end - 1].isalnum())
+    )
 
 
 def _alike_ahead(seen: str, at: int, said: str, offset: int) -> int:
@@ -231,18 +255,10 @@ _IRREGULAR_SPACE = re.compile(r"\s{2,}|[^\S ]")
 _SPECIAL = re.compile(r"\s{2,}|[^\S ]|[^\x00-\x7f\s]+")
 
 
-# The echoes of the last few prompts: a failure's error is read a few ways, and each
-# provider of a chain that fails reads its own, all for one prompt.
-_RECENT: list[tuple[weakref.ref[Any], Echoes]] = []
-_RECENT_KEPT = 8
+_ECHOES: PerPrompt[Echoes] = PerPrompt()
 
 
 def echoes_of(prompt: Any, texts: Callable[[], list[str]]) -> Echoes:
-    """The `Echoes` of `prompt`'s `texts()`: made once per prompt."""
-    for owner, echoes in _RECENT:
-        if owner() is prompt:
-            return echoes
-    echoes = Echoes(texts())
-    _RECENT.insert(0, (weakref.ref(prompt), echoes))
-    del _RECENT[_RECENT_KEPT:]
-    return echoes
+    """The `Echoes` of `prompt`'s `texts()`: made once per prompt (a failure's error is
+    read a few ways, and each provider of a chain that fails reads its own)."""
+    return _ECHOES.get(prompt, lambda: Echoes(texts()))
