@@ -1114,6 +1114,7 @@ def test_formats_and_patterns_anthropic_does_not_hold_go_in_the_description(
 
 MAP = {"type": "object", "additionalProperties": {"type": "integer"}}
 EXTRA = {"properties": {"extra": {"type": "string"}}, "required": ["extra"]}
+CLOSED_A = {"type": "object", "properties": {"a": {"type": "integer"}}}
 OBJECTS_ALL_OF = {
     "allOf": [
         {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]},
@@ -1271,6 +1272,20 @@ OBJECTS_ALL_OF = {
             },
             "an object that requires or describes keys beyond its properties",
         ),
+        # A node that is no object, around objects sent closed: what it requires is
+        # theirs to hold (a reviewer: sent closed, no answer holding z passed).
+        (
+            {"$defs": {"A": CLOSED_A}, "$ref": "#/$defs/A", "required": ["z"]},
+            "an object that requires or describes keys beyond its properties",
+        ),
+        (
+            {"allOf": [CLOSED_A, {"required": ["z"]}]},
+            "an object that requires or describes keys beyond its properties",
+        ),
+        (
+            {"anyOf": [CLOSED_A], "if": {"required": ["a"]}, "then": {"required": ["z"]}},
+            "an object that requires or describes keys beyond its properties",
+        ),
         (  # no answer could be written at all
             {
                 "type": "object",
@@ -1358,6 +1373,15 @@ def test_a_schema_closing_would_change_is_not_sent(
             "$defs": {"P": {"type": "object", "properties": {"a": {"type": "string"}}}},
             "type": "object",
             "properties": {"x": {"$ref": "#/$defs/P"}, "y": {"$ref": "#/$defs/P"}},
+        },
+        # Around objects sent closed, what it requires they all hold (a union's tag).
+        {
+            "$defs": {
+                "Cat": {"type": "object", "properties": {"kind": {"const": "cat"}, "a": {}}},
+                "Dog": {"type": "object", "properties": {"kind": {"const": "dog"}, "a": {}}},
+            },
+            "oneOf": [{"$ref": "#/$defs/Cat"}, {"$ref": "#/$defs/Dog"}],
+            "required": ["kind"],
         },
         # A condition on its own keys: closing takes nothing from it.
         {

@@ -375,6 +375,13 @@ def _unheld(node: Any, root: Mapping[str, Any], walk: _Walk) -> str | None:
             # Closed, a key some answers must hold could never be written (`then`'s
             # `extra` when `kind` is "b"), or one given a schema would be lost unseen.
             return "an object that requires or describes keys beyond its properties"
+    elif closed := _objects_in_place(node, root):
+        # A node that is no object, around objects sent closed (`{"$ref": A, "required":
+        # ["z"]}`, `{"allOf": [A, {"required": ["z"]}]}`): what it requires is theirs to
+        # hold, each of them (a reviewer: sent closed, no answer holding z passed).
+        allowed = set.intersection(*(set(_keys(part)) for part in closed))
+        if _requires_others(node, root, walk, allowed, {id(part) for part in closed}):
+            return "an object that requires or describes keys beyond its properties"
     reference = node.get("$ref")
     if isinstance(reference, str) and reference.startswith("#/") and not _as_sent(reference, root):
         return "a $ref into a oneOf beside an anyOf (only the anyOf is sent)"
@@ -397,17 +404,41 @@ def _unheld(node: Any, root: Mapping[str, Any], walk: _Walk) -> str | None:
     return None
 
 
-def _requires_others(node: Mapping[str, Any], root: Mapping[str, Any], walk: _Walk) -> bool:
+def _objects_in_place(node: Mapping[str, Any], root: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The objects sent closed that apply to `node`'s instance in place: its `$ref`'s
+    target and the branches of its `allOf`, `anyOf` and `oneOf` (`then`, `else` and the
+    dependent maps go into the description: not sent)."""
+    parts = [node] if "$ref" in node else []
+    for keyword in ("allOf", "anyOf", "oneOf"):
+        if isinstance(branches := node.get(keyword), list):
+            parts += branches
+    objects = (_dereferenced(part, root) for part in parts)
+    return [part for part in objects if part is not node and _is_object(part)]
+
+
+def _keys(node: Mapping[str, Any]) -> list[str]:
+    keys = node.get("properties")
+    return [key for key in keys if isinstance(key, str)] if isinstance(keys, Mapping) else []
+
+
+def _requires_others(
+    node: Mapping[str, Any],
+    root: Mapping[str, Any],
+    walk: _Walk,
+    allowed: set[str] | None = None,
+    closed_apart: set[int] | None = None,
+) -> bool:
     """Whether an object, closed, would refuse answers it means: a key it requires, or
     that a part applying to it in place requires or describes (a part's own beside its
     `$ref` too), is not among its `properties` (`then`'s `extra` when `kind` is "b", an
-    `anyOf` of `required`s). Each part looked at once per object, and no more than
+    `anyOf` of `required`s); or, given, not among `allowed`, the parts in `closed_apart`
+    left to their own check. Each part looked at once per object, and no more than
     `walk` allows in all: a memo of each node's keys held a copy per level (a
     reviewer's 450 KB schema: 1.7 GB)."""
-    own = node.get("properties")
-    allowed = set(own) if isinstance(own, Mapping) else set()
+    if allowed is None:
+        allowed = set(_keys(node))
     waiting: list[Mapping[str, Any]] = [node]
-    seen = {id(node)}
+    seen = {id(node), *(closed_apart or ())}  # those looked at on their own
     while waiting:
         current = waiting.pop()
         named = _strings(current.get("required"))
