@@ -190,7 +190,9 @@ class Chain:
         the I/O loop, which runs every stream, a reviewer's schema held them all for a
         minute."""
         for provider in self.providers:
-            provider.schema_left_out(self.prompt)
+            # A failure here is met again in the run, which reports it as the reply's.
+            with contextlib.suppress(Exception):
+                provider.schema_left_out(self.prompt)
 
     def stop_early(self) -> None:
         """From any thread: end the reply now, as its time running out would, but as

@@ -178,6 +178,21 @@ def test_no_next_provider_is_asked_once_the_client_left(upstreams) -> None:
     assert attempts == ["primary"] and len(first.requests) == 1 and second.requests == []
 
 
+def test_a_failure_preparing_the_prompt_is_left_to_the_run(upstreams) -> None:
+    """What a provider works out before the run (its response schema) is worked out
+    again in it, where a failure is the reply's to report: it does not break the request
+    on its thread."""
+    first, _ = upstreams
+    provider = _provider(first, "primary")
+
+    def fails(prompt: Prompt) -> str | None:
+        raise RuntimeError("a bug in a schema's check")
+
+    provider.schema_left_out = fails  # type: ignore[method-assign]
+    chain = Chain([provider], Prompt(None, (Turn("user", "hi"),)), Timeouts(1, 1, 1), print)
+    chain.prepare()  # no exception
+
+
 def test_unreachable_provider_falls_through() -> None:
     with FakeUpstream(default=Script(text="from second")) as second:
         dead = FakeUpstream().start()
