@@ -1115,6 +1115,8 @@ def test_formats_and_patterns_anthropic_does_not_hold_go_in_the_description(
 MAP = {"type": "object", "additionalProperties": {"type": "integer"}}
 EXTRA = {"properties": {"extra": {"type": "string"}}, "required": ["extra"]}
 CLOSED_A = {"type": "object", "properties": {"a": {"type": "integer"}}}
+CAT = {"type": "object", "properties": {"kind": {"const": "cat"}, "meow": {}}, "required": ["kind"]}
+DOG = {"type": "object", "properties": {"kind": {"const": "dog"}, "bark": {}}, "required": ["kind"]}
 OBJECTS_ALL_OF = {
     "allOf": [
         {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]},
@@ -1283,7 +1285,7 @@ OBJECTS_ALL_OF = {
             "an object that requires or describes keys beyond its properties",
         ),
         (
-            {"anyOf": [CLOSED_A], "if": {"required": ["a"]}, "then": {"required": ["z"]}},
+            {"allOf": [CLOSED_A], "if": {"required": ["a"]}, "then": {"required": ["z"]}},
             "an object that requires or describes keys beyond its properties",
         ),
         (  # no answer could be written at all
@@ -1373,6 +1375,18 @@ def test_a_schema_closing_would_change_is_not_sent(
             "$defs": {"P": {"type": "object", "properties": {"a": {"type": "string"}}}},
             "type": "object",
             "properties": {"x": {"$ref": "#/$defs/P"}, "y": {"$ref": "#/$defs/P"}},
+        },
+        # Unions of unions, and a key only some alternatives name: each branch is an
+        # alternative (a first version refused them for the other branches' keys).
+        {
+            "type": "object",
+            "properties": {"pet": {"anyOf": [CAT, {"anyOf": [DOG, {"type": "null"}]}]}},
+            "required": ["pet"],
+        },
+        {
+            "$defs": {"Cat": CAT, "Dog": DOG},
+            "anyOf": [{"$ref": "#/$defs/Cat"}, {"$ref": "#/$defs/Dog"}],
+            "required": ["meow"],
         },
         # Around objects sent closed, what it requires they all hold (a union's tag).
         {

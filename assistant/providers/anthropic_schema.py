@@ -376,11 +376,15 @@ def _unheld(node: Any, root: Mapping[str, Any], walk: _Walk) -> str | None:
             # `extra` when `kind` is "b"), or one given a schema would be lost unseen.
             return "an object that requires or describes keys beyond its properties"
     elif closed := _objects_in_place(node, root):
-        # A node that is no object, around objects sent closed (`{"$ref": A, "required":
-        # ["z"]}`, `{"allOf": [A, {"required": ["z"]}]}`): what it requires is theirs to
-        # hold, each of them (a reviewer: sent closed, no answer holding z passed).
+        # A node that is no object, around objects sent closed that all apply
+        # (`{"$ref": A, "required": ["z"]}`, `{"allOf": [A, {"required": ["z"]}]}`): what
+        # it requires is theirs to hold, each of them (a reviewer: sent closed, no answer
+        # holding z passed). The branches of an anyOf or oneOf are alternatives, each
+        # looked at on its own (walked as parts of this node, a union of unions was
+        # refused for its branches' keys).
         allowed = set.intersection(*(set(_keys(part)) for part in closed))
-        if _requires_others(node, root, walk, allowed, {id(part) for part in closed}):
+        apart = {id(part) for part in closed}
+        if _requires_others(node, root, walk, allowed, apart, alternatives=False):
             return "an object that requires or describes keys beyond its properties"
     reference = node.get("$ref")
     if isinstance(reference, str) and reference.startswith("#/") and not _as_sent(reference, root):
@@ -405,13 +409,12 @@ def _unheld(node: Any, root: Mapping[str, Any], walk: _Walk) -> str | None:
 
 
 def _objects_in_place(node: Mapping[str, Any], root: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """The objects sent closed that apply to `node`'s instance in place: its `$ref`'s
-    target and the branches of its `allOf`, `anyOf` and `oneOf` (`then`, `else` and the
-    dependent maps go into the description: not sent)."""
+    """The objects sent closed that all apply to `node`'s instance: its `$ref`'s target
+    and the branches of its `allOf` (`then`, `else` and the dependent maps go into the
+    description: not sent; an `anyOf`'s branches are alternatives)."""
     parts = [node] if "$ref" in node else []
-    for keyword in ("allOf", "anyOf", "oneOf"):
-        if isinstance(branches := node.get(keyword), list):
-            parts += branches
+    if isinstance(branches := node.get("allOf"), list):
+        parts += branches
     objects = (_dereferenced(part, root) for part in parts)
     return [part for part in objects if part is not node and _is_object(part)]
 
@@ -427,12 +430,14 @@ def _requires_others(
     walk: _Walk,
     allowed: set[str] | None = None,
     closed_apart: set[int] | None = None,
+    alternatives: bool = True,
 ) -> bool:
     """Whether an object, closed, would refuse answers it means: a key it requires, or
     that a part applying to it in place requires or describes (a part's own beside its
     `$ref` too), is not among its `properties` (`then`'s `extra` when `kind` is "b", an
     `anyOf` of `required`s); or, given, not among `allowed`, the parts in `closed_apart`
-    left to their own check. Each part looked at once per object, and no more than
+    left to their own check (and, without `alternatives`, the branches of an `anyOf`
+    or `oneOf` too). Each part looked at once per object, and no more than
     `walk` allows in all: a memo of each node's keys held a copy per level (a
     reviewer's 450 KB schema: 1.7 GB)."""
     if allowed is None:
@@ -447,7 +452,7 @@ def _requires_others(
         walk.step(1 + len(named))  # each name read counts (a reviewer's lists: 60 s)
         if any(name not in allowed for name in named):
             return True
-        for part in _in_place_parts(current, root):
+        for part in _in_place_parts(current, root, alternatives):
             if isinstance(part, list):  # dependentRequired's names
                 walk.step(len(part))
                 if any(name not in allowed for name in _strings(part)):
@@ -463,14 +468,16 @@ def _requires_others(
 _IN_PLACE_MAPS = ("dependentSchemas", "dependencies", "dependentRequired")
 
 
-def _in_place_parts(node: Mapping[str, Any], root: Mapping[str, Any]) -> Iterator[Any]:
+def _in_place_parts(
+    node: Mapping[str, Any], root: Mapping[str, Any], alternatives: bool = True
+) -> Iterator[Any]:
     """The schemas that apply to `node`'s instance in place: `then`, `else`, the branches
-    of `allOf`, `anyOf` and `oneOf`, the values of the dependent maps (lists of names
-    among them), and its `$ref`'s target."""
+    of `allOf` (and of `anyOf` and `oneOf`, with `alternatives`), the values of the
+    dependent maps (lists of names among them), and its `$ref`'s target."""
     for keyword in ("then", "else"):
         if isinstance(part := node.get(keyword), Mapping):
             yield part
-    for keyword in ("allOf", "anyOf", "oneOf"):
+    for keyword in ("allOf", "anyOf", "oneOf") if alternatives else ("allOf",):
         if isinstance(branches := node.get(keyword), list):
             yield from (branch for branch in branches if isinstance(branch, Mapping))
     for keyword in _IN_PLACE_MAPS:
