@@ -657,10 +657,39 @@ def test_an_echo_found_is_kept_at_the_depth_it_was_found() -> None:
 
 
 def test_a_short_text_inside_a_word_of_the_error_stays() -> None:
-    """A turn "continue" made an error's "discontinued" `dis[prompt]d` (a reviewer)."""
+    """A turn "continue" made an error's "discontinued" `dis[prompt]d` (a reviewer); a
+    phrase, or a text in a script with no spaces between words, is found all the same
+    (a first version left a short Chinese text in a Chinese error whole)."""
     detail = without_prompt("the model has been discontinued", asked("continue"))
     assert detail == "the model has been discontinued"
     assert without_prompt("bad: continue.", asked("continue")) == "bad: [prompt]."
+    said = "\u6211\u7684\u5bc6\u7801\u662f\u4e00\u4e8c\u4e09\u56db\u4e94\u516d"
+    error = "\u8bf7\u6c42\u65e0\u6548\uff1a" + said + "\u5305\u542b"
+    assert without_prompt(error, asked(said)) == error.replace(said, "[prompt]")
+    assert without_prompt("USERmy pin is 4711ASSISTANT", asked("my pin is 4711")) == (
+        "USER[prompt]ASSISTANT"
+    )
+
+
+def test_a_calls_short_values_echoed_whole_are_taken_out() -> None:
+    """Written whole only under 1 KB, a call of many short values was echoed whole in an
+    error that holds 2.5 KB, and its PIN and account logged (a reviewer)."""
+    args = {"card_pin": "4711", "account": 99887766, "cvv": "123"}
+    args |= {f"line_item_{n:02d}": f"sku-0{n:02d}" for n in range(45)}
+    call = ToolCall("c1", "pay", args)
+    prompt = Prompt(None, (Turn("user", "pay"), Turn("assistant", "", tool_calls=(call,))))
+    detail = without_prompt(json.dumps({"error": "invalid arguments", "arguments": args}), prompt)
+    assert "4711" not in detail and "99887766" not in detail, detail
+
+
+def test_a_text_past_what_is_indexed_is_cut_once_read() -> None:
+    """Cut before its whitespace was read as one space, an indented text past the
+    indexed part was shorter than an error may hold, and its echo with its spaces
+    collapsed was logged past the cut (a reviewer)."""
+    code = "\n".join(" " * 40 + f'"k{n}": "value {n} secret-{n * 7919}",' for n in range(200))
+    prompt = asked(code, "x" * echoes.INDEXED_CHARS, "the question")  # the oldest: past it
+    detail = without_prompt("invalid: " + " ".join(code.split())[:2400], prompt)
+    assert detail == "invalid: [prompt]", detail
 
 
 def test_an_error_too_costly_to_look_through_is_not_logged() -> None:

@@ -1069,7 +1069,7 @@ _NAME_MAPS = frozenset(
 )
 
 
-_WHOLE_FORM_CHARS = ERROR_BODY_BYTES // 2  # short values' calls: a long value is a text
+_WHOLE_FORM_CHARS = ERROR_DETAIL_CHARS  # what an error body may hold whole
 
 
 def _whole_forms(args: Mapping[str, Any]) -> list[str]:

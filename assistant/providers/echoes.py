@@ -50,7 +50,10 @@ class Echoes:
         # by its start (a MB of calls' arguments took 150 ms to read whole).
         spent, self._texts = 0, []
         for text in texts:
-            self._texts.append(_read(text if spent < INDEXED_CHARS else text[:_LONGEST_ECHO]))
+            if spent < INDEXED_CHARS:
+                self._texts.append(_read(text))
+            else:  # cut once read: its whitespace read as one space may make it less
+                self._texts.append(_read(text[: 4 * _LONGEST_ECHO])[:_LONGEST_ECHO])
             spent += len(text)
         self._places: dict[str, list[tuple[int, int]]] = {}  # piece -> (text, offset)
         self._short: dict[str, dict[int, set[str]]] = {}  # first piece -> length -> texts
@@ -151,12 +154,20 @@ class Echoes:
 
 
 def _apart(seen: str, start: int, end: int) -> bool:
-    """Whether `seen[start:end]` is no part of a longer word: no letter or digit runs on
-    past either end of it."""
+    """Whether `seen[start:end]`, a text of one word (no space in it), is no part of a
+    longer word: no ASCII letter or digit runs on past either end of it. A phrase, and
+    a text in a script that writes no spaces between words (Chinese, Thai), is never
+    taken for part of a word (a reviewer's short Chinese text was logged whole)."""
+    if " " in seen[start:end]:
+        return True
     return not (
-        (start and seen[start - 1].isalnum() and seen[start].isalnum())
-        or (end < len(seen) and seen[end].isalnum() and seen[end - 1].isalnum())
+        (start and _letter(seen[start - 1]) and _letter(seen[start]))
+        or (end < len(seen) and _letter(seen[end]) and _letter(seen[end - 1]))
     )
+
+
+def _letter(character: str) -> bool:
+    return character.isascii() and character.isalnum()
 
 
 def _alike_ahead(seen: str, at: int, said: str, offset: int) -> int:
