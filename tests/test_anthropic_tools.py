@@ -1038,9 +1038,9 @@ def test_a_response_schema_is_worked_out_before_the_io_loop_asks(
     request's thread, once per prompt."""
     schema = {"type": "object", "properties": {"a": {"type": "string"}}}
     checked: list[object] = []
-    plain = anthropic_schema_module.unheld
+    plain = anthropic_schema_module.sent_form
     monkeypatch.setattr(
-        anthropic_module, "unheld", lambda schema: checked.append(schema) or plain(schema)
+        anthropic_module, "sent_form", lambda schema: checked.append(schema) or plain(schema)
     )
     prompt = ask(tools=(), schema=schema)
     provider = CASE.provider_class(CASE.settings("http://127.0.0.1:9"), "")

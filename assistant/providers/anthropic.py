@@ -59,7 +59,7 @@ from typing import Any
 import httpx
 
 from ..tools import NamedTool, ToolCall, parse_arguments, with_nothing_refused_at_the_top
-from .anthropic_schema import output_schema, unheld
+from .anthropic_schema import sent_form
 from .base import (
     CALL_BEGAN,
     WORKING,
@@ -380,13 +380,9 @@ def _schema_plan(prompt: Prompt) -> tuple[str | None, dict[str, Any] | None]:
     """Why the prompt's response schema is not sent (None: it is), and what is sent:
     worked out once per prompt, on the request's thread first (`Chain.prepare`): on the
     I/O loop, a reviewer's schema held every stream for a minute."""
-
-    def plan() -> tuple[str | None, dict[str, Any] | None]:
-        assert prompt.response_schema is not None
-        why = unheld(prompt.response_schema)
-        return why, output_schema(prompt.response_schema) if why is None else None
-
-    return _PLANS.get(prompt, plan)
+    assert prompt.response_schema is not None
+    schema = prompt.response_schema
+    return _PLANS.get(prompt, lambda: sent_form(schema))
 
 
 class AnthropicProvider(HttpProvider):

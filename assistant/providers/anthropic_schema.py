@@ -293,26 +293,31 @@ def _as_sent(reference: str, root: Mapping[str, Any]) -> str | None:
 def unheld(schema: Mapping[str, Any]) -> str | None:
     """What in `schema` a closed schema cannot hold as the frontend meant it (None:
     nothing). Closing an object that names its keys only keeps other keys out."""
+    return sent_form(schema)[0]
+
+
+def sent_form(schema: Mapping[str, Any]) -> tuple[str | None, dict[str, Any] | None]:
+    """Why `schema` is not sent to Anthropic (`unheld`'s reason; None: it is), and the
+    form it is sent in (`output_schema`'s), narrowed once for both."""
     problem = references_problem(schema)
     if problem == "recursion":
-        return "a recursive schema (a $ref to a schema it is inside)"
+        return "a recursive schema (a $ref to a schema it is inside)", None
     if problem == "an anchor":
-        return "a reference by $anchor or $dynamicRef name (only $ref pointers are taken)"
+        return "a reference by $anchor or $dynamicRef name (only $ref pointers are taken)", None
     if problem is not None:
-        return f"more than {MOST_REFERENCES} references"
+        return f"more than {MOST_REFERENCES} references", None
     if refers_within_inner_resource(schema):
         # Pointers below it read from it (the request's check follows that), where the
         # narrowing reads every pointer from the top: a reference would lead elsewhere.
-        return "a $ref below an inner $id (its pointers read from it)"
+        return "a $ref below an inner $id (its pointers read from it)", None
     try:
         if (why := _unheld(schema, schema, _Walk())) is not None:
-            return why
-        _Narrowing(schema).narrowed(schema)
+            return why, None
+        return None, output_schema(schema)
     except _TooLarge:
-        return "a schema that narrowed for Anthropic grows past what is sent"
+        return "a schema that narrowed for Anthropic grows past what is sent", None
     except RecursionError:  # a long chain of references, each followed
-        return "a schema nested too deep once its references are followed"
-    return None
+        return "a schema nested too deep once its references are followed", None
 
 
 @dataclass
