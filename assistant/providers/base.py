@@ -748,8 +748,9 @@ def request_secrets(headers: list[tuple[str, str]]) -> list[bytes]:
 
 
 def _as_echoed(secret: str) -> set[str]:
-    """A secret as an echo may write it: as it is, URL-escaped (a query, a form: a key
-    with `/`, `+` or `=` was cut into runs too short to find), and in base64."""
+    """A secret as an echo may write it: as it is, URL-escaped (a query, a form, a path:
+    a key with `/`, `+` or `=` was cut into runs too short to find), in base64, and
+    JSON-escaped with its `/` as `\\/`."""
     return {
         secret,
         urllib.parse.quote(secret, safe=""),
@@ -856,11 +857,11 @@ def without_prompt(text: str, prompt: Prompt, work: Work | None = None) -> str:
     and three times (`_unescaped_once`), each time for the prompt's texts as they are.
     An echo escaped k times is the text itself at the k-th look; reading the prompt's
     own backslashes back too would take it past its echo (a `\\` in a prompt quoted in
-    JSON twice was left whole). A `text` the prompt is found in is logged as far as it
-    was read back. Runs on the I/O loop, for every provider failure: the prompt's texts
-    are indexed once (`echoes_of`), and each reading of a few KB (the caller cuts the
-    detail first) looked through once; no text of the prompt is read back (one of
-    780 KB took 270 ms a failure)."""
+    JSON twice was left whole). A `text` the prompt is found in is logged as read at
+    the depth the most of it was found (`_scrubbed`). Runs on the I/O loop, for every
+    provider failure: the prompt's texts are indexed once (`echoes_of`), and each
+    reading of a few KB (the caller cuts the detail first) looked through once; no
+    text of the prompt is read back (one of 780 KB took 270 ms a failure)."""
     echoes = echoes_of(prompt, lambda: list(dict.fromkeys(_prompt_texts(prompt))))
     try:
         return _without_echoes(text, echoes, work or Work())
@@ -931,10 +932,11 @@ def _scrubbed(text: str, echoes: Echoes, work: Work) -> str | None:
             for masked in (_masked(one, echoes, work) for one in dict.fromkeys((view, fresh)))
             if masked is not None
         ]
+        least = min(found, key=_shown, default=None)
         # Better only if it shows less than the best read back as far (`view`): read
         # back, a text is shorter for its escapes alone.
-        if found and (best is None or _shown(min(found, key=_shown)) < _shown(view)):
-            best = view = min(found, key=_shown)  # read back from here on, its masks kept
+        if least is not None and (best is None or _shown(least) < _shown(view)):
+            best = view = least  # read back from here on, its masks kept
     return best
 
 
