@@ -508,6 +508,8 @@ def build_request(
     schema = config.get("responseSchema")
     if schema is not None:
         schema = check_schema(schema, "emissaryConfig.responseSchema")
+    # Not used (the path names the assistant), but one of the contract's fields: checked.
+    _optional(config, "assistantId", str, "emissaryConfig.assistantId")
 
     return AssistantRequest(
         assistant_id=assistant_id,

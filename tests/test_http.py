@@ -339,6 +339,10 @@ def test_a_404_names_the_path_as_written(client) -> None:
             {"user_input": "hi", "emissaryConfig": {"currentUser": "me"}},
             "emissaryConfig.currentUser",
         ),
+        (
+            {"user_input": "hi", "emissaryConfig": {"assistantId": 5}},
+            "emissaryConfig.assistantId must be a string",
+        ),
         ({"user_input": "hi", "emissaryConfig": {"tools": "x"}}, "emissaryConfig.tools"),
         (
             {"user_input": "hi", "emissaryConfig": {"save_to_history": "no"}},
