@@ -15,7 +15,8 @@ fetch happens once per max-age, never per request:
 - A token naming a key id we do not hold may mean Google rotated its keys
   before our max-age ran out: that earns one early re-fetch, at most once per
   `EARLY_REFETCH_SECONDS`, so a flood of forged key ids cannot make us hammer
-  the endpoint.
+  the endpoint. Such a token waits for a fetch already in flight, whoever
+  began it: the key may come with it.
 - No certs at all and none to be had: `CertsUnavailable` (the caller's 503).
 """
 
@@ -180,21 +181,22 @@ class CertCache:
             now = self._clock()
             refresh = bool(self._certs) and now >= self._expires_at and self._begin_fetch(now)
             cert = self._certs.get(key_id)
-            needs_fetch = cert is None and (
-                not self._certs or now - self._early_refetch_at >= EARLY_REFETCH_SECONDS
-            )
-            joined = self._fetching if needs_fetch else None  # the refresh's, or another's
-            runs = needs_fetch and joined is None and self._begin_fetch(now)
-            if self._certs and (runs or joined is not None):
-                # An early re-fetch (Google may have rotated), counted only if one is made
-                # or joined: not within the pause after a failure.
+            # A fetch in flight (the refresh's, or another's) may bring the key: waited
+            # for, whatever the early re-fetch's budget says (the tokens of a key Google
+            # had just rotated in were refused while the fetch they began still ran).
+            joined = self._fetching if cert is None else None
+            may_fetch = not self._certs or now - self._early_refetch_at >= EARLY_REFETCH_SECONDS
+            runs = cert is None and joined is None and may_fetch and self._begin_fetch(now)
+            if self._certs and runs:
+                # An early re-fetch (Google may have rotated), counted only if one is made:
+                # not within the pause after a failure, nor when one in flight is joined.
                 self._early_refetch_at = now
         if refresh:
             try:
                 self._in_background(self._run_fetch)  # the held certs serve meanwhile
             except Exception as exc:  # no thread to be had: as a failed fetch, not stuck
                 self._fetch_failed(f"{type(exc).__name__} starting the certs fetch")
-        if not needs_fetch:
+        if cert is not None:
             return cert
         if runs:
             self._run_fetch()

@@ -280,6 +280,25 @@ def test_requests_with_no_certs_share_one_fetch(server: CertsServer, clock: Cloc
     assert server.fetches == 1
 
 
+def test_tokens_of_a_key_rotated_in_wait_for_the_fetch_in_flight(
+    server: CertsServer, clock: Clock, keys
+) -> None:
+    """Google signs with a new key: the first of its tokens begins the early re-fetch,
+    and those that come while it runs wait for it (a reviewer's were refused 401 at
+    once: the early re-fetch was spent); joining it spends nothing more."""
+    cache = CertCache(server.url, clock=clock)
+    assert cache.cert_for("k1") == keys[0].cert_pem
+    server.certs["k2"] = keys[1].cert_pem
+    server.delay = 1.0
+    results = _at_once(4, lambda: cache.cert_for("k2"))
+    assert [outcome for _, outcome in results] == [keys[1].cert_pem] * 4
+    assert server.fetches == 2
+    server.delay = 0.0
+    clock.now += EARLY_REFETCH_SECONDS  # counted from the fetch made, not from each join
+    assert cache.cert_for("forged") is None
+    assert server.fetches == 3
+
+
 def test_an_unknown_key_id_in_the_pause_after_a_failure_keeps_its_early_refetch(
     cache: CertCache, server: CertsServer, clock: Clock, keys
 ) -> None:
