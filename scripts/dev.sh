@@ -149,7 +149,7 @@ trap 'exit 129' HUP
 
 scripts/venv.sh
 
-port_free "$PORT" || die "port $PORT is already in use (is another dev.sh running? a second one beside it needs its own PORT and DEMO_PORT, and shares the first one's FIRESTORE_EMULATOR_PORT and FAKE_UPSTREAM_PORT, left as they are)"
+port_free "$PORT" || die "port $PORT is already in use (is another dev.sh running? a second one beside it needs its own PORT and DEMO_PORT; left as they are, FIRESTORE_EMULATOR_PORT and FAKE_UPSTREAM_PORT are the first one's, shared, and stopped when the first one stops: give it its own to run apart)"
 mkdir -p "$RUN_DIR"
 
 # ---------------------------------------------------------------- Firestore emulator
