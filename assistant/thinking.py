@@ -13,6 +13,13 @@ Deliberate choices:
 * Inside a block, everything up to the matching close tag is thinking,
   including other tag-like text (``<think>`` inside ``<thinking>`` does not
   nest, ``</thinking>`` inside ``<think>`` does not close it).
+* A reply that begins inside its thinking: a close tag at the start of a
+  line, before any tag was read, ends a block that began with the reply
+  (DeepSeek-R1's and Qwen3's chat templates put ``<think>`` in the prompt,
+  so their reply holds only ``</think>``, served as text by an
+  OpenAI-compatible server with no reasoning parser). What was read as
+  content until then is that block's thinking. Within a line (``the
+  </think> tag``), or once a tag was read, it is content, as below.
 * Outside a block, stray closing tags and any other ``<...>`` text
   (``a < b``, ``<div>``) are ordinary content, and so is an open tag right
   after a backtick: a tag the model shows as code (``wrap it in `<think>`
@@ -62,6 +69,8 @@ __all__ = [
 # Open tag -> the only close tag that ends a block it opened.
 _TAGS: dict[str, str] = {"<thinking>": "</thinking>", "<think>": "</think>"}
 _MAX_OPEN_LEN = max(len(tag) for tag in _TAGS)
+_CLOSES = tuple(sorted(_TAGS.values(), key=len, reverse=True))
+_MAX_TAG_LEN = max(_MAX_OPEN_LEN, *map(len, _CLOSES))
 # Before an open tag: ThinkingTagger's mark of its own after a backtick; dropped with it.
 _MARK = "\u200b"
 _MARKED_AFTER = "`" + _MARK
@@ -70,7 +79,7 @@ _ASCII_WS = " \t\n\r\x0b\x0c"
 
 def without_thinking(text: str) -> str:
     """`text` with its thinking blocks taken out, as its saved message's content is."""
-    if "<think" not in text:
+    if "<think" not in text and "</think" not in text:
         return text
     splitter = ThinkingSplitter()
     splitter.feed(text)
@@ -103,6 +112,9 @@ def split_outside_json_strings(text: str) -> tuple[str, str]:
     content: list[str] = []
     blocks: list[str] = []
     at, in_string = 0, False
+    if (began := _began_thinking(text)) is not None:  # a reply that began inside its thinking
+        blocks.append(text[: began.start()])
+        at = began.end()
     while (tag := _OPEN_TAG.search(text, at)) is not None:
         quotes = text.count('"', at, tag.start())
         if quotes:
@@ -127,6 +139,22 @@ def split_outside_json_strings(text: str) -> tuple[str, str]:
 
 
 _OPEN_TAG = re.compile("|".join(re.escape(tag) for tag in sorted(_TAGS, key=len, reverse=True)))
+# A close tag at the start of a line (a reply's first line too).
+_CLOSE_AT_LINE_START = re.compile("(?:^|(?<=\n))(?:" + "|".join(map(re.escape, _CLOSES)) + ")")
+
+
+def _began_thinking(text: str) -> re.Match[str] | None:
+    """The close tag that ends a block begun with the reply (module docstring): at the
+    start of a line, before any open tag read as one (one shown as code is text)."""
+    close = _CLOSE_AT_LINE_START.search(text)
+    if close is None:
+        return None
+    for tag in _OPEN_TAG.finditer(text, 0, close.start()):
+        if (tag.start() and text[tag.start() - 1] == _MARK) or not _as_code(text, tag.start(), ""):
+            return None
+    return close
+
+
 # A quote after an odd run of backslashes: escaped, inside a string.
 _ESCAPED_QUOTE = re.compile(r'(?<!\\)\\(?:\\\\)*"')
 
@@ -151,10 +179,29 @@ def _could_open(tail: str) -> bool:
     return len(tail) < _MAX_OPEN_LEN and any(tag.startswith(tail) and tag != tail for tag in _TAGS)
 
 
+def _close_at(text: str, at: int) -> str | None:
+    """The close tag at `at` in `text`, if one is there."""
+    return next((tag for tag in _CLOSES if text.startswith(tag, at)), None)
+
+
+def _could_close(tail: str) -> bool:
+    """True if ``tail`` is a proper prefix of some close tag."""
+    return any(tag.startswith(tail) and tag != tail for tag in _CLOSES)
+
+
 class ThinkingSplitter:
     """Incremental splitter: feed() chunks as they arrive, finish() once at the end."""
 
-    __slots__ = ("_before", "_block", "_blocks", "_close", "_content", "_finished", "_pending")
+    __slots__ = (
+        "_before",
+        "_block",
+        "_blocks",
+        "_close",
+        "_content",
+        "_finished",
+        "_pending",
+        "_tagged",
+    )
 
     def __init__(self) -> None:
         self._content: list[str] = []
@@ -163,6 +210,7 @@ class ThinkingSplitter:
         self._close: str | None = None  # close tag awaited, None outside a block
         self._pending = ""  # held-back tail that may still become a tag
         self._before = ""  # the last character read before it (or before this chunk)
+        self._tagged = False  # a tag was read: a close tag outside a block is content now
         self._finished = False
 
     def feed(self, chunk: str) -> None:
@@ -193,6 +241,9 @@ class ThinkingSplitter:
                     self._pending = _MARK if held else ""
                     return
                 marked = lt > start and text[lt - 1] == _MARK
+                # Until a tag is read, a close tag at a line's start may end a block
+                # that began with the reply (module docstring).
+                began = not self._tagged and (text[lt - 1] if lt else self._before) in "\n"
                 for open_tag, close_tag in _TAGS.items():
                     if text.startswith(open_tag, lt) and (
                         marked or not _as_code(text, lt, self._before)
@@ -201,12 +252,22 @@ class ThinkingSplitter:
                             self._content.append(text[start : lt - marked])
                         self._close = close_tag
                         self._block = []
+                        self._tagged = True
                         start = search = lt + len(open_tag)
                         break
                 else:
+                    if began and text.startswith("</think", lt) and (ended := _close_at(text, lt)):
+                        self._content.append(text[start:lt])
+                        self._block, self._content = self._content, []
+                        self._end_block()
+                        self._tagged = True
+                        start = search = lt + len(ended)
+                        continue
                     # Only near the end can a tag be cut: sliced everywhere, each '<'
                     # copied the rest (a 1 MB run of them in a history took 28 s).
-                    if n - lt < _MAX_OPEN_LEN and _could_open(text[lt:]):
+                    if n - lt < _MAX_TAG_LEN and (
+                        _could_open(text[lt:]) or (began and _could_close(text[lt:]))
+                    ):
                         if lt - marked > start:
                             self._content.append(text[start : lt - marked])
                         self._pending = text[lt - marked :]

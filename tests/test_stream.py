@@ -209,6 +209,17 @@ def test_inline_thinking_streams_unchanged(client, fake: FakeUpstream) -> None:
     assert final["metadata"]["thinking_content"] == "a plan"
 
 
+def test_a_reply_that_began_inside_its_thinking_is_split_at_its_close_tag(
+    client, fake: FakeUpstream
+) -> None:
+    """An R1-style reply (its `<think>` was the chat template's) keeps its reasoning out
+    of the answer's content: it was shown and saved as the answer."""
+    fake.push(Script(tokens=["Okay, the user", " greets me.\n</th", "ink>\n\nHello!"]))
+    final = sse_events(ask(client).get_data())[-2]
+    assert final["answer"] == "Okay, the user greets me.\n</think>\n\nHello!"  # as streamed
+    assert final["metadata"]["thinking_content"] == "Okay, the user greets me."
+
+
 def test_no_provider_configured_is_409_and_nothing_is_called(client, fake: FakeUpstream) -> None:
     del os.environ["ANTHROPIC_API_KEY"]
     response = ask(client)

@@ -140,8 +140,9 @@ def test_inside_block_tag_like_text_is_thinking(text: str, content: str, thinkin
         "<think >x</think >",
         "<THINKING>x</THINKING>",
         "<Think>x</Think>",
-        "</thinking> stray",
+        "a </thinking> stray",
         "stray </think>",
+        "Use `<think>` tags:\n`</think>` ends one.",
         "<thinking/>",
         "<<>>",
         "<",
@@ -157,6 +158,28 @@ def test_outside_block_non_tags_are_content(text: str) -> None:
     assert split_thinking(text) == (text.strip(), "")
     assert split_outside_json_strings(text) == (text.strip(), "")
     assert feed_all(list(text)) == (text.strip(), "")
+
+
+@pytest.mark.parametrize(
+    ("text", "content", "thinking"),
+    [
+        # DeepSeek-R1 / Qwen3 served with no reasoning parser: `<think>` was the prompt's.
+        ("Okay, the user greets me.\n</think>\n\nHello!", "Hello!", "Okay, the user greets me."),
+        ("</think>\n\nHello!", "Hello!", ""),
+        ("Plan.\r\n</thinking>\r\nDone <think>b</think>", "Done", "Plan.\n\nb"),
+        ("Use `<think>` tags\n</think>\nHi", "Hi", "Use `<think>` tags"),
+        ('Think "a\n</think>\n{"k": "</think>"}', '{"k": "</think>"}', 'Think "a'),
+        ("a\n<think>x</think>\n</think>\nb", "a\n\n</think>\nb", "x"),  # a tag was read
+    ],
+)
+def test_a_reply_that_began_inside_its_thinking(text: str, content: str, thinking: str) -> None:
+    """A close tag at a line's start before any tag ends a block the reply began with
+    (a reviewer's R1 reply was shown and saved whole as the answer, `</think>` and all)."""
+    assert split_thinking(text) == (content, thinking)
+    assert split_outside_json_strings(text) == (content, thinking)
+    assert without_thinking(text) == content
+    for cut in range(len(text) + 1):
+        assert feed_all([text[:cut], text[cut:]]) == (content, thinking), cut
 
 
 def test_a_tag_after_a_backtick_inside_a_block_still_closes_it() -> None:
@@ -217,6 +240,10 @@ def reference_split(text: str, json_strings: bool = False) -> tuple[str, str]:
     content: list[str] = []
     blocks: list[str] = []
     pos = 0
+    began = _reference_began(text)
+    if began is not None:  # the reply began inside its thinking
+        blocks.append(text[: began.start()].strip(_WS))
+        pos = began.end()
     opening = _OPEN_OR_QUOTE_RE if json_strings else _OPEN_RE
     while True:
         match = opening.search(text, pos)
@@ -247,6 +274,23 @@ def reference_split(text: str, json_strings: bool = False) -> tuple[str, str]:
 
 
 _OPEN_OR_QUOTE_RE = re.compile(r'<think(?:ing)?>|"')
+
+
+def _reference_began(text: str) -> re.Match[str] | None:
+    """The first close tag at a line's start, if no open tag before it is read as one
+    (every open tag but those right after a backtick)."""
+    for close in re.finditer(r"</think(?:ing)?>", text):
+        if close.start() == 0 or text[close.start() - 1] == "\n":
+            before = text[: close.start()]
+            read = [
+                tag
+                for tag in _OPEN_RE.finditer(before)
+                if before[tag.start() - 1 : tag.start()] != "`"
+            ]
+            return None if read else close
+    return None
+
+
 _JSON_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
 
 

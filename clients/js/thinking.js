@@ -10,8 +10,14 @@
 // line, as the service joins them. It shows thinking live; the final
 // frame's `metadata.thinking_content` is the authoritative thinking (blocks stripped and joined).
 //
+// A reply may begin inside its thinking (DeepSeek-R1's and Qwen3's chat templates put `<think>`
+// in the prompt, and a server with no reasoning parser sends the rest): a close tag at the start of
+// a line, before any tag was read, ends a block that began with the reply. The text shown as
+// content until then was that thinking: `feed` then says `contentWasThinking: true`, and its
+// `thinking` holds all of it; clear the content shown so far.
+//
 //   const splitter = new ThinkingSplitter();
-//   onChunk: (text) => { const {content, thinking} = splitter.feed(text); ... }
+//   onChunk: (text) => { const {content, thinking, contentWasThinking} = splitter.feed(text); ... }
 //   onFinal: () => { const {content, thinking} = splitter.finish(); ... }
 //
 // `new ThinkingSplitter({json: true})`, for a request with a `responseSchema`: a tag inside a JSON
@@ -20,6 +26,7 @@
 
 /** @type {Record<string, string>} an open tag, its close */
 const TAGS = {"<thinking>": "</thinking>", "<think>": "</think>"};
+const CLOSES = Object.values(TAGS);
 // The service's mark before its own open tag after a backtick (or a mark): dropped with the tag.
 const MARK = "\u200b";
 /** What a chunk's end may hold back, outside a block: an open tag begun, with its mark or not. */
@@ -63,6 +70,39 @@ export class ThinkingSplitter {
     this.shown = false;
     /** the blank line that sets this block apart is still to come */
     this.gapDue = false;
+    /** a tag was read: a close tag outside a block is text from now on */
+    this.tagged = false;
+    /** the content given out before any tag was read (it may turn out to be thinking) */
+    this.shownSoFar = "";
+  }
+
+  /**
+   * Whether `at` in `rest` is the start of a line (the reply's first too).
+   * @param {string} rest
+   * @param {number} at
+   */
+  atLineStart(rest, at) {
+    return at > 0 ? rest[at - 1] === "\n" : this.before === "\n" || this.before === "";
+  }
+
+  /**
+   * Where, from `pos` on, the first close tag at the start of a line is (-1 if none), and which.
+   * @param {string} rest
+   * @param {number} pos
+   * @returns {[number, string]}
+   */
+  closeAtLineStart(rest, pos) {
+    let best = -1;
+    let tag = "";
+    for (const candidate of CLOSES) {
+      for (let at = rest.indexOf(candidate, pos); at >= 0; at = rest.indexOf(candidate, at + 1)) {
+        if (this.atLineStart(rest, at)) {
+          if (best < 0 || at < best) [best, tag] = [at, candidate];
+          break;
+        }
+      }
+    }
+    return [best, tag];
   }
 
   /** True while inside a thinking block. */
@@ -75,6 +115,7 @@ export class ThinkingSplitter {
    * @returns {{content: string, thinking: string}}  what this chunk adds to each
    */
   feed(text) {
+    /** @type {{content: string, thinking: string, contentWasThinking?: boolean}} */
     const out = {content: "", thinking: ""};
     const rest = this.pending + text;
     this.pending = "";
@@ -101,6 +142,20 @@ export class ThinkingSplitter {
         }
         const marked = at > pos && rest[at - 1] === MARK;
         const asCode = at >= 0 && !marked && (at > 0 ? rest[at - 1] : this.before) === "`";
+        if (!this.tagged) {
+          const [closeAt, closeTag] = this.closeAtLineStart(rest, pos);
+          if (closeAt >= 0 && (at < 0 || closeAt < at)) {
+            // The reply began inside its thinking: all shown so far, and up to here, was it.
+            this.think(out, this.shownSoFar + out.content + rest.slice(pos, closeAt));
+            out.content = "";
+            out.contentWasThinking = true;
+            this.shownSoFar = "";
+            [this.tagged, this.inString, this.escaped] = [true, false, false];
+            pos = closeAt + closeTag.length;
+            continue;
+          }
+          this.tagged = at >= 0 && !asCode; // a tag read, or one in a JSON string's text
+        }
         if (at >= 0 && ((this.json && this.quoted(rest, pos, at)) || asCode)) {
           out.content += rest.slice(pos, at + tag.length); // the JSON string's own text, or code
           pos = at + tag.length;
@@ -115,10 +170,14 @@ export class ThinkingSplitter {
           pos = at + tag.length;
           continue;
         }
-        const hold = heldBack(rest, OPEN_TAILS);
+        let hold = heldBack(rest, OPEN_TAILS);
+        const closing = this.tagged ? 0 : heldBack(rest, CLOSES); // a close tag begun...
+        const from = rest.length - closing;
+        if (closing > hold && from >= pos && this.atLineStart(rest, from)) hold = closing; // ...at a line's start
         if (this.json) this.quoted(rest, pos, Math.max(pos, rest.length - hold));
         out.content += rest.slice(pos, Math.max(pos, rest.length - hold));
         this.holdFrom(rest, Math.max(pos, rest.length - hold));
+        if (!this.tagged) this.shownSoFar += out.content;
         return out;
       }
       const at = rest.indexOf(this.close, pos);

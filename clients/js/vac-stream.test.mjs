@@ -382,6 +382,28 @@ function splitsAnywhere(text, content, thinking) {
   }
 }
 
+test("a reply that began inside its thinking is split at its close tag, cut anywhere", () => {
+  // DeepSeek-R1 served with no reasoning parser: its `<think>` was the chat template's. The
+  // service's ThinkingSplitter gives the content and thinking below (stripped: these are not).
+  const text = 'Okay, "hi".\n</think>\n\nHello!<think>b</think>\n</think>';
+  for (const json of [false, true]) {
+    for (let cut = 0; cut <= text.length; cut++) {
+      const splitter = new ThinkingSplitter({json});
+      let [content, thinking, told] = ["", "", 0];
+      for (const part of [text.slice(0, cut), text.slice(cut), null]) {
+        const out = part === null ? splitter.finish() : splitter.feed(part);
+        if (out.contentWasThinking) [content, told] = ["", told + 1]; // what was shown, cleared
+        [content, thinking] = [content + out.content, thinking + out.thinking];
+      }
+      assert.equal(content, "\n\nHello!\n</think>", `json ${json}, cut at ${cut}`);
+      assert.equal(thinking, 'Okay, "hi".\n\n\nb', `json ${json}, cut at ${cut}`);
+      assert.equal(told, 1);
+    }
+  }
+  const within = new ThinkingSplitter(); // a close tag within a line is text
+  assert.deepEqual(within.feed("The </think> tag\nends"), {content: "The </think> tag\nends", thinking: ""});
+});
+
 test("an open tag right after a backtick is code, cut anywhere, as the service reads it", () => {
   // The service's ThinkingSplitter gives for this text: content and thinking below.
   const text = "Wrap it in `<think>` tags, ``<thinking>x``. <think>use `y`</think>Done";

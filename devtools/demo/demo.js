@@ -24,6 +24,7 @@ function record(type, detail = {}) {
 }
 
 function show(splitPart) {
+  if (splitPart.contentWasThinking) ui.answer.textContent = ""; // a reply that began thinking
   ui.answer.textContent += splitPart.content;
   if (splitPart.thinking) {
     ui.thinking.textContent += splitPart.thinking;
