@@ -118,7 +118,18 @@ def test_an_env_var_wins_over_secret_manager(client, fake, secrets, mocker) -> N
     assert _names_read(secret_client) == []
 
 
-def test_geminis_invalid_key_answer_also_rereads_the_key(client, fake, secrets, mocker) -> None:
+@pytest.mark.parametrize(
+    "question",
+    [
+        "Hello?",
+        # Quoting the error (a reviewer's): the log's scrub took its reason out, and the key
+        # was not read again when the answer was judged on the scrubbed text.
+        'My app logs this, why? "reason": "API_KEY_INVALID", "domain": "googleapis.com"',
+    ],
+)
+def test_geminis_invalid_key_answer_also_rereads_the_key(
+    client, fake, secrets, mocker, question: str
+) -> None:
     os.environ.update(ASSISTANT_PROVIDERS="gemini", GEMINI_BASE_URL=fake.url)
     _use(mocker, "old-gemini-key", "new-gemini-key")
     invalid_key = {
@@ -130,7 +141,7 @@ def test_geminis_invalid_key_answer_also_rereads_the_key(client, fake, secrets, 
         }
     }
     fake.push(Script(fail="400", error_body=invalid_key))
-    final = sse_events(ask(client).get_data())[-2]
+    final = sse_events(ask(client, question).get_data())[-2]
     assert [r.headers["x-goog-api-key"] for r in fake.requests] == [
         "old-gemini-key",
         "new-gemini-key",

@@ -344,19 +344,21 @@ class HttpProvider:
         response = await client.send(request, stream=True)
         async with contextlib.aclosing(response):
             if response.status_code != 200:
-                detail = await read_error_body(response, headers, prompt)
+                body = await error_bytes(response)
                 raise ProviderError(
                     "upstream_status",
-                    detail,
+                    error_text(body, response, headers, prompt),
                     status=response.status_code,
-                    key_refused=self._refuses_key(response.status_code, detail),
+                    # On the body as it came: scrubbed, a prompt that quoted the error's
+                    # words (API_KEY_INVALID) had taken them out.
+                    key_refused=self._refuses_key(response.status_code, body),
                 )
             if coding := compressed(response):
                 # Asked for none (aio.py): inflated, 400 KB came to 419 MB at once.
                 raise ProviderError("upstream_protocol", f"a {coding} body, asked for none")
             yield response
 
-    def _refuses_key(self, status: int, body: str) -> bool:
+    def _refuses_key(self, status: int, body: bytes) -> bool:
         """Whether an error answer means "your key is wrong" (worth re-reading it)."""
         return status == 401
 
@@ -593,16 +595,30 @@ _KEY_HEADERS = frozenset({"authorization", "x-api-key", "x-goog-api-key", "api-k
 async def read_error_body(
     response: httpx.Response, headers: Mapping[str, str], prompt: Prompt | None = None
 ) -> str:
-    """The start of an error body, for the log only. It may echo our request (an
-    OpenAI-compatible server's 422 quotes the body it refused): never the key its
-    headers carried, looked for in the bytes before they are cut, nor the prompt's text."""
-    if coding := compressed(response):  # asked for none: inflated, 64 KB came to 64 MB to scrub
-        return f"a {coding} body, asked for none"
+    """The start of an error body, for the log only (`error_text`)."""
+    return error_text(await error_bytes(response), response, headers, prompt)
+
+
+async def error_bytes(response: httpx.Response) -> bytes:
+    """The start of an error body, as much as `error_text` may use (b"" if compressed)."""
     body = b""
+    if compressed(response):
+        return body
     async for piece in response.aiter_bytes():
         body += piece
         if len(body) >= ERROR_BODY_BYTES + _KEY_ROOM_BYTES:
             break
+    return body
+
+
+def error_text(
+    body: bytes, response: httpx.Response, headers: Mapping[str, str], prompt: Prompt | None
+) -> str:
+    """An error body's start (`error_bytes`) for the log only. It may echo our request (an
+    OpenAI-compatible server's 422 quotes the body it refused): never the key its
+    headers carried, looked for in the bytes before they are cut, nor the prompt's text."""
+    if coding := compressed(response):  # asked for none: inflated, 64 KB came to 64 MB to scrub
+        return f"a {coding} body, asked for none"
     sent: list[tuple[str, str]] = list(headers.items())
     with contextlib.suppress(RuntimeError):  # a response made without its request (tests)
         # As sent: httpx adds a URL's user and password as Basic auth (an Ollama behind

@@ -106,9 +106,9 @@ class GeminiProvider(HttpProvider):
         # 'application/json' is unsupported"; Gemini 3 takes both in one request.
         self.schema_with_tools = _TOOLS_BESIDE_A_SCHEMA.match(self.model) is not None
 
-    def _refuses_key(self, status: int, body: str) -> bool:
+    def _refuses_key(self, status: int, body: bytes) -> bool:
         # Gemini answers a bad key with 400 INVALID_ARGUMENT, reason API_KEY_INVALID.
-        return status == 401 or (status == 400 and "API_KEY_INVALID" in body)
+        return status == 401 or (status == 400 and b"API_KEY_INVALID" in body)
 
     def _body(self, prompt: Prompt) -> dict[str, Any]:
         body: dict[str, Any] = {
