@@ -420,24 +420,28 @@ class FirestoreStore:
 
 
 def _questions_before_their_replies(turns: list[tuple[Turn, Any]]) -> tuple[Turn, ...]:
-    """`turns` (oldest first, with their trace ids), each question before its reply.
+    """`turns` (oldest first, with their trace ids), each reply right after its question.
 
     A question the frontend saves itself (`user_message_already_saved`) is dated by
     the database when its write lands: one that lands after the reply ended came after
     it in `createdAt` order, and the history gave the model the reply before its
-    question, the question merged with the next one."""
+    question, the question merged with the next one. Two exchanges of one thread that
+    overlapped (two tabs) are dated question, question, reply, reply: each reply now
+    follows its own question (they came merged, a reply under the other's question).
+    A reply whose question is not among `turns` (past the window) is left out: the
+    model would read it as the answer to the question before it."""
     questions = {trace: turn for turn, trace in turns if turn.role == "user" and trace}
-    placed: set[Any] = set()  # trace ids whose question is in `ordered`
+    replies = {trace: turn for turn, trace in turns if turn.role == "assistant" and trace}
+    placed: set[Any] = set()  # trace ids whose exchange is in `ordered`
     ordered: list[Turn] = []
     for turn, trace in turns:
-        if turn.role == "user" and trace in questions:
-            if trace in placed:
-                continue  # placed already, before its reply
+        if not trace:  # no id to pair it by: where it is
+            ordered.append(turn)
+        elif trace in questions and trace not in placed:
             placed.add(trace)
-        elif trace in questions and trace not in placed:  # a reply before its question
             ordered.append(questions[trace])
-            placed.add(trace)
-        ordered.append(turn)
+            if trace in replies:
+                ordered.append(replies[trace])
     return tuple(ordered)
 
 

@@ -1197,6 +1197,39 @@ def test_a_question_dated_after_its_reply_comes_before_it_in_the_history(
     ]
 
 
+@pytest.mark.parametrize("limit", [6, 3])
+def test_two_exchanges_that_overlapped_come_back_each_reply_after_its_question(
+    client, fake, firestore, limit: int
+) -> None:
+    """Two tabs of one thread: dated question A, question B, reply B, reply A. They came
+    back merged ("1+1?\n\nsky?" then "Blue.\n\nIt is 2."), and a window cut after
+    question A gave reply A as the answer to B (a reviewer's)."""
+    _seed(firestore, "p0-user", "user", "Capital of France?", USER["email"], 1)
+    _seed(firestore, "p0-assistant", "assistant", "Paris.", USER["email"], 2)
+    _seed(firestore, "ta-user", "user", "What is 1+1?", USER["email"], 3)
+    _seed(firestore, "tb-user", "user", "Colour of the sky?", USER["email"], 4)
+    _seed(firestore, "tb-assistant", "assistant", "Blue.", USER["email"], 5)
+    _seed(firestore, "ta-assistant", "assistant", "It is 2.", USER["email"], 6)
+    body = {
+        "read_from_history": True,
+        "history_limit": limit,
+        "emissaryConfig": {"currentUser": USER},
+    }
+    ask(client, "Next question", **body).get_data()
+    earlier = [
+        ("user", "Capital of France?"),
+        ("assistant", "Paris."),
+        ("user", "What is 1+1?"),
+        ("assistant", "It is 2."),
+    ]
+    assert _sent_messages(fake) == [
+        *(earlier if limit == 6 else []),
+        ("user", "Colour of the sky?"),
+        ("assistant", "Blue."),
+        ("user", "Next question"),
+    ]
+
+
 @pytest.mark.parametrize("limit", [1, 3])
 def test_a_question_whose_reply_is_past_the_history_window_is_left_out(
     client, fake, firestore, limit: int
