@@ -344,14 +344,14 @@ class HttpProvider:
         response = await client.send(request, stream=True)
         async with contextlib.aclosing(response):
             if response.status_code != 200:
-                body = await error_bytes(response)
+                answer = await error_bytes(response)
                 raise ProviderError(
                     "upstream_status",
-                    error_text(body, response, headers, prompt),
+                    error_text(answer, response, headers, prompt),
                     status=response.status_code,
                     # On the body as it came: scrubbed, a prompt that quoted the error's
                     # words (API_KEY_INVALID) had taken them out.
-                    key_refused=self._refuses_key(response.status_code, body),
+                    key_refused=self._refuses_key(response.status_code, answer),
                 )
             if coding := compressed(response):
                 # Asked for none (aio.py): inflated, 400 KB came to 419 MB at once.
