@@ -19,6 +19,7 @@ nothing is written and no message ids are reported (a history read, with
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import re
@@ -240,6 +241,8 @@ class FirestoreStore:
                 document["createdAt"] = max(message.created_at, after)
         reference = self._messages(message.assistant_id).document(message.message_id)
         options = self._call_options()
+        if message.thread_id is not None and _threadless(question):
+            self._file_in_thread(question, message.thread_id)
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
                 written = reference.create(document, **options)
@@ -291,6 +294,19 @@ class FirestoreStore:
                 if attempt == WRITE_ATTEMPTS:
                     raise
         raise RuntimeError(f"{message.message_id} kept changing while it was written")
+
+    def _file_in_thread(self, question: Any, thread_id: str) -> None:
+        """The frontend saved the question with no thread, and asked in `thread_id`: the
+        question goes there with its reply (left out, the thread's history read had the
+        reply alone, merged with the reply before it). Not if it changed since it was
+        read (it is then as its writer left it)."""
+        from google.api_core.exceptions import FailedPrecondition, NotFound
+
+        unchanged = self._client().write_option(last_update_time=question.update_time)
+        with contextlib.suppress(FailedPrecondition, NotFound):
+            question.reference.update(
+                {"threadId": thread_id}, option=unchanged, **self._call_options()
+            )
 
     def _check_trace(self, assistant_id: str, trace_id: str, author: Author) -> tuple[Any, Any]:
         """MessageTaken if either of the trace id's messages is another user's: a reply is
@@ -549,6 +565,11 @@ def _asks_another(question: Any, content: str, thread_id: str | None) -> bool:
     threads' history). A question the frontend saved without a `threadId` is in any."""
     fields = question.to_dict() or {}
     return fields.get("content") != content or fields.get("threadId", thread_id) != thread_id
+
+
+def _threadless(question: Any) -> bool:
+    """Whether a trace id's user message (as read, or None) exists with no `threadId`."""
+    return question is not None and question.exists and "threadId" not in question.to_dict()
 
 
 def _text(content: Any) -> str:

@@ -308,6 +308,43 @@ def test_a_retry_in_another_thread_keeps_a_reply_to_a_question_saved_with_none(
     assert _messages(firestore)["t-ft-assistant"]["content"] == "Third."
 
 
+def test_a_question_saved_with_no_thread_is_filed_in_the_thread_its_request_names(
+    client, fake: FakeUpstream, firestore
+) -> None:
+    """The rules let a frontend leave `threadId` out: the reply went to the request's
+    thread and the question to none, and that thread's history had the reply alone,
+    merged with the one before it (a reviewer's)."""
+    _seed(firestore, "k1-user", "user", "Q1", USER["email"], 1, thread="work")
+    _seed(firestore, "k1-assistant", "assistant", "R1", USER["email"], 2, thread="work")
+    firestore.collection("assistants").document("test-assistant").collection("messages").document(
+        "k2-user"
+    ).set(
+        {
+            "role": "user",
+            "content": "Q2",
+            "userId": USER["email"],
+            "traceId": "k2",
+            "createdAt": datetime.datetime(2026, 1, 1, 0, 0, 3, tzinfo=datetime.UTC),
+        }
+    )
+    body = {"trace_id": "k2", "thread_id": "work", "user_message_already_saved": True, **SAVE}
+    fake.push(Script(tokens=["R2"]))
+    final = sse_events(ask(client, "Q2", **body).get_data())[-2]
+    assert final["metadata"]["persist_failed"] is False
+    saved = _messages(firestore)
+    assert saved["k2-user"]["threadId"] == saved["k2-assistant"]["threadId"] == "work"
+    fake.push(Script(tokens=["R3"]))
+    ask(client, "Q3", thread_id="work", read_from_history=True, **SAVE).get_data()
+    sent = fake.wait_for_requests(2)[1].body["messages"]
+    assert [(m["role"], m["content"]) for m in sent] == [
+        ("user", "Q1"),
+        ("assistant", "R1"),
+        ("user", "Q2"),
+        ("assistant", "R2"),
+        ("user", "Q3"),
+    ]
+
+
 def test_a_history_message_whose_content_is_not_text_reads_as_empty(
     client, fake: FakeUpstream, firestore
 ) -> None:
