@@ -479,13 +479,15 @@ OLLAMA = ProviderCase(
         "messages": [SYSTEM, *MERGED],
         "stream": True,
         "options": {"num_predict": 777, "temperature": 0.3},
+        "think": False,
     },
-    # No temperature, and no `think` (models without thinking refuse it).
+    # No temperature; `think: false` (left out, a model that can think does).
     default_body={
         "model": "llama3.2",
         "messages": HI,
         "stream": True,
         "options": {"num_predict": 1024},
+        "think": False,
     },
     zero_temperature={"options": {"num_predict": 1024, "temperature": 0.0}},
     thinking={

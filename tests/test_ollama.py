@@ -229,7 +229,8 @@ def test_endpoint_streams_from_ollama_without_any_key(client, upstream: FakeUpst
     assert request.body is not None
     assert request.body["model"] == "qwen3:8b"
     assert request.body["messages"][-1] == {"role": "user", "content": "What now?"}
-    assert "think" not in request.body  # OLLAMA_THINKING is off
+    # OLLAMA_THINKING is off: said so (left out, Ollama lets a model that can think think).
+    assert request.body["think"] is False
 
 
 def test_endpoint_without_ollama_base_url_has_no_provider(client, upstream: FakeUpstream) -> None:

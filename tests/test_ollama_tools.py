@@ -298,6 +298,7 @@ def test_tools_are_offered_and_no_choice_field_is_sent(
         ],
         "stream": True,
         "options": {"num_predict": 1024},
+        "think": False,
         "tools": DECLARED,
     }
 

@@ -1,8 +1,9 @@
 """Ollama, streamed natively (`POST {base}/api/chat`, NDJSON).
 
 One JSON object per line: `message.content` is text, `message.thinking` is
-reasoning (sent only with `think: true`, which is set only when thinking is
-on: models without it refuse the flag). The last line has `done: true`,
+reasoning. `think` is always sent, true only when thinking is on: left out,
+a model that can think does (Ollama turns it on for such a model), and a
+model that cannot refuses only `think: true`. The last line has `done: true`,
 `done_reason` and token counts; a stream that ends without it is
 incomplete. `{"error": "..."}` lines arrive with status 200 and are failures.
 Ollama needs no key: it is configured by `OLLAMA_BASE_URL` alone.
@@ -84,8 +85,8 @@ class OllamaProvider(HttpProvider):
             "stream": True,
             "options": options,
         }
-        if self.settings.thinking:
-            body["think"] = True
+        # Always said: left out, a model that can think does (Ollama's default for one).
+        body["think"] = self.settings.thinking
         # No tool choice field: "required" and {"name"} go as "auto"; "none" offers nothing.
         if self._sends_tools(prompt):
             body["tools"] = [_declaration(tool) for tool in prompt.tools]
