@@ -307,6 +307,13 @@ def _optional(body: Mapping[str, Any], name: str, kind: type, label: str | None 
     return value
 
 
+def _instructions(config: Mapping[str, Any]) -> str | None:
+    """The system prompt; one that shows nothing is none (Anthropic refuses a system of
+    blanks, as it refuses such a turn, which the history drops)."""
+    text = _optional(config, "initialInstructions", str, "emissaryConfig.initialInstructions")
+    return None if text is None or _shows_nothing(text) else text
+
+
 def _checked_id(body: Mapping[str, Any], name: str, valid: Any, charset: str) -> str | None:
     value: str | None = _optional(body, name, str)
     if value is not None and not valid(value):
@@ -521,9 +528,7 @@ def build_request(
         history_limit=limit or DEFAULT_HISTORY_LIMIT,
         thread_id=_checked_id(body, "thread_id", is_valid_id, "A-Z a-z 0-9 _ -, not __name__"),
         trace_id=_checked_id(body, "trace_id", TRACE_ID_PATTERN.fullmatch, "A-Z a-z 0-9 _ . : -"),
-        instructions=_optional(
-            config, "initialInstructions", str, "emissaryConfig.initialInstructions"
-        ),
+        instructions=_instructions(config),
         assistant_name=_optional(config, "name", str, "emissaryConfig.name"),
         tools=offered,
         tool_choice=tool_choice(config.get("toolChoice"), offered),

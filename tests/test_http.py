@@ -470,6 +470,15 @@ def test_unknown_fields_are_ignored(client, fake: FakeUpstream) -> None:
     assert sse_events(response.get_data())[-1] == "[DONE]"
 
 
+@pytest.mark.parametrize("instructions", ["", "  \n", "\u200b \u2800"])
+def test_a_system_prompt_that_shows_nothing_is_not_sent(
+    client, fake: FakeUpstream, instructions: str
+) -> None:
+    """Anthropic refuses a system of blanks: every request of such a frontend was a 400."""
+    ask(client, emissaryConfig={"initialInstructions": instructions}).get_data()
+    assert "system" not in fake.wait_for_requests(1)[0].body
+
+
 def test_chat_history_formats_are_normalised_for_the_provider(client, fake: FakeUpstream) -> None:
     history = [
         {"role": "user", "content": "first question"},
