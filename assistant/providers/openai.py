@@ -104,6 +104,10 @@ _SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Keywords strict mode refuses (OpenAI's Structured Outputs guide, "Supported
 # schemas"), and those it leaves out of its supported list: a schema with any of
 # them is sent without `strict`.
+# What strict mode refuses in a `pattern` ("regex lookaround is not supported", a 400):
+# lookaround, and backreferences with it (Zod's email pattern has a lookahead). An
+# escaped backslash before a digit counts too: harmless, the schema then goes unstrict.
+_NOT_STRICT_IN_PATTERNS = re.compile(r"\\[1-9k]|\(\?<?[=!]")
 _NOT_STRICT = frozenset(
     {
         "allOf", "oneOf", "not", "if", "then", "else",
@@ -342,6 +346,8 @@ def _strict_node(node: Any) -> bool:
     if "format" in node and not (
         isinstance(node["format"], str) and node["format"] in _STRICT_FORMATS
     ):
+        return False
+    if isinstance(node.get("pattern"), str) and _NOT_STRICT_IN_PATTERNS.search(node["pattern"]):
         return False
     properties = node.get("properties", {})
     if "object" in _types(node) or "properties" in node:
