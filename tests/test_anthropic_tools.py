@@ -371,6 +371,29 @@ def test_thinking_stays_on_with_tools_offered(upstream: FakeUpstream) -> None:
     assert "tool_choice" not in body
 
 
+@pytest.mark.parametrize(
+    ("model", "thinking"),
+    [
+        ("claude-sonnet-4-5", THINKING),
+        ("claude-sonnet-4-20250514", THINKING),  # 4: a date is no minor version
+        ("claude-3-7-sonnet-20250219", THINKING),
+        ("claude-haiku-4-5-20251001", THINKING),
+        ("a-proxys-own-name", THINKING),
+        # A budget is deprecated from 4.6 and refused from Opus 4.7 on (a 400 each time);
+        # from 4.7 on the thinking is left out of the stream unless asked for.
+        ("claude-sonnet-4-6", {"type": "adaptive", "display": "summarized"}),
+        ("claude-opus-4-7", {"type": "adaptive", "display": "summarized"}),
+        ("us.anthropic.claude-opus-4-7-v1:0", {"type": "adaptive", "display": "summarized"}),
+        ("claude-fable-5", {"type": "adaptive", "display": "summarized"}),
+    ],
+)
+def test_newer_models_think_adaptively(
+    upstream: FakeUpstream, model: str, thinking: dict[str, Any]
+) -> None:
+    body = sent(upstream, ask(tools=()), thinking=True, model=model)
+    assert body["thinking"] == thinking
+
+
 @pytest.mark.parametrize("choice", ["required", NamedTool("get_weather")], ids=str)
 def test_a_forced_call_turns_thinking_off(upstream: FakeUpstream, choice: ToolChoice) -> None:
     # The API refuses forced tool use with thinking on (the fake too); the call wins.

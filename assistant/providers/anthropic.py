@@ -385,6 +385,24 @@ def _schema_plan(prompt: Prompt) -> tuple[str | None, dict[str, Any] | None]:
     return _PLANS.get(prompt, lambda: sent_form(schema))
 
 
+def _thinking(model: str, budget: int) -> dict[str, Any]:
+    """The `thinking` field of a request that thinks. Claude 4.6 on decide how much to
+    think ("adaptive"): a fixed budget is deprecated there and refused from Opus 4.7 on
+    (every request a 400), and from 4.7 on their thinking is left out of the stream
+    unless asked for ("summarized"). Older models, and names that say no version, take
+    the budget."""
+    version = _CLAUDE_VERSION.search(model)
+    if version and (int(version[1]), int(version[2] or 0)) >= ADAPTIVE_FROM:
+        return {"type": "adaptive", "display": "summarized"}
+    return {"type": "enabled", "budget_tokens": budget}
+
+
+# The version in a model's name: claude-opus-4-7, claude-3-5-sonnet-20241022,
+# claude-sonnet-4-20250514 (4: a date is no minor version), us.anthropic.claude-fable-5.
+_CLAUDE_VERSION = re.compile(r"claude-(?:[a-z]+-)*(\d+)(?:[-.](\d{1,2})(?!\d))?")
+ADAPTIVE_FROM = (4, 6)
+
+
 class AnthropicProvider(HttpProvider):
     name = "anthropic"
 
@@ -405,7 +423,7 @@ class AnthropicProvider(HttpProvider):
             body["system"] = prompt.system
         if thinking:
             # Extended thinking takes no temperature; config keeps max_tokens above the budget.
-            body["thinking"] = {"type": "enabled", "budget_tokens": self.settings.thinking_budget}
+            body["thinking"] = _thinking(self.settings.model, self.settings.thinking_budget)
         elif self.settings.temperature is not None:
             body["temperature"] = self.settings.temperature
         if prompt.tools:

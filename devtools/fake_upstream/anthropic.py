@@ -49,6 +49,11 @@ ANTHROPIC_BLOCKS = {  # kind -> (content_block, delta type)
     "text": ({"type": "text", "text": ""}, "text_delta"),
 }
 THINKING_BLOCKS = ("thinking", "redacted_thinking")
+
+
+def _thinks(body: dict[str, Any]) -> bool:
+    """Thinking on: with a budget, or adaptive (Claude 4.6 on)."""
+    return (body.get("thinking") or {}).get("type") in ("enabled", "adaptive")
 PING = {"type": "ping"}
 OVERLOADED = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
 
@@ -174,7 +179,7 @@ def _tools_problem(body: dict[str, Any]) -> str | None:
             return "tool_choice.type: must be one of auto, any, tool, none"
         if choice["type"] == "tool" and choice.get("name") not in names:
             return "tool_choice.name: no tool of that name"
-        thinking = (body.get("thinking") or {}).get("type") == "enabled"
+        thinking = _thinks(body)
         if thinking and choice["type"] in ("any", "tool"):
             return "Thinking may not be enabled when tool_choice forces tool use."
     output = body.get("output_config")
@@ -297,7 +302,7 @@ def _history_problem(body: dict[str, Any]) -> str | None:
             )
     if not body.get("tools") and any(_blocks(m, "tool_use") for m in messages):
         return "Requests which include `tool_use` or `tool_result` blocks must define tools."
-    thinking = (body.get("thinking") or {}).get("type") == "enabled"
+    thinking = _thinks(body)
     # The open tool loop is one assistant turn: its first response must start with its
     # thinking (later ones, without interleaved thinking, have none of their own).
     start = len(messages)
