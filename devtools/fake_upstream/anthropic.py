@@ -54,6 +54,8 @@ THINKING_BLOCKS = ("thinking", "redacted_thinking")
 def _thinks(body: dict[str, Any]) -> bool:
     """Thinking on: with a budget, or adaptive (Claude 4.6 on)."""
     return (body.get("thinking") or {}).get("type") in ("enabled", "adaptive")
+
+
 PING = {"type": "ping"}
 OVERLOADED = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
 
