@@ -174,6 +174,36 @@ def _collection(env: Mapping[str, str], name: str, default: str) -> str:
     return value
 
 
+# Secret Manager's rule for a secret id (the name of the env var that wins over it, too):
+# any other made every read a failure, logged as if Secret Manager were down.
+_SECRET_ID = re.compile(r"[A-Za-z0-9_-]{1,255}")
+# A project id (a-z 0-9 -; a domain's, "example.com:name"), or its number: what goes into
+# a secret's path, projects/<this>/secrets/<id> (a '/' or a blank there made another path).
+_PROJECT_ID = re.compile(r"[a-z0-9][a-z0-9.:-]{0,99}")
+
+
+def _key_name(env: Mapping[str, str], name: str, prefix: str) -> str:
+    value = _text(env, name, f"{prefix}_API_KEY")
+    if not _SECRET_ID.fullmatch(value):
+        raise ConfigError(
+            f"{name} must be a secret id (1-255 of A-Z a-z 0-9 _ -), got {value[:100]!r}"
+        )
+    return value
+
+
+def _secrets_project(env: Mapping[str, str], project: str) -> str:
+    """SECRETS_PROJECT, checked when Secret Manager is read (it is used only then; none at
+    all is logged at the first read, keys.py)."""
+    value = _text(env, "SECRETS_PROJECT", project)
+    reads = _flag(env, "SECRET_MANAGER", bool(env.get("K_SERVICE")))
+    if value and reads and not _PROJECT_ID.fullmatch(value):
+        said = "SECRETS_PROJECT" if env.get("SECRETS_PROJECT", "").strip() else "the project"
+        raise ConfigError(
+            f"{said} must be a project id or number for Secret Manager, got {value[:100]!r}"
+        )
+    return value
+
+
 # Firestore's rule for a database id: a letter, then letters, digits and hyphens, 4-63 in
 # all, no hyphen at the end; or "(default)". Any other was refused on every save alone.
 _DATABASE_ID = re.compile(r"[a-z][a-z0-9-]{2,61}[a-z0-9]|\(default\)")
@@ -342,9 +372,7 @@ class ProviderSettings:
             name=name,
             base_url=_base_url(env, f"{prefix}_BASE_URL", DEFAULT_BASE_URLS[name]),
             model=_text(env, f"{prefix}_MODEL", DEFAULT_MODELS[name]),
-            key_name=""
-            if name == "ollama"
-            else _text(env, f"{prefix}_KEY_NAME", f"{prefix}_API_KEY"),
+            key_name="" if name == "ollama" else _key_name(env, f"{prefix}_KEY_NAME", prefix),
             max_tokens=_integer(
                 env, f"{prefix}_MAX_TOKENS", 4096, minimum=1, maximum=MAX_OUTPUT_TOKENS
             ),
@@ -498,7 +526,7 @@ class Settings:
             # On Cloud Run (K_SERVICE is set) keys come from Secret Manager by
             # default; locally from env vars only, so no cloud is needed.
             secret_manager=_flag(env, "SECRET_MANAGER", bool(env.get("K_SERVICE"))),
-            secrets_project=_text(env, "SECRETS_PROJECT", project),
+            secrets_project=_secrets_project(env, project),
             key_cache_seconds=_seconds(env, "KEY_CACHE_SECONDS", 300, minimum=0),
             secret_timeout_seconds=_seconds(env, "SECRET_TIMEOUT_SECONDS", 3),
             auth=AuthSettings.from_env(env, project),

@@ -527,6 +527,9 @@ def test_chat_history_formats_are_normalised_for_the_provider(client, fake: Fake
         ("FIRESTORE_COLLECTION", "__x__"),
         ("FIRESTORE_DATABASE", "bad/db"),  # every save failed, /health said ok
         ("FIRESTORE_DATABASE", "My_DB"),
+        # Put into projects/<project>/secrets/<id>: every read failed, logged as an outage.
+        ("ANTHROPIC_KEY_NAME", "projects/other/secrets/ANTHROPIC_API_KEY"),
+        ("ANTHROPIC_KEY_NAME", "my key"),
     ],
 )
 def test_misconfiguration_is_a_500_naming_no_secret(
@@ -544,6 +547,23 @@ def test_misconfiguration_is_a_500_naming_no_secret(
     assert logged and name in logged[0]["reason"]
     # The project is known even so: the line links to the request's trace.
     assert logged[0]["logging.googleapis.com/trace"].startswith("projects/demo-misconfigured/")
+
+
+@pytest.mark.parametrize(
+    ("secrets_project", "refused"), [("my proj", True), ("demo-x", False), ("123456", False)]
+)
+def test_a_secrets_project_that_is_no_project_id_is_a_config_error_when_read(
+    client, fake: FakeUpstream, secrets_project: str, refused: bool
+) -> None:
+    os.environ.update(SECRETS_PROJECT=secrets_project)
+    assert (ask(client).status_code == 500) is False  # not read: Secret Manager is off
+    fake.requests.clear()
+    os.environ.update(SECRET_MANAGER="true", ANTHROPIC_API_KEY="test-key")  # the env var wins
+    response = ask(client)
+    assert (response.status_code == 500) is refused
+    if refused:
+        assert response.get_json()["code"] == "config_error"
+        assert fake.requests == []
 
 
 @pytest.mark.parametrize("name", ["GOOGLE_CLOUD_PROJECT", "GCP_PROJECT"])
