@@ -38,7 +38,8 @@ Tools (README "Tools and structured output"):
   `index` reused with a new `id` (Ollama's parallel calls), no `id` at all
   (one is made up).
 - Response schema: `response_format: {"type": "json_schema", "json_schema":
-  {name, schema, strict}}`. Objects that say nothing of other properties
+  {name, schema, strict}}`. A pattern OpenAI's regex engine does not hold goes
+  into the description, here and in tools (`_held`). Objects that say nothing of other properties
   are closed (`_closed`), and `strict: true` is sent when the schema then
   meets strict mode's rules (`_strict_ok`); OpenAI refuses a strict schema
   that does not, so any other schema goes as it was, without `strict`, and
@@ -104,10 +105,10 @@ _SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Keywords strict mode refuses (OpenAI's Structured Outputs guide, "Supported
 # schemas"), and those it leaves out of its supported list: a schema with any of
 # them is sent without `strict`.
-# What strict mode refuses in a `pattern` ("regex lookaround is not supported", a 400):
-# lookaround, and backreferences with it (Zod's email pattern has a lookahead). An
-# escaped backslash before a digit counts too: harmless, the schema then goes unstrict.
-_NOT_STRICT_IN_PATTERNS = re.compile(r"\\[1-9k]|\(\?<?[=!]")
+# What OpenAI's regex engine refuses in a `pattern`: lookaround, backreferences, Unicode
+# properties (\p{L}). An escaped backslash before one counts too: harmless, the pattern
+# goes into the description and the reply is checked against it all the same.
+_UNHELD_IN_PATTERNS = re.compile(r"\\[1-9kpP]|\(\?<?[=!]")
 _NOT_STRICT = frozenset(
     {
         "allOf", "oneOf", "not", "if", "then", "else",
@@ -241,7 +242,7 @@ class _Decoder:
 
 def _tool(tool: ToolSpec) -> dict[str, Any]:
     tool = with_nothing_refused_at_the_top(tool)
-    parameters = rebuilt(tool.parameters, _with_items)
+    parameters = rebuilt(tool.parameters, _held)
     function = {"name": tool.name, "description": tool.description, "parameters": parameters}
     return {"type": "function", "function": function}
 
@@ -292,19 +293,30 @@ def _history_call(call: ToolCall) -> dict[str, Any]:
 def _response_format(schema: Mapping[str, Any]) -> dict[str, Any]:
     title = schema.get("title")
     name = title if isinstance(title, str) and _SCHEMA_NAME.fullmatch(title) else "response"
-    with_items = rebuilt(schema, _with_items)
-    closed = rebuilt(with_items, _close)
-    json_schema: dict[str, Any] = {"name": name, "schema": with_items}
+    held = rebuilt(schema, _held)
+    closed = rebuilt(held, _close)
+    json_schema: dict[str, Any] = {"name": name, "schema": held}
     if _strict_ok(closed):
         json_schema = {"name": name, "schema": closed, "strict": True}
     return {"type": "json_schema", "json_schema": json_schema}
 
 
-def _with_items(node: dict[str, Any]) -> None:
-    """OpenAI refuses an array schema without `items`, strict or not ("array schema
-    missing items"), where JSON Schema means any items: `{}` says the same."""
+def _held(node: dict[str, Any]) -> None:
+    """`node` as OpenAI takes it, strict or not, in tools and response schemas alike.
+
+    An array schema without `items` is refused ("array schema missing items"), where
+    JSON Schema means any items: `{}` says the same. A `pattern` its regex engine does
+    not hold is refused ("regex lookaround is not supported", a 400 for the whole
+    request: Zod's email pattern has a lookahead): it goes into the description, where
+    the model still reads it, and the reply is checked against it all the same."""
     if "array" in _types(node) and "items" not in node:
         node["items"] = {}
+    pattern = node.get("pattern")
+    if isinstance(pattern, str) and _UNHELD_IN_PATTERNS.search(pattern):
+        del node["pattern"]
+        said = f"{{pattern: {json.dumps(pattern)}}}"
+        description = node.get("description")
+        node["description"] = f"{description}\n\n{said}" if description else said
 
 
 def _close(node: dict[str, Any]) -> None:
@@ -346,8 +358,6 @@ def _strict_node(node: Any) -> bool:
     if "format" in node and not (
         isinstance(node["format"], str) and node["format"] in _STRICT_FORMATS
     ):
-        return False
-    if isinstance(node.get("pattern"), str) and _NOT_STRICT_IN_PATTERNS.search(node["pattern"]):
         return False
     properties = node.get("properties", {})
     if "object" in _types(node) or "properties" in node:
