@@ -182,9 +182,17 @@ _SECRET_ID = re.compile(r"[A-Za-z0-9_-]{1,255}")
 _PROJECT_ID = re.compile(r"[a-z0-9][a-z0-9.:-]{0,99}")
 
 
+def _reads_secrets(env: Mapping[str, str]) -> bool:
+    # On Cloud Run (K_SERVICE is set) keys come from Secret Manager by default; locally
+    # from env vars only, so no cloud is needed.
+    return _flag(env, "SECRET_MANAGER", bool(env.get("K_SERVICE")))
+
+
 def _key_name(env: Mapping[str, str], name: str, prefix: str) -> str:
+    """{P}_KEY_NAME, checked as a secret id when Secret Manager is read (an env var's name
+    alone may be another)."""
     value = _text(env, name, f"{prefix}_API_KEY")
-    if not _SECRET_ID.fullmatch(value):
+    if _reads_secrets(env) and not _SECRET_ID.fullmatch(value):
         raise ConfigError(
             f"{name} must be a secret id (1-255 of A-Z a-z 0-9 _ -), got {value[:100]!r}"
         )
@@ -195,8 +203,7 @@ def _secrets_project(env: Mapping[str, str], project: str) -> str:
     """SECRETS_PROJECT, checked when Secret Manager is read (it is used only then; none at
     all is logged at the first read, keys.py)."""
     value = _text(env, "SECRETS_PROJECT", project)
-    reads = _flag(env, "SECRET_MANAGER", bool(env.get("K_SERVICE")))
-    if value and reads and not _PROJECT_ID.fullmatch(value):
+    if value and _reads_secrets(env) and not _PROJECT_ID.fullmatch(value):
         said = "SECRETS_PROJECT" if env.get("SECRETS_PROJECT", "").strip() else "the project"
         raise ConfigError(
             f"{said} must be a project id or number for Secret Manager, got {value[:100]!r}"
@@ -388,7 +395,8 @@ class ProviderSettings:
                 env, f"{prefix}_THINKING_BUDGET", 2048, minimum=1024, maximum=MAX_OUTPUT_TOKENS
             ),
         )
-        budgeted = name != "ollama"  # nothing to leave room beside
+        # Nothing to leave room beside: Ollama takes no budget, nor Claude 4.6 on.
+        budgeted = name != "ollama" and not thinks_adaptively(name, settings.model)
         if budgeted and settings.thinking and settings.max_tokens <= settings.thinking_budget:
             # Providers refuse a thinking budget that leaves no room for the answer.
             raise ConfigError(
@@ -396,6 +404,18 @@ class ProviderSettings:
                 f"{prefix}_THINKING_BUDGET ({settings.thinking_budget}) when thinking is on"
             )
         return settings
+
+
+def thinks_adaptively(provider: str, model: str) -> bool:
+    """Whether thinking on is sent as adaptive, with no budget: Claude 4.6 and later, by
+    the version in the model's name (providers/anthropic.py)."""
+    version = _CLAUDE_VERSION.search(model) if provider == "anthropic" else None
+    return version is not None and (int(version[1]), int(version[2] or 0)) >= (4, 6)
+
+
+# The version in a model's name: claude-opus-4-7, claude-3-5-sonnet-20241022,
+# claude-sonnet-4-20250514 (4: a date is no minor version), us.anthropic.claude-fable-5.
+_CLAUDE_VERSION = re.compile(r"claude-(?:[a-z]+-)*(\d+)(?:[-.](\d{1,2})(?!\d))?")
 
 
 @dataclass(frozen=True)
@@ -523,9 +543,7 @@ class Settings:
             database=_database(env),
             collection=_collection(env, "FIRESTORE_COLLECTION", "assistants"),
             persist_timeout_seconds=_seconds(env, "PERSIST_TIMEOUT_SECONDS", 5),
-            # On Cloud Run (K_SERVICE is set) keys come from Secret Manager by
-            # default; locally from env vars only, so no cloud is needed.
-            secret_manager=_flag(env, "SECRET_MANAGER", bool(env.get("K_SERVICE"))),
+            secret_manager=_reads_secrets(env),
             secrets_project=_secrets_project(env, project),
             key_cache_seconds=_seconds(env, "KEY_CACHE_SECONDS", 300, minimum=0),
             secret_timeout_seconds=_seconds(env, "SECRET_TIMEOUT_SECONDS", 3),

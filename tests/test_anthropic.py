@@ -33,6 +33,9 @@ def test_a_thinking_budget_without_room_for_the_answer_is_a_config_error() -> No
         ProviderSettings.from_env({**env, "ANTHROPIC_MAX_TOKENS": "2000"}, "anthropic")
     settings = ProviderSettings.from_env({**env, "ANTHROPIC_MAX_TOKENS": "5000"}, "anthropic")
     assert settings.thinking_budget == 4096
+    # Claude 4.6 on think adaptively: a budget they are never sent leaves room for all.
+    adaptive = {**env, "ANTHROPIC_MODEL": "claude-opus-4-7", "ANTHROPIC_MAX_TOKENS": "2000"}
+    assert ProviderSettings.from_env(adaptive, "anthropic").max_tokens == 2000
 
 
 def test_event_names_with_blanks_around_them_are_read(upstream: FakeUpstream) -> None:

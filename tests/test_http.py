@@ -527,9 +527,6 @@ def test_chat_history_formats_are_normalised_for_the_provider(client, fake: Fake
         ("FIRESTORE_COLLECTION", "__x__"),
         ("FIRESTORE_DATABASE", "bad/db"),  # every save failed, /health said ok
         ("FIRESTORE_DATABASE", "My_DB"),
-        # Put into projects/<project>/secrets/<id>: every read failed, logged as an outage.
-        ("ANTHROPIC_KEY_NAME", "projects/other/secrets/ANTHROPIC_API_KEY"),
-        ("ANTHROPIC_KEY_NAME", "my key"),
     ],
 )
 def test_misconfiguration_is_a_500_naming_no_secret(
@@ -550,15 +547,26 @@ def test_misconfiguration_is_a_500_naming_no_secret(
 
 
 @pytest.mark.parametrize(
-    ("secrets_project", "refused"), [("my proj", True), ("demo-x", False), ("123456", False)]
+    ("name", "value", "refused"),
+    [
+        # Put into projects/<project>/secrets/<id>: every read failed, logged as an outage.
+        ("SECRETS_PROJECT", "my proj", True),
+        ("SECRETS_PROJECT", "demo-x", False),
+        ("SECRETS_PROJECT", "123456", False),
+        ("ANTHROPIC_KEY_NAME", "projects/other/secrets/ANTHROPIC_API_KEY", True),
+        ("ANTHROPIC_KEY_NAME", "anthropic.key", True),  # an env var's name, no secret id
+    ],
 )
-def test_a_secrets_project_that_is_no_project_id_is_a_config_error_when_read(
-    client, fake: FakeUpstream, secrets_project: str, refused: bool
+def test_a_secret_path_of_no_ids_is_a_config_error_when_secret_manager_is_read(
+    client, fake: FakeUpstream, name: str, value: str, refused: bool
 ) -> None:
-    os.environ.update(SECRETS_PROJECT=secrets_project)
-    assert (ask(client).status_code == 500) is False  # not read: Secret Manager is off
+    os.environ.update({name: value})
+    key = os.environ.pop("ANTHROPIC_API_KEY")
+    os.environ[os.environ.get("ANTHROPIC_KEY_NAME", "ANTHROPIC_API_KEY")] = key
+    # Not read (Secret Manager off): the key named so is the env var's.
+    assert ask(client).status_code == 200
     fake.requests.clear()
-    os.environ.update(SECRET_MANAGER="true", ANTHROPIC_API_KEY="test-key")  # the env var wins
+    os.environ.update(SECRET_MANAGER="true")  # the env var still wins, but it is checked
     response = ask(client)
     assert (response.status_code == 500) is refused
     if refused:

@@ -58,6 +58,7 @@ from typing import Any
 
 import httpx
 
+from ..config import thinks_adaptively
 from ..tools import NamedTool, ToolCall, parse_arguments, with_nothing_refused_at_the_top
 from .anthropic_schema import sent_form
 from .base import (
@@ -391,16 +392,9 @@ def _thinking(model: str, budget: int) -> dict[str, Any]:
     (every request a 400), and from 4.7 on their thinking is left out of the stream
     unless asked for ("summarized"). Older models, and names that say no version, take
     the budget."""
-    version = _CLAUDE_VERSION.search(model)
-    if version and (int(version[1]), int(version[2] or 0)) >= ADAPTIVE_FROM:
+    if thinks_adaptively("anthropic", model):
         return {"type": "adaptive", "display": "summarized"}
     return {"type": "enabled", "budget_tokens": budget}
-
-
-# The version in a model's name: claude-opus-4-7, claude-3-5-sonnet-20241022,
-# claude-sonnet-4-20250514 (4: a date is no minor version), us.anthropic.claude-fable-5.
-_CLAUDE_VERSION = re.compile(r"claude-(?:[a-z]+-)*(\d+)(?:[-.](\d{1,2})(?!\d))?")
-ADAPTIVE_FROM = (4, 6)
 
 
 class AnthropicProvider(HttpProvider):
