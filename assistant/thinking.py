@@ -77,11 +77,13 @@ _MARKED_AFTER = "`" + _MARK
 _ASCII_WS = " \t\n\r\x0b\x0c"
 
 
-def without_thinking(text: str) -> str:
-    """`text` with its thinking blocks taken out, as its saved message's content is."""
-    if "<think" not in text and "</think" not in text:
+def without_thinking(text: str, raw: bool = True) -> str:
+    """`text` with its thinking blocks taken out, as its saved message's content is.
+    `raw`: as the model wrote it, which may begin inside its thinking; not raw, a turn
+    sent back may be the text shown, where a close tag is text (`ThinkingSplitter`)."""
+    if "<think" not in text and not (raw and "</think" in text):
         return text
-    splitter = ThinkingSplitter()
+    splitter = ThinkingSplitter(raw)
     splitter.feed(text)
     splitter.finish()
     return splitter.content
@@ -97,7 +99,7 @@ def with_thinking_closed(text: str) -> str:
     return text + (splitter.awaited_close_tag or "")
 
 
-def split_outside_json_strings(text: str) -> tuple[str, str]:
+def split_outside_json_strings(text: str, raw: bool = True) -> tuple[str, str]:
     """(content, thinking) of a whole reply as `ThinkingSplitter` gives them, except that
     a tag inside a JSON string (between its quotes, outside any thinking block) is text.
 
@@ -112,7 +114,7 @@ def split_outside_json_strings(text: str) -> tuple[str, str]:
     content: list[str] = []
     blocks: list[str] = []
     at, in_string = 0, False
-    if (began := _began_thinking(text)) is not None:  # a reply that began inside its thinking
+    if raw and (began := _began_thinking(text)) is not None:  # began inside its thinking
         blocks.append(text[: began.start()])
         at = began.end()
     while (tag := _OPEN_TAG.search(text, at)) is not None:
@@ -190,7 +192,12 @@ def _could_close(tail: str) -> bool:
 
 
 class ThinkingSplitter:
-    """Incremental splitter: feed() chunks as they arrive, finish() once at the end."""
+    """Incremental splitter: feed() chunks as they arrive, finish() once at the end.
+
+    `raw`: the text as the model wrote it, which may begin inside its thinking (module
+    docstring). Not raw, a close tag outside a block is always text: a frontend may
+    send back the text it showed, where one at a line's start followed a block.
+    """
 
     __slots__ = (
         "_before",
@@ -203,14 +210,14 @@ class ThinkingSplitter:
         "_tagged",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, raw: bool = True) -> None:
         self._content: list[str] = []
         self._blocks: list[str] = []  # finished blocks: stripped, non-empty
         self._block: list[str] = []  # inside of the block currently open
         self._close: str | None = None  # close tag awaited, None outside a block
         self._pending = ""  # held-back tail that may still become a tag
         self._before = ""  # the last character read before it (or before this chunk)
-        self._tagged = False  # a tag was read: a close tag outside a block is content now
+        self._tagged = not raw  # a tag was read: a close tag outside a block is content now
         self._finished = False
 
     def feed(self, chunk: str) -> None:

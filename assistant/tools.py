@@ -317,14 +317,16 @@ def structured_output(text: str, schema: Mapping[str, Any]) -> tuple[Any, str | 
     return value, None
 
 
-def json_reading(answer: str, plain: tuple[str, str] | None = None) -> tuple[str, str] | None:
+def json_reading(
+    answer: str, plain: tuple[str, str] | None = None, raw: bool = True
+) -> tuple[str, str] | None:
     """(content, thinking) of a whole reply, thinking tags and all, read as JSON: a tag
     inside one of its strings is its text (`split_outside_json_strings`). None when that
     content is no JSON (a fence allowed): prose is read as ever, a tag in quotes there
     being thinking; and when it is `plain`, the reading as ever (nothing to parse)."""
     if "<think" not in answer:
         return None
-    content, thinking = split_outside_json_strings(answer)
+    content, thinking = split_outside_json_strings(answer, raw)
     if (content, thinking) == plain:
         return None
     try:

@@ -470,6 +470,23 @@ def test_unknown_fields_are_ignored(client, fake: FakeUpstream) -> None:
     assert sse_events(response.get_data())[-1] == "[DONE]"
 
 
+def test_an_assistant_turn_sent_back_keeps_a_close_tag_at_a_line_start(
+    client, fake: FakeUpstream
+) -> None:
+    """It may be the text a page showed, where the tag followed a block: read as a reply
+    begun inside its thinking, all before it was taken out (a reviewer's)."""
+    shown = "R1 sends:\n```\nOkay.\n</think>\nHello!\n```"
+    history = [
+        {"role": "user", "content": "What does R1 send?"},
+        {"role": "assistant", "content": shown},
+    ]
+    ask(client, "And then?", chat_history=history).get_data()
+    assert fake.wait_for_requests(1)[0].body["messages"][1] == {
+        "role": "assistant",
+        "content": shown,
+    }
+
+
 @pytest.mark.parametrize("instructions", ["", "  \n", "\u200b \u2800"])
 def test_a_system_prompt_that_shows_nothing_is_not_sent(
     client, fake: FakeUpstream, instructions: str

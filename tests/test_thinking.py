@@ -160,6 +160,20 @@ def test_outside_block_non_tags_are_content(text: str) -> None:
     assert feed_all(list(text)) == (text.strip(), "")
 
 
+def test_a_turn_sent_back_is_not_read_as_begun_inside_its_thinking() -> None:
+    """Its text may be what a page showed: a close tag at a line's start there followed a
+    block (a reviewer's answer about R1 lost all before its fenced `</think>`)."""
+    splitter = ThinkingSplitter()
+    splitter.feed("<thinking>plan</thinking>R1 sends:\n```\nx\n</think>\nHi\n```")
+    splitter.finish()
+    shown = splitter.content
+    assert shown == "R1 sends:\n```\nx\n</think>\nHi\n```"
+    assert without_thinking(shown, raw=False) == shown
+    assert split_outside_json_strings(shown, raw=False) == (shown, "")
+    assert without_thinking("x\n</think>\nHi", raw=False) == "x\n</think>\nHi"
+    assert without_thinking("x\n</think>\nHi") == "Hi"  # as the model wrote it
+
+
 @pytest.mark.parametrize(
     ("text", "content", "thinking"),
     [

@@ -120,8 +120,9 @@ export class ThinkingSplitter {
     const rest = this.pending + text;
     this.pending = "";
     // Read by position, never by cutting `rest` anew at each tag: a chunk of many short blocks
-    // would copy its tail once per tag. Where each open tag is next found is remembered for the
-    // same reason: a tag not found from one position on is not found from any later one.
+    // would copy its tail once per tag. Where each open tag (and, until a tag is read, a close
+    // tag at a line's start) is next found is remembered for the same reason: a tag not found
+    // from one position on is not found from any later one (1 MB of code tags took a minute).
     /** @type {Record<string, number>} */
     const next = {};
     /** @type {(tag: string, from: number) => number} */
@@ -130,6 +131,15 @@ export class ThinkingSplitter {
         next[tag] = rest.indexOf(tag, from);
       }
       return next[tag];
+    };
+    /** @type {[number, string] | null} the first close tag at a line's start, as last found */
+    let closing = null;
+    /** @type {(from: number) => [number, string]} */
+    const closeAt = (from) => {
+      if (closing === null || (closing[0] >= 0 && closing[0] < from)) {
+        closing = this.closeAtLineStart(rest, from);
+      }
+      return closing;
     };
     let pos = 0;
     for (;;) {
@@ -143,15 +153,15 @@ export class ThinkingSplitter {
         const marked = at > pos && rest[at - 1] === MARK;
         const asCode = at >= 0 && !marked && (at > 0 ? rest[at - 1] : this.before) === "`";
         if (!this.tagged) {
-          const [closeAt, closeTag] = this.closeAtLineStart(rest, pos);
-          if (closeAt >= 0 && (at < 0 || closeAt < at)) {
+          const [ends, closeTag] = closeAt(pos);
+          if (ends >= 0 && (at < 0 || ends < at)) {
             // The reply began inside its thinking: all shown so far, and up to here, was it.
-            this.think(out, this.shownSoFar + out.content + rest.slice(pos, closeAt));
+            this.think(out, this.shownSoFar + out.content + rest.slice(pos, ends));
             out.content = "";
             out.contentWasThinking = true;
             this.shownSoFar = "";
             [this.tagged, this.inString, this.escaped] = [true, false, false];
-            pos = closeAt + closeTag.length;
+            pos = ends + closeTag.length;
             continue;
           }
           this.tagged = at >= 0 && !asCode; // a tag read, or one in a JSON string's text
