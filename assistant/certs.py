@@ -15,8 +15,9 @@ fetch happens once per max-age, never per request:
 - A token naming a key id we do not hold may mean Google rotated its keys
   before our max-age ran out: that earns one early re-fetch, at most once per
   `EARLY_REFETCH_SECONDS`, so a flood of forged key ids cannot make us hammer
-  the endpoint. Such a token waits for a fetch already in flight, whoever
-  began it: the key may come with it.
+  the endpoint. Such a token waits for a fetch already in flight when it may
+  have one of its own, and past that when the early re-fetch is for its own
+  key (the tokens of a key Google just rotated in); the others do not wait.
 - No certs at all and none to be had: `CertsUnavailable` (the caller's 503).
 """
 
@@ -171,6 +172,7 @@ class CertCache:
         self._next_try_at = 0.0  # after a failed fetch, no new try before this
         self._failure = "no token certs fetched yet"  # why the last fetch failed
         self._early_refetch_at = -EARLY_REFETCH_SECONDS  # when the last early re-fetch began
+        self._early_key: str | None = None  # the key id it is for, while it is in flight
 
     def cert_for(self, key_id: str) -> str | None:
         """The PEM certificate for `key_id`, or None if Google has no such key.
@@ -181,16 +183,19 @@ class CertCache:
             now = self._clock()
             refresh = bool(self._certs) and now >= self._expires_at and self._begin_fetch(now)
             cert = self._certs.get(key_id)
-            # A fetch in flight (the refresh's, or another's) may bring the key: waited
-            # for, whatever the early re-fetch's budget says (the tokens of a key Google
-            # had just rotated in were refused while the fetch they began still ran).
-            joined = self._fetching if cert is None else None
             may_fetch = not self._certs or now - self._early_refetch_at >= EARLY_REFETCH_SECONDS
+            # A fetch in flight (the refresh's, or another's) may bring the key: waited for
+            # within the early re-fetch's budget, and past it by the tokens of the key the
+            # early re-fetch is for (those of a key Google had just rotated in were refused
+            # while the fetch their first began still ran). Not by any other: a flood of
+            # forged key ids held every thread for as long as a slow fetch took.
+            same_key = key_id == self._early_key
+            joined = self._fetching if cert is None and (may_fetch or same_key) else None
             runs = cert is None and joined is None and may_fetch and self._begin_fetch(now)
-            if self._certs and runs:
-                # An early re-fetch (Google may have rotated), counted only if one is made:
-                # not within the pause after a failure, nor when one in flight is joined.
-                self._early_refetch_at = now
+            if self._certs and (runs or (joined is not None and may_fetch)):
+                # An early re-fetch (Google may have rotated), counted only if one is made
+                # or joined: not within the pause after a failure.
+                self._early_refetch_at, self._early_key = now, key_id
         if refresh:
             try:
                 self._in_background(self._run_fetch)  # the held certs serve meanwhile
@@ -238,7 +243,7 @@ class CertCache:
     def _fetch_ended(self) -> None:
         """No fetch in flight any more: whoever waits for it looks again."""
         with self._lock:
-            done, self._fetching = self._fetching, None
+            done, self._fetching, self._early_key = self._fetching, None, None
         if done is not None:
             done.set()
 

@@ -299,6 +299,25 @@ def test_tokens_of_a_key_rotated_in_wait_for_the_fetch_in_flight(
     assert server.fetches == 3
 
 
+def test_forged_key_ids_do_not_wait_for_an_early_refetch_for_another(
+    server: CertsServer, clock: Clock, keys
+) -> None:
+    """A flood of forged key ids during a slow early re-fetch: refused at once, not held
+    the fetch's time each (a reviewer's held every thread, a signed-in user waiting)."""
+    cache = CertCache(server.url, clock=clock)
+    assert cache.cert_for("k1") == keys[0].cert_pem
+    server.certs["k2"] = keys[1].cert_pem
+    server.delay = 1.0
+    began = threading.Thread(target=cache.cert_for, args=("k2",))
+    began.start()
+    time.sleep(0.2)  # the early re-fetch for k2 is in flight
+    results = _at_once(6, lambda: cache.cert_for(f"forged-{threading.get_ident()}"))
+    began.join()
+    assert [outcome for _, outcome in results] == [None] * 6
+    assert max(seconds for seconds, _ in results) < server.delay / 2
+    assert server.fetches == 2
+
+
 def test_an_unknown_key_id_in_the_pause_after_a_failure_keeps_its_early_refetch(
     cache: CertCache, server: CertsServer, clock: Clock, keys
 ) -> None:
