@@ -205,8 +205,7 @@ class FirestoreStore:
         raise RuntimeError(f"{message.message_id} kept changing while it was written")
 
     def save_assistant_message(self, message: AssistantMessage, user_saved: bool = False) -> str:
-        from google.api_core.exceptions import AlreadyExists, FailedPrecondition
-        from google.cloud.firestore import DELETE_FIELD, SERVER_TIMESTAMP
+        from google.cloud.firestore import SERVER_TIMESTAMP
 
         document = {
             "role": "assistant",
@@ -239,16 +238,29 @@ class FirestoreStore:
                 # frontend saved has the database's time).
                 after = asked_at + datetime.timedelta(microseconds=1)
                 document["createdAt"] = max(message.created_at, after)
+        self._write_reply(message, document, question)
+        if message.thread_id is not None and _threadless(question):
+            # Only once the reply is in that thread: a retry refused for another thread's
+            # reply had moved the question there, the pair split between two threads.
+            self._file_in_thread(question, message.thread_id)
+        return message.message_id
+
+    def _write_reply(
+        self, message: AssistantMessage, document: dict[str, Any], question: Any
+    ) -> None:
+        """`save_assistant_message`'s write: created, or an earlier reply under its id
+        replaced (TraceIdKept when that one stands)."""
+        from google.api_core.exceptions import AlreadyExists, FailedPrecondition
+        from google.cloud.firestore import DELETE_FIELD
+
         reference = self._messages(message.assistant_id).document(message.message_id)
         options = self._call_options()
-        if message.thread_id is not None and _threadless(question):
-            self._file_in_thread(question, message.thread_id)
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
                 written = reference.create(document, **options)
                 if question is not None and not question.exists:
                     self._unless_taken_since(message, reference, written, "user")
-                return message.message_id
+                return
             except AlreadyExists:  # a retried request replaces its earlier reply
                 existing = self._owned(reference, message.author, message.message_id)
             if not existing.exists:
@@ -260,7 +272,7 @@ class FirestoreStore:
             answered_at = _field(existing, "answeredAt")
             timed = message.created_at is not None and isinstance(answered_at, datetime.datetime)
             if timed and answered_at == message.created_at:  # this reply: its own write landed
-                return message.message_id
+                return
             # A complete reply over an incomplete one, whichever ended later and whichever
             # write lands first (a retry cut off after the first try's complete reply, its
             # write landing first, took that reply's place); else the later one stands.
@@ -289,7 +301,7 @@ class FirestoreStore:
             replacement.setdefault("toolSignaturesLeftOut", DELETE_FIELD)
             try:
                 reference.update(replacement, option=unchanged, **options)
-                return message.message_id
+                return
             except FailedPrecondition:
                 if attempt == WRITE_ATTEMPTS:
                     raise

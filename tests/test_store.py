@@ -345,6 +345,29 @@ def test_a_question_saved_with_no_thread_is_filed_in_the_thread_its_request_name
     ]
 
 
+def test_a_retry_refused_for_another_thread_leaves_the_question_where_it_was(
+    client, fake: FakeUpstream, firestore
+) -> None:
+    """A question the frontend saved with no thread, answered with none: a retry in a
+    thread is refused, and the question stays with its reply (it was moved to the retry's
+    thread before the refusal, a reviewer's, the pair split between two threads)."""
+    firestore.collection("assistants").document("test-assistant").collection("messages").document(
+        "t-x-user"
+    ).set({"role": "user", "content": "question", "userId": USER["email"], "traceId": "t-x"})
+    body = {"trace_id": "t-x", "user_message_already_saved": True, **SAVE}
+    fake.push(Script(tokens=["First."]))
+    ask(client, "question", **body).get_data()
+    fake.push(Script(tokens=["Second."]))
+    again = sse_events(ask(client, "question", thread_id="th-b", **body).get_data())[-2]
+    assert again["metadata"]["persist_failed"] is True
+    saved = _messages(firestore)
+    assert "threadId" not in saved["t-x-user"]
+    assert (saved["t-x-assistant"]["content"], saved["t-x-assistant"]["threadId"]) == (
+        "First.",
+        None,
+    )
+
+
 def test_a_history_message_whose_content_is_not_text_reads_as_empty(
     client, fake: FakeUpstream, firestore
 ) -> None:
