@@ -200,6 +200,16 @@ class FirestoreStore:
                         # Not a retry but a reused trace id: its question and reply stay
                         # together, and this request's are not saved (the reply's too).
                         raise TraceIdKept(f"{message.message_id} holds another question") from None
+                    thread = message.thread_id
+                    if (
+                        thread is not None
+                        and _threadless(existing)
+                        and (not reply.exists or _field(reply, "threadId") == thread)
+                    ):
+                        # The frontend's, saved with no thread (and the request did not say
+                        # so): filed with the reply to come, as `save_assistant_message`
+                        # files one it reads. Not if a reply stands in another thread.
+                        self._file_in_thread(existing, thread)
                     return message.message_id
                 # Deleted since create() found it: create it again.
         raise RuntimeError(f"{message.message_id} kept changing while it was written")

@@ -345,6 +345,25 @@ def test_a_question_saved_with_no_thread_is_filed_in_the_thread_its_request_name
     ]
 
 
+@pytest.mark.parametrize("already_saved", [True, False])
+def test_a_question_saved_with_no_thread_is_filed_whatever_the_request_says_of_it(
+    client, fake: FakeUpstream, firestore, already_saved: bool
+) -> None:
+    """Without `user_message_already_saved` the question the frontend saved counted as
+    this request's own retry, and was left out of the thread (a reviewer's)."""
+    firestore.collection("assistants").document("test-assistant").collection("messages").document(
+        "t1-user"
+    ).set({"role": "user", "content": "Q1", "userId": USER["email"], "traceId": "t1"})
+    body = {"trace_id": "t1", "thread_id": "th-a", **SAVE}
+    if already_saved:
+        body["user_message_already_saved"] = True
+    fake.push(Script(tokens=["R1"]))
+    final = sse_events(ask(client, "Q1", **body).get_data())[-2]
+    assert final["metadata"]["persist_failed"] is False
+    saved = _messages(firestore)
+    assert saved["t1-user"]["threadId"] == saved["t1-assistant"]["threadId"] == "th-a"
+
+
 def test_a_retry_refused_for_another_thread_leaves_the_question_where_it_was(
     client, fake: FakeUpstream, firestore
 ) -> None:
