@@ -17,7 +17,8 @@ fetch happens once per max-age, never per request:
   `EARLY_REFETCH_SECONDS`, so a flood of forged key ids cannot make us hammer
   the endpoint. Such a token waits for a fetch already in flight when it may
   have one of its own, and past that when the early re-fetch is for its own
-  key (the tokens of a key Google just rotated in); the others do not wait.
+  key (the tokens of a key Google just rotated in), `MOST_WAITING_FOR_ITS_KEY`
+  at once; the others do not wait.
 - No certs at all and none to be had: `CertsUnavailable` (the caller's 503).
 """
 
@@ -37,6 +38,8 @@ from .tracing import process_log
 FETCH_TIMEOUT_SECONDS = 5.0
 MOST_CERTS_BYTES = 1024 * 1024  # Google's are about 3.5 KB
 EARLY_REFETCH_SECONDS = 60.0
+# Tokens of the key an early re-fetch is for that wait for it at once, past its budget.
+MOST_WAITING_FOR_ITS_KEY = 4
 RETRY_AFTER_FAILURE_SECONDS = 1.0
 DEFAULT_MAX_AGE_SECONDS = 3600.0  # when the response names none
 MIN_MAX_AGE_SECONDS = 1.0  # `max-age=0` must not mean a fetch per request
@@ -173,6 +176,7 @@ class CertCache:
         self._failure = "no token certs fetched yet"  # why the last fetch failed
         self._early_refetch_at = -EARLY_REFETCH_SECONDS  # when the last early re-fetch began
         self._early_key: str | None = None  # the key id it is for, while it is in flight
+        self._waiting = 0  # tokens of that key waiting for it past the early re-fetch's budget
 
     def cert_for(self, key_id: str) -> str | None:
         """The PEM certificate for `key_id`, or None if Google has no such key.
@@ -189,8 +193,12 @@ class CertCache:
             # early re-fetch is for (those of a key Google had just rotated in were refused
             # while the fetch their first began still ran). Not by any other: a flood of
             # forged key ids held every thread for as long as a slow fetch took.
-            same_key = key_id == self._early_key
+            # At most MOST_WAITING_FOR_ITS_KEY of them: one forged key id, repeated, would
+            # hold every thread as before.
+            same_key = key_id == self._early_key and self._waiting < MOST_WAITING_FOR_ITS_KEY
             joined = self._fetching if cert is None and (may_fetch or same_key) else None
+            counted = joined is not None and not may_fetch
+            self._waiting += counted
             runs = cert is None and joined is None and may_fetch and self._begin_fetch(now)
             if self._certs and (runs or (joined is not None and may_fetch)):
                 # An early re-fetch (Google may have rotated), counted only if one is made
@@ -207,6 +215,9 @@ class CertCache:
             self._run_fetch()
         elif joined is not None:
             joined.wait(2 * FETCH_TIMEOUT_SECONDS)
+            if counted:
+                with self._lock:
+                    self._waiting -= 1
         with self._lock:
             if not self._certs:
                 raise CertsUnavailable(self._failure)

@@ -20,6 +20,7 @@ from assistant import certs
 from assistant.certs import (
     DEFAULT_MAX_AGE_SECONDS,
     EARLY_REFETCH_SECONDS,
+    MOST_WAITING_FOR_ITS_KEY,
     RETRY_AFTER_FAILURE_SECONDS,
     CertCache,
     CertsUnavailable,
@@ -316,6 +317,25 @@ def test_forged_key_ids_do_not_wait_for_an_early_refetch_for_another(
     assert [outcome for _, outcome in results] == [None] * 6
     assert max(seconds for seconds, _ in results) < server.delay / 2
     assert server.fetches == 2
+
+
+def test_one_forged_key_id_repeated_holds_few_threads_for_a_slow_fetch(
+    server: CertsServer, clock: Clock, keys
+) -> None:
+    """The key the early re-fetch is for, forged and repeated: the first few wait for the
+    fetch, the rest are refused at once (a reviewer's held every thread again)."""
+    cache = CertCache(server.url, clock=clock)
+    assert cache.cert_for("k1") == keys[0].cert_pem
+    server.delay = 1.0
+    began = threading.Thread(target=cache.cert_for, args=("forged",))
+    began.start()
+    time.sleep(0.2)  # the early re-fetch for "forged" is in flight
+    results = _at_once(10, lambda: cache.cert_for("forged"))
+    began.join()
+    assert [outcome for _, outcome in results] == [None] * 10
+    waited = [seconds for seconds, _ in results if seconds > server.delay / 2]
+    assert len(waited) == MOST_WAITING_FOR_ITS_KEY
+    assert cache._waiting == 0
 
 
 def test_an_unknown_key_id_in_the_pause_after_a_failure_keeps_its_early_refetch(
