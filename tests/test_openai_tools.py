@@ -656,7 +656,7 @@ def test_response_format_is_strict_only_for_schemas_strict_mode_takes(
         r"^(?!\.)(?!.*\.\.)[A-Za-z0-9_'+.-]*@[A-Za-z0-9.-]+$",  # Zod's email: lookaheads
         r"(?<=a)b",
         r"^(a)\1$",
-        r"^\p{L}+$",
+        r"^(?P<x>a)(?P=x)$",  # a backreference by name, as Python writes it
     ],
 )
 def test_a_pattern_openai_does_not_hold_goes_into_the_description(
@@ -676,6 +676,31 @@ def test_a_pattern_openai_does_not_hold_goes_into_the_description(
     json_schema = body["response_format"]["json_schema"]
     assert json_schema["schema"]["properties"]["to"] == said
     assert json_schema["strict"] is True  # the rest is strict mode's
+
+
+@pytest.mark.parametrize(
+    ("condition", "moved"),
+    [
+        ({"not": {"type": "string", "pattern": "(?=z)"}}, ["not"]),
+        (
+            {"if": {"pattern": "(?=a)a"}, "then": {"minLength": 3}, "else": {"maxLength": 9}},
+            ["if", "then", "else"],
+        ),
+    ],
+)
+def test_a_condition_holding_such_a_pattern_goes_into_the_description_whole(
+    upstream: FakeUpstream, condition: dict[str, Any], moved: list[str]
+) -> None:
+    """Its pattern taken out alone, `not` said the opposite ("not a string") and `if`
+    held always (a reviewer's)."""
+    node = {"type": "string", "description": "A code", **condition}
+    schema = {"type": "object", "properties": {"n": node}, "required": ["n"]}
+    tool = ToolSpec("check", "Check a code", schema)
+    body = body_for(upstream, dataclasses.replace(HI, tools=(tool,), response_schema=schema))
+    said = {"type": "string", "description": f"A code\n\n{json.dumps(condition)}"}
+    assert list(condition) == moved
+    assert body["tools"][0]["function"]["parameters"]["properties"]["n"] == said
+    assert body["response_format"]["json_schema"]["schema"]["properties"]["n"] == said
 
 
 def test_arrays_without_items_get_any_items_in_tools_and_schemas(upstream: FakeUpstream) -> None:

@@ -105,10 +105,11 @@ _SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Keywords strict mode refuses (OpenAI's Structured Outputs guide, "Supported
 # schemas"), and those it leaves out of its supported list: a schema with any of
 # them is sent without `strict`.
-# What OpenAI's regex engine refuses in a `pattern`: lookaround, backreferences, Unicode
-# properties (\p{L}). An escaped backslash before one counts too: harmless, the pattern
-# goes into the description and the reply is checked against it all the same.
-_UNHELD_IN_PATTERNS = re.compile(r"\\[1-9kpP]|\(\?<?[=!]")
+# What OpenAI's regex engine refuses in a `pattern`: lookaround and backreferences (by
+# number, or by name as Python writes them; the request's check takes no other syntax).
+# An escaped backslash before a digit counts too: harmless, the pattern goes into the
+# description and the reply is checked against it all the same.
+_UNHELD_IN_PATTERNS = re.compile(r"\\[1-9]|\(\?P=|\(\?<?[=!]")
 _NOT_STRICT = frozenset(
     {
         "allOf", "oneOf", "not", "if", "then", "else",
@@ -242,7 +243,7 @@ class _Decoder:
 
 def _tool(tool: ToolSpec) -> dict[str, Any]:
     tool = with_nothing_refused_at_the_top(tool)
-    parameters = rebuilt(tool.parameters, _held)
+    parameters = rebuilt(rebuilt(tool.parameters, _conditions_held), _held)
     function = {"name": tool.name, "description": tool.description, "parameters": parameters}
     return {"type": "function", "function": function}
 
@@ -293,12 +294,39 @@ def _history_call(call: ToolCall) -> dict[str, Any]:
 def _response_format(schema: Mapping[str, Any]) -> dict[str, Any]:
     title = schema.get("title")
     name = title if isinstance(title, str) and _SCHEMA_NAME.fullmatch(title) else "response"
-    held = rebuilt(schema, _held)
+    held = rebuilt(rebuilt(schema, _conditions_held), _held)
     closed = rebuilt(held, _close)
     json_schema: dict[str, Any] = {"name": name, "schema": held}
     if _strict_ok(closed):
         json_schema = {"name": name, "schema": closed, "strict": True}
     return {"type": "json_schema", "json_schema": json_schema}
+
+
+def _conditions_held(node: dict[str, Any]) -> None:
+    """A `not` or an `if` holding a pattern `_held` would move goes into the description
+    whole (`if` with its `then` and `else`): its pattern taken out, it would say the
+    opposite (`not: {type: string}`), or hold always. Such a schema goes without strict
+    (neither keyword is strict mode's), and the reply is checked against it whole."""
+    moved = {}
+    if _holds_unheld_pattern(node.get("not")):
+        moved["not"] = node.pop("not")
+    if _holds_unheld_pattern(node.get("if")):
+        moved.update({key: node.pop(key) for key in ("if", "then", "else") if key in node})
+    if moved:
+        said = json.dumps(moved, ensure_ascii=False)
+        description = node.get("description")
+        node["description"] = f"{description}\n\n{said}" if description else said
+
+
+def _holds_unheld_pattern(node: Any) -> bool:
+    if isinstance(node, list):
+        return any(_holds_unheld_pattern(child) for child in node)
+    if not isinstance(node, dict):
+        return False
+    pattern = node.get("pattern")
+    if isinstance(pattern, str) and _UNHELD_IN_PATTERNS.search(pattern):
+        return True
+    return any(_holds_unheld_pattern(child) for key, child in node.items() if key != "pattern")
 
 
 def _held(node: dict[str, Any]) -> None:
