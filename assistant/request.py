@@ -386,8 +386,10 @@ def _turn(item: Any, label: str, call_names: Mapping[str, str], structured: bool
         # A frontend that sends back the final `answer` sends its thinking too: the model
         # gets what a history read from the store gives, the visible text (with a response
         # schema, a JSON answer's read as the store keeps it: a tag in its strings is text).
-        # Not raw: it may be the text the frontend showed, where a close tag is text.
-        read = json_reading(text, raw=False) if structured else None
+        # Not raw: it may be the text the frontend showed, where a close tag is text. A JSON
+        # answer after a lone `</think>` is the reply as the model wrote it (an R1's): read
+        # so (read not raw, a tag in its strings was taken for one).
+        read = json_reading(text, raw=False) or json_reading(text) if structured else None
         text = without_thinking(text, raw=False) if read is None else read[0]
     return Turn(role, text, tool_calls=calls)
 

@@ -487,6 +487,21 @@ def test_an_assistant_turn_sent_back_keeps_a_close_tag_at_a_line_start(
     }
 
 
+def test_a_structured_answer_after_a_lone_close_tag_sent_back_is_its_json(
+    client, fake: FakeUpstream
+) -> None:
+    """An R1's answer to a response schema, sent back whole: read as shown text, the tag
+    in its JSON string was taken for one and the JSON cut (a reviewer's)."""
+    answer = 'x\n</think>\n{"a": "<think>"}'
+    history = [{"role": "user", "content": "Fill it in."}, {"role": "assistant", "content": answer}]
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
+    ask(
+        client, "Again.", chat_history=history, emissaryConfig={"responseSchema": schema}
+    ).get_data()
+    sent = fake.wait_for_requests(1)[0].body["messages"][1]
+    assert sent == {"role": "assistant", "content": '{"a": "<think>"}'}
+
+
 @pytest.mark.parametrize("instructions", ["", "  \n", "\u200b \u2800"])
 def test_a_system_prompt_that_shows_nothing_is_not_sent(
     client, fake: FakeUpstream, instructions: str
