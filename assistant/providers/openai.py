@@ -243,7 +243,7 @@ class _Decoder:
 
 def _tool(tool: ToolSpec) -> dict[str, Any]:
     tool = with_nothing_refused_at_the_top(tool)
-    parameters = rebuilt(rebuilt(tool.parameters, _conditions_held), _held)
+    parameters = rebuilt(tool.parameters, _held)
     function = {"name": tool.name, "description": tool.description, "parameters": parameters}
     return {"type": "function", "function": function}
 
@@ -294,39 +294,12 @@ def _history_call(call: ToolCall) -> dict[str, Any]:
 def _response_format(schema: Mapping[str, Any]) -> dict[str, Any]:
     title = schema.get("title")
     name = title if isinstance(title, str) and _SCHEMA_NAME.fullmatch(title) else "response"
-    held = rebuilt(rebuilt(schema, _conditions_held), _held)
+    held = rebuilt(schema, _held)
     closed = rebuilt(held, _close)
     json_schema: dict[str, Any] = {"name": name, "schema": held}
     if _strict_ok(closed):
         json_schema = {"name": name, "schema": closed, "strict": True}
     return {"type": "json_schema", "json_schema": json_schema}
-
-
-def _conditions_held(node: dict[str, Any]) -> None:
-    """A `not` or an `if` holding a pattern `_held` would move goes into the description
-    whole (`if` with its `then` and `else`): its pattern taken out, it would say the
-    opposite (`not: {type: string}`), or hold always. Such a schema goes without strict
-    (neither keyword is strict mode's), and the reply is checked against it whole."""
-    moved = {}
-    if _holds_unheld_pattern(node.get("not")):
-        moved["not"] = node.pop("not")
-    if _holds_unheld_pattern(node.get("if")):
-        moved.update({key: node.pop(key) for key in ("if", "then", "else") if key in node})
-    if moved:
-        said = json.dumps(moved, ensure_ascii=False)
-        description = node.get("description")
-        node["description"] = f"{description}\n\n{said}" if description else said
-
-
-def _holds_unheld_pattern(node: Any) -> bool:
-    if isinstance(node, list):
-        return any(_holds_unheld_pattern(child) for child in node)
-    if not isinstance(node, dict):
-        return False
-    pattern = node.get("pattern")
-    if isinstance(pattern, str) and _UNHELD_IN_PATTERNS.search(pattern):
-        return True
-    return any(_holds_unheld_pattern(child) for key, child in node.items() if key != "pattern")
 
 
 def _held(node: dict[str, Any]) -> None:
