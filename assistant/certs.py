@@ -191,10 +191,9 @@ class CertCache:
             # A fetch in flight (the refresh's, or another's) may bring the key: waited for
             # within the early re-fetch's budget, and past it by the tokens of the key the
             # early re-fetch is for (those of a key Google had just rotated in were refused
-            # while the fetch their first began still ran). Not by any other: a flood of
-            # forged key ids held every thread for as long as a slow fetch took.
-            # At most MOST_WAITING_FOR_ITS_KEY of them: one forged key id, repeated, would
-            # hold every thread as before.
+            # while the fetch their first began still ran), MOST_WAITING_FOR_ITS_KEY at
+            # once. Not by others: forged key ids, or one repeated, held every thread for
+            # as long as a slow fetch took.
             same_key = key_id == self._early_key and self._waiting < MOST_WAITING_FOR_ITS_KEY
             joined = self._fetching if cert is None and (may_fetch or same_key) else None
             counted = joined is not None and not may_fetch

@@ -38,12 +38,13 @@ Tools (README "Tools and structured output"):
   `index` reused with a new `id` (Ollama's parallel calls), no `id` at all
   (one is made up).
 - Response schema: `response_format: {"type": "json_schema", "json_schema":
-  {name, schema, strict}}`. A pattern OpenAI's regex engine does not hold goes
-  into the description, here and in tools (`_held`). Objects that say nothing of other properties
-  are closed (`_closed`), and `strict: true` is sent when the schema then
-  meets strict mode's rules (`_strict_ok`); OpenAI refuses a strict schema
-  that does not, so any other schema goes as it was, without `strict`, and
-  the model is guided, not held, by it (the reply is validated at the end).
+  {name, schema, strict}}`. A pattern OpenAI's regex engine does not hold
+  goes into the description, here and in tools (`_held`). Objects that say
+  nothing of other properties are closed (`_closed`), and `strict: true` is
+  sent when the schema then meets strict mode's rules (`_strict_ok`); OpenAI
+  refuses a strict schema that does not, so any other schema goes as it was,
+  without `strict`, and the model is guided, not held, by it (the reply is
+  validated at the end).
   OpenAI takes tools and a response schema in one request.
 """
 
@@ -102,14 +103,14 @@ _STOP_REASONS: dict[str, StopReason] = {
 # `json_schema.name`: "a-z, A-Z, 0-9, or underscores and dashes, at most 64".
 _SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
-# Keywords strict mode refuses (OpenAI's Structured Outputs guide, "Supported
-# schemas"), and those it leaves out of its supported list: a schema with any of
-# them is sent without `strict`.
 # What OpenAI's regex engine refuses in a `pattern`: lookaround and backreferences (by
 # number, or by name as Python writes them; the request's check takes no other syntax).
 # An escaped backslash before a digit counts too: harmless, the pattern goes into the
 # description and the reply is checked against it all the same.
 _UNHELD_IN_PATTERNS = re.compile(r"\\[1-9]|\(\?P=|\(\?<?[=!]")
+# Keywords strict mode refuses (OpenAI's Structured Outputs guide, "Supported
+# schemas"), and those it leaves out of its supported list: a schema with any of
+# them is sent without `strict`.
 _NOT_STRICT = frozenset(
     {
         "allOf", "oneOf", "not", "if", "then", "else",
