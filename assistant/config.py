@@ -192,7 +192,9 @@ def _key_name(env: Mapping[str, str], name: str, prefix: str) -> str:
     """{P}_KEY_NAME, checked as a secret id when Secret Manager is read (an env var's name
     alone may be another)."""
     value = _text(env, name, f"{prefix}_API_KEY")
-    if _reads_secrets(env) and not _SECRET_ID.fullmatch(value):
+    # Read when a project names where: with none, keys.py reads none (secret.no_project).
+    read = _reads_secrets(env) and _text(env, "SECRETS_PROJECT", project_id(env))
+    if read and not _SECRET_ID.fullmatch(value):
         raise ConfigError(
             f"{name} must be a secret id (1-255 of A-Z a-z 0-9 _ -), got {value[:100]!r}"
         )

@@ -15,7 +15,7 @@ import flask
 import pytest
 
 from assistant import server
-from assistant.config import Settings
+from assistant.config import ConfigError, Settings
 from assistant.http import _Accepted, _after_history, _client_gone_probe
 from assistant.limits import replies_in_flight
 from assistant.parking import Park
@@ -599,11 +599,22 @@ def test_a_secret_path_of_no_ids_is_a_config_error_when_secret_manager_is_read(
     assert ask(client).status_code == 200
     fake.requests.clear()
     os.environ.update(SECRET_MANAGER="true")  # the env var still wins, but it is checked
+    os.environ.setdefault("SECRETS_PROJECT", "demo-secrets")  # where it would be read
     response = ask(client)
     assert (response.status_code == 500) is refused
     if refused:
         assert response.get_json()["code"] == "config_error"
         assert fake.requests == []
+
+
+def test_a_key_name_is_not_checked_as_a_secret_id_when_no_project_is_there_to_read() -> None:
+    """Secret Manager on, but no project to read it in (keys.py reads none): the env var's
+    name alone, refused as a secret id, kept an env-var-only deployment from starting."""
+    env = {"SECRET_MANAGER": "true", "ASSISTANT_PROVIDERS": "anthropic"}
+    settings = Settings.from_env({**env, "ANTHROPIC_KEY_NAME": "anthropic.key"})
+    assert settings.providers["anthropic"].key_name == "anthropic.key"
+    with pytest.raises(ConfigError, match="ANTHROPIC_KEY_NAME"):
+        Settings.from_env({**env, "ANTHROPIC_KEY_NAME": "anthropic.key", "SECRETS_PROJECT": "p"})
 
 
 @pytest.mark.parametrize("name", ["GOOGLE_CLOUD_PROJECT", "GCP_PROJECT"])

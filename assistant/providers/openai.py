@@ -310,7 +310,8 @@ def _held(node: dict[str, Any]) -> None:
     JSON Schema means any items: `{}` says the same. A `pattern` its regex engine does
     not hold is refused ("regex lookaround is not supported", a 400 for the whole
     request: Zod's email pattern has a lookahead): it goes into the description, where
-    the model still reads it, and the reply is checked against it all the same."""
+    the model still reads it; a reply to a response schema is checked against it all
+    the same (a tool's arguments are not: the frontend runs the tool)."""
     if "array" in _types(node) and "items" not in node:
         node["items"] = {}
     pattern = node.get("pattern")
