@@ -181,9 +181,10 @@ export class ThinkingSplitter {
           continue;
         }
         let hold = heldBack(rest, OPEN_TAILS);
-        const closing = this.tagged ? 0 : heldBack(rest, CLOSES); // a close tag begun...
-        const from = rest.length - closing;
-        if (closing > hold && from >= pos && this.atLineStart(rest, from)) hold = closing; // ...at a line's start
+        // Until a tag is read, a close tag begun at a line's start is held back too.
+        const begun = this.tagged ? 0 : heldBack(rest, CLOSES);
+        const from = rest.length - begun;
+        if (begun > hold && from >= pos && this.atLineStart(rest, from)) hold = begun;
         if (this.json) this.quoted(rest, pos, Math.max(pos, rest.length - hold));
         out.content += rest.slice(pos, Math.max(pos, rest.length - hold));
         this.holdFrom(rest, Math.max(pos, rest.length - hold));

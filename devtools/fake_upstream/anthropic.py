@@ -49,15 +49,13 @@ ANTHROPIC_BLOCKS = {  # kind -> (content_block, delta type)
     "text": ({"type": "text", "text": ""}, "text_delta"),
 }
 THINKING_BLOCKS = ("thinking", "redacted_thinking")
+PING = {"type": "ping"}
+OVERLOADED = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
 
 
 def _thinks(body: dict[str, Any]) -> bool:
     """Thinking on: with a budget, or adaptive (Claude 4.6 on)."""
     return (body.get("thinking") or {}).get("type") in ("enabled", "adaptive")
-
-
-PING = {"type": "ping"}
-OVERLOADED = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
 
 
 class Anthropic(Format):
