@@ -377,10 +377,14 @@ class ProviderSettings:
     def from_env(cls, env: Mapping[str, str], name: str) -> ProviderSettings:
         prefix = name.upper()
         raw_temperature = env.get(f"{prefix}_TEMPERATURE", "").strip()
+        model = _text(env, f"{prefix}_MODEL", DEFAULT_MODELS[name])
+        # Ollama takes no budget (only `think: true`), nor Claude 4.6 on (adaptive): the
+        # setting is not read there, so a value never sent cannot make every request a 500.
+        budgeted = name != "ollama" and not thinks_adaptively(name, model)
         settings = cls(
             name=name,
             base_url=_base_url(env, f"{prefix}_BASE_URL", DEFAULT_BASE_URLS[name]),
-            model=_text(env, f"{prefix}_MODEL", DEFAULT_MODELS[name]),
+            model=model,
             key_name="" if name == "ollama" else _key_name(env, f"{prefix}_KEY_NAME", prefix),
             max_tokens=_integer(
                 env, f"{prefix}_MAX_TOKENS", 4096, minimum=1, maximum=MAX_OUTPUT_TOKENS
@@ -389,16 +393,12 @@ class ProviderSettings:
             if raw_temperature
             else None,
             thinking=_flag(env, f"{prefix}_THINKING", False),
-            # Ollama takes no budget (only `think: true`): its setting is not read, so
-            # a value no other provider would take cannot make every request a 500.
-            thinking_budget=2048
-            if name == "ollama"
-            else _integer(
+            thinking_budget=_integer(
                 env, f"{prefix}_THINKING_BUDGET", 2048, minimum=1024, maximum=MAX_OUTPUT_TOKENS
-            ),
+            )
+            if budgeted
+            else 2048,
         )
-        # Nothing to leave room beside: Ollama takes no budget, nor Claude 4.6 on.
-        budgeted = name != "ollama" and not thinks_adaptively(name, settings.model)
         if budgeted and settings.thinking and settings.max_tokens <= settings.thinking_budget:
             # Providers refuse a thinking budget that leaves no room for the answer.
             raise ConfigError(

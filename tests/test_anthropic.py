@@ -38,6 +38,17 @@ def test_a_thinking_budget_without_room_for_the_answer_is_a_config_error() -> No
     assert ProviderSettings.from_env(adaptive, "anthropic").max_tokens == 2000
 
 
+def test_a_claude_4_6_thinking_budget_is_not_read() -> None:
+    # None is sent to a model that thinks adaptively: a budget the check refuses made
+    # every request a 500 for a setting that changes nothing.
+    for budget in ("100", "lots"):
+        env = {"ANTHROPIC_MODEL": "claude-sonnet-4-6", "ANTHROPIC_THINKING_BUDGET": budget}
+        assert ProviderSettings.from_env(env, "anthropic").model == "claude-sonnet-4-6"
+    with pytest.raises(ConfigError, match="ANTHROPIC_THINKING_BUDGET"):
+        env = {"ANTHROPIC_MODEL": "claude-sonnet-4-5", "ANTHROPIC_THINKING_BUDGET": "100"}
+        ProviderSettings.from_env(env, "anthropic")
+
+
 def test_event_names_with_blanks_around_them_are_read(upstream: FakeUpstream) -> None:
     """A proxy that left spaces after "content_block_delta": the spec keeps them in the
     name, and the text of those events was dropped, the answer ending without it."""
