@@ -324,7 +324,7 @@ def json_reading(
     inside one of its strings is its text (`split_outside_json_strings`). None when that
     content is no JSON (a fence allowed): prose is read as ever, a tag in quotes there
     being thinking; and when it is `plain`, the reading as ever (nothing to parse)."""
-    if "<think" not in answer:
+    if "<think" not in answer and "</think" not in answer:  # a reply begun inside has one
         return None
     content, thinking = split_outside_json_strings(answer, raw)
     if (content, thinking) == plain:

@@ -487,19 +487,22 @@ def test_an_assistant_turn_sent_back_keeps_a_close_tag_at_a_line_start(
     }
 
 
+@pytest.mark.parametrize("value", ["<think>", "</think>", "b"])
 def test_a_structured_answer_after_a_lone_close_tag_sent_back_is_its_json(
-    client, fake: FakeUpstream
+    client, fake: FakeUpstream, value: str
 ) -> None:
     """An R1's answer to a response schema, sent back whole: read as shown text, the tag
-    in its JSON string was taken for one and the JSON cut (a reviewer's)."""
-    answer = 'x\n</think>\n{"a": "<think>"}'
+    in its JSON string was taken for one and the JSON cut (a reviewer's); with no open
+    tag in it, it went back with its reasoning (another's)."""
+    json_answer = json.dumps({"a": value})
+    answer = f"x\n</think>\n{json_answer}"
     history = [{"role": "user", "content": "Fill it in."}, {"role": "assistant", "content": answer}]
     schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
     ask(
         client, "Again.", chat_history=history, emissaryConfig={"responseSchema": schema}
     ).get_data()
     sent = fake.wait_for_requests(1)[0].body["messages"][1]
-    assert sent == {"role": "assistant", "content": '{"a": "<think>"}'}
+    assert sent == {"role": "assistant", "content": json_answer}
 
 
 @pytest.mark.parametrize("instructions", ["", "  \n", "\u200b \u2800"])
