@@ -24,6 +24,7 @@ import re
 import select
 import socket
 import ssl
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Generator, Iterator, Mapping
@@ -827,10 +828,15 @@ def _client_gone_probe(environ: Mapping[str, Any]) -> Callable[[], bool]:
     # never the end; a half-close counts as gone (README "Choices").
     poller = select.poll()
     poller.register(sock, select.POLLIN | _HUNG_UP)
+    # The request thread probes once a second and the I/O loop before a next provider:
+    # a poll object refuses a second poll() while one runs ("concurrent poll()
+    # invocation"), which ended a healthy reply as internal_error.
+    polling = threading.Lock()
 
     def gone() -> bool:
         try:
-            events = poller.poll(0)
+            with polling:
+                events = poller.poll(0)
             if not events:
                 return False  # nothing to read, no hang-up: still connected
             if events[0][1] & (_HUNG_UP | select.POLLHUP | select.POLLERR):
