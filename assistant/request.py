@@ -178,7 +178,7 @@ class _Unusable:
 
 def _bounded_int(literal: str) -> int | _Unusable:
     if len(literal) > MAX_NUMBER_CHARS:
-        return _Unusable(f"a number longer than {MAX_NUMBER_CHARS} digits")
+        return _Unusable(f"a number longer than {MAX_NUMBER_CHARS} characters")
     return int(literal)
 
 

@@ -795,7 +795,7 @@ def test_json_sent_as_text_plain_is_accepted(client, fake: FakeUpstream) -> None
         pytest.param(b'{"user_input": "hi", "x": ' + b"[" * 70 + b"]" * 70 + b"}",
                      "nested more than 64 levels", id="deep-70"),
         pytest.param(b'{"user_input": "hi", "n": ' + b"9" * 5000 + b"}",
-                     "n is a number longer than 40 digits", id="huge-integer"),
+                     "n is a number longer than 40 characters", id="huge-integer"),
         pytest.param(b'{"user_input": "hi", "n": 1e999}', "n is a number too large",
                      id="float-overflow"),
         pytest.param(b'{"user_input": "hi", "chat_history": [{"n": NaN}]}',
