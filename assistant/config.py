@@ -411,8 +411,14 @@ class ProviderSettings:
 def thinks_adaptively(provider: str, model: str) -> bool:
     """Whether thinking on is sent as adaptive, with no budget: Claude 4.6 and later, by
     the version in the model's name (providers/anthropic.py)."""
-    version = _CLAUDE_VERSION.search(model) if provider == "anthropic" else None
-    return version is not None and (int(version[1]), int(version[2] or 0)) >= (4, 6)
+    return claude_at_least(provider, model, (4, 6))
+
+
+def claude_at_least(provider: str, model: str, version: tuple[int, int]) -> bool:
+    """Whether `model` is a Claude of `version` or later, by the version in its name (a
+    name that says none is not)."""
+    named = _CLAUDE_VERSION.search(model) if provider == "anthropic" else None
+    return named is not None and (int(named[1]), int(named[2] or 0)) >= version
 
 
 # The version in a model's name: claude-opus-4-7, claude-3-5-sonnet-20241022,

@@ -394,6 +394,23 @@ def test_newer_models_think_adaptively(
     assert body["thinking"] == thinking
 
 
+@pytest.mark.parametrize(
+    ("model", "sent_temperature"),
+    [
+        ("claude-sonnet-4-6", 0.5),
+        ("claude-opus-4-7", None),  # "`temperature` is deprecated for this model": a 400
+        ("us.anthropic.claude-opus-4-7-v1:0", None),
+        ("claude-fable-5", None),
+        ("a-proxys-own-name", 0.5),
+    ],
+)
+def test_claude_4_7_on_is_sent_no_temperature(
+    upstream: FakeUpstream, model: str, sent_temperature: float | None
+) -> None:
+    body = sent(upstream, ask(tools=()), temperature=0.5, model=model)
+    assert body.get("temperature") == sent_temperature
+
+
 @pytest.mark.parametrize("choice", ["required", NamedTool("get_weather")], ids=str)
 def test_a_forced_call_turns_thinking_off(upstream: FakeUpstream, choice: ToolChoice) -> None:
     # The API refuses forced tool use with thinking on (the fake too); the call wins.

@@ -58,7 +58,7 @@ from typing import Any
 
 import httpx
 
-from ..config import thinks_adaptively
+from ..config import claude_at_least, thinks_adaptively
 from ..tools import NamedTool, ToolCall, parse_arguments, with_nothing_refused_at_the_top
 from .anthropic_schema import sent_form
 from .base import (
@@ -397,6 +397,11 @@ def _thinking(model: str, budget: int) -> dict[str, Any]:
     return {"type": "enabled", "budget_tokens": budget}
 
 
+# Claude Opus 4.7 refuses a temperature ("`temperature` is deprecated for this model", a
+# 400 on every request): from 4.7 on none is sent.
+SAMPLES_ITSELF_FROM = (4, 7)
+
+
 class AnthropicProvider(HttpProvider):
     name = "anthropic"
 
@@ -418,7 +423,9 @@ class AnthropicProvider(HttpProvider):
         if thinking:
             # Extended thinking takes no temperature; config keeps max_tokens above the budget.
             body["thinking"] = _thinking(self.settings.model, self.settings.thinking_budget)
-        elif self.settings.temperature is not None:
+        elif self.settings.temperature is not None and not claude_at_least(
+            self.name, self.settings.model, SAMPLES_ITSELF_FROM
+        ):
             body["temperature"] = self.settings.temperature
         if prompt.tools:
             body["tools"] = [
