@@ -277,20 +277,20 @@ OPENAI = ProviderCase(
         "messages": [SYSTEM, *MERGED],
         "stream": True,
         "stream_options": {"include_usage": True},
-        "max_completion_tokens": 777,
+        "max_tokens": 777,  # a compatible server's (test_openai.py: OpenAI's own)
         "temperature": 0.3,
     },
-    # No temperature, no reasoning_effort, and no max_tokens (deprecated for this one).
+    # No temperature, no reasoning_effort.
     default_body={
         "model": "gpt-test",
         "messages": HI,
         "stream": True,
         "stream_options": {"include_usage": True},
-        "max_completion_tokens": 1024,
+        "max_tokens": 1024,
     },
     zero_temperature={"temperature": 0.0},
     # An effort level for the budget (test_openai.py has the table), and no temperature.
-    thinking={"model": "model-y", "max_completion_tokens": 8000, "reasoning_effort": "medium"},
+    thinking={"model": "model-y", "max_tokens": 8000, "reasoning_effort": "medium"},
     statuses=(401, 429, 500, 400, 503),
     stop_reasons={
         "end_turn": "end_turn",  # "stop" on the wire

@@ -20,7 +20,7 @@ import json
 import pytest
 
 from assistant.providers.base import TextDelta, ThinkingDelta
-from assistant.providers.openai import OpenAIProvider
+from assistant.providers.openai import OpenAIProvider, length_field
 from devtools.fake_upstream import FakeUpstream, Script
 
 from .provider_cases import OPENAI as CASE
@@ -137,6 +137,41 @@ def test_a_llama_cpp_error_line_is_an_upstream_error(
     assert events == [TextDelta("a")]
     assert error is not None and error.code == "upstream_error"
     assert error.detail == detail
+
+
+@pytest.mark.parametrize(
+    ("base_url", "model", "field"),
+    [
+        ("https://api.openai.com/v1", "gpt-4.1-mini", "max_completion_tokens"),
+        ("https://team.openai.azure.com/openai/v1", "gpt-4o", "max_completion_tokens"),
+        # Ollama's /v1 drops max_completion_tokens unread: a reply with no cap at all.
+        ("http://127.0.0.1:11434/v1", "qwen3:8b", "max_tokens"),
+        ("http://127.0.0.1:11434/v1", "gpt-oss:20b", "max_tokens"),
+        ("https://gateway.example/v1", "gpt-4o", "max_tokens"),
+        # OpenAI's reasoning models refuse max_tokens, behind a gateway too.
+        ("https://gateway.example/v1", "o3-mini", "max_completion_tokens"),
+        ("https://gateway.example/v1", "openai/gpt-5", "max_completion_tokens"),
+        ("https://gateway.example/v1", "gpt-5.1-codex", "max_completion_tokens"),
+    ],
+)
+def test_the_reply_length_goes_in_the_field_the_server_reads(
+    upstream: FakeUpstream, base_url: str, model: str, field: str
+) -> None:
+    assert length_field(base_url, model) == field
+    settings = settings_for(upstream.url, model=model, max_tokens=321)
+    assert run_provider(settings)[1] is None
+    body = upstream.requests[0].body
+    assert body is not None and body[length_field(upstream.url, model)] == 321
+
+
+@pytest.mark.parametrize(("model", "sent"), [("gpt-4.1-mini", 0.5), ("gpt-5", None), ("o3", None)])
+def test_openai_reasoning_models_are_sent_no_temperature(
+    upstream: FakeUpstream, model: str, sent: float | None
+) -> None:
+    # "Unsupported value: 'temperature' does not support 0.5 with this model": a 400.
+    assert run_provider(settings_for(upstream.url, model=model, temperature=0.5))[1] is None
+    body = upstream.requests[0].body
+    assert body is not None and body.get("temperature") == sent
 
 
 @pytest.mark.parametrize(

@@ -134,6 +134,23 @@ def _reasoning_effort(budget: int) -> str:
     return "medium" if budget <= 8192 else "high"
 
 
+def length_field(base_url: str, model: str) -> str:
+    """The field that caps a reply's length. OpenAI's reasoning models refuse
+    `max_tokens` and want `max_completion_tokens`, which OpenAI's own API takes for every
+    model; many compatible servers know only `max_tokens` and drop the other unread
+    (Ollama's `/v1`: a reply with no cap at all). So `max_completion_tokens` to OpenAI's
+    hosts and to names of its reasoning models (a gateway in front of OpenAI), else
+    `max_tokens`."""
+    host = (httpx.URL(base_url).host or "").lower()
+    if host == "api.openai.com" or host.endswith(".openai.azure.com"):
+        return "max_completion_tokens"
+    return "max_completion_tokens" if _REASONING_MODEL.search(model) else "max_tokens"
+
+
+# o1, o3-mini, o4-mini, gpt-5, gpt-5.1-codex..., after any gateway's `openai/` prefix.
+_REASONING_MODEL = re.compile(r"(?:^|/)(?:o[1-9]|gpt-(?:[5-9]|[1-9]\d))(?:$|[-.:])", re.IGNORECASE)
+
+
 class OpenAIProvider(HttpProvider):
     name = "openai"
 
@@ -146,11 +163,13 @@ class OpenAIProvider(HttpProvider):
             "messages": messages,
             "stream": True,
             "stream_options": {"include_usage": True},
-            "max_completion_tokens": self.settings.max_tokens,
+            length_field(self.settings.base_url, self.settings.model): self.settings.max_tokens,
         }
         if self.settings.thinking:
             body["reasoning_effort"] = _reasoning_effort(self.settings.thinking_budget)
-        elif self.settings.temperature is not None:
+        elif self.settings.temperature is not None and not _REASONING_MODEL.search(
+            self.settings.model
+        ):  # those take none but their own ("Only the default (1) value is supported")
             body["temperature"] = self.settings.temperature
         if prompt.tools:
             body["tools"] = [_tool(tool) for tool in prompt.tools]
