@@ -259,10 +259,12 @@ def _attempt(waiting: _Waiting) -> bool:
             waiting.steps.clear()
             return True
         except Exception as exc:  # any store failure: the next attempt, later
-            if _never_taken(exc):  # no later attempt would be taken either
-                _lost(waiting, _reason(exc))
-                waiting.steps.clear()
-                return True
+            if _never_taken(exc):  # no later attempt would be taken either: this one is
+                # lost, not the steps after it (a question too large for a document took
+                # its short reply with it)
+                waiting.log.error("persist.lost", role=step.role, reason=_reason(exc))
+                waiting.steps.pop(0)
+                continue
             waiting.log.warning(
                 "persist.late_failed",
                 role=step.role,

@@ -265,6 +265,26 @@ def test_a_write_the_store_refuses_as_it_is_is_not_tried_again(capsys) -> None:
     assert "maximum entity size" in lost[0]["reason"]
 
 
+def test_a_question_refused_as_it_is_does_not_take_its_reply_with_it(capsys) -> None:
+    """A question too large for a document (MAX_INPUT_CHARS raised) was logged lost, and
+    its short reply with it, never tried, under the question's reason (a reviewer's)."""
+    calls: list[str] = []
+
+    def too_large() -> str:
+        calls.append("t-user")
+        raise ValueError("maximum entity size is 1048576 bytes")
+
+    saves = LateSaves(delays=(0.01, 0.01))
+    steps = [Step("user", too_large), Step("assistant", Flaky("t-assistant", calls))]
+    saves.add(steps, 2, RequestLog("t"))
+    _wait_until_idle(saves)
+    assert calls == ["t-user", "t-assistant"]
+    lines = log_lines(capsys.readouterr().out)
+    lost = [line["role"] for line in lines if line["message"] == "persist.lost"]
+    saved = [line["role"] for line in lines if line["message"] == "persist.saved_late"]
+    assert (lost, saved) == (["user"], ["assistant"])
+
+
 def test_closing_takes_no_longer_than_it_is_given(capsys) -> None:
     """A stopping worker has until the kill: the last try of a write that hangs is not
     waited for past the time `close` is given (a save makes several calls, each with a
