@@ -396,12 +396,15 @@ class History:
     def before(self, question: str) -> tuple[Turn, ...]:
         """The turns to send before `question`, a question asked again right after it
         went unanswered (a 502's, retried under a new trace id) once: the two were read
-        as one turn, the model sent "Q\n\nQ" (a reviewer)."""
-        following = (*self.turns[1:], Turn("user", question))
+        as one turn, the model sent "Q\n\nQ" (a reviewer). A reply with no text between
+        them (one that only called a tool, whose calls the history does not hold) is none:
+        it is left out here, as providers leave it out (base.py), or the two were joined."""
+        turns = tuple(turn for turn in self.turns if turn.content.strip() or turn.tool_calls)
+        following = (*turns[1:], Turn("user", question))
         return tuple(
             turn
             # Not strict: with no turns, `following` holds the question alone.
-            for turn, after in zip(self.turns, following, strict=False)
+            for turn, after in zip(turns, following, strict=False)
             if not _asked_again(turn, after)
         )
 

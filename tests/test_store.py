@@ -1209,6 +1209,23 @@ def test_a_question_asked_again_after_it_went_unanswered_is_read_once(
     ]
 
 
+def test_a_question_asked_again_after_a_reply_that_only_called_a_tool_is_read_once(
+    client, fake: FakeUpstream, firestore
+) -> None:
+    """The reply between them has no text (the history holds no calls): the two were
+    sent as one turn, "Q\n\nQ", as if it were not there (a reviewer's)."""
+    weather = {"description": "The weather in a city", "parameters": {"type": "object"}}
+    config = {**SAVE["emissaryConfig"], "tools": ["weather"], "toolConfigs": {"weather": weather}}
+    save = {**SAVE, "emissaryConfig": config, "thread_id": "tt"}
+    fake.push(Script(tokens=[], tool_calls=[{"name": "weather", "args": {"city": "Oslo"}}]))
+    ask(client, "Weather?", trace_id="t-tc1", **save).get_data()
+    assert _messages(firestore)["t-tc1-assistant"]["content"] == ""
+    fake.push(Script(tokens=["Let me look."]))
+    ask(client, "Weather?", trace_id="t-tc2", read_from_history=True, **save).get_data()
+    sent = [(m["role"], m["content"]) for m in fake.requests[-1].body["messages"]]
+    assert sent == [("user", "Weather?")]
+
+
 def test_read_from_history_without_a_user_says_the_reply_has_none(client, fake, history) -> None:
     """No user (iam / none without currentUser): no history is read, and the page is
     told why, as when a read fails (it was only logged)."""
