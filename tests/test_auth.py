@@ -146,7 +146,20 @@ BAD_CREDENTIALS: dict[str, Callable[[SigningKey, SigningKey], dict[str, str]]] =
         hs256_with_cert_as_secret(key, claims())
     ),
     "alg none without the emulator": lambda key, other: bearer(unsigned(claims())),
+    # The same signed bytes spelled another way (google-auth's decoder takes them): one
+    # token in many spellings, each accepted.
+    "signature padded": lambda key, other: bearer(key.sign(claims()) + "=="),
+    "signature in base64's other alphabet": lambda key, other: bearer(
+        _in_the_other_alphabet(key.sign(claims()))
+    ),
 }
+
+
+def _in_the_other_alphabet(token: str) -> str:
+    head, _, signature = token.rpartition(".")
+    other = signature.replace("-", "+").replace("_", "/")
+    # A signature with neither character (about one in 50,000) still goes padded.
+    return f"{head}.{other}" if other != signature else f"{token}="
 
 
 @pytest.mark.parametrize("name", list(BAD_CREDENTIALS))
