@@ -331,3 +331,27 @@ def test_error_tail_after_text_fails_committed(upstream: FakeUpstream) -> None:
     assert failed.error is not None and failed.error.code == "upstream_error"
     assert run.outcomes == ["upstream_error"]
     assert len(upstream.requests) == 1  # the user saw Gemini's text: no retry elsewhere
+
+
+@pytest.mark.parametrize(
+    ("model", "thinking", "budget", "sent"),
+    [
+        # Off: 2.5 Flash thinks anyway unless told 0, unseen, against maxOutputTokens
+        # (a reply could end empty) and before its first chunk.
+        ("gemini-2.5-flash", False, 2048, {"thinkingBudget": 0}),
+        ("gemini-2.5-flash-lite", False, 2048, {"thinkingBudget": 0}),
+        ("gemini-2.5-pro", False, 2048, None),  # cannot stop: 0 is a 400
+        ("gemini-3-pro-preview", False, 2048, None),
+        ("gemini-2.5-pro", True, 4096, {"includeThoughts": True, "thinkingBudget": 4096}),
+        # Gemini 3 takes a level in the budget's place (a budget is accepted, and worse).
+        ("gemini-3-pro-preview", True, 2048, {"includeThoughts": True, "thinkingLevel": "low"}),
+        ("gemini-3-flash", True, 8192, {"includeThoughts": True, "thinkingLevel": "high"}),
+    ],
+)
+def test_thinking_is_asked_for_as_each_model_takes_it(
+    upstream: FakeUpstream, model: str, thinking: bool, budget: int, sent: dict[str, Any] | None
+) -> None:
+    settings = settings_for(upstream.url, model=model, thinking=thinking, thinking_budget=budget)
+    assert run_provider(settings)[1] is None
+    body = upstream.requests[0].body
+    assert body is not None and body["generationConfig"].get("thinkingConfig") == sent

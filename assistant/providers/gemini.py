@@ -96,6 +96,23 @@ _TOOLS_BESIDE_A_SCHEMA = re.compile(r"gemini-([3-9]|[1-9][0-9])")
 _TOOL_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
 
 
+def _thinking_config(model: str, settings: ProviderSettings) -> dict[str, Any] | None:
+    """Thinking on: shown (`includeThoughts`), with the budget, or for Gemini 3 on the
+    level it takes in a budget's place (a budget there is accepted, and documented as
+    worse). Off: Gemini 2.5 Flash is told a budget of 0, or it thinks anyway, unseen,
+    its thoughts counted against maxOutputTokens (a reply could end with nothing shown)
+    and holding the first chunk back. Pro and Gemini 3 cannot stop (0 is a 400)."""
+    if not settings.thinking:
+        return {"thinkingBudget": 0} if _STOPS_AT_ZERO.search(model) else None
+    if _TOOLS_BESIDE_A_SCHEMA.match(model):
+        level = "low" if settings.thinking_budget <= 2048 else "high"  # all Gemini 3 take
+        return {"includeThoughts": True, "thinkingLevel": level}
+    return {"includeThoughts": True, "thinkingBudget": settings.thinking_budget}
+
+
+_STOPS_AT_ZERO = re.compile(r"gemini-2\.5-flash")  # -lite, -preview-09-2025 too
+
+
 class GeminiProvider(HttpProvider):
     name = "gemini"
     schema_with_tools = False  # the default model's; each instance's is its model's
@@ -123,11 +140,8 @@ class GeminiProvider(HttpProvider):
         config = body["generationConfig"]
         if self.settings.temperature is not None:
             config["temperature"] = self.settings.temperature
-        if self.settings.thinking:
-            config["thinkingConfig"] = {
-                "includeThoughts": True,
-                "thinkingBudget": self.settings.thinking_budget,
-            }
+        if thinking := _thinking_config(self.settings.model, self.settings):
+            config["thinkingConfig"] = thinking
         if self.sends_schema(prompt):
             # responseJsonSchema takes JSON Schema as it is; responseSchema only an OpenAPI subset.
             config["responseMimeType"] = "application/json"
