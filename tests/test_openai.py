@@ -144,6 +144,12 @@ def test_a_llama_cpp_error_line_is_an_upstream_error(
     [
         ("https://api.openai.com/v1", "gpt-4.1-mini", "max_completion_tokens"),
         ("https://team.openai.azure.com/openai/v1", "gpt-4o", "max_completion_tokens"),
+        ("https://eu.api.openai.com/v1", "ft:o4-mini:acme::x1", "max_completion_tokens"),
+        (
+            "https://team.cognitiveservices.azure.com/openai/v1",
+            "reasoner-prod",
+            "max_completion_tokens",
+        ),
         # Ollama's /v1 drops max_completion_tokens unread: a reply with no cap at all.
         ("http://127.0.0.1:11434/v1", "qwen3:8b", "max_tokens"),
         ("http://127.0.0.1:11434/v1", "gpt-oss:20b", "max_tokens"),
@@ -152,6 +158,8 @@ def test_a_llama_cpp_error_line_is_an_upstream_error(
         ("https://gateway.example/v1", "o3-mini", "max_completion_tokens"),
         ("https://gateway.example/v1", "openai/gpt-5", "max_completion_tokens"),
         ("https://gateway.example/v1", "gpt-5.1-codex", "max_completion_tokens"),
+        ("https://gateway.example/v1", "ft:o4-mini-2025-04-16:acme::abc", "max_completion_tokens"),
+        ("https://api.openai.com.evil.example/v1", "gpt-4o", "max_tokens"),
     ],
 )
 def test_the_reply_length_goes_in_the_field_the_server_reads(
@@ -164,7 +172,10 @@ def test_the_reply_length_goes_in_the_field_the_server_reads(
     assert body is not None and body[length_field(upstream.url, model)] == 321
 
 
-@pytest.mark.parametrize(("model", "sent"), [("gpt-4.1-mini", 0.5), ("gpt-5", None), ("o3", None)])
+@pytest.mark.parametrize(
+    ("model", "sent"),
+    [("gpt-4.1-mini", 0.5), ("gpt-5", None), ("o3", None), ("ft:o4-mini:acme::x1", None)],
+)
 def test_openai_reasoning_models_are_sent_no_temperature(
     upstream: FakeUpstream, model: str, sent: float | None
 ) -> None:

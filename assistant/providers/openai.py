@@ -142,13 +142,19 @@ def length_field(base_url: str, model: str) -> str:
     hosts and to names of its reasoning models (a gateway in front of OpenAI), else
     `max_tokens`."""
     host = (httpx.URL(base_url).host or "").lower()
-    if host == "api.openai.com" or host.endswith(".openai.azure.com"):
+    if host.endswith(_OPENAI_HOSTS):
         return "max_completion_tokens"
     return "max_completion_tokens" if _REASONING_MODEL.search(model) else "max_tokens"
 
 
-# o1, o3-mini, o4-mini, gpt-5, gpt-5.1-codex..., after any gateway's `openai/` prefix.
-_REASONING_MODEL = re.compile(r"(?:^|/)(?:o[1-9]|gpt-(?:[5-9]|[1-9]\d))(?:$|[-.:])", re.IGNORECASE)
+# OpenAI's (regional ones too: eu.api.openai.com) and Azure OpenAI's, where a model's
+# name is a deployment's, any name at all.
+_OPENAI_HOSTS = (".openai.com", ".openai.azure.com", ".cognitiveservices.azure.com")
+# o1, o3-mini, o4-mini, gpt-5, gpt-5.1-codex..., after a gateway's `openai/` prefix or a
+# fine-tune's `ft:`.
+_REASONING_MODEL = re.compile(
+    r"(?:^|[/:])(?:o[1-9]|gpt-(?:[5-9]|[1-9]\d))(?:$|[-.:])", re.IGNORECASE
+)
 
 
 class OpenAIProvider(HttpProvider):
