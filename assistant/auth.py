@@ -20,6 +20,7 @@ it): the client and the log get a fixed reason.
 
 from __future__ import annotations
 
+import base64
 import math
 import re
 import time
@@ -90,6 +91,8 @@ def bearer_token(authorization: str | None) -> str:
         raise InvalidToken("the Authorization header must be: Bearer <Firebase ID token>")
     if len(token) > MAX_TOKEN_CHARS or not _COMPACT_JWT.fullmatch(token):
         raise InvalidToken("the ID token is not a JWT")
+    if not _canonical(token.rpartition(".")[2]):
+        raise InvalidToken("the ID token is not a JWT")
     return token
 
 
@@ -97,6 +100,17 @@ def bearer_token(authorization: str | None) -> str:
 # signature). The decoder takes `=` and the other alphabet's `+/` too: one token could
 # be sent in many spellings, each accepted.
 _COMPACT_JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+
+
+def _canonical(signature: str) -> bool:
+    """Whether the signature is its bytes' one spelling: the decoder ignores the bits a
+    last character carries past them, so 16 spellings of an RS256 signature verified.
+    (The other two parts are the signed text itself: respelled, they fail to verify.)"""
+    try:
+        raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+    except ValueError:  # a length no bytes have (one character past a whole group)
+        return False
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") == signature
 
 
 def verify_id_token(token: str, auth: AuthSettings) -> Mapping[str, Any]:

@@ -152,7 +152,19 @@ BAD_CREDENTIALS: dict[str, Callable[[SigningKey, SigningKey], dict[str, str]]] =
     "signature in base64's other alphabet": lambda key, other: bearer(
         _in_the_other_alphabet(key.sign(claims()))
     ),
+    "signature's last character with spare bits set": lambda key, other: bearer(
+        _with_spare_bits_set(key.sign(claims()))
+    ),
 }
+
+
+def _with_spare_bits_set(token: str) -> str:
+    """The same signature bytes, spelled with the last character's unused bits set: 256
+    bytes are 342 characters, the last carrying 4 bits the decoder ignores."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(token[-1])
+    assert last % 16 == 0  # the canonical spelling: its spare bits are zero
+    return token[:-1] + alphabet[last + 1]
 
 
 def _in_the_other_alphabet(token: str) -> str:

@@ -340,6 +340,8 @@ def test_error_tail_after_text_fails_committed(upstream: FakeUpstream) -> None:
         # (a reply could end empty) and before its first chunk.
         ("gemini-2.5-flash", False, 2048, {"thinkingBudget": 0}),
         ("gemini-2.5-flash-lite", False, 2048, {"thinkingBudget": 0}),
+        ("gemini-2.5-flash-preview-09-2025", False, 2048, {"thinkingBudget": 0}),
+        ("gemini-2.5-flash-image", False, 2048, None),  # refuses any thinkingConfig
         ("gemini-2.5-pro", False, 2048, None),  # cannot stop: 0 is a 400
         ("gemini-3-pro-preview", False, 2048, None),
         ("gemini-2.5-pro", True, 4096, {"includeThoughts": True, "thinkingBudget": 4096}),

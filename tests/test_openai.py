@@ -150,6 +150,8 @@ def test_a_llama_cpp_error_line_is_an_upstream_error(
             "reasoner-prod",
             "max_completion_tokens",
         ),
+        ("https://team.services.ai.azure.com/openai/v1", "reasoner", "max_completion_tokens"),
+        ("https://team.services.ai.azure.com/models", "Llama-3.3-70B", "max_tokens"),
         # Ollama's /v1 drops max_completion_tokens unread: a reply with no cap at all.
         ("http://127.0.0.1:11434/v1", "qwen3:8b", "max_tokens"),
         ("http://127.0.0.1:11434/v1", "gpt-oss:20b", "max_tokens"),

@@ -110,7 +110,9 @@ def _thinking_config(model: str, settings: ProviderSettings) -> dict[str, Any] |
     return {"includeThoughts": True, "thinkingBudget": settings.thinking_budget}
 
 
-_STOPS_AT_ZERO = re.compile(r"gemini-2\.5-flash")  # -lite, -preview-09-2025 too
+# Gemini 2.5 Flash and Flash-Lite, previews and versions too; not -image, -tts or
+# -native-audio ones, which refuse any thinkingConfig ("Thinking is not enabled").
+_STOPS_AT_ZERO = re.compile(r"gemini-2\.5-flash(?:-lite)?(?:-preview(?:-\d+)+|-\d{3})?$")
 
 
 class GeminiProvider(HttpProvider):

@@ -141,15 +141,17 @@ def length_field(base_url: str, model: str) -> str:
     (Ollama's `/v1`: a reply with no cap at all). So `max_completion_tokens` to OpenAI's
     hosts and to names of its reasoning models (a gateway in front of OpenAI), else
     `max_tokens`."""
-    host = (httpx.URL(base_url).host or "").lower()
-    if host.endswith(_OPENAI_HOSTS):
+    url = httpx.URL(base_url)
+    host = (url.host or "").lower()
+    # OpenAI's (regional ones too: eu.api.openai.com) and Azure OpenAI's, whichever of
+    # Azure's hosts serves it (its path says: /openai/...), where a model's name is a
+    # deployment's, any name at all.
+    azure_openai = host.endswith(".azure.com") and "/openai" in url.path.lower()
+    if host.endswith(".openai.com") or azure_openai:
         return "max_completion_tokens"
     return "max_completion_tokens" if _REASONING_MODEL.search(model) else "max_tokens"
 
 
-# OpenAI's (regional ones too: eu.api.openai.com) and Azure OpenAI's, where a model's
-# name is a deployment's, any name at all.
-_OPENAI_HOSTS = (".openai.com", ".openai.azure.com", ".cognitiveservices.azure.com")
 # o1, o3-mini, o4-mini, gpt-5, gpt-5.1-codex..., after a gateway's `openai/` prefix or a
 # fine-tune's `ft:`.
 _REASONING_MODEL = re.compile(
