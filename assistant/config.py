@@ -192,6 +192,12 @@ def _key_name(env: Mapping[str, str], name: str, prefix: str) -> str:
     """{P}_KEY_NAME, checked as a secret id when Secret Manager is read (an env var's name
     alone may be another)."""
     value = _text(env, name, f"{prefix}_API_KEY")
+    if len(value) >= 30 and value.startswith(_KEY_STARTS):
+        # Not echoed: a key pasted here went into log lines as a name ("... unset").
+        raise ConfigError(
+            f"{name} holds what looks like a key, not the name of one: put the key in "
+            f"{prefix}_API_KEY or a secret, and name that here"
+        )
     # Read when a project names where: with none, keys.py reads none (secret.no_project).
     read = _reads_secrets(env) and _text(env, "SECRETS_PROJECT", project_id(env))
     if read and not _SECRET_ID.fullmatch(value):
@@ -199,6 +205,10 @@ def _key_name(env: Mapping[str, str], name: str, prefix: str) -> str:
             f"{name} must be a secret id (1-255 of A-Z a-z 0-9 _ -), got {value[:100]!r}"
         )
     return value
+
+
+# How Anthropic's, OpenAI's and Google's keys begin.
+_KEY_STARTS = ("sk-", "sk_", "AIza")
 
 
 def _secrets_project(env: Mapping[str, str], project: str) -> str:

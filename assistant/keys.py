@@ -16,16 +16,18 @@ Deliberate choices, so nobody "fixes" them:
 - A read is bounded by `timeout` in total: one `google.api_core` Retry (for
   transient errors only) whose deadline is that timeout, and the per-attempt
   timeout the client derives from it.
-- A secret that does not exist, or that the service account may not read,
-  is an answer, not a failure: None is cached for the full TTL with one
-  warning, so an unconfigured provider costs no call per request.
+- A secret that does not exist, that the service account may not read, or
+  whose latest version is disabled or destroyed, is an answer, not a failure:
+  None is cached for the full TTL with one warning, so an unconfigured
+  provider costs no call per request.
 - Any other failure (unreachable, timeout, ServiceUnavailable, RetryError,
   anything the client raises) never drops a key we already had: a stale key
   keeps being served. With no key at all, the failure itself is remembered
   for `failure_ttl`, so an outage adds `timeout` to one request per window,
   not to every request. Either way the next read is tried after that window.
-- When a cached key is stale and another thread is already reading the
-  secret, callers get the stale key at once rather than waiting on the read.
+- When a cached answer is stale and another thread is already reading the
+  secret, callers get it (the stale key, or none) at once rather than waiting
+  on the read; only a secret never read yet is waited for.
 - `refresh()` (after a provider's 401) bypasses the cache, but at most one
   read per name per `failure_ttl`: threads that hit 401 together share one
   read, and each gets that read's result. A confirmed read replaces the
@@ -101,8 +103,10 @@ class KeyStore:
         if entry is not None and self._usable(entry, self._clock()):
             return entry.key
         lock = self._name_lock(name)
-        if entry is not None and entry.key is not None:
-            # Stale: serve it rather than queue behind a read already under way.
+        if entry is not None:
+            # Stale: serve it rather than queue behind a read already under way, a key
+            # or none (a secret that was missing, or unreadable, when last asked: all
+            # requests waited on its next read, every provider's key being asked for).
             if not lock.acquire(blocking=False):
                 return entry.key
         else:
@@ -158,7 +162,14 @@ class KeyStore:
             from google.api_core import exceptions as google_errors
 
             error = type(exc).__name__
-            if isinstance(exc, (google_errors.NotFound, google_errors.PermissionDenied)):
+            # An answer: no such secret, no right to read it, or its latest version
+            # disabled or destroyed (FailedPrecondition), the usual way to withdraw one.
+            answers = (
+                google_errors.NotFound,
+                google_errors.PermissionDenied,
+                google_errors.FailedPrecondition,
+            )
+            if isinstance(exc, answers):
                 log.warning("secret.missing", secret=name, error=error)
                 self._entries[name] = replace(
                     entry, key=None, checked_at=self._clock(), failed_at=None

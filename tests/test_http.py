@@ -620,6 +620,21 @@ def test_a_key_name_is_not_checked_as_a_secret_id_when_no_project_is_there_to_re
         Settings.from_env({**env, "ANTHROPIC_KEY_NAME": "anthropic.key", "SECRETS_PROJECT": "p"})
 
 
+@pytest.mark.parametrize("key", ["sk-ant-api03-" + "Zq9x" * 20, "AIzaSy" + "A1b2" * 8])
+def test_a_key_pasted_as_its_name_is_a_config_error_that_does_not_say_it(
+    client, fake: FakeUpstream, capsys: pytest.CaptureFixture[str], key: str
+) -> None:
+    """It went into log lines as a name ("no usable key (sk-ant-... unset"), and with
+    Secret Manager on to Google as a secret's id (a reviewer's)."""
+    os.environ["ANTHROPIC_KEY_NAME"] = key
+    response = ask(client)
+    assert response.status_code == 500 and response.get_json()["code"] == "config_error"
+    assert fake.requests == []
+    logged = capsys.readouterr().out
+    assert "ANTHROPIC_KEY_NAME holds what looks like a key" in logged
+    assert key[:12] not in logged and key[:12] not in response.get_data(as_text=True)
+
+
 @pytest.mark.parametrize("name", ["GOOGLE_CLOUD_PROJECT", "GCP_PROJECT"])
 def test_a_project_set_but_blank_is_a_config_error(
     client, fake: FakeUpstream, capsys: pytest.CaptureFixture[str], name: str

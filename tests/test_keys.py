@@ -157,7 +157,16 @@ def test_concurrent_first_reads_share_one_call(sm, clock) -> None:
     assert len(sm.calls) == 1
 
 
-@pytest.mark.parametrize("error", [google_errors.NotFound, google_errors.PermissionDenied])
+@pytest.mark.parametrize(
+    "error",
+    [
+        google_errors.NotFound,
+        google_errors.PermissionDenied,
+        # "Secret Version [...] is in DISABLED state": the usual way to withdraw a key,
+        # read as an outage, kept the old key until a restart (a reviewer's).
+        google_errors.FailedPrecondition,
+    ],
+)
 def test_a_missing_or_unreadable_secret_is_cached_as_none(sm, clock, capsys, error) -> None:
     sm.secrets[NAME] = error("no")
     store = make_store(sm, clock)
@@ -297,6 +306,36 @@ def test_a_stale_key_is_served_while_another_thread_reads(sm, clock) -> None:
     reader.join(5)
     assert store.get(NAME) == NEW_KEY
     assert len(sm.calls) == 2
+
+
+def test_a_missing_secret_read_again_holds_up_no_other_request(sm, clock) -> None:
+    """A provider with no secret (not made: it is not used) is asked for its key on
+    every request; past its TTL, every request waited on its next read, a Secret
+    Manager outage's whole timeout each (a reviewer's)."""
+    store = make_store(sm, clock)
+    assert store.get("UNUSED_KEY") is None
+    clock.advance(301)
+    sm.gate = threading.Event()
+    sm.entered.clear()
+    reader = threading.Thread(target=store.get, args=("UNUSED_KEY",))
+    reader.start()
+    assert sm.entered.wait(5)
+    answers: list[str | None] = []
+    other = threading.Thread(target=lambda: answers.append(store.get("UNUSED_KEY")))
+    other.start()
+    other.join(2)  # at once, not behind the read under way (that one waits for the gate)
+    assert answers == [None]
+    sm.gate.set()
+    reader.join(5)
+    assert len(sm.calls) == 2
+
+
+def test_a_disabled_latest_version_drops_the_key_it_held(sm, clock) -> None:
+    store = make_store(sm, clock)
+    assert store.get(NAME) == KEY
+    clock.advance(301)
+    sm.secrets[NAME] = google_errors.FailedPrecondition("the version is in DISABLED state")
+    assert store.get(NAME) is None
 
 
 def test_refresh_bypasses_the_cache_and_replaces_the_key(sm, clock) -> None:
