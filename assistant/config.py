@@ -192,23 +192,30 @@ def _key_name(env: Mapping[str, str], name: str, prefix: str) -> str:
     """{P}_KEY_NAME, checked as a secret id when Secret Manager is read (an env var's name
     alone may be another)."""
     value = _text(env, name, f"{prefix}_API_KEY")
-    if len(value) >= 30 and value.startswith(_KEY_STARTS):
-        # Not echoed: a key pasted here went into log lines as a name ("... unset").
-        raise ConfigError(
-            f"{name} holds what looks like a key, not the name of one: put the key in "
-            f"{prefix}_API_KEY or a secret, and name that here"
-        )
     # Read when a project names where: with none, keys.py reads none (secret.no_project).
     read = _reads_secrets(env) and _text(env, "SECRETS_PROJECT", project_id(env))
     if read and not _SECRET_ID.fullmatch(value):
         raise ConfigError(
-            f"{name} must be a secret id (1-255 of A-Z a-z 0-9 _ -), got {value[:100]!r}"
+            f"{name} must be a secret id (1-255 of A-Z a-z 0-9 _ -), got {shown_key_name(value)!r}"
         )
     return value
 
 
-# How Anthropic's, OpenAI's and Google's keys begin.
-_KEY_STARTS = ("sk-", "sk_", "AIza")
+def shown_key_name(name: str) -> str:
+    """A key's name as log lines and errors may show it: quoted, unless it looks like a
+    key itself (one pasted into {P}_KEY_NAME went into log lines as a name, "... unset";
+    quoted or after `Bearer ` too). A name taken for one is only not shown."""
+    if _KEY_LIKE.search(name[:300]):  # a secret id is at most 255
+        return "(a value that looks like a key, not shown)"
+    return name[:100]
+
+
+# How Anthropic's, OpenAI's and Google's keys begin, or a long run of letters and digits
+# of both cases (a key's random part); names are words between separators.
+_KEY_LIKE = re.compile(
+    r"(?:sk-|sk_|AIza)[A-Za-z0-9_-]{16,}|(?=[A-Za-z0-9]*[0-9])(?=[A-Za-z0-9]*[a-z])"
+    r"(?=[A-Za-z0-9]*[A-Z])[A-Za-z0-9]{20,}"
+)
 
 
 def _secrets_project(env: Mapping[str, str], project: str) -> str:

@@ -45,7 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .config import ProviderSettings, Settings
+from .config import ProviderSettings, Settings, shown_key_name
 from .tracing import process_log
 
 _RETRY_INITIAL_DELAY = 0.1
@@ -170,22 +170,25 @@ class KeyStore:
                 google_errors.FailedPrecondition,
             )
             if isinstance(exc, answers):
-                log.warning("secret.missing", secret=name, error=error)
+                log.warning("secret.missing", secret=shown_key_name(name), error=error)
                 self._entries[name] = replace(
                     entry, key=None, checked_at=self._clock(), failed_at=None
                 )
                 return True, None
             self._entries[name] = replace(entry, failed_at=self._clock())
             if entry.key is not None:
-                log.warning("secret.stale", secret=name, error=error)
+                log.warning("secret.stale", secret=shown_key_name(name), error=error)
             else:
-                log.warning("secret.unavailable", secret=name, error=error)
+                log.warning("secret.unavailable", secret=shown_key_name(name), error=error)
             return False, None
         if key is None:
-            log.warning("secret.missing", secret=name, error="EmptyOrNotUtf8")
+            log.warning("secret.missing", secret=shown_key_name(name), error="EmptyOrNotUtf8")
         elif not _sendable(key):
             log.warning(
-                "secret.missing", secret=name, source="secret_manager", error="NotAHeaderValue"
+                "secret.missing",
+                secret=shown_key_name(name),
+                source="secret_manager",
+                error="NotAHeaderValue",
             )
             key = None
         self._entries[name] = replace(entry, key=key, checked_at=self._clock(), failed_at=None)
@@ -224,7 +227,10 @@ def _env_key(name: str) -> str | None:
         if (name, key) not in _unsendable_env_keys:  # once, not on every request
             _unsendable_env_keys.add((name, key))
             process_log().warning(
-                "secret.missing", secret=name, source="environment", error="NotAHeaderValue"
+                "secret.missing",
+                secret=shown_key_name(name),
+                source="environment",
+                error="NotAHeaderValue",
             )
         return None
     return key

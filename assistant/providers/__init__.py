@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..config import ProviderSettings, Settings
+from ..config import ProviderSettings, Settings, shown_key_name
 from ..keys import key_store, provider_key
 from .anthropic import AnthropicProvider
 from .base import Provider
@@ -34,7 +34,7 @@ def configured_providers(settings: Settings) -> tuple[list[Provider], dict[str, 
         provider_settings = settings.providers[name]
         key = provider_key(settings, provider_settings)
         if key is None:
-            key_name = provider_settings.key_name
+            key_name = shown_key_name(provider_settings.key_name)
             skipped[name] = f"no usable key ({key_name} unset, or refused: see secret.* lines)"
         elif not provider_settings.base_url:
             skipped[name] = f"no base URL ({name.upper()}_BASE_URL is not set)"
