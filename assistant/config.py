@@ -202,20 +202,19 @@ def _key_name(env: Mapping[str, str], name: str, prefix: str) -> str:
 
 
 def shown_key_name(name: str) -> str:
-    """A key's name as log lines and errors may show it: quoted, unless it looks like a
-    key itself (one pasted into {P}_KEY_NAME went into log lines as a name, "... unset";
-    quoted or after `Bearer ` too). A name taken for one is only not shown."""
-    if _KEY_LIKE.search(name[:300]):  # a secret id is at most 255
-        return "(a value that looks like a key, not shown)"
-    return name[:100]
+    """A key's name as log lines and errors may show it: only if it has a name's shape,
+    words of letters and digits between `_`, `-` or `.`, none over 12 long, and does not
+    begin as keys do. A key pasted into {P}_KEY_NAME went into log lines as a name
+    ("... unset"), in any case, quoted, after `Bearer `, cut by a line break, as hex; a
+    pattern for keys missed one form after another, where a key's random part is one
+    long word or several. A name not shown is said so, nothing of it told."""
+    if len(name) <= 255 and _NAME_SHAPE.fullmatch(name) and not _KEY_START.match(name):
+        return name
+    return "(not shown: it may be a key)"
 
 
-# How Anthropic's, OpenAI's and Google's keys begin, or a long run of letters and digits
-# of both cases (a key's random part); names are words between separators.
-_KEY_LIKE = re.compile(
-    r"(?:sk-|sk_|AIza)[A-Za-z0-9_-]{16,}|(?=[A-Za-z0-9]*[0-9])(?=[A-Za-z0-9]*[a-z])"
-    r"(?=[A-Za-z0-9]*[A-Z])[A-Za-z0-9]{20,}"
-)
+_NAME_SHAPE = re.compile(r"[A-Za-z0-9]{1,12}(?:[_.-][A-Za-z0-9]{1,12})*")
+_KEY_START = re.compile(r"sk[-_]|aiza", re.IGNORECASE)  # Anthropic's, OpenAI's, Google's
 
 
 def _secrets_project(env: Mapping[str, str], project: str) -> str:

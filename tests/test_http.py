@@ -15,7 +15,7 @@ import flask
 import pytest
 
 from assistant import server
-from assistant.config import ConfigError, Settings
+from assistant.config import ConfigError, Settings, shown_key_name
 from assistant.http import _Accepted, _after_history, _client_gone_probe
 from assistant.limits import replies_in_flight
 from assistant.parking import Park
@@ -625,7 +625,14 @@ PASTED_KEY = "sk-ant-api03-" + "Zq9x" * 20
 
 @pytest.mark.parametrize(
     "pasted",
-    [PASTED_KEY, f'"{PASTED_KEY}"', f"Bearer {PASTED_KEY}", "AIzaSy" + "A1b2" * 8],
+    [
+        PASTED_KEY,
+        f'"{PASTED_KEY}"',
+        f"Bearer {PASTED_KEY}",
+        PASTED_KEY.upper(),
+        "AIzaSy" + "A1b2" * 3 + "\n" + "A1b2_" * 4,  # cut by a line break
+        "a3f9c2e17b4d4e0f" + "a1b2" * 4,  # hex, as Azure OpenAI's keys are
+    ],
 )
 @pytest.mark.parametrize("secret_manager", [False, True])
 def test_a_key_pasted_as_its_name_is_in_no_log_line(
@@ -641,15 +648,23 @@ def test_a_key_pasted_as_its_name_is_in_no_log_line(
     response = ask(client)
     assert response.status_code in (409, 500) and fake.requests == []
     logged = capsys.readouterr().out
-    assert "looks like a key, not shown" in logged  # the skip, the secret read's line or the
+    assert "not shown: it may be a key" in logged  # the skip, the secret read's line or the
     # config error (a name no secret id) is there, without the key
-    assert "Zq9xZq9x" not in logged and "A1b2A1b2" not in logged
+    for piece in ("Zq9xZq9x", "ZQ9XZQ9X", "A1b2A1b2", "a1b2a1b2"):
+        assert piece not in logged
 
 
 def test_a_long_secret_name_that_begins_as_keys_do_is_a_name() -> None:
     # Refusing such names (a first version) broke deployments that worked (a reviewer's).
     env = {"ASSISTANT_PROVIDERS": "anthropic", "ANTHROPIC_KEY_NAME": "sk_anthropic_key_production"}
     assert Settings.from_env(env).providers["anthropic"].key_name == "sk_anthropic_key_production"
+
+
+@pytest.mark.parametrize(
+    "name", ["ANTHROPIC_API_KEY", "anthropic-api-key", "MY_OPENAI_KEY_2", "task-anthropic-key"]
+)
+def test_a_name_of_a_names_shape_is_shown(name: str) -> None:
+    assert shown_key_name(name) == name
 
 
 @pytest.mark.parametrize("name", ["GOOGLE_CLOUD_PROJECT", "GCP_PROJECT"])
