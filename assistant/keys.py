@@ -156,6 +156,7 @@ class KeyStore:
         """(whether Secret Manager answered, the key it gave); updates the cache entry."""
         entry = self._entries.get(name) or _Entry()
         log = process_log()
+        secret = shown_key_name(name)
         try:
             key = self._fetch(name)
         except Exception as exc:  # classified below; only the class is ever logged
@@ -170,23 +171,23 @@ class KeyStore:
                 google_errors.FailedPrecondition,
             )
             if isinstance(exc, answers):
-                log.warning("secret.missing", secret=shown_key_name(name), error=error)
+                log.warning("secret.missing", secret=secret, error=error)
                 self._entries[name] = replace(
                     entry, key=None, checked_at=self._clock(), failed_at=None
                 )
                 return True, None
             self._entries[name] = replace(entry, failed_at=self._clock())
             if entry.key is not None:
-                log.warning("secret.stale", secret=shown_key_name(name), error=error)
+                log.warning("secret.stale", secret=secret, error=error)
             else:
-                log.warning("secret.unavailable", secret=shown_key_name(name), error=error)
+                log.warning("secret.unavailable", secret=secret, error=error)
             return False, None
         if key is None:
-            log.warning("secret.missing", secret=shown_key_name(name), error="EmptyOrNotUtf8")
+            log.warning("secret.missing", secret=secret, error="EmptyOrNotUtf8")
         elif not _sendable(key):
             log.warning(
                 "secret.missing",
-                secret=shown_key_name(name),
+                secret=secret,
                 source="secret_manager",
                 error="NotAHeaderValue",
             )
