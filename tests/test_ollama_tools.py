@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 import pytest
 
+from assistant.config import ProviderSettings
 from assistant.providers.base import Event, Prompt, StreamEnd, TextDelta, ThinkingDelta, Usage
 from assistant.providers.ollama import OllamaProvider
 from assistant.request import Turn
@@ -249,9 +250,11 @@ def test_no_calls_no_tool_use(upstream: FakeUpstream) -> None:
 # -- c. the request -----------------------------------------------------------------------
 
 
-def sent(upstream: FakeUpstream, prompt: Prompt) -> dict[str, Any]:
+def sent(
+    upstream: FakeUpstream, prompt: Prompt, settings: ProviderSettings | None = None
+) -> dict[str, Any]:
     """The body the provider sent for `prompt` (the fake answers its default text)."""
-    events, error = run_provider(settings_for(upstream.url), prompt)
+    events, error = run_provider(settings or settings_for(upstream.url), prompt)
     assert error is None and isinstance(events[-1], StreamEnd)
     body = upstream.requests[-1].body
     assert body is not None
@@ -395,6 +398,15 @@ def test_a_response_schema_is_the_format(upstream: FakeUpstream) -> None:
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == '{"answer":"Paris"}'
     body = upstream.requests[-1].body
     assert body is not None and body["format"] == SCHEMA and "tools" not in body
+
+
+@pytest.mark.parametrize("thinking", [False, True])
+def test_thinking_off_is_not_said_beside_a_schema(upstream: FakeUpstream, thinking: bool) -> None:
+    """Ollama (up to 0.20) applies a thinking model's format after its thinking: told
+    `think: false`, the schema was ignored and the reply free text (ollama#14645)."""
+    prompt = dataclasses.replace(ASK, tools=(), response_schema=SCHEMA)
+    body = sent(upstream, prompt, CASE.settings(upstream.url, thinking=thinking))
+    assert body["format"] == SCHEMA and body.get("think") == (True if thinking else None)
 
 
 @pytest.mark.parametrize("choice", ["auto", "required", NamedTool("get_weather"), "none"])

@@ -85,14 +85,18 @@ class OllamaProvider(HttpProvider):
             "stream": True,
             "options": options,
         }
-        # Always said: left out, a model that can think does (Ollama's default for one).
-        body["think"] = self.settings.thinking
         # No tool choice field: "required" and {"name"} go as "auto"; "none" offers nothing.
         if self._sends_tools(prompt):
             body["tools"] = [_declaration(tool) for tool in prompt.tools]
         # The schema goes only when no tools do (the chain reports it the same way).
         if prompt.response_schema is not None and self.sends_schema(prompt):
             body["format"] = dict(prompt.response_schema)
+        # Said, or a model that can think does (Ollama's default for one); but not false
+        # beside a schema: Ollama (up to 0.20) applies a thinking model's format only
+        # after its thinking, and with none the schema was ignored (ollama#14645,
+        # #15260). Its thinking, if any, then comes as thinking.
+        if self.settings.thinking or "format" not in body:
+            body["think"] = self.settings.thinking
         return body
 
     def _sends_tools(self, prompt: Prompt) -> bool:
