@@ -830,13 +830,16 @@ def _client_gone_probe(environ: Mapping[str, Any]) -> Callable[[], bool]:
     poller.register(sock, select.POLLIN | _HUNG_UP)
     # The request thread probes once a second and the I/O loop before a next provider:
     # a poll object refuses a second poll() while one runs ("concurrent poll()
-    # invocation"), which ended a healthy reply as internal_error.
+    # invocation"), which ended a healthy reply as internal_error. Never waited for (the
+    # I/O loop carries every stream): while the other probes, this one says "still
+    # there", and the other's answer, or the next second's, tells.
     polling = threading.Lock()
 
     def gone() -> bool:
+        if not polling.acquire(blocking=False):
+            return False
         try:
-            with polling:
-                events = poller.poll(0)
+            events = poller.poll(0)
             if not events:
                 return False  # nothing to read, no hang-up: still connected
             if events[0][1] & (_HUNG_UP | select.POLLHUP | select.POLLERR):
@@ -844,6 +847,8 @@ def _client_gone_probe(environ: Mapping[str, Any]) -> Callable[[], bool]:
             return sock.recv(1, socket.MSG_PEEK) == b""  # readable: returns at once
         except (OSError, ValueError):
             return True
+        finally:
+            polling.release()
 
     return gone
 
