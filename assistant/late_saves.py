@@ -18,7 +18,7 @@ its id since (a retry's, newer): the store compares their `answeredAt`.
 
 What is not an outage is not tried again: a trace id that holds another
 user's messages (MessageTaken) or another question (TraceIdKept), and a write
-Firestore refuses as it is or does not let us make (`_never_taken`).
+Firestore refuses as it is or does not let us make (`never_taken`).
 
 Bounds: at most MAX_WAITING replies' messages and MAX_WAITING_CHARS characters
 of their text wait; past either, the oldest is given up (`persist.lost`). One
@@ -259,7 +259,7 @@ def _attempt(waiting: _Waiting) -> bool:
             waiting.steps.clear()
             return True
         except Exception as exc:  # any store failure: the next attempt, later
-            if _never_taken(exc):  # no later attempt would be taken either: this one is
+            if never_taken(exc):  # no later attempt would be taken either: this one is
                 # lost, not the steps after it (a question too large for a document took
                 # its short reply with it)
                 waiting.log.error("persist.lost", role=step.role, reason=_reason(exc))
@@ -296,7 +296,7 @@ def _lost(waiting: _Waiting, reason: str) -> None:
         waiting.log.error("persist.lost", role=step.role, reason=reason)
 
 
-def _never_taken(exc: Exception) -> bool:
+def never_taken(exc: Exception) -> bool:
     """A failure that is the write's own, not the database's state: Firestore refusing it
     as it is (too large, a value it cannot hold), or not letting us write at all, and a
     bug of ours. Trying it again later only holds its text in memory for nothing."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar, cast
 
-from .late_saves import UNDER_WAY, Step, late_saves
+from .late_saves import UNDER_WAY, Step, late_saves, never_taken
 from .request import AssistantRequest, Turn
 from .sse import json_text
 from .store import (
@@ -175,7 +175,12 @@ class Saver:
                 # message came first, or at once, and this one was taken back): the
                 # reply is not written without its question.
                 return ids, True
-            if not ok:  # an outage: later
+            if isinstance(user_failure, Exception) and never_taken(user_failure):
+                # Refused as it is (too large for a document): lost, and the reply,
+                # which waited behind it for nothing, is written now.
+                reason = f"{type(user_failure).__name__}: {user_failure}"
+                self._log.error("persist.lost", role="user", reason=reason)
+            elif not ok:  # an outage: later
                 assert self._user_message is not None
                 write_user = partial(self._store.save_user_message, self._user_message)
                 late.append(Step("user", write_user, under_way=self._user))
@@ -207,9 +212,12 @@ class Saver:
 
     def _user_write_failed(self) -> bool:
         """The user message's write ended in a failure worth a second try: not another
-        user's trace id, nor another question's (those are answers, not outages)."""
+        user's trace id, nor another question's (those are answers, not outages), nor a
+        write the database refuses as it is (a second would be refused the same)."""
         failure = None if self._user is None else _failure(self._user)
-        return failure is not None and not isinstance(failure, MessageTaken | TraceIdKept)
+        if failure is None or isinstance(failure, MessageTaken | TraceIdKept):
+            return False
+        return not (isinstance(failure, Exception) and never_taken(failure))
 
     def _waiting(
         self,
