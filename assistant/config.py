@@ -46,6 +46,7 @@ DEFAULT_BASE_URLS = {
     "ollama": "",  # no public default: set OLLAMA_BASE_URL to use it
 }
 
+DEFAULT_THINKING_BUDGET = 2048
 DEFAULT_MODELS = {
     "anthropic": "claude-sonnet-4-5",
     "openai": "gpt-4.1-mini",
@@ -410,18 +411,34 @@ class ProviderSettings:
             else None,
             thinking=_flag(env, f"{prefix}_THINKING", False),
             thinking_budget=_integer(
-                env, f"{prefix}_THINKING_BUDGET", 2048, minimum=1024, maximum=MAX_OUTPUT_TOKENS
+                env,
+                f"{prefix}_THINKING_BUDGET",
+                DEFAULT_THINKING_BUDGET,
+                minimum=1024,
+                maximum=MAX_OUTPUT_TOKENS,
             )
             if budgeted
-            else 2048,
+            else DEFAULT_THINKING_BUDGET,
         )
-        if budgeted and settings.thinking and settings.max_tokens <= settings.thinking_budget:
-            # Providers refuse a thinking budget that leaves no room for the answer.
+        # Providers refuse a thinking budget that leaves no room for the answer; Gemini 3
+        # is sent a level made from it, no budget (providers/gemini.py).
+        room_needed = budgeted and not gemini_3_on(name, model)
+        if room_needed and settings.thinking and settings.max_tokens <= settings.thinking_budget:
             raise ConfigError(
                 f"{prefix}_MAX_TOKENS ({settings.max_tokens}) must be larger than "
                 f"{prefix}_THINKING_BUDGET ({settings.thinking_budget}) when thinking is on"
             )
         return settings
+
+
+def gemini_3_on(provider: str, model: str) -> bool:
+    """Gemini 3 and later, by name ("gemini-3-pro-preview", "gemini-3.5-flash"): they
+    take a response schema beside tools, and a thinking level for a budget. An alias
+    such as "gemini-flash-latest" says no version: taken as one before 3."""
+    return provider == "gemini" and _GEMINI_3.match(model) is not None
+
+
+_GEMINI_3 = re.compile(r"gemini-([3-9]|[1-9][0-9])")
 
 
 def thinks_adaptively(provider: str, model: str) -> bool:

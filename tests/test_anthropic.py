@@ -43,7 +43,7 @@ def test_a_claude_4_6_thinking_budget_is_not_read() -> None:
     # every request a 500 for a setting that changes nothing.
     for budget in ("100", "lots"):
         env = {"ANTHROPIC_MODEL": "claude-sonnet-4-6", "ANTHROPIC_THINKING_BUDGET": budget}
-        assert ProviderSettings.from_env(env, "anthropic").model == "claude-sonnet-4-6"
+        assert ProviderSettings.from_env(env, "anthropic").thinking_budget == 2048
     with pytest.raises(ConfigError, match="ANTHROPIC_THINKING_BUDGET"):
         env = {"ANTHROPIC_MODEL": "claude-sonnet-4-5", "ANTHROPIC_THINKING_BUDGET": "100"}
         ProviderSettings.from_env(env, "anthropic")

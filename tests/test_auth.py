@@ -155,6 +155,8 @@ BAD_CREDENTIALS: dict[str, Callable[[SigningKey, SigningKey], dict[str, str]]] =
     "signature's last character with spare bits set": lambda key, other: bearer(
         _with_spare_bits_set(key.sign(claims()))
     ),
+    # 342 characters and 3 more: one past a whole group of four, which no bytes spell.
+    "signature of a length no bytes have": lambda key, other: bearer(key.sign(claims()) + "AAA"),
 }
 
 

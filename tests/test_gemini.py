@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from assistant.chain import ChainFailed, ChainSucceeded, Chunk
-from assistant.config import Timeouts
+from assistant.config import ConfigError, ProviderSettings, Timeouts
 from assistant.providers.base import Prompt, TextDelta
 from assistant.providers.gemini import GeminiProvider
 from assistant.request import Turn
@@ -357,3 +357,13 @@ def test_thinking_is_asked_for_as_each_model_takes_it(
     assert run_provider(settings)[1] is None
     body = upstream.requests[0].body
     assert body is not None and body["generationConfig"].get("thinkingConfig") == sent
+
+
+def test_gemini_3_needs_no_room_beside_a_budget_it_is_not_sent() -> None:
+    """It is sent a level made from the budget: a GEMINI_MAX_TOKENS under the budget was
+    refused as if the budget went too (a reviewer's)."""
+    env = {"GEMINI_THINKING": "true", "GEMINI_MAX_TOKENS": "1024"}
+    three = ProviderSettings.from_env({**env, "GEMINI_MODEL": "gemini-3-pro-preview"}, "gemini")
+    assert three.max_tokens == 1024 and three.thinking_budget == 2048
+    with pytest.raises(ConfigError, match="GEMINI_MAX_TOKENS"):
+        ProviderSettings.from_env({**env, "GEMINI_MODEL": "gemini-2.5-pro"}, "gemini")

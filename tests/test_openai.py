@@ -168,10 +168,19 @@ def test_the_reply_length_goes_in_the_field_the_server_reads(
     upstream: FakeUpstream, base_url: str, model: str, field: str
 ) -> None:
     assert length_field(base_url, model) == field
-    settings = settings_for(upstream.url, model=model, max_tokens=321)
-    assert run_provider(settings)[1] is None
+
+
+@pytest.mark.parametrize(
+    ("model", "field"), [("gpt-4o", "max_tokens"), ("o3-mini", "max_completion_tokens")]
+)
+def test_the_reply_length_is_sent_in_its_field(
+    upstream: FakeUpstream, model: str, field: str
+) -> None:
+    # The fake is no OpenAI host: the field follows the model's name.
+    assert run_provider(settings_for(upstream.url, model=model, max_tokens=321))[1] is None
     body = upstream.requests[0].body
-    assert body is not None and body[length_field(upstream.url, model)] == 321
+    assert body is not None and body[field] == 321
+    assert not ({"max_tokens", "max_completion_tokens"} - {field}) & set(body)  # one only
 
 
 @pytest.mark.parametrize(

@@ -399,7 +399,7 @@ def _thinking(model: str, budget: int) -> dict[str, Any]:
 
 # Claude Opus 4.7 refuses a temperature ("`temperature` is deprecated for this model", a
 # 400 on every request): from 4.7 on none is sent.
-SAMPLES_ITSELF_FROM = (4, 7)
+NO_TEMPERATURE_FROM = (4, 7)
 
 
 class AnthropicProvider(HttpProvider):
@@ -424,7 +424,7 @@ class AnthropicProvider(HttpProvider):
             # Extended thinking takes no temperature; config keeps max_tokens above the budget.
             body["thinking"] = _thinking(self.settings.model, self.settings.thinking_budget)
         elif self.settings.temperature is not None and not claude_at_least(
-            self.name, self.settings.model, SAMPLES_ITSELF_FROM
+            self.name, self.settings.model, NO_TEMPERATURE_FROM
         ):
             body["temperature"] = self.settings.temperature
         if prompt.tools:

@@ -36,7 +36,7 @@ from typing import Any
 
 import httpx
 
-from ..config import ProviderSettings
+from ..config import ProviderSettings, gemini_3_on
 from ..schemas import rebuilt
 from ..tools import (
     NamedTool,
@@ -90,21 +90,18 @@ _NO_SIGNATURE = "skip_thought_signature_validator"
 # (ours for Anthropic's thinking start with "anthropic:"): Gemini would refuse it, and it
 # would carry another provider's thinking to Google.
 _BASE64 = re.compile(r"[A-Za-z0-9+/_-]+=*")
-# Gemini 3 and later by name ("gemini-3-pro-preview", "gemini-3.5-flash"); an alias
-# such as "gemini-flash-latest" says no version: taken as one that does not.
-_TOOLS_BESIDE_A_SCHEMA = re.compile(r"gemini-([3-9]|[1-9][0-9])")
 _TOOL_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
 
 
-def _thinking_config(model: str, settings: ProviderSettings) -> dict[str, Any] | None:
+def _thinking_config(settings: ProviderSettings) -> dict[str, Any] | None:
     """Thinking on: shown (`includeThoughts`), with the budget, or for Gemini 3 on the
     level it takes in a budget's place (a budget there is accepted, and documented as
     worse). Off: Gemini 2.5 Flash is told a budget of 0, or it thinks anyway, unseen,
     its thoughts counted against maxOutputTokens (a reply could end with nothing shown)
     and holding the first chunk back. Pro and Gemini 3 cannot stop (0 is a 400)."""
     if not settings.thinking:
-        return {"thinkingBudget": 0} if _STOPS_AT_ZERO.search(model) else None
-    if _TOOLS_BESIDE_A_SCHEMA.match(model):
+        return {"thinkingBudget": 0} if _STOPS_AT_ZERO.search(settings.model) else None
+    if gemini_3_on("gemini", settings.model):
         level = "low" if settings.thinking_budget <= 2048 else "high"  # all Gemini 3 take
         return {"includeThoughts": True, "thinkingLevel": level}
     return {"includeThoughts": True, "thinkingBudget": settings.thinking_budget}
@@ -123,7 +120,7 @@ class GeminiProvider(HttpProvider):
         super().__init__(settings, api_key)
         # gemini-2.5 (our default) answers 400 "Function calling with a response mime type:
         # 'application/json' is unsupported"; Gemini 3 takes both in one request.
-        self.schema_with_tools = _TOOLS_BESIDE_A_SCHEMA.match(self.model) is not None
+        self.schema_with_tools = gemini_3_on(self.name, self.model)
 
     def _refuses_key(self, status: int, body: bytes) -> bool:
         # Gemini answers a bad key with 400 INVALID_ARGUMENT, reason API_KEY_INVALID.
@@ -142,7 +139,7 @@ class GeminiProvider(HttpProvider):
         config = body["generationConfig"]
         if self.settings.temperature is not None:
             config["temperature"] = self.settings.temperature
-        if thinking := _thinking_config(self.settings.model, self.settings):
+        if thinking := _thinking_config(self.settings):
             config["thinkingConfig"] = thinking
         if self.sends_schema(prompt):
             # responseJsonSchema takes JSON Schema as it is; responseSchema only an OpenAPI subset.
