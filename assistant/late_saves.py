@@ -287,6 +287,8 @@ def _written(step: Step) -> str:
             return under_way.result()
         if isinstance(failure, MessageTaken | TraceIdKept):
             raise failure
+        if isinstance(failure, Exception) and never_taken(failure):
+            raise failure  # refused as it is: a write of ours would be refused the same
         # Else it failed after the reply's wait: a write of ours goes now.
     return step.write()
 

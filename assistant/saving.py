@@ -276,8 +276,12 @@ def save_question(store: MessageStore, message: UserMessage, log: RequestLog) ->
         if isinstance(failure, MessageTaken | TraceIdKept):  # the trace id's: no outage
             log.warning("persist.kept", role="user", reason=str(failure))
         elif failure is not None:
-            log.error("persist.failed", role="user", reason=f"{type(failure).__name__}: {failure}")
-            late_saves.add([Step("user", write)], len(message.content), log)
+            reason = f"{type(failure).__name__}: {failure}"
+            if isinstance(failure, Exception) and never_taken(failure):  # tried again: the same
+                log.error("persist.lost", role="user", reason=reason)
+            else:
+                log.error("persist.failed", role="user", reason=reason)
+                late_saves.add([Step("user", write)], len(message.content), log)
 
     question = _pool.submit(write)
     _track_unwaited(question, log, "user")

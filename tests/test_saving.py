@@ -510,3 +510,42 @@ def test_a_question_whose_write_hangs_when_the_worker_stops_is_said_lost(capsys)
         line for line in log_lines(capsys.readouterr().out) if line["message"] == "persist.lost"
     ]
     assert [(line["trace_id"], line["role"]) for line in lost] == [("t-asked", "user")]
+
+
+def test_a_question_refused_as_it_is_after_the_wait_is_not_written_again(capsys) -> None:
+    """Its write still under way when the wait ended, then refused as it is: the late
+    write sent it again, to be refused the same (a reviewer's)."""
+    calls: list[str] = []
+    refused: concurrent.futures.Future[str] = concurrent.futures.Future()
+    refused.set_exception(ValueError("maximum entity size is 1048576 bytes"))
+
+    def again() -> str:
+        calls.append("t-user")
+        return "t-user"
+
+    saves = LateSaves(delays=(0.01, 0.01))
+    steps = [Step("user", again, under_way=refused), Step("assistant", Flaky("t-assistant", calls))]
+    saves.add(steps, 2, RequestLog("t"))
+    _wait_until_idle(saves)
+    assert calls == ["t-assistant"]
+
+
+def test_a_question_no_reply_follows_refused_as_it_is_is_not_queued(capsys) -> None:
+    calls: list[str] = []
+
+    class TooLarge(Recording):
+        def save_user_message(self, message: UserMessage) -> str:
+            calls.append(message.message_id)
+            raise ValueError("maximum entity size is 1048576 bytes")
+
+    question = UserMessage("a", "t-big", None, AUTHOR, "q" * 10)
+    saving.save_question(TooLarge(), question, RequestLog("t-big"))  # type: ignore[arg-type]
+    saving.finish_unwaited(2)
+    time.sleep(0.2)  # a late write, were one queued, would have begun (its first is at once)
+    assert calls == ["t-big-user"]
+    lost = [
+        line["role"]
+        for line in log_lines(capsys.readouterr().out)
+        if line["message"] == "persist.lost"
+    ]
+    assert lost == ["user"]
