@@ -287,7 +287,7 @@ def _written(step: Step) -> str:
             return under_way.result()
         if isinstance(failure, MessageTaken | TraceIdKept):
             raise failure
-        if isinstance(failure, Exception) and never_taken(failure):
+        if never_taken(failure):
             raise failure  # refused as it is: a write of ours would be refused the same
         # Else it failed after the reply's wait: a write of ours goes now.
     return step.write()
@@ -298,7 +298,7 @@ def _lost(waiting: _Waiting, reason: str) -> None:
         waiting.log.error("persist.lost", role=step.role, reason=reason)
 
 
-def never_taken(exc: Exception) -> bool:
+def never_taken(exc: BaseException | None) -> bool:
     """A failure that is the write's own, not the database's state: Firestore refusing it
     as it is (too large, a value it cannot hold), or not letting us write at all, and a
     bug of ours. Trying it again later only holds its text in memory for nothing."""

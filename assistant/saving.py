@@ -175,7 +175,7 @@ class Saver:
                 # message came first, or at once, and this one was taken back): the
                 # reply is not written without its question.
                 return ids, True
-            if isinstance(user_failure, Exception) and never_taken(user_failure):
+            if never_taken(user_failure):
                 # Refused as it is (too large for a document): lost, and the reply,
                 # which waited behind it for nothing, is written now.
                 reason = f"{type(user_failure).__name__}: {user_failure}"
@@ -217,7 +217,7 @@ class Saver:
         failure = None if self._user is None else _failure(self._user)
         if failure is None or isinstance(failure, MessageTaken | TraceIdKept):
             return False
-        return not (isinstance(failure, Exception) and never_taken(failure))
+        return not never_taken(failure)
 
     def _waiting(
         self,
@@ -277,7 +277,7 @@ def save_question(store: MessageStore, message: UserMessage, log: RequestLog) ->
             log.warning("persist.kept", role="user", reason=str(failure))
         elif failure is not None:
             reason = f"{type(failure).__name__}: {failure}"
-            if isinstance(failure, Exception) and never_taken(failure):  # tried again: the same
+            if never_taken(failure):  # a second write would be refused the same
                 log.error("persist.lost", role="user", reason=reason)
             else:
                 log.error("persist.failed", role="user", reason=reason)
@@ -411,7 +411,7 @@ class History:
         as one turn, the model sent "Q\n\nQ" (a reviewer). A reply with no text between
         them (one that only called a tool, whose calls the history does not hold) is none:
         it is left out here, as providers leave it out (base.py), or the two were joined."""
-        turns = tuple(turn for turn in self.turns if turn.content.strip() or turn.tool_calls)
+        turns = tuple(turn for turn in self.turns if turn.content.strip())
         following = (*turns[1:], Turn("user", question))
         return tuple(
             turn
