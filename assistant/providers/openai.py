@@ -149,11 +149,16 @@ def length_field(base_url: str, model: str) -> str:
     azure_openai = host.endswith(".azure.com") and "/openai" in url.path.lower()
     if host.endswith(".openai.com") or azure_openai:
         return "max_completion_tokens"
-    return "max_completion_tokens" if _REASONING_MODEL.search(model) else "max_tokens"
+    return "max_completion_tokens" if reasons(model) else "max_tokens"
 
 
-# o1, o3-mini, o4-mini, gpt-5, gpt-5.1-codex..., after a gateway's `openai/` prefix or a
-# fine-tune's `ft:`.
+def reasons(model: str) -> bool:
+    """Whether `model` names one of OpenAI's reasoning models (told apart by name alone:
+    o1, o3-mini, o4-mini, gpt-5, gpt-5.1-codex..., after a gateway's `openai/` prefix or
+    a fine-tune's `ft:`)."""
+    return _REASONING_MODEL.search(model) is not None
+
+
 _REASONING_MODEL = re.compile(
     r"(?:^|[/:])(?:o[1-9]|gpt-(?:[5-9]|[1-9]\d))(?:$|[-.:])", re.IGNORECASE
 )
@@ -175,9 +180,8 @@ class OpenAIProvider(HttpProvider):
         }
         if self.settings.thinking:
             body["reasoning_effort"] = _reasoning_effort(self.settings.thinking_budget)
-        elif self.settings.temperature is not None and not _REASONING_MODEL.search(
-            self.settings.model
-        ):  # those take none but their own ("Only the default (1) value is supported")
+        elif self.settings.temperature is not None and not reasons(self.settings.model):
+            # those take none but their own ("Only the default (1) value is supported")
             body["temperature"] = self.settings.temperature
         if prompt.tools:
             body["tools"] = [_tool(tool) for tool in prompt.tools]
