@@ -27,7 +27,8 @@ Deliberate choices, so nobody "fixes" them:
   not to every request. Either way the next read is tried after that window.
 - When a cached answer is stale and another thread is already reading the
   secret, callers get it (the stale key, or none) at once rather than waiting
-  on the read; only a secret never read yet is waited for.
+  on the read; only a secret that never answered yet (never read, or every
+  read failed) is waited for.
 - `refresh()` (after a provider's 401) bypasses the cache, but at most one
   read per name per `failure_ttl`: threads that hit 401 together share one
   read, and each gets that read's result. A confirmed read replaces the
@@ -103,10 +104,11 @@ class KeyStore:
         if entry is not None and self._usable(entry, self._clock()):
             return entry.key
         lock = self._name_lock(name)
-        if entry is not None:
-            # Stale: serve it rather than queue behind a read already under way, a key
-            # or none (a secret that was missing, or unreadable, when last asked: all
-            # requests waited on its next read, every provider's key being asked for).
+        if entry is not None and entry.checked_at is not None:
+            # A stale answer: serve it rather than queue behind a read already under
+            # way, a key or none (a secret that was missing, or unreadable, when last
+            # asked: all requests waited on its next read, every provider's key being
+            # asked for). A failure alone is no answer: that read is waited for.
             if not lock.acquire(blocking=False):
                 return entry.key
         else:

@@ -330,6 +330,32 @@ def test_a_missing_secret_read_again_holds_up_no_other_request(sm, clock) -> Non
     assert len(sm.calls) == 2
 
 
+def test_a_secret_that_never_answered_is_waited_for_by_every_request(sm, clock) -> None:
+    """A first read that failed (a blip at a cold start) is not an answer: the requests
+    that come while the next read is under way wait for it and get its key, not none
+    (a provider skipped though its key was a moment away: a reviewer's)."""
+    sm.secrets[NAME] = google_errors.ServiceUnavailable("blip")
+    store = make_store(sm, clock)
+    assert store.get(NAME) is None
+    clock.advance(31)
+    sm.secrets[NAME] = KEY
+    sm.gate = threading.Event()
+    sm.entered.clear()
+    reader = threading.Thread(target=store.get, args=(NAME,))
+    reader.start()
+    assert sm.entered.wait(5)
+    answers: list[str | None] = []
+    other = threading.Thread(target=lambda: answers.append(store.get(NAME)))
+    other.start()
+    other.join(0.5)
+    assert answers == []  # waiting on the read under way
+    sm.gate.set()
+    other.join(5)
+    reader.join(5)
+    assert answers == [KEY]
+    assert len(sm.calls) == 2
+
+
 def test_a_disabled_latest_version_drops_the_key_it_held(sm, clock) -> None:
     store = make_store(sm, clock)
     assert store.get(NAME) == KEY

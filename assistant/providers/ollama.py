@@ -1,9 +1,10 @@
 """Ollama, streamed natively (`POST {base}/api/chat`, NDJSON).
 
 One JSON object per line: `message.content` is text, `message.thinking` is
-reasoning. `think` is always sent, true only when thinking is on: left out,
-a model that can think does (Ollama turns it on for such a model), and a
-model that cannot refuses only `think: true`. The last line has `done: true`,
+reasoning. `think` is sent, true only when thinking is on (left out, a model
+that can think does: Ollama turns it on for such a model; a model that
+cannot refuses only `think: true`), except `false` beside a response schema
+(see `_body`). The last line has `done: true`,
 `done_reason` and token counts; a stream that ends without it is
 incomplete. `{"error": "..."}` lines arrive with status 200 and are failures.
 Ollama needs no key: it is configured by `OLLAMA_BASE_URL` alone.
