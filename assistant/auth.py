@@ -123,7 +123,8 @@ def verify_id_token(token: str, auth: AuthSettings) -> Mapping[str, Any]:
         claims = _decode(token, verify=False)
     except _DECODE_ERRORS:
         raise InvalidToken("the ID token is not a JWT") from None
-    check_claims(claims, auth, now=time.time())
+    arrived = time.time()
+    check_claims(claims, auth, now=arrived)
 
     algorithm = header.get("alg")
     if algorithm == "none":
@@ -146,9 +147,10 @@ def verify_id_token(token: str, auth: AuthSettings) -> Mapping[str, Any]:
             token,
             certs={key_id: cert},
             audience=auth.project_id,
-            # Ours decide (check_claims, already passed): google-auth compares whole
-            # seconds, the time rounded down, so it is given a second more than ours.
-            clock_skew_in_seconds=math.ceil(auth.clock_skew_seconds) + 1,
+            # Ours decide (check_claims, already passed at the token's arrival):
+            # google-auth checks the time again, after any wait for the certs, and in
+            # whole seconds rounded down, so it is given that wait and a second more.
+            clock_skew_in_seconds=math.ceil(auth.clock_skew_seconds + time.time() - arrived) + 1,
         )
     except _DECODE_ERRORS:
         raise InvalidToken("the ID token's signature does not verify") from None

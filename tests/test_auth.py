@@ -243,6 +243,18 @@ def test_a_fractional_clock_skew_is_ours_not_google_auths_whole_seconds(
     assert post(client, bearer(key.sign(ahead))).status_code == 200
 
 
+def test_a_token_valid_on_arrival_stays_valid_while_certs_are_fetched(
+    client, fake: FakeUpstream, certs: CertsServer, key
+) -> None:
+    """A token within the skew when it came, the certs a slow first fetch away: google-auth
+    checked its `exp` again after the wait, and refused it as a signature that does not
+    verify (a reviewer's)."""
+    os.environ["AUTH_CLOCK_SKEW_SECONDS"] = "2"
+    certs.delay = 3.5  # past the skew google-auth was given (3 s), whatever the fraction
+    token = key.sign(claims(exp=_now() - 1))
+    assert post(client, bearer(token)).status_code == 200
+
+
 def test_a_valid_token_passes_google_auths_checks_too(client, fake, certs, key) -> None:
     """A token with a float `exp` in range: our checks and google-auth's agree."""
     token = key.sign(claims(exp=_now() + 30.5))
