@@ -450,8 +450,14 @@ def thinks_adaptively(provider: str, model: str) -> bool:
 def claude_at_least(provider: str, model: str, version: tuple[int, int]) -> bool:
     """Whether `model` is a Claude of `version` or later, by the version in its name (a
     name that says none is not)."""
+    named = claude_version(provider, model)
+    return named is not None and named >= version
+
+
+def claude_version(provider: str, model: str) -> tuple[int, int] | None:
+    """The Claude version `model`'s name says (None: none, or not Anthropic's provider)."""
     named = _CLAUDE_VERSION.search(model) if provider == "anthropic" else None
-    return named is not None and (int(named[1]), int(named[2] or 0)) >= version
+    return None if named is None else (int(named[1]), int(named[2] or 0))
 
 
 # The version in a model's name: claude-opus-4-7, claude-3-5-sonnet-20241022,

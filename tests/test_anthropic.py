@@ -10,6 +10,8 @@ budget must leave.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from assistant.config import ConfigError, ProviderSettings, Timeouts
@@ -85,7 +87,60 @@ def test_an_error_event_whose_error_is_a_string_is_an_upstream_error(
 def test_the_prompts_tokens_are_a_count_or_none(
     usage: dict[str, object], expected: int | None
 ) -> None:
-    assert anthropic._input_tokens(usage) == expected
+    state = anthropic._State(model="claude")
+    anthropic._count_input(usage, state)
+    assert state.input_tokens == expected
+
+
+@pytest.mark.parametrize(
+    "delta_usage",
+    [
+        {"input_tokens": 12, "output_tokens": 5},  # a gateway's: the cache's parts not given
+        {"input_tokens": 12, "cache_read_input_tokens": None, "output_tokens": 5},
+        {"output_tokens": 5},
+    ],
+)
+def test_the_cached_part_of_a_prompt_counts_whatever_message_delta_leaves_out(
+    upstream: FakeUpstream, delta_usage: dict[str, object]
+) -> None:
+    """message_start gave 12 tokens and 3,000 read from the cache; a message_delta giving
+    input_tokens alone made the prompt 12 tokens (a reviewer's)."""
+    start = {"input_tokens": 12, "cache_read_input_tokens": 3000, "output_tokens": 1}
+    upstream.push(Script(raw=[_stream_with_usage(start, delta_usage)]))
+    run = run_chain([CASE.provider(upstream.url)], Timeouts(connect=1, first_chunk=2, idle=2))
+    assert run.outcomes == ["ok"]
+    assert (run.chain.usage.input_tokens, run.chain.usage.output_tokens) == (3012, 5)
+
+
+def _stream_with_usage(start: dict[str, object], delta: dict[str, object]) -> bytes:
+    events = [
+        ("message_start", {"type": "message_start", "message": {"model": "c", "usage": start}}),
+        (
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        ),
+        (
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": "hi"},
+            },
+        ),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        (
+            "message_delta",
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": delta},
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    return b"".join(
+        f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in events
+    )
 
 
 @pytest.mark.parametrize("name", ["error_after_text.sse"])

@@ -1078,9 +1078,9 @@ def test_a_response_schema_is_worked_out_before_the_io_loop_asks(
     request's thread, once per prompt."""
     schema = {"type": "object", "properties": {"a": {"type": "string"}}}
     checked: list[object] = []
-    plain = anthropic_schema_module.sent_form
+    plain = anthropic_schema_module.compiled_form
     monkeypatch.setattr(
-        anthropic_module, "sent_form", lambda schema: checked.append(schema) or plain(schema)
+        anthropic_module, "compiled_form", lambda schema: checked.append(schema) or plain(schema)
     )
     prompt = ask(tools=(), schema=schema)
     provider = CASE.provider_class(CASE.settings("http://127.0.0.1:9"), "")
@@ -1384,6 +1384,93 @@ def test_a_schema_closing_would_change_is_not_sent(
         ask(tools=(), schema=schema)
     )
     assert left_out is not None and why in left_out and "not sent" in left_out
+
+
+@pytest.mark.parametrize(
+    "model, sent_schema",
+    [
+        ("claude-sonnet-4-20250514", False),  # 4: no structured outputs (a 400 each time)
+        ("claude-opus-4-1-20250805", False),
+        ("claude-3-5-haiku-latest", False),
+        ("claude-haiku-4-5", True),
+        ("claude-opus-4-7", True),
+        ("claude-mythos-preview", True),  # no version said: sent
+    ],
+)
+def test_a_claude_before_4_5_is_sent_no_response_schema(
+    upstream: FakeUpstream, model: str, sent_schema: bool
+) -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
+    upstream.push(Script(text="fine"))
+    body = sent(upstream, ask(tools=(), schema=schema), model=model)
+    assert ("output_config" in body) == sent_schema
+    left_out = CASE.provider_class(CASE.settings(upstream.url, model=model), "").schema_left_out(
+        ask(tools=(), schema=schema)
+    )
+    assert (left_out is None) == sent_schema
+    assert sent_schema or "from Claude 4.5 on" in (left_out or "")
+
+
+def _properties(count: int, schema: dict[str, Any]) -> dict[str, Any]:
+    return {f"p{index}": schema for index in range(count)}
+
+
+@pytest.mark.parametrize(
+    "schema, why",
+    [
+        # Past Anthropic's compiler's limits (a 400, "Schema is too complex"): 24 optional
+        # properties, 16 of more than one type, nested ones and $defs counted.
+        ({"type": "object", "properties": _properties(25, {"type": "string"})}, "25 optional"),
+        (
+            {
+                "type": "object",
+                "properties": {"a": {"$ref": "#/$defs/A"}},
+                "required": ["a"],
+                "$defs": {"A": {"type": "object", "properties": _properties(25, {})}},
+            },
+            "25 optional",
+        ),
+        (
+            {
+                "type": "object",
+                "properties": _properties(17, {"type": ["string", "null"]}),
+                "required": [f"p{index}" for index in range(17)],
+            },
+            "17 schemas of more than one type",
+        ),
+        (
+            {
+                "type": "object",
+                "properties": _properties(17, {"anyOf": [{"type": "string"}, {"type": "integer"}]}),
+                "required": [f"p{index}" for index in range(17)],
+            },
+            "17 schemas of more than one type",
+        ),
+    ],
+)
+def test_a_schema_past_anthropics_limits_is_not_sent(
+    upstream: FakeUpstream, schema: dict[str, Any], why: str
+) -> None:
+    upstream.push(Script(text="fine"))
+    assert "output_config" not in sent(upstream, ask(tools=(), schema=schema))
+    left_out = CASE.provider_class(CASE.settings(upstream.url), "").schema_left_out(
+        ask(tools=(), schema=schema)
+    )
+    assert left_out is not None and why in left_out and "not sent" in left_out
+
+
+def test_a_schema_at_anthropics_limits_is_sent(upstream: FakeUpstream) -> None:
+    required = [f"p{index}" for index in range(16)]
+    schema = {
+        "type": "object",
+        "properties": {
+            **_properties(16, {"type": ["string", "null"]}),
+            **{f"q{index}": {"type": "string"} for index in range(24)},
+        },
+        "required": required,
+    }
+    upstream.push(Script(text="fine"))
+    assert "output_config" in sent(upstream, ask(tools=(), schema=schema))
 
 
 @pytest.mark.parametrize(

@@ -43,7 +43,8 @@ Deliberate choices:
 - A tool result and the user's text in one turn: the `tool_result` blocks
   first, then the text, as the API requires.
 - Tools and `output_config.format` go together in one request (Anthropic
-  takes both), so `schema_with_tools` stays True.
+  takes both), so `schema_with_tools` stays True. A model older than Claude
+  4.5 takes no `output_config` (`SCHEMA_FROM`): the schema is not sent.
 """
 
 from __future__ import annotations
@@ -58,9 +59,9 @@ from typing import Any
 
 import httpx
 
-from ..config import claude_at_least, thinks_adaptively
+from ..config import claude_at_least, claude_version, thinks_adaptively
 from ..tools import NamedTool, ToolCall, parse_arguments, with_nothing_refused_at_the_top
-from .anthropic_schema import sent_form
+from .anthropic_schema import compiled_form
 from .base import (
     CALL_BEGAN,
     WORKING,
@@ -114,6 +115,7 @@ class _Call:
 class _State:
     model: str
     input_tokens: int | None = None
+    input_parts: dict[str, Any] = field(default_factory=dict)  # its counts, by field
     output_tokens: int | None = None
     thinking_tokens: int | None = None  # of output_tokens, when the API counts them apart
     stop_reason: str | None = None
@@ -134,7 +136,7 @@ def _on_message_start(data: dict[str, Any], state: _State) -> None:
     message = data.get("message") or {}
     state.model = message.get("model") or state.model
     usage = message.get("usage") or {}
-    state.input_tokens = _input_tokens(usage)
+    _count_input(usage, state)
     # Its output_tokens is a placeholder (1): a reply cut before message_delta reported
     # it as what the reply cost. The count comes with message_delta.
     if (thinking_tokens := _thinking_tokens(usage)) is not None:
@@ -146,18 +148,22 @@ def _thinking_tokens(usage: dict[str, Any]) -> int | None:
     return token_count(details.get("thinking_tokens")) if isinstance(details, dict) else None
 
 
-def _input_tokens(usage: dict[str, Any]) -> int | None:
-    """The prompt's tokens, cached or not: the sum of the parts given, None when one of
-    them is no count (a sum with a negative or a true in it would be a wrong number)."""
-    parts = [
-        usage.get(name)
-        for name in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-    ]
-    given = [part for part in parts if part is not None]
-    counts = [count for part in given if (count := token_count(part)) is not None]
-    if not counts or len(counts) < len(given):
-        return None
-    return token_count(sum(counts))
+def _count_input(usage: dict[str, Any], state: _State) -> None:
+    """The prompt's tokens, cached or not: the sum of its parts, each the latest given (a
+    `message_delta` may give some, or none: a gateway's gives `input_tokens` alone, and
+    the cache's parts counted at the start still count). Parts that are no count leave
+    the sum as it was (a negative or a true in it would make a wrong number)."""
+    parts = {
+        **state.input_parts,
+        **{name: usage[name] for name in _INPUT_PARTS if usage.get(name) is not None},
+    }
+    counts = [token_count(part) for part in parts.values()]
+    if parts and None not in counts:
+        state.input_parts = parts
+        state.input_tokens = token_count(sum(count or 0 for count in counts))
+
+
+_INPUT_PARTS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
 
 def _index(data: dict[str, Any]) -> int:
@@ -237,9 +243,7 @@ def _on_message_delta(data: dict[str, Any], state: _State) -> None:
     if (thinking_tokens := _thinking_tokens(usage)) is not None:
         state.thinking_tokens = thinking_tokens  # cumulative too
     # Cumulative too, when given: a server tool (web search) grows the input mid-turn.
-    input_tokens = _input_tokens(usage)
-    if input_tokens is not None:
-        state.input_tokens = input_tokens
+    _count_input(usage, state)
 
 
 def _on_message_stop(data: dict[str, Any], state: _State) -> None:
@@ -383,7 +387,7 @@ def _schema_plan(prompt: Prompt) -> tuple[str | None, dict[str, Any] | None]:
     I/O loop, a reviewer's schema held every stream for a minute."""
     assert prompt.response_schema is not None
     schema = prompt.response_schema
-    return _PLANS.get(prompt, lambda: sent_form(schema))
+    return _PLANS.get(prompt, lambda: compiled_form(schema))
 
 
 def _thinking(model: str, budget: int) -> dict[str, Any]:
@@ -400,6 +404,11 @@ def _thinking(model: str, budget: int) -> dict[str, Any]:
 # Claude Opus 4.7 refuses a temperature ("`temperature` is deprecated for this model", a
 # 400 on every request): from 4.7 on none is sent.
 NO_TEMPERATURE_FROM = (4, 7)
+
+# Structured outputs (`output_config.format`) came with Claude 4.5 (Opus, Sonnet, Haiku):
+# an older model refuses the field, a 400 on every request with a schema. A name that
+# says no version is sent it.
+SCHEMA_FROM = (4, 5)
 
 
 class AnthropicProvider(HttpProvider):
@@ -448,7 +457,12 @@ class AnthropicProvider(HttpProvider):
         return body
 
     def schema_left_out(self, prompt: Prompt) -> str | None:
-        why = None if prompt.response_schema is None else _schema_plan(prompt)[0]
+        if prompt.response_schema is None:
+            return None
+        version = claude_version(self.name, self.settings.model)
+        if version is not None and version < SCHEMA_FROM:
+            return "takes a response schema from Claude 4.5 on: it was not sent"
+        why = _schema_plan(prompt)[0]
         if why is None:
             return None
         return f"cannot hold this response schema ({why}): it was not sent"

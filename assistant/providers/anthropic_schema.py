@@ -320,6 +320,68 @@ def sent_form(schema: Mapping[str, Any]) -> tuple[str | None, dict[str, Any] | N
         return "a schema nested too deep once its references are followed", None
 
 
+# Anthropic compiles at most this many optional properties (not in their object's
+# `required`), and this many schemas of more than one type (`anyOf`, or a list of
+# types), across a request's strict schemas: past either, a 400 ("Schema is too
+# complex for compilation"). Our tools are not sent strict: the response schema
+# alone counts.
+MOST_OPTIONAL = 24
+MOST_UNIONS = 16
+
+
+def compiled_form(schema: Mapping[str, Any]) -> tuple[str | None, dict[str, Any] | None]:
+    """`sent_form`, and past Anthropic's compiler's limits a reason too: why `schema` is
+    not sent (None: it is), and the form it is sent in."""
+    why, sent = sent_form(schema)
+    if sent is not None and (why := _past_limits(sent)) is not None:
+        return why, None
+    return why, sent
+
+
+def _past_limits(sent: Mapping[str, Any]) -> str | None:
+    """Which of Anthropic's limits the schema as sent goes past (None: neither)."""
+    optional = unions = 0
+    for node in _schemas_in(sent):
+        properties = node.get("properties")
+        if isinstance(properties, Mapping):
+            required = node.get("required")
+            named = set(required) if isinstance(required, list) else set()
+            optional += sum(name not in named for name in properties)
+        if node is not sent and ("anyOf" in node or isinstance(node.get("type"), list)):
+            unions += 1
+    if optional > MOST_OPTIONAL:
+        return f"{optional} optional properties, where Anthropic compiles {MOST_OPTIONAL}"
+    if unions > MOST_UNIONS:
+        return (
+            f"{unions} schemas of more than one type (anyOf or a list of types), "
+            f"where Anthropic compiles {MOST_UNIONS}"
+        )
+    return None
+
+
+def _schemas_in(node: Any) -> Iterator[Mapping[str, Any]]:
+    """`node` and every schema inside it, as sent (its values, `enum`'s say, not
+    looked into)."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _schemas_in(item)
+        return
+    if not isinstance(node, Mapping):
+        return
+    yield node
+    for key, value in node.items():
+        if key in NAME_MAPS and isinstance(value, Mapping):
+            for sub in value.values():
+                yield from _schemas_in(sub)
+        elif key in _SCHEMA_KEYWORDS:
+            yield from _schemas_in(value)
+
+
+# What holds schemas in a schema as sent (besides NAME_MAPS): every other keyword
+# kept holds a value or text.
+_SCHEMA_KEYWORDS = frozenset({"items", "anyOf", "allOf", "additionalProperties"})
+
+
 @dataclass
 class _Walk:
     """What one `unheld` has read: the hoisted targets looked at, each once (a
