@@ -86,6 +86,16 @@ def failure_status(outcome: ChainFailed | ChainCrashed) -> int:
     return 502
 
 
+class _Commit:
+    """What `_sse_frames` hands on for an item that commits the reply but is no frame (a
+    tool call): its status goes out now, with the frames the loop framed and had not
+    written yet, or else with a `: ping` (a ping beside them was a stray one, sent at
+    no heartbeat's time: a reviewer's)."""
+
+
+_COMMIT = _Commit()
+
+
 class ClientGone(Exception):
     """The client closed its connection; the reply was abandoned and what arrived saved."""
 
@@ -285,6 +295,10 @@ class Reply:
                 unsent, left = self._items.detach()
                 if unsent:
                     self._send_unsent(unsent)
+                if isinstance(data, _Commit):  # out with the loop's frames, or already out
+                    data = b"" if left or self._head_out() else sse.PING
+                    if not left + data:
+                        continue
                 yield left + data
                 self._head_sent = True
         except ClientGone:
@@ -292,13 +306,13 @@ class Reply:
         finally:
             frames.close()
 
-    def _sse_frames(self, first: Item | None) -> Generator[bytes | Park, None, None]:
+    def _sse_frames(self, first: Item | None) -> Generator[bytes | Park | _Commit, None, None]:
         try:
             if first is None:
                 yield sse.PING
             heartbeat = self._settings.heartbeat_seconds
             for item in self._wait(first, heartbeat=heartbeat, parks=self._parking):
-                frame = None
+                frame: bytes | _Commit | None = None
                 if isinstance(item, Park):
                     yield item
                     continue
@@ -309,7 +323,7 @@ class Reply:
                 elif isinstance(item, ToolCall):
                     self._calls.append(item)  # shown in the final metadata, not as text
                     if not self._head_out():
-                        frame = sse.PING  # it commits the reply: its status goes out now
+                        frame = _COMMIT  # it commits the reply: its status goes out now
                 elif isinstance(item, Outcome):
                     # Saving can take up to PERSIST_TIMEOUT_SECONDS: heartbeats meanwhile.
                     steps = self._concluding(item, beat=self._settings.heartbeat_seconds)

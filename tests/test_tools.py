@@ -16,6 +16,7 @@ import os
 import time
 from typing import Any
 
+import httpx
 import pytest
 
 from assistant import record, schemas
@@ -26,6 +27,7 @@ from assistant.providers.base import Message, Prompt, ToolResult, conversation
 from assistant.request import Turn, build_request
 from assistant.tools import NamedTool, ToolCall, ToolSpec, parse_arguments, structured_output
 from devtools.fake_upstream import FakeUpstream, Script
+from devtools.service import running_service
 
 from .conftest import ask, sse_events
 from .provider_cases import ANTHROPIC, OPENAI, ProviderCase
@@ -798,6 +800,46 @@ def test_a_reply_that_opens_with_a_call_sends_its_status_at_once(
     assert time.monotonic() - started < 1.5  # the stream itself lasts 2.3 s
     final = sse_events(b"".join(frames))[-2]
     assert [call["name"] for call in final["metadata"]["tools_to_use"]] == ["weather"]
+
+
+# In the service's worker: the loop writes the frames of a step 0.3 s late, so the request
+# thread takes a call queued in that step while the chunk framed before it waits unwritten
+# (the race a reviewer met once in twenty replies).
+_LATE_LOOP_WRITES = """
+import os, sys, time
+def _late():
+    outbox = sys.modules["assistant.outbox"].Outbox
+    flush = outbox._flush
+    outbox._flush = lambda self: (time.sleep(0.3), flush(self))[1]
+os.register_at_fork(after_in_child=_late)
+"""
+
+
+def test_a_call_after_a_chunk_the_loop_has_not_written_sends_no_ping(
+    fake: FakeUpstream, tmp_path: Any
+) -> None:
+    """The call commits the reply with the chunk's frame, which the request thread takes
+    from the loop: a `: ping` went with it, at no heartbeat's time."""
+    (tmp_path / "sitecustomize.py").write_text(_LATE_LOOP_WRITES)
+    call = _anthropic_slow_call(['{"city": "Oslo"}'])
+    text = _anthropic_events(
+        ("content_block_start", {"type": "content_block_start", "index": 1,
+                                 "content_block": {"type": "text", "text": ""}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 1,
+                                 "delta": {"type": "text_delta", "text": "Let me look. "}}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 1}),
+    )  # fmt: skip
+    fake.push(Script(raw=[b"".join([call[0], *text, *call[1:]])]))  # in one read
+    with running_service({"PYTHONPATH": str(tmp_path), "HEARTBEAT_SECONDS": "5"}) as service:
+        response = httpx.post(
+            f"{service.url}/vac/assistant/test-assistant/sse",
+            json={"user_input": "Weather?", "emissaryConfig": TOOLS},
+        )
+    assert response.status_code == 200
+    assert b": ping" not in response.content
+    events = sse_events(response.content)
+    assert events[0] == {"chunk": "Let me look. "}
+    assert [call["name"] for call in events[-2]["metadata"]["tools_to_use"]] == ["weather"]
 
 
 MADE_UP_NAMES = [
