@@ -1165,6 +1165,17 @@ OBJECTS_ALL_OF = {
 }
 
 
+BASE = {
+    "$defs": {
+        "Base": {
+            "type": "object",
+            "properties": {"name": {"type": "string"}},
+            "required": ["name"],
+        }
+    }
+}
+
+
 @pytest.mark.parametrize(
     "schema, why",
     [
@@ -1369,6 +1380,31 @@ OBJECTS_ALL_OF = {
             },
             "a reference by $anchor",
         ),
+        # Keys beyond a $ref's (or a union's) objects given a schema, with no "type" said
+        # (2020-12's way to extend a referenced object): lost unseen (a reviewer's).
+        (
+            {"$ref": "#/$defs/Base", "unevaluatedProperties": {"type": "number"}, **BASE},
+            "an object that takes keys beyond its properties",
+        ),
+        (
+            {"$ref": "#/$defs/Base", "patternProperties": {"^s_": {"type": "number"}}, **BASE},
+            "an object that takes keys beyond its properties",
+        ),
+        (
+            {"anyOf": [{"$ref": "#/$defs/Base"}], "patternProperties": {"^s_": {}}, **BASE},
+            "an object that takes keys beyond its properties",
+        ),
+        # A key required beside alternatives that do not name it: closed, none holds it.
+        (
+            {
+                "anyOf": [
+                    {"type": "object", "properties": {"email": {"type": "string"}}},
+                    {"type": "object", "properties": {"phone": {"type": "string"}}},
+                ],
+                "required": ["name"],
+            },
+            "an object that requires or describes keys beyond its properties",
+        ),
     ],
 )
 def test_a_schema_closing_would_change_is_not_sent(
@@ -1421,6 +1457,18 @@ def _properties(count: int, schema: dict[str, Any]) -> dict[str, Any]:
         # Past Anthropic's compiler's limits (a 400, "Schema is too complex"): 24 optional
         # properties, 16 of more than one type, nested ones and $defs counted.
         ({"type": "object", "properties": _properties(25, {"type": "string"})}, "25 optional"),
+        # A draft 7 schema's $defs are no keyword there: a `required` in them unchecked.
+        (
+            {
+                "$schema": "http://json-schema.org/draft-07/schema#",
+                "type": "object",
+                "properties": _properties(25, {"$ref": "#/$defs/X"}),
+                "$defs": {
+                    "X": {"type": "object", "properties": {"a": {}}, "required": [["a"], {}]}
+                },
+            },
+            "26 optional",
+        ),
         (
             {
                 "type": "object",
@@ -1436,7 +1484,7 @@ def _properties(count: int, schema: dict[str, Any]) -> dict[str, Any]:
                 "properties": _properties(17, {"type": ["string", "null"]}),
                 "required": [f"p{index}" for index in range(17)],
             },
-            "17 schemas of more than one type",
+            "17 schemas below the top with an anyOf or a list of types",
         ),
         (
             {
@@ -1444,7 +1492,7 @@ def _properties(count: int, schema: dict[str, Any]) -> dict[str, Any]:
                 "properties": _properties(17, {"anyOf": [{"type": "string"}, {"type": "integer"}]}),
                 "required": [f"p{index}" for index in range(17)],
             },
-            "17 schemas of more than one type",
+            "17 schemas below the top with an anyOf or a list of types",
         ),
     ],
 )

@@ -321,10 +321,11 @@ def sent_form(schema: Mapping[str, Any]) -> tuple[str | None, dict[str, Any] | N
 
 
 # Anthropic compiles at most this many optional properties (not in their object's
-# `required`), and this many schemas of more than one type (`anyOf`, or a list of
-# types), across a request's strict schemas: past either, a 400 ("Schema is too
-# complex for compilation"). Our tools are not sent strict: the response schema
-# alone counts.
+# `required`), and this many parameters with an `anyOf` or a list of types, across a
+# request's strict schemas: past either, a 400 ("Schema is too complex for
+# compilation"). Our tools are not sent strict: the response schema alone counts,
+# each schema in it once (a definition used twice, or never, once), the top one not
+# (no parameter).
 MOST_OPTIONAL = 24
 MOST_UNIONS = 16
 
@@ -344,8 +345,7 @@ def _past_limits(sent: Mapping[str, Any]) -> str | None:
     for node in _schemas_in(sent):
         properties = node.get("properties")
         if isinstance(properties, Mapping):
-            required = node.get("required")
-            named = set(required) if isinstance(required, list) else set()
+            named = set(_strings(node.get("required")))  # a draft's $defs go unchecked
             optional += sum(name not in named for name in properties)
         if node is not sent and ("anyOf" in node or isinstance(node.get("type"), list)):
             unions += 1
@@ -353,7 +353,7 @@ def _past_limits(sent: Mapping[str, Any]) -> str | None:
         return f"{optional} optional properties, where Anthropic compiles {MOST_OPTIONAL}"
     if unions > MOST_UNIONS:
         return (
-            f"{unions} schemas of more than one type (anyOf or a list of types), "
+            f"{unions} schemas below the top with an anyOf or a list of types, "
             f"where Anthropic compiles {MOST_UNIONS}"
         )
     return None
@@ -442,17 +442,8 @@ def _unheld(node: Any, root: Mapping[str, Any], walk: _Walk) -> str | None:
             # Closed, a key some answers must hold could never be written (`then`'s
             # `extra` when `kind` is "b"), or one given a schema would be lost unseen.
             return "an object that requires or describes keys beyond its properties"
-    elif closed := _objects_in_place(node, root):
-        # A node that is no object, around objects sent closed that all apply
-        # (`{"$ref": A, "required": ["z"]}`, `{"allOf": [A, {"required": ["z"]}]}`): what
-        # it requires is theirs to hold, each of them (a reviewer: sent closed, no answer
-        # holding z passed). The branches of an anyOf or oneOf are alternatives, each
-        # looked at on its own (walked as parts of this node, a union of unions was
-        # refused for its branches' keys).
-        allowed = set.intersection(*(set(_keys(part)) for part in closed))
-        apart = {id(part) for part in closed}
-        if _requires_others(node, root, walk, allowed, apart, alternatives=False):
-            return "an object that requires or describes keys beyond its properties"
+    elif (why := _beside_closed(node, root, walk)) is not None:
+        return why
     reference = node.get("$ref")
     if isinstance(reference, str) and reference.startswith("#/") and not _as_sent(reference, root):
         return "a $ref into a oneOf beside an anyOf (only the anyOf is sent)"
@@ -473,6 +464,48 @@ def _unheld(node: Any, root: Mapping[str, Any], walk: _Walk) -> str | None:
         if why is not None:
             return why
     return None
+
+
+def _beside_closed(node: Mapping[str, Any], root: Mapping[str, Any], walk: _Walk) -> str | None:
+    """What a node that is no object cannot hold beside the objects sent closed that its
+    instance must be: all of them (`{"$ref": A, "required": ["z"]}`, `{"allOf": [A,
+    {"required": ["z"]}]}`: a reviewer's, sent closed, no answer holding z passed), or
+    one of them (an `anyOf` or `oneOf` of objects). What it requires is theirs to hold:
+    each of those that all apply, and one alternative at least (a key only some name
+    leaves the others out, as it means to; the branches are looked at on their own:
+    walked as parts of this node, a union of unions was refused for its branches'
+    keys). Keys beyond theirs given a schema here (`patternProperties`,
+    `unevaluatedProperties` beside a `$ref`: 2020-12's way to extend one) would be lost
+    unseen, as an object's are (reviewers)."""
+    closed = _objects_in_place(node, root)
+    alternatives: list[Mapping[str, Any]] = []
+    for keyword in ("anyOf", "oneOf"):
+        if isinstance(branches := node.get(keyword), list):
+            parts = (_dereferenced(branch, root) for branch in branches)
+            alternatives += [part for part in parts if _is_object(part)]
+    if not closed and not alternatives:
+        return None
+    if _takes_keys_beyond(node):
+        return "an object that takes keys beyond its properties"
+    if closed:
+        allowed = set.intersection(*(set(_keys(part)) for part in closed))
+        apart = {id(part) for part in closed}
+        if _requires_others(node, root, walk, allowed, apart, alternatives=False):
+            return "an object that requires or describes keys beyond its properties"
+    named = {key for part in alternatives for key in _keys(part)}
+    walk.step(len(named))
+    if alternatives and not named.issuperset(_strings(node.get("required"))):
+        return "an object that requires or describes keys beyond its properties"
+    return None
+
+
+def _takes_keys_beyond(node: Mapping[str, Any]) -> bool:
+    """Whether `node` gives keys beyond the named ones a schema of their own (`true`
+    only lets them be: closed is fine)."""
+    return "patternProperties" in node or any(
+        isinstance(extra := node.get(keyword), Mapping) and bool(extra)
+        for keyword in ("additionalProperties", "unevaluatedProperties")
+    )
 
 
 def _objects_in_place(node: Mapping[str, Any], root: Mapping[str, Any]) -> list[Mapping[str, Any]]:
