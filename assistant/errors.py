@@ -15,6 +15,7 @@ hold a key, a token, a stack trace or an upstream body (those go to the log).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Final, Literal, get_args
 
@@ -82,6 +83,10 @@ class RequestError(ValueError):
         code: ErrorCode = "invalid_request",
         headers: Mapping[str, str] | None = None,
     ) -> None:
+        # For the log: without the values it quotes (a client may put its prompt in a
+        # role or a key), taken out before the cut (cut first, a quote's other end was
+        # gone, and the text after it logged: a reviewer's).
+        self.for_log = _bounded(_QUOTED.sub("'…'", message))
         message = _bounded(message)
         super().__init__(message)
         self.message = message
@@ -93,6 +98,10 @@ class RequestError(ValueError):
         # The body's trace id, for a refusal after the body was read: it wins over
         # the headers' in the answer and the log, as it does for a reply.
         self.trace_id: str | None = None
+
+
+# A value a refusal quotes back to its client ('...' or "...", as repr() writes it).
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
 
 
 # A message names the field, and a field's path holds the client's own keys, which

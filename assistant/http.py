@@ -115,7 +115,7 @@ def handle(request: flask.Request) -> flask.Response:
         if exc.trace_id:
             trace_id, log = exc.trace_id, RequestLog(exc.trace_id, project)
             request.environ[TRACE_ID] = trace_id  # the worker's lines too
-        why = _loggable(exc.message) if exc.reason is None else exc.reason
+        why = exc.for_log if exc.reason is None else exc.reason
         log.info("request.refused", status=exc.status, code=exc.code, reason=why)
         response = _error(exc.status, exc.code, exc.message, trace_id)
         response.headers.update(exc.headers)
@@ -124,16 +124,6 @@ def handle(request: flask.Request) -> flask.Response:
         response = _error(500, "internal_error", MESSAGES["internal_error"], trace_id)
     response.headers.update(cors)
     return response
-
-
-# A value a refusal quotes back to its client ('...' or "...", as repr() writes it).
-_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
-
-
-def _loggable(message: str) -> str:
-    """A refusal's message for the log: without the values it quotes (a client may put
-    its prompt in a role or a tool's name). Its length is bounded already (errors.py)."""
-    return _QUOTED.sub("'…'", message)
 
 
 def _route(

@@ -102,7 +102,7 @@ def is_valid_id(value: str) -> bool:
 def check_assistant_id(assistant_id: str) -> str:
     if not is_valid_id(assistant_id):
         raise RequestError(
-            # No quotes: the log leaves out what a message quotes (http.py `_loggable`).
+            # No quotes: the log leaves out what a message quotes (`RequestError.for_log`).
             "assistant id must be 1-128 characters of A-Z a-z 0-9 _ -, and not of the form __name__"
         )
     return assistant_id
@@ -266,7 +266,7 @@ _NAME_LIKE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 def _in_a_path(key: str) -> str:
     """`key` as a field's path writes it: as it is if it is a name, else quoted (the log
-    then keeps the client's own text out: http.py `_loggable`); encodable either way."""
+    then keeps the client's own text out: `RequestError.for_log`); encodable either way."""
     if len(key) <= 64:  # what a name can be; a longer key is never kept by the cache
         return _short_in_a_path(key)
     return repr(key)

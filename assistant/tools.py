@@ -246,7 +246,7 @@ def tool_specs(names: list[str], configs: Mapping[str, Any]) -> tuple[ToolSpec, 
 
 def _declaration(name: str, config: Any) -> ToolSpec:
     if not TOOL_NAME.fullmatch(name):
-        # Quoted: the log keeps the field, not the client's text (http.py `_loggable`).
+        # Quoted: the log keeps the field, not the client's text (`RequestError.for_log`).
         raise RequestError(
             f"emissaryConfig.toolConfigs names {name[:64]!r}: a tool name must be " + TOOL_NAME_RULE
         )

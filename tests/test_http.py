@@ -896,6 +896,21 @@ def test_a_refused_assistant_id_is_logged_with_the_rule_it_broke(
     assert "A-Z a-z 0-9 _ -" in refused["reason"]
 
 
+def test_a_quoted_key_past_the_messages_cut_is_still_left_out_of_the_log(
+    client, fake: FakeUpstream, capsys
+) -> None:
+    """Names before it pushed a long key's opening quote into the part of the message that
+    is cut: its closing quote had no partner, and the key was logged (a reviewer's)."""
+    secret = "my card is 4111 1111 1111 1111 " * 8
+    key = {"a" * 64: {"b" * 64: {"c" * 64: {"d" * 64: {secret: 10**50}}}}}
+    body = {"user_input": "hi", "x": key}
+    response = client.post("/vac/assistant/abc/sse", json=body)
+    assert response.status_code == 400
+    [refused] = [line for line in log_lines(capsys.readouterr().out)
+                 if line["message"] == "request.refused"]  # fmt: skip
+    assert "4111" not in refused["reason"] and "longer than 40 characters" in refused["reason"]
+
+
 @pytest.mark.parametrize(
     "pattern", ["SECRET-IN-PATTERN(", "(?P<SECRET IN NAME>x)"], ids=["unclosed", "group-name"]
 )
