@@ -23,6 +23,7 @@ from assistant import record, schemas
 from assistant.chain import ChainReport
 from assistant.config import Timeouts
 from assistant.errors import RequestError
+from assistant.providers import anthropic_schema, openai
 from assistant.providers.base import Message, Prompt, ToolResult, conversation
 from assistant.request import Turn, build_request
 from assistant.tools import NamedTool, ToolCall, ToolSpec, parse_arguments, structured_output
@@ -800,6 +801,33 @@ def test_a_reply_that_opens_with_a_call_sends_its_status_at_once(
     assert time.monotonic() - started < 1.5  # the stream itself lasts 2.3 s
     final = sse_events(b"".join(frames))[-2]
     assert [call["name"] for call in final["metadata"]["tools_to_use"]] == ["weather"]
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        r"^(a)\1$",
+        r"^(?P<x>a)(?P=x)$",  # by name, as Python writes it: Anthropic was sent it
+        r"^(?<x>a)\k<x>$",
+        r"(?=a)a",
+        r"(?<!a)b",
+        r"\bcat\b",  # a word boundary: OpenAI was sent it
+        r"(?>a+)b",  # an atomic group: both were
+        r"(a)?(?(1)b|c)",  # a conditional: both were
+    ],
+)
+def test_a_pattern_no_provider_compiles_goes_into_the_description_for_both(
+    pattern: str,
+) -> None:
+    """One rule for Anthropic's grammar and OpenAI's regex engine: two copies had drifted
+    apart (a reviewer's)."""
+    schema = {"type": "object", "properties": {"a": {"type": "string", "pattern": pattern}}}
+    if "(?<x>" not in pattern:  # Python's re takes no other group name syntax
+        schemas.check_schema(schema, "emissaryConfig.responseSchema")
+    said = {"type": "string", "description": f"{{pattern: {json.dumps(pattern)}}}"}
+    assert anthropic_schema.output_schema(schema)["properties"]["a"] == said
+    sent = openai._response_format(schema)["json_schema"]["schema"]
+    assert sent["properties"]["a"] == said
 
 
 # In the service's worker: the loop writes the frames of a step 0.3 s late, so the request

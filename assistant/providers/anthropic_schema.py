@@ -37,13 +37,12 @@ is inside), nor references other than `$ref` pointers (by `$anchor` or
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-from ..schema_bounds import NAME_MAPS, VALUE_KEYWORDS
+from ..schema_bounds import NAME_MAPS, UNHELD_IN_PATTERNS, VALUE_KEYWORDS
 from ..schemas import (
     MOST_REFERENCES,
     references_problem,
@@ -71,7 +70,7 @@ HELD = frozenset(
         "$defs",
         "definitions",
         "format",  # the HELD_FORMATS
-        "pattern",  # with none of _UNHELD_IN_PATTERNS
+        "pattern",  # with none of UNHELD_IN_PATTERNS
         "description",
         "title",
         "default",
@@ -85,10 +84,6 @@ HELD = frozenset(
 HELD_FORMATS = frozenset(
     {"date-time", "time", "date", "duration", "email", "hostname", "uri", "ipv4", "ipv6", "uuid"}
 )
-# What a `pattern` may not use there: backreferences, lookaround, word boundaries. A
-# pattern that does is moved into the description too (an escaped backslash before a
-# `b` moves one that is fine: harmless, the reply is checked against it all the same).
-_UNHELD_IN_PATTERNS = re.compile(r"\\[1-9bBk]|\(\?<?[=!]")
 
 _LITERALS = VALUE_KEYWORDS | {"required"}  # values, not schemas
 
@@ -235,7 +230,7 @@ def _unsupported(keyword: str, node: Mapping[str, Any]) -> bool:
         or (
             keyword == "pattern"
             and isinstance(value, str)
-            and _UNHELD_IN_PATTERNS.search(value) is not None
+            and UNHELD_IN_PATTERNS.search(value) is not None
         )
     )
 

@@ -59,6 +59,7 @@ from typing import Any
 
 import httpx
 
+from ..schema_bounds import UNHELD_IN_PATTERNS
 from ..schemas import rebuilt
 from ..tools import (
     NamedTool,
@@ -103,11 +104,6 @@ _STOP_REASONS: dict[str, StopReason] = {
 # `json_schema.name`: "a-z, A-Z, 0-9, or underscores and dashes, at most 64".
 _SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
-# What OpenAI's regex engine refuses in a `pattern`: lookaround and backreferences (by
-# number, or by name as Python writes them; the request's check takes no other syntax).
-# An escaped backslash before a digit counts too: harmless, the pattern goes into the
-# description and the reply is checked against it all the same.
-_UNHELD_IN_PATTERNS = re.compile(r"\\[1-9]|\(\?P=|\(\?<?[=!]")
 # Keywords strict mode refuses (OpenAI's Structured Outputs guide, "Supported
 # schemas"), and those it leaves out of its supported list: a schema with any of
 # them is sent without `strict`.
@@ -346,7 +342,7 @@ def _held(node: dict[str, Any]) -> None:
     if "array" in _types(node) and "items" not in node:
         node["items"] = {}
     pattern = node.get("pattern")
-    if isinstance(pattern, str) and _UNHELD_IN_PATTERNS.search(pattern):
+    if isinstance(pattern, str) and UNHELD_IN_PATTERNS.search(pattern):
         del node["pattern"]
         said = f"{{pattern: {json.dumps(pattern)}}}"
         description = node.get("description")
