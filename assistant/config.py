@@ -77,14 +77,23 @@ def _number(
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+        raise ConfigError(f"{name} must be a number, got {_shown(raw)}") from None
     if not math.isfinite(value):  # NaN passes every comparison below; infinity, no bound
-        raise ConfigError(f"{name} must be a finite number, got {raw!r}")
+        raise ConfigError(f"{name} must be a finite number, got {_shown(raw)}")
     if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {raw!r}")
+        raise ConfigError(f"{name} must be at least {minimum}, got {_shown(raw)}")
     if value > maximum:
-        raise ConfigError(f"{name} must be at most {maximum}, got {raw!r}")
+        raise ConfigError(f"{name} must be at most {maximum}, got {_shown(raw)}")
     return value
+
+
+def _shown(value: str) -> str:
+    """A setting's value as an error may quote it: a key pasted into the wrong variable
+    (ANTHROPIC_TEMPERATURE=sk-ant-...) was logged whole. Short values are shown; a
+    long one, or one that begins as a key does, is not."""
+    if len(value) <= 40 and not _KEY_START.match(value):
+        return repr(value)
+    return f"a value of {len(value)} characters (not shown: it may be a key)"
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float, minimum: float = 0.01) -> float:
@@ -96,7 +105,7 @@ def _integer(
 ) -> int:
     value = _number(env, name, default, minimum, maximum)
     if value != int(value):
-        raise ConfigError(f"{name} must be a whole number, got {env.get(name)!r}")
+        raise ConfigError(f"{name} must be a whole number, got {_shown(env.get(name, ''))}")
     return int(value)
 
 
@@ -107,7 +116,7 @@ def _digits(env: Mapping[str, str], name: str, default: int, maximum: int) -> in
     if name in env and not raw:
         raise ConfigError(f"{name} is set but empty: unset it, or give a number")
     if raw and not (raw.isascii() and raw.isdigit()):
-        raise ConfigError(f"{name} must be a whole number written in digits, got {raw[:100]!r}")
+        raise ConfigError(f"{name} must be a whole number written in digits, got {_shown(raw)}")
     return _integer(env, name, default, minimum=1, maximum=maximum)
 
 
@@ -119,7 +128,7 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
         return True
     if raw in ("0", "false", "no", "off"):
         return False
-    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+    raise ConfigError(f"{name} must be true or false, got {_shown(raw)}")
 
 
 def _names(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
@@ -128,6 +137,10 @@ def _names(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
 
 def _base_url(env: Mapping[str, str], name: str, default: str) -> str:
     url = _text(env, name, default).rstrip("/")
+    if "?" in url or "#" in url:
+        # Paths are joined to it (f"{base}/v1/messages"): a query or a fragment would end
+        # up inside the path, and a key in it (Gemini's ?key=) in every log line.
+        raise ConfigError(f"{name} must have no query or fragment (nothing from ? or #)")
     if url and not url.lower().startswith(("http://", "https://")):
         # Not quoted: without its "//", a login in it is not where shown_url looks.
         raise ConfigError(f"{name} must be an http:// or https:// URL")
@@ -170,7 +183,7 @@ def _collection(env: Mapping[str, str], name: str, default: str) -> str:
     if "/" in value or value in (".", "..") or reserved or len(value.encode()) > 1500:
         raise ConfigError(
             f"{name} must be one collection id (no '/', not '.', '..' or __name__), "
-            f"got {value[:100]!r}"
+            f"got {_shown(value)}"
         )
     return value
 
@@ -225,7 +238,7 @@ def _secrets_project(env: Mapping[str, str], project: str) -> str:
     if value and _reads_secrets(env) and not _PROJECT_ID.fullmatch(value):
         said = "SECRETS_PROJECT" if env.get("SECRETS_PROJECT", "").strip() else "the project"
         raise ConfigError(
-            f"{said} must be a project id or number for Secret Manager, got {value[:100]!r}"
+            f"{said} must be a project id or number for Secret Manager, got {_shown(value)}"
         )
     return value
 
@@ -240,7 +253,7 @@ def _database(env: Mapping[str, str]) -> str:
     if not _DATABASE_ID.fullmatch(value):
         raise ConfigError(
             "FIRESTORE_DATABASE must be a Firestore database id (4-63 lowercase letters, "
-            f"digits and hyphens, from a letter) or (default), got {value[:100]!r}"
+            f"digits and hyphens, from a letter) or (default), got {_shown(value)}"
         )
     return value
 
@@ -497,7 +510,9 @@ class AuthSettings:
         on_cloud_run = bool(env.get("K_SERVICE"))
         mode = _text(env, "AUTH_MODE", "firebase" if on_cloud_run else "none").lower()
         if mode not in AUTH_MODES:
-            raise ConfigError(f"AUTH_MODE must be one of {', '.join(AUTH_MODES)}, got {mode!r}")
+            raise ConfigError(
+                f"AUTH_MODE must be one of {', '.join(AUTH_MODES)}, got {_shown(mode)}"
+            )
         settings = cls(
             mode=mode,
             project_id=_text(env, "FIREBASE_PROJECT_ID", project_id),

@@ -413,6 +413,31 @@ def test_a_bad_base_url_is_not_quoted(url: str) -> None:
     assert str(refused.value) == "ANTHROPIC_BASE_URL must be an http:// or https:// URL"
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:9/?key=AIzaSy-SECRET", "https://proxy.example/v1#SECRET", "http://h/?"],
+)
+def test_a_base_url_with_a_query_or_fragment_is_a_config_error(url: str) -> None:
+    """Paths were joined after it (`/?key=.../v1/messages`: a 404 each request) and it was
+    logged whole, a key in its query too (Gemini's documented `?key=`: a reviewer's)."""
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"GEMINI_BASE_URL": url})
+    assert (
+        str(refused.value) == "GEMINI_BASE_URL must have no query or fragment (nothing from ? or #)"
+    )
+
+
+@pytest.mark.parametrize("name", ["ANTHROPIC_TEMPERATURE", "MAX_STREAMS", "ANTHROPIC_THINKING"])
+def test_a_key_pasted_into_a_setting_is_not_quoted_in_its_error(name: str) -> None:
+    key = "sk-ant-api03-" + "x" * 60
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({name: key})
+    assert key not in str(refused.value) and "not shown: it may be a key" in str(refused.value)
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({name: "sk-short"})
+    assert "sk-short" not in str(refused.value)
+
+
 @pytest.mark.parametrize("url", ["http://a b", "http://a\tb:8080", "https://host\x01.example"])
 def test_a_base_url_whose_host_no_lookup_takes_is_a_config_error(url: str) -> None:
     """httpx and the IDNA codec take a space in a host: each request was a 502
