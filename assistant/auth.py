@@ -123,8 +123,8 @@ def verify_id_token(token: str, auth: AuthSettings) -> Mapping[str, Any]:
         claims = _decode(token, verify=False)
     except _DECODE_ERRORS:
         raise InvalidToken("the ID token is not a JWT") from None
-    arrived = time.time()
-    check_claims(claims, auth, now=arrived)
+    arrived = time.monotonic()  # the wait for certs, timed by a clock no step moves
+    check_claims(claims, auth, now=time.time())
 
     algorithm = header.get("alg")
     if algorithm == "none":
@@ -150,7 +150,8 @@ def verify_id_token(token: str, auth: AuthSettings) -> Mapping[str, Any]:
             # Ours decide (check_claims, already passed at the token's arrival):
             # google-auth checks the time again, after any wait for the certs, and in
             # whole seconds rounded down, so it is given that wait and a second more.
-            clock_skew_in_seconds=math.ceil(auth.clock_skew_seconds + time.time() - arrived) + 1,
+            clock_skew_in_seconds=math.ceil(auth.clock_skew_seconds + time.monotonic() - arrived)
+            + 1,
         )
     except _DECODE_ERRORS:
         raise InvalidToken("the ID token's signature does not verify") from None

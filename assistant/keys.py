@@ -130,8 +130,11 @@ class KeyStore:
         with self._name_lock(name):
             entry = self._entries.get(name) or _Entry()
             last = entry.refreshed_at
-            # A refresh that ended while we waited, or lately, answers for this one too.
+            # A refresh that ended while we waited, or lately, answers for this one too;
+            # a read since it (the TTL's, shorter than the window) is newer than its result.
             if last is not None and (last >= called_at or called_at - last < self.failure_ttl):
+                if entry.checked_at is not None and entry.checked_at > last:
+                    return entry.key
                 return entry.refresh_result
             ok, key = self._read_outcome(name)
             result = key if ok else None

@@ -406,6 +406,20 @@ def test_refresh_reads_at_most_once_per_failure_window(sm, clock) -> None:
     assert len(sm.calls) == 2
 
 
+def test_refresh_within_its_window_gives_a_newer_key_the_ttl_read_since(sm, clock) -> None:
+    """With a TTL shorter than the refresh window, a later read found the rotated key, and
+    a 401 in the window was answered with the last refresh's older one: no retry, though
+    the instance held the working key (a reviewer's)."""
+    store = make_store(sm, clock, ttl=10.0)
+    assert store.refresh(NAME) == KEY
+    clock.advance(5)
+    sm.secrets[NAME] = NEW_KEY
+    clock.advance(7)
+    assert store.get(NAME) == NEW_KEY  # past the TTL: read again
+    clock.advance(1)
+    assert store.refresh(NAME) == NEW_KEY
+
+
 def test_concurrent_refreshes_cause_one_read(sm, clock) -> None:
     store = make_store(sm, clock)
     assert store.get(NAME) == KEY
