@@ -12,6 +12,7 @@ bare JSON tail at EOF, a blocked prompt, the strictly alternating turns, and a m
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -203,6 +204,32 @@ def test_a_body_quiet_after_its_finish_reason_ends_the_answer(
         failed = run.items[-1]
         assert isinstance(failed, ChainFailed) and failed.committed
         assert failed.report.stop_reason is None and failed.report.usage.output_tokens
+
+
+def _gemini_event(text: str, finish: str | None = None) -> bytes:
+    candidate: dict[str, object] = {"content": {"role": "model", "parts": [{"text": text}]}}
+    if finish:
+        candidate["finishReason"] = finish
+    return f"data: {json.dumps({'candidates': [candidate]})}\r\n\r\n".encode()
+
+
+def test_a_relays_done_after_the_last_event_ends_the_answer_well(upstream: FakeUpstream) -> None:
+    """Some relays add OpenAI's `data: [DONE]` after Gemini's last event: a whole answer
+    then ended with an error frame, saved incomplete (a reviewer's)."""
+    upstream.push(Script(raw=[_gemini_event("Whole answer.", "STOP") + b"data: [DONE]\r\n\r\n"]))
+    run = run_chain([CASE.provider(upstream.url)], Timeouts(connect=1, first_chunk=2, idle=2))
+    assert run.outcomes == ["ok"] and run.text == "Whole answer."
+
+
+def test_a_relays_stop_on_empty_chunks_before_the_text_does_not_end_the_answer(
+    upstream: FakeUpstream,
+) -> None:
+    """A relay's empty chunks while the model thinks carried finishReason STOP: half a
+    second later, the answer was taken as whole, and empty (a reviewer's)."""
+    empty = _gemini_event("", "STOP")
+    upstream.push(Script(raw=[empty, empty, _gemini_event("Hello.", "STOP")], interval=0.8))
+    run = run_chain([CASE.provider(upstream.url)], Timeouts(connect=1, first_chunk=3, idle=2))
+    assert run.outcomes == ["ok"] and run.text == "Hello."
 
 
 @pytest.mark.parametrize("reset", [False, True])

@@ -22,7 +22,7 @@ part at all but as `finishReason: MALFORMED_FUNCTION_CALL` (stop reason
 `other`). Choices in the request, each where it is made: declarations as
 `parametersJsonSchema` (full JSON Schema), tool choice as
 `toolConfig.functionCallingConfig`, history as `functionCall` and
-`functionResponse` parts, no response schema alongside tools (with
+`functionResponse` parts, no response schema alongside tools before Gemini 3 (with
 `toolChoice: "none"` and a schema, the schema goes and the tools do not).
 """
 
@@ -170,14 +170,17 @@ class _Decoder:
     @property
     def answered(self) -> bool:
         """A finishReason came (base.EndsBeforeItsBody): the chain reads on, for an
-        error tail, only while the body does not go quiet."""
-        return self._raw_stop is not None
+        error tail, only while the body does not go quiet. Not a STOP with nothing before
+        it: a relay's empty chunks while the model thinks say STOP too (a whole answer
+        after them was thrown away as empty: a reviewer's)."""
+        return self._raw_stop is not None and (self._gave_output or self._raw_stop != "STOP")
 
     def __init__(self, model: str) -> None:
         self._unframed = UnframedTail()
         self._sse = SseReader(self._unframed)
         self._model = model
         self._raw_stop: str | None = None
+        self._gave_output = False  # text, thinking or a call
         self._usage = Usage()
         self._reply = uuid.uuid4().hex[:12]  # our call ids: unique per reply, and across replies
         self._calls = 0
@@ -210,6 +213,8 @@ class _Decoder:
 
     def _handle(self, events: list[ServerSentEvent], out: list[Event]) -> None:
         for event in events:
+            if self._raw_stop is not None and event.data.strip() == "[DONE]":
+                continue  # OpenAI's end marker, which some relays add after the last event
             chunk = json_object(event.data)
             _raise_if_error(chunk)
             self._model = chunk.get("modelVersion") or self._model
@@ -223,9 +228,11 @@ class _Decoder:
                         self._calls += 1
                         our_id = f"{_OUR_ID_PREFIX}{self._reply}-{self._calls}"
                         out.append(_tool_call(call, part, our_id))
+                        self._gave_output = True
                         continue
                     text = part.get("text")
                     if isinstance(text, str) and text:
+                        self._gave_output = True
                         thought = part.get("thought") is True
                         out.append(ThinkingDelta(text) if thought else TextDelta(text))
 
