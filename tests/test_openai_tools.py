@@ -420,6 +420,37 @@ def test_tool_turns_in_the_history(upstream: FakeUpstream) -> None:
     assert body["tools"] == [WEATHER_TOOL, TIME_TOOL]
 
 
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_reasoning_before_calls_goes_back_with_them_as_it_came(
+    upstream: FakeUpstream, field: str
+) -> None:
+    """DeepSeek and Kimi refuse (400) a request whose assistant turn with calls lacks its
+    `reasoning_content`: every tool loop's second request failed (a reviewer's). Groq
+    refuses the field, and sends `reasoning`, which is not sent back."""
+    fragment = {"index": 0, "id": "c1", "function": {"name": "get_time", "arguments": "{}"}}
+    raw = [
+        chunk({field: "I should "}),
+        chunk({field: "ask the clock."}),
+        chunk({"tool_calls": [fragment]}),
+        chunk({}, "tool_calls"),
+        DONE,
+    ]
+    upstream.push(Script(raw=raw))
+    events, error = run_provider(CASE.settings(upstream.url), TOOLS)
+    assert error is None
+    [call] = [event for event in events if isinstance(event, ToolCall)]
+    assert (call.signature is not None) == (field == "reasoning_content")
+    turns = (
+        Turn("user", "Time?"),
+        Turn("assistant", "", tool_calls=(call,)),
+        Turn("tool", "12:00", tool_call_id="c1", tool_name="get_time"),
+    )
+    assistant = body_for(upstream, Prompt(None, turns, (TIME,)))["messages"][1]
+    assert assistant.get("reasoning_content") == (
+        "I should ask the clock." if field == "reasoning_content" else None
+    )
+
+
 def test_history_with_calls_and_no_tools_offered_now(upstream: FakeUpstream) -> None:
     body = body_for(upstream, dataclasses.replace(HISTORY, tools=()))
     assert body["messages"] == HISTORY_MESSAGES

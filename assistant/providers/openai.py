@@ -24,7 +24,12 @@ Tools (README "Tools and structured output"):
   or null and `tool_calls: [{id, type: "function", function: {name,
   arguments: <JSON text>}}]`; each result is its own `{"role": "tool",
   "tool_call_id", "content"}` message, and a user text after results its
-  own user message, in the order they came.
+  own user message, in the order they came. Reasoning that came as
+  `reasoning_content` before a turn's calls goes back with them, as that
+  turn's `reasoning_content`, carried in the first call's `signature`
+  (`REASONING_PREFIX`): DeepSeek and Kimi refuse (400) a later request whose
+  assistant turn with calls lacks it. Reasoning that came as `reasoning`
+  (Ollama, Groq, OpenRouter) is not sent back: Groq refuses the field.
 - Streamed calls arrive as `delta.tool_calls[]` fragments keyed by `index`:
   the first fragment of an index has `id`, `type` and `function.name`, later
   ones only `function.arguments` pieces, joined in order; fragments of
@@ -50,10 +55,13 @@ Tools (README "Tools and structured output"):
 
 from __future__ import annotations
 
+import base64
+import binascii
+import dataclasses
 import json
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -208,6 +216,7 @@ class _Decoder:
         self._calls = _ToolCalls()
         self._called = False
         self._refused = False
+        self._reasoning: list[str] = []  # as reasoning_content, since the last calls
 
     def feed(self, data: bytes, out: list[Event]) -> None:
         self._handle(self._sse.feed(data), out)
@@ -226,9 +235,7 @@ class _Decoder:
     def salvage(self, out: list[Event]) -> None:
         """The calls whose arguments came whole (a JSON object), the stream having failed
         before its choice finished: a call that arrived is not lost with the reply."""
-        calls = self._calls.arrived()
-        self._called = self._called or bool(calls)
-        out += calls
+        self._hand_on(self._calls.arrived(), out)
         out.append(StreamEnd(None, self._usage, self._model))
 
     def _handle(self, events: list[ServerSentEvent], out: list[Event]) -> None:
@@ -252,6 +259,8 @@ class _Decoder:
                     continue
                 delta = choice.get("delta") or {}
                 out += _deltas(delta)
+                if isinstance(reasoning := delta.get("reasoning_content"), str):
+                    self._reasoning.append(reasoning)
                 self._refused = self._refused or bool(delta.get("refusal"))
                 if delta.get("tool_calls"):
                     began = self._calls.add(delta["tool_calls"])
@@ -261,7 +270,13 @@ class _Decoder:
                     self._whole_calls(out)
 
     def _whole_calls(self, out: list[Event]) -> None:
-        calls = self._calls.whole()
+        self._hand_on(self._calls.whole(), out)
+
+    def _hand_on(self, calls: list[ToolCall], out: list[Event]) -> None:
+        """The calls, the reasoning before them in the first one's signature."""
+        if calls and (reasoning := "".join(self._reasoning)):
+            calls[0] = _carrying(calls[0], reasoning)
+            self._reasoning = []
         self._called = self._called or bool(calls)
         out += calls
 
@@ -289,13 +304,14 @@ def _messages(message: Message) -> list[dict[str, Any]]:
         calls = message.calls
         if not calls:
             return [{"role": "assistant", "content": message.text}]
-        return [
-            {
-                "role": "assistant",
-                "content": message.text or None,
-                "tool_calls": [_history_call(call) for call in calls],
-            }
-        ]
+        turn = {
+            "role": "assistant",
+            "content": message.text or None,
+            "tool_calls": [_history_call(call) for call in calls],
+        }
+        if reasoning := _carried(calls):
+            turn["reasoning_content"] = reasoning
+        return [turn]
     # Never empty, and no two texts in a row (base._append joins them).
     return [
         {"role": "tool", "tool_call_id": _call_id(part.call_id), "content": part.content}
@@ -312,6 +328,29 @@ def _call_id(call_id: str) -> str:
     if len(call_id) <= 40 and keeps_call_id(call_id):
         return call_id
     return changed_call_id(call_id, call_id)
+
+
+# A call's signature that carries its turn's reasoning: not in the base64 alphabet (Gemini
+# sends back only signatures in it) nor Anthropic's prefix.
+REASONING_PREFIX = "openai-reasoning:"
+
+
+def _carrying(call: ToolCall, reasoning: str) -> ToolCall:
+    """`call` with `reasoning` in its signature (a call of ours has none of its own)."""
+    encoded = base64.b64encode(reasoning.encode()).decode("ascii")
+    return dataclasses.replace(call, signature=REASONING_PREFIX + encoded)
+
+
+def _carried(calls: Sequence[ToolCall]) -> str:
+    """The reasoning a turn's calls carry back (`_carrying`); "" for anything else."""
+    signature = calls[0].signature if calls else None
+    if not signature or not signature.startswith(REASONING_PREFIX):
+        return ""
+    try:
+        raw = base64.b64decode(signature[len(REASONING_PREFIX) :], validate=True)
+        return raw.decode()
+    except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
+        return ""
 
 
 def _history_call(call: ToolCall) -> dict[str, Any]:
