@@ -281,9 +281,11 @@ export async function streamReply(options) {
   // The connection's own watchdog: a service that froze, or a path that dropped without
   // a reset, sends nothing more, not even the `: ping` it sends every HEARTBEAT_SECONDS
   // (15 by default), and a read would wait for ever.
-  // A JSON reply (a caller's Accept without event streams) says nothing until it ends.
-  const streaming = (headers.get("Accept") ?? "").includes("text/event-stream");
-  const idleMs = streaming ? (options.idleSeconds ?? 60) * 1000 : 0;
+  // A JSON reply says nothing until it ends: before the response's head, the clock runs
+  // only for a request the service answers with a stream (read as it reads it: a JSON
+  // reply taken for a stream was cut as lost); after it, for a stream whatever was asked.
+  const idleLimitMs = (options.idleSeconds ?? 60) * 1000;
+  let idleMs = streamAsked(url, headers.get("Accept") ?? "") ? idleLimitMs : 0;
   const connection = new AbortController();
   const onCallerAbort = () => connection.abort(signal?.reason);
   signal?.addEventListener("abort", onCallerAbort, {once: true});
@@ -337,6 +339,7 @@ export async function streamReply(options) {
       return readJsonReply(response, result, ownTraceId === null, signal, onFinal, fail, aborted);
     }
 
+    idleMs = idleLimitMs;
     if (response.body === null) { // no body at all: a stream that ended before it began
       return fail({error: "the stream ended before the reply was complete", code: "stream_ended"});
     }
@@ -469,6 +472,23 @@ async function readJsonReply(response, result, idFromAnswer, signal, onFinal, fa
 }
 
 /** @param {unknown} exc */
+/**
+ * Whether the service answers this request with a stream: its `/sse` route always does;
+ * the other as it reads `Accept`, which names `text/event-stream` itself (any case) with
+ * a weight above 0 (`q=0` is a refusal of it).
+ * @param {string | URL} url
+ * @param {string} accept
+ */
+function streamAsked(url, accept) {
+  if (/\/sse(?:[?#]|$)/.test(String(url))) return true;
+  return accept.split(",").some((entry) => {
+    const [type, ...parameters] = entry.split(";");
+    if (type.trim().toLowerCase() !== "text/event-stream") return false;
+    const weight = parameters.map((p) => p.split("=")).find(([n]) => n.trim().toLowerCase() === "q");
+    return weight === undefined || Number(weight[1]) > 0;
+  });
+}
+
 function describe(exc) {
   return exc instanceof Error ? exc.message : String(exc);
 }

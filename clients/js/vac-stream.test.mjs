@@ -657,3 +657,34 @@ test("idleSeconds: Infinity never fires (setTimeout would have, at once)", async
   assert.deepEqual(errors, []);
   assert.equal(result.outcome, "final");
 });
+
+test("a JSON reply slower than idleSeconds is not taken as lost, whatever Accept's case", async () => {
+  // The service reads `q=0` as a refusal of streams and answers with JSON at the end: the
+  // watchdog took the wait for it as a lost connection (a reviewer's).
+  const slowJson = async () => {
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    const answer = {answer: "Hi", metadata: {trace_id: "t-1"}};
+    return new Response(JSON.stringify(answer), {headers: {"Content-Type": "application/json"}});
+  };
+  const result = await streamReply({
+    url: "http://service.test/vac/assistant/a", body: {user_input: "hi"}, fetch: slowJson,
+    headers: {Accept: "text/event-stream;q=0, application/json"}, idleSeconds: 0.05,
+  });
+  assert.equal(result.outcome, "final");
+});
+
+test("a stream goes silent under the watchdog whatever Accept asked for", async () => {
+  const silent = async (url, init) => new Response(new ReadableStream({
+    start(controller) {
+      controller.enqueue(encoder.encode('data: {"chunk":"Hel"}\n\n'));
+      init.signal.addEventListener("abort", () => controller.error(init.signal.reason));
+    },
+  }), {headers: {"Content-Type": "text/event-stream"}});
+  const errors = [];
+  const result = await streamReply({
+    url: "http://service.test/vac/assistant/a", body: {user_input: "hi"}, fetch: silent,
+    headers: {Accept: "Text/Event-Stream"}, idleSeconds: 0.05, onError: (e) => errors.push(e),
+  });
+  assert.equal(result.outcome, "error");
+  assert.equal(errors[0].partial, "Hel");
+});
