@@ -34,7 +34,9 @@ Deliberate choices:
   identical to feeding the whole text at once.  Only the shortest tail that
   could still become a relevant tag is held back (outside a block: a proper
   prefix of an open tag; inside: a proper prefix of the matching close tag).
-  A tail such as ``</thi`` outside a block or ``< `` is emitted immediately.
+  A tail such as ``</thi`` outside a block or ``< `` is emitted immediately
+  (but, before any tag was read, a prefix of a close tag at a line's start
+  is held: it may end a reply that began inside its thinking, R1's way).
 * An unclosed block at the end of the stream: everything after its open tag is
   thinking.  A partial tag left at the end of the stream (e.g. ``<thin``) is
   emitted on :meth:`ThinkingSplitter.finish` as literal text of whichever

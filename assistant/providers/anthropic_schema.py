@@ -64,7 +64,7 @@ HELD = frozenset(
         "enum",  # of strings, numbers, booleans and nulls only
         "const",  # the same
         "anyOf",
-        "allOf",  # with no $ref in it: one is followed (`_inlined`)
+        "allOf",  # with no $ref in it; of one $ref alone, sent as anyOf (`_as_any_of`)
         "oneOf",  # sent as anyOf
         "$ref",
         "$defs",
