@@ -112,6 +112,46 @@ def test_the_cached_part_of_a_prompt_counts_whatever_message_delta_leaves_out(
     assert (run.chain.usage.input_tokens, run.chain.usage.output_tokens) == (3012, 5)
 
 
+def test_thinking_blocks_in_a_row_stay_blocks_of_their_own(upstream: FakeUpstream) -> None:
+    """A thinking block, a redacted one, another thinking block: the two texts ran together
+    ("First part.Second part.") in the answer and the saved thinking (a reviewer's)."""
+    start = {"type": "message_start", "message": {"model": "c", "usage": {"input_tokens": 1}}}
+
+    def block(index: int, block: dict[str, object], delta: dict[str, object] | None) -> list:
+        events: list = [
+            (
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": block},
+            )
+        ]
+        if delta is not None:
+            events.append(
+                (
+                    "content_block_delta",
+                    {"type": "content_block_delta", "index": index, "delta": delta},
+                )
+            )
+        return [*events, ("content_block_stop", {"type": "content_block_stop", "index": index})]
+
+    events = [
+        ("message_start", start),
+        *block(0, {"type": "thinking", "thinking": ""},
+               {"type": "thinking_delta", "thinking": "First part."}),
+        *block(1, {"type": "redacted_thinking", "data": "opaque"}, None),
+        *block(2, {"type": "thinking", "thinking": ""},
+               {"type": "thinking_delta", "thinking": "Second part."}),
+        *block(3, {"type": "text", "text": ""}, {"type": "text_delta", "text": "Answer."}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                           "usage": {"output_tokens": 9}}),
+        ("message_stop", {"type": "message_stop"}),
+    ]  # fmt: skip
+    raw = b"".join(f"event: {n}\ndata: {json.dumps(d)}\n\n".encode() for n, d in events)
+    upstream.push(Script(raw=[raw]))
+    run = run_chain([CASE.provider(upstream.url)], Timeouts(connect=1, first_chunk=2, idle=2))
+    assert run.outcomes == ["ok"]
+    assert run.text == ("<thinking>First part.</thinking><thinking>Second part.</thinking>Answer.")
+
+
 def _stream_with_usage(start: dict[str, object], delta: dict[str, object]) -> bytes:
     events = [
         ("message_start", {"type": "message_start", "message": {"model": "c", "usage": start}}),

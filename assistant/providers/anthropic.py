@@ -64,6 +64,7 @@ from ..tools import NamedTool, ToolCall, parse_arguments, with_nothing_refused_a
 from .anthropic_schema import compiled_form
 from .base import (
     CALL_BEGAN,
+    THINKING_ENDED,
     WORKING,
     Event,
     HttpProvider,
@@ -222,6 +223,9 @@ def _on_block_stop(data: dict[str, Any], state: _State) -> None:
     index = _index(data)
     if index in state.thinking:
         state.done_thinking.append(state.thinking.pop(index))
+        # The next thinking block (after a redacted one, say) is another: glued on, the
+        # two read as one ("First part.Second part.": a reviewer's).
+        state.out.append(THINKING_ENDED)
     elif index in state.calls:
         _emit_call(state.calls.pop(index), state)
 

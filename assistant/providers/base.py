@@ -99,13 +99,15 @@ class Working:
     """The model made progress that is not output yet: a tool call began or a piece of
     its arguments came, or a tool the provider runs itself (a web search) began or
     answered. The wait for the first chunk starts over (pings are no progress).
-    `began`: a call or a tool began here, so thinking after it is another block."""
+    `began`: a call or a tool began here (or a thinking block ended), so thinking after
+    it is another block."""
 
     began: bool = False
 
 
 WORKING = Working()
 CALL_BEGAN = Working(began=True)
+THINKING_ENDED = CALL_BEGAN  # a block of its own: two in a row ran together
 
 
 @dataclass(frozen=True)
