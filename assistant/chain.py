@@ -47,8 +47,6 @@ import httpx
 from . import aio
 from .config import Timeouts
 from .providers.base import (
-    ERROR_BODY_BYTES,
-    ERROR_DETAIL_CHARS,
     EndsBeforeItsBody,
     Event,
     Prompt,
@@ -60,8 +58,12 @@ from .providers.base import (
     ThinkingDelta,
     Usage,
     Working,
-    provider_secrets,
     translate_http_error,
+)
+from .providers.error_text import (
+    ERROR_BODY_BYTES,
+    ERROR_DETAIL_CHARS,
+    provider_secrets,
     without_prompt,
     without_secrets,
 )

@@ -38,7 +38,7 @@ import pytest
 from assistant import chain as chain_module
 from assistant.chain import ChainFailed, ChainSucceeded, Chunk
 from assistant.config import ProviderSettings, Timeouts
-from assistant.providers import base, echoes, sse_decoder
+from assistant.providers import echoes, error_text, sse_decoder
 from assistant.providers.base import (
     Event,
     Prompt,
@@ -47,10 +47,9 @@ from assistant.providers.base import (
     ThinkingDelta,
     Usage,
     normalised_stop_reason,
-    read_error_body,
     upstream_json,
-    without_prompt,
 )
+from assistant.providers.error_text import read_error_body, without_prompt
 from assistant.request import Turn, build_request
 from assistant.thinking import ThinkingSplitter
 from assistant.tools import ToolCall, ToolSpec
@@ -440,16 +439,16 @@ def test_only_the_kept_start_of_an_error_body_is_scrubbed(monkeypatch: pytest.Mo
     """A first read can hold a MB: scrubbed whole against a long history's texts, it held
     the I/O loop (every stream) 6.4 s a failure; only what is kept is looked at."""
     scrubbed: list[int] = []
-    scrub = base.without_prompt
+    scrub = error_text.without_prompt
     monkeypatch.setattr(
-        base,
+        error_text,
         "without_prompt",
         lambda text, prompt, *work: scrubbed.append(len(text)) or scrub(text, prompt, *work),
     )
     response = httpx.Response(400, content=b"<pre>" + b" " * 1_000_000 + b"</pre>")
     detail = asyncio.run(read_error_body(response, {}, REQUEST_PROMPT))
-    assert scrubbed and max(scrubbed) <= base.ERROR_BODY_BYTES + 512
-    assert detail == ("<pre>" + " " * 1_000_000)[: base.ERROR_BODY_BYTES]
+    assert scrubbed and max(scrubbed) <= error_text.ERROR_BODY_BYTES + 512
+    assert detail == ("<pre>" + " " * 1_000_000)[: error_text.ERROR_BODY_BYTES]
 
 
 def test_a_calls_arguments_echoed_with_their_keys_sorted_are_taken_out() -> None:
@@ -626,7 +625,7 @@ def test_a_turkish_text_upper_cased_is_taken_out() -> None:
 def test_a_utf8_body_cut_within_a_character_is_read_as_utf8() -> None:
     """Our cut split an `\u00ea`: the body was no UTF-8, and was logged in Windows-1252's
     letters (a reviewer's `Param\u00c3\u00a8tre`)."""
-    cut = base.ERROR_BODY_BYTES + 512
+    cut = error_text.ERROR_BODY_BYTES + 512
     head = "\u00e9" * ((cut - 1) // 2) + "x" * ((cut - 1) % 2)  # a byte short of the cut
     body = (head + "\u00ea Param\u00e8tre non valide" * 20).encode()
     detail = asyncio.run(read_error_body(httpx.Response(400, content=body), {}))
@@ -636,8 +635,8 @@ def test_a_utf8_body_cut_within_a_character_is_read_as_utf8() -> None:
 def test_a_large_calls_arguments_are_not_written_whole_to_be_looked_for() -> None:
     """A 900 KB argument, written seven ways, took 100 ms to index on the I/O loop: none
     of an error body's 2 KB holds it whole, and its texts are looked for apart."""
-    assert base._whole_forms({"doc": "x" * 900_000}) == []
-    assert len(base._whole_forms({"pin": "4711"})) == 7
+    assert error_text._whole_forms({"doc": "x" * 900_000}) == []
+    assert len(error_text._whole_forms({"pin": "4711"})) == 7
 
 
 def test_an_echo_found_is_kept_at_the_depth_it_was_found() -> None:
@@ -722,8 +721,10 @@ def test_the_prompt_scrub_reads_back_the_detail_alone(monkeypatch: pytest.Monkey
     each read back as an echo would be, held it 0.37 s, and one text of 780 KB of `\\u0041`
     270 ms; only the detail is read back, at most three times."""
     read_back: list[str] = []
-    once = base._unescaped_once
-    monkeypatch.setattr(base, "_unescaped_once", lambda text: read_back.append(text) or once(text))
+    once = error_text._unescaped_once
+    monkeypatch.setattr(
+        error_text, "_unescaped_once", lambda text: read_back.append(text) or once(text)
+    )
     texts = [f"{i:04d}" + "\\" * 236 for i in range(1200)]
     texts += [f"plain text {i}, long" for i in range(500)]
     texts.append("\\u0041" * 130_000)
@@ -752,8 +753,8 @@ def test_a_huge_error_in_a_stream_is_cut_before_it_is_scrubbed(
     upstream.push(Script(raw=[b"data: " + json.dumps(error).encode() + b"\r\n\r\n"]))
     run = run_chain([GEMINI.provider(upstream.url)], Timeouts(connect=1, first_chunk=2, idle=2))
     assert isinstance(run.items[-1], ChainFailed)
-    assert scrubbed and max(scrubbed) <= base.ERROR_DETAIL_CHARS
-    assert run.errors[0] is not None and len(run.errors[0].detail) <= base.ERROR_BODY_BYTES
+    assert scrubbed and max(scrubbed) <= error_text.ERROR_DETAIL_CHARS
+    assert run.errors[0] is not None and len(run.errors[0].detail) <= error_text.ERROR_BODY_BYTES
 
 
 # Each provider's error in its stream, its words a large list, not a string.
@@ -781,7 +782,9 @@ def test_an_error_that_is_no_text_is_written_as_json_as_far_as_it_is_kept(
     upstream.push(Script(raw=[_LIST_ERRORS[case.name](words)]))
     _, error = case.events(upstream.url)
     assert error is not None and error.code == "upstream_error"
-    assert error.detail.startswith("[1.5,1.5,") and len(error.detail) <= base.ERROR_DETAIL_CHARS
+    assert (
+        error.detail.startswith("[1.5,1.5,") and len(error.detail) <= error_text.ERROR_DETAIL_CHARS
+    )
 
 
 SAID_WITH_PLUS = "Tom's 1+1 is 2: my password is hunter2"

@@ -79,11 +79,11 @@ from .base import (
     Usage,
     changed_call_id,
     conversation,
-    error_detail,
     keeps_call_id,
     normalised_stop_reason,
     token_count,
 )
+from .error_text import error_detail
 from .per_prompt import PerPrompt
 from .sse_decoder import ServerSentEvent
 from .sse_events import SseReader, json_object, require_event_stream, rest_of

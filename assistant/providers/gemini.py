@@ -61,10 +61,10 @@ from .base import (
     ToolResult,
     Usage,
     conversation,
-    error_detail,
     normalised_stop_reason,
     token_count,
 )
+from .error_text import error_detail
 from .sse_decoder import ServerSentEvent
 from .sse_events import SseReader, UnframedTail, json_object, require_event_stream, rest_of
 

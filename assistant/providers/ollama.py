@@ -59,9 +59,9 @@ from .base import (
     ToolResult,
     Usage,
     conversation,
-    error_detail,
     normalised_stop_reason,
 )
+from .error_text import error_detail
 from .ndjson import NdjsonReader
 from .sse_events import json_object
 

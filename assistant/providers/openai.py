@@ -94,10 +94,10 @@ from .base import (
     Usage,
     changed_call_id,
     conversation,
-    error_detail,
     keeps_call_id,
     normalised_stop_reason,
 )
+from .error_text import error_detail
 from .sse_decoder import ServerSentEvent
 from .sse_events import SseReader, json_object, require_event_stream, rest_of
 
