@@ -239,7 +239,10 @@ def _check_values(body: dict[str, Any]) -> None:
 _BLANKS = frozenset("\u034f\u115f\u1160\u3164\uffa0\u17b4\u17b5\u180b\u180c\u180d\u180f\u2800")
 
 
-def _shows_nothing(text: str) -> bool:
+def shows_nothing(text: str) -> bool:
+    """Whether `text` is blank to a reader: spaces, or characters that show nothing (a
+    zero-width space, a variation selector...). One rule for what the user sent, what the
+    history holds and what a provider is sent (a reviewer found three)."""
     stripped = text.strip()
     # Looked at closer only when it begins with one: most input does not, and the walk
     # stops at the first character that shows.
@@ -311,7 +314,7 @@ def _instructions(config: Mapping[str, Any]) -> str | None:
     """The system prompt; one that shows nothing is none (Anthropic refuses a system of
     blanks, as it refuses such a turn, which the history drops)."""
     text = _optional(config, "initialInstructions", str, "emissaryConfig.initialInstructions")
-    return None if text is None or _shows_nothing(text) else text
+    return None if text is None or shows_nothing(text) else text
 
 
 def _checked_id(body: Mapping[str, Any], name: str, valid: Any, charset: str) -> str | None:
@@ -335,7 +338,7 @@ def _history(items: Any, max_messages: int, structured: bool) -> tuple[Turn, ...
         # A turn's id twice is sent as its first call (base.py, `_answered_once`): its
         # name is the one a result naming none answers; a later turn's call, the latest.
         call_names.update((call.id, call.name) for call in reversed(turn.tool_calls))
-        if not _shows_nothing(turn.content) or turn.tool_calls or turn.role == "tool":
+        if not shows_nothing(turn.content) or turn.tool_calls or turn.role == "tool":
             turns.append(turn)
     return tuple(turns)
 
@@ -460,7 +463,7 @@ def body_user_id(user: CurrentUser) -> str | None:
     every caller without an email read). In `firebase` mode the field is ignored, and
     so is all this."""
     email = (user.email or "").strip()
-    if _shows_nothing(email):
+    if shows_nothing(email):
         return None
     if len(email) > MAX_EMAIL_CHARS:
         raise RequestError(
@@ -495,7 +498,7 @@ def build_request(
         raise RequestError("user_input is required")
     if not isinstance(user_input, str):
         raise RequestError("user_input must be a string")
-    if _shows_nothing(user_input):
+    if shows_nothing(user_input):
         raise RequestError("user_input must not be empty")
     if len(user_input) > max_input_chars:
         raise RequestError(f"user_input is longer than {max_input_chars} characters")

@@ -24,7 +24,7 @@ from functools import partial
 from typing import Any, TypeVar, cast
 
 from .late_saves import UNDER_WAY, Step, late_saves, never_taken
-from .request import AssistantRequest, Turn
+from .request import AssistantRequest, Turn, shows_nothing
 from .sse import json_text
 from .store import (
     AssistantMessage,
@@ -411,7 +411,7 @@ class History:
         as one turn, the model sent "Q\n\nQ" (a reviewer). A reply with no text between
         them (one that only called a tool, whose calls the history does not hold) is none:
         it is left out here, as providers leave it out (base.py), or the two were joined."""
-        turns = tuple(turn for turn in self.turns if turn.content.strip())
+        turns = tuple(turn for turn in self.turns if not shows_nothing(turn.content))
         following = (*turns[1:], Turn("user", question))
         return tuple(
             turn

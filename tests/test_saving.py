@@ -549,3 +549,10 @@ def test_a_question_no_reply_follows_refused_as_it_is_is_not_queued(capsys) -> N
         if line["message"] == "persist.lost"
     ]
     assert lost == ["user"]
+
+
+def test_a_stored_reply_that_shows_nothing_is_no_reply_between_a_question_asked_twice() -> None:
+    """What shows nothing was told three ways: a stored reply of a zero-width space kept
+    the question asked again apart, and the model was sent it twice (a reviewer's)."""
+    stored = (Turn("user", "Q"), Turn("assistant", "\u200b"))
+    assert saving.History(turns=stored).before("Q") == ()

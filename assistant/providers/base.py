@@ -40,7 +40,7 @@ import httpx
 
 from ..config import ProviderSettings
 from ..errors import MESSAGES, UpstreamCode
-from ..request import Turn
+from ..request import Turn, shows_nothing
 from ..tools import ToolCall, ToolChoice, ToolSpec
 from .error_text import compressed, error_bytes, error_text
 from .request_json import upstream_json
@@ -522,7 +522,7 @@ def _parts(turn: Turn) -> tuple[Part, ...]:
     if turn.role == "tool":
         assert turn.tool_call_id is not None and turn.tool_name is not None  # request.py
         return (ToolResult(turn.tool_call_id, turn.tool_name, turn.content),)
-    text: tuple[Part, ...] = (turn.content,) if turn.content.strip() else ()
+    text: tuple[Part, ...] = () if shows_nothing(turn.content) else (turn.content,)
     return (*text, *turn.tool_calls)
 
 
