@@ -232,6 +232,30 @@ def test_a_relays_stop_on_empty_chunks_before_the_text_does_not_end_the_answer(
     assert run.outcomes == ["ok"] and run.text == "Hello."
 
 
+@pytest.mark.parametrize(
+    "events",
+    [
+        [("Hello ", False), ("there, ", False), ("world.", False)],
+        [("Weighing it.", True), ("Answer.", False)],
+    ],
+    ids=["text", "thought-then-text"],
+)
+def test_a_relays_stop_on_every_chunk_does_not_cut_the_answer(
+    upstream: FakeUpstream, events: list[tuple[str, bool]]
+) -> None:
+    """A relay that stamps STOP on every chunk (with no counts): the answer was cut half a
+    second after its first chunk, and reported whole (a reviewer's)."""
+    raw = []
+    for text, thought in events:
+        part = {"text": text, **({"thought": True} if thought else {})}
+        candidate = {"content": {"role": "model", "parts": [part]}, "finishReason": "STOP"}
+        raw.append(f"data: {json.dumps({'candidates': [candidate]})}\r\n\r\n".encode())
+    upstream.push(Script(raw=raw, interval=0.8))
+    run = run_chain([CASE.provider(upstream.url)], Timeouts(connect=1, first_chunk=3, idle=2))
+    assert run.outcomes == ["ok"]
+    assert run.text.endswith(events[-1][0]) and events[0][0] in run.text
+
+
 @pytest.mark.parametrize("reset", [False, True])
 @pytest.mark.parametrize("cut_event", [False, True], ids=["between-events", "inside-an-event"])
 def test_a_connection_lost_after_the_finish_reason_ends_the_answer(

@@ -170,10 +170,15 @@ class _Decoder:
     @property
     def answered(self) -> bool:
         """A finishReason came (base.EndsBeforeItsBody): the chain reads on, for an
-        error tail, only while the body does not go quiet. Not a STOP with nothing before
-        it: a relay's empty chunks while the model thinks say STOP too (a whole answer
-        after them was thrown away as empty: a reviewer's)."""
-        return self._raw_stop is not None and (self._gave_output or self._raw_stop != "STOP")
+        error tail, only while the body does not go quiet. A STOP counts only as Google
+        sends it, once, on the last chunk, with the reply's counts (`candidatesTokenCount`
+        or `thoughtsTokenCount`): relays stamp it on chunks that are not the last (on the
+        empty ones while the model thinks, or on every one), and the answer was taken as
+        whole, and cut, half a second after one (reviewers'). With output after a STOP,
+        no STOP of this body is trusted: the body's end decides."""
+        if self._raw_stop is None or self._stop_not_last:
+            return False
+        return self._raw_stop != "STOP" or (self._gave_output and self._counted)
 
     def __init__(self, model: str) -> None:
         self._unframed = UnframedTail()
@@ -181,6 +186,8 @@ class _Decoder:
         self._model = model
         self._raw_stop: str | None = None
         self._gave_output = False  # text, thinking or a call
+        self._counted = False  # the reply's counts came with the finishReason
+        self._stop_not_last = False  # output came after a finishReason
         self._usage = Usage()
         self._reply = uuid.uuid4().hex[:12]  # our call ids: unique per reply, and across replies
         self._calls = 0
@@ -221,7 +228,14 @@ class _Decoder:
             if chunk.get("usageMetadata"):
                 self._usage = _usage(chunk["usageMetadata"])
             for candidate in chunk.get("candidates") or []:
-                self._raw_stop = candidate.get("finishReason") or self._raw_stop
+                stopped_before = self._raw_stop is not None
+                if candidate.get("finishReason"):
+                    self._raw_stop = candidate["finishReason"]
+                    counts = chunk.get("usageMetadata") or {}
+                    self._counted = bool(
+                        counts.get("candidatesTokenCount") or counts.get("thoughtsTokenCount")
+                    )
+                before = len(out)
                 for part in (candidate.get("content") or {}).get("parts") or []:
                     call = part.get("functionCall")
                     if isinstance(call, dict):
@@ -235,6 +249,7 @@ class _Decoder:
                         self._gave_output = True
                         thought = part.get("thought") is True
                         out.append(ThinkingDelta(text) if thought else TextDelta(text))
+                self._stop_not_last |= stopped_before and len(out) > before
 
 
 # -- the request ---------------------------------------------------------------------------
