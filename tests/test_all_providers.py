@@ -38,7 +38,7 @@ import pytest
 from assistant import chain as chain_module
 from assistant.chain import ChainFailed, ChainSucceeded, Chunk
 from assistant.config import ProviderSettings, Timeouts
-from assistant.providers import echoes, error_text, sse_decoder
+from assistant.providers import anthropic, echoes, error_text, openai, sse_decoder
 from assistant.providers.base import (
     Event,
     Prompt,
@@ -403,6 +403,21 @@ def test_the_arguments_of_the_historys_calls_are_logged_without_them_too() -> No
     turns = (Turn("user", "look"), Turn("assistant", "", tool_calls=(ToolCall("c", "t", short),)))
     for echo in (f"invalid: {json.dumps(short)} rejected", f"invalid: {short!r} rejected"):
         assert without_prompt(echo, Prompt(None, turns)) == "invalid: [prompt] rejected"
+
+
+def test_what_a_calls_signature_carries_back_is_logged_without_it() -> None:
+    """The thinking (Anthropic) or reasoning (DeepSeek) a call carries back goes with the
+    request: quoted in a refusal, it was logged (a reviewer's)."""
+    said = "The user Ada Lovelace lives at 12 Analytical Engine Street"
+    blocks = [{"type": "thinking", "thinking": said, "signature": "c2ln"}]
+    for signature in (
+        openai._carrying(ToolCall("c1", "t", {}), said).signature,
+        anthropic.encode_thinking(blocks),
+    ):
+        call = ToolCall("c1", "t", {}, signature=signature)
+        turns = (Turn("user", "hi"), Turn("assistant", "", tool_calls=(call,)))
+        echo = json.dumps({"detail": [{"input": said, "msg": "bad"}]})
+        assert said not in without_prompt(echo, Prompt(None, turns))
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
+from assistant.providers import openai
 from assistant.providers.base import Prompt, StreamEnd, TextDelta, Usage
 from assistant.providers.openai import OpenAIProvider
 from assistant.request import Turn
@@ -448,6 +449,30 @@ def test_reasoning_before_calls_goes_back_with_them_as_it_came(
     assistant = body_for(upstream, Prompt(None, turns, (TIME,)))["messages"][1]
     assert assistant.get("reasoning_content") == (
         "I should ask the clock." if field == "reasoning_content" else None
+    )
+
+
+def test_reasoning_goes_back_with_its_turn_whichever_call_is_kept(upstream: FakeUpstream) -> None:
+    """The first call carried it: left unanswered, it was dropped with it, and reordered,
+    it was not looked for (a reviewer's); given empty, it goes back empty."""
+    carrier = openai._carrying(ToolCall("c1", "get_time", {}), "Thinking it over.")
+    for calls, answered in [((carrier, ToolCall("c2", "get_time", {})), "c2"),
+                            ((ToolCall("c2", "get_time", {}), carrier), "c2")]:  # fmt: skip
+        turns = (
+            Turn("user", "Time?"),
+            Turn("assistant", "", tool_calls=calls),
+            Turn("tool", "12:00", tool_call_id=answered, tool_name="get_time"),
+        )
+        assistant = body_for(upstream, Prompt(None, turns, (TIME,)))["messages"][1]
+        assert assistant["reasoning_content"] == "Thinking it over."
+    empty = openai._carrying(ToolCall("c1", "get_time", {}), "")
+    turns = (
+        Turn("user", "Time?"),
+        Turn("assistant", "", tool_calls=(empty,)),
+        Turn("tool", "12:00", tool_call_id="c1", tool_name="get_time"),
+    )
+    assert (
+        body_for(upstream, Prompt(None, turns, (TIME,)))["messages"][1]["reasoning_content"] == ""
     )
 
 

@@ -499,12 +499,20 @@ def _results_by_call_turn(turns: tuple[Turn, ...]) -> dict[int, list[int]]:
 
 def _answered_once(calls: tuple[ToolCall, ...], answered: set[str | None]) -> tuple[ToolCall, ...]:
     """The answered calls, each id once (providers refuse an id twice in a turn): its
-    first occurrence, in order."""
+    first occurrence, in order. A signature of ours (what the turn needs back: Anthropic's
+    thinking, the reasoning DeepSeek wants) on a call dropped goes to the first call kept:
+    it went with it (a reviewer's). Gemini's own signatures (base64, no `name:` prefix as
+    ours have) stay on the call they came with."""
     kept: dict[str, ToolCall] = {}
     for call in calls:
         if call.id in answered:
             kept.setdefault(call.id, call)
-    return tuple(kept.values())
+    calls_kept = list(kept.values())
+    ours = [call.signature for call in calls if call.signature and ":" in call.signature]
+    dropped = ours and ours[0] not in (call.signature for call in calls_kept)
+    if calls_kept and dropped and not calls_kept[0].signature:
+        calls_kept[0] = dataclasses.replace(calls_kept[0], signature=ours[0])
+    return tuple(calls_kept)
 
 
 def _append(messages: list[Message], turn: Turn) -> None:

@@ -11,6 +11,7 @@ as its size alone.
 from __future__ import annotations
 
 import base64
+import binascii
 import codecs
 import contextlib
 import functools
@@ -515,6 +516,7 @@ def _prompt_texts(prompt: Prompt) -> list[str]:
     texts = [*(turn.content for turn in reversed(prompt.turns)), prompt.system or ""]
     budget = _MOST_ARGUMENT_VALUES
     for call in (call for turn in prompt.turns for call in turn.tool_calls):
+        texts += _carried_texts(call.signature)
         values = _values_in(call.args, budget)
         budget -= len(values)
         texts += (value for value in values if isinstance(value, str))
@@ -526,6 +528,26 @@ def _prompt_texts(prompt: Prompt) -> list[str]:
     schemas = [*(tool.parameters for tool in prompt.tools), prompt.response_schema]
     texts += _schema_texts(schemas, _MOST_ARGUMENT_VALUES)
     return [text for text in texts if len(text) >= PIECE]
+
+
+def _carried_texts(signature: str | None) -> list[str]:
+    """What a signature of ours carries back to its provider (`name:` and base64: the
+    thinking Anthropic needs, the reasoning DeepSeek does), sent with the turn: its
+    strings, or its text (a reviewer found it logged in an error that quoted it)."""
+    name, colon, encoded = (signature or "").partition(":")
+    if not colon or not name or not encoded:
+        return []
+    try:
+        text = base64.b64decode(encoded, validate=True).decode()
+    except (binascii.Error, ValueError):
+        return []
+    try:
+        carried = json.loads(text)
+    except ValueError:
+        return [text]
+    if not isinstance(carried, Mapping | list):
+        return [text]
+    return [value for value in _values_in(carried, _MOST_ARGUMENT_VALUES) if isinstance(value, str)]
 
 
 # Where a schema holds the frontend's own words: its descriptions and titles, and values.

@@ -216,7 +216,7 @@ class _Decoder:
         self._calls = _ToolCalls()
         self._called = False
         self._refused = False
-        self._reasoning: list[str] = []  # as reasoning_content, since the last calls
+        self._reasoning: list[str] | None = None  # as reasoning_content, since the last calls
 
     def feed(self, data: bytes, out: list[Event]) -> None:
         self._handle(self._sse.feed(data), out)
@@ -260,6 +260,8 @@ class _Decoder:
                 delta = choice.get("delta") or {}
                 out += _deltas(delta)
                 if isinstance(reasoning := delta.get("reasoning_content"), str):
+                    if self._reasoning is None:
+                        self._reasoning = []
                     self._reasoning.append(reasoning)
                 self._refused = self._refused or bool(delta.get("refusal"))
                 if delta.get("tool_calls"):
@@ -274,9 +276,9 @@ class _Decoder:
 
     def _hand_on(self, calls: list[ToolCall], out: list[Event]) -> None:
         """The calls, the reasoning before them in the first one's signature."""
-        if calls and (reasoning := "".join(self._reasoning)):
-            calls[0] = _carrying(calls[0], reasoning)
-            self._reasoning = []
+        if calls and self._reasoning is not None:  # given, if empty: DeepSeek wants it so
+            calls[0] = _carrying(calls[0], "".join(self._reasoning))
+            self._reasoning = None
         self._called = self._called or bool(calls)
         out += calls
 
@@ -309,7 +311,7 @@ def _messages(message: Message) -> list[dict[str, Any]]:
             "content": message.text or None,
             "tool_calls": [_history_call(call) for call in calls],
         }
-        if reasoning := _carried(calls):
+        if (reasoning := _carried(calls)) is not None:
             turn["reasoning_content"] = reasoning
         return [turn]
     # Never empty, and no two texts in a row (base._append joins them).
@@ -341,16 +343,17 @@ def _carrying(call: ToolCall, reasoning: str) -> ToolCall:
     return dataclasses.replace(call, signature=REASONING_PREFIX + encoded)
 
 
-def _carried(calls: Sequence[ToolCall]) -> str:
-    """The reasoning a turn's calls carry back (`_carrying`); "" for anything else."""
-    signature = calls[0].signature if calls else None
-    if not signature or not signature.startswith(REASONING_PREFIX):
-        return ""
-    try:
-        raw = base64.b64decode(signature[len(REASONING_PREFIX) :], validate=True)
-        return raw.decode()
-    except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
-        return ""
+def _carried(calls: Sequence[ToolCall]) -> str | None:
+    """The reasoning a turn's calls carry back (`_carrying`: "" when it came empty), on
+    whichever call it is (a frontend may reorder them); None when none does."""
+    for call in calls:
+        signature = call.signature or ""
+        if signature.startswith(REASONING_PREFIX):
+            try:
+                return base64.b64decode(signature[len(REASONING_PREFIX) :], validate=True).decode()
+            except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
+                return None
+    return None
 
 
 def _history_call(call: ToolCall) -> dict[str, Any]:
