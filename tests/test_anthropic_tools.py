@@ -1165,6 +1165,7 @@ OBJECTS_ALL_OF = {
 }
 
 
+UNION = {"$defs": {"U": {"anyOf": [CAT, DOG]}}}
 BASE = {
     "$defs": {
         "Base": {
@@ -1394,6 +1395,21 @@ BASE = {
             {"anyOf": [{"$ref": "#/$defs/Base"}], "patternProperties": {"^s_": {}}, **BASE},
             "an object that takes keys beyond its properties",
         ),
+        # The same through a union its $ref, its allOf or a union of unions leads to (one
+        # level only was looked at: a reviewer's).
+        *(
+            ({"type": "object", "properties": {"v": node}, **UNION}, why)
+            for node, why in [
+                ({"$ref": "#/$defs/U", "required": ["q"]}, "requires or describes"),
+                ({"anyOf": [{"$ref": "#/$defs/U"}], "required": ["q"]}, "requires or describes"),
+                ({"allOf": [{"$ref": "#/$defs/U"}], "required": ["q"]}, "requires or describes"),
+                ({"anyOf": [{"anyOf": [CAT, DOG]}], "required": ["q"]}, "requires or describes"),
+                (
+                    {"$ref": "#/$defs/U", "unevaluatedProperties": {}, "patternProperties": {}},
+                    "takes keys beyond",
+                ),
+            ]
+        ),
         # A key required beside alternatives that do not name it: closed, none holds it.
         (
             {
@@ -1563,6 +1579,8 @@ def test_a_schema_at_anthropics_limits_is_sent(upstream: FakeUpstream) -> None:
             "anyOf": [{"$ref": "#/$defs/Cat"}, {"$ref": "#/$defs/Dog"}],
             "required": ["meow"],
         },
+        # A key only the inner union's first object names: that alternative holds it.
+        {"anyOf": [{"anyOf": [CAT, DOG]}, CLOSED_A], "required": ["meow"]},
         # Around objects sent closed, what it requires they all hold (a union's tag).
         {
             "$defs": {

@@ -473,11 +473,10 @@ def _beside_closed(node: Mapping[str, Any], root: Mapping[str, Any], walk: _Walk
     `unevaluatedProperties` beside a `$ref`: 2020-12's way to extend one) would be lost
     unseen, as an object's are (reviewers)."""
     closed = _objects_in_place(node, root)
-    alternatives: list[Mapping[str, Any]] = []
-    for keyword in ("anyOf", "oneOf"):
-        if isinstance(branches := node.get(keyword), list):
-            parts = (_dereferenced(branch, root) for branch in branches)
-            alternatives += [part for part in parts if _is_object(part)]
+    # Looked for only where they are asked something of (a walk for every union of a
+    # deep chain of them cost its square).
+    asks = bool(node.get("required")) or _takes_keys_beyond(node)
+    alternatives = _alternatives(node, root, walk) if asks else []
     if not closed and not alternatives:
         return None
     if _takes_keys_beyond(node):
@@ -492,6 +491,46 @@ def _beside_closed(node: Mapping[str, Any], root: Mapping[str, Any], walk: _Walk
     if alternatives and not named.issuperset(_strings(node.get("required"))):
         return "an object that requires or describes keys beyond its properties"
     return None
+
+
+def _alternatives(
+    node: Mapping[str, Any], root: Mapping[str, Any], walk: _Walk
+) -> list[Mapping[str, Any]]:
+    """The objects sent closed that `node`'s instance may be, one of them: the branches of
+    its `anyOf` / `oneOf`, through `$ref`s and unions of unions, and those of a union its
+    `$ref` or `allOf` leads to (one level only missed them, and refused a union of unions
+    for a key only the inner one named: a reviewer's)."""
+    found: list[Mapping[str, Any]] = []
+    seen = {id(node)}
+    waiting: list[Mapping[str, Any]] = []
+    for keyword in ("$ref", "allOf"):  # what applies in place: only a union there
+        parts = [node] if keyword == "$ref" and keyword in node else node.get(keyword)
+        for part in parts if isinstance(parts, list) else []:
+            target = _dereferenced(part, root)
+            if target is not node and not _is_object(target):
+                waiting.append(target)
+    waiting += [_dereferenced(branch, root) for branch in _branches(node)]
+    while waiting:
+        current = waiting.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        walk.step()
+        if _is_object(current):
+            found.append(current)
+        else:
+            waiting += [_dereferenced(branch, root) for branch in _branches(current)]
+    return found
+
+
+def _branches(node: Mapping[str, Any]) -> list[Any]:
+    """The branches of `node`'s `anyOf` and `oneOf`."""
+    return [
+        branch
+        for keyword in ("anyOf", "oneOf")
+        if isinstance(node.get(keyword), list)
+        for branch in node[keyword]
+    ]
 
 
 def _takes_keys_beyond(node: Mapping[str, Any]) -> bool:
