@@ -91,9 +91,13 @@ def _shown(value: str) -> str:
     """A setting's value as an error may quote it: a key pasted into the wrong variable
     (ANTHROPIC_TEMPERATURE=sk-ant-...) was logged whole. Short values are shown; a
     long one, or one that begins as a key does, is not."""
-    if len(value) <= 40 and not _KEY_START.match(value):
+    bare = _QUOTES_OR_BEARER.sub("", value)  # a key pasted with its quotes, or a header's
+    if len(value) <= 40 and not _KEY_START.match(bare):
         return repr(value)
     return f"a value of {len(value)} characters (not shown: it may be a key)"
+
+
+_QUOTES_OR_BEARER = re.compile(r"^[\s'\"`]*(?:bearer\s+)?", re.IGNORECASE)
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float, minimum: float = 0.01) -> float:
@@ -135,9 +139,10 @@ def _names(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in _text(env, name, default).split(",") if part.strip())
 
 
-def _base_url(env: Mapping[str, str], name: str, default: str) -> str:
+def _base_url(env: Mapping[str, str], name: str, default: str, joined: bool = True) -> str:
+    """An http(s) URL; `joined`, a base that paths are joined after (no query then)."""
     url = _text(env, name, default).rstrip("/")
-    if "?" in url or "#" in url:
+    if joined and ("?" in url or "#" in url):
         # Paths are joined to it (f"{base}/v1/messages"): a query or a fragment would end
         # up inside the path, and a key in it (Gemini's ?key=) in every log line.
         raise ConfigError(f"{name} must have no query or fragment (nothing from ? or #)")
@@ -516,7 +521,7 @@ class AuthSettings:
         settings = cls(
             mode=mode,
             project_id=_text(env, "FIREBASE_PROJECT_ID", project_id),
-            certs_url=_base_url(env, "FIREBASE_CERTS_URL", FIREBASE_CERTS_URL),
+            certs_url=_base_url(env, "FIREBASE_CERTS_URL", FIREBASE_CERTS_URL, joined=False),
             emulator_host=_text(env, "FIREBASE_AUTH_EMULATOR_HOST", ""),
             clock_skew_seconds=_number(
                 env, "AUTH_CLOCK_SKEW_SECONDS", 10, maximum=MAX_CLOCK_SKEW_SECONDS
@@ -569,7 +574,8 @@ class Settings:
         unknown = [name for name in order if name not in PROVIDER_NAMES]
         if unknown:
             raise ConfigError(
-                f"ASSISTANT_PROVIDERS names unknown providers {unknown}; "
+                f"ASSISTANT_PROVIDERS names unknown providers "
+                f"{', '.join(map(_shown, unknown))}; "
                 f"known: {', '.join(PROVIDER_NAMES)}"
             )
         if not order:  # set, to commas and spaces only

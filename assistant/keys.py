@@ -23,8 +23,10 @@ Deliberate choices, so nobody "fixes" them:
 - Any other failure (unreachable, timeout, ServiceUnavailable, RetryError,
   anything the client raises) never drops a key we already had: a stale key
   keeps being served. With no key at all, the failure itself is remembered
-  for `failure_ttl`, so an outage adds `timeout` to one request per window,
-  not to every request. Either way the next read is tried after that window.
+  for `failure_ttl`: one read per window, not one per request. Either way the
+  next read is tried after that window; while a secret that never answered is
+  read, the requests that come wait for that read (up to `timeout`): its key
+  may be a moment away, and the provider would be skipped without it.
 - When a cached answer is stale and another thread is already reading the
   secret, callers get it (the stale key, or none) at once rather than waiting
   on the read; only a secret that never answered yet (never read, or every

@@ -427,15 +427,26 @@ def test_a_base_url_with_a_query_or_fragment_is_a_config_error(url: str) -> None
     )
 
 
-@pytest.mark.parametrize("name", ["ANTHROPIC_TEMPERATURE", "MAX_STREAMS", "ANTHROPIC_THINKING"])
+@pytest.mark.parametrize(
+    "name", ["ANTHROPIC_TEMPERATURE", "MAX_STREAMS", "ANTHROPIC_THINKING", "ASSISTANT_PROVIDERS"]
+)
 def test_a_key_pasted_into_a_setting_is_not_quoted_in_its_error(name: str) -> None:
     key = "sk-ant-api03-" + "x" * 60
     with pytest.raises(ConfigError) as refused:
         Settings.from_env({name: key})
     assert key not in str(refused.value) and "not shown: it may be a key" in str(refused.value)
-    with pytest.raises(ConfigError) as refused:
-        Settings.from_env({name: "sk-short"})
-    assert "sk-short" not in str(refused.value)
+    for short in ("sk-short", '"sk-0123456789abcdef"', "Bearer sk-abc"):  # quoted, a header's
+        with pytest.raises(ConfigError) as refused:
+            Settings.from_env({name: short})
+        assert "sk-" not in str(refused.value)
+
+
+def test_a_certs_url_may_have_a_query() -> None:
+    """It is fetched as it is: the check made for base URLs (paths joined after them)
+    refused it (a reviewer's)."""
+    url = "https://certs.example.test/x509?alt=json"
+    env = {"AUTH_MODE": "firebase", "FIREBASE_CERTS_URL": url, "FIREBASE_PROJECT_ID": "p"}
+    assert Settings.from_env(env).auth.certs_url == url
 
 
 @pytest.mark.parametrize("url", ["http://a b", "http://a\tb:8080", "https://host\x01.example"])
