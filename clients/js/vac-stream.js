@@ -473,20 +473,45 @@ async function readJsonReply(response, result, idFromAnswer, signal, onFinal, fa
 
 /** @param {unknown} exc */
 /**
- * Whether the service answers this request with a stream: its `/sse` route always does;
- * the other as it reads `Accept`, which names `text/event-stream` itself (any case) with
- * a weight above 0 (`q=0` is a refusal of it).
+ * Whether the service answers this request with a stream, read as it reads it: its `/sse`
+ * route always does (`/vac/assistant/<id>/sse`, in the URL's path: an assistant called
+ * `sse`, or `/sse` in a query, is the other route); the other when `Accept` names
+ * `text/event-stream` itself (any case) with a weight above 0 that RFC 9110 allows
+ * (`q=0` refuses it, `q=2` is no weight), commas and semicolons inside quotes not
+ * splitting it.
  * @param {string | URL} url
  * @param {string} accept
  */
 function streamAsked(url, accept) {
-  if (/\/sse(?:[?#]|$)/.test(String(url))) return true;
-  return accept.split(",").some((entry) => {
-    const [type, ...parameters] = entry.split(";");
+  let path;
+  try {
+    path = decodeURIComponent(new URL(String(url), "http://relative.invalid").pathname);
+  } catch {
+    path = "";
+  }
+  if (/^\/vac\/assistant\/[^/]+\/sse$/.test(path)) return true;
+  return outsideQuotes(",", accept).some((entry) => {
+    const [type, ...parameters] = outsideQuotes(";", entry);
     if (type.trim().toLowerCase() !== "text/event-stream") return false;
-    const weight = parameters.map((p) => p.split("=")).find(([n]) => n.trim().toLowerCase() === "q");
-    return weight === undefined || Number(weight[1]) > 0;
+    const weights = parameters
+      .map((parameter) => parameter.split("="))
+      .filter(([name]) => name.trim().toLowerCase() === "q")
+      .map(([, value = ""]) => value.trim());
+    return weights.length === 0 || (QVALUE.test(weights[0]) && Number(weights[0]) > 0);
   });
+}
+
+const QVALUE = /^(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)$/; // RFC 9110's weight
+
+/**
+ * `text`'s parts between each `separator` outside a quoted string (with its backslash
+ * escapes; one left open runs to the end), empty ones left out.
+ * @param {"," | ";"} separator
+ * @param {string} text
+ */
+function outsideQuotes(separator, text) {
+  const part = new RegExp(`(?:[^${separator}"]|"(?:[^"\\\\]|\\\\.)*"?)+`, "g");
+  return text.match(part) ?? [];
 }
 
 function describe(exc) {

@@ -661,16 +661,27 @@ test("idleSeconds: Infinity never fires (setTimeout would have, at once)", async
 test("a JSON reply slower than idleSeconds is not taken as lost, whatever Accept's case", async () => {
   // The service reads `q=0` as a refusal of streams and answers with JSON at the end: the
   // watchdog took the wait for it as a lost connection (a reviewer's).
-  const slowJson = async () => {
-    await new Promise((resolve) => setTimeout(resolve, 150));
+  const slowJson = async (url, init) => {
+    await new Promise((resolve, reject) => {
+      setTimeout(resolve, 150);
+      init.signal.addEventListener("abort", () => reject(init.signal.reason));
+    });
     const answer = {answer: "Hi", metadata: {trace_id: "t-1"}};
     return new Response(JSON.stringify(answer), {headers: {"Content-Type": "application/json"}});
   };
-  const result = await streamReply({
-    url: "http://service.test/vac/assistant/a", body: {user_input: "hi"}, fetch: slowJson,
-    headers: {Accept: "text/event-stream;q=0, application/json"}, idleSeconds: 0.05,
-  });
-  assert.equal(result.outcome, "final");
+  const cases = [
+    ["http://service.test/vac/assistant/a", "text/event-stream;q=0, application/json"],
+    ["http://service.test/vac/assistant/a", "text/event-stream;q=2"], // no weight RFC 9110 has
+    ["http://service.test/vac/assistant/a", 'text/event-stream;x="a,b";q=0'],
+    ["http://service.test/vac/assistant/sse", "application/json"], // an assistant named sse
+    ["http://service.test/vac/assistant/a?from=/sse", "application/json"],
+  ];
+  for (const [url, accept] of cases) {
+    const result = await streamReply({
+      url, body: {user_input: "hi"}, fetch: slowJson, headers: {Accept: accept}, idleSeconds: 0.05,
+    });
+    assert.equal(result.outcome, "final", `${url} ${accept}`);
+  }
 });
 
 test("a stream goes silent under the watchdog whatever Accept asked for", async () => {
