@@ -241,8 +241,11 @@ class Reply:
                 payload = yield from self._concluded(first, within=max(0.0, window_left))
                 refused = Refused(failure_status(first), self._error_body(payload))
         except ClientGone:
+            left = self._items.detach()  # first: the loop writes nothing after this
+            ending = self._gone_ending()
             self._abandon()
-            if self._head_out():
+            if self._head_out():  # the loop wrote the head and chunks: the stream ends here
+                yield from self._last_frame(left, ending)
                 return
             refused = Refused(499, self._refusal("client_gone"))  # for the log: nobody reads it
         except Exception as exc:
@@ -307,6 +310,7 @@ class Reply:
             frames.close()
 
     def _sse_frames(self, first: Item | None) -> Generator[bytes | Park | _Commit, None, None]:
+        gone: dict[str, Any] | None = None
         try:
             if first is None:
                 yield sse.PING
@@ -334,11 +338,25 @@ class Reply:
                     yield frame
                     self._last_sent = time.monotonic()
         except ClientGone:
-            pass  # `finally` abandons the reply; nobody is left to write to
+            gone = self._gone_ending()  # `finally` abandons the reply
         except Exception as exc:
             yield sse.frame(self._crash_ending(exc)) + sse.DONE
         finally:
             self.close()
+        if gone is not None:
+            yield sse.frame(gone) + sse.DONE
+
+    def _gone_ending(self) -> dict[str, Any]:
+        """The terminal payload of a stream whose client is taken as gone: one that only
+        half-closed still reads, and is told so (as a JSON caller is, by its 499), not
+        sent a body that looks whole (a reviewer's); for one really gone, the write fails
+        as the body's end would have."""
+        return {
+            "error": MESSAGES["client_gone"],
+            "code": "client_gone",
+            "partial": self._text(),
+            "metadata": {"trace_id": self._trace_id},
+        }
 
     def _crash_ending(self, exc: Exception) -> dict[str, Any]:
         """The terminal payload after our own bug on this side of the queue: the reply

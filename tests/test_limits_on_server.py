@@ -19,6 +19,9 @@ from assistant.worker import STOP_SAVE_SECONDS
 from devtools.fake_upstream import FakeUpstream, Script
 from devtools.service import running_service
 
+from .conftest import sse_events
+from .raw_http import dechunked
+
 SSE = "/vac/assistant/live/sse"
 
 
@@ -172,6 +175,28 @@ def test_a_json_caller_that_half_closes_while_it_waits_reads_a_499(fake: FakeUps
     assert head.startswith(b"HTTP/1.1 499 ")
     assert b"Content-Type: application/json" in head
     assert json.loads(payload)["code"] == "client_gone"
+
+
+def test_a_stream_that_half_closes_reads_a_terminal_frame(fake: FakeUpstream) -> None:
+    """Taken for gone, a streaming client that only half-closed read a chunked body that
+    ended as a whole one does, with no terminal frame and no [DONE] (a reviewer's)."""
+    fake.push(Script(tokens=[f"w{n} " for n in range(100)], interval=0.05))
+    with running_service({}) as service:
+        host, port = service.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as sock:
+            body = b'{"user_input": "hi"}'
+            sock.sendall(b"POST /vac/assistant/live/sse HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(body), body))  # fmt: skip
+            time.sleep(0.5)
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(10)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+    events = sse_events(dechunked(answer.partition(b"\r\n\r\n")[2]))
+    assert events[-1] == "[DONE]"
+    assert events[-2]["code"] == "client_gone" and events[-2]["partial"].startswith("w0 ")
 
 
 def test_a_failure_while_the_status_waits_is_a_real_502_on_the_wire(fake: FakeUpstream) -> None:
