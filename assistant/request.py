@@ -23,7 +23,7 @@ import functools
 import json
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -317,7 +317,9 @@ def _instructions(config: Mapping[str, Any]) -> str | None:
     return None if text is None or shows_nothing(text) else text
 
 
-def _checked_id(body: Mapping[str, Any], name: str, valid: Any, charset: str) -> str | None:
+def _checked_id(
+    body: Mapping[str, Any], name: str, valid: Callable[[str], object], charset: str
+) -> str | None:
     value: str | None = _optional(body, name, str)
     if value is not None and not valid(value):
         raise RequestError(f"{name} must be 1-128 characters of {charset}")

@@ -391,7 +391,7 @@ def changed_call_id(call_id: str, kept: str) -> str:
 
 
 def normalised_stop_reason(
-    raw: str | None, table: Mapping[str, StopReason], made_calls: bool = False
+    raw: object, table: Mapping[str, StopReason], made_calls: bool = False
 ) -> StopReason | None:
     """A provider's stop reason in our vocabulary; None while the reply has none.
 

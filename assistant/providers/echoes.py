@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from .per_prompt import PerPrompt
 
@@ -269,7 +268,7 @@ _SPECIAL = re.compile(r"\s{2,}|[^\S ]|[^\x00-\x7f\s]+")
 _ECHOES: PerPrompt[Echoes] = PerPrompt()
 
 
-def echoes_of(prompt: Any, texts: Callable[[], list[str]]) -> Echoes:
+def echoes_of(prompt: object, texts: Callable[[], list[str]]) -> Echoes:
     """The `Echoes` of `prompt`'s `texts()`: made once per prompt (a failure's error is
     read a few ways, and each provider of a chain that fails reads its own)."""
     return _ECHOES.get(prompt, lambda: Echoes(texts()))

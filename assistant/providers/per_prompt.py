@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -19,7 +19,7 @@ class PerPrompt(Generic[T]):
         self._values: dict[int, T] = {}
         self._lock = threading.Lock()
 
-    def get(self, prompt: Any, make: Callable[[], T]) -> T:
+    def get(self, prompt: object, make: Callable[[], T]) -> T:
         key = id(prompt)  # not reused while the prompt lives, and dropped as it dies
         with self._lock:
             if key in self._values:
