@@ -67,6 +67,7 @@ from .providers.error_text import (
     without_prompt,
     without_secrets,
 )
+from .request import shows_nothing
 from .thinking import ThinkingTagger, without_thinking
 from .tools import ToolCall
 
@@ -470,7 +471,7 @@ class _Relay:
         next provider may answer."""
         if self._texts is None or self._called:
             return False
-        return not without_thinking("".join(self._texts)).strip()
+        return shows_nothing(without_thinking("".join(self._texts)))
 
     def _close_thinking(self) -> None:
         """The `</thinking>` of a block of native reasoning still open: the tag is ours,
@@ -522,10 +523,11 @@ class _Relay:
                     deadline.reschedule(restart)
                 continue
             if not progress.shown:
-                if isinstance(event, TextDelta | ThinkingDelta) and event.text.isspace():
-                    # Blanks alone are no answer yet: a provider that opens with "\n", as
-                    # text or as thinking, and fails, or ends, has shown nothing, and the
-                    # next one may answer. They go out with what comes after them.
+                if isinstance(event, TextDelta | ThinkingDelta) and shows_nothing(event.text):
+                    # Blanks alone are no answer yet: a provider that opens with "\n" (or
+                    # a zero-width space: a reviewer's), as text or as thinking, and fails,
+                    # or ends, has shown nothing, and the next one may answer. They go out
+                    # with what comes after them.
                     self._blanks.append((type(event) is ThinkingDelta, event.text))
                     continue
                 if not deadline.expired():

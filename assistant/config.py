@@ -91,13 +91,9 @@ def _shown(value: str) -> str:
     """A setting's value as an error may quote it: a key pasted into the wrong variable
     (ANTHROPIC_TEMPERATURE=sk-ant-...) was logged whole. Short values are shown; a
     long one, or one that begins as a key does, is not."""
-    bare = _QUOTES_OR_BEARER.sub("", value)  # a key pasted with its quotes, or a header's
-    if len(value) <= 40 and not _KEY_START.match(bare):
+    if len(value) <= 40 and not _KEY_START.search(value):  # anywhere: behind quotes, "Bearer "
         return repr(value)
     return f"a value of {len(value)} characters (not shown: it may be a key)"
-
-
-_QUOTES_OR_BEARER = re.compile(r"^[\s'\"`]*(?:bearer\s+)?", re.IGNORECASE)
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float, minimum: float = 0.01) -> float:
@@ -141,7 +137,8 @@ def _names(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
 
 def _base_url(env: Mapping[str, str], name: str, default: str, joined: bool = True) -> str:
     """An http(s) URL; `joined`, a base that paths are joined after (no query then)."""
-    url = _text(env, name, default).rstrip("/")
+    url = _text(env, name, default)
+    url = url.rstrip("/") if joined else url
     if joined and ("?" in url or "#" in url):
         # Paths are joined to it (f"{base}/v1/messages"): a query or a fragment would end
         # up inside the path, and a key in it (Gemini's ?key=) in every log line.

@@ -418,6 +418,9 @@ def test_what_a_calls_signature_carries_back_is_logged_without_it() -> None:
         turns = (Turn("user", "hi"), Turn("assistant", "", tool_calls=(call,)))
         echo = json.dumps({"detail": [{"input": said, "msg": "bad"}]})
         assert said not in without_prompt(echo, Prompt(None, turns))
+        # Its words, not its structure: the blocks' types stay (Anthropic names them).
+        refusal = "Expected `thinking` or `redacted_thinking`, but found `text`"
+        assert without_prompt(refusal, Prompt(None, turns)) == refusal
 
 
 @pytest.mark.parametrize(

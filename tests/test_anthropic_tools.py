@@ -1405,6 +1405,11 @@ BASE = {
                 ({"allOf": [{"$ref": "#/$defs/U"}], "required": ["q"]}, "requires or describes"),
                 ({"anyOf": [{"anyOf": [CAT, DOG]}], "required": ["q"]}, "requires or describes"),
                 (
+                    {"anyOf": [{"allOf": [{"$ref": "#/$defs/U"}]}], "required": ["q"]},
+                    "requires or describes",
+                ),
+                ({"anyOf": [CAT], "allOf": [{"required": ["q"]}]}, "requires or describes"),
+                (
                     {"$ref": "#/$defs/U", "unevaluatedProperties": {}, "patternProperties": {}},
                     "takes keys beyond",
                 ),

@@ -115,8 +115,16 @@ def test_failure_before_first_chunk_falls_through_silently(upstreams, fail: str)
             "upstream_error",
         ),
         (Script(thinking=["\n\n"], tokens=[" "]), "upstream_empty"),
+        # Characters that show nothing are blanks too (a reviewer's: the answer was one).
+        (Script(tokens=["\u200b", "\ufeff"]), "upstream_empty"),
     ],
-    ids=["blank-then-an-error", "blanks-alone", "blank-thinking-then-an-error", "blank-thinking"],
+    ids=[
+        "blank-then-an-error",
+        "blanks-alone",
+        "blank-thinking-then-an-error",
+        "blank-thinking",
+        "invisible-alone",
+    ],
 )
 def test_blanks_before_a_failure_or_an_end_are_no_first_chunk(
     upstreams, script: Script, outcome: str

@@ -475,7 +475,8 @@ def _beside_closed(node: Mapping[str, Any], root: Mapping[str, Any], walk: _Walk
     closed = _objects_in_place(node, root)
     # Looked for only where they are asked something of (a walk for every union of a
     # deep chain of them cost its square).
-    asks = bool(node.get("required")) or _takes_keys_beyond(node)
+    required = _required_in_place(node)
+    asks = bool(required) or _takes_keys_beyond(node)
     alternatives = _alternatives(node, root, walk) if asks else []
     if not closed and not alternatives:
         return None
@@ -488,7 +489,7 @@ def _beside_closed(node: Mapping[str, Any], root: Mapping[str, Any], walk: _Walk
             return "an object that requires or describes keys beyond its properties"
     named = {key for part in alternatives for key in _keys(part)}
     walk.step(len(named))
-    if alternatives and not named.issuperset(_strings(node.get("required"))):
+    if alternatives and not named.issuperset(required):
         return "an object that requires or describes keys beyond its properties"
     return None
 
@@ -518,9 +519,21 @@ def _alternatives(
         walk.step()
         if _is_object(current):
             found.append(current)
-        else:
-            waiting += [_dereferenced(branch, root) for branch in _branches(current)]
+        else:  # a union, or an allOf around one (an allOf's parts all apply: its objects)
+            inner = [*_branches(current), *_listed(current.get("allOf"))]
+            waiting += [_dereferenced(branch, root) for branch in inner]
     return found
+
+
+def _required_in_place(node: Mapping[str, Any]) -> list[str]:
+    """The keys `node` requires, its own and those its `allOf`'s parts written in place
+    require (`{"anyOf": [A], "allOf": [{"required": ["z"]}]}`: a reviewer's)."""
+    parts = [node, *(part for part in _listed(node.get("allOf")) if isinstance(part, Mapping))]
+    return [name for part in parts for name in _strings(part.get("required"))]
+
+
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _branches(node: Mapping[str, Any]) -> list[Any]:

@@ -547,7 +547,11 @@ def _carried_texts(signature: str | None) -> list[str]:
         return [text]
     if not isinstance(carried, Mapping | list):
         return [text]
-    return [value for value in _values_in(carried, _MOST_ARGUMENT_VALUES) if isinstance(value, str)]
+    # Not the blocks' `type`s: scrubbed, Anthropic's "Expected `thinking` or ..." was
+    # logged as "Expected `[prompt]` ..." (a reviewer's).
+    values = _values_in(carried, _MOST_ARGUMENT_VALUES)
+    types = {value.get("type") for value in values if isinstance(value, Mapping)}
+    return [value for value in values if isinstance(value, str) and value not in types]
 
 
 # Where a schema holds the frontend's own words: its descriptions and titles, and values.
