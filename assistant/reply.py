@@ -242,12 +242,13 @@ class Reply:
                 refused = Refused(failure_status(first), self._error_body(payload))
         except ClientGone:
             left = self._items.detach()  # first: the loop writes nothing after this
-            ending = self._gone_ending()
             self._abandon()
             if self._head_out():  # the loop wrote the head and chunks: the stream ends here
-                yield from self._last_frame(left, ending)
+                yield from self._last_frame(left, self._gone_ending())
                 return
-            refused = Refused(499, self._refusal("client_gone"))  # for the log: nobody reads it
+            # Nothing sent yet: a 499 (what a JSON caller gets), read by a client that
+            # only half-closed, and the log's for one gone.
+            refused = Refused(499, self._refusal("client_gone"))
         except Exception as exc:
             left = self._items.detach()  # first: the loop writes nothing (a head) after this
             ending = self._crash_ending(exc)
@@ -338,7 +339,8 @@ class Reply:
                     yield frame
                     self._last_sent = time.monotonic()
         except ClientGone:
-            gone = self._gone_ending()  # `finally` abandons the reply
+            self._abandon()
+            gone = self._gone_ending()
         except Exception as exc:
             yield sse.frame(self._crash_ending(exc)) + sse.DONE
         finally:
@@ -347,10 +349,12 @@ class Reply:
             yield sse.frame(gone) + sse.DONE
 
     def _gone_ending(self) -> dict[str, Any]:
-        """The terminal payload of a stream whose client is taken as gone: one that only
-        half-closed still reads, and is told so (as a JSON caller is, by its 499), not
-        sent a body that looks whole (a reviewer's); for one really gone, the write fails
-        as the body's end would have."""
+        """The terminal payload of a stream whose client is taken as gone, once the reply
+        is abandoned: one that only half-closed still reads, and is told so (as a JSON
+        caller is, by its 499), not sent a body that looks whole (a reviewer's); for one
+        really gone, the write fails as the body's end would have. Its `partial` is what
+        arrived and is saved, as an error frame's is (some of it not sent as chunks:
+        what the client's check took, and what waited)."""
         return {
             "error": MESSAGES["client_gone"],
             "code": "client_gone",

@@ -489,14 +489,17 @@ function streamAsked(url, accept) {
   } catch {
     path = "";
   }
-  if (/^\/vac\/assistant\/[^/]+\/sse$/.test(path)) return true;
+  if (/\/vac\/assistant\/[^/]+\/sse$/.test(path)) return true; // behind a prefix too
   return outsideQuotes(",", accept).some((entry) => {
     const [type, ...parameters] = outsideQuotes(";", entry);
     if (type.trim().toLowerCase() !== "text/event-stream") return false;
     const weights = parameters
-      .map((parameter) => parameter.split("="))
+      .map((parameter) => { // split at its first "=" only: `q=0.5=3` is no weight
+        const at = parameter.indexOf("=");
+        return at < 0 ? [parameter, ""] : [parameter.slice(0, at), parameter.slice(at + 1)];
+      })
       .filter(([name]) => name.trim().toLowerCase() === "q")
-      .map(([, value = ""]) => value.trim());
+      .map(([, value]) => value.trim());
     return weights.length === 0 || (QVALUE.test(weights[0]) && Number(weights[0]) > 0);
   });
 }

@@ -675,6 +675,7 @@ test("a JSON reply slower than idleSeconds is not taken as lost, whatever Accept
     ["http://service.test/vac/assistant/a", 'text/event-stream;x="a,b";q=0'],
     ["http://service.test/vac/assistant/sse", "application/json"], // an assistant named sse
     ["http://service.test/vac/assistant/a?from=/sse", "application/json"],
+    ["http://service.test/vac/assistant/a", "text/event-stream;q=0.5=3"],
   ];
   for (const [url, accept] of cases) {
     const result = await streamReply({
