@@ -153,24 +153,31 @@ def test_json_replies_hold_no_thread_while_they_wait_either(fake: FakeUpstream) 
     assert set(events[: events.index('data: {"chunk":"streamed"}')]) == {": ping"}
 
 
-def test_a_json_caller_that_half_closes_while_it_waits_reads_a_499(fake: FakeUpstream) -> None:
-    """Taken for gone (README "Choices"), a JSON caller that only half-closed reads what
-    a stream's would: a 499 in JSON (a parked JSON reply answered 200 with an empty
-    text/html body)."""
-    fake.push(Script(tokens=["late"], ttft=3))
+def _half_closed_after(path: str, seconds: float) -> bytes:
+    """All a client that asks at `path`, and shuts its sending side `seconds` later,
+    reads of the service's answer."""
     with running_service({}) as service:
         host, port = service.url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port))) as sock:
             body = b'{"user_input": "hi"}'
-            sock.sendall(b"POST /vac/assistant/live HTTP/1.1\r\nHost: x\r\n"
+            sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\n"
                          b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                         % (len(body), body))  # fmt: skip
-            time.sleep(1.2)
+                         % (path.encode(), len(body), body))  # fmt: skip
+            time.sleep(seconds)
             sock.shutdown(socket.SHUT_WR)
             sock.settimeout(10)
             answer = b""
             while chunk := sock.recv(65536):
                 answer += chunk
+    return answer
+
+
+def test_a_json_caller_that_half_closes_while_it_waits_reads_a_499(fake: FakeUpstream) -> None:
+    """Taken for gone (README "Choices"), a JSON caller that only half-closed reads what
+    a stream's would: a 499 in JSON (a parked JSON reply answered 200 with an empty
+    text/html body)."""
+    fake.push(Script(tokens=["late"], ttft=3))
+    answer = _half_closed_after("/vac/assistant/live", 1.2)
     head, _, payload = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 499 ")
     assert b"Content-Type: application/json" in head
@@ -181,19 +188,7 @@ def test_a_stream_that_half_closes_reads_a_terminal_frame(fake: FakeUpstream) ->
     """Taken for gone, a streaming client that only half-closed read a chunked body that
     ended as a whole one does, with no terminal frame and no [DONE] (a reviewer's)."""
     fake.push(Script(tokens=[f"w{n} " for n in range(100)], interval=0.05))
-    with running_service({}) as service:
-        host, port = service.url.removeprefix("http://").split(":")
-        with socket.create_connection((host, int(port))) as sock:
-            body = b'{"user_input": "hi"}'
-            sock.sendall(b"POST /vac/assistant/live/sse HTTP/1.1\r\nHost: x\r\n"
-                         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                         % (len(body), body))  # fmt: skip
-            time.sleep(0.5)
-            sock.shutdown(socket.SHUT_WR)
-            sock.settimeout(10)
-            answer = b""
-            while chunk := sock.recv(65536):
-                answer += chunk
+    answer = _half_closed_after("/vac/assistant/live/sse", 0.5)
     events = sse_events(dechunked(answer.partition(b"\r\n\r\n")[2]))
     assert events[-1] == "[DONE]"
     assert events[-2]["code"] == "client_gone"
