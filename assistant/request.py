@@ -259,8 +259,15 @@ def _invisible(char: str) -> bool:
         or "\U000e0000" <= char <= "\U000e0fff"
         or "\ufff0" <= char <= "\ufff8"
         or char == "\u2065"
-        or unicodedata.category(char) == "Cf"
+        or (unicodedata.category(char) == "Cf" and char not in _PRINTED_FORMAT_MARKS)
     )
+
+
+# Format characters that print (Unicode's prepended concatenation marks: the Arabic number
+# sign, the end of ayah ۝...): an answer of one shows something (a reviewer's).
+_PRINTED_FORMAT_MARKS = frozenset(
+    "\u0600\u0601\u0602\u0603\u0604\u0605\u06dd\u070f\u0890\u0891\u08e2\U000110bd\U000110cd"
+)
 
 
 # A key a field's path names as it is; any other the client's own text, quoted.

@@ -1410,6 +1410,10 @@ BASE = {
                 ),
                 ({"anyOf": [CAT], "allOf": [{"required": ["q"]}]}, "requires or describes"),
                 (
+                    {"anyOf": [CAT], "allOf": [{"allOf": [{"required": ["q"]}]}]},
+                    "requires or describes",
+                ),
+                (
                     {"$ref": "#/$defs/U", "unevaluatedProperties": {}, "patternProperties": {}},
                     "takes keys beyond",
                 ),

@@ -824,3 +824,12 @@ def test_thinking_on_either_side_of_a_tool_call_is_two_blocks(
         splitter.feed(text)
     splitter.finish()
     assert (splitter.thinking, splitter.content) == ("first\n\nsecond", "done")
+
+
+def test_an_answer_of_a_format_character_that_prints_is_an_answer(upstreams) -> None:
+    """The end of ayah (U+06DD) is a format character that shows: an answer of one was
+    taken as empty once the chain judged blanks by what shows (a reviewer's)."""
+    first, _ = upstreams
+    first.push(Script(tokens=["\u06dd"]))
+    events = _stream(_reply(upstreams, streaming=True))
+    assert events[-2]["answer"] == "\u06dd" and events[-2]["metadata"]["provider"] == "primary"

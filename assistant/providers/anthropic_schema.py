@@ -527,9 +527,14 @@ def _alternatives(
 
 def _required_in_place(node: Mapping[str, Any]) -> list[str]:
     """The keys `node` requires, its own and those its `allOf`'s parts written in place
-    require (`{"anyOf": [A], "allOf": [{"required": ["z"]}]}`: a reviewer's)."""
-    parts = [node, *(part for part in _listed(node.get("allOf")) if isinstance(part, Mapping))]
-    return [name for part in parts for name in _strings(part.get("required"))]
+    require, however deep (`{"anyOf": [A], "allOf": [{"required": ["z"]}]}`: reviewers')."""
+    names: list[str] = []
+    waiting = [node]
+    while waiting:
+        part = waiting.pop()
+        names += _strings(part.get("required"))
+        waiting += [inner for inner in _listed(part.get("allOf")) if isinstance(inner, Mapping)]
+    return names
 
 
 def _listed(value: Any) -> list[Any]:
