@@ -90,8 +90,9 @@ def _number(
 def _shown(value: str) -> str:
     """A setting's value as an error may quote it: a key pasted into the wrong variable
     (ANTHROPIC_TEMPERATURE=sk-ant-...) was logged whole. Short values are shown; a
-    long one, or one that begins as a key does, is not."""
-    if len(value) <= 40 and not _KEY_START.search(value):  # anywhere: behind quotes, "Bearer "
+    long one, or one that holds a key's start anywhere (behind quotes, "Bearer "), is
+    not."""
+    if len(value) <= 40 and not _KEY_START.search(value):
         return repr(value)
     return f"a value of {len(value)} characters (not shown: it may be a key)"
 
