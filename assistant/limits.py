@@ -27,7 +27,7 @@ them would hold every place for SEND_TIMEOUT_SECONDS, and shut out everyone
 else (bench/abuse.py, non-readers); a reader that is merely slow keeps
 taking writes and is never chosen. "No write" is as the kernel tells it: a
 blocked send wakes once about a third of its buffer drained, so a reader
-slower than about 20 KB/s behind a full socket looks stuck for STUCK_SECONDS
+slower than a few KB/s behind a full socket may look stuck for STUCK_SECONDS
 (a reviewer's 5 KB/s reader was evicted by a newcomer; 10 KB/s was not).
 """
 

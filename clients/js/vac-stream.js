@@ -471,7 +471,6 @@ async function readJsonReply(response, result, idFromAnswer, signal, onFinal, fa
   return fail({error: `the service answered HTTP ${response.status}`, code: "http_error"});
 }
 
-/** @param {unknown} exc */
 /**
  * Whether the service answers this request with a stream, read as it reads it: its `/sse`
  * route always does (`/vac/assistant/<id>/sse`, in the URL's path: an assistant called
@@ -485,7 +484,8 @@ async function readJsonReply(response, result, idFromAnswer, signal, onFinal, fa
 function streamAsked(url, accept) {
   let path;
   try {
-    path = decodeURIComponent(new URL(String(url), "http://relative.invalid").pathname);
+    const {pathname} = new URL(String(url), "http://relative.invalid");
+    path = decodeURIComponent(pathname.replace(/%2f/gi, "%252F")); // an escaped / is the id's
   } catch {
     path = "";
   }
@@ -517,6 +517,7 @@ function outsideQuotes(separator, text) {
   return text.match(part) ?? [];
 }
 
+/** @param {unknown} exc */
 function describe(exc) {
   return exc instanceof Error ? exc.message : String(exc);
 }
