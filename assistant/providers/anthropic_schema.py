@@ -476,11 +476,11 @@ def _beside_closed(node: Mapping[str, Any], root: Mapping[str, Any], walk: _Walk
     # Looked for only where they are asked something of (a walk for every union of a
     # deep chain of them cost its square).
     required = _required_in_place(node)
-    asks = bool(required) or _takes_keys_beyond(node)
-    alternatives = _alternatives(node, root, walk) if asks else []
+    takes_more = _takes_keys_beyond(node)
+    alternatives = _alternatives(node, root, walk) if required or takes_more else []
     if not closed and not alternatives:
         return None
-    if _takes_keys_beyond(node):
+    if takes_more:
         return "an object that takes keys beyond its properties"
     if closed:
         allowed = set.intersection(*(set(_keys(part)) for part in closed))
@@ -503,13 +503,10 @@ def _alternatives(
     for a key only the inner one named: a reviewer's)."""
     found: list[Mapping[str, Any]] = []
     seen = {id(node)}
-    waiting: list[Mapping[str, Any]] = []
-    for keyword in ("$ref", "allOf"):  # what applies in place: only a union there
-        parts = [node] if keyword == "$ref" and keyword in node else node.get(keyword)
-        for part in parts if isinstance(parts, list) else []:
-            target = _dereferenced(part, root)
-            if target is not node and not _is_object(target):
-                waiting.append(target)
+    # What applies in place (its $ref's target, its allOf's parts) counts if a union: an
+    # object there is one it must be (`_objects_in_place`), no alternative.
+    in_place = [_dereferenced(part, root) for part in _applying_in_place(node)]
+    waiting = [part for part in in_place if part is not node and not _is_object(part)]
     waiting += [_dereferenced(branch, root) for branch in _branches(node)]
     while waiting:
         current = waiting.pop()
@@ -523,6 +520,12 @@ def _alternatives(
             inner = [*_branches(current), *_listed(current.get("allOf"))]
             waiting += [_dereferenced(branch, root) for branch in inner]
     return found
+
+
+def _applying_in_place(node: Mapping[str, Any]) -> list[Any]:
+    """What applies to `node`'s instance in place: `node` itself for its `$ref`, and its
+    `allOf`'s parts."""
+    return [*([node] if "$ref" in node else []), *_listed(node.get("allOf"))]
 
 
 def _required_in_place(node: Mapping[str, Any]) -> list[str]:
@@ -564,10 +567,7 @@ def _objects_in_place(node: Mapping[str, Any], root: Mapping[str, Any]) -> list[
     """The objects sent closed that all apply to `node`'s instance: its `$ref`'s target
     and the branches of its `allOf` (`then`, `else` and the dependent maps go into the
     description: not sent; an `anyOf`'s branches are alternatives)."""
-    parts = [node] if "$ref" in node else []
-    if isinstance(branches := node.get("allOf"), list):
-        parts += branches
-    objects = (_dereferenced(part, root) for part in parts)
+    objects = (_dereferenced(part, root) for part in _applying_in_place(node))
     return [part for part in objects if part is not node and _is_object(part)]
 
 
