@@ -153,10 +153,10 @@ def test_json_replies_hold_no_thread_while_they_wait_either(fake: FakeUpstream) 
     assert set(events[: events.index('data: {"chunk":"streamed"}')]) == {": ping"}
 
 
-def _half_closed_after(path: str, seconds: float) -> bytes:
+def _half_closed_after(path: str, seconds: float, env: dict[str, str] | None = None) -> bytes:
     """All a client that asks at `path`, and shuts its sending side `seconds` later,
     reads of the service's answer."""
-    with running_service({}) as service:
+    with running_service(env or {}) as service:
         host, port = service.url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port))) as sock:
             body = b'{"user_input": "hi"}'
@@ -194,6 +194,18 @@ def test_a_stream_that_half_closes_reads_a_terminal_frame(fake: FakeUpstream) ->
     assert events[-2]["code"] == "client_gone"
     shown = "".join(event["chunk"] for event in events if "chunk" in event)
     assert shown and events[-2]["partial"].startswith(shown)
+
+
+def test_a_stream_that_half_closes_after_its_status_window_reads_a_terminal_frame(
+    fake: FakeUpstream,
+) -> None:
+    """The same past the status window, while the model is silent: the stream's head and
+    a ping are out, and its client check, not the loop's, takes it for gone."""
+    fake.push(Script(tokens=["late"], ttft=4))
+    answer = _half_closed_after("/vac/assistant/live/sse", 1.5, {"HEARTBEAT_SECONDS": "1"})
+    events = sse_events(dechunked(answer.partition(b"\r\n\r\n")[2]))
+    assert events[0] == ": ping" and events[-1] == "[DONE]"
+    assert events[-2]["code"] == "client_gone" and events[-2]["partial"] == ""
 
 
 def test_a_failure_while_the_status_waits_is_a_real_502_on_the_wire(fake: FakeUpstream) -> None:
