@@ -19,7 +19,7 @@ import json
 
 import pytest
 
-from assistant.providers.base import TextDelta, ThinkingDelta
+from assistant.providers.base import StreamEnd, TextDelta, ThinkingDelta
 from assistant.providers.openai import OpenAIProvider, length_field
 from devtools.fake_upstream import FakeUpstream, Script
 
@@ -220,3 +220,70 @@ def test_thinking_sends_an_effort_level_and_no_temperature(
     assert body is not None
     assert body["reasoning_effort"] == effort
     assert "temperature" not in body and "thinking" not in body
+
+
+def _stream_of(*frames: dict[str, object]) -> bytes:
+    body = b"".join(b"data: " + json.dumps(frame).encode() + b"\n\n" for frame in frames)
+    return body + b"data: [DONE]\n\n"
+
+
+def test_a_reply_the_server_cut_short_is_incomplete(upstream: FakeUpstream) -> None:
+    # DeepSeek ends a reply it ran out of resources for with its own finish reason, then
+    # [DONE]: it was read as a reply that ended (saved complete, half of it missing).
+    upstream.push(
+        Script(
+            raw=[
+                _stream_of(
+                    {"choices": [{"index": 0, "delta": {"content": "The first half"}}]},
+                    {
+                        "choices": [
+                            {
+                                "index": 0,
+                                "delta": {},
+                                "finish_reason": "insufficient_system_resource",
+                            }
+                        ]
+                    },
+                )
+            ]
+        )
+    )
+    events, error = run_provider(settings_for(upstream.url))
+    assert events == [TextDelta("The first half")]
+    assert error is not None and error.code == "upstream_incomplete"
+
+
+@pytest.mark.parametrize(
+    "usage, output",
+    [
+        # OpenAI: the reasoning is part of completion_tokens (total = prompt + completion).
+        ({"prompt_tokens": 10, "completion_tokens": 50, "total_tokens": 60}, 50),
+        # xAI: beside it (total = prompt + completion + reasoning).
+        ({"prompt_tokens": 10, "completion_tokens": 8, "total_tokens": 60}, 50),
+        # No total to tell by: as given.
+        ({"prompt_tokens": 10, "completion_tokens": 8}, 8),
+    ],
+)
+def test_output_tokens_count_the_thinking_however_the_server_counts_it(
+    upstream: FakeUpstream, usage: dict[str, int], output: int
+) -> None:
+    details = {"completion_tokens_details": {"reasoning_tokens": 42}}
+    upstream.push(
+        Script(
+            raw=[
+                _stream_of(
+                    {
+                        "choices": [
+                            {"index": 0, "delta": {"content": "Yes."}, "finish_reason": "stop"}
+                        ]
+                    },
+                    {"choices": [], "usage": usage | details},
+                )
+            ]
+        )
+    )
+    events, error = run_provider(settings_for(upstream.url))
+    assert error is None
+    end = events[-1]
+    assert isinstance(end, StreamEnd)
+    assert (end.usage.output_tokens, end.usage.thinking_tokens) == (output, 42)

@@ -108,6 +108,9 @@ _STOP_REASONS: dict[str, StopReason] = {
     "function_call": "tool_use",
     "content_filter": "content_filter",
 }
+# Finish reasons that say the server cut the reply short (DeepSeek's, when it runs out of
+# resources mid-reply): an incomplete reply, not one that ended.
+_CUT_SHORT = frozenset({"insufficient_system_resource"})
 
 # `json_schema.name`: "a-z, A-Z, 0-9, or underscores and dashes, at most 64".
 _SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -268,6 +271,8 @@ class _Decoder:
                     began = self._calls.add(delta["tool_calls"])
                     out.append(CALL_BEGAN if began else WORKING)  # or a piece of its arguments
                 if choice.get("finish_reason"):
+                    if choice["finish_reason"] in _CUT_SHORT:
+                        raise ProviderError("upstream_incomplete", choice["finish_reason"])
                     self._raw_stop = choice["finish_reason"]
                     self._whole_calls(out)
 
@@ -643,11 +648,19 @@ class _ToolCalls:
 
 def _usage(usage: dict[str, Any]) -> Usage:
     details = usage.get("completion_tokens_details") or {}
-    return Usage(
-        input_tokens=usage.get("prompt_tokens"),
-        output_tokens=usage.get("completion_tokens"),
-        thinking_tokens=details.get("reasoning_tokens"),
-    )
+    output, thinking = usage.get("completion_tokens"), details.get("reasoning_tokens")
+    prompt = usage.get("prompt_tokens")
+    if (
+        isinstance(output, int)
+        and isinstance(thinking, int)
+        and thinking > 0
+        and usage.get("total_tokens")
+        == (prompt if isinstance(prompt, int) else 0) + output + thinking
+    ):
+        # OpenAI counts the reasoning in completion_tokens; xAI (and gateways in front
+        # of Gemini) beside it, as their total says: output is thinking included.
+        output += thinking
+    return Usage(input_tokens=prompt, output_tokens=output, thinking_tokens=thinking)
 
 
 def _maybe_json(text: str) -> Any:
