@@ -328,6 +328,22 @@ def test_the_result_alone_ends_the_conversation(upstream: FakeUpstream) -> None:
     }
 
 
+@pytest.mark.parametrize("output", ["", "\n", " \r\n"])
+def test_a_result_that_shows_nothing_goes_without_content(
+    upstream: FakeUpstream, output: str
+) -> None:
+    # Anthropic refuses text of whitespace alone ("text content blocks must contain
+    # non-whitespace text"): a shell tool that printed a newline was sent as it was, and
+    # every later request of the conversation refused.
+    history = (
+        Turn("user", "Clear the cache."),
+        Turn("assistant", "", tool_calls=(call("toolu_c", "clear_cache", {}),)),
+        Turn("tool", output, tool_call_id="toolu_c", tool_name="clear_cache"),
+    )
+    body = sent(upstream, ask("Done?", *history))
+    assert body["messages"][-1]["content"][0] == {"type": "tool_result", "tool_use_id": "toolu_c"}
+
+
 def test_a_response_schema_is_output_config_format(upstream: FakeUpstream) -> None:
     upstream.push(Script(json={"answer": "Paris"}))
     events, error = CASE.events(upstream.url, ask(tools=(), schema=SCHEMA))

@@ -60,6 +60,7 @@ from typing import Any
 import httpx
 
 from ..config import claude_at_least, claude_version, thinks_adaptively
+from ..request import shows_nothing
 from ..tools import NamedTool, ToolCall, parse_arguments, with_nothing_refused_at_the_top
 from .anthropic_schema import compiled_form
 from .base import (
@@ -331,7 +332,7 @@ def _content(message: Message, thinking: bool) -> str | list[dict[str, Any]]:
 
 def _result_block(result: ToolResult) -> dict[str, Any]:
     block: dict[str, Any] = {"type": "tool_result", "tool_use_id": _call_id(result.call_id)}
-    if result.content:
+    if not shows_nothing(result.content):  # text of whitespace alone is refused (a 400)
         block["content"] = result.content
     return block
 
