@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from assistant.providers import openai
-from assistant.providers.base import Prompt, StreamEnd, TextDelta, Usage
+from assistant.providers.base import Message, Prompt, StreamEnd, TextDelta, Usage
 from assistant.providers.openai import OpenAIProvider
 from assistant.request import Turn
 from assistant.tools import NO_ARGUMENTS, NamedTool, ToolCall, ToolChoice, ToolSpec
@@ -36,6 +36,7 @@ from .provider_support import (
     FAKE_MODEL,
     awkward_sse_chunks,
     one_byte_reads,
+    provider_settings,
     split_at,
     stream_events,
 )
@@ -814,3 +815,56 @@ def test_a_json_reply_streams_as_text(upstream: FakeUpstream) -> None:
     text = "".join(e.text for e in events if isinstance(e, TextDelta))
     assert json.loads(text) == value
     assert events[-1] == StreamEnd("end_turn", Usage(12, len(events) - 1, 0), FAKE_MODEL)
+
+
+def deepseek_body(prompt: Prompt, **changes: Any) -> dict[str, Any]:
+    """The body sent to DeepSeek's own API for `prompt` (built, not sent: its host is not
+    the fake's)."""
+    settings = provider_settings(
+        "openai", "https://api.deepseek.com/v1", "deepseek-v4-flash", "OPENAI_API_KEY", **changes
+    )
+    return OpenAIProvider(settings, "test-key")._body(prompt)
+
+
+def test_deepseek_is_sent_reasoning_content_on_every_assistant_message() -> None:
+    """DeepSeek refuses (400) a request with tools whose tool loop's messages lack their
+    `reasoning_content`: the loop's answer, and calls another provider made, went
+    without it, and every question after a loop failed (a reviewer's)."""
+    carrier = openai._carrying(ToolCall("c1", "get_time", {}), "The clock knows.")
+    turns = (
+        Turn("user", "Time?"),
+        Turn("assistant", "", tool_calls=(carrier,)),
+        Turn("tool", "12:00", tool_call_id="c1", tool_name="get_time"),
+        Turn("assistant", "It is noon."),
+        Turn("user", "And in Oslo?"),
+        Turn("assistant", "", tool_calls=(ToolCall("c2", "get_time", {}),)),  # Claude's
+        Turn("tool", "13:00", tool_call_id="c2", tool_name="get_time"),
+    )
+    messages = deepseek_body(Prompt(None, turns, (TIME,)))["messages"]
+    assert [m.get("reasoning_content") for m in messages if m["role"] == "assistant"] == [
+        "The clock knows.",
+        "",
+        "",
+    ]
+    # Elsewhere an answer goes as it did: OpenAI refuses fields it does not know.
+    answer = {"role": "assistant", "content": "It is noon."}
+    assert answer in openai._messages(Message("assistant", ("It is noon.",)))
+
+
+def test_deepseek_is_asked_for_json_in_words_not_with_a_json_schema() -> None:
+    # DeepSeek takes no json_schema response_format: every request with one was a 400.
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    body = deepseek_body(dataclasses.replace(HI, system="Be brief.", response_schema=schema))
+    assert body["response_format"] == {"type": "json_object"}
+    system = body["messages"][0]
+    assert system["role"] == "system" and system["content"].startswith("Be brief.\n\n")
+    assert "json object" in system["content"] and json.dumps(schema) in system["content"]
+
+
+@pytest.mark.parametrize("thinking", [False, True])
+def test_deepseek_forced_to_call_a_tool_is_told_not_to_think(thinking: bool) -> None:
+    # DeepSeek thinks unless told not to and refuses a forced call while it does.
+    forced = dataclasses.replace(TOOLS, tool_choice=NamedTool("get_time"))
+    body = deepseek_body(forced, thinking=thinking)
+    assert body["thinking"] == {"type": "disabled"} and "reasoning_effort" not in body
+    assert "thinking" not in deepseek_body(TOOLS, thinking=thinking)

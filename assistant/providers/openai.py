@@ -29,7 +29,12 @@ Tools (README "Tools and structured output"):
   turn's `reasoning_content`, carried in the first call's `signature`
   (`REASONING_PREFIX`): DeepSeek and Kimi refuse (400) a later request whose
   assistant turn with calls lacks it. Reasoning that came as `reasoning`
-  (Ollama, Groq, OpenRouter) is not sent back: Groq refuses the field.
+  (Ollama, Groq, OpenRouter) is not sent back: Groq refuses the field. At
+  DeepSeek's and Moonshot's own hosts every assistant message has it, "" where
+  it is not known (`_messages`).
+- DeepSeek's own API takes no `json_schema` and refuses a forced call while it
+  thinks: a schema goes as JSON mode and words, a forced call with thinking
+  turned off (`_body`).
 - Streamed calls arrive as `delta.tool_calls[]` fragments keyed by `index`:
   the first fragment of an index has `id`, `type` and `function.name`, later
   ones only `function.arguments` pieces, joined in order; fragments of
@@ -175,9 +180,15 @@ class OpenAIProvider(HttpProvider):
     name = "openai"
 
     def _body(self, prompt: Prompt) -> dict[str, Any]:
-        messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
+        host = (httpx.URL(self.settings.base_url).host or "").lower()
+        deepseek = _at(host, "deepseek.com")
+        system = prompt.system
+        if prompt.response_schema is not None and deepseek:
+            system = _with_schema_asked(system, prompt.response_schema)
+        messages = [{"role": "system", "content": system}] if system else []
+        reasoning_back = deepseek or _at(host, "moonshot.ai") or _at(host, "moonshot.cn")
         for message in conversation(prompt.turns):
-            messages += _messages(message)
+            messages += _messages(message, reasoning_back)
         body: dict[str, Any] = {
             "model": self.settings.model,
             "messages": messages,
@@ -185,7 +196,13 @@ class OpenAIProvider(HttpProvider):
             "stream_options": {"include_usage": True},
             length_field(self.settings.base_url, self.settings.model): self.settings.max_tokens,
         }
-        if self.settings.thinking:
+        forced = bool(prompt.tools) and prompt.tool_choice not in ("auto", "none")
+        if deepseek and forced:
+            # DeepSeek thinks unless told not to, and refuses a forced call while it does
+            # (400 "Thinking mode does not support this tool_choice"): the call asked
+            # for goes without thinking, as Anthropic's does.
+            body["thinking"] = {"type": "disabled"}
+        if self.settings.thinking and "thinking" not in body:
             body["reasoning_effort"] = _reasoning_effort(self.settings.thinking_budget)
         elif self.settings.temperature is not None and not reasons(self.settings.model):
             # those take none but their own ("Only the default (1) value is supported")
@@ -195,7 +212,11 @@ class OpenAIProvider(HttpProvider):
             if prompt.tool_choice != "auto":
                 body["tool_choice"] = _tool_choice(prompt.tool_choice)
         if prompt.response_schema is not None:
-            body["response_format"] = _response_format(prompt.response_schema)
+            # DeepSeek takes no json_schema (400 "This response_format type is
+            # unavailable now"): JSON mode, the schema asked for in the system prompt.
+            body["response_format"] = (
+                {"type": "json_object"} if deepseek else _response_format(prompt.response_schema)
+            )
         return body
 
     def _request(self, prompt: Prompt) -> tuple[str, dict[str, Any], dict[str, str]]:
@@ -304,19 +325,34 @@ def _tool_choice(choice: ToolChoice) -> str | dict[str, Any]:
     return choice
 
 
-def _messages(message: Message) -> list[dict[str, Any]]:
+def _at(host: str, domain: str) -> bool:
+    return host == domain or host.endswith("." + domain)
+
+
+def _with_schema_asked(system: str | None, schema: Mapping[str, Any]) -> str:
+    """The system prompt with the reply's schema asked for in words (JSON mode also
+    refuses a request whose messages never say "json")."""
+    asked = "Reply with a json object that matches this JSON Schema: " + json.dumps(schema)
+    return f"{system}\n\n{asked}" if system else asked
+
+
+def _messages(message: Message, reasoning_back: bool = False) -> list[dict[str, Any]]:
     """One turn as OpenAI's messages: an assistant message (with its calls), or the
-    user side split into a `role: tool` message per result and user messages for text."""
+    user side split into a `role: tool` message per result and user messages for text.
+    With `reasoning_back` (DeepSeek's and Kimi's APIs) every assistant message has its
+    `reasoning_content`, "" where it is not known (an answer's, another provider's
+    calls'): they refuse a request with tools whose tool loop's messages lack it (a
+    loop's answer too), take "" and ignore it elsewhere."""
     if message.role == "assistant":
         calls = message.calls
-        if not calls:
-            return [{"role": "assistant", "content": message.text}]
-        turn = {
-            "role": "assistant",
-            "content": message.text or None,
-            "tool_calls": [_history_call(call) for call in calls],
-        }
-        if (reasoning := _carried(calls)) is not None:
+        turn: dict[str, Any] = {"role": "assistant", "content": message.text}
+        if calls:
+            turn["content"] = message.text or None
+            turn["tool_calls"] = [_history_call(call) for call in calls]
+        reasoning = _carried(calls)
+        if reasoning is None and reasoning_back:
+            reasoning = ""
+        if reasoning is not None:
             turn["reasoning_content"] = reasoning
         return [turn]
     # Never empty, and no two texts in a row (base._append joins them).
