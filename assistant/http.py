@@ -692,15 +692,18 @@ def _wants_event_stream(request: flask.Request) -> bool:
     """True only when Accept names text/event-stream itself (`*/*` is not a request for it)
     with a weight above 0. Read here, not by werkzeug, which drops an entry whose weight
     is RFC 9110's `1.` or `0.` and takes `q = 0` (spaces around `=`) for 1; a quoted
-    parameter's commas and semicolons are its own."""
+    parameter's commas and semicolons are its own. Only spaces and tabs are trimmed (HTTP's
+    whitespace, and all the JS kit's reading trims alike)."""
     for entry in _outside_quotes(",", ",".join(request.headers.getlist("Accept"))):
-        media_type, *parameters = _outside_quotes(";", entry)
-        if media_type.strip().lower() != "text/event-stream":
+        media_type, _, rest = entry.partition(";")  # no quote in a media type
+        if media_type.strip(_HTTP_SPACE).lower() != "text/event-stream":
             continue
         weights = [
-            value.strip()
-            for name, _, value in (parameter.partition("=") for parameter in parameters)
-            if name.strip().lower() == "q"
+            value.strip(_HTTP_SPACE)
+            for name, _, value in (
+                parameter.partition("=") for parameter in _outside_quotes(";", rest)
+            )
+            if name.strip(_HTTP_SPACE).lower() == "q"
         ]
         if not weights or (_WEIGHT.fullmatch(weights[0]) and float(weights[0]) > 0):
             return True
@@ -715,6 +718,7 @@ def _outside_quotes(separator: str, text: str) -> list[str]:
 
 _PARTS = {separator: re.compile(rf'(?:[^{separator}"]|"(?:[^"\\]|\\.)*"?)+') for separator in ",;"}
 _WEIGHT = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")  # RFC 9110's qvalue
+_HTTP_SPACE = " \t"
 
 
 SEND_BUFFER_BYTES = 64 * 1024

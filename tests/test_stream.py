@@ -251,6 +251,7 @@ def test_legacy_route_answers_json_without_event_stream_accept(client, fake: Fak
         "application/json;q=0.9, text/event-stream;q=0.5",
         "text/event-stream;q=1.",  # RFC 9110's weight; werkzeug dropped the entry
         'text/event-stream;foo="x;q=0"',  # a quoted parameter's ; is its own
+        "text/event-stream;q\x85=0",  # no weight: HTTP's whitespace is spaces and tabs
     ],
 )
 def test_legacy_route_streams_when_accept_asks_for_it(
@@ -274,6 +275,9 @@ def test_legacy_route_streams_when_accept_asks_for_it(
         'application/json;foo="a, text/event-stream;x=y"',
         "text/event-stream;q=2",  # no weight: not a request for it
         "*/*",
+        ";",  # an entry of semicolons alone: a 500 (a reviewer's)
+        "application/json,;;",
+        "\x85text/event-stream",  # as the JS kit reads it (its trim() keeps a NEL)
     ],
 )
 def test_legacy_route_answers_json_when_accept_refuses_the_stream(
@@ -282,7 +286,7 @@ def test_legacy_route_answers_json_when_accept_refuses_the_stream(
     response = client.post(
         "/vac/assistant/test-assistant", json={"user_input": "hi"}, headers={"Accept": accept}
     )
-    assert response.content_type == "application/json"
+    assert (response.status_code, response.content_type) == (200, "application/json")
     response.close()
 
 

@@ -491,20 +491,31 @@ function streamAsked(url, accept) {
   }
   if (/\/vac\/assistant\/[^/]+\/sse$/.test(path)) return true; // behind a prefix too
   return outsideQuotes(",", accept).some((entry) => {
-    const [type, ...parameters] = outsideQuotes(";", entry);
-    if (type.trim().toLowerCase() !== "text/event-stream") return false;
+    const semicolon = entry.indexOf(";"); // no quote in a media type
+    const type = semicolon < 0 ? entry : entry.slice(0, semicolon);
+    if (httpTrimmed(type).toLowerCase() !== "text/event-stream") return false;
+    const parameters = semicolon < 0 ? [] : outsideQuotes(";", entry.slice(semicolon + 1));
     const weights = parameters
       .map((parameter) => { // split at its first "=" only: `q=0.5=3` is no weight
         const at = parameter.indexOf("=");
         return at < 0 ? [parameter, ""] : [parameter.slice(0, at), parameter.slice(at + 1)];
       })
-      .filter(([name]) => name.trim().toLowerCase() === "q")
-      .map(([, value]) => value.trim());
+      .filter(([name]) => httpTrimmed(name).toLowerCase() === "q")
+      .map(([, value]) => httpTrimmed(value));
     return weights.length === 0 || (QVALUE.test(weights[0]) && Number(weights[0]) > 0);
   });
 }
 
 const QVALUE = /^(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)$/; // RFC 9110's weight
+
+/**
+ * `text` without HTTP's whitespace (spaces and tabs) at its ends, as the service trims
+ * it (`trim()` takes more, and the service less: they read one header two ways).
+ * @param {string} text
+ */
+function httpTrimmed(text) {
+  return text.replace(/^[ \t]+|[ \t]+$/g, "");
+}
 
 /**
  * `text`'s parts between each `separator` outside a quoted string (with its backslash

@@ -676,6 +676,8 @@ test("a JSON reply slower than idleSeconds is not taken as lost, whatever Accept
     ["http://service.test/vac/assistant/sse", "application/json"], // an assistant named sse
     ["http://service.test/vac/assistant/a?from=/sse", "application/json"],
     ["http://service.test/vac/assistant/a", "text/event-stream;q=0.5=3"],
+    ["http://service.test/vac/assistant/a", ";"], // threw before sending (a reviewer's)
+    ["http://service.test/vac/assistant/a", "text/event-stream;;q\u0085=0;q=0"], // as the service
   ];
   for (const [url, accept] of cases) {
     const result = await streamReply({
