@@ -512,7 +512,9 @@ class Reply:
             # written to before the end, so only this notices that it left.
             if now - last_check >= CLIENT_POLL_SECONDS - EARLY_SECONDS:
                 last_check = now
-                if self._client_gone():
+                # Found gone once the chain has ended, the reply is whole: concluded so
+                # (its last write fails if the client has really gone), not as cut off.
+                if self._client_gone() and not self._chain.finished.is_set():
                     if item is not None:  # taken: saved with what still waits (`_abandon`)
                         self._keep(item)
                     raise ClientGone()

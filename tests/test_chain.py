@@ -71,6 +71,7 @@ def _reply(
     streaming: bool,
     env: dict[str, str] | None = None,
     on_end: Callable[[], None] = lambda: None,
+    client_gone: Callable[[], bool] = lambda: False,
 ) -> Reply:
     first, second = upstreams
     return Reply(
@@ -83,6 +84,7 @@ def _reply(
         log=RequestLog("trace-chain"),
         streaming=streaming,
         on_end=on_end,
+        client_gone=client_gone,
     )
 
 
@@ -236,6 +238,35 @@ def test_every_provider_failing_before_text_is_reported_with_attempts(upstreams)
         ("primary", "upstream_status"),
         ("secondary", "upstream_error"),
     ]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_client_found_gone_once_the_chain_has_ended_is_given_the_whole_reply(
+    upstreams, streaming: bool
+) -> None:
+    """The client check that ran as the chain ended took the reply for cut off: saved
+    incomplete, its end told as client_gone (a reviewer's, a half-closing client). Here
+    the check waits for the chain's end: a reply that ended is concluded whole."""
+    first, _ = upstreams
+    first.push(Script(tokens=[f"w{n} " for n in range(10)], ttft=0.5, interval=0.1))
+    replies: list[Reply] = []
+
+    def gone_once_ended() -> bool:
+        assert replies[0]._chain.finished.wait(timeout=5)
+        time.sleep(0.05)  # its outcome handed on
+        return True
+
+    reply = _reply(upstreams, streaming=streaming, client_gone=gone_once_ended)
+    replies.append(reply)
+    if streaming:
+        events = _stream(reply)
+        final = events[-2]
+        assert events[-1] == "[DONE]" and "code" not in final
+        assert final["answer"] == "".join(f"w{n} " for n in range(10))
+    else:
+        reply.start()
+        status, body = reply.json_answer()
+        assert (status, body["answer"]) == (200, "".join(f"w{n} " for n in range(10)))
 
 
 def test_json_caller_falls_through_even_after_text(upstreams) -> None:
