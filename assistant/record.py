@@ -17,7 +17,7 @@ from typing import Any
 from .chain import ChainReport
 from .request import AssistantRequest
 from .store import AssistantMessage, Author
-from .thinking import ThinkingSplitter
+from .thinking import ThinkingSplitter, split_outside_json_strings
 from .tools import ToolCall, json_reading, structured_output
 
 
@@ -60,6 +60,28 @@ def with_structured_output(
         left_out = f"{report.provider} {report.schema_left_out}"
         error = left_out if error is None else f"{left_out}; {error}"
     return dataclasses.replace(output, structured=value, structured_error=error)
+
+
+def with_cut_json_kept(
+    output: Output, schema: Mapping[str, Any] | None, answer: Callable[[], str]
+) -> Output:
+    """A reply cut short, asked for JSON: read as `cut_json_reading` tells, where it does."""
+    read = cut_json_reading(answer(), schema)
+    if read is None:
+        return output
+    return dataclasses.replace(output, content=read[0], thinking=read[1])
+
+
+def cut_json_reading(answer: str, schema: Mapping[str, Any] | None) -> tuple[str, str] | None:
+    """(content, thinking) of a reply cut short, asked for JSON, where it opens as JSON
+    (`{`, `[` or a fence): a tag inside one of its strings is its text, as a whole
+    reply's is (`with_structured_output`; cut JSON never parses, so its opening tells).
+    A value that quoted `<think>` took the rest of the JSON for thinking, saved apart
+    from the text the page showed (a reviewer's). None: read as ever."""
+    if schema is None or ("<think" not in answer and "</think" not in answer):
+        return None
+    content, thinking = split_outside_json_strings(answer)
+    return (content, thinking) if content.startswith(("{", "[", "```")) else None
 
 
 def assistant_message(

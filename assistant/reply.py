@@ -451,7 +451,8 @@ class Reply:
         }
         if final["partial"]:  # a JSON reply cut midway (its last provider, a stop): saved too
             # Shown whole, not streamed: a block the cut left open is closed.
-            body["partial"] = with_thinking_closed(final["partial"])
+            json = record.cut_json_reading(final["partial"], self._request.response_schema)
+            body["partial"] = with_thinking_closed(final["partial"], json=json is not None)
         if calls := final["metadata"].get("tools_to_use"):  # saved with it: said with it
             body["tools_to_use"] = calls
         for name in ("message_ids", "persist_failed"):  # as a stream's error frame says them
@@ -651,9 +652,11 @@ class Reply:
         report = item.report
         complete = isinstance(item, ChainSucceeded)
         output = record.Output.of(self._splitter, self._calls)
+        schema = self._request.response_schema
         if complete:
-            schema = self._request.response_schema
             output = record.with_structured_output(output, schema, report, self._text)
+        else:
+            output = record.with_cut_json_kept(output, schema, self._text)
         # Before the save: one the client left during goes on after the reply let go.
         text = self._text()
         ids, persist_failed = yield from self._saving(output, report, complete, beat, within)
@@ -745,6 +748,7 @@ class Reply:
         self._splitter.finish()
         report = self._chain.report()
         output = record.Output.of(self._splitter, self._calls)
+        output = record.with_cut_json_kept(output, self._request.response_schema, self._text)
         return report, self._saving(output, report, complete=False, beat=None)
 
     def _saving(

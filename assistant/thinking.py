@@ -91,11 +91,14 @@ def without_thinking(text: str, raw: bool = True) -> str:
     return splitter.content
 
 
-def with_thinking_closed(text: str) -> str:
+def with_thinking_closed(text: str, json: bool = False) -> str:
     """`text`, with the close tag of a thinking block it leaves open: a reply cut short
-    while thinking, reported whole rather than as it streamed."""
+    while thinking, reported whole rather than as it streamed. With `json`, a tag inside
+    one of its JSON strings opens none (`split_outside_json_strings`)."""
     if "<think" not in text:
         return text
+    if json:
+        return text + (_outside_json_strings(text, raw=True)[2] or "")
     splitter = ThinkingSplitter()
     splitter.feed(text)
     return text + (splitter.awaited_close_tag or "")
@@ -104,6 +107,14 @@ def with_thinking_closed(text: str) -> str:
 def split_outside_json_strings(text: str, raw: bool = True) -> tuple[str, str]:
     """(content, thinking) of a whole reply as `ThinkingSplitter` gives them, except that
     a tag inside a JSON string (between its quotes, outside any thinking block) is text.
+    """
+    content, thinking, _ = _outside_json_strings(text, raw)
+    return content, thinking
+
+
+def _outside_json_strings(text: str, raw: bool) -> tuple[str, str, str | None]:
+    """`split_outside_json_strings`'s (content, thinking), and the close tag of a block
+    the text leaves open (None if it leaves none).
 
     For a reply that is JSON: a value that holds `<think>x</think>` lost it (the reply
     still matched its schema, with other data), one that holds `<think>` alone took the
@@ -116,6 +127,7 @@ def split_outside_json_strings(text: str, raw: bool = True) -> tuple[str, str]:
     content: list[str] = []
     blocks: list[str] = []
     at, in_string = 0, False
+    left_open: str | None = None
     if raw and (began := _began_thinking(text)) is not None:  # began inside its thinking
         blocks.append(text[: began.start()])
         at = began.end()
@@ -134,12 +146,14 @@ def split_outside_json_strings(text: str, raw: bool = True) -> tuple[str, str]:
         found = text.find(close, tag.end())
         blocks.append(text[tag.end() :] if found == -1 else text[tag.end() : found])
         if found == -1:
+            left_open = close
             at = len(text)
             break
         at = found + len(close)
     content.append(text[at:])
     inside = (block.strip(_ASCII_WS) for block in blocks)
-    return "".join(content).strip(_ASCII_WS), "\n\n".join(block for block in inside if block)
+    thinking = "\n\n".join(block for block in inside if block)
+    return "".join(content).strip(_ASCII_WS), thinking, left_open
 
 
 _OPEN_TAG = re.compile("|".join(re.escape(tag) for tag in sorted(_TAGS, key=len, reverse=True)))

@@ -733,6 +733,35 @@ def test_mid_stream_failure_saves_the_partial_reply(client, fake: FakeUpstream, 
     assert reply["content"] == "Half of"
 
 
+@pytest.mark.parametrize(
+    "route", ["/vac/assistant/test-assistant/sse", "/vac/assistant/test-assistant"]
+)
+def test_a_json_reply_cut_short_keeps_a_quoted_tag_as_its_text(
+    client, fake: FakeUpstream, firestore, route: str
+) -> None:
+    """A reply asked for JSON, cut short: a value quoting `<think>` took the rest of the
+    JSON for thinking, saved apart from the text the page showed, and the JSON route's
+    `partial` had a `</think>` added inside the JSON (a reviewer's)."""
+    sent = ['{"note": "wrap it in <think>', ' tags", ', '"n": 1']
+    fake.push(Script(tokens=[*sent, "}"], fail_after=3, fail_mode="cut"))
+    schema = {"type": "object", "properties": {"note": {"type": "string"}}}
+    config = {**SAVE["emissaryConfig"], "responseSchema": schema}
+    response = ask(client, path=route, trace_id="t-cut-json", **{**SAVE, "emissaryConfig": config})
+    if route.endswith("/sse"):
+        final = sse_events(response.get_data())[-2]
+        assert final["metadata"]["thinking_content"] == ""
+    else:
+        final = response.get_json()
+        response.close()
+    assert final["partial"] == "".join(sent)
+    reply = _messages(firestore)["t-cut-json-assistant"]
+    assert (reply["status"], reply["content"], reply["thinkingContent"]) == (
+        "incomplete",
+        "".join(sent),
+        "",
+    )
+
+
 def test_client_that_leaves_still_gets_its_partial_saved(
     client, fake: FakeUpstream, firestore
 ) -> None:
