@@ -868,3 +868,40 @@ def test_deepseek_forced_to_call_a_tool_is_told_not_to_think(thinking: bool) -> 
     body = deepseek_body(forced, thinking=thinking)
     assert body["thinking"] == {"type": "disabled"} and "reasoning_effort" not in body
     assert "thinking" not in deepseek_body(TOOLS, thinking=thinking)
+
+
+def test_openrouter_reasoning_goes_back_with_the_calls() -> None:
+    """OpenRouter streams DeepSeek's reasoning as `reasoning` and refuses (DeepSeek's
+    400) the loop's next request without it as `reasoning_content`: it was not kept (a
+    reviewer's). Elsewhere `reasoning` is not sent back (Groq refuses the field)."""
+    fragment = {"index": 0, "id": "c1", "function": {"name": "get_time", "arguments": "{}"}}
+    stream = b"".join(
+        [chunk({"reasoning": "Ask the clock."}), chunk({"tool_calls": [fragment]}),
+         chunk({}, "tool_calls"), DONE]
+    )  # fmt: skip
+    carried = {}
+    for base_url in ("https://openrouter.ai/api/v1", "https://api.groq.com/openai/v1"):
+        settings = provider_settings("openai", base_url, "deepseek/deepseek-v4", "OPENAI_API_KEY")
+        provider = OpenAIProvider(settings, "test-key")
+        head = httpx.Response(200, headers={"content-type": "text/event-stream"})
+        decoder, out = provider.decoder(head), []
+        decoder.feed(stream, out)
+        decoder.end(out)
+        [call] = [event for event in out if isinstance(event, ToolCall)]
+        turns = (
+            Turn("user", "Time?"),
+            Turn("assistant", "", tool_calls=(call,)),
+            Turn("tool", "12:00", tool_call_id="c1", tool_name="get_time"),
+        )
+        sent = provider._body(Prompt(None, turns, (TIME,)))["messages"][1]
+        carried[base_url] = sent.get("reasoning_content")
+    assert list(carried.values()) == ["Ask the clock.", None]
+
+
+def test_mistral_is_sent_no_stream_options() -> None:
+    # Mistral refuses a field it does not know (422): every request was refused.
+    settings = provider_settings(
+        "openai", "https://api.mistral.ai/v1", "mistral-small-latest", "OPENAI_API_KEY"
+    )
+    body = OpenAIProvider(settings, "test-key")._body(HI)
+    assert "stream_options" not in body and body["stream"] is True

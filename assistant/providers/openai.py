@@ -29,7 +29,8 @@ Tools (README "Tools and structured output"):
   turn's `reasoning_content`, carried in the first call's `signature`
   (`REASONING_PREFIX`): DeepSeek and Kimi refuse (400) a later request whose
   assistant turn with calls lacks it. Reasoning that came as `reasoning`
-  (Ollama, Groq, OpenRouter) is not sent back: Groq refuses the field. At
+  (Ollama, Groq) is not sent back: Groq refuses the field; OpenRouter's is, which
+  streams DeepSeek's so and passes `reasoning_content` on to it. At
   DeepSeek's and Moonshot's own hosts every assistant message has it, "" where
   it is not known (`_messages`).
 - DeepSeek's own API takes no `json_schema` and refuses a forced call while it
@@ -196,6 +197,10 @@ class OpenAIProvider(HttpProvider):
             "stream_options": {"include_usage": True},
             length_field(self.settings.base_url, self.settings.model): self.settings.max_tokens,
         }
+        if _at(host, "mistral.ai"):
+            # Mistral refuses a field it does not know (422 extra_forbidden), this one
+            # among them; it sends the usage in the last chunk unasked.
+            del body["stream_options"]
         forced = bool(prompt.tools) and prompt.tool_choice not in ("auto", "none")
         if deepseek and forced:
             # DeepSeek thinks unless told not to, and refuses a forced call while it does
@@ -225,14 +230,20 @@ class OpenAIProvider(HttpProvider):
 
     def decoder(self, response: httpx.Response) -> _Decoder:
         require_event_stream(response)
-        return _Decoder(self.settings.model)
+        # OpenRouter streams a model's reasoning as `reasoning`, and passes what comes
+        # back as `reasoning_content` on to DeepSeek, which refuses a tool loop without it.
+        host = (httpx.URL(self.settings.base_url).host or "").lower()
+        openrouter = _at(host, "openrouter.ai")
+        kept = ("reasoning_content", "reasoning") if openrouter else ("reasoning_content",)
+        return _Decoder(self.settings.model, kept)
 
 
 class _Decoder:
     """Chat completion chunks -> our events (base.Decoder); `[DONE]` ends the answer."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, kept: tuple[str, ...]) -> None:
         self.finished = False
+        self._kept = kept  # the fields whose reasoning goes back with the turn's calls
         self._sse = SseReader()
         self._model = model
         self._raw_stop: str | None = None
@@ -283,10 +294,12 @@ class _Decoder:
                     continue
                 delta = choice.get("delta") or {}
                 out += _deltas(delta)
-                if isinstance(reasoning := delta.get("reasoning_content"), str):
-                    if self._reasoning is None:
-                        self._reasoning = []
-                    self._reasoning.append(reasoning)
+                for name in self._kept:
+                    if isinstance(reasoning := delta.get(name), str):
+                        if self._reasoning is None:
+                            self._reasoning = []
+                        self._reasoning.append(reasoning)
+                        break
                 self._refused = self._refused or bool(delta.get("refusal"))
                 if delta.get("tool_calls"):
                     began = self._calls.add(delta["tool_calls"])
