@@ -43,8 +43,12 @@ MOST_WAITING_FOR_ITS_KEY = 4
 RETRY_AFTER_FAILURE_SECONDS = 1.0
 DEFAULT_MAX_AGE_SECONDS = 3600.0  # when the response names none
 MIN_MAX_AGE_SECONDS = 1.0  # `max-age=0` must not mean a fetch per request
+# Google's say about six hours; a longer one kept a key Google dropped trusted as long (a
+# 400-digit one, for ever).
+MAX_MAX_AGE_SECONDS = 24 * 3600.0
 
-_MAX_AGE = re.compile(r"(?:^|[,\s])max-age\s*=\s*(\d+)", re.IGNORECASE)
+# RFC 9111's max-age, quoted too; its value checked apart (one that is no number: stale).
+_MAX_AGE = re.compile(r'(?:^|[,\s])max-age\s*=\s*("?)([^,\s"]*)\1', re.IGNORECASE)
 
 
 class CertsUnavailable(RuntimeError):
@@ -55,7 +59,10 @@ def max_age(cache_control: str | None) -> float:
     match = _MAX_AGE.search(cache_control or "")
     if match is None:
         return DEFAULT_MAX_AGE_SECONDS
-    return max(MIN_MAX_AGE_SECONDS, float(match.group(1)))
+    seconds = match.group(2)
+    if not (seconds.isascii() and seconds.isdigit()):  # `-5`, `1e3`: stale, as RFC 9111 says
+        return MIN_MAX_AGE_SECONDS
+    return max(MIN_MAX_AGE_SECONDS, min(MAX_MAX_AGE_SECONDS, float(seconds)))
 
 
 def fetch_certs(url: str) -> tuple[dict[str, str], float]:
@@ -83,7 +90,10 @@ def fetch_certs(url: str) -> tuple[dict[str, str], float]:
         if len(_fetching_threads) >= MOST_FETCH_THREADS:
             raise CertsUnavailable("earlier fetches of the token certs still hang")
         thread = threading.Thread(target=fetch, name="token-certs-fetch", daemon=True)
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had: the caller's 503, as any failed fetch
+            raise CertsUnavailable("no thread to be had for the token certs fetch") from None
         _fetching_threads.append(thread)
     thread.join(FETCH_TIMEOUT_SECONDS)
     if not outcome:

@@ -71,6 +71,10 @@ def cache(server: CertsServer, clock: Clock) -> CertCache:
         (None, DEFAULT_MAX_AGE_SECONDS),
         ("s-maxage=5", DEFAULT_MAX_AGE_SECONDS),
         ("max-age=0", 1),  # never a fetch per request
+        ('max-age="60"', 60),  # RFC 9111's quoted form (read as the default)
+        ("max-age=-5", 1),  # no number: stale (read as the default)
+        ("max-age=1e3", 1),  # no number either
+        ("max-age=" + "9" * 400, 24 * 3600),  # kept for ever, a dropped key trusted
     ],
 )
 def test_max_age_is_read_from_cache_control(header: str | None, seconds: float) -> None:
@@ -373,6 +377,20 @@ def test_a_failed_fetch_pauses_the_next_from_its_end(server: CertsServer, clock:
     with pytest.raises(CertsUnavailable):
         cache.cert_for("k1")
     assert server.fetches == 1  # the four shared it; the fifth came within the pause
+
+
+def test_a_first_fetch_with_no_thread_to_be_had_is_certs_unavailable(
+    server: CertsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller's 503, as for any failed fetch, not a crash's 500 (a reviewer's)."""
+
+    class NoThread(threading.Thread):
+        def start(self) -> None:
+            raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(certs.threading, "Thread", NoThread)
+    with pytest.raises(CertsUnavailable, match="no thread"):
+        CertCache(server.url).cert_for("k1")
 
 
 def test_a_refresh_that_cannot_start_counts_as_a_failed_fetch(
