@@ -270,8 +270,11 @@ export async function streamReply(options) {
   // would save the question and reply a second time, beside what the first try saved.
   // One the service would refuse ("", a blank in it) is no id to retry with: the 400 that
   // answers it says which the service used.
-  const ownTraceId = isObject(body) && typeof body.trace_id === "string"
-    && /^[A-Za-z0-9_.:-]{1,128}$/.test(body.trace_id) ? body.trace_id : null;
+  // Read from what is sent: a body's toJSON() may give the id its object lacks.
+  const sent = isObject(body) && typeof body.toJSON === "function" && typeof payload === "string"
+    ? JSON.parse(payload) : body;
+  const ownTraceId = isObject(sent) && typeof sent.trace_id === "string"
+    && /^[A-Za-z0-9_.:-]{1,128}$/.test(sent.trace_id) ? sent.trace_id : null;
   result.traceId = ownTraceId ?? traceIdOfHeaders(headers);
   if (result.traceId === null) { // a caller's traceparent the service would not take goes too
     result.traceId = randomHex(16);

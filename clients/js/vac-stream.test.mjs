@@ -538,6 +538,21 @@ test("a body with its own toJSON is sent as it says", async () => {
   assert.deepEqual(JSON.parse(calls[0].init.body), {user_input: "hi"});
 });
 
+test("a trace id a body's toJSON gives is the one reported when no answer came", async () => {
+  // The kit read the object's own trace_id, not what was sent, and reported the id it
+  // made up: a retry with it saved the question and reply twice (a reviewer's).
+  class Ask {
+    toJSON() {
+      return {user_input: "hi", trace_id: "my-ask-43"};
+    }
+  }
+  const unreachable = async () => {
+    throw new TypeError("fetch failed");
+  };
+  const result = await streamReply({url: "http://service.test/x", body: new Ask(), fetch: unreachable});
+  assert.equal(result.traceId, "my-ask-43");
+});
+
 test("the service's X-Trace-Id wins over the one sent", async () => {
   const {result, traceIds} = await collect(STREAM);
   assert.equal(result.traceId, "t-1");
