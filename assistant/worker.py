@@ -297,6 +297,7 @@ _A_BODY_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:(?![ \t]*0+[ \t]*\r\n)",
 _ANY_TRANSFER_ENCODING = re.compile(rb"\r\ntransfer-encoding[ \t]*:", re.I)
 _EXPECT = re.compile(rb"\r\nexpect[ \t]*:", re.I)
 _HEX = frozenset(b"0123456789abcdefABCDEF")
+_CR = ord("\r")
 
 # A header name short enough, and shaped like one (gunicorn upper-cases the
 # names it parsed), to be named in an error without echoing a stray line.
@@ -506,9 +507,12 @@ class _ChunkScan:
         """True once the body is all in `data`, or once the scan cannot go on."""
         while True:
             if self.state == "size":
-                end = data.find(b"\r\n", self.pos)
+                end = data.find(b"\n", self.pos)
                 if end < 0:
                     return len(data) - self.pos > 1024  # no size line is that long
+                if end == self.pos or data[end - 1] != _CR:
+                    return True  # a line ended by a bare LF: all that comes (the 400)
+                end -= 1
                 digits = bytes(data[self.pos : end]).split(b";", 1)[0].rstrip(b" \t")
                 if not digits or not set(digits) <= _HEX:
                     return True
@@ -534,6 +538,11 @@ class _ChunkScan:
                     return True
                 if data.find(b"\r\n\r\n", self.pos) >= 0:
                     return True
+                line_end = data.find(b"\n", self.pos)
+                while line_end >= 0:
+                    if line_end == self.trailers or data[line_end - 1] != _CR:
+                        return True  # a line ended by a bare LF, as above
+                    line_end = data.find(b"\n", line_end + 1)
                 self.pos = max(self.pos, len(data) - 3)  # look at each byte once
                 return False
 

@@ -617,8 +617,12 @@ def test_a_refusal_of_gunicorns_names_no_origin_it_could_not_read(fake: FakeUpst
         b"zz\r\n{}\r\n0\r\n\r\n",  # a chunk size that is not hexadecimal
         b"2\r\n{}XX0\r\n\r\n",  # a chunk's data not followed by CRLF
         b"2\r\n{}\r\n0\r\nNo colon\r\n\r\n",  # a trailer that is no header
+        # Lines ended by a bare LF: the body was waited for until the read timeout, and
+        # the connection closed with no answer (a reviewer's).
+        b"2\n{}\r\n0\r\n\r\n",
+        b"2\r\n{}\r\n0\r\nX-T: a\n\n",
     ],
-    ids=["chunk-size", "chunk-end", "trailer"],
+    ids=["chunk-size", "chunk-end", "trailer", "bare-lf-size", "bare-lf-trailer"],
 )
 def test_a_chunked_body_gunicorn_refuses_midway_is_a_400_answered_once(
     service: str, fake: FakeUpstream, body: bytes
