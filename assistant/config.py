@@ -89,12 +89,16 @@ def _number(
 
 def _shown(value: str) -> str:
     """A setting's value as an error may quote it: a key pasted into the wrong variable
-    (ANTHROPIC_TEMPERATURE=sk-ant-...) was logged whole. Short values are shown; a
-    long one, or one that holds a key's start anywhere (behind quotes, "Bearer "), is
-    not."""
-    if len(value) <= 40 and not _KEY_START.search(value):
+    (ANTHROPIC_TEMPERATURE=sk-ant-...) was logged whole. Shown only with a setting's
+    shape, 40 characters at most: a number's, or a name's as `shown_key_name` sees one
+    (a rule for keys' starts alone let a key with none, Mistral's 32 random characters,
+    be quoted: a reviewer's)."""
+    if len(value) <= 40 and (_NUMBER_SHAPE.fullmatch(value) or shown_key_name(value) == value):
         return repr(value)
     return f"a value of {len(value)} characters (not shown: it may be a key)"
+
+
+_NUMBER_SHAPE = re.compile(r"[-+]?[0-9.][0-9.eE+-]*")
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float, minimum: float = 0.01) -> float:

@@ -659,7 +659,7 @@ def _read_body(request: flask.Request, limit: int) -> bytes:
     coding = request.headers.get("Content-Encoding", "").strip().lower()
     if coding not in ("", "identity"):
         raise RequestError(
-            f"Content-Encoding {coding[:40]} is not accepted: send the body uncompressed",
+            f"Content-Encoding {coding[:40]!r} is not accepted: send the body uncompressed",
             415,
             "unsupported_media_type",
         )

@@ -122,7 +122,7 @@ def check_media_type(content_type: str | None) -> None:
     if media_type not in ("application/json", "text/plain"):
         raise RequestError(
             f"Content-Type must be application/json (or text/plain holding JSON), "
-            f"got {media_type or 'none'}",
+            f"got {repr(media_type) if media_type else 'none'}",  # quoted: kept out of the log
             415,
             "unsupported_media_type",
         )

@@ -394,7 +394,7 @@ def test_a_coded_body_is_a_415_naming_the_coding(client, fake: FakeUpstream, cod
         content_type="application/json",
         headers={"Content-Encoding": coding},
     )
-    _refused(response, 415, "unsupported_media_type", fake, f"Content-Encoding {coding}")
+    _refused(response, 415, "unsupported_media_type", fake, f"Content-Encoding '{coding}'")
 
 
 @pytest.mark.parametrize(
@@ -894,6 +894,27 @@ def test_a_refused_assistant_id_is_logged_with_the_rule_it_broke(
     [refused] = [line for line in log_lines(capsys.readouterr().out)
                  if line["message"] == "request.refused"]  # fmt: skip
     assert "A-Z a-z 0-9 _ -" in refused["reason"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Content-Type": "text/my-secret-prompt", "Content-Encoding": ""},
+        {"Content-Type": "application/json", "Content-Encoding": "my-secret-prompt text"},
+    ],
+    ids=["content-type", "content-encoding"],
+)
+def test_a_refused_header_is_named_to_its_client_and_left_out_of_the_log(
+    client, fake: FakeUpstream, capsys, headers: dict[str, str]
+) -> None:
+    """The log leaves out what a refusal quotes: these two were not quoted, and went into
+    the log as the client wrote them (a reviewer's)."""
+    response = client.post("/vac/assistant/abc/sse", data=b'{"user_input": "hi"}', headers=headers)
+    _refused(response, 415, "unsupported_media_type", fake, "'")
+    assert "my-secret-prompt" in response.get_json()["error"]
+    [refused] = [line for line in log_lines(capsys.readouterr().out)
+                 if line["message"] == "request.refused"]  # fmt: skip
+    assert "my-secret-prompt" not in refused["reason"] and "'…'" in refused["reason"]
 
 
 def test_a_quoted_key_past_the_messages_cut_is_still_left_out_of_the_log(

@@ -432,6 +432,17 @@ def test_a_base_url_with_a_query_or_fragment_is_a_config_error(url: str) -> None
 
 
 @pytest.mark.parametrize(
+    ("name", "value"),
+    [("ANTHROPIC_TEMPERATURE", "warm"), ("MAX_STREAMS", "1.5"), ("MAX_STREAMS", "-3"),
+     ("AUTH_MODE", "firebase-admin"), ("ASSISTANT_PROVIDERS", "anthropic,claude")],
+)  # fmt: skip
+def test_a_value_of_a_settings_shape_is_quoted_in_its_error(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({name: value})
+    assert repr(value.split(",")[-1]) in str(refused.value)
+
+
+@pytest.mark.parametrize(
     "name", ["ANTHROPIC_TEMPERATURE", "MAX_STREAMS", "ANTHROPIC_THINKING", "ASSISTANT_PROVIDERS"]
 )
 def test_a_key_pasted_into_a_setting_is_not_quoted_in_its_error(name: str) -> None:
@@ -439,10 +450,12 @@ def test_a_key_pasted_into_a_setting_is_not_quoted_in_its_error(name: str) -> No
     with pytest.raises(ConfigError) as refused:
         Settings.from_env({name: key})
     assert key not in str(refused.value) and "not shown: it may be a key" in str(refused.value)
-    for short in ("sk-short", '"sk-0123456789abcdef"', "Bearer sk-abc", "\u201csk-abc"):
+    # And keys with no such start: Mistral's (32 random characters), Hugging Face's.
+    others = ("q7Yx2LmN9pR4tV8wZ3bC6dF1gH5jK0sT", "hf_AbCdEfGhIjKlMnOpQrStUvWxYz012345")
+    for short in ("sk-short", '"sk-0123456789abcdef"', "Bearer sk-abc", "\u201csk-abc", *others):
         with pytest.raises(ConfigError) as refused:
             Settings.from_env({name: short})
-        assert "sk-" not in str(refused.value)
+        assert short.removeprefix("Bearer ").strip('"\u201c')[:8] not in str(refused.value)
 
 
 def test_a_certs_url_may_have_a_query() -> None:
