@@ -48,11 +48,12 @@ NAME_MAPS = frozenset(
 # What a `pattern` may not use where a provider compiles it (Anthropic's grammar, OpenAI's
 # regex engine), of what the request's check (Python's `re`) takes: backreferences (by
 # number, `\k<name>`, Python's `(?P=name)`), lookaround, word boundaries, atomic groups
-# and conditionals. One rule for both (two copies had drifted: a reviewer's). A pattern
-# that uses one goes into the description, where the model still reads it; an escaped
-# backslash before a digit or a `b` moves one that was fine, harmlessly (the reply is
+# and possessive quantifiers (`a++`: one written short), and conditionals. One rule for
+# both (two copies had drifted: a reviewer's). A pattern that uses one goes into the
+# description, where the model still reads it; an escaped backslash before a digit or a
+# `b`, or an escaped `+` repeated, moves one that was fine, harmlessly (the reply is
 # checked against the frontend's schema all the same).
-UNHELD_IN_PATTERNS = re.compile(r"\\[1-9bBk]|\(\?(?:P=|<?[=!]|>|\()")
+UNHELD_IN_PATTERNS = re.compile(r"\\[1-9bBk]|\(\?(?:P=|<?[=!]|>|\()|[*+?}]\+")
 
 
 def schema_objects(value: Any) -> int:

@@ -1435,6 +1435,27 @@ BASE = {
                 ),
             ]
         ),
+        # Requirements beside a $ref's object that no answer could meet once it is closed:
+        # in a union's branches (2020-12's "name, and email or phone"), however deep, and
+        # a key a condition or a dependent map requires beside a union none of whose
+        # objects names it (reviewers': sent closed, every such answer refused).
+        *(
+            ({**BASE, "$ref": "#/$defs/Base", **beside}, "requires or describes")
+            for beside in [
+                {"anyOf": [{"required": ["email"]}, {"required": ["phone"]}]},
+                {"oneOf": [{"required": ["z"]}, {"required": ["y"]}]},
+                {"allOf": [{"anyOf": [{"required": ["z"]}]}]},
+            ]
+        ),
+        *(
+            ({"anyOf": [CAT, DOG], **beside}, "requires or describes")
+            for beside in [
+                {"if": {"required": ["kind"]}, "then": {"required": ["z"]}},
+                {"if": {"required": ["kind"]}, "else": {"required": ["z"]}},
+                {"dependentRequired": {"kind": ["z"]}},
+                {"dependentSchemas": {"kind": {"required": ["z"]}}},
+            ]
+        ),
         # A key required beside alternatives that do not name it: closed, none holds it.
         (
             {
@@ -1606,6 +1627,10 @@ def test_a_schema_at_anthropics_limits_is_sent(upstream: FakeUpstream) -> None:
         },
         # A key only the inner union's first object names: that alternative holds it.
         {"anyOf": [{"anyOf": [CAT, DOG]}, CLOSED_A], "required": ["meow"]},
+        # Requirements beside a $ref's object that it names; a condition on a key an
+        # alternative names.
+        {**BASE, "$ref": "#/$defs/Base", "anyOf": [{"required": ["name"]}]},
+        {"anyOf": [CAT, DOG], "if": {"required": ["kind"]}, "then": {"required": ["meow"]}},
         # Around objects sent closed, what it requires they all hold (a union's tag).
         {
             "$defs": {

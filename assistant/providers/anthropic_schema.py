@@ -529,14 +529,21 @@ def _applying_in_place(node: Mapping[str, Any]) -> list[Any]:
 
 
 def _required_in_place(node: Mapping[str, Any]) -> list[str]:
-    """The keys `node` requires, its own and those its `allOf`'s parts written in place
-    require, however deep (`{"anyOf": [A], "allOf": [{"required": ["z"]}]}`: reviewers')."""
+    """The keys `node` requires, its own and those its parts written in place require,
+    however deep: its `allOf`'s (`{"anyOf": [A], "allOf": [{"required": ["z"]}]}`), and,
+    as if always, its `then`'s, `else`'s and dependent maps' (`{"anyOf": [A, B], "if":
+    ..., "then": {"required": ["z"]}}`, a key no alternative names: reviewers')."""
     names: list[str] = []
     waiting = [node]
     while waiting:
         part = waiting.pop()
         names += _strings(part.get("required"))
-        waiting += [inner for inner in _listed(part.get("allOf")) if isinstance(inner, Mapping)]
+        inner = [*_listed(part.get("allOf")), part.get("then"), part.get("else")]
+        for keyword in _IN_PLACE_MAPS:
+            if isinstance(value := part.get(keyword), Mapping):
+                inner += value.values()
+        names += [name for names_list in inner for name in _strings(names_list)]
+        waiting += [schema for schema in inner if isinstance(schema, Mapping)]
     return names
 
 
@@ -624,14 +631,25 @@ def _in_place_parts(
     node: Mapping[str, Any], root: Mapping[str, Any], alternatives: bool = True
 ) -> Iterator[Any]:
     """The schemas that apply to `node`'s instance in place: `then`, `else`, the branches
-    of `allOf` (and of `anyOf` and `oneOf`, with `alternatives`), the values of the
-    dependent maps (lists of names among them), and its `$ref`'s target."""
+    of `allOf` (and of `anyOf` and `oneOf`: without `alternatives`, those that are no
+    objects alone, requirements on the objects beside them, as `{"$ref": Contact,
+    "anyOf": [{"required": ["email"]}, ...]}`'s: a reviewer's, sent closed), the values
+    of the dependent maps (lists of names among them), and its `$ref`'s target."""
     for keyword in ("then", "else"):
         if isinstance(part := node.get(keyword), Mapping):
             yield part
-    for keyword in ("allOf", "anyOf", "oneOf") if alternatives else ("allOf",):
+    for keyword in ("allOf", "anyOf", "oneOf"):
         if isinstance(branches := node.get(keyword), list):
-            yield from (branch for branch in branches if isinstance(branch, Mapping))
+            yield from (
+                branch
+                for branch in branches
+                if isinstance(branch, Mapping)
+                and (
+                    alternatives
+                    or keyword == "allOf"
+                    or not _is_object(_dereferenced(branch, root))
+                )
+            )
     for keyword in _IN_PLACE_MAPS:
         if isinstance(value := node.get(keyword), Mapping):
             yield from (part for part in value.values() if isinstance(part, Mapping | list))
