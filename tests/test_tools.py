@@ -813,6 +813,7 @@ def test_a_reply_that_opens_with_a_call_sends_its_status_at_once(
         r"(?<!a)b",
         r"\bcat\b",  # a word boundary: OpenAI was sent it
         r"(?>a+)b",  # an atomic group: both were
+        r"^[A-Z]++-\d*+x?+y{2,3}+$",  # possessive quantifiers, the same written short
         r"(a)?(?(1)b|c)",  # a conditional: both were
     ],
 )
