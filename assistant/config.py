@@ -592,7 +592,12 @@ class Settings:
             # and every save failed (the name of no project) while the rest worked.
             said = f"{blank[0]} is" if len(blank) == 1 else f"{' and '.join(blank)} are"
             raise ConfigError(f"{said} set but blank: name a project, or unset what is blank")
-        if env.get("K_SERVICE") and env.get("FIRESTORE_EMULATOR_HOST", "").strip():
+        emulator = env.get("FIRESTORE_EMULATOR_HOST")
+        if emulator is not None and not emulator.strip():
+            # The client library takes it, set, for an emulator's address (blank too): every
+            # save failed, "the target uri is not valid" (`--update-env-vars X=` to clear it).
+            raise ConfigError("FIRESTORE_EMULATOR_HOST is set but blank: unset it")
+        if env.get("K_SERVICE") and emulator:
             # The client library would send every message there, and none to Firestore.
             raise ConfigError("FIRESTORE_EMULATOR_HOST is set on Cloud Run: nothing would be saved")
         return cls(

@@ -51,6 +51,12 @@ def as_user(user: dict[str, str], **body: Any) -> dict[str, Any]:
             {"K_SERVICE": "assistant", "AUTH_MODE": "iam", "FIRESTORE_EMULATOR_HOST": "x:1"},
             "FIRESTORE_EMULATOR_HOST is set on Cloud Run",
         ),
+        # Set but blank, the client library still takes it for an emulator's address.
+        (
+            {"K_SERVICE": "assistant", "AUTH_MODE": "iam", "FIRESTORE_EMULATOR_HOST": ""},
+            "FIRESTORE_EMULATOR_HOST is set but blank",
+        ),
+        ({"FIRESTORE_EMULATOR_HOST": " "}, "FIRESTORE_EMULATOR_HOST is set but blank"),
         ({"FIREBASE_CERTS_URL": "file:///etc/passwd"}, "FIREBASE_CERTS_URL must be an http"),
         # httpx could not read it: every request that needed certs was a 500, a traceback.
         ({"FIREBASE_CERTS_URL": "http://[::1/certs"}, "FIREBASE_CERTS_URL is not a URL"),
@@ -67,6 +73,8 @@ def as_user(user: dict[str, str], **body: Any) -> dict[str, Any]:
         "emulator-on-cloud-run",
         "emulator-with-iam",
         "firestore-emulator-on-cloud-run",
+        "firestore-emulator-blank-on-cloud-run",
+        "firestore-emulator-blank",
         "certs-url-not-http",
         "certs-url-unreadable",
         "certs-url-empty-label",
