@@ -410,6 +410,15 @@ def test_thinking_is_asked_for_as_each_model_takes_it(
     assert body is not None and body["generationConfig"].get("thinkingConfig") == sent
 
 
+def test_a_model_named_as_googles_list_names_it_is_asked_at_its_path() -> None:
+    """`models/gemini-2.5-flash`, as Google's list of models gives it, was sent to
+    /v1beta/models/models/...: a 404 on every request (a reviewer's)."""
+    settings = ProviderSettings.from_env({"GEMINI_MODEL": "models/gemini-3-pro-preview"}, "gemini")
+    assert settings.model == "gemini-3-pro-preview"  # and so read as Gemini 3, too
+    url = GeminiProvider(settings, "k")._request(Prompt(None, (Turn("user", "hi"),)))[0]
+    assert url.endswith("/v1beta/models/gemini-3-pro-preview:streamGenerateContent?alt=sse")
+
+
 def test_gemini_3_needs_no_room_beside_a_budget_it_is_not_sent() -> None:
     """It is sent a level made from the budget: a GEMINI_MAX_TOKENS under the budget was
     refused as if the budget went too (a reviewer's)."""
