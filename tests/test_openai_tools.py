@@ -848,7 +848,7 @@ def test_deepseek_is_sent_reasoning_content_on_every_assistant_message() -> None
     ]
     # Elsewhere an answer goes as it did: OpenAI refuses fields it does not know.
     answer = {"role": "assistant", "content": "It is noon."}
-    assert answer in openai._messages(Message("assistant", ("It is noon.",)))
+    assert answer in openai._messages(Message("assistant", ("It is noon.",)), openai._Server())
 
 
 def test_deepseek_is_asked_for_json_in_words_not_with_a_json_schema() -> None:
@@ -905,3 +905,36 @@ def test_mistral_is_sent_no_stream_options() -> None:
     )
     body = OpenAIProvider(settings, "test-key")._body(HI)
     assert "stream_options" not in body and body["stream"] is True
+
+
+def test_mistral_is_sent_call_ids_of_nine_letters_and_digits() -> None:
+    # Mistral refuses any other (400 "must be a-z, A-Z, 0-9, with a length of 9"): a
+    # conversation with another provider's call was refused from then on (a reviewer's).
+    settings = provider_settings("openai", "https://api.mistral.ai/v1", "m", "OPENAI_API_KEY")
+    turns = (
+        Turn("user", "Time?"),
+        Turn("assistant", "", tool_calls=(ToolCall("toolu_01A09q90qw90lq917835lq9", "get_time", {}),
+                                          ToolCall("D681PevKs", "get_time", {}))),  # Mistral's
+        Turn("tool", "12:00", tool_call_id="toolu_01A09q90qw90lq917835lq9", tool_name="get_time"),
+        Turn("tool", "13:00", tool_call_id="D681PevKs", tool_name="get_time"),
+    )  # fmt: skip
+    messages = OpenAIProvider(settings, "k")._body(Prompt(None, turns, (TIME,)))["messages"]
+    ids = [call["id"] for call in messages[1]["tool_calls"]]
+    assert ids[1] == "D681PevKs" and ids[0].isalnum() and len(ids[0]) == 9
+    assert [message["tool_call_id"] for message in messages[2:4]] == ids
+
+
+@pytest.mark.parametrize(
+    ("model", "sent"),
+    [("kimi-k2.5", {"type": "disabled"}), ("kimi-k2-thinking", None)],
+)
+def test_kimi_forced_to_call_a_tool_is_told_not_to_think_or_asked_with_auto(
+    model: str, sent: dict[str, str] | None
+) -> None:
+    # Kimi, too, thinks unless told not to and refuses a forced call while it does; a
+    # model that only thinks cannot be told: the model chooses.
+    settings = provider_settings("openai", "https://api.moonshot.ai/v1", model, "OPENAI_API_KEY")
+    forced = dataclasses.replace(TOOLS, tool_choice="required")
+    body = OpenAIProvider(settings, "k")._body(forced)
+    assert body.get("thinking") == sent
+    assert body.get("tool_choice") == ("required" if sent else None)

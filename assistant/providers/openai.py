@@ -64,8 +64,10 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import hashlib
 import json
 import re
+import string
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -177,36 +179,74 @@ _REASONING_MODEL = re.compile(
 )
 
 
+@dataclass(frozen=True)
+class _Server:
+    """What the server behind OPENAI_BASE_URL needs beyond OpenAI's API, told by its host
+    (a model behind a gateway is not told apart)."""
+
+    # DeepSeek's and Moonshot's (Kimi's): they refuse a request with tools whose tool
+    # loop's messages lack their reasoning_content (`_messages`).
+    reasoning_back: bool = False
+    # The same two think unless told not to, and refuse a forced call while they do (400
+    # "Thinking mode does not support this tool_choice"): the call asked for goes with
+    # thinking disabled, as Anthropic's does; a model that only thinks (kimi-k2-thinking)
+    # is asked with auto.
+    thinks_unasked: bool = False
+    only_thinks: bool = False
+    # DeepSeek's takes no json_schema (400 "This response_format type is unavailable
+    # now"): JSON mode, the schema asked for in the system prompt.
+    json_mode_only: bool = False
+    # Mistral's refuses a field it does not know (422 extra_forbidden), stream_options
+    # among them (its last chunk has the usage unasked), and a call id other than 9
+    # letters and digits (400): another provider's are changed to such.
+    mistral: bool = False
+    # OpenRouter streams DeepSeek's reasoning as `reasoning`, and passes what comes back
+    # as `reasoning_content` on to it: kept from both fields there.
+    reasoning_fields: tuple[str, ...] = ("reasoning_content",)
+
+    @classmethod
+    def at(cls, base_url: str, model: str) -> _Server:
+        host = (httpx.URL(base_url).host or "").lower()
+        deepseek = _at(host, "deepseek.com")
+        moonshot = _at(host, "moonshot.ai") or _at(host, "moonshot.cn")
+        openrouter = _at(host, "openrouter.ai")
+        return cls(
+            reasoning_back=deepseek or moonshot,
+            thinks_unasked=deepseek or moonshot,
+            only_thinks=moonshot and "thinking" in model.lower(),
+            json_mode_only=deepseek,
+            mistral=_at(host, "mistral.ai"),
+            reasoning_fields=("reasoning_content", "reasoning")
+            if openrouter
+            else cls.reasoning_fields,
+        )
+
+
 class OpenAIProvider(HttpProvider):
     name = "openai"
 
     def _body(self, prompt: Prompt) -> dict[str, Any]:
-        host = (httpx.URL(self.settings.base_url).host or "").lower()
-        deepseek = _at(host, "deepseek.com")
+        server = _Server.at(self.settings.base_url, self.settings.model)
         system = prompt.system
-        if prompt.response_schema is not None and deepseek:
+        if prompt.response_schema is not None and server.json_mode_only:
             system = _with_schema_asked(system, prompt.response_schema)
         messages = [{"role": "system", "content": system}] if system else []
-        reasoning_back = deepseek or _at(host, "moonshot.ai") or _at(host, "moonshot.cn")
         for message in conversation(prompt.turns):
-            messages += _messages(message, reasoning_back)
+            messages += _messages(message, server)
         body: dict[str, Any] = {
             "model": self.settings.model,
             "messages": messages,
             "stream": True,
-            "stream_options": {"include_usage": True},
             length_field(self.settings.base_url, self.settings.model): self.settings.max_tokens,
         }
-        if _at(host, "mistral.ai"):
-            # Mistral refuses a field it does not know (422 extra_forbidden), this one
-            # among them; it sends the usage in the last chunk unasked.
-            del body["stream_options"]
-        forced = bool(prompt.tools) and prompt.tool_choice not in ("auto", "none")
-        if deepseek and forced:
-            # DeepSeek thinks unless told not to, and refuses a forced call while it does
-            # (400 "Thinking mode does not support this tool_choice"): the call asked
-            # for goes without thinking, as Anthropic's does.
-            body["thinking"] = {"type": "disabled"}
+        if not server.mistral:
+            body["stream_options"] = {"include_usage": True}
+        choice = prompt.tool_choice
+        if server.thinks_unasked and prompt.tools and choice not in ("auto", "none"):
+            if server.only_thinks:
+                choice = "auto"
+            else:
+                body["thinking"] = {"type": "disabled"}
         if self.settings.thinking and "thinking" not in body:
             body["reasoning_effort"] = _reasoning_effort(self.settings.thinking_budget)
         elif self.settings.temperature is not None and not reasons(self.settings.model):
@@ -214,13 +254,13 @@ class OpenAIProvider(HttpProvider):
             body["temperature"] = self.settings.temperature
         if prompt.tools:
             body["tools"] = [_tool(tool) for tool in prompt.tools]
-            if prompt.tool_choice != "auto":
-                body["tool_choice"] = _tool_choice(prompt.tool_choice)
+            if choice != "auto":
+                body["tool_choice"] = _tool_choice(choice)
         if prompt.response_schema is not None:
-            # DeepSeek takes no json_schema (400 "This response_format type is
-            # unavailable now"): JSON mode, the schema asked for in the system prompt.
             body["response_format"] = (
-                {"type": "json_object"} if deepseek else _response_format(prompt.response_schema)
+                {"type": "json_object"}
+                if server.json_mode_only
+                else _response_format(prompt.response_schema)
             )
         return body
 
@@ -230,12 +270,8 @@ class OpenAIProvider(HttpProvider):
 
     def decoder(self, response: httpx.Response) -> _Decoder:
         require_event_stream(response)
-        # OpenRouter streams a model's reasoning as `reasoning`, and passes what comes
-        # back as `reasoning_content` on to DeepSeek, which refuses a tool loop without it.
-        host = (httpx.URL(self.settings.base_url).host or "").lower()
-        openrouter = _at(host, "openrouter.ai")
-        kept = ("reasoning_content", "reasoning") if openrouter else ("reasoning_content",)
-        return _Decoder(self.settings.model, kept)
+        server = _Server.at(self.settings.base_url, self.settings.model)
+        return _Decoder(self.settings.model, server.reasoning_fields)
 
 
 class _Decoder:
@@ -349,28 +385,28 @@ def _with_schema_asked(system: str | None, schema: Mapping[str, Any]) -> str:
     return f"{system}\n\n{asked}" if system else asked
 
 
-def _messages(message: Message, reasoning_back: bool = False) -> list[dict[str, Any]]:
+def _messages(message: Message, server: _Server) -> list[dict[str, Any]]:
     """One turn as OpenAI's messages: an assistant message (with its calls), or the
     user side split into a `role: tool` message per result and user messages for text.
-    With `reasoning_back` (DeepSeek's and Kimi's APIs) every assistant message has its
-    `reasoning_content`, "" where it is not known (an answer's, another provider's
-    calls'): they refuse a request with tools whose tool loop's messages lack it (a
-    loop's answer too), take "" and ignore it elsewhere."""
+    Where `server.reasoning_back` (DeepSeek's and Kimi's APIs) every assistant message
+    has its `reasoning_content`, "" where it is not known (an answer's, another
+    provider's calls'): they refuse a request with tools whose tool loop's messages lack
+    it (a loop's answer too), take "" and ignore it elsewhere."""
     if message.role == "assistant":
         calls = message.calls
         turn: dict[str, Any] = {"role": "assistant", "content": message.text}
         if calls:
             turn["content"] = message.text or None
-            turn["tool_calls"] = [_history_call(call) for call in calls]
+            turn["tool_calls"] = [_history_call(call, server) for call in calls]
         reasoning = _carried(calls)
-        if reasoning is None and reasoning_back:
+        if reasoning is None and server.reasoning_back:
             reasoning = ""
         if reasoning is not None:
             turn["reasoning_content"] = reasoning
         return [turn]
     # Never empty, and no two texts in a row (base._append joins them).
     return [
-        {"role": "tool", "tool_call_id": _call_id(part.call_id), "content": part.content}
+        {"role": "tool", "tool_call_id": _call_id(part.call_id, server), "content": part.content}
         if isinstance(part, ToolResult)
         else {"role": "user", "content": part}
         for part in message.parts
@@ -378,12 +414,23 @@ def _messages(message: Message, reasoning_back: bool = False) -> list[dict[str, 
     ]
 
 
-def _call_id(call_id: str) -> str:
+def _call_id(call_id: str, server: _Server) -> str:
     """OpenAI refuses ids over 40 characters; any other goes as it is (an
-    OpenAI-compatible server's own `functions.weather:0` must come back unchanged)."""
+    OpenAI-compatible server's own `functions.weather:0` must come back unchanged).
+    Mistral takes 9 letters and digits alone: another id goes as 9 of a digest of it, the
+    same on a call and its result."""
+    if server.mistral:
+        if _MISTRAL_CALL_ID.fullmatch(call_id):
+            return call_id
+        digest = int.from_bytes(hashlib.sha256(call_id.encode()).digest()[:8], "big")
+        return "".join(_ALPHANUMERICS[digest // 62**n % 62] for n in range(9))
     if len(call_id) <= 40 and keeps_call_id(call_id):
         return call_id
     return changed_call_id(call_id, call_id)
+
+
+_MISTRAL_CALL_ID = re.compile(r"[A-Za-z0-9]{9}")
+_ALPHANUMERICS = string.digits + string.ascii_letters
 
 
 # A call's signature that carries its turn's reasoning: not in the base64 alphabet (Gemini
@@ -410,9 +457,9 @@ def _carried(calls: Sequence[ToolCall]) -> str | None:
     return None
 
 
-def _history_call(call: ToolCall) -> dict[str, Any]:
+def _history_call(call: ToolCall, server: _Server) -> dict[str, Any]:
     function = {"name": call.name, "arguments": call.arguments_json}
-    return {"id": _call_id(call.id), "type": "function", "function": function}
+    return {"id": _call_id(call.id, server), "type": "function", "function": function}
 
 
 def _response_format(schema: Mapping[str, Any]) -> dict[str, Any]:
