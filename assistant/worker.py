@@ -502,6 +502,9 @@ class _ChunkScan:
         self.state = "size"  # size line, data, the CRLF after it, trailers
         self.left = 0  # bytes of the current chunk still to come
         self.trailers = 0  # where the trailer section starts, once it does
+        # A line ended by a bare LF: the body's end, for gunicorn too, which would wait
+        # for a CRLF (`_ReadFirst.hold`).
+        self.cut_short = False
 
     def complete(self, data: bytearray) -> bool:
         """True once the body is all in `data`, or once the scan cannot go on."""
@@ -511,7 +514,8 @@ class _ChunkScan:
                 if end < 0:
                     return len(data) - self.pos > 1024  # no size line is that long
                 if end == self.pos or data[end - 1] != _CR:
-                    return True  # a line ended by a bare LF: all that comes (the 400)
+                    self.cut_short = True  # a line ended by a bare LF: all that comes
+                    return True
                 end -= 1
                 digits = bytes(data[self.pos : end]).split(b";", 1)[0].rstrip(b" \t")
                 if not digits or not set(digits) <= _HEX:
@@ -541,7 +545,8 @@ class _ChunkScan:
                 line_end = data.find(b"\n", self.pos)
                 while line_end >= 0:
                     if line_end == self.trailers or data[line_end - 1] != _CR:
-                        return True  # a line ended by a bare LF, as above
+                        self.cut_short = True  # a line ended by a bare LF, as above
+                        return True
                     line_end = data.find(b"\n", line_end + 1)
                 self.pos = max(self.pos, len(data) - 3)  # look at each byte once
                 return False
@@ -562,6 +567,7 @@ class _ReadFirst(SocketUnreader):
         super().__init__(sock)
         self._held = b""
         self._at = 0  # what of `_held` was handed out
+        self._held_is_all = False  # nothing read past `_held` (`hold`)
         self.clock: _ReadClock | None = None  # run while the socket is read (a body's)
 
     @classmethod
@@ -574,11 +580,15 @@ class _ReadFirst(SocketUnreader):
             reader = parser.unreader = ours
         return reader
 
-    def hold(self, data: bytes) -> None:
-        """`data` to be read before anything read already and put back, or held."""
+    def hold(self, data: bytes, all_of_it: bool = False) -> None:
+        """`data` to be read before anything read already and put back, or held; with
+        `all_of_it`, a chunked body the poller saw end on a bare LF, nothing read after
+        it: gunicorn's parser, looking for a CRLF there, waited out the read timeout
+        and the client had no answer (a reviewer's); it is refused as malformed."""
         self.buf.seek(0, os.SEEK_END)
         self._held = data + self.take_buffered() if self.buf.tell() or self._held else data
         self._at = 0
+        self._held_is_all = all_of_it
 
     def chunk(self, size_hint: int | None = None) -> bytes:
         size = max(self.mxchunk, min(size_hint or 0, self.max_body_chunk))
@@ -587,6 +597,8 @@ class _ReadFirst(SocketUnreader):
             self._at += len(piece)
             return piece
         self._held, self._at = b"", 0
+        if self._held_is_all:
+            raise errors.ChunkMissingTerminator(b"a bare LF")
         clock = self.clock
         if clock is None:
             return cast(bytes, super().chunk(size_hint))
@@ -712,6 +724,7 @@ class _Connection(TConn):
         super().__init__(*args)
         self._linger = linger
         self.head: bytes | None = None  # what the poller read of the request, for the parser
+        self.head_is_all = False  # a body cut short on a bare LF: nothing to read past it
         self.head_wait = 0.0  # seconds that took
 
     def close(self, graceful: bool = False) -> None:
@@ -905,6 +918,7 @@ class Worker(ThreadWorker):
                 arrival.conn.close(graceful=True)  # the client may still send: it reads the 431
                 return True
             arrival.conn.head = head
+            arrival.conn.head_is_all = arrival.chunks is not None and arrival.chunks.cut_short
             arrival.conn.head_wait = time.monotonic() - arrival.since
             self.enqueue_req(arrival.conn)
             return True
@@ -1021,10 +1035,10 @@ class Worker(ThreadWorker):
                 # The parser reads what the poller read first; gthread's handle()
                 # then finds the connection initialized and does not wait for data.
                 conn.init()
-                _ReadFirst.on(conn.parser).hold(conn.head)
+                _ReadFirst.on(conn.parser).hold(conn.head, conn.head_is_all)
                 # Kept for a refusal's trace id: gunicorn's errors carry no headers.
                 self._serving.head = conn.head
-                conn.head, conn.head_wait = None, 0.0
+                conn.head, conn.head_wait, conn.head_is_all = None, 0.0, False
             elif conn.parser is not None:
                 # Defensive: a request read with the last one comes through the poller
                 # (`finish_request`); should one come here, it is parsed a read at a time.

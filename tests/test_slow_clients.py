@@ -621,8 +621,20 @@ def test_a_refusal_of_gunicorns_names_no_origin_it_could_not_read(fake: FakeUpst
         # the connection closed with no answer (a reviewer's).
         b"2\n{}\r\n0\r\n\r\n",
         b"2\r\n{}\r\n0\r\nX-T: a\n\n",
+        b"2\n{}\n0\n\n",  # and no CRLF after them, which gunicorn waited for
+        b"2\n",
+        b"2\r\n{}\r\n0\r\nX-T: a\n",
     ],
-    ids=["chunk-size", "chunk-end", "trailer", "bare-lf-size", "bare-lf-trailer"],
+    ids=[
+        "chunk-size",
+        "chunk-end",
+        "trailer",
+        "bare-lf-size",
+        "bare-lf-trailer",
+        "bare-lf-all",
+        "bare-lf-size-alone",
+        "bare-lf-trailer-alone",
+    ],
 )
 def test_a_chunked_body_gunicorn_refuses_midway_is_a_400_answered_once(
     service: str, fake: FakeUpstream, body: bytes
@@ -645,8 +657,8 @@ def test_a_chunked_body_gunicorn_refuses_midway_is_a_400_answered_once(
 
 @pytest.mark.parametrize(
     "body",
-    [b"zz\r\n{}\r\n0\r\n\r\n", b"2\r\n{}XX0\r\n\r\n"],
-    ids=["chunk-size", "chunk-end"],
+    [b"zz\r\n{}\r\n0\r\n\r\n", b"2\r\n{}XX0\r\n\r\n", b"2\n{}\n0\n\n"],
+    ids=["chunk-size", "chunk-end", "bare-lf"],
 )
 def test_a_broken_chunked_body_nobody_reads_gets_one_answer(
     service: str, fake: FakeUpstream, body: bytes
