@@ -92,13 +92,22 @@ def _shown(value: str) -> str:
     (ANTHROPIC_TEMPERATURE=sk-ant-...) was logged whole. Shown only with a setting's
     shape, 40 characters at most: a number's, or a name's as `shown_key_name` sees one
     (a rule for keys' starts alone let a key with none, Mistral's 32 random characters,
-    be quoted: a reviewer's)."""
-    if len(value) <= 40 and (_NUMBER_SHAPE.fullmatch(value) or shown_key_name(value) == value):
+    be quoted: a reviewer's), words of those between spaces or commas too (a typo's
+    `0,7` or `anthropic openai`), but no UUID's (some keys are)."""
+    words = value.replace(",", " ").split()
+    if len(value) <= 40 and all(_a_settings_word(word) for word in words):
         return repr(value)
     return f"a value of {len(value)} characters (not shown: it may be a key)"
 
 
+def _a_settings_word(word: str) -> bool:
+    if _UUID.fullmatch(word):
+        return False
+    return _NUMBER_SHAPE.fullmatch(word) is not None or shown_key_name(word) == word
+
+
 _NUMBER_SHAPE = re.compile(r"[-+]?[0-9.][0-9.eE+-]*")
+_UUID = re.compile(r"[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}", re.IGNORECASE)
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float, minimum: float = 0.01) -> float:

@@ -270,9 +270,9 @@ export async function streamReply(options) {
   // would save the question and reply a second time, beside what the first try saved.
   // One the service would refuse ("", a blank in it) is no id to retry with: the 400 that
   // answers it says which the service used.
-  // Read from what is sent: a body's toJSON() may give the id its object lacks.
-  const sent = isObject(body) && typeof body.toJSON === "function" && typeof payload === "string"
-    ? JSON.parse(payload) : body;
+  // Read from what is sent, not the object: a toJSON() (the body's, its id's) may give an
+  // id the object lacks, and a getter on its prototype one that is never sent.
+  const sent = typeof payload === "string" ? JSON.parse(payload) : undefined;
   const ownTraceId = isObject(sent) && typeof sent.trace_id === "string"
     && /^[A-Za-z0-9_.:-]{1,128}$/.test(sent.trace_id) ? sent.trace_id : null;
   result.traceId = ownTraceId ?? traceIdOfHeaders(headers);

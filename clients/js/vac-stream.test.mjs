@@ -538,19 +538,34 @@ test("a body with its own toJSON is sent as it says", async () => {
   assert.deepEqual(JSON.parse(calls[0].init.body), {user_input: "hi"});
 });
 
-test("a trace id a body's toJSON gives is the one reported when no answer came", async () => {
-  // The kit read the object's own trace_id, not what was sent, and reported the id it
-  // made up: a retry with it saved the question and reply twice (a reviewer's).
+test("the trace id reported when no answer came is the one the body sent", async () => {
+  // The kit read the object's own trace_id, not what was sent, and reported another: a
+  // retry with it saved the question and reply twice (reviewers').
   class Ask {
     toJSON() {
       return {user_input: "hi", trace_id: "my-ask-43"};
     }
   }
+  class WithGetter {
+    get trace_id() {
+      return "never-sent";
+    }
+  }
   const unreachable = async () => {
     throw new TypeError("fetch failed");
   };
-  const result = await streamReply({url: "http://service.test/x", body: new Ask(), fetch: unreachable});
-  assert.equal(result.traceId, "my-ask-43");
+  const bodies = [
+    [new Ask(), "my-ask-43"],
+    [{user_input: "hi", trace_id: {toJSON: () => "my-ask-44"}}, "my-ask-44"],
+    [{user_input: "hi", trace_id: new String("my-ask-45")}, "my-ask-45"],
+  ];
+  for (const [body, sent] of bodies) {
+    const result = await streamReply({url: "http://service.test/x", body, fetch: unreachable});
+    assert.equal(result.traceId, sent);
+  }
+  const result = await streamReply({url: "http://service.test/x", body: new WithGetter(), fetch: unreachable});
+  assert.notEqual(result.traceId, "never-sent"); // the one made up here, sent as traceparent
+  assert.match(result.traceId, /^[0-9a-f]{32}$/);
 });
 
 test("the service's X-Trace-Id wins over the one sent", async () => {
