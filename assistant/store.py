@@ -217,19 +217,27 @@ class FirestoreStore:
     def save_assistant_message(self, message: AssistantMessage, user_saved: bool = False) -> str:
         from google.cloud.firestore import SERVER_TIMESTAMP
 
+        # What the model and its provider made: as Firestore can hold it, else as JSON
+        # text, the fields so saved named (a string output and an output saved as its
+        # text read alike: a reviewer's).
+        made = {
+            "model": message.model,
+            "modelVersion": message.model_version,
+            "usage": message.usage,
+            "stopReason": message.stop_reason,
+            "structuredOutput": message.structured_output,
+            "toolsToUse": list(message.tools_to_use),
+        }
+        stored = {name: as_stored(value) for name, value in made.items()}
+        as_text = [name for name in made if stored[name] is not made[name]]
         document = {
             "role": "assistant",
             "content": message.content,
             "thinkingContent": message.thinking_content,
             "status": message.status,
             "provider": message.provider,
-            # What the model and its provider made: as Firestore can hold it.
-            "model": as_stored(message.model),
-            "modelVersion": as_stored(message.model_version),
-            "usage": as_stored(message.usage),
-            "stopReason": as_stored(message.stop_reason),
-            "structuredOutput": as_stored(message.structured_output),
-            "toolsToUse": as_stored(list(message.tools_to_use)),
+            **stored,
+            **({"savedAsJsonText": as_text} if as_text else {}),
             "createdAt": message.created_at or SERVER_TIMESTAMP,
             # When the reply ended: of two replies under one id (a retry's), the later
             # one stands, whichever write lands last.
@@ -309,6 +317,7 @@ class FirestoreStore:
             # An update keeps the fields it does not name: the earlier reply's flag too.
             replacement.setdefault("structuredOutputInContent", DELETE_FIELD)
             replacement.setdefault("toolSignaturesLeftOut", DELETE_FIELD)
+            replacement.setdefault("savedAsJsonText", DELETE_FIELD)
             try:
                 reference.update(replacement, option=unchanged, **options)
                 return

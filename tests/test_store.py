@@ -709,9 +709,14 @@ def test_a_value_firestore_cannot_hold_is_saved_as_its_json_text(
     assert json.loads(saved["structuredOutput"]) == refused
     assert json.loads(saved["toolsToUse"]) == [call]
     assert json.loads(saved["usage"]) == {"input_tokens": refused}
+    # Named, so that a string saved as it is reads apart from a value saved as its text.
+    assert saved["savedAsJsonText"] == ["usage", "structuredOutput", "toolsToUse"]
 
-    store.save_assistant_message(dataclasses.replace(message, structured_output=taken))
-    assert _messages(firestore)["t-odd-assistant"]["structuredOutput"] == taken
+    store.save_assistant_message(
+        dataclasses.replace(message, structured_output=taken, usage={}, tools_to_use=())
+    )
+    replaced = _messages(firestore)["t-odd-assistant"]
+    assert replaced["structuredOutput"] == taken and "savedAsJsonText" not in replaced
 
 
 def test_legacy_json_route_saves_too(client, fake, firestore) -> None:
