@@ -201,8 +201,8 @@ class _Server:
     # letters and digits (400): another provider's are changed to such.
     mistral: bool = False
     # OpenRouter streams DeepSeek's reasoning as `reasoning`, and passes what comes back
-    # as `reasoning_content` on to it: kept from both fields there.
-    reasoning_fields: tuple[str, ...] = ("reasoning_content",)
+    # as `reasoning_content` on to it: kept from that field too there.
+    keeps_reasoning_too: bool = False
 
     @classmethod
     def at(cls, base_url: str, model: str) -> _Server:
@@ -216,9 +216,7 @@ class _Server:
             only_thinks=moonshot and "thinking" in model.lower(),
             json_mode_only=deepseek,
             mistral=_at(host, "mistral.ai"),
-            reasoning_fields=("reasoning_content", "reasoning")
-            if openrouter
-            else cls.reasoning_fields,
+            keeps_reasoning_too=openrouter,
         )
 
 
@@ -271,15 +269,17 @@ class OpenAIProvider(HttpProvider):
     def decoder(self, response: httpx.Response) -> _Decoder:
         require_event_stream(response)
         server = _Server.at(self.settings.base_url, self.settings.model)
-        return _Decoder(self.settings.model, server.reasoning_fields)
+        return _Decoder(self.settings.model, server.keeps_reasoning_too)
 
 
 class _Decoder:
     """Chat completion chunks -> our events (base.Decoder); `[DONE]` ends the answer."""
 
-    def __init__(self, model: str, kept: tuple[str, ...]) -> None:
+    def __init__(self, model: str, keeps_reasoning_too: bool = False) -> None:
         self.finished = False
-        self._kept = kept  # the fields whose reasoning goes back with the turn's calls
+        # Reasoning that goes back with the turn's calls: what came as `reasoning_content`,
+        # and as `reasoning` with this (`_Server`).
+        self._keeps_reasoning_too = keeps_reasoning_too
         self._sse = SseReader()
         self._model = model
         self._raw_stop: str | None = None
@@ -330,12 +330,13 @@ class _Decoder:
                     continue
                 delta = choice.get("delta") or {}
                 out += _deltas(delta)
-                for name in self._kept:
-                    if isinstance(reasoning := delta.get(name), str):
-                        if self._reasoning is None:
-                            self._reasoning = []
-                        self._reasoning.append(reasoning)
-                        break
+                reasoning = delta.get("reasoning_content")
+                if reasoning is None and self._keeps_reasoning_too:
+                    reasoning = delta.get("reasoning")
+                if isinstance(reasoning, str):
+                    if self._reasoning is None:
+                        self._reasoning = []
+                    self._reasoning.append(reasoning)
                 self._refused = self._refused or bool(delta.get("refusal"))
                 if delta.get("tool_calls"):
                     began = self._calls.add(delta["tool_calls"])
