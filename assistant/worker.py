@@ -927,23 +927,21 @@ class Worker(ThreadWorker):
     def _idle_again(self, conn: _Connection) -> None:
         """A connection that sent only empty lines: kept alive, as after a response (it
         was held the read timeout, not the keep-alive's, and then logged as a request
-        that timed out). On a stopping worker, no later than the stop's keep-alive
-        linger from the stop: armed again with each empty line, a client's one every
-        second held the worker past Cloud Run's kill (a reviewer: 30 s); closed at
-        once, a request the client sent right after one went unanswered (another)."""
-        if self.alive:
-            conn.set_timeout()  # the latest: the set stays in the order gthread sweeps it
-            self.keepalived_conns.append(conn)
-        else:
+        that timed out), its keep-alive counted from when it went idle: armed again
+        with each empty line, one every second held a connection for ever (a
+        reviewer's: 300 of them), and a stopping worker past Cloud Run's kill (another:
+        30 s). On a stopping worker, no later than the stop's keep-alive linger from
+        the stop; closed at once, a request the client sent right after an empty line
+        went unanswered (another)."""
+        if conn.timeout is None:  # a new connection's first empty lines: idle from now
+            conn.set_timeout()
+        if not self.alive:
             stop = self._stopping_since if self._stopping_since is not None else time.monotonic()
-            deadline = stop + STOP_KEEPALIVE_LINGER
-            conn.timeout = deadline if conn.timeout is None else min(conn.timeout, deadline)
-            # In its place by deadline: behind a later one (a stream's, ended after the
-            # stop), the sweep reached it only after that one's (a reviewer).
-            later = (
-                at for at, kept in enumerate(self.keepalived_conns) if kept.timeout > conn.timeout
-            )
-            self.keepalived_conns.insert(next(later, len(self.keepalived_conns)), conn)
+            conn.timeout = min(conn.timeout, stop + STOP_KEEPALIVE_LINGER)
+        # In its place by deadline: behind a later one (a stream's, ended after it went
+        # idle), the sweep reached it only after that one's (a reviewer).
+        later = (at for at, kept in enumerate(self.keepalived_conns) if kept.timeout > conn.timeout)
+        self.keepalived_conns.insert(next(later, len(self.keepalived_conns)), conn)
         self.poller.register(
             conn.sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn)
         )

@@ -414,6 +414,21 @@ def test_an_empty_line_after_a_request_is_no_request_begun(
     assert [line for line in lines if line["message"].startswith("request.")] == []
 
 
+def test_empty_lines_do_not_keep_a_connection_alive(fake: FakeUpstream) -> None:
+    """Each one armed the keep-alive again: an empty line every 1.5 s held a connection
+    for ever, past the read timeout a header sent a byte at a time is held to (a
+    reviewer's: 300 of them, 40 s)."""
+    with running_service({}) as running, _connect(running.url) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_response(sock)[0] == 200
+        idle_since = time.monotonic()
+        with contextlib.suppress(OSError):  # closed by the worker meanwhile
+            while time.monotonic() - idle_since < 8:
+                sock.sendall(b"\r\n")
+                time.sleep(0.5)
+        assert _closed_by_server(sock, 1)  # within the 8 s: the keep-alive's 2 s and a sweep
+
+
 def test_empty_lines_do_not_keep_a_stopping_worker(fake: FakeUpstream) -> None:
     """Each one put the connection back among those kept alive with a fresh linger: a
     client's empty line every second held a stopping worker 30 s, past Cloud Run's kill

@@ -328,6 +328,7 @@ def test_a_connection_idle_again_on_a_stopping_worker_keeps_the_set_in_order() -
         on_client_socket_readable=lambda *arguments: None,
     )
     idle = SimpleNamespace(timeout=None, sock=None)
+    idle.set_timeout = lambda: setattr(idle, "timeout", time.monotonic() + 2.0)  # gthread's
     Worker._idle_again(worker, idle)
     assert list(worker.keepalived_conns) == [earlier, idle, later]
     assert idle.timeout == stop + STOP_KEEPALIVE_LINGER
