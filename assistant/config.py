@@ -426,6 +426,8 @@ class ProviderSettings:
         model = _text(env, f"{prefix}_MODEL", DEFAULT_MODELS[name])
         if name == "gemini":  # as Google's list of models names them: read as its own path
             model = model.removeprefix("models/")
+            if not model.strip():
+                raise ConfigError(f"{prefix}_MODEL names no model")
         # Ollama takes no budget (only `think: true`), nor Claude 4.6 on (adaptive): the
         # setting is not read there, so a value never sent cannot make every request a 500.
         budgeted = name != "ollama" and not thinks_adaptively(name, model)

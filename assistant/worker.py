@@ -298,6 +298,7 @@ _ANY_TRANSFER_ENCODING = re.compile(rb"\r\ntransfer-encoding[ \t]*:", re.I)
 _EXPECT = re.compile(rb"\r\nexpect[ \t]*:", re.I)
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 _CR = ord("\r")
+_LF = ord("\n")
 
 # A header name short enough, and shaped like one (gunicorn upper-cases the
 # names it parsed), to be named in an error without echoing a stray line.
@@ -532,6 +533,9 @@ class _ChunkScan:
                 self.state = "crlf"
             elif self.state == "crlf":
                 if len(data) - self.pos < 2:
+                    if len(data) > self.pos and data[self.pos] == _LF:
+                        self.cut_short = True  # a bare LF, as above
+                        return True
                     return False
                 if data[self.pos : self.pos + 2] != b"\r\n":
                     return True

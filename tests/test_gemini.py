@@ -417,6 +417,8 @@ def test_a_model_named_as_googles_list_names_it_is_asked_at_its_path() -> None:
     assert settings.model == "gemini-3-pro-preview"  # and so read as Gemini 3, too
     url = GeminiProvider(settings, "k")._request(Prompt(None, (Turn("user", "hi"),)))[0]
     assert url.endswith("/v1beta/models/gemini-3-pro-preview:streamGenerateContent?alt=sse")
+    with pytest.raises(ConfigError, match="GEMINI_MODEL names no model"):
+        ProviderSettings.from_env({"GEMINI_MODEL": "models/"}, "gemini")
 
 
 def test_gemini_3_needs_no_room_beside_a_budget_it_is_not_sent() -> None:

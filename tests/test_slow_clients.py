@@ -639,6 +639,7 @@ def test_a_refusal_of_gunicorns_names_no_origin_it_could_not_read(fake: FakeUpst
         b"2\n{}\n0\n\n",  # and no CRLF after them, which gunicorn waited for
         b"2\n",
         b"2\r\n{}\r\n0\r\nX-T: a\n",
+        b"2\r\n{}\n",  # after a chunk's data
     ],
     ids=[
         "chunk-size",
@@ -649,6 +650,7 @@ def test_a_refusal_of_gunicorns_names_no_origin_it_could_not_read(fake: FakeUpst
         "bare-lf-all",
         "bare-lf-size-alone",
         "bare-lf-trailer-alone",
+        "bare-lf-after-data",
     ],
 )
 def test_a_chunked_body_gunicorn_refuses_midway_is_a_400_answered_once(
