@@ -60,7 +60,14 @@ import referencing.jsonschema
 import regex
 
 from .errors import RequestError
-from .schema_bounds import NAME_MAPS, VALUE_KEYWORDS, as_python_reads, read_pattern, unique
+from .schema_bounds import (
+    NAME_MAPS,
+    SCHEMA_KEYWORDS,
+    VALUE_KEYWORDS,
+    as_python_reads,
+    read_pattern,
+    unique,
+)
 
 # Time a reply's check may spend matching patterns, all of them together.
 CHECK_SECONDS = 1.0
@@ -816,6 +823,11 @@ def _in_place(
 
 
 _DEFINITIONS = frozenset({"$defs", "definitions"})
+# The keywords whose subschemas apply where their schema does; under any other one a
+# schema is data (OpenAPI's `components`, an `x-` extension) until a `$ref` names it, as a
+# definition is (an unused recursive type among OpenAPI's components refused every
+# schema built from them: a reviewer's).
+_APPLIED = SCHEMA_KEYWORDS | NAME_MAPS | {"allOf", "anyOf", "oneOf", "prefixItems"}
 
 
 @dataclass(frozen=True)
@@ -852,7 +864,8 @@ def _schema_references(schema: Mapping[str, Any]) -> list[_Reference]:
                     entry = f"{child}/{_escape(name)}"
                     stack.append((entry, sub, entry if key in _DEFINITIONS else defined_in))
             else:
-                stack.append((child, value, defined_in))
+                held = defined_in if key in _APPLIED or defined_in is not None else child
+                stack.append((child, value, held))
     return found
 
 

@@ -1435,6 +1435,16 @@ BASE = {
                 ),
             ]
         ),
+        (  # a draft 7 `$defs` that is no map, where a moved definition would go (a crash)
+            {
+                "$schema": "http://json-schema.org/draft-07/schema#",
+                "type": "object",
+                "properties": {"p": {"$ref": "#/definitions/A%3CB%3E"}},
+                "definitions": {"A<B>": {"type": "string"}},
+                "$defs": ["note"],
+            },
+            "a $defs that is no map of schemas",
+        ),
         # Requirements beside a $ref's object that no answer could meet once it is closed:
         # in a union's branches (2020-12's "name, and email or phone"), however deep, and
         # a key a condition or a dependent map requires beside a union none of whose
@@ -1448,13 +1458,30 @@ BASE = {
             ]
         ),
         *(
-            ({"anyOf": [CAT, DOG], **beside}, "requires or describes")
+            ({"anyOf": [CAT, DOG], "$defs": {"R": {"required": ["z"]}}, **beside}, "requires or")
             for beside in [
                 {"if": {"required": ["kind"]}, "then": {"required": ["z"]}},
+                {"if": {"required": ["kind"]}, "then": {"$ref": "#/$defs/R"}},
+                {"if": {"required": ["kind"]}, "then": {"anyOf": [{"$ref": "#/$defs/R"}]}},
+                {"dependentSchemas": {"kind": {"$ref": "#/$defs/R"}}},
+                {"$ref": "#/$defs/R"},
                 {"if": {"required": ["kind"]}, "else": {"required": ["z"]}},
                 {"dependentRequired": {"kind": ["z"]}},
                 {"dependentSchemas": {"kind": {"required": ["z"]}}},
             ]
+        ),
+        # A base's object beside variants' objects (2020-12's "base plus variants"):
+        # closed, each refuses the other's keys (a reviewer's).
+        (
+            {
+                **BASE,
+                "$ref": "#/$defs/Base",
+                "oneOf": [
+                    {"type": "object", "properties": {"kind": {"const": "a"}, "x": {}}},
+                    {"type": "object", "properties": {"kind": {"const": "b"}, "y": {}}},
+                ],
+            },
+            "anyOf or oneOf over objects beside objects that all apply",
         ),
         # A key required beside alternatives that do not name it: closed, none holds it.
         (
@@ -1627,6 +1654,33 @@ def test_a_schema_at_anthropics_limits_is_sent(upstream: FakeUpstream) -> None:
         },
         # A key only the inner union's first object names: that alternative holds it.
         {"anyOf": [{"anyOf": [CAT, DOG]}, CLOSED_A], "required": ["meow"]},
+        # An object of no keys (pydantic's model with no fields, in a union of actions): it
+        # was refused as a map.
+        {
+            "anyOf": [
+                {"type": "object", "properties": {"go": {"type": "string"}}, "required": ["go"]},
+                {"type": "object", "properties": {}, "title": "Stop"},
+            ]
+        },
+        # An unused recursive type among OpenAPI's components: data until referred to (it
+        # refused every schema built from them).
+        {
+            "$ref": "#/components/schemas/Person",
+            "components": {
+                "schemas": {
+                    "Person": {"type": "object", "properties": {"name": {"type": "string"}}},
+                    "Comment": {
+                        "type": "object",
+                        "properties": {
+                            "replies": {
+                                "type": "array",
+                                "items": {"$ref": "#/components/schemas/Comment"},
+                            }
+                        },
+                    },
+                }
+            },
+        },
         # Requirements beside a $ref's object that it names; a condition on a key an
         # alternative names.
         {**BASE, "$ref": "#/$defs/Base", "anyOf": [{"required": ["name"]}]},

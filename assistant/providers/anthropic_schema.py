@@ -301,6 +301,10 @@ def sent_form(schema: Mapping[str, Any]) -> tuple[str | None, dict[str, Any] | N
         return "a reference by $anchor or $dynamicRef name (only $ref pointers are taken)", None
     if problem is not None:
         return f"more than {MOST_REFERENCES} references", None
+    if "$defs" in schema and not isinstance(schema["$defs"], Mapping):
+        # Data in draft 7 (no keyword there), where definitions are sent and those moved
+        # are put: hoisting one crashed the request (a reviewer's).
+        return "a $defs that is no map of schemas", None
     if refers_within_inner_resource(schema):
         # Pointers below it read from it (the request's check follows that), where the
         # narrowing reads every pointer from the top: a reference would lead elsewhere.
@@ -404,7 +408,12 @@ def _unheld(node: Any, root: Mapping[str, Any], walk: _Walk) -> str | None:
         return None
     if _is_object(node):
         extra = node.get("additionalProperties")
-        if not node.get("properties") and ("patternProperties" in node or extra is not False):
+        # `properties: {}` and nothing said of others: an object of no keys (pydantic's
+        # model with no fields, in a union of actions), closed as it means (it was
+        # refused as a map). Said open (`additionalProperties: true`), a map.
+        own = node.get("properties")
+        named = bool(own) or (own == {} and "additionalProperties" not in node)
+        if not named and ("patternProperties" in node or extra is not False):
             return "an object whose keys it does not name"
         # Keys beyond its properties given a schema of their own are meant (a map beside
         # named keys): closed, the model could not write them, and the reply would still
@@ -475,15 +484,20 @@ def _beside_closed(node: Mapping[str, Any], root: Mapping[str, Any], walk: _Walk
     closed = _objects_in_place(node, root)
     # Looked for only where they are asked something of (a walk for every union of a
     # deep chain of them cost its square).
-    required = _required_in_place(node)
+    required = _required_in_place(node, root)
     takes_more = _takes_keys_beyond(node)
-    alternatives = _alternatives(node, root, walk) if required or takes_more else []
+    asked = required or takes_more or closed
+    alternatives = _alternatives(node, root, walk) if asked else []
     if not closed and not alternatives:
         return None
     if takes_more:
         return "an object that takes keys beyond its properties"
     if closed:
         allowed = set.intersection(*(set(_keys(part)) for part in closed))
+        if any(set(_keys(part)) != allowed for part in alternatives):
+            # A base's object and a variant's, both closed, refuse each other's keys (a
+            # `$ref` beside a `oneOf` of objects: a reviewer's, sent closed).
+            return "anyOf or oneOf over objects beside objects that all apply"
         apart = {id(part) for part in closed}
         if _requires_others(node, root, walk, allowed, apart, alternatives=False):
             return "an object that requires or describes keys beyond its properties"
@@ -528,22 +542,33 @@ def _applying_in_place(node: Mapping[str, Any]) -> list[Any]:
     return [*([node] if "$ref" in node else []), *_listed(node.get("allOf"))]
 
 
-def _required_in_place(node: Mapping[str, Any]) -> list[str]:
+def _required_in_place(node: Mapping[str, Any], root: Mapping[str, Any]) -> list[str]:
     """The keys `node` requires, its own and those its parts written in place require,
     however deep: its `allOf`'s (`{"anyOf": [A], "allOf": [{"required": ["z"]}]}`), and,
     as if always, its `then`'s, `else`'s and dependent maps' (`{"anyOf": [A, B], "if":
-    ..., "then": {"required": ["z"]}}`, a key no alternative names: reviewers')."""
+    ..., "then": {"required": ["z"]}}`, a key no alternative names), through `$ref`s to
+    what is no object and a part's unions of requirements (reviewers'). The objects
+    among them are not followed: their keys are theirs (`_objects_in_place`), and the
+    node's own branches are its alternatives."""
     names: list[str] = []
     waiting = [node]
+    seen = {id(node)}
     while waiting:
         part = waiting.pop()
         names += _strings(part.get("required"))
         inner = [*_listed(part.get("allOf")), part.get("then"), part.get("else")]
+        if part is not node:
+            inner += _branches(part)
         for keyword in _IN_PLACE_MAPS:
             if isinstance(value := part.get(keyword), Mapping):
                 inner += value.values()
         names += [name for names_list in inner for name in _strings(names_list)]
-        waiting += [schema for schema in inner if isinstance(schema, Mapping)]
+        if "$ref" in part and not _is_object(target := _dereferenced(part, root)):
+            inner.append(target)
+        for schema in inner:
+            if isinstance(schema, Mapping) and id(schema) not in seen and not _is_object(schema):
+                seen.add(id(schema))
+                waiting.append(schema)
     return names
 
 
