@@ -227,27 +227,14 @@ def _stream_of(*frames: dict[str, object]) -> bytes:
     return body + b"data: [DONE]\n\n"
 
 
-def test_a_reply_the_server_cut_short_is_incomplete(upstream: FakeUpstream) -> None:
-    # DeepSeek ends a reply it ran out of resources for with its own finish reason, then
-    # [DONE]: it was read as a reply that ended (saved complete, half of it missing).
-    upstream.push(
-        Script(
-            raw=[
-                _stream_of(
-                    {"choices": [{"index": 0, "delta": {"content": "The first half"}}]},
-                    {
-                        "choices": [
-                            {
-                                "index": 0,
-                                "delta": {},
-                                "finish_reason": "insufficient_system_resource",
-                            }
-                        ]
-                    },
-                )
-            ]
-        )
-    )
+@pytest.mark.parametrize("reason", ["insufficient_system_resource", "abort", "error"])
+def test_a_reply_the_server_cut_short_is_incomplete(upstream: FakeUpstream, reason: str) -> None:
+    # DeepSeek ends a reply it ran out of resources for with its own finish reason, vLLM
+    # and SGLang one their engine aborted or failed, then [DONE]: it was read as a reply
+    # that ended (saved complete, half of it missing).
+    text = {"choices": [{"index": 0, "delta": {"content": "The first half"}}]}
+    cut = {"choices": [{"index": 0, "delta": {}, "finish_reason": reason}]}
+    upstream.push(Script(raw=[_stream_of(text, cut)]))
     events, error = run_provider(settings_for(upstream.url))
     assert events == [TextDelta("The first half")]
     assert error is not None and error.code == "upstream_incomplete"

@@ -188,6 +188,23 @@ def test_a_call_without_an_id_gets_one(upstream: FakeUpstream) -> None:
     assert end == StreamEnd("tool_use", Usage(), "m")
 
 
+def test_a_name_sent_again_grown_is_taken(upstream: FakeUpstream) -> None:
+    # llama.cpp sends a call's name again, whole, as its parser reads more of it: the
+    # frontend was asked to run `get_wea` (a reviewer's). One repeated stays as it is.
+    start = {"index": 0, "id": "abc", "type": "function"}
+    fragments = [
+        {**start, "function": {"name": "get_wea", "arguments": ""}},
+        {**start, "function": {"name": "get_weather", "arguments": ""}},
+        {**start, "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}},
+    ]
+    raw = [chunk({"tool_calls": [fragment]}) for fragment in fragments]
+    upstream.push(Script(raw=[*raw, chunk({}, "tool_calls"), DONE]))
+    events, error = run_provider(CASE.settings(upstream.url), TOOLS)
+    assert error is None
+    [call] = [event for event in events if isinstance(event, ToolCall)]
+    assert (call.name, call.args) == ("get_weather", {"city": "Oslo"})
+
+
 def test_arguments_given_as_an_object_are_taken(upstream: FakeUpstream) -> None:
     fragment = {"index": 0, "id": "c1", "function": {"name": "get_weather", "arguments": {"a": 1}}}
     upstream.push(Script(raw=[chunk({"tool_calls": [fragment]}), chunk({}, "stop"), DONE]))

@@ -45,7 +45,8 @@ Tools (README "Tools and structured output"):
   `tool_use` (also where a server said "stop", or nothing). Lenient for
   compatible servers:
   arguments whole in one fragment (or as an object), an `id` or `name` repeated
-  on every fragment, no `index` (a new `id` starts the next call), the same
+  on every fragment (a name sent again grown, as llama.cpp's parser reads more
+  of it, taken), no `index` (a new `id` starts the next call), the same
   `index` reused with a new `id` (Ollama's parallel calls), no `id` at all
   (one is made up).
 - Response schema: `response_format: {"type": "json_schema", "json_schema":
@@ -117,8 +118,9 @@ _STOP_REASONS: dict[str, StopReason] = {
     "content_filter": "content_filter",
 }
 # Finish reasons that say the server cut the reply short (DeepSeek's, when it runs out of
-# resources mid-reply): an incomplete reply, not one that ended.
-_CUT_SHORT = frozenset({"insufficient_system_resource"})
+# resources mid-reply; vLLM's and SGLang's when the engine aborted or failed the request):
+# an incomplete reply, not one that ended.
+_CUT_SHORT = frozenset({"insufficient_system_resource", "abort", "error"})
 
 # `json_schema.name`: "a-z, A-Z, 0-9, or underscores and dashes, at most 64".
 _SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -719,7 +721,7 @@ class _ToolCalls:
         if not isinstance(function, dict):
             return
         name = function.get("name")
-        if isinstance(name, str) and name and not call.name:
+        if isinstance(name, str) and name and (not call.name or _grown(name, call.name)):
             call.name = name
         arguments = function.get("arguments")
         if isinstance(arguments, str):
@@ -758,6 +760,13 @@ def _usage(usage: dict[str, Any]) -> Usage:
         # of Gemini) beside it, as their total says: output is thinking included.
         output += thinking
     return Usage(input_tokens=prompt, output_tokens=output, thinking_tokens=thinking)
+
+
+def _grown(name: str, held: str) -> bool:
+    """Whether `name` is `held` grown: llama.cpp sends a call's name again, whole, as its
+    parser reads more of it (`get_wea`, then `get_weather`), where other servers repeat
+    it (kept as it was)."""
+    return len(name) > len(held) and name.startswith(held)
 
 
 def _maybe_json(text: str) -> Any:
