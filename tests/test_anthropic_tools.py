@@ -656,6 +656,42 @@ def test_the_fakes_tool_use_block_on_the_wire(upstream: FakeUpstream) -> None:
     assert '"stop_reason":"tool_use"' in raw
 
 
+@pytest.mark.parametrize(
+    "pieces",
+    [[], [""], ['{"city": ', '"Paris"}']],
+    ids=["given-alone", "given-and-an-empty-piece", "given-and-streamed"],
+)
+def test_arguments_given_at_the_start_and_streamed_are_read_once(
+    upstream: FakeUpstream, pieces: list[str]
+) -> None:
+    """A gateway sends a call's arguments whole at its start and streams them too: joined,
+    they were two objects, the arguments lost as not JSON (a reviewer's). Streamed ones
+    win, as Anthropic's SDK reads them; given alone, those."""
+
+    def event(name: str, data: dict[str, Any]) -> bytes:
+        return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+
+    block = {"type": "tool_use", "id": "toolu_g", "name": "get_weather", "input": {"city": "Paris"}}
+    raw = [
+        event("message_start", {"type": "message_start", "message": {"model": "m", "usage": {}}}),
+        event("content_block_start",
+              {"type": "content_block_start", "index": 0, "content_block": block}),
+        *(
+            event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                          "delta": {"type": "input_json_delta", "partial_json": p}})
+            for p in pieces
+        ),
+        event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use"}}),
+        event("message_stop", {"type": "message_stop"}),
+    ]  # fmt: skip
+    upstream.push(Script(raw=raw))
+    events, error = CASE.events(upstream.url)
+    assert error is None
+    [call] = [event for event in events if isinstance(event, ToolCall)]
+    assert (call.args, call.args_error) == ({"city": "Paris"}, None)
+
+
 def sent_body(**changes: Any) -> dict[str, Any]:
     return {
         "model": "claude-test",

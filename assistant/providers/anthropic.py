@@ -111,6 +111,7 @@ class _Call:
     name: str
     fragments: list[str] = field(default_factory=list)
     thinking: list[dict[str, Any]] = field(default_factory=list)  # the blocks before it
+    given: str = ""  # arguments whole at the start (a gateway's): taken if none stream
 
 
 @dataclass
@@ -196,8 +197,8 @@ def _on_block_start(data: dict[str, Any], state: _State) -> None:
         state.out.append(CALL_BEGAN)  # its arguments stream in next
         call = _Call(str(block.get("id") or ""), str(block.get("name") or ""))
         given = block.get("input")
-        if isinstance(given, dict) and given:  # arguments whole at the start, not streamed
-            call.fragments.append(json.dumps(given, ensure_ascii=False))
+        if isinstance(given, dict) and given:  # arguments whole at the start
+            call.given = json.dumps(given, ensure_ascii=False)
         state.calls[index] = call
 
 
@@ -232,7 +233,11 @@ def _on_block_stop(data: dict[str, Any], state: _State) -> None:
 
 
 def _emit_call(call: _Call, state: _State) -> None:
-    args, error = parse_arguments("".join(call.fragments))
+    # What streamed wins over what came at the start, as Anthropic's SDK reads it: a
+    # gateway sends both, and joined they were two objects, the arguments lost (a
+    # reviewer's).
+    streamed = "".join(call.fragments)
+    args, error = parse_arguments(streamed if streamed.strip() else call.given)
     signature = encode_thinking(state.done_thinking) if state.done_thinking else None
     state.done_thinking = []
     state.out.append(ToolCall(call.id, call.name, args, signature, error))
