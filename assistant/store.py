@@ -228,16 +228,13 @@ class FirestoreStore:
             "structuredOutput": message.structured_output,
             "toolsToUse": list(message.tools_to_use),
         }
-        stored = {name: as_stored(value) for name, value in made.items()}
-        as_text = [name for name in made if stored[name] is not made[name]]
         document = {
             "role": "assistant",
             "content": message.content,
             "thinkingContent": message.thinking_content,
             "status": message.status,
             "provider": message.provider,
-            **stored,
-            **({"savedAsJsonText": as_text} if as_text else {}),
+            **{name: as_stored(value) for name, value in made.items()},
             "createdAt": message.created_at or SERVER_TIMESTAMP,
             # When the reply ended: of two replies under one id (a retry's), the later
             # one stands, whichever write lands last.
@@ -245,6 +242,10 @@ class FirestoreStore:
             **_common_fields(message.trace_id, message.thread_id, message.author),
         }
         document = _within_size(document, message.tools_to_use)
+        # Named once the size trims are done: one may have taken a text out (a reviewer's).
+        as_text = [n for n in made if isinstance(document[n], str) and not isinstance(made[n], str)]
+        if as_text:
+            document["savedAsJsonText"] = as_text
         question: Any = None  # the trace id's user message as read, if it was
         if not user_saved:  # else the user message's write checked the trace id (one read less)
             question, _ = self._check_trace(message.assistant_id, message.trace_id, message.author)

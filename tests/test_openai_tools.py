@@ -875,7 +875,11 @@ def test_deepseek_is_asked_for_json_in_words_not_with_a_json_schema() -> None:
     assert body["response_format"] == {"type": "json_object"}
     system = body["messages"][0]
     assert system["role"] == "system" and system["content"].startswith("Be brief.\n\n")
-    assert "json object" in system["content"] and json.dumps(schema) in system["content"]
+    assert "in json" in system["content"] and json.dumps(schema) in system["content"]
+    # An array asked for: the words alone (JSON mode writes an object, a reviewer's).
+    listed = {"type": "array", "items": {"type": "string"}}
+    body = deepseek_body(dataclasses.replace(HI, response_schema=listed))
+    assert "response_format" not in body and json.dumps(listed) in body["messages"][0]["content"]
 
 
 @pytest.mark.parametrize("thinking", [False, True])
@@ -913,6 +917,21 @@ def test_openrouter_reasoning_goes_back_with_the_calls() -> None:
         sent = provider._body(Prompt(None, turns, (TIME,)))["messages"][1]
         carried[base_url] = sent.get("reasoning_content")
     assert list(carried.values()) == ["Ask the clock.", None]
+
+
+def test_groq_and_mistral_are_sent_no_reasoning_a_call_carries() -> None:
+    # They refuse a field they do not know: a call made while the base URL pointed at
+    # DeepSeek carried its reasoning to them (a reviewer's).
+    carrier = openai._carrying(ToolCall("c1", "get_time", {}), "The clock knows.")
+    turns = (
+        Turn("user", "Time?"),
+        Turn("assistant", "", tool_calls=(carrier,)),
+        Turn("tool", "12:00", tool_call_id="c1", tool_name="get_time"),
+    )
+    for base_url in ("https://api.mistral.ai/v1", "https://api.groq.com/openai/v1"):
+        settings = provider_settings("openai", base_url, "m", "OPENAI_API_KEY")
+        sent = OpenAIProvider(settings, "k")._body(Prompt(None, turns, (TIME,)))["messages"][1]
+        assert "reasoning_content" not in sent
 
 
 def test_mistral_is_sent_no_stream_options() -> None:

@@ -719,6 +719,22 @@ def test_a_value_firestore_cannot_hold_is_saved_as_its_json_text(
     assert replaced["structuredOutput"] == taken and "savedAsJsonText" not in replaced
 
 
+def test_a_json_text_the_size_trim_took_out_is_not_named(firestore) -> None:
+    """A matrix too large to hold twice is left out (its text is the content): it was
+    still named as saved as JSON text, where it is null (a reviewer's)."""
+    from assistant.store import AssistantMessage, Author, FirestoreStore
+
+    matrix = [["x" * 1000]] * 600
+    text = json.dumps(matrix)
+    ada = Author("ada@example.com", "ada@example.com", "Ada")
+    message = AssistantMessage("test-assistant", "t-trim", None, ada, text, "", "complete",
+                               "anthropic", "m", structured_output=matrix)  # fmt: skip
+    FirestoreStore("assistants", timeout=5).save_assistant_message(message)
+    saved = _messages(firestore)["t-trim-assistant"]
+    assert saved["structuredOutput"] is None and saved["structuredOutputInContent"] is True
+    assert "savedAsJsonText" not in saved
+
+
 def test_legacy_json_route_saves_too(client, fake, firestore) -> None:
     response = client.post(
         "/vac/assistant/test-assistant", json={"user_input": "hi", "trace_id": "t-json", **SAVE}

@@ -5,7 +5,8 @@ grammar cannot hold: any keyword but a documented few (`HELD`: numeric
 bounds, string lengths, most array and object counts, `contains`,
 `prefixItems`, `not` are out: "For 'integer' type, property 'minimum' is not
 supported"), string formats beyond a documented few, patterns with
-backreferences, lookaround or word boundaries, an `enum` or `const` that is
+backreferences, lookaround, word boundaries, atomic groups or possessive
+quantifiers (`schema_bounds.UNHELD_IN_PATTERNS`), an `enum` or `const` that is
 not strings, numbers, booleans and nulls, a `$ref` inside an `allOf`, and an
 object that does not say `additionalProperties: false`. As Anthropic's own
 SDK does, those are moved into the `description` (the model still reads
@@ -21,7 +22,9 @@ the `oneOf`); a `$ref` into it is rewritten to match.
 Some shapes are not sent at all (`unheld`; the reply is still checked, and
 `structured_output_error` says why). Three cannot be closed without changing
 what they mean: an object that names none of its keys (a map: no
-`properties`, or `patternProperties`), which closed could only be `{}`,
+`properties`, or `patternProperties`, or an empty `properties` said open;
+with nothing said of others, an empty one is an object of no keys, sent
+closed), which closed could only be `{}`,
 and one that gives keys beyond its `properties` a schema of their own
 (`additionalProperties` or `unevaluatedProperties` a schema, or
 `patternProperties`) or requires them (`then`'s, say);

@@ -205,6 +205,9 @@ class _Server:
     # OpenRouter streams DeepSeek's reasoning as `reasoning`, and passes what comes back
     # as `reasoning_content` on to it: kept from that field too there.
     keeps_reasoning_too: bool = False
+    # Groq's and Mistral's refuse a `reasoning_content` they do not know: none sent back
+    # there, not even one a call carries from another server (a base URL changed).
+    takes_reasoning: bool = True
 
     @classmethod
     def at(cls, base_url: str, model: str) -> _Server:
@@ -219,6 +222,7 @@ class _Server:
             json_mode_only=deepseek,
             mistral=_at(host, "mistral.ai"),
             keeps_reasoning_too=openrouter,
+            takes_reasoning=not (_at(host, "mistral.ai") or _at(host, "groq.com")),
         )
 
 
@@ -256,12 +260,10 @@ class OpenAIProvider(HttpProvider):
             body["tools"] = [_tool(tool) for tool in prompt.tools]
             if choice != "auto":
                 body["tool_choice"] = _tool_choice(choice)
-        if prompt.response_schema is not None:
-            body["response_format"] = (
-                {"type": "json_object"}
-                if server.json_mode_only
-                else _response_format(prompt.response_schema)
-            )
+        if prompt.response_schema is not None and not server.json_mode_only:
+            body["response_format"] = _response_format(prompt.response_schema)
+        elif prompt.response_schema is not None and _object_at_top(prompt.response_schema):
+            body["response_format"] = {"type": "json_object"}  # an object, JSON mode's answer
         return body
 
     def _request(self, prompt: Prompt) -> tuple[str, dict[str, Any], dict[str, str]]:
@@ -384,8 +386,15 @@ def _at(host: str, domain: str) -> bool:
 def _with_schema_asked(system: str | None, schema: Mapping[str, Any]) -> str:
     """The system prompt with the reply's schema asked for in words (JSON mode also
     refuses a request whose messages never say "json")."""
-    asked = "Reply with a json object that matches this JSON Schema: " + json.dumps(schema)
+    asked = "Reply in json that matches this JSON Schema: " + json.dumps(schema)
     return f"{system}\n\n{asked}" if system else asked
+
+
+def _object_at_top(schema: Mapping[str, Any]) -> bool:
+    """Whether the reply a schema asks for is an object, the one JSON mode writes (an
+    array asked for goes with the words alone: JSON mode would contradict them)."""
+    kind = schema.get("type")
+    return kind == "object" or (kind is None and "properties" in schema)
 
 
 def _messages(message: Message, server: _Server) -> list[dict[str, Any]]:
@@ -401,7 +410,7 @@ def _messages(message: Message, server: _Server) -> list[dict[str, Any]]:
         if calls:
             turn["content"] = message.text or None
             turn["tool_calls"] = [_history_call(call, server) for call in calls]
-        reasoning = _carried(calls)
+        reasoning = _carried(calls) if server.takes_reasoning else None
         if reasoning is None and server.reasoning_back:
             reasoning = ""
         if reasoning is not None:
