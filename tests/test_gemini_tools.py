@@ -350,11 +350,13 @@ def test_history_with_calls_and_results(upstream: FakeUpstream) -> None:
             "parts": [{"functionCall": {"name": "get_time", "args": {}}, "thoughtSignature": SIG}],
         },
         {
-            # A result followed by the user's text: one user turn, the text after it.
+            # A result followed by the user's text: one user turn, the text before the
+            # results (after them, Gemini 3 answered nothing or went on with the user's
+            # text, and Vertex refused the request: a reviewer's).
             "role": "user",
             "parts": [
-                {"functionResponse": {"name": "get_time", "response": {"result": "12:00"}}},
                 {"text": "And tomorrow?"},
+                {"functionResponse": {"name": "get_time", "response": {"result": "12:00"}}},
             ],
         },
     ]

@@ -283,7 +283,14 @@ def _calling_config(choice: ToolChoice) -> dict[str, Any]:
 
 
 def _content(message: Message) -> dict[str, Any]:
-    """One turn: text, `functionCall` parts (model) and `functionResponse` parts (user)."""
+    """One turn: text, `functionCall` parts (model) and `functionResponse` parts (user).
+    A user's text goes before the results it came with: after them, Gemini 3 answered
+    nothing or went on with the user's sentence, and Vertex refused the request ("ending
+    with a model turn"), other projects found; text first, it answers the results."""
+    if message.role == "user":
+        texts = [part for part in message.parts if not isinstance(part, ToolResult)]
+        results = [part for part in message.parts if isinstance(part, ToolResult)]
+        return {"role": "user", "parts": [_part(part) for part in (*texts, *results)]}
     parts: list[dict[str, Any]] = []
     first_call = True  # Gemini signs a parallel reply's first call only
     for part in message.parts:
@@ -292,7 +299,7 @@ def _content(message: Message) -> dict[str, Any]:
             first_call = False
         else:
             parts.append(_part(part))
-    return {"role": "model" if message.role == "assistant" else "user", "parts": parts}
+    return {"role": "model", "parts": parts}
 
 
 def _part(part: Part) -> dict[str, Any]:
