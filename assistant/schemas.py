@@ -827,7 +827,10 @@ _DEFINITIONS = frozenset({"$defs", "definitions"})
 # schema is data (OpenAPI's `components`, an `x-` extension) until a `$ref` names it, as a
 # definition is (an unused recursive type among OpenAPI's components refused every
 # schema built from them: a reviewer's).
-_APPLIED = SCHEMA_KEYWORDS | NAME_MAPS | {"allOf", "anyOf", "oneOf", "prefixItems"}
+# (Draft 3's `type` and `disallow` may hold schemas: a recursion through them slipped by.)
+_APPLIED = (
+    SCHEMA_KEYWORDS | NAME_MAPS | {"allOf", "anyOf", "oneOf", "prefixItems", "type", "disallow"}
+)
 
 
 @dataclass(frozen=True)

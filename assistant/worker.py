@@ -1357,6 +1357,10 @@ class Worker(ThreadWorker):
         once, which waited for the rest of it: a reviewer's requests trickled behind
         others held every thread, each piece with a read clock of its own."""
         conn.sock.setblocking(False)
+        # Idle, if empty lines were all it read, from this response's end (`_idle_again`
+        # keeps a deadline it finds: the last response's had passed, and a client that
+        # ends each body with a stray CRLF had its connection closed: a reviewer's).
+        conn.set_timeout()
         arrival = _Arrival(conn, time.monotonic(), self._body_limit)
         self._arrivals.append(arrival)
         if not self._arrived(arrival, read_ahead):

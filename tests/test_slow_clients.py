@@ -414,6 +414,18 @@ def test_an_empty_line_after_a_request_is_no_request_begun(
     assert [line for line in lines if line["message"].startswith("request.")] == []
 
 
+def test_a_stray_line_end_after_each_request_keeps_its_connection_alive(
+    fake: FakeUpstream,
+) -> None:
+    """Read with the request, it made the connection idle again with the last response's
+    keep-alive, passed by then: the third request found it closed (a reviewer's)."""
+    with running_service({}) as running, _connect(running.url) as sock:
+        for _ in range(3):
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n\r\n")
+            assert _read_response(sock)[0] == 200
+            time.sleep(1.5)
+
+
 def test_empty_lines_do_not_keep_a_connection_alive(fake: FakeUpstream) -> None:
     """Each one armed the keep-alive again: an empty line every 1.5 s held a connection
     for ever, past the read timeout a header sent a byte at a time is held to (a

@@ -487,7 +487,7 @@ def _beside_closed(node: Mapping[str, Any], root: Mapping[str, Any], walk: _Walk
     closed = _objects_in_place(node, root)
     # Looked for only where they are asked something of (a walk for every union of a
     # deep chain of them cost its square).
-    required = _required_in_place(node, root)
+    required = _required_in_place(node, root, walk)
     takes_more = _takes_keys_beyond(node)
     asked = required or takes_more or closed
     alternatives = _alternatives(node, root, walk) if asked else []
@@ -545,19 +545,21 @@ def _applying_in_place(node: Mapping[str, Any]) -> list[Any]:
     return [*([node] if "$ref" in node else []), *_listed(node.get("allOf"))]
 
 
-def _required_in_place(node: Mapping[str, Any], root: Mapping[str, Any]) -> list[str]:
+def _required_in_place(node: Mapping[str, Any], root: Mapping[str, Any], walk: _Walk) -> list[str]:
     """The keys `node` requires, its own and those its parts written in place require,
     however deep: its `allOf`'s (`{"anyOf": [A], "allOf": [{"required": ["z"]}]}`), and,
     as if always, its `then`'s, `else`'s and dependent maps' (`{"anyOf": [A, B], "if":
     ..., "then": {"required": ["z"]}}`, a key no alternative names), through `$ref`s to
     what is no object and a part's unions of requirements (reviewers'). The objects
     among them are not followed: their keys are theirs (`_objects_in_place`), and the
-    node's own branches are its alternatives."""
+    node's own branches are its alternatives. Each part read counts against `walk` (a
+    union behind a `$ref` 199 properties use was read 199 times: 0.85 s)."""
     names: list[str] = []
     waiting = [node]
     seen = {id(node)}
     while waiting:
         part = waiting.pop()
+        walk.step()
         names += _strings(part.get("required"))
         inner = [*_listed(part.get("allOf")), part.get("then"), part.get("else")]
         if part is not node:
