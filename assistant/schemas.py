@@ -827,10 +827,10 @@ _DEFINITIONS = frozenset({"$defs", "definitions"})
 # schema is data (OpenAPI's `components`, an `x-` extension) until a `$ref` names it, as a
 # definition is (an unused recursive type among OpenAPI's components refused every
 # schema built from them: a reviewer's).
-# (Draft 3's `type` and `disallow` may hold schemas: a recursion through them slipped by.)
-_APPLIED = (
-    SCHEMA_KEYWORDS | NAME_MAPS | {"allOf", "anyOf", "oneOf", "prefixItems", "type", "disallow"}
-)
+_APPLIED = SCHEMA_KEYWORDS | NAME_MAPS | {"allOf", "anyOf", "oneOf", "prefixItems"}
+# Draft 3's `type` and `disallow` may hold schemas (a recursion through them slipped by);
+# in later drafts no schema is there (`disallow` is no keyword: data).
+_DRAFT_3_APPLIED = frozenset({"type", "disallow"})
 
 
 @dataclass(frozen=True)
@@ -843,6 +843,7 @@ class _Reference:
 def _schema_references(schema: Mapping[str, Any]) -> list[_Reference]:
     """Every reference in the schema's subschemas (none in literal values), iteratively."""
     found: list[_Reference] = []
+    draft_3 = "draft-03" in str(schema.get("$schema", ""))
     stack: list[tuple[str, Any, str | None]] = [("", schema, None)]
     while stack:
         where, node, defined_in = stack.pop()
@@ -867,7 +868,8 @@ def _schema_references(schema: Mapping[str, Any]) -> list[_Reference]:
                     entry = f"{child}/{_escape(name)}"
                     stack.append((entry, sub, entry if key in _DEFINITIONS else defined_in))
             else:
-                held = defined_in if key in _APPLIED or defined_in is not None else child
+                applied = key in _APPLIED or (draft_3 and key in _DRAFT_3_APPLIED)
+                held = defined_in if applied or defined_in is not None else child
                 stack.append((child, value, held))
     return found
 

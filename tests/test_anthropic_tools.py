@@ -658,15 +658,15 @@ def test_the_fakes_tool_use_block_on_the_wire(upstream: FakeUpstream) -> None:
 
 @pytest.mark.parametrize(
     "pieces",
-    [[], [""], ['{"city": ', '"Paris"}']],
-    ids=["given-alone", "given-and-an-empty-piece", "given-and-streamed"],
+    [[], [""], ['{"city": ', '"Paris"}'], ['{"city": "Pa']],
+    ids=["given-alone", "given-and-an-empty-piece", "given-and-streamed", "streamed-cut-short"],
 )
 def test_arguments_given_at_the_start_and_streamed_are_read_once(
     upstream: FakeUpstream, pieces: list[str]
 ) -> None:
     """A gateway sends a call's arguments whole at its start and streams them too: joined,
     they were two objects, the arguments lost as not JSON (a reviewer's). Streamed ones
-    win, as Anthropic's SDK reads them; given alone, those."""
+    win, as Anthropic's SDK reads them; given alone, or streamed cut short, those."""
 
     def event(name: str, data: dict[str, Any]) -> bytes:
         return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
@@ -1053,10 +1053,10 @@ def _deep_chain() -> dict[str, Any]:
     ("schema", "why"),
     [
         # A description kept at a chain's bottom, written once per level (103 MB from 1 MB).
-        (_chain({"type": "string", "description": "d" * 200_000}, 40), "grows past"),
+        (_chain({"type": "string", "description": "d" * 200_000}, 40), "too large to narrow"),
         # Many small objects at the bottom (9 MB in 0.7 s from 0.3 MB).
         (_chain({"type": "object", "properties": {f"s{n}": {} for n in range(400)}}, 60),
-         "grows past"),
+         "too large to narrow"),
         # References followed one after another, past the interpreter's depth (it raised).
         (_deep_chain(), "nested too deep"),
         # Pointers below an inner $id read from it; narrowed, from the top.
@@ -1106,7 +1106,7 @@ def test_what_objects_require_in_place_is_read_within_a_bound(
     assert unheld(schema) is None
     assert len(steps) < 5_000  # each object's parts once: ~2,100 (a walk per reference before)
     monkeypatch.setattr(anthropic_schema, "_MOST_STEPS", 100)
-    assert unheld(schema) == "a schema that narrowed for Anthropic grows past what is sent"
+    assert unheld(schema) == "a schema too large to narrow for Anthropic (what is sent, or read)"
 
 
 def test_names_an_object_reads_count_against_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1119,7 +1119,7 @@ def test_names_an_object_reads_count_against_the_bound(monkeypatch: pytest.Monke
         for n in range(3)
     }
     schema = {"type": "object", "properties": objects, "$defs": {"D": lists}}
-    assert unheld(schema) == "a schema that narrowed for Anthropic grows past what is sent"
+    assert unheld(schema) == "a schema too large to narrow for Anthropic (what is sent, or read)"
 
 
 def test_requirements_read_beside_a_union_count_against_the_bound(
@@ -1132,7 +1132,7 @@ def test_requirements_read_beside_a_union_count_against_the_bound(
     union = {"anyOf": [{"required": [f"k{n}"]} for n in range(100)]}
     properties = {f"p{n}": {"$ref": "#/$defs/U"} for n in range(50)}
     schema = {"type": "object", "properties": properties, "$defs": {"U": union}}
-    assert unheld(schema) == "a schema that narrowed for Anthropic grows past what is sent"
+    assert unheld(schema) == "a schema too large to narrow for Anthropic (what is sent, or read)"
 
 
 def test_a_response_schema_is_worked_out_before_the_io_loop_asks(
@@ -1168,7 +1168,7 @@ def test_a_schema_that_grows_past_what_is_sent_is_not_sent() -> None:
     for level in range(40):
         schema["properties"][f"r{level}"] = {"$ref": path}
         path += "/properties/a"
-    assert unheld(schema) == "a schema that narrowed for Anthropic grows past what is sent"
+    assert unheld(schema) == "a schema too large to narrow for Anthropic (what is sent, or read)"
 
 
 def test_definitions_used_many_times_are_sent_once() -> None:

@@ -188,14 +188,20 @@ def test_a_call_without_an_id_gets_one(upstream: FakeUpstream) -> None:
     assert end == StreamEnd("tool_use", Usage(), "m")
 
 
-def test_a_name_sent_again_grown_is_taken(upstream: FakeUpstream) -> None:
-    # llama.cpp sends a call's name again, whole, as its parser reads more of it: the
-    # frontend was asked to run `get_wea` (a reviewer's). One repeated stays as it is.
+@pytest.mark.parametrize(
+    "names",
+    [["get_wea", "get_weather", "get_weather"], ["get_", "weather", ""]],
+    ids=["sent-again-grown", "sent-in-pieces"],
+)
+def test_a_name_sent_over_fragments_is_read_whole(upstream: FakeUpstream, names: list[str]) -> None:
+    # llama.cpp sends a call's name again, whole, as its parser reads more of it; others
+    # in pieces, which OpenAI's SDK joins: the frontend was asked to run `get_wea` or
+    # `get_` (reviewers'). One repeated stays as it is.
     start = {"index": 0, "id": "abc", "type": "function"}
     fragments = [
-        {**start, "function": {"name": "get_wea", "arguments": ""}},
-        {**start, "function": {"name": "get_weather", "arguments": ""}},
-        {**start, "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}},
+        {**start, "function": {"name": names[0], "arguments": ""}},
+        {**start, "function": {"name": names[1], "arguments": ""}},
+        {**start, "function": {"name": names[2], "arguments": '{"city": "Oslo"}'}},
     ]
     raw = [chunk({"tool_calls": [fragment]}) for fragment in fragments]
     upstream.push(Script(raw=[*raw, chunk({}, "tool_calls"), DONE]))
@@ -880,6 +886,10 @@ def test_deepseek_is_asked_for_json_in_words_not_with_a_json_schema() -> None:
     listed = {"type": "array", "items": {"type": "string"}}
     body = deepseek_body(dataclasses.replace(HI, response_schema=listed))
     assert "response_format" not in body and json.dumps(listed) in body["messages"][0]["content"]
+    # A union or a $ref of objects (pydantic's) keeps JSON mode (a first version lost it).
+    for objects in ({"anyOf": [schema, schema]}, {"$ref": "#/$defs/N", "$defs": {"N": schema}}):
+        body = deepseek_body(dataclasses.replace(HI, response_schema=objects))
+        assert body["response_format"] == {"type": "json_object"}
 
 
 @pytest.mark.parametrize("thinking", [False, True])

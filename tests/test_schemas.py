@@ -993,3 +993,12 @@ def test_unevaluated_properties_go_with_what_is_moved(moved: dict[str, Any]) -> 
     for schema in (sent, kept):  # what is sent, and what the model is told besides
         jsonschema.Draft202012Validator(schema).validate({"a": "x", "b": 1})
     assert kept == moved
+
+
+def test_a_disallow_outside_draft_3_is_data_not_a_recursion() -> None:
+    # Draft 3's `disallow` and `type` hold schemas; in a later draft `disallow` is no
+    # keyword, and a `$ref` in it no recursion (a first version refused the schema).
+    later = {"type": "object", "disallow": {"$ref": "#"}}
+    assert schemas.references_problem(later) is None
+    draft_3 = {"$schema": "http://json-schema.org/draft-03/schema#", **later}
+    assert schemas.references_problem(draft_3) == "recursion"

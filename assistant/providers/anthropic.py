@@ -238,6 +238,8 @@ def _emit_call(call: _Call, state: _State) -> None:
     # reviewer's).
     streamed = "".join(call.fragments)
     args, error = parse_arguments(streamed if streamed.strip() else call.given)
+    if error is not None and call.given:  # streamed ones cut short: those given whole
+        args, error = parse_arguments(call.given)
     signature = encode_thinking(state.done_thinking) if state.done_thinking else None
     state.done_thinking = []
     state.out.append(ToolCall(call.id, call.name, args, signature, error))

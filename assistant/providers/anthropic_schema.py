@@ -317,7 +317,7 @@ def sent_form(schema: Mapping[str, Any]) -> tuple[str | None, dict[str, Any] | N
             return why, None
         return None, output_schema(schema)
     except _TooLarge:
-        return "a schema that narrowed for Anthropic grows past what is sent", None
+        return "a schema too large to narrow for Anthropic (what is sent, or read)", None
     except RecursionError:  # a long chain of references, each followed
         return "a schema nested too deep once its references are followed", None
 

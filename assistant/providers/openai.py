@@ -46,7 +46,7 @@ Tools (README "Tools and structured output"):
   compatible servers:
   arguments whole in one fragment (or as an object), an `id` or `name` repeated
   on every fragment (a name sent again grown, as llama.cpp's parser reads more
-  of it, taken), no `index` (a new `id` starts the next call), the same
+  of it, taken; one sent in pieces, joined), no `index` (a new `id` starts the next call), the same
   `index` reused with a new `id` (Ollama's parallel calls), no `id` at all
   (one is made up).
 - Response schema: `response_format: {"type": "json_schema", "json_schema":
@@ -262,7 +262,7 @@ class OpenAIProvider(HttpProvider):
                 body["tool_choice"] = _tool_choice(choice)
         if prompt.response_schema is not None and not server.json_mode_only:
             body["response_format"] = _response_format(prompt.response_schema)
-        elif prompt.response_schema is not None and _object_at_top(prompt.response_schema):
+        elif prompt.response_schema is not None and _maybe_object_at_top(prompt.response_schema):
             body["response_format"] = {"type": "json_object"}  # an object, JSON mode's answer
         return body
 
@@ -390,11 +390,14 @@ def _with_schema_asked(system: str | None, schema: Mapping[str, Any]) -> str:
     return f"{system}\n\n{asked}" if system else asked
 
 
-def _object_at_top(schema: Mapping[str, Any]) -> bool:
-    """Whether the reply a schema asks for is an object, the one JSON mode writes (an
-    array asked for goes with the words alone: JSON mode would contradict them)."""
+def _maybe_object_at_top(schema: Mapping[str, Any]) -> bool:
+    """Whether the reply a schema asks for may be an object, the one JSON mode writes: an
+    array (or a scalar) asked for by its `type` goes with the words alone, JSON mode
+    would contradict them; a union or a `$ref` of objects (pydantic's) keeps it."""
     kind = schema.get("type")
-    return kind == "object" or (kind is None and "properties" in schema)
+    if isinstance(kind, str):
+        return kind == "object"
+    return "object" in kind if isinstance(kind, list) else True
 
 
 def _messages(message: Message, server: _Server) -> list[dict[str, Any]]:
@@ -730,8 +733,10 @@ class _ToolCalls:
         if not isinstance(function, dict):
             return
         name = function.get("name")
-        if isinstance(name, str) and name and (not call.name or _grown(name, call.name)):
-            call.name = name
+        if isinstance(name, str) and name and name != call.name:
+            # Sent again grown (llama.cpp's, whole as its parser reads more) or in pieces
+            # (OpenAI's SDK joins them: `get_`, then `weather`; a reviewer's).
+            call.name = name if name.startswith(call.name) else call.name + name
         arguments = function.get("arguments")
         if isinstance(arguments, str):
             call.arguments.append(arguments)
@@ -769,13 +774,6 @@ def _usage(usage: dict[str, Any]) -> Usage:
         # of Gemini) beside it, as their total says: output is thinking included.
         output += thinking
     return Usage(input_tokens=prompt, output_tokens=output, thinking_tokens=thinking)
-
-
-def _grown(name: str, held: str) -> bool:
-    """Whether `name` is `held` grown: llama.cpp sends a call's name again, whole, as its
-    parser reads more of it (`get_wea`, then `get_weather`), where other servers repeat
-    it (kept as it was)."""
-    return len(name) > len(held) and name.startswith(held)
 
 
 def _maybe_json(text: str) -> Any:
