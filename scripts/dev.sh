@@ -149,7 +149,7 @@ trap 'exit 129' HUP
 
 scripts/venv.sh
 
-port_free "$PORT" || die "port $PORT is already in use (is another dev.sh running? a second one beside it needs its own PORT and DEMO_PORT; left as they are, FIRESTORE_EMULATOR_PORT and FAKE_UPSTREAM_PORT are the first one's, shared, and stopped when the first one stops: give it its own to run apart)"
+port_free "$PORT" || die "port $PORT is already in use (is another dev.sh running? a second one beside it needs its own PORT and DEMO_PORT; left as they are, FIRESTORE_EMULATOR_PORT and FAKE_UPSTREAM_PORT are the first one's, shared, and stopped when the first one stops: a FAKE_UPSTREAM_PORT of its own runs it apart; the Firestore and Auth emulators are one per checkout, shared, so a second checkout runs them apart)"
 mkdir -p "$RUN_DIR"
 
 # ---------------------------------------------------------------- Firestore emulator
@@ -205,12 +205,12 @@ if ((has_provider == 3)); then
             || die "port $FAKE_UPSTREAM_PORT is in use by something that is not the fake upstream (set FAKE_UPSTREAM_PORT)"
         "$VENV/bin/python" -m devtools.fake_upstream --port "$FAKE_UPSTREAM_PORT" --echo \
             --ttft 0.3 --interval 0.04 --thinking "Reading the question. |Planning a short answer." \
-            </dev/null >"$RUN_DIR/fake-upstream.log" 2>&1 &
+            </dev/null >"$RUN_DIR/fake-upstream-$FAKE_UPSTREAM_PORT.log" 2>&1 &
         fake_pid=$!
         deadline=$((SECONDS + 15))
         until curl -sf -o /dev/null --max-time 2 "$fake_url/_fake/health"; do
-            kill -0 "$fake_pid" 2>/dev/null || die "fake upstream exited during startup; see $RUN_DIR/fake-upstream.log"
-            ((SECONDS < deadline)) || die "fake upstream did not answer at $fake_url within 15s; see $RUN_DIR/fake-upstream.log"
+            kill -0 "$fake_pid" 2>/dev/null || die "fake upstream exited during startup; see $RUN_DIR/fake-upstream-$FAKE_UPSTREAM_PORT.log"
+            ((SECONDS < deadline)) || die "fake upstream did not answer at $fake_url within 15s; see $RUN_DIR/fake-upstream-$FAKE_UPSTREAM_PORT.log"
             sleep 0.1
         done
     fi
@@ -219,14 +219,14 @@ if ((has_provider == 3)); then
     export ASSISTANT_PROVIDERS=anthropic
     echo
     echo "NO PROVIDER KEY SET: replies come from the fake upstream at $fake_url (canned text, not a real model)"
-    echo "  (set ANTHROPIC_API_KEY, OPENAI_API_KEY, GEMINI_API_KEY or OLLAMA_BASE_URL to use a real one; fake log: $RUN_DIR/fake-upstream.log)"
+    echo "  (set ANTHROPIC_API_KEY, OPENAI_API_KEY, GEMINI_API_KEY or OLLAMA_BASE_URL to use a real one; fake log: $RUN_DIR/fake-upstream-$FAKE_UPSTREAM_PORT.log)"
 fi
 
 # ---------------------------------------------------------------- demo page
 
 demo_url=""
 if port_free "$DEMO_PORT"; then
-    "$VENV/bin/python" -m devtools.demo --port "$DEMO_PORT" </dev/null >"$RUN_DIR/demo.log" 2>&1 &
+    "$VENV/bin/python" -m devtools.demo --port "$DEMO_PORT" </dev/null >"$RUN_DIR/demo-$DEMO_PORT.log" 2>&1 &
     demo_pid=$!
     demo_url="http://127.0.0.1:$DEMO_PORT/"
     [[ "$PORT" == 1956 ]] || demo_url+="?service=http://127.0.0.1:$PORT/vac/assistant/demo/sse"
