@@ -843,7 +843,8 @@ class _Reference:
 def _schema_references(schema: Mapping[str, Any]) -> list[_Reference]:
     """Every reference in the schema's subschemas (none in literal values), iteratively."""
     found: list[_Reference] = []
-    draft_3 = "draft-03" in str(schema.get("$schema", ""))
+    draft = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    draft_3 = draft is jsonschema.Draft3Validator  # as the request's check reads it
     stack: list[tuple[str, Any, str | None]] = [("", schema, None)]
     while stack:
         where, node, defined_in = stack.pop()

@@ -190,8 +190,12 @@ def test_a_call_without_an_id_gets_one(upstream: FakeUpstream) -> None:
 
 @pytest.mark.parametrize(
     "names",
-    [["get_wea", "get_weather", "get_weather"], ["get_", "weather", ""]],
-    ids=["sent-again-grown", "sent-in-pieces"],
+    [
+        ["get_wea", "get_weather", "get_weather"],
+        ["get_", "weather", ""],
+        ["get_weather", "get_wea", "get_weather"],
+    ],
+    ids=["sent-again-grown", "sent-in-pieces", "a-prefix-repeated"],
 )
 def test_a_name_sent_over_fragments_is_read_whole(upstream: FakeUpstream, names: list[str]) -> None:
     # llama.cpp sends a call's name again, whole, as its parser reads more of it; others
@@ -886,10 +890,19 @@ def test_deepseek_is_asked_for_json_in_words_not_with_a_json_schema() -> None:
     listed = {"type": "array", "items": {"type": "string"}}
     body = deepseek_body(dataclasses.replace(HI, response_schema=listed))
     assert "response_format" not in body and json.dumps(listed) in body["messages"][0]["content"]
-    # A union or a $ref of objects (pydantic's) keeps JSON mode (a first version lost it).
+    # A union or a $ref of objects (pydantic's) keeps JSON mode (a first version lost it);
+    # a union, an enum or a $ref of anything else goes without (a second gave it to them).
     for objects in ({"anyOf": [schema, schema]}, {"$ref": "#/$defs/N", "$defs": {"N": schema}}):
         body = deepseek_body(dataclasses.replace(HI, response_schema=objects))
         assert body["response_format"] == {"type": "json_object"}
+    for others in (
+        {"anyOf": [listed, {"type": "null"}]},
+        {"enum": ["yes", "no"]},
+        {"const": 3},
+        {"$ref": "#/$defs/L", "$defs": {"L": listed}},
+    ):
+        body = deepseek_body(dataclasses.replace(HI, response_schema=others))
+        assert "response_format" not in body, others
 
 
 @pytest.mark.parametrize("thinking", [False, True])

@@ -1002,3 +1002,6 @@ def test_a_disallow_outside_draft_3_is_data_not_a_recursion() -> None:
     assert schemas.references_problem(later) is None
     draft_3 = {"$schema": "http://json-schema.org/draft-03/schema#", **later}
     assert schemas.references_problem(draft_3) == "recursion"
+    # Read as the request's check reads the draft: an https URI names none it knows.
+    unknown = {"$schema": "https://json-schema.org/draft-03/schema#", **later}
+    assert schemas.references_problem(unknown) is None

@@ -73,11 +73,12 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 
 from ..schema_bounds import UNHELD_IN_PATTERNS
-from ..schemas import rebuilt
+from ..schemas import rebuilt, resolve_pointer
 from ..tools import (
     NamedTool,
     ToolCall,
@@ -262,7 +263,7 @@ class OpenAIProvider(HttpProvider):
                 body["tool_choice"] = _tool_choice(choice)
         if prompt.response_schema is not None and not server.json_mode_only:
             body["response_format"] = _response_format(prompt.response_schema)
-        elif prompt.response_schema is not None and _maybe_object_at_top(prompt.response_schema):
+        elif prompt.response_schema is not None and _maybe_object(prompt.response_schema):
             body["response_format"] = {"type": "json_object"}  # an object, JSON mode's answer
         return body
 
@@ -390,14 +391,38 @@ def _with_schema_asked(system: str | None, schema: Mapping[str, Any]) -> str:
     return f"{system}\n\n{asked}" if system else asked
 
 
-def _maybe_object_at_top(schema: Mapping[str, Any]) -> bool:
-    """Whether the reply a schema asks for may be an object, the one JSON mode writes: an
-    array (or a scalar) asked for by its `type` goes with the words alone, JSON mode
-    would contradict them; a union or a `$ref` of objects (pydantic's) keeps it."""
+def _maybe_object(schema: Any, root: Any = None, depth: int = 0) -> bool:
+    """Whether the reply a schema asks for may be an object, the one JSON mode writes (an
+    array, a scalar, an enum of them goes with the words alone: JSON mode would
+    contradict them): said by its `type`, its object keywords, a branch of its unions or
+    the target of its `$ref` (pydantic's), a few levels deep (reviewers')."""
+    root = schema if root is None else root
+    if depth > _MOST_LEVELS_LOOKED or not isinstance(schema, Mapping):
+        return False
     kind = schema.get("type")
-    if isinstance(kind, str):
-        return kind == "object"
-    return "object" in kind if isinstance(kind, list) else True
+    if isinstance(kind, str | list):
+        return kind == "object" or (isinstance(kind, list) and "object" in kind)
+    if "properties" in schema or "additionalProperties" in schema:
+        return True
+    listed = [*_listed(schema.get("enum")), *([schema["const"]] if "const" in schema else [])]
+    if any(isinstance(value, dict) for value in listed):
+        return True
+    reference = schema.get("$ref")
+    inner = [
+        *_listed(schema.get("anyOf")),
+        *_listed(schema.get("oneOf")),
+        *_listed(schema.get("allOf")),
+    ]
+    if isinstance(reference, str) and reference.startswith("#"):
+        inner.append(resolve_pointer(root, unquote(reference[1:])))
+    return any(_maybe_object(part, root, depth + 1) for part in inner)
+
+
+_MOST_LEVELS_LOOKED = 8
+
+
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _messages(message: Message, server: _Server) -> list[dict[str, Any]]:
@@ -733,7 +758,7 @@ class _ToolCalls:
         if not isinstance(function, dict):
             return
         name = function.get("name")
-        if isinstance(name, str) and name and name != call.name:
+        if isinstance(name, str) and name and not call.name.startswith(name):
             # Sent again grown (llama.cpp's, whole as its parser reads more) or in pieces
             # (OpenAI's SDK joins them: `get_`, then `weather`; a reviewer's).
             call.name = name if name.startswith(call.name) else call.name + name
