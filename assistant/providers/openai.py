@@ -65,6 +65,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -215,23 +216,27 @@ class _Server:
         host = (httpx.URL(base_url).host or "").lower()
         deepseek = _at(host, "deepseek.com")
         moonshot = _at(host, "moonshot.ai") or _at(host, "moonshot.cn")
-        openrouter = _at(host, "openrouter.ai")
+        mistral = _at(host, "mistral.ai")
         return cls(
             reasoning_back=deepseek or moonshot,
             thinks_unasked=deepseek or moonshot,
             only_thinks=moonshot and "thinking" in model.lower(),
             json_mode_only=deepseek,
-            mistral=_at(host, "mistral.ai"),
-            keeps_reasoning_too=openrouter,
-            takes_reasoning=not (_at(host, "mistral.ai") or _at(host, "groq.com")),
+            mistral=mistral,
+            keeps_reasoning_too=_at(host, "openrouter.ai"),
+            takes_reasoning=not (mistral or _at(host, "groq.com")),
         )
 
 
 class OpenAIProvider(HttpProvider):
     name = "openai"
 
+    @functools.cached_property
+    def _server(self) -> _Server:
+        return _Server.at(self.settings.base_url, self.settings.model)
+
     def _body(self, prompt: Prompt) -> dict[str, Any]:
-        server = _Server.at(self.settings.base_url, self.settings.model)
+        server = self._server
         system = prompt.system
         if prompt.response_schema is not None and server.json_mode_only:
             system = _with_schema_asked(system, prompt.response_schema)
@@ -273,8 +278,7 @@ class OpenAIProvider(HttpProvider):
 
     def decoder(self, response: httpx.Response) -> _Decoder:
         require_event_stream(response)
-        server = _Server.at(self.settings.base_url, self.settings.model)
-        return _Decoder(self.settings.model, server.keeps_reasoning_too)
+        return _Decoder(self.settings.model, self._server.keeps_reasoning_too)
 
 
 class _Decoder:
