@@ -189,30 +189,29 @@ def test_a_call_without_an_id_gets_one(upstream: FakeUpstream) -> None:
 
 
 @pytest.mark.parametrize(
-    "names",
+    ("names", "whole"),
     [
-        ["get_wea", "get_weather", "get_weather"],
-        ["get_", "weather", ""],
-        ["get_weather", "get_wea", "get_weather"],
+        (["get_wea", "get_weather", "get_weather"], "get_weather"),
+        (["get_", "weather", ""], "get_weather"),
+        (["go", "_to_", "go", "al"], "go_to_goal"),  # a piece like the name's start
     ],
-    ids=["sent-again-grown", "sent-in-pieces", "a-prefix-repeated"],
+    ids=["sent-again-grown", "sent-in-pieces", "a-piece-like-its-start"],
 )
-def test_a_name_sent_over_fragments_is_read_whole(upstream: FakeUpstream, names: list[str]) -> None:
+def test_a_name_sent_over_fragments_is_read_whole(
+    upstream: FakeUpstream, names: list[str], whole: str
+) -> None:
     # llama.cpp sends a call's name again, whole, as its parser reads more of it; others
     # in pieces, which OpenAI's SDK joins: the frontend was asked to run `get_wea` or
     # `get_` (reviewers'). One repeated stays as it is.
     start = {"index": 0, "id": "abc", "type": "function"}
-    fragments = [
-        {**start, "function": {"name": names[0], "arguments": ""}},
-        {**start, "function": {"name": names[1], "arguments": ""}},
-        {**start, "function": {"name": names[2], "arguments": '{"city": "Oslo"}'}},
-    ]
+    fragments = [{**start, "function": {"name": name, "arguments": ""}} for name in names]
+    fragments[-1]["function"]["arguments"] = '{"city": "Oslo"}'
     raw = [chunk({"tool_calls": [fragment]}) for fragment in fragments]
     upstream.push(Script(raw=[*raw, chunk({}, "tool_calls"), DONE]))
     events, error = run_provider(CASE.settings(upstream.url), TOOLS)
     assert error is None
     [call] = [event for event in events if isinstance(event, ToolCall)]
-    assert (call.name, call.args) == ("get_weather", {"city": "Oslo"})
+    assert (call.name, call.args) == (whole, {"city": "Oslo"})
 
 
 def test_arguments_given_as_an_object_are_taken(upstream: FakeUpstream) -> None:
@@ -891,15 +890,19 @@ def test_deepseek_is_asked_for_json_in_words_not_with_a_json_schema() -> None:
     body = deepseek_body(dataclasses.replace(HI, response_schema=listed))
     assert "response_format" not in body and json.dumps(listed) in body["messages"][0]["content"]
     # A union or a $ref of objects (pydantic's) keeps JSON mode (a first version lost it);
-    # a union, an enum or a $ref of anything else goes without (a second gave it to them).
-    for objects in ({"anyOf": [schema, schema]}, {"$ref": "#/$defs/N", "$defs": {"N": schema}}):
+    # a union, an enum or a $ref of anything else goes without (a second gave it to them);
+    # a schema that says nothing of the kind may be an object (a third ruled those out).
+    maybe = ({"anyOf": [schema, schema]}, {"$ref": "#/$defs/N", "$defs": {"N": schema}},
+             {}, {"required": ["answer"]}, {"type": ["object", "null"]})  # fmt: skip
+    for objects in maybe:
         body = deepseek_body(dataclasses.replace(HI, response_schema=objects))
-        assert body["response_format"] == {"type": "json_object"}
+        assert body["response_format"] == {"type": "json_object"}, objects
     for others in (
         {"anyOf": [listed, {"type": "null"}]},
         {"enum": ["yes", "no"]},
         {"const": 3},
         {"$ref": "#/$defs/L", "$defs": {"L": listed}},
+        {"allOf": [listed, {"properties": {"a": {}}}]},
     ):
         body = deepseek_body(dataclasses.replace(HI, response_schema=others))
         assert "response_format" not in body, others

@@ -396,30 +396,30 @@ def _with_schema_asked(system: str | None, schema: Mapping[str, Any]) -> str:
 
 
 def _maybe_object(schema: Any, root: Any = None, depth: int = 0) -> bool:
-    """Whether the reply a schema asks for may be an object, the one JSON mode writes (an
-    array, a scalar, an enum of them goes with the words alone: JSON mode would
-    contradict them): said by its `type`, its object keywords, a branch of its unions or
-    the target of its `$ref` (pydantic's), a few levels deep (reviewers')."""
+    """Whether the reply a schema asks for may be an object, the one JSON mode writes: yes
+    unless the schema rules objects out (an array or a scalar by its `type`, an enum of
+    them, a `$ref` or an `allOf` branch that does, a union none of whose branches may),
+    a few levels deep; ruled out, it goes with the words alone, JSON mode would
+    contradict them (reviewers')."""
     root = schema if root is None else root
     if depth > _MOST_LEVELS_LOOKED or not isinstance(schema, Mapping):
-        return False
+        return schema is not False
     kind = schema.get("type")
-    if isinstance(kind, str | list):
-        return kind == "object" or (isinstance(kind, list) and "object" in kind)
-    if "properties" in schema or "additionalProperties" in schema:
-        return True
-    listed = [*_listed(schema.get("enum")), *([schema["const"]] if "const" in schema else [])]
-    if any(isinstance(value, dict) for value in listed):
-        return True
+    if isinstance(kind, str):
+        return kind == "object"
+    if isinstance(kind, list):
+        return "object" in kind
+    if "enum" in schema or "const" in schema:
+        listed = [*_listed(schema.get("enum")), *([schema["const"]] if "const" in schema else [])]
+        return any(isinstance(value, dict) for value in listed)
     reference = schema.get("$ref")
-    inner = [
-        *_listed(schema.get("anyOf")),
-        *_listed(schema.get("oneOf")),
-        *_listed(schema.get("allOf")),
-    ]
+    every = _listed(schema.get("allOf"))
     if isinstance(reference, str) and reference.startswith("#"):
-        inner.append(resolve_pointer(root, unquote(reference[1:])))
-    return any(_maybe_object(part, root, depth + 1) for part in inner)
+        every = [*every, resolve_pointer(root, unquote(reference[1:]))]
+    if not all(_maybe_object(part, root, depth + 1) for part in every):
+        return False
+    unions = [_listed(schema.get(keyword)) for keyword in ("anyOf", "oneOf") if keyword in schema]
+    return all(any(_maybe_object(part, root, depth + 1) for part in union) for union in unions)
 
 
 _MOST_LEVELS_LOOKED = 8
@@ -762,7 +762,7 @@ class _ToolCalls:
         if not isinstance(function, dict):
             return
         name = function.get("name")
-        if isinstance(name, str) and name and not call.name.startswith(name):
+        if isinstance(name, str) and name and name != call.name:
             # Sent again grown (llama.cpp's, whole as its parser reads more) or in pieces
             # (OpenAI's SDK joins them: `get_`, then `weather`; a reviewer's).
             call.name = name if name.startswith(call.name) else call.name + name
