@@ -1000,3 +1000,39 @@ def test_kimi_forced_to_call_a_tool_is_told_not_to_think_or_asked_with_auto(
     body = OpenAIProvider(settings, "k")._body(forced)
     assert body.get("thinking") == sent
     assert body.get("tool_choice") == ("required" if sent else None)
+
+
+def test_mistral_is_sent_an_assistant_word_between_results_and_the_users_text() -> None:
+    # Mistral refuses a user message right after tool results (400 "Unexpected role 'user'
+    # after role 'tool'"): every tool loop's follow-up, which has the user's text, was.
+    settings = provider_settings("openai", "https://api.mistral.ai/v1", "m", "OPENAI_API_KEY")
+    turns = (
+        Turn("user", "Time?"),
+        Turn("assistant", "", tool_calls=(ToolCall("abcDEF123", "get_time", {}),)),
+        Turn("tool", "12:00", tool_call_id="abcDEF123", tool_name="get_time"),
+        Turn("user", "Thanks!"),
+    )
+    messages = OpenAIProvider(settings, "k")._body(Prompt(None, turns, (TIME,)))["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "assistant", "user"]
+    assert messages[3]["content"] and messages[4]["content"] == "Thanks!"
+
+
+@pytest.mark.parametrize(
+    ("base_url", "model", "effort", "temperature"),
+    [
+        ("https://api.groq.com/openai/v1", "qwen/qwen3-32b", "default", 0.5),  # none or default
+        ("https://api.groq.com/openai/v1", "openai/gpt-oss-120b", "low", 0.5),
+        ("https://api.mistral.ai/v1", "mistral-small-latest", "high", 0.5),  # high or none
+        ("https://api.moonshot.ai/v1", "kimi-k2.6", "low", None),  # its own temperature alone
+    ],
+)
+def test_a_server_is_sent_the_effort_and_temperature_it_takes(
+    base_url: str, model: str, effort: str, temperature: float | None
+) -> None:
+    """Each refused the other values, every request a 400 (a reviewer's)."""
+    thinking = provider_settings(
+        "openai", base_url, model, "OPENAI_API_KEY", thinking=True, temperature=0.5
+    )
+    assert OpenAIProvider(thinking, "k")._body(HI)["reasoning_effort"] == effort
+    plain = dataclasses.replace(thinking, thinking=False)
+    assert OpenAIProvider(plain, "k")._body(HI).get("temperature") == temperature

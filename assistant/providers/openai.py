@@ -210,6 +210,13 @@ class _Server:
     # Groq's and Mistral's refuse a `reasoning_content` they do not know: none sent back
     # there, not even one a call carries from another server (a base URL changed).
     takes_reasoning: bool = True
+    # Moonshot's Kimi K2.5 and later refuse any temperature but their own (400 "only 1 is
+    # allowed for this model"): none is sent there.
+    takes_temperature: bool = True
+    # The effort a thinking budget goes as, where a server takes only some (None: the
+    # budget's level): Groq's models other than gpt-oss take "none" or "default" alone,
+    # Mistral's small and medium "high" or "none".
+    effort: str | None = None
 
     @classmethod
     def at(cls, base_url: str, model: str) -> _Server:
@@ -217,6 +224,10 @@ class _Server:
         deepseek = _at(host, "deepseek.com")
         moonshot = _at(host, "moonshot.ai") or _at(host, "moonshot.cn")
         mistral = _at(host, "mistral.ai")
+        groq = _at(host, "groq.com")
+        effort = "high" if mistral else None
+        if groq and "gpt-oss" not in model.lower():
+            effort = "default"
         return cls(
             reasoning_back=deepseek or moonshot,
             thinks_unasked=deepseek or moonshot,
@@ -224,7 +235,9 @@ class _Server:
             json_mode_only=deepseek,
             mistral=mistral,
             keeps_reasoning_too=_at(host, "openrouter.ai"),
-            takes_reasoning=not (mistral or _at(host, "groq.com")),
+            takes_reasoning=not (mistral or groq),
+            takes_temperature=not moonshot,
+            effort=effort,
         )
 
 
@@ -258,8 +271,13 @@ class OpenAIProvider(HttpProvider):
             else:
                 body["thinking"] = {"type": "disabled"}
         if self.settings.thinking and "thinking" not in body:
-            body["reasoning_effort"] = _reasoning_effort(self.settings.thinking_budget)
-        elif self.settings.temperature is not None and not reasons(self.settings.model):
+            effort = server.effort or _reasoning_effort(self.settings.thinking_budget)
+            body["reasoning_effort"] = effort
+        elif (
+            self.settings.temperature is not None
+            and not reasons(self.settings.model)
+            and server.takes_temperature
+        ):
             # those take none but their own ("Only the default (1) value is supported")
             body["temperature"] = self.settings.temperature
         if prompt.tools:
@@ -449,13 +467,25 @@ def _messages(message: Message, server: _Server) -> list[dict[str, Any]]:
             turn["reasoning_content"] = reasoning
         return [turn]
     # Never empty, and no two texts in a row (base._append joins them).
-    return [
-        {"role": "tool", "tool_call_id": _call_id(part.call_id, server), "content": part.content}
-        if isinstance(part, ToolResult)
-        else {"role": "user", "content": part}
-        for part in message.parts
-        if isinstance(part, ToolResult | str)
-    ]
+    messages: list[dict[str, Any]] = []
+    for part in message.parts:
+        if isinstance(part, ToolResult):
+            content = part.content
+            messages.append(
+                {"role": "tool", "tool_call_id": _call_id(part.call_id, server), "content": content}
+            )
+        elif isinstance(part, str):
+            if server.mistral and messages and messages[-1]["role"] == "tool":
+                # Mistral refuses a user message right after results (400 "Unexpected role
+                # 'user' after role 'tool'"): every follow-up of a tool loop was refused.
+                messages.append({"role": "assistant", "content": _BRIDGE})
+            messages.append({"role": "user", "content": part})
+    return messages
+
+
+# What stands between tool results and the user's text where a server takes no user
+# message after results (Mistral's): said as the assistant, of the results.
+_BRIDGE = "(I have the tools' results.)"
 
 
 def _call_id(call_id: str, server: _Server) -> str:
