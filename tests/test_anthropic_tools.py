@@ -1438,13 +1438,31 @@ BASE = {
             },
             "a $ref below an inner $id",
         ),
+        (  # said open by unevaluatedProperties, beside properties {}: a map (sent as {})
+            {
+                "type": "object",
+                "properties": {
+                    "meta": {"type": "object", "properties": {}, "unevaluatedProperties": True}
+                },
+            },
+            "an object whose keys it does not name",
+        ),
+        (  # a pointer by URI, the schema's own $id: said so (it was called an anchor)
+            {
+                "$id": "https://example.com/reply.json",
+                "type": "object",
+                "properties": {"a": {"$ref": "https://example.com/reply.json#/$defs/A"}},
+                "$defs": {"A": {"type": "string"}},
+            },
+            "or by URI",
+        ),
         (  # a reference by anchor, not a pointer
             {
                 "$defs": {"N": {"$anchor": "node", "type": "object", "properties": {}}},
                 "type": "object",
                 "properties": {"n": {"$ref": "#node"}},
             },
-            "a reference by $anchor",
+            "by $anchor or $dynamicRef name",
         ),
         # Keys beyond a $ref's (or a union's) objects given a schema, with no "type" said
         # (2020-12's way to extend a referenced object): lost unseen (a reviewer's).

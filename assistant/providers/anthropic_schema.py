@@ -301,7 +301,11 @@ def sent_form(schema: Mapping[str, Any]) -> tuple[str | None, dict[str, Any] | N
     if problem == "recursion":
         return "a recursive schema (a $ref to a schema it is inside)", None
     if problem == "an anchor":
-        return "a reference by $anchor or $dynamicRef name (only $ref pointers are taken)", None
+        return (
+            "a reference that is no local pointer: by $anchor or $dynamicRef name, or by URI"
+            " (only $ref pointers from #/ are taken)",
+            None,
+        )
     if problem is not None:
         return f"more than {MOST_REFERENCES} references", None
     if "$defs" in schema and not isinstance(schema["$defs"], Mapping):
@@ -400,7 +404,14 @@ class _Walk:
             raise _TooLarge
 
 
-_MOST_STEPS = 100_000  # parts and names read: ~0.1-0.3 s at most, on the request's thread
+_MOST_STEPS = 100_000
+# The keywords that say what of an object's keys beyond its properties: set to anything
+# but false, beside `properties: {}`, a map (`unevaluatedProperties: true` too: sent
+# closed as {}, a reviewer's).
+_OTHER_KEYS = (
+    "additionalProperties",
+    "unevaluatedProperties",
+)  # parts and names read: ~0.1-0.3 s at most, on the request's thread
 
 
 def _unheld(node: Any, root: Mapping[str, Any], walk: _Walk) -> str | None:
@@ -415,7 +426,8 @@ def _unheld(node: Any, root: Mapping[str, Any], walk: _Walk) -> str | None:
         # model with no fields, in a union of actions), closed as it means (it was
         # refused as a map). Said open (`additionalProperties: true`), a map.
         own = node.get("properties")
-        named = bool(own) or (own == {} and "additionalProperties" not in node)
+        said_open = any(node.get(k) not in (None, False) for k in _OTHER_KEYS)
+        named = bool(own) or (own == {} and not said_open)
         if not named and ("patternProperties" in node or extra is not False):
             return "an object whose keys it does not name"
         # Keys beyond its properties given a schema of their own are meant (a map beside
