@@ -470,10 +470,8 @@ def _messages(message: Message, server: _Server) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = []
     for part in message.parts:
         if isinstance(part, ToolResult):
-            content = part.content
-            messages.append(
-                {"role": "tool", "tool_call_id": _call_id(part.call_id, server), "content": content}
-            )
+            call_id = _call_id(part.call_id, server)
+            messages.append({"role": "tool", "tool_call_id": call_id, "content": part.content})
         elif isinstance(part, str):
             if server.mistral and messages and messages[-1]["role"] == "tool":
                 # Mistral refuses a user message right after results (400 "Unexpected role
