@@ -236,9 +236,10 @@ def _emit_call(call: _Call, state: _State) -> None:
     # What streamed wins over what came at the start, as Anthropic's SDK reads it: a
     # gateway sends both, and joined they were two objects, the arguments lost (a
     # reviewer's).
+    # Those given stand in for none streamed, or for streamed ones cut short.
     streamed = "".join(call.fragments)
-    args, error = parse_arguments(streamed if streamed.strip() else call.given)
-    if error is not None and call.given:  # streamed ones cut short: those given whole
+    args, error = parse_arguments(streamed)
+    if call.given and (error is not None or not streamed.strip()):
         args, error = parse_arguments(call.given)
     signature = encode_thinking(state.done_thinking) if state.done_thinking else None
     state.done_thinking = []
