@@ -480,6 +480,13 @@ def thinks_adaptively(provider: str, model: str) -> bool:
     return claude_at_least(provider, model, (4, 6))
 
 
+def thinks_always(provider: str, model: str) -> bool:
+    """Whether the model thinks whatever a request says: Claude 5 and later think
+    unless told not to, and most refuse being told (`disabled`, a 400), as they refuse a
+    forced tool call (providers/anthropic.py)."""
+    return claude_at_least(provider, model, (5, 0))
+
+
 def claude_at_least(provider: str, model: str, version: tuple[int, int]) -> bool:
     """Whether `model` is a Claude of `version` or later, by the version in its name (a
     name that says none is not)."""
@@ -488,9 +495,15 @@ def claude_at_least(provider: str, model: str, version: tuple[int, int]) -> bool
 
 
 def claude_version(provider: str, model: str) -> tuple[int, int] | None:
-    """The Claude version `model`'s name says (None: none, or not Anthropic's provider)."""
-    named = _CLAUDE_VERSION.search(model) if provider == "anthropic" else None
-    return None if named is None else (int(named[1]), int(named[2] or 0))
+    """The Claude version `model`'s name says (None: none, or not Anthropic's provider).
+    Claude Mythos Preview's name says none: it is taken as the Opus 4.7 it came beside,
+    whose rules it keeps (adaptive thinking only: a budget is a 400)."""
+    if provider != "anthropic":
+        return None
+    named = _CLAUDE_VERSION.search(model)
+    if named is None:
+        return (4, 7) if "claude-mythos-preview" in model else None
+    return (int(named[1]), int(named[2] or 0))
 
 
 # The version in a model's name: claude-opus-4-7, claude-3-5-sonnet-20241022,

@@ -112,6 +112,42 @@ def test_the_cached_part_of_a_prompt_counts_whatever_message_delta_leaves_out(
     assert (run.chain.usage.input_tokens, run.chain.usage.output_tokens) == (3012, 5)
 
 
+def test_a_thinking_block_that_shows_nothing_yet_restarts_the_wait_for_a_first_chunk(
+    upstream: FakeUpstream,
+) -> None:
+    """A model that thinks unasked (Claude 5 on) streams its block's start, then pings,
+    then only the signature: a reviewer's reply was cut as silent while it thought.
+    (Pings are no progress, so here none come.)"""
+
+    def event(data: dict[str, object]) -> bytes:
+        return f"event: {data['type']}\ndata: {json.dumps(data)}\n\n".encode()
+
+    def block(index: int, kind: str, delta: dict[str, str]) -> list[bytes]:
+        start = {"type": kind, kind: "", **({"signature": ""} if kind == "thinking" else {})}
+        return [
+            event({"type": "content_block_start", "index": index, "content_block": start}),
+            event({"type": "content_block_delta", "index": index, "delta": delta}),
+            event({"type": "content_block_stop", "index": index}),
+        ]
+
+    thinking = block(0, "thinking", {"type": "signature_delta", "signature": "EqQBCkYIBxgC"})
+    upstream.push(
+        Script(
+            raw=[
+                event({"type": "message_start", "message": {"usage": {"input_tokens": 5}}}),
+                thinking[0],
+                *thinking[1:],  # its end 0.8 s after its start, 1.2 s after the request
+                *block(1, "text", {"type": "text_delta", "text": "42."}),
+                event({"type": "message_delta", "delta": {"stop_reason": "end_turn"}}),
+                event({"type": "message_stop"}),
+            ],
+            interval=0.4,
+        )
+    )
+    run = run_chain([CASE.provider(upstream.url)], Timeouts(connect=1, first_chunk=1, idle=2))
+    assert run.outcomes == ["ok"], [error and error.detail for error in run.errors]
+
+
 def test_thinking_blocks_in_a_row_stay_blocks_of_their_own(upstream: FakeUpstream) -> None:
     """A thinking block, a redacted one, another thinking block: the two texts ran together
     ("First part.Second part.") in the answer and the saved thinking (a reviewer's)."""

@@ -401,6 +401,8 @@ def test_thinking_stays_on_with_tools_offered(upstream: FakeUpstream) -> None:
         ("claude-opus-4-7", {"type": "adaptive", "display": "summarized"}),
         ("us.anthropic.claude-opus-4-7-v1:0", {"type": "adaptive", "display": "summarized"}),
         ("claude-fable-5", {"type": "adaptive", "display": "summarized"}),
+        # Its name says no version: a budget was sent, and refused (a 400 each time).
+        ("claude-mythos-preview", {"type": "adaptive", "display": "summarized"}),
     ],
 )
 def test_newer_models_think_adaptively(
@@ -417,6 +419,7 @@ def test_newer_models_think_adaptively(
         ("claude-opus-4-7", None),  # "`temperature` is deprecated for this model": a 400
         ("us.anthropic.claude-opus-4-7-v1:0", None),
         ("claude-fable-5", None),
+        ("claude-mythos-preview", None),
         ("a-proxys-own-name", 0.5),
     ],
 )
@@ -433,6 +436,21 @@ def test_a_forced_call_turns_thinking_off(upstream: FakeUpstream, choice: ToolCh
     body = sent(upstream, ask(choice=choice), thinking=True, temperature=0.5)
     assert "thinking" not in body and body["temperature"] == 0.5
     assert body["tool_choice"]["type"] in ("any", "tool")
+
+
+@pytest.mark.parametrize(
+    "model", ["claude-opus-5", "claude-sonnet-5-5", "claude-opus-5-5", "claude-fable-5-1"]
+)
+@pytest.mark.parametrize("choice", ["required", NamedTool("get_weather")], ids=str)
+def test_a_model_that_always_thinks_is_asked_with_thinking_and_no_forced_call(
+    upstream: FakeUpstream, model: str, choice: ToolChoice
+) -> None:
+    """Claude 5 on think whatever a request says, and refuse a forced call (a 400 on
+    every such request: a reviewer's, from Anthropic's migration guides): the model
+    chooses, and its thinking is asked to stream, thinking on or off."""
+    body = sent(upstream, ask(choice=choice), thinking=False, temperature=0.5, model=model)
+    assert body["thinking"] == {"type": "adaptive", "display": "summarized"}
+    assert "tool_choice" not in body and "temperature" not in body
 
 
 def test_thinking_blocks_go_back_first_in_the_assistant_turn(upstream: FakeUpstream) -> None:

@@ -59,7 +59,7 @@ from typing import Any
 
 import httpx
 
-from ..config import claude_at_least, claude_version, thinks_adaptively
+from ..config import claude_at_least, claude_version, thinks_adaptively, thinks_always
 from ..request import shows_nothing
 from ..tools import NamedTool, ToolCall, parse_arguments, with_nothing_refused_at_the_top
 from .anthropic_schema import compiled_form
@@ -182,6 +182,9 @@ def _on_block_start(data: dict[str, Any], state: _State) -> None:
     if kind == "text" and block.get("text"):
         state.out.append(TextDelta(block["text"]))
     elif kind == "thinking":
+        # The model is thinking, shown or not (a model that thinks unasked streams a
+        # block with no text until its signature): the wait for a first chunk restarts.
+        state.out.append(WORKING)
         state.thinking[index] = {
             "type": "thinking",
             "thinking": block.get("thinking") or "",
@@ -431,8 +434,10 @@ class AnthropicProvider(HttpProvider):
         messages = conversation(prompt.turns)
         loop_thinks = _open_loop_thinks(messages)
         # A loop keeps the setting it began with; a new turn forced to call goes without.
-        thinking = self.settings.thinking and (
-            loop_thinks if loop_thinks is not None else not _forces_a_call(prompt)
+        # Claude 5 on think whatever is asked: asked to, their thinking streams.
+        thinking = thinks_always(self.name, self.settings.model) or (
+            self.settings.thinking
+            and (loop_thinks if loop_thinks is not None else not _forces_a_call(prompt))
         )
         body: dict[str, Any] = {
             "model": self.settings.model,
@@ -455,7 +460,7 @@ class AnthropicProvider(HttpProvider):
                 for spec in map(with_nothing_refused_at_the_top, prompt.tools)
             ]
             # With thinking on, the API refuses a forced call: inside a loop that
-            # thinks, the model is left to choose ("auto").
+            # thinks, or of a model that always does, the model is left to choose ("auto").
             choice = None if thinking and _forces_a_call(prompt) else _tool_choice(prompt)
             if choice is not None:
                 body["tool_choice"] = choice
