@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import re
 from typing import Any
 
@@ -174,6 +175,33 @@ def test_max_tokens_after_a_call_stays_max_tokens(upstream: FakeUpstream) -> Non
     assert isinstance(events[-1], StreamEnd) and events[-1].stop_reason == "max_tokens"
 
 
+def test_a_call_gemini_marks_unexpected_is_left_out(upstream: FakeUpstream) -> None:
+    """UNEXPECTED_TOOL_CALL: a call with no tools enabled or under toolChoice none (a
+    reviewer's, after reports of Gemini 2.5 Pro doing so): it was handed on as a call
+    to run; only the text beside it is kept."""
+    event = {
+        "candidates": [
+            {
+                "content": {
+                    "role": "model",
+                    "parts": [
+                        {"text": "Sunny."},
+                        {"functionCall": {"name": "get_weather", "args": {"city": "Oslo"}}},
+                    ],
+                },
+                "finishReason": "UNEXPECTED_TOOL_CALL",
+            }
+        ],
+        "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 8},
+    }
+    upstream.push(Script(raw=[f"data: {json.dumps(event)}\r\n\r\n".encode()]))
+    events, error = run_provider(settings_for(upstream.url))
+    assert error is None
+    assert events[0] == TextDelta("Sunny.")
+    assert isinstance(events[1], StreamEnd) and events[1].stop_reason == "other"
+    assert len(events) == 2
+
+
 # -- b. the fake's own tool calls, decoded by the real provider ---------------------------
 
 
@@ -284,6 +312,26 @@ def test_tool_choice_is_function_calling_config(
 def test_no_tools_no_tool_fields(upstream: FakeUpstream) -> None:
     body = body_of(upstream, ask())
     assert "tools" not in body and "toolConfig" not in body
+
+
+@pytest.mark.parametrize("model", [FLASH_25, FLASH_3])
+def test_a_history_with_calls_and_no_tools_offered_declares_them_callable_by_none(
+    upstream: FakeUpstream, model: str
+) -> None:
+    """Gemini 3 refuses a functionResponse naming no declared tool (a 400 on every
+    question after a tool loop that offers no tools: a reviewer's, after others' live
+    reports): the tools the history called are declared, and none may be called."""
+    paris = ToolCall("8sj2kq0d", "get_weather", {"city": "Paris"}, signature=SIG2)
+    turns = (
+        Turn("user", "Weather in Paris?"),
+        Turn("assistant", "", tool_calls=(paris,)),
+        Turn("tool", "21", tool_call_id=paris.id, tool_name=paris.name),
+        Turn("user", "Thanks!"),
+    )
+    body = body_of(upstream, ask(turns=turns), settings_for(upstream.url, model=model))
+    declared = {"name": "get_weather", "parametersJsonSchema": {"type": "object"}}
+    assert body["tools"] == [{"functionDeclarations": [declared]}]
+    assert body["toolConfig"] == {"functionCallingConfig": {"mode": "NONE"}}
 
 
 def test_history_with_calls_and_results(upstream: FakeUpstream) -> None:

@@ -78,6 +78,7 @@ from .base import (
     ThinkingDelta,
     ToolResult,
     Usage,
+    called_in,
     changed_call_id,
     conversation,
     keeps_call_id,
@@ -464,7 +465,7 @@ class AnthropicProvider(HttpProvider):
             choice = None if thinking and _forces_a_call(prompt) else _tool_choice(prompt)
             if choice is not None:
                 body["tool_choice"] = choice
-        elif called := list(dict.fromkeys(c.name for m in messages for c in m.calls)):
+        elif called := called_in(messages):
             # The API refuses tool_use blocks in a request that declares no tools: the
             # tools the history called are declared, and none may be called now.
             body["tools"] = [_tool(name, "", {"type": "object"}) for name in called]

@@ -412,6 +412,13 @@ def normalised_stop_reason(
     return reason
 
 
+def called_in(messages: list[Message]) -> list[str]:
+    """The names of the tools `messages` called, each once, in order. Anthropic and
+    Gemini 3 refuse calls in a request that declares no tools: they are sent these,
+    callable by none."""
+    return list(dict.fromkeys(call.name for message in messages for call in message.calls))
+
+
 def conversation(turns: tuple[Turn, ...]) -> list[Message]:
     """Turns as providers want them: alternating, and starting with the user.
 

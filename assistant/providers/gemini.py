@@ -60,6 +60,7 @@ from .base import (
     ThinkingDelta,
     ToolResult,
     Usage,
+    called_in,
     conversation,
     normalised_stop_reason,
     token_count,
@@ -127,8 +128,9 @@ class GeminiProvider(HttpProvider):
         return status == 401 or (status == 400 and b"API_KEY_INVALID" in body)
 
     def _body(self, prompt: Prompt) -> dict[str, Any]:
+        messages = conversation(prompt.turns)
         body: dict[str, Any] = {
-            "contents": [_content(m) for m in conversation(prompt.turns)],
+            "contents": [_content(m) for m in messages],
             "generationConfig": {"maxOutputTokens": self.settings.max_tokens},
         }
         if prompt.system:
@@ -136,6 +138,17 @@ class GeminiProvider(HttpProvider):
         if self._sends_tools(prompt):
             body["tools"] = [{"functionDeclarations": [_declaration(t) for t in prompt.tools]}]
             body["toolConfig"] = {"functionCallingConfig": _calling_config(prompt.tool_choice)}
+        elif (called := called_in(messages)) and (
+            self.schema_with_tools or prompt.response_schema is None
+        ):
+            # Gemini 3 refuses a functionResponse naming no declared tool (a bare 400 on
+            # every question after a tool loop that offers no tools): the tools the
+            # history called are declared, and none may be called now.
+            declared = [
+                {"name": name, "parametersJsonSchema": {"type": "object"}} for name in called
+            ]
+            body["tools"] = [{"functionDeclarations": declared}]
+            body["toolConfig"] = {"functionCallingConfig": {"mode": "NONE"}}
         config = body["generationConfig"]
         if self.settings.temperature is not None:
             config["temperature"] = self.settings.temperature
@@ -236,8 +249,13 @@ class _Decoder:
                         counts.get("candidatesTokenCount") or counts.get("thoughtsTokenCount")
                     )
                 before = len(out)
+                # A call Gemini itself marks as not allowed (no tools enabled, or
+                # toolChoice none) is not the frontend's to run: it is left out.
+                unexpected = candidate.get("finishReason") == "UNEXPECTED_TOOL_CALL"
                 for part in (candidate.get("content") or {}).get("parts") or []:
                     call = part.get("functionCall")
+                    if isinstance(call, dict) and unexpected:
+                        continue
                     if isinstance(call, dict):
                         self._calls += 1
                         our_id = f"{_OUR_ID_PREFIX}{self._reply}-{self._calls}"

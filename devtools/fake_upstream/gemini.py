@@ -17,7 +17,8 @@ API never sends that: it ends with ``MALFORMED_FUNCTION_CALL`` instead). The fin
 together with ``responseMimeType: application/json`` (by models before Gemini 3), a declaration
 with both ``parameters`` and ``parametersJsonSchema``, a ``functionResponse.response`` that is
 no object, a ``$ref`` beside keywords not starting with ``$`` in a ``parametersJsonSchema`` or
-the ``responseJsonSchema`` (Google's documentation says none may be set).
+the ``responseJsonSchema`` (Google's documentation says none may be set), and, by Gemini 3, a
+``functionResponse`` naming no declared function (as others report the real API does).
 """
 
 from __future__ import annotations
@@ -85,6 +86,13 @@ class Gemini(Format):
         json_answer = config.get("responseMimeType") == "application/json"
         if declarations and json_answer and not _GEMINI_3_ON.match(model or ""):
             return 400, f"Function calling with a response mime type: {JSON!r} is unsupported"
+        declared = {declaration.get("name") for declaration in declarations}
+        for content in _dicts(body.get("contents")):
+            for part in _dicts(content.get("parts")):
+                response = part.get("functionResponse")
+                named = response.get("name") if isinstance(response, dict) else None
+                if named is not None and named not in declared and _GEMINI_3_ON.match(model or ""):
+                    return 400, "Request contains an invalid argument."
         return None
 
     @classmethod
