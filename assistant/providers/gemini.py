@@ -19,7 +19,8 @@ give no `id`: we make one (`gemini-call-...`), and never send such an id back,
 as the model never saw it. Gemini says STOP after calls too, so a STOP reply
 that made calls ends with `tool_use`. A call the model botched arrives as no
 part at all but as `finishReason: MALFORMED_FUNCTION_CALL` (stop reason
-`other`). Choices in the request, each where it is made: declarations as
+`other`); one it was not allowed to make, with `UNEXPECTED_TOOL_CALL`, is left
+out. Choices in the request, each where it is made: declarations as
 `parametersJsonSchema` (full JSON Schema), tool choice as
 `toolConfig.functionCallingConfig`, history as `functionCall` and
 `functionResponse` parts, no response schema alongside tools before Gemini 3 (with
