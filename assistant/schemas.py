@@ -870,7 +870,9 @@ def _schema_references(schema: Mapping[str, Any]) -> list[_Reference]:
                     stack.append((entry, sub, entry if key in _DEFINITIONS else defined_in))
             else:
                 applied = key in _APPLIED or (draft_3 and key in _DRAFT_3_APPLIED)
-                held = defined_in if applied or defined_in is not None else child
+                # Under a non-keyword, even inside a definition, a schema is data: an
+                # `x-links` in a definition naming it was read as a recursion (a reviewer's).
+                held = defined_in if applied else child
                 stack.append((child, value, held))
     return found
 

@@ -1238,6 +1238,7 @@ def test_formats_and_patterns_anthropic_does_not_hold_go_in_the_description(
 MAP = {"type": "object", "additionalProperties": {"type": "integer"}}
 EXTRA = {"properties": {"extra": {"type": "string"}}, "required": ["extra"]}
 CLOSED_A = {"type": "object", "properties": {"a": {"type": "integer"}}}
+Z_DEFS = {"R": {"required": ["z"]}, "Z": EXTRA | {"type": "object"}}
 CAT = {"type": "object", "properties": {"kind": {"const": "cat"}, "meow": {}}, "required": ["kind"]}
 DOG = {"type": "object", "properties": {"kind": {"const": "dog"}, "bark": {}}, "required": ["kind"]}
 OBJECTS_ALL_OF = {
@@ -1569,7 +1570,31 @@ BASE = {
                 {"if": {"required": ["kind"]}, "else": {"required": ["z"]}},
                 {"dependentRequired": {"kind": ["z"]}},
                 {"dependentSchemas": {"kind": {"required": ["z"]}}},
+                # Objects there require as well: nothing under them is sent (a reviewer's).
+                {"if": {"required": ["kind"]}, "then": {"type": "object", "required": ["z"]}},
+                {"if": {"required": ["kind"]}, "else": EXTRA},
+                {"if": {"required": ["kind"]}, "then": {"$ref": "#/$defs/Z"}, "$defs": Z_DEFS},
+                {"dependentSchemas": {"kind": {"type": "object", "required": ["z"]}}},
             ]
+        ),
+        # A $ref's object beside an allOf's: closed, each refuses the other's keys.
+        (
+            {**BASE, "$ref": "#/$defs/Base", "allOf": [EXTRA]},
+            "allOf over objects",
+        ),
+        # Keys it does not name, said of by propertyNames or minProperties: closed as {},
+        # no answer held them (a reviewer's).
+        (
+            {"type": "object", "properties": {}, "propertyNames": {"pattern": "^[a-z]+$"}},
+            "an object whose keys it does not name",
+        ),
+        (
+            {"type": "object", "properties": {}, "minProperties": 1},
+            "an object that requires more keys than it names",
+        ),
+        (
+            {"type": "object", "properties": {"a": {}}, "minProperties": 2},
+            "an object that requires more keys than it names",
         ),
         # A base's object beside variants' objects (2020-12's "base plus variants"):
         # closed, each refuses the other's keys (a reviewer's).
@@ -1762,6 +1787,19 @@ def test_a_schema_at_anthropics_limits_is_sent(upstream: FakeUpstream) -> None:
                 {"type": "object", "properties": {"go": {"type": "string"}}, "required": ["go"]},
                 {"type": "object", "properties": {}, "title": "Stop"},
             ]
+        },
+        # A recursion under an x- key inside a definition in use: data, as anywhere else
+        # (it was read as applied, the schema refused as recursive: a reviewer's).
+        {
+            "$defs": {
+                "Node": {
+                    "type": "object",
+                    "properties": {"a": {"type": "string"}},
+                    "x-links": {"self": {"$ref": "#/$defs/Node"}},
+                }
+            },
+            "type": "object",
+            "properties": {"n": {"$ref": "#/$defs/Node"}},
         },
         # An unused recursive type among OpenAPI's components: data until referred to (it
         # refused every schema built from them).

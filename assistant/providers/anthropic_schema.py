@@ -423,10 +423,19 @@ def _unheld(node: Any, root: Mapping[str, Any], walk: _Walk) -> str | None:
         # model with no fields, in a union of actions), closed as it means (it was
         # refused as a map). Said open (`additionalProperties: true`), a map.
         own = node.get("properties")
-        said_open = any(node.get(k) not in (None, False) for k in _OTHER_KEYS)
+        # `propertyNames` speaks of keys it does not name (a map's): closed as {}, the
+        # map's data was lost unseen (a reviewer's).
+        said_open = "propertyNames" in node or any(
+            node.get(k) not in (None, False) for k in _OTHER_KEYS
+        )
         named = bool(own) or (own == {} and not said_open)
         if not named and ("patternProperties" in node or extra is not False):
             return "an object whose keys it does not name"
+        least = node.get("minProperties")
+        if isinstance(least, int) and least > len(own if isinstance(own, Mapping) else ()):
+            # Closed, it could never hold that many (`properties: {}, minProperties: 1`,
+            # sent as {}: no answer passed the check, a reviewer's).
+            return "an object that requires more keys than it names"
         # Keys beyond its properties given a schema of their own are meant (a map beside
         # named keys): closed, the model could not write them, and the reply would still
         # pass the check, the data lost unseen. (`true` only lets them be: closed is fine.)
@@ -434,9 +443,11 @@ def _unheld(node: Any, root: Mapping[str, Any], walk: _Walk) -> str | None:
             return "an object that takes keys beyond its properties"
     branches = node.get("allOf")
     if isinstance(branches, list):
-        # Each object closed refuses the others' keys: two or more can hold nothing.
+        # Each object closed refuses the others' keys: two or more can hold nothing (its
+        # own `$ref`'s too: a reviewer's, sent closed).
         objects = sum(_is_object(_dereferenced(branch, root)) for branch in branches)
-        if objects + bool(node.get("properties")) >= 2:
+        referred = "$ref" in node and _is_object(_dereferenced(node, root))
+        if objects + bool(node.get("properties")) + referred >= 2:
             return "allOf over objects"
         if any(isinstance(b, Mapping) and "$ref" in b for b in branches) and not _as_any_of(node):
             return "a $ref in an allOf not of one branch alone (Anthropic takes none there)"
@@ -558,31 +569,35 @@ def _required_in_place(node: Mapping[str, Any], root: Mapping[str, Any], walk: _
     """The keys `node` requires, its own and those its parts written in place require,
     however deep: its `allOf`'s (`{"anyOf": [A], "allOf": [{"required": ["z"]}]}`), and,
     as if always, its `then`'s, `else`'s and dependent maps' (`{"anyOf": [A, B], "if":
-    ..., "then": {"required": ["z"]}}`, a key no alternative names), through `$ref`s to
-    what is no object and a part's unions of requirements (reviewers'). The objects
-    among them are not followed: their keys are theirs (`_objects_in_place`), and the
-    node's own branches are its alternatives. Each part read counts against `walk` (a
-    union behind a `$ref` 199 properties use was read 199 times: 0.85 s)."""
+    ..., "then": {"required": ["z"]}}`, a key no alternative names), through `$ref`s and
+    a part's unions of requirements (reviewers'). The objects sent (an `allOf`'s, a
+    `$ref`'s) are not followed: their keys are theirs (`_objects_in_place`), and the
+    node's own branches are its alternatives; but under a `then`, an `else` or a
+    dependent map nothing is sent, and an object there requires as any part does
+    (`"then": {"type": "object", "required": ["z"]}` was sent: a reviewer's). Each part
+    read counts against `walk` (a union behind a `$ref` 199 properties use was read 199
+    times: 0.85 s)."""
     names: list[str] = []
-    waiting = [node]
+    waiting = [(node, False)]  # a part, and whether it is under what is not sent
     seen = {id(node)}
     while waiting:
-        part = waiting.pop()
+        part, unsent = waiting.pop()
         walk.step()
         names += _strings(part.get("required"))
-        inner = [*_listed(part.get("allOf")), part.get("then"), part.get("else")]
-        if part is not node:
-            inner += _branches(part)
+        sent = [*_listed(part.get("allOf")), *(_branches(part) if part is not node else [])]
+        if "$ref" in part:
+            sent.append(_dereferenced(part, root))
+        conditional = [part.get("then"), part.get("else")]
         for keyword in _IN_PLACE_MAPS:
             if isinstance(value := part.get(keyword), Mapping):
-                inner += value.values()
-        names += [name for names_list in inner for name in _strings(names_list)]
-        if "$ref" in part and not _is_object(target := _dereferenced(part, root)):
-            inner.append(target)
-        for schema in inner:
-            if isinstance(schema, Mapping) and id(schema) not in seen and not _is_object(schema):
+                conditional += value.values()
+        names += [name for names_list in conditional for name in _strings(names_list)]
+        inner = [(schema, unsent) for schema in sent] + [(schema, True) for schema in conditional]
+        for schema, under in inner:
+            followed = under or not _is_object(schema) if isinstance(schema, Mapping) else False
+            if followed and id(schema) not in seen:
                 seen.add(id(schema))
-                waiting.append(schema)
+                waiting.append((schema, under))
     return names
 
 
