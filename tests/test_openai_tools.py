@@ -903,9 +903,32 @@ def test_deepseek_is_asked_for_json_in_words_not_with_a_json_schema() -> None:
         {"const": 3},
         {"$ref": "#/$defs/L", "$defs": {"L": listed}},
         {"allOf": [listed, {"properties": {"a": {}}}]},
+        # An anchor's name, read as a pointer, led back to the root (a reviewer's).
+        {"$ref": "#list", "$defs": {"L": {"$anchor": "list", **listed}}},
     ):
         body = deepseek_body(dataclasses.replace(HI, response_schema=others))
         assert "response_format" not in body, others
+
+
+def test_deepseeks_json_mode_is_worked_out_within_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An allOf of $refs to allOfs of them, four levels of 40: 8 s of the I/O loop per
+    request, minutes at 100 (a reviewer's). The parts looked at are bounded: past the
+    bound, what is not looked at may be an object."""
+    monkeypatch.setattr(openai, "MOST_SCHEMA_OBJECTS", 10)
+    listed = {"type": "array", "items": {"type": "string"}}
+    late = {"allOf": [*[{"description": "fine"}] * 10, listed]}  # its array past the bound
+    assert deepseek_body(dataclasses.replace(HI, response_schema=late))["response_format"]
+    early = {"allOf": [listed, *[{"description": "fine"}] * 10]}
+    assert "response_format" not in deepseek_body(dataclasses.replace(HI, response_schema=early))
+
+
+@pytest.mark.parametrize("host", ["api.deepseek.com.", "API.DeepSeek.com:443"])
+def test_a_servers_host_is_told_written_any_way(host: str) -> None:
+    settings = provider_settings(
+        "openai", f"https://{host}/v1", "deepseek-v4-flash", "OPENAI_API_KEY"
+    )
+    body = OpenAIProvider(settings, "k")._body(dataclasses.replace(HI, response_schema={}))
+    assert body["response_format"] == {"type": "json_object"}
 
 
 @pytest.mark.parametrize("thinking", [False, True])

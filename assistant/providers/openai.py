@@ -78,7 +78,7 @@ from urllib.parse import unquote
 
 import httpx
 
-from ..schema_bounds import UNHELD_IN_PATTERNS
+from ..schema_bounds import MOST_SCHEMA_OBJECTS, UNHELD_IN_PATTERNS
 from ..schemas import rebuilt, resolve_pointer
 from ..tools import (
     NamedTool,
@@ -220,7 +220,7 @@ class _Server:
 
     @classmethod
     def at(cls, base_url: str, model: str) -> _Server:
-        host = (httpx.URL(base_url).host or "").lower()
+        host = (httpx.URL(base_url).host or "").lower().rstrip(".")  # "api.deepseek.com." too
         deepseek = _at(host, "deepseek.com")
         moonshot = _at(host, "moonshot.ai") or _at(host, "moonshot.cn")
         mistral = _at(host, "mistral.ai")
@@ -413,31 +413,44 @@ def _with_schema_asked(system: str | None, schema: Mapping[str, Any]) -> str:
     return f"{system}\n\n{asked}" if system else asked
 
 
-def _maybe_object(schema: Any, root: Any = None, depth: int = 0) -> bool:
+def _maybe_object(schema: Any) -> bool:
     """Whether the reply a schema asks for may be an object, the one JSON mode writes: yes
     unless the schema rules objects out (an array or a scalar by its `type`, an enum of
     them, a `$ref` or an `allOf` branch that does, a union none of whose branches may),
-    a few levels deep; ruled out, it goes with the words alone, JSON mode would
-    contradict them (reviewers')."""
-    root = schema if root is None else root
-    if depth > _MOST_LEVELS_LOOKED or not isinstance(schema, Mapping):
-        return schema is not False
-    kind = schema.get("type")
-    if isinstance(kind, str):
-        return kind == "object"
-    if isinstance(kind, list):
-        return "object" in kind
-    if "enum" in schema or "const" in schema:
-        listed = [*_listed(schema.get("enum")), *([schema["const"]] if "const" in schema else [])]
-        return any(isinstance(value, dict) for value in listed)
-    reference = schema.get("$ref")
-    every = _listed(schema.get("allOf"))
-    if isinstance(reference, str) and reference.startswith("#"):
-        every = [*every, resolve_pointer(root, unquote(reference[1:]))]
-    if not all(_maybe_object(part, root, depth + 1) for part in every):
-        return False
-    unions = [_listed(schema.get(keyword)) for keyword in ("anyOf", "oneOf") if keyword in schema]
-    return all(any(_maybe_object(part, root, depth + 1) for part in union) for union in unions)
+    a few levels deep and no more than MOST_SCHEMA_OBJECTS parts in all (an allOf of
+    `$ref`s to allOfs of them took minutes, on the I/O loop: a reviewer's); ruled out,
+    it goes with the words alone, JSON mode would contradict them (reviewers')."""
+    looked = 0
+
+    def may_be(node: Any, depth: int) -> bool:
+        nonlocal looked
+        looked += 1
+        if not isinstance(node, Mapping):
+            return node is not False
+        if depth > _MOST_LEVELS_LOOKED or looked > MOST_SCHEMA_OBJECTS:
+            return True  # not ruled out as far as it was looked at
+        kind = node.get("type")
+        if isinstance(kind, str):
+            return kind == "object"
+        if isinstance(kind, list):
+            return "object" in kind
+        if "enum" in node or "const" in node:
+            listed = [*_listed(node.get("enum")), *([node["const"]] if "const" in node else [])]
+            return any(isinstance(value, dict) for value in listed)
+        reference = node.get("$ref")
+        every = _listed(node.get("allOf"))
+        if isinstance(reference, str):
+            if reference != "#" and not reference.startswith("#/"):
+                # An anchor's name (read as a pointer, it led back to the root) or a
+                # URI: where it leads is not known here, so no JSON mode is asked.
+                return False
+            every = [*every, resolve_pointer(schema, unquote(reference[1:]))]
+        if not all(may_be(part, depth + 1) for part in every):
+            return False
+        unions = [_listed(node.get(keyword)) for keyword in ("anyOf", "oneOf") if keyword in node]
+        return all(any(may_be(part, depth + 1) for part in union) for union in unions)
+
+    return may_be(schema, 0)
 
 
 _MOST_LEVELS_LOOKED = 8
