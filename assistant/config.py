@@ -482,9 +482,22 @@ def thinks_adaptively(provider: str, model: str) -> bool:
 
 def thinks_always(provider: str, model: str) -> bool:
     """Whether the model thinks whatever a request says: Claude 5 and later think
-    unless told not to, and most refuse being told (`disabled`, a 400), as they refuse a
-    forced tool call (providers/anthropic.py)."""
+    unless told not to, and most refuse being told (`disabled`, a 400: Fable 5, and all
+    from 5.5 on) (providers/anthropic.py)."""
     return claude_at_least(provider, model, (5, 0))
+
+
+def refuses_a_forced_call(provider: str, model: str) -> bool:
+    """Whether the model refuses a forced tool call (`tool_choice` any or tool, a 400 on
+    every such request): Claude 5.5 on, and Fable and Mythos from 5.1 (Anthropic's
+    migration guides). Others of Claude 5 take one beside their thinking, which it skips."""
+    version = claude_version(provider, model)
+    if version is None:
+        return False
+    return version >= (5, 5) or (version >= (5, 1) and any(n in model for n in _FROM_5_1))
+
+
+_FROM_5_1 = ("fable", "mythos")  # the lines whose 5.1 came with 5.5's rules
 
 
 def claude_at_least(provider: str, model: str, version: tuple[int, int]) -> bool:

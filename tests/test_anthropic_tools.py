@@ -439,18 +439,42 @@ def test_a_forced_call_turns_thinking_off(upstream: FakeUpstream, choice: ToolCh
 
 
 @pytest.mark.parametrize(
-    "model", ["claude-opus-5", "claude-sonnet-5-5", "claude-opus-5-5", "claude-fable-5-1"]
+    ("model", "forced"),
+    [
+        ("claude-opus-5", True),
+        ("claude-sonnet-5", True),
+        ("claude-fable-5", True),
+        ("claude-sonnet-5-5", False),
+        ("claude-opus-5-5", False),
+        ("claude-haiku-5-5", False),
+        ("claude-fable-5-1", False),
+        ("anthropic.claude-mythos-5-1", False),
+    ],
 )
 @pytest.mark.parametrize("choice", ["required", NamedTool("get_weather")], ids=str)
-def test_a_model_that_always_thinks_is_asked_with_thinking_and_no_forced_call(
-    upstream: FakeUpstream, model: str, choice: ToolChoice
+def test_a_model_that_always_thinks_is_asked_with_thinking_and_a_call_it_takes(
+    upstream: FakeUpstream, model: str, forced: bool, choice: ToolChoice
 ) -> None:
-    """Claude 5 on think whatever a request says, and refuse a forced call (a 400 on
-    every such request: a reviewer's, from Anthropic's migration guides): the model
-    chooses, and its thinking is asked to stream, thinking on or off."""
+    """Claude 5 on think whatever a request says (Fable 5 and 5.5 on refuse being told
+    not to); 5.5 on, Fable and Mythos from 5.1, refuse a forced call (a 400 on every
+    such request: a reviewer's, from Anthropic's migration guides), others take one
+    beside their thinking. Their thinking is asked to stream, thinking on or off."""
     body = sent(upstream, ask(choice=choice), thinking=False, temperature=0.5, model=model)
     assert body["thinking"] == {"type": "adaptive", "display": "summarized"}
-    assert "tool_choice" not in body and "temperature" not in body
+    assert ("tool_choice" in body) is forced and "temperature" not in body
+
+
+@pytest.mark.parametrize("signature", [None, "CiQBcsjafBkRVsOq1b3Fy2Z9"], ids=["none", "other"])
+def test_a_model_that_always_thinks_continues_a_loop_without_thinking_to_send_back(
+    upstream: FakeUpstream, signature: str | None
+) -> None:
+    """A forced call skips Claude 5's thinking, and another provider's calls have none:
+    the loop goes on, thinking as the model always does (a reviewer's, against a fake
+    that asked for a leading thinking block as Claude before 5 does)."""
+    history = loop(call("toolu_g", "get_weather", {"city": "Zürich"}, signature=signature))
+    body = sent(upstream, ask("", *history), model="claude-opus-5-5")
+    assert body["thinking"] == {"type": "adaptive", "display": "summarized"}
+    assert [block["type"] for block in body["messages"][1]["content"]] == ["text", "tool_use"]
 
 
 def test_thinking_blocks_go_back_first_in_the_assistant_turn(upstream: FakeUpstream) -> None:

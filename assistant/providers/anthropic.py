@@ -59,7 +59,13 @@ from typing import Any
 
 import httpx
 
-from ..config import claude_at_least, claude_version, thinks_adaptively, thinks_always
+from ..config import (
+    claude_at_least,
+    claude_version,
+    refuses_a_forced_call,
+    thinks_adaptively,
+    thinks_always,
+)
 from ..request import shows_nothing
 from ..tools import NamedTool, ToolCall, parse_arguments, with_nothing_refused_at_the_top
 from .anthropic_schema import compiled_form
@@ -436,7 +442,8 @@ class AnthropicProvider(HttpProvider):
         loop_thinks = _open_loop_thinks(messages)
         # A loop keeps the setting it began with; a new turn forced to call goes without.
         # Claude 5 on think whatever is asked: asked to, their thinking streams.
-        thinking = thinks_always(self.name, self.settings.model) or (
+        always = thinks_always(self.name, self.settings.model)
+        thinking = always or (
             self.settings.thinking
             and (loop_thinks if loop_thinks is not None else not _forces_a_call(prompt))
         )
@@ -460,9 +467,10 @@ class AnthropicProvider(HttpProvider):
                 _tool(spec.name, spec.description, spec.parameters)
                 for spec in map(with_nothing_refused_at_the_top, prompt.tools)
             ]
-            # With thinking on, the API refuses a forced call: inside a loop that
-            # thinks, or of a model that always does, the model is left to choose ("auto").
-            choice = None if thinking and _forces_a_call(prompt) else _tool_choice(prompt)
+            # With thinking on, the API refuses a forced call (Claude 5 on take one, but
+            # from 5.5 on none at all): the model is left to choose ("auto").
+            refused = refuses_a_forced_call(self.name, self.settings.model) if always else thinking
+            choice = None if refused and _forces_a_call(prompt) else _tool_choice(prompt)
             if choice is not None:
                 body["tool_choice"] = choice
         elif called := called_in(messages):

@@ -17,10 +17,11 @@ Requests the real API refuses with a 400 are refused here too: malformed ``tools
 ``tool_choice`` / ``output_config``, a tool's ``input_schema`` with ``oneOf``, ``allOf`` or
 ``anyOf`` at its top, ``tool_use`` or ``tool_result`` blocks without
 ``tools``, a ``tool_use`` id outside ``[a-zA-Z0-9_-]``, a forced ``tool_choice`` (``any``,
-``tool``) with thinking on, ``tool_result`` blocks that do not come first in their message or
-answer no ``tool_use`` of the message before, ``tool_use`` blocks left without a result in
-the next message, and, with thinking on, a tool loop whose assistant message does not start
-with a thinking block.
+``tool``) with thinking on (before Claude 5) or at all (Claude 5.5 on, Fable and Mythos from
+5.1), ``tool_result`` blocks that do not come first in their message or answer no
+``tool_use`` of the message before, ``tool_use`` blocks left without a result in the next
+message, and, with thinking on (before Claude 5), a tool loop whose assistant
+message does not start with a thinking block.
 """
 
 from __future__ import annotations
@@ -56,6 +57,27 @@ OVERLOADED = {"type": "error", "error": {"type": "overloaded_error", "message": 
 def _thinks(body: dict[str, Any]) -> bool:
     """Thinking on: with a budget, or adaptive (Claude 4.6 on)."""
     return (body.get("thinking") or {}).get("type") in ("enabled", "adaptive")
+
+
+# Claude's version in a model's name (claude-opus-5-5, claude-fable-5), and what comes of it
+# by Anthropic's migration guides: Claude 5 on think unasked, and a forced call there skips
+# the thinking (so a loop of theirs may start with its call); 5.5 on, and Fable and Mythos
+# from 5.1, refuse a forced call.
+_VERSION = re.compile(r"claude-(?:[a-z]+-)*(\d+)(?:[-.](\d{1,2})(?!\d))?")
+
+
+def _version(model: Any) -> tuple[int, int]:
+    named = _VERSION.search(model) if isinstance(model, str) else None
+    return (int(named[1]), int(named[2] or 0)) if named else (0, 0)
+
+
+def _thinks_unasked(model: Any) -> bool:
+    return _version(model) >= (5, 0)
+
+
+def _refuses_a_forced_call(model: Any) -> bool:
+    version, line = _version(model), str(model)
+    return version >= (5, 5) or (version >= (5, 1) and ("fable" in line or "mythos" in line))
 
 
 class Anthropic(Format):
@@ -179,8 +201,10 @@ def _tools_problem(body: dict[str, Any]) -> str | None:
             return "tool_choice.type: must be one of auto, any, tool, none"
         if choice["type"] == "tool" and choice.get("name") not in names:
             return "tool_choice.name: no tool of that name"
-        thinking = _thinks(body)
-        if thinking and choice["type"] in ("any", "tool"):
+        forced = choice["type"] in ("any", "tool")
+        if forced and _refuses_a_forced_call(body.get("model")):
+            return "tool_choice: forced tool use is not supported for this model."
+        if forced and _thinks(body) and not _thinks_unasked(body.get("model")):
             return "Thinking may not be enabled when tool_choice forces tool use."
     output = body.get("output_config")
     if output is not None:
@@ -308,7 +332,7 @@ def _history_problem(body: dict[str, Any]) -> str | None:
     start = len(messages)
     while start >= 2 and _blocks(messages[start - 1], "tool_result"):
         start -= 2
-    if thinking and start < len(messages):
+    if thinking and start < len(messages) and not _thinks_unasked(body.get("model")):
         first = (messages[start].get("content") or [{}])[0]
         if not (isinstance(first, dict) and first.get("type") in THINKING_BLOCKS):
             return (
