@@ -175,31 +175,28 @@ def test_max_tokens_after_a_call_stays_max_tokens(upstream: FakeUpstream) -> Non
     assert isinstance(events[-1], StreamEnd) and events[-1].stop_reason == "max_tokens"
 
 
-def test_a_call_gemini_marks_unexpected_is_left_out(upstream: FakeUpstream) -> None:
+@pytest.mark.parametrize("apart", [False, True], ids=["with-its-call", "after-its-call"])
+def test_a_call_gemini_marks_unexpected_is_left_out(upstream: FakeUpstream, apart: bool) -> None:
     """UNEXPECTED_TOOL_CALL: a call with no tools enabled or under toolChoice none (a
     reviewer's, after reports of Gemini 2.5 Pro doing so): it was handed on as a call
-    to run; only the text beside it is kept."""
-    event = {
-        "candidates": [
-            {
-                "content": {
-                    "role": "model",
-                    "parts": [
-                        {"text": "Sunny."},
-                        {"functionCall": {"name": "get_weather", "args": {"city": "Oslo"}}},
-                    ],
-                },
-                "finishReason": "UNEXPECTED_TOOL_CALL",
-            }
-        ],
-        "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 8},
-    }
-    upstream.push(Script(raw=[f"data: {json.dumps(event)}\r\n\r\n".encode()]))
+    to run; only the text beside it is kept. The reason may come in a chunk of its own
+    (Gemini 3 ends with one), after the call (a second reviewer's)."""
+    call = {"functionCall": {"name": "get_weather", "args": {"city": "Oslo"}}}
+    finish = {"finishReason": "UNEXPECTED_TOOL_CALL"}
+    counts = {"usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 8}}
+    parts = [{"text": "Sunny."}, call]
+    if apart:
+        chunks = [
+            {"candidates": [{"content": {"role": "model", "parts": parts}}]},
+            {"candidates": [{"content": {"role": "model", "parts": [{"text": ""}]}, **finish}]},
+        ]
+    else:
+        chunks = [{"candidates": [{"content": {"role": "model", "parts": parts}, **finish}]}]
+    chunks[-1].update(counts)
+    upstream.push(Script(raw=[f"data: {json.dumps(chunk)}\r\n\r\n".encode() for chunk in chunks]))
     events, error = run_provider(settings_for(upstream.url))
     assert error is None
-    assert events[0] == TextDelta("Sunny.")
-    assert isinstance(events[1], StreamEnd) and events[1].stop_reason == "other"
-    assert len(events) == 2
+    assert ours(events) == [TextDelta("Sunny."), StreamEnd("other", Usage(5, 8), "gemini-test")]
 
 
 # -- b. the fake's own tool calls, decoded by the real provider ---------------------------
@@ -329,9 +326,25 @@ def test_a_history_with_calls_and_no_tools_offered_declares_them_callable_by_non
         Turn("user", "Thanks!"),
     )
     body = body_of(upstream, ask(turns=turns), settings_for(upstream.url, model=model))
-    declared = {"name": "get_weather", "parametersJsonSchema": {"type": "object"}}
-    assert body["tools"] == [{"functionDeclarations": [declared]}]
+    assert body["tools"] == [{"functionDeclarations": [GONE]}]
     assert body["toolConfig"] == {"functionCallingConfig": {"mode": "NONE"}}
+    # Offered another tool now: the history's is declared beside it, not to be called.
+    settings = settings_for(upstream.url, model=model)
+    body = body_of(upstream, ask(tools=(TIME,), choice="required", turns=turns), settings)
+    assert [d["name"] for d in body["tools"][0]["functionDeclarations"]] == [
+        "get_time",
+        "get_weather",
+    ]
+    assert body["tools"][0]["functionDeclarations"][1] == GONE
+    calling = {"mode": "ANY", "allowedFunctionNames": ["get_time"]}
+    assert body["toolConfig"] == {"functionCallingConfig": calling}
+
+
+GONE = {
+    "name": "get_weather",
+    "description": "Called earlier in this conversation; not available now: do not call it.",
+    "parametersJsonSchema": {"type": "object"},
+}
 
 
 def test_history_with_calls_and_results(upstream: FakeUpstream) -> None:

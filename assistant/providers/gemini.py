@@ -13,14 +13,14 @@ are failures. A prompt blocked by safety settings has no candidates and a
 Tools (README "Tools and structured output"). Gemini never splits a call: each `functionCall` part
 arrives whole, `{name, args, id?}` with `args` already an object, often in
 the same event as text parts before it and as the other calls of a parallel
-reply; each call is yielded as it is read. The `thoughtSignature` on a call's
+reply; each call is held until the candidate's finishReason, and left out if
+that says UNEXPECTED_TOOL_CALL. The `thoughtSignature` on a call's
 part is the call's `signature`, sent back on that part next turn. Older models
 give no `id`: we make one (`gemini-call-...`), and never send such an id back,
 as the model never saw it. Gemini says STOP after calls too, so a STOP reply
 that made calls ends with `tool_use`. A call the model botched arrives as no
 part at all but as `finishReason: MALFORMED_FUNCTION_CALL` (stop reason
-`other`); one it was not allowed to make, with `UNEXPECTED_TOOL_CALL`, is left
-out. Choices in the request, each where it is made: declarations as
+`other`). Choices in the request, each where it is made: declarations as
 `parametersJsonSchema` (full JSON Schema), tool choice as
 `toolConfig.functionCallingConfig`, history as `functionCall` and
 `functionResponse` parts, no response schema alongside tools before Gemini 3 (with
@@ -49,6 +49,7 @@ from ..tools import (
     without_lone_surrogates,
 )
 from .base import (
+    CALL_BEGAN,
     Event,
     HttpProvider,
     Message,
@@ -136,20 +137,21 @@ class GeminiProvider(HttpProvider):
         }
         if prompt.system:
             body["systemInstruction"] = {"parts": [{"text": prompt.system}]}
-        if self._sends_tools(prompt):
-            body["tools"] = [{"functionDeclarations": [_declaration(t) for t in prompt.tools]}]
-            body["toolConfig"] = {"functionCallingConfig": _calling_config(prompt.tool_choice)}
-        elif (called := called_in(messages)) and (
-            self.schema_with_tools or prompt.response_schema is None
-        ):
-            # Gemini 3 refuses a functionResponse naming no declared tool (a bare 400 on
-            # every question after a tool loop that offers no tools): the tools the
-            # history called are declared, and none may be called now.
-            declared = [
-                {"name": name, "parametersJsonSchema": {"type": "object"}} for name in called
-            ]
+        offered = prompt.tools if self._sends_tools(prompt) else ()
+        # Gemini 3 refuses a functionResponse naming no declared tool (a bare 400 on every
+        # question after a tool loop that offers it no more, or no tools at all): the
+        # tools the history called are declared too, not to be called (but not beside a
+        # schema where no tools may be: before Gemini 3).
+        gone = [name for name in called_in(messages) if name not in {t.name for t in offered}]
+        if not offered and prompt.response_schema is not None and not self.schema_with_tools:
+            gone = []
+        if offered or gone:
+            declared = [*map(_declaration, offered), *map(_gone_declaration, gone)]
             body["tools"] = [{"functionDeclarations": declared}]
-            body["toolConfig"] = {"functionCallingConfig": {"mode": "NONE"}}
+            calling = _calling_config(prompt.tool_choice if offered else "none")
+            if gone and calling["mode"] == "ANY" and "allowedFunctionNames" not in calling:
+                calling["allowedFunctionNames"] = [tool.name for tool in offered]  # not theirs
+            body["toolConfig"] = {"functionCallingConfig": calling}
         config = body["generationConfig"]
         if self.settings.temperature is not None:
             config["temperature"] = self.settings.temperature
@@ -204,14 +206,19 @@ class _Decoder:
         self._stop_not_last = False  # output came after a finishReason
         self._usage = Usage()
         self._reply = uuid.uuid4().hex[:12]  # our call ids: unique per reply, and across replies
-        self._calls = 0
+        self._made = 0  # calls read
+        self._calls = 0  # calls handed on
+        # Calls wait for the finishReason: one that says UNEXPECTED_TOOL_CALL (a call
+        # with no tools enabled, or toolChoice none) may come in a later chunk than its call.
+        self._held: list[ToolCall] = []
 
     def feed(self, data: bytes, out: list[Event]) -> None:
         self._handle(self._sse.feed(data), out)
 
     def salvage(self, out: list[Event]) -> None:
-        """No call held back (each comes whole, in one part): the last usage and model, and
+        """The calls held (each came whole, in one part), the last usage and model, and
         the finishReason if one came (the body's end, which makes it whole, did not)."""
+        self._hand_on_held(out)
         stop = None
         if self._raw_stop is not None:
             stop = normalised_stop_reason(self._raw_stop, _STOP_REASONS, self._calls > 0)
@@ -229,6 +236,7 @@ class _Decoder:
             _raise_if_error(_bare_json("\n".join(self._unframed.lines)))
         if self._raw_stop is None:
             raise ProviderError("upstream_incomplete", "stream ended without a finishReason")
+        self._hand_on_held(out)
         stop = normalised_stop_reason(self._raw_stop, _STOP_REASONS, self._calls > 0)
         out.append(StreamEnd(stop, self._usage, self._model))
 
@@ -250,17 +258,13 @@ class _Decoder:
                         counts.get("candidatesTokenCount") or counts.get("thoughtsTokenCount")
                     )
                 before = len(out)
-                # A call Gemini itself marks as not allowed (no tools enabled, or
-                # toolChoice none) is not the frontend's to run: it is left out.
-                unexpected = candidate.get("finishReason") == "UNEXPECTED_TOOL_CALL"
                 for part in (candidate.get("content") or {}).get("parts") or []:
                     call = part.get("functionCall")
-                    if isinstance(call, dict) and unexpected:
-                        continue
                     if isinstance(call, dict):
-                        self._calls += 1
-                        our_id = f"{_OUR_ID_PREFIX}{self._reply}-{self._calls}"
-                        out.append(_tool_call(call, part, our_id))
+                        self._made += 1
+                        our_id = f"{_OUR_ID_PREFIX}{self._reply}-{self._made}"
+                        self._held.append(_tool_call(call, part, our_id))
+                        out.append(CALL_BEGAN)  # the wait for a first chunk starts over
                         self._gave_output = True
                         continue
                     text = part.get("text")
@@ -269,6 +273,16 @@ class _Decoder:
                         thought = part.get("thought") is True
                         out.append(ThinkingDelta(text) if thought else TextDelta(text))
                 self._stop_not_last |= stopped_before and len(out) > before
+                if self._raw_stop is not None:
+                    self._hand_on_held(out)
+
+    def _hand_on_held(self, out: list[Event]) -> None:
+        """The calls held, unless Gemini marked them as not allowed: those are not the
+        frontend's to run (a reviewer's went to it under toolChoice none)."""
+        if self._raw_stop != "UNEXPECTED_TOOL_CALL":
+            self._calls += len(self._held)
+            out.extend(self._held)
+        self._held.clear()
 
 
 # -- the request ---------------------------------------------------------------------------
@@ -293,6 +307,12 @@ def _ref_alone(node: dict[str, Any]) -> None:
     there, it would take an `allOf`, which Gemini does not: sent as it is.)"""
     if "$ref" in node and "anyOf" not in node and any(not k.startswith("$") for k in node):
         node["anyOf"] = [{"$ref": node.pop("$ref")}]
+
+
+def _gone_declaration(name: str) -> dict[str, Any]:
+    """A tool the history called that is not offered now."""
+    about = "Called earlier in this conversation; not available now: do not call it."
+    return {"name": name, "description": about, "parametersJsonSchema": {"type": "object"}}
 
 
 def _calling_config(choice: ToolChoice) -> dict[str, Any]:
