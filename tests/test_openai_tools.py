@@ -1059,3 +1059,23 @@ def test_a_server_is_sent_the_effort_and_temperature_it_takes(
     assert OpenAIProvider(thinking, "k")._body(HI)["reasoning_effort"] == effort
     plain = dataclasses.replace(thinking, thinking=False)
     assert OpenAIProvider(plain, "k")._body(HI).get("temperature") == temperature
+
+
+@pytest.mark.parametrize("choice", ["auto", "none"])
+def test_groq_is_sent_tools_or_a_response_format_never_both(choice: ToolChoice) -> None:
+    """Groq refuses a response format beside tools (400 "json mode cannot be combined
+    with tool/function calling": a reviewer's, every such request failed): the tools go
+    and the schema is said left out, or, none to be called, the schema alone."""
+    settings = provider_settings(
+        "openai", "https://api.groq.com/openai/v1", "openai/gpt-oss-120b", "OPENAI_API_KEY"
+    )
+    provider = OpenAIProvider(settings, "k")
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    prompt = dataclasses.replace(HI, tools=(TIME,), tool_choice=choice, response_schema=schema)
+    body = provider._body(prompt)
+    if choice == "auto":
+        assert "tools" in body and "response_format" not in body
+        assert "the schema was not" in (provider.schema_left_out(prompt) or "")
+    else:
+        assert "tools" not in body and body["response_format"]["type"] == "json_schema"
+        assert provider.schema_left_out(prompt) is None

@@ -78,6 +78,7 @@ from urllib.parse import unquote
 
 import httpx
 
+from ..config import ProviderSettings
 from ..schema_bounds import MOST_SCHEMA_OBJECTS, UNHELD_IN_PATTERNS
 from ..schemas import rebuilt, resolve_pointer
 from ..tools import (
@@ -217,6 +218,9 @@ class _Server:
     # budget's level): Groq's models other than gpt-oss take "none" or "default" alone,
     # Mistral's small and medium "high" or "none".
     effort: str | None = None
+    # Groq's refuses a response format beside tools (400 "json mode cannot be combined
+    # with tool/function calling"): there the tools go, the schema does not.
+    schema_with_tools: bool = True
 
     @classmethod
     def at(cls, base_url: str, model: str) -> _Server:
@@ -238,11 +242,16 @@ class _Server:
             takes_reasoning=not (mistral or groq),
             takes_temperature=not moonshot,
             effort=effort,
+            schema_with_tools=not groq,
         )
 
 
 class OpenAIProvider(HttpProvider):
     name = "openai"
+
+    def __init__(self, settings: ProviderSettings, api_key: str) -> None:
+        super().__init__(settings, api_key)
+        self.schema_with_tools = self._server.schema_with_tools
 
     @functools.cached_property
     def _server(self) -> _Server:
@@ -280,13 +289,14 @@ class OpenAIProvider(HttpProvider):
         ):
             # those take none but their own ("Only the default (1) value is supported")
             body["temperature"] = self.settings.temperature
-        if prompt.tools:
+        if self._sends_tools(prompt):
             body["tools"] = [_tool(tool) for tool in prompt.tools]
             if choice != "auto":
                 body["tool_choice"] = _tool_choice(choice)
-        if prompt.response_schema is not None and not server.json_mode_only:
-            body["response_format"] = _response_format(prompt.response_schema)
-        elif prompt.response_schema is not None and _maybe_object(prompt.response_schema):
+        schema = prompt.response_schema if self.sends_schema(prompt) else None
+        if schema is not None and not server.json_mode_only:
+            body["response_format"] = _response_format(schema)
+        elif schema is not None and _maybe_object(schema):
             body["response_format"] = {"type": "json_object"}  # an object, JSON mode's answer
         return body
 
