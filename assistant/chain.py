@@ -181,6 +181,9 @@ class Chain:
     first_chunk_at: float | None = None
     schema_left_out: str | None = None
     finished: threading.Event = field(default_factory=threading.Event)
+    # Set as the outcome is handed on: a chain cancelled (its client found gone before a
+    # next provider) finishes with none, and its reply must not wait for one.
+    concluded: bool = False
     # JSON mode: the usage and model of the last attempt that showed text and failed,
     # whose text the reply keeps should every provider fail (`Reply._take_back_dropped`).
     _set_aside: tuple[Usage, str | None] = field(default=(Usage(), None), init=False, repr=False)
@@ -232,6 +235,7 @@ class Chain:
             outcome = ChainCrashed(exc)  # never leave the reply waiting
         finally:
             self.finished.set()
+        self.concluded = True
         self.emit(dataclasses.replace(outcome, report=self.report()))
 
     def report(self) -> ChainReport:

@@ -515,7 +515,9 @@ class Reply:
                 last_check = now
                 # Found gone once the chain has ended, the reply is whole: concluded so
                 # (its last write fails if the client has really gone), not as cut off.
-                if self._client_gone() and not self._chain.finished.is_set():
+                # A chain that ended for the client's going concludes nothing: waited
+                # for, it held the reply and its slot for ever (a reviewer's).
+                if self._client_gone() and not self._chain.concluded:
                     if item is not None:  # taken: saved with what still waits (`_abandon`)
                         self._keep(item)
                     raise ClientGone()

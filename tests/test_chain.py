@@ -32,7 +32,7 @@ from assistant.config import ProviderSettings, Settings, Timeouts
 from assistant.outbox import Outbox
 from assistant.providers.anthropic import AnthropicProvider
 from assistant.providers.base import Prompt, ProviderError
-from assistant.reply import Refused, Reply
+from assistant.reply import ClientGone, Refused, Reply
 from assistant.request import AssistantRequest, Turn
 from assistant.store import Author
 from assistant.thinking import ThinkingSplitter
@@ -186,6 +186,28 @@ def test_no_next_provider_is_asked_once_the_client_left(upstreams) -> None:
         aio.submit(chain.run()).result(timeout=10)
     assert chain.finished.is_set()
     assert attempts == ["primary"] and len(first.requests) == 1 and second.requests == []
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_reply_whose_client_left_before_the_next_provider_ends(
+    upstreams, streaming: bool
+) -> None:
+    """The chain ends with no outcome when it finds the client gone before a next
+    provider; the reply waited for one for ever, its slot held (a reviewer's, a client
+    gone while the first provider failed)."""
+    first, second = upstreams
+    first.push(Script(fail="500"))
+    reply = _reply(upstreams, streaming=streaming, client_gone=lambda: True)
+    reply.start()
+    if streaming:  # before its head: a 499 (README "Client gone")
+        ended = concurrent.futures.ThreadPoolExecutor(1).submit(lambda: list(reply.sse_stream()))
+        refused = ended.result(timeout=10)[0]
+        assert isinstance(refused, Refused) and refused.status == 499
+    else:
+        ended = concurrent.futures.ThreadPoolExecutor(1).submit(reply.json_answer)
+        with pytest.raises(ClientGone):
+            ended.result(timeout=10)
+    assert second.requests == []
 
 
 def test_a_failure_preparing_the_prompt_is_left_to_the_run(upstreams) -> None:
