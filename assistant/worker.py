@@ -506,9 +506,14 @@ class _ChunkScan:
         # A line ended by a bare LF: the body's end, for gunicorn too, which would wait
         # for a CRLF (`_ReadFirst.hold`).
         self.cut_short = False
+        self.ended = False  # the body is all in, or the scan cannot go on
 
     def complete(self, data: bytearray) -> bool:
         """True once the body is all in `data`, or once the scan cannot go on."""
+        self.ended = self._ended(data)
+        return self.ended
+
+    def _ended(self, data: bytearray) -> bool:
         while True:
             if self.state == "size":
                 end = data.find(b"\n", self.pos)
@@ -552,8 +557,22 @@ class _ChunkScan:
                         self.cut_short = True  # a line ended by a bare LF, as above
                         return True
                     line_end = data.find(b"\n", line_end + 1)
+                bare_cr = data.find(b"\r", self.pos)
+                while 0 <= bare_cr < len(data) - 1:
+                    if data[bare_cr + 1] != _LF:
+                        self.cut_short = True  # a CR alone: no line ends there either
+                        return True
+                    bare_cr = data.find(b"\r", bare_cr + 1)
                 self.pos = max(self.pos, len(data) - 3)  # look at each byte once
                 return False
+
+    def forget_read(self, data: bytearray) -> None:
+        """`data` without what the scan will not look at again (it goes on past what the
+        poller held, on the request's thread: `_ReadFirst`)."""
+        done = self.trailers if self.state == "trailers" else self.pos
+        del data[:done]
+        self.pos -= done
+        self.trailers -= done
 
 
 class _ReadFirst(SocketUnreader):
@@ -571,7 +590,12 @@ class _ReadFirst(SocketUnreader):
         super().__init__(sock)
         self._held = b""
         self._at = 0  # what of `_held` was handed out
-        self._held_is_all = False  # nothing read past `_held` (`hold`)
+        self._held_is_all = False  # nothing to read past `_held` (`hold`)
+        # A chunked body the poller did not see end: its scan goes on over what is read,
+        # and a bare LF past what the poller held ends it as one within did (a reviewer's
+        # 900 KB body waited out the read timeout).
+        self._scan: _ChunkScan | None = None
+        self._scanned = bytearray()
         self.clock: _ReadClock | None = None  # run while the socket is read (a body's)
 
     @classmethod
@@ -584,15 +608,20 @@ class _ReadFirst(SocketUnreader):
             reader = parser.unreader = ours
         return reader
 
-    def hold(self, data: bytes, all_of_it: bool = False) -> None:
+    def hold(self, data: bytes, scan: _ChunkScan | None = None) -> None:
         """`data` to be read before anything read already and put back, or held; with
-        `all_of_it`, a chunked body the poller saw end on a bare LF, nothing read after
-        it: gunicorn's parser, looking for a CRLF there, waited out the read timeout
-        and the client had no answer (a reviewer's); it is refused as malformed."""
+        `scan`, the scan of a chunked body in `data`, cut short on a bare LF (nothing is
+        read after it: gunicorn's parser, looking for a CRLF there, waited out the read
+        timeout and the client had no answer, a reviewer's; it is refused as malformed)
+        or not seen to its end (it goes on over what is read)."""
         self.buf.seek(0, os.SEEK_END)
         self._held = data + self.take_buffered() if self.buf.tell() or self._held else data
         self._at = 0
-        self._held_is_all = all_of_it
+        self._held_is_all = scan is not None and scan.cut_short
+        self._scan = scan if scan is not None and not scan.ended else None
+        self._scanned = bytearray(data) if self._scan is not None else bytearray()
+        if self._scan is not None:
+            self._scan.forget_read(self._scanned)
 
     def chunk(self, size_hint: int | None = None) -> bytes:
         size = max(self.mxchunk, min(size_hint or 0, self.max_body_chunk))
@@ -603,6 +632,9 @@ class _ReadFirst(SocketUnreader):
         self._held, self._at = b"", 0
         if self._held_is_all:
             raise errors.ChunkMissingTerminator(b"a bare LF")
+        return self._scanned_on(self._read(size, size_hint))
+
+    def _read(self, size: int, size_hint: int | None) -> bytes:
         clock = self.clock
         if clock is None:
             return cast(bytes, super().chunk(size_hint))
@@ -618,6 +650,18 @@ class _ReadFirst(SocketUnreader):
             return cast(bytes, super().chunk(size_hint))
         finally:
             clock.stop()
+
+    def _scanned_on(self, piece: bytes) -> bytes:
+        """`piece`, read, after the scan of the body it belongs to looked at it: cut short
+        there, nothing is read past it (`hold`)."""
+        if self._scan is not None and piece:
+            self._scanned += piece
+            if self._scan.complete(self._scanned):
+                self._held_is_all = self._scan.cut_short
+                self._scan, self._scanned = None, bytearray()
+            else:
+                self._scan.forget_read(self._scanned)
+        return piece
 
     def take_buffered(self) -> bytes:
         """What was put back, then what is still held (gunicorn reads them so): a next
@@ -728,7 +772,7 @@ class _Connection(TConn):
         super().__init__(*args)
         self._linger = linger
         self.head: bytes | None = None  # what the poller read of the request, for the parser
-        self.head_is_all = False  # a body cut short on a bare LF: nothing to read past it
+        self.head_scan: _ChunkScan | None = None  # a chunked body's, if it did not end
         self.head_wait = 0.0  # seconds that took
 
     def close(self, graceful: bool = False) -> None:
@@ -922,7 +966,7 @@ class Worker(ThreadWorker):
                 arrival.conn.close(graceful=True)  # the client may still send: it reads the 431
                 return True
             arrival.conn.head = head
-            arrival.conn.head_is_all = arrival.chunks is not None and arrival.chunks.cut_short
+            arrival.conn.head_scan = arrival.chunks
             arrival.conn.head_wait = time.monotonic() - arrival.since
             self.enqueue_req(arrival.conn)
             return True
@@ -1037,10 +1081,10 @@ class Worker(ThreadWorker):
                 # The parser reads what the poller read first; gthread's handle()
                 # then finds the connection initialized and does not wait for data.
                 conn.init()
-                _ReadFirst.on(conn.parser).hold(conn.head, conn.head_is_all)
+                _ReadFirst.on(conn.parser).hold(conn.head, conn.head_scan)
                 # Kept for a refusal's trace id: gunicorn's errors carry no headers.
                 self._serving.head = conn.head
-                conn.head, conn.head_wait, conn.head_is_all = None, 0.0, False
+                conn.head, conn.head_wait, conn.head_scan = None, 0.0, None
             elif conn.parser is not None:
                 # Defensive: a request read with the last one comes through the poller
                 # (`finish_request`); should one come here, it is parsed a read at a time.

@@ -638,6 +638,12 @@ def test_a_refusal_of_gunicorns_names_no_origin_it_could_not_read(fake: FakeUpst
     assert "access-control-allow-origin" not in headers and headers["vary"] == "Origin"
 
 
+def _in_chunks(body: bytes, size: int) -> bytes:
+    """`body` as chunks of `size` bytes, with no last chunk."""
+    pieces = (body[at : at + size] for at in range(0, len(body), size))
+    return b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces)
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -652,6 +658,12 @@ def test_a_refusal_of_gunicorns_names_no_origin_it_could_not_read(fake: FakeUpst
         b"2\n",
         b"2\r\n{}\r\n0\r\nX-T: a\n",
         b"2\r\n{}\n",  # after a chunk's data
+        # Past what the poller holds: read on a thread, the scan went no further (a
+        # reviewer's 900 KB in 16-byte chunks waited out the read timeout).
+        _in_chunks(b'{"user_input": "' + b"a" * 900_000 + b'"}', 16) + b"0\n\n",
+        # A CR alone in the trailers: no line ends there either.
+        b"2\r\n{}\r\n0\r\n\r\r\n",
+        b"2\r\n{}\r\n0\r\nX-T: a\r\r\n",
     ],
     ids=[
         "chunk-size",
@@ -663,6 +675,9 @@ def test_a_refusal_of_gunicorns_names_no_origin_it_could_not_read(fake: FakeUpst
         "bare-lf-size-alone",
         "bare-lf-trailer-alone",
         "bare-lf-after-data",
+        "bare-lf-past-the-pollers-hold",
+        "bare-cr-trailer-end",
+        "bare-cr-trailer",
     ],
 )
 def test_a_chunked_body_gunicorn_refuses_midway_is_a_400_answered_once(
