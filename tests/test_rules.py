@@ -226,6 +226,19 @@ def test_user_message_only_under_its_own_trace_ids_user_id(rest: Rest, document_
     assert rest.get(f"{MESSAGES}/{document_id}", OWNER).status_code == 404
 
 
+def test_a_question_goes_beside_its_reply_only_for_the_replys_user(rest: Rest) -> None:
+    """A reply saved before its question (the frontend saving it late): another user
+    took the question's place, paired with Alice's reply, and hers was refused (a
+    reviewer's, the trace id known)."""
+    rest.seed(f"{MESSAGES}/trace-{ALICE}-assistant", message(ALICE, role="assistant"))
+    bobs = message(BOB)
+    bobs["fields"]["traceId"] = {"stringValue": f"trace-{ALICE}"}
+    taken = rest.create(MESSAGES, f"trace-{ALICE}-user", bobs, as_user(BOB))
+    assert taken.status_code == 403, taken.text
+    mine = rest.create(MESSAGES, f"trace-{ALICE}-user", message(ALICE), as_user(ALICE))
+    assert mine.status_code == 200, mine.text
+
+
 def test_user_cannot_create_assistant_message(rest: Rest) -> None:
     own_id = f"trace-{ALICE}-user"  # the id is right: the role is what is refused
     response = rest.create(MESSAGES, own_id, message(ALICE, role="assistant"), as_user(ALICE))
