@@ -757,15 +757,25 @@ def test_mid_stream_failure_saves_the_partial_reply(client, fake: FakeUpstream, 
 @pytest.mark.parametrize(
     "route", ["/vac/assistant/test-assistant/sse", "/vac/assistant/test-assistant"]
 )
+@pytest.mark.parametrize(
+    ("sent", "schema"),
+    [
+        (
+            ['{"note": "wrap it in <think>', ' tags", ', '"n": 1'],
+            {"type": "object", "properties": {"note": {"type": "string"}}},
+        ),
+        # A JSON string asked for: read as prose (a second reviewer's).
+        (['"Wrap the reasoning in a <think>', " tag, then", " answer"], {"type": "string"}),
+    ],
+    ids=["object", "string"],
+)
 def test_a_json_reply_cut_short_keeps_a_quoted_tag_as_its_text(
-    client, fake: FakeUpstream, firestore, route: str
+    client, fake: FakeUpstream, firestore, route: str, sent: list[str], schema: dict[str, Any]
 ) -> None:
     """A reply asked for JSON, cut short: a value quoting `<think>` took the rest of the
     JSON for thinking, saved apart from the text the page showed, and the JSON route's
     `partial` had a `</think>` added inside the JSON (a reviewer's)."""
-    sent = ['{"note": "wrap it in <think>', ' tags", ', '"n": 1']
     fake.push(Script(tokens=[*sent, "}"], fail_after=3, fail_mode="cut"))
-    schema = {"type": "object", "properties": {"note": {"type": "string"}}}
     config = {**SAVE["emissaryConfig"], "responseSchema": schema}
     response = ask(client, path=route, trace_id="t-cut-json", **{**SAVE, "emissaryConfig": config})
     if route.endswith("/sse"):
