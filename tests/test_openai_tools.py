@@ -903,8 +903,10 @@ def test_deepseek_is_asked_for_json_in_words_not_with_a_json_schema() -> None:
         {"const": 3},
         {"$ref": "#/$defs/L", "$defs": {"L": listed}},
         {"allOf": [listed, {"properties": {"a": {}}}]},
-        # An anchor's name, read as a pointer, led back to the root (a reviewer's).
+        # An anchor's name, read as a pointer, led back to the root (a reviewer's); a
+        # pointer this document does not hold (an inner $id's) is not known either.
         {"$ref": "#list", "$defs": {"L": {"$anchor": "list", **listed}}},
+        {"$ref": "#/$defs/Missing", "$defs": {}},
     ):
         body = deepseek_body(dataclasses.replace(HI, response_schema=others))
         assert "response_format" not in body, others

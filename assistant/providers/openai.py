@@ -450,11 +450,15 @@ def _maybe_object(schema: Any) -> bool:
         reference = node.get("$ref")
         every = _listed(node.get("allOf"))
         if isinstance(reference, str):
-            if reference != "#" and not reference.startswith("#/"):
-                # An anchor's name (read as a pointer, it led back to the root) or a
-                # URI: where it leads is not known here, so no JSON mode is asked.
+            target = None
+            if reference == "#" or reference.startswith("#/"):
+                target = resolve_pointer(schema, unquote(reference[1:]))
+            if target is None:
+                # An anchor's name (read as a pointer, it led back to the root), a URI,
+                # or a pointer into an inner `$id`'s resource: where it leads is not
+                # known here, so no JSON mode is asked.
                 return False
-            every = [*every, resolve_pointer(schema, unquote(reference[1:]))]
+            every = [*every, target]
         if not all(may_be(part, depth + 1) for part in every):
             return False
         unions = [_listed(node.get(keyword)) for keyword in ("anyOf", "oneOf") if keyword in node]
