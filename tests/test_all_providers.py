@@ -28,7 +28,7 @@ import os
 import re
 import socket
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from assistant.providers.base import (
     normalised_stop_reason,
     upstream_json,
 )
-from assistant.providers.error_text import read_error_body, without_prompt
+from assistant.providers.error_text import without_prompt
 from assistant.request import Turn, build_request
 from assistant.thinking import ThinkingSplitter
 from assistant.tools import ToolCall, ToolSpec
@@ -89,6 +89,14 @@ def per_case(rows: Callable[[ProviderCase], Iterable[tuple[Any, ...]]]) -> list[
     return [
         pytest.param(case, *row, id=f"{case.name}-{row[0]}") for case in CASES for row in rows(case)
     ]
+
+
+async def read_error_body(
+    response: httpx.Response, headers: Mapping[str, str], prompt: Prompt | None = None
+) -> str:
+    """The start of an error body as a provider's failure says it (`HttpProvider._post`)."""
+    body = await error_text.error_bytes(response)
+    return error_text.error_text(body, response, headers, prompt)
 
 
 def fallback(url: str) -> Any:

@@ -77,13 +77,6 @@ def error_detail(value: Any, default: str = "error") -> str:
 _KEY_HEADERS = frozenset({"authorization", "x-api-key", "x-goog-api-key", "api-key"})
 
 
-async def read_error_body(
-    response: httpx.Response, headers: Mapping[str, str], prompt: Prompt | None = None
-) -> str:
-    """The start of an error body, for the log only (`error_text`)."""
-    return error_text(await error_bytes(response), response, headers, prompt)
-
-
 async def error_bytes(response: httpx.Response) -> bytes:
     """The start of an error body, as much as `error_text` may use (b"" if compressed)."""
     body = b""
