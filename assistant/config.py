@@ -50,7 +50,7 @@ DEFAULT_THINKING_BUDGET = 2048
 DEFAULT_MODELS = {
     "anthropic": "claude-sonnet-4-5",
     "openai": "gpt-4.1-mini",
-    "gemini": "gemini-2.5-flash",
+    "gemini": "gemini-3.5-flash",
     "ollama": "llama3.2",
 }
 
@@ -466,12 +466,13 @@ class ProviderSettings:
 
 def gemini_3_on(provider: str, model: str) -> bool:
     """Gemini 3 and later, by name ("gemini-3-pro-preview", "gemini-3.5-flash"): they
-    take a response schema beside tools, and a thinking level for a budget. An alias
-    such as "gemini-flash-latest" says no version: taken as one before 3."""
+    take a response schema beside tools, and a thinking level for a budget. Google's
+    aliases ("gemini-flash-latest") name Gemini 3 models since Gemini 2.5 was shut down
+    (December 2026): taken as such."""
     return provider == "gemini" and _GEMINI_3.match(model) is not None
 
 
-_GEMINI_3 = re.compile(r"gemini-([3-9]|[1-9][0-9])")
+_GEMINI_3 = re.compile(r"gemini-([3-9]|[1-9][0-9]|(?:[a-z]+-)+latest$)")
 
 
 def thinks_adaptively(provider: str, model: str) -> bool:

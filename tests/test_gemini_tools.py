@@ -468,7 +468,7 @@ def test_response_schema_is_response_json_schema(upstream: FakeUpstream) -> None
 
 def test_tools_and_schema_send_the_tools_only_before_gemini_3(upstream: FakeUpstream) -> None:
     schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
-    for model in (FLASH_20, FLASH_25, "gemini-flash-latest"):
+    for model in (FLASH_20, FLASH_25):
         assert (
             GeminiProvider(settings_for(upstream.url, model=model), "k").schema_with_tools is False
         )
@@ -480,11 +480,14 @@ def test_tools_and_schema_send_the_tools_only_before_gemini_3(upstream: FakeUpst
         assert body["tools"][0]["functionDeclarations"][0]["name"] == "get_weather"
 
 
-def test_gemini_3_gets_tools_and_schema_in_one_request(upstream: FakeUpstream) -> None:
+@pytest.mark.parametrize("model", [FLASH_3, "gemini-3.5-flash", "gemini-flash-latest"])
+def test_gemini_3_gets_tools_and_schema_in_one_request(upstream: FakeUpstream, model: str) -> None:
     """A reviewer: every Gemini model was sent the tools alone, Gemini 3 too, which takes
-    both; its answer after a tool loop went unheld to the schema."""
+    both; its answer after a tool loop went unheld to the schema. Google's aliases name
+    Gemini 3 models since 2.5 was shut down (another's: taken as 2.5, a loop's next
+    question with a schema was refused)."""
     schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
-    settings = settings_for(upstream.url, model=FLASH_3)
+    settings = settings_for(upstream.url, model=model)
     upstream.push(Script(json={"answer": "Oslo"}))
     events, error = stream_events(GeminiProvider, settings, ask(tools=(WEATHER,), schema=schema))
     assert error is None, error.detail if error else None

@@ -117,11 +117,10 @@ _STOPS_AT_ZERO = re.compile(r"gemini-2\.5-flash(?:-lite)?(?:-preview(?:-\d+)+|-\
 
 class GeminiProvider(HttpProvider):
     name = "gemini"
-    schema_with_tools = False  # the default model's; each instance's is its model's
 
     def __init__(self, settings: ProviderSettings, api_key: str) -> None:
         super().__init__(settings, api_key)
-        # gemini-2.5 (our default) answers 400 "Function calling with a response mime type:
+        # gemini-2.5 answers 400 "Function calling with a response mime type:
         # 'application/json' is unsupported"; Gemini 3 takes both in one request.
         self.schema_with_tools = gemini_3_on(self.name, self.model)
 

@@ -42,7 +42,8 @@ GEMINI_STATUSES = {
     504: "DEADLINE_EXCEEDED",
 }
 JSON = "application/json"
-_GEMINI_3_ON = re.compile(r"gemini-([3-9]|[1-9][0-9])")  # takes tools beside a JSON answer
+# Gemini 3 on, and the aliases that name them (gemini-flash-latest): tools beside a JSON answer
+_GEMINI_3_ON = re.compile(r"gemini-([3-9]|[1-9][0-9]|(?:[a-z]+-)+latest$)")
 GEMINI_OVERLOADED = {
     "code": 503,
     "message": "The model is overloaded. Please try again later.",
