@@ -338,6 +338,10 @@ def test_a_history_with_calls_and_no_tools_offered_declares_them_callable_by_non
     assert body["tools"][0]["functionDeclarations"][1] == GONE
     calling = {"mode": "ANY", "allowedFunctionNames": ["get_time"]}
     assert body["toolConfig"] == {"functionCallingConfig": calling}
+    # Under auto too, only the offered may be called: auto's way of saying so.
+    body = body_of(upstream, ask(tools=(TIME,), turns=turns), settings)
+    calling = {"mode": "VALIDATED", "allowedFunctionNames": ["get_time"]}
+    assert body["toolConfig"] == {"functionCallingConfig": calling}
 
 
 GONE = {

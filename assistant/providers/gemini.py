@@ -148,8 +148,15 @@ class GeminiProvider(HttpProvider):
             declared = [*map(_declaration, offered), *map(_gone_declaration, gone)]
             body["tools"] = [{"functionDeclarations": declared}]
             calling = _calling_config(prompt.tool_choice if offered else "none")
-            if gone and calling["mode"] == "ANY" and "allowedFunctionNames" not in calling:
-                calling["allowedFunctionNames"] = [tool.name for tool in offered]  # not theirs
+            if (
+                gone
+                and calling["mode"] in ("AUTO", "ANY")
+                and "allowedFunctionNames" not in calling
+            ):
+                # Only the offered may be called (the history's, described as not to be,
+                # were called under auto: a reviewer's); auto's way is VALIDATED.
+                calling["allowedFunctionNames"] = [tool.name for tool in offered]
+                calling["mode"] = "VALIDATED" if calling["mode"] == "AUTO" else "ANY"
             body["toolConfig"] = {"functionCallingConfig": calling}
         config = body["generationConfig"]
         if self.settings.temperature is not None:
