@@ -488,10 +488,11 @@ def thinks_always(provider: str, model: str) -> bool:
     return claude_at_least(provider, model, (5, 0))
 
 
-def refuses_a_forced_call(provider: str, model: str) -> bool:
-    """Whether the model refuses a forced tool call (`tool_choice` any or tool, a 400 on
-    every such request): Claude 5.5 on, and Fable and Mythos from 5.1 (Anthropic's
-    migration guides). Others of Claude 5 take one beside their thinking, which it skips."""
+def preserves_thinking(provider: str, model: str) -> bool:
+    """Whether the model checks a thinking block sent back against what came before it
+    when it was made (Anthropic's "preserved thinking": a changed system prompt, tools
+    or earlier message is a 400 unless the block may be dropped): Claude 5.5 on, and
+    Fable and Mythos from 5.1."""
     version = claude_version(provider, model)
     if version is None:
         return False
@@ -499,6 +500,13 @@ def refuses_a_forced_call(provider: str, model: str) -> bool:
 
 
 _FROM_5_1 = ("fable", "mythos")  # the lines whose 5.1 came with 5.5's rules
+
+
+def refuses_a_forced_call(provider: str, model: str) -> bool:
+    """Whether the model refuses a forced tool call (`tool_choice` any or tool, a 400 on
+    every such request): those that preserve thinking but Haiku 5.5 (Anthropic's
+    migration guides). Others of Claude 5 take one beside their thinking, which it skips."""
+    return preserves_thinking(provider, model) and "haiku" not in model
 
 
 def claude_at_least(provider: str, model: str, version: tuple[int, int]) -> bool:

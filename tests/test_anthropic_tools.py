@@ -446,7 +446,7 @@ def test_a_forced_call_turns_thinking_off(upstream: FakeUpstream, choice: ToolCh
         ("claude-fable-5", True),
         ("claude-sonnet-5-5", False),
         ("claude-opus-5-5", False),
-        ("claude-haiku-5-5", False),
+        ("claude-haiku-5-5", True),  # its guide: a forced call, answered with no thinking
         ("claude-fable-5-1", False),
         ("anthropic.claude-mythos-5-1", False),
     ],
@@ -460,8 +460,38 @@ def test_a_model_that_always_thinks_is_asked_with_thinking_and_a_call_it_takes(
     such request: a reviewer's, from Anthropic's migration guides), others take one
     beside their thinking. Their thinking is asked to stream, thinking on or off."""
     body = sent(upstream, ask(choice=choice), thinking=False, temperature=0.5, model=model)
-    assert body["thinking"] == {"type": "adaptive", "display": "summarized"}
+    assert {k: v for k, v in body["thinking"].items() if k != "block_binding"} == {
+        "type": "adaptive",
+        "display": "summarized",
+    }
     assert ("tool_choice" in body) is forced and "temperature" not in body
+
+
+@pytest.mark.parametrize(
+    ("model", "preserves"),
+    [
+        ("claude-opus-5", False),
+        ("claude-fable-5", False),
+        ("claude-sonnet-4-6", False),
+        ("claude-fable-5-1", True),
+        ("claude-mythos-5-2", True),
+        ("claude-opus-5-5", True),
+        ("claude-sonnet-5-5", True),
+        ("claude-haiku-5-5", True),
+    ],
+)
+def test_a_model_that_preserves_thinking_may_drop_a_block_whose_conversation_changed(
+    upstream: FakeUpstream, model: str, preserves: bool
+) -> None:
+    """Claude 5.5 on, Fable and Mythos from 5.1, check each thinking block sent back
+    against what came before it (a 400 on every later question once the tools, the
+    system prompt or the history changed, or a block moved before the turn's text: a
+    reviewer's): such a block is dropped instead."""
+    body = sent(upstream, ask(tools=()), thinking=True, model=model)
+    binding = {"prefix_mismatch_behavior": "drop_block"}
+    assert (body["thinking"].get("block_binding") == binding) is preserves
+    beta = upstream.requests[-1].headers.get("anthropic-beta")
+    assert (beta == "thinking-binding-controls-2026-08-01") is preserves
 
 
 @pytest.mark.parametrize("signature", [None, "CiQBcsjafBkRVsOq1b3Fy2Z9"], ids=["none", "other"])
@@ -472,7 +502,7 @@ def test_a_model_that_always_thinks_continues_a_loop_without_thinking_to_send_ba
     the loop goes on, thinking as the model always does (a reviewer's, against a fake
     that asked for a leading thinking block as Claude before 5 does)."""
     history = loop(call("toolu_g", "get_weather", {"city": "Zürich"}, signature=signature))
-    body = sent(upstream, ask("", *history), model="claude-opus-5-5")
+    body = sent(upstream, ask("", *history), model="claude-opus-5")
     assert body["thinking"] == {"type": "adaptive", "display": "summarized"}
     assert [block["type"] for block in body["messages"][1]["content"]] == ["text", "tool_use"]
 

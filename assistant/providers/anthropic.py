@@ -62,6 +62,7 @@ import httpx
 from ..config import (
     claude_at_least,
     claude_version,
+    preserves_thinking,
     refuses_a_forced_call,
     thinks_adaptively,
     thinks_always,
@@ -419,9 +420,19 @@ def _thinking(model: str, budget: int) -> dict[str, Any]:
     (every request a 400), and from 4.7 on their thinking is left out of the stream
     unless asked for ("summarized"). Older models, and names that say no version, take
     the budget."""
+    if preserves_thinking("anthropic", model):
+        # A block sent back whose conversation changed before it (the history the
+        # frontend keeps, the tools it offers now, the order of thinking and text, which
+        # a call's signature does not keep) is dropped, not a 400 on every later question.
+        return {**_ADAPTIVE, "block_binding": {"prefix_mismatch_behavior": "drop_block"}}
     if thinks_adaptively("anthropic", model):
-        return {"type": "adaptive", "display": "summarized"}
+        return dict(_ADAPTIVE)
     return {"type": "enabled", "budget_tokens": budget}
+
+
+_ADAPTIVE = {"type": "adaptive", "display": "summarized"}
+# The beta that lets a request say what becomes of such a block (`block_binding`).
+BINDING_BETA = "thinking-binding-controls-2026-08-01"
 
 
 # Claude Opus 4.7 refuses a temperature ("`temperature` is deprecated for this model", a
@@ -468,7 +479,7 @@ class AnthropicProvider(HttpProvider):
                 for spec in map(with_nothing_refused_at_the_top, prompt.tools)
             ]
             # With thinking on, the API refuses a forced call (Claude 5 on take one, but
-            # from 5.5 on none at all): the model is left to choose ("auto").
+            # most from 5.5 on none at all): the model is left to choose ("auto").
             refused = refuses_a_forced_call(self.name, self.settings.model) if always else thinking
             choice = None if refused and _forces_a_call(prompt) else _tool_choice(prompt)
             if choice is not None:
@@ -500,6 +511,8 @@ class AnthropicProvider(HttpProvider):
             "anthropic-version": API_VERSION,
             "accept": "text/event-stream",
         }
+        if preserves_thinking(self.name, self.settings.model):
+            headers["anthropic-beta"] = BINDING_BETA
         return f"{self.settings.base_url}/v1/messages", self._body(prompt), headers
 
     def decoder(self, response: httpx.Response) -> _Decoder:

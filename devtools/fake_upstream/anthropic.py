@@ -61,8 +61,8 @@ def _thinks(body: dict[str, Any]) -> bool:
 
 # Claude's version in a model's name (claude-opus-5-5, claude-fable-5), and what comes of it
 # by Anthropic's migration guides: Claude 5 on think unasked, and a forced call there skips
-# the thinking (so a loop of theirs may start with its call); 5.5 on, and Fable and Mythos
-# from 5.1, refuse a forced call.
+# the thinking (so a loop of theirs may start with its call); 5.5 on (but Haiku), and Fable
+# and Mythos from 5.1, refuse a forced call.
 _VERSION = re.compile(r"claude-(?:[a-z]+-)*(\d+)(?:[-.](\d{1,2})(?!\d))?")
 
 
@@ -77,6 +77,8 @@ def _thinks_unasked(model: Any) -> bool:
 
 def _refuses_a_forced_call(model: Any) -> bool:
     version, line = _version(model), str(model)
+    if "haiku" in line:  # Haiku 5.5 takes one, and answers it without thinking
+        return False
     return version >= (5, 5) or (version >= (5, 1) and ("fable" in line or "mythos" in line))
 
 
