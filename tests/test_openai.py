@@ -156,6 +156,9 @@ def test_a_llama_cpp_error_line_is_an_upstream_error(
         ("http://127.0.0.1:11434/v1", "qwen3:8b", "max_tokens"),
         ("http://127.0.0.1:11434/v1", "gpt-oss:20b", "max_tokens"),
         ("https://gateway.example/v1", "gpt-4o", "max_tokens"),
+        # Kimi K2.6 on no longer honour max_tokens: no cap at all.
+        ("https://api.moonshot.ai/v1", "kimi-k3", "max_completion_tokens"),
+        ("https://api.moonshot.cn/v1", "kimi-k2.6", "max_completion_tokens"),
         # OpenAI's reasoning models refuse max_tokens, behind a gateway too.
         ("https://gateway.example/v1", "o3-mini", "max_completion_tokens"),
         ("https://gateway.example/v1", "openai/gpt-5", "max_completion_tokens"),

@@ -1011,20 +1011,15 @@ def test_mistral_is_sent_call_ids_of_nine_letters_and_digits() -> None:
     assert [message["tool_call_id"] for message in messages[2:4]] == ids
 
 
-@pytest.mark.parametrize(
-    ("model", "sent"),
-    [("kimi-k2.5", {"type": "disabled"}), ("kimi-k2-thinking", None)],
-)
-def test_kimi_forced_to_call_a_tool_is_told_not_to_think_or_asked_with_auto(
-    model: str, sent: dict[str, str] | None
-) -> None:
-    # Kimi, too, thinks unless told not to and refuses a forced call while it does; a
-    # model that only thinks cannot be told: the model chooses.
+@pytest.mark.parametrize("model", ["kimi-k2.5", "kimi-k2.6", "kimi-k2.7-code", "kimi-k3"])
+def test_kimi_forced_to_call_a_tool_is_asked_with_auto(model: str) -> None:
+    """Kimi thinks unless told not to and refuses a forced call while it does; K2.x takes
+    no `required` at all, and K2.7 Code and K3 cannot stop thinking (a reviewer's, from
+    Moonshot's docs: a first version sent `thinking: disabled` and the forced call)."""
     settings = provider_settings("openai", "https://api.moonshot.ai/v1", model, "OPENAI_API_KEY")
     forced = dataclasses.replace(TOOLS, tool_choice="required")
     body = OpenAIProvider(settings, "k")._body(forced)
-    assert body.get("thinking") == sent
-    assert body.get("tool_choice") == ("required" if sent else None)
+    assert "thinking" not in body and "tool_choice" not in body
 
 
 def test_mistral_is_sent_an_assistant_word_between_results_and_the_users_text() -> None:
@@ -1046,19 +1041,25 @@ def test_mistral_is_sent_an_assistant_word_between_results_and_the_users_text() 
     ("base_url", "model", "effort", "temperature"),
     [
         ("https://api.groq.com/openai/v1", "qwen/qwen3-32b", "default", 0.5),  # none or default
-        ("https://api.groq.com/openai/v1", "openai/gpt-oss-120b", "low", 0.5),
+        ("https://api.groq.com/openai/v1", "openai/gpt-oss-120b", "medium", 0.5),
         ("https://api.mistral.ai/v1", "mistral-small-latest", "high", 0.5),  # high or none
-        ("https://api.moonshot.ai/v1", "kimi-k2.6", "low", None),  # its own temperature alone
+        ("https://api.moonshot.ai/v1", "kimi-k2.6", "medium", None),  # its own temperature alone
+        # xAI's refuse an effort (a 400), but grok-3-mini's (low or high) and grok-4.3's.
+        ("https://api.x.ai/v1", "grok-4", None, 0.5),
+        ("https://api.x.ai/v1", "grok-4.20-reasoning", None, 0.5),
+        ("https://api.x.ai/v1", "grok-3-mini", "high", 0.5),
+        ("https://api.x.ai/v1", "grok-4.3", "medium", 0.5),
     ],
 )
 def test_a_server_is_sent_the_effort_and_temperature_it_takes(
-    base_url: str, model: str, effort: str, temperature: float | None
+    base_url: str, model: str, effort: str | None, temperature: float | None
 ) -> None:
-    """Each refused the other values, every request a 400 (a reviewer's)."""
+    """Each refused the other values, every request a 400 (reviewers')."""
     thinking = provider_settings(
         "openai", base_url, model, "OPENAI_API_KEY", thinking=True, temperature=0.5
     )
-    assert OpenAIProvider(thinking, "k")._body(HI)["reasoning_effort"] == effort
+    thinking = dataclasses.replace(thinking, thinking_budget=4096)
+    assert OpenAIProvider(thinking, "k")._body(HI).get("reasoning_effort") == effort
     plain = dataclasses.replace(thinking, thinking=False)
     assert OpenAIProvider(plain, "k")._body(HI).get("temperature") == temperature
 

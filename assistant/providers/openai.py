@@ -119,6 +119,7 @@ _STOP_REASONS: dict[str, StopReason] = {
     "tool_calls": "tool_use",
     "function_call": "tool_use",
     "content_filter": "content_filter",
+    "model_length": "max_tokens",  # Mistral's: the context window reached
 }
 # Finish reasons that say the server cut the reply short (DeepSeek's, when it runs out of
 # resources mid-reply; vLLM's and SGLang's when the engine aborted or failed the request):
@@ -159,15 +160,15 @@ def length_field(base_url: str, model: str) -> str:
     `max_tokens` and want `max_completion_tokens`, which OpenAI's own API takes for every
     model; many compatible servers know only `max_tokens` and drop the other unread
     (Ollama's `/v1`: a reply with no cap at all). So `max_completion_tokens` to OpenAI's
-    hosts and to names of its reasoning models (a gateway in front of OpenAI), else
-    `max_tokens`."""
+    hosts and to names of its reasoning models (a gateway in front of OpenAI), and to
+    Moonshot's, whose Kimi K2.6 on no longer honour `max_tokens`, else `max_tokens`."""
     url = httpx.URL(base_url)
-    host = (url.host or "").lower()
+    host = (url.host or "").lower().rstrip(".")
     # OpenAI's (regional ones too: eu.api.openai.com) and Azure OpenAI's, whichever of
     # Azure's hosts serves it (its path says: /openai/...), where a model's name is a
     # deployment's, any name at all.
     azure_openai = host.endswith(".azure.com") and "/openai" in url.path.lower()
-    if host.endswith(".openai.com") or azure_openai:
+    if host.endswith(".openai.com") or azure_openai or _at_moonshot(host):
         return "max_completion_tokens"
     return "max_completion_tokens" if reasons(model) else "max_tokens"
 
@@ -193,11 +194,13 @@ class _Server:
     # loop's messages lack their reasoning_content (`_messages`).
     reasoning_back: bool = False
     # The same two think unless told not to, and refuse a forced call while they do (400
-    # "Thinking mode does not support this tool_choice"): the call asked for goes with
-    # thinking disabled, as Anthropic's does; a model that only thinks (kimi-k2-thinking)
-    # is asked with auto.
+    # "Thinking mode does not support this tool_choice"): at DeepSeek's the call asked for
+    # goes with thinking disabled, as Anthropic's does; at Moonshot's it is asked with auto
+    # (Kimi K2.x takes no `required` at all, K2.7 Code and K3 cannot stop thinking).
     thinks_unasked: bool = False
     only_thinks: bool = False
+    # The field that caps a reply's length (`length_field`).
+    length_field: str = "max_tokens"
     # DeepSeek's takes no json_schema (400 "This response_format type is unavailable
     # now"): JSON mode, the schema asked for in the system prompt.
     json_mode_only: bool = False
@@ -214,28 +217,35 @@ class _Server:
     # Moonshot's Kimi K2.5 and later refuse any temperature but their own (400 "only 1 is
     # allowed for this model"): none is sent there.
     takes_temperature: bool = True
-    # The effort a thinking budget goes as, where a server takes only some (None: the
-    # budget's level): Groq's models other than gpt-oss take "none" or "default" alone,
-    # Mistral's small and medium "high" or "none".
-    effort: str | None = None
+    # The effort a thinking budget goes as (None: none is sent): the budget's level, but
+    # Groq's models other than gpt-oss take "none" or "default" alone, Mistral's small and
+    # medium "high" or "none"; xAI's refuse one (a 400) but grok-3-mini's (low or high)
+    # and grok-4.3's.
+    effort: str | None = "low"
     # Groq's refuses a response format beside tools (400 "json mode cannot be combined
     # with tool/function calling"): there the tools go, the schema does not.
     schema_with_tools: bool = True
 
     @classmethod
-    def at(cls, base_url: str, model: str) -> _Server:
+    def at(cls, base_url: str, model: str, budget: int) -> _Server:
         host = (httpx.URL(base_url).host or "").lower().rstrip(".")  # "api.deepseek.com." too
         deepseek = _at(host, "deepseek.com")
-        moonshot = _at(host, "moonshot.ai") or _at(host, "moonshot.cn")
+        moonshot = _at_moonshot(host)
         mistral = _at(host, "mistral.ai")
         groq = _at(host, "groq.com")
-        effort = "high" if mistral else None
-        if groq and "gpt-oss" not in model.lower():
+        level = _reasoning_effort(budget)
+        effort: str | None = level
+        if mistral:
+            effort = "high"
+        elif groq and "gpt-oss" not in model.lower():
             effort = "default"
+        elif _at(host, "x.ai"):
+            effort = _xai_effort(model, level)
         return cls(
             reasoning_back=deepseek or moonshot,
             thinks_unasked=deepseek or moonshot,
-            only_thinks=moonshot and "thinking" in model.lower(),
+            only_thinks=moonshot,
+            length_field=length_field(base_url, model),
             json_mode_only=deepseek,
             mistral=mistral,
             keeps_reasoning_too=_at(host, "openrouter.ai"),
@@ -255,7 +265,8 @@ class OpenAIProvider(HttpProvider):
 
     @functools.cached_property
     def _server(self) -> _Server:
-        return _Server.at(self.settings.base_url, self.settings.model)
+        settings = self.settings
+        return _Server.at(settings.base_url, settings.model, settings.thinking_budget)
 
     def _body(self, prompt: Prompt) -> dict[str, Any]:
         server = self._server
@@ -269,7 +280,7 @@ class OpenAIProvider(HttpProvider):
             "model": self.settings.model,
             "messages": messages,
             "stream": True,
-            length_field(self.settings.base_url, self.settings.model): self.settings.max_tokens,
+            server.length_field: self.settings.max_tokens,
         }
         if not server.mistral:
             body["stream_options"] = {"include_usage": True}
@@ -280,8 +291,8 @@ class OpenAIProvider(HttpProvider):
             else:
                 body["thinking"] = {"type": "disabled"}
         if self.settings.thinking and "thinking" not in body:
-            effort = server.effort or _reasoning_effort(self.settings.thinking_budget)
-            body["reasoning_effort"] = effort
+            if server.effort is not None:
+                body["reasoning_effort"] = server.effort
         elif (
             self.settings.temperature is not None
             and not reasons(self.settings.model)
@@ -414,6 +425,19 @@ def _tool_choice(choice: ToolChoice) -> str | dict[str, Any]:
 
 def _at(host: str, domain: str) -> bool:
     return host == domain or host.endswith("." + domain)
+
+
+def _at_moonshot(host: str) -> bool:
+    return _at(host, "moonshot.ai") or _at(host, "moonshot.cn")
+
+
+def _xai_effort(model: str, effort: str) -> str | None:
+    """The effort xAI's model takes: none but grok-3-mini's (low or high) and grok-4.3's
+    (docs.x.ai: "Specifying reasoning_effort parameter will get an error response")."""
+    name = model.lower()
+    if "grok-3-mini" in name:
+        return "low" if effort == "low" else "high"
+    return effort if re.search(r"grok-4\.3(?!\d)", name) else None
 
 
 def _with_schema_asked(system: str | None, schema: Mapping[str, Any]) -> str:
