@@ -50,7 +50,7 @@ DEFAULT_THINKING_BUDGET = 2048
 DEFAULT_MODELS = {
     "anthropic": "claude-sonnet-4-5",
     "openai": "gpt-4.1-mini",
-    "gemini": "gemini-3.5-flash",
+    "gemini": "gemini-3.8-flash",
     "ollama": "llama3.2",
 }
 

@@ -1734,7 +1734,7 @@ def test_the_chain_falls_through_every_format_in_order(client, all_four) -> None
     assert [request.path.split("?")[0] for request in all_four.requests] == [
         "/v1/messages",
         "/v1/chat/completions",
-        "/v1beta/models/gemini-3.5-flash:streamGenerateContent",
+        "/v1beta/models/gemini-3.8-flash:streamGenerateContent",
         "/api/chat",
     ]
 

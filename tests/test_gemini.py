@@ -394,7 +394,11 @@ def test_error_tail_after_text_fails_committed(upstream: FakeUpstream) -> None:
         ("gemini-2.5-flash-preview-09-2025", False, 2048, {"thinkingBudget": 0}),
         ("gemini-2.5-flash-image", False, 2048, None),  # refuses any thinkingConfig
         ("gemini-2.5-pro", False, 2048, None),  # cannot stop: 0 is a 400
-        ("gemini-3-pro-preview", False, 2048, None),
+        # Gemini 3 cannot stop either: told the least level all take (a reviewer's: the
+        # default model, 3.8 Flash, thought unseen at its default, medium).
+        ("gemini-3-pro-preview", False, 2048, {"thinkingLevel": "low"}),
+        ("gemini-3.8-flash", False, 2048, {"thinkingLevel": "low"}),
+        ("gemini-3-pro-image", False, 2048, None),
         ("gemini-2.5-pro", True, 4096, {"includeThoughts": True, "thinkingBudget": 4096}),
         # Gemini 3 takes a level in the budget's place (a budget is accepted, and worse).
         ("gemini-3-pro-preview", True, 2048, {"includeThoughts": True, "thinkingLevel": "low"}),

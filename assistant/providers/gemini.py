@@ -101,9 +101,17 @@ def _thinking_config(settings: ProviderSettings) -> dict[str, Any] | None:
     level it takes in a budget's place (a budget there is accepted, and documented as
     worse). Off: Gemini 2.5 Flash is told a budget of 0, or it thinks anyway, unseen,
     its thoughts counted against maxOutputTokens (a reply could end with nothing shown)
-    and holding the first chunk back. Pro and Gemini 3 cannot stop (0 is a 400)."""
+    and holding the first chunk back. Pro and Gemini 3 cannot stop (0 is a 400): Gemini
+    3 is told the least level they all take, "low" (Flash's default is "medium")."""
     if not settings.thinking:
-        return {"thinkingBudget": 0} if _STOPS_AT_ZERO.search(settings.model) else None
+        if _STOPS_AT_ZERO.search(settings.model):
+            return {"thinkingBudget": 0}
+        takes_a_level = not _NO_THINKING_CONFIG.search(settings.model)
+        return (
+            {"thinkingLevel": "low"}
+            if gemini_3_on("gemini", settings.model) and takes_a_level
+            else None
+        )
     if gemini_3_on("gemini", settings.model):
         level = "low" if settings.thinking_budget <= 2048 else "high"  # all Gemini 3 take
         return {"includeThoughts": True, "thinkingLevel": level}
@@ -113,6 +121,8 @@ def _thinking_config(settings: ProviderSettings) -> dict[str, Any] | None:
 # Gemini 2.5 Flash and Flash-Lite, previews and versions too; not -image, -tts or
 # -native-audio ones, which refuse any thinkingConfig ("Thinking is not enabled").
 _STOPS_AT_ZERO = re.compile(r"gemini-2\.5-flash(?:-lite)?(?:-preview(?:-\d+)+|-\d{3})?$")
+# Models that refuse any thinkingConfig ("Thinking is not enabled"), Gemini 3's too.
+_NO_THINKING_CONFIG = re.compile(r"-(?:image|tts|native-audio)")
 
 
 class GeminiProvider(HttpProvider):
