@@ -74,14 +74,18 @@ def with_cut_json_kept(
 
 def cut_json_reading(answer: str, schema: Mapping[str, Any] | None) -> tuple[str, str] | None:
     """(content, thinking) of a reply cut short, asked for JSON, where it opens as JSON
-    (`{`, `[`, a string's `"` or a fence): a tag inside one of its strings is its text, as a whole
-    reply's is (`with_structured_output`; cut JSON never parses, so its opening tells).
-    A value that quoted `<think>` took the rest of the JSON for thinking, saved apart
-    from the text the page showed (a reviewer's). None: read as ever."""
+    (`{`, `[` or a fence, and `"` where a string is asked for: prose opens with a quote
+    too): a tag inside one of its strings is its text, as a whole reply's is
+    (`with_structured_output`; cut JSON never parses, so its opening tells). A value
+    that quoted `<think>` took the rest of the JSON for thinking, saved apart from the
+    text the page showed (a reviewer's). None: read as ever."""
     if schema is None or ("<think" not in answer and "</think" not in answer):
         return None
     content, thinking = split_outside_json_strings(answer)
-    return (content, thinking) if content.lstrip().startswith(("{", "[", '"', "```")) else None
+    kind = schema.get("type")
+    string = kind == "string" or (isinstance(kind, list) and "string" in kind)
+    openers = ("{", "[", "```", *(('"',) if string else ()))
+    return (content, thinking) if content.lstrip().startswith(openers) else None
 
 
 def assistant_message(

@@ -294,6 +294,20 @@ def test_a_json_answer_with_a_tag_that_misses_the_schema_says_why() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("schema", "read_as_json"),
+    [({"type": "string"}, True), ({"type": ["string", "null"]}, True), ({"type": "object"}, False)],
+)
+def test_a_cut_reply_opening_with_a_quote_is_json_only_where_a_string_is_asked_for(
+    schema: dict[str, Any], read_as_json: bool
+) -> None:
+    """Prose opens with a quote too: where no string is asked for, its thinking is read as
+    ever (a reviewer's: the block was saved as the visible text)."""
+    cut = '"Thanks," she wrote, "for the <think>they want a summary</think>Here is'
+    read = record.cut_json_reading(cut, schema)
+    assert (read == (cut, "")) if read_as_json else read is None
+
+
 def test_an_assistant_turn_with_calls_needs_no_content() -> None:
     turns = _history({"role": "assistant", "tool_calls": [{"id": "c", "name": "now"}]})
     assert turns == (Turn("assistant", "", tool_calls=(ToolCall("c", "now", {}),)),)
