@@ -517,8 +517,12 @@ class _ChunkScan:
         while True:
             if self.state == "size":
                 end = data.find(b"\n", self.pos)
+                if _bare_cr(data, self.pos, len(data) if end < 0 else end):
+                    self.cut_short = True  # a CR alone: no line ends there (a reviewer's)
+                    return True
                 if end < 0:
-                    return len(data) - self.pos > 1024  # no size line is that long
+                    # Longer than gunicorn takes (it refuses the line): no size line.
+                    return len(data) - self.pos > _LONGEST_SIZE_LINE
                 if end == self.pos or data[end - 1] != _CR:
                     self.cut_short = True  # a line ended by a bare LF: all that comes
                     return True
@@ -557,12 +561,9 @@ class _ChunkScan:
                         self.cut_short = True  # a line ended by a bare LF, as above
                         return True
                     line_end = data.find(b"\n", line_end + 1)
-                bare_cr = data.find(b"\r", self.pos)
-                while 0 <= bare_cr < len(data) - 1:
-                    if data[bare_cr + 1] != _LF:
-                        self.cut_short = True  # a CR alone: no line ends there either
-                        return True
-                    bare_cr = data.find(b"\r", bare_cr + 1)
+                if _bare_cr(data, self.pos, len(data)):
+                    self.cut_short = True  # a CR alone, as above
+                    return True
                 self.pos = max(self.pos, len(data) - 3)  # look at each byte once
                 return False
 
@@ -573,6 +574,22 @@ class _ChunkScan:
         del data[:done]
         self.pos -= done
         self.trailers -= done
+
+
+def _bare_cr(data: bytearray, start: int, stop: int) -> bool:
+    """Whether a CR in `data[start:stop]` is followed by a byte other than LF (gunicorn,
+    looking for a CRLF, waits past it for the read timeout)."""
+    at = data.find(b"\r", start, stop)
+    while 0 <= at < len(data) - 1:
+        if data[at + 1] != _LF:
+            return True
+        at = data.find(b"\r", at + 1, stop)
+    return False
+
+
+# A chunk's size line gunicorn takes at most (its limit on a request line, and extensions
+# of a kilobyte and more are legal): past it, the scan stops.
+_LONGEST_SIZE_LINE = 8192
 
 
 class _ReadFirst(SocketUnreader):
@@ -617,11 +634,12 @@ class _ReadFirst(SocketUnreader):
         self.buf.seek(0, os.SEEK_END)
         self._held = data + self.take_buffered() if self.buf.tell() or self._held else data
         self._at = 0
-        self._held_is_all = scan is not None and scan.cut_short
-        self._scan = scan if scan is not None and not scan.ended else None
-        self._scanned = bytearray(data) if self._scan is not None else bytearray()
-        if self._scan is not None:
-            self._scan.forget_read(self._scanned)
+        self._scan, self._scanned, self._held_is_all = scan, bytearray(), False
+        if scan is not None:
+            # The poller may have stopped before it scanned its last read (its hold full),
+            # or not scanned at all (a client waiting for "100 Continue"): on from there.
+            self._scanned = bytearray(data)
+            self._scan_on()
 
     def chunk(self, size_hint: int | None = None) -> bytes:
         size = max(self.mxchunk, min(size_hint or 0, self.max_body_chunk))
@@ -652,16 +670,21 @@ class _ReadFirst(SocketUnreader):
             clock.stop()
 
     def _scanned_on(self, piece: bytes) -> bytes:
-        """`piece`, read, after the scan of the body it belongs to looked at it: cut short
-        there, nothing is read past it (`hold`)."""
+        """`piece`, read, after the scan of the body it belongs to looked at it."""
         if self._scan is not None and piece:
             self._scanned += piece
-            if self._scan.complete(self._scanned):
-                self._held_is_all = self._scan.cut_short
-                self._scan, self._scanned = None, bytearray()
-            else:
-                self._scan.forget_read(self._scanned)
+            self._scan_on()
         return piece
+
+    def _scan_on(self) -> None:
+        """The scan, over what it has not looked at: at the body's end, cut short there,
+        nothing is read past it (`hold`)."""
+        assert self._scan is not None
+        if self._scan.ended or self._scan.complete(self._scanned):
+            self._held_is_all = self._scan.cut_short
+            self._scan, self._scanned = None, bytearray()
+        else:
+            self._scan.forget_read(self._scanned)
 
     def take_buffered(self) -> bytes:
         """What was put back, then what is still held (gunicorn reads them so): a next
@@ -724,13 +747,17 @@ class _Arrival:
 
     def _expect_body(self, head: bytes) -> bool:
         """Whether to wait for a body, and which; no for anything gunicorn will refuse."""
-        if _EXPECT.search(head):
-            return False  # the client may be waiting for "100 Continue" first
         lengths = _CONTENT_LENGTH.findall(head)  # the well-formed ones
         length_fields = len(_ANY_CONTENT_LENGTH.findall(head))
         coding_fields = len(_ANY_TRANSFER_ENCODING.findall(head))
-        if coding_fields == 1 and not length_fields and _CHUNKED.search(head):
+        chunked = coding_fields == 1 and not length_fields and _CHUNKED.search(head)
+        if chunked:
+            # Scanned here, or, for a client that waits for "100 Continue", on the thread
+            # (`_ReadFirst.hold`): a bare LF in it waited out the read timeout (a reviewer's).
             self.chunks = _ChunkScan(len(head) + 4)
+        if _EXPECT.search(head):
+            return False  # the client may be waiting for "100 Continue" first
+        if chunked:
             return True
         if length_fields == 1 and not coding_fields and len(lengths) == 1:
             length = int(lengths[0])

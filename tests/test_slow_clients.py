@@ -27,7 +27,7 @@ import pytest
 from gunicorn.app.base import BaseApplication
 
 from assistant import server
-from assistant.worker import HEAD_BUFFER_BYTES, Worker
+from assistant.worker import BODY_BUFFER_BYTES, HEAD_BUFFER_BYTES, Worker
 from devtools.fake_upstream import FakeUpstream, Script
 from devtools.service import running_service
 
@@ -638,6 +638,16 @@ def test_a_refusal_of_gunicorns_names_no_origin_it_could_not_read(fake: FakeUpst
     assert "access-control-allow-origin" not in headers and headers["vary"] == "Origin"
 
 
+def _chunked_to(length: int, tail: bytes) -> bytes:
+    """A chunked JSON body of exactly `length` bytes on the wire, ending with `tail`."""
+    start = _in_chunks(b'{"user_input": "' + b"a" * (length // 2) + b'"', 16)
+    for pad in range(length - len(start) - len(tail), 0, -1):  # its last chunk: blanks, "}"
+        last = b"%x\r\n%s}\r\n" % (pad, b" " * (pad - 1))
+        if len(start) + len(last) + len(tail) == length:
+            return start + last + tail
+    raise AssertionError("no such body")
+
+
 def _in_chunks(body: bytes, size: int) -> bytes:
     """`body` as chunks of `size` bytes, with no last chunk."""
     pieces = (body[at : at + size] for at in range(0, len(body), size))
@@ -664,6 +674,11 @@ def _in_chunks(body: bytes, size: int) -> bytes:
         # A CR alone in the trailers: no line ends there either.
         b"2\r\n{}\r\n0\r\n\r\r\n",
         b"2\r\n{}\r\n0\r\nX-T: a\r\r\n",
+        # ...nor in a size line (a client ending lines with CR alone), an extension too.
+        b"2\r{}\r0\r\r",
+        b"2\r\n{}\r\n0;a=b\rc",
+        # A bare LF as the poller's last held byte (its hold full, the scan stopped short).
+        _chunked_to(BODY_BUFFER_BYTES, b"0\n"),
     ],
     ids=[
         "chunk-size",
@@ -678,6 +693,9 @@ def _in_chunks(body: bytes, size: int) -> bytes:
         "bare-lf-past-the-pollers-hold",
         "bare-cr-trailer-end",
         "bare-cr-trailer",
+        "bare-cr-size",
+        "bare-cr-extension",
+        "bare-lf-the-pollers-last-byte",
     ],
 )
 def test_a_chunked_body_gunicorn_refuses_midway_is_a_400_answered_once(
@@ -696,6 +714,27 @@ def test_a_chunked_body_gunicorn_refuses_midway_is_a_400_answered_once(
         "code": "invalid_request",
         "trace_id": headers["x-trace-id"],
     }
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize("framing", ["expect-100-continue", "extension-in-parts"])
+def test_a_chunked_body_the_poller_did_not_scan_whole_is_refused_at_a_bare_lf_at_once(
+    service: str, fake: FakeUpstream, framing: str
+) -> None:
+    """A body a client sends after "100 Continue", or whose size line's extension came
+    past a kilobyte before its end: the scan stopped (or never began), and a bare LF
+    waited out the read timeout, with no answer (a reviewer's)."""
+    with _connect(service) as sock:
+        if framing == "expect-100-continue":
+            sock.sendall(POST + b"Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n")
+            assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+            sock.sendall(b"2\n{}\n0\n\n")
+        else:
+            sock.sendall(POST + b"Transfer-Encoding: chunked\r\n\r\n2;e=" + b"x" * 1100)
+            time.sleep(0.3)
+            sock.sendall(b"\r\n{}\r\n0\n\n")
+        status, _, answer = _read_response(sock)
+    assert status == 400 and json.loads(answer)["error"] == "the chunked body is malformed"
     assert fake.requests == []
 
 
