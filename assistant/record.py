@@ -16,6 +16,7 @@ from typing import Any
 
 from .chain import ChainReport
 from .request import AssistantRequest
+from .schema_kinds import may_be
 from .store import AssistantMessage, Author
 from .thinking import ThinkingSplitter, split_outside_json_strings
 from .tools import ToolCall, json_reading, structured_output
@@ -82,9 +83,7 @@ def cut_json_reading(answer: str, schema: Mapping[str, Any] | None) -> tuple[str
     if schema is None or ("<think" not in answer and "</think" not in answer):
         return None
     content, thinking = split_outside_json_strings(answer)
-    kind = schema.get("type")
-    string = kind == "string" or (isinstance(kind, list) and "string" in kind)
-    openers = ("{", "[", "```", *(('"',) if string else ()))
+    openers = ("{", "[", "```", *(('"',) if may_be(schema, "string") else ()))
     return (content, thinking) if content.lstrip().startswith(openers) else None
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
+from assistant import schema_kinds
 from assistant.providers import openai
 from assistant.providers.base import Message, Prompt, StreamEnd, TextDelta, Usage
 from assistant.providers.openai import OpenAIProvider
@@ -916,7 +917,7 @@ def test_deepseeks_json_mode_is_worked_out_within_a_bound(monkeypatch: pytest.Mo
     """An allOf of $refs to allOfs of them, four levels of 40: 8 s of the I/O loop per
     request, minutes at 100 (a reviewer's). The parts looked at are bounded: past the
     bound, what is not looked at may be an object."""
-    monkeypatch.setattr(openai, "MOST_SCHEMA_OBJECTS", 10)
+    monkeypatch.setattr(schema_kinds, "MOST_SCHEMA_OBJECTS", 10)
     listed = {"type": "array", "items": {"type": "string"}}
     late = {"allOf": [*[{"description": "fine"}] * 10, listed]}  # its array past the bound
     assert deepseek_body(dataclasses.replace(HI, response_schema=late))["response_format"]
@@ -1043,12 +1044,15 @@ def test_mistral_is_sent_an_assistant_word_between_results_and_the_users_text() 
         ("https://api.groq.com/openai/v1", "qwen/qwen3-32b", "default", 0.5),  # none or default
         ("https://api.groq.com/openai/v1", "openai/gpt-oss-120b", "medium", 0.5),
         ("https://api.mistral.ai/v1", "mistral-small-latest", "high", 0.5),  # high or none
-        ("https://api.moonshot.ai/v1", "kimi-k2.6", "medium", None),  # its own temperature alone
+        ("https://api.moonshot.ai/v1", "kimi-k3", "high", None),  # its own temperature alone
         # xAI's refuse an effort (a 400), but grok-3-mini's (low or high) and grok-4.3's.
         ("https://api.x.ai/v1", "grok-4", None, 0.5),
         ("https://api.x.ai/v1", "grok-4.20-reasoning", None, 0.5),
+        ("https://api.x.ai/v1", "grok-4-1-fast-reasoning", None, 0.5),
         ("https://api.x.ai/v1", "grok-3-mini", "high", 0.5),
         ("https://api.x.ai/v1", "grok-4.3", "medium", 0.5),
+        ("https://api.x.ai/v1", "grok-4.20-multi-agent-0309", "medium", 0.5),
+        ("https://api.x.ai/v1", "grok-4.5", "medium", 0.5),
     ],
 )
 def test_a_server_is_sent_the_effort_and_temperature_it_takes(

@@ -296,7 +296,16 @@ def test_a_json_answer_with_a_tag_that_misses_the_schema_says_why() -> None:
 
 @pytest.mark.parametrize(
     ("schema", "read_as_json"),
-    [({"type": "string"}, True), ({"type": ["string", "null"]}, True), ({"type": "object"}, False)],
+    [
+        ({"type": "string"}, True),
+        ({"type": ["string", "null"]}, True),
+        ({"type": "object"}, False),
+        # However the schema says a string may be asked for (a second reviewer's).
+        ({"anyOf": [{"type": "string"}, {"type": "object"}]}, True),
+        ({"$ref": "#/$defs/S", "$defs": {"S": {"type": "string"}}}, True),
+        ({"enum": ["yes", "no"]}, True),
+        ({"enum": [1, 2]}, False),
+    ],
 )
 def test_a_cut_reply_opening_with_a_quote_is_json_only_where_a_string_is_asked_for(
     schema: dict[str, Any], read_as_json: bool

@@ -74,13 +74,13 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
 
 import httpx
 
 from ..config import ProviderSettings
-from ..schema_bounds import MOST_SCHEMA_OBJECTS, UNHELD_IN_PATTERNS
-from ..schemas import rebuilt, resolve_pointer
+from ..schema_bounds import UNHELD_IN_PATTERNS
+from ..schema_kinds import may_be
+from ..schemas import rebuilt
 from ..tools import (
     NamedTool,
     ToolCall,
@@ -219,8 +219,7 @@ class _Server:
     takes_temperature: bool = True
     # The effort a thinking budget goes as (None: none is sent): the budget's level, but
     # Groq's models other than gpt-oss take "none" or "default" alone, Mistral's small and
-    # medium "high" or "none"; xAI's refuse one (a 400) but grok-3-mini's (low or high)
-    # and grok-4.3's.
+    # medium "high" or "none"; most of xAI's refuse one (a 400); Kimi K3 takes no medium.
     effort: str | None = "low"
     # Groq's refuses a response format beside tools (400 "json mode cannot be combined
     # with tool/function calling"): there the tools go, the schema does not.
@@ -241,6 +240,8 @@ class _Server:
             effort = "default"
         elif _at(host, "x.ai"):
             effort = _xai_effort(model, level)
+        elif moonshot and level == "medium":
+            effort = "high"  # Kimi K3 takes low, high or max
         return cls(
             reasoning_back=deepseek or moonshot,
             thinks_unasked=deepseek or moonshot,
@@ -307,7 +308,7 @@ class OpenAIProvider(HttpProvider):
         schema = prompt.response_schema if self.sends_schema(prompt) else None
         if schema is not None and not server.json_mode_only:
             body["response_format"] = _response_format(schema)
-        elif schema is not None and _maybe_object(schema):
+        elif schema is not None and may_be(schema, "object"):
             body["response_format"] = {"type": "json_object"}  # an object, JSON mode's answer
         return body
 
@@ -432,12 +433,19 @@ def _at_moonshot(host: str) -> bool:
 
 
 def _xai_effort(model: str, effort: str) -> str | None:
-    """The effort xAI's model takes: none but grok-3-mini's (low or high) and grok-4.3's
-    (docs.x.ai: "Specifying reasoning_effort parameter will get an error response")."""
+    """The effort xAI's model takes: none for those that refuse one (docs.x.ai:
+    "Specifying reasoning_effort parameter will get an error response"), low or high
+    for grok-3-mini, the level for the rest (grok-4.3, grok-4.20-multi-agent, 4.5 on)."""
     name = model.lower()
     if "grok-3-mini" in name:
         return "low" if effort == "low" else "high"
-    return effort if re.search(r"grok-4\.3(?!\d)", name) else None
+    return None if _XAI_NO_EFFORT.search(name) else effort
+
+
+# grok-3, grok-4 (-0709, -fast, -1-fast), grok-4.20 but its multi-agent, grok-code-fast.
+_XAI_NO_EFFORT = re.compile(
+    r"grok-(?:3(?!-mini)|4(?:-0709|-fast|-1-fast)?(?![\d.])|4\.20(?!-multi)|code-fast)"
+)
 
 
 def _with_schema_asked(system: str | None, schema: Mapping[str, Any]) -> str:
@@ -445,57 +453,6 @@ def _with_schema_asked(system: str | None, schema: Mapping[str, Any]) -> str:
     refuses a request whose messages never say "json")."""
     asked = "Reply in json that matches this JSON Schema: " + json.dumps(schema)
     return f"{system}\n\n{asked}" if system else asked
-
-
-def _maybe_object(schema: Any) -> bool:
-    """Whether the reply a schema asks for may be an object, the one JSON mode writes: yes
-    unless the schema rules objects out (an array or a scalar by its `type`, an enum of
-    them, a `$ref` or an `allOf` branch that does, a union none of whose branches may),
-    a few levels deep and no more than MOST_SCHEMA_OBJECTS parts in all (an allOf of
-    `$ref`s to allOfs of them took minutes, on the I/O loop: a reviewer's); ruled out,
-    it goes with the words alone, JSON mode would contradict them (reviewers')."""
-    looked = 0
-
-    def may_be(node: Any, depth: int) -> bool:
-        nonlocal looked
-        looked += 1
-        if not isinstance(node, Mapping):
-            return node is not False
-        if depth > _MOST_LEVELS_LOOKED or looked > MOST_SCHEMA_OBJECTS:
-            return True  # not ruled out as far as it was looked at
-        kind = node.get("type")
-        if isinstance(kind, str):
-            return kind == "object"
-        if isinstance(kind, list):
-            return "object" in kind
-        if "enum" in node or "const" in node:
-            listed = [*_listed(node.get("enum")), *([node["const"]] if "const" in node else [])]
-            return any(isinstance(value, dict) for value in listed)
-        reference = node.get("$ref")
-        every = _listed(node.get("allOf"))
-        if isinstance(reference, str):
-            target = None
-            if reference == "#" or reference.startswith("#/"):
-                target = resolve_pointer(schema, unquote(reference[1:]))
-            if target is None:
-                # An anchor's name (read as a pointer, it led back to the root), a URI,
-                # or a pointer into an inner `$id`'s resource: where it leads is not
-                # known here, so no JSON mode is asked.
-                return False
-            every = [*every, target]
-        if not all(may_be(part, depth + 1) for part in every):
-            return False
-        unions = [_listed(node.get(keyword)) for keyword in ("anyOf", "oneOf") if keyword in node]
-        return all(any(may_be(part, depth + 1) for part in union) for union in unions)
-
-    return may_be(schema, 0)
-
-
-_MOST_LEVELS_LOOKED = 8
-
-
-def _listed(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
 
 
 def _messages(message: Message, server: _Server) -> list[dict[str, Any]]:
