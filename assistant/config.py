@@ -467,8 +467,8 @@ class ProviderSettings:
 def gemini_3_on(provider: str, model: str) -> bool:
     """Gemini 3 and later, by name ("gemini-3-pro-preview", "gemini-3.5-flash"): they
     take a response schema beside tools, and a thinking level for a budget. Google's
-    aliases ("gemini-flash-latest") name Gemini 3 models since Gemini 2.5 was shut down
-    (December 2026): taken as such."""
+    aliases ("gemini-flash-latest") name Gemini 3 models since Gemini 2.5 Flash and Pro
+    were shut down (December 2026): taken as such."""
     return provider == "gemini" and _GEMINI_3.match(model) is not None
 
 
@@ -492,7 +492,7 @@ def preserves_thinking(provider: str, model: str) -> bool:
     """Whether the model checks a thinking block sent back against what came before it
     when it was made (Anthropic's "preserved thinking": a changed system prompt, tools
     or earlier message is a 400 unless the block may be dropped): Claude 5.5 on, and
-    Fable and Mythos from 5.1."""
+    Fable and Mythos from 5.1 (Mythos 5.1 records the binding without checking it)."""
     version = claude_version(provider, model)
     if version is None:
         return False

@@ -49,7 +49,8 @@ def may_be(schema: Any, kind: Kind) -> bool:
             if reference == "#" or reference.startswith("#/"):
                 target = resolve_pointer(schema, unquote(reference[1:]))
             if target is None:
-                return False  # an anchor's name read as a pointer led back to the root
+                # Not known (an anchor's name, read as a pointer, led back to the root).
+                return False
             every = [*every, target]
         if not all(may(part, depth + 1) for part in every):
             return False

@@ -503,8 +503,8 @@ class _ChunkScan:
         self.state = "size"  # size line, data, the CRLF after it, trailers
         self.left = 0  # bytes of the current chunk still to come
         self.trailers = 0  # where the trailer section starts, once it does
-        # A line ended by a bare LF: the body's end, for gunicorn too, which would wait
-        # for a CRLF (`_ReadFirst.hold`).
+        # A line ended by a bare LF, or a CR alone: the body's end, for gunicorn too,
+        # which would wait for a CRLF (`_ReadFirst.hold`).
         self.cut_short = False
         self.ended = False  # the body is all in, or the scan cannot go on
 
