@@ -13,6 +13,7 @@ read here.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import math
 import os
@@ -516,6 +517,7 @@ def claude_at_least(provider: str, model: str, version: tuple[int, int]) -> bool
     return named is not None and named >= version
 
 
+@functools.cache  # asked several times a request (its thinking, tools, headers), of one name
 def claude_version(provider: str, model: str) -> tuple[int, int] | None:
     """The Claude version `model`'s name says (None: none, or not Anthropic's provider).
     Claude Mythos Preview's name says none: it is taken as the Opus 4.7 it came beside,
