@@ -594,8 +594,9 @@ def _required_in_place(node: Mapping[str, Any], root: Mapping[str, Any], walk: _
         names += [name for names_list in conditional for name in _strings(names_list)]
         inner = [(schema, unsent) for schema in sent] + [(schema, True) for schema in conditional]
         for schema, under in inner:
-            followed = under or not _is_object(schema) if isinstance(schema, Mapping) else False
-            if followed and id(schema) not in seen:
+            if not isinstance(schema, Mapping) or id(schema) in seen:
+                continue
+            if under or not _is_object(schema):  # an object sent is `_objects_in_place`'s
                 seen.add(id(schema))
                 waiting.append((schema, under))
     return names
